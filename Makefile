@@ -1,0 +1,64 @@
+# The two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install lint typecheck unit clean docs browser demo
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the whole gateway on the embedded default (Tansu broker, SQLite, API on 127.0.0.1:8000).
+run: $(STAMP)
+	$(BIN)/attest-gateway serve
+
+## Debian's chromium for the dashboard's browser test (installed only when missing; needs root).
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium; } \
+	  || echo "warning: /usr/bin/chromium is missing (apt-get install chromium): the dashboard test will fail"
+
+## Lint, type-check and run every test (unit, integration, end-to-end).
+test: $(STAMP) browser
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+## Regenerate the published contracts (docs/openapi.json, docs/asyncapi.json,
+## docs/messages.md) and the README's configuration table from the code; tests check they match.
+docs: $(STAMP)
+	$(BIN)/attest-gateway contracts write docs
+	$(BIN)/attest-gateway config docs --write README.md
+
+## A living demo next to `make run`: its own gateway on 127.0.0.1:8001 (state in var/demo) that
+## plays 45 days of national traffic in about eight minutes on a simulated clock, then goes on
+## live and prints the ministry dashboard's address. Uses the local PostgreSQL when it is up.
+demo: $(STAMP)
+	@ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq faketime; } \
+	  || echo "warning: libfaketime is missing (apt-get install faketime): no simulated history"
+	rm -rf var/demo
+	@if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then \
+	  psql -h 127.0.0.1 -U postgres -qc 'DROP DATABASE IF EXISTS attest_demo WITH (FORCE)' \
+	    -c 'CREATE DATABASE attest_demo' && \
+	  DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/attest_demo VAR_DIR=var/demo \
+	    API_PORT=8001 $(BIN)/attest-gateway simulate --serve; \
+	else VAR_DIR=var/demo API_PORT=8001 $(BIN)/attest-gateway simulate --serve; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

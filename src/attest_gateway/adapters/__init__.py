@@ -1,0 +1,1 @@
+"""Adapters between the gateway and the outside world (job centres, MedCom)."""

@@ -1,0 +1,1 @@
+"""The job-centre side: plain JSON over HTTPS, translated to and from MedCom-like Bundles."""

@@ -1,0 +1,136 @@
+"""`POST /jobcenter/v1/contacts`: a job centre registers a direct contact with psychiatry.
+
+A meeting, call or video meeting between the job centre and a psychiatry unit about one
+citizen counts towards contact coverage as much as a message does. The CPR number is turned
+into the case ref at once and never stored; the registration (case ref, organisations, dates,
+channel) and its `contact` tracking event are written in one transaction (the outbox relay
+publishes the event to `gateway.tracking`, key = case ref). An `Idempotency-Key` makes a
+retry return the first answer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated
+
+import orjson
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field
+
+from attest_gateway.gateway import directory
+from attest_gateway.gateway.crypto import case_ref, utcnow
+from attest_gateway.gateway.directory import Organisation, Role
+from attest_gateway.gateway.errors import Conflict, Forbidden, Unprocessable
+from attest_gateway.gateway.runtime import Gateway
+from attest_gateway.gateway.store.tables import outbox, tracker_contacts
+from attest_gateway.gateway.tracker.events import ContactChannel, ContactEvent
+from attest_gateway.schemas.identifiers import Cpr, Kommunekode, Sor, municipalities
+from attest_gateway.schemas.jobcenter import CaseKind
+
+
+class ContactIn(BaseModel):
+    """`POST /jobcenter/v1/contacts`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    municipality: Kommunekode
+    citizen_cpr: Cpr
+    psychiatry_sor: Sor = Field(description="SOR code of the psychiatry unit")
+    case_kind: CaseKind
+    first_day_of_absence: dt.date
+    contact_date: dt.date
+    channel: ContactChannel = ContactChannel.MEETING
+
+
+class ContactAccepted(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    contact_id: str
+    contact_date: dt.date
+    psychiatry: Annotated[str, Field(description="the psychiatry unit's name")]
+
+
+async def register_contact(
+    gw: Gateway, org: Organisation, body: ContactIn, *, idempotency_key: str | None
+) -> tuple[ContactAccepted, bool]:
+    """Store the registration and its tracking event. Returns (answer, created now)."""
+    if body.municipality != org.kommunekode:
+        raise Forbidden("jobcenter-mismatch", "the municipality in the request is not the caller")
+    now = utcnow()
+    if body.contact_date > now.date() + dt.timedelta(days=1):
+        raise Unprocessable("invalid-contact-date", "a contact cannot be registered in advance")
+    if body.contact_date < body.first_day_of_absence - dt.timedelta(days=365):
+        raise Unprocessable("invalid-contact-date", "the contact is long before the absence")
+    ref = case_ref(body.citizen_cpr, gw.pseudonym_key)
+    async with gw.engine.begin() as conn:
+        if idempotency_key is not None:
+            row = (
+                await conn.execute(
+                    sa.select(tracker_contacts).where(
+                        tracker_contacts.c.jobcenter_org == org.id,
+                        tracker_contacts.c.idempotency_key == idempotency_key,
+                    )
+                )
+            ).first()
+            if row is not None:
+                if row.case_ref != ref or row.contact_date != body.contact_date:
+                    raise Conflict(
+                        "idempotency-key-reused",
+                        "this Idempotency-Key was used with a different contact",
+                    )
+                return ContactAccepted.model_validate_json(row.response), False
+        psychiatry = await directory.org_by_sor(conn, body.psychiatry_sor)
+        if psychiatry is None or not psychiatry.enabled or psychiatry.role is not Role.PSYCHIATRY:
+            raise Unprocessable("unknown-receiver", "no psychiatry unit has that SOR code")
+        contact_id = str(uuid.uuid4())
+        accepted = ContactAccepted(
+            contact_id=contact_id, contact_date=body.contact_date, psychiatry=psychiatry.name
+        )
+        await conn.execute(
+            tracker_contacts.insert().values(
+                contact_id=contact_id,
+                jobcenter_org=org.id,
+                psychiatry_org=psychiatry.id,
+                case_ref=ref,
+                case_kind=body.case_kind.value,
+                first_day_of_absence=body.first_day_of_absence,
+                contact_date=body.contact_date,
+                channel=body.channel.value,
+                idempotency_key=idempotency_key,
+                response=accepted.model_dump_json(),
+                created_at=now,
+            )
+        )
+        event = ContactEvent(
+            event_id=str(uuid.uuid4()),
+            contact_id=contact_id,
+            # noon local time on the contact day: inside that day in any Danish time zone
+            at=dt.datetime.combine(body.contact_date, dt.time(11, 0), tzinfo=dt.UTC),
+            contact_date=body.contact_date,
+            jobcenter_org=org.id,
+            psychiatry_org=psychiatry.id,
+            municipality=body.municipality,
+            region_code=municipalities()[body.municipality].region_code,
+            case_kind=body.case_kind.value,
+            case_ref=ref,
+            first_day_of_absence=body.first_day_of_absence,
+            channel=body.channel,
+        )
+        headers = {
+            "content-type": "application/json",
+            "schema-version": "1",
+            "message-type": "contact",
+        }
+        await conn.execute(
+            outbox.insert().values(
+                topic=gw.topics.tracking,
+                key=ref,
+                value=event.model_dump_json().encode(),
+                headers=orjson.dumps(sorted(headers.items())).decode(),
+                message_id=None,
+                created_at=now,
+            )
+        )
+    gw.relay.wake()
+    return accepted, True

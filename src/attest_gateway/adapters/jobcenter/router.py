@@ -1,0 +1,81 @@
+"""`/jobcenter/v1`: thin routes for job-centre systems. Parse, authorise, call one function."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+
+from attest_gateway.adapters.jobcenter import contacts, service
+from attest_gateway.adapters.jobcenter.contacts import ContactAccepted, ContactIn
+from attest_gateway.gateway.directory import Organisation, Role
+from attest_gateway.gateway.http import authenticated, gateway_of, require_role
+from attest_gateway.schemas.jobcenter import (
+    AttestRequestAccepted,
+    AttestRequestIn,
+    ConversationStatus,
+    Inbox,
+)
+
+router = APIRouter(prefix="/jobcenter/v1", tags=["job centre"])
+
+
+async def jobcenter(org: Annotated[Organisation, Depends(authenticated)]) -> Organisation:
+    return require_role(org, Role.JOBCENTER)
+
+
+JobCenter = Annotated[Organisation, Depends(jobcenter)]
+
+
+@router.post("/attest-requests", status_code=202, response_model=AttestRequestAccepted)
+async def request_attest(
+    body: AttestRequestIn,
+    request: Request,
+    response: Response,
+    org: JobCenter,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> AttestRequestAccepted:
+    accepted, created = await service.submit_attest_request(
+        gateway_of(request), org, body, idempotency_key=idempotency_key
+    )
+    response.headers["Location"] = accepted.status_url
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return accepted
+
+
+@router.post("/contacts", status_code=201, response_model=ContactAccepted)
+async def register_contact(
+    body: ContactIn,
+    request: Request,
+    response: Response,
+    org: JobCenter,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> ContactAccepted:
+    """Register a direct contact with psychiatry about a citizen (counts for contact coverage)."""
+    accepted, created = await contacts.register_contact(
+        gateway_of(request), org, body, idempotency_key=idempotency_key
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return accepted
+
+
+@router.get("/attest-requests/{conversation_id}", response_model=ConversationStatus)
+async def attest_request_status(
+    conversation_id: str, request: Request, org: JobCenter
+) -> ConversationStatus:
+    return await service.conversation_status(gateway_of(request), org, conversation_id)
+
+
+@router.get("/inbox", response_model=Inbox)
+async def inbox(
+    request: Request, org: JobCenter, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> Inbox:
+    return await service.read_inbox(gateway_of(request), org, limit=limit)
+
+
+@router.post("/inbox/{message_id}/ack")
+async def acknowledge(message_id: str, request: Request, org: JobCenter) -> dict[str, object]:
+    changed = await service.acknowledge_reply(gateway_of(request), org, message_id)
+    return {"message_id": message_id, "acknowledged": True, "changed": changed}

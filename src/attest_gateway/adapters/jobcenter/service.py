@@ -1,0 +1,357 @@
+"""Job-centre use cases: request an attest, read its status, read and acknowledge replies.
+
+Each function takes the running gateway, the authenticated organisation and plain values,
+does its work in one database transaction, and returns a contract model. Routers only parse,
+authorise and call one of these.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from attest_gateway.adapters.jobcenter.translate import inbox_item, request_bundle
+from attest_gateway.adapters.medcom.bundles import build_acknowledgement
+from attest_gateway.gateway import directory
+from attest_gateway.gateway.crypto import case_ref, fingerprint, open_envelope, utcnow
+from attest_gateway.gateway.directory import HEALTH_ROLES, Organisation
+from attest_gateway.gateway.errors import Conflict, Forbidden, NotFound, Unprocessable
+from attest_gateway.gateway.messaging import (
+    Conversation,
+    enqueue_envelope,
+    load_conversation,
+    record_stage,
+    remember_sent,
+    seal_for,
+    stages_of,
+)
+from attest_gateway.gateway.runtime import Gateway
+from attest_gateway.gateway.store.db import aware
+from attest_gateway.gateway.store.tables import conversations, idempotency_keys, mailbox
+from attest_gateway.schemas.attests import IssuerKind
+from attest_gateway.schemas.envelope import SealedEnvelope
+from attest_gateway.schemas.events import STAGE_ORDER, MessageType, Stage
+from attest_gateway.schemas.identifiers import municipalities
+from attest_gateway.schemas.jobcenter import (
+    AttestRequestAccepted,
+    AttestRequestIn,
+    ConversationStatus,
+    Inbox,
+    InboxItem,
+    OrganisationSummary,
+    TimelineEntry,
+)
+from attest_gateway.schemas.medcom import Bundle, OrgIdentifiers, parse_bundle, read_message
+
+log = structlog.get_logger(__name__)
+
+
+def _identifiers(org: Organisation) -> OrgIdentifiers:
+    return OrgIdentifiers(name=org.name, sor=org.sor, gln=org.gln)
+
+
+def status_url(conversation_id: str) -> str:
+    return f"/jobcenter/v1/attest-requests/{conversation_id}"
+
+
+async def _resolve_receiver(conn: AsyncConnection, body: AttestRequestIn) -> Organisation:
+    if body.receiver.sor is not None:
+        receiver = await directory.org_by_sor(conn, body.receiver.sor)
+    else:
+        assert body.receiver.ydernummer is not None
+        receiver = await directory.org_by_ydernummer(conn, body.receiver.ydernummer)
+    if receiver is None or not receiver.enabled or receiver.role not in HEALTH_ROLES:
+        raise Unprocessable("unknown-receiver", "no healthcare organisation has that identifier")
+    return receiver
+
+
+async def _replay_idempotent(
+    conn: AsyncConnection, org: Organisation, key: str, fp: str
+) -> AttestRequestAccepted | None:
+    row = (
+        await conn.execute(
+            sa.select(idempotency_keys).where(
+                idempotency_keys.c.org_id == org.id, idempotency_keys.c.key == key
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.fingerprint != fp:
+        raise Conflict(
+            "idempotency-key-reused", "this Idempotency-Key was used with a different request"
+        )
+    return AttestRequestAccepted.model_validate_json(row.response)
+
+
+async def submit_attest_request(
+    gw: Gateway, org: Organisation, body: AttestRequestIn, *, idempotency_key: str | None
+) -> tuple[AttestRequestAccepted, bool]:
+    """Accept a request: translate, seal for the receiver, store with its outbox rows.
+
+    Returns the answer and whether it was created now (False: an idempotent replay).
+    """
+    gw.relay.admit()
+    if body.jobcenter_gln != org.gln or body.municipality != org.kommunekode:
+        raise Forbidden("jobcenter-mismatch", "the job centre in the request is not the caller")
+    kind = gw.catalogue.get(body.attest_type)
+    if kind is None:
+        raise Unprocessable("unknown-attest-type", "the attest type is not in the LÆ catalogue")
+    now = utcnow()
+    reply_deadline = body.reply_deadline or kind.reply_deadline.due(now.date())
+    if reply_deadline <= now.date():
+        raise Unprocessable("invalid-reply-deadline", "the reply deadline must be in the future")
+    fp = fingerprint(
+        orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS), gw.pseudonym_key
+    )
+
+    async with gw.engine.begin() as conn:
+        if idempotency_key is not None:
+            replay = await _replay_idempotent(conn, org, idempotency_key, fp)
+            if replay is not None:
+                return replay, False
+        receiver = await _resolve_receiver(conn, body)
+        if IssuerKind(receiver.role.value) not in kind.issuers:
+            raise Unprocessable(
+                "receiver-cannot-issue", f"a {receiver.role.value} does not issue {kind.code}"
+            )
+        conversation_id, message_id, bundle_id = (str(uuid.uuid4()) for _ in range(3))
+        bundle = request_bundle(
+            body,
+            kind=kind,
+            reply_deadline=reply_deadline,
+            sender=_identifiers(org),
+            receiver=_identifiers(receiver),
+            conversation_id=conversation_id,
+            message_id=message_id,
+            bundle_id=bundle_id,
+            sent_at=now,
+        )
+        envelope = await seal_for(
+            conn,
+            gw.keyring,
+            signer_org_id=gw.settings.gateway_org_id,
+            sender_org_id=org.id,
+            receiver_org_id=receiver.id,
+            message_type=MessageType.ATTEST_REQUEST,
+            message_id=message_id,
+            bundle_id=bundle_id,
+            conversation_id=conversation_id,
+            plaintext=(plaintext := orjson.dumps(bundle)),
+            now=now,
+        )
+        conv = Conversation(
+            id=conversation_id,
+            jobcenter_org_id=org.id,
+            receiver_org_id=receiver.id,
+            request_message_id=message_id,
+            attest_type=kind.code,
+            case_kind=body.case_kind.value,
+            caseworker_ref=body.caseworker_ref,
+            municipality=body.municipality,
+            region_code=municipalities()[body.municipality].region_code,
+            case_ref=case_ref(body.citizen_cpr, gw.pseudonym_key),
+            psychiatric_course=body.psychiatric_course,
+            first_day_of_absence=body.first_day_of_absence,
+            reply_deadline=reply_deadline,
+            created_at=now,
+        )
+        await conn.execute(conversations.insert().values(**_as_dict(conv)))
+        accepted = AttestRequestAccepted(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            status_url=status_url(conversation_id),
+            reply_deadline=reply_deadline,
+        )
+        if idempotency_key is not None:
+            await conn.execute(
+                idempotency_keys.insert().values(
+                    org_id=org.id,
+                    key=idempotency_key,
+                    fingerprint=fp,
+                    conversation_id=conversation_id,
+                    response=accepted.model_dump_json(),
+                    created_at=now,
+                )
+            )
+        await enqueue_envelope(conn, gw.topics, envelope, now)
+        await remember_sent(conn, gw, plaintext=plaintext, envelope=envelope, now=now)
+        await record_stage(
+            conn,
+            gw.topics,
+            conv,
+            Stage.SUBMITTED,
+            message_id=message_id,
+            message_type=MessageType.ATTEST_REQUEST,
+            at=now,
+        )
+    gw.relay.wake()
+    log.info(
+        "jobcenter.request_accepted",
+        conversation_id=conversation_id,
+        attest_type=kind.code,
+        receiver=receiver.id,
+    )
+    return accepted, True
+
+
+def _as_dict(conv: Conversation) -> dict[str, object]:
+    return {f: getattr(conv, f) for f in conv.__dataclass_fields__}
+
+
+async def _own_conversation(conn: AsyncConnection, org: Organisation, cid: str) -> Conversation:
+    conv = await load_conversation(conn, cid)
+    if conv is None or conv.jobcenter_org_id != org.id:
+        raise NotFound("not-found", "no such conversation")
+    return conv
+
+
+async def conversation_status(gw: Gateway, org: Organisation, cid: str) -> ConversationStatus:
+    async with gw.engine.connect() as conn:
+        conv = await _own_conversation(conn, org, cid)
+        rows = await stages_of(conn, cid)
+        receiver = await directory.org_by_id(conn, conv.receiver_org_id)
+    assert receiver is not None
+    timeline = [
+        TimelineEntry(
+            stage=Stage(r.stage), at=aware(r.at), message_id=r.message_id, detail=r.detail
+        )
+        for r in rows
+    ]
+    timeline.sort(key=lambda e: (e.at, STAGE_ORDER.index(e.stage)))
+    reached = {e.stage: e.at for e in timeline}
+    current = max(reached, key=STAGE_ORDER.index) if reached else Stage.SUBMITTED
+    return ConversationStatus(
+        conversation_id=conv.id,
+        attest_type=conv.attest_type,
+        case_kind=conv.case_kind,  # type: ignore[arg-type]
+        caseworker_ref=conv.caseworker_ref,
+        receiver=OrganisationSummary(
+            name=receiver.name, sor=receiver.sor, gln=receiver.gln, ydernummer=receiver.ydernummer
+        ),
+        reply_deadline=conv.reply_deadline,
+        stage=current,
+        stages=reached,
+        timeline=timeline,
+    )
+
+
+async def read_inbox(gw: Gateway, org: Organisation, *, limit: int) -> Inbox:
+    """The attest replies waiting for this job centre, opened with its custodial key."""
+    now = utcnow()
+    items: list[InboxItem] = []
+    async with gw.engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(mailbox)
+                .where(
+                    mailbox.c.receiver_org_id == org.id,
+                    mailbox.c.message_type == MessageType.ATTEST_REPLY.value,
+                    mailbox.c.collected_at.is_(None),
+                )
+                .order_by(mailbox.c.delivered_at, mailbox.c.message_id)
+                .limit(limit)
+            )
+        ).all()
+        for row in rows:
+            conv = await load_conversation(conn, row.conversation_id)
+            assert conv is not None
+            info = read_message(_open_bundle(gw, row.envelope))
+            items.append(
+                inbox_item(
+                    info,
+                    conversation_id=conv.id,
+                    caseworker_ref=conv.caseworker_ref,
+                    attest_type=conv.attest_type,
+                    received_at=aware(row.delivered_at),
+                )
+            )
+            if row.fetched_at is None:
+                await conn.execute(
+                    mailbox.update()
+                    .where(mailbox.c.message_id == row.message_id)
+                    .values(fetched_at=now)
+                )
+                await record_stage(
+                    conn,
+                    gw.topics,
+                    conv,
+                    Stage.REPLY_FETCHED,
+                    message_id=row.message_id,
+                    message_type=MessageType.ATTEST_REPLY,
+                    at=now,
+                )
+    log.info("jobcenter.inbox_read", count=len(items))
+    return Inbox(items=items)
+
+
+def _open_bundle(gw: Gateway, raw: bytes) -> Bundle:
+    """Open a job centre's mail with its custodial key (held by the gateway)."""
+    envelope = SealedEnvelope.from_json(raw)
+    key = gw.keyring.hpke_key(envelope.header.recipient_key_id)
+    if key is None:
+        raise Unprocessable("unknown-key", "the gateway does not hold this job centre's key")
+    return parse_bundle(orjson.loads(open_envelope(envelope, key)))
+
+
+async def acknowledge_reply(gw: Gateway, org: Organisation, message_id: str) -> bool:
+    """Mark a reply as received and send the MedCom acknowledgement (ok) to its sender.
+
+    Idempotent: acknowledging twice changes nothing the second time (returns False).
+    """
+    gw.relay.admit()
+    now = utcnow()
+    async with gw.engine.begin() as conn:
+        row = (
+            await conn.execute(
+                sa.select(mailbox).where(
+                    mailbox.c.message_id == message_id,
+                    mailbox.c.receiver_org_id == org.id,
+                    mailbox.c.message_type == MessageType.ATTEST_REPLY.value,
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound("not-found", "no such message in this inbox")
+        if row.collected_at is not None:
+            return False
+        conv = await load_conversation(conn, row.conversation_id)
+        assert conv is not None
+        reply = _open_bundle(gw, row.envelope)
+        ack_id, ack_bundle_id = str(uuid.uuid4()), str(uuid.uuid4())
+        ack = build_acknowledgement(
+            acked=reply, message_id=ack_id, bundle_id=ack_bundle_id, sent_at=now, code="ok"
+        )
+        sealed = await seal_for(
+            conn,
+            gw.keyring,
+            signer_org_id=gw.settings.gateway_org_id,
+            sender_org_id=org.id,
+            receiver_org_id=row.sender_org_id,
+            message_type=MessageType.ACKNOWLEDGEMENT,
+            message_id=ack_id,
+            bundle_id=ack_bundle_id,
+            conversation_id=conv.id,
+            plaintext=orjson.dumps(ack),
+            now=now,
+        )
+        await conn.execute(
+            mailbox.update().where(mailbox.c.message_id == message_id).values(collected_at=now)
+        )
+        await enqueue_envelope(conn, gw.topics, sealed, now)
+        await record_stage(
+            conn,
+            gw.topics,
+            conv,
+            Stage.REPLY_ACKNOWLEDGED,
+            message_id=message_id,
+            message_type=MessageType.ATTEST_REPLY,
+            at=now,
+            detail="ok",
+        )
+    gw.relay.wake()
+    return True

@@ -1,0 +1,1 @@
+"""MedCom-side adapter: builds the MedCom-like FHIR messages the gateway sends."""

@@ -1,0 +1,334 @@
+"""Health-side use cases: fetch the mailbox, mark a message collected, submit a Bundle.
+
+A psychiatry unit or GP system fetches sealed envelopes and opens them with its own key.
+It submits acknowledgements and attest replies either as plain FHIR JSON over the API's
+TLS, or sealed for the gateway. The gateway checks that the Bundle's sender is the caller
+and that the message it answers was addressed to the caller, then seals it for the job
+centre and hands it to Kafka through the outbox.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import orjson
+import pydantic
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from attest_gateway.gateway import directory
+from attest_gateway.gateway.crypto import open_envelope, utcnow, verify
+from attest_gateway.gateway.directory import Organisation
+from attest_gateway.gateway.errors import (
+    BadRequest,
+    Conflict,
+    EnvelopeRejected,
+    Forbidden,
+    NotFound,
+    Unprocessable,
+)
+from attest_gateway.gateway.messaging import (
+    Conversation,
+    conversation_by_request,
+    enqueue_envelope,
+    load_conversation,
+    record_stage,
+    seal_for,
+)
+from attest_gateway.gateway.runtime import Gateway
+from attest_gateway.gateway.store.db import aware
+from attest_gateway.gateway.store.tables import inbound_messages, mailbox, sent_messages
+from attest_gateway.schemas.envelope import SealedEnvelope
+from attest_gateway.schemas.events import MessageType, Stage
+from attest_gateway.schemas.medcom import BundleError, MessageInfo, parse_bundle, read_message
+
+log = structlog.get_logger(__name__)
+
+
+async def read_mailbox(gw: Gateway, org: Organisation, *, limit: int) -> list[dict[str, Any]]:
+    """The sealed envelopes waiting for this organisation, oldest first."""
+    now = utcnow()
+    out: list[dict[str, Any]] = []
+    async with gw.engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(mailbox)
+                .where(mailbox.c.receiver_org_id == org.id, mailbox.c.collected_at.is_(None))
+                .order_by(mailbox.c.delivered_at, mailbox.c.message_id)
+                .limit(limit)
+            )
+        ).all()
+        for row in rows:
+            out.append(
+                {
+                    "message_id": row.message_id,
+                    "conversation_id": row.conversation_id,
+                    "message_type": row.message_type,
+                    "delivered_at": aware(row.delivered_at).isoformat(),
+                    "envelope": orjson.loads(row.envelope),
+                }
+            )
+            if row.fetched_at is not None:
+                continue
+            await conn.execute(
+                mailbox.update()
+                .where(mailbox.c.message_id == row.message_id)
+                .values(fetched_at=now)
+            )
+            if row.message_type == MessageType.ATTEST_REQUEST.value:
+                conv = await load_conversation(conn, row.conversation_id)
+                assert conv is not None
+                await record_stage(
+                    conn,
+                    gw.topics,
+                    conv,
+                    Stage.FETCHED,
+                    message_id=row.message_id,
+                    message_type=MessageType.ATTEST_REQUEST,
+                    at=now,
+                )
+    log.info("medcom.mailbox_read", count=len(out))
+    return out
+
+
+async def mark_collected(gw: Gateway, org: Organisation, message_id: str) -> bool:
+    """The receiver has stored the message; it leaves the waiting list. Idempotent."""
+    async with gw.engine.begin() as conn:
+        result = await conn.execute(
+            mailbox.update()
+            .where(
+                mailbox.c.message_id == message_id,
+                mailbox.c.receiver_org_id == org.id,
+                mailbox.c.collected_at.is_(None),
+            )
+            .values(collected_at=utcnow())
+        )
+        if result.rowcount == 1:
+            return True
+        exists = (
+            await conn.execute(
+                sa.select(mailbox.c.message_id).where(
+                    mailbox.c.message_id == message_id, mailbox.c.receiver_org_id == org.id
+                )
+            )
+        ).first()
+    if exists is None:
+        raise NotFound("not-found", "no such message in this mailbox")
+    return False
+
+
+async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> object:
+    """A submission is a FHIR Bundle, or a sealed envelope for the gateway holding one."""
+    if isinstance(body, dict) and body.get("resourceType") == "Bundle":
+        return body
+    if not (isinstance(body, dict) and "header" in body and "ciphertext" in body):
+        raise BadRequest("unsupported-body", "send a FHIR Bundle or a sealed envelope")
+    try:
+        envelope = SealedEnvelope.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise BadRequest("invalid-envelope", "the sealed envelope is malformed") from exc
+    h = envelope.header
+    if h.receiver != gw.settings.gateway_org_id:
+        raise EnvelopeRejected("not-addressed-to-gateway", "the envelope is for someone else")
+    if h.sender != org.id or h.signer != org.id:
+        raise Forbidden("sender-mismatch", "the envelope's sender is not the caller")
+    key = gw.keyring.hpke_key(h.recipient_key_id)
+    async with gw.engine.connect() as conn:
+        vkey = await directory.signing_key(conn, h.signer_key_id)
+    if key is None or vkey is None or vkey.org_id != org.id or not vkey.usable(utcnow()):
+        raise EnvelopeRejected("unknown-key", "the envelope names a key that is not usable")
+    verify(envelope, vkey.key())
+    try:
+        return orjson.loads(open_envelope(envelope, key))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("invalid-bundle", "the envelope does not hold JSON") from exc
+
+
+def _check_sender(info: MessageInfo, org: Organisation) -> None:
+    if not (
+        (info.sender.sor and info.sender.sor == org.sor)
+        or (info.sender.gln and info.sender.gln == org.gln)
+    ):
+        raise Forbidden("sender-mismatch", "the Bundle's sender organisation is not the caller")
+
+
+async def _answered_conversation(
+    conn: AsyncConnection, org: Organisation, request_id: str | None
+) -> Conversation:
+    conv = await conversation_by_request(conn, request_id) if request_id else None
+    if conv is None or conv.receiver_org_id != org.id:
+        # Same answer whether the request does not exist or is someone else's.
+        raise NotFound(
+            "unknown-request", "no attest request with that MessageHeader id was sent to you"
+        )
+    return conv
+
+
+async def submit_message(
+    gw: Gateway, org: Organisation, data: object
+) -> tuple[dict[str, Any], bool]:
+    """Accept an acknowledgement or an attest reply. Returns (answer, created now).
+
+    MedCom duplicate rule: the same MessageHeader.id again (same or new Bundle.id) gets the
+    identical answer and is not delivered again; a known Bundle.id under a new
+    MessageHeader.id is an error.
+    """
+    try:
+        bundle = parse_bundle(data)
+        info = read_message(bundle)
+    except BundleError as exc:
+        raise Unprocessable(exc.code, exc.detail) from exc
+    _check_sender(info, org)
+    gw.relay.admit()
+    now = utcnow()
+    async with gw.engine.begin() as conn:
+        seen = (
+            await conn.execute(
+                sa.select(inbound_messages).where(
+                    sa.or_(
+                        inbound_messages.c.message_id == info.message_id,
+                        inbound_messages.c.bundle_id == info.bundle_id,
+                    )
+                )
+            )
+        ).all()
+        for row in seen:
+            if row.sender_org_id != org.id:
+                raise Conflict("message-id-conflict", "that message id is already in use")
+            if row.message_id == info.message_id:
+                return orjson.loads(row.response), False
+            raise Conflict(
+                "message-id-conflict", "a known Bundle.id came with a new MessageHeader.id"
+            )
+        if info.kind == "acknowledgement":
+            conv, message_type = await _accept_ack(gw, conn, org, info, bundle_json=data, now=now)
+        elif info.kind == "attest-reply":
+            conv, message_type = await _accept_reply(gw, conn, org, info, bundle_json=data, now=now)
+        else:
+            raise Unprocessable(
+                "unsupported-message", "only acknowledgements and attest replies can be sent"
+            )
+        answer = {
+            "message_id": info.message_id,
+            "bundle_id": info.bundle_id,
+            "conversation_id": conv.id,
+            "message_type": message_type.value,
+            "status": "accepted",
+            "accepted_at": now.isoformat(),
+        }
+        await conn.execute(
+            inbound_messages.insert().values(
+                message_id=info.message_id,
+                bundle_id=info.bundle_id,
+                sender_org_id=org.id,
+                conversation_id=conv.id,
+                message_type=message_type.value,
+                response=orjson.dumps(answer).decode(),
+                created_at=now,
+            )
+        )
+    gw.relay.wake()
+    log.info("medcom.message_accepted", message_type=message_type.value, conversation_id=conv.id)
+    return answer, True
+
+
+async def _forward(
+    gw: Gateway,
+    conn: AsyncConnection,
+    org: Organisation,
+    conv: Conversation,
+    info: MessageInfo,
+    message_type: MessageType,
+    plaintext: bytes,
+    now: dt.datetime,
+) -> None:
+    sealed = await seal_for(
+        conn,
+        gw.keyring,
+        signer_org_id=gw.settings.gateway_org_id,
+        sender_org_id=org.id,
+        receiver_org_id=conv.jobcenter_org_id,
+        message_type=message_type,
+        message_id=info.message_id,
+        bundle_id=info.bundle_id,
+        conversation_id=conv.id,
+        plaintext=plaintext,
+        now=now,
+    )
+    await enqueue_envelope(conn, gw.topics, sealed, now)
+
+
+async def _accept_ack(
+    gw: Gateway,
+    conn: AsyncConnection,
+    org: Organisation,
+    info: MessageInfo,
+    *,
+    bundle_json: object,
+    now: dt.datetime,
+) -> tuple[Conversation, MessageType]:
+    conv = await _answered_conversation(conn, org, info.response_to)
+    plaintext = orjson.dumps(bundle_json)
+    await _forward(gw, conn, org, conv, info, MessageType.ACKNOWLEDGEMENT, plaintext, now)
+    await conn.execute(
+        mailbox.update()
+        .where(mailbox.c.message_id == conv.request_message_id, mailbox.c.collected_at.is_(None))
+        .values(collected_at=now)
+    )
+    await conn.execute(
+        sent_messages.update()
+        .where(
+            sent_messages.c.message_id == conv.request_message_id,
+            sent_messages.c.acknowledged_at.is_(None),
+        )
+        .values(acknowledged_at=now)
+    )
+    await record_stage(
+        conn,
+        gw.topics,
+        conv,
+        Stage.ACKNOWLEDGED,
+        message_id=info.message_id,
+        message_type=MessageType.ACKNOWLEDGEMENT,
+        at=now,
+        detail=info.response_code,
+    )
+    return conv, MessageType.ACKNOWLEDGEMENT
+
+
+async def _accept_reply(
+    gw: Gateway,
+    conn: AsyncConnection,
+    org: Organisation,
+    info: MessageInfo,
+    *,
+    bundle_json: object,
+    now: dt.datetime,
+) -> tuple[Conversation, MessageType]:
+    conv = await _answered_conversation(conn, org, info.replied_to)
+    jobcenter = await directory.org_by_id(conn, conv.jobcenter_org_id)
+    assert jobcenter is not None
+    if not (
+        (info.receiver.gln and info.receiver.gln == jobcenter.gln)
+        or (info.receiver.sor and info.receiver.sor == jobcenter.sor)
+    ):
+        raise Unprocessable(
+            "receiver-mismatch", "the reply is not addressed to the requesting job centre"
+        )
+    if not info.texts and not info.attachments:
+        raise Unprocessable("empty-reply", "an attest reply needs text or a PDF attachment")
+    await _forward(
+        gw, conn, org, conv, info, MessageType.ATTEST_REPLY, orjson.dumps(bundle_json), now
+    )
+    await record_stage(
+        conn,
+        gw.topics,
+        conv,
+        Stage.REPLIED,
+        message_id=info.message_id,
+        message_type=MessageType.ATTEST_REPLY,
+        at=now,
+    )
+    return conv, MessageType.ATTEST_REPLY

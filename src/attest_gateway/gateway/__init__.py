@@ -1,0 +1,1 @@
+"""The gateway core: composition root, configuration, bus, crypto, directory and store."""

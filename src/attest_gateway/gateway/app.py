@@ -1,0 +1,72 @@
+"""`create_app()`: the composition root of the HTTP side. Wires routers, errors, middleware,
+and, through the lifespan, the running gateway (store, keys, Kafka, relay, consumers)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from attest_gateway import __version__
+from attest_gateway.adapters.jobcenter.router import router as jobcenter_router
+from attest_gateway.adapters.medcom.router import router as medcom_router
+from attest_gateway.gateway.asyncapi import router as asyncapi_router
+from attest_gateway.gateway.config import Settings
+from attest_gateway.gateway.health import router as health_router
+from attest_gateway.gateway.http import (
+    BodyLimitMiddleware,
+    install_error_handlers,
+    install_request_log,
+)
+from attest_gateway.gateway.metrics import StoreGauges
+from attest_gateway.gateway.metrics import router as metrics_router
+from attest_gateway.gateway.openapi import install_openapi
+from attest_gateway.gateway.production import refuse_unsafe_settings
+from attest_gateway.gateway.runtime import running_gateway
+from attest_gateway.gateway.tracker.router import dashboard_router as ministry_dashboard_router
+from attest_gateway.gateway.tracker.router import router as ministry_router
+
+
+def create_app(
+    settings: Settings,
+    bootstrap: str,
+    *,
+    run_relay: bool = True,
+    run_consumers: bool = True,
+    api_routes: bool = True,
+) -> FastAPI:
+    """The HTTP app. `api_routes=False` serves only the operations routes (health, metrics,
+    contracts): a worker process runs the consumers and is watched through those."""
+    refuse_unsafe_settings(settings)  # production mode: a clear error naming the setting
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_gateway(
+            settings, bootstrap, run_relay=run_relay, run_consumers=run_consumers
+        ) as gw:
+            app.state.gateway = gw
+            yield
+
+    app = FastAPI(
+        title="attest gateway",
+        version=__version__,
+        summary="Medical attest requests and replies between job centres and the health sector.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    install_request_log(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.state.settings = settings
+    app.state.store_gauges = StoreGauges() if run_consumers else None
+    if api_routes:
+        app.include_router(jobcenter_router)
+        app.include_router(medcom_router)
+        app.include_router(ministry_router)
+        app.include_router(ministry_dashboard_router)
+    app.include_router(health_router)
+    app.include_router(metrics_router)
+    app.include_router(asyncapi_router)
+    install_openapi(app)
+
+    return app

@@ -1,0 +1,358 @@
+"""Kafka through aiokafka: topic names, topic creation, the producer, and the consumer loop.
+
+The consumer loop is a small pipeline: for each record, call the handler; a handler that
+raises a retryable error is retried with exponential backoff (tenacity) without committing;
+a record that still fails, or that can never succeed (`PermanentError`), goes to the
+dead-letter topic with its reason in the headers, and its offset is committed so the
+partition is not blocked. Offsets are committed only after the handler's store write.
+
+The embedded broker supports neither idempotent producers nor transactions; the exactly-once
+effect comes from the store (unique message ids). With Apache Kafka,
+`kafka_idempotent_producer` turns idempotence on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from attest_gateway.gateway import metrics
+from attest_gateway.gateway.config import Settings
+from attest_gateway.gateway.errors import GatewayError
+
+log = structlog.get_logger(__name__)
+
+MEDCOM_MESSAGES = "medcom.messages"
+TRACKING = "gateway.tracking"
+DEAD_LETTER = "gateway.dead-letter"
+AUDIT = "gateway.audit"
+# Never produced to or consumed: if it is gone, the broker lost its state (the embedded one
+# keeps everything in memory), even if clients have since auto-created the other topics.
+CANARY = "gateway.canary"
+ALL_TOPICS = (MEDCOM_MESSAGES, TRACKING, DEAD_LETTER, AUDIT)
+
+Headers = list[tuple[str, bytes]]
+
+
+class PermanentError(GatewayError):
+    """A record that can never be processed: it goes to the dead-letter topic."""
+
+    status = 422
+    title = "Record rejected"
+
+
+class TransientError(GatewayError):
+    """A failure that may pass (database busy, broker hiccup): retried with backoff."""
+
+    status = 503
+    title = "Temporarily unavailable"
+    retryable = True
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    medcom_messages: str
+    tracking: str
+    dead_letter: str
+    audit: str
+    canary: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topics:
+        return cls(*(settings.topic(name) for name in (*ALL_TOPICS, CANARY)))
+
+    def all(self) -> tuple[str, ...]:
+        """The topics that carry records (the canary is the sweeper's alone)."""
+        return (self.medcom_messages, self.tracking, self.dead_letter, self.audit)
+
+
+def kafka_common(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """What every Kafka client (producer, consumers, admin) is built with, TLS included."""
+    common: dict[str, Any] = {"bootstrap_servers": bootstrap, "client_id": settings.kafka_client_id}
+    if settings.kafka_security_protocol == "SSL":
+        common["security_protocol"] = "SSL"
+        common["ssl_context"] = kafka_ssl_context(settings)
+    return common
+
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to the brokers: verify them against KAFKA_SSL_CAFILE (else the system CAs), and
+    present KAFKA_SSL_CERTFILE/KEYFILE when the brokers ask for a client certificate."""
+    context = ssl.create_default_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.kafka_ssl_certfile is not None:
+        context.load_cert_chain(
+            str(settings.kafka_ssl_certfile),
+            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    return context
+
+
+async def ensure_topics(settings: Settings, bootstrap: str, topics: Sequence[str]) -> None:
+    """Create the topics with several partitions; existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(**kafka_common(settings, bootstrap))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor)
+            for t in topics
+            if t not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+async def read_epoch(settings: Settings, bootstrap: str, canary: str) -> str | None:
+    """The broker's epoch: the last record on the canary topic; "" if the canary exists but
+    holds no epoch yet; None if there is no canary (the broker is new or lost its state).
+    Nothing but the sweeper touches the canary."""
+    admin = AIOKafkaAdminClient(**kafka_common(settings, bootstrap))
+    await admin.start()
+    try:
+        if canary not in await admin.list_topics():
+            return None
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(**kafka_common(settings, bootstrap), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(canary, 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        if end == 0:
+            return ""
+        consumer.seek(tp, end - 1)
+        record = await consumer.getone(tp)
+        return record.value.decode("ascii") if record.value else None
+    finally:
+        await consumer.stop()
+
+
+def make_producer(settings: Settings, bootstrap: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **kafka_common(settings, bootstrap),
+        acks="all",
+        enable_idempotence=settings.kafka_idempotent_producer,
+        linger_ms=2,
+        request_timeout_ms=15_000,
+        # After a broker lost its state, topics may come back with other partitions; a short
+        # metadata age keeps a producer from writing to partitions that no longer exist.
+        metadata_max_age_ms=10_000,
+    )
+
+
+def header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another group member, commit what this one has finished."""
+
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._loop.rebalancing()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("consumer.assigned", topic=self._loop.topic, partitions=len(assigned))
+
+
+class ConsumerLoop:
+    """Consume one topic in one group, handle each record, dead-letter what cannot be handled.
+
+    Offsets are committed only for records whose handler has finished (stored or
+    dead-lettered), after each batch and before a rebalance takes partitions away. `stop()`
+    lets the record in hand finish (up to `shutdown_grace_seconds`), commits, and leaves the
+    group; work cut off after the grace period is not committed, so it is redone.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        handler: Handler,
+        producer: AIOKafkaProducer,
+        dead_letter_topic: str,
+    ) -> None:
+        self._settings = settings
+        self.topic = topic
+        self._handler = handler
+        self._producer = producer
+        self._dlq = dead_letter_topic
+        self._consumer = AIOKafkaConsumer(
+            **kafka_common(settings, bootstrap),
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=200,
+        )
+        self._finished: dict[TopicPartition, int] = {}
+        # Bumped at every rebalance: a record fetched before it may not be committed after it
+        # (the partition may have moved, or the broker may have restarted with a fresh log).
+        self._generation = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._consumer.subscribe([self.topic], listener=_CommitOnRevoke(self))
+        self._task = asyncio.create_task(self._run(), name=f"consume:{self.topic}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(self._task), self._settings.shutdown_grace_seconds
+                )
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        with contextlib.suppress(KafkaError):
+            await self.commit_finished()
+        await self._consumer.stop()
+
+    async def commit_finished(self) -> None:
+        finished, self._finished = self._finished, {}
+        assigned = self._consumer.assignment()
+        offsets = {tp: offset + 1 for tp, offset in finished.items() if tp in assigned}
+        if offsets:
+            await self._consumer.commit(offsets)
+
+    async def rewind(self) -> None:
+        """The broker lost its state and starts its logs again from offset 0: read every
+        assigned partition from the beginning (handling is idempotent) and forget what was
+        finished on the old logs."""
+        self._finished = {}
+        self._generation += 1
+        assigned = list(self._consumer.assignment())
+        if assigned:
+            await self._consumer.seek_to_beginning(*assigned)
+        log.warning("consumer.rewound", topic=self.topic, partitions=len(assigned))
+
+    async def rebalancing(self) -> None:
+        """Partitions are about to be revoked: commit what is finished, forget the rest."""
+        try:
+            await self.commit_finished()
+        except KafkaError as exc:  # the records will be handled again (idempotently)
+            log.warning("consumer.commit_on_revoke_failed", error=type(exc).__name__)
+        finally:
+            self._finished = {}
+            self._generation += 1
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                batch = await self._consumer.getmany(timeout_ms=500)
+            except KafkaError as exc:
+                log.warning("consumer.poll_failed", topic=self.topic, error=type(exc).__name__)
+                await asyncio.sleep(1)
+                continue
+            generation = self._generation
+            for tp, records in batch.items():
+                for record in records:
+                    if self._stopping.is_set():
+                        # Not handled: seek back so nothing is skipped if we keep the partition.
+                        self._consumer.seek(tp, record.offset)
+                        break
+                    try:
+                        await self._process(record)
+                    except Exception:  # e.g. the dead-letter topic is unreachable: redo it
+                        log.exception("consumer.record_failed", topic=self.topic)
+                        self._consumer.seek(tp, record.offset)
+                        await asyncio.sleep(1)
+                        break
+                    if self._generation == generation:
+                        self._finished[tp] = record.offset
+            await metrics.observe_lag(self._consumer, self.topic)
+            try:
+                await self.commit_finished()
+            except KafkaError as exc:  # e.g. a rebalance: the records will be seen again
+                log.warning("consumer.commit_failed", topic=self.topic, error=type(exc).__name__)
+
+    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        structlog.contextvars.bind_contextvars(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            correlation_id=header(record.headers or (), "conversation-id"),
+        )
+        started = time.perf_counter()
+        outcome = "handled"
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, GatewayError) and e.retryable),
+                stop=stop_after_attempt(self._settings.consumer_max_retries),
+                wait=wait_exponential(multiplier=self._settings.consumer_retry_base_seconds, max=5),
+                reraise=True,
+            ):
+                with attempt:
+                    await self._handler(record)
+        except GatewayError as exc:
+            outcome = "dead-lettered"
+            await self._dead_letter(record, exc.code, exc.detail)
+        except Exception as exc:  # a bug must not block the partition; it is kept in the DLQ
+            outcome = "dead-lettered"
+            log.exception("consumer.handler_crashed", topic=self.topic)
+            await self._dead_letter(record, "handler-crashed", type(exc).__name__)
+        finally:
+            metrics.consumed(record.topic, outcome)
+            log.info(
+                "consumer.record",
+                outcome=outcome,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.unbind_contextvars(
+                "topic", "partition", "offset", "correlation_id"
+            )
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], code: str, detail: str
+    ) -> None:
+        headers: Headers = [
+            *[(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq-")],
+            ("dlq-reason", code.encode()),
+            ("dlq-detail", detail.encode()),
+            ("dlq-source-topic", record.topic.encode()),
+            ("dlq-source-partition", str(record.partition).encode()),
+            ("dlq-source-offset", str(record.offset).encode()),
+        ]
+        await self._producer.send_and_wait(
+            self._dlq, value=record.value, key=record.key, headers=headers
+        )
+        metrics.dead_lettered(code, record.topic, self._dlq)
+        log.warning("consumer.dead_lettered", reason=code, source_topic=record.topic)

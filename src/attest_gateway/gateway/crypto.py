@@ -1,0 +1,280 @@
+"""Sealing and opening envelopes, signatures, key files and pseudonyms.
+
+A bytes→bytes codec, separate from serialisation: `seal()` turns a FHIR Bundle's JSON bytes
+into a `SealedEnvelope` for one receiver key and signs it; `verify()` checks the sender's
+Ed25519 signature; `open_envelope()` decrypts with the receiver's private key. HPKE
+(RFC 9180), Ed25519 and key encodings all come from `cryptography`; nothing here is a
+hand-rolled primitive.
+
+Key encodings (base64 in the directory and in key files):
+- HPKE `MLKEM768_X25519` public key: ML-KEM-768 public key (1184 bytes) || X25519 public (32);
+  private key: ML-KEM-768 seed (64 bytes) and X25519 private (32), kept separately.
+- HPKE `X25519` public key: 32 raw bytes; private: 32 raw bytes.
+- Ed25519 public key: 32 raw bytes; private: 32 raw bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+
+from attest_gateway.gateway.errors import EnvelopeRejected
+from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope, Suite, signed_bytes
+
+_MLKEM768_PUBLIC_LEN = 1184
+_SUITES: dict[str, hpke.Suite] = {
+    "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM": hpke.Suite(
+        hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM
+    ),
+    "X25519/HKDF_SHA256/AES_256_GCM": hpke.Suite(
+        hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM
+    ),
+}
+
+HpkePublic = hpke.MLKEM768X25519PublicKey | x25519.X25519PublicKey
+HpkePrivate = hpke.MLKEM768X25519PrivateKey | x25519.X25519PrivateKey
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def new_key_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+@dataclass(frozen=True, slots=True)
+class PublicHpkeKey:
+    key_id: str
+    suite: Suite
+    key: HpkePublic
+
+    @classmethod
+    def decode(cls, key_id: str, suite: Suite, encoded: str) -> PublicHpkeKey:
+        raw = _unb64(encoded)
+        if suite.startswith("MLKEM768_X25519"):
+            mlkem_pub = mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUBLIC_LEN])
+            x_pub = x25519.X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUBLIC_LEN:])
+            return cls(key_id, suite, hpke.MLKEM768X25519PublicKey(mlkem_pub, x_pub))
+        return cls(key_id, suite, x25519.X25519PublicKey.from_public_bytes(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateHpkeKey:
+    """An HPKE private key with the raw parts it was made from (kept out of its repr)."""
+
+    key_id: str
+    suite: Suite
+    x25519_key: x25519.X25519PrivateKey = field(repr=False)
+    mlkem_key: mlkem.MLKEM768PrivateKey | None = field(default=None, repr=False)
+
+    @classmethod
+    def generate(cls, suite: Suite, key_id: str | None = None) -> PrivateHpkeKey:
+        raise_if_unknown_suite(suite)
+        hybrid = suite.startswith("MLKEM768_X25519")
+        return cls(
+            key_id or new_key_id("hpke"),
+            suite,
+            x25519.X25519PrivateKey.generate(),
+            mlkem.MLKEM768PrivateKey.generate() if hybrid else None,
+        )
+
+    @property
+    def key(self) -> HpkePrivate:
+        if self.mlkem_key is None:
+            return self.x25519_key
+        return hpke.MLKEM768X25519PrivateKey(self.mlkem_key, self.x25519_key)
+
+    @property
+    def public_encoded(self) -> str:
+        x_pub = self.x25519_key.public_key().public_bytes_raw()
+        if self.mlkem_key is None:
+            return _b64(x_pub)
+        return _b64(self.mlkem_key.public_key().public_bytes_raw() + x_pub)
+
+    def public(self) -> PublicHpkeKey:
+        return PublicHpkeKey.decode(self.key_id, self.suite, self.public_encoded)
+
+    def to_record(self) -> dict[str, str]:
+        record = {"purpose": "hpke", "key_id": self.key_id, "suite": self.suite}
+        record["x25519"] = _b64(self.x25519_key.private_bytes_raw())
+        if self.mlkem_key is not None:
+            record["mlkem768_seed"] = _b64(self.mlkem_key.private_bytes_raw())
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> PrivateHpkeKey:
+        suite = record["suite"]
+        raise_if_unknown_suite(suite)
+        x_priv = x25519.X25519PrivateKey.from_private_bytes(_unb64(record["x25519"]))
+        seed = record.get("mlkem768_seed")
+        m_priv = mlkem.MLKEM768PrivateKey.from_seed_bytes(_unb64(seed)) if seed else None
+        return cls(record["key_id"], suite, x_priv, m_priv)  # type: ignore[arg-type]
+
+
+def raise_if_unknown_suite(suite: str) -> None:
+    if suite not in _SUITES:
+        raise EnvelopeRejected("unsupported-suite", "the envelope's HPKE suite is not supported")
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    key_id: str
+    key: ed25519.Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls, key_id: str | None = None) -> SigningKey:
+        return cls(key_id or new_key_id("sig"), ed25519.Ed25519PrivateKey.generate())
+
+    @property
+    def public_encoded(self) -> str:
+        return _b64(self.key.public_key().public_bytes_raw())
+
+
+def decode_verify_key(encoded: str) -> ed25519.Ed25519PublicKey:
+    return ed25519.Ed25519PublicKey.from_public_bytes(_unb64(encoded))
+
+
+def seal(
+    plaintext: bytes, header: EnvelopeHeader, recipient: PublicHpkeKey, signer: SigningKey
+) -> SealedEnvelope:
+    """Encrypt `plaintext` for `recipient` with the header as HPKE info, then sign."""
+    if header.recipient_key_id != recipient.key_id or header.signer_key_id != signer.key_id:
+        raise ValueError("header key ids do not match the keys given")
+    if header.suite != recipient.suite:
+        raise ValueError("header suite does not match the recipient key")
+    ciphertext = _SUITES[header.suite].encrypt(plaintext, recipient.key, info=header.info())
+    signature = signer.key.sign(signed_bytes(header, ciphertext))
+    return SealedEnvelope(header=header, ciphertext=ciphertext, signature=signature)
+
+
+def verify(envelope: SealedEnvelope, signer_public: ed25519.Ed25519PublicKey) -> None:
+    try:
+        signer_public.verify(envelope.signature, envelope.signed_bytes())
+    except InvalidSignature as exc:
+        raise EnvelopeRejected(
+            "signature-invalid", "the envelope's signature does not verify"
+        ) from exc
+
+
+def open_envelope(envelope: SealedEnvelope, private: PrivateHpkeKey) -> bytes:
+    header = envelope.header
+    raise_if_unknown_suite(header.suite)
+    if header.recipient_key_id != private.key_id or header.suite != private.suite:
+        raise EnvelopeRejected("unknown-key", "the envelope is sealed to a key this holder lacks")
+    try:
+        return _SUITES[header.suite].decrypt(envelope.ciphertext, private.key, info=header.info())
+    except (InvalidTag, ValueError) as exc:
+        raise EnvelopeRejected("open-failed", "the envelope could not be opened") from exc
+
+
+def case_ref(cpr: str, key: bytes) -> str:
+    """The citizen's pseudonym: HMAC-SHA256 of the CPR number under the gateway's key."""
+    return hmac.new(key, cpr.encode("ascii"), hashlib.sha256).hexdigest()[:32]
+
+
+def fingerprint(data: bytes, key: bytes) -> str:
+    """A keyed digest of a request body (it holds a CPR number, so never a plain hash)."""
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+# --- key files -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class OrgKeys:
+    """The private keys one organisation holds: HPKE keys (newest last) and signing keys."""
+
+    org_id: str
+    hpke_keys: list[PrivateHpkeKey]
+    signing_keys: list[SigningKey]
+
+    @property
+    def current_hpke(self) -> PrivateHpkeKey:
+        return self.hpke_keys[-1]
+
+    @property
+    def current_signing(self) -> SigningKey:
+        return self.signing_keys[-1]
+
+    @classmethod
+    def generate(cls, org_id: str, suite: Suite) -> OrgKeys:
+        return cls(org_id, [PrivateHpkeKey.generate(suite)], [SigningKey.generate()])
+
+    def to_json(self) -> str:
+        keys: list[dict[str, str]] = [h.to_record() for h in self.hpke_keys]
+        keys += [
+            {"purpose": "signing", "key_id": s.key_id, "ed25519": _b64(s.key.private_bytes_raw())}
+            for s in self.signing_keys
+        ]
+        return json.dumps({"org_id": self.org_id, "keys": keys}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> OrgKeys:
+        data = json.loads(text)
+        hpke_keys: list[PrivateHpkeKey] = []
+        signing: list[SigningKey] = []
+        for rec in data["keys"]:
+            if rec["purpose"] == "signing":
+                key = ed25519.Ed25519PrivateKey.from_private_bytes(_unb64(rec["ed25519"]))
+                signing.append(SigningKey(rec["key_id"], key))
+            else:
+                hpke_keys.append(PrivateHpkeKey.from_record(rec))
+        return cls(data["org_id"], hpke_keys, signing)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(self.to_json())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> OrgKeys:
+        return cls.from_json(path.read_text(encoding="utf-8"))
+
+
+@dataclass(slots=True)
+class KeyRing:
+    """The private keys the gateway itself holds: its own and those of custodial organisations."""
+
+    orgs: dict[str, OrgKeys]
+
+    def hpke_key(self, key_id: str) -> PrivateHpkeKey | None:
+        for keys in self.orgs.values():
+            for k in keys.hpke_keys:
+                if k.key_id == key_id:
+                    return k
+        return None
+
+    def signing(self, org_id: str) -> SigningKey:
+        return self.orgs[org_id].current_signing
+
+    @classmethod
+    def load_dir(cls, directory: Path) -> KeyRing:
+        orgs: dict[str, OrgKeys] = {}
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.json")):
+                keys = OrgKeys.load(path)
+                orgs[keys.org_id] = keys
+        return cls(orgs)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

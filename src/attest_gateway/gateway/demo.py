@@ -1,0 +1,116 @@
+"""Demo organisations for `make run`: the gateway itself, two job centres, one psychiatry unit
+and one GP clinic, with development keys and API keys. Created once, if absent, through the
+same directory functions an operator uses; refused in production."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from attest_gateway.gateway import directory
+from attest_gateway.gateway.config import Settings
+from attest_gateway.gateway.crypto import OrgKeys, utcnow
+from attest_gateway.gateway.directory import Organisation, Role, new_api_key
+from attest_gateway.gateway.runtime import custodial_keys_dir
+from attest_gateway.schemas.identifiers import gln_check_digit, municipalities
+
+
+def _gln(first12: str) -> str:
+    return first12 + str(gln_check_digit(first12))
+
+
+def _org(
+    id: str,
+    name: str,
+    role: Role,
+    *,
+    sor: str | None = None,
+    gln: str | None = None,
+    kommunekode: str | None = None,
+    ydernummer: str | None = None,
+    region_code: str | None = None,
+    custodial: bool = False,
+) -> Organisation:
+    if kommunekode is not None and region_code is None:
+        region_code = municipalities()[kommunekode].region_code
+    return Organisation(
+        id, name, role, sor, gln, kommunekode, ydernummer, region_code, custodial, True
+    )
+
+
+DEMO_ORGS: tuple[Organisation, ...] = (
+    _org("jc-koebenhavn", "Jobcenter København", Role.JOBCENTER, sor="101181000016003",
+         gln=_gln("579000101001"), kommunekode="101", custodial=True),
+    _org("jc-aarhus", "Jobcenter Aarhus", Role.JOBCENTER, sor="751181000016005",
+         gln=_gln("579000751001"), kommunekode="751", custodial=True),
+    _org("psyk-kbh", "Psykiatrisk Center København", Role.PSYCHIATRY, sor="715381000016006",
+         gln=_gln("579000421001"), region_code="1084"),
+    _org("gp-noerrebro", "Lægehuset Nørrebro", Role.GP, sor="486711000016004",
+         gln=_gln("579000612001"), ydernummer="012345", region_code="1084"),
+    _org("ministry", "Beskæftigelsesministeriet (analyse)", Role.MINISTRY),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DemoCredentials:
+    path: Path
+    created: bool
+
+
+def credentials_path(settings: Settings) -> Path:
+    return settings.var_dir / "demo-credentials.json"
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+async def ensure_gateway_org(engine: AsyncEngine, settings: Settings) -> None:
+    """The gateway is an organisation too: it signs what it seals on behalf of others."""
+    path = custodial_keys_dir(settings) / f"{settings.gateway_org_id}.json"
+    async with engine.begin() as conn:
+        if await directory.org_by_id(conn, settings.gateway_org_id) is not None:
+            return
+        keys = OrgKeys.generate(settings.gateway_org_id, settings.hpke_suite)
+        org = _org(settings.gateway_org_id, "attest gateway", Role.OPERATOR, custodial=True)
+        await directory.add_organisation(conn, org, keys, api_key=None, now=utcnow())
+        keys.save(path)
+
+
+async def ensure_demo_orgs(engine: AsyncEngine, settings: Settings) -> DemoCredentials:
+    """Create the demo organisations, their keys and API keys unless they exist."""
+    if settings.environment == "production":
+        raise RuntimeError("demo organisations are for development only")
+    await ensure_gateway_org(engine, settings)
+    path = credentials_path(settings)
+    creds: dict[str, dict[str, str]] = {}
+    now = utcnow()
+    async with engine.begin() as conn:
+        for org in DEMO_ORGS:
+            if await directory.org_by_id(conn, org.id) is not None:
+                continue
+            keys = OrgKeys.generate(org.id, settings.hpke_suite)
+            api_key = new_api_key(org.id)
+            await directory.add_organisation(conn, org, keys, api_key=api_key, now=now)
+            if org.custodial:
+                key_path = custodial_keys_dir(settings) / f"{org.id}.json"
+            else:  # in real life the clinic makes its own keys; here we hand them over
+                key_path = settings.effective_keys_dir / "clients" / f"{org.id}.json"
+            keys.save(key_path)
+            creds[org.id] = {
+                "name": org.name,
+                "role": org.role.value,
+                "api_key": api_key,
+                "private_keys": str(key_path),
+            }
+    if creds:
+        existing = json.loads(path.read_text("utf-8")) if path.exists() else {}
+        _write_secret(path, json.dumps(existing | creds, indent=2, ensure_ascii=False))
+    return DemoCredentials(path, bool(creds))

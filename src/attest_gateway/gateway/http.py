@@ -1,0 +1,211 @@
+"""HTTP plumbing shared by the routers: authentication, problem+json, body limit, request log."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from attest_gateway.gateway import directory, metrics
+from attest_gateway.gateway.directory import Organisation, Role
+from attest_gateway.gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    Unavailable,
+    Unprocessable,
+    problem_for,
+)
+from attest_gateway.gateway.runtime import Gateway
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+# Pydantic error types raised by our identifier checks → stable problem codes.
+_FIELD_CODES = {
+    "invalid_cpr": "invalid-cpr",
+    "invalid_gln": "invalid-gln",
+    "invalid_sor": "invalid-sor",
+    "invalid_ydernummer": "invalid-ydernummer",
+    "invalid_kommunekode": "invalid-kommunekode",
+}
+
+
+def gateway_of(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+async def authenticated(request: Request) -> Organisation:
+    """The organisation behind the request's `Authorization: Bearer <api key>`."""
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("unauthenticated", "send Authorization: Bearer <api key>")
+    async with gateway_of(request).engine.connect() as conn:
+        org = await directory.org_by_api_key(conn, token.strip())
+    if org is None or not org.enabled:
+        raise Unauthenticated("unauthenticated", "the API key is not valid")
+    structlog.contextvars.bind_contextvars(org=org.id)
+    return org
+
+
+def require_role(org: Organisation, *roles: Role) -> Organisation:
+    if org.role not in roles:
+        raise Forbidden("forbidden", "this organisation's role may not use this endpoint")
+    return org
+
+
+def problem_response(error: GatewayError, request: Request) -> Response:
+    metrics.observe_problem(error)
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+    if isinstance(error, Unavailable):
+        headers["Retry-After"] = str(error.retry_after)
+    return Response(
+        orjson.dumps(problem_for(error, instance=request.url.path)),
+        status_code=error.status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _validation_problem(exc: RequestValidationError) -> GatewayError:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return BadRequest("malformed-json", "the request body is not valid JSON")
+    codes = [_FIELD_CODES[e["type"]] for e in errors if e.get("type") in _FIELD_CODES]
+    # Only location, type and our own message: never the rejected input (it may be a CPR).
+    details = [
+        {"loc": [str(p) for p in e.get("loc", ())], "type": e.get("type"), "msg": e.get("msg")}
+        for e in errors
+    ]
+    code = codes[0] if codes else "invalid-request"
+    return Unprocessable(code, "the request does not match the schema", extra={"errors": details})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return problem_response(exc, request)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return problem_response(_validation_problem(exc), request)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return problem_response(NotFound("not-found", "no such resource"), request)
+        err = GatewayError("http-error", str(exc.detail))
+        err.status = exc.status_code  # type: ignore[misc]
+        return problem_response(err, request)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("http.unhandled_error")
+        return problem_response(
+            GatewayError("internal-error", "an internal error occurred"), request
+        )
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_crash)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the limit with 413 before they reach a handler (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(scope, send)
+            return
+        seen = 0
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not too_large:  # once over the limit, whatever the app answers is replaced
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large:
+            await self._reject(scope, send)
+
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        err = PayloadTooLarge("payload-too-large", f"the body exceeds {self.max_bytes} bytes")
+        metrics.observe_problem(err)
+        body = orjson.dumps(problem_for(err, instance=scope.get("path")))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def install_request_log(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def request_log(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        correlation_id = request.headers.get("x-correlation-id") or str(uuid.uuid4())
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+        started = time.perf_counter()
+        response = await call_next(request)
+        route: Any = request.scope.get("route")
+        metrics.observe_request(
+            request.method, route, response.status_code, time.perf_counter() - started
+        )
+        log.info(
+            "http.request",
+            method=request.method,
+            route=getattr(route, "path", request.url.path),
+            status=response.status_code,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        response.headers["X-Correlation-Id"] = correlation_id
+        return response

@@ -1,0 +1,262 @@
+"""What every hand-off shares: sealing a Bundle for its receiver into an outbox row, and
+recording a conversation stage (store row + stage event in the outbox, in the caller's
+transaction, so a stage is never recorded without its event or the other way round)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from attest_gateway.gateway import directory
+from attest_gateway.gateway.bus import Topics
+from attest_gateway.gateway.crypto import KeyRing, seal
+from attest_gateway.gateway.errors import Unprocessable
+from attest_gateway.gateway.store.db import insert_ignore
+from attest_gateway.gateway.store.tables import conversations, outbox, sent_messages, stages
+from attest_gateway.schemas.envelope import CONTENT_TYPE, EnvelopeHeader, SealedEnvelope
+from attest_gateway.schemas.events import MessageType, Stage, StageEvent
+
+if TYPE_CHECKING:
+    from attest_gateway.gateway.runtime import Gateway
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: str
+    jobcenter_org_id: str
+    receiver_org_id: str
+    request_message_id: str
+    attest_type: str
+    case_kind: str
+    caseworker_ref: str
+    municipality: str
+    region_code: str
+    case_ref: str
+    psychiatric_course: bool
+    first_day_of_absence: dt.date
+    reply_deadline: dt.date
+    created_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> Conversation:
+        return cls(**{f: getattr(row, f) for f in cls.__dataclass_fields__})
+
+
+async def load_conversation(conn: AsyncConnection, conversation_id: str) -> Conversation | None:
+    row = (
+        await conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id))
+    ).first()
+    return Conversation.from_row(row) if row is not None else None
+
+
+async def conversation_by_request(conn: AsyncConnection, message_id: str) -> Conversation | None:
+    row = (
+        await conn.execute(
+            sa.select(conversations).where(conversations.c.request_message_id == message_id)
+        )
+    ).first()
+    return Conversation.from_row(row) if row is not None else None
+
+
+def _headers(pairs: dict[str, str]) -> str:
+    return orjson.dumps(sorted(pairs.items())).decode()
+
+
+async def seal_for(
+    conn: AsyncConnection,
+    keyring: KeyRing,
+    *,
+    signer_org_id: str,
+    sender_org_id: str,
+    receiver_org_id: str,
+    message_type: MessageType,
+    message_id: str,
+    bundle_id: str,
+    conversation_id: str,
+    plaintext: bytes,
+    now: dt.datetime,
+) -> SealedEnvelope:
+    """Seal a Bundle for the receiver's current HPKE key and sign it with the signer's key."""
+    recipient = await directory.current_hpke_key(conn, receiver_org_id, now)
+    if recipient is None:
+        raise Unprocessable("receiver-has-no-key", "the receiver has no usable encryption key")
+    signer = keyring.signing(signer_org_id)
+    header = EnvelopeHeader(
+        message_id=message_id,
+        bundle_id=bundle_id,
+        conversation_id=conversation_id,
+        message_type=message_type,
+        sender=sender_org_id,
+        receiver=receiver_org_id,
+        suite=recipient.suite,
+        recipient_key_id=recipient.key_id,
+        signer=signer_org_id,
+        signer_key_id=signer.key_id,
+        created_at=now,
+    )
+    return seal(plaintext, header, recipient, signer)
+
+
+async def remember_sent(
+    conn: AsyncConnection,
+    gw: Gateway,
+    *,
+    plaintext: bytes,
+    envelope: SealedEnvelope,
+    now: dt.datetime,
+) -> None:
+    """Keep a copy (sealed for the gateway itself) of a message that awaits a MedCom
+    acknowledgement, so the resend rule can send it again with a new Bundle.id."""
+    h = envelope.header
+    copy = await seal_for(
+        conn,
+        gw.keyring,
+        signer_org_id=gw.settings.gateway_org_id,
+        sender_org_id=h.sender,
+        receiver_org_id=gw.settings.gateway_org_id,
+        message_type=h.message_type,
+        message_id=h.message_id,
+        bundle_id=h.bundle_id,
+        conversation_id=h.conversation_id,
+        plaintext=plaintext,
+        now=now,
+    )
+    await conn.execute(
+        sent_messages.insert().values(
+            message_id=h.message_id,
+            conversation_id=h.conversation_id,
+            sender_org_id=h.sender,
+            receiver_org_id=h.receiver,
+            message_type=h.message_type.value,
+            copy=copy.to_json(),
+            sent_at=now,
+            last_sent_at=now,
+            resend_count=0,
+        )
+    )
+
+
+async def enqueue_envelope(
+    conn: AsyncConnection, topics: Topics, envelope: SealedEnvelope, now: dt.datetime
+) -> None:
+    """Put a sealed envelope in the outbox for `medcom.messages` (key: the conversation)."""
+    h = envelope.header
+    await conn.execute(
+        outbox.insert().values(
+            topic=topics.medcom_messages,
+            key=h.conversation_id,
+            value=envelope.to_json(),
+            headers=_headers(
+                {
+                    "content-type": CONTENT_TYPE,
+                    "schema-version": "1",
+                    "message-type": h.message_type.value,
+                    "message-id": h.message_id,
+                    "conversation-id": h.conversation_id,
+                    "sender": h.sender,
+                    "receiver": h.receiver,
+                    "key-id": h.recipient_key_id,
+                }
+            ),
+            message_id=h.message_id,
+            created_at=now,
+        )
+    )
+
+
+async def record_stage(
+    conn: AsyncConnection,
+    topics: Topics,
+    conv: Conversation,
+    stage: Stage,
+    *,
+    message_id: str,
+    message_type: MessageType,
+    at: dt.datetime,
+    detail: str | None = None,
+) -> bool:
+    """Record the first time a conversation reaches a stage, with its stage event.
+
+    Idempotent: a stage already recorded is left alone and no second event is emitted.
+    """
+    is_new = await insert_ignore(
+        conn,
+        stages,
+        {
+            "conversation_id": conv.id,
+            "stage": stage.value,
+            "message_id": message_id,
+            "at": at,
+            "detail": detail,
+        },
+    )
+    if not is_new:
+        return False
+    await emit_stage_event(
+        conn, topics, conv, stage, message_id=message_id, message_type=message_type, at=at,
+        detail=detail,
+    )  # fmt: skip
+    return True
+
+
+async def emit_stage_event(
+    conn: AsyncConnection,
+    topics: Topics,
+    conv: Conversation,
+    stage: Stage,
+    *,
+    message_id: str,
+    message_type: MessageType,
+    at: dt.datetime,
+    detail: str | None = None,
+) -> None:
+    """Put one stage event for `gateway.tracking` in the outbox (metadata only)."""
+    event = StageEvent(
+        event_id=str(uuid.uuid4()),
+        conversation_id=conv.id,
+        message_id=message_id,
+        message_type=message_type,
+        stage=stage,
+        at=at,
+        attest_type=conv.attest_type,
+        case_kind=conv.case_kind,
+        municipality=conv.municipality,
+        region_code=conv.region_code,
+        jobcenter_org=conv.jobcenter_org_id,
+        receiver_org=conv.receiver_org_id,
+        case_ref=conv.case_ref,
+        psychiatric_course=conv.psychiatric_course,
+        first_day_of_absence=conv.first_day_of_absence,
+        reply_deadline=conv.reply_deadline,
+        detail=detail,
+    )
+    await conn.execute(
+        outbox.insert().values(
+            topic=topics.tracking,
+            key=conv.id,
+            value=event.model_dump_json().encode(),
+            headers=_headers(
+                {
+                    "content-type": "application/json",
+                    "schema-version": "1",
+                    "message-type": "stage",
+                    "conversation-id": conv.id,
+                }
+            ),
+            message_id=None,
+            created_at=at,
+        )
+    )
+
+
+async def stages_of(conn: AsyncConnection, conversation_id: str) -> list[Any]:
+    rows = await conn.execute(
+        sa.select(stages).where(stages.c.conversation_id == conversation_id).order_by(stages.c.at)
+    )
+    return list(rows)

@@ -1,0 +1,202 @@
+"""Production mode refuses unsafe settings before anything starts.
+
+With `ENVIRONMENT=production` the gateway will not start on the conveniences of the embedded
+setup: the embedded broker, SQLite, plain-text Kafka or HTTP, a database connection without
+TLS, a missing or placeholder pseudonym key or metrics token, development certificates, or
+development keys lying about (demo credentials, clinics' private keys). Each problem is one
+sentence that names the environment variable to change; all of them are reported at once.
+Some settings are allowed but unwise (one Kafka replica, no idempotent producer): those are
+warnings, logged at start.
+
+A development certificate is one whose subject or issuer carries "development" in its
+organisation or organisational unit (the local CA that `make run` makes is marked so).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from attest_gateway.gateway.config import Settings
+
+DEVELOPMENT_MARKER = "development"
+_PLACEHOLDERS = ("change", "example", "placeholder", "secret", "xxx", "todo", "replace")
+_TLS_SSL_MODES = {"require", "verify-ca", "verify-full"}
+MIN_SECRET_CHARS = 32
+
+
+class UnsafeSettings(Exception):
+    """Production mode found settings it will not run with."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(" ".join(problems))
+
+
+@dataclass
+class Findings:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a setting (no prefix, upper case)."""
+    return setting.upper()
+
+
+def _secret_problem(name: str, value: str | None, what: str) -> str | None:
+    var = env_name(name)
+    if value is None or not value.strip():
+        return f"{var} is not set: production needs {what}."
+    lowered = value.lower()
+    if any(p in lowered for p in _PLACEHOLDERS) or len(set(value)) < 8:
+        return f"{var} looks like a placeholder: set it to a random value (openssl rand -hex 32)."
+    if len(value) < MIN_SECRET_CHARS:
+        return f"{var} is shorter than {MIN_SECRET_CHARS} characters: use openssl rand -hex 32."
+    return None
+
+
+def is_development_certificate(cert: x509.Certificate) -> bool:
+    for name in (cert.subject, cert.issuer):
+        for oid in (NameOID.ORGANIZATION_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME):
+            for attribute in name.get_attributes_for_oid(oid):
+                if DEVELOPMENT_MARKER in str(attribute.value).lower():
+                    return True
+    return False
+
+
+def _certificate_problems(setting: str, path: Path, now: dt.datetime) -> list[str]:
+    var = env_name(setting)
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError:
+        return [f"{var} names {path}, which cannot be read."]
+    except ValueError:
+        return [f"{var} names {path}, which holds no PEM certificate."]
+    problems = []
+    leaf = certs[0]
+    if any(is_development_certificate(c) for c in certs):
+        problems.append(f"{var} names a development certificate ({path}): use the real one.")
+    not_after, not_before = leaf.not_valid_after_utc, leaf.not_valid_before_utc
+    if not_after <= now:
+        problems.append(f"{var} names a certificate that expired on {not_after:%Y-%m-%d}.")
+    elif not_before > now:
+        problems.append(
+            f"{var} names a certificate that is not valid before {not_before:%Y-%m-%d}."
+        )
+    return problems
+
+
+def _private_key_problems(setting: str, path: Path) -> list[str]:
+    var = env_name(setting)
+    try:
+        mode = path.stat().st_mode
+        path.read_bytes()
+    except OSError:
+        return [f"{var} names {path}, which cannot be read."]
+    if mode & (stat.S_IRWXO):
+        return [f"{var} names {path}, which other users can read: chmod 600 (or 640 for a group)."]
+    return []
+
+
+def _database_problems(settings: Settings) -> list[str]:
+    url = settings.effective_database_url
+    if settings.database_url is None or url.startswith("sqlite"):
+        return ["DATABASE_URL points at SQLite: production needs PostgreSQL "
+                "(postgresql+asyncpg://user:password@host/db?ssl=verify-full)."]  # fmt: skip
+    parts = urlsplit(url)
+    query = {k.lower(): v[-1].lower() for k, v in parse_qs(parts.query).items()}
+    mode = query.get("ssl") or query.get("sslmode")
+    unix_socket = not parts.hostname or query.get("host", "").startswith("/")
+    if mode not in _TLS_SSL_MODES and not unix_socket:
+        return ["DATABASE_URL does not ask for TLS: add ?ssl=verify-full "
+                "(with PGSSLROOTCERT naming the database server's CA)."]  # fmt: skip
+    return []
+
+
+def _kafka_problems(settings: Settings, now: dt.datetime) -> list[str]:
+    if not settings.kafka_bootstrap_servers:
+        return ["KAFKA_BOOTSTRAP_SERVERS is not set, so the embedded broker would start: "
+                "production needs Apache Kafka."]  # fmt: skip
+    if settings.kafka_security_protocol != "SSL":
+        return ["KAFKA_SECURITY_PROTOCOL is PLAINTEXT: production needs SSL (TLS to the brokers)."]
+    problems: list[str] = []
+    if settings.kafka_ssl_cafile is not None:
+        problems += _certificate_problems("kafka_ssl_cafile", settings.kafka_ssl_cafile, now)
+    if settings.kafka_ssl_certfile is not None:
+        problems += _certificate_problems("kafka_ssl_certfile", settings.kafka_ssl_certfile, now)
+    if settings.kafka_ssl_keyfile is not None:
+        if settings.kafka_ssl_certfile is None:
+            problems.append("KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE.")
+        problems += _private_key_problems("kafka_ssl_keyfile", settings.kafka_ssl_keyfile)
+    return problems
+
+
+def _api_tls_problems(settings: Settings, now: dt.datetime) -> list[str]:
+    if settings.api_tls_certfile is None:
+        return ["API_TLS_CERTFILE is not set: the API would speak plain HTTP."]
+    problems = _certificate_problems("api_tls_certfile", settings.api_tls_certfile, now)
+    if settings.api_tls_keyfile is None:
+        problems.append("API_TLS_KEYFILE is not set: the API needs its certificate's private key.")
+    else:
+        problems += _private_key_problems("api_tls_keyfile", settings.api_tls_keyfile)
+    return problems
+
+
+def _development_leftovers(settings: Settings) -> list[str]:
+    problems = []
+    creds = settings.var_dir / "demo-credentials.json"
+    if creds.exists():
+        problems.append(f"VAR_DIR holds demo credentials ({creds}): use a fresh VAR_DIR.")
+    clients = settings.effective_keys_dir / "clients"
+    if clients.exists() and any(clients.iterdir()):
+        problems.append(
+            f"KEYS_DIR holds other organisations' private keys ({clients}), as the demo "
+            "does: the gateway keeps only its own and custodial organisations' keys."
+        )
+    return problems
+
+
+def inspect_settings(settings: Settings, *, now: dt.datetime | None = None) -> Findings:
+    """Everything production mode refuses (problems) or frowns at (warnings)."""
+    findings = Findings()
+    if settings.environment != "production":
+        return findings
+    now = now or dt.datetime.now(dt.UTC)
+    findings.problems += _kafka_problems(settings, now)
+    findings.problems += _database_problems(settings)
+    findings.problems += _api_tls_problems(settings, now)
+    pseudonym = settings.pseudonym_key.get_secret_value() if settings.pseudonym_key else None
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    for name, value, what in (
+        ("pseudonym_key", pseudonym, "the secret HMAC key for citizens' pseudonyms"),
+        ("metrics_token", token, "a bearer token that guards /metrics"),
+    ):
+        problem = _secret_problem(name, value, what)
+        if problem:
+            findings.problems.append(problem)
+    findings.problems += _development_leftovers(settings)
+    if settings.kafka_replication_factor < 3:
+        findings.warnings.append(
+            f"KAFKA_REPLICATION_FACTOR is {settings.kafka_replication_factor}: a broker loss "
+            "loses data; use 3 on a cluster of three or more brokers."
+        )
+    if settings.kafka_bootstrap_servers and not settings.kafka_idempotent_producer:
+        findings.warnings.append(
+            "KAFKA_IDEMPOTENT_PRODUCER is false: Apache Kafka supports it; turn it on."
+        )
+    return findings
+
+
+def refuse_unsafe_settings(settings: Settings) -> list[str]:
+    """Raise `UnsafeSettings` in production when a setting is unsafe; return the warnings."""
+    findings = inspect_settings(settings)
+    if findings.problems:
+        raise UnsafeSettings(findings.problems)
+    return findings.warnings

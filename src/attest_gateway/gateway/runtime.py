@@ -1,0 +1,151 @@
+"""The running gateway: the one place that wires store, keys, Kafka, relay and consumers.
+
+`running_gateway()` is an async context manager; the FastAPI lifespan enters it, and so do
+the integration tests. Nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from attest_gateway.gateway.bus import ConsumerLoop, Topics, ensure_topics, make_producer
+from attest_gateway.gateway.config import Settings
+from attest_gateway.gateway.crypto import KeyRing
+from attest_gateway.gateway.relay import OutboxRelay
+from attest_gateway.gateway.store.db import make_engine
+from attest_gateway.schemas.attests import DEFAULT_CATALOGUE, AttestKind
+
+if TYPE_CHECKING:
+    from attest_gateway.gateway.sweeper import Sweeper
+    from attest_gateway.gateway.tracker.service import Tracker
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    engine: AsyncEngine
+    keyring: KeyRing
+    pseudonym_key: bytes
+    topics: Topics
+    producer: AIOKafkaProducer
+    relay: OutboxRelay
+    catalogue: dict[str, AttestKind] = field(default_factory=lambda: dict(DEFAULT_CATALOGUE))
+    consumers: list[ConsumerLoop] = field(default_factory=list)
+    sweeper: Sweeper | None = None
+    tracker: Tracker | None = None
+
+
+def custodial_keys_dir(settings: Settings) -> Path:
+    return settings.effective_keys_dir / "custodial"
+
+
+def load_pseudonym_key(settings: Settings) -> bytes:
+    """The HMAC key for case refs: from the setting, else a file made once under keys_dir."""
+    if settings.pseudonym_key is not None:
+        return settings.pseudonym_key.get_secret_value().encode("utf-8")
+    path = settings.effective_keys_dir / "pseudonym.key"
+    if not path.exists():
+        if settings.environment == "production":
+            raise RuntimeError("PSEUDONYM_KEY must be set in production")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32), encoding="ascii")
+        path.chmod(0o600)
+    return path.read_text(encoding="ascii").strip().encode("ascii")
+
+
+@asynccontextmanager
+async def running_gateway(
+    settings: Settings,
+    bootstrap: str,
+    *,
+    run_relay: bool = True,
+    run_consumers: bool = True,
+) -> AsyncIterator[Gateway]:
+    from attest_gateway.adapters.medcom.delivery import DeliveryHandler  # composition root
+
+    topics = Topics.from_settings(settings)
+    engine = make_engine(settings.effective_database_url)
+    keyring = KeyRing.load_dir(custodial_keys_dir(settings))
+    if settings.gateway_org_id not in keyring.orgs:
+        raise RuntimeError(f"no keys for the gateway organisation {settings.gateway_org_id!r}")
+    await ensure_topics(settings, bootstrap, topics.all())
+    producer = make_producer(settings, bootstrap)
+    await producer.start()
+    relay = OutboxRelay(
+        engine,
+        producer,
+        topics,
+        batch_size=settings.relay_batch_size,
+        poll_seconds=settings.relay_poll_seconds,
+        max_pending=settings.outbox_max_pending,
+    )
+    gw = Gateway(settings, engine, keyring, load_pseudonym_key(settings), topics, producer, relay)
+    try:
+        if run_relay:
+            relay.start()
+        if run_consumers:
+            delivery = ConsumerLoop(
+                settings=settings,
+                bootstrap=bootstrap,
+                topic=topics.medcom_messages,
+                group=f"{settings.kafka_group_prefix}.delivery",
+                handler=DeliveryHandler(engine, topics, settings.gateway_org_id),
+                producer=producer,
+                dead_letter_topic=topics.dead_letter,
+            )
+            await delivery.start()
+            gw.consumers.append(delivery)
+            if settings.tracker_enabled:
+                from attest_gateway.gateway.tracker.service import make_tracker  # composition root
+
+                gw.tracker = make_tracker(gw, bootstrap)
+                await gw.tracker.consumer.start()
+                gw.consumers.append(gw.tracker.consumer)
+                gw.tracker.sweep.start()
+            from attest_gateway.gateway.sweeper import Sweeper  # composition root
+
+            gw.sweeper = Sweeper(gw, bootstrap)
+            gw.sweeper.start()
+        log.info("gateway.started", bootstrap=bootstrap, consumers=len(gw.consumers))
+        yield gw
+    finally:
+        # Every step is bounded: a hung component must not keep the process from exiting.
+        # Work cut off here was not committed, so it is redone by whoever takes over.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.shutdown_grace_seconds + 10
+
+        def left() -> float:
+            return max(0.5, deadline - loop.time())
+
+        if gw.tracker is not None:
+            await _bounded("tracker", gw.tracker.stop(), left())
+        if gw.sweeper is not None:
+            await _bounded("sweeper", gw.sweeper.stop(), left())
+        await asyncio.gather(
+            *(_bounded(f"consumer:{c.topic}", c.stop(), left()) for c in gw.consumers)
+        )
+        await _bounded("relay", relay.stop(), left())
+        await _bounded("producer", producer.stop(), left())
+        await _bounded("database", engine.dispose(), left())
+        log.info("gateway.stopped")
+
+
+async def _bounded(name: str, stopping: Coroutine[Any, Any, None], seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stopping, seconds)
+    except TimeoutError:
+        log.warning("gateway.stop_timed_out", component=name, seconds=seconds)
+    except Exception:  # stopping must go on with the next component
+        log.exception("gateway.stop_failed", component=name)

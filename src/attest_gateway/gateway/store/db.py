@@ -1,0 +1,47 @@
+"""Engine creation and the few dialect differences (SQLite pragmas, insert-or-ignore)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, a busy timeout and foreign keys."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **kwargs)
+
+
+async def insert_ignore(conn: AsyncConnection, table: sa.Table, values: dict[str, Any]) -> bool:
+    """Insert one row unless its key exists already. True when the row is new."""
+    stmt: Any
+    if conn.dialect.name == "postgresql":
+        stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    elif conn.dialect.name == "sqlite":
+        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    else:  # pragma: no cover - only the two dialects are supported
+        raise RuntimeError(f"unsupported database dialect {conn.dialect.name}")
+    result = await conn.execute(stmt)
+    return bool(result.rowcount == 1)
+
+
+def aware(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)

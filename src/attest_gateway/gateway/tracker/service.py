@@ -1,0 +1,71 @@
+"""Wiring of the tracker: its rules from the settings, and its parts in the running gateway
+(the `gateway.tracking` consumer and the sweep), started by `runtime.running_gateway`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from attest_gateway.gateway.bus import ConsumerLoop
+from attest_gateway.gateway.config import Settings
+from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
+from attest_gateway.gateway.tracker.rules import TrackerRules
+from attest_gateway.gateway.tracker.sweep import TrackerSweep
+
+if TYPE_CHECKING:
+    from attest_gateway.gateway.runtime import Gateway
+
+
+_RULES: dict[int, tuple[Settings, TrackerRules]] = {}
+
+
+def tracker_rules(settings: Settings) -> TrackerRules:
+    """The tracker's rules for these settings (built once per settings object)."""
+    cached = _RULES.get(id(settings))
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    rules = _build_rules(settings)
+    _RULES[id(settings)] = (settings, rules)
+    return rules
+
+
+def _build_rules(settings: Settings) -> TrackerRules:
+    return TrackerRules.build(
+        settings.tracker_deadlines,
+        next_working_day=settings.tracker_deadline_next_working_day,
+        late_request_weeks=dict(settings.tracker_late_request_weeks),
+        contact_window_weeks=settings.tracker_contact_window_weeks,
+        contact_case_kinds=frozenset(settings.tracker_contact_case_kinds),
+        contact_baseline=settings.tracker_contact_baseline,
+        reminder_max=settings.tracker_reminder_max,
+        reminder_interval_days=settings.tracker_reminder_interval_days,
+        min_cell_citizens=settings.tracker_min_cell_citizens,
+        timezone=settings.tracker_timezone,
+    )
+
+
+@dataclass
+class Tracker:
+    state: TrackerState
+    consumer: ConsumerLoop
+    sweep: TrackerSweep
+
+    async def stop(self) -> None:
+        await self.sweep.stop()
+
+
+def make_tracker(gw: Gateway, bootstrap: str) -> Tracker:
+    """The consumer (not started) and the sweep (not started) for a running gateway."""
+    settings = gw.settings
+    state = TrackerState(tracker_rules(settings), gw.catalogue)
+    consumer = ConsumerLoop(
+        settings=settings,
+        bootstrap=bootstrap,
+        topic=gw.topics.tracking,
+        group=f"{settings.kafka_group_prefix}.tracker",
+        handler=TrackerHandler(gw.engine, state),
+        producer=gw.producer,
+        dead_letter_topic=gw.topics.dead_letter,
+    )
+    sweep = TrackerSweep(gw, state, interval=settings.tracker_sweep_seconds)
+    return Tracker(state, consumer, sweep)

@@ -1,0 +1,1 @@
+"""The shared language: pydantic models and pure validation, no I/O."""

@@ -1,0 +1,113 @@
+"""The job-centre JSON API: what a municipality's case system sends and gets back.
+
+Job-centre systems speak plain JSON over HTTPS; they never see FHIR. These models are
+our own contracts (frozen, no extra fields); the adapter translates them to and from
+MedCom-like Bundles.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from attest_gateway.schemas.events import Stage
+from attest_gateway.schemas.identifiers import Cpr, Gln, Kommunekode, Sor, Ydernummer
+
+
+class CaseKind(StrEnum):
+    SYGEDAGPENGE = "sygedagpenge"
+    JOBAFKLARINGSFORLOEB = "jobafklaringsforloeb"
+    RESSOURCEFORLOEB = "ressourceforloeb"
+
+
+class _Contract(BaseModel):
+    # hide_input_in_errors: a validation error must never carry the CPR number or text.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class ReceiverRef(_Contract):
+    """The organisation asked for the attest: a SOR code, or a GP practice's ydernummer."""
+
+    sor: Sor | None = None
+    ydernummer: Ydernummer | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.sor is None) == (self.ydernummer is None):
+            raise ValueError("give exactly one of sor or ydernummer")
+        return self
+
+
+class AttestRequestIn(_Contract):
+    """`POST /jobcenter/v1/attest-requests`."""
+
+    municipality: Kommunekode = Field(description="kommunekode of the job centre's municipality")
+    jobcenter_gln: Gln = Field(description="the job centre's GLN/EAN location number")
+    caseworker_ref: Annotated[str, Field(min_length=1, max_length=64)]
+    citizen_cpr: Cpr
+    attest_type: str = Field(description="an LÆ code from the catalogue, e.g. 'LÆ 265'")
+    receiver: ReceiverRef
+    case_kind: CaseKind
+    first_day_of_absence: dt.date
+    psychiatric_course: bool
+    questions: Annotated[str, Field(min_length=1, max_length=20_000)]
+    reply_deadline: dt.date | None = None
+
+
+class AttestRequestAccepted(_Contract):
+    conversation_id: str
+    message_id: str
+    status_url: str
+    reply_deadline: dt.date
+
+
+class OrganisationSummary(_Contract):
+    name: str
+    sor: str | None = None
+    gln: str | None = None
+    ydernummer: str | None = None
+
+
+class TimelineEntry(_Contract):
+    stage: Stage
+    at: dt.datetime
+    message_id: str
+    detail: str | None = None
+
+
+class ConversationStatus(_Contract):
+    conversation_id: str
+    attest_type: str
+    case_kind: CaseKind
+    caseworker_ref: str
+    receiver: OrganisationSummary
+    reply_deadline: dt.date
+    stage: Stage
+    stages: dict[Stage, dt.datetime]
+    timeline: list[TimelineEntry]
+
+
+class AttachmentOut(_Contract):
+    content_type: str
+    title: str | None
+    data_base64: str
+
+
+class InboxItem(_Contract):
+    """One attest reply, translated from the MedCom-like Bundle into job-centre JSON."""
+
+    message_id: str
+    conversation_id: str
+    caseworker_ref: str
+    attest_type: str
+    sender: OrganisationSummary
+    received_at: dt.datetime
+    attest_text: str | None
+    attachments: list[AttachmentOut]
+
+
+class Inbox(_Contract):
+    items: list[InboxItem]

@@ -1,0 +1,64 @@
+"""/healthz and /readyz on the in-process gateway (real broker, both databases)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from attest_gateway.gateway import health
+from attest_gateway.gateway.crypto import KeyRing
+from attest_gateway.gateway.runtime import Gateway
+from tests.integration.conftest import Harness
+
+
+async def test_healthz_and_readyz(harness: Harness) -> None:
+    alive = await harness.client.get("/healthz")
+    assert alive.status_code == 200
+    assert alive.json() == {"status": "ok"}
+    ready = await harness.client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == {"database", "kafka", "keys"}
+    assert all(check["ok"] for check in body["checks"].values())
+
+
+async def test_readyz_names_the_failing_check(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broker_down(_gw: Gateway) -> None:
+        raise ConnectionRefusedError("secret-host:9093 refused")
+
+    monkeypatch.setitem(health.CHECKS, "kafka", broker_down)
+    response = await harness.client.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["kafka"] == {"ok": False, "error": "ConnectionRefusedError",
+                               "ms": checks["kafka"]["ms"]}  # fmt: skip
+    assert checks["database"]["ok"]
+    assert checks["keys"]["ok"]
+    assert "secret-host" not in response.text  # the class, never the text
+
+
+async def test_a_hanging_check_times_out(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def hangs(_gw: Gateway) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setitem(health.CHECKS, "database", hangs)
+    monkeypatch.setattr(
+        harness.gw,
+        "settings",
+        harness.settings.model_copy(update={"readiness_timeout_seconds": 0.05}),
+    )
+    response = await harness.client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"]["error"] == "no answer within 0.05 s"
+
+
+async def test_keys_check_needs_the_gateway_key_in_the_directory(harness: Harness) -> None:
+    without_keys = dataclasses.replace(harness.gw, keyring=KeyRing({}))
+    with pytest.raises(health.NotReady, match="key file is not loaded"):
+        await health.check_keys(without_keys)
+    await health.check_keys(harness.gw)

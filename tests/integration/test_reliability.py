@@ -1,0 +1,236 @@
+"""Accepted means delivered: the sweeper's re-publish, the MedCom resend rule, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+from attest_gateway.adapters.medcom.bundles import build_acknowledgement
+from attest_gateway.gateway.store import tables
+from attest_gateway.gateway.sweeper import Sweeper
+from attest_gateway.schemas.medcom import read_message
+from tests.integration.conftest import Harness
+from tests.integration.test_roundtrip import mailbox_item, open_item, submit
+from tests.support.harness import attest_request_body, wait_for
+
+JC, PSY = "jc-koebenhavn", "psyk-kbh"
+
+
+async def request(h: Harness) -> dict[str, Any]:
+    response = await h.client.post(
+        "/jobcenter/v1/attest-requests",
+        json=attest_request_body(jobcenter_gln=h.gln(JC)),
+        headers=h.auth(JC),
+    )
+    assert response.status_code == 202, response.text
+    accepted: dict[str, Any] = response.json()
+    return accepted
+
+
+async def status(h: Harness, cid: str) -> dict[str, Any]:
+    result: dict[str, Any] = await h.get_json(f"/jobcenter/v1/attest-requests/{cid}", JC)
+    return result
+
+
+def sweeper(h: Harness, **settings: Any) -> Sweeper:
+    gw = dataclasses.replace(h.gw, settings=h.gw.settings.model_copy(update=settings))
+    return Sweeper(gw, h.bootstrap)
+
+
+async def test_sweeper_republishes_what_reached_no_mailbox(harness: Harness) -> None:
+    h = harness
+    accepted = await request(h)
+    await mailbox_item(h, PSY, accepted["message_id"])
+    # Lose it: published, but never delivered (as if the broker had dropped the record).
+    async with h.gw.engine.begin() as conn:
+        await conn.execute(
+            tables.mailbox.delete().where(tables.mailbox.c.message_id == accepted["message_id"])
+        )
+        await conn.execute(
+            tables.outbox.update()
+            .where(tables.outbox.c.message_id == accepted["message_id"])
+            # published an hour ago: only the re-publish rule applies, not a recent replay
+            .values(delivered_at=None, published_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+        )
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)  # past REPUBLISH_AFTER
+    report = await sweeper(h).sweep_once(later)
+    assert report.republished >= 1
+    item = await mailbox_item(h, PSY, accepted["message_id"])
+    assert item["envelope"]["header"]["message_id"] == accepted["message_id"]
+    # Delivered now, so the next sweep leaves it alone.
+    await wait_for(lambda: _published(h, accepted["message_id"]))
+    await wait_for(lambda: _delivered(h, accepted["message_id"]))
+    again = await sweeper(h).sweep_once(later + dt.timedelta(minutes=5))
+    assert again.republished == 0
+    assert await _mailbox_count(h, accepted["message_id"]) == 1
+
+
+async def _published(h: Harness, message_id: str) -> bool:
+    async with h.gw.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(tables.outbox.c.published_at).where(tables.outbox.c.message_id == message_id)
+        )
+        return all(r.published_at is not None for r in rows)
+
+
+async def _delivered(h: Harness, message_id: str) -> bool:
+    async with h.gw.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(tables.outbox.c.delivered_at).where(tables.outbox.c.message_id == message_id)
+        )
+        return all(r.delivered_at is not None for r in rows)
+
+
+async def _mailbox_count(h: Harness, message_id: str) -> int:
+    async with h.gw.engine.connect() as conn:
+        count: int = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tables.mailbox)
+                .where(tables.mailbox.c.message_id == message_id)
+            )
+        ).scalar_one()
+        return count
+
+
+async def test_medcom_resend_rule_and_undeliverable(harness: Harness) -> None:
+    h = harness
+    accepted = await request(h)
+    mid, cid = accepted["message_id"], accepted["conversation_id"]
+    first = await mailbox_item(h, PSY, mid)
+    first_bundle_id = first["envelope"]["header"]["bundle_id"]
+    t0 = dt.datetime.now(dt.UTC)
+    sweep = sweeper(h)
+
+    # 29 minutes: too early.
+    assert (await sweep.sweep_once(t0 + dt.timedelta(minutes=29))).resent == 0
+    # 31 minutes without acknowledgement: resent with a new Bundle.id, same MessageHeader.id.
+    report = await sweep.sweep_once(t0 + dt.timedelta(minutes=31))
+    assert report.resent >= 1
+
+    async def resent_copy() -> dict[str, Any] | None:
+        item = await mailbox_item(h, PSY, mid)
+        return item if item["envelope"]["header"]["bundle_id"] != first_bundle_id else None
+
+    item = await wait_for(resent_copy)
+    bundle = open_item(item, h.client_keys(PSY))
+    info = read_message(bundle)
+    assert info.message_id == mid
+    assert info.bundle_id != first_bundle_id
+    assert await _mailbox_count(h, mid) == 1  # offered again, not delivered twice
+    assert "resent" in (await status(h, cid))["stages"]
+
+    await sweep.sweep_once(t0 + dt.timedelta(minutes=62))  # second resend
+    report = await sweep.sweep_once(t0 + dt.timedelta(minutes=93))  # no third: undeliverable
+    assert report.undeliverable >= 1
+    timeline = (await status(h, cid))["timeline"]
+    assert [e["detail"] for e in timeline if e["stage"] == "undeliverable"] == [
+        "no acknowledgement after 2 resends"
+    ]
+    await sweep.sweep_once(t0 + dt.timedelta(minutes=200))  # settled: nothing more happens
+    assert mid not in await _unsettled(h)
+    async with h.gw.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(tables.sent_messages).where(tables.sent_messages.c.message_id == mid)
+            )
+        ).one()
+    assert row.resend_count == 3
+    assert row.undeliverable_at is not None
+
+
+async def _unsettled(h: Harness) -> set[str]:
+    async with h.gw.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(tables.sent_messages.c.message_id).where(
+                tables.sent_messages.c.undeliverable_at.is_(None),
+                tables.sent_messages.c.acknowledged_at.is_(None),
+            )
+        )
+        return set(rows.scalars())
+
+
+async def test_acknowledged_request_is_not_resent(harness: Harness) -> None:
+    h = harness
+    accepted = await request(h)
+    item = await mailbox_item(h, PSY, accepted["message_id"])
+    request_bundle = open_item(item, h.client_keys(PSY))
+    ack = build_acknowledgement(
+        acked=request_bundle,
+        message_id=str(uuid.uuid4()),
+        bundle_id=str(uuid.uuid4()),
+        sent_at=dt.datetime.now(dt.UTC),
+        code="ok",
+    )
+    await submit(h, PSY, ack)
+    await sweeper(h).sweep_once(dt.datetime.now(dt.UTC) + dt.timedelta(hours=2))
+    stages = (await status(h, accepted["conversation_id"]))["stages"]
+    assert "acknowledged" in stages
+    assert "resent" not in stages
+    assert "undeliverable" not in stages
+
+
+async def test_pruning_while_traffic_flows(harness: Harness) -> None:
+    """Retention deletes only what is done, in small batches, while requests keep arriving;
+    every request accepted during pruning still reaches its mailbox."""
+    h = harness
+    prune = sweeper(
+        h,
+        outbox_retention_seconds=0,
+        mailbox_retention_seconds=0,
+        seen_ids_retention_seconds=0,
+        prune_batch_size=7,
+    )
+    # Some finished work to prune: collected mailbox rows.
+    done = [await request(h) for _ in range(10)]
+    for accepted in done:
+        await mailbox_item(h, PSY, accepted["message_id"])
+        response = await h.client.post(
+            f"/medcom/v1/mailbox/{accepted['message_id']}/collected", headers=h.auth(PSY)
+        )
+        assert response.status_code == 200
+
+    stop = asyncio.Event()
+    pruned = 0
+
+    async def keep_pruning() -> None:
+        nonlocal pruned
+        while not stop.is_set():
+            pruned += await prune.prune(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+            await asyncio.sleep(0.01)
+
+    pruner = asyncio.create_task(keep_pruning())
+    try:
+        flowing = await asyncio.gather(*(request(h) for _ in range(30)))
+        for accepted in flowing:
+            await mailbox_item(h, PSY, accepted["message_id"])
+    finally:
+        stop.set()
+        await pruner
+    assert pruned > 0
+    async with h.gw.engine.connect() as conn:
+        collected_left = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tables.mailbox)
+                .where(
+                    tables.mailbox.c.message_id.in_([a["message_id"] for a in done]),
+                )
+            )
+        ).scalar_one()
+        waiting = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tables.mailbox)
+                .where(tables.mailbox.c.message_id.in_([a["message_id"] for a in flowing]))
+            )
+        ).scalar_one()
+    assert collected_left == 0  # the collected ones were pruned
+    assert waiting == len(flowing)  # nothing still waiting was touched
+    for accepted in flowing:
+        assert "in_mailbox" in (await status(h, accepted["conversation_id"]))["stages"]

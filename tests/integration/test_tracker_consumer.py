@@ -1,0 +1,476 @@
+"""The tracker on the real broker and both databases: timelines from `gateway.tracking`,
+idempotent replays, overdue flags and reminders, late requests, missing contact."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
+
+from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
+from attest_gateway.gateway.crypto import OrgKeys, open_envelope, utcnow
+from attest_gateway.gateway.store.db import aware
+from attest_gateway.gateway.store.tables import (
+    stages,
+    tracker_cell_citizens,
+    tracker_contacts,
+    tracker_conversations,
+    tracker_counts,
+    tracker_durations,
+    tracker_episodes,
+    tracker_reminders,
+)
+from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
+from attest_gateway.gateway.tracker.reminders import MESSAGE_KIND_SYSTEM
+from attest_gateway.gateway.tracker.rules import TrackerRules, period_start
+from attest_gateway.gateway.tracker.service import tracker_rules
+from attest_gateway.gateway.tracker.sweep import TrackerSweep
+from attest_gateway.schemas.envelope import SealedEnvelope
+from attest_gateway.schemas.events import Stage
+from attest_gateway.schemas.medcom import (
+    Bundle,
+    Communication,
+    Provenance,
+    parse_bundle,
+    read_message,
+)
+from tests.integration.conftest import Harness
+from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for
+
+JC, PSY, GP = "jc-koebenhavn", "psyk-kbh", "gp-noerrebro"
+
+
+def cpr(n: int) -> str:
+    """A syntactically valid, test-only CPR number (first six digits a date)."""
+    return f"{1 + n % 28:02d}0185{n % 10000:04d}"
+
+
+def open_item(item: dict[str, Any], keys: OrgKeys) -> Bundle:
+    envelope = SealedEnvelope.model_validate(item["envelope"])
+    key = next(k for k in keys.hpke_keys if k.key_id == envelope.header.recipient_key_id)
+    return parse_bundle(orjson.loads(open_envelope(envelope, key)))
+
+
+async def request(h: Harness, **overrides: Any) -> dict[str, Any]:
+    body = attest_request_body(jobcenter_gln=h.gln(JC), **overrides)
+    response = await h.client.post("/jobcenter/v1/attest-requests", json=body, headers=h.auth(JC))
+    assert response.status_code == 202, response.text
+    accepted: dict[str, Any] = response.json()
+    return accepted
+
+
+async def mailbox_item(h: Harness, org: str, pick: Any) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        items = (await h.get_json("/medcom/v1/mailbox", org, params={"limit": 500}))["items"]
+        return next((i for i in items if pick(i)), None)
+
+    return await wait_for(probe)
+
+
+async def post_bundle(h: Harness, org: str, bundle: dict[str, Any]) -> None:
+    response = await h.client.post(
+        "/medcom/v1/messages",
+        content=orjson.dumps(bundle),
+        headers={**h.auth(org), "Content-Type": "application/fhir+json"},
+    )
+    assert response.status_code == 202, response.text
+
+
+async def answer(h: Harness, accepted: dict[str, Any], org: str = PSY) -> None:
+    """The clinic fetches, acknowledges and replies; the job centre reads the reply."""
+    item = await mailbox_item(h, org, lambda i: i["message_id"] == accepted["message_id"])
+    req = open_item(item, h.client_keys(org))
+    now = dt.datetime.now(dt.UTC)
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    await post_bundle(
+        h,
+        org,
+        build_acknowledgement(
+            acked=req, message_id=ids[0], bundle_id=ids[1], sent_at=now, code="ok"
+        ),
+    )
+    await post_bundle(
+        h,
+        org,
+        build_attest_reply(
+            request=req,
+            message_id=ids[2],
+            bundle_id=ids[3],
+            sent_at=now,
+            text=ATTEST_TEXT,
+            pdf=None,
+        ),
+    )
+
+    async def read() -> bool:
+        items = (await h.get_json("/jobcenter/v1/inbox", JC, params={"limit": 500}))["items"]
+        return any(i["conversation_id"] == accepted["conversation_id"] for i in items)
+
+    await wait_for(read)
+
+
+async def tracked(h: Harness, cid: str, column: str) -> Any:
+    async def probe() -> Any:
+        async with h.gw.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(tracker_conversations).where(
+                        tracker_conversations.c.conversation_id == cid
+                    )
+                )
+            ).first()
+        return row if row is not None and getattr(row, column) is not None else None
+
+    return await wait_for(probe)
+
+
+async def snapshot(h: Harness) -> dict[str, list[Any]]:
+    out = {}
+    async with h.gw.engine.connect() as conn:
+        for table in (
+            tracker_conversations,
+            tracker_counts,
+            tracker_durations,
+            tracker_cell_citizens,
+            tracker_episodes,
+        ):
+            rows = await conn.execute(sa.select(table).order_by(*table.primary_key.columns))
+            out[table.name] = [tuple(r) for r in rows]
+    return out
+
+
+async def test_timeline_of_a_conversation_matches_its_stages(harness: Harness) -> None:
+    h = harness
+    first_day = dt.date.today() - dt.timedelta(days=70)  # past week 8: a late request
+    accepted = await request(h, cpr=cpr(1), first_day_of_absence=first_day.isoformat())
+    cid = accepted["conversation_id"]
+    await answer(h, accepted)
+    row = await tracked(h, cid, "reply_fetched_at")
+
+    async with h.gw.engine.connect() as conn:
+        recorded = {
+            r.stage: aware(r.at)
+            for r in await conn.execute(sa.select(stages).where(stages.c.conversation_id == cid))
+        }
+    for stage in (
+        Stage.SUBMITTED,
+        Stage.IN_MAILBOX,
+        Stage.FETCHED,
+        Stage.ACKNOWLEDGED,
+        Stage.REPLIED,
+        Stage.REPLY_IN_INBOX,
+        Stage.REPLY_FETCHED,
+    ):
+        assert aware(getattr(row, f"{stage.value}_at")) == recorded[stage.value], stage
+    assert row.requested_late is True
+    assert row.outcome == "on_time"
+    assert row.receiver_role == "psychiatry"
+    assert row.due_date >= dt.date.today() + dt.timedelta(days=50)  # LÆ 155: two months
+
+    # The request to psychiatry is a direct contact, but it came after the 8-week window.
+    async with h.gw.engine.connect() as conn:
+        episode = (
+            await conn.execute(
+                sa.select(tracker_episodes).where(tracker_episodes.c.case_ref == row.case_ref)
+            )
+        ).one()
+    assert episode.first_contact_at is not None
+    assert episode.window_end == first_day + dt.timedelta(days=55)
+    assert episode.outcome in (None, "no_contact")  # settled by the sweep, never as contact
+
+
+async def test_replayed_events_change_nothing(harness: Harness) -> None:
+    h = harness
+    accepted = await request(h, cpr=cpr(2))
+    cid = accepted["conversation_id"]
+    await answer(h, accepted)
+    await tracked(h, cid, "reply_fetched_at")
+    records = [
+        r for r in await read_topic(h.bootstrap, h.gw.topics.tracking) if r.key == cid.encode()
+    ]
+    assert len(records) >= 7
+    before = await snapshot(h)
+    assert h.gw.tracker is not None
+    handler = TrackerHandler(h.gw.engine, h.gw.tracker.state)
+    for record in reversed(records):  # replayed, and out of order
+        await handler(record)
+    assert await snapshot(h) == before
+
+
+async def test_events_in_any_order_give_the_same_rollups(harness: Harness) -> None:
+    """A fresh tracker state fed the same events backwards ends where the live one did."""
+    h = harness
+    accepted = await request(h, cpr=cpr(3))
+    cid = accepted["conversation_id"]
+    await answer(h, accepted)
+    live = await tracked(h, cid, "reply_fetched_at")
+    records = [
+        r for r in await read_topic(h.bootstrap, h.gw.topics.tracking) if r.key == cid.encode()
+    ]
+    async with h.gw.engine.begin() as conn:
+        await conn.execute(
+            tracker_conversations.delete().where(tracker_conversations.c.conversation_id == cid)
+        )
+    handler = TrackerHandler(h.gw.engine, TrackerState(tracker_rules(h.settings), h.gw.catalogue))
+    for record in reversed(records):
+        await handler(record)
+    again = await tracked(h, cid, "reply_fetched_at")
+    assert again._mapping == live._mapping
+
+
+async def test_overdue_requests_are_flagged_and_reminded_at_most_twice(harness: Harness) -> None:
+    h = harness
+    tomorrow = dt.date.today() + dt.timedelta(days=1)
+    accepted = await request(h, cpr=cpr(4), reply_deadline=tomorrow.isoformat())
+    cid = accepted["conversation_id"]
+    await mailbox_item(h, PSY, lambda i: i["message_id"] == accepted["message_id"])
+    row = await tracked(h, cid, "due_date")
+    assert row.due_date >= tomorrow
+
+    # One-day spacing, so that the whole test stays within days of now.
+    rules = TrackerRules.build(reminder_interval_days=1)
+    sweep = TrackerSweep(h.gw, TrackerState(rules, h.gw.catalogue), interval=3600)
+    t0 = dt.datetime.combine(row.due_date + dt.timedelta(days=1), dt.time(8), tzinfo=dt.UTC)
+
+    done = await sweep.run_once(now=t0)
+    assert done["overdue"] >= 1
+    assert done["reminders"] >= 1
+    flagged = await tracked(h, cid, "overdue_at")
+    assert flagged.outcome == "overdue"
+    reminder = await mailbox_item(
+        h, PSY, lambda i: i["conversation_id"] == cid and i["message_type"] == "attest-reminder"
+    )
+    bundle = open_item(reminder, h.client_keys(PSY))
+    info = read_message(bundle)
+    assert info.conversation_id == cid
+    assert info.receiver.sor == "715381000016006"
+    chain = [e.what.reference for p in bundle.resources(Provenance) for e in p.entity]
+    assert f"MessageHeader/{accepted['message_id']}" in chain
+    kinds = {
+        c.code
+        for c in (
+            info_coding
+            for cat in bundle.resources(Communication)
+            for info_coding in cat.category[0].coding
+        )
+        if c.system == MESSAGE_KIND_SYSTEM
+    }
+    assert kinds == {"reminder"}
+
+    # Not again the same day; again after the interval; never more than the maximum.
+    await sweep.run_once(now=t0 + dt.timedelta(hours=2))
+    await sweep.run_once(now=t0 + dt.timedelta(days=1, hours=1))
+    await sweep.run_once(now=t0 + dt.timedelta(days=2, hours=2))
+    await sweep.run_once(now=t0 + dt.timedelta(days=3, hours=3))
+    async with h.gw.engine.connect() as conn:
+        sent = (
+            await conn.execute(
+                sa.select(tracker_reminders.c.seq).where(tracker_reminders.c.conversation_id == cid)
+            )
+        ).scalars()
+        assert sorted(sent) == [1, 2]
+        stage_rows = (
+            await conn.execute(sa.select(stages.c.stage).where(stages.c.conversation_id == cid))
+        ).scalars()
+        assert {"overdue", "reminded"} <= set(stage_rows)
+
+    async def two_reminders_counted() -> bool:
+        r = await tracked(h, cid, "last_reminded_at")
+        return bool(r.reminders == 2)
+
+    await wait_for(two_reminders_counted)
+
+
+async def test_missing_contact_is_flagged_and_registered_contact_counts(harness: Harness) -> None:
+    h = harness
+    long_ago = dt.date.today() - dt.timedelta(days=120)
+    recent = dt.date.today() - dt.timedelta(days=10)
+    gp = {"ydernummer": "012345"}
+    # A: psychiatric course, only a GP asked, window closed: no contact.
+    a = await request(
+        h, cpr=cpr(11), receiver=gp, attest_type="LÆ 265", first_day_of_absence=long_ago.isoformat()
+    )
+    # B: the same, but the job centre registers a meeting with psychiatry within the window.
+    b = await request(
+        h, cpr=cpr(12), receiver=gp, attest_type="LÆ 265", first_day_of_absence=long_ago.isoformat()
+    )
+    contact = {
+        "municipality": "101",
+        "citizen_cpr": cpr(12),
+        "psychiatry_sor": "715381000016006",
+        "case_kind": "sygedagpenge",
+        "first_day_of_absence": long_ago.isoformat(),
+        "contact_date": (long_ago + dt.timedelta(days=20)).isoformat(),
+        "channel": "meeting",
+    }
+    headers = {**h.auth(JC), "Idempotency-Key": f"contact-{uuid.uuid4()}"}
+    first = await h.client.post("/jobcenter/v1/contacts", json=contact, headers=headers)
+    assert first.status_code == 201, first.text
+    again = await h.client.post("/jobcenter/v1/contacts", json=contact, headers=headers)
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    # C: a request to psychiatry (a direct message) inside an open window: contact.
+    c = await request(h, cpr=cpr(13), first_day_of_absence=recent.isoformat())
+    # D: no psychiatric course: outside the measure.
+    d = await request(
+        h,
+        cpr=cpr(14),
+        receiver=gp,
+        attest_type="LÆ 265",
+        psychiatric_course=False,
+        first_day_of_absence=long_ago.isoformat(),
+    )
+
+    refs = {}
+    for name, acc in (("a", a), ("b", b), ("c", c), ("d", d)):
+        refs[name] = (await tracked(h, acc["conversation_id"], "submitted_at")).case_ref
+
+    assert h.gw.tracker is not None
+    await h.gw.tracker.sweep.run_once()
+
+    async def outcomes() -> dict[str, str | None] | None:
+        # The registered contact travels over Kafka and may reach the tracker after the sweep has
+        # settled B as without contact; either way B must end with its contact applied.
+        async with h.gw.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(tracker_episodes))).all()
+        found = {name: r.outcome for name, ref in refs.items() for r in rows if r.case_ref == ref}
+        b_contact = any(r.case_ref == refs["b"] and r.first_contact_at for r in rows)
+        return found if b_contact and found.get("a") and found.get("c") else None
+
+    found = await wait_for(outcomes)
+    assert found == {"a": "no_contact", "b": "contact", "c": "contact"}
+
+    async with h.gw.engine.connect() as conn:
+        b_episode = (
+            await conn.execute(
+                sa.select(tracker_episodes).where(tracker_episodes.c.case_ref == refs["b"])
+            )
+        ).one()
+        registered = (
+            await conn.execute(
+                sa.select(tracker_contacts).where(tracker_contacts.c.case_ref == refs["b"])
+            )
+        ).all()
+    assert b_episode.contact_source == "registered"
+    assert len(registered) == 1
+
+
+async def test_a_contact_registered_after_the_window_was_settled_corrects_it(
+    harness: Harness,
+) -> None:
+    h = harness
+    first_day = dt.date.today() - dt.timedelta(days=200)
+    gp = {"ydernummer": "012345"}
+    accepted = await request(
+        h, cpr=cpr(15), receiver=gp, attest_type="LÆ 265", first_day_of_absence=first_day.isoformat()
+    )
+    ref = (await tracked(h, accepted["conversation_id"], "submitted_at")).case_ref
+    assert h.gw.tracker is not None
+    ep = tracker_episodes
+
+    async def episode(outcome: str | None) -> Any:
+        async with h.gw.engine.connect() as conn:
+            row = (await conn.execute(sa.select(ep).where(ep.c.case_ref == ref))).first()
+        return row if row is not None and row.outcome == outcome else None
+
+    await wait_for(lambda: episode(None))
+    await h.gw.tracker.sweep.run_once()
+    settled = await wait_for(lambda: episode("no_contact"))
+    national = (
+        (tracker_counts.c.grain == "national")
+        & (tracker_counts.c.period_kind == "week")
+        & (tracker_counts.c.period_start == period_start(settled.window_end, "week"))
+        & (tracker_counts.c.attest_type == "-")
+    )
+
+    async def counts() -> tuple[int, int]:
+        async with h.gw.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(tracker_counts.c.contact_decided, tracker_counts.c.contact_covered)
+                    .where(national)
+                )
+            ).one()
+        return int(row.contact_decided), int(row.contact_covered)
+
+    before = await counts()
+    contact = {
+        "municipality": "101",
+        "citizen_cpr": cpr(15),
+        "psychiatry_sor": "715381000016006",
+        "case_kind": "sygedagpenge",
+        "first_day_of_absence": first_day.isoformat(),
+        "contact_date": (first_day + dt.timedelta(days=10)).isoformat(),
+        "channel": "phone",
+    }
+    response = await h.client.post("/jobcenter/v1/contacts", json=contact, headers=h.auth(JC))
+    assert response.status_code == 201, response.text
+
+    corrected = await wait_for(lambda: episode("contact"))
+    assert corrected.contact_source == "registered"
+    decided, covered = await counts()
+    assert (decided, covered) == (before[0], before[1] + 1)
+
+
+async def test_a_contact_for_someone_elses_municipality_is_refused(harness: Harness) -> None:
+    h = harness
+    body = {
+        "municipality": "751",
+        "citizen_cpr": cpr(20),
+        "psychiatry_sor": "715381000016006",
+        "case_kind": "sygedagpenge",
+        "first_day_of_absence": "2026-01-05",
+        "contact_date": "2026-01-20",
+    }
+    response = await h.client.post("/jobcenter/v1/contacts", json=body, headers=h.auth(JC))
+    assert response.status_code == 403
+    assert response.json()["code"] == "jobcenter-mismatch"
+    body |= {"municipality": "101", "psychiatry_sor": "486711000016004"}  # a GP, not psychiatry
+    response = await h.client.post("/jobcenter/v1/contacts", json=body, headers=h.auth(JC))
+    assert response.status_code == 422
+    assert response.json()["code"] == "unknown-receiver"
+
+
+async def test_an_unreadable_tracking_record_is_dead_lettered(harness: Harness) -> None:
+    h = harness
+    producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap)
+    await producer.start()
+    marker = f"garbage-{uuid.uuid4()}".encode()
+    try:
+        await producer.send_and_wait(h.gw.topics.tracking, value=b"{not json", key=marker)
+    finally:
+        await producer.stop()
+
+    async def dead_lettered() -> Any:
+        records = await read_topic(h.bootstrap, h.gw.topics.dead_letter)
+        return next((r for r in records if r.key == marker), None)
+
+    record = await wait_for(dead_lettered)
+    assert dict(record.headers)["dlq-reason"] == b"invalid-tracking-event"
+
+
+@pytest.mark.parametrize("column", ["case_ref"])
+async def test_no_cpr_number_in_any_tracker_table(harness: Harness, column: str) -> None:
+    h = harness
+    accepted = await request(h, cpr=cpr(30))
+    await tracked(h, accepted["conversation_id"], "submitted_at")
+    numbers = {cpr(n) for n in (1, 2, 3, 4, 11, 12, 13, 14, 30)}
+    async with h.gw.engine.connect() as conn:
+        for table in (
+            tracker_conversations,
+            tracker_reminders,
+            tracker_episodes,
+            tracker_contacts,
+            tracker_counts,
+            tracker_durations,
+            tracker_cell_citizens,
+        ):
+            for row in await conn.execute(sa.select(table)):
+                text = " ".join(str(v) for v in row)
+                assert not any(n in text for n in numbers), table.name
+    assert utcnow()  # the clock is the gateway's

@@ -1,0 +1,237 @@
+"""CPR redaction in log output, for structlog and standard-library loggers alike."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attest_gateway.gateway.logging import configure_logging, redact_cpr
+
+CPR = "0101901234"
+CPR_DASHED = "010190-1234"
+MASK = "******-****"
+GLN = "5790001348120"
+PHONE = "12345678"
+_CPR_SHAPE = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
+
+
+def _redact(event_dict: dict[str, Any]) -> dict[str, Any]:
+    return dict(redact_cpr(None, "info", event_dict))
+
+
+# --- the processor ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (CPR, MASK),
+        (CPR_DASHED, MASK),
+        (f"citizen {CPR} asked", f"citizen {MASK} asked"),
+        (f"{CPR_DASHED},{CPR}", f"{MASK},{MASK}"),
+        (f"cpr={CPR}.", f"cpr={MASK}."),
+        (f"abc{CPR}xyz", f"abc{MASK}xyz"),
+    ],
+)
+def test_masks_cpr_shaped_strings(text: str, expected: str) -> None:
+    assert _redact({"event": text}) == {"event": expected}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GLN,
+        f"gln {GLN}",
+        PHONE,
+        f"tlf. +45 {PHONE}",
+        "715381000016006",  # SOR code, 15 digits
+        "01019012345",  # 11 digits
+        "123456789",  # 9 digits
+        "0101901-234",  # dash in the wrong place
+        "2026-01-31T09:30:00.123456Z",
+        "6f1c2a8e-3b7d-4c1e-9a0f-2d5e8b7c4a11",
+        "LÆ 265",
+    ],
+)
+def test_leaves_other_numbers_alone(text: str) -> None:
+    assert _redact({"event": text, "n": 5790001348120}) == {"event": text, "n": 5790001348120}
+
+
+def test_masks_nested_dicts_lists_and_tuples() -> None:
+    body: dict[str, Any] = {
+        "citizen_cpr": CPR_DASHED,
+        "jobcenter_gln": GLN,
+        "phones": [PHONE, f"{CPR} / {PHONE}"],
+        "deep": {"list": [{"cpr": CPR}], "pair": (CPR, 7)},
+    }
+    event: dict[str, Any] = {"event": "request.received", "body": body, "count": 3, "flag": None}
+    assert _redact(event) == {
+        "event": "request.received",
+        "body": {
+            "citizen_cpr": MASK,
+            "jobcenter_gln": GLN,
+            "phones": [PHONE, f"{MASK} / {PHONE}"],
+            "deep": {"list": [{"cpr": MASK}], "pair": (MASK, 7)},
+        },
+        "count": 3,
+        "flag": None,
+    }
+    assert body["citizen_cpr"] == CPR_DASHED  # the input is not modified in place
+
+
+_TEXT = st.text(alphabet=st.sampled_from("0123456789-- ax/"), max_size=60)
+
+
+@settings(max_examples=300)
+@given(text=_TEXT)
+def test_no_cpr_shape_survives(text: str) -> None:
+    out = _redact({"event": text, "nested": [{"v": text}]})
+    assert _CPR_SHAPE.search(out["event"]) is None
+    assert out["nested"] == [{"v": out["event"]}]
+    if _CPR_SHAPE.search(text) is None:
+        assert out["event"] == text
+
+
+@settings(max_examples=200)
+@given(
+    runs=st.lists(
+        st.integers(min_value=1, max_value=20).filter(lambda n: n != 10), min_size=1, max_size=5
+    ),
+    data=st.data(),
+)
+def test_digit_runs_of_other_lengths_are_kept(runs: list[int], data: st.DataObject) -> None:
+    words = [data.draw(st.text(alphabet="0123456789", min_size=n, max_size=n)) for n in runs]
+    text = " ".join(words)
+    assert _redact({"event": text}) == {"event": text}
+
+
+class _Person(NamedTuple):
+    cpr: str
+    name: str
+
+
+def test_masks_namedtuples() -> None:
+    out = _redact({"who": _Person(CPR, "Jens")})
+    assert CPR not in repr(out)
+
+
+# --- configured output ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """configure_logging(fmt="json") writing into a buffer; all logging state restored after."""
+    root = logging.getLogger()
+    saved_root = (root.handlers[:], root.level)
+    names = ("uvicorn", "uvicorn.error", "uvicorn.access", "aiokafka")
+    saved = {
+        n: (
+            logging.getLogger(n).handlers[:],
+            logging.getLogger(n).propagate,
+            logging.getLogger(n).level,
+        )
+        for n in names
+    }
+    configure_logging(level="INFO", fmt="json")
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    buffer = io.StringIO()
+    handler.setStream(buffer)
+    try:
+        yield buffer
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], level = saved_root
+        root.setLevel(level)
+        for n, (handlers, propagate, lvl) in saved.items():
+            lg = logging.getLogger(n)
+            lg.handlers[:] = handlers
+            lg.propagate = propagate
+            lg.setLevel(lvl)
+
+
+def _lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    text = buffer.getvalue()
+    assert CPR not in text
+    assert CPR_DASHED not in text
+    assert _CPR_SHAPE.search(text) is None
+    lines = text.splitlines()
+    assert lines
+    return [json.loads(line) for line in lines]
+
+
+def test_configure_logging_installs_one_root_handler(json_log: io.StringIO) -> None:
+    root = logging.getLogger()
+    ours = [
+        h for h in root.handlers if isinstance(h.formatter, structlog.stdlib.ProcessorFormatter)
+    ]
+    assert len(ours) == 1  # pytest adds its own capture handlers for the test's call phase
+    assert isinstance(ours[0], logging.StreamHandler)
+    assert ours[0].stream is json_log
+    assert root.level == logging.INFO
+    assert logging.getLogger("uvicorn.access").propagate is True
+    assert logging.getLogger("uvicorn.access").level == logging.WARNING
+    assert logging.getLogger("aiokafka").level == logging.WARNING
+
+
+def test_structlog_output_is_json_without_cpr(json_log: io.StringIO) -> None:
+    log = structlog.get_logger("attest.test")
+    log.info(
+        f"request for {CPR}",
+        cpr=CPR_DASHED,
+        gln=GLN,
+        phone=PHONE,
+        body={"citizen_cpr": CPR, "ids": [CPR_DASHED, GLN]},
+    )
+    log.debug("not shown at INFO", cpr=CPR)
+    (line,) = _lines(json_log)
+    assert line["event"] == f"request for {MASK}"
+    assert line["cpr"] == MASK
+    assert line["gln"] == GLN
+    assert line["phone"] == PHONE
+    assert line["body"] == {"citizen_cpr": MASK, "ids": [MASK, GLN]}
+    assert line["level"] == "info"
+    assert line["logger"] == "attest.test"
+    assert line["timestamp"].endswith("Z")
+
+
+def test_stdlib_output_is_json_without_cpr(json_log: io.StringIO) -> None:
+    std = logging.getLogger("attest.stdlib")
+    std.warning("citizen %s has gln %s", CPR_DASHED, GLN, extra={"who": CPR})
+    std.info("plain %s", PHONE)
+    first, second = _lines(json_log)
+    assert first["event"] == f"citizen {MASK} has gln {GLN}"
+    assert first["who"] == MASK
+    assert first["level"] == "warning"
+    assert first["logger"] == "attest.stdlib"
+    assert second["event"] == f"plain {PHONE}"
+
+
+def test_exception_tracebacks_are_masked(json_log: io.StringIO) -> None:
+    log = structlog.get_logger("attest.test")
+    std = logging.getLogger("attest.stdlib")
+    try:
+        raise ValueError(f"bad cpr {CPR}")
+    except ValueError:
+        log.exception("structlog.failed")
+        std.exception("stdlib.failed")
+    lines = _lines(json_log)
+    assert [line["event"] for line in lines] == ["structlog.failed", "stdlib.failed"]
+    for line in lines:
+        assert line["level"] == "error"
+        assert "ValueError: bad cpr ******-****" in line["exception"]
+
+
+def test_non_string_values_are_masked(json_log: io.StringIO) -> None:
+    structlog.get_logger("attest.test").warning("failed", error=ValueError(f"bad {CPR}"))
+    (line,) = _lines(json_log)
+    assert line["error"]

@@ -1,0 +1,192 @@
+"""Production mode refuses unsafe settings with one sentence per setting, naming it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from attest_gateway.gateway.app import create_app
+from attest_gateway.gateway.config import Settings, load_settings
+from attest_gateway.gateway.production import (
+    UnsafeSettings,
+    inspect_settings,
+    is_development_certificate,
+    refuse_unsafe_settings,
+)
+
+SECRET = "3b9f0c2a7e5d4c1b8a6f9e0d2c4b6a8f"  # 32 random-looking characters
+
+
+def _cert(path: Path, *, org: str = "Region Hovedstaden", days: int = 365, start: int = -1) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "api")])  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + dt.timedelta(days=start))
+        .not_valid_after(now + dt.timedelta(days=start + days))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path = path.with_suffix(".key")
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return path
+
+
+def _safe(tmp_path: Path, **overrides: Any) -> Settings:
+    cert = _cert(tmp_path / "api.crt")
+    ca = _cert(tmp_path / "ca.crt")
+    values: dict[str, Any] = {
+        "environment": "production",
+        "var_dir": tmp_path / "var",
+        "database_url": "postgresql+asyncpg://attest:pw@db.internal/attest?ssl=verify-full",
+        "kafka_bootstrap_servers": "kafka-1:9093,kafka-2:9093,kafka-3:9093",
+        "kafka_security_protocol": "SSL",
+        "kafka_ssl_cafile": ca,
+        "kafka_idempotent_producer": True,
+        "kafka_replication_factor": 3,
+        "api_tls_certfile": cert,
+        "api_tls_keyfile": cert.with_suffix(".key"),
+        "pseudonym_key": SECRET,
+        "metrics_token": SECRET[::-1],
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def _problems(settings: Settings) -> list[str]:
+    return inspect_settings(settings).problems
+
+
+def test_development_mode_refuses_nothing() -> None:
+    assert inspect_settings(load_settings()).problems == []
+    assert refuse_unsafe_settings(load_settings()) == []
+
+
+def test_a_safe_production_configuration_is_accepted(tmp_path: Path) -> None:
+    findings = inspect_settings(_safe(tmp_path))
+    assert findings.problems == []
+    assert findings.warnings == []
+
+
+def test_the_defaults_are_refused_in_production_naming_every_setting() -> None:
+    problems = _problems(load_settings(environment="production"))
+    text = " ".join(problems)
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "API_TLS_CERTFILE", "PSEUDONYM_KEY",
+                "METRICS_TOKEN"):  # fmt: skip
+        assert var in text
+    assert all(p.endswith(".") and p.count(". ") <= 1 for p in problems)  # one sentence each
+
+
+@pytest.mark.parametrize(
+    ("override", "setting"),
+    [
+        ({"kafka_bootstrap_servers": None}, "KAFKA_BOOTSTRAP_SERVERS"),  # the embedded broker
+        ({"kafka_security_protocol": "PLAINTEXT"}, "KAFKA_SECURITY_PROTOCOL"),
+        ({"database_url": None}, "DATABASE_URL"),  # SQLite
+        ({"database_url": "sqlite+aiosqlite:///gw.db"}, "DATABASE_URL"),
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest"}, "DATABASE_URL"),  # no TLS
+        ({"api_tls_certfile": None}, "API_TLS_CERTFILE"),
+        ({"api_tls_keyfile": None}, "API_TLS_KEYFILE"),
+        ({"pseudonym_key": None}, "PSEUDONYM_KEY"),
+        ({"pseudonym_key": "change-me-change-me-change-me-change-me"}, "PSEUDONYM_KEY"),
+        ({"pseudonym_key": "a1b2c3d4e5f6"}, "PSEUDONYM_KEY"),  # too short
+        ({"metrics_token": None}, "METRICS_TOKEN"),
+        ({"kafka_ssl_cafile": Path("/nonexistent/ca.crt")}, "KAFKA_SSL_CAFILE"),
+        ({"kafka_ssl_keyfile": Path("/nonexistent/client.key")}, "KAFKA_SSL_KEYFILE"),
+    ],
+)
+def test_each_unsafe_setting_is_refused_by_name(
+    tmp_path: Path, override: dict[str, Any], setting: str
+) -> None:
+    problems = _problems(_safe(tmp_path, **override))
+    assert problems, f"{setting} was accepted"
+    assert all(p.startswith(setting) for p in problems), problems
+
+
+def test_a_unix_socket_database_needs_no_tls(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://attest@/attest?host=/var/run/postgresql"
+    assert _problems(_safe(tmp_path, database_url=url)) == []
+
+
+def test_development_and_expired_certificates_are_refused(tmp_path: Path) -> None:
+    dev = _cert(tmp_path / "dev.crt", org="attest gateway development CA")
+    assert is_development_certificate(x509.load_pem_x509_certificate(dev.read_bytes()))
+    problems = _problems(_safe(tmp_path, api_tls_certfile=dev))
+    assert problems == [f"API_TLS_CERTFILE names a development certificate ({dev}): use the "
+                        "real one."]  # fmt: skip
+    old = _cert(tmp_path / "old.crt", days=30, start=-60)
+    assert "expired" in _problems(_safe(tmp_path, kafka_ssl_cafile=old))[0]
+    future = _cert(tmp_path / "future.crt", start=10)
+    assert "not valid before" in _problems(_safe(tmp_path, kafka_ssl_cafile=future))[0]
+
+
+def test_a_private_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    settings = _safe(tmp_path)
+    assert settings.api_tls_keyfile is not None
+    settings.api_tls_keyfile.chmod(0o644)
+    assert _problems(settings) == [
+        f"API_TLS_KEYFILE names {settings.api_tls_keyfile}, which other users can read: "
+        "chmod 600 (or 640 for a group)."
+    ]
+
+
+def test_development_keys_and_demo_credentials_are_refused(tmp_path: Path) -> None:
+    settings = _safe(tmp_path)
+    (settings.var_dir / "keys" / "clients").mkdir(parents=True)
+    (settings.var_dir / "keys" / "clients" / "psyk-kbh.json").write_text("{}")
+    (settings.var_dir / "demo-credentials.json").write_text("{}")
+    problems = _problems(settings)
+    assert [p.split(" ")[0] for p in problems] == ["VAR_DIR", "KEYS_DIR"]
+
+
+def test_unwise_settings_are_warnings(tmp_path: Path) -> None:
+    findings = inspect_settings(
+        _safe(tmp_path, kafka_replication_factor=1, kafka_idempotent_producer=False)
+    )
+    assert findings.problems == []
+    assert [w.split(" ")[0] for w in findings.warnings] == [
+        "KAFKA_REPLICATION_FACTOR",
+        "KAFKA_IDEMPOTENT_PRODUCER",
+    ]
+
+
+def test_the_composition_root_refuses_to_build_the_app() -> None:
+    with pytest.raises(UnsafeSettings) as caught:
+        create_app(load_settings(environment="production"), "kafka:9093")
+    assert "KAFKA_BOOTSTRAP_SERVERS" in str(caught.value)
+
+
+def test_serve_stops_before_starting_anything(tmp_path: Path) -> None:
+    """`serve` in production with unsafe settings: exit 2, a list of sentences, no traceback,
+    and no embedded broker started."""
+    from tests.unit.test_cli import run_cli
+
+    result = run_cli(["serve"], env={"ENVIRONMENT": "production", "VAR_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "production mode refuses these settings" in result.stderr
+    assert "KAFKA_BOOTSTRAP_SERVERS is not set" in result.stderr
+    assert "embedded broker (Tansu)" not in result.stderr
+    assert not (tmp_path / "broker.log").exists()
+    assert isinstance(result, subprocess.CompletedProcess)

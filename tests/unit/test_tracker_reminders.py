@@ -1,0 +1,78 @@
+"""The reminder is a MedCom-like message that refers to its request and carries no CPR."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from attest_gateway.gateway.tracker.reminders import (
+    MESSAGE_KIND_SYSTEM,
+    build_reminder,
+    derived_id,
+)
+from attest_gateway.schemas.medcom import (
+    CPR_SYSTEM,
+    ENTITY_ROLE_REVISION,
+    OrgIdentifiers,
+    Provenance,
+    parse_bundle,
+    read_message,
+)
+
+JC = OrgIdentifiers(name="Jobcenter København", sor="101181000016003", gln="5790001010014")
+PSY = OrgIdentifiers(
+    name="Psykiatrisk Center København", sor="715381000016006", gln="5790004210014"
+)
+
+
+def _reminder(seq: int = 1) -> dict[str, Any]:
+    return build_reminder(
+        request_message_id="req-1",
+        conversation_id="conv-1",
+        message_id=f"rem-{seq}",
+        bundle_id=f"bundle-{seq}",
+        sent_at=dt.datetime(2026, 11, 2, 7, 0, tzinfo=dt.UTC),
+        sender=JC,
+        receiver=PSY,
+        attest_type="LÆ 155",
+        due=dt.date(2026, 10, 30),
+        seq=seq,
+    )
+
+
+def test_the_reminder_passes_the_medcom_rules_and_refers_to_the_request() -> None:
+    bundle = parse_bundle(_reminder())
+    header = bundle.message_header
+    assert header.id == "rem-1"
+    provenance = bundle.resources(Provenance)[0]
+    assert [(e.role, e.what.reference) for e in provenance.entity] == [
+        (ENTITY_ROLE_REVISION, "MessageHeader/req-1")
+    ]
+    info = read_message(bundle)
+    assert info.conversation_id == "conv-1"
+    assert info.attest_type == "LÆ 155"
+    assert info.sender.sor == JC.sor
+    assert info.receiver.sor == PSY.sor
+    assert info.texts
+    assert "Påmindelse" in info.texts[0]
+    assert "30-10-2026" in info.texts[0]
+
+
+def test_the_reminder_names_the_requests_patient_without_a_cpr_number() -> None:
+    data = _reminder()
+    text = json.dumps(data)
+    assert CPR_SYSTEM not in text
+    patient = next(
+        e["resource"] for e in data["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    assert patient == {"resourceType": "Patient", "id": derived_id("req-1", "Patient")}
+
+
+def test_the_reminder_is_marked_as_one() -> None:
+    assert f'"system": "{MESSAGE_KIND_SYSTEM}", "code": "reminder"' in json.dumps(_reminder())
+
+
+def test_the_builder_is_pure() -> None:
+    assert _reminder() == _reminder()
+    assert "2. påmindelse" in json.dumps(_reminder(2), ensure_ascii=False)
