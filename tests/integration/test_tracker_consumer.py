@@ -367,7 +367,11 @@ async def test_a_contact_registered_after_the_window_was_settled_corrects_it(
     first_day = dt.date.today() - dt.timedelta(days=200)
     gp = {"ydernummer": "012345"}
     accepted = await request(
-        h, cpr=cpr(15), receiver=gp, attest_type="LÆ 265", first_day_of_absence=first_day.isoformat()
+        h,
+        cpr=cpr(15),
+        receiver=gp,
+        attest_type="LÆ 265",
+        first_day_of_absence=first_day.isoformat(),
     )
     ref = (await tracked(h, accepted["conversation_id"], "submitted_at")).case_ref
     assert h.gw.tracker is not None
@@ -392,8 +396,9 @@ async def test_a_contact_registered_after_the_window_was_settled_corrects_it(
         async with h.gw.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.select(tracker_counts.c.contact_decided, tracker_counts.c.contact_covered)
-                    .where(national)
+                    sa.select(
+                        tracker_counts.c.contact_decided, tracker_counts.c.contact_covered
+                    ).where(national)
                 )
             ).one()
         return int(row.contact_decided), int(row.contact_covered)
