@@ -26,13 +26,13 @@ from attest_gateway.gateway.store.tables import (
     tracker_reminders,
 )
 from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
-from attest_gateway.gateway.tracker.reminders import MESSAGE_KIND_SYSTEM
 from attest_gateway.gateway.tracker.rules import TrackerRules, period_start
 from attest_gateway.gateway.tracker.service import tracker_rules
 from attest_gateway.gateway.tracker.sweep import TrackerSweep
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import Stage
 from attest_gateway.schemas.medcom import (
+    MESSAGE_KIND_SYSTEM,
     Bundle,
     Communication,
     Provenance,
@@ -247,6 +247,7 @@ async def test_overdue_requests_are_flagged_and_reminded_at_most_twice(harness: 
     )
     bundle = open_item(reminder, h.client_keys(PSY))
     info = read_message(bundle)
+    assert info.kind == "attest-reminder"
     assert info.conversation_id == cid
     assert info.receiver.sor == "715381000016006"
     chain = [e.what.reference for p in bundle.resources(Provenance) for e in p.entity]
@@ -278,6 +279,20 @@ async def test_overdue_requests_are_flagged_and_reminded_at_most_twice(harness: 
             await conn.execute(sa.select(stages.c.stage).where(stages.c.conversation_id == cid))
         ).scalars()
         assert {"overdue", "reminded"} <= set(stage_rows)
+
+    # The clinic acknowledges the reminder like any message: accepted, and it leaves the mailbox.
+    now = dt.datetime.now(dt.UTC)
+    ack = build_acknowledgement(
+        acked=bundle,
+        message_id=str(uuid.uuid4()),
+        bundle_id=str(uuid.uuid4()),
+        sent_at=now,
+        code="ok",
+    )
+    await post_bundle(h, PSY, ack)
+    await post_bundle(h, PSY, ack)  # the duplicate gets the identical answer
+    items = (await h.get_json("/medcom/v1/mailbox", PSY, params={"limit": 500}))["items"]
+    assert reminder["message_id"] not in {i["message_id"] for i in items}
 
     async def two_reminders_counted() -> bool:
         r = await tracked(h, cid, "last_reminded_at")

@@ -6,14 +6,11 @@ import datetime as dt
 import json
 from typing import Any
 
-from attest_gateway.gateway.tracker.reminders import (
-    MESSAGE_KIND_SYSTEM,
-    build_reminder,
-    derived_id,
-)
+from attest_gateway.gateway.tracker.reminders import build_reminder, derived_id
 from attest_gateway.schemas.medcom import (
     CPR_SYSTEM,
     ENTITY_ROLE_REVISION,
+    MESSAGE_KIND_SYSTEM,
     OrgIdentifiers,
     Provenance,
     parse_bundle,
@@ -50,6 +47,7 @@ def test_the_reminder_passes_the_medcom_rules_and_refers_to_the_request() -> Non
         (ENTITY_ROLE_REVISION, "MessageHeader/req-1")
     ]
     info = read_message(bundle)
+    assert info.kind == "attest-reminder"  # not a new request, though also a new message
     assert info.conversation_id == "conv-1"
     assert info.attest_type == "LÆ 155"
     assert info.sender.sor == JC.sor

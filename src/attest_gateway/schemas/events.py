@@ -7,6 +7,7 @@ only by the case ref (a keyed pseudonym), and the rest is routing and timing.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Literal
 
@@ -32,6 +33,28 @@ class Stage(StrEnum):
 
 
 STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
+
+# The stages a conversation moves forward through; the others are things that happened to it
+# on the way (a resend, a missed deadline, a reminder) and never undo progress.
+PROGRESS: tuple[Stage, ...] = STAGE_ORDER[: STAGE_ORDER.index(Stage.REPLY_ACKNOWLEDGED) + 1]
+
+
+def current_stage(timeline: Sequence[tuple[Stage, dt.datetime]]) -> Stage:
+    """Where a conversation stands, from the stages it reached and when.
+
+    The furthest progress stage, unless something happened to the conversation after it while
+    it still waits for the attest (resent, undeliverable, overdue, reminded): then that, the
+    latest such. Once the attest is replied, later side events no longer describe it.
+    """
+    progress = [(s, at) for s, at in timeline if s in PROGRESS]
+    furthest = max(progress, key=lambda p: PROGRESS.index(p[0]), default=None)
+    if furthest is not None and PROGRESS.index(furthest[0]) >= PROGRESS.index(Stage.REPLIED):
+        return furthest[0]
+    since = furthest[1] if furthest is not None else None
+    side = [(s, at) for s, at in timeline if s not in PROGRESS and (since is None or at >= since)]
+    if side:
+        return max(side, key=lambda p: (p[1], STAGE_ORDER.index(p[0])))[0]
+    return furthest[0] if furthest is not None else Stage.SUBMITTED
 
 
 class MessageType(StrEnum):

@@ -81,6 +81,9 @@ SOR_ENDPOINT_PREFIX: Final = "https://sor2.sum.dsdn.dk/#id="
 # Project-specific: MedCom has no attest profile, so these are ours.
 ATTEST_TYPE_SYSTEM: Final = "urn:attest-gateway:attest-type"
 CASE_KIND_SYSTEM: Final = "urn:attest-gateway:case-kind"
+# Tells a reminder of a request (a new care-communication message too) from a new request.
+MESSAGE_KIND_SYSTEM: Final = "urn:attest-gateway:message-kind"
+REMINDER_CODE: Final = "reminder"
 REPLY_DEADLINE_EXTENSION_URL: Final = "urn:attest-gateway:reply-deadline"
 
 EVENT_CARE_COMMUNICATION: Final = "care-communication-message"
@@ -155,7 +158,11 @@ HL7_ACK_ISSUE_CODES: Final = frozenset(
 
 ResponseCode = Literal["ok", "transient-error", "fatal-error"]
 MessageKind = Literal[
-    "attest-request", "attest-reply", "acknowledgement", "other-care-communication"
+    "attest-request",
+    "attest-reminder",
+    "attest-reply",
+    "acknowledgement",
+    "other-care-communication",
 ]
 
 # --- FHIR elements -----------------------------------------------------------------------
@@ -669,7 +676,9 @@ def read_message(bundle: Bundle) -> MessageInfo:
 
     ``kind``: ``acknowledgement`` for event ``acknowledgement-message``; for
     ``care-communication-message``, ``attest-request`` when the newest Provenance's activity
-    is ``new-message`` and ``attest-reply`` when it is ``reply-message``; anything else
+    is ``new-message`` (``attest-reminder`` if the Communication carries the
+    :data:`MESSAGE_KIND_SYSTEM` ``reminder`` coding) and ``attest-reply`` when it is
+    ``reply-message``; anything else
     (forwards, other MedCom events) is ``other-care-communication``. The kind does not
     depend on an attest type being present (the published examples have none).
     """
@@ -678,18 +687,20 @@ def read_message(bundle: Bundle) -> MessageInfo:
     provenance = own_provenance(bundle)
     activity = _provenance_activity(provenance)
 
+    receiver_ref = header.destination[0].receiver if header.destination else None
+    communication = _communication(bundle, header)
     kind: MessageKind
     if event == EVENT_ACKNOWLEDGEMENT:
         kind = "acknowledgement"
     elif event == EVENT_CARE_COMMUNICATION and activity == ACTIVITY_NEW:
-        kind = "attest-request"
+        marker = _coding(communication, MESSAGE_KIND_SYSTEM)
+        is_reminder = marker is not None and marker.code == REMINDER_CODE
+        kind = "attest-reminder" if is_reminder else "attest-request"
     elif event == EVENT_CARE_COMMUNICATION and activity == ACTIVITY_REPLY:
         kind = "attest-reply"
     else:
         kind = "other-care-communication"
 
-    receiver_ref = header.destination[0].receiver if header.destination else None
-    communication = _communication(bundle, header)
     attest = _coding(communication, ATTEST_TYPE_SYSTEM)
     case_kind = _coding(communication, CASE_KIND_SYSTEM)
 

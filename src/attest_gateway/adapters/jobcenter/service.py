@@ -34,7 +34,7 @@ from attest_gateway.gateway.store.db import aware
 from attest_gateway.gateway.store.tables import conversations, idempotency_keys, mailbox
 from attest_gateway.schemas.attests import IssuerKind
 from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.events import STAGE_ORDER, MessageType, Stage
+from attest_gateway.schemas.events import STAGE_ORDER, MessageType, Stage, current_stage
 from attest_gateway.schemas.identifiers import municipalities
 from attest_gateway.schemas.jobcenter import (
     AttestRequestAccepted,
@@ -224,7 +224,7 @@ async def conversation_status(gw: Gateway, org: Organisation, cid: str) -> Conve
     ]
     timeline.sort(key=lambda e: (e.at, STAGE_ORDER.index(e.stage)))
     reached = {e.stage: e.at for e in timeline}
-    current = max(reached, key=STAGE_ORDER.index) if reached else Stage.SUBMITTED
+    current = current_stage([(e.stage, e.at) for e in timeline])
     return ConversationStatus(
         conversation_id=conv.id,
         attest_type=conv.attest_type,

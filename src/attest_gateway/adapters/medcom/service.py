@@ -269,6 +269,16 @@ async def _accept_ack(
     bundle_json: object,
     now: dt.datetime,
 ) -> tuple[Conversation, MessageType]:
+    reminder = await _reminder_to(conn, org, info.response_to)
+    if reminder is not None:
+        # Receivers acknowledge every message, reminders included. The job centre asked for the
+        # attest, not for this reminder: the acknowledgement is kept, not forwarded or staged.
+        await conn.execute(
+            mailbox.update()
+            .where(mailbox.c.message_id == info.response_to, mailbox.c.collected_at.is_(None))
+            .values(collected_at=now)
+        )
+        return reminder, MessageType.ACKNOWLEDGEMENT
     conv = await _answered_conversation(conn, org, info.response_to)
     plaintext = orjson.dumps(bundle_json)
     await _forward(gw, conn, org, conv, info, MessageType.ACKNOWLEDGEMENT, plaintext, now)
@@ -296,6 +306,24 @@ async def _accept_ack(
         detail=info.response_code,
     )
     return conv, MessageType.ACKNOWLEDGEMENT
+
+
+async def _reminder_to(
+    conn: AsyncConnection, org: Organisation, message_id: str | None
+) -> Conversation | None:
+    """The conversation of reminder `message_id` if it was delivered to `org`."""
+    if not message_id:
+        return None
+    row = (
+        await conn.execute(
+            sa.select(mailbox.c.conversation_id).where(
+                mailbox.c.message_id == message_id,
+                mailbox.c.receiver_org_id == org.id,
+                mailbox.c.message_type == MessageType.ATTEST_REMINDER.value,
+            )
+        )
+    ).first()
+    return await load_conversation(conn, row.conversation_id) if row is not None else None
 
 
 async def _accept_reply(

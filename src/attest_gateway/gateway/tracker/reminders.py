@@ -39,14 +39,14 @@ from attest_gateway.schemas.medcom import (
     GLN_SYSTEM,
     MEDCOM_DATETIME_EXTENSION_URL,
     MEDCOM_IDENTIFIER_EXTENSION_URL,
+    MESSAGE_KIND_SYSTEM,
+    REMINDER_CODE,
     REPLY_DEADLINE_EXTENSION_URL,
     SOR_ENDPOINT_PREFIX,
     SOR_SYSTEM,
     OrgIdentifiers,
 )
 
-MESSAGE_KIND_SYSTEM: Final = "urn:attest-gateway:message-kind"
-REMINDER_CODE: Final = "reminder"
 _BASE: Final = "https://medcomfhir.dk/ig/carecommunication"
 # The namespace `adapters/medcom/bundles.py` derives resource ids in (so the reminder can
 # point at the Patient id of the request without knowing the CPR number).
