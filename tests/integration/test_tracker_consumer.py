@@ -3,18 +3,22 @@ idempotent replays, overdue flags and reminders, late requests, missing contact.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
 from attest_gateway.gateway.crypto import OrgKeys, open_envelope, utcnow
-from attest_gateway.gateway.store.db import aware
+from attest_gateway.gateway.store.db import aware, make_engine
+from attest_gateway.gateway.store.migrate import upgrade_async
 from attest_gateway.gateway.store.tables import (
     stages,
     tracker_cell_citizens,
@@ -40,7 +44,13 @@ from attest_gateway.schemas.medcom import (
     read_message,
 )
 from tests.integration.conftest import Harness
-from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for
+from tests.support.harness import (
+    ATTEST_TEXT,
+    attest_request_body,
+    fresh_database,
+    read_topic,
+    wait_for,
+)
 
 JC, PSY, GP = "jc-koebenhavn", "psyk-kbh", "gp-noerrebro"
 
@@ -130,8 +140,12 @@ async def tracked(h: Harness, cid: str, column: str) -> Any:
 
 
 async def snapshot(h: Harness) -> dict[str, list[Any]]:
+    return await snapshot_of(h.gw.engine)
+
+
+async def snapshot_of(engine: AsyncEngine) -> dict[str, list[Any]]:
     out = {}
-    async with h.gw.engine.connect() as conn:
+    async with engine.connect() as conn:
         for table in (
             tracker_conversations,
             tracker_counts,
@@ -494,3 +508,49 @@ async def test_no_cpr_number_in_any_tracker_table(harness: Harness, column: str)
                 text = " ".join(str(v) for v in row)
                 assert not any(n in text for n in numbers), table.name
     assert utcnow()  # the clock is the gateway's
+
+
+async def test_a_batch_gives_the_same_rollups_as_one_event_at_a_time(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The consumer loop hands the tracker a partition's polled records at once; the rollups it
+    writes in one go must be exactly those of the events applied one by one."""
+    h = harness
+    accepted = [await request(h, cpr=cpr(40 + i)) for i in range(3)]
+    for acc in accepted:
+        await answer(h, acc)
+    for acc in accepted:
+        await tracked(h, acc["conversation_id"], "reply_fetched_at")
+    records = [
+        r
+        for r in await read_topic(h.bootstrap, h.gw.topics.tracking)
+        if r.value and r.value.startswith(b'{"')  # not the garbage another test sent
+    ]
+    garbage = dataclasses.replace(records[5], value=b"{not json", offset=-1)
+    mixed = [*records[:5], garbage, *records[5:]]
+
+    async def applied(batched: bool, sub: str) -> dict[str, list[Any]]:
+        (tmp_path / sub).mkdir()
+        async with fresh_database(h.kind, tmp_path / sub) as url:
+            await upgrade_async(url)
+            engine = make_engine(url)
+            try:
+                state = TrackerState(tracker_rules(h.settings), h.gw.catalogue)
+                handler = TrackerHandler(engine, state)
+                if batched:
+                    left = []
+                    for start in range(0, len(mixed), 40):
+                        left += await handler.handle_batch(mixed[start : start + 40])
+                    assert left == [garbage]  # left for the loop to dead-letter on its own
+                    assert await handler.handle_batch(mixed) == [garbage]  # a replay: no change
+                else:
+                    for record in records:
+                        await handler(record)
+                return await snapshot_of(engine)
+            finally:
+                await engine.dispose()
+
+    one_by_one = await applied(False, "one")
+    together = await applied(True, "batch")
+    assert one_by_one["tracker_counts"]
+    assert together == one_by_one

@@ -1,6 +1,7 @@
 """Kafka through aiokafka: topic names, topic creation, the producer, and the consumer loop.
 
-The consumer loop is a small pipeline: for each record, call the handler; a handler that
+The consumer loop is a small pipeline: for each record, call the handler (a `BatchHandler`
+gets a partition's polled records at once first, in one store transaction); a handler that
 raises a retryable error is retried with exponential backoff (tenacity) without committing;
 a record that still fails, or that can never succeed (`PermanentError`), goes to the
 dead-letter topic with its reason in the headers, and its offset is committed so the
@@ -19,7 +20,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from aiokafka import (
@@ -174,6 +175,17 @@ def header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 
 
+@runtime_checkable
+class BatchHandler(Protocol):
+    """A handler that can also take a partition's polled records at once (one store
+    transaction). It returns the records it left to be handled one by one; if it raises,
+    every record of the batch is handled one by one (and dead-lettered on its own merits)."""
+
+    async def handle_batch(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> Sequence[ConsumerRecord[bytes, bytes]]: ...
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move to another group member, commit what this one has finished."""
 
@@ -210,6 +222,8 @@ class ConsumerLoop:
         self._settings = settings
         self.topic = topic
         self._handler = handler
+        candidate: object = handler
+        self._batch_handler = candidate if isinstance(candidate, BatchHandler) else None
         self._producer = producer
         self._dlq = dead_letter_topic
         self._consumer = AIOKafkaConsumer(
@@ -284,7 +298,12 @@ class ConsumerLoop:
                 continue
             generation = self._generation
             for tp, records in batch.items():
+                together = await self._process_together(records)
                 for record in records:
+                    if record.offset in together:
+                        if self._generation == generation:
+                            self._finished[tp] = record.offset
+                        continue
                     if self._stopping.is_set():
                         # Not handled: seek back so nothing is skipped if we keep the partition.
                         self._consumer.seek(tp, record.offset)
@@ -304,6 +323,46 @@ class ConsumerLoop:
             except KafkaError as exc:  # e.g. a rebalance: the records will be seen again
                 log.warning("consumer.commit_failed", topic=self.topic, error=type(exc).__name__)
 
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, GatewayError) and e.retryable),
+            stop=stop_after_attempt(self._settings.consumer_max_retries),
+            wait=wait_exponential(multiplier=self._settings.consumer_retry_base_seconds, max=5),
+            reraise=True,
+        )
+
+    async def _process_together(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> set[int]:
+        """Hand a partition's records to a batch handler; the offsets it handled."""
+        if self._batch_handler is None or len(records) < 2 or self._stopping.is_set():
+            return set()
+        started = time.perf_counter()
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    left = await self._batch_handler.handle_batch(records)
+        except Exception as exc:  # each record is then handled (or dead-lettered) on its own
+            log.warning(
+                "consumer.batch_failed", topic=self.topic, records=len(records), error=str(exc)
+            )
+            return set()
+        handled = {r.offset for r in records} - {r.offset for r in left}
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        for record in records:
+            if record.offset not in handled:
+                continue
+            metrics.consumed(record.topic, "handled")
+            log.info(
+                "consumer.record",
+                outcome="handled",
+                batch=len(records),
+                duration_ms=duration_ms,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                correlation_id=header(record.headers or (), "conversation-id"),
+            )
+        return handled
+
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
         structlog.contextvars.bind_contextvars(
             topic=record.topic,
@@ -314,12 +373,7 @@ class ConsumerLoop:
         started = time.perf_counter()
         outcome = "handled"
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda e: isinstance(e, GatewayError) and e.retryable),
-                stop=stop_after_attempt(self._settings.consumer_max_retries),
-                wait=wait_exponential(multiplier=self._settings.consumer_retry_base_seconds, max=5),
-                reraise=True,
-            ):
+            async for attempt in self._retrying():
                 with attempt:
                     await self._handler(record)
         except GatewayError as exc:

@@ -15,6 +15,7 @@ Pipeline: parse (bad record → PermanentError → dead letter) → apply in one
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,9 +35,16 @@ from attest_gateway.gateway.tracker import rules as r
 from attest_gateway.gateway.tracker.events import (
     ContactEvent,
     NotATrackingEvent,
+    TrackingEvent,
     parse_tracking_event,
 )
-from attest_gateway.gateway.tracker.store import Cell, add_citizen, add_counts, add_duration
+from attest_gateway.gateway.tracker.store import (
+    Cell,
+    add_citizen,
+    add_counts,
+    add_duration,
+    buffered_rollups,
+)
 from attest_gateway.schemas.attests import AttestKind
 from attest_gateway.schemas.events import Stage, StageEvent
 
@@ -372,20 +380,45 @@ class TrackerHandler:
             event = parse_tracking_event(record.value)
         except NotATrackingEvent as exc:
             raise PermanentError("invalid-tracking-event", str(exc)) from exc
+        await self._apply([event])
+
+    async def handle_batch(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """Apply the readable records' events in one transaction, in order, with the rollups
+        summed and written once (see `tracker/store.py`). Returns the unreadable records,
+        which the consumer loop handles (dead-letters) one by one."""
+        events: list[TrackingEvent] = []
+        unreadable: list[ConsumerRecord[bytes, bytes]] = []
+        for record in records:
+            try:
+                events.append(parse_tracking_event(record.value))
+            except NotATrackingEvent:
+                unreadable.append(record)
+        if events:
+            await self._apply(events)
+        return unreadable
+
+    async def _apply(self, events: Sequence[TrackingEvent]) -> None:
         try:
             async with self._engine.begin() as conn:
-                if isinstance(event, ContactEvent):
-                    await self._state.apply_contact(conn, event)
-                    changed = True
-                else:
-                    changed = await self._state.apply_stage(conn, event)
+                with buffered_rollups() as rollups:
+                    changed = [await self._apply_one(conn, event) for event in events]
+                    await rollups.flush(conn)
         except sa.exc.DBAPIError as exc:
             raise TransientError("database-unavailable", type(exc).__name__) from exc
-        if isinstance(event, StageEvent):
-            log.debug(
-                "tracker.applied" if changed else "tracker.duplicate",
-                conversation_id=event.conversation_id,
-                stage=event.stage.value,
-            )
-        else:
-            log.debug("tracker.contact", contact_id=event.contact_id)
+        for event, applied in zip(events, changed, strict=True):
+            if isinstance(event, StageEvent):
+                log.debug(
+                    "tracker.applied" if applied else "tracker.duplicate",
+                    conversation_id=event.conversation_id,
+                    stage=event.stage.value,
+                )
+            else:
+                log.debug("tracker.contact", contact_id=event.contact_id)
+
+    async def _apply_one(self, conn: AsyncConnection, event: TrackingEvent) -> bool:
+        if isinstance(event, ContactEvent):
+            await self._state.apply_contact(conn, event)
+            return True
+        return await self._state.apply_stage(conn, event)

@@ -1,15 +1,23 @@
-"""Writes to the tracker's rollups: one multi-row upsert per table and event.
+"""Writes to the tracker's rollups: one multi-row upsert per table and event, or per batch.
 
 Counters are added with `INSERT … ON CONFLICT DO UPDATE SET x = x + excluded.x` (SQLite and
 PostgreSQL alike), so concurrent consumers never lose an increment. A cell's `citizens`
 counter goes up only when `tracker_cell_citizens` learns a case ref it did not hold.
+
+Inside :func:`buffered_rollups` the increments are summed in memory instead and written by
+:meth:`RollupBuffer.flush` in one upsert per table, in sorted key order: a batch of events
+then costs two statements for all its rollups, and two consumers' transactions take the row
+locks in the same order (so they wait for each other instead of deadlocking).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import sqlalchemy as sa
@@ -77,6 +85,53 @@ def _cell_dict(cell: Cell) -> dict[str, Any]:
 _ZERO = dict.fromkeys(COUNTERS, 0)
 
 
+class RollupBuffer:
+    """Rollup increments summed in memory until :meth:`flush` writes them."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Cell, Counter[str]] = {}
+        self.durations: Counter[tuple[str, Cell, int]] = Counter()
+
+    def add_counts(self, cells: Sequence[Cell], increments: dict[str, int]) -> None:
+        for cell in dict.fromkeys(cells):
+            self.counts.setdefault(cell, Counter()).update(increments)
+
+    def add_duration(self, metric: str, cells: Sequence[Cell], bucket: int) -> None:
+        for cell in set(cells):
+            self.durations[(metric, cell, bucket)] += 1
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        statements = _statements(conn.dialect.name)
+        counts = [
+            _cell_dict(cell) | _ZERO | dict(added)
+            for cell, added in sorted(self.counts.items())
+            if any(added.values())
+        ]
+        if counts:
+            await conn.execute(statements["counts"], counts)
+        durations = [
+            _cell_dict(cell) | {"metric": metric, "bucket": bucket, "n": n}
+            for (metric, cell, bucket), n in sorted(self.durations.items())
+        ]
+        if durations:
+            await conn.execute(statements["durations"], durations)
+        self.counts, self.durations = {}, Counter()
+
+
+_buffer: ContextVar[RollupBuffer | None] = ContextVar("tracker_rollup_buffer", default=None)
+
+
+@contextmanager
+def buffered_rollups() -> Iterator[RollupBuffer]:
+    """Collect the rollup writes of the code inside; the caller flushes in its transaction."""
+    buffer = RollupBuffer()
+    token = _buffer.set(buffer)
+    try:
+        yield buffer
+    finally:
+        _buffer.reset(token)
+
+
 async def add_counts(conn: AsyncConnection, cells: Sequence[Cell], **increments: int) -> None:
     """Add the increments (counter name → amount) to every cell."""
     if not cells or not any(increments.values()):
@@ -84,6 +139,10 @@ async def add_counts(conn: AsyncConnection, cells: Sequence[Cell], **increments:
     unknown = set(increments) - set(COUNTERS)
     if unknown:
         raise ValueError(f"unknown counters {sorted(unknown)}")
+    buffer = _buffer.get()
+    if buffer is not None:
+        buffer.add_counts(cells, increments)
+        return
     rows = [_cell_dict(c) | _ZERO | increments for c in dict.fromkeys(cells)]
     await conn.execute(_statements(conn.dialect.name)["counts"], rows)
 
@@ -92,6 +151,10 @@ async def add_duration(
     conn: AsyncConnection, metric: str, cells: Sequence[Cell], bucket: int
 ) -> None:
     if not cells:
+        return
+    buffer = _buffer.get()
+    if buffer is not None:
+        buffer.add_duration(metric, cells, bucket)
         return
     rows = [_cell_dict(c) | {"metric": metric, "bucket": bucket, "n": 1} for c in set(cells)]
     await conn.execute(_statements(conn.dialect.name)["durations"], rows)
