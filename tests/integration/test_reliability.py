@@ -8,15 +8,21 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from aiokafka.errors import KafkaError
 
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement
+from attest_gateway.gateway.bus import make_producer
+from attest_gateway.gateway.relay import OutboxRelay
 from attest_gateway.gateway.store import tables
+from attest_gateway.gateway.store.db import make_engine
+from attest_gateway.gateway.store.migrate import upgrade_async
 from attest_gateway.gateway.sweeper import Sweeper
 from attest_gateway.schemas.medcom import read_message
 from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
-from tests.support.harness import attest_request_body, wait_for
+from tests.support.harness import attest_request_body, fresh_database, wait_for
 
 JC, PSY = "jc-koebenhavn", "psyk-kbh"
 
@@ -234,3 +240,42 @@ async def test_pruning_while_traffic_flows(harness: Harness) -> None:
     assert waiting == len(flowing)  # nothing still waiting was touched
     for accepted in flowing:
         assert "in_mailbox" in (await status(h, accepted["conversation_id"]))["stages"]
+
+
+async def test_a_failed_publish_gives_its_rows_back_at_once(
+    harness: Harness, tmp_path: Any
+) -> None:
+    """A relay whose send fails must not keep its lease on the rows for a minute: the next
+    attempt (its own or another replica's) takes them at once."""
+    h = harness
+    async with fresh_database(h.kind, tmp_path) as url:
+        await upgrade_async(url)
+        engine = make_engine(url)
+        producer = make_producer(h.settings, h.bootstrap)
+        await producer.start()
+        try:
+            topic = f"{h.gw.topics.medcom_messages}.relay-{uuid.uuid4().hex[:6]}"
+            now = dt.datetime.now(dt.UTC)
+            too_big = b"x" * (2 * 1024 * 1024)  # the producer refuses records over 1 MiB
+            async with engine.begin() as conn:
+                await conn.execute(
+                    tables.outbox.insert().values(
+                        topic=topic, key="k", value=too_big, headers="[]", created_at=now
+                    )
+                )
+            relay = OutboxRelay(
+                engine, producer, h.gw.topics, batch_size=10, poll_seconds=0.1, max_pending=10
+            )
+            with pytest.raises(KafkaError):
+                await relay.publish_pending()
+            async with engine.connect() as conn:
+                row = (await conn.execute(sa.select(tables.outbox))).one()
+            assert row.published_at is None
+            assert row.claimed_until is None  # free for the next attempt
+
+            async with engine.begin() as conn:  # what can be sent, is sent on the next attempt
+                await conn.execute(tables.outbox.update().values(value=b"v"))
+            assert await relay.publish_pending() == 1
+        finally:
+            await producer.stop()
+            await engine.dispose()

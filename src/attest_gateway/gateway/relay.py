@@ -137,19 +137,35 @@ class OutboxRelay:
         rows = await self.claim(utcnow())
         if not rows:
             return 0
-        futures = []
-        for row in rows:
-            headers = [(k, v.encode()) for k, v in orjson.loads(row.headers)]
-            futures.append(
-                await self._producer.send(
-                    row.topic, value=row.value, key=row.key.encode(), headers=headers
+        try:
+            futures = []
+            for row in rows:
+                headers = [(k, v.encode()) for k, v in orjson.loads(row.headers)]
+                futures.append(
+                    await self._producer.send(
+                        row.topic, value=row.value, key=row.key.encode(), headers=headers
+                    )
                 )
-            )
-        await asyncio.gather(*futures)
+            await asyncio.gather(*futures)
+        except BaseException:
+            # Give the rows back at once, so the next attempt (this relay's or another's) does
+            # not wait for the lease to run out. Some may have been sent: consumers are
+            # idempotent, so sending them again is safe.
+            with contextlib.suppress(sa.exc.DBAPIError, OSError):
+                await asyncio.shield(self._release(rows[0].claim_token))
+            raise
         metrics.produced(row.topic for row in rows)
         now = utcnow()
         await self._mark_published(rows, rows[0].claim_token, now)
         return len(rows)
+
+    async def _release(self, token: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.claim_token == token, outbox.c.published_at.is_(None))
+                .values(claimed_until=None)
+            )
 
     async def _mark_published(
         self, rows: Sequence[sa.Row[Any]], token: str, now: dt.datetime
