@@ -18,7 +18,7 @@ from attest_gateway.gateway.relay import OutboxRelay
 from attest_gateway.gateway.store import tables
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.store.migrate import upgrade_async
-from attest_gateway.gateway.sweeper import Sweeper
+from attest_gateway.gateway.sweeper import EPOCH_ROW, Sweeper
 from attest_gateway.schemas.medcom import read_message
 from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
@@ -279,3 +279,46 @@ async def test_a_failed_publish_gives_its_rows_back_at_once(
         finally:
             await producer.stop()
             await engine.dispose()
+
+
+async def test_a_first_start_replays_nothing_a_lost_broker_is_recovered(
+    harness: Harness, tmp_path: Any
+) -> None:
+    """No canary on the broker means a new broker. For a database that has never seen one
+    that is a first start (nothing to replay); for one that has, the broker lost its state
+    and what was recently published is handed back to the relay."""
+    h = harness
+    gone = f"{h.gw.topics.canary}.{uuid.uuid4().hex[:6]}"  # a canary the broker never had
+    lost_topics = dataclasses.replace(h.gw.topics, canary=gone)
+
+    async with fresh_database(h.kind, tmp_path) as url:
+        await upgrade_async(url)
+        engine = make_engine(url)
+        try:
+            first = Sweeper(
+                dataclasses.replace(h.gw, engine=engine, topics=lost_topics), h.bootstrap
+            )
+            assert await first.recreate_lost_topics(dt.datetime.now(dt.UTC)) == (True, 0)
+            async with engine.connect() as conn:
+                remembered = (
+                    await conn.execute(
+                        sa.select(tables.leases.c.holder).where(tables.leases.c.name == EPOCH_ROW)
+                    )
+                ).scalar_one()
+            assert remembered  # the next missing canary is a lost broker
+        finally:
+            await engine.dispose()
+
+    # The harness's database has seen its broker: a missing canary is a lost broker state.
+    accepted = await request(h)
+    await mailbox_item(h, PSY, accepted["message_id"])
+    lost = Sweeper(
+        dataclasses.replace(h.gw, topics=dataclasses.replace(lost_topics, canary=gone + "x")),
+        h.bootstrap,
+    )
+    recreated, replayed = await lost.recreate_lost_topics(dt.datetime.now(dt.UTC))
+    assert recreated
+    assert replayed >= 1  # at least the request just published goes out again
+    h.gw.relay.wake()
+    await wait_for(lambda: _published(h, accepted["message_id"]))
+    assert await _mailbox_count(h, accepted["message_id"]) == 1  # delivered once all the same

@@ -9,6 +9,8 @@ One periodic job (run by every worker; the steps are safe to run concurrently):
   published within `replay_window_seconds` back to the relay (consumers are idempotent, so a
   replay changes nothing that was already done). Every process whose sweeper sees the epoch
   change rewinds its consumers to the start of their partitions, so none skips the new log.
+  The database remembers the last epoch it saw: with none (a first start, or a new database
+  on a running broker) a missing canary means a new broker, and nothing is replayed.
 - **Re-publish.** A `medcom.messages` row published more than `republish_after_seconds` ago
   whose message is in no mailbox is published again (at most `max_publish_attempts` times; a
   record that keeps failing is in the dead-letter topic by then).
@@ -69,6 +71,11 @@ class SweepReport:
     pruned: int = 0
 
 
+# The row of `leases` whose holder is the last broker epoch this database saw: no canary and
+# no such row means a first start (nothing to replay), no canary but a row means a lost broker.
+EPOCH_ROW = "broker-epoch"
+
+
 class Sweeper:
     def __init__(self, gw: Gateway, bootstrap: str) -> None:
         self._gw = gw
@@ -120,11 +127,44 @@ class Sweeper:
         if not epoch:  # no canary, or one without an epoch (a recovery that died half-way)
             if not await self._lease("broker-recovery", seconds=30):
                 return False, 0  # another process is recovering
-            replayed += await self._recover(now)
-            await self._adopt(await read_epoch(gw.settings, self._bootstrap, gw.topics.canary))
+            try:
+                again = await read_epoch(gw.settings, self._bootstrap, gw.topics.canary)
+                if again:  # another process recovered meanwhile and gave the lease back
+                    await self._adopt(again)
+                    return False, replayed
+                if await self._known_epoch() is None:
+                    # This database has never seen a broker: a first start, nothing to recover.
+                    await self._initialise()
+                else:
+                    replayed += await self._recover(now)
+                await self._adopt(await read_epoch(gw.settings, self._bootstrap, gw.topics.canary))
+            finally:
+                await self._release("broker-recovery")
             return True, replayed
         await self._adopt(epoch)
         return False, replayed
+
+    async def _known_epoch(self) -> str | None:
+        """The last broker epoch this database saw (kept as a row of `leases`)."""
+        async with self._gw.engine.connect() as conn:
+            holder = (
+                await conn.execute(sa.select(leases.c.holder).where(leases.c.name == EPOCH_ROW))
+            ).scalar_one_or_none()
+        return holder or None
+
+    async def _remember_epoch(self, epoch: str) -> None:
+        now = utcnow()
+        async with self._gw.engine.begin() as conn:
+            await insert_ignore(conn, leases, {"name": EPOCH_ROW, "holder": epoch, "until": now})
+            await conn.execute(
+                leases.update().where(leases.c.name == EPOCH_ROW).values(holder=epoch, until=now)
+            )
+
+    async def _initialise(self) -> None:
+        gw = self._gw
+        log.info("sweeper.broker_initialised")
+        await ensure_topics(gw.settings, self._bootstrap, [*gw.topics.all(), gw.topics.canary])
+        await gw.producer.send_and_wait(gw.topics.canary, uuid.uuid4().hex.encode(), partition=0)
 
     async def _second_replay_if_due(self) -> int:
         """Producers elsewhere may have written to the new broker with partition maps of the
@@ -166,6 +206,16 @@ class Sweeper:
             )
         return taken.rowcount == 1
 
+    async def _release(self, name: str) -> None:
+        """Give a lease back early (its holder is done); if this fails, it runs out anyway."""
+        with contextlib.suppress(sa.exc.DBAPIError, OSError):
+            async with self._gw.engine.begin() as conn:
+                await conn.execute(
+                    leases.update()
+                    .where(leases.c.name == name, leases.c.holder == self._id)
+                    .values(until=utcnow() - dt.timedelta(seconds=1))
+                )
+
     async def _recover(self, now: dt.datetime) -> int:
         gw = self._gw
         log.warning("sweeper.broker_state_lost")
@@ -196,6 +246,8 @@ class Sweeper:
         if self._epoch is not None and epoch != self._epoch:
             for consumer in self._gw.consumers:
                 await consumer.rewind()
+        if epoch != self._epoch:
+            await self._remember_epoch(epoch)
         self._epoch = epoch
 
     async def republish_undelivered(self, now: dt.datetime) -> int:

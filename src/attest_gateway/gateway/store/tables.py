@@ -111,6 +111,8 @@ outbox = sa.Table(
     sa.Column("claim_token", sa.String(32), nullable=True),
     sa.Column("claimed_until", Timestamp, nullable=True),
     sa.Index(None, "published_at", "id"),
+    sa.Index(None, "message_id"),
+    sa.Index(None, "claim_token"),
 )
 
 mailbox = sa.Table(
