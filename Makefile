@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck unit clean docs browser demo
+.PHONY: run test install lint typecheck unit clean docs browser demo bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,8 @@ browser:
 
 ## Lint, type-check and run every test (unit, integration, end-to-end).
 test: $(STAMP) browser
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -51,8 +51,8 @@ demo: $(STAMP)
 	else VAR_DIR=var/demo API_PORT=8001 $(BIN)/attest-gateway simulate --serve; fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -62,3 +62,8 @@ unit: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
+
+## Every benchmark, baselines included, on one embedded broker (and the local PostgreSQL):
+## writes bench/RESULTS.md and bench/results.json. Not a test: nothing asserts a threshold.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run

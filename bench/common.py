@@ -1,0 +1,125 @@
+"""Shared pieces of the benchmarks: figures, repeated runs, process memory, results files.
+
+Every benchmark module exposes ``async def run(ctx: BenchContext) -> list[Figure]`` and is
+driven by ``bench/run.py`` (``make bench``). A figure is the median over ``ctx.runs`` runs
+(after ``ctx.warmup`` unrecorded ones) with its spread (min, max), and, for gateway figures,
+the name of the baseline figure it is compared with.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True)
+
+SEED = 20261122
+
+
+@dataclass
+class Figure:
+    """One measured quantity: median of the runs, with the spread."""
+
+    name: str  # stable key, e.g. "transport.passthrough"
+    label: str  # what a reader sees
+    unit: str  # "records/s", "ms", "MiB", ...
+    runs: list[float]
+    baseline: str | None = None  # the `name` of the figure this one is a ratio to
+    higher_is_better: bool = True
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        return min(self.runs), max(self.runs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"median": self.median, "min": self.spread[0], "max": self.spread[1]}
+
+
+@dataclass
+class BenchContext:
+    bootstrap: str  # the broker every benchmark of the run shares
+    runs: int = 3
+    warmup: int = 1
+    quick: bool = False  # smaller sizes: for smoke-testing the benchmarks themselves
+    postgres_dsn: str = os.environ.get(
+        "BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+    )
+    workdir: Path = Path("var/bench")
+
+    def size(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+
+async def repeat(
+    ctx: BenchContext, label: str, once: Callable[[int], Awaitable[float]]
+) -> list[float]:
+    """Run `once(i)` warm-up + recorded times; return the recorded values. Prints each."""
+    values: list[float] = []
+    total = ctx.warmup + ctx.runs
+    for i in range(total):
+        value = await once(i)
+        recorded = i >= ctx.warmup
+        if recorded:
+            values.append(value)
+        tag = "" if recorded else " (warm-up)"
+        console.print(f"  {label} run {i + 1}/{total}: {value:,.1f}{tag}")
+    return values
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def peak_rss_mib(pid: int | None = None) -> float:
+    """Peak resident set size (VmHWM) of a live process, in MiB (Linux)."""
+    status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found")
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }

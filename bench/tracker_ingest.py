@@ -1,0 +1,263 @@
+"""Tracker ingest: stage events on `gateway.tracking` → timelines, flags and rollups.
+
+Per database kind (SQLite, PostgreSQL), once (not timed): a template database, migrated,
+with the demo organisations (so the receivers' roles are known: psychiatry triggers the
+contact rules). Per run (a warm-up and `ctx.runs` recorded ones):
+
+1. a fresh copy of the template and fresh topics (a new prefix), created by the gateway
+   (`running_gateway` without relay and consumers) with its partition count;
+2. the tracker exactly as the gateway wires it (`tracker.service.make_tracker`: the
+   `ConsumerLoop` with `TrackerHandler` and `TrackerState`, the settings' rules and the
+   gateway's catalogue; the sweep is not started) joins its group (timed separately: notes),
+   and its partitions are paused;
+3. N stage events (the real `StageEvent` schema) are produced to the tracking topic as the
+   relay publishes them (key: conversation id; the headers of `emit_stage_event`);
+4. **Clock**: from resuming the partitions until the group's committed offsets cover all N
+   events (polled every 50 ms; the loop commits only what its handler finished). The loop
+   applies the events as the gateway does: where the handler takes batches
+   (`TrackerHandler.handle_batch`), a partition's polled records in one transaction, else one
+   transaction per event. After the clock, `tracker_conversations` must hold one row per
+   conversation in the events (a dead-lettered event would also be committed).
+
+The events (fixed seed): conversations submitted over four weeks from a fixed date, each
+with its realistic sequence — submitted, published, in_mailbox, fetched, acknowledged, then
+(92 %) replied, reply_in_inbox, reply_fetched, reply_acknowledged, or (8 %) overdue and one or
+two reminders — all interleaved in time order; the first N events in that order are used.
+Receivers: the demo psychiatry unit for psychiatric attest types, otherwise the demo GP
+clinic or one of 100 other GP ids (not in the directory: their role is unknown to the
+tracker, as for a clinic the directory does not list); 98 municipalities; citizens with a
+few conversations each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from attest_gateway.gateway.demo import ensure_demo_orgs
+from attest_gateway.gateway.runtime import running_gateway
+from attest_gateway.gateway.store.db import make_engine
+from attest_gateway.gateway.store.tables import tracker_conversations
+from attest_gateway.gateway.tracker.service import make_tracker
+from attest_gateway.schemas.attests import DEFAULT_CATALOGUE
+from attest_gateway.schemas.events import MessageType, Stage, StageEvent
+from attest_gateway.schemas.identifiers import municipalities
+from bench.common import SEED, BenchContext, Figure, progress, repeat
+from bench.pipeline import (
+    DbTemplate,
+    Observed,
+    bench_settings,
+    disposing,
+    drain,
+    gateway_logging,
+    join_and_pause,
+    postgres_available,
+)
+
+START = dt.datetime(2026, 1, 5, 7, 30, tzinfo=dt.UTC)
+PSY_TYPES = ("LÆ 155", "LÆ 105", "LÆ 275")
+GP_TYPES = ("LÆ 265", "LÆ 285", "LÆ 135", "LÆ 145", "LÆ 225", "LÆ 125")
+CASE_KINDS = ("sygedagpenge", "jobafklaringsforloeb", "ressourceforloeb")
+PSYCHIATRY_ORG = "psyk-kbh"
+GP_ORGS = ("gp-noerrebro", *(f"gp-bench-{k:03d}" for k in range(100)))
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _after(at: dt.datetime, rng: random.Random, median_s: float, sigma: float) -> dt.datetime:
+    return at + dt.timedelta(seconds=rng.lognormvariate(0, sigma) * median_s)
+
+
+def _conversation(rng: random.Random, citizens: list[str]) -> Iterator[StageEvent]:
+    """The stage events of one conversation, in the order they happen."""
+    muni = rng.choice(sorted(municipalities().values(), key=lambda m: m.kommunekode))
+    psy = rng.random() < 0.3
+    attest_type = rng.choice(PSY_TYPES if psy else GP_TYPES)
+    submitted = START + dt.timedelta(seconds=rng.uniform(0, 28 * 86400))
+    kind = DEFAULT_CATALOGUE[attest_type]
+    meta: dict[str, Any] = {
+        "conversation_id": _uuid(rng),
+        "attest_type": attest_type,
+        "case_kind": rng.choices(CASE_KINDS, weights=(7, 2, 1))[0],
+        "municipality": muni.kommunekode,
+        "region_code": muni.region_code,
+        "jobcenter_org": f"jc-{muni.kommunekode}",
+        "receiver_org": PSYCHIATRY_ORG if psy else rng.choice(GP_ORGS),
+        "case_ref": rng.choice(citizens),
+        "psychiatric_course": psy or rng.random() < 0.1,
+        "first_day_of_absence": submitted.date() - dt.timedelta(days=rng.randint(3, 90)),
+        "reply_deadline": kind.reply_deadline.due(submitted.date()),
+    }
+    request_id, reply_id = _uuid(rng), _uuid(rng)
+
+    def event(
+        stage: Stage, at: dt.datetime, message_id: str, mtype: MessageType, detail: str | None
+    ) -> StageEvent:
+        return StageEvent(
+            event_id=_uuid(rng),
+            message_id=message_id,
+            message_type=mtype,
+            stage=stage,
+            at=at,
+            detail=detail,
+            **meta,
+        )
+
+    req = MessageType.ATTEST_REQUEST
+    t = submitted
+    yield event(Stage.SUBMITTED, t, request_id, req, None)
+    t = _after(t, rng, 0.2, 1.0)
+    yield event(Stage.PUBLISHED, t, request_id, req, None)
+    t = _after(t, rng, 0.5, 1.0)
+    yield event(Stage.IN_MAILBOX, t, request_id, req, None)
+    t = _after(t, rng, 3 * 3600, 1.2)
+    yield event(Stage.FETCHED, t, request_id, req, None)
+    ack = _after(t, rng, 600, 1.0)
+    yield event(Stage.ACKNOWLEDGED, ack, _uuid(rng), MessageType.ACKNOWLEDGEMENT, "ok")
+    if rng.random() < 0.92:
+        reply = MessageType.ATTEST_REPLY
+        t = _after(t, rng, (20 if psy else 6) * 86400, 0.7)
+        yield event(Stage.REPLIED, t, reply_id, reply, None)
+        t = _after(t, rng, 0.5, 1.0)
+        yield event(Stage.REPLY_IN_INBOX, t, reply_id, reply, None)
+        t = _after(t, rng, 5 * 3600, 1.2)
+        yield event(Stage.REPLY_FETCHED, t, reply_id, reply, None)
+        t = _after(t, rng, 120, 1.0)
+        yield event(Stage.REPLY_ACKNOWLEDGED, t, reply_id, reply, "ok")
+    else:
+        due = meta["reply_deadline"]
+        t = dt.datetime.combine(due + dt.timedelta(days=1), dt.time(6), dt.UTC)
+        yield event(Stage.OVERDUE, t, request_id, req, f"due {due.isoformat()}")
+        for seq in (1, 2)[: rng.randint(1, 2)]:
+            t += dt.timedelta(days=7 if seq > 1 else 0, minutes=1)
+            yield event(Stage.REMINDED, t, _uuid(rng), MessageType.ATTEST_REMINDER, str(seq))
+
+
+def stage_events(n: int, seed: int) -> list[StageEvent]:
+    """N stage events of interleaved conversations, in time order (fixed seed)."""
+    rng = random.Random(seed)
+    citizens = [f"{rng.getrandbits(128):032x}" for _ in range(max(1, n // 25))]
+    events: list[StageEvent] = []
+    while len(events) < n * 1.2:  # then the first n in time order
+        events.extend(_conversation(rng, citizens))
+    events.sort(key=lambda e: e.at)
+    return events[:n]
+
+
+def record_of(event: StageEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers as the relay publishes a stage event (`emit_stage_event`)."""
+    headers = {
+        "content-type": "application/json",
+        "schema-version": "1",
+        "message-type": "stage",
+        "conversation-id": event.conversation_id,
+    }
+    pairs = orjson.loads(orjson.dumps(sorted(headers.items())))
+    return (
+        event.conversation_id.encode(),
+        event.model_dump_json().encode(),
+        [(k, v.encode()) for k, v in pairs],
+    )
+
+
+async def tracker_runs(
+    ctx: BenchContext, kind: str, events: list[StageEvent]
+) -> tuple[list[float], Observed]:
+    n = len(events)
+    records = [record_of(e) for e in events]
+    conversations = len({e.conversation_id for e in events})
+    template = DbTemplate(ctx, kind, "tracker")
+    seen = Observed()
+    try:
+        url = await template.create()
+        settings = bench_settings(template, url, f"bench.{uuid.uuid4().hex[:8]}.tpl.")
+        async with disposing(make_engine(url)) as engine:
+            await ensure_demo_orgs(engine, settings)
+
+        async def once(i: int) -> float:
+            url = await template.copy(i)
+            try:
+                prefix = f"bench.{uuid.uuid4().hex[:8]}.{kind}."
+                settings = bench_settings(template, url, prefix)
+                async with running_gateway(
+                    settings, ctx.bootstrap, run_relay=False, run_consumers=False
+                ) as gw:
+                    tracker = make_tracker(gw, ctx.bootstrap)
+                    loop = tracker.consumer
+                    try:
+                        partitions, joined = await join_and_pause(loop)
+                        seen.joins.append(joined)
+                        with progress() as bar:
+                            task = bar.add_task(f"producing {n:,} events", total=n)
+                            futures = []
+                            for key, value, headers in records:
+                                futures.append(
+                                    await gw.producer.send(
+                                        gw.topics.tracking, value=value, key=key, headers=headers
+                                    )
+                                )
+                            for done, future in enumerate(futures, 1):
+                                await future
+                                bar.update(task, completed=done)
+                        drained = await drain(loop, partitions, n, f"tracker ({kind})")
+                        seen.add(drained)
+                    finally:
+                        await loop.stop()
+                    async with gw.engine.connect() as conn:
+                        rows = (
+                            await conn.execute(
+                                sa.select(sa.func.count()).select_from(tracker_conversations)
+                            )
+                        ).scalar_one()
+                    if rows != conversations:
+                        raise RuntimeError(
+                            f"tracker_conversations holds {rows} rows, expected {conversations}"
+                        )
+            finally:
+                await template.drop(i)
+            return n / drained.seconds
+
+        runs = await repeat(ctx, f"tracker ({kind})", once)
+    finally:
+        await template.drop_all()
+    return runs, seen
+
+
+async def run(ctx: BenchContext) -> list[Figure]:
+    gateway_logging(ctx)
+    n = ctx.size(6_000, 200)
+    events = stage_events(n, SEED)
+    conversations = len({e.conversation_id for e in events})
+    kinds = ["sqlite"]
+    if await postgres_available(ctx.postgres_dsn):
+        kinds.append("postgres")
+    figures: list[Figure] = []
+    for kind in kinds:
+        runs, seen = await tracker_runs(ctx, kind, events)
+        db = "SQLite" if kind == "sqlite" else "PostgreSQL"
+        figures.append(
+            Figure(
+                name=f"tracker.{kind}",
+                label=f"Tracker: stage events applied ({db})",
+                unit="events/s",
+                runs=runs,
+                baseline="transport.passthrough",
+                notes=(
+                    f"{n:,} pre-produced stage events of {conversations:,} conversations "
+                    f"through the real tracker ConsumerLoop + TrackerHandler (as wired by "
+                    f"make_tracker) into a fresh {db} database; clock: resume of the joined, "
+                    f"paused consumer until offsets for all N are committed; {seen.note()}"
+                ),
+                extra={"events": n, "conversations": conversations, "database": kind}
+                | seen.extra(),
+            )
+        )
+    return figures
