@@ -7,7 +7,7 @@ database (SQLite file; PostgreSQL: a new database, dropped afterwards), a unique
 consumer-group prefix and a free port. It waits for ``/readyz``, reads the demo credentials
 the gateway writes (var/demo-credentials.json) for Jobcenter København's API key, sends one
 priming request and waits until it is in the mailbox (the consumers have joined their groups;
-not timed; before the start it writes a broker epoch on the canary topic, see seed_canary),
+not timed),
 and runs
 the load generator (bench/loadgen.py, its own process) against
 ``POST /jobcenter/v1/attest-requests`` with valid, distinct requests to Psykiatrisk Center
@@ -55,11 +55,8 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
-from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.gateway.bus import CANARY, ensure_topics
-from attest_gateway.gateway.config import load_settings
 from attest_gateway.gateway.demo import DEMO_ORGS
 from attest_gateway.gateway.store.db import aware, make_engine
 from attest_gateway.gateway.store.tables import mailbox, outbox
@@ -98,24 +95,6 @@ async def fresh_database(ctx: BenchContext, kind: str, var_dir: Path) -> AsyncIt
             await admin.close()
 
 
-async def seed_canary(bootstrap: str, topic_prefix: str) -> None:
-    """Write a broker epoch on the gateway's canary topic before it starts. Without one, a
-    gateway's sweeper takes the broker for one that lost its state (it cannot tell a new broker
-    from a wiped one): it "recovers" at start-up and, 20 s later (at the next sweep, 30 s),
-    publishes again every stage event and every undelivered message of those seconds, in the
-    middle of the timed run. With the epoch the gateway starts as on a broker it has been
-    using: the steady state this benchmark measures."""
-    settings = load_settings(kafka_topic_prefix=topic_prefix, kafka_bootstrap_servers=bootstrap)
-    canary = settings.topic(CANARY)
-    await ensure_topics(settings, bootstrap, [canary])
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(canary, uuid.uuid4().hex.encode(), partition=0)
-    finally:
-        await producer.stop()
-
-
 @dataclass
 class RunningGateway:
     proc: asyncio.subprocess.Process
@@ -132,7 +111,6 @@ async def gateway(ctx: BenchContext, kind: str, tag: str) -> AsyncIterator[Runni
     var_dir.mkdir(parents=True)
     async with fresh_database(ctx, kind, var_dir) as database_url:
         port = free_port()
-        await seed_canary(ctx.bootstrap, f"bench-{uid}.")
         env = os.environ | {
             "KAFKA_BOOTSTRAP_SERVERS": ctx.bootstrap,
             "VAR_DIR": str(var_dir),
