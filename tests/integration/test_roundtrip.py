@@ -165,7 +165,11 @@ async def test_round_trip(harness: Harness) -> None:
     # Every stage went to gateway.tracking as a metadata-only event.
     async def tracked() -> list[StageEvent] | None:
         records = await read_topic(h.bootstrap, h.gw.topics.tracking)
-        events = [StageEvent.model_validate_json(r.value) for r in records if r.value]
+        events = [
+            StageEvent.model_validate_json(r.value)
+            for r in records
+            if r.value and r.key == conversation_id.encode()  # not other tests' records
+        ]
         # A recovery replay may publish an event twice (consumers are idempotent): one per stage.
         mine = list({e.stage: e for e in events if e.conversation_id == conversation_id}.values())
         return mine if len(mine) == len(expected) else None
