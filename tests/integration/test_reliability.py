@@ -13,18 +13,16 @@ import sqlalchemy as sa
 from aiokafka.errors import KafkaError
 
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement
-from attest_gateway.adapters.medcom.delivery import DeliveryHandler
 from attest_gateway.gateway.bus import make_producer
 from attest_gateway.gateway.relay import OutboxRelay
 from attest_gateway.gateway.store import tables
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.store.migrate import upgrade_async
 from attest_gateway.gateway.sweeper import EPOCH_ROW, Sweeper
-from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.medcom import read_message
 from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
-from tests.support.harness import attest_request_body, fresh_database, read_topic, wait_for
+from tests.support.harness import attest_request_body, fresh_database, wait_for
 
 JC, PSY = "jc-koebenhavn", "psyk-kbh"
 
@@ -324,44 +322,3 @@ async def test_a_first_start_replays_nothing_a_lost_broker_is_recovered(
     h.gw.relay.wake()
     await wait_for(lambda: _published(h, accepted["message_id"]))
     assert await _mailbox_count(h, accepted["message_id"]) == 1  # delivered once all the same
-
-
-async def test_delivery_in_batches_refuses_bad_records_alone_and_is_idempotent(
-    harness: Harness,
-) -> None:
-    """The delivery consumer takes a partition's polled records at once. A record that fails a
-    check is left (for the loop to dead-letter) with nothing of it written; the others are
-    delivered; the same batch again changes nothing."""
-    h = harness
-    accepted = await request(h)
-    await mailbox_item(h, PSY, accepted["message_id"])
-    record = next(
-        r
-        for r in await read_topic(h.bootstrap, h.gw.topics.medcom_messages)
-        if r.key == accepted["conversation_id"].encode()
-    )
-    envelope = SealedEnvelope.from_json(record.value or b"")
-    tampered_envelope = envelope.model_copy(update={"ciphertext": envelope.ciphertext[:-1] + b"!"})
-    tampered = dataclasses.replace(record, value=tampered_envelope.to_json(), offset=-1)
-    garbage = dataclasses.replace(record, value=b"not an envelope", offset=-2)
-    async with h.gw.engine.begin() as conn:  # as if it had never been delivered
-        await conn.execute(
-            tables.mailbox.delete().where(tables.mailbox.c.message_id == accepted["message_id"])
-        )
-    handler = DeliveryHandler(h.gw.engine, h.gw.topics, h.gw.settings.gateway_org_id)
-
-    left = await handler.handle_batch([garbage, record, tampered])
-    assert left == [garbage, tampered]
-    assert await _mailbox_count(h, accepted["message_id"]) == 1
-    async with h.gw.engine.connect() as conn:
-        stored = (
-            await conn.execute(
-                sa.select(tables.mailbox.c.envelope).where(
-                    tables.mailbox.c.message_id == accepted["message_id"]
-                )
-            )
-        ).scalar_one()
-    assert SealedEnvelope.from_json(stored) == envelope  # the good one, not the tampered one
-
-    assert await handler.handle_batch([garbage, record, tampered]) == [garbage, tampered]
-    assert await _mailbox_count(h, accepted["message_id"]) == 1

@@ -11,7 +11,6 @@ ciphertext.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 
 import pydantic
 import sqlalchemy as sa
@@ -135,6 +134,7 @@ class DeliveryHandler:
 
     async def __call__(self, record: ConsumerRecord[bytes, bytes]) -> None:
         envelope = parse_envelope(record.value)
+        h = envelope.header
         now = utcnow()
         try:
             async with self._engine.begin() as conn:
@@ -142,41 +142,10 @@ class DeliveryHandler:
                 is_new = await deliver(conn, self._topics, envelope, now)
         except sa.exc.DBAPIError as exc:
             raise TransientError("database-unavailable", type(exc).__name__) from exc
-        _log_delivery(envelope, is_new)
-
-    async def handle_batch(
-        self, records: Sequence[ConsumerRecord[bytes, bytes]]
-    ) -> list[ConsumerRecord[bytes, bytes]]:
-        """Deliver a partition's polled records in one transaction. A record that is refused
-        (unreadable, fails a check) is refused before anything of it is written; it is left to
-        the consumer loop, which dead-letters it on its own."""
-        refused: list[ConsumerRecord[bytes, bytes]] = []
-        delivered: list[tuple[SealedEnvelope, bool]] = []
-        now = utcnow()
-        try:
-            async with self._engine.begin() as conn:
-                for record in records:
-                    try:
-                        envelope = parse_envelope(record.value)
-                        await check_envelope(conn, envelope, self._gateway_org_id, now)
-                        delivered.append(
-                            (envelope, await deliver(conn, self._topics, envelope, now))
-                        )
-                    except PermanentError:
-                        refused.append(record)
-        except sa.exc.DBAPIError as exc:
-            raise TransientError("database-unavailable", type(exc).__name__) from exc
-        for envelope, is_new in delivered:
-            _log_delivery(envelope, is_new)
-        return refused
-
-
-def _log_delivery(envelope: SealedEnvelope, is_new: bool) -> None:
-    h = envelope.header
-    log.info(
-        "delivery.delivered" if is_new else "delivery.duplicate",
-        message_id=h.message_id,
-        conversation_id=h.conversation_id,
-        message_type=h.message_type.value,
-        receiver=h.receiver,
-    )
+        log.info(
+            "delivery.delivered" if is_new else "delivery.duplicate",
+            message_id=h.message_id,
+            conversation_id=h.conversation_id,
+            message_type=h.message_type.value,
+            receiver=h.receiver,
+        )
