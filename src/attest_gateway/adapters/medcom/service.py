@@ -269,12 +269,8 @@ async def _accept_ack(
     bundle_json: object,
     now: dt.datetime,
 ) -> tuple[Conversation, MessageType]:
-    try:
-        conv = await _answered_conversation(conn, org, info.response_to)
-    except NotFound:
-        reminder = await _reminder_to(conn, org, info.response_to)
-        if reminder is None:
-            raise
+    reminder = await _reminder_to(conn, org, info.response_to)
+    if reminder is not None:
         # Receivers acknowledge every message, reminders included. The job centre asked for the
         # attest, not for this reminder: the acknowledgement is kept, not forwarded or staged.
         await conn.execute(
@@ -283,6 +279,7 @@ async def _accept_ack(
             .values(collected_at=now)
         )
         return reminder, MessageType.ACKNOWLEDGEMENT
+    conv = await _answered_conversation(conn, org, info.response_to)
     plaintext = orjson.dumps(bundle_json)
     await _forward(gw, conn, org, conv, info, MessageType.ACKNOWLEDGEMENT, plaintext, now)
     await conn.execute(
