@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,21 +59,24 @@ class Harness:
         return response.json()
 
 
-@pytest_asyncio.fixture(scope="session", params=DB_KINDS)
-async def harness(
-    request: pytest.FixtureRequest, broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+@asynccontextmanager
+async def running_gateway(
+    kind: str, tmp: Path, bootstrap: str, **overrides: Any
 ) -> AsyncIterator[Harness]:
-    kind: str = request.param
-    tmp = tmp_path_factory.mktemp(f"gw-{kind}")
+    """The in-process gateway on the broker at `bootstrap`, with a fresh database of `kind`
+    and fresh topics; `overrides` are further settings (Kafka TLS, for instance)."""
     async with fresh_database(kind, tmp) as url:
         prefix = f"t{uuid.uuid4().hex[:8]}."
         settings = load_settings(
-            var_dir=tmp / "var",
-            database_url=url,
-            kafka_topic_prefix=prefix,
-            kafka_group_prefix=f"{prefix}attest-gateway",
-            relay_poll_seconds=0.2,
-            max_body_bytes=256 * 1024,
+            **{
+                "var_dir": tmp / "var",
+                "database_url": url,
+                "kafka_topic_prefix": prefix,
+                "kafka_group_prefix": f"{prefix}attest-gateway",
+                "relay_poll_seconds": 0.2,
+                "max_body_bytes": 256 * 1024,
+                **overrides,
+            }
         )
         await upgrade_async(url)
         engine = make_engine(url)
@@ -81,8 +85,17 @@ async def harness(
         finally:
             await engine.dispose()
         creds = json.loads(creds_path.read_text("utf-8"))
-        app = create_app(settings, broker.bootstrap)
+        app = create_app(settings, bootstrap)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-                yield Harness(kind, settings, broker.bootstrap, app.state.gateway, client, creds)
+                yield Harness(kind, settings, bootstrap, app.state.gateway, client, creds)
+
+
+@pytest_asyncio.fixture(scope="session", params=DB_KINDS)
+async def harness(
+    request: pytest.FixtureRequest, broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Harness]:
+    kind: str = request.param
+    async with running_gateway(kind, tmp_path_factory.mktemp(f"gw-{kind}"), broker.bootstrap) as h:
+        yield h
