@@ -12,6 +12,7 @@ from attest_gateway import __version__
 from attest_gateway.adapters.jobcenter.router import router as jobcenter_router
 from attest_gateway.adapters.medcom.router import router as medcom_router
 from attest_gateway.gateway.asyncapi import router as asyncapi_router
+from attest_gateway.gateway.audit_router import router as audit_router
 from attest_gateway.gateway.config import Settings
 from attest_gateway.gateway.health import router as health_router
 from attest_gateway.gateway.http import (
@@ -64,6 +65,7 @@ def create_app(
         app.include_router(medcom_router)
         app.include_router(ministry_router)
         app.include_router(ministry_dashboard_router)
+        app.include_router(audit_router)
     app.include_router(health_router)
     app.include_router(metrics_router)
     app.include_router(asyncapi_router)

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from attest_gateway import __version__
 from attest_gateway.gateway.bus import AUDIT, DEAD_LETTER, MEDCOM_MESSAGES, TRACKING
 from attest_gateway.gateway.config import Settings
+from attest_gateway.schemas.audit import AuditEntry
 from attest_gateway.schemas.envelope import CONTENT_TYPE, SealedEnvelope
 from attest_gateway.schemas.events import MessageType, StageEvent
 
@@ -48,6 +49,12 @@ HEADERS: dict[str, dict[str, dict[str, Any]]] = {
         "schema-version": _string("version of the stage event", const="1"),
         "message-type": _string("always `stage`", const="stage"),
         "conversation-id": _string("the conversation; also the record key"),
+    },
+    "AuditEntry": {
+        "content-type": _string("media type of the value", const="application/json"),
+        "schema-version": _string("version of the audit entry", const="1"),
+        "message-type": _string("always `audit`", const="audit"),
+        "audit-seq": _string("the entry's position in the chain", pattern="^[0-9]+$"),
     },
     "DeadLetter": {
         "dlq-reason": _string("stable code of why the record was refused, e.g. signature-invalid"),
@@ -110,6 +117,7 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     envelope_ref = _model_schema(SealedEnvelope, schemas)
     stage_ref = _model_schema(StageEvent, schemas)
+    audit_ref = _model_schema(AuditEntry, schemas)
     messages = {
         "SealedEnvelope": {
             "name": "SealedEnvelope",
@@ -131,6 +139,17 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
             "headers": headers_schema("StageEvent"),
             "payload": stage_ref,
             "bindings": _kafka_key("the conversation id"),
+        },
+        "AuditEntry": {
+            "name": "AuditEntry",
+            "title": "An entry of the audit log",
+            "summary": "Who read which message (or changed what), when, from where; one "
+            "link of the hash chain (docs/architecture.md § Audit). Ids and addresses only: "
+            "never content, a CPR number or a case ref.",
+            "contentType": "application/json",
+            "headers": headers_schema("AuditEntry"),
+            "payload": audit_ref,
+            "bindings": _kafka_key("always `audit`: the whole chain on one partition"),
         },
         "DeadLetter": {
             "name": "DeadLetter",
@@ -190,12 +209,13 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
             ),
             "tracking": channel(tracking, "Stage events for the tracker.", "StageEvent"),
             "deadLetter": channel(dead_letter, "Records no consumer could process.", "DeadLetter"),
-            "audit": {
-                "address": audit,
-                "description": "Reserved for the audit trail of reads and administrative "
-                "changes (its messages are documented when they are published).",
-                "bindings": _channel_bindings(settings, audit),
-            },
+            "audit": channel(
+                audit,
+                "The audit trail of reads and administrative changes: a copy of each "
+                "entry, out of reach of the database, that `attest-gateway audit verify` "
+                "holds the stored chain against.",
+                "AuditEntry",
+            ),
         },
         "operations": {
             "publishSealedEnvelope": {
@@ -224,6 +244,13 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
                 "summary": "The tracker keeps each conversation's timeline.",
                 "bindings": _group(settings, "tracker"),
                 "messages": [{"$ref": "#/channels/tracking/messages/StageEvent"}],
+            },
+            "publishAuditEntry": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/audit"},
+                "summary": "The outbox relay publishes every audit entry, written in the "
+                "transaction of the read or change it records.",
+                "messages": [{"$ref": "#/channels/audit/messages/AuditEntry"}],
             },
             "publishDeadLetter": {
                 "action": "send",

@@ -184,7 +184,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
     ("get", "/metrics"): ["unauthenticated"],
 }
 
-_PARTNER_PREFIXES = ("/jobcenter/", "/medcom/", "/ministry/")
+_PARTNER_PREFIXES = ("/jobcenter/", "/medcom/", "/ministry/", "/audit/")
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "title": "Problem",
@@ -344,6 +344,24 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
         "message_type": MessageType.ACKNOWLEDGEMENT.value,
         "status": "accepted",
         "accepted_at": AT,
+    },
+    ("get", "/audit/v1/entries"): {
+        "entries": [
+            {
+                "seq": 41,
+                "at": AT,
+                "actor": "psyk-kbh",
+                "action": "mailbox.fetch",
+                "source": "192.0.2.10",
+                "subject_org": "psyk-kbh",
+                "message_id": MESSAGE_ID,
+                "conversation_id": CONVERSATION_ID,
+                "detail": None,
+                "prev_hash": "3b1f0c…(sha256 hex of entry 40)",
+                "hash": "9d4e7a…(sha256 hex)",
+            }
+        ],
+        "next_after_seq": 41,
     },
     ("get", "/healthz"): {"status": "ok"},
     ("get", "/asyncapi.json"): {

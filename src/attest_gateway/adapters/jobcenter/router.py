@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from attest_gateway.adapters.jobcenter import contacts, service
 from attest_gateway.adapters.jobcenter.contacts import ContactAccepted, ContactIn
+from attest_gateway.gateway.audit_router import client_source
 from attest_gateway.gateway.directory import Organisation, Role
 from attest_gateway.gateway.http import authenticated, gateway_of, require_role
 from attest_gateway.schemas.jobcenter import (
@@ -72,10 +73,14 @@ async def attest_request_status(
 async def inbox(
     request: Request, org: JobCenter, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Inbox:
-    return await service.read_inbox(gateway_of(request), org, limit=limit)
+    return await service.read_inbox(
+        gateway_of(request), org, limit=limit, source=client_source(request)
+    )
 
 
 @router.post("/inbox/{message_id}/ack")
 async def acknowledge(message_id: str, request: Request, org: JobCenter) -> dict[str, object]:
-    changed = await service.acknowledge_reply(gateway_of(request), org, message_id)
+    changed = await service.acknowledge_reply(
+        gateway_of(request), org, message_id, source=client_source(request)
+    )
     return {"message_id": message_id, "acknowledged": True, "changed": changed}

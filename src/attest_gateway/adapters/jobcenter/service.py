@@ -7,7 +7,9 @@ authorise and call one of these.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -16,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.adapters.jobcenter.translate import inbox_item, request_bundle
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement
-from attest_gateway.gateway import directory
+from attest_gateway.gateway import audit, directory
 from attest_gateway.gateway.crypto import case_ref, fingerprint, open_envelope, utcnow
 from attest_gateway.gateway.directory import HEALTH_ROLES, Organisation
 from attest_gateway.gateway.errors import Conflict, Forbidden, NotFound, Unprocessable
@@ -240,10 +242,12 @@ async def conversation_status(gw: Gateway, org: Organisation, cid: str) -> Conve
     )
 
 
-async def read_inbox(gw: Gateway, org: Organisation, *, limit: int) -> Inbox:
-    """The attest replies waiting for this job centre, opened with its custodial key."""
+async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str) -> Inbox:
+    """The attest replies waiting for this job centre, opened with its custodial key. The
+    opening and the handing out are audit entries, in the same transaction."""
     now = utcnow()
     items: list[InboxItem] = []
+    reads: list[audit.AuditEvent] = []
     async with gw.engine.begin() as conn:
         rows = (
             await conn.execute(
@@ -260,7 +264,20 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int) -> Inbox:
         for row in rows:
             conv = await load_conversation(conn, row.conversation_id)
             assert conv is not None
-            info = read_message(_open_bundle(gw, row.envelope))
+            bundle, opened = _open_bundle(gw, org, row, source=source, at=now, reason="inbox")
+            info = read_message(bundle)
+            reads += [
+                opened,
+                audit.AuditEvent(
+                    actor=org.id,
+                    action=audit.INBOX_FETCH,
+                    source=source,
+                    at=now,
+                    subject_org=org.id,
+                    message_id=row.message_id,
+                    conversation_id=conv.id,
+                ),
+            ]
             items.append(
                 inbox_item(
                     info,
@@ -285,21 +302,39 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int) -> Inbox:
                     message_type=MessageType.ATTEST_REPLY,
                     at=now,
                 )
+        await audit.record_many(conn, gw.topics, reads)  # last: it holds the chain's lock
     log.info("jobcenter.inbox_read", count=len(items))
     return Inbox(items=items)
 
 
-def _open_bundle(gw: Gateway, raw: bytes) -> Bundle:
-    """Open a job centre's mail with its custodial key (held by the gateway)."""
-    envelope = SealedEnvelope.from_json(raw)
+def _open_bundle(
+    gw: Gateway, org: Organisation, row: Any, *, source: str, at: dt.datetime, reason: str
+) -> tuple[Bundle, audit.AuditEvent]:
+    """Open a job centre's mail (a mailbox row) with its custodial key, held by the gateway.
+    Returns the Bundle and the audit entry of the opening, for the caller's transaction."""
+    envelope = SealedEnvelope.from_json(row.envelope)
     key = gw.keyring.hpke_key(envelope.header.recipient_key_id)
     if key is None:
         raise Unprocessable("unknown-key", "the gateway does not hold this job centre's key")
-    return parse_bundle(orjson.loads(open_envelope(envelope, key)))
+    bundle = parse_bundle(orjson.loads(open_envelope(envelope, key)))
+    opened = audit.AuditEvent(
+        actor=gw.settings.gateway_org_id,
+        action=audit.ENVELOPE_OPEN,
+        source=source,
+        at=at,
+        subject_org=org.id,
+        message_id=envelope.header.message_id,
+        conversation_id=envelope.header.conversation_id,
+        detail={"key_id": envelope.header.recipient_key_id, "for": reason},
+    )
+    return bundle, opened
 
 
-async def acknowledge_reply(gw: Gateway, org: Organisation, message_id: str) -> bool:
-    """Mark a reply as received and send the MedCom acknowledgement (ok) to its sender.
+async def acknowledge_reply(
+    gw: Gateway, org: Organisation, message_id: str, *, source: str
+) -> bool:
+    """Mark a reply as received and send the MedCom acknowledgement (ok) to its sender
+    (the gateway opens the reply to answer it: an audit entry).
 
     Idempotent: acknowledging twice changes nothing the second time (returns False).
     """
@@ -321,7 +356,7 @@ async def acknowledge_reply(gw: Gateway, org: Organisation, message_id: str) -> 
             return False
         conv = await load_conversation(conn, row.conversation_id)
         assert conv is not None
-        reply = _open_bundle(gw, row.envelope)
+        reply, opened = _open_bundle(gw, org, row, source=source, at=now, reason="ack")
         ack_id, ack_bundle_id = str(uuid.uuid4()), str(uuid.uuid4())
         ack = build_acknowledgement(
             acked=reply, message_id=ack_id, bundle_id=ack_bundle_id, sent_at=now, code="ok"
@@ -353,5 +388,6 @@ async def acknowledge_reply(gw: Gateway, org: Organisation, message_id: str) -> 
             at=now,
             detail="ok",
         )
+        await audit.record_many(conn, gw.topics, [opened])  # last: it holds the chain's lock
     gw.relay.wake()
     return True

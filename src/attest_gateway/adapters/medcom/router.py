@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from attest_gateway.adapters.medcom import service
+from attest_gateway.gateway.audit_router import client_source
 from attest_gateway.gateway.directory import HEALTH_ROLES, Organisation
 from attest_gateway.gateway.errors import BadRequest, UnsupportedMediaType
 from attest_gateway.gateway.http import authenticated, gateway_of, require_role
@@ -32,7 +33,9 @@ HealthOrg = Annotated[Organisation, Depends(health_org)]
 async def mailbox(
     request: Request, org: HealthOrg, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> dict[str, Any]:
-    items = await service.read_mailbox(gateway_of(request), org, limit=limit)
+    items = await service.read_mailbox(
+        gateway_of(request), org, limit=limit, source=client_source(request)
+    )
     return {"items": items}
 
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.gateway import directory
+from attest_gateway.gateway import audit, directory
 from attest_gateway.gateway.crypto import open_envelope, utcnow, verify
 from attest_gateway.gateway.directory import Organisation
 from attest_gateway.gateway.errors import (
@@ -47,10 +47,14 @@ from attest_gateway.schemas.medcom import BundleError, MessageInfo, parse_bundle
 log = structlog.get_logger(__name__)
 
 
-async def read_mailbox(gw: Gateway, org: Organisation, *, limit: int) -> list[dict[str, Any]]:
-    """The sealed envelopes waiting for this organisation, oldest first."""
+async def read_mailbox(
+    gw: Gateway, org: Organisation, *, limit: int, source: str
+) -> list[dict[str, Any]]:
+    """The sealed envelopes waiting for this organisation, oldest first. Each one handed out
+    is an audit entry (`mailbox.fetch`, from `source`), in the same transaction."""
     now = utcnow()
     out: list[dict[str, Any]] = []
+    reads: list[audit.AuditEvent] = []
     async with gw.engine.begin() as conn:
         rows = (
             await conn.execute(
@@ -69,6 +73,17 @@ async def read_mailbox(gw: Gateway, org: Organisation, *, limit: int) -> list[di
                     "delivered_at": aware(row.delivered_at).isoformat(),
                     "envelope": orjson.loads(row.envelope),
                 }
+            )
+            reads.append(
+                audit.AuditEvent(
+                    actor=org.id,
+                    action=audit.MAILBOX_FETCH,
+                    source=source,
+                    at=now,
+                    subject_org=org.id,
+                    message_id=row.message_id,
+                    conversation_id=row.conversation_id,
+                )
             )
             if row.fetched_at is not None:
                 continue
@@ -89,6 +104,7 @@ async def read_mailbox(gw: Gateway, org: Organisation, *, limit: int) -> list[di
                     message_type=MessageType.ATTEST_REQUEST,
                     at=now,
                 )
+        await audit.record_many(conn, gw.topics, reads)  # last: it holds the chain's lock
     log.info("medcom.mailbox_read", count=len(out))
     return out
 

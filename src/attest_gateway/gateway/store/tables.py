@@ -306,3 +306,34 @@ tracker_cell_citizens = sa.Table(
     sa.Column("dim", sa.String(64), primary_key=True),
     sa.Column("case_ref", sa.String(64), primary_key=True),
 )
+
+# --- audit (migration 0005) ------------------------------------------------------------------
+# The append-only, hash-chained audit log (gateway/audit.py): reads of content and
+# administrative changes. Ids and addresses only, never content or CPR numbers.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("subject_org", sa.String(64), nullable=True),
+    sa.Column("message_id", sa.String(64), nullable=True),
+    sa.Column("conversation_id", sa.String(64), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),  # canonical JSON of a str → str map
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index(None, "actor", "seq"),
+    sa.Index(None, "subject_org", "seq"),
+)
+
+# One row (id 1): the chain's last seq and hash. Appends lock it, so two processes never
+# fork the chain; `audit verify` holds the log against it, so a cut tail shows.
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
