@@ -22,6 +22,8 @@ import hmac
 import json
 import os
 import secrets
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,11 +254,45 @@ class OrgKeys:
 
 @dataclass(slots=True)
 class KeyRing:
-    """The private keys the gateway itself holds: its own and those of custodial organisations."""
+    """The private keys the gateway itself holds: its own and those of custodial organisations.
+
+    Loaded from a directory of key files (`load_dir`), the ring follows that directory: at
+    most once a second, and at once when a key id is missing, it compares the files' stat
+    signatures and reloads when one changed, so a rotation made by `attest-gateway keys` in
+    another process is seen without a restart. A file that cannot be read keeps the old keys.
+    """
 
     orgs: dict[str, OrgKeys]
+    directory: Path | None = None
+    _stamp: tuple[tuple[str, int, int, int], ...] = ()
+    _checked: float = 0.0
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload the key files if they changed; True if the ring was reloaded."""
+        if self.directory is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._checked < _KEYRING_CHECK_SECONDS:
+            return False
+        self._checked = now
+        stamp = _dir_stamp(self.directory)
+        if stamp == self._stamp:
+            return False
+        try:
+            orgs = _load_key_files(self.directory)
+        except (OSError, ValueError, KeyError):  # half-edited by hand: keep what we have
+            return False
+        self.orgs, self._stamp = orgs, stamp
+        return True
 
     def hpke_key(self, key_id: str) -> PrivateHpkeKey | None:
+        self.refresh()
+        found = self._find_hpke(key_id)
+        if found is None and self.refresh(force=True):
+            found = self._find_hpke(key_id)
+        return found
+
+    def _find_hpke(self, key_id: str) -> PrivateHpkeKey | None:
         for keys in self.orgs.values():
             for k in keys.hpke_keys:
                 if k.key_id == key_id:
@@ -264,16 +300,59 @@ class KeyRing:
         return None
 
     def signing(self, org_id: str) -> SigningKey:
+        """The newest signing key in the organisation's key file."""
+        self.refresh()
         return self.orgs[org_id].current_signing
+
+    def signing_among(self, org_id: str, usable: Sequence[str]) -> SigningKey | None:
+        """The first key of `usable` (the directory's usable signing key ids, newest first)
+        that the ring holds: the gateway never signs with a key the directory no longer
+        accepts, and signs with a rotated-in key as soon as the directory has it."""
+        self.refresh()
+        found = self._find_signing(org_id, usable)
+        if (found is None or found.key_id != usable[0]) and self.refresh(force=True):
+            found = self._find_signing(org_id, usable)
+        return found
+
+    def _find_signing(self, org_id: str, usable: Sequence[str]) -> SigningKey | None:
+        keys = self.orgs.get(org_id)
+        if keys is None:
+            return None
+        held = {s.key_id: s for s in keys.signing_keys}
+        return next((held[k] for k in usable if k in held), None)
 
     @classmethod
     def load_dir(cls, directory: Path) -> KeyRing:
-        orgs: dict[str, OrgKeys] = {}
-        if directory.is_dir():
-            for path in sorted(directory.glob("*.json")):
-                keys = OrgKeys.load(path)
-                orgs[keys.org_id] = keys
-        return cls(orgs)
+        stamp = _dir_stamp(directory)
+        ring = cls(_load_key_files(directory), directory, stamp)
+        ring._checked = time.monotonic()
+        return ring
+
+
+_KEYRING_CHECK_SECONDS = 1.0
+
+
+def _dir_stamp(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, inode, size, mtime in ns) of every key file: replaced files change the inode."""
+    if not directory.is_dir():
+        return ()
+    stamp = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        stamp.append((path.name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
+
+
+def _load_key_files(directory: Path) -> dict[str, OrgKeys]:
+    orgs: dict[str, OrgKeys] = {}
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.json")):
+            keys = OrgKeys.load(path)
+            orgs[keys.org_id] = keys
+    return orgs
 
 
 def utcnow() -> dt.datetime:

@@ -194,6 +194,18 @@ async def current_hpke_key(
     return None
 
 
+async def usable_signing_key_ids(conn: AsyncConnection, org_id: str, at: dt.datetime) -> list[str]:
+    """The organisation's usable signing keys, newest first: the gateway signs with the first
+    of them it holds."""
+    rows = await conn.execute(
+        sa.select(org_keys)
+        .where(org_keys.c.org_id == org_id, org_keys.c.purpose == "signing")
+        .order_by(org_keys.c.created_at.desc(), org_keys.c.key_id.desc())
+    )
+    keys = (VerifyKey(r.key_id, r.org_id, r.public_key, r.revoked_at, r.not_after) for r in rows)
+    return [key.key_id for key in keys if key.usable(at)]
+
+
 async def hpke_key_owner(conn: AsyncConnection, key_id: str) -> str | None:
     row = (
         await conn.execute(

@@ -86,7 +86,10 @@ async def seal_for(
     recipient = await directory.current_hpke_key(conn, receiver_org_id, now)
     if recipient is None:
         raise Unprocessable("receiver-has-no-key", "the receiver has no usable encryption key")
-    signer = keyring.signing(signer_org_id)
+    usable = await directory.usable_signing_key_ids(conn, signer_org_id, now)
+    signer = keyring.signing_among(signer_org_id, usable) if usable else None
+    if signer is None:
+        raise RuntimeError(f"no usable signing key of {signer_org_id!r} in the key files")
     header = EnvelopeHeader(
         message_id=message_id,
         bundle_id=bundle_id,
