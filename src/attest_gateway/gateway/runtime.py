@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from attest_gateway.gateway.bus import ConsumerLoop, Topics, ensure_topics, make_producer
 from attest_gateway.gateway.config import Settings
 from attest_gateway.gateway.crypto import KeyRing
+from attest_gateway.gateway.pseudonyms import StoreKey, check_store_key, pseudonym_key_file
 from attest_gateway.gateway.relay import OutboxRelay
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.schemas.attests import DEFAULT_CATALOGUE, AttestKind
@@ -45,6 +46,8 @@ class Gateway:
     consumers: list[ConsumerLoop] = field(default_factory=list)
     sweeper: Sweeper | None = None
     tracker: Tracker | None = None
+    # the key id the store's pseudonyms are made with (checked at start, see pseudonyms.py)
+    store_key: StoreKey | None = None
 
 
 def custodial_keys_dir(settings: Settings) -> Path:
@@ -55,7 +58,7 @@ def load_pseudonym_key(settings: Settings) -> bytes:
     """The HMAC key for case refs: from the setting, else a file made once under keys_dir."""
     if settings.pseudonym_key is not None:
         return settings.pseudonym_key.get_secret_value().encode("utf-8")
-    path = settings.effective_keys_dir / "pseudonym.key"
+    path = pseudonym_key_file(settings)
     if not path.exists():
         if settings.environment == "production":
             raise RuntimeError("PSEUDONYM_KEY must be set in production")
@@ -80,6 +83,12 @@ async def running_gateway(
     keyring = KeyRing.load_dir(custodial_keys_dir(settings))
     if settings.gateway_org_id not in keyring.orgs:
         raise RuntimeError(f"no keys for the gateway organisation {settings.gateway_org_id!r}")
+    pseudonym_key = load_pseudonym_key(settings)
+    try:  # refuses to start when the store's pseudonyms were made with another key
+        store_key = await check_store_key(engine, pseudonym_key, tracking_topic=topics.tracking)
+    except BaseException:
+        await engine.dispose()
+        raise
     await ensure_topics(settings, bootstrap, topics.all())
     producer = make_producer(settings, bootstrap)
     await producer.start()
@@ -91,7 +100,8 @@ async def running_gateway(
         poll_seconds=settings.relay_poll_seconds,
         max_pending=settings.outbox_max_pending,
     )
-    gw = Gateway(settings, engine, keyring, load_pseudonym_key(settings), topics, producer, relay)
+    gw = Gateway(settings, engine, keyring, pseudonym_key, topics, producer, relay)
+    gw.store_key = store_key
     try:
         if run_relay:
             relay.start()

@@ -2,7 +2,8 @@
 
 A meeting, call or video meeting between the job centre and a psychiatry unit about one
 citizen counts towards contact coverage as much as a message does. The CPR number is turned
-into the case ref at once and never stored; the registration (case ref, organisations, dates,
+into the case ref at once and stored only sealed to the gateway's own key (to re-key the
+pseudonym from, gateway/pseudonyms.py); the registration (case ref, organisations, dates,
 channel) and its `contact` tracking event are written in one transaction (the outbox relay
 publishes the event to `gateway.tracking`, key = case ref). An `Idempotency-Key` makes a
 retry return the first answer.
@@ -18,8 +19,8 @@ import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
-from attest_gateway.gateway import directory
-from attest_gateway.gateway.crypto import case_ref, utcnow
+from attest_gateway.gateway import directory, pseudonyms
+from attest_gateway.gateway.crypto import utcnow
 from attest_gateway.gateway.directory import Organisation, Role
 from attest_gateway.gateway.errors import Conflict, Forbidden, Unprocessable
 from attest_gateway.gateway.runtime import Gateway
@@ -62,7 +63,7 @@ async def register_contact(
         raise Unprocessable("invalid-contact-date", "a contact cannot be registered in advance")
     if body.contact_date < body.first_day_of_absence - dt.timedelta(days=365):
         raise Unprocessable("invalid-contact-date", "the contact is long before the absence")
-    ref = case_ref(body.citizen_cpr, gw.pseudonym_key)
+    ref = pseudonyms.case_ref(body.citizen_cpr, gw.pseudonym_key)
     async with gw.engine.begin() as conn:
         if idempotency_key is not None:
             row = (
@@ -100,6 +101,14 @@ async def register_contact(
                 idempotency_key=idempotency_key,
                 response=accepted.model_dump_json(),
                 created_at=now,
+                citizen_sealed=await pseudonyms.seal_for_gateway(
+                    conn,
+                    gw.keyring,
+                    gw.settings.gateway_org_id,
+                    body.citizen_cpr,
+                    context=pseudonyms.contact_context(contact_id),
+                    now=now,
+                ),
             )
         )
         event = ContactEvent(

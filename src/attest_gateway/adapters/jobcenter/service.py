@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.adapters.jobcenter.translate import inbox_item, request_bundle
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement
-from attest_gateway.gateway import audit, directory
-from attest_gateway.gateway.crypto import case_ref, fingerprint, open_envelope, utcnow
+from attest_gateway.gateway import audit, directory, pseudonyms
+from attest_gateway.gateway.crypto import fingerprint, open_envelope, utcnow
 from attest_gateway.gateway.directory import HEALTH_ROLES, Organisation
 from attest_gateway.gateway.errors import Conflict, Forbidden, NotFound, Unprocessable
 from attest_gateway.gateway.messaging import (
@@ -156,13 +156,21 @@ async def submit_attest_request(
             caseworker_ref=body.caseworker_ref,
             municipality=body.municipality,
             region_code=municipalities()[body.municipality].region_code,
-            case_ref=case_ref(body.citizen_cpr, gw.pseudonym_key),
+            case_ref=pseudonyms.case_ref(body.citizen_cpr, gw.pseudonym_key),
             psychiatric_course=body.psychiatric_course,
             first_day_of_absence=body.first_day_of_absence,
             reply_deadline=reply_deadline,
             created_at=now,
         )
-        await conn.execute(conversations.insert().values(**_as_dict(conv)))
+        sealed = await pseudonyms.seal_for_gateway(
+            conn,
+            gw.keyring,
+            gw.settings.gateway_org_id,
+            body.citizen_cpr,
+            context=pseudonyms.conversation_context(conversation_id),
+            now=now,
+        )  # the CPR number only as ciphertext, to re-key the pseudonym from
+        await conn.execute(conversations.insert().values(**_as_dict(conv), citizen_sealed=sealed))
         accepted = AttestRequestAccepted(
             conversation_id=conversation_id,
             message_id=message_id,

@@ -8,8 +8,10 @@ duplicated event finds the time set and changes nothing. Events may arrive in an
 carries the whole conversation's metadata, and each duration is added by whichever of its two
 ends arrives second.
 
-Pipeline: parse (bad record → PermanentError → dead letter) → apply in one transaction
-(database error → TransientError → retried) → commit the offset (the ConsumerLoop).
+Pipeline: parse (bad record → PermanentError → dead letter) → check the case ref's key id
+(made under another pseudonym key, i.e. before a re-key → dead letter `stale-pseudonym`, so a
+replay of old events never mixes pseudonyms) → apply in one transaction (database error →
+TransientError → retried) → commit the offset (the ConsumerLoop).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.gateway.bus import PermanentError, TransientError
 from attest_gateway.gateway.directory import Role
+from attest_gateway.gateway.pseudonyms import StoreKey
 from attest_gateway.gateway.store.db import aware, insert_ignore
 from attest_gateway.gateway.store.tables import (
     organisations,
@@ -371,30 +374,54 @@ def _aware_or_none(value: dt.datetime | None) -> dt.datetime | None:
 class TrackerHandler:
     """The ConsumerLoop handler for `gateway.tracking`."""
 
-    def __init__(self, engine: AsyncEngine, state: TrackerState) -> None:
+    def __init__(
+        self, engine: AsyncEngine, state: TrackerState, *, store_key: StoreKey | None = None
+    ) -> None:
         self._engine = engine
         self._state = state
+        self._store_key = store_key  # None: case refs are not checked (tests, benchmarks)
 
     async def __call__(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
             event = parse_tracking_event(record.value)
         except NotATrackingEvent as exc:
             raise PermanentError("invalid-tracking-event", str(exc)) from exc
-        await self._apply([event])
+        admitted = self._admit(event)
+        if admitted is None:
+            raise PermanentError(
+                "stale-pseudonym",
+                "the event's case ref was made under another pseudonym key than the store's",
+            )
+        await self._apply([admitted])
+
+    def _admit(self, event: TrackingEvent) -> TrackingEvent | None:
+        """The event with its case ref as the store keeps it, or None if the ref was made
+        under another pseudonym key (a bare ref of before key ids gets the key id)."""
+        if self._store_key is None:
+            return event
+        ref = self._store_key.admit(event.case_ref)
+        if ref is None:
+            return None
+        return event if ref == event.case_ref else event.model_copy(update={"case_ref": ref})
 
     async def handle_batch(
         self, records: Sequence[ConsumerRecord[bytes, bytes]]
     ) -> list[ConsumerRecord[bytes, bytes]]:
         """Apply the readable records' events in one transaction, in order, with the rollups
-        summed and written once (see `tracker/store.py`). Returns the unreadable records,
-        which the consumer loop handles (dead-letters) one by one."""
+        summed and written once (see `tracker/store.py`). Returns the unreadable records and
+        those with a stale case ref, which the consumer loop handles (dead-letters) one by
+        one."""
         events: list[TrackingEvent] = []
         unreadable: list[ConsumerRecord[bytes, bytes]] = []
         for record in records:
             try:
-                events.append(parse_tracking_event(record.value))
+                admitted = self._admit(parse_tracking_event(record.value))
             except NotATrackingEvent:
+                admitted = None
+            if admitted is None:  # unreadable or stale: dead-lettered one by one
                 unreadable.append(record)
+            else:
+                events.append(admitted)
         if events:
             await self._apply(events)
         return unreadable

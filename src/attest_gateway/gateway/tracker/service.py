@@ -63,7 +63,7 @@ def make_tracker(gw: Gateway, bootstrap: str) -> Tracker:
         bootstrap=bootstrap,
         topic=gw.topics.tracking,
         group=f"{settings.kafka_group_prefix}.tracker",
-        handler=TrackerHandler(gw.engine, state),
+        handler=TrackerHandler(gw.engine, state, store_key=gw.store_key),
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,
     )

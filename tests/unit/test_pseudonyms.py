@@ -1,0 +1,210 @@
+"""Pseudonyms: the `<key id>.<hmac>` format, the sealed CPR number, the store key's rule for
+tracking events, and the rewriting of a tracking event's case ref."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import uuid
+
+import pytest
+from aiokafka import ConsumerRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attest_gateway.gateway import pseudonyms as ps
+from attest_gateway.gateway.bus import PermanentError
+from attest_gateway.gateway.crypto import KeyRing, OrgKeys
+from attest_gateway.gateway.crypto import case_ref as bare_case_ref
+from attest_gateway.gateway.store.db import make_engine
+from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
+from attest_gateway.gateway.tracker.events import ContactChannel, ContactEvent
+from attest_gateway.gateway.tracker.rules import TrackerRules
+from attest_gateway.schemas.envelope import Suite
+from attest_gateway.schemas.events import MessageType, Stage, StageEvent
+
+KEY_A = b"a" * 32
+KEY_B = b"b" * 32
+CPR = "0101901234"
+SUITES: list[Suite] = ["MLKEM768_X25519/HKDF_SHA256/AES_256_GCM", "X25519/HKDF_SHA256/AES_256_GCM"]
+
+
+def expected_ref(cpr: str, key: bytes) -> str:
+    """The documented format, computed without the code under test."""
+    kid = hashlib.sha256(key).hexdigest()[:6]
+    return f"{kid}.{hmac.new(key, cpr.encode(), hashlib.sha256).hexdigest()[:32]}"
+
+
+def test_a_case_ref_is_the_key_id_and_the_keyed_hmac() -> None:
+    ref = ps.case_ref(CPR, KEY_A)
+    assert ref == expected_ref(CPR, KEY_A)
+    assert re.fullmatch(r"[0-9a-f]{6}\.[0-9a-f]{32}", ref)
+    assert len(ref) <= 64  # the case_ref columns are String(64)
+    assert ps.key_id_of(ref) == ps.key_id(KEY_A) == hashlib.sha256(KEY_A).hexdigest()[:6]
+    assert ps.case_ref(CPR, KEY_B) != ref
+    assert ps.key_id_of(ps.case_ref(CPR, KEY_B)) == ps.key_id(KEY_B) != ps.key_id(KEY_A)
+
+
+def test_a_bare_ref_has_no_key_id() -> None:
+    assert ps.key_id_of("0123456789abcdef0123456789abcdef") is None
+
+
+@settings(max_examples=100)
+@given(cpr=st.from_regex(r"\A[0-9]{10}\Z"))
+def test_a_case_ref_never_contains_the_cpr(cpr: str) -> None:
+    ref = ps.case_ref(cpr, KEY_A)
+    assert cpr not in ref
+    assert ref == expected_ref(cpr, KEY_A)
+
+
+def test_an_unlinked_ref_is_under_the_new_key_and_not_the_citizens_pseudonym() -> None:
+    old = ps.case_ref(CPR, KEY_A)
+    new = ps.unlinked_ref(old, KEY_B)
+    assert ps.key_id_of(new) == ps.key_id(KEY_B)
+    assert new == ps.unlinked_ref(old, KEY_B)
+    assert new != ps.case_ref(CPR, KEY_B)
+    assert new != ps.unlinked_ref(ps.case_ref("0101901235", KEY_A), KEY_B)
+    assert len(new) <= 64
+
+
+def test_the_store_key_admits_its_own_refs_and_bare_ones_only_before_a_rekey() -> None:
+    mine, other = ps.case_ref(CPR, KEY_A), ps.case_ref(CPR, KEY_B)
+    bare = mine.split(".", 1)[1]
+    fresh = ps.StoreKey(ps.key_id(KEY_A), legacy=True)
+    assert fresh.admit(mine) == mine
+    assert fresh.admit(bare) == mine  # a bare ref of this key gets its key id
+    assert fresh.admit(other) is None
+    rekeyed = ps.StoreKey(ps.key_id(KEY_A), legacy=False)
+    assert rekeyed.admit(mine) == mine
+    assert rekeyed.admit(bare) is None
+    assert rekeyed.admit(other) is None
+
+
+# --- the sealed CPR number ----------------------------------------------------------------------
+
+
+def ring(suite: Suite) -> tuple[KeyRing, OrgKeys]:
+    keys = OrgKeys.generate("gateway", suite)
+    return KeyRing({"gateway": keys}), keys
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_a_sealed_cpr_number_opens_only_with_the_gateway_key_and_for_its_row(suite: Suite) -> None:
+    keyring, keys = ring(suite)
+    sealed = ps.seal_citizen(CPR, keys.current_hpke.public(), context="conversation:1")
+    assert CPR not in sealed
+    assert json.loads(sealed)["key_id"] == keys.current_hpke.key_id == ps.sealed_key_id(sealed)
+    assert ps.open_citizen(sealed, keyring, context="conversation:1") == CPR
+    with pytest.raises(ps.CitizenSealError, match="does not open"):
+        ps.open_citizen(sealed, keyring, context="conversation:2")  # moved to another row
+    with pytest.raises(ps.CitizenSealError, match="holds no HPKE key"):
+        ps.open_citizen(sealed, ring(suite)[0], context="conversation:1")  # another holder
+    data = json.loads(sealed)
+    data["ct"] = data["ct"][:-8] + ("A" * 8 if not data["ct"].endswith("A" * 8) else "B" * 8)
+    with pytest.raises(ps.CitizenSealError):
+        ps.open_citizen(json.dumps(data), keyring, context="conversation:1")
+    with pytest.raises(ps.CitizenSealError, match="not readable"):
+        ps.open_citizen("{not json", keyring, context="conversation:1")
+
+
+def test_a_cpr_number_sealed_to_an_older_key_of_the_ring_still_opens() -> None:
+    keyring, keys = ring(SUITES[1])
+    older = keys.current_hpke
+    keys.hpke_keys.append(OrgKeys.generate("gateway", SUITES[1]).current_hpke)
+    sealed = ps.seal_citizen(CPR, older.public(), context="contact:9")
+    assert ps.sealed_key_id(sealed) == older.key_id
+    assert ps.open_citizen(sealed, keyring, context="contact:9") == CPR
+
+
+# --- tracking events ----------------------------------------------------------------------------
+
+
+def stage_event(ref: str) -> StageEvent:
+    now = dt.datetime(2026, 3, 2, 10, tzinfo=dt.UTC)
+    return StageEvent(
+        event_id=str(uuid.uuid4()),
+        conversation_id="conv-1",
+        message_id="msg-1",
+        message_type=MessageType.ATTEST_REQUEST,
+        stage=Stage.SUBMITTED,
+        at=now,
+        attest_type="LÆ 155",
+        case_kind="sygedagpenge",
+        municipality="101",
+        region_code="1084",
+        jobcenter_org="jc",
+        receiver_org="psy",
+        case_ref=ref,
+        psychiatric_course=True,
+        first_day_of_absence=now.date(),
+        reply_deadline=now.date() + dt.timedelta(days=60),
+    )
+
+
+def contact_event(ref: str) -> ContactEvent:
+    return ContactEvent(
+        event_id=str(uuid.uuid4()),
+        contact_id="contact-1",
+        at=dt.datetime(2026, 3, 2, 11, tzinfo=dt.UTC),
+        contact_date=dt.date(2026, 3, 2),
+        jobcenter_org="jc",
+        psychiatry_org="psy",
+        municipality="101",
+        region_code="1084",
+        case_kind="sygedagpenge",
+        case_ref=ref,
+        first_day_of_absence=dt.date(2026, 2, 1),
+        channel=ContactChannel.MEETING,
+    )
+
+
+def test_rewriting_a_tracking_row_replaces_the_ref_and_a_contacts_record_key() -> None:
+    old, new = ps.case_ref(CPR, KEY_A), ps.case_ref(CPR, KEY_B)
+    renamed: dict[str, str] = {old: new}
+    same: dict[str, str] = {old: old}
+    nothing: dict[str, str] = {}
+    stage = stage_event(old).model_dump_json().encode()
+    key, value = ps.rewrite_tracking_row("conv-1", stage, renamed.get) or ("", b"")
+    assert key == "conv-1"  # a stage event's record key is its conversation
+    assert json.loads(value)["case_ref"] == new
+    assert json.loads(value) == json.loads(stage) | {"case_ref": new}
+    contact = contact_event(old).model_dump_json().encode()
+    key, value = ps.rewrite_tracking_row(old, contact, renamed.get) or ("", b"")
+    assert key == new  # a contact event's record key is its case ref
+    assert json.loads(value)["case_ref"] == new
+    assert ps.rewrite_tracking_row("conv-1", stage, same.get) is None
+    with pytest.raises(ValueError, match="cannot be mapped"):
+        ps.rewrite_tracking_row("conv-1", stage, nothing.get)
+    with pytest.raises(ValueError, match="unreadable"):
+        ps.rewrite_tracking_row("conv-1", b"{not json", nothing.get)
+
+
+def record(value: bytes, offset: int = 0) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        "t.gateway.tracking", 0, offset, 0, 0, b"k", value, None, 1, len(value), ()
+    )
+
+
+async def test_the_tracker_dead_letters_events_of_another_pseudonym_key() -> None:
+    engine = make_engine("sqlite+aiosqlite://")  # never reached: nothing is applied
+    try:
+        handler = TrackerHandler(
+            engine,
+            TrackerState(TrackerRules.build({})),
+            store_key=ps.StoreKey(ps.key_id(KEY_B)),
+        )
+        stale = [
+            record(stage_event(ps.case_ref(CPR, KEY_A)).model_dump_json().encode(), 1),
+            record(contact_event(ps.case_ref(CPR, KEY_A)).model_dump_json().encode(), 2),
+            record(stage_event(bare_case_ref(CPR, KEY_B)).model_dump_json().encode(), 3),
+        ]
+        for r in stale:
+            with pytest.raises(PermanentError) as caught:
+                await handler(r)
+            assert caught.value.code == "stale-pseudonym"
+        assert await handler.handle_batch(stale) == stale  # left to be dead-lettered one by one
+    finally:
+        await engine.dispose()
