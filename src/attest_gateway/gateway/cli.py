@@ -18,7 +18,7 @@ import orjson
 import typer
 from rich.console import Console
 
-from attest_gateway.gateway import cli_audit, cli_ops
+from attest_gateway.gateway import cli_admin, cli_audit, cli_ops
 from attest_gateway.gateway.config import Settings, load_settings
 from attest_gateway.gateway.tracker import cli as tracker_cli
 
@@ -411,3 +411,4 @@ def main() -> None:
 cli_ops.register(app)  # setup, config, healthcheck, contracts
 tracker_cli.register(app)  # simulate, report
 cli_audit.register(app)  # audit verify, list
+cli_admin.register(app)  # orgs add|list|disable, keys generate|add|rotate|revoke|retire|list

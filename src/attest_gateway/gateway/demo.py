@@ -1,6 +1,7 @@
 """Demo organisations for `make run`: the gateway itself, two job centres, one psychiatry unit
 and one GP clinic, with development keys and API keys. Created once, if absent, through the
-same directory functions an operator uses; refused in production."""
+same functions (gateway/admin.py, audited) an operator's `attest-gateway orgs add` uses;
+refused in production."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.gateway import directory
+from attest_gateway.gateway import admin, directory
+from attest_gateway.gateway.audit import SOURCE_CLI
 from attest_gateway.gateway.config import Settings
-from attest_gateway.gateway.crypto import OrgKeys, utcnow
-from attest_gateway.gateway.directory import Organisation, Role, new_api_key
-from attest_gateway.gateway.runtime import custodial_keys_dir
+from attest_gateway.gateway.crypto import utcnow
+from attest_gateway.gateway.directory import Organisation, Role
 from attest_gateway.schemas.identifiers import gln_check_digit, municipalities
 
 
@@ -55,6 +56,9 @@ DEMO_ORGS: tuple[Organisation, ...] = (
 )  # fmt: skip
 
 
+SETUP_ACTOR = "setup"  # the audit log's actor for what setup and `serve` create
+
+
 @dataclass(frozen=True)
 class DemoCredentials:
     path: Path
@@ -74,14 +78,13 @@ def _write_secret(path: Path, text: str) -> None:
 
 async def ensure_gateway_org(engine: AsyncEngine, settings: Settings) -> None:
     """The gateway is an organisation too: it signs what it seals on behalf of others."""
-    path = custodial_keys_dir(settings) / f"{settings.gateway_org_id}.json"
     async with engine.begin() as conn:
         if await directory.org_by_id(conn, settings.gateway_org_id) is not None:
             return
-        keys = OrgKeys.generate(settings.gateway_org_id, settings.hpke_suite)
         org = _org(settings.gateway_org_id, "attest gateway", Role.OPERATOR, custodial=True)
-        await directory.add_organisation(conn, org, keys, api_key=None, now=utcnow())
-        keys.save(path)
+        await admin.add_org(
+            conn, settings, org, actor=SETUP_ACTOR, source=SOURCE_CLI, with_api_key=False
+        )
 
 
 async def ensure_demo_orgs(engine: AsyncEngine, settings: Settings) -> DemoCredentials:
@@ -92,22 +95,23 @@ async def ensure_demo_orgs(engine: AsyncEngine, settings: Settings) -> DemoCrede
     path = credentials_path(settings)
     creds: dict[str, dict[str, str]] = {}
     now = utcnow()
+    clients = settings.effective_keys_dir / "clients"
     async with engine.begin() as conn:
         for org in DEMO_ORGS:
             if await directory.org_by_id(conn, org.id) is not None:
                 continue
-            keys = OrgKeys.generate(org.id, settings.hpke_suite)
-            api_key = new_api_key(org.id)
-            await directory.add_organisation(conn, org, keys, api_key=api_key, now=now)
-            if org.custodial:
-                key_path = custodial_keys_dir(settings) / f"{org.id}.json"
-            else:  # in real life the clinic makes its own keys; here we hand them over
-                key_path = settings.effective_keys_dir / "clients" / f"{org.id}.json"
-            keys.save(key_path)
+            # In real life a clinic makes its own keys (`keys generate`); here we hand them over.
+            out = None if org.custodial else clients / f"{org.id}.json"
+            added = await admin.add_org(
+                conn, settings, org, actor=SETUP_ACTOR, source=SOURCE_CLI, private_out=out, now=now
+            )
+            if added.api_key is None:
+                raise RuntimeError(f"no API key was issued for {org.id}")
+            key_path = added.private_file or admin.custodial_key_file(settings, org.id)
             creds[org.id] = {
                 "name": org.name,
                 "role": org.role.value,
-                "api_key": api_key,
+                "api_key": added.api_key,
                 "private_keys": str(key_path),
             }
     if creds:

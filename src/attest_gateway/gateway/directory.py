@@ -47,6 +47,7 @@ class Organisation:
     region_code: str | None
     custodial: bool
     enabled: bool
+    webhook_url: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Organisation:
@@ -61,6 +62,7 @@ class Organisation:
             region_code=row.region_code,
             custodial=row.custodial,
             enabled=row.enabled,
+            webhook_url=row.webhook_url,
         )
 
 
@@ -116,6 +118,7 @@ async def add_organisation(
             api_key_hash=hash_api_key(api_key) if api_key else None,
             custodial=org.custodial,
             enabled=org.enabled,
+            webhook_url=org.webhook_url,
             created_at=now,
         )
     )

@@ -31,6 +31,7 @@ organisations = sa.Table(
     sa.Column("custodial", sa.Boolean, nullable=False, default=False),
     sa.Column("enabled", sa.Boolean, nullable=False, default=True),
     sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("webhook_url", sa.String(500), nullable=True),
 )
 
 org_keys = sa.Table(
