@@ -15,7 +15,14 @@ from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_
 from attest_gateway.gateway.crypto import open_envelope
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.medcom import parse_bundle
-from tests.support.harness import ATTEST_TEXT, PDF, attest_request_body, wait_for
+from tests.support.harness import (
+    ATTEST_TEXT,
+    CPR,
+    PDF,
+    QUESTIONS,
+    attest_request_body,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Harness
@@ -32,9 +39,11 @@ class Conversation:
     envelope: SealedEnvelope  # the sealed request, as the mailbox gave it
 
 
-async def round_trip(h: Harness) -> Conversation:
+async def round_trip(
+    h: Harness, *, cpr: str = CPR, questions: str = QUESTIONS, text: str = ATTEST_TEXT
+) -> Conversation:
     """Request → psychiatry's mailbox → ack → reply → job centre's inbox → ack of the reply."""
-    body = attest_request_body(jobcenter_gln=h.gln(JC))
+    body = attest_request_body(jobcenter_gln=h.gln(JC), cpr=cpr, questions=questions)
     response = await h.client.post("/jobcenter/v1/attest-requests", json=body, headers=h.auth(JC))
     assert response.status_code == 202, response.text
     accepted = response.json()
@@ -57,7 +66,7 @@ async def round_trip(h: Harness) -> Conversation:
     assert (await h.client.post("/medcom/v1/messages", json=ack, headers=fhir)).status_code == 202
     reply = build_attest_reply(
         request=request, message_id=str(uuid.uuid4()), bundle_id=str(uuid.uuid4()),
-        sent_at=now, text=ATTEST_TEXT, pdf=PDF,
+        sent_at=now, text=text, pdf=PDF,
     )  # fmt: skip
     answer = await h.client.post("/medcom/v1/messages", json=reply, headers=fhir)
     assert answer.status_code == 202, answer.text

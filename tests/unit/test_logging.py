@@ -14,7 +14,8 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attest_gateway.gateway.logging import configure_logging, redact_cpr
+from attest_gateway.gateway.logging import redact_cpr
+from tests.support.leaks import json_logs
 
 CPR = "0101901234"
 CPR_DASHED = "010190-1234"
@@ -130,33 +131,8 @@ def test_masks_namedtuples() -> None:
 @pytest.fixture
 def json_log() -> Iterator[io.StringIO]:
     """configure_logging(fmt="json") writing into a buffer; all logging state restored after."""
-    root = logging.getLogger()
-    saved_root = (root.handlers[:], root.level)
-    names = ("uvicorn", "uvicorn.error", "uvicorn.access", "aiokafka")
-    saved = {
-        n: (
-            logging.getLogger(n).handlers[:],
-            logging.getLogger(n).propagate,
-            logging.getLogger(n).level,
-        )
-        for n in names
-    }
-    configure_logging(level="INFO", fmt="json")
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    buffer = io.StringIO()
-    handler.setStream(buffer)
-    try:
+    with json_logs(level="INFO") as buffer:
         yield buffer
-    finally:
-        structlog.reset_defaults()
-        root.handlers[:], level = saved_root
-        root.setLevel(level)
-        for n, (handlers, propagate, lvl) in saved.items():
-            lg = logging.getLogger(n)
-            lg.handlers[:] = handlers
-            lg.propagate = propagate
-            lg.setLevel(lvl)
 
 
 def _lines(buffer: io.StringIO) -> list[dict[str, Any]]:

@@ -5,17 +5,22 @@
     ├── Unauthenticated            401  unauthenticated
     ├── Forbidden                  403  forbidden, jobcenter-mismatch, sender-mismatch
     ├── NotFound                   404  not-found
-    ├── Conflict                   409  idempotency-key-reused, message-id-conflict
+    ├── Conflict                   409  idempotency-key-reused, message-id-conflict,
+    │                                   replayed-message-id
     ├── PayloadTooLarge            413  payload-too-large
     ├── UnsupportedMediaType       415  unsupported-media-type
     ├── Unprocessable              422  invalid-request, invalid-cpr, invalid-gln,
     │                                   unknown-attest-type, unknown-receiver …
-    ├── EnvelopeRejected           422  signature-invalid, unknown-key, not-addressed-to-gateway,
-    │                                   open-failed
+    ├── EnvelopeRejected           422  signature-invalid, unknown-key, key-not-valid,
+    │                                   not-addressed-to-gateway, header-mismatch, open-failed
     └── Unavailable                503  unavailable (retryable)
 
 On HTTP every error becomes RFC 9457 problem+json through one table (`problem_for`); on Kafka
 a non-retryable error sends the record to the dead-letter topic with the code as its reason.
+Envelope checks on Kafka (`delivery.check_envelope`, `deliver`) use the same codes where they
+mean the same (signature-invalid, unknown-key, key-not-valid, replayed-message-id) plus their
+own: unknown-receiver, not-addressed-to-receiver, signer-not-sender, unknown-conversation,
+conversation-mismatch. `metrics.VERIFICATION_CODES` lists those that raise the alert metric.
 Messages never repeat the rejected input: it may carry a CPR number or health text.
 """
 

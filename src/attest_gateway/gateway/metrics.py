@@ -69,6 +69,9 @@ VERIFICATION_CODES = frozenset(
         "open-failed",
         "unsupported-suite",
         "sender-mismatch",
+        "header-mismatch",
+        "conversation-mismatch",
+        "replayed-message-id",
     }
 )
 

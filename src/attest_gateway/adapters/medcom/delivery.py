@@ -6,6 +6,13 @@ mailbox (idempotent on the message id) and record the stage, in one transaction.
 that fails a check raises `PermanentError` and goes to the dead-letter topic; a database
 error is transient and retried. The envelope is never opened here: the gateway delivers
 ciphertext.
+
+A message id names one message for good. The same envelope again (Kafka is at-least-once)
+is a silent no-op, and a MedCom resend (same message id, sender, receiver, conversation and
+type, new Bundle.id) replaces a copy not yet collected; any other envelope reusing a known
+message id is a forged replay (`replayed-message-id`). An envelope must also travel between
+the two parties of the conversation it names, in the direction its type allows
+(`conversation-mismatch`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from attest_gateway.gateway import directory
 from attest_gateway.gateway.bus import PermanentError, Topics, TransientError
 from attest_gateway.gateway.crypto import utcnow, verify
 from attest_gateway.gateway.errors import EnvelopeRejected
-from attest_gateway.gateway.messaging import load_conversation, record_stage
+from attest_gateway.gateway.messaging import Conversation, load_conversation, record_stage
 from attest_gateway.gateway.store.db import insert_ignore
 from attest_gateway.gateway.store.tables import mailbox, outbox
 from attest_gateway.schemas.envelope import SealedEnvelope
@@ -76,6 +83,10 @@ async def deliver(
     conv = await load_conversation(conn, h.conversation_id)
     if conv is None:
         raise PermanentError("unknown-conversation", "the envelope names no known conversation")
+    if (h.sender, h.receiver) not in _parties(conv, h.message_type):
+        raise PermanentError(
+            "conversation-mismatch", "the sender and receiver are not the conversation's parties"
+        )
     is_new = await insert_ignore(
         conn,
         mailbox,
@@ -104,17 +115,39 @@ async def deliver(
     return is_new
 
 
+def _parties(conv: Conversation, message_type: MessageType) -> set[tuple[str, str]]:
+    """The (sender, receiver) pairs a message of this type may have in this conversation."""
+    to_clinic = (conv.jobcenter_org_id, conv.receiver_org_id)
+    to_jobcenter = (conv.receiver_org_id, conv.jobcenter_org_id)
+    if message_type is MessageType.ATTEST_REPLY:
+        return {to_jobcenter}
+    if message_type is MessageType.ACKNOWLEDGEMENT:
+        return {to_clinic, to_jobcenter}
+    return {to_clinic}  # requests and reminders
+
+
 async def _offer_resend(conn: AsyncConnection, envelope: SealedEnvelope) -> None:
     """A resend (same MessageHeader.id, new Bundle.id) of a message the receiver has not yet
-    collected replaces the waiting copy and is offered again; anything else is a duplicate."""
+    collected replaces the waiting copy and is offered again; anything else with the same
+    routing is a duplicate. A different message under a known message id is refused."""
     h = envelope.header
     row = (
         await conn.execute(
-            sa.select(mailbox.c.envelope, mailbox.c.collected_at).where(
-                mailbox.c.message_id == h.message_id
-            )
+            sa.select(
+                mailbox.c.envelope,
+                mailbox.c.collected_at,
+                mailbox.c.sender_org_id,
+                mailbox.c.receiver_org_id,
+                mailbox.c.conversation_id,
+                mailbox.c.message_type,
+            ).where(mailbox.c.message_id == h.message_id)
         )
     ).one()
+    known = (row.sender_org_id, row.receiver_org_id, row.conversation_id, row.message_type)
+    if known != (h.sender, h.receiver, h.conversation_id, h.message_type.value):
+        raise PermanentError(
+            "replayed-message-id", "another message was already delivered under this message id"
+        )
     if row.collected_at is not None:
         return
     if SealedEnvelope.from_json(row.envelope).header.bundle_id == h.bundle_id:

@@ -40,7 +40,7 @@ from attest_gateway.gateway.messaging import (
 from attest_gateway.gateway.runtime import Gateway
 from attest_gateway.gateway.store.db import aware
 from attest_gateway.gateway.store.tables import inbound_messages, mailbox, sent_messages
-from attest_gateway.schemas.envelope import SealedEnvelope
+from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage
 from attest_gateway.schemas.medcom import BundleError, MessageInfo, parse_bundle, read_message
 
@@ -150,16 +150,42 @@ async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> obj
         raise EnvelopeRejected("not-addressed-to-gateway", "the envelope is for someone else")
     if h.sender != org.id or h.signer != org.id:
         raise Forbidden("sender-mismatch", "the envelope's sender is not the caller")
-    key = gw.keyring.hpke_key(h.recipient_key_id)
     async with gw.engine.connect() as conn:
+        owner = await directory.hpke_key_owner(conn, h.recipient_key_id)
         vkey = await directory.signing_key(conn, h.signer_key_id)
-    if key is None or vkey is None or vkey.org_id != org.id or not vkey.usable(utcnow()):
+    # The gateway's own key only: the key ring also holds custodial job centres' keys.
+    key = gw.keyring.hpke_key(h.recipient_key_id)
+    if key is None or owner != gw.settings.gateway_org_id:
+        raise EnvelopeRejected("not-addressed-to-gateway", "sealed to a key the gateway lacks")
+    if vkey is None or vkey.org_id != org.id:
         raise EnvelopeRejected("unknown-key", "the envelope names a key that is not usable")
+    if not vkey.usable(utcnow()):
+        raise EnvelopeRejected("key-not-valid", "the signing key is revoked or expired")
     verify(envelope, vkey.key())
     try:
-        return orjson.loads(open_envelope(envelope, key))
+        data = orjson.loads(open_envelope(envelope, key))
     except orjson.JSONDecodeError as exc:
         raise BadRequest("invalid-bundle", "the envelope does not hold JSON") from exc
+    _check_sealed_header(h, data)
+    return data
+
+
+_KIND_TYPES = {
+    "acknowledgement": MessageType.ACKNOWLEDGEMENT,
+    "attest-reply": MessageType.ATTEST_REPLY,
+}
+
+
+def _check_sealed_header(h: EnvelopeHeader, data: object) -> None:
+    """The signed header must describe the Bundle it holds: same ids, same message type."""
+    try:
+        info = read_message(parse_bundle(data))
+    except BundleError as exc:
+        raise Unprocessable(exc.code, exc.detail) from exc
+    if (h.message_id, h.bundle_id) != (info.message_id, info.bundle_id) or (
+        _KIND_TYPES.get(info.kind) not in (None, h.message_type)
+    ):
+        raise EnvelopeRejected("header-mismatch", "the envelope's header does not match its Bundle")
 
 
 def _check_sender(info: MessageInfo, org: Organisation) -> None:
@@ -176,10 +202,14 @@ async def _answered_conversation(
     conv = await conversation_by_request(conn, request_id) if request_id else None
     if conv is None or conv.receiver_org_id != org.id:
         # Same answer whether the request does not exist or is someone else's.
-        raise NotFound(
-            "unknown-request", "no attest request with that MessageHeader id was sent to you"
-        )
+        raise _unknown_request()
     return conv
+
+
+def _unknown_request() -> NotFound:
+    return NotFound(
+        "unknown-request", "no attest request with that MessageHeader id was sent to you"
+    )
 
 
 async def submit_message(
@@ -189,7 +219,9 @@ async def submit_message(
 
     MedCom duplicate rule: the same MessageHeader.id again (same or new Bundle.id) gets the
     identical answer and is not delivered again; a known Bundle.id under a new
-    MessageHeader.id is an error.
+    MessageHeader.id is an error. A known MessageHeader.id from another sender, of another
+    type or answering another conversation is not a resend but a replay: refused
+    (`replayed-message-id`).
     """
     try:
         bundle = parse_bundle(data)
@@ -210,14 +242,24 @@ async def submit_message(
                 )
             )
         ).all()
-        for row in seen:
-            if row.sender_org_id != org.id:
-                raise Conflict("message-id-conflict", "that message id is already in use")
-            if row.message_id == info.message_id:
-                return orjson.loads(row.response), False
-            raise Conflict(
-                "message-id-conflict", "a known Bundle.id came with a new MessageHeader.id"
-            )
+        target = await _target_conversation(conn, org, info) if seen else None
+        if target is None and any(row.sender_org_id != org.id for row in seen):
+            # Answering a request the caller did not receive: the answer for any such
+            # request, not word that someone else used these ids.
+            raise _unknown_request()
+        for row in sorted(seen, key=lambda r: r.message_id != info.message_id):
+            if row.message_id != info.message_id:
+                raise Conflict(
+                    "message-id-conflict", "a known Bundle.id came with a new MessageHeader.id"
+                )
+            if (
+                row.sender_org_id != org.id
+                or row.message_type != _KIND_TYPES.get(info.kind)
+                or (target is not None and target != row.conversation_id)
+            ):
+                # Not a resend of that message: a different one reusing its id.
+                raise Conflict("replayed-message-id", "that message id belongs to another message")
+            return orjson.loads(row.response), False
         if info.kind == "acknowledgement":
             conv, message_type = await _accept_ack(gw, conn, org, info, bundle_json=data, now=now)
         elif info.kind == "attest-reply":
@@ -248,6 +290,19 @@ async def submit_message(
     gw.relay.wake()
     log.info("medcom.message_accepted", message_type=message_type.value, conversation_id=conv.id)
     return answer, True
+
+
+async def _target_conversation(
+    conn: AsyncConnection, org: Organisation, info: MessageInfo
+) -> str | None:
+    """The conversation a submission answers, if the caller may answer it."""
+    if info.kind == "acknowledgement":
+        reminder = await _reminder_to(conn, org, info.response_to)
+        if reminder is not None:
+            return reminder.id
+    request_id = info.response_to if info.kind == "acknowledgement" else info.replied_to
+    conv = await conversation_by_request(conn, request_id) if request_id else None
+    return conv.id if conv is not None and conv.receiver_org_id == org.id else None
 
 
 async def _forward(
