@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Start the whole gateway on the embedded default (Tansu broker, SQLite, API on 127.0.0.1:8000).
+## Start the whole gateway on the embedded default (Tansu broker, SQLite, HTTPS API with mutual
+## TLS on https://localhost:8000; development CA and certificates in var/tls).
 run: $(STAMP)
-	$(BIN)/attest-gateway serve
+	$(BIN)/attest-gateway serve --dev-tls
 
 ## Debian's chromium for the dashboard's browser test (installed only when missing; needs root).
 browser:

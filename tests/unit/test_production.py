@@ -141,6 +141,19 @@ def test_development_and_expired_certificates_are_refused(tmp_path: Path) -> Non
     assert "not valid before" in _problems(_safe(tmp_path, kafka_ssl_cafile=future))[0]
 
 
+def test_the_development_ca_is_refused_as_client_ca(tmp_path: Path) -> None:
+    from attest_gateway.gateway import devca
+
+    ca = devca.ensure_ca(tmp_path / "tls")
+    server = devca.issue_server_certificate(ca)
+    assert _problems(_safe(tmp_path, api_tls_client_cafile=ca.cert)) == [
+        f"API_TLS_CLIENT_CAFILE names a development certificate ({ca.cert}): use the real one."
+    ]
+    assert is_development_certificate(x509.load_pem_x509_certificate(server.cert.read_bytes()))
+    real = _cert(tmp_path / "real-ca.crt")
+    assert _problems(_safe(tmp_path, api_tls_client_cafile=real)) == []
+
+
 def test_a_private_key_others_can_read_is_refused(tmp_path: Path) -> None:
     settings = _safe(tmp_path)
     assert settings.api_tls_keyfile is not None

@@ -18,7 +18,7 @@ import orjson
 import typer
 from rich.console import Console
 
-from attest_gateway.gateway import cli_admin, cli_audit, cli_ops
+from attest_gateway.gateway import cli_admin, cli_audit, cli_ops, cli_pseudonyms
 from attest_gateway.gateway.config import Settings, load_settings
 from attest_gateway.gateway.tracker import cli as tracker_cli
 
@@ -84,6 +84,14 @@ def serve(
             "/readyz and /metrics on the port. api and worker need KAFKA_BOOTSTRAP_SERVERS."
         ),
     ] = ServeRole.ALL,
+    dev_tls: Annotated[
+        bool,
+        typer.Option(
+            "--dev-tls",
+            help="development: HTTPS with a local CA under VAR_DIR/tls, and a client "
+            "certificate per demo organisation for mutual TLS (make run uses it)",
+        ),
+    ] = False,
 ) -> None:
     """Start the gateway (all of it by default, or one role of it).
 
@@ -91,6 +99,7 @@ def serve(
     (development), the API and the consumers. Ctrl-C or SIGTERM stops all.
 
     Example: attest-gateway serve --port 8000
+    Example: attest-gateway serve --dev-tls       # https://localhost:8000, mTLS (make run)
     Example: attest-gateway serve --role api      # API replica (production: behind HAProxy)
     Example: attest-gateway serve --role worker   # consumers, relay, sweeper; /readyz, /metrics
     """
@@ -110,6 +119,8 @@ def serve(
             f"--role {role.value} needs KAFKA_BOOTSTRAP_SERVERS: separate processes share one "
             "broker (attest-gateway broker starts the embedded one alone)"
         )
+    if dev_tls and settings.environment == "production":
+        raise _fail("--dev-tls is for development: production uses API_TLS_* certificates")
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     broker: EmbeddedBroker | None = None
     if settings.kafka_bootstrap_servers:
@@ -120,7 +131,14 @@ def serve(
         console.print(f"embedded broker (Tansu) on {bootstrap}, pid {broker.pid}")
     try:
         upgrade(settings.effective_database_url)
+        cli_pseudonyms.refuse_key_mismatch(settings)  # one sentence, exit 2
         creds = asyncio.run(_bootstrap(settings))
+        if dev_tls:
+            settings = settings.model_copy(update=asyncio.run(_development_tls(settings)))
+            console.print(
+                f"development CA {settings.api_tls_client_cafile}: trust it, or use the demo "
+                "organisations' client certificates listed in the credentials file"
+            )
         if creds is not None:
             console.print(f"demo organisations, API keys and key files: [bold]{creds}[/bold]")
         server = _Server(
@@ -135,6 +153,7 @@ def serve(
                 port=port or settings.api_port,
                 ssl_certfile=settings.api_tls_certfile,
                 ssl_keyfile=settings.api_tls_keyfile,
+                **_client_certificate_options(settings),
                 log_config=None,
                 access_log=False,
                 lifespan="on",
@@ -277,6 +296,33 @@ def dead_letters_replay(
     console.print(f"replayed {count} dead letter(s)")
 
 
+async def _development_tls(settings: Settings) -> dict[str, Path]:
+    from attest_gateway.gateway.mtls import ensure_development_tls
+    from attest_gateway.gateway.store.db import make_engine
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        return await ensure_development_tls(engine, settings)
+    finally:
+        await engine.dispose()
+
+
+def _client_certificate_options(settings: Settings) -> dict[str, Any]:
+    """Mutual TLS: ask for a client certificate (optional: API keys still work), verify it
+    against API_TLS_CLIENT_CAFILE, and hand it to the app (mtls.PROTOCOL)."""
+    if settings.api_tls_certfile is None or settings.api_tls_client_cafile is None:
+        return {}
+    import ssl
+
+    from attest_gateway.gateway.mtls import PROTOCOL
+
+    return {
+        "ssl_ca_certs": str(settings.api_tls_client_cafile),
+        "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+        "http": PROTOCOL,
+    }
+
+
 def _make_server_class() -> type[Any]:
     import uvicorn
 
@@ -412,3 +458,4 @@ cli_ops.register(app)  # setup, config, healthcheck, contracts
 tracker_cli.register(app)  # simulate, report
 cli_audit.register(app)  # audit verify, list
 cli_admin.register(app)  # orgs add|list|disable, keys generate|add|rotate|revoke|retire|list
+cli_pseudonyms.register(app)  # pseudonyms status, rekey

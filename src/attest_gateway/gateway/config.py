@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     api_tls_keyfile: Path | None = Field(
         default=None, description="PEM private key of the API's server certificate"
     )
+    api_tls_client_cafile: Path | None = Field(
+        default=None,
+        description="PEM CA(s) of client certificates: the API asks for one (mutual TLS) and "
+        "authenticates the organisation it is pinned to; API keys keep working beside it",
+    )
     metrics_token: SecretStr | None = Field(
         default=None, description="bearer token Prometheus must send to /metrics (production)"
     )

@@ -234,3 +234,65 @@ async def signing_key(conn: AsyncConnection, key_id: str) -> VerifyKey | None:
 async def list_organisations(conn: AsyncConnection) -> list[Organisation]:
     rows = await conn.execute(sa.select(organisations).order_by(organisations.c.id))
     return [Organisation.from_row(r) for r in rows]
+
+
+# --- client certificates (mutual TLS) --------------------------------------------------------
+# A client certificate is pinned by its SHA-256 fingerprint in `org_keys` (purpose
+# `tls-client`), with its expiry as `not_after`, so that it is revoked like any other key.
+CLIENT_CERT_PURPOSE = "tls-client"
+
+
+def client_cert_key_id(fingerprint: str) -> str:
+    return f"tls-{fingerprint[:24]}"
+
+
+async def register_client_certificate(
+    conn: AsyncConnection,
+    org_id: str,
+    fingerprint: str,
+    *,
+    not_after: dt.datetime,
+    now: dt.datetime,
+) -> str:
+    """Pin a client certificate to an organisation; returns its key id (idempotent)."""
+    key_id = client_cert_key_id(fingerprint)
+    existing = (
+        await conn.execute(sa.select(org_keys.c.org_id).where(org_keys.c.key_id == key_id))
+    ).first()
+    if existing is not None:
+        if existing.org_id != org_id:
+            raise ValueError("this certificate is already registered to another organisation")
+        return key_id
+    await conn.execute(
+        org_keys.insert().values(
+            key_id=key_id,
+            org_id=org_id,
+            purpose=CLIENT_CERT_PURPOSE,
+            algorithm="x509-sha256",
+            public_key=fingerprint,
+            created_at=now,
+            not_after=not_after,
+        )
+    )
+    return key_id
+
+
+async def org_by_client_certificate(
+    conn: AsyncConnection, fingerprint: str, at: dt.datetime
+) -> Organisation | None:
+    """The enabled organisation a usable (not revoked, not expired) certificate is pinned to."""
+    row = (
+        await conn.execute(
+            sa.select(org_keys).where(
+                org_keys.c.key_id == client_cert_key_id(fingerprint),
+                org_keys.c.purpose == CLIENT_CERT_PURPOSE,
+            )
+        )
+    ).first()
+    if row is None or row.public_key != fingerprint:
+        return None
+    pinned = VerifyKey(row.key_id, row.org_id, row.public_key, row.revoked_at, row.not_after)
+    if not pinned.usable(at):
+        return None
+    org = await org_by_id(conn, row.org_id)
+    return org if org is not None and org.enabled else None

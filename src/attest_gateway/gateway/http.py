@@ -15,7 +15,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from attest_gateway.gateway import directory, metrics
+from attest_gateway.gateway import directory, metrics, mtls
+from attest_gateway.gateway.crypto import utcnow
 from attest_gateway.gateway.directory import Organisation, Role
 from attest_gateway.gateway.errors import (
     BadRequest,
@@ -50,15 +51,39 @@ def gateway_of(request: Request) -> Gateway:
 
 
 async def authenticated(request: Request) -> Organisation:
-    """The organisation behind the request's `Authorization: Bearer <api key>`."""
+    """The organisation behind the request: its pinned TLS client certificate (mutual TLS)
+    or its `Authorization: Bearer <api key>`. When both are sent they must name the same
+    organisation; an unknown or revoked certificate is refused, never silently ignored."""
+    gw = gateway_of(request)
+    pem = mtls.client_certificate(request.scope)
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("unauthenticated", "send Authorization: Bearer <api key>")
-    async with gateway_of(request).engine.connect() as conn:
-        org = await directory.org_by_api_key(conn, token.strip())
-    if org is None or not org.enabled:
+    if pem is None and (scheme.lower() != "bearer" or not token.strip()):
+        raise Unauthenticated(
+            "unauthenticated",
+            "present a client certificate or send Authorization: Bearer <api key>",
+        )
+    by_cert: Organisation | None = None
+    async with gw.engine.connect() as conn:
+        if pem is not None:
+            by_cert = await directory.org_by_client_certificate(
+                conn, mtls.fingerprint_of(pem), utcnow()
+            )
+            if by_cert is None:
+                raise Unauthenticated(
+                    "unknown-client-certificate",
+                    "the client certificate is not registered to an organisation, or is revoked",
+                )
+        by_key = await directory.org_by_api_key(conn, token.strip()) if token.strip() else None
+    if token.strip() and (by_key is None or not by_key.enabled):
         raise Unauthenticated("unauthenticated", "the API key is not valid")
+    if by_cert is not None and by_key is not None and by_cert.id != by_key.id:
+        raise Unauthenticated(
+            "credentials-disagree",
+            "the client certificate and the API key name different organisations",
+        )
+    org = by_cert or by_key
+    assert org is not None
     structlog.contextvars.bind_contextvars(org=org.id)
     return org
 

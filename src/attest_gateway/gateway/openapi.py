@@ -33,6 +33,16 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     "invalid-envelope": (400, "Bad request", "the sealed envelope is malformed"),
     "invalid-bundle": (400, "Bad request", "the envelope does not hold JSON"),
     "unauthenticated": (401, "Authentication required", "the API key is not valid"),
+    "unknown-client-certificate": (
+        401,
+        "Authentication required",
+        "the client certificate is not registered to an organisation, or is revoked",
+    ),
+    "credentials-disagree": (
+        401,
+        "Authentication required",
+        "the client certificate and the API key name different organisations",
+    ),
     "forbidden": (403, "Forbidden", "this organisation's role may not use this endpoint"),
     "jobcenter-mismatch": (403, "Forbidden", "the job centre in the request is not the caller"),
     "sender-mismatch": (403, "Forbidden", "the Bundle's sender organisation is not the caller"),
@@ -134,7 +144,12 @@ _IDENTIFIER_CODES = [
     "invalid-ydernummer",
     "invalid-kommunekode",
 ]
-AUTHENTICATED = ["unauthenticated", "forbidden"]
+AUTHENTICATED = [
+    "unauthenticated",
+    "unknown-client-certificate",
+    "credentials-disagree",
+    "forbidden",
+]
 COMMON = ["internal-error"]
 WITH_BODY = ["malformed-json", "payload-too-large"]
 

@@ -146,6 +146,10 @@ def _api_tls_problems(settings: Settings, now: dt.datetime) -> list[str]:
         problems.append("API_TLS_KEYFILE is not set: the API needs its certificate's private key.")
     else:
         problems += _private_key_problems("api_tls_keyfile", settings.api_tls_keyfile)
+    if settings.api_tls_client_cafile is not None:
+        problems += _certificate_problems(
+            "api_tls_client_cafile", settings.api_tls_client_cafile, now
+        )
     return problems
 
 

@@ -65,6 +65,8 @@ conversations = sa.Table(
     sa.Column("first_day_of_absence", sa.Date, nullable=False),
     sa.Column("reply_deadline", sa.Date, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
+    # the CPR number sealed to the gateway's own HPKE key, to re-key pseudonyms (0007)
+    sa.Column("citizen_sealed", sa.Text, nullable=True),
     sa.Index(None, "jobcenter_org_id", "created_at"),
 )
 
@@ -257,6 +259,8 @@ tracker_contacts = sa.Table(
     sa.Column("idempotency_key", sa.String(200), nullable=True),
     sa.Column("response", sa.Text, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
+    # the CPR number sealed to the gateway's own HPKE key, to re-key pseudonyms (0007)
+    sa.Column("citizen_sealed", sa.Text, nullable=True),
     sa.UniqueConstraint("jobcenter_org", "idempotency_key"),
 )
 
