@@ -175,8 +175,11 @@ async def test_api_and_worker_processes(stack: Stack) -> None:
     route = frozenset({"method": "POST", "route": "/jobcenter/v1/attest-requests",
                        "status": "202"}.items())  # fmt: skip
     assert api_metrics[("attest_gateway_http_requests_total", route)] == 1
-    assert api_metrics[("attest_gateway_kafka_records_produced_total",
-                        frozenset({"topic": f"{prefix}medcom.messages"}.items()))] >= 1  # fmt: skip
+    # Both roles run a relay: whichever claims the outbox row first publishes it (the API's is
+    # woken by the commit, the worker's polls), so the record is counted by one of the two.
+    produced = ("attest_gateway_kafka_records_produced_total",
+                frozenset({"topic": f"{prefix}medcom.messages"}.items()))  # fmt: skip
+    assert api_metrics.get(produced, 0) + worker_metrics.get(produced, 0) >= 1
     consumed = frozenset({"topic": f"{prefix}medcom.messages", "outcome": "handled"}.items())
     assert worker_metrics[("attest_gateway_kafka_records_consumed_total", consumed)] >= 1
     waiting = frozenset({"receiver": "psyk-kbh", "message_type": "attest-request"}.items())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from attest_gateway.gateway import devca
 from attest_gateway.gateway.broker import free_port
 from attest_gateway.gateway.directory import client_cert_key_id
 from tests.support.harness import attest_request_body, wait_for
-from tests.support.processes import Proc, base_env, wait_until_listening
+from tests.support.processes import CLI, Proc, base_env, wait_until_listening
 
 pytestmark = pytest.mark.slow
 
@@ -162,13 +163,21 @@ async def test_only_https_with_the_right_trust(tls_server: TlsServer) -> None:
 
 
 def _revoke_client_certificate(s: TlsServer, org_id: str) -> None:
+    """The operator's way: `keys revoke <key id>` in another process, on the same store."""
     pem = Path(s.creds()[org_id]["client_cert"]).read_bytes()
     key_id = client_cert_key_id(devca.certificate_fingerprint(pem))
+    result = subprocess.run(
+        [CLI, "keys", "revoke", key_id, "--reason", "test"],
+        env=s.proc.env,
+        cwd=s.proc.cwd,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr.decode()
     with sqlite3.connect(s.var_dir / "gateway.db") as db:
-        changed = db.execute(
-            "UPDATE org_keys SET revoked_at = CURRENT_TIMESTAMP WHERE key_id = ?", (key_id,)
-        ).rowcount
-    assert changed == 1
+        revoked = db.execute("SELECT revoked_at FROM org_keys WHERE key_id = ?", (key_id,))
+        assert revoked.fetchone()[0] is not None
 
 
 def _gln(s: TlsServer, org_id: str) -> str:

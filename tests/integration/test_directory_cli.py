@@ -371,3 +371,37 @@ def test_bad_input_is_refused_with_one_sentence(env: dict[str, str], tmp_path: P
     with db(env) as conn:  # nothing was changed or audited by the refused commands
         assert conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] == before
         assert conn.execute("SELECT count(*) FROM organisations").fetchone()[0] == orgs_before
+
+
+def test_a_client_certificate_is_pinned_listed_audited_and_revoked(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from attest_gateway.gateway import devca
+    from attest_gateway.gateway.directory import client_cert_key_id
+
+    add_jobcenter(env, "jc-vejle", "630181000016001", "579000630001")
+    ca = devca.ensure_ca(tmp_path / "ca")
+    pair = devca.issue_client_certificate(ca, "jc-vejle")
+    key_id = client_cert_key_id(devca.certificate_fingerprint(pair.cert.read_bytes()))
+
+    ok(env, "keys", "add-cert", "--org", "jc-vejle", "--cert", str(pair.cert))
+    pinned = keys_of(env, "jc-vejle")[key_id]
+    assert (pinned["purpose"], pinned["state"]) == ("tls-client", "usable")
+    assert [r["action"] for r in audit_of(env, "jc-vejle")][-1] == "cert.add"
+    # The same certificate for another organisation is refused, and so is a server certificate.
+    add_jobcenter(env, "jc-horsens", "615181000016003", "579000615001")
+    assert "another organisation" in refused(
+        env, "keys", "add-cert", "--org", "jc-horsens", "--cert", str(pair.cert)
+    )
+    server = devca.issue_server_certificate(ca)
+    assert "client authentication" in refused(
+        env, "keys", "add-cert", "--org", "jc-horsens", "--cert", str(server.cert)
+    )
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    assert "no PEM certificate" in refused(
+        env, "keys", "add-cert", "--org", "jc-horsens", "--cert", str(garbage)
+    )
+
+    ok(env, "keys", "revoke", key_id, "--reason", "test")
+    assert keys_of(env, "jc-vejle")[key_id]["state"] == "revoked"

@@ -40,6 +40,9 @@ from urllib.parse import urlsplit
 
 import orjson
 import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -57,6 +60,7 @@ from attest_gateway.gateway.crypto import (
 )
 from attest_gateway.gateway.directory import HEALTH_ROLES, Organisation, Role, new_api_key
 from attest_gateway.gateway.errors import EnvelopeRejected
+from attest_gateway.gateway.production import is_development_certificate
 from attest_gateway.gateway.runtime import custodial_keys_dir
 from attest_gateway.gateway.store.tables import org_keys, organisations
 from attest_gateway.schemas.envelope import Suite
@@ -730,6 +734,55 @@ async def register_public_keys(
             action="key.rotate" if previous is not None else "key.generate",
         )
     return added
+
+
+async def pin_client_certificate(
+    conn: AsyncConnection,
+    settings: Settings,
+    org_id: str,
+    pem: bytes,
+    *,
+    actor: str,
+    source: str,
+    now: dt.datetime | None = None,
+) -> KeyInfo:
+    """Pin a TLS client certificate to an organisation (mutual TLS on the API): its SHA-256
+    fingerprint joins `org_keys` (purpose `tls-client`, `not_after` = the certificate's
+    expiry), so it is listed, revoked and retired like any key. Audited as `cert.add`."""
+    now = now or utcnow()
+    org = await _org_or_fail(conn, org_id)
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise AdminError("the file holds no PEM certificate") from None
+    if cert.not_valid_after_utc <= now:
+        raise AdminError(f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        raise AdminError("the certificate is not for TLS client authentication")
+    if settings.environment == "production" and is_development_certificate(cert):
+        raise AdminError("production refuses development certificates")
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    try:
+        key_id = await directory.register_client_certificate(
+            conn, org.id, fingerprint, not_after=cert.not_valid_after_utc, now=now
+        )
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    await _record(
+        conn,
+        settings,
+        actor=actor,
+        source=source,
+        action="cert.add",
+        at=now,
+        org_id=org.id,
+        detail={"key_id": key_id, "fingerprint": fingerprint},
+    )
+    return await _key_or_fail(conn, key_id)
 
 
 async def revoke_key(

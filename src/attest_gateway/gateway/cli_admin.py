@@ -382,6 +382,33 @@ def keys_add(
     _print_keys(added)
 
 
+@keys_app.command("add-cert")
+def keys_add_cert(
+    org: Annotated[str, typer.Option(help="the organisation the certificate belongs to")],
+    cert: Annotated[Path, typer.Option(help="its TLS client certificate (PEM)")],
+) -> None:
+    """Pin a TLS client certificate to an organisation: it may then call the API with mutual
+    TLS instead of (or beside) its API key. Revoke it with keys revoke <key id>.
+
+    Example: attest-gateway keys add-cert --org psyk-ouh --cert psyk-ouh-client.crt
+    """
+    from attest_gateway.gateway import admin
+
+    settings = load_settings()
+    try:
+        pem = cert.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {cert}: {exc.strerror}") from None
+    pinned = _run(
+        settings,
+        lambda conn: admin.pin_client_certificate(
+            conn, settings, org, pem, actor=operator(), source="cli"
+        ),
+    )
+    console.print(f"pinned for {org}:")
+    _print_keys([pinned])
+
+
 @keys_app.command("rotate")
 def keys_rotate(
     org: Annotated[str, typer.Option(help="the organisation whose keys to rotate")],

@@ -22,13 +22,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from attest_gateway.gateway import devca, directory
 from attest_gateway.gateway.config import Settings
-from attest_gateway.gateway.crypto import utcnow
 from attest_gateway.gateway.devca import certificate_fingerprint
 
 try:  # httptools is the faster parser; it comes with uvicorn[standard]
@@ -97,8 +95,11 @@ def fingerprint_of(pem: str) -> str:
 
 async def ensure_development_tls(engine: AsyncEngine, settings: Settings) -> dict[str, Path]:
     """Development only: a local CA under VAR_DIR/tls, a server certificate for localhost,
-    and a client certificate for each demo organisation, pinned in the directory and listed
-    in the demo credentials file. Returns the API_TLS_* settings to serve with."""
+    and a client certificate for each demo organisation, pinned in the directory (audited, as
+    `keys add-cert` does) and listed in the demo credentials file. Returns the API_TLS_*
+    settings to serve with."""
+    from attest_gateway.gateway import admin
+
     if settings.environment == "production":
         raise RuntimeError("development certificates are for development only")
     ca = devca.ensure_ca(settings.var_dir / "tls")
@@ -107,18 +108,15 @@ async def ensure_development_tls(engine: AsyncEngine, settings: Settings) -> dic
     creds: dict[str, dict[str, str]] = (
         json.loads(creds_path.read_text("utf-8")) if creds_path.exists() else {}
     )
-    now = utcnow()
     async with engine.begin() as conn:
+        pinned = {k.key_id for org in await admin.list_orgs(conn) for k in org.keys}
         for org_id, entry in creds.items():
             pair = devca.ensure_client_certificate(ca, org_id)
-            cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
-            await directory.register_client_certificate(
-                conn,
-                org_id,
-                certificate_fingerprint(pair.cert.read_bytes()),
-                not_after=cert.not_valid_after_utc,
-                now=now,
-            )
+            pem = pair.cert.read_bytes()
+            if directory.client_cert_key_id(certificate_fingerprint(pem)) not in pinned:
+                await admin.pin_client_certificate(
+                    conn, settings, org_id, pem, actor="setup", source="cli"
+                )
             entry["client_cert"], entry["client_key"] = str(pair.cert), str(pair.key)
     if creds:
         tmp = creds_path.with_suffix(".tmp")

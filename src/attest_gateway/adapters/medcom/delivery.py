@@ -69,6 +69,10 @@ async def check_envelope(
         raise PermanentError("signer-not-sender", "only the sender or the gateway may sign")
     if not key.usable(now):
         raise PermanentError("key-not-valid", "the signing key is revoked or expired")
+    if h.signer != gateway_org_id:  # the gateway is always enabled: no lookup on that path
+        signer = await directory.org_by_id(conn, h.signer)
+        if signer is None or not signer.enabled:
+            raise PermanentError("key-not-valid", "the signing organisation is disabled")
     try:
         verify(envelope, key.key())
     except EnvelopeRejected as exc:
