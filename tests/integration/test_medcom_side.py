@@ -12,8 +12,10 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
+from attest_gateway.gateway import audit
 from attest_gateway.gateway.crypto import OrgKeys, seal, utcnow
 from attest_gateway.gateway.store import tables
+from attest_gateway.gateway.store.tables import audit_log
 from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.schemas.events import MessageType
 from attest_gateway.schemas.medcom import Bundle
@@ -188,6 +190,19 @@ async def test_sealed_submission(harness: Harness) -> None:
     assert response.status_code == 202, response.text
     status = await h.get_json(f"/jobcenter/v1/attest-requests/{accepted['conversation_id']}", JC)
     assert "acknowledged" in status["stages"]
+
+    # The gateway opened the submission at the edge: audited once (the refused one was never
+    # opened: its signature failed first).
+    async with h.gw.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(audit_log).where(audit_log.c.message_id == envelope.header.message_id)
+            )
+        ).all()
+    assert [(r.action, r.actor, r.subject_org) for r in rows] == [
+        (audit.ENVELOPE_OPEN, h.settings.gateway_org_id, PSY)
+    ]
+    assert orjson.loads(rows[0].detail)["purpose"] == "submission"
 
 
 async def test_bad_records_go_to_the_dead_letter_topic(harness: Harness) -> None:

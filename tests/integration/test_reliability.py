@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from aiokafka.errors import KafkaError
 
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement
+from attest_gateway.gateway import audit
 from attest_gateway.gateway.bus import make_producer
 from attest_gateway.gateway.relay import OutboxRelay
 from attest_gateway.gateway.store import tables
@@ -148,6 +149,17 @@ async def test_medcom_resend_rule_and_undeliverable(harness: Harness) -> None:
         ).one()
     assert row.resend_count == 3
     assert row.undeliverable_at is not None
+    # Each resend opened the gateway's own copy of the request: two openings, audited.
+    async with h.gw.engine.connect() as conn:
+        openings = (
+            await conn.execute(
+                sa.select(tables.audit_log).where(
+                    tables.audit_log.c.message_id == mid,
+                    tables.audit_log.c.action == audit.ENVELOPE_OPEN,
+                )
+            )
+        ).all()
+    assert [(o.actor, o.subject_org) for o in openings] == [(h.settings.gateway_org_id, JC)] * 2
 
 
 async def _unsettled(h: Harness) -> set[str]:

@@ -37,6 +37,7 @@ import structlog
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from attest_gateway.gateway import audit
 from attest_gateway.gateway.bus import ensure_topics, read_epoch
 from attest_gateway.gateway.crypto import open_envelope, utcnow
 from attest_gateway.gateway.messaging import (
@@ -358,6 +359,18 @@ class Sweeper:
             now=now,
         )
         await enqueue_envelope(conn, gw.topics, envelope, now)
+        await audit.record(  # the gateway opened its own copy: an opening, audited
+            conn,
+            gw.topics,
+            actor=gw.settings.gateway_org_id,
+            action=audit.ENVELOPE_OPEN,
+            source=audit.SOURCE_GATEWAY,
+            at=now,
+            subject_org=copy.header.sender,
+            message_id=copy.header.message_id,
+            conversation_id=copy.header.conversation_id,
+            detail={"key_id": key.key_id, "purpose": "resend"},
+        )
 
     async def prune(self, now: dt.datetime) -> int:
         gw = self._gw

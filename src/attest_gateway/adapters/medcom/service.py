@@ -162,8 +162,22 @@ async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> obj
     if not vkey.usable(utcnow()):
         raise EnvelopeRejected("key-not-valid", "the signing key is revoked or expired")
     verify(envelope, vkey.key())
+    opened = open_envelope(envelope, key)
+    async with gw.engine.begin() as conn:  # an opening at the edge: audited before it is used
+        await audit.record(
+            conn,
+            gw.topics,
+            actor=gw.settings.gateway_org_id,
+            action=audit.ENVELOPE_OPEN,
+            source=audit.SOURCE_GATEWAY,
+            at=utcnow(),
+            subject_org=org.id,
+            message_id=h.message_id,
+            conversation_id=h.conversation_id,
+            detail={"key_id": key.key_id, "purpose": "submission"},
+        )
     try:
-        data = orjson.loads(open_envelope(envelope, key))
+        data = orjson.loads(opened)
     except orjson.JSONDecodeError as exc:
         raise BadRequest("invalid-bundle", "the envelope does not hold JSON") from exc
     _check_sealed_header(h, data)
