@@ -277,6 +277,8 @@ async def run_rekey(store: Store, new_key: str = KEY_NEW, **kw: Any) -> RekeyRep
         new_key=new_key.encode(),
         tracking_topic=store.tracking,
         republish_since=utcnow() - dt.timedelta(hours=1),
+        audit_to=Topics.from_settings(store.settings),
+        actor="operator:test",
         **kw,
     )
 
@@ -347,6 +349,9 @@ async def test_rekey_rewrites_every_pseudonym_under_the_new_key(
         assert report.new_key_id == hashlib.sha256(KEY_NEW.encode()).hexdigest()[:6]
         assert (report.citizens, report.unlinked_refs) == (3, 1)
         after = await dump(store.engine)
+        rekeyed = [r for r in after["audit_log"] if "pseudonym.rekey" in r]
+        assert len(rekeyed) == 1  # an audited administrative change
+        assert "operator:test" in rekeyed[0]
 
         # Every case ref is the new key's pseudonym of the same CPR number.
         async with store.engine.connect() as conn:

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from attest_gateway.gateway import pseudonyms as ps
+from attest_gateway.gateway.cli_admin import operator
 from attest_gateway.gateway.config import Settings, load_settings
 from attest_gateway.gateway.rekey import RekeyRefused, RekeyReport, rekey
 
@@ -250,6 +251,8 @@ def rekey_command(
                 republish_since=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window),
                 force=force,
                 dry_run=dry_run,
+                audit_to=Topics.from_settings(settings),
+                actor=operator(),
             )
         finally:
             await engine.dispose()

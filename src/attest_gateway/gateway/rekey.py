@@ -36,7 +36,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from attest_gateway.gateway import audit
 from attest_gateway.gateway import pseudonyms as ps
+from attest_gateway.gateway.bus import Topics
 from attest_gateway.gateway.crypto import KeyRing, PublicHpkeKey, utcnow
 from attest_gateway.gateway.store.db import aware, insert_ignore
 from attest_gateway.gateway.store.tables import conversations, leases, outbox, tracker_contacts
@@ -100,6 +102,8 @@ async def rekey(
     force: bool = False,
     dry_run: bool = False,
     lease_seconds: float = 6 * 3600,
+    audit_to: Topics | None = None,
+    actor: str = "operator",
 ) -> RekeyReport:
     """Re-key every pseudonym in the store from `old_key` to `new_key` (see the module).
     Raises RekeyRefused, with nothing changed. `dry_run` does all of it and rolls back."""
@@ -123,6 +127,20 @@ async def rekey(
                     tracking_topic=tracking_topic, republish_since=republish_since, force=force
                 )
                 report.dry_run = dry_run
+                if audit_to is not None:  # an administrative change: in the same transaction
+                    await audit.record(
+                        conn,
+                        audit_to,
+                        actor=actor,
+                        action="pseudonym.rekey",
+                        source=audit.SOURCE_CLI,
+                        at=utcnow(),
+                        detail={
+                            "old_key_id": report.old_key_id,
+                            "new_key_id": report.new_key_id,
+                            "citizens": str(report.citizens),
+                        },
+                    )
             except BaseException:
                 await transaction.rollback()
                 raise
