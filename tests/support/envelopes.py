@@ -115,8 +115,8 @@ async def publish(h: Harness, key: bytes, values: Sequence[bytes]) -> list[Recor
     """Put `values` on `medcom.messages` in order, all with one record key (so one partition,
     handled in this order); returns where each landed."""
     producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap, acks="all")
-    await producer.start()
-    try:
+    try:  # closed even when its start fails
+        await producer.start()
         return [
             await producer.send_and_wait(h.gw.topics.medcom_messages, value=v, key=key)
             for v in values

@@ -90,8 +90,8 @@ async def poison(h: Harness, envelope: SealedEnvelope) -> str:
         update={"header": envelope.header.model_copy(update={"message_id": message_id})}
     )
     producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap, acks="all")
-    await producer.start()
-    try:
+    try:  # closed even when its start fails
+        await producer.start()
         await producer.send_and_wait(
             h.gw.topics.medcom_messages, value=tampered.to_json(), key=message_id.encode()
         )

@@ -384,8 +384,8 @@ async def read_anchors(settings: Settings, bootstrap: str) -> dict[int, set[str]
     skipped: they are not the gateway's)."""
     topic = settings.topic(AUDIT)
     consumer = AIOKafkaConsumer(**kafka_common(settings, bootstrap), enable_auto_commit=False)
-    await consumer.start()
-    try:
+    try:  # a consumer whose start fails must still be closed
+        await consumer.start()
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         anchors: dict[int, set[str]] = {}

@@ -111,8 +111,8 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
 async def ensure_topics(settings: Settings, bootstrap: str, topics: Sequence[str]) -> None:
     """Create the topics with several partitions; existing topics are left as they are."""
     admin = AIOKafkaAdminClient(**kafka_common(settings, bootstrap))
-    await admin.start()
-    try:
+    try:  # closed even when its start fails
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor)
@@ -131,15 +131,15 @@ async def read_epoch(settings: Settings, bootstrap: str, canary: str) -> str | N
     holds no epoch yet; None if there is no canary (the broker is new or lost its state).
     Nothing but the sweeper touches the canary."""
     admin = AIOKafkaAdminClient(**kafka_common(settings, bootstrap))
-    await admin.start()
-    try:
+    try:  # closed even when its start fails
+        await admin.start()
         if canary not in await admin.list_topics():
             return None
     finally:
         await admin.close()
     consumer = AIOKafkaConsumer(**kafka_common(settings, bootstrap), enable_auto_commit=False)
-    await consumer.start()
-    try:
+    try:  # a consumer whose start fails must still be closed
+        await consumer.start()
         tp = TopicPartition(canary, 0)
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
@@ -241,7 +241,11 @@ class ConsumerLoop:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        await self._consumer.start()
+        try:
+            await self._consumer.start()
+        except BaseException:
+            await self._consumer.stop()  # closed even when it never started
+            raise
         self._consumer.subscribe([self.topic], listener=_CommitOnRevoke(self))
         self._task = asyncio.create_task(self._run(), name=f"consume:{self.topic}")
 

@@ -75,8 +75,8 @@ async def read_dead_letters(settings: Settings, bootstrap: str) -> list[DeadLett
     """Every record now in the dead-letter topic, oldest first per partition."""
     topic = settings.topic("gateway.dead-letter")
     consumer = AIOKafkaConsumer(**kafka_common(settings, bootstrap), enable_auto_commit=False)
-    await consumer.start()
-    try:
+    try:  # a consumer whose start fails must still be closed
+        await consumer.start()
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
@@ -100,8 +100,8 @@ async def read_dead_letters(settings: Settings, bootstrap: str) -> list[DeadLett
 async def replay(settings: Settings, bootstrap: str, letters: list[DeadLetter]) -> int:
     """Send each dead letter back to the topic it came from."""
     producer = AIOKafkaProducer(**kafka_common(settings, bootstrap), acks="all")
-    await producer.start()
-    try:
+    try:  # closed even when its start fails
+        await producer.start()
         for letter in letters:
             source = letter.header("dlq-source-topic")
             if not source:
