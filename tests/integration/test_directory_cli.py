@@ -405,3 +405,24 @@ def test_a_client_certificate_is_pinned_listed_audited_and_revoked(
 
     ok(env, "keys", "revoke", key_id, "--reason", "test")
     assert keys_of(env, "jc-vejle")[key_id]["state"] == "revoked"
+
+
+def test_an_api_key_is_replaced_and_an_organisation_enabled_again(env: dict[str, str]) -> None:
+    first = add_jobcenter(env, "jc-kolding", "621181000016001", "579000621001")
+    second = ok(env, "orgs", "new-api-key", "jc-kolding").stdout.strip()
+    assert second.startswith("agw_jc-kolding_")
+    assert second != first
+    with db(env) as conn:
+        stored = conn.execute(
+            "SELECT api_key_hash, enabled FROM organisations WHERE id = 'jc-kolding'"
+        ).fetchone()
+    assert stored["api_key_hash"] == hash_api_key(second)  # the old key's hash is gone
+    assert stored["api_key_hash"] != hash_api_key(first)
+
+    ok(env, "orgs", "disable", "jc-kolding")
+    assert "is enabled" in ok(env, "orgs", "enable", "jc-kolding").stderr
+    assert "already" in ok(env, "orgs", "enable", "jc-kolding").stderr
+    actions = [r["action"] for r in audit_of(env, "jc-kolding")]
+    assert actions[-3:] == ["org.api-key", "org.disable", "org.enable"]
+    assert all(second not in str(dict(r)) for r in audit_of(env, "jc-kolding"))
+    assert "no organisation" in refused(env, "orgs", "new-api-key", "jc-nowhere")

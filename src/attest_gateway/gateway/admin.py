@@ -544,6 +544,57 @@ async def disable_org(
     return OrgChange(replace(org, enabled=False), True)
 
 
+async def enable_org(
+    conn: AsyncConnection,
+    settings: Settings,
+    org_id: str,
+    *,
+    actor: str,
+    source: str,
+    now: dt.datetime | None = None,
+) -> OrgChange:
+    """Enable a disabled organisation again (its API key and pinned certificates work again,
+    unless replaced or revoked meanwhile)."""
+    now = now or utcnow()
+    org = await _org_or_fail(conn, org_id)
+    if org.enabled:
+        return OrgChange(org, False)
+    await conn.execute(
+        organisations.update().where(organisations.c.id == org_id).values(enabled=True)
+    )
+    await _record(
+        conn, settings, actor=actor, source=source, action="org.enable", at=now, org_id=org_id
+    )
+    return OrgChange(replace(org, enabled=True), True)
+
+
+async def reissue_api_key(
+    conn: AsyncConnection,
+    settings: Settings,
+    org_id: str,
+    *,
+    actor: str,
+    source: str,
+    now: dt.datetime | None = None,
+) -> str:
+    """A new API key for an organisation (a leaked or lost one): the old key stops working at
+    once. Returns the new key, which is shown once; only its hash is stored."""
+    now = now or utcnow()
+    org = await _org_or_fail(conn, org_id)
+    if org_id == settings.gateway_org_id:
+        raise AdminError("the gateway's own organisation has no API key")
+    api_key = new_api_key(org.id)
+    await conn.execute(
+        organisations.update()
+        .where(organisations.c.id == org_id)
+        .values(api_key_hash=directory.hash_api_key(api_key))
+    )
+    await _record(
+        conn, settings, actor=actor, source=source, action="org.api-key", at=now, org_id=org_id
+    )
+    return api_key
+
+
 async def _insert_key(
     conn: AsyncConnection, org_id: str, key: PublicKey, now: dt.datetime
 ) -> KeyInfo:

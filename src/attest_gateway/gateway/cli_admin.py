@@ -294,6 +294,44 @@ def orgs_disable(
     console.print(f"{org_id} is disabled" + ("" if change.changed else " (it was already)"))
 
 
+@orgs_app.command("enable")
+def orgs_enable(
+    org_id: Annotated[str, typer.Argument(help="the organisation to enable again")],
+) -> None:
+    """Enable a disabled organisation again.
+
+    Example: attest-gateway orgs enable gp-noerrebro
+    """
+    from attest_gateway.gateway import admin
+
+    settings = load_settings()
+    change = _run(
+        settings,
+        lambda conn: admin.enable_org(conn, settings, org_id, actor=operator(), source="cli"),
+    )
+    console.print(f"{org_id} is enabled" + ("" if change.changed else " (it was already)"))
+
+
+@orgs_app.command("new-api-key")
+def orgs_new_api_key(
+    org_id: Annotated[str, typer.Argument(help="the organisation whose API key to replace")],
+) -> None:
+    """Replace an organisation's API key (leaked or lost): the old one stops working at once.
+    The new key is printed once on standard output; only its hash is stored.
+
+    Example: attest-gateway orgs new-api-key jc-koebenhavn
+    """
+    from attest_gateway.gateway import admin
+
+    settings = load_settings()
+    api_key = _run(
+        settings,
+        lambda conn: admin.reissue_api_key(conn, settings, org_id, actor=operator(), source="cli"),
+    )
+    sys.stdout.write(f"{api_key}\n")
+    console.print(f"{org_id} has a new API key; the old one no longer works")
+
+
 # --- keys ------------------------------------------------------------------------------------
 
 
