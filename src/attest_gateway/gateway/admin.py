@@ -529,19 +529,9 @@ async def disable_org(
 ) -> OrgChange:
     """Disable an organisation: its API key stops working, nothing more is delivered to it
     (mail for it is dead-lettered as `unknown-receiver`), no request can name it."""
-    now = now or utcnow()
-    org = await _org_or_fail(conn, org_id)
     if org_id == settings.gateway_org_id:
         raise AdminError("the gateway's own organisation cannot be disabled")
-    if not org.enabled:
-        return OrgChange(org, False)
-    await conn.execute(
-        organisations.update().where(organisations.c.id == org_id).values(enabled=False)
-    )
-    await _record(
-        conn, settings, actor=actor, source=source, action="org.disable", at=now, org_id=org_id
-    )
-    return OrgChange(replace(org, enabled=False), True)
+    return await _set_enabled(conn, settings, org_id, False, actor=actor, source=source, now=now)
 
 
 async def enable_org(
@@ -555,17 +545,29 @@ async def enable_org(
 ) -> OrgChange:
     """Enable a disabled organisation again (its API key and pinned certificates work again,
     unless replaced or revoked meanwhile)."""
+    return await _set_enabled(conn, settings, org_id, True, actor=actor, source=source, now=now)
+
+
+async def _set_enabled(
+    conn: AsyncConnection,
+    settings: Settings,
+    org_id: str,
+    enabled: bool,
+    *,
+    actor: str,
+    source: str,
+    now: dt.datetime | None,
+) -> OrgChange:
     now = now or utcnow()
     org = await _org_or_fail(conn, org_id)
-    if org.enabled:
+    if org.enabled == enabled:
         return OrgChange(org, False)
     await conn.execute(
-        organisations.update().where(organisations.c.id == org_id).values(enabled=True)
+        organisations.update().where(organisations.c.id == org_id).values(enabled=enabled)
     )
-    await _record(
-        conn, settings, actor=actor, source=source, action="org.enable", at=now, org_id=org_id
-    )
-    return OrgChange(replace(org, enabled=True), True)
+    action = "org.enable" if enabled else "org.disable"
+    await _record(conn, settings, actor=actor, source=source, action=action, at=now, org_id=org_id)
+    return OrgChange(replace(org, enabled=enabled), True)
 
 
 async def reissue_api_key(

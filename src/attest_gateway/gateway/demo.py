@@ -6,7 +6,6 @@ refused in production."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from attest_gateway.gateway import admin, directory
 from attest_gateway.gateway.audit import SOURCE_CLI
 from attest_gateway.gateway.config import Settings
 from attest_gateway.gateway.crypto import utcnow
+from attest_gateway.gateway.devca import write_private
 from attest_gateway.gateway.directory import Organisation, Role
 from attest_gateway.schemas.identifiers import gln_check_digit, municipalities
 
@@ -69,13 +69,6 @@ def credentials_path(settings: Settings) -> Path:
     return settings.var_dir / "demo-credentials.json"
 
 
-def _write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-
-
 async def ensure_gateway_org(engine: AsyncEngine, settings: Settings) -> None:
     """The gateway is an organisation too: it signs what it seals on behalf of others."""
     async with engine.begin() as conn:
@@ -116,5 +109,5 @@ async def ensure_demo_orgs(engine: AsyncEngine, settings: Settings) -> DemoCrede
             }
     if creds:
         existing = json.loads(path.read_text("utf-8")) if path.exists() else {}
-        _write_secret(path, json.dumps(existing | creds, indent=2, ensure_ascii=False))
+        write_private(path, json.dumps(existing | creds, indent=2, ensure_ascii=False).encode())
     return DemoCredentials(path, bool(creds))

@@ -53,7 +53,8 @@ class DevCA:
         return CertPair(folder / f"{org_id}.crt", folder / f"{org_id}.key")
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner may read (mode 0600), atomically (temp file, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -124,7 +125,7 @@ def ensure_ca(directory: Path) -> DevCA:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(ca.key, _key_pem(key))
+    write_private(ca.key, _key_pem(key))
     _write_public(ca.cert, cert.public_bytes(serialization.Encoding.PEM))
     return ca
 
@@ -167,7 +168,7 @@ def _issue(
                 names.append(x509.DNSName(host))
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    _write_private(pair.key, _key_pem(key))
+    write_private(pair.key, _key_pem(key))
     _write_public(pair.cert, cert.public_bytes(serialization.Encoding.PEM))
     return pair
 

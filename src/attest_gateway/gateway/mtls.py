@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import lru_cache
@@ -119,11 +118,7 @@ async def ensure_development_tls(engine: AsyncEngine, settings: Settings) -> dic
                 )
             entry["client_cert"], entry["client_key"] = str(pair.cert), str(pair.key)
     if creds:
-        tmp = creds_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(creds, indent=2, ensure_ascii=False))
-        tmp.replace(creds_path)
+        devca.write_private(creds_path, json.dumps(creds, indent=2, ensure_ascii=False).encode())
     return {
         "api_tls_certfile": server.cert,
         "api_tls_keyfile": server.key,
