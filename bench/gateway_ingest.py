@@ -1,15 +1,13 @@
 """The gateway's figure: HTTP ingest → sealed message in the receiver's mailbox.
 
 Each run starts the real gateway as its own process (``attest-gateway serve``: API, outbox
-relay, delivery and tracker consumers, sweeper) on the run's shared broker
+relay, delivery and tracker consumers, sweeper; or two, see below) on the run's shared broker
 (KAFKA_BOOTSTRAP_SERVERS, so it starts no broker of its own), with a fresh VAR_DIR, a fresh
 database (SQLite file; PostgreSQL: a new database, dropped afterwards), a unique topic and
 consumer-group prefix and a free port. It waits for ``/readyz``, reads the demo credentials
 the gateway writes (var/demo-credentials.json) for Jobcenter København's API key, sends one
 priming request and waits until it is in the mailbox (the consumers have joined their groups;
-not timed),
-and runs
-the load generator (bench/loadgen.py, its own process) against
+not timed), and runs the load generator (bench/loadgen.py, its own process) against
 ``POST /jobcenter/v1/attest-requests`` with valid, distinct requests to Psykiatrisk Center
 København. Then it waits until every accepted request is in the receiver's mailbox and reads
 ``mailbox.delivered_at`` per conversation from the database.
@@ -17,7 +15,9 @@ København. Then it waits until every accepted request is in the receiver's mail
 Latency ingest → mailbox of a request = ``mailbox.delivered_at`` (the delivery consumer's
 wall clock, UTC) − the loadgen's scheduled send time (wall clock, UTC, same machine).
 
-Figures (SQLite; the same with ``ingest.pg.`` on PostgreSQL):
+Figures (SQLite; the same with ``ingest.pg.`` on PostgreSQL, and with ``ingest.pg.split.``
+for PostgreSQL served by two processes, ``serve --role api`` and ``serve --role worker``, so
+the Python work can use two cores; the one-process figures are the reference):
 
 - ``ingest.max``: requests/s that reached the mailbox, closed loop (C workers): delivered
   requests / (last delivery − first send). Baseline ``http.minimal.max``.
@@ -27,18 +27,24 @@ Figures (SQLite; the same with ``ingest.pg.`` on PostgreSQL):
 - ``ingest.achieved@R``: requests/s reaching the mailbox, instead of latencies, at the first
   rate the gateway does not sustain (higher rates are then not tried). An open-loop run offers
   at most 1,500 requests (15 s at 100/s, 3 s at 500/s).
+- ``ingest.statements_per_request``: SQL statements per accepted request, closed loop
+  (``attest_gateway_db_statements_total`` from the gateway's /metrics, summed over its
+  processes, from a settled gateway before the load to a settled one after it: see settle()).
 - ``rss.gateway``: MiB, peak RSS (VmHWM) of the gateway process after the closed-loop run;
-  ``rss.loadgen``: the load generator's.
+  ``rss.loadgen``: the load generator's (SQLite only). Two processes: ``ingest.pg.split.rss.R``
+  and ``ingest.pg.split.cpu_ms.R``, peak RSS and CPU ms per accepted request of role R's process.
 
 A rate is *sustained* when every accepted request reached the mailbox, at most 1% of the
 answers were not 202, and the last delivery came at most max(1 s, 25% of the window) after
 the last scheduled send (no backlog left to drain).
 
-``BENCH_PROFILE_DIR=dir`` runs each gateway under cProfile (dir/gateway-<db>-<run>.prof);
-``BENCH_INGEST_DBS=sqlite`` (default ``sqlite,postgres``) chooses the databases.
+``BENCH_PROFILE_DIR=dir`` runs each gateway process under cProfile
+(dir/gateway-<db>-<run>[-<role>].prof); ``BENCH_INGEST_DBS=sqlite`` (default
+``sqlite,postgres,postgres-split``) chooses the deployments.
 
 Timed: the load generator's window and the drain into the mailbox. Not timed: starting the
-gateway (migrations, demo organisations and keys), reading the database afterwards.
+gateway (migrations, demo organisations and keys; with two processes the worker first, then
+the API), reading the database and /metrics afterwards.
 """
 
 from __future__ import annotations
@@ -49,15 +55,18 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from attest_gateway.gateway.bus import MEDCOM_MESSAGES, TRACKING
 from attest_gateway.gateway.demo import DEMO_ORGS
 from attest_gateway.gateway.store.db import aware, make_engine
 from attest_gateway.gateway.store.tables import mailbox, outbox
@@ -97,24 +106,66 @@ async def fresh_database(ctx: BenchContext, kind: str, var_dir: Path) -> AsyncIt
 
 
 OPEN_LOOP_REQUESTS = 1500
+ONE_PROCESS: tuple[str, ...] = ("all",)
+API_AND_WORKER: tuple[str, ...] = ("worker", "api")  # the worker first: it migrates
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A deployment the suite measures: a database and the gateway's processes (roles)."""
+
+    kind: str  # "sqlite" | "postgres"
+    roles: tuple[str, ...]
+    prefix: str  # of the figures' names
+    label: str  # in the figures' labels
+
+
+SHAPES = {
+    "sqlite": Shape("sqlite", ONE_PROCESS, "ingest.", "SQLite"),
+    "postgres": Shape("postgres", ONE_PROCESS, "ingest.pg.", "PostgreSQL"),
+    "postgres-split": Shape(
+        "postgres", API_AND_WORKER, "ingest.pg.split.", "PostgreSQL, API + worker processes"
+    ),
+}
+
+
+@dataclass
+class GatewayProcess:
+    role: str  # "all", "api" or "worker" (`attest-gateway serve --role`)
+    proc: asyncio.subprocess.Process
+    url: str  # its port: the API, or the worker's /readyz and /metrics
 
 
 @dataclass
 class RunningGateway:
-    proc: asyncio.subprocess.Process
-    base_url: str
+    processes: list[GatewayProcess]
+    base_url: str  # the API
     database_url: str
     api_key: str
     var_dir: Path
+    topic_prefix: str
+    metrics_token: str
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process:
+        """The process that serves the API."""
+        return next(p.proc for p in self.processes if p.role != "worker")
+
+    def exited(self) -> bool:
+        return any(p.proc.returncode is not None for p in self.processes)
 
 
 @asynccontextmanager
-async def gateway(ctx: BenchContext, kind: str, tag: str) -> AsyncIterator[RunningGateway]:
+async def gateway(
+    ctx: BenchContext, kind: str, tag: str, roles: tuple[str, ...] = ONE_PROCESS
+) -> AsyncIterator[RunningGateway]:
+    """The gateway as `roles` processes (`serve`, or `serve --role R` each) on one database,
+    one topic and group prefix; started one after the other, each ready before the next."""
     uid = uuid.uuid4().hex[:8]
     var_dir = (ctx.workdir / "ingest" / f"{tag}-{uid}").resolve()
     var_dir.mkdir(parents=True)
-    async with fresh_database(ctx, kind, var_dir) as database_url:
-        port = free_port()
+    token = uuid.uuid4().hex
+    async with fresh_database(ctx, kind, var_dir) as database_url, AsyncExitStack() as stack:
         env = os.environ | {
             "KAFKA_BOOTSTRAP_SERVERS": ctx.bootstrap,
             "VAR_DIR": str(var_dir),
@@ -122,33 +173,51 @@ async def gateway(ctx: BenchContext, kind: str, tag: str) -> AsyncIterator[Runni
             "KAFKA_TOPIC_PREFIX": f"bench-{uid}.",
             "KAFKA_GROUP_PREFIX": f"bench-{uid}",
             "API_HOST": "127.0.0.1",
-            "API_PORT": str(port),
             "LOG_FORMAT": "json",
+            "METRICS_TOKEN": token,
         }
-        exe = Path(sys.executable).parent / "attest-gateway"
-        log = (var_dir / "gateway.log").open("wb")
+        processes = [
+            await stack.enter_async_context(_serve(env, var_dir, role, f"{kind}-{tag}"))
+            for role in roles
+        ]
+        creds = json.loads(await asyncio.to_thread((var_dir / "demo-credentials.json").read_text))
+        running = RunningGateway(
+            processes,
+            next(p.url for p in processes if p.role != "worker"),
+            database_url,
+            creds[JOBCENTER.id]["api_key"],
+            var_dir,
+            env["KAFKA_TOPIC_PREFIX"],
+            token,
+        )
+        await prime(running)
+        yield running
+
+
+@asynccontextmanager
+async def _serve(
+    env: dict[str, str], var_dir: Path, role: str, name: str
+) -> AsyncIterator[GatewayProcess]:
+    """One `attest-gateway serve` process, ready (/readyz); SIGTERM when done."""
+    port = free_port()
+    exe = Path(sys.executable).parent / "attest-gateway"
+    suffix = "" if role == "all" else f"-{role}"
+    with (var_dir / f"gateway{suffix}.log").open("wb") as log:
+        argv = [str(exe), "serve", "--port", str(port)]
+        if role != "all":
+            argv += ["--role", role]
+        profile_dir = os.environ.get("BENCH_PROFILE_DIR")
+        if profile_dir:  # cProfile the gateway (written when it exits after SIGTERM)
+            out = f"{profile_dir}/gateway-{name}{suffix}.prof"  # relative to the cwd
+            argv = [sys.executable, "-m", "cProfile", "-o", out, *argv]
+        env = env | {"API_PORT": str(port)}
+        proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=log)
         try:
-            argv = [str(exe), "serve", "--port", str(port)]
-            profile_dir = os.environ.get("BENCH_PROFILE_DIR")
-            if profile_dir:  # cProfile the gateway (written when it exits after SIGTERM)
-                out = f"{profile_dir}/gateway-{kind}-{tag}.prof"  # relative to the cwd
-                argv = [sys.executable, "-m", "cProfile", "-o", out, *argv]
-            proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=log)
-            try:
-                base = f"http://127.0.0.1:{port}"
-                await wait_http(f"{base}/readyz", proc)
-                creds = json.loads(
-                    await asyncio.to_thread((var_dir / "demo-credentials.json").read_text)
-                )
-                running = RunningGateway(
-                    proc, base, database_url, creds[JOBCENTER.id]["api_key"], var_dir
-                )
-                await prime(running)
-                yield running
-            finally:
-                await stop_process(proc)
+            base = f"http://127.0.0.1:{port}"
+            await wait_http(f"{base}/readyz", proc)
+            yield GatewayProcess(role, proc, base)
         finally:
-            log.close()
+            await stop_process(proc)
 
 
 async def mailbox_count(engine: AsyncEngine) -> int:
@@ -192,6 +261,18 @@ async def prime(gw: RunningGateway, within: float = 120.0) -> None:
             await asyncio.sleep(0.1)
     finally:
         await engine.dispose()
+
+
+async def unpublished_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        count = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(outbox)
+                .where(outbox.c.published_at.is_(None))
+            )
+        ).scalar_one()
+    return int(count)
 
 
 @dataclass
@@ -250,7 +331,7 @@ async def wait_for_mailbox(gw: RunningGateway, load: LoadResult, within: float) 
         while True:
             count = await mailbox_count(engine) - 1  # the priming request
             waited = loop.time() - start
-            if count >= len(wanted) or waited > within or gw.proc.returncode is not None:
+            if count >= len(wanted) or waited > within or gw.exited():
                 break
             await asyncio.sleep(0.25)
         async with engine.connect() as conn:
@@ -258,13 +339,7 @@ async def wait_for_mailbox(gw: RunningGateway, load: LoadResult, within: float) 
             size = (
                 await conn.execute(sa.select(sa.func.avg(sa.func.length(mailbox.c.envelope))))
             ).scalar_one()
-            unpublished = (
-                await conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(outbox)
-                    .where(outbox.c.published_at.is_(None))
-                )
-            ).scalar_one()
+        unpublished = await unpublished_count(engine)
     finally:
         await engine.dispose()
     delivered = {
@@ -282,6 +357,74 @@ async def wait_for_mailbox(gw: RunningGateway, load: LoadResult, within: float) 
     )
 
 
+# --- the gateway's own counters (/metrics of each process) ----------------------------------
+
+STATEMENTS = "attest_gateway_db_statements_total"
+PRODUCED = "attest_gateway_kafka_records_produced_total"
+CONSUMED = "attest_gateway_kafka_records_consumed_total"
+
+
+@dataclass
+class Counters:
+    """One /metrics scrape of each of the gateway's processes."""
+
+    samples: list[list[Sample]]
+
+    def total(self, name: str, **labels: str) -> float:
+        """Summed over the processes and over the label values not given."""
+        return sum(
+            s.value
+            for process in self.samples
+            for s in process
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def in_flight(self, topics: tuple[str, ...]) -> tuple[float, ...]:
+        """Records produced to each topic and not (yet) consumed by the gateway."""
+        return tuple(self.total(PRODUCED, topic=t) - self.total(CONSUMED, topic=t) for t in topics)
+
+
+async def scrape(gw: RunningGateway) -> Counters:
+    import httpx
+
+    auth = {"Authorization": f"Bearer {gw.metrics_token}"}
+    samples: list[list[Sample]] = []
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        for p in gw.processes:
+            answer = await client.get(f"{p.url}/metrics", headers=auth)
+            answer.raise_for_status()
+            families = text_string_to_metric_families(answer.text)
+            samples.append([s for family in families for s in family.samples])
+    return Counters(samples)
+
+
+async def settle(gw: RunningGateway, within: float) -> tuple[Counters, bool]:
+    """Wait until the gateway has nothing left to do for what it accepted: no unpublished
+    outbox row, and every record produced to the topics its consumers read (delivery, tracker)
+    consumed, twice in a row with nothing produced or consumed in between. The last scrape,
+    and whether that happened within `within` s."""
+    topics = (f"{gw.topic_prefix}{MEDCOM_MESSAGES}", f"{gw.topic_prefix}{TRACKING}")
+    engine = make_engine(gw.database_url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    try:
+        while True:
+            first = await scrape(gw)
+            if all(n <= 0 for n in first.in_flight(topics)) and not await unpublished_count(engine):
+                again = await scrape(gw)
+                if all(
+                    again.total(name, topic=t) == first.total(name, topic=t)
+                    for name in (PRODUCED, CONSUMED)
+                    for t in topics
+                ):
+                    return again, True
+            if loop.time() > deadline or gw.exited():
+                return await scrape(gw), False
+            await asyncio.sleep(0.25)
+    finally:
+        await engine.dispose()
+
+
 # --- the suite -------------------------------------------------------------------------------
 
 
@@ -295,27 +438,52 @@ def cpu_seconds(pid: int) -> float:
 @dataclass
 class Measured:
     deliveries: list[Delivery] = field(default_factory=list)
-    rss_gateway: list[float] = field(default_factory=list)
+    rss: list[dict[str, float]] = field(default_factory=list)  # role -> MiB, per run
 
     def recorded(self, warmup: int) -> list[Delivery]:
         return self.deliveries[warmup:]
 
+    def rss_of(self, role: str, warmup: int) -> list[float]:
+        return [run[role] for run in self.rss[warmup:]]
+
+
+SETTLE_S = 60.0  # at most, for the tracker to catch up before and after a closed-loop run
+
 
 async def measure(
     ctx: BenchContext,
-    kind: str,
+    shape: Shape,
     tag: str,
     into: Measured,
     load: Callable[[RunningGateway, Path], Awaitable[LoadResult]],
     window_s: float,
+    *,
+    statements: bool = False,
 ) -> Delivery:
-    async with gateway(ctx, kind, tag) as gw:
-        cpu0 = cpu_seconds(gw.proc.pid)
+    """One run on a fresh gateway. `statements`: also count the SQL statements the gateway
+    sent from a settled state before the load to a settled one after it (see settle())."""
+    async with gateway(ctx, shape.kind, tag, shape.roles) as gw:
+        before = (await settle(gw, SETTLE_S))[0] if statements else None
+        cpu0 = {p.role: cpu_seconds(p.proc.pid) for p in gw.processes}
         result = await load(gw, gw.var_dir / "load.json")
         delivery = await wait_for_mailbox(gw, result, within=120.0 + 4 * window_s)
-        into.rss_gateway.append(peak_rss_mib(gw.proc.pid))
-        cpu = cpu_seconds(gw.proc.pid) - cpu0
-        delivery.extra["gateway_cpu_ms_per_request"] = cpu * 1000 / max(1, len(result.accepted))
+        into.rss.append({p.role: peak_rss_mib(p.proc.pid) for p in gw.processes})
+        accepted = max(1, len(result.accepted))
+        cpu_ms = {
+            p.role: (cpu_seconds(p.proc.pid) - cpu0[p.role]) * 1000 / accepted for p in gw.processes
+        }
+        delivery.extra["gateway_cpu_ms_per_request"] = sum(cpu_ms.values())
+        delivery.extra["cpu_ms_per_request"] = cpu_ms
+        if before is not None:
+            after, caught_up = await settle(gw, SETTLE_S)
+            delivery.extra["db_statements"] = after.total(STATEMENTS) - before.total(STATEMENTS)
+            delivery.extra["statements_per_request"] = delivery.extra["db_statements"] / accepted
+            delivery.extra["settled"] = caught_up
+            console.print(
+                f"  {delivery.extra['db_statements']:,.0f} SQL statements, "
+                f"{delivery.extra['statements_per_request']:.1f} per accepted request"
+                + ("" if caught_up else f" (not settled within {SETTLE_S:.0f} s)")
+            )
     into.deliveries.append(delivery)
     if delivery.missing:
         console.print(
@@ -354,20 +522,40 @@ def _extra(deliveries: list[Delivery]) -> dict[str, Any]:
         "gateway_cpu_ms_per_request": [
             round(d.extra.get("gateway_cpu_ms_per_request", 0.0), 2) for d in deliveries
         ],
+        "cpu_ms_per_request_by_process": [
+            {role: round(ms, 2) for role, ms in d.extra.get("cpu_ms_per_request", {}).items()}
+            for d in deliveries
+        ],
         "unpublished_outbox_rows": [d.extra.get("unpublished_outbox_rows") for d in deliveries],
+    } | {
+        key: [d.extra.get(key) for d in deliveries]
+        for key in ("db_statements", "settled")
+        if any(key in d.extra for d in deliveries)
     }
 
 
-async def run_kind(ctx: BenchContext, kind: str) -> list[Figure]:
-    prefix = "ingest." if kind == "sqlite" else "ingest.pg."
-    db = "SQLite" if kind == "sqlite" else "PostgreSQL"
-    extra_args = [
+STATEMENTS_NOTE = (
+    "SQL statements the gateway sent (attest_gateway_db_statements_total{}, from its /metrics) "
+    "per accepted request, closed loop: from a settled state before the load to one after it "
+    "(every accepted request in the mailbox, no unpublished outbox row, every record of "
+    "medcom.messages and gateway.tracking consumed, so the tracker has caught up); includes "
+    "the relays' idle polls, the sweepers and the /metrics store-gauge refresh (3 statements, "
+    "at most every 10 s)"
+)
+
+
+def extra_args(gw: RunningGateway) -> list[str]:
+    return [
         "--body", "gateway", "--jobcenter-gln", JOBCENTER.gln or "",
         "--municipality", JOBCENTER.kommunekode or "", "--receiver-sor", RECEIVER.sor or "",
+        "--api-key", gw.api_key,
     ]  # fmt: skip
-    figures: list[Figure] = []
 
-    # closed loop: the maximum into the mailbox, and the peak RSS under it
+
+async def closed_loop_figures(ctx: BenchContext, shape: Shape) -> list[Figure]:
+    """The maximum into the mailbox (closed loop), the statements per request, and per
+    process the peak RSS and (several processes) the CPU per request."""
+    prefix, db = shape.prefix, shape.label
     window = 3.0 if ctx.quick else 15.0
     peak = Measured()
 
@@ -375,14 +563,15 @@ async def run_kind(ctx: BenchContext, kind: str) -> list[Figure]:
         async def load(gw: RunningGateway, out: Path) -> LoadResult:
             return await run_loadgen(
                 out, url=gw.base_url + ATTEST_PATH, mode="closed", duration=window,
-                concurrency=CONCURRENCY, extra=[*extra_args, "--api-key", gw.api_key],
+                concurrency=CONCURRENCY, extra=extra_args(gw),
             )  # fmt: skip
 
-        return (await measure(ctx, kind, f"max-{i}", peak, load, window)).throughput()
+        delivery = await measure(ctx, shape, f"max-{i}", peak, load, window, statements=True)
+        return delivery.throughput()
 
     values = await repeat(ctx, f"{prefix}max", closed)
     recorded = peak.recorded(ctx.warmup)
-    figures.append(
+    figures = [
         Figure(
             name=f"{prefix}max",
             label=f"gateway ingest → mailbox, max ({db})",
@@ -392,28 +581,75 @@ async def run_kind(ctx: BenchContext, kind: str) -> list[Figure]:
             notes="; ".join(_notes(recorded)),
             extra=_extra(recorded) | {"concurrency": CONCURRENCY, "window_s": window},
         )
+    ]
+    unsettled = sum(not d.extra["settled"] for d in recorded)
+    summed = " summed over the processes" if len(shape.roles) > 1 else ""
+    figures.append(
+        Figure(
+            name=f"{prefix}statements_per_request",
+            label=f"SQL statements per accepted request ({db})",
+            unit="statements/request",
+            runs=[d.extra["statements_per_request"] for d in recorded],
+            higher_is_better=False,
+            notes=STATEMENTS_NOTE.format(summed)
+            + (
+                f"; in {unsettled} run(s) the gateway had not settled within {SETTLE_S:.0f} s "
+                "after the last request reached the mailbox (counted until then)"
+                if unsettled
+                else ""
+            ),
+            extra={"db_statements": [d.extra["db_statements"] for d in recorded]},
+        )
     )
-    if kind == "sqlite":
+    if shape.roles == ONE_PROCESS:
+        if shape.kind == "sqlite":
+            figures += [
+                Figure(
+                    name="rss.gateway",
+                    label="gateway peak RSS (closed loop)",
+                    unit="MiB",
+                    runs=peak.rss_of("all", ctx.warmup),
+                    higher_is_better=False,
+                ),
+                Figure(
+                    name="rss.loadgen",
+                    label="load generator peak RSS (closed loop)",
+                    unit="MiB",
+                    runs=[d.load.meta["peak_rss_mib"] for d in recorded],
+                    higher_is_better=False,
+                ),
+            ]
+        return figures
+    for role in shape.roles:
         figures += [
             Figure(
-                name="rss.gateway",
-                label="gateway peak RSS (closed loop)",
+                name=f"{prefix}rss.{role}",
+                label=f"gateway {role} process peak RSS (closed loop, {db})",
                 unit="MiB",
-                runs=peak.rss_gateway[ctx.warmup :],
+                runs=peak.rss_of(role, ctx.warmup),
                 higher_is_better=False,
             ),
             Figure(
-                name="rss.loadgen",
-                label="load generator peak RSS (closed loop)",
-                unit="MiB",
-                runs=[d.load.meta["peak_rss_mib"] for d in recorded],
+                name=f"{prefix}cpu_ms.{role}",
+                label=f"gateway {role} process CPU per accepted request (closed loop, {db})",
+                unit="CPU ms/request",
+                runs=[d.extra["cpu_ms_per_request"][role] for d in recorded],
                 higher_is_better=False,
+                notes="user + system CPU of the process from the load's start until every "
+                "accepted request was in the mailbox, divided by the accepted requests",
             ),
         ]
+    return figures
 
-    # open loop at fixed rates, at most OPEN_LOOP_REQUESTS per run: a rate the gateway does not
-    # sustain leaves a backlog that drains at its own pace, which would otherwise take minutes
-    rates: tuple[int, ...] = (100, 500) if ctx.quick or kind != "sqlite" else (100, 500, 1000, 2000)
+
+async def open_loop_figures(
+    ctx: BenchContext, shape: Shape, rates: tuple[int, ...]
+) -> list[Figure]:
+    """Latencies into the mailbox at fixed offered rates, at most OPEN_LOOP_REQUESTS per run:
+    a rate the gateway does not sustain leaves a backlog that drains at its own pace, which
+    would otherwise take minutes; that rate gets an `achieved` figure and ends the series."""
+    prefix, db = shape.prefix, shape.label
+    figures: list[Figure] = []
     for rate in rates:
         window = 3.0 if ctx.quick else min(15.0, OPEN_LOOP_REQUESTS / rate)
         m = Measured()
@@ -424,10 +660,10 @@ async def run_kind(ctx: BenchContext, kind: str) -> list[Figure]:
             async def load(gw: RunningGateway, out: Path, window: float = window) -> LoadResult:
                 return await run_loadgen(
                     out, url=gw.base_url + ATTEST_PATH, mode="open", duration=window,
-                    rate=rate, extra=[*extra_args, "--api-key", gw.api_key],
+                    rate=rate, extra=extra_args(gw),
                 )  # fmt: skip
 
-            d = await measure(ctx, kind, f"open{rate}-{i}", m, load, window)
+            d = await measure(ctx, shape, f"open{rate}-{i}", m, load, window)
             return percentile(d.latencies_ms() or [float("nan")], 50)
 
         p50s = await repeat(ctx, f"{prefix}p50@{rate}", open_loop)
@@ -443,7 +679,6 @@ async def run_kind(ctx: BenchContext, kind: str) -> list[Figure]:
                 f"into the mailbox, backlog drained {max(d.drain_s() for d in recorded):.1f} s "
                 "after the window"
             )
-        if not all(sustained):
             figures.append(
                 Figure(
                     name=f"{prefix}achieved@{rate}",
@@ -502,13 +737,20 @@ async def run_kind(ctx: BenchContext, kind: str) -> list[Figure]:
     return figures
 
 
+async def run_shape(ctx: BenchContext, shape: Shape) -> list[Figure]:
+    many = not ctx.quick and shape.kind == "sqlite" and shape.roles == ONE_PROCESS
+    rates: tuple[int, ...] = (100, 500, 1000, 2000) if many else (100, 500)
+    return await closed_loop_figures(ctx, shape) + await open_loop_figures(ctx, shape, rates)
+
+
 async def run(ctx: BenchContext) -> list[Figure]:
     figures: list[Figure] = []
-    for kind in os.environ.get("BENCH_INGEST_DBS", "sqlite,postgres").split(","):
+    for key in os.environ.get("BENCH_INGEST_DBS", ",".join(SHAPES)).split(","):
+        shape = SHAPES[key]
         try:
-            figures += await run_kind(ctx, kind)
+            figures += await run_shape(ctx, shape)
         except (OSError, asyncpg.PostgresError) as exc:
-            if kind != "postgres":
+            if shape.kind != "postgres":
                 raise
-            console.print(f"  [yellow]PostgreSQL skipped: {type(exc).__name__}: {exc}[/yellow]")
+            console.print(f"  [yellow]{shape.label} skipped: {type(exc).__name__}: {exc}[/yellow]")
     return figures

@@ -18,6 +18,7 @@ the id), topics, problem codes, organisation ids and LÆ types.
     attest_gateway_kafka_consumer_lag{topic,partition}              records behind the end
     attest_gateway_dead_letters_total{reason,source_topic}
     attest_gateway_verification_failures_total{where,reason}        signatures, keys, sealing
+    attest_gateway_db_statements_total                              SQL statements sent
     attest_gateway_outbox_depth{topic}                              not yet published
     attest_gateway_outbox_oldest_age_seconds
     attest_gateway_mailbox_depth{receiver,message_type}             delivered, not collected
@@ -111,6 +112,10 @@ VERIFICATION_FAILURES = Counter(
     "Envelopes refused by a signature, key or sealing check (where: api or kafka)",
     ["where", "reason"],
 )
+DB_STATEMENTS = Counter(
+    "attest_gateway_db_statements",
+    "SQL statements this process sent to the database (an executemany counts once)",
+)
 OUTBOX_DEPTH = Gauge("attest_gateway_outbox_depth", "Outbox rows not yet published", ["topic"])
 OUTBOX_OLDEST = Gauge(
     "attest_gateway_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row"
@@ -151,6 +156,12 @@ def produced(topics: Iterable[str]) -> None:
         counts[topic] = counts.get(topic, 0) + 1
     for topic, n in counts.items():
         RECORDS_PRODUCED.labels(topic).inc(n)
+
+
+def db_statement(*_args: object) -> None:
+    """A SQLAlchemy `before_cursor_execute` listener (store/db.py registers it on every
+    engine): one round trip to the database, whatever the statement."""
+    DB_STATEMENTS.inc()
 
 
 def consumed(topic: str, outcome: str) -> None:

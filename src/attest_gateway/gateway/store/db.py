@@ -12,7 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, a busy timeout and foreign keys."""
+    """An async engine; SQLite gets WAL, a busy timeout and foreign keys. Every statement it
+    sends counts in `attest_gateway_db_statements_total` (metrics.py)."""
+    from attest_gateway.gateway.metrics import db_statement  # metrics imports this module
+
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -25,8 +28,12 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-        return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **kwargs)
+    else:
+        engine = create_async_engine(
+            url, pool_size=10, max_overflow=10, pool_pre_ping=True, **kwargs
+        )
+    event.listen(engine.sync_engine, "before_cursor_execute", db_statement)
+    return engine
 
 
 async def insert_ignore(conn: AsyncConnection, table: sa.Table, values: dict[str, Any]) -> bool:

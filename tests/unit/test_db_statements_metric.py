@@ -1,0 +1,60 @@
+"""`attest_gateway_db_statements_total`: every statement an engine from `make_engine` sends
+counts once (an executemany too: it is one round trip), and /metrics exports it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import sqlalchemy as sa
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from attest_gateway.gateway.metrics import router
+from attest_gateway.gateway.store.db import make_engine
+
+NAME = "attest_gateway_db_statements_total"
+
+
+def counted() -> float:
+    return REGISTRY.get_sample_value(NAME) or 0.0
+
+
+async def test_each_statement_counts_once(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{(tmp_path / 'db.sqlite').as_posix()}")
+    try:
+        async with engine.begin() as conn:
+            before = counted()
+            await conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+            await conn.execute(
+                sa.text("INSERT INTO t (x) VALUES (:x)"), [{"x": i} for i in range(5)]
+            )
+            await conn.execute(sa.text("SELECT count(*) FROM t"))
+            assert counted() - before == 3  # the executemany of five rows is one
+    finally:
+        await engine.dispose()
+
+
+async def test_metrics_exports_the_count(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{(tmp_path / 'db.sqlite').as_posix()}")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    finally:
+        await engine.dispose()
+    app = FastAPI()
+    app.include_router(router)
+    app.state.settings = SimpleNamespace(metrics_token=None)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    assert samples[NAME] >= 1
+    assert samples[NAME] == counted()
