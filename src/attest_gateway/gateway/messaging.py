@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.gateway import directory
@@ -53,6 +55,18 @@ async def load_conversation(conn: AsyncConnection, conversation_id: str) -> Conv
         await conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id))
     ).first()
     return Conversation.from_row(row) if row is not None else None
+
+
+async def conversations_by_request(
+    conn: AsyncConnection, message_ids: Sequence[str]
+) -> list[Conversation]:
+    """The conversations whose request has one of these message ids (one statement)."""
+    if not message_ids:
+        return []
+    rows = await conn.execute(
+        sa.select(conversations).where(conversations.c.request_message_id.in_(message_ids))
+    )
+    return [Conversation.from_row(row) for row in rows]
 
 
 async def conversation_by_request(conn: AsyncConnection, message_id: str) -> Conversation | None:
@@ -208,6 +222,58 @@ async def record_stage(
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class StageRecord:
+    """One stage to record with :func:`record_stages`."""
+
+    conv: Conversation
+    stage: Stage
+    message_id: str
+    message_type: MessageType
+    at: dt.datetime
+
+
+async def record_stages(conn: AsyncConnection, topics: Topics, items: Sequence[StageRecord]) -> int:
+    """:func:`record_stage` for many stages at once: one insert for the stage rows and one for
+    the events of those that are new, whatever their number. Returns how many were new."""
+    if not items:
+        return 0
+    items = sorted(items, key=lambda i: (i.conv.id, i.stage.value))  # one lock order for all
+    insert: Any = (
+        postgresql.insert(stages) if conn.dialect.name == "postgresql" else sqlite.insert(stages)
+    )
+    result = await conn.execute(
+        insert.values(
+            [
+                {
+                    "conversation_id": i.conv.id,
+                    "stage": i.stage.value,
+                    "message_id": i.message_id,
+                    "at": i.at,
+                    "detail": None,
+                }
+                for i in items
+            ]
+        )
+        .on_conflict_do_nothing()
+        .returning(stages.c.conversation_id, stages.c.stage)
+    )
+    new = {(r.conversation_id, r.stage) for r in result}
+    fresh = [i for i in items if (i.conv.id, i.stage.value) in new]
+    if fresh:
+        await conn.execute(
+            outbox.insert(),
+            [
+                _stage_event_row(
+                    topics, i.conv, i.stage, message_id=i.message_id,
+                    message_type=i.message_type, at=i.at, detail=None,
+                )
+                for i in fresh
+            ],
+        )  # fmt: skip
+    return len(fresh)
+
+
 async def emit_stage_event(
     conn: AsyncConnection,
     topics: Topics,
@@ -220,6 +286,32 @@ async def emit_stage_event(
     detail: str | None = None,
 ) -> None:
     """Put one stage event for `gateway.tracking` in the outbox (metadata only)."""
+    await conn.execute(
+        outbox.insert().values(
+            **_stage_event_row(
+                topics,
+                conv,
+                stage,
+                message_id=message_id,
+                message_type=message_type,
+                at=at,
+                detail=detail,
+            )
+        )
+    )
+
+
+def _stage_event_row(
+    topics: Topics,
+    conv: Conversation,
+    stage: Stage,
+    *,
+    message_id: str,
+    message_type: MessageType,
+    at: dt.datetime,
+    detail: str | None,
+) -> dict[str, Any]:
+    """The outbox row of one stage event (metadata only, never content)."""
     event = StageEvent(
         event_id=str(uuid.uuid4()),
         conversation_id=conv.id,
@@ -239,23 +331,21 @@ async def emit_stage_event(
         reply_deadline=conv.reply_deadline,
         detail=detail,
     )
-    await conn.execute(
-        outbox.insert().values(
-            topic=topics.tracking,
-            key=conv.id,
-            value=event.model_dump_json().encode(),
-            headers=_headers(
-                {
-                    "content-type": "application/json",
-                    "schema-version": "1",
-                    "message-type": "stage",
-                    "conversation-id": conv.id,
-                }
-            ),
-            message_id=None,
-            created_at=at,
-        )
-    )
+    return {
+        "topic": topics.tracking,
+        "key": conv.id,
+        "value": event.model_dump_json().encode(),
+        "headers": _headers(
+            {
+                "content-type": "application/json",
+                "schema-version": "1",
+                "message-type": "stage",
+                "conversation-id": conv.id,
+            }
+        ),
+        "message_id": None,
+        "created_at": at,
+    }
 
 
 async def stages_of(conn: AsyncConnection, conversation_id: str) -> list[Any]:

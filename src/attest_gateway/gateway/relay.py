@@ -26,7 +26,7 @@ from attest_gateway.gateway import metrics
 from attest_gateway.gateway.bus import Topics
 from attest_gateway.gateway.crypto import utcnow
 from attest_gateway.gateway.errors import Unavailable
-from attest_gateway.gateway.messaging import conversation_by_request, record_stage
+from attest_gateway.gateway.messaging import StageRecord, conversations_by_request, record_stages
 from attest_gateway.gateway.store.tables import outbox
 from attest_gateway.schemas.events import MessageType, Stage
 
@@ -178,17 +178,24 @@ class OutboxRelay:
                 .where(outbox.c.id.in_([r.id for r in rows]), outbox.c.claim_token == token)
                 .values(published_at=now, attempts=outbox.c.attempts + 1, claimed_until=None)
             )
-            for row in rows:
-                if row.topic != self._topics.medcom_messages or row.message_id is None:
-                    continue
-                conv = await conversation_by_request(conn, row.message_id)
-                if conv is not None:
-                    await record_stage(
-                        conn,
-                        self._topics,
+            # The requests among them reached Kafka: their conversations' `published` stage,
+            # for the whole batch in three statements.
+            requests = [
+                row.message_id
+                for row in rows
+                if row.topic == self._topics.medcom_messages and row.message_id is not None
+            ]
+            await record_stages(
+                conn,
+                self._topics,
+                [
+                    StageRecord(
                         conv,
                         Stage.PUBLISHED,
-                        message_id=row.message_id,
-                        message_type=MessageType.ATTEST_REQUEST,
-                        at=now,
+                        conv.request_message_id,
+                        MessageType.ATTEST_REQUEST,
+                        now,
                     )
+                    for conv in await conversations_by_request(conn, requests)
+                ],
+            )

@@ -120,40 +120,53 @@ class TrackerState:
     # --- stage events ------------------------------------------------------------------------
 
     async def apply_stage(self, conn: AsyncConnection, e: StageEvent) -> bool:
-        """Apply one stage event. True if it changed anything."""
-        created = await self._ensure_conversation(conn, e)
-        if e.stage is Stage.REMINDED:
-            return await self._apply_reminder(conn, e) or created
-        if e.stage not in r.TIMED_STAGES:
+        """Apply one stage event. True if it changed anything.
+
+        A conversation's first event (normally `submitted`) creates its row; later events go
+        straight to the conditional update, which hands back the row (RETURNING), so a stage
+        costs one statement unless it moves a date or a flag."""
+        if e.stage is Stage.REMINDED or e.stage not in r.TIMED_STAGES:
+            created = await self._ensure_conversation(conn, e)
+            if e.stage is Stage.REMINDED:
+                return await self._apply_reminder(conn, e) or created
             return created
+        created = False
+        if e.stage is Stage.SUBMITTED:
+            created = await self._ensure_conversation(conn, e)
+        row = await self._set_stage_time(conn, e)
+        if row is None and e.stage is not Stage.SUBMITTED:
+            created = await self._ensure_conversation(conn, e)
+            row = await self._set_stage_time(conn, e) if created else None
+        if row is None:
+            return created
+        if e.stage is Stage.SUBMITTED:
+            row = await self._on_submitted(conn, row, e)
+        elif e.stage is Stage.IN_MAILBOX:
+            row = await self._refresh_due_date(conn, row)
+        elif e.stage is Stage.REPLIED:
+            await add_counts(
+                conn, self.request_cells(row, day=self.cohort_day(row, e.at)), replied=1
+            )
+            await self._decide_on_reply(conn, row, e.at)
+        elif e.stage is Stage.OVERDUE:
+            await self._decide(conn, row, "overdue", e.at)
+        times = {s: _aware_or_none(getattr(row, stage_column(s))) for s in r.TIMED_STAGES}
+        cells = self.request_cells(row, day=self.cohort_day(row, e.at), durations=True)
+        for metric, seconds in r.completed_metrics(e.stage, times):
+            await add_duration(conn, metric.name, cells, r.bucket_of(seconds))
+        return True
+
+    async def _set_stage_time(self, conn: AsyncConnection, e: StageEvent) -> Any:
+        """Set the stage's time if it is not set yet; the updated row, or None."""
         t = tracker_conversations
         col = t.c[stage_column(e.stage)]
         result = await conn.execute(
             t.update()
             .where(t.c.conversation_id == e.conversation_id, col.is_(None))
             .values({col.key: e.at})
+            .returning(*t.c)
         )
-        if result.rowcount != 1:
-            return created
-        row = await self._row(conn, e.conversation_id)
-        if e.stage is Stage.SUBMITTED:
-            await self._on_submitted(conn, row, e)
-        elif e.stage is Stage.IN_MAILBOX:
-            await self._refresh_due_date(conn, row)
-        elif e.stage is Stage.REPLIED:
-            await add_counts(
-                conn, self.request_cells(row, day=self.cohort_day(row, e.at)), replied=1
-            )
-        elif e.stage is Stage.OVERDUE:
-            await self._decide(conn, row, "overdue", e.at)
-        row = await self._row(conn, e.conversation_id)
-        if e.stage is Stage.REPLIED:
-            await self._decide_on_reply(conn, row, e.at)
-        times = {s: _aware_or_none(getattr(row, stage_column(s))) for s in r.TIMED_STAGES}
-        cells = self.request_cells(row, day=self.cohort_day(row, e.at), durations=True)
-        for metric, seconds in r.completed_metrics(e.stage, times):
-            await add_duration(conn, metric.name, cells, r.bucket_of(seconds))
-        return True
+        return result.first()
 
     async def _ensure_conversation(self, conn: AsyncConnection, e: StageEvent) -> bool:
         role = await self.receiver_role(conn, e.receiver_org)
@@ -199,28 +212,38 @@ class TrackerState:
                 )
         return created
 
-    async def _on_submitted(self, conn: AsyncConnection, row: Any, e: StageEvent) -> None:
+    async def _on_submitted(self, conn: AsyncConnection, row: Any, e: StageEvent) -> Any:
+        """Count the request and settle its flags; the row as it now is."""
         day = self.rules.local_date(e.at)
         late = self.rules.requested_late(row.case_kind, row.first_day_of_absence, day)
-        await conn.execute(
-            tracker_conversations.update()
-            .where(tracker_conversations.c.conversation_id == row.conversation_id)
-            .values(requested_late=late)
-        )
+        values: dict[str, Any] = {"requested_late": late}
+        due = self._due_date(row)
+        if due is not None:
+            values["due_date"] = due
+        t = tracker_conversations
+        row = (
+            await conn.execute(
+                t.update()
+                .where(t.c.conversation_id == row.conversation_id)
+                .values(values)
+                .returning(*t.c)
+            )
+        ).one()
         cells = self.request_cells(row, day=day)
         await add_counts(conn, cells, requests=1, late_requests=int(late))
         await add_citizen(conn, cells, row.case_ref)
-        await self._refresh_due_date(conn, await self._row(conn, row.conversation_id))
-        row = await self._row(conn, row.conversation_id)
         if row.replied_at is not None:  # the reply's event came first
             await self._decide_on_reply(conn, row, aware(row.replied_at))
+        return row
 
-    async def _refresh_due_date(self, conn: AsyncConnection, row: Any) -> None:
+    def _due_date(self, row: Any) -> dt.date | None:
+        """The reply deadline the row's dates give, or None while it cannot or need not move
+        (not yet submitted, or already decided)."""
         if row.outcome is not None or row.submitted_at is None:
-            return
+            return None
         requested = self.rules.local_date(aware(row.submitted_at))
         kind = self.catalogue.get(row.attest_type)
-        due = self.rules.due_date(
+        return self.rules.due_date(
             row.attest_type,
             requested=requested,
             received=(
@@ -234,11 +257,21 @@ class TrackerState:
                 else None
             ),
         )
-        await conn.execute(
-            tracker_conversations.update()
-            .where(tracker_conversations.c.conversation_id == row.conversation_id)
-            .values(due_date=due)
-        )
+
+    async def _refresh_due_date(self, conn: AsyncConnection, row: Any) -> Any:
+        """Move the due date if the row's dates now give another; the row as it now is."""
+        due = self._due_date(row)
+        if due is None or due == row.due_date:
+            return row
+        t = tracker_conversations
+        return (
+            await conn.execute(
+                t.update()
+                .where(t.c.conversation_id == row.conversation_id)
+                .values(due_date=due)
+                .returning(*t.c)
+            )
+        ).one()
 
     async def _decide_on_reply(self, conn: AsyncConnection, row: Any, at: dt.datetime) -> None:
         if row.outcome is not None or row.due_date is None:
