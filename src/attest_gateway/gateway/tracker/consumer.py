@@ -351,12 +351,16 @@ class TrackerState:
             & (ep.c.jobcenter_org == jobcenter_org)
             & (ep.c.first_day_of_absence == first_day)
         )
-        await conn.execute(
-            ep.update()
-            .where(key, sa.or_(ep.c.first_contact_at.is_(None), ep.c.first_contact_at > at))
-            .values(first_contact_at=at, contact_source=source)
-        )
-        row = (await conn.execute(sa.select(ep).where(key))).one()
+        row = (
+            await conn.execute(
+                ep.update()
+                .where(key, sa.or_(ep.c.first_contact_at.is_(None), ep.c.first_contact_at > at))
+                .values(first_contact_at=at, contact_source=source)
+                .returning(*ep.c)
+            )
+        ).first()
+        if row is None:  # an earlier contact is already recorded
+            row = (await conn.execute(sa.select(ep).where(key))).one()
         if self.rules.local_date(at) > row.window_end:
             return  # too late to count; the sweep settles the episode as without contact
         cells = self.contact_cells(row.region_code, row.municipality, row.window_end)
