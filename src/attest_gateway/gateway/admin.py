@@ -21,7 +21,10 @@ The key lifecycle:
   custodial one stays in the key file: what was sealed to it is opened as before). A revoked
   custodial signing key leaves the key file: the gateway must never sign with it again.
 
-Running gateways see key-file changes without a restart (`crypto.KeyRing.refresh`).
+Running gateways see key-file changes without a restart (`crypto.KeyRing.refresh`), and
+directory changes at once (triggers renew the directory's generation token; see
+gateway/directory.py). Every write to `organisations` or `org_keys` here goes through
+`directory.execute_write`, so that the rest of its transaction reads the directory directly.
 """
 
 from __future__ import annotations
@@ -562,8 +565,8 @@ async def _set_enabled(
     org = await _org_or_fail(conn, org_id)
     if org.enabled == enabled:
         return OrgChange(org, False)
-    await conn.execute(
-        organisations.update().where(organisations.c.id == org_id).values(enabled=enabled)
+    await directory.execute_write(
+        conn, organisations.update().where(organisations.c.id == org_id).values(enabled=enabled)
     )
     action = "org.enable" if enabled else "org.disable"
     await _record(conn, settings, actor=actor, source=source, action=action, at=now, org_id=org_id)
@@ -586,10 +589,11 @@ async def reissue_api_key(
     if org_id == settings.gateway_org_id:
         raise AdminError("the gateway's own organisation has no API key")
     api_key = new_api_key(org.id)
-    await conn.execute(
+    await directory.execute_write(
+        conn,
         organisations.update()
         .where(organisations.c.id == org_id)
-        .values(api_key_hash=directory.hash_api_key(api_key))
+        .values(api_key_hash=directory.hash_api_key(api_key)),
     )
     await _record(
         conn, settings, actor=actor, source=source, action="org.api-key", at=now, org_id=org_id
@@ -605,7 +609,8 @@ async def _insert_key(
     ).first()
     if taken is not None:
         raise AdminError(f"key id {key.key_id} is already in the directory")
-    await conn.execute(
+    await directory.execute_write(
+        conn,
         org_keys.insert().values(
             key_id=key.key_id,
             org_id=org_id,
@@ -613,7 +618,7 @@ async def _insert_key(
             algorithm=key.algorithm,
             public_key=key.public_key,
             created_at=now,
-        )
+        ),
     )
     return KeyInfo(key.key_id, org_id, key.purpose, key.algorithm, now, None, None)
 
@@ -867,7 +872,9 @@ async def revoke_key(
                 f"{key_id} is the only usable signing key of {org.id}: rotate first "
                 f"(keys rotate --org {org.id} --purpose signing), then revoke it"
             )
-    await conn.execute(org_keys.update().where(org_keys.c.key_id == key_id).values(revoked_at=now))
+    await directory.execute_write(
+        conn, org_keys.update().where(org_keys.c.key_id == key_id).values(revoked_at=now)
+    )
     if org.custodial and key.purpose == "signing":
         removed = _remove_from_key_file(path, key_id)
     detail = {"key_id": key_id, "purpose": key.purpose}
@@ -914,7 +921,9 @@ async def retire_key(
                 f"{key_id} is the current {key.purpose} key of {org.id}: rotate first "
                 f"(keys rotate --org {org.id} --purpose {key.purpose}), then retire it"
             )
-    await conn.execute(org_keys.update().where(org_keys.c.key_id == key_id).values(not_after=now))
+    await directory.execute_write(
+        conn, org_keys.update().where(org_keys.c.key_id == key_id).values(not_after=now)
+    )
     removed = False
     if org.custodial and key.purpose in PURPOSES:
         removed = _remove_from_key_file(custodial_key_file(settings, org.id), key_id)

@@ -48,6 +48,16 @@ org_keys = sa.Table(
     sa.Index(None, "org_id", "purpose"),
 )
 
+# One row (id 1): a random token that triggers on `organisations` and `org_keys` replace on
+# every write (migration 0008). The gateway's in-memory directory snapshot is current exactly
+# while its token equals this one (gateway/directory.py).
+directory_generation = sa.Table(
+    "directory_generation",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("token", sa.String(32), nullable=False),
+)
+
 conversations = sa.Table(
     "conversations",
     metadata,
