@@ -32,6 +32,7 @@ SUITES: list[tuple[str, str]] = [
     ("pipeline", "bench.pipeline"),
     ("tracker", "bench.tracker_ingest"),
     ("ingest", "bench.gateway_ingest"),
+    ("roundtrip", "bench.roundtrip"),
 ]
 
 HERE = Path(__file__).parent

@@ -1,0 +1,686 @@
+"""The whole conversation: request → receiver's mailbox → acknowledgement and attest reply →
+the job centre's inbox → the job centre's acknowledgement of the reply.
+
+Per database (SQLite, PostgreSQL) one gateway process (``attest-gateway serve``, started as
+in bench/gateway_ingest.py: fresh VAR_DIR and database, the run's shared broker, primed) serves
+every run of that database, so the warm-up run warms the gateway itself. The clients are
+tasks of the benchmark process (a separate OS process from the gateway), speaking HTTP/1.1
+keep-alive to the real API (bench/loadgen.py's raw connection) with the demo organisations'
+API keys (VAR_DIR/demo-credentials.json):
+
+- Jobcenter København submits attest requests at a fixed mix (seeded): 60 % LÆ 265
+  ("Lægeattest til rehabiliteringsteam") to the GP clinic Lægehuset Nørrebro (addressed by
+  ydernummer; jobafklarings- or ressourceforløb, no psychiatric course) and 40 % LÆ 155
+  ("Speciallægeattest") to Psykiatrisk Center København (by SOR; sygedagpenge, psychiatric
+  course), each for a distinct citizen.
+- Each receiver (the psychiatry unit and the GP clinic) has a task that polls its mailbox
+  (``GET /medcom/v1/mailbox``), opens each request with its own private key (its demo key
+  file), sends a MedCom acknowledgement and the attest reply (text and a small PDF) as FHIR
+  JSON (``POST /medcom/v1/messages``; the gateway seals the reply for the job centre), and
+  marks the request collected: up to 8 requests at a time, then it polls again.
+- A job-centre task polls its inbox (``GET /jobcenter/v1/inbox``) and acknowledges each reply
+  (``POST /jobcenter/v1/inbox/{id}/ack``).
+
+An idle poll (nothing waiting) sleeps 0.1 s before the next; a poll that found something is
+followed by the next poll at once. Closed loop: C = 16 conversation slots; a slot submits a
+request, waits until the job centre has acknowledged its reply, and submits the next, for
+the window (15 s; 3 s with --quick); then the conversations in flight drain.
+
+The clock: one monotonic clock (``time.perf_counter``) of the benchmark process.
+
+- ``roundtrip.max``: round trips per second: conversations whose reply the job centre read
+  and acknowledged / (the last such acknowledgement's answer − the first request's send).
+  Baseline ``ingest.max`` (request → mailbox alone), so the ratio shows what the rest of the
+  conversation costs.
+- ``roundtrip.p50``, ``roundtrip.p99``: ms from the request's 202 answer to the answer of the
+  inbox read that returned its reply (the nearest-rank percentile over the run's completed
+  conversations). It includes both hops' polling (up to 0.1 s idle sleep each, plus a
+  receiver's batch) and the clients' own work, as a real deployment's would.
+- ``roundtrip.cpu_ms``: the gateway process's user + system CPU from a settled gateway before
+  the load to a settled one after it (every accepted request and reply handled, every record
+  of medcom.messages and gateway.tracking consumed: bench/gateway_ingest.py ``settle``), per
+  completed round trip; the embedded broker is not counted.
+- ``roundtrip.rss``: MiB, the gateway process's peak RSS (VmHWM) after the run; one process
+  serves every run of its database, so this is its peak so far.
+
+The same with ``roundtrip.pg.`` on PostgreSQL. The figures' extras add the gateway-side
+segments of each conversation (from its ``stages`` table, the gateway's clock), SQL statements
+per round trip, non-202 answers, client errors and the clients' CPU seconds.
+``BENCH_ROUNDTRIP_DBS=sqlite`` (default ``sqlite,postgres``) chooses the databases.
+
+Timed: the window and the drain. Not timed: starting the gateway, settling before and after
+a run, reading the database and /metrics afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import time
+import uuid
+from asyncio import FIRST_COMPLETED
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+import sqlalchemy as sa
+
+from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
+from attest_gateway.gateway.crypto import OrgKeys, open_envelope
+from attest_gateway.gateway.demo import DEMO_ORGS
+from attest_gateway.gateway.directory import Organisation
+from attest_gateway.gateway.store.db import aware, make_engine
+from attest_gateway.gateway.store.tables import stages
+from attest_gateway.schemas.envelope import SealedEnvelope
+from attest_gateway.schemas.events import MessageType, Stage
+from attest_gateway.schemas.medcom import parse_bundle
+from bench.common import SEED, BenchContext, Figure, console, peak_rss_mib, percentile, repeat
+from bench.gateway_ingest import (
+    ATTEST_PATH,
+    JOBCENTER,
+    SETTLE_S,
+    STATEMENTS,
+    RunningGateway,
+    cpu_seconds,
+    gateway,
+    settle,
+)
+from bench.loadgen import DAYS, QUESTIONS, Answer, RawConnection, cpr_for
+
+CONCURRENCY = 16  # conversations in flight
+HANDLERS = 8  # requests a receiver handles at a time (and replies the job centre acks)
+POLL_IDLE_S = 0.1  # a poll that found nothing waits this long before the next
+POLL_LIMIT = 200  # items per mailbox or inbox read
+KEEP_ALIVE_S = 2.0  # a connection idle longer is reopened (uvicorn closes idle ones after 5 s)
+DRAIN_S = 120.0  # at most, after the window, for the conversations in flight (plus 4 windows)
+REPLY_TEXT = "Borgeren er i behandling; attesten er udfærdiget til benchmark."
+REPLY_PDF = b"%PDF-1.4\n% attest benchmark document\n"
+
+
+def _org(org_id: str) -> Organisation:
+    return next(o for o in DEMO_ORGS if o.id == org_id)
+
+
+# --- what the job centre asks for ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """One kind of request of the mix: to whom, which attest, its share."""
+
+    receiver: Organisation
+    attest_type: str
+    case_kinds: tuple[str, ...]
+    psychiatric_course: bool
+    share: float
+
+    def receiver_ref(self) -> dict[str, str]:
+        """A GP practice by its ydernummer, a hospital unit by its SOR code."""
+        if self.receiver.ydernummer:
+            return {"ydernummer": self.receiver.ydernummer}
+        return {"sor": self.receiver.sor or ""}
+
+
+GP = _org("gp-noerrebro")
+PSYCHIATRY = _org("psyk-kbh")
+MIX: tuple[Route, ...] = (
+    Route(GP, "LÆ 265", ("jobafklaringsforloeb", "ressourceforloeb"), False, 0.6),
+    Route(PSYCHIATRY, "LÆ 155", ("sygedagpenge",), True, 0.4),
+)
+MIX_NOTE = (
+    "Jobcenter København → 60 % LÆ 265 to the GP clinic (gp-noerrebro), 40 % LÆ 155 to "
+    "psychiatry (psyk-kbh), seeded; each receiver opens the request with its own key, sends "
+    "a MedCom acknowledgement and the attest reply (FHIR JSON, text + PDF) and marks it "
+    "collected; the job centre reads its inbox and acknowledges each reply"
+)
+
+
+class Requests:
+    """Valid attest requests of the mix, each for a distinct citizen, from one seeded
+    random stream; the index goes on over the runs on one gateway."""
+
+    def __init__(self, seed: int = SEED) -> None:
+        self.rng = random.Random(seed)
+        self.day_offset = random.Random(seed).randrange(DAYS)
+        self.first_day_of_absence = (dt.date.today() - dt.timedelta(days=30)).isoformat()
+        self.index = 0
+        self.weights = [r.share for r in MIX]
+
+    def next(self) -> tuple[Route, bytes]:
+        route = self.rng.choices(MIX, self.weights)[0]
+        index, self.index = self.index, self.index + 1
+        body = {
+            "municipality": JOBCENTER.kommunekode,
+            "jobcenter_gln": JOBCENTER.gln,
+            "caseworker_ref": f"rt-{index:07d}",
+            "citizen_cpr": cpr_for(index, self.day_offset),
+            "attest_type": route.attest_type,
+            "receiver": route.receiver_ref(),
+            "case_kind": self.rng.choice(route.case_kinds),
+            "first_day_of_absence": self.first_day_of_absence,
+            "psychiatric_course": route.psychiatric_course,
+            "questions": QUESTIONS,
+        }
+        return route, orjson.dumps(body)
+
+
+# --- HTTP as one organisation ----------------------------------------------------------------
+
+
+class Api:
+    """The gateway's API as one organisation (its API key), over HTTP/1.1 keep-alive
+    connections (bench/loadgen.py's RawConnection): one per concurrent call, kept for reuse."""
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self._fixed = f"Host: {self.host}:{self.port}\r\nAuthorization: Bearer {api_key}\r\n"
+        self._idle: list[tuple[RawConnection, float]] = []  # with when it was last used
+        self._all: list[RawConnection] = []
+
+    async def call(
+        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+    ) -> Answer:
+        if self._idle:
+            conn, used = self._idle.pop()
+            if time.perf_counter() - used > KEEP_ALIVE_S:
+                await conn.close()  # the server may have closed it: the request reconnects
+        else:
+            conn = RawConnection(self.host, self.port)
+            self._all.append(conn)
+        head = f"{method} {path} HTTP/1.1\r\n{self._fixed}"
+        if method != "GET":
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        try:
+            return await conn.request((head + "\r\n").encode("latin-1"), body)
+        finally:
+            self._idle.append((conn, time.perf_counter()))
+
+    async def get_items(self, path: str) -> list[dict[str, Any]]:
+        answer = await self.call("GET", path)
+        if answer.status != 200:
+            raise RuntimeError(f"GET {path} answered {answer.status}: {answer.body[:200]!r}")
+        items: list[dict[str, Any]] = orjson.loads(answer.body)["items"]
+        return items
+
+    async def aclose(self) -> None:
+        for conn in self._all:
+            await conn.close()
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Trip:
+    """One conversation, on the benchmark process's clock (perf_counter seconds)."""
+
+    conversation_id: str
+    receiver: str
+    sent: float  # the request was sent
+    accepted: float  # its 202 answered
+    in_inbox: float | None = None  # the inbox read that returned the reply answered
+    acked: float | None = None  # the job centre's acknowledgement of the reply answered
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def latency_ms(self) -> float:
+        assert self.in_inbox is not None
+        return (self.in_inbox - self.accepted) * 1000
+
+
+@dataclass
+class Run:
+    """What one run did and measured."""
+
+    window_s: float
+    trips: list[Trip] = field(default_factory=list)
+    first_sent: float | None = None
+    window_end: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)  # of the job centre's submits
+    errors: dict[str, int] = field(default_factory=dict)  # of the clients, by what failed
+    pending: dict[str, Trip] = field(default_factory=dict)  # conversation id → trip in flight
+    early: dict[str, tuple[float, float]] = field(default_factory=dict)  # reply before its 202
+    other_replies: int = 0  # replies to conversations of no trip (the priming request)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, where: dict[str, int], key: str) -> None:
+        where[key] = where.get(key, 0) + 1
+
+    def completed(self) -> list[Trip]:
+        return [t for t in self.trips if t.acked is not None]
+
+    def missing(self) -> int:
+        return len(self.trips) - len(self.completed())
+
+    def throughput(self) -> float:
+        done = self.completed()
+        if not done or self.first_sent is None:
+            return 0.0
+        span = max(t.acked or 0.0 for t in done) - self.first_sent
+        return len(done) / span if span > 0 else 0.0
+
+    def latency(self, q: float) -> float:
+        return percentile([t.latency_ms() for t in self.completed()] or [float("nan")], q)
+
+    def drain_s(self) -> float:
+        done = self.completed()
+        return max(t.acked or 0.0 for t in done) - self.window_end if done else float("nan")
+
+
+class Conversations:
+    """The clients of one run: C job-centre slots, the receivers and the job centre's inbox."""
+
+    def __init__(
+        self, gw: RunningGateway, creds: dict[str, Any], requests: Requests, run: Run
+    ) -> None:
+        self.run = run
+        self.requests = requests
+        self.jobcenter = Api(gw.base_url, gw.api_key)
+        self.receivers = {
+            r.receiver.id: (
+                Api(gw.base_url, creds[r.receiver.id]["api_key"]),
+                OrgKeys.load(Path(creds[r.receiver.id]["private_keys"])),
+            )
+            for r in MIX
+        }
+        self.stop = asyncio.Event()
+
+    async def aclose(self) -> None:
+        await self.jobcenter.aclose()
+        for api, _ in self.receivers.values():
+            await api.aclose()
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), POLL_IDLE_S)
+
+    # the job centre's case system: submit, then wait for the acknowledged reply
+
+    async def slot(self, end: float) -> None:
+        run = self.run
+        while time.perf_counter() < end:
+            route, body = self.requests.next()
+            sent = time.perf_counter()
+            if run.first_sent is None:
+                run.first_sent = sent
+            try:
+                answer = await self.jobcenter.call("POST", ATTEST_PATH, body)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                run.count(run.statuses, type(exc).__name__)
+                await asyncio.sleep(POLL_IDLE_S)
+                continue
+            accepted = time.perf_counter()
+            run.count(run.statuses, str(answer.status))
+            if answer.status != 202:
+                await asyncio.sleep(POLL_IDLE_S)
+                continue
+            try:
+                cid = str(orjson.loads(answer.body)["conversation_id"])
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                run.count(run.errors, f"202 without a conversation id: {type(exc).__name__}")
+                continue
+            trip = Trip(cid, route.receiver.id, sent, accepted)
+            run.trips.append(trip)
+            if cid in run.early:  # the reply was read before the 202 was (never seen so far)
+                trip.in_inbox, trip.acked = run.early.pop(cid)
+                continue
+            run.pending[cid] = trip
+            await trip.done.wait()
+
+    async def inbox(self) -> None:
+        run = self.run
+        limit = asyncio.Semaphore(HANDLERS)
+
+        async def acknowledge(item: dict[str, Any], read_at: float) -> None:
+            async with limit:
+                try:
+                    answer = await self.jobcenter.call(
+                        "POST", f"/jobcenter/v1/inbox/{item['message_id']}/ack"
+                    )
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    run.count(run.errors, f"inbox ack: {type(exc).__name__}")
+                    return
+            if answer.status != 200:
+                run.count(run.errors, f"inbox ack: {answer.status}")
+                return
+            acked = time.perf_counter()
+            trip = run.pending.pop(item["conversation_id"], None)
+            if trip is None:
+                if any(t.conversation_id == item["conversation_id"] for t in run.trips):
+                    return  # a reply shown again (its ack crossed the read): counted once
+                run.other_replies += 1
+                run.early[item["conversation_id"]] = (read_at, acked)
+                return
+            trip.in_inbox, trip.acked = read_at, acked
+            trip.done.set()
+
+        while not self.stop.is_set():
+            try:
+                items = await self.jobcenter.get_items(f"/jobcenter/v1/inbox?limit={POLL_LIMIT}")
+            except (OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
+                run.count(run.errors, f"inbox read: {str(exc)[:60]}")
+                await self._idle()
+                continue
+            read_at = time.perf_counter()
+            if not items:
+                await self._idle()
+                continue
+            failed = sum(run.errors.values())
+            await asyncio.gather(*(acknowledge(i, read_at) for i in items))
+            if sum(run.errors.values()) > failed:
+                await self._idle()  # an unacknowledged reply is shown again: not in a tight loop
+
+    # a clinic's system: open, acknowledge, reply, collected
+
+    async def receiver(self, org_id: str) -> None:
+        run = self.run
+        api, keys = self.receivers[org_id]
+        limit = asyncio.Semaphore(HANDLERS)
+        fhir = "application/fhir+json"
+
+        async def post(what: str, path: str, body: bytes = b"", ok: int = 202) -> None:
+            answer = await api.call("POST", path, body, fhir)
+            if answer.status != ok:
+                run.count(run.errors, f"{org_id} {what}: {answer.status}")
+
+        async def handle(item: dict[str, Any]) -> None:
+            async with limit:
+                try:
+                    if item["message_type"] == MessageType.ATTEST_REQUEST.value:
+                        envelope = SealedEnvelope.model_validate(item["envelope"])
+                        key = next(
+                            k
+                            for k in keys.hpke_keys
+                            if k.key_id == envelope.header.recipient_key_id
+                        )
+                        request = parse_bundle(orjson.loads(open_envelope(envelope, key)))
+                        now = dt.datetime.now(dt.UTC)
+                        ack = build_acknowledgement(
+                            acked=request, message_id=str(uuid.uuid4()),
+                            bundle_id=str(uuid.uuid4()), sent_at=now, code="ok",
+                        )  # fmt: skip
+                        await post("acknowledgement", "/medcom/v1/messages", orjson.dumps(ack))
+                        reply = build_attest_reply(
+                            request=request, message_id=str(uuid.uuid4()),
+                            bundle_id=str(uuid.uuid4()), sent_at=now, text=REPLY_TEXT,
+                            pdf=REPLY_PDF,
+                        )  # fmt: skip
+                        await post("reply", "/medcom/v1/messages", orjson.dumps(reply))
+                except Exception as exc:  # counted and reported: the run goes on
+                    run.count(run.errors, f"{org_id}: {type(exc).__name__}: {str(exc)[:80]}")
+                try:  # collected even when answering failed: it is not handed out again
+                    path = f"/medcom/v1/mailbox/{item['message_id']}/collected"
+                    await post("collected", path, ok=200)
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    run.count(run.errors, f"{org_id} collected: {type(exc).__name__}")
+
+        while not self.stop.is_set():
+            try:
+                items = await api.get_items(f"/medcom/v1/mailbox?limit={POLL_LIMIT}")
+            except (OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
+                run.count(run.errors, f"{org_id} mailbox read: {str(exc)[:60]}")
+                await self._idle()
+                continue
+            if not items:
+                await self._idle()
+                continue
+            failed = sum(run.errors.values())
+            await asyncio.gather(*(handle(i) for i in items))
+            if sum(run.errors.values()) > failed:
+                await self._idle()  # what failed may be handed out again: not in a tight loop
+
+
+async def one_run(
+    gw: RunningGateway, creds: dict[str, Any], requests: Requests, window_s: float
+) -> Run:
+    """Settle, run the closed loop for `window_s` and drain, settle again; account."""
+    run = Run(window_s)
+    before, _ = await settle(gw, SETTLE_S)
+    cpu0, client_cpu0 = cpu_seconds(gw.proc.pid), time.process_time()
+    clients = Conversations(gw, creds, requests, run)
+    pollers = [asyncio.create_task(clients.inbox())] + [
+        asyncio.create_task(clients.receiver(org_id)) for org_id in clients.receivers
+    ]
+    end = time.perf_counter() + window_s
+    slots = [asyncio.create_task(clients.slot(end)) for _ in range(CONCURRENCY)]
+    run.window_end = end
+    deadline = end + DRAIN_S + 4 * window_s
+    try:
+        while not all(t.done() for t in slots):
+            running = [t for t in [*slots, *pollers] if not t.done()]
+            await asyncio.wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            for task in [*slots, *pollers]:
+                if task.done() and not task.cancelled():
+                    task.result()  # a client task that failed: show why
+            if gw.exited():
+                raise RuntimeError("the gateway exited during the run")
+            if time.perf_counter() > deadline:
+                break  # the conversations still in flight count as missing
+    finally:
+        clients.stop.set()
+        for task in slots:
+            task.cancel()
+        await asyncio.gather(*pollers, *slots, return_exceptions=True)
+        await clients.aclose()
+    run.extra["clients_cpu_s"] = time.process_time() - client_cpu0
+    after, settled = await settle(gw, SETTLE_S)
+    completed = max(1, len(run.completed()))
+    run.extra["gateway_cpu_ms"] = (cpu_seconds(gw.proc.pid) - cpu0) * 1000 / completed
+    run.extra["statements_per_round_trip"] = (
+        after.total(STATEMENTS) - before.total(STATEMENTS)
+    ) / completed
+    run.extra["settled"] = settled
+    run.extra["rss_mib"] = peak_rss_mib(gw.proc.pid)
+    run.extra["segments_ms"] = await segments(gw, run)
+    if run.missing():
+        console.print(
+            f"  [red]{run.missing()} accepted request(s) got no acknowledged reply within "
+            f"{DRAIN_S + 4 * window_s:.0f} s after the window[/red]"
+        )
+    if run.errors:
+        console.print(f"  [yellow]client errors: {run.errors}[/yellow]")
+    return run
+
+
+# --- where the time goes, from the gateway's own records -------------------------------------
+
+SEGMENTS: tuple[tuple[str, Stage, Stage], ...] = (
+    ("submitted→in_mailbox", Stage.SUBMITTED, Stage.IN_MAILBOX),
+    ("in_mailbox→replied", Stage.IN_MAILBOX, Stage.REPLIED),
+    ("replied→reply_in_inbox", Stage.REPLIED, Stage.REPLY_IN_INBOX),
+    ("reply_in_inbox→reply_fetched", Stage.REPLY_IN_INBOX, Stage.REPLY_FETCHED),
+)
+
+
+def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+async def segments(gw: RunningGateway, run: Run) -> dict[str, dict[str, float]]:
+    """p50 and p99 ms of each leg of the completed conversations, from the `stages` table
+    (the gateway's wall clock): delivery of the request, the receiver's turn (its poll,
+    opening, acknowledgement and reply), delivery of the reply, the job centre's poll."""
+    ids = [t.conversation_id for t in run.completed()]
+    at: dict[str, dict[str, float]] = {}
+    engine = make_engine(gw.database_url)
+    try:
+        async with engine.connect() as conn:
+            for chunk in _chunks(ids):
+                rows = await conn.execute(
+                    sa.select(stages.c.conversation_id, stages.c.stage, stages.c.at).where(
+                        stages.c.conversation_id.in_(chunk)
+                    )
+                )
+                for r in rows:
+                    at.setdefault(r.conversation_id, {})[r.stage] = aware(r.at).timestamp()
+    finally:
+        await engine.dispose()
+    out: dict[str, dict[str, float]] = {}
+    for name, start, stop in SEGMENTS:
+        ms = [
+            (s[stop.value] - s[start.value]) * 1000
+            for s in at.values()
+            if start.value in s and stop.value in s
+        ]
+        if ms:
+            out[name] = {"p50": round(percentile(ms, 50), 1), "p99": round(percentile(ms, 99), 1)}
+    return out
+
+
+# --- the suite -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Database:
+    kind: str
+    prefix: str  # of the figures' names
+    label: str
+    ingest: str  # the prefix of the ingest figures it is compared with
+
+
+DATABASES = {
+    "sqlite": Database("sqlite", "roundtrip.", "SQLite", "ingest."),
+    "postgres": Database("postgres", "roundtrip.pg.", "PostgreSQL", "ingest.pg."),
+}
+
+
+def _extra(runs: list[Run]) -> dict[str, Any]:
+    return {
+        "concurrency": CONCURRENCY,
+        "window_s": runs[0].window_s if runs else None,
+        "poll_idle_s": POLL_IDLE_S,
+        "round_trips": [len(r.completed()) for r in runs],
+        "by_receiver": [
+            {
+                org: sum(1 for t in r.completed() if t.receiver == org)
+                for org in (GP.id, PSYCHIATRY.id)
+            }
+            for r in runs
+        ],
+        "submit_statuses": [r.statuses for r in runs],
+        "missing": [r.missing() for r in runs],
+        "client_errors": [r.errors for r in runs],
+        "other_replies": [r.other_replies for r in runs],
+        "drain_s": [round(r.drain_s(), 2) for r in runs],
+        "latency_ms_mean": [
+            round(statistics.fmean(t.latency_ms() for t in r.completed()), 1)
+            if r.completed()
+            else None
+            for r in runs
+        ],
+        "gateway_cpu_ms_per_round_trip": [round(r.extra["gateway_cpu_ms"], 2) for r in runs],
+        "statements_per_round_trip": [round(r.extra["statements_per_round_trip"], 1) for r in runs],
+        "settled": [r.extra["settled"] for r in runs],
+        "clients_cpu_s": [round(r.extra["clients_cpu_s"], 2) for r in runs],
+        "gateway_segments_ms": [r.extra["segments_ms"] for r in runs],
+    }
+
+
+def _notes(runs: list[Run]) -> list[str]:
+    notes: list[str] = []
+    bad = {k: v for r in runs for k, v in r.statuses.items() if k != "202"}
+    if bad:
+        notes.append(f"non-202 answers to the job centre's requests: {bad}")
+    missing = sum(r.missing() for r in runs)
+    if missing:
+        notes.append(f"{missing} accepted request(s) got no acknowledged reply in time")
+    errors = sum(sum(r.errors.values()) for r in runs)
+    if errors:
+        notes.append(f"{errors} client error(s) (see extra.client_errors)")
+    return notes
+
+
+async def run_database(ctx: BenchContext, db: Database) -> list[Figure]:
+    window = 3.0 if ctx.quick else 15.0
+    done: list[Run] = []
+    async with gateway(ctx, db.kind, "roundtrip") as gw:
+        creds = json.loads(
+            await asyncio.to_thread((gw.var_dir / "demo-credentials.json").read_text)
+        )
+        requests = Requests(SEED)
+
+        async def once(_i: int) -> float:
+            run = await one_run(gw, creds, requests, window)
+            done.append(run)
+            return run.throughput()
+
+        values = await repeat(ctx, f"{db.prefix}max", once)
+    runs = done[ctx.warmup :]
+    extra = _extra(runs)
+    notes = _notes(runs)
+    clock = (
+        f"closed loop, {CONCURRENCY} conversations in flight for {window:.0f} s, then drained; "
+        "one gateway process serves every run of the database"
+    )
+    latency_note = (
+        "the benchmark process's monotonic clock, from the 202 answer to the request to the "
+        "answer of the job centre's inbox read that returned its reply; includes both polls "
+        f"(idle sleep {POLL_IDLE_S} s) and the receiver's work"
+    )
+
+    def figure(
+        name: str, label: str, unit: str, runs_: list[float], note: str, **kw: Any
+    ) -> Figure:
+        return Figure(
+            name=f"{db.prefix}{name}",
+            label=f"{label} ({db.label})",
+            unit=unit,
+            runs=runs_,
+            notes="; ".join([note, *notes]),
+            extra=extra,
+            **kw,
+        )
+
+    return [
+        figure(
+            "max", "full round trip, request → reply acknowledged, max", "round trips/s", values,
+            f"{MIX_NOTE}; {clock}; round trips whose reply the job centre read and acknowledged "
+            "/ (last acknowledgement − first request sent), on the benchmark process's "
+            "monotonic clock", baseline=f"{db.ingest}max",
+        ),
+        figure(
+            "p50", "full round trip, 202 → reply read from the inbox, p50", "ms",
+            [r.latency(50) for r in runs], f"{latency_note}; {clock}", higher_is_better=False,
+        ),
+        figure(
+            "p99", "full round trip, 202 → reply read from the inbox, p99", "ms",
+            [r.latency(99) for r in runs], f"{latency_note}; {clock}", higher_is_better=False,
+        ),
+        figure(
+            "cpu_ms", "gateway CPU per full round trip", "CPU ms/round trip",
+            [r.extra["gateway_cpu_ms"] for r in runs],
+            "user + system CPU of the gateway process from a settled state before the load "
+            "to a settled one after it (every record of medcom.messages and gateway.tracking "
+            "consumed), divided by the completed round trips; the broker is not counted",
+            higher_is_better=False,
+        ),
+        figure(
+            "rss", "gateway peak RSS, full round trips", "MiB",
+            [r.extra["rss_mib"] for r in runs],
+            "VmHWM of the one gateway process after each run (its peak so far)",
+            higher_is_better=False,
+        ),
+    ]  # fmt: skip
+
+
+async def run(ctx: BenchContext) -> list[Figure]:
+    figures: list[Figure] = []
+    for key in os.environ.get("BENCH_ROUNDTRIP_DBS", ",".join(DATABASES)).split(","):
+        db = DATABASES[key]
+        try:
+            figures += await run_database(ctx, db)
+        except (OSError, asyncpg.PostgresError) as exc:
+            if db.kind != "postgres":
+                raise
+            console.print(f"  [yellow]{db.label} skipped: {type(exc).__name__}: {exc}[/yellow]")
+    return figures
