@@ -78,6 +78,9 @@ def render(figures: list[Figure], info: dict[str, Any], args: argparse.Namespace
             f"| {f.label} | {_fmt(f.median, f.unit)} | {_fmt(lo, f.unit)}–{_fmt(hi, f.unit)} "
             f"| {f.unit} | {base} | {'' if r is None else f'{r:.2f}'} |"
         )
+    if info.get("failed_suites"):
+        lines += ["", "**Suites that failed in this run** (their figures are missing):", ""]
+        lines += [f"- {failure}" for failure in info["failed_suites"]]
     notes = [f for f in figures if f.notes]
     if notes:
         lines += ["", "Notes:", ""]
@@ -128,8 +131,12 @@ async def main(args: argparse.Namespace) -> int:
             if key not in selected:
                 continue
             console.rule(f"[bold]{key}")
-            module = importlib.import_module(module_name)
-            figures += await module.run(ctx)
+            try:
+                module = importlib.import_module(module_name)
+                figures += await module.run(ctx)
+            except Exception as exc:  # one broken suite must not lose the others' figures
+                console.print_exception()
+                info.setdefault("failed_suites", []).append(f"{key}: {type(exc).__name__}: {exc}")
     finally:
         broker.stop()
     if args.write:
