@@ -481,6 +481,12 @@ async def one_run(
     run.extra["settled"] = settled
     run.extra["rss_mib"] = peak_rss_mib(gw.proc.pid)
     run.extra["segments_ms"] = await segments(gw, run)
+    console.print(
+        f"  {len(run.completed())} round trips, 202 → inbox p50 {run.latency(50):,.1f} ms, "
+        f"p99 {run.latency(99):,.1f} ms; gateway {run.extra['gateway_cpu_ms']:.1f} CPU "
+        f"ms/round trip, peak RSS {run.extra['rss_mib']:.0f} MiB, "
+        f"{run.extra['statements_per_round_trip']:.1f} SQL statements/round trip"
+    )
     if run.missing():
         console.print(
             f"  [red]{run.missing()} accepted request(s) got no acknowledged reply within "
