@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.gateway import directory
 from attest_gateway.gateway.bus import Topics
 from attest_gateway.gateway.crypto import KeyRing, seal
 from attest_gateway.gateway.errors import Unprocessable
-from attest_gateway.gateway.store.db import insert_ignore
+from attest_gateway.gateway.store.db import dialect_insert, insert_ignore
 from attest_gateway.gateway.store.tables import conversations, outbox, sent_messages, stages
 from attest_gateway.schemas.envelope import CONTENT_TYPE, EnvelopeHeader, SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage, StageEvent
@@ -239,11 +238,9 @@ async def record_stages(conn: AsyncConnection, topics: Topics, items: Sequence[S
     if not items:
         return 0
     items = sorted(items, key=lambda i: (i.conv.id, i.stage.value))  # one lock order for all
-    insert: Any = (
-        postgresql.insert(stages) if conn.dialect.name == "postgresql" else sqlite.insert(stages)
-    )
     result = await conn.execute(
-        insert.values(
+        dialect_insert(conn.dialect.name, stages)
+        .values(
             [
                 {
                     "conversation_id": i.conv.id,

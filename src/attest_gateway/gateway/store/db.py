@@ -36,15 +36,18 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+def dialect_insert(dialect: str, table: sa.Table) -> Any:
+    """The dialect's INSERT, which has `on_conflict_do_nothing/do_update` on both."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {dialect}")  # pragma: no cover
+
+
 async def insert_ignore(conn: AsyncConnection, table: sa.Table, values: dict[str, Any]) -> bool:
     """Insert one row unless its key exists already. True when the row is new."""
-    stmt: Any
-    if conn.dialect.name == "postgresql":
-        stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    elif conn.dialect.name == "sqlite":
-        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only the two dialects are supported
-        raise RuntimeError(f"unsupported database dialect {conn.dialect.name}")
+    stmt = dialect_insert(conn.dialect.name, table).values(**values).on_conflict_do_nothing()
     result = await conn.execute(stmt)
     return bool(result.rowcount == 1)
 

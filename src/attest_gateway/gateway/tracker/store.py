@@ -21,10 +21,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from attest_gateway.gateway.store.db import dialect_insert
 from attest_gateway.gateway.store.tables import (
     tracker_cell_citizens,
     tracker_counts,
@@ -46,25 +45,17 @@ COUNTERS = (
 )
 
 
-def _insert(dialect: str, table: sa.Table) -> Any:
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise RuntimeError(f"unsupported database dialect {dialect}")  # pragma: no cover
-
-
 @functools.cache
 def _statements(dialect: str) -> dict[str, Any]:
     """The three upserts, built once per dialect and executed with a list of rows, so that
     SQLAlchemy compiles each once (compiling multi-row VALUES every time cost most of an
     event's time)."""
-    counts = _insert(dialect, tracker_counts)
+    counts = dialect_insert(dialect, tracker_counts)
     counts = counts.on_conflict_do_update(
         index_elements=list(CELL_COLUMNS),
         set_={k: tracker_counts.c[k] + counts.excluded[k] for k in COUNTERS},
     )
-    durations = _insert(dialect, tracker_durations)
+    durations = dialect_insert(dialect, tracker_durations)
     durations = durations.on_conflict_do_update(
         index_elements=["metric", *CELL_COLUMNS, "bucket"],
         set_={"n": tracker_durations.c.n + durations.excluded.n},
@@ -72,7 +63,7 @@ def _statements(dialect: str) -> dict[str, Any]:
     # Unordered RETURNING: SQLAlchemy then sends the rows as one multi-row INSERT (asking for
     # parameter order made it send one statement per row: 22 round trips per request).
     citizens = (
-        _insert(dialect, tracker_cell_citizens)
+        dialect_insert(dialect, tracker_cell_citizens)
         .on_conflict_do_nothing()
         .returning(*(tracker_cell_citizens.c[k] for k in CELL_COLUMNS))
     )
