@@ -23,6 +23,11 @@ MASK = "******-****"
 GLN = "5790001348120"
 PHONE = "12345678"
 _CPR_SHAPE = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
+_UUID_SHAPE = re.compile(
+    r"(?<![0-9a-fA-F])[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![0-9a-fA-F])"
+)
+# A conversation id whose first dash sits between six and four digits, as one in ~300 do.
+CPR_SHAPED_UUID = "8f673264-9048-40f2-b9d8-d4f439e42025"
 
 
 def _redact(event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +46,9 @@ def _redact(event_dict: dict[str, Any]) -> dict[str, Any]:
         (f"{CPR_DASHED},{CPR}", f"{MASK},{MASK}"),
         (f"cpr={CPR}.", f"cpr={MASK}."),
         (f"abc{CPR}xyz", f"abc{MASK}xyz"),
+        (f"{CPR_SHAPED_UUID} {CPR}", f"{CPR_SHAPED_UUID} {MASK}"),
+        (f"{CPR_DASHED}-40f2-b9d8-d4f439e42025", f"{MASK}-40f2-b9d8-d4f439e42025"),
+        (f"a{CPR_SHAPED_UUID}", f"a8f{MASK}-40f2-b9d8-d4f439e42025"),  # not a whole UUID
     ],
 )
 def test_masks_cpr_shaped_strings(text: str, expected: str) -> None:
@@ -60,6 +68,8 @@ def test_masks_cpr_shaped_strings(text: str, expected: str) -> None:
         "0101901-234",  # dash in the wrong place
         "2026-01-31T09:30:00.123456Z",
         "6f1c2a8e-3b7d-4c1e-9a0f-2d5e8b7c4a11",
+        CPR_SHAPED_UUID,
+        f"conversation {CPR_SHAPED_UUID.upper()}.",
         "LÆ 265",
     ],
 )
@@ -90,13 +100,16 @@ def test_masks_nested_dicts_lists_and_tuples() -> None:
 
 
 _TEXT = st.text(alphabet=st.sampled_from("0123456789-- ax/"), max_size=60)
+_UUID_TEXT = st.lists(st.one_of(_TEXT, st.uuids().map(str)), min_size=1, max_size=4).map(" ".join)
 
 
 @settings(max_examples=300)
-@given(text=_TEXT)
-def test_no_cpr_shape_survives(text: str) -> None:
+@given(text=st.one_of(_TEXT, _UUID_TEXT))
+def test_no_cpr_shape_survives_outside_uuids(text: str) -> None:
     out = _redact({"event": text, "nested": [{"v": text}]})
-    assert _CPR_SHAPE.search(out["event"]) is None
+    assert _CPR_SHAPE.search(_UUID_SHAPE.sub(" ", out["event"])) is None
+    kept = [m.group() for m in _UUID_SHAPE.finditer(out["event"])]
+    assert kept == [m.group() for m in _UUID_SHAPE.finditer(text)]
     assert out["nested"] == [{"v": out["event"]}]
     if _CPR_SHAPE.search(text) is None:
         assert out["event"] == text

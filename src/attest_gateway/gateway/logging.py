@@ -2,7 +2,9 @@
 
 Standard-library records (aiokafka, uvicorn, alembic) go through the same processors. A
 redaction processor masks anything shaped like a CPR number in every string value, as a
-last line of defence: the code itself never logs payloads or CPR numbers.
+last line of defence: the code itself never logs payloads or CPR numbers. UUIDs (conversation,
+message and correlation ids) are left whole: about one in 300 random UUIDs has a CPR-shaped
+run across its first dash ("8f673264-9048-…"), and masking it would cut the id out of the log.
 """
 
 from __future__ import annotations
@@ -15,12 +17,26 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor
 
-_CPR_LIKE = re.compile(r"(?<!\d)(\d{6})-?(\d{4})(?!\d)")
+_HEX = "[0-9a-fA-F]"
+# A whole UUID (kept, group 1) or a CPR-shaped run: six digits, an optional dash, four digits.
+_CPR_LIKE = re.compile(
+    rf"(?<!{_HEX})({_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}})(?!{_HEX})"
+    r"|(?<!\d)\d{6}-?\d{4}(?!\d)"
+)
+_MASK = "******-****"
+
+
+def _keep_uuid(match: re.Match[str]) -> str:
+    return match.group(1) or _MASK
+
+
+def _mask_str(value: str) -> str:
+    return _CPR_LIKE.sub(_keep_uuid, value)
 
 
 def _mask(value: Any) -> Any:
     if isinstance(value, str):
-        return _CPR_LIKE.sub("******-****", value)
+        return _mask_str(value)
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, dict):
@@ -32,7 +48,7 @@ def _mask(value: Any) -> Any:
     if isinstance(value, list | set | frozenset):
         return [_mask(v) for v in value]
     # Anything else would be rendered with its repr/str later, after this processor.
-    return _CPR_LIKE.sub("******-****", str(value))
+    return _mask_str(str(value))
 
 
 def redact_cpr(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
