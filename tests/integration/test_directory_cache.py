@@ -347,6 +347,53 @@ async def test_a_transaction_sees_its_own_directory_writes(store: Store) -> None
         assert await directory.hpke_key_owner(conn, gp_keys.current_hpke.key_id) == gp.id
 
 
+# --- one generation per HTTP request ---------------------------------------------------------
+
+
+async def test_a_request_reads_the_generation_it_first_checked(store: Store) -> None:
+    """Inside `request_view` (one HTTP request) the first check fixes the snapshot: a change
+    committed elsewhere meanwhile counts from the next request on, and a request that writes
+    the directory reads it as it is from then on."""
+    now = utcnow()
+    api_key = store.api_keys[PSY.id]
+    with directory.request_view():
+        with statements(store.reader) as seen:
+            async with store.reader.connect() as conn:  # the authentication
+                assert await directory.org_by_api_key(conn, api_key) is not None
+        assert directory_statements(seen)["token"] == 1
+        await elsewhere(
+            store.writer, "UPDATE organisations SET enabled = :e WHERE id = :id", e=False, id=PSY.id
+        )
+        with statements(store.reader) as seen:
+            async with store.reader.begin() as conn:  # the request's own transaction
+                org = await directory.org_by_id(conn, PSY.id)
+                assert org is not None
+                assert org.enabled  # as authenticated
+        assert directory_statements(seen) == {"token": 0, "organisations": 0, "org_keys": 0}
+        async with store.reader.begin() as conn:
+            await directory.execute_write(
+                conn,
+                tables.organisations.update()
+                .where(tables.organisations.c.id == JC.id)
+                .values(name="Jobcenter Omdøbt"),
+            )
+        async with store.reader.connect() as conn:  # after its own write: checked again
+            jc = await directory.org_by_id(conn, JC.id)
+            assert jc is not None
+            assert jc.name == "Jobcenter Omdøbt"
+            psy = await directory.org_by_id(conn, PSY.id)
+            assert psy is not None
+            assert not psy.enabled
+    with directory.request_view():  # the next request
+        async with store.reader.connect() as conn:
+            assert await directory.org_by_api_key(conn, api_key) is not None
+            assert await directory.org_by_client_certificate(conn, FINGERPRINT, now) is None
+    async with store.reader.connect() as conn:  # outside a request: every transaction checks
+        org = await directory.org_by_id(conn, PSY.id)
+        assert org is not None
+        assert not org.enabled
+
+
 # --- a re-created database -------------------------------------------------------------------
 
 
@@ -459,13 +506,15 @@ async def test_an_old_schema_is_read_directly_until_migrated(kind: str, tmp_path
 
 
 @pytest.mark.parametrize("kind", DB_KINDS)
-async def test_an_accepted_request_checks_the_directory_three_times(
+async def test_an_accepted_request_checks_the_directory_twice(
     kind: str, tmp_path: Path, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Authentication, the request's transaction and its delivery each check the token once
-    and read nothing else of the directory (was: nine queries of the two tables)."""
-    # No sweeps in the window: only the request and its delivery touch the database.
-    quiet = {"sweep_interval_seconds": 3600.0, "tracker_sweep_seconds": 3600.0}
+    """Authentication and the delivery each check the token once (the request's own
+    transaction reads the generation its authentication checked) and read nothing else of the
+    directory (was: nine queries of the two tables, then three token checks)."""
+    # No sweeps and no tracker in the window: only the request and its delivery touch the
+    # database (the tracker's first event of a conversation looks up the receiver's role).
+    quiet = {"sweep_interval_seconds": 3600.0, "tracker_enabled": False}
     async with running_gateway(kind, tmp_path, broker.bootstrap, **quiet) as h:
 
         async def accept() -> dict[str, int]:
@@ -491,7 +540,7 @@ async def test_an_accepted_request_checks_the_directory_three_times(
 
         await accept()  # the snapshot is loaded
         cached = await accept()
-        assert cached == {"token": 3, "organisations": 0, "org_keys": 0}
+        assert cached == {"token": 2, "organisations": 0, "org_keys": 0}
 
         async def no_snapshot(_conn: Any) -> None:
             return None

@@ -62,3 +62,16 @@ async def test_keys_check_needs_the_gateway_key_in_the_directory(harness: Harnes
     with pytest.raises(health.NotReady, match="key file is not loaded"):
         await health.check_keys(without_keys)
     await health.check_keys(harness.gw)
+
+
+async def test_every_answer_carries_a_correlation_id(harness: Harness) -> None:
+    """The caller's X-Correlation-Id comes back unchanged; without one the gateway makes one,
+    on success and on problem answers alike."""
+    given = await harness.client.get("/healthz", headers={"X-Correlation-Id": "case-4711"})
+    assert given.headers["x-correlation-id"] == "case-4711"
+    made = await harness.client.get("/healthz")
+    other = await harness.client.get("/jobcenter/v1/inbox")  # no credentials: 401
+    assert other.status_code == 401
+    ids = [made.headers["x-correlation-id"], other.headers["x-correlation-id"]]
+    assert all(len(i) == 36 for i in ids)
+    assert ids[0] != ids[1]

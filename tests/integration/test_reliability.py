@@ -61,10 +61,13 @@ async def test_sweeper_republishes_what_reached_no_mailbox(harness: Harness) -> 
         await conn.execute(
             tables.outbox.update()
             .where(tables.outbox.c.message_id == accepted["message_id"])
-            # published an hour ago: only the re-publish rule applies, not a recent replay
-            .values(delivered_at=None, published_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+            # Published 5 minutes ago: not yet due for the gateway's own background sweeper
+            # (REPUBLISH_AFTER is 10 minutes), which would otherwise race this test for it.
+            .values(
+                delivered_at=None, published_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+            )
         )
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)  # past REPUBLISH_AFTER
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)  # past REPUBLISH_AFTER for it
     report = await sweeper(h).sweep_once(later)
     assert report.republished >= 1
     item = await mailbox_item(h, PSY, accepted["message_id"])

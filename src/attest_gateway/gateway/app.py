@@ -17,8 +17,8 @@ from attest_gateway.gateway.config import Settings
 from attest_gateway.gateway.health import router as health_router
 from attest_gateway.gateway.http import (
     BodyLimitMiddleware,
+    RequestLogMiddleware,
     install_error_handlers,
-    install_request_log,
 )
 from attest_gateway.gateway.metrics import StoreGauges
 from attest_gateway.gateway.metrics import router as metrics_router
@@ -56,7 +56,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    install_request_log(app)
+    app.add_middleware(RequestLogMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.state.settings = settings
     app.state.store_gauges = StoreGauges() if run_consumers else None

@@ -206,6 +206,10 @@ class ConsumerLoop:
     dead-lettered), after each batch and before a rebalance takes partitions away. `stop()`
     lets the record in hand finish (up to `shutdown_grace_seconds`), commits, and leaves the
     group; work cut off after the grace period is not committed, so it is redone.
+
+    `partitions_at_once`: the partitions of a poll are handled concurrently (each in its own
+    order), for handlers whose records of different partitions never contend for the same
+    rows in the store (delivery: one conversation per key). Otherwise one after the other.
     """
 
     def __init__(
@@ -218,8 +222,10 @@ class ConsumerLoop:
         handler: Handler,
         producer: AIOKafkaProducer,
         dead_letter_topic: str,
+        partitions_at_once: bool = False,
     ) -> None:
         self._settings = settings
+        self._partitions_at_once = partitions_at_once
         self.topic = topic
         self._handler = handler
         candidate: object = handler
@@ -232,6 +238,7 @@ class ConsumerLoop:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=200,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
         self._finished: dict[TopicPartition, int] = {}
         # Bumped at every rebalance: a record fetched before it may not be committed after it
@@ -301,31 +308,46 @@ class ConsumerLoop:
                 await asyncio.sleep(1)
                 continue
             generation = self._generation
-            for tp, records in batch.items():
-                together = await self._process_together(records)
-                for record in records:
-                    if record.offset in together:
-                        if self._generation == generation:
-                            self._finished[tp] = record.offset
-                        continue
-                    if self._stopping.is_set():
-                        # Not handled: seek back so nothing is skipped if we keep the partition.
-                        self._consumer.seek(tp, record.offset)
-                        break
-                    try:
-                        await self._process(record)
-                    except Exception:  # e.g. the dead-letter topic is unreachable: redo it
-                        log.exception("consumer.record_failed", topic=self.topic)
-                        self._consumer.seek(tp, record.offset)
-                        await asyncio.sleep(1)
-                        break
-                    if self._generation == generation:
-                        self._finished[tp] = record.offset
+            partitions = [
+                self._handle_partition(tp, records, generation) for tp, records in batch.items()
+            ]
+            if self._partitions_at_once:
+                await asyncio.gather(*partitions)
+            else:
+                for partition in partitions:
+                    await partition
             await metrics.observe_lag(self._consumer, self.topic)
             try:
                 await self.commit_finished()
             except KafkaError as exc:  # e.g. a rebalance: the records will be seen again
                 log.warning("consumer.commit_failed", topic=self.topic, error=type(exc).__name__)
+
+    async def _handle_partition(
+        self,
+        tp: TopicPartition,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        generation: int,
+    ) -> None:
+        """One partition's polled records, in offset order."""
+        together = await self._process_together(records)
+        for record in records:
+            if record.offset in together:
+                if self._generation == generation:
+                    self._finished[tp] = record.offset
+                continue
+            if self._stopping.is_set():
+                # Not handled: seek back so nothing is skipped if we keep the partition.
+                self._consumer.seek(tp, record.offset)
+                break
+            try:
+                await self._process(record)
+            except Exception:  # e.g. the dead-letter topic is unreachable: redo it
+                log.exception("consumer.record_failed", topic=self.topic)
+                self._consumer.seek(tp, record.offset)
+                await asyncio.sleep(1)
+                break
+            if self._generation == generation:
+                self._finished[tp] = record.offset
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(

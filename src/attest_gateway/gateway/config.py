@@ -39,6 +39,23 @@ class Settings(BaseSettings):
     kafka_idempotent_producer: bool = Field(
         default=False, description="enable with Apache Kafka; the embedded broker lacks it"
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        default=50,
+        ge=1,
+        le=30_000,
+        description=(
+            "longest a consumer's fetch waits for records at the broker; also the longest an "
+            "idle consumer takes to see a new record on a broker that does not answer a "
+            "waiting fetch when records arrive (the embedded one)"
+        ),
+    )
+    delivery_partitions_at_once: bool = Field(
+        default=True,
+        description=(
+            "deliver the records of a poll's partitions concurrently (each partition in order); "
+            "false: one partition after the other"
+        ),
+    )
     kafka_group_prefix: str = Field(default="attest-gateway", description="consumer group prefix")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = Field(
         default="PLAINTEXT", description="SSL: TLS to the brokers (required in production)"

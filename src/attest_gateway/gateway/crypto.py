@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -68,12 +69,22 @@ class PublicHpkeKey:
 
     @classmethod
     def decode(cls, key_id: str, suite: Suite, encoded: str) -> PublicHpkeKey:
+        """The key of a directory row (remembered: every message sealed to it parses it)."""
+        return _decode_public_hpke(key_id, suite, encoded)
+
+    @classmethod
+    def _decode(cls, key_id: str, suite: Suite, encoded: str) -> PublicHpkeKey:
         raw = _unb64(encoded)
         if suite.startswith("MLKEM768_X25519"):
             mlkem_pub = mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUBLIC_LEN])
             x_pub = x25519.X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUBLIC_LEN:])
             return cls(key_id, suite, hpke.MLKEM768X25519PublicKey(mlkem_pub, x_pub))
         return cls(key_id, suite, x25519.X25519PublicKey.from_public_bytes(raw))
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_public_hpke(key_id: str, suite: Suite, encoded: str) -> PublicHpkeKey:
+    return PublicHpkeKey._decode(key_id, suite, encoded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +159,7 @@ class SigningKey:
         return _b64(self.key.public_key().public_bytes_raw())
 
 
+@functools.lru_cache(maxsize=1024)
 def decode_verify_key(encoded: str) -> ed25519.Ed25519PublicKey:
     return ed25519.Ed25519PublicKey.from_public_bytes(_unb64(encoded))
 

@@ -23,6 +23,11 @@ tables, whoever writes, and a snapshot is filed under the token it was read at.
   calls `note_directory_write` after its write.
 - Without the `directory_generation` table (a database not migrated to 0008), every lookup
   queries the tables as before; the cache starts once the table appears.
+- One HTTP request sees one generation (`request_view`, entered by the request middleware):
+  its first check (the authentication's) fixes the snapshot that its later transactions use
+  without checking again, so a request is served against the directory it was authenticated
+  with, and saves a query per transaction. A request that writes the directory drops the view
+  and checks as above from then on.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import datetime as dt
 import hashlib
 import secrets
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
@@ -225,6 +232,31 @@ _engines: weakref.WeakKeyDictionary[Engine, _EngineCache] = weakref.WeakKeyDicti
 # the directory directly (it wrote the directory, or the schema has no generation table).
 _checked: weakref.WeakKeyDictionary[Transaction, _Snapshot | None] = weakref.WeakKeyDictionary()
 
+
+@dataclass(slots=True)
+class _RequestView:
+    """The snapshot one HTTP request reads, fixed by its first token check."""
+
+    engine: Engine | None = None
+    snapshot: _Snapshot | None = None
+    open: bool = True  # False: the request is over, or it wrote the directory
+
+
+_request_view: ContextVar[_RequestView | None] = ContextVar("directory_request_view", default=None)
+
+
+@contextmanager
+def request_view() -> Iterator[None]:
+    """Inside: the transactions of one request read the directory as of its first check."""
+    view = _RequestView()
+    token = _request_view.set(view)
+    try:
+        yield
+    finally:
+        view.open = False  # also for tasks that copied the context
+        _request_view.reset(token)
+
+
 _NEWEST_FIRST = (org_keys.c.created_at.desc(), org_keys.c.key_id.desc())
 GENERATION_QUERY = sa.select(directory_generation.c.token).where(directory_generation.c.id == 1)
 
@@ -242,10 +274,16 @@ async def _snapshot(conn: AsyncConnection) -> _Snapshot | None:
     tx = sync.get_transaction()
     if tx is not None and tx in _checked:
         return _checked[tx]
-    cache = _engines.get(sync.engine)
-    if cache is None:
-        cache = _engines.setdefault(sync.engine, _EngineCache())
-    snapshot = await _current(conn, cache)
+    view = _request_view.get()
+    if view is not None and view.open and view.snapshot is not None and view.engine is sync.engine:
+        snapshot: _Snapshot | None = view.snapshot
+    else:
+        cache = _engines.get(sync.engine)
+        if cache is None:
+            cache = _engines.setdefault(sync.engine, _EngineCache())
+        snapshot = await _current(conn, cache)
+        if view is not None and view.open and view.snapshot is None and snapshot is not None:
+            view.engine, view.snapshot = sync.engine, snapshot
     tx = sync.get_transaction()  # the query above began it, if none had begun
     if tx is not None:
         _checked[tx] = snapshot
@@ -305,6 +343,9 @@ def note_directory_write(conn: AsyncConnection) -> None:
     tx = _sync(conn).get_transaction()
     if tx is not None:
         _checked[tx] = None
+    view = _request_view.get()
+    if view is not None:  # the request's later transactions must see what it wrote
+        view.open = False
 
 
 async def execute_write(conn: AsyncConnection, statement: sa.Executable) -> Any:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +31,7 @@ from attest_gateway.gateway.errors import (
     problem_for,
 )
 from attest_gateway.gateway.runtime import Gateway
+from attest_gateway.gateway.store.db import autocommit
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +67,7 @@ async def authenticated(request: Request) -> Organisation:
         )
     by_cert: Organisation | None = None
     async with gw.engine.connect() as conn:
+        await autocommit(conn)
         if pem is not None:
             by_cert = await directory.org_by_client_certificate(
                 conn, mtls.fingerprint_of(pem), utcnow()
@@ -144,7 +147,24 @@ def install_error_handlers(app: FastAPI) -> None:
             GatewayError("internal-error", "an internal error occurred"), request
         )
 
+    async def on_database_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, sa.exc.DBAPIError) and not (
+            exc.connection_invalidated
+            or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+        ):
+            return await on_crash(request, exc)  # e.g. a constraint: a bug, not an outage
+        log.warning("http.database_unavailable", error=type(exc).__name__)
+        return problem_response(
+            Unavailable(
+                "database-unavailable",
+                "the gateway's database cannot be reached right now; retry later",
+            ),
+            request,
+        )
+
     app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(sa.exc.DBAPIError, on_database_error)
+    app.add_exception_handler(ConnectionError, on_database_error)  # connecting failed
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_crash)
@@ -211,26 +231,41 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def install_request_log(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_log(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        correlation_id = request.headers.get("x-correlation-id") or str(uuid.uuid4())
+class RequestLogMiddleware:
+    """Per request: a correlation id (the caller's `X-Correlation-Id`, else a new one) bound
+    to every log line and echoed in the answer, one directory generation for the whole
+    request (`directory.request_view`), the request metrics and one `http.request` log line
+    (pure ASGI: no extra task and stream per request, as `BaseHTTPMiddleware` would)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        correlation_id = Headers(scope=scope).get("x-correlation-id") or str(uuid.uuid4())
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
         started = time.perf_counter()
-        response = await call_next(request)
-        route: Any = request.scope.get("route")
-        metrics.observe_request(
-            request.method, route, response.status_code, time.perf_counter() - started
-        )
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Correlation-Id"] = correlation_id
+            await send(message)
+
+        with directory.request_view():
+            await self.app(scope, receive, send_with_id)
+        elapsed = time.perf_counter() - started
+        route: Any = scope.get("route")
+        metrics.observe_request(scope["method"], route, status, elapsed)
         log.info(
             "http.request",
-            method=request.method,
-            route=getattr(route, "path", request.url.path),
-            status=response.status_code,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            method=scope["method"],
+            route=getattr(route, "path", scope["path"]),
+            status=status,
+            duration_ms=round(elapsed * 1000, 2),
         )
-        response.headers["X-Correlation-Id"] = correlation_id
-        return response

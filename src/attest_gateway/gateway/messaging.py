@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,13 @@ from attest_gateway.gateway.bus import Topics
 from attest_gateway.gateway.crypto import KeyRing, seal
 from attest_gateway.gateway.errors import Unprocessable
 from attest_gateway.gateway.store.db import dialect_insert, insert_ignore
-from attest_gateway.gateway.store.tables import conversations, outbox, sent_messages, stages
+from attest_gateway.gateway.store.tables import (
+    conversations,
+    mailbox,
+    outbox,
+    sent_messages,
+    stages,
+)
 from attest_gateway.schemas.envelope import CONTENT_TYPE, EnvelopeHeader, SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage, StageEvent
 
@@ -49,11 +55,41 @@ class Conversation:
         return cls(**{f: getattr(row, f) for f in cls.__dataclass_fields__})
 
 
+_BY_ID = sa.select(conversations).where(conversations.c.id == sa.bindparam("b_id"))
+_BY_REQUEST = sa.select(conversations).where(
+    conversations.c.request_message_id == sa.bindparam("b_message_id")
+)
+
+
 async def load_conversation(conn: AsyncConnection, conversation_id: str) -> Conversation | None:
-    row = (
-        await conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id))
-    ).first()
+    row = (await conn.execute(_BY_ID, {"b_id": conversation_id})).first()
     return Conversation.from_row(row) if row is not None else None
+
+
+async def conversations_by_id(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, Conversation]:
+    """The conversations with these ids, by id (one statement)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = await conn.execute(sa.select(conversations).where(conversations.c.id.in_(wanted)))
+    return {row.id: Conversation.from_row(row) for row in rows}
+
+
+async def mark_fetched(
+    conn: AsyncConnection, message_ids: Iterable[str], at: dt.datetime
+) -> set[str]:
+    """Mark these mailbox rows fetched; the ids of those fetched for the first time, by this
+    transaction (one statement, whatever their number)."""
+    wanted = sorted(set(message_ids))
+    if not wanted:
+        return set()
+    result = await conn.execute(
+        mailbox.update()
+        .where(mailbox.c.message_id.in_(wanted), mailbox.c.fetched_at.is_(None))
+        .values(fetched_at=at)
+        .returning(mailbox.c.message_id)
+    )
+    return {row.message_id for row in result}
 
 
 async def conversations_by_request(
@@ -69,12 +105,12 @@ async def conversations_by_request(
 
 
 async def conversation_by_request(conn: AsyncConnection, message_id: str) -> Conversation | None:
-    row = (
-        await conn.execute(
-            sa.select(conversations).where(conversations.c.request_message_id == message_id)
-        )
-    ).first()
+    row = (await conn.execute(_BY_REQUEST, {"b_message_id": message_id})).first()
     return Conversation.from_row(row) if row is not None else None
+
+
+# Built once; each row goes as parameters (building the statement per row cost more CPU).
+_OUTBOX_INSERT = outbox.insert()
 
 
 def _headers(pairs: dict[str, str]) -> str:
@@ -164,11 +200,12 @@ async def enqueue_envelope(
     """Put a sealed envelope in the outbox for `medcom.messages` (key: the conversation)."""
     h = envelope.header
     await conn.execute(
-        outbox.insert().values(
-            topic=topics.medcom_messages,
-            key=h.conversation_id,
-            value=envelope.to_json(),
-            headers=_headers(
+        _OUTBOX_INSERT,
+        {
+            "topic": topics.medcom_messages,
+            "key": h.conversation_id,
+            "value": envelope.to_json(),
+            "headers": _headers(
                 {
                     "content-type": CONTENT_TYPE,
                     "schema-version": "1",
@@ -180,9 +217,9 @@ async def enqueue_envelope(
                     "key-id": h.recipient_key_id,
                 }
             ),
-            message_id=h.message_id,
-            created_at=now,
-        )
+            "message_id": h.message_id,
+            "created_at": now,
+        },
     )
 
 
@@ -283,19 +320,11 @@ async def emit_stage_event(
     detail: str | None = None,
 ) -> None:
     """Put one stage event for `gateway.tracking` in the outbox (metadata only)."""
-    await conn.execute(
-        outbox.insert().values(
-            **_stage_event_row(
-                topics,
-                conv,
-                stage,
-                message_id=message_id,
-                message_type=message_type,
-                at=at,
-                detail=detail,
-            )
-        )
-    )
+    row = _stage_event_row(
+        topics, conv, stage, message_id=message_id, message_type=message_type, at=at,
+        detail=detail,
+    )  # fmt: skip
+    await conn.execute(_OUTBOX_INSERT, row)
 
 
 def _stage_event_row(

@@ -126,6 +126,11 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     "invalid-period": (422, "Unprocessable content", "'from' is after 'to'"),
     "unknown-metric": (422, "Unprocessable content", "metric is one of […]"),
     "internal-error": (500, "Internal error", "an internal error occurred"),
+    "database-unavailable": (
+        503,
+        "Service unavailable",
+        "the gateway's database cannot be reached right now; retry later",
+    ),
     "outbox-full": (
         503,
         "Service unavailable",
@@ -150,7 +155,7 @@ AUTHENTICATED = [
     "credentials-disagree",
     "forbidden",
 ]
-COMMON = ["internal-error"]
+COMMON = ["internal-error", "database-unavailable"]
 WITH_BODY = ["malformed-json", "payload-too-large"]
 
 # (method, path) → the codes this endpoint can answer, beyond COMMON (and AUTHENTICATED for

@@ -27,6 +27,7 @@ from attest_gateway.gateway.bus import Topics
 from attest_gateway.gateway.crypto import utcnow
 from attest_gateway.gateway.errors import Unavailable
 from attest_gateway.gateway.messaging import StageRecord, conversations_by_request, record_stages
+from attest_gateway.gateway.store.db import autocommit
 from attest_gateway.gateway.store.tables import outbox
 from attest_gateway.schemas.events import MessageType, Stage
 
@@ -93,6 +94,7 @@ class OutboxRelay:
 
     async def count_pending(self) -> int:
         async with self._engine.connect() as conn:
+            await autocommit(conn)
             self.pending = (
                 await conn.execute(
                     sa.select(sa.func.count())
@@ -116,21 +118,15 @@ class OutboxRelay:
                 .limit(self._batch_size)
                 .scalar_subquery()
             )
-            await conn.execute(
+            claimed = await conn.execute(
                 outbox.update()
                 # `free` again: PostgreSQL re-checks it on rows another relay just claimed.
                 .where(outbox.c.id.in_(candidates), outbox.c.published_at.is_(None), free)
                 .values(claim_token=token, claimed_until=now + self._lease)
+                .returning(*outbox.c)
             )
-            return list(
-                (
-                    await conn.execute(
-                        sa.select(outbox)
-                        .where(outbox.c.claim_token == token, outbox.c.published_at.is_(None))
-                        .order_by(outbox.c.id)
-                    )
-                ).all()
-            )
+            # RETURNING has no order: publish in the outbox's order (per key, Kafka keeps it).
+            return sorted(claimed.all(), key=lambda row: row.id)
 
     async def publish_pending(self) -> int:
         """Publish one batch of unpublished rows; returns how many were published."""

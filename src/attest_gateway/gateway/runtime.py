@@ -114,6 +114,7 @@ async def running_gateway(
                 handler=DeliveryHandler(engine, topics, settings.gateway_org_id),
                 producer=producer,
                 dead_letter_topic=topics.dead_letter,
+                partitions_at_once=settings.delivery_partitions_at_once,
             )
             await delivery.start()
             gw.consumers.append(delivery)

@@ -24,9 +24,13 @@ from attest_gateway.gateway.directory import HEALTH_ROLES, Organisation
 from attest_gateway.gateway.errors import Conflict, Forbidden, NotFound, Unprocessable
 from attest_gateway.gateway.messaging import (
     Conversation,
+    StageRecord,
+    conversations_by_id,
     enqueue_envelope,
     load_conversation,
+    mark_fetched,
     record_stage,
+    record_stages,
     remember_sent,
     seal_for,
     stages_of,
@@ -269,9 +273,9 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str)
                 .limit(limit)
             )
         ).all()
+        convs = await conversations_by_id(conn, [r.conversation_id for r in rows])
         for row in rows:
-            conv = await load_conversation(conn, row.conversation_id)
-            assert conv is not None
+            conv = convs[row.conversation_id]
             bundle, opened = _open_bundle(gw, org, row, source=source, at=now, reason="inbox")
             info = read_message(bundle)
             reads += [
@@ -295,21 +299,23 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str)
                     received_at=aware(row.delivered_at),
                 )
             )
-            if row.fetched_at is None:
-                await conn.execute(
-                    mailbox.update()
-                    .where(mailbox.c.message_id == row.message_id)
-                    .values(fetched_at=now)
-                )
-                await record_stage(
-                    conn,
-                    gw.topics,
-                    conv,
+        # A reply's first fetch is its conversation's `reply_fetched` stage (whole read at once).
+        first = await mark_fetched(conn, [r.message_id for r in rows if r.fetched_at is None], now)
+        await record_stages(
+            conn,
+            gw.topics,
+            [
+                StageRecord(
+                    convs[r.conversation_id],
                     Stage.REPLY_FETCHED,
-                    message_id=row.message_id,
-                    message_type=MessageType.ATTEST_REPLY,
-                    at=now,
+                    r.message_id,
+                    MessageType.ATTEST_REPLY,
+                    now,
                 )
+                for r in rows
+                if r.message_id in first
+            ],
+        )
         await audit.record_many(conn, gw.topics, reads)  # last: it holds the chain's lock
     log.info("jobcenter.inbox_read", count=len(items))
     return Inbox(items=items)

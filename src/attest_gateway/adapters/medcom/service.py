@@ -31,10 +31,14 @@ from attest_gateway.gateway.errors import (
 )
 from attest_gateway.gateway.messaging import (
     Conversation,
+    StageRecord,
     conversation_by_request,
+    conversations_by_id,
     enqueue_envelope,
     load_conversation,
+    mark_fetched,
     record_stage,
+    record_stages,
     seal_for,
 )
 from attest_gateway.gateway.runtime import Gateway
@@ -85,25 +89,29 @@ async def read_mailbox(
                     conversation_id=row.conversation_id,
                 )
             )
-            if row.fetched_at is not None:
-                continue
-            await conn.execute(
-                mailbox.update()
-                .where(mailbox.c.message_id == row.message_id)
-                .values(fetched_at=now)
-            )
-            if row.message_type == MessageType.ATTEST_REQUEST.value:
-                conv = await load_conversation(conn, row.conversation_id)
-                assert conv is not None
-                await record_stage(
-                    conn,
-                    gw.topics,
-                    conv,
+        # The first fetch of a request is its conversation's `fetched` stage: for the whole
+        # read in a few statements, not a few per message.
+        first = await mark_fetched(conn, [r.message_id for r in rows if r.fetched_at is None], now)
+        requests = [
+            r
+            for r in rows
+            if r.message_id in first and r.message_type == MessageType.ATTEST_REQUEST.value
+        ]
+        convs = await conversations_by_id(conn, [r.conversation_id for r in requests])
+        await record_stages(
+            conn,
+            gw.topics,
+            [
+                StageRecord(
+                    convs[r.conversation_id],
                     Stage.FETCHED,
-                    message_id=row.message_id,
-                    message_type=MessageType.ATTEST_REQUEST,
-                    at=now,
+                    r.message_id,
+                    MessageType.ATTEST_REQUEST,
+                    now,
                 )
+                for r in requests
+            ],
+        )
         await audit.record_many(conn, gw.topics, reads)  # last: it holds the chain's lock
     log.info("medcom.mailbox_read", count=len(out))
     return out

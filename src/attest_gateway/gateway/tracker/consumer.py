@@ -1,9 +1,13 @@
 """The tracker consumer: `gateway.tracking` record → timeline, flags and rollups, in one
 transaction.
 
-Idempotent by construction: a stage is applied only by the conditional update that sets its
-time for the first time (`… SET fetched_at = :at WHERE fetched_at IS NULL`), and every rollup
-increment happens in the same transaction, only when that update changed a row. A replayed or
+Set-based: a batch of records is one transaction that creates the conversations it does not
+know (one multi-row insert), reads the others locked (one select), applies the events in order
+to those rows in memory, writes the changed rows back (one executemany) and the rollups summed
+(`tracker/store.py`): about six statements for a batch instead of one or more per event.
+
+Idempotent by construction: a stage is applied only where its time is not set yet, and every
+rollup increment happens in the same transaction, only when that stage was set. A replayed or
 duplicated event finds the time set and changes nothing. Events may arrive in any order: each
 carries the whole conversation's metadata, and each duration is added by whichever of its two
 ends arrives second.
@@ -17,7 +21,9 @@ TransientError → retried) → commit the offset (the ConsumerLoop).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from attest_gateway.gateway.bus import PermanentError, TransientError
 from attest_gateway.gateway.directory import Role
 from attest_gateway.gateway.pseudonyms import StoreKey
-from attest_gateway.gateway.store.db import aware, insert_ignore
+from attest_gateway.gateway.store.db import aware, dialect_insert, insert_ignore
 from attest_gateway.gateway.store.tables import (
     organisations,
     tracker_conversations,
@@ -58,6 +64,67 @@ CONTACT_ATTEST = "-"  # attest-type key of citizen-level (contact) cells
 
 def stage_column(stage: Stage) -> str:
     return f"{stage.value}_at"
+
+
+MUTABLE = (
+    *(stage_column(s) for s in r.TIMED_STAGES),
+    "due_date",
+    "requested_late",
+    "outcome",
+    "reminders",
+    "last_reminded_at",
+)
+
+
+@functools.cache
+def _statements(dialect: str) -> dict[str, Any]:
+    """The batch's three statements, built once per dialect (building and cache-keying a
+    statement anew for every event cost more CPU than sending it)."""
+    t = tracker_conversations
+    select = (
+        sa.select(t)
+        .where(t.c.conversation_id.in_(sa.bindparam("b_ids", expanding=True)))
+        .order_by(t.c.conversation_id)
+    )
+    return {
+        # Unordered RETURNING: sent as one multi-row INSERT; the rows that were new.
+        "insert": dialect_insert(dialect, t).on_conflict_do_nothing().returning(*t.c),
+        # PostgreSQL: the rows stay locked until the batch is written back (SQLite: the
+        # insert above already holds the database's one write lock).
+        "select": select.with_for_update() if dialect == "postgresql" else select,
+        "update": t.update()
+        .where(t.c.conversation_id == sa.bindparam("b_cid"))
+        .values({c: sa.bindparam(f"b_{c}", type_=t.c[c].type) for c in MUTABLE}),
+    }
+
+
+class Conversations:
+    """A batch's conversations: created where missing and read in two statements, changed in
+    memory event by event, written back in one (executemany) at the end of the batch.
+
+    Only tracker consumers write `tracker_conversations`, and the rows are locked from the read
+    to the write (PostgreSQL: `SELECT … FOR UPDATE` in id order; SQLite: the insert takes the
+    write lock first), so the in-memory rows are the truth for the transaction."""
+
+    def __init__(self, rows: dict[str, SimpleNamespace], created: set[str]) -> None:
+        self.rows = rows
+        self.created = created  # new in this batch; their first event sets up contact episodes
+        self.dirty: set[str] = set()
+
+    def set(self, row: SimpleNamespace, **values: Any) -> None:
+        for name, value in values.items():
+            setattr(row, name, value)
+        self.dirty.add(row.conversation_id)
+
+    async def write(self, conn: AsyncConnection) -> None:
+        if not self.dirty:
+            return
+        params = [
+            {"b_cid": cid} | {f"b_{c}": getattr(self.rows[cid], c) for c in MUTABLE}
+            for cid in sorted(self.dirty)
+        ]
+        await conn.execute(_statements(conn.dialect.name)["update"], params)
+        self.dirty.clear()
 
 
 class TrackerState:
@@ -108,133 +175,131 @@ class TrackerState:
             self._roles[org_id] = role
         return self._roles[org_id]
 
-    async def _row(self, conn: AsyncConnection, conversation_id: str) -> Any:
-        return (
-            await conn.execute(
-                sa.select(tracker_conversations).where(
-                    tracker_conversations.c.conversation_id == conversation_id
-                )
-            )
-        ).one()
-
     # --- stage events ------------------------------------------------------------------------
 
-    async def apply_stage(self, conn: AsyncConnection, e: StageEvent) -> bool:
+    async def conversations(
+        self, conn: AsyncConnection, events: Sequence[StageEvent]
+    ) -> Conversations:
+        """The events' conversations, each created from its first event where it is new."""
+        first: dict[str, StageEvent] = {}
+        for e in events:
+            first.setdefault(e.conversation_id, e)
+        if not first:
+            return Conversations({}, set())
+        statements = _statements(conn.dialect.name)
+        values = [await self._new_row(conn, first[cid]) for cid in sorted(first)]
+        rows = {
+            row.conversation_id: SimpleNamespace(**row._mapping)
+            for row in await conn.execute(statements["insert"], values)
+        }
+        created = set(rows)
+        existing = [cid for cid in sorted(first) if cid not in created]
+        if existing:
+            result = await conn.execute(statements["select"], {"b_ids": existing})
+            rows |= {row.conversation_id: SimpleNamespace(**row._mapping) for row in result}
+        return Conversations(rows, created)
+
+    async def apply_stage(
+        self, conn: AsyncConnection, e: StageEvent, batch: Conversations | None = None
+    ) -> bool:
         """Apply one stage event. True if it changed anything.
 
-        A conversation's first event (normally `submitted`) creates its row; later events go
-        straight to the conditional update, which hands back the row (RETURNING), so a stage
-        costs one statement unless it moves a date or a flag."""
-        if e.stage is Stage.REMINDED or e.stage not in r.TIMED_STAGES:
-            created = await self._ensure_conversation(conn, e)
-            if e.stage is Stage.REMINDED:
-                return await self._apply_reminder(conn, e) or created
+        Without `batch` the event is a batch of its own (read, applied, written back).
+        A stage is set only where it is not set yet, so a replayed or duplicated event changes
+        nothing; each stage that moves a date, a flag or a rollup does so here, once."""
+        if batch is None:
+            batch = await self.conversations(conn, [e])
+            changed = await self.apply_stage(conn, e, batch)
+            await batch.write(conn)
+            return changed
+        row = batch.rows[e.conversation_id]
+        created = e.conversation_id in batch.created
+        if created:  # the conversation's first event: its citizen's contact episode
+            batch.created.discard(e.conversation_id)
+            await self._on_created(conn, row, e)
+        if e.stage is Stage.REMINDED:
+            return await self._apply_reminder(conn, batch, row, e) or created
+        if e.stage not in r.TIMED_STAGES:
             return created
-        created = False
-        if e.stage is Stage.SUBMITTED:
-            created = await self._ensure_conversation(conn, e)
-        row = await self._set_stage_time(conn, e)
-        if row is None and e.stage is not Stage.SUBMITTED:
-            created = await self._ensure_conversation(conn, e)
-            row = await self._set_stage_time(conn, e) if created else None
-        if row is None:
+        column = stage_column(e.stage)
+        if getattr(row, column) is not None:
             return created
+        batch.set(row, **{column: e.at})
         if e.stage is Stage.SUBMITTED:
-            row = await self._on_submitted(conn, row, e)
+            await self._on_submitted(conn, batch, row, e)
         elif e.stage is Stage.IN_MAILBOX:
-            row = await self._refresh_due_date(conn, row)
+            self._refresh_due_date(batch, row)
         elif e.stage is Stage.REPLIED:
             await add_counts(
                 conn, self.request_cells(row, day=self.cohort_day(row, e.at)), replied=1
             )
-            await self._decide_on_reply(conn, row, e.at)
+            await self._decide_on_reply(conn, batch, row, e.at)
         elif e.stage is Stage.OVERDUE:
-            await self._decide(conn, row, "overdue", e.at)
+            await self._decide(conn, batch, row, "overdue", e.at)
         times = {s: _aware_or_none(getattr(row, stage_column(s))) for s in r.TIMED_STAGES}
         cells = self.request_cells(row, day=self.cohort_day(row, e.at), durations=True)
         for metric, seconds in r.completed_metrics(e.stage, times):
             await add_duration(conn, metric.name, cells, r.bucket_of(seconds))
         return True
 
-    async def _set_stage_time(self, conn: AsyncConnection, e: StageEvent) -> Any:
-        """Set the stage's time if it is not set yet; the updated row, or None."""
-        t = tracker_conversations
-        col = t.c[stage_column(e.stage)]
-        result = await conn.execute(
-            t.update()
-            .where(t.c.conversation_id == e.conversation_id, col.is_(None))
-            .values({col.key: e.at})
-            .returning(*t.c)
-        )
-        return result.first()
+    async def _new_row(self, conn: AsyncConnection, e: StageEvent) -> dict[str, Any]:
+        """The conversation's row as its first event describes it (every event carries the
+        whole conversation's metadata)."""
+        return {
+            "conversation_id": e.conversation_id,
+            "attest_type": e.attest_type,
+            "case_kind": e.case_kind,
+            "municipality": e.municipality,
+            "region_code": e.region_code,
+            "jobcenter_org": e.jobcenter_org,
+            "receiver_org": e.receiver_org,
+            "receiver_role": await self.receiver_role(conn, e.receiver_org),
+            "case_ref": e.case_ref,
+            "psychiatric_course": e.psychiatric_course,
+            "first_day_of_absence": e.first_day_of_absence,
+            "request_deadline": e.reply_deadline,
+            "reminders": 0,
+        }
 
-    async def _ensure_conversation(self, conn: AsyncConnection, e: StageEvent) -> bool:
-        role = await self.receiver_role(conn, e.receiver_org)
-        created = await insert_ignore(
+    async def _on_created(self, conn: AsyncConnection, row: Any, e: StageEvent) -> None:
+        if not self.rules.in_contact_scope(row.case_kind, row.psychiatric_course):
+            return
+        await self._ensure_episode(
             conn,
-            tracker_conversations,
-            {
-                "conversation_id": e.conversation_id,
-                "attest_type": e.attest_type,
-                "case_kind": e.case_kind,
-                "municipality": e.municipality,
-                "region_code": e.region_code,
-                "jobcenter_org": e.jobcenter_org,
-                "receiver_org": e.receiver_org,
-                "receiver_role": role,
-                "case_ref": e.case_ref,
-                "psychiatric_course": e.psychiatric_course,
-                "first_day_of_absence": e.first_day_of_absence,
-                "request_deadline": e.reply_deadline,
-                "reminders": 0,
-            },
+            case_ref=row.case_ref,
+            jobcenter_org=row.jobcenter_org,
+            first_day=row.first_day_of_absence,
+            case_kind=row.case_kind,
+            municipality=row.municipality,
+            region=row.region_code,
         )
-        if created and self.rules.in_contact_scope(e.case_kind, e.psychiatric_course):
-            await self._ensure_episode(
+        if row.receiver_role == Role.PSYCHIATRY.value:
+            # Any message between the job centre and psychiatry about the citizen is a
+            # direct contact; the conversation's first event is its first message.
+            await self._contact(
                 conn,
-                case_ref=e.case_ref,
-                jobcenter_org=e.jobcenter_org,
-                first_day=e.first_day_of_absence,
-                case_kind=e.case_kind,
-                municipality=e.municipality,
-                region=e.region_code,
+                case_ref=row.case_ref,
+                jobcenter_org=row.jobcenter_org,
+                first_day=row.first_day_of_absence,
+                at=e.at,
+                source="message",
             )
-            if role == Role.PSYCHIATRY.value:
-                # Any message between the job centre and psychiatry about the citizen is a
-                # direct contact; the conversation's first event is its first message.
-                await self._contact(
-                    conn,
-                    case_ref=e.case_ref,
-                    jobcenter_org=e.jobcenter_org,
-                    first_day=e.first_day_of_absence,
-                    at=e.at,
-                    source="message",
-                )
-        return created
 
-    async def _on_submitted(self, conn: AsyncConnection, row: Any, e: StageEvent) -> Any:
-        """Count the request and settle its flags; the row as it now is."""
+    async def _on_submitted(
+        self, conn: AsyncConnection, batch: Conversations, row: Any, e: StageEvent
+    ) -> None:
+        """Count the request and settle its flags."""
         day = self.rules.local_date(e.at)
         late = self.rules.requested_late(row.case_kind, row.first_day_of_absence, day)
-        values: dict[str, Any] = {"requested_late": late}
+        batch.set(row, requested_late=late)
         due = self._due_date(row)
         if due is not None:
-            values["due_date"] = due
-        t = tracker_conversations
-        row = (
-            await conn.execute(
-                t.update()
-                .where(t.c.conversation_id == row.conversation_id)
-                .values(values)
-                .returning(*t.c)
-            )
-        ).one()
+            batch.set(row, due_date=due)
         cells = self.request_cells(row, day=day)
         await add_counts(conn, cells, requests=1, late_requests=int(late))
         await add_citizen(conn, cells, row.case_ref)
         if row.replied_at is not None:  # the reply's event came first
-            await self._decide_on_reply(conn, row, aware(row.replied_at))
-        return row
+            await self._decide_on_reply(conn, batch, row, aware(row.replied_at))
 
     def _due_date(self, row: Any) -> dt.date | None:
         """The reply deadline the row's dates give, or None while it cannot or need not move
@@ -258,53 +323,41 @@ class TrackerState:
             ),
         )
 
-    async def _refresh_due_date(self, conn: AsyncConnection, row: Any) -> Any:
-        """Move the due date if the row's dates now give another; the row as it now is."""
+    def _refresh_due_date(self, batch: Conversations, row: Any) -> None:
+        """Move the due date if the row's dates now give another."""
         due = self._due_date(row)
-        if due is None or due == row.due_date:
-            return row
-        t = tracker_conversations
-        return (
-            await conn.execute(
-                t.update()
-                .where(t.c.conversation_id == row.conversation_id)
-                .values(due_date=due)
-                .returning(*t.c)
-            )
-        ).one()
+        if due is not None and due != row.due_date:
+            batch.set(row, due_date=due)
 
-    async def _decide_on_reply(self, conn: AsyncConnection, row: Any, at: dt.datetime) -> None:
+    async def _decide_on_reply(
+        self, conn: AsyncConnection, batch: Conversations, row: Any, at: dt.datetime
+    ) -> None:
         if row.outcome is not None or row.due_date is None:
             return
         in_time = self.rules.local_date(at) <= row.due_date
-        await self._decide(conn, row, "on_time" if in_time else "overdue", at)
+        await self._decide(conn, batch, row, "on_time" if in_time else "overdue", at)
 
-    async def _decide(self, conn: AsyncConnection, row: Any, outcome: str, at: dt.datetime) -> None:
+    async def _decide(
+        self, conn: AsyncConnection, batch: Conversations, row: Any, outcome: str, at: dt.datetime
+    ) -> None:
         """Settle a request once: answered in time, or overdue."""
-        t = tracker_conversations
-        result = await conn.execute(
-            t.update()
-            .where(t.c.conversation_id == row.conversation_id, t.c.outcome.is_(None))
-            .values(outcome=outcome)
-        )
-        if result.rowcount == 1:
-            cells = self.request_cells(row, day=self.cohort_day(row, at))
-            await add_counts(conn, cells, decided=1, overdue=int(outcome == "overdue"))
+        if row.outcome is not None:
+            return
+        batch.set(row, outcome=outcome)
+        cells = self.request_cells(row, day=self.cohort_day(row, at))
+        await add_counts(conn, cells, decided=1, overdue=int(outcome == "overdue"))
 
-    async def _apply_reminder(self, conn: AsyncConnection, e: StageEvent) -> bool:
+    async def _apply_reminder(
+        self, conn: AsyncConnection, batch: Conversations, row: Any, e: StageEvent
+    ) -> bool:
+        """Count a reminder once per sequence number (the sweep's first, second, …)."""
         try:
             seq = int(e.detail or "1")
         except ValueError:
             seq = 1
-        t = tracker_conversations
-        result = await conn.execute(
-            t.update()
-            .where(t.c.conversation_id == e.conversation_id, t.c.reminders < seq)
-            .values(reminders=seq, last_reminded_at=e.at)
-        )
-        if result.rowcount != 1:
+        if row.reminders >= seq:
             return False
-        row = await self._row(conn, e.conversation_id)
+        batch.set(row, reminders=seq, last_reminded_at=e.at)
         await add_counts(conn, self.request_cells(row, day=self.cohort_day(row, e.at)), reminders=1)
         return True
 
@@ -467,7 +520,10 @@ class TrackerHandler:
         try:
             async with self._engine.begin() as conn:
                 with buffered_rollups() as rollups:
-                    changed = [await self._apply_one(conn, event) for event in events]
+                    stages = [e for e in events if isinstance(e, StageEvent)]
+                    batch = await self._state.conversations(conn, stages)
+                    changed = [await self._apply_one(conn, event, batch) for event in events]
+                    await batch.write(conn)
                     await rollups.flush(conn)
         except sa.exc.DBAPIError as exc:
             raise TransientError("database-unavailable", type(exc).__name__) from exc
@@ -481,8 +537,10 @@ class TrackerHandler:
             else:
                 log.debug("tracker.contact", contact_id=event.contact_id)
 
-    async def _apply_one(self, conn: AsyncConnection, event: TrackingEvent) -> bool:
+    async def _apply_one(
+        self, conn: AsyncConnection, event: TrackingEvent, batch: Conversations
+    ) -> bool:
         if isinstance(event, ContactEvent):
             await self._state.apply_contact(conn, event)
             return True
-        return await self._state.apply_stage(conn, event)
+        return await self._state.apply_stage(conn, event, batch)
