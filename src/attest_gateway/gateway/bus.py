@@ -31,7 +31,7 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from attest_gateway.gateway import metrics
@@ -186,6 +186,23 @@ class BatchHandler(Protocol):
     ) -> Sequence[ConsumerRecord[bytes, bytes]]: ...
 
 
+def member_generation(consumer: AIOKafkaConsumer) -> int | None:
+    """The group generation the consumer is a member of; None while it has none (not yet
+    joined, or its membership was lost and it is rejoining).
+
+    aiokafka keeps this on its group coordinator only, so this reads it there (a unit test
+    pins it to the installed aiokafka). aiokafka sends a commit, and retries a failed one,
+    with whatever generation the coordinator holds at that moment; "none" is -1, which a
+    broker takes as a commit from outside the group. The Java client never commits without a
+    generation; the consumer loop keeps to that rule through this function.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    generation = getattr(coordinator, "generation", None)
+    if not isinstance(generation, int):
+        raise TypeError("aiokafka's group coordinator keeps no generation")
+    return generation if generation >= 0 else None
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move to another group member, commit what this one has finished."""
 
@@ -276,7 +293,37 @@ class ConsumerLoop:
         assigned = self._consumer.assignment()
         offsets = {tp: offset + 1 for tp, offset in finished.items() if tp in assigned}
         if offsets:
-            await self._consumer.commit(offsets)
+            await self._commit(offsets)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit as a member of the group's current generation, or not at all.
+
+        After the broker lost its state, aiokafka's retries of a commit would go out with no
+        generation, and the broker accepts those once the topic exists again: offsets of the
+        old log, committed on the new one, where the next assignment would start from them and
+        skip the records below. So a commit is made only while the consumer is a member, and
+        given up as soon as its generation changes (or this loop rebalances or rewinds).
+        A commit given up only means the records are handled again (handlers are idempotent).
+        """
+        generation = member_generation(self._consumer)
+        if generation is None:
+            raise CommitFailedError("not a member of the group: it is rejoining")
+        ours = self._generation
+        commit = asyncio.ensure_future(self._consumer.commit(offsets))
+        try:
+            while not commit.done():
+                await asyncio.wait({commit}, timeout=0.02)
+                if not commit.done() and (
+                    member_generation(self._consumer) != generation or self._generation != ours
+                ):
+                    commit.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                        await commit
+                    raise CommitFailedError("the group generation changed during the commit")
+        except asyncio.CancelledError:
+            commit.cancel()
+            raise
+        commit.result()
 
     async def rewind(self) -> None:
         """The broker lost its state and starts its logs again from offset 0: read every
