@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,104 @@ async def test_partitions_at_once_keeps_each_partition_in_order(
         assert recorder.most_at_once == 1
 
     # The offsets were committed: a new member of the group has nothing left to read.
+    ends: dict[int, int] = defaultdict(int)
+    for m in metadata:
+        ends[m.partition] = max(ends[m.partition], m.offset + 1)
+    consumer = AIOKafkaConsumer(**kafka_common(settings, broker.bootstrap), group_id=group)
+    await consumer.start()
+    try:
+        for partition, end in ends.items():
+            assert await consumer.committed(TopicPartition(topic, partition)) == end
+    finally:
+        await consumer.stop()
+
+
+class PollRecorder:
+    """A batch handler that notes each batch it is given and leaves the records marked
+    `#left` to the one-by-one path (as the tracker leaves unreadable events)."""
+
+    def __init__(self, expected: int) -> None:
+        self.batches: list[list[tuple[int, int]]] = []  # (partition, offset) per batch
+        self.one_by_one: list[bytes] = []
+        self.seen: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        self.expected = expected
+        self.all_seen = asyncio.Event()
+
+    def _note(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        key, _, seq = record.value.decode().removesuffix("#left").rpartition("#")
+        self.seen[record.partition].append((key, int(seq)))
+        if sum(len(v) for v in self.seen.values()) >= self.expected:
+            self.all_seen.set()
+
+    async def handle_batch(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        self.batches.append([(r.partition, r.offset) for r in records])
+        left = [r for r in records if r.value.endswith(b"#left")]
+        for record in records:
+            if record not in left:
+                self._note(record)
+        return left
+
+    async def __call__(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.one_by_one.append(record.value)
+        self._note(record)
+
+
+async def test_a_batch_may_span_the_partitions_of_a_poll(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """With `batch_spans_partitions` the batch handler gets a whole poll at once: records of
+    several partitions in one batch, each partition's in offset order; what it leaves is
+    handled one by one; every record once, and the offsets committed."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    settings = load_settings(
+        var_dir=tmp_path, kafka_topic_prefix=prefix, kafka_partitions=PARTITIONS
+    )
+    topic, dlq, group = f"{prefix}loop", f"{prefix}loop.dlq", f"{prefix}group"
+    await ensure_topics(settings, broker.bootstrap, [topic, dlq])
+    producer = make_producer(settings, broker.bootstrap)
+    await producer.start()
+    recorder = PollRecorder(len(KEYS) * PER_KEY)
+    left = {f"{KEYS[0]}#3#left", f"{KEYS[5]}#9#left"}
+    loop = ConsumerLoop(
+        settings=settings, bootstrap=broker.bootstrap, topic=topic, group=group,
+        handler=recorder, producer=producer, dead_letter_topic=dlq,
+        batch_spans_partitions=True, max_poll_records=1000,
+    )  # fmt: skip
+    try:
+        values = [f"{key}#{seq}" for seq in range(PER_KEY) for key in KEYS]
+        sends = [
+            await producer.send(
+                topic,
+                value=(v + "#left" if v + "#left" in left else v).encode(),
+                key=v.rpartition("#")[0].encode(),
+            )
+            for v in values
+        ]
+        metadata = await asyncio.gather(*sends)
+        await loop.start()
+        async with asyncio.timeout(60):
+            await recorder.all_seen.wait()
+        await loop.stop()
+    finally:
+        await producer.stop()
+
+    handled = [item for records in recorder.seen.values() for item in records]
+    assert sorted(handled) == sorted((k, s) for k in KEYS for s in range(PER_KEY))  # once each
+    # In order, but for the records left to the one-by-one path: they come after the batch.
+    left_items = {(k, int(s)) for k, s, _ in (v.split("#") for v in left)}
+    for records in recorder.seen.values():
+        for key in {k for k, _ in records}:
+            expected = [s for s in range(PER_KEY) if (key, s) not in left_items]
+            assert [s for k, s in records if k == key and (k, s) not in left_items] == expected
+    assert sorted(recorder.one_by_one) == sorted(v.encode() for v in left)
+    assert any(len({p for p, _ in batch}) > 1 for batch in recorder.batches), recorder.batches
+    for batch in recorder.batches:
+        for partition in {p for p, _ in batch}:
+            offsets = [o for p, o in batch if p == partition]
+            assert offsets == sorted(offsets)
+
     ends: dict[int, int] = defaultdict(int)
     for m in metadata:
         ends[m.partition] = max(ends[m.partition], m.offset + 1)

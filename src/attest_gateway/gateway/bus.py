@@ -227,6 +227,11 @@ class ConsumerLoop:
     `partitions_at_once`: the partitions of a poll are handled concurrently (each in its own
     order), for handlers whose records of different partitions never contend for the same
     rows in the store (delivery: one conversation per key). Otherwise one after the other.
+
+    `batch_spans_partitions`: a batch handler gets all records of a poll at once (each
+    partition's records in offset order, the partitions one after the other), for handlers
+    that keep no order between partitions and take their locks in one order (the tracker).
+    Otherwise it gets one partition's records at a time. `max_poll_records` bounds a poll.
     """
 
     def __init__(
@@ -240,9 +245,12 @@ class ConsumerLoop:
         producer: AIOKafkaProducer,
         dead_letter_topic: str,
         partitions_at_once: bool = False,
+        batch_spans_partitions: bool = False,
+        max_poll_records: int = 200,
     ) -> None:
         self._settings = settings
         self._partitions_at_once = partitions_at_once
+        self._batch_spans_partitions = batch_spans_partitions
         self.topic = topic
         self._handler = handler
         candidate: object = handler
@@ -254,7 +262,7 @@ class ConsumerLoop:
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=200,
+            max_poll_records=max_poll_records,
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
         self._finished: dict[TopicPartition, int] = {}
@@ -355,8 +363,14 @@ class ConsumerLoop:
                 await asyncio.sleep(1)
                 continue
             generation = self._generation
+            together: set[tuple[int, int]] | None = None
+            if self._batch_spans_partitions:
+                together = await self._process_together(
+                    [record for records in batch.values() for record in records]
+                )
             partitions = [
-                self._handle_partition(tp, records, generation) for tp, records in batch.items()
+                self._handle_partition(tp, records, generation, together)
+                for tp, records in batch.items()
             ]
             if self._partitions_at_once:
                 await asyncio.gather(*partitions)
@@ -374,11 +388,14 @@ class ConsumerLoop:
         tp: TopicPartition,
         records: Sequence[ConsumerRecord[bytes, bytes]],
         generation: int,
+        together: set[tuple[int, int]] | None = None,
     ) -> None:
-        """One partition's polled records, in offset order."""
-        together = await self._process_together(records)
+        """One partition's polled records, in offset order. `together`: the (partition,
+        offset) pairs a batch handler has already handled; None: offer them to it first."""
+        if together is None:
+            together = await self._process_together(records)
         for record in records:
-            if record.offset in together:
+            if (record.partition, record.offset) in together:
                 if self._generation == generation:
                     self._finished[tp] = record.offset
                 continue
@@ -404,8 +421,10 @@ class ConsumerLoop:
             reraise=True,
         )
 
-    async def _process_together(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> set[int]:
-        """Hand a partition's records to a batch handler; the offsets it handled."""
+    async def _process_together(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> set[tuple[int, int]]:
+        """Hand records to a batch handler; the (partition, offset) pairs it handled."""
         if self._batch_handler is None or len(records) < 2 or self._stopping.is_set():
             return set()
         started = time.perf_counter()
@@ -418,10 +437,12 @@ class ConsumerLoop:
                 "consumer.batch_failed", topic=self.topic, records=len(records), error=str(exc)
             )
             return set()
-        handled = {r.offset for r in records} - {r.offset for r in left}
+        handled = {(r.partition, r.offset) for r in records} - {
+            (r.partition, r.offset) for r in left
+        }
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         for record in records:
-            if record.offset not in handled:
+            if (record.partition, record.offset) not in handled:
                 continue
             metrics.consumed(record.topic, "handled")
             log.info(

@@ -56,6 +56,16 @@ class Settings(BaseSettings):
             "false: one partition after the other"
         ),
     )
+    tracker_poll_in_one_transaction: bool = Field(
+        default=True,
+        description=(
+            "the tracker applies all records of a poll in one transaction; false: one "
+            "transaction per partition of the poll"
+        ),
+    )
+    tracker_max_poll_records: int = Field(
+        default=1000, ge=1, le=100_000, description="most stage events the tracker polls at once"
+    )
     kafka_group_prefix: str = Field(default="attest-gateway", description="consumer group prefix")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = Field(
         default="PLAINTEXT", description="SSL: TLS to the brokers (required in production)"

@@ -66,6 +66,8 @@ def make_tracker(gw: Gateway, bootstrap: str) -> Tracker:
         handler=TrackerHandler(gw.engine, state, store_key=gw.store_key),
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,
+        batch_spans_partitions=settings.tracker_poll_in_one_transaction,
+        max_poll_records=settings.tracker_max_poll_records,
     )
     sweep = TrackerSweep(gw, state, interval=settings.tracker_sweep_seconds)
     return Tracker(state, consumer, sweep)
