@@ -190,10 +190,11 @@ def member_generation(consumer: AIOKafkaConsumer) -> int | None:
     """The group generation the consumer is a member of; None while it has none (not yet
     joined, or its membership was lost and it is rejoining).
 
-    aiokafka keeps this on its group coordinator only, so this reads it there (a unit test
-    pins it to the installed aiokafka). aiokafka sends a commit, and retries a failed one,
-    with whatever generation the coordinator holds at that moment; "none" is -1, which a
-    broker takes as a commit from outside the group. The Java client never commits without a
+    aiokafka keeps this on its group coordinator only, so this reads it there
+    (tests/integration/test_broker_loss_commits.py pins it to the installed aiokafka).
+    aiokafka sends a commit, and retries a failed one, with whatever generation the
+    coordinator holds at that moment; "none" is -1, which a broker takes as a commit from
+    outside the group. The Java client never commits without a
     generation; the consumer loop keeps to that rule through this function.
     """
     coordinator = getattr(consumer, "_coordinator", None)
