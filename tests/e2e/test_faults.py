@@ -27,7 +27,7 @@ import orjson
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -41,7 +41,13 @@ from attest_gateway.gateway.store import tables
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.medcom import parse_bundle
-from tests.support.harness import PDF, attest_request_body, fresh_database, read_topic
+from tests.support.harness import (
+    PDF,
+    attest_request_body,
+    committed_offsets,
+    fresh_database,
+    read_topic,
+)
 from tests.support.processes import Proc, base_env, wait_until_healthy, wait_until_listening
 
 # The issue asks for 10,000; on this 2-core machine the round trips run at a few per second in
@@ -330,19 +336,17 @@ async def _where_are(stack: Stack, missing: dict[str, tuple[int, int]]) -> str:
         for r in await read_topic(stack.bootstrap, "medcom.messages")
         if (r.key or b"").startswith(b"poison-")
     }
-    reader = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id="attest-gateway.delivery")
-    await reader.start()
-    try:
-        lines = []
-        for key, (partition, offset) in sorted(missing.items()):
-            committed = await reader.committed(TopicPartition("medcom.messages", partition))
-            lines.append(
-                f"{key}: acknowledged at partition {partition} offset {offset}; on the broker "
-                f"now at {on_broker.get(key)}; delivery group committed {committed} there"
-            )
-        return "\n".join(lines)
-    finally:
-        await reader.stop()
+    committed = await committed_offsets(
+        stack.bootstrap,
+        "attest-gateway.delivery",
+        [TopicPartition("medcom.messages", partition) for partition, _ in missing.values()],
+    )
+    return "\n".join(
+        f"{key}: acknowledged at partition {partition} offset {offset}; on the broker now at "
+        f"{on_broker.get(key)}; delivery group committed "
+        f"{committed[TopicPartition('medcom.messages', partition)]} there"
+        for key, (partition, offset) in sorted(missing.items())
+    )
 
 
 async def test_accepted_means_delivered_exactly_once_through_faults(stack: Stack) -> None:

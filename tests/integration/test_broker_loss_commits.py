@@ -31,6 +31,7 @@ from attest_gateway.gateway.bus import (
     member_generation,
 )
 from attest_gateway.gateway.config import load_settings
+from tests.support.harness import committed_offsets
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -67,18 +68,6 @@ class WatchedLoop(ConsumerLoop):
     async def rebalancing(self) -> None:
         self.revoked.set()
         await super().rebalancing()
-
-
-async def _committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
-    """What the group has committed (an offset fetch: the reader does not join the group)."""
-    settings = load_settings()
-    reader = AIOKafkaConsumer(**kafka_common(settings, bootstrap), group_id=group)
-    await reader.start()
-    try:
-        committed: int | None = await reader.committed(tp)
-        return committed
-    finally:
-        await reader.stop()
 
 
 async def test_old_offsets_are_not_committed_on_the_new_log(tmp_path: Path) -> None:
@@ -129,7 +118,10 @@ async def test_old_offsets_are_not_committed_on_the_new_log(tmp_path: Path) -> N
             async with asyncio.timeout(60):
                 await gate.new_log.wait()
             async with asyncio.timeout(30):
-                while (committed := await _committed(broker.bootstrap, group, tp)) != 1:
+                while True:
+                    committed = (await committed_offsets(broker.bootstrap, group, [tp]))[tp]
+                    if committed == 1:
+                        break
                     assert committed in (None, 0), f"offset {committed} of the old log"
                     await asyncio.sleep(0.2)
         finally:

@@ -7,20 +7,50 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import ConsumerRecord
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from attest_gateway.gateway.broker import EmbeddedBroker
-from attest_gateway.gateway.bus import ConsumerLoop, ensure_topics, kafka_common, make_producer
-from attest_gateway.gateway.config import load_settings
+from attest_gateway.gateway.bus import ConsumerLoop, ensure_topics, make_producer
+from attest_gateway.gateway.config import Settings, load_settings
+from tests.support.harness import committed_offsets
 
 PARTITIONS = 4
 PER_KEY = 15
 KEYS = [f"conversation-{i}" for i in range(12)]
+
+
+async def _topics(broker: EmbeddedBroker, tmp_path: Path) -> tuple[Settings, str, str, str]:
+    """Settings with a fresh topic prefix; the loop's topic and dead-letter topic, created,
+    and its group."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    settings = load_settings(
+        var_dir=tmp_path, kafka_topic_prefix=prefix, kafka_partitions=PARTITIONS
+    )
+    topic, dlq, group = f"{prefix}loop", f"{prefix}loop.dlq", f"{prefix}group"
+    await ensure_topics(settings, broker.bootstrap, [topic, dlq])
+    return settings, topic, dlq, group
+
+
+def _ends(metadata: Sequence[RecordMetadata]) -> dict[int, int]:
+    """Per partition, the offset after the last record produced."""
+    ends: dict[int, int] = defaultdict(int)
+    for m in metadata:
+        ends[m.partition] = max(ends[m.partition], m.offset + 1)
+    return ends
+
+
+async def _committed(
+    broker: EmbeddedBroker, group: str, topic: str, partitions: Iterable[int]
+) -> dict[int, int | None]:
+    """What the group has committed on these partitions of the topic."""
+    tps = [TopicPartition(topic, p) for p in partitions]
+    committed = await committed_offsets(broker.bootstrap, group, tps)
+    return {tp.partition: offset for tp, offset in committed.items()}
 
 
 class Recorder:
@@ -50,12 +80,7 @@ class Recorder:
 async def test_partitions_at_once_keeps_each_partition_in_order(
     broker: EmbeddedBroker, tmp_path: Path, at_once: bool
 ) -> None:
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    settings = load_settings(
-        var_dir=tmp_path, kafka_topic_prefix=prefix, kafka_partitions=PARTITIONS
-    )
-    topic, dlq, group = f"{prefix}loop", f"{prefix}loop.dlq", f"{prefix}group"
-    await ensure_topics(settings, broker.bootstrap, [topic, dlq])
+    settings, topic, dlq, group = await _topics(broker, tmp_path)
     producer = make_producer(settings, broker.bootstrap)
     await producer.start()
     recorder = Recorder(len(KEYS) * PER_KEY)
@@ -89,16 +114,8 @@ async def test_partitions_at_once_keeps_each_partition_in_order(
         assert recorder.most_at_once == 1
 
     # The offsets were committed: a new member of the group has nothing left to read.
-    ends: dict[int, int] = defaultdict(int)
-    for m in metadata:
-        ends[m.partition] = max(ends[m.partition], m.offset + 1)
-    consumer = AIOKafkaConsumer(**kafka_common(settings, broker.bootstrap), group_id=group)
-    await consumer.start()
-    try:
-        for partition, end in ends.items():
-            assert await consumer.committed(TopicPartition(topic, partition)) == end
-    finally:
-        await consumer.stop()
+    ends = _ends(metadata)
+    assert await _committed(broker, group, topic, ends) == ends
 
 
 class PollRecorder:
@@ -139,12 +156,7 @@ async def test_a_batch_may_span_the_partitions_of_a_poll(
     """With `batch_spans_partitions` the batch handler gets a whole poll at once: records of
     several partitions in one batch, each partition's in offset order; what it leaves is
     handled one by one; every record once, and the offsets committed."""
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    settings = load_settings(
-        var_dir=tmp_path, kafka_topic_prefix=prefix, kafka_partitions=PARTITIONS
-    )
-    topic, dlq, group = f"{prefix}loop", f"{prefix}loop.dlq", f"{prefix}group"
-    await ensure_topics(settings, broker.bootstrap, [topic, dlq])
+    settings, topic, dlq, group = await _topics(broker, tmp_path)
     producer = make_producer(settings, broker.bootstrap)
     await producer.start()
     recorder = PollRecorder(len(KEYS) * PER_KEY)
@@ -187,13 +199,5 @@ async def test_a_batch_may_span_the_partitions_of_a_poll(
             offsets = [o for p, o in batch if p == partition]
             assert offsets == sorted(offsets)
 
-    ends: dict[int, int] = defaultdict(int)
-    for m in metadata:
-        ends[m.partition] = max(ends[m.partition], m.offset + 1)
-    consumer = AIOKafkaConsumer(**kafka_common(settings, broker.bootstrap), group_id=group)
-    await consumer.start()
-    try:
-        for partition, end in ends.items():
-            assert await consumer.committed(TopicPartition(topic, partition)) == end
-    finally:
-        await consumer.stop()
+    ends = _ends(metadata)
+    assert await _committed(broker, group, topic, ends) == ends

@@ -98,6 +98,19 @@ async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, b
         await consumer.stop()
 
 
+async def committed_offsets(
+    bootstrap: str, group: str, tps: list[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """What `group` has committed on each partition (an offset fetch: the reader does not
+    join the group, so it causes no rebalance)."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await reader.start()
+    try:
+        return {tp: await reader.committed(tp) for tp in tps}
+    finally:
+        await reader.stop()
+
+
 def attest_request_body(
     *,
     municipality: str = "101",
