@@ -2,9 +2,10 @@
 transaction.
 
 Set-based: a batch of records is one transaction that creates the conversations it does not
-know (one multi-row insert), reads the others locked (one select), applies the events in order
-to those rows in memory, writes the changed rows back (one executemany) and the rollups summed
-(`tracker/store.py`): about six statements for a batch instead of one or more per event.
+know (one multi-row insert), reads the others locked (one select), does the same for the
+contact episodes the batch touches (two more), applies the events in order to those rows in
+memory, writes the changed rows back (one executemany each) and the rollups summed
+(`tracker/store.py`): about ten statements for a batch instead of one or more per event.
 
 Idempotent by construction: a stage is applied only where its time is not set yet, and every
 rollup increment happens in the same transaction, only when that stage was set. A replayed or
@@ -34,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from attest_gateway.gateway.bus import PermanentError, TransientError
 from attest_gateway.gateway.directory import Role
 from attest_gateway.gateway.pseudonyms import StoreKey
-from attest_gateway.gateway.store.db import aware, dialect_insert, insert_ignore
+from attest_gateway.gateway.store.db import aware, dialect_insert
 from attest_gateway.gateway.store.tables import (
     organisations,
     tracker_conversations,
@@ -98,6 +99,71 @@ def _statements(dialect: str) -> dict[str, Any]:
     }
 
 
+EpisodeKey = tuple[str, str, dt.date]  # case ref, job centre, first day of absence
+EPISODE_MUTABLE = ("first_contact_at", "contact_source", "outcome", "decided_at")
+
+
+@functools.cache
+def _episode_statements(dialect: str) -> dict[str, Any]:
+    ep = tracker_episodes
+    key = sa.tuple_(ep.c.case_ref, ep.c.jobcenter_org, ep.c.first_day_of_absence)
+    select = (
+        sa.select(ep)
+        .where(key.in_(sa.bindparam("b_keys", expanding=True)))
+        .order_by(ep.c.case_ref, ep.c.jobcenter_org, ep.c.first_day_of_absence)
+    )
+    return {
+        "insert": dialect_insert(dialect, ep).on_conflict_do_nothing(),
+        # PostgreSQL: locked until written back (the sweep settles episodes too).
+        "select": select.with_for_update() if dialect == "postgresql" else select,
+        "update": ep.update()
+        .where(
+            ep.c.case_ref == sa.bindparam("b_case_ref"),
+            ep.c.jobcenter_org == sa.bindparam("b_jobcenter_org"),
+            ep.c.first_day_of_absence == sa.bindparam("b_first_day"),
+        )
+        .values({c: sa.bindparam(f"b_{c}", type_=ep.c[c].type) for c in EPISODE_MUTABLE}),
+    }
+
+
+class Episodes:
+    """A batch's contact episodes, like its conversations: created where missing and read
+    (locked) in two statements, changed in memory, written back in one executemany."""
+
+    def __init__(self) -> None:
+        self.rows: dict[EpisodeKey, SimpleNamespace] = {}
+        self.dirty: set[EpisodeKey] = set()
+
+    async def load(self, conn: AsyncConnection, new: dict[EpisodeKey, dict[str, Any]]) -> None:
+        """Make sure these episodes exist (`new`: the row of each, should it be missing) and
+        hold them in memory."""
+        missing = sorted(k for k in new if k not in self.rows)
+        if not missing:
+            return
+        statements = _episode_statements(conn.dialect.name)
+        await conn.execute(statements["insert"], [new[k] for k in missing])
+        for row in await conn.execute(statements["select"], {"b_keys": missing}):
+            key = (row.case_ref, row.jobcenter_org, row.first_day_of_absence)
+            self.rows[key] = SimpleNamespace(**row._mapping)
+
+    def set(self, key: EpisodeKey, **values: Any) -> None:
+        row = self.rows[key]
+        for name, value in values.items():
+            setattr(row, name, value)
+        self.dirty.add(key)
+
+    async def write(self, conn: AsyncConnection) -> None:
+        if not self.dirty:
+            return
+        params = [
+            {"b_case_ref": k[0], "b_jobcenter_org": k[1], "b_first_day": k[2]}
+            | {f"b_{c}": getattr(self.rows[k], c) for c in EPISODE_MUTABLE}
+            for k in sorted(self.dirty)
+        ]
+        await conn.execute(_episode_statements(conn.dialect.name)["update"], params)
+        self.dirty.clear()
+
+
 class Conversations:
     """A batch's conversations: created where missing and read in two statements, changed in
     memory event by event, written back in one (executemany) at the end of the batch.
@@ -110,6 +176,7 @@ class Conversations:
         self.rows = rows
         self.created = created  # new in this batch; their first event sets up contact episodes
         self.dirty: set[str] = set()
+        self.episodes = Episodes()
 
     def set(self, row: SimpleNamespace, **values: Any) -> None:
         for name, value in values.items():
@@ -117,6 +184,7 @@ class Conversations:
         self.dirty.add(row.conversation_id)
 
     async def write(self, conn: AsyncConnection) -> None:
+        await self.episodes.write(conn)
         if not self.dirty:
             return
         params = [
@@ -139,7 +207,7 @@ class TrackerState:
 
     # --- cells -------------------------------------------------------------------------------
 
-    def request_cells(self, row: Any, *, day: dt.date, durations: bool = False) -> list[Cell]:
+    def request_cells(self, row: Any, *, day: dt.date, durations: bool = False) -> Sequence[Cell]:
         return r.cells_for(
             day=day,
             attest_type=row.attest_type,
@@ -149,7 +217,7 @@ class TrackerState:
             durations=durations,
         )
 
-    def contact_cells(self, region: str, municipality: str, window_end: dt.date) -> list[Cell]:
+    def contact_cells(self, region: str, municipality: str, window_end: dt.date) -> Sequence[Cell]:
         return r.cells_for(
             day=window_end,
             attest_type=CONTACT_ATTEST,
@@ -178,26 +246,59 @@ class TrackerState:
     # --- stage events ------------------------------------------------------------------------
 
     async def conversations(
-        self, conn: AsyncConnection, events: Sequence[StageEvent]
+        self,
+        conn: AsyncConnection,
+        events: Sequence[StageEvent],
+        contacts: Sequence[ContactEvent] = (),
     ) -> Conversations:
-        """The events' conversations, each created from its first event where it is new."""
+        """The events' conversations, each created from its first event where it is new, and
+        the contact episodes the batch may touch (of the new conversations and of `contacts`),
+        created where missing."""
         first: dict[str, StageEvent] = {}
         for e in events:
             first.setdefault(e.conversation_id, e)
-        if not first:
-            return Conversations({}, set())
+        rows: dict[str, SimpleNamespace] = {}
         statements = _statements(conn.dialect.name)
-        values = [await self._new_row(conn, first[cid]) for cid in sorted(first)]
-        rows = {
-            row.conversation_id: SimpleNamespace(**row._mapping)
-            for row in await conn.execute(statements["insert"], values)
-        }
+        if first:
+            values = [await self._new_row(conn, first[cid]) for cid in sorted(first)]
+            rows = {
+                row.conversation_id: SimpleNamespace(**row._mapping)
+                for row in await conn.execute(statements["insert"], values)
+            }
         created = set(rows)
         existing = [cid for cid in sorted(first) if cid not in created]
         if existing:
             result = await conn.execute(statements["select"], {"b_ids": existing})
             rows |= {row.conversation_id: SimpleNamespace(**row._mapping) for row in result}
-        return Conversations(rows, created)
+        batch = Conversations(rows, created)
+        episodes: dict[EpisodeKey, dict[str, Any]] = {}
+        for cid in created:
+            row = rows[cid]
+            if self.rules.in_contact_scope(row.case_kind, row.psychiatric_course):
+                episodes.update(self._episode(row, row.first_day_of_absence, row.region_code))
+        for c in contacts:
+            if c.case_kind in self.rules.contact_case_kinds:
+                episodes.update(self._episode(c, c.first_day_of_absence, c.region_code))
+        await batch.episodes.load(conn, episodes)
+        return batch
+
+    def _episode(
+        self, about: Any, first_day: dt.date, region: str
+    ) -> dict[EpisodeKey, dict[str, Any]]:
+        """An episode's key and its row, should it be new (`about`: a conversation row or a
+        contact event, which name the citizen alike)."""
+        key = (about.case_ref, about.jobcenter_org, first_day)
+        return {
+            key: {
+                "case_ref": about.case_ref,
+                "jobcenter_org": about.jobcenter_org,
+                "first_day_of_absence": first_day,
+                "case_kind": about.case_kind,
+                "municipality": about.municipality,
+                "region_code": region,
+                "window_end": self.rules.contact_window_end(first_day),
+            }
+        }
 
     async def apply_stage(
         self, conn: AsyncConnection, e: StageEvent, batch: Conversations | None = None
@@ -216,7 +317,7 @@ class TrackerState:
         created = e.conversation_id in batch.created
         if created:  # the conversation's first event: its citizen's contact episode
             batch.created.discard(e.conversation_id)
-            await self._on_created(conn, row, e)
+            await self._on_created(conn, batch.episodes, row, e)
         if e.stage is Stage.REMINDED:
             return await self._apply_reminder(conn, batch, row, e) or created
         if e.stage not in r.TIMED_STAGES:
@@ -261,29 +362,16 @@ class TrackerState:
             "reminders": 0,
         }
 
-    async def _on_created(self, conn: AsyncConnection, row: Any, e: StageEvent) -> None:
+    async def _on_created(
+        self, conn: AsyncConnection, episodes: Episodes, row: Any, e: StageEvent
+    ) -> None:
         if not self.rules.in_contact_scope(row.case_kind, row.psychiatric_course):
-            return
-        await self._ensure_episode(
-            conn,
-            case_ref=row.case_ref,
-            jobcenter_org=row.jobcenter_org,
-            first_day=row.first_day_of_absence,
-            case_kind=row.case_kind,
-            municipality=row.municipality,
-            region=row.region_code,
-        )
+            return  # (in scope: `conversations` created its episode)
         if row.receiver_role == Role.PSYCHIATRY.value:
             # Any message between the job centre and psychiatry about the citizen is a
             # direct contact; the conversation's first event is its first message.
-            await self._contact(
-                conn,
-                case_ref=row.case_ref,
-                jobcenter_org=row.jobcenter_org,
-                first_day=row.first_day_of_absence,
-                at=e.at,
-                source="message",
-            )
+            key = (row.case_ref, row.jobcenter_org, row.first_day_of_absence)
+            await self._contact(conn, episodes, key, at=e.at, source="message")
 
     async def _on_submitted(
         self, conn: AsyncConnection, batch: Conversations, row: Any, e: StageEvent
@@ -363,98 +451,46 @@ class TrackerState:
 
     # --- contact -----------------------------------------------------------------------------
 
-    async def _ensure_episode(
-        self,
-        conn: AsyncConnection,
-        *,
-        case_ref: str,
-        jobcenter_org: str,
-        first_day: dt.date,
-        case_kind: str,
-        municipality: str,
-        region: str,
-    ) -> None:
-        await insert_ignore(
-            conn,
-            tracker_episodes,
-            {
-                "case_ref": case_ref,
-                "jobcenter_org": jobcenter_org,
-                "first_day_of_absence": first_day,
-                "case_kind": case_kind,
-                "municipality": municipality,
-                "region_code": region,
-                "window_end": self.rules.contact_window_end(first_day),
-            },
-        )
-
     async def _contact(
         self,
         conn: AsyncConnection,
+        episodes: Episodes,
+        key: EpisodeKey,
         *,
-        case_ref: str,
-        jobcenter_org: str,
-        first_day: dt.date,
         at: dt.datetime,
         source: str,
     ) -> None:
-        ep = tracker_episodes
-        key = (
-            (ep.c.case_ref == case_ref)
-            & (ep.c.jobcenter_org == jobcenter_org)
-            & (ep.c.first_day_of_absence == first_day)
-        )
-        row = (
-            await conn.execute(
-                ep.update()
-                .where(key, sa.or_(ep.c.first_contact_at.is_(None), ep.c.first_contact_at > at))
-                .values(first_contact_at=at, contact_source=source)
-                .returning(*ep.c)
-            )
-        ).first()
-        if row is None:  # an earlier contact is already recorded
-            row = (await conn.execute(sa.select(ep).where(key))).one()
-        if self.rules.local_date(at) > row.window_end:
+        ep = episodes.rows[key]
+        first = _aware_or_none(ep.first_contact_at)
+        if first is None or first > at:
+            episodes.set(key, first_contact_at=at, contact_source=source)
+        if self.rules.local_date(at) > ep.window_end:
             return  # too late to count; the sweep settles the episode as without contact
-        cells = self.contact_cells(row.region_code, row.municipality, row.window_end)
-        result = await conn.execute(
-            ep.update().where(key, ep.c.outcome.is_(None)).values(outcome="contact", decided_at=at)
-        )
-        if result.rowcount == 1:
+        cells = self.contact_cells(ep.region_code, ep.municipality, ep.window_end)
+        if ep.outcome is None:
+            episodes.set(key, outcome="contact", decided_at=at)
             await add_counts(conn, cells, contact_decided=1, contact_covered=1)
-            await add_citizen(conn, cells, case_ref)
-            return
-        # A contact inside the window that is registered after the sweep settled the episode as
-        # without contact corrects it: the episode was already decided (and its citizen counted),
-        # so only coverage moves.
-        corrected = await conn.execute(
-            ep.update()
-            .where(key, ep.c.outcome == "no_contact")
-            .values(outcome="contact", decided_at=at)
-        )
-        if corrected.rowcount == 1:
+            await add_citizen(conn, cells, ep.case_ref)
+        elif ep.outcome == "no_contact":
+            # A contact inside the window that is registered after the sweep settled the
+            # episode as without contact corrects it: the episode was already decided (and its
+            # citizen counted), so only coverage moves.
+            episodes.set(key, outcome="contact", decided_at=at)
             await add_counts(conn, cells, contact_covered=1)
 
-    async def apply_contact(self, conn: AsyncConnection, e: ContactEvent) -> None:
+    async def apply_contact(
+        self, conn: AsyncConnection, e: ContactEvent, batch: Conversations | None = None
+    ) -> None:
+        """Apply one registered contact (without `batch`: a batch of its own)."""
         if e.case_kind not in self.rules.contact_case_kinds:
             return
-        await self._ensure_episode(
-            conn,
-            case_ref=e.case_ref,
-            jobcenter_org=e.jobcenter_org,
-            first_day=e.first_day_of_absence,
-            case_kind=e.case_kind,
-            municipality=e.municipality,
-            region=e.region_code,
-        )
-        await self._contact(
-            conn,
-            case_ref=e.case_ref,
-            jobcenter_org=e.jobcenter_org,
-            first_day=e.first_day_of_absence,
-            at=e.at,
-            source="registered",
-        )
+        if batch is None:
+            batch = await self.conversations(conn, [], [e])
+            await self.apply_contact(conn, e, batch)
+            await batch.write(conn)
+            return
+        key = (e.case_ref, e.jobcenter_org, e.first_day_of_absence)
+        await self._contact(conn, batch.episodes, key, at=e.at, source="registered")
 
 
 def _aware_or_none(value: dt.datetime | None) -> dt.datetime | None:
@@ -521,7 +557,8 @@ class TrackerHandler:
             async with self._engine.begin() as conn:
                 with buffered_rollups() as rollups:
                     stages = [e for e in events if isinstance(e, StageEvent)]
-                    batch = await self._state.conversations(conn, stages)
+                    contacts = [e for e in events if isinstance(e, ContactEvent)]
+                    batch = await self._state.conversations(conn, stages, contacts)
                     changed = [await self._apply_one(conn, event, batch) for event in events]
                     await batch.write(conn)
                     await rollups.flush(conn)
@@ -541,6 +578,6 @@ class TrackerHandler:
         self, conn: AsyncConnection, event: TrackingEvent, batch: Conversations
     ) -> bool:
         if isinstance(event, ContactEvent):
-            await self._state.apply_contact(conn, event)
+            await self._state.apply_contact(conn, event, batch)
             return True
         return await self._state.apply_stage(conn, event, batch)

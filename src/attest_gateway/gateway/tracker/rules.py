@@ -388,6 +388,7 @@ def rate(numerator: int, denominator: int) -> float | None:
 ALL_TYPES: Final = "*"  # attest-type key of cells that count every type
 
 
+@lru_cache(maxsize=65_536)  # a batch's events share few days, types and places
 def cells_for(
     *,
     day: dt.date,
@@ -396,10 +397,11 @@ def cells_for(
     municipality: str,
     receiver: str | None,
     durations: bool = False,
-) -> list[tuple[str, str, dt.date, str, str]]:
+) -> tuple[tuple[str, str, dt.date, str, str], ...]:
     """The rollup cells an observation on `day` falls into: per period kind, per grain
     (national, region, municipality, receiver), for its own attest type and for all types.
     Citizen-level observations (attest type `-`) are not split by type or receiver.
+    (Cached: a tuple, shared by every caller.)
 
     Duration histograms (`durations=True`) are kept per week only for the national and
     regional grains; municipality and receiver histograms are monthly (a weekly histogram
@@ -412,13 +414,13 @@ def cells_for(
     if receiver is not None:
         grains = [*grains, ("receiver", receiver)]
     types = [attest_type] if attest_type == "-" else [attest_type, ALL_TYPES]
-    return [
+    return tuple(
         (grain, kind, period_start(day, kind), t, dim)
         for kind in PERIOD_KINDS
         for grain, dim in grains
         for t in types
         if not (durations and kind == "week" and grain in WEEKLY_HISTOGRAMS_NOT_KEPT)
-    ]
+    )
 
 
 WEEKLY_HISTOGRAMS_NOT_KEPT: Final = frozenset({"municipality", "receiver"})

@@ -70,7 +70,10 @@ def _statements(dialect: str) -> dict[str, Any]:
     return {"counts": counts, "durations": durations, "citizens": citizens}
 
 
+@functools.lru_cache(maxsize=65_536)
 def _cell_dict(cell: Cell) -> dict[str, Any]:
+    """A cell's columns (cached and shared: callers merge it into a new dict, never change
+    it)."""
     return dict(zip(CELL_COLUMNS, cell, strict=True))
 
 
