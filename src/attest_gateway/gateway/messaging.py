@@ -5,6 +5,7 @@ transaction, so a stage is never recorded without its event or the other way rou
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ async def conversation_by_request(conn: AsyncConnection, message_id: str) -> Con
 
 # Built once; each row goes as parameters (building the statement per row cost more CPU).
 _OUTBOX_INSERT = outbox.insert()
+_SENT_INSERT = sent_messages.insert()
 
 
 def _headers(pairs: dict[str, str]) -> str:
@@ -180,17 +182,18 @@ async def remember_sent(
         now=now,
     )
     await conn.execute(
-        sent_messages.insert().values(
-            message_id=h.message_id,
-            conversation_id=h.conversation_id,
-            sender_org_id=h.sender,
-            receiver_org_id=h.receiver,
-            message_type=h.message_type.value,
-            copy=copy.to_json(),
-            sent_at=now,
-            last_sent_at=now,
-            resend_count=0,
-        )
+        _SENT_INSERT,
+        {
+            "message_id": h.message_id,
+            "conversation_id": h.conversation_id,
+            "sender_org_id": h.sender,
+            "receiver_org_id": h.receiver,
+            "message_type": h.message_type.value,
+            "copy": copy.to_json(),
+            "sent_at": now,
+            "last_sent_at": now,
+            "resend_count": 0,
+        },
     )
 
 
@@ -198,29 +201,30 @@ async def enqueue_envelope(
     conn: AsyncConnection, topics: Topics, envelope: SealedEnvelope, now: dt.datetime
 ) -> None:
     """Put a sealed envelope in the outbox for `medcom.messages` (key: the conversation)."""
+    await conn.execute(_OUTBOX_INSERT, _envelope_row(topics, envelope, now))
+
+
+def _envelope_row(topics: Topics, envelope: SealedEnvelope, now: dt.datetime) -> dict[str, Any]:
     h = envelope.header
-    await conn.execute(
-        _OUTBOX_INSERT,
-        {
-            "topic": topics.medcom_messages,
-            "key": h.conversation_id,
-            "value": envelope.to_json(),
-            "headers": _headers(
-                {
-                    "content-type": CONTENT_TYPE,
-                    "schema-version": "1",
-                    "message-type": h.message_type.value,
-                    "message-id": h.message_id,
-                    "conversation-id": h.conversation_id,
-                    "sender": h.sender,
-                    "receiver": h.receiver,
-                    "key-id": h.recipient_key_id,
-                }
-            ),
-            "message_id": h.message_id,
-            "created_at": now,
-        },
-    )
+    return {
+        "topic": topics.medcom_messages,
+        "key": h.conversation_id,
+        "value": envelope.to_json(),
+        "headers": _headers(
+            {
+                "content-type": CONTENT_TYPE,
+                "schema-version": "1",
+                "message-type": h.message_type.value,
+                "message-id": h.message_id,
+                "conversation-id": h.conversation_id,
+                "sender": h.sender,
+                "receiver": h.receiver,
+                "key-id": h.recipient_key_id,
+            }
+        ),
+        "message_id": h.message_id,
+        "created_at": now,
+    }
 
 
 async def record_stage(
@@ -233,10 +237,13 @@ async def record_stage(
     message_type: MessageType,
     at: dt.datetime,
     detail: str | None = None,
+    envelope: SealedEnvelope | None = None,
 ) -> bool:
     """Record the first time a conversation reaches a stage, with its stage event.
 
     Idempotent: a stage already recorded is left alone and no second event is emitted.
+    `envelope`: also put this envelope in the outbox (as `enqueue_envelope`), in the same
+    statement as the stage event (one round trip less).
     """
     is_new = await insert_ignore(
         conn,
@@ -249,13 +256,16 @@ async def record_stage(
             "detail": detail,
         },
     )
-    if not is_new:
-        return False
-    await emit_stage_event(
-        conn, topics, conv, stage, message_id=message_id, message_type=message_type, at=at,
-        detail=detail,
-    )  # fmt: skip
-    return True
+    rows = [] if envelope is None else [_envelope_row(topics, envelope, at)]
+    if is_new:
+        event = _stage_event_row(
+            topics, conv, stage, message_id=message_id, message_type=message_type, at=at,
+            detail=detail,
+        )  # fmt: skip
+        rows.append(event)
+    if rows:
+        await conn.execute(_OUTBOX_INSERT, rows)
+    return is_new
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,29 +279,34 @@ class StageRecord:
     at: dt.datetime
 
 
+@functools.cache
+def _insert_new_stages(dialect: str) -> Any:
+    """Stage rows unless already recorded, returning those inserted. Built once; unordered
+    RETURNING lets SQLAlchemy send the rows as one multi-row INSERT."""
+    return (
+        dialect_insert(dialect, stages)
+        .on_conflict_do_nothing()
+        .returning(stages.c.conversation_id, stages.c.stage)
+    )
+
+
 async def record_stages(conn: AsyncConnection, topics: Topics, items: Sequence[StageRecord]) -> int:
     """:func:`record_stage` for many stages at once: one insert for the stage rows and one for
     the events of those that are new, whatever their number. Returns how many were new."""
     if not items:
         return 0
     items = sorted(items, key=lambda i: (i.conv.id, i.stage.value))  # one lock order for all
-    result = await conn.execute(
-        dialect_insert(conn.dialect.name, stages)
-        .values(
-            [
-                {
-                    "conversation_id": i.conv.id,
-                    "stage": i.stage.value,
-                    "message_id": i.message_id,
-                    "at": i.at,
-                    "detail": None,
-                }
-                for i in items
-            ]
-        )
-        .on_conflict_do_nothing()
-        .returning(stages.c.conversation_id, stages.c.stage)
-    )
+    rows = [
+        {
+            "conversation_id": i.conv.id,
+            "stage": i.stage.value,
+            "message_id": i.message_id,
+            "at": i.at,
+            "detail": None,
+        }
+        for i in items
+    ]
+    result = await conn.execute(_insert_new_stages(conn.dialect.name), rows)
     new = {(r.conversation_id, r.stage) for r in result}
     fresh = [i for i in items if (i.conv.id, i.stage.value) in new]
     if fresh:

@@ -26,7 +26,6 @@ from attest_gateway.gateway.messaging import (
     Conversation,
     StageRecord,
     conversations_by_id,
-    enqueue_envelope,
     load_conversation,
     mark_fetched,
     record_stage,
@@ -54,6 +53,9 @@ from attest_gateway.schemas.jobcenter import (
 from attest_gateway.schemas.medcom import Bundle, OrgIdentifiers, parse_bundle, read_message
 
 log = structlog.get_logger(__name__)
+
+_INSERT_CONVERSATION = conversations.insert()
+_INSERT_IDEMPOTENCY_KEY = idempotency_keys.insert()
 
 
 def _identifiers(org: Organisation) -> OrgIdentifiers:
@@ -174,7 +176,9 @@ async def submit_attest_request(
             context=pseudonyms.conversation_context(conversation_id),
             now=now,
         )  # the CPR number only as ciphertext, to re-key the pseudonym from
-        await conn.execute(conversations.insert().values(**_as_dict(conv), citizen_sealed=sealed))
+        # The rows go as parameters of statements built once (building one per request with
+        # `.values()` was 8 % of the request's CPU).
+        await conn.execute(_INSERT_CONVERSATION, _as_dict(conv) | {"citizen_sealed": sealed})
         accepted = AttestRequestAccepted(
             conversation_id=conversation_id,
             message_id=message_id,
@@ -183,16 +187,16 @@ async def submit_attest_request(
         )
         if idempotency_key is not None:
             await conn.execute(
-                idempotency_keys.insert().values(
-                    org_id=org.id,
-                    key=idempotency_key,
-                    fingerprint=fp,
-                    conversation_id=conversation_id,
-                    response=accepted.model_dump_json(),
-                    created_at=now,
-                )
+                _INSERT_IDEMPOTENCY_KEY,
+                {
+                    "org_id": org.id,
+                    "key": idempotency_key,
+                    "fingerprint": fp,
+                    "conversation_id": conversation_id,
+                    "response": accepted.model_dump_json(),
+                    "created_at": now,
+                },
             )
-        await enqueue_envelope(conn, gw.topics, envelope, now)
         await remember_sent(conn, gw, plaintext=plaintext, envelope=envelope, now=now)
         await record_stage(
             conn,
@@ -202,6 +206,7 @@ async def submit_attest_request(
             message_id=message_id,
             message_type=MessageType.ATTEST_REQUEST,
             at=now,
+            envelope=envelope,
         )
     gw.relay.wake()
     log.info(
@@ -391,7 +396,6 @@ async def acknowledge_reply(
         await conn.execute(
             mailbox.update().where(mailbox.c.message_id == message_id).values(collected_at=now)
         )
-        await enqueue_envelope(conn, gw.topics, sealed, now)
         await record_stage(
             conn,
             gw.topics,
@@ -401,6 +405,7 @@ async def acknowledge_reply(
             message_type=MessageType.ATTEST_REPLY,
             at=now,
             detail="ok",
+            envelope=sealed,
         )
         await audit.record_many(conn, gw.topics, [opened])  # last: it holds the chain's lock
     gw.relay.wake()
