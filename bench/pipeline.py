@@ -13,7 +13,8 @@ Per run (a warm-up and `ctx.runs` recorded ones):
 2. a fresh copy of the template (SQLite: the backup API; PostgreSQL: `CREATE DATABASE …
    TEMPLATE …`) and fresh topics (a new prefix; the outbox rows are renamed to it); the
    gateway (again without relay and consumers) creates them with its partition count.
-3. the real delivery `ConsumerLoop` with the real `DeliveryHandler` starts in its own group
+3. the real delivery consumer, wired as the gateway wires it (`runtime.make_delivery`:
+   batches per poll, partitions at once, as the settings say) starts in its own group
    and joins (Tansu's group join takes seconds: timed separately, reported in notes); its
    partitions are then paused.
 4. the real relay (`OutboxRelay.publish_pending`) publishes the outbox: the N envelopes,
@@ -21,7 +22,8 @@ Per run (a warm-up and `ctx.runs` recorded ones):
 5. **Clock**: from resuming the partitions until the group's committed offsets cover all N
    records (polled every 50 ms; the loop commits only records its handler finished: parse,
    directory checks, Ed25519 verify, idempotent mailbox insert, outbox update, stage row +
-   stage event, one transaction each). After the clock the mailbox must hold exactly N rows
+   stage event; a poll's new envelopes in one transaction, or one transaction each with
+   DELIVERY_POLL_IN_ONE_TRANSACTION=false). After the clock the mailbox must hold exactly N rows
    (a dead-lettered record would also be committed: this check catches it).
 
 The gateway's structured logs (one JSON line per record, as in production) go to
@@ -51,13 +53,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.adapters.jobcenter.service import submit_attest_request
-from attest_gateway.adapters.medcom.delivery import DeliveryHandler
 from attest_gateway.gateway import directory
 from attest_gateway.gateway.bus import ConsumerLoop, Topics
 from attest_gateway.gateway.config import Settings, load_settings
 from attest_gateway.gateway.demo import ensure_demo_orgs
 from attest_gateway.gateway.logging import configure_logging
-from attest_gateway.gateway.runtime import running_gateway
+from attest_gateway.gateway.runtime import make_delivery, running_gateway
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.store.migrate import upgrade_async
 from attest_gateway.gateway.store.tables import mailbox, outbox
@@ -338,6 +339,7 @@ class Observed:
     joins: list[float] = field(default_factory=list)  # group join, seconds
     first_quarter: list[float] = field(default_factory=list)  # records/s
     last_quarter: list[float] = field(default_factory=list)  # records/s
+    wiring: str = ""  # how the consumer was set up (from the settings)
 
     def add(self, drained: Drained) -> None:
         self.first_quarter.append(drained.first_quarter)
@@ -356,6 +358,16 @@ class Observed:
             "first_quarter_per_s": self.first_quarter,
             "last_quarter_per_s": self.last_quarter,
         }
+
+
+def delivery_wiring(settings: Settings) -> str:
+    batches = (
+        "a poll's new envelopes in one transaction"
+        if settings.delivery_poll_in_one_transaction
+        else "one transaction per record"
+    )
+    at_once = "at once" if settings.delivery_partitions_at_once else "one after the other"
+    return f"{batches}, partitions {at_once}"
 
 
 def _span(values: list[float]) -> str:
@@ -380,15 +392,8 @@ async def delivery_runs(ctx: BenchContext, kind: str, n: int) -> tuple[list[floa
                 async with running_gateway(
                     settings, ctx.bootstrap, run_relay=False, run_consumers=False
                 ) as gw:
-                    loop = ConsumerLoop(
-                        settings=settings,
-                        bootstrap=ctx.bootstrap,
-                        topic=topics.medcom_messages,
-                        group=f"{settings.kafka_group_prefix}.delivery",
-                        handler=DeliveryHandler(gw.engine, topics, settings.gateway_org_id),
-                        producer=gw.producer,
-                        dead_letter_topic=topics.dead_letter,
-                    )
+                    loop = make_delivery(gw, ctx.bootstrap)
+                    seen.wiring = delivery_wiring(settings)
                     try:
                         partitions, joined = await join_and_pause(loop)
                         seen.joins.append(joined)
@@ -434,7 +439,8 @@ async def run(ctx: BenchContext) -> list[Figure]:
                 baseline="transport.passthrough",
                 notes=(
                     f"{n:,} pre-published sealed request envelopes through the real delivery "
-                    f"ConsumerLoop + DeliveryHandler into a fresh {db} database; clock: resume "
+                    f"ConsumerLoop + DeliveryHandler ({seen.wiring}) into a fresh {db} "
+                    f"database; clock: resume "
                     f"of the joined, paused consumer until offsets for all N are committed "
                     f"(polled every {POLL_S * 1000:.0f} ms); {seen.note()}; the outbox holds "
                     f"about 3N rows (envelopes, stage events) when the clock starts"

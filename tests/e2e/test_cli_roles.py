@@ -158,6 +158,7 @@ async def test_api_and_worker_processes(stack: Stack) -> None:
         )  # fmt: skip
         assert response.status_code == 202, response.text
         message_id = response.json()["message_id"]
+        conversation_id = response.json()["conversation_id"]
 
         async def delivered() -> bool:  # only the worker runs the delivery consumer
             items = (await api.get("/medcom/v1/mailbox", headers=psy)).json()["items"]
@@ -194,8 +195,14 @@ async def test_api_and_worker_processes(stack: Stack) -> None:
     worker_log = stack.logs["worker"].read_text("utf-8")
     api_log = stack.logs["api"].read_text("utf-8")
     records = [json.loads(line) for line in worker_log.splitlines() if line.startswith("{")]
-    consumed_lines = [r for r in records if r.get("event") == "consumer.record"]
-    assert consumed_lines
-    assert all(r.get("correlation_id") for r in consumed_lines)
+    # Each consumed record is logged with its conversation id: on its own line, or in the
+    # line of the batch it was handled in.
+    one_by_one = [r for r in records if r.get("event") == "consumer.record"]
+    batches = [r for r in records if r.get("event") == "consumer.batch"]
+    assert all(r.get("correlation_id") for r in one_by_one)
+    assert all(r["correlation_ids"] and r["records"] >= 1 for r in batches)
+    logged = {r["correlation_id"] for r in one_by_one}
+    logged |= {i for r in batches for i in r["correlation_ids"]}
+    assert conversation_id in logged  # its request, its stage events
     assert any('"event": "http.request"' in line for line in api_log.splitlines())
     assert CPR not in worker_log + api_log

@@ -9,6 +9,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 from aiokafka import TopicPartition
@@ -53,6 +54,53 @@ async def _committed(
     return {tp.partition: offset for tp, offset in committed.items()}
 
 
+class _Counting(Protocol):
+    all_seen: asyncio.Event
+
+    async def __call__(self, record: ConsumerRecord[bytes, bytes]) -> None: ...
+
+
+async def _consume_all(
+    broker: EmbeddedBroker,
+    tmp_path: Path,
+    handler: _Counting,
+    *,
+    marked: Iterable[str] = (),
+    **options: Any,
+) -> tuple[list[RecordMetadata], str, str]:
+    """Put every key's PER_KEY records (`key#seq`, keyed by `key`; those in `marked` get the
+    suffix `#left`) on a fresh topic before a ConsumerLoop (with `options`) joins, so that its
+    polls span partitions; run it until the handler has seen them all, and stop it. Returns
+    where the records landed, the group and the topic."""
+    settings, topic, dlq, group = await _topics(broker, tmp_path)
+    producer = make_producer(settings, broker.bootstrap)
+    await producer.start()
+    loop = ConsumerLoop(
+        settings=settings, bootstrap=broker.bootstrap, topic=topic, group=group,
+        handler=handler, producer=producer, dead_letter_topic=dlq, **options,
+    )  # fmt: skip
+    marked = set(marked)
+
+    def value(key: str, seq: int) -> bytes:
+        v = f"{key}#{seq}"
+        return (f"{v}#left" if v in marked else v).encode()
+
+    try:
+        sends = [
+            await producer.send(topic, value=value(key, seq), key=key.encode())
+            for seq in range(PER_KEY)
+            for key in KEYS
+        ]
+        metadata = await asyncio.gather(*sends)
+        await loop.start()
+        async with asyncio.timeout(60):
+            await handler.all_seen.wait()
+        await loop.stop()
+    finally:
+        await producer.stop()
+    return metadata, group, topic
+
+
 class Recorder:
     """A handler that yields to the event loop while it 'works' and notes what overlapped."""
 
@@ -80,28 +128,11 @@ class Recorder:
 async def test_partitions_at_once_keeps_each_partition_in_order(
     broker: EmbeddedBroker, tmp_path: Path, at_once: bool
 ) -> None:
-    settings, topic, dlq, group = await _topics(broker, tmp_path)
-    producer = make_producer(settings, broker.bootstrap)
-    await producer.start()
     recorder = Recorder(len(KEYS) * PER_KEY)
-    loop = ConsumerLoop(
-        settings=settings, bootstrap=broker.bootstrap, topic=topic, group=group,
-        handler=recorder, producer=producer, dead_letter_topic=dlq, partitions_at_once=at_once,
-    )  # fmt: skip
-    try:
-        # Everything is on the broker before the loop joins: its polls span partitions.
-        sends = [
-            await producer.send(topic, value=f"{key}#{seq}".encode(), key=key.encode())
-            for seq in range(PER_KEY)
-            for key in KEYS
-        ]
-        metadata = await asyncio.gather(*sends)
-        await loop.start()
-        async with asyncio.timeout(60):
-            await recorder.all_seen.wait()
-        await loop.stop()
-    finally:
-        await producer.stop()
+    # Everything is on the broker before the loop joins: its polls span partitions.
+    metadata, group, topic = await _consume_all(
+        broker, tmp_path, recorder, partitions_at_once=at_once
+    )
 
     handled = [item for records in recorder.seen.values() for item in records]
     assert sorted(handled) == sorted((k, s) for k in KEYS for s in range(PER_KEY))  # once each
@@ -156,33 +187,12 @@ async def test_a_batch_may_span_the_partitions_of_a_poll(
     """With `batch_spans_partitions` the batch handler gets a whole poll at once: records of
     several partitions in one batch, each partition's in offset order; what it leaves is
     handled one by one; every record once, and the offsets committed."""
-    settings, topic, dlq, group = await _topics(broker, tmp_path)
-    producer = make_producer(settings, broker.bootstrap)
-    await producer.start()
     recorder = PollRecorder(len(KEYS) * PER_KEY)
     left = {f"{KEYS[0]}#3#left", f"{KEYS[5]}#9#left"}
-    loop = ConsumerLoop(
-        settings=settings, bootstrap=broker.bootstrap, topic=topic, group=group,
-        handler=recorder, producer=producer, dead_letter_topic=dlq,
+    metadata, group, topic = await _consume_all(
+        broker, tmp_path, recorder, marked={v.removesuffix("#left") for v in left},
         batch_spans_partitions=True, max_poll_records=1000,
     )  # fmt: skip
-    try:
-        values = [f"{key}#{seq}" for seq in range(PER_KEY) for key in KEYS]
-        sends = [
-            await producer.send(
-                topic,
-                value=(v + "#left" if v + "#left" in left else v).encode(),
-                key=v.rpartition("#")[0].encode(),
-            )
-            for v in values
-        ]
-        metadata = await asyncio.gather(*sends)
-        await loop.start()
-        async with asyncio.timeout(60):
-            await recorder.all_seen.wait()
-        await loop.stop()
-    finally:
-        await producer.stop()
 
     handled = [item for records in recorder.seen.values() for item in records]
     assert sorted(handled) == sorted((k, s) for k in KEYS for s in range(PER_KEY))  # once each
@@ -199,5 +209,24 @@ async def test_a_batch_may_span_the_partitions_of_a_poll(
             offsets = [o for p, o in batch if p == partition]
             assert offsets == sorted(offsets)
 
+    ends = _ends(metadata)
+    assert await _committed(broker, group, topic, ends) == ends
+
+
+async def test_without_batches_a_batch_handler_gets_every_record_one_by_one(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """`batches=False` (e.g. DELIVERY_POLL_IN_ONE_TRANSACTION=false): a handler that could
+    take batches gets each record on its own, in order, and the offsets are committed."""
+    recorder = PollRecorder(len(KEYS) * PER_KEY)
+    metadata, group, topic = await _consume_all(
+        broker, tmp_path, recorder, batch_spans_partitions=True, batches=False
+    )
+
+    assert recorder.batches == []
+    assert len(recorder.one_by_one) == len(KEYS) * PER_KEY
+    for records in recorder.seen.values():
+        for key in {k for k, _ in records}:
+            assert [s for k, s in records if k == key] == list(range(PER_KEY))
     ends = _ends(metadata)
     assert await _committed(broker, group, topic, ends) == ends

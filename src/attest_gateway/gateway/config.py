@@ -56,6 +56,13 @@ class Settings(BaseSettings):
             "false: one partition after the other"
         ),
     )
+    delivery_poll_in_one_transaction: bool = Field(
+        default=True,
+        description=(
+            "the delivery consumer delivers the new, valid records of a poll (all partitions) "
+            "in one transaction; false: one transaction per record"
+        ),
+    )
     tracker_poll_in_one_transaction: bool = Field(
         default=True,
         description=(

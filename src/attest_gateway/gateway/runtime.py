@@ -68,6 +68,25 @@ def load_pseudonym_key(settings: Settings) -> bytes:
     return path.read_text(encoding="ascii").strip().encode("ascii")
 
 
+def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
+    """The delivery consumer (`medcom.messages` → mailboxes), not yet started."""
+    from attest_gateway.adapters.medcom.delivery import DeliveryHandler  # composition root
+
+    settings = gw.settings
+    return ConsumerLoop(
+        settings=settings,
+        bootstrap=bootstrap,
+        topic=gw.topics.medcom_messages,
+        group=f"{settings.kafka_group_prefix}.delivery",
+        handler=DeliveryHandler(gw.engine, gw.topics, settings.gateway_org_id),
+        producer=gw.producer,
+        dead_letter_topic=gw.topics.dead_letter,
+        partitions_at_once=settings.delivery_partitions_at_once,
+        batches=settings.delivery_poll_in_one_transaction,
+        batch_spans_partitions=True,
+    )
+
+
 @asynccontextmanager
 async def running_gateway(
     settings: Settings,
@@ -76,8 +95,6 @@ async def running_gateway(
     run_relay: bool = True,
     run_consumers: bool = True,
 ) -> AsyncIterator[Gateway]:
-    from attest_gateway.adapters.medcom.delivery import DeliveryHandler  # composition root
-
     topics = Topics.from_settings(settings)
     engine = make_engine(settings.effective_database_url)
     keyring = KeyRing.load_dir(custodial_keys_dir(settings))
@@ -106,16 +123,7 @@ async def running_gateway(
         if run_relay:
             relay.start()
         if run_consumers:
-            delivery = ConsumerLoop(
-                settings=settings,
-                bootstrap=bootstrap,
-                topic=topics.medcom_messages,
-                group=f"{settings.kafka_group_prefix}.delivery",
-                handler=DeliveryHandler(engine, topics, settings.gateway_org_id),
-                producer=producer,
-                dead_letter_topic=topics.dead_letter,
-                partitions_at_once=settings.delivery_partitions_at_once,
-            )
+            delivery = make_delivery(gw, bootstrap)
             await delivery.start()
             gw.consumers.append(delivery)
             if settings.tracker_enabled:

@@ -18,6 +18,9 @@ the two parties of the conversation it names, in the direction its type allows
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Sequence
+from typing import Any
 
 import pydantic
 import sqlalchemy as sa
@@ -29,8 +32,15 @@ from attest_gateway.gateway import directory
 from attest_gateway.gateway.bus import PermanentError, Topics, TransientError
 from attest_gateway.gateway.crypto import utcnow, verify
 from attest_gateway.gateway.errors import EnvelopeRejected
-from attest_gateway.gateway.messaging import Conversation, load_conversation, record_stage
-from attest_gateway.gateway.store.db import insert_ignore
+from attest_gateway.gateway.messaging import (
+    Conversation,
+    StageRecord,
+    conversations_by_id,
+    load_conversation,
+    record_stage,
+    record_stages,
+)
+from attest_gateway.gateway.store.db import dialect_insert, insert_ignore
 from attest_gateway.gateway.store.tables import mailbox, outbox
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage
@@ -91,19 +101,7 @@ async def deliver(
         raise PermanentError(
             "conversation-mismatch", "the sender and receiver are not the conversation's parties"
         )
-    is_new = await insert_ignore(
-        conn,
-        mailbox,
-        {
-            "message_id": h.message_id,
-            "receiver_org_id": h.receiver,
-            "sender_org_id": h.sender,
-            "conversation_id": h.conversation_id,
-            "message_type": h.message_type.value,
-            "envelope": envelope.to_json(),
-            "delivered_at": now,
-        },
-    )
+    is_new = await insert_ignore(conn, mailbox, _mailbox_row(envelope, now))
     if not is_new:
         await _offer_resend(conn, envelope)
     await conn.execute(
@@ -117,6 +115,93 @@ async def deliver(
             conn, topics, conv, stage, message_id=h.message_id, message_type=h.message_type, at=now
         )
     return is_new
+
+
+@functools.cache
+def _insert_new_mail(dialect: str) -> Any:
+    """Mailbox rows unless their message id is there, returning those inserted. Built once;
+    unordered RETURNING lets SQLAlchemy send the rows as one multi-row INSERT."""
+    return dialect_insert(dialect, mailbox).on_conflict_do_nothing().returning(mailbox.c.message_id)
+
+
+def _mailbox_row(envelope: SealedEnvelope, now: dt.datetime) -> dict[str, object]:
+    h = envelope.header
+    return {
+        "message_id": h.message_id,
+        "receiver_org_id": h.receiver,
+        "sender_org_id": h.sender,
+        "conversation_id": h.conversation_id,
+        "message_type": h.message_type.value,
+        "envelope": envelope.to_json(),
+        "delivered_at": now,
+    }
+
+
+async def deliver_many(
+    conn: AsyncConnection,
+    topics: Topics,
+    envelopes: Sequence[SealedEnvelope],
+    gateway_org_id: str,
+    now: dt.datetime,
+) -> list[SealedEnvelope]:
+    """`check_envelope` and `deliver` for many new envelopes in one transaction, in a fixed
+    number of statements. Returns those delivered. It leaves alone (delivers nothing of) every
+    envelope that fails a check, whose message id is in a mailbox already (a redelivery, a
+    resend or a replay), that repeats a message id of the batch, or whose outbox row another
+    transaction holds: the one-by-one path decides those, with their reasons.
+
+    It never waits for a lock another transaction holds on an outbox row (SKIP LOCKED): a
+    relay marking rows published locks them in its own order, and a wait here could close a
+    cycle with it. It inserts in message-id order and records stages in conversation order.
+    """
+    checked: list[SealedEnvelope] = []
+    for envelope in envelopes:
+        try:
+            await check_envelope(conn, envelope, gateway_org_id, now)
+        except PermanentError:
+            continue
+        checked.append(envelope)
+    convs = await conversations_by_id(conn, (e.header.conversation_id for e in checked))
+    candidates: dict[str, SealedEnvelope] = {}
+    for envelope in checked:
+        h = envelope.header
+        conv = convs.get(h.conversation_id)
+        if conv is None or (h.sender, h.receiver) not in _parties(conv, h.message_type):
+            continue
+        candidates.setdefault(h.message_id, envelope)
+    ids = sorted(candidates)
+    if not ids:
+        return []
+    in_mailbox = await conn.scalars(
+        sa.select(mailbox.c.message_id).where(mailbox.c.message_id.in_(ids))
+    )
+    for message_id in in_mailbox:
+        del candidates[message_id]
+    undelivered = outbox.c.message_id.in_(sorted(candidates)), outbox.c.delivered_at.is_(None)
+    rows = sa.select(outbox.c.id, outbox.c.message_id).where(*undelivered)
+    locking = rows.order_by(outbox.c.id).with_for_update(skip_locked=True)
+    held = {(row.id, row.message_id) for row in await conn.execute(locking)}
+    for row in await conn.execute(rows):
+        if (row.id, row.message_id) not in held:  # another transaction holds it: left
+            candidates.pop(row.message_id, None)
+    if not candidates:
+        return []
+    mail = [_mailbox_row(candidates[i], now) for i in sorted(candidates)]
+    inserted = set(await conn.scalars(_insert_new_mail(conn.dialect.name), mail))
+    # One inserted meanwhile by another transaction is not ours: left to the one-by-one path.
+    delivered = [candidates[i] for i in sorted(inserted)]
+    mine = sorted(row_id for row_id, message_id in held if message_id in inserted)
+    if mine:
+        await conn.execute(outbox.update().where(outbox.c.id.in_(mine)).values(delivered_at=now))
+    reached: list[StageRecord] = []
+    for envelope in delivered:
+        h = envelope.header
+        stage = _DELIVERED_STAGE.get(h.message_type)
+        if stage is not None:
+            conv = convs[h.conversation_id]
+            reached.append(StageRecord(conv, stage, h.message_id, h.message_type, now))
+    await record_stages(conn, topics, reached)
+    return delivered
 
 
 def _parties(conv: Conversation, message_type: MessageType) -> set[tuple[str, str]]:
@@ -169,9 +254,41 @@ class DeliveryHandler:
         self._topics = topics
         self._gateway_org_id = gateway_org_id
 
+    async def handle_batch(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """Deliver a poll's new, valid envelopes in one transaction (`deliver_many`); returns
+        the records left to the one-by-one path (unreadable, refused, already delivered, or
+        a second record of a message id in the batch)."""
+        by_message: dict[str, ConsumerRecord[bytes, bytes]] = {}
+        envelopes: list[SealedEnvelope] = []
+        for record in records:
+            try:
+                envelope = parse_envelope(record.value)
+            except PermanentError:
+                continue
+            if envelope.header.message_id not in by_message:
+                by_message[envelope.header.message_id] = record
+                envelopes.append(envelope)
+        now = utcnow()
+        try:
+            async with self._engine.begin() as conn:
+                delivered = await deliver_many(
+                    conn, self._topics, envelopes, self._gateway_org_id, now
+                )
+        except sa.exc.DBAPIError as exc:
+            raise TransientError("database-unavailable", type(exc).__name__) from exc
+        if delivered:  # one line for the batch (a line per message was 12 % of its CPU)
+            log.info(
+                "delivery.delivered",
+                count=len(delivered),
+                message_ids=[e.header.message_id for e in delivered],
+            )
+        done = {_place(by_message[e.header.message_id]) for e in delivered}
+        return [record for record in records if _place(record) not in done]
+
     async def __call__(self, record: ConsumerRecord[bytes, bytes]) -> None:
         envelope = parse_envelope(record.value)
-        h = envelope.header
         now = utcnow()
         try:
             async with self._engine.begin() as conn:
@@ -179,6 +296,7 @@ class DeliveryHandler:
                 is_new = await deliver(conn, self._topics, envelope, now)
         except sa.exc.DBAPIError as exc:
             raise TransientError("database-unavailable", type(exc).__name__) from exc
+        h = envelope.header
         log.info(
             "delivery.delivered" if is_new else "delivery.duplicate",
             message_id=h.message_id,
@@ -186,3 +304,7 @@ class DeliveryHandler:
             message_type=h.message_type.value,
             receiver=h.receiver,
         )
+
+
+def _place(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
