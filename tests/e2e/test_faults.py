@@ -27,7 +27,7 @@ import orjson
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -57,6 +57,7 @@ from tests.support.processes import Proc, base_env, wait_until_healthy, wait_unt
 REQUESTS = int(os.environ.get("FAULT_TEST_REQUESTS", "600"))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600 + 2 * REQUESTS)]
 POISON = 5
+DLQ = "gateway.dead-letter"
 JC, PSY = "jc-koebenhavn", "psyk-kbh"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -276,10 +277,37 @@ async def faults(stack: Stack, load: Load) -> None:
     await wait_until_listening(stack.broker_port, stack.broker)
 
 
-async def poison(stack: Stack) -> tuple[set[str], set[str], dict[str, tuple[int, int]]]:
-    """After the broker restart (which empties every topic): records that must be dead-lettered.
-    Returns their keys, the keys whose produce had to be retried (so may be there twice), and
-    where each key's record was acknowledged (partition, offset)."""
+@dataclass
+class Poison:
+    """The records poisoned on purpose: each key's value, where the broker last acknowledged
+    it, how many produces it took (a retried produce may leave it there twice), and how often
+    the broker lost it and it was produced again."""
+
+    values: dict[str, bytes]
+    placed: dict[str, tuple[int, int]] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
+
+    async def produce(self, stack: Stack, keys: set[str]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for key in sorted(keys):
+                attempts, self.placed[key] = await _send_retrying(
+                    producer, "medcom.messages", value=self.values[key], key=key.encode()
+                )
+                self.attempts[key] = self.attempts.get(key, 0) + attempts
+        finally:
+            await producer.stop()
+
+    def sources_allowed(self, key: str) -> int:
+        """How many source records of this key the dead-letter topic may name: one per
+        produce that may have placed it."""
+        return self.attempts[key]
+
+
+async def poison(stack: Stack) -> Poison:
+    """After the broker restart (which empties every topic): records that must be dead-lettered."""
     # Produced once the gateway has recovered: the sweeper that recreates the lost topics
     # writes the broker's new epoch last. Before that a relay's produce may already have
     # auto-created a topic, and records written to such a topic in its first seconds have
@@ -289,22 +317,60 @@ async def poison(stack: Stack) -> tuple[set[str], set[str], dict[str, tuple[int,
     settings = load_settings()
     while not await read_epoch(settings, stack.bootstrap, "gateway.canary"):  # noqa: ASYNC110
         await asyncio.sleep(0.2)
-    keys = {f"poison-{i}" for i in range(POISON)}
-    retried: set[str] = set()
-    placed: dict[str, tuple[int, int]] = {}
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
-    await producer.start()
+    poisoned = Poison(
+        {
+            f"poison-{i}": os.urandom(40 + i)
+            if i % 2
+            else b'{"header": {"v": 1}, "ciphertext": "AA=="}'
+            for i in range(POISON)
+        }
+    )
+    await poisoned.produce(stack, set(poisoned.values))
+    return poisoned
+
+
+async def replace_lost(stack: Stack, poisoned: Poison, missing: set[str]) -> None:
+    """Produce again the poisoned records the broker no longer holds.
+
+    The embedded broker keeps records in memory only, and under CPU contention after its
+    restart it has acknowledged a record and later not held it (seen in CI: acknowledged at
+    partition 2 offset 133, gone from the topic while the delivery group had committed past
+    it). No consumer can dead-letter a record the broker dropped, so the test counts the loss
+    and places the record again. It takes a record as lost only when the offset it was
+    acknowledged at holds another record or lies past the partition's end, and its key is
+    nowhere on the topic; a record still on the broker is left alone: if the gateway skipped
+    it, the test fails.
+    """
+    held = _keys(await read_topic(stack.bootstrap, "medcom.messages"))
+    gone = set()
+    for key in sorted(missing - held):
+        if poisoned.lost.get(key, 0) < 3 and await _gone(
+            stack.bootstrap, key, poisoned.placed[key]
+        ):
+            gone.add(key)
+            poisoned.lost[key] = poisoned.lost.get(key, 0) + 1
+    if gone:
+        print(f"the broker lost poisoned records {sorted(gone)}: producing them again")
+        await poisoned.produce(stack, gone)
+
+
+async def _gone(bootstrap: str, key: str, placed: tuple[int, int]) -> bool:
+    """Whether the record acknowledged at `placed` of `medcom.messages` is not there: that
+    offset holds another key, the first record from it is later, or it is past the end."""
+    tp = TopicPartition("medcom.messages", placed[0])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        for i, key in enumerate(sorted(keys)):
-            value = os.urandom(40 + i) if i % 2 else b'{"header": {"v": 1}, "ciphertext": "AA=="}'
-            attempts, placed[key] = await _send_retrying(
-                producer, "medcom.messages", value=value, key=key.encode()
-            )
-            if attempts > 1:
-                retried.add(key)
+        await consumer.start()
+        consumer.assign([tp])
+        end: int = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, placed[1])
+        records = (await consumer.getmany(tp, timeout_ms=5000, max_records=1)).get(tp, [])
     finally:
-        await producer.stop()
-    return keys, retried, placed
+        await consumer.stop()
+    if not records:
+        return end <= placed[1]
+    first = records[0]
+    return first.offset > placed[1] or (first.key or b"").decode() != key
 
 
 async def _send_retrying(
@@ -328,14 +394,23 @@ async def _send_retrying(
     return attempts, placed
 
 
+def _keys(records: list[ConsumerRecord[bytes, bytes]]) -> set[str]:
+    return {(r.key or b"").decode() for r in records}
+
+
 async def _where_are(stack: Stack, missing: dict[str, tuple[int, int]]) -> str:
     """For a failure message: whether each missing poisoned record is still on the broker
     where it was acknowledged, and what the delivery group has committed there."""
+    records = await read_topic(stack.bootstrap, "medcom.messages")
     on_broker = {
         (r.key or b"").decode(): (r.partition, r.offset)
-        for r in await read_topic(stack.bootstrap, "medcom.messages")
+        for r in records
         if (r.key or b"").startswith(b"poison-")
     }
+    there_now = {(r.partition, r.offset): (r.key or b"").decode() for r in records}
+    ends: dict[int, int] = {}
+    for r in records:
+        ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
     committed = await committed_offsets(
         stack.bootstrap,
         "attest-gateway.delivery",
@@ -344,7 +419,8 @@ async def _where_are(stack: Stack, missing: dict[str, tuple[int, int]]) -> str:
     return "\n".join(
         f"{key}: acknowledged at partition {partition} offset {offset}; on the broker now at "
         f"{on_broker.get(key)}; delivery group committed "
-        f"{committed[TopicPartition('medcom.messages', partition)]} there"
+        f"{committed[TopicPartition('medcom.messages', partition)]} there; that offset now "
+        f"holds {there_now.get((partition, offset))!r}, the partition ends at {ends.get(partition)}"
         for key, (partition, offset) in sorted(missing.items())
     )
 
@@ -361,7 +437,7 @@ async def test_accepted_means_delivered_exactly_once_through_faults(stack: Stack
     injector = asyncio.create_task(faults(stack, load))
     await job_centre(stack, load, creds)
     await injector
-    poisoned, retried, placed = await poison(stack)
+    poisoned = await poison(stack)
 
     deadline = time.monotonic() + 600 + REQUESTS  # generous: a bound against a hang, not a speed
     while await count_stage(stack, "reply_acknowledged") < REQUESTS:
@@ -438,25 +514,30 @@ async def test_accepted_means_delivered_exactly_once_through_faults(stack: Stack
     # A bound against a hang, not a speed: after the broker restart the consumers rewind and
     # rejoin, which on the embedded broker has taken longer than two minutes under this load.
     deadline = time.monotonic() + 420
-    while len(dead := await read_topic(stack.bootstrap, "gateway.dead-letter")) < POISON:
+    next_check = time.monotonic() + 20
+    while missing := set(poisoned.values) - _keys(dead := await read_topic(stack.bootstrap, DLQ)):
         if time.monotonic() > deadline:
-            missing = {k: placed[k] for k in poisoned - {(r.key or b"").decode() for r in dead}}
             pytest.fail(
-                "the poisoned records were not dead-lettered:\n" + await _where_are(stack, missing)
+                "the poisoned records were not dead-lettered:\n"
+                + await _where_are(stack, {k: poisoned.placed[k] for k in missing})
             )
+        if time.monotonic() > next_check:
+            next_check = time.monotonic() + 20
+            await replace_lost(stack, poisoned, missing)
         await asyncio.sleep(0.5)
     keys = [(r.key or b"").decode() for r in dead]
-    assert set(keys) == poisoned  # only the poisoned records, every one of them
+    assert set(keys) == set(poisoned.values)  # only the poisoned records, every one of them
     # Each poisoned record is one source record, dead-lettered at least once: a consumer that
     # dead-letters a record and loses its partition in a rebalance before the offset commit
     # is redone by the next owner (at-least-once, as for every handler; replay is idempotent).
-    # A second *source* record per key only where the test's own produce was retried.
+    # A second *source* record per key only where the test produced it again: a produce
+    # retried, or a record the broker lost and the test placed again.
     sources: dict[str, set[tuple[str, str]]] = {}
     for r in dead:
         headers = {name: value.decode() for name, value in r.headers or ()}
         where = (headers["dlq-source-partition"], headers["dlq-source-offset"])
         sources.setdefault((r.key or b"").decode(), set()).add(where)
-    assert all(len(sources[k]) == 1 or (k in retried and len(sources[k]) == 2) for k in poisoned)
+    assert all(1 <= len(sources[k]) <= poisoned.sources_allowed(k) for k in poisoned.values)
 
     # Time to recover: from each fault to the first request submitted after it reaching a mailbox.
     by_conv: dict[str, dict[str, dt.datetime]] = {}
@@ -483,6 +564,7 @@ async def test_accepted_means_delivered_exactly_once_through_faults(stack: Stack
         "lost": sum(1 for n in per_request.values() if n == 0)
         + sum(1 for n in per_reply.values() if n == 0),
         "dead_letters": len(dead),
+        "poisoned_records_lost_by_broker": poisoned.lost,
         "seconds_to_first_delivery_after_fault": recovery,
         "elapsed_seconds": round(elapsed, 1),
     }
