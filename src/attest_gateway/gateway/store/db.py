@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,6 +65,64 @@ def dialect_insert(dialect: str, table: sa.Table) -> Any:
     if dialect == "sqlite":
         return sqlite.insert(table)
     raise RuntimeError(f"unsupported database dialect {dialect}")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class RowsInsert:
+    """An INSERT that takes many rows as tuples in its columns' order. On PostgreSQL it is one
+    statement whose parameters are one array per column (`INSERT … SELECT FROM unnest(…)`):
+    SQLAlchemy then processes a handful of parameters instead of one per value, and the
+    server parses and plans one statement, however many the rows. On SQLite it is the plain
+    insert, sent with a list of rows.
+
+    Add the conflict clause to `statement` (`rows_insert(…).on(lambda i: …)`), then
+    `await conn.execute(ri.statement, ri.params(rows))`."""
+
+    statement: Any
+    columns: tuple[str, ...]
+    arrays: bool
+
+    def on(self, clause: Callable[[Any], Any]) -> RowsInsert:
+        """This insert with `clause(insert)` as its statement (ON CONFLICT, RETURNING)."""
+        return replace(self, statement=clause(self.statement))
+
+    def params(
+        self, rows: Sequence[tuple[Any, ...]]
+    ) -> dict[str, list[Any]] | list[dict[str, Any]]:
+        """The rows as this statement takes them: arrays by column, or a list of dicts."""
+        if not self.arrays:
+            return [dict(zip(self.columns, row, strict=True)) for row in rows]
+        by_column = zip(*rows, strict=True) if rows else (() for _ in self.columns)
+        return {f"a_{c}": list(v) for c, v in zip(self.columns, by_column, strict=True)}
+
+
+def rows_insert(dialect: str, table: sa.Table, *, order_by: Sequence[str] = ()) -> RowsInsert:
+    """The INSERT of many rows into all of `table`'s columns (see RowsInsert).
+
+    `order_by`: on PostgreSQL the rows are inserted (and their row locks taken) in this
+    order, sorted by the server, so that concurrent transactions writing the same rows wait
+    for each other instead of deadlocking. SQLite has one writer at a time and needs none."""
+    columns = tuple(c.name for c in table.c)
+    if dialect != "postgresql":
+        return RowsInsert(dialect_insert(dialect, table), columns, arrays=False)
+    source = (
+        sa.func.unnest(
+            *(sa.bindparam(f"a_{c.name}", type_=postgresql.ARRAY(c.type)) for c in table.c)
+        )
+        .table_valued(*columns)
+        .render_derived()
+    )
+    # Byte order ("C"): cheaper than the database's collation, and as deterministic.
+    rows = sa.select(*source.c).order_by(
+        *(
+            source.c[name].collate("C")
+            if isinstance(table.c[name].type, sa.String)
+            else source.c[name]
+            for name in order_by
+        )
+    )
+    statement = postgresql.insert(table).from_select(list(columns), rows)
+    return RowsInsert(statement, columns, arrays=True)
 
 
 @functools.cache

@@ -5,25 +5,27 @@ PostgreSQL alike), so concurrent consumers never lose an increment. A cell's `ci
 counter goes up only when `tracker_cell_citizens` learns a case ref it did not hold.
 
 Inside :func:`buffered_rollups` the increments are summed in memory instead and written by
-:meth:`RollupBuffer.flush` in one upsert per table, in sorted key order: a batch of events
-then costs three statements for all its rollups (citizen memberships, counters, duration
-histograms), and two consumers' transactions take the row locks in the same order (so they
-wait for each other instead of deadlocking).
+:meth:`RollupBuffer.flush` in one upsert per table: a batch of events then costs three
+statements for all its rollups (citizen memberships, counters, duration histograms). Outside
+it, each call is a flush of its own.
+
+On PostgreSQL each upsert sends its rows as one array per column (`store.db.rows_insert`) and
+the server inserts them in key order, so two consumers' transactions take the row locks in
+the same order (they wait for each other instead of deadlocking). SQLite has one writer at a
+time; there the order does not matter.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.gateway.store.db import dialect_insert
+from attest_gateway.gateway.store.db import RowsInsert, rows_insert
 from attest_gateway.gateway.store.tables import (
     tracker_cell_citizens,
     tracker_counts,
@@ -44,83 +46,92 @@ COUNTERS = (
     "contact_covered",
 )
 
+DURATION_KEY = ("metric", *CELL_COLUMNS, "bucket")
+CITIZEN_KEY = (*CELL_COLUMNS, "case_ref")
+_COUNTER_INDEX = {name: i for i, name in enumerate(COUNTERS)}
+
 
 @functools.cache
-def _statements(dialect: str) -> dict[str, Any]:
-    """The three upserts, built once per dialect and executed with a list of rows, so that
-    SQLAlchemy compiles each once (compiling multi-row VALUES every time cost most of an
-    event's time)."""
-    counts = dialect_insert(dialect, tracker_counts)
-    counts = counts.on_conflict_do_update(
-        index_elements=list(CELL_COLUMNS),
-        set_={k: tracker_counts.c[k] + counts.excluded[k] for k in COUNTERS},
+def _statements(dialect: str) -> dict[str, RowsInsert]:
+    """The three upserts, built once per dialect and executed with all of a flush's rows (on
+    PostgreSQL as one array per column: see `RowsInsert`), so that SQLAlchemy compiles each
+    once and processes few parameters."""
+    counts = rows_insert(dialect, tracker_counts, order_by=CELL_COLUMNS).on(
+        lambda i: i.on_conflict_do_update(
+            index_elements=list(CELL_COLUMNS),
+            set_={k: tracker_counts.c[k] + i.excluded[k] for k in COUNTERS},
+        )
     )
-    durations = dialect_insert(dialect, tracker_durations)
-    durations = durations.on_conflict_do_update(
-        index_elements=["metric", *CELL_COLUMNS, "bucket"],
-        set_={"n": tracker_durations.c.n + durations.excluded.n},
+    durations = rows_insert(dialect, tracker_durations, order_by=DURATION_KEY).on(
+        lambda i: i.on_conflict_do_update(
+            index_elements=list(DURATION_KEY),
+            set_={"n": tracker_durations.c.n + i.excluded.n},
+        )
     )
-    # Unordered RETURNING: SQLAlchemy then sends the rows as one multi-row INSERT (asking for
-    # parameter order made it send one statement per row: 22 round trips per request).
-    citizens = (
-        dialect_insert(dialect, tracker_cell_citizens)
-        .on_conflict_do_nothing()
-        .returning(*(tracker_cell_citizens.c[k] for k in CELL_COLUMNS))
+    # Unordered RETURNING: on SQLite, SQLAlchemy then sends the rows as one multi-row INSERT
+    # (asking for parameter order made it send one statement per row).
+    citizens = rows_insert(dialect, tracker_cell_citizens, order_by=CITIZEN_KEY).on(
+        lambda i: i.on_conflict_do_nothing().returning(
+            *(tracker_cell_citizens.c[k] for k in CELL_COLUMNS)
+        )
     )
+    # The rows are built as tuples in these columns' order.
+    assert counts.columns == (*CELL_COLUMNS, *COUNTERS)
+    assert durations.columns == (*DURATION_KEY, "n")
+    assert citizens.columns == CITIZEN_KEY
     return {"counts": counts, "durations": durations, "citizens": citizens}
 
 
-@functools.lru_cache(maxsize=65_536)
-def _cell_dict(cell: Cell) -> dict[str, Any]:
-    """A cell's columns (cached and shared: callers merge it into a new dict, never change
-    it)."""
-    return dict(zip(CELL_COLUMNS, cell, strict=True))
-
-
-_ZERO = dict.fromkeys(COUNTERS, 0)
-
-
 class RollupBuffer:
-    """Rollup increments summed in memory until :meth:`flush` writes them."""
+    """Rollup increments summed in memory until :meth:`flush` writes them.
+
+    A cell counts as often as a call names it: callers name each once (`rules.cells_for`
+    gives distinct cells), the citizens' flush names a cell once per citizen it learnt."""
 
     def __init__(self) -> None:
-        self.counts: dict[Cell, Counter[str]] = {}
-        self.durations: Counter[tuple[str, Cell, int]] = Counter()
+        self.counts: dict[Cell, list[int]] = {}  # a cell's counters, in COUNTERS' order
+        self.durations: dict[tuple[str, Cell, int], int] = {}
         self.citizens: set[tuple[Cell, str]] = set()
 
     def add_counts(self, cells: Sequence[Cell], increments: dict[str, int]) -> None:
-        for cell in dict.fromkeys(cells):
-            self.counts.setdefault(cell, Counter()).update(increments)
+        added = [(_COUNTER_INDEX[k], n) for k, n in increments.items() if n]
+        counts = self.counts
+        for cell in cells:
+            row = counts.get(cell)
+            if row is None:
+                row = counts[cell] = [0] * len(COUNTERS)
+            for i, n in added:
+                row[i] += n
 
     def add_duration(self, metric: str, cells: Sequence[Cell], bucket: int) -> None:
-        for cell in set(cells):
-            self.durations[(metric, cell, bucket)] += 1
+        durations = self.durations
+        for cell in cells:
+            key = (metric, cell, bucket)
+            durations[key] = durations.get(key, 0) + 1
 
     def add_citizen(self, cells: Sequence[Cell], case_ref: str) -> None:
         self.citizens.update((cell, case_ref) for cell in cells)
 
     async def flush(self, conn: AsyncConnection) -> None:
+        """Write the sums: one statement per table, rows in key order (on PostgreSQL, sorted
+        by the server: see the module)."""
         statements = _statements(conn.dialect.name)
         if self.citizens:  # first: the cells that learn a new citizen count it
-            rows = [_cell_dict(cell) | {"case_ref": ref} for cell, ref in sorted(self.citizens)]
-            result = await conn.execute(statements["citizens"], rows)
-            for r in result:
-                cell = (r.grain, r.period_kind, r.period_start, r.attest_type, r.dim)
-                self.counts.setdefault(cell, Counter())["citizens"] += 1
-        counts = [
-            _cell_dict(cell) | _ZERO | dict(added)
-            for cell, added in sorted(self.counts.items())
-            if any(added.values())
-        ]
+            insert = statements["citizens"]
+            members = [(*cell, ref) for cell, ref in self.citizens]
+            result = await conn.execute(insert.statement, insert.params(members))
+            self.add_counts([tuple(r) for r in result], {"citizens": 1})
+        counts = [(*cell, *added) for cell, added in self.counts.items() if any(added)]
         if counts:
-            await conn.execute(statements["counts"], counts)
-        durations = [
-            _cell_dict(cell) | {"metric": metric, "bucket": bucket, "n": n}
-            for (metric, cell, bucket), n in sorted(self.durations.items())
-        ]
-        if durations:
-            await conn.execute(statements["durations"], durations)
-        self.counts, self.durations, self.citizens = {}, Counter(), set()
+            insert = statements["counts"]
+            await conn.execute(insert.statement, insert.params(counts))
+        if self.durations:
+            insert = statements["durations"]
+            buckets = [
+                (metric, *cell, bucket, n) for (metric, cell, bucket), n in self.durations.items()
+            ]
+            await conn.execute(insert.statement, insert.params(buckets))
+        self.counts, self.durations, self.citizens = {}, {}, set()
 
 
 _buffer: ContextVar[RollupBuffer | None] = ContextVar("tracker_rollup_buffer", default=None)
@@ -137,6 +148,12 @@ def buffered_rollups() -> Iterator[RollupBuffer]:
         _buffer.reset(token)
 
 
+def _buffered() -> tuple[RollupBuffer, bool]:
+    """The caller's buffer, or a new one to flush at once (and whether it is new)."""
+    buffer = _buffer.get()
+    return (RollupBuffer(), True) if buffer is None else (buffer, False)
+
+
 async def add_counts(conn: AsyncConnection, cells: Sequence[Cell], **increments: int) -> None:
     """Add the increments (counter name → amount) to every cell."""
     if not cells or not any(increments.values()):
@@ -144,12 +161,10 @@ async def add_counts(conn: AsyncConnection, cells: Sequence[Cell], **increments:
     unknown = set(increments) - set(COUNTERS)
     if unknown:
         raise ValueError(f"unknown counters {sorted(unknown)}")
-    buffer = _buffer.get()
-    if buffer is not None:
-        buffer.add_counts(cells, increments)
-        return
-    rows = [_cell_dict(c) | _ZERO | increments for c in dict.fromkeys(cells)]
-    await conn.execute(_statements(conn.dialect.name)["counts"], rows)
+    buffer, own = _buffered()
+    buffer.add_counts(cells, increments)
+    if own:
+        await buffer.flush(conn)
 
 
 async def add_duration(
@@ -157,25 +172,17 @@ async def add_duration(
 ) -> None:
     if not cells:
         return
-    buffer = _buffer.get()
-    if buffer is not None:
-        buffer.add_duration(metric, cells, bucket)
-        return
-    rows = [_cell_dict(c) | {"metric": metric, "bucket": bucket, "n": 1} for c in set(cells)]
-    await conn.execute(_statements(conn.dialect.name)["durations"], rows)
+    buffer, own = _buffered()
+    buffer.add_duration(metric, cells, bucket)
+    if own:
+        await buffer.flush(conn)
 
 
 async def add_citizen(conn: AsyncConnection, cells: Sequence[Cell], case_ref: str) -> None:
     """Count `case_ref` once in each cell that does not count it yet."""
     if not cells:
         return
-    buffer = _buffer.get()
-    if buffer is not None:
-        buffer.add_citizen(cells, case_ref)
-        return
-    rows = [_cell_dict(c) | {"case_ref": case_ref} for c in sorted(dict.fromkeys(cells))]
-    result = await conn.execute(_statements(conn.dialect.name)["citizens"], rows)
-    new_cells: list[Cell] = [
-        (r.grain, r.period_kind, r.period_start, r.attest_type, r.dim) for r in result
-    ]
-    await add_counts(conn, new_cells, citizens=1)
+    buffer, own = _buffered()
+    buffer.add_citizen(cells, case_ref)
+    if own:
+        await buffer.flush(conn)

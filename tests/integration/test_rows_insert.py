@@ -1,0 +1,89 @@
+"""`store.db.rows_insert`: many rows in one statement (PostgreSQL: one array per column through
+`unnest`), with the conflict clause and RETURNING the caller adds, on both databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from attest_gateway.gateway.store.db import make_engine, rows_insert
+from tests.integration.conftest import DB_KINDS
+from tests.support.harness import fresh_database
+
+metadata = sa.MetaData()
+cells = sa.Table(
+    "cells",
+    metadata,
+    sa.Column("name", sa.String(16), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("note", sa.String(32), nullable=True),
+)
+
+D = dt.date(2026, 11, 2)
+
+
+@asynccontextmanager
+async def _engine(kind: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with fresh_database(kind, tmp_path) as url:
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+@pytest.mark.parametrize("kind", DB_KINDS)
+async def test_rows_are_inserted_and_conflicts_summed(kind: str, tmp_path: Path) -> None:
+    async with _engine(kind, tmp_path) as engine:
+        upsert = rows_insert(engine.dialect.name, cells).on(
+            lambda i: i.on_conflict_do_update(
+                index_elements=["name", "day"], set_={"n": cells.c.n + i.excluded.n}
+            )
+        )
+        assert upsert.arrays == (kind == "postgres")
+        async with engine.begin() as conn:
+            await conn.execute(
+                upsert.statement, upsert.params([("a", D, 1, None), ("b", D, 2, "bé")])
+            )
+            await conn.execute(
+                upsert.statement,
+                upsert.params([("a", D, 10, None), ("a", D + dt.timedelta(1), 5, "x")]),
+            )
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.select(cells).order_by(cells.c.name, cells.c.day))).all()
+        assert [tuple(r) for r in rows] == [
+            ("a", D, 11, None),
+            ("a", D + dt.timedelta(1), 5, "x"),
+            ("b", D, 2, "bé"),
+        ]
+
+
+@pytest.mark.parametrize("kind", DB_KINDS)
+async def test_returning_gives_only_the_new_rows(kind: str, tmp_path: Path) -> None:
+    async with _engine(kind, tmp_path) as engine:
+        insert = rows_insert(engine.dialect.name, cells).on(
+            lambda i: i.on_conflict_do_nothing().returning(cells.c.name, cells.c.day)
+        )
+        async with engine.begin() as conn:
+            await conn.execute(insert.statement, insert.params([("a", D, 1, None)]))
+            result = await conn.execute(
+                insert.statement, insert.params([("a", D, 7, None), ("c", D, 3, None)])
+            )
+            assert sorted(tuple(r) for r in result) == [("c", D)]
+            n = (await conn.execute(sa.select(cells.c.n).where(cells.c.name == "a"))).scalar()
+        assert n == 1
+
+
+def test_rows_of_the_wrong_width_are_refused() -> None:
+    for dialect in ("sqlite", "postgresql"):
+        with pytest.raises(ValueError, match=r"zip\(\)"):
+            rows_insert(dialect, cells).params([("a", D, 1, None), ("b", D, 2)])
