@@ -265,9 +265,9 @@ def durations_sql() -> list[str]:
             out.append(f"""
 INSERT INTO tracker_durations (metric, grain, period_kind, period_start, attest_type, dim,
   bucket, n)
-SELECT metric, '{grain}', '{kind}', {kind}, coalesce(attest_type, '*'), {dim}, bucket, count(*)
+SELECT metric, '{grain}', '{kind}', {kind}, attest_type, {dim}, bucket, count(*)
 FROM samples
-GROUP BY {_sets(f"metric, {kind}, bucket", dim)}
+GROUP BY metric, {kind}, bucket, attest_type{"" if dim.startswith("'") else f", {dim}"}
 """)
     return out
 

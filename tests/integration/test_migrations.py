@@ -1,17 +1,22 @@
-"""The Alembic migrations produce exactly the tables the code declares (both databases)."""
+"""The Alembic migrations produce exactly the tables the code declares (both databases), and
+the data migrations move the rows they should."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.migrate import upgrade_async
-from attest_gateway.gateway.store.tables import metadata
+from attest_gateway.gateway.store.migrate import alembic_config, upgrade_async
+from attest_gateway.gateway.store.tables import metadata, tracker_durations
 from tests.support.harness import fresh_database
 
 
@@ -32,3 +37,53 @@ async def test_migrations_match_the_declared_schema(kind: str, tmp_path: Path) -
         finally:
             await engine.dispose()
     assert diff == []
+
+
+def _migrate(url: str, verb: str, target: str) -> None:
+    getattr(command, verb)(alembic_config(url), target)
+
+
+async def _durations(url: str) -> list[tuple[object, ...]]:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(tracker_durations).order_by(*tracker_durations.primary_key.columns)
+            )
+            return [tuple(r) for r in rows]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_all_types_histograms_are_dropped_and_rebuilt_on_downgrade(
+    kind: str, tmp_path: Path
+) -> None:
+    """0009: the `*` histograms written before are the types' sums again: the upgrade deletes
+    them, the downgrade builds them from the types' rows."""
+    month = dt.date(2026, 9, 1)
+    cell = ("request_to_attest", "national", "month", month)
+
+    def row(attest_type: str, bucket: int, n: int) -> tuple[object, ...]:
+        return (*cell, attest_type, "DK", bucket, n)
+
+    typed = [row("LÆ 155", 3, 2), row("LÆ 155", 4, 1), row("LÆ 265", 3, 5)]
+    async with fresh_database(kind, tmp_path) as url:
+        await asyncio.to_thread(_migrate, url, "upgrade", "0002")
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                columns = tracker_durations.c.keys()
+                await conn.execute(
+                    tracker_durations.insert(),
+                    [
+                        dict(zip(columns, r, strict=True))
+                        for r in [*typed, row("*", 3, 7), row("*", 4, 1)]
+                    ],
+                )
+        finally:
+            await engine.dispose()
+        await upgrade_async(url)
+        assert await _durations(url) == typed
+        await asyncio.to_thread(_migrate, url, "downgrade", "0002")
+        assert sorted(await _durations(url)) == sorted([*typed, row("*", 3, 7), row("*", 4, 1)])

@@ -84,6 +84,15 @@ async def test_aggregates_suppression_csv_and_no_personal_data(harness: Harness)
     assert 0 < row["median"] <= row["p90"] <= row["p99"]
     assert durations["unit"] == "seconds"
 
+    # Histograms are kept per type: all types together are every type's summed.
+    (everything,) = (
+        await h.client.get(
+            "/ministry/v1/durations", params={"metric": "request_to_attest"}, headers=auth
+        )
+    ).json()["rows"]
+    assert everything["suppressed"] is False
+    assert everything["count"] == len(accepted) > row["count"]
+
     series = (
         await h.client.get(
             "/ministry/v1/durations",

@@ -70,7 +70,11 @@ def _grain(by: By, f: Filters) -> str:
     return by
 
 
-def _where(table: sa.Table, f: Filters, by: By, *, contact: bool) -> list[Any]:
+def _where(
+    table: sa.Table, f: Filters, by: By, *, contact: bool, types_summed: bool = False
+) -> list[Any]:
+    """The rows of the cells a report reads. `types_summed`: the table keeps no all-types
+    (`*`) cells (duration histograms): all types are then the sum of every type's rows."""
     c = table.c
     grain = _grain(by, f)
     conds: list[Any] = [c.grain == grain, c.period_kind == f.period]
@@ -82,7 +86,9 @@ def _where(table: sa.Table, f: Filters, by: By, *, contact: bool) -> list[Any]:
         conds.append(c.attest_type == CONTACT_ATTEST)
     elif f.attest_type is not None:
         conds.append(c.attest_type == f.attest_type)
-    elif by == "attest_type":
+    elif by == "attest_type" or types_summed:
+        # (A store written before histograms were kept per type only also holds `*` rows:
+        # the same counts again, never read.)
         conds.append(c.attest_type.not_in([CONTACT_ATTEST, r.ALL_TYPES]))
     else:
         conds.append(c.attest_type == r.ALL_TYPES)
@@ -179,7 +185,7 @@ async def _histograms(
     cols = _group_cols(t, by, series)
     stmt = (
         sa.select(*cols, t.c.bucket, sa.func.sum(t.c.n).label("n"))
-        .where(t.c.metric == metric, *_where(t, f, by, contact=False))
+        .where(t.c.metric == metric, *_where(t, f, by, contact=False, types_summed=True))
         .group_by(*cols, t.c.bucket)
     )
     out: dict[tuple[str | None, str], dict[int, int]] = defaultdict(dict)

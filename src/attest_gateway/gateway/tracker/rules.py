@@ -405,7 +405,9 @@ def cells_for(
 
     Duration histograms (`durations=True`) are kept per week only for the national and
     regional grains; municipality and receiver histograms are monthly (a weekly histogram
-    per receiver organisation would be mostly empty buckets at national scale)."""
+    per receiver organisation would be mostly empty buckets at national scale). They are kept
+    per attest type only: a histogram over all types is the sum of the types' (summed when
+    read, `report.py`), and a `*` cell of its own doubled the rows every duration writes."""
     grains: Sequence[tuple[str, str]] = [
         ("national", "DK"),
         ("region", region),
@@ -413,7 +415,7 @@ def cells_for(
     ]
     if receiver is not None:
         grains = [*grains, ("receiver", receiver)]
-    types = [attest_type] if attest_type == "-" else [attest_type, ALL_TYPES]
+    types = [attest_type] if attest_type == "-" or durations else [attest_type, ALL_TYPES]
     return tuple(
         (grain, kind, period_start(day, kind), t, dim)
         for kind in PERIOD_KINDS
