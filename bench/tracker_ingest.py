@@ -11,7 +11,8 @@ contact rules). Per run (a warm-up and `ctx.runs` recorded ones):
    gateway's catalogue; the sweep is not started) joins its group (timed separately: notes),
    and its partitions are paused;
 3. N stage events (the real `StageEvent` schema) are produced to the tracking topic as the
-   relay publishes them (key: conversation id; the headers of `emit_stage_event`);
+   relay publishes them (key: conversation id; the headers of `emit_stage_event`; case refs
+   carry the store's pseudonym key id, as the gateway's do);
 4. **Clock**: from resuming the partitions until the group's committed offsets cover all N
    events (polled every 50 ms; the loop commits only what its handler finished). The loop
    applies the events as the gateway does: where the handler takes batches
@@ -152,8 +153,14 @@ def stage_events(n: int, seed: int) -> list[StageEvent]:
     return events[:n]
 
 
-def record_of(event: StageEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """Key, value and headers as the relay publishes a stage event (`emit_stage_event`)."""
+def record_of(
+    event: StageEvent, key_id: str | None = None
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers as the relay publishes a stage event (`emit_stage_event`).
+    `key_id`: the store's pseudonym key id, which the gateway's case refs carry (a bare ref,
+    as written before key ids, costs the tracker a copy of the event to add it)."""
+    if key_id is not None:
+        event = event.model_copy(update={"case_ref": f"{key_id}.{event.case_ref}"})
     headers = {
         "content-type": "application/json",
         "schema-version": "1",
@@ -172,7 +179,6 @@ async def tracker_runs(
     ctx: BenchContext, kind: str, events: list[StageEvent]
 ) -> tuple[list[float], Observed]:
     n = len(events)
-    records = [record_of(e) for e in events]
     conversations = len({e.conversation_id for e in events})
     template = DbTemplate(ctx, kind, "tracker")
     seen = Observed()
@@ -190,6 +196,8 @@ async def tracker_runs(
                 async with running_gateway(
                     settings, ctx.bootstrap, run_relay=False, run_consumers=False
                 ) as gw:
+                    key_id = gw.store_key.key_id if gw.store_key is not None else None
+                    records = [record_of(e, key_id) for e in events]
                     tracker = make_tracker(gw, ctx.bootstrap)
                     loop = tracker.consumer
                     try:
