@@ -87,8 +87,6 @@ def _where(
     elif f.attest_type is not None:
         conds.append(c.attest_type == f.attest_type)
     elif by == "attest_type" or types_summed:
-        # (A store written before histograms were kept per type only also holds `*` rows:
-        # the same counts again, never read.)
         conds.append(c.attest_type.not_in([CONTACT_ATTEST, r.ALL_TYPES]))
     else:
         conds.append(c.attest_type == r.ALL_TYPES)

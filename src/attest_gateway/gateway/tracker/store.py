@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -148,10 +148,15 @@ def buffered_rollups() -> Iterator[RollupBuffer]:
         _buffer.reset(token)
 
 
-def _buffered() -> tuple[RollupBuffer, bool]:
-    """The caller's buffer, or a new one to flush at once (and whether it is new)."""
+async def _add(conn: AsyncConnection, add: Callable[[RollupBuffer], None]) -> None:
+    """`add` to the caller's buffer (inside `buffered_rollups`), else written at once."""
     buffer = _buffer.get()
-    return (RollupBuffer(), True) if buffer is None else (buffer, False)
+    if buffer is not None:
+        add(buffer)
+        return
+    own = RollupBuffer()
+    add(own)
+    await own.flush(conn)
 
 
 async def add_counts(conn: AsyncConnection, cells: Sequence[Cell], **increments: int) -> None:
@@ -161,28 +166,17 @@ async def add_counts(conn: AsyncConnection, cells: Sequence[Cell], **increments:
     unknown = set(increments) - set(COUNTERS)
     if unknown:
         raise ValueError(f"unknown counters {sorted(unknown)}")
-    buffer, own = _buffered()
-    buffer.add_counts(cells, increments)
-    if own:
-        await buffer.flush(conn)
+    await _add(conn, lambda b: b.add_counts(cells, increments))
 
 
 async def add_duration(
     conn: AsyncConnection, metric: str, cells: Sequence[Cell], bucket: int
 ) -> None:
-    if not cells:
-        return
-    buffer, own = _buffered()
-    buffer.add_duration(metric, cells, bucket)
-    if own:
-        await buffer.flush(conn)
+    if cells:
+        await _add(conn, lambda b: b.add_duration(metric, cells, bucket))
 
 
 async def add_citizen(conn: AsyncConnection, cells: Sequence[Cell], case_ref: str) -> None:
     """Count `case_ref` once in each cell that does not count it yet."""
-    if not cells:
-        return
-    buffer, own = _buffered()
-    buffer.add_citizen(cells, case_ref)
-    if own:
-        await buffer.flush(conn)
+    if cells:
+        await _add(conn, lambda b: b.add_citizen(cells, case_ref))
