@@ -35,6 +35,7 @@ Also home of the database helpers `bench/tracker_ingest.py` uses (`DbTemplate`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import shutil
@@ -58,7 +59,7 @@ from attest_gateway.gateway.bus import ConsumerLoop, Topics
 from attest_gateway.gateway.config import Settings, load_settings
 from attest_gateway.gateway.demo import ensure_demo_orgs
 from attest_gateway.gateway.logging import configure_logging
-from attest_gateway.gateway.runtime import make_delivery, running_gateway
+from attest_gateway.gateway.runtime import freeze_startup_heap, make_delivery, running_gateway
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.store.migrate import upgrade_async
 from attest_gateway.gateway.store.tables import mailbox, outbox
@@ -254,8 +255,23 @@ async def drain(
 ) -> Drained:
     """The timed part: resume the paused partitions; wait until the group's committed offsets
     cover all `target` records (the loop commits only what its handler finished). The
-    committed offsets are polled every `POLL_S` (a few small requests to the broker)."""
+    committed offsets are polled every `POLL_S` (a few small requests to the broker).
+
+    Before the clock the heap is frozen as `attest-gateway serve` freezes it once started
+    (`runtime.freeze_startup_heap`): the gateway's startup objects, and here also the
+    benchmark's own prepared records, which a serving gateway does not hold, are out of the
+    garbage collector's walks; unfrozen after the clock."""
     consumer = consumer_of(loop)
+    freeze_startup_heap()
+    try:
+        return await _drain(consumer, partitions, target, description)
+    finally:
+        gc.unfreeze()
+
+
+async def _drain(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], target: int, description: str
+) -> Drained:
     quarter_at: float | None = None
     three_quarters_at: float | None = None
     with progress() as bar:

@@ -24,7 +24,7 @@ from attest_gateway.gateway.metrics import StoreGauges
 from attest_gateway.gateway.metrics import router as metrics_router
 from attest_gateway.gateway.openapi import install_openapi
 from attest_gateway.gateway.production import refuse_unsafe_settings
-from attest_gateway.gateway.runtime import running_gateway
+from attest_gateway.gateway.runtime import freeze_startup_heap, running_gateway
 from attest_gateway.gateway.tracker.router import dashboard_router as ministry_dashboard_router
 from attest_gateway.gateway.tracker.router import router as ministry_router
 
@@ -36,9 +36,12 @@ def create_app(
     run_relay: bool = True,
     run_consumers: bool = True,
     api_routes: bool = True,
+    freeze_heap: bool = False,
 ) -> FastAPI:
     """The HTTP app. `api_routes=False` serves only the operations routes (health, metrics,
-    contracts): a worker process runs the consumers and is watched through those."""
+    contracts): a worker process runs the consumers and is watched through those.
+    `freeze_heap`: once started, take startup's objects out of the garbage collector's walks
+    (`runtime.freeze_startup_heap`; the serving process, not tests)."""
     refuse_unsafe_settings(settings)  # production mode: a clear error naming the setting
 
     @asynccontextmanager
@@ -47,6 +50,8 @@ def create_app(
             settings, bootstrap, run_relay=run_relay, run_consumers=run_consumers
         ) as gw:
             app.state.gateway = gw
+            if freeze_heap:
+                freeze_startup_heap()
             yield
 
     app = FastAPI(

@@ -148,6 +148,7 @@ def serve(
                     bootstrap,
                     run_consumers=consumers and role is not ServeRole.API,
                     api_routes=role is not ServeRole.WORKER,
+                    freeze_heap=True,
                 ),
                 host=host or settings.api_host,
                 port=port or settings.api_port,

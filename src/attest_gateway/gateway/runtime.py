@@ -7,6 +7,7 @@ the integration tests. Nothing connects at import time.
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -66,6 +67,24 @@ def load_pseudonym_key(settings: Settings) -> bytes:
         path.write_text(secrets.token_hex(32), encoding="ascii")
         path.chmod(0o600)
     return path.read_text(encoding="ascii").strip().encode("ascii")
+
+
+def freeze_startup_heap() -> int:
+    """Move every object alive after startup (modules, the app, SQLAlchemy's tables and
+    compiled statements, pydantic's schemas, the directory snapshot) out of the garbage
+    collector's reach, after one full collection of startup's garbage. Returns how many.
+
+    A serving process holds ~160,000 such objects, and each full (oldest-generation)
+    collection walks them all: ~0.1 s with every coroutine stopped, several times a minute
+    under load. Frozen, they are no longer walked; they are still freed by reference counting
+    when dropped, only a cycle among them would stay (startup objects live as long as the
+    process). Called once per process, when it starts serving (`create_app(freeze_heap=True)`,
+    which `attest-gateway serve` uses); not in tests, which start many gateways per process."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("gateway.heap_frozen", objects=frozen)
+    return frozen
 
 
 def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
