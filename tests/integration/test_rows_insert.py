@@ -1,5 +1,6 @@
-"""`store.db.rows_insert`: many rows in one statement (PostgreSQL: one array per column through
-`unnest`), with the conflict clause and RETURNING the caller adds, on both databases."""
+"""`store.db.rows_insert`: many rows in one statement (PostgreSQL: one JSON array of rows through
+`jsonb_array_elements`, cast to the columns' types), with the conflict clause and RETURNING
+the caller adds, on both databases."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ async def test_rows_are_inserted_and_conflicts_summed(kind: str, tmp_path: Path)
                 index_elements=["name", "day"], set_={"n": cells.c.n + i.excluded.n}
             )
         )
-        assert upsert.arrays == (kind == "postgres")
+        assert upsert.as_json == (kind == "postgres")
         async with engine.begin() as conn:
             await conn.execute(
                 upsert.statement, upsert.params([("a", D, 1, None), ("b", D, 2, "bé")])
@@ -85,5 +86,19 @@ async def test_returning_gives_only_the_new_rows(kind: str, tmp_path: Path) -> N
 
 def test_rows_of_the_wrong_width_are_refused() -> None:
     for dialect in ("sqlite", "postgresql"):
-        with pytest.raises(ValueError, match=r"zip\(\)"):
+        with pytest.raises(ValueError, match="must have 4 values"):
             rows_insert(dialect, cells).params([("a", D, 1, None), ("b", D, 2)])
+
+
+@pytest.mark.postgres
+async def test_a_value_too_long_fails_the_insert_and_is_not_cut(tmp_path: Path) -> None:
+    """The JSON values are cast to the column's type without its length: an explicit cast to
+    VARCHAR(16) would cut the value short; the insert's own check refuses it instead.
+    (PostgreSQL only: SQLite keeps no lengths.)"""
+    async with _engine("postgres", tmp_path) as engine:
+        insert = rows_insert(engine.dialect.name, cells)
+        with pytest.raises(sa.exc.DBAPIError, match="too long"):
+            async with engine.begin() as conn:
+                await conn.execute(insert.statement, insert.params([("x" * 17, D, 1, None)]))
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(cells))).scalar() == 0

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -70,30 +71,44 @@ def dialect_insert(dialect: str, table: sa.Table) -> Any:
 @dataclass(frozen=True)
 class RowsInsert:
     """An INSERT that takes many rows as tuples in its columns' order. On PostgreSQL it is one
-    statement whose parameters are one array per column (`INSERT … SELECT FROM unnest(…)`):
-    SQLAlchemy then processes a handful of parameters instead of one per value, and the
-    server parses and plans one statement, however many the rows. On SQLite it is the plain
-    insert, sent with a list of rows.
+    statement with one parameter, the rows as one JSON array of arrays (`INSERT … SELECT FROM
+    jsonb_array_elements(…)`, each value cast to its column's type): the rows are serialised
+    by orjson in one call, where asyncpg would encode an array per column value by value
+    (with Python-level type checks per element: ~3.5 µs a row of eight columns, against
+    ~0.35 µs as JSON, for the same server time), and the server parses and plans one
+    statement, however many the rows. On SQLite it is the plain insert, sent with a list of
+    rows.
 
-    Add the conflict clause to `statement` (`rows_insert(…).on(lambda i: …)`), then
+    Values are what orjson writes and PostgreSQL casts back to the column's type: str, int,
+    None and `datetime.date` (what the callers write; tested). Add the conflict clause to
+    `statement` (`rows_insert(…).on(lambda i: …)`), then
     `await conn.execute(ri.statement, ri.params(rows))`."""
 
     statement: Any
     columns: tuple[str, ...]
-    arrays: bool
+    as_json: bool
 
     def on(self, clause: Callable[[Any], Any]) -> RowsInsert:
         """This insert with `clause(insert)` as its statement (ON CONFLICT, RETURNING)."""
         return replace(self, statement=clause(self.statement))
 
-    def params(
-        self, rows: Sequence[tuple[Any, ...]]
-    ) -> dict[str, list[Any]] | list[dict[str, Any]]:
-        """The rows as this statement takes them: arrays by column, or a list of dicts."""
-        if not self.arrays:
+    def params(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, str] | list[dict[str, Any]]:
+        """The rows as this statement takes them: one JSON text, or a list of dicts."""
+        width = len(self.columns)
+        if any(len(row) != width for row in rows):
+            raise ValueError(f"every row must have {width} values ({', '.join(self.columns)})")
+        if not self.as_json:
             return [dict(zip(self.columns, row, strict=True)) for row in rows]
-        by_column = zip(*rows, strict=True) if rows else (() for _ in self.columns)
-        return {f"a_{c}": list(v) for c, v in zip(self.columns, by_column, strict=True)}
+        return {ROWS_PARAM: orjson.dumps(rows).decode()}
+
+
+ROWS_PARAM = "rows_json"
+
+
+def _json_cast_type(column: sa.Column[Any]) -> Any:
+    """The type a JSON value is cast to for `column`: strings without their length, so that a
+    value too long fails the insert (an explicit cast to VARCHAR(n) would cut it short)."""
+    return sa.String() if isinstance(column.type, sa.String) else column.type
 
 
 def rows_insert(dialect: str, table: sa.Table, *, order_by: Sequence[str] = ()) -> RowsInsert:
@@ -104,25 +119,27 @@ def rows_insert(dialect: str, table: sa.Table, *, order_by: Sequence[str] = ()) 
     for each other instead of deadlocking. SQLite has one writer at a time and needs none."""
     columns = tuple(c.name for c in table.c)
     if dialect != "postgresql":
-        return RowsInsert(dialect_insert(dialect, table), columns, arrays=False)
-    source = (
-        sa.func.unnest(
-            *(sa.bindparam(f"a_{c.name}", type_=postgresql.ARRAY(c.type)) for c in table.c)
-        )
-        .table_valued(*columns)
-        .render_derived()
-    )
-    # Byte order ("C"): cheaper than the database's collation, and as deterministic.
-    rows = sa.select(*source.c).order_by(
+        return RowsInsert(dialect_insert(dialect, table), columns, as_json=False)
+    element = sa.func.jsonb_array_elements(
+        sa.cast(sa.bindparam(ROWS_PARAM, type_=sa.Text()), postgresql.JSONB)
+    ).column_valued("e")
+    values = sa.select(
         *(
-            source.c[name].collate("C")
+            sa.cast(element.op("->>")(sa.literal_column(str(i))), _json_cast_type(c)).label(c.name)
+            for i, c in enumerate(table.c)
+        )
+    ).subquery("r")
+    # Byte order ("C"): cheaper than the database's collation, and as deterministic.
+    rows = sa.select(*values.c).order_by(
+        *(
+            values.c[name].collate("C")
             if isinstance(table.c[name].type, sa.String)
-            else source.c[name]
+            else values.c[name]
             for name in order_by
         )
     )
     statement = postgresql.insert(table).from_select(list(columns), rows)
-    return RowsInsert(statement, columns, arrays=True)
+    return RowsInsert(statement, columns, as_json=True)
 
 
 @functools.cache

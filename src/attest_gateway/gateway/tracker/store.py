@@ -9,7 +9,7 @@ Inside :func:`buffered_rollups` the increments are summed in memory instead and 
 statements for all its rollups (citizen memberships, counters, duration histograms). Outside
 it, each call is a flush of its own.
 
-On PostgreSQL each upsert sends its rows as one array per column (`store.db.rows_insert`) and
+On PostgreSQL each upsert sends its rows as one JSON parameter (`store.db.rows_insert`) and
 the server inserts them in key order, so two consumers' transactions take the row locks in
 the same order (they wait for each other instead of deadlocking). SQLite has one writer at a
 time; there the order does not matter.
@@ -54,8 +54,8 @@ _COUNTER_INDEX = {name: i for i, name in enumerate(COUNTERS)}
 @functools.cache
 def _statements(dialect: str) -> dict[str, RowsInsert]:
     """The three upserts, built once per dialect and executed with all of a flush's rows (on
-    PostgreSQL as one array per column: see `RowsInsert`), so that SQLAlchemy compiles each
-    once and processes few parameters."""
+    PostgreSQL as one JSON parameter: see `RowsInsert`), so that SQLAlchemy compiles each
+    once and processes one parameter."""
     counts = rows_insert(dialect, tracker_counts, order_by=CELL_COLUMNS).on(
         lambda i: i.on_conflict_do_update(
             index_elements=list(CELL_COLUMNS),
