@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.store.migrate import alembic_config, upgrade_async
-from attest_gateway.gateway.store.tables import metadata, tracker_durations
+from attest_gateway.gateway.store.tables import metadata, tracker_counts, tracker_durations
 from tests.support.harness import fresh_database
 
 
@@ -87,3 +87,35 @@ async def test_all_types_histograms_are_dropped_and_rebuilt_on_downgrade(
         assert await _durations(url) == typed
         await asyncio.to_thread(_migrate, url, "downgrade", "0002")
         assert sorted(await _durations(url)) == sorted([*typed, row("*", 3, 7), row("*", 4, 1)])
+
+
+async def _fillfactors(url: str) -> dict[str, object]:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.text("SELECT relname, reloptions FROM pg_class WHERE relname = ANY(:names)"),
+                {"names": [tracker_counts.name, tracker_durations.name]},
+            )
+            return {name: options for name, options in rows}
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_rollup_tables_leave_room_for_updates(tmp_path: Path) -> None:
+    """0010: the counter and histogram tables get the fillfactor the declared tables name;
+    the downgrade resets it."""
+    async with fresh_database("postgres", tmp_path) as url:
+        await upgrade_async(url)
+        declared = {
+            t.name: [f"fillfactor={t.dialect_options['postgresql']['with']['fillfactor']}"]
+            for t in (tracker_counts, tracker_durations)
+        }
+        assert declared == {
+            "tracker_counts": ["fillfactor=80"],
+            "tracker_durations": ["fillfactor=80"],
+        }
+        assert await _fillfactors(url) == declared
+        await asyncio.to_thread(_migrate, url, "downgrade", "0009")
+        assert await _fillfactors(url) == {"tracker_counts": None, "tracker_durations": None}
