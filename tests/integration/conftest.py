@@ -61,10 +61,11 @@ class Harness:
 
 @asynccontextmanager
 async def running_gateway(
-    kind: str, tmp: Path, bootstrap: str, **overrides: Any
+    kind: str, tmp: Path, bootstrap: str, *, freeze_heap: bool = False, **overrides: Any
 ) -> AsyncIterator[Harness]:
     """The in-process gateway on the broker at `bootstrap`, with a fresh database of `kind`
-    and fresh topics; `overrides` are further settings (Kafka TLS, for instance)."""
+    and fresh topics; `overrides` are further settings (Kafka TLS, for instance);
+    `freeze_heap` as `create_app` takes it (the caller unfreezes)."""
     async with fresh_database(kind, tmp) as url:
         prefix = f"t{uuid.uuid4().hex[:8]}."
         settings = load_settings(
@@ -85,7 +86,7 @@ async def running_gateway(
         finally:
             await engine.dispose()
         creds = json.loads(creds_path.read_text("utf-8"))
-        app = create_app(settings, bootstrap)
+        app = create_app(settings, bootstrap, freeze_heap=freeze_heap)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

@@ -514,7 +514,7 @@ async def test_an_accepted_request_checks_the_directory_twice(
     directory (was: nine queries of the two tables, then three token checks)."""
     # No sweeps and no tracker in the window: only the request and its delivery touch the
     # database (the tracker's first event of a conversation looks up the receiver's role).
-    quiet = {"sweep_interval_seconds": 3600.0, "tracker_enabled": False}
+    quiet: dict[str, Any] = {"sweep_interval_seconds": 3600.0, "tracker_enabled": False}
     async with running_gateway(kind, tmp_path, broker.bootstrap, **quiet) as h:
 
         async def accept() -> dict[str, int]:

@@ -97,7 +97,7 @@ async def _fillfactors(url: str) -> dict[str, object]:
                 sa.text("SELECT relname, reloptions FROM pg_class WHERE relname = ANY(:names)"),
                 {"names": [tracker_counts.name, tracker_durations.name]},
             )
-            return {name: options for name, options in rows}
+            return dict(rows.all())
     finally:
         await engine.dispose()
 

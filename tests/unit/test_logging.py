@@ -224,3 +224,13 @@ def test_non_string_values_are_masked(json_log: io.StringIO) -> None:
     structlog.get_logger("attest.test").warning("failed", error=ValueError(f"bad {CPR}"))
     (line,) = _lines(json_log)
     assert line["error"]
+
+
+def test_calls_below_the_level_are_dropped_before_the_processors() -> None:
+    """`filter_by_level` comes first, so a debug call at INFO costs one level check; at DEBUG
+    the same call is written."""
+    with json_logs(level="DEBUG") as buffer:
+        assert structlog.get_config()["processors"][0] is structlog.stdlib.filter_by_level
+        structlog.get_logger("attest.test").debug("tracker.applied", stage="fetched")
+    (line,) = _lines(buffer)
+    assert (line["event"], line["level"], line["stage"]) == ("tracker.applied", "debug", "fetched")
