@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -63,8 +64,15 @@ log = structlog.get_logger(__name__)
 CONTACT_ATTEST = "-"  # attest-type key of citizen-level (contact) cells
 
 
+def _debug_logged() -> bool:
+    return logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+
+
 def stage_column(stage: Stage) -> str:
     return f"{stage.value}_at"
+
+
+STAGE_COLUMNS: dict[Stage, str] = {s: stage_column(s) for s in r.TIMED_STAGES}
 
 
 MUTABLE = (
@@ -322,7 +330,7 @@ class TrackerState:
             return await self._apply_reminder(conn, batch, row, e) or created
         if e.stage not in r.TIMED_STAGES:
             return created
-        column = stage_column(e.stage)
+        column = STAGE_COLUMNS[e.stage]
         if getattr(row, column) is not None:
             return created
         batch.set(row, **{column: e.at})
@@ -337,10 +345,12 @@ class TrackerState:
             await self._decide_on_reply(conn, batch, row, e.at)
         elif e.stage is Stage.OVERDUE:
             await self._decide(conn, batch, row, "overdue", e.at)
-        times = {s: _aware_or_none(getattr(row, stage_column(s))) for s in r.TIMED_STAGES}
-        cells = self.request_cells(row, day=self.cohort_day(row, e.at), durations=True)
-        for metric, seconds in r.completed_metrics(e.stage, times):
-            await add_duration(conn, metric.name, cells, r.bucket_of(seconds))
+        times = {s: _aware_or_none(getattr(row, STAGE_COLUMNS[s])) for s in r.ENDS_OF[e.stage]}
+        completed = r.completed_metrics(e.stage, times)
+        if completed:
+            cells = self.request_cells(row, day=self.cohort_day(row, e.at), durations=True)
+            for metric, seconds in completed:
+                await add_duration(conn, metric.name, cells, r.bucket_of(seconds))
         return True
 
     async def _new_row(self, conn: AsyncConnection, e: StageEvent) -> dict[str, Any]:
@@ -564,6 +574,8 @@ class TrackerHandler:
                     await rollups.flush(conn)
         except sa.exc.DBAPIError as exc:
             raise TransientError("database-unavailable", type(exc).__name__) from exc
+        if not _debug_logged():  # one line per event, at DEBUG only
+            return
         for event, applied in zip(events, changed, strict=True):
             if isinstance(event, StageEvent):
                 log.debug(

@@ -293,18 +293,27 @@ TIMED_STAGES: Final[tuple[Stage, ...]] = (
 )
 
 
+# Per stage, the metrics it is an end of, and the stages whose times those need.
+METRICS_OF: Final[dict[Stage, tuple[Metric, ...]]] = {
+    s: tuple(m for m in METRICS if s in (m.start, m.end)) for s in TIMED_STAGES
+}
+ENDS_OF: Final[dict[Stage, tuple[Stage, ...]]] = {
+    s: tuple(dict.fromkeys(end for m in metrics for end in (m.start, m.end)))
+    for s, metrics in METRICS_OF.items()
+}
+
+
 def completed_metrics(
     stage: Stage, times: Mapping[Stage, dt.datetime | None]
 ) -> list[tuple[Metric, float]]:
-    """The durations (seconds) that `stage`, just reached, completes given the other times.
+    """The durations (seconds) that `stage`, just reached, completes given the other times
+    (`times` needs at least the stages `ENDS_OF[stage]`).
 
     Each duration is completed exactly once: by whichever of its two ends arrives second.
     A negative duration (clock skew across replicas) counts as zero.
     """
     out: list[tuple[Metric, float]] = []
-    for metric in METRICS:
-        if stage not in (metric.start, metric.end):
-            continue
+    for metric in METRICS_OF.get(stage, ()):
         start, end = times.get(metric.start), times.get(metric.end)
         if start is None or end is None:
             continue
