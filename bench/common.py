@@ -108,6 +108,29 @@ def peak_rss_mib(pid: int | None = None) -> float:
     raise RuntimeError("VmHWM not found")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (Linux /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(command: str = "postgres") -> float:
+    """CPU time of every live process named `command` (a local database server's postmaster,
+    backends and background workers), summed; a process that exits in between is not
+    counted."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == command:
+                total += cpu_seconds(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return total
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():

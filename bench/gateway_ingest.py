@@ -71,7 +71,16 @@ from attest_gateway.gateway.demo import DEMO_ORGS
 from attest_gateway.gateway.store.db import aware, make_engine
 from attest_gateway.gateway.store.tables import mailbox, outbox
 from attest_gateway.schemas.events import MessageType
-from bench.common import SEED, BenchContext, Figure, console, peak_rss_mib, percentile, repeat
+from bench.common import (
+    SEED,
+    BenchContext,
+    Figure,
+    console,
+    cpu_seconds,
+    peak_rss_mib,
+    percentile,
+    repeat,
+)
 from bench.loadgen import GatewayBody, LoadResult, free_port, run_loadgen, stop_process, wait_http
 
 CONCURRENCY = 32
@@ -426,13 +435,6 @@ async def settle(gw: RunningGateway, within: float) -> tuple[Counters, bool]:
 
 
 # --- the suite -------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process (Linux /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import random
 import shutil
 import sqlite3
@@ -44,7 +45,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,16 @@ from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.store.migrate import upgrade_async
 from attest_gateway.gateway.store.tables import mailbox, outbox
 from bench.baselines_crypto import JOBCENTER_ID, request_body
-from bench.common import SEED, BenchContext, Figure, console, progress, repeat
+from bench.common import (
+    SEED,
+    BenchContext,
+    Figure,
+    console,
+    cpu_seconds,
+    progress,
+    repeat,
+    server_cpu_seconds,
+)
 
 JOIN_TIMEOUT_S = 60.0
 STALL_TIMEOUT_S = 120.0
@@ -248,6 +258,8 @@ class Drained:
     seconds: float  # resume → all `target` offsets committed
     first_quarter: float  # records/s until a quarter of them were committed
     last_quarter: float  # records/s over the last quarter
+    process_cpu: float = 0.0  # CPU seconds of this process (the consumer) during the clock
+    postgres_cpu: float = 0.0  # CPU seconds of the local PostgreSQL server's processes
 
 
 async def drain(
@@ -263,10 +275,16 @@ async def drain(
     garbage collector's walks; unfrozen after the clock."""
     consumer = consumer_of(loop)
     freeze_startup_heap()
+    own, server = cpu_seconds(os.getpid()), server_cpu_seconds()
     try:
-        return await _drain(consumer, partitions, target, description)
+        drained = await _drain(consumer, partitions, target, description)
     finally:
         gc.unfreeze()
+    return replace(
+        drained,
+        process_cpu=cpu_seconds(os.getpid()) - own,
+        postgres_cpu=server_cpu_seconds() - server,
+    )
 
 
 async def _drain(
@@ -356,16 +374,25 @@ class Observed:
     first_quarter: list[float] = field(default_factory=list)  # records/s
     last_quarter: list[float] = field(default_factory=list)  # records/s
     wiring: str = ""  # how the consumer was set up (from the settings)
+    # CPU milliseconds per 1,000 records during the clock: this process, PostgreSQL's
+    process_cpu_ms: list[float] = field(default_factory=list)
+    postgres_cpu_ms: list[float] = field(default_factory=list)
 
-    def add(self, drained: Drained) -> None:
+    def add(self, drained: Drained, records: int) -> None:
         self.first_quarter.append(drained.first_quarter)
         self.last_quarter.append(drained.last_quarter)
+        self.process_cpu_ms.append(drained.process_cpu * 1e6 / records)
+        self.postgres_cpu_ms.append(drained.postgres_cpu * 1e6 / records)
 
-    def note(self) -> str:
+    def note(self, database: str) -> str:
+        cpu = "CPU per 1,000 records during the clock: "
+        cpu += f"this process {_span(self.process_cpu_ms)} ms"
+        if database == "postgres":
+            cpu += f", the PostgreSQL server {_span(self.postgres_cpu_ms)} ms"
         return (
             f"group join not timed (took {min(self.joins):.1f}–{max(self.joins):.1f} s); "
             f"rate over the first quarter of the records {_span(self.first_quarter)}/s, "
-            f"over the last quarter {_span(self.last_quarter)}/s"
+            f"over the last quarter {_span(self.last_quarter)}/s; {cpu} (warm-up included)"
         )
 
     def extra(self) -> dict[str, Any]:
@@ -373,6 +400,8 @@ class Observed:
             "join_seconds": self.joins,
             "first_quarter_per_s": self.first_quarter,
             "last_quarter_per_s": self.last_quarter,
+            "process_cpu_ms_per_1000": self.process_cpu_ms,
+            "postgres_cpu_ms_per_1000": self.postgres_cpu_ms,
         }
 
 
@@ -416,7 +445,7 @@ async def delivery_runs(ctx: BenchContext, kind: str, n: int) -> tuple[list[floa
                         while await gw.relay.publish_pending():
                             pass
                         drained = await drain(loop, partitions, n, f"delivery ({kind})")
-                        seen.add(drained)
+                        seen.add(drained, n)
                     finally:
                         await loop.stop()
                     async with gw.engine.connect() as conn:
@@ -458,7 +487,7 @@ async def run(ctx: BenchContext) -> list[Figure]:
                     f"ConsumerLoop + DeliveryHandler ({seen.wiring}) into a fresh {db} "
                     f"database; clock: resume "
                     f"of the joined, paused consumer until offsets for all N are committed "
-                    f"(polled every {POLL_S * 1000:.0f} ms); {seen.note()}; the outbox holds "
+                    f"(polled every {POLL_S * 1000:.0f} ms); {seen.note(kind)}; the outbox holds "
                     f"about 3N rows (envelopes, stage events) when the clock starts"
                 ),
                 extra={"records": n, "database": kind} | seen.extra(),

@@ -83,14 +83,22 @@ from attest_gateway.gateway.store.tables import stages
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage
 from attest_gateway.schemas.medcom import parse_bundle
-from bench.common import SEED, BenchContext, Figure, console, peak_rss_mib, percentile, repeat
+from bench.common import (
+    SEED,
+    BenchContext,
+    Figure,
+    console,
+    cpu_seconds,
+    peak_rss_mib,
+    percentile,
+    repeat,
+)
 from bench.gateway_ingest import (
     ATTEST_PATH,
     JOBCENTER,
     SETTLE_S,
     STATEMENTS,
     RunningGateway,
-    cpu_seconds,
     gateway,
     settle,
 )

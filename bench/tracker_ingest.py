@@ -18,7 +18,13 @@ contact rules). Per run (a warm-up and `ctx.runs` recorded ones):
    applies the events as the gateway does: where the handler takes batches
    (`TrackerHandler.handle_batch`), a partition's polled records in one transaction, else one
    transaction per event. After the clock, `tracker_conversations` must hold one row per
-   conversation in the events (a dead-lettered event would also be committed).
+   conversation in the events (a dead-lettered event would also be committed). Before the
+   clock the heap is frozen as `attest-gateway serve` freezes it (`bench.pipeline.drain`);
+   during it, the CPU time of this process and of the PostgreSQL server is counted (notes:
+   per 1,000 events).
+
+N is 24,000 (6,000 until 2026-11-24: the first quarter of a run, while the consumer's fetches
+ramp up, ran at half the rate of the last, and weighed too much in a run of ~1.5 s).
 
 The events (fixed seed): conversations submitted over four weeks from a fixed date, each
 with its realistic sequence — submitted, published, in_mailbox, fetched, acknowledged, then
@@ -216,7 +222,7 @@ async def tracker_runs(
                                 await future
                                 bar.update(task, completed=done)
                         drained = await drain(loop, partitions, n, f"tracker ({kind})")
-                        seen.add(drained)
+                        seen.add(drained, n)
                     finally:
                         await loop.stop()
                     async with gw.engine.connect() as conn:
@@ -241,7 +247,7 @@ async def tracker_runs(
 
 async def run(ctx: BenchContext) -> list[Figure]:
     gateway_logging(ctx)
-    n = ctx.size(6_000, 200)
+    n = ctx.size(24_000, 200)
     events = stage_events(n, SEED)
     conversations = len({e.conversation_id for e in events})
     kinds = ["sqlite"]
@@ -262,7 +268,7 @@ async def run(ctx: BenchContext) -> list[Figure]:
                     f"{n:,} pre-produced stage events of {conversations:,} conversations "
                     f"through the real tracker ConsumerLoop + TrackerHandler (as wired by "
                     f"make_tracker) into a fresh {db} database; clock: resume of the joined, "
-                    f"paused consumer until offsets for all N are committed; {seen.note()}"
+                    f"paused consumer until offsets for all N are committed; {seen.note(kind)}"
                 ),
                 extra={"events": n, "conversations": conversations, "database": kind}
                 | seen.extra(),
