@@ -3,12 +3,10 @@ tracking events, and the rewriting of a tracking event's case ref."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import json
 import re
-import uuid
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -21,10 +19,9 @@ from attest_gateway.gateway.crypto import KeyRing, OrgKeys
 from attest_gateway.gateway.crypto import case_ref as bare_case_ref
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
-from attest_gateway.gateway.tracker.events import ContactChannel, ContactEvent
 from attest_gateway.gateway.tracker.rules import TrackerRules
 from attest_gateway.schemas.envelope import Suite
-from attest_gateway.schemas.events import MessageType, Stage, StageEvent
+from tests.support.events import contact_event, stage_event
 
 KEY_A = b"a" * 32
 KEY_B = b"b" * 32
@@ -120,45 +117,6 @@ def test_a_cpr_number_sealed_to_an_older_key_of_the_ring_still_opens() -> None:
 
 
 # --- tracking events ----------------------------------------------------------------------------
-
-
-def stage_event(ref: str) -> StageEvent:
-    now = dt.datetime(2026, 3, 2, 10, tzinfo=dt.UTC)
-    return StageEvent(
-        event_id=str(uuid.uuid4()),
-        conversation_id="conv-1",
-        message_id="msg-1",
-        message_type=MessageType.ATTEST_REQUEST,
-        stage=Stage.SUBMITTED,
-        at=now,
-        attest_type="LÆ 155",
-        case_kind="sygedagpenge",
-        municipality="101",
-        region_code="1084",
-        jobcenter_org="jc",
-        receiver_org="psy",
-        case_ref=ref,
-        psychiatric_course=True,
-        first_day_of_absence=now.date(),
-        reply_deadline=now.date() + dt.timedelta(days=60),
-    )
-
-
-def contact_event(ref: str) -> ContactEvent:
-    return ContactEvent(
-        event_id=str(uuid.uuid4()),
-        contact_id="contact-1",
-        at=dt.datetime(2026, 3, 2, 11, tzinfo=dt.UTC),
-        contact_date=dt.date(2026, 3, 2),
-        jobcenter_org="jc",
-        psychiatry_org="psy",
-        municipality="101",
-        region_code="1084",
-        case_kind="sygedagpenge",
-        case_ref=ref,
-        first_day_of_absence=dt.date(2026, 2, 1),
-        channel=ContactChannel.MEETING,
-    )
 
 
 def test_rewriting_a_tracking_row_replaces_the_ref_and_a_contacts_record_key() -> None:

@@ -3,51 +3,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 
 from attest_gateway.gateway.tracker.events import (
-    ContactChannel,
     ContactEvent,
     NotATrackingEvent,
     parse_tracking_event,
 )
-from attest_gateway.schemas.events import MessageType, Stage, StageEvent
+from attest_gateway.schemas.events import StageEvent
+from tests.support.events import contact_event, stage_event
 
-AT = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
-STAGE = StageEvent(
-    event_id="e1",
-    conversation_id="c1",
-    message_id="m1",
-    message_type=MessageType.ATTEST_REQUEST,
-    stage=Stage.SUBMITTED,
-    at=AT,
-    attest_type="LÆ 265",
-    case_kind="sygedagpenge",
-    municipality="101",
-    region_code="1084",
-    jobcenter_org="jc-101",
-    receiver_org="gp-noerrebro",
-    case_ref="k1.ab12",
-    psychiatric_course=False,
-    first_day_of_absence=dt.date(2026, 2, 2),
-    reply_deadline=dt.date(2026, 3, 16),
-)
-CONTACT = ContactEvent(
-    event_id="e2",
-    contact_id="x1",
-    at=AT,
-    contact_date=dt.date(2026, 2, 20),
-    jobcenter_org="jc-101",
-    psychiatry_org="psyk-kbh",
-    municipality="101",
-    region_code="1084",
-    case_kind="sygedagpenge",
-    case_ref="k1.ab12",
-    first_day_of_absence=dt.date(2026, 2, 2),
-    channel=ContactChannel.MEETING,
-)
+STAGE = stage_event("k1.ab12")
+CONTACT = contact_event("k1.ab12")
 
 
 @pytest.mark.parametrize("event", [STAGE, CONTACT])
