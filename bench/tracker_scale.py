@@ -17,7 +17,8 @@ What it does, in order (each step prints its time):
    straight into `tracker_conversations` / `tracker_episodes` with `generate_series`:
    98 municipalities, 1,960 GP clinics (20 per municipality), 30 psychiatry units, two
    years of requests, delays drawn log-normally.
-3. **Rollups**: builds `tracker_counts` and `tracker_durations` from them in bulk: the
+3. **Rollups**: builds `tracker_counts` and `tracker_durations` from them in bulk (by cell
+   in temporary tables, then each cell a row of `tracker_cells`, referred to by id): the
    state the incremental maintenance reaches after the same events.
 4. **Report**: times `GET /ministry/v1/report`'s query function (`report.report`, all of
    its queries, over the whole period and filtered), and the largest drill-down
@@ -54,6 +55,7 @@ from attest_gateway.gateway.store.tables import tracker_counts, tracker_duration
 from attest_gateway.gateway.tracker import report as rep
 from attest_gateway.gateway.tracker import rules as r
 from attest_gateway.gateway.tracker.consumer import TrackerState
+from attest_gateway.gateway.tracker.store import COUNTERS, ensure_cells, with_cells
 from attest_gateway.schemas.events import MessageType, Stage, StageEvent
 from attest_gateway.schemas.identifiers import municipalities
 
@@ -213,7 +215,7 @@ def counts_sql() -> list[str]:
     for grain, dim, _ in _GRAINS:
         for kind in ("week", "month"):
             out.append(f"""
-INSERT INTO tracker_counts (grain, period_kind, period_start, attest_type, dim, requests,
+INSERT INTO bulk_counts (grain, period_kind, period_start, attest_type, dim, requests,
   citizens, late_requests, replied, decided, overdue, reminders)
 SELECT '{grain}', '{kind}', p, coalesce(attest_type, '*'), {dim},
        count(*), count(DISTINCT case_ref), count(*) FILTER (WHERE requested_late),
@@ -226,7 +228,7 @@ GROUP BY {_sets("p", dim)}
     for grain, dim, _ in _GRAINS[:3]:
         for kind in ("week", "month"):
             out.append(f"""
-INSERT INTO tracker_counts (grain, period_kind, period_start, attest_type, dim, citizens,
+INSERT INTO bulk_counts (grain, period_kind, period_start, attest_type, dim, citizens,
   contact_decided, contact_covered)
 SELECT '{grain}', '{kind}', date_trunc('{kind}', window_end)::date, '-', {dim},
        count(DISTINCT case_ref), count(*), count(*) FILTER (WHERE outcome = 'contact')
@@ -263,13 +265,45 @@ def durations_sql() -> list[str]:
     for grain, dim, kinds in _GRAINS:
         for kind in kinds:
             out.append(f"""
-INSERT INTO tracker_durations (metric, grain, period_kind, period_start, attest_type, dim,
+INSERT INTO bulk_durations (metric, grain, period_kind, period_start, attest_type, dim,
   bucket, n)
 SELECT metric, '{grain}', '{kind}', {kind}, attest_type, {dim}, bucket, count(*)
 FROM samples
 GROUP BY metric, {kind}, bucket, attest_type{"" if dim.startswith("'") else f", {dim}"}
 """)
     return out
+
+
+_CELL = "grain, period_kind, period_start, attest_type, dim"
+_COUNTERS = ", ".join(COUNTERS)
+
+# The bulk rollups are built by cell (the five columns), as the report reads them, in
+# temporary tables; then each cell becomes a row of `tracker_cells` and the rollups refer to it
+# by id, as the tracker writes them (migration 0011).
+BULK_TABLES_SQL = [
+    f"""
+CREATE TEMP TABLE bulk_counts (grain text, period_kind text, period_start date,
+  attest_type text, dim text, {", ".join(f"{c} bigint NOT NULL DEFAULT 0" for c in COUNTERS)})
+""",
+    """
+CREATE TEMP TABLE bulk_durations (metric text, grain text, period_kind text, period_start date,
+  attest_type text, dim text, bucket smallint, n bigint)
+""",
+]
+BULK_CELLS_SQL = f"SELECT {_CELL} FROM bulk_counts UNION SELECT {_CELL} FROM bulk_durations"
+TO_CELLS_SQL = [
+    f"""
+INSERT INTO tracker_counts (cell_id, {_COUNTERS})
+SELECT c.id, {", ".join(f"b.{k}" for k in COUNTERS)}
+FROM bulk_counts b JOIN tracker_cells c USING ({_CELL})
+""",
+    f"""
+INSERT INTO tracker_durations (cell_id, metric, bucket, n)
+SELECT c.id, b.metric, b.bucket, b.n FROM bulk_durations b JOIN tracker_cells c USING ({_CELL})
+""",
+    "DROP TABLE bulk_counts",
+    "DROP TABLE bulk_durations",
+]
 
 
 async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
@@ -279,11 +313,17 @@ async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
         await conn.execute(tracker_counts.delete())
         await conn.execute(tracker_durations.delete())
         for name, sqls in (
-            ("counts", counts_sql()),
+            ("counts", BULK_TABLES_SQL + counts_sql()),
             ("samples", [samples_sql()]),
             ("durations", durations_sql()),
+            ("cells", TO_CELLS_SQL),
         ):
             t0 = time.perf_counter()
+            if name == "cells":  # ids as the tracker computes them, 50,000 cells a statement
+                typed = sa.text(BULK_CELLS_SQL).columns(period_start=sa.Date)
+                cells = [tuple(r) for r in await conn.execute(typed)]
+                for start in range(0, len(cells), 50_000):
+                    await ensure_cells(conn, cells[start : start + 50_000])
             for sql in sqls:
                 await conn.exec_driver_sql(sql)
             times[name] = round(time.perf_counter() - t0, 1)
@@ -291,8 +331,8 @@ async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
         await conn.exec_driver_sql("DROP TABLE samples")
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.exec_driver_sql("VACUUM ANALYZE tracker_counts")
-        await conn.exec_driver_sql("VACUUM ANALYZE tracker_durations")
+        for table in ("tracker_cells", "tracker_counts", "tracker_durations"):
+            await conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
     return times
 
 
@@ -353,9 +393,8 @@ async def play(engine: AsyncEngine, state: TrackerState, events: list[StageEvent
 
 
 async def _table(conn: AsyncConnection, table: sa.Table) -> list[tuple[Any, ...]]:
-    cols = list(table.c)
-    rows = await conn.execute(sa.select(*cols).order_by(*table.primary_key.columns))
-    return [tuple(row) for row in rows]
+    """The rows by their cells' columns (the two stores' cells got ids in different orders)."""
+    return [tuple(row) for row in await conn.execute(with_cells(table))]
 
 
 async def equivalence_check(admin: str, n: int) -> dict[str, Any]:
@@ -469,8 +508,8 @@ async def main() -> None:
             results["rollup_s"] = await build_rollups(engine)
         async with engine.connect() as conn:
             sizes = {}
-            for table in ("tracker_conversations", "tracker_episodes", "tracker_counts",
-                          "tracker_durations"):  # fmt: skip
+            for table in ("tracker_conversations", "tracker_episodes", "tracker_cells",
+                          "tracker_counts", "tracker_durations"):  # fmt: skip
                 sizes[table] = (
                     await conn.exec_driver_sql(f"SELECT count(*) FROM {table}")
                 ).scalar_one()

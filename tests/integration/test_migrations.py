@@ -16,7 +16,13 @@ from sqlalchemy.engine import Connection
 
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.store.migrate import alembic_config, upgrade_async
-from attest_gateway.gateway.store.tables import metadata, tracker_counts, tracker_durations
+from attest_gateway.gateway.store.tables import (
+    metadata,
+    tracker_cell_citizens,
+    tracker_counts,
+    tracker_durations,
+)
+from attest_gateway.gateway.tracker.store import with_cells
 from tests.support.harness import fresh_database
 
 
@@ -43,16 +49,55 @@ def _migrate(url: str, verb: str, target: str) -> None:
     getattr(command, verb)(alembic_config(url), target)
 
 
-async def _durations(url: str) -> list[tuple[object, ...]]:
+# The rollup tables as migrations 0002-0010 made them: keyed by the cell's five columns.
+_CELL = ("grain", "period_kind", "period_start", "attest_type", "dim")
+_WIDE = {
+    "tracker_durations": ("metric", *_CELL, "bucket", "n"),
+    "tracker_counts": (*_CELL, "requests", "citizens", "contact_decided"),
+    "tracker_cell_citizens": (*_CELL, "case_ref"),
+}
+
+
+def _wide(name: str) -> sa.TableClause:
+    return sa.table(
+        name, *(sa.column(c, sa.Date if c == "period_start" else None) for c in _WIDE[name])
+    )
+
+
+async def _write(url: str, rows: dict[str, list[tuple[object, ...]]]) -> None:
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for name, values in rows.items():
+                columns = _WIDE[name]
+                await conn.execute(
+                    _wide(name).insert(), [dict(zip(columns, r, strict=True)) for r in values]
+                )
+    finally:
+        await engine.dispose()
+
+
+async def _read(url: str, name: str, *, wide: bool = True) -> list[tuple[object, ...]]:
+    """A rollup table's rows in the columns of `_WIDE`: as stored before 0011 (`wide`), or
+    through the cells table after it."""
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(tracker_durations).order_by(*tracker_durations.primary_key.columns)
-            )
-            return [tuple(r) for r in rows]
+            if wide:
+                table = _wide(name)
+                rows = await conn.execute(sa.select(*(table.c[c] for c in _WIDE[name])))
+            else:
+                current = {t.name: t for t in (tracker_counts, tracker_durations)}
+                current["tracker_cell_citizens"] = tracker_cell_citizens
+                by_cell = with_cells(current[name]).subquery()
+                rows = await conn.execute(sa.select(*(by_cell.c[c] for c in _WIDE[name])))
+            return sorted(tuple(r) for r in rows)
     finally:
         await engine.dispose()
+
+
+async def _durations(url: str) -> list[tuple[object, ...]]:
+    return await _read(url, "tracker_durations")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -70,21 +115,9 @@ async def test_all_types_histograms_are_dropped_and_rebuilt_on_downgrade(
     typed = [row("LÆ 155", 3, 2), row("LÆ 155", 4, 1), row("LÆ 265", 3, 5)]
     async with fresh_database(kind, tmp_path) as url:
         await asyncio.to_thread(_migrate, url, "upgrade", "0002")
-        engine = make_engine(url)
-        try:
-            async with engine.begin() as conn:
-                columns = tracker_durations.c.keys()
-                await conn.execute(
-                    tracker_durations.insert(),
-                    [
-                        dict(zip(columns, r, strict=True))
-                        for r in [*typed, row("*", 3, 7), row("*", 4, 1)]
-                    ],
-                )
-        finally:
-            await engine.dispose()
-        await upgrade_async(url)
-        assert await _durations(url) == typed
+        await _write(url, {"tracker_durations": [*typed, row("*", 3, 7), row("*", 4, 1)]})
+        await asyncio.to_thread(_migrate, url, "upgrade", "0010")
+        assert await _durations(url) == sorted(typed)
         await asyncio.to_thread(_migrate, url, "downgrade", "0002")
         assert sorted(await _durations(url)) == sorted([*typed, row("*", 3, 7), row("*", 4, 1)])
 
@@ -119,3 +152,43 @@ async def test_rollup_tables_leave_room_for_updates(tmp_path: Path) -> None:
         assert await _fillfactors(url) == declared
         await asyncio.to_thread(_migrate, url, "downgrade", "0009")
         assert await _fillfactors(url) == {"tracker_counts": None, "tracker_durations": None}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_rollups_move_to_cell_ids_and_back(kind: str, tmp_path: Path) -> None:
+    """0011: every rollup row keeps its cell (now a row of `tracker_cells`, referred to by
+    id) and its figures; the downgrade gives back the rows as they were."""
+    week, month = dt.date(2026, 9, 7), dt.date(2026, 9, 1)
+    national = ("national", "week", week, "LÆ 155", "DK")
+    region = ("region", "month", month, "*", "1084")
+    contact = ("municipality", "month", month, "-", "101")
+    rows: dict[str, list[tuple[object, ...]]] = {
+        "tracker_durations": [
+            ("request_to_attest", *national, 3, 2),
+            ("request_to_attest", *national, 4, 1),
+            ("fetch_to_ack", *national, 3, 5),
+            ("request_to_attest", "region", "month", month, "LÆ 155", "1084", 9, 1),
+        ],
+        "tracker_counts": [(*national, 3, 3, 0), (*region, 7, 5, 0), (*contact, 0, 2, 2)],
+        "tracker_cell_citizens": [
+            (*cell, ref)
+            for cell in (national, region, contact)
+            for ref in ("a1b2c3.0001", "a1b2c3.0002")
+        ],
+    }
+    async with fresh_database(kind, tmp_path) as url:
+        await asyncio.to_thread(_migrate, url, "upgrade", "0010")
+        await _write(url, rows)
+        await upgrade_async(url)
+        for name, values in rows.items():
+            assert await _read(url, name, wide=False) == sorted(values), name
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                cells = (await conn.execute(sa.text("SELECT count(*) FROM tracker_cells"))).one()
+        finally:
+            await engine.dispose()
+        assert cells[0] == 4  # the three above and the regional histogram's own (LÆ 155)
+        await asyncio.to_thread(_migrate, url, "downgrade", "0010")
+        for name, values in rows.items():
+            assert await _read(url, name) == sorted(values), name

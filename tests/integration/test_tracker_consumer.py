@@ -16,12 +16,14 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
+from attest_gateway.gateway.bus import TransientError
 from attest_gateway.gateway.crypto import OrgKeys, open_envelope, utcnow
 from attest_gateway.gateway.store.db import aware, make_engine
 from attest_gateway.gateway.store.migrate import upgrade_async
 from attest_gateway.gateway.store.tables import (
     stages,
     tracker_cell_citizens,
+    tracker_cells,
     tracker_contacts,
     tracker_conversations,
     tracker_counts,
@@ -32,6 +34,7 @@ from attest_gateway.gateway.store.tables import (
 from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
 from attest_gateway.gateway.tracker.rules import TrackerRules, period_start
 from attest_gateway.gateway.tracker.service import tracker_rules
+from attest_gateway.gateway.tracker.store import with_cells
 from attest_gateway.gateway.tracker.sweep import TrackerSweep
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import Stage
@@ -146,15 +149,12 @@ async def snapshot(h: Harness) -> dict[str, list[Any]]:
 async def snapshot_of(engine: AsyncEngine) -> dict[str, list[Any]]:
     out = {}
     async with engine.connect() as conn:
-        for table in (
-            tracker_conversations,
-            tracker_counts,
-            tracker_durations,
-            tracker_cell_citizens,
-            tracker_episodes,
-        ):
+        for table in (tracker_conversations, tracker_episodes):
             rows = await conn.execute(sa.select(table).order_by(*table.primary_key.columns))
             out[table.name] = [tuple(r) for r in rows]
+        for table in (tracker_counts, tracker_durations, tracker_cell_citizens):
+            # by their cells' columns: cell ids depend on the order the cells were created
+            out[table.name] = [tuple(r) for r in await conn.execute(with_cells(table))]
     return out
 
 
@@ -428,11 +428,12 @@ async def test_a_contact_registered_after_the_window_was_settled_corrects_it(
     await wait_for(lambda: episode(None))
     await h.gw.tracker.sweep.run_once()
     settled = await wait_for(lambda: episode("no_contact"))
+    counts_by_cell = with_cells(tracker_counts).subquery()
     national = (
-        (tracker_counts.c.grain == "national")
-        & (tracker_counts.c.period_kind == "week")
-        & (tracker_counts.c.period_start == period_start(settled.window_end, "week"))
-        & (tracker_counts.c.attest_type == "-")
+        (counts_by_cell.c.grain == "national")
+        & (counts_by_cell.c.period_kind == "week")
+        & (counts_by_cell.c.period_start == period_start(settled.window_end, "week"))
+        & (counts_by_cell.c.attest_type == "-")
     )
 
     async def counts() -> tuple[int, int]:
@@ -440,7 +441,7 @@ async def test_a_contact_registered_after_the_window_was_settled_corrects_it(
             row = (
                 await conn.execute(
                     sa.select(
-                        tracker_counts.c.contact_decided, tracker_counts.c.contact_covered
+                        counts_by_cell.c.contact_decided, counts_by_cell.c.contact_covered
                     ).where(national)
                 )
             ).one()
@@ -514,6 +515,7 @@ async def test_no_cpr_number_in_any_tracker_table(harness: Harness, column: str)
             tracker_reminders,
             tracker_episodes,
             tracker_contacts,
+            tracker_cells,
             tracker_counts,
             tracker_durations,
             tracker_cell_citizens,
@@ -583,3 +585,46 @@ async def test_a_batch_gives_the_same_rollups_as_one_event_at_a_time(
     together = await applied(True, "batch")
     assert one_by_one["tracker_counts"]
     assert together == one_by_one
+
+
+async def test_cell_ids_are_looked_up_again_after_a_failed_batch(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A tracker remembers the ids of the rollup cells it wrote. If the store loses them under
+    it (here: emptied, as by a restore), the batch fails once (a retryable error), the
+    tracker forgets every id, and the retry writes the same rollups as a fresh tracker."""
+    h = harness
+    accepted = await request(h, cpr=cpr(50))
+    await answer(h, accepted)
+    await tracked(h, accepted["conversation_id"], "reply_fetched_at")
+    records = [
+        r
+        for r in await read_topic(h.bootstrap, h.gw.topics.tracking)
+        if r.value and r.value.startswith(b'{"')
+    ]
+    async with fresh_database(h.kind, tmp_path) as url:
+        await upgrade_async(url)
+        engine = make_engine(url)
+        try:
+            state = TrackerState(tracker_rules(h.settings), h.gw.catalogue)
+            handler = TrackerHandler(engine, state)
+            await handler.handle_batch(records)
+            expected = await snapshot_of(engine)
+            assert len(state.cells) > 0
+            async with engine.begin() as conn:
+                for table in (
+                    tracker_cell_citizens,
+                    tracker_durations,
+                    tracker_counts,
+                    tracker_cells,
+                    tracker_episodes,
+                    tracker_conversations,
+                ):
+                    await conn.execute(table.delete())
+            with pytest.raises(TransientError):
+                await handler.handle_batch(records)  # the remembered cells are gone
+            assert len(state.cells) == 0
+            await handler.handle_batch(records)
+            assert await snapshot_of(engine) == expected
+        finally:
+            await engine.dispose()

@@ -277,19 +277,38 @@ tracker_contacts = sa.Table(
 # Incremental rollups, maintained as events arrive. A cell is (grain, period kind, period
 # start, attest type, dim): grain `national` (dim DK) / `region` / `municipality` / `receiver`
 # with its code as dim; attest type `*` for all types, `-` for citizen-level (contact) counts.
+# Each cell is a row of `tracker_cells` and the rollups refer to it by its id (migration
+# 0011): every event writes several rollup rows, and an insert or update keyed by one integer
+# costs PostgreSQL about half of one keyed by the five columns. The id is a digest of the
+# five columns (`tracker.store.cell_id`), so a tracker that remembers ids can find one
+# missing, never pointing at another cell.
 # The counter and histogram rows are updated by every event: their pages keep a fifth free, so
-# that an update finds room beside its row (a HOT update, no new entry in the wide key's
-# index). Migration 0010.
+# that an update finds room beside its row (a HOT update, no new index entry). Migration 0010.
 ROLLUP_FILLFACTOR = 80
+
+tracker_cells = sa.Table(
+    "tracker_cells",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("grain", sa.String(16), nullable=False),
+    sa.Column("period_kind", sa.String(5), nullable=False),
+    sa.Column("period_start", sa.Date, nullable=False),
+    sa.Column("attest_type", sa.String(16), nullable=False),
+    sa.Column("dim", sa.String(64), nullable=False),
+    sa.UniqueConstraint(
+        "grain", "period_kind", "period_start", "attest_type", "dim", name="uq_tracker_cells_key"
+    ),
+)
+
+
+def _cell_id() -> sa.Column[int]:
+    return sa.Column("cell_id", sa.BigInteger, sa.ForeignKey("tracker_cells.id"), primary_key=True)
+
 
 tracker_counts = sa.Table(
     "tracker_counts",
     metadata,
-    sa.Column("grain", sa.String(16), primary_key=True),
-    sa.Column("period_kind", sa.String(5), primary_key=True),
-    sa.Column("period_start", sa.Date, primary_key=True),
-    sa.Column("attest_type", sa.String(16), primary_key=True),
-    sa.Column("dim", sa.String(64), primary_key=True),
+    _cell_id(),
     sa.Column("requests", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("citizens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("late_requests", sa.BigInteger, nullable=False, server_default="0"),
@@ -306,12 +325,8 @@ tracker_counts = sa.Table(
 tracker_durations = sa.Table(
     "tracker_durations",
     metadata,
+    _cell_id(),
     sa.Column("metric", sa.String(32), primary_key=True),
-    sa.Column("grain", sa.String(16), primary_key=True),
-    sa.Column("period_kind", sa.String(5), primary_key=True),
-    sa.Column("period_start", sa.Date, primary_key=True),
-    sa.Column("attest_type", sa.String(16), primary_key=True),
-    sa.Column("dim", sa.String(64), primary_key=True),
     sa.Column("bucket", sa.SmallInteger, primary_key=True),
     sa.Column("n", sa.BigInteger, nullable=False),
     postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
@@ -321,11 +336,7 @@ tracker_durations = sa.Table(
 tracker_cell_citizens = sa.Table(
     "tracker_cell_citizens",
     metadata,
-    sa.Column("grain", sa.String(16), primary_key=True),
-    sa.Column("period_kind", sa.String(5), primary_key=True),
-    sa.Column("period_start", sa.Date, primary_key=True),
-    sa.Column("attest_type", sa.String(16), primary_key=True),
-    sa.Column("dim", sa.String(64), primary_key=True),
+    _cell_id(),
     sa.Column("case_ref", sa.String(64), primary_key=True),
 )
 

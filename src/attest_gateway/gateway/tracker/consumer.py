@@ -51,6 +51,7 @@ from attest_gateway.gateway.tracker.events import (
 )
 from attest_gateway.gateway.tracker.store import (
     Cell,
+    KnownCells,
     add_citizen,
     add_counts,
     add_duration,
@@ -212,6 +213,7 @@ class TrackerState:
         self.rules = rules
         self.catalogue = catalogue or {}
         self._roles: dict[str, str | None] = {}
+        self.cells = KnownCells()  # rollup cells known to exist in the store
 
     # --- cells -------------------------------------------------------------------------------
 
@@ -563,9 +565,10 @@ class TrackerHandler:
         return unreadable
 
     async def _apply(self, events: Sequence[TrackingEvent]) -> None:
+        cells = self._state.cells
         try:
             async with self._engine.begin() as conn:
-                with buffered_rollups() as rollups:
+                with buffered_rollups(cells) as rollups:
                     stages = [e for e in events if isinstance(e, StageEvent)]
                     contacts = [e for e in events if isinstance(e, ContactEvent)]
                     batch = await self._state.conversations(conn, stages, contacts)
@@ -573,7 +576,9 @@ class TrackerHandler:
                     await batch.write(conn)
                     await rollups.flush(conn)
         except sa.exc.DBAPIError as exc:
+            cells.forget()
             raise TransientError("database-unavailable", type(exc).__name__) from exc
+        cells.remember(rollups.written)  # committed: those cells exist
         if not _debug_logged():  # one line per event, at DEBUG only
             return
         for event, applied in zip(events, changed, strict=True):

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.gateway.errors import Unprocessable
-from attest_gateway.gateway.store.tables import tracker_counts, tracker_durations
+from attest_gateway.gateway.store.tables import tracker_cells, tracker_counts, tracker_durations
 from attest_gateway.gateway.tracker import rules as r
 from attest_gateway.gateway.tracker.consumer import CONTACT_ATTEST
 from attest_gateway.schemas.identifiers import municipalities
@@ -73,8 +73,9 @@ def _grain(by: By, f: Filters) -> str:
 def _where(
     table: sa.Table, f: Filters, by: By, *, contact: bool, types_summed: bool = False
 ) -> list[Any]:
-    """The rows of the cells a report reads. `types_summed`: the table keeps no all-types
-    (`*`) cells (duration histograms): all types are then the sum of every type's rows."""
+    """The cells a report reads (`table`: `tracker_cells`). `types_summed`: the rollup keeps
+    no all-types (`*`) cells (duration histograms): all types are then the sum of every
+    type's rows."""
     c = table.c
     grain = _grain(by, f)
     conds: list[Any] = [c.grain == grain, c.period_kind == f.period]
@@ -143,12 +144,13 @@ def _group_fields(by: By, key: tuple[str | None, str]) -> dict[str, Any]:
 async def _counts(
     conn: AsyncConnection, f: Filters, by: By, *, series: bool, contact: bool
 ) -> dict[tuple[str | None, str], dict[str, int]]:
-    t = tracker_counts
-    cols = _group_cols(t, by, series)
+    t, cells = tracker_counts, tracker_cells
+    cols = _group_cols(cells, by, series)
     sums = [sa.func.sum(t.c[name]).label(name) for name in _COUNTERS]
     stmt = (
         sa.select(*cols, *sums, sa.func.max(t.c.citizens).label("citizens_lb"))
-        .where(*_where(t, f, by, contact=contact))
+        .select_from(cells.join(t, t.c.cell_id == cells.c.id))
+        .where(*_where(cells, f, by, contact=contact))
         .group_by(*cols)
     )
     out: dict[tuple[str | None, str], dict[str, int]] = {}
@@ -179,11 +181,12 @@ async def _histograms(
             "invalid-period",
             "weekly distributions are kept nationally and per region; use period=month",
         )
-    t = tracker_durations
-    cols = _group_cols(t, by, series)
+    t, cells = tracker_durations, tracker_cells
+    cols = _group_cols(cells, by, series)
     stmt = (
         sa.select(*cols, t.c.bucket, sa.func.sum(t.c.n).label("n"))
-        .where(t.c.metric == metric, *_where(t, f, by, contact=False, types_summed=True))
+        .select_from(cells.join(t, t.c.cell_id == cells.c.id))
+        .where(t.c.metric == metric, *_where(cells, f, by, contact=False, types_summed=True))
         .group_by(*cols, t.c.bucket)
     )
     out: dict[tuple[str | None, str], dict[int, int]] = defaultdict(dict)
