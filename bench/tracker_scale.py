@@ -393,7 +393,7 @@ async def play(engine: AsyncEngine, state: TrackerState, events: list[StageEvent
 
 
 async def _table(conn: AsyncConnection, table: sa.Table) -> list[tuple[Any, ...]]:
-    """The rows by their cells' columns (the two stores' cells got ids in different orders)."""
+    """The rows by their cells' columns, as the reports read them."""
     return [tuple(row) for row in await conn.execute(with_cells(table))]
 
 

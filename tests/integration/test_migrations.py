@@ -87,8 +87,9 @@ async def _read(url: str, name: str, *, wide: bool = True) -> list[tuple[object,
                 table = _wide(name)
                 rows = await conn.execute(sa.select(*(table.c[c] for c in _WIDE[name])))
             else:
-                current = {t.name: t for t in (tracker_counts, tracker_durations)}
-                current["tracker_cell_citizens"] = tracker_cell_citizens
+                current = {
+                    t.name: t for t in (tracker_counts, tracker_durations, tracker_cell_citizens)
+                }
                 by_cell = with_cells(current[name]).subquery()
                 rows = await conn.execute(sa.select(*(by_cell.c[c] for c in _WIDE[name])))
             return sorted(tuple(r) for r in rows)

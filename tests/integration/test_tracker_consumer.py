@@ -153,7 +153,7 @@ async def snapshot_of(engine: AsyncEngine) -> dict[str, list[Any]]:
             rows = await conn.execute(sa.select(table).order_by(*table.primary_key.columns))
             out[table.name] = [tuple(r) for r in rows]
         for table in (tracker_counts, tracker_durations, tracker_cell_citizens):
-            # by their cells' columns: cell ids depend on the order the cells were created
+            # by their cells' columns, as the reports read them
             out[table.name] = [tuple(r) for r in await conn.execute(with_cells(table))]
     return out
 

@@ -291,8 +291,7 @@ async def add_citizen(conn: AsyncConnection, cells: Sequence[Cell], case_ref: st
 
 def with_cells(table: sa.Table) -> sa.Select[Any]:
     """A rollup table's rows with each cell's five columns in place of its id, ordered by
-    them: what the rows mean whatever ids the cells got (tests and benchmarks compare stores
-    whose cells were created in different orders)."""
+    them: what the rows mean, readable where tests and benchmarks compare two stores."""
     cells = tracker_cells
     own = [c for c in table.c if c.name != "cell_id"]
     key = [cells.c[k] for k in CELL_COLUMNS]
