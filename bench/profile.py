@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.profile --db postgres --seconds 30
     .venv/bin/python -m bench.profile --load roundtrip     # whole conversations
     .venv/bin/python -m bench.profile --load roundtrip --sql --concurrency 1
+    .venv/bin/python -m bench.profile --db postgres --split  # API and worker processes
 
 Starts its own embedded broker and a gateway exactly as `bench/gateway_ingest.py` does, drives
 it with the load generator (its own process, closed loop) or, with `--load roundtrip`, with
@@ -12,10 +13,11 @@ bench/roundtrip.py's clients (whole conversations: mailbox, acknowledgement, rep
 threads, including aiosqlite's worker threads and idle time excluded), and prints the
 functions with the largest share of samples: inclusive (the function or anything it calls)
 and self (the function's own code). The raw collapsed stacks are kept in the work directory
-for a flame graph (e.g. speedscope). It also prints the CPU seconds of the gateway's main
-thread and of its other threads during the load. `--sql` counts the statements the gateway
-sent, by statement and by the gateway functions that sent it (bench/sqltrace). Not a test,
-not part of `make bench`.
+for a flame graph (e.g. speedscope). `--split` runs the gateway as two processes (`serve
+--role api` and `serve --role worker`, as `bench/gateway_ingest.py` does) and profiles each.
+It also prints the CPU seconds of each process's main thread and of its other threads during
+the load. `--sql` counts the statements the gateway sent, by statement and by the gateway
+functions that sent it (bench/sqltrace). Not a test, not part of `make bench`.
 
 py-spy cannot follow SQLAlchemy's greenlets: time spent executing a statement shows without
 the gateway function that awaited it. `--sql` gives that attribution for the statements.
@@ -37,9 +39,11 @@ from attest_gateway.gateway.broker import EmbeddedBroker
 from bench import roundtrip
 from bench.common import SEED, BenchContext, console
 from bench.gateway_ingest import (
+    API_AND_WORKER,
     ATTEST_PATH,
     CONCURRENCY,
     JOBCENTER,
+    ONE_PROCESS,
     RECEIVER,
     RunningGateway,
     gateway,
@@ -73,14 +77,21 @@ def summarise(collapsed: Path, top: int) -> str:
     return "\n".join(lines)
 
 
-def sql_census(path: Path, top: int) -> str:
+def sql_census(paths: list[Path], top: int) -> str:
     """The statements the gateway sent, most frequent first (bench/sqltrace)."""
-    rows = json.loads(path.read_text())
+    rows = sorted(
+        (row for path in paths for row in json.loads(path.read_text())),
+        key=lambda r: -int(r["count"]),
+    )
     total = sum(r["count"] for r in rows) or 1
-    lines = [f"{total} SQL statements, {len(rows)} distinct; most frequent:"]
+    lines = [
+        f"{total} SQL statements, {len(rows)} distinct; most frequent (count, share, wall time "
+        "from send to result, distinct texts: each is prepared anew on PostgreSQL):"
+    ]
     for r in rows[:top]:
-        share = 100 * r["count"] / total
-        lines.append(f"  {r['count']:7d} {share:5.1f} % {r['wall_s']:7.2f} s  {r['statement']}")
+        count, wall, texts = r["count"], r["wall_s"], r["texts"]
+        share = 100 * count / total
+        lines.append(f"  {count:7d} {share:5.1f} % {wall:7.2f} s {texts:5d}  {r['statement']}")
     return "\n".join(lines)
 
 
@@ -130,40 +141,58 @@ async def main(args: argparse.Namespace) -> int:
         console.print("py-spy is not installed (it is a dev dependency: make install)")
         return 2
     if args.sql:  # bench/sqltrace/sitecustomize.py, loaded by the gateway process only
-        os.environ["BENCH_SQL_TRACE"] = str(workdir / "sql.json")
+        os.environ["BENCH_SQL_TRACE"] = str(workdir / "sql-{pid}.json")
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [str(Path(__file__).parent / "sqltrace"), os.environ.get("PYTHONPATH", "")]
         )
     broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+    roles = API_AND_WORKER if args.split else ONE_PROCESS
     try:
         ctx = BenchContext(bootstrap=broker.bootstrap, workdir=workdir)
-        async with gateway(ctx, args.db, "profile") as gw:
-            collapsed = workdir / f"gateway-{args.db}.collapsed.txt"
-            spy = await asyncio.create_subprocess_exec(
-                str(py_spy), "record", "--pid", str(gw.proc.pid), "--duration",
-                str(max(1, round(args.seconds))), "--rate", "200", "--threads", "--format", "raw",
-                "--output", str(collapsed), "--nonblocking",
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            cpu0 = thread_cpu(gw.proc.pid)
+        async with gateway(ctx, args.db, "profile", roles) as gw:
+            spies = {
+                p.role: await _spy(
+                    py_spy, p.proc.pid, workdir / f"{args.db}-{p.role}.txt", args.seconds
+                )
+                for p in gw.processes
+            }
+            cpu0 = {p.role: thread_cpu(p.proc.pid) for p in gw.processes}
             sent = await drive(gw, args, workdir)
-            cpu = {tid: t - cpu0.get(tid, 0.0) for tid, t in thread_cpu(gw.proc.pid).items()}
-            main_s = cpu.pop(gw.proc.pid, 0.0)
-            console.print(
-                f"gateway CPU during the load: main thread {main_s:.1f} s, other threads "
-                f"{sum(cpu.values()):.1f} s ({len(cpu)} threads; aiosqlite's, the executor's)"
-            )
-            _, err = await spy.communicate()
-            if spy.returncode != 0:
-                console.print(f"py-spy failed: {err.decode()[-500:]}")
-                return 1
-        console.print(f"{sent} sent; profile in {collapsed}")
-        print(summarise(collapsed, args.top))
+            for p in gw.processes:
+                cpu = {
+                    tid: t - cpu0[p.role].get(tid, 0.0) for tid, t in thread_cpu(p.proc.pid).items()
+                }
+                main_s = cpu.pop(p.proc.pid, 0.0)
+                console.print(
+                    f"{p.role} process CPU during the load: main thread {main_s:.1f} s, other "
+                    f"threads {sum(cpu.values()):.1f} s ({len(cpu)} threads; aiosqlite's, the "
+                    "executor's)"
+                )
+            for role, (spy, _) in spies.items():
+                _, err = await spy.communicate()
+                if spy.returncode != 0:
+                    console.print(f"py-spy failed on the {role} process: {err.decode()[-500:]}")
+                    return 1
+        console.print(f"{sent} sent; profiles in {workdir}")
+        for role, (_, collapsed) in spies.items():
+            print(f"\n== {role} process ({collapsed.name})")
+            print(summarise(collapsed, args.top))
         if args.sql:
-            print(sql_census(workdir / "sql.json", args.top))
+            print(sql_census(sorted(workdir.glob("sql-*.json")), args.top))
     finally:
         broker.stop()
     return 0
+
+
+async def _spy(
+    py_spy: Path, pid: int, collapsed: Path, seconds: float
+) -> tuple[asyncio.subprocess.Process, Path]:
+    spy = await asyncio.create_subprocess_exec(
+        str(py_spy), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+        "--rate", "200", "--threads", "--format", "raw", "--output", str(collapsed),
+        "--nonblocking", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    return spy, collapsed
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -172,6 +201,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--load", choices=["ingest", "roundtrip"], default="ingest")
     p.add_argument("--sql", action="store_true", help="also count the gateway's statements")
+    p.add_argument(
+        "--split", action="store_true", help="API and worker as two processes, each profiled"
+    )
     p.add_argument("--concurrency", type=int, default=0, help="roundtrip: conversations in flight")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--workdir", default="var/bench-profile")

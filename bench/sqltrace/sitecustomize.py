@@ -1,8 +1,10 @@
 """SQL statement census of a gateway process, for profiling (not a test, not part of `make bench`).
 
-With ``bench/sqltrace`` on ``PYTHONPATH`` and ``BENCH_SQL_TRACE=file``, every SQLAlchemy engine
-of the process counts the statements it sends, by statement text (parameters are not kept),
-with the wall time from send to result, and writes the table as JSON to the file when the
+With ``bench/sqltrace`` on ``PYTHONPATH`` and ``BENCH_SQL_TRACE=file`` (``{pid}`` in it is
+replaced by the process id), every SQLAlchemy engine of the process counts the statements it
+sends, by statement text (parameters are not kept), with the wall time from send to result and
+the number of distinct texts it took (the lengths of its VALUES and IN lists: on PostgreSQL
+each distinct text is prepared anew), and writes the table as JSON to the file when the
 process exits. The wall time includes waiting for the event loop, so it ranks statements, it
 does not measure them. ``bench/profile.py --sql`` sets this up and prints the table.
 """
@@ -19,11 +21,11 @@ from typing import Any
 _OUT = os.environ.get("BENCH_SQL_TRACE")
 
 if _OUT is not None:
-    _out: str = _OUT
+    _out: str = _OUT.replace("{pid}", str(os.getpid()))  # one file per process
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    _stats: dict[str, list[float]] = {}
+    _stats: dict[str, list[Any]] = {}  # key -> [count, wall seconds, hashes of the texts]
     _space = re.compile(r"\s+")
     _param = r"(?:\?|\$\d+(?:::[A-Z ]+)?)"  # SQLite's ? or PostgreSQL's $1::TYPE
     _rows = re.compile(rf"(\({_param}(?:, {_param})*\))(?:, \({_param}(?:, {_param})*\))+")
@@ -59,12 +61,16 @@ if _OUT is not None:
     @event.listens_for(Engine, "after_cursor_execute")
     def _after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         t0 = conn.info["_trace_t0"].pop()
-        entry = _stats.setdefault(_caller() + " | " + _key(statement), [0, 0.0])
+        entry = _stats.setdefault(_caller() + " | " + _key(statement), [0, 0.0, set()])
         entry[0] += 1
         entry[1] += time.perf_counter() - t0
+        entry[2].add(hash(statement))
 
     @atexit.register
     def _dump() -> None:
-        rows = [{"statement": k, "count": v[0], "wall_s": v[1]} for k, v in _stats.items()]
+        rows = [
+            {"statement": k, "count": v[0], "wall_s": v[1], "texts": len(v[2])}
+            for k, v in _stats.items()
+        ]
         with open(_out, "w") as f:
             json.dump(sorted(rows, key=lambda r: -r["count"]), f, indent=1)
