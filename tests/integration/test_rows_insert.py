@@ -1,6 +1,7 @@
 """`store.db.rows_insert`: many rows in one statement (PostgreSQL: one JSON array of rows through
 `jsonb_array_elements`, cast to the columns' types), with the conflict clause and RETURNING
-the caller adds, on both databases."""
+the caller adds, on both databases. `store.db.one_of`/`one_of_param`: IN lists whose SQL text
+on PostgreSQL does not depend on the number of values."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.gateway.store.db import make_engine, rows_insert
+from attest_gateway.gateway.store.db import make_engine, one_of, one_of_param, rows_insert
 from tests.integration.conftest import DB_KINDS
 from tests.support.harness import fresh_database
 
@@ -102,3 +103,38 @@ async def test_a_value_too_long_fails_the_insert_and_is_not_cut(tmp_path: Path) 
                 await conn.execute(insert.statement, insert.params([("x" * 17, D, 1, None)]))
         async with engine.connect() as conn:
             assert (await conn.execute(sa.select(sa.func.count()).select_from(cells))).scalar() == 0
+
+
+async def _fill(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            cells.insert(),
+            [{"name": name, "day": D, "n": n} for n, name in enumerate(["a", "b", "c", "d" * 16])],
+        )
+
+
+@pytest.mark.parametrize("kind", DB_KINDS)
+async def test_one_of_selects_the_rows_with_those_values(kind: str, tmp_path: Path) -> None:
+    async with _engine(kind, tmp_path) as engine:
+        await _fill(engine)
+        texts: list[str] = []
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: texts.append(a[2]))
+        dialect = engine.dialect.name
+        names = sa.select(cells.c.name).order_by(cells.c.name)
+        async with engine.connect() as conn:
+            for wanted, found in [
+                ([], []),
+                (["b"], ["b"]),
+                (["c", "a", "zz", "a"], ["a", "c"]),
+                # Longer than the column: matches nothing (no cast cuts it to 16 characters).
+                (["d" * 16 + "e"], []),
+            ]:
+                result = await conn.scalars(names.where(one_of(dialect, cells.c.name, wanted)))
+                assert list(result) == found, wanted
+            by_n = sa.select(cells.c.n).where(one_of_param(dialect, cells.c.n, "ns"))
+            assert sorted(await conn.scalars(by_n, {"ns": [0, 3, 7]})) == [0, 3]
+            assert list(await conn.scalars(by_n, {"ns": []})) == []
+        # PostgreSQL: one text for every number of values, so one prepared statement;
+        # SQLite: one for each number (none, one, four).
+        assert len(set(texts[:4])) == (1 if kind == "postgres" else 3)
+        assert len(set(texts[4:])) == (1 if kind == "postgres" else 2)

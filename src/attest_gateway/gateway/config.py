@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         ),
     )
     tracker_max_poll_records: int = Field(
-        default=1000, ge=1, le=100_000, description="most stage events the tracker polls at once"
+        default=5000, ge=1, le=100_000, description="most stage events the tracker polls at once"
     )
     kafka_group_prefix: str = Field(default="attest-gateway", description="consumer group prefix")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = Field(

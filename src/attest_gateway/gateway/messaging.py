@@ -19,7 +19,7 @@ from attest_gateway.gateway import directory
 from attest_gateway.gateway.bus import Topics
 from attest_gateway.gateway.crypto import KeyRing, seal
 from attest_gateway.gateway.errors import Unprocessable
-from attest_gateway.gateway.store.db import dialect_insert, insert_ignore
+from attest_gateway.gateway.store.db import dialect_insert, insert_ignore, one_of
 from attest_gateway.gateway.store.tables import (
     conversations,
     mailbox,
@@ -72,7 +72,9 @@ async def conversations_by_id(conn: AsyncConnection, ids: Iterable[str]) -> dict
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = await conn.execute(sa.select(conversations).where(conversations.c.id.in_(wanted)))
+    rows = await conn.execute(
+        sa.select(conversations).where(one_of(conn.dialect.name, conversations.c.id, wanted))
+    )
     return {row.id: Conversation.from_row(row) for row in rows}
 
 
@@ -86,7 +88,8 @@ async def mark_fetched(
         return set()
     result = await conn.execute(
         mailbox.update()
-        .where(mailbox.c.message_id.in_(wanted), mailbox.c.fetched_at.is_(None))
+        .where(one_of(conn.dialect.name, mailbox.c.message_id, wanted))
+        .where(mailbox.c.fetched_at.is_(None))
         .values(fetched_at=at)
         .returning(mailbox.c.message_id)
     )
@@ -99,9 +102,8 @@ async def conversations_by_request(
     """The conversations whose request has one of these message ids (one statement)."""
     if not message_ids:
         return []
-    rows = await conn.execute(
-        sa.select(conversations).where(conversations.c.request_message_id.in_(message_ids))
-    )
+    by_request = one_of(conn.dialect.name, conversations.c.request_message_id, message_ids)
+    rows = await conn.execute(sa.select(conversations).where(by_request))
     return [Conversation.from_row(row) for row in rows]
 
 

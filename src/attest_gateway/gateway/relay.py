@@ -27,7 +27,7 @@ from attest_gateway.gateway.bus import Topics
 from attest_gateway.gateway.crypto import utcnow
 from attest_gateway.gateway.errors import Unavailable
 from attest_gateway.gateway.messaging import StageRecord, conversations_by_request, record_stages
-from attest_gateway.gateway.store.db import autocommit
+from attest_gateway.gateway.store.db import autocommit, one_of
 from attest_gateway.gateway.store.tables import outbox
 from attest_gateway.schemas.events import MessageType, Stage
 
@@ -171,7 +171,8 @@ class OutboxRelay:
                 outbox.update()
                 # Only rows still leased to this relay: if the sweeper took a row back meanwhile
                 # (the broker lost its state), what was just sent may be lost: publish it again.
-                .where(outbox.c.id.in_([r.id for r in rows]), outbox.c.claim_token == token)
+                .where(one_of(conn.dialect.name, outbox.c.id, [r.id for r in rows]))
+                .where(outbox.c.claim_token == token)
                 .values(published_at=now, attempts=outbox.c.attempts + 1, claimed_until=None)
             )
             # The requests among them reached Kafka: their conversations' `published` stage,

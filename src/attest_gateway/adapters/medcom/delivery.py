@@ -40,7 +40,7 @@ from attest_gateway.gateway.messaging import (
     record_stage,
     record_stages,
 )
-from attest_gateway.gateway.store.db import dialect_insert, insert_ignore
+from attest_gateway.gateway.store.db import dialect_insert, insert_ignore, one_of
 from attest_gateway.gateway.store.tables import mailbox, outbox
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage
@@ -172,12 +172,16 @@ async def deliver_many(
     ids = sorted(candidates)
     if not ids:
         return []
+    dialect = conn.dialect.name
     in_mailbox = await conn.scalars(
-        sa.select(mailbox.c.message_id).where(mailbox.c.message_id.in_(ids))
+        sa.select(mailbox.c.message_id).where(one_of(dialect, mailbox.c.message_id, ids))
     )
     for message_id in in_mailbox:
         del candidates[message_id]
-    undelivered = outbox.c.message_id.in_(sorted(candidates)), outbox.c.delivered_at.is_(None)
+    undelivered = (
+        one_of(dialect, outbox.c.message_id, sorted(candidates)),
+        outbox.c.delivered_at.is_(None),
+    )
     rows = sa.select(outbox.c.id, outbox.c.message_id).where(*undelivered)
     locking = rows.order_by(outbox.c.id).with_for_update(skip_locked=True)
     held = {(row.id, row.message_id) for row in await conn.execute(locking)}
@@ -192,7 +196,8 @@ async def deliver_many(
     delivered = [candidates[i] for i in sorted(inserted)]
     mine = sorted(row_id for row_id, message_id in held if message_id in inserted)
     if mine:
-        await conn.execute(outbox.update().where(outbox.c.id.in_(mine)).values(delivered_at=now))
+        mark = outbox.update().where(one_of(dialect, outbox.c.id, mine))
+        await conn.execute(mark.values(delivered_at=now))
     reached: list[StageRecord] = []
     for envelope in delivered:
         h = envelope.header

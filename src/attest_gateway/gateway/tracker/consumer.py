@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from attest_gateway.gateway.bus import PermanentError, TransientError
 from attest_gateway.gateway.directory import Role
 from attest_gateway.gateway.pseudonyms import StoreKey
-from attest_gateway.gateway.store.db import aware, dialect_insert
+from attest_gateway.gateway.store.db import aware, dialect_insert, one_of_param
 from attest_gateway.gateway.store.tables import (
     organisations,
     tracker_conversations,
@@ -93,7 +93,7 @@ def _statements(dialect: str) -> dict[str, Any]:
     t = tracker_conversations
     select = (
         sa.select(t)
-        .where(t.c.conversation_id.in_(sa.bindparam("b_ids", expanding=True)))
+        .where(one_of_param(dialect, t.c.conversation_id, "b_ids"))
         .order_by(t.c.conversation_id)
     )
     return {

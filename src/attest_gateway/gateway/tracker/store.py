@@ -39,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.gateway.store.db import RowsInsert, rows_insert
+from attest_gateway.gateway.store.db import RowsInsert, one_of_param, rows_insert
 from attest_gateway.gateway.store.tables import (
     tracker_cell_citizens,
     tracker_cells,
@@ -100,9 +100,9 @@ def _statements(dialect: str) -> dict[str, RowsInsert]:
     return {"cells": cells, "counts": counts, "durations": durations, "citizens": citizens}
 
 
-_LOOKUP = sa.select(tracker_cells).where(
-    tracker_cells.c.id.in_(sa.bindparam("b_ids", expanding=True))
-)
+@functools.cache
+def _lookup(dialect: str) -> Any:
+    return sa.select(tracker_cells).where(one_of_param(dialect, tracker_cells.c.id, "b_ids"))
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -131,7 +131,9 @@ async def ensure_cells(conn: AsyncConnection, cells: Iterable[Cell]) -> None:
     rest = sorted(set(wanted) - inserted)
     found: dict[int, Cell] = {}
     for start in range(0, len(rest), LOOKUP_CHUNK):
-        result = await conn.execute(_LOOKUP, {"b_ids": rest[start : start + LOOKUP_CHUNK]})
+        result = await conn.execute(
+            _lookup(conn.dialect.name), {"b_ids": rest[start : start + LOOKUP_CHUNK]}
+        )
         found.update((row.id, _cell(row)) for row in result)
     wrong = [i for i in rest if found.get(i) != wanted[i]]
     if wrong:  # pragma: no cover - a digest collision (or a row changed by hand)
