@@ -281,12 +281,14 @@ async def faults(stack: Stack, load: Load) -> None:
 class Poison:
     """The records poisoned on purpose: each key's value, where the broker last acknowledged
     it, how many produces it took (a retried produce may leave it there twice), and how often
-    the broker lost it and it was produced again."""
+    the broker lost it and it was produced again, and for each loss whether a fetch at the
+    offset it was acknowledged at still returned it (hidden behind an overlapping batch)."""
 
     values: dict[str, bytes]
     placed: dict[str, tuple[int, int]] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
+    fetched_at_offset: dict[str, list[bool]] = field(default_factory=dict)
 
     async def produce(self, stack: Stack, keys: set[str]) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
@@ -325,47 +327,45 @@ async def poison(stack: Stack) -> Poison:
 
 
 async def replace_lost(stack: Stack, poisoned: Poison, missing: set[str]) -> None:
-    """Produce again the poisoned records the broker no longer holds.
+    """Produce again the poisoned records that no reader in offset order can read any more.
 
-    The embedded broker keeps records in memory only, and under CPU contention after its
-    restart it has acknowledged a record and later not held it (seen in CI: acknowledged at
-    partition 2 offset 133, gone from the topic while the delivery group had committed past
-    it). No consumer can dead-letter a record the broker dropped, so the test counts the loss
-    and places the record again. It takes a record as lost only when the offset it was
-    acknowledged at holds another record or lies past the partition's end, and its key is
-    nowhere on the topic; a record still on the broker is left alone: if the gateway skipped
-    it, the test fails.
+    The embedded broker can acknowledge two produces to one partition with overlapping
+    offsets: both batches are stored, a fetch at the hidden record's own offset still returns
+    it, but a reader going forward through the partition (every consumer, the gateway's too)
+    gets the other batch and skips past it (bench/broker_probe.py reproduces it; most often
+    in the first seconds of an auto-created topic, seen in CI at offsets 129 and 141 under
+    CPU contention). No consumer can dead-letter such a record, so the test counts the loss,
+    notes whether the fetch at its offset still returns it, and places it again (at most
+    three times). It takes a record as lost only when a read of the whole topic in offset
+    order, made after the record was acknowledged, does not hold its key; a record that read
+    holds is left alone: if the gateway skipped it, the test fails.
     """
     held = _keys(await read_topic(stack.bootstrap, "medcom.messages"))
-    gone = set()
-    for key in sorted(missing - held):
-        if poisoned.lost.get(key, 0) < 3 and await _gone(
-            stack.bootstrap, key, poisoned.placed[key]
-        ):
-            gone.add(key)
-            poisoned.lost[key] = poisoned.lost.get(key, 0) + 1
+    gone = {key for key in missing - held if poisoned.lost.get(key, 0) < 3}
+    for key in sorted(gone):
+        poisoned.lost[key] = poisoned.lost.get(key, 0) + 1
+        at = poisoned.placed[key]
+        poisoned.fetched_at_offset.setdefault(key, []).append(
+            await _key_at(stack.bootstrap, at) == key
+        )
     if gone:
         print(f"the broker lost poisoned records {sorted(gone)}: producing them again")
         await poisoned.produce(stack, gone)
 
 
-async def _gone(bootstrap: str, key: str, placed: tuple[int, int]) -> bool:
-    """Whether the record acknowledged at `placed` of `medcom.messages` is not there: that
-    offset holds another key, the first record from it is later, or it is past the end."""
+async def _key_at(bootstrap: str, placed: tuple[int, int]) -> str | None:
+    """The key of the record that a fetch at exactly `placed` (partition, offset) of
+    `medcom.messages` returns first, and None when it returns nothing in five seconds."""
     tp = TopicPartition("medcom.messages", placed[0])
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         await consumer.start()
         consumer.assign([tp])
-        end: int = (await consumer.end_offsets([tp]))[tp]
         consumer.seek(tp, placed[1])
         records = (await consumer.getmany(tp, timeout_ms=5000, max_records=1)).get(tp, [])
     finally:
         await consumer.stop()
-    if not records:
-        return end <= placed[1]
-    first = records[0]
-    return first.offset > placed[1] or (first.key or b"").decode() != key
+    return (records[0].key or b"").decode() if records and records[0].offset == placed[1] else None
 
 
 async def _send_retrying(
@@ -395,7 +395,8 @@ def _keys(records: list[ConsumerRecord[bytes, bytes]]) -> set[str]:
 
 async def _where_are(stack: Stack, missing: dict[str, tuple[int, int]]) -> str:
     """For a failure message: whether each missing poisoned record is still on the broker
-    where it was acknowledged, and what the delivery group has committed there."""
+    where it was acknowledged (read in order, and by a fetch at its offset), and what the
+    delivery group has committed there."""
     records = await read_topic(stack.bootstrap, "medcom.messages")
     on_broker = {
         (r.key or b"").decode(): (r.partition, r.offset)
@@ -411,11 +412,13 @@ async def _where_are(stack: Stack, missing: dict[str, tuple[int, int]]) -> str:
         "attest-gateway.delivery",
         [TopicPartition("medcom.messages", partition) for partition, _ in missing.values()],
     )
+    fetched = {key: await _key_at(stack.bootstrap, at) for key, at in missing.items()}
     return "\n".join(
         f"{key}: acknowledged at partition {partition} offset {offset}; on the broker now at "
         f"{on_broker.get(key)}; delivery group committed "
-        f"{committed[TopicPartition('medcom.messages', partition)]} there; that offset now "
-        f"holds {there_now.get((partition, offset))!r}, the partition ends at {ends.get(partition)}"
+        f"{committed[TopicPartition('medcom.messages', partition)]} there; read in order, that "
+        f"offset now holds {there_now.get((partition, offset))!r}, a fetch at it returns "
+        f"{fetched[key]!r}; the partition ends at {ends.get(partition)}"
         for key, (partition, offset) in sorted(missing.items())
     )
 
@@ -560,6 +563,7 @@ async def test_accepted_means_delivered_exactly_once_through_faults(stack: Stack
         + sum(1 for n in per_reply.values() if n == 0),
         "dead_letters": len(dead),
         "poisoned_records_lost_by_broker": poisoned.lost,
+        "lost_but_returned_by_a_fetch_at_their_offset": poisoned.fetched_at_offset,
         "seconds_to_first_delivery_after_fault": recovery,
         "elapsed_seconds": round(elapsed, 1),
     }
