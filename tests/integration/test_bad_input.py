@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -159,3 +160,24 @@ async def test_idempotency_key(harness: Harness) -> None:
     )
     assert other.status_code == 202
     assert other.json()["conversation_id"] != first.json()["conversation_id"]
+
+
+async def test_one_idempotency_key_at_the_same_moment_makes_one_request(harness: Harness) -> None:
+    """Five posts with one key at once: they pass the replay check together and their writes
+    meet in one group commit, where the key's unique index stops all but one; the others are
+    answered as replays of it."""
+    h = harness
+    before = await counts(h)
+    key = {"Idempotency-Key": "at-once-51c2"}
+    answers = await asyncio.gather(
+        *(h.client.post(URL, json=valid(h), headers={**h.auth(JC), **key}) for _ in range(5))
+    )
+    assert [a.status_code for a in answers] == [202] * 5
+    assert len({a.json()["conversation_id"] for a in answers}) == 1
+    assert sorted(a.headers.get("idempotent-replayed", "false") for a in answers) == [
+        "false", "true", "true", "true", "true"
+    ]  # fmt: skip
+    after = await counts(h)
+    assert {name: after[name] - before[name] for name in after} == {
+        "conversations": 1, "idempotency_keys": 1, "outbox_messages": 1, "submitted": 1
+    }  # fmt: skip

@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(
         default=500, description="outbox rows the relay publishes at once"
     )
+    group_commit_max_requests: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "accepted attest requests written in one transaction at most (group commit: the "
+            "writes of requests that arrive while one commits go together; 1 = one each)"
+        ),
+    )
     relay_poll_seconds: float = Field(
         default=0.5, description="how often the relay looks for rows other processes wrote"
     )

@@ -20,6 +20,7 @@ from attest_gateway.gateway.bus import Topics
 from attest_gateway.gateway.crypto import KeyRing, seal
 from attest_gateway.gateway.errors import Unprocessable
 from attest_gateway.gateway.store.db import dialect_insert, insert_ignore, one_of
+from attest_gateway.gateway.store.group_commit import Write
 from attest_gateway.gateway.store.tables import (
     conversations,
     mailbox,
@@ -115,6 +116,7 @@ async def conversation_by_request(conn: AsyncConnection, message_id: str) -> Con
 # Built once; each row goes as parameters (building the statement per row cost more CPU).
 _OUTBOX_INSERT = outbox.insert()
 _SENT_INSERT = sent_messages.insert()
+_STAGE_INSERT = stages.insert()
 
 
 def _headers(pairs: dict[str, str]) -> str:
@@ -159,16 +161,17 @@ async def seal_for(
     return seal(plaintext, header, recipient, signer)
 
 
-async def remember_sent(
+async def sent_copy(
     conn: AsyncConnection,
     gw: Gateway,
     *,
     plaintext: bytes,
     envelope: SealedEnvelope,
     now: dt.datetime,
-) -> None:
-    """Keep a copy (sealed for the gateway itself) of a message that awaits a MedCom
-    acknowledgement, so the resend rule can send it again with a new Bundle.id."""
+) -> Write:
+    """The write that keeps a copy (sealed for the gateway itself, now) of a message that
+    awaits a MedCom acknowledgement, so the resend rule can send it again with a new
+    Bundle.id: to run with the message's other writes."""
     h = envelope.header
     copy = await seal_for(
         conn,
@@ -183,7 +186,7 @@ async def remember_sent(
         plaintext=plaintext,
         now=now,
     )
-    await conn.execute(
+    return (
         _SENT_INSERT,
         {
             "message_id": h.message_id,
@@ -268,6 +271,33 @@ async def record_stage(
     if rows:
         await conn.execute(_OUTBOX_INSERT, rows)
     return is_new
+
+
+def first_stage_writes(
+    topics: Topics,
+    conv: Conversation,
+    stage: Stage,
+    *,
+    message_id: str,
+    message_type: MessageType,
+    at: dt.datetime,
+    envelope: SealedEnvelope,
+) -> list[Write]:
+    """The writes of :func:`record_stage` with `envelope` for a conversation created with
+    them (its stage cannot be recorded yet, so there is nothing to ask the database first):
+    the stage row, then the envelope and the stage event in the outbox."""
+    stage_row = {
+        "conversation_id": conv.id,
+        "stage": stage.value,
+        "message_id": message_id,
+        "at": at,
+        "detail": None,
+    }
+    event = _stage_event_row(
+        topics, conv, stage, message_id=message_id, message_type=message_type, at=at, detail=None
+    )
+    envelope_row = _envelope_row(topics, envelope, at)
+    return [(_STAGE_INSERT, stage_row), (_OUTBOX_INSERT, [envelope_row, event])]
 
 
 @dataclass(frozen=True, slots=True)

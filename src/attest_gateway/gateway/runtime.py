@@ -25,6 +25,7 @@ from attest_gateway.gateway.crypto import KeyRing
 from attest_gateway.gateway.pseudonyms import StoreKey, check_store_key, pseudonym_key_file
 from attest_gateway.gateway.relay import OutboxRelay
 from attest_gateway.gateway.store.db import make_engine
+from attest_gateway.gateway.store.group_commit import GroupCommit
 from attest_gateway.schemas.attests import DEFAULT_CATALOGUE, AttestKind
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ class Gateway:
     tracker: Tracker | None = None
     # the key id the store's pseudonyms are made with (checked at start, see pseudonyms.py)
     store_key: StoreKey | None = None
+    # accepted requests' rows, written together with those of concurrent requests
+    writes: GroupCommit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writes = GroupCommit(self.engine, max_units=self.settings.group_commit_max_requests)
 
 
 def custodial_keys_dir(settings: Settings) -> Path:
@@ -175,6 +181,7 @@ async def running_gateway(
         await asyncio.gather(
             *(_bounded(f"consumer:{c.topic}", c.stop(), left()) for c in gw.consumers)
         )
+        await _bounded("group commit", gw.writes.drain(), left())
         await _bounded("relay", relay.stop(), left())
         await _bounded("producer", producer.stop(), left())
         await _bounded("database", engine.dispose(), left())

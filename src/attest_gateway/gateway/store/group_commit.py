@@ -1,0 +1,136 @@
+"""Group commit: the writes of concurrent requests in one transaction.
+
+An accepted attest request writes five rows or so (conversation, idempotency key, sent copy,
+stage, outbox). Written in a transaction of its own, each request pays BEGIN, one statement
+per table and COMMIT; under load that is most of the API's database time, and on SQLite one
+commit at a time is the ceiling. `GroupCommit.run(writes)` queues a request's writes (each a
+statement built once, with its row or rows) and returns when they are committed. One flusher
+at a time takes everything queued (up to `max_units`), sends each statement once with the
+rows of all those requests (executemany) and commits once. While it commits, new requests
+queue for the next flush: there is no timer, so a request alone is written at once.
+
+A flush that fails (a unique key two requests of the flush both use, a constraint one of them
+breaks, a lost connection) is rolled back as a whole and each request's writes are then tried
+in a transaction of their own, so only the request at fault gets the error, with what it
+raised alone; the others commit as they would have without company.
+
+Writes must not depend on each other's results (no RETURNING) and every unit must list its
+statements in one order of the tables' dependencies (parents first): the flush sends the
+statements in the order they first appear, each new one after the statement it follows in
+its unit; units that order the same two statements differently are written one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = structlog.get_logger(__name__)
+
+Rows = dict[str, Any] | list[dict[str, Any]]
+Write = tuple[Any, Rows]  # a statement built once, and its row or rows
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    writes: Sequence[Write]
+    done: asyncio.Future[None]
+
+
+class GroupCommit:
+    def __init__(self, engine: AsyncEngine, *, max_units: int = 64) -> None:
+        if max_units < 1:
+            raise ValueError("max_units must be at least 1")
+        self._engine = engine
+        self._max_units = max_units
+        self._queue: list[_Unit] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.flushes = 0  # transactions committed or tried, for tests and gauges
+        self.fallbacks = 0  # flushes of several units that failed and were redone one by one
+
+    async def run(self, writes: Sequence[Write]) -> None:
+        """Commit `writes` (in their order) together with those of other requests waiting now.
+        Returns once they are committed; raises what writing them alone raised. A caller
+        cancelled while it waits does not take its writes back: they may still commit."""
+        if not writes:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Unit(writes, done))
+        if self._flusher is None or self._flusher.done():
+            # A context of its own: the flush is no one request's (log lines, correlation id).
+            self._flusher = asyncio.create_task(
+                self._flush_queued(), name="group-commit", context=contextvars.Context()
+            )
+        await asyncio.shield(done)
+
+    async def drain(self) -> None:
+        """Wait for the flush under way and what is queued (at shutdown)."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    async def _flush_queued(self) -> None:
+        while self._queue:
+            units = self._queue[: self._max_units]
+            del self._queue[: len(units)]
+            try:
+                await self._flush(units)
+            except BaseException as exc:  # cancelled: nothing queued may wait for ever
+                pending = units + self._queue
+                self._queue.clear()
+                for unit in pending:
+                    if not unit.done.done():
+                        unit.done.set_exception(
+                            exc if isinstance(exc, Exception) else RuntimeError("writer stopped")
+                        )
+                raise
+
+    async def _flush(self, units: list[_Unit]) -> None:
+        merged = _merge(units) if len(units) > 1 else None
+        if merged is not None:
+            self.flushes += 1
+            try:
+                async with self._engine.begin() as conn:
+                    for statement, rows in merged:
+                        await conn.execute(statement, rows)
+            except Exception as exc:  # the units, one by one, find the one at fault
+                self.fallbacks += 1
+                log.info("group_commit.flush_failed", units=len(units), error=type(exc).__name__)
+            else:
+                for unit in units:
+                    unit.done.set_result(None)
+                return
+        for unit in units:
+            self.flushes += 1
+            try:
+                async with self._engine.begin() as conn:
+                    for statement, values in unit.writes:
+                        await conn.execute(statement, values)
+            except Exception as exc:
+                unit.done.set_exception(exc)
+            else:
+                unit.done.set_result(None)
+
+
+def _merge(units: Sequence[_Unit]) -> list[tuple[Any, list[dict[str, Any]]]] | None:
+    """Each statement once with the rows of every unit, in an order that keeps every unit's
+    order; None when the units order two statements differently."""
+    order: list[Any] = []
+    rows: dict[int, list[dict[str, Any]]] = {}
+    for unit in units:
+        before = -1  # position in `order` of the unit's previous statement
+        for statement, values in unit.writes:
+            if id(statement) not in rows:
+                order.insert(before + 1, statement)
+                rows[id(statement)] = []
+            position = next(i for i, s in enumerate(order) if s is statement)
+            if position <= before:
+                return None
+            before = position
+            rows[id(statement)].extend(values if isinstance(values, list) else [values])
+    return [(statement, rows[id(statement)]) for statement in order]
