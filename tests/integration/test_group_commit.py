@@ -140,9 +140,22 @@ async def test_units_in_conflicting_orders_are_written_one_by_one(
 
 async def test_a_writer_of_one_unit_per_flush_commits_each_alone(tmp_path: Path) -> None:
     async with _engine("sqlite", tmp_path) as engine:
-        writer = GroupCommit(engine, max_units=1)
+        writer = GroupCommit(engine, max_units=1, max_flushes=1)
         await asyncio.gather(*(writer.run(_family(n)) for n in range(4)))
         assert writer.flushes == 4
         assert await _ids(engine, parents) == {f"p{n}" for n in range(4)}
     with pytest.raises(ValueError, match="at least 1"):
         GroupCommit(engine, max_units=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        GroupCommit(engine, max_flushes=0)
+
+
+async def test_drain_waits_for_what_is_queued(tmp_path: Path) -> None:
+    async with _engine("sqlite", tmp_path) as engine:
+        writer = GroupCommit(engine, max_units=2, max_flushes=1)
+        callers = [asyncio.create_task(writer.run(_family(n))) for n in range(5)]
+        await asyncio.sleep(0)  # every caller has queued its writes
+        await writer.drain()  # what a stopping gateway does
+        assert await _ids(engine, parents) == {f"p{n}" for n in range(5)}
+        assert writer.flushes == 3
+        await asyncio.gather(*callers)

@@ -125,8 +125,13 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "accepted attest requests written in one transaction at most (group commit: the "
-            "writes of requests that arrive while one commits go together; 1 = one each)"
+            "writes of requests that arrive while one commits go together)"
         ),
+    )
+    group_commit_flushes: int = Field(
+        default=4,
+        ge=1,
+        description="group-commit transactions of accepted requests under way at once",
     )
     relay_poll_seconds: float = Field(
         default=0.5, description="how often the relay looks for rows other processes wrote"

@@ -54,7 +54,11 @@ class Gateway:
     writes: GroupCommit = field(init=False)
 
     def __post_init__(self) -> None:
-        self.writes = GroupCommit(self.engine, max_units=self.settings.group_commit_max_requests)
+        self.writes = GroupCommit(
+            self.engine,
+            max_units=self.settings.group_commit_max_requests,
+            max_flushes=self.settings.group_commit_flushes,
+        )
 
 
 def custodial_keys_dir(settings: Settings) -> Path:

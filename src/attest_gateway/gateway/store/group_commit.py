@@ -4,10 +4,11 @@ An accepted attest request writes five rows or so (conversation, idempotency key
 stage, outbox). Written in a transaction of its own, each request pays BEGIN, one statement
 per table and COMMIT; under load that is most of the API's database time, and on SQLite one
 commit at a time is the ceiling. `GroupCommit.run(writes)` queues a request's writes (each a
-statement built once, with its row or rows) and returns when they are committed. One flusher
-at a time takes everything queued (up to `max_units`), sends each statement once with the
-rows of all those requests (executemany) and commits once. While it commits, new requests
-queue for the next flush: there is no timer, so a request alone is written at once.
+statement built once, with its row or rows) and returns when they are committed. A flush
+takes everything queued (up to `max_units`), sends each statement once with the rows of all
+those requests (executemany) and commits once; up to `max_flushes` run at a time. While they
+commit, new requests queue for the next flush: there is no timer, so a request alone is
+written at once.
 
 A flush that fails (a unique key two requests of the flush both use, a constraint one of them
 breaks, a lost connection) is rolled back as a whole and each request's writes are then tried
@@ -44,13 +45,19 @@ class _Unit:
 
 
 class GroupCommit:
-    def __init__(self, engine: AsyncEngine, *, max_units: int = 64) -> None:
-        if max_units < 1:
-            raise ValueError("max_units must be at least 1")
+    """`max_units`: requests in one flush at most. `max_flushes`: flushes under way at once;
+    a request that arrives while fewer run starts one, else it waits for the next flush of
+    a running one. One flush at a time batches most, but then every request waits for the
+    round trips of the one transaction under way."""
+
+    def __init__(self, engine: AsyncEngine, *, max_units: int = 64, max_flushes: int = 4) -> None:
+        if max_units < 1 or max_flushes < 1:
+            raise ValueError("max_units and max_flushes must be at least 1")
         self._engine = engine
         self._max_units = max_units
+        self._max_flushes = max_flushes
         self._queue: list[_Unit] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         self.flushes = 0  # transactions committed or tried, for tests and gauges
         self.fallbacks = 0  # flushes of several units that failed and were redone one by one
 
@@ -62,17 +69,19 @@ class GroupCommit:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Unit(writes, done))
-        if self._flusher is None or self._flusher.done():
+        if len(self._flushers) < self._max_flushes:
             # A context of its own: the flush is no one request's (log lines, correlation id).
-            self._flusher = asyncio.create_task(
+            flusher = asyncio.create_task(
                 self._flush_queued(), name="group-commit", context=contextvars.Context()
             )
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         await asyncio.shield(done)
 
     async def drain(self) -> None:
-        """Wait for the flush under way and what is queued (at shutdown)."""
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        """Wait for the flushes under way and what is queued (at shutdown)."""
+        while self._flushers:
+            await asyncio.shield(asyncio.gather(*self._flushers, return_exceptions=True))
 
     async def _flush_queued(self) -> None:
         while self._queue:
@@ -80,9 +89,11 @@ class GroupCommit:
             del self._queue[: len(units)]
             try:
                 await self._flush(units)
-            except BaseException as exc:  # cancelled: nothing queued may wait for ever
-                pending = units + self._queue
-                self._queue.clear()
+            except BaseException as exc:  # cancelled: nothing may wait for ever
+                others = [f for f in self._flushers if f is not asyncio.current_task()]
+                pending = units + ([] if others else self._queue)
+                if not others:
+                    self._queue.clear()
                 for unit in pending:
                     if not unit.done.done():
                         unit.done.set_exception(
