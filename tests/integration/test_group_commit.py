@@ -82,13 +82,15 @@ class _Statements:
 @pytest.mark.parametrize("kind", DB_KINDS)
 async def test_concurrent_writes_share_one_transaction(kind: str, tmp_path: Path) -> None:
     async with _engine(kind, tmp_path) as engine:
-        writer = GroupCommit(engine)
+        flushed: list[tuple[int, bool]] = []
+        writer = GroupCommit(engine, on_flush=lambda n, failed: flushed.append((n, failed)))
         seen = _Statements(engine)
         # Twenty callers at once, some with a statement the others lack (in the middle).
         await asyncio.gather(*(writer.run(_family(n, note=n % 3 == 0)) for n in range(20)))
         # The first flush starts after all twenty queued: one transaction, three statements.
         assert (writer.flushes, writer.fallbacks) == (1, 0)
         assert (seen.commits, seen.executes) == (1, 3)
+        assert flushed == [(20, False)]
         assert await _ids(engine, parents) == {f"p{n}" for n in range(20)}
         assert await _ids(engine, notes) == {f"p{n}" for n in range(0, 20, 3)}
         assert await _ids(engine, children) == {f"c{n}{x}" for n in range(20) for x in "ab"}
@@ -97,7 +99,8 @@ async def test_concurrent_writes_share_one_transaction(kind: str, tmp_path: Path
 @pytest.mark.parametrize("kind", DB_KINDS)
 async def test_one_callers_error_is_its_own(kind: str, tmp_path: Path) -> None:
     async with _engine(kind, tmp_path) as engine:
-        writer = GroupCommit(engine)
+        flushed: list[tuple[int, bool]] = []
+        writer = GroupCommit(engine, on_flush=lambda n, failed: flushed.append((n, failed)))
         await writer.run(_family(0))
         # Caller 3's child repeats an existing id: its parent must not stay behind either.
         bad: list[Write] = [(PARENT, {"id": "p3"}), (CHILD, {"id": "c0a", "parent_id": "p3"})]
@@ -111,6 +114,7 @@ async def test_one_callers_error_is_its_own(kind: str, tmp_path: Path) -> None:
         assert await _ids(engine, parents) == {"p0", "p1", "p2", "p4", "p5"}
         assert await _ids(engine, children) == {f"c{n}{x}" for n in (0, 1, 2, 4, 5) for x in "ab"}
         assert writer.fallbacks == 1
+        assert flushed == [(1, False), (5, True), *[(1, False)] * 2, (1, True), *[(1, False)] * 2]
         # Afterwards the writer goes on merging.
         await asyncio.gather(*(writer.run(_family(n)) for n in range(6, 9)))
         assert {"p6", "p7", "p8"} <= await _ids(engine, parents)

@@ -19,6 +19,9 @@ the id), topics, problem codes, organisation ids and LÆ types.
     attest_gateway_dead_letters_total{reason,source_topic}
     attest_gateway_verification_failures_total{where,reason}        signatures, keys, sealing
     attest_gateway_db_statements_total                              SQL statements sent
+    attest_gateway_group_commit_requests{outcome}                   histogram: accepted requests
+                                                                    per transaction (committed |
+                                                                    failed)
     attest_gateway_outbox_depth{topic}                              not yet published
     attest_gateway_outbox_oldest_age_seconds
     attest_gateway_mailbox_depth{receiver,message_type}             delivered, not collected
@@ -116,6 +119,12 @@ DB_STATEMENTS = Counter(
     "attest_gateway_db_statements",
     "SQL statements this process sent to the database (an executemany counts once)",
 )
+GROUP_COMMIT_REQUESTS = Histogram(
+    "attest_gateway_group_commit_requests",
+    "Accepted requests written in one group-commit transaction (failed: redone one by one)",
+    ["outcome"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 OUTBOX_DEPTH = Gauge("attest_gateway_outbox_depth", "Outbox rows not yet published", ["topic"])
 OUTBOX_OLDEST = Gauge(
     "attest_gateway_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row"
@@ -133,6 +142,11 @@ OVERDUE = Gauge(
 
 
 # --- one-line helpers for the rest of the code ------------------------------------------------
+
+
+def observe_group_commit(requests: int, failed: bool) -> None:
+    """One group-commit transaction of `requests` accepted requests."""
+    GROUP_COMMIT_REQUESTS.labels("failed" if failed else "committed").observe(requests)
 
 
 def observe_request(method: str, route: object, status: int, seconds: float) -> None:

@@ -19,6 +19,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from attest_gateway.gateway import metrics
 from attest_gateway.gateway.bus import ConsumerLoop, Topics, ensure_topics, make_producer
 from attest_gateway.gateway.config import Settings
 from attest_gateway.gateway.crypto import KeyRing
@@ -58,6 +59,7 @@ class Gateway:
             self.engine,
             max_units=self.settings.group_commit_max_requests,
             max_flushes=self.settings.group_commit_flushes,
+            on_flush=metrics.observe_group_commit,
         )
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +48,20 @@ class GroupCommit:
     """`max_units`: requests in one flush at most. `max_flushes`: flushes under way at once;
     a request that arrives while fewer run starts one, else it waits for the next flush of
     a running one. One flush at a time batches most, but then every request waits for the
-    round trips of the one transaction under way."""
+    round trips of the one transaction under way. `on_flush(units, failed)` is called after
+    each transaction with how many requests it wrote and whether it failed (metrics)."""
 
-    def __init__(self, engine: AsyncEngine, *, max_units: int = 64, max_flushes: int = 4) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_units: int = 64,
+        max_flushes: int = 4,
+        on_flush: Callable[[int, bool], None] | None = None,
+    ) -> None:
         if max_units < 1 or max_flushes < 1:
             raise ValueError("max_units and max_flushes must be at least 1")
+        self._on_flush = on_flush or (lambda _units, _failed: None)
         self._engine = engine
         self._max_units = max_units
         self._max_flushes = max_flushes
@@ -111,8 +120,10 @@ class GroupCommit:
                         await conn.execute(statement, rows)
             except Exception as exc:  # the units, one by one, find the one at fault
                 self.fallbacks += 1
+                self._on_flush(len(units), True)
                 log.info("group_commit.flush_failed", units=len(units), error=type(exc).__name__)
             else:
+                self._on_flush(len(units), False)
                 for unit in units:
                     unit.done.set_result(None)
                 return
@@ -123,8 +134,10 @@ class GroupCommit:
                     for statement, values in unit.writes:
                         await conn.execute(statement, values)
             except Exception as exc:
+                self._on_flush(1, True)
                 unit.done.set_exception(exc)
             else:
+                self._on_flush(1, False)
                 unit.done.set_result(None)
 
 
