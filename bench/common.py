@@ -60,6 +60,7 @@ class BenchContext:
         "BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
     )
     workdir: Path = Path("var/bench")
+    broker_pid: int | None = None  # the shared embedded broker's process, for the CPU census
 
     def size(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -129,6 +130,56 @@ def server_cpu_seconds(command: str = "postgres") -> float:
         except OSError:  # gone, or not ours to read
             continue
     return total
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, summed over its cores
+    (/proc/stat: all = user + nice + system + idle + iowait + irq + softirq + steal; busy =
+    all - idle - iowait)."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:9]]
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(fields)
+    return (total - fields[3] - fields[4]) / tick, total / tick
+
+
+class CpuCensus:
+    """Where the machine's CPU went during a window: named processes (pids), the PostgreSQL
+    server's processes, and the whole machine (the rest is "other": this process, the kernel,
+    anything else running). `stop()` gives CPU ms per unit of work (e.g. per request) and the
+    machine's busy share."""
+
+    def __init__(self, pids: dict[str, int], *, postgres: bool) -> None:
+        self.pids = pids
+        self.postgres = postgres
+        self._start: dict[str, float] = {}
+        self._machine: tuple[float, float] = (0.0, 0.0)
+
+    def _read(self) -> dict[str, float]:
+        values = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        values["bench"] = cpu_seconds(os.getpid())
+        if self.postgres:
+            values["postgres"] = server_cpu_seconds()
+        return values
+
+    def start(self) -> None:
+        self._start = self._read()
+        self._machine = machine_cpu_seconds()
+
+    def stop(self, units: int, extra: dict[str, float] | None = None) -> dict[str, float]:
+        """CPU ms per unit by part, plus "other" (the machine's busy time not in a part),
+        "machine" (all busy time) and "busy_share" (busy / all, 0..1). `extra`: CPU seconds
+        measured elsewhere for parts that are not live processes here (a finished child)."""
+        now = self._read()
+        busy1, all1 = machine_cpu_seconds()
+        busy = busy1 - self._machine[0]
+        parts = {name: now[name] - self._start[name] for name in now} | (extra or {})
+        per = max(1, units)
+        census = {name: seconds * 1000 / per for name, seconds in parts.items()}
+        census["other"] = max(0.0, busy - sum(parts.values())) * 1000 / per
+        census["machine"] = busy * 1000 / per
+        census["busy_share"] = busy / max(1e-9, all1 - self._machine[1])
+        return census
 
 
 def machine() -> dict[str, Any]:

@@ -38,6 +38,10 @@ A rate is *sustained* when every accepted request reached the mailbox, at most 1
 answers were not 202, and the last delivery came at most max(1 s, 25% of the window) after
 the last scheduled send (no backlog left to drain).
 
+``ingest.cpu_ms.machine`` (and per deployment): busy CPU ms of the whole machine per accepted
+request in the closed-loop run, and its census (gateway processes, broker, PostgreSQL server,
+load generator, the rest), printed per run: where the two cores go.
+
 ``BENCH_PROFILE_DIR=dir`` runs each gateway process under cProfile
 (dir/gateway-<db>-<run>[-<role>].prof); ``BENCH_INGEST_DBS=sqlite`` (default
 ``sqlite,postgres,postgres-split``) chooses the deployments.
@@ -52,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -74,9 +79,9 @@ from attest_gateway.schemas.events import MessageType
 from bench.common import (
     SEED,
     BenchContext,
+    CpuCensus,
     Figure,
     console,
-    cpu_seconds,
     peak_rss_mib,
     percentile,
     repeat,
@@ -466,14 +471,20 @@ async def measure(
     sent from a settled state before the load to a settled one after it (see settle())."""
     async with gateway(ctx, shape.kind, tag, shape.roles) as gw:
         before = (await settle(gw, SETTLE_S))[0] if statements else None
-        cpu0 = {p.role: cpu_seconds(p.proc.pid) for p in gw.processes}
+        census = CpuCensus(
+            {f"gateway {p.role}": p.proc.pid for p in gw.processes}
+            | ({"broker": ctx.broker_pid} if ctx.broker_pid else {}),
+            postgres=shape.kind == "postgres",
+        )
+        census.start()
         result = await load(gw, gw.var_dir / "load.json")
         delivery = await wait_for_mailbox(gw, result, within=120.0 + 4 * window_s)
-        into.rss.append({p.role: peak_rss_mib(p.proc.pid) for p in gw.processes})
         accepted = max(1, len(result.accepted))
-        cpu_ms = {
-            p.role: (cpu_seconds(p.proc.pid) - cpu0[p.role]) * 1000 / accepted for p in gw.processes
-        }
+        by_part = census.stop(accepted, {"loadgen": result.meta["cpu_seconds"]})
+        into.rss.append({p.role: peak_rss_mib(p.proc.pid) for p in gw.processes})
+        cpu_ms = {p.role: by_part[f"gateway {p.role}"] for p in gw.processes}
+        delivery.extra["cpu_census_ms_per_request"] = by_part
+        console.print("  CPU ms per accepted request: " + _census_line(by_part))
         delivery.extra["gateway_cpu_ms_per_request"] = sum(cpu_ms.values())
         delivery.extra["cpu_ms_per_request"] = cpu_ms
         if before is not None:
@@ -493,6 +504,13 @@ async def measure(
             f"(waited {delivery.waited_s:.0f} s)[/red]"
         )
     return delivery
+
+
+def _census_line(by_part: dict[str, float]) -> str:
+    parts = ", ".join(
+        f"{name} {ms:.2f}" for name, ms in by_part.items() if name not in ("machine", "busy_share")
+    )
+    return f"{parts}; machine {by_part['machine']:.2f} ({by_part['busy_share']:.0%} busy)"
 
 
 def _notes(deliveries: list[Delivery]) -> list[str]:
@@ -528,6 +546,10 @@ def _extra(deliveries: list[Delivery]) -> dict[str, Any]:
             {role: round(ms, 2) for role, ms in d.extra.get("cpu_ms_per_request", {}).items()}
             for d in deliveries
         ],
+        "cpu_census_ms_per_request": [
+            {k: round(v, 3) for k, v in d.extra.get("cpu_census_ms_per_request", {}).items()}
+            for d in deliveries
+        ],
         "unpublished_outbox_rows": [d.extra.get("unpublished_outbox_rows") for d in deliveries],
     } | {
         key: [d.extra.get(key) for d in deliveries]
@@ -543,6 +565,15 @@ STATEMENTS_NOTE = (
     "medcom.messages and gateway.tracking consumed, so the tracker has caught up); includes "
     "the relays' idle polls, the sweepers and the /metrics store-gauge refresh (3 statements, "
     "at most every 10 s)"
+)
+
+
+CENSUS_NOTE = (
+    "busy CPU of the whole machine (/proc/stat, both cores) from the load's start until every "
+    "accepted request was in the mailbox, divided by the accepted requests; its parts: the "
+    "gateway's processes, the shared broker, the PostgreSQL server's processes, the load "
+    "generator (its own count, load only) and this benchmark process; other = the rest (the "
+    "load generator's start, the kernel's own work, anything else running)"
 )
 
 
@@ -601,6 +632,23 @@ async def closed_loop_figures(ctx: BenchContext, shape: Shape) -> list[Figure]:
                 else ""
             ),
             extra={"db_statements": [d.extra["db_statements"] for d in recorded]},
+        )
+    )
+    census = [d.extra["cpu_census_ms_per_request"] for d in recorded]
+    parts = [k for k in census[0] if k not in ("machine", "busy_share")] if census else []
+    figures.append(
+        Figure(
+            name=f"{prefix}cpu_ms.machine",
+            label=f"machine CPU per accepted request (closed loop, {db})",
+            unit="CPU ms/request",
+            runs=[c["machine"] for c in census],
+            higher_is_better=False,
+            notes=CENSUS_NOTE
+            + "; by part (median ms): "
+            + ", ".join(f"{k} {statistics.median(c[k] for c in census):.2f}" for k in parts)
+            + "; machine busy "
+            + ", ".join(f"{c['busy_share']:.0%}" for c in census),
+            extra={"census": census},
         )
     )
     if shape.roles == ONE_PROCESS:

@@ -122,6 +122,7 @@ async def main(args: argparse.Namespace) -> int:
     try:
         ctx = BenchContext(
             bootstrap=broker.bootstrap,
+            broker_pid=broker.pid,
             runs=args.runs,
             warmup=args.warmup,
             quick=args.quick,
