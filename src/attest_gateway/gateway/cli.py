@@ -59,9 +59,9 @@ def migrate() -> None:
 
 async def _bootstrap(settings: Settings) -> Path | None:
     from attest_gateway.gateway.demo import ensure_demo_orgs, ensure_gateway_org
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
 
-    engine = make_engine(settings.effective_database_url)
+    engine = settings_engine(settings)
     try:
         if settings.environment == "production":
             await ensure_gateway_org(engine, settings)
@@ -299,9 +299,9 @@ def dead_letters_replay(
 
 async def _development_tls(settings: Settings) -> dict[str, Path]:
     from attest_gateway.gateway.mtls import ensure_development_tls
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
 
-    engine = make_engine(settings.effective_database_url)
+    engine = settings_engine(settings)
     try:
         return await ensure_development_tls(engine, settings)
     finally:

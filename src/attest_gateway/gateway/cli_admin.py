@@ -68,10 +68,10 @@ def _run(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) ->
     import sqlalchemy as sa
 
     from attest_gateway.gateway import admin
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
 
     async def go() -> T:
-        engine = make_engine(settings.effective_database_url)
+        engine = settings_engine(settings)
         try:
             async with engine.begin() as conn:
                 return await work(conn)

@@ -59,13 +59,13 @@ def verify(
     Example: attest-gateway audit verify
     """
     from attest_gateway.gateway import audit
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
 
     settings = load_settings()
     anchors = _anchors(settings, topic)
 
     async def run() -> audit.Verdict:
-        engine = make_engine(settings.effective_database_url)
+        engine = settings_engine(settings)
         try:
             async with engine.connect() as conn:
                 return await audit.verify(conn, anchors)
@@ -97,12 +97,12 @@ def list_entries(
     Example: attest-gateway audit list --org jc-koebenhavn --limit 20
     """
     from attest_gateway.gateway import audit
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
 
     settings = load_settings()
 
     async def run() -> list[AuditEntry]:
-        engine = make_engine(settings.effective_database_url)
+        engine = settings_engine(settings)
         try:
             async with engine.connect() as conn:
                 return await audit.latest(conn, org_id=org, limit=limit)

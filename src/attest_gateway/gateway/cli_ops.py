@@ -118,7 +118,7 @@ def setup() -> None:
     Example: ENVIRONMENT=production DATABASE_URL=postgresql+asyncpg://… attest-gateway setup
     """
     from attest_gateway.gateway.demo import ensure_demo_orgs, ensure_gateway_org
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
     from attest_gateway.gateway.store.migrate import upgrade
 
     settings = load_settings()
@@ -129,7 +129,7 @@ def setup() -> None:
     console.print("database is at the newest schema")
 
     async def bootstrap() -> Path | None:
-        engine = make_engine(settings.effective_database_url)
+        engine = settings_engine(settings)
         try:
             if settings.environment == "production":
                 await ensure_gateway_org(engine, settings)

@@ -96,9 +96,9 @@ def _install_staged(settings: Settings) -> None:
 
 
 async def _recorded(settings: Settings) -> tuple[str | None, str | None]:
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
 
-    engine = make_engine(settings.effective_database_url)
+    engine = settings_engine(settings)
     try:
         async with engine.connect() as conn:
             return await ps.recorded_key(conn)
@@ -124,10 +124,10 @@ def key_mismatch(settings: Settings) -> str | None:
     Records the key on a store's first use, as the gateway's start does."""
     from attest_gateway.gateway.bus import Topics
     from attest_gateway.gateway.runtime import load_pseudonym_key
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
 
     async def check() -> str | None:
-        engine = make_engine(settings.effective_database_url)
+        engine = settings_engine(settings)
         try:
             key = load_pseudonym_key(settings)
             await ps.check_store_key(
@@ -220,7 +220,7 @@ def rekey_command(
     from attest_gateway.gateway.bus import Topics
     from attest_gateway.gateway.crypto import KeyRing
     from attest_gateway.gateway.runtime import custodial_keys_dir
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
 
     settings = load_settings()
     if not dry_run and _finish_interrupted(settings):
@@ -239,7 +239,7 @@ def rekey_command(
         _write_private(staged, new_key)  # on disk before the database moves to it
 
     async def run() -> RekeyReport:
-        engine = make_engine(settings.effective_database_url)
+        engine = settings_engine(settings)
         try:
             return await rekey(
                 engine,

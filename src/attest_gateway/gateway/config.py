@@ -27,6 +27,27 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy async URL; default SQLite under var_dir"
     )
+    db_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "database connections a process keeps open at most (opened when first needed); "
+            "a request that finds them all busy waits for one"
+        ),
+    )
+    db_max_overflow: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "connections beyond DB_POOL_SIZE under a burst, closed again when returned (each "
+            "costs PostgreSQL a new backend process: under sustained load they churn)"
+        ),
+    )
+    db_pool_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long a request waits for a free connection before a 503",
+    )
     kafka_bootstrap_servers: str | None = Field(
         default=None, description="Kafka brokers; unset = start the embedded broker"
     )

@@ -131,6 +131,11 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Service unavailable",
         "the gateway's database cannot be reached right now; retry later",
     ),
+    "database-busy": (
+        503,
+        "Service unavailable",
+        "every database connection of the gateway is in use; retry shortly",
+    ),
     "outbox-full": (
         503,
         "Service unavailable",
@@ -155,7 +160,7 @@ AUTHENTICATED = [
     "credentials-disagree",
     "forbidden",
 ]
-COMMON = ["internal-error", "database-unavailable"]
+COMMON = ["internal-error", "database-unavailable", "database-busy"]
 WITH_BODY = ["malformed-json", "payload-too-large"]
 
 # (method, path) → the codes this endpoint can answer, beyond COMMON (and AUTHENTICATED for

@@ -27,7 +27,7 @@ from attest_gateway.gateway.bus import Topics
 from attest_gateway.gateway.crypto import utcnow
 from attest_gateway.gateway.errors import Unavailable
 from attest_gateway.gateway.messaging import StageRecord, conversations_by_request, record_stages
-from attest_gateway.gateway.store.db import autocommit, one_of
+from attest_gateway.gateway.store.db import STORE_ERRORS, autocommit, one_of
 from attest_gateway.gateway.store.tables import outbox
 from attest_gateway.schemas.events import MessageType, Stage
 
@@ -81,11 +81,11 @@ class OutboxRelay:
         while True:
             try:
                 published = await self.publish_pending()
-            except (KafkaError, sa.exc.DBAPIError, OSError) as exc:
+            except (KafkaError, *STORE_ERRORS, OSError) as exc:
                 log.warning("relay.failed", error=type(exc).__name__)
                 published = 0
                 await asyncio.sleep(self._poll_seconds)
-            with contextlib.suppress(sa.exc.DBAPIError, OSError):
+            with contextlib.suppress(*STORE_ERRORS, OSError):
                 await self.count_pending()
             if published == 0:
                 with contextlib.suppress(TimeoutError):
@@ -147,7 +147,7 @@ class OutboxRelay:
             # Give the rows back at once, so the next attempt (this relay's or another's) does
             # not wait for the lease to run out. Some may have been sent: consumers are
             # idempotent, so sending them again is safe.
-            with contextlib.suppress(sa.exc.DBAPIError, OSError):
+            with contextlib.suppress(*STORE_ERRORS, OSError):
                 await asyncio.shield(self._release(rows[0].claim_token))
             raise
         metrics.produced(row.topic for row in rows)

@@ -25,7 +25,7 @@ from attest_gateway.gateway.config import Settings
 from attest_gateway.gateway.crypto import KeyRing
 from attest_gateway.gateway.pseudonyms import StoreKey, check_store_key, pseudonym_key_file
 from attest_gateway.gateway.relay import OutboxRelay
-from attest_gateway.gateway.store.db import make_engine
+from attest_gateway.gateway.store.db import settings_engine
 from attest_gateway.gateway.store.group_commit import GroupCommit
 from attest_gateway.schemas.attests import DEFAULT_CATALOGUE, AttestKind
 
@@ -128,7 +128,7 @@ async def running_gateway(
     run_consumers: bool = True,
 ) -> AsyncIterator[Gateway]:
     topics = Topics.from_settings(settings)
-    engine = make_engine(settings.effective_database_url)
+    engine = settings_engine(settings)
     keyring = KeyRing.load_dir(custodial_keys_dir(settings))
     if settings.gateway_org_id not in keyring.orgs:
         raise RuntimeError(f"no keys for the gateway organisation {settings.gateway_org_id!r}")

@@ -236,11 +236,11 @@ async def ensure_simulation_orgs(settings: Settings) -> dict[str, dict[str, str]
     from attest_gateway.gateway.demo import ensure_demo_orgs
     from attest_gateway.gateway.directory import Organisation, Role, new_api_key
     from attest_gateway.gateway.runtime import custodial_keys_dir
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
 
     path = credentials_path(settings)
     creds: dict[str, dict[str, str]] = json.loads(path.read_text("utf-8")) if path.exists() else {}
-    engine = make_engine(settings.effective_database_url)
+    engine = settings_engine(settings)
     try:
         await ensure_demo_orgs(engine, settings)
         async with engine.begin() as conn:

@@ -47,7 +47,7 @@ from attest_gateway.gateway.messaging import (
     seal_for,
 )
 from attest_gateway.gateway.runtime import Gateway
-from attest_gateway.gateway.store.db import insert_ignore
+from attest_gateway.gateway.store.db import STORE_ERRORS, insert_ignore
 from attest_gateway.gateway.store.tables import (
     idempotency_keys,
     inbound_messages,
@@ -99,7 +99,7 @@ class Sweeper:
         while True:
             try:
                 report = await self.sweep_once()
-            except (KafkaError, sa.exc.DBAPIError, OSError) as exc:
+            except (KafkaError, *STORE_ERRORS, OSError) as exc:
                 log.warning("sweeper.failed", error=type(exc).__name__)
             else:
                 if any(v for v in vars(report).values()):
@@ -209,7 +209,7 @@ class Sweeper:
 
     async def _release(self, name: str) -> None:
         """Give a lease back early (its holder is done); if this fails, it runs out anyway."""
-        with contextlib.suppress(sa.exc.DBAPIError, OSError):
+        with contextlib.suppress(*STORE_ERRORS, OSError):
             async with self._gw.engine.begin() as conn:
                 await conn.execute(
                     leases.update()

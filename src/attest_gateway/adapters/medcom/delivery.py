@@ -40,7 +40,7 @@ from attest_gateway.gateway.messaging import (
     record_stage,
     record_stages,
 )
-from attest_gateway.gateway.store.db import dialect_insert, insert_ignore, one_of
+from attest_gateway.gateway.store.db import STORE_ERRORS, dialect_insert, insert_ignore, one_of
 from attest_gateway.gateway.store.tables import mailbox, outbox
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage
@@ -281,7 +281,7 @@ class DeliveryHandler:
                 delivered = await deliver_many(
                     conn, self._topics, envelopes, self._gateway_org_id, now
                 )
-        except sa.exc.DBAPIError as exc:
+        except STORE_ERRORS as exc:
             raise TransientError("database-unavailable", type(exc).__name__) from exc
         if delivered:  # one line for the batch (a line per message was 12 % of its CPU)
             log.info(
@@ -299,7 +299,7 @@ class DeliveryHandler:
             async with self._engine.begin() as conn:
                 await check_envelope(conn, envelope, self._gateway_org_id, now)
                 is_new = await deliver(conn, self._topics, envelope, now)
-        except sa.exc.DBAPIError as exc:
+        except STORE_ERRORS as exc:
             raise TransientError("database-unavailable", type(exc).__name__) from exc
         h = envelope.header
         log.info(

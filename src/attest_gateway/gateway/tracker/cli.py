@@ -49,7 +49,7 @@ def report(
 
     Example: attest-gateway report --period month --attest-type "LÆ 155"
     """
-    from attest_gateway.gateway.store.db import make_engine
+    from attest_gateway.gateway.store.db import settings_engine
     from attest_gateway.gateway.tracker import report as rep
     from attest_gateway.gateway.tracker.service import tracker_rules
 
@@ -65,7 +65,7 @@ def report(
     )
 
     async def fetch() -> dict[str, Any]:
-        engine = make_engine(settings.effective_database_url)
+        engine = settings_engine(settings)
         try:
             async with engine.connect() as conn:
                 return await rep.report(conn, tracker_rules(settings), f)

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from attest_gateway.gateway.bus import PermanentError, TransientError
 from attest_gateway.gateway.directory import Role
 from attest_gateway.gateway.pseudonyms import StoreKey
-from attest_gateway.gateway.store.db import aware, dialect_insert, one_of_param
+from attest_gateway.gateway.store.db import STORE_ERRORS, aware, dialect_insert, one_of_param
 from attest_gateway.gateway.store.tables import (
     organisations,
     tracker_conversations,
@@ -575,7 +575,7 @@ class TrackerHandler:
                     changed = [await self._apply_one(conn, event, batch) for event in events]
                     await batch.write(conn)
                     await rollups.flush(conn)
-        except sa.exc.DBAPIError as exc:
+        except STORE_ERRORS as exc:
             cells.forget()
             raise TransientError("database-unavailable", type(exc).__name__) from exc
         cells.remember(rollups.written)  # committed: those cells exist

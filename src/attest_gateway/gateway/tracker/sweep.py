@@ -41,7 +41,7 @@ from attest_gateway.gateway.messaging import (
     record_stage,
     seal_for,
 )
-from attest_gateway.gateway.store.db import aware, insert_ignore
+from attest_gateway.gateway.store.db import STORE_ERRORS, aware, insert_ignore
 from attest_gateway.gateway.store.tables import (
     stages,
     tracker_conversations,
@@ -82,7 +82,7 @@ class TrackerSweep:
         while True:
             try:
                 await self.run_once()
-            except (sa.exc.DBAPIError, OSError) as exc:
+            except STORE_ERRORS + (OSError,) as exc:  # noqa: RUF005 - mypy refuses a starred except
                 log.warning("tracker.sweep_failed", error=type(exc).__name__)
             except Exception:  # a bug must not stop the sweeping for good
                 log.exception("tracker.sweep_crashed")
