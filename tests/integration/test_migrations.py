@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Connection
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.store.migrate import alembic_config, upgrade_async
 from attest_gateway.gateway.store.tables import (
+    SEALED_COLUMNS,
     metadata,
     tracker_cell_citizens,
     tracker_counts,
@@ -24,6 +26,10 @@ from attest_gateway.gateway.store.tables import (
 )
 from attest_gateway.gateway.tracker.store import with_cells
 from tests.support.harness import fresh_database
+
+COLUMNS_0012 = importlib.import_module(
+    "attest_gateway.gateway.store.migrations.versions.0012_sealed_columns_uncompressed"
+).COLUMNS
 
 
 def _diff(connection: Connection) -> list[object]:
@@ -193,3 +199,36 @@ async def test_rollups_move_to_cell_ids_and_back(kind: str, tmp_path: Path) -> N
         await asyncio.to_thread(_migrate, url, "downgrade", "0010")
         for name, values in rows.items():
             assert await _read(url, name) == sorted(values), name
+
+
+async def _storage(url: str) -> dict[tuple[str, str], str]:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.text(
+                    "SELECT c.relname, a.attname, a.attstorage::text FROM pg_attribute a"
+                    " JOIN pg_class c ON c.oid = a.attrelid"
+                    " WHERE c.relname = ANY(:tables) AND a.attnum > 0 AND NOT a.attisdropped"
+                    " AND a.atttypid IN ('bytea'::regtype, 'text'::regtype)"
+                ),
+                {"tables": sorted({table for table, _ in SEALED_COLUMNS})},
+            )
+            return {(table, column): storage for table, column, storage in rows.all()}
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_sealed_columns_are_stored_uncompressed(tmp_path: Path) -> None:
+    """0012: exactly the ciphertext columns are EXTERNAL (out of line, never compressed); the
+    other text columns of those tables keep the default; the downgrade restores it. The
+    migration's frozen list is the declared one."""
+    assert COLUMNS_0012 == SEALED_COLUMNS
+    async with fresh_database("postgres", tmp_path) as url:
+        await upgrade_async(url)
+        storage = await _storage(url)
+        assert {key for key, kind in storage.items() if kind == "e"} == set(SEALED_COLUMNS)
+        assert {kind for key, kind in storage.items() if key not in SEALED_COLUMNS} == {"x"}
+        await asyncio.to_thread(_migrate, url, "downgrade", "0008")
+        assert set((await _storage(url)).values()) == {"x"}

@@ -184,6 +184,19 @@ sent_messages = sa.Table(
     sa.Index(None, "acknowledged_at", "undeliverable_at", "last_sent_at"),
 )
 
+# Columns that hold ciphertext (sealed envelopes, the gateway's sealed copies, sealed CPR
+# numbers). On PostgreSQL they are stored EXTERNAL (migration 0012): out of line when large,
+# never compressed. Ciphertext does not compress, but an envelope's JSON header does a little,
+# so PostgreSQL's pglz went on through the whole value before it gave up: 14 % of the
+# server's CPU under ingest load.
+SEALED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("outbox", "value"),
+    ("mailbox", "envelope"),
+    ("sent_messages", "copy"),
+    ("conversations", "citizen_sealed"),
+    ("tracker_contacts", "citizen_sealed"),
+)
+
 # --- tracker (migration 0002) ----------------------------------------------------------------
 # The tracker's own state, fed only by `gateway.tracking` events and its sweep. Citizens appear
 # only as case refs (keyed pseudonyms); no CPR number and no message text is ever stored here.
