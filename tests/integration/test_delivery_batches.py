@@ -19,12 +19,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+import pytest
 import sqlalchemy as sa
 from aiokafka import ConsumerRecord
 
 from attest_gateway.adapters.medcom.delivery import DeliveryHandler
+from attest_gateway.gateway.bus import TransientError
 from attest_gateway.gateway.crypto import utcnow
 from attest_gateway.gateway.store import tables
+from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage
 from tests.integration.conftest import Harness
@@ -234,3 +237,30 @@ async def delivered_as_expected(
         e for e in await stage_events(h, conversation) if e["stage"] == Stage.REPLY_IN_INBOX.value
     ]
     assert len(events) == 1
+
+
+async def test_a_busy_pool_is_a_transient_error_not_a_dead_letter(harness: Harness) -> None:
+    """Every connection of the handler's pool busy past the pool's timeout: both paths raise
+    the retryable TransientError (the consumer tries the record again later), not an
+    unexpected exception, which the consumer would dead-letter as a bug."""
+    h = harness
+    _first, _request, item = await new_request(h)
+    envelope = SealedEnvelope.model_validate(item["envelope"])
+    polled = records(h.gw.topics.medcom_messages, [envelope.to_json()])
+    engine = make_engine(
+        h.gw.engine.url.render_as_string(hide_password=False), pool_size=1, pool_timeout=0.1
+    )
+    handler = DeliveryHandler(engine, h.gw.topics, h.settings.gateway_org_id)
+    try:
+        async with engine.connect() as held:
+            await held.execute(sa.text("SELECT 1"))
+            with pytest.raises(TransientError) as batch:
+                await handler.handle_batch(polled)
+            with pytest.raises(TransientError) as one:
+                await handler(polled[0])
+    finally:
+        await engine.dispose()
+    for raised in (batch.value, one.value):
+        assert raised.retryable
+        assert raised.code == "database-unavailable"
+        assert isinstance(raised.__cause__, sa.exc.TimeoutError)
