@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.profile --load roundtrip     # whole conversations
     .venv/bin/python -m bench.profile --load roundtrip --sql --concurrency 1
     .venv/bin/python -m bench.profile --db postgres --split  # API and worker processes
+    .venv/bin/python -m bench.profile --db postgres --perf   # and the server, with perf
 
 Starts its own embedded broker and a gateway exactly as `bench/gateway_ingest.py` does, drives
 it with the load generator (its own process, closed loop) or, with `--load roundtrip`, with
@@ -17,7 +18,10 @@ for a flame graph (e.g. speedscope). `--split` runs the gateway as two processes
 --role api` and `serve --role worker`, as `bench/gateway_ingest.py` does) and profiles each.
 It also prints the CPU seconds of each process's main thread and of its other threads during
 the load. `--sql` counts the statements the gateway sent, by statement and by the gateway
-functions that sent it (bench/sqltrace). Not a test, not part of `make bench`.
+functions that sent it (bench/sqltrace). `--perf` also samples the whole machine with `perf
+record -e cpu-clock -a` during the load (Debian's linux-perf; needs root or a permissive
+perf_event_paranoid) and prints the samples by command and the database server's and the
+broker's (`tokio-rt-worker`) top native functions. Not a test, not part of `make bench`.
 
 py-spy cannot follow SQLAlchemy's greenlets: time spent executing a statement shows without
 the gateway function that awaited it. `--sql` gives that attribution for the statements.
@@ -140,6 +144,9 @@ async def main(args: argparse.Namespace) -> int:
     if py_spy is None:
         console.print("py-spy is not installed (it is a dev dependency: make install)")
         return 2
+    if args.perf and shutil.which("perf") is None:
+        console.print("perf is not installed (Debian's linux-perf)")
+        return 2
     if args.sql:  # bench/sqltrace/sitecustomize.py, loaded by the gateway process only
         os.environ["BENCH_SQL_TRACE"] = str(workdir / "sql-{pid}.json")
         os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -157,7 +164,10 @@ async def main(args: argparse.Namespace) -> int:
                 for p in gw.processes
             }
             cpu0 = {p.role: thread_cpu(p.proc.pid) for p in gw.processes}
+            machine = await _perf(workdir / "perf.data", args.seconds) if args.perf else None
             sent = await drive(gw, args, workdir)
+            if machine is not None:
+                await machine.wait()
             for p in gw.processes:
                 cpu = {
                     tid: t - cpu0[p.role].get(tid, 0.0) for tid, t in thread_cpu(p.proc.pid).items()
@@ -179,9 +189,43 @@ async def main(args: argparse.Namespace) -> int:
             print(summarise(collapsed, args.top))
         if args.sql:
             print(sql_census(sorted(workdir.glob("sql-*.json")), args.top))
+        if machine is not None:
+            print(await perf_summary(workdir / "perf.data", args.top))
     finally:
         broker.stop()
     return 0
+
+
+async def _perf(data: Path, seconds: float) -> asyncio.subprocess.Process:
+    """`perf record` of the whole machine (every process: the gateway's, PostgreSQL's, the
+    broker's) for the load's duration. The software clock event: it works where the machine
+    has no hardware counters (perf stat shows them "not supported" here)."""
+    return await asyncio.create_subprocess_exec(
+        "perf", "record", "-e", "cpu-clock", "-F", "499", "-a", "-g", "-o", str(data),
+        "--", "sleep", str(max(1, round(seconds))),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def perf_summary(data: Path, top: int) -> str:
+    """The machine's samples by command, then the top native functions of the database
+    server and the broker (what py-spy cannot see)."""
+
+    async def report(*options: str) -> list[str]:
+        proc = await asyncio.create_subprocess_exec(
+            "perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
+            *options, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        lines = [line for line in out.decode().splitlines() if line and not line.startswith("#")]
+        return lines[:top]
+
+    parts = ["", f"== perf, the whole machine ({data.name}): samples by command"]
+    parts += await report("--sort", "comm")
+    for command in ("postgres", "tokio-rt-worker"):
+        parts += ["", f"== perf: {command} by function (share of all samples)"]
+        parts += await report("--comm", command, "--sort", "dso,sym")
+    return "\n".join(parts)
 
 
 async def _spy(
@@ -205,6 +249,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--split", action="store_true", help="API and worker as two processes, each profiled"
     )
     p.add_argument("--concurrency", type=int, default=0, help="roundtrip: conversations in flight")
+    p.add_argument(
+        "--perf",
+        action="store_true",
+        help="also sample the whole machine with perf (PostgreSQL's and the broker's functions)",
+    )
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--workdir", default="var/bench-profile")
     return p.parse_args(argv)
