@@ -147,17 +147,19 @@ def install_error_handlers(app: FastAPI) -> None:
             GatewayError("internal-error", "an internal error occurred"), request
         )
 
+    async def on_database_busy(request: Request, _exc: Exception) -> Response:
+        """The pool's checkout timed out: every connection busy for a while."""
+        log.warning("http.database_busy")
+        return problem_response(
+            Unavailable(
+                "database-busy",
+                "every database connection of the gateway is in use; retry shortly",
+                retry_after=1,
+            ),
+            request,
+        )
+
     async def on_database_error(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, sa.exc.TimeoutError):  # every pooled connection busy for a while
-            log.warning("http.database_busy")
-            return problem_response(
-                Unavailable(
-                    "database-busy",
-                    "every database connection of the gateway is in use; retry shortly",
-                    retry_after=1,
-                ),
-                request,
-            )
         if isinstance(exc, sa.exc.DBAPIError) and not (
             exc.connection_invalidated
             or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
@@ -174,7 +176,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(sa.exc.DBAPIError, on_database_error)
-    app.add_exception_handler(sa.exc.TimeoutError, on_database_error)  # the pool's, not a driver's
+    app.add_exception_handler(sa.exc.TimeoutError, on_database_busy)  # the pool's, not a driver's
     app.add_exception_handler(ConnectionError, on_database_error)  # connecting failed
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
