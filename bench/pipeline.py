@@ -71,6 +71,7 @@ from bench.common import (
     Figure,
     console,
     cpu_seconds,
+    machine_cpu_seconds,
     progress,
     repeat,
     server_cpu_seconds,
@@ -228,22 +229,42 @@ def consumer_of(loop: ConsumerLoop) -> AIOKafkaConsumer:
     return loop._consumer  # the bench pauses and inspects the loop's own consumer
 
 
-async def join_and_pause(loop: ConsumerLoop) -> tuple[list[TopicPartition], float]:
-    """Start the loop, wait until its group join gave it partitions, pause them.
-    Returns the partitions and how long the join took (seconds)."""
-    consumer = consumer_of(loop)
+async def join_and_pause(
+    *loops: ConsumerLoop,
+) -> tuple[list[tuple[AIOKafkaConsumer, list[TopicPartition]]], float]:
+    """Start the loops (members of one group), wait until the group's join gave every loop
+    partitions of its own and all of the topic's partitions are held, pause them.
+    Returns each loop's consumer with its partitions, and how long the join took (seconds)."""
+    consumers = [consumer_of(loop) for loop in loops]
     t0 = time.perf_counter()
-    await loop.start()
-    while not consumer.assignment():
+    for loop in loops:
+        await loop.start()
+    while True:
+        assignments = [consumer.assignment() for consumer in consumers]
+        held = set().union(*assignments)
+        wanted = consumers[0].partitions_for_topic(loops[0].topic) or set()
+        settled = (
+            all(assignments)
+            and sum(len(a) for a in assignments) == len(held)  # no partition held twice
+            and len(held) == len(wanted)
+        )
+        if settled:
+            break
         if time.perf_counter() - t0 > JOIN_TIMEOUT_S:
-            raise RuntimeError(f"the {loop.topic} consumer did not join in {JOIN_TIMEOUT_S} s")
+            raise RuntimeError(
+                f"the {loops[0].topic} consumers did not join in {JOIN_TIMEOUT_S} s "
+                f"({[len(a) for a in assignments]} of {len(wanted)} partitions)"
+            )
         await asyncio.sleep(0.02)
     joined = time.perf_counter() - t0
-    assigned = sorted(consumer.assignment())
-    consumer.pause(*assigned)
-    for tp in assigned:  # the starting offsets are looked up even while paused
-        await consumer.position(tp)
-    return assigned, joined
+    paused = []
+    for consumer, assigned in zip(consumers, assignments, strict=True):
+        partitions = sorted(assigned)
+        consumer.pause(*partitions)
+        for tp in partitions:  # the starting offsets are looked up even while paused
+            await consumer.position(tp)
+        paused.append((consumer, partitions))
+    return paused, joined
 
 
 async def committed_total(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> int:
@@ -260,42 +281,63 @@ class Drained:
     last_quarter: float  # records/s over the last quarter
     process_cpu: float = 0.0  # CPU seconds of this process (the consumer) during the clock
     postgres_cpu: float = 0.0  # CPU seconds of the local PostgreSQL server's processes
+    broker_cpu: float = 0.0  # CPU seconds of the broker's process (0: not known)
+    machine_busy: float = 0.0  # busy share of all the machine's cores (0–1)
 
 
 async def drain(
-    loop: ConsumerLoop, partitions: list[TopicPartition], target: int, description: str
+    paused: list[tuple[AIOKafkaConsumer, list[TopicPartition]]],
+    target: int,
+    description: str,
+    *,
+    broker_pid: int | None = None,
 ) -> Drained:
-    """The timed part: resume the paused partitions; wait until the group's committed offsets
-    cover all `target` records (the loop commits only what its handler finished). The
-    committed offsets are polled every `POLL_S` (a few small requests to the broker).
+    """The timed part: resume the paused partitions (`join_and_pause`); wait until the
+    group's committed offsets cover all `target` records (the loops commit only what their
+    handlers finished). The committed offsets are polled every `POLL_S` (a few small requests
+    to the broker).
 
     Before the clock the heap is frozen as `attest-gateway serve` freezes it once started
     (`runtime.freeze_startup_heap`): the gateway's startup objects, and here also the
     benchmark's own prepared records, which a serving gateway does not hold, are out of the
     garbage collector's walks; unfrozen after the clock."""
-    consumer = consumer_of(loop)
     freeze_startup_heap()
-    own, server = cpu_seconds(os.getpid()), server_cpu_seconds()
+
+    def broker() -> float:
+        return cpu_seconds(broker_pid) if broker_pid is not None else 0.0
+
+    own, server, machine, brokers = (
+        cpu_seconds(os.getpid()),
+        server_cpu_seconds(),
+        machine_cpu_seconds(),
+        broker(),
+    )
     try:
-        drained = await _drain(consumer, partitions, target, description)
+        drained = await _drain(paused, target, description)
     finally:
         gc.unfreeze()
+    busy, all_ = (b - a for a, b in zip(machine, machine_cpu_seconds(), strict=True))
     return replace(
         drained,
         process_cpu=cpu_seconds(os.getpid()) - own,
         postgres_cpu=server_cpu_seconds() - server,
+        broker_cpu=broker() - brokers,
+        machine_busy=busy / all_ if all_ else 0.0,
     )
 
 
 async def _drain(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], target: int, description: str
+    paused: list[tuple[AIOKafkaConsumer, list[TopicPartition]]], target: int, description: str
 ) -> Drained:
+    consumer = paused[0][0]  # any member reads the group's committed offsets
+    partitions = sorted(tp for _, held in paused for tp in held)
     quarter_at: float | None = None
     three_quarters_at: float | None = None
     with progress() as bar:
         task = bar.add_task(description, total=target)
         t0 = time.perf_counter()
-        consumer.resume(*partitions)
+        for member, held in paused:
+            member.resume(*held)
         progressed_at, last = t0, 0
         while True:
             done = await committed_total(consumer, partitions)
@@ -377,18 +419,25 @@ class Observed:
     # CPU milliseconds per 1,000 records during the clock: this process, PostgreSQL's
     process_cpu_ms: list[float] = field(default_factory=list)
     postgres_cpu_ms: list[float] = field(default_factory=list)
+    broker_cpu_ms: list[float] = field(default_factory=list)
+    machine_busy: list[float] = field(default_factory=list)  # percent
 
     def add(self, drained: Drained, records: int) -> None:
         self.first_quarter.append(drained.first_quarter)
         self.last_quarter.append(drained.last_quarter)
         self.process_cpu_ms.append(drained.process_cpu * 1e6 / records)
         self.postgres_cpu_ms.append(drained.postgres_cpu * 1e6 / records)
+        self.broker_cpu_ms.append(drained.broker_cpu * 1e6 / records)
+        self.machine_busy.append(drained.machine_busy * 100)
 
     def note(self, database: str) -> str:
         cpu = "CPU per 1,000 records during the clock: "
         cpu += f"this process {_span(self.process_cpu_ms)} ms"
         if database == "postgres":
             cpu += f", the PostgreSQL server {_span(self.postgres_cpu_ms)} ms"
+        if any(self.broker_cpu_ms):
+            cpu += f", the broker {_span(self.broker_cpu_ms)} ms"
+        cpu += f"; the machine {_span(self.machine_busy)} % busy"
         return (
             f"group join not timed (took {min(self.joins):.1f}–{max(self.joins):.1f} s); "
             f"rate over the first quarter of the records {_span(self.first_quarter)}/s, "
@@ -402,6 +451,8 @@ class Observed:
             "last_quarter_per_s": self.last_quarter,
             "process_cpu_ms_per_1000": self.process_cpu_ms,
             "postgres_cpu_ms_per_1000": self.postgres_cpu_ms,
+            "broker_cpu_ms_per_1000": self.broker_cpu_ms,
+            "machine_busy_percent": self.machine_busy,
         }
 
 
@@ -440,11 +491,13 @@ async def delivery_runs(ctx: BenchContext, kind: str, n: int) -> tuple[list[floa
                     loop = make_delivery(gw, ctx.bootstrap)
                     seen.wiring = delivery_wiring(settings)
                     try:
-                        partitions, joined = await join_and_pause(loop)
+                        paused, joined = await join_and_pause(loop)
                         seen.joins.append(joined)
                         while await gw.relay.publish_pending():
                             pass
-                        drained = await drain(loop, partitions, n, f"delivery ({kind})")
+                        drained = await drain(
+                            paused, n, f"delivery ({kind})", broker_pid=ctx.broker_pid
+                        )
                         seen.add(drained, n)
                     finally:
                         await loop.stop()

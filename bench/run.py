@@ -150,6 +150,8 @@ async def main(args: argparse.Namespace) -> int:
             f"{f.label}: {_fmt(f.median, f.unit)} {f.unit}"
             + ("" if r is None else f"  ({r:.2f} × {by_name[f.baseline or ''].label})")
         )
+        if args.notes and f.notes:
+            console.print(f"  [dim]{f.notes}[/dim]")
     return 0
 
 
@@ -162,6 +164,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", default="", help="comma-separated suites: " + ",".join(k for k, _ in SUITES)
     )
     p.add_argument("--no-write", dest="write", action="store_false", help="do not write results")
+    p.add_argument("--notes", action="store_true", help="print each figure's notes too")
     p.add_argument("--workdir", default="var/bench")
     return p.parse_args(argv)
 

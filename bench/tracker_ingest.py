@@ -23,6 +23,10 @@ contact rules). Per run (a warm-up and `ctx.runs` recorded ones):
    during it, the CPU time of this process and of the PostgreSQL server is counted (notes:
    per 1,000 events).
 
+``BENCH_TRACKER_DBS=postgres`` (default ``sqlite,postgres``) chooses the databases; the
+gateway's settings (``TRACKER_CONSUMERS``, ``TRACKER_MAX_POLL_RECORDS``, …) come from the
+environment as for a gateway.
+
 N is 24,000 (6,000 until 2026-11-24: the first quarter of a run, while the consumer's fetches
 ramp up, ran at half the rate of the last, and weighed too much in a run of ~1.5 s).
 
@@ -38,7 +42,9 @@ few conversations each.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import os
 import random
 import uuid
 from collections.abc import Iterator
@@ -205,9 +211,14 @@ async def tracker_runs(
                     key_id = gw.store_key.key_id if gw.store_key is not None else None
                     records = [record_of(e, key_id) for e in events]
                     tracker = make_tracker(gw, ctx.bootstrap)
-                    loop = tracker.consumer
+                    count = len(tracker.consumers)
+                    seen.wiring = (
+                        "one consumer"
+                        if count == 1
+                        else f"{count} consumers in one group, one process (TRACKER_CONSUMERS)"
+                    )
                     try:
-                        partitions, joined = await join_and_pause(loop)
+                        paused, joined = await join_and_pause(*tracker.consumers)
                         seen.joins.append(joined)
                         with progress() as bar:
                             task = bar.add_task(f"producing {n:,} events", total=n)
@@ -221,10 +232,12 @@ async def tracker_runs(
                             for done, future in enumerate(futures, 1):
                                 await future
                                 bar.update(task, completed=done)
-                        drained = await drain(loop, partitions, n, f"tracker ({kind})")
+                        drained = await drain(
+                            paused, n, f"tracker ({kind})", broker_pid=ctx.broker_pid
+                        )
                         seen.add(drained, n)
                     finally:
-                        await loop.stop()
+                        await asyncio.gather(*(loop.stop() for loop in tracker.consumers))
                     async with gw.engine.connect() as conn:
                         rows = (
                             await conn.execute(
@@ -250,9 +263,9 @@ async def run(ctx: BenchContext) -> list[Figure]:
     n = ctx.size(24_000, 200)
     events = stage_events(n, SEED)
     conversations = len({e.conversation_id for e in events})
-    kinds = ["sqlite"]
-    if await postgres_available(ctx.postgres_dsn):
-        kinds.append("postgres")
+    kinds = os.environ.get("BENCH_TRACKER_DBS", "sqlite,postgres").split(",")
+    if "postgres" in kinds and not await postgres_available(ctx.postgres_dsn):
+        kinds.remove("postgres")
     figures: list[Figure] = []
     for kind in kinds:
         runs, seen = await tracker_runs(ctx, kind, events)
@@ -267,8 +280,9 @@ async def run(ctx: BenchContext) -> list[Figure]:
                 notes=(
                     f"{n:,} pre-produced stage events of {conversations:,} conversations "
                     f"through the real tracker ConsumerLoop + TrackerHandler (as wired by "
-                    f"make_tracker) into a fresh {db} database; clock: resume of the joined, "
-                    f"paused consumer until offsets for all N are committed; {seen.note(kind)}"
+                    f"make_tracker: {seen.wiring}) into a fresh {db} database; clock: resume "
+                    f"of the joined, paused consumers until offsets for all N are committed; "
+                    f"{seen.note(kind)}"
                 ),
                 extra={"events": n, "conversations": conversations, "database": kind}
                 | seen.extra(),

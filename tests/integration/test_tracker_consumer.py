@@ -3,6 +3,7 @@ idempotent replays, overdue flags and reminders, late requests, missing contact.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import uuid
@@ -33,8 +34,18 @@ from attest_gateway.gateway.store.tables import (
 )
 from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
 from attest_gateway.gateway.tracker.rules import TrackerRules, period_start
-from attest_gateway.gateway.tracker.service import tracker_rules
-from attest_gateway.gateway.tracker.store import with_cells
+from attest_gateway.gateway.tracker.service import (
+    make_tracker,
+    tracker_consumer_count,
+    tracker_rules,
+)
+from attest_gateway.gateway.tracker.store import (
+    Cell,
+    add_counts,
+    add_duration,
+    cell_id,
+    with_cells,
+)
 from attest_gateway.gateway.tracker.sweep import TrackerSweep
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import Stage
@@ -626,5 +637,112 @@ async def test_cell_ids_are_looked_up_again_after_a_failed_batch(
             assert len(state.cells) == 0
             await handler.handle_batch(records)
             assert await snapshot_of(engine) == expected
+        finally:
+            await engine.dispose()
+
+
+async def test_consumers_of_one_group_at_once_give_the_same_rollups_as_one(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """`TRACKER_CONSUMERS` > 1: the consumers of one group apply the polls of their own
+    partitions in transactions of their own, at the same time, and share the rollup rows and,
+    for a citizen whose conversations sit in two partitions, the contact episode and the
+    citizen memberships. Split as a group splits the topic (each conversation wholly on one
+    side), applied concurrently in small batches, the store must end as one consumer leaves
+    it."""
+    h = harness
+    shared = cpr(60)  # one citizen, a conversation on each side
+    accepted = [await request(h, cpr=shared), await request(h, cpr=shared)]
+    accepted += [await request(h, cpr=cpr(61 + i)) for i in range(2)]
+    for acc in accepted:
+        await answer(h, acc)
+    for acc in accepted:
+        await tracked(h, acc["conversation_id"], "reply_fetched_at")
+    ids = [acc["conversation_id"] for acc in accepted]
+    records = [
+        r
+        for r in await read_topic(h.bootstrap, h.gw.topics.tracking)
+        if dict(r.headers).get("conversation-id", b"").decode() in ids
+    ]
+    sides = [
+        [r for r in records if dict(r.headers)["conversation-id"].decode() in (ids[0], ids[2])],
+        [r for r in records if dict(r.headers)["conversation-id"].decode() in (ids[1], ids[3])],
+    ]
+    assert all(sides)
+    assert sum(map(len, sides)) == len(records)
+
+    async def applied(concurrent: bool, sub: str) -> dict[str, list[Any]]:
+        (tmp_path / sub).mkdir()
+        async with fresh_database(h.kind, tmp_path / sub) as url:
+            await upgrade_async(url)
+            engine = make_engine(url)
+            try:
+                state = TrackerState(tracker_rules(h.settings), h.gw.catalogue)
+                if not concurrent:
+                    assert await TrackerHandler(engine, state).handle_batch(records) == []
+                    return await snapshot_of(engine)
+
+                async def consume(side: list[Any]) -> None:
+                    handler = TrackerHandler(engine, state)  # one per consumer, state shared
+                    for start in range(0, len(side), 3):
+                        assert await handler.handle_batch(side[start : start + 3]) == []
+
+                await asyncio.gather(*(consume(side) for side in sides))
+                return await snapshot_of(engine)
+            finally:
+                await engine.dispose()
+
+    one = await applied(False, "one")
+    two = await applied(True, "two")
+    assert one["tracker_cell_citizens"]
+    assert one["tracker_episodes"]
+    assert two == one
+
+
+async def test_the_gateway_runs_its_tracker_consumers_in_one_group(harness: Harness) -> None:
+    h = harness
+    tracker = make_tracker(h.gw, h.bootstrap)  # not started
+    try:
+        expected = tracker_consumer_count(h.settings, h.gw.engine.dialect.name)
+        assert len(tracker.consumers) == expected == (2 if h.kind == "postgres" else 1)
+        groups = {loop._consumer._group_id for loop in tracker.consumers}
+        assert groups == {f"{h.settings.kafka_group_prefix}.tracker"}
+        assert {loop.topic for loop in tracker.consumers} == {h.gw.topics.tracking}
+        assert h.gw.tracker is not None  # the running gateway's own, started with it
+        assert len(h.gw.tracker.consumers) == expected
+        assert all(loop in h.gw.consumers for loop in h.gw.tracker.consumers)
+    finally:
+        await asyncio.gather(*(loop.stop() for loop in tracker.consumers))
+
+
+async def test_a_new_rollup_cell_is_committed_before_the_transaction_that_writes_to_it(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """PostgreSQL: a flush makes sure of its new cells in a short transaction of its own, so a
+    second tracker transaction that needs the same new cell does not wait for the first to
+    commit (inside the first, it waited: every new week's cells held all consumers but one).
+    A cell whose writer then rolls back stays, without rollup rows, which the reports (joined
+    from the rollups) never see."""
+    h = harness
+    if h.kind != "postgres":
+        pytest.skip("SQLite has one writer: the cell is part of its transaction")
+    cell: Cell = ("national", "month", dt.date(2026, 1, 1), "LÆ 265", "DK")
+    async with fresh_database(h.kind, tmp_path) as url:
+        await upgrade_async(url)
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as first:
+                await first.begin()
+                await add_counts(first, [cell], requests=1)  # not committed yet
+                async with engine.begin() as second:
+                    await second.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+                    await add_duration(second, "request_to_reply", [cell], 3)
+                await first.rollback()
+            async with engine.connect() as conn:
+                cells = (await conn.execute(sa.select(tracker_cells.c.id))).scalars().all()
+                assert cells == [cell_id(cell)]
+                assert (await conn.execute(sa.select(tracker_counts))).all() == []
+                durations = (await conn.execute(with_cells(tracker_durations))).all()
+                assert [tuple(d) for d in durations] == [(*cell, "request_to_reply", 3, 1)]
         finally:
             await engine.dispose()

@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     tracker_max_poll_records: int = Field(
         default=5000, ge=1, le=100_000, description="most stage events the tracker polls at once"
     )
+    tracker_consumers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=(
+            "tracker consumers in this process, members of one group that share the tracking "
+            "topic's partitions: while one waits for the database another applies its poll; "
+            "unset: 2 on PostgreSQL, 1 on SQLite (one writer: two were slower there)"
+        ),
+    )
     kafka_group_prefix: str = Field(default="attest-gateway", description="consumer group prefix")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = Field(
         default="PLAINTEXT", description="SSL: TLS to the brokers (required in production)"

@@ -162,8 +162,9 @@ async def running_gateway(
                 from attest_gateway.gateway.tracker.service import make_tracker  # composition root
 
                 gw.tracker = make_tracker(gw, bootstrap)
-                await gw.tracker.consumer.start()
-                gw.consumers.append(gw.tracker.consumer)
+                for consumer in gw.tracker.consumers:
+                    await consumer.start()
+                    gw.consumers.append(consumer)
                 gw.tracker.sweep.start()
             from attest_gateway.gateway.sweeper import Sweeper  # composition root
 

@@ -47,27 +47,47 @@ def _build_rules(settings: Settings) -> TrackerRules:
 @dataclass
 class Tracker:
     state: TrackerState
-    consumer: ConsumerLoop
+    consumers: list[ConsumerLoop]  # one group: each holds some of the topic's partitions
     sweep: TrackerSweep
 
     async def stop(self) -> None:
         await self.sweep.stop()
 
 
+def tracker_consumer_count(settings: Settings, dialect: str) -> int:
+    """`TRACKER_CONSUMERS`, or where it is unset: two on PostgreSQL (one applies its poll
+    while the other's statements run), one on SQLite (its one writer makes a second consumer
+    wait for the first: measured slower, bench/RESULTS.md)."""
+    if settings.tracker_consumers is not None:
+        return settings.tracker_consumers
+    return 2 if dialect == "postgresql" else 1
+
+
 def make_tracker(gw: Gateway, bootstrap: str) -> Tracker:
-    """The consumer (not started) and the sweep (not started) for a running gateway."""
+    """The consumers (not started) and the sweep (not started) for a running gateway.
+
+    The consumers (`tracker_consumer_count`) share one state (rules, the cells known to
+    exist) and join one group, so each applies the polls of its own partitions in its own
+    transaction on its own connection: one consumer's Python runs while another's statements
+    are in the database. Their transactions take the rows they share (rollup rows, contact
+    episodes and memberships of a citizen whose conversations sit in two partitions) in one
+    order, as separate tracker processes do, so they wait for each other instead of
+    deadlocking."""
     settings = gw.settings
     state = TrackerState(tracker_rules(settings), gw.catalogue)
-    consumer = ConsumerLoop(
-        settings=settings,
-        bootstrap=bootstrap,
-        topic=gw.topics.tracking,
-        group=f"{settings.kafka_group_prefix}.tracker",
-        handler=TrackerHandler(gw.engine, state, store_key=gw.store_key),
-        producer=gw.producer,
-        dead_letter_topic=gw.topics.dead_letter,
-        batch_spans_partitions=settings.tracker_poll_in_one_transaction,
-        max_poll_records=settings.tracker_max_poll_records,
-    )
+    consumers = [
+        ConsumerLoop(
+            settings=settings,
+            bootstrap=bootstrap,
+            topic=gw.topics.tracking,
+            group=f"{settings.kafka_group_prefix}.tracker",
+            handler=TrackerHandler(gw.engine, state, store_key=gw.store_key),
+            producer=gw.producer,
+            dead_letter_topic=gw.topics.dead_letter,
+            batch_spans_partitions=settings.tracker_poll_in_one_transaction,
+            max_poll_records=settings.tracker_max_poll_records,
+        )
+        for _ in range(tracker_consumer_count(settings, gw.engine.dialect.name))
+    ]
     sweep = TrackerSweep(gw, state, interval=settings.tracker_sweep_seconds)
-    return Tracker(state, consumer, sweep)
+    return Tracker(state, consumers, sweep)

@@ -13,7 +13,11 @@ Cells (`tracker_cells`) are referred to by an integer id (migration 0011), a dig
 cell's five columns (:func:`cell_id`). A flush first makes sure its cells exist: those a
 tracker knows exist (`KnownCells`) cost nothing; the others are inserted in one statement
 (`ON CONFLICT DO NOTHING RETURNING id`), and those it did not insert are read back in one
-select, which also checks that the row under the id is that cell. A transaction's cells are
+select, which also checks that the row under the id is that cell. On PostgreSQL that insert
+is a short transaction of its own, committed before the flush writes: a new cell inserted in
+the caller's transaction made every other tracker transaction that needed the same cell (all
+of them, at the start of a week) wait until the caller committed. On SQLite, whose one
+writer is the caller's transaction, it is part of that transaction, and its cells are
 remembered only once it has committed (:meth:`KnownCells.remember`): a cell inserted by a
 transaction that rolled back does not exist. Because the id follows from the cell, a
 remembered cell can only be missing (the store restored or emptied: the write fails on the
@@ -213,7 +217,17 @@ class RollupBuffer:
         cells.update(self.counts)
         cells.update(cell for _, cell, _ in self.durations)
         known, written = self.known, self.written
-        await ensure_cells(conn, [c for c in cells if c not in known and c not in written])
+        missing = [c for c in cells if c not in known and c not in written]
+        if missing and conn.dialect.name == "postgresql":
+            # Committed on their own first (a connection of the pool, a short transaction):
+            # a cell inserted in the caller's transaction would hold every other tracker
+            # transaction that needs it until this one commits. A cell without rollup rows
+            # is invisible to the reports (they join from the rollups).
+            async with conn.engine.begin() as own:
+                await ensure_cells(own, missing)
+            known.remember(missing)
+        elif missing:  # SQLite: the caller's transaction holds the one write lock already
+            await ensure_cells(conn, missing)
         written.update(cells)
         return {cell: cell_id(cell) for cell in cells}
 
