@@ -23,9 +23,10 @@ contact rules). Per run (a warm-up and `ctx.runs` recorded ones):
    during it, the CPU time of this process and of the PostgreSQL server is counted (notes:
    per 1,000 events).
 
-``BENCH_TRACKER_DBS=postgres`` (default ``sqlite,postgres``) chooses the databases; the
-gateway's settings (``TRACKER_CONSUMERS``, ``TRACKER_MAX_POLL_RECORDS``, …) come from the
-environment as for a gateway.
+``BENCH_TRACKER_DBS=postgres`` (default ``sqlite,postgres,postgres-2``) chooses the
+variants; ``postgres-2`` runs two tracker consumers in the process (``TRACKER_CONSUMERS=2``).
+The other settings (``TRACKER_MAX_POLL_RECORDS``, …) come from the environment as for a
+gateway.
 
 N is 24,000 (6,000 until 2026-11-24: the first quarter of a run, while the consumer's fetches
 ramp up, ran at half the rate of the last, and weighed too much in a run of ~1.5 s).
@@ -188,8 +189,10 @@ def record_of(
 
 
 async def tracker_runs(
-    ctx: BenchContext, kind: str, events: list[StageEvent]
+    ctx: BenchContext, kind: str, events: list[StageEvent], **overrides: Any
 ) -> tuple[list[float], Observed]:
+    """Warm-up and recorded runs on `kind` ("sqlite", "postgres"); `overrides`: settings
+    that differ from the environment's (e.g. ``tracker_consumers``)."""
     n = len(events)
     conversations = len({e.conversation_id for e in events})
     template = DbTemplate(ctx, kind, "tracker")
@@ -204,7 +207,7 @@ async def tracker_runs(
             url = await template.copy(i)
             try:
                 prefix = f"bench.{uuid.uuid4().hex[:8]}.{kind}."
-                settings = bench_settings(template, url, prefix)
+                settings = bench_settings(template, url, prefix, **overrides)
                 async with running_gateway(
                     settings, ctx.bootstrap, run_relay=False, run_consumers=False
                 ) as gw:
@@ -258,21 +261,35 @@ async def tracker_runs(
     return runs, seen
 
 
+# --only tracker's variants (BENCH_TRACKER_DBS): database, settings, label, figure name
+VARIANTS: dict[str, tuple[str, dict[str, Any], str, str]] = {
+    "sqlite": ("sqlite", {}, "SQLite", "tracker.sqlite"),
+    "postgres": ("postgres", {}, "PostgreSQL", "tracker.postgres"),
+    "postgres-2": (
+        "postgres",
+        {"tracker_consumers": 2},
+        "PostgreSQL, TRACKER_CONSUMERS=2",
+        "tracker.postgres.consumers2",
+    ),
+}
+
+
 async def run(ctx: BenchContext) -> list[Figure]:
     gateway_logging(ctx)
     n = ctx.size(24_000, 200)
     events = stage_events(n, SEED)
     conversations = len({e.conversation_id for e in events})
-    kinds = os.environ.get("BENCH_TRACKER_DBS", "sqlite,postgres").split(",")
-    if "postgres" in kinds and not await postgres_available(ctx.postgres_dsn):
-        kinds.remove("postgres")
+    chosen = os.environ.get("BENCH_TRACKER_DBS", ",".join(VARIANTS)).split(",")
+    has_postgres = await postgres_available(ctx.postgres_dsn)
     figures: list[Figure] = []
-    for kind in kinds:
-        runs, seen = await tracker_runs(ctx, kind, events)
-        db = "SQLite" if kind == "sqlite" else "PostgreSQL"
+    for variant in chosen:
+        kind, overrides, db, name = VARIANTS[variant]
+        if kind == "postgres" and not has_postgres:
+            continue
+        runs, seen = await tracker_runs(ctx, kind, events, **overrides)
         figures.append(
             Figure(
-                name=f"tracker.{kind}",
+                name=name,
                 label=f"Tracker: stage events applied ({db})",
                 unit="events/s",
                 runs=runs,
@@ -280,11 +297,12 @@ async def run(ctx: BenchContext) -> list[Figure]:
                 notes=(
                     f"{n:,} pre-produced stage events of {conversations:,} conversations "
                     f"through the real tracker ConsumerLoop + TrackerHandler (as wired by "
-                    f"make_tracker: {seen.wiring}) into a fresh {db} database; clock: resume "
-                    f"of the joined, paused consumers until offsets for all N are committed; "
-                    f"{seen.note(kind)}"
+                    f"make_tracker: {seen.wiring}) into a fresh {db.split(',')[0]} database; "
+                    f"clock: resume of the joined, paused consumers until offsets for all N "
+                    f"are committed; {seen.note(kind)}"
                 ),
                 extra={"events": n, "conversations": conversations, "database": kind}
+                | overrides
                 | seen.extra(),
             )
         )

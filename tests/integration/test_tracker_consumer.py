@@ -34,11 +34,7 @@ from attest_gateway.gateway.store.tables import (
 )
 from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
 from attest_gateway.gateway.tracker.rules import TrackerRules, period_start
-from attest_gateway.gateway.tracker.service import (
-    make_tracker,
-    tracker_consumer_count,
-    tracker_rules,
-)
+from attest_gateway.gateway.tracker.service import make_tracker, tracker_rules
 from attest_gateway.gateway.tracker.store import (
     Cell,
     add_counts,
@@ -699,18 +695,23 @@ async def test_consumers_of_one_group_at_once_give_the_same_rollups_as_one(
     assert two == one
 
 
-async def test_the_gateway_runs_its_tracker_consumers_in_one_group(harness: Harness) -> None:
+async def test_tracker_consumers_are_members_of_one_group(harness: Harness) -> None:
+    """`TRACKER_CONSUMERS`: that many consumer loops on the tracking topic, one group, one
+    shared state; the running gateway's own tracker has the default, one."""
     h = harness
-    tracker = make_tracker(h.gw, h.bootstrap)  # not started
-    try:
-        expected = tracker_consumer_count(h.settings, h.gw.engine.dialect.name)
-        assert len(tracker.consumers) == expected == (2 if h.kind == "postgres" else 1)
+    settings = h.settings.model_copy(update={"tracker_consumers": 3})
+    tracker = make_tracker(dataclasses.replace(h.gw, settings=settings), h.bootstrap)
+    try:  # not started
+        assert len(tracker.consumers) == 3
         groups = {loop._consumer._group_id for loop in tracker.consumers}
         assert groups == {f"{h.settings.kafka_group_prefix}.tracker"}
         assert {loop.topic for loop in tracker.consumers} == {h.gw.topics.tracking}
-        assert h.gw.tracker is not None  # the running gateway's own, started with it
-        assert len(h.gw.tracker.consumers) == expected
-        assert all(loop in h.gw.consumers for loop in h.gw.tracker.consumers)
+        handlers = [loop._handler for loop in tracker.consumers]
+        assert all(isinstance(x, TrackerHandler) for x in handlers)
+        assert all(x._state is tracker.state for x in handlers)  # type: ignore[attr-defined]
+        assert h.gw.tracker is not None
+        assert len(h.gw.tracker.consumers) == 1
+        assert h.gw.tracker.consumers[0] in h.gw.consumers
     finally:
         await asyncio.gather(*(loop.stop() for loop in tracker.consumers))
 

@@ -94,14 +94,15 @@ class Settings(BaseSettings):
     tracker_max_poll_records: int = Field(
         default=5000, ge=1, le=100_000, description="most stage events the tracker polls at once"
     )
-    tracker_consumers: int | None = Field(
-        default=None,
+    tracker_consumers: int = Field(
+        default=1,
         ge=1,
         le=64,
         description=(
             "tracker consumers in this process, members of one group that share the tracking "
-            "topic's partitions: while one waits for the database another applies its poll; "
-            "unset: 2 on PostgreSQL, 1 on SQLite (one writer: two were slower there)"
+            "topic's partitions: while one waits for the database another applies its poll "
+            "(2 on PostgreSQL: +14 % events/s catching up a backlog, but more statements per "
+            "event at a live rate; no gain on SQLite)"
         ),
     )
     kafka_group_prefix: str = Field(default="attest-gateway", description="consumer group prefix")

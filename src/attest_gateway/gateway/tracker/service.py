@@ -54,19 +54,10 @@ class Tracker:
         await self.sweep.stop()
 
 
-def tracker_consumer_count(settings: Settings, dialect: str) -> int:
-    """`TRACKER_CONSUMERS`, or where it is unset: two on PostgreSQL (one applies its poll
-    while the other's statements run), one on SQLite (its one writer makes a second consumer
-    wait for the first: measured slower, bench/RESULTS.md)."""
-    if settings.tracker_consumers is not None:
-        return settings.tracker_consumers
-    return 2 if dialect == "postgresql" else 1
-
-
 def make_tracker(gw: Gateway, bootstrap: str) -> Tracker:
     """The consumers (not started) and the sweep (not started) for a running gateway.
 
-    The consumers (`tracker_consumer_count`) share one state (rules, the cells known to
+    `TRACKER_CONSUMERS` consumers (one by default) share one state (rules, the cells known to
     exist) and join one group, so each applies the polls of its own partitions in its own
     transaction on its own connection: one consumer's Python runs while another's statements
     are in the database. Their transactions take the rows they share (rollup rows, contact
@@ -87,7 +78,7 @@ def make_tracker(gw: Gateway, bootstrap: str) -> Tracker:
             batch_spans_partitions=settings.tracker_poll_in_one_transaction,
             max_poll_records=settings.tracker_max_poll_records,
         )
-        for _ in range(tracker_consumer_count(settings, gw.engine.dialect.name))
+        for _ in range(settings.tracker_consumers)
     ]
     sweep = TrackerSweep(gw, state, interval=settings.tracker_sweep_seconds)
     return Tracker(state, consumers, sweep)
