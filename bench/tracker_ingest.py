@@ -261,17 +261,18 @@ async def tracker_runs(
     return runs, seen
 
 
-# --only tracker's variants (BENCH_TRACKER_DBS): database, settings, label, figure name
+# --only tracker's variants (BENCH_TRACKER_DBS): database kind, settings, label suffix, figure
 VARIANTS: dict[str, tuple[str, dict[str, Any], str, str]] = {
-    "sqlite": ("sqlite", {}, "SQLite", "tracker.sqlite"),
-    "postgres": ("postgres", {}, "PostgreSQL", "tracker.postgres"),
+    "sqlite": ("sqlite", {}, "", "tracker.sqlite"),
+    "postgres": ("postgres", {}, "", "tracker.postgres"),
     "postgres-2": (
         "postgres",
         {"tracker_consumers": 2},
-        "PostgreSQL, TRACKER_CONSUMERS=2",
+        ", TRACKER_CONSUMERS=2",
         "tracker.postgres.consumers2",
     ),
 }
+DATABASES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
 async def run(ctx: BenchContext) -> list[Figure]:
@@ -283,21 +284,22 @@ async def run(ctx: BenchContext) -> list[Figure]:
     has_postgres = await postgres_available(ctx.postgres_dsn)
     figures: list[Figure] = []
     for variant in chosen:
-        kind, overrides, db, name = VARIANTS[variant]
+        kind, overrides, suffix, name = VARIANTS[variant]
+        db = DATABASES[kind]
         if kind == "postgres" and not has_postgres:
             continue
         runs, seen = await tracker_runs(ctx, kind, events, **overrides)
         figures.append(
             Figure(
                 name=name,
-                label=f"Tracker: stage events applied ({db})",
+                label=f"Tracker: stage events applied ({db}{suffix})",
                 unit="events/s",
                 runs=runs,
                 baseline="transport.passthrough",
                 notes=(
                     f"{n:,} pre-produced stage events of {conversations:,} conversations "
                     f"through the real tracker ConsumerLoop + TrackerHandler (as wired by "
-                    f"make_tracker: {seen.wiring}) into a fresh {db.split(',')[0]} database; "
+                    f"make_tracker: {seen.wiring}) into a fresh {db} database; "
                     f"clock: resume of the joined, paused consumers until offsets for all N "
                     f"are committed; {seen.note(kind)}"
                 ),

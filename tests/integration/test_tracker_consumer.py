@@ -7,13 +7,15 @@ import asyncio
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
@@ -149,6 +151,32 @@ async def tracked(h: Harness, cid: str, column: str) -> Any:
     return await wait_for(probe)
 
 
+@asynccontextmanager
+async def scratch_engine(h: Harness, path: Path) -> AsyncIterator[AsyncEngine]:
+    """A migrated, empty store of the harness's kind of its own (under `path`), for feeding
+    tracking records to a tracker directly: the shared store keeps changing under other
+    tests' late events and the live sweep."""
+    await asyncio.to_thread(path.mkdir, exist_ok=True)
+    async with fresh_database(h.kind, path) as url:
+        await upgrade_async(url)
+        engine = make_engine(url)
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+def fresh_state(h: Harness) -> TrackerState:
+    """A tracker's state as the harness's gateway builds it, knowing no cells yet."""
+    return TrackerState(tracker_rules(h.settings), h.gw.catalogue)
+
+
+def conversation_of(record: ConsumerRecord[bytes, bytes]) -> str:
+    """The conversation id a tracking record names in its headers ("" for none)."""
+    value: bytes = dict(record.headers).get("conversation-id", b"")
+    return value.decode()
+
+
 async def snapshot(h: Harness) -> dict[str, list[Any]]:
     return await snapshot_of(h.gw.engine)
 
@@ -218,23 +246,16 @@ async def test_replayed_events_change_nothing(harness: Harness, tmp_path: Path) 
         r for r in await read_topic(h.bootstrap, h.gw.topics.tracking) if r.key == cid.encode()
     ]
     assert len(records) >= 7
-    async with fresh_database(h.kind, tmp_path) as url:
-        await upgrade_async(url)
-        engine = make_engine(url)
-        try:
-            handler = TrackerHandler(
-                engine, TrackerState(tracker_rules(h.settings), h.gw.catalogue)
-            )
-            for record in records:
-                await handler(record)
-            before = await snapshot_of(engine)
-            assert before["tracker_conversations"]
-            assert before["tracker_counts"]
-            for record in reversed(records):  # replayed, and out of order
-                await handler(record)
-            assert await snapshot_of(engine) == before
-        finally:
-            await engine.dispose()
+    async with scratch_engine(h, tmp_path) as engine:
+        handler = TrackerHandler(engine, fresh_state(h))
+        for record in records:
+            await handler(record)
+        before = await snapshot_of(engine)
+        assert before["tracker_conversations"]
+        assert before["tracker_counts"]
+        for record in reversed(records):  # replayed, and out of order
+            await handler(record)
+        assert await snapshot_of(engine) == before
 
 
 async def test_events_in_any_order_give_the_same_rollups(harness: Harness) -> None:
@@ -251,7 +272,7 @@ async def test_events_in_any_order_give_the_same_rollups(harness: Harness) -> No
         await conn.execute(
             tracker_conversations.delete().where(tracker_conversations.c.conversation_id == cid)
         )
-    handler = TrackerHandler(h.gw.engine, TrackerState(tracker_rules(h.settings), h.gw.catalogue))
+    handler = TrackerHandler(h.gw.engine, fresh_state(h))
     for record in reversed(records):
         await handler(record)
     again = await tracked(h, cid, "reply_fetched_at")
@@ -554,39 +575,33 @@ async def test_a_batch_gives_the_same_rollups_as_one_event_at_a_time(
     mixed = [*records[:5], garbage, *records[5:]]
 
     async def applied(batched: bool, sub: str) -> dict[str, list[Any]]:
-        (tmp_path / sub).mkdir()
-        async with fresh_database(h.kind, tmp_path / sub) as url:
-            await upgrade_async(url)
-            engine = make_engine(url)
-            try:
-                state = TrackerState(tracker_rules(h.settings), h.gw.catalogue)
-                handler = TrackerHandler(engine, state)
-                if batched:
-                    left = []
-                    for start in range(0, len(mixed), 40):
-                        left += await handler.handle_batch(mixed[start : start + 40])
-                    assert left == [garbage]  # left for the loop to dead-letter on its own
-                    sent: list[str] = []
+        async with scratch_engine(h, tmp_path / sub) as engine:
+            state = fresh_state(h)
+            handler = TrackerHandler(engine, state)
+            if batched:
+                left = []
+                for start in range(0, len(mixed), 40):
+                    left += await handler.handle_batch(mixed[start : start + 40])
+                assert left == [garbage]  # left for the loop to dead-letter on its own
+                sent: list[str] = []
 
-                    def count(*args: Any) -> None:
-                        sent.append(args[2])
+                def count(*args: Any) -> None:
+                    sent.append(args[2])
 
-                    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
-                    assert await handler.handle_batch(mixed) == [garbage]  # a replay: no change
-                    sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
-                    # the known conversations: an insert that inserts nothing, one locked read
-                    # (contact registrations on the topic, from other tests, each check their
-                    # citizen's episode)
-                    about_conversations = [s for s in sent if "tracker_episodes" not in s]
-                    assert len(about_conversations) == 2, about_conversations
-                    assert about_conversations[0].startswith("INSERT INTO tracker_conversations")
-                    assert about_conversations[1].startswith("SELECT")
-                else:
-                    for record in records:
-                        await handler(record)
-                return await snapshot_of(engine)
-            finally:
-                await engine.dispose()
+                sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+                assert await handler.handle_batch(mixed) == [garbage]  # a replay: no change
+                sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
+                # the known conversations: an insert that inserts nothing, one locked read
+                # (contact registrations on the topic, from other tests, each check their
+                # citizen's episode)
+                about_conversations = [s for s in sent if "tracker_episodes" not in s]
+                assert len(about_conversations) == 2, about_conversations
+                assert about_conversations[0].startswith("INSERT INTO tracker_conversations")
+                assert about_conversations[1].startswith("SELECT")
+            else:
+                for record in records:
+                    await handler(record)
+            return await snapshot_of(engine)
 
     one_by_one = await applied(False, "one")
     together = await applied(True, "batch")
@@ -609,32 +624,27 @@ async def test_cell_ids_are_looked_up_again_after_a_failed_batch(
         for r in await read_topic(h.bootstrap, h.gw.topics.tracking)
         if r.value and r.value.startswith(b'{"')
     ]
-    async with fresh_database(h.kind, tmp_path) as url:
-        await upgrade_async(url)
-        engine = make_engine(url)
-        try:
-            state = TrackerState(tracker_rules(h.settings), h.gw.catalogue)
-            handler = TrackerHandler(engine, state)
-            await handler.handle_batch(records)
-            expected = await snapshot_of(engine)
-            assert len(state.cells) > 0
-            async with engine.begin() as conn:
-                for table in (
-                    tracker_cell_citizens,
-                    tracker_durations,
-                    tracker_counts,
-                    tracker_cells,
-                    tracker_episodes,
-                    tracker_conversations,
-                ):
-                    await conn.execute(table.delete())
-            with pytest.raises(TransientError):
-                await handler.handle_batch(records)  # the remembered cells are gone
-            assert len(state.cells) == 0
-            await handler.handle_batch(records)
-            assert await snapshot_of(engine) == expected
-        finally:
-            await engine.dispose()
+    async with scratch_engine(h, tmp_path) as engine:
+        state = fresh_state(h)
+        handler = TrackerHandler(engine, state)
+        await handler.handle_batch(records)
+        expected = await snapshot_of(engine)
+        assert len(state.cells) > 0
+        async with engine.begin() as conn:
+            for table in (
+                tracker_cell_citizens,
+                tracker_durations,
+                tracker_counts,
+                tracker_cells,
+                tracker_episodes,
+                tracker_conversations,
+            ):
+                await conn.execute(table.delete())
+        with pytest.raises(TransientError):
+            await handler.handle_batch(records)  # the remembered cells are gone
+        assert len(state.cells) == 0
+        await handler.handle_batch(records)
+        assert await snapshot_of(engine) == expected
 
 
 async def test_consumers_of_one_group_at_once_give_the_same_rollups_as_one(
@@ -656,37 +666,29 @@ async def test_consumers_of_one_group_at_once_give_the_same_rollups_as_one(
         await tracked(h, acc["conversation_id"], "reply_fetched_at")
     ids = [acc["conversation_id"] for acc in accepted]
     records = [
-        r
-        for r in await read_topic(h.bootstrap, h.gw.topics.tracking)
-        if dict(r.headers).get("conversation-id", b"").decode() in ids
+        r for r in await read_topic(h.bootstrap, h.gw.topics.tracking) if conversation_of(r) in ids
     ]
     sides = [
-        [r for r in records if dict(r.headers)["conversation-id"].decode() in (ids[0], ids[2])],
-        [r for r in records if dict(r.headers)["conversation-id"].decode() in (ids[1], ids[3])],
+        [r for r in records if conversation_of(r) in (ids[0], ids[2])],
+        [r for r in records if conversation_of(r) in (ids[1], ids[3])],
     ]
     assert all(sides)
     assert sum(map(len, sides)) == len(records)
 
     async def applied(concurrent: bool, sub: str) -> dict[str, list[Any]]:
-        (tmp_path / sub).mkdir()
-        async with fresh_database(h.kind, tmp_path / sub) as url:
-            await upgrade_async(url)
-            engine = make_engine(url)
-            try:
-                state = TrackerState(tracker_rules(h.settings), h.gw.catalogue)
-                if not concurrent:
-                    assert await TrackerHandler(engine, state).handle_batch(records) == []
-                    return await snapshot_of(engine)
-
-                async def consume(side: list[Any]) -> None:
-                    handler = TrackerHandler(engine, state)  # one per consumer, state shared
-                    for start in range(0, len(side), 3):
-                        assert await handler.handle_batch(side[start : start + 3]) == []
-
-                await asyncio.gather(*(consume(side) for side in sides))
+        async with scratch_engine(h, tmp_path / sub) as engine:
+            state = fresh_state(h)
+            if not concurrent:
+                assert await TrackerHandler(engine, state).handle_batch(records) == []
                 return await snapshot_of(engine)
-            finally:
-                await engine.dispose()
+
+            async def consume(side: list[Any]) -> None:
+                handler = TrackerHandler(engine, state)  # one per consumer, state shared
+                for start in range(0, len(side), 3):
+                    assert await handler.handle_batch(side[start : start + 3]) == []
+
+            await asyncio.gather(*(consume(side) for side in sides))
+            return await snapshot_of(engine)
 
     one = await applied(False, "one")
     two = await applied(True, "two")
@@ -728,22 +730,17 @@ async def test_a_new_rollup_cell_is_committed_before_the_transaction_that_writes
     if h.kind != "postgres":
         pytest.skip("SQLite has one writer: the cell is part of its transaction")
     cell: Cell = ("national", "month", dt.date(2026, 1, 1), "LÆ 265", "DK")
-    async with fresh_database(h.kind, tmp_path) as url:
-        await upgrade_async(url)
-        engine = make_engine(url)
-        try:
-            async with engine.connect() as first:
-                await first.begin()
-                await add_counts(first, [cell], requests=1)  # not committed yet
-                async with engine.begin() as second:
-                    await second.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
-                    await add_duration(second, "request_to_reply", [cell], 3)
-                await first.rollback()
-            async with engine.connect() as conn:
-                cells = (await conn.execute(sa.select(tracker_cells.c.id))).scalars().all()
-                assert cells == [cell_id(cell)]
-                assert (await conn.execute(sa.select(tracker_counts))).all() == []
-                durations = (await conn.execute(with_cells(tracker_durations))).all()
-                assert [tuple(d) for d in durations] == [(*cell, "request_to_reply", 3, 1)]
-        finally:
-            await engine.dispose()
+    async with scratch_engine(h, tmp_path) as engine:
+        async with engine.connect() as first:
+            await first.begin()
+            await add_counts(first, [cell], requests=1)  # not committed yet
+            async with engine.begin() as second:
+                await second.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+                await add_duration(second, "request_to_reply", [cell], 3)
+            await first.rollback()
+        async with engine.connect() as conn:
+            cells = (await conn.execute(sa.select(tracker_cells.c.id))).scalars().all()
+            assert cells == [cell_id(cell)]
+            assert (await conn.execute(sa.select(tracker_counts))).all() == []
+            durations = (await conn.execute(with_cells(tracker_durations))).all()
+            assert [tuple(d) for d in durations] == [(*cell, "request_to_reply", 3, 1)]
