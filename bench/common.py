@@ -109,6 +109,16 @@ def peak_rss_mib(pid: int | None = None) -> float:
     raise RuntimeError("VmHWM not found")
 
 
+def reset_peak_rss(pid: int | None = None) -> bool:
+    """Start a live process's VmHWM again from its present RSS (Linux: "5" written to
+    /proc/<pid>/clear_refs). False where that is not allowed or not supported."""
+    try:
+        Path(f"/proc/{pid or os.getpid()}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process (Linux /proc/<pid>/stat)."""
     with open(f"/proc/{pid}/stat") as fh:

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from attest_gateway.gateway.broker import EmbeddedBroker
-from bench.common import BenchContext, Figure, console, machine
+from bench.common import (
+    BenchContext,
+    Figure,
+    console,
+    machine,
+    peak_rss_mib,
+    reset_peak_rss,
+)
 
 # (key for --only, module): each module has `async def run(ctx) -> list[Figure]`.
 SUITES: list[tuple[str, str]] = [
@@ -34,6 +41,10 @@ SUITES: list[tuple[str, str]] = [
     ("ingest", "bench.gateway_ingest"),
     ("roundtrip", "bench.roundtrip"),
 ]
+
+# Suites whose consumer runs inside this benchmark process (their other processes, the
+# gateway's and the load generator's, have figures of their own).
+IN_PROCESS = {"pipeline": "delivery consumer", "tracker": "tracker consumer"}
 
 HERE = Path(__file__).parent
 GENERATED_START = "<!-- bench/run.py: generated from here -->"
@@ -53,6 +64,46 @@ def _fmt(value: float, unit: str) -> str:
     if unit in {"MiB"}:
         return f"{value:,.0f}"
     return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
+def watch_peaks(key: str, ctx: BenchContext) -> dict[str, int]:
+    """The processes whose peak RSS a suite reports, their peaks started again from now:
+    the shared broker, and this process where the suite runs its consumer in it."""
+    pids = {"broker": ctx.broker_pid or 0} | ({"bench": os.getpid()} if key in IN_PROCESS else {})
+    return {name: pid for name, pid in pids.items() if pid and reset_peak_rss(pid)}
+
+
+def peak_figures(key: str, watched: dict[str, int]) -> list[Figure]:
+    """Peak RSS over the whole suite (warm-up included) of the processes `watch_peaks` gave."""
+    figures = []
+    if "broker" in watched:
+        figures.append(
+            Figure(
+                name=f"rss.broker.{key}",
+                label=f"embedded broker peak RSS ({key})",
+                unit="MiB",
+                runs=[peak_rss_mib(watched["broker"])],
+                higher_is_better=False,
+                notes="VmHWM of the broker process from the suite's start to its end (reset "
+                "through /proc/PID/clear_refs), one value for all the suite's runs; the "
+                "embedded broker keeps every record in memory, so this includes the records of "
+                "the suites before",
+            )
+        )
+    if "bench" in watched:
+        figures.append(
+            Figure(
+                name=f"rss.bench.{key}",
+                label=f"benchmark process peak RSS, {IN_PROCESS[key]} in it ({key})",
+                unit="MiB",
+                runs=[peak_rss_mib(watched["bench"])],
+                higher_is_better=False,
+                notes="VmHWM of this benchmark process over the suite (all runs): the "
+                f"{IN_PROCESS[key]} under test, its store's client and the records the suite "
+                "pre-produced and checks against",
+            )
+        )
+    return figures
 
 
 def render(figures: list[Figure], info: dict[str, Any], args: argparse.Namespace) -> str:
@@ -134,7 +185,9 @@ async def main(args: argparse.Namespace) -> int:
             console.rule(f"[bold]{key}")
             try:
                 module = importlib.import_module(module_name)
+                watched = watch_peaks(key, ctx)
                 figures += await module.run(ctx)
+                figures += peak_figures(key, watched)
             except Exception as exc:  # one broken suite must not lose the others' figures
                 console.print_exception()
                 info.setdefault("failed_suites", []).append(f"{key}: {type(exc).__name__}: {exc}")

@@ -15,6 +15,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attest_gateway.schemas.envelope import Suite
 
+#: The store pool's defaults: the settings' and `store.db.make_engine`'s (engines built
+#: without settings: tools, tests, benchmarks).
+DB_POOL_SIZE = 20
+DB_MAX_OVERFLOW = 0
+DB_POOL_TIMEOUT_SECONDS = 10.0
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
@@ -28,7 +34,7 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy async URL; default SQLite under var_dir"
     )
     db_pool_size: int = Field(
-        default=20,
+        default=DB_POOL_SIZE,
         ge=1,
         description=(
             "database connections a process keeps open at most (opened when first needed); "
@@ -36,7 +42,7 @@ class Settings(BaseSettings):
         ),
     )
     db_max_overflow: int = Field(
-        default=0,
+        default=DB_MAX_OVERFLOW,
         ge=0,
         description=(
             "connections beyond DB_POOL_SIZE under a burst, closed again when returned (each "
@@ -44,7 +50,7 @@ class Settings(BaseSettings):
         ),
     )
     db_pool_timeout_seconds: float = Field(
-        default=10.0,
+        default=DB_POOL_TIMEOUT_SECONDS,
         gt=0,
         description="how long a request waits for a free connection before a 503",
     )

@@ -14,6 +14,8 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from attest_gateway.gateway.config import DB_MAX_OVERFLOW, DB_POOL_SIZE, DB_POOL_TIMEOUT_SECONDS
+
 if TYPE_CHECKING:
     from attest_gateway.gateway.config import Settings
 
@@ -27,9 +29,9 @@ STORE_ERRORS: tuple[type[Exception], ...] = (sa.exc.DBAPIError, sa.exc.TimeoutEr
 def make_engine(
     url: str,
     *,
-    pool_size: int = 20,
-    max_overflow: int = 0,
-    pool_timeout: float = 10.0,
+    pool_size: int = DB_POOL_SIZE,
+    max_overflow: int = DB_MAX_OVERFLOW,
+    pool_timeout: float = DB_POOL_TIMEOUT_SECONDS,
     **kwargs: Any,
 ) -> AsyncEngine:
     """An async engine; SQLite gets WAL, a busy timeout and foreign keys. Every statement it
