@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
+
 from attest_gateway.gateway.broker import EmbeddedBroker
 from bench.common import (
     BenchContext,
@@ -66,6 +68,21 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
 
 
+async def drop_topics(bootstrap: str) -> None:
+    """Delete every topic on the run's broker after a suite. The embedded broker keeps each
+    record in memory until its topic is deleted (it has no retention and refuses
+    DeleteRecords), and every suite works on topics of its own: without this the later
+    suites ran on a broker holding the earlier ones' gigabytes."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if not t.startswith("__")]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
 def watch_peaks(key: str, ctx: BenchContext) -> dict[str, int]:
     """The processes whose peak RSS a suite reports, their peaks started again from now:
     the shared broker, and this process where the suite runs its consumer in it."""
@@ -86,8 +103,8 @@ def peak_figures(key: str, watched: dict[str, int]) -> list[Figure]:
                 higher_is_better=False,
                 notes="VmHWM of the broker process from the suite's start to its end (reset "
                 "through /proc/PID/clear_refs), one value for all the suite's runs; the "
-                "embedded broker keeps every record in memory, so this includes the records of "
-                "the suites before",
+                "embedded broker keeps every record in memory until its topic is deleted, and "
+                "the run deletes every topic after each suite",
             )
         )
     if "bench" in watched:
@@ -132,6 +149,9 @@ def render(figures: list[Figure], info: dict[str, Any], args: argparse.Namespace
     if info.get("failed_suites"):
         lines += ["", "**Suites that failed in this run** (their figures are missing):", ""]
         lines += [f"- {failure}" for failure in info["failed_suites"]]
+    if info.get("warnings"):
+        lines += ["", "**Warnings of this run:**", ""]
+        lines += [f"- {warning}" for warning in info["warnings"]]
     notes = [f for f in figures if f.notes]
     if notes:
         lines += ["", "Notes:", ""]
@@ -191,6 +211,14 @@ async def main(args: argparse.Namespace) -> int:
             except Exception as exc:  # one broken suite must not lose the others' figures
                 console.print_exception()
                 info.setdefault("failed_suites", []).append(f"{key}: {type(exc).__name__}: {exc}")
+            try:
+                await drop_topics(broker.bootstrap)
+            except Exception:  # the next suites then run on a fuller broker: say so, go on
+                console.print_exception()
+                info.setdefault("warnings", []).append(
+                    f"the topics of {key} were not deleted: the suites after it ran on a "
+                    "broker still holding its records"
+                )
     finally:
         broker.stop()
     if args.write:
