@@ -92,35 +92,32 @@ def watch_peaks(key: str, ctx: BenchContext) -> dict[str, int]:
 
 def peak_figures(key: str, watched: dict[str, int]) -> list[Figure]:
     """Peak RSS over the whole suite (warm-up included) of the processes `watch_peaks` gave."""
-    figures = []
-    if "broker" in watched:
-        figures.append(
-            Figure(
-                name=f"rss.broker.{key}",
-                label=f"embedded broker peak RSS ({key})",
-                unit="MiB",
-                runs=[peak_rss_mib(watched["broker"])],
-                higher_is_better=False,
-                notes="VmHWM of the broker process from the suite's start to its end (reset "
-                "through /proc/PID/clear_refs), one value for all the suite's runs; the "
-                "embedded broker keeps every record in memory until its topic is deleted, and "
-                "the run deletes every topic after each suite",
-            )
+    described = {
+        "broker": (
+            f"embedded broker peak RSS ({key})",
+            "VmHWM of the broker process from the suite's start to its end (reset through "
+            "/proc/PID/clear_refs), one value for all the suite's runs; the embedded broker "
+            "keeps every record in memory until its topic is deleted, and the run deletes "
+            "every topic after each suite",
+        ),
+        "bench": (
+            f"benchmark process peak RSS, {IN_PROCESS.get(key)} in it ({key})",
+            "VmHWM of this benchmark process over the suite (all runs): the "
+            f"{IN_PROCESS.get(key)} under test, its store's client and the records the suite "
+            "pre-produced and checks against",
+        ),
+    }
+    return [
+        Figure(
+            name=f"rss.{name}.{key}",
+            label=described[name][0],
+            unit="MiB",
+            runs=[peak_rss_mib(pid)],
+            higher_is_better=False,
+            notes=described[name][1],
         )
-    if "bench" in watched:
-        figures.append(
-            Figure(
-                name=f"rss.bench.{key}",
-                label=f"benchmark process peak RSS, {IN_PROCESS[key]} in it ({key})",
-                unit="MiB",
-                runs=[peak_rss_mib(watched["bench"])],
-                higher_is_better=False,
-                notes="VmHWM of this benchmark process over the suite (all runs): the "
-                f"{IN_PROCESS[key]} under test, its store's client and the records the suite "
-                "pre-produced and checks against",
-            )
-        )
-    return figures
+        for name, pid in watched.items()
+    ]
 
 
 def render(figures: list[Figure], info: dict[str, Any], args: argparse.Namespace) -> str:
