@@ -142,6 +142,7 @@ def sealed_for_gateway(
     *,
     conversation_id: str,
     message_type: MessageType,
+    plaintext: bytes | None = None,
 ) -> SealedEnvelope:
     gateway_key = h.gw.keyring.orgs[h.settings.gateway_org_id].current_hpke
     header = EnvelopeHeader(
@@ -157,7 +158,8 @@ def sealed_for_gateway(
         signer_key_id=keys.current_signing.key_id,
         created_at=utcnow(),
     )
-    return seal(orjson.dumps(bundle), header, gateway_key.public(), keys.current_signing)
+    body = orjson.dumps(bundle) if plaintext is None else plaintext
+    return seal(body, header, gateway_key.public(), keys.current_signing)
 
 
 async def test_sealed_submission(harness: Harness) -> None:

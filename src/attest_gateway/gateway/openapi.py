@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from attest_gateway.gateway.errors import GatewayError, problem_for
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import MessageType
-from attest_gateway.schemas.medcom import BUNDLE_ERROR_CODES
+from attest_gateway.schemas.medcom import ATTACHMENT_ERROR_CODES, BUNDLE_ERROR_CODES
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -88,6 +88,16 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Unprocessable content",
         "the receiver has no usable encryption key",
     ),
+    "patient-mismatch": (
+        422,
+        "Unprocessable content",
+        "the reply's Patient is not the citizen the request is about",
+    ),
+    "conversation-mismatch": (
+        422,
+        "Unprocessable content",
+        "the reply's Communication.identifier is not the request's conversation",
+    ),
     "receiver-mismatch": (
         422,
         "Unprocessable content",
@@ -145,6 +155,12 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
 # Bundle errors from the MedCom parser (schemas/medcom.py) answer 422 with their own code.
 for _code in sorted(BUNDLE_ERROR_CODES - {"invalid-bundle"}):
     ERROR_CATALOGUE[_code] = (422, "Unprocessable content", "the Bundle breaks a MedCom rule")
+for _code in sorted(ATTACHMENT_ERROR_CODES):
+    ERROR_CATALOGUE[_code] = (
+        422,
+        "Unprocessable content",
+        "an attachment must be inline data of a MedCom MIME type (PDF, GIF, JPEG, PNG, TIFF, BMP)",
+    )
 
 _IDENTIFIER_CODES = [
     "invalid-request",
@@ -206,12 +222,19 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "open-failed",
         "unsupported-suite",
         "receiver-mismatch",
+        "patient-mismatch",
+        "conversation-mismatch",
+        *sorted(ATTACHMENT_ERROR_CODES),
         "unsupported-message",
         "empty-reply",
         "receiver-has-no-key",
         "outbox-full",
     ],
-    ("post", "/jobcenter/v1/contacts"): ["invalid-request", "invalid-contact-date"],
+    ("post", "/jobcenter/v1/contacts"): [
+        "invalid-request",
+        "invalid-contact-date",
+        "idempotency-key-reused",
+    ],
     ("get", "/ministry/v1/report"): ["invalid-request", "invalid-period"],
     ("get", "/ministry/v1/durations"): ["invalid-request", "invalid-period", "unknown-metric"],
     ("get", "/ministry/v1/deadlines"): ["invalid-request", "invalid-period"],

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Annotated, Any, Final, Literal, TypeVar
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -456,6 +457,7 @@ BUNDLE_ERROR_CODES: Final = frozenset(
         "missing-patient",
         "missing-response",
         "missing-operation-outcome",
+        "too-deeply-nested",
     }
 )
 
@@ -497,9 +499,37 @@ def _describe(exc: ValidationError) -> str:
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
+MAX_JSON_DEPTH: Final = 64
+"""The deepest nesting of objects and arrays a message may have. A MedCom message nests about
+a dozen levels (Bundle → entry → resource → extension → extension → value → coding); the
+limit leaves room for that and stops a hostile document long before a JSON encoder's or a
+validator's own recursion limit (orjson's is 254)."""
+
+
+def json_depth_exceeds(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether decoded JSON nests objects and arrays more than `limit` levels deep.
+    Iterative, so that the check itself cannot hit Python's recursion limit."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
 
 def parse_bundle(data: object) -> Bundle:
     """Validate a FHIR message Bundle (decoded JSON) and the MedCom rules; raise BundleError."""
+    if json_depth_exceeds(data):
+        raise BundleError(
+            "too-deeply-nested", f"the Bundle nests more than {MAX_JSON_DEPTH} levels deep"
+        )
     try:
         bundle = Bundle.model_validate(data)
     except ValidationError as exc:
@@ -509,13 +539,13 @@ def parse_bundle(data: object) -> Bundle:
 
 
 def parse_bundle_json(raw: str | bytes) -> Bundle:
-    """Like :func:`parse_bundle`, from JSON text."""
+    """Like :func:`parse_bundle`, from JSON text (decoded first, so that the depth limit
+    holds for both)."""
     try:
-        bundle = Bundle.model_validate_json(raw)
-    except ValidationError as exc:
-        raise BundleError("invalid-bundle", _describe(exc)) from exc
-    check_medcom_rules(bundle)
-    return bundle
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BundleError("invalid-bundle", "<root>: json_invalid") from exc
+    return parse_bundle(data)
 
 
 def check_medcom_rules(bundle: Bundle) -> None:
@@ -755,6 +785,67 @@ def read_message(bundle: Bundle) -> MessageInfo:
         issues=issues,
         diagnostics=diagnostics,
     )
+
+
+ATTACHMENT_MIME_TYPES: Final = frozenset(
+    {"application/pdf", "image/gif", "image/jpeg", "image/png", "image/tiff", "image/bmp"}
+)
+"""MedCom's attachment MIME types (ValueSet medcom-core-attachmentMimeTypes 1.8.1, bound
+`required` to CareCommunication's attachment contentType)."""
+
+# How each allowed type's content begins. A PDF reader accepts "%PDF-" within the first
+# kilobyte; the image formats start with their signature.
+_SIGNATURES: Final[dict[str, tuple[bytes, ...]]] = {
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/tiff": (b"II*\x00", b"MM\x00*"),
+    "image/bmp": (b"BM",),
+}
+_PDF_MARKER: Final = b"%PDF-"
+_PDF_MARKER_WITHIN: Final = 1024
+
+ATTACHMENT_ERROR_CODES: Final = frozenset(
+    {"unsupported-attachment-type", "attachment-without-data", "attachment-content-mismatch"}
+)
+
+
+def _content_matches(content_type: str, data: bytes) -> bool:
+    if content_type == "application/pdf":
+        return _PDF_MARKER in data[:_PDF_MARKER_WITHIN]
+    return data.startswith(_SIGNATURES[content_type])
+
+
+def check_attachments(bundle: Bundle) -> None:
+    """Every attachment of the message's Communication is inline data of a MedCom MIME type
+    (:data:`ATTACHMENT_MIME_TYPES`) whose content is of that type; raise BundleError.
+
+    The receiving side of the gateway (a job centre's case system) shows what it gets: a
+    document labelled as something else, or of a type MedCom does not allow (HTML, say), is
+    refused here. Attachments by URL are refused too: the job centre cannot reach a URL on
+    the health network, and the gateway does not fetch on its behalf."""
+    communication = _communication(bundle, bundle.message_header)
+    payloads = communication.payload if communication is not None else []
+    for index, item in enumerate(payloads):
+        att = item.contentAttachment
+        if att is None:
+            continue
+        where = f"Communication.payload[{index}].contentAttachment"
+        content_type = (att.contentType or "").strip().lower()
+        if content_type not in ATTACHMENT_MIME_TYPES:
+            raise BundleError(
+                "unsupported-attachment-type",
+                f"{where}.contentType is not one of MedCom's attachment types "
+                f"({', '.join(sorted(ATTACHMENT_MIME_TYPES))})",
+            )
+        if att.data is None:
+            raise BundleError(
+                "attachment-without-data", f"{where} has no data: send the document inline"
+            )
+        if not _content_matches(content_type, _b64decode(att.data)):
+            raise BundleError(
+                "attachment-content-mismatch", f"{where}.data is not of its contentType"
+            )
 
 
 def message_id_from_reference(reference: str | None) -> str | None:

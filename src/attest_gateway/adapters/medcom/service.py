@@ -10,6 +10,7 @@ centre and hands it to Kafka through the outbox.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.gateway import audit, directory
+from attest_gateway.gateway import audit, directory, pseudonyms
 from attest_gateway.gateway.crypto import open_envelope, utcnow, verify
 from attest_gateway.gateway.directory import Organisation
 from attest_gateway.gateway.errors import (
@@ -43,10 +44,17 @@ from attest_gateway.gateway.messaging import (
 )
 from attest_gateway.gateway.runtime import Gateway
 from attest_gateway.gateway.store.db import aware
-from attest_gateway.gateway.store.tables import inbound_messages, mailbox, sent_messages
+from attest_gateway.gateway.store.tables import inbound_messages, mailbox, outbox, sent_messages
 from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage
-from attest_gateway.schemas.medcom import BundleError, MessageInfo, parse_bundle, read_message
+from attest_gateway.schemas.medcom import (
+    Bundle,
+    BundleError,
+    MessageInfo,
+    check_attachments,
+    parse_bundle,
+    read_message,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -282,10 +290,15 @@ async def submit_message(
                 # Not a resend of that message: a different one reusing its id.
                 raise Conflict("replayed-message-id", "that message id belongs to another message")
             return orjson.loads(row.response), False
+        if await _carried_before(conn, info.message_id):
+            # The delivery consumer would refuse it as a replay after the 202: say so now.
+            raise Conflict("replayed-message-id", "that message id belongs to another message")
         if info.kind == "acknowledgement":
             conv, message_type = await _accept_ack(gw, conn, org, info, bundle_json=data, now=now)
         elif info.kind == "attest-reply":
-            conv, message_type = await _accept_reply(gw, conn, org, info, bundle_json=data, now=now)
+            conv, message_type = await _accept_reply(
+                gw, conn, org, info, bundle=bundle, bundle_json=data, now=now
+            )
         else:
             raise Unprocessable(
                 "unsupported-message", "only acknowledgements and attest replies can be sent"
@@ -312,6 +325,19 @@ async def submit_message(
     gw.relay.wake()
     log.info("medcom.message_accepted", message_type=message_type.value, conversation_id=conv.id)
     return answer, True
+
+
+async def _carried_before(conn: AsyncConnection, message_id: str) -> bool:
+    """Whether the gateway already carries a message under this id that did not come in
+    through this API: one it sent (a request, reminder or acknowledgement), or one waiting
+    in or collected from a mailbox. A message id names one message for good."""
+    known = sa.union_all(
+        *(
+            sa.select(sa.literal(1)).where(column == message_id)
+            for column in (sent_messages.c.message_id, mailbox.c.message_id, outbox.c.message_id)
+        )
+    )
+    return (await conn.execute(sa.select(sa.exists(known)))).scalar_one()
 
 
 async def _target_conversation(
@@ -419,12 +445,24 @@ async def _reminder_to(
     return await load_conversation(conn, row.conversation_id) if row is not None else None
 
 
+def _check_same_citizen(gw: Gateway, conv: Conversation, info: MessageInfo) -> None:
+    """The reply's Patient must be the request's citizen: the case ref of its CPR number is
+    the conversation's. The job centre's inbox carries no CPR number, so a caseworker could
+    not notice an attest about someone else."""
+    given = pseudonyms.case_ref(info.cpr, gw.pseudonym_key) if info.cpr else ""
+    if not hmac.compare_digest(given.encode("ascii"), conv.case_ref.encode("ascii")):
+        raise Unprocessable(
+            "patient-mismatch", "the reply's Patient is not the citizen the request is about"
+        )
+
+
 async def _accept_reply(
     gw: Gateway,
     conn: AsyncConnection,
     org: Organisation,
     info: MessageInfo,
     *,
+    bundle: Bundle,
     bundle_json: object,
     now: dt.datetime,
 ) -> tuple[Conversation, MessageType]:
@@ -438,6 +476,16 @@ async def _accept_reply(
         raise Unprocessable(
             "receiver-mismatch", "the reply is not addressed to the requesting job centre"
         )
+    if info.conversation_id != conv.id:
+        raise Unprocessable(
+            "conversation-mismatch",
+            "the reply's Communication.identifier is not the request's conversation",
+        )
+    _check_same_citizen(gw, conv, info)
+    try:
+        check_attachments(bundle)
+    except BundleError as exc:
+        raise Unprocessable(exc.code, exc.detail) from exc
     if not info.texts and not info.attachments:
         raise Unprocessable("empty-reply", "an attest reply needs text or a PDF attachment")
     await _forward(
