@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.gateway import directory, pseudonyms
 from attest_gateway.gateway.crypto import utcnow
@@ -52,6 +53,19 @@ class ContactAccepted(BaseModel):
     psychiatry: Annotated[str, Field(description="the psychiatry unit's name")]
 
 
+async def _same_contact(conn: AsyncConnection, row: Any, body: ContactIn, ref: str) -> bool:
+    """Whether a stored registration is the one `body` asks for (a retry), field by field."""
+    if (row.case_ref, row.case_kind, row.channel) != (ref, body.case_kind.value, body.channel):
+        return False
+    if (row.first_day_of_absence, row.contact_date) != (
+        body.first_day_of_absence,
+        body.contact_date,
+    ):
+        return False
+    psychiatry = await directory.org_by_id(conn, row.psychiatry_org)
+    return psychiatry is not None and psychiatry.sor == body.psychiatry_sor
+
+
 async def register_contact(
     gw: Gateway, org: Organisation, body: ContactIn, *, idempotency_key: str | None
 ) -> tuple[ContactAccepted, bool]:
@@ -75,7 +89,7 @@ async def register_contact(
                 )
             ).first()
             if row is not None:
-                if row.case_ref != ref or row.contact_date != body.contact_date:
+                if not await _same_contact(conn, row, body, ref):
                     raise Conflict(
                         "idempotency-key-reused",
                         "this Idempotency-Key was used with a different contact",
