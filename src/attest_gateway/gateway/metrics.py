@@ -115,6 +115,11 @@ VERIFICATION_FAILURES = Counter(
     "Envelopes refused by a signature, key or sealing check (where: api or kafka)",
     ["where", "reason"],
 )
+INBOX_UNREADABLE = Counter(
+    "attest_gateway_inbox_unreadable",
+    "Job-centre replies the gateway could not open or read (counted when first marked)",
+    ["reason"],
+)
 DB_STATEMENTS = Counter(
     "attest_gateway_db_statements",
     "SQL statements this process sent to the database (an executemany counts once)",
@@ -161,6 +166,14 @@ def observe_problem(error: GatewayError) -> None:
     HTTP_PROBLEMS.labels(error.code, str(error.status)).inc()
     if isinstance(error, EnvelopeRejected) or error.code in VERIFICATION_CODES:
         VERIFICATION_FAILURES.labels("api", error.code).inc()
+
+
+def unreadable_reply(reason: str) -> None:
+    """A job centre's reply newly marked unreadable; a failed key or sealing check is also
+    a verification failure."""
+    INBOX_UNREADABLE.labels(reason).inc()
+    if reason in VERIFICATION_CODES:
+        VERIFICATION_FAILURES.labels("inbox", reason).inc()
 
 
 def produced(topics: Iterable[str]) -> None:

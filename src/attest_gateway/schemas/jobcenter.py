@@ -109,5 +109,21 @@ class InboxItem(_Contract):
     attachments: list[AttachmentOut]
 
 
+class UnreadableReply(_Contract):
+    """A reply that arrived but that the gateway cannot open or read for the job centre
+    (e.g. its custodial key is missing): named so that it is not silently missing, and
+    handed out again, readable, once the cause is mended. No content, only metadata."""
+
+    message_id: str
+    conversation_id: str
+    caseworker_ref: str
+    received_at: dt.datetime
+    code: Annotated[str, Field(description="why it cannot be read: a stable error code")]
+
+
 class Inbox(_Contract):
     items: list[InboxItem]
+    unreadable: list[UnreadableReply] = Field(
+        default_factory=list,
+        description="replies that cannot be read now; the readable ones always come first",
+    )

@@ -12,16 +12,23 @@ import uuid
 from typing import Any
 
 import orjson
+import pydantic
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.adapters.jobcenter.translate import inbox_item, request_bundle
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement
-from attest_gateway.gateway import audit, directory, pseudonyms
+from attest_gateway.gateway import audit, directory, metrics, pseudonyms
 from attest_gateway.gateway.crypto import fingerprint, open_envelope, utcnow
 from attest_gateway.gateway.directory import HEALTH_ROLES, Organisation
-from attest_gateway.gateway.errors import Conflict, Forbidden, NotFound, Unprocessable
+from attest_gateway.gateway.errors import (
+    Conflict,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    Unprocessable,
+)
 from attest_gateway.gateway.messaging import (
     Conversation,
     StageRecord,
@@ -51,8 +58,15 @@ from attest_gateway.schemas.jobcenter import (
     InboxItem,
     OrganisationSummary,
     TimelineEntry,
+    UnreadableReply,
 )
-from attest_gateway.schemas.medcom import Bundle, OrgIdentifiers, parse_bundle, read_message
+from attest_gateway.schemas.medcom import (
+    Bundle,
+    BundleError,
+    OrgIdentifiers,
+    parse_bundle,
+    read_message,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -282,28 +296,43 @@ async def conversation_status(gw: Gateway, org: Organisation, cid: str) -> Conve
 
 async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str) -> Inbox:
     """The attest replies waiting for this job centre, opened with its custodial key. The
-    opening and the handing out are audit entries, in the same transaction."""
+    opening and the handing out are audit entries, in the same transaction.
+
+    A reply that cannot be opened or read does not fail the read: it is marked unreadable
+    (with its error code, in the same transaction), named in `unreadable`, and offered after
+    every readable one, so that it never holds the others back. Each read tries it again: once
+    the cause is mended (the custodial key loaded, say) it is handed out like any other."""
     now = utcnow()
     items: list[InboxItem] = []
+    unreadable: list[UnreadableReply] = []
     reads: list[audit.AuditEvent] = []
+    marks: dict[str, str | None] = {}  # message id → new unreadable reason (None: readable)
+    fetched: list[Any] = []
     async with gw.engine.begin() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(mailbox)
-                .where(
-                    mailbox.c.receiver_org_id == org.id,
-                    mailbox.c.message_type == MessageType.ATTEST_REPLY.value,
-                    mailbox.c.collected_at.is_(None),
-                )
-                .order_by(mailbox.c.delivered_at, mailbox.c.message_id)
-                .limit(limit)
-            )
-        ).all()
+        rows = await _waiting_replies(conn, org, limit)
         convs = await conversations_by_id(conn, [r.conversation_id for r in rows])
         for row in rows:
             conv = convs[row.conversation_id]
-            bundle, opened = _open_bundle(gw, org, row, source=source, at=now, reason="inbox")
-            info = read_message(bundle)
+            try:
+                bundle, opened = _open_bundle(gw, org, row, source=source, at=now, reason="inbox")
+                info = read_message(bundle)
+            except (GatewayError, ValueError) as exc:
+                code = _unreadable_code(exc)
+                if row.unreadable_reason != code:
+                    marks[row.message_id] = code
+                unreadable.append(
+                    UnreadableReply(
+                        message_id=row.message_id,
+                        conversation_id=conv.id,
+                        caseworker_ref=conv.caseworker_ref,
+                        received_at=aware(row.delivered_at),
+                        code=code,
+                    )
+                )
+                continue
+            if row.unreadable_at is not None:
+                marks[row.message_id] = None
+            fetched.append(row)
             reads += [
                 opened,
                 audit.AuditEvent(
@@ -325,8 +354,16 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str)
                     received_at=aware(row.delivered_at),
                 )
             )
+        for message_id, reason in marks.items():
+            await conn.execute(
+                mailbox.update()
+                .where(mailbox.c.message_id == message_id)
+                .values(unreadable_at=now if reason else None, unreadable_reason=reason)
+            )
         # A reply's first fetch is its conversation's `reply_fetched` stage (whole read at once).
-        first = await mark_fetched(conn, [r.message_id for r in rows if r.fetched_at is None], now)
+        first = await mark_fetched(
+            conn, [r.message_id for r in fetched if r.fetched_at is None], now
+        )
         await record_stages(
             conn,
             gw.topics,
@@ -338,13 +375,49 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str)
                     MessageType.ATTEST_REPLY,
                     now,
                 )
-                for r in rows
+                for r in fetched
                 if r.message_id in first
             ],
         )
         await audit.record_many(conn, gw.topics, reads)  # last: it holds the chain's lock
-    log.info("jobcenter.inbox_read", count=len(items))
-    return Inbox(items=items)
+    for message_id, reason in marks.items():
+        if reason is not None:
+            metrics.unreadable_reply(reason)
+            log.warning("jobcenter.reply_unreadable", message_id=message_id, code=reason)
+    log.info("jobcenter.inbox_read", count=len(items), unreadable=len(unreadable))
+    return Inbox(items=items, unreadable=unreadable)
+
+
+async def _waiting_replies(conn: AsyncConnection, org: Organisation, limit: int) -> list[Any]:
+    """Up to `limit` replies waiting for `org`, oldest first: the readable ones, then those
+    marked unreadable."""
+    waiting = sa.select(mailbox).where(
+        mailbox.c.receiver_org_id == org.id,
+        mailbox.c.message_type == MessageType.ATTEST_REPLY.value,
+        mailbox.c.collected_at.is_(None),
+    )
+    order = (mailbox.c.delivered_at, mailbox.c.message_id)
+    rows = list(
+        await conn.execute(
+            waiting.where(mailbox.c.unreadable_at.is_(None)).order_by(*order).limit(limit)
+        )
+    )
+    if len(rows) < limit:
+        rows += await conn.execute(
+            waiting.where(mailbox.c.unreadable_at.is_not(None))
+            .order_by(*order)
+            .limit(limit - len(rows))
+        )
+    return rows
+
+
+def _unreadable_code(exc: Exception) -> str:
+    """The stable code of why a stored reply cannot be opened or read."""
+    if isinstance(exc, GatewayError | BundleError):
+        return exc.code
+    if isinstance(exc, pydantic.ValidationError):
+        return "invalid-envelope"
+    return "invalid-bundle"  # the opened plaintext is not JSON
 
 
 def _open_bundle(

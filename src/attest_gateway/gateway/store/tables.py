@@ -140,6 +140,10 @@ mailbox = sa.Table(
     sa.Column("delivered_at", Timestamp, nullable=False),
     sa.Column("fetched_at", Timestamp, nullable=True),
     sa.Column("collected_at", Timestamp, nullable=True),
+    # set when the gateway could not open a job centre's reply (migration 0013): the inbox
+    # hands out the readable ones first and names this one, with the error code
+    sa.Column("unreadable_at", Timestamp, nullable=True),
+    sa.Column("unreadable_reason", sa.String(64), nullable=True),
     sa.Index(None, "receiver_org_id", "collected_at", "delivered_at"),
 )
 
