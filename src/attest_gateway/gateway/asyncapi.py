@@ -1,7 +1,8 @@
 """The AsyncAPI 3 document of the gateway's Kafka topics, generated from the code.
 
 Payload schemas come from the pydantic models (`SealedEnvelope` in schemas/envelope.py,
-`StageEvent` in schemas/events.py); record headers come from `HEADERS` below, which a test
+`StageEvent` in schemas/events.py, `ContactEvent` in gateway/tracker/events.py); record
+headers come from `HEADERS` below, which a test
 holds against the records the gateway really writes (every header of every record on every
 topic after a full round trip must validate against these schemas, and so must every value).
 Topic addresses carry the configured prefix. The document is served at `/asyncapi.json`;
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 from attest_gateway import __version__
 from attest_gateway.gateway.bus import AUDIT, DEAD_LETTER, MEDCOM_MESSAGES, TRACKING
 from attest_gateway.gateway.config import Settings
+from attest_gateway.gateway.tracker.events import ContactEvent
 from attest_gateway.schemas.audit import AuditEntry
 from attest_gateway.schemas.envelope import CONTENT_TYPE, SealedEnvelope
 from attest_gateway.schemas.events import MessageType, StageEvent
@@ -49,6 +51,11 @@ HEADERS: dict[str, dict[str, dict[str, Any]]] = {
         "schema-version": _string("version of the stage event", const="1"),
         "message-type": _string("always `stage`", const="stage"),
         "conversation-id": _string("the conversation; also the record key"),
+    },
+    "ContactEvent": {
+        "content-type": _string("media type of the value", const="application/json"),
+        "schema-version": _string("version of the contact event", const="1"),
+        "message-type": _string("always `contact`", const="contact"),
     },
     "AuditEntry": {
         "content-type": _string("media type of the value", const="application/json"),
@@ -118,6 +125,7 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
     envelope_ref = _model_schema(SealedEnvelope, schemas)
     stage_ref = _model_schema(StageEvent, schemas)
     audit_ref = _model_schema(AuditEntry, schemas)
+    contact_ref = _model_schema(ContactEvent, schemas)
     messages = {
         "SealedEnvelope": {
             "name": "SealedEnvelope",
@@ -139,6 +147,16 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
             "headers": headers_schema("StageEvent"),
             "payload": stage_ref,
             "bindings": _kafka_key("the conversation id"),
+        },
+        "ContactEvent": {
+            "name": "ContactEvent",
+            "title": "A direct contact between a job centre and psychiatry",
+            "summary": "Registered by a job centre (POST /jobcenter/v1/contacts): counts for "
+            "contact coverage. Metadata only: the citizen is known by case_ref.",
+            "contentType": "application/json",
+            "headers": headers_schema("ContactEvent"),
+            "payload": contact_ref,
+            "bindings": _kafka_key("the citizen's case ref"),
         },
         "AuditEntry": {
             "name": "AuditEntry",
@@ -207,7 +225,12 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
             "medcomMessages": channel(
                 medcom, "Sealed MedCom messages on their way to a mailbox.", "SealedEnvelope"
             ),
-            "tracking": channel(tracking, "Stage events for the tracker.", "StageEvent"),
+            "tracking": channel(
+                tracking,
+                "Stage events and registered contacts for the tracker.",
+                "StageEvent",
+                "ContactEvent",
+            ),
             "deadLetter": channel(dead_letter, "Records no consumer could process.", "DeadLetter"),
             "audit": channel(
                 audit,
@@ -241,9 +264,19 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
             "trackStageEvent": {
                 "action": "receive",
                 "channel": {"$ref": "#/channels/tracking"},
-                "summary": "The tracker keeps each conversation's timeline.",
+                "summary": "The tracker keeps each conversation's timeline and each "
+                "citizen's contacts.",
                 "bindings": _group(settings, "tracker"),
-                "messages": [{"$ref": "#/channels/tracking/messages/StageEvent"}],
+                "messages": [
+                    {"$ref": "#/channels/tracking/messages/StageEvent"},
+                    {"$ref": "#/channels/tracking/messages/ContactEvent"},
+                ],
+            },
+            "publishContactEvent": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/tracking"},
+                "summary": "The outbox relay publishes each contact a job centre registers.",
+                "messages": [{"$ref": "#/channels/tracking/messages/ContactEvent"}],
             },
             "publishAuditEntry": {
                 "action": "send",
