@@ -7,16 +7,20 @@ import io
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import structlog
+from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from attest_gateway.gateway.http import RequestLogMiddleware
 from attest_gateway.gateway.logging import redact_cpr
 from tests.support.leaks import json_logs
 
@@ -303,3 +307,49 @@ async def test_database_errors_are_logged_without_their_text(json_log: io.String
 
 async def _raise(error: BaseException) -> None:
     raise error
+
+
+# --- the correlation id -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("6f1c2a8e-3b7d-4c1e-9a0f-2d5e8b7c4a11", True),
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", True),  # W3C traceparent
+        ("case-42:retry.1_A", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("a" * 70_000, False),  # a 70 KB header was copied into every log line
+        ("two words", False),
+        ("tab\there", False),
+        ("line\nbreak", False),
+        ("é", False),
+        ("", False),
+    ],
+)
+async def test_only_a_sane_correlation_id_is_kept(
+    json_log: io.StringIO, given: str, kept: bool
+) -> None:
+    app = FastAPI()
+    app.add_middleware(RequestLogMiddleware)
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        structlog.get_logger("attest.test").info("ping.handled")
+        return {}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        request = client.build_request("GET", "/ping")
+        request.headers["X-Correlation-Id"] = given  # raw, as a client may send it
+        response = await client.send(request)
+    assert response.status_code == 200
+    answered = response.headers["X-Correlation-Id"]
+    handled, logged = _lines(json_log)[:2]
+    assert handled["correlation_id"] == logged["correlation_id"] == answered
+    if kept:
+        assert answered == given
+    else:
+        assert str(uuid.UUID(answered)) == answered
+        assert not given or given not in json_log.getvalue()
