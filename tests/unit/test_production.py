@@ -106,6 +106,17 @@ def test_the_defaults_are_refused_in_production_naming_every_setting() -> None:
         ({"database_url": None}, "DATABASE_URL"),  # SQLite
         ({"database_url": "sqlite+aiosqlite:///gw.db"}, "DATABASE_URL"),
         ({"database_url": "postgresql+asyncpg://a:b@db/attest"}, "DATABASE_URL"),  # no TLS
+        # TLS that does not check the server's certificate, or none
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?ssl=require"}, "DATABASE_URL"),
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?sslmode=require"}, "DATABASE_URL"),
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?ssl=prefer"}, "DATABASE_URL"),
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?ssl=allow"}, "DATABASE_URL"),
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?ssl=disable"}, "DATABASE_URL"),
+        (
+            {"database_url": "postgresql+asyncpg://a:b@db/x?ssl=verify-full&sslmode=require"},
+            "DATABASE_URL",
+        ),
+        ({"database_url": "postgresql+asyncpg://a:b@/attest?host=db.internal"}, "DATABASE_URL"),
         ({"api_tls_certfile": None}, "API_TLS_CERTFILE"),
         ({"api_tls_keyfile": None}, "API_TLS_KEYFILE"),
         ({"pseudonym_key": None}, "PSEUDONYM_KEY"),
@@ -127,6 +138,30 @@ def test_each_unsafe_setting_is_refused_by_name(
 def test_a_unix_socket_database_needs_no_tls(tmp_path: Path) -> None:
     url = "postgresql+asyncpg://attest@/attest?host=/var/run/postgresql"
     assert _problems(_safe(tmp_path, database_url=url)) == []
+
+
+@pytest.mark.parametrize("query", ["ssl=verify-full", "ssl=verify-ca", "ssl=verify-full&x=1"])
+def test_a_database_connection_that_checks_the_certificate_is_accepted(
+    tmp_path: Path, query: str
+) -> None:
+    url = f"postgresql+asyncpg://attest:pw@db.internal/attest?{query}"
+    assert _problems(_safe(tmp_path, database_url=url)) == []
+
+
+def test_tls_without_a_certificate_check_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://attest:pw@db.internal/attest?ssl=require"
+    assert _problems(_safe(tmp_path, database_url=url)) == [
+        "DATABASE_URL asks for ssl=require, which does not check the database server's "
+        "certificate: use ?ssl=verify-full (with PGSSLROOTCERT naming its CA)."
+    ]
+
+
+def test_libpq_sslmode_is_refused_as_asyncpg_does_not_take_it(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://attest:pw@db.internal/attest?sslmode=verify-full"
+    assert _problems(_safe(tmp_path, database_url=url)) == [
+        "DATABASE_URL sets sslmode=, which asyncpg does not take (it fails to connect): use "
+        "?ssl=verify-full (with PGSSLROOTCERT naming the database server's CA)."
+    ]
 
 
 def test_development_and_expired_certificates_are_refused(tmp_path: Path) -> None:

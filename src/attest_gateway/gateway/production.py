@@ -1,10 +1,11 @@
 """Production mode refuses unsafe settings before anything starts.
 
 With `ENVIRONMENT=production` the gateway will not start on the conveniences of the embedded
-setup: the embedded broker, SQLite, plain-text Kafka or HTTP, a database connection without
-TLS, a missing or placeholder pseudonym key or metrics token, development certificates, or
-development keys lying about (demo credentials, clinics' private keys). Each problem is one
-sentence that names the environment variable to change; all of them are reported at once.
+setup: the embedded broker, SQLite, plain-text Kafka or HTTP, a database connection that does
+not check the server's certificate, a missing or placeholder pseudonym key or metrics token,
+development certificates, or development keys lying about (demo credentials, clinics' private
+keys). Each problem is one sentence that names the environment variable to change; all of
+them are reported at once.
 Some settings are allowed but unwise (one Kafka replica, no idempotent producer): those are
 warnings, logged at start.
 
@@ -27,7 +28,9 @@ from attest_gateway.gateway.config import Settings
 
 DEVELOPMENT_MARKER = "development"
 _PLACEHOLDERS = ("change", "example", "placeholder", "secret", "xxx", "todo", "replace")
-_TLS_SSL_MODES = {"require", "verify-ca", "verify-full"}
+#: The libpq/asyncpg modes that check the server's certificate; `require` only encrypts, so a
+#: machine in the middle can pose as the database.
+_VERIFYING_SSL_MODES = {"verify-ca", "verify-full"}
 MIN_SECRET_CHARS = 32
 
 
@@ -111,12 +114,26 @@ def _database_problems(settings: Settings) -> list[str]:
         return ["DATABASE_URL points at SQLite: production needs PostgreSQL "
                 "(postgresql+asyncpg://user:password@host/db?ssl=verify-full)."]  # fmt: skip
     parts = urlsplit(url)
-    query = {k.lower(): v[-1].lower() for k, v in parse_qs(parts.query).items()}
-    mode = query.get("ssl") or query.get("sslmode")
-    unix_socket = not parts.hostname or query.get("host", "").startswith("/")
-    if mode not in _TLS_SSL_MODES and not unix_socket:
+    query = {k.lower(): [v.lower() for v in vs] for k, vs in parse_qs(parts.query).items()}
+    # asyncpg takes `host` from the query over the URL's; a path there is a Unix socket.
+    hosts = query.get("host") or [parts.hostname or ""]
+    if all(not h or h.startswith("/") for h in hosts):
+        return []
+    if parts.scheme.endswith("+asyncpg") and "sslmode" in query:  # libpq's name, not asyncpg's
+        return [
+            "DATABASE_URL sets sslmode=, which asyncpg does not take (it fails to connect): "
+            "use ?ssl=verify-full (with PGSSLROOTCERT naming the database server's CA)."
+        ]
+    modes = [f"{key}={mode}" for key in ("ssl", "sslmode") for mode in query.get(key, [])]
+    if not modes:
         return ["DATABASE_URL does not ask for TLS: add ?ssl=verify-full "
                 "(with PGSSLROOTCERT naming the database server's CA)."]  # fmt: skip
+    weak = [m for m in modes if m.partition("=")[2] not in _VERIFYING_SSL_MODES]
+    if weak:
+        return [
+            f"DATABASE_URL asks for {weak[0]}, which does not check the database server's "
+            "certificate: use ?ssl=verify-full (with PGSSLROOTCERT naming its CA)."
+        ]
     return []
 
 
