@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import random
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
 
 from attest_gateway.gateway.app import create_app
 from attest_gateway.gateway.config import Settings, load_settings
@@ -122,6 +125,13 @@ def test_the_defaults_are_refused_in_production_naming_every_setting() -> None:
         ({"pseudonym_key": None}, "PSEUDONYM_KEY"),
         ({"pseudonym_key": "change-me-change-me-change-me-change-me"}, "PSEUDONYM_KEY"),
         ({"pseudonym_key": "a1b2c3d4e5f6"}, "PSEUDONYM_KEY"),  # too short
+        ({"pseudonym_key": "abcdefgh" * 4}, "PSEUDONYM_KEY"),  # repeats itself
+        ({"pseudonym_key": "Tr0ub4dor&3Tr0ub4dor&3Tr0ub4dor&"}, "PSEUDONYM_KEY"),  # again
+        ({"metrics_token": "0123456789abcdef" * 2}, "METRICS_TOKEN"),
+        ({"metrics_token": "abcdefghijklmnopqrstuvwxyz012345"}, "METRICS_TOKEN"),  # a run
+        ({"metrics_token": "zyxwvutsrqponmlkjihgfedcba987654"}, "METRICS_TOKEN"),
+        ({"pseudonym_key": "aaaaaaaaaaaaaaaaaaaaaaaabcdefghi"}, "PSEUDONYM_KEY"),
+        ({"pseudonym_key": "kkzkkkkkkkktkkpbkqfmkkkhkdkxwkrk"}, "PSEUDONYM_KEY"),  # 73 bits
         ({"metrics_token": None}, "METRICS_TOKEN"),
         ({"kafka_ssl_cafile": Path("/nonexistent/ca.crt")}, "KAFKA_SSL_CAFILE"),
         ({"kafka_ssl_keyfile": Path("/nonexistent/client.key")}, "KAFKA_SSL_KEYFILE"),
@@ -162,6 +172,21 @@ def test_libpq_sslmode_is_refused_as_asyncpg_does_not_take_it(tmp_path: Path) ->
         "DATABASE_URL sets sslmode=, which asyncpg does not take (it fails to connect): use "
         "?ssl=verify-full (with PGSSLROOTCERT naming the database server's CA)."
     ]
+
+
+def test_random_secrets_of_the_usual_kinds_are_accepted(tmp_path: Path) -> None:
+    """`openssl rand -hex 32`, `-hex 16` and `-base64 32` shapes (seeded, so the same each run):
+    none is taken for a guessable one."""
+    rng = random.Random(22)
+    made = [rng.randbytes(32).hex() for _ in range(300)]
+    made += [rng.randbytes(16).hex() for _ in range(300)]
+    made += [base64.b64encode(rng.randbytes(32)).decode() for _ in range(300)]
+    base = _safe(tmp_path)
+    for secret in made:
+        settings = base.model_copy(
+            update={"pseudonym_key": SecretStr(secret), "metrics_token": SecretStr(secret)}
+        )
+        assert not [p for p in _problems(settings) if "is not random" in p], secret
 
 
 def test_development_and_expired_certificates_are_refused(tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 
 With `ENVIRONMENT=production` the gateway will not start on the conveniences of the embedded
 setup: the embedded broker, SQLite, plain-text Kafka or HTTP, a database connection that does
-not check the server's certificate, a missing or placeholder pseudonym key or metrics token,
-development certificates, or development keys lying about (demo credentials, clinics' private
-keys). Each problem is one sentence that names the environment variable to change; all of
-them are reported at once.
+not check the server's certificate, a missing, placeholder or guessable pseudonym key or
+metrics token, development certificates, or development keys lying about (demo credentials,
+clinics' private keys). Each problem is one sentence that names the environment variable to
+change; all of them are reported at once.
 Some settings are allowed but unwise (one Kafka replica, no idempotent producer): those are
 warnings, logged at start.
 
@@ -16,7 +16,10 @@ organisation or organisational unit (the local CA that `make run` makes is marke
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import math
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +35,14 @@ _PLACEHOLDERS = ("change", "example", "placeholder", "secret", "xxx", "todo", "r
 #: machine in the middle can pose as the database.
 _VERIFYING_SSL_MODES = {"verify-ca", "verify-full"}
 MIN_SECRET_CHARS = 32
+#: The least a secret's characters must carry: its length times the Shannon entropy of their
+#: frequencies. 32 random hex characters (`openssl rand -hex 16`) score about 116 bits and fall
+#: under 90 a few times in a million; `openssl rand -hex 32` scores over 200.
+MIN_SECRET_BITS = 90
+#: A secret repeats itself when it equals itself shifted, over at least this many characters
+#: (`abcdefgh` four times, shifted by 8: over 24); a random hex secret does by chance about once
+#: in 16^8.
+MIN_REPEATED_CHARS = 8
 
 
 class UnsafeSettings(Exception):
@@ -62,6 +73,25 @@ def _secret_problem(name: str, value: str | None, what: str) -> str | None:
         return f"{var} looks like a placeholder: set it to a random value (openssl rand -hex 32)."
     if len(value) < MIN_SECRET_CHARS:
         return f"{var} is shorter than {MIN_SECRET_CHARS} characters: use openssl rand -hex 32."
+    flaw = _guessable(value)
+    if flaw:
+        return f"{var} is not random ({flaw}): set it to a random value (openssl rand -hex 32)."
+    return None
+
+
+def _guessable(value: str) -> str | None:
+    """What makes a long enough secret with enough distinct characters guessable anyway: a
+    repeated block, runs (aaaa, abcd, 4321) or a skewed mix of characters."""
+    n = len(value)
+    if any(value[shift:] == value[:-shift] for shift in range(1, n - MIN_REPEATED_CHARS + 1)):
+        return "it repeats itself"
+    steps = sum(abs(ord(a) - ord(b)) <= 1 for a, b in itertools.pairwise(value))
+    if steps * 3 > (n - 1) * 2:  # two neighbouring pairs in three; random hex: 3 in 16
+        return "it runs through neighbouring characters such as aaaa or abcd"
+    counts = Counter(value).values()
+    bits = -sum(c * math.log2(c / n) for c in counts)
+    if bits < MIN_SECRET_BITS:
+        return f"its characters carry {int(bits)} bits, under {MIN_SECRET_BITS}"
     return None
 
 
