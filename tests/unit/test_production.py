@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import random
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,15 @@ from pydantic import SecretStr
 
 from attest_gateway.gateway.app import create_app
 from attest_gateway.gateway.config import Settings, load_settings
+from attest_gateway.gateway.crypto import OrgKeys
 from attest_gateway.gateway.production import (
     UnsafeSettings,
     inspect_settings,
     is_development_certificate,
     refuse_unsafe_settings,
 )
+from attest_gateway.gateway.pseudonyms import pseudonym_key_file
+from attest_gateway.gateway.runtime import custodial_keys_dir
 
 SECRET = "3b9f0c2a7e5d4c1b8a6f9e0d2c4b6a8f"  # 32 random-looking characters
 
@@ -187,6 +191,42 @@ def test_random_secrets_of_the_usual_kinds_are_accepted(tmp_path: Path) -> None:
             update={"pseudonym_key": SecretStr(secret), "metrics_token": SecretStr(secret)}
         )
         assert not [p for p in _problems(settings) if "is not random" in p], secret
+
+
+def _key_files(settings: Settings) -> dict[str, Path]:
+    """The private keys the gateway holds, written as `setup` and `keys` write them."""
+    custodial = custodial_keys_dir(settings)
+    own = custodial / f"{settings.gateway_org_id}.json"
+    OrgKeys.generate(settings.gateway_org_id, settings.hpke_suite).save(own)
+    job_centre = custodial / "jc-koebenhavn.json"
+    OrgKeys.generate("jc-koebenhavn", settings.hpke_suite).save(job_centre)
+    pseudonym = pseudonym_key_file(settings)
+    pseudonym.write_text(SECRET, encoding="ascii")
+    pseudonym.chmod(0o600)
+    return {"own": own, "custodial": job_centre, "pseudonym": pseudonym}
+
+
+def test_private_key_files_as_written_are_accepted(tmp_path: Path) -> None:
+    settings = _safe(tmp_path)
+    files = _key_files(settings)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files.values()} == {0o600}
+    assert _problems(settings) == []
+
+
+@pytest.mark.parametrize("which", ["own", "custodial", "pseudonym"])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o660, 0o666], ids=oct)
+def test_a_private_key_file_others_can_open_is_refused(
+    tmp_path: Path, which: str, mode: int
+) -> None:
+    """The gateway's own key file and a custodial job centre's open every reply sealed to
+    them; the pseudonym key links case refs to CPR numbers. Not even a group may read them."""
+    settings = _safe(tmp_path)
+    path = _key_files(settings)[which]
+    path.chmod(mode)
+    assert _problems(settings) == [
+        f"KEYS_DIR holds the private key file {path} with mode {mode:o}, which users other "
+        f"than its owner can open: chmod 600 {path}."
+    ]
 
 
 def test_development_and_expired_certificates_are_refused(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 With `ENVIRONMENT=production` the gateway will not start on the conveniences of the embedded
 setup: the embedded broker, SQLite, plain-text Kafka or HTTP, a database connection that does
 not check the server's certificate, a missing, placeholder or guessable pseudonym key or
-metrics token, development certificates, or development keys lying about (demo credentials,
-clinics' private keys). Each problem is one sentence that names the environment variable to
-change; all of them are reported at once.
+metrics token, development certificates, private key files that users other than their owner
+can open (the gateway's own and the custodial job centres', which open every reply to them,
+and the pseudonym key), or development keys lying about (demo credentials, clinics' private
+keys). Each problem is one sentence that names the environment variable to change; all of
+them are reported at once.
 Some settings are allowed but unwise (one Kafka replica, no idempotent producer): those are
 warnings, logged at start.
 
@@ -200,6 +202,31 @@ def _api_tls_problems(settings: Settings, now: dt.datetime) -> list[str]:
     return problems
 
 
+def _key_file_problems(settings: Settings) -> list[str]:
+    """The private keys the gateway holds itself: its own and the custodial job centres' key
+    files (whoever reads one opens every reply sealed to that organisation, or signs as the
+    gateway) and the generated pseudonym key (links case refs to CPR numbers). Only their
+    owner may read or write them, not even a group (mode & 0o077 == 0)."""
+    from attest_gateway.gateway.pseudonyms import pseudonym_key_file, staged_key_file
+    from attest_gateway.gateway.runtime import custodial_keys_dir
+
+    custodial = custodial_keys_dir(settings)
+    files = sorted(p for p in custodial.iterdir() if p.is_file()) if custodial.is_dir() else []
+    files += [p for p in (pseudonym_key_file(settings), staged_key_file(settings)) if p.exists()]
+    problems = []
+    for path in files:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:  # gone meanwhile
+            continue
+        if mode & 0o077:
+            problems.append(
+                f"KEYS_DIR holds the private key file {path} with mode {mode:o}, which users "
+                f"other than its owner can open: chmod 600 {path}."
+            )
+    return problems
+
+
 def _development_leftovers(settings: Settings) -> list[str]:
     problems = []
     creds = settings.var_dir / "demo-credentials.json"
@@ -232,6 +259,7 @@ def inspect_settings(settings: Settings, *, now: dt.datetime | None = None) -> F
         problem = _secret_problem(name, value, what)
         if problem:
             findings.problems.append(problem)
+    findings.problems += _key_file_problems(settings)
     findings.problems += _development_leftovers(settings)
     if settings.kafka_replication_factor < 3:
         findings.warnings.append(
