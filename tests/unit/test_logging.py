@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import httpx
 import pytest
+import sqlalchemy as sa
 import structlog
+from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from attest_gateway.gateway.http import RequestLogMiddleware
 from attest_gateway.gateway.logging import redact_cpr
 from tests.support.leaks import json_logs
 
@@ -234,3 +241,115 @@ def test_calls_below_the_level_are_dropped_before_the_processors() -> None:
         structlog.get_logger("attest.test").debug("tracker.applied", stage="fetched")
     (line,) = _lines(buffer)
     assert (line["event"], line["level"], line["stage"]) == ("tracker.applied", "debug", "fetched")
+
+
+# --- database errors ----------------------------------------------------------------------------
+
+PARAM = "sag-param-marker-7c1e"  # a statement parameter: a caseworker_ref, a case ref …
+
+
+async def _database_error() -> sa.exc.DBAPIError:
+    """A real constraint violation, from an engine made without `hide_parameters` (as any
+    engine not made by store.db would be): its text holds the parameter."""
+    engine = create_async_engine("sqlite+aiosqlite://")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE probe (ref TEXT PRIMARY KEY)"))
+            insert = sa.text("INSERT INTO probe VALUES (:ref)")
+            await conn.execute(insert, {"ref": f"{PARAM} {CPR}"})
+            with pytest.raises(sa.exc.DBAPIError) as caught:
+                await conn.execute(insert, {"ref": f"{PARAM} {CPR}"})
+    finally:
+        await engine.dispose()
+    assert PARAM in str(caught.value)
+    return caught.value
+
+
+async def test_database_errors_are_logged_without_their_text(json_log: io.StringIO) -> None:
+    error = await _database_error()
+    log = structlog.get_logger("attest.test")
+    std = logging.getLogger("attest.stdlib")
+    try:
+        raise error
+    except sa.exc.DBAPIError:
+        log.exception("http.unhandled_error")
+        std.exception("Exception in ASGI application")  # uvicorn's way
+    try:
+        try:
+            raise error
+        except sa.exc.DBAPIError as exc:
+            raise RuntimeError("database-unavailable: IntegrityError") from exc
+    except RuntimeError:
+        log.exception("consumer.handler_crashed")
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(_raise(error))
+    except ExceptionGroup:
+        log.exception("gateway.stop_failed")
+    log.warning("consumer.batch_failed", error=error)
+
+    text = json_log.getvalue()
+    assert PARAM not in text
+    crashed, asgi, wrapped, group, batch = _lines(json_log)
+    for line in (crashed, asgi, wrapped, group):
+        assert "Traceback (most recent call last)" in line["exception"]
+        assert (
+            "IntegrityError (from sqlite3.IntegrityError, SQLite SQLITE_CONSTRAINT"
+            in (line["exception"])
+        )
+        assert "[SQL: INSERT INTO probe VALUES (?)]" in line["exception"]
+    assert "RuntimeError: database-unavailable: IntegrityError" in wrapped["exception"]
+    assert "direct cause" in wrapped["exception"]
+    assert "ExceptionGroup: unhandled errors in a TaskGroup" in group["exception"]
+    assert batch["error"].startswith("sqlalchemy.exc.IntegrityError (")
+    assert batch["error"].endswith("the database's message and parameters are not logged")
+
+
+async def _raise(error: BaseException) -> None:
+    raise error
+
+
+# --- the correlation id -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("6f1c2a8e-3b7d-4c1e-9a0f-2d5e8b7c4a11", True),
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", True),  # W3C traceparent
+        ("case-42:retry.1_A", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("a" * 70_000, False),  # a 70 KB header was copied into every log line
+        ("two words", False),
+        ("tab\there", False),
+        ("line\nbreak", False),
+        ("é", False),
+        ("", False),
+    ],
+)
+async def test_only_a_sane_correlation_id_is_kept(
+    json_log: io.StringIO, given: str, kept: bool
+) -> None:
+    app = FastAPI()
+    app.add_middleware(RequestLogMiddleware)
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        structlog.get_logger("attest.test").info("ping.handled")
+        return {}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        request = client.build_request("GET", "/ping")
+        request.headers["X-Correlation-Id"] = given  # raw, as a client may send it
+        response = await client.send(request)
+    assert response.status_code == 200
+    answered = response.headers["X-Correlation-Id"]
+    handled, logged = _lines(json_log)[:2]
+    assert handled["correlation_id"] == logged["correlation_id"] == answered
+    if kept:
+        assert answered == given
+    else:
+        assert str(uuid.UUID(answered)) == answered
+        assert not given or given not in json_log.getvalue()

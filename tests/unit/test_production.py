@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import random
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,15 +15,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
 
 from attest_gateway.gateway.app import create_app
 from attest_gateway.gateway.config import Settings, load_settings
+from attest_gateway.gateway.crypto import OrgKeys
 from attest_gateway.gateway.production import (
     UnsafeSettings,
     inspect_settings,
     is_development_certificate,
     refuse_unsafe_settings,
 )
+from attest_gateway.gateway.pseudonyms import pseudonym_key_file
+from attest_gateway.gateway.runtime import custodial_keys_dir
 
 SECRET = "3b9f0c2a7e5d4c1b8a6f9e0d2c4b6a8f"  # 32 random-looking characters
 
@@ -106,11 +113,29 @@ def test_the_defaults_are_refused_in_production_naming_every_setting() -> None:
         ({"database_url": None}, "DATABASE_URL"),  # SQLite
         ({"database_url": "sqlite+aiosqlite:///gw.db"}, "DATABASE_URL"),
         ({"database_url": "postgresql+asyncpg://a:b@db/attest"}, "DATABASE_URL"),  # no TLS
+        # TLS that does not check the server's certificate, or none
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?ssl=require"}, "DATABASE_URL"),
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?sslmode=require"}, "DATABASE_URL"),
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?ssl=prefer"}, "DATABASE_URL"),
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?ssl=allow"}, "DATABASE_URL"),
+        ({"database_url": "postgresql+asyncpg://a:b@db/attest?ssl=disable"}, "DATABASE_URL"),
+        (
+            {"database_url": "postgresql+asyncpg://a:b@db/x?ssl=verify-full&sslmode=require"},
+            "DATABASE_URL",
+        ),
+        ({"database_url": "postgresql+asyncpg://a:b@/attest?host=db.internal"}, "DATABASE_URL"),
         ({"api_tls_certfile": None}, "API_TLS_CERTFILE"),
         ({"api_tls_keyfile": None}, "API_TLS_KEYFILE"),
         ({"pseudonym_key": None}, "PSEUDONYM_KEY"),
         ({"pseudonym_key": "change-me-change-me-change-me-change-me"}, "PSEUDONYM_KEY"),
         ({"pseudonym_key": "a1b2c3d4e5f6"}, "PSEUDONYM_KEY"),  # too short
+        ({"pseudonym_key": "abcdefgh" * 4}, "PSEUDONYM_KEY"),  # repeats itself
+        ({"pseudonym_key": "Tr0ub4dor&3Tr0ub4dor&3Tr0ub4dor&"}, "PSEUDONYM_KEY"),  # again
+        ({"metrics_token": "0123456789abcdef" * 2}, "METRICS_TOKEN"),
+        ({"metrics_token": "abcdefghijklmnopqrstuvwxyz012345"}, "METRICS_TOKEN"),  # a run
+        ({"metrics_token": "zyxwvutsrqponmlkjihgfedcba987654"}, "METRICS_TOKEN"),
+        ({"pseudonym_key": "aaaaaaaaaaaaaaaaaaaaaaaabcdefghi"}, "PSEUDONYM_KEY"),
+        ({"pseudonym_key": "kkzkkkkkkkktkkpbkqfmkkkhkdkxwkrk"}, "PSEUDONYM_KEY"),  # 73 bits
         ({"metrics_token": None}, "METRICS_TOKEN"),
         ({"kafka_ssl_cafile": Path("/nonexistent/ca.crt")}, "KAFKA_SSL_CAFILE"),
         ({"kafka_ssl_keyfile": Path("/nonexistent/client.key")}, "KAFKA_SSL_KEYFILE"),
@@ -127,6 +152,81 @@ def test_each_unsafe_setting_is_refused_by_name(
 def test_a_unix_socket_database_needs_no_tls(tmp_path: Path) -> None:
     url = "postgresql+asyncpg://attest@/attest?host=/var/run/postgresql"
     assert _problems(_safe(tmp_path, database_url=url)) == []
+
+
+@pytest.mark.parametrize("query", ["ssl=verify-full", "ssl=verify-ca", "ssl=verify-full&x=1"])
+def test_a_database_connection_that_checks_the_certificate_is_accepted(
+    tmp_path: Path, query: str
+) -> None:
+    url = f"postgresql+asyncpg://attest:pw@db.internal/attest?{query}"
+    assert _problems(_safe(tmp_path, database_url=url)) == []
+
+
+def test_tls_without_a_certificate_check_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://attest:pw@db.internal/attest?ssl=require"
+    assert _problems(_safe(tmp_path, database_url=url)) == [
+        "DATABASE_URL asks for ssl=require, which does not check the database server's "
+        "certificate: use ?ssl=verify-full (with PGSSLROOTCERT naming its CA)."
+    ]
+
+
+def test_libpq_sslmode_is_refused_as_asyncpg_does_not_take_it(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://attest:pw@db.internal/attest?sslmode=verify-full"
+    assert _problems(_safe(tmp_path, database_url=url)) == [
+        "DATABASE_URL sets sslmode=, which asyncpg does not take (it fails to connect): use "
+        "?ssl=verify-full (with PGSSLROOTCERT naming the database server's CA)."
+    ]
+
+
+def test_random_secrets_of_the_usual_kinds_are_accepted(tmp_path: Path) -> None:
+    """`openssl rand -hex 32`, `-hex 16` and `-base64 32` shapes (seeded, so the same each run):
+    none is taken for a guessable one."""
+    rng = random.Random(22)
+    made = [rng.randbytes(32).hex() for _ in range(300)]
+    made += [rng.randbytes(16).hex() for _ in range(300)]
+    made += [base64.b64encode(rng.randbytes(32)).decode() for _ in range(300)]
+    base = _safe(tmp_path)
+    for secret in made:
+        settings = base.model_copy(
+            update={"pseudonym_key": SecretStr(secret), "metrics_token": SecretStr(secret)}
+        )
+        assert not [p for p in _problems(settings) if "is not random" in p], secret
+
+
+def _key_files(settings: Settings) -> dict[str, Path]:
+    """The private keys the gateway holds, written as `setup` and `keys` write them."""
+    custodial = custodial_keys_dir(settings)
+    own = custodial / f"{settings.gateway_org_id}.json"
+    OrgKeys.generate(settings.gateway_org_id, settings.hpke_suite).save(own)
+    job_centre = custodial / "jc-koebenhavn.json"
+    OrgKeys.generate("jc-koebenhavn", settings.hpke_suite).save(job_centre)
+    pseudonym = pseudonym_key_file(settings)
+    pseudonym.write_text(SECRET, encoding="ascii")
+    pseudonym.chmod(0o600)
+    return {"own": own, "custodial": job_centre, "pseudonym": pseudonym}
+
+
+def test_private_key_files_as_written_are_accepted(tmp_path: Path) -> None:
+    settings = _safe(tmp_path)
+    files = _key_files(settings)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files.values()} == {0o600}
+    assert _problems(settings) == []
+
+
+@pytest.mark.parametrize("which", ["own", "custodial", "pseudonym"])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o660, 0o666], ids=oct)
+def test_a_private_key_file_others_can_open_is_refused(
+    tmp_path: Path, which: str, mode: int
+) -> None:
+    """The gateway's own key file and a custodial job centre's open every reply sealed to
+    them; the pseudonym key links case refs to CPR numbers. Not even a group may read them."""
+    settings = _safe(tmp_path)
+    path = _key_files(settings)[which]
+    path.chmod(mode)
+    assert _problems(settings) == [
+        f"KEYS_DIR holds the private key file {path} with mode {mode:o}, which users other "
+        f"than its owner can open: chmod 600 {path}."
+    ]
 
 
 def test_development_and_expired_certificates_are_refused(tmp_path: Path) -> None:

@@ -437,9 +437,9 @@ class ConsumerLoop:
                 with attempt:
                     left = await self._batch_handler.handle_batch(records)
         except Exception as exc:  # each record is then handled (or dead-lettered) on its own
-            log.warning(
-                "consumer.batch_failed", topic=self.topic, records=len(records), error=str(exc)
-            )
+            # The exception itself, not str(exc): the log chain writes a database error
+            # without the database's message (gateway/logging.py).
+            log.warning("consumer.batch_failed", topic=self.topic, records=len(records), error=exc)
             return set()
         handled = {(r.partition, r.offset) for r in records} - {
             (r.partition, r.offset) for r in left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -244,9 +245,23 @@ class _BodyTooLarge(Exception):
     pass
 
 
+#: A caller's `X-Correlation-Id` is kept when it is 1 to 128 letters, digits and `._:-` (a
+#: UUID, a W3C trace id, `case-42:retry.1`). Anything else (a 70 KB header, spaces, control or
+#: non-ASCII characters) is replaced by a new UUID: the id is copied into every log line of
+#: the request and into the answer.
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def correlation_id(given: str | None) -> str:
+    """The caller's correlation id when it is sane (`_CORRELATION_ID`), else a new UUID."""
+    if given is not None and _CORRELATION_ID.fullmatch(given):
+        return given
+    return str(uuid.uuid4())
+
+
 class RequestLogMiddleware:
-    """Per request: a correlation id (the caller's `X-Correlation-Id`, else a new one) bound
-    to every log line and echoed in the answer, one directory generation for the whole
+    """Per request: a correlation id (the caller's `X-Correlation-Id` if sane, else a new one)
+    bound to every log line and echoed in the answer, one directory generation for the whole
     request (`directory.request_view`), the request metrics and one `http.request` log line
     (pure ASGI: no extra task and stream per request, as `BaseHTTPMiddleware` would)."""
 
@@ -257,9 +272,9 @@ class RequestLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        correlation_id = Headers(scope=scope).get("x-correlation-id") or str(uuid.uuid4())
+        request_id = correlation_id(Headers(scope=scope).get("x-correlation-id"))
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+        structlog.contextvars.bind_contextvars(correlation_id=request_id)
         started = time.perf_counter()
         status = 0
 
@@ -267,7 +282,7 @@ class RequestLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Correlation-Id"] = correlation_id
+                MutableHeaders(scope=message)["X-Correlation-Id"] = request_id
             await send(message)
 
         with directory.request_view():

@@ -1,10 +1,13 @@
 """Production mode refuses unsafe settings before anything starts.
 
 With `ENVIRONMENT=production` the gateway will not start on the conveniences of the embedded
-setup: the embedded broker, SQLite, plain-text Kafka or HTTP, a database connection without
-TLS, a missing or placeholder pseudonym key or metrics token, development certificates, or
-development keys lying about (demo credentials, clinics' private keys). Each problem is one
-sentence that names the environment variable to change; all of them are reported at once.
+setup: the embedded broker, SQLite, plain-text Kafka or HTTP, a database connection that does
+not check the server's certificate, a missing, placeholder or guessable pseudonym key or
+metrics token, development certificates, private key files that users other than their owner
+can open (the gateway's own and the custodial job centres', which open every reply to them,
+and the pseudonym key), or development keys lying about (demo credentials, clinics' private
+keys). Each problem is one sentence that names the environment variable to change; all of
+them are reported at once.
 Some settings are allowed but unwise (one Kafka replica, no idempotent producer): those are
 warnings, logged at start.
 
@@ -15,7 +18,10 @@ organisation or organisational unit (the local CA that `make run` makes is marke
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import math
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -27,8 +33,18 @@ from attest_gateway.gateway.config import Settings
 
 DEVELOPMENT_MARKER = "development"
 _PLACEHOLDERS = ("change", "example", "placeholder", "secret", "xxx", "todo", "replace")
-_TLS_SSL_MODES = {"require", "verify-ca", "verify-full"}
+#: The libpq/asyncpg modes that check the server's certificate; `require` only encrypts, so a
+#: machine in the middle can pose as the database.
+_VERIFYING_SSL_MODES = {"verify-ca", "verify-full"}
 MIN_SECRET_CHARS = 32
+#: The least a secret's characters must carry: its length times the Shannon entropy of their
+#: frequencies. 32 random hex characters (`openssl rand -hex 16`) score about 116 bits and fall
+#: under 90 a few times in a million; `openssl rand -hex 32` scores over 200.
+MIN_SECRET_BITS = 90
+#: A secret repeats itself when it equals itself shifted, over at least this many characters
+#: (`abcdefgh` four times, shifted by 8: over 24); a random hex secret does by chance about once
+#: in 16^8.
+MIN_REPEATED_CHARS = 8
 
 
 class UnsafeSettings(Exception):
@@ -59,6 +75,25 @@ def _secret_problem(name: str, value: str | None, what: str) -> str | None:
         return f"{var} looks like a placeholder: set it to a random value (openssl rand -hex 32)."
     if len(value) < MIN_SECRET_CHARS:
         return f"{var} is shorter than {MIN_SECRET_CHARS} characters: use openssl rand -hex 32."
+    flaw = _guessable(value)
+    if flaw:
+        return f"{var} is not random ({flaw}): set it to a random value (openssl rand -hex 32)."
+    return None
+
+
+def _guessable(value: str) -> str | None:
+    """What makes a long enough secret with enough distinct characters guessable anyway: a
+    repeated block, runs (aaaa, abcd, 4321) or a skewed mix of characters."""
+    n = len(value)
+    if any(value[shift:] == value[:-shift] for shift in range(1, n - MIN_REPEATED_CHARS + 1)):
+        return "it repeats itself"
+    steps = sum(abs(ord(a) - ord(b)) <= 1 for a, b in itertools.pairwise(value))
+    if steps * 3 > (n - 1) * 2:  # two neighbouring pairs in three; random hex: 3 in 16
+        return "it runs through neighbouring characters such as aaaa or abcd"
+    counts = Counter(value).values()
+    bits = -sum(c * math.log2(c / n) for c in counts)
+    if bits < MIN_SECRET_BITS:
+        return f"its characters carry {int(bits)} bits, under {MIN_SECRET_BITS}"
     return None
 
 
@@ -111,12 +146,26 @@ def _database_problems(settings: Settings) -> list[str]:
         return ["DATABASE_URL points at SQLite: production needs PostgreSQL "
                 "(postgresql+asyncpg://user:password@host/db?ssl=verify-full)."]  # fmt: skip
     parts = urlsplit(url)
-    query = {k.lower(): v[-1].lower() for k, v in parse_qs(parts.query).items()}
-    mode = query.get("ssl") or query.get("sslmode")
-    unix_socket = not parts.hostname or query.get("host", "").startswith("/")
-    if mode not in _TLS_SSL_MODES and not unix_socket:
+    query = {k.lower(): [v.lower() for v in vs] for k, vs in parse_qs(parts.query).items()}
+    # asyncpg takes `host` from the query over the URL's; a path there is a Unix socket.
+    hosts = query.get("host") or [parts.hostname or ""]
+    if all(not h or h.startswith("/") for h in hosts):
+        return []
+    if parts.scheme.endswith("+asyncpg") and "sslmode" in query:  # libpq's name, not asyncpg's
+        return [
+            "DATABASE_URL sets sslmode=, which asyncpg does not take (it fails to connect): "
+            "use ?ssl=verify-full (with PGSSLROOTCERT naming the database server's CA)."
+        ]
+    modes = [f"{key}={mode}" for key in ("ssl", "sslmode") for mode in query.get(key, [])]
+    if not modes:
         return ["DATABASE_URL does not ask for TLS: add ?ssl=verify-full "
                 "(with PGSSLROOTCERT naming the database server's CA)."]  # fmt: skip
+    weak = [m for m in modes if m.partition("=")[2] not in _VERIFYING_SSL_MODES]
+    if weak:
+        return [
+            f"DATABASE_URL asks for {weak[0]}, which does not check the database server's "
+            "certificate: use ?ssl=verify-full (with PGSSLROOTCERT naming its CA)."
+        ]
     return []
 
 
@@ -153,6 +202,31 @@ def _api_tls_problems(settings: Settings, now: dt.datetime) -> list[str]:
     return problems
 
 
+def _key_file_problems(settings: Settings) -> list[str]:
+    """The private keys the gateway holds itself: its own and the custodial job centres' key
+    files (whoever reads one opens every reply sealed to that organisation, or signs as the
+    gateway) and the generated pseudonym key (links case refs to CPR numbers). Only their
+    owner may read or write them, not even a group (mode & 0o077 == 0)."""
+    from attest_gateway.gateway.pseudonyms import pseudonym_key_file, staged_key_file
+    from attest_gateway.gateway.runtime import custodial_keys_dir
+
+    custodial = custodial_keys_dir(settings)
+    files = sorted(p for p in custodial.iterdir() if p.is_file()) if custodial.is_dir() else []
+    files += [p for p in (pseudonym_key_file(settings), staged_key_file(settings)) if p.exists()]
+    problems = []
+    for path in files:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:  # gone meanwhile
+            continue
+        if mode & 0o077:
+            problems.append(
+                f"KEYS_DIR holds the private key file {path} with mode {mode:o}, which users "
+                f"other than its owner can open: chmod 600 {path}."
+            )
+    return problems
+
+
 def _development_leftovers(settings: Settings) -> list[str]:
     problems = []
     creds = settings.var_dir / "demo-credentials.json"
@@ -185,6 +259,7 @@ def inspect_settings(settings: Settings, *, now: dt.datetime | None = None) -> F
         problem = _secret_problem(name, value, what)
         if problem:
             findings.problems.append(problem)
+    findings.problems += _key_file_problems(settings)
     findings.problems += _development_leftovers(settings)
     if settings.kafka_replication_factor < 3:
         findings.warnings.append(

@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 STORE_ERRORS: tuple[type[Exception], ...] = (sa.exc.DBAPIError, sa.exc.TimeoutError)
 
 
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """Every engine of the project is made here (`make_engine`, the migrations' env.py).
+    `hide_parameters`: SQLAlchemy leaves a statement's parameters out of its errors' text,
+    which is logged; a parameter may be a case ref, or a caseworker_ref that a client filled
+    with a CPR number. (The database's own message can still repeat a value, so the log
+    chain never writes a database error's text either: gateway/logging.py.)"""
+    return create_async_engine(url, hide_parameters=True, **kwargs)
+
+
 def make_engine(
     url: str,
     *,
@@ -49,7 +58,7 @@ def make_engine(
     if url.startswith("sqlite"):
         if sa.make_url(url).database in (None, "", ":memory:"):
             pool = {}  # one shared in-memory database: SQLAlchemy's static pool, no size
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": 30}, **pool, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -61,7 +70,7 @@ def make_engine(
             cursor.close()
 
     else:
-        engine = create_async_engine(url, **pool, **kwargs)
+        engine = create_engine(url, **pool, **kwargs)
         event.listen(engine.sync_engine, "checkout", _replace_if_closed)
     event.listen(engine.sync_engine, "before_cursor_execute", db_statement)
     return engine

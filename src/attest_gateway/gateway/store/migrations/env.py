@@ -6,8 +6,8 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from attest_gateway.gateway.store.db import create_engine
 from attest_gateway.gateway.store.tables import metadata
 
 config = context.config
@@ -27,7 +27,7 @@ def _run(connection: Connection) -> None:
 async def _main() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url is not None
-    engine = create_async_engine(url, connect_args=config.attributes.get("connect_args", {}))
+    engine = create_engine(url, connect_args=config.attributes.get("connect_args", {}))
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()
