@@ -96,6 +96,14 @@ async def test_reply_about_another_citizen_is_refused(harness: Harness) -> None:
     cpr["value"] = CPR_2
     await refused_and_nothing_kept(h, cid, other, 422, "patient-mismatch")
 
+    for not_a_cpr in ("０１０１９０１２３４", "0101901234x", "3201901234"):
+        odd = reply_to(request)
+        odd_cpr = next(
+            i for i in resources(odd, "Patient")[0]["identifier"] if i["system"] == CPR_SYSTEM
+        )
+        odd_cpr["value"] = not_a_cpr
+        await refused_and_nothing_kept(h, cid, odd, 422, "patient-mismatch")
+
     anonymous = reply_to(request)
     resources(anonymous, "Patient")[0].pop("identifier")
     await refused_and_nothing_kept(h, cid, anonymous, 422, "patient-mismatch")

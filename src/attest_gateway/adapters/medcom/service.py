@@ -17,6 +17,7 @@ import orjson
 import pydantic
 import sqlalchemy as sa
 import structlog
+from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.gateway import audit, directory, pseudonyms
@@ -47,6 +48,7 @@ from attest_gateway.gateway.store.db import aware
 from attest_gateway.gateway.store.tables import inbound_messages, mailbox, outbox, sent_messages
 from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.schemas.events import MessageType, Stage
+from attest_gateway.schemas.identifiers import check_cpr
 from attest_gateway.schemas.medcom import (
     Bundle,
     BundleError,
@@ -449,7 +451,12 @@ def _check_same_citizen(gw: Gateway, conv: Conversation, info: MessageInfo) -> N
     """The reply's Patient must be the request's citizen: the case ref of its CPR number is
     the conversation's. The job centre's inbox carries no CPR number, so a caseworker could
     not notice an attest about someone else."""
-    given = pseudonyms.case_ref(info.cpr, gw.pseudonym_key) if info.cpr else ""
+    try:
+        cpr = check_cpr(info.cpr or "")
+    except PydanticCustomError:
+        given = ""  # no CPR number at all, or not one: not the request's citizen
+    else:
+        given = pseudonyms.case_ref(cpr, gw.pseudonym_key)
     if not hmac.compare_digest(given.encode("ascii"), conv.case_ref.encode("ascii")):
         raise Unprocessable(
             "patient-mismatch", "the reply's Patient is not the citizen the request is about"
