@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from attest_gateway.gateway import pseudonyms
 from attest_gateway.gateway.store import tables
+from attest_gateway.schemas.envelope import CONTENT_TYPE as ENVELOPE_TYPE
 from tests.integration.conftest import Harness
 from tests.support.harness import CPR, attest_request_body
 
@@ -45,6 +48,10 @@ def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
     return problem
 
 
+# More than a year ahead of any clock the gateway may have while the tests run.
+AHEAD = (dt.date.today() + dt.timedelta(days=400)).isoformat()
+
+
 def valid(h: Harness, **overrides: Any) -> dict[str, Any]:
     return attest_request_body(**{"jobcenter_gln": h.gln(JC), **overrides})
 
@@ -66,6 +73,19 @@ CASES: list[tuple[str, Any, int, str]] = [
     ("bad case kind", {"case_kind": "kontanthjaelp"}, 422, "invalid-request"),
     ("unknown field", {"extra": 1}, 422, "invalid-request"),
     ("deadline in the past", {"reply_deadline": "2020-01-01"}, 422, "invalid-reply-deadline"),
+    ("deadline years ahead", {"reply_deadline": AHEAD}, 422, "invalid-reply-deadline"),
+    ("deadline 9999-12-31", {"reply_deadline": "9999-12-31"}, 422, "date-out-of-range"),
+    ("absence 9999-12-31", {"first_day_of_absence": "9999-12-31"}, 422, "date-out-of-range"),
+    ("absence 0001-01-01", {"first_day_of_absence": "0001-01-01"}, 422, "date-out-of-range"),
+    ("absence 1999-12-31", {"first_day_of_absence": "1999-12-31"}, 422, "date-out-of-range"),
+    ("absence years ahead", {"first_day_of_absence": AHEAD}, 422, "invalid-first-day-of-absence"),
+    ("absence as a number", {"first_day_of_absence": 1_767_225_600}, 422, "invalid-request"),
+    (
+        "absence with a time",
+        {"first_day_of_absence": "2026-01-05T00:00:00"},
+        422,
+        "invalid-request",
+    ),
     ("other job centre's GLN", {"municipality": "751"}, 403, "jobcenter-mismatch"),
 ]
 
@@ -181,3 +201,93 @@ async def test_one_idempotency_key_at_the_same_moment_makes_one_request(harness:
     assert {name: after[name] - before[name] for name in after} == {
         "conversations": 1, "idempotency_keys": 1, "outbox_messages": 1, "submitted": 1
     }  # fmt: skip
+
+
+def contact(**overrides: Any) -> dict[str, Any]:
+    today = dt.date.today()
+    body = {
+        "municipality": "101",
+        "citizen_cpr": CPR,
+        "psychiatry_sor": "715381000016006",
+        "case_kind": "sygedagpenge",
+        "first_day_of_absence": (today - dt.timedelta(days=30)).isoformat(),
+        "contact_date": (today - dt.timedelta(days=10)).isoformat(),
+    }
+    return body | overrides
+
+
+async def contact_rows(h: Harness) -> tuple[int, int]:
+    """Registered contacts, and contact events in the outbox (keyed by the citizen's case ref;
+    stage events, which other tests' traffic adds meanwhile, are keyed by conversation)."""
+    ref = pseudonyms.case_ref(CPR, h.gw.pseudonym_key)
+    async with h.gw.engine.connect() as conn:
+        contacts = (
+            await conn.execute(sa.select(sa.func.count()).select_from(tables.tracker_contacts))
+        ).scalar_one()
+        events = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tables.outbox)
+                .where(tables.outbox.c.topic == h.gw.topics.tracking, tables.outbox.c.key == ref)
+            )
+        ).scalar_one()
+    return contacts, events
+
+
+CONTACT_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("absence 0001-01-01", {"first_day_of_absence": "0001-01-01"}, "date-out-of-range"),
+    ("absence 9999-12-31", {"first_day_of_absence": "9999-12-31"}, "date-out-of-range"),
+    ("contact 0001-01-01", {"contact_date": "0001-01-01"}, "date-out-of-range"),
+    ("absence years ahead", {"first_day_of_absence": AHEAD}, "invalid-first-day-of-absence"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "code"), CONTACT_CASES, ids=[c[0] for c in CONTACT_CASES]
+)
+async def test_contact_dates_out_of_range_change_nothing(
+    harness: Harness, case: str, overrides: dict[str, Any], code: str
+) -> None:
+    """0001-01-01 as the first day of absence was a 500 (OverflowError in the service)."""
+    before = await contact_rows(harness)
+    response = await harness.client.post(
+        "/jobcenter/v1/contacts", json=contact(**overrides), headers=harness.auth(JC)
+    )
+    assert_problem(response, 422, code)
+    assert await contact_rows(harness) == before
+
+
+@pytest.mark.parametrize("date", ["0001-01-01", "9999-12-31", "1999-12-31"])
+async def test_ministry_dates_out_of_range(harness: Harness, date: str) -> None:
+    for param in ("from", "to"):
+        response = await harness.client.get(
+            "/ministry/v1/deadlines", params={param: date}, headers=harness.auth("ministry")
+        )
+        assert_problem(response, 422, "date-out-of-range")
+
+
+@pytest.mark.parametrize("created_at", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+async def test_a_sealed_submission_created_at_the_calendar_s_ends(
+    harness: Harness, created_at: str
+) -> None:
+    """The header's time in UTC overflowed the calendar: a 500 before it was bounded."""
+    header = {
+        "v": 1,
+        "message_id": "m-1",
+        "bundle_id": "b-1",
+        "conversation_id": "c-1",
+        "message_type": "attest-reply",
+        "sender": "psyk-kbh",
+        "receiver": "gateway",
+        "suite": "X25519/HKDF_SHA256/AES_256_GCM",
+        "recipient_key_id": "k-1",
+        "signer": "psyk-kbh",
+        "signer_key_id": "k-2",
+        "created_at": created_at,
+    }
+    response = await harness.client.post(
+        "/medcom/v1/messages",
+        json={"header": header, "ciphertext": "AAAA", "signature": "AAAA"},
+        headers={**harness.auth("psyk-kbh"), "Content-Type": ENVELOPE_TYPE},
+    )
+    assert_problem(response, 400, "invalid-envelope")

@@ -83,6 +83,16 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Unprocessable content",
         "the reply deadline must be in the future",
     ),
+    "invalid-first-day-of-absence": (
+        422,
+        "Unprocessable content",
+        "the first day of absence is more than a year ahead",
+    ),
+    "date-out-of-range": (
+        422,
+        "Unprocessable content",
+        "the request does not match the schema",
+    ),
     "receiver-has-no-key": (
         422,
         "Unprocessable content",
@@ -154,6 +164,11 @@ _IDENTIFIER_CODES = [
     "invalid-ydernummer",
     "invalid-kommunekode",
 ]
+# Validation codes of the bounds (schemas/bounds.py), with a location they are found at:
+# in a query parameter on the ministry's endpoints, in the body elsewhere.
+_BOUND_LOCS = {
+    "date-out-of-range": (["query", "from"], ["body", "first_day_of_absence"]),
+}
 AUTHENTICATED = [
     "unauthenticated",
     "unknown-client-certificate",
@@ -170,9 +185,11 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "jobcenter-mismatch",
         "idempotency-key-reused",
         *_IDENTIFIER_CODES,
+        "date-out-of-range",
         "unknown-attest-type",
         "unknown-receiver",
         "receiver-cannot-issue",
+        "invalid-first-day-of-absence",
         "invalid-reply-deadline",
         "receiver-has-no-key",
         "outbox-full",
@@ -211,11 +228,21 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "receiver-has-no-key",
         "outbox-full",
     ],
-    ("post", "/jobcenter/v1/contacts"): ["invalid-request", "invalid-contact-date"],
-    ("get", "/ministry/v1/report"): ["invalid-request", "invalid-period"],
-    ("get", "/ministry/v1/durations"): ["invalid-request", "invalid-period", "unknown-metric"],
-    ("get", "/ministry/v1/deadlines"): ["invalid-request", "invalid-period"],
-    ("get", "/ministry/v1/contacts"): ["invalid-request", "invalid-period"],
+    ("post", "/jobcenter/v1/contacts"): [
+        "invalid-request",
+        "date-out-of-range",
+        "invalid-first-day-of-absence",
+        "invalid-contact-date",
+    ],
+    ("get", "/ministry/v1/report"): ["invalid-request", "date-out-of-range", "invalid-period"],
+    ("get", "/ministry/v1/durations"): [
+        "invalid-request",
+        "date-out-of-range",
+        "invalid-period",
+        "unknown-metric",
+    ],
+    ("get", "/ministry/v1/deadlines"): ["invalid-request", "date-out-of-range", "invalid-period"],
+    ("get", "/ministry/v1/contacts"): ["invalid-request", "date-out-of-range", "invalid-period"],
     ("get", "/metrics"): ["unauthenticated"],
 }
 
@@ -467,6 +494,10 @@ def problem_example(code: str, path: str) -> dict[str, Any]:
     if status == 422 and code in _IDENTIFIER_CODES:
         loc = {"invalid-cpr": "citizen_cpr", "invalid-gln": "jobcenter_gln"}.get(code, "body")
         body["errors"] = [{"loc": ["body", loc], "type": code.replace("-", "_"), "msg": "…"}]
+    if code in _BOUND_LOCS:
+        in_query, in_body = _BOUND_LOCS[code]
+        where = in_query if path.startswith("/ministry/") else in_body
+        body["errors"] = [{"loc": where, "type": code.replace("-", "_"), "msg": "…"}]
     if status == 503:
         body["retryable"] = True
         body["retry_after"] = 5

@@ -37,6 +37,7 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from attest_gateway.schemas.bounds import DATE_MAX, DATE_MIN
 from attest_gateway.schemas.events import MessageType
 
 SIGNING_CONTEXT = b"attest-gateway/envelope/v1\x00"
@@ -59,13 +60,16 @@ class EnvelopeHeader(BaseModel):
     recipient_key_id: str = Field(min_length=1, max_length=64)
     signer: str = Field(min_length=1, max_length=64)
     signer_key_id: str = Field(min_length=1, max_length=64)
-    created_at: dt.datetime
+    created_at: dt.datetime = Field(json_schema_extra={"pattern": r"^20[0-9]{2}-"})
 
     @field_validator("created_at")
     @classmethod
     def _aware(cls, value: dt.datetime) -> dt.datetime:
         if value.tzinfo is None:
             raise ValueError("created_at must carry a time zone")
+        # In range, as every date a client sends (and UTC would overflow in years 1 and 9999).
+        if not DATE_MIN.year <= value.year <= DATE_MAX.year:
+            raise ValueError(f"created_at lies in the years {DATE_MIN.year} to {DATE_MAX.year}")
         return value.astimezone(dt.UTC)
 
     def info(self) -> bytes:

@@ -13,6 +13,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from attest_gateway.schemas.bounds import InputDate
 from attest_gateway.schemas.events import Stage
 from attest_gateway.schemas.identifiers import Cpr, Gln, Kommunekode, Sor, Ydernummer
 
@@ -51,10 +52,12 @@ class AttestRequestIn(_Contract):
     attest_type: str = Field(description="an LÆ code from the catalogue, e.g. 'LÆ 265'")
     receiver: ReceiverRef
     case_kind: CaseKind
-    first_day_of_absence: dt.date
+    first_day_of_absence: InputDate = Field(description="at most a year ahead")
     psychiatric_course: bool
     questions: Annotated[str, Field(min_length=1, max_length=20_000)]
-    reply_deadline: dt.date | None = None
+    reply_deadline: InputDate | None = Field(
+        default=None, description="after today and at most a year ahead"
+    )
 
 
 class AttestRequestAccepted(_Contract):

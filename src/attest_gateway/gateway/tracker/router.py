@@ -9,7 +9,6 @@ are suppressed (see `report.py`).
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +23,7 @@ from attest_gateway.gateway.http import authenticated, gateway_of, require_role
 from attest_gateway.gateway.tracker import report as rep
 from attest_gateway.gateway.tracker import rules as r
 from attest_gateway.gateway.tracker.service import tracker_rules
+from attest_gateway.schemas.bounds import InputDate
 from attest_gateway.schemas.identifiers import municipalities
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -42,8 +42,8 @@ Format = Literal["json", "csv"]
 
 def _filters(
     period: Annotated[Literal["week", "month"], Query(description="week or month")] = "month",
-    date_from: Annotated[dt.date | None, Query(alias="from")] = None,
-    date_to: Annotated[dt.date | None, Query(alias="to")] = None,
+    date_from: Annotated[InputDate | None, Query(alias="from")] = None,
+    date_to: Annotated[InputDate | None, Query(alias="to")] = None,
     attest_type: Annotated[str | None, Query(max_length=16)] = None,
     region: Annotated[str | None, Query(pattern=r"^108[1-5]$")] = None,
 ) -> rep.Filters:
