@@ -291,3 +291,13 @@ async def test_a_sealed_submission_created_at_the_calendar_s_ends(
         headers={**harness.auth("psyk-kbh"), "Content-Type": ENVELOPE_TYPE},
     )
     assert_problem(response, 400, "invalid-envelope")
+
+
+async def test_audit_after_seq_past_64_bits(harness: Harness) -> None:
+    """A seq is a signed 64-bit integer in both databases: one past it was a 500."""
+    url, auth = "/audit/v1/entries", harness.auth(JC)
+    response = await harness.client.get(url, params={"after_seq": 2**63}, headers=auth)
+    assert_problem(response, 422, "invalid-request")
+    response = await harness.client.get(url, params={"after_seq": 2**63 - 1}, headers=auth)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"entries": [], "next_after_seq": 2**63 - 1}
