@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import uuid
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
+from attest_gateway.adapters.medcom.bundles import build_acknowledgement
 from attest_gateway.gateway import pseudonyms
+from attest_gateway.gateway.crypto import seal, utcnow
 from attest_gateway.gateway.store import tables
 from attest_gateway.schemas.envelope import CONTENT_TYPE as ENVELOPE_TYPE
+from attest_gateway.schemas.envelope import EnvelopeHeader
+from attest_gateway.schemas.events import MessageType
 from tests.integration.conftest import Harness
+from tests.integration.test_medcom_side import new_request, post, reply_to, sealed_for_gateway
 from tests.support.harness import CPR, attest_request_body
 
-JC = "jc-koebenhavn"
+JC, PSY = "jc-koebenhavn", "psyk-kbh"
 URL = "/jobcenter/v1/attest-requests"
 
 
@@ -86,6 +94,12 @@ CASES: list[tuple[str, Any, int, str]] = [
         422,
         "invalid-request",
     ),
+    ("NUL in caseworker_ref", {"caseworker_ref": "sag-\x00-1"}, 422, "control-character"),
+    ("line feed in caseworker_ref", {"caseworker_ref": "sag-1\n"}, 422, "control-character"),
+    ("DEL in caseworker_ref", {"caseworker_ref": "sag-\x7f"}, 422, "control-character"),
+    ("NUL in attest type", {"attest_type": "LÆ 155\x00"}, 422, "control-character"),
+    ("NUL in questions", {"questions": "Hvad?\x00"}, 422, "control-character"),
+    ("escape in questions", {"questions": "Hvad?\x1b[2J"}, 422, "control-character"),
     ("other job centre's GLN", {"municipality": "751"}, 403, "jobcenter-mismatch"),
 ]
 
@@ -301,3 +315,146 @@ async def test_audit_after_seq_past_64_bits(harness: Harness) -> None:
     response = await harness.client.get(url, params={"after_seq": 2**63 - 1}, headers=auth)
     assert response.status_code == 200, response.text
     assert response.json() == {"entries": [], "next_after_seq": 2**63 - 1}
+
+
+# --- control characters (PostgreSQL text cannot hold NUL: each was a 500 there) ----------------
+
+
+async def test_lone_surrogates_are_refused(harness: Harness) -> None:
+    """JSON can carry a lone UTF-16 surrogate as an escape; UTF-8 cannot encode it (a 500 when
+    the store or the Bundle's serialiser met it, on both databases)."""
+    before = await counts(harness)
+    for field in ("caseworker_ref", "questions"):
+        body = json.dumps(valid(harness, **{field: "sag \ud800"})).encode()  # ASCII, escaped
+        response = await harness.client.post(
+            URL, content=body, headers={**harness.auth(JC), "Content-Type": "application/json"}
+        )
+        assert_problem(response, 422, "control-character")
+    assert await counts(harness) == before
+
+
+async def test_free_text_keeps_tabs_and_line_breaks(harness: Harness) -> None:
+    questions = "1. Funktionsevne?\r\n2.\tBehandling?\n"
+    response = await harness.client.post(
+        URL, json=valid(harness, questions=questions), headers=harness.auth(JC)
+    )
+    assert response.status_code == 202, response.text
+
+
+async def test_control_characters_in_the_idempotency_key(harness: Harness) -> None:
+    before = await counts(harness)
+    for key in ("retry\x00", "retry\x01"):
+        response = await harness.client.post(
+            URL, json=valid(harness), headers={**harness.auth(JC), "Idempotency-Key": key}
+        )
+        assert_problem(response, 422, "control-character")
+    assert await counts(harness) == before
+    response = await harness.client.post(
+        "/jobcenter/v1/contacts",
+        json=contact(),
+        headers={**harness.auth(JC), "Idempotency-Key": "contact\x00"},
+    )
+    assert_problem(response, 422, "control-character")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "org"),
+    [
+        ("GET", "/jobcenter/v1/attest-requests/{}", JC),
+        ("POST", "/jobcenter/v1/inbox/{}/ack", JC),
+        ("POST", "/medcom/v1/mailbox/{}/collected", PSY),
+    ],
+)
+@pytest.mark.parametrize("bad_id", ["a%00b", "%0a", "a%20b", "x" * 65, "a%C3%A6"])
+async def test_an_id_of_another_form_names_nothing(
+    harness: Harness, method: str, path: str, org: str, bad_id: str
+) -> None:
+    response = await harness.client.request(method, path.format(bad_id), headers=harness.auth(org))
+    assert_problem(response, 404, "not-found")
+
+
+async def test_control_characters_in_the_ministry_s_filters(harness: Harness) -> None:
+    response = await harness.client.get(
+        "/ministry/v1/deadlines",
+        params={"attest_type": "LÆ 155\x00"},
+        headers=harness.auth("ministry"),
+    )
+    assert_problem(response, 422, "control-character")
+
+
+async def medcom_rows(h: Harness, conversation_id: str) -> tuple[int, int]:
+    """The conversation's mailbox rows, and its organisations' inbound messages."""
+    async with h.gw.engine.connect() as conn:
+        mailbox = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tables.mailbox)
+                .where(tables.mailbox.c.conversation_id == conversation_id)
+            )
+        ).scalar_one()
+        inbound = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tables.inbound_messages)
+                .where(tables.inbound_messages.c.conversation_id == conversation_id)
+            )
+        ).scalar_one()
+    return mailbox, inbound
+
+
+async def test_control_characters_in_a_submitted_bundle(harness: Harness) -> None:
+    """FHIR strings hold no character below U+0020 but tab, line feed and carriage return: a
+    NUL in an id the gateway looks up, or a vertical tab in the attest text, is refused before
+    anything is stored (plain and sealed for the gateway)."""
+    h = harness
+    accepted, request, _ = await new_request(h)
+    cid = accepted["conversation_id"]
+    before = await medcom_rows(h, cid)
+    ack = build_acknowledgement(
+        acked=request, message_id=str(uuid.uuid4()), bundle_id=str(uuid.uuid4()),
+        sent_at=utcnow(), code="ok",
+    )  # fmt: skip
+    ack["entry"][0]["resource"]["response"]["identifier"] += "\x00"
+    reply = reply_to(request)
+    communication = next(
+        e["resource"] for e in reply["entry"] if e["resource"]["resourceType"] == "Communication"
+    )
+    communication["payload"][0]["contentString"] = "Borgeren\x0ber i behandling."
+    for bundle, kind in ((ack, MessageType.ACKNOWLEDGEMENT), (reply, MessageType.ATTEST_REPLY)):
+        assert_problem(await post(h, PSY, bundle), 422, "control-character")
+        envelope = sealed_for_gateway(
+            h, h.client_keys(PSY), bundle, conversation_id=cid, message_type=kind
+        )
+        response = await post(h, PSY, envelope.model_dump(mode="json"), ENVELOPE_TYPE)
+        assert_problem(response, 422, "control-character")
+    assert await medcom_rows(h, cid) == before
+
+
+async def test_control_characters_in_a_sealed_envelope_s_header(harness: Harness) -> None:
+    """The header's ids are stored (the audit entry of the opening) before the Bundle is read:
+    a NUL there, signed by the sender itself, was a 500 on PostgreSQL and stored on SQLite."""
+    h = harness
+    accepted, request, _ = await new_request(h)
+    cid = accepted["conversation_id"]
+    keys = h.client_keys(PSY)
+    ack = build_acknowledgement(
+        acked=request, message_id=str(uuid.uuid4()), bundle_id=str(uuid.uuid4()),
+        sent_at=utcnow(), code="ok",
+    )  # fmt: skip
+    good = sealed_for_gateway(
+        h, keys, ack, conversation_id=cid, message_type=MessageType.ACKNOWLEDGEMENT
+    ).header
+    header = EnvelopeHeader.model_construct(
+        **(good.model_dump() | {"conversation_id": cid + "\x00"})
+    )
+    gateway_key = h.gw.keyring.orgs[h.settings.gateway_org_id].current_hpke
+    envelope = seal(orjson.dumps(ack), header, gateway_key.public(), keys.current_signing)
+    before = await medcom_rows(h, cid)
+    response = await post(h, PSY, envelope.model_dump(mode="json"), ENVELOPE_TYPE)
+    assert_problem(response, 400, "invalid-envelope")
+    assert await medcom_rows(h, cid) == before
+    async with h.gw.engine.connect() as conn:
+        opened = await conn.execute(
+            sa.select(tables.audit_log).where(tables.audit_log.c.message_id == good.message_id)
+        )
+        assert opened.all() == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from hypothesis import given
@@ -45,3 +45,53 @@ def test_a_date_is_written_yyyy_mm_dd(value: object) -> None:
 def test_a_year_ahead() -> None:
     assert bounds.a_year_after(dt.date(2026, 12, 6)) == dt.date(2027, 12, 6)
     assert bounds.a_year_after(dt.date(2028, 2, 29)) == dt.date(2029, 2, 28)
+
+
+LINE = TypeAdapter(Annotated[str, bounds.LINE])
+TEXT = TypeAdapter(Annotated[str, bounds.TEXT])
+
+
+def ecma_matches(pattern: str, text: str) -> bool:
+    """`^…$` as JSON Schema (ECMA-262) reads it: the whole string (Python's `$` would also
+    match before a final line feed)."""
+    return re.fullmatch(pattern.removeprefix("^").removesuffix("$"), text) is not None
+
+
+@given(st.text())
+def test_a_line_is_accepted_exactly_when_the_pattern_matches(text: str) -> None:
+    if ecma_matches(bounds.LINE_PATTERN, text):
+        assert LINE.validate_python(text) == text
+    else:
+        assert error_type(LINE, text) == "control_character"
+
+
+@given(st.text())
+def test_free_text_is_accepted_exactly_when_the_pattern_matches(text: str) -> None:
+    if ecma_matches(bounds.TEXT_PATTERN, text):
+        assert TEXT.validate_python(text) == text
+        assert not bounds.control_character_in({"a": [text]})
+    else:
+        assert error_type(TEXT, text) == "control_character"
+        assert bounds.control_character_in({"a": [text]})
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x0b", "\x1f", "\x7f", chr(0xD800), chr(0xDFFF)])
+def test_control_characters_and_lone_surrogates(char: str) -> None:
+    assert error_type(LINE, f"sag{char}1") == "control_character"
+    assert error_type(TEXT, f"Hvad{char}?") == "control_character"
+    assert bounds.control_character_in({"entry": [{"resource": {"id": f"x{char}"}}]})
+    assert bounds.control_character_in({f"key{char}": 1})
+
+
+def test_tabs_and_line_breaks_are_free_text_not_lines() -> None:
+    for char in "\t\n\r":
+        assert TEXT.validate_python(f"a{char}b") == f"a{char}b"
+        assert not bounds.control_character_in([f"a{char}b"])
+        assert error_type(LINE, f"a{char}b") == "control_character"
+
+
+def test_a_deeply_nested_document_is_walked_without_recursion() -> None:
+    deep: object = "x\x00"
+    for _ in range(100_000):
+        deep = [deep]
+    assert bounds.control_character_in(deep)

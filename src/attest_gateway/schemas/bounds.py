@@ -1,4 +1,4 @@
-"""Bounds on what clients send: dates.
+"""Bounds on what clients send: dates, text, ids.
 
 Every rule here is a check that raises `pydantic_core.PydanticCustomError` with a stable error
 type (gateway/http.py maps it to a problem code), and a JSON Schema ``pattern`` that the
@@ -11,6 +11,14 @@ reply deadline outside it is a typing error, and the tracker's date arithmetic s
 the calendar's ends. The rules relative to today (a first day of absence or a reply deadline
 at most a year ahead, a contact not in advance) are the services', on the gateway's clock.
 
+**Text** (`control-character`). PostgreSQL text cannot hold NUL, UTF-8 cannot encode a lone
+UTF-16 surrogate (which a JSON escape can carry), and no field of ours needs a control
+character: a reference, a code or an id (`LINE`) holds none of U+0000–U+001F and U+007F; free
+text (`TEXT`) may also hold tab, line feed and carriage return, as a FHIR string may. A FHIR
+Bundle submitted to the gateway is held to the free-text rule in every string
+(`control_character_in`). **Ids** in a path (`ID_PATTERN`) are FHIR ids, as every message and
+conversation id the gateway hands out is; another value names nothing (404).
+
 Pure: no I/O, no clock.
 """
 
@@ -18,11 +26,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
 
 from dateutil.relativedelta import relativedelta
-from pydantic import BeforeValidator, Field
-from pydantic_core import PydanticCustomError
+from pydantic import BeforeValidator, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
 DATE_MIN: Final = dt.date(2000, 1, 1)
 DATE_MAX: Final = dt.date(2099, 12, 31)
@@ -64,3 +75,86 @@ def a_year_after(today: dt.date) -> dt.date:
     deadline further ahead is a typing error (the services' rule, on the gateway's clock)."""
     day: dt.date = today + relativedelta(years=1)
     return day
+
+
+# --- text -------------------------------------------------------------------------------------
+
+# C0 controls and DEL, written as regex escapes, so that a pattern reads the same in Python, in
+# ECMA-262 (JSON Schema) and in a JSON document. Lone surrogates are refused too, but only by the
+# checks: no JSON Schema validator's strings can hold one (and Rust's regex refuses to name one).
+_LINE_CLASS: Final = r"\x00-\x1f\x7f"
+_TEXT_CLASS: Final = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"  # tab, line feed, carriage return allowed
+_SURROGATES: Final = r"\ud800-\udfff"
+LINE_PATTERN: Final = rf"^[^{_LINE_CLASS}]*$"
+TEXT_PATTERN: Final = rf"^[^{_TEXT_CLASS}]*$"
+_IN_LINE: Final = re.compile(rf"[{_LINE_CLASS}{_SURROGATES}]")
+_IN_TEXT: Final = re.compile(rf"[{_TEXT_CLASS}{_SURROGATES}]")
+ID_PATTERN: Final = r"^[A-Za-z0-9\-.]{1,64}$"
+"""A FHIR id: every message and conversation id a client may name in a path is one."""
+
+
+def check_line(value: str) -> str:
+    """A reference, code or id: no control character, no lone surrogate."""
+    if _IN_LINE.search(value):
+        raise PydanticCustomError(
+            "control_character",
+            "control characters (and lone surrogates) are not allowed in a reference or id",
+        )
+    return value
+
+
+def check_text(value: str) -> str:
+    """Free text: no control character but tab, line feed and carriage return."""
+    if _IN_TEXT.search(value):
+        raise PydanticCustomError(
+            "control_character",
+            "control characters other than tab, line feed and carriage return (and lone "
+            "surrogates) are not allowed",
+        )
+    return value
+
+
+def control_character_in(data: object) -> bool:
+    """Whether a string or object key anywhere in decoded JSON breaks the free-text rule (a
+    FHIR string holds no character below U+0020 but tab, line feed and carriage return).
+    Iterative: a deeply nested document costs no recursion."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _IN_TEXT.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """`Annotated` metadata for a string: `check` after pydantic's own validation (the type,
+    and the length constraints placed before it, which keep their own error types), and
+    `pattern` in the JSON Schema."""
+
+    check: Callable[[str], str]
+    pattern: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = handler(schema)
+        out["pattern"] = self.pattern
+        return out
+
+
+LINE: Final = Checked(check_line, LINE_PATTERN)
+"""A reference, code or id in a request: ``Annotated[str, Field(max_length=…), LINE]``."""
+TEXT: Final = Checked(check_text, TEXT_PATTERN)
+"""Free text in a request: ``Annotated[str, Field(max_length=…), TEXT]``."""

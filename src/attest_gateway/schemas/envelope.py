@@ -32,16 +32,19 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from attest_gateway.schemas.bounds import DATE_MAX, DATE_MIN
+from attest_gateway.schemas.bounds import DATE_MAX, DATE_MIN, LINE
 from attest_gateway.schemas.events import MessageType
 
 SIGNING_CONTEXT = b"attest-gateway/envelope/v1\x00"
 CONTENT_TYPE = "application/vnd.attest-gateway.envelope+json"
+
+# Ids, organisation ids and key ids: one line of text (no control characters).
+Id = Annotated[str, Field(min_length=1, max_length=64), LINE]
 
 Suite = Literal["MLKEM768_X25519/HKDF_SHA256/AES_256_GCM", "X25519/HKDF_SHA256/AES_256_GCM"]
 
@@ -50,16 +53,16 @@ class EnvelopeHeader(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = 1
-    message_id: str = Field(min_length=1, max_length=64)
-    bundle_id: str = Field(min_length=1, max_length=64)
-    conversation_id: str = Field(min_length=1, max_length=64)
+    message_id: Id
+    bundle_id: Id
+    conversation_id: Id
     message_type: MessageType
-    sender: str = Field(min_length=1, max_length=64)
-    receiver: str = Field(min_length=1, max_length=64)
+    sender: Id
+    receiver: Id
     suite: Suite
-    recipient_key_id: str = Field(min_length=1, max_length=64)
-    signer: str = Field(min_length=1, max_length=64)
-    signer_key_id: str = Field(min_length=1, max_length=64)
+    recipient_key_id: Id
+    signer: Id
+    signer_key_id: Id
     created_at: dt.datetime = Field(json_schema_extra={"pattern": r"^20[0-9]{2}-"})
 
     @field_validator("created_at")
