@@ -94,6 +94,10 @@ CASES: list[tuple[str, Any, int, str]] = [
         422,
         "invalid-request",
     ),
+    ("CPR in caseworker_ref", {"caseworker_ref": "sag-0101901234"}, 422, "cpr-in-reference"),
+    ("CPR with dash in ref", {"caseworker_ref": "borger 010190-1234"}, 422, "cpr-in-reference"),
+    ("CPR glued to letters", {"caseworker_ref": "sag0101901234"}, 422, "cpr-in-reference"),
+    ("CPR alone as ref", {"caseworker_ref": "1502857777"}, 422, "cpr-in-reference"),
     ("NUL in caseworker_ref", {"caseworker_ref": "sag-\x00-1"}, 422, "control-character"),
     ("line feed in caseworker_ref", {"caseworker_ref": "sag-1\n"}, 422, "control-character"),
     ("DEL in caseworker_ref", {"caseworker_ref": "sag-\x7f"}, 422, "control-character"),
@@ -458,3 +462,44 @@ async def test_control_characters_in_a_sealed_envelope_s_header(harness: Harness
             sa.select(tables.audit_log).where(tables.audit_log.c.message_id == good.message_id)
         )
         assert opened.all() == []
+
+
+# --- CPR numbers in references a client writes (stored in clear) -------------------------------
+
+
+async def test_a_cpr_number_in_the_idempotency_key_is_refused(harness: Harness) -> None:
+    before = await counts(harness)
+    key = {"Idempotency-Key": f"req-{CPR}"}
+    response = await harness.client.post(
+        URL, json=valid(harness), headers={**harness.auth(JC), **key}
+    )
+    assert_problem(response, 422, "cpr-in-reference")
+    assert await counts(harness) == before
+    contacts_before = await contact_rows(harness)
+    response = await harness.client.post(
+        "/jobcenter/v1/contacts", json=contact(), headers={**harness.auth(JC), **key}
+    )
+    assert_problem(response, 422, "cpr-in-reference")
+    assert await contact_rows(harness) == contacts_before
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "sag-2026-0042",
+        "27.24.00-G01-1234-24",
+        "sag-01019012345",  # eleven digits: a longer number, not a CPR number
+        "sag-3213901234",  # not DDMMYY
+        "0b6a9a3e-52a4-4d0c-a0a1-5b5c8a2f4e10",
+        "8f010190-1234-4aaa-8bbb-cccc0101901f",  # a UUID with CPR-shaped runs inside
+    ],
+)
+async def test_references_without_a_cpr_number_are_accepted(harness: Harness, ref: str) -> None:
+    response = await harness.client.post(
+        URL,
+        json=valid(harness, caseworker_ref=ref),
+        headers={**harness.auth(JC), "Idempotency-Key": f"{ref}-{uuid.uuid4()}"},
+    )
+    assert response.status_code == 202, response.text
+    status = await harness.get_json(response.headers["location"], JC)
+    assert status["caseworker_ref"] == ref

@@ -95,3 +95,44 @@ def test_a_deeply_nested_document_is_walked_without_recursion() -> None:
     for _ in range(100_000):
         deep = [deep]
     assert bounds.control_character_in(deep)
+
+
+REFERENCE = TypeAdapter(Annotated[str, bounds.REFERENCE])
+# Pieces that make CPR-shaped runs, their near misses and their neighbours likely.
+PIECES = st.sampled_from(
+    ["0101901234", "010190-1234", "310290", "1234", "0", "9", "-", "a", "f", "g", "s", " ", "."]
+)
+
+
+@given(st.lists(PIECES | st.text(max_size=2), max_size=8).map("".join))
+def test_a_reference_is_accepted_exactly_when_the_pattern_matches(text: str) -> None:
+    if ecma_matches(bounds.REFERENCE_PATTERN, text):
+        assert REFERENCE.validate_python(text) == text
+    else:
+        assert error_type(REFERENCE, text) in ("cpr_in_reference", "control_character")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["sag-0101901234", "sag0101901234", "010190-1234", "cpr: 3112991234.", "x_1502857777_y"],
+)
+def test_a_cpr_number_in_a_reference(text: str) -> None:
+    assert error_type(REFERENCE, text) == "cpr_in_reference"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sag-2026-0042",
+        "01019012345",
+        "0101901234a",  # next to a hexadecimal letter: read as part of a hexadecimal id
+        "3213901234",
+        "0100901234",
+        "010190 1234",
+        "0b6a9a3e-52a4-4d0c-a0a1-5b5c8a2f4e10",
+        "contact-8f010190-1234-4aaa-8bbb-cccc0101901f",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ],
+)
+def test_no_cpr_number_in_a_reference(text: str) -> None:
+    assert REFERENCE.validate_python(text) == text

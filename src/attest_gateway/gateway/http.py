@@ -47,6 +47,7 @@ FIELD_CODES = {
     "date_out_of_range": "date-out-of-range",
     "control_character": "control-character",
     "string_unicode": "control-character",  # pydantic's own: a lone surrogate (not UTF-8)
+    "cpr_in_reference": "cpr-in-reference",
 }
 
 

@@ -98,6 +98,11 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Unprocessable content",
         "the request does not match the schema",
     ),
+    "cpr-in-reference": (
+        422,
+        "Unprocessable content",
+        "the request does not match the schema",
+    ),
     "receiver-has-no-key": (
         422,
         "Unprocessable content",
@@ -181,6 +186,10 @@ _BOUND_LOCS: dict[str, dict[str, list[str]]] = {
         "/jobcenter/v1/contacts": ["header", "idempotency-key"],
         "/jobcenter/": ["body", "caseworker_ref"],
     },
+    "cpr-in-reference": {
+        "/jobcenter/v1/contacts": ["header", "idempotency-key"],
+        "/jobcenter/": ["body", "caseworker_ref"],
+    },
 }
 AUTHENTICATED = [
     "unauthenticated",
@@ -208,6 +217,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         *_IDENTIFIER_CODES,
         "date-out-of-range",
         "control-character",
+        "cpr-in-reference",
         "unknown-attest-type",
         "unknown-receiver",
         "receiver-cannot-issue",
@@ -255,6 +265,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "invalid-request",
         "date-out-of-range",
         "control-character",
+        "cpr-in-reference",
         "invalid-first-day-of-absence",
         "invalid-contact-date",
     ],

@@ -19,6 +19,14 @@ Bundle submitted to the gateway is held to the free-text rule in every string
 (`control_character_in`). **Ids** in a path (`ID_PATTERN`) are FHIR ids, as every message and
 conversation id the gateway hands out is; another value names nothing (404).
 
+**A reference a client writes** (`REFERENCE`: the caseworker's case reference, an
+Idempotency-Key), stored in clear, must not hold a CPR number (`cpr-in-reference`): six digits
+that read as a date (DDMMYY, day 01–31, month 01–12), an optional hyphen and four digits, not
+next to another digit nor to a hexadecimal letter (a–f), so that a longer number, a UUID or a
+hash never counts as one ("sag-0101901234" and "sag0101901234" are refused, a UUID never is).
+The day and month are checked by range only, not against the calendar: a pattern can state
+that exactly, and a reference that looks like the 31st of February is refused with no loss.
+
 Pure: no I/O, no clock.
 """
 
@@ -158,3 +166,28 @@ LINE: Final = Checked(check_line, LINE_PATTERN)
 """A reference, code or id in a request: ``Annotated[str, Field(max_length=…), LINE]``."""
 TEXT: Final = Checked(check_text, TEXT_PATTERN)
 """Free text in a request: ``Annotated[str, Field(max_length=…), TEXT]``."""
+
+
+# --- CPR numbers in references ----------------------------------------------------------------
+
+_CPR_SHAPED: Final = r"(?:0[1-9]|[12][0-9]|3[01])(?:0[1-9]|1[0-2])[0-9]{2}-?[0-9]{4}"
+_NOT_HEX: Final = "[^0-9A-Fa-f]"  # a CPR number's neighbours: no digit, no hexadecimal letter
+_CPR_IN: Final = re.compile(rf"(?<![0-9A-Fa-f]){_CPR_SHAPED}(?![0-9A-Fa-f])")
+REFERENCE_PATTERN: Final = (
+    rf"^(?!(?:[\s\S]*{_NOT_HEX})?{_CPR_SHAPED}(?![0-9A-Fa-f]))[^{_LINE_CLASS}]*$"
+)
+
+
+def check_reference(value: str) -> str:
+    """A reference a client writes: one line of text (`check_line`) holding no CPR number."""
+    check_line(value)
+    if _CPR_IN.search(value):
+        raise PydanticCustomError(
+            "cpr_in_reference", "a reference must not hold a CPR number (DDMMYY-SSSS)"
+        )
+    return value
+
+
+REFERENCE: Final = Checked(check_reference, REFERENCE_PATTERN)
+"""A reference a client writes and the gateway stores in clear: a line with no CPR number
+(``Annotated[str, Field(max_length=…), REFERENCE]``)."""

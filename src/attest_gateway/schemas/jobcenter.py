@@ -13,7 +13,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from attest_gateway.schemas.bounds import LINE, TEXT, InputDate
+from attest_gateway.schemas.bounds import LINE, REFERENCE, TEXT, InputDate
 from attest_gateway.schemas.events import Stage
 from attest_gateway.schemas.identifiers import Cpr, Gln, Kommunekode, Sor, Ydernummer
 
@@ -47,7 +47,9 @@ class AttestRequestIn(_Contract):
 
     municipality: Kommunekode = Field(description="kommunekode of the job centre's municipality")
     jobcenter_gln: Gln = Field(description="the job centre's GLN/EAN location number")
-    caseworker_ref: Annotated[str, Field(min_length=1, max_length=64), LINE]
+    caseworker_ref: Annotated[str, Field(min_length=1, max_length=64), REFERENCE] = Field(
+        description="the job centre's own case reference; never a CPR number"
+    )
     citizen_cpr: Cpr
     attest_type: Annotated[str, LINE] = Field(
         description="an LÆ code from the catalogue, e.g. 'LÆ 265'"

@@ -12,7 +12,7 @@ from attest_gateway.adapters.jobcenter.contacts import ContactAccepted, ContactI
 from attest_gateway.gateway.audit_router import client_source
 from attest_gateway.gateway.directory import Organisation, Role
 from attest_gateway.gateway.http import authenticated, gateway_of, require_role
-from attest_gateway.schemas.bounds import ID_PATTERN, LINE
+from attest_gateway.schemas.bounds import ID_PATTERN, REFERENCE
 from attest_gateway.schemas.jobcenter import (
     AttestRequestAccepted,
     AttestRequestIn,
@@ -28,8 +28,8 @@ async def jobcenter(org: Annotated[Organisation, Depends(authenticated)]) -> Org
 
 
 JobCenter = Annotated[Organisation, Depends(jobcenter)]
-# A key the client chose, stored with the answer: one line of text.
-IdempotencyKey = Annotated[Annotated[str, Field(max_length=200), LINE] | None, Header()]
+# A key the client chose, stored in clear with the answer: one line of text, no CPR number.
+IdempotencyKey = Annotated[Annotated[str, Field(max_length=200), REFERENCE] | None, Header()]
 # Ids the gateway handed out (a value of another form names nothing: 404).
 ConversationId = Annotated[str, Path(pattern=ID_PATTERN)]
 MessageId = Annotated[str, Path(pattern=ID_PATTERN)]
