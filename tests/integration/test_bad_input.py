@@ -93,6 +93,40 @@ async def test_malformed_json(harness: Harness) -> None:
     assert await counts(harness) == before
 
 
+MALFORMED = [b'{"municipality": "101",', b'{"municipality": "\xff\xfe"}']
+BODY_URLS = [URL, "/jobcenter/v1/contacts"]
+
+
+@pytest.mark.parametrize("body", MALFORMED, ids=["truncated", "not UTF-8"])
+@pytest.mark.parametrize("url", BODY_URLS)
+@pytest.mark.parametrize(
+    "auth",
+    [{}, {"Authorization": "Bearer agw_nobody_123"}],
+    ids=["no key", "wrong key"],
+)
+async def test_malformed_body_of_an_unknown_caller_is_unauthenticated(
+    harness: Harness, url: str, body: bytes, auth: dict[str, str]
+) -> None:
+    """Authentication comes before the body is read: a caller that is not known learns
+    nothing about how its body was parsed."""
+    before = await counts(harness)
+    response = await harness.client.post(
+        url, content=body, headers={**auth, "Content-Type": "application/json"}
+    )
+    problem = assert_problem(response, 401, "unauthenticated")
+    assert "errors" not in problem
+    assert "json" not in response.text.lower()
+    assert await counts(harness) == before
+
+
+@pytest.mark.parametrize("body", MALFORMED, ids=["truncated", "not UTF-8"])
+async def test_malformed_body_of_another_role_is_forbidden(harness: Harness, body: bytes) -> None:
+    response = await harness.client.post(
+        URL, content=body, headers={**harness.auth("psyk-kbh"), "Content-Type": "application/json"}
+    )
+    assert_problem(response, 403, "forbidden")
+
+
 async def test_body_over_the_limit(harness: Harness) -> None:
     before = await counts(harness)
     big = valid(harness, questions="x" * (harness.settings.max_body_bytes + 10))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,6 +38,7 @@ from attest_gateway.gateway.store.db import autocommit
 log = structlog.get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+_ORG_KEY = "attest_gateway.org"  # the request's authenticated organisation, in its ASGI scope
 
 # Pydantic error types raised by our identifier checks → stable problem codes.
 _FIELD_CODES = {
@@ -56,6 +59,9 @@ async def authenticated(request: Request) -> Organisation:
     """The organisation behind the request: its pinned TLS client certificate (mutual TLS)
     or its `Authorization: Bearer <api key>`. When both are sent they must name the same
     organisation; an unknown or revoked certificate is refused, never silently ignored."""
+    known: Organisation | None = request.scope.get(_ORG_KEY)
+    if known is not None:  # already authenticated before the body was read
+        return known
     gw = gateway_of(request)
     pem = mtls.client_certificate(request.scope)
     auth = request.headers.get("authorization", "")
@@ -88,6 +94,7 @@ async def authenticated(request: Request) -> Organisation:
     org = by_cert or by_key
     assert org is not None
     structlog.contextvars.bind_contextvars(org=org.id)
+    request.scope[_ORG_KEY] = org
     return org
 
 
@@ -95,6 +102,33 @@ def require_role(org: Organisation, *roles: Role) -> Organisation:
     if org.role not in roles:
         raise Forbidden("forbidden", "this organisation's role may not use this endpoint")
     return org
+
+
+def authenticated_first(*roles: Role) -> type[APIRoute]:
+    """The route class of a partner router (`APIRouter(route_class=…)`): the caller is
+    authenticated, and its role checked when `roles` are given, before the body is read.
+
+    FastAPI reads and parses a declared body before it solves the route's dependencies, so
+    a malformed body would otherwise be answered (400 `malformed-json`) before the caller
+    is known: anyone could probe how the gateway reads its input. The route's own
+    dependencies then find the organisation in the request scope and do not look it up
+    again."""
+
+    class AuthenticatedFirstRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+            if self.body_field is None:
+                return handler
+
+            async def authenticate_then_handle(request: Request) -> Response:
+                org = await authenticated(request)
+                if roles:
+                    require_role(org, *roles)
+                return await handler(request)
+
+            return authenticate_then_handle
+
+    return AuthenticatedFirstRoute
 
 
 def problem_response(error: GatewayError, request: Request) -> Response:
