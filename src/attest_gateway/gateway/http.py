@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from attest_gateway.gateway.errors import (
     BadRequest,
     Forbidden,
     GatewayError,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     Unauthenticated,
@@ -131,9 +133,13 @@ def authenticated_first(*roles: Role) -> type[APIRoute]:
     return AuthenticatedFirstRoute
 
 
-def problem_response(error: GatewayError, request: Request) -> Response:
+def problem_response(
+    error: GatewayError, request: Request, *, headers: dict[str, str] | None = None
+) -> Response:
     metrics.observe_problem(error)
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+    headers = dict(headers or {})
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, Unavailable):
         headers["Retry-After"] = str(error.retry_after)
     return Response(
@@ -142,6 +148,28 @@ def problem_response(error: GatewayError, request: Request) -> Response:
         media_type=PROBLEM_JSON,
         headers=headers,
     )
+
+
+def framework_problem(status: int) -> GatewayError:
+    """The problem for an HTTP error Starlette or FastAPI raise themselves: no route (404),
+    a method the route does not take (405, answered with Starlette's `Allow` header), a body
+    that cannot be read as text (400; FastAPI's JSON errors are validation errors)."""
+    if status == 400:
+        return BadRequest("malformed-json", "the request body is not valid JSON")
+    if status == 404:
+        return NotFound("not-found", "no such resource")
+    if status == 405:
+        return MethodNotAllowed("method-not-allowed", "the resource does not take this method")
+    # Nothing else is raised by the framework for this app; should a new version start to,
+    # the answer still has a title and a code of its own, and the log says so.
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    log.warning("http.unmapped_framework_error", status=status)
+    error_class = type("FrameworkError", (GatewayError,), {"status": status, "title": phrase})
+    error: GatewayError = error_class(phrase.lower().replace(" ", "-"), phrase.lower())
+    return error
 
 
 def _validation_problem(exc: RequestValidationError) -> GatewayError:
@@ -169,11 +197,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            return problem_response(NotFound("not-found", "no such resource"), request)
-        err = GatewayError("http-error", str(exc.detail))
-        err.status = exc.status_code  # type: ignore[misc]
-        return problem_response(err, request)
+        allow = (exc.headers or {}).get("Allow")
+        return problem_response(
+            framework_problem(exc.status_code),
+            request,
+            headers={"Allow": allow} if allow is not None else None,
+        )
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.exception("http.unhandled_error")

@@ -48,6 +48,7 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     "sender-mismatch": (403, "Forbidden", "the Bundle's sender organisation is not the caller"),
     "not-found": (404, "Not found", "no such resource"),
     "unknown-request": (404, "Not found", "the message answers no request of this organisation"),
+    "method-not-allowed": (405, "Method not allowed", "the resource does not take this method"),
     "idempotency-key-reused": (
         409,
         "Conflict",
@@ -473,6 +474,25 @@ def problem_example(code: str, path: str) -> dict[str, Any]:
     return body
 
 
+# Not an answer of any operation: every path answers a method it does not list with this.
+METHOD_NOT_ALLOWED: dict[str, Any] = {
+    "description": "method-not-allowed: any path answers a method it does not list with 405 "
+    "and the `Allow` header naming the methods it takes (RFC 9110).",
+    "headers": {"Allow": {"schema": {"type": "string"}, "example": "GET"}},
+    "content": {
+        PROBLEM_JSON: {
+            "schema": {"$ref": "#/components/schemas/Problem"},
+            "examples": {
+                "method-not-allowed": {
+                    "summary": ERROR_CATALOGUE["method-not-allowed"][2],
+                    "value": problem_example("method-not-allowed", "/jobcenter/v1/inbox"),
+                }
+            },
+        }
+    },
+}
+
+
 def codes_for(method: str, path: str, operation: dict[str, Any]) -> list[str]:
     codes = list(ENDPOINT_ERRORS.get((method, path), []))
     if path.startswith(_PARTNER_PREFIXES):
@@ -568,6 +588,7 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
                 if media_type in content:
                     content[media_type]["example"] = example
             responses.update(_error_responses(method, path, operation))
+    components["responses"] = {"MethodNotAllowed": METHOD_NOT_ALLOWED}
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     return doc
