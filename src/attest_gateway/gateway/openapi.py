@@ -274,8 +274,10 @@ _HEADER_EXAMPLE: dict[str, Any] = {
 }
 _ENVELOPE_EXAMPLE: dict[str, Any] = {
     "header": _HEADER_EXAMPLE,
-    "ciphertext": "m3Bq…(base64: HPKE enc || AEAD ciphertext)…",
-    "signature": "Qk9Y…(base64 Ed25519 signature)…",
+    # base64 of HPKE enc || AEAD ciphertext (shortened here), and of the Ed25519 signature
+    "ciphertext": "chYmsf+SkCuvwUJc69wJOm4qBtlCOlXUUxBvnOoGhbLrbe/EOhrVpSR0mNz1",
+    "signature": "W9X8kpcgSJDlNgkZN0NfBMVbup8h6HAYN7FExti2OC2MrPweps9ZZ92sCeX0zSE9"
+    "xXhwwoN6iHZcB2opNXglaA==",
 }
 
 _ACK_BUNDLE_EXAMPLE = {
@@ -346,7 +348,7 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
                     {
                         "content_type": "application/pdf",
                         "title": "attest.pdf",
-                        "data_base64": "JVBERi0xLjQK…",
+                        "data_base64": "JVBERi0xLjQK",
                     }
                 ],
             }
@@ -424,6 +426,11 @@ _METRICS = (
     'status="202"} 42.0\n'
 )
 
+_CSV = (
+    "group,label,suppressed,requests,late_requests,late_request_rate\n"
+    "1084,Region Hovedstaden,False,412,37,0.09\n"
+)
+
 _REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/jobcenter/v1/attest-requests"): {
         "application/json": {
@@ -447,7 +454,12 @@ _MESSAGES_BODY = {
     "or the same sealed for the gateway and signed by the sender.",
     "content": {
         "application/fhir+json": {
-            "schema": {"type": "object", "description": "FHIR Bundle (type message)"},
+            "schema": {
+                "type": "object",
+                "description": "FHIR Bundle (type message) following MedCom's profiles",
+                "required": ["resourceType"],
+                "properties": {"resourceType": {"const": "Bundle"}},
+            },
             "example": _ACK_BUNDLE_EXAMPLE,
         },
         "application/vnd.attest-gateway.envelope+json": {
@@ -580,6 +592,12 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
             if (method, path) == ("get", "/metrics"):
                 responses["200"]["content"] = {
                     "text/plain; version=0.0.4": {"schema": {"type": "string"}, "example": _METRICS}
+                }
+            if any(p.get("name") == "format" for p in operation.get("parameters", [])):
+                # The ministry's figures as CSV (`format=csv`): the same rows, one a line.
+                responses["200"]["content"]["text/csv"] = {
+                    "schema": {"type": "string"},
+                    "example": _CSV,
                 }
             if (method, path) == ("post", "/medcom/v1/messages"):
                 operation["requestBody"] = _MESSAGES_BODY

@@ -96,7 +96,9 @@ async def durations(
     request: Request,
     org: Ministry,
     f: Filters,
-    metric: Annotated[str, Query()] = "request_to_attest",
+    metric: Annotated[
+        str, Query(json_schema_extra={"enum": sorted(r.METRIC_NAMES)})
+    ] = "request_to_attest",
     by: ByParam = "national",
     series: bool = False,
     format: Format = "json",
