@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
+import uuid
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
+from attest_gateway.adapters.medcom.bundles import build_acknowledgement
+from attest_gateway.gateway import pseudonyms
+from attest_gateway.gateway.crypto import seal, utcnow
 from attest_gateway.gateway.store import tables
+from attest_gateway.schemas.envelope import CONTENT_TYPE as ENVELOPE_TYPE
+from attest_gateway.schemas.envelope import EnvelopeHeader
+from attest_gateway.schemas.events import MessageType
 from tests.integration.conftest import Harness
+from tests.integration.test_medcom_side import new_request, post, reply_to, sealed_for_gateway
 from tests.support.harness import CPR, attest_request_body
 
-JC = "jc-koebenhavn"
+JC, PSY = "jc-koebenhavn", "psyk-kbh"
 URL = "/jobcenter/v1/attest-requests"
 
 
@@ -45,6 +56,10 @@ def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
     return problem
 
 
+# More than a year ahead of any clock the gateway may have while the tests run.
+AHEAD = (dt.date.today() + dt.timedelta(days=400)).isoformat()
+
+
 def valid(h: Harness, **overrides: Any) -> dict[str, Any]:
     return attest_request_body(**{"jobcenter_gln": h.gln(JC), **overrides})
 
@@ -66,6 +81,29 @@ CASES: list[tuple[str, Any, int, str]] = [
     ("bad case kind", {"case_kind": "kontanthjaelp"}, 422, "invalid-request"),
     ("unknown field", {"extra": 1}, 422, "invalid-request"),
     ("deadline in the past", {"reply_deadline": "2020-01-01"}, 422, "invalid-reply-deadline"),
+    ("deadline years ahead", {"reply_deadline": AHEAD}, 422, "invalid-reply-deadline"),
+    ("deadline 9999-12-31", {"reply_deadline": "9999-12-31"}, 422, "date-out-of-range"),
+    ("absence 9999-12-31", {"first_day_of_absence": "9999-12-31"}, 422, "date-out-of-range"),
+    ("absence 0001-01-01", {"first_day_of_absence": "0001-01-01"}, 422, "date-out-of-range"),
+    ("absence 1999-12-31", {"first_day_of_absence": "1999-12-31"}, 422, "date-out-of-range"),
+    ("absence years ahead", {"first_day_of_absence": AHEAD}, 422, "invalid-first-day-of-absence"),
+    ("absence as a number", {"first_day_of_absence": 1_767_225_600}, 422, "invalid-request"),
+    (
+        "absence with a time",
+        {"first_day_of_absence": "2026-01-05T00:00:00"},
+        422,
+        "invalid-request",
+    ),
+    ("CPR in caseworker_ref", {"caseworker_ref": "sag-0101901234"}, 422, "cpr-in-reference"),
+    ("CPR with dash in ref", {"caseworker_ref": "borger 010190-1234"}, 422, "cpr-in-reference"),
+    ("CPR glued to letters", {"caseworker_ref": "sag0101901234"}, 422, "cpr-in-reference"),
+    ("CPR alone as ref", {"caseworker_ref": "1502857777"}, 422, "cpr-in-reference"),
+    ("NUL in caseworker_ref", {"caseworker_ref": "sag-\x00-1"}, 422, "control-character"),
+    ("line feed in caseworker_ref", {"caseworker_ref": "sag-1\n"}, 422, "control-character"),
+    ("DEL in caseworker_ref", {"caseworker_ref": "sag-\x7f"}, 422, "control-character"),
+    ("NUL in attest type", {"attest_type": "LÆ 155\x00"}, 422, "control-character"),
+    ("NUL in questions", {"questions": "Hvad?\x00"}, 422, "control-character"),
+    ("escape in questions", {"questions": "Hvad?\x1b[2J"}, 422, "control-character"),
     ("other job centre's GLN", {"municipality": "751"}, 403, "jobcenter-mismatch"),
 ]
 
@@ -249,3 +287,287 @@ async def test_one_idempotency_key_at_the_same_moment_makes_one_request(harness:
     assert {name: after[name] - before[name] for name in after} == {
         "conversations": 1, "idempotency_keys": 1, "outbox_messages": 1, "submitted": 1
     }  # fmt: skip
+
+
+def contact(**overrides: Any) -> dict[str, Any]:
+    today = dt.date.today()
+    body = {
+        "municipality": "101",
+        "citizen_cpr": CPR,
+        "psychiatry_sor": "715381000016006",
+        "case_kind": "sygedagpenge",
+        "first_day_of_absence": (today - dt.timedelta(days=30)).isoformat(),
+        "contact_date": (today - dt.timedelta(days=10)).isoformat(),
+    }
+    return body | overrides
+
+
+async def contact_rows(h: Harness) -> tuple[int, int]:
+    """Registered contacts, and contact events in the outbox (keyed by the citizen's case ref;
+    stage events, which other tests' traffic adds meanwhile, are keyed by conversation)."""
+    ref = pseudonyms.case_ref(CPR, h.gw.pseudonym_key)
+    async with h.gw.engine.connect() as conn:
+        contacts = (
+            await conn.execute(sa.select(sa.func.count()).select_from(tables.tracker_contacts))
+        ).scalar_one()
+        events = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tables.outbox)
+                .where(tables.outbox.c.topic == h.gw.topics.tracking, tables.outbox.c.key == ref)
+            )
+        ).scalar_one()
+    return contacts, events
+
+
+CONTACT_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("absence 0001-01-01", {"first_day_of_absence": "0001-01-01"}, "date-out-of-range"),
+    ("absence 9999-12-31", {"first_day_of_absence": "9999-12-31"}, "date-out-of-range"),
+    ("contact 0001-01-01", {"contact_date": "0001-01-01"}, "date-out-of-range"),
+    ("absence years ahead", {"first_day_of_absence": AHEAD}, "invalid-first-day-of-absence"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "code"), CONTACT_CASES, ids=[c[0] for c in CONTACT_CASES]
+)
+async def test_contact_dates_out_of_range_change_nothing(
+    harness: Harness, case: str, overrides: dict[str, Any], code: str
+) -> None:
+    """0001-01-01 as the first day of absence was a 500 (OverflowError in the service)."""
+    before = await contact_rows(harness)
+    response = await harness.client.post(
+        "/jobcenter/v1/contacts", json=contact(**overrides), headers=harness.auth(JC)
+    )
+    assert_problem(response, 422, code)
+    assert await contact_rows(harness) == before
+
+
+@pytest.mark.parametrize("date", ["0001-01-01", "9999-12-31", "1999-12-31"])
+async def test_ministry_dates_out_of_range(harness: Harness, date: str) -> None:
+    for param in ("from", "to"):
+        response = await harness.client.get(
+            "/ministry/v1/deadlines", params={param: date}, headers=harness.auth("ministry")
+        )
+        assert_problem(response, 422, "date-out-of-range")
+
+
+@pytest.mark.parametrize("created_at", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+async def test_a_sealed_submission_created_at_the_calendar_s_ends(
+    harness: Harness, created_at: str
+) -> None:
+    """The header's time in UTC overflowed the calendar: a 500 before it was bounded."""
+    header = {
+        "v": 1,
+        "message_id": "m-1",
+        "bundle_id": "b-1",
+        "conversation_id": "c-1",
+        "message_type": "attest-reply",
+        "sender": "psyk-kbh",
+        "receiver": "gateway",
+        "suite": "X25519/HKDF_SHA256/AES_256_GCM",
+        "recipient_key_id": "k-1",
+        "signer": "psyk-kbh",
+        "signer_key_id": "k-2",
+        "created_at": created_at,
+    }
+    response = await harness.client.post(
+        "/medcom/v1/messages",
+        json={"header": header, "ciphertext": "AAAA", "signature": "AAAA"},
+        headers={**harness.auth("psyk-kbh"), "Content-Type": ENVELOPE_TYPE},
+    )
+    assert_problem(response, 400, "invalid-envelope")
+
+
+async def test_audit_after_seq_past_64_bits(harness: Harness) -> None:
+    """A seq is a signed 64-bit integer in both databases: one past it was a 500."""
+    url, auth = "/audit/v1/entries", harness.auth(JC)
+    response = await harness.client.get(url, params={"after_seq": 2**63}, headers=auth)
+    assert_problem(response, 422, "invalid-request")
+    response = await harness.client.get(url, params={"after_seq": 2**63 - 1}, headers=auth)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"entries": [], "next_after_seq": 2**63 - 1}
+
+
+# --- control characters (PostgreSQL text cannot hold NUL: each was a 500 there) ----------------
+
+
+async def test_lone_surrogates_are_refused(harness: Harness) -> None:
+    """JSON can carry a lone UTF-16 surrogate as an escape; UTF-8 cannot encode it (a 500 when
+    the store or the Bundle's serialiser met it, on both databases)."""
+    before = await counts(harness)
+    for field in ("caseworker_ref", "questions"):
+        body = json.dumps(valid(harness, **{field: "sag \ud800"})).encode()  # ASCII, escaped
+        response = await harness.client.post(
+            URL, content=body, headers={**harness.auth(JC), "Content-Type": "application/json"}
+        )
+        assert_problem(response, 422, "control-character")
+    assert await counts(harness) == before
+
+
+async def test_free_text_keeps_tabs_and_line_breaks(harness: Harness) -> None:
+    questions = "1. Funktionsevne?\r\n2.\tBehandling?\n"
+    response = await harness.client.post(
+        URL, json=valid(harness, questions=questions), headers=harness.auth(JC)
+    )
+    assert response.status_code == 202, response.text
+
+
+async def test_control_characters_in_the_idempotency_key(harness: Harness) -> None:
+    before = await counts(harness)
+    for key in ("retry\x00", "retry\x01"):
+        response = await harness.client.post(
+            URL, json=valid(harness), headers={**harness.auth(JC), "Idempotency-Key": key}
+        )
+        assert_problem(response, 422, "control-character")
+    assert await counts(harness) == before
+    response = await harness.client.post(
+        "/jobcenter/v1/contacts",
+        json=contact(),
+        headers={**harness.auth(JC), "Idempotency-Key": "contact\x00"},
+    )
+    assert_problem(response, 422, "control-character")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "org"),
+    [
+        ("GET", "/jobcenter/v1/attest-requests/{}", JC),
+        ("POST", "/jobcenter/v1/inbox/{}/ack", JC),
+        ("POST", "/medcom/v1/mailbox/{}/collected", PSY),
+    ],
+)
+@pytest.mark.parametrize("bad_id", ["a%00b", "%0a", "a%20b", "x" * 65, "a%C3%A6"])
+async def test_an_id_of_another_form_names_nothing(
+    harness: Harness, method: str, path: str, org: str, bad_id: str
+) -> None:
+    response = await harness.client.request(method, path.format(bad_id), headers=harness.auth(org))
+    assert_problem(response, 404, "not-found")
+
+
+async def test_control_characters_in_the_ministry_s_filters(harness: Harness) -> None:
+    response = await harness.client.get(
+        "/ministry/v1/deadlines",
+        params={"attest_type": "LÆ 155\x00"},
+        headers=harness.auth("ministry"),
+    )
+    assert_problem(response, 422, "control-character")
+
+
+async def medcom_rows(h: Harness, conversation_id: str) -> tuple[int, int]:
+    """The conversation's mailbox rows, and its organisations' inbound messages."""
+    async with h.gw.engine.connect() as conn:
+        mailbox = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tables.mailbox)
+                .where(tables.mailbox.c.conversation_id == conversation_id)
+            )
+        ).scalar_one()
+        inbound = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tables.inbound_messages)
+                .where(tables.inbound_messages.c.conversation_id == conversation_id)
+            )
+        ).scalar_one()
+    return mailbox, inbound
+
+
+async def test_control_characters_in_a_submitted_bundle(harness: Harness) -> None:
+    """FHIR strings hold no character below U+0020 but tab, line feed and carriage return: a
+    NUL in an id the gateway looks up, or a vertical tab in the attest text, is refused before
+    anything is stored (plain and sealed for the gateway)."""
+    h = harness
+    accepted, request, _ = await new_request(h)
+    cid = accepted["conversation_id"]
+    before = await medcom_rows(h, cid)
+    ack = build_acknowledgement(
+        acked=request, message_id=str(uuid.uuid4()), bundle_id=str(uuid.uuid4()),
+        sent_at=utcnow(), code="ok",
+    )  # fmt: skip
+    ack["entry"][0]["resource"]["response"]["identifier"] += "\x00"
+    reply = reply_to(request)
+    communication = next(
+        e["resource"] for e in reply["entry"] if e["resource"]["resourceType"] == "Communication"
+    )
+    communication["payload"][0]["contentString"] = "Borgeren\x0ber i behandling."
+    for bundle, kind in ((ack, MessageType.ACKNOWLEDGEMENT), (reply, MessageType.ATTEST_REPLY)):
+        assert_problem(await post(h, PSY, bundle), 422, "control-character")
+        envelope = sealed_for_gateway(
+            h, h.client_keys(PSY), bundle, conversation_id=cid, message_type=kind
+        )
+        response = await post(h, PSY, envelope.model_dump(mode="json"), ENVELOPE_TYPE)
+        assert_problem(response, 422, "control-character")
+    assert await medcom_rows(h, cid) == before
+
+
+async def test_control_characters_in_a_sealed_envelope_s_header(harness: Harness) -> None:
+    """The header's ids are stored (the audit entry of the opening) before the Bundle is read:
+    a NUL there, signed by the sender itself, was a 500 on PostgreSQL and stored on SQLite."""
+    h = harness
+    accepted, request, _ = await new_request(h)
+    cid = accepted["conversation_id"]
+    keys = h.client_keys(PSY)
+    ack = build_acknowledgement(
+        acked=request, message_id=str(uuid.uuid4()), bundle_id=str(uuid.uuid4()),
+        sent_at=utcnow(), code="ok",
+    )  # fmt: skip
+    good = sealed_for_gateway(
+        h, keys, ack, conversation_id=cid, message_type=MessageType.ACKNOWLEDGEMENT
+    ).header
+    header = EnvelopeHeader.model_construct(
+        **(good.model_dump() | {"conversation_id": cid + "\x00"})
+    )
+    gateway_key = h.gw.keyring.orgs[h.settings.gateway_org_id].current_hpke
+    envelope = seal(orjson.dumps(ack), header, gateway_key.public(), keys.current_signing)
+    before = await medcom_rows(h, cid)
+    response = await post(h, PSY, envelope.model_dump(mode="json"), ENVELOPE_TYPE)
+    assert_problem(response, 400, "invalid-envelope")
+    assert await medcom_rows(h, cid) == before
+    async with h.gw.engine.connect() as conn:
+        opened = await conn.execute(
+            sa.select(tables.audit_log).where(tables.audit_log.c.message_id == good.message_id)
+        )
+        assert opened.all() == []
+
+
+# --- CPR numbers in references a client writes (stored in clear) -------------------------------
+
+
+async def test_a_cpr_number_in_the_idempotency_key_is_refused(harness: Harness) -> None:
+    before = await counts(harness)
+    key = {"Idempotency-Key": f"req-{CPR}"}
+    response = await harness.client.post(
+        URL, json=valid(harness), headers={**harness.auth(JC), **key}
+    )
+    assert_problem(response, 422, "cpr-in-reference")
+    assert await counts(harness) == before
+    contacts_before = await contact_rows(harness)
+    response = await harness.client.post(
+        "/jobcenter/v1/contacts", json=contact(), headers={**harness.auth(JC), **key}
+    )
+    assert_problem(response, 422, "cpr-in-reference")
+    assert await contact_rows(harness) == contacts_before
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "sag-2026-0042",
+        "27.24.00-G01-1234-24",
+        "sag-01019012345",  # eleven digits: a longer number, not a CPR number
+        "sag-3213901234",  # not DDMMYY
+        "0b6a9a3e-52a4-4d0c-a0a1-5b5c8a2f4e10",
+        "8f010190-1234-4aaa-8bbb-cccc0101901f",  # a UUID with CPR-shaped runs inside
+    ],
+)
+async def test_references_without_a_cpr_number_are_accepted(harness: Harness, ref: str) -> None:
+    response = await harness.client.post(
+        URL,
+        json=valid(harness, caseworker_ref=ref),
+        headers={**harness.auth(JC), "Idempotency-Key": f"{ref}-{uuid.uuid4()}"},
+    )
+    assert response.status_code == 202, response.text
+    status = await harness.get_json(response.headers["location"], JC)
+    assert status["caseworker_ref"] == ref

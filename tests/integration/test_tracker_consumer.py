@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
+from attest_gateway.gateway import pseudonyms
 from attest_gateway.gateway.bus import TransientError
 from attest_gateway.gateway.crypto import OrgKeys, open_envelope, utcnow
 from attest_gateway.gateway.store.db import aware, make_engine
@@ -46,7 +47,7 @@ from attest_gateway.gateway.tracker.store import (
 )
 from attest_gateway.gateway.tracker.sweep import TrackerSweep
 from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.events import Stage
+from attest_gateway.schemas.events import MessageType, Stage, StageEvent
 from attest_gateway.schemas.medcom import (
     MESSAGE_KIND_SYSTEM,
     Bundle,
@@ -529,6 +530,74 @@ async def test_an_unreadable_tracking_record_is_dead_lettered(harness: Harness) 
 
     record = await wait_for(dead_lettered)
     assert dict(record.headers)["dlq-reason"] == b"invalid-tracking-event"
+
+
+async def test_a_stored_date_at_the_calendar_s_end_does_not_poison_the_tracker(
+    harness: Harness,
+) -> None:
+    """Events of a conversation accepted before the API bounded its dates (first day of absence
+    and reply deadline 9999-12-31), on the topic as the gateway wrote them: the live tracker
+    applies every one (no OverflowError, nothing dead-lettered); the deadline, the follow-up
+    limit and the contact window stay at the calendar's last day, so the conversation is never
+    overdue or late and its window never closes."""
+    h = harness
+    cid = str(uuid.uuid4())
+    now = utcnow()
+    first = StageEvent(
+        event_id=str(uuid.uuid4()),
+        conversation_id=cid,
+        message_id=str(uuid.uuid4()),
+        message_type=MessageType.ATTEST_REQUEST,
+        stage=Stage.SUBMITTED,
+        at=now,
+        attest_type="LÆ 225",
+        case_kind="sygedagpenge",
+        municipality="101",
+        region_code="1084",
+        jobcenter_org=JC,
+        receiver_org=GP,
+        case_ref=pseudonyms.case_ref(cpr(40), h.gw.pseudonym_key),
+        psychiatric_course=True,
+        first_day_of_absence=dt.date.max,
+        reply_deadline=dt.date.max,
+    )
+    events = [first] + [
+        first.model_copy(
+            update={
+                "event_id": str(uuid.uuid4()),
+                "stage": stage,
+                "at": now + dt.timedelta(seconds=n),
+            }
+        )
+        for n, stage in enumerate((Stage.IN_MAILBOX, Stage.REPLIED), start=1)
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap)
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send_and_wait(
+                h.gw.topics.tracking,
+                value=event.model_dump_json().encode(),
+                key=cid.encode(),
+                headers=[("message-type", b"stage"), ("conversation-id", cid.encode())],
+            )
+    finally:
+        await producer.stop()
+
+    row = await tracked(h, cid, "replied_at")
+    assert row.in_mailbox_at is not None
+    assert row.due_date == dt.date.max
+    assert row.requested_late is False
+    assert row.outcome == "on_time"
+    async with h.gw.engine.connect() as conn:
+        episode = (
+            await conn.execute(
+                sa.select(tracker_episodes).where(tracker_episodes.c.case_ref == row.case_ref)
+            )
+        ).one()
+    assert episode.window_end == dt.date.max
+    dead = await read_topic(h.bootstrap, h.gw.topics.dead_letter)
+    assert not [r for r in dead if r.key == cid.encode()]
 
 
 @pytest.mark.parametrize("column", ["case_ref"])

@@ -21,6 +21,7 @@ from attest_gateway.gateway.cli_ops import (
     openapi_document,
     replace_settings_table,
 )
+from attest_gateway.gateway.http import FIELD_CODES
 from attest_gateway.gateway.openapi import ERROR_CATALOGUE
 from attest_gateway.schemas.medcom import BUNDLE_ERROR_CODES
 
@@ -71,8 +72,7 @@ def raised_codes() -> dict[str, set[int]]:
                 found.setdefault(first.value, set()).add(classes[name])
     for code in BUNDLE_ERROR_CODES:  # the MedCom parser's codes reach the API as 422
         found.setdefault(code, set()).add(422)
-    for code in ("invalid-cpr", "invalid-gln", "invalid-sor", "invalid-ydernummer",
-                 "invalid-kommunekode", "invalid-request"):  # fmt: skip
+    for code in (*FIELD_CODES.values(), "invalid-request"):
         found.setdefault(code, set()).add(422)  # validation errors (gateway/http.py)
     return found
 

@@ -216,6 +216,48 @@ def test_contact_scope_and_window() -> None:
     )
 
 
+# --- dates near the calendar's ends ------------------------------------------------------------
+# Rows and events stored before the API bounded its dates may hold any date: the rules hold
+# their arithmetic at 9999-12-31 instead of raising OverflowError.
+
+LAST = dt.date.max
+
+
+@pytest.mark.parametrize("text", ["14d", "10wd", "2w", "2m", "9999wd", "9999m"])
+@pytest.mark.parametrize("start", [LAST, LAST - dt.timedelta(days=3), D(9999, 12, 20)])
+def test_a_deadline_past_the_calendar_s_end_is_its_last_day(text: str, start: dt.date) -> None:
+    assert DeadlineRule.parse(text).due(start, CAL) == LAST
+
+
+@pytest.mark.parametrize("attest_type", ["LÆ 105", "LÆ 125", "LÆ 155", "LÆ 285", "LÆ 999"])
+def test_the_tracker_s_deadline_for_dates_at_the_calendar_s_ends(attest_type: str) -> None:
+    for requested, deadline in [(LAST, None), (D(2026, 9, 1), LAST), (LAST, LAST)]:
+        due = RULES.due_date(
+            attest_type,
+            requested=requested,
+            received=requested,
+            request_deadline=deadline,
+            catalogue_deadline=None,
+        )
+        assert due in (None, LAST)
+        assert not RULES.is_overdue(due, LAST, replied=False)
+    assert CAL.next_working_day(LAST) == LAST
+    assert CAL.add_working_days(LAST - dt.timedelta(days=1), 5) == LAST
+
+
+def test_late_request_and_contact_window_at_the_calendar_s_ends() -> None:
+    assert RULES.first_follow_up_deadline("sygedagpenge", LAST) == LAST
+    assert not RULES.requested_late("sygedagpenge", LAST, D(2026, 9, 1))
+    assert RULES.contact_window_end(LAST) == LAST
+    assert RULES.contact_window_end(LAST - dt.timedelta(days=10)) == LAST
+    first = dt.date.min
+    assert RULES.requested_late("sygedagpenge", first, D(2026, 9, 1))
+    assert RULES.contact_window_end(first) == first + dt.timedelta(days=55)
+    assert TrackerRules.build(contact_window_weeks=0).contact_window_end(first) == first
+    assert r.period_start(first, "week") == first
+    assert r.period_start(LAST, "week") == D(9999, 12, 27)
+
+
 # --- reminders ----------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from attest_gateway.schemas.audit import AuditEntries
 router = APIRouter(prefix="/audit/v1", tags=["audit"], route_class=authenticated_first())
 
 UNKNOWN_SOURCE = "unknown"
+MAX_SEQ = 2**63 - 1  # a seq is a 64-bit signed integer in both databases
 
 
 def client_source(request: Request) -> str:
@@ -30,7 +31,9 @@ def client_source(request: Request) -> str:
 async def entries(
     request: Request,
     org: Annotated[Organisation, Depends(authenticated)],
-    after_seq: Annotated[int, Query(ge=0, description="only entries after this seq")] = 0,
+    after_seq: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="only entries after this seq")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditEntries:
     """The caller's audit entries after `after_seq`, oldest first: its reads, and what the

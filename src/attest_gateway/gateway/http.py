@@ -42,13 +42,17 @@ log = structlog.get_logger(__name__)
 PROBLEM_JSON = "application/problem+json"
 _ORG_KEY = "attest_gateway.org"  # the request's authenticated organisation, in its ASGI scope
 
-# Pydantic error types raised by our identifier checks → stable problem codes.
-_FIELD_CODES = {
+# Pydantic error types raised by our identifier checks and bounds → stable problem codes.
+FIELD_CODES = {
     "invalid_cpr": "invalid-cpr",
     "invalid_gln": "invalid-gln",
     "invalid_sor": "invalid-sor",
     "invalid_ydernummer": "invalid-ydernummer",
     "invalid_kommunekode": "invalid-kommunekode",
+    "date_out_of_range": "date-out-of-range",
+    "control_character": "control-character",
+    "string_unicode": "control-character",  # pydantic's own: a lone surrogate (not UTF-8)
+    "cpr_in_reference": "cpr-in-reference",
 }
 
 
@@ -176,7 +180,10 @@ def _validation_problem(exc: RequestValidationError) -> GatewayError:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return BadRequest("malformed-json", "the request body is not valid JSON")
-    codes = [_FIELD_CODES[e["type"]] for e in errors if e.get("type") in _FIELD_CODES]
+    if errors and all(tuple(e.get("loc", ()))[:1] == ("path",) for e in errors):
+        # An id in the path that does not have the form of one the gateway hands out.
+        return NotFound("not-found", "no such resource")
+    codes = [FIELD_CODES[e["type"]] for e in errors if e.get("type") in FIELD_CODES]
     # Only location, type and our own message: never the rejected input (it may be a CPR).
     details = [
         {"loc": [str(p) for p in e.get("loc", ())], "type": e.get("type"), "msg": e.get("msg")}

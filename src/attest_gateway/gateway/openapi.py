@@ -84,6 +84,26 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Unprocessable content",
         "the reply deadline must be in the future",
     ),
+    "invalid-first-day-of-absence": (
+        422,
+        "Unprocessable content",
+        "the first day of absence is more than a year ahead",
+    ),
+    "date-out-of-range": (
+        422,
+        "Unprocessable content",
+        "the request does not match the schema",
+    ),
+    "control-character": (
+        422,
+        "Unprocessable content",
+        "the request does not match the schema",
+    ),
+    "cpr-in-reference": (
+        422,
+        "Unprocessable content",
+        "the request does not match the schema",
+    ),
     "receiver-has-no-key": (
         422,
         "Unprocessable content",
@@ -155,6 +175,23 @@ _IDENTIFIER_CODES = [
     "invalid-ydernummer",
     "invalid-kommunekode",
 ]
+# Validation codes of the bounds (schemas/bounds.py), with a location they are found at, by
+# path prefix (none: the code comes without a list of errors there).
+_BOUND_LOCS: dict[str, dict[str, list[str]]] = {
+    "date-out-of-range": {
+        "/ministry/": ["query", "from"],
+        "/jobcenter/": ["body", "first_day_of_absence"],
+    },
+    "control-character": {
+        "/ministry/": ["query", "attest_type"],
+        "/jobcenter/v1/contacts": ["header", "idempotency-key"],
+        "/jobcenter/": ["body", "caseworker_ref"],
+    },
+    "cpr-in-reference": {
+        "/jobcenter/v1/contacts": ["header", "idempotency-key"],
+        "/jobcenter/": ["body", "caseworker_ref"],
+    },
+}
 AUTHENTICATED = [
     "unauthenticated",
     "unknown-client-certificate",
@@ -164,6 +201,14 @@ AUTHENTICATED = [
 COMMON = ["internal-error", "database-unavailable", "database-busy"]
 WITH_BODY = ["malformed-json", "payload-too-large"]
 
+# The ministry's filters (period, from, to, attest type, region).
+_MINISTRY_FILTER_CODES = [
+    "invalid-request",
+    "date-out-of-range",
+    "control-character",
+    "invalid-period",
+]
+
 # (method, path) → the codes this endpoint can answer, beyond COMMON (and AUTHENTICATED for
 # the partner APIs, WITH_BODY for requests with a body, which are added automatically).
 ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
@@ -171,9 +216,13 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "jobcenter-mismatch",
         "idempotency-key-reused",
         *_IDENTIFIER_CODES,
+        "date-out-of-range",
+        "control-character",
+        "cpr-in-reference",
         "unknown-attest-type",
         "unknown-receiver",
         "receiver-cannot-issue",
+        "invalid-first-day-of-absence",
         "invalid-reply-deadline",
         "receiver-has-no-key",
         "outbox-full",
@@ -198,6 +247,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "message-id-conflict",
         "unsupported-media-type",
         *sorted(BUNDLE_ERROR_CODES - {"invalid-bundle"}),
+        "control-character",
         "not-addressed-to-gateway",
         "unknown-key",
         "key-not-valid",
@@ -212,11 +262,18 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "receiver-has-no-key",
         "outbox-full",
     ],
-    ("post", "/jobcenter/v1/contacts"): ["invalid-request", "invalid-contact-date"],
-    ("get", "/ministry/v1/report"): ["invalid-request", "invalid-period"],
-    ("get", "/ministry/v1/durations"): ["invalid-request", "invalid-period", "unknown-metric"],
-    ("get", "/ministry/v1/deadlines"): ["invalid-request", "invalid-period"],
-    ("get", "/ministry/v1/contacts"): ["invalid-request", "invalid-period"],
+    ("post", "/jobcenter/v1/contacts"): [
+        "invalid-request",
+        "date-out-of-range",
+        "control-character",
+        "cpr-in-reference",
+        "invalid-first-day-of-absence",
+        "invalid-contact-date",
+    ],
+    ("get", "/ministry/v1/report"): _MINISTRY_FILTER_CODES,
+    ("get", "/ministry/v1/durations"): [*_MINISTRY_FILTER_CODES, "unknown-metric"],
+    ("get", "/ministry/v1/deadlines"): _MINISTRY_FILTER_CODES,
+    ("get", "/ministry/v1/contacts"): _MINISTRY_FILTER_CODES,
     ("get", "/metrics"): ["unauthenticated"],
 }
 
@@ -480,6 +537,10 @@ def problem_example(code: str, path: str) -> dict[str, Any]:
     if status == 422 and code in _IDENTIFIER_CODES:
         loc = {"invalid-cpr": "citizen_cpr", "invalid-gln": "jobcenter_gln"}.get(code, "body")
         body["errors"] = [{"loc": ["body", loc], "type": code.replace("-", "_"), "msg": "…"}]
+    for prefix, where in _BOUND_LOCS.get(code, {}).items():
+        if path.startswith(prefix):  # the first that fits
+            body["errors"] = [{"loc": where, "type": code.replace("-", "_"), "msg": "…"}]
+            break
     if status == 503:
         body["retryable"] = True
         body["retry_after"] = 5

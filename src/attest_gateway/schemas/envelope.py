@@ -33,7 +33,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
 from pydantic import (
@@ -45,10 +45,14 @@ from pydantic import (
     field_validator,
 )
 
+from attest_gateway.schemas.bounds import DATE_MAX, DATE_MIN, LINE
 from attest_gateway.schemas.events import MessageType
 
 SIGNING_CONTEXT = b"attest-gateway/envelope/v1\x00"
 CONTENT_TYPE = "application/vnd.attest-gateway.envelope+json"
+
+# Ids, organisation ids and key ids: one line of text (no control characters).
+Id = Annotated[str, Field(min_length=1, max_length=64), LINE]
 
 Suite = Literal["MLKEM768_X25519/HKDF_SHA256/AES_256_GCM", "X25519/HKDF_SHA256/AES_256_GCM"]
 
@@ -57,23 +61,26 @@ class EnvelopeHeader(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = 1
-    message_id: str = Field(min_length=1, max_length=64)
-    bundle_id: str = Field(min_length=1, max_length=64)
-    conversation_id: str = Field(min_length=1, max_length=64)
+    message_id: Id
+    bundle_id: Id
+    conversation_id: Id
     message_type: MessageType
-    sender: str = Field(min_length=1, max_length=64)
-    receiver: str = Field(min_length=1, max_length=64)
+    sender: Id
+    receiver: Id
     suite: Suite
-    recipient_key_id: str = Field(min_length=1, max_length=64)
-    signer: str = Field(min_length=1, max_length=64)
-    signer_key_id: str = Field(min_length=1, max_length=64)
-    created_at: dt.datetime
+    recipient_key_id: Id
+    signer: Id
+    signer_key_id: Id
+    created_at: dt.datetime = Field(json_schema_extra={"pattern": r"^20[0-9]{2}-"})
 
     @field_validator("created_at")
     @classmethod
     def _aware(cls, value: dt.datetime) -> dt.datetime:
         if value.tzinfo is None:
             raise ValueError("created_at must carry a time zone")
+        # In range, as every date a client sends (and UTC would overflow in years 1 and 9999).
+        if not DATE_MIN.year <= value.year <= DATE_MAX.year:
+            raise ValueError(f"created_at lies in the years {DATE_MIN.year} to {DATE_MAX.year}")
         return value.astimezone(dt.UTC)
 
     def info(self) -> bytes:

@@ -14,6 +14,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attest_gateway.schemas.attests import DEFAULT_CATALOGUE
+from attest_gateway.schemas.bounds import LINE, REFERENCE, TEXT, InputDate
 from attest_gateway.schemas.events import Stage
 from attest_gateway.schemas.identifiers import Cpr, Gln, Kommunekode, Sor, Ydernummer
 
@@ -60,18 +61,22 @@ class AttestRequestIn(_Contract):
         description="the job centre's GLN/EAN location number (13 digits, the last a GS1 "
         "check digit)"
     )
-    caseworker_ref: Annotated[str, Field(min_length=1, max_length=64)]
+    caseworker_ref: Annotated[str, Field(min_length=1, max_length=64), REFERENCE] = Field(
+        description="the job centre's own case reference; never a CPR number"
+    )
     citizen_cpr: Cpr
-    attest_type: str = Field(
+    attest_type: Annotated[str, LINE] = Field(
         description="an LÆ code from the catalogue, e.g. 'LÆ 265'",
         json_schema_extra={"enum": [*sorted(DEFAULT_CATALOGUE)]},
     )
     receiver: ReceiverRef
     case_kind: CaseKind
-    first_day_of_absence: dt.date
+    first_day_of_absence: InputDate = Field(description="at most a year ahead")
     psychiatric_course: bool
-    questions: Annotated[str, Field(min_length=1, max_length=20_000)]
-    reply_deadline: dt.date | None = None
+    questions: Annotated[str, Field(min_length=1, max_length=20_000), TEXT]
+    reply_deadline: InputDate | None = Field(
+        default=None, description="after today and at most a year ahead"
+    )
 
 
 class AttestRequestAccepted(_Contract):

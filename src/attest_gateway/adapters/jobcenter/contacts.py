@@ -26,6 +26,7 @@ from attest_gateway.gateway.errors import Conflict, Forbidden, Unprocessable
 from attest_gateway.gateway.runtime import Gateway
 from attest_gateway.gateway.store.tables import outbox, tracker_contacts
 from attest_gateway.gateway.tracker.events import ContactChannel, ContactEvent
+from attest_gateway.schemas.bounds import InputDate, a_year_after
 from attest_gateway.schemas.identifiers import Cpr, Kommunekode, Sor, municipalities
 from attest_gateway.schemas.jobcenter import CaseKind
 
@@ -39,8 +40,10 @@ class ContactIn(BaseModel):
     citizen_cpr: Cpr
     psychiatry_sor: Sor = Field(description="SOR code of the psychiatry unit")
     case_kind: CaseKind
-    first_day_of_absence: dt.date
-    contact_date: dt.date
+    first_day_of_absence: InputDate = Field(description="at most a year ahead")
+    contact_date: InputDate = Field(
+        description="not after tomorrow, and not more than a year before the first day of absence"
+    )
     channel: ContactChannel = ContactChannel.MEETING
 
 
@@ -59,6 +62,10 @@ async def register_contact(
     if body.municipality != org.kommunekode:
         raise Forbidden("jobcenter-mismatch", "the municipality in the request is not the caller")
     now = utcnow()
+    if body.first_day_of_absence > a_year_after(now.date()):
+        raise Unprocessable(
+            "invalid-first-day-of-absence", "the first day of absence is more than a year ahead"
+        )
     if body.contact_date > now.date() + dt.timedelta(days=1):
         raise Unprocessable("invalid-contact-date", "a contact cannot be registered in advance")
     if body.contact_date < body.first_day_of_absence - dt.timedelta(days=365):

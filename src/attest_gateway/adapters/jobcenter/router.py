@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from pydantic import Field
 
 from attest_gateway.adapters.jobcenter import contacts, service
 from attest_gateway.adapters.jobcenter.contacts import ContactAccepted, ContactIn
@@ -16,6 +17,7 @@ from attest_gateway.gateway.http import (
     gateway_of,
     require_role,
 )
+from attest_gateway.schemas.bounds import ID_PATTERN, REFERENCE
 from attest_gateway.schemas.jobcenter import (
     AttestRequestAccepted,
     AttestRequestIn,
@@ -34,6 +36,11 @@ async def jobcenter(org: Annotated[Organisation, Depends(authenticated)]) -> Org
 
 
 JobCenter = Annotated[Organisation, Depends(jobcenter)]
+# A key the client chose, stored in clear with the answer: one line of text, no CPR number.
+IdempotencyKey = Annotated[Annotated[str, Field(max_length=200), REFERENCE] | None, Header()]
+# Ids the gateway handed out (a value of another form names nothing: 404).
+ConversationId = Annotated[str, Path(pattern=ID_PATTERN)]
+MessageId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
 @router.post("/attest-requests", status_code=202, response_model=AttestRequestAccepted)
@@ -42,7 +49,7 @@ async def request_attest(
     request: Request,
     response: Response,
     org: JobCenter,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> AttestRequestAccepted:
     accepted, created = await service.submit_attest_request(
         gateway_of(request), org, body, idempotency_key=idempotency_key
@@ -59,7 +66,7 @@ async def register_contact(
     request: Request,
     response: Response,
     org: JobCenter,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> ContactAccepted:
     """Register a direct contact with psychiatry about a citizen (counts for contact coverage)."""
     accepted, created = await contacts.register_contact(
@@ -72,7 +79,7 @@ async def register_contact(
 
 @router.get("/attest-requests/{conversation_id}", response_model=ConversationStatus)
 async def attest_request_status(
-    conversation_id: str, request: Request, org: JobCenter
+    conversation_id: ConversationId, request: Request, org: JobCenter
 ) -> ConversationStatus:
     return await service.conversation_status(gateway_of(request), org, conversation_id)
 
@@ -87,7 +94,7 @@ async def inbox(
 
 
 @router.post("/inbox/{message_id}/ack")
-async def acknowledge(message_id: str, request: Request, org: JobCenter) -> dict[str, object]:
+async def acknowledge(message_id: MessageId, request: Request, org: JobCenter) -> dict[str, object]:
     changed = await service.acknowledge_reply(
         gateway_of(request), org, message_id, source=client_source(request)
     )

@@ -40,6 +40,7 @@ from attest_gateway.gateway.store.db import autocommit, aware
 from attest_gateway.gateway.store.group_commit import Write
 from attest_gateway.gateway.store.tables import conversations, idempotency_keys, mailbox
 from attest_gateway.schemas.attests import IssuerKind
+from attest_gateway.schemas.bounds import a_year_after
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import STAGE_ORDER, MessageType, Stage, current_stage
 from attest_gateway.schemas.identifiers import municipalities
@@ -112,9 +113,18 @@ async def submit_attest_request(
     if kind is None:
         raise Unprocessable("unknown-attest-type", "the attest type is not in the LÆ catalogue")
     now = utcnow()
-    reply_deadline = body.reply_deadline or kind.reply_deadline.due(now.date())
-    if reply_deadline <= now.date():
+    today = now.date()
+    if body.first_day_of_absence > a_year_after(today):
+        raise Unprocessable(
+            "invalid-first-day-of-absence", "the first day of absence is more than a year ahead"
+        )
+    reply_deadline = body.reply_deadline or kind.reply_deadline.due(today)
+    if reply_deadline <= today:
         raise Unprocessable("invalid-reply-deadline", "the reply deadline must be in the future")
+    if reply_deadline > a_year_after(today):
+        raise Unprocessable(
+            "invalid-reply-deadline", "the reply deadline is more than a year ahead"
+        )
     fp = fingerprint(
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS), gw.pseudonym_key
     )

@@ -5,18 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from attest_gateway.adapters.medcom import service
 from attest_gateway.gateway.audit_router import client_source
 from attest_gateway.gateway.directory import HEALTH_ROLES, Organisation
-from attest_gateway.gateway.errors import BadRequest, UnsupportedMediaType
+from attest_gateway.gateway.errors import BadRequest, Unprocessable, UnsupportedMediaType
 from attest_gateway.gateway.http import (
     authenticated,
     authenticated_first,
     gateway_of,
     require_role,
 )
+from attest_gateway.schemas.bounds import ID_PATTERN, control_character_in
 
 router = APIRouter(
     prefix="/medcom/v1", tags=["health"], route_class=authenticated_first(*HEALTH_ROLES)
@@ -47,7 +48,9 @@ async def mailbox(
 
 
 @router.post("/mailbox/{message_id}/collected")
-async def collected(message_id: str, request: Request, org: HealthOrg) -> dict[str, Any]:
+async def collected(
+    message_id: Annotated[str, Path(pattern=ID_PATTERN)], request: Request, org: HealthOrg
+) -> dict[str, Any]:
     changed = await service.mark_collected(gateway_of(request), org, message_id)
     return {"message_id": message_id, "collected": True, "changed": changed}
 
@@ -63,6 +66,12 @@ async def submit(request: Request, response: Response, org: HealthOrg) -> dict[s
         raise BadRequest("malformed-json", "the request body is not valid JSON") from exc
     gw = gateway_of(request)
     bundle = await service.unwrap_submission(gw, org, data)
+    if control_character_in(bundle):
+        raise Unprocessable(
+            "control-character",
+            "a string of the Bundle holds a control character (FHIR allows none but tab, "
+            "line feed and carriage return)",
+        )
     answer, created = await service.submit_message(gw, org, bundle)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -9,13 +9,13 @@ are suppressed (see `report.py`).
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
+from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.gateway.directory import Organisation, Role
@@ -29,6 +29,7 @@ from attest_gateway.gateway.http import (
 from attest_gateway.gateway.tracker import report as rep
 from attest_gateway.gateway.tracker import rules as r
 from attest_gateway.gateway.tracker.service import tracker_rules
+from attest_gateway.schemas.bounds import LINE, InputDate
 from attest_gateway.schemas.identifiers import municipalities
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -49,9 +50,9 @@ Format = Literal["json", "csv"]
 
 def _filters(
     period: Annotated[Literal["week", "month"], Query(description="week or month")] = "month",
-    date_from: Annotated[dt.date | None, Query(alias="from")] = None,
-    date_to: Annotated[dt.date | None, Query(alias="to")] = None,
-    attest_type: Annotated[str | None, Query(max_length=16)] = None,
+    date_from: Annotated[InputDate | None, Query(alias="from")] = None,
+    date_to: Annotated[InputDate | None, Query(alias="to")] = None,
+    attest_type: Annotated[Annotated[str, Field(max_length=16), LINE] | None, Query()] = None,
     region: Annotated[str | None, Query(pattern=r"^108[1-5]$")] = None,
 ) -> rep.Filters:
     if date_from and date_to and date_from > date_to:

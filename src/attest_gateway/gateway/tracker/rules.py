@@ -13,6 +13,13 @@ holidays although they are not public holidays (Constitution Day, Christmas Eve,
 Eve; retsplejeloven § 148, stk. 2). A deadline that falls on a non-working day moves to the
 next working day (configurable). A request that names its own deadline (e.g. an LÆ 285 whose
 deadline the municipality sets) keeps it, moved off a non-working day the same way.
+
+Dates near the calendar's ends. The API bounds the dates it accepts, but rows and events
+stored before it did may hold any date (a first day of absence of 9999-12-31, say). Date
+arithmetic here is held at the calendar's ends instead of overflowing (`add_days`): a
+deadline, follow-up limit or contact window that would fall past 9999-12-31 is 9999-12-31.
+Such a conversation is then never overdue, never a late request, and its contact window never
+closes, instead of every one of its events going to the dead letters.
 """
 
 from __future__ import annotations
@@ -33,6 +40,14 @@ from dateutil.relativedelta import relativedelta
 from attest_gateway.schemas.events import Stage
 
 # --- deadlines ------------------------------------------------------------------------------
+
+
+def add_days(day: dt.date, days: int) -> dt.date:
+    """`day` + `days`, held at `date.min` / `date.max` instead of raising OverflowError."""
+    try:
+        return day + dt.timedelta(days=days)
+    except OverflowError:
+        return dt.date.max if days > 0 else dt.date.min
 
 
 class Unit(StrEnum):
@@ -73,15 +88,17 @@ class WorkingCalendar:
         return day.weekday() < 5 and day not in _closed_days(day.year, self.extra_closed)
 
     def next_working_day(self, day: dt.date) -> dt.date:
-        """`day` itself if it is a working day, else the first working day after it."""
-        while not self.is_working_day(day):
+        """`day` itself if it is a working day, else the first working day after it (the
+        calendar's last day if there is none)."""
+        while not self.is_working_day(day) and day < dt.date.max:
             day += dt.timedelta(days=1)
         return day
 
     def add_working_days(self, start: dt.date, n: int) -> dt.date:
-        """The n-th working day after `start` (start itself does not count)."""
+        """The n-th working day after `start` (start itself does not count; the calendar's
+        last day if it ends first)."""
         day = start
-        while n > 0:
+        while n > 0 and day < dt.date.max:
             day += dt.timedelta(days=1)
             if self.is_working_day(day):
                 n -= 1
@@ -110,11 +127,14 @@ class DeadlineRule:
         """The last day on which the reply is still in time (before any moving)."""
         match self.unit:
             case Unit.DAYS:
-                return start + dt.timedelta(days=self.amount)
+                return add_days(start, self.amount)
             case Unit.WEEKS:
-                return start + dt.timedelta(weeks=self.amount)
+                return add_days(start, 7 * self.amount)
             case Unit.MONTHS:
-                due: dt.date = start + relativedelta(months=self.amount)
+                try:
+                    due: dt.date = start + relativedelta(months=self.amount)
+                except (OverflowError, ValueError):  # past year 9999
+                    return dt.date.max
                 return due
             case Unit.WORKING_DAYS:
                 return calendar.add_working_days(start, self.amount)
@@ -206,7 +226,7 @@ class TrackerRules:
         weeks = self.late_request_weeks.get(case_kind)
         if weeks is None:
             return None
-        return first_day + dt.timedelta(days=7 * weeks - 1)
+        return add_days(first_day, 7 * weeks - 1)
 
     def requested_late(self, case_kind: str, first_day: dt.date, requested: dt.date) -> bool:
         limit = self.first_follow_up_deadline(case_kind, first_day)
@@ -217,7 +237,7 @@ class TrackerRules:
 
     def contact_window_end(self, first_day: dt.date) -> dt.date:
         """The last day on which a contact still counts (N weeks from the first day)."""
-        return first_day + dt.timedelta(days=7 * self.contact_window_weeks - 1)
+        return add_days(first_day, 7 * self.contact_window_weeks - 1)
 
     def reminder_due(
         self,
