@@ -23,6 +23,7 @@ from attest_gateway.adapters.jobcenter.contacts import ContactIn
 from attest_gateway.gateway.cli_ops import canonical_settings, openapi_document
 from attest_gateway.gateway.tracker import rules
 from attest_gateway.schemas.attests import DEFAULT_CATALOGUE
+from attest_gateway.schemas.bounds import control_character_in
 from attest_gateway.schemas.envelope import BASE64_PATTERN, SealedEnvelope
 from attest_gateway.schemas.identifiers import (
     GLN_CHECK_DIGIT_WRONG,
@@ -185,10 +186,18 @@ def test_the_envelope_schema_states_base64(openapi: dict[str, Any]) -> None:
 
 def test_a_fhir_body_is_a_bundle(openapi: dict[str, Any]) -> None:
     body = openapi["paths"]["/medcom/v1/messages"]["post"]["requestBody"]["content"]
-    schema = jsonschema_rs.validator_for(body["application/fhir+json"]["schema"])
+    schema = jsonschema_rs.validator_for(
+        {**body["application/fhir+json"]["schema"], "components": openapi["components"]}
+    )
     assert schema.is_valid(body["application/fhir+json"]["example"])
     assert not schema.is_valid({"resourceType": "Patient"})
     assert not schema.is_valid({})
+    # FHIR strings, keys and values at any depth: tab, line feed, carriage return, no other
+    # control character (the gateway's control_character_in).
+    assert schema.is_valid({"resourceType": "Bundle", "entry": [{"a": "x\ty\r\nz"}]})
+    for bad in ({"entry": [{"a": "x\x00"}]}, {"entry": [{"a\x07": 1}]}, {"id\x1f": "b"}):
+        assert not schema.is_valid({"resourceType": "Bundle", **bad})
+        assert control_character_in(bad)
 
 
 def test_the_duration_metric_is_one_of_the_metrics(openapi: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from attest_gateway.gateway.errors import GatewayError, problem_for
+from attest_gateway.schemas.bounds import TEXT_PATTERN
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import MessageType
 from attest_gateway.schemas.medcom import BUNDLE_ERROR_CODES
@@ -516,6 +517,8 @@ _MESSAGES_BODY = {
                 "description": "FHIR Bundle (type message) following MedCom's profiles",
                 "required": ["resourceType"],
                 "properties": {"resourceType": {"const": "Bundle"}},
+                "propertyNames": {"pattern": TEXT_PATTERN},
+                "additionalProperties": {"$ref": "#/components/schemas/FhirJson"},
             },
             "example": _ACK_BUNDLE_EXAMPLE,
         },
@@ -527,6 +530,24 @@ _MESSAGES_BODY = {
         },
     },
 }  # fmt: skip
+
+
+# Any FHIR JSON value: no string, key or value, holds a control character but tab, line feed
+# and carriage return (FHIR's string type; the gateway refuses others, `control-character`).
+FHIR_JSON: dict[str, Any] = {
+    "description": "FHIR JSON: strings (keys and values) hold no control character but tab, "
+    "line feed and carriage return",
+    "anyOf": [
+        {"type": "string", "pattern": TEXT_PATTERN},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/FhirJson"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": TEXT_PATTERN},
+            "additionalProperties": {"$ref": "#/components/schemas/FhirJson"},
+        },
+    ],
+}
 
 
 def problem_example(code: str, path: str) -> dict[str, Any]:
@@ -622,6 +643,7 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
     for name, sub in envelope_schema.pop("$defs", {}).items():
         schemas.setdefault(name, sub)
     schemas["SealedEnvelope"] = envelope_schema
+    schemas["FhirJson"] = FHIR_JSON
     components["securitySchemes"] = {
         "apiKey": {
             "type": "http",
