@@ -131,6 +131,73 @@ async def test_malformed_json(harness: Harness) -> None:
     assert await counts(harness) == before
 
 
+MALFORMED = [b'{"municipality": "101",', b'{"municipality": "\xff\xfe"}']
+BODY_URLS = [URL, "/jobcenter/v1/contacts"]
+
+
+@pytest.mark.parametrize("body", MALFORMED, ids=["truncated", "not UTF-8"])
+@pytest.mark.parametrize("url", BODY_URLS)
+@pytest.mark.parametrize(
+    "auth",
+    [{}, {"Authorization": "Bearer agw_nobody_123"}],
+    ids=["no key", "wrong key"],
+)
+async def test_malformed_body_of_an_unknown_caller_is_unauthenticated(
+    harness: Harness, url: str, body: bytes, auth: dict[str, str]
+) -> None:
+    """Authentication comes before the body is read: a caller that is not known learns
+    nothing about how its body was parsed."""
+    before = await counts(harness)
+    response = await harness.client.post(
+        url, content=body, headers={**auth, "Content-Type": "application/json"}
+    )
+    problem = assert_problem(response, 401, "unauthenticated")
+    assert "errors" not in problem
+    assert "json" not in response.text.lower()
+    assert await counts(harness) == before
+
+
+@pytest.mark.parametrize("body", MALFORMED, ids=["truncated", "not UTF-8"])
+async def test_malformed_body_of_another_role_is_forbidden(harness: Harness, body: bytes) -> None:
+    response = await harness.client.post(
+        URL, content=body, headers={**harness.auth("psyk-kbh"), "Content-Type": "application/json"}
+    )
+    assert_problem(response, 403, "forbidden")
+
+
+async def test_body_that_is_not_utf8_is_malformed_json(harness: Harness) -> None:
+    before = await counts(harness)
+    response = await harness.client.post(
+        URL, content=MALFORMED[1], headers={**harness.auth(JC), "Content-Type": "application/json"}
+    )
+    assert_problem(response, 400, "malformed-json")
+    assert response.json()["title"] == "Bad request"
+    assert await counts(harness) == before
+
+
+FRAMEWORK_ERRORS = [
+    ("DELETE", "/jobcenter/v1/inbox", "GET"),
+    ("PUT", URL, "POST"),
+    ("GET", "/medcom/v1/messages", "POST"),
+    ("TRACE", "/audit/v1/entries", "GET"),
+    ("POST", "/ministry/v1/report", "GET"),
+    ("PATCH", "/healthz", "GET"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), FRAMEWORK_ERRORS)
+@pytest.mark.parametrize("authenticated", [True, False], ids=["with key", "without key"])
+async def test_method_not_allowed_is_a_problem_with_allow(
+    harness: Harness, method: str, path: str, allow: str, authenticated: bool
+) -> None:
+    """RFC 9110: a 405 names the methods the resource takes in `Allow`."""
+    headers = harness.auth(JC) if authenticated else {}
+    response = await harness.client.request(method, path, headers=headers)
+    problem = assert_problem(response, 405, "method-not-allowed")
+    assert problem["title"] == "Method not allowed"
+    assert response.headers["allow"] == allow
+
+
 async def test_body_over_the_limit(harness: Harness) -> None:
     before = await counts(harness)
     big = valid(harness, questions="x" * (harness.settings.max_body_bytes + 10))
@@ -171,7 +238,8 @@ async def test_other_job_centres_conversation_is_not_found(harness: Harness) -> 
 
 
 async def test_unknown_route_is_problem_json(harness: Harness) -> None:
-    assert_problem(await harness.client.get("/nowhere"), 404, "not-found")
+    problem = assert_problem(await harness.client.get("/nowhere"), 404, "not-found")
+    assert problem["title"] == "Not found"
 
 
 async def test_idempotency_key(harness: Harness) -> None:

@@ -74,8 +74,29 @@ def raised_codes() -> dict[str, set[int]]:
         found.setdefault(code, set()).add(422)
     for code in (*FIELD_CODES.values(), "invalid-request"):
         found.setdefault(code, set()).add(422)  # validation errors (gateway/http.py)
-    found.pop("http-error", None)  # the generic mapping of framework errors (405 …)
     return found
+
+
+def _responses(openapi: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every (status, response) of the document: the operations' and the shared ones
+    (components.responses: the 405 that any path answers for a method it does not list)."""
+    found = [
+        (status, response)
+        for operations in openapi["paths"].values()
+        for operation in operations.values()
+        for status, response in operation["responses"].items()
+    ]
+    shared = openapi["components"].get("responses", {}).values()
+    for response in shared:
+        statuses = {ex["value"]["status"] for ex in _problem_examples(response).values()}
+        found += [(str(status), response) for status in statuses]
+    return found
+
+
+def _problem_examples(response: dict[str, Any]) -> dict[str, Any]:
+    media = response.get("content", {}).get("application/problem+json")
+    examples: dict[str, Any] = (media or {}).get("examples", {})
+    return examples
 
 
 def test_openapi_document_is_valid_openapi(openapi: dict[str, Any]) -> None:
@@ -93,12 +114,9 @@ def test_every_error_code_in_the_source_is_documented_with_its_status(
     openapi: dict[str, Any],
 ) -> None:
     documented: dict[str, set[int]] = {}
-    for operations in openapi["paths"].values():
-        for operation in operations.values():
-            for status, response in operation["responses"].items():
-                media = response.get("content", {}).get("application/problem+json")
-                for code in (media or {}).get("examples", {}):
-                    documented.setdefault(code, set()).add(int(status))
+    for status, response in _responses(openapi):
+        for code in _problem_examples(response):
+            documented.setdefault(code, set()).add(int(status))
     missing = {}
     for code, statuses in raised_codes().items():
         if code not in ERROR_CATALOGUE:
@@ -133,13 +151,10 @@ def test_every_answer_of_every_endpoint_has_an_example(openapi: dict[str, Any]) 
 
 def test_problem_examples_match_the_problem_schema(openapi: dict[str, Any]) -> None:
     schema = openapi["components"]["schemas"]["Problem"]
-    for operations in openapi["paths"].values():
-        for operation in operations.values():
-            for status, response in operation["responses"].items():
-                media = response.get("content", {}).get("application/problem+json")
-                for example in (media or {}).get("examples", {}).values():
-                    jsonschema.validate(example["value"], schema)
-                    assert example["value"]["status"] == int(status)
+    for status, response in _responses(openapi):
+        for example in _problem_examples(response).values():
+            jsonschema.validate(example["value"], schema)
+            assert example["value"]["status"] == int(status)
 
 
 def test_partner_endpoints_declare_bearer_authentication(openapi: dict[str, Any]) -> None:

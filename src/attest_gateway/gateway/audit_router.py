@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from attest_gateway.gateway import audit
 from attest_gateway.gateway.directory import Organisation
-from attest_gateway.gateway.http import authenticated, gateway_of
+from attest_gateway.gateway.http import authenticated, authenticated_first, gateway_of
 from attest_gateway.schemas.audit import AuditEntries
 
-router = APIRouter(prefix="/audit/v1", tags=["audit"])
+router = APIRouter(prefix="/audit/v1", tags=["audit"], route_class=authenticated_first())
 
 UNKNOWN_SOURCE = "unknown"
 MAX_SEQ = 2**63 - 1  # a seq is a 64-bit signed integer in both databases

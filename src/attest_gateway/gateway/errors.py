@@ -5,6 +5,7 @@
     ├── Unauthenticated            401  unauthenticated
     ├── Forbidden                  403  forbidden, jobcenter-mismatch, sender-mismatch
     ├── NotFound                   404  not-found
+    ├── MethodNotAllowed           405  method-not-allowed (with the Allow header)
     ├── Conflict                   409  idempotency-key-reused, message-id-conflict,
     │                                   replayed-message-id
     ├── PayloadTooLarge            413  payload-too-large
@@ -59,6 +60,11 @@ class Forbidden(GatewayError):
 class NotFound(GatewayError):
     status = 404
     title = "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    title = "Method not allowed"
 
 
 class Conflict(GatewayError):

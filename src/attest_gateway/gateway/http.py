@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable, Coroutine
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -13,6 +15,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +27,7 @@ from attest_gateway.gateway.errors import (
     BadRequest,
     Forbidden,
     GatewayError,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     Unauthenticated,
@@ -37,6 +41,7 @@ from attest_gateway.gateway.store.db import autocommit
 log = structlog.get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+_ORG_KEY = "attest_gateway.org"  # the request's authenticated organisation, in its ASGI scope
 
 # Pydantic error types raised by our identifier checks and bounds → stable problem codes.
 FIELD_CODES = {
@@ -61,6 +66,9 @@ async def authenticated(request: Request) -> Organisation:
     """The organisation behind the request: its pinned TLS client certificate (mutual TLS)
     or its `Authorization: Bearer <api key>`. When both are sent they must name the same
     organisation; an unknown or revoked certificate is refused, never silently ignored."""
+    known: Organisation | None = request.scope.get(_ORG_KEY)
+    if known is not None:  # already authenticated before the body was read
+        return known
     gw = gateway_of(request)
     pem = mtls.client_certificate(request.scope)
     auth = request.headers.get("authorization", "")
@@ -93,6 +101,7 @@ async def authenticated(request: Request) -> Organisation:
     org = by_cert or by_key
     assert org is not None
     structlog.contextvars.bind_contextvars(org=org.id)
+    request.scope[_ORG_KEY] = org
     return org
 
 
@@ -102,9 +111,40 @@ def require_role(org: Organisation, *roles: Role) -> Organisation:
     return org
 
 
-def problem_response(error: GatewayError, request: Request) -> Response:
+def authenticated_first(*roles: Role) -> type[APIRoute]:
+    """The route class of a partner router (`APIRouter(route_class=…)`): the caller is
+    authenticated, and its role checked when `roles` are given, before the body is read.
+
+    FastAPI reads and parses a declared body before it solves the route's dependencies, so
+    a malformed body would otherwise be answered (400 `malformed-json`) before the caller
+    is known: anyone could probe how the gateway reads its input. The route's own
+    dependencies then find the organisation in the request scope and do not look it up
+    again."""
+
+    class AuthenticatedFirstRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+            if self.body_field is None:
+                return handler
+
+            async def authenticate_then_handle(request: Request) -> Response:
+                org = await authenticated(request)
+                if roles:
+                    require_role(org, *roles)
+                return await handler(request)
+
+            return authenticate_then_handle
+
+    return AuthenticatedFirstRoute
+
+
+def problem_response(
+    error: GatewayError, request: Request, *, headers: dict[str, str] | None = None
+) -> Response:
     metrics.observe_problem(error)
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+    headers = dict(headers or {})
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, Unavailable):
         headers["Retry-After"] = str(error.retry_after)
     return Response(
@@ -113,6 +153,28 @@ def problem_response(error: GatewayError, request: Request) -> Response:
         media_type=PROBLEM_JSON,
         headers=headers,
     )
+
+
+def framework_problem(status: int) -> GatewayError:
+    """The problem for an HTTP error Starlette or FastAPI raise themselves: no route (404),
+    a method the route does not take (405, answered with Starlette's `Allow` header), a body
+    that cannot be read as text (400; FastAPI's JSON errors are validation errors)."""
+    if status == 400:
+        return BadRequest("malformed-json", "the request body is not valid JSON")
+    if status == 404:
+        return NotFound("not-found", "no such resource")
+    if status == 405:
+        return MethodNotAllowed("method-not-allowed", "the resource does not take this method")
+    # Nothing else is raised by the framework for this app; should a new version start to,
+    # the answer still has a title and a code of its own, and the log says so.
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    log.warning("http.unmapped_framework_error", status=status)
+    error_class = type("FrameworkError", (GatewayError,), {"status": status, "title": phrase})
+    error: GatewayError = error_class(phrase.lower().replace(" ", "-"), phrase.lower())
+    return error
 
 
 def _validation_problem(exc: RequestValidationError) -> GatewayError:
@@ -143,11 +205,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            return problem_response(NotFound("not-found", "no such resource"), request)
-        err = GatewayError("http-error", str(exc.detail))
-        err.status = exc.status_code  # type: ignore[misc]
-        return problem_response(err, request)
+        allow = (exc.headers or {}).get("Allow")
+        return problem_response(
+            framework_problem(exc.status_code),
+            request,
+            headers={"Allow": allow} if allow is not None else None,
+        )
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.exception("http.unhandled_error")

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from attest_gateway.gateway.errors import GatewayError, problem_for
+from attest_gateway.schemas.bounds import TEXT_PATTERN
 from attest_gateway.schemas.envelope import SealedEnvelope
 from attest_gateway.schemas.events import MessageType
 from attest_gateway.schemas.medcom import ATTACHMENT_ERROR_CODES, BUNDLE_ERROR_CODES
@@ -48,6 +49,7 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     "sender-mismatch": (403, "Forbidden", "the Bundle's sender organisation is not the caller"),
     "not-found": (404, "Not found", "no such resource"),
     "unknown-request": (404, "Not found", "the message answers no request of this organisation"),
+    "method-not-allowed": (405, "Method not allowed", "the resource does not take this method"),
     "idempotency-key-reused": (
         409,
         "Conflict",
@@ -350,8 +352,10 @@ _HEADER_EXAMPLE: dict[str, Any] = {
 }
 _ENVELOPE_EXAMPLE: dict[str, Any] = {
     "header": _HEADER_EXAMPLE,
-    "ciphertext": "m3Bq…(base64: HPKE enc || AEAD ciphertext)…",
-    "signature": "Qk9Y…(base64 Ed25519 signature)…",
+    # base64 of HPKE enc || AEAD ciphertext (shortened here), and of the Ed25519 signature
+    "ciphertext": "chYmsf+SkCuvwUJc69wJOm4qBtlCOlXUUxBvnOoGhbLrbe/EOhrVpSR0mNz1",
+    "signature": "W9X8kpcgSJDlNgkZN0NfBMVbup8h6HAYN7FExti2OC2MrPweps9ZZ92sCeX0zSE9"
+    "xXhwwoN6iHZcB2opNXglaA==",
 }
 
 _ACK_BUNDLE_EXAMPLE = {
@@ -422,7 +426,7 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
                     {
                         "content_type": "application/pdf",
                         "title": "attest.pdf",
-                        "data_base64": "JVBERi0xLjQK…",
+                        "data_base64": "JVBERi0xLjQK",
                     }
                 ],
             }
@@ -500,6 +504,11 @@ _METRICS = (
     'status="202"} 42.0\n'
 )
 
+_CSV = (
+    "group,label,suppressed,requests,late_requests,late_request_rate\n"
+    "1084,Region Hovedstaden,False,412,37,0.09\n"
+)
+
 _REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/jobcenter/v1/attest-requests"): {
         "application/json": {
@@ -523,7 +532,14 @@ _MESSAGES_BODY = {
     "or the same sealed for the gateway and signed by the sender.",
     "content": {
         "application/fhir+json": {
-            "schema": {"type": "object", "description": "FHIR Bundle (type message)"},
+            "schema": {
+                "type": "object",
+                "description": "FHIR Bundle (type message) following MedCom's profiles",
+                "required": ["resourceType"],
+                "properties": {"resourceType": {"const": "Bundle"}},
+                "propertyNames": {"pattern": TEXT_PATTERN},
+                "additionalProperties": {"$ref": "#/components/schemas/FhirJson"},
+            },
             "example": _ACK_BUNDLE_EXAMPLE,
         },
         "application/vnd.attest-gateway.envelope+json": {
@@ -534,6 +550,24 @@ _MESSAGES_BODY = {
         },
     },
 }  # fmt: skip
+
+
+# Any FHIR JSON value: no string, key or value, holds a control character but tab, line feed
+# and carriage return (FHIR's string type; the gateway refuses others, `control-character`).
+FHIR_JSON: dict[str, Any] = {
+    "description": "FHIR JSON: strings (keys and values) hold no control character but tab, "
+    "line feed and carriage return",
+    "anyOf": [
+        {"type": "string", "pattern": TEXT_PATTERN},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/FhirJson"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": TEXT_PATTERN},
+            "additionalProperties": {"$ref": "#/components/schemas/FhirJson"},
+        },
+    ],
+}
 
 
 def problem_example(code: str, path: str) -> dict[str, Any]:
@@ -552,6 +586,25 @@ def problem_example(code: str, path: str) -> dict[str, Any]:
         body["retryable"] = True
         body["retry_after"] = 5
     return body
+
+
+# Not an answer of any operation: every path answers a method it does not list with this.
+METHOD_NOT_ALLOWED: dict[str, Any] = {
+    "description": "method-not-allowed: any path answers a method it does not list with 405 "
+    "and the `Allow` header naming the methods it takes (RFC 9110).",
+    "headers": {"Allow": {"schema": {"type": "string"}, "example": "GET"}},
+    "content": {
+        PROBLEM_JSON: {
+            "schema": {"$ref": "#/components/schemas/Problem"},
+            "examples": {
+                "method-not-allowed": {
+                    "summary": ERROR_CATALOGUE["method-not-allowed"][2],
+                    "value": problem_example("method-not-allowed", "/jobcenter/v1/inbox"),
+                }
+            },
+        }
+    },
+}
 
 
 def codes_for(method: str, path: str, operation: dict[str, Any]) -> list[str]:
@@ -610,6 +663,7 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
     for name, sub in envelope_schema.pop("$defs", {}).items():
         schemas.setdefault(name, sub)
     schemas["SealedEnvelope"] = envelope_schema
+    schemas["FhirJson"] = FHIR_JSON
     components["securitySchemes"] = {
         "apiKey": {
             "type": "http",
@@ -642,6 +696,12 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
                 responses["200"]["content"] = {
                     "text/plain; version=0.0.4": {"schema": {"type": "string"}, "example": _METRICS}
                 }
+            if any(p.get("name") == "format" for p in operation.get("parameters", [])):
+                # The ministry's figures as CSV (`format=csv`): the same rows, one a line.
+                responses["200"]["content"]["text/csv"] = {
+                    "schema": {"type": "string"},
+                    "example": _CSV,
+                }
             if (method, path) == ("post", "/medcom/v1/messages"):
                 operation["requestBody"] = _MESSAGES_BODY
             for media_type, example in _REQUEST_EXAMPLES.get((method, path), {}).items():
@@ -649,6 +709,7 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
                 if media_type in content:
                     content[media_type]["example"] = example
             responses.update(_error_responses(method, path, operation))
+    components["responses"] = {"MethodNotAllowed": METHOD_NOT_ALLOWED}
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     return doc

@@ -32,10 +32,18 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_serializer,
+    field_validator,
+)
 
 from attest_gateway.schemas.bounds import DATE_MAX, DATE_MIN, LINE
 from attest_gateway.schemas.events import MessageType
@@ -80,21 +88,27 @@ class EnvelopeHeader(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
 
 
+# Standard base64 (RFC 4648 section 4) with its padding and nothing else, as the envelope's
+# schema states it; `_b64` accepts exactly this.
+_BASE64 = re.compile("(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+BASE64_PATTERN = f"^{_BASE64.pattern}$"
+_BASE64_SCHEMA: dict[str, JsonValue] = {"pattern": BASE64_PATTERN, "contentEncoding": "base64"}
+
+
 class SealedEnvelope(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     header: EnvelopeHeader
-    ciphertext: bytes
-    signature: bytes
+    ciphertext: bytes = Field(json_schema_extra=_BASE64_SCHEMA)
+    signature: bytes = Field(json_schema_extra=_BASE64_SCHEMA)
 
     @field_validator("ciphertext", "signature", mode="before")
     @classmethod
     def _b64(cls, value: object) -> object:
         if isinstance(value, str):
-            try:
-                return base64.b64decode(value, validate=True)
-            except ValueError as exc:
-                raise ValueError("not valid base64") from exc
+            if _BASE64.fullmatch(value) is None:
+                raise ValueError("not valid base64")
+            return base64.b64decode(value, validate=True)
         return value
 
     @field_serializer("ciphertext", "signature")

@@ -17,7 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 _DIGITS = re.compile(r"[0-9]+\Z")
@@ -45,12 +45,13 @@ def cpr_birth_date(cpr: str) -> dt.date:
 
 
 def check_cpr(value: str) -> CprNumber:
-    """10 digits (an optional dash after the sixth); the first six must be a real date.
+    """10 digits (an optional dash after the sixth, spaces around); the first six must be a
+    real date. `CPR_PATTERN` says the same.
 
     The old modulus-11 check is deliberately not applied: many CPR numbers issued
     since 2007 fail it.
     """
-    text = value.strip() if isinstance(value, str) else ""
+    text = value.strip(" ") if isinstance(value, str) else ""
     compact = text[:6] + text[7:] if len(text) == 11 and text[6] == "-" else text
     if len(compact) != 10 or not _DIGITS.match(compact):
         raise PydanticCustomError("invalid_cpr", "a CPR number has 10 digits (DDMMYY-SSSS)")
@@ -69,12 +70,15 @@ def gln_check_digit(first12: str) -> int:
     return (10 - total % 10) % 10
 
 
+GLN_CHECK_DIGIT_WRONG = "the GLN's check digit is wrong"
+
+
 def check_gln(value: str) -> str:
     """A 13-digit GLN/EAN location number with a valid GS1 check digit."""
     if not isinstance(value, str) or len(value) != 13 or not _DIGITS.match(value):
         raise PydanticCustomError("invalid_gln", "a GLN has 13 digits")
     if gln_check_digit(value[:12]) != int(value[12]):
-        raise PydanticCustomError("invalid_gln", "the GLN's check digit is wrong")
+        raise PydanticCustomError("invalid_gln", GLN_CHECK_DIGIT_WRONG)
     return value
 
 
@@ -120,8 +124,68 @@ def check_kommunekode(value: str) -> str:
     return value
 
 
-Cpr = Annotated[str, AfterValidator(check_cpr)]
-Gln = Annotated[str, AfterValidator(check_gln)]
-Sor = Annotated[str, AfterValidator(check_sor)]
-Ydernummer = Annotated[str, AfterValidator(check_ydernummer)]
-Kommunekode = Annotated[str, AfterValidator(check_kommunekode)]
+# What the checks accept, as JSON Schema states it in the OpenAPI document (ECMA-262 regular
+# expressions: `$` is the end of the text), so that a client's schema validation and the
+# gateway agree. Only the GLN's check digit is beyond a pattern (`invalid-gln` says so).
+_DAY_MONTH = (
+    "(?:0[1-9]|1[0-9]|2[0-8])(?:0[1-9]|1[0-2])"  # days 1-28 of any month
+    "|(?:29|30)(?:0[13-9]|1[0-2])"  # 29 and 30, except in February
+    "|31(?:0[13578]|1[02])"  # 31 in the long months
+)
+_LEAP_DAY = (
+    "2902(?:"
+    "(?:[02468][48]|[2468]0|[13579][26])-?[0-9]{4}"  # 29 February of a year divisible by 4 …
+    "|00-?[4-9][0-9]{3}"  # … and of 2000 (year 00 is 1900 when the seventh digit is 0-3)
+    ")"
+)
+CPR_PATTERN = f"^ *(?:(?:{_DAY_MONTH})[0-9]{{2}}-?[0-9]{{4}}|{_LEAP_DAY}) *$"
+GLN_PATTERN = "^[0-9]{13}$"
+SOR_PATTERN = "^[0-9]{6,18}$"
+YDERNUMMER_PATTERN = "^[0-9]{5,6}$"
+
+
+Cpr = Annotated[
+    str,
+    AfterValidator(check_cpr),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": CPR_PATTERN,
+            "description": "CPR number: DDMMYY-SSSS or DDMMYYSSSS, the first six digits a date",
+        }
+    ),
+]
+Gln = Annotated[
+    str,
+    AfterValidator(check_gln),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": GLN_PATTERN,
+            "description": "GLN/EAN location number: 13 digits, the last a GS1 check digit",
+        }
+    ),
+]
+Sor = Annotated[
+    str,
+    AfterValidator(check_sor),
+    WithJsonSchema({"type": "string", "pattern": SOR_PATTERN, "description": "SOR code"}),
+]
+Ydernummer = Annotated[
+    str,
+    AfterValidator(check_ydernummer),
+    WithJsonSchema(
+        {"type": "string", "pattern": YDERNUMMER_PATTERN, "description": "a GP's ydernummer"}
+    ),
+]
+Kommunekode = Annotated[
+    str,
+    AfterValidator(check_kommunekode),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "enum": sorted(municipalities()),
+            "description": "kommunekode of one of the 98 municipalities",
+        }
+    ),
+]

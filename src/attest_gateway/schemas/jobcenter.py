@@ -13,6 +13,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from attest_gateway.schemas.attests import DEFAULT_CATALOGUE
 from attest_gateway.schemas.bounds import LINE, REFERENCE, TEXT, InputDate
 from attest_gateway.schemas.events import Stage
 from attest_gateway.schemas.identifiers import Cpr, Gln, Kommunekode, Sor, Ydernummer
@@ -32,6 +33,16 @@ class _Contract(BaseModel):
 class ReceiverRef(_Contract):
     """The organisation asked for the attest: a SOR code, or a GP practice's ydernummer."""
 
+    # The JSON Schema says "exactly one" too (a null counts as absent, as in the check).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("sor", "ydernummer")
+            ]
+        }
+    )
+
     sor: Sor | None = None
     ydernummer: Ydernummer | None = None
 
@@ -46,13 +57,17 @@ class AttestRequestIn(_Contract):
     """`POST /jobcenter/v1/attest-requests`."""
 
     municipality: Kommunekode = Field(description="kommunekode of the job centre's municipality")
-    jobcenter_gln: Gln = Field(description="the job centre's GLN/EAN location number")
+    jobcenter_gln: Gln = Field(
+        description="the job centre's GLN/EAN location number (13 digits, the last a GS1 "
+        "check digit)"
+    )
     caseworker_ref: Annotated[str, Field(min_length=1, max_length=64), REFERENCE] = Field(
         description="the job centre's own case reference; never a CPR number"
     )
     citizen_cpr: Cpr
     attest_type: Annotated[str, LINE] = Field(
-        description="an LÆ code from the catalogue, e.g. 'LÆ 265'"
+        description="an LÆ code from the catalogue, e.g. 'LÆ 265'",
+        json_schema_extra={"enum": [*sorted(DEFAULT_CATALOGUE)]},
     )
     receiver: ReceiverRef
     case_kind: CaseKind

@@ -11,7 +11,12 @@ from attest_gateway.adapters.jobcenter import contacts, service
 from attest_gateway.adapters.jobcenter.contacts import ContactAccepted, ContactIn
 from attest_gateway.gateway.audit_router import client_source
 from attest_gateway.gateway.directory import Organisation, Role
-from attest_gateway.gateway.http import authenticated, gateway_of, require_role
+from attest_gateway.gateway.http import (
+    authenticated,
+    authenticated_first,
+    gateway_of,
+    require_role,
+)
 from attest_gateway.schemas.bounds import ID_PATTERN, REFERENCE
 from attest_gateway.schemas.jobcenter import (
     AttestRequestAccepted,
@@ -20,11 +25,14 @@ from attest_gateway.schemas.jobcenter import (
     Inbox,
 )
 
-router = APIRouter(prefix="/jobcenter/v1", tags=["job centre"])
+ROLES = (Role.JOBCENTER,)
+router = APIRouter(
+    prefix="/jobcenter/v1", tags=["job centre"], route_class=authenticated_first(*ROLES)
+)
 
 
 async def jobcenter(org: Annotated[Organisation, Depends(authenticated)]) -> Organisation:
-    return require_role(org, Role.JOBCENTER)
+    return require_role(org, *ROLES)
 
 
 JobCenter = Annotated[Organisation, Depends(jobcenter)]

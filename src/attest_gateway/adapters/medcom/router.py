@@ -11,10 +11,17 @@ from attest_gateway.adapters.medcom import service
 from attest_gateway.gateway.audit_router import client_source
 from attest_gateway.gateway.directory import HEALTH_ROLES, Organisation
 from attest_gateway.gateway.errors import BadRequest, Unprocessable, UnsupportedMediaType
-from attest_gateway.gateway.http import authenticated, gateway_of, require_role
+from attest_gateway.gateway.http import (
+    authenticated,
+    authenticated_first,
+    gateway_of,
+    require_role,
+)
 from attest_gateway.schemas.bounds import ID_PATTERN, control_character_in
 
-router = APIRouter(prefix="/medcom/v1", tags=["health"])
+router = APIRouter(
+    prefix="/medcom/v1", tags=["health"], route_class=authenticated_first(*HEALTH_ROLES)
+)
 
 _JSON_TYPES = (
     "application/json",

@@ -20,7 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.gateway.directory import Organisation, Role
 from attest_gateway.gateway.errors import Unprocessable
-from attest_gateway.gateway.http import authenticated, gateway_of, require_role
+from attest_gateway.gateway.http import (
+    authenticated,
+    authenticated_first,
+    gateway_of,
+    require_role,
+)
 from attest_gateway.gateway.tracker import report as rep
 from attest_gateway.gateway.tracker import rules as r
 from attest_gateway.gateway.tracker.service import tracker_rules
@@ -29,7 +34,9 @@ from attest_gateway.schemas.identifiers import municipalities
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-router = APIRouter(prefix="/ministry/v1", tags=["ministry"])
+router = APIRouter(
+    prefix="/ministry/v1", tags=["ministry"], route_class=authenticated_first(Role.MINISTRY)
+)
 dashboard_router = APIRouter(tags=["ministry"])
 
 
@@ -90,7 +97,9 @@ async def durations(
     request: Request,
     org: Ministry,
     f: Filters,
-    metric: Annotated[str, Query()] = "request_to_attest",
+    metric: Annotated[
+        str, Query(json_schema_extra={"enum": sorted(r.METRIC_NAMES)})
+    ] = "request_to_attest",
     by: ByParam = "national",
     series: bool = False,
     format: Format = "json",
