@@ -1,7 +1,7 @@
 """Reads of Kafka topics on the real (embedded) broker: what Apache Kafka does and the
 embedded broker hides. Topic metadata comes only when asked for; a record announced by the
-end offsets may never come. Every read ends within
-`kafka_read_timeout_seconds` with a clear error.
+end offsets may never come; the topics' own settings. Every read ends
+within `kafka_read_timeout_seconds` with a clear error.
 
 Not created here: a fetch at an offset the log no longer holds (the embedded broker answers
 a fetch past the end with no records, not OFFSET_OUT_OF_RANGE, and has no retention); the
@@ -20,6 +20,8 @@ import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka import client as aiokafka_client
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.metadata import MetadataRequest
 
 from attest_gateway.gateway import audit, bus, deadletters
@@ -164,6 +166,34 @@ async def test_a_record_that_never_comes_ends_the_read_in_time(
         with pytest.raises(bus.KafkaReadTimeout, match="no answer from Kafka in time"):
             await read
         assert time.monotonic() - started < TIMEOUT + 5
+
+
+async def _topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    [resource] = response.resources
+    return {entry[0]: entry[1] for entry in resource[4]}
+
+
+@pytest.mark.timeout(60)
+async def test_topics_are_created_with_their_retention(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The embedded broker takes a topic's configuration at creation and describes it."""
+    settings = _settings(tmp_path, kafka_dead_letter_retention_days=30)
+    topics = bus.Topics.from_settings(settings)
+    await bus.ensure_topics(settings, broker.bootstrap, [*topics.all(), topics.canary])
+    canary = await _topic_config(broker.bootstrap, topics.canary)
+    assert (canary["retention.ms"], canary["retention.bytes"]) == ("-1", "-1")
+    dlq = await _topic_config(broker.bootstrap, topics.dead_letter)
+    assert dlq["retention.ms"] == str(30 * 24 * 3600 * 1000)
+    audit_topic = await _topic_config(broker.bootstrap, topics.audit)
+    assert audit_topic["retention.ms"] == str(400 * 24 * 3600 * 1000)
+    assert "retention.ms" not in await _topic_config(broker.bootstrap, topics.medcom_messages)
 
 
 def test_where_the_epoch_is() -> None:

@@ -120,14 +120,42 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+DAY_MS = 24 * 3600 * 1000
+
+
+def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
+    """The configuration the gateway creates a topic with. The canary never expires: its one
+    record is the broker's epoch, and a canary emptied by retention would look like a broker
+    that lost its state. Dead letters are kept long enough for an operator to notice, fix the
+    cause and replay them; the audit copy long enough for `audit verify` to hold old entries
+    against it. Other topics take the broker's defaults."""
+
+    def retention(days: int) -> dict[str, str]:
+        return {"retention.ms": str(days * DAY_MS) if days > 0 else "-1"}
+
+    if topic == settings.topic(CANARY):
+        return {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+    if topic == settings.topic(DEAD_LETTER):
+        return {"cleanup.policy": "delete", **retention(settings.kafka_dead_letter_retention_days)}
+    if topic == settings.topic(AUDIT):
+        return {"cleanup.policy": "delete", **retention(settings.kafka_audit_retention_days)}
+    return {}
+
+
 async def ensure_topics(settings: Settings, bootstrap: str, topics: Sequence[str]) -> None:
-    """Create the topics with several partitions; existing topics are left as they are."""
+    """Create the missing topics with several partitions and their configuration
+    (`topic_configs`); existing topics are left as they are."""
     admin = AIOKafkaAdminClient(**kafka_common(settings, bootstrap))
     try:  # closed even when its start fails
         await admin.start()
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor)
+            NewTopic(
+                t,
+                settings.kafka_partitions,
+                settings.kafka_replication_factor,
+                topic_configs=topic_configs(settings, t),
+            )
             for t in topics
             if t not in existing
         ]
