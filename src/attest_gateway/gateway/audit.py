@@ -27,10 +27,16 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.gateway.bus import AUDIT, Topics, kafka_common
+from attest_gateway.gateway.bus import (
+    AUDIT,
+    Topics,
+    read_deadline,
+    read_to_end,
+    started_reader,
+    topic_partitions,
+)
 from attest_gateway.gateway.config import Settings
 from attest_gateway.gateway.store.db import aware
 from attest_gateway.gateway.store.tables import audit_head, audit_log, outbox
@@ -381,41 +387,19 @@ async def verify(
 
 async def read_anchors(settings: Settings, bootstrap: str) -> dict[int, set[str]]:
     """seq → hashes of every entry now on `gateway.audit` (records it cannot read are
-    skipped: they are not the gateway's)."""
+    skipped: they are not the gateway's). Raises TopicMissing if there is no such topic,
+    KafkaReadTimeout after `kafka_read_timeout_seconds`."""
     topic = settings.topic(AUDIT)
-    consumer = AIOKafkaConsumer(**kafka_common(settings, bootstrap), enable_auto_commit=False)
-    try:  # a consumer whose start fails must still be closed
-        await consumer.start()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        anchors: dict[int, set[str]] = {}
-        if not tps:
-            return anchors
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        position = dict.fromkeys(tps, 0)
-        while True:
-            # The end offsets may trail what a fetch returns; read until they stop moving.
-            end = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if position[tp] < end[tp]}
-            if not remaining:
-                return anchors
-            idle = 0
-            while remaining and idle < 5:  # nothing more to fetch for 5 s: the end is a gap
-                batch = await consumer.getmany(*remaining, timeout_ms=1000)
-                idle = 0 if batch else idle + 1
-                for tp, records in batch.items():
-                    for record in records:
-                        try:
-                            entry = AuditEntry.model_validate_json(record.value or b"")
-                        except ValueError:
-                            continue
-                        anchors.setdefault(entry.seq, set()).add(entry.hash)
-                    if records:
-                        position[tp] = records[-1].offset + 1
-                        if position[tp] >= end[tp]:
-                            remaining.discard(tp)
-            if remaining:
-                return anchors
-    finally:
-        await consumer.stop()
+    until = read_deadline(settings)
+    tps = await topic_partitions(settings, bootstrap, topic, until=until)
+    what = f"reading {topic}"
+    async with started_reader(settings, bootstrap, until=until, what=what) as consumer:
+        records = await read_to_end(consumer, tps, until=until, what=what)
+    anchors: dict[int, set[str]] = {}
+    for record in records:
+        try:
+            entry = AuditEntry.model_validate_json(record.value or b"")
+        except ValueError:
+            continue
+        anchors.setdefault(entry.seq, set()).add(entry.hash)
+    return anchors

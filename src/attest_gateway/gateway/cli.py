@@ -206,8 +206,12 @@ def _run_kafka(settings: Settings, work: Any) -> Any:
     """Run a Kafka coroutine for a command; a broker we cannot reach is one clear error."""
     from aiokafka.errors import KafkaError
 
+    from attest_gateway.gateway.bus import KafkaReadTimeout, TopicMissing
+
     try:
         return asyncio.run(work)
+    except (KafkaReadTimeout, TopicMissing) as exc:
+        raise _fail(f"{exc.detail} (Kafka at {settings.kafka_bootstrap_servers})") from None
     except (KafkaError, OSError, asyncio.CancelledError):
         raise _fail(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}") from None
 

@@ -32,10 +32,17 @@ def _anchors(settings: Settings, topic: bool | None) -> Mapping[int, Collection[
     from aiokafka.errors import KafkaError
 
     from attest_gateway.gateway.audit import read_anchors
+    from attest_gateway.gateway.bus import KafkaReadTimeout, TopicMissing
 
     try:
         return asyncio.run(read_anchors(settings, settings.kafka_bootstrap_servers))
-    except (KafkaError, OSError):
+    except (KafkaReadTimeout, TopicMissing) as exc:
+        console.print(
+            f"[red]error:[/red] {exc.detail} (Kafka at {settings.kafka_bootstrap_servers}; "
+            "--no-topic checks the database alone)"
+        )
+        raise typer.Exit(2) from None
+    except (KafkaError, OSError, asyncio.CancelledError):
         console.print(
             f"[red]error:[/red] cannot reach Kafka at {settings.kafka_bootstrap_servers} "
             "(--no-topic checks the database alone)"

@@ -111,6 +111,22 @@ class Settings(BaseSettings):
             "event at a live rate; no gain on SQLite)"
         ),
     )
+    kafka_read_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="bound on every read of a topic (dead letters, audit, the canary's epoch)",
+    )
+    kafka_dead_letter_retention_days: int = Field(
+        default=30,
+        ge=-1,
+        description="retention of the dead-letter topic the gateway creates (0 or -1: forever)",
+    )
+    kafka_audit_retention_days: int = Field(
+        default=400,
+        ge=-1,
+        description="retention of gateway.audit when the gateway creates it (0 or -1: forever)",
+    )
     kafka_group_prefix: str = Field(default="attest-gateway", description="consumer group prefix")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = Field(
         default="PLAINTEXT", description="SSL: TLS to the brokers (required in production)"

@@ -15,9 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from attest_gateway.gateway.bus import kafka_common
+from attest_gateway.gateway.bus import (
+    kafka_common,
+    read_deadline,
+    read_to_end,
+    started_reader,
+    topic_partitions,
+)
 from attest_gateway.gateway.config import Settings
 from attest_gateway.schemas.envelope import SealedEnvelope
 
@@ -72,29 +78,16 @@ def _from_record(record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
 
 
 async def read_dead_letters(settings: Settings, bootstrap: str) -> list[DeadLetter]:
-    """Every record now in the dead-letter topic, oldest first per partition."""
+    """Every record now in the dead-letter topic, oldest first per partition. Raises
+    TopicMissing if there is no such topic, KafkaReadTimeout after
+    `kafka_read_timeout_seconds`."""
     topic = settings.topic("gateway.dead-letter")
-    consumer = AIOKafkaConsumer(**kafka_common(settings, bootstrap), enable_auto_commit=False)
-    try:  # a consumer whose start fails must still be closed
-        await consumer.start()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        letters: list[DeadLetter] = []
-        remaining = {tp for tp in tps if end[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                letters.extend(_from_record(r) for r in records if r.offset < end[tp])
-                if records and records[-1].offset + 1 >= end[tp]:
-                    remaining.discard(tp)
-        return letters
-    finally:
-        await consumer.stop()
+    until = read_deadline(settings)
+    tps = await topic_partitions(settings, bootstrap, topic, until=until)
+    what = f"reading {topic}"
+    async with started_reader(settings, bootstrap, until=until, what=what) as consumer:
+        records = await read_to_end(consumer, tps, until=until, what=what)
+    return [_from_record(r) for r in records]
 
 
 async def replay(settings: Settings, bootstrap: str, letters: list[DeadLetter]) -> int:

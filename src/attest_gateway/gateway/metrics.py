@@ -30,6 +30,7 @@ the id), topics, problem codes, organisation ids and LÆ types.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import time
@@ -202,6 +203,9 @@ def dead_lettered(reason: str, source_topic: str, dead_letter_topic: str) -> Non
         VERIFICATION_FAILURES.labels("kafka", reason).inc()
 
 
+LAG_POSITION_WAIT_SECONDS = 1.0
+
+
 async def observe_lag(consumer: Any, topic: str) -> None:
     """Consumer lag per assigned partition: the broker's high watermark minus our position."""
     try:
@@ -211,7 +215,9 @@ async def observe_lag(consumer: Any, topic: str) -> None:
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
-            position = await consumer.position(tp)
+            # A partition being reset (after a rewind) has no position until the broker
+            # answers; the consumer loop must not wait for that here.
+            position = await asyncio.wait_for(consumer.position(tp), LAG_POSITION_WAIT_SECONDS)
             CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
             seen.add(str(tp.partition))
         for labels in _label_sets(CONSUMER_LAG):  # partitions that moved to another member

@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.gateway import audit
-from attest_gateway.gateway.bus import ensure_topics, read_epoch
+from attest_gateway.gateway.bus import EPOCH_EXPIRED, TransientError, ensure_topics, read_epoch
 from attest_gateway.gateway.crypto import open_envelope, utcnow
 from attest_gateway.gateway.messaging import (
     enqueue_envelope,
@@ -101,6 +101,8 @@ class Sweeper:
                 report = await self.sweep_once()
             except (KafkaError, *STORE_ERRORS, OSError) as exc:
                 log.warning("sweeper.failed", error=type(exc).__name__)
+            except TransientError as exc:  # e.g. a read of the canary ran out of time
+                log.warning("sweeper.failed", error=exc.code, detail=exc.detail)
             else:
                 if any(v for v in vars(report).values()):
                     log.info("sweeper.swept", **vars(report))
@@ -125,6 +127,9 @@ class Sweeper:
         gw = self._gw
         replayed = await self._second_replay_if_due()
         epoch = await read_epoch(gw.settings, self._bootstrap, gw.topics.canary)
+        if epoch == EPOCH_EXPIRED:
+            await self._restore_expired_epoch()
+            return False, replayed
         if not epoch:  # no canary, or one without an epoch (a recovery that died half-way)
             if not await self._lease("broker-recovery", seconds=30):
                 return False, 0  # another process is recovering
@@ -144,6 +149,21 @@ class Sweeper:
             return True, replayed
         await self._adopt(epoch)
         return False, replayed
+
+    async def _restore_expired_epoch(self) -> None:
+        """Retention removed the epoch record (a canary created before it was kept forever).
+        The broker did not lose its state (its offsets went on), so the epoch this database
+        last saw is written again: nothing is replayed and no consumer rewinds."""
+        gw = self._gw
+        if not await self._lease("broker-recovery", seconds=30):
+            return  # another process is at it
+        try:
+            epoch = await self._known_epoch() or self._epoch or uuid.uuid4().hex
+            log.warning("sweeper.epoch_expired", canary=gw.topics.canary)
+            await gw.producer.send_and_wait(gw.topics.canary, epoch.encode(), partition=0)
+            await self._adopt(epoch)
+        finally:
+            await self._release("broker-recovery")
 
     async def _known_epoch(self) -> str | None:
         """The last broker epoch this database saw (kept as a row of `leases`)."""
@@ -242,7 +262,7 @@ class Sweeper:
         return int(result.rowcount or 0)
 
     async def _adopt(self, epoch: str | None) -> None:
-        if not epoch:
+        if not epoch or epoch == EPOCH_EXPIRED:
             return
         if self._epoch is not None and epoch != self._epoch:
             for consumer in self._gw.consumers:
