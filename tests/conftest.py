@@ -1,4 +1,8 @@
-"""Shared fixtures: the embedded broker (one per test session) and fresh databases."""
+"""Shared fixtures: the session's Kafka broker and fresh databases.
+
+The broker is the embedded one, started once per session, unless TEST_KAFKA_BOOTSTRAP_SERVERS
+names an external broker (tests/support/kafka.py; README, "Tests").
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from attest_gateway.gateway.broker import EmbeddedBroker
+from tests.support.kafka import TestKafka, session_kafka
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as running:
+def broker() -> Iterator[TestKafka]:
+    with session_kafka() as running:
         yield running

@@ -23,10 +23,11 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from attest_gateway.gateway.broker import EmbeddedBroker, free_port
+from attest_gateway.gateway.broker import free_port
 from attest_gateway.gateway.config import Settings
 from attest_gateway.gateway.demo import DEMO_ORGS
 from tests.support.harness import CPR, attest_request_body, fresh_database, wait_for
+from tests.support.kafka import TestKafka
 
 pytestmark = [
     pytest.mark.slow,
@@ -76,7 +77,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # (the SQLite path of `serve` is what tests/e2e/test_serve.py drives).
 @pytest_asyncio.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 async def stack(
-    request: pytest.FixtureRequest, broker: EmbeddedBroker, certs: Path, tmp_path: Path
+    request: pytest.FixtureRequest, broker: TestKafka, certs: Path, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     async with fresh_database(request.param, tmp_path) as url:
         prefix = f"r{uuid.uuid4().hex[:8]}."
@@ -84,7 +85,7 @@ async def stack(
         env.update(
             VAR_DIR=str(tmp_path / "var"),
             DATABASE_URL=url,
-            KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+            **broker.env(),  # bootstrap, and TLS on an external broker
             KAFKA_TOPIC_PREFIX=prefix,
             KAFKA_GROUP_PREFIX=f"{prefix}attest-gateway",
             API_TLS_CERTFILE=str(certs / "gateway-chain.crt"),

@@ -31,6 +31,7 @@ from attest_gateway.gateway.broker import free_port
 from attest_gateway.gateway.simulate import ClinicProfile, Delay, Driver, Profile, plan
 from attest_gateway.gateway.simulate import simulation_orgs as sim_orgs
 from tests.support.harness import fresh_database
+from tests.support.kafka import KAFKA_ENV, gateway_env
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,8 @@ def _fast_profile() -> Profile:
 @pytest_asyncio.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Served]:
     async with fresh_database(request.param, tmp_path) as url:
-        env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+        env = {k: v for k, v in os.environ.items() if k not in KAFKA_ENV}
+        env |= gateway_env()  # the external broker, when the suite runs on one
         port = free_port()
         env |= {"VAR_DIR": str(tmp_path / "var"), "API_PORT": str(port), "LOG_FORMAT": "json"}
         env |= {"RELAY_POLL_SECONDS": "0.1", "TRACKER_SWEEP_SECONDS": "2"}

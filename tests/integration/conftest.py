@@ -20,7 +20,6 @@ import pytest
 import pytest_asyncio
 
 from attest_gateway.gateway.app import create_app
-from attest_gateway.gateway.broker import EmbeddedBroker
 from attest_gateway.gateway.config import Settings, load_settings
 from attest_gateway.gateway.crypto import OrgKeys
 from attest_gateway.gateway.demo import DEMO_ORGS, ensure_demo_orgs
@@ -28,6 +27,7 @@ from attest_gateway.gateway.runtime import Gateway
 from attest_gateway.gateway.store.db import make_engine
 from attest_gateway.gateway.store.migrate import upgrade_async
 from tests.support.harness import fresh_database
+from tests.support.kafka import TestKafka, settings_for
 
 DB_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -76,6 +76,7 @@ async def running_gateway(
                 "kafka_group_prefix": f"{prefix}attest-gateway",
                 "relay_poll_seconds": 0.2,
                 "max_body_bytes": 256 * 1024,
+                **settings_for(bootstrap),
                 **overrides,
             }
         )
@@ -95,7 +96,7 @@ async def running_gateway(
 
 @pytest_asyncio.fixture(scope="session", params=DB_KINDS)
 async def harness(
-    request: pytest.FixtureRequest, broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, broker: TestKafka, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Harness]:
     kind: str = request.param
     async with running_gateway(kind, tmp_path_factory.mktemp(f"gw-{kind}"), broker.bootstrap) as h:

@@ -38,6 +38,7 @@ from tests.support.harness import (
     read_topic,
     wait_for,
 )
+from tests.support.kafka import kafka_env
 
 CLIENT_IP = "192.0.2.10"  # TEST-NET-1: the address the partner systems call from here
 OTHER_JC = "jc-aarhus"
@@ -371,7 +372,7 @@ async def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Co
 async def test_the_audit_commands(trip: Trip, tmp_path: Path) -> None:
     h, conv = trip.h, trip.conversation
     env = _cli_env(h.settings, tmp_path)
-    with_topic = {**env, "KAFKA_BOOTSTRAP_SERVERS": h.bootstrap}
+    with_topic = {**env, **kafka_env(h.bootstrap)}
     head = await _head(h)
     await _on_topic(h, {head.seq})
 

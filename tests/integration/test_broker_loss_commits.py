@@ -9,6 +9,11 @@ from an old-log offset and skips the new log's records below it (seen as poisone
 were never dead-lettered in the fault test). The test restarts a broker of its own while
 finished offsets wait to be committed, recreates the topic as the sweeper does, and checks that
 the new log's first record is handled and that the group's offset is one of the new log.
+
+That test keeps an embedded broker of its own even when the suite runs on an external broker
+(TEST_KAFKA_BOOTSTRAP_SERVERS): what it checks is the embedded broker's loss of every log on
+a restart, which Apache Kafka does not do, and it must restart its broker without disturbing
+the rest of the run. The other test here uses the session's broker.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from attest_gateway.gateway.bus import (
 )
 from attest_gateway.gateway.config import load_settings
 from tests.support.harness import committed_offsets
+from tests.support.kafka import TestKafka, settings_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -130,12 +136,17 @@ async def test_old_offsets_are_not_committed_on_the_new_log(tmp_path: Path) -> N
 
 
 async def test_member_generation_reads_the_installed_aiokafka(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: TestKafka, tmp_path: Path
 ) -> None:
     """`member_generation` reads aiokafka's coordinator: a generation once the consumer has
     joined, None once its membership is reset (as after a heartbeat the broker refused)."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    settings = load_settings(var_dir=tmp_path, kafka_topic_prefix=prefix, kafka_partitions=1)
+    settings = load_settings(
+        var_dir=tmp_path,
+        kafka_topic_prefix=prefix,
+        kafka_partitions=1,
+        **settings_for(broker.bootstrap),
+    )
     topic = f"{prefix}member"
     await ensure_topics(settings, broker.bootstrap, [topic])
     consumer = AIOKafkaConsumer(**kafka_common(settings, broker.bootstrap), group_id=topic)

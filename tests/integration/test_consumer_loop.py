@@ -15,22 +15,25 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
-from attest_gateway.gateway.broker import EmbeddedBroker
 from attest_gateway.gateway.bus import ConsumerLoop, ensure_topics, make_producer
 from attest_gateway.gateway.config import Settings, load_settings
 from tests.support.harness import committed_offsets
+from tests.support.kafka import TestKafka, settings_for
 
 PARTITIONS = 4
 PER_KEY = 15
 KEYS = [f"conversation-{i}" for i in range(12)]
 
 
-async def _topics(broker: EmbeddedBroker, tmp_path: Path) -> tuple[Settings, str, str, str]:
+async def _topics(broker: TestKafka, tmp_path: Path) -> tuple[Settings, str, str, str]:
     """Settings with a fresh topic prefix; the loop's topic and dead-letter topic, created,
     and its group."""
     prefix = f"t{uuid.uuid4().hex[:8]}."
     settings = load_settings(
-        var_dir=tmp_path, kafka_topic_prefix=prefix, kafka_partitions=PARTITIONS
+        var_dir=tmp_path,
+        kafka_topic_prefix=prefix,
+        kafka_partitions=PARTITIONS,
+        **settings_for(broker.bootstrap),
     )
     topic, dlq, group = f"{prefix}loop", f"{prefix}loop.dlq", f"{prefix}group"
     await ensure_topics(settings, broker.bootstrap, [topic, dlq])
@@ -46,7 +49,7 @@ def _ends(metadata: Sequence[RecordMetadata]) -> dict[int, int]:
 
 
 async def _committed(
-    broker: EmbeddedBroker, group: str, topic: str, partitions: Iterable[int]
+    broker: TestKafka, group: str, topic: str, partitions: Iterable[int]
 ) -> dict[int, int | None]:
     """What the group has committed on these partitions of the topic."""
     tps = [TopicPartition(topic, p) for p in partitions]
@@ -61,7 +64,7 @@ class _Counting(Protocol):
 
 
 async def _consume_all(
-    broker: EmbeddedBroker,
+    broker: TestKafka,
     tmp_path: Path,
     handler: _Counting,
     *,
@@ -126,7 +129,7 @@ class Recorder:
 
 @pytest.mark.parametrize("at_once", [True, False], ids=["partitions-at-once", "one-by-one"])
 async def test_partitions_at_once_keeps_each_partition_in_order(
-    broker: EmbeddedBroker, tmp_path: Path, at_once: bool
+    broker: TestKafka, tmp_path: Path, at_once: bool
 ) -> None:
     recorder = Recorder(len(KEYS) * PER_KEY)
     # Everything is on the broker before the loop joins: its polls span partitions.
@@ -181,9 +184,7 @@ class PollRecorder:
         self._note(record)
 
 
-async def test_a_batch_may_span_the_partitions_of_a_poll(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> None:
+async def test_a_batch_may_span_the_partitions_of_a_poll(broker: TestKafka, tmp_path: Path) -> None:
     """With `batch_spans_partitions` the batch handler gets a whole poll at once: records of
     several partitions in one batch, each partition's in offset order; what it leaves is
     handled one by one; every record once, and the offsets committed."""
@@ -214,7 +215,7 @@ async def test_a_batch_may_span_the_partitions_of_a_poll(
 
 
 async def test_without_batches_a_batch_handler_gets_every_record_one_by_one(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: TestKafka, tmp_path: Path
 ) -> None:
     """`batches=False` (e.g. DELIVERY_POLL_IN_ONE_TRANSACTION=false): a handler that could
     take batches gets each record on its own, in order, and the offsets are committed."""

@@ -12,11 +12,11 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy as sa
 
-from attest_gateway.gateway.broker import EmbeddedBroker
 from attest_gateway.gateway.store.db import make_engine
 from tests.integration.conftest import running_gateway
 from tests.support.flows import JC, PSY, round_trip
 from tests.support.harness import PG_ADMIN_DSN, attest_request_body
+from tests.support.kafka import TestKafka
 
 pytestmark = pytest.mark.postgres
 
@@ -35,7 +35,7 @@ async def _terminate_gateway_connections(database: str) -> int:
 
 
 async def test_connections_closed_by_the_server_are_replaced(
-    broker: EmbeddedBroker, tmp_path: Path
+    broker: TestKafka, tmp_path: Path
 ) -> None:
     async with running_gateway("postgres", tmp_path, broker.bootstrap) as h:
         await round_trip(h)  # the pool now holds connections
@@ -52,7 +52,7 @@ async def test_connections_closed_by_the_server_are_replaced(
         assert answer.json()["message_id"] in {i["message_id"] for i in mailbox["items"]}
 
 
-async def test_an_unreachable_database_is_a_503(broker: EmbeddedBroker, tmp_path: Path) -> None:
+async def test_an_unreachable_database_is_a_503(broker: TestKafka, tmp_path: Path) -> None:
     async with running_gateway("postgres", tmp_path, broker.bootstrap) as h:
         good = h.gw.engine
         # The API's requests now go to an address where no database listens.

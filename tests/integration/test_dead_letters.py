@@ -19,6 +19,7 @@ from tests.integration.conftest import Harness
 from tests.integration.test_reliability import request
 from tests.integration.test_roundtrip import mailbox_item
 from tests.support.harness import wait_for
+from tests.support.kafka import client_args, kafka_env
 
 PSY = "psyk-kbh"
 CLI = str(Path(sys.executable).with_name("attest-gateway"))
@@ -27,7 +28,7 @@ CLI = str(Path(sys.executable).with_name("attest-gateway"))
 async def cli(h: Harness, *args: str) -> str:
     env = {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": h.bootstrap,
+        **kafka_env(h.bootstrap),
         "KAFKA_TOPIC_PREFIX": h.settings.kafka_topic_prefix,
         "LOG_FORMAT": "json",
     }
@@ -60,7 +61,7 @@ async def test_replay_after_the_cause_is_fixed_is_idempotent(harness: Harness) -
         )
     await set_enabled(h, PSY, False)
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap, acks="all")
+        producer = AIOKafkaProducer(**client_args(h.bootstrap), acks="all")
         await producer.start()
         try:
             await producer.send_and_wait(
@@ -125,7 +126,7 @@ async def test_errors_are_one_clear_sentence(harness: Harness) -> None:
     for bootstrap, message in cases:
         env = {
             **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            **kafka_env(bootstrap),
             "KAFKA_TOPIC_PREFIX": harness.settings.kafka_topic_prefix,
         }
         proc = await asyncio.create_subprocess_exec(

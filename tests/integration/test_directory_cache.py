@@ -26,7 +26,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.gateway import directory
-from attest_gateway.gateway.broker import EmbeddedBroker
 from attest_gateway.gateway.crypto import OrgKeys, PrivateHpkeKey, utcnow
 from attest_gateway.gateway.directory import Organisation, Role
 from attest_gateway.gateway.store import tables
@@ -36,6 +35,7 @@ from attest_gateway.schemas.envelope import Suite
 from tests.integration.conftest import DB_KINDS, running_gateway
 from tests.support.flows import JC as DEMO_JC
 from tests.support.harness import PG_ADMIN_DSN, attest_request_body, fresh_database, wait_for
+from tests.support.kafka import TestKafka
 
 SUITE: Suite = "X25519/HKDF_SHA256/AES_256_GCM"
 JC = Organisation(
@@ -507,7 +507,7 @@ async def test_an_old_schema_is_read_directly_until_migrated(kind: str, tmp_path
 
 @pytest.mark.parametrize("kind", DB_KINDS)
 async def test_an_accepted_request_checks_the_directory_twice(
-    kind: str, tmp_path: Path, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+    kind: str, tmp_path: Path, broker: TestKafka, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Authentication and the delivery each check the token once (the request's own
     transaction reads the generation its authentication checked) and read nothing else of the

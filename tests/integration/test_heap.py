@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from attest_gateway.gateway.broker import EmbeddedBroker
 from attest_gateway.gateway.runtime import freeze_startup_heap
 from tests.integration.conftest import running_gateway
+from tests.support.kafka import TestKafka
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_freezing_moves_the_live_objects_out_of_the_collectors_generations(
 
 
 async def test_a_gateway_started_with_a_frozen_heap_serves(
-    unfrozen: None, broker: EmbeddedBroker, tmp_path: Path
+    unfrozen: None, broker: TestKafka, tmp_path: Path
 ) -> None:
     assert gc.get_freeze_count() == 0
     async with running_gateway("sqlite", tmp_path, broker.bootstrap, freeze_heap=True) as h:

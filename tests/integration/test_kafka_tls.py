@@ -6,6 +6,11 @@ The embedded broker has no working TLS of its own, so a TLS-terminating proxy
 development CA (mutual TLS). The broker listens on a port only the proxy knows and advertises
 the proxy's port, so every Kafka byte of the gateway crosses TLS. Clients without the CA,
 without a client certificate, or without TLS are refused.
+
+These tests keep their own embedded broker and proxy even when the suite runs on an external
+broker (TEST_KAFKA_BOOTSTRAP_SERVERS): they need a broker that refuses the clients named above,
+whatever the external one accepts. TLS to the external broker itself is what the TEST_KAFKA_SSL_*
+settings exercise across the rest of the suite.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from attest_gateway.schemas.identifiers import gln_check_digit
 from attest_gateway.schemas.medcom import Bundle, parse_bundle, read_message
 from tests.integration.conftest import Harness
 from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for
+from tests.support.kafka import client_args
 
 ACTOR = "operator:test"
 SOURCE = "test"
@@ -389,7 +390,7 @@ async def test_a_revoked_signing_key_is_refused_at_once_at_the_api_and_on_kafka(
         signer=old_signing,
     )
     message_id = envelope.header.message_id
-    producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_args(h.bootstrap), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(

@@ -22,6 +22,7 @@ from attest_gateway.schemas.medcom import Bundle
 from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
 from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for
+from tests.support.kafka import client_args
 
 JC, PSY, GP = "jc-koebenhavn", "psyk-kbh", "gp-noerrebro"
 
@@ -241,7 +242,7 @@ async def test_bad_records_go_to_the_dead_letter_topic(harness: Harness) -> None
         f"readdressed-{run}": readdressed.to_json(),
         f"unknown-key-{run}": unknown_key.to_json(),
     }
-    producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_args(h.bootstrap), acks="all")
     await producer.start()
     try:
         for key, value in records.items():
@@ -280,7 +281,7 @@ async def test_redelivered_record_is_stored_once(harness: Harness) -> None:
     h = harness
     accepted, _request, item = await new_request(h)
     key = accepted["conversation_id"].encode()
-    producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_args(h.bootstrap), acks="all")
     await producer.start()
     try:
         value = SealedEnvelope.model_validate(item["envelope"]).to_json()

@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from attest_gateway.gateway.broker import EmbeddedBroker
 from attest_gateway.gateway.config import load_settings
 from attest_gateway.gateway.store.db import make_engine, settings_engine
 from tests.integration.conftest import DB_KINDS, running_gateway
 from tests.support.flows import JC, round_trip
 from tests.support.harness import fresh_database
+from tests.support.kafka import TestKafka
 
 CONCURRENT = 40
 ROUNDS = 5
@@ -71,7 +71,7 @@ def test_the_settings_size_the_pool(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", DB_KINDS)
 async def test_every_connection_busy_is_a_503_and_the_gateway_goes_on(
-    kind: str, broker: EmbeddedBroker, tmp_path: Path
+    kind: str, broker: TestKafka, tmp_path: Path
 ) -> None:
     async with running_gateway(
         kind, tmp_path, broker.bootstrap, db_pool_size=2, db_pool_timeout_seconds=0.3

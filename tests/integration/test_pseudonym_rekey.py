@@ -33,7 +33,6 @@ from attest_gateway.adapters.jobcenter.contacts import ContactIn, register_conta
 from attest_gateway.adapters.jobcenter.service import submit_attest_request
 from attest_gateway.gateway import cli, directory
 from attest_gateway.gateway import pseudonyms as ps
-from attest_gateway.gateway.broker import EmbeddedBroker
 from attest_gateway.gateway.bus import PermanentError, Topics
 from attest_gateway.gateway.cli_pseudonyms import key_mismatch
 from attest_gateway.gateway.config import Settings, load_settings
@@ -62,6 +61,7 @@ from attest_gateway.schemas.events import MessageType, Stage
 from attest_gateway.schemas.jobcenter import AttestRequestIn, CaseKind
 from tests.integration.conftest import DB_KINDS, Harness
 from tests.support.harness import attest_request_body, fresh_database
+from tests.support.kafka import TestKafka, settings_for
 
 KEY_OLD = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 KEY_NEW = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"
@@ -105,7 +105,7 @@ class Store:
         return pseudonym(cpr, self.key)
 
 
-def make_settings(tmp: Path, url: str, key: str | None) -> Settings:
+def make_settings(tmp: Path, url: str, key: str | None, bootstrap: str) -> Settings:
     prefix = f"t{uuid.uuid4().hex[:8]}."
     extra: dict[str, Any] = {} if key is None else {"pseudonym_key": key}
     return load_settings(
@@ -113,6 +113,7 @@ def make_settings(tmp: Path, url: str, key: str | None) -> Settings:
         database_url=url,
         kafka_topic_prefix=prefix,
         kafka_group_prefix=f"{prefix}attest-gateway",
+        **settings_for(bootstrap),
         **extra,
     )
 
@@ -249,7 +250,7 @@ async def filled_store(
     kind: str, tmp: Path, bootstrap: str, *, legacy: bool = True, key: str | None = KEY_OLD
 ) -> AsyncIterator[Store]:
     async with fresh_database(kind, tmp) as url:
-        store = await fill(make_settings(tmp, url, key), bootstrap, legacy=legacy)
+        store = await fill(make_settings(tmp, url, key, bootstrap), bootstrap, legacy=legacy)
         try:
             yield store
         finally:
@@ -288,7 +289,7 @@ async def run_rekey(store: Store, new_key: str = KEY_NEW, **kw: Any) -> RekeyRep
 
 @pytest.mark.parametrize("kind", DB_KINDS)
 async def test_a_rekey_that_fails_changes_nothing(
-    kind: str, tmp_path: Path, broker: EmbeddedBroker
+    kind: str, tmp_path: Path, broker: TestKafka
 ) -> None:
     async with filled_store(kind, tmp_path, broker.bootstrap) as store:
         before = await dump(store.engine)
@@ -335,7 +336,7 @@ async def test_a_rekey_that_fails_changes_nothing(
 
 @pytest.mark.parametrize("kind", DB_KINDS)
 async def test_rekey_rewrites_every_pseudonym_under_the_new_key(
-    kind: str, tmp_path: Path, broker: EmbeddedBroker
+    kind: str, tmp_path: Path, broker: TestKafka
 ) -> None:
     async with filled_store(kind, tmp_path, broker.bootstrap) as store:
         before = await dump(store.engine)
@@ -487,7 +488,7 @@ def cli_env(store: Store, **extra: str | None) -> dict[str, str | None]:
 
 
 async def test_the_rekey_command_with_the_generated_key_file(
-    tmp_path: Path, broker: EmbeddedBroker
+    tmp_path: Path, broker: TestKafka
 ) -> None:
     """The command, in a worker thread (it runs its own event loop), on a SQLite store."""
     async with filled_store("sqlite", tmp_path, broker.bootstrap, legacy=False, key=None) as store:

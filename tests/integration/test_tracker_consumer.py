@@ -64,6 +64,7 @@ from tests.support.harness import (
     read_topic,
     wait_for,
 )
+from tests.support.kafka import client_args
 
 JC, PSY, GP = "jc-koebenhavn", "psyk-kbh", "gp-noerrebro"
 
@@ -517,7 +518,7 @@ async def test_a_contact_for_someone_elses_municipality_is_refused(harness: Harn
 
 async def test_an_unreadable_tracking_record_is_dead_lettered(harness: Harness) -> None:
     h = harness
-    producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap)
+    producer = AIOKafkaProducer(**client_args(h.bootstrap))
     await producer.start()
     marker = f"garbage-{uuid.uuid4()}".encode()
     try:
@@ -572,7 +573,7 @@ async def test_a_stored_date_at_the_calendar_s_end_does_not_poison_the_tracker(
         )
         for n, stage in enumerate((Stage.IN_MAILBOX, Stage.REPLIED), start=1)
     ]
-    producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap)
+    producer = AIOKafkaProducer(**client_args(h.bootstrap))
     await producer.start()
     try:
         for event in events:

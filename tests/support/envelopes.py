@@ -19,6 +19,7 @@ from attest_gateway.gateway.crypto import PublicHpkeKey, SigningKey, open_envelo
 from attest_gateway.gateway.store import tables
 from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope
 from tests.support.harness import read_topic, wait_for
+from tests.support.kafka import client_args
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Harness
@@ -114,7 +115,7 @@ def opened(envelope: SealedEnvelope, h: Harness, org_id: str) -> bytes:
 async def publish(h: Harness, key: bytes, values: Sequence[bytes]) -> list[RecordMetadata]:
     """Put `values` on `medcom.messages` in order, all with one record key (so one partition,
     handled in this order); returns where each landed."""
-    producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_args(h.bootstrap), acks="all")
     try:  # closed even when its start fails
         await producer.start()
         return [

@@ -23,6 +23,7 @@ from tests.support.harness import (
     attest_request_body,
     wait_for,
 )
+from tests.support.kafka import client_args
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Harness
@@ -89,7 +90,7 @@ async def poison(h: Harness, envelope: SealedEnvelope) -> str:
     tampered = envelope.model_copy(
         update={"header": envelope.header.model_copy(update={"message_id": message_id})}
     )
-    producer = AIOKafkaProducer(bootstrap_servers=h.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_args(h.bootstrap), acks="all")
     try:  # closed even when its start fails
         await producer.start()
         await producer.send_and_wait(

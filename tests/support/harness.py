@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from tests.support.kafka import client_args
+
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 # Test citizens: syntactically valid CPR numbers (the first six digits are a date).
@@ -72,7 +74,7 @@ async def wait_for(
 
 async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record now in `topic` (all partitions, from the beginning; no consumer group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_args(bootstrap), enable_auto_commit=False)
     try:  # a consumer whose start fails must still be closed
         await consumer.start()
         partitions = consumer.partitions_for_topic(topic)
@@ -103,7 +105,7 @@ async def committed_offsets(
 ) -> dict[TopicPartition, int | None]:
     """What `group` has committed on each partition (an offset fetch: the reader does not
     join the group, so it causes no rebalance)."""
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    reader = AIOKafkaConsumer(**client_args(bootstrap), group_id=group)
     await reader.start()
     try:
         return {tp: await reader.committed(tp) for tp in tps}

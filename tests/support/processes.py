@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.kafka import KAFKA_ENV, gateway_env
+
 CLI = str(Path(sys.executable).with_name("attest-gateway"))
 
 
@@ -62,9 +64,11 @@ class Proc:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
-    }
+    """The environment of a gateway subprocess: this one's, without its database and Kafka
+    settings; the session's external broker (with topics of its own) when there is one, so
+    that `serve` starts no embedded broker; then `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in (*KAFKA_ENV, "DATABASE_URL")}
+    env.update(gateway_env())
     env.update(LOG_FORMAT="json", **extra)
     return env
 
