@@ -47,7 +47,7 @@ from attest_gateway.gateway.tracker.store import (
 )
 from attest_gateway.gateway.tracker.sweep import TrackerSweep
 from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.events import MessageType, Stage, StageEvent
+from attest_gateway.schemas.events import Stage
 from attest_gateway.schemas.medcom import (
     MESSAGE_KIND_SYSTEM,
     Bundle,
@@ -57,6 +57,7 @@ from attest_gateway.schemas.medcom import (
     read_message,
 )
 from tests.integration.conftest import Harness
+from tests.support.events import stage_event
 from tests.support.harness import (
     ATTEST_TEXT,
     attest_request_body,
@@ -545,23 +546,17 @@ async def test_a_stored_date_at_the_calendar_s_end_does_not_poison_the_tracker(
     h = harness
     cid = str(uuid.uuid4())
     now = utcnow()
-    first = StageEvent(
-        event_id=str(uuid.uuid4()),
-        conversation_id=cid,
-        message_id=str(uuid.uuid4()),
-        message_type=MessageType.ATTEST_REQUEST,
-        stage=Stage.SUBMITTED,
-        at=now,
-        attest_type="LÆ 225",
-        case_kind="sygedagpenge",
-        municipality="101",
-        region_code="1084",
-        jobcenter_org=JC,
-        receiver_org=GP,
-        case_ref=pseudonyms.case_ref(cpr(40), h.gw.pseudonym_key),
-        psychiatric_course=True,
-        first_day_of_absence=dt.date.max,
-        reply_deadline=dt.date.max,
+    first = stage_event(pseudonyms.case_ref(cpr(40), h.gw.pseudonym_key)).model_copy(
+        update={
+            "conversation_id": cid,
+            "message_id": str(uuid.uuid4()),
+            "at": now,
+            "attest_type": "LÆ 225",
+            "jobcenter_org": JC,
+            "receiver_org": GP,
+            "first_day_of_absence": dt.date.max,
+            "reply_deadline": dt.date.max,
+        }
     )
     events = [first] + [
         first.model_copy(
