@@ -1,7 +1,7 @@
 """Shared fixtures: the session's Kafka broker and fresh databases.
 
 The broker is the embedded one, started once per session, unless TEST_KAFKA_BOOTSTRAP_SERVERS
-names an external broker (tests/support/kafka.py; README, "Tests").
+names an external broker (tests/support/kafka.py; README, "The two commands").
 """
 
 from __future__ import annotations
