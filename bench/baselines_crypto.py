@@ -1,6 +1,6 @@
 """The crypto limit: sealing, signing, verifying and opening one request Bundle, in a tight loop.
 
-Uses the gateway's own functions (`gateway/crypto.py`: `seal`, `verify`, `open_envelope`)
+Uses the gateway's own functions (`crypto/sealing.py`: `seal`, `verify`, `open_envelope`)
 with the configured HPKE suite (`Settings.hpke_suite`, ML-KEM-768 + X25519 by default) on a
 plaintext built exactly as `submit_attest_request` builds it (the job centre's request
 translated to a MedCom Bundle, `orjson.dumps`). One header is reused for every message (HPKE
@@ -25,21 +25,15 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from attest_gateway.adapters.jobcenter.translate import request_bundle
-from attest_gateway.gateway.config import load_settings
-from attest_gateway.gateway.crypto import (
-    PrivateHpkeKey,
-    SigningKey,
-    open_envelope,
-    seal,
-    verify,
-)
-from attest_gateway.gateway.demo import DEMO_ORGS
-from attest_gateway.schemas.attests import DEFAULT_CATALOGUE
-from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope, Suite
-from attest_gateway.schemas.events import MessageType
-from attest_gateway.schemas.jobcenter import AttestRequestIn
-from attest_gateway.schemas.medcom import OrgIdentifiers
+from attest_gateway.config import load_settings
+from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope, Suite
+from attest_gateway.contracts.jobcenter import AttestRequestIn
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.core.attests import DEFAULT_CATALOGUE
+from attest_gateway.crypto.sealing import PrivateHpkeKey, SigningKey, open_envelope, seal, verify
+from attest_gateway.devtools.demo import DEMO_ORGS
+from attest_gateway.medcom.message import OrgIdentifiers
+from attest_gateway.medcom.translate import request_bundle
 from bench.common import BenchContext, Figure, progress, repeat
 
 # The demo job centre asks the demo psychiatry unit for an LÆ 155: the request the other

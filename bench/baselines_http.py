@@ -1,7 +1,7 @@
 """The HTTP limit of this machine: the least a service can do per accepted request.
 
 A minimal FastAPI app (``python -m bench.baselines_http --port P --bootstrap B --topic T``)
-served by uvicorn in its own process with the gateway's uvicorn settings (gateway/cli.py:
+served by uvicorn in its own process with the gateway's uvicorn settings (entrypoints/cli/main.py:
 uvloop and httptools when installed, no access log, lifespan on), with one endpoint,
 ``POST /produce``: read the body, produce one record of the size of the gateway's record
 (the sealed envelope; the body padded to ``--record-bytes``) to Kafka with aiokafka
@@ -67,7 +67,7 @@ def create_app(bootstrap: str, topic: str, record_bytes: int) -> FastAPI:
                     await admin.create_topics([NewTopic(topic, 6, 1)])
         finally:
             await admin.close()
-        # the gateway's producer settings (gateway/bus.py make_producer)
+        # the gateway's producer settings (infra/kafka/bus.py make_producer)
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", linger_ms=2, request_timeout_ms=15_000
         )
@@ -106,7 +106,7 @@ def serve(argv: list[str] | None = None) -> None:
     p.add_argument("--topic", required=True)
     p.add_argument("--record-bytes", type=int, default=RECORD_BYTES)
     args = p.parse_args(argv)
-    # the same uvicorn settings as `attest-gateway serve` (gateway/cli.py)
+    # the same uvicorn settings as `attest-gateway serve` (entrypoints/cli/main.py)
     uvicorn.Server(
         uvicorn.Config(
             create_app(args.bootstrap, args.topic, args.record_bytes),

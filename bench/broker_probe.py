@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from attest_gateway.gateway.broker import EmbeddedBroker
+from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 
 TOPIC = "probe"
 Placed = tuple[int, int, bytes]  # partition, offset, key

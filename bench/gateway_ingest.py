@@ -71,11 +71,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.gateway.bus import MEDCOM_MESSAGES, TRACKING
-from attest_gateway.gateway.demo import DEMO_ORGS
-from attest_gateway.gateway.store.db import aware, make_engine
-from attest_gateway.gateway.store.tables import mailbox, outbox
-from attest_gateway.schemas.events import MessageType
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.devtools.demo import DEMO_ORGS
+from attest_gateway.infra.db.engine import aware, make_engine
+from attest_gateway.infra.db.tables import mailbox, outbox
+from attest_gateway.infra.kafka.bus import MEDCOM_MESSAGES, TRACKING
 from bench.common import (
     SEED,
     BenchContext,

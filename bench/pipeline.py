@@ -54,16 +54,16 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.adapters.jobcenter.service import submit_attest_request
-from attest_gateway.gateway import directory
-from attest_gateway.gateway.bus import ConsumerLoop, Topics
-from attest_gateway.gateway.config import Settings, load_settings
-from attest_gateway.gateway.demo import ensure_demo_orgs
-from attest_gateway.gateway.logging import configure_logging
-from attest_gateway.gateway.runtime import freeze_startup_heap, make_delivery, running_gateway
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.migrate import upgrade_async
-from attest_gateway.gateway.store.tables import mailbox, outbox
+from attest_gateway.bootstrap import freeze_startup_heap, make_delivery, running_gateway
+from attest_gateway.config import Settings, load_settings
+from attest_gateway.devtools.demo import ensure_demo_orgs
+from attest_gateway.infra.db import directory
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.migrate import upgrade_async
+from attest_gateway.infra.db.tables import mailbox, outbox
+from attest_gateway.infra.kafka.bus import ConsumerLoop, Topics
+from attest_gateway.observability.logging import configure_logging
+from attest_gateway.services.jobcenter import submit_attest_request
 from bench.baselines_crypto import JOBCENTER_ID, request_body
 from bench.common import (
     SEED,

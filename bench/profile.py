@@ -39,7 +39,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from attest_gateway.gateway.broker import EmbeddedBroker
+from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from bench import roundtrip
 from bench.common import SEED, BenchContext, console
 from bench.gateway_ingest import (

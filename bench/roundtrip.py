@@ -74,15 +74,15 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 import sqlalchemy as sa
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
-from attest_gateway.gateway.crypto import OrgKeys, open_envelope
-from attest_gateway.gateway.demo import DEMO_ORGS
-from attest_gateway.gateway.directory import Organisation
-from attest_gateway.gateway.store.db import aware, make_engine
-from attest_gateway.gateway.store.tables import stages
-from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.events import MessageType, Stage
-from attest_gateway.schemas.medcom import parse_bundle
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.crypto.sealing import OrgKeys, open_envelope
+from attest_gateway.devtools.demo import DEMO_ORGS
+from attest_gateway.infra.db.directory import Organisation
+from attest_gateway.infra.db.engine import aware, make_engine
+from attest_gateway.infra.db.tables import stages
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.message import parse_bundle
 from bench.common import (
     SEED,
     BenchContext,

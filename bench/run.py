@@ -23,7 +23,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from attest_gateway.gateway.broker import EmbeddedBroker
+from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from bench.common import (
     BenchContext,
     Figure,

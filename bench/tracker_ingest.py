@@ -54,14 +54,14 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from attest_gateway.gateway.demo import ensure_demo_orgs
-from attest_gateway.gateway.runtime import running_gateway
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.tables import tracker_conversations
-from attest_gateway.gateway.tracker.service import make_tracker
-from attest_gateway.schemas.attests import DEFAULT_CATALOGUE
-from attest_gateway.schemas.events import MessageType, Stage, StageEvent
-from attest_gateway.schemas.identifiers import municipalities
+from attest_gateway.bootstrap import running_gateway
+from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
+from attest_gateway.core.attests import DEFAULT_CATALOGUE
+from attest_gateway.core.identifiers import municipalities
+from attest_gateway.devtools.demo import ensure_demo_orgs
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.tables import tracker_conversations
+from attest_gateway.tracker.wiring import make_tracker
 from bench.common import SEED, BenchContext, Figure, progress, repeat
 from bench.pipeline import (
     DbTemplate,

@@ -49,15 +49,15 @@ import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.migrate import upgrade_async
-from attest_gateway.gateway.store.tables import tracker_counts, tracker_durations
-from attest_gateway.gateway.tracker import report as rep
-from attest_gateway.gateway.tracker import rules as r
-from attest_gateway.gateway.tracker.consumer import TrackerState
-from attest_gateway.gateway.tracker.store import COUNTERS, ensure_cells, with_cells
-from attest_gateway.schemas.events import MessageType, Stage, StageEvent
-from attest_gateway.schemas.identifiers import municipalities
+from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
+from attest_gateway.core.identifiers import municipalities
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.migrate import upgrade_async
+from attest_gateway.infra.db.tables import tracker_counts, tracker_durations
+from attest_gateway.tracker import report as rep
+from attest_gateway.tracker import rules as r
+from attest_gateway.tracker.consumer import TrackerState
+from attest_gateway.tracker.store import COUNTERS, ensure_cells, with_cells
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TZ = "Europe/Copenhagen"

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from attest_gateway.gateway.broker import free_port
-from attest_gateway.gateway.demo import DEMO_ORGS
+from attest_gateway.devtools.demo import DEMO_ORGS
+from attest_gateway.infra.kafka.embedded import free_port
 from tests.support.harness import attest_request_body
 from tests.support.kafka import EXTERNAL, START_COMMAND, STOP_COMMAND, run_command
 from tests.support.processes import Proc, base_env, wait_until_healthy, wait_until_listening

@@ -23,9 +23,9 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from attest_gateway.gateway.broker import free_port
-from attest_gateway.gateway.config import Settings
-from attest_gateway.gateway.demo import DEMO_ORGS
+from attest_gateway.config import Settings
+from attest_gateway.devtools.demo import DEMO_ORGS
+from attest_gateway.infra.kafka.embedded import free_port
 from tests.support.harness import CPR, attest_request_body, fresh_database, wait_for
 from tests.support.kafka import TestKafka
 

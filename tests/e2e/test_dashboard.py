@@ -27,9 +27,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from attest_gateway.gateway.broker import free_port
-from attest_gateway.gateway.simulate import ClinicProfile, Delay, Driver, Profile, plan
-from attest_gateway.gateway.simulate import simulation_orgs as sim_orgs
+from attest_gateway.devtools.simulate import ClinicProfile, Delay, Driver, Profile, plan
+from attest_gateway.devtools.simulate import simulation_orgs as sim_orgs
+from attest_gateway.infra.kafka.embedded import free_port
 from tests.support.harness import fresh_database
 from tests.support.kafka import KAFKA_ENV, gateway_env
 

@@ -31,16 +31,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from attest_gateway.adapters.medcom.bundles import build_attest_reply
-from attest_gateway.gateway.broker import free_port
-from attest_gateway.gateway.bus import read_epoch
-from attest_gateway.gateway.config import load_settings
-from attest_gateway.gateway.crypto import OrgKeys, open_envelope
-from attest_gateway.gateway.demo import DEMO_ORGS
-from attest_gateway.gateway.store import tables
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.medcom import parse_bundle
+from attest_gateway.config import load_settings
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.crypto.sealing import OrgKeys, open_envelope
+from attest_gateway.devtools.demo import DEMO_ORGS
+from attest_gateway.infra.db import tables
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.kafka.bus import read_epoch
+from attest_gateway.infra.kafka.embedded import free_port
+from attest_gateway.medcom.build import build_attest_reply
+from attest_gateway.medcom.message import parse_bundle
 from tests.support.harness import (
     PDF,
     attest_request_body,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from attest_gateway.gateway.broker import free_port
-from attest_gateway.gateway.openapi import ERROR_CATALOGUE
+from attest_gateway.entrypoints.http.openapi import ERROR_CATALOGUE
+from attest_gateway.infra.kafka.embedded import free_port
 from tests.support.harness import fresh_database
 from tests.support.processes import Proc, base_env, wait_until_healthy
 from tests.support.schemathesis_hooks import BEYOND_THE_SCHEMA

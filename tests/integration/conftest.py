@@ -19,13 +19,13 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from attest_gateway.gateway.app import create_app
-from attest_gateway.gateway.config import Settings, load_settings
-from attest_gateway.gateway.crypto import OrgKeys
-from attest_gateway.gateway.demo import DEMO_ORGS, ensure_demo_orgs
-from attest_gateway.gateway.runtime import Gateway
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.migrate import upgrade_async
+from attest_gateway.bootstrap import Gateway
+from attest_gateway.config import Settings, load_settings
+from attest_gateway.crypto.sealing import OrgKeys
+from attest_gateway.devtools.demo import DEMO_ORGS, ensure_demo_orgs
+from attest_gateway.entrypoints.http.app import create_app
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.migrate import upgrade_async
 from tests.support.harness import fresh_database
 from tests.support.kafka import TestKafka, settings_for
 

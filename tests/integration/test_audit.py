@@ -21,13 +21,13 @@ import jsonschema
 import pytest_asyncio
 import sqlalchemy as sa
 
-from attest_gateway.gateway import audit
-from attest_gateway.gateway.asyncapi import build_asyncapi
-from attest_gateway.gateway.config import Settings
-from attest_gateway.gateway.crypto import utcnow
-from attest_gateway.gateway.store.db import aware
-from attest_gateway.gateway.store.tables import audit_head, audit_log, mailbox, stages
-from attest_gateway.schemas.audit import AuditEntry
+from attest_gateway.config import Settings
+from attest_gateway.contracts.audit import AuditEntry
+from attest_gateway.crypto.sealing import utcnow
+from attest_gateway.entrypoints.http.asyncapi import build_asyncapi
+from attest_gateway.infra.db import audit
+from attest_gateway.infra.db.engine import aware
+from attest_gateway.infra.db.tables import audit_head, audit_log, mailbox, stages
 from tests.integration.conftest import Harness
 from tests.support.flows import JC, PSY, Conversation, round_trip
 from tests.support.harness import (

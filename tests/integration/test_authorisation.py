@@ -24,12 +24,12 @@ import orjson
 import pytest
 from fastapi.routing import iter_route_contexts
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
-from attest_gateway.gateway.app import create_app
-from attest_gateway.gateway.config import load_settings
-from attest_gateway.gateway.store import tables
-from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.medcom import Bundle, parse_bundle
+from attest_gateway.config import load_settings
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.entrypoints.http.app import create_app
+from attest_gateway.infra.db import tables
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.message import Bundle, parse_bundle
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request, post
 from tests.support.envelopes import mailbox_row, opened

@@ -12,13 +12,12 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement
-from attest_gateway.gateway import pseudonyms
-from attest_gateway.gateway.crypto import seal, utcnow
-from attest_gateway.gateway.store import tables
-from attest_gateway.schemas.envelope import CONTENT_TYPE as ENVELOPE_TYPE
-from attest_gateway.schemas.envelope import EnvelopeHeader
-from attest_gateway.schemas.events import MessageType
+from attest_gateway.contracts.envelope import CONTENT_TYPE as ENVELOPE_TYPE
+from attest_gateway.contracts.envelope import EnvelopeHeader
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.crypto.sealing import seal, utcnow
+from attest_gateway.infra.db import pseudonyms, tables
+from attest_gateway.medcom.build import build_acknowledgement
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request, post, reply_to, sealed_for_gateway
 from tests.support.harness import CPR, attest_request_body

@@ -27,15 +27,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from attest_gateway.gateway.broker import EmbeddedBroker
-from attest_gateway.gateway.bus import (
+from attest_gateway.config import load_settings
+from attest_gateway.infra.kafka.bus import (
     ConsumerLoop,
     ensure_topics,
     kafka_common,
     make_producer,
     member_generation,
 )
-from attest_gateway.gateway.config import load_settings
+from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from tests.support.harness import committed_offsets
 from tests.support.kafka import TestKafka, settings_for
 

@@ -15,8 +15,8 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
-from attest_gateway.gateway.bus import ConsumerLoop, ensure_topics, make_producer
-from attest_gateway.gateway.config import Settings, load_settings
+from attest_gateway.config import Settings, load_settings
+from attest_gateway.infra.kafka.bus import ConsumerLoop, ensure_topics, make_producer
 from tests.support.harness import committed_offsets
 from tests.support.kafka import TestKafka, settings_for
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from attest_gateway.gateway.store.tables import tracker_contacts
+from attest_gateway.infra.db.tables import tracker_contacts
 from tests.integration.conftest import Harness
 from tests.support.harness import CPR, CPR_2
 

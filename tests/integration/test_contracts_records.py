@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 
-from attest_gateway.gateway.asyncapi import build_asyncapi
+from attest_gateway.entrypoints.http.asyncapi import build_asyncapi
 from tests.integration.conftest import Harness
 from tests.support.flows import poison, round_trip
 from tests.support.harness import read_topic, wait_for

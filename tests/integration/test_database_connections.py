@@ -12,7 +12,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy as sa
 
-from attest_gateway.gateway.store.db import make_engine
+from attest_gateway.infra.db.engine import make_engine
 from tests.integration.conftest import running_gateway
 from tests.support.flows import JC, PSY, round_trip
 from tests.support.harness import PG_ADMIN_DSN, attest_request_body

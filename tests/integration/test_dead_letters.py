@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
-from attest_gateway.gateway.store import tables
-from attest_gateway.schemas.envelope import SealedEnvelope
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.infra.db import tables
 from tests.integration.conftest import Harness
 from tests.integration.test_reliability import request
 from tests.integration.test_roundtrip import mailbox_item

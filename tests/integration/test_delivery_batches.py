@@ -23,13 +23,13 @@ import pytest
 import sqlalchemy as sa
 from aiokafka import ConsumerRecord
 
-from attest_gateway.adapters.medcom.delivery import DeliveryHandler
-from attest_gateway.gateway.bus import TransientError
-from attest_gateway.gateway.crypto import utcnow
-from attest_gateway.gateway.store import tables
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.events import MessageType, Stage
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.crypto.sealing import utcnow
+from attest_gateway.infra.db import tables
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.kafka.bus import TransientError
+from attest_gateway.services.delivery import DeliveryHandler
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request, reply_to
 from tests.integration.test_signatures import ack_of

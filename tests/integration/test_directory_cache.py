@@ -1,4 +1,4 @@
-"""The directory's snapshot cache (gateway/directory.py, migration 0008) is exact, on both
+"""The directory's snapshot cache (infra/db/directory.py, migration 0008) is exact, on both
 databases: a change made elsewhere — another engine, plain SQL, as the admin CLI in another
 process or an operator's psql would — counts at the very next transaction; one transaction
 checks the generation token once; a transaction sees its own directory writes; a re-created
@@ -25,13 +25,12 @@ from alembic import command
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.gateway import directory
-from attest_gateway.gateway.crypto import OrgKeys, PrivateHpkeKey, utcnow
-from attest_gateway.gateway.directory import Organisation, Role
-from attest_gateway.gateway.store import tables
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.migrate import alembic_config, upgrade_async
-from attest_gateway.schemas.envelope import Suite
+from attest_gateway.contracts.envelope import Suite
+from attest_gateway.crypto.sealing import OrgKeys, PrivateHpkeKey, utcnow
+from attest_gateway.infra.db import directory, tables
+from attest_gateway.infra.db.directory import Organisation, Role
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.migrate import alembic_config, upgrade_async
 from tests.integration.conftest import DB_KINDS, running_gateway
 from tests.support.flows import JC as DEMO_JC
 from tests.support.harness import PG_ADMIN_DSN, attest_request_body, fresh_database, wait_for
@@ -54,7 +53,7 @@ FINGERPRINT = "ab" * 32  # a pinned client certificate of PSY
 @dataclass
 class Store:
     """A migrated database with JC and PSY; `reader` is the engine whose cache is under test,
-    `writer` stands for another process (plain SQL, never through gateway/directory.py)."""
+    `writer` stands for another process (plain SQL, never through infra/db/directory.py)."""
 
     kind: str
     url: str

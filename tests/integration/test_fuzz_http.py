@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from attest_gateway.adapters.medcom.bundles import build_attest_reply
+from attest_gateway.medcom.build import build_attest_reply
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request
 from tests.support.harness import attest_request_body

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.group_commit import GroupCommit, Write
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.group_commit import GroupCommit, Write
 from tests.integration.conftest import DB_KINDS
 from tests.support.harness import fresh_database
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from attest_gateway.gateway.runtime import freeze_startup_heap
+from attest_gateway.bootstrap import freeze_startup_heap
 from tests.integration.conftest import running_gateway
 from tests.support.kafka import TestKafka
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from attest_gateway.adapters.medcom.bundles import build_attest_reply
-from attest_gateway.gateway.store.tables import mailbox
-from attest_gateway.schemas.envelope import SealedEnvelope
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.infra.db.tables import mailbox
+from attest_gateway.medcom.build import build_attest_reply
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import JC, PSY, new_request, post
 from tests.support.envelopes import flip_byte

@@ -24,12 +24,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.metadata import MetadataRequest
 
-from attest_gateway.gateway import audit, bus, deadletters
-from attest_gateway.gateway.broker import EmbeddedBroker
-from attest_gateway.gateway.config import Settings, load_settings
-from attest_gateway.gateway.crypto import utcnow
-from attest_gateway.gateway.store import tables
-from attest_gateway.gateway.sweeper import EPOCH_ROW, Sweeper
+from attest_gateway.config import Settings, load_settings
+from attest_gateway.crypto.sealing import utcnow
+from attest_gateway.infra.db import audit, tables
+from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
+from attest_gateway.infra.kafka import bus
+from attest_gateway.infra.kafka import dead_letters as deadletters
+from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from tests.integration.conftest import Harness
 
 TIMEOUT = 2.0  # kafka_read_timeout_seconds in these tests
@@ -237,7 +238,7 @@ async def test_an_expired_epoch_is_written_again_without_a_replay(
         calls += 1
         return bus.EPOCH_EXPIRED if calls == 1 else await real(*args)
 
-    monkeypatch.setattr("attest_gateway.gateway.sweeper.read_epoch", expired_once)
+    monkeypatch.setattr("attest_gateway.infra.housekeeping.sweeper.read_epoch", expired_once)
     report = await sweeper.sweep_once(utcnow())
     assert (report.topics_recreated, report.replayed) == (False, 0)
     assert rewound == []
@@ -263,7 +264,7 @@ async def test_the_sweeper_goes_on_after_a_read_runs_out_of_time(
             three.set()
         raise bus.KafkaReadTimeout("kafka-timeout", "reading the epoch: no answer")
 
-    monkeypatch.setattr("attest_gateway.gateway.sweeper.read_epoch", timing_out)
+    monkeypatch.setattr("attest_gateway.infra.housekeeping.sweeper.read_epoch", timing_out)
     sweeper = Sweeper(gw, h.bootstrap)
     sweeper.start()
     try:

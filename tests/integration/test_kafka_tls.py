@@ -25,16 +25,16 @@ import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
-from attest_gateway.gateway.broker import EmbeddedBroker, free_port
-from attest_gateway.gateway.bus import kafka_common
-from attest_gateway.gateway.config import Settings
-from attest_gateway.gateway.devca import (
+from attest_gateway.config import Settings
+from attest_gateway.devtools.devca import (
     CertPair,
     DevCA,
     ensure_ca,
     issue_client_certificate,
     issue_server_certificate,
 )
+from attest_gateway.infra.kafka.bus import kafka_common
+from attest_gateway.infra.kafka.embedded import EmbeddedBroker, free_port
 from tests.integration.conftest import Harness, running_gateway
 from tests.support.flows import round_trip
 from tests.support.harness import wait_for

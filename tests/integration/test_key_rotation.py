@@ -19,16 +19,16 @@ import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
-from attest_gateway.gateway import admin, audit, directory
-from attest_gateway.gateway.crypto import OrgKeys, SigningKey, open_envelope, seal, verify
-from attest_gateway.gateway.directory import Organisation, Role
-from attest_gateway.gateway.errors import EnvelopeRejected
-from attest_gateway.gateway.store import tables
-from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope
-from attest_gateway.schemas.events import MessageType
-from attest_gateway.schemas.identifiers import gln_check_digit
-from attest_gateway.schemas.medcom import Bundle, parse_bundle, read_message
+from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.core.errors import EnvelopeRejected
+from attest_gateway.core.identifiers import gln_check_digit
+from attest_gateway.crypto.sealing import OrgKeys, SigningKey, open_envelope, seal, verify
+from attest_gateway.infra.db import audit, directory, tables
+from attest_gateway.infra.db.directory import Organisation, Role
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.message import Bundle, parse_bundle, read_message
+from attest_gateway.services import admin
 from tests.integration.conftest import Harness
 from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for
 from tests.support.kafka import client_args

@@ -11,14 +11,13 @@ import orjson
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
-from attest_gateway.gateway import audit
-from attest_gateway.gateway.crypto import OrgKeys, seal, utcnow
-from attest_gateway.gateway.store import tables
-from attest_gateway.gateway.store.tables import audit_log
-from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope
-from attest_gateway.schemas.events import MessageType
-from attest_gateway.schemas.medcom import Bundle
+from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.crypto.sealing import OrgKeys, seal, utcnow
+from attest_gateway.infra.db import audit, tables
+from attest_gateway.infra.db.tables import audit_log
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.message import Bundle
 from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
 from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for

@@ -15,20 +15,20 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.migrate import alembic_config, upgrade_async
-from attest_gateway.gateway.store.tables import (
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.migrate import alembic_config, upgrade_async
+from attest_gateway.infra.db.tables import (
     SEALED_COLUMNS,
     metadata,
     tracker_cell_citizens,
     tracker_counts,
     tracker_durations,
 )
-from attest_gateway.gateway.tracker.store import with_cells
+from attest_gateway.tracker.store import with_cells
 from tests.support.harness import fresh_database
 
 COLUMNS_0012 = importlib.import_module(
-    "attest_gateway.gateway.store.migrations.versions.0012_sealed_columns_uncompressed"
+    "attest_gateway.infra.db.migrations.versions.0012_sealed_columns_uncompressed"
 ).COLUMNS
 
 

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from attest_gateway.gateway.config import load_settings
-from attest_gateway.gateway.store.db import make_engine, settings_engine
+from attest_gateway.config import load_settings
+from attest_gateway.infra.db.engine import make_engine, settings_engine
 from tests.integration.conftest import DB_KINDS, running_gateway
 from tests.support.flows import JC, round_trip
 from tests.support.harness import fresh_database

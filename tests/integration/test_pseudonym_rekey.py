@@ -29,22 +29,20 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
-from attest_gateway.adapters.jobcenter.contacts import ContactIn, register_contact
-from attest_gateway.adapters.jobcenter.service import submit_attest_request
-from attest_gateway.gateway import cli, directory
-from attest_gateway.gateway import pseudonyms as ps
-from attest_gateway.gateway.bus import PermanentError, Topics
-from attest_gateway.gateway.cli_pseudonyms import key_mismatch
-from attest_gateway.gateway.config import Settings, load_settings
-from attest_gateway.gateway.crypto import KeyRing, utcnow
-from attest_gateway.gateway.demo import ensure_demo_orgs
-from attest_gateway.gateway.messaging import Conversation, emit_stage_event
-from attest_gateway.gateway.rekey import LEASE, RekeyRefused, RekeyReport, rekey
-from attest_gateway.gateway.runtime import custodial_keys_dir, running_gateway
-from attest_gateway.gateway.store import tables
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.migrate import upgrade_async
-from attest_gateway.gateway.store.tables import (
+from attest_gateway.bootstrap import custodial_keys_dir, running_gateway
+from attest_gateway.config import Settings, load_settings
+from attest_gateway.contracts.jobcenter import AttestRequestIn, CaseKind
+from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.crypto.sealing import KeyRing, utcnow
+from attest_gateway.devtools.demo import ensure_demo_orgs
+from attest_gateway.entrypoints.cli import main as cli
+from attest_gateway.entrypoints.cli.pseudonyms import key_mismatch
+from attest_gateway.infra.db import directory, tables
+from attest_gateway.infra.db import pseudonyms as ps
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.migrate import upgrade_async
+from attest_gateway.infra.db.rekey import LEASE, RekeyRefused, RekeyReport, rekey
+from attest_gateway.infra.db.tables import (
     conversations,
     leases,
     outbox,
@@ -55,10 +53,12 @@ from attest_gateway.gateway.store.tables import (
     tracker_durations,
     tracker_episodes,
 )
-from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
-from attest_gateway.gateway.tracker.service import tracker_rules
-from attest_gateway.schemas.events import MessageType, Stage
-from attest_gateway.schemas.jobcenter import AttestRequestIn, CaseKind
+from attest_gateway.infra.kafka.bus import PermanentError, Topics
+from attest_gateway.services.contacts import ContactIn, register_contact
+from attest_gateway.services.jobcenter import submit_attest_request
+from attest_gateway.services.messaging import Conversation, emit_stage_event
+from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
+from attest_gateway.tracker.wiring import tracker_rules
 from tests.integration.conftest import DB_KINDS, Harness
 from tests.support.harness import attest_request_body, fresh_database
 from tests.support.kafka import TestKafka, settings_for

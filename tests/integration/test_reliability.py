@@ -12,15 +12,14 @@ import pytest
 import sqlalchemy as sa
 from aiokafka.errors import KafkaError
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement
-from attest_gateway.gateway import audit
-from attest_gateway.gateway.bus import make_producer
-from attest_gateway.gateway.relay import OutboxRelay
-from attest_gateway.gateway.store import tables
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.store.migrate import upgrade_async
-from attest_gateway.gateway.sweeper import EPOCH_ROW, Sweeper
-from attest_gateway.schemas.medcom import read_message
+from attest_gateway.infra.db import audit, tables
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.migrate import upgrade_async
+from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
+from attest_gateway.infra.kafka.bus import make_producer
+from attest_gateway.infra.kafka.relay import OutboxRelay
+from attest_gateway.medcom.build import build_acknowledgement
+from attest_gateway.medcom.message import read_message
 from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
 from tests.support.harness import attest_request_body, fresh_database, wait_for

@@ -15,9 +15,9 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from attest_gateway.gateway.store import tables
-from attest_gateway.schemas.events import MessageType
-from attest_gateway.schemas.medcom import CPR_SYSTEM, MAX_JSON_DEPTH, Bundle
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.infra.db import tables
+from attest_gateway.medcom.message import CPR_SYSTEM, MAX_JSON_DEPTH, Bundle
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import (
     JC,

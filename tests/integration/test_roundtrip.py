@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
-from attest_gateway.gateway.crypto import OrgKeys, open_envelope
-from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.events import StageEvent
-from attest_gateway.schemas.medcom import Bundle, parse_bundle, read_message
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.stages import StageEvent
+from attest_gateway.crypto.sealing import OrgKeys, open_envelope
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.message import Bundle, parse_bundle, read_message
 from tests.integration.conftest import Harness
 from tests.support.harness import (
     ATTEST_TEXT,

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.gateway.store.db import make_engine, one_of, one_of_param, rows_insert
+from attest_gateway.infra.db.engine import make_engine, one_of, one_of_param, rows_insert
 from tests.integration.conftest import DB_KINDS
 from tests.support.harness import fresh_database
 

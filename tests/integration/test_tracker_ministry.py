@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from attest_gateway.gateway.store.tables import tracker_conversations
+from attest_gateway.infra.db.tables import tracker_conversations
 from tests.integration.conftest import Harness
 from tests.integration.test_tracker_consumer import answer, cpr, request
 from tests.support.harness import ATTEST_TEXT, QUESTIONS, wait_for

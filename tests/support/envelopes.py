@@ -14,10 +14,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from prometheus_client import REGISTRY
 
-from attest_gateway.gateway import directory
-from attest_gateway.gateway.crypto import PublicHpkeKey, SigningKey, open_envelope, seal, utcnow
-from attest_gateway.gateway.store import tables
-from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope
+from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
+from attest_gateway.crypto.sealing import PublicHpkeKey, SigningKey, open_envelope, seal, utcnow
+from attest_gateway.infra.db import directory, tables
 from tests.support.harness import read_topic, wait_for
 from tests.support.kafka import client_args
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from attest_gateway.gateway.tracker.events import ContactChannel, ContactEvent
-from attest_gateway.schemas.events import MessageType, Stage, StageEvent
+from attest_gateway.contracts.contacts import ContactChannel, ContactEvent
+from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 
 
 def stage_event(ref: str) -> StageEvent:

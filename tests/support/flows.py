@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from attest_gateway.adapters.medcom.bundles import build_acknowledgement, build_attest_reply
-from attest_gateway.gateway.crypto import open_envelope
-from attest_gateway.schemas.envelope import SealedEnvelope
-from attest_gateway.schemas.medcom import parse_bundle
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.crypto.sealing import open_envelope
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.message import parse_bundle
 from tests.support.harness import (
     ATTEST_TEXT,
     CPR,

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attest_gateway.gateway.broker import EmbeddedBroker
-from attest_gateway.gateway.bus import kafka_ssl_context
-from attest_gateway.gateway.config import load_settings
+from attest_gateway.config import load_settings
+from attest_gateway.infra.kafka.bus import kafka_ssl_context
+from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 
 BOOTSTRAP = "TEST_KAFKA_BOOTSTRAP_SERVERS"
 RESTART_COMMAND = "TEST_KAFKA_RESTART_COMMAND"

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 import structlog
 
-from attest_gateway.gateway.logging import configure_logging
-from attest_gateway.gateway.store import tables
+from attest_gateway.infra.db import tables
+from attest_gateway.observability.logging import configure_logging
 from tests.support.harness import read_topic
 
 if TYPE_CHECKING:

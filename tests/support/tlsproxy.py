@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from attest_gateway.gateway.broker import free_port
+from attest_gateway.infra.kafka.embedded import free_port
 
 _CHUNK = 64 * 1024
 

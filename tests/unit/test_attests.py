@@ -7,12 +7,7 @@ import datetime as dt
 import pytest
 from pydantic import ValidationError
 
-from attest_gateway.schemas.attests import (
-    DEFAULT_CATALOGUE,
-    DeadlineUnit,
-    IssuerKind,
-    ReplyDeadline,
-)
+from attest_gateway.core.attests import DEFAULT_CATALOGUE, DeadlineUnit, IssuerKind, ReplyDeadline
 
 EXPECTED_CODES = {f"LÆ {n}" for n in (105, 115, 125, 135, 145, 155, 225, 265, 275, 285)}
 

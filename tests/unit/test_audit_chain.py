@@ -11,14 +11,8 @@ import json
 
 import pytest
 
-from attest_gateway.gateway.audit import (
-    MAILBOX_FETCH,
-    AuditEvent,
-    ChainHead,
-    chain,
-    verify_chain,
-)
-from attest_gateway.schemas.audit import GENESIS, AuditEntry, canonical_at
+from attest_gateway.contracts.audit import GENESIS, AuditEntry, canonical_at
+from attest_gateway.infra.db.audit import MAILBOX_FETCH, AuditEvent, ChainHead, chain, verify_chain
 
 T0 = dt.datetime(2026, 10, 29, 9, 30, tzinfo=dt.UTC)
 

@@ -1,4 +1,4 @@
-"""The bounds on what clients send (schemas/bounds.py): each check accepts exactly what the
+"""The bounds on what clients send (core/bounds.py): each check accepts exactly what the
 pattern the OpenAPI document states accepts."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from attest_gateway.schemas import bounds
-from attest_gateway.schemas.bounds import InputDate
+from attest_gateway.core import bounds
+from attest_gateway.core.bounds import InputDate
 
 DATE = TypeAdapter(InputDate)
 

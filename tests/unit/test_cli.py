@@ -15,9 +15,9 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from attest_gateway.gateway import cli
-from attest_gateway.gateway.broker import free_port
-from attest_gateway.gateway.cli_ops import settings_markdown
+from attest_gateway.entrypoints.cli import main as cli
+from attest_gateway.entrypoints.cli.ops import settings_markdown
+from attest_gateway.infra.kafka.embedded import free_port
 
 CLI = str(Path(sys.executable).with_name("attest-gateway"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def run_cli(
 
 
 def _setting_vars() -> set[str]:
-    from attest_gateway.gateway.config import Settings
+    from attest_gateway.config import Settings
 
     return {name.upper() for name in Settings.model_fields}
 

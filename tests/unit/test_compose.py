@@ -20,9 +20,9 @@ import pytest
 import typer.main
 import yaml
 
-from attest_gateway.gateway import cli
-from attest_gateway.gateway.config import Settings, load_settings
-from attest_gateway.gateway.production import env_name, inspect_settings
+from attest_gateway.config import Settings, load_settings
+from attest_gateway.entrypoints.cli import main as cli
+from attest_gateway.production import env_name, inspect_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -14,23 +14,23 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
-from attest_gateway.gateway import errors
-from attest_gateway.gateway.asyncapi import build_asyncapi, render_markdown
-from attest_gateway.gateway.cli_ops import (
+from attest_gateway.core import errors
+from attest_gateway.entrypoints.cli.ops import (
     canonical_settings,
     openapi_document,
     replace_settings_table,
 )
-from attest_gateway.gateway.http import FIELD_CODES
-from attest_gateway.gateway.openapi import ERROR_CATALOGUE
-from attest_gateway.schemas.medcom import BUNDLE_ERROR_CODES
+from attest_gateway.entrypoints.http.asyncapi import build_asyncapi, render_markdown
+from attest_gateway.entrypoints.http.openapi import ERROR_CATALOGUE
+from attest_gateway.entrypoints.http.plumbing import FIELD_CODES
+from attest_gateway.medcom.message import BUNDLE_ERROR_CODES
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "attest_gateway"
 ASYNCAPI_SCHEMA = ROOT / "tests" / "fixtures" / "schemas" / "asyncapi-3.0.0.json"
 KAFKA_ONLY = {"PermanentError", "TransientError"}  # never answered over HTTP
 # Endpoints whose answers are still taking shape in another issue: their success examples
-# belong in gateway/openapi.py `_SUCCESS_EXAMPLES` once they settle (issue 5, the tracker).
+# belong in entrypoints/http/openapi.py `_SUCCESS_EXAMPLES` once they settle (issue 5, the tracker).
 PENDING_EXAMPLES = {
     "POST /jobcenter/v1/contacts",
     "GET /ministry/v1/report",
@@ -73,7 +73,7 @@ def raised_codes() -> dict[str, set[int]]:
     for code in BUNDLE_ERROR_CODES:  # the MedCom parser's codes reach the API as 422
         found.setdefault(code, set()).add(422)
     for code in (*FIELD_CODES.values(), "invalid-request"):
-        found.setdefault(code, set()).add(422)  # validation errors (gateway/http.py)
+        found.setdefault(code, set()).add(422)  # validation errors (entrypoints/http/plumbing.py)
     return found
 
 
@@ -146,7 +146,7 @@ def test_every_answer_of_every_endpoint_has_an_example(openapi: dict[str, Any]) 
                     continue
                 if not (media.get("example") is not None or media.get("examples")):
                     without.append(f"{method.upper()} {path} request {media_type}")
-    assert without == [], "add examples in gateway/openapi.py"
+    assert without == [], "add examples in entrypoints/http/openapi.py"
 
 
 def test_problem_examples_match_the_problem_schema(openapi: dict[str, Any]) -> None:
@@ -186,7 +186,7 @@ def test_the_asyncapi_check_would_catch_a_mistake() -> None:
 
 
 def test_asyncapi_payloads_come_from_the_models() -> None:
-    from attest_gateway.schemas.events import StageEvent
+    from attest_gateway.contracts.stages import StageEvent
 
     doc = build_asyncapi(canonical_settings())
     schemas = doc["components"]["schemas"]
@@ -195,7 +195,7 @@ def test_asyncapi_payloads_come_from_the_models() -> None:
 
 
 def test_asyncapi_addresses_carry_the_topic_prefix() -> None:
-    from attest_gateway.gateway.config import load_settings
+    from attest_gateway.config import load_settings
 
     doc = build_asyncapi(load_settings(kafka_topic_prefix="kbh."))
     assert doc["channels"]["medcomMessages"]["address"] == "kbh.medcom.messages"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from attest_gateway.gateway.store.db import make_engine
+from attest_gateway.infra.db.engine import make_engine
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "attest_gateway"
 MARKER = "sag-0101901234-param-marker"
@@ -55,7 +55,7 @@ def _sqlalchemy_engine_factories(path: Path) -> list[int]:
 def test_every_engine_is_made_by_store_db() -> None:
     """`store.db.create_engine` is the one place that calls SQLAlchemy's factory (with
     hide_parameters); everything else, the migrations' env.py included, goes through it."""
-    db = SRC / "gateway" / "store" / "db.py"
+    db = SRC / "infra" / "db" / "engine.py"
     elsewhere = [
         f"{path.relative_to(SRC)}:{line}"
         for path in sorted(SRC.rglob("*.py"))

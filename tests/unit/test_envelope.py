@@ -15,7 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from attest_gateway.gateway.crypto import (
+from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope, Suite
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.core.errors import EnvelopeRejected
+from attest_gateway.crypto.sealing import (
     OrgKeys,
     PrivateHpkeKey,
     SigningKey,
@@ -26,9 +29,6 @@ from attest_gateway.gateway.crypto import (
     seal,
     verify,
 )
-from attest_gateway.gateway.errors import EnvelopeRejected
-from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope, Suite
-from attest_gateway.schemas.events import MessageType
 
 HYBRID: Suite = "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM"
 CLASSIC: Suite = "X25519/HKDF_SHA256/AES_256_GCM"

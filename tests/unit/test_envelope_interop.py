@@ -16,7 +16,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId, KEMKey
 
-from attest_gateway.gateway.crypto import (
+from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope, Suite
+from attest_gateway.core.errors import EnvelopeRejected
+from attest_gateway.crypto.sealing import (
     PrivateHpkeKey,
     SigningKey,
     decode_verify_key,
@@ -24,8 +26,6 @@ from attest_gateway.gateway.crypto import (
     seal,
     verify,
 )
-from attest_gateway.gateway.errors import EnvelopeRejected
-from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope, Suite
 
 SUITE: Suite = "X25519/HKDF_SHA256/AES_256_GCM"
 PLAINTEXT = '{"resourceType":"Bundle","id":"b-1","note":"Tekst med æøå"}'.encode()

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attest_gateway.gateway.crypto import OrgKeys, open_envelope, seal, utcnow, verify
-from attest_gateway.gateway.errors import EnvelopeRejected
-from attest_gateway.schemas.envelope import EnvelopeHeader, SealedEnvelope
-from attest_gateway.schemas.events import MessageType
-from attest_gateway.schemas.medcom import BundleError, parse_bundle, read_message
+from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.core.errors import EnvelopeRejected
+from attest_gateway.crypto.sealing import OrgKeys, open_envelope, seal, utcnow, verify
+from attest_gateway.medcom.message import BundleError, parse_bundle, read_message
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "medcom").glob("*.json"))
 json_values = st.recursive(

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
-from attest_gateway.schemas.identifiers import (
+from attest_gateway.core.identifiers import (
     Cpr,
     CprNumber,
     Gln,

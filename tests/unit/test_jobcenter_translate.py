@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from attest_gateway.adapters.jobcenter.translate import inbox_item, request_bundle
-from attest_gateway.adapters.medcom.bundles import build_attest_reply
-from attest_gateway.schemas.attests import DEFAULT_CATALOGUE
-from attest_gateway.schemas.jobcenter import AttestRequestIn, CaseKind, InboxItem, ReceiverRef
-from attest_gateway.schemas.medcom import MessageInfo, OrgIdentifiers, parse_bundle, read_message
+from attest_gateway.contracts.jobcenter import AttestRequestIn, CaseKind, InboxItem, ReceiverRef
+from attest_gateway.core.attests import DEFAULT_CATALOGUE
+from attest_gateway.medcom.build import build_attest_reply
+from attest_gateway.medcom.message import MessageInfo, OrgIdentifiers, parse_bundle, read_message
+from attest_gateway.medcom.translate import inbox_item, request_bundle
 
 CPR = "0101901234"
 JOBCENTER_GLN = "5790001348120"

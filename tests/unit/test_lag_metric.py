@@ -9,7 +9,7 @@ import time
 import pytest
 from aiokafka import TopicPartition
 
-from attest_gateway.gateway import metrics
+from attest_gateway.observability import metrics
 
 
 class _Resetting:

@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from attest_gateway.gateway.http import RequestLogMiddleware
-from attest_gateway.gateway.logging import redact_cpr
+from attest_gateway.entrypoints.http.plumbing import RequestLogMiddleware
+from attest_gateway.observability.logging import redact_cpr
 from tests.support.leaks import json_logs
 
 CPR = "0101901234"

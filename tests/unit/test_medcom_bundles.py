@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attest_gateway.adapters.medcom.bundles import (
+from attest_gateway.medcom.build import (
     build_acknowledgement,
     build_attest_reply,
     build_attest_request,
 )
-from attest_gateway.schemas.medcom import (
+from attest_gateway.medcom.message import (
     ACK_ERROR_CODES_SYSTEM,
     ACTIVITY_CODES_SYSTEM,
     ATTEST_TYPE_SYSTEM,

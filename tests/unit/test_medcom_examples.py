@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from attest_gateway.schemas.medcom import (
+from attest_gateway.medcom.message import (
     Bundle,
     MessageInfo,
     OrgIdentifiers,

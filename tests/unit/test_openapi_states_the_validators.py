@@ -19,13 +19,11 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from attest_gateway.adapters.jobcenter.contacts import ContactIn
-from attest_gateway.gateway.cli_ops import canonical_settings, openapi_document
-from attest_gateway.gateway.tracker import rules
-from attest_gateway.schemas.attests import DEFAULT_CATALOGUE
-from attest_gateway.schemas.bounds import control_character_in
-from attest_gateway.schemas.envelope import BASE64_PATTERN, SealedEnvelope
-from attest_gateway.schemas.identifiers import (
+from attest_gateway.contracts.envelope import BASE64_PATTERN, SealedEnvelope
+from attest_gateway.contracts.jobcenter import AttestRequestIn, ReceiverRef
+from attest_gateway.core.attests import DEFAULT_CATALOGUE
+from attest_gateway.core.bounds import control_character_in
+from attest_gateway.core.identifiers import (
     GLN_CHECK_DIGIT_WRONG,
     check_cpr,
     check_gln,
@@ -33,7 +31,9 @@ from attest_gateway.schemas.identifiers import (
     check_sor,
     check_ydernummer,
 )
-from attest_gateway.schemas.jobcenter import AttestRequestIn, ReceiverRef
+from attest_gateway.entrypoints.cli.ops import canonical_settings, openapi_document
+from attest_gateway.services.contacts import ContactIn
+from attest_gateway.tracker import rules
 
 
 @pytest.fixture(scope="module")

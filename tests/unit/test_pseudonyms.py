@@ -13,14 +13,14 @@ from aiokafka import ConsumerRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attest_gateway.gateway import pseudonyms as ps
-from attest_gateway.gateway.bus import PermanentError
-from attest_gateway.gateway.crypto import KeyRing, OrgKeys
-from attest_gateway.gateway.crypto import case_ref as bare_case_ref
-from attest_gateway.gateway.store.db import make_engine
-from attest_gateway.gateway.tracker.consumer import TrackerHandler, TrackerState
-from attest_gateway.gateway.tracker.rules import TrackerRules
-from attest_gateway.schemas.envelope import Suite
+from attest_gateway.contracts.envelope import Suite
+from attest_gateway.crypto.sealing import KeyRing, OrgKeys
+from attest_gateway.crypto.sealing import case_ref as bare_case_ref
+from attest_gateway.infra.db import pseudonyms as ps
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.kafka.bus import PermanentError
+from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
+from attest_gateway.tracker.rules import TrackerRules
 from tests.support.events import contact_event, stage_event
 
 KEY_A = b"a" * 32

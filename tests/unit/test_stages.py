@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from attest_gateway.schemas.events import Stage, current_stage
+from attest_gateway.contracts.stages import Stage, current_stage
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from attest_gateway.gateway.config import load_settings
+from attest_gateway.config import load_settings
 from tests.support.kafka import external_from_env
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 
-from attest_gateway.gateway.tracker.store import Cell, KnownCells, cell_id
+from attest_gateway.tracker.store import Cell, KnownCells, cell_id
 
 NATIONAL_WEEK: Cell = ("national", "week", dt.date(2026, 1, 5), "LÆ 155", "DK")
 
@@ -33,7 +33,7 @@ def test_cells_that_differ_in_any_column_get_different_ids() -> None:
 
 def test_the_migration_computes_the_ids_the_tracker_computes() -> None:
     migration = importlib.import_module(
-        "attest_gateway.gateway.store.migrations.versions.0011_rollup_cells"
+        "attest_gateway.infra.db.migrations.versions.0011_rollup_cells"
     )
     cells: list[Cell] = [
         NATIONAL_WEEK,

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from attest_gateway.gateway.tracker.events import (
-    ContactEvent,
-    NotATrackingEvent,
-    parse_tracking_event,
-)
-from attest_gateway.schemas.events import StageEvent
+from attest_gateway.contracts.contacts import ContactEvent, NotATrackingEvent, parse_tracking_event
+from attest_gateway.contracts.stages import StageEvent
 from tests.support.events import contact_event, stage_event
 
 STAGE = stage_event("k1.ab12")

@@ -6,8 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from attest_gateway.gateway.tracker.reminders import build_reminder, derived_id
-from attest_gateway.schemas.medcom import (
+from attest_gateway.medcom.message import (
     CPR_SYSTEM,
     ENTITY_ROLE_REVISION,
     MESSAGE_KIND_SYSTEM,
@@ -16,6 +15,7 @@ from attest_gateway.schemas.medcom import (
     parse_bundle,
     read_message,
 )
+from attest_gateway.medcom.reminders import build_reminder, derived_id
 
 JC = OrgIdentifiers(name="Jobcenter København", sor="101181000016003", gln="5790001010014")
 PSY = OrgIdentifiers(

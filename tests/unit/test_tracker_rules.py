@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attest_gateway.gateway.tracker import rules as r
-from attest_gateway.gateway.tracker.rules import DeadlineRule, TrackerRules, Unit, WorkingCalendar
-from attest_gateway.schemas.events import Stage
+from attest_gateway.contracts.stages import Stage
+from attest_gateway.tracker import rules as r
+from attest_gateway.tracker.rules import DeadlineRule, TrackerRules, Unit, WorkingCalendar
 
 CAL = WorkingCalendar()
 RULES = TrackerRules.build()

@@ -8,7 +8,9 @@ import random
 import statistics
 from pathlib import Path
 
-from attest_gateway.gateway.simulate import (
+from attest_gateway.core.attests import DEFAULT_CATALOGUE, IssuerKind
+from attest_gateway.core.identifiers import check_cpr, check_gln, check_sor, municipalities
+from attest_gateway.devtools.simulate import (
     Case,
     Delay,
     Profile,
@@ -16,8 +18,6 @@ from attest_gateway.gateway.simulate import (
     simulation_orgs,
     synthetic_cpr,
 )
-from attest_gateway.schemas.attests import DEFAULT_CATALOGUE, IssuerKind
-from attest_gateway.schemas.identifiers import check_cpr, check_gln, check_sor, municipalities
 
 START = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
 

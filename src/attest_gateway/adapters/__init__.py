@@ -1,1 +1,0 @@
-"""Adapters between the gateway and the outside world (job centres, MedCom)."""

@@ -1,1 +1,0 @@
-"""The job-centre side: plain JSON over HTTPS, translated to and from MedCom-like Bundles."""

@@ -1,1 +1,0 @@
-"""MedCom-side adapter: builds the MedCom-like FHIR messages the gateway sends."""

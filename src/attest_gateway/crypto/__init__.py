@@ -1,0 +1,1 @@
+"""Sealing and opening envelopes (HPKE), signatures, key files and the key ring."""

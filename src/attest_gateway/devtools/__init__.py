@@ -1,0 +1,2 @@
+"""For development and demonstration: the traffic simulator, demo organisations, a
+development CA."""

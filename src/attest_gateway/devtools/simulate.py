@@ -1,0 +1,714 @@
+"""`attest-gateway simulate`: realistic national traffic through the real HTTP API.
+
+The 98 municipalities' job centres request LÆ attests at a configurable national rate; GP
+clinics and regional psychiatry fetch, acknowledge and reply after delays drawn from
+log-normal distributions whose defaults reflect the National Audit Office's findings (many
+late psychiatry attests, job centres often asking late, most psychiatric cases without direct
+contact). Every step is an HTTP call to a running gateway, exactly as a case system or a
+clinic system would make it; the clinics open their sealed envelopes with their own keys.
+
+The simulated clock. The driver never reads its own clock: it reads the gateway's (the HTTP
+`Date` header) and performs every step whose scheduled time has come. Run against a normal
+gateway, time is real. With `--serve` the command starts its own gateway whose clock runs
+`speed` times faster than real time (libfaketime, Debian package `faketime`; monotonic
+clocks stay real so timers and Kafka sessions are unaffected), starting `--days` days in the
+past, so months of traffic play out in minutes and every timestamp the gateway records is
+simulated time. When the history has caught up with the present the gateway is restarted on
+a normal clock on the same store and broker, and traffic goes on live. What it costs: at
+speed N one real second is N simulated seconds, so the gateway's own sub-second hand-offs
+(delivery into a mailbox, into the job centre's inbox) look N times slower in the history;
+the human delays (days, weeks) are what the history is for.
+
+Pure parts (the profile, the plan of cases) are unit-tested; the driver is exercised end to
+end by the dashboard's browser test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import heapq
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, replace
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from attest_gateway.config import Settings
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.core.identifiers import gln_check_digit, municipalities
+from attest_gateway.crypto.sealing import OrgKeys, open_envelope
+
+log = structlog.get_logger(__name__)
+
+FAKETIME_LIBS = (
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+)
+REGIONS = ("1081", "1082", "1083", "1084", "1085")
+GP_PER_REGION = 2
+
+# --- the profile --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """A log-normal delay: `median` days, spread `sigma` (σ of the log)."""
+
+    median: float
+    sigma: float
+
+    def draw(self, rng: random.Random) -> float:
+        return self.median * math.exp(rng.gauss(0.0, self.sigma))
+
+
+@dataclass(frozen=True, slots=True)
+class ClinicProfile:
+    fetch: Delay  # request delivered → clinic system fetches its mailbox
+    ack: Delay  # fetched → MedCom acknowledgement
+    reply: Delay  # request → attest sent
+    never_replies: float  # share of requests never answered
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    requests_per_day: float = 60.0
+    # LÆ type → share of requests (GP forms dominate; psychiatry gets LÆ 155, 105, 275, some 125).
+    attest_mix: dict[str, float] = field(
+        default_factory=lambda: {
+            "LÆ 265": 0.30,
+            "LÆ 285": 0.20,
+            "LÆ 155": 0.14,
+            "LÆ 125": 0.10,
+            "LÆ 105": 0.05,
+            "LÆ 275": 0.05,
+            "LÆ 135": 0.06,
+            "LÆ 145": 0.05,
+            "LÆ 225": 0.05,
+        }
+    )
+    case_kind_mix: dict[str, float] = field(
+        default_factory=lambda: {
+            "sygedagpenge": 0.70,
+            "jobafklaringsforloeb": 0.20,
+            "ressourceforloeb": 0.10,
+        }
+    )
+    psychiatric_share: float = 0.25  # citizens with a psychiatric course
+    psychiatric_asks_psychiatry: float = 0.35  # of those, requests go to psychiatry this often
+    registered_contact_share: float = 0.06  # job centre registers a meeting with psychiatry
+    repeat_citizen_share: float = 0.15  # a second request about a citizen already asked about
+    request_week: Delay = field(default_factory=lambda: Delay(6.0, 0.6))  # week of absence
+    gp: ClinicProfile = field(
+        default_factory=lambda: ClinicProfile(
+            fetch=Delay(0.15, 1.0), ack=Delay(0.05, 1.0), reply=Delay(9.0, 0.7), never_replies=0.03
+        )
+    )
+    psychiatry: ClinicProfile = field(
+        default_factory=lambda: ClinicProfile(
+            fetch=Delay(1.0, 1.0), ack=Delay(0.5, 1.0), reply=Delay(35.0, 0.7), never_replies=0.10
+        )
+    )
+    jobcenter_read: Delay = field(default_factory=lambda: Delay(1.0, 0.8))
+    contact_after: Delay = field(default_factory=lambda: Delay(10.0, 0.6))  # request → meeting
+
+    @classmethod
+    def load(cls, path: Path | None) -> Profile:
+        """The defaults, overridden by a JSON file with the same field names."""
+        if path is None:
+            return cls()
+        data = json.loads(path.read_text("utf-8"))
+        base = cls()
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            current = getattr(base, f.name)
+            if isinstance(current, Delay):
+                value = Delay(**value)
+            elif isinstance(current, ClinicProfile):
+                value = ClinicProfile(
+                    fetch=Delay(**value["fetch"]),
+                    ack=Delay(**value["ack"]),
+                    reply=Delay(**value["reply"]),
+                    never_replies=value["never_replies"],
+                )
+            kwargs[f.name] = value
+        return replace(base, **kwargs)
+
+
+# --- organisations ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SimOrg:
+    id: str
+    name: str
+    role: str  # jobcenter | psychiatry | gp
+    region_code: str
+    kommunekode: str | None
+    sor: str
+    gln: str
+    ydernummer: str | None
+
+
+def _gln(kind: int, code: int) -> str:
+    first12 = f"57909{kind}{code:06d}"
+    return first12 + str(gln_check_digit(first12))
+
+
+def simulation_orgs() -> list[SimOrg]:
+    """98 job centres, one psychiatry unit per region, a few GP clinics per region."""
+    orgs = [
+        SimOrg(
+            id=f"sim-jc-{m.kommunekode}",
+            name=f"Jobcenter {m.name}",
+            role="jobcenter",
+            region_code=m.region_code,
+            kommunekode=m.kommunekode,
+            sor=f"91{int(m.kommunekode):06d}000016",
+            gln=_gln(1, int(m.kommunekode)),
+            ydernummer=None,
+        )
+        for m in sorted(municipalities().values(), key=lambda m: m.kommunekode)
+    ]
+    names = dict(
+        zip(
+            REGIONS,
+            ("Nordjylland", "Midtjylland", "Syddanmark", "Hovedstaden", "Sjælland"),
+            strict=True,
+        )
+    )
+    for region in REGIONS:
+        orgs.append(
+            SimOrg(
+                id=f"sim-psyk-{region}",
+                name=f"Psykiatrien i Region {names[region]}",
+                role="psychiatry",
+                region_code=region,
+                kommunekode=None,
+                sor=f"92{int(region):06d}000016",
+                gln=_gln(2, int(region)),
+                ydernummer=None,
+            )
+        )
+        for n in range(GP_PER_REGION):
+            orgs.append(
+                SimOrg(
+                    id=f"sim-gp-{region}-{n}",
+                    name=f"Lægehuset {names[region]} {n + 1}",
+                    role="gp",
+                    region_code=region,
+                    kommunekode=None,
+                    sor=f"93{int(region):06d}{n:02d}0016",
+                    gln=_gln(3, int(region) * 10 + n),
+                    ydernummer=f"9{region[-1]}{n:04d}",
+                )
+            )
+    return orgs
+
+
+def credentials_path(settings: Settings) -> Path:
+    return settings.var_dir / "sim-credentials.json"
+
+
+async def ensure_simulation_orgs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Register the simulation organisations (keys, API keys) unless present; their
+    credentials are kept in `VAR_DIR/sim-credentials.json` (mode 0600)."""
+    from attest_gateway.bootstrap import custodial_keys_dir
+    from attest_gateway.crypto.sealing import utcnow
+    from attest_gateway.devtools.demo import ensure_demo_orgs
+    from attest_gateway.infra.db import directory
+    from attest_gateway.infra.db.directory import Organisation, Role, new_api_key
+    from attest_gateway.infra.db.engine import settings_engine
+
+    path = credentials_path(settings)
+    creds: dict[str, dict[str, str]] = json.loads(path.read_text("utf-8")) if path.exists() else {}
+    engine = settings_engine(settings)
+    try:
+        await ensure_demo_orgs(engine, settings)
+        async with engine.begin() as conn:
+            for o in simulation_orgs():
+                if await directory.org_by_id(conn, o.id) is not None:
+                    continue
+                custodial = o.role == "jobcenter"
+                org = Organisation(
+                    o.id,
+                    o.name,
+                    Role(o.role),
+                    o.sor,
+                    o.gln,
+                    o.kommunekode,
+                    o.ydernummer,
+                    o.region_code,
+                    custodial,
+                    True,
+                )
+                keys = OrgKeys.generate(o.id, settings.hpke_suite)
+                api_key = new_api_key(o.id)
+                await directory.add_organisation(conn, org, keys, api_key=api_key, now=utcnow())
+                key_path = (
+                    custodial_keys_dir(settings) / f"{o.id}.json"
+                    if custodial
+                    else settings.effective_keys_dir / "clients" / f"{o.id}.json"
+                )
+                keys.save(key_path)
+                creds[o.id] = {"api_key": api_key, "private_keys": str(key_path)}
+    finally:
+        await engine.dispose()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(creds, indent=2))
+    return creds
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One conversation to play, with the simulated times of each step (None: never)."""
+
+    n: int
+    jobcenter: SimOrg
+    receiver: SimOrg
+    attest_type: str
+    case_kind: str
+    psychiatric: bool
+    cpr: str
+    first_day: dt.date
+    request_at: dt.datetime
+    fetch_at: dt.datetime
+    ack_at: dt.datetime
+    reply_at: dt.datetime | None
+    read_at: dt.datetime | None
+    contact_at: dt.datetime | None = None
+    psychiatry: SimOrg | None = None
+
+
+def _pick(rng: random.Random, mix: dict[str, float]) -> str:
+    return rng.choices(list(mix), weights=list(mix.values()))[0]
+
+
+_GP_TYPES = frozenset({"LÆ 265", "LÆ 285", "LÆ 135", "LÆ 145", "LÆ 225"})
+
+
+def synthetic_cpr(rng: random.Random) -> str:
+    """A CPR-shaped number with a valid date and serial 9xxx: a test citizen, never a person's."""
+    born = dt.date(1960, 1, 1) + dt.timedelta(days=rng.randrange(40 * 365))
+    return born.strftime("%d%m%y") + f"9{rng.randrange(1000):03d}"
+
+
+def plan(
+    profile: Profile,
+    orgs: list[SimOrg],
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    rng: random.Random,
+) -> list[Case]:
+    """The cases whose request falls in [start, end): Poisson arrivals at the national rate,
+    weighted to office hours, each with its own delays. Pure (given the generator)."""
+    jobcentres = [o for o in orgs if o.role == "jobcenter"]
+    psych = {o.region_code: o for o in orgs if o.role == "psychiatry"}
+    gps: dict[str, list[SimOrg]] = {}
+    for o in orgs:
+        if o.role == "gp":
+            gps.setdefault(o.region_code, []).append(o)
+    cases: list[Case] = []
+    seen: dict[str, list[tuple[str, dt.date, bool, str]]] = {}
+    t = start
+    rate_per_second = profile.requests_per_day / 86400
+    while True:
+        t += dt.timedelta(seconds=rng.expovariate(rate_per_second))
+        if t >= end:
+            return cases
+        jc = rng.choice(jobcentres)
+        previous = seen.get(jc.id, [])
+        if previous and rng.random() < profile.repeat_citizen_share:
+            cpr, first_day, psychiatric, case_kind = rng.choice(previous)
+        else:
+            cpr = synthetic_cpr(rng)
+            weeks = max(0.1, profile.request_week.draw(rng))
+            first_day = t.date() - dt.timedelta(days=int(weeks * 7))
+            psychiatric = rng.random() < profile.psychiatric_share
+            case_kind = _pick(rng, profile.case_kind_mix)
+            seen.setdefault(jc.id, []).append((cpr, first_day, psychiatric, case_kind))
+        attest = _pick(rng, profile.attest_mix)
+        to_psychiatry = attest not in _GP_TYPES and (attest != "LÆ 125" or rng.random() < 0.3)
+        if psychiatric and attest in ("LÆ 125", "LÆ 155"):
+            to_psychiatry = rng.random() < profile.psychiatric_asks_psychiatry or attest == "LÆ 155"
+        if not to_psychiatry and attest not in _GP_TYPES and attest != "LÆ 125":
+            to_psychiatry = True
+        receiver = psych[jc.region_code] if to_psychiatry else rng.choice(gps[jc.region_code])
+        clinic = profile.psychiatry if to_psychiatry else profile.gp
+        fetch = t + _days(clinic.fetch.draw(rng))
+        ack = fetch + _days(clinic.ack.draw(rng))
+        reply = None if rng.random() < clinic.never_replies else t + _days(clinic.reply.draw(rng))
+        if reply is not None and reply < ack:
+            reply = ack + dt.timedelta(seconds=1)  # answered right after acknowledging
+        read = reply + _days(profile.jobcenter_read.draw(rng)) if reply is not None else None
+        contact = None
+        if psychiatric and not to_psychiatry and rng.random() < profile.registered_contact_share:
+            contact = t + _days(profile.contact_after.draw(rng))
+        cases.append(
+            Case(
+                n=len(cases),
+                jobcenter=jc,
+                receiver=receiver,
+                attest_type=attest,
+                case_kind=case_kind,
+                psychiatric=psychiatric,
+                cpr=cpr,
+                first_day=first_day,
+                request_at=t,
+                fetch_at=fetch,
+                ack_at=ack,
+                reply_at=reply,
+                read_at=read,
+                contact_at=contact,
+                psychiatry=psych[jc.region_code],
+            )
+        )
+
+
+def _days(days: float) -> dt.timedelta:
+    return dt.timedelta(days=max(0.0, days))
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    fetches: int = 0
+    acks: int = 0
+    replies: int = 0
+    reads: int = 0
+    contacts: int = 0
+    errors: int = 0
+    retries: int = 0
+
+
+class Driver:
+    """Plays cases against a gateway over HTTP, step by step, on the gateway's clock."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        creds: dict[str, dict[str, str]],
+        *,
+        concurrency: int = 6,
+        retry_after: dt.timedelta = dt.timedelta(minutes=10),
+    ) -> None:
+        self.client = client
+        self.retry_after = retry_after  # look again after this when a message has not arrived
+        self.creds = creds
+        self.stats = Stats()
+        self._queue: list[tuple[dt.datetime, int, str, Case]] = []
+        self._seq = 0
+        self._sem = asyncio.Semaphore(concurrency)
+        self._requests: dict[int, tuple[str, str, Any]] = {}  # case → (cid, message id, bundle)
+        self._keys: dict[str, OrgKeys] = {}
+        self._taken_in: set[str] = set()  # conversations whose reply a job centre took in
+        self.server_now: dt.datetime | None = None
+
+    def add(self, cases: list[Case]) -> None:
+        for case in cases:
+            self._push(case.request_at, "request", case)
+            if case.contact_at is not None:
+                self._push(case.contact_at, "contact", case)
+
+    def _push(self, at: dt.datetime, step: str, case: Case) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (at, self._seq, step, case))
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def pending_steps(self) -> list[tuple[str, int, str]]:
+        """(step, case number, due time) of what is still to do, for diagnostics."""
+        return [(step, case.n, at.isoformat()) for at, _, step, case in sorted(self._queue)]
+
+    def _auth(self, org_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.creds[org_id]['api_key']}"}
+
+    def _org_keys(self, org_id: str) -> OrgKeys:
+        if org_id not in self._keys:
+            self._keys[org_id] = OrgKeys.load(Path(self.creds[org_id]["private_keys"]))
+        return self._keys[org_id]
+
+    async def clock(self) -> dt.datetime:
+        """The gateway's clock (its `Date` header, one-second resolution)."""
+        response = await self.client.get("/healthz")
+        self.server_now = parsedate_to_datetime(response.headers["date"]).astimezone(dt.UTC)
+        return self.server_now
+
+    async def step_due(self, now: dt.datetime) -> int:
+        """Perform every step due by `now` (concurrently, bounded). Returns how many."""
+        due: list[tuple[str, Case]] = []
+        while self._queue and self._queue[0][0] <= now:
+            _, _, step, case = heapq.heappop(self._queue)
+            due.append((step, case))
+        await asyncio.gather(*(self._guarded(step, case, now) for step, case in due))
+        return len(due)
+
+    async def _guarded(self, step: str, case: Case, now: dt.datetime) -> None:
+        async with self._sem:
+            try:
+                await getattr(self, f"_{step}")(case, now)
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                self.stats.errors += 1
+                log.warning("simulate.step_failed", step=step, case=case.n, error=str(exc)[:200])
+
+    async def _request(self, case: Case, now: dt.datetime) -> None:
+        jc = case.jobcenter
+        body = {
+            "municipality": jc.kommunekode,
+            "jobcenter_gln": jc.gln,
+            "caseworker_ref": f"sim-{case.n}",
+            "citizen_cpr": case.cpr,
+            "attest_type": case.attest_type,
+            "receiver": {"sor": case.receiver.sor},
+            "case_kind": case.case_kind,
+            "first_day_of_absence": case.first_day.isoformat(),
+            "psychiatric_course": case.psychiatric,
+            "questions": "Hvad er borgerens aktuelle funktionsevne? (simuleret anmodning)",
+        }
+        response = await self.client.post(
+            "/jobcenter/v1/attest-requests",
+            json=body,
+            headers={**self._auth(jc.id), "Idempotency-Key": f"sim-{case.n}-{case.cpr[-4:]}"},
+        )
+        response.raise_for_status()
+        accepted = response.json()
+        self._requests[case.n] = (accepted["conversation_id"], accepted["message_id"], None)
+        self.stats.requests += 1
+        self._push(max(case.fetch_at, now), "fetch", case)
+
+    async def _fetch(self, case: Case, now: dt.datetime) -> None:
+        cid, message_id, _ = self._requests[case.n]
+        org = case.receiver.id
+        response = await self.client.get(
+            "/medcom/v1/mailbox", params={"limit": 500}, headers=self._auth(org)
+        )
+        response.raise_for_status()
+        found = None
+        for item in response.json()["items"]:
+            if item["message_id"] == message_id:
+                found = item
+            elif item["message_type"] != "attest-request":  # reminders, acknowledgements
+                await self.client.post(
+                    f"/medcom/v1/mailbox/{item['message_id']}/collected", headers=self._auth(org)
+                )
+        if found is None:  # not delivered yet: look again a little later
+            self.stats.retries += 1
+            self._push(now + self.retry_after, "fetch", case)
+            return
+        envelope = SealedEnvelope.model_validate(found["envelope"])
+        keys = self._org_keys(org)
+        key = next(k for k in keys.hpke_keys if k.key_id == envelope.header.recipient_key_id)
+        from attest_gateway.medcom.message import parse_bundle
+
+        bundle = parse_bundle(orjson.loads(open_envelope(envelope, key)))
+        self._requests[case.n] = (cid, message_id, bundle)
+        self.stats.fetches += 1
+        self._push(max(case.ack_at, now), "ack", case)
+
+    async def _submit(self, org: str, bundle: dict[str, Any]) -> None:
+        response = await self.client.post(
+            "/medcom/v1/messages",
+            content=orjson.dumps(bundle),
+            headers={**self._auth(org), "Content-Type": "application/fhir+json"},
+        )
+        response.raise_for_status()
+
+    async def _ack(self, case: Case, now: dt.datetime) -> None:
+        from attest_gateway.medcom.build import build_acknowledgement
+
+        _, _, bundle = self._requests[case.n]
+        ack = build_acknowledgement(
+            acked=bundle,
+            message_id=str(uuid.uuid4()),
+            bundle_id=str(uuid.uuid4()),
+            sent_at=now,
+            code="ok",
+        )
+        await self._submit(case.receiver.id, ack)
+        self.stats.acks += 1
+        if case.reply_at is not None:
+            self._push(max(case.reply_at, now), "reply", case)
+
+    async def _reply(self, case: Case, now: dt.datetime) -> None:
+        from attest_gateway.medcom.build import build_attest_reply
+
+        _, _, bundle = self._requests[case.n]
+        reply = build_attest_reply(
+            request=bundle,
+            message_id=str(uuid.uuid4()),
+            bundle_id=str(uuid.uuid4()),
+            sent_at=now,
+            text="Simuleret attest: borgeren er i behandling.",
+            pdf=None,
+        )
+        await self._submit(case.receiver.id, reply)
+        self.stats.replies += 1
+        if case.read_at is not None:
+            self._push(max(case.read_at, now), "read", case)
+
+    async def _read(self, case: Case, now: dt.datetime) -> None:
+        jc = case.jobcenter.id
+        cid, _, _ = self._requests[case.n]
+        if cid in self._taken_in:  # an earlier read of this job centre's inbox took it in
+            self.stats.reads += 1
+            return
+        response = await self.client.get(
+            "/jobcenter/v1/inbox", params={"limit": 500}, headers=self._auth(jc)
+        )
+        response.raise_for_status()
+        items = response.json()["items"]
+        if not any(i["conversation_id"] == cid for i in items):
+            self.stats.retries += 1
+            self._push(now + self.retry_after, "read", case)
+            return
+        for item in items:  # the case system takes in everything waiting
+            await self.client.post(
+                f"/jobcenter/v1/inbox/{item['message_id']}/ack", headers=self._auth(jc)
+            )
+            self._taken_in.add(item["conversation_id"])
+        self.stats.reads += 1
+
+    async def _contact(self, case: Case, now: dt.datetime) -> None:
+        assert case.psychiatry is not None
+        body = {
+            "municipality": case.jobcenter.kommunekode,
+            "citizen_cpr": case.cpr,
+            "psychiatry_sor": case.psychiatry.sor,
+            "case_kind": case.case_kind,
+            "first_day_of_absence": case.first_day.isoformat(),
+            "contact_date": now.date().isoformat(),
+            "channel": "meeting",
+        }
+        response = await self.client.post(
+            "/jobcenter/v1/contacts", json=body, headers=self._auth(case.jobcenter.id)
+        )
+        response.raise_for_status()
+        self.stats.contacts += 1
+
+    async def run_until(
+        self,
+        stop: Callable[[dt.datetime], bool],
+        on_tick: Callable[[dt.datetime], None] | None = None,
+        *,
+        poll: float = 0.2,
+    ) -> None:
+        """Follow the gateway's clock, performing due steps, until `stop(now)` is true."""
+        while True:
+            now = await self.clock()
+            if on_tick is not None:
+                on_tick(now)
+            if stop(now):
+                return
+            if await self.step_due(now) == 0:
+                await asyncio.sleep(poll)
+
+
+# --- running a gateway for the simulation --------------------------------------------------------
+
+
+def faketime_library() -> str | None:
+    return next((p for p in FAKETIME_LIBS if Path(p).exists()), None)
+
+
+@contextlib.contextmanager
+def gateway_process(
+    env: dict[str, str], log_path: Path, *, fake_start: dt.datetime | None, speed: float
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`attest-gateway serve` as a child, optionally on a simulated clock."""
+    child_env = dict(env)
+    if fake_start is not None:
+        lib = faketime_library()
+        if lib is None:
+            raise RuntimeError("libfaketime is not installed (Debian: apt-get install faketime)")
+        child_env |= {
+            "LD_PRELOAD": lib,
+            "FAKETIME": f"@{fake_start.strftime('%Y-%m-%d %H:%M:%S')} x{speed:g}",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "TZ": "UTC",
+        }
+        # libfaketime also shortens sleeps by the speed factor, SQLite's busy wait among them:
+        # give the child's SQLite connections a busy timeout that is 30 s in real time.
+        child_env["SIMULATION_SQLITE_BUSY_MS"] = str(min(2**31 - 1, int(30_000 * speed)))
+    command = [sys.executable, "-m", "attest_gateway.devtools.simulate", "serve"]
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(command, env=child_env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited; see {log}")
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get("/healthz")).status_code == 200:
+                return
+        await asyncio.sleep(0.3)
+    raise RuntimeError(f"the gateway did not start within two minutes; see {log}")
+
+
+def _rng(seed: int | None) -> random.Random:
+    return random.Random(seed)  # noqa: S311 - simulation, not security
+
+
+def _child_main() -> None:
+    """`python -m attest_gateway.devtools.simulate serve`: the gateway, as the simulation runs it.
+
+    The same as `attest-gateway serve`, except that SQLite connections get the busy timeout
+    named in SIMULATION_SQLITE_BUSY_MS (set only on a simulated clock; see gateway_process).
+    """
+    busy = os.environ.get("SIMULATION_SQLITE_BUSY_MS")
+    if busy is not None:
+        import sqlalchemy as sa
+
+        def _busy_timeout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+            if "sqlite" in type(dbapi_connection).__module__:
+                cursor = dbapi_connection.cursor()
+                cursor.execute(f"PRAGMA busy_timeout={int(busy)}")
+                cursor.close()
+
+        # on checkout, so that it applies after the engine's own connect-time pragmas
+        sa.event.listen(sa.pool.Pool, "checkout", _busy_timeout)
+    from attest_gateway.entrypoints.cli.main import main
+
+    main()
+
+
+if __name__ == "__main__":
+    _child_main()

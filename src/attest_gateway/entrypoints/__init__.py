@@ -1,0 +1,1 @@
+"""Where requests come in: the HTTP API and the `attest-gateway` command."""

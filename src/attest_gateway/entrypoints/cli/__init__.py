@@ -1,0 +1,1 @@
+"""The `attest-gateway` command and its sub-commands."""

@@ -1,0 +1,130 @@
+"""`attest-gateway audit verify | list`: check the audit log's hash chain, show its entries."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Collection, Mapping
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from attest_gateway.config import Settings, load_settings
+from attest_gateway.contracts.audit import AuditEntry
+
+audit_app = typer.Typer(help="The audit log of reads and administrative changes.")
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(audit_app, name="audit")
+
+
+def _anchors(settings: Settings, topic: bool | None) -> Mapping[int, Collection[str]] | None:
+    """The entries on gateway.audit, when asked for (or by default when Kafka is configured)."""
+    if topic is False or (topic is None and not settings.kafka_bootstrap_servers):
+        return None
+    if not settings.kafka_bootstrap_servers:
+        console.print("[red]error:[/red] --topic needs KAFKA_BOOTSTRAP_SERVERS")
+        raise typer.Exit(2)
+    from aiokafka.errors import KafkaError
+
+    from attest_gateway.infra.db.audit import read_anchors
+    from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
+
+    try:
+        return asyncio.run(read_anchors(settings, settings.kafka_bootstrap_servers))
+    except (KafkaReadTimeout, TopicMissing) as exc:
+        console.print(
+            f"[red]error:[/red] {exc.detail} (Kafka at {settings.kafka_bootstrap_servers}; "
+            "--no-topic checks the database alone)"
+        )
+        raise typer.Exit(2) from None
+    except (KafkaError, OSError, asyncio.CancelledError):
+        console.print(
+            f"[red]error:[/red] cannot reach Kafka at {settings.kafka_bootstrap_servers} "
+            "(--no-topic checks the database alone)"
+        )
+        raise typer.Exit(2) from None
+
+
+@audit_app.command("verify")
+def verify(
+    topic: Annotated[
+        bool | None,
+        typer.Option(
+            "--topic/--no-topic",
+            help="also hold the chain against the entries on gateway.audit (default: when "
+            "KAFKA_BOOTSTRAP_SERVERS is set). Only that finds a tail cut together with its head.",
+        ),
+    ] = None,
+) -> None:
+    """Check the audit log's hash chain: exit 0 when intact, 1 with the first broken seq.
+
+    Example: attest-gateway audit verify
+    """
+    from attest_gateway.infra.db import audit
+    from attest_gateway.infra.db.engine import settings_engine
+
+    settings = load_settings()
+    anchors = _anchors(settings, topic)
+
+    async def run() -> audit.Verdict:
+        engine = settings_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                return await audit.verify(conn, anchors)
+        finally:
+            await engine.dispose()
+
+    verdict = asyncio.run(run())
+    if not verdict.ok:
+        console.print(f"[red]chain broken at seq {verdict.broken_seq}:[/red] {verdict.reason}")
+        raise typer.Exit(1)
+    checked = (
+        f"; {verdict.anchored} confirmed on gateway.audit"
+        if anchors is not None
+        else "; not held against gateway.audit"
+    )
+    sys.stdout.write(f"chain intact, {verdict.entries} entries{checked}\n")
+
+
+@audit_app.command("list")
+def list_entries(
+    org: Annotated[
+        str | None, typer.Option(help="only entries with this organisation as actor or subject")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="the newest this many")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """Show the newest audit entries, oldest first. Ids and addresses only, never content.
+
+    Example: attest-gateway audit list --org jc-koebenhavn --limit 20
+    """
+    from attest_gateway.infra.db import audit
+    from attest_gateway.infra.db.engine import settings_engine
+
+    settings = load_settings()
+
+    async def run() -> list[AuditEntry]:
+        engine = settings_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                return await audit.latest(conn, org_id=org, limit=limit)
+        finally:
+            await engine.dispose()
+
+    entries = asyncio.run(run())
+    if as_json:
+        for entry in entries:
+            sys.stdout.write(entry.model_dump_json() + "\n")
+        return
+    table = Table("seq", "at", "actor", "action", "subject", "message id", "source")
+    for e in entries:
+        table.add_row(
+            str(e.seq), e.at.isoformat(timespec="seconds"), e.actor, e.action,
+            e.subject_org or "-", e.message_id or "-", e.source,
+        )  # fmt: skip
+    Console().print(table)

@@ -1,0 +1,469 @@
+"""The `attest-gateway` command: serve, migrate, demo, and a small MedCom client toolbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import typer
+from rich.console import Console
+
+from attest_gateway.config import Settings, load_settings
+from attest_gateway.entrypoints.cli import admin as cli_admin
+from attest_gateway.entrypoints.cli import audit as cli_audit
+from attest_gateway.entrypoints.cli import ops as cli_ops
+from attest_gateway.entrypoints.cli import pseudonyms as cli_pseudonyms
+from attest_gateway.entrypoints.cli import tracker as tracker_cli
+
+app = typer.Typer(
+    help="attest gateway: sealed MedCom-like messaging between job centres and the health sector.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+client = typer.Typer(help="Tools for a psychiatry or GP system: open envelopes, build replies.")
+app.add_typer(client, name="client")
+console = Console(stderr=True)
+
+
+class ServeRole(StrEnum):
+    ALL = "all"
+    API = "api"
+    WORKER = "worker"
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=1)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database to the newest schema.
+
+    Example: DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1/test attest-gateway migrate
+    """
+    from attest_gateway.infra.db.migrate import upgrade
+
+    settings = load_settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+    console.print("database is at the newest schema")
+
+
+async def _bootstrap(settings: Settings) -> Path | None:
+    from attest_gateway.devtools.demo import ensure_demo_orgs, ensure_gateway_org
+    from attest_gateway.infra.db.engine import settings_engine
+
+    engine = settings_engine(settings)
+    try:
+        if settings.environment == "production":
+            await ensure_gateway_org(engine, settings)
+            return None
+        return (await ensure_demo_orgs(engine, settings)).path
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="default: API_HOST or 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="default: API_PORT or 8000")] = None,
+    consumers: Annotated[bool, typer.Option(help="run the Kafka consumers here")] = True,
+    role: Annotated[
+        ServeRole,
+        typer.Option(
+            help="all: API + relay + consumers; api: the partner API and the relay (run "
+            "several behind a load balancer); worker: relay + consumers, with only /healthz, "
+            "/readyz and /metrics on the port. api and worker need KAFKA_BOOTSTRAP_SERVERS."
+        ),
+    ] = ServeRole.ALL,
+    dev_tls: Annotated[
+        bool,
+        typer.Option(
+            "--dev-tls",
+            help="development: HTTPS with a local CA under VAR_DIR/tls, and a client "
+            "certificate per demo organisation for mutual TLS (make run uses it)",
+        ),
+    ] = False,
+) -> None:
+    """Start the gateway (all of it by default, or one role of it).
+
+    Embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), migrations, demo organisations
+    (development), the API and the consumers. Ctrl-C or SIGTERM stops all.
+
+    Example: attest-gateway serve --port 8000
+    Example: attest-gateway serve --dev-tls       # https://localhost:8000, mTLS (make run)
+    Example: attest-gateway serve --role api      # API replica (production: behind HAProxy)
+    Example: attest-gateway serve --role worker   # consumers, relay, sweeper; /readyz, /metrics
+    """
+    import uvicorn
+
+    from attest_gateway.entrypoints.http.app import create_app
+    from attest_gateway.infra.db.migrate import upgrade
+    from attest_gateway.infra.kafka.embedded import EmbeddedBroker
+    from attest_gateway.observability.logging import configure_logging
+
+    _Server = _make_server_class()
+    settings = load_settings()
+    configure_logging(settings.log_level, cli_ops.log_format(settings))
+    cli_ops.refuse_unsafe(settings)  # production: one sentence per unsafe setting, exit 2
+    if role is not ServeRole.ALL and not settings.kafka_bootstrap_servers:
+        raise _fail(
+            f"--role {role.value} needs KAFKA_BOOTSTRAP_SERVERS: separate processes share one "
+            "broker (attest-gateway broker starts the embedded one alone)"
+        )
+    if dev_tls and settings.environment == "production":
+        raise _fail("--dev-tls is for development: production uses API_TLS_* certificates")
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    broker: EmbeddedBroker | None = None
+    if settings.kafka_bootstrap_servers:
+        bootstrap = settings.kafka_bootstrap_servers
+    else:
+        broker = EmbeddedBroker(log_path=settings.var_dir / "broker.log").start()
+        bootstrap = broker.bootstrap
+        console.print(f"embedded broker (Tansu) on {bootstrap}, pid {broker.pid}")
+    try:
+        upgrade(settings.effective_database_url)
+        cli_pseudonyms.refuse_key_mismatch(settings)  # one sentence, exit 2
+        creds = asyncio.run(_bootstrap(settings))
+        if dev_tls:
+            settings = settings.model_copy(update=asyncio.run(_development_tls(settings)))
+            console.print(
+                f"development CA {settings.api_tls_client_cafile}: trust it, or use the demo "
+                "organisations' client certificates listed in the credentials file"
+            )
+        if creds is not None:
+            console.print(f"demo organisations, API keys and key files: [bold]{creds}[/bold]")
+        server = _Server(
+            uvicorn.Config(
+                create_app(
+                    settings,
+                    bootstrap,
+                    run_consumers=consumers and role is not ServeRole.API,
+                    api_routes=role is not ServeRole.WORKER,
+                    freeze_heap=True,
+                ),
+                host=host or settings.api_host,
+                port=port or settings.api_port,
+                ssl_certfile=settings.api_tls_certfile,
+                ssl_keyfile=settings.api_tls_keyfile,
+                **_client_certificate_options(settings),
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+            )
+        )
+        scheme = "https" if settings.api_tls_certfile else "http"
+        what = "operations port" if role is ServeRole.WORKER else "API"
+        console.print(
+            f"{what} on {scheme}://{host or settings.api_host}:{port or settings.api_port}"
+        )
+        server.run()
+        if not server.started:
+            raise _fail("the API server did not start (is the port in use?)")
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+@app.command()
+def broker(
+    port: Annotated[int | None, typer.Option(help="default: a free loopback port")] = None,
+) -> None:
+    """Run the embedded Kafka-compatible broker alone (for several gateway processes).
+
+    Example: attest-gateway broker --port 19092   # then KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092
+    """
+    from attest_gateway.infra.kafka.embedded import EmbeddedBroker
+
+    stop = asyncio.Event()
+
+    async def wait_for_signal() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+    with EmbeddedBroker(port=port) as running:
+        sys.stdout.write(f"{running.bootstrap}\n")
+        sys.stdout.flush()
+        console.print(f"embedded broker (Tansu) on {running.bootstrap}, pid {running.pid}")
+        asyncio.run(wait_for_signal())
+
+
+dead_letters = typer.Typer(help="Inspect and re-drive the dead-letter topic.")
+app.add_typer(dead_letters, name="dead-letters")
+
+
+def _run_kafka(settings: Settings, work: Any) -> Any:
+    """Run a Kafka coroutine for a command; a broker we cannot reach is one clear error."""
+    from aiokafka.errors import KafkaError
+
+    from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
+
+    try:
+        return asyncio.run(work)
+    except (KafkaReadTimeout, TopicMissing) as exc:
+        raise _fail(f"{exc.detail} (Kafka at {settings.kafka_bootstrap_servers})") from None
+    except (KafkaError, OSError, asyncio.CancelledError):
+        raise _fail(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}") from None
+
+
+def _bootstrap_or_fail(settings: Settings) -> str:
+    if not settings.kafka_bootstrap_servers:
+        raise _fail("set KAFKA_BOOTSTRAP_SERVERS to the broker the gateway uses")
+    return settings.kafka_bootstrap_servers
+
+
+@dead_letters.command("list")
+def dead_letters_list(
+    reason: Annotated[str | None, typer.Option(help="only this dlq-reason")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """List dead letters: id (partition:offset), reason, source, size. Never the content.
+
+    Example: attest-gateway dead-letters list --reason signature-invalid
+    """
+    from rich.table import Table
+
+    from attest_gateway.infra.kafka.dead_letters import read_dead_letters
+
+    settings = load_settings()
+    letters = _run_kafka(settings, read_dead_letters(settings, _bootstrap_or_fail(settings)))
+    rows = [d.summary() for d in letters if reason is None or d.header("dlq-reason") == reason]
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    table = Table("id", "reason", "source", "message type", "message id", "size")
+    for row in rows:
+        table.add_row(
+            row["id"], row["reason"], row["source"], row["message_type"] or "-",
+            row["message_id"] or "-", str(row["size"]),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@dead_letters.command("show")
+def dead_letters_show(
+    letter_id: Annotated[str, typer.Argument(help="partition:offset, from `list`")],
+) -> None:
+    """Show one dead letter's headers and, for a sealed envelope, its clear routing header.
+
+    Example: attest-gateway dead-letters show 3:17
+    """
+    from attest_gateway.infra.kafka.dead_letters import read_dead_letters
+
+    settings = load_settings()
+    letters = _run_kafka(settings, read_dead_letters(settings, _bootstrap_or_fail(settings)))
+    found = next((d for d in letters if d.id == letter_id), None)
+    if found is None:
+        raise _fail(f"no dead letter {letter_id}")
+    _emit(
+        found.summary() | {"headers": {k: v.decode("utf-8", "replace") for k, v in found.headers}}
+    )
+
+
+@dead_letters.command("replay")
+def dead_letters_replay(
+    letter_ids: Annotated[list[str] | None, typer.Argument(help="partition:offset ids")] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="replay every dead letter with this reason")
+    ] = None,
+) -> None:
+    """Send dead letters back to their source topic (after fixing what made them fail).
+    Idempotent: consumers store each message id once.
+
+    Example: attest-gateway dead-letters replay --reason unknown-receiver
+    """
+    from attest_gateway.infra.kafka.dead_letters import read_dead_letters, replay
+
+    if not letter_ids and reason is None:
+        raise _fail("name dead letters by id or choose them with --reason")
+    settings = load_settings()
+    bootstrap = _bootstrap_or_fail(settings)
+    letters = _run_kafka(settings, read_dead_letters(settings, bootstrap))
+    chosen = [
+        d for d in letters
+        if (letter_ids and d.id in letter_ids) or (reason and d.header("dlq-reason") == reason)
+    ]  # fmt: skip
+    missing = set(letter_ids or ()) - {d.id for d in chosen}
+    if missing:
+        raise _fail(f"no dead letter {', '.join(sorted(missing))}")
+    count = _run_kafka(settings, replay(settings, bootstrap, chosen))
+    console.print(f"replayed {count} dead letter(s)")
+
+
+async def _development_tls(settings: Settings) -> dict[str, Path]:
+    from attest_gateway.entrypoints.http.mtls import ensure_development_tls
+    from attest_gateway.infra.db.engine import settings_engine
+
+    engine = settings_engine(settings)
+    try:
+        return await ensure_development_tls(engine, settings)
+    finally:
+        await engine.dispose()
+
+
+def _client_certificate_options(settings: Settings) -> dict[str, Any]:
+    """Mutual TLS: ask for a client certificate (optional: API keys still work), verify it
+    against API_TLS_CLIENT_CAFILE, and hand it to the app (mtls.PROTOCOL)."""
+    if settings.api_tls_certfile is None or settings.api_tls_client_cafile is None:
+        return {}
+    import ssl
+
+    from attest_gateway.entrypoints.http.mtls import PROTOCOL
+
+    return {
+        "ssl_ca_certs": str(settings.api_tls_client_cafile),
+        "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+        "http": PROTOCOL,
+    }
+
+
+def _make_server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would kill the
+        process before the embedded broker is stopped; here the signal only asks to exit."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handle_exit)
+            yield
+
+    return Server
+
+
+def _read_json(path: str) -> Any:
+    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _fail(f"{path} is not JSON") from None
+
+
+def _emit(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@client.command("open")
+def client_open(
+    envelope: Annotated[
+        str, typer.Argument(help="file with a sealed envelope or mailbox item; - for stdin")
+    ],
+    keys: Annotated[Path, typer.Option(help="the organisation's private key file")],
+) -> None:
+    """Open a sealed envelope with the organisation's private key; print the FHIR Bundle.
+
+    Example: attest-gateway client open item.json --keys var/keys/clients/psyk-kbh.json
+    """
+    from attest_gateway.contracts.envelope import SealedEnvelope
+    from attest_gateway.core.errors import GatewayError
+    from attest_gateway.crypto.sealing import OrgKeys, open_envelope
+
+    data = _read_json(envelope)
+    if isinstance(data, dict) and "envelope" in data:
+        data = data["envelope"]
+    try:
+        sealed = SealedEnvelope.model_validate(data)
+        org_keys = OrgKeys.load(keys)
+    except (ValueError, OSError) as exc:
+        raise _fail(f"cannot read the envelope or the key file ({type(exc).__name__})") from None
+    key = next((k for k in org_keys.hpke_keys if k.key_id == sealed.header.recipient_key_id), None)
+    if key is None:
+        raise _fail("the envelope is sealed to a key that is not in the key file")
+    try:
+        _emit(orjson.loads(open_envelope(sealed, key)))
+    except GatewayError as exc:
+        raise _fail(exc.detail) from None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@client.command("ack")
+def client_ack(
+    bundle: Annotated[str, typer.Argument(help="file with the received Bundle; - for stdin")],
+    code: Annotated[str, typer.Option(help="ok | transient-error | fatal-error")] = "ok",
+) -> None:
+    """Build the MedCom acknowledgement of a received Bundle (print it).
+
+    Example: attest-gateway client ack request.json --code ok > ack.json
+    """
+    from attest_gateway.medcom.build import build_acknowledgement
+    from attest_gateway.medcom.message import BundleError, parse_bundle
+
+    if code not in ("ok", "transient-error", "fatal-error"):
+        raise _fail("code must be ok, transient-error or fatal-error")
+    ack_code: Literal["ok", "transient-error", "fatal-error"] = code  # type: ignore[assignment]
+    try:
+        acked = parse_bundle(_read_json(bundle))
+    except BundleError as exc:
+        raise _fail(exc.detail) from None
+    error = None if ack_code == "ok" else "MSG_RECEIVER_UNABLE_TO_RECEIVE_MSG_TYPE"
+    _emit(
+        build_acknowledgement(
+            acked=acked,
+            message_id=str(uuid.uuid4()),
+            bundle_id=str(uuid.uuid4()),
+            sent_at=_now(),
+            code=ack_code,
+            error_code=error,
+        )
+    )
+
+
+@client.command("reply")
+def client_reply(
+    bundle: Annotated[str, typer.Argument(help="file with the attest request Bundle; - for stdin")],
+    text: Annotated[str | None, typer.Option(help="the attest text")] = None,
+    pdf: Annotated[Path | None, typer.Option(help="a PDF file to attach")] = None,
+) -> None:
+    """Build the attest reply to a request Bundle (print it).
+
+    Example: attest-gateway client reply request.json --text "..." --pdf attest.pdf > reply.json
+    """
+    from attest_gateway.medcom.build import build_attest_reply
+    from attest_gateway.medcom.message import BundleError, parse_bundle
+
+    if text is None and pdf is None:
+        raise _fail("give --text, --pdf or both")
+    try:
+        request = parse_bundle(_read_json(bundle))
+    except BundleError as exc:
+        raise _fail(exc.detail) from None
+    _emit(
+        build_attest_reply(
+            request=request,
+            message_id=str(uuid.uuid4()),
+            bundle_id=str(uuid.uuid4()),
+            sent_at=_now(),
+            text=text,
+            pdf=pdf.read_bytes() if pdf else None,
+        )
+    )
+
+
+def main() -> None:
+    cli_ops.run_cli(app, console)
+
+
+cli_ops.register(app)  # setup, config, healthcheck, contracts
+tracker_cli.register(app)  # simulate, report
+cli_audit.register(app)  # audit verify, list
+cli_admin.register(app)  # orgs add|list|disable, keys generate|add|rotate|revoke|retire|list
+cli_pseudonyms.register(app)  # pseudonyms status, rekey

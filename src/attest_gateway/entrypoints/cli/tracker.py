@@ -1,0 +1,335 @@
+"""The tracker's commands: `attest-gateway simulate` and `attest-gateway report`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from attest_gateway.config import Settings, load_settings
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(simulate)
+    app.command()(report)
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds / 3600:.1f} h" if seconds < 86400 else f"{seconds / 86400:.1f} d"
+
+
+def _fmt_rate(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate * 100:.1f} %"
+
+
+def report(
+    period: Annotated[str, typer.Option(help="week or month")] = "month",
+    date_from: Annotated[str | None, typer.Option("--from", help="YYYY-MM-DD")] = None,
+    date_to: Annotated[str | None, typer.Option("--to", help="YYYY-MM-DD")] = None,
+    attest_type: Annotated[str | None, typer.Option(help="e.g. 'LÆ 155'")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Print the ministry report from the store (the same figures as GET /ministry/v1/report).
+
+    Example: attest-gateway report --period month --attest-type "LÆ 155"
+    """
+    from attest_gateway.infra.db.engine import settings_engine
+    from attest_gateway.tracker import report as rep
+    from attest_gateway.tracker.wiring import tracker_rules
+
+    if period not in ("week", "month"):
+        raise typer.BadParameter("period is week or month")
+    settings = load_settings()
+    f = rep.Filters(
+        period,  # type: ignore[arg-type]
+        dt.date.fromisoformat(date_from) if date_from else None,
+        dt.date.fromisoformat(date_to) if date_to else None,
+        attest_type,
+        None,
+    )
+
+    async def fetch() -> dict[str, Any]:
+        engine = settings_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                return await rep.report(conn, tracker_rules(settings), f)
+        finally:
+            await engine.dispose()
+
+    data = asyncio.run(fetch())
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        return
+    out = Console()
+    national = data["national"]
+    table = Table(title="Durations, Denmark (suppressed cells: –)")
+    for col in ("metric", "count", "median", "p90", "p99"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for row in national["durations"]:
+        table.add_row(
+            row["metric"],
+            "–" if row["count"] is None else str(row["count"]),
+            _fmt_duration(row["median"]),
+            _fmt_duration(row["p90"]),
+            _fmt_duration(row["p99"]),
+        )
+    out.print(table)
+    table = Table(title="Deadlines and contact by region")
+    for col in ("region", "requests", "overdue", "late requests", "contact coverage"):
+        table.add_column(col, justify="left" if col == "region" else "right")
+    contacts = {r["group"]: r for r in data["by_region"]["contacts"]}
+    for row in [*national["deadlines"], *data["by_region"]["deadlines"]]:
+        c = contacts.get(row["group"]) or (national["contacts"] or [{}])[0]
+        table.add_row(
+            row["label"],
+            "–" if row["requests"] is None else str(row["requests"]),
+            _fmt_rate(row["overdue_rate"]),
+            _fmt_rate(row["late_request_rate"]),
+            _fmt_rate(c.get("coverage")),
+        )
+    out.print(table)
+    out.print(f"Contact baseline (Rigsrevisionen): {_fmt_rate(data['contact_baseline'])}")
+
+
+def simulate(
+    serve: Annotated[
+        bool,
+        typer.Option(help="start a gateway of its own (history on a simulated clock, then live)"),
+    ] = False,
+    url: Annotated[
+        str, typer.Option(help="the gateway to drive (without --serve)")
+    ] = "http://127.0.0.1:8000",
+    days: Annotated[float, typer.Option(help="days of history to simulate (with --serve)")] = 45,
+    minutes: Annotated[float, typer.Option(help="real minutes the history may take")] = 8,
+    rate: Annotated[float, typer.Option(help="attest requests per day, nationally")] = 30,
+    live: Annotated[bool, typer.Option(help="after the history, go on in real time")] = True,
+    live_days: Annotated[float, typer.Option(help="days of live traffic to plan")] = 30,
+    profile: Annotated[Path | None, typer.Option(help="JSON overrides of the delays")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same traffic)")] = 1,
+    setup: Annotated[
+        bool, typer.Option(help="only register the simulation organisations, then exit")
+    ] = False,
+) -> None:
+    """Drive realistic traffic (98 job centres, psychiatry, GP clinics) through the HTTP API.
+
+    With --serve (what `make demo` runs) it starts its own gateway, plays --days of history
+    in about --minutes on a simulated clock, then keeps the gateway running with live traffic
+    and prints the dashboard's address. Without --serve it drives the gateway at --url, which
+    must know the simulation organisations (`--setup` registers them; restart that gateway
+    afterwards so it loads their keys). Example: attest-gateway simulate --serve --days 90
+    """
+    from attest_gateway.devtools.simulate import Profile, ensure_simulation_orgs
+    from attest_gateway.infra.db.migrate import upgrade
+    from attest_gateway.observability.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging("WARNING", "console")
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.effective_database_url)
+    creds = asyncio.run(ensure_simulation_orgs(settings))
+    if setup:
+        console.print(f"simulation organisations registered; credentials in {settings.var_dir}")
+        return
+    prof = Profile.load(profile)
+    prof = dataclasses.replace(prof, requests_per_day=rate)
+    if serve:
+        _serve_and_simulate(
+            settings,
+            creds,
+            prof,
+            days=days,
+            minutes=minutes,
+            live=live,
+            live_days=live_days,
+            seed=seed,
+        )
+    else:
+        asyncio.run(_drive_url(url, creds, prof, live_days=live_days, seed=seed))
+
+
+def _ministry_key(settings: Settings) -> str:
+    creds = json.loads((settings.var_dir / "demo-credentials.json").read_text("utf-8"))
+    return str(creds["ministry"]["api_key"])
+
+
+async def _drive_url(
+    url: str, creds: dict[str, dict[str, str]], prof: Any, *, live_days: float, seed: int
+) -> None:
+    import httpx
+
+    from attest_gateway.devtools.simulate import Driver, _rng, plan, simulation_orgs
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        driver = Driver(client, creds)
+        start = await driver.clock()
+        driver.add(
+            plan(
+                prof,
+                simulation_orgs(),
+                start=start,
+                end=start + dt.timedelta(days=live_days),
+                rng=_rng(seed),
+            )
+        )
+        console.print(f"driving {url}: {driver.pending()} steps planned; Ctrl-C stops")
+        with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+            await driver.run_until(lambda now: driver.pending() == 0, poll=1.0)
+
+
+def _serve_and_simulate(
+    settings: Settings,
+    creds: dict[str, dict[str, str]],
+    prof: Any,
+    *,
+    days: float,
+    minutes: float,
+    live: bool,
+    live_days: float,
+    seed: int,
+) -> None:
+    from attest_gateway.devtools.simulate import faketime_library
+    from attest_gateway.infra.kafka.embedded import EmbeddedBroker
+
+    port = settings.api_port
+    env = {
+        **os.environ,
+        "VAR_DIR": str(settings.var_dir),
+        "API_PORT": str(port),
+        "RELAY_POLL_SECONDS": "0.05",
+        "LOG_FORMAT": "json",
+    }
+    broker = None
+    if not settings.kafka_bootstrap_servers:
+        broker = EmbeddedBroker(log_path=settings.var_dir / "broker.log").start()
+        env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+    stop = asyncio.Event()
+    try:
+        asyncio.run(
+            _history_then_live(
+                settings,
+                env,
+                creds,
+                prof,
+                days=days,
+                minutes=minutes,
+                live=live,
+                live_days=live_days,
+                seed=seed,
+                fake=faketime_library() is not None,
+                stop=stop,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+async def _history_then_live(
+    settings: Settings,
+    env: dict[str, str],
+    creds: dict[str, dict[str, str]],
+    prof: Any,
+    *,
+    days: float,
+    minutes: float,
+    live: bool,
+    live_days: float,
+    seed: int,
+    fake: bool,
+    stop: asyncio.Event,
+) -> None:
+    import httpx
+
+    from attest_gateway.devtools.simulate import (
+        Driver,
+        _rng,
+        gateway_process,
+        plan,
+        simulation_orgs,
+        wait_healthy,
+    )
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    orgs = simulation_orgs()
+    rng = _rng(seed)
+    base = f"http://127.0.0.1:{settings.api_port}"
+    log_path = settings.var_dir / "simulate-gateway.log"
+    end = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    start = end - dt.timedelta(days=days)
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        driver = Driver(client, creds)
+        on_sqlite = settings.effective_database_url.startswith("sqlite")
+        if fake and days > 0 and on_sqlite:
+            # libfaketime shortens every sleep by the speed factor, SQLite's lock waits too:
+            # on a sped-up clock its writers spin against each other and requests time out.
+            console.print(
+                "[yellow]the simulated history needs PostgreSQL (set DATABASE_URL; `make demo` "
+                "uses the local one when it is up): going on live only"
+            )
+        elif fake and days > 0:
+            speed = max(1.0, days * 86400 / (minutes * 60))
+            console.print(
+                f"history: {days:g} days from {start:%Y-%m-%d} at {speed:,.0f}× "
+                f"(simulated clock; gateway log {log_path})"
+            )
+            with gateway_process(
+                env | {"TRACKER_SWEEP_SECONDS": "1"}, log_path, fake_start=start, speed=speed
+            ) as proc:
+                await wait_healthy(client, proc, log_path)
+                driver.add(plan(prof, orgs, start=await driver.clock(), end=end, rng=rng))
+                total = (end - start).total_seconds()
+                with Progress(
+                    TextColumn("[bold]{task.description}"),
+                    BarColumn(),
+                    TextColumn("{task.percentage:>3.0f}%"),
+                    TextColumn("{task.fields[day]}"),
+                    TextColumn("{task.fields[stats]}"),
+                    TimeElapsedColumn(),
+                    console=console,
+                ) as progress:
+                    task = progress.add_task("history", total=total, day="", stats="")
+
+                    def tick(now: dt.datetime) -> None:
+                        s = driver.stats
+                        progress.update(
+                            task,
+                            completed=min(total, (now - start).total_seconds()),
+                            day=f"{now:%Y-%m-%d %H:%M}",
+                            stats=f"requests {s.requests} replies {s.replies} reads {s.reads} "
+                            f"errors {s.errors}",
+                        )
+
+                    await driver.run_until(lambda now: now >= end or stop.is_set(), tick)
+            console.print(f"history done: {driver.stats}")
+        elif days > 0:
+            console.print("[yellow]libfaketime not found (apt-get install faketime): no history")
+        if stop.is_set() or not live:
+            return
+        with gateway_process(env, log_path, fake_start=None, speed=1) as proc:
+            await wait_healthy(client, proc, log_path)
+            now = await driver.clock()
+            driver.add(plan(prof, orgs, start=now, end=now + dt.timedelta(days=live_days), rng=rng))
+            key = _ministry_key(settings)
+            console.print(f"live: dashboard at [bold]{base}/ministry/#key={key}[/bold]")
+            print(f"dashboard ready: {base}/ministry/", flush=True)
+            await driver.run_until(lambda _: stop.is_set(), poll=1.0)

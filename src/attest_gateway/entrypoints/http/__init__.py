@@ -1,0 +1,1 @@
+"""The HTTP API: app, authentication, mutual TLS, problem+json, OpenAPI and AsyncAPI documents."""

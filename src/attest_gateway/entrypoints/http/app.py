@@ -1,0 +1,81 @@
+"""`create_app()`: the composition root of the HTTP side. Wires routers, errors, middleware,
+and, through the lifespan, the running gateway (store, keys, Kafka, relay, consumers)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from attest_gateway import __version__
+from attest_gateway.bootstrap import freeze_startup_heap, running_gateway
+from attest_gateway.config import Settings
+from attest_gateway.entrypoints.http.asyncapi import router as asyncapi_router
+from attest_gateway.entrypoints.http.openapi import install_openapi
+from attest_gateway.entrypoints.http.plumbing import (
+    BodyLimitMiddleware,
+    RequestLogMiddleware,
+    install_error_handlers,
+)
+from attest_gateway.entrypoints.http.routes.audit import router as audit_router
+from attest_gateway.entrypoints.http.routes.health import router as health_router
+from attest_gateway.entrypoints.http.routes.jobcenter import router as jobcenter_router
+from attest_gateway.entrypoints.http.routes.medcom import router as medcom_router
+from attest_gateway.entrypoints.http.routes.ministry import (
+    dashboard_router as ministry_dashboard_router,
+)
+from attest_gateway.entrypoints.http.routes.ministry import router as ministry_router
+from attest_gateway.observability.metrics import StoreGauges
+from attest_gateway.observability.metrics import router as metrics_router
+from attest_gateway.production import refuse_unsafe_settings
+
+
+def create_app(
+    settings: Settings,
+    bootstrap: str,
+    *,
+    run_relay: bool = True,
+    run_consumers: bool = True,
+    api_routes: bool = True,
+    freeze_heap: bool = False,
+) -> FastAPI:
+    """The HTTP app. `api_routes=False` serves only the operations routes (health, metrics,
+    contracts): a worker process runs the consumers and is watched through those.
+    `freeze_heap`: once started, take startup's objects out of the garbage collector's walks
+    (`runtime.freeze_startup_heap`; the serving process, not tests)."""
+    refuse_unsafe_settings(settings)  # production mode: a clear error naming the setting
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_gateway(
+            settings, bootstrap, run_relay=run_relay, run_consumers=run_consumers
+        ) as gw:
+            app.state.gateway = gw
+            if freeze_heap:
+                freeze_startup_heap()
+            yield
+
+    app = FastAPI(
+        title="attest gateway",
+        version=__version__,
+        summary="Medical attest requests and replies between job centres and the health sector.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.state.settings = settings
+    app.state.store_gauges = StoreGauges() if run_consumers else None
+    if api_routes:
+        app.include_router(jobcenter_router)
+        app.include_router(medcom_router)
+        app.include_router(ministry_router)
+        app.include_router(ministry_dashboard_router)
+        app.include_router(audit_router)
+    app.include_router(health_router)
+    app.include_router(metrics_router)
+    app.include_router(asyncapi_router)
+    install_openapi(app)
+
+    return app

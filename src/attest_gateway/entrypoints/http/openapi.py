@@ -1,0 +1,735 @@
+"""The OpenAPI document, completed in one place: the RFC 9457 problem schema, the bearer
+security scheme, an example for every success answer and every error code of every endpoint.
+
+The routers stay thin: FastAPI builds the document from them, and `install_openapi()` adds
+what routes do not declare. `ERROR_CATALOGUE` is the list of every stable problem code the
+HTTP API can answer, with its status and an example detail; `ENDPOINT_ERRORS` says which
+endpoint can answer which. A test checks that every code raised in the source is here, with
+the status of the class that raises it, and that the document is valid OpenAPI 3.1.
+Endpoints added later get the common codes (authentication, body limit, internal error)
+automatically; their own codes belong in `ENDPOINT_ERRORS`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.stages import MessageType
+from attest_gateway.core.bounds import TEXT_PATTERN
+from attest_gateway.core.errors import GatewayError, problem_for
+from attest_gateway.medcom.message import ATTACHMENT_ERROR_CODES, BUNDLE_ERROR_CODES
+
+PROBLEM_JSON = "application/problem+json"
+
+# code → (HTTP status, title, an example detail). Details are the gateway's own sentences.
+ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
+    "malformed-json": (400, "Bad request", "the request body is not valid JSON"),
+    "unsupported-body": (400, "Bad request", "send a FHIR Bundle or a sealed envelope"),
+    "invalid-envelope": (400, "Bad request", "the sealed envelope is malformed"),
+    "invalid-bundle": (400, "Bad request", "the envelope does not hold JSON"),
+    "unauthenticated": (401, "Authentication required", "the API key is not valid"),
+    "unknown-client-certificate": (
+        401,
+        "Authentication required",
+        "the client certificate is not registered to an organisation, or is revoked",
+    ),
+    "credentials-disagree": (
+        401,
+        "Authentication required",
+        "the client certificate and the API key name different organisations",
+    ),
+    "forbidden": (403, "Forbidden", "this organisation's role may not use this endpoint"),
+    "jobcenter-mismatch": (403, "Forbidden", "the job centre in the request is not the caller"),
+    "sender-mismatch": (403, "Forbidden", "the Bundle's sender organisation is not the caller"),
+    "not-found": (404, "Not found", "no such resource"),
+    "unknown-request": (404, "Not found", "the message answers no request of this organisation"),
+    "method-not-allowed": (405, "Method not allowed", "the resource does not take this method"),
+    "idempotency-key-reused": (
+        409,
+        "Conflict",
+        "this Idempotency-Key was used with a different request body",
+    ),
+    "message-id-conflict": (409, "Conflict", "that message id is already in use"),
+    "replayed-message-id": (409, "Conflict", "that message id belongs to another message"),
+    "payload-too-large": (413, "Payload too large", "the body exceeds 10485760 bytes"),
+    "unsupported-media-type": (415, "Unsupported media type", "send application/fhir+json"),
+    "invalid-request": (422, "Unprocessable content", "the request does not match the schema"),
+    "invalid-cpr": (422, "Unprocessable content", "the request does not match the schema"),
+    "invalid-gln": (422, "Unprocessable content", "the request does not match the schema"),
+    "invalid-sor": (422, "Unprocessable content", "the request does not match the schema"),
+    "invalid-ydernummer": (422, "Unprocessable content", "the request does not match the schema"),
+    "invalid-kommunekode": (
+        422,
+        "Unprocessable content",
+        "the request does not match the schema",
+    ),
+    "unknown-attest-type": (
+        422,
+        "Unprocessable content",
+        "the attest type is not in the LÆ catalogue",
+    ),
+    "unknown-receiver": (
+        422,
+        "Unprocessable content",
+        "no healthcare organisation has that identifier",
+    ),
+    "receiver-cannot-issue": (422, "Unprocessable content", "a gp does not issue LÆ 155"),
+    "invalid-reply-deadline": (
+        422,
+        "Unprocessable content",
+        "the reply deadline must be in the future",
+    ),
+    "invalid-first-day-of-absence": (
+        422,
+        "Unprocessable content",
+        "the first day of absence is more than a year ahead",
+    ),
+    "date-out-of-range": (
+        422,
+        "Unprocessable content",
+        "the request does not match the schema",
+    ),
+    "control-character": (
+        422,
+        "Unprocessable content",
+        "the request does not match the schema",
+    ),
+    "cpr-in-reference": (
+        422,
+        "Unprocessable content",
+        "the request does not match the schema",
+    ),
+    "receiver-has-no-key": (
+        422,
+        "Unprocessable content",
+        "the receiver has no usable encryption key",
+    ),
+    "patient-mismatch": (
+        422,
+        "Unprocessable content",
+        "the reply's Patient is not the citizen the request is about",
+    ),
+    "conversation-mismatch": (
+        422,
+        "Unprocessable content",
+        "the reply's Communication.identifier is not the request's conversation",
+    ),
+    "receiver-mismatch": (
+        422,
+        "Unprocessable content",
+        "the message is not addressed to the request's sender",
+    ),
+    "unsupported-message": (
+        422,
+        "Unprocessable content",
+        "only acknowledgements and attest replies can be sent",
+    ),
+    "empty-reply": (
+        422,
+        "Unprocessable content",
+        "an attest reply needs text or a PDF attachment",
+    ),
+    "unknown-key": (422, "Envelope rejected", "the envelope names a key that is not usable"),
+    "not-addressed-to-gateway": (422, "Envelope rejected", "the envelope is for someone else"),
+    "key-not-valid": (422, "Envelope rejected", "the signing key is revoked or expired"),
+    "header-mismatch": (
+        422,
+        "Envelope rejected",
+        "the envelope's header does not match its Bundle",
+    ),
+    "signature-invalid": (422, "Envelope rejected", "the envelope's signature does not verify"),
+    "open-failed": (422, "Envelope rejected", "the envelope could not be opened"),
+    "unsupported-suite": (
+        422,
+        "Envelope rejected",
+        "the envelope's HPKE suite is not supported",
+    ),
+    "invalid-contact-date": (
+        422,
+        "Unprocessable content",
+        "a contact cannot be registered in advance",
+    ),
+    "invalid-period": (422, "Unprocessable content", "'from' is after 'to'"),
+    "unknown-metric": (422, "Unprocessable content", "metric is one of […]"),
+    "internal-error": (500, "Internal error", "an internal error occurred"),
+    "database-unavailable": (
+        503,
+        "Service unavailable",
+        "the gateway's database cannot be reached right now; retry later",
+    ),
+    "database-busy": (
+        503,
+        "Service unavailable",
+        "every database connection of the gateway is in use; retry shortly",
+    ),
+    "outbox-full": (
+        503,
+        "Service unavailable",
+        "the gateway cannot forward messages right now; retry later",
+    ),
+}
+# Bundle errors from the MedCom parser (medcom/message.py) answer 422 with their own code.
+for _code in sorted(BUNDLE_ERROR_CODES - {"invalid-bundle"}):
+    ERROR_CATALOGUE[_code] = (422, "Unprocessable content", "the Bundle breaks a MedCom rule")
+for _code in sorted(ATTACHMENT_ERROR_CODES):
+    ERROR_CATALOGUE[_code] = (
+        422,
+        "Unprocessable content",
+        "an attachment must be inline data of a MedCom MIME type (PDF, GIF, JPEG, PNG, TIFF, BMP)",
+    )
+
+_IDENTIFIER_CODES = [
+    "invalid-request",
+    "invalid-cpr",
+    "invalid-gln",
+    "invalid-sor",
+    "invalid-ydernummer",
+    "invalid-kommunekode",
+]
+# Validation codes of the bounds (core/bounds.py), with a location they are found at, by
+# path prefix (none: the code comes without a list of errors there).
+_BOUND_LOCS: dict[str, dict[str, list[str]]] = {
+    "date-out-of-range": {
+        "/ministry/": ["query", "from"],
+        "/jobcenter/": ["body", "first_day_of_absence"],
+    },
+    "control-character": {
+        "/ministry/": ["query", "attest_type"],
+        "/jobcenter/v1/contacts": ["header", "idempotency-key"],
+        "/jobcenter/": ["body", "caseworker_ref"],
+    },
+    "cpr-in-reference": {
+        "/jobcenter/v1/contacts": ["header", "idempotency-key"],
+        "/jobcenter/": ["body", "caseworker_ref"],
+    },
+}
+AUTHENTICATED = [
+    "unauthenticated",
+    "unknown-client-certificate",
+    "credentials-disagree",
+    "forbidden",
+]
+COMMON = ["internal-error", "database-unavailable", "database-busy"]
+WITH_BODY = ["malformed-json", "payload-too-large"]
+
+# The ministry's filters (period, from, to, attest type, region).
+_MINISTRY_FILTER_CODES = [
+    "invalid-request",
+    "date-out-of-range",
+    "control-character",
+    "invalid-period",
+]
+
+# (method, path) → the codes this endpoint can answer, beyond COMMON (and AUTHENTICATED for
+# the partner APIs, WITH_BODY for requests with a body, which are added automatically).
+ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
+    ("post", "/jobcenter/v1/attest-requests"): [
+        "jobcenter-mismatch",
+        "idempotency-key-reused",
+        *_IDENTIFIER_CODES,
+        "date-out-of-range",
+        "control-character",
+        "cpr-in-reference",
+        "unknown-attest-type",
+        "unknown-receiver",
+        "receiver-cannot-issue",
+        "invalid-first-day-of-absence",
+        "invalid-reply-deadline",
+        "receiver-has-no-key",
+        "outbox-full",
+    ],
+    ("get", "/jobcenter/v1/attest-requests/{conversation_id}"): ["not-found"],
+    ("get", "/jobcenter/v1/inbox"): ["invalid-request", "unknown-key"],
+    ("post", "/jobcenter/v1/inbox/{message_id}/ack"): [
+        "not-found",
+        "unknown-key",
+        "receiver-has-no-key",
+        "outbox-full",
+    ],
+    ("get", "/medcom/v1/mailbox"): ["invalid-request"],
+    ("post", "/medcom/v1/mailbox/{message_id}/collected"): ["not-found"],
+    ("post", "/medcom/v1/messages"): [
+        "unsupported-body",
+        "invalid-envelope",
+        "invalid-bundle",
+        "sender-mismatch",
+        "unknown-request",
+        "not-found",
+        "message-id-conflict",
+        "unsupported-media-type",
+        *sorted(BUNDLE_ERROR_CODES - {"invalid-bundle"}),
+        "control-character",
+        "not-addressed-to-gateway",
+        "unknown-key",
+        "key-not-valid",
+        "signature-invalid",
+        "header-mismatch",
+        "replayed-message-id",
+        "open-failed",
+        "unsupported-suite",
+        "receiver-mismatch",
+        "patient-mismatch",
+        "conversation-mismatch",
+        *sorted(ATTACHMENT_ERROR_CODES),
+        "unsupported-message",
+        "empty-reply",
+        "receiver-has-no-key",
+        "outbox-full",
+    ],
+    ("post", "/jobcenter/v1/contacts"): [
+        "invalid-request",
+        "date-out-of-range",
+        "control-character",
+        "cpr-in-reference",
+        "invalid-first-day-of-absence",
+        "invalid-contact-date",
+        "idempotency-key-reused",
+    ],
+    ("get", "/ministry/v1/report"): _MINISTRY_FILTER_CODES,
+    ("get", "/ministry/v1/durations"): [*_MINISTRY_FILTER_CODES, "unknown-metric"],
+    ("get", "/ministry/v1/deadlines"): _MINISTRY_FILTER_CODES,
+    ("get", "/ministry/v1/contacts"): _MINISTRY_FILTER_CODES,
+    ("get", "/metrics"): ["unauthenticated"],
+}
+
+_PARTNER_PREFIXES = ("/jobcenter/", "/medcom/", "/ministry/", "/audit/")
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details. `type` ends with the stable `code`; `detail` "
+    "never repeats the rejected input.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code", "retryable"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string", "enum": sorted(ERROR_CATALOGUE)},
+        "retryable": {"type": "boolean"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "validation errors: location, type and message, never the input",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "type": {"type": "string"},
+                    "msg": {"type": "string"},
+                },
+            },
+        },
+        "retry_after": {"type": "integer", "description": "seconds, as in Retry-After"},
+    },
+}
+
+CONVERSATION_ID = "6f1c2d9e-3b7a-4c61-9d2e-0a4b8c7d5e31"
+MESSAGE_ID = "0b6a9a3e-52a4-4d0c-a0a1-5b5c8a2f4e10"
+BUNDLE_ID = "7d0e5c1b-9a8f-4e3d-b2c1-0f9e8d7c6b5a"
+REPLY_ID = "c4f1e2d3-b5a6-4978-8a9b-1c2d3e4f5a6b"
+AT = "2026-10-29T09:30:00+00:00"
+
+_HEADER_EXAMPLE: dict[str, Any] = {
+    "v": 1,
+    "message_id": MESSAGE_ID,
+    "bundle_id": BUNDLE_ID,
+    "conversation_id": CONVERSATION_ID,
+    "message_type": "attest-request",
+    "sender": "jc-koebenhavn",
+    "receiver": "psyk-kbh",
+    "suite": "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM",
+    "recipient_key_id": "hpke-3f9a1c2b7d4e",
+    "signer": "gateway",
+    "signer_key_id": "sig-8b2d4f6a1c3e",
+    "created_at": AT,
+}
+_ENVELOPE_EXAMPLE: dict[str, Any] = {
+    "header": _HEADER_EXAMPLE,
+    # base64 of HPKE enc || AEAD ciphertext (shortened here), and of the Ed25519 signature
+    "ciphertext": "chYmsf+SkCuvwUJc69wJOm4qBtlCOlXUUxBvnOoGhbLrbe/EOhrVpSR0mNz1",
+    "signature": "W9X8kpcgSJDlNgkZN0NfBMVbup8h6HAYN7FExti2OC2MrPweps9ZZ92sCeX0zSE9"
+    "xXhwwoN6iHZcB2opNXglaA==",
+}
+
+_ACK_BUNDLE_EXAMPLE = {
+    "resourceType": "Bundle",
+    "id": BUNDLE_ID,
+    "type": "message",
+    "timestamp": AT,
+    "entry": [
+        {
+            "fullUrl": f"MessageHeader/{MESSAGE_ID}",
+            "resource": {
+                "resourceType": "MessageHeader",
+                "id": MESSAGE_ID,
+                "eventCoding": {
+                    "system": "http://medcomfhir.dk/ig/terminology/CodeSystem/"
+                    "medcom-messaging-eventCodes",
+                    "code": "acknowledgement-message",
+                },
+                "response": {"identifier": REPLY_ID, "code": "ok"},
+                "sender": {"reference": "Organization/…"},
+                "destination": [{"receiver": {"reference": "Organization/…"}}],
+                "source": {"endpoint": "https://sor2.sum.dsdn.dk/#id=715381000016006"},
+            },
+        },
+        {"fullUrl": "Organization/…", "resource": {"resourceType": "Organization"}},
+        {"fullUrl": "Provenance/…", "resource": {"resourceType": "Provenance"}},
+    ],
+}
+
+_SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
+    ("post", "/jobcenter/v1/attest-requests"): {
+        "conversation_id": CONVERSATION_ID,
+        "message_id": MESSAGE_ID,
+        "status_url": f"/jobcenter/v1/attest-requests/{CONVERSATION_ID}",
+        "reply_deadline": "2026-12-29",
+    },
+    ("get", "/jobcenter/v1/attest-requests/{conversation_id}"): {
+        "conversation_id": CONVERSATION_ID,
+        "attest_type": "LÆ 155",
+        "case_kind": "sygedagpenge",
+        "caseworker_ref": "sag-2026-0042",
+        "receiver": {
+            "name": "Psykiatrisk Center København",
+            "sor": "715381000016006",
+            "gln": "5790004210014",
+            "ydernummer": None,
+        },
+        "reply_deadline": "2026-12-29",
+        "stage": "in_mailbox",
+        "stages": {"submitted": AT, "published": AT, "in_mailbox": AT},
+        "timeline": [
+            {"stage": "submitted", "at": AT, "message_id": MESSAGE_ID, "detail": None},
+            {"stage": "published", "at": AT, "message_id": MESSAGE_ID, "detail": None},
+            {"stage": "in_mailbox", "at": AT, "message_id": MESSAGE_ID, "detail": None},
+        ],
+    },
+    ("get", "/jobcenter/v1/inbox"): {
+        "items": [
+            {
+                "message_id": REPLY_ID,
+                "conversation_id": CONVERSATION_ID,
+                "caseworker_ref": "sag-2026-0042",
+                "attest_type": "LÆ 155",
+                "sender": {"name": "Psykiatrisk Center København", "sor": "715381000016006"},
+                "received_at": AT,
+                "attest_text": "Borgeren er i ambulant behandling.",
+                "attachments": [
+                    {
+                        "content_type": "application/pdf",
+                        "title": "attest.pdf",
+                        "data_base64": "JVBERi0xLjQK",
+                    }
+                ],
+            }
+        ]
+    },
+    ("post", "/jobcenter/v1/inbox/{message_id}/ack"): {
+        "message_id": REPLY_ID,
+        "acknowledged": True,
+        "changed": True,
+    },
+    ("get", "/medcom/v1/mailbox"): {
+        "items": [
+            {
+                "message_id": MESSAGE_ID,
+                "conversation_id": CONVERSATION_ID,
+                "message_type": "attest-request",
+                "delivered_at": AT,
+                "envelope": _ENVELOPE_EXAMPLE,
+            }
+        ]
+    },
+    ("post", "/medcom/v1/mailbox/{message_id}/collected"): {
+        "message_id": MESSAGE_ID,
+        "collected": True,
+        "changed": True,
+    },
+    ("post", "/medcom/v1/messages"): {
+        "message_id": MESSAGE_ID,
+        "bundle_id": BUNDLE_ID,
+        "conversation_id": CONVERSATION_ID,
+        "message_type": MessageType.ACKNOWLEDGEMENT.value,
+        "status": "accepted",
+        "accepted_at": AT,
+    },
+    ("get", "/audit/v1/entries"): {
+        "entries": [
+            {
+                "seq": 41,
+                "at": AT,
+                "actor": "psyk-kbh",
+                "action": "mailbox.fetch",
+                "source": "192.0.2.10",
+                "subject_org": "psyk-kbh",
+                "message_id": MESSAGE_ID,
+                "conversation_id": CONVERSATION_ID,
+                "detail": None,
+                "prev_hash": "3b1f0c…(sha256 hex of entry 40)",
+                "hash": "9d4e7a…(sha256 hex)",
+            }
+        ],
+        "next_after_seq": 41,
+    },
+    ("get", "/healthz"): {"status": "ok"},
+    ("get", "/asyncapi.json"): {
+        "asyncapi": "3.0.0",
+        "info": {"title": "attest gateway — Kafka topics", "version": "0.1.0"},
+        "channels": {"medcomMessages": {"address": "medcom.messages"}},
+        "operations": {"publishSealedEnvelope": {"action": "send"}},
+        "components": {"messages": {"SealedEnvelope": {"contentType": "…"}}},
+    },
+    ("get", "/readyz"): {
+        "status": "ready",
+        "checks": {
+            "database": {"ok": True, "ms": 1.2},
+            "kafka": {"ok": True, "ms": 3.4},
+            "keys": {"ok": True, "ms": 0.9},
+        },
+    },
+}
+
+_METRICS = (
+    "# HELP attest_gateway_http_requests_total HTTP requests answered\n"
+    "# TYPE attest_gateway_http_requests_total counter\n"
+    'attest_gateway_http_requests_total{method="POST",route="/jobcenter/v1/attest-requests",'
+    'status="202"} 42.0\n'
+)
+
+_CSV = (
+    "group,label,suppressed,requests,late_requests,late_request_rate\n"
+    "1084,Region Hovedstaden,False,412,37,0.09\n"
+)
+
+_REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/jobcenter/v1/attest-requests"): {
+        "application/json": {
+            "municipality": "101",
+            "jobcenter_gln": "5790001010010",
+            "caseworker_ref": "sag-2026-0042",
+            "citizen_cpr": "0101901234",
+            "attest_type": "LÆ 155",
+            "receiver": {"sor": "715381000016006"},
+            "case_kind": "sygedagpenge",
+            "first_day_of_absence": "2026-10-01",
+            "psychiatric_course": True,
+            "questions": "Hvad er borgerens aktuelle funktionsevne?",
+        }
+    },
+}
+
+_MESSAGES_BODY = {
+    "required": True,
+    "description": "A MedCom acknowledgement or attest reply (FHIR Bundle of type message), "
+    "or the same sealed for the gateway and signed by the sender.",
+    "content": {
+        "application/fhir+json": {
+            "schema": {
+                "type": "object",
+                "description": "FHIR Bundle (type message) following MedCom's profiles",
+                "required": ["resourceType"],
+                "properties": {"resourceType": {"const": "Bundle"}},
+                "propertyNames": {"pattern": TEXT_PATTERN},
+                "additionalProperties": {"$ref": "#/components/schemas/FhirJson"},
+            },
+            "example": _ACK_BUNDLE_EXAMPLE,
+        },
+        "application/vnd.attest-gateway.envelope+json": {
+            "schema": {"$ref": "#/components/schemas/SealedEnvelope"},
+            "example": {**_ENVELOPE_EXAMPLE, "header": {
+                **_HEADER_EXAMPLE, "message_type": "acknowledgement",
+                "sender": "psyk-kbh", "receiver": "gateway", "signer": "psyk-kbh"}},
+        },
+    },
+}  # fmt: skip
+
+
+# Any FHIR JSON value: no string, key or value, holds a control character but tab, line feed
+# and carriage return (FHIR's string type; the gateway refuses others, `control-character`).
+FHIR_JSON: dict[str, Any] = {
+    "description": "FHIR JSON: strings (keys and values) hold no control character but tab, "
+    "line feed and carriage return",
+    "anyOf": [
+        {"type": "string", "pattern": TEXT_PATTERN},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/FhirJson"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": TEXT_PATTERN},
+            "additionalProperties": {"$ref": "#/components/schemas/FhirJson"},
+        },
+    ],
+}
+
+
+def problem_example(code: str, path: str) -> dict[str, Any]:
+    status, title, detail = ERROR_CATALOGUE[code]
+    error = GatewayError(code, detail)
+    body = problem_for(error, instance=path)
+    body.update(status=status, title=title)
+    if status == 422 and code in _IDENTIFIER_CODES:
+        loc = {"invalid-cpr": "citizen_cpr", "invalid-gln": "jobcenter_gln"}.get(code, "body")
+        body["errors"] = [{"loc": ["body", loc], "type": code.replace("-", "_"), "msg": "…"}]
+    for prefix, where in _BOUND_LOCS.get(code, {}).items():
+        if path.startswith(prefix):  # the first that fits
+            body["errors"] = [{"loc": where, "type": code.replace("-", "_"), "msg": "…"}]
+            break
+    if status == 503:
+        body["retryable"] = True
+        body["retry_after"] = 5
+    return body
+
+
+# Not an answer of any operation: every path answers a method it does not list with this.
+METHOD_NOT_ALLOWED: dict[str, Any] = {
+    "description": "method-not-allowed: any path answers a method it does not list with 405 "
+    "and the `Allow` header naming the methods it takes (RFC 9110).",
+    "headers": {"Allow": {"schema": {"type": "string"}, "example": "GET"}},
+    "content": {
+        PROBLEM_JSON: {
+            "schema": {"$ref": "#/components/schemas/Problem"},
+            "examples": {
+                "method-not-allowed": {
+                    "summary": ERROR_CATALOGUE["method-not-allowed"][2],
+                    "value": problem_example("method-not-allowed", "/jobcenter/v1/inbox"),
+                }
+            },
+        }
+    },
+}
+
+
+def codes_for(method: str, path: str, operation: dict[str, Any]) -> list[str]:
+    codes = list(ENDPOINT_ERRORS.get((method, path), []))
+    if path.startswith(_PARTNER_PREFIXES):
+        codes += AUTHENTICATED
+    if method in ("post", "put", "patch") and path.startswith(_PARTNER_PREFIXES):
+        codes += WITH_BODY
+    if operation.get("parameters") and path.startswith(_PARTNER_PREFIXES):
+        codes.append("invalid-request")
+    codes += COMMON
+    return list(dict.fromkeys(codes))
+
+
+def _error_responses(method: str, path: str, operation: dict[str, Any]) -> dict[str, Any]:
+    by_status: dict[int, list[str]] = {}
+    for code in codes_for(method, path, operation):
+        by_status.setdefault(ERROR_CATALOGUE[code][0], []).append(code)
+    responses: dict[str, Any] = {}
+    for status, codes in sorted(by_status.items()):
+        responses[str(status)] = {
+            "description": " | ".join(codes),
+            "content": {
+                PROBLEM_JSON: {
+                    "schema": {"$ref": "#/components/schemas/Problem"},
+                    "examples": {
+                        code: {
+                            "summary": ERROR_CATALOGUE[code][2],
+                            "value": problem_example(code, path),
+                        }
+                        for code in codes
+                    },
+                }
+            },
+        }
+        if status == 401:
+            responses["401"]["headers"] = {
+                "WWW-Authenticate": {"schema": {"type": "string"}, "example": "Bearer"}
+            }
+        if status == 503:
+            responses["503"]["headers"] = {
+                "Retry-After": {"schema": {"type": "integer"}, "example": 5}
+            }
+    return responses
+
+
+def complete_document(document: dict[str, Any]) -> dict[str, Any]:
+    """Add the problem schema, security, and examples for every answer of every endpoint."""
+    doc = copy.deepcopy(document)
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas["Problem"] = PROBLEM_SCHEMA
+    envelope_schema = SealedEnvelope.model_json_schema(
+        ref_template="#/components/schemas/{model}", mode="serialization"
+    )
+    for name, sub in envelope_schema.pop("$defs", {}).items():
+        schemas.setdefault(name, sub)
+    schemas["SealedEnvelope"] = envelope_schema
+    schemas["FhirJson"] = FHIR_JSON
+    components["securitySchemes"] = {
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "One API key per organisation: `Authorization: Bearer <api key>`.",
+        },
+        "metricsToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "METRICS_TOKEN, for Prometheus.",
+        },
+    }
+    for path, operations in doc.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            # FastAPI's default 422 (HTTPValidationError) is not what the gateway answers.
+            responses.pop("422", None)
+            if path.startswith(_PARTNER_PREFIXES):
+                operation["security"] = [{"apiKey": []}]
+            elif path == "/metrics":
+                operation["security"] = [{"metricsToken": []}, {}]
+            example = _SUCCESS_EXAMPLES.get((method, path))
+            for status, response in responses.items():
+                if not status.startswith("2"):
+                    continue
+                for media in response.setdefault("content", {}).values():
+                    if example is not None:
+                        media["example"] = example
+            if (method, path) == ("get", "/metrics"):
+                responses["200"]["content"] = {
+                    "text/plain; version=0.0.4": {"schema": {"type": "string"}, "example": _METRICS}
+                }
+            if any(p.get("name") == "format" for p in operation.get("parameters", [])):
+                # The ministry's figures as CSV (`format=csv`): the same rows, one a line.
+                responses["200"]["content"]["text/csv"] = {
+                    "schema": {"type": "string"},
+                    "example": _CSV,
+                }
+            if (method, path) == ("post", "/medcom/v1/messages"):
+                operation["requestBody"] = _MESSAGES_BODY
+            for media_type, example in _REQUEST_EXAMPLES.get((method, path), {}).items():
+                content = operation.get("requestBody", {}).get("content", {})
+                if media_type in content:
+                    content[media_type]["example"] = example
+            responses.update(_error_responses(method, path, operation))
+    components["responses"] = {"MethodNotAllowed": METHOD_NOT_ALLOWED}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return doc
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make `app.openapi()` (and so `/openapi.json`) return the completed document."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            base = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
+            app.openapi_schema = complete_document(base)
+        return app.openapi_schema
+
+    setter: Callable[[], dict[str, Any]] = openapi
+    app.openapi = setter  # type: ignore[method-assign]

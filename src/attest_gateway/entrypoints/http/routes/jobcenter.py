@@ -1,0 +1,102 @@
+"""`/jobcenter/v1`: thin routes for job-centre systems. Parse, authorise, call one function."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from pydantic import Field
+
+from attest_gateway.contracts.jobcenter import (
+    AttestRequestAccepted,
+    AttestRequestIn,
+    ConversationStatus,
+    Inbox,
+)
+from attest_gateway.core.bounds import ID_PATTERN, REFERENCE
+from attest_gateway.entrypoints.http.plumbing import (
+    authenticated,
+    authenticated_first,
+    gateway_of,
+    require_role,
+)
+from attest_gateway.entrypoints.http.routes.audit import client_source
+from attest_gateway.infra.db.directory import Organisation, Role
+from attest_gateway.services import contacts
+from attest_gateway.services import jobcenter as service
+from attest_gateway.services.contacts import ContactAccepted, ContactIn
+
+ROLES = (Role.JOBCENTER,)
+router = APIRouter(
+    prefix="/jobcenter/v1", tags=["job centre"], route_class=authenticated_first(*ROLES)
+)
+
+
+async def jobcenter(org: Annotated[Organisation, Depends(authenticated)]) -> Organisation:
+    return require_role(org, *ROLES)
+
+
+JobCenter = Annotated[Organisation, Depends(jobcenter)]
+# A key the client chose, stored in clear with the answer: one line of text, no CPR number.
+IdempotencyKey = Annotated[Annotated[str, Field(max_length=200), REFERENCE] | None, Header()]
+# Ids the gateway handed out (a value of another form names nothing: 404).
+ConversationId = Annotated[str, Path(pattern=ID_PATTERN)]
+MessageId = Annotated[str, Path(pattern=ID_PATTERN)]
+
+
+@router.post("/attest-requests", status_code=202, response_model=AttestRequestAccepted)
+async def request_attest(
+    body: AttestRequestIn,
+    request: Request,
+    response: Response,
+    org: JobCenter,
+    idempotency_key: IdempotencyKey = None,
+) -> AttestRequestAccepted:
+    accepted, created = await service.submit_attest_request(
+        gateway_of(request), org, body, idempotency_key=idempotency_key
+    )
+    response.headers["Location"] = accepted.status_url
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return accepted
+
+
+@router.post("/contacts", status_code=201, response_model=ContactAccepted)
+async def register_contact(
+    body: ContactIn,
+    request: Request,
+    response: Response,
+    org: JobCenter,
+    idempotency_key: IdempotencyKey = None,
+) -> ContactAccepted:
+    """Register a direct contact with psychiatry about a citizen (counts for contact coverage)."""
+    accepted, created = await contacts.register_contact(
+        gateway_of(request), org, body, idempotency_key=idempotency_key
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return accepted
+
+
+@router.get("/attest-requests/{conversation_id}", response_model=ConversationStatus)
+async def attest_request_status(
+    conversation_id: ConversationId, request: Request, org: JobCenter
+) -> ConversationStatus:
+    return await service.conversation_status(gateway_of(request), org, conversation_id)
+
+
+@router.get("/inbox", response_model=Inbox)
+async def inbox(
+    request: Request, org: JobCenter, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> Inbox:
+    return await service.read_inbox(
+        gateway_of(request), org, limit=limit, source=client_source(request)
+    )
+
+
+@router.post("/inbox/{message_id}/ack")
+async def acknowledge(message_id: MessageId, request: Request, org: JobCenter) -> dict[str, object]:
+    changed = await service.acknowledge_reply(
+        gateway_of(request), org, message_id, source=client_source(request)
+    )
+    return {"message_id": message_id, "acknowledged": True, "changed": changed}

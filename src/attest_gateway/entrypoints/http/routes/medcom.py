@@ -1,0 +1,78 @@
+"""`/medcom/v1`: thin routes for psychiatry and GP systems."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from attest_gateway.core.bounds import ID_PATTERN, control_character_in
+from attest_gateway.core.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from attest_gateway.entrypoints.http.plumbing import (
+    authenticated,
+    authenticated_first,
+    gateway_of,
+    require_role,
+)
+from attest_gateway.entrypoints.http.routes.audit import client_source
+from attest_gateway.infra.db.directory import HEALTH_ROLES, Organisation
+from attest_gateway.services import health as service
+
+router = APIRouter(
+    prefix="/medcom/v1", tags=["health"], route_class=authenticated_first(*HEALTH_ROLES)
+)
+
+_JSON_TYPES = (
+    "application/json",
+    "application/fhir+json",
+    "application/vnd.attest-gateway.envelope+json",
+)
+
+
+async def health_org(org: Annotated[Organisation, Depends(authenticated)]) -> Organisation:
+    return require_role(org, *HEALTH_ROLES)
+
+
+HealthOrg = Annotated[Organisation, Depends(health_org)]
+
+
+@router.get("/mailbox")
+async def mailbox(
+    request: Request, org: HealthOrg, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> dict[str, Any]:
+    items = await service.read_mailbox(
+        gateway_of(request), org, limit=limit, source=client_source(request)
+    )
+    return {"items": items}
+
+
+@router.post("/mailbox/{message_id}/collected")
+async def collected(
+    message_id: Annotated[str, Path(pattern=ID_PATTERN)], request: Request, org: HealthOrg
+) -> dict[str, Any]:
+    changed = await service.mark_collected(gateway_of(request), org, message_id)
+    return {"message_id": message_id, "collected": True, "changed": changed}
+
+
+@router.post("/messages", status_code=202)
+async def submit(request: Request, response: Response, org: HealthOrg) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in _JSON_TYPES:
+        raise UnsupportedMediaType("unsupported-media-type", "send application/fhir+json")
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("malformed-json", "the request body is not valid JSON") from exc
+    gw = gateway_of(request)
+    bundle = await service.unwrap_submission(gw, org, data)
+    if control_character_in(bundle):
+        raise Unprocessable(
+            "control-character",
+            "a string of the Bundle holds a control character (FHIR allows none but tab, "
+            "line feed and carriage return)",
+        )
+    answer, created = await service.submit_message(gw, org, bundle)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return answer

@@ -1,0 +1,196 @@
+"""`/ministry/v1`: the ministry's view (role `ministry` only), JSON or CSV; `/ministry/` serves
+the dashboard page (static; it calls this API with the analyst's key).
+
+Everything here reads aggregates: no endpoint returns a CPR number, a case ref, a
+conversation id or any message text, and cells with fewer than `min_cell_citizens` citizens
+are suppressed (see `report.py`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from attest_gateway.core.bounds import LINE, InputDate
+from attest_gateway.core.errors import Unprocessable
+from attest_gateway.core.identifiers import municipalities
+from attest_gateway.entrypoints.http.plumbing import (
+    authenticated,
+    authenticated_first,
+    gateway_of,
+    require_role,
+)
+from attest_gateway.infra.db.directory import Organisation, Role
+from attest_gateway.tracker import report as rep
+from attest_gateway.tracker import rules as r
+from attest_gateway.tracker.wiring import tracker_rules
+
+STATIC_DIR = Path(__file__).parent.parent / "static"
+
+router = APIRouter(
+    prefix="/ministry/v1", tags=["ministry"], route_class=authenticated_first(Role.MINISTRY)
+)
+dashboard_router = APIRouter(tags=["ministry"])
+
+
+async def ministry(org: Annotated[Organisation, Depends(authenticated)]) -> Organisation:
+    return require_role(org, Role.MINISTRY)
+
+
+Ministry = Annotated[Organisation, Depends(ministry)]
+Format = Literal["json", "csv"]
+
+
+def _filters(
+    period: Annotated[Literal["week", "month"], Query(description="week or month")] = "month",
+    date_from: Annotated[InputDate | None, Query(alias="from")] = None,
+    date_to: Annotated[InputDate | None, Query(alias="to")] = None,
+    attest_type: Annotated[Annotated[str, Field(max_length=16), LINE] | None, Query()] = None,
+    region: Annotated[str | None, Query(pattern=r"^108[1-5]$")] = None,
+) -> rep.Filters:
+    if date_from and date_to and date_from > date_to:
+        raise Unprocessable("invalid-period", "'from' is after 'to'")
+    return rep.Filters(period, date_from, date_to, attest_type or None, region)
+
+
+Filters = Annotated[rep.Filters, Depends(_filters)]
+ByParam = Annotated[
+    Literal["national", "region", "municipality", "receiver", "attest_type"], Query()
+]
+
+
+def _engine(request: Request) -> AsyncEngine:
+    return gateway_of(request).engine
+
+
+def _answer(name: str, rows: list[dict[str, Any]], fmt: Format, extra: dict[str, Any]) -> Any:
+    if fmt == "json":
+        return extra | {"rows": rows}
+    columns, values = rep.to_csv_rows(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(["" if v is None else v for v in row] for row in values)
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+    )
+
+
+@router.get("/report")
+async def report(request: Request, org: Ministry, f: Filters) -> dict[str, Any]:
+    """The overview the dashboard shows: national figures, series, by region, type, municipality."""
+    async with _engine(request).connect() as conn:
+        return await rep.report(conn, tracker_rules(gateway_of(request).settings), f)
+
+
+@router.get("/durations", response_model=None)
+async def durations(
+    request: Request,
+    org: Ministry,
+    f: Filters,
+    metric: Annotated[
+        str, Query(json_schema_extra={"enum": sorted(r.METRIC_NAMES)})
+    ] = "request_to_attest",
+    by: ByParam = "national",
+    series: bool = False,
+    format: Format = "json",
+) -> Any:
+    """count, median, p90, p99 (seconds) of a stage duration or of request→attest."""
+    if metric not in r.METRIC_NAMES:
+        raise Unprocessable("unknown-metric", f"metric is one of {sorted(r.METRIC_NAMES)}")
+    rules = tracker_rules(gateway_of(request).settings)
+    async with _engine(request).connect() as conn:
+        rows = await rep.durations(conn, rules, metric, f, by, series=series)
+    return _answer(f"durations-{metric}-{by}", rows, format, _meta(f, rules, unit="seconds"))
+
+
+@router.get("/deadlines", response_model=None)
+async def deadlines(
+    request: Request,
+    org: Ministry,
+    f: Filters,
+    by: ByParam = "national",
+    series: bool = False,
+    format: Format = "json",
+) -> Any:
+    """Requests, late requests, overdue count and rate, reminders."""
+    rules = tracker_rules(gateway_of(request).settings)
+    async with _engine(request).connect() as conn:
+        rows = await rep.deadlines(conn, rules, f, by, series=series)
+    return _answer(f"deadlines-{by}", rows, format, _meta(f, rules))
+
+
+@router.get("/contacts", response_model=None)
+async def contacts(
+    request: Request,
+    org: Ministry,
+    f: Filters,
+    by: Annotated[Literal["national", "region", "municipality"], Query()] = "national",
+    series: bool = False,
+    format: Format = "json",
+) -> Any:
+    """Contact coverage of sick-listed citizens with a psychiatric course, against the baseline."""
+    rules = tracker_rules(gateway_of(request).settings)
+    async with _engine(request).connect() as conn:
+        rows = await rep.contacts(conn, rules, f, by, series=series)
+    return _answer(
+        f"contacts-{by}", rows, format, _meta(f, rules) | {"baseline": rules.contact_baseline}
+    )
+
+
+@router.get("/meta")
+async def meta(request: Request, org: Ministry) -> dict[str, Any]:
+    """What the figures mean: metrics, deadlines, regions, municipalities, thresholds."""
+    rules = tracker_rules(gateway_of(request).settings)
+    return {
+        "metrics": [
+            {"name": m.name, "title": m.title, "from": m.start.value, "to": m.end.value}
+            for m in r.METRICS
+        ],
+        "deadlines": {code: str(rule) for code, rule in sorted(rules.deadlines.items())},
+        "deadline_days": {
+            code: _approx_days(rule) for code, rule in sorted(rules.deadlines.items())
+        },
+        "regions": [{"code": k, "name": v} for k, v in rep.REGION_NAMES.items()],
+        "municipalities": [
+            {"code": m.kommunekode, "name": m.name, "region_code": m.region_code}
+            for m in sorted(municipalities().values(), key=lambda m: m.kommunekode)
+        ],
+        "min_cell_citizens": rules.min_cell_citizens,
+        "contact_baseline": rules.contact_baseline,
+        "contact_window_weeks": rules.contact_window_weeks,
+        "late_request_weeks": dict(rules.late_request_weeks),
+    }
+
+
+def _approx_days(rule: r.DeadlineRule) -> float:
+    factor = {r.Unit.DAYS: 1.0, r.Unit.WORKING_DAYS: 7 / 5, r.Unit.WEEKS: 7.0, r.Unit.MONTHS: 30.44}
+    return round(rule.amount * factor[rule.unit], 1)
+
+
+def _meta(f: rep.Filters, rules: r.TrackerRules, **extra: Any) -> dict[str, Any]:
+    return {"filters": f.describe(), "min_cell_citizens": rules.min_cell_citizens} | extra
+
+
+@dashboard_router.get("/ministry/", include_in_schema=False)
+async def dashboard() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@dashboard_router.get("/ministry/static/{name}", include_in_schema=False)
+async def dashboard_asset(name: str) -> FileResponse:
+    types = {"app.js": "text/javascript", "style.css": "text/css"}
+    if name not in types:
+        from attest_gateway.core.errors import NotFound
+
+        raise NotFound("not-found", "no such resource")
+    return FileResponse(STATIC_DIR / name, media_type=types[name])

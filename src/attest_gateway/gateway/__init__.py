@@ -1,1 +1,0 @@
-"""The gateway core: composition root, configuration, bus, crypto, directory and store."""

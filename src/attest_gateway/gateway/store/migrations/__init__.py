@@ -1,1 +1,0 @@
-"""Alembic migrations (run programmatically by `attest_gateway.gateway.store.migrate`)."""

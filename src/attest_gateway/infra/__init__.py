@@ -1,0 +1,2 @@
+"""The outside parts the gateway runs on: the database, Kafka, and the housekeeping jobs
+over both."""

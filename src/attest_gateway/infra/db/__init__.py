@@ -1,0 +1,1 @@
+"""The database: tables, engine, group commit, migrations, and the queries of each capability."""

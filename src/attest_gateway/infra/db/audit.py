@@ -1,0 +1,405 @@
+"""The audit log: every read of content and every administrative change, hash-chained.
+
+An entry says who (`actor`), what (`action`), which message, when and from where (`source`:
+the client's address, or `cli` / `gateway`). It is appended in the caller's transaction, so a
+read is never committed without its entry, and it goes into the outbox for `gateway.audit`
+in the same transaction. Entries hold ids only, never content or CPR numbers.
+
+The chain: entry n has `prev_hash` = hash of entry n-1 (64 zeros for entry 1) and
+`hash` = sha256(prev_hash || canonical JSON of its fields) (contracts/audit.py). The one-row
+`audit_head` table holds the last seq and hash. An append first updates the head
+(`seq = seq + n … RETURNING`), which takes its row lock on PostgreSQL and the write lock on
+SQLite, so concurrent appends from several processes queue there instead of forking the chain;
+callers append at the end of their transaction to keep that lock short.
+
+`verify` walks the log: a missing, altered or reordered entry breaks the links or the hashes;
+a cut tail no longer reaches the head; a cut tail with the head reset too, or a consistent
+rewrite, no longer matches what was published on `gateway.audit` (pass those records as
+anchors; the topic is out of reach of whoever edits the database).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from attest_gateway.config import Settings
+from attest_gateway.contracts.audit import GENESIS, AuditEntry, entry_hash
+from attest_gateway.infra.db.engine import aware
+from attest_gateway.infra.db.tables import audit_head, audit_log, outbox
+from attest_gateway.infra.kafka.bus import (
+    AUDIT,
+    Topics,
+    read_deadline,
+    read_to_end,
+    started_reader,
+    topic_partitions,
+)
+
+MAILBOX_FETCH = "mailbox.fetch"  # a health organisation fetched a sealed message
+INBOX_FETCH = "inbox.fetch"  # a job centre fetched an (opened) attest reply
+ENVELOPE_OPEN = "envelope.open"  # the gateway opened a custodial organisation's mail
+SOURCE_CLI = "cli"
+SOURCE_GATEWAY = "gateway"
+HEAD_ID = 1
+CHAIN_KEY = "audit"  # record key: the whole chain on one partition
+VERIFY_BATCH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """An entry before it has a place in the chain."""
+
+    actor: str
+    action: str
+    source: str
+    at: dt.datetime
+    subject_org: str | None = None
+    message_id: str | None = None
+    conversation_id: str | None = None
+    detail: dict[str, str] | None = None
+
+
+def chain(prev_hash: str, first_seq: int, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+    """Give events seqs from `first_seq` on and link them after `prev_hash` (pure)."""
+    entries: list[AuditEntry] = []
+    for seq, event in enumerate(events, start=first_seq):
+        fields: dict[str, Any] = {
+            "seq": seq,
+            "at": aware(event.at).astimezone(dt.UTC),
+            "actor": event.actor,
+            "action": event.action,
+            "source": event.source[:64],
+            "subject_org": event.subject_org,
+            "message_id": event.message_id,
+            "conversation_id": event.conversation_id,
+            "detail": dict(event.detail) if event.detail is not None else None,
+        }
+        digest = entry_hash(prev_hash, fields)
+        entries.append(AuditEntry(**fields, prev_hash=prev_hash, hash=digest))
+        prev_hash = digest
+    return entries
+
+
+def _headers(entry: AuditEntry) -> str:
+    pairs = {
+        "content-type": "application/json",
+        "schema-version": "1",
+        "message-type": "audit",
+        "audit-seq": str(entry.seq),
+    }
+    return orjson.dumps(sorted(pairs.items())).decode()
+
+
+def _row(entry: AuditEntry) -> dict[str, Any]:
+    row = entry.model_dump()
+    row["detail"] = (
+        orjson.dumps(entry.detail, option=orjson.OPT_SORT_KEYS).decode()
+        if entry.detail is not None
+        else None
+    )
+    return row
+
+
+async def record_many(
+    conn: AsyncConnection, topics: Topics, events: Sequence[AuditEvent]
+) -> list[AuditEntry]:
+    """Append events to the chain and the `gateway.audit` outbox, in the caller's transaction.
+
+    Call it last in the transaction: from here to the commit, other appends wait.
+    """
+    if not events:
+        return []
+    head = (
+        await conn.execute(
+            audit_head.update()
+            .where(audit_head.c.id == HEAD_ID)
+            .values(seq=audit_head.c.seq + len(events))
+            .returning(audit_head.c.seq, audit_head.c.hash)
+        )
+    ).first()
+    if head is None:
+        # Fail closed: a read that cannot be audited does not happen.
+        raise RuntimeError("the audit chain head is missing; run `attest-gateway migrate`")
+    entries = chain(head.hash, head.seq - len(events) + 1, events)
+    await conn.execute(audit_log.insert(), [_row(e) for e in entries])
+    await conn.execute(
+        outbox.insert(),
+        [
+            {
+                "topic": topics.audit,
+                "key": CHAIN_KEY,
+                "value": e.model_dump_json().encode(),
+                "headers": _headers(e),
+                "message_id": None,
+                "created_at": e.at,
+            }
+            for e in entries
+        ],
+    )
+    await conn.execute(
+        audit_head.update().where(audit_head.c.id == HEAD_ID).values(hash=entries[-1].hash)
+    )
+    return entries
+
+
+async def record(
+    conn: AsyncConnection,
+    topics: Topics,
+    *,
+    actor: str,
+    action: str,
+    source: str,
+    at: dt.datetime,
+    subject_org: str | None = None,
+    message_id: str | None = None,
+    conversation_id: str | None = None,
+    detail: dict[str, str] | None = None,
+) -> None:
+    """Append one entry (see `record_many`): e.g. `org.add` by the operator from `cli`."""
+    await record_many(
+        conn,
+        topics,
+        [
+            AuditEvent(
+                actor=actor,
+                action=action,
+                source=source,
+                at=at,
+                subject_org=subject_org,
+                message_id=message_id,
+                conversation_id=conversation_id,
+                detail=detail,
+            )
+        ],
+    )
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def entry_from_row(row: Any) -> AuditEntry:
+    return AuditEntry(
+        seq=row.seq,
+        at=aware(row.at),
+        actor=row.actor,
+        action=row.action,
+        source=row.source,
+        subject_org=row.subject_org,
+        message_id=row.message_id,
+        conversation_id=row.conversation_id,
+        detail=orjson.loads(row.detail) if row.detail is not None else None,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+async def entries_of(
+    conn: AsyncConnection, org_id: str, *, after_seq: int, limit: int
+) -> list[AuditEntry]:
+    """The entries where `org_id` is the actor or the subject, after `after_seq`, oldest
+    first."""
+    rows = await conn.execute(
+        sa.select(audit_log)
+        .where(
+            sa.or_(audit_log.c.actor == org_id, audit_log.c.subject_org == org_id),
+            audit_log.c.seq > after_seq,
+        )
+        .order_by(audit_log.c.seq)
+        .limit(limit)
+    )
+    return [entry_from_row(r) for r in rows]
+
+
+async def latest(conn: AsyncConnection, *, org_id: str | None, limit: int) -> list[AuditEntry]:
+    """The newest `limit` entries (of one organisation, as actor or subject), oldest first."""
+    query = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
+    if org_id is not None:
+        query = query.where(sa.or_(audit_log.c.actor == org_id, audit_log.c.subject_org == org_id))
+    rows = list(await conn.execute(query))
+    return [entry_from_row(r) for r in reversed(rows)]
+
+
+# --- verifying ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    entries: int  # entries checked (up to the first break)
+    broken_seq: int | None = None
+    reason: str | None = None
+    anchored: int = 0  # entries also found, with the same hash, on gateway.audit
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_seq is None
+
+
+@dataclass
+class ChainVerifier:
+    """Feed entries in seq order, then `finish` with the head; stops at the first break.
+
+    `anchors`: seq → the hashes `gateway.audit` carries for it (empty: no topic check).
+    """
+
+    anchors: Mapping[int, Collection[str]] = field(default_factory=dict)
+    count: int = 0
+    anchored: int = 0
+    _prev: str = GENESIS
+    _broken: Verdict | None = None
+
+    def _break(self, seq: int, reason: str) -> bool:
+        self._broken = Verdict(self.count, seq, reason, self.anchored)
+        return False
+
+    def feed(self, entry: AuditEntry) -> bool:
+        """Check one entry; False once the chain is broken (later entries are not looked at)."""
+        if self._broken is not None:
+            return False
+        seq = self.count + 1
+        if entry.seq != seq:
+            if entry.seq > seq:
+                return self._break(seq, f"entry {seq} is missing")
+            return self._break(seq, f"entry {entry.seq} is out of order")
+        if entry.prev_hash != self._prev:
+            return self._break(
+                seq, f"it does not link to entry {seq - 1}: an entry was removed or reordered"
+            )
+        if entry.expected_hash() != entry.hash:
+            return self._break(seq, "its fields do not match its hash: it was altered")
+        published = set(self.anchors.get(seq, ()))
+        if len(published) > 1:
+            return self._break(
+                seq,
+                "gateway.audit carries different entries with this seq: the log was cut and "
+                "written again (or restored from an older backup)",
+            )
+        if published:
+            if entry.hash not in published:
+                return self._break(seq, "it differs from the entry published on gateway.audit")
+            self.anchored += 1
+        self._prev = entry.hash
+        self.count = seq
+        return True
+
+    def finish(self, head: ChainHead | None, *, newest_seq: int | None = None) -> Verdict:
+        """The verdict, given the chain head read before the entries (and, when entries
+        may have been appended meanwhile, the newest head seq read after them)."""
+        if self._broken is not None:
+            return self._broken
+        last = self.count
+        if head is None:
+            return self._verdict(last + 1, "the chain head is missing")
+        if head.seq > last:
+            gone = f"entry {last + 1} is" if head.seq == last + 1 else f"entries {last + 1}… are"
+            return self._verdict(last + 1, f"{gone} missing: the chain head is at {head.seq}")
+        if head.seq < last:
+            return self._verdict(
+                head.seq + 1,
+                f"entries after the chain head ({head.seq}) were written around the chain",
+            )
+        if head.hash != self._prev:
+            return self._verdict(max(last, 1), "the last entry does not match the chain head")
+        newest = max(last, newest_seq or 0)
+        beyond = sorted(seq for seq in self.anchors if seq > newest)
+        if beyond:
+            return self._verdict(
+                last + 1,
+                f"entry {beyond[0]} was published on gateway.audit but is not in the log",
+            )
+        return Verdict(self.count, anchored=self.anchored)
+
+    def _verdict(self, seq: int, reason: str) -> Verdict:
+        self._break(seq, reason)
+        assert self._broken is not None
+        return self._broken
+
+
+def verify_chain(
+    entries: Iterable[AuditEntry],
+    head: ChainHead | None,
+    anchors: Mapping[int, Collection[str]] | None = None,
+) -> Verdict:
+    """Verify a whole chain held in memory (entries in seq order)."""
+    verifier = ChainVerifier(anchors or {})
+    for entry in entries:
+        if not verifier.feed(entry):
+            break
+    return verifier.finish(head)
+
+
+async def read_head(conn: AsyncConnection) -> ChainHead | None:
+    row = (
+        await conn.execute(
+            sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
+        )
+    ).first()
+    return ChainHead(row.seq, row.hash) if row is not None else None
+
+
+async def verify(
+    conn: AsyncConnection, anchors: Mapping[int, Collection[str]] | None = None
+) -> Verdict:
+    """Verify the stored chain, in batches, while the gateway may go on appending.
+
+    Appends commit their entries and the head together, so: the head is read first and only
+    entries up to it are checked; then the newest seq is read, then the head again, and an
+    entry beyond that head was written around the chain.
+    """
+    head = await read_head(conn)
+    verifier = ChainVerifier(anchors or {})
+    after = 0
+    while True:
+        query = sa.select(audit_log).where(audit_log.c.seq > after)
+        if head is not None:
+            query = query.where(audit_log.c.seq <= head.seq)
+        rows = list(await conn.execute(query.order_by(audit_log.c.seq).limit(VERIFY_BATCH)))
+        for row in rows:
+            if not verifier.feed(entry_from_row(row)):
+                return verifier.finish(head)
+        if len(rows) < VERIFY_BATCH:
+            break
+        after = rows[-1].seq
+    top = (await conn.execute(sa.select(sa.func.max(audit_log.c.seq)))).scalar()
+    head_now = await read_head(conn)
+    verdict = verifier.finish(head, newest_seq=head_now.seq if head_now is not None else None)
+    if verdict.ok and head_now is not None and top is not None and top > head_now.seq:
+        return Verdict(
+            verdict.entries,
+            head_now.seq + 1,
+            f"entries after the chain head ({head_now.seq}) were written around the chain",
+            verdict.anchored,
+        )
+    return verdict
+
+
+async def read_anchors(settings: Settings, bootstrap: str) -> dict[int, set[str]]:
+    """seq → hashes of every entry now on `gateway.audit` (records it cannot read are
+    skipped: they are not the gateway's). Raises TopicMissing if there is no such topic,
+    KafkaReadTimeout after `kafka_read_timeout_seconds`."""
+    topic = settings.topic(AUDIT)
+    until = read_deadline(settings)
+    tps = await topic_partitions(settings, bootstrap, topic, until=until)
+    what = f"reading {topic}"
+    async with started_reader(settings, bootstrap, until=until, what=what) as consumer:
+        records = await read_to_end(consumer, tps, until=until, what=what)
+    anchors: dict[int, set[str]] = {}
+    for record in records:
+        try:
+            entry = AuditEntry.model_validate_json(record.value or b"")
+        except ValueError:
+            continue
+        anchors.setdefault(entry.seq, set()).add(entry.hash)
+    return anchors

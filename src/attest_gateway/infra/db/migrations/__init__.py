@@ -1,0 +1,1 @@
+"""Alembic migrations (run programmatically by `attest_gateway.infra.db.migrate`)."""

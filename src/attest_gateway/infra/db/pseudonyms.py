@@ -1,0 +1,336 @@
+"""Citizens' pseudonyms (case refs), the CPR numbers sealed to re-key them from, and the
+record of which pseudonym key the store was written with.
+
+- A case ref is `<key id>.<32 hex>`: the key id is the first 6 hex digits of SHA-256 of the
+  pseudonym key, the rest is `crypto.case_ref` (HMAC-SHA256 of the CPR number under that key,
+  truncated). A pseudonym made under another key is recognisable by its key id. Refs made
+  before key ids existed are bare (32 hex) and belong to the key the store first recorded.
+- At ingest the CPR number is also sealed with HPKE to the gateway organisation's own current
+  key (`seal_citizen`), bound to the row it belongs to (`conversation:<id>`,
+  `contact:<id>`). Only the gateway, holding the private key in its key ring, can open it;
+  `attest-gateway pseudonyms rekey` (infra/db/rekey.py) does, to compute the pseudonyms
+  under a new key.
+- Two rows of `leases` record the key: `pseudonym-key` (holder = the key id every stored
+  pseudonym is made with) and `pseudonym-legacy-key` (holder = the key id bare refs belong
+  to; deleted by the first re-key). The first gateway start after migration 0007 records its
+  key and prefixes the bare refs already stored; every start checks that its key is the
+  recorded one (`check_store_key`), and refuses to start otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from attest_gateway.config import Settings
+from attest_gateway.contracts.contacts import NotATrackingEvent, parse_tracking_event
+from attest_gateway.crypto import sealing as crypto
+from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey, utcnow
+from attest_gateway.infra.db import directory
+from attest_gateway.infra.db.engine import insert_ignore
+from attest_gateway.infra.db.tables import (
+    conversations,
+    leases,
+    outbox,
+    tracker_cell_citizens,
+    tracker_contacts,
+    tracker_conversations,
+    tracker_episodes,
+)
+
+KEY_ROW = "pseudonym-key"
+LEGACY_ROW = "pseudonym-legacy-key"
+KEY_ID_HEX = 6
+
+# Every column that holds a case ref. `gateway.tracking` outbox rows hold it in their JSON
+# (and a contact event's record key is its case ref): see `rewrite_tracking_row`.
+REF_COLUMNS: tuple[sa.Column[Any], ...] = (
+    conversations.c.case_ref,
+    tracker_conversations.c.case_ref,
+    tracker_episodes.c.case_ref,
+    tracker_contacts.c.case_ref,
+    tracker_cell_citizens.c.case_ref,
+)
+
+_SEAL_INFO = b"attest-gateway/citizen-cpr/v1"
+
+
+class PseudonymKeyMismatch(RuntimeError):
+    """The configured pseudonym key is not the one the store's pseudonyms were made with."""
+
+
+class CitizenSealError(ValueError):
+    """A sealed CPR number that cannot be opened (unknown key, wrong row, damaged)."""
+
+
+def key_id(key: bytes) -> str:
+    """The short public id of a pseudonym key (reveals nothing usable about the key)."""
+    return hashlib.sha256(key).hexdigest()[:KEY_ID_HEX]
+
+
+def case_ref(cpr: str, key: bytes) -> str:
+    """The citizen's pseudonym under `key`: `<key id>.<HMAC-SHA256(key, CPR)[:32]>`."""
+    return f"{key_id(key)}.{crypto.case_ref(cpr, key)}"
+
+
+def key_id_of(ref: str) -> str | None:
+    """The key id a case ref was made with; None for a bare ref (made before key ids)."""
+    kid, dot, _ = ref.partition(".")
+    return kid if dot else None
+
+
+def unlinked_ref(ref: str, new_key: bytes) -> str:
+    """The pseudonym under `new_key` of a ref that has no sealed CPR number to re-key from
+    (`rekey --force`): a keyed digest of the old ref. Rows that shared the old ref share
+    this one, but it is not the new pseudonym of the citizen's CPR number."""
+    digest = hmac.new(new_key, b"unlinked\x00" + ref.encode("ascii"), hashlib.sha256)
+    return f"{key_id(new_key)}.{digest.hexdigest()[:32]}"
+
+
+def pseudonym_key_file(settings: Settings) -> Path:
+    """Where the generated pseudonym key lives when PSEUDONYM_KEY is not set."""
+    return settings.effective_keys_dir / "pseudonym.key"
+
+
+def staged_key_file(settings: Settings) -> Path:
+    """A re-key writes the new generated key here first (see infra/db/rekey.py)."""
+    return pseudonym_key_file(settings).with_name("pseudonym.key.new")
+
+
+# --- the CPR number sealed to the gateway's own key ---------------------------------------------
+
+
+def _info(key_id: str, context: str) -> bytes:
+    return b"\x00".join((_SEAL_INFO, key_id.encode("utf-8"), context.encode("utf-8")))
+
+
+def seal_citizen(cpr: str, recipient: PublicHpkeKey, *, context: str) -> str:
+    """The CPR number sealed (HPKE, base mode) to `recipient`, bound to `context` (the row it
+    is stored in). JSON text: version, recipient key id, suite, base64 of enc || ciphertext."""
+    suite = crypto._SUITES[recipient.suite]
+    sealed = suite.encrypt(
+        cpr.encode("ascii"), recipient.key, info=_info(recipient.key_id, context)
+    )
+    return json.dumps(
+        {
+            "v": 1,
+            "key_id": recipient.key_id,
+            "suite": recipient.suite,
+            "ct": base64.b64encode(sealed).decode("ascii"),
+        },
+        separators=(",", ":"),
+    )
+
+
+def sealed_key_id(sealed: str) -> str:
+    """The HPKE key id a sealed CPR number was sealed to."""
+    try:
+        return str(json.loads(sealed)["key_id"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CitizenSealError("the sealed CPR number is not readable") from exc
+
+
+def open_citizen(sealed: str, keyring: KeyRing, *, context: str) -> str:
+    """Open a sealed CPR number with the key ring. Raises CitizenSealError."""
+    try:
+        data = json.loads(sealed)
+        kid, suite_name, blob = str(data["key_id"]), str(data["suite"]), str(data["ct"])
+        if data.get("v") != 1:
+            raise CitizenSealError("the sealed CPR number has an unknown version")
+        ciphertext = base64.b64decode(blob, validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CitizenSealError("the sealed CPR number is not readable") from exc
+    private = keyring.hpke_key(kid)
+    if private is None:
+        raise CitizenSealError(f"the gateway holds no HPKE key {kid}")
+    if private.suite != suite_name or suite_name not in crypto._SUITES:
+        raise CitizenSealError("the sealed CPR number's suite is not its key's")
+    try:
+        plain = crypto._SUITES[suite_name].decrypt(
+            ciphertext, private.key, info=_info(kid, context)
+        )
+    except (InvalidTag, ValueError) as exc:
+        raise CitizenSealError(
+            "the sealed CPR number does not open (wrong row or damaged)"
+        ) from exc
+    cpr = plain.decode("ascii", "replace")
+    if len(cpr) != 10 or not cpr.isdigit():
+        raise CitizenSealError("the sealed CPR number does not hold a CPR number")
+    return cpr
+
+
+async def gateway_hpke_key(
+    conn: AsyncConnection, keyring: KeyRing, gateway_org_id: str, now: dt.datetime
+) -> PublicHpkeKey:
+    """The gateway organisation's current HPKE key as the directory lists it (what other mail
+    to the gateway is sealed to: never a revoked key), provided the key ring holds its
+    private half, so that what is sealed to it can be opened again."""
+    key = await directory.current_hpke_key(conn, gateway_org_id, now)
+    if key is None or keyring.hpke_key(key.key_id) is None:
+        raise RuntimeError(
+            f"the gateway organisation {gateway_org_id!r} has no usable HPKE key in its key file"
+        )
+    return key
+
+
+async def seal_for_gateway(
+    conn: AsyncConnection,
+    keyring: KeyRing,
+    gateway_org_id: str,
+    cpr: str,
+    *,
+    context: str,
+    now: dt.datetime,
+) -> str:
+    """The CPR number sealed to the gateway's own current HPKE key (ingest)."""
+    recipient = await gateway_hpke_key(conn, keyring, gateway_org_id, now)
+    return seal_citizen(cpr, recipient, context=context)
+
+
+def conversation_context(conversation_id: str) -> str:
+    return f"conversation:{conversation_id}"
+
+
+def contact_context(contact_id: str) -> str:
+    return f"contact:{contact_id}"
+
+
+# --- the store's key ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreKey:
+    """The pseudonym key the store was written with (by id), as the tracker applies it."""
+
+    key_id: str
+    legacy: bool = False  # bare refs (made before key ids) are this key's
+
+    def admit(self, ref: str) -> str | None:
+        """The ref as stored (bare refs get the key id), or None if made under another key."""
+        kid = key_id_of(ref)
+        if kid is None:
+            return f"{self.key_id}.{ref}" if self.legacy else None
+        return ref if kid == self.key_id else None
+
+
+async def recorded_key(conn: AsyncConnection) -> tuple[str | None, str | None]:
+    """(key id of the store's pseudonyms, key id bare refs belong to), as recorded."""
+    rows = await conn.execute(
+        sa.select(leases.c.name, leases.c.holder).where(leases.c.name.in_([KEY_ROW, LEGACY_ROW]))
+    )
+    found = {r.name: r.holder for r in rows}
+    return found.get(KEY_ROW), found.get(LEGACY_ROW)
+
+
+def mismatch_message(configured: str, recorded: str) -> str:
+    return (
+        f"the pseudonym key (key id {configured}) is not the key the store's pseudonyms were "
+        f"made with (key id {recorded}): configure that key (after a re-key, the new key "
+        "`attest-gateway pseudonyms rekey` moved the store to)"
+    )
+
+
+async def check_store_key(engine: AsyncEngine, key: bytes, *, tracking_topic: str) -> StoreKey:
+    """Record the key on first use, else check it is the recorded one. Raises
+    PseudonymKeyMismatch (one sentence) when the store was written with another key."""
+    async with engine.begin() as conn:
+        return await store_key(conn, key, tracking_topic=tracking_topic)
+
+
+async def store_key(conn: AsyncConnection, key: bytes, *, tracking_topic: str) -> StoreKey:
+    """`check_store_key` in the caller's transaction (its first statement writes, so that
+    SQLite's transaction begins with it)."""
+    kid = key_id(key)
+    now = utcnow()
+    if await insert_ignore(conn, leases, {"name": KEY_ROW, "holder": kid, "until": now}):
+        await insert_ignore(conn, leases, {"name": LEGACY_ROW, "holder": kid, "until": now})
+        await prefix_bare_refs(conn, kid, tracking_topic)
+    recorded, legacy = await recorded_key(conn)
+    if recorded != kid:
+        raise PseudonymKeyMismatch(mismatch_message(kid, str(recorded)))
+    return StoreKey(kid, legacy=legacy == kid)
+
+
+async def prefix_bare_refs(conn: AsyncConnection, kid: str, tracking_topic: str) -> int:
+    """Give every bare ref in the store (made before key ids, under the key being recorded
+    now) its key id; the same for the JSON of unpublished tracking events. Returns the rows
+    changed."""
+    changed = 0
+    for column in REF_COLUMNS:
+        table = column.table
+        assert isinstance(table, sa.Table)
+        result = await conn.execute(
+            table.update()
+            .where(sa.not_(column.contains(".", autoescape=True)))
+            .values({column.key: sa.literal(f"{kid}.") + column})
+        )
+        changed += int(result.rowcount or 0)
+    admit = StoreKey(kid, legacy=True).admit
+    rows = await conn.execute(
+        sa.select(outbox.c.id, outbox.c.key, outbox.c.value).where(
+            tracking_rows_filter(tracking_topic, None)
+        )
+    )
+    updates = []
+    for row in rows:
+        try:
+            new = rewrite_tracking_row(row.key, row.value, admit)
+        except ValueError:  # unreadable: the tracker dead-letters it as it would have
+            continue
+        if new is not None:
+            updates.append({"row_id": row.id, "new_key": new[0], "new_value": new[1]})
+    await update_outbox_rows(conn, updates, republish=False)
+    return changed + len(updates)
+
+
+def rewrite_tracking_row(
+    key: str, value: bytes, new_ref: Callable[[str], str | None]
+) -> tuple[str, bytes] | None:
+    """A `gateway.tracking` outbox row with its case ref replaced by `new_ref(old)` (a
+    contact event's record key is its case ref, so that too). None when unchanged; raises
+    ValueError when `new_ref` gives None (a ref it cannot map) or the row is unreadable."""
+    try:
+        event = parse_tracking_event(value)
+    except NotATrackingEvent as exc:
+        raise ValueError(f"an unreadable tracking event in the outbox: {exc}") from exc
+    mapped = new_ref(event.case_ref)
+    if mapped is None:
+        raise ValueError("a tracking event in the outbox has a pseudonym that cannot be mapped")
+    if mapped == event.case_ref:
+        return None
+    new_key = mapped if key == event.case_ref else key
+    return new_key, event.model_copy(update={"case_ref": mapped}).model_dump_json().encode()
+
+
+async def update_outbox_rows(
+    conn: AsyncConnection, updates: Sequence[dict[str, Any]], *, republish: bool
+) -> None:
+    """Write rewritten tracking rows (`row_id`, `new_key`, `new_value`); `republish` makes the
+    relay publish them again (their earlier copies carry the old pseudonym)."""
+    if not updates:
+        return
+    values: dict[str, Any] = {"key": sa.bindparam("new_key"), "value": sa.bindparam("new_value")}
+    if republish:
+        values |= {"published_at": None, "claim_token": None, "claimed_until": None}
+    stmt = outbox.update().where(outbox.c.id == sa.bindparam("row_id")).values(values)
+    for start in range(0, len(updates), 1000):
+        await conn.execute(stmt, list(updates[start : start + 1000]))
+
+
+def tracking_rows_filter(topic: str, since: dt.datetime | None) -> sa.ColumnElement[bool]:
+    """The `gateway.tracking` outbox rows a re-key rewrites: unpublished, or published since."""
+    unpublished = outbox.c.published_at.is_(None)
+    if since is None:
+        return sa.and_(outbox.c.topic == topic, unpublished)
+    return sa.and_(outbox.c.topic == topic, sa.or_(unpublished, outbox.c.published_at >= since))

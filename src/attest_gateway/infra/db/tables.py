@@ -1,0 +1,389 @@
+"""Table definitions (SQLAlchemy Core). The Alembic migrations must produce exactly these;
+a test compares them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Timestamp = sa.DateTime(timezone=True)
+
+organisations = sa.Table(
+    "organisations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("sor", sa.String(18), nullable=True, unique=True),
+    sa.Column("gln", sa.String(13), nullable=True, unique=True),
+    sa.Column("kommunekode", sa.String(3), nullable=True),
+    sa.Column("ydernummer", sa.String(6), nullable=True, unique=True),
+    sa.Column("region_code", sa.String(4), nullable=True),
+    sa.Column("api_key_hash", sa.String(64), nullable=True, unique=True),
+    sa.Column("custodial", sa.Boolean, nullable=False, default=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("webhook_url", sa.String(500), nullable=True),
+)
+
+org_keys = sa.Table(
+    "org_keys",
+    metadata,
+    sa.Column("key_id", sa.String(64), primary_key=True),
+    sa.Column("org_id", sa.String(64), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("purpose", sa.String(16), nullable=False),  # hpke | signing
+    sa.Column("algorithm", sa.String(64), nullable=False),  # HPKE suite or "Ed25519"
+    sa.Column("public_key", sa.Text, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("not_after", Timestamp, nullable=True),
+    sa.Column("revoked_at", Timestamp, nullable=True),
+    sa.Index(None, "org_id", "purpose"),
+)
+
+# One row (id 1): a random token that triggers on `organisations` and `org_keys` replace on
+# every write (migration 0008). The gateway's in-memory directory snapshot is current exactly
+# while its token equals this one (infra/db/directory.py).
+directory_generation = sa.Table(
+    "directory_generation",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("token", sa.String(32), nullable=False),
+)
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("jobcenter_org_id", sa.String(64), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("receiver_org_id", sa.String(64), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("request_message_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("attest_type", sa.String(16), nullable=False),
+    sa.Column("case_kind", sa.String(32), nullable=False),
+    sa.Column("caseworker_ref", sa.String(64), nullable=False),
+    sa.Column("municipality", sa.String(3), nullable=False),
+    sa.Column("region_code", sa.String(4), nullable=False),
+    sa.Column("case_ref", sa.String(64), nullable=False),
+    sa.Column("psychiatric_course", sa.Boolean, nullable=False),
+    sa.Column("first_day_of_absence", sa.Date, nullable=False),
+    sa.Column("reply_deadline", sa.Date, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    # the CPR number sealed to the gateway's own HPKE key, to re-key pseudonyms (0007)
+    sa.Column("citizen_sealed", sa.Text, nullable=True),
+    sa.Index(None, "jobcenter_org_id", "created_at"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("org_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("conversation_id", sa.String(64), nullable=False),
+    sa.Column("response", sa.Text, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+# Messages accepted from a sender at the API (MedCom duplicate detection on MessageHeader.id
+# and Bundle.id together); `response` is the answer given the first time, repeated verbatim.
+inbound_messages = sa.Table(
+    "inbound_messages",
+    metadata,
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("bundle_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("sender_org_id", sa.String(64), nullable=False),
+    sa.Column("conversation_id", sa.String(64), nullable=False),
+    sa.Column("message_type", sa.String(32), nullable=False),
+    sa.Column("response", sa.Text, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.String(200), nullable=False),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("headers", sa.Text, nullable=False),
+    sa.Column("message_id", sa.String(64), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("published_at", Timestamp, nullable=True),
+    # how often the relay published it (the sweeper re-publishes what never arrived)
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # set by the delivery consumer when the message reached its mailbox
+    sa.Column("delivered_at", Timestamp, nullable=True),
+    # the relay that leased the row for publishing, and until when
+    sa.Column("claim_token", sa.String(32), nullable=True),
+    sa.Column("claimed_until", Timestamp, nullable=True),
+    sa.Index(None, "published_at", "id"),
+    sa.Index(None, "message_id"),
+    sa.Index(None, "claim_token"),
+)
+
+mailbox = sa.Table(
+    "mailbox",
+    metadata,
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("receiver_org_id", sa.String(64), nullable=False),
+    sa.Column("sender_org_id", sa.String(64), nullable=False),
+    sa.Column("conversation_id", sa.String(64), nullable=False),
+    sa.Column("message_type", sa.String(32), nullable=False),
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+    sa.Column("delivered_at", Timestamp, nullable=False),
+    sa.Column("fetched_at", Timestamp, nullable=True),
+    sa.Column("collected_at", Timestamp, nullable=True),
+    # set when the gateway could not open a job centre's reply (migration 0013): the inbox
+    # hands out the readable ones first and names this one, with the error code
+    sa.Column("unreadable_at", Timestamp, nullable=True),
+    sa.Column("unreadable_reason", sa.String(64), nullable=True),
+    sa.Index(None, "receiver_org_id", "collected_at", "delivered_at"),
+)
+
+stages = sa.Table(
+    "stages",
+    metadata,
+    sa.Column("conversation_id", sa.String(64), primary_key=True),
+    sa.Column("stage", sa.String(32), primary_key=True),
+    sa.Column("message_id", sa.String(64), nullable=False),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("detail", sa.String(200), nullable=True),
+)
+
+# --- reliability (migration 0003) ------------------------------------------------------------
+
+# Short leases that let one of several processes do a job alone (e.g. recovering the broker).
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("until", Timestamp, nullable=False),
+)
+
+# Messages the gateway sent on behalf of a custodial organisation and that await a MedCom
+# acknowledgement. `copy` is the same Bundle sealed for the gateway's own key, so that a
+# resend can carry a new Bundle.id under the same MessageHeader.id.
+sent_messages = sa.Table(
+    "sent_messages",
+    metadata,
+    sa.Column("message_id", sa.String(64), primary_key=True),
+    sa.Column("conversation_id", sa.String(64), nullable=False),
+    sa.Column("sender_org_id", sa.String(64), nullable=False),
+    sa.Column("receiver_org_id", sa.String(64), nullable=False),
+    sa.Column("message_type", sa.String(32), nullable=False),
+    sa.Column("copy", sa.LargeBinary, nullable=False),
+    sa.Column("sent_at", Timestamp, nullable=False),
+    sa.Column("last_sent_at", Timestamp, nullable=False),
+    sa.Column("resend_count", sa.Integer, nullable=False, default=0),
+    sa.Column("acknowledged_at", Timestamp, nullable=True),
+    sa.Column("undeliverable_at", Timestamp, nullable=True),
+    sa.Index(None, "acknowledged_at", "undeliverable_at", "last_sent_at"),
+)
+
+# Columns that hold ciphertext (sealed envelopes, the gateway's sealed copies, sealed CPR
+# numbers). On PostgreSQL they are stored EXTERNAL (migration 0012): out of line when large,
+# never compressed. Ciphertext does not compress, but an envelope's JSON header does a little,
+# so PostgreSQL's pglz went on through the whole value before it gave up: 14 % of the
+# server's CPU under ingest load.
+SEALED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("outbox", "value"),
+    ("mailbox", "envelope"),
+    ("sent_messages", "copy"),
+    ("conversations", "citizen_sealed"),
+    ("tracker_contacts", "citizen_sealed"),
+)
+
+# --- tracker (migration 0002) ----------------------------------------------------------------
+# The tracker's own state, fed only by `gateway.tracking` events and its sweep. Citizens appear
+# only as case refs (keyed pseudonyms); no CPR number and no message text is ever stored here.
+
+# One row per conversation: metadata from its stage events, the first time of each stage, the
+# tracker's effective deadline and its flags.
+tracker_conversations = sa.Table(
+    "tracker_conversations",
+    metadata,
+    sa.Column("conversation_id", sa.String(64), primary_key=True),
+    sa.Column("attest_type", sa.String(16), nullable=False),
+    sa.Column("case_kind", sa.String(32), nullable=False),
+    sa.Column("municipality", sa.String(3), nullable=False),
+    sa.Column("region_code", sa.String(4), nullable=False),
+    sa.Column("jobcenter_org", sa.String(64), nullable=False),
+    sa.Column("receiver_org", sa.String(64), nullable=False),
+    sa.Column("receiver_role", sa.String(32), nullable=True),
+    sa.Column("case_ref", sa.String(64), nullable=False),
+    sa.Column("psychiatric_course", sa.Boolean, nullable=False),
+    sa.Column("first_day_of_absence", sa.Date, nullable=False),
+    sa.Column("request_deadline", sa.Date, nullable=False),
+    sa.Column("due_date", sa.Date, nullable=True),
+    sa.Column("submitted_at", Timestamp, nullable=True),
+    sa.Column("published_at", Timestamp, nullable=True),
+    sa.Column("in_mailbox_at", Timestamp, nullable=True),
+    sa.Column("fetched_at", Timestamp, nullable=True),
+    sa.Column("acknowledged_at", Timestamp, nullable=True),
+    sa.Column("replied_at", Timestamp, nullable=True),
+    sa.Column("reply_in_inbox_at", Timestamp, nullable=True),
+    sa.Column("reply_fetched_at", Timestamp, nullable=True),
+    sa.Column("reply_acknowledged_at", Timestamp, nullable=True),
+    sa.Column("overdue_at", Timestamp, nullable=True),
+    sa.Column("last_reminded_at", Timestamp, nullable=True),
+    sa.Column("reminders", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("requested_late", sa.Boolean, nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=True),  # on_time | overdue
+    sa.Index(None, "outcome", "due_date"),
+    sa.Index(None, "case_ref"),
+)
+
+# Reminders the sweep sent: at most `tracker_reminder_max` per conversation (seq 1, 2, ...).
+tracker_reminders = sa.Table(
+    "tracker_reminders",
+    metadata,
+    sa.Column("conversation_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("message_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("sent_at", Timestamp, nullable=False),
+)
+
+# A sick-listing episode of a citizen with a psychiatric course at one job centre: was there a
+# direct job-centre ↔ psychiatry contact within the window?
+tracker_episodes = sa.Table(
+    "tracker_episodes",
+    metadata,
+    sa.Column("case_ref", sa.String(64), primary_key=True),
+    sa.Column("jobcenter_org", sa.String(64), primary_key=True),
+    sa.Column("first_day_of_absence", sa.Date, primary_key=True),
+    sa.Column("case_kind", sa.String(32), nullable=False),
+    sa.Column("municipality", sa.String(3), nullable=False),
+    sa.Column("region_code", sa.String(4), nullable=False),
+    sa.Column("window_end", sa.Date, nullable=False),
+    sa.Column("first_contact_at", Timestamp, nullable=True),
+    sa.Column("contact_source", sa.String(16), nullable=True),  # message | registered
+    sa.Column("outcome", sa.String(16), nullable=True),  # contact | no_contact
+    sa.Column("decided_at", Timestamp, nullable=True),
+    sa.Index(None, "outcome", "window_end"),
+)
+
+# Contacts a job centre registered (`POST /jobcenter/v1/contacts`): a meeting or call with
+# psychiatry about a citizen, known here by case ref only.
+tracker_contacts = sa.Table(
+    "tracker_contacts",
+    metadata,
+    sa.Column("contact_id", sa.String(64), primary_key=True),
+    sa.Column("jobcenter_org", sa.String(64), nullable=False),
+    sa.Column("psychiatry_org", sa.String(64), nullable=False),
+    sa.Column("case_ref", sa.String(64), nullable=False),
+    sa.Column("case_kind", sa.String(32), nullable=False),
+    sa.Column("first_day_of_absence", sa.Date, nullable=False),
+    sa.Column("contact_date", sa.Date, nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("response", sa.Text, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    # the CPR number sealed to the gateway's own HPKE key, to re-key pseudonyms (0007)
+    sa.Column("citizen_sealed", sa.Text, nullable=True),
+    sa.UniqueConstraint("jobcenter_org", "idempotency_key"),
+)
+
+# Incremental rollups, maintained as events arrive. A cell is (grain, period kind, period
+# start, attest type, dim): grain `national` (dim DK) / `region` / `municipality` / `receiver`
+# with its code as dim; attest type `*` for all types, `-` for citizen-level (contact) counts.
+# Each cell is a row of `tracker_cells` and the rollups refer to it by its id (migration
+# 0011): every event writes several rollup rows, and an insert or update keyed by one integer
+# costs PostgreSQL about half of one keyed by the five columns. The id is a digest of the
+# five columns (`tracker.store.cell_id`), so a tracker that remembers ids can find one
+# missing, never pointing at another cell.
+# The counter and histogram rows are updated by every event: their pages keep a fifth free, so
+# that an update finds room beside its row (a HOT update, no new index entry). Migration 0010.
+ROLLUP_FILLFACTOR = 80
+
+tracker_cells = sa.Table(
+    "tracker_cells",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("grain", sa.String(16), nullable=False),
+    sa.Column("period_kind", sa.String(5), nullable=False),
+    sa.Column("period_start", sa.Date, nullable=False),
+    sa.Column("attest_type", sa.String(16), nullable=False),
+    sa.Column("dim", sa.String(64), nullable=False),
+    sa.UniqueConstraint(
+        "grain", "period_kind", "period_start", "attest_type", "dim", name="uq_tracker_cells_key"
+    ),
+)
+
+
+def _cell_id() -> sa.Column[int]:
+    return sa.Column("cell_id", sa.BigInteger, sa.ForeignKey("tracker_cells.id"), primary_key=True)
+
+
+tracker_counts = sa.Table(
+    "tracker_counts",
+    metadata,
+    _cell_id(),
+    sa.Column("requests", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("citizens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("late_requests", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("replied", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("decided", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("overdue", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("reminders", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("contact_decided", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("contact_covered", sa.BigInteger, nullable=False, server_default="0"),
+    postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
+)
+
+# Duration histograms per cell: log-scale buckets (8 per doubling, from one minute).
+tracker_durations = sa.Table(
+    "tracker_durations",
+    metadata,
+    _cell_id(),
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("bucket", sa.SmallInteger, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
+)
+
+# Which citizens a cell already counts (so `tracker_counts.citizens` counts each one once).
+tracker_cell_citizens = sa.Table(
+    "tracker_cell_citizens",
+    metadata,
+    _cell_id(),
+    sa.Column("case_ref", sa.String(64), primary_key=True),
+)
+
+# --- audit (migration 0005) ------------------------------------------------------------------
+# The append-only, hash-chained audit log (infra/db/audit.py): reads of content and
+# administrative changes. Ids and addresses only, never content or CPR numbers.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("subject_org", sa.String(64), nullable=True),
+    sa.Column("message_id", sa.String(64), nullable=True),
+    sa.Column("conversation_id", sa.String(64), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),  # canonical JSON of a str → str map
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index(None, "actor", "seq"),
+    sa.Index(None, "subject_org", "seq"),
+)
+
+# One row (id 1): the chain's last seq and hash. Appends lock it, so two processes never
+# fork the chain; `audit verify` holds the log against it, so a cut tail shows.
+audit_head = sa.Table(
+    "audit_head",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)

@@ -1,0 +1,1 @@
+"""What happens because time passes: re-publishing, the MedCom resend rule, retention."""

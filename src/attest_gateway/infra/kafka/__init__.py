@@ -1,0 +1,1 @@
+"""Kafka: topics, producer, consumer loop, outbox relay, dead letters, and the embedded broker."""

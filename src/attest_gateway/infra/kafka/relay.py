@@ -1,0 +1,198 @@
+"""The outbox relay: publishes stored outbox rows to Kafka (acks=all) and marks them published.
+
+The API writes an accepted message and its outbox rows in one transaction before it answers
+202; the relay is the only path from the store to Kafka. It is woken after each commit in
+this process and also polls, so rows written by another replica or left by a crash are
+published too. Publishing twice is harmless: every consumer writes idempotently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.errors import Unavailable
+from attest_gateway.crypto.sealing import utcnow
+from attest_gateway.infra.db.engine import STORE_ERRORS, autocommit, one_of
+from attest_gateway.infra.db.tables import outbox
+from attest_gateway.infra.kafka.bus import Topics
+from attest_gateway.observability import metrics
+from attest_gateway.services.messaging import StageRecord, conversations_by_request, record_stages
+
+log = structlog.get_logger(__name__)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        *,
+        batch_size: int,
+        poll_seconds: float,
+        max_pending: int,
+    ) -> None:
+        self._engine = engine
+        self._producer = producer
+        self._topics = topics
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._max_pending = max_pending
+        self._lease = dt.timedelta(seconds=60)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.pending = 0  # unpublished outbox rows at the last look (all replicas' rows)
+
+    def admit(self) -> None:
+        """Back-pressure: while Kafka is unreachable the outbox fills; past the bound, 503."""
+        if self.pending >= self._max_pending:
+            raise Unavailable(
+                "outbox-full", "the gateway cannot forward messages right now; retry later"
+            )
+
+    def wake(self) -> None:
+        """A transaction just added outbox rows: publish them now."""
+        self.pending += 1
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                published = await self.publish_pending()
+            except (KafkaError, *STORE_ERRORS, OSError) as exc:
+                log.warning("relay.failed", error=type(exc).__name__)
+                published = 0
+                await asyncio.sleep(self._poll_seconds)
+            with contextlib.suppress(*STORE_ERRORS, OSError):
+                await self.count_pending()
+            if published == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
+                self._wake.clear()
+
+    async def count_pending(self) -> int:
+        async with self._engine.connect() as conn:
+            await autocommit(conn)
+            self.pending = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(outbox)
+                    .where(outbox.c.published_at.is_(None))
+                )
+            ).scalar_one()
+        return self.pending
+
+    async def claim(self, now: dt.datetime) -> list[sa.Row[Any]]:
+        """Lease a batch of unpublished rows to this relay, so that several relays (API
+        replicas, workers) do not all publish the same rows. A lease that runs out (the relay
+        died) makes the rows claimable again."""
+        token = secrets.token_hex(8)
+        free = sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now)
+        async with self._engine.begin() as conn:
+            candidates = (
+                sa.select(outbox.c.id)
+                .where(outbox.c.published_at.is_(None), free)
+                .order_by(outbox.c.id)
+                .limit(self._batch_size)
+                .scalar_subquery()
+            )
+            claimed = await conn.execute(
+                outbox.update()
+                # `free` again: PostgreSQL re-checks it on rows another relay just claimed.
+                .where(outbox.c.id.in_(candidates), outbox.c.published_at.is_(None), free)
+                .values(claim_token=token, claimed_until=now + self._lease)
+                .returning(*outbox.c)
+            )
+            # RETURNING has no order: publish in the outbox's order (per key, Kafka keeps it).
+            return sorted(claimed.all(), key=lambda row: row.id)
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unpublished rows; returns how many were published."""
+        rows = await self.claim(utcnow())
+        if not rows:
+            return 0
+        try:
+            futures = []
+            for row in rows:
+                headers = [(k, v.encode()) for k, v in orjson.loads(row.headers)]
+                futures.append(
+                    await self._producer.send(
+                        row.topic, value=row.value, key=row.key.encode(), headers=headers
+                    )
+                )
+            await asyncio.gather(*futures)
+        except BaseException:
+            # Give the rows back at once, so the next attempt (this relay's or another's) does
+            # not wait for the lease to run out. Some may have been sent: consumers are
+            # idempotent, so sending them again is safe.
+            with contextlib.suppress(*STORE_ERRORS, OSError):
+                await asyncio.shield(self._release(rows[0].claim_token))
+            raise
+        metrics.produced(row.topic for row in rows)
+        now = utcnow()
+        await self._mark_published(rows, rows[0].claim_token, now)
+        return len(rows)
+
+    async def _release(self, token: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.claim_token == token, outbox.c.published_at.is_(None))
+                .values(claimed_until=None)
+            )
+
+    async def _mark_published(
+        self, rows: Sequence[sa.Row[Any]], token: str, now: dt.datetime
+    ) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                outbox.update()
+                # Only rows still leased to this relay: if the sweeper took a row back meanwhile
+                # (the broker lost its state), what was just sent may be lost: publish it again.
+                .where(one_of(conn.dialect.name, outbox.c.id, [r.id for r in rows]))
+                .where(outbox.c.claim_token == token)
+                .values(published_at=now, attempts=outbox.c.attempts + 1, claimed_until=None)
+            )
+            # The requests among them reached Kafka: their conversations' `published` stage,
+            # for the whole batch in three statements.
+            requests = [
+                row.message_id
+                for row in rows
+                if row.topic == self._topics.medcom_messages and row.message_id is not None
+            ]
+            await record_stages(
+                conn,
+                self._topics,
+                [
+                    StageRecord(
+                        conv,
+                        Stage.PUBLISHED,
+                        conv.request_message_id,
+                        MessageType.ATTEST_REQUEST,
+                        now,
+                    )
+                    for conv in await conversations_by_request(conn, requests)
+                ],
+            )

@@ -1,0 +1,526 @@
+"""Build the gateway's outgoing MedCom-like FHIR messages as JSON-ready dicts.
+
+Three messages: the attest request (job centre → clinic), the attest reply (clinic → job
+centre) and the acknowledgement of either. **No MedCom profile exists for attests**, so
+request and reply are modelled on CareCommunication 5.0 (event
+``care-communication-message``, a Communication with category ``other`` plus a project
+coding for the LÆ type, a text payload, and a PDF attachment in replies); the
+acknowledgement follows Acknowledgement 2.0.
+
+The builders are pure: they use only the values passed in. The caller supplies the message
+and bundle ids and a timezone-aware send time; ids of the other resources in a new message
+(Communication, Patient, Organizations, Provenance, OperationOutcome, payload identifiers)
+are derived deterministically from the message id with UUIDv5, so the same inputs always
+give the same Bundle. Every output passes
+:func:`attest_gateway.medcom.message.parse_bundle`, and
+:func:`~attest_gateway.medcom.message.read_message` gives back the values put in.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import date, datetime
+from typing import Any, Final
+
+from attest_gateway.medcom.message import (
+    ACK_ERROR_CODES,
+    ACK_ERROR_CODES_SYSTEM,
+    ACKNOWLEDGEMENT_DEFINITION,
+    ACTIVITY_ACKNOWLEDGEMENT,
+    ACTIVITY_CODES_SYSTEM,
+    ACTIVITY_NEW,
+    ACTIVITY_REPLY,
+    ATTEST_TYPE_SYSTEM,
+    CARE_COMMUNICATION_DEFINITION,
+    CASE_KIND_SYSTEM,
+    CATEGORY_CODES_SYSTEM,
+    CATEGORY_OTHER,
+    CPR_SYSTEM,
+    DESTINATION_PRIMARY,
+    DESTINATION_USE_EXTENSION_URL,
+    DESTINATION_USE_SYSTEM,
+    ENTITY_ROLE_REVISION,
+    EVENT_ACKNOWLEDGEMENT,
+    EVENT_CARE_COMMUNICATION,
+    EVENT_CODES_SYSTEM,
+    GLN_SYSTEM,
+    HL7_ACK_ISSUE_CODES,
+    HL7_OPERATION_OUTCOME_SYSTEM,
+    MEDCOM_DATETIME_EXTENSION_URL,
+    MEDCOM_IDENTIFIER_EXTENSION_URL,
+    REPLY_DEADLINE_EXTENSION_URL,
+    SOR_ENDPOINT_PREFIX,
+    SOR_SYSTEM,
+    Bundle,
+    Communication,
+    MessageHeader,
+    Organization,
+    OrgIdentifiers,
+    Patient,
+    Provenance,
+    Reference,
+    ResponseCode,
+    org_identifiers,
+    own_provenance,
+    to_fhir_json,
+)
+
+CARE_COMMUNICATION_BASE: Final = "https://medcomfhir.dk/ig/carecommunication"
+"""Base of the fullUrls in request and reply Bundles (as in the MedCom examples)."""
+ACKNOWLEDGEMENT_BASE: Final = "https://medcomfhir.dk/ig/acknowledgement"
+"""Base of the fullUrls in acknowledgement Bundles (as in the MedCom examples)."""
+
+_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:attest-gateway:fhir-resource-ids")
+
+# FHIR IssueType for each acknowledgement error code (MedCom's example uses "structure").
+_ISSUE_TYPE: Final[dict[str, str]] = {
+    "MSG_Receiver_Identifier_UNKNOWN": "not-found",
+    "MSG_Receiver_Identifier_MISSING": "required",
+    "MSG_RECEIVER_UNABLE_TO_RECEIVE_MSG_TYPE": "not-supported",
+    "MSG_Mailbox_Out_Of_Operation": "transient",
+}
+
+
+def build_attest_request(
+    *,
+    message_id: str,
+    bundle_id: str,
+    sent_at: datetime,
+    sender: OrgIdentifiers,
+    receiver: OrgIdentifiers,
+    cpr: str,
+    attest_type: str,
+    attest_title: str,
+    case_kind: str,
+    questions: str,
+    reply_deadline: date,
+    conversation_id: str,
+) -> dict[str, Any]:
+    """A new CareCommunication-shaped attest request (Provenance activity ``new-message``)."""
+    when = _instant(sent_at)
+    sender_id = _derived_id(message_id, "Organization/sender")
+    receiver_id = _derived_id(message_id, "Organization/receiver")
+    patient_id = _derived_id(message_id, "Patient")
+    communication_id = _derived_id(message_id, "Communication")
+    payload_id = _derived_id(message_id, "payload/0")
+
+    communication: dict[str, Any] = {
+        "resourceType": "Communication",
+        "id": communication_id,
+        "identifier": [{"value": f"urn:uuid:{conversation_id}"}],
+        "extension": [
+            {"url": REPLY_DEADLINE_EXTENSION_URL, "valueDate": reply_deadline.isoformat()}
+        ],
+        "status": "unknown",
+        "category": [
+            {
+                "coding": [
+                    {"system": CATEGORY_CODES_SYSTEM, "code": CATEGORY_OTHER},
+                    {"system": ATTEST_TYPE_SYSTEM, "code": attest_type, "display": attest_title},
+                ]
+            }
+        ],
+        "reasonCode": [{"coding": [{"system": CASE_KIND_SYSTEM, "code": case_kind}]}],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "topic": {"text": f"Anmodning om {attest_type}: {attest_title}"},
+        "payload": [
+            _payload(when, payload_id, f"Organization/{sender_id}", {"contentString": questions})
+        ],
+    }
+    resources: list[dict[str, Any]] = [
+        _message_header(
+            message_id=message_id,
+            event=EVENT_CARE_COMMUNICATION,
+            sender_ref=f"Organization/{sender_id}",
+            sender_sor=_require_sor(sender, "sender"),
+            receiver_ref=f"Organization/{receiver_id}",
+            receiver_sor=_require_sor(receiver, "receiver"),
+            definition=CARE_COMMUNICATION_DEFINITION,
+            focus=f"Communication/{communication_id}",
+        ),
+        {
+            "resourceType": "Patient",
+            "id": patient_id,
+            "identifier": [{"system": CPR_SYSTEM, "value": cpr}],
+        },
+        communication,
+        _organization(receiver_id, receiver, "receiver"),
+        _organization(sender_id, sender, "sender"),
+        _provenance(
+            provenance_id=_derived_id(message_id, "Provenance"),
+            message_id=message_id,
+            when=when,
+            activity=ACTIVITY_NEW,
+            agent_ref=f"Organization/{sender_id}",
+            revision_of=None,
+            sources=[payload_id],
+        ),
+    ]
+    return _bundle(bundle_id, when, CARE_COMMUNICATION_BASE, resources)
+
+
+def build_attest_reply(
+    *,
+    request: Bundle,
+    message_id: str,
+    bundle_id: str,
+    sent_at: datetime,
+    text: str | None,
+    pdf: bytes | None,
+    pdf_title: str = "Attest",
+) -> dict[str, Any]:
+    """The reply to an attest request (Provenance activity ``reply-message``).
+
+    Sender and receiver are the request's receiver and sender; Patient, conversation
+    identifier, category (with the attest-type coding), case kind and topic are carried
+    over from the request. The request's Provenances are copied and a new one points at the
+    request's MessageHeader (entity role ``revision``). The request's payload is not
+    repeated. At least one of ``text`` and ``pdf`` is required.
+    """
+    if text is None and pdf is None:
+        raise ValueError("a reply needs a text, a PDF or both")
+    when = _instant(sent_at)
+    req_header = request.message_header
+    if req_header.eventCoding.code != EVENT_CARE_COMMUNICATION:
+        raise ValueError("only a CareCommunication-shaped message can be replied to")
+    req_sender = _organization_at(request, req_header.sender, "sender")
+    req_receiver = _organization_at(
+        request, req_header.destination[0].receiver if req_header.destination else None, "receiver"
+    )
+    req_communication = _focus_communication(request, req_header)
+    patient = request.resolve(
+        req_communication.subject.reference if req_communication.subject else None
+    )
+    if not isinstance(patient, Patient):
+        raise ValueError("the request has no Patient")
+
+    # The reply goes from the request's receiver back to its sender.
+    new_sender, new_receiver = req_receiver, req_sender
+    sender_ref, receiver_ref = _reference_to(new_sender), _reference_to(new_receiver)
+    communication_id = _derived_id(message_id, "Communication")
+
+    payload: list[dict[str, Any]] = []
+    payload_ids: list[str] = []
+    if text is not None:
+        payload_ids.append(_derived_id(message_id, f"payload/{len(payload_ids)}"))
+        payload.append(_payload(when, payload_ids[-1], sender_ref, {"contentString": text}))
+    if pdf is not None:
+        payload_ids.append(_derived_id(message_id, f"payload/{len(payload_ids)}"))
+        attachment = {
+            "contentType": "application/pdf",
+            "data": base64.b64encode(pdf).decode("ascii"),
+            "title": pdf_title,
+        }
+        payload.append(
+            _payload(when, payload_ids[-1], sender_ref, {"contentAttachment": attachment})
+        )
+
+    communication: dict[str, Any] = {"resourceType": "Communication", "id": communication_id}
+    if req_communication.identifier:
+        communication["identifier"] = [to_fhir_json(i) for i in req_communication.identifier]
+    communication["status"] = "unknown"
+    if req_communication.category:
+        communication["category"] = [to_fhir_json(c) for c in req_communication.category]
+    if req_communication.reasonCode:
+        communication["reasonCode"] = [to_fhir_json(c) for c in req_communication.reasonCode]
+    communication["subject"] = {"reference": _reference_to(patient)}
+    if req_communication.topic is not None:
+        communication["topic"] = to_fhir_json(req_communication.topic)
+    communication["payload"] = payload
+
+    resources: list[dict[str, Any]] = [
+        _message_header(
+            message_id=message_id,
+            event=EVENT_CARE_COMMUNICATION,
+            sender_ref=sender_ref,
+            sender_sor=_require_sor(org_identifiers(new_sender), "sender"),
+            receiver_ref=receiver_ref,
+            receiver_sor=_require_sor(org_identifiers(new_receiver), "receiver"),
+            definition=CARE_COMMUNICATION_DEFINITION,
+            focus=f"Communication/{communication_id}",
+        ),
+        to_fhir_json(patient),
+        communication,
+        to_fhir_json(new_receiver),
+        to_fhir_json(new_sender),
+        *(to_fhir_json(p) for p in request.resources(Provenance)),
+        _provenance(
+            provenance_id=_derived_id(message_id, "Provenance"),
+            message_id=message_id,
+            when=when,
+            activity=ACTIVITY_REPLY,
+            agent_ref=sender_ref,
+            revision_of=req_header.id,
+            sources=payload_ids,
+        ),
+    ]
+    return _bundle(bundle_id, when, CARE_COMMUNICATION_BASE, resources)
+
+
+def build_acknowledgement(
+    *,
+    acked: Bundle,
+    message_id: str,
+    bundle_id: str,
+    sent_at: datetime,
+    code: ResponseCode,
+    error_code: str | None = None,
+    error_text: str | None = None,
+) -> dict[str, Any]:
+    """A MedCom Acknowledgement 2.0 of ``acked``.
+
+    Sender is the acknowledged message's receiver and receiver its sender (the published
+    MedCom examples do not swap them; we do). ``response.identifier`` is the acknowledged
+    MessageHeader.id. When ``code`` is not ``ok``, ``error_code`` is required (a MedCom
+    acknowledgement error code, or one of the HL7 operation-outcome codes the MedCom
+    issue-details ValueSet allows) and goes into an OperationOutcome together with
+    ``error_text`` (as ``diagnostics``). The acknowledged message's own Provenance is copied
+    and an ``acknowledgement`` Provenance points at its MessageHeader (role ``revision``).
+    An acknowledgement is never acknowledged: ``acked`` must not be one.
+    """
+    when = _instant(sent_at)
+    acked_header = acked.message_header
+    if acked_header.eventCoding.code == EVENT_ACKNOWLEDGEMENT:
+        raise ValueError("an acknowledgement is never acknowledged")
+    if code == "ok" and (error_code is not None or error_text is not None):
+        raise ValueError("an ok acknowledgement carries no error")
+    issue_system: str | None = None
+    if code != "ok":
+        if error_code is None:
+            raise ValueError("an acknowledgement that is not ok needs an error_code")
+        if error_code in ACK_ERROR_CODES:
+            issue_system = ACK_ERROR_CODES_SYSTEM
+        elif error_code in HL7_ACK_ISSUE_CODES:
+            issue_system = HL7_OPERATION_OUTCOME_SYSTEM
+        else:
+            raise ValueError("error_code is not a MedCom acknowledgement error code")
+
+    acked_sender = _organization_at(acked, acked_header.sender, "sender")
+    acked_receiver = _organization_at(
+        acked,
+        acked_header.destination[0].receiver if acked_header.destination else None,
+        "receiver",
+    )
+    new_sender, new_receiver = acked_receiver, acked_sender
+    sender_ref, receiver_ref = _reference_to(new_sender), _reference_to(new_receiver)
+
+    outcome: dict[str, Any] | None = None
+    if issue_system is not None and error_code is not None:
+        outcome_id = _derived_id(message_id, "OperationOutcome")
+        issue: dict[str, Any] = {
+            "severity": "error",
+            "code": _ISSUE_TYPE.get(error_code, "structure"),
+            "details": {"coding": [{"system": issue_system, "code": error_code}]},
+        }
+        if error_text is not None:
+            issue["diagnostics"] = error_text
+        outcome = {"resourceType": "OperationOutcome", "id": outcome_id, "issue": [issue]}
+
+    header = _message_header(
+        message_id=message_id,
+        event=EVENT_ACKNOWLEDGEMENT,
+        sender_ref=sender_ref,
+        sender_sor=_require_sor(org_identifiers(new_sender), "sender"),
+        receiver_ref=receiver_ref,
+        receiver_sor=_require_sor(org_identifiers(new_receiver), "receiver"),
+        definition=ACKNOWLEDGEMENT_DEFINITION,
+        focus=None,
+    )
+    response: dict[str, Any] = {"identifier": acked_header.id, "code": code}
+    if outcome is not None:
+        response["details"] = {"reference": f"OperationOutcome/{outcome['id']}"}
+    header["response"] = response
+
+    acked_provenance = own_provenance(acked)
+    resources: list[dict[str, Any]] = [header]
+    if acked_provenance is not None:
+        resources.append(to_fhir_json(acked_provenance))
+    resources += [
+        _provenance(
+            provenance_id=_derived_id(message_id, "Provenance"),
+            message_id=message_id,
+            when=when,
+            activity=ACTIVITY_ACKNOWLEDGEMENT,
+            agent_ref=sender_ref,
+            revision_of=acked_header.id,
+            sources=[],
+        ),
+        to_fhir_json(new_sender),
+        to_fhir_json(new_receiver),
+    ]
+    if outcome is not None:
+        resources.append(outcome)
+    return _bundle(bundle_id, when, ACKNOWLEDGEMENT_BASE, resources)
+
+
+# --- Helpers -------------------------------------------------------------------------------
+
+
+def _instant(moment: datetime) -> str:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return moment.isoformat()
+
+
+def _derived_id(message_id: str, role: str) -> str:
+    """A stable id for one resource of one message (UUIDv5, no randomness)."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{message_id}/{role}"))
+
+
+def _require_sor(org: OrgIdentifiers, role: str) -> str:
+    if not org.sor:
+        raise ValueError(f"the {role} has no SOR code")
+    return org.sor
+
+
+def _organization(org_id: str, org: OrgIdentifiers, role: str) -> dict[str, Any]:
+    sor = _require_sor(org, role)
+    if not org.gln:
+        raise ValueError(f"the {role} has no GLN")
+    resource: dict[str, Any] = {
+        "resourceType": "Organization",
+        "id": org_id,
+        "identifier": [
+            {"system": GLN_SYSTEM, "value": org.gln},
+            {"system": SOR_SYSTEM, "value": sor},
+        ],
+    }
+    if org.name is not None:
+        resource["name"] = org.name
+    return resource
+
+
+def _message_header(
+    *,
+    message_id: str,
+    event: str,
+    sender_ref: str,
+    sender_sor: str,
+    receiver_ref: str,
+    receiver_sor: str,
+    definition: str,
+    focus: str | None,
+) -> dict[str, Any]:
+    header: dict[str, Any] = {
+        "resourceType": "MessageHeader",
+        "id": message_id,
+        "eventCoding": {"system": EVENT_CODES_SYSTEM, "code": event},
+        "destination": [
+            {
+                "extension": [
+                    {
+                        "url": DESTINATION_USE_EXTENSION_URL,
+                        "valueCoding": {
+                            "system": DESTINATION_USE_SYSTEM,
+                            "code": DESTINATION_PRIMARY,
+                        },
+                    }
+                ],
+                "endpoint": f"{SOR_ENDPOINT_PREFIX}{receiver_sor}",
+                "receiver": {"reference": receiver_ref},
+            }
+        ],
+        "sender": {"reference": sender_ref},
+        "source": {"endpoint": f"{SOR_ENDPOINT_PREFIX}{sender_sor}"},
+    }
+    if focus is not None:
+        header["focus"] = [{"reference": focus}]
+    header["definition"] = definition
+    return header
+
+
+def _payload(
+    when: str, payload_id: str, author_ref: str, content: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "extension": [
+            {"url": MEDCOM_DATETIME_EXTENSION_URL, "valueDateTime": when},
+            {
+                "url": MEDCOM_IDENTIFIER_EXTENSION_URL,
+                "valueIdentifier": {
+                    "value": f"urn:uuid:{payload_id}",
+                    "assigner": {"reference": author_ref},
+                },
+            },
+        ],
+        **content,
+    }
+
+
+def _provenance(
+    *,
+    provenance_id: str,
+    message_id: str,
+    when: str,
+    activity: str,
+    agent_ref: str,
+    revision_of: str | None,
+    sources: list[str],
+) -> dict[str, Any]:
+    entity: list[dict[str, Any]] = []
+    if revision_of is not None:
+        entity.append(
+            {"role": ENTITY_ROLE_REVISION, "what": {"reference": f"MessageHeader/{revision_of}"}}
+        )
+    entity += [
+        {"role": "source", "what": {"identifier": {"value": f"urn:uuid:{s}"}}} for s in sources
+    ]
+    provenance: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": provenance_id,
+        "target": [{"reference": f"MessageHeader/{message_id}"}],
+        "occurredDateTime": when,
+        "recorded": when,
+        "activity": {"coding": [{"system": ACTIVITY_CODES_SYSTEM, "code": activity}]},
+        "agent": [{"who": {"reference": agent_ref}}],
+    }
+    if entity:
+        provenance["entity"] = entity
+    return provenance
+
+
+def _bundle(
+    bundle_id: str, when: str, base: str, resources: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "id": bundle_id,
+        "type": "message",
+        "timestamp": when,
+        "entry": [
+            {"fullUrl": _full_url(base, bundle_id, i, r), "resource": r}
+            for i, r in enumerate(resources)
+        ],
+    }
+
+
+def _full_url(base: str, bundle_id: str, index: int, resource: dict[str, Any]) -> str:
+    if "id" in resource:
+        return f"{base}/{resource['resourceType']}/{resource['id']}"
+    # A copied resource without an id (allowed in FHIR): give its entry a stable urn.
+    return f"urn:uuid:{_derived_id(bundle_id, f'entry/{index}')}"
+
+
+def _reference_to(resource: Organization | Patient) -> str:
+    if resource.id is None:
+        raise ValueError(f"the {resource.resourceType} has no id")
+    return f"{resource.resourceType}/{resource.id}"
+
+
+def _organization_at(bundle: Bundle, ref: Reference | None, role: str) -> Organization:
+    found = bundle.resolve(ref.reference if ref is not None else None)
+    if not isinstance(found, Organization):
+        raise ValueError(f"the message's {role} Organization is not in its Bundle")
+    return found
+
+
+def _focus_communication(bundle: Bundle, header: MessageHeader) -> Communication:
+    for ref in header.focus:
+        found = bundle.resolve(ref.reference)
+        if isinstance(found, Communication):
+            return found
+    communications = bundle.resources(Communication)
+    if not communications:
+        raise ValueError("the request has no Communication")
+    return communications[0]

@@ -1,0 +1,79 @@
+"""Pure translation between job-centre JSON and MedCom-like Bundles.
+
+A job centre's `AttestRequestIn` becomes a CareCommunication-shaped Bundle (see
+`adapters.medcom.bundles`); an attest reply Bundle becomes an `InboxItem`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+from attest_gateway.contracts.jobcenter import (
+    AttachmentOut,
+    AttestRequestIn,
+    InboxItem,
+    OrganisationSummary,
+)
+from attest_gateway.core.attests import AttestKind
+from attest_gateway.medcom.build import build_attest_request
+from attest_gateway.medcom.message import MessageInfo, OrgIdentifiers
+
+
+def request_bundle(
+    body: AttestRequestIn,
+    *,
+    kind: AttestKind,
+    reply_deadline: dt.date,
+    sender: OrgIdentifiers,
+    receiver: OrgIdentifiers,
+    conversation_id: str,
+    message_id: str,
+    bundle_id: str,
+    sent_at: dt.datetime,
+) -> dict[str, Any]:
+    return build_attest_request(
+        message_id=message_id,
+        bundle_id=bundle_id,
+        sent_at=sent_at,
+        sender=sender,
+        receiver=receiver,
+        cpr=body.citizen_cpr,
+        attest_type=kind.code,
+        attest_title=kind.title,
+        case_kind=body.case_kind.value,
+        questions=body.questions,
+        reply_deadline=reply_deadline,
+        conversation_id=conversation_id,
+    )
+
+
+def inbox_item(
+    info: MessageInfo,
+    *,
+    conversation_id: str,
+    caseworker_ref: str,
+    attest_type: str,
+    received_at: dt.datetime,
+) -> InboxItem:
+    texts = [t for t in info.texts if t]
+    return InboxItem(
+        message_id=info.message_id,
+        conversation_id=conversation_id,
+        caseworker_ref=caseworker_ref,
+        attest_type=info.attest_type or attest_type,
+        sender=OrganisationSummary(
+            name=info.sender.name or "", sor=info.sender.sor, gln=info.sender.gln
+        ),
+        received_at=received_at,
+        attest_text="\n\n".join(texts) if texts else None,
+        attachments=[
+            AttachmentOut(
+                content_type=a.content_type or "application/octet-stream",
+                title=a.title,
+                data_base64=base64.b64encode(a.data).decode("ascii"),
+            )
+            for a in info.attachments
+        ],
+    )

@@ -1,1 +1,0 @@
-"""The shared language: pydantic models and pure validation, no I/O."""

@@ -1,0 +1,3 @@
+"""The use cases: requesting an attest, submitting and delivering MedCom messages, mailboxes,
+contacts, administration.
+"""
