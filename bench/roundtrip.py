@@ -76,9 +76,9 @@ import sqlalchemy as sa
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.directory import Organisation
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.devtools.demo import DEMO_ORGS
-from attest_gateway.infra.db.directory import Organisation
 from attest_gateway.infra.db.engine import aware, make_engine
 from attest_gateway.infra.db.tables import stages
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply

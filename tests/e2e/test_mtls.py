@@ -16,8 +16,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from attest_gateway.core.directory import client_cert_key_id
 from attest_gateway.devtools import devca
-from attest_gateway.infra.db.directory import client_cert_key_id
 from attest_gateway.infra.kafka.embedded import free_port
 from tests.support.harness import attest_request_body, wait_for
 from tests.support.processes import CLI, Proc, base_env, wait_until_listening

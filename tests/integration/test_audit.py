@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from attest_gateway.config import Settings
 from attest_gateway.contracts.audit import AuditEntry
-from attest_gateway.crypto.sealing import utcnow
+from attest_gateway.core.clock import utcnow
 from attest_gateway.entrypoints.http.asyncapi import build_asyncapi
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import aware

@@ -15,8 +15,10 @@ import sqlalchemy as sa
 from attest_gateway.contracts.envelope import CONTENT_TYPE as ENVELOPE_TYPE
 from attest_gateway.contracts.envelope import EnvelopeHeader
 from attest_gateway.contracts.stages import MessageType
-from attest_gateway.crypto.sealing import seal, utcnow
-from attest_gateway.infra.db import pseudonyms, tables
+from attest_gateway.core.clock import utcnow
+from attest_gateway.crypto import pseudonyms
+from attest_gateway.crypto.sealing import seal
+from attest_gateway.infra.db import tables
 from attest_gateway.medcom.build import build_acknowledgement
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request, post, reply_to, sealed_for_gateway

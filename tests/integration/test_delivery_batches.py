@@ -25,7 +25,7 @@ from aiokafka import ConsumerRecord
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.crypto.sealing import utcnow
+from attest_gateway.core.clock import utcnow
 from attest_gateway.infra.db import tables
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.kafka.bus import TransientError

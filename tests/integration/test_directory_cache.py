@@ -26,9 +26,10 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.contracts.envelope import Suite
-from attest_gateway.crypto.sealing import OrgKeys, PrivateHpkeKey, utcnow
+from attest_gateway.core.clock import utcnow
+from attest_gateway.core.directory import Organisation, Role, hash_api_key, new_api_key
+from attest_gateway.crypto.sealing import OrgKeys, PrivateHpkeKey
 from attest_gateway.infra.db import directory, tables
-from attest_gateway.infra.db.directory import Organisation, Role
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import alembic_config, upgrade_async
 from tests.integration.conftest import DB_KINDS, running_gateway
@@ -72,7 +73,7 @@ class Store:
 
 async def seed(engine: AsyncEngine) -> tuple[dict[str, OrgKeys], dict[str, str]]:
     keys = {org.id: OrgKeys.generate(org.id, SUITE) for org in (JC, PSY)}
-    api_keys = {org.id: directory.new_api_key(org.id) for org in (JC, PSY)}
+    api_keys = {org.id: new_api_key(org.id) for org in (JC, PSY)}
     now = utcnow()
     async with engine.begin() as conn:
         for org in (JC, PSY):
@@ -194,12 +195,12 @@ async def test_disabling_elsewhere_counts_at_the_next_transaction(store: Store) 
             assert not org.enabled
         assert await directory.org_by_client_certificate(conn, FINGERPRINT, now) is None
     # A new API key elsewhere: the old one stops working at once, the new one works.
-    new_key = directory.new_api_key(PSY.id)
+    new_key = new_api_key(PSY.id)
     await elsewhere(
         store.writer,
         "UPDATE organisations SET enabled = :e, api_key_hash = :h WHERE id = :id",
         e=True,
-        h=directory.hash_api_key(new_key),
+        h=hash_api_key(new_key),
         id=PSY.id,
     )
     async with store.reader.connect() as conn:

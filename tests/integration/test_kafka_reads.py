@@ -25,7 +25,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.metadata import MetadataRequest
 
 from attest_gateway.config import Settings, load_settings
-from attest_gateway.crypto.sealing import utcnow
+from attest_gateway.core.clock import utcnow
 from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
 from attest_gateway.infra.kafka import bus

@@ -21,11 +21,18 @@ from aiokafka import AIOKafkaProducer
 
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
+from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import EnvelopeRejected
 from attest_gateway.core.identifiers import gln_check_digit
-from attest_gateway.crypto.sealing import OrgKeys, SigningKey, open_envelope, seal, verify
+from attest_gateway.crypto.sealing import (
+    OrgKeys,
+    SigningKey,
+    decode_verify_key,
+    open_envelope,
+    seal,
+    verify,
+)
 from attest_gateway.infra.db import audit, directory, tables
-from attest_gateway.infra.db.directory import Organisation, Role
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.message import Bundle, parse_bundle, read_message
 from attest_gateway.services import admin
@@ -449,7 +456,7 @@ async def test_the_gateway_signs_with_its_new_key_after_rotating_and_revoking_th
         old = await directory.signing_key(conn, old_key_id)
     assert public is not None
     assert old is not None
-    verify(after, public.key())
+    verify(after, decode_verify_key(public.public_key))
     assert not old.usable(dt.datetime.now(dt.UTC))
     await answer(h, psy, open_with(psy.keys(), after))
     reply = await delivered_reply(h, jc, accepted["conversation_id"])

@@ -13,7 +13,8 @@ from aiokafka import AIOKafkaProducer
 
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
-from attest_gateway.crypto.sealing import OrgKeys, seal, utcnow
+from attest_gateway.core.clock import utcnow
+from attest_gateway.crypto.sealing import OrgKeys, seal
 from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.db.tables import audit_log
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply

@@ -33,7 +33,9 @@ from attest_gateway.bootstrap import custodial_keys_dir, running_gateway
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.jobcenter import AttestRequestIn, CaseKind
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.crypto.sealing import KeyRing, utcnow
+from attest_gateway.core.clock import utcnow
+from attest_gateway.crypto import pseudonyms as cps
+from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.devtools.demo import ensure_demo_orgs
 from attest_gateway.entrypoints.cli import main as cli
 from attest_gateway.entrypoints.cli.pseudonyms import key_mismatch
@@ -465,11 +467,11 @@ async def test_the_shared_harness_stores_sealed_cpr_numbers(harness: Harness) ->
         recorded, _ = await ps.recorded_key(conn)
         current = await directory.current_hpke_key(conn, h.settings.gateway_org_id, utcnow())
     assert current is not None
-    assert ps.sealed_key_id(row.citizen_sealed) == current.key_id  # the directory's current
-    assert row.case_ref == ps.case_ref("0707071234", h.gw.pseudonym_key)
-    assert recorded == ps.key_id(h.gw.pseudonym_key)
+    assert cps.sealed_key_id(row.citizen_sealed) == current.key_id  # the directory's current
+    assert row.case_ref == cps.case_ref("0707071234", h.gw.pseudonym_key)
+    assert recorded == cps.key_id(h.gw.pseudonym_key)
     assert "0707071234" not in row.citizen_sealed
-    opened = ps.open_citizen(row.citizen_sealed, h.gw.keyring, context=f"conversation:{cid}")
+    opened = cps.open_citizen(row.citizen_sealed, h.gw.keyring, context=f"conversation:{cid}")
     assert opened == "0707071234"
 
 

@@ -28,7 +28,8 @@ import sqlalchemy as sa
 
 from attest_gateway.contracts.envelope import CONTENT_TYPE, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
-from attest_gateway.crypto.sealing import SigningKey, utcnow
+from attest_gateway.core.clock import utcnow
+from attest_gateway.crypto.sealing import SigningKey
 from attest_gateway.infra.db import tables
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.message import Bundle

@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import Stage
-from attest_gateway.crypto.sealing import OrgKeys, open_envelope, utcnow
-from attest_gateway.infra.db import pseudonyms
+from attest_gateway.core.clock import utcnow
+from attest_gateway.crypto import pseudonyms
+from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.infra.db.engine import aware, make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.tables import (

@@ -15,7 +15,8 @@ from aiokafka.structs import RecordMetadata
 from prometheus_client import REGISTRY
 
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
-from attest_gateway.crypto.sealing import PublicHpkeKey, SigningKey, open_envelope, seal, utcnow
+from attest_gateway.core.clock import utcnow
+from attest_gateway.crypto.sealing import PublicHpkeKey, SigningKey, open_envelope, seal
 from attest_gateway.infra.db import directory, tables
 from tests.support.harness import read_topic, wait_for
 from tests.support.kafka import client_args

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope, Suite
 from attest_gateway.contracts.stages import MessageType
 from attest_gateway.core.errors import EnvelopeRejected
+from attest_gateway.crypto.pseudonyms import bare_ref as case_ref
 from attest_gateway.crypto.sealing import (
     OrgKeys,
     PrivateHpkeKey,
     SigningKey,
-    case_ref,
     decode_verify_key,
     fingerprint,
     open_envelope,

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
+from attest_gateway.core.clock import utcnow
 from attest_gateway.core.errors import EnvelopeRejected
-from attest_gateway.crypto.sealing import OrgKeys, open_envelope, seal, utcnow, verify
+from attest_gateway.crypto.sealing import OrgKeys, open_envelope, seal, verify
 from attest_gateway.medcom.message import BundleError, parse_bundle, read_message
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "medcom").glob("*.json"))

@@ -16,7 +16,6 @@ Key encodings (base64 in the directory and in key files):
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import functools
 import hashlib
 import hmac
@@ -197,11 +196,6 @@ def open_envelope(envelope: SealedEnvelope, private: PrivateHpkeKey) -> bytes:
         raise EnvelopeRejected("open-failed", "the envelope could not be opened") from exc
 
 
-def case_ref(cpr: str, key: bytes) -> str:
-    """The citizen's pseudonym: HMAC-SHA256 of the CPR number under the gateway's key."""
-    return hmac.new(key, cpr.encode("ascii"), hashlib.sha256).hexdigest()[:32]
-
-
 def fingerprint(data: bytes, key: bytes) -> str:
     """A keyed digest of a request body (it holds a CPR number, so never a plain hash)."""
     return hmac.new(key, data, hashlib.sha256).hexdigest()
@@ -365,7 +359,3 @@ def _load_key_files(directory: Path) -> dict[str, OrgKeys]:
             keys = OrgKeys.load(path)
             orgs[keys.org_id] = keys
     return orgs
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)

@@ -12,12 +12,12 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.config import Settings
+from attest_gateway.core.clock import utcnow
+from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.identifiers import gln_check_digit, municipalities
-from attest_gateway.crypto.sealing import utcnow
 from attest_gateway.devtools.devca import write_private
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.audit import SOURCE_CLI
-from attest_gateway.infra.db.directory import Organisation, Role
 from attest_gateway.services import admin
 
 

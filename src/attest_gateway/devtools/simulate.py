@@ -232,10 +232,10 @@ async def ensure_simulation_orgs(settings: Settings) -> dict[str, dict[str, str]
     """Register the simulation organisations (keys, API keys) unless present; their
     credentials are kept in `VAR_DIR/sim-credentials.json` (mode 0600)."""
     from attest_gateway.bootstrap import custodial_keys_dir
-    from attest_gateway.crypto.sealing import utcnow
+    from attest_gateway.core.clock import utcnow
+    from attest_gateway.core.directory import Organisation, Role, new_api_key
     from attest_gateway.devtools.demo import ensure_demo_orgs
     from attest_gateway.infra.db import directory
-    from attest_gateway.infra.db.directory import Organisation, Role, new_api_key
     from attest_gateway.infra.db.engine import settings_engine
 
     path = credentials_path(settings)

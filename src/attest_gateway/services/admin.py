@@ -52,6 +52,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from attest_gateway.bootstrap import custodial_keys_dir
 from attest_gateway.config import Settings
 from attest_gateway.contracts.envelope import Suite
+from attest_gateway.core.clock import utcnow
+from attest_gateway.core.directory import (
+    HEALTH_ROLES,
+    Organisation,
+    Role,
+    hash_api_key,
+    new_api_key,
+)
 from attest_gateway.core.errors import EnvelopeRejected
 from attest_gateway.core.identifiers import (
     check_gln,
@@ -67,10 +75,8 @@ from attest_gateway.crypto.sealing import (
     SigningKey,
     decode_verify_key,
     raise_if_unknown_suite,
-    utcnow,
 )
 from attest_gateway.infra.db import audit, directory
-from attest_gateway.infra.db.directory import HEALTH_ROLES, Organisation, Role, new_api_key
 from attest_gateway.infra.db.tables import org_keys, organisations
 from attest_gateway.infra.kafka.bus import Topics
 from attest_gateway.production import is_development_certificate
@@ -593,7 +599,7 @@ async def reissue_api_key(
         conn,
         organisations.update()
         .where(organisations.c.id == org_id)
-        .values(api_key_hash=directory.hash_api_key(api_key)),
+        .values(api_key_hash=hash_api_key(api_key)),
     )
     await _record(
         conn, settings, actor=actor, source=source, action="org.api-key", at=now, org_id=org_id

@@ -24,11 +24,13 @@ from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.contacts import ContactChannel, ContactEvent
 from attest_gateway.contracts.jobcenter import CaseKind
 from attest_gateway.core.bounds import InputDate, a_year_after
+from attest_gateway.core.clock import utcnow
+from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import Conflict, Forbidden, Unprocessable
 from attest_gateway.core.identifiers import Cpr, Kommunekode, Sor, municipalities
-from attest_gateway.crypto.sealing import utcnow
-from attest_gateway.infra.db import directory, pseudonyms
-from attest_gateway.infra.db.directory import Organisation, Role
+from attest_gateway.crypto import pseudonyms
+from attest_gateway.infra.db import directory
+from attest_gateway.infra.db import pseudonyms as pseudonym_store
 from attest_gateway.infra.db.tables import outbox, tracker_contacts
 
 
@@ -122,7 +124,7 @@ async def register_contact(
                 idempotency_key=idempotency_key,
                 response=accepted.model_dump_json(),
                 created_at=now,
-                citizen_sealed=await pseudonyms.seal_for_gateway(
+                citizen_sealed=await pseudonym_store.seal_for_gateway(
                     conn,
                     gw.keyring,
                     gw.settings.gateway_org_id,

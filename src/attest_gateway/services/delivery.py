@@ -30,8 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.clock import utcnow
 from attest_gateway.core.errors import EnvelopeRejected
-from attest_gateway.crypto.sealing import utcnow, verify
+from attest_gateway.crypto.sealing import decode_verify_key, verify
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import STORE_ERRORS, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.tables import mailbox, outbox
@@ -84,7 +85,7 @@ async def check_envelope(
         if signer is None or not signer.enabled:
             raise PermanentError("key-not-valid", "the signing organisation is disabled")
     try:
-        verify(envelope, key.key())
+        verify(envelope, decode_verify_key(key.public_key))
     except EnvelopeRejected as exc:
         raise PermanentError(exc.code, exc.detail) from exc
 

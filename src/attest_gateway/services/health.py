@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.clock import utcnow
+from attest_gateway.core.directory import Organisation
 from attest_gateway.core.errors import (
     BadRequest,
     Conflict,
@@ -32,9 +34,9 @@ from attest_gateway.core.errors import (
     Unprocessable,
 )
 from attest_gateway.core.identifiers import check_cpr
-from attest_gateway.crypto.sealing import open_envelope, utcnow, verify
-from attest_gateway.infra.db import audit, directory, pseudonyms
-from attest_gateway.infra.db.directory import Organisation
+from attest_gateway.crypto import pseudonyms
+from attest_gateway.crypto.sealing import decode_verify_key, open_envelope, verify
+from attest_gateway.infra.db import audit, directory
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import inbound_messages, mailbox, outbox, sent_messages
 from attest_gateway.medcom.message import (
@@ -179,7 +181,7 @@ async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> obj
         raise EnvelopeRejected("unknown-key", "the envelope names a key that is not usable")
     if not vkey.usable(utcnow()):
         raise EnvelopeRejected("key-not-valid", "the signing key is revoked or expired")
-    verify(envelope, vkey.key())
+    verify(envelope, decode_verify_key(vkey.public_key))
     opened = open_envelope(envelope, key)
     async with gw.engine.begin() as conn:  # an opening at the edge: audited before it is used
         await audit.record(

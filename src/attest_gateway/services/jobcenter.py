@@ -32,11 +32,14 @@ from attest_gateway.contracts.jobcenter import (
 from attest_gateway.contracts.stages import STAGE_ORDER, MessageType, Stage, current_stage
 from attest_gateway.core.attests import IssuerKind
 from attest_gateway.core.bounds import a_year_after
+from attest_gateway.core.clock import utcnow
+from attest_gateway.core.directory import HEALTH_ROLES, Organisation
 from attest_gateway.core.errors import Conflict, Forbidden, GatewayError, NotFound, Unprocessable
 from attest_gateway.core.identifiers import municipalities
-from attest_gateway.crypto.sealing import fingerprint, open_envelope, utcnow
-from attest_gateway.infra.db import audit, directory, pseudonyms
-from attest_gateway.infra.db.directory import HEALTH_ROLES, Organisation
+from attest_gateway.crypto import pseudonyms
+from attest_gateway.crypto.sealing import fingerprint, open_envelope
+from attest_gateway.infra.db import audit, directory
+from attest_gateway.infra.db import pseudonyms as pseudonym_store
 from attest_gateway.infra.db.engine import autocommit, aware
 from attest_gateway.infra.db.group_commit import Write
 from attest_gateway.infra.db.tables import conversations, idempotency_keys, mailbox
@@ -193,7 +196,7 @@ async def submit_attest_request(
             reply_deadline=reply_deadline,
             created_at=now,
         )
-        sealed = await pseudonyms.seal_for_gateway(
+        sealed = await pseudonym_store.seal_for_gateway(
             conn,
             gw.keyring,
             gw.settings.gateway_org_id,

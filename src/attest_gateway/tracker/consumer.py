@@ -41,7 +41,7 @@ from attest_gateway.contracts.contacts import (
 )
 from attest_gateway.contracts.stages import Stage, StageEvent
 from attest_gateway.core.attests import AttestKind
-from attest_gateway.infra.db.directory import Role
+from attest_gateway.core.directory import Role
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, dialect_insert, one_of_param
 from attest_gateway.infra.db.pseudonyms import StoreKey
 from attest_gateway.infra.db.tables import organisations, tracker_conversations, tracker_episodes

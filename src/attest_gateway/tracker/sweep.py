@@ -32,8 +32,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.clock import utcnow
 from attest_gateway.core.errors import GatewayError
-from attest_gateway.crypto.sealing import utcnow
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, insert_ignore
 from attest_gateway.infra.db.tables import (

@@ -171,7 +171,7 @@ def orgs_add(
     Example: attest-gateway orgs add jc-odense --name "Jobcenter Odense" --role jobcenter --kommunekode 461 --gln 5790001610012 --sor 461181000016008 --custodial
     Example: attest-gateway orgs add psyk-ouh --name "Psykiatrien OUH" --role psychiatry --sor 123456789012 --gln 5790004610019 --public-file psyk-ouh.public.json
     """  # noqa: E501
-    from attest_gateway.infra.db.directory import Organisation, Role
+    from attest_gateway.core.directory import Organisation, Role
     from attest_gateway.services import admin
 
     if role not in ROLES:

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.crypto import pseudonyms as cps
 from attest_gateway.entrypoints.cli.admin import operator
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.rekey import RekeyRefused, RekeyReport, rekey
@@ -113,7 +114,7 @@ def _finish_interrupted(settings: Settings) -> bool:
     if settings.pseudonym_key is not None or not staged.exists():
         return False
     recorded, _ = asyncio.run(_recorded(settings))
-    if recorded is None or ps.key_id(_read_key_file(staged)) != recorded:
+    if recorded is None or cps.key_id(_read_key_file(staged)) != recorded:
         return False
     _install_staged(settings)
     return True
@@ -161,7 +162,7 @@ def status() -> None:
     Example: attest-gateway pseudonyms status
     """
     settings = load_settings()
-    configured = ps.key_id(_current_key(settings))
+    configured = cps.key_id(_current_key(settings))
     recorded, legacy = asyncio.run(_recorded(settings))
     source = "PSEUDONYM_KEY" if settings.pseudonym_key is not None else "key file"
     sys.stdout.write(f"configured key id: {configured} ({source})\n")
@@ -275,7 +276,7 @@ def rekey_command(
     else:
         source = f"the value of {new_key_env}" if new_key_env else f"the content of {new_key_file}"
         sys.stdout.write(
-            f"now set PSEUDONYM_KEY to the new key ({source}, key id {ps.key_id(new_key)}) for "
+            f"now set PSEUDONYM_KEY to the new key ({source}, key id {cps.key_id(new_key)}) for "
             "every gateway process, then start them: with the old key they refuse to start\n"
         )
 

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from attest_gateway.config import Settings
+from attest_gateway.core.directory import client_cert_key_id
 from attest_gateway.devtools import devca
 from attest_gateway.devtools.devca import certificate_fingerprint
-from attest_gateway.infra.db import directory
 
 try:  # httptools is the faster parser; it comes with uvicorn[standard]
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -113,7 +113,7 @@ async def ensure_development_tls(engine: AsyncEngine, settings: Settings) -> dic
         for org_id, entry in creds.items():
             pair = devca.ensure_client_certificate(ca, org_id)
             pem = pair.cert.read_bytes()
-            if directory.client_cert_key_id(certificate_fingerprint(pem)) not in pinned:
+            if client_cert_key_id(certificate_fingerprint(pem)) not in pinned:
                 await admin.pin_client_certificate(
                     conn, settings, org_id, pem, actor="setup", source="cli"
                 )

@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attest_gateway.bootstrap import Gateway
+from attest_gateway.core.clock import utcnow
+from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import (
     BadRequest,
     Forbidden,
@@ -33,10 +35,8 @@ from attest_gateway.core.errors import (
     Unprocessable,
     problem_for,
 )
-from attest_gateway.crypto.sealing import utcnow
 from attest_gateway.entrypoints.http import mtls
 from attest_gateway.infra.db import directory
-from attest_gateway.infra.db.directory import Organisation, Role
 from attest_gateway.infra.db.engine import autocommit
 from attest_gateway.observability import metrics
 

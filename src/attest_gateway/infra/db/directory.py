@@ -33,14 +33,11 @@ tables, whoever writes, and a snapshot is filed under the token it was read at.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import secrets
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
@@ -49,82 +46,15 @@ from sqlalchemy.engine import Connection, Engine, Transaction
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.contracts.envelope import Suite
-from attest_gateway.crypto.sealing import OrgKeys, PublicHpkeKey, decode_verify_key
+from attest_gateway.core.directory import (
+    CLIENT_CERT_PURPOSE,
+    Organisation,
+    VerifyKey,
+    client_cert_key_id,
+    hash_api_key,
+)
+from attest_gateway.crypto.sealing import OrgKeys, PublicHpkeKey
 from attest_gateway.infra.db.tables import directory_generation, org_keys, organisations
-
-
-class Role(StrEnum):
-    JOBCENTER = "jobcenter"
-    PSYCHIATRY = "psychiatry"
-    GP = "gp"
-    HOSPITAL = "hospital"
-    SPECIALIST = "specialist"
-    MINISTRY = "ministry"
-    OPERATOR = "operator"
-
-
-HEALTH_ROLES = frozenset({Role.PSYCHIATRY, Role.GP, Role.HOSPITAL, Role.SPECIALIST})
-
-
-@dataclass(frozen=True, slots=True)
-class Organisation:
-    id: str
-    name: str
-    role: Role
-    sor: str | None
-    gln: str | None
-    kommunekode: str | None
-    ydernummer: str | None
-    region_code: str | None
-    custodial: bool
-    enabled: bool
-    webhook_url: str | None = None
-
-    @classmethod
-    def from_row(cls, row: Any) -> Organisation:
-        return cls(
-            id=row.id,
-            name=row.name,
-            role=Role(row.role),
-            sor=row.sor,
-            gln=row.gln,
-            kommunekode=row.kommunekode,
-            ydernummer=row.ydernummer,
-            region_code=row.region_code,
-            custodial=row.custodial,
-            enabled=row.enabled,
-            webhook_url=row.webhook_url,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyKey:
-    key_id: str
-    org_id: str
-    public_key: str
-    revoked_at: dt.datetime | None
-    not_after: dt.datetime | None
-
-    def usable(self, at: dt.datetime) -> bool:
-        if self.revoked_at is not None and _aware(self.revoked_at) <= at:
-            return False
-        return self.not_after is None or at < _aware(self.not_after)
-
-    def key(self) -> Any:
-        return decode_verify_key(self.public_key)
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
-def hash_api_key(api_key: str) -> str:
-    """API keys are 256-bit random tokens, so one SHA-256 is enough to store them safely."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
-
-
-def new_api_key(org_id: str) -> str:
-    return f"agw_{org_id}_{secrets.token_urlsafe(32)}"
 
 
 async def add_organisation(
@@ -453,13 +383,6 @@ async def list_organisations(conn: AsyncConnection) -> list[Organisation]:
 # --- client certificates (mutual TLS) --------------------------------------------------------
 # A client certificate is pinned by its SHA-256 fingerprint in `org_keys` (purpose
 # `tls-client`), with its expiry as `not_after`, so that it is revoked like any other key.
-CLIENT_CERT_PURPOSE = "tls-client"
-
-
-def client_cert_key_id(fingerprint: str) -> str:
-    return f"tls-{fingerprint[:24]}"
-
-
 async def register_client_certificate(
     conn: AsyncConnection,
     org_id: str,

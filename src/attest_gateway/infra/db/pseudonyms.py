@@ -1,15 +1,7 @@
-"""Citizens' pseudonyms (case refs), the CPR numbers sealed to re-key them from, and the
+"""The store's side of the citizens' pseudonyms: the CPR numbers sealed at ingest, and the
 record of which pseudonym key the store was written with.
 
-- A case ref is `<key id>.<32 hex>`: the key id is the first 6 hex digits of SHA-256 of the
-  pseudonym key, the rest is `crypto.case_ref` (HMAC-SHA256 of the CPR number under that key,
-  truncated). A pseudonym made under another key is recognisable by its key id. Refs made
-  before key ids existed are bare (32 hex) and belong to the key the store first recorded.
-- At ingest the CPR number is also sealed with HPKE to the gateway organisation's own current
-  key (`seal_citizen`), bound to the row it belongs to (`conversation:<id>`,
-  `contact:<id>`). Only the gateway, holding the private key in its key ring, can open it;
-  `attest-gateway pseudonyms rekey` (infra/db/rekey.py) does, to compute the pseudonyms
-  under a new key.
+- What a case ref is, and how a CPR number is sealed for re-keying: crypto/pseudonyms.py.
 - Two rows of `leases` record the key: `pseudonym-key` (holder = the key id every stored
   pseudonym is made with) and `pseudonym-legacy-key` (holder = the key id bare refs belong
   to; deleted by the first re-key). The first gateway start after migration 0007 records its
@@ -19,24 +11,20 @@ record of which pseudonym key the store was written with.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.exceptions import InvalidTag
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.config import Settings
 from attest_gateway.contracts.contacts import NotATrackingEvent, parse_tracking_event
-from attest_gateway.crypto import sealing as crypto
-from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey, utcnow
+from attest_gateway.core.clock import utcnow
+from attest_gateway.crypto.pseudonyms import key_id, key_id_of, seal_citizen
+from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import insert_ignore
 from attest_gateway.infra.db.tables import (
@@ -51,7 +39,6 @@ from attest_gateway.infra.db.tables import (
 
 KEY_ROW = "pseudonym-key"
 LEGACY_ROW = "pseudonym-legacy-key"
-KEY_ID_HEX = 6
 
 # Every column that holds a case ref. `gateway.tracking` outbox rows hold it in their JSON
 # (and a contact event's record key is its case ref): see `rewrite_tracking_row`.
@@ -63,39 +50,9 @@ REF_COLUMNS: tuple[sa.Column[Any], ...] = (
     tracker_cell_citizens.c.case_ref,
 )
 
-_SEAL_INFO = b"attest-gateway/citizen-cpr/v1"
-
 
 class PseudonymKeyMismatch(RuntimeError):
     """The configured pseudonym key is not the one the store's pseudonyms were made with."""
-
-
-class CitizenSealError(ValueError):
-    """A sealed CPR number that cannot be opened (unknown key, wrong row, damaged)."""
-
-
-def key_id(key: bytes) -> str:
-    """The short public id of a pseudonym key (reveals nothing usable about the key)."""
-    return hashlib.sha256(key).hexdigest()[:KEY_ID_HEX]
-
-
-def case_ref(cpr: str, key: bytes) -> str:
-    """The citizen's pseudonym under `key`: `<key id>.<HMAC-SHA256(key, CPR)[:32]>`."""
-    return f"{key_id(key)}.{crypto.case_ref(cpr, key)}"
-
-
-def key_id_of(ref: str) -> str | None:
-    """The key id a case ref was made with; None for a bare ref (made before key ids)."""
-    kid, dot, _ = ref.partition(".")
-    return kid if dot else None
-
-
-def unlinked_ref(ref: str, new_key: bytes) -> str:
-    """The pseudonym under `new_key` of a ref that has no sealed CPR number to re-key from
-    (`rekey --force`): a keyed digest of the old ref. Rows that shared the old ref share
-    this one, but it is not the new pseudonym of the citizen's CPR number."""
-    digest = hmac.new(new_key, b"unlinked\x00" + ref.encode("ascii"), hashlib.sha256)
-    return f"{key_id(new_key)}.{digest.hexdigest()[:32]}"
 
 
 def pseudonym_key_file(settings: Settings) -> Path:
@@ -106,68 +63,6 @@ def pseudonym_key_file(settings: Settings) -> Path:
 def staged_key_file(settings: Settings) -> Path:
     """A re-key writes the new generated key here first (see infra/db/rekey.py)."""
     return pseudonym_key_file(settings).with_name("pseudonym.key.new")
-
-
-# --- the CPR number sealed to the gateway's own key ---------------------------------------------
-
-
-def _info(key_id: str, context: str) -> bytes:
-    return b"\x00".join((_SEAL_INFO, key_id.encode("utf-8"), context.encode("utf-8")))
-
-
-def seal_citizen(cpr: str, recipient: PublicHpkeKey, *, context: str) -> str:
-    """The CPR number sealed (HPKE, base mode) to `recipient`, bound to `context` (the row it
-    is stored in). JSON text: version, recipient key id, suite, base64 of enc || ciphertext."""
-    suite = crypto._SUITES[recipient.suite]
-    sealed = suite.encrypt(
-        cpr.encode("ascii"), recipient.key, info=_info(recipient.key_id, context)
-    )
-    return json.dumps(
-        {
-            "v": 1,
-            "key_id": recipient.key_id,
-            "suite": recipient.suite,
-            "ct": base64.b64encode(sealed).decode("ascii"),
-        },
-        separators=(",", ":"),
-    )
-
-
-def sealed_key_id(sealed: str) -> str:
-    """The HPKE key id a sealed CPR number was sealed to."""
-    try:
-        return str(json.loads(sealed)["key_id"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CitizenSealError("the sealed CPR number is not readable") from exc
-
-
-def open_citizen(sealed: str, keyring: KeyRing, *, context: str) -> str:
-    """Open a sealed CPR number with the key ring. Raises CitizenSealError."""
-    try:
-        data = json.loads(sealed)
-        kid, suite_name, blob = str(data["key_id"]), str(data["suite"]), str(data["ct"])
-        if data.get("v") != 1:
-            raise CitizenSealError("the sealed CPR number has an unknown version")
-        ciphertext = base64.b64decode(blob, validate=True)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CitizenSealError("the sealed CPR number is not readable") from exc
-    private = keyring.hpke_key(kid)
-    if private is None:
-        raise CitizenSealError(f"the gateway holds no HPKE key {kid}")
-    if private.suite != suite_name or suite_name not in crypto._SUITES:
-        raise CitizenSealError("the sealed CPR number's suite is not its key's")
-    try:
-        plain = crypto._SUITES[suite_name].decrypt(
-            ciphertext, private.key, info=_info(kid, context)
-        )
-    except (InvalidTag, ValueError) as exc:
-        raise CitizenSealError(
-            "the sealed CPR number does not open (wrong row or damaged)"
-        ) from exc
-    cpr = plain.decode("ascii", "replace")
-    if len(cpr) != 10 or not cpr.isdigit():
-        raise CitizenSealError("the sealed CPR number does not hold a CPR number")
-    return cpr
 
 
 async def gateway_hpke_key(
@@ -196,14 +91,6 @@ async def seal_for_gateway(
     """The CPR number sealed to the gateway's own current HPKE key (ingest)."""
     recipient = await gateway_hpke_key(conn, keyring, gateway_org_id, now)
     return seal_citizen(cpr, recipient, context=context)
-
-
-def conversation_context(conversation_id: str) -> str:
-    return f"conversation:{conversation_id}"
-
-
-def contact_context(contact_id: str) -> str:
-    return f"contact:{contact_id}"
 
 
 # --- the store's key ------------------------------------------------------------------------

@@ -37,7 +37,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.contacts import NotATrackingEvent, parse_tracking_event
-from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey, utcnow
+from attest_gateway.core.clock import utcnow
+from attest_gateway.crypto import pseudonyms as cps
+from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.engine import aware, insert_ignore
@@ -58,8 +60,8 @@ _MAP = sa.Table(
 
 # Rows that carry a sealed CPR number: (table, primary key column, sealing context).
 _SEALED: tuple[tuple[sa.Table, sa.Column[Any], Callable[[str], str]], ...] = (
-    (conversations, conversations.c.id, ps.conversation_context),
-    (tracker_contacts, tracker_contacts.c.contact_id, ps.contact_context),
+    (conversations, conversations.c.id, cps.conversation_context),
+    (tracker_contacts, tracker_contacts.c.contact_id, cps.contact_context),
 )
 
 
@@ -107,7 +109,7 @@ async def rekey(
 ) -> RekeyReport:
     """Re-key every pseudonym in the store from `old_key` to `new_key` (see the module).
     Raises RekeyRefused, with nothing changed. `dry_run` does all of it and rolls back."""
-    old_kid, new_kid = ps.key_id(old_key), ps.key_id(new_key)
+    old_kid, new_kid = cps.key_id(old_key), cps.key_id(new_key)
     if new_key == old_key:
         raise RekeyRefused("the new pseudonym key is the current one")
     if new_kid == old_kid:
@@ -204,7 +206,7 @@ class _Rekey:
         self.new_key = new_key
         self.mapping: dict[str, str] = {}
         self._in_map: set[str] = set()
-        self.report = RekeyReport(ps.key_id(old_key), ps.key_id(new_key))
+        self.report = RekeyReport(cps.key_id(old_key), cps.key_id(new_key))
 
     async def run(
         self, *, tracking_topic: str, republish_since: dt.datetime | None, force: bool
@@ -236,7 +238,7 @@ class _Rekey:
                 "--force to give each an unlinked pseudonym under the new key"
             )
         report.unlinked_refs = len(unlinked)
-        extra = {ref: ps.unlinked_ref(ref, self.new_key) for ref in unlinked}
+        extra = {ref: cps.unlinked_ref(ref, self.new_key) for ref in unlinked}
         await self._insert_mapping(extra)
         self.mapping |= extra
         for column in ps.REF_COLUMNS:
@@ -289,20 +291,20 @@ class _Rekey:
             for row_id, ref, sealed in rows:
                 where = f"{table.name} row {row_id}"
                 try:
-                    cpr = ps.open_citizen(sealed, self.keyring, context=context(row_id))
-                except ps.CitizenSealError as exc:
+                    cpr = cps.open_citizen(sealed, self.keyring, context=context(row_id))
+                except cps.CitizenSealError as exc:
                     raise RekeyRefused(f"{where}: {exc}") from None
-                if ps.case_ref(cpr, self.old_key) != ref:
+                if cps.case_ref(cpr, self.old_key) != ref:
                     raise RekeyRefused(
                         f"{where}: its sealed CPR number does not give its case ref under the "
                         "current key"
                     )
-                new_ref = ps.case_ref(cpr, self.new_key)
+                new_ref = cps.case_ref(cpr, self.new_key)
                 if self.mapping.setdefault(ref, new_ref) != new_ref:
                     raise RekeyRefused(f"{where}: two CPR numbers share one case ref")
                 seen.add(new_ref)
-                if ps.sealed_key_id(sealed) != current.key_id:
-                    again = ps.seal_citizen(cpr, current, context=context(row_id))
+                if cps.sealed_key_id(sealed) != current.key_id:
+                    again = cps.seal_citizen(cpr, current, context=context(row_id))
                     resealed.append({"row_id": row_id, "sealed": again})
             if resealed:
                 await self.conn.execute(

@@ -40,7 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.crypto.sealing import open_envelope, utcnow
+from attest_gateway.core.clock import utcnow
+from attest_gateway.crypto.sealing import open_envelope
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import STORE_ERRORS, insert_ignore
 from attest_gateway.infra.db.tables import (

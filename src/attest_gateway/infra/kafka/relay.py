@@ -23,8 +23,8 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.clock import utcnow
 from attest_gateway.core.errors import Unavailable
-from attest_gateway.crypto.sealing import utcnow
 from attest_gateway.infra.db.engine import STORE_ERRORS, autocommit, one_of
 from attest_gateway.infra.db.tables import outbox
 from attest_gateway.infra.kafka.bus import Topics

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from attest_gateway.bootstrap import Gateway
-from attest_gateway.crypto.sealing import utcnow
+from attest_gateway.core.clock import utcnow
 from attest_gateway.infra.db import directory
 
 router = APIRouter(tags=["operations"])

@@ -14,6 +14,7 @@ from attest_gateway.contracts.jobcenter import (
     Inbox,
 )
 from attest_gateway.core.bounds import ID_PATTERN, REFERENCE
+from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.entrypoints.http.plumbing import (
     authenticated,
     authenticated_first,
@@ -21,7 +22,6 @@ from attest_gateway.entrypoints.http.plumbing import (
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
-from attest_gateway.infra.db.directory import Organisation, Role
 from attest_gateway.services import contacts
 from attest_gateway.services import jobcenter as service
 from attest_gateway.services.contacts import ContactAccepted, ContactIn

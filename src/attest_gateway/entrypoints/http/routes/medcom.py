@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from attest_gateway.core.bounds import ID_PATTERN, control_character_in
+from attest_gateway.core.directory import HEALTH_ROLES, Organisation
 from attest_gateway.core.errors import BadRequest, Unprocessable, UnsupportedMediaType
 from attest_gateway.entrypoints.http.plumbing import (
     authenticated,
@@ -16,7 +17,6 @@ from attest_gateway.entrypoints.http.plumbing import (
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
-from attest_gateway.infra.db.directory import HEALTH_ROLES, Organisation
 from attest_gateway.services import health as service
 
 router = APIRouter(

@@ -19,6 +19,7 @@ from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.core.bounds import LINE, InputDate
+from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import Unprocessable
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.entrypoints.http.plumbing import (
@@ -27,7 +28,6 @@ from attest_gateway.entrypoints.http.plumbing import (
     gateway_of,
     require_role,
 )
-from attest_gateway.infra.db.directory import Organisation, Role
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.wiring import tracker_rules
