@@ -32,7 +32,7 @@ from attest_gateway.contracts.stages import MessageType
 from attest_gateway.core.attests import DEFAULT_CATALOGUE
 from attest_gateway.crypto.sealing import PrivateHpkeKey, SigningKey, open_envelope, seal, verify
 from attest_gateway.devtools.demo import DEMO_ORGS
-from attest_gateway.medcom.message import OrgIdentifiers
+from attest_gateway.medcom.read import OrgIdentifiers
 from attest_gateway.medcom.translate import request_bundle
 from bench.common import BenchContext, Figure, progress, repeat
 

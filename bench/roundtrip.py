@@ -82,7 +82,7 @@ from attest_gateway.devtools.demo import DEMO_ORGS
 from attest_gateway.infra.db.engine import aware, make_engine
 from attest_gateway.infra.db.tables import stages
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
-from attest_gateway.medcom.message import parse_bundle
+from attest_gateway.medcom.parse import parse_bundle
 from bench.common import (
     SEED,
     BenchContext,

@@ -40,7 +40,7 @@ from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.kafka.bus import read_epoch
 from attest_gateway.infra.kafka.embedded import free_port
 from attest_gateway.medcom.build import build_attest_reply
-from attest_gateway.medcom.message import parse_bundle
+from attest_gateway.medcom.parse import parse_bundle
 from tests.support.harness import (
     PDF,
     attest_request_body,

@@ -29,7 +29,8 @@ from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.infra.db import tables
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
-from attest_gateway.medcom.message import Bundle, parse_bundle
+from attest_gateway.medcom.model import Bundle
+from attest_gateway.medcom.parse import parse_bundle
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request, post
 from tests.support.envelopes import mailbox_row, opened

@@ -34,7 +34,9 @@ from attest_gateway.crypto.sealing import (
 )
 from attest_gateway.infra.db import audit, directory, tables
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
-from attest_gateway.medcom.message import Bundle, parse_bundle, read_message
+from attest_gateway.medcom.model import Bundle
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.medcom.read import read_message
 from attest_gateway.services import admin
 from tests.integration.conftest import Harness
 from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for

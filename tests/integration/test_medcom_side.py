@@ -18,7 +18,7 @@ from attest_gateway.crypto.sealing import OrgKeys, seal
 from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.db.tables import audit_log
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
-from attest_gateway.medcom.message import Bundle
+from attest_gateway.medcom.model import Bundle
 from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
 from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for

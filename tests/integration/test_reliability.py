@@ -19,7 +19,7 @@ from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
 from attest_gateway.infra.kafka.bus import make_producer
 from attest_gateway.infra.kafka.relay import OutboxRelay
 from attest_gateway.medcom.build import build_acknowledgement
-from attest_gateway.medcom.message import read_message
+from attest_gateway.medcom.read import read_message
 from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
 from tests.support.harness import attest_request_body, fresh_database, wait_for

@@ -17,7 +17,9 @@ import sqlalchemy as sa
 
 from attest_gateway.contracts.stages import MessageType
 from attest_gateway.infra.db import tables
-from attest_gateway.medcom.message import CPR_SYSTEM, MAX_JSON_DEPTH, Bundle
+from attest_gateway.medcom.codes import CPR_SYSTEM
+from attest_gateway.medcom.model import Bundle
+from attest_gateway.medcom.parse import MAX_JSON_DEPTH
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import (
     JC,

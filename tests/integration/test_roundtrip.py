@@ -14,7 +14,9 @@ from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import StageEvent
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
-from attest_gateway.medcom.message import Bundle, parse_bundle, read_message
+from attest_gateway.medcom.model import Bundle
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.medcom.read import read_message
 from tests.integration.conftest import Harness
 from tests.support.harness import (
     ATTEST_TEXT,

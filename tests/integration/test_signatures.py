@@ -32,7 +32,7 @@ from attest_gateway.core.clock import utcnow
 from attest_gateway.crypto.sealing import SigningKey
 from attest_gateway.infra.db import tables
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
-from attest_gateway.medcom.message import Bundle
+from attest_gateway.medcom.model import Bundle
 from tests.integration.conftest import Harness
 from tests.integration.test_authorisation import as_gp
 from tests.integration.test_bad_input import assert_problem

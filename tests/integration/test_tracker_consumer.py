@@ -38,14 +38,10 @@ from attest_gateway.infra.db.tables import (
 )
 from attest_gateway.infra.kafka.bus import TransientError
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
-from attest_gateway.medcom.message import (
-    MESSAGE_KIND_SYSTEM,
-    Bundle,
-    Communication,
-    Provenance,
-    parse_bundle,
-    read_message,
-)
+from attest_gateway.medcom.codes import MESSAGE_KIND_SYSTEM
+from attest_gateway.medcom.model import Bundle, Communication, Provenance
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.medcom.read import read_message
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
 from attest_gateway.tracker.rules import TrackerRules, period_start
 from attest_gateway.tracker.store import Cell, add_counts, add_duration, cell_id, with_cells

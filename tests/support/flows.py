@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.crypto.sealing import open_envelope
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
-from attest_gateway.medcom.message import parse_bundle
+from attest_gateway.medcom.parse import parse_bundle
 from tests.support.harness import (
     ATTEST_TEXT,
     CPR,

@@ -9,7 +9,7 @@ from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from attest_gateway.core.identifiers import GLN_CHECK_DIGIT_WRONG
-from attest_gateway.medcom.message import BUNDLE_ERROR_CODES
+from attest_gateway.medcom.errors import BUNDLE_ERROR_CODES
 
 # Problem codes of rules that no JSON Schema can state, so that a request the OpenAPI document
 # calls valid may still be refused with them. Everything else a validator enforces, the document

@@ -23,7 +23,7 @@ from attest_gateway.entrypoints.cli.ops import (
 from attest_gateway.entrypoints.http.asyncapi import build_asyncapi, render_markdown
 from attest_gateway.entrypoints.http.openapi import ERROR_CATALOGUE
 from attest_gateway.entrypoints.http.plumbing import FIELD_CODES
-from attest_gateway.medcom.message import BUNDLE_ERROR_CODES
+from attest_gateway.medcom.errors import BUNDLE_ERROR_CODES
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "attest_gateway"

@@ -18,7 +18,9 @@ from attest_gateway.contracts.stages import MessageType
 from attest_gateway.core.clock import utcnow
 from attest_gateway.core.errors import EnvelopeRejected
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope, seal, verify
-from attest_gateway.medcom.message import BundleError, parse_bundle, read_message
+from attest_gateway.medcom.errors import BundleError
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.medcom.read import read_message
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "medcom").glob("*.json"))
 json_values = st.recursive(

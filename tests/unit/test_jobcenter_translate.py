@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from attest_gateway.contracts.jobcenter import AttestRequestIn, CaseKind, InboxItem, ReceiverRef
 from attest_gateway.core.attests import DEFAULT_CATALOGUE
 from attest_gateway.medcom.build import build_attest_reply
-from attest_gateway.medcom.message import MessageInfo, OrgIdentifiers, parse_bundle, read_message
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers, read_message
 from attest_gateway.medcom.translate import inbox_item, request_bundle
 
 CPR = "0101901234"

@@ -20,20 +20,18 @@ from attest_gateway.medcom.build import (
     build_attest_reply,
     build_attest_request,
 )
-from attest_gateway.medcom.message import (
+from attest_gateway.medcom.codes import (
     ACK_ERROR_CODES_SYSTEM,
     ACTIVITY_CODES_SYSTEM,
     ATTEST_TYPE_SYSTEM,
     CATEGORY_CODES_SYSTEM,
     SOR_SYSTEM,
-    Bundle,
-    BundleError,
-    OrgIdentifiers,
-    Provenance,
     ResponseCode,
-    parse_bundle,
-    read_message,
 )
+from attest_gateway.medcom.errors import BundleError
+from attest_gateway.medcom.model import Bundle, Provenance
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.medcom.read import OrgIdentifiers, read_message
 
 JOBCENTRE = OrgIdentifiers(name="Jobcenter Aarhus", sor="123456789012345", gln="5790000123456")
 CLINIC = OrgIdentifiers(name="Psykiatrien Region Midt", sor="987654321000016", gln="5790001348120")

@@ -14,16 +14,9 @@ from typing import Any
 
 import pytest
 
-from attest_gateway.medcom.message import (
-    Bundle,
-    MessageInfo,
-    OrgIdentifiers,
-    OtherResource,
-    parse_bundle,
-    parse_bundle_json,
-    read_message,
-    to_fhir_json,
-)
+from attest_gateway.medcom.model import Bundle, OtherResource, to_fhir_json
+from attest_gateway.medcom.parse import parse_bundle, parse_bundle_json
+from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers, read_message
 
 # Verbatim copies of the published MedCom examples (see SOURCES.txt there).
 EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "medcom"

@@ -6,15 +6,10 @@ import datetime as dt
 import json
 from typing import Any
 
-from attest_gateway.medcom.message import (
-    CPR_SYSTEM,
-    ENTITY_ROLE_REVISION,
-    MESSAGE_KIND_SYSTEM,
-    OrgIdentifiers,
-    Provenance,
-    parse_bundle,
-    read_message,
-)
+from attest_gateway.medcom.codes import CPR_SYSTEM, ENTITY_ROLE_REVISION, MESSAGE_KIND_SYSTEM
+from attest_gateway.medcom.model import Provenance
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.medcom.read import OrgIdentifiers, read_message
 from attest_gateway.medcom.reminders import build_reminder, derived_id
 
 JC = OrgIdentifiers(name="Jobcenter København", sor="101181000016003", gln="5790001010014")

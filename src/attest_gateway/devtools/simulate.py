@@ -525,7 +525,7 @@ class Driver:
         envelope = SealedEnvelope.model_validate(found["envelope"])
         keys = self._org_keys(org)
         key = next(k for k in keys.hpke_keys if k.key_id == envelope.header.recipient_key_id)
-        from attest_gateway.medcom.message import parse_bundle
+        from attest_gateway.medcom.parse import parse_bundle
 
         bundle = parse_bundle(orjson.loads(open_envelope(envelope, key)))
         self._requests[case.n] = (cid, message_id, bundle)

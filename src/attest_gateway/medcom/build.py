@@ -12,8 +12,8 @@ and bundle ids and a timezone-aware send time; ids of the other resources in a n
 (Communication, Patient, Organizations, Provenance, OperationOutcome, payload identifiers)
 are derived deterministically from the message id with UUIDv5, so the same inputs always
 give the same Bundle. Every output passes
-:func:`attest_gateway.medcom.message.parse_bundle`, and
-:func:`~attest_gateway.medcom.message.read_message` gives back the values put in.
+:func:`attest_gateway.medcom.parse.parse_bundle`, and
+:func:`~attest_gateway.medcom.read.read_message` gives back the values put in.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import uuid
 from datetime import date, datetime
 from typing import Any, Final
 
-from attest_gateway.medcom.message import (
+from attest_gateway.medcom.codes import (
     ACK_ERROR_CODES,
     ACK_ERROR_CODES_SYSTEM,
     ACKNOWLEDGEMENT_DEFINITION,
@@ -52,19 +52,19 @@ from attest_gateway.medcom.message import (
     REPLY_DEADLINE_EXTENSION_URL,
     SOR_ENDPOINT_PREFIX,
     SOR_SYSTEM,
+    ResponseCode,
+)
+from attest_gateway.medcom.model import (
     Bundle,
     Communication,
     MessageHeader,
     Organization,
-    OrgIdentifiers,
     Patient,
     Provenance,
     Reference,
-    ResponseCode,
-    org_identifiers,
-    own_provenance,
     to_fhir_json,
 )
+from attest_gateway.medcom.read import OrgIdentifiers, org_identifiers, own_provenance
 
 CARE_COMMUNICATION_BASE: Final = "https://medcomfhir.dk/ig/carecommunication"
 """Base of the fullUrls in request and reply Bundles (as in the MedCom examples)."""

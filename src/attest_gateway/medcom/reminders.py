@@ -14,7 +14,7 @@ Pure builder. Modelled, like the request, on CareCommunication 5.0 (event
   our Bundles are derived from the message id): the tracker knows no CPR number, and the
   receiver finds the citizen through the request it already holds.
 
-The output passes :func:`attest_gateway.medcom.message.parse_bundle`.
+The output passes :func:`attest_gateway.medcom.parse.parse_bundle`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import datetime as dt
 import uuid
 from typing import Any, Final
 
-from attest_gateway.medcom.message import (
+from attest_gateway.medcom.codes import (
     ACTIVITY_CODES_SYSTEM,
     ACTIVITY_NEW,
     ATTEST_TYPE_SYSTEM,
@@ -44,8 +44,8 @@ from attest_gateway.medcom.message import (
     REPLY_DEADLINE_EXTENSION_URL,
     SOR_ENDPOINT_PREFIX,
     SOR_SYSTEM,
-    OrgIdentifiers,
 )
+from attest_gateway.medcom.read import OrgIdentifiers
 
 _BASE: Final = "https://medcomfhir.dk/ig/carecommunication"
 # The namespace `medcom/build.py` derives resource ids in (so the reminder can

@@ -18,7 +18,7 @@ from attest_gateway.contracts.jobcenter import (
 )
 from attest_gateway.core.attests import AttestKind
 from attest_gateway.medcom.build import build_attest_request
-from attest_gateway.medcom.message import MessageInfo, OrgIdentifiers
+from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers
 
 
 def request_bundle(

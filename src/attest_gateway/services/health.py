@@ -39,14 +39,11 @@ from attest_gateway.crypto.sealing import decode_verify_key, open_envelope, veri
 from attest_gateway.infra.db import audit, directory
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import inbound_messages, mailbox, outbox, sent_messages
-from attest_gateway.medcom.message import (
-    Bundle,
-    BundleError,
-    MessageInfo,
-    check_attachments,
-    parse_bundle,
-    read_message,
-)
+from attest_gateway.medcom.errors import BundleError
+from attest_gateway.medcom.model import Bundle
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.medcom.read import MessageInfo, read_message
+from attest_gateway.medcom.rules import check_attachments
 from attest_gateway.services.messaging import (
     Conversation,
     StageRecord,

@@ -44,13 +44,10 @@ from attest_gateway.infra.db.engine import autocommit, aware
 from attest_gateway.infra.db.group_commit import Write
 from attest_gateway.infra.db.tables import conversations, idempotency_keys, mailbox
 from attest_gateway.medcom.build import build_acknowledgement
-from attest_gateway.medcom.message import (
-    Bundle,
-    BundleError,
-    OrgIdentifiers,
-    parse_bundle,
-    read_message,
-)
+from attest_gateway.medcom.errors import BundleError
+from attest_gateway.medcom.model import Bundle
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.medcom.read import OrgIdentifiers, read_message
 from attest_gateway.medcom.translate import inbox_item, request_bundle
 from attest_gateway.observability import metrics
 from attest_gateway.services.messaging import (

@@ -42,7 +42,7 @@ from attest_gateway.infra.db.tables import (
     tracker_episodes,
     tracker_reminders,
 )
-from attest_gateway.medcom.message import OrgIdentifiers
+from attest_gateway.medcom.read import OrgIdentifiers
 from attest_gateway.medcom.reminders import build_reminder
 from attest_gateway.services.messaging import (
     emit_stage_event,

@@ -405,7 +405,8 @@ def client_ack(
     Example: attest-gateway client ack request.json --code ok > ack.json
     """
     from attest_gateway.medcom.build import build_acknowledgement
-    from attest_gateway.medcom.message import BundleError, parse_bundle
+    from attest_gateway.medcom.errors import BundleError
+    from attest_gateway.medcom.parse import parse_bundle
 
     if code not in ("ok", "transient-error", "fatal-error"):
         raise _fail("code must be ok, transient-error or fatal-error")
@@ -438,7 +439,8 @@ def client_reply(
     Example: attest-gateway client reply request.json --text "..." --pdf attest.pdf > reply.json
     """
     from attest_gateway.medcom.build import build_attest_reply
-    from attest_gateway.medcom.message import BundleError, parse_bundle
+    from attest_gateway.medcom.errors import BundleError
+    from attest_gateway.medcom.parse import parse_bundle
 
     if text is None and pdf is None:
         raise _fail("give --text, --pdf or both")

@@ -23,7 +23,8 @@ from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
 from attest_gateway.core.bounds import TEXT_PATTERN
 from attest_gateway.core.errors import GatewayError, problem_for
-from attest_gateway.medcom.message import ATTACHMENT_ERROR_CODES, BUNDLE_ERROR_CODES
+from attest_gateway.medcom.errors import BUNDLE_ERROR_CODES
+from attest_gateway.medcom.rules import ATTACHMENT_ERROR_CODES
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -174,7 +175,8 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "the gateway cannot forward messages right now; retry later",
     ),
 }
-# Bundle errors from the MedCom parser (medcom/message.py) answer 422 with their own code.
+# Bundle errors from the MedCom parser (medcom/parse.py, medcom/rules.py) answer 422 with
+# their own code.
 for _code in sorted(BUNDLE_ERROR_CODES - {"invalid-bundle"}):
     ERROR_CATALOGUE[_code] = (422, "Unprocessable content", "the Bundle breaks a MedCom rule")
 for _code in sorted(ATTACHMENT_ERROR_CODES):

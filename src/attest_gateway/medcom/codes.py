@@ -1,0 +1,203 @@
+"""The code systems, identifier systems, extension URLs and codes of MedCom messaging that
+the gateway reads and writes.
+
+The gateway carries attest requests, attest replies and acknowledgements as FHIR Bundles of
+type ``message``, shaped on MedCom Messaging 4.0, CareCommunication 5.0 and
+Acknowledgement 2.0. **No MedCom profile exists for attests**, so request and reply are
+modelled on CareCommunication: a Communication with a category (``other`` plus a project
+coding in :data:`ATTEST_TYPE_SYSTEM` for the LÆ type), a text payload and, in replies, a PDF
+attachment. Conversation, case kind and reply deadline ride in
+``Communication.identifier``, a :data:`CASE_KIND_SYSTEM` coding and the
+:data:`REPLY_DEADLINE_EXTENSION_URL` extension.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+SOR_SYSTEM: Final = "urn:oid:1.2.208.176.1.1"
+
+
+GLN_SYSTEM: Final = "https://www.gs1.org/gln"
+
+
+GLN_SYSTEMS: Final = frozenset(
+    {"https://www.gs1.org/gln", "http://www.gs1.org/gln", "urn:oid:1.3.88"}
+)
+
+
+CPR_SYSTEM: Final = "urn:oid:1.2.208.176.1.2"
+
+
+_TERMINOLOGY: Final = "http://medcomfhir.dk/ig/terminology/CodeSystem"
+
+
+EVENT_CODES_SYSTEM: Final = f"{_TERMINOLOGY}/medcom-messaging-eventCodes"
+
+
+ACTIVITY_CODES_SYSTEM: Final = f"{_TERMINOLOGY}/medcom-messaging-activityCodes"
+
+
+DESTINATION_USE_SYSTEM: Final = f"{_TERMINOLOGY}/medcom-messaging-destinationUse"
+
+
+CATEGORY_CODES_SYSTEM: Final = f"{_TERMINOLOGY}/medcom-careCommunication-categoryCodes"
+
+
+ACK_ERROR_CODES_SYSTEM: Final = f"{_TERMINOLOGY}/medcom-acknowledgement-error-codes"
+
+
+HL7_OPERATION_OUTCOME_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/operation-outcome"
+
+
+DESTINATION_USE_EXTENSION_URL: Final = (
+    "http://medcomfhir.dk/ig/messaging/StructureDefinition/medcom-messaging-destinationUseExtension"
+)
+
+
+MEDCOM_DATETIME_EXTENSION_URL: Final = (
+    "http://medcomfhir.dk/ig/core/StructureDefinition/medcom-core-datetime-extension"
+)
+
+
+MEDCOM_IDENTIFIER_EXTENSION_URL: Final = (
+    "http://medcomfhir.dk/ig/core/StructureDefinition/medcom-core-identifier-extension"
+)
+
+
+CARE_COMMUNICATION_DEFINITION: Final = (
+    "http://medcomfhir.dk/ig/messagedefinitions/MessageDefinition/"
+    "MedComCareCommunicationMessageDefinition|5.0"
+)
+
+
+ACKNOWLEDGEMENT_DEFINITION: Final = (
+    "http://medcomfhir.dk/ig/messagedefinitions/MessageDefinition/"
+    "MedComAcknowledgementMessageDefinition|2.0"
+)
+
+
+SOR_ENDPOINT_PREFIX: Final = "https://sor2.sum.dsdn.dk/#id="
+
+
+# Project-specific: MedCom has no attest profile, so these are ours.
+ATTEST_TYPE_SYSTEM: Final = "urn:attest-gateway:attest-type"
+
+
+CASE_KIND_SYSTEM: Final = "urn:attest-gateway:case-kind"
+
+
+# Tells a reminder of a request (a new care-communication message too) from a new request.
+MESSAGE_KIND_SYSTEM: Final = "urn:attest-gateway:message-kind"
+
+
+REMINDER_CODE: Final = "reminder"
+
+
+REPLY_DEADLINE_EXTENSION_URL: Final = "urn:attest-gateway:reply-deadline"
+
+
+EVENT_CARE_COMMUNICATION: Final = "care-communication-message"
+
+
+EVENT_ACKNOWLEDGEMENT: Final = "acknowledgement-message"
+
+
+EVENT_CODES: Final = frozenset(
+    {
+        "empty-message",
+        EVENT_CARE_COMMUNICATION,
+        "hospital-notification-message",
+        EVENT_ACKNOWLEDGEMENT,
+        "homecareobservation-message",
+    }
+)
+
+
+ACTIVITY_NEW: Final = "new-message"
+
+
+ACTIVITY_REPLY: Final = "reply-message"
+
+
+ACTIVITY_FORWARD: Final = "forward-message"
+
+
+ACTIVITY_ACKNOWLEDGEMENT: Final = "acknowledgement"
+
+
+CATEGORY_OTHER: Final = "other"
+
+
+DESTINATION_PRIMARY: Final = "primary"
+
+
+ENTITY_ROLE_REVISION: Final = "revision"
+
+
+ACK_ERROR_CODES: Final = frozenset(
+    {
+        "MSG_Receiver_Identifier_UNKNOWN",
+        "MSG_Receiver_Identifier_MISSING",
+        "MSG_RECEIVER_UNABLE_TO_RECEIVE_MSG_TYPE",
+        "MSG_VALUESET_VALUE_UNKNOWN",
+        "MSG_CodeSystem_VALUE_UNKNOWN",
+        "MSG_Element_To_Long",
+        "MSG_Datatype_Wrong",
+        "MSG_Mailbox_Out_Of_Operation",
+        "MSG_Damaged_durin_transport",
+    }
+)
+
+
+"""The MedCom acknowledgement error codes (system :data:`ACK_ERROR_CODES_SYSTEM`)."""
+
+
+HL7_ACK_ISSUE_CODES: Final = frozenset(
+    {
+        "MSG_ID_INVALID",
+        "MSG_ID_TOO_LONG",
+        "MSG_BAD_FORMAT",
+        "MSG_BAD_SYNTAX",
+        "MSG_DATE_FORMAT",
+        "MSG_DUPLICATE_ID",
+        "MSG_INVALID_ID",
+        "MSG_JSON_OBJECT",
+        "MSG_LOCAL_FAIL",
+        "MSG_NO_MATCH",
+        "MSG_NO_EXIST",
+        "MSG_NO_SUMMARY",
+        "MSG_PARAM_INVALID",
+        "MSG_PARAM_NO_REPEAT",
+        "MSG_PARAM_UNKNOWN",
+        "MSG_RESOURCE_ID_MISMATCH",
+        "MSG_RESOURCE_ID_FAIL",
+        "MSG_RESOURCE_ID_MISSING",
+        "MSG_RESOURCE_NOT_ALLOWED",
+        "MSG_RESOURCE_REQUIRED",
+        "MSG_RESOURCE_TYPE_MISMATCH",
+        "MSG_TRANSACTION_DUPLICATE_ID",
+        "MSG_TRANSACTION_MISSING_ID",
+        "MSG_UNKNOWN_TYPE",
+        "MSG_VERSION_AWARE",
+        "MSG_VERSION_AWARE_CONFLICT",
+        "MSG_VERSION_AWARE_URL",
+        "MSG_WRONG_NS",
+    }
+)
+
+
+"""The HL7 operation-outcome codes the MedCom acknowledgement issue-details ValueSet allows
+(system :data:`HL7_OPERATION_OUTCOME_SYSTEM`)."""
+
+
+ResponseCode = Literal["ok", "transient-error", "fatal-error"]
+
+
+MessageKind = Literal[
+    "attest-request",
+    "attest-reminder",
+    "attest-reply",
+    "acknowledgement",
+    "other-care-communication",
+]

@@ -1,0 +1,159 @@
+"""MedCom's rules over a parsed Bundle (the message header, its parties, the Communication)
+and the rules for attachments (MedCom's MIME types, content that is what it says). Each
+broken rule raises :class:`~attest_gateway.medcom.parse.BundleError` with a stable code.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from attest_gateway.medcom.codes import (
+    EVENT_ACKNOWLEDGEMENT,
+    EVENT_CARE_COMMUNICATION,
+    EVENT_CODES,
+    EVENT_CODES_SYSTEM,
+    REPLY_DEADLINE_EXTENSION_URL,
+)
+from attest_gateway.medcom.errors import BundleError
+from attest_gateway.medcom.model import (
+    FHIR_ID,
+    Bundle,
+    OperationOutcome,
+    Organization,
+    Patient,
+    Provenance,
+    Reference,
+    b64decode,
+    parse_fhir_date,
+)
+from attest_gateway.medcom.read import message_communication, org_identifiers
+
+
+def check_medcom_rules(bundle: Bundle) -> None:
+    """The MedCom messaging rules on an already structurally valid Bundle."""
+    if bundle.type != "message":
+        raise BundleError("bundle-not-message", "Bundle.type must be 'message'")
+    header = bundle.message_header
+    for where, value in (("Bundle.id", bundle.id), ("MessageHeader.id", header.id)):
+        if not isinstance(value, str) or not FHIR_ID.fullmatch(value):
+            raise BundleError("invalid-id", f"{where} must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+    if (
+        header.eventCoding.system != EVENT_CODES_SYSTEM
+        or header.eventCoding.code not in EVENT_CODES
+    ):
+        raise BundleError(
+            "unknown-event-code", "MessageHeader.eventCoding is not a MedCom messaging event code"
+        )
+    if not bundle.resources(Provenance):
+        raise BundleError("missing-provenance", "the Bundle has no Provenance")
+
+    _require_organization(bundle, header.sender, "MessageHeader.sender")
+    if not header.destination:
+        raise BundleError("missing-organization", "MessageHeader.destination is empty")
+    for i, destination in enumerate(header.destination):
+        _require_organization(bundle, destination.receiver, f"MessageHeader.destination[{i}]")
+
+    event = header.eventCoding.code
+    if event == EVENT_CARE_COMMUNICATION:
+        communication = message_communication(bundle, header)
+        if communication is None:
+            raise BundleError("missing-communication", "MessageHeader.focus has no Communication")
+        subject = bundle.resolve(communication.subject.reference if communication.subject else None)
+        if not isinstance(subject, Patient):
+            raise BundleError(
+                "missing-patient", "Communication.subject is not a Patient in the Bundle"
+            )
+        for j, ext in enumerate(communication.extension):
+            if ext.url == REPLY_DEADLINE_EXTENSION_URL and parse_fhir_date(ext.valueDate) is None:
+                raise BundleError(
+                    "invalid-bundle", f"Communication.extension[{j}]: reply deadline is not a date"
+                )
+    elif event == EVENT_ACKNOWLEDGEMENT:
+        if header.response is None:
+            raise BundleError("missing-response", "an acknowledgement needs MessageHeader.response")
+        if header.response.code != "ok" and not bundle.resources(OperationOutcome):
+            raise BundleError(
+                "missing-operation-outcome",
+                "an acknowledgement that is not ok needs an OperationOutcome",
+            )
+
+
+def _require_organization(bundle: Bundle, ref: Reference | None, where: str) -> Organization:
+    org = bundle.resolve(ref.reference if ref is not None else None)
+    if not isinstance(org, Organization):
+        raise BundleError("missing-organization", f"{where} is not an Organization in the Bundle")
+    ids = org_identifiers(org)
+    if ids.sor is None:
+        raise BundleError("missing-identifier", f"{where}: the Organization has no SOR identifier")
+    if ids.gln is None:
+        raise BundleError("missing-identifier", f"{where}: the Organization has no GLN identifier")
+    return org
+
+
+ATTACHMENT_MIME_TYPES: Final = frozenset(
+    {"application/pdf", "image/gif", "image/jpeg", "image/png", "image/tiff", "image/bmp"}
+)
+
+
+"""MedCom's attachment MIME types (ValueSet medcom-core-attachmentMimeTypes 1.8.1, bound
+`required` to CareCommunication's attachment contentType)."""
+
+
+# How each allowed type's content begins. A PDF reader accepts "%PDF-" within the first
+# kilobyte; the image formats start with their signature.
+_SIGNATURES: Final[dict[str, tuple[bytes, ...]]] = {
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/tiff": (b"II*\x00", b"MM\x00*"),
+    "image/bmp": (b"BM",),
+}
+
+
+_PDF_MARKER: Final = b"%PDF-"
+
+
+_PDF_MARKER_WITHIN: Final = 1024
+
+
+ATTACHMENT_ERROR_CODES: Final = frozenset(
+    {"unsupported-attachment-type", "attachment-without-data", "attachment-content-mismatch"}
+)
+
+
+def _content_matches(content_type: str, data: bytes) -> bool:
+    if content_type == "application/pdf":
+        return _PDF_MARKER in data[:_PDF_MARKER_WITHIN]
+    return data.startswith(_SIGNATURES[content_type])
+
+
+def check_attachments(bundle: Bundle) -> None:
+    """Every attachment of the message's Communication is inline data of a MedCom MIME type
+    (:data:`ATTACHMENT_MIME_TYPES`) whose content is of that type; raise BundleError.
+
+    The receiving side of the gateway (a job centre's case system) shows what it gets: a
+    document labelled as something else, or of a type MedCom does not allow (HTML, say), is
+    refused here. Attachments by URL are refused too: the job centre cannot reach a URL on
+    the health network, and the gateway does not fetch on its behalf."""
+    communication = message_communication(bundle, bundle.message_header)
+    payloads = communication.payload if communication is not None else []
+    for index, item in enumerate(payloads):
+        att = item.contentAttachment
+        if att is None:
+            continue
+        where = f"Communication.payload[{index}].contentAttachment"
+        content_type = (att.contentType or "").strip().lower()
+        if content_type not in ATTACHMENT_MIME_TYPES:
+            raise BundleError(
+                "unsupported-attachment-type",
+                f"{where}.contentType is not one of MedCom's attachment types "
+                f"({', '.join(sorted(ATTACHMENT_MIME_TYPES))})",
+            )
+        if att.data is None:
+            raise BundleError(
+                "attachment-without-data", f"{where} has no data: send the document inline"
+            )
+        if not _content_matches(content_type, b64decode(att.data)):
+            raise BundleError(
+                "attachment-content-mismatch", f"{where}.data is not of its contentType"
+            )
