@@ -11,6 +11,7 @@ import pytest
 from attest_gateway.bootstrap import clock_from_settings
 from attest_gateway.config import load_settings
 from attest_gateway.core.clock import ManualClock, SimulatedClock, SystemClock
+from attest_gateway.devtools.simulate import gateway_environment
 
 START = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC)
 
@@ -86,3 +87,24 @@ def test_the_settings_choose_the_clock() -> None:
     assert clock.start == START
     assert clock.speed == 60
     assert START <= clock.now() < START + dt.timedelta(hours=1)
+
+
+def test_the_simulator_s_gateway_gets_its_clock_through_its_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What `attest-gateway simulate --serve` hands its gateway: the history's start and speed
+    on the way in, the machine's clock for the live part (an inherited setting dropped)."""
+    start = START.astimezone(ZoneInfo("Europe/Copenhagen"))
+    history = gateway_environment({"VAR_DIR": "var/demo"}, clock_start=start, speed=8100.0)
+    assert history["VAR_DIR"] == "var/demo"
+    for name, value in history.items():
+        monkeypatch.setenv(name, value)
+    clock = clock_from_settings(load_settings())
+    assert isinstance(clock, SimulatedClock)
+    assert (clock.start, clock.speed) == (START, 8100.0)
+
+    live = gateway_environment(history, clock_start=None, speed=1)
+    assert live == {"VAR_DIR": "var/demo"}
+    for name in history.keys() - live.keys():
+        monkeypatch.delenv(name)
+    assert isinstance(clock_from_settings(load_settings()), SystemClock)

@@ -631,13 +631,16 @@ class Driver:
 # --- running a gateway for the simulation --------------------------------------------------------
 
 
-def simulated_clock_env(start: dt.datetime, speed: float) -> dict[str, str]:
-    """The settings (environment variables) of a gateway whose clock reads `start` when it
-    starts and runs `speed` times faster than real time."""
-    return {
-        "SIMULATED_CLOCK_START": start.astimezone(dt.UTC).isoformat(),
-        "SIMULATED_CLOCK_SPEED": repr(float(speed)),
-    }
+def gateway_environment(
+    env: dict[str, str], *, clock_start: dt.datetime | None, speed: float
+) -> dict[str, str]:
+    """`env` with the settings of a gateway whose clock reads `clock_start` when it starts and
+    runs `speed` times faster than real time; with None, of one on the machine's clock."""
+    child_env = {k: v for k, v in env.items() if not k.startswith("SIMULATED_CLOCK_")}
+    if clock_start is not None:
+        child_env["SIMULATED_CLOCK_START"] = clock_start.astimezone(dt.UTC).isoformat()
+        child_env["SIMULATED_CLOCK_SPEED"] = repr(float(speed))
+    return child_env
 
 
 @contextlib.contextmanager
@@ -646,9 +649,7 @@ def gateway_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`attest-gateway serve` as a child: on a simulated clock from `clock_start` at `speed`,
     or (None) on the machine's clock."""
-    child_env = {k: v for k, v in env.items() if not k.startswith("SIMULATED_CLOCK_")}
-    if clock_start is not None:
-        child_env |= simulated_clock_env(clock_start, speed)
+    child_env = gateway_environment(env, clock_start=clock_start, speed=speed)
     command = [sys.executable, "-m", "attest_gateway.devtools.simulate", "serve"]
     with log_path.open("ab") as out:
         proc = subprocess.Popen(command, env=child_env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
