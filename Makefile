@@ -38,11 +38,10 @@ docs: $(STAMP)
 	$(BIN)/attest-gateway config docs --write README.md
 
 ## A living demo next to `make run`: its own gateway on 127.0.0.1:8001 (state in var/demo) that
-## plays 45 days of national traffic in about eight minutes on a simulated clock, then goes on
-## live and prints the ministry dashboard's address. Uses the local PostgreSQL when it is up.
+## plays 45 days of national traffic in about eight minutes on a simulated clock (a setting of
+## the gateway, SIMULATED_CLOCK_START), then goes on live and prints the ministry dashboard's
+## address. Uses the local PostgreSQL when it is up, else SQLite.
 demo: $(STAMP)
-	@ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq faketime; } \
-	  || echo "warning: libfaketime is missing (apt-get install faketime): no simulated history"
 	rm -rf var/demo
 	@if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then \
 	  psql -h 127.0.0.1 -U postgres -qc 'DROP DATABASE IF EXISTS attest_demo WITH (FORCE)' \

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.config import Settings
 from attest_gateway.core.attests import DEFAULT_CATALOGUE, AttestKind
+from attest_gateway.core.clock import Clock, SimulatedClock, SystemClock
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.db.engine import settings_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
@@ -45,6 +46,8 @@ class Gateway:
     topics: Topics
     producer: AIOKafkaProducer
     relay: OutboxRelay
+    # every "now" of the gateway (see core/clock.py)
+    clock: Clock = field(default_factory=SystemClock)
     catalogue: dict[str, AttestKind] = field(default_factory=lambda: dict(DEFAULT_CATALOGUE))
     consumers: list[ConsumerLoop] = field(default_factory=list)
     sweeper: Sweeper | None = None
@@ -61,6 +64,14 @@ class Gateway:
             max_flushes=self.settings.group_commit_flushes,
             on_flush=metrics.observe_group_commit,
         )
+
+
+def clock_from_settings(settings: Settings) -> Clock:
+    """The machine's clock, or the simulator's when `SIMULATED_CLOCK_START` is set
+    (development only: production refuses it)."""
+    if settings.simulated_clock_start is None:
+        return SystemClock()
+    return SimulatedClock(settings.simulated_clock_start, settings.simulated_clock_speed)
 
 
 def custodial_keys_dir(settings: Settings) -> Path:
@@ -110,7 +121,7 @@ def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
         bootstrap=bootstrap,
         topic=gw.topics.medcom_messages,
         group=f"{settings.kafka_group_prefix}.delivery",
-        handler=DeliveryHandler(gw.engine, gw.topics, settings.gateway_org_id),
+        handler=DeliveryHandler(gw.engine, gw.topics, settings.gateway_org_id, clock=gw.clock),
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,
         partitions_at_once=settings.delivery_partitions_at_once,
@@ -126,7 +137,10 @@ async def running_gateway(
     *,
     run_relay: bool = True,
     run_consumers: bool = True,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Gateway]:
+    """The gateway, started; `clock` replaces the one the settings choose (tests)."""
+    clock = clock if clock is not None else clock_from_settings(settings)
     topics = Topics.from_settings(settings)
     engine = settings_engine(settings)
     keyring = KeyRing.load_dir(custodial_keys_dir(settings))
@@ -134,7 +148,9 @@ async def running_gateway(
         raise RuntimeError(f"no keys for the gateway organisation {settings.gateway_org_id!r}")
     pseudonym_key = load_pseudonym_key(settings)
     try:  # refuses to start when the store's pseudonyms were made with another key
-        store_key = await check_store_key(engine, pseudonym_key, tracking_topic=topics.tracking)
+        store_key = await check_store_key(
+            engine, pseudonym_key, tracking_topic=topics.tracking, now=clock.now()
+        )
     except BaseException:
         await engine.dispose()
         raise
@@ -148,8 +164,9 @@ async def running_gateway(
         batch_size=settings.relay_batch_size,
         poll_seconds=settings.relay_poll_seconds,
         max_pending=settings.outbox_max_pending,
+        clock=clock,
     )
-    gw = Gateway(settings, engine, keyring, pseudonym_key, topics, producer, relay)
+    gw = Gateway(settings, engine, keyring, pseudonym_key, topics, producer, relay, clock)
     gw.store_key = store_key
     try:
         if run_relay:

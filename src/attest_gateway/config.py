@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AwareDatetime, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attest_gateway.contracts.envelope import Suite
@@ -217,6 +217,19 @@ class Settings(BaseSettings):
     )
     consumer_retry_base_seconds: float = Field(
         default=0.2, description="first backoff between those tries (doubles each time)"
+    )
+    simulated_clock_start: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "development only: the gateway's clock starts at this instant (ISO 8601 with an "
+            "offset) and runs SIMULATED_CLOCK_SPEED times faster than real time, as the "
+            "simulator runs it; unset: the machine's clock"
+        ),
+    )
+    simulated_clock_speed: float = Field(
+        default=1.0,
+        gt=0,
+        description="how many times faster than real time the simulated clock runs",
     )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: JSON in production or when not on a terminal"

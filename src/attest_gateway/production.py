@@ -3,11 +3,11 @@
 With `ENVIRONMENT=production` the gateway will not start on the conveniences of the embedded
 setup: the embedded broker, SQLite, plain-text Kafka or HTTP, a database connection that does
 not check the server's certificate, a missing, placeholder or guessable pseudonym key or
-metrics token, development certificates, private key files that users other than their owner
-can open (the gateway's own and the custodial job centres', which open every reply to them,
-and the pseudonym key), or development keys lying about (demo credentials, clinics' private
-keys). Each problem is one sentence that names the environment variable to change; all of
-them are reported at once.
+metrics token, the simulator's clock, development certificates, private key files that users
+other than their owner can open (the gateway's own and the custodial job centres', which open
+every reply to them, and the pseudonym key), or development keys lying about (demo credentials,
+clinics' private keys). Each problem is one sentence that names the environment variable to
+change; all of them are reported at once.
 Some settings are allowed but unwise (one Kafka replica, no idempotent producer): those are
 warnings, logged at start.
 
@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from attest_gateway.config import Settings
+from attest_gateway.core.clock import SystemClock
 
 DEVELOPMENT_MARKER = "development"
 _PLACEHOLDERS = ("change", "example", "placeholder", "secret", "xxx", "todo", "replace")
@@ -241,15 +242,25 @@ def _development_leftovers(settings: Settings) -> list[str]:
     return problems
 
 
+def _clock_problems(settings: Settings) -> list[str]:
+    if settings.simulated_clock_start is None:
+        return []
+    return [
+        "SIMULATED_CLOCK_START is set: the simulated clock is for the simulator in development; "
+        "production runs on the machine's clock (unset it)."
+    ]
+
+
 def inspect_settings(settings: Settings, *, now: dt.datetime | None = None) -> Findings:
     """Everything production mode refuses (problems) or frowns at (warnings)."""
     findings = Findings()
     if settings.environment != "production":
         return findings
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or SystemClock().now()
     findings.problems += _kafka_problems(settings, now)
     findings.problems += _database_problems(settings)
     findings.problems += _api_tls_problems(settings, now)
+    findings.problems += _clock_problems(settings)
     pseudonym = settings.pseudonym_key.get_secret_value() if settings.pseudonym_key else None
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     for name, value, what in (

@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from attest_gateway.bootstrap import Gateway
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.core.clock import Clock
 from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.devtools.demo import DEMO_ORGS, ensure_demo_orgs
 from attest_gateway.entrypoints.http.app import create_app
@@ -61,11 +62,18 @@ class Harness:
 
 @asynccontextmanager
 async def running_gateway(
-    kind: str, tmp: Path, bootstrap: str, *, freeze_heap: bool = False, **overrides: Any
+    kind: str,
+    tmp: Path,
+    bootstrap: str,
+    *,
+    freeze_heap: bool = False,
+    clock: Clock | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Harness]:
     """The in-process gateway on the broker at `bootstrap`, with a fresh database of `kind`
     and fresh topics; `overrides` are further settings (Kafka TLS, for instance);
-    `freeze_heap` as `create_app` takes it (the caller unfreezes)."""
+    `freeze_heap` as `create_app` takes it (the caller unfreezes); `clock` instead of the
+    machine's."""
     async with fresh_database(kind, tmp) as url:
         prefix = f"t{uuid.uuid4().hex[:8]}."
         settings = load_settings(
@@ -87,7 +95,7 @@ async def running_gateway(
         finally:
             await engine.dispose()
         creds = json.loads(creds_path.read_text("utf-8"))
-        app = create_app(settings, bootstrap, freeze_heap=freeze_heap)
+        app = create_app(settings, bootstrap, freeze_heap=freeze_heap, clock=clock)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

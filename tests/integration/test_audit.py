@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from attest_gateway.config import Settings
 from attest_gateway.contracts.audit import AuditEntry
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.entrypoints.http.asyncapi import build_asyncapi
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import aware
@@ -293,7 +293,7 @@ async def test_concurrent_appends_do_not_fork_the_chain(harness: Harness) -> Non
         async with h.gw.engine.begin() as conn:
             await audit.record(
                 conn, h.gw.topics, actor="test-concurrency", action="test.append",
-                source=audit.SOURCE_GATEWAY, at=utcnow(), detail={"i": str(i)},
+                source=audit.SOURCE_GATEWAY, at=SystemClock().now(), detail={"i": str(i)},
             )  # fmt: skip
 
     await asyncio.gather(*(append(i) for i in range(12)))

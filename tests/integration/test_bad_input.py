@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from attest_gateway.contracts.envelope import CONTENT_TYPE as ENVELOPE_TYPE
 from attest_gateway.contracts.envelope import EnvelopeHeader
 from attest_gateway.contracts.stages import MessageType
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import seal
 from attest_gateway.infra.db import tables
@@ -485,7 +485,7 @@ async def test_control_characters_in_a_submitted_bundle(harness: Harness) -> Non
     before = await medcom_rows(h, cid)
     ack = build_acknowledgement(
         acked=request, message_id=str(uuid.uuid4()), bundle_id=str(uuid.uuid4()),
-        sent_at=utcnow(), code="ok",
+        sent_at=SystemClock().now(), code="ok",
     )  # fmt: skip
     ack["entry"][0]["resource"]["response"]["identifier"] += "\x00"
     reply = reply_to(request)
@@ -512,7 +512,7 @@ async def test_control_characters_in_a_sealed_envelope_s_header(harness: Harness
     keys = h.client_keys(PSY)
     ack = build_acknowledgement(
         acked=request, message_id=str(uuid.uuid4()), bundle_id=str(uuid.uuid4()),
-        sent_at=utcnow(), code="ok",
+        sent_at=SystemClock().now(), code="ok",
     )  # fmt: skip
     good = sealed_for_gateway(
         h, keys, ack, conversation_id=cid, message_type=MessageType.ACKNOWLEDGEMENT

@@ -25,7 +25,7 @@ from aiokafka import ConsumerRecord
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.infra.db import tables
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.kafka.bus import TransientError
@@ -62,8 +62,8 @@ async def published_outbox_row(h: Harness, envelope: SealedEnvelope) -> int:
                 value=envelope.to_json(),
                 headers="[]",
                 message_id=envelope.header.message_id,
-                created_at=utcnow(),
-                published_at=utcnow(),
+                created_at=SystemClock().now(),
+                published_at=SystemClock().now(),
             )
             .returning(tables.outbox.c.id)
         )
@@ -189,7 +189,7 @@ async def delivered_as_expected(
 ) -> None:
     conversation = reply.header.conversation_id
     reply_row, held_row = [await outbox_id(h, e) for e in (reply, held)]
-    handler = DeliveryHandler(h.gw.engine, h.gw.topics, h.settings.gateway_org_id)
+    handler = DeliveryHandler(h.gw.engine, h.gw.topics, h.settings.gateway_org_id, clock=h.gw.clock)
     if h.kind == "postgres":
         async with row_locked(h, held_row):
             left = await handler.handle_batch(polled)
@@ -250,7 +250,7 @@ async def test_a_busy_pool_is_a_transient_error_not_a_dead_letter(harness: Harne
     engine = make_engine(
         h.gw.engine.url.render_as_string(hide_password=False), pool_size=1, pool_timeout=0.1
     )
-    handler = DeliveryHandler(engine, h.gw.topics, h.settings.gateway_org_id)
+    handler = DeliveryHandler(engine, h.gw.topics, h.settings.gateway_org_id, clock=h.gw.clock)
     try:
         async with engine.connect() as held:
             await held.execute(sa.text("SELECT 1"))

@@ -26,7 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.contracts.envelope import Suite
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.directory import Organisation, Role, hash_api_key, new_api_key
 from attest_gateway.crypto.sealing import OrgKeys, PrivateHpkeKey
 from attest_gateway.infra.db import directory, tables
@@ -74,7 +74,7 @@ class Store:
 async def seed(engine: AsyncEngine) -> tuple[dict[str, OrgKeys], dict[str, str]]:
     keys = {org.id: OrgKeys.generate(org.id, SUITE) for org in (JC, PSY)}
     api_keys = {org.id: new_api_key(org.id) for org in (JC, PSY)}
-    now = utcnow()
+    now = SystemClock().now()
     async with engine.begin() as conn:
         for org in (JC, PSY):
             await directory.add_organisation(
@@ -141,7 +141,7 @@ def directory_statements(seen: list[str]) -> dict[str, int]:
 
 
 async def test_a_revocation_elsewhere_counts_at_the_next_transaction(store: Store) -> None:
-    now = utcnow()
+    now = SystemClock().now()
     signing, hpke = store.signing_id(PSY), store.hpke_id(PSY)
     async with store.reader.connect() as conn:
         key = await directory.signing_key(conn, signing)
@@ -173,7 +173,7 @@ async def test_a_revocation_elsewhere_counts_at_the_next_transaction(store: Stor
 
 
 async def test_disabling_elsewhere_counts_at_the_next_transaction(store: Store) -> None:
-    now = utcnow()
+    now = SystemClock().now()
     api_key = store.api_keys[PSY.id]
     async with store.reader.connect() as conn:
         found = await directory.org_by_api_key(conn, api_key)
@@ -212,7 +212,7 @@ async def test_disabling_elsewhere_counts_at_the_next_transaction(store: Store) 
 
 
 async def test_keys_and_organisations_added_elsewhere_count_at_once(store: Store) -> None:
-    now = utcnow()
+    now = SystemClock().now()
     async with store.reader.connect() as conn:
         current = await directory.current_hpke_key(conn, PSY.id, now)
         assert current is not None
@@ -271,7 +271,7 @@ async def every_lookup(conn: Any, store: Store, now: dt.datetime) -> None:
 
 
 async def test_a_transaction_checks_the_token_once(store: Store) -> None:
-    now = utcnow()
+    now = SystemClock().now()
     async with store.reader.connect() as conn:  # the engine's first look
         await every_lookup(conn, store, now)
     with statements(store.reader) as seen:
@@ -307,7 +307,7 @@ async def test_a_transaction_checks_the_token_once(store: Store) -> None:
 
 
 async def test_a_transaction_sees_its_own_directory_writes(store: Store) -> None:
-    now = utcnow()
+    now = SystemClock().now()
     gp = Organisation(
         id="gp-own", name="Lægen", role=Role.GP, sor="900000000000002", gln="5790000990042",
         kommunekode=None, ydernummer="099004", region_code="1084", custodial=False, enabled=True,
@@ -354,7 +354,7 @@ async def test_a_request_reads_the_generation_it_first_checked(store: Store) -> 
     """Inside `request_view` (one HTTP request) the first check fixes the snapshot: a change
     committed elsewhere meanwhile counts from the next request on, and a request that writes
     the directory reads it as it is from then on."""
-    now = utcnow()
+    now = SystemClock().now()
     api_key = store.api_keys[PSY.id]
     with directory.request_view():
         with statements(store.reader) as seen:
@@ -418,7 +418,7 @@ async def recreate(store: Store) -> None:
 
 
 async def test_a_recreated_database_is_not_served_the_old_snapshot(store: Store) -> None:
-    now = utcnow()
+    now = SystemClock().now()
     old_hpke, old_signing, old_api_key = store.hpke_id(PSY), store.signing_id(JC), store.api_keys
     async with store.reader.connect() as conn:
         current = await directory.current_hpke_key(conn, PSY.id, now)
@@ -449,7 +449,7 @@ async def test_an_old_schema_is_read_directly_until_migrated(kind: str, tmp_path
         reader, writer = make_engine(url), make_engine(url)
         try:
             keys, api_keys = await seed(writer)
-            now = utcnow()
+            now = SystemClock().now()
             with statements(reader) as seen:
                 async with reader.connect() as conn:
                     found = await directory.org_by_api_key(conn, api_keys[JC.id])

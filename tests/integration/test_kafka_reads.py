@@ -25,7 +25,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.metadata import MetadataRequest
 
 from attest_gateway.config import Settings, load_settings
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
 from attest_gateway.infra.kafka import bus
@@ -108,7 +108,7 @@ async def test_audit_anchors_are_read_when_connect_sends_no_topics(
     async with h.gw.engine.begin() as conn:
         await audit.record(
             conn, h.gw.topics, actor="test-anchors", action="test.append",
-            source=audit.SOURCE_GATEWAY, at=utcnow(),
+            source=audit.SOURCE_GATEWAY, at=SystemClock().now(),
         )  # fmt: skip
     async with h.gw.engine.connect() as conn:
         head = await audit.read_head(conn)
@@ -239,7 +239,7 @@ async def test_an_expired_epoch_is_written_again_without_a_replay(
         return bus.EPOCH_EXPIRED if calls == 1 else await real(*args)
 
     monkeypatch.setattr("attest_gateway.infra.housekeeping.sweeper.read_epoch", expired_once)
-    report = await sweeper.sweep_once(utcnow())
+    report = await sweeper.sweep_once(SystemClock().now())
     assert (report.topics_recreated, report.replayed) == (False, 0)
     assert rewound == []
     assert await real(h.settings, h.bootstrap, h.gw.topics.canary) == known

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto.sealing import OrgKeys, seal
 from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.db.tables import audit_log
@@ -157,7 +157,7 @@ def sealed_for_gateway(
         recipient_key_id=gateway_key.key_id,
         signer=keys.org_id,
         signer_key_id=keys.current_signing.key_id,
-        created_at=utcnow(),
+        created_at=SystemClock().now(),
     )
     body = orjson.dumps(bundle) if plaintext is None else plaintext
     return seal(body, header, gateway_key.public(), keys.current_signing)
@@ -171,7 +171,7 @@ async def test_sealed_submission(harness: Harness) -> None:
         acked=request,
         message_id=str(uuid.uuid4()),
         bundle_id=str(uuid.uuid4()),
-        sent_at=utcnow(),
+        sent_at=SystemClock().now(),
         code="ok",
     )
     envelope = sealed_for_gateway(

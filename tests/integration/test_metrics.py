@@ -62,7 +62,9 @@ async def test_metrics_after_a_round_trip(harness: Harness) -> None:
         return (await scrape(h)).get(medcom_handled, 0) - before.get(medcom_handled, 0) >= 4
 
     await wait_for(all_delivered)
-    await StoreGauges().refresh(h.gw.engine, force=True)  # the app's refresh is rate-limited
+    await StoreGauges().refresh(
+        h.gw.engine, h.gw.clock, force=True
+    )  # the app's refresh is rate-limited
     after = await scrape(h)
 
     def delta(name: str, **labels: str) -> float:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from attest_gateway.config import load_settings
+from attest_gateway.core.clock import ManualClock
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.infra.db import tables
 from attest_gateway.infra.db.engine import make_engine
@@ -70,7 +71,7 @@ async def test_store_gauges(kind: str, tmp_path: Path) -> None:
                         message_id=f"mb{i}", receiver_org_id="psy-test", sender_org_id="jc-test",
                         conversation_id="c0", message_type="attest-request", envelope=b"{}",
                         delivered_at=NOW, collected_at=collected))  # fmt: skip
-            await StoreGauges().refresh(engine, force=True)
+            await StoreGauges().refresh(engine, ManualClock(NOW), force=True)
         finally:
             await engine.dispose()
     assert _gauge(OVERDUE, attest_type="LÆ 155") == 2  # deadline passed, no reply

@@ -33,7 +33,7 @@ from attest_gateway.bootstrap import custodial_keys_dir, running_gateway
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.jobcenter import AttestRequestIn, CaseKind
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto import pseudonyms as cps
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.devtools.demo import ensure_demo_orgs
@@ -181,7 +181,7 @@ async def _pre_0007_conversation(
     its `submitted` event still in the outbox. The gateway has not started yet."""
     bare = pseudonym(cpr, key).split(".", 1)[1] if key else ""
     assert bare, "the pre-0007 conversation needs a known key"
-    now = utcnow()
+    now = SystemClock().now()
     conv = Conversation(
         id=str(uuid.uuid4()),
         jobcenter_org_id=JC,
@@ -239,7 +239,7 @@ async def apply_tracking(store: Store, store_key: ps.StoreKey | None) -> None:
     )
     for row in rows:
         await handler(as_record(store.tracking, row))
-    now = utcnow()
+    now = SystemClock().now()
     async with store.engine.begin() as conn:
         for row, ago in zip(rows, (dt.timedelta(minutes=5), dt.timedelta(days=2)), strict=False):
             await conn.execute(
@@ -279,9 +279,10 @@ async def run_rekey(store: Store, new_key: str = KEY_NEW, **kw: Any) -> RekeyRep
         old_key=store.key.encode(),
         new_key=new_key.encode(),
         tracking_topic=store.tracking,
-        republish_since=utcnow() - dt.timedelta(hours=1),
+        republish_since=SystemClock().now() - dt.timedelta(hours=1),
         audit_to=Topics.from_settings(store.settings),
         actor="operator:test",
+        clock=SystemClock(),
         **kw,
     )
 
@@ -465,7 +466,9 @@ async def test_the_shared_harness_stores_sealed_cpr_numbers(harness: Harness) ->
     async with h.gw.engine.connect() as conn:
         row = (await conn.execute(sa.select(conversations).where(conversations.c.id == cid))).one()
         recorded, _ = await ps.recorded_key(conn)
-        current = await directory.current_hpke_key(conn, h.settings.gateway_org_id, utcnow())
+        current = await directory.current_hpke_key(
+            conn, h.settings.gateway_org_id, SystemClock().now()
+        )
     assert current is not None
     assert cps.sealed_key_id(row.citizen_sealed) == current.key_id  # the directory's current
     assert row.case_ref == cps.case_ref("0707071234", h.gw.pseudonym_key)

@@ -278,7 +278,13 @@ async def test_a_failed_publish_gives_its_rows_back_at_once(
                     )
                 )
             relay = OutboxRelay(
-                engine, producer, h.gw.topics, batch_size=10, poll_seconds=0.1, max_pending=10
+                engine,
+                producer,
+                h.gw.topics,
+                batch_size=10,
+                poll_seconds=0.1,
+                max_pending=10,
+                clock=h.gw.clock,
             )
             with pytest.raises(KafkaError):
                 await relay.publish_pending()

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from attest_gateway.contracts.envelope import CONTENT_TYPE, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto.sealing import SigningKey
 from attest_gateway.infra.db import tables
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
@@ -95,8 +95,8 @@ async def test_on_kafka_each_bad_envelope_is_dead_lettered_with_its_reason(
     psy_signing = h.client_keys(PSY).current_signing
     gateway_signing = h.gw.keyring.signing(h.settings.gateway_org_id)
     jc_key, jc2_key, psy_key = [await hpke_key_of(h, org) for org in (JC, JC2, PSY)]
-    revoked = await register_signing_key(h, PSY, revoked_at=utcnow() - DAY)
-    expired = await register_signing_key(h, PSY, not_after=utcnow() - DAY)
+    revoked = await register_signing_key(h, PSY, revoked_at=SystemClock().now() - DAY)
+    expired = await register_signing_key(h, PSY, not_after=SystemClock().now() - DAY)
     ack = orjson.dumps(ack_of(request))
 
     def from_psy(signer: SigningKey = psy_signing, recipient: Any = jc_key, **header: Any) -> Any:
@@ -226,8 +226,8 @@ async def test_at_the_api_each_bad_sealed_submission_is_refused(harness: Harness
     cid, gateway_id = accepted["conversation_id"], h.settings.gateway_org_id
     gateway_key, jc_key = await hpke_key_of(h, gateway_id), await hpke_key_of(h, JC)
     psy_signing = h.client_keys(PSY).current_signing
-    revoked = await register_signing_key(h, PSY, revoked_at=utcnow() - DAY)
-    expired = await register_signing_key(h, PSY, not_after=utcnow() - DAY)
+    revoked = await register_signing_key(h, PSY, revoked_at=SystemClock().now() - DAY)
+    expired = await register_signing_key(h, PSY, not_after=SystemClock().now() - DAY)
     ack = ack_of(request)
     ids = ids_of(ack)
 
@@ -360,7 +360,7 @@ async def test_at_the_api_a_reused_message_id_is_a_replay(harness: Harness) -> N
     gp_request = response.json()
     gp_bundle = open_item(await mailbox_item(h, GP, gp_request["message_id"]), h.client_keys(GP))
     reply = build_attest_reply(
-        request=request, message_id=taken, bundle_id=new_id(), sent_at=utcnow(),
+        request=request, message_id=taken, bundle_id=new_id(), sent_at=SystemClock().now(),
         text=ATTEST_TEXT, pdf=None,
     )  # fmt: skip
     replays = [

@@ -15,7 +15,7 @@ from aiokafka.structs import RecordMetadata
 from prometheus_client import REGISTRY
 
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto.sealing import PublicHpkeKey, SigningKey, open_envelope, seal
 from attest_gateway.infra.db import directory, tables
 from tests.support.harness import read_topic, wait_for
@@ -42,7 +42,7 @@ async def register_signing_key(
                 purpose="signing",
                 algorithm="Ed25519",
                 public_key=key.public_encoded,
-                created_at=utcnow() - dt.timedelta(days=30),
+                created_at=SystemClock().now() - dt.timedelta(days=30),
                 revoked_at=revoked_at,
                 not_after=not_after,
             )
@@ -53,7 +53,7 @@ async def register_signing_key(
 async def hpke_key_of(h: Harness, org_id: str) -> PublicHpkeKey:
     """The organisation's current public HPKE key, as the directory gives it to senders."""
     async with h.gw.engine.connect() as conn:
-        key = await directory.current_hpke_key(conn, org_id, utcnow())
+        key = await directory.current_hpke_key(conn, org_id, SystemClock().now())
     assert key is not None, org_id
     return key
 
@@ -69,7 +69,7 @@ def make_envelope(
     """A correctly sealed and signed envelope; `header` gives the routing fields (message
     and bundle id, conversation, type, sender, receiver), the keys give the rest."""
     fields = {
-        "created_at": utcnow(),
+        "created_at": SystemClock().now(),
         **header,
         "recipient_key_id": recipient.key_id,
         "suite": recipient.suite,

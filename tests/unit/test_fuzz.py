@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.errors import EnvelopeRejected
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope, seal, verify
 from attest_gateway.medcom.errors import BundleError
@@ -92,7 +92,8 @@ def _sealed() -> SealedEnvelope:
         message_id="m-1", bundle_id="b-1", conversation_id="c-1",
         message_type=MessageType.ATTEST_REQUEST, sender="sender", receiver="receiver",
         suite="X25519/HKDF_SHA256/AES_256_GCM", recipient_key_id=KEYS.current_hpke.key_id,
-        signer="sender", signer_key_id=SIGNER.current_signing.key_id, created_at=utcnow(),
+        signer="sender", signer_key_id=SIGNER.current_signing.key_id,
+        created_at=SystemClock().now(),
     )  # fmt: skip
     return seal(
         b'{"resourceType": "Bundle"}', header, KEYS.current_hpke.public(), SIGNER.current_signing

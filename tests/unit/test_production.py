@@ -273,6 +273,20 @@ def test_development_keys_and_demo_credentials_are_refused(tmp_path: Path) -> No
     assert [p.split(" ")[0] for p in problems] == ["VAR_DIR", "KEYS_DIR"]
 
 
+def test_the_simulated_clock_is_refused_in_production(tmp_path: Path) -> None:
+    """The simulator's clock runs days ahead of the machine's: never in production, and the
+    refusal says which setting to unset; development takes it."""
+    start = {"simulated_clock_start": "2026-01-05T08:00:00+00:00", "simulated_clock_speed": 50}
+    problems = _problems(_safe(tmp_path, **start))
+    assert problems == [
+        "SIMULATED_CLOCK_START is set: the simulated clock is for the simulator in development; "
+        "production runs on the machine's clock (unset it)."
+    ]
+    with pytest.raises(UnsafeSettings, match="SIMULATED_CLOCK_START"):
+        refuse_unsafe_settings(_safe(tmp_path, **start))
+    assert _problems(load_settings(**start)) == []  # development
+
+
 def test_unwise_settings_are_warnings(tmp_path: Path) -> None:
     findings = inspect_settings(
         _safe(tmp_path, kafka_replication_factor=1, kafka_idempotent_producer=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.config import Settings
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.identifiers import gln_check_digit, municipalities
 from attest_gateway.devtools.devca import write_private
@@ -88,7 +88,7 @@ async def ensure_demo_orgs(engine: AsyncEngine, settings: Settings) -> DemoCrede
     await ensure_gateway_org(engine, settings)
     path = credentials_path(settings)
     creds: dict[str, dict[str, str]] = {}
-    now = utcnow()
+    now = SystemClock().now()  # set up before the gateway starts, on the machine's clock
     clients = settings.effective_keys_dir / "clients"
     async with engine.begin() as conn:
         for org in DEMO_ORGS:

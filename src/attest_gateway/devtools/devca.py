@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from attest_gateway.core.clock import SystemClock
+
 DEV_CA_NAME = "attest gateway development CA"
 DEV_ORGANISATION = "attest gateway development"
 _CA_DAYS = 3650
@@ -88,7 +90,7 @@ def _name(common_name: str, organisation: str) -> x509.Name:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return SystemClock().now()
 
 
 def ensure_ca(directory: Path) -> DevCA:

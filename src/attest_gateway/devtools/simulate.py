@@ -8,13 +8,14 @@ contact). Every step is an HTTP call to a running gateway, exactly as a case sys
 clinic system would make it; the clinics open their sealed envelopes with their own keys.
 
 The simulated clock. The driver never reads its own clock: it reads the gateway's (the HTTP
-`Date` header) and performs every step whose scheduled time has come. Run against a normal
-gateway, time is real. With `--serve` the command starts its own gateway whose clock runs
-`speed` times faster than real time (libfaketime, Debian package `faketime`; monotonic
-clocks stay real so timers and Kafka sessions are unaffected), starting `--days` days in the
-past, so months of traffic play out in minutes and every timestamp the gateway records is
-simulated time. When the history has caught up with the present the gateway is restarted on
-a normal clock on the same store and broker, and traffic goes on live. What it costs: at
+`Date` header, stamped from the gateway's clock) and performs every step whose scheduled time
+has come. Run against a normal gateway, time is real. With `--serve` the command starts its
+own gateway on a simulated clock (`core.clock.SimulatedClock`, chosen by the settings
+`SIMULATED_CLOCK_START` and `SIMULATED_CLOCK_SPEED`) that starts `--days` days in the past and
+runs `speed` times faster than real time, so months of traffic play out in minutes and every
+timestamp the gateway records is simulated time; its timers and timeouts (the event loop's,
+Kafka's) stay real. When the history has caught up with the present the gateway is restarted
+on the machine's clock on the same store and broker, and traffic goes on live. What it costs: at
 speed N one real second is N simulated seconds, so the gateway's own sub-second hand-offs
 (delivery into a mailbox, into the job centre's inbox) look N times slower in the history;
 the human delays (days, weeks) are what the history is for.
@@ -50,16 +51,12 @@ import structlog
 
 from attest_gateway.config import Settings
 from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.identifiers import gln_check_digit, municipalities
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 
 log = structlog.get_logger(__name__)
 
-FAKETIME_LIBS = (
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/faketime/libfaketimeMT.so.1",
-)
 REGIONS = ("1081", "1082", "1083", "1084", "1085")
 GP_PER_REGION = 2
 
@@ -232,7 +229,6 @@ async def ensure_simulation_orgs(settings: Settings) -> dict[str, dict[str, str]
     """Register the simulation organisations (keys, API keys) unless present; their
     credentials are kept in `VAR_DIR/sim-credentials.json` (mode 0600)."""
     from attest_gateway.bootstrap import custodial_keys_dir
-    from attest_gateway.core.clock import utcnow
     from attest_gateway.core.directory import Organisation, Role, new_api_key
     from attest_gateway.devtools.demo import ensure_demo_orgs
     from attest_gateway.infra.db import directory
@@ -262,7 +258,9 @@ async def ensure_simulation_orgs(settings: Settings) -> dict[str, dict[str, str]
                 )
                 keys = OrgKeys.generate(o.id, settings.hpke_suite)
                 api_key = new_api_key(o.id)
-                await directory.add_organisation(conn, org, keys, api_key=api_key, now=utcnow())
+                await directory.add_organisation(
+                    conn, org, keys, api_key=api_key, now=SystemClock().now()
+                )
                 key_path = (
                     custodial_keys_dir(settings) / f"{o.id}.json"
                     if custodial
@@ -633,29 +631,25 @@ class Driver:
 # --- running a gateway for the simulation --------------------------------------------------------
 
 
-def faketime_library() -> str | None:
-    return next((p for p in FAKETIME_LIBS if Path(p).exists()), None)
+def gateway_environment(
+    env: dict[str, str], *, clock_start: dt.datetime | None, speed: float
+) -> dict[str, str]:
+    """`env` with the settings of a gateway whose clock reads `clock_start` when it starts and
+    runs `speed` times faster than real time; with None, of one on the machine's clock."""
+    child_env = {k: v for k, v in env.items() if not k.startswith("SIMULATED_CLOCK_")}
+    if clock_start is not None:
+        child_env["SIMULATED_CLOCK_START"] = clock_start.astimezone(dt.UTC).isoformat()
+        child_env["SIMULATED_CLOCK_SPEED"] = repr(float(speed))
+    return child_env
 
 
 @contextlib.contextmanager
 def gateway_process(
-    env: dict[str, str], log_path: Path, *, fake_start: dt.datetime | None, speed: float
+    env: dict[str, str], log_path: Path, *, clock_start: dt.datetime | None, speed: float
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`attest-gateway serve` as a child, optionally on a simulated clock."""
-    child_env = dict(env)
-    if fake_start is not None:
-        lib = faketime_library()
-        if lib is None:
-            raise RuntimeError("libfaketime is not installed (Debian: apt-get install faketime)")
-        child_env |= {
-            "LD_PRELOAD": lib,
-            "FAKETIME": f"@{fake_start.strftime('%Y-%m-%d %H:%M:%S')} x{speed:g}",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-            "TZ": "UTC",
-        }
-        # libfaketime also shortens sleeps by the speed factor, SQLite's busy wait among them:
-        # give the child's SQLite connections a busy timeout that is 30 s in real time.
-        child_env["SIMULATION_SQLITE_BUSY_MS"] = str(min(2**31 - 1, int(30_000 * speed)))
+    """`attest-gateway serve` as a child: on a simulated clock from `clock_start` at `speed`,
+    or (None) on the machine's clock."""
+    child_env = gateway_environment(env, clock_start=clock_start, speed=speed)
     command = [sys.executable, "-m", "attest_gateway.devtools.simulate", "serve"]
     with log_path.open("ab") as out:
         proc = subprocess.Popen(command, env=child_env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
@@ -687,28 +681,7 @@ def _rng(seed: int | None) -> random.Random:
     return random.Random(seed)  # noqa: S311 - simulation, not security
 
 
-def _child_main() -> None:
-    """`python -m attest_gateway.devtools.simulate serve`: the gateway, as the simulation runs it.
-
-    The same as `attest-gateway serve`, except that SQLite connections get the busy timeout
-    named in SIMULATION_SQLITE_BUSY_MS (set only on a simulated clock; see gateway_process).
-    """
-    busy = os.environ.get("SIMULATION_SQLITE_BUSY_MS")
-    if busy is not None:
-        import sqlalchemy as sa
-
-        def _busy_timeout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-            if "sqlite" in type(dbapi_connection).__module__:
-                cursor = dbapi_connection.cursor()
-                cursor.execute(f"PRAGMA busy_timeout={int(busy)}")
-                cursor.close()
-
-        # on checkout, so that it applies after the engine's own connect-time pragmas
-        sa.event.listen(sa.pool.Pool, "checkout", _busy_timeout)
+if __name__ == "__main__":  # `gateway_process`'s child: `attest-gateway serve`
     from attest_gateway.entrypoints.cli.main import main
 
     main()
-
-
-if __name__ == "__main__":
-    _child_main()

@@ -52,6 +52,7 @@ from prometheus_client import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway import __version__
+from attest_gateway.core.clock import Clock
 from attest_gateway.core.errors import EnvelopeRejected, GatewayError, Unauthenticated
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import conversations, mailbox, outbox, stages
@@ -245,11 +246,11 @@ class StoreGauges:
         self._ttl = ttl_seconds
         self._at = -float("inf")
 
-    async def refresh(self, engine: AsyncEngine, *, force: bool = False) -> None:
+    async def refresh(self, engine: AsyncEngine, clock: Clock, *, force: bool = False) -> None:
         if not force and time.monotonic() - self._at < self._ttl:
             return
         self._at = time.monotonic()
-        now = dt.datetime.now(dt.UTC)
+        now = clock.now()
         async with engine.connect() as conn:
             pending = (
                 await conn.execute(
@@ -313,7 +314,7 @@ async def metrics(request: Request) -> Response:
     gw = getattr(request.app.state, "gateway", None)
     if gauges is not None and gw is not None:
         try:
-            await gauges.refresh(gw.engine)
+            await gauges.refresh(gw.engine, gw.clock)
         except sa.exc.DBAPIError as exc:  # the scrape still answers; /readyz tells the rest
             log.warning("metrics.store_gauges_failed", error=type(exc).__name__)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

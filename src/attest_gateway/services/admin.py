@@ -52,7 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from attest_gateway.bootstrap import custodial_keys_dir
 from attest_gateway.config import Settings
 from attest_gateway.contracts.envelope import Suite
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.directory import (
     HEALTH_ROLES,
     Organisation,
@@ -477,7 +477,7 @@ async def add_org(
     organisation, new keys in its custodial key file; else, in development, new keys whose
     private file is written to `private_out`; else none yet (`keys add` later).
     """
-    now = now or utcnow()
+    now = now or SystemClock().now()
     org = checked_organisation(org, settings)
     if public_keys is not None and org.custodial:
         raise AdminError("a custodial organisation's keys are made by the gateway, not registered")
@@ -567,7 +567,7 @@ async def _set_enabled(
     source: str,
     now: dt.datetime | None,
 ) -> OrgChange:
-    now = now or utcnow()
+    now = now or SystemClock().now()
     org = await _org_or_fail(conn, org_id)
     if org.enabled == enabled:
         return OrgChange(org, False)
@@ -590,7 +590,7 @@ async def reissue_api_key(
 ) -> str:
     """A new API key for an organisation (a leaked or lost one): the old key stops working at
     once. Returns the new key, which is shown once; only its hash is stored."""
-    now = now or utcnow()
+    now = now or SystemClock().now()
     org = await _org_or_fail(conn, org_id)
     if org_id == settings.gateway_org_id:
         raise AdminError("the gateway's own organisation has no API key")
@@ -718,7 +718,7 @@ async def generate_keys(
         private_out=private_out,
         actor=actor,
         source=source,
-        now=now or utcnow(),
+        now=now or SystemClock().now(),
         rotating=False,
     )
 
@@ -747,7 +747,7 @@ async def rotate_keys(
         private_out=private_out,
         actor=actor,
         source=source,
-        now=now or utcnow(),
+        now=now or SystemClock().now(),
         rotating=True,
     )
 
@@ -764,7 +764,7 @@ async def register_public_keys(
 ) -> list[KeyInfo]:
     """Register public keys an organisation made itself; the newest becomes current.
     Audited as `key.rotate` when it replaces a key of that purpose, else `key.generate`."""
-    now = now or utcnow()
+    now = now or SystemClock().now()
     org = await _org_or_fail(conn, org_id)
     if org.custodial:
         raise AdminError(f"{org_id} is custodial: its keys are made with keys rotate")
@@ -813,7 +813,7 @@ async def pin_client_certificate(
     """Pin a TLS client certificate to an organisation (mutual TLS on the API): its SHA-256
     fingerprint joins `org_keys` (purpose `tls-client`, `not_after` = the certificate's
     expiry), so it is listed, revoked and retired like any key. Audited as `cert.add`."""
-    now = now or utcnow()
+    now = now or SystemClock().now()
     org = await _org_or_fail(conn, org_id)
     try:
         cert = x509.load_pem_x509_certificate(pem)
@@ -860,7 +860,7 @@ async def revoke_key(
     now: dt.datetime | None = None,
 ) -> KeyChange:
     """Revoke a key at once (compromise). See the module docstring for what that means."""
-    now = now or utcnow()
+    now = now or SystemClock().now()
     key = await _key_or_fail(conn, key_id)
     if key.revoked_at is not None and key.revoked_at <= now:
         return KeyChange(key, False, False)
@@ -910,7 +910,7 @@ async def retire_key(
 ) -> KeyChange:
     """End a key's use after a rotation (`not_after = now`); a custodial private key leaves
     the key file, so mail still sealed to it can no longer be opened."""
-    now = now or utcnow()
+    now = now or SystemClock().now()
     key = await _key_or_fail(conn, key_id)
     if not key.usable(now):
         return KeyChange(key, False, False)

@@ -24,7 +24,6 @@ from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.contacts import ContactChannel, ContactEvent
 from attest_gateway.contracts.jobcenter import CaseKind
 from attest_gateway.core.bounds import InputDate, a_year_after
-from attest_gateway.core.clock import utcnow
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import Conflict, Forbidden, Unprocessable
 from attest_gateway.core.identifiers import Cpr, Kommunekode, Sor, municipalities
@@ -77,7 +76,7 @@ async def register_contact(
     """Store the registration and its tracking event. Returns (answer, created now)."""
     if body.municipality != org.kommunekode:
         raise Forbidden("jobcenter-mismatch", "the municipality in the request is not the caller")
-    now = utcnow()
+    now = gw.clock.now()
     if body.first_day_of_absence > a_year_after(now.date()):
         raise Unprocessable(
             "invalid-first-day-of-absence", "the first day of absence is more than a year ahead"

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import Clock
 from attest_gateway.core.errors import EnvelopeRejected
 from attest_gateway.crypto.sealing import decode_verify_key, verify
 from attest_gateway.infra.db import directory
@@ -255,10 +255,13 @@ async def _offer_resend(conn: AsyncConnection, envelope: SealedEnvelope) -> None
 
 
 class DeliveryHandler:
-    def __init__(self, engine: AsyncEngine, topics: Topics, gateway_org_id: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, topics: Topics, gateway_org_id: str, *, clock: Clock
+    ) -> None:
         self._engine = engine
         self._topics = topics
         self._gateway_org_id = gateway_org_id
+        self._clock = clock
 
     async def handle_batch(
         self, records: Sequence[ConsumerRecord[bytes, bytes]]
@@ -276,7 +279,7 @@ class DeliveryHandler:
             if envelope.header.message_id not in by_message:
                 by_message[envelope.header.message_id] = record
                 envelopes.append(envelope)
-        now = utcnow()
+        now = self._clock.now()
         try:
             async with self._engine.begin() as conn:
                 delivered = await deliver_many(
@@ -295,7 +298,7 @@ class DeliveryHandler:
 
     async def __call__(self, record: ConsumerRecord[bytes, bytes]) -> None:
         envelope = parse_envelope(record.value)
-        now = utcnow()
+        now = self._clock.now()
         try:
             async with self._engine.begin() as conn:
                 await check_envelope(conn, envelope, self._gateway_org_id, now)

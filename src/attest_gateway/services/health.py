@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.clock import utcnow
 from attest_gateway.core.directory import Organisation
 from attest_gateway.core.errors import (
     BadRequest,
@@ -65,7 +64,7 @@ async def read_mailbox(
 ) -> list[dict[str, Any]]:
     """The sealed envelopes waiting for this organisation, oldest first. Each one handed out
     is an audit entry (`mailbox.fetch`, from `source`), in the same transaction."""
-    now = utcnow()
+    now = gw.clock.now()
     out: list[dict[str, Any]] = []
     reads: list[audit.AuditEvent] = []
     async with gw.engine.begin() as conn:
@@ -136,7 +135,7 @@ async def mark_collected(gw: Gateway, org: Organisation, message_id: str) -> boo
                 mailbox.c.receiver_org_id == org.id,
                 mailbox.c.collected_at.is_(None),
             )
-            .values(collected_at=utcnow())
+            .values(collected_at=gw.clock.now())
         )
         if result.rowcount == 1:
             return True
@@ -176,7 +175,7 @@ async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> obj
         raise EnvelopeRejected("not-addressed-to-gateway", "sealed to a key the gateway lacks")
     if vkey is None or vkey.org_id != org.id:
         raise EnvelopeRejected("unknown-key", "the envelope names a key that is not usable")
-    if not vkey.usable(utcnow()):
+    if not vkey.usable(gw.clock.now()):
         raise EnvelopeRejected("key-not-valid", "the signing key is revoked or expired")
     verify(envelope, decode_verify_key(vkey.public_key))
     opened = open_envelope(envelope, key)
@@ -187,7 +186,7 @@ async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> obj
             actor=gw.settings.gateway_org_id,
             action=audit.ENVELOPE_OPEN,
             source=audit.SOURCE_GATEWAY,
-            at=utcnow(),
+            at=gw.clock.now(),
             subject_org=org.id,
             message_id=h.message_id,
             conversation_id=h.conversation_id,
@@ -261,7 +260,7 @@ async def submit_message(
         raise Unprocessable(exc.code, exc.detail) from exc
     _check_sender(info, org)
     gw.relay.admit()
-    now = utcnow()
+    now = gw.clock.now()
     async with gw.engine.begin() as conn:
         seen = (
             await conn.execute(

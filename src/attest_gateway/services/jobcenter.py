@@ -32,7 +32,6 @@ from attest_gateway.contracts.jobcenter import (
 from attest_gateway.contracts.stages import STAGE_ORDER, MessageType, Stage, current_stage
 from attest_gateway.core.attests import IssuerKind
 from attest_gateway.core.bounds import a_year_after
-from attest_gateway.core.clock import utcnow
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
 from attest_gateway.core.errors import Conflict, Forbidden, GatewayError, NotFound, Unprocessable
 from attest_gateway.core.identifiers import municipalities
@@ -121,7 +120,7 @@ async def submit_attest_request(
     kind = gw.catalogue.get(body.attest_type)
     if kind is None:
         raise Unprocessable("unknown-attest-type", "the attest type is not in the LÆ catalogue")
-    now = utcnow()
+    now = gw.clock.now()
     today = now.date()
     if body.first_day_of_absence > a_year_after(today):
         raise Unprocessable(
@@ -307,7 +306,7 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str)
     (with its error code, in the same transaction), named in `unreadable`, and offered after
     every readable one, so that it never holds the others back. Each read tries it again: once
     the cause is mended (the custodial key loaded, say) it is handed out like any other."""
-    now = utcnow()
+    now = gw.clock.now()
     items: list[InboxItem] = []
     unreadable: list[UnreadableReply] = []
     reads: list[audit.AuditEvent] = []
@@ -457,7 +456,7 @@ async def acknowledge_reply(
     Idempotent: acknowledging twice changes nothing the second time (returns False).
     """
     gw.relay.admit()
-    now = utcnow()
+    now = gw.clock.now()
     async with gw.engine.begin() as conn:
         row = (
             await conn.execute(

@@ -32,7 +32,6 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.clock import utcnow
 from attest_gateway.core.errors import GatewayError
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, insert_ignore
@@ -90,7 +89,7 @@ class TrackerSweep:
 
     async def run_once(self, now: dt.datetime | None = None) -> dict[str, int]:
         """One sweep. Returns what it did (for logs and tests)."""
-        now = now or utcnow()
+        now = now or self._gw.clock.now()
         done = {
             "overdue": await self.flag_overdue(now),
             "reminders": await self.send_reminders(now),

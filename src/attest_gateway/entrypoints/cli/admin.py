@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.entrypoints.cli.ops import fail
 
 if TYPE_CHECKING:  # imported when a command runs: `attest-gateway --help` stays quick
@@ -230,7 +231,7 @@ def orgs_list(
 
     settings = load_settings()
     entries = _run(settings, admin.list_orgs)
-    now = dt.datetime.now(dt.UTC)
+    now = SystemClock().now()
     rows: list[dict[str, Any]] = []
     for e in entries:
         o = e.org
@@ -560,7 +561,7 @@ def keys_list(
 
     settings = load_settings()
     entries = _run(settings, lambda conn: admin.list_orgs(conn, org))
-    now = dt.datetime.now(dt.UTC)
+    now = SystemClock().now()
     rows: list[dict[str, Any]] = []
     for entry in entries:
         current = {k.key_id for p in admin.PURPOSES if (k := entry.current(p, now)) is not None}

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.entrypoints.cli import admin as cli_admin
 from attest_gateway.entrypoints.cli import audit as cli_audit
 from attest_gateway.entrypoints.cli import ops as cli_ops
@@ -161,6 +162,7 @@ def serve(
                 log_config=None,
                 access_log=False,
                 lifespan="on",
+                date_header=False,  # the app's, from the gateway's clock (DateHeaderMiddleware)
             )
         )
         scheme = "https" if settings.api_tls_certfile else "http"
@@ -392,7 +394,7 @@ def client_open(
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return SystemClock().now()
 
 
 @client.command("ack")

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto import pseudonyms as cps
 from attest_gateway.entrypoints.cli.admin import operator
 from attest_gateway.infra.db import pseudonyms as ps
@@ -132,7 +133,10 @@ def key_mismatch(settings: Settings) -> str | None:
         try:
             key = load_pseudonym_key(settings)
             await ps.check_store_key(
-                engine, key, tracking_topic=Topics.from_settings(settings).tracking
+                engine,
+                key,
+                tracking_topic=Topics.from_settings(settings).tracking,
+                now=SystemClock().now(),
             )
         except ps.PseudonymKeyMismatch as exc:
             staged = ps.staged_key_file(settings)
@@ -239,6 +243,8 @@ def rekey_command(
     if key_file_mode and not dry_run:
         _write_private(staged, new_key)  # on disk before the database moves to it
 
+    clock = SystemClock()  # a command run by hand, between runs of the gateway
+
     async def run() -> RekeyReport:
         engine = settings_engine(settings)
         try:
@@ -249,11 +255,12 @@ def rekey_command(
                 old_key=old_key,
                 new_key=new_key,
                 tracking_topic=Topics.from_settings(settings).tracking,
-                republish_since=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window),
+                republish_since=clock.now() - dt.timedelta(seconds=window),
                 force=force,
                 dry_run=dry_run,
                 audit_to=Topics.from_settings(settings),
                 actor=operator(),
+                clock=clock,
             )
         finally:
             await engine.dispose()

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.core.clock import SystemClock
 
 console = Console(stderr=True)
 
@@ -203,7 +204,6 @@ def _serve_and_simulate(
     live_days: float,
     seed: int,
 ) -> None:
-    from attest_gateway.devtools.simulate import faketime_library
     from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 
     port = settings.api_port
@@ -231,7 +231,6 @@ def _serve_and_simulate(
                 live=live,
                 live_days=live_days,
                 seed=seed,
-                fake=faketime_library() is not None,
                 stop=stop,
             )
         )
@@ -253,7 +252,6 @@ async def _history_then_live(
     live: bool,
     live_days: float,
     seed: int,
-    fake: bool,
     stop: asyncio.Event,
 ) -> None:
     import httpx
@@ -274,26 +272,18 @@ async def _history_then_live(
     rng = _rng(seed)
     base = f"http://127.0.0.1:{settings.api_port}"
     log_path = settings.var_dir / "simulate-gateway.log"
-    end = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    end = SystemClock().now().replace(microsecond=0)
     start = end - dt.timedelta(days=days)
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         driver = Driver(client, creds)
-        on_sqlite = settings.effective_database_url.startswith("sqlite")
-        if fake and days > 0 and on_sqlite:
-            # libfaketime shortens every sleep by the speed factor, SQLite's lock waits too:
-            # on a sped-up clock its writers spin against each other and requests time out.
-            console.print(
-                "[yellow]the simulated history needs PostgreSQL (set DATABASE_URL; `make demo` "
-                "uses the local one when it is up): going on live only"
-            )
-        elif fake and days > 0:
+        if days > 0:
             speed = max(1.0, days * 86400 / (minutes * 60))
             console.print(
                 f"history: {days:g} days from {start:%Y-%m-%d} at {speed:,.0f}× "
                 f"(simulated clock; gateway log {log_path})"
             )
             with gateway_process(
-                env | {"TRACKER_SWEEP_SECONDS": "1"}, log_path, fake_start=start, speed=speed
+                env | {"TRACKER_SWEEP_SECONDS": "1"}, log_path, clock_start=start, speed=speed
             ) as proc:
                 await wait_healthy(client, proc, log_path)
                 driver.add(plan(prof, orgs, start=await driver.clock(), end=end, rng=rng))
@@ -321,11 +311,9 @@ async def _history_then_live(
 
                     await driver.run_until(lambda now: now >= end or stop.is_set(), tick)
             console.print(f"history done: {driver.stats}")
-        elif days > 0:
-            console.print("[yellow]libfaketime not found (apt-get install faketime): no history")
         if stop.is_set() or not live:
             return
-        with gateway_process(env, log_path, fake_start=None, speed=1) as proc:
+        with gateway_process(env, log_path, clock_start=None, speed=1) as proc:
             await wait_healthy(client, proc, log_path)
             now = await driver.clock()
             driver.add(plan(prof, orgs, start=now, end=now + dt.timedelta(days=live_days), rng=rng))

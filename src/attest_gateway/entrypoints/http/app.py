@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from attest_gateway import __version__
 from attest_gateway.bootstrap import freeze_startup_heap, running_gateway
 from attest_gateway.config import Settings
+from attest_gateway.core.clock import Clock
 from attest_gateway.entrypoints.http.asyncapi import router as asyncapi_router
 from attest_gateway.entrypoints.http.openapi import install_openapi
 from attest_gateway.entrypoints.http.plumbing import (
     BodyLimitMiddleware,
+    DateHeaderMiddleware,
     RequestLogMiddleware,
     install_error_handlers,
 )
@@ -39,17 +41,19 @@ def create_app(
     run_consumers: bool = True,
     api_routes: bool = True,
     freeze_heap: bool = False,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """The HTTP app. `api_routes=False` serves only the operations routes (health, metrics,
     contracts): a worker process runs the consumers and is watched through those.
     `freeze_heap`: once started, take startup's objects out of the garbage collector's walks
-    (`runtime.freeze_startup_heap`; the serving process, not tests)."""
+    (`runtime.freeze_startup_heap`; the serving process, not tests). `clock` replaces the
+    one the settings choose (tests)."""
     refuse_unsafe_settings(settings)  # production mode: a clear error naming the setting
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_gateway(
-            settings, bootstrap, run_relay=run_relay, run_consumers=run_consumers
+            settings, bootstrap, run_relay=run_relay, run_consumers=run_consumers, clock=clock
         ) as gw:
             app.state.gateway = gw
             if freeze_heap:
@@ -65,6 +69,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DateHeaderMiddleware)  # outermost: the 413 above is dated too
     app.state.settings = settings
     app.state.store_gauges = StoreGauges() if run_consumers else None
     if api_routes:

@@ -1,11 +1,14 @@
-"""HTTP plumbing shared by the routers: authentication, problem+json, body limit, request log."""
+"""HTTP plumbing shared by the routers: authentication, problem+json, body limit, request log,
+the `Date` header from the gateway's clock."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from email.utils import format_datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -21,7 +24,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attest_gateway.bootstrap import Gateway
-from attest_gateway.core.clock import utcnow
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import (
     BadRequest,
@@ -85,7 +87,7 @@ async def authenticated(request: Request) -> Organisation:
         await autocommit(conn)
         if pem is not None:
             by_cert = await directory.org_by_client_certificate(
-                conn, mtls.fingerprint_of(pem), utcnow()
+                conn, mtls.fingerprint_of(pem), gw.clock.now()
             )
             if by_cert is None:
                 raise Unauthenticated(
@@ -369,3 +371,28 @@ class RequestLogMiddleware:
             status=status,
             duration_ms=round(elapsed * 1000, 2),
         )
+
+
+class DateHeaderMiddleware:
+    """The `Date` of every answer (RFC 9110, section 6.6.1) from the gateway's clock: a client
+    learns the gateway's time from it, the simulator among them when that clock is simulated.
+    `attest-gateway serve` turns uvicorn's own `Date` (the machine's clock) off. Before the
+    gateway has started (no lifespan) there is no clock, and no `Date`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                gw: Gateway | None = getattr(scope["app"].state, "gateway", None)
+                if gw is not None:
+                    date = format_datetime(gw.clock.now().astimezone(dt.UTC), usegmt=True)
+                    MutableHeaders(scope=message)["Date"] = date
+            await send(message)
+
+        await self.app(scope, receive, send_dated)

@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.config import Settings
 from attest_gateway.contracts.contacts import NotATrackingEvent, parse_tracking_event
-from attest_gateway.core.clock import utcnow
 from attest_gateway.crypto.pseudonyms import key_id, key_id_of, seal_citizen
 from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey
 from attest_gateway.infra.db import directory
@@ -128,18 +127,21 @@ def mismatch_message(configured: str, recorded: str) -> str:
     )
 
 
-async def check_store_key(engine: AsyncEngine, key: bytes, *, tracking_topic: str) -> StoreKey:
+async def check_store_key(
+    engine: AsyncEngine, key: bytes, *, tracking_topic: str, now: dt.datetime
+) -> StoreKey:
     """Record the key on first use, else check it is the recorded one. Raises
     PseudonymKeyMismatch (one sentence) when the store was written with another key."""
     async with engine.begin() as conn:
-        return await store_key(conn, key, tracking_topic=tracking_topic)
+        return await store_key(conn, key, tracking_topic=tracking_topic, now=now)
 
 
-async def store_key(conn: AsyncConnection, key: bytes, *, tracking_topic: str) -> StoreKey:
+async def store_key(
+    conn: AsyncConnection, key: bytes, *, tracking_topic: str, now: dt.datetime
+) -> StoreKey:
     """`check_store_key` in the caller's transaction (its first statement writes, so that
-    SQLite's transaction begins with it)."""
+    SQLite's transaction begins with it). `now` stamps the row recording the key."""
     kid = key_id(key)
-    now = utcnow()
     if await insert_ignore(conn, leases, {"name": KEY_ROW, "holder": kid, "until": now}):
         await insert_ignore(conn, leases, {"name": LEGACY_ROW, "holder": kid, "until": now})
         await prefix_bare_refs(conn, kid, tracking_topic)

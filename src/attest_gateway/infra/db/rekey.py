@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.contacts import NotATrackingEvent, parse_tracking_event
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import Clock
 from attest_gateway.crypto import pseudonyms as cps
 from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey
 from attest_gateway.infra.db import audit
@@ -106,6 +106,7 @@ async def rekey(
     lease_seconds: float = 6 * 3600,
     audit_to: Topics | None = None,
     actor: str = "operator",
+    clock: Clock,
 ) -> RekeyReport:
     """Re-key every pseudonym in the store from `old_key` to `new_key` (see the module).
     Raises RekeyRefused, with nothing changed. `dry_run` does all of it and rolls back."""
@@ -115,16 +116,18 @@ async def rekey(
     if new_kid == old_kid:
         raise RekeyRefused(f"the new key's id equals the current key's ({old_kid}): make another")
     holder = uuid.uuid4().hex[:16]
-    await _take_lease(engine, holder, lease_seconds)
+    await _take_lease(engine, holder, lease_seconds, clock.now())
     try:
         async with engine.connect() as conn:
             transaction = await conn.begin()
             try:
                 try:  # the first statement writes: SQLite's transaction begins here
-                    store = await ps.store_key(conn, old_key, tracking_topic=tracking_topic)
+                    store = await ps.store_key(
+                        conn, old_key, tracking_topic=tracking_topic, now=clock.now()
+                    )
                 except ps.PseudonymKeyMismatch as exc:
                     raise RekeyRefused(str(exc)) from None
-                job = _Rekey(conn, keyring, gateway_org_id, store, old_key, new_key)
+                job = _Rekey(conn, keyring, gateway_org_id, store, old_key, new_key, clock)
                 report = await job.run(
                     tracking_topic=tracking_topic, republish_since=republish_since, force=force
                 )
@@ -136,7 +139,7 @@ async def rekey(
                         actor=actor,
                         action="pseudonym.rekey",
                         source=audit.SOURCE_CLI,
-                        at=utcnow(),
+                        at=clock.now(),
                         detail={
                             "old_key_id": report.old_key_id,
                             "new_key_id": report.new_key_id,
@@ -151,12 +154,11 @@ async def rekey(
             else:
                 await transaction.commit()
     finally:
-        await _release_lease(engine, holder)
+        await _release_lease(engine, holder, clock.now())
     return report
 
 
-async def _take_lease(engine: AsyncEngine, holder: str, seconds: float) -> None:
-    now = utcnow()
+async def _take_lease(engine: AsyncEngine, holder: str, seconds: float, now: dt.datetime) -> None:
     async with engine.begin() as conn:
         await insert_ignore(
             conn, leases, {"name": LEASE, "holder": "", "until": now - dt.timedelta(days=1)}
@@ -177,12 +179,12 @@ async def _take_lease(engine: AsyncEngine, holder: str, seconds: float) -> None:
     )
 
 
-async def _release_lease(engine: AsyncEngine, holder: str) -> None:
+async def _release_lease(engine: AsyncEngine, holder: str, now: dt.datetime) -> None:
     async with engine.begin() as conn:
         await conn.execute(
             leases.update()
             .where(leases.c.name == LEASE, leases.c.holder == holder)
-            .values(until=utcnow() - dt.timedelta(seconds=1))
+            .values(until=now - dt.timedelta(seconds=1))
         )
 
 
@@ -197,8 +199,10 @@ class _Rekey:
         store: ps.StoreKey,
         old_key: bytes,
         new_key: bytes,
+        clock: Clock,
     ) -> None:
         self.conn = conn
+        self.clock = clock
         self.keyring = keyring
         self.gateway_org_id = gateway_org_id
         self.store = store
@@ -215,14 +219,16 @@ class _Rekey:
         moved = await conn.execute(
             leases.update()
             .where(leases.c.name == ps.KEY_ROW, leases.c.holder == report.old_key_id)
-            .values(holder=report.new_key_id, until=utcnow())
+            .values(holder=report.new_key_id, until=self.clock.now())
         )
         if moved.rowcount != 1:
             raise RekeyRefused("the store's pseudonym key changed while the re-key started")
         await conn.execute(leases.delete().where(leases.c.name == ps.LEGACY_ROW))
         await self._refuse_if_running()
         await conn.run_sync(lambda sync: _MAP.create(sync))
-        current = await ps.gateway_hpke_key(conn, self.keyring, self.gateway_org_id, utcnow())
+        current = await ps.gateway_hpke_key(
+            conn, self.keyring, self.gateway_org_id, self.clock.now()
+        )
         citizens: set[str] = set()
         for table, pk, context in _SEALED:
             citizens |= await self._open_sealed(table, pk, context, current)
@@ -249,7 +255,7 @@ class _Rekey:
         return report
 
     async def _refuse_if_running(self) -> None:
-        now = utcnow()
+        now = self.clock.now()
         leased = (
             await self.conn.execute(
                 sa.select(sa.func.max(outbox.c.claimed_until)).where(

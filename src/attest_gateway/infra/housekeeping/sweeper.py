@@ -40,7 +40,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.clock import utcnow
 from attest_gateway.crypto.sealing import open_envelope
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import STORE_ERRORS, insert_ignore
@@ -110,7 +109,7 @@ class Sweeper:
             await asyncio.sleep(self._gw.settings.sweep_interval_seconds)
 
     async def sweep_once(self, now: dt.datetime | None = None) -> SweepReport:
-        now = now or utcnow()
+        now = now or self._gw.clock.now()
         report = SweepReport()
         report.topics_recreated, report.replayed = await self.recreate_lost_topics(now)
         report.republished = await self.republish_undelivered(now)
@@ -175,7 +174,7 @@ class Sweeper:
         return holder or None
 
     async def _remember_epoch(self, epoch: str) -> None:
-        now = utcnow()
+        now = self._gw.clock.now()
         async with self._gw.engine.begin() as conn:
             await insert_ignore(conn, leases, {"name": EPOCH_ROW, "holder": epoch, "until": now})
             await conn.execute(
@@ -193,7 +192,7 @@ class Sweeper:
         old one in the seconds after it came back (it auto-creates topics with its own
         partition count). Once their metadata is fresh, publish again what they sent then and
         what has not arrived: medcom messages not delivered, all stage events (idempotent)."""
-        if self._second_replay is None or utcnow() < self._second_replay[0]:
+        if self._second_replay is None or self._gw.clock.now() < self._second_replay[0]:
             return 0
         since = self._second_replay[1]
         self._second_replay = None
@@ -216,7 +215,7 @@ class Sweeper:
         """Take the named lease if it is free (wall clock). Only one process holds it at a time:
         the broker's own create-topic answer cannot be trusted for that (the embedded broker
         accepts creating a topic twice)."""
-        now = utcnow()
+        now = self._gw.clock.now()
         async with self._gw.engine.begin() as conn:
             await insert_ignore(
                 conn, leases, {"name": name, "holder": "", "until": now - dt.timedelta(days=1)}
@@ -235,7 +234,7 @@ class Sweeper:
                 await conn.execute(
                     leases.update()
                     .where(leases.c.name == name, leases.c.holder == self._id)
-                    .values(until=utcnow() - dt.timedelta(seconds=1))
+                    .values(until=self._gw.clock.now() - dt.timedelta(seconds=1))
                 )
 
     async def _recover(self, now: dt.datetime) -> int:
@@ -257,8 +256,8 @@ class Sweeper:
             )
         await gw.producer.send_and_wait(gw.topics.canary, uuid.uuid4().hex.encode(), partition=0)
         self._second_replay = (
-            utcnow() + dt.timedelta(seconds=20),
-            utcnow() - dt.timedelta(seconds=5),
+            self._gw.clock.now() + dt.timedelta(seconds=20),
+            self._gw.clock.now() - dt.timedelta(seconds=5),
         )
         return int(result.rowcount or 0)
 

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.clock import utcnow
+from attest_gateway.core.clock import Clock
 from attest_gateway.core.errors import Unavailable
 from attest_gateway.infra.db.engine import STORE_ERRORS, autocommit, one_of
 from attest_gateway.infra.db.tables import outbox
@@ -44,6 +44,7 @@ class OutboxRelay:
         batch_size: int,
         poll_seconds: float,
         max_pending: int,
+        clock: Clock,
     ) -> None:
         self._engine = engine
         self._producer = producer
@@ -51,6 +52,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
         self._max_pending = max_pending
+        self._clock = clock
         self._lease = dt.timedelta(seconds=60)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -130,7 +132,7 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """Publish one batch of unpublished rows; returns how many were published."""
-        rows = await self.claim(utcnow())
+        rows = await self.claim(self._clock.now())
         if not rows:
             return 0
         try:
@@ -151,7 +153,7 @@ class OutboxRelay:
                 await asyncio.shield(self._release(rows[0].claim_token))
             raise
         metrics.produced(row.topic for row in rows)
-        now = utcnow()
+        now = self._clock.now()
         await self._mark_published(rows, rows[0].claim_token, now)
         return len(rows)
 

@@ -19,7 +19,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from attest_gateway.bootstrap import Gateway
-from attest_gateway.core.clock import utcnow
 from attest_gateway.infra.db import directory
 
 router = APIRouter(tags=["operations"])
@@ -54,7 +53,7 @@ async def check_keys(gw: Gateway) -> None:
         key = await directory.signing_key(conn, signing.key_id)
     if key is None or key.org_id != org_id:
         raise NotReady("the gateway's signing key is not in the directory")
-    if not key.usable(utcnow()):
+    if not key.usable(gw.clock.now()):
         raise NotReady("the gateway's signing key is revoked or expired")
 
 
