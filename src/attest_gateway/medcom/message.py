@@ -43,6 +43,8 @@ from pydantic import (
     field_validator,
 )
 
+from attest_gateway.core.errors import ErrorCode, InvalidInput
+
 # --- Code systems, identifier systems and URLs ------------------------------------------
 
 SOR_SYSTEM: Final = "urn:oid:1.2.208.176.1.1"
@@ -414,7 +416,7 @@ class Bundle(FhirResource):
         """entry[0]'s MessageHeader (guaranteed by :func:`parse_bundle`)."""
         first = self.entry[0].resource if self.entry else None
         if not isinstance(first, MessageHeader):
-            raise BundleError("missing-message-header", "entry[0] is not a MessageHeader")
+            raise BundleError(ErrorCode.MISSING_MESSAGE_HEADER, "entry[0] is not a MessageHeader")
         return first
 
     def resolve(self, reference: str | None) -> Resource | None:
@@ -445,34 +447,30 @@ def to_fhir_json(model: FhirElement) -> dict[str, Any]:
 
 BUNDLE_ERROR_CODES: Final = frozenset(
     {
-        "invalid-bundle",
-        "invalid-id",
-        "bundle-not-message",
-        "missing-message-header",
-        "unknown-event-code",
-        "missing-provenance",
-        "missing-organization",
-        "missing-identifier",
-        "missing-communication",
-        "missing-patient",
-        "missing-response",
-        "missing-operation-outcome",
-        "too-deeply-nested",
+        ErrorCode.INVALID_BUNDLE,
+        ErrorCode.INVALID_ID,
+        ErrorCode.BUNDLE_NOT_MESSAGE,
+        ErrorCode.MISSING_MESSAGE_HEADER,
+        ErrorCode.UNKNOWN_EVENT_CODE,
+        ErrorCode.MISSING_PROVENANCE,
+        ErrorCode.MISSING_ORGANIZATION,
+        ErrorCode.MISSING_IDENTIFIER,
+        ErrorCode.MISSING_COMMUNICATION,
+        ErrorCode.MISSING_PATIENT,
+        ErrorCode.MISSING_RESPONSE,
+        ErrorCode.MISSING_OPERATION_OUTCOME,
+        ErrorCode.TOO_DEEPLY_NESTED,
     }
 )
 
 
-class BundleError(ValueError):
-    """A Bundle that is not a valid MedCom-like message.
+class BundleError(InvalidInput, ValueError):
+    """A Bundle that is not a valid MedCom-like message: an input error of the gateway's
+    tree, and a ValueError for pydantic validators and callers that catch one.
 
-    ``code`` is stable (kebab-case, one of :data:`BUNDLE_ERROR_CODES`); ``detail`` names
-    locations and error types only, never input values.
+    ``code`` is stable (one of :data:`BUNDLE_ERROR_CODES` or :data:`ATTACHMENT_ERROR_CODES`);
+    ``detail`` names locations and error types only, never input values.
     """
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
 
 
 _SAFE_LOC = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-\[\]\(\)\., ]{0,80}$")
@@ -528,12 +526,12 @@ def parse_bundle(data: object) -> Bundle:
     """Validate a FHIR message Bundle (decoded JSON) and the MedCom rules; raise BundleError."""
     if json_depth_exceeds(data):
         raise BundleError(
-            "too-deeply-nested", f"the Bundle nests more than {MAX_JSON_DEPTH} levels deep"
+            ErrorCode.TOO_DEEPLY_NESTED, f"the Bundle nests more than {MAX_JSON_DEPTH} levels deep"
         )
     try:
         bundle = Bundle.model_validate(data)
     except ValidationError as exc:
-        raise BundleError("invalid-bundle", _describe(exc)) from exc
+        raise BundleError(ErrorCode.INVALID_BUNDLE, _describe(exc)) from exc
     check_medcom_rules(bundle)
     return bundle
 
@@ -544,31 +542,34 @@ def parse_bundle_json(raw: str | bytes) -> Bundle:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BundleError("invalid-bundle", "<root>: json_invalid") from exc
+        raise BundleError(ErrorCode.INVALID_BUNDLE, "<root>: json_invalid") from exc
     return parse_bundle(data)
 
 
 def check_medcom_rules(bundle: Bundle) -> None:
     """The MedCom messaging rules on an already structurally valid Bundle."""
     if bundle.type != "message":
-        raise BundleError("bundle-not-message", "Bundle.type must be 'message'")
+        raise BundleError(ErrorCode.BUNDLE_NOT_MESSAGE, "Bundle.type must be 'message'")
     header = bundle.message_header
     for where, value in (("Bundle.id", bundle.id), ("MessageHeader.id", header.id)):
         if not isinstance(value, str) or not _FHIR_ID.fullmatch(value):
-            raise BundleError("invalid-id", f"{where} must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+            raise BundleError(
+                ErrorCode.INVALID_ID, f"{where} must be a FHIR id (1-64 of A-Z a-z 0-9 - .)"
+            )
     if (
         header.eventCoding.system != EVENT_CODES_SYSTEM
         or header.eventCoding.code not in EVENT_CODES
     ):
         raise BundleError(
-            "unknown-event-code", "MessageHeader.eventCoding is not a MedCom messaging event code"
+            ErrorCode.UNKNOWN_EVENT_CODE,
+            "MessageHeader.eventCoding is not a MedCom messaging event code",
         )
     if not bundle.resources(Provenance):
-        raise BundleError("missing-provenance", "the Bundle has no Provenance")
+        raise BundleError(ErrorCode.MISSING_PROVENANCE, "the Bundle has no Provenance")
 
     _require_organization(bundle, header.sender, "MessageHeader.sender")
     if not header.destination:
-        raise BundleError("missing-organization", "MessageHeader.destination is empty")
+        raise BundleError(ErrorCode.MISSING_ORGANIZATION, "MessageHeader.destination is empty")
     for i, destination in enumerate(header.destination):
         _require_organization(bundle, destination.receiver, f"MessageHeader.destination[{i}]")
 
@@ -576,23 +577,28 @@ def check_medcom_rules(bundle: Bundle) -> None:
     if event == EVENT_CARE_COMMUNICATION:
         communication = _communication(bundle, header)
         if communication is None:
-            raise BundleError("missing-communication", "MessageHeader.focus has no Communication")
+            raise BundleError(
+                ErrorCode.MISSING_COMMUNICATION, "MessageHeader.focus has no Communication"
+            )
         subject = bundle.resolve(communication.subject.reference if communication.subject else None)
         if not isinstance(subject, Patient):
             raise BundleError(
-                "missing-patient", "Communication.subject is not a Patient in the Bundle"
+                ErrorCode.MISSING_PATIENT, "Communication.subject is not a Patient in the Bundle"
             )
         for j, ext in enumerate(communication.extension):
             if ext.url == REPLY_DEADLINE_EXTENSION_URL and _parse_date(ext.valueDate) is None:
                 raise BundleError(
-                    "invalid-bundle", f"Communication.extension[{j}]: reply deadline is not a date"
+                    ErrorCode.INVALID_BUNDLE,
+                    f"Communication.extension[{j}]: reply deadline is not a date",
                 )
     elif event == EVENT_ACKNOWLEDGEMENT:
         if header.response is None:
-            raise BundleError("missing-response", "an acknowledgement needs MessageHeader.response")
+            raise BundleError(
+                ErrorCode.MISSING_RESPONSE, "an acknowledgement needs MessageHeader.response"
+            )
         if header.response.code != "ok" and not bundle.resources(OperationOutcome):
             raise BundleError(
-                "missing-operation-outcome",
+                ErrorCode.MISSING_OPERATION_OUTCOME,
                 "an acknowledgement that is not ok needs an OperationOutcome",
             )
 
@@ -600,12 +606,18 @@ def check_medcom_rules(bundle: Bundle) -> None:
 def _require_organization(bundle: Bundle, ref: Reference | None, where: str) -> Organization:
     org = bundle.resolve(ref.reference if ref is not None else None)
     if not isinstance(org, Organization):
-        raise BundleError("missing-organization", f"{where} is not an Organization in the Bundle")
+        raise BundleError(
+            ErrorCode.MISSING_ORGANIZATION, f"{where} is not an Organization in the Bundle"
+        )
     ids = org_identifiers(org)
     if ids.sor is None:
-        raise BundleError("missing-identifier", f"{where}: the Organization has no SOR identifier")
+        raise BundleError(
+            ErrorCode.MISSING_IDENTIFIER, f"{where}: the Organization has no SOR identifier"
+        )
     if ids.gln is None:
-        raise BundleError("missing-identifier", f"{where}: the Organization has no GLN identifier")
+        raise BundleError(
+            ErrorCode.MISSING_IDENTIFIER, f"{where}: the Organization has no GLN identifier"
+        )
     return org
 
 
@@ -806,7 +818,11 @@ _PDF_MARKER: Final = b"%PDF-"
 _PDF_MARKER_WITHIN: Final = 1024
 
 ATTACHMENT_ERROR_CODES: Final = frozenset(
-    {"unsupported-attachment-type", "attachment-without-data", "attachment-content-mismatch"}
+    {
+        ErrorCode.UNSUPPORTED_ATTACHMENT_TYPE,
+        ErrorCode.ATTACHMENT_WITHOUT_DATA,
+        ErrorCode.ATTACHMENT_CONTENT_MISMATCH,
+    }
 )
 
 
@@ -834,17 +850,17 @@ def check_attachments(bundle: Bundle) -> None:
         content_type = (att.contentType or "").strip().lower()
         if content_type not in ATTACHMENT_MIME_TYPES:
             raise BundleError(
-                "unsupported-attachment-type",
+                ErrorCode.UNSUPPORTED_ATTACHMENT_TYPE,
                 f"{where}.contentType is not one of MedCom's attachment types "
                 f"({', '.join(sorted(ATTACHMENT_MIME_TYPES))})",
             )
         if att.data is None:
             raise BundleError(
-                "attachment-without-data", f"{where} has no data: send the document inline"
+                ErrorCode.ATTACHMENT_WITHOUT_DATA, f"{where} has no data: send the document inline"
             )
         if not _content_matches(content_type, _b64decode(att.data)):
             raise BundleError(
-                "attachment-content-mismatch", f"{where}.data is not of its contentType"
+                ErrorCode.ATTACHMENT_CONTENT_MISMATCH, f"{where}.data is not of its contentType"
             )
 
 

@@ -22,10 +22,8 @@ from fastapi.openapi.utils import get_openapi
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
 from attest_gateway.core.bounds import TEXT_PATTERN
-from attest_gateway.core.errors import GatewayError, problem_for
+from attest_gateway.entrypoints.http.problems import PROBLEM_JSON, Problem
 from attest_gateway.medcom.message import ATTACHMENT_ERROR_CODES, BUNDLE_ERROR_CODES
-
-PROBLEM_JSON = "application/problem+json"
 
 # code → (HTTP status, title, an example detail). Details are the gateway's own sentences.
 ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
@@ -572,9 +570,7 @@ FHIR_JSON: dict[str, Any] = {
 
 def problem_example(code: str, path: str) -> dict[str, Any]:
     status, title, detail = ERROR_CATALOGUE[code]
-    error = GatewayError(code, detail)
-    body = problem_for(error, instance=path)
-    body.update(status=status, title=title)
+    body = Problem(status, title, code, detail).body(instance=path)
     if status == 422 and code in _IDENTIFIER_CODES:
         loc = {"invalid-cpr": "citizen_cpr", "invalid-gln": "jobcenter_gln"}.get(code, "body")
         body["errors"] = [{"loc": ["body", loc], "type": code.replace("-", "_"), "msg": "…"}]
