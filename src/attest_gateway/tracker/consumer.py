@@ -13,10 +13,10 @@ duplicated event finds the time set and changes nothing. Events may arrive in an
 carries the whole conversation's metadata, and each duration is added by whichever of its two
 ends arrives second.
 
-Pipeline: parse (bad record → PermanentError → dead letter) → check the case ref's key id
+Pipeline: parse (bad record → Malformed → dead letter) → check the case ref's key id
 (made under another pseudonym key, i.e. before a re-key → dead letter `stale-pseudonym`, so a
 replay of old events never mixes pseudonyms) → apply in one transaction (database error →
-TransientError → retried) → commit the offset (the ConsumerLoop).
+Unavailable → retried) → commit the offset (the ConsumerLoop).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ security scheme, an example for every success answer and every error code of eve
 The routers stay thin: FastAPI builds the document from them, and `install_openapi()` adds
 what routes do not declare. `ERROR_CATALOGUE` is the list of every stable problem code the
 HTTP API can answer, with its status and an example detail; `ENDPOINT_ERRORS` says which
-endpoint can answer which. A test checks that every code raised in the source is here, with
-the status of the class that raises it, and that the document is valid OpenAPI 3.1.
+endpoint can answer which. A test checks that every `ErrorCode` the HTTP API can answer is
+here, with the status and title the HTTP table (problems.py) gives a class that raises it,
+and that the document is valid OpenAPI 3.1.
 Endpoints added later get the common codes (authentication, body limit, internal error)
 automatically; their own codes belong in `ENDPOINT_ERRORS`.
 """
