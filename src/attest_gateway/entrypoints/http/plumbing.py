@@ -6,7 +6,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -26,15 +25,19 @@ from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import (
     ErrorCode,
     GatewayError,
-    InvalidInput,
     Malformed,
     NotAuthenticated,
     NotPermitted,
     Unavailable,
-    Unknown,
 )
 from attest_gateway.entrypoints.http import mtls
-from attest_gateway.entrypoints.http.problems import PROBLEM_JSON, Problem, problem_of
+from attest_gateway.entrypoints.http.problems import (
+    PROBLEM_JSON,
+    Problem,
+    framework_problem,
+    problem_of,
+    validation_problem,
+)
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import autocommit
 from attest_gateway.observability import metrics
@@ -42,19 +45,6 @@ from attest_gateway.observability import metrics
 log = structlog.get_logger(__name__)
 
 _ORG_KEY = "attest_gateway.org"  # the request's authenticated organisation, in its ASGI scope
-
-# Pydantic error types raised by our identifier checks and bounds → stable problem codes.
-FIELD_CODES: dict[str, ErrorCode] = {
-    "invalid_cpr": ErrorCode.INVALID_CPR,
-    "invalid_gln": ErrorCode.INVALID_GLN,
-    "invalid_sor": ErrorCode.INVALID_SOR,
-    "invalid_ydernummer": ErrorCode.INVALID_YDERNUMMER,
-    "invalid_kommunekode": ErrorCode.INVALID_KOMMUNEKODE,
-    "date_out_of_range": ErrorCode.DATE_OUT_OF_RANGE,
-    "control_character": ErrorCode.CONTROL_CHARACTER,
-    "string_unicode": ErrorCode.CONTROL_CHARACTER,  # pydantic's own: a lone surrogate (not UTF-8)
-    "cpr_in_reference": ErrorCode.CPR_IN_REFERENCE,
-}
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -162,45 +152,6 @@ def problem_response(
     )
 
 
-def framework_problem(status: int) -> Problem:
-    """The problem for an HTTP error Starlette or FastAPI raise themselves: no route (404),
-    a method the route does not take (405, answered with Starlette's `Allow` header), a body
-    that cannot be read as text (400; FastAPI's JSON errors are validation errors)."""
-    if status == 400:
-        return problem_of(Malformed(ErrorCode.MALFORMED_JSON, "the request body is not valid JSON"))
-    if status == 404:
-        return problem_of(Unknown(ErrorCode.NOT_FOUND, "no such resource"))
-    if status == 405:
-        return problem_of(
-            Malformed(ErrorCode.METHOD_NOT_ALLOWED, "the resource does not take this method")
-        )
-    # Nothing else is raised by the framework for this app; should a new version start to,
-    # the answer still has a title and a code of its own, and the log says so.
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
-    log.warning("http.unmapped_framework_error", status=status)
-    return Problem(status, phrase, phrase.lower().replace(" ", "-"), phrase.lower())
-
-
-def _validation_problem(exc: RequestValidationError) -> GatewayError:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return Malformed(ErrorCode.MALFORMED_JSON, "the request body is not valid JSON")
-    if errors and all(tuple(e.get("loc", ()))[:1] == ("path",) for e in errors):
-        # An id in the path that does not have the form of one the gateway hands out.
-        return Unknown(ErrorCode.NOT_FOUND, "no such resource")
-    codes = [FIELD_CODES[e["type"]] for e in errors if e.get("type") in FIELD_CODES]
-    # Only location, type and our own message: never the rejected input (it may be a CPR).
-    details = [
-        {"loc": [str(p) for p in e.get("loc", ())], "type": e.get("type"), "msg": e.get("msg")}
-        for e in errors
-    ]
-    code = codes[0] if codes else ErrorCode.INVALID_REQUEST
-    return InvalidInput(code, "the request does not match the schema", extra={"errors": details})
-
-
 def install_error_handlers(app: FastAPI) -> None:
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -208,7 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return problem_response(_validation_problem(exc), request)
+        return problem_response(validation_problem(exc), request)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -5,13 +5,22 @@ nearest in `BY_CLASS` along its ancestry), or from its code for the few codes wh
 status says more than their meaning (`BY_CODE`: 405, 413, 415). The body's `type` URI ends
 with the stable code; `retryable` is the error's flag; an `Unavailable` also carries
 `retry_after`, sent as the `Retry-After` header too.
+
+The errors the framework raises before a route runs become errors of the tree here too:
+a request that fails validation (`validation_problem`, with the codes of the identifiers
+and bounds in `FIELD_CODES`) and Starlette's own HTTP errors (`framework_problem`).
+entrypoints/http/plumbing.py installs the handlers that answer with these problems.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
+
+import structlog
+from fastapi.exceptions import RequestValidationError
 
 from attest_gateway.core.errors import (
     EnvelopeRejected,
@@ -25,6 +34,8 @@ from attest_gateway.core.errors import (
     Unavailable,
     Unknown,
 )
+
+log = structlog.get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://attest-gateway.dk/problems/"
@@ -103,3 +114,59 @@ def problem_of(error: GatewayError) -> Problem:
         retry_after=error.retry_after if isinstance(error, Unavailable) else None,
         envelope_rejected=isinstance(error, EnvelopeRejected),
     )
+
+
+# Pydantic error types raised by our identifier checks and bounds → stable problem codes.
+FIELD_CODES: dict[str, ErrorCode] = {
+    "invalid_cpr": ErrorCode.INVALID_CPR,
+    "invalid_gln": ErrorCode.INVALID_GLN,
+    "invalid_sor": ErrorCode.INVALID_SOR,
+    "invalid_ydernummer": ErrorCode.INVALID_YDERNUMMER,
+    "invalid_kommunekode": ErrorCode.INVALID_KOMMUNEKODE,
+    "date_out_of_range": ErrorCode.DATE_OUT_OF_RANGE,
+    "control_character": ErrorCode.CONTROL_CHARACTER,
+    "string_unicode": ErrorCode.CONTROL_CHARACTER,  # pydantic's own: a lone surrogate (not UTF-8)
+    "cpr_in_reference": ErrorCode.CPR_IN_REFERENCE,
+}
+
+
+def framework_problem(status: int) -> Problem:
+    """The problem for an HTTP error Starlette or FastAPI raise themselves: no route (404),
+    a method the route does not take (405, answered with Starlette's `Allow` header), a body
+    that cannot be read as text (400; FastAPI's JSON errors are validation errors)."""
+    if status == 400:
+        return problem_of(Malformed(ErrorCode.MALFORMED_JSON, "the request body is not valid JSON"))
+    if status == 404:
+        return problem_of(Unknown(ErrorCode.NOT_FOUND, "no such resource"))
+    if status == 405:
+        return problem_of(
+            Malformed(ErrorCode.METHOD_NOT_ALLOWED, "the resource does not take this method")
+        )
+    # Nothing else is raised by the framework for this app; should a new version start to,
+    # the answer still has a title and a code of its own, and the log says so.
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    log.warning("http.unmapped_framework_error", status=status)
+    return Problem(status, phrase, phrase.lower().replace(" ", "-"), phrase.lower())
+
+
+def validation_problem(exc: RequestValidationError) -> GatewayError:
+    """The error for a request FastAPI could not validate: unreadable JSON (400), an id in
+    the path of a form the gateway never hands out (404), else 422 with the code of the
+    first identifier or bound that failed (`FIELD_CODES`), or `invalid-request`."""
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return Malformed(ErrorCode.MALFORMED_JSON, "the request body is not valid JSON")
+    if errors and all(tuple(e.get("loc", ()))[:1] == ("path",) for e in errors):
+        # An id in the path that does not have the form of one the gateway hands out.
+        return Unknown(ErrorCode.NOT_FOUND, "no such resource")
+    codes = [FIELD_CODES[e["type"]] for e in errors if e.get("type") in FIELD_CODES]
+    # Only location, type and our own message: never the rejected input (it may be a CPR).
+    details = [
+        {"loc": [str(p) for p in e.get("loc", ())], "type": e.get("type"), "msg": e.get("msg")}
+        for e in errors
+    ]
+    code = codes[0] if codes else ErrorCode.INVALID_REQUEST
+    return InvalidInput(code, "the request does not match the schema", extra={"errors": details})
