@@ -53,7 +53,6 @@ from attest_gateway.infra.db.tables import conversations, idempotency_keys, mail
 from attest_gateway.medcom.build import build_acknowledgement
 from attest_gateway.medcom.message import (
     Bundle,
-    BundleError,
     OrgIdentifiers,
     parse_bundle,
     read_message,
@@ -437,13 +436,13 @@ async def _waiting_replies(conn: AsyncConnection, org: Organisation, limit: int)
     return rows
 
 
-def _unreadable_code(exc: Exception) -> str:
+def _unreadable_code(exc: Exception) -> ErrorCode:
     """The stable code of why a stored reply cannot be opened or read."""
-    if isinstance(exc, GatewayError | BundleError):
+    if isinstance(exc, GatewayError):  # a BundleError too
         return exc.code
     if isinstance(exc, pydantic.ValidationError):
-        return "invalid-envelope"
-    return "invalid-bundle"  # the opened plaintext is not JSON
+        return ErrorCode.INVALID_ENVELOPE
+    return ErrorCode.INVALID_BUNDLE  # the opened plaintext is not JSON
 
 
 def _open_bundle(
