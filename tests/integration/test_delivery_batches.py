@@ -26,9 +26,9 @@ from aiokafka import ConsumerRecord
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import SystemClock
+from attest_gateway.core.errors import Unavailable
 from attest_gateway.infra.db import tables
 from attest_gateway.infra.db.engine import make_engine
-from attest_gateway.infra.kafka.bus import TransientError
 from attest_gateway.services.delivery import DeliveryHandler
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request, reply_to
@@ -254,9 +254,9 @@ async def test_a_busy_pool_is_a_transient_error_not_a_dead_letter(harness: Harne
     try:
         async with engine.connect() as held:
             await held.execute(sa.text("SELECT 1"))
-            with pytest.raises(TransientError) as batch:
+            with pytest.raises(Unavailable) as batch:
                 await handler.handle_batch(polled)
-            with pytest.raises(TransientError) as one:
+            with pytest.raises(Unavailable) as one:
                 await handler(polled[0])
     finally:
         await engine.dispose()

@@ -26,6 +26,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.core.clock import SystemClock
+from attest_gateway.core.errors import ErrorCode
 from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
 from attest_gateway.infra.kafka import bus
@@ -262,7 +263,7 @@ async def test_the_sweeper_goes_on_after_a_read_runs_out_of_time(
         sweeps += 1
         if sweeps >= 3:
             three.set()
-        raise bus.KafkaReadTimeout("kafka-timeout", "reading the epoch: no answer")
+        raise bus.KafkaReadTimeout(ErrorCode.KAFKA_TIMEOUT, "reading the epoch: no answer")
 
     monkeypatch.setattr("attest_gateway.infra.housekeeping.sweeper.read_epoch", timing_out)
     sweeper = Sweeper(gw, h.bootstrap)

@@ -34,6 +34,7 @@ from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.jobcenter import AttestRequestIn, CaseKind
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import SystemClock
+from attest_gateway.core.errors import InvalidInput
 from attest_gateway.crypto import pseudonyms as cps
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.devtools.demo import ensure_demo_orgs
@@ -55,7 +56,7 @@ from attest_gateway.infra.db.tables import (
     tracker_durations,
     tracker_episodes,
 )
-from attest_gateway.infra.kafka.bus import PermanentError, Topics
+from attest_gateway.infra.kafka.bus import Topics
 from attest_gateway.services.contacts import ContactIn, register_contact
 from attest_gateway.services.jobcenter import submit_attest_request
 from attest_gateway.services.messaging import Conversation, emit_stage_event
@@ -443,7 +444,7 @@ async def test_rekey_rewrites_every_pseudonym_under_the_new_key(
                 gw.engine, TrackerState(tracker_rules(fresh)), store_key=gw.store_key
             )
             stale = next(r for r in rows if r.published_at is not None)
-            with pytest.raises(PermanentError) as caught:
+            with pytest.raises(InvalidInput) as caught:
                 await handler(as_record(store.tracking, stale))
             assert caught.value.code == "stale-pseudonym"
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import Stage
 from attest_gateway.core.clock import SystemClock
+from attest_gateway.core.errors import Unavailable
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.infra.db.engine import aware, make_engine
@@ -36,7 +37,6 @@ from attest_gateway.infra.db.tables import (
     tracker_episodes,
     tracker_reminders,
 )
-from attest_gateway.infra.kafka.bus import TransientError
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.codes import MESSAGE_KIND_SYSTEM
 from attest_gateway.medcom.model import Bundle, Communication, Provenance
@@ -696,7 +696,7 @@ async def test_cell_ids_are_looked_up_again_after_a_failed_batch(
                 tracker_conversations,
             ):
                 await conn.execute(table.delete())
-        with pytest.raises(TransientError):
+        with pytest.raises(Unavailable):
             await handler.handle_batch(records)  # the remembered cells are gone
         assert len(state.cells) == 0
         await handler.handle_batch(records)

@@ -15,6 +15,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from attest_gateway.core import errors
+from attest_gateway.core.errors import ErrorCode
 from attest_gateway.entrypoints.cli.ops import (
     canonical_settings,
     openapi_document,
@@ -22,13 +23,25 @@ from attest_gateway.entrypoints.cli.ops import (
 )
 from attest_gateway.entrypoints.http.asyncapi import build_asyncapi, render_markdown
 from attest_gateway.entrypoints.http.openapi import ERROR_CATALOGUE
-from attest_gateway.entrypoints.http.plumbing import FIELD_CODES
-from attest_gateway.medcom.errors import BUNDLE_ERROR_CODES
+from attest_gateway.entrypoints.http.problems import FIELD_CODES, status_of
+from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
+from attest_gateway.medcom.errors import BUNDLE_ERROR_CODES, BundleError
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "attest_gateway"
 ASYNCAPI_SCHEMA = ROOT / "tests" / "fixtures" / "schemas" / "asyncapi-3.0.0.json"
-KAFKA_ONLY = {"PermanentError", "TransientError"}  # never answered over HTTP
+# Dead-letter reasons of the Kafka consumers and the Kafka readers' errors: never answered
+# over HTTP (the trust policy raises the first two only for a relayed envelope).
+KAFKA_ONLY = {
+    ErrorCode.NOT_ADDRESSED_TO_RECEIVER,
+    ErrorCode.SIGNER_NOT_SENDER,
+    ErrorCode.UNKNOWN_CONVERSATION,
+    ErrorCode.INVALID_TRACKING_EVENT,
+    ErrorCode.STALE_PSEUDONYM,
+    ErrorCode.KAFKA_TIMEOUT,
+    ErrorCode.TOPIC_MISSING,
+    ErrorCode.HANDLER_CRASHED,
+}
 # Endpoints whose answers are still taking shape in another issue: their success examples
 # belong in entrypoints/http/openapi.py `_SUCCESS_EXAMPLES` once they settle (issue 5, the tracker).
 PENDING_EXAMPLES = {
@@ -47,33 +60,48 @@ def openapi() -> dict[str, Any]:
     return openapi_document(canonical_settings())
 
 
-def _http_error_classes() -> dict[str, int]:
-    return {
-        name: cls.status
+def _error_classes() -> dict[str, type[errors.GatewayError]]:
+    """The tree's classes by name, and those defined outside core/errors.py."""
+    classes = {
+        name: cls
         for name, cls in vars(errors).items()
         if isinstance(cls, type) and issubclass(cls, errors.GatewayError)
     }
+    classes.update(
+        BundleError=BundleError, KafkaReadTimeout=KafkaReadTimeout, TopicMissing=TopicMissing
+    )
+    return classes
 
 
-def raised_codes() -> dict[str, set[int]]:
-    """Every literal code given to an HTTP error class anywhere in the source, with the
-    status of the class, found by reading the code (so a new code cannot be forgotten)."""
-    classes = _http_error_classes()
-    found: dict[str, set[int]] = {}
+def raised_codes() -> dict[str, set[tuple[int, str]]]:
+    """Every code given to an error class anywhere in the source (`Class(ErrorCode.X, …)`),
+    with the (status, title) the HTTP table gives that class and code, found by reading the
+    code (so a new code cannot be forgotten). Codes only a Kafka consumer raises are left
+    out: they are dead-letter reasons, never answered over HTTP."""
+    classes = _error_classes()
+    found: dict[str, set[tuple[int, str]]] = {}
     for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text("utf-8"))):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
                 continue
             name = node.func.id
-            if name in KAFKA_ONLY or name not in classes or not node.args:
+            if name not in classes or not node.args:
                 continue
             first = node.args[0]
-            if isinstance(first, ast.Constant) and isinstance(first.value, str):
-                found.setdefault(first.value, set()).add(classes[name])
+            assert not isinstance(first, ast.Constant), f"{path}:{node.lineno}: a free code"
+            if (
+                isinstance(first, ast.Attribute)
+                and isinstance(first.value, ast.Name)
+                and first.value.id == "ErrorCode"
+            ):
+                code = ErrorCode[first.attr]
+                if code not in KAFKA_ONLY:
+                    found.setdefault(code, set()).add(status_of(classes[name], code))
+    unprocessable = (422, "Unprocessable content")
     for code in BUNDLE_ERROR_CODES:  # the MedCom parser's codes reach the API as 422
-        found.setdefault(code, set()).add(422)
-    for code in (*FIELD_CODES.values(), "invalid-request"):
-        found.setdefault(code, set()).add(422)  # validation errors (entrypoints/http/plumbing.py)
+        found.setdefault(code, set()).add(unprocessable)
+    for code in (*FIELD_CODES.values(), ErrorCode.INVALID_REQUEST):
+        found.setdefault(code, set()).add(unprocessable)  # validation errors (plumbing.py)
     return found
 
 
@@ -118,14 +146,32 @@ def test_every_error_code_in_the_source_is_documented_with_its_status(
         for code in _problem_examples(response):
             documented.setdefault(code, set()).add(int(status))
     missing = {}
-    for code, statuses in raised_codes().items():
+    for code, answers in raised_codes().items():
         if code not in ERROR_CATALOGUE:
             missing[code] = "not in openapi.ERROR_CATALOGUE"
-        elif ERROR_CATALOGUE[code][0] not in statuses:
-            missing[code] = f"catalogue says {ERROR_CATALOGUE[code][0]}, code raises {statuses}"
+        elif ERROR_CATALOGUE[code][:2] not in answers:
+            missing[code] = f"catalogue says {ERROR_CATALOGUE[code][:2]}, code raises {answers}"
         elif code not in documented:
             missing[code] = "on no endpoint (openapi.ENDPOINT_ERRORS)"
     assert missing == {}
+
+
+def test_every_error_code_is_documented_or_kafka_only() -> None:
+    """One enum: each member is an HTTP problem code in the catalogue, or a dead-letter
+    reason only; none is both, and the catalogue holds nothing else."""
+    assert set(ERROR_CATALOGUE) == set(ErrorCode) - KAFKA_ONLY
+
+
+def test_the_raised_codes_are_read_from_the_source() -> None:
+    """The walk over the source finds raise sites of every kind of the tree."""
+    found = raised_codes()
+    assert found[ErrorCode.SENDER_MISMATCH] == {(403, "Forbidden")}
+    assert found[ErrorCode.UNKNOWN_KEY] == {
+        (422, "Envelope rejected"),
+        (422, "Unprocessable content"),
+    }
+    assert found[ErrorCode.INVALID_BUNDLE] == {(400, "Bad request"), (422, "Unprocessable content")}
+    assert found[ErrorCode.PAYLOAD_TOO_LARGE] == {(413, "Payload too large")}
 
 
 def test_every_answer_of_every_endpoint_has_an_example(openapi: dict[str, Any]) -> None:

@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attest_gateway.contracts.envelope import Suite
+from attest_gateway.core.errors import InvalidInput
 from attest_gateway.crypto import pseudonyms as cps
 from attest_gateway.crypto.pseudonyms import bare_ref as bare_case_ref
 from attest_gateway.crypto.sealing import KeyRing, OrgKeys
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.engine import make_engine
-from attest_gateway.infra.kafka.bus import PermanentError
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
 from attest_gateway.tracker.rules import TrackerRules
 from tests.support.events import contact_event, stage_event
@@ -161,7 +161,7 @@ async def test_the_tracker_dead_letters_events_of_another_pseudonym_key() -> Non
             record(stage_event(bare_case_ref(CPR, KEY_B)).model_dump_json().encode(), 3),
         ]
         for r in stale:
-            with pytest.raises(PermanentError) as caught:
+            with pytest.raises(InvalidInput) as caught:
                 await handler(r)
             assert caught.value.code == "stale-pseudonym"
         assert await handler.handle_batch(stale) == stale  # left to be dead-lettered one by one

@@ -1,120 +1,193 @@
-"""The gateway's error tree. Every error has a stable code, an HTTP status and a retryable flag.
+"""The gateway's errors: a small tree by meaning, and one enum of the stable codes.
 
-    GatewayError (code, status, retryable)
-    ├── BadRequest                 400  malformed-json, invalid-envelope, invalid-bundle …
-    ├── Unauthenticated            401  unauthenticated
-    ├── Forbidden                  403  forbidden, jobcenter-mismatch, sender-mismatch
-    ├── NotFound                   404  not-found
-    ├── MethodNotAllowed           405  method-not-allowed (with the Allow header)
-    ├── Conflict                   409  idempotency-key-reused, message-id-conflict,
-    │                                   replayed-message-id
-    ├── PayloadTooLarge            413  payload-too-large
-    ├── UnsupportedMediaType       415  unsupported-media-type
-    ├── Unprocessable              422  invalid-request, invalid-cpr, invalid-gln,
-    │                                   unknown-attest-type, unknown-receiver …
-    ├── EnvelopeRejected           422  signature-invalid, unknown-key, key-not-valid,
-    │                                   not-addressed-to-gateway, header-mismatch, open-failed
-    └── Unavailable                503  unavailable (retryable)
+    GatewayError (code: ErrorCode, detail, retryable)   something went wrong in the gateway
+    ├── InvalidInput          the input breaks a rule: a field, a MedCom rule, a reference
+    │   │                     to something that does not exist (unknown-receiver) …
+    │   ├── Malformed         the input cannot even be read: not JSON, not an envelope
+    │   └── EnvelopeRejected  a sealed envelope fails the trust policy (core/trust.py), or
+    │                         cannot be verified or opened
+    ├── NotAuthenticated      the caller is not known: no or a wrong credential
+    ├── NotPermitted          the caller is known but may not do this (role, other party)
+    ├── Unknown               what the caller names (a path, a request it answers) does not
+    │                         exist, or is not the caller's: the answer is the same
+    ├── Replay                an identifier used before for something else (an
+    │                         Idempotency-Key, a message id)
+    └── Unavailable           a dependency cannot serve now (database, outbox, Kafka);
+                              `retryable` says whether trying again may help
 
-On HTTP every error becomes RFC 9457 problem+json through one table (`problem_for`); on Kafka
-a non-retryable error sends the record to the dead-letter topic with the code as its reason.
-Envelope checks on Kafka (`delivery.check_envelope`, `deliver`) use the same codes where they
-mean the same (signature-invalid, unknown-key, key-not-valid, replayed-message-id) plus their
-own: unknown-receiver, not-addressed-to-receiver, signer-not-sender, unknown-conversation,
-conversation-mismatch. `metrics.VERIFICATION_CODES` lists those that raise the alert metric.
-Messages never repeat the rejected input: it may carry a CPR number or health text.
+The class says what kind of failure it is; the code (`ErrorCode`) says which one, and is the
+public contract: it ends the problem `type` URI on HTTP and is the dead-letter reason on
+Kafka. Neither boundary reads anything else: on HTTP, one table (entrypoints/http/problems.py)
+turns the class (and a few codes) into the status and title; on Kafka, one table
+(infra/kafka/bus.py `verdict`) turns `retryable` into retry or dead letter. Messages never
+repeat the rejected input: it may carry a CPR number or health text.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from enum import StrEnum, unique
+from typing import Any
+
+
+@unique
+class ErrorCode(StrEnum):
+    """Every stable code the gateway answers or dead-letters with. The values are the public
+    contract (docs/openapi.json lists those the HTTP API answers): never change one."""
+
+    # The input cannot be read
+    MALFORMED_JSON = "malformed-json"
+    UNSUPPORTED_BODY = "unsupported-body"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
+    INVALID_ENVELOPE = "invalid-envelope"
+    INVALID_BUNDLE = "invalid-bundle"
+    INVALID_TRACKING_EVENT = "invalid-tracking-event"
+    PAYLOAD_TOO_LARGE = "payload-too-large"
+    METHOD_NOT_ALLOWED = "method-not-allowed"
+
+    # The input breaks a rule: the request schema and its bounds (entrypoints/http/plumbing.py)
+    INVALID_REQUEST = "invalid-request"
+    INVALID_CPR = "invalid-cpr"
+    INVALID_GLN = "invalid-gln"
+    INVALID_SOR = "invalid-sor"
+    INVALID_YDERNUMMER = "invalid-ydernummer"
+    INVALID_KOMMUNEKODE = "invalid-kommunekode"
+    DATE_OUT_OF_RANGE = "date-out-of-range"
+    CONTROL_CHARACTER = "control-character"
+    CPR_IN_REFERENCE = "cpr-in-reference"
+
+    # The input breaks a rule: the use cases'
+    UNKNOWN_ATTEST_TYPE = "unknown-attest-type"
+    UNKNOWN_RECEIVER = "unknown-receiver"
+    RECEIVER_CANNOT_ISSUE = "receiver-cannot-issue"
+    RECEIVER_HAS_NO_KEY = "receiver-has-no-key"
+    INVALID_REPLY_DEADLINE = "invalid-reply-deadline"
+    INVALID_FIRST_DAY_OF_ABSENCE = "invalid-first-day-of-absence"
+    INVALID_CONTACT_DATE = "invalid-contact-date"
+    INVALID_PERIOD = "invalid-period"
+    UNKNOWN_METRIC = "unknown-metric"
+    PATIENT_MISMATCH = "patient-mismatch"
+    CONVERSATION_MISMATCH = "conversation-mismatch"
+    RECEIVER_MISMATCH = "receiver-mismatch"
+    UNSUPPORTED_MESSAGE = "unsupported-message"
+    EMPTY_REPLY = "empty-reply"
+    STALE_PSEUDONYM = "stale-pseudonym"
+
+    # The input breaks a rule: the MedCom parser's (medcom/parse.py, medcom/rules.py)
+    INVALID_ID = "invalid-id"
+    BUNDLE_NOT_MESSAGE = "bundle-not-message"
+    MISSING_MESSAGE_HEADER = "missing-message-header"
+    UNKNOWN_EVENT_CODE = "unknown-event-code"
+    MISSING_PROVENANCE = "missing-provenance"
+    MISSING_ORGANIZATION = "missing-organization"
+    MISSING_IDENTIFIER = "missing-identifier"
+    MISSING_COMMUNICATION = "missing-communication"
+    MISSING_PATIENT = "missing-patient"
+    MISSING_RESPONSE = "missing-response"
+    MISSING_OPERATION_OUTCOME = "missing-operation-outcome"
+    TOO_DEEPLY_NESTED = "too-deeply-nested"
+    UNSUPPORTED_ATTACHMENT_TYPE = "unsupported-attachment-type"
+    ATTACHMENT_WITHOUT_DATA = "attachment-without-data"
+    ATTACHMENT_CONTENT_MISMATCH = "attachment-content-mismatch"
+
+    # The envelope is refused (core/trust.py, crypto/sealing.py)
+    NOT_ADDRESSED_TO_GATEWAY = "not-addressed-to-gateway"
+    NOT_ADDRESSED_TO_RECEIVER = "not-addressed-to-receiver"
+    UNKNOWN_KEY = "unknown-key"
+    SIGNER_NOT_SENDER = "signer-not-sender"
+    KEY_NOT_VALID = "key-not-valid"
+    SIGNATURE_INVALID = "signature-invalid"
+    HEADER_MISMATCH = "header-mismatch"
+    OPEN_FAILED = "open-failed"
+    UNSUPPORTED_SUITE = "unsupported-suite"
+
+    # The caller
+    UNAUTHENTICATED = "unauthenticated"
+    UNKNOWN_CLIENT_CERTIFICATE = "unknown-client-certificate"
+    CREDENTIALS_DISAGREE = "credentials-disagree"
+    FORBIDDEN = "forbidden"
+    JOBCENTER_MISMATCH = "jobcenter-mismatch"
+    SENDER_MISMATCH = "sender-mismatch"
+
+    # What is named does not exist
+    NOT_FOUND = "not-found"
+    UNKNOWN_REQUEST = "unknown-request"
+    UNKNOWN_CONVERSATION = "unknown-conversation"
+
+    # An identifier used before
+    IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused"
+    MESSAGE_ID_CONFLICT = "message-id-conflict"
+    REPLAYED_MESSAGE_ID = "replayed-message-id"
+
+    # A dependency cannot serve now
+    DATABASE_UNAVAILABLE = "database-unavailable"
+    DATABASE_BUSY = "database-busy"
+    OUTBOX_FULL = "outbox-full"
+    KAFKA_TIMEOUT = "kafka-timeout"
+    TOPIC_MISSING = "topic-missing"
+
+    # A bug: the gateway's own failure
+    INTERNAL_ERROR = "internal-error"
+    HANDLER_CRASHED = "handler-crashed"
 
 
 class GatewayError(Exception):
-    status: ClassVar[int] = 500
-    title: ClassVar[str] = "Internal error"
-    retryable: ClassVar[bool] = False
+    """Something went wrong in the gateway: an internal error, unless a subclass says more.
 
-    def __init__(self, code: str, detail: str, *, extra: dict[str, Any] | None = None) -> None:
+    `code` names it for good; `detail` is a sentence of the gateway's own (never the
+    rejected input); `extra` adds members to the problem+json answer; `retryable` says
+    whether the same request or record may succeed later."""
+
+    retryable: bool = False
+
+    def __init__(
+        self, code: ErrorCode, detail: str, *, extra: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{code}: {detail}")
-        self.code = code
+        self.code = ErrorCode(code)
         self.detail = detail
         self.extra = extra or {}
 
 
-class BadRequest(GatewayError):
-    status = 400
-    title = "Bad request"
+class InvalidInput(GatewayError):
+    """The input breaks a rule: a field out of bounds, a MedCom rule, a reference to an
+    organisation or attest type that does not exist. The same input will fail again."""
 
 
-class Unauthenticated(GatewayError):
-    status = 401
-    title = "Authentication required"
+class Malformed(InvalidInput):
+    """The input cannot be read at all: not JSON, not a sealed envelope, a media type or a
+    method the gateway does not take, a body over the limit."""
 
 
-class Forbidden(GatewayError):
-    status = 403
-    title = "Forbidden"
+class EnvelopeRejected(InvalidInput):
+    """A sealed envelope fails the trust policy (core/trust.py) or cannot be verified or
+    opened (crypto/sealing.py): wrong addressee, unknown or unusable key, bad signature."""
 
 
-class NotFound(GatewayError):
-    status = 404
-    title = "Not found"
+class NotAuthenticated(GatewayError):
+    """The caller is not known: no credential, or one the directory does not accept."""
 
 
-class MethodNotAllowed(GatewayError):
-    status = 405
-    title = "Method not allowed"
+class NotPermitted(GatewayError):
+    """The caller is known but may not do this: its role, or it is not the party named."""
 
 
-class Conflict(GatewayError):
-    status = 409
-    title = "Conflict"
+class Unknown(GatewayError):
+    """What the caller names does not exist, or is not the caller's (the answer is the same,
+    so that nobody learns what others hold)."""
 
 
-class PayloadTooLarge(GatewayError):
-    status = 413
-    title = "Payload too large"
-
-
-class UnsupportedMediaType(GatewayError):
-    status = 415
-    title = "Unsupported media type"
-
-
-class Unprocessable(GatewayError):
-    status = 422
-    title = "Unprocessable content"
-
-
-class EnvelopeRejected(Unprocessable):
-    title = "Envelope rejected"
+class Replay(GatewayError):
+    """An identifier used before for something else: an Idempotency-Key with another body,
+    a message id of another message."""
 
 
 class Unavailable(GatewayError):
-    status = 503
-    title = "Service unavailable"
-    retryable = True
+    """A dependency cannot serve now (the database, the outbox, Kafka). Retryable unless
+    said otherwise; `retry_after` is a hint in seconds for HTTP callers."""
 
-    def __init__(self, code: str, detail: str, *, retry_after: int = 5) -> None:
+    def __init__(
+        self, code: ErrorCode, detail: str, *, retry_after: int = 5, retryable: bool = True
+    ) -> None:
         super().__init__(code, detail, extra={"retry_after": retry_after})
         self.retry_after = retry_after
-
-
-PROBLEM_TYPE_BASE = "https://attest-gateway.dk/problems/"
-
-
-def problem_for(error: GatewayError, *, instance: str | None = None) -> dict[str, Any]:
-    """The RFC 9457 body for an error: the `type` URI ends with the stable code."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + error.code,
-        "title": error.title,
-        "status": error.status,
-        "detail": error.detail,
-        "code": error.code,
-        "retryable": error.retryable,
-    }
-    if instance is not None:
-        body["instance"] = instance
-    body.update(error.extra)
-    return body
+        self.retryable = retryable

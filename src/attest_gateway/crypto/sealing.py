@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope, Suite, signed_bytes
-from attest_gateway.core.errors import EnvelopeRejected
+from attest_gateway.core.errors import EnvelopeRejected, ErrorCode
 
 _MLKEM768_PUBLIC_LEN = 1184
 _SUITES: dict[str, hpke.Suite] = {
@@ -141,7 +141,9 @@ class PrivateHpkeKey:
 
 def raise_if_unknown_suite(suite: str) -> None:
     if suite not in _SUITES:
-        raise EnvelopeRejected("unsupported-suite", "the envelope's HPKE suite is not supported")
+        raise EnvelopeRejected(
+            ErrorCode.UNSUPPORTED_SUITE, "the envelope's HPKE suite is not supported"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +183,7 @@ def verify(envelope: SealedEnvelope, signer_public: ed25519.Ed25519PublicKey) ->
         signer_public.verify(envelope.signature, envelope.signed_bytes())
     except InvalidSignature as exc:
         raise EnvelopeRejected(
-            "signature-invalid", "the envelope's signature does not verify"
+            ErrorCode.SIGNATURE_INVALID, "the envelope's signature does not verify"
         ) from exc
 
 
@@ -189,11 +191,13 @@ def open_envelope(envelope: SealedEnvelope, private: PrivateHpkeKey) -> bytes:
     header = envelope.header
     raise_if_unknown_suite(header.suite)
     if header.recipient_key_id != private.key_id or header.suite != private.suite:
-        raise EnvelopeRejected("unknown-key", "the envelope is sealed to a key this holder lacks")
+        raise EnvelopeRejected(
+            ErrorCode.UNKNOWN_KEY, "the envelope is sealed to a key this holder lacks"
+        )
     try:
         return _SUITES[header.suite].decrypt(envelope.ciphertext, private.key, info=header.info())
     except (InvalidTag, ValueError) as exc:
-        raise EnvelopeRejected("open-failed", "the envelope could not be opened") from exc
+        raise EnvelopeRejected(ErrorCode.OPEN_FAILED, "the envelope could not be opened") from exc
 
 
 def fingerprint(data: bytes, key: bytes) -> str:

@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
 )
 
+from attest_gateway.core.errors import ErrorCode
 from attest_gateway.medcom.codes import ResponseCode
 from attest_gateway.medcom.errors import BundleError
 
@@ -279,7 +280,7 @@ class Bundle(FhirResource):
         """entry[0]'s MessageHeader (guaranteed by :func:`parse_bundle`)."""
         first = self.entry[0].resource if self.entry else None
         if not isinstance(first, MessageHeader):
-            raise BundleError("missing-message-header", "entry[0] is not a MessageHeader")
+            raise BundleError(ErrorCode.MISSING_MESSAGE_HEADER, "entry[0] is not a MessageHeader")
         return first
 
     def resolve(self, reference: str | None) -> Resource | None:

@@ -15,6 +15,7 @@ from pydantic import (
     ValidationError,
 )
 
+from attest_gateway.core.errors import ErrorCode
 from attest_gateway.medcom.errors import BundleError
 from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.rules import check_medcom_rules
@@ -71,12 +72,12 @@ def parse_bundle(data: object) -> Bundle:
     """Validate a FHIR message Bundle (decoded JSON) and the MedCom rules; raise BundleError."""
     if json_depth_exceeds(data):
         raise BundleError(
-            "too-deeply-nested", f"the Bundle nests more than {MAX_JSON_DEPTH} levels deep"
+            ErrorCode.TOO_DEEPLY_NESTED, f"the Bundle nests more than {MAX_JSON_DEPTH} levels deep"
         )
     try:
         bundle = Bundle.model_validate(data)
     except ValidationError as exc:
-        raise BundleError("invalid-bundle", _describe(exc)) from exc
+        raise BundleError(ErrorCode.INVALID_BUNDLE, _describe(exc)) from exc
     check_medcom_rules(bundle)
     return bundle
 
@@ -87,5 +88,5 @@ def parse_bundle_json(raw: str | bytes) -> Bundle:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BundleError("invalid-bundle", "<root>: json_invalid") from exc
+        raise BundleError(ErrorCode.INVALID_BUNDLE, "<root>: json_invalid") from exc
     return parse_bundle(data)

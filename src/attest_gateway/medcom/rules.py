@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from attest_gateway.core.errors import ErrorCode
 from attest_gateway.medcom.codes import (
     EVENT_ACKNOWLEDGEMENT,
     EVENT_CARE_COMMUNICATION,
@@ -32,24 +33,27 @@ from attest_gateway.medcom.read import message_communication, org_identifiers
 def check_medcom_rules(bundle: Bundle) -> None:
     """The MedCom messaging rules on an already structurally valid Bundle."""
     if bundle.type != "message":
-        raise BundleError("bundle-not-message", "Bundle.type must be 'message'")
+        raise BundleError(ErrorCode.BUNDLE_NOT_MESSAGE, "Bundle.type must be 'message'")
     header = bundle.message_header
     for where, value in (("Bundle.id", bundle.id), ("MessageHeader.id", header.id)):
         if not isinstance(value, str) or not FHIR_ID.fullmatch(value):
-            raise BundleError("invalid-id", f"{where} must be a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+            raise BundleError(
+                ErrorCode.INVALID_ID, f"{where} must be a FHIR id (1-64 of A-Z a-z 0-9 - .)"
+            )
     if (
         header.eventCoding.system != EVENT_CODES_SYSTEM
         or header.eventCoding.code not in EVENT_CODES
     ):
         raise BundleError(
-            "unknown-event-code", "MessageHeader.eventCoding is not a MedCom messaging event code"
+            ErrorCode.UNKNOWN_EVENT_CODE,
+            "MessageHeader.eventCoding is not a MedCom messaging event code",
         )
     if not bundle.resources(Provenance):
-        raise BundleError("missing-provenance", "the Bundle has no Provenance")
+        raise BundleError(ErrorCode.MISSING_PROVENANCE, "the Bundle has no Provenance")
 
     _require_organization(bundle, header.sender, "MessageHeader.sender")
     if not header.destination:
-        raise BundleError("missing-organization", "MessageHeader.destination is empty")
+        raise BundleError(ErrorCode.MISSING_ORGANIZATION, "MessageHeader.destination is empty")
     for i, destination in enumerate(header.destination):
         _require_organization(bundle, destination.receiver, f"MessageHeader.destination[{i}]")
 
@@ -57,23 +61,28 @@ def check_medcom_rules(bundle: Bundle) -> None:
     if event == EVENT_CARE_COMMUNICATION:
         communication = message_communication(bundle, header)
         if communication is None:
-            raise BundleError("missing-communication", "MessageHeader.focus has no Communication")
+            raise BundleError(
+                ErrorCode.MISSING_COMMUNICATION, "MessageHeader.focus has no Communication"
+            )
         subject = bundle.resolve(communication.subject.reference if communication.subject else None)
         if not isinstance(subject, Patient):
             raise BundleError(
-                "missing-patient", "Communication.subject is not a Patient in the Bundle"
+                ErrorCode.MISSING_PATIENT, "Communication.subject is not a Patient in the Bundle"
             )
         for j, ext in enumerate(communication.extension):
             if ext.url == REPLY_DEADLINE_EXTENSION_URL and parse_fhir_date(ext.valueDate) is None:
                 raise BundleError(
-                    "invalid-bundle", f"Communication.extension[{j}]: reply deadline is not a date"
+                    ErrorCode.INVALID_BUNDLE,
+                    f"Communication.extension[{j}]: reply deadline is not a date",
                 )
     elif event == EVENT_ACKNOWLEDGEMENT:
         if header.response is None:
-            raise BundleError("missing-response", "an acknowledgement needs MessageHeader.response")
+            raise BundleError(
+                ErrorCode.MISSING_RESPONSE, "an acknowledgement needs MessageHeader.response"
+            )
         if header.response.code != "ok" and not bundle.resources(OperationOutcome):
             raise BundleError(
-                "missing-operation-outcome",
+                ErrorCode.MISSING_OPERATION_OUTCOME,
                 "an acknowledgement that is not ok needs an OperationOutcome",
             )
 
@@ -81,12 +90,18 @@ def check_medcom_rules(bundle: Bundle) -> None:
 def _require_organization(bundle: Bundle, ref: Reference | None, where: str) -> Organization:
     org = bundle.resolve(ref.reference if ref is not None else None)
     if not isinstance(org, Organization):
-        raise BundleError("missing-organization", f"{where} is not an Organization in the Bundle")
+        raise BundleError(
+            ErrorCode.MISSING_ORGANIZATION, f"{where} is not an Organization in the Bundle"
+        )
     ids = org_identifiers(org)
     if ids.sor is None:
-        raise BundleError("missing-identifier", f"{where}: the Organization has no SOR identifier")
+        raise BundleError(
+            ErrorCode.MISSING_IDENTIFIER, f"{where}: the Organization has no SOR identifier"
+        )
     if ids.gln is None:
-        raise BundleError("missing-identifier", f"{where}: the Organization has no GLN identifier")
+        raise BundleError(
+            ErrorCode.MISSING_IDENTIFIER, f"{where}: the Organization has no GLN identifier"
+        )
     return org
 
 
@@ -117,7 +132,11 @@ _PDF_MARKER_WITHIN: Final = 1024
 
 
 ATTACHMENT_ERROR_CODES: Final = frozenset(
-    {"unsupported-attachment-type", "attachment-without-data", "attachment-content-mismatch"}
+    {
+        ErrorCode.UNSUPPORTED_ATTACHMENT_TYPE,
+        ErrorCode.ATTACHMENT_WITHOUT_DATA,
+        ErrorCode.ATTACHMENT_CONTENT_MISMATCH,
+    }
 )
 
 
@@ -145,15 +164,15 @@ def check_attachments(bundle: Bundle) -> None:
         content_type = (att.contentType or "").strip().lower()
         if content_type not in ATTACHMENT_MIME_TYPES:
             raise BundleError(
-                "unsupported-attachment-type",
+                ErrorCode.UNSUPPORTED_ATTACHMENT_TYPE,
                 f"{where}.contentType is not one of MedCom's attachment types "
                 f"({', '.join(sorted(ATTACHMENT_MIME_TYPES))})",
             )
         if att.data is None:
             raise BundleError(
-                "attachment-without-data", f"{where} has no data: send the document inline"
+                ErrorCode.ATTACHMENT_WITHOUT_DATA, f"{where} has no data: send the document inline"
             )
         if not _content_matches(content_type, b64decode(att.data)):
             raise BundleError(
-                "attachment-content-mismatch", f"{where}.data is not of its contentType"
+                ErrorCode.ATTACHMENT_CONTENT_MISMATCH, f"{where}.data is not of its contentType"
             )

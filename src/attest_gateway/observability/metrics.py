@@ -53,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway import __version__
 from attest_gateway.core.clock import Clock
-from attest_gateway.core.errors import EnvelopeRejected, GatewayError, Unauthenticated
+from attest_gateway.core.errors import ErrorCode, NotAuthenticated
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import conversations, mailbox, outbox, stages
 
@@ -66,18 +66,18 @@ UNMATCHED_ROUTE = "<unmatched>"
 # the alert metric `verification_failures_total` counts them wherever they happen.
 VERIFICATION_CODES = frozenset(
     {
-        "signature-invalid",
-        "unknown-key",
-        "key-not-valid",
-        "signer-not-sender",
-        "not-addressed-to-receiver",
-        "not-addressed-to-gateway",
-        "open-failed",
-        "unsupported-suite",
-        "sender-mismatch",
-        "header-mismatch",
-        "conversation-mismatch",
-        "replayed-message-id",
+        ErrorCode.SIGNATURE_INVALID,
+        ErrorCode.UNKNOWN_KEY,
+        ErrorCode.KEY_NOT_VALID,
+        ErrorCode.SIGNER_NOT_SENDER,
+        ErrorCode.NOT_ADDRESSED_TO_RECEIVER,
+        ErrorCode.NOT_ADDRESSED_TO_GATEWAY,
+        ErrorCode.OPEN_FAILED,
+        ErrorCode.UNSUPPORTED_SUITE,
+        ErrorCode.SENDER_MISMATCH,
+        ErrorCode.HEADER_MISMATCH,
+        ErrorCode.CONVERSATION_MISMATCH,
+        ErrorCode.REPLAYED_MESSAGE_ID,
     }
 )
 
@@ -163,11 +163,11 @@ def observe_request(method: str, route: object, status: int, seconds: float) -> 
     HTTP_DURATION.labels(method, template).observe(seconds)
 
 
-def observe_problem(error: GatewayError) -> None:
+def observe_problem(code: str, status: int, *, envelope_rejected: bool = False) -> None:
     """A problem+json answer; envelope checks that failed also count as verification failures."""
-    HTTP_PROBLEMS.labels(error.code, str(error.status)).inc()
-    if isinstance(error, EnvelopeRejected) or error.code in VERIFICATION_CODES:
-        VERIFICATION_FAILURES.labels("api", error.code).inc()
+    HTTP_PROBLEMS.labels(code, str(status)).inc()
+    if envelope_rejected or code in VERIFICATION_CODES:
+        VERIFICATION_FAILURES.labels("api", code).inc()
 
 
 def unreadable_reply(reason: str) -> None:
@@ -309,7 +309,9 @@ async def metrics(request: Request) -> Response:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         expected = token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise Unauthenticated("unauthenticated", "send Authorization: Bearer <metrics token>")
+            raise NotAuthenticated(
+                ErrorCode.UNAUTHENTICATED, "send Authorization: Bearer <metrics token>"
+            )
     gauges: StoreGauges | None = getattr(request.app.state, "store_gauges", None)
     gw = getattr(request.app.state, "gateway", None)
     if gauges is not None and gw is not None:

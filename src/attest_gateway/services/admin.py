@@ -60,7 +60,7 @@ from attest_gateway.core.directory import (
     hash_api_key,
     new_api_key,
 )
-from attest_gateway.core.errors import EnvelopeRejected
+from attest_gateway.core.errors import EnvelopeRejected, ErrorCode, InvalidInput
 from attest_gateway.core.identifiers import (
     check_gln,
     check_kommunekode,
@@ -89,8 +89,13 @@ _ORG_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
-class AdminError(Exception):
-    """A refused change; the message is one sentence for the operator."""
+class AdminError(InvalidInput):
+    """A refused change; the message is one sentence for the operator (what the CLI prints:
+    `str()` is the message alone)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_REQUEST, message)
+        self.args = (message,)
 
 
 # --- what the functions return ---------------------------------------------------------------

@@ -25,7 +25,7 @@ from attest_gateway.contracts.contacts import ContactChannel, ContactEvent
 from attest_gateway.contracts.jobcenter import CaseKind
 from attest_gateway.core.bounds import InputDate, a_year_after
 from attest_gateway.core.directory import Organisation, Role
-from attest_gateway.core.errors import Conflict, Forbidden, Unprocessable
+from attest_gateway.core.errors import ErrorCode, InvalidInput, NotPermitted, Replay
 from attest_gateway.core.identifiers import Cpr, Kommunekode, Sor, municipalities
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.infra.db import directory
@@ -75,16 +75,21 @@ async def register_contact(
 ) -> tuple[ContactAccepted, bool]:
     """Store the registration and its tracking event. Returns (answer, created now)."""
     if body.municipality != org.kommunekode:
-        raise Forbidden("jobcenter-mismatch", "the municipality in the request is not the caller")
+        raise NotPermitted(
+            ErrorCode.JOBCENTER_MISMATCH, "the municipality in the request is not the caller"
+        )
     now = gw.clock.now()
     if body.first_day_of_absence > a_year_after(now.date()):
-        raise Unprocessable(
-            "invalid-first-day-of-absence", "the first day of absence is more than a year ahead"
+        raise InvalidInput(
+            ErrorCode.INVALID_FIRST_DAY_OF_ABSENCE,
+            "the first day of absence is more than a year ahead",
         )
     if body.contact_date > now.date() + dt.timedelta(days=1):
-        raise Unprocessable("invalid-contact-date", "a contact cannot be registered in advance")
+        raise InvalidInput(
+            ErrorCode.INVALID_CONTACT_DATE, "a contact cannot be registered in advance"
+        )
     if body.contact_date < body.first_day_of_absence - dt.timedelta(days=365):
-        raise Unprocessable("invalid-contact-date", "the contact is long before the absence")
+        raise InvalidInput(ErrorCode.INVALID_CONTACT_DATE, "the contact is long before the absence")
     ref = pseudonyms.case_ref(body.citizen_cpr, gw.pseudonym_key)
     async with gw.engine.begin() as conn:
         if idempotency_key is not None:
@@ -98,14 +103,14 @@ async def register_contact(
             ).first()
             if row is not None:
                 if not await _same_contact(conn, row, body, ref):
-                    raise Conflict(
-                        "idempotency-key-reused",
+                    raise Replay(
+                        ErrorCode.IDEMPOTENCY_KEY_REUSED,
                         "this Idempotency-Key was used with a different contact",
                     )
                 return ContactAccepted.model_validate_json(row.response), False
         psychiatry = await directory.org_by_sor(conn, body.psychiatry_sor)
         if psychiatry is None or not psychiatry.enabled or psychiatry.role is not Role.PSYCHIATRY:
-            raise Unprocessable("unknown-receiver", "no psychiatry unit has that SOR code")
+            raise InvalidInput(ErrorCode.UNKNOWN_RECEIVER, "no psychiatry unit has that SOR code")
         contact_id = str(uuid.uuid4())
         accepted = ContactAccepted(
             contact_id=contact_id, contact_date=body.contact_date, psychiatry=psychiatry.name

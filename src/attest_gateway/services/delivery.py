@@ -1,11 +1,11 @@
 """The delivery consumer: `medcom.messages` record → verified envelope → receiver's mailbox.
 
-Pipeline, each stage a small function: parse the envelope → check it against the
-directory (receiver, recipient key, signer key, signature) → store it in the receiver's
-mailbox (idempotent on the message id) and record the stage, in one transaction. Anything
-that fails a check raises `PermanentError` and goes to the dead-letter topic; a database
-error is transient and retried. The envelope is never opened here: the gateway delivers
-ciphertext.
+Pipeline, each stage a small function: parse the envelope → check it against the trust
+policy (core/trust.py: receiver, recipient key, signer key, signature) → store it in the
+receiver's mailbox (idempotent on the message id) and record the stage, in one transaction.
+Anything that fails a check raises an input error (`EnvelopeRejected`, `Malformed` …) and goes
+to the dead-letter topic; a database error is `Unavailable` and retried. The envelope is never
+opened here: the gateway delivers ciphertext.
 
 A message id names one message for good. The same envelope again (Kafka is at-least-once)
 is a silent no-op, and a MedCom resend (same message id, sender, receiver, conversation and
@@ -30,13 +30,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core import trust
 from attest_gateway.core.clock import Clock
-from attest_gateway.core.errors import EnvelopeRejected
+from attest_gateway.core.errors import (
+    ErrorCode,
+    InvalidInput,
+    Malformed,
+    Replay,
+    Unavailable,
+)
 from attest_gateway.crypto.sealing import decode_verify_key, verify
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import STORE_ERRORS, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.tables import mailbox, outbox
-from attest_gateway.infra.kafka.bus import PermanentError, Topics, TransientError
+from attest_gateway.infra.kafka.bus import Topics
 from attest_gateway.services.messaging import (
     Conversation,
     StageRecord,
@@ -56,38 +63,25 @@ _DELIVERED_STAGE = {
 
 def parse_envelope(raw: bytes | None) -> SealedEnvelope:
     if raw is None:
-        raise PermanentError("invalid-envelope", "the record has no value")
+        raise Malformed(ErrorCode.INVALID_ENVELOPE, "the record has no value")
     try:
         return SealedEnvelope.from_json(raw)
     except pydantic.ValidationError as exc:
-        raise PermanentError("invalid-envelope", "the record is not a sealed envelope") from exc
+        raise Malformed(ErrorCode.INVALID_ENVELOPE, "the record is not a sealed envelope") from exc
 
 
 async def check_envelope(
     conn: AsyncConnection, envelope: SealedEnvelope, gateway_org_id: str, now: dt.datetime
 ) -> None:
-    """Everything that must hold before an envelope is delivered; raises PermanentError."""
-    h = envelope.header
-    receiver = await directory.org_by_id(conn, h.receiver)
-    if receiver is None or not receiver.enabled:
-        raise PermanentError("unknown-receiver", "the envelope's receiver is not in the directory")
-    if await directory.hpke_key_owner(conn, h.recipient_key_id) != receiver.id:
-        raise PermanentError("not-addressed-to-receiver", "sealed to a key the receiver lacks")
-    key = await directory.signing_key(conn, h.signer_key_id)
-    if key is None or key.org_id != h.signer:
-        raise PermanentError("unknown-key", "the signer's key is not in the directory")
-    if h.signer not in (h.sender, gateway_org_id):
-        raise PermanentError("signer-not-sender", "only the sender or the gateway may sign")
-    if not key.usable(now):
-        raise PermanentError("key-not-valid", "the signing key is revoked or expired")
-    if h.signer != gateway_org_id:  # the gateway is always enabled: no lookup on that path
-        signer = await directory.org_by_id(conn, h.signer)
-        if signer is None or not signer.enabled:
-            raise PermanentError("key-not-valid", "the signing organisation is disabled")
-    try:
-        verify(envelope, decode_verify_key(key.public_key))
-    except EnvelopeRejected as exc:
-        raise PermanentError(exc.code, exc.detail) from exc
+    """Everything that must hold before an envelope is delivered: the trust policy
+    (core/trust.py); raises EnvelopeRejected."""
+    await trust.check_envelope(
+        envelope.header,
+        directory.TrustLookups(conn),
+        gateway_org_id=gateway_org_id,
+        now=now,
+        verify=lambda key: verify(envelope, decode_verify_key(key.public_key)),
+    )
 
 
 async def deliver(
@@ -97,10 +91,13 @@ async def deliver(
     h = envelope.header
     conv = await load_conversation(conn, h.conversation_id)
     if conv is None:
-        raise PermanentError("unknown-conversation", "the envelope names no known conversation")
+        raise InvalidInput(
+            ErrorCode.UNKNOWN_CONVERSATION, "the envelope names no known conversation"
+        )
     if (h.sender, h.receiver) not in _parties(conv, h.message_type):
-        raise PermanentError(
-            "conversation-mismatch", "the sender and receiver are not the conversation's parties"
+        raise InvalidInput(
+            ErrorCode.CONVERSATION_MISMATCH,
+            "the sender and receiver are not the conversation's parties",
         )
     is_new = await insert_ignore(conn, mailbox, _mailbox_row(envelope, now))
     if not is_new:
@@ -159,7 +156,7 @@ async def deliver_many(
     for envelope in envelopes:
         try:
             await check_envelope(conn, envelope, gateway_org_id, now)
-        except PermanentError:
+        except InvalidInput:
             continue
         checked.append(envelope)
     convs = await conversations_by_id(conn, (e.header.conversation_id for e in checked))
@@ -240,8 +237,9 @@ async def _offer_resend(conn: AsyncConnection, envelope: SealedEnvelope) -> None
     ).one()
     known = (row.sender_org_id, row.receiver_org_id, row.conversation_id, row.message_type)
     if known != (h.sender, h.receiver, h.conversation_id, h.message_type.value):
-        raise PermanentError(
-            "replayed-message-id", "another message was already delivered under this message id"
+        raise Replay(
+            ErrorCode.REPLAYED_MESSAGE_ID,
+            "another message was already delivered under this message id",
         )
     if row.collected_at is not None:
         return
@@ -274,7 +272,7 @@ class DeliveryHandler:
         for record in records:
             try:
                 envelope = parse_envelope(record.value)
-            except PermanentError:
+            except InvalidInput:
                 continue
             if envelope.header.message_id not in by_message:
                 by_message[envelope.header.message_id] = record
@@ -286,7 +284,7 @@ class DeliveryHandler:
                     conn, self._topics, envelopes, self._gateway_org_id, now
                 )
         except STORE_ERRORS as exc:
-            raise TransientError("database-unavailable", type(exc).__name__) from exc
+            raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
         if delivered:  # one line for the batch (a line per message was 12 % of its CPU)
             log.info(
                 "delivery.delivered",
@@ -304,7 +302,7 @@ class DeliveryHandler:
                 await check_envelope(conn, envelope, self._gateway_org_id, now)
                 is_new = await deliver(conn, self._topics, envelope, now)
         except STORE_ERRORS as exc:
-            raise TransientError("database-unavailable", type(exc).__name__) from exc
+            raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
         h = envelope.header
         log.info(
             "delivery.delivered" if is_new else "delivery.duplicate",

@@ -23,14 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core import trust
 from attest_gateway.core.directory import Organisation
 from attest_gateway.core.errors import (
-    BadRequest,
-    Conflict,
     EnvelopeRejected,
-    Forbidden,
-    NotFound,
-    Unprocessable,
+    ErrorCode,
+    InvalidInput,
+    Malformed,
+    NotPermitted,
+    Replay,
+    Unknown,
 )
 from attest_gateway.core.identifiers import check_cpr
 from attest_gateway.crypto import pseudonyms
@@ -147,7 +149,7 @@ async def mark_collected(gw: Gateway, org: Organisation, message_id: str) -> boo
             )
         ).first()
     if exists is None:
-        raise NotFound("not-found", "no such message in this mailbox")
+        raise Unknown(ErrorCode.NOT_FOUND, "no such message in this mailbox")
     return False
 
 
@@ -156,28 +158,23 @@ async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> obj
     if isinstance(body, dict) and body.get("resourceType") == "Bundle":
         return body
     if not (isinstance(body, dict) and "header" in body and "ciphertext" in body):
-        raise BadRequest("unsupported-body", "send a FHIR Bundle or a sealed envelope")
+        raise Malformed(ErrorCode.UNSUPPORTED_BODY, "send a FHIR Bundle or a sealed envelope")
     try:
         envelope = SealedEnvelope.model_validate(body)
     except pydantic.ValidationError as exc:
-        raise BadRequest("invalid-envelope", "the sealed envelope is malformed") from exc
+        raise Malformed(ErrorCode.INVALID_ENVELOPE, "the sealed envelope is malformed") from exc
     h = envelope.header
-    if h.receiver != gw.settings.gateway_org_id:
-        raise EnvelopeRejected("not-addressed-to-gateway", "the envelope is for someone else")
-    if h.sender != org.id or h.signer != org.id:
-        raise Forbidden("sender-mismatch", "the envelope's sender is not the caller")
-    async with gw.engine.connect() as conn:
-        owner = await directory.hpke_key_owner(conn, h.recipient_key_id)
-        vkey = await directory.signing_key(conn, h.signer_key_id)
-    # The gateway's own key only: the key ring also holds custodial job centres' keys.
+    async with gw.engine.connect() as conn:  # the trust policy (core/trust.py)
+        await trust.check_envelope(
+            h,
+            directory.TrustLookups(conn),
+            gateway_org_id=gw.settings.gateway_org_id,
+            now=gw.clock.now(),
+            verify=lambda vkey: verify(envelope, decode_verify_key(vkey.public_key)),
+            submission=trust.Submission(org.id, lambda kid: gw.keyring.hpke_key(kid) is not None),
+        )
     key = gw.keyring.hpke_key(h.recipient_key_id)
-    if key is None or owner != gw.settings.gateway_org_id:
-        raise EnvelopeRejected("not-addressed-to-gateway", "sealed to a key the gateway lacks")
-    if vkey is None or vkey.org_id != org.id:
-        raise EnvelopeRejected("unknown-key", "the envelope names a key that is not usable")
-    if not vkey.usable(gw.clock.now()):
-        raise EnvelopeRejected("key-not-valid", "the signing key is revoked or expired")
-    verify(envelope, decode_verify_key(vkey.public_key))
+    assert key is not None  # the policy checked that the key ring holds it
     opened = open_envelope(envelope, key)
     async with gw.engine.begin() as conn:  # an opening at the edge: audited before it is used
         await audit.record(
@@ -195,7 +192,7 @@ async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> obj
     try:
         data = orjson.loads(opened)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest("invalid-bundle", "the envelope does not hold JSON") from exc
+        raise Malformed(ErrorCode.INVALID_BUNDLE, "the envelope does not hold JSON") from exc
     _check_sealed_header(h, data)
     return data
 
@@ -211,11 +208,13 @@ def _check_sealed_header(h: EnvelopeHeader, data: object) -> None:
     try:
         info = read_message(parse_bundle(data))
     except BundleError as exc:
-        raise Unprocessable(exc.code, exc.detail) from exc
+        raise InvalidInput(exc.code, exc.detail) from exc
     if (h.message_id, h.bundle_id) != (info.message_id, info.bundle_id) or (
         _KIND_TYPES.get(info.kind) not in (None, h.message_type)
     ):
-        raise EnvelopeRejected("header-mismatch", "the envelope's header does not match its Bundle")
+        raise EnvelopeRejected(
+            ErrorCode.HEADER_MISMATCH, "the envelope's header does not match its Bundle"
+        )
 
 
 def _check_sender(info: MessageInfo, org: Organisation) -> None:
@@ -223,7 +222,9 @@ def _check_sender(info: MessageInfo, org: Organisation) -> None:
         (info.sender.sor and info.sender.sor == org.sor)
         or (info.sender.gln and info.sender.gln == org.gln)
     ):
-        raise Forbidden("sender-mismatch", "the Bundle's sender organisation is not the caller")
+        raise NotPermitted(
+            ErrorCode.SENDER_MISMATCH, "the Bundle's sender organisation is not the caller"
+        )
 
 
 async def _answered_conversation(
@@ -236,9 +237,9 @@ async def _answered_conversation(
     return conv
 
 
-def _unknown_request() -> NotFound:
-    return NotFound(
-        "unknown-request", "no attest request with that MessageHeader id was sent to you"
+def _unknown_request() -> Unknown:
+    return Unknown(
+        ErrorCode.UNKNOWN_REQUEST, "no attest request with that MessageHeader id was sent to you"
     )
 
 
@@ -257,7 +258,7 @@ async def submit_message(
         bundle = parse_bundle(data)
         info = read_message(bundle)
     except BundleError as exc:
-        raise Unprocessable(exc.code, exc.detail) from exc
+        raise InvalidInput(exc.code, exc.detail) from exc
     _check_sender(info, org)
     gw.relay.admit()
     now = gw.clock.now()
@@ -279,8 +280,9 @@ async def submit_message(
             raise _unknown_request()
         for row in sorted(seen, key=lambda r: r.message_id != info.message_id):
             if row.message_id != info.message_id:
-                raise Conflict(
-                    "message-id-conflict", "a known Bundle.id came with a new MessageHeader.id"
+                raise Replay(
+                    ErrorCode.MESSAGE_ID_CONFLICT,
+                    "a known Bundle.id came with a new MessageHeader.id",
                 )
             if (
                 row.sender_org_id != org.id
@@ -288,11 +290,15 @@ async def submit_message(
                 or (target is not None and target != row.conversation_id)
             ):
                 # Not a resend of that message: a different one reusing its id.
-                raise Conflict("replayed-message-id", "that message id belongs to another message")
+                raise Replay(
+                    ErrorCode.REPLAYED_MESSAGE_ID, "that message id belongs to another message"
+                )
             return orjson.loads(row.response), False
         if await _carried_before(conn, info.message_id):
             # The delivery consumer would refuse it as a replay after the 202: say so now.
-            raise Conflict("replayed-message-id", "that message id belongs to another message")
+            raise Replay(
+                ErrorCode.REPLAYED_MESSAGE_ID, "that message id belongs to another message"
+            )
         if info.kind == "acknowledgement":
             conv, message_type = await _accept_ack(gw, conn, org, info, bundle_json=data, now=now)
         elif info.kind == "attest-reply":
@@ -300,8 +306,9 @@ async def submit_message(
                 gw, conn, org, info, bundle=bundle, bundle_json=data, now=now
             )
         else:
-            raise Unprocessable(
-                "unsupported-message", "only acknowledgements and attest replies can be sent"
+            raise InvalidInput(
+                ErrorCode.UNSUPPORTED_MESSAGE,
+                "only acknowledgements and attest replies can be sent",
             )
         answer = {
             "message_id": info.message_id,
@@ -456,8 +463,9 @@ def _check_same_citizen(gw: Gateway, conv: Conversation, info: MessageInfo) -> N
     else:
         given = pseudonyms.case_ref(cpr, gw.pseudonym_key)
     if not hmac.compare_digest(given.encode("ascii"), conv.case_ref.encode("ascii")):
-        raise Unprocessable(
-            "patient-mismatch", "the reply's Patient is not the citizen the request is about"
+        raise InvalidInput(
+            ErrorCode.PATIENT_MISMATCH,
+            "the reply's Patient is not the citizen the request is about",
         )
 
 
@@ -478,21 +486,21 @@ async def _accept_reply(
         (info.receiver.gln and info.receiver.gln == jobcenter.gln)
         or (info.receiver.sor and info.receiver.sor == jobcenter.sor)
     ):
-        raise Unprocessable(
-            "receiver-mismatch", "the reply is not addressed to the requesting job centre"
+        raise InvalidInput(
+            ErrorCode.RECEIVER_MISMATCH, "the reply is not addressed to the requesting job centre"
         )
     if info.conversation_id != conv.id:
-        raise Unprocessable(
-            "conversation-mismatch",
+        raise InvalidInput(
+            ErrorCode.CONVERSATION_MISMATCH,
             "the reply's Communication.identifier is not the request's conversation",
         )
     _check_same_citizen(gw, conv, info)
     try:
         check_attachments(bundle)
     except BundleError as exc:
-        raise Unprocessable(exc.code, exc.detail) from exc
+        raise InvalidInput(exc.code, exc.detail) from exc
     if not info.texts and not info.attachments:
-        raise Unprocessable("empty-reply", "an attest reply needs text or a PDF attachment")
+        raise InvalidInput(ErrorCode.EMPTY_REPLY, "an attest reply needs text or a PDF attachment")
     await _forward(
         gw, conn, org, conv, info, MessageType.ATTEST_REPLY, orjson.dumps(bundle_json), now
     )

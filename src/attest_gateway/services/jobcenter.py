@@ -33,7 +33,14 @@ from attest_gateway.contracts.stages import STAGE_ORDER, MessageType, Stage, cur
 from attest_gateway.core.attests import IssuerKind
 from attest_gateway.core.bounds import a_year_after
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
-from attest_gateway.core.errors import Conflict, Forbidden, GatewayError, NotFound, Unprocessable
+from attest_gateway.core.errors import (
+    ErrorCode,
+    GatewayError,
+    InvalidInput,
+    NotPermitted,
+    Replay,
+    Unknown,
+)
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import fingerprint, open_envelope
@@ -43,7 +50,6 @@ from attest_gateway.infra.db.engine import autocommit, aware
 from attest_gateway.infra.db.group_commit import Write
 from attest_gateway.infra.db.tables import conversations, idempotency_keys, mailbox
 from attest_gateway.medcom.build import build_acknowledgement
-from attest_gateway.medcom.errors import BundleError
 from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import OrgIdentifiers, read_message
@@ -84,7 +90,9 @@ async def _resolve_receiver(conn: AsyncConnection, body: AttestRequestIn) -> Org
         assert body.receiver.ydernummer is not None
         receiver = await directory.org_by_ydernummer(conn, body.receiver.ydernummer)
     if receiver is None or not receiver.enabled or receiver.role not in HEALTH_ROLES:
-        raise Unprocessable("unknown-receiver", "no healthcare organisation has that identifier")
+        raise InvalidInput(
+            ErrorCode.UNKNOWN_RECEIVER, "no healthcare organisation has that identifier"
+        )
     return receiver
 
 
@@ -101,8 +109,9 @@ async def _replay_idempotent(
     if row is None:
         return None
     if row.fingerprint != fp:
-        raise Conflict(
-            "idempotency-key-reused", "this Idempotency-Key was used with a different request"
+        raise Replay(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            "this Idempotency-Key was used with a different request",
         )
     return AttestRequestAccepted.model_validate_json(row.response)
 
@@ -116,22 +125,29 @@ async def submit_attest_request(
     """
     gw.relay.admit()
     if body.jobcenter_gln != org.gln or body.municipality != org.kommunekode:
-        raise Forbidden("jobcenter-mismatch", "the job centre in the request is not the caller")
+        raise NotPermitted(
+            ErrorCode.JOBCENTER_MISMATCH, "the job centre in the request is not the caller"
+        )
     kind = gw.catalogue.get(body.attest_type)
     if kind is None:
-        raise Unprocessable("unknown-attest-type", "the attest type is not in the LÆ catalogue")
+        raise InvalidInput(
+            ErrorCode.UNKNOWN_ATTEST_TYPE, "the attest type is not in the LÆ catalogue"
+        )
     now = gw.clock.now()
     today = now.date()
     if body.first_day_of_absence > a_year_after(today):
-        raise Unprocessable(
-            "invalid-first-day-of-absence", "the first day of absence is more than a year ahead"
+        raise InvalidInput(
+            ErrorCode.INVALID_FIRST_DAY_OF_ABSENCE,
+            "the first day of absence is more than a year ahead",
         )
     reply_deadline = body.reply_deadline or kind.reply_deadline.due(today)
     if reply_deadline <= today:
-        raise Unprocessable("invalid-reply-deadline", "the reply deadline must be in the future")
+        raise InvalidInput(
+            ErrorCode.INVALID_REPLY_DEADLINE, "the reply deadline must be in the future"
+        )
     if reply_deadline > a_year_after(today):
-        raise Unprocessable(
-            "invalid-reply-deadline", "the reply deadline is more than a year ahead"
+        raise InvalidInput(
+            ErrorCode.INVALID_REPLY_DEADLINE, "the reply deadline is more than a year ahead"
         )
     fp = fingerprint(
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS), gw.pseudonym_key
@@ -148,8 +164,9 @@ async def submit_attest_request(
                 return replay, False
         receiver = await _resolve_receiver(conn, body)
         if IssuerKind(receiver.role.value) not in kind.issuers:
-            raise Unprocessable(
-                "receiver-cannot-issue", f"a {receiver.role.value} does not issue {kind.code}"
+            raise InvalidInput(
+                ErrorCode.RECEIVER_CANNOT_ISSUE,
+                f"a {receiver.role.value} does not issue {kind.code}",
             )
         conversation_id, message_id, bundle_id = (str(uuid.uuid4()) for _ in range(3))
         bundle = request_bundle(
@@ -264,7 +281,7 @@ def _as_dict(conv: Conversation) -> dict[str, object]:
 async def _own_conversation(conn: AsyncConnection, org: Organisation, cid: str) -> Conversation:
     conv = await load_conversation(conn, cid)
     if conv is None or conv.jobcenter_org_id != org.id:
-        raise NotFound("not-found", "no such conversation")
+        raise Unknown(ErrorCode.NOT_FOUND, "no such conversation")
     return conv
 
 
@@ -415,13 +432,13 @@ async def _waiting_replies(conn: AsyncConnection, org: Organisation, limit: int)
     return rows
 
 
-def _unreadable_code(exc: Exception) -> str:
+def _unreadable_code(exc: Exception) -> ErrorCode:
     """The stable code of why a stored reply cannot be opened or read."""
-    if isinstance(exc, GatewayError | BundleError):
+    if isinstance(exc, GatewayError):  # a BundleError too
         return exc.code
     if isinstance(exc, pydantic.ValidationError):
-        return "invalid-envelope"
-    return "invalid-bundle"  # the opened plaintext is not JSON
+        return ErrorCode.INVALID_ENVELOPE
+    return ErrorCode.INVALID_BUNDLE  # the opened plaintext is not JSON
 
 
 def _open_bundle(
@@ -432,7 +449,7 @@ def _open_bundle(
     envelope = SealedEnvelope.from_json(row.envelope)
     key = gw.keyring.hpke_key(envelope.header.recipient_key_id)
     if key is None:
-        raise Unprocessable("unknown-key", "the gateway does not hold this job centre's key")
+        raise InvalidInput(ErrorCode.UNKNOWN_KEY, "the gateway does not hold this job centre's key")
     bundle = parse_bundle(orjson.loads(open_envelope(envelope, key)))
     opened = audit.AuditEvent(
         actor=gw.settings.gateway_org_id,
@@ -468,7 +485,7 @@ async def acknowledge_reply(
             )
         ).first()
         if row is None:
-            raise NotFound("not-found", "no such message in this inbox")
+            raise Unknown(ErrorCode.NOT_FOUND, "no such message in this inbox")
         if row.collected_at is not None:
             return False
         conv = await load_conversation(conn, row.conversation_id)

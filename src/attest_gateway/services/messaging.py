@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.contracts.envelope import CONTENT_TYPE, EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
-from attest_gateway.core.errors import Unprocessable
+from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.crypto.sealing import KeyRing, seal
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import dialect_insert, insert_ignore, one_of
@@ -134,7 +134,9 @@ async def seal_for(
     """Seal a Bundle for the receiver's current HPKE key and sign it with the signer's key."""
     recipient = await directory.current_hpke_key(conn, receiver_org_id, now)
     if recipient is None:
-        raise Unprocessable("receiver-has-no-key", "the receiver has no usable encryption key")
+        raise InvalidInput(
+            ErrorCode.RECEIVER_HAS_NO_KEY, "the receiver has no usable encryption key"
+        )
     usable = await directory.usable_signing_key_ids(conn, signer_org_id, now)
     signer = keyring.signing_among(signer_org_id, usable) if usable else None
     if signer is None:

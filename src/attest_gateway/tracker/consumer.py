@@ -13,10 +13,10 @@ duplicated event finds the time set and changes nothing. Events may arrive in an
 carries the whole conversation's metadata, and each duration is added by whichever of its two
 ends arrives second.
 
-Pipeline: parse (bad record → PermanentError → dead letter) → check the case ref's key id
+Pipeline: parse (bad record → Malformed → dead letter) → check the case ref's key id
 (made under another pseudonym key, i.e. before a re-key → dead letter `stale-pseudonym`, so a
 replay of old events never mixes pseudonyms) → apply in one transaction (database error →
-TransientError → retried) → commit the offset (the ConsumerLoop).
+Unavailable → retried) → commit the offset (the ConsumerLoop).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from attest_gateway.contracts.contacts import (
 from attest_gateway.contracts.stages import Stage, StageEvent
 from attest_gateway.core.attests import AttestKind
 from attest_gateway.core.directory import Role
+from attest_gateway.core.errors import ErrorCode, InvalidInput, Malformed, Unavailable
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, dialect_insert, one_of_param
 from attest_gateway.infra.db.pseudonyms import StoreKey
 from attest_gateway.infra.db.tables import organisations, tracker_conversations, tracker_episodes
-from attest_gateway.infra.kafka.bus import PermanentError, TransientError
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.store import (
     Cell,
@@ -519,11 +519,11 @@ class TrackerHandler:
         try:
             event = parse_tracking_event(record.value)
         except NotATrackingEvent as exc:
-            raise PermanentError("invalid-tracking-event", str(exc)) from exc
+            raise Malformed(ErrorCode.INVALID_TRACKING_EVENT, str(exc)) from exc
         admitted = self._admit(event)
         if admitted is None:
-            raise PermanentError(
-                "stale-pseudonym",
+            raise InvalidInput(
+                ErrorCode.STALE_PSEUDONYM,
                 "the event's case ref was made under another pseudonym key than the store's",
             )
         await self._apply([admitted])
@@ -573,7 +573,7 @@ class TrackerHandler:
                     await rollups.flush(conn)
         except STORE_ERRORS as exc:
             cells.forget()
-            raise TransientError("database-unavailable", type(exc).__name__) from exc
+            raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
         cells.remember(rollups.written)  # committed: those cells exist
         if not _debug_logged():  # one line per event, at DEBUG only
             return

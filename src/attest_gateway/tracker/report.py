@@ -29,7 +29,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.core.errors import Unprocessable
+from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.infra.db.tables import tracker_cells, tracker_counts, tracker_durations
 from attest_gateway.tracker import rules as r
@@ -177,8 +177,8 @@ async def _histograms(
     conn: AsyncConnection, metric: str, f: Filters, by: By, *, series: bool
 ) -> dict[tuple[str | None, str], dict[int, int]]:
     if f.period == "week" and _grain(by, f) in r.WEEKLY_HISTOGRAMS_NOT_KEPT:
-        raise Unprocessable(
-            "invalid-period",
+        raise InvalidInput(
+            ErrorCode.INVALID_PERIOD,
             "weekly distributions are kept nationally and per region; use period=month",
         )
     t, cells = tracker_durations, tracker_cells

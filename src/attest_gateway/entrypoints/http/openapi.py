@@ -4,8 +4,9 @@ security scheme, an example for every success answer and every error code of eve
 The routers stay thin: FastAPI builds the document from them, and `install_openapi()` adds
 what routes do not declare. `ERROR_CATALOGUE` is the list of every stable problem code the
 HTTP API can answer, with its status and an example detail; `ENDPOINT_ERRORS` says which
-endpoint can answer which. A test checks that every code raised in the source is here, with
-the status of the class that raises it, and that the document is valid OpenAPI 3.1.
+endpoint can answer which. A test checks that every `ErrorCode` the HTTP API can answer is
+here, with the status and title the HTTP table (problems.py) gives a class that raises it,
+and that the document is valid OpenAPI 3.1.
 Endpoints added later get the common codes (authentication, body limit, internal error)
 automatically; their own codes belong in `ENDPOINT_ERRORS`.
 """
@@ -22,11 +23,9 @@ from fastapi.openapi.utils import get_openapi
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
 from attest_gateway.core.bounds import TEXT_PATTERN
-from attest_gateway.core.errors import GatewayError, problem_for
+from attest_gateway.entrypoints.http.problems import PROBLEM_JSON, Problem
 from attest_gateway.medcom.errors import BUNDLE_ERROR_CODES
 from attest_gateway.medcom.rules import ATTACHMENT_ERROR_CODES
-
-PROBLEM_JSON = "application/problem+json"
 
 # code → (HTTP status, title, an example detail). Details are the gateway's own sentences.
 ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
@@ -574,9 +573,7 @@ FHIR_JSON: dict[str, Any] = {
 
 def problem_example(code: str, path: str) -> dict[str, Any]:
     status, title, detail = ERROR_CATALOGUE[code]
-    error = GatewayError(code, detail)
-    body = problem_for(error, instance=path)
-    body.update(status=status, title=title)
+    body = Problem(status, title, code, detail).body(instance=path)
     if status == 422 and code in _IDENTIFIER_CODES:
         loc = {"invalid-cpr": "citizen_cpr", "invalid-gln": "jobcenter_gln"}.get(code, "body")
         body["errors"] = [{"loc": ["body", loc], "type": code.replace("-", "_"), "msg": "…"}]

@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from email.utils import format_datetime
-from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -26,39 +25,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from attest_gateway.bootstrap import Gateway
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import (
-    BadRequest,
-    Forbidden,
+    ErrorCode,
     GatewayError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    Unauthenticated,
+    Malformed,
+    NotAuthenticated,
+    NotPermitted,
     Unavailable,
-    Unprocessable,
-    problem_for,
 )
 from attest_gateway.entrypoints.http import mtls
+from attest_gateway.entrypoints.http.problems import (
+    PROBLEM_JSON,
+    Problem,
+    framework_problem,
+    problem_of,
+    validation_problem,
+)
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import autocommit
 from attest_gateway.observability import metrics
 
 log = structlog.get_logger(__name__)
 
-PROBLEM_JSON = "application/problem+json"
 _ORG_KEY = "attest_gateway.org"  # the request's authenticated organisation, in its ASGI scope
-
-# Pydantic error types raised by our identifier checks and bounds → stable problem codes.
-FIELD_CODES = {
-    "invalid_cpr": "invalid-cpr",
-    "invalid_gln": "invalid-gln",
-    "invalid_sor": "invalid-sor",
-    "invalid_ydernummer": "invalid-ydernummer",
-    "invalid_kommunekode": "invalid-kommunekode",
-    "date_out_of_range": "date-out-of-range",
-    "control_character": "control-character",
-    "string_unicode": "control-character",  # pydantic's own: a lone surrogate (not UTF-8)
-    "cpr_in_reference": "cpr-in-reference",
-}
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -78,8 +66,8 @@ async def authenticated(request: Request) -> Organisation:
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if pem is None and (scheme.lower() != "bearer" or not token.strip()):
-        raise Unauthenticated(
-            "unauthenticated",
+        raise NotAuthenticated(
+            ErrorCode.UNAUTHENTICATED,
             "present a client certificate or send Authorization: Bearer <api key>",
         )
     by_cert: Organisation | None = None
@@ -90,16 +78,16 @@ async def authenticated(request: Request) -> Organisation:
                 conn, mtls.fingerprint_of(pem), gw.clock.now()
             )
             if by_cert is None:
-                raise Unauthenticated(
-                    "unknown-client-certificate",
+                raise NotAuthenticated(
+                    ErrorCode.UNKNOWN_CLIENT_CERTIFICATE,
                     "the client certificate is not registered to an organisation, or is revoked",
                 )
         by_key = await directory.org_by_api_key(conn, token.strip()) if token.strip() else None
     if token.strip() and (by_key is None or not by_key.enabled):
-        raise Unauthenticated("unauthenticated", "the API key is not valid")
+        raise NotAuthenticated(ErrorCode.UNAUTHENTICATED, "the API key is not valid")
     if by_cert is not None and by_key is not None and by_cert.id != by_key.id:
-        raise Unauthenticated(
-            "credentials-disagree",
+        raise NotAuthenticated(
+            ErrorCode.CREDENTIALS_DISAGREE,
             "the client certificate and the API key name different organisations",
         )
     org = by_cert or by_key
@@ -111,7 +99,9 @@ async def authenticated(request: Request) -> Organisation:
 
 def require_role(org: Organisation, *roles: Role) -> Organisation:
     if org.role not in roles:
-        raise Forbidden("forbidden", "this organisation's role may not use this endpoint")
+        raise NotPermitted(
+            ErrorCode.FORBIDDEN, "this organisation's role may not use this endpoint"
+        )
     return org
 
 
@@ -143,59 +133,25 @@ def authenticated_first(*roles: Role) -> type[APIRoute]:
 
 
 def problem_response(
-    error: GatewayError, request: Request, *, headers: dict[str, str] | None = None
+    problem: Problem | GatewayError, request: Request, *, headers: dict[str, str] | None = None
 ) -> Response:
-    metrics.observe_problem(error)
+    """The problem+json answer to an error (by the table in problems.py)."""
+    if isinstance(problem, GatewayError):
+        problem = problem_of(problem)
+    metrics.observe_problem(
+        problem.code, problem.status, envelope_rejected=problem.envelope_rejected
+    )
     headers = dict(headers or {})
-    if error.status == 401:
+    if problem.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(error, Unavailable):
-        headers["Retry-After"] = str(error.retry_after)
+    if problem.retry_after is not None:
+        headers["Retry-After"] = str(problem.retry_after)
     return Response(
-        orjson.dumps(problem_for(error, instance=request.url.path)),
-        status_code=error.status,
+        orjson.dumps(problem.body(instance=request.url.path)),
+        status_code=problem.status,
         media_type=PROBLEM_JSON,
         headers=headers,
     )
-
-
-def framework_problem(status: int) -> GatewayError:
-    """The problem for an HTTP error Starlette or FastAPI raise themselves: no route (404),
-    a method the route does not take (405, answered with Starlette's `Allow` header), a body
-    that cannot be read as text (400; FastAPI's JSON errors are validation errors)."""
-    if status == 400:
-        return BadRequest("malformed-json", "the request body is not valid JSON")
-    if status == 404:
-        return NotFound("not-found", "no such resource")
-    if status == 405:
-        return MethodNotAllowed("method-not-allowed", "the resource does not take this method")
-    # Nothing else is raised by the framework for this app; should a new version start to,
-    # the answer still has a title and a code of its own, and the log says so.
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
-    log.warning("http.unmapped_framework_error", status=status)
-    error_class = type("FrameworkError", (GatewayError,), {"status": status, "title": phrase})
-    error: GatewayError = error_class(phrase.lower().replace(" ", "-"), phrase.lower())
-    return error
-
-
-def _validation_problem(exc: RequestValidationError) -> GatewayError:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return BadRequest("malformed-json", "the request body is not valid JSON")
-    if errors and all(tuple(e.get("loc", ()))[:1] == ("path",) for e in errors):
-        # An id in the path that does not have the form of one the gateway hands out.
-        return NotFound("not-found", "no such resource")
-    codes = [FIELD_CODES[e["type"]] for e in errors if e.get("type") in FIELD_CODES]
-    # Only location, type and our own message: never the rejected input (it may be a CPR).
-    details = [
-        {"loc": [str(p) for p in e.get("loc", ())], "type": e.get("type"), "msg": e.get("msg")}
-        for e in errors
-    ]
-    code = codes[0] if codes else "invalid-request"
-    return Unprocessable(code, "the request does not match the schema", extra={"errors": details})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -205,7 +161,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return problem_response(_validation_problem(exc), request)
+        return problem_response(validation_problem(exc), request)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -219,7 +175,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.exception("http.unhandled_error")
         return problem_response(
-            GatewayError("internal-error", "an internal error occurred"), request
+            GatewayError(ErrorCode.INTERNAL_ERROR, "an internal error occurred"), request
         )
 
     async def on_database_busy(request: Request, _exc: Exception) -> Response:
@@ -227,7 +183,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("http.database_busy")
         return problem_response(
             Unavailable(
-                "database-busy",
+                ErrorCode.DATABASE_BUSY,
                 "every database connection of the gateway is in use; retry shortly",
                 retry_after=1,
             ),
@@ -243,7 +199,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("http.database_unavailable", error=type(exc).__name__)
         return problem_response(
             Unavailable(
-                "database-unavailable",
+                ErrorCode.DATABASE_UNAVAILABLE,
                 "the gateway's database cannot be reached right now; retry later",
             ),
             request,
@@ -299,9 +255,11 @@ class BodyLimitMiddleware:
             await self._reject(scope, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
-        err = PayloadTooLarge("payload-too-large", f"the body exceeds {self.max_bytes} bytes")
-        metrics.observe_problem(err)
-        body = orjson.dumps(problem_for(err, instance=scope.get("path")))
+        problem = problem_of(
+            Malformed(ErrorCode.PAYLOAD_TOO_LARGE, f"the body exceeds {self.max_bytes} bytes")
+        )
+        metrics.observe_problem(problem.code, problem.status)
+        body = orjson.dumps(problem.body(instance=scope.get("path")))
         await send(
             {
                 "type": "http.response.start",

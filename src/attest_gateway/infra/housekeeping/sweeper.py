@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.errors import Unavailable
 from attest_gateway.crypto.sealing import open_envelope
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import STORE_ERRORS, insert_ignore
@@ -51,7 +52,7 @@ from attest_gateway.infra.db.tables import (
     outbox,
     sent_messages,
 )
-from attest_gateway.infra.kafka.bus import EPOCH_EXPIRED, TransientError, ensure_topics, read_epoch
+from attest_gateway.infra.kafka.bus import EPOCH_EXPIRED, ensure_topics, read_epoch
 from attest_gateway.services.messaging import (
     enqueue_envelope,
     load_conversation,
@@ -101,7 +102,7 @@ class Sweeper:
                 report = await self.sweep_once()
             except (KafkaError, *STORE_ERRORS, OSError) as exc:
                 log.warning("sweeper.failed", error=type(exc).__name__)
-            except TransientError as exc:  # e.g. a read of the canary ran out of time
+            except Unavailable as exc:  # e.g. a read of the canary ran out of time
                 log.warning("sweeper.failed", error=exc.code, detail=exc.detail)
             else:
                 if any(v for v in vars(report).values()):

@@ -3,9 +3,10 @@
 The consumer loop is a small pipeline: for each record, call the handler (a `BatchHandler`
 gets a partition's polled records at once first, in one store transaction); a handler that
 raises a retryable error is retried with exponential backoff (tenacity) without committing;
-a record that still fails, or that can never succeed (`PermanentError`), goes to the
+a record that still fails, or that can never succeed (any other error), goes to the
 dead-letter topic with its reason in the headers, and its offset is committed so the
-partition is not blocked. Offsets are committed only after the handler's store write.
+partition is not blocked (`verdict` is the one table that decides). Offsets are committed
+only after the handler's store write.
 
 The embedded broker supports neither idempotent producers nor transactions; the exactly-once
 effect comes from the store (unique message ids). With Apache Kafka,
@@ -35,7 +36,7 @@ from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsErr
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from attest_gateway.config import Settings
-from attest_gateway.core.errors import GatewayError
+from attest_gateway.core.errors import ErrorCode, GatewayError, Unavailable
 from attest_gateway.observability import metrics
 
 log = structlog.get_logger(__name__)
@@ -52,31 +53,42 @@ ALL_TOPICS = (MEDCOM_MESSAGES, TRACKING, DEAD_LETTER, AUDIT)
 Headers = list[tuple[str, bytes]]
 
 
-class PermanentError(GatewayError):
-    """A record that can never be processed: it goes to the dead-letter topic."""
-
-    status = 422
-    title = "Record rejected"
-
-
-class TransientError(GatewayError):
-    """A failure that may pass (database busy, broker hiccup): retried with backoff."""
-
-    status = 503
-    title = "Temporarily unavailable"
-    retryable = True
-
-
-class KafkaReadTimeout(TransientError):
+class KafkaReadTimeout(Unavailable):
     """A read of a topic got no answer within `kafka_read_timeout_seconds` (the broker is
     slow or unreachable, or a record it announced never came): the caller tries again later."""
 
 
-class TopicMissing(GatewayError):
-    """A topic the gateway reads does not exist on the broker."""
+class TopicMissing(Unavailable):
+    """A topic the gateway reads does not exist on the broker: trying again does not help
+    until someone creates it (the sweeper does, for the gateway's own topics)."""
 
-    status = 503
-    title = "Topic missing"
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(code, detail, retryable=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the consumer loop does with a record whose handler raised."""
+
+    retry: bool  # handle it again, with backoff and without committing
+    reason: str  # the dead-letter reason (`dlq-reason`) when it is not, or retries are spent
+    detail: str  # the `dlq-detail` header
+
+
+def verdict(error: BaseException) -> Verdict:
+    """The Kafka boundary's one table from a handler's error to retry or dead letter:
+
+        error raised by the handler            retried   dead-letter reason, detail
+        GatewayError with `retryable`          yes       its code and detail, once the
+          (Unavailable: database, Kafka)                 retries are spent
+        any other GatewayError                 no        its code and detail
+        anything else (a bug)                  no        handler-crashed, the class name
+
+    The reason is the error's `ErrorCode`, so the dead letters and the HTTP answers name
+    the same failure alike."""
+    if isinstance(error, GatewayError):
+        return Verdict(error.retryable, error.code, error.detail)
+    return Verdict(False, ErrorCode.HANDLER_CRASHED, type(error).__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +188,9 @@ async def bounded(work: Awaitable[T], *, until: float, what: str) -> T:
         async with asyncio.timeout_at(until):
             return await work
     except TimeoutError:
-        raise KafkaReadTimeout("kafka-timeout", f"{what}: no answer from Kafka in time") from None
+        raise KafkaReadTimeout(
+            ErrorCode.KAFKA_TIMEOUT, f"{what}: no answer from Kafka in time"
+        ) from None
 
 
 def read_deadline(settings: Settings) -> float:
@@ -231,7 +245,7 @@ async def topic_partitions(
     for entry in described:
         if entry["topic"] == topic and entry["error_code"] == 0 and entry["partitions"]:
             return [TopicPartition(topic, p["partition"]) for p in entry["partitions"]]
-    raise TopicMissing("topic-missing", f"topic {topic} does not exist on the broker")
+    raise TopicMissing(ErrorCode.TOPIC_MISSING, f"topic {topic} does not exist on the broker")
 
 
 async def read_to_end(
@@ -270,7 +284,7 @@ def _poll_ms(until: float, what: str) -> int:
     """How long one poll may wait: at most a second, and never past `until`."""
     left = until - asyncio.get_running_loop().time()
     if left <= 0:
-        raise KafkaReadTimeout("kafka-timeout", f"{what}: no answer from Kafka in time")
+        raise KafkaReadTimeout(ErrorCode.KAFKA_TIMEOUT, f"{what}: no answer from Kafka in time")
     return max(1, int(min(left, 1.0) * 1000))
 
 
@@ -592,7 +606,7 @@ class ConsumerLoop:
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, GatewayError) and e.retryable),
+            retry=retry_if_exception(lambda e: verdict(e).retry),
             stop=stop_after_attempt(self._settings.consumer_max_retries),
             wait=wait_exponential(multiplier=self._settings.consumer_retry_base_seconds, max=5),
             reraise=True,
@@ -654,13 +668,12 @@ class ConsumerLoop:
             async for attempt in self._retrying():
                 with attempt:
                     await self._handler(record)
-        except GatewayError as exc:
+        except Exception as exc:  # not retried, or retries spent: kept in the dead letters
             outcome = "dead-lettered"
-            await self._dead_letter(record, exc.code, exc.detail)
-        except Exception as exc:  # a bug must not block the partition; it is kept in the DLQ
-            outcome = "dead-lettered"
-            log.exception("consumer.handler_crashed", topic=self.topic)
-            await self._dead_letter(record, "handler-crashed", type(exc).__name__)
+            judged = verdict(exc)
+            if not isinstance(exc, GatewayError):  # a bug must not block the partition
+                log.exception("consumer.handler_crashed", topic=self.topic)
+            await self._dead_letter(record, judged.reason, judged.detail)
         finally:
             metrics.consumed(record.topic, outcome)
             log.info(

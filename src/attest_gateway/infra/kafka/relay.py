@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import Clock
-from attest_gateway.core.errors import Unavailable
+from attest_gateway.core.errors import ErrorCode, Unavailable
 from attest_gateway.infra.db.engine import STORE_ERRORS, autocommit, one_of
 from attest_gateway.infra.db.tables import outbox
 from attest_gateway.infra.kafka.bus import Topics
@@ -62,7 +62,7 @@ class OutboxRelay:
         """Back-pressure: while Kafka is unreachable the outbox fills; past the bound, 503."""
         if self.pending >= self._max_pending:
             raise Unavailable(
-                "outbox-full", "the gateway cannot forward messages right now; retry later"
+                ErrorCode.OUTBOX_FULL, "the gateway cannot forward messages right now; retry later"
             )
 
     def wake(self) -> None:

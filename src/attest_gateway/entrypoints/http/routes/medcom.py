@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from attest_gateway.core.bounds import ID_PATTERN, control_character_in
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
-from attest_gateway.core.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from attest_gateway.core.errors import ErrorCode, InvalidInput, Malformed
 from attest_gateway.entrypoints.http.plumbing import (
     authenticated,
     authenticated_first,
@@ -59,16 +59,16 @@ async def collected(
 async def submit(request: Request, response: Response, org: HealthOrg) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in _JSON_TYPES:
-        raise UnsupportedMediaType("unsupported-media-type", "send application/fhir+json")
+        raise Malformed(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send application/fhir+json")
     try:
         data = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
-        raise BadRequest("malformed-json", "the request body is not valid JSON") from exc
+        raise Malformed(ErrorCode.MALFORMED_JSON, "the request body is not valid JSON") from exc
     gw = gateway_of(request)
     bundle = await service.unwrap_submission(gw, org, data)
     if control_character_in(bundle):
-        raise Unprocessable(
-            "control-character",
+        raise InvalidInput(
+            ErrorCode.CONTROL_CHARACTER,
             "a string of the Bundle holds a control character (FHIR allows none but tab, "
             "line feed and carriage return)",
         )

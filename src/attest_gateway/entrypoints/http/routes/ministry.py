@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.core.bounds import LINE, InputDate
 from attest_gateway.core.directory import Organisation, Role
-from attest_gateway.core.errors import Unprocessable
+from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.entrypoints.http.plumbing import (
     authenticated,
@@ -56,7 +56,7 @@ def _filters(
     region: Annotated[str | None, Query(pattern=r"^108[1-5]$")] = None,
 ) -> rep.Filters:
     if date_from and date_to and date_from > date_to:
-        raise Unprocessable("invalid-period", "'from' is after 'to'")
+        raise InvalidInput(ErrorCode.INVALID_PERIOD, "'from' is after 'to'")
     return rep.Filters(period, date_from, date_to, attest_type or None, region)
 
 
@@ -106,7 +106,7 @@ async def durations(
 ) -> Any:
     """count, median, p90, p99 (seconds) of a stage duration or of request→attest."""
     if metric not in r.METRIC_NAMES:
-        raise Unprocessable("unknown-metric", f"metric is one of {sorted(r.METRIC_NAMES)}")
+        raise InvalidInput(ErrorCode.UNKNOWN_METRIC, f"metric is one of {sorted(r.METRIC_NAMES)}")
     rules = tracker_rules(gateway_of(request).settings)
     async with _engine(request).connect() as conn:
         rows = await rep.durations(conn, rules, metric, f, by, series=series)
@@ -190,7 +190,7 @@ async def dashboard() -> FileResponse:
 async def dashboard_asset(name: str) -> FileResponse:
     types = {"app.js": "text/javascript", "style.css": "text/css"}
     if name not in types:
-        from attest_gateway.core.errors import NotFound
+        from attest_gateway.core.errors import Unknown
 
-        raise NotFound("not-found", "no such resource")
+        raise Unknown(ErrorCode.NOT_FOUND, "no such resource")
     return FileResponse(STATIC_DIR / name, media_type=types[name])
