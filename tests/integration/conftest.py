@@ -18,12 +18,14 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from fastapi import FastAPI
 
-from attest_gateway.bootstrap import Gateway
+from attest_gateway.bootstrap import Running
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.devtools.demo import DEMO_ORGS, ensure_demo_orgs
 from attest_gateway.entrypoints.http.app import create_app
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from tests.support.harness import fresh_database
@@ -34,10 +36,15 @@ DB_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 @dataclass
 class Harness:
+    """A running in-process gateway: `gw` its container, `running` what runs in it (consumers,
+    tracker, sweeper), `app` the HTTP app whose lifespan built both."""
+
     kind: str
     settings: Settings
     bootstrap: str
     gw: Gateway
+    running: Running
+    app: FastAPI
     client: httpx.AsyncClient
     creds: dict[str, dict[str, str]]
 
@@ -91,7 +98,16 @@ async def running_gateway(
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-                yield Harness(kind, settings, bootstrap, app.state.gateway, client, creds)
+                yield Harness(
+                    kind,
+                    settings,
+                    bootstrap,
+                    app.state.gateway,
+                    app.state.running,
+                    app,
+                    client,
+                    creds,
+                )
 
 
 @pytest_asyncio.fixture(scope="session", params=DB_KINDS)

@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from attest_gateway.bootstrap import Gateway
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.entrypoints.http.routes import health
+from attest_gateway.infra.container import Gateway
 from tests.integration.conftest import Harness
 
 

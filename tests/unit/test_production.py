@@ -17,11 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
-from attest_gateway.bootstrap import custodial_keys_dir
-from attest_gateway.config import Settings, load_settings
+from attest_gateway.config import Settings, custodial_keys_dir, load_settings, pseudonym_key_file
 from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.entrypoints.http.app import create_app
-from attest_gateway.infra.db.pseudonyms import pseudonym_key_file
 from attest_gateway.production import (
     UnsafeSettings,
     inspect_settings,

@@ -1,5 +1,6 @@
-"""`create_app()`: the composition root of the HTTP side. Wires routers, errors, middleware,
-and, through the lifespan, the running gateway (store, keys, Kafka, relay, consumers)."""
+"""`create_app()`: the HTTP side. Wires routers, errors and middleware; its lifespan builds the
+running gateway through the composition root (`bootstrap.running_gateway`) and keeps it in
+`app.state.gateway` (the container) and `app.state.running` (consumers, tracker, sweeper)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 from attest_gateway import __version__
 from attest_gateway.bootstrap import freeze_startup_heap, running_gateway
 from attest_gateway.config import Settings
+from attest_gateway.core.clock import Clock
 from attest_gateway.entrypoints.http.asyncapi import router as asyncapi_router
 from attest_gateway.entrypoints.http.openapi import install_openapi
 from attest_gateway.entrypoints.http.plumbing import (
@@ -22,12 +24,12 @@ from attest_gateway.entrypoints.http.routes.audit import router as audit_router
 from attest_gateway.entrypoints.http.routes.health import router as health_router
 from attest_gateway.entrypoints.http.routes.jobcenter import router as jobcenter_router
 from attest_gateway.entrypoints.http.routes.medcom import router as medcom_router
+from attest_gateway.entrypoints.http.routes.metrics import router as metrics_router
 from attest_gateway.entrypoints.http.routes.ministry import (
     dashboard_router as ministry_dashboard_router,
 )
 from attest_gateway.entrypoints.http.routes.ministry import router as ministry_router
-from attest_gateway.observability.metrics import StoreGauges
-from attest_gateway.observability.metrics import router as metrics_router
+from attest_gateway.infra.db.gauges import StoreGauges
 from attest_gateway.production import refuse_unsafe_settings
 
 
@@ -39,19 +41,22 @@ def create_app(
     run_consumers: bool = True,
     api_routes: bool = True,
     freeze_heap: bool = False,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """The HTTP app. `api_routes=False` serves only the operations routes (health, metrics,
     contracts): a worker process runs the consumers and is watched through those.
     `freeze_heap`: once started, take startup's objects out of the garbage collector's walks
-    (`runtime.freeze_startup_heap`; the serving process, not tests)."""
+    (`bootstrap.freeze_startup_heap`; the serving process, not tests). `clock`: the gateway's
+    clock (default: the system clock)."""
     refuse_unsafe_settings(settings)  # production mode: a clear error naming the setting
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_gateway(
-            settings, bootstrap, run_relay=run_relay, run_consumers=run_consumers
-        ) as gw:
-            app.state.gateway = gw
+            settings, bootstrap, run_relay=run_relay, run_consumers=run_consumers, clock=clock
+        ) as running:
+            app.state.gateway = running.gateway
+            app.state.running = running
             if freeze_heap:
                 freeze_startup_heap()
             yield

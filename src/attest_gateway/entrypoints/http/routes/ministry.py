@@ -18,9 +18,10 @@ from fastapi.responses import FileResponse, Response
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from attest_gateway.bootstrap import tracker_rules
 from attest_gateway.core.bounds import LINE, InputDate
 from attest_gateway.core.directory import Organisation, Role
-from attest_gateway.core.errors import Unprocessable
+from attest_gateway.core.errors import NotFound, Unprocessable
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.entrypoints.http.plumbing import (
     authenticated,
@@ -30,7 +31,6 @@ from attest_gateway.entrypoints.http.plumbing import (
 )
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
-from attest_gateway.tracker.wiring import tracker_rules
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 
@@ -190,7 +190,5 @@ async def dashboard() -> FileResponse:
 async def dashboard_asset(name: str) -> FileResponse:
     types = {"app.js": "text/javascript", "style.css": "text/css"}
     if name not in types:
-        from attest_gateway.core.errors import NotFound
-
         raise NotFound("not-found", "no such resource")
     return FileResponse(STATIC_DIR / name, media_type=types[name])
