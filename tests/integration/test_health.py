@@ -47,12 +47,12 @@ async def test_a_hanging_check_times_out(harness: Harness, monkeypatch: pytest.M
         await asyncio.Event().wait()
 
     monkeypatch.setitem(health.CHECKS, "database", hangs)
-    monkeypatch.setattr(
-        harness.gw,
-        "settings",
-        harness.settings.model_copy(update={"readiness_timeout_seconds": 0.05}),
-    )
-    response = await harness.client.get("/readyz")
+    impatient = harness.settings.model_copy(update={"readiness_timeout_seconds": 0.05})
+    harness.app.state.gateway = dataclasses.replace(harness.gw, settings=impatient)
+    try:
+        response = await harness.client.get("/readyz")
+    finally:
+        harness.app.state.gateway = harness.gw
     assert response.status_code == 503
     assert response.json()["checks"]["database"]["error"] == "no answer within 0.05 s"
 
