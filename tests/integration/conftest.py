@@ -20,13 +20,12 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from attest_gateway.bootstrap import Running
+from attest_gateway.bootstrap import Running, database
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.devtools.demo import DEMO_ORGS, ensure_demo_orgs
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.infra.container import Gateway
-from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from tests.support.harness import fresh_database
 from tests.support.kafka import TestKafka, settings_for
@@ -88,11 +87,8 @@ async def running_gateway(
             }
         )
         await upgrade_async(url)
-        engine = make_engine(url)
-        try:
+        async with database(settings) as engine:
             creds_path = (await ensure_demo_orgs(engine, settings)).path
-        finally:
-            await engine.dispose()
         creds = json.loads(creds_path.read_text("utf-8"))
         app = create_app(settings, bootstrap, freeze_heap=freeze_heap)
         async with app.router.lifespan_context(app):

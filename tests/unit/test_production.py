@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from attest_gateway.config import Settings, custodial_keys_dir, load_settings, pseudonym_key_file
 from attest_gateway.crypto.sealing import OrgKeys
+from attest_gateway.devtools import devca
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.production import (
     UnsafeSettings,
@@ -240,8 +241,6 @@ def test_development_and_expired_certificates_are_refused(tmp_path: Path) -> Non
 
 
 def test_the_development_ca_is_refused_as_client_ca(tmp_path: Path) -> None:
-    from attest_gateway.devtools import devca
-
     ca = devca.ensure_ca(tmp_path / "tls")
     server = devca.issue_server_certificate(ca)
     assert _problems(_safe(tmp_path, api_tls_client_cafile=ca.cert)) == [
