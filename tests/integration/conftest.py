@@ -11,58 +11,23 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
 
-from attest_gateway.bootstrap import Running, database
-from attest_gateway.config import Settings, load_settings
-from attest_gateway.crypto.sealing import OrgKeys
-from attest_gateway.devtools.demo import DEMO_ORGS, ensure_demo_orgs
+from attest_gateway.bootstrap import database
+from attest_gateway.config import load_settings
+from attest_gateway.devtools.demo import ensure_demo_orgs
 from attest_gateway.entrypoints.http.app import create_app
-from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db.migrate import upgrade_async
+from tests.support.harness import Harness as Harness  # the tests import it from here
 from tests.support.harness import fresh_database
 from tests.support.kafka import TestKafka, settings_for
 
 DB_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@dataclass
-class Harness:
-    """A running in-process gateway: `gw` its container, `running` what runs in it (consumers,
-    tracker, sweeper), `app` the HTTP app whose lifespan built both."""
-
-    kind: str
-    settings: Settings
-    bootstrap: str
-    gw: Gateway
-    running: Running
-    app: FastAPI
-    client: httpx.AsyncClient
-    creds: dict[str, dict[str, str]]
-
-    def auth(self, org_id: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.creds[org_id]['api_key']}"}
-
-    def client_keys(self, org_id: str) -> OrgKeys:
-        return OrgKeys.load(Path(self.creds[org_id]["private_keys"]))
-
-    @staticmethod
-    def gln(org_id: str) -> str:
-        org = next(o for o in DEMO_ORGS if o.id == org_id)
-        assert org.gln is not None
-        return org.gln
-
-    async def get_json(self, url: str, org_id: str, **kw: Any) -> Any:
-        response = await self.client.get(url, headers=self.auth(org_id), **kw)
-        assert response.status_code == 200, response.text
-        return response.json()
 
 
 @asynccontextmanager
