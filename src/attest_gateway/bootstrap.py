@@ -208,16 +208,10 @@ async def build_gateway(
 # --- what runs --------------------------------------------------------------------------------
 
 
-_RULES: dict[int, tuple[Settings, TrackerRules]] = {}
-
-
 def tracker_rules(settings: Settings) -> TrackerRules:
-    """The tracker's rules for these settings (built once per settings object: the ministry
-    routes ask for them at every request)."""
-    cached = _RULES.get(id(settings))
-    if cached is not None and cached[0] is settings:
-        return cached[1]
-    rules = TrackerRules.build(
+    """The tracker's rules from the settings (the HTTP app builds them once, in `create_app`;
+    the running tracker once, in `make_tracker`)."""
+    return TrackerRules.build(
         settings.tracker_deadlines,
         next_working_day=settings.tracker_deadline_next_working_day,
         late_request_weeks=dict(settings.tracker_late_request_weeks),
@@ -229,8 +223,6 @@ def tracker_rules(settings: Settings) -> TrackerRules:
         min_cell_citizens=settings.tracker_min_cell_citizens,
         timezone=settings.tracker_timezone,
     )
-    _RULES[id(settings)] = (settings, rules)
-    return rules
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from attest_gateway import __version__
-from attest_gateway.bootstrap import freeze_startup_heap, running_gateway
+from attest_gateway.bootstrap import freeze_startup_heap, running_gateway, tracker_rules
 from attest_gateway.config import Settings
 from attest_gateway.core.clock import Clock
 from attest_gateway.entrypoints.http.asyncapi import router as asyncapi_router
@@ -71,6 +71,7 @@ def create_app(
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.state.settings = settings
+    app.state.tracker_rules = tracker_rules(settings)  # the ministry routes', built once
     app.state.store_gauges = StoreGauges() if run_consumers else None
     if api_routes:
         app.include_router(jobcenter_router)

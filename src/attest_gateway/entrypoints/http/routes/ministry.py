@@ -18,7 +18,6 @@ from fastapi.responses import FileResponse, Response
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.bootstrap import tracker_rules
 from attest_gateway.core.bounds import LINE, InputDate
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import NotFound, Unprocessable
@@ -70,6 +69,12 @@ def _engine(request: Request) -> AsyncEngine:
     return gateway_of(request).engine
 
 
+def _rules(request: Request) -> r.TrackerRules:
+    """The tracker's rules, built once by `create_app` from its settings."""
+    rules: r.TrackerRules = request.app.state.tracker_rules
+    return rules
+
+
 def _answer(name: str, rows: list[dict[str, Any]], fmt: Format, extra: dict[str, Any]) -> Any:
     if fmt == "json":
         return extra | {"rows": rows}
@@ -89,7 +94,7 @@ def _answer(name: str, rows: list[dict[str, Any]], fmt: Format, extra: dict[str,
 async def report(request: Request, org: Ministry, f: Filters) -> dict[str, Any]:
     """The overview the dashboard shows: national figures, series, by region, type, municipality."""
     async with _engine(request).connect() as conn:
-        return await rep.report(conn, tracker_rules(gateway_of(request).settings), f)
+        return await rep.report(conn, _rules(request), f)
 
 
 @router.get("/durations", response_model=None)
@@ -107,7 +112,7 @@ async def durations(
     """count, median, p90, p99 (seconds) of a stage duration or of request→attest."""
     if metric not in r.METRIC_NAMES:
         raise Unprocessable("unknown-metric", f"metric is one of {sorted(r.METRIC_NAMES)}")
-    rules = tracker_rules(gateway_of(request).settings)
+    rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await rep.durations(conn, rules, metric, f, by, series=series)
     return _answer(f"durations-{metric}-{by}", rows, format, _meta(f, rules, unit="seconds"))
@@ -123,7 +128,7 @@ async def deadlines(
     format: Format = "json",
 ) -> Any:
     """Requests, late requests, overdue count and rate, reminders."""
-    rules = tracker_rules(gateway_of(request).settings)
+    rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await rep.deadlines(conn, rules, f, by, series=series)
     return _answer(f"deadlines-{by}", rows, format, _meta(f, rules))
@@ -139,7 +144,7 @@ async def contacts(
     format: Format = "json",
 ) -> Any:
     """Contact coverage of sick-listed citizens with a psychiatric course, against the baseline."""
-    rules = tracker_rules(gateway_of(request).settings)
+    rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await rep.contacts(conn, rules, f, by, series=series)
     return _answer(
@@ -150,7 +155,7 @@ async def contacts(
 @router.get("/meta")
 async def meta(request: Request, org: Ministry) -> dict[str, Any]:
     """What the figures mean: metrics, deadlines, regions, municipalities, thresholds."""
-    rules = tracker_rules(gateway_of(request).settings)
+    rules = _rules(request)
     return {
         "metrics": [
             {"name": m.name, "title": m.title, "from": m.start.value, "to": m.end.value}
