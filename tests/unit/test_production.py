@@ -27,6 +27,7 @@ from attest_gateway.production import (
     is_development_certificate,
     refuse_unsafe_settings,
 )
+from tests.unit.test_cli import run_cli
 
 SECRET = "3b9f0c2a7e5d4c1b8a6f9e0d2c4b6a8f"  # 32 random-looking characters
 
@@ -290,8 +291,6 @@ def test_the_composition_root_refuses_to_build_the_app() -> None:
 def test_serve_stops_before_starting_anything(tmp_path: Path) -> None:
     """`serve` in production with unsafe settings: exit 2, a list of sentences, no traceback,
     and no embedded broker started."""
-    from tests.unit.test_cli import run_cli
-
     result = run_cli(["serve"], env={"ENVIRONMENT": "production", "VAR_DIR": str(tmp_path)})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
