@@ -24,10 +24,12 @@ browser:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium; } \
 	  || echo "warning: /usr/bin/chromium is missing (apt-get install chromium): the dashboard test will fail"
 
-## Lint, type-check and run every test (unit, integration, end-to-end).
+## Lint, check the layer contracts (import-linter), type-check and run every test (unit,
+## integration, end-to-end).
 test: $(STAMP) browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -53,6 +55,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -5,15 +5,14 @@ Per database kind (SQLite, PostgreSQL), once (not timed):
 1. a template database: migrations, the demo organisations (`ensure_demo_orgs`) and N
    accepted attest requests, made by the real use case (`submit_attest_request`: the
    request Bundle sealed for the receiver, the conversation, its outbox rows) in a gateway
-   running without relay and consumers (`running_gateway(run_relay=False,
-   run_consumers=False)`).
+   built without relay and consumers running (`bootstrap.build_gateway`).
 
 Per run (a warm-up and `ctx.runs` recorded ones):
 
 2. a fresh copy of the template (SQLite: the backup API; PostgreSQL: `CREATE DATABASE …
    TEMPLATE …`) and fresh topics (a new prefix; the outbox rows are renamed to it); the
    gateway (again without relay and consumers) creates them with its partition count.
-3. the real delivery consumer, wired as the gateway wires it (`runtime.make_delivery`:
+3. the real delivery consumer, wired as the gateway wires it (`bootstrap.make_delivery`:
    batches per poll, partitions at once, as the settings say) starts in its own group
    and joins (Tansu's group join takes seconds: timed separately, reported in notes); its
    partitions are then paused.
@@ -54,7 +53,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attest_gateway.bootstrap import freeze_startup_heap, make_delivery, running_gateway
+from attest_gateway.bootstrap import build_gateway, freeze_startup_heap, make_delivery
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.devtools.demo import ensure_demo_orgs
 from attest_gateway.infra.db import directory
@@ -298,7 +297,7 @@ async def drain(
     to the broker).
 
     Before the clock the heap is frozen as `attest-gateway serve` freezes it once started
-    (`runtime.freeze_startup_heap`): the gateway's startup objects, and here also the
+    (`bootstrap.freeze_startup_heap`): the gateway's startup objects, and here also the
     benchmark's own prepared records, which a serving gateway does not hold, are out of the
     garbage collector's walks; unfrozen after the clock."""
     freeze_startup_heap()
@@ -387,7 +386,7 @@ async def prepare_requests(template: DbTemplate, bootstrap: str, n: int) -> tupl
     settings = bench_settings(template, url, f"bench.{uuid.uuid4().hex[:8]}.tpl.")
     async with disposing(make_engine(url)) as engine:
         await ensure_demo_orgs(engine, settings)
-    async with running_gateway(settings, bootstrap, run_relay=False, run_consumers=False) as gw:
+    async with build_gateway(settings, bootstrap) as gw:
         async with gw.engine.connect() as conn:
             org = await directory.org_by_id(conn, JOBCENTER_ID)
         assert org is not None
@@ -485,9 +484,7 @@ async def delivery_runs(ctx: BenchContext, kind: str, n: int) -> tuple[list[floa
                 settings = bench_settings(template, url, prefix)
                 topics = Topics.from_settings(settings)
                 await rename_topics(url, template_topics, topics)
-                async with running_gateway(
-                    settings, ctx.bootstrap, run_relay=False, run_consumers=False
-                ) as gw:
+                async with build_gateway(settings, ctx.bootstrap) as gw:
                     loop = make_delivery(gw, ctx.bootstrap)
                     seen.wiring = delivery_wiring(settings)
                     try:

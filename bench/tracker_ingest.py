@@ -5,8 +5,8 @@ with the demo organisations (so the receivers' roles are known: psychiatry trigg
 contact rules). Per run (a warm-up and `ctx.runs` recorded ones):
 
 1. a fresh copy of the template and fresh topics (a new prefix), created by the gateway
-   (`running_gateway` without relay and consumers) with its partition count;
-2. the tracker exactly as the gateway wires it (`tracker.service.make_tracker`: the
+   (`bootstrap.build_gateway`: nothing running) with its partition count;
+2. the tracker exactly as the gateway wires it (`bootstrap.make_tracker`: the
    `ConsumerLoop` with `TrackerHandler` and `TrackerState`, the settings' rules and the
    gateway's catalogue; the sweep is not started) joins its group (timed separately: notes),
    and its partitions are paused;
@@ -54,14 +54,13 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from attest_gateway.bootstrap import running_gateway
+from attest_gateway.bootstrap import build_gateway, make_tracker
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.core.attests import DEFAULT_CATALOGUE
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.devtools.demo import ensure_demo_orgs
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.tables import tracker_conversations
-from attest_gateway.tracker.wiring import make_tracker
 from bench.common import SEED, BenchContext, Figure, progress, repeat
 from bench.pipeline import (
     DbTemplate,
@@ -208,10 +207,8 @@ async def tracker_runs(
             try:
                 prefix = f"bench.{uuid.uuid4().hex[:8]}.{kind}."
                 settings = bench_settings(template, url, prefix, **overrides)
-                async with running_gateway(
-                    settings, ctx.bootstrap, run_relay=False, run_consumers=False
-                ) as gw:
-                    key_id = gw.store_key.key_id if gw.store_key is not None else None
+                async with build_gateway(settings, ctx.bootstrap) as gw:
+                    key_id = gw.store_key.key_id
                     records = [record_of(e, key_id) for e in events]
                     tracker = make_tracker(gw, ctx.bootstrap)
                     count = len(tracker.consumers)

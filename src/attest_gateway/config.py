@@ -279,3 +279,23 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+# --- where the key files live (paths only: reading and making them is the composition root's
+# job, bootstrap.py). Here because the production checks, the operator commands and the
+# bootstrap all need them, and they follow from the settings alone.
+
+
+def custodial_keys_dir(settings: Settings) -> Path:
+    """The private key files of the gateway and of the custodial organisations."""
+    return settings.effective_keys_dir / "custodial"
+
+
+def pseudonym_key_file(settings: Settings) -> Path:
+    """Where the generated pseudonym key lives when PSEUDONYM_KEY is not set."""
+    return settings.effective_keys_dir / "pseudonym.key"
+
+
+def staged_key_file(settings: Settings) -> Path:
+    """A re-key writes the new generated key here first (see infra/db/rekey.py)."""
+    return pseudonym_key_file(settings).with_name("pseudonym.key.new")

@@ -29,7 +29,12 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from attest_gateway.config import Settings
+from attest_gateway.config import (
+    Settings,
+    custodial_keys_dir,
+    pseudonym_key_file,
+    staged_key_file,
+)
 from attest_gateway.core.clock import SystemClock
 
 DEVELOPMENT_MARKER = "development"
@@ -208,9 +213,6 @@ def _key_file_problems(settings: Settings) -> list[str]:
     files (whoever reads one opens every reply sealed to that organisation, or signs as the
     gateway) and the generated pseudonym key (links case refs to CPR numbers). Only their
     owner may read or write them, not even a group (mode & 0o077 == 0)."""
-    from attest_gateway.bootstrap import custodial_keys_dir
-    from attest_gateway.infra.db.pseudonyms import pseudonym_key_file, staged_key_file
-
     custodial = custodial_keys_dir(settings)
     files = sorted(p for p in custodial.iterdir() if p.is_file()) if custodial.is_dir() else []
     files += [p for p in (pseudonym_key_file(settings), staged_key_file(settings)) if p.exists()]

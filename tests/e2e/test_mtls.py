@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from attest_gateway.core.directory import client_cert_key_id
 from attest_gateway.devtools import devca
+from attest_gateway.devtools.demo import DEMO_ORGS
 from attest_gateway.infra.kafka.embedded import free_port
 from tests.support.harness import attest_request_body, wait_for
 from tests.support.processes import CLI, Proc, base_env, wait_until_listening
@@ -181,8 +182,6 @@ def _revoke_client_certificate(s: TlsServer, org_id: str) -> None:
 
 
 def _gln(s: TlsServer, org_id: str) -> str:
-    from attest_gateway.devtools.demo import DEMO_ORGS
-
     gln = next(o.gln for o in DEMO_ORGS if o.id == org_id)
     assert gln is not None
     return gln

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from attest_gateway.devtools.demo import DEMO_ORGS
 from attest_gateway.infra.kafka.embedded import free_port
 from tests.support.harness import ATTEST_TEXT, CPR, PDF, attest_request_body, fresh_database
 from tests.support.kafka import EXTERNAL, KAFKA_ENV, gateway_env
@@ -129,8 +130,6 @@ async def test_round_trip_over_http(server: Server, tmp_path: Path) -> None:
     jc = {"Authorization": f"Bearer {creds['jc-koebenhavn']['api_key']}"}
     psy = {"Authorization": f"Bearer {creds['psyk-kbh']['api_key']}"}
     psy_keys = creds["psyk-kbh"]["private_keys"]
-    from attest_gateway.devtools.demo import DEMO_ORGS
-
     gln = next(o.gln for o in DEMO_ORGS if o.id == "jc-koebenhavn")
     assert gln is not None
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:

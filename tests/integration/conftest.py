@@ -11,7 +11,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,45 +18,17 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from attest_gateway.bootstrap import Gateway
-from attest_gateway.config import Settings, load_settings
+from attest_gateway.bootstrap import database
+from attest_gateway.config import load_settings
 from attest_gateway.core.clock import Clock
-from attest_gateway.crypto.sealing import OrgKeys
-from attest_gateway.devtools.demo import DEMO_ORGS, ensure_demo_orgs
+from attest_gateway.devtools.demo import ensure_demo_orgs
 from attest_gateway.entrypoints.http.app import create_app
-from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
+from tests.support.harness import Harness as Harness  # the tests import it from here
 from tests.support.harness import fresh_database
 from tests.support.kafka import TestKafka, settings_for
 
 DB_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@dataclass
-class Harness:
-    kind: str
-    settings: Settings
-    bootstrap: str
-    gw: Gateway
-    client: httpx.AsyncClient
-    creds: dict[str, dict[str, str]]
-
-    def auth(self, org_id: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.creds[org_id]['api_key']}"}
-
-    def client_keys(self, org_id: str) -> OrgKeys:
-        return OrgKeys.load(Path(self.creds[org_id]["private_keys"]))
-
-    @staticmethod
-    def gln(org_id: str) -> str:
-        org = next(o for o in DEMO_ORGS if o.id == org_id)
-        assert org.gln is not None
-        return org.gln
-
-    async def get_json(self, url: str, org_id: str, **kw: Any) -> Any:
-        response = await self.client.get(url, headers=self.auth(org_id), **kw)
-        assert response.status_code == 200, response.text
-        return response.json()
 
 
 @asynccontextmanager
@@ -89,17 +60,23 @@ async def running_gateway(
             }
         )
         await upgrade_async(url)
-        engine = make_engine(url)
-        try:
+        async with database(settings) as engine:
             creds_path = (await ensure_demo_orgs(engine, settings)).path
-        finally:
-            await engine.dispose()
         creds = json.loads(creds_path.read_text("utf-8"))
         app = create_app(settings, bootstrap, freeze_heap=freeze_heap, clock=clock)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-                yield Harness(kind, settings, bootstrap, app.state.gateway, client, creds)
+                yield Harness(
+                    kind,
+                    settings,
+                    bootstrap,
+                    app.state.gateway,
+                    app.state.running,
+                    app,
+                    client,
+                    creds,
+                )
 
 
 @pytest_asyncio.fixture(scope="session", params=DB_KINDS)

@@ -48,7 +48,7 @@ async def test_the_gateway_stamps_and_sweeps_by_its_injected_clock(
         kind, tmp_path, broker.bootstrap, clock=clock, tracker_sweep_seconds=3600
     ) as h:
         assert h.gw.clock is clock
-        tracker = h.gw.tracker
+        tracker = h.running.tracker
         assert tracker is not None
         body = attest_request_body(
             jobcenter_gln=h.gln(JC), reply_deadline=(start.date() + dt.timedelta(2)).isoformat()

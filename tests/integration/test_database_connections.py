@@ -6,6 +6,7 @@ stable code, not a 500."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
@@ -54,15 +55,15 @@ async def test_connections_closed_by_the_server_are_replaced(
 
 async def test_an_unreachable_database_is_a_503(broker: TestKafka, tmp_path: Path) -> None:
     async with running_gateway("postgres", tmp_path, broker.bootstrap) as h:
-        good = h.gw.engine
         # The API's requests now go to an address where no database listens.
         unreachable = sa.make_url(h.settings.database_url or "").set(port=1)
-        h.gw.engine = make_engine(unreachable.render_as_string(hide_password=False))
+        engine = make_engine(unreachable.render_as_string(hide_password=False))
+        h.app.state.gateway = dataclasses.replace(h.gw, engine=engine)
         try:
             answer = await h.client.get("/jobcenter/v1/inbox", headers=h.auth(JC))
         finally:
-            await h.gw.engine.dispose()
-            h.gw.engine = good
+            await engine.dispose()
+            h.app.state.gateway = h.gw
         assert answer.status_code == 503, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.json()["code"] == "database-unavailable"

@@ -53,12 +53,14 @@ FINGERPRINT = "ab" * 32  # a pinned client certificate of PSY
 
 @dataclass
 class Store:
-    """A migrated database with JC and PSY; `reader` is the engine whose cache is under test,
-    `writer` stands for another process (plain SQL, never through infra/db/directory.py)."""
+    """A migrated database with JC and PSY; `reader` is the engine whose cache (`cache`) is
+    under test, `writer` stands for another process (plain SQL, never through
+    infra/db/directory.py)."""
 
     kind: str
     url: str
     tmp: Path
+    cache: directory.DirectoryCache
     reader: AsyncEngine
     writer: AsyncEngine
     keys: dict[str, OrgKeys]
@@ -91,10 +93,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     kind: str = request.param
     async with fresh_database(kind, tmp_path) as url:
         await upgrade_async(url)
-        reader, writer = make_engine(url), make_engine(url)
+        cache = directory.DirectoryCache()
+        reader, writer = cache.bind(make_engine(url)), make_engine(url)
         try:
             keys, api_keys = await seed(writer)
-            yield Store(kind, url, tmp_path, reader, writer, keys, api_keys)
+            yield Store(kind, url, tmp_path, cache, reader, writer, keys, api_keys)
         finally:
             await reader.dispose()
             await writer.dispose()
@@ -303,6 +306,21 @@ async def test_a_transaction_checks_the_token_once(store: Store) -> None:
     assert len(seen) == 4
 
 
+async def test_an_engine_without_a_cache_reads_the_directory_every_time(store: Store) -> None:
+    """The cache belongs to the engine it is bound to: an engine without one (the operator
+    commands', here the writer) never checks a token and reads the tables at every lookup,
+    also within one transaction."""
+    with statements(store.writer) as seen:
+        async with store.writer.connect() as conn:
+            for _ in range(2):
+                found = await directory.org_by_id(conn, PSY.id)
+                assert found is not None
+    assert directory_statements(seen) == {"token": 0, "organisations": 2, "org_keys": 0}
+    async with store.writer.connect() as conn, store.reader.connect() as cached:
+        assert directory.cache_of(conn) is None
+        assert directory.cache_of(cached) is store.cache
+
+
 # --- a transaction's own writes --------------------------------------------------------------
 
 
@@ -351,12 +369,12 @@ async def test_a_transaction_sees_its_own_directory_writes(store: Store) -> None
 
 
 async def test_a_request_reads_the_generation_it_first_checked(store: Store) -> None:
-    """Inside `request_view` (one HTTP request) the first check fixes the snapshot: a change
-    committed elsewhere meanwhile counts from the next request on, and a request that writes
-    the directory reads it as it is from then on."""
+    """Inside `DirectoryCache.request_view` (one HTTP request) the first check fixes the
+    snapshot: a change committed elsewhere meanwhile counts from the next request on, and a
+    request that writes the directory reads it as it is from then on."""
     now = SystemClock().now()
     api_key = store.api_keys[PSY.id]
-    with directory.request_view():
+    with store.cache.request_view():
         with statements(store.reader) as seen:
             async with store.reader.connect() as conn:  # the authentication
                 assert await directory.org_by_api_key(conn, api_key) is not None
@@ -384,7 +402,7 @@ async def test_a_request_reads_the_generation_it_first_checked(store: Store) -> 
             psy = await directory.org_by_id(conn, PSY.id)
             assert psy is not None
             assert not psy.enabled
-    with directory.request_view():  # the next request
+    with store.cache.request_view():  # the next request
         async with store.reader.connect() as conn:
             assert await directory.org_by_api_key(conn, api_key) is not None
             assert await directory.org_by_client_certificate(conn, FINGERPRINT, now) is None
@@ -446,7 +464,7 @@ def _alembic(url: str, verb: str, target: str) -> None:
 async def test_an_old_schema_is_read_directly_until_migrated(kind: str, tmp_path: Path) -> None:
     async with fresh_database(kind, tmp_path) as url:
         await asyncio.to_thread(_alembic, url, "upgrade", "0007")
-        reader, writer = make_engine(url), make_engine(url)
+        reader, writer = directory.DirectoryCache().bind(make_engine(url)), make_engine(url)
         try:
             keys, api_keys = await seed(writer)
             now = SystemClock().now()

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from attest_gateway.core.directory import hash_api_key
+from attest_gateway.core.directory import client_cert_key_id, hash_api_key
 from attest_gateway.core.identifiers import gln_check_digit
 from attest_gateway.crypto.sealing import KeyRing, OrgKeys
+from attest_gateway.devtools import devca
 from attest_gateway.entrypoints.cli import main as cli
 from attest_gateway.entrypoints.cli.admin import operator
 
@@ -376,9 +377,6 @@ def test_bad_input_is_refused_with_one_sentence(env: dict[str, str], tmp_path: P
 def test_a_client_certificate_is_pinned_listed_audited_and_revoked(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    from attest_gateway.core.directory import client_cert_key_id
-    from attest_gateway.devtools import devca
-
     add_jobcenter(env, "jc-vejle", "630181000016001", "579000630001")
     ca = devca.ensure_ca(tmp_path / "ca")
     pair = devca.issue_client_certificate(ca, "jc-vejle")

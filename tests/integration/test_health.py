@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from attest_gateway.bootstrap import Gateway
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.entrypoints.http.routes import health
+from attest_gateway.infra.container import Gateway
 from tests.integration.conftest import Harness
 
 
@@ -47,12 +47,12 @@ async def test_a_hanging_check_times_out(harness: Harness, monkeypatch: pytest.M
         await asyncio.Event().wait()
 
     monkeypatch.setitem(health.CHECKS, "database", hangs)
-    monkeypatch.setattr(
-        harness.gw,
-        "settings",
-        harness.settings.model_copy(update={"readiness_timeout_seconds": 0.05}),
-    )
-    response = await harness.client.get("/readyz")
+    impatient = harness.settings.model_copy(update={"readiness_timeout_seconds": 0.05})
+    harness.app.state.gateway = dataclasses.replace(harness.gw, settings=impatient)
+    try:
+        response = await harness.client.get("/readyz")
+    finally:
+        harness.app.state.gateway = harness.gw
     assert response.status_code == 503
     assert response.json()["checks"]["database"]["error"] == "no answer within 0.05 s"
 

@@ -224,12 +224,12 @@ async def test_an_expired_epoch_is_written_again_without_a_replay(
     """Retention removed the epoch record: the broker kept its state, so the sweeper writes
     the epoch the database remembers again; it replays nothing and rewinds no consumer."""
     h = harness
-    sweeper = Sweeper(h.gw, h.bootstrap)
+    sweeper = Sweeper(h.gw, h.bootstrap, h.running.consumers)
     await sweeper.sweep_once()
     known = await _remembered(h)
     assert known
     rewound: list[str] = []
-    for consumer in h.gw.consumers:
+    for consumer in h.running.consumers:
         monkeypatch.setattr(consumer, "rewind", lambda c=consumer: rewound.append(c.topic))
     real = bus.read_epoch
     calls = 0
@@ -266,7 +266,7 @@ async def test_the_sweeper_goes_on_after_a_read_runs_out_of_time(
         raise bus.KafkaReadTimeout(ErrorCode.KAFKA_TIMEOUT, "reading the epoch: no answer")
 
     monkeypatch.setattr("attest_gateway.infra.housekeeping.sweeper.read_epoch", timing_out)
-    sweeper = Sweeper(gw, h.bootstrap)
+    sweeper = Sweeper(gw, h.bootstrap, h.running.consumers)
     sweeper.start()
     try:
         await asyncio.wait_for(three.wait(), 10)

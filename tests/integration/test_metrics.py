@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from attest_gateway.observability.metrics import StoreGauges
+from attest_gateway.infra.db.gauges import StoreGauges
 from tests.integration.conftest import Harness
 from tests.support.flows import PSY, poison, round_trip
 from tests.support.harness import read_topic, wait_for

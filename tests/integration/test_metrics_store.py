@@ -14,14 +14,9 @@ from attest_gateway.core.clock import ManualClock
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.infra.db import tables
 from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.gauges import StoreGauges
 from attest_gateway.infra.db.migrate import upgrade_async
-from attest_gateway.observability.metrics import (
-    MAILBOX_DEPTH,
-    OUTBOX_DEPTH,
-    OUTBOX_OLDEST,
-    OVERDUE,
-    StoreGauges,
-)
+from attest_gateway.observability.metrics import MAILBOX_DEPTH, OUTBOX_DEPTH, OUTBOX_OLDEST, OVERDUE
 from tests.support.harness import fresh_database
 
 NOW = dt.datetime.now(dt.UTC)

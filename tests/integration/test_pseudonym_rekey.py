@@ -29,8 +29,14 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
-from attest_gateway.bootstrap import custodial_keys_dir, running_gateway
-from attest_gateway.config import Settings, load_settings
+from attest_gateway.bootstrap import build_gateway, tracker_rules
+from attest_gateway.config import (
+    Settings,
+    custodial_keys_dir,
+    load_settings,
+    pseudonym_key_file,
+    staged_key_file,
+)
 from attest_gateway.contracts.jobcenter import AttestRequestIn, CaseKind
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import SystemClock
@@ -61,7 +67,6 @@ from attest_gateway.services.contacts import ContactIn, register_contact
 from attest_gateway.services.jobcenter import submit_attest_request
 from attest_gateway.services.messaging import Conversation, emit_stage_event
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
-from attest_gateway.tracker.wiring import tracker_rules
 from tests.integration.conftest import DB_KINDS, Harness
 from tests.support.harness import attest_request_body, fresh_database
 from tests.support.kafka import TestKafka, settings_for
@@ -135,7 +140,7 @@ async def fill(settings: Settings, bootstrap: str, *, legacy: bool) -> Store:
         store.old_conversation = await _pre_0007_conversation(
             engine, settings, CPR_OLD, key, first_day
         )
-    async with running_gateway(settings, bootstrap, run_relay=False, run_consumers=False) as gw:
+    async with build_gateway(settings, bootstrap) as gw:
         if not key:  # the generated key file
             store.key = gw.pseudonym_key.decode()
         async with engine.connect() as conn:
@@ -426,9 +431,7 @@ async def test_rekey_rewrites_every_pseudonym_under_the_new_key(
         async with store.engine.connect() as conn:
             assert await ps.recorded_key(conn) == (report.new_key_id, None)
         with pytest.raises(ps.PseudonymKeyMismatch, match=r"key id [0-9a-f]{6}\) is not the key"):
-            async with running_gateway(
-                store.settings, broker.bootstrap, run_relay=False, run_consumers=False
-            ):
+            async with build_gateway(store.settings, broker.bootstrap):
                 pass
         assert "is not the key the store's pseudonyms were made with" in (
             await asyncio.to_thread(key_mismatch, store.settings) or ""
@@ -436,9 +439,7 @@ async def test_rekey_rewrites_every_pseudonym_under_the_new_key(
 
         # With the new key it starts, and its tracker refuses the old key's events.
         fresh = store.settings.model_copy(update={"pseudonym_key": SecretStr(KEY_NEW)})
-        async with running_gateway(
-            fresh, broker.bootstrap, run_relay=False, run_consumers=False
-        ) as gw:
+        async with build_gateway(fresh, broker.bootstrap) as gw:
             assert gw.store_key == ps.StoreKey(report.new_key_id, legacy=False)
             handler = TrackerHandler(
                 gw.engine, TrackerState(tracker_rules(fresh)), store_key=gw.store_key
@@ -499,7 +500,7 @@ async def test_the_rekey_command_with_the_generated_key_file(
     """The command, in a worker thread (it runs its own event loop), on a SQLite store."""
     async with filled_store("sqlite", tmp_path, broker.bootstrap, legacy=False, key=None) as store:
         await store.engine.dispose()
-        key_file = ps.pseudonym_key_file(store.settings)
+        key_file = pseudonym_key_file(store.settings)
         old_key = key_file.read_text().strip()
         runner = CliRunner()
 
@@ -527,7 +528,7 @@ async def test_the_rekey_command_with_the_generated_key_file(
         assert "citizens re-keyed from their sealed CPR number: 3" in done.output
         new_key = key_file.read_text().strip()
         assert new_key != old_key
-        assert not ps.staged_key_file(store.settings).exists()
+        assert not staged_key_file(store.settings).exists()
         engine = make_engine(store.settings.effective_database_url)
         try:
             async with engine.connect() as conn:
@@ -538,7 +539,7 @@ async def test_the_rekey_command_with_the_generated_key_file(
 
         # A re-key that committed but did not rename its key file: the gateway refuses to
         # start (naming the staged file), and running the command again finishes it.
-        ps.staged_key_file(store.settings).write_text(new_key)
+        staged_key_file(store.settings).write_text(new_key)
         key_file.write_text(old_key)
         problem = await asyncio.to_thread(key_mismatch, store.settings) or ""
         assert "pseudonym.key.new" in problem

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from aiokafka.errors import KafkaError
 
+from attest_gateway.bootstrap import published_stages
 from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
@@ -45,7 +46,7 @@ async def status(h: Harness, cid: str) -> dict[str, Any]:
 
 def sweeper(h: Harness, **settings: Any) -> Sweeper:
     gw = dataclasses.replace(h.gw, settings=h.gw.settings.model_copy(update=settings))
-    return Sweeper(gw, h.bootstrap)
+    return Sweeper(gw, h.bootstrap, h.running.consumers)
 
 
 async def test_sweeper_republishes_what_reached_no_mailbox(harness: Harness) -> None:
@@ -287,6 +288,7 @@ async def test_a_failed_publish_gives_its_rows_back_at_once(
                 poll_seconds=0.1,
                 max_pending=10,
                 clock=h.gw.clock,
+                on_published=published_stages(h.gw.topics),
             )
             with pytest.raises(KafkaError):
                 await relay.publish_pending()
@@ -318,7 +320,9 @@ async def test_a_first_start_replays_nothing_a_lost_broker_is_recovered(
         engine = make_engine(url)
         try:
             first = Sweeper(
-                dataclasses.replace(h.gw, engine=engine, topics=lost_topics), h.bootstrap
+                dataclasses.replace(h.gw, engine=engine, topics=lost_topics),
+                h.bootstrap,
+                h.running.consumers,
             )
             assert await first.recreate_lost_topics(dt.datetime.now(dt.UTC)) == (True, 0)
             async with engine.connect() as conn:
@@ -337,6 +341,7 @@ async def test_a_first_start_replays_nothing_a_lost_broker_is_recovered(
     lost = Sweeper(
         dataclasses.replace(h.gw, topics=dataclasses.replace(lost_topics, canary=gone + "x")),
         h.bootstrap,
+        h.running.consumers,
     )
     recreated, replayed = await lost.recreate_lost_topics(dt.datetime.now(dt.UTC))
     assert recreated

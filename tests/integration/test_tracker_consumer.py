@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from attest_gateway.bootstrap import make_tracker, tracker_rules
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import Stage
 from attest_gateway.core.clock import SystemClock
@@ -46,7 +47,6 @@ from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
 from attest_gateway.tracker.rules import TrackerRules, period_start
 from attest_gateway.tracker.store import Cell, add_counts, add_duration, cell_id, with_cells
 from attest_gateway.tracker.sweep import TrackerSweep
-from attest_gateway.tracker.wiring import make_tracker, tracker_rules
 from tests.integration.conftest import Harness
 from tests.support.events import stage_event
 from tests.support.harness import (
@@ -395,8 +395,8 @@ async def test_missing_contact_is_flagged_and_registered_contact_counts(harness:
     for name, acc in (("a", a), ("b", b), ("c", c), ("d", d)):
         refs[name] = (await tracked(h, acc["conversation_id"], "submitted_at")).case_ref
 
-    assert h.gw.tracker is not None
-    await h.gw.tracker.sweep.run_once()
+    assert h.running.tracker is not None
+    await h.running.tracker.sweep.run_once()
 
     async def outcomes() -> dict[str, str | None] | None:
         # The registered contact travels over Kafka and may reach the tracker after the sweep has
@@ -439,7 +439,7 @@ async def test_a_contact_registered_after_the_window_was_settled_corrects_it(
         first_day_of_absence=first_day.isoformat(),
     )
     ref = (await tracked(h, accepted["conversation_id"], "submitted_at")).case_ref
-    assert h.gw.tracker is not None
+    assert h.running.tracker is not None
     ep = tracker_episodes
 
     async def episode(*outcomes: str | None) -> Any:
@@ -449,7 +449,7 @@ async def test_a_contact_registered_after_the_window_was_settled_corrects_it(
 
     # The gateway's own periodic sweep may settle the window before this test's sweep does.
     await wait_for(lambda: episode(None, "no_contact"))
-    await h.gw.tracker.sweep.run_once()
+    await h.running.tracker.sweep.run_once()
     settled = await wait_for(lambda: episode("no_contact"))
     counts_by_cell = with_cells(tracker_counts).subquery()
     national = (
@@ -767,9 +767,9 @@ async def test_tracker_consumers_are_members_of_one_group(harness: Harness) -> N
         handlers = [loop._handler for loop in tracker.consumers]
         assert all(isinstance(x, TrackerHandler) for x in handlers)
         assert all(x._state is tracker.state for x in handlers)  # type: ignore[attr-defined]
-        assert h.gw.tracker is not None
-        assert len(h.gw.tracker.consumers) == 1
-        assert h.gw.tracker.consumers[0] in h.gw.consumers
+        assert h.running.tracker is not None
+        assert len(h.running.tracker.consumers) == 1
+        assert h.running.tracker.consumers[0] in h.running.consumers
     finally:
         await asyncio.gather(*(loop.stop() for loop in tracker.consumers))
 

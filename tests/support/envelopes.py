@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -18,11 +18,8 @@ from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto.sealing import PublicHpkeKey, SigningKey, open_envelope, seal
 from attest_gateway.infra.db import directory, tables
-from tests.support.harness import read_topic, wait_for
+from tests.support.harness import Harness, read_topic, wait_for
 from tests.support.kafka import client_args
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Harness
 
 
 async def register_signing_key(

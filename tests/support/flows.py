@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -20,13 +20,11 @@ from tests.support.harness import (
     CPR,
     PDF,
     QUESTIONS,
+    Harness,
     attest_request_body,
     wait_for,
 )
 from tests.support.kafka import client_args
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Harness
 
 JC = "jc-koebenhavn"
 PSY = "psyk-kbh"

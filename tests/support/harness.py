@@ -8,12 +8,20 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
+import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from fastapi import FastAPI
 
+from attest_gateway.bootstrap import Running
+from attest_gateway.config import Settings
+from attest_gateway.crypto.sealing import OrgKeys
+from attest_gateway.devtools.demo import DEMO_ORGS
+from attest_gateway.infra.container import Gateway
 from tests.support.kafka import client_args
 
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -26,6 +34,38 @@ ATTEST_TEXT = "Borgeren er i ambulant behandling; forventet afslutning om tre mÃ
 PDF = b"%PDF-1.4\n% attest test document\n"
 
 T = TypeVar("T")
+
+
+@dataclass
+class Harness:
+    """A running in-process gateway: `gw` its container, `running` what runs in it (consumers,
+    tracker, sweeper), `app` the HTTP app whose lifespan built both."""
+
+    kind: str
+    settings: Settings
+    bootstrap: str
+    gw: Gateway
+    running: Running
+    app: FastAPI
+    client: httpx.AsyncClient
+    creds: dict[str, dict[str, str]]
+
+    def auth(self, org_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.creds[org_id]['api_key']}"}
+
+    def client_keys(self, org_id: str) -> OrgKeys:
+        return OrgKeys.load(Path(self.creds[org_id]["private_keys"]))
+
+    @staticmethod
+    def gln(org_id: str) -> str:
+        org = next(o for o in DEMO_ORGS if o.id == org_id)
+        assert org.gln is not None
+        return org.gln
+
+    async def get_json(self, url: str, org_id: str, **kw: Any) -> Any:
+        response = await self.client.get(url, headers=self.auth(org_id), **kw)
+        assert response.status_code == 200, response.text
+        return response.json()
 
 
 def pg_url(database: str) -> str:

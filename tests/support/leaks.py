@@ -7,17 +7,13 @@ import io
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import structlog
 
 from attest_gateway.infra.db import tables
 from attest_gateway.observability.logging import configure_logging
-from tests.support.harness import read_topic
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import Harness
+from tests.support.harness import Harness, read_topic
 
 _LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "aiokafka")
 

@@ -15,6 +15,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+from attest_gateway.config import Settings
 from attest_gateway.entrypoints.cli import main as cli
 from attest_gateway.entrypoints.cli.ops import settings_markdown
 from attest_gateway.infra.kafka.embedded import free_port
@@ -40,8 +41,6 @@ def run_cli(
 
 
 def _setting_vars() -> set[str]:
-    from attest_gateway.config import Settings
-
     return {name.upper() for name in Settings.model_fields}
 
 

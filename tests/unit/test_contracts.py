@@ -14,6 +14,8 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
+from attest_gateway.config import load_settings
+from attest_gateway.contracts.stages import StageEvent
 from attest_gateway.core import errors
 from attest_gateway.core.errors import ErrorCode
 from attest_gateway.entrypoints.cli.ops import (
@@ -232,8 +234,6 @@ def test_the_asyncapi_check_would_catch_a_mistake() -> None:
 
 
 def test_asyncapi_payloads_come_from_the_models() -> None:
-    from attest_gateway.contracts.stages import StageEvent
-
     doc = build_asyncapi(canonical_settings())
     schemas = doc["components"]["schemas"]
     assert set(schemas["StageEvent"]["properties"]) == set(StageEvent.model_fields)
@@ -241,8 +241,6 @@ def test_asyncapi_payloads_come_from_the_models() -> None:
 
 
 def test_asyncapi_addresses_carry_the_topic_prefix() -> None:
-    from attest_gateway.config import load_settings
-
     doc = build_asyncapi(load_settings(kafka_topic_prefix="kbh."))
     assert doc["channels"]["medcomMessages"]["address"] == "kbh.medcom.messages"
 

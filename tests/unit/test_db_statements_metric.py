@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from attest_gateway.entrypoints.http.routes.metrics import router
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.observability import metrics
-from attest_gateway.observability.metrics import router
 
 NAME = "attest_gateway_db_statements_total"
 

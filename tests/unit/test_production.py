@@ -17,17 +17,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
-from attest_gateway.bootstrap import custodial_keys_dir
-from attest_gateway.config import Settings, load_settings
+from attest_gateway.config import Settings, custodial_keys_dir, load_settings, pseudonym_key_file
 from attest_gateway.crypto.sealing import OrgKeys
+from attest_gateway.devtools import devca
 from attest_gateway.entrypoints.http.app import create_app
-from attest_gateway.infra.db.pseudonyms import pseudonym_key_file
 from attest_gateway.production import (
     UnsafeSettings,
     inspect_settings,
     is_development_certificate,
     refuse_unsafe_settings,
 )
+from tests.unit.test_cli import run_cli
 
 SECRET = "3b9f0c2a7e5d4c1b8a6f9e0d2c4b6a8f"  # 32 random-looking characters
 
@@ -242,8 +242,6 @@ def test_development_and_expired_certificates_are_refused(tmp_path: Path) -> Non
 
 
 def test_the_development_ca_is_refused_as_client_ca(tmp_path: Path) -> None:
-    from attest_gateway.devtools import devca
-
     ca = devca.ensure_ca(tmp_path / "tls")
     server = devca.issue_server_certificate(ca)
     assert _problems(_safe(tmp_path, api_tls_client_cafile=ca.cert)) == [
@@ -307,8 +305,6 @@ def test_the_composition_root_refuses_to_build_the_app() -> None:
 def test_serve_stops_before_starting_anything(tmp_path: Path) -> None:
     """`serve` in production with unsafe settings: exit 2, a list of sentences, no traceback,
     and no embedded broker started."""
-    from tests.unit.test_cli import run_cli
-
     result = run_cli(["serve"], env={"ENVIRONMENT": "production", "VAR_DIR": str(tmp_path)})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -49,11 +49,17 @@ import httpx
 import orjson
 import structlog
 
-from attest_gateway.config import Settings
+from attest_gateway.bootstrap import database
+from attest_gateway.config import Settings, custodial_keys_dir
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.core.clock import SystemClock
+from attest_gateway.core.directory import Organisation, Role, new_api_key
 from attest_gateway.core.identifiers import gln_check_digit, municipalities
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope
+from attest_gateway.devtools.demo import ensure_demo_orgs
+from attest_gateway.infra.db import directory
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.parse import parse_bundle
 
 log = structlog.get_logger(__name__)
 
@@ -228,16 +234,9 @@ def credentials_path(settings: Settings) -> Path:
 async def ensure_simulation_orgs(settings: Settings) -> dict[str, dict[str, str]]:
     """Register the simulation organisations (keys, API keys) unless present; their
     credentials are kept in `VAR_DIR/sim-credentials.json` (mode 0600)."""
-    from attest_gateway.bootstrap import custodial_keys_dir
-    from attest_gateway.core.directory import Organisation, Role, new_api_key
-    from attest_gateway.devtools.demo import ensure_demo_orgs
-    from attest_gateway.infra.db import directory
-    from attest_gateway.infra.db.engine import settings_engine
-
     path = credentials_path(settings)
     creds: dict[str, dict[str, str]] = json.loads(path.read_text("utf-8")) if path.exists() else {}
-    engine = settings_engine(settings)
-    try:
+    async with database(settings) as engine:
         await ensure_demo_orgs(engine, settings)
         async with engine.begin() as conn:
             for o in simulation_orgs():
@@ -268,8 +267,6 @@ async def ensure_simulation_orgs(settings: Settings) -> dict[str, dict[str, str]
                 )
                 keys.save(key_path)
                 creds[o.id] = {"api_key": api_key, "private_keys": str(key_path)}
-    finally:
-        await engine.dispose()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(creds, indent=2))
@@ -523,8 +520,6 @@ class Driver:
         envelope = SealedEnvelope.model_validate(found["envelope"])
         keys = self._org_keys(org)
         key = next(k for k in keys.hpke_keys if k.key_id == envelope.header.recipient_key_id)
-        from attest_gateway.medcom.parse import parse_bundle
-
         bundle = parse_bundle(orjson.loads(open_envelope(envelope, key)))
         self._requests[case.n] = (cid, message_id, bundle)
         self.stats.fetches += 1
@@ -539,8 +534,6 @@ class Driver:
         response.raise_for_status()
 
     async def _ack(self, case: Case, now: dt.datetime) -> None:
-        from attest_gateway.medcom.build import build_acknowledgement
-
         _, _, bundle = self._requests[case.n]
         ack = build_acknowledgement(
             acked=bundle,
@@ -555,8 +548,6 @@ class Driver:
             self._push(max(case.reply_at, now), "reply", case)
 
     async def _reply(self, case: Case, now: dt.datetime) -> None:
-        from attest_gateway.medcom.build import build_attest_reply
-
         _, _, bundle = self._requests[case.n]
         reply = build_attest_reply(
             request=bundle,
@@ -650,7 +641,7 @@ def gateway_process(
     """`attest-gateway serve` as a child: on a simulated clock from `clock_start` at `speed`,
     or (None) on the machine's clock."""
     child_env = gateway_environment(env, clock_start=clock_start, speed=speed)
-    command = [sys.executable, "-m", "attest_gateway.devtools.simulate", "serve"]
+    command = [sys.executable, "-m", "attest_gateway.entrypoints.cli.simulated", "serve"]
     with log_path.open("ab") as out:
         proc = subprocess.Popen(command, env=child_env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
     try:
@@ -679,9 +670,3 @@ async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes],
 
 def _rng(seed: int | None) -> random.Random:
     return random.Random(seed)  # noqa: S311 - simulation, not security
-
-
-if __name__ == "__main__":  # `gateway_process`'s child: `attest-gateway serve`
-    from attest_gateway.entrypoints.cli.main import main
-
-    main()

@@ -1,11 +1,12 @@
-"""Prometheus metrics: the metric objects, small helpers the other modules call in one line,
-and the `/metrics` route.
+"""Prometheus metrics: the metric objects and small helpers the other modules call in one line.
 
 Counters and histograms are updated where things happen (HTTP middleware, consumer loop,
 relay, error handler). Store gauges (outbox depth, mailbox depth, overdue attests) are facts
 about the shared database, so they are computed when Prometheus scrapes, at most every
 `STORE_GAUGE_TTL_SECONDS`, and only by processes that run the consumers (role `worker` or
-`all`): API replicas would otherwise export the same numbers several times.
+`all`): API replicas would otherwise export the same numbers several times. The query that
+fills them is infra/db/gauges.py; the `/metrics` route is entrypoints/http/routes/metrics.py.
+This module imports nothing of the store or the web framework, so every layer may count.
 
 Labels never carry personal data: routes are templates (`/inbox/{message_id}/ack`, never
 the id), topics, problem codes, organisation ids and LÆ types.
@@ -31,31 +32,14 @@ the id), topics, problem codes, organisation ids and LÆ types.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import hmac
-import time
 from collections.abc import Iterable
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
-from fastapi import APIRouter, Request, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    generate_latest,
-)
-from sqlalchemy.ext.asyncio import AsyncEngine
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 from attest_gateway import __version__
-from attest_gateway.core.clock import Clock
-from attest_gateway.core.errors import ErrorCode, NotAuthenticated
-from attest_gateway.infra.db.engine import aware
-from attest_gateway.infra.db.tables import conversations, mailbox, outbox, stages
+from attest_gateway.core.errors import ErrorCode
 
 log = structlog.get_logger(__name__)
 
@@ -188,7 +172,7 @@ def produced(topics: Iterable[str]) -> None:
 
 
 def db_statement(*_args: object) -> None:
-    """A SQLAlchemy `before_cursor_execute` listener (store/db.py registers it on every
+    """A SQLAlchemy `before_cursor_execute` listener (infra/db/engine.py registers it on every
     engine): one round trip to the database, whatever the statement."""
     DB_STATEMENTS.inc()
 
@@ -234,89 +218,3 @@ def _label_sets(metric: Gauge) -> list[tuple[str, ...]]:
         for family in metric.collect()
         for s in family.samples
     ]
-
-
-# --- store gauges, refreshed at scrape time ---------------------------------------------------
-
-
-class StoreGauges:
-    """Outbox depth, mailbox depth and overdue attests, read from the shared database."""
-
-    def __init__(self, ttl_seconds: float = STORE_GAUGE_TTL_SECONDS) -> None:
-        self._ttl = ttl_seconds
-        self._at = -float("inf")
-
-    async def refresh(self, engine: AsyncEngine, clock: Clock, *, force: bool = False) -> None:
-        if not force and time.monotonic() - self._at < self._ttl:
-            return
-        self._at = time.monotonic()
-        now = clock.now()
-        async with engine.connect() as conn:
-            pending = (
-                await conn.execute(
-                    sa.select(outbox.c.topic, sa.func.count(), sa.func.min(outbox.c.created_at))
-                    .where(outbox.c.published_at.is_(None))
-                    .group_by(outbox.c.topic)
-                )
-            ).all()
-            waiting = (
-                await conn.execute(
-                    sa.select(mailbox.c.receiver_org_id, mailbox.c.message_type, sa.func.count())
-                    .where(mailbox.c.collected_at.is_(None))
-                    .group_by(mailbox.c.receiver_org_id, mailbox.c.message_type)
-                )
-            ).all()
-            replied = sa.exists().where(
-                stages.c.conversation_id == conversations.c.id, stages.c.stage == "replied"
-            )
-            overdue = (
-                await conn.execute(
-                    sa.select(conversations.c.attest_type, sa.func.count())
-                    .where(conversations.c.reply_deadline < now.date(), ~replied)
-                    .group_by(conversations.c.attest_type)
-                )
-            ).all()
-        OUTBOX_DEPTH.clear()
-        oldest: dt.datetime | None = None
-        for topic, count, first in pending:
-            OUTBOX_DEPTH.labels(topic).set(count)
-            if first is not None and (oldest is None or aware(first) < oldest):
-                oldest = aware(first)
-        OUTBOX_OLDEST.set((now - oldest).total_seconds() if oldest is not None else 0)
-        MAILBOX_DEPTH.clear()
-        for receiver, message_type, count in waiting:
-            MAILBOX_DEPTH.labels(receiver, message_type).set(count)
-        OVERDUE.clear()
-        for attest_type, count in overdue:
-            OVERDUE.labels(attest_type).set(count)
-
-
-# --- the route --------------------------------------------------------------------------------
-
-router = APIRouter(tags=["operations"])
-
-
-@router.get(
-    "/metrics",
-    response_class=Response,
-    summary="Prometheus metrics",
-    description="Prometheus text format. With `METRICS_TOKEN` set (required in production) "
-    "the scraper sends `Authorization: Bearer <token>`.",
-)
-async def metrics(request: Request) -> Response:
-    token = request.app.state.settings.metrics_token
-    if token is not None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        expected = token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise NotAuthenticated(
-                ErrorCode.UNAUTHENTICATED, "send Authorization: Bearer <metrics token>"
-            )
-    gauges: StoreGauges | None = getattr(request.app.state, "store_gauges", None)
-    gw = getattr(request.app.state, "gateway", None)
-    if gauges is not None and gw is not None:
-        try:
-            await gauges.refresh(gw.engine, gw.clock)
-        except sa.exc.DBAPIError as exc:  # the scrape still answers; /readyz tells the rest
-            log.warning("metrics.store_gauges_failed", error=type(exc).__name__)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

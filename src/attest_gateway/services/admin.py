@@ -49,8 +49,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.bootstrap import custodial_keys_dir
-from attest_gateway.config import Settings
+from attest_gateway.config import Settings, custodial_keys_dir
 from attest_gateway.contracts.envelope import Suite
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.directory import (

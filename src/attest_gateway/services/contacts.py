@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.contacts import ContactChannel, ContactEvent
 from attest_gateway.contracts.jobcenter import CaseKind
 from attest_gateway.core.bounds import InputDate, a_year_after
@@ -28,6 +27,7 @@ from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import ErrorCode, InvalidInput, NotPermitted, Replay
 from attest_gateway.core.identifiers import Cpr, Kommunekode, Sor, municipalities
 from attest_gateway.crypto import pseudonyms
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db import pseudonyms as pseudonym_store
 from attest_gateway.infra.db.tables import outbox, tracker_contacts

@@ -20,7 +20,6 @@ import structlog
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core import trust
@@ -37,6 +36,7 @@ from attest_gateway.core.errors import (
 from attest_gateway.core.identifiers import check_cpr
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import decode_verify_key, open_envelope, verify
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit, directory
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import inbound_messages, mailbox, outbox, sent_messages

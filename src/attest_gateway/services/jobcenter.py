@@ -17,7 +17,6 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.jobcenter import (
     AttestRequestAccepted,
@@ -44,6 +43,7 @@ from attest_gateway.core.errors import (
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import fingerprint, open_envelope
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit, directory
 from attest_gateway.infra.db import pseudonyms as pseudonym_store
 from attest_gateway.infra.db.engine import autocommit, aware

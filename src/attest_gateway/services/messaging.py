@@ -9,7 +9,7 @@ import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -19,14 +19,12 @@ from attest_gateway.contracts.envelope import CONTENT_TYPE, EnvelopeHeader, Seal
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.crypto.sealing import KeyRing, seal
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import Write
 from attest_gateway.infra.db.tables import conversations, mailbox, outbox, sent_messages, stages
 from attest_gateway.infra.kafka.bus import Topics
-
-if TYPE_CHECKING:
-    from attest_gateway.bootstrap import Gateway
 
 
 @dataclass(frozen=True, slots=True)

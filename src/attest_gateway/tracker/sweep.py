@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.errors import GatewayError
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, insert_ignore
 from attest_gateway.infra.db.tables import (
@@ -52,9 +53,6 @@ from attest_gateway.services.messaging import (
 )
 from attest_gateway.tracker.consumer import TrackerState
 from attest_gateway.tracker.store import add_citizen, add_counts
-
-if TYPE_CHECKING:
-    from attest_gateway.bootstrap import Gateway
 
 log = structlog.get_logger(__name__)
 

@@ -17,21 +17,22 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.contracts.envelope import Suite
 from attest_gateway.core.clock import SystemClock
+from attest_gateway.core.directory import Organisation, Role
+from attest_gateway.crypto.sealing import OrgKeys, PrivateHpkeKey, SigningKey
 from attest_gateway.entrypoints.cli.ops import fail
-
-if TYPE_CHECKING:  # imported when a command runs: `attest-gateway --help` stays quick
-    from sqlalchemy.ext.asyncio import AsyncConnection
-
-    from attest_gateway.contracts.envelope import Suite
-    from attest_gateway.services import admin
+from attest_gateway.services import admin
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -66,18 +67,10 @@ def operator() -> str:
 def _run(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run `work` in one transaction; admin refusals and an unmigrated database are one
     sentence and exit code 1."""
-    import sqlalchemy as sa
-
-    from attest_gateway.infra.db.engine import settings_engine
-    from attest_gateway.services import admin
 
     async def go() -> T:
-        engine = settings_engine(settings)
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
+        async with database(settings) as engine, engine.begin() as conn:
+            return await work(conn)
 
     try:
         return asyncio.run(go())
@@ -172,9 +165,6 @@ def orgs_add(
     Example: attest-gateway orgs add jc-odense --name "Jobcenter Odense" --role jobcenter --kommunekode 461 --gln 5790001610012 --sor 461181000016008 --custodial
     Example: attest-gateway orgs add psyk-ouh --name "Psykiatrien OUH" --role psychiatry --sor 123456789012 --gln 5790004610019 --public-file psyk-ouh.public.json
     """  # noqa: E501
-    from attest_gateway.core.directory import Organisation, Role
-    from attest_gateway.services import admin
-
     if role not in ROLES:
         raise fail(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
     settings = load_settings()
@@ -227,8 +217,6 @@ def orgs_list(
 
     Example: attest-gateway orgs list
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     entries = _run(settings, admin.list_orgs)
     now = SystemClock().now()
@@ -285,8 +273,6 @@ def orgs_disable(
 
     Example: attest-gateway orgs disable gp-noerrebro
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     change = _run(
         settings,
@@ -303,8 +289,6 @@ def orgs_enable(
 
     Example: attest-gateway orgs enable gp-noerrebro
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     change = _run(
         settings,
@@ -322,8 +306,6 @@ def orgs_new_api_key(
 
     Example: attest-gateway orgs new-api-key jc-koebenhavn
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     api_key = _run(
         settings,
@@ -337,8 +319,6 @@ def orgs_new_api_key(
 
 
 def _read_public(path: Path) -> admin.PublicKeySet:
-    from attest_gateway.services import admin
-
     try:
         text = path.read_bytes()
     except OSError as exc:
@@ -373,9 +353,6 @@ def keys_generate(
 
     Example: attest-gateway keys generate --org psyk-ouh --out psyk-ouh.json
     """
-    from attest_gateway.crypto.sealing import OrgKeys, PrivateHpkeKey, SigningKey
-    from attest_gateway.services import admin
-
     settings = load_settings()
     purposes = admin.PURPOSES if _purpose(purpose) == "both" else (_purpose(purpose),)
     chosen = _suite(suite) or settings.hpke_suite
@@ -407,8 +384,6 @@ def keys_add(
 
     Example: attest-gateway keys add --org psyk-ouh --public-file psyk-ouh.public.json
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     public = _read_public(public_file)
     added = _run(
@@ -431,8 +406,6 @@ def keys_add_cert(
 
     Example: attest-gateway keys add-cert --org psyk-ouh --cert psyk-ouh-client.crt
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     try:
         pem = cert.read_bytes()
@@ -469,8 +442,6 @@ def keys_rotate(
 
     Example: attest-gateway keys rotate --org jc-koebenhavn --purpose hpke
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     made = _run(
         settings,
@@ -505,8 +476,6 @@ def keys_revoke(
 
     Example: attest-gateway keys revoke sig-3f9a0c1d2e4b --reason "laptop stolen"
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     change = _run(
         settings,
@@ -533,8 +502,6 @@ def keys_retire(
 
     Example: attest-gateway keys retire hpke-8c2d41e07f55
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     change = _run(
         settings,
@@ -557,8 +524,6 @@ def keys_list(
 
     Example: attest-gateway keys list --org jc-koebenhavn
     """
-    from attest_gateway.services import admin
-
     settings = load_settings()
     entries = _run(settings, lambda conn: admin.list_orgs(conn, org))
     now = SystemClock().now()

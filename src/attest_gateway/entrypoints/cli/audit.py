@@ -8,11 +8,15 @@ from collections.abc import Collection, Mapping
 from typing import Annotated
 
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
+from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.audit import AuditEntry
+from attest_gateway.infra.db import audit
+from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
 
 audit_app = typer.Typer(help="The audit log of reads and administrative changes.")
 console = Console(stderr=True)
@@ -29,13 +33,8 @@ def _anchors(settings: Settings, topic: bool | None) -> Mapping[int, Collection[
     if not settings.kafka_bootstrap_servers:
         console.print("[red]error:[/red] --topic needs KAFKA_BOOTSTRAP_SERVERS")
         raise typer.Exit(2)
-    from aiokafka.errors import KafkaError
-
-    from attest_gateway.infra.db.audit import read_anchors
-    from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
-
     try:
-        return asyncio.run(read_anchors(settings, settings.kafka_bootstrap_servers))
+        return asyncio.run(audit.read_anchors(settings, settings.kafka_bootstrap_servers))
     except (KafkaReadTimeout, TopicMissing) as exc:
         console.print(
             f"[red]error:[/red] {exc.detail} (Kafka at {settings.kafka_bootstrap_servers}; "
@@ -65,19 +64,12 @@ def verify(
 
     Example: attest-gateway audit verify
     """
-    from attest_gateway.infra.db import audit
-    from attest_gateway.infra.db.engine import settings_engine
-
     settings = load_settings()
     anchors = _anchors(settings, topic)
 
     async def run() -> audit.Verdict:
-        engine = settings_engine(settings)
-        try:
-            async with engine.connect() as conn:
-                return await audit.verify(conn, anchors)
-        finally:
-            await engine.dispose()
+        async with database(settings) as engine, engine.connect() as conn:
+            return await audit.verify(conn, anchors)
 
     verdict = asyncio.run(run())
     if not verdict.ok:
@@ -103,18 +95,11 @@ def list_entries(
 
     Example: attest-gateway audit list --org jc-koebenhavn --limit 20
     """
-    from attest_gateway.infra.db import audit
-    from attest_gateway.infra.db.engine import settings_engine
-
     settings = load_settings()
 
     async def run() -> list[AuditEntry]:
-        engine = settings_engine(settings)
-        try:
-            async with engine.connect() as conn:
-                return await audit.latest(conn, org_id=org, limit=limit)
-        finally:
-            await engine.dispose()
+        async with database(settings) as engine, engine.connect() as conn:
+            return await audit.latest(conn, org_id=org, limit=limit)
 
     entries = asyncio.run(run())
     if as_json:

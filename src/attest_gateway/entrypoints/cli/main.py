@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import signal
+import ssl
 import sys
 import uuid
 from collections.abc import Iterator
@@ -16,15 +17,32 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import typer
+import uvicorn
+from aiokafka.errors import KafkaError
 from rich.console import Console
+from rich.table import Table
 
+from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.core.clock import SystemClock
+from attest_gateway.core.errors import GatewayError
+from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.entrypoints.cli import admin as cli_admin
 from attest_gateway.entrypoints.cli import audit as cli_audit
 from attest_gateway.entrypoints.cli import ops as cli_ops
 from attest_gateway.entrypoints.cli import pseudonyms as cli_pseudonyms
 from attest_gateway.entrypoints.cli import tracker as tracker_cli
+from attest_gateway.entrypoints.http.app import create_app
+from attest_gateway.entrypoints.http.mtls import PROTOCOL, ensure_development_tls
+from attest_gateway.infra.db.migrate import upgrade
+from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
+from attest_gateway.infra.kafka.dead_letters import read_dead_letters, replay
+from attest_gateway.infra.kafka.embedded import EmbeddedBroker
+from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.errors import BundleError
+from attest_gateway.medcom.parse import parse_bundle
+from attest_gateway.observability.logging import configure_logging
 
 app = typer.Typer(
     help="attest gateway: sealed MedCom-like messaging between job centres and the health sector.",
@@ -53,26 +71,10 @@ def migrate() -> None:
 
     Example: DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1/test attest-gateway migrate
     """
-    from attest_gateway.infra.db.migrate import upgrade
-
     settings = load_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
     console.print("database is at the newest schema")
-
-
-async def _bootstrap(settings: Settings) -> Path | None:
-    from attest_gateway.devtools.demo import ensure_demo_orgs, ensure_gateway_org
-    from attest_gateway.infra.db.engine import settings_engine
-
-    engine = settings_engine(settings)
-    try:
-        if settings.environment == "production":
-            await ensure_gateway_org(engine, settings)
-            return None
-        return (await ensure_demo_orgs(engine, settings)).path
-    finally:
-        await engine.dispose()
 
 
 @app.command()
@@ -107,14 +109,6 @@ def serve(
     Example: attest-gateway serve --role api      # API replica (production: behind HAProxy)
     Example: attest-gateway serve --role worker   # consumers, relay, sweeper; /readyz, /metrics
     """
-    import uvicorn
-
-    from attest_gateway.entrypoints.http.app import create_app
-    from attest_gateway.infra.db.migrate import upgrade
-    from attest_gateway.infra.kafka.embedded import EmbeddedBroker
-    from attest_gateway.observability.logging import configure_logging
-
-    _Server = _make_server_class()
     settings = load_settings()
     configure_logging(settings.log_level, cli_ops.log_format(settings))
     cli_ops.refuse_unsafe(settings)  # production: one sentence per unsafe setting, exit 2
@@ -136,7 +130,7 @@ def serve(
     try:
         upgrade(settings.effective_database_url)
         cli_pseudonyms.refuse_key_mismatch(settings)  # one sentence, exit 2
-        creds = asyncio.run(_bootstrap(settings))
+        creds = asyncio.run(cli_ops.ensure_organisations(settings))
         if dev_tls:
             settings = settings.model_copy(update=asyncio.run(_development_tls(settings)))
             console.print(
@@ -186,8 +180,6 @@ def broker(
 
     Example: attest-gateway broker --port 19092   # then KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092
     """
-    from attest_gateway.infra.kafka.embedded import EmbeddedBroker
-
     stop = asyncio.Event()
 
     async def wait_for_signal() -> None:
@@ -209,10 +201,6 @@ app.add_typer(dead_letters, name="dead-letters")
 
 def _run_kafka(settings: Settings, work: Any) -> Any:
     """Run a Kafka coroutine for a command; a broker we cannot reach is one clear error."""
-    from aiokafka.errors import KafkaError
-
-    from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
-
     try:
         return asyncio.run(work)
     except (KafkaReadTimeout, TopicMissing) as exc:
@@ -236,10 +224,6 @@ def dead_letters_list(
 
     Example: attest-gateway dead-letters list --reason signature-invalid
     """
-    from rich.table import Table
-
-    from attest_gateway.infra.kafka.dead_letters import read_dead_letters
-
     settings = load_settings()
     letters = _run_kafka(settings, read_dead_letters(settings, _bootstrap_or_fail(settings)))
     rows = [d.summary() for d in letters if reason is None or d.header("dlq-reason") == reason]
@@ -264,8 +248,6 @@ def dead_letters_show(
 
     Example: attest-gateway dead-letters show 3:17
     """
-    from attest_gateway.infra.kafka.dead_letters import read_dead_letters
-
     settings = load_settings()
     letters = _run_kafka(settings, read_dead_letters(settings, _bootstrap_or_fail(settings)))
     found = next((d for d in letters if d.id == letter_id), None)
@@ -288,8 +270,6 @@ def dead_letters_replay(
 
     Example: attest-gateway dead-letters replay --reason unknown-receiver
     """
-    from attest_gateway.infra.kafka.dead_letters import read_dead_letters, replay
-
     if not letter_ids and reason is None:
         raise _fail("name dead letters by id or choose them with --reason")
     settings = load_settings()
@@ -307,14 +287,8 @@ def dead_letters_replay(
 
 
 async def _development_tls(settings: Settings) -> dict[str, Path]:
-    from attest_gateway.entrypoints.http.mtls import ensure_development_tls
-    from attest_gateway.infra.db.engine import settings_engine
-
-    engine = settings_engine(settings)
-    try:
+    async with database(settings) as engine:
         return await ensure_development_tls(engine, settings)
-    finally:
-        await engine.dispose()
 
 
 def _client_certificate_options(settings: Settings) -> dict[str, Any]:
@@ -322,10 +296,6 @@ def _client_certificate_options(settings: Settings) -> dict[str, Any]:
     against API_TLS_CLIENT_CAFILE, and hand it to the app (mtls.PROTOCOL)."""
     if settings.api_tls_certfile is None or settings.api_tls_client_cafile is None:
         return {}
-    import ssl
-
-    from attest_gateway.entrypoints.http.mtls import PROTOCOL
-
     return {
         "ssl_ca_certs": str(settings.api_tls_client_cafile),
         "ssl_cert_reqs": ssl.CERT_OPTIONAL,
@@ -333,20 +303,15 @@ def _client_certificate_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _make_server_class() -> type[Any]:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would kill the
+    process before the embedded broker is stopped; here the signal only asks to exit."""
 
-    class Server(uvicorn.Server):
-        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would kill the
-        process before the embedded broker is stopped; here the signal only asks to exit."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self.handle_exit)
-            yield
-
-    return Server
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle_exit)
+        yield
 
 
 def _read_json(path: str) -> Any:
@@ -372,10 +337,6 @@ def client_open(
 
     Example: attest-gateway client open item.json --keys var/keys/clients/psyk-kbh.json
     """
-    from attest_gateway.contracts.envelope import SealedEnvelope
-    from attest_gateway.core.errors import GatewayError
-    from attest_gateway.crypto.sealing import OrgKeys, open_envelope
-
     data = _read_json(envelope)
     if isinstance(data, dict) and "envelope" in data:
         data = data["envelope"]
@@ -406,10 +367,6 @@ def client_ack(
 
     Example: attest-gateway client ack request.json --code ok > ack.json
     """
-    from attest_gateway.medcom.build import build_acknowledgement
-    from attest_gateway.medcom.errors import BundleError
-    from attest_gateway.medcom.parse import parse_bundle
-
     if code not in ("ok", "transient-error", "fatal-error"):
         raise _fail("code must be ok, transient-error or fatal-error")
     ack_code: Literal["ok", "transient-error", "fatal-error"] = code  # type: ignore[assignment]
@@ -440,10 +397,6 @@ def client_reply(
 
     Example: attest-gateway client reply request.json --text "..." --pdf attest.pdf > reply.json
     """
-    from attest_gateway.medcom.build import build_attest_reply
-    from attest_gateway.medcom.errors import BundleError
-    from attest_gateway.medcom.parse import parse_bundle
-
     if text is None and pdf is None:
         raise _fail("give --text, --pdf or both")
     try:

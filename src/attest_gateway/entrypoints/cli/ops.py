@@ -14,12 +14,18 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.devtools.demo import ensure_demo_orgs, ensure_gateway_org
+from attest_gateway.entrypoints.http.app import create_app
+from attest_gateway.entrypoints.http.asyncapi import build_asyncapi, render_markdown
+from attest_gateway.infra.db.migrate import upgrade
 from attest_gateway.production import (
     UnsafeSettings,
     env_name,
@@ -107,6 +113,16 @@ def run_cli(app: typer.Typer, out: Console) -> None:
 # --- setup --------------------------------------------------------------------------------------
 
 
+async def ensure_organisations(settings: Settings) -> Path | None:
+    """The gateway's organisation and keys (production), or the demo organisations with their
+    credentials file (development, returned). Safe to run again."""
+    async with database(settings) as engine:
+        if settings.environment == "production":
+            await ensure_gateway_org(engine, settings)
+            return None
+        return (await ensure_demo_orgs(engine, settings)).path
+
+
 def setup() -> None:
     """Prepare an installation: migrate the database, create the gateway's organisation.
 
@@ -117,10 +133,6 @@ def setup() -> None:
     Example: attest-gateway setup
     Example: ENVIRONMENT=production DATABASE_URL=postgresql+asyncpg://… attest-gateway setup
     """
-    from attest_gateway.devtools.demo import ensure_demo_orgs, ensure_gateway_org
-    from attest_gateway.infra.db.engine import settings_engine
-    from attest_gateway.infra.db.migrate import upgrade
-
     settings = load_settings()
     refuse_unsafe(settings)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -128,18 +140,8 @@ def setup() -> None:
         upgrade(settings.effective_database_url)
     console.print("database is at the newest schema")
 
-    async def bootstrap() -> Path | None:
-        engine = settings_engine(settings)
-        try:
-            if settings.environment == "production":
-                await ensure_gateway_org(engine, settings)
-                return None
-            return (await ensure_demo_orgs(engine, settings)).path
-        finally:
-            await engine.dispose()
-
     with console.status("creating the gateway's organisation and keys…"):
-        creds = asyncio.run(bootstrap())
+        creds = asyncio.run(ensure_organisations(settings))
     console.print(f"gateway organisation {settings.gateway_org_id!r} and its keys are in place")
     if creds is not None:
         console.print(f"demo organisations, API keys and key files: [bold]{creds}[/bold]")
@@ -287,8 +289,6 @@ def healthcheck(
     Example: attest-gateway healthcheck --wait 60
     Example: attest-gateway healthcheck --url https://gateway.example:8443/readyz --cafile ca.crt
     """
-    import httpx
-
     settings = load_settings()
     scheme = "https" if settings.api_tls_certfile else "http"
     target = url or f"{scheme}://127.0.0.1:{settings.api_port}{'/healthz' if live else '/readyz'}"
@@ -348,15 +348,11 @@ def canonical_settings() -> Settings:
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
-    from attest_gateway.entrypoints.http.app import create_app
-
     doc: dict[str, Any] = create_app(settings, "unused").openapi()
     return doc
 
 
 def write_contracts(directory: Path) -> list[Path]:
-    from attest_gateway.entrypoints.http.asyncapi import build_asyncapi, render_markdown
-
     settings = canonical_settings()
     directory.mkdir(parents=True, exist_ok=True)
     asyncapi = build_asyncapi(settings)
@@ -391,8 +387,6 @@ def contracts_asyncapi() -> None:
 
     Example: KAFKA_TOPIC_PREFIX=prod. attest-gateway contracts asyncapi > asyncapi.json
     """
-    from attest_gateway.entrypoints.http.asyncapi import build_asyncapi
-
     typer.echo(_json(build_asyncapi(load_settings())), nl=False)
 
 

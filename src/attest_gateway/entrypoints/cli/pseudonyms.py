@@ -22,12 +22,21 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from attest_gateway.config import Settings, load_settings
+from attest_gateway.bootstrap import database, load_pseudonym_key
+from attest_gateway.config import (
+    Settings,
+    custodial_keys_dir,
+    load_settings,
+    pseudonym_key_file,
+    staged_key_file,
+)
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto import pseudonyms as cps
+from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.entrypoints.cli.admin import operator
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.rekey import RekeyRefused, RekeyReport, rekey
+from attest_gateway.infra.kafka.bus import Topics
 
 pseudonyms_app = typer.Typer(help="Citizens' pseudonyms (case refs): their key and its rotation.")
 console = Console(stderr=True)
@@ -49,7 +58,7 @@ def _read_key_file(path: Path) -> bytes:
 def _current_key(settings: Settings) -> bytes:
     if settings.pseudonym_key is not None:
         return settings.pseudonym_key.get_secret_value().encode("utf-8")
-    path = ps.pseudonym_key_file(settings)
+    path = pseudonym_key_file(settings)
     if not path.exists():
         raise _fail(f"there is no pseudonym key yet ({path}): the gateway makes it at first start")
     return _read_key_file(path)
@@ -88,7 +97,7 @@ def _write_private(path: Path, key: bytes) -> None:
 
 def _install_staged(settings: Settings) -> None:
     """Put the staged key file in place of the key file (atomic rename, then sync)."""
-    staged, target = ps.staged_key_file(settings), ps.pseudonym_key_file(settings)
+    staged, target = staged_key_file(settings), pseudonym_key_file(settings)
     staged.replace(target)
     fd = os.open(target.parent, os.O_RDONLY)
     try:
@@ -98,20 +107,14 @@ def _install_staged(settings: Settings) -> None:
 
 
 async def _recorded(settings: Settings) -> tuple[str | None, str | None]:
-    from attest_gateway.infra.db.engine import settings_engine
-
-    engine = settings_engine(settings)
-    try:
-        async with engine.connect() as conn:
-            return await ps.recorded_key(conn)
-    finally:
-        await engine.dispose()
+    async with database(settings) as engine, engine.connect() as conn:
+        return await ps.recorded_key(conn)
 
 
 def _finish_interrupted(settings: Settings) -> bool:
     """A staged key file whose key the store already records: an earlier re-key committed but
     did not rename its key file. Finish it. True if it did."""
-    staged = ps.staged_key_file(settings)
+    staged = staged_key_file(settings)
     if settings.pseudonym_key is not None or not staged.exists():
         return False
     recorded, _ = asyncio.run(_recorded(settings))
@@ -124,27 +127,25 @@ def _finish_interrupted(settings: Settings) -> bool:
 def key_mismatch(settings: Settings) -> str | None:
     """One sentence when the configured key is not the one the store records (or None).
     Records the key on a store's first use, as the gateway's start does."""
-    from attest_gateway.bootstrap import load_pseudonym_key
-    from attest_gateway.infra.db.engine import settings_engine
-    from attest_gateway.infra.kafka.bus import Topics
 
     async def check() -> str | None:
-        engine = settings_engine(settings)
-        try:
-            key = load_pseudonym_key(settings)
-            await ps.check_store_key(
-                engine,
-                key,
-                tracking_topic=Topics.from_settings(settings).tracking,
-                now=SystemClock().now(),
-            )
-        except ps.PseudonymKeyMismatch as exc:
-            staged = ps.staged_key_file(settings)
-            if settings.pseudonym_key is None and staged.exists():
-                return f"{exc}; a re-key left {staged}: finish it (attest-gateway pseudonyms rekey)"
-            return str(exc)
-        finally:
-            await engine.dispose()
+        async with database(settings) as engine:
+            try:
+                key = load_pseudonym_key(settings)
+                await ps.check_store_key(
+                    engine,
+                    key,
+                    tracking_topic=Topics.from_settings(settings).tracking,
+                    now=SystemClock().now(),
+                )
+            except ps.PseudonymKeyMismatch as exc:
+                staged = staged_key_file(settings)
+                if settings.pseudonym_key is None and staged.exists():
+                    return (
+                        f"{exc}; a re-key left {staged}: finish it (attest-gateway pseudonyms "
+                        "rekey)"
+                    )
+                return str(exc)
         return None
 
     return asyncio.run(check())
@@ -222,15 +223,10 @@ def rekey_command(
     Example: attest-gateway pseudonyms rekey                  # generated key file: a new one
     Example: NEW=$(openssl rand -hex 32) attest-gateway pseudonyms rekey --new-key-env NEW
     """
-    from attest_gateway.bootstrap import custodial_keys_dir
-    from attest_gateway.crypto.sealing import KeyRing
-    from attest_gateway.infra.db.engine import settings_engine
-    from attest_gateway.infra.kafka.bus import Topics
-
     settings = load_settings()
     if not dry_run and _finish_interrupted(settings):
         sys.stdout.write(
-            f"finished an interrupted re-key: {ps.pseudonym_key_file(settings)} now holds the "
+            f"finished an interrupted re-key: {pseudonym_key_file(settings)} now holds the "
             "store's key; start the gateway\n"
         )
         return
@@ -238,7 +234,7 @@ def rekey_command(
     new_key = _new_key(settings, new_key_env, new_key_file)
     keyring = KeyRing.load_dir(custodial_keys_dir(settings))
     window = settings.replay_window_seconds if republish_seconds is None else republish_seconds
-    staged = ps.staged_key_file(settings)
+    staged = staged_key_file(settings)
     key_file_mode = settings.pseudonym_key is None
     if key_file_mode and not dry_run:
         _write_private(staged, new_key)  # on disk before the database moves to it
@@ -246,8 +242,7 @@ def rekey_command(
     clock = SystemClock()  # a command run by hand, between runs of the gateway
 
     async def run() -> RekeyReport:
-        engine = settings_engine(settings)
-        try:
+        async with database(settings) as engine:
             return await rekey(
                 engine,
                 keyring,
@@ -262,8 +257,6 @@ def rekey_command(
                 actor=operator(),
                 clock=clock,
             )
-        finally:
-            await engine.dispose()
 
     try:
         report = asyncio.run(run())
@@ -278,7 +271,7 @@ def rekey_command(
     if key_file_mode:
         _install_staged(settings)
         sys.stdout.write(
-            f"{ps.pseudonym_key_file(settings)} now holds the new key; start the gateway\n"
+            f"{pseudonym_key_file(settings)} now holds the new key; start the gateway\n"
         )
     else:
         source = f"the value of {new_key_env}" if new_key_env else f"the content of {new_key_file}"

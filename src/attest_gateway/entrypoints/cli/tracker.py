@@ -13,13 +13,29 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from attest_gateway.bootstrap import database, tracker_rules
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.core.clock import SystemClock
+from attest_gateway.devtools.simulate import (
+    Driver,
+    Profile,
+    _rng,
+    ensure_simulation_orgs,
+    gateway_process,
+    plan,
+    simulation_orgs,
+    wait_healthy,
+)
+from attest_gateway.infra.db.migrate import upgrade
+from attest_gateway.infra.kafka.embedded import EmbeddedBroker
+from attest_gateway.observability.logging import configure_logging
+from attest_gateway.tracker import report as rep
 
 console = Console(stderr=True)
 
@@ -50,10 +66,6 @@ def report(
 
     Example: attest-gateway report --period month --attest-type "LÆ 155"
     """
-    from attest_gateway.infra.db.engine import settings_engine
-    from attest_gateway.tracker import report as rep
-    from attest_gateway.tracker.wiring import tracker_rules
-
     if period not in ("week", "month"):
         raise typer.BadParameter("period is week or month")
     settings = load_settings()
@@ -66,12 +78,8 @@ def report(
     )
 
     async def fetch() -> dict[str, Any]:
-        engine = settings_engine(settings)
-        try:
-            async with engine.connect() as conn:
-                return await rep.report(conn, tracker_rules(settings), f)
-        finally:
-            await engine.dispose()
+        async with database(settings) as engine, engine.connect() as conn:
+            return await rep.report(conn, tracker_rules(settings), f)
 
     data = asyncio.run(fetch())
     if as_json:
@@ -135,10 +143,6 @@ def simulate(
     must know the simulation organisations (`--setup` registers them; restart that gateway
     afterwards so it loads their keys). Example: attest-gateway simulate --serve --days 90
     """
-    from attest_gateway.devtools.simulate import Profile, ensure_simulation_orgs
-    from attest_gateway.infra.db.migrate import upgrade
-    from attest_gateway.observability.logging import configure_logging
-
     settings = load_settings()
     configure_logging("WARNING", "console")
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -172,10 +176,6 @@ def _ministry_key(settings: Settings) -> str:
 async def _drive_url(
     url: str, creds: dict[str, dict[str, str]], prof: Any, *, live_days: float, seed: int
 ) -> None:
-    import httpx
-
-    from attest_gateway.devtools.simulate import Driver, _rng, plan, simulation_orgs
-
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         driver = Driver(client, creds)
         start = await driver.clock()
@@ -204,8 +204,6 @@ def _serve_and_simulate(
     live_days: float,
     seed: int,
 ) -> None:
-    from attest_gateway.infra.kafka.embedded import EmbeddedBroker
-
     port = settings.api_port
     env = {
         **os.environ,
@@ -254,17 +252,6 @@ async def _history_then_live(
     seed: int,
     stop: asyncio.Event,
 ) -> None:
-    import httpx
-
-    from attest_gateway.devtools.simulate import (
-        Driver,
-        _rng,
-        gateway_process,
-        plan,
-        simulation_orgs,
-        wait_healthy,
-    )
-
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

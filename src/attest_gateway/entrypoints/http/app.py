@@ -1,5 +1,6 @@
-"""`create_app()`: the composition root of the HTTP side. Wires routers, errors, middleware,
-and, through the lifespan, the running gateway (store, keys, Kafka, relay, consumers)."""
+"""`create_app()`: the HTTP side. Wires routers, errors and middleware; its lifespan builds the
+running gateway through the composition root (`bootstrap.running_gateway`) and keeps it in
+`app.state.gateway` (the container) and `app.state.running` (consumers, tracker, sweeper)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from attest_gateway import __version__
-from attest_gateway.bootstrap import freeze_startup_heap, running_gateway
+from attest_gateway.bootstrap import freeze_startup_heap, running_gateway, tracker_rules
 from attest_gateway.config import Settings
 from attest_gateway.core.clock import Clock
 from attest_gateway.entrypoints.http.asyncapi import router as asyncapi_router
@@ -24,12 +25,12 @@ from attest_gateway.entrypoints.http.routes.audit import router as audit_router
 from attest_gateway.entrypoints.http.routes.health import router as health_router
 from attest_gateway.entrypoints.http.routes.jobcenter import router as jobcenter_router
 from attest_gateway.entrypoints.http.routes.medcom import router as medcom_router
+from attest_gateway.entrypoints.http.routes.metrics import router as metrics_router
 from attest_gateway.entrypoints.http.routes.ministry import (
     dashboard_router as ministry_dashboard_router,
 )
 from attest_gateway.entrypoints.http.routes.ministry import router as ministry_router
-from attest_gateway.observability.metrics import StoreGauges
-from attest_gateway.observability.metrics import router as metrics_router
+from attest_gateway.infra.db.gauges import StoreGauges
 from attest_gateway.production import refuse_unsafe_settings
 
 
@@ -46,7 +47,7 @@ def create_app(
     """The HTTP app. `api_routes=False` serves only the operations routes (health, metrics,
     contracts): a worker process runs the consumers and is watched through those.
     `freeze_heap`: once started, take startup's objects out of the garbage collector's walks
-    (`runtime.freeze_startup_heap`; the serving process, not tests). `clock` replaces the
+    (`bootstrap.freeze_startup_heap`; the serving process, not tests). `clock` replaces the
     one the settings choose (tests)."""
     refuse_unsafe_settings(settings)  # production mode: a clear error naming the setting
 
@@ -54,8 +55,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_gateway(
             settings, bootstrap, run_relay=run_relay, run_consumers=run_consumers, clock=clock
-        ) as gw:
-            app.state.gateway = gw
+        ) as running:
+            app.state.gateway = running.gateway
+            app.state.running = running
             if freeze_heap:
                 freeze_startup_heap()
             yield
@@ -71,6 +73,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(DateHeaderMiddleware)  # outermost: the 413 above is dated too
     app.state.settings = settings
+    app.state.tracker_rules = tracker_rules(settings)  # the ministry routes', built once
     app.state.store_gauges = StoreGauges() if run_consumers else None
     if api_routes:
         app.include_router(jobcenter_router)

@@ -28,6 +28,7 @@ from attest_gateway.config import Settings
 from attest_gateway.core.directory import client_cert_key_id
 from attest_gateway.devtools import devca
 from attest_gateway.devtools.devca import certificate_fingerprint
+from attest_gateway.services import admin
 
 try:  # httptools is the faster parser; it comes with uvicorn[standard]
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -98,8 +99,6 @@ async def ensure_development_tls(engine: AsyncEngine, settings: Settings) -> dic
     and a client certificate for each demo organisation, pinned in the directory (audited, as
     `keys add-cert` does) and listed in the demo credentials file. Returns the API_TLS_*
     settings to serve with."""
-    from attest_gateway.services import admin
-
     if settings.environment == "production":
         raise RuntimeError("development certificates are for development only")
     ca = devca.ensure_ca(settings.var_dir / "tls")

@@ -3,6 +3,7 @@ the `Date` header from the gateway's clock."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import time
@@ -22,7 +23,6 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from attest_gateway.bootstrap import Gateway
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import (
     ErrorCode,
@@ -40,6 +40,7 @@ from attest_gateway.entrypoints.http.problems import (
     problem_of,
     validation_problem,
 )
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import autocommit
 from attest_gateway.observability import metrics
@@ -294,7 +295,7 @@ def correlation_id(given: str | None) -> str:
 class RequestLogMiddleware:
     """Per request: a correlation id (the caller's `X-Correlation-Id` if sane, else a new one)
     bound to every log line and echoed in the answer, one directory generation for the whole
-    request (`directory.request_view`), the request metrics and one `http.request` log line
+    request (`DirectoryCache.request_view`), the request metrics and one `http.request` log line
     (pure ASGI: no extra task and stream per request, as `BaseHTTPMiddleware` would)."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -317,7 +318,9 @@ class RequestLogMiddleware:
                 MutableHeaders(scope=message)["X-Correlation-Id"] = request_id
             await send(message)
 
-        with directory.request_view():
+        # The running gateway's directory cache (none before the lifespan has built it).
+        gw: Gateway | None = getattr(scope["app"].state, "gateway", None)
+        with gw.directory.request_view() if gw is not None else contextlib.nullcontext():
             await self.app(scope, receive, send_with_id)
         elapsed = time.perf_counter() - started
         route: Any = scope.get("route")

@@ -23,11 +23,18 @@ tables, whoever writes, and a snapshot is filed under the token it was read at.
   calls `note_directory_write` after its write.
 - Without the `directory_generation` table (a database not migrated to 0008), every lookup
   queries the tables as before; the cache starts once the table appears.
-- One HTTP request sees one generation (`request_view`, entered by the request middleware):
-  its first check (the authentication's) fixes the snapshot that its later transactions use
-  without checking again, so a request is served against the directory it was authenticated
-  with, and saves a query per transaction. A request that writes the directory drops the view
-  and checks as above from then on.
+- One HTTP request sees one generation (`DirectoryCache.request_view`, entered by the request
+  middleware): its first check (the authentication's) fixes the snapshot that its later
+  transactions use without checking again, so a request is served against the directory it
+  was authenticated with, and saves a query per transaction. A request that writes the
+  directory drops the view and checks as above from then on.
+
+**Who owns it.** The cache is a `DirectoryCache` object, made by the composition root
+(bootstrap.py) and held by the gateway's container, not a module-level table keyed by engine:
+`cache.bind(engine)` returns the engine the container hands out, which carries the cache as
+an execution option, so that the lookups below (which take a connection) find it through their
+connection. An engine without one (the operator commands, tools, tests) reads the directory
+directly, every time.
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ from types import MappingProxyType
 from typing import Any, Literal, cast
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, Transaction
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection, Transaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.envelope import Suite
 from attest_gateway.core.directory import (
@@ -111,11 +118,11 @@ async def add_organisation(
 
 
 # --- the snapshot cache -----------------------------------------------------------------------
-# See the module docstring for the rules. `_engines` and `_checked` are weak: an engine's
-# snapshot goes with the engine, a transaction's mark with the transaction.
+# See the module docstring for the rules.
 
 OrgIndex = Literal["id", "api_key_hash", "sor", "gln", "ydernummer"]
 _ORG_INDEXES: tuple[OrgIndex, ...] = ("id", "api_key_hash", "sor", "gln", "ydernummer")
+_CACHE_OPTION = "attest_gateway_directory_cache"  # the execution option that carries the cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,39 +159,107 @@ class _Snapshot:
 
 
 @dataclass(slots=True)
-class _EngineCache:
-    generation_table: bool | None = None  # None: not looked for yet
-    snapshot: _Snapshot | None = None
-
-
-_engines: weakref.WeakKeyDictionary[Engine, _EngineCache] = weakref.WeakKeyDictionary()
-# Per (root) transaction: the snapshot it checked the token against, or None when it reads
-# the directory directly (it wrote the directory, or the schema has no generation table).
-_checked: weakref.WeakKeyDictionary[Transaction, _Snapshot | None] = weakref.WeakKeyDictionary()
-
-
-@dataclass(slots=True)
 class _RequestView:
-    """The snapshot one HTTP request reads, fixed by its first token check."""
+    """The snapshot one HTTP request reads, fixed by its first check."""
 
-    engine: Engine | None = None
     snapshot: _Snapshot | None = None
     open: bool = True  # False: the request is over, or it wrote the directory
 
 
-_request_view: ContextVar[_RequestView | None] = ContextVar("directory_request_view", default=None)
+class DirectoryCache:
+    """The directory snapshot of one store, exact by its generation token (module docstring).
+
+    One per gateway container (bootstrap.py makes it, with the engine it binds to). It holds
+    the snapshot, whether the store has the generation table, the mark of each transaction
+    that checked (weakly: a mark goes with its transaction), and the view of the HTTP request
+    in progress (a context variable of its own: each request runs in its own context)."""
+
+    __slots__ = ("_checked", "_view", "generation_table", "snapshot")
+
+    def __init__(self) -> None:
+        self.generation_table: bool | None = None  # None: not looked for yet
+        self.snapshot: _Snapshot | None = None
+        # Per (root) transaction: the snapshot it checked the token against, or None when it
+        # reads the directory directly (it wrote the directory, or there is no generation table)
+        self._checked: weakref.WeakKeyDictionary[Transaction, _Snapshot | None] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._view: ContextVar[_RequestView | None] = ContextVar(
+            "directory_request_view", default=None
+        )
+
+    def bind(self, engine: AsyncEngine) -> AsyncEngine:
+        """`engine` (sharing its pool and listeners) with this cache: its connections' lookups
+        answer from the snapshot."""
+        return engine.execution_options(**{_CACHE_OPTION: self})
+
+    @contextmanager
+    def request_view(self) -> Iterator[None]:
+        """Inside: the transactions of one request read the directory as of its first check."""
+        view = _RequestView()
+        token = self._view.set(view)
+        try:
+            yield
+        finally:
+            view.open = False  # also for tasks that copied the context
+            self._view.reset(token)
+
+    async def checked(self, conn: AsyncConnection) -> _Snapshot | None:
+        """The snapshot the transaction on `conn` reads, checked against the database's token
+        at most once per transaction; None: read the directory directly."""
+        sync = _sync(conn)
+        tx = sync.get_transaction()
+        if tx is not None and tx in self._checked:
+            return self._checked[tx]
+        view = self._view.get()
+        if view is not None and view.open and view.snapshot is not None:
+            snapshot: _Snapshot | None = view.snapshot
+        else:
+            snapshot = await self._current(conn)
+            if view is not None and view.open and view.snapshot is None and snapshot is not None:
+                view.snapshot = snapshot
+        tx = sync.get_transaction()  # the query above began it, if none had begun
+        if tx is not None:
+            self._checked[tx] = snapshot
+        return snapshot
+
+    def note_write(self, conn: AsyncConnection) -> None:
+        """The transaction on `conn` wrote the directory (see `note_directory_write`)."""
+        tx = _sync(conn).get_transaction()
+        if tx is not None:
+            self._checked[tx] = None
+        view = self._view.get()
+        if view is not None:  # the request's later transactions must see what it wrote
+            view.open = False
+
+    async def _current(self, conn: AsyncConnection) -> _Snapshot | None:
+        if not self.generation_table:  # an old schema may have been migrated meanwhile
+            self.generation_table = await conn.run_sync(
+                lambda sync: sa.inspect(sync).has_table(directory_generation.name)
+            )
+            if not self.generation_table:
+                return None
+        try:
+            token = (await conn.execute(GENERATION_QUERY)).scalar_one_or_none()
+        except sa.exc.DBAPIError:
+            # The table may be gone (a downgrade under a running gateway): the transaction is
+            # lost on PostgreSQL, but the next one looks for the table again.
+            self.generation_table = None
+            raise
+        if token is None:  # a table without its row was not made by the migration: no triggers
+            return None
+        snapshot = self.snapshot
+        if snapshot is None or snapshot.token != token:
+            # Read after the token: the rows are at least as new as the token they are filed
+            # under, so a write committed meanwhile shows as a new token at the next check.
+            snapshot = self.snapshot = await _load(conn, token)
+        return snapshot
 
 
-@contextmanager
-def request_view() -> Iterator[None]:
-    """Inside: the transactions of one request read the directory as of its first check."""
-    view = _RequestView()
-    token = _request_view.set(view)
-    try:
-        yield
-    finally:
-        view.open = False  # also for tasks that copied the context
-        _request_view.reset(token)
+def cache_of(conn: AsyncConnection) -> DirectoryCache | None:
+    """The cache bound to the engine `conn` came from (`DirectoryCache.bind`), if any."""
+    cache = _sync(conn).get_execution_options().get(_CACHE_OPTION)
+    return cache if isinstance(cache, DirectoryCache) else None
 
 
 _NEWEST_FIRST = (org_keys.c.created_at.desc(), org_keys.c.key_id.desc())
@@ -198,50 +273,10 @@ def _sync(conn: AsyncConnection) -> Connection:
 
 
 async def _snapshot(conn: AsyncConnection) -> _Snapshot | None:
-    """The directory snapshot this transaction reads, checked against the database's token at
-    most once per transaction; None: read the directory directly."""
-    sync = _sync(conn)
-    tx = sync.get_transaction()
-    if tx is not None and tx in _checked:
-        return _checked[tx]
-    view = _request_view.get()
-    if view is not None and view.open and view.snapshot is not None and view.engine is sync.engine:
-        snapshot: _Snapshot | None = view.snapshot
-    else:
-        cache = _engines.get(sync.engine)
-        if cache is None:
-            cache = _engines.setdefault(sync.engine, _EngineCache())
-        snapshot = await _current(conn, cache)
-        if view is not None and view.open and view.snapshot is None and snapshot is not None:
-            view.engine, view.snapshot = sync.engine, snapshot
-    tx = sync.get_transaction()  # the query above began it, if none had begun
-    if tx is not None:
-        _checked[tx] = snapshot
-    return snapshot
-
-
-async def _current(conn: AsyncConnection, cache: _EngineCache) -> _Snapshot | None:
-    if not cache.generation_table:  # an old schema may have been migrated meanwhile
-        cache.generation_table = await conn.run_sync(
-            lambda sync: sa.inspect(sync).has_table(directory_generation.name)
-        )
-        if not cache.generation_table:
-            return None
-    try:
-        token = (await conn.execute(GENERATION_QUERY)).scalar_one_or_none()
-    except sa.exc.DBAPIError:
-        # The table may be gone (a downgrade under a running gateway): the transaction is lost
-        # on PostgreSQL, but the next one looks for the table again.
-        cache.generation_table = None
-        raise
-    if token is None:  # a table without its row was not made by the migration: no triggers
-        return None
-    snapshot = cache.snapshot
-    if snapshot is None or snapshot.token != token:
-        # Read after the token: the rows are at least as new as the token they are filed
-        # under, so a write committed meanwhile shows as a new token at the next check.
-        snapshot = cache.snapshot = await _load(conn, token)
-    return snapshot
+    """The directory snapshot this transaction reads; None: read the directory directly (no
+    cache is bound to the connection's engine, or the cache says so)."""
+    cache = cache_of(conn)
+    return await cache.checked(conn) if cache is not None else None
 
 
 async def _load(conn: AsyncConnection, token: str) -> _Snapshot:
@@ -270,12 +305,9 @@ def note_directory_write(conn: AsyncConnection) -> None:
     """The transaction on `conn` wrote `organisations` or `org_keys`: it reads the directory
     directly from now on, so that it sees its own writes. `execute_write` calls it; call it
     after writing the directory any other way in a transaction that may read it again."""
-    tx = _sync(conn).get_transaction()
-    if tx is not None:
-        _checked[tx] = None
-    view = _request_view.get()
-    if view is not None:  # the request's later transactions must see what it wrote
-        view.open = False
+    cache = cache_of(conn)
+    if cache is not None:
+        cache.note_write(conn)
 
 
 async def execute_write(conn: AsyncConnection, statement: sa.Executable) -> Any:

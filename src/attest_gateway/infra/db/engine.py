@@ -6,7 +6,7 @@ import datetime as dt
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -14,11 +14,8 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from attest_gateway.config import DB_MAX_OVERFLOW, DB_POOL_SIZE, DB_POOL_TIMEOUT_SECONDS
-
-if TYPE_CHECKING:
-    from attest_gateway.config import Settings
-
+from attest_gateway.config import DB_MAX_OVERFLOW, DB_POOL_SIZE, DB_POOL_TIMEOUT_SECONDS, Settings
+from attest_gateway.observability.metrics import db_statement
 
 #: Store errors a retry may cure: the driver's (a lost connection, a restart, a deadlock; a
 #: caller that knows better looks closer) and a checkout that found every pooled connection
@@ -44,7 +41,7 @@ def make_engine(
     **kwargs: Any,
 ) -> AsyncEngine:
     """An async engine; SQLite gets WAL, a busy timeout and foreign keys. Every statement it
-    sends counts in `attest_gateway_db_statements_total` (metrics.py).
+    sends counts in `attest_gateway_db_statements_total` (observability/metrics.py).
 
     The pool keeps up to `pool_size` connections, opened when first needed, and by default no
     overflow: SQLAlchemy closes an overflow connection when it is returned to a full pool, so
@@ -52,8 +49,6 @@ def make_engine(
     PostgreSQL a new backend process, about a thousand in a 15-second benchmark with the old
     10 + 10) instead of waiting a moment for one. A checkout that waits `pool_timeout`
     seconds raises `sqlalchemy.exc.TimeoutError` (the HTTP API answers 503)."""
-    from attest_gateway.observability.metrics import db_statement
-
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
         if sa.make_url(url).database in (None, "", ":memory:"):

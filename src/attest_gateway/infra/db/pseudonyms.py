@@ -14,13 +14,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from attest_gateway.config import Settings
 from attest_gateway.contracts.contacts import NotATrackingEvent, parse_tracking_event
 from attest_gateway.crypto.pseudonyms import key_id, key_id_of, seal_citizen
 from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey
@@ -52,16 +50,6 @@ REF_COLUMNS: tuple[sa.Column[Any], ...] = (
 
 class PseudonymKeyMismatch(RuntimeError):
     """The configured pseudonym key is not the one the store's pseudonyms were made with."""
-
-
-def pseudonym_key_file(settings: Settings) -> Path:
-    """Where the generated pseudonym key lives when PSEUDONYM_KEY is not set."""
-    return settings.effective_keys_dir / "pseudonym.key"
-
-
-def staged_key_file(settings: Settings) -> Path:
-    """A re-key writes the new generated key here first (see infra/db/rekey.py)."""
-    return pseudonym_key_file(settings).with_name("pseudonym.key.new")
 
 
 async def gateway_hpke_key(

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +38,11 @@ import structlog
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.bootstrap import Gateway
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.errors import Unavailable
 from attest_gateway.crypto.sealing import open_envelope
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import STORE_ERRORS, insert_ignore
 from attest_gateway.infra.db.tables import (
@@ -52,7 +53,12 @@ from attest_gateway.infra.db.tables import (
     outbox,
     sent_messages,
 )
-from attest_gateway.infra.kafka.bus import EPOCH_EXPIRED, ensure_topics, read_epoch
+from attest_gateway.infra.kafka.bus import (
+    EPOCH_EXPIRED,
+    ConsumerLoop,
+    ensure_topics,
+    read_epoch,
+)
 from attest_gateway.services.messaging import (
     enqueue_envelope,
     load_conversation,
@@ -79,9 +85,13 @@ EPOCH_ROW = "broker-epoch"
 
 
 class Sweeper:
-    def __init__(self, gw: Gateway, bootstrap: str) -> None:
+    """The periodic job of one process. `consumers`: this process's consumers, rewound to the
+    start of their partitions when the broker's epoch changes (none: a sweeper alone)."""
+
+    def __init__(self, gw: Gateway, bootstrap: str, consumers: Sequence[ConsumerLoop] = ()) -> None:
         self._gw = gw
         self._bootstrap = bootstrap
+        self._consumers = tuple(consumers)
         self._task: asyncio.Task[None] | None = None
         self._epoch: str | None = None
         self._id = uuid.uuid4().hex[:16]
@@ -266,7 +276,7 @@ class Sweeper:
         if not epoch or epoch == EPOCH_EXPIRED:
             return
         if self._epoch is not None and epoch != self._epoch:
-            for consumer in self._gw.consumers:
+            for consumer in self._consumers:
                 await consumer.rewind()
         if epoch != self._epoch:
             await self._remember_epoch(epoch)

@@ -4,6 +4,10 @@ The API writes an accepted message and its outbox rows in one transaction before
 202; the relay is the only path from the store to Kafka. It is woken after each commit in
 this process and also polls, so rows written by another replica or left by a crash are
 published too. Publishing twice is harmless: every consumer writes idempotently.
+
+What publishing means for a conversation (its `published` stage) is not the relay's to know:
+it calls the `on_published` hook it is given (bootstrap.py wires the use case's) in the
+transaction that marks the rows published, with the message ids of the requests among them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -20,18 +24,20 @@ import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import Clock
 from attest_gateway.core.errors import ErrorCode, Unavailable
 from attest_gateway.infra.db.engine import STORE_ERRORS, autocommit, one_of
 from attest_gateway.infra.db.tables import outbox
 from attest_gateway.infra.kafka.bus import Topics
 from attest_gateway.observability import metrics
-from attest_gateway.services.messaging import StageRecord, conversations_by_request, record_stages
 
 log = structlog.get_logger(__name__)
+
+#: Called in the transaction that marks rows published, with the message ids of the attest
+#: requests (`medcom.messages` rows) among them and the time they were marked.
+PublishedHook = Callable[[AsyncConnection, list[str], dt.datetime], Awaitable[None]]
 
 
 class OutboxRelay:
@@ -45,6 +51,7 @@ class OutboxRelay:
         poll_seconds: float,
         max_pending: int,
         clock: Clock,
+        on_published: PublishedHook,
     ) -> None:
         self._engine = engine
         self._producer = producer
@@ -53,6 +60,7 @@ class OutboxRelay:
         self._poll_seconds = poll_seconds
         self._max_pending = max_pending
         self._clock = clock
+        self._on_published = on_published
         self._lease = dt.timedelta(seconds=60)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -177,24 +185,10 @@ class OutboxRelay:
                 .where(outbox.c.claim_token == token)
                 .values(published_at=now, attempts=outbox.c.attempts + 1, claimed_until=None)
             )
-            # The requests among them reached Kafka: their conversations' `published` stage,
-            # for the whole batch in three statements.
+            # The requests among them reached Kafka (their conversations' `published` stage).
             requests = [
                 row.message_id
                 for row in rows
                 if row.topic == self._topics.medcom_messages and row.message_id is not None
             ]
-            await record_stages(
-                conn,
-                self._topics,
-                [
-                    StageRecord(
-                        conv,
-                        Stage.PUBLISHED,
-                        conv.request_message_id,
-                        MessageType.ATTEST_REQUEST,
-                        now,
-                    )
-                    for conv in await conversations_by_request(conn, requests)
-                ],
-            )
+            await self._on_published(conn, requests, now)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from attest_gateway.bootstrap import Gateway
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
 
 router = APIRouter(tags=["operations"])

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.core.bounds import LINE, InputDate
 from attest_gateway.core.directory import Organisation, Role
-from attest_gateway.core.errors import ErrorCode, InvalidInput
+from attest_gateway.core.errors import ErrorCode, InvalidInput, Unknown
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.entrypoints.http.plumbing import (
     authenticated,
@@ -30,7 +30,6 @@ from attest_gateway.entrypoints.http.plumbing import (
 )
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
-from attest_gateway.tracker.wiring import tracker_rules
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 
@@ -70,6 +69,12 @@ def _engine(request: Request) -> AsyncEngine:
     return gateway_of(request).engine
 
 
+def _rules(request: Request) -> r.TrackerRules:
+    """The tracker's rules, built once by `create_app` from its settings."""
+    rules: r.TrackerRules = request.app.state.tracker_rules
+    return rules
+
+
 def _answer(name: str, rows: list[dict[str, Any]], fmt: Format, extra: dict[str, Any]) -> Any:
     if fmt == "json":
         return extra | {"rows": rows}
@@ -89,7 +94,7 @@ def _answer(name: str, rows: list[dict[str, Any]], fmt: Format, extra: dict[str,
 async def report(request: Request, org: Ministry, f: Filters) -> dict[str, Any]:
     """The overview the dashboard shows: national figures, series, by region, type, municipality."""
     async with _engine(request).connect() as conn:
-        return await rep.report(conn, tracker_rules(gateway_of(request).settings), f)
+        return await rep.report(conn, _rules(request), f)
 
 
 @router.get("/durations", response_model=None)
@@ -107,7 +112,7 @@ async def durations(
     """count, median, p90, p99 (seconds) of a stage duration or of request→attest."""
     if metric not in r.METRIC_NAMES:
         raise InvalidInput(ErrorCode.UNKNOWN_METRIC, f"metric is one of {sorted(r.METRIC_NAMES)}")
-    rules = tracker_rules(gateway_of(request).settings)
+    rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await rep.durations(conn, rules, metric, f, by, series=series)
     return _answer(f"durations-{metric}-{by}", rows, format, _meta(f, rules, unit="seconds"))
@@ -123,7 +128,7 @@ async def deadlines(
     format: Format = "json",
 ) -> Any:
     """Requests, late requests, overdue count and rate, reminders."""
-    rules = tracker_rules(gateway_of(request).settings)
+    rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await rep.deadlines(conn, rules, f, by, series=series)
     return _answer(f"deadlines-{by}", rows, format, _meta(f, rules))
@@ -139,7 +144,7 @@ async def contacts(
     format: Format = "json",
 ) -> Any:
     """Contact coverage of sick-listed citizens with a psychiatric course, against the baseline."""
-    rules = tracker_rules(gateway_of(request).settings)
+    rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await rep.contacts(conn, rules, f, by, series=series)
     return _answer(
@@ -150,7 +155,7 @@ async def contacts(
 @router.get("/meta")
 async def meta(request: Request, org: Ministry) -> dict[str, Any]:
     """What the figures mean: metrics, deadlines, regions, municipalities, thresholds."""
-    rules = tracker_rules(gateway_of(request).settings)
+    rules = _rules(request)
     return {
         "metrics": [
             {"name": m.name, "title": m.title, "from": m.start.value, "to": m.end.value}
@@ -190,7 +195,5 @@ async def dashboard() -> FileResponse:
 async def dashboard_asset(name: str) -> FileResponse:
     types = {"app.js": "text/javascript", "style.css": "text/css"}
     if name not in types:
-        from attest_gateway.core.errors import Unknown
-
         raise Unknown(ErrorCode.NOT_FOUND, "no such resource")
     return FileResponse(STATIC_DIR / name, media_type=types[name])
