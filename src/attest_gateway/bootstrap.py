@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.config import Settings
-from attest_gateway.core.attests import DEFAULT_CATALOGUE, AttestKind
+from attest_gateway.core.attests import DEFAULT_CATALOGUE, AttestType
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.db.engine import settings_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
@@ -45,7 +45,7 @@ class Gateway:
     topics: Topics
     producer: AIOKafkaProducer
     relay: OutboxRelay
-    catalogue: dict[str, AttestKind] = field(default_factory=lambda: dict(DEFAULT_CATALOGUE))
+    catalogue: dict[str, AttestType] = field(default_factory=lambda: dict(DEFAULT_CATALOGUE))
     consumers: list[ConsumerLoop] = field(default_factory=list)
     sweeper: Sweeper | None = None
     tracker: Tracker | None = None

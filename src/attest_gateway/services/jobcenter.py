@@ -30,7 +30,6 @@ from attest_gateway.contracts.jobcenter import (
     UnreadableReply,
 )
 from attest_gateway.contracts.stages import STAGE_ORDER, MessageType, Stage, current_stage
-from attest_gateway.core.attests import IssuerKind
 from attest_gateway.core.bounds import a_year_after
 from attest_gateway.core.clock import utcnow
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
@@ -151,7 +150,7 @@ async def submit_attest_request(
             if replay is not None:
                 return replay, False
         receiver = await _resolve_receiver(conn, body)
-        if IssuerKind(receiver.role.value) not in kind.issuers:
+        if receiver.role not in kind.issuers:
             raise Unprocessable(
                 "receiver-cannot-issue", f"a {receiver.role.value} does not issue {kind.code}"
             )
