@@ -86,9 +86,8 @@ def freeze_startup_heap() -> int:
     compiled statements, pydantic's schemas, the directory snapshot) out of the garbage
     collector's reach, after one full collection of startup's garbage. Returns how many.
 
-    A serving process holds ~160,000 such objects, and each full (oldest-generation)
-    collection walks them all: ~0.1 s with every coroutine stopped (three such collections
-    in a 7-second run of the tracker benchmark). Frozen, they are no longer walked; they are
+    Each full (oldest-generation) collection walks all of them with every coroutine stopped
+    (docs/decisions/0003-frozen-startup-heap.md). Frozen, they are no longer walked; they are
     still freed by reference counting when dropped, only a cycle among them would stay
     (startup objects live as long as the process). Called once per process, when it starts
     serving (`create_app(freeze_heap=True)`, which `attest-gateway serve` uses); not in

@@ -107,8 +107,8 @@ class Settings(BaseSettings):
         description=(
             "tracker consumers in this process, members of one group that share the tracking "
             "topic's partitions: while one waits for the database another applies its poll "
-            "(2 on PostgreSQL: +14 % events/s catching up a backlog, but more statements per "
-            "event at a live rate; no gain on SQLite)"
+            "(2 on PostgreSQL catch up a backlog faster, but send more statements per event at "
+            "a live rate; no gain on SQLite: docs/decisions/0010-several-tracker-consumers.md)"
         ),
     )
     kafka_read_timeout_seconds: float = Field(

@@ -210,8 +210,8 @@ async def submit_attest_request(
         status_url=status_url(conversation_id),
         reply_deadline=reply_deadline,
     )
-    # The rows go as parameters of statements built once (building one per request with
-    # `.values()` was 8 % of the request's CPU), parents first.
+    # The rows go as parameters of statements built once, not per request, parents first
+    # (docs/decisions/0004-set-based-batch-writes.md).
     writes: list[Write] = [
         (_INSERT_CONVERSATION, _as_dict(conv) | {"citizen_sealed": sealed}),
     ]

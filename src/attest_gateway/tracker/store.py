@@ -152,8 +152,8 @@ class KnownCells:
 
     Bounded: past `limit` cells the earliest remembered are forgotten (a quarter at a time).
     Cells are created as periods begin, so those are mostly of past periods; a forgotten
-    cell that is written again costs a place in one insert. (~250 bytes a cell: at national
-    scale two years of cells are about a million.)"""
+    cell that is written again costs a place in one insert. The limit bounds the memory the
+    cache takes (its size per cell: bench/RESULTS.md, "Figures moved out of the code")."""
 
     def __init__(self, limit: int = 200_000) -> None:
         self._cells: dict[Cell, None] = {}
