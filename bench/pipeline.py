@@ -13,7 +13,7 @@ Per run (a warm-up and `ctx.runs` recorded ones):
 2. a fresh copy of the template (SQLite: the backup API; PostgreSQL: `CREATE DATABASE …
    TEMPLATE …`) and fresh topics (a new prefix; the outbox rows are renamed to it); the
    gateway (again without relay and consumers) creates them with its partition count.
-3. the real delivery consumer, wired as the gateway wires it (`runtime.make_delivery`:
+3. the real delivery consumer, wired as the gateway wires it (`bootstrap.make_delivery`:
    batches per poll, partitions at once, as the settings say) starts in its own group
    and joins (Tansu's group join takes seconds: timed separately, reported in notes); its
    partitions are then paused.
@@ -298,7 +298,7 @@ async def drain(
     to the broker).
 
     Before the clock the heap is frozen as `attest-gateway serve` freezes it once started
-    (`runtime.freeze_startup_heap`): the gateway's startup objects, and here also the
+    (`bootstrap.freeze_startup_heap`): the gateway's startup objects, and here also the
     benchmark's own prepared records, which a serving gateway does not hold, are out of the
     garbage collector's walks; unfrozen after the clock."""
     freeze_startup_heap()

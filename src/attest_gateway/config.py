@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attest_gateway.contracts.envelope import Suite
 
-#: The store pool's defaults: the settings' and `store.db.make_engine`'s (engines built
+#: The store pool's defaults: the settings' and `infra.db.engine.make_engine`'s (engines built
 #: without settings: tools, tests, benchmarks).
 DB_POOL_SIZE = 20
 DB_MAX_OVERFLOW = 0

@@ -1,7 +1,7 @@
 """Tracker input besides stage events: a contact the job centre registered.
 
 `gateway.tracking` carries two record types, told apart by the JSON field `type` (and the
-`message-type` header): `stage` (`schemas.events.StageEvent`, key = conversation id) and
+`message-type` header): `stage` (`contracts.stages.StageEvent`, key = conversation id) and
 `contact` (`ContactEvent`, key = case ref). Both are metadata only: the citizen appears as
 the case ref, never as a CPR number.
 """

@@ -1,7 +1,7 @@
 """Pure translation between job-centre JSON and MedCom-like Bundles.
 
 A job centre's `AttestRequestIn` becomes a CareCommunication-shaped Bundle (see
-`adapters.medcom.bundles`); an attest reply Bundle becomes an `InboxItem`.
+`medcom.build`); an attest reply Bundle becomes an `InboxItem`.
 """
 
 from __future__ import annotations

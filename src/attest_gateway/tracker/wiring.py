@@ -1,5 +1,5 @@
 """Wiring of the tracker: its rules from the settings, and its parts in the running gateway
-(the `gateway.tracking` consumer and the sweep), started by `runtime.running_gateway`."""
+(the `gateway.tracking` consumer and the sweep), started by `bootstrap.running_gateway`."""
 
 from __future__ import annotations
 

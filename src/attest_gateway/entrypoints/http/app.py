@@ -43,7 +43,7 @@ def create_app(
     """The HTTP app. `api_routes=False` serves only the operations routes (health, metrics,
     contracts): a worker process runs the consumers and is watched through those.
     `freeze_heap`: once started, take startup's objects out of the garbage collector's walks
-    (`runtime.freeze_startup_heap`; the serving process, not tests)."""
+    (`bootstrap.freeze_startup_heap`; the serving process, not tests)."""
     refuse_unsafe_settings(settings)  # production mode: a clear error naming the setting
 
     @asynccontextmanager
