@@ -5,7 +5,7 @@ With ``bench/gctrace`` on ``PYTHONPATH`` and ``BENCH_GC_TRACE=prefix``, the proc
 every collection (``gc.callbacks``) and writes, every 2 s, ``<prefix>.<pid>.json``: each full
 (oldest-generation) collection as (wall-clock time, milliseconds), the count and total time
 of the younger ones, the objects the collector tracks and those frozen. With
-``BENCH_GC_NO_FREEZE=1`` the gateway's startup freeze (`runtime.freeze_startup_heap`) is
+``BENCH_GC_NO_FREEZE=1`` the gateway's startup freeze (`bootstrap.freeze_startup_heap`) is
 made a no-op, for a before/after comparison. See bench/RESULTS.md (eighth session).
 """
 

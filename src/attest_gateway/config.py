@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attest_gateway.contracts.envelope import Suite
 
-#: The store pool's defaults: the settings' and `store.db.make_engine`'s (engines built
+#: The store pool's defaults: the settings' and `infra.db.engine.make_engine`'s (engines built
 #: without settings: tools, tests, benchmarks).
 DB_POOL_SIZE = 20
 DB_MAX_OVERFLOW = 0
@@ -107,8 +107,8 @@ class Settings(BaseSettings):
         description=(
             "tracker consumers in this process, members of one group that share the tracking "
             "topic's partitions: while one waits for the database another applies its poll "
-            "(2 on PostgreSQL: +14 % events/s catching up a backlog, but more statements per "
-            "event at a live rate; no gain on SQLite)"
+            "(2 on PostgreSQL catch up a backlog faster, but send more statements per event at "
+            "a live rate; no gain on SQLite: docs/decisions/0010-several-tracker-consumers.md)"
         ),
     )
     kafka_read_timeout_seconds: float = Field(

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import jsonschema
+import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 
@@ -369,6 +370,7 @@ async def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Co
     )
 
 
+@pytest.mark.slow  # runs `attest-gateway audit` as a subprocess
 async def test_the_audit_commands(trip: Trip, tmp_path: Path) -> None:
     h, conv = trip.h, trip.conversation
     env = _cli_env(h.settings, tmp_path)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
@@ -22,6 +23,9 @@ from tests.support.harness import wait_for
 from tests.support.kafka import client_args, kafka_env
 
 PSY = "psyk-kbh"
+# Both tests run `attest-gateway dead-letters` as a subprocess.
+pytestmark = pytest.mark.slow
+
 CLI = str(Path(sys.executable).with_name("attest-gateway"))
 
 

@@ -1,5 +1,5 @@
 """A serving gateway takes its startup objects out of the garbage collector's walks
-(`runtime.freeze_startup_heap`, which `attest-gateway serve` asks for through
+(`bootstrap.freeze_startup_heap`, which `attest-gateway serve` asks for through
 `create_app(freeze_heap=True)`), and goes on working."""
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ async def test_after_rotation_new_mail_is_sealed_to_the_new_key_and_old_mail_sti
     assert after.header.recipient_key_id == new_key.key_id
     keys = psy.keys()
     assert read_message(open_with(keys, after)).message_id == accepted["message_id"]
-    assert read_message(open_with(keys, before)).kind == "attest-request"  # old mail opens
+    assert read_message(open_with(keys, before)).message_type == "attest-request"  # old mail opens
     old_private = next(k for k in keys.hpke_keys if k.key_id == old_key_id)
     with pytest.raises(EnvelopeRejected):  # and the new mail is really sealed to the new key
         open_envelope(after, old_private)

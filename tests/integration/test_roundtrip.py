@@ -74,7 +74,7 @@ async def test_round_trip(harness: Harness) -> None:
     assert CPR not in orjson.dumps(item).decode()
     request_bundle = open_item(item, h.client_keys(PSY))
     info = read_message(request_bundle)
-    assert (info.kind, info.cpr, info.attest_type) == ("attest-request", CPR, "LÆ 155")
+    assert (info.message_type, info.cpr, info.attest_type) == ("attest-request", CPR, "LÆ 155")
     assert info.texts == [QUESTIONS]
     assert info.message_id == accepted["message_id"]
 

@@ -1,7 +1,7 @@
-"""`store.db.rows_insert`: many rows in one statement (PostgreSQL: one JSON array of rows through
-`jsonb_array_elements`, cast to the columns' types), with the conflict clause and RETURNING
-the caller adds, on both databases. `store.db.one_of`/`one_of_param`: IN lists whose SQL text
-on PostgreSQL does not depend on the number of values."""
+"""`infra.db.engine.rows_insert`: many rows in one statement (PostgreSQL: one JSON array of
+rows through `jsonb_array_elements`, cast to the columns' types), with the conflict clause and
+RETURNING the caller adds, on both databases. `infra.db.engine.one_of`/`one_of_param`: IN
+lists whose SQL text on PostgreSQL does not depend on the number of values."""
 
 from __future__ import annotations
 

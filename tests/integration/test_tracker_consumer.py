@@ -297,7 +297,7 @@ async def test_overdue_requests_are_flagged_and_reminded_at_most_twice(harness: 
     )
     bundle = open_item(reminder, h.client_keys(PSY))
     info = read_message(bundle)
-    assert info.kind == "attest-reminder"
+    assert info.message_type == "attest-reminder"
     assert info.conversation_id == cid
     assert info.receiver.sor == "715381000016006"
     chain = [e.what.reference for p in bundle.resources(Provenance) for e in p.entity]

@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 from pydantic import ValidationError
 
-from attest_gateway.core.attests import DEFAULT_CATALOGUE, DeadlineUnit, IssuerKind, ReplyDeadline
+from attest_gateway.core.attests import DEFAULT_CATALOGUE, DeadlineUnit, ReplyDeadline
+from attest_gateway.core.directory import HEALTH_ROLES, Role
 
 EXPECTED_CODES = {f"LÆ {n}" for n in (105, 115, 125, 135, 145, 155, 225, 265, 275, 285)}
 
@@ -57,10 +58,10 @@ def test_due_dates(code: str, sent: dt.date, due: dt.date) -> None:
 
 
 def test_issuers() -> None:
-    assert IssuerKind.PSYCHIATRY in DEFAULT_CATALOGUE["LÆ 155"].issuers
-    assert IssuerKind.GP not in DEFAULT_CATALOGUE["LÆ 155"].issuers
-    assert DEFAULT_CATALOGUE["LÆ 265"].issuers == frozenset({IssuerKind.GP})
-    assert DEFAULT_CATALOGUE["LÆ 125"].issuers == frozenset(IssuerKind)
+    assert Role.PSYCHIATRY in DEFAULT_CATALOGUE["LÆ 155"].issuers
+    assert Role.GP not in DEFAULT_CATALOGUE["LÆ 155"].issuers
+    assert DEFAULT_CATALOGUE["LÆ 265"].issuers == frozenset({Role.GP})
+    assert DEFAULT_CATALOGUE["LÆ 125"].issuers == HEALTH_ROLES
 
 
 def test_catalogue_entries_are_frozen_and_strict() -> None:

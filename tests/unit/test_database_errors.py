@@ -53,7 +53,7 @@ def _sqlalchemy_engine_factories(path: Path) -> list[int]:
 
 
 def test_every_engine_is_made_by_store_db() -> None:
-    """`store.db.create_engine` is the one place that calls SQLAlchemy's factory (with
+    """`infra.db.engine.make_engine` is the one place that calls SQLAlchemy's factory (with
     hide_parameters); everything else, the migrations' env.py included, goes through it."""
     db = SRC / "infra" / "db" / "engine.py"
     elsewhere = [

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope, Suite
 from attest_gateway.contracts.stages import MessageType
 from attest_gateway.core.errors import EnvelopeRejected
-from attest_gateway.crypto.pseudonyms import bare_ref as case_ref
+from attest_gateway.crypto.pseudonyms import bare_ref
 from attest_gateway.crypto.sealing import (
     OrgKeys,
     PrivateHpkeKey,
@@ -376,11 +376,11 @@ KEY_A = b"a" * 32
 KEY_B = b"b" * 32
 
 
-def test_case_ref_is_deterministic_per_key() -> None:
-    ref = case_ref("0101901234", KEY_A)
-    assert ref == case_ref("0101901234", KEY_A)
-    assert ref != case_ref("0101901234", KEY_B)
-    assert ref != case_ref("0101901235", KEY_A)
+def test_bare_ref_is_deterministic_per_key() -> None:
+    ref = bare_ref("0101901234", KEY_A)
+    assert ref == bare_ref("0101901234", KEY_A)
+    assert ref != bare_ref("0101901234", KEY_B)
+    assert ref != bare_ref("0101901235", KEY_A)
     assert len(ref) == 32
     assert int(ref, 16) >= 0
     assert "0101901234" not in ref
@@ -388,11 +388,11 @@ def test_case_ref_is_deterministic_per_key() -> None:
 
 @settings(max_examples=100)
 @given(cpr=st.from_regex(r"\A[0-9]{10}\Z"))
-def test_case_ref_never_contains_the_cpr(cpr: str) -> None:
-    ref = case_ref(cpr, KEY_A)
+def test_bare_ref_never_contains_the_cpr(cpr: str) -> None:
+    ref = bare_ref(cpr, KEY_A)
     assert cpr not in ref
-    assert ref == case_ref(cpr, KEY_A)
-    assert ref != case_ref(cpr, KEY_B)
+    assert ref == bare_ref(cpr, KEY_A)
+    assert ref != bare_ref(cpr, KEY_B)
 
 
 def test_fingerprint() -> None:

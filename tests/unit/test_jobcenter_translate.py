@@ -112,7 +112,7 @@ def test_request_in_is_normalised() -> None:
 
 def test_request_bundle_reads_back() -> None:
     info = read_message(parse_bundle(_request_dict(_request_in(citizen_cpr="010190-1234"))))
-    assert info.kind == "attest-request"
+    assert info.message_type == "attest-request"
     assert info.message_id == REQUEST_MESSAGE
     assert info.bundle_id == REQUEST_BUNDLE
     assert info.timestamp == SENT_AT
@@ -148,7 +148,7 @@ def test_case_kind_is_carried() -> None:
 
 def test_reply_becomes_an_inbox_item() -> None:
     info = _reply_info()
-    assert info.kind == "attest-reply"
+    assert info.message_type == "attest-reply"
     assert info.replied_to == REQUEST_MESSAGE
     item = _inbox(info)
     assert item.message_id == REPLY_MESSAGE

@@ -92,7 +92,7 @@ def _resources(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any
 def test_request_round_trip() -> None:
     built = _request_dict()
     info = read_message(parse_bundle(json.loads(json.dumps(built))))
-    assert info.kind == "attest-request"
+    assert info.message_type == "attest-request"
     assert info.message_id == "2d0c6d51-8a51-4f0e-a5b3-0c9c1b0d8f01"
     assert info.bundle_id == "9b1f0a4c-6b53-4b3e-8f0e-7f3b1a2c9d02"
     assert info.timestamp == SENT_AT
@@ -148,7 +148,7 @@ def test_naive_timestamp_is_refused() -> None:
 def test_reply_round_trip() -> None:
     request = _request()
     info = read_message(parse_bundle(json.loads(json.dumps(_reply_dict(request)))))
-    assert info.kind == "attest-reply"
+    assert info.message_type == "attest-reply"
     assert info.message_id == "c3e9a1d0-7f4b-4f2a-9e61-5b8d2c0a7e03"
     assert info.bundle_id == "e4f0b2c1-8a5c-4b3d-af72-6c9e3d1b8f04"
     assert info.timestamp == REPLIED_AT
@@ -212,7 +212,7 @@ def test_acknowledgement_ok_round_trip_swaps_sender_and_receiver() -> None:
         code="ok",
     )
     info = read_message(parse_bundle(json.loads(json.dumps(ack))))
-    assert info.kind == "acknowledgement"
+    assert info.message_type == "acknowledgement"
     assert info.message_id == "a1b2c3d4-0000-4000-8000-000000000005"
     assert info.bundle_id == "a1b2c3d4-0000-4000-8000-000000000006"
     assert info.timestamp == SENT_AT

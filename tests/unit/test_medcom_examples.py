@@ -86,7 +86,7 @@ def test_unmodelled_resources_are_kept() -> None:
 
 def test_new_message() -> None:
     info = _read(NEW_MESSAGE)
-    assert info.kind == "attest-request"
+    assert info.message_type == "attest-request"
     assert info.message_id == FIRST_MESSAGE_ID
     assert info.bundle_id == "add5e7e2-0c0f-4a4a-bfff-f6f984fa7e3c"
     assert info.event_code == "care-communication-message"
@@ -110,7 +110,7 @@ def test_new_message() -> None:
 
 def test_reply_with_pdf() -> None:
     info = _read(REPLY)
-    assert info.kind == "attest-reply"
+    assert info.message_type == "attest-reply"
     assert info.message_id == "d5bd2111-2576-48d3-84d4-8be0297a038d"
     assert info.bundle_id == "b56549f7-ed10-422d-8088-f7222b686e46"
     assert info.activity == "reply-message"
@@ -129,7 +129,7 @@ def test_reply_with_pdf() -> None:
 
 def test_acknowledgement_ok() -> None:
     info = _read(ACK_OK)
-    assert info.kind == "acknowledgement"
+    assert info.message_type == "acknowledgement"
     assert info.message_id == "aba2d9bf-2c6c-47e8-bce4-7928bcd51019"
     assert info.bundle_id == "a8c041b8-c65a-4fde-a90f-962076918834"
     assert info.response_code == "ok"
@@ -145,7 +145,7 @@ def test_acknowledgement_ok() -> None:
 
 def test_acknowledgement_fatal_error() -> None:
     info = _read(ACK_FATAL)
-    assert info.kind == "acknowledgement"
+    assert info.message_type == "acknowledgement"
     assert info.message_id == "b879c81e-0607-4ccb-b358-24a72208e30d"
     assert info.response_code == "fatal-error"
     # The published example's flaw: response and Provenance point to different messages.

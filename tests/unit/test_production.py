@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import random
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from attest_gateway.production import (
     is_development_certificate,
     refuse_unsafe_settings,
 )
-from tests.unit.test_cli import run_cli
 
 SECRET = "3b9f0c2a7e5d4c1b8a6f9e0d2c4b6a8f"  # 32 random-looking characters
 
@@ -300,16 +298,3 @@ def test_the_composition_root_refuses_to_build_the_app() -> None:
     with pytest.raises(UnsafeSettings) as caught:
         create_app(load_settings(environment="production"), "kafka:9093")
     assert "KAFKA_BOOTSTRAP_SERVERS" in str(caught.value)
-
-
-def test_serve_stops_before_starting_anything(tmp_path: Path) -> None:
-    """`serve` in production with unsafe settings: exit 2, a list of sentences, no traceback,
-    and no embedded broker started."""
-    result = run_cli(["serve"], env={"ENVIRONMENT": "production", "VAR_DIR": str(tmp_path)})
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "production mode refuses these settings" in result.stderr
-    assert "KAFKA_BOOTSTRAP_SERVERS is not set" in result.stderr
-    assert "embedded broker (Tansu)" not in result.stderr
-    assert not (tmp_path / "broker.log").exists()
-    assert isinstance(result, subprocess.CompletedProcess)

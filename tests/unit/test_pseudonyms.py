@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from attest_gateway.contracts.envelope import Suite
 from attest_gateway.core.errors import InvalidInput
 from attest_gateway.crypto import pseudonyms as cps
-from attest_gateway.crypto.pseudonyms import bare_ref as bare_case_ref
+from attest_gateway.crypto.pseudonyms import bare_ref
 from attest_gateway.crypto.sealing import KeyRing, OrgKeys
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.engine import make_engine
@@ -158,7 +158,7 @@ async def test_the_tracker_dead_letters_events_of_another_pseudonym_key() -> Non
         stale = [
             record(stage_event(cps.case_ref(CPR, KEY_A)).model_dump_json().encode(), 1),
             record(contact_event(cps.case_ref(CPR, KEY_A)).model_dump_json().encode(), 2),
-            record(stage_event(bare_case_ref(CPR, KEY_B)).model_dump_json().encode(), 3),
+            record(stage_event(bare_ref(CPR, KEY_B)).model_dump_json().encode(), 3),
         ]
         for r in stale:
             with pytest.raises(InvalidInput) as caught:

@@ -42,7 +42,7 @@ def test_the_reminder_passes_the_medcom_rules_and_refers_to_the_request() -> Non
         (ENTITY_ROLE_REVISION, "MessageHeader/req-1")
     ]
     info = read_message(bundle)
-    assert info.kind == "attest-reminder"  # not a new request, though also a new message
+    assert info.message_type == "attest-reminder"  # not a new request, though also a new message
     assert info.conversation_id == "conv-1"
     assert info.attest_type == "LÆ 155"
     assert info.sender.sor == JC.sor

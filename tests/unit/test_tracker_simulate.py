@@ -8,7 +8,8 @@ import random
 import statistics
 from pathlib import Path
 
-from attest_gateway.core.attests import DEFAULT_CATALOGUE, IssuerKind
+from attest_gateway.core.attests import DEFAULT_CATALOGUE
+from attest_gateway.core.directory import Role
 from attest_gateway.core.identifiers import check_cpr, check_gln, check_sor, municipalities
 from attest_gateway.devtools.simulate import (
     Case,
@@ -57,7 +58,7 @@ def test_the_plan_is_reproducible_and_near_the_rate() -> None:
 def test_each_case_goes_to_someone_who_issues_its_attest_and_steps_are_in_order() -> None:
     for case in _plan():
         issuers = DEFAULT_CATALOGUE[case.attest_type].issuers
-        assert IssuerKind(case.receiver.role) in issuers
+        assert Role(case.receiver.role) in issuers
         assert case.receiver.region_code == case.jobcenter.region_code
         assert case.request_at <= case.fetch_at <= case.ack_at
         if case.reply_at is not None:

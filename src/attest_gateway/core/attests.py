@@ -14,12 +14,7 @@ from enum import StrEnum
 from dateutil.relativedelta import relativedelta
 from pydantic import BaseModel, ConfigDict
 
-
-class IssuerKind(StrEnum):
-    GP = "gp"
-    PSYCHIATRY = "psychiatry"
-    HOSPITAL = "hospital"
-    SPECIALIST = "specialist"
+from attest_gateway.core.directory import Role
 
 
 class DeadlineUnit(StrEnum):
@@ -41,17 +36,17 @@ class ReplyDeadline(BaseModel):
         return sent + dt.timedelta(days=self.amount)
 
 
-class AttestKind(BaseModel):
+class AttestType(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     code: str
     title: str
-    issuers: frozenset[IssuerKind]
+    issuers: frozenset[Role]
     reply_deadline: ReplyDeadline
 
 
-def _kind(code: str, title: str, issuers: set[IssuerKind], amount: int, unit: str) -> AttestKind:
-    return AttestKind(
+def _kind(code: str, title: str, issuers: set[Role], amount: int, unit: str) -> AttestType:
+    return AttestType(
         code=code,
         title=title,
         issuers=frozenset(issuers),
@@ -59,11 +54,11 @@ def _kind(code: str, title: str, issuers: set[IssuerKind], amount: int, unit: st
     )
 
 
-_GP, _PSY = IssuerKind.GP, IssuerKind.PSYCHIATRY
-_HOSP, _SPEC = IssuerKind.HOSPITAL, IssuerKind.SPECIALIST
+_GP, _PSY = Role.GP, Role.PSYCHIATRY
+_HOSP, _SPEC = Role.HOSPITAL, Role.SPECIALIST
 _HEALTH = {_GP, _PSY, _HOSP, _SPEC}
 
-DEFAULT_CATALOGUE: dict[str, AttestKind] = {
+DEFAULT_CATALOGUE: dict[str, AttestType] = {
     k.code: k
     for k in (
         _kind("LÆ 105", "Journaloplysninger fra sygehus", {_HOSP, _PSY}, 14, "days"),

@@ -1,7 +1,7 @@
 """Sealing and opening envelopes, signatures, key files and pseudonyms.
 
 A bytes→bytes codec, separate from serialisation: `seal()` turns a FHIR Bundle's JSON bytes
-into a `SealedEnvelope` for one receiver key and signs it; `verify()` checks the sender's
+into a `SealedEnvelope` for one recipient key and signs it; `verify()` checks the sender's
 Ed25519 signature; `open_envelope()` decrypts with the receiver's private key. HPKE
 (RFC 9180), Ed25519 and key encodings all come from `cryptography`; nothing here is a
 hand-rolled primitive.

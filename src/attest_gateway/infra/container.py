@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.config import Settings
-from attest_gateway.core.attests import DEFAULT_CATALOGUE, AttestKind
+from attest_gateway.core.attests import DEFAULT_CATALOGUE, AttestType
 from attest_gateway.core.clock import Clock
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.db.directory import DirectoryCache
@@ -47,4 +47,4 @@ class Gateway:
     #: the key id the store's pseudonyms are made with (checked at start, see pseudonyms.py)
     store_key: StoreKey
     clock: Clock
-    catalogue: dict[str, AttestKind] = field(default_factory=lambda: dict(DEFAULT_CATALOGUE))
+    catalogue: dict[str, AttestType] = field(default_factory=lambda: dict(DEFAULT_CATALOGUE))

@@ -194,7 +194,7 @@ HL7_ACK_ISSUE_CODES: Final = frozenset(
 ResponseCode = Literal["ok", "transient-error", "fatal-error"]
 
 
-MessageKind = Literal[
+MedcomMessageType = Literal[
     "attest-request",
     "attest-reminder",
     "attest-reply",

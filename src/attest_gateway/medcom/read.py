@@ -23,7 +23,7 @@ from attest_gateway.medcom.codes import (
     REMINDER_CODE,
     REPLY_DEADLINE_EXTENSION_URL,
     SOR_SYSTEM,
-    MessageKind,
+    MedcomMessageType,
     ResponseCode,
 )
 from attest_gateway.medcom.model import (
@@ -67,7 +67,7 @@ class MessageInfo:
 
     - ``message_id``: MessageHeader.id (the message's identity); ``bundle_id``: Bundle.id
       (new on every send); ``timestamp``: Bundle.timestamp.
-    - ``kind``: see :func:`read_message`; ``event_code`` and ``activity`` (of the newest
+    - ``message_type``: see :func:`read_message`; ``event_code`` and ``activity`` (of the newest
       Provenance) are what it is derived from.
     - ``sender``/``receiver``: the Organizations of MessageHeader.sender and of the first
       destination's receiver.
@@ -90,7 +90,7 @@ class MessageInfo:
     message_id: str
     bundle_id: str
     timestamp: datetime
-    kind: MessageKind
+    message_type: MedcomMessageType
     event_code: str
     activity: str | None
     sender: OrgIdentifiers
@@ -135,12 +135,12 @@ def own_provenance(bundle: Bundle) -> Provenance | None:
 def read_message(bundle: Bundle) -> MessageInfo:
     """Read a Bundle that :func:`parse_bundle` accepted into a :class:`MessageInfo`.
 
-    ``kind``: ``acknowledgement`` for event ``acknowledgement-message``; for
+    ``message_type``: ``acknowledgement`` for event ``acknowledgement-message``; for
     ``care-communication-message``, ``attest-request`` when the newest Provenance's activity
     is ``new-message`` (``attest-reminder`` if the Communication carries the
     :data:`MESSAGE_KIND_SYSTEM` ``reminder`` coding) and ``attest-reply`` when it is
     ``reply-message``; anything else
-    (forwards, other MedCom events) is ``other-care-communication``. The kind does not
+    (forwards, other MedCom events) is ``other-care-communication``. The message type does not
     depend on an attest type being present (the published examples have none).
     """
     header = bundle.message_header
@@ -150,17 +150,17 @@ def read_message(bundle: Bundle) -> MessageInfo:
 
     receiver_ref = header.destination[0].receiver if header.destination else None
     communication = message_communication(bundle, header)
-    kind: MessageKind
+    message_type: MedcomMessageType
     if event == EVENT_ACKNOWLEDGEMENT:
-        kind = "acknowledgement"
+        message_type = "acknowledgement"
     elif event == EVENT_CARE_COMMUNICATION and activity == ACTIVITY_NEW:
         marker = _coding(communication, MESSAGE_KIND_SYSTEM)
         is_reminder = marker is not None and marker.code == REMINDER_CODE
-        kind = "attest-reminder" if is_reminder else "attest-request"
+        message_type = "attest-reminder" if is_reminder else "attest-request"
     elif event == EVENT_CARE_COMMUNICATION and activity == ACTIVITY_REPLY:
-        kind = "attest-reply"
+        message_type = "attest-reply"
     else:
-        kind = "other-care-communication"
+        message_type = "other-care-communication"
 
     attest = _coding(communication, ATTEST_TYPE_SYSTEM)
     case_kind = _coding(communication, CASE_KIND_SYSTEM)
@@ -196,7 +196,7 @@ def read_message(bundle: Bundle) -> MessageInfo:
         message_id=header.id,
         bundle_id=bundle.id,
         timestamp=bundle.timestamp,
-        kind=kind,
+        message_type=message_type,
         event_code=event,
         activity=activity,
         sender=_org_at(bundle, header.sender),

@@ -1,7 +1,7 @@
 """Pure translation between job-centre JSON and MedCom-like Bundles.
 
 A job centre's `AttestRequestIn` becomes a CareCommunication-shaped Bundle (see
-`adapters.medcom.bundles`); an attest reply Bundle becomes an `InboxItem`.
+`medcom.build`); an attest reply Bundle becomes an `InboxItem`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from attest_gateway.contracts.jobcenter import (
     InboxItem,
     OrganisationSummary,
 )
-from attest_gateway.core.attests import AttestKind
+from attest_gateway.core.attests import AttestType
 from attest_gateway.medcom.build import build_attest_request
 from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers
 
@@ -24,7 +24,7 @@ from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers
 def request_bundle(
     body: AttestRequestIn,
     *,
-    kind: AttestKind,
+    kind: AttestType,
     reply_deadline: dt.date,
     sender: OrgIdentifiers,
     receiver: OrgIdentifiers,

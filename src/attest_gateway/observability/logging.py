@@ -7,7 +7,7 @@ message and correlation ids) are left whole: about one in 300 random UUIDs has a
 run across its first dash ("8f673264-9048-…"), and masking it would cut the id out of the log.
 
 A database error's text is never written: the statement's parameters are hidden by the engines
-(store.db.create_engine), but the database repeats values in its own messages too (PostgreSQL's
+(infra.db.engine.make_engine), but the database repeats values in its own messages too (PostgreSQL's
 `invalid input syntax for type uuid: "…"` and a unique violation's `Key (…)=(…)`, asyncpg's
 `invalid input for query argument $1: '…'`). A traceback or a value that involves one is
 written with the exception's class, SQLSTATE, constraint and SQL text instead of its message.

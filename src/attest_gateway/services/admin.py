@@ -324,7 +324,7 @@ def checked_organisation(org: Organisation, settings: Settings) -> Organisation:
         if region is not None and region != own:
             raise AdminError(f"kommunekode {kommunekode} lies in region {own}, not {region}")
         region = own
-    # Every party of a MedCom message is named by its SOR code and GLN (adapters/medcom).
+    # Every party of a MedCom message is named by its SOR code and GLN (medcom/).
     if org.role is Role.JOBCENTER and (kommunekode is None or gln is None or sor is None):
         raise AdminError("a job centre needs --kommunekode, --gln and --sor")
     if org.role in HEALTH_ROLES and (sor is None or gln is None):

@@ -285,7 +285,7 @@ class DeliveryHandler:
                 )
         except STORE_ERRORS as exc:
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
-        if delivered:  # one line for the batch (a line per message was 12 % of its CPU)
+        if delivered:  # one line per batch: docs/decisions/0006-one-log-line-per-batch.md
             log.info(
                 "delivery.delivered",
                 count=len(delivered),

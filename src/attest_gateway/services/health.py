@@ -197,7 +197,7 @@ async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> obj
     return data
 
 
-_KIND_TYPES = {
+_MESSAGE_TYPES = {
     "acknowledgement": MessageType.ACKNOWLEDGEMENT,
     "attest-reply": MessageType.ATTEST_REPLY,
 }
@@ -210,7 +210,7 @@ def _check_sealed_header(h: EnvelopeHeader, data: object) -> None:
     except BundleError as exc:
         raise InvalidInput(exc.code, exc.detail) from exc
     if (h.message_id, h.bundle_id) != (info.message_id, info.bundle_id) or (
-        _KIND_TYPES.get(info.kind) not in (None, h.message_type)
+        _MESSAGE_TYPES.get(info.message_type) not in (None, h.message_type)
     ):
         raise EnvelopeRejected(
             ErrorCode.HEADER_MISMATCH, "the envelope's header does not match its Bundle"
@@ -286,7 +286,7 @@ async def submit_message(
                 )
             if (
                 row.sender_org_id != org.id
-                or row.message_type != _KIND_TYPES.get(info.kind)
+                or row.message_type != _MESSAGE_TYPES.get(info.message_type)
                 or (target is not None and target != row.conversation_id)
             ):
                 # Not a resend of that message: a different one reusing its id.
@@ -299,9 +299,9 @@ async def submit_message(
             raise Replay(
                 ErrorCode.REPLAYED_MESSAGE_ID, "that message id belongs to another message"
             )
-        if info.kind == "acknowledgement":
+        if info.message_type == "acknowledgement":
             conv, message_type = await _accept_ack(gw, conn, org, info, bundle_json=data, now=now)
-        elif info.kind == "attest-reply":
+        elif info.message_type == "attest-reply":
             conv, message_type = await _accept_reply(
                 gw, conn, org, info, bundle=bundle, bundle_json=data, now=now
             )
@@ -351,11 +351,11 @@ async def _target_conversation(
     conn: AsyncConnection, org: Organisation, info: MessageInfo
 ) -> str | None:
     """The conversation a submission answers, if the caller may answer it."""
-    if info.kind == "acknowledgement":
+    if info.message_type == "acknowledgement":
         reminder = await _reminder_to(conn, org, info.response_to)
         if reminder is not None:
             return reminder.id
-    request_id = info.response_to if info.kind == "acknowledgement" else info.replied_to
+    request_id = info.response_to if info.message_type == "acknowledgement" else info.replied_to
     conv = await conversation_by_request(conn, request_id) if request_id else None
     return conv.id if conv is not None and conv.receiver_org_id == org.id else None
 

@@ -40,7 +40,7 @@ from attest_gateway.contracts.contacts import (
     parse_tracking_event,
 )
 from attest_gateway.contracts.stages import Stage, StageEvent
-from attest_gateway.core.attests import AttestKind
+from attest_gateway.core.attests import AttestType
 from attest_gateway.core.directory import Role
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Malformed, Unavailable
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, dialect_insert, one_of_param
@@ -204,7 +204,7 @@ class TrackerState:
     """Applies tracking events to the store. Shared by the consumer and the benchmark."""
 
     def __init__(
-        self, rules: r.TrackerRules, catalogue: dict[str, AttestKind] | None = None
+        self, rules: r.TrackerRules, catalogue: dict[str, AttestType] | None = None
     ) -> None:
         self.rules = rules
         self.catalogue = catalogue or {}

@@ -23,7 +23,7 @@ transaction that rolled back does not exist. Because the id follows from the cel
 remembered cell can only be missing (the store restored or emptied: the write fails on the
 foreign key, and the tracker forgets every cell), never stand for another.
 
-On PostgreSQL each upsert sends its rows as one JSON parameter (`store.db.rows_insert`) and
+On PostgreSQL each upsert sends its rows as one JSON parameter (`infra.db.engine.rows_insert`) and
 the server inserts them in key order, so two consumers' transactions take the row locks in
 the same order (they wait for each other instead of deadlocking). SQLite has one writer at a
 time; there the order does not matter.
@@ -152,8 +152,8 @@ class KnownCells:
 
     Bounded: past `limit` cells the earliest remembered are forgotten (a quarter at a time).
     Cells are created as periods begin, so those are mostly of past periods; a forgotten
-    cell that is written again costs a place in one insert. (~250 bytes a cell: at national
-    scale two years of cells are about a million.)"""
+    cell that is written again costs a place in one insert. The limit bounds the memory the
+    cache takes (its size per cell: bench/RESULTS.md, "Figures moved out of the code")."""
 
     def __init__(self, limit: int = 200_000) -> None:
         self._cells: dict[Cell, None] = {}

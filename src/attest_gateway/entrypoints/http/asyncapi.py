@@ -34,7 +34,7 @@ def _string(description: str, **extra: Any) -> dict[str, Any]:
     return {"type": "string", "description": description, **extra}
 
 
-# Record headers per message kind: name → JSON schema of the (UTF-8) header value.
+# Record headers per record schema: name → JSON schema of the (UTF-8) header value.
 HEADERS: dict[str, dict[str, dict[str, Any]]] = {
     "SealedEnvelope": {
         "content-type": _string("media type of the value", const=CONTENT_TYPE),

@@ -46,8 +46,8 @@ def make_engine(
     The pool keeps up to `pool_size` connections, opened when first needed, and by default no
     overflow: SQLAlchemy closes an overflow connection when it is returned to a full pool, so
     under sustained load past the pool's size every checkout opened a connection (on
-    PostgreSQL a new backend process, about a thousand in a 15-second benchmark with the old
-    10 + 10) instead of waiting a moment for one. A checkout that waits `pool_timeout`
+    PostgreSQL a new backend process) instead of waiting a moment for one
+    (docs/decisions/0007-fixed-connection-pool.md). A checkout that waits `pool_timeout`
     seconds raises `sqlalchemy.exc.TimeoutError` (the HTTP API answers 503)."""
     pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if url.startswith("sqlite"):
@@ -116,10 +116,10 @@ class RowsInsert:
     statement with one parameter, the rows as one JSON array of arrays (`INSERT … SELECT FROM
     jsonb_array_elements(…)`, each value cast to its column's type): the rows are serialised
     by orjson in one call, where asyncpg would encode an array per column value by value
-    (with Python-level type checks per element: ~3.5 µs a row of eight columns, against
-    ~0.35 µs as JSON, for the same server time), and the server parses and plans one
-    statement, however many the rows. On SQLite it is the plain insert, sent with a list of
-    rows.
+    (with Python-level type checks per element, several times the client's work for the same
+    server time: docs/decisions/0004-set-based-batch-writes.md), and the server parses and
+    plans one statement, however many the rows. On SQLite it is the plain insert, sent with a
+    list of rows.
 
     Values are what orjson writes and PostgreSQL casts back to the column's type: str, int,
     None and `datetime.date` (what the callers write; tested). Add the conflict clause to
@@ -200,9 +200,9 @@ def one_of_param(dialect: str, column: sa.ColumnElement[Any], name: str) -> Any:
     On PostgreSQL it is `column = ANY($1)`, the values as one array parameter. asyncpg runs
     every statement prepared, and SQLAlchemy keeps 100 prepared statements per connection,
     by text: an IN list of n values is a new text for every n, so batches of varying sizes
-    kept preparing statements anew (7 % of a worker process's CPU under ingest, and the
-    server parsing and planning each). The server plans `= ANY(array)` as it plans an IN
-    list. On SQLite (no prepared statements to keep) it is the expanding IN."""
+    kept preparing statements anew, the server parsing and planning each
+    (docs/decisions/0004-set-based-batch-writes.md). The server plans `= ANY(array)` as it
+    plans an IN list. On SQLite (no prepared statements to keep) it is the expanding IN."""
     if dialect != "postgresql":
         return column.in_(sa.bindparam(name, expanding=True))
     return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(_unbounded_type(column))))

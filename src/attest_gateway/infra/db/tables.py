@@ -191,8 +191,8 @@ sent_messages = sa.Table(
 # Columns that hold ciphertext (sealed envelopes, the gateway's sealed copies, sealed CPR
 # numbers). On PostgreSQL they are stored EXTERNAL (migration 0012): out of line when large,
 # never compressed. Ciphertext does not compress, but an envelope's JSON header does a little,
-# so PostgreSQL's pglz went on through the whole value before it gave up: 14 % of the
-# server's CPU under ingest load.
+# so PostgreSQL's pglz went on through the whole value before it gave up
+# (docs/decisions/0005-uncompressed-sealed-columns.md).
 SEALED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("outbox", "value"),
     ("mailbox", "envelope"),
@@ -296,7 +296,8 @@ tracker_contacts = sa.Table(
 # with its code as dim; attest type `*` for all types, `-` for citizen-level (contact) counts.
 # Each cell is a row of `tracker_cells` and the rollups refer to it by its id (migration
 # 0011): every event writes several rollup rows, and an insert or update keyed by one integer
-# costs PostgreSQL about half of one keyed by the five columns. The id is a digest of the
+# costs PostgreSQL much less than one keyed by the five columns
+# (docs/decisions/0008-rollup-cells-by-id.md). The id is a digest of the
 # five columns (`tracker.store.cell_id`), so a tracker that remembers ids can find one
 # missing, never pointing at another cell.
 # The counter and histogram rows are updated by every event: their pages keep a fifth free, so

@@ -639,7 +639,7 @@ class ConsumerLoop:
                 by_partition.setdefault(record.partition, []).append(record)
         for partition, done in by_partition.items():
             # One line per partition of the batch, not per record: at thousands of records a
-            # second the line per record was a quarter of the tracker's CPU.
+            # second the lines dominate (docs/decisions/0006-one-log-line-per-batch.md).
             ids = (header(r.headers or (), "conversation-id") for r in done)
             log.info(
                 "consumer.batch",

@@ -2,7 +2,7 @@
 integer id: `tracker_cells` (id, grain, period kind, period start, attest type, dim; unique on
 the five), and `tracker_counts`, `tracker_durations` and `tracker_cell_citizens` keyed by
 `cell_id` instead of the five columns. Every tracker event writes several rollup rows; an
-upsert keyed by one integer costs PostgreSQL about half of one keyed by five columns, and the
+upsert keyed by one integer costs PostgreSQL much less than one keyed by five columns, and the
 cell's columns are stored once instead of in every histogram bucket and citizen membership.
 
 A cell's id is a digest of its five columns (`tracker.store.cell_id`; the function is

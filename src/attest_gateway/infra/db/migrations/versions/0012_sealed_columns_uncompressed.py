@@ -1,7 +1,7 @@
 """Columns that hold ciphertext are stored EXTERNAL on PostgreSQL: out of line when large,
 never compressed. Ciphertext does not compress; PostgreSQL's pglz still tried on every row
 (an envelope's JSON header compresses a little, so it went on through the whole value before
-giving up), 14 % of the server's CPU in a profile under ingest load. Applies to rows written
+giving up): docs/decisions/0005-uncompressed-sealed-columns.md. Applies to rows written
 from now on; SQLite has no such setting.
 
 Revision ID: 0012
