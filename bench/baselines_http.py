@@ -67,7 +67,7 @@ def create_app(bootstrap: str, topic: str, record_bytes: int) -> FastAPI:
                     await admin.create_topics([NewTopic(topic, 6, 1)])
         finally:
             await admin.close()
-        # the gateway's producer settings (infra/kafka/bus.py make_producer)
+        # the gateway's producer settings (infra/kafka/connection.py make_producer)
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", linger_ms=2, request_timeout_ms=15_000
         )

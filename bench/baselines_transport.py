@@ -37,7 +37,8 @@ def envelope_record() -> bytes:
 
 
 def make_raw_producer(bootstrap: str) -> AIOKafkaProducer:
-    # Same reliability settings as the gateway's producer (infra/kafka/bus.py `make_producer`).
+    # Same reliability settings as the gateway's producer (infra/kafka/connection.py
+    # `make_producer`).
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",

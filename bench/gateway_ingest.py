@@ -75,7 +75,7 @@ from attest_gateway.contracts.stages import MessageType
 from attest_gateway.devtools.demo import DEMO_ORGS
 from attest_gateway.infra.db.engine import aware, make_engine
 from attest_gateway.infra.db.tables import mailbox, outbox
-from attest_gateway.infra.kafka.bus import MEDCOM_MESSAGES, TRACKING
+from attest_gateway.infra.kafka.topics import MEDCOM_MESSAGES, TRACKING
 from bench.common import (
     SEED,
     BenchContext,

@@ -60,7 +60,8 @@ from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.tables import mailbox, outbox
-from attest_gateway.infra.kafka.bus import ConsumerLoop, Topics
+from attest_gateway.infra.kafka.consumer import ConsumerLoop
+from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.observability.logging import configure_logging
 from attest_gateway.services.jobcenter import submit_attest_request
 from bench.baselines_crypto import JOBCENTER_ID, request_body

@@ -40,8 +40,10 @@ from attest_gateway.infra.db.engine import settings_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.pseudonyms import check_store_key
 from attest_gateway.infra.housekeeping.sweeper import Sweeper
-from attest_gateway.infra.kafka.bus import ConsumerLoop, Topics, ensure_topics, make_producer
+from attest_gateway.infra.kafka.connection import make_producer
+from attest_gateway.infra.kafka.consumer import ConsumerLoop
 from attest_gateway.infra.kafka.relay import OutboxRelay, PublishedHook
+from attest_gateway.infra.kafka.topics import Topics, ensure_topics
 from attest_gateway.observability import metrics
 from attest_gateway.services.delivery import DeliveryHandler
 from attest_gateway.services.messaging import StageRecord, conversations_by_request, record_stages

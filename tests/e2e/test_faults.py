@@ -37,8 +37,8 @@ from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.devtools.demo import DEMO_ORGS
 from attest_gateway.infra.db import tables
 from attest_gateway.infra.db.engine import make_engine
-from attest_gateway.infra.kafka.bus import read_epoch
 from attest_gateway.infra.kafka.embedded import free_port
+from attest_gateway.infra.kafka.reading import read_epoch
 from attest_gateway.medcom.build import build_attest_reply
 from attest_gateway.medcom.parse import parse_bundle
 from tests.support.harness import (

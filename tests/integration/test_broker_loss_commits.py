@@ -28,14 +28,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from attest_gateway.config import load_settings
-from attest_gateway.infra.kafka.bus import (
-    ConsumerLoop,
-    ensure_topics,
-    kafka_common,
-    make_producer,
-    member_generation,
-)
+from attest_gateway.infra.kafka.connection import kafka_common, make_producer
+from attest_gateway.infra.kafka.consumer import ConsumerLoop, member_generation
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
+from attest_gateway.infra.kafka.topics import ensure_topics
 from tests.support.harness import committed_offsets
 from tests.support.kafka import TestKafka, settings_for
 

@@ -16,7 +16,9 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from attest_gateway.config import Settings, load_settings
-from attest_gateway.infra.kafka.bus import ConsumerLoop, ensure_topics, make_producer
+from attest_gateway.infra.kafka.connection import make_producer
+from attest_gateway.infra.kafka.consumer import ConsumerLoop
+from attest_gateway.infra.kafka.topics import ensure_topics
 from tests.support.harness import committed_offsets
 from tests.support.kafka import TestKafka, settings_for
 

@@ -5,7 +5,7 @@ within `kafka_read_timeout_seconds` with a clear error.
 
 Not created here: a fetch at an offset the log no longer holds (the embedded broker answers
 a fetch past the end with no records, not OFFSET_OUT_OF_RANGE, and has no retention); the
-readers reset such a position to the oldest record (`bus.reader`) and are bounded anyway."""
+readers reset such a position to the oldest record (`reading.reader`) and are bounded anyway."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.errors import ErrorCode
 from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
-from attest_gateway.infra.kafka import bus
 from attest_gateway.infra.kafka import dead_letters as deadletters
+from attest_gateway.infra.kafka import reading
+from attest_gateway.infra.kafka import topics as kafka_topics
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from tests.integration.conftest import Harness
 
@@ -78,14 +79,14 @@ async def test_the_emulation_hides_topics_at_connect(
 ) -> None:
     """The fixture above does what it says: right after start a consumer knows no topic."""
     settings = _settings(tmp_path)
-    topic = settings.topic(bus.DEAD_LETTER)
-    await bus.ensure_topics(settings, broker.bootstrap, [topic])
+    topic = settings.topic(kafka_topics.DEAD_LETTER)
+    await kafka_topics.ensure_topics(settings, broker.bootstrap, [topic])
     consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
     await consumer.start()
     try:
         assert consumer.partitions_for_topic(topic) is None
     finally:
-        await asyncio.sleep(0)  # see bus.started_reader
+        await asyncio.sleep(0)  # see reading.started_reader
         await consumer.stop()
 
 
@@ -94,8 +95,8 @@ async def test_dead_letters_are_read_when_connect_sends_no_topics(
     broker: EmbeddedBroker, tmp_path: Path, no_topics_at_connect: None
 ) -> None:
     settings = _settings(tmp_path)
-    topic = settings.topic(bus.DEAD_LETTER)
-    await bus.ensure_topics(settings, broker.bootstrap, [topic])
+    topic = settings.topic(kafka_topics.DEAD_LETTER)
+    await kafka_topics.ensure_topics(settings, broker.bootstrap, [topic])
     await _produce(broker.bootstrap, topic, [b"one", b"two", b"three"])
     letters = await deadletters.read_dead_letters(settings, broker.bootstrap)
     assert sorted(d.value or b"" for d in letters) == [b"one", b"three", b"two"]
@@ -127,11 +128,14 @@ async def test_a_topic_that_does_not_exist_is_a_clear_error(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     settings = _settings(tmp_path)  # its topics were never created
-    with pytest.raises(bus.TopicMissing, match="does not exist"):
+    with pytest.raises(reading.TopicMissing, match="does not exist"):
         await deadletters.read_dead_letters(settings, broker.bootstrap)
-    with pytest.raises(bus.TopicMissing, match="does not exist"):
+    with pytest.raises(reading.TopicMissing, match="does not exist"):
         await audit.read_anchors(settings, broker.bootstrap)
-    assert await bus.read_epoch(settings, broker.bootstrap, settings.topic(bus.CANARY)) is None
+    assert (
+        await reading.read_epoch(settings, broker.bootstrap, settings.topic(kafka_topics.CANARY))
+        is None
+    )
 
 
 @pytest.fixture
@@ -151,8 +155,8 @@ async def test_a_record_that_never_comes_ends_the_read_in_time(
     broker: EmbeddedBroker, tmp_path: Path, records_that_never_come: None
 ) -> None:
     settings = _settings(tmp_path)
-    canary, dlq = settings.topic(bus.CANARY), settings.topic(bus.DEAD_LETTER)
-    await bus.ensure_topics(settings, broker.bootstrap, [canary, dlq])
+    canary, dlq = settings.topic(kafka_topics.CANARY), settings.topic(kafka_topics.DEAD_LETTER)
+    await kafka_topics.ensure_topics(settings, broker.bootstrap, [canary, dlq])
     await _produce(broker.bootstrap, dlq, [b"letter"])
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     await producer.start()
@@ -161,11 +165,11 @@ async def test_a_record_that_never_comes_ends_the_read_in_time(
     finally:
         await producer.stop()
     for read in (
-        bus.read_epoch(settings, broker.bootstrap, canary),
+        reading.read_epoch(settings, broker.bootstrap, canary),
         deadletters.read_dead_letters(settings, broker.bootstrap),
     ):
         started = time.monotonic()
-        with pytest.raises(bus.KafkaReadTimeout, match="no answer from Kafka in time"):
+        with pytest.raises(reading.KafkaReadTimeout, match="no answer from Kafka in time"):
             await read
         assert time.monotonic() - started < TIMEOUT + 5
 
@@ -187,8 +191,8 @@ async def test_topics_are_created_with_their_retention(
 ) -> None:
     """The embedded broker takes a topic's configuration at creation and describes it."""
     settings = _settings(tmp_path, kafka_dead_letter_retention_days=30)
-    topics = bus.Topics.from_settings(settings)
-    await bus.ensure_topics(settings, broker.bootstrap, [*topics.all(), topics.canary])
+    topics = kafka_topics.Topics.from_settings(settings)
+    await kafka_topics.ensure_topics(settings, broker.bootstrap, [*topics.all(), topics.canary])
     canary = await _topic_config(broker.bootstrap, topics.canary)
     assert (canary["retention.ms"], canary["retention.bytes"]) == ("-1", "-1")
     dlq = await _topic_config(broker.bootstrap, topics.dead_letter)
@@ -201,10 +205,10 @@ async def test_topics_are_created_with_their_retention(
 def test_where_the_epoch_is() -> None:
     """The canary's offsets decide: nothing written, retention removed the epoch (what only a
     broker with retention can create), or the last record."""
-    assert bus.epoch_offset(0, 0) == "empty"
-    assert bus.epoch_offset(5, 5) == "expired"
-    assert bus.epoch_offset(0, 5) == 4
-    assert bus.epoch_offset(4, 5) == 4
+    assert reading.epoch_offset(0, 0) == "empty"
+    assert reading.epoch_offset(5, 5) == "expired"
+    assert reading.epoch_offset(0, 5) == 4
+    assert reading.epoch_offset(4, 5) == 4
 
 
 async def _remembered(h: Harness) -> str | None:
@@ -231,13 +235,13 @@ async def test_an_expired_epoch_is_written_again_without_a_replay(
     rewound: list[str] = []
     for consumer in h.running.consumers:
         monkeypatch.setattr(consumer, "rewind", lambda c=consumer: rewound.append(c.topic))
-    real = bus.read_epoch
+    real = reading.read_epoch
     calls = 0
 
     async def expired_once(*args: Any) -> str | None:
         nonlocal calls
         calls += 1
-        return bus.EPOCH_EXPIRED if calls == 1 else await real(*args)
+        return reading.EPOCH_EXPIRED if calls == 1 else await real(*args)
 
     monkeypatch.setattr("attest_gateway.infra.housekeeping.sweeper.read_epoch", expired_once)
     report = await sweeper.sweep_once(SystemClock().now())
@@ -263,7 +267,7 @@ async def test_the_sweeper_goes_on_after_a_read_runs_out_of_time(
         sweeps += 1
         if sweeps >= 3:
             three.set()
-        raise bus.KafkaReadTimeout(ErrorCode.KAFKA_TIMEOUT, "reading the epoch: no answer")
+        raise reading.KafkaReadTimeout(ErrorCode.KAFKA_TIMEOUT, "reading the epoch: no answer")
 
     monkeypatch.setattr("attest_gateway.infra.housekeeping.sweeper.read_epoch", timing_out)
     sweeper = Sweeper(gw, h.bootstrap, h.running.consumers)

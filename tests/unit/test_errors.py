@@ -1,5 +1,5 @@
 """The error tree's two boundary tables: HTTP status and title (entrypoints/http/problems.py)
-and retry or dead letter on Kafka (infra/kafka/bus.py `verdict`)."""
+and retry or dead letter on Kafka (infra/kafka/consumer.py `verdict`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from attest_gateway.core.errors import (
     Unknown,
 )
 from attest_gateway.entrypoints.http.problems import problem_of, status_of
-from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing, verdict
+from attest_gateway.infra.kafka.consumer import verdict
+from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
 from attest_gateway.medcom.errors import BundleError
 
 

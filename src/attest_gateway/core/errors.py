@@ -19,7 +19,7 @@ The class says what kind of failure it is; the code (`ErrorCode`) says which one
 public contract: it ends the problem `type` URI on HTTP and is the dead-letter reason on
 Kafka. Neither boundary reads anything else: on HTTP, one table (entrypoints/http/problems.py)
 turns the class (and a few codes) into the status and title; on Kafka, one table
-(infra/kafka/bus.py `verdict`) turns `retryable` into retry or dead letter. Messages never
+(infra/kafka/consumer.py `verdict`) turns `retryable` into retry or dead letter. Messages never
 repeat the rejected input: it may carry a CPR number or health text.
 """
 

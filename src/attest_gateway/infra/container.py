@@ -22,8 +22,8 @@ from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.db.directory import DirectoryCache
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.pseudonyms import StoreKey
-from attest_gateway.infra.kafka.bus import Topics
 from attest_gateway.infra.kafka.relay import OutboxRelay
+from attest_gateway.infra.kafka.topics import Topics
 
 
 @dataclass(frozen=True, eq=False)

@@ -77,7 +77,7 @@ from attest_gateway.crypto.sealing import (
 )
 from attest_gateway.infra.db import audit, directory
 from attest_gateway.infra.db.tables import org_keys, organisations
-from attest_gateway.infra.kafka.bus import Topics
+from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.production import is_development_certificate
 
 Purpose = Literal["hpke", "signing"]

@@ -43,7 +43,7 @@ from attest_gateway.crypto.sealing import decode_verify_key, verify
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import STORE_ERRORS, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.tables import mailbox, outbox
-from attest_gateway.infra.kafka.bus import Topics
+from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.services.messaging import (
     Conversation,
     StageRecord,

@@ -24,7 +24,7 @@ from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import Write
 from attest_gateway.infra.db.tables import conversations, mailbox, outbox, sent_messages, stages
-from attest_gateway.infra.kafka.bus import Topics
+from attest_gateway.infra.kafka.topics import Topics
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.audit import AuditEntry
 from attest_gateway.infra.db import audit
-from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
+from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
 
 audit_app = typer.Typer(help="The audit log of reads and administrative changes.")
 console = Console(stderr=True)

@@ -36,9 +36,9 @@ from attest_gateway.entrypoints.cli import tracker as tracker_cli
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.entrypoints.http.mtls import PROTOCOL, ensure_development_tls
 from attest_gateway.infra.db.migrate import upgrade
-from attest_gateway.infra.kafka.bus import KafkaReadTimeout, TopicMissing
 from attest_gateway.infra.kafka.dead_letters import read_dead_letters, replay
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
+from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.errors import BundleError
 from attest_gateway.medcom.parse import parse_bundle

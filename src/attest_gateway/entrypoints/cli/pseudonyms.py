@@ -36,7 +36,7 @@ from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.entrypoints.cli.admin import operator
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.rekey import RekeyRefused, RekeyReport, rekey
-from attest_gateway.infra.kafka.bus import Topics
+from attest_gateway.infra.kafka.topics import Topics
 
 pseudonyms_app = typer.Typer(help="Citizens' pseudonyms (case refs): their key and its rotation.")
 console = Console(stderr=True)

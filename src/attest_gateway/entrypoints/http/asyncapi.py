@@ -23,7 +23,7 @@ from attest_gateway.contracts.audit import AuditEntry
 from attest_gateway.contracts.contacts import ContactEvent
 from attest_gateway.contracts.envelope import CONTENT_TYPE, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, StageEvent
-from attest_gateway.infra.kafka.bus import AUDIT, DEAD_LETTER, MEDCOM_MESSAGES, TRACKING
+from attest_gateway.infra.kafka.topics import AUDIT, DEAD_LETTER, MEDCOM_MESSAGES, TRACKING
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"

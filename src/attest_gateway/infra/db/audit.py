@@ -33,14 +33,13 @@ from attest_gateway.config import Settings
 from attest_gateway.contracts.audit import GENESIS, AuditEntry, entry_hash
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import audit_head, audit_log, outbox
-from attest_gateway.infra.kafka.bus import (
-    AUDIT,
-    Topics,
+from attest_gateway.infra.kafka.reading import (
     read_deadline,
     read_to_end,
     started_reader,
     topic_partitions,
 )
+from attest_gateway.infra.kafka.topics import AUDIT, Topics
 
 MAILBOX_FETCH = "mailbox.fetch"  # a health organisation fetched a sealed message
 INBOX_FETCH = "inbox.fetch"  # a job centre fetched an (opened) attest reply

@@ -44,7 +44,7 @@ from attest_gateway.infra.db import audit
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.engine import aware, insert_ignore
 from attest_gateway.infra.db.tables import conversations, leases, outbox, tracker_contacts
-from attest_gateway.infra.kafka.bus import Topics
+from attest_gateway.infra.kafka.topics import Topics
 
 LEASE = "pseudonym-rekey"
 _CHUNK = 1000

@@ -53,12 +53,9 @@ from attest_gateway.infra.db.tables import (
     outbox,
     sent_messages,
 )
-from attest_gateway.infra.kafka.bus import (
-    EPOCH_EXPIRED,
-    ConsumerLoop,
-    ensure_topics,
-    read_epoch,
-)
+from attest_gateway.infra.kafka.consumer import ConsumerLoop
+from attest_gateway.infra.kafka.reading import EPOCH_EXPIRED, read_epoch
+from attest_gateway.infra.kafka.topics import ensure_topics
 from attest_gateway.services.messaging import (
     enqueue_envelope,
     load_conversation,

@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from attest_gateway.config import Settings
 from attest_gateway.contracts.envelope import SealedEnvelope
-from attest_gateway.infra.kafka.bus import (
-    kafka_common,
+from attest_gateway.infra.kafka.connection import kafka_common
+from attest_gateway.infra.kafka.reading import (
     read_deadline,
     read_to_end,
     started_reader,

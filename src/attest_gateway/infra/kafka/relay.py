@@ -30,7 +30,7 @@ from attest_gateway.core.clock import Clock
 from attest_gateway.core.errors import ErrorCode, Unavailable
 from attest_gateway.infra.db.engine import STORE_ERRORS, autocommit, one_of
 from attest_gateway.infra.db.tables import outbox
-from attest_gateway.infra.kafka.bus import Topics
+from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.observability import metrics
 
 log = structlog.get_logger(__name__)

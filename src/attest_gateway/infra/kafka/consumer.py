@@ -1,27 +1,21 @@
-"""Kafka through aiokafka: topic names, topic creation, the producer, and the consumer loop.
+"""The consumer loop: a small pipeline from a topic to a handler.
 
-The consumer loop is a small pipeline: for each record, call the handler (a `BatchHandler`
-gets a partition's polled records at once first, in one store transaction); a handler that
-raises a retryable error is retried with exponential backoff (tenacity) without committing;
-a record that still fails, or that can never succeed (any other error), goes to the
-dead-letter topic with its reason in the headers, and its offset is committed so the
-partition is not blocked (`verdict` is the one table that decides). Offsets are committed
-only after the handler's store write.
-
-The embedded broker supports neither idempotent producers nor transactions; the exactly-once
-effect comes from the store (unique message ids). With Apache Kafka,
-`kafka_idempotent_producer` turns idempotence on.
+For each record, call the handler (a `BatchHandler` gets a partition's polled records at once
+first, in one store transaction); a handler that raises a retryable error is retried with
+exponential backoff (tenacity) without committing; a record that still fails, or that can
+never succeed (any other error), goes to the dead-letter topic with its reason in the headers,
+and its offset is committed so the partition is not blocked (`verdict` is the one table that
+decides). Offsets are committed only after the handler's store write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from aiokafka import (
@@ -31,39 +25,16 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, KafkaError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from attest_gateway.config import Settings
-from attest_gateway.core.errors import ErrorCode, GatewayError, Unavailable
+from attest_gateway.core.errors import ErrorCode, GatewayError
+from attest_gateway.infra.kafka.connection import kafka_common
+from attest_gateway.infra.kafka.topics import Headers
 from attest_gateway.observability import metrics
 
 log = structlog.get_logger(__name__)
-
-MEDCOM_MESSAGES = "medcom.messages"
-TRACKING = "gateway.tracking"
-DEAD_LETTER = "gateway.dead-letter"
-AUDIT = "gateway.audit"
-# Never produced to or consumed: if it is gone, the broker lost its state (the embedded one
-# keeps everything in memory), even if clients have since auto-created the other topics.
-CANARY = "gateway.canary"
-ALL_TOPICS = (MEDCOM_MESSAGES, TRACKING, DEAD_LETTER, AUDIT)
-
-Headers = list[tuple[str, bytes]]
-
-
-class KafkaReadTimeout(Unavailable):
-    """A read of a topic got no answer within `kafka_read_timeout_seconds` (the broker is
-    slow or unreachable, or a record it announced never came): the caller tries again later."""
-
-
-class TopicMissing(Unavailable):
-    """A topic the gateway reads does not exist on the broker: trying again does not help
-    until someone creates it (the sweeper does, for the gateway's own topics)."""
-
-    def __init__(self, code: ErrorCode, detail: str) -> None:
-        super().__init__(code, detail, retryable=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,267 +60,6 @@ def verdict(error: BaseException) -> Verdict:
     if isinstance(error, GatewayError):
         return Verdict(error.retryable, error.code, error.detail)
     return Verdict(False, ErrorCode.HANDLER_CRASHED, type(error).__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    medcom_messages: str
-    tracking: str
-    dead_letter: str
-    audit: str
-    canary: str
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Topics:
-        return cls(*(settings.topic(name) for name in (*ALL_TOPICS, CANARY)))
-
-    def all(self) -> tuple[str, ...]:
-        """The topics that carry records (the canary is the sweeper's alone)."""
-        return (self.medcom_messages, self.tracking, self.dead_letter, self.audit)
-
-
-def kafka_common(settings: Settings, bootstrap: str) -> dict[str, Any]:
-    """What every Kafka client (producer, consumers, admin) is built with, TLS included."""
-    common: dict[str, Any] = {"bootstrap_servers": bootstrap, "client_id": settings.kafka_client_id}
-    if settings.kafka_security_protocol == "SSL":
-        common["security_protocol"] = "SSL"
-        common["ssl_context"] = kafka_ssl_context(settings)
-    return common
-
-
-def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
-    """TLS to the brokers: verify them against KAFKA_SSL_CAFILE (else the system CAs), and
-    present KAFKA_SSL_CERTFILE/KEYFILE when the brokers ask for a client certificate."""
-    context = ssl.create_default_context(
-        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if settings.kafka_ssl_certfile is not None:
-        context.load_cert_chain(
-            str(settings.kafka_ssl_certfile),
-            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        )
-    return context
-
-
-DAY_MS = 24 * 3600 * 1000
-
-
-def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
-    """The configuration the gateway creates a topic with. The canary never expires: its one
-    record is the broker's epoch, and a canary emptied by retention would look like a broker
-    that lost its state. Dead letters are kept long enough for an operator to notice, fix the
-    cause and replay them; the audit copy long enough for `audit verify` to hold old entries
-    against it. Other topics take the broker's defaults."""
-
-    def retention(days: int) -> dict[str, str]:
-        return {"retention.ms": str(days * DAY_MS) if days > 0 else "-1"}
-
-    if topic == settings.topic(CANARY):
-        return {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
-    if topic == settings.topic(DEAD_LETTER):
-        return {"cleanup.policy": "delete", **retention(settings.kafka_dead_letter_retention_days)}
-    if topic == settings.topic(AUDIT):
-        return {"cleanup.policy": "delete", **retention(settings.kafka_audit_retention_days)}
-    return {}
-
-
-async def ensure_topics(settings: Settings, bootstrap: str, topics: Sequence[str]) -> None:
-    """Create the missing topics with several partitions and their configuration
-    (`topic_configs`); existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(**kafka_common(settings, bootstrap))
-    try:  # closed even when its start fails
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(
-                t,
-                settings.kafka_partitions,
-                settings.kafka_replication_factor,
-                topic_configs=topic_configs(settings, t),
-            )
-            for t in topics
-            if t not in existing
-        ]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-    finally:
-        await admin.close()
-
-
-T = TypeVar("T")
-
-
-async def bounded(work: Awaitable[T], *, until: float, what: str) -> T:
-    """Await a Kafka call, but not past `until` (the event loop's clock): aiokafka waits
-    without bound for a record that never comes, or for metadata a broker never sends."""
-    try:
-        async with asyncio.timeout_at(until):
-            return await work
-    except TimeoutError:
-        raise KafkaReadTimeout(
-            ErrorCode.KAFKA_TIMEOUT, f"{what}: no answer from Kafka in time"
-        ) from None
-
-
-def read_deadline(settings: Settings) -> float:
-    """When a read that starts now must have ended (`kafka_read_timeout_seconds`)."""
-    return asyncio.get_running_loop().time() + settings.kafka_read_timeout_seconds
-
-
-def reader(settings: Settings, bootstrap: str) -> AIOKafkaConsumer:
-    """A consumer outside any group that reads assigned partitions. A position the log no
-    longer holds (retention removed it) resets to the oldest record, not to the end."""
-    return AIOKafkaConsumer(
-        **kafka_common(settings, bootstrap),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        request_timeout_ms=max(1000, int(settings.kafka_read_timeout_seconds * 1000)),
-    )
-
-
-@contextlib.asynccontextmanager
-async def started_reader(
-    settings: Settings, bootstrap: str, *, until: float, what: str
-) -> AsyncIterator[AIOKafkaConsumer]:
-    """A started `reader`, stopped on the way out (also when its start fails or runs out of
-    time)."""
-    consumer = reader(settings, bootstrap)
-    try:
-        await bounded(consumer.start(), until=until, what=what)
-        yield consumer
-    finally:
-        # aiokafka starts a task at start(); cancelled before it first ran, stop() raises
-        # CancelledError out of that task. One turn of the loop lets it start.
-        await asyncio.sleep(0)
-        await consumer.stop()
-
-
-async def topic_partitions(
-    settings: Settings, bootstrap: str, topic: str, *, until: float
-) -> list[TopicPartition]:
-    """The topic's partitions, asked of the broker. A consumer knows only the topics it was
-    sent metadata for, and Apache Kafka sends none at connect (`partitions_for_topic` is then
-    None); the admin client asks for every topic's metadata (a request naming the topic could
-    create it where the broker auto-creates topics). Raises TopicMissing if there is none."""
-    admin = AIOKafkaAdminClient(
-        **kafka_common(settings, bootstrap),
-        request_timeout_ms=max(1000, int(settings.kafka_read_timeout_seconds * 1000)),
-    )
-    try:  # closed even when its start fails
-        await bounded(admin.start(), until=until, what=f"connecting to read {topic}")
-        described = await bounded(admin.describe_topics(), until=until, what=f"metadata of {topic}")
-    finally:
-        await admin.close()
-    for entry in described:
-        if entry["topic"] == topic and entry["error_code"] == 0 and entry["partitions"]:
-            return [TopicPartition(topic, p["partition"]) for p in entry["partitions"]]
-    raise TopicMissing(ErrorCode.TOPIC_MISSING, f"topic {topic} does not exist on the broker")
-
-
-async def read_to_end(
-    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], *, until: float, what: str
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record now on the partitions (from the oldest one kept to at least the end
-    offsets), partition by partition in offset order. A partition is done when the
-    consumer's position reaches its end offset, so gaps in the offsets end the read too, and
-    a position retention removed meanwhile resets to the oldest record kept (`reader`).
-    Raises KafkaReadTimeout at `until`."""
-    consumer.assign(list(tps))
-    await bounded(consumer.seek_to_beginning(*tps), until=until, what=what)
-    records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {tp: [] for tp in tps}
-    end: dict[TopicPartition, int] = {}
-    while True:
-        # The end offsets may trail what was just written (the embedded broker's do): read
-        # until they stop moving.
-        now_end = await bounded(consumer.end_offsets(list(tps)), until=until, what=what)
-        if now_end == end:
-            return [r for tp in tps for r in records[tp]]
-        end = now_end
-        remaining = set(tps)
-        while remaining:
-            for tp in list(remaining):
-                if await bounded(consumer.position(tp), until=until, what=what) >= end[tp]:
-                    remaining.discard(tp)
-            if not remaining:
-                break
-            await_ms = _poll_ms(until, what)
-            batch = await consumer.getmany(*remaining, timeout_ms=await_ms)
-            for tp, got in batch.items():
-                records[tp].extend(got)  # also any past the end offsets: they are on the log
-
-
-def _poll_ms(until: float, what: str) -> int:
-    """How long one poll may wait: at most a second, and never past `until`."""
-    left = until - asyncio.get_running_loop().time()
-    if left <= 0:
-        raise KafkaReadTimeout(ErrorCode.KAFKA_TIMEOUT, f"{what}: no answer from Kafka in time")
-    return max(1, int(min(left, 1.0) * 1000))
-
-
-EpochAt = int | Literal["empty", "expired"]
-
-
-def epoch_offset(begin: int, end: int) -> EpochAt:
-    """Where the canary's epoch record is, from its partition's offsets: "empty" if nothing
-    was ever written (end 0), "expired" if records were written but retention removed them
-    all (begin == end > 0: a broker that lost its state starts again from offset 0), else the
-    offset of the last record."""
-    if end == 0:
-        return "empty"
-    if begin >= end:
-        return "expired"
-    return end - 1
-
-
-# read_epoch's answer for a canary whose epoch record retention removed (an epoch is 32 hex
-# digits, so it never reads like this).
-EPOCH_EXPIRED = "expired"
-
-
-async def read_epoch(settings: Settings, bootstrap: str, canary: str) -> str | None:
-    """The broker's epoch: the last record on the canary topic; "" if the canary exists but
-    holds no epoch yet; EPOCH_EXPIRED if retention removed it; None if there is no canary
-    (the broker is new or lost its state). Nothing but the sweeper touches the canary.
-    Raises KafkaReadTimeout after `kafka_read_timeout_seconds`."""
-    until = read_deadline(settings)
-    try:
-        tps = await topic_partitions(settings, bootstrap, canary, until=until)
-    except TopicMissing:
-        return None
-    tp = TopicPartition(canary, 0)
-    if tp not in tps:
-        return None
-    what = f"reading the epoch on {canary}"
-    async with started_reader(settings, bootstrap, until=until, what=what) as consumer:
-        consumer.assign([tp])
-        begin = (await bounded(consumer.beginning_offsets([tp]), until=until, what=what))[tp]
-        end = (await bounded(consumer.end_offsets([tp]), until=until, what=what))[tp]
-        at = epoch_offset(begin, end)
-        if at == "empty":
-            return ""
-        if at == "expired":
-            return EPOCH_EXPIRED
-        consumer.seek(tp, at)
-        while True:
-            batch = await consumer.getmany(tp, timeout_ms=_poll_ms(until, what))
-            for record in batch.get(tp, ()):
-                if record.offset >= at:
-                    return record.value.decode("ascii") if record.value else ""
-
-
-def make_producer(settings: Settings, bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        **kafka_common(settings, bootstrap),
-        acks="all",
-        enable_idempotence=settings.kafka_idempotent_producer,
-        linger_ms=2,
-        request_timeout_ms=15_000,
-        # After a broker lost its state, topics may come back with other partitions; a short
-        # metadata age keeps a producer from writing to partitions that no longer exist.
-        metadata_max_age_ms=10_000,
-    )
 
 
 def header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
