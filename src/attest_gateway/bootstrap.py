@@ -21,11 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.config import Settings
 from attest_gateway.core.attests import DEFAULT_CATALOGUE, AttestKind
+from attest_gateway.core.clock import Clock, SystemClock
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.db.engine import settings_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.pseudonyms import StoreKey, check_store_key, pseudonym_key_file
+from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.kafka.bus import ConsumerLoop, Topics, ensure_topics, make_producer
+from attest_gateway.infra.kafka.delivery import DeliveryHandler
 from attest_gateway.infra.kafka.relay import OutboxRelay
 from attest_gateway.observability import metrics
 
@@ -53,6 +56,9 @@ class Gateway:
     store_key: StoreKey | None = None
     # accepted requests' rows, written together with those of concurrent requests
     writes: GroupCommit = field(init=False)
+    # what the use cases are handed (core/ports.py): the clock, and the store's units of work
+    clock: Clock = field(default_factory=SystemClock)
+    store: SqlStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.writes = GroupCommit(
@@ -61,6 +67,7 @@ class Gateway:
             max_flushes=self.settings.group_commit_flushes,
             on_flush=metrics.observe_group_commit,
         )
+        self.store = SqlStore(self.engine, self.topics, self.writes)
 
 
 def custodial_keys_dir(settings: Settings) -> Path:
@@ -102,15 +109,13 @@ def freeze_startup_heap() -> int:
 
 def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
     """The delivery consumer (`medcom.messages` → mailboxes), not yet started."""
-    from attest_gateway.services.delivery import DeliveryHandler
-
     settings = gw.settings
     return ConsumerLoop(
         settings=settings,
         bootstrap=bootstrap,
         topic=gw.topics.medcom_messages,
         group=f"{settings.kafka_group_prefix}.delivery",
-        handler=DeliveryHandler(gw.engine, gw.topics, settings.gateway_org_id),
+        handler=DeliveryHandler(gw.store, settings.gateway_org_id, gw.clock),
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,
         partitions_at_once=settings.delivery_partitions_at_once,

@@ -34,6 +34,7 @@ from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.jobcenter import AttestRequestIn, CaseKind
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import utcnow
+from attest_gateway.core.conversations import Conversation
 from attest_gateway.crypto import pseudonyms as cps
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.devtools.demo import ensure_demo_orgs
@@ -42,6 +43,7 @@ from attest_gateway.entrypoints.cli.pseudonyms import key_mismatch
 from attest_gateway.infra.db import directory, tables
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.messaging import emit_stage_event
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.rekey import LEASE, RekeyRefused, RekeyReport, rekey
 from attest_gateway.infra.db.tables import (
@@ -58,7 +60,6 @@ from attest_gateway.infra.db.tables import (
 from attest_gateway.infra.kafka.bus import PermanentError, Topics
 from attest_gateway.services.contacts import ContactIn, register_contact
 from attest_gateway.services.jobcenter import submit_attest_request
-from attest_gateway.services.messaging import Conversation, emit_stage_event
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
 from attest_gateway.tracker.wiring import tracker_rules
 from tests.integration.conftest import DB_KINDS, Harness
@@ -146,7 +147,16 @@ async def fill(settings: Settings, bootstrap: str, *, legacy: bool) -> Store:
                 jobcenter_gln=jc.gln, cpr=cpr, first_day_of_absence=first_day.isoformat()
             )
             accepted, _ = await submit_attest_request(
-                gw, jc, AttestRequestIn.model_validate(body), idempotency_key=None
+                gw.store,
+                gw.relay,
+                gw.keyring,
+                gw.clock,
+                jc,
+                AttestRequestIn.model_validate(body),
+                idempotency_key=None,
+                catalogue=gw.catalogue,
+                gateway_org_id=gw.settings.gateway_org_id,
+                pseudonym_key=gw.pseudonym_key,
             )
             store.cpr_of_conversation[accepted.conversation_id] = cpr
         for n, cpr in enumerate((CPR_B, CPR_C)):
@@ -158,7 +168,17 @@ async def fill(settings: Settings, bootstrap: str, *, legacy: bool) -> Store:
                 first_day_of_absence=first_day,
                 contact_date=dt.date.today() - dt.timedelta(days=2),
             )
-            done, _ = await register_contact(gw, jc, contact, idempotency_key=f"meeting-{n}")
+            done, _ = await register_contact(
+                gw.store,
+                gw.relay,
+                gw.keyring,
+                gw.clock,
+                jc,
+                contact,
+                idempotency_key=f"meeting-{n}",
+                gateway_org_id=gw.settings.gateway_org_id,
+                pseudonym_key=gw.pseudonym_key,
+            )
             store.cpr_of_contact[done.contact_id] = cpr
         if legacy:  # the bare ref got the key id at the gateway's first start
             async with engine.connect() as conn:

@@ -118,3 +118,21 @@ def problem_for(error: GatewayError, *, instance: str | None = None) -> dict[str
         body["instance"] = instance
     body.update(error.extra)
     return body
+
+
+# --- a consumed record's fate (the Kafka boundary) ------------------------------------------
+
+
+class PermanentError(GatewayError):
+    """A record that can never be processed: it goes to the dead-letter topic."""
+
+    status = 422
+    title = "Record rejected"
+
+
+class TransientError(GatewayError):
+    """A failure that may pass (database busy, broker hiccup): retried with backoff."""
+
+    status = 503
+    title = "Temporarily unavailable"
+    retryable = True

@@ -13,40 +13,23 @@ type, new Bundle.id) replaces a copy not yet collected; any other envelope reusi
 message id is a forged replay (`replayed-message-id`). An envelope must also travel between
 the two parties of the conversation it names, in the direction its type allows
 (`conversation-mismatch`).
+
+The Kafka side (records in, retry or dead letter out) is infra/kafka/delivery.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Sequence
-from typing import Any
 
 import pydantic
-import sqlalchemy as sa
-import structlog
-from aiokafka import ConsumerRecord
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.clock import utcnow
-from attest_gateway.core.errors import EnvelopeRejected
+from attest_gateway.core.conversations import Conversation, MailItem, StageRecord
+from attest_gateway.core.errors import EnvelopeRejected, PermanentError
+from attest_gateway.core.ports import Directory, UnitOfWork
 from attest_gateway.crypto.sealing import decode_verify_key, verify
-from attest_gateway.infra.db import directory
-from attest_gateway.infra.db.engine import STORE_ERRORS, dialect_insert, insert_ignore, one_of
-from attest_gateway.infra.db.tables import mailbox, outbox
-from attest_gateway.infra.kafka.bus import PermanentError, Topics, TransientError
-from attest_gateway.services.messaging import (
-    Conversation,
-    StageRecord,
-    conversations_by_id,
-    load_conversation,
-    record_stage,
-    record_stages,
-)
-
-log = structlog.get_logger(__name__)
 
 _DELIVERED_STAGE = {
     MessageType.ATTEST_REQUEST: Stage.IN_MAILBOX,
@@ -64,16 +47,16 @@ def parse_envelope(raw: bytes | None) -> SealedEnvelope:
 
 
 async def check_envelope(
-    conn: AsyncConnection, envelope: SealedEnvelope, gateway_org_id: str, now: dt.datetime
+    directory: Directory, envelope: SealedEnvelope, gateway_org_id: str, now: dt.datetime
 ) -> None:
     """Everything that must hold before an envelope is delivered; raises PermanentError."""
     h = envelope.header
-    receiver = await directory.org_by_id(conn, h.receiver)
+    receiver = await directory.org_by_id(h.receiver)
     if receiver is None or not receiver.enabled:
         raise PermanentError("unknown-receiver", "the envelope's receiver is not in the directory")
-    if await directory.hpke_key_owner(conn, h.recipient_key_id) != receiver.id:
+    if await directory.hpke_key_owner(h.recipient_key_id) != receiver.id:
         raise PermanentError("not-addressed-to-receiver", "sealed to a key the receiver lacks")
-    key = await directory.signing_key(conn, h.signer_key_id)
+    key = await directory.signing_key(h.signer_key_id)
     if key is None or key.org_id != h.signer:
         raise PermanentError("unknown-key", "the signer's key is not in the directory")
     if h.signer not in (h.sender, gateway_org_id):
@@ -81,7 +64,7 @@ async def check_envelope(
     if not key.usable(now):
         raise PermanentError("key-not-valid", "the signing key is revoked or expired")
     if h.signer != gateway_org_id:  # the gateway is always enabled: no lookup on that path
-        signer = await directory.org_by_id(conn, h.signer)
+        signer = await directory.org_by_id(h.signer)
         if signer is None or not signer.enabled:
             raise PermanentError("key-not-valid", "the signing organisation is disabled")
     try:
@@ -90,57 +73,30 @@ async def check_envelope(
         raise PermanentError(exc.code, exc.detail) from exc
 
 
-async def deliver(
-    conn: AsyncConnection, topics: Topics, envelope: SealedEnvelope, now: dt.datetime
-) -> bool:
+async def deliver(uow: UnitOfWork, envelope: SealedEnvelope, now: dt.datetime) -> bool:
     """Put the envelope in the receiver's mailbox. False if it was there already."""
     h = envelope.header
-    conv = await load_conversation(conn, h.conversation_id)
+    conv = await uow.conversations.get(h.conversation_id)
     if conv is None:
         raise PermanentError("unknown-conversation", "the envelope names no known conversation")
     if (h.sender, h.receiver) not in _parties(conv, h.message_type):
         raise PermanentError(
             "conversation-mismatch", "the sender and receiver are not the conversation's parties"
         )
-    is_new = await insert_ignore(conn, mailbox, _mailbox_row(envelope, now))
+    is_new = await uow.mailbox.add(MailItem.of(envelope, now))
     if not is_new:
-        await _offer_resend(conn, envelope)
-    await conn.execute(
-        outbox.update()
-        .where(outbox.c.message_id == h.message_id, outbox.c.delivered_at.is_(None))
-        .values(delivered_at=now)
-    )
+        await _offer_resend(uow, envelope)
+    await uow.outbox.mark_delivered(h.message_id, now)
     stage = _DELIVERED_STAGE.get(h.message_type)
     if is_new and stage is not None:
-        await record_stage(
-            conn, topics, conv, stage, message_id=h.message_id, message_type=h.message_type, at=now
+        await uow.stages.record(
+            conv, stage, message_id=h.message_id, message_type=h.message_type, at=now
         )
     return is_new
 
 
-@functools.cache
-def _insert_new_mail(dialect: str) -> Any:
-    """Mailbox rows unless their message id is there, returning those inserted. Built once;
-    unordered RETURNING lets SQLAlchemy send the rows as one multi-row INSERT."""
-    return dialect_insert(dialect, mailbox).on_conflict_do_nothing().returning(mailbox.c.message_id)
-
-
-def _mailbox_row(envelope: SealedEnvelope, now: dt.datetime) -> dict[str, object]:
-    h = envelope.header
-    return {
-        "message_id": h.message_id,
-        "receiver_org_id": h.receiver,
-        "sender_org_id": h.sender,
-        "conversation_id": h.conversation_id,
-        "message_type": h.message_type.value,
-        "envelope": envelope.to_json(),
-        "delivered_at": now,
-    }
-
-
 async def deliver_many(
-    conn: AsyncConnection,
-    topics: Topics,
+    uow: UnitOfWork,
     envelopes: Sequence[SealedEnvelope],
     gateway_org_id: str,
     now: dt.datetime,
@@ -158,11 +114,11 @@ async def deliver_many(
     checked: list[SealedEnvelope] = []
     for envelope in envelopes:
         try:
-            await check_envelope(conn, envelope, gateway_org_id, now)
+            await check_envelope(uow.directory, envelope, gateway_org_id, now)
         except PermanentError:
             continue
         checked.append(envelope)
-    convs = await conversations_by_id(conn, (e.header.conversation_id for e in checked))
+    convs = await uow.conversations.by_ids(e.header.conversation_id for e in checked)
     candidates: dict[str, SealedEnvelope] = {}
     for envelope in checked:
         h = envelope.header
@@ -173,32 +129,17 @@ async def deliver_many(
     ids = sorted(candidates)
     if not ids:
         return []
-    dialect = conn.dialect.name
-    in_mailbox = await conn.scalars(
-        sa.select(mailbox.c.message_id).where(one_of(dialect, mailbox.c.message_id, ids))
-    )
-    for message_id in in_mailbox:
+    for message_id in await uow.mailbox.known(ids):
         del candidates[message_id]
-    undelivered = (
-        one_of(dialect, outbox.c.message_id, sorted(candidates)),
-        outbox.c.delivered_at.is_(None),
-    )
-    rows = sa.select(outbox.c.id, outbox.c.message_id).where(*undelivered)
-    locking = rows.order_by(outbox.c.id).with_for_update(skip_locked=True)
-    held = {(row.id, row.message_id) for row in await conn.execute(locking)}
-    for row in await conn.execute(rows):
-        if (row.id, row.message_id) not in held:  # another transaction holds it: left
-            candidates.pop(row.message_id, None)
+    for message_id in await uow.outbox.claim_undelivered(sorted(candidates)):
+        candidates.pop(message_id, None)  # another transaction holds its record: left
     if not candidates:
         return []
-    mail = [_mailbox_row(candidates[i], now) for i in sorted(candidates)]
-    inserted = set(await conn.scalars(_insert_new_mail(conn.dialect.name), mail))
+    mail = [MailItem.of(candidates[i], now) for i in sorted(candidates)]
+    inserted = await uow.mailbox.add_new(mail)
     # One inserted meanwhile by another transaction is not ours: left to the one-by-one path.
     delivered = [candidates[i] for i in sorted(inserted)]
-    mine = sorted(row_id for row_id, message_id in held if message_id in inserted)
-    if mine:
-        mark = outbox.update().where(one_of(dialect, outbox.c.id, mine))
-        await conn.execute(mark.values(delivered_at=now))
+    await uow.outbox.mark_claimed_delivered(inserted, now)
     reached: list[StageRecord] = []
     for envelope in delivered:
         h = envelope.header
@@ -206,7 +147,7 @@ async def deliver_many(
         if stage is not None:
             conv = convs[h.conversation_id]
             reached.append(StageRecord(conv, stage, h.message_id, h.message_type, now))
-    await record_stages(conn, topics, reached)
+    await uow.stages.record_many(reached)
     return delivered
 
 
@@ -221,23 +162,13 @@ def _parties(conv: Conversation, message_type: MessageType) -> set[tuple[str, st
     return {to_clinic}  # requests and reminders
 
 
-async def _offer_resend(conn: AsyncConnection, envelope: SealedEnvelope) -> None:
+async def _offer_resend(uow: UnitOfWork, envelope: SealedEnvelope) -> None:
     """A resend (same MessageHeader.id, new Bundle.id) of a message the receiver has not yet
     collected replaces the waiting copy and is offered again; anything else with the same
     routing is a duplicate. A different message under a known message id is refused."""
     h = envelope.header
-    row = (
-        await conn.execute(
-            sa.select(
-                mailbox.c.envelope,
-                mailbox.c.collected_at,
-                mailbox.c.sender_org_id,
-                mailbox.c.receiver_org_id,
-                mailbox.c.conversation_id,
-                mailbox.c.message_type,
-            ).where(mailbox.c.message_id == h.message_id)
-        )
-    ).one()
+    row = await uow.mailbox.get(h.message_id)
+    assert row is not None  # it was there when the caller tried to add it
     known = (row.sender_org_id, row.receiver_org_id, row.conversation_id, row.message_type)
     if known != (h.sender, h.receiver, h.conversation_id, h.message_type.value):
         raise PermanentError(
@@ -247,70 +178,4 @@ async def _offer_resend(conn: AsyncConnection, envelope: SealedEnvelope) -> None
         return
     if SealedEnvelope.from_json(row.envelope).header.bundle_id == h.bundle_id:
         return
-    await conn.execute(
-        mailbox.update()
-        .where(mailbox.c.message_id == h.message_id)
-        .values(envelope=envelope.to_json(), fetched_at=None)
-    )
-
-
-class DeliveryHandler:
-    def __init__(self, engine: AsyncEngine, topics: Topics, gateway_org_id: str) -> None:
-        self._engine = engine
-        self._topics = topics
-        self._gateway_org_id = gateway_org_id
-
-    async def handle_batch(
-        self, records: Sequence[ConsumerRecord[bytes, bytes]]
-    ) -> list[ConsumerRecord[bytes, bytes]]:
-        """Deliver a poll's new, valid envelopes in one transaction (`deliver_many`); returns
-        the records left to the one-by-one path (unreadable, refused, already delivered, or
-        a second record of a message id in the batch)."""
-        by_message: dict[str, ConsumerRecord[bytes, bytes]] = {}
-        envelopes: list[SealedEnvelope] = []
-        for record in records:
-            try:
-                envelope = parse_envelope(record.value)
-            except PermanentError:
-                continue
-            if envelope.header.message_id not in by_message:
-                by_message[envelope.header.message_id] = record
-                envelopes.append(envelope)
-        now = utcnow()
-        try:
-            async with self._engine.begin() as conn:
-                delivered = await deliver_many(
-                    conn, self._topics, envelopes, self._gateway_org_id, now
-                )
-        except STORE_ERRORS as exc:
-            raise TransientError("database-unavailable", type(exc).__name__) from exc
-        if delivered:  # one line for the batch (a line per message was 12 % of its CPU)
-            log.info(
-                "delivery.delivered",
-                count=len(delivered),
-                message_ids=[e.header.message_id for e in delivered],
-            )
-        done = {_place(by_message[e.header.message_id]) for e in delivered}
-        return [record for record in records if _place(record) not in done]
-
-    async def __call__(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        envelope = parse_envelope(record.value)
-        now = utcnow()
-        try:
-            async with self._engine.begin() as conn:
-                await check_envelope(conn, envelope, self._gateway_org_id, now)
-                is_new = await deliver(conn, self._topics, envelope, now)
-        except STORE_ERRORS as exc:
-            raise TransientError("database-unavailable", type(exc).__name__) from exc
-        h = envelope.header
-        log.info(
-            "delivery.delivered" if is_new else "delivery.duplicate",
-            message_id=h.message_id,
-            conversation_id=h.conversation_id,
-            message_type=h.message_type.value,
-            receiver=h.receiver,
-        )
-
-
-def _place(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int, int]:
-    return record.topic, record.partition, record.offset
+    await uow.mailbox.replace_envelope(h.message_id, envelope.to_json())

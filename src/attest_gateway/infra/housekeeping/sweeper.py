@@ -44,6 +44,12 @@ from attest_gateway.core.clock import utcnow
 from attest_gateway.crypto.sealing import open_envelope
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import STORE_ERRORS, insert_ignore
+from attest_gateway.infra.db.messaging import (
+    enqueue_envelope,
+    load_conversation,
+    record_stage,
+    seal_for,
+)
 from attest_gateway.infra.db.tables import (
     idempotency_keys,
     inbound_messages,
@@ -53,12 +59,6 @@ from attest_gateway.infra.db.tables import (
     sent_messages,
 )
 from attest_gateway.infra.kafka.bus import EPOCH_EXPIRED, TransientError, ensure_topics, read_epoch
-from attest_gateway.services.messaging import (
-    enqueue_envelope,
-    load_conversation,
-    record_stage,
-    seal_for,
-)
 
 log = structlog.get_logger(__name__)
 

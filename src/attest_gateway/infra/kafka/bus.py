@@ -36,6 +36,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from attest_gateway.config import Settings
 from attest_gateway.core.errors import GatewayError
+from attest_gateway.core.errors import PermanentError as PermanentError
+from attest_gateway.core.errors import TransientError as TransientError
 from attest_gateway.observability import metrics
 
 log = structlog.get_logger(__name__)
@@ -50,21 +52,6 @@ CANARY = "gateway.canary"
 ALL_TOPICS = (MEDCOM_MESSAGES, TRACKING, DEAD_LETTER, AUDIT)
 
 Headers = list[tuple[str, bytes]]
-
-
-class PermanentError(GatewayError):
-    """A record that can never be processed: it goes to the dead-letter topic."""
-
-    status = 422
-    title = "Record rejected"
-
-
-class TransientError(GatewayError):
-    """A failure that may pass (database busy, broker hiccup): retried with backoff."""
-
-    status = 503
-    title = "Temporarily unavailable"
-    retryable = True
 
 
 class KafkaReadTimeout(TransientError):

@@ -24,12 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import utcnow
+from attest_gateway.core.conversations import StageRecord
 from attest_gateway.core.errors import Unavailable
 from attest_gateway.infra.db.engine import STORE_ERRORS, autocommit, one_of
+from attest_gateway.infra.db.messaging import conversations_by_request, record_stages
 from attest_gateway.infra.db.tables import outbox
 from attest_gateway.infra.kafka.bus import Topics
 from attest_gateway.observability import metrics
-from attest_gateway.services.messaging import StageRecord, conversations_by_request, record_stages
 
 log = structlog.get_logger(__name__)
 
