@@ -20,7 +20,7 @@ from attest_gateway.core.conversations import Conversation, StageRecord
 from attest_gateway.core.errors import Unprocessable
 from attest_gateway.crypto.sealing import KeyRing, seal
 from attest_gateway.infra.db import directory
-from attest_gateway.infra.db.engine import dialect_insert, insert_ignore, one_of
+from attest_gateway.infra.db.engine import aware, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import Write
 from attest_gateway.infra.db.tables import conversations, mailbox, outbox, stages
 from attest_gateway.infra.kafka.bus import Topics
@@ -28,7 +28,8 @@ from attest_gateway.infra.kafka.bus import Topics
 
 def conversation_from_row(row: Any) -> Conversation:
     """The conversation of a `conversations` row."""
-    return Conversation(**{f: getattr(row, f) for f in Conversation.__dataclass_fields__})
+    fields = {f: getattr(row, f) for f in Conversation.__dataclass_fields__}
+    return Conversation(**fields | {"created_at": aware(row.created_at)})
 
 
 _BY_ID = sa.select(conversations).where(conversations.c.id == sa.bindparam("b_id"))
