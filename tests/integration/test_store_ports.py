@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
 
 from attest_gateway.contracts.contacts import ContactChannel
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
@@ -30,7 +31,7 @@ from attest_gateway.core.conversations import (
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.ports import KeyTaken, Store
 from attest_gateway.crypto.sealing import OrgKeys, seal
-from attest_gateway.infra.db import directory
+from attest_gateway.infra.db import directory, tables
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.migrate import upgrade_async
@@ -162,8 +163,10 @@ async def _accepted(
     idempotency = (
         None if key is None else IdempotencyRecord(p.jc.id, key, "fp", conv.id, '{"answer": 1}', at)
     )
+    # the kept copy is sealed for another party than the request (the gateway, in service)
+    copy = _envelope(p, conv, message_id=conv.request_message_id, to_jobcenter=True)
     await backend.store.accept_request(
-        AcceptedRequest(conv, "sealed", idempotency, envelope=envelope, sent_copy=envelope)
+        AcceptedRequest(conv, "sealed", idempotency, envelope=envelope, sent_copy=copy)
     )
     return conv
 
@@ -190,6 +193,32 @@ async def test_an_accepted_request_is_read_back_as_it_was_written(
         assert await uow.idempotency.get(parties.psy.id, "k-1") is None
         # the request and its sent copy are carried under its message id
         assert await uow.inbound.carried_before(conv.request_message_id)
+    # the copy kept for resends: sealed for the gateway, routed as the request
+    sender, receiver, copy_receiver = await _sent_copy(backend, conv.request_message_id)
+    assert (sender, receiver) == (parties.jc.id, parties.psy.id)
+    assert copy_receiver == parties.jc.id  # the kept copy, told apart from the routing
+
+
+async def _sent_copy(backend: Backend, message_id: str) -> tuple[str, str, str]:
+    """(sender, receiver) of a sent message as the resend rule reads them, and the receiver
+    its kept copy is sealed for (no port reads them: the housekeeping does, with SQL)."""
+    if backend.fake is not None:
+        copy, _ = backend.fake.state.sent[message_id]
+        conv = next(
+            c for c in backend.fake.state.conversations.values()
+            if c.request_message_id == message_id
+        )  # fmt: skip
+        return conv.jobcenter_org_id, conv.receiver_org_id, copy.header.receiver
+    assert backend.engine_url is not None
+    engine = make_engine(backend.engine_url)
+    try:
+        async with engine.connect() as conn:
+            sent = tables.sent_messages
+            row = (await conn.execute(sa.select(sent).where(sent.c.message_id == message_id))).one()
+    finally:
+        await engine.dispose()
+    copy = SealedEnvelope.from_json(row.copy)
+    return row.sender_org_id, row.receiver_org_id, copy.header.receiver
 
 
 async def test_a_taken_idempotency_key_is_reported_as_such(

@@ -26,9 +26,9 @@ from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import Conflict, Forbidden, Unprocessable
 from attest_gateway.core.identifiers import Cpr, Kommunekode, Sor, municipalities
 from attest_gateway.core.ports import Directory, Relay, Store
+from attest_gateway.core.sealing import seal_for_gateway
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import KeyRing
-from attest_gateway.services.messaging import seal_for_gateway
 
 
 class ContactIn(BaseModel):

@@ -34,6 +34,7 @@ from attest_gateway.core.errors import (
 )
 from attest_gateway.core.identifiers import check_cpr
 from attest_gateway.core.ports import Relay, Store, UnitOfWork
+from attest_gateway.core.sealing import seal_for
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import KeyRing, decode_verify_key, open_envelope, verify
 from attest_gateway.medcom.message import (
@@ -44,7 +45,6 @@ from attest_gateway.medcom.message import (
     parse_bundle,
     read_message,
 )
-from attest_gateway.services.messaging import seal_for
 
 log = structlog.get_logger(__name__)
 

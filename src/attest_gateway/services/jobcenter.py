@@ -50,6 +50,7 @@ from attest_gateway.core.ports import (
     Relay,
     Store,
 )
+from attest_gateway.core.sealing import seal_for, seal_for_gateway, sent_copy
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import KeyRing, fingerprint, open_envelope
 from attest_gateway.medcom.build import build_acknowledgement
@@ -62,7 +63,6 @@ from attest_gateway.medcom.message import (
 )
 from attest_gateway.medcom.translate import inbox_item, request_bundle
 from attest_gateway.observability import metrics
-from attest_gateway.services.messaging import seal_for, seal_for_gateway, sent_copy
 
 log = structlog.get_logger(__name__)
 

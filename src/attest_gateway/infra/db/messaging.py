@@ -14,12 +14,12 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.contracts.envelope import CONTENT_TYPE, EnvelopeHeader, SealedEnvelope
+from attest_gateway.contracts.envelope import CONTENT_TYPE, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
+from attest_gateway.core import sealing
 from attest_gateway.core.conversations import Conversation, StageRecord
-from attest_gateway.core.errors import Unprocessable
-from attest_gateway.crypto.sealing import KeyRing, seal
-from attest_gateway.infra.db import directory
+from attest_gateway.crypto.sealing import KeyRing
+from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import aware, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import Write
 from attest_gateway.infra.db.tables import conversations, mailbox, outbox, stages
@@ -111,35 +111,21 @@ async def seal_for(
     plaintext: bytes,
     now: dt.datetime,
 ) -> SealedEnvelope:
-    """Seal a Bundle for the receiver's current HPKE key and sign it with the signer's key."""
-    recipient = await directory.current_hpke_key(conn, receiver_org_id, now)
-    if recipient is None:
-        raise Unprocessable("receiver-has-no-key", "the receiver has no usable encryption key")
-    usable = await directory.usable_signing_key_ids(conn, signer_org_id, now)
-    signer = keyring.signing_among(signer_org_id, usable) if usable else None
-    if signer is None:
-        raise RuntimeError(f"no usable signing key of {signer_org_id!r} in the key files")
-    header = EnvelopeHeader(
-        message_id=message_id,
-        bundle_id=bundle_id,
-        conversation_id=conversation_id,
-        message_type=message_type,
-        sender=sender_org_id,
-        receiver=receiver_org_id,
-        suite=recipient.suite,
-        recipient_key_id=recipient.key_id,
-        signer=signer_org_id,
-        signer_key_id=signer.key_id,
-        created_at=now,
-    )
-    return seal(plaintext, header, recipient, signer)
+    """`core.sealing.seal_for` with the directory as this connection reads it."""
+    return await sealing.seal_for(
+        SqlDirectory(conn), keyring, signer_org_id=signer_org_id, sender_org_id=sender_org_id,
+        receiver_org_id=receiver_org_id, message_type=message_type, message_id=message_id,
+        bundle_id=bundle_id, conversation_id=conversation_id, plaintext=plaintext, now=now,
+    )  # fmt: skip
 
 
-def sent_copy_row(copy: SealedEnvelope, now: dt.datetime) -> dict[str, Any]:
-    """The `sent_messages` row that keeps `copy` (the message sealed for the gateway itself)
-    of a message that awaits a MedCom acknowledgement, so the resend rule can send it again
-    with a new Bundle.id."""
-    h = copy.header
+def sent_copy_row(
+    envelope: SealedEnvelope, copy: SealedEnvelope, now: dt.datetime
+) -> dict[str, Any]:
+    """The `sent_messages` row of `envelope`, a message that awaits a MedCom acknowledgement:
+    its routing, and `copy` (the same message sealed for the gateway itself), so the resend
+    rule can send it again with a new Bundle.id."""
+    h = envelope.header
     return {
         "message_id": h.message_id,
         "conversation_id": h.conversation_id,

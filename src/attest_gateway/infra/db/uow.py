@@ -34,10 +34,9 @@ from attest_gateway.core.conversations import (
     StageEntry,
     StageRecord,
 )
-from attest_gateway.core.directory import Organisation, VerifyKey
 from attest_gateway.core.ports import KeyTaken
-from attest_gateway.crypto.sealing import PublicHpkeKey
-from attest_gateway.infra.db import audit, directory, messaging
+from attest_gateway.infra.db import audit, messaging
+from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import autocommit, aware, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import GroupCommit, Write
 from attest_gateway.infra.db.tables import (
@@ -50,34 +49,6 @@ from attest_gateway.infra.db.tables import (
     tracker_contacts,
 )
 from attest_gateway.infra.kafka.bus import Topics
-
-
-class SqlDirectory:
-    """The directory as the use cases see it (the cached look-ups of directory.py)."""
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-
-    async def org_by_id(self, org_id: str) -> Organisation | None:
-        return await directory.org_by_id(self._conn, org_id)
-
-    async def org_by_sor(self, sor: str) -> Organisation | None:
-        return await directory.org_by_sor(self._conn, sor)
-
-    async def org_by_ydernummer(self, ydernummer: str) -> Organisation | None:
-        return await directory.org_by_ydernummer(self._conn, ydernummer)
-
-    async def current_hpke_key(self, org_id: str, at: dt.datetime) -> PublicHpkeKey | None:
-        return await directory.current_hpke_key(self._conn, org_id, at)
-
-    async def usable_signing_key_ids(self, org_id: str, at: dt.datetime) -> list[str]:
-        return await directory.usable_signing_key_ids(self._conn, org_id, at)
-
-    async def hpke_key_owner(self, key_id: str) -> str | None:
-        return await directory.hpke_key_owner(self._conn, key_id)
-
-    async def signing_key(self, key_id: str) -> VerifyKey | None:
-        return await directory.signing_key(self._conn, key_id)
 
 
 class SqlConversations:
@@ -485,7 +456,12 @@ def accepted_request_writes(topics: Topics, accepted: AcceptedRequest) -> list[W
                 },
             )
         )
-    writes.append((_INSERT_SENT, messaging.sent_copy_row(accepted.sent_copy, conv.created_at)))
+    writes.append(
+        (
+            _INSERT_SENT,
+            messaging.sent_copy_row(accepted.envelope, accepted.sent_copy, conv.created_at),
+        )
+    )
     writes += messaging.first_stage_writes(
         topics,
         conv,

@@ -1,5 +1,7 @@
-"""What every hand-off shares: sealing a Bundle for its receiver, and sealing a citizen's CPR
-number to the gateway's own key, with the keys the directory lists."""
+"""Sealing with the keys the directory lists: a Bundle for its receiver's current key, signed
+with the newest usable signing key the key ring holds; the copy of a sent message kept for
+resends; a citizen's CPR number for the gateway's own key. Every hand-off goes through here,
+the use cases' (services/) and the housekeeping's (resends, reminders) alike."""
 
 from __future__ import annotations
 
