@@ -101,15 +101,17 @@ async def deliver_many(
     gateway_org_id: str,
     now: dt.datetime,
 ) -> list[SealedEnvelope]:
-    """`check_envelope` and `deliver` for many new envelopes in one transaction, in a fixed
-    number of statements. Returns those delivered. It leaves alone (delivers nothing of) every
-    envelope that fails a check, whose message id is in a mailbox already (a redelivery, a
-    resend or a replay), that repeats a message id of the batch, or whose outbox row another
-    transaction holds: the one-by-one path decides those, with their reasons.
+    """`check_envelope` and `deliver` for many new envelopes in one unit of work, each step
+    one call for the whole batch (the store makes each a single statement). Returns those
+    delivered. It leaves alone (delivers nothing of) every envelope that fails a check, whose
+    message id is in a mailbox already (a redelivery, a resend or a replay), that repeats a
+    message id of the batch, or whose outbox record another transaction holds: the one-by-one
+    path decides those, with their reasons.
 
-    It never waits for a lock another transaction holds on an outbox row (SKIP LOCKED): a
-    relay marking rows published locks them in its own order, and a wait here could close a
-    cycle with it. It inserts in message-id order and records stages in conversation order.
+    It never waits for a record another transaction holds (`Outbox.claim_undelivered`): a
+    relay marking records published holds them in its own order, and a wait here could close
+    a cycle with it. It delivers in message-id order; stages are recorded in conversation
+    order.
     """
     checked: list[SealedEnvelope] = []
     for envelope in envelopes:
