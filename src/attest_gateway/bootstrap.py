@@ -23,14 +23,14 @@ from attest_gateway.config import Settings
 from attest_gateway.core.attests import DEFAULT_CATALOGUE, AttestKind
 from attest_gateway.core.clock import Clock, SystemClock
 from attest_gateway.crypto.sealing import KeyRing
-from attest_gateway.infra.db.engine import settings_engine
+from attest_gateway.infra.db.engine import STORE_ERRORS, settings_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.pseudonyms import StoreKey, check_store_key, pseudonym_key_file
 from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.kafka.bus import ConsumerLoop, Topics, ensure_topics, make_producer
-from attest_gateway.infra.kafka.delivery import DeliveryHandler
 from attest_gateway.infra.kafka.relay import OutboxRelay
 from attest_gateway.observability import metrics
+from attest_gateway.services.delivery import DeliveryHandler
 
 if TYPE_CHECKING:
     from attest_gateway.infra.housekeeping.sweeper import Sweeper
@@ -115,7 +115,9 @@ def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
         bootstrap=bootstrap,
         topic=gw.topics.medcom_messages,
         group=f"{settings.kafka_group_prefix}.delivery",
-        handler=DeliveryHandler(gw.store, settings.gateway_org_id, gw.clock),
+        handler=DeliveryHandler(
+            gw.store, settings.gateway_org_id, gw.clock, transient=STORE_ERRORS
+        ),
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,
         partitions_at_once=settings.delivery_partitions_at_once,

@@ -6,14 +6,24 @@ and leaves it the rest."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.errors import PermanentError
-from attest_gateway.services.delivery import check_envelope, deliver, deliver_many, parse_envelope
+from attest_gateway.core.errors import PermanentError, TransientError
+from attest_gateway.services.delivery import (
+    DeliveryHandler,
+    check_envelope,
+    deliver,
+    deliver_many,
+    parse_envelope,
+)
+from tests.support.fakes import FakeStore, FakeUnitOfWork
 from tests.support.world import GATEWAY, GP, JC, PSY, World, make_world
 
 
@@ -172,3 +182,53 @@ async def test_a_batch_delivers_the_new_valid_envelopes_and_leaves_the_rest(
     assert (first.header.conversation_id, Stage.IN_MAILBOX) in stages
     assert (first.header.conversation_id, Stage.REPLY_IN_INBOX) in stages
     assert (second.header.conversation_id, Stage.IN_MAILBOX) not in stages
+
+
+@dataclass(frozen=True)
+class _Record:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+def _records(*values: bytes | None) -> list[_Record]:
+    return [_Record("medcom.messages", 0, n, v) for n, v in enumerate(values)]
+
+
+async def test_the_handler_delivers_a_poll_and_leaves_the_rest_to_one_by_one(
+    world: World,
+) -> None:
+    handler = DeliveryHandler(world.store, GATEWAY, world.clock, transient=(ConnectionError,))
+    first, second = [await _request(world) for _ in range(2)]
+    polled = _records(first.to_json(), b"not an envelope", second.to_json(), first.to_json())
+    left = await handler.handle_batch(polled)
+    assert [r.offset for r in left] == [1, 3]  # unreadable, and the batch's second of a message
+    assert {first.header.message_id, second.header.message_id} <= set(world.store.state.mailbox)
+    await handler(left[1])  # one by one: a duplicate, a silent no-op
+    with pytest.raises(PermanentError):
+        await handler(left[0])
+
+
+class _Unavailable(FakeStore):
+    """A store whose database does not answer: every unit of work fails to begin."""
+
+    answers = False
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[FakeUnitOfWork]:
+        if not self.answers:
+            raise ConnectionError("the database does not answer")
+        yield FakeUnitOfWork(self.state, self.directory, self.busy)
+
+
+async def test_a_store_that_does_not_answer_is_transient(world: World) -> None:
+    request = await _request(world)
+    store = _Unavailable(world.directory)
+    handler = DeliveryHandler(store, GATEWAY, world.clock, transient=(ConnectionError,))
+    [record] = _records(request.to_json())
+    with pytest.raises(TransientError) as batch:
+        await handler.handle_batch([record])
+    with pytest.raises(TransientError) as alone:
+        await handler(record)
+    assert batch.value.code == alone.value.code == "database-unavailable"

@@ -13,23 +13,26 @@ type, new Bundle.id) replaces a copy not yet collected; any other envelope reusi
 message id is a forged replay (`replayed-message-id`). An envelope must also travel between
 the two parties of the conversation it names, in the direction its type allows
 (`conversation-mismatch`).
-
-The Kafka side (records in, retry or dead letter out) is infra/kafka/delivery.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 import pydantic
+import structlog
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.clock import Clock
 from attest_gateway.core.conversations import Conversation, MailItem, StageRecord
-from attest_gateway.core.errors import EnvelopeRejected, PermanentError
-from attest_gateway.core.ports import Directory, UnitOfWork
+from attest_gateway.core.errors import EnvelopeRejected, PermanentError, TransientError
+from attest_gateway.core.ports import Directory, Store, UnitOfWork
 from attest_gateway.crypto.sealing import decode_verify_key, verify
+
+log = structlog.get_logger(__name__)
 
 _DELIVERED_STAGE = {
     MessageType.ATTEST_REQUEST: Stage.IN_MAILBOX,
@@ -181,3 +184,90 @@ async def _offer_resend(uow: UnitOfWork, envelope: SealedEnvelope) -> None:
     if SealedEnvelope.from_json(row.envelope).header.bundle_id == h.bundle_id:
         return
     await uow.mailbox.replace_envelope(h.message_id, envelope.to_json())
+
+
+class ConsumedRecord(Protocol):
+    """What the handler reads of a consumed `medcom.messages` record."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+R = TypeVar("R", bound=ConsumedRecord)
+
+
+class DeliveryHandler:
+    """The delivery consumer's handler: records in, a poll at a time (`handle_batch`) or a
+    record at a time. `transient`: the store's errors worth a retry (a database that does not
+    answer); they become `TransientError` (retried), a refusal is a `PermanentError` (the
+    dead-letter topic)."""
+
+    def __init__(
+        self,
+        store: Store,
+        gateway_org_id: str,
+        clock: Clock,
+        *,
+        transient: tuple[type[Exception], ...],
+    ) -> None:
+        self._store = store
+        self._gateway_org_id = gateway_org_id
+        self._clock = clock
+        self._transient = transient
+
+    async def handle_batch(self, records: Sequence[R]) -> list[R]:
+        """Deliver a poll's new, valid envelopes in one transaction (`deliver_many`); returns
+        the records left to the one-by-one path (unreadable, refused, already delivered, or
+        a second record of a message id in the batch)."""
+        by_message: dict[str, R] = {}
+        envelopes: list[SealedEnvelope] = []
+        for record in records:
+            try:
+                envelope = parse_envelope(record.value)
+            except PermanentError:
+                continue
+            if envelope.header.message_id not in by_message:
+                by_message[envelope.header.message_id] = record
+                envelopes.append(envelope)
+        now = self._clock.now()
+        try:
+            async with self._store.transaction() as uow:
+                delivered = await deliver_many(uow, envelopes, self._gateway_org_id, now)
+        except self._transient as exc:
+            raise TransientError("database-unavailable", type(exc).__name__) from exc
+        if delivered:  # one line for the batch, not one per message
+            log.info(
+                "delivery.delivered",
+                count=len(delivered),
+                message_ids=[e.header.message_id for e in delivered],
+            )
+        done = {_place(by_message[e.header.message_id]) for e in delivered}
+        return [record for record in records if _place(record) not in done]
+
+    async def __call__(self, record: ConsumedRecord) -> None:
+        envelope = parse_envelope(record.value)
+        now = self._clock.now()
+        try:
+            async with self._store.transaction() as uow:
+                await check_envelope(uow.directory, envelope, self._gateway_org_id, now)
+                is_new = await deliver(uow, envelope, now)
+        except self._transient as exc:
+            raise TransientError("database-unavailable", type(exc).__name__) from exc
+        h = envelope.header
+        log.info(
+            "delivery.delivered" if is_new else "delivery.duplicate",
+            message_id=h.message_id,
+            conversation_id=h.conversation_id,
+            message_type=h.message_type.value,
+            receiver=h.receiver,
+        )
+
+
+def _place(record: ConsumedRecord) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
