@@ -414,7 +414,6 @@ class SqlUnitOfWork:
     """The repositories of one connection (one transaction, or autocommitted reads)."""
 
     def __init__(self, conn: AsyncConnection, topics: Topics) -> None:
-        self.conn = conn
         self.directory = SqlDirectory(conn)
         self.conversations = SqlConversations(conn)
         self.mailbox = SqlMailbox(conn)
