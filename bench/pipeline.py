@@ -394,7 +394,18 @@ async def prepare_requests(template: DbTemplate, bootstrap: str, n: int) -> tupl
         with progress() as bar:
             task = bar.add_task(f"preparing {n:,} requests ({template.kind})", total=n)
             for i, cpr in enumerate(_cprs(n, SEED)):
-                await submit_attest_request(gw, org, request_body(cpr), idempotency_key=None)
+                await submit_attest_request(
+                    gw.store,
+                    gw.relay,
+                    gw.keyring,
+                    gw.clock,
+                    org,
+                    request_body(cpr),
+                    idempotency_key=None,
+                    catalogue=gw.catalogue,
+                    gateway_org_id=gw.settings.gateway_org_id,
+                    pseudonym_key=gw.pseudonym_key,
+                )
                 bar.update(task, completed=i + 1)
     return url, Topics.from_settings(settings)
 

@@ -36,17 +36,19 @@ from attest_gateway.core.clock import Clock, SimulatedClock, SystemClock
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db.directory import DirectoryCache
-from attest_gateway.infra.db.engine import settings_engine
+from attest_gateway.infra.db.engine import STORE_ERRORS, settings_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
+from attest_gateway.infra.db.messaging import conversations_by_request, record_stages
 from attest_gateway.infra.db.pseudonyms import check_store_key
+from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.housekeeping.sweeper import Sweeper
 from attest_gateway.infra.kafka.connection import make_producer
 from attest_gateway.infra.kafka.consumer import ConsumerLoop
 from attest_gateway.infra.kafka.relay import OutboxRelay, PublishedHook
 from attest_gateway.infra.kafka.topics import Topics, ensure_topics
 from attest_gateway.observability import metrics
+from attest_gateway.ports.records import StageRecord
 from attest_gateway.services.delivery import DeliveryHandler
-from attest_gateway.services.messaging import StageRecord, conversations_by_request, record_stages
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
 from attest_gateway.tracker.rules import TrackerRules
 from attest_gateway.tracker.sweep import TrackerSweep
@@ -167,6 +169,12 @@ async def _open(
         if owned.engine:
             await base.dispose()
         raise
+    writes = GroupCommit(
+        bound,
+        max_units=settings.group_commit_max_requests,
+        max_flushes=settings.group_commit_flushes,
+        on_flush=metrics.observe_group_commit,
+    )
     gw = Gateway(
         settings=settings,
         engine=bound,
@@ -175,12 +183,8 @@ async def _open(
         topics=topics,
         producer=producer,
         relay=make_relay(settings, bound, producer, clock),
-        writes=GroupCommit(
-            bound,
-            max_units=settings.group_commit_max_requests,
-            max_flushes=settings.group_commit_flushes,
-            on_flush=metrics.observe_group_commit,
-        ),
+        writes=writes,
+        store=SqlStore(bound, topics, writes),
         directory=cache,
         store_key=store_key,
         clock=clock,
@@ -295,7 +299,9 @@ def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
         bootstrap=bootstrap,
         topic=gw.topics.medcom_messages,
         group=f"{settings.kafka_group_prefix}.delivery",
-        handler=DeliveryHandler(gw.engine, gw.topics, settings.gateway_org_id, clock=gw.clock),
+        handler=DeliveryHandler(
+            gw.store, settings.gateway_org_id, gw.clock, transient=STORE_ERRORS
+        ),
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,
         partitions_at_once=settings.delivery_partitions_at_once,

@@ -28,7 +28,8 @@ from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.errors import Unavailable
 from attest_gateway.infra.db import tables
-from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.engine import STORE_ERRORS, make_engine
+from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.services.delivery import DeliveryHandler
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request, reply_to
@@ -189,7 +190,9 @@ async def delivered_as_expected(
 ) -> None:
     conversation = reply.header.conversation_id
     reply_row, held_row = [await outbox_id(h, e) for e in (reply, held)]
-    handler = DeliveryHandler(h.gw.engine, h.gw.topics, h.settings.gateway_org_id, clock=h.gw.clock)
+    handler = DeliveryHandler(
+        h.gw.store, h.settings.gateway_org_id, h.gw.clock, transient=STORE_ERRORS
+    )
     if h.kind == "postgres":
         async with row_locked(h, held_row):
             left = await handler.handle_batch(polled)
@@ -250,7 +253,8 @@ async def test_a_busy_pool_is_a_transient_error_not_a_dead_letter(harness: Harne
     engine = make_engine(
         h.gw.engine.url.render_as_string(hide_password=False), pool_size=1, pool_timeout=0.1
     )
-    handler = DeliveryHandler(engine, h.gw.topics, h.settings.gateway_org_id, clock=h.gw.clock)
+    store = SqlStore(engine, h.gw.topics)
+    handler = DeliveryHandler(store, h.settings.gateway_org_id, h.gw.clock, transient=STORE_ERRORS)
     try:
         async with engine.connect() as held:
             await held.execute(sa.text("SELECT 1"))

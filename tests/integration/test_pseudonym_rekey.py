@@ -49,6 +49,7 @@ from attest_gateway.entrypoints.cli.pseudonyms import key_mismatch
 from attest_gateway.infra.db import directory, tables
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.messaging import emit_stage_event
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.rekey import LEASE, RekeyRefused, RekeyReport, rekey
 from attest_gateway.infra.db.tables import (
@@ -63,9 +64,9 @@ from attest_gateway.infra.db.tables import (
     tracker_episodes,
 )
 from attest_gateway.infra.kafka.topics import Topics
+from attest_gateway.ports.records import Conversation
 from attest_gateway.services.contacts import ContactIn, register_contact
 from attest_gateway.services.jobcenter import submit_attest_request
-from attest_gateway.services.messaging import Conversation, emit_stage_event
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
 from tests.integration.conftest import DB_KINDS, Harness
 from tests.support.harness import attest_request_body, fresh_database
@@ -152,7 +153,16 @@ async def fill(settings: Settings, bootstrap: str, *, legacy: bool) -> Store:
                 jobcenter_gln=jc.gln, cpr=cpr, first_day_of_absence=first_day.isoformat()
             )
             accepted, _ = await submit_attest_request(
-                gw, jc, AttestRequestIn.model_validate(body), idempotency_key=None
+                gw.store,
+                gw.relay,
+                gw.keyring,
+                gw.clock,
+                jc,
+                AttestRequestIn.model_validate(body),
+                idempotency_key=None,
+                catalogue=gw.catalogue,
+                gateway_org_id=gw.settings.gateway_org_id,
+                pseudonym_key=gw.pseudonym_key,
             )
             store.cpr_of_conversation[accepted.conversation_id] = cpr
         for n, cpr in enumerate((CPR_B, CPR_C)):
@@ -164,7 +174,17 @@ async def fill(settings: Settings, bootstrap: str, *, legacy: bool) -> Store:
                 first_day_of_absence=first_day,
                 contact_date=dt.date.today() - dt.timedelta(days=2),
             )
-            done, _ = await register_contact(gw, jc, contact, idempotency_key=f"meeting-{n}")
+            done, _ = await register_contact(
+                gw.store,
+                gw.relay,
+                gw.keyring,
+                gw.clock,
+                jc,
+                contact,
+                idempotency_key=f"meeting-{n}",
+                gateway_org_id=gw.settings.gateway_org_id,
+                pseudonym_key=gw.pseudonym_key,
+            )
             store.cpr_of_contact[done.contact_id] = cpr
         if legacy:  # the bare ref got the key id at the gateway's first start
             async with engine.connect() as conn:

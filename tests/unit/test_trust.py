@@ -48,7 +48,7 @@ class FakeDirectory:
         }
         self.lookups: list[str] = []
 
-    async def organisation(self, org_id: str) -> Organisation | None:
+    async def org_by_id(self, org_id: str) -> Organisation | None:
         self.lookups.append(f"org:{org_id}")
         return self.orgs.get(org_id)
 

@@ -59,7 +59,7 @@ class SealedHeader(Protocol):
 class TrustDirectory(Protocol):
     """The directory lookups the policy makes (only those its checks reach)."""
 
-    async def organisation(self, org_id: str) -> Organisation | None: ...
+    async def org_by_id(self, org_id: str) -> Organisation | None: ...
     async def hpke_key_owner(self, key_id: str) -> str | None: ...
     async def signing_key(self, key_id: str) -> VerifyKey | None: ...
 
@@ -95,7 +95,7 @@ async def check_envelope(
                 ErrorCode.NOT_ADDRESSED_TO_GATEWAY, "the envelope is for someone else"
             )
     else:
-        receiver = await directory.organisation(h.receiver)
+        receiver = await directory.org_by_id(h.receiver)
         if receiver is None or not receiver.enabled:
             raise EnvelopeRejected(
                 ErrorCode.UNKNOWN_RECEIVER, "the envelope's receiver is not in the directory"
@@ -128,7 +128,7 @@ async def check_envelope(
         raise EnvelopeRejected(ErrorCode.KEY_NOT_VALID, "the signing key is revoked or expired")
     # 7. enabled: no lookup for the gateway, nor for the caller (authenticated, so enabled)
     if h.signer not in (gateway_org_id, submission.caller if submission else None):
-        signer = await directory.organisation(h.signer)
+        signer = await directory.org_by_id(h.signer)
         if signer is None or not signer.enabled:
             raise EnvelopeRejected(ErrorCode.KEY_NOT_VALID, "the signing organisation is disabled")
     # 8. signature

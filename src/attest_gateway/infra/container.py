@@ -22,6 +22,7 @@ from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.db.directory import DirectoryCache
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.pseudonyms import StoreKey
+from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.kafka.relay import OutboxRelay
 from attest_gateway.infra.kafka.topics import Topics
 
@@ -42,6 +43,8 @@ class Gateway:
     relay: OutboxRelay
     #: accepted requests' rows, written together with those of concurrent requests
     writes: GroupCommit
+    #: the store's units of work and repositories, as the use cases take them (ports/store.py)
+    store: SqlStore
     #: the directory snapshot cache of `engine` (infra/db/directory.py)
     directory: DirectoryCache
     #: the key id the store's pseudonyms are made with (checked at start, see pseudonyms.py)

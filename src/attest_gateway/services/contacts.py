@@ -13,24 +13,22 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.contracts.contacts import ContactChannel, ContactEvent
 from attest_gateway.contracts.jobcenter import CaseKind
 from attest_gateway.core.bounds import InputDate, a_year_after
+from attest_gateway.core.clock import Clock
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import ErrorCode, InvalidInput, NotPermitted, Replay
 from attest_gateway.core.identifiers import Cpr, Kommunekode, Sor, municipalities
 from attest_gateway.crypto import pseudonyms
-from attest_gateway.infra.container import Gateway
-from attest_gateway.infra.db import directory
-from attest_gateway.infra.db import pseudonyms as pseudonym_store
-from attest_gateway.infra.db.tables import outbox, tracker_contacts
+from attest_gateway.crypto.sealing import KeyRing
+from attest_gateway.ports.records import ContactRecord
+from attest_gateway.ports.sealing import seal_for_gateway
+from attest_gateway.ports.store import Directory, Relay, Store
 
 
 class ContactIn(BaseModel):
@@ -57,7 +55,9 @@ class ContactAccepted(BaseModel):
     psychiatry: Annotated[str, Field(description="the psychiatry unit's name")]
 
 
-async def _same_contact(conn: AsyncConnection, row: Any, body: ContactIn, ref: str) -> bool:
+async def _same_contact(
+    directory: Directory, row: ContactRecord, body: ContactIn, ref: str
+) -> bool:
     """Whether a stored registration is the one `body` asks for (a retry), field by field."""
     if (row.case_ref, row.case_kind, row.channel) != (ref, body.case_kind.value, body.channel):
         return False
@@ -66,19 +66,28 @@ async def _same_contact(conn: AsyncConnection, row: Any, body: ContactIn, ref: s
         body.contact_date,
     ):
         return False
-    psychiatry = await directory.org_by_id(conn, row.psychiatry_org)
+    psychiatry = await directory.org_by_id(row.psychiatry_org)
     return psychiatry is not None and psychiatry.sor == body.psychiatry_sor
 
 
 async def register_contact(
-    gw: Gateway, org: Organisation, body: ContactIn, *, idempotency_key: str | None
+    store: Store,
+    relay: Relay,
+    keyring: KeyRing,
+    clock: Clock,
+    org: Organisation,
+    body: ContactIn,
+    *,
+    idempotency_key: str | None,
+    gateway_org_id: str,
+    pseudonym_key: bytes,
 ) -> tuple[ContactAccepted, bool]:
     """Store the registration and its tracking event. Returns (answer, created now)."""
     if body.municipality != org.kommunekode:
         raise NotPermitted(
             ErrorCode.JOBCENTER_MISMATCH, "the municipality in the request is not the caller"
         )
-    now = gw.clock.now()
+    now = clock.now()
     if body.first_day_of_absence > a_year_after(now.date()):
         raise InvalidInput(
             ErrorCode.INVALID_FIRST_DAY_OF_ABSENCE,
@@ -90,33 +99,26 @@ async def register_contact(
         )
     if body.contact_date < body.first_day_of_absence - dt.timedelta(days=365):
         raise InvalidInput(ErrorCode.INVALID_CONTACT_DATE, "the contact is long before the absence")
-    ref = pseudonyms.case_ref(body.citizen_cpr, gw.pseudonym_key)
-    async with gw.engine.begin() as conn:
+    ref = pseudonyms.case_ref(body.citizen_cpr, pseudonym_key)
+    async with store.transaction() as uow:
         if idempotency_key is not None:
-            row = (
-                await conn.execute(
-                    sa.select(tracker_contacts).where(
-                        tracker_contacts.c.jobcenter_org == org.id,
-                        tracker_contacts.c.idempotency_key == idempotency_key,
-                    )
-                )
-            ).first()
+            row = await uow.contacts.by_idempotency_key(org.id, idempotency_key)
             if row is not None:
-                if not await _same_contact(conn, row, body, ref):
+                if not await _same_contact(uow.directory, row, body, ref):
                     raise Replay(
                         ErrorCode.IDEMPOTENCY_KEY_REUSED,
                         "this Idempotency-Key was used with a different contact",
                     )
                 return ContactAccepted.model_validate_json(row.response), False
-        psychiatry = await directory.org_by_sor(conn, body.psychiatry_sor)
+        psychiatry = await uow.directory.org_by_sor(body.psychiatry_sor)
         if psychiatry is None or not psychiatry.enabled or psychiatry.role is not Role.PSYCHIATRY:
             raise InvalidInput(ErrorCode.UNKNOWN_RECEIVER, "no psychiatry unit has that SOR code")
         contact_id = str(uuid.uuid4())
         accepted = ContactAccepted(
             contact_id=contact_id, contact_date=body.contact_date, psychiatry=psychiatry.name
         )
-        await conn.execute(
-            tracker_contacts.insert().values(
+        await uow.contacts.add(
+            ContactRecord(
                 contact_id=contact_id,
                 jobcenter_org=org.id,
                 psychiatry_org=psychiatry.id,
@@ -128,10 +130,10 @@ async def register_contact(
                 idempotency_key=idempotency_key,
                 response=accepted.model_dump_json(),
                 created_at=now,
-                citizen_sealed=await pseudonym_store.seal_for_gateway(
-                    conn,
-                    gw.keyring,
-                    gw.settings.gateway_org_id,
+                citizen_sealed=await seal_for_gateway(
+                    uow.directory,
+                    keyring,
+                    gateway_org_id,
                     body.citizen_cpr,
                     context=pseudonyms.contact_context(contact_id),
                     now=now,
@@ -153,20 +155,6 @@ async def register_contact(
             first_day_of_absence=body.first_day_of_absence,
             channel=body.channel,
         )
-        headers = {
-            "content-type": "application/json",
-            "schema-version": "1",
-            "message-type": "contact",
-        }
-        await conn.execute(
-            outbox.insert().values(
-                topic=gw.topics.tracking,
-                key=ref,
-                value=event.model_dump_json().encode(),
-                headers=orjson.dumps(sorted(headers.items())).decode(),
-                message_id=None,
-                created_at=now,
-            )
-        )
-    gw.relay.wake()
+        await uow.outbox.add_contact_event(event, now)
+    relay.wake()
     return accepted, True

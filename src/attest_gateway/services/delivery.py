@@ -1,11 +1,11 @@
 """The delivery consumer: `medcom.messages` record → verified envelope → receiver's mailbox.
 
-Pipeline, each stage a small function: parse the envelope → check it against the trust
-policy (core/trust.py: receiver, recipient key, signer key, signature) → store it in the
-receiver's mailbox (idempotent on the message id) and record the stage, in one transaction.
-Anything that fails a check raises an input error (`EnvelopeRejected`, `Malformed` …) and goes
-to the dead-letter topic; a database error is `Unavailable` and retried. The envelope is never
-opened here: the gateway delivers ciphertext.
+Pipeline, each stage a small function: parse the envelope → check it against the
+directory (receiver, recipient key, signer key, signature) → store it in the receiver's
+mailbox (idempotent on the message id) and record the stage, in one transaction. Anything
+that fails a check raises `PermanentError` and goes to the dead-letter topic; a database
+error is transient and retried. The envelope is never opened here: the gateway delivers
+ciphertext.
 
 A message id names one message for good. The same envelope again (Kafka is at-least-once)
 is a silent no-op, and a MedCom resend (same message id, sender, receiver, conversation and
@@ -18,15 +18,11 @@ the two parties of the conversation it names, in the direction its type allows
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol, TypeVar
 
 import pydantic
-import sqlalchemy as sa
 import structlog
-from aiokafka import ConsumerRecord
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
@@ -40,18 +36,8 @@ from attest_gateway.core.errors import (
     Unavailable,
 )
 from attest_gateway.crypto.sealing import decode_verify_key, verify
-from attest_gateway.infra.db import directory
-from attest_gateway.infra.db.engine import STORE_ERRORS, dialect_insert, insert_ignore, one_of
-from attest_gateway.infra.db.tables import mailbox, outbox
-from attest_gateway.infra.kafka.topics import Topics
-from attest_gateway.services.messaging import (
-    Conversation,
-    StageRecord,
-    conversations_by_id,
-    load_conversation,
-    record_stage,
-    record_stages,
-)
+from attest_gateway.ports.records import Conversation, MailItem, StageRecord
+from attest_gateway.ports.store import Directory, Store, UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -71,25 +57,23 @@ def parse_envelope(raw: bytes | None) -> SealedEnvelope:
 
 
 async def check_envelope(
-    conn: AsyncConnection, envelope: SealedEnvelope, gateway_org_id: str, now: dt.datetime
+    directory: Directory, envelope: SealedEnvelope, gateway_org_id: str, now: dt.datetime
 ) -> None:
     """Everything that must hold before an envelope is delivered: the trust policy
     (core/trust.py); raises EnvelopeRejected."""
     await trust.check_envelope(
         envelope.header,
-        directory.TrustLookups(conn),
+        directory,
         gateway_org_id=gateway_org_id,
         now=now,
         verify=lambda key: verify(envelope, decode_verify_key(key.public_key)),
     )
 
 
-async def deliver(
-    conn: AsyncConnection, topics: Topics, envelope: SealedEnvelope, now: dt.datetime
-) -> bool:
+async def deliver(uow: UnitOfWork, envelope: SealedEnvelope, now: dt.datetime) -> bool:
     """Put the envelope in the receiver's mailbox. False if it was there already."""
     h = envelope.header
-    conv = await load_conversation(conn, h.conversation_id)
+    conv = await uow.conversations.get(h.conversation_id)
     if conv is None:
         raise InvalidInput(
             ErrorCode.UNKNOWN_CONVERSATION, "the envelope names no known conversation"
@@ -99,67 +83,44 @@ async def deliver(
             ErrorCode.CONVERSATION_MISMATCH,
             "the sender and receiver are not the conversation's parties",
         )
-    is_new = await insert_ignore(conn, mailbox, _mailbox_row(envelope, now))
+    is_new = await uow.mailbox.add(MailItem.of(envelope, now))
     if not is_new:
-        await _offer_resend(conn, envelope)
-    await conn.execute(
-        outbox.update()
-        .where(outbox.c.message_id == h.message_id, outbox.c.delivered_at.is_(None))
-        .values(delivered_at=now)
-    )
+        await _offer_resend(uow, envelope)
+    await uow.outbox.mark_delivered(h.message_id, now)
     stage = _DELIVERED_STAGE.get(h.message_type)
     if is_new and stage is not None:
-        await record_stage(
-            conn, topics, conv, stage, message_id=h.message_id, message_type=h.message_type, at=now
+        await uow.stages.record(
+            conv, stage, message_id=h.message_id, message_type=h.message_type, at=now
         )
     return is_new
 
 
-@functools.cache
-def _insert_new_mail(dialect: str) -> Any:
-    """Mailbox rows unless their message id is there, returning those inserted. Built once;
-    unordered RETURNING lets SQLAlchemy send the rows as one multi-row INSERT."""
-    return dialect_insert(dialect, mailbox).on_conflict_do_nothing().returning(mailbox.c.message_id)
-
-
-def _mailbox_row(envelope: SealedEnvelope, now: dt.datetime) -> dict[str, object]:
-    h = envelope.header
-    return {
-        "message_id": h.message_id,
-        "receiver_org_id": h.receiver,
-        "sender_org_id": h.sender,
-        "conversation_id": h.conversation_id,
-        "message_type": h.message_type.value,
-        "envelope": envelope.to_json(),
-        "delivered_at": now,
-    }
-
-
 async def deliver_many(
-    conn: AsyncConnection,
-    topics: Topics,
+    uow: UnitOfWork,
     envelopes: Sequence[SealedEnvelope],
     gateway_org_id: str,
     now: dt.datetime,
 ) -> list[SealedEnvelope]:
-    """`check_envelope` and `deliver` for many new envelopes in one transaction, in a fixed
-    number of statements. Returns those delivered. It leaves alone (delivers nothing of) every
-    envelope that fails a check, whose message id is in a mailbox already (a redelivery, a
-    resend or a replay), that repeats a message id of the batch, or whose outbox row another
-    transaction holds: the one-by-one path decides those, with their reasons.
+    """`check_envelope` and `deliver` for many new envelopes in one unit of work, each step
+    one call for the whole batch (the store makes each a single statement). Returns those
+    delivered. It leaves alone (delivers nothing of) every envelope that fails a check, whose
+    message id is in a mailbox already (a redelivery, a resend or a replay), that repeats a
+    message id of the batch, or whose outbox record another transaction holds: the one-by-one
+    path decides those, with their reasons.
 
-    It never waits for a lock another transaction holds on an outbox row (SKIP LOCKED): a
-    relay marking rows published locks them in its own order, and a wait here could close a
-    cycle with it. It inserts in message-id order and records stages in conversation order.
+    It never waits for a record another transaction holds (`Outbox.claim_undelivered`): a
+    relay marking records published holds them in its own order, and a wait here could close
+    a cycle with it. It delivers in message-id order; stages are recorded in conversation
+    order.
     """
     checked: list[SealedEnvelope] = []
     for envelope in envelopes:
         try:
-            await check_envelope(conn, envelope, gateway_org_id, now)
+            await check_envelope(uow.directory, envelope, gateway_org_id, now)
         except InvalidInput:
             continue
         checked.append(envelope)
-    convs = await conversations_by_id(conn, (e.header.conversation_id for e in checked))
+    convs = await uow.conversations.by_ids(e.header.conversation_id for e in checked)
     candidates: dict[str, SealedEnvelope] = {}
     for envelope in checked:
         h = envelope.header
@@ -170,32 +131,17 @@ async def deliver_many(
     ids = sorted(candidates)
     if not ids:
         return []
-    dialect = conn.dialect.name
-    in_mailbox = await conn.scalars(
-        sa.select(mailbox.c.message_id).where(one_of(dialect, mailbox.c.message_id, ids))
-    )
-    for message_id in in_mailbox:
+    for message_id in await uow.mailbox.known(ids):
         del candidates[message_id]
-    undelivered = (
-        one_of(dialect, outbox.c.message_id, sorted(candidates)),
-        outbox.c.delivered_at.is_(None),
-    )
-    rows = sa.select(outbox.c.id, outbox.c.message_id).where(*undelivered)
-    locking = rows.order_by(outbox.c.id).with_for_update(skip_locked=True)
-    held = {(row.id, row.message_id) for row in await conn.execute(locking)}
-    for row in await conn.execute(rows):
-        if (row.id, row.message_id) not in held:  # another transaction holds it: left
-            candidates.pop(row.message_id, None)
+    for message_id in await uow.outbox.claim_undelivered(sorted(candidates)):
+        candidates.pop(message_id, None)  # another transaction holds its record: left
     if not candidates:
         return []
-    mail = [_mailbox_row(candidates[i], now) for i in sorted(candidates)]
-    inserted = set(await conn.scalars(_insert_new_mail(conn.dialect.name), mail))
+    mail = [MailItem.of(candidates[i], now) for i in sorted(candidates)]
+    inserted = await uow.mailbox.add_new(mail)
     # One inserted meanwhile by another transaction is not ours: left to the one-by-one path.
     delivered = [candidates[i] for i in sorted(inserted)]
-    mine = sorted(row_id for row_id, message_id in held if message_id in inserted)
-    if mine:
-        mark = outbox.update().where(one_of(dialect, outbox.c.id, mine))
-        await conn.execute(mark.values(delivered_at=now))
+    await uow.outbox.mark_claimed_delivered(inserted, now)
     reached: list[StageRecord] = []
     for envelope in delivered:
         h = envelope.header
@@ -203,7 +149,7 @@ async def deliver_many(
         if stage is not None:
             conv = convs[h.conversation_id]
             reached.append(StageRecord(conv, stage, h.message_id, h.message_type, now))
-    await record_stages(conn, topics, reached)
+    await uow.stages.record_many(reached)
     return delivered
 
 
@@ -218,23 +164,13 @@ def _parties(conv: Conversation, message_type: MessageType) -> set[tuple[str, st
     return {to_clinic}  # requests and reminders
 
 
-async def _offer_resend(conn: AsyncConnection, envelope: SealedEnvelope) -> None:
+async def _offer_resend(uow: UnitOfWork, envelope: SealedEnvelope) -> None:
     """A resend (same MessageHeader.id, new Bundle.id) of a message the receiver has not yet
     collected replaces the waiting copy and is offered again; anything else with the same
     routing is a duplicate. A different message under a known message id is refused."""
     h = envelope.header
-    row = (
-        await conn.execute(
-            sa.select(
-                mailbox.c.envelope,
-                mailbox.c.collected_at,
-                mailbox.c.sender_org_id,
-                mailbox.c.receiver_org_id,
-                mailbox.c.conversation_id,
-                mailbox.c.message_type,
-            ).where(mailbox.c.message_id == h.message_id)
-        )
-    ).one()
+    row = await uow.mailbox.get(h.message_id)
+    assert row is not None  # it was there when the caller tried to add it
     known = (row.sender_org_id, row.receiver_org_id, row.conversation_id, row.message_type)
     if known != (h.sender, h.receiver, h.conversation_id, h.message_type.value):
         raise Replay(
@@ -245,29 +181,49 @@ async def _offer_resend(conn: AsyncConnection, envelope: SealedEnvelope) -> None
         return
     if SealedEnvelope.from_json(row.envelope).header.bundle_id == h.bundle_id:
         return
-    await conn.execute(
-        mailbox.update()
-        .where(mailbox.c.message_id == h.message_id)
-        .values(envelope=envelope.to_json(), fetched_at=None)
-    )
+    await uow.mailbox.replace_envelope(h.message_id, envelope.to_json())
+
+
+class ConsumedRecord(Protocol):
+    """What the handler reads of a consumed `medcom.messages` record."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+R = TypeVar("R", bound=ConsumedRecord)
 
 
 class DeliveryHandler:
+    """The delivery consumer's handler: records in, a poll at a time (`handle_batch`) or a
+    record at a time. `transient`: the store's errors worth a retry (a database that does not
+    answer); they become `TransientError` (retried), a refusal is a `PermanentError` (the
+    dead-letter topic)."""
+
     def __init__(
-        self, engine: AsyncEngine, topics: Topics, gateway_org_id: str, *, clock: Clock
+        self,
+        store: Store,
+        gateway_org_id: str,
+        clock: Clock,
+        *,
+        transient: tuple[type[Exception], ...],
     ) -> None:
-        self._engine = engine
-        self._topics = topics
+        self._store = store
         self._gateway_org_id = gateway_org_id
         self._clock = clock
+        self._transient = transient
 
-    async def handle_batch(
-        self, records: Sequence[ConsumerRecord[bytes, bytes]]
-    ) -> list[ConsumerRecord[bytes, bytes]]:
+    async def handle_batch(self, records: Sequence[R]) -> list[R]:
         """Deliver a poll's new, valid envelopes in one transaction (`deliver_many`); returns
         the records left to the one-by-one path (unreadable, refused, already delivered, or
         a second record of a message id in the batch)."""
-        by_message: dict[str, ConsumerRecord[bytes, bytes]] = {}
+        by_message: dict[str, R] = {}
         envelopes: list[SealedEnvelope] = []
         for record in records:
             try:
@@ -279,13 +235,11 @@ class DeliveryHandler:
                 envelopes.append(envelope)
         now = self._clock.now()
         try:
-            async with self._engine.begin() as conn:
-                delivered = await deliver_many(
-                    conn, self._topics, envelopes, self._gateway_org_id, now
-                )
-        except STORE_ERRORS as exc:
+            async with self._store.transaction() as uow:
+                delivered = await deliver_many(uow, envelopes, self._gateway_org_id, now)
+        except self._transient as exc:
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
-        if delivered:  # one line per batch: docs/decisions/0006-one-log-line-per-batch.md
+        if delivered:  # one line for the batch, not one per message
             log.info(
                 "delivery.delivered",
                 count=len(delivered),
@@ -294,14 +248,14 @@ class DeliveryHandler:
         done = {_place(by_message[e.header.message_id]) for e in delivered}
         return [record for record in records if _place(record) not in done]
 
-    async def __call__(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def __call__(self, record: ConsumedRecord) -> None:
         envelope = parse_envelope(record.value)
         now = self._clock.now()
         try:
-            async with self._engine.begin() as conn:
-                await check_envelope(conn, envelope, self._gateway_org_id, now)
-                is_new = await deliver(conn, self._topics, envelope, now)
-        except STORE_ERRORS as exc:
+            async with self._store.transaction() as uow:
+                await check_envelope(uow.directory, envelope, self._gateway_org_id, now)
+                is_new = await deliver(uow, envelope, now)
+        except self._transient as exc:
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
         h = envelope.header
         log.info(
@@ -313,5 +267,5 @@ class DeliveryHandler:
         )
 
 
-def _place(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int, int]:
+def _place(record: ConsumedRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset

@@ -15,14 +15,13 @@ from typing import Any
 
 import orjson
 import pydantic
-import sqlalchemy as sa
 import structlog
 from pydantic_core import PydanticCustomError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core import trust
+from attest_gateway.core import audit, trust
+from attest_gateway.core.clock import Clock
 from attest_gateway.core.directory import Organisation
 from attest_gateway.core.errors import (
     EnvelopeRejected,
@@ -35,56 +34,36 @@ from attest_gateway.core.errors import (
 )
 from attest_gateway.core.identifiers import check_cpr
 from attest_gateway.crypto import pseudonyms
-from attest_gateway.crypto.sealing import decode_verify_key, open_envelope, verify
-from attest_gateway.infra.container import Gateway
-from attest_gateway.infra.db import audit, directory
-from attest_gateway.infra.db.engine import aware
-from attest_gateway.infra.db.tables import inbound_messages, mailbox, outbox, sent_messages
+from attest_gateway.crypto.sealing import KeyRing, decode_verify_key, open_envelope, verify
 from attest_gateway.medcom.errors import BundleError
 from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import MessageInfo, read_message
 from attest_gateway.medcom.rules import check_attachments
-from attest_gateway.services.messaging import (
-    Conversation,
-    StageRecord,
-    conversation_by_request,
-    conversations_by_id,
-    enqueue_envelope,
-    load_conversation,
-    mark_fetched,
-    record_stage,
-    record_stages,
-    seal_for,
-)
+from attest_gateway.ports.records import Conversation, InboundRecord, StageRecord
+from attest_gateway.ports.sealing import seal_for
+from attest_gateway.ports.store import Relay, Store, UnitOfWork
 
 log = structlog.get_logger(__name__)
 
 
 async def read_mailbox(
-    gw: Gateway, org: Organisation, *, limit: int, source: str
+    store: Store, clock: Clock, org: Organisation, *, limit: int, source: str
 ) -> list[dict[str, Any]]:
     """The sealed envelopes waiting for this organisation, oldest first. Each one handed out
     is an audit entry (`mailbox.fetch`, from `source`), in the same transaction."""
-    now = gw.clock.now()
+    now = clock.now()
     out: list[dict[str, Any]] = []
     reads: list[audit.AuditEvent] = []
-    async with gw.engine.begin() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(mailbox)
-                .where(mailbox.c.receiver_org_id == org.id, mailbox.c.collected_at.is_(None))
-                .order_by(mailbox.c.delivered_at, mailbox.c.message_id)
-                .limit(limit)
-            )
-        ).all()
+    async with store.transaction() as uow:
+        rows = await uow.mailbox.waiting(org.id, limit)
         for row in rows:
             out.append(
                 {
                     "message_id": row.message_id,
                     "conversation_id": row.conversation_id,
                     "message_type": row.message_type,
-                    "delivered_at": aware(row.delivered_at).isoformat(),
+                    "delivered_at": row.delivered_at.isoformat(),
                     "envelope": orjson.loads(row.envelope),
                 }
             )
@@ -101,16 +80,16 @@ async def read_mailbox(
             )
         # The first fetch of a request is its conversation's `fetched` stage: for the whole
         # read in a few statements, not a few per message.
-        first = await mark_fetched(conn, [r.message_id for r in rows if r.fetched_at is None], now)
+        first = await uow.mailbox.mark_fetched(
+            [r.message_id for r in rows if r.fetched_at is None], now
+        )
         requests = [
             r
             for r in rows
             if r.message_id in first and r.message_type == MessageType.ATTEST_REQUEST.value
         ]
-        convs = await conversations_by_id(conn, [r.conversation_id for r in requests])
-        await record_stages(
-            conn,
-            gw.topics,
+        convs = await uow.conversations.by_ids([r.conversation_id for r in requests])
+        await uow.stages.record_many(
             [
                 StageRecord(
                     convs[r.conversation_id],
@@ -122,38 +101,31 @@ async def read_mailbox(
                 for r in requests
             ],
         )
-        await audit.record_many(conn, gw.topics, reads)  # last: it holds the chain's lock
+        await uow.audit.record_many(reads)  # last: it holds the chain's lock
     log.info("medcom.mailbox_read", count=len(out))
     return out
 
 
-async def mark_collected(gw: Gateway, org: Organisation, message_id: str) -> bool:
+async def mark_collected(store: Store, clock: Clock, org: Organisation, message_id: str) -> bool:
     """The receiver has stored the message; it leaves the waiting list. Idempotent."""
-    async with gw.engine.begin() as conn:
-        result = await conn.execute(
-            mailbox.update()
-            .where(
-                mailbox.c.message_id == message_id,
-                mailbox.c.receiver_org_id == org.id,
-                mailbox.c.collected_at.is_(None),
-            )
-            .values(collected_at=gw.clock.now())
-        )
-        if result.rowcount == 1:
+    async with store.transaction() as uow:
+        if await uow.mailbox.collect(message_id, clock.now(), receiver_org_id=org.id):
             return True
-        exists = (
-            await conn.execute(
-                sa.select(mailbox.c.message_id).where(
-                    mailbox.c.message_id == message_id, mailbox.c.receiver_org_id == org.id
-                )
-            )
-        ).first()
-    if exists is None:
+        item = await uow.mailbox.get(message_id)
+    if item is None or item.receiver_org_id != org.id:
         raise Unknown(ErrorCode.NOT_FOUND, "no such message in this mailbox")
     return False
 
 
-async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> object:
+async def unwrap_submission(
+    store: Store,
+    keyring: KeyRing,
+    clock: Clock,
+    org: Organisation,
+    body: object,
+    *,
+    gateway_org_id: str,
+) -> object:
     """A submission is a FHIR Bundle, or a sealed envelope for the gateway holding one."""
     if isinstance(body, dict) and body.get("resourceType") == "Bundle":
         return body
@@ -164,31 +136,30 @@ async def unwrap_submission(gw: Gateway, org: Organisation, body: object) -> obj
     except pydantic.ValidationError as exc:
         raise Malformed(ErrorCode.INVALID_ENVELOPE, "the sealed envelope is malformed") from exc
     h = envelope.header
-    async with gw.engine.connect() as conn:  # the trust policy (core/trust.py)
+    async with store.reading() as uow:  # the trust policy (core/trust.py)
         await trust.check_envelope(
             h,
-            directory.TrustLookups(conn),
-            gateway_org_id=gw.settings.gateway_org_id,
-            now=gw.clock.now(),
+            uow.directory,
+            gateway_org_id=gateway_org_id,
+            now=clock.now(),
             verify=lambda vkey: verify(envelope, decode_verify_key(vkey.public_key)),
-            submission=trust.Submission(org.id, lambda kid: gw.keyring.hpke_key(kid) is not None),
+            submission=trust.Submission(org.id, lambda kid: keyring.hpke_key(kid) is not None),
         )
-    key = gw.keyring.hpke_key(h.recipient_key_id)
+    key = keyring.hpke_key(h.recipient_key_id)
     assert key is not None  # the policy checked that the key ring holds it
     opened = open_envelope(envelope, key)
-    async with gw.engine.begin() as conn:  # an opening at the edge: audited before it is used
-        await audit.record(
-            conn,
-            gw.topics,
-            actor=gw.settings.gateway_org_id,
+    async with store.transaction() as uow:  # an opening at the edge: audited before it is used
+        opening = audit.AuditEvent(
+            actor=gateway_org_id,
             action=audit.ENVELOPE_OPEN,
             source=audit.SOURCE_GATEWAY,
-            at=gw.clock.now(),
+            at=clock.now(),
             subject_org=org.id,
             message_id=h.message_id,
             conversation_id=h.conversation_id,
             detail={"key_id": key.key_id, "purpose": "submission"},
         )
+        await uow.audit.record_many([opening])
     try:
         data = orjson.loads(opened)
     except orjson.JSONDecodeError as exc:
@@ -228,9 +199,9 @@ def _check_sender(info: MessageInfo, org: Organisation) -> None:
 
 
 async def _answered_conversation(
-    conn: AsyncConnection, org: Organisation, request_id: str | None
+    uow: UnitOfWork, org: Organisation, request_id: str | None
 ) -> Conversation:
-    conv = await conversation_by_request(conn, request_id) if request_id else None
+    conv = await uow.conversations.by_request(request_id) if request_id else None
     if conv is None or conv.receiver_org_id != org.id:
         # Same answer whether the request does not exist or is someone else's.
         raise _unknown_request()
@@ -244,7 +215,15 @@ def _unknown_request() -> Unknown:
 
 
 async def submit_message(
-    gw: Gateway, org: Organisation, data: object
+    store: Store,
+    relay: Relay,
+    keyring: KeyRing,
+    clock: Clock,
+    org: Organisation,
+    data: object,
+    *,
+    gateway_org_id: str,
+    pseudonym_key: bytes,
 ) -> tuple[dict[str, Any], bool]:
     """Accept an acknowledgement or an attest reply. Returns (answer, created now).
 
@@ -260,20 +239,11 @@ async def submit_message(
     except BundleError as exc:
         raise InvalidInput(exc.code, exc.detail) from exc
     _check_sender(info, org)
-    gw.relay.admit()
-    now = gw.clock.now()
-    async with gw.engine.begin() as conn:
-        seen = (
-            await conn.execute(
-                sa.select(inbound_messages).where(
-                    sa.or_(
-                        inbound_messages.c.message_id == info.message_id,
-                        inbound_messages.c.bundle_id == info.bundle_id,
-                    )
-                )
-            )
-        ).all()
-        target = await _target_conversation(conn, org, info) if seen else None
+    relay.admit()
+    now = clock.now()
+    async with store.transaction() as uow:
+        seen = await uow.inbound.seen(info.message_id, info.bundle_id)
+        target = await _target_conversation(uow, org, info) if seen else None
         if target is None and any(row.sender_org_id != org.id for row in seen):
             # Answering a request the caller did not receive: the answer for any such
             # request, not word that someone else used these ids.
@@ -294,17 +264,20 @@ async def submit_message(
                     ErrorCode.REPLAYED_MESSAGE_ID, "that message id belongs to another message"
                 )
             return orjson.loads(row.response), False
-        if await _carried_before(conn, info.message_id):
+        if await uow.inbound.carried_before(info.message_id):
             # The delivery consumer would refuse it as a replay after the 202: say so now.
             raise Replay(
                 ErrorCode.REPLAYED_MESSAGE_ID, "that message id belongs to another message"
             )
         if info.message_type == "acknowledgement":
-            conv, message_type = await _accept_ack(gw, conn, org, info, bundle_json=data, now=now)
+            conv, message_type = await _accept_ack(
+                uow, keyring, gateway_org_id, org, info, bundle_json=data, now=now
+            )
         elif info.message_type == "attest-reply":
             conv, message_type = await _accept_reply(
-                gw, conn, org, info, bundle=bundle, bundle_json=data, now=now
-            )
+                uow, keyring, gateway_org_id, pseudonym_key, org, info,
+                bundle=bundle, bundle_json=data, now=now,
+            )  # fmt: skip
         else:
             raise InvalidInput(
                 ErrorCode.UNSUPPORTED_MESSAGE,
@@ -318,8 +291,8 @@ async def submit_message(
             "status": "accepted",
             "accepted_at": now.isoformat(),
         }
-        await conn.execute(
-            inbound_messages.insert().values(
+        await uow.inbound.add(
+            InboundRecord(
                 message_id=info.message_id,
                 bundle_id=info.bundle_id,
                 sender_org_id=org.id,
@@ -329,40 +302,26 @@ async def submit_message(
                 created_at=now,
             )
         )
-    gw.relay.wake()
+    relay.wake()
     log.info("medcom.message_accepted", message_type=message_type.value, conversation_id=conv.id)
     return answer, True
 
 
-async def _carried_before(conn: AsyncConnection, message_id: str) -> bool:
-    """Whether the gateway already carries a message under this id that did not come in
-    through this API: one it sent (a request, reminder or acknowledgement), or one waiting
-    in or collected from a mailbox. A message id names one message for good."""
-    known = sa.union_all(
-        *(
-            sa.select(sa.literal(1)).where(column == message_id)
-            for column in (sent_messages.c.message_id, mailbox.c.message_id, outbox.c.message_id)
-        )
-    )
-    return (await conn.execute(sa.select(sa.exists(known)))).scalar_one()
-
-
-async def _target_conversation(
-    conn: AsyncConnection, org: Organisation, info: MessageInfo
-) -> str | None:
+async def _target_conversation(uow: UnitOfWork, org: Organisation, info: MessageInfo) -> str | None:
     """The conversation a submission answers, if the caller may answer it."""
     if info.message_type == "acknowledgement":
-        reminder = await _reminder_to(conn, org, info.response_to)
+        reminder = await _reminder_to(uow, org, info.response_to)
         if reminder is not None:
             return reminder.id
     request_id = info.response_to if info.message_type == "acknowledgement" else info.replied_to
-    conv = await conversation_by_request(conn, request_id) if request_id else None
+    conv = await uow.conversations.by_request(request_id) if request_id else None
     return conv.id if conv is not None and conv.receiver_org_id == org.id else None
 
 
 async def _forward(
-    gw: Gateway,
-    conn: AsyncConnection,
+    uow: UnitOfWork,
+    keyring: KeyRing,
+    gateway_org_id: str,
     org: Organisation,
     conv: Conversation,
     info: MessageInfo,
@@ -371,9 +330,9 @@ async def _forward(
     now: dt.datetime,
 ) -> None:
     sealed = await seal_for(
-        conn,
-        gw.keyring,
-        signer_org_id=gw.settings.gateway_org_id,
+        uow.directory,
+        keyring,
+        signer_org_id=gateway_org_id,
         sender_org_id=org.id,
         receiver_org_id=conv.jobcenter_org_id,
         message_type=message_type,
@@ -383,47 +342,34 @@ async def _forward(
         plaintext=plaintext,
         now=now,
     )
-    await enqueue_envelope(conn, gw.topics, sealed, now)
+    await uow.outbox.add_envelope(sealed, now)
 
 
 async def _accept_ack(
-    gw: Gateway,
-    conn: AsyncConnection,
+    uow: UnitOfWork,
+    keyring: KeyRing,
+    gateway_org_id: str,
     org: Organisation,
     info: MessageInfo,
     *,
     bundle_json: object,
     now: dt.datetime,
 ) -> tuple[Conversation, MessageType]:
-    reminder = await _reminder_to(conn, org, info.response_to)
+    reminder = await _reminder_to(uow, org, info.response_to)
     if reminder is not None:
         # Receivers acknowledge every message, reminders included. The job centre asked for the
         # attest, not for this reminder: the acknowledgement is kept, not forwarded or staged.
-        await conn.execute(
-            mailbox.update()
-            .where(mailbox.c.message_id == info.response_to, mailbox.c.collected_at.is_(None))
-            .values(collected_at=now)
-        )
+        assert info.response_to is not None
+        await uow.mailbox.collect(info.response_to, now)
         return reminder, MessageType.ACKNOWLEDGEMENT
-    conv = await _answered_conversation(conn, org, info.response_to)
+    conv = await _answered_conversation(uow, org, info.response_to)
     plaintext = orjson.dumps(bundle_json)
-    await _forward(gw, conn, org, conv, info, MessageType.ACKNOWLEDGEMENT, plaintext, now)
-    await conn.execute(
-        mailbox.update()
-        .where(mailbox.c.message_id == conv.request_message_id, mailbox.c.collected_at.is_(None))
-        .values(collected_at=now)
+    await _forward(
+        uow, keyring, gateway_org_id, org, conv, info, MessageType.ACKNOWLEDGEMENT, plaintext, now
     )
-    await conn.execute(
-        sent_messages.update()
-        .where(
-            sent_messages.c.message_id == conv.request_message_id,
-            sent_messages.c.acknowledged_at.is_(None),
-        )
-        .values(acknowledged_at=now)
-    )
-    await record_stage(
-        conn,
-        gw.topics,
+    await uow.mailbox.collect(conv.request_message_id, now)
+    await uow.sent.acknowledge(conv.request_message_id, now)
+    await uow.stages.record(
         conv,
         Stage.ACKNOWLEDGED,
         message_id=info.message_id,
@@ -435,24 +381,22 @@ async def _accept_ack(
 
 
 async def _reminder_to(
-    conn: AsyncConnection, org: Organisation, message_id: str | None
+    uow: UnitOfWork, org: Organisation, message_id: str | None
 ) -> Conversation | None:
     """The conversation of reminder `message_id` if it was delivered to `org`."""
     if not message_id:
         return None
-    row = (
-        await conn.execute(
-            sa.select(mailbox.c.conversation_id).where(
-                mailbox.c.message_id == message_id,
-                mailbox.c.receiver_org_id == org.id,
-                mailbox.c.message_type == MessageType.ATTEST_REMINDER.value,
-            )
-        )
-    ).first()
-    return await load_conversation(conn, row.conversation_id) if row is not None else None
+    item = await uow.mailbox.get(message_id)
+    if (
+        item is None
+        or item.receiver_org_id != org.id
+        or item.message_type != MessageType.ATTEST_REMINDER.value
+    ):
+        return None
+    return await uow.conversations.get(item.conversation_id)
 
 
-def _check_same_citizen(gw: Gateway, conv: Conversation, info: MessageInfo) -> None:
+def _check_same_citizen(pseudonym_key: bytes, conv: Conversation, info: MessageInfo) -> None:
     """The reply's Patient must be the request's citizen: the case ref of its CPR number is
     the conversation's. The job centre's inbox carries no CPR number, so a caseworker could
     not notice an attest about someone else."""
@@ -461,7 +405,7 @@ def _check_same_citizen(gw: Gateway, conv: Conversation, info: MessageInfo) -> N
     except PydanticCustomError:
         given = ""  # no CPR number at all, or not one: not the request's citizen
     else:
-        given = pseudonyms.case_ref(cpr, gw.pseudonym_key)
+        given = pseudonyms.case_ref(cpr, pseudonym_key)
     if not hmac.compare_digest(given.encode("ascii"), conv.case_ref.encode("ascii")):
         raise InvalidInput(
             ErrorCode.PATIENT_MISMATCH,
@@ -470,8 +414,10 @@ def _check_same_citizen(gw: Gateway, conv: Conversation, info: MessageInfo) -> N
 
 
 async def _accept_reply(
-    gw: Gateway,
-    conn: AsyncConnection,
+    uow: UnitOfWork,
+    keyring: KeyRing,
+    gateway_org_id: str,
+    pseudonym_key: bytes,
     org: Organisation,
     info: MessageInfo,
     *,
@@ -479,8 +425,8 @@ async def _accept_reply(
     bundle_json: object,
     now: dt.datetime,
 ) -> tuple[Conversation, MessageType]:
-    conv = await _answered_conversation(conn, org, info.replied_to)
-    jobcenter = await directory.org_by_id(conn, conv.jobcenter_org_id)
+    conv = await _answered_conversation(uow, org, info.replied_to)
+    jobcenter = await uow.directory.org_by_id(conv.jobcenter_org_id)
     assert jobcenter is not None
     if not (
         (info.receiver.gln and info.receiver.gln == jobcenter.gln)
@@ -494,19 +440,18 @@ async def _accept_reply(
             ErrorCode.CONVERSATION_MISMATCH,
             "the reply's Communication.identifier is not the request's conversation",
         )
-    _check_same_citizen(gw, conv, info)
+    _check_same_citizen(pseudonym_key, conv, info)
     try:
         check_attachments(bundle)
     except BundleError as exc:
         raise InvalidInput(exc.code, exc.detail) from exc
     if not info.texts and not info.attachments:
         raise InvalidInput(ErrorCode.EMPTY_REPLY, "an attest reply needs text or a PDF attachment")
+    plaintext = orjson.dumps(bundle_json)
     await _forward(
-        gw, conn, org, conv, info, MessageType.ATTEST_REPLY, orjson.dumps(bundle_json), now
+        uow, keyring, gateway_org_id, org, conv, info, MessageType.ATTEST_REPLY, plaintext, now
     )
-    await record_stage(
-        conn,
-        gw.topics,
+    await uow.stages.record(
         conv,
         Stage.REPLIED,
         message_id=info.message_id,

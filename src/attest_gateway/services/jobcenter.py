@@ -1,21 +1,20 @@
 """Job-centre use cases: request an attest, read its status, read and acknowledge replies.
 
-Each function takes the running gateway, the authenticated organisation and plain values,
-does its work in one database transaction, and returns a contract model. Routers only parse,
-authorise and call one of these.
+Each function takes the ports it works through (the store, the relay, the key ring, the
+clock: ports/store.py), the authenticated organisation and plain values, does its work in one
+unit of work, and returns a contract model. Routers only parse, authorise and call one of
+these.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from collections.abc import Mapping
 
 import orjson
 import pydantic
-import sqlalchemy as sa
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.jobcenter import (
@@ -29,7 +28,10 @@ from attest_gateway.contracts.jobcenter import (
     UnreadableReply,
 )
 from attest_gateway.contracts.stages import STAGE_ORDER, MessageType, Stage, current_stage
+from attest_gateway.core import audit
+from attest_gateway.core.attests import AttestType
 from attest_gateway.core.bounds import a_year_after
+from attest_gateway.core.clock import Clock
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
 from attest_gateway.core.errors import (
     ErrorCode,
@@ -41,37 +43,31 @@ from attest_gateway.core.errors import (
 )
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.crypto import pseudonyms
-from attest_gateway.crypto.sealing import fingerprint, open_envelope
-from attest_gateway.infra.container import Gateway
-from attest_gateway.infra.db import audit, directory
-from attest_gateway.infra.db import pseudonyms as pseudonym_store
-from attest_gateway.infra.db.engine import autocommit, aware
-from attest_gateway.infra.db.group_commit import Write
-from attest_gateway.infra.db.tables import conversations, idempotency_keys, mailbox
+from attest_gateway.crypto.sealing import KeyRing, fingerprint, open_envelope
 from attest_gateway.medcom.build import build_acknowledgement
 from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import OrgIdentifiers, read_message
 from attest_gateway.medcom.translate import inbox_item, request_bundle
 from attest_gateway.observability import metrics
-from attest_gateway.services.messaging import (
+from attest_gateway.ports.records import (
+    AcceptedRequest,
     Conversation,
+    IdempotencyRecord,
+    MailItem,
     StageRecord,
-    conversations_by_id,
-    first_stage_writes,
-    load_conversation,
-    mark_fetched,
-    record_stage,
-    record_stages,
-    seal_for,
-    sent_copy,
-    stages_of,
+)
+from attest_gateway.ports.sealing import seal_for, seal_for_gateway, sent_copy
+from attest_gateway.ports.store import (
+    Conversations,
+    Directory,
+    IdempotencyKeys,
+    KeyTaken,
+    Relay,
+    Store,
 )
 
 log = structlog.get_logger(__name__)
-
-_INSERT_CONVERSATION = conversations.insert()
-_INSERT_IDEMPOTENCY_KEY = idempotency_keys.insert()
 
 
 def _identifiers(org: Organisation) -> OrgIdentifiers:
@@ -82,12 +78,12 @@ def status_url(conversation_id: str) -> str:
     return f"/jobcenter/v1/attest-requests/{conversation_id}"
 
 
-async def _resolve_receiver(conn: AsyncConnection, body: AttestRequestIn) -> Organisation:
+async def _resolve_receiver(directory: Directory, body: AttestRequestIn) -> Organisation:
     if body.receiver.sor is not None:
-        receiver = await directory.org_by_sor(conn, body.receiver.sor)
+        receiver = await directory.org_by_sor(body.receiver.sor)
     else:
         assert body.receiver.ydernummer is not None
-        receiver = await directory.org_by_ydernummer(conn, body.receiver.ydernummer)
+        receiver = await directory.org_by_ydernummer(body.receiver.ydernummer)
     if receiver is None or not receiver.enabled or receiver.role not in HEALTH_ROLES:
         raise InvalidInput(
             ErrorCode.UNKNOWN_RECEIVER, "no healthcare organisation has that identifier"
@@ -96,15 +92,9 @@ async def _resolve_receiver(conn: AsyncConnection, body: AttestRequestIn) -> Org
 
 
 async def _replay_idempotent(
-    conn: AsyncConnection, org: Organisation, key: str, fp: str
+    keys: IdempotencyKeys, org: Organisation, key: str, fp: str
 ) -> AttestRequestAccepted | None:
-    row = (
-        await conn.execute(
-            sa.select(idempotency_keys).where(
-                idempotency_keys.c.org_id == org.id, idempotency_keys.c.key == key
-            )
-        )
-    ).first()
+    row = await keys.get(org.id, key)
     if row is None:
         return None
     if row.fingerprint != fp:
@@ -116,23 +106,33 @@ async def _replay_idempotent(
 
 
 async def submit_attest_request(
-    gw: Gateway, org: Organisation, body: AttestRequestIn, *, idempotency_key: str | None
+    store: Store,
+    relay: Relay,
+    keyring: KeyRing,
+    clock: Clock,
+    org: Organisation,
+    body: AttestRequestIn,
+    *,
+    idempotency_key: str | None,
+    catalogue: Mapping[str, AttestType],
+    gateway_org_id: str,
+    pseudonym_key: bytes,
 ) -> tuple[AttestRequestAccepted, bool]:
     """Accept a request: translate, seal for the receiver, store with its outbox rows.
 
     Returns the answer and whether it was created now (False: an idempotent replay).
     """
-    gw.relay.admit()
+    relay.admit()
     if body.jobcenter_gln != org.gln or body.municipality != org.kommunekode:
         raise NotPermitted(
             ErrorCode.JOBCENTER_MISMATCH, "the job centre in the request is not the caller"
         )
-    kind = gw.catalogue.get(body.attest_type)
+    kind = catalogue.get(body.attest_type)
     if kind is None:
         raise InvalidInput(
             ErrorCode.UNKNOWN_ATTEST_TYPE, "the attest type is not in the LÆ catalogue"
         )
-    now = gw.clock.now()
+    now = clock.now()
     today = now.date()
     if body.first_day_of_absence > a_year_after(today):
         raise InvalidInput(
@@ -149,19 +149,18 @@ async def submit_attest_request(
             ErrorCode.INVALID_REPLY_DEADLINE, "the reply deadline is more than a year ahead"
         )
     fp = fingerprint(
-        orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS), gw.pseudonym_key
+        orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS), pseudonym_key
     )
 
     # Reads first (no transaction of their own needed: the rows written below depend only on
     # what the directory said); the writes go through the group commit, together with those
     # of the requests accepted at the same time.
-    async with gw.engine.connect() as conn:
-        await autocommit(conn)
+    async with store.reading() as uow:
         if idempotency_key is not None:
-            replay = await _replay_idempotent(conn, org, idempotency_key, fp)
+            replay = await _replay_idempotent(uow.idempotency, org, idempotency_key, fp)
             if replay is not None:
                 return replay, False
-        receiver = await _resolve_receiver(conn, body)
+        receiver = await _resolve_receiver(uow.directory, body)
         if receiver.role not in kind.issuers:
             raise InvalidInput(
                 ErrorCode.RECEIVER_CANNOT_ISSUE,
@@ -180,9 +179,9 @@ async def submit_attest_request(
             sent_at=now,
         )
         envelope = await seal_for(
-            conn,
-            gw.keyring,
-            signer_org_id=gw.settings.gateway_org_id,
+            uow.directory,
+            keyring,
+            signer_org_id=gateway_org_id,
             sender_org_id=org.id,
             receiver_org_id=receiver.id,
             message_type=MessageType.ATTEST_REQUEST,
@@ -202,68 +201,55 @@ async def submit_attest_request(
             caseworker_ref=body.caseworker_ref,
             municipality=body.municipality,
             region_code=municipalities()[body.municipality].region_code,
-            case_ref=pseudonyms.case_ref(body.citizen_cpr, gw.pseudonym_key),
+            case_ref=pseudonyms.case_ref(body.citizen_cpr, pseudonym_key),
             psychiatric_course=body.psychiatric_course,
             first_day_of_absence=body.first_day_of_absence,
             reply_deadline=reply_deadline,
             created_at=now,
         )
-        sealed = await pseudonym_store.seal_for_gateway(
-            conn,
-            gw.keyring,
-            gw.settings.gateway_org_id,
+        sealed = await seal_for_gateway(
+            uow.directory,
+            keyring,
+            gateway_org_id,
             body.citizen_cpr,
             context=pseudonyms.conversation_context(conversation_id),
             now=now,
         )  # the CPR number only as ciphertext, to re-key the pseudonym from
-        copy = await sent_copy(conn, gw, plaintext=plaintext, envelope=envelope, now=now)
+        copy = await sent_copy(
+            uow.directory, keyring, gateway_org_id, plaintext=plaintext, envelope=envelope, now=now
+        )
     accepted = AttestRequestAccepted(
         conversation_id=conversation_id,
         message_id=message_id,
         status_url=status_url(conversation_id),
         reply_deadline=reply_deadline,
     )
-    # The rows go as parameters of statements built once, not per request, parents first
-    # (docs/decisions/0004-set-based-batch-writes.md).
-    writes: list[Write] = [
-        (_INSERT_CONVERSATION, _as_dict(conv) | {"citizen_sealed": sealed}),
-    ]
-    if idempotency_key is not None:
-        writes.append(
-            (
-                _INSERT_IDEMPOTENCY_KEY,
-                {
-                    "org_id": org.id,
-                    "key": idempotency_key,
-                    "fingerprint": fp,
-                    "conversation_id": conversation_id,
-                    "response": accepted.model_dump_json(),
-                    "created_at": now,
-                },
-            )
+    idempotency = (
+        None
+        if idempotency_key is None
+        else IdempotencyRecord(
+            org_id=org.id,
+            key=idempotency_key,
+            fingerprint=fp,
+            conversation_id=conversation_id,
+            response=accepted.model_dump_json(),
+            created_at=now,
         )
-    writes.append(copy)
-    writes += first_stage_writes(
-        gw.topics,
-        conv,
-        Stage.SUBMITTED,
-        message_id=message_id,
-        message_type=MessageType.ATTEST_REQUEST,
-        at=now,
-        envelope=envelope,
     )
+    # Written through the group commit, together with the requests accepted at the same time.
     try:
-        await gw.writes.run(writes)
-    except sa.exc.IntegrityError:
-        if idempotency_key is None:
-            raise
+        await store.accept_request(
+            AcceptedRequest(conv, sealed, idempotency, envelope=envelope, sent_copy=copy)
+        )
+    except KeyTaken as exc:
+        assert idempotency_key is not None
         # The same key in a request accepted at the same moment: answer as its replay.
-        async with gw.engine.connect() as conn:
-            replay = await _replay_idempotent(await autocommit(conn), org, idempotency_key, fp)
+        async with store.reading() as uow:
+            replay = await _replay_idempotent(uow.idempotency, org, idempotency_key, fp)
         if replay is None:
-            raise
+            raise exc.cause from None
         return replay, False
-    gw.relay.wake()
+    relay.wake()
     log.info(
         "jobcenter.request_accepted",
         conversation_id=conversation_id,
@@ -273,27 +259,23 @@ async def submit_attest_request(
     return accepted, True
 
 
-def _as_dict(conv: Conversation) -> dict[str, object]:
-    return {f: getattr(conv, f) for f in conv.__dataclass_fields__}
-
-
-async def _own_conversation(conn: AsyncConnection, org: Organisation, cid: str) -> Conversation:
-    conv = await load_conversation(conn, cid)
+async def _own_conversation(
+    conversations: Conversations, org: Organisation, cid: str
+) -> Conversation:
+    conv = await conversations.get(cid)
     if conv is None or conv.jobcenter_org_id != org.id:
         raise Unknown(ErrorCode.NOT_FOUND, "no such conversation")
     return conv
 
 
-async def conversation_status(gw: Gateway, org: Organisation, cid: str) -> ConversationStatus:
-    async with gw.engine.connect() as conn:
-        conv = await _own_conversation(conn, org, cid)
-        rows = await stages_of(conn, cid)
-        receiver = await directory.org_by_id(conn, conv.receiver_org_id)
+async def conversation_status(store: Store, org: Organisation, cid: str) -> ConversationStatus:
+    async with store.reading() as uow:
+        conv = await _own_conversation(uow.conversations, org, cid)
+        rows = await uow.stages.timeline(cid)
+        receiver = await uow.directory.org_by_id(conv.receiver_org_id)
     assert receiver is not None
     timeline = [
-        TimelineEntry(
-            stage=Stage(r.stage), at=aware(r.at), message_id=r.message_id, detail=r.detail
-        )
+        TimelineEntry(stage=Stage(r.stage), at=r.at, message_id=r.message_id, detail=r.detail)
         for r in rows
     ]
     timeline.sort(key=lambda e: (e.at, STAGE_ORDER.index(e.stage)))
@@ -314,7 +296,16 @@ async def conversation_status(gw: Gateway, org: Organisation, cid: str) -> Conve
     )
 
 
-async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str) -> Inbox:
+async def read_inbox(
+    store: Store,
+    keyring: KeyRing,
+    clock: Clock,
+    org: Organisation,
+    *,
+    limit: int,
+    source: str,
+    gateway_org_id: str,
+) -> Inbox:
     """The attest replies waiting for this job centre, opened with its custodial key. The
     opening and the handing out are audit entries, in the same transaction.
 
@@ -322,19 +313,21 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str)
     (with its error code, in the same transaction), named in `unreadable`, and offered after
     every readable one, so that it never holds the others back. Each read tries it again: once
     the cause is mended (the custodial key loaded, say) it is handed out like any other."""
-    now = gw.clock.now()
+    now = clock.now()
     items: list[InboxItem] = []
     unreadable: list[UnreadableReply] = []
     reads: list[audit.AuditEvent] = []
     marks: dict[str, str | None] = {}  # message id → new unreadable reason (None: readable)
-    fetched: list[Any] = []
-    async with gw.engine.begin() as conn:
-        rows = await _waiting_replies(conn, org, limit)
-        convs = await conversations_by_id(conn, [r.conversation_id for r in rows])
+    fetched: list[MailItem] = []
+    async with store.transaction() as uow:
+        rows = await uow.mailbox.waiting_replies(org.id, limit)
+        convs = await uow.conversations.by_ids([r.conversation_id for r in rows])
         for row in rows:
             conv = convs[row.conversation_id]
             try:
-                bundle, opened = _open_bundle(gw, org, row, source=source, at=now, reason="inbox")
+                bundle, opened = _open_bundle(
+                    keyring, gateway_org_id, org, row, source=source, at=now, reason="inbox"
+                )
                 info = read_message(bundle)
             except (GatewayError, ValueError) as exc:
                 code = _unreadable_code(exc)
@@ -345,7 +338,7 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str)
                         message_id=row.message_id,
                         conversation_id=conv.id,
                         caseworker_ref=conv.caseworker_ref,
-                        received_at=aware(row.delivered_at),
+                        received_at=row.delivered_at,
                         code=code,
                     )
                 )
@@ -371,22 +364,16 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str)
                     conversation_id=conv.id,
                     caseworker_ref=conv.caseworker_ref,
                     attest_type=conv.attest_type,
-                    received_at=aware(row.delivered_at),
+                    received_at=row.delivered_at,
                 )
             )
         for message_id, reason in marks.items():
-            await conn.execute(
-                mailbox.update()
-                .where(mailbox.c.message_id == message_id)
-                .values(unreadable_at=now if reason else None, unreadable_reason=reason)
-            )
+            await uow.mailbox.mark_unreadable(message_id, now, reason)
         # A reply's first fetch is its conversation's `reply_fetched` stage (whole read at once).
-        first = await mark_fetched(
-            conn, [r.message_id for r in fetched if r.fetched_at is None], now
+        first = await uow.mailbox.mark_fetched(
+            [r.message_id for r in fetched if r.fetched_at is None], now
         )
-        await record_stages(
-            conn,
-            gw.topics,
+        await uow.stages.record_many(
             [
                 StageRecord(
                     convs[r.conversation_id],
@@ -399,36 +386,13 @@ async def read_inbox(gw: Gateway, org: Organisation, *, limit: int, source: str)
                 if r.message_id in first
             ],
         )
-        await audit.record_many(conn, gw.topics, reads)  # last: it holds the chain's lock
+        await uow.audit.record_many(reads)  # last: it holds the chain's lock
     for message_id, reason in marks.items():
         if reason is not None:
             metrics.unreadable_reply(reason)
             log.warning("jobcenter.reply_unreadable", message_id=message_id, code=reason)
     log.info("jobcenter.inbox_read", count=len(items), unreadable=len(unreadable))
     return Inbox(items=items, unreadable=unreadable)
-
-
-async def _waiting_replies(conn: AsyncConnection, org: Organisation, limit: int) -> list[Any]:
-    """Up to `limit` replies waiting for `org`, oldest first: the readable ones, then those
-    marked unreadable."""
-    waiting = sa.select(mailbox).where(
-        mailbox.c.receiver_org_id == org.id,
-        mailbox.c.message_type == MessageType.ATTEST_REPLY.value,
-        mailbox.c.collected_at.is_(None),
-    )
-    order = (mailbox.c.delivered_at, mailbox.c.message_id)
-    rows = list(
-        await conn.execute(
-            waiting.where(mailbox.c.unreadable_at.is_(None)).order_by(*order).limit(limit)
-        )
-    )
-    if len(rows) < limit:
-        rows += await conn.execute(
-            waiting.where(mailbox.c.unreadable_at.is_not(None))
-            .order_by(*order)
-            .limit(limit - len(rows))
-        )
-    return rows
 
 
 def _unreadable_code(exc: Exception) -> ErrorCode:
@@ -441,17 +405,24 @@ def _unreadable_code(exc: Exception) -> ErrorCode:
 
 
 def _open_bundle(
-    gw: Gateway, org: Organisation, row: Any, *, source: str, at: dt.datetime, reason: str
+    keyring: KeyRing,
+    gateway_org_id: str,
+    org: Organisation,
+    row: MailItem,
+    *,
+    source: str,
+    at: dt.datetime,
+    reason: str,
 ) -> tuple[Bundle, audit.AuditEvent]:
-    """Open a job centre's mail (a mailbox row) with its custodial key, held by the gateway.
+    """Open a job centre's mail (a mailbox entry) with its custodial key, held by the gateway.
     Returns the Bundle and the audit entry of the opening, for the caller's transaction."""
     envelope = SealedEnvelope.from_json(row.envelope)
-    key = gw.keyring.hpke_key(envelope.header.recipient_key_id)
+    key = keyring.hpke_key(envelope.header.recipient_key_id)
     if key is None:
         raise InvalidInput(ErrorCode.UNKNOWN_KEY, "the gateway does not hold this job centre's key")
     bundle = parse_bundle(orjson.loads(open_envelope(envelope, key)))
     opened = audit.AuditEvent(
-        actor=gw.settings.gateway_org_id,
+        actor=gateway_org_id,
         action=audit.ENVELOPE_OPEN,
         source=source,
         at=at,
@@ -464,40 +435,46 @@ def _open_bundle(
 
 
 async def acknowledge_reply(
-    gw: Gateway, org: Organisation, message_id: str, *, source: str
+    store: Store,
+    relay: Relay,
+    keyring: KeyRing,
+    clock: Clock,
+    org: Organisation,
+    message_id: str,
+    *,
+    source: str,
+    gateway_org_id: str,
 ) -> bool:
     """Mark a reply as received and send the MedCom acknowledgement (ok) to its sender
     (the gateway opens the reply to answer it: an audit entry).
 
     Idempotent: acknowledging twice changes nothing the second time (returns False).
     """
-    gw.relay.admit()
-    now = gw.clock.now()
-    async with gw.engine.begin() as conn:
-        row = (
-            await conn.execute(
-                sa.select(mailbox).where(
-                    mailbox.c.message_id == message_id,
-                    mailbox.c.receiver_org_id == org.id,
-                    mailbox.c.message_type == MessageType.ATTEST_REPLY.value,
-                )
-            )
-        ).first()
-        if row is None:
+    relay.admit()
+    now = clock.now()
+    async with store.transaction() as uow:
+        row = await uow.mailbox.get(message_id)
+        if (
+            row is None
+            or row.receiver_org_id != org.id
+            or row.message_type != MessageType.ATTEST_REPLY.value
+        ):
             raise Unknown(ErrorCode.NOT_FOUND, "no such message in this inbox")
         if row.collected_at is not None:
             return False
-        conv = await load_conversation(conn, row.conversation_id)
+        conv = await uow.conversations.get(row.conversation_id)
         assert conv is not None
-        reply, opened = _open_bundle(gw, org, row, source=source, at=now, reason="ack")
+        reply, opened = _open_bundle(
+            keyring, gateway_org_id, org, row, source=source, at=now, reason="ack"
+        )
         ack_id, ack_bundle_id = str(uuid.uuid4()), str(uuid.uuid4())
         ack = build_acknowledgement(
             acked=reply, message_id=ack_id, bundle_id=ack_bundle_id, sent_at=now, code="ok"
         )
         sealed = await seal_for(
-            conn,
-            gw.keyring,
-            signer_org_id=gw.settings.gateway_org_id,
+            uow.directory,
+            keyring,
+            signer_org_id=gateway_org_id,
             sender_org_id=org.id,
             receiver_org_id=row.sender_org_id,
             message_type=MessageType.ACKNOWLEDGEMENT,
@@ -507,12 +484,8 @@ async def acknowledge_reply(
             plaintext=orjson.dumps(ack),
             now=now,
         )
-        await conn.execute(
-            mailbox.update().where(mailbox.c.message_id == message_id).values(collected_at=now)
-        )
-        await record_stage(
-            conn,
-            gw.topics,
+        await uow.mailbox.collect(message_id, now)
+        await uow.stages.record(
             conv,
             Stage.REPLY_ACKNOWLEDGED,
             message_id=message_id,
@@ -521,6 +494,6 @@ async def acknowledge_reply(
             detail="ok",
             envelope=sealed,
         )
-        await audit.record_many(conn, gw.topics, [opened])  # last: it holds the chain's lock
-    gw.relay.wake()
+        await uow.audit.record_many([opened])  # last: it holds the chain's lock
+    relay.wake()
     return True

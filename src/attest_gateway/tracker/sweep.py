@@ -36,6 +36,13 @@ from attest_gateway.core.errors import GatewayError
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, insert_ignore
+from attest_gateway.infra.db.messaging import (
+    emit_stage_event,
+    enqueue_envelope,
+    load_conversation,
+    record_stage,
+    seal_for,
+)
 from attest_gateway.infra.db.tables import (
     stages,
     tracker_conversations,
@@ -44,13 +51,6 @@ from attest_gateway.infra.db.tables import (
 )
 from attest_gateway.medcom.read import OrgIdentifiers
 from attest_gateway.medcom.reminders import build_reminder
-from attest_gateway.services.messaging import (
-    emit_stage_event,
-    enqueue_envelope,
-    load_conversation,
-    record_stage,
-    seal_for,
-)
 from attest_gateway.tracker.consumer import TrackerState
 from attest_gateway.tracker.store import add_citizen, add_counts
 

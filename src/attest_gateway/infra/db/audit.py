@@ -31,6 +31,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.config import Settings
 from attest_gateway.contracts.audit import GENESIS, AuditEntry, entry_hash
+from attest_gateway.core.audit import ENVELOPE_OPEN as ENVELOPE_OPEN
+from attest_gateway.core.audit import INBOX_FETCH as INBOX_FETCH
+from attest_gateway.core.audit import MAILBOX_FETCH as MAILBOX_FETCH
+from attest_gateway.core.audit import SOURCE_CLI as SOURCE_CLI
+from attest_gateway.core.audit import SOURCE_GATEWAY as SOURCE_GATEWAY
+from attest_gateway.core.audit import AuditEvent as AuditEvent
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import audit_head, audit_log, outbox
 from attest_gateway.infra.kafka.reading import (
@@ -41,28 +47,9 @@ from attest_gateway.infra.kafka.reading import (
 )
 from attest_gateway.infra.kafka.topics import AUDIT, Topics
 
-MAILBOX_FETCH = "mailbox.fetch"  # a health organisation fetched a sealed message
-INBOX_FETCH = "inbox.fetch"  # a job centre fetched an (opened) attest reply
-ENVELOPE_OPEN = "envelope.open"  # the gateway opened a custodial organisation's mail
-SOURCE_CLI = "cli"
-SOURCE_GATEWAY = "gateway"
 HEAD_ID = 1
 CHAIN_KEY = "audit"  # record key: the whole chain on one partition
 VERIFY_BATCH = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    """An entry before it has a place in the chain."""
-
-    actor: str
-    action: str
-    source: str
-    at: dt.datetime
-    subject_org: str | None = None
-    message_id: str | None = None
-    conversation_id: str | None = None
-    detail: dict[str, str] | None = None
 
 
 def chain(prev_hash: str, first_seq: int, events: Sequence[AuditEvent]) -> list[AuditEntry]:

@@ -458,20 +458,3 @@ async def org_by_client_certificate(
         return None
     org = await org_by_id(conn, pinned.org_id)
     return org if org is not None and org.enabled else None
-
-
-@dataclass(frozen=True, slots=True)
-class TrustLookups:
-    """The directory lookups of the envelope trust policy (core/trust.py `TrustDirectory`),
-    answered on one connection (from the snapshot cache, like every lookup here)."""
-
-    conn: AsyncConnection
-
-    async def organisation(self, org_id: str) -> Organisation | None:
-        return await org_by_id(self.conn, org_id)
-
-    async def hpke_key_owner(self, key_id: str) -> str | None:
-        return await hpke_key_owner(self.conn, key_id)
-
-    async def signing_key(self, key_id: str) -> VerifyKey | None:
-        return await signing_key(self.conn, key_id)

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.contacts import NotATrackingEvent, parse_tracking_event
-from attest_gateway.crypto.pseudonyms import key_id, key_id_of, seal_citizen
+from attest_gateway.crypto.pseudonyms import key_id, key_id_of
 from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import insert_ignore
@@ -64,20 +64,6 @@ async def gateway_hpke_key(
             f"the gateway organisation {gateway_org_id!r} has no usable HPKE key in its key file"
         )
     return key
-
-
-async def seal_for_gateway(
-    conn: AsyncConnection,
-    keyring: KeyRing,
-    gateway_org_id: str,
-    cpr: str,
-    *,
-    context: str,
-    now: dt.datetime,
-) -> str:
-    """The CPR number sealed to the gateway's own current HPKE key (ingest)."""
-    recipient = await gateway_hpke_key(conn, keyring, gateway_org_id, now)
-    return seal_citizen(cpr, recipient, context=context)
 
 
 # --- the store's key ------------------------------------------------------------------------

@@ -45,6 +45,12 @@ from attest_gateway.crypto.sealing import open_envelope
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import STORE_ERRORS, insert_ignore
+from attest_gateway.infra.db.messaging import (
+    enqueue_envelope,
+    load_conversation,
+    record_stage,
+    seal_for,
+)
 from attest_gateway.infra.db.tables import (
     idempotency_keys,
     inbound_messages,
@@ -56,12 +62,6 @@ from attest_gateway.infra.db.tables import (
 from attest_gateway.infra.kafka.consumer import ConsumerLoop
 from attest_gateway.infra.kafka.reading import EPOCH_EXPIRED, read_epoch
 from attest_gateway.infra.kafka.topics import ensure_topics
-from attest_gateway.services.messaging import (
-    enqueue_envelope,
-    load_conversation,
-    record_stage,
-    seal_for,
-)
 
 log = structlog.get_logger(__name__)
 

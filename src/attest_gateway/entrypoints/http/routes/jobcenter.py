@@ -52,8 +52,18 @@ async def request_attest(
     org: JobCenter,
     idempotency_key: IdempotencyKey = None,
 ) -> AttestRequestAccepted:
+    gw = gateway_of(request)
     accepted, created = await service.submit_attest_request(
-        gateway_of(request), org, body, idempotency_key=idempotency_key
+        gw.store,
+        gw.relay,
+        gw.keyring,
+        gw.clock,
+        org,
+        body,
+        idempotency_key=idempotency_key,
+        catalogue=gw.catalogue,
+        gateway_org_id=gw.settings.gateway_org_id,
+        pseudonym_key=gw.pseudonym_key,
     )
     response.headers["Location"] = accepted.status_url
     if not created:
@@ -70,8 +80,17 @@ async def register_contact(
     idempotency_key: IdempotencyKey = None,
 ) -> ContactAccepted:
     """Register a direct contact with psychiatry about a citizen (counts for contact coverage)."""
+    gw = gateway_of(request)
     accepted, created = await contacts.register_contact(
-        gateway_of(request), org, body, idempotency_key=idempotency_key
+        gw.store,
+        gw.relay,
+        gw.keyring,
+        gw.clock,
+        org,
+        body,
+        idempotency_key=idempotency_key,
+        gateway_org_id=gw.settings.gateway_org_id,
+        pseudonym_key=gw.pseudonym_key,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -82,21 +101,36 @@ async def register_contact(
 async def attest_request_status(
     conversation_id: ConversationId, request: Request, org: JobCenter
 ) -> ConversationStatus:
-    return await service.conversation_status(gateway_of(request), org, conversation_id)
+    return await service.conversation_status(gateway_of(request).store, org, conversation_id)
 
 
 @router.get("/inbox", response_model=Inbox)
 async def inbox(
     request: Request, org: JobCenter, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Inbox:
+    gw = gateway_of(request)
     return await service.read_inbox(
-        gateway_of(request), org, limit=limit, source=client_source(request)
+        gw.store,
+        gw.keyring,
+        gw.clock,
+        org,
+        limit=limit,
+        source=client_source(request),
+        gateway_org_id=gw.settings.gateway_org_id,
     )
 
 
 @router.post("/inbox/{message_id}/ack")
 async def acknowledge(message_id: MessageId, request: Request, org: JobCenter) -> dict[str, object]:
+    gw = gateway_of(request)
     changed = await service.acknowledge_reply(
-        gateway_of(request), org, message_id, source=client_source(request)
+        gw.store,
+        gw.relay,
+        gw.keyring,
+        gw.clock,
+        org,
+        message_id,
+        source=client_source(request),
+        gateway_org_id=gw.settings.gateway_org_id,
     )
     return {"message_id": message_id, "acknowledged": True, "changed": changed}

@@ -41,8 +41,9 @@ HealthOrg = Annotated[Organisation, Depends(health_org)]
 async def mailbox(
     request: Request, org: HealthOrg, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> dict[str, Any]:
+    gw = gateway_of(request)
     items = await service.read_mailbox(
-        gateway_of(request), org, limit=limit, source=client_source(request)
+        gw.store, gw.clock, org, limit=limit, source=client_source(request)
     )
     return {"items": items}
 
@@ -51,7 +52,8 @@ async def mailbox(
 async def collected(
     message_id: Annotated[str, Path(pattern=ID_PATTERN)], request: Request, org: HealthOrg
 ) -> dict[str, Any]:
-    changed = await service.mark_collected(gateway_of(request), org, message_id)
+    gw = gateway_of(request)
+    changed = await service.mark_collected(gw.store, gw.clock, org, message_id)
     return {"message_id": message_id, "collected": True, "changed": changed}
 
 
@@ -65,14 +67,26 @@ async def submit(request: Request, response: Response, org: HealthOrg) -> dict[s
     except orjson.JSONDecodeError as exc:
         raise Malformed(ErrorCode.MALFORMED_JSON, "the request body is not valid JSON") from exc
     gw = gateway_of(request)
-    bundle = await service.unwrap_submission(gw, org, data)
+    gateway_org_id = gw.settings.gateway_org_id
+    bundle = await service.unwrap_submission(
+        gw.store, gw.keyring, gw.clock, org, data, gateway_org_id=gateway_org_id
+    )
     if control_character_in(bundle):
         raise InvalidInput(
             ErrorCode.CONTROL_CHARACTER,
             "a string of the Bundle holds a control character (FHIR allows none but tab, "
             "line feed and carriage return)",
         )
-    answer, created = await service.submit_message(gw, org, bundle)
+    answer, created = await service.submit_message(
+        gw.store,
+        gw.relay,
+        gw.keyring,
+        gw.clock,
+        org,
+        bundle,
+        gateway_org_id=gateway_org_id,
+        pseudonym_key=gw.pseudonym_key,
+    )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return answer

@@ -1,5 +1,5 @@
-"""What every hand-off shares: sealing a Bundle for its receiver into an outbox row, and
-recording a conversation stage (store row + stage event in the outbox, in the caller's
+"""The store's side of every hand-off: sealing a Bundle for its receiver into an outbox
+row, and recording a conversation stage (store row + stage event in the outbox, in the caller's
 transaction, so a stage is never recorded without its event or the other way round)."""
 
 from __future__ import annotations
@@ -8,45 +8,28 @@ import datetime as dt
 import functools
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.contracts.envelope import CONTENT_TYPE, EnvelopeHeader, SealedEnvelope
+from attest_gateway.contracts.envelope import CONTENT_TYPE, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
-from attest_gateway.core.errors import ErrorCode, InvalidInput
-from attest_gateway.crypto.sealing import KeyRing, seal
-from attest_gateway.infra.container import Gateway
-from attest_gateway.infra.db import directory
-from attest_gateway.infra.db.engine import dialect_insert, insert_ignore, one_of
+from attest_gateway.crypto.sealing import KeyRing
+from attest_gateway.infra.db.directory_view import SqlDirectory
+from attest_gateway.infra.db.engine import aware, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import Write
-from attest_gateway.infra.db.tables import conversations, mailbox, outbox, sent_messages, stages
+from attest_gateway.infra.db.tables import conversations, mailbox, outbox, stages
 from attest_gateway.infra.kafka.topics import Topics
+from attest_gateway.ports import sealing
+from attest_gateway.ports.records import Conversation, StageRecord
 
 
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    id: str
-    jobcenter_org_id: str
-    receiver_org_id: str
-    request_message_id: str
-    attest_type: str
-    case_kind: str
-    caseworker_ref: str
-    municipality: str
-    region_code: str
-    case_ref: str
-    psychiatric_course: bool
-    first_day_of_absence: dt.date
-    reply_deadline: dt.date
-    created_at: dt.datetime
-
-    @classmethod
-    def from_row(cls, row: Any) -> Conversation:
-        return cls(**{f: getattr(row, f) for f in cls.__dataclass_fields__})
+def conversation_from_row(row: Any) -> Conversation:
+    """The conversation of a `conversations` row."""
+    fields = {f: getattr(row, f) for f in Conversation.__dataclass_fields__}
+    return Conversation(**fields | {"created_at": aware(row.created_at)})
 
 
 _BY_ID = sa.select(conversations).where(conversations.c.id == sa.bindparam("b_id"))
@@ -57,7 +40,7 @@ _BY_REQUEST = sa.select(conversations).where(
 
 async def load_conversation(conn: AsyncConnection, conversation_id: str) -> Conversation | None:
     row = (await conn.execute(_BY_ID, {"b_id": conversation_id})).first()
-    return Conversation.from_row(row) if row is not None else None
+    return conversation_from_row(row) if row is not None else None
 
 
 async def conversations_by_id(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, Conversation]:
@@ -68,7 +51,7 @@ async def conversations_by_id(conn: AsyncConnection, ids: Iterable[str]) -> dict
     rows = await conn.execute(
         sa.select(conversations).where(one_of(conn.dialect.name, conversations.c.id, wanted))
     )
-    return {row.id: Conversation.from_row(row) for row in rows}
+    return {row.id: conversation_from_row(row) for row in rows}
 
 
 async def mark_fetched(
@@ -97,17 +80,16 @@ async def conversations_by_request(
         return []
     by_request = one_of(conn.dialect.name, conversations.c.request_message_id, message_ids)
     rows = await conn.execute(sa.select(conversations).where(by_request))
-    return [Conversation.from_row(row) for row in rows]
+    return [conversation_from_row(row) for row in rows]
 
 
 async def conversation_by_request(conn: AsyncConnection, message_id: str) -> Conversation | None:
     row = (await conn.execute(_BY_REQUEST, {"b_message_id": message_id})).first()
-    return Conversation.from_row(row) if row is not None else None
+    return conversation_from_row(row) if row is not None else None
 
 
 # Built once; each row goes as parameters (building the statement per row cost more CPU).
 _OUTBOX_INSERT = outbox.insert()
-_SENT_INSERT = sent_messages.insert()
 _STAGE_INSERT = stages.insert()
 
 
@@ -129,71 +111,32 @@ async def seal_for(
     plaintext: bytes,
     now: dt.datetime,
 ) -> SealedEnvelope:
-    """Seal a Bundle for the receiver's current HPKE key and sign it with the signer's key."""
-    recipient = await directory.current_hpke_key(conn, receiver_org_id, now)
-    if recipient is None:
-        raise InvalidInput(
-            ErrorCode.RECEIVER_HAS_NO_KEY, "the receiver has no usable encryption key"
-        )
-    usable = await directory.usable_signing_key_ids(conn, signer_org_id, now)
-    signer = keyring.signing_among(signer_org_id, usable) if usable else None
-    if signer is None:
-        raise RuntimeError(f"no usable signing key of {signer_org_id!r} in the key files")
-    header = EnvelopeHeader(
-        message_id=message_id,
-        bundle_id=bundle_id,
-        conversation_id=conversation_id,
-        message_type=message_type,
-        sender=sender_org_id,
-        receiver=receiver_org_id,
-        suite=recipient.suite,
-        recipient_key_id=recipient.key_id,
-        signer=signer_org_id,
-        signer_key_id=signer.key_id,
-        created_at=now,
-    )
-    return seal(plaintext, header, recipient, signer)
+    """`core.sealing.seal_for` with the directory as this connection reads it."""
+    return await sealing.seal_for(
+        SqlDirectory(conn), keyring, signer_org_id=signer_org_id, sender_org_id=sender_org_id,
+        receiver_org_id=receiver_org_id, message_type=message_type, message_id=message_id,
+        bundle_id=bundle_id, conversation_id=conversation_id, plaintext=plaintext, now=now,
+    )  # fmt: skip
 
 
-async def sent_copy(
-    conn: AsyncConnection,
-    gw: Gateway,
-    *,
-    plaintext: bytes,
-    envelope: SealedEnvelope,
-    now: dt.datetime,
-) -> Write:
-    """The write that keeps a copy (sealed for the gateway itself, now) of a message that
-    awaits a MedCom acknowledgement, so the resend rule can send it again with a new
-    Bundle.id: to run with the message's other writes."""
+def sent_copy_row(
+    envelope: SealedEnvelope, copy: SealedEnvelope, now: dt.datetime
+) -> dict[str, Any]:
+    """The `sent_messages` row of `envelope`, a message that awaits a MedCom acknowledgement:
+    its routing, and `copy` (the same message sealed for the gateway itself), so the resend
+    rule can send it again with a new Bundle.id."""
     h = envelope.header
-    copy = await seal_for(
-        conn,
-        gw.keyring,
-        signer_org_id=gw.settings.gateway_org_id,
-        sender_org_id=h.sender,
-        receiver_org_id=gw.settings.gateway_org_id,
-        message_type=h.message_type,
-        message_id=h.message_id,
-        bundle_id=h.bundle_id,
-        conversation_id=h.conversation_id,
-        plaintext=plaintext,
-        now=now,
-    )
-    return (
-        _SENT_INSERT,
-        {
-            "message_id": h.message_id,
-            "conversation_id": h.conversation_id,
-            "sender_org_id": h.sender,
-            "receiver_org_id": h.receiver,
-            "message_type": h.message_type.value,
-            "copy": copy.to_json(),
-            "sent_at": now,
-            "last_sent_at": now,
-            "resend_count": 0,
-        },
-    )
+    return {
+        "message_id": h.message_id,
+        "conversation_id": h.conversation_id,
+        "sender_org_id": h.sender,
+        "receiver_org_id": h.receiver,
+        "message_type": h.message_type.value,
+        "copy": copy.to_json(),
+        "sent_at": now,
+        "last_sent_at": now,
+        "resend_count": 0,
+    }
 
 
 async def enqueue_envelope(
@@ -292,17 +235,6 @@ def first_stage_writes(
     )
     envelope_row = _envelope_row(topics, envelope, at)
     return [(_STAGE_INSERT, stage_row), (_OUTBOX_INSERT, [envelope_row, event])]
-
-
-@dataclass(frozen=True, slots=True)
-class StageRecord:
-    """One stage to record with :func:`record_stages`."""
-
-    conv: Conversation
-    stage: Stage
-    message_id: str
-    message_type: MessageType
-    at: dt.datetime
 
 
 @functools.cache

@@ -1,0 +1,147 @@
+"""The domain values the use cases and their ports speak: a conversation, the mail waiting in
+a mailbox, a recorded stage, a remembered submission, an accepted request's records.
+
+Plain frozen dataclasses: the store (infra/db) turns its rows into these and these into its
+rows; the in-memory fakes of the tests keep them as they are.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.stages import MessageType, Stage
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One attest request and everything that answers it, between a job centre and the
+    healthcare organisation it asked (the receiver)."""
+
+    id: str
+    jobcenter_org_id: str
+    receiver_org_id: str
+    request_message_id: str
+    attest_type: str
+    case_kind: str
+    caseworker_ref: str
+    municipality: str
+    region_code: str
+    case_ref: str
+    psychiatric_course: bool
+    first_day_of_absence: dt.date
+    reply_deadline: dt.date
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StageRecord:
+    """One stage to record with its stage event (`Stages.record_many`)."""
+
+    conv: Conversation
+    stage: Stage
+    message_id: str
+    message_type: MessageType
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StageEntry:
+    """A stage a conversation reached, as recorded (its timeline)."""
+
+    stage: str
+    message_id: str
+    at: dt.datetime
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MailItem:
+    """A sealed message delivered to an organisation's mailbox (a job centre's inbox is the
+    attest replies of its mailbox)."""
+
+    message_id: str
+    receiver_org_id: str
+    sender_org_id: str
+    conversation_id: str
+    message_type: str
+    envelope: bytes
+    delivered_at: dt.datetime
+    fetched_at: dt.datetime | None = None
+    collected_at: dt.datetime | None = None
+    unreadable_at: dt.datetime | None = None
+    unreadable_reason: str | None = None
+
+    @classmethod
+    def of(cls, envelope: SealedEnvelope, delivered_at: dt.datetime) -> MailItem:
+        """The mailbox entry of an envelope delivered now."""
+        h = envelope.header
+        return cls(
+            message_id=h.message_id,
+            receiver_org_id=h.receiver,
+            sender_org_id=h.sender,
+            conversation_id=h.conversation_id,
+            message_type=h.message_type.value,
+            envelope=envelope.to_json(),
+            delivered_at=delivered_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """A message a health organisation submitted, remembered with the answer it got (the
+    MedCom duplicate rule answers a resend with it)."""
+
+    message_id: str
+    bundle_id: str
+    sender_org_id: str
+    conversation_id: str
+    message_type: str
+    response: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """A job centre's Idempotency-Key with the request it named (by fingerprint) and the
+    answer it got."""
+
+    org_id: str
+    key: str
+    fingerprint: str
+    conversation_id: str
+    response: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedRequest:
+    """Everything an accepted attest request stores, written at once: the conversation (with
+    the citizen's CPR number sealed to the gateway), the Idempotency-Key if one was given,
+    the copy kept for resends (sealed to the gateway), and the `submitted` stage with the
+    envelope for the receiver."""
+
+    conv: Conversation
+    citizen_sealed: str
+    idempotency: IdempotencyRecord | None
+    envelope: SealedEnvelope
+    sent_copy: SealedEnvelope
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRecord:
+    """A registered direct contact between a job centre and a psychiatry unit."""
+
+    contact_id: str
+    jobcenter_org: str
+    psychiatry_org: str
+    case_ref: str
+    case_kind: str
+    first_day_of_absence: dt.date
+    contact_date: dt.date
+    channel: str
+    idempotency_key: str | None
+    response: str
+    created_at: dt.datetime
+    citizen_sealed: str | None

@@ -1,0 +1,446 @@
+"""In-memory implementations of the use cases' ports (ports/store.py), for unit tests that run
+in milliseconds: no database, no broker.
+
+`FakeStore` keeps every table family as a dict (or a list for the outbox and the audit log)
+in a `FakeState`; a unit of work works on a copy and puts it back when the block ends
+without an error, so a refused use case leaves nothing behind, as a rolled-back
+transaction would. The behaviours that matter on both sides (idempotent inserts, first
+fetches, first stages, the waiting order, a taken Idempotency-Key) are run on this store and
+on the real one by tests/integration/test_store_ports.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+
+from attest_gateway.contracts.contacts import ContactEvent
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.audit import AuditEvent
+from attest_gateway.core.directory import Organisation, VerifyKey
+from attest_gateway.core.errors import ErrorCode, Unavailable
+from attest_gateway.crypto.sealing import OrgKeys, PublicHpkeKey
+from attest_gateway.ports.records import (
+    AcceptedRequest,
+    ContactRecord,
+    Conversation,
+    IdempotencyRecord,
+    InboundRecord,
+    MailItem,
+    StageEntry,
+    StageRecord,
+)
+from attest_gateway.ports.store import KeyTaken
+
+
+@dataclass(frozen=True, slots=True)
+class StageEventRecord:
+    """A stage event put in the outbox (what `gateway.tracking` would carry)."""
+
+    conversation_id: str
+    stage: Stage
+    message_id: str
+    message_type: MessageType
+    at: dt.datetime
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One record waiting for the relay: an envelope, a stage event or a contact event."""
+
+    payload: SealedEnvelope | StageEventRecord | ContactEvent
+    created_at: dt.datetime
+    delivered_at: dt.datetime | None = None
+
+    @property
+    def message_id(self) -> str | None:
+        return self.payload.header.message_id if isinstance(self.payload, SealedEnvelope) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _HpkeEntry:
+    org_id: str
+    public: PublicHpkeKey
+    validity: VerifyKey  # its revocation and expiry (public_key unused)
+
+
+class FakeDirectory:
+    """Organisations and their public keys, newest key last."""
+
+    def __init__(self) -> None:
+        self.orgs: dict[str, Organisation] = {}
+        self.hpke: dict[str, _HpkeEntry] = {}
+        self.signing: dict[str, VerifyKey] = {}
+
+    def add(self, org: Organisation, keys: OrgKeys | None = None) -> None:
+        """Register an organisation with the public halves of its keys (usable for good)."""
+        self.orgs[org.id] = org
+        if keys is None:
+            return
+        for h in keys.hpke_keys:
+            validity = VerifyKey(h.key_id, org.id, h.public_encoded, None, None)
+            self.hpke[h.key_id] = _HpkeEntry(org.id, h.public(), validity)
+        for s in keys.signing_keys:
+            self.signing[s.key_id] = VerifyKey(s.key_id, org.id, s.public_encoded, None, None)
+
+    def revoke(self, key_id: str, at: dt.datetime) -> None:
+        if key_id in self.signing:
+            self.signing[key_id] = replace(self.signing[key_id], revoked_at=at)
+        if key_id in self.hpke:
+            entry = self.hpke[key_id]
+            self.hpke[key_id] = replace(entry, validity=replace(entry.validity, revoked_at=at))
+
+    def disable(self, org_id: str) -> None:
+        self.orgs[org_id] = replace(self.orgs[org_id], enabled=False)
+
+    async def org_by_id(self, org_id: str) -> Organisation | None:
+        return self.orgs.get(org_id)
+
+    async def org_by_sor(self, sor: str) -> Organisation | None:
+        return next((o for o in self.orgs.values() if o.sor == sor), None)
+
+    async def org_by_ydernummer(self, ydernummer: str) -> Organisation | None:
+        return next((o for o in self.orgs.values() if o.ydernummer == ydernummer), None)
+
+    async def current_hpke_key(self, org_id: str, at: dt.datetime) -> PublicHpkeKey | None:
+        usable = [
+            e.public for e in self.hpke.values() if e.org_id == org_id and e.validity.usable(at)
+        ]
+        return usable[-1] if usable else None
+
+    async def usable_signing_key_ids(self, org_id: str, at: dt.datetime) -> list[str]:
+        keys = [k for k in self.signing.values() if k.org_id == org_id and k.usable(at)]
+        return [k.key_id for k in reversed(keys)]
+
+    async def hpke_key_owner(self, key_id: str) -> str | None:
+        entry = self.hpke.get(key_id)
+        return entry.org_id if entry is not None else None
+
+    async def signing_key(self, key_id: str) -> VerifyKey | None:
+        return self.signing.get(key_id)
+
+
+@dataclass
+class FakeState:
+    """The fake store's tables."""
+
+    conversations: dict[str, Conversation] = field(default_factory=dict)
+    citizens: dict[str, str] = field(default_factory=dict)  # conversation id → sealed CPR
+    mailbox: dict[str, MailItem] = field(default_factory=dict)
+    stages: dict[tuple[str, str], StageEntry] = field(default_factory=dict)
+    outbox: list[OutboxRecord] = field(default_factory=list)
+    sent: dict[str, tuple[SealedEnvelope, dt.datetime | None]] = field(default_factory=dict)
+    inbound: dict[str, InboundRecord] = field(default_factory=dict)
+    idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
+    contacts: dict[str, ContactRecord] = field(default_factory=dict)
+    audit: list[AuditEvent] = field(default_factory=list)
+
+    def envelopes(self) -> list[SealedEnvelope]:
+        """The envelopes in the outbox, in the order they were put there."""
+        return [r.payload for r in self.outbox if isinstance(r.payload, SealedEnvelope)]
+
+    def stage_events(self) -> list[StageEventRecord]:
+        return [r.payload for r in self.outbox if isinstance(r.payload, StageEventRecord)]
+
+    def contact_events(self) -> list[ContactEvent]:
+        return [r.payload for r in self.outbox if isinstance(r.payload, ContactEvent)]
+
+
+class _Repo:
+    def __init__(self, state: FakeState) -> None:
+        self.s = state
+
+
+class FakeConversations(_Repo):
+    async def get(self, conversation_id: str) -> Conversation | None:
+        return self.s.conversations.get(conversation_id)
+
+    async def by_ids(self, ids: Iterable[str]) -> dict[str, Conversation]:
+        return {i: self.s.conversations[i] for i in set(ids) if i in self.s.conversations}
+
+    async def by_request(self, message_id: str) -> Conversation | None:
+        found = (c for c in self.s.conversations.values() if c.request_message_id == message_id)
+        return next(found, None)
+
+
+class FakeMailbox(_Repo):
+    def _oldest_first(self, items: Iterable[MailItem]) -> list[MailItem]:
+        return sorted(items, key=lambda i: (i.delivered_at, i.message_id))
+
+    async def get(self, message_id: str) -> MailItem | None:
+        return self.s.mailbox.get(message_id)
+
+    async def waiting(self, receiver_org_id: str, limit: int) -> list[MailItem]:
+        items = (
+            i
+            for i in self.s.mailbox.values()
+            if i.receiver_org_id == receiver_org_id and i.collected_at is None
+        )
+        return self._oldest_first(items)[:limit]
+
+    async def waiting_replies(self, receiver_org_id: str, limit: int) -> list[MailItem]:
+        replies = [
+            i
+            for i in await self.waiting(receiver_org_id, len(self.s.mailbox))
+            if i.message_type == MessageType.ATTEST_REPLY.value
+        ]
+        readable = [i for i in replies if i.unreadable_at is None]
+        unreadable = [i for i in replies if i.unreadable_at is not None]
+        return (readable + unreadable)[:limit]
+
+    async def known(self, message_ids: Sequence[str]) -> set[str]:
+        return {i for i in message_ids if i in self.s.mailbox}
+
+    async def add(self, item: MailItem) -> bool:
+        if item.message_id in self.s.mailbox:
+            return False
+        self.s.mailbox[item.message_id] = item
+        return True
+
+    async def add_new(self, items: Sequence[MailItem]) -> set[str]:
+        return {i.message_id for i in items if await self.add(i)}
+
+    async def replace_envelope(self, message_id: str, envelope: bytes) -> None:
+        item = self.s.mailbox[message_id]
+        self.s.mailbox[message_id] = replace(item, envelope=envelope, fetched_at=None)
+
+    async def mark_fetched(self, message_ids: Iterable[str], at: dt.datetime) -> set[str]:
+        first = set()
+        for message_id in set(message_ids):
+            item = self.s.mailbox.get(message_id)
+            if item is not None and item.fetched_at is None:
+                self.s.mailbox[message_id] = replace(item, fetched_at=at)
+                first.add(message_id)
+        return first
+
+    async def mark_unreadable(self, message_id: str, at: dt.datetime, reason: str | None) -> None:
+        item = self.s.mailbox[message_id]
+        self.s.mailbox[message_id] = replace(
+            item, unreadable_at=at if reason else None, unreadable_reason=reason
+        )
+
+    async def collect(
+        self, message_id: str, at: dt.datetime, *, receiver_org_id: str | None = None
+    ) -> bool:
+        item = self.s.mailbox.get(message_id)
+        if item is None or item.collected_at is not None:
+            return False
+        if receiver_org_id is not None and item.receiver_org_id != receiver_org_id:
+            return False
+        self.s.mailbox[message_id] = replace(item, collected_at=at)
+        return True
+
+
+class FakeStages(_Repo):
+    async def timeline(self, conversation_id: str) -> list[StageEntry]:
+        entries = [e for (cid, _), e in self.s.stages.items() if cid == conversation_id]
+        return sorted(entries, key=lambda e: e.at)
+
+    async def record(
+        self,
+        conv: Conversation,
+        stage: Stage,
+        *,
+        message_id: str,
+        message_type: MessageType,
+        at: dt.datetime,
+        detail: str | None = None,
+        envelope: SealedEnvelope | None = None,
+    ) -> bool:
+        if envelope is not None:
+            self.s.outbox.append(OutboxRecord(envelope, at))
+        if (conv.id, stage.value) in self.s.stages:
+            return False
+        self.s.stages[(conv.id, stage.value)] = StageEntry(stage.value, message_id, at, detail)
+        event = StageEventRecord(conv.id, stage, message_id, message_type, at, detail)
+        self.s.outbox.append(OutboxRecord(event, at))
+        return True
+
+    async def record_many(self, items: Sequence[StageRecord]) -> int:
+        new = 0
+        for i in sorted(items, key=lambda i: (i.conv.id, i.stage.value)):
+            new += await self.record(
+                i.conv, i.stage, message_id=i.message_id, message_type=i.message_type, at=i.at
+            )
+        return new
+
+
+class FakeOutbox(_Repo):
+    def __init__(self, state: FakeState, busy: set[str]) -> None:
+        super().__init__(state)
+        self._busy = busy  # message ids whose records another transaction holds
+        self._claimed: set[str] = set()
+
+    async def add_envelope(self, envelope: SealedEnvelope, at: dt.datetime) -> None:
+        self.s.outbox.append(OutboxRecord(envelope, at))
+
+    async def add_contact_event(self, event: ContactEvent, at: dt.datetime) -> None:
+        self.s.outbox.append(OutboxRecord(event, at))
+
+    def _mark(self, message_ids: set[str], at: dt.datetime) -> None:
+        self.s.outbox = [
+            replace(r, delivered_at=at)
+            if r.message_id in message_ids and r.delivered_at is None
+            else r
+            for r in self.s.outbox
+        ]
+
+    async def mark_delivered(self, message_id: str, at: dt.datetime) -> None:
+        self._mark({message_id}, at)
+
+    async def claim_undelivered(self, message_ids: Sequence[str]) -> set[str]:
+        undelivered = {
+            r.message_id
+            for r in self.s.outbox
+            if r.message_id in set(message_ids) and r.delivered_at is None
+        }
+        self._claimed |= undelivered - self._busy
+        return {m for m in undelivered if m in self._busy}
+
+    async def mark_claimed_delivered(self, message_ids: Iterable[str], at: dt.datetime) -> None:
+        self._mark(set(message_ids) & self._claimed, at)
+
+
+class FakeSentCopies(_Repo):
+    async def acknowledge(self, message_id: str, at: dt.datetime) -> None:
+        if message_id in self.s.sent and self.s.sent[message_id][1] is None:
+            self.s.sent[message_id] = (self.s.sent[message_id][0], at)
+
+
+class FakeInbound(_Repo):
+    async def seen(self, message_id: str, bundle_id: str) -> list[InboundRecord]:
+        return [
+            r
+            for r in self.s.inbound.values()
+            if r.message_id == message_id or r.bundle_id == bundle_id
+        ]
+
+    async def add(self, record: InboundRecord) -> None:
+        clash = record.message_id in self.s.inbound or any(
+            r.bundle_id == record.bundle_id for r in self.s.inbound.values()
+        )
+        if clash:
+            raise ValueError("unique key taken in inbound_messages")
+        self.s.inbound[record.message_id] = record
+
+    async def carried_before(self, message_id: str) -> bool:
+        return (
+            message_id in self.s.sent
+            or message_id in self.s.mailbox
+            or any(r.message_id == message_id for r in self.s.outbox)
+        )
+
+
+class FakeIdempotencyKeys(_Repo):
+    async def get(self, org_id: str, key: str) -> IdempotencyRecord | None:
+        return self.s.idempotency.get((org_id, key))
+
+
+class FakeContacts(_Repo):
+    async def by_idempotency_key(self, jobcenter_org: str, key: str) -> ContactRecord | None:
+        found = (
+            c
+            for c in self.s.contacts.values()
+            if c.jobcenter_org == jobcenter_org and c.idempotency_key == key
+        )
+        return next(found, None)
+
+    async def add(self, record: ContactRecord) -> None:
+        self.s.contacts[record.contact_id] = record
+
+
+class FakeAuditLog(_Repo):
+    async def record_many(self, events: Sequence[AuditEvent]) -> None:
+        self.s.audit.extend(events)
+
+
+class FakeUnitOfWork:
+    def __init__(self, state: FakeState, directory: FakeDirectory, busy: set[str]) -> None:
+        self.state = state
+        self.directory = directory
+        self.conversations = FakeConversations(state)
+        self.mailbox = FakeMailbox(state)
+        self.stages = FakeStages(state)
+        self.outbox = FakeOutbox(state, busy)
+        self.sent = FakeSentCopies(state)
+        self.inbound = FakeInbound(state)
+        self.idempotency = FakeIdempotencyKeys(state)
+        self.contacts = FakeContacts(state)
+        self.audit = FakeAuditLog(state)
+
+
+class FakeStore:
+    """The store in memory. `busy`: message ids whose outbox records another transaction
+    holds (what SKIP LOCKED would pass over)."""
+
+    def __init__(self, directory: FakeDirectory | None = None) -> None:
+        self.state = FakeState()
+        self.directory = directory or FakeDirectory()
+        self.busy: set[str] = set()
+        self.commits = 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[FakeUnitOfWork]:
+        work = copy.deepcopy(self.state)
+        yield FakeUnitOfWork(work, self.directory, self.busy)
+        self.state = work  # reached only when the block did not raise: committed
+        self.commits += 1
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[FakeUnitOfWork]:
+        yield FakeUnitOfWork(copy.deepcopy(self.state), self.directory, self.busy)
+
+    async def accept_request(self, accepted: AcceptedRequest) -> None:
+        conv, s = accepted.conv, self.state
+        taken = (
+            conv.id in s.conversations
+            or any(
+                c.request_message_id == conv.request_message_id for c in s.conversations.values()
+            )
+            or (
+                accepted.idempotency is not None
+                and (accepted.idempotency.org_id, accepted.idempotency.key) in s.idempotency
+            )
+        )
+        if taken:
+            error = ValueError("unique key taken")
+            if accepted.idempotency is None:
+                raise error
+            raise KeyTaken(error)
+        async with self.transaction() as uow:
+            uow.state.conversations[conv.id] = conv
+            uow.state.citizens[conv.id] = accepted.citizen_sealed
+            if (key := accepted.idempotency) is not None:
+                uow.state.idempotency[(key.org_id, key.key)] = key
+            uow.state.sent[conv.request_message_id] = (accepted.sent_copy, None)
+            h = accepted.envelope.header
+            await uow.stages.record(
+                conv,
+                Stage.SUBMITTED,
+                message_id=h.message_id,
+                message_type=h.message_type,
+                at=conv.created_at,
+                envelope=accepted.envelope,
+            )
+
+
+class FakeRelay:
+    """Counts the wake-ups; refuses work (as a full outbox does) while `full`."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self.wakes = 0
+
+    def admit(self) -> None:
+        if self.full:
+            raise Unavailable(
+                ErrorCode.OUTBOX_FULL, "the gateway cannot forward messages right now; retry later"
+            )
+
+    def wake(self) -> None:
+        self.wakes += 1
