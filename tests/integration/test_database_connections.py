@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.uow import SqlStore
 from tests.integration.conftest import running_gateway
 from tests.support.flows import JC, PSY, round_trip
 from tests.support.harness import PG_ADMIN_DSN, attest_request_body
@@ -58,7 +59,9 @@ async def test_an_unreachable_database_is_a_503(broker: TestKafka, tmp_path: Pat
         # The API's requests now go to an address where no database listens.
         unreachable = sa.make_url(h.settings.database_url or "").set(port=1)
         engine = make_engine(unreachable.render_as_string(hide_password=False))
-        h.app.state.gateway = dataclasses.replace(h.gw, engine=engine)
+        h.app.state.gateway = dataclasses.replace(
+            h.gw, engine=engine, store=SqlStore(engine, h.gw.topics, h.gw.writes)
+        )
         try:
             answer = await h.client.get("/jobcenter/v1/inbox", headers=h.auth(JC))
         finally:
