@@ -111,7 +111,7 @@ async def seal_for(
     plaintext: bytes,
     now: dt.datetime,
 ) -> SealedEnvelope:
-    """`core.sealing.seal_for` with the directory as this connection reads it."""
+    """`ports.sealing.seal_for` with the directory as this connection reads it."""
     return await sealing.seal_for(
         SqlDirectory(conn), keyring, signer_org_id=signer_org_id, sender_org_id=sender_org_id,
         receiver_org_id=receiver_org_id, message_type=message_type, message_id=message_id,
