@@ -28,7 +28,8 @@ from attest_gateway.config import Settings, load_settings
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.errors import ErrorCode
 from attest_gateway.infra.db import audit, tables
-from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
+from attest_gateway.infra.housekeeping.recovery import EPOCH_ROW
+from attest_gateway.infra.housekeeping.sweeper import Sweeper
 from attest_gateway.infra.kafka import dead_letters as deadletters
 from attest_gateway.infra.kafka import reading
 from attest_gateway.infra.kafka import topics as kafka_topics
@@ -243,7 +244,7 @@ async def test_an_expired_epoch_is_written_again_without_a_replay(
         calls += 1
         return reading.EPOCH_EXPIRED if calls == 1 else await real(*args)
 
-    monkeypatch.setattr("attest_gateway.infra.housekeeping.sweeper.read_epoch", expired_once)
+    monkeypatch.setattr("attest_gateway.infra.housekeeping.recovery.read_epoch", expired_once)
     report = await sweeper.sweep_once(SystemClock().now())
     assert (report.topics_recreated, report.replayed) == (False, 0)
     assert rewound == []
@@ -269,7 +270,7 @@ async def test_the_sweeper_goes_on_after_a_read_runs_out_of_time(
             three.set()
         raise reading.KafkaReadTimeout(ErrorCode.KAFKA_TIMEOUT, "reading the epoch: no answer")
 
-    monkeypatch.setattr("attest_gateway.infra.housekeeping.sweeper.read_epoch", timing_out)
+    monkeypatch.setattr("attest_gateway.infra.housekeeping.recovery.read_epoch", timing_out)
     sweeper = Sweeper(gw, h.bootstrap, h.running.consumers)
     sweeper.start()
     try:

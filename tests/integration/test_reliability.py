@@ -13,10 +13,13 @@ import sqlalchemy as sa
 from aiokafka.errors import KafkaError
 
 from attest_gateway.bootstrap import published_stages
+from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
-from attest_gateway.infra.housekeeping.sweeper import EPOCH_ROW, Sweeper
+from attest_gateway.infra.housekeeping import retention
+from attest_gateway.infra.housekeeping.recovery import EPOCH_ROW, BrokerRecovery
+from attest_gateway.infra.housekeeping.sweeper import Sweeper
 from attest_gateway.infra.kafka.connection import make_producer
 from attest_gateway.infra.kafka.relay import OutboxRelay
 from attest_gateway.medcom.build import build_acknowledgement
@@ -44,9 +47,12 @@ async def status(h: Harness, cid: str) -> dict[str, Any]:
     return result
 
 
+def with_settings(h: Harness, **settings: Any) -> Gateway:
+    return dataclasses.replace(h.gw, settings=h.gw.settings.model_copy(update=settings))
+
+
 def sweeper(h: Harness, **settings: Any) -> Sweeper:
-    gw = dataclasses.replace(h.gw, settings=h.gw.settings.model_copy(update=settings))
-    return Sweeper(gw, h.bootstrap, h.running.consumers)
+    return Sweeper(with_settings(h, **settings), h.bootstrap, h.running.consumers)
 
 
 async def test_sweeper_republishes_what_reached_no_mailbox(harness: Harness) -> None:
@@ -202,7 +208,7 @@ async def test_pruning_while_traffic_flows(harness: Harness) -> None:
     """Retention deletes only what is done, in small batches, while requests keep arriving;
     every request accepted during pruning still reaches its mailbox."""
     h = harness
-    prune = sweeper(
+    gw = with_settings(
         h,
         outbox_retention_seconds=0,
         mailbox_retention_seconds=0,
@@ -224,7 +230,7 @@ async def test_pruning_while_traffic_flows(harness: Harness) -> None:
     async def keep_pruning() -> None:
         nonlocal pruned
         while not stop.is_set():
-            pruned += await prune.prune(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+            pruned += await retention.prune(gw, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
             await asyncio.sleep(0.01)
 
     pruner = asyncio.create_task(keep_pruning())
@@ -319,12 +325,12 @@ async def test_a_first_start_replays_nothing_a_lost_broker_is_recovered(
         await upgrade_async(url)
         engine = make_engine(url)
         try:
-            first = Sweeper(
+            first = BrokerRecovery(
                 dataclasses.replace(h.gw, engine=engine, topics=lost_topics),
                 h.bootstrap,
                 h.running.consumers,
             )
-            assert await first.recreate_lost_topics(dt.datetime.now(dt.UTC)) == (True, 0)
+            assert await first.check(dt.datetime.now(dt.UTC)) == (True, 0)
             async with engine.connect() as conn:
                 remembered = (
                     await conn.execute(
@@ -338,12 +344,12 @@ async def test_a_first_start_replays_nothing_a_lost_broker_is_recovered(
     # The harness's database has seen its broker: a missing canary is a lost broker state.
     accepted = await request(h)
     await mailbox_item(h, PSY, accepted["message_id"])
-    lost = Sweeper(
+    lost = BrokerRecovery(
         dataclasses.replace(h.gw, topics=dataclasses.replace(lost_topics, canary=gone + "x")),
         h.bootstrap,
         h.running.consumers,
     )
-    recreated, replayed = await lost.recreate_lost_topics(dt.datetime.now(dt.UTC))
+    recreated, replayed = await lost.check(dt.datetime.now(dt.UTC))
     assert recreated
     assert replayed >= 1  # at least the request just published goes out again
     h.gw.relay.wake()
