@@ -13,7 +13,8 @@ import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from attest_gateway.entrypoints.http.plumbing import RequestLogMiddleware, install_error_handlers
+from attest_gateway.entrypoints.http.error_handlers import install_error_handlers
+from attest_gateway.entrypoints.http.middleware import RequestLogMiddleware
 from attest_gateway.infra.db import tables
 from tests.integration.conftest import Harness
 from tests.support.flows import JC, PSY, round_trip

@@ -103,7 +103,7 @@ def raised_codes() -> dict[str, set[tuple[int, str]]]:
     for code in BUNDLE_ERROR_CODES:  # the MedCom parser's codes reach the API as 422
         found.setdefault(code, set()).add(unprocessable)
     for code in (*FIELD_CODES.values(), ErrorCode.INVALID_REQUEST):
-        found.setdefault(code, set()).add(unprocessable)  # validation errors (plumbing.py)
+        found.setdefault(code, set()).add(unprocessable)  # validation errors (problems.py)
     return found
 
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from attest_gateway.entrypoints.http.plumbing import RequestLogMiddleware
+from attest_gateway.entrypoints.http.middleware import RequestLogMiddleware
 from attest_gateway.observability.logging import redact_cpr
 from tests.support.leaks import json_logs
 

@@ -1,7 +1,7 @@
 """Bounds on what clients send: dates, text, ids.
 
 Every rule here is a check that raises `pydantic_core.PydanticCustomError` with a stable error
-type (entrypoints/http/plumbing.py maps it to a problem code), and a JSON Schema ``pattern``
+type (entrypoints/http/problems.py maps it to a problem code), and a JSON Schema ``pattern``
 that the OpenAPI document states, so that the document and the validator accept exactly the
 same values.
 

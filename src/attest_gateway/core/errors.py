@@ -44,7 +44,7 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload-too-large"
     METHOD_NOT_ALLOWED = "method-not-allowed"
 
-    # The input breaks a rule: the request schema and its bounds (entrypoints/http/plumbing.py)
+    # The input breaks a rule: the request schema and its bounds (entrypoints/http/problems.py)
     INVALID_REQUEST = "invalid-request"
     INVALID_CPR = "invalid-cpr"
     INVALID_GLN = "invalid-gln"

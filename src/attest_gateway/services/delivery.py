@@ -3,8 +3,9 @@
 Pipeline, each stage a small function: parse the envelope → check it against the
 directory (receiver, recipient key, signer key, signature) → store it in the receiver's
 mailbox (idempotent on the message id) and record the stage, in one transaction. Anything
-that fails a check raises `PermanentError` and goes to the dead-letter topic; a database
-error is transient and retried. The envelope is never opened here: the gateway delivers
+that fails a check raises a gateway error that is not retryable (`EnvelopeRejected`,
+`InvalidInput`, `Replay`) and goes to the dead-letter topic; a database error is
+`Unavailable` and retried. The envelope is never opened here: the gateway delivers
 ciphertext.
 
 A message id names one message for good. The same envelope again (Kafka is at-least-once)
@@ -203,8 +204,8 @@ R = TypeVar("R", bound=ConsumedRecord)
 class DeliveryHandler:
     """The delivery consumer's handler: records in, a poll at a time (`handle_batch`) or a
     record at a time. `transient`: the store's errors worth a retry (a database that does not
-    answer); they become `TransientError` (retried), a refusal is a `PermanentError` (the
-    dead-letter topic)."""
+    answer); they become `Unavailable` (retried), a refusal is an error that is not retryable
+    (the dead-letter topic)."""
 
     def __init__(
         self,

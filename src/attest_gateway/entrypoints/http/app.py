@@ -14,13 +14,13 @@ from attest_gateway.bootstrap import freeze_startup_heap, running_gateway, track
 from attest_gateway.config import Settings
 from attest_gateway.core.clock import Clock
 from attest_gateway.entrypoints.http.asyncapi import router as asyncapi_router
-from attest_gateway.entrypoints.http.openapi import install_openapi
-from attest_gateway.entrypoints.http.plumbing import (
+from attest_gateway.entrypoints.http.error_handlers import install_error_handlers
+from attest_gateway.entrypoints.http.middleware import (
     BodyLimitMiddleware,
     DateHeaderMiddleware,
     RequestLogMiddleware,
-    install_error_handlers,
 )
+from attest_gateway.entrypoints.http.openapi import install_openapi
 from attest_gateway.entrypoints.http.routes.audit import router as audit_router
 from attest_gateway.entrypoints.http.routes.health import router as health_router
 from attest_gateway.entrypoints.http.routes.jobcenter import router as jobcenter_router

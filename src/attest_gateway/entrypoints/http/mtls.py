@@ -4,7 +4,7 @@ uvicorn verifies the client's chain against `API_TLS_CLIENT_CAFILE` during the h
 does not pass the certificate to the app. `ClientCertHttpToolsProtocol` (and the h11 twin)
 read it from the connection's `ssl_object` once per connection and add it to every request's
 scope as the ASGI TLS extension (`scope["extensions"]["tls"]["client_cert_chain"]`, PEM).
-`plumbing.authenticated` then finds the organisation whose pinned certificate it is.
+`auth.authenticated` then finds the organisation whose pinned certificate it is.
 
 Certificates are optional at the TLS layer (`CERT_OPTIONAL`), so systems that cannot do mTLS
 still connect and authenticate with an API key; a certificate that does not chain to the

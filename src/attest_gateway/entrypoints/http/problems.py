@@ -9,7 +9,7 @@ with the stable code; `retryable` is the error's flag; an `Unavailable` also car
 The errors the framework raises before a route runs become errors of the tree here too:
 a request that fails validation (`validation_problem`, with the codes of the identifiers
 and bounds in `FIELD_CODES`) and Starlette's own HTTP errors (`framework_problem`).
-entrypoints/http/plumbing.py installs the handlers that answer with these problems.
+entrypoints/http/error_handlers.py installs the handlers that answer with these problems.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from attest_gateway.contracts.audit import AuditEntries
 from attest_gateway.core.directory import Organisation
-from attest_gateway.entrypoints.http.plumbing import authenticated, authenticated_first, gateway_of
+from attest_gateway.entrypoints.http.auth import authenticated, authenticated_first, gateway_of
 from attest_gateway.infra.db import audit
 
 router = APIRouter(prefix="/audit/v1", tags=["audit"], route_class=authenticated_first())

@@ -15,7 +15,7 @@ from attest_gateway.contracts.jobcenter import (
 )
 from attest_gateway.core.bounds import ID_PATTERN, REFERENCE
 from attest_gateway.core.directory import Organisation, Role
-from attest_gateway.entrypoints.http.plumbing import (
+from attest_gateway.entrypoints.http.auth import (
     authenticated,
     authenticated_first,
     gateway_of,

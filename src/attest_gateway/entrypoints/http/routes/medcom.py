@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from attest_gateway.core.bounds import ID_PATTERN, control_character_in
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Malformed
-from attest_gateway.entrypoints.http.plumbing import (
+from attest_gateway.entrypoints.http.auth import (
     authenticated,
     authenticated_first,
     gateway_of,

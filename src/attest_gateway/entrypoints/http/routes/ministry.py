@@ -22,7 +22,7 @@ from attest_gateway.core.bounds import LINE, InputDate
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Unknown
 from attest_gateway.core.identifiers import municipalities
-from attest_gateway.entrypoints.http.plumbing import (
+from attest_gateway.entrypoints.http.auth import (
     authenticated,
     authenticated_first,
     gateway_of,
