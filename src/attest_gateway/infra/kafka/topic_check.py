@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
 
 from attest_gateway.config import Settings
 from attest_gateway.infra.kafka.connection import kafka_common
@@ -171,7 +171,8 @@ async def read_topics(
         for resource in response.resources:
             error_code, _message, _type, name, entries = resource[:5]
             if error_code:
-                raise TopicCheckFailed(f"DescribeConfigs of {name} answered error {error_code}")
+                error = for_code(error_code).__name__
+                raise TopicCheckFailed(f"the broker refused DescribeConfigs of {name}: {error}")
             configs[name] = {e[0]: e[1] for e in entries if e[1] is not None}
     states: dict[str, TopicState] = {}
     for topic in described:

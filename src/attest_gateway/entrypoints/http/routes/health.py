@@ -53,7 +53,10 @@ async def check_topics(gw: Gateway) -> None:
     mismatch there is a warning in the log at start."""
     if gw.settings.environment != "production":
         return
-    mismatches = await gw.topic_check.mismatches()
+    try:
+        mismatches = await gw.topic_check.mismatches()
+    except topic_check.TopicCheckFailed as exc:  # the broker's error code, nothing secret
+        raise NotReady(str(exc)) from None
     if mismatches:
         raise NotReady(f"topic settings differ: {topic_check.reason(mismatches)}")
 
