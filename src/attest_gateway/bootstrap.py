@@ -6,10 +6,10 @@ simulator, the benchmarks and the tests. Nothing connects at import time.
 - `database(settings)`: the configured database alone (operator commands that touch only
   the store). The only caller of `settings_engine`.
 - `build_gateway(settings, bootstrap)`: the immutable container (`infra/container.py`
-  `Gateway`): store, key ring, pseudonym key (checked against the store), topics, a started
-  producer, the outbox relay (not started), group commit, directory cache and clock. The
-  clock, the engine and the producer may be handed in (tests, benchmarks); what is handed in
-  is the caller's to close.
+  `Gateway`): store, key ring, pseudonym key (checked against the store), topics (made
+  where missing, their settings checked), a started producer, the outbox relay (not
+  started), group commit, directory cache and clock. The clock, the engine and the producer
+  may be handed in (tests, benchmarks); what is handed in is the caller's to close.
 - `running_gateway(settings, bootstrap)`: the container plus what runs in this process:
   the relay, the delivery consumer, the tracker (consumers and sweep) and the sweeper,
   yielded as `Running`; stopped in order, each step bounded, when the block ends.
@@ -45,6 +45,7 @@ from attest_gateway.infra.housekeeping.sweeper import Sweeper
 from attest_gateway.infra.kafka.connection import make_producer
 from attest_gateway.infra.kafka.consumer import ConsumerLoop
 from attest_gateway.infra.kafka.relay import OutboxRelay, PublishedHook
+from attest_gateway.infra.kafka.topic_check import topic_settings_check
 from attest_gateway.infra.kafka.topics import Topics, ensure_topics
 from attest_gateway.observability import metrics
 from attest_gateway.ports.records import StageRecord
@@ -162,6 +163,10 @@ async def _open(
             bound, pseudonym_key, tracking_topic=topics.tracking, now=clock.now()
         )
         await ensure_topics(settings, bootstrap, topics.all())
+        # existing topics keep what they have: mismatches are logged (and fail /readyz in
+        # production), never altered
+        topic_check = topic_settings_check(settings, bootstrap, topics)
+        await topic_check.at_start(settings.kafka_read_timeout_seconds)
         if producer is None:
             producer = make_producer(settings, bootstrap)
             await producer.start()
@@ -181,6 +186,7 @@ async def _open(
         keyring=keyring,
         pseudonym_key=pseudonym_key,
         topics=topics,
+        topic_check=topic_check,
         producer=producer,
         relay=make_relay(settings, bound, producer, clock),
         writes=writes,

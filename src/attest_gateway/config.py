@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AwareDatetime, Field, SecretStr
+from pydantic import AwareDatetime, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attest_gateway.contracts.envelope import Suite
@@ -58,9 +58,21 @@ class Settings(BaseSettings):
         default=None, description="Kafka brokers; unset = start the embedded broker"
     )
     kafka_topic_prefix: str = Field(default="", description="prefix for all topic names")
-    kafka_partitions: int = Field(default=6, description="partitions of topics the gateway creates")
+    kafka_partitions: int = Field(
+        default=6, description="partitions of the topics the gateway creates (checked: at least)"
+    )
     kafka_replication_factor: int = Field(
-        default=1, description="replication of topics the gateway creates (3 on a real cluster)"
+        default=1,
+        description="replicas of the gateway's topics (checked: at least; 3 on a cluster)",
+    )
+    kafka_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "min.insync.replicas of the gateway's topics: replicas that must hold a record "
+            "before the broker acknowledges it (at most KAFKA_REPLICATION_FACTOR); unset: "
+            "demanded in production only, 2 when KAFKA_REPLICATION_FACTOR is 2 or more, else 1"
+        ),
     )
     kafka_client_id: str = Field(default="attest-gateway", description="Kafka client id")
     kafka_idempotent_producer: bool = Field(
@@ -120,12 +132,20 @@ class Settings(BaseSettings):
     kafka_dead_letter_retention_days: int = Field(
         default=30,
         ge=-1,
-        description="retention of the dead-letter topic the gateway creates (0 or -1: forever)",
+        description="retention of gateway.dead-letter, created so and checked (0 or -1: forever)",
     )
     kafka_audit_retention_days: int = Field(
         default=400,
         ge=-1,
-        description="retention of gateway.audit when the gateway creates it (0 or -1: forever)",
+        description="retention of gateway.audit, created so and checked (0 or -1: forever)",
+    )
+    kafka_topic_check_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "production: how often /readyz reads the topics' settings from the broker again "
+            "(a probe in between answers from the last reading)"
+        ),
     )
     kafka_group_prefix: str = Field(default="attest-gateway", description="consumer group prefix")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL"] = Field(
@@ -262,6 +282,30 @@ class Settings(BaseSettings):
     tracker_min_cell_citizens: int = Field(
         default=5, description="aggregate cells with fewer citizens are suppressed"
     )
+
+    @field_validator("kafka_min_insync_replicas")
+    @classmethod
+    def _insync_within_replicas(cls, value: int | None, info: ValidationInfo) -> int | None:
+        replicas = info.data.get("kafka_replication_factor")
+        if value is not None and isinstance(replicas, int) and value > replicas:
+            raise ValueError(
+                f"{value} is more than KAFKA_REPLICATION_FACTOR ({replicas}): the broker "
+                "would refuse every write"
+            )
+        return value
+
+    @property  # not cached: a copy with another environment (model_copy) must not keep it
+    def effective_min_insync_replicas(self) -> int | None:
+        """The `min.insync.replicas` the gateway's topics must have, or None where it is not
+        demanded (development, unless set): with acks=all a record is acknowledged only once
+        that many replicas hold it, so a broker lost right after the acknowledgement loses
+        nothing. Two when there are two replicas or more: with two, a broker down stops writes
+        (the outbox keeps them) instead of acknowledging records one broker alone holds."""
+        if self.kafka_min_insync_replicas is not None:
+            return self.kafka_min_insync_replicas
+        if self.environment != "production":
+            return None
+        return 2 if self.kafka_replication_factor >= 2 else 1
 
     @cached_property
     def effective_database_url(self) -> str:

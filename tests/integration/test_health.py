@@ -10,6 +10,7 @@ import pytest
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.entrypoints.http.routes import health
 from attest_gateway.infra.container import Gateway
+from attest_gateway.infra.kafka.topic_check import Mismatch, TopicCheckFailed, TopicSettingsCheck
 from tests.integration.conftest import Harness
 
 
@@ -21,7 +22,7 @@ async def test_healthz_and_readyz(harness: Harness) -> None:
     assert ready.status_code == 200, ready.text
     body = ready.json()
     assert body["status"] == "ready"
-    assert set(body["checks"]) == {"database", "kafka", "keys"}
+    assert set(body["checks"]) == {"database", "kafka", "topics", "keys"}
     assert all(check["ok"] for check in body["checks"].values())
 
 
@@ -55,6 +56,24 @@ async def test_a_hanging_check_times_out(harness: Harness, monkeypatch: pytest.M
         harness.app.state.gateway = harness.gw
     assert response.status_code == 503
     assert response.json()["checks"]["database"]["error"] == "no answer within 0.05 s"
+
+
+async def test_topics_check_asks_only_in_production(harness: Harness) -> None:
+    """Development never asks the broker here (the warnings came at start); production fails
+    on a mismatch, and on a broker that will not describe the topics, saying why."""
+    reads: list[str] = []
+
+    async def refused() -> list[Mismatch]:
+        reads.append("read")
+        raise TopicCheckFailed("the broker refused DescribeConfigs of t: AuthorizationError")
+
+    failing = dataclasses.replace(harness.gw, topic_check=TopicSettingsCheck(refused, max_age=60))
+    await health.check_topics(failing)
+    assert reads == []
+    production = harness.settings.model_copy(update={"environment": "production"})
+    with pytest.raises(health.NotReady, match="refused DescribeConfigs of t: Authorization"):
+        await health.check_topics(dataclasses.replace(failing, settings=production))
+    assert reads == ["read"]
 
 
 async def test_keys_check_needs_the_gateway_key_in_the_directory(harness: Harness) -> None:

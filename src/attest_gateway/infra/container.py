@@ -1,5 +1,6 @@
 """`Gateway`: the immutable container of one gateway's wired parts (settings, store, keys,
-Kafka producer, outbox relay, group commit, directory cache, clock).
+topics and the check of their settings, Kafka producer, outbox relay, group commit, directory
+cache, clock).
 
 Only the composition root (`bootstrap.build_gateway`) makes one; everything else is handed
 it. It is defined here, below the use cases and the housekeeping that read its fields, rather
@@ -24,6 +25,7 @@ from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.pseudonyms import StoreKey
 from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.kafka.relay import OutboxRelay
+from attest_gateway.infra.kafka.topic_check import TopicSettingsCheck
 from attest_gateway.infra.kafka.topics import Topics
 
 
@@ -39,6 +41,8 @@ class Gateway:
     #: the HMAC key of the case refs
     pseudonym_key: bytes
     topics: Topics
+    #: the topics' settings held against what they must be (read at start, again on /readyz)
+    topic_check: TopicSettingsCheck
     producer: AIOKafkaProducer
     relay: OutboxRelay
     #: accepted requests' rows, written together with those of concurrent requests

@@ -5,7 +5,7 @@ creation at start.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -58,22 +58,50 @@ DAY_MS = 24 * 3600 * 1000
 
 
 def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
-    """The configuration the gateway creates a topic with. The canary never expires: its one
-    record is the broker's epoch, and a canary emptied by retention would look like a broker
-    that lost its state. Dead letters are kept long enough for an operator to notice, fix the
-    cause and replay them; the audit copy long enough for `audit verify` to hold old entries
-    against it. Other topics take the broker's defaults."""
+    """The configuration the gateway creates a topic with, and checks an existing one against
+    (`infra/kafka/topic_check.py`). Every topic deletes old records (`cleanup.policy=delete`):
+    compaction would keep only the last record of a key, and the keys are conversation ids.
+    The canary never expires: its one record is the broker's epoch, and a canary emptied by
+    retention would look like a broker that lost its state. Dead letters are kept long enough
+    for an operator to notice, fix the cause and replay them; the audit copy long enough for
+    `audit verify` to hold old entries against it. The other topics take the broker's
+    retention. Where demanded (`Settings.effective_min_insync_replicas`: production, or
+    set), every topic has `min.insync.replicas`."""
 
     def retention(days: int) -> dict[str, str]:
         return {"retention.ms": str(days * DAY_MS) if days > 0 else "-1"}
 
+    configs = {"cleanup.policy": "delete"}
     if topic == settings.topic(CANARY):
-        return {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
-    if topic == settings.topic(DEAD_LETTER):
-        return {"cleanup.policy": "delete", **retention(settings.kafka_dead_letter_retention_days)}
-    if topic == settings.topic(AUDIT):
-        return {"cleanup.policy": "delete", **retention(settings.kafka_audit_retention_days)}
-    return {}
+        configs |= {"retention.ms": "-1", "retention.bytes": "-1"}
+    elif topic == settings.topic(DEAD_LETTER):
+        configs |= retention(settings.kafka_dead_letter_retention_days)
+    elif topic == settings.topic(AUDIT):
+        configs |= retention(settings.kafka_audit_retention_days)
+    insync = settings.effective_min_insync_replicas
+    if insync is not None:
+        configs["min.insync.replicas"] = str(insync)
+    return configs
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """What one of the gateway's topics must be: at least `partitions` partitions and
+    `replication_factor` replicas, and exactly the configuration `configs`."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: Mapping[str, str]
+
+
+def topic_spec(settings: Settings, topic: str) -> TopicSpec:
+    return TopicSpec(
+        topic,
+        settings.kafka_partitions,
+        settings.kafka_replication_factor,
+        topic_configs(settings, topic),
+    )
 
 
 async def ensure_topics(settings: Settings, bootstrap: str, topics: Sequence[str]) -> None:

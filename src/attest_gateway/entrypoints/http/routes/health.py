@@ -1,5 +1,6 @@
 """`/healthz` (the process is alive) and `/readyz` (it can do its work: the database answers,
-Kafka answers and knows our topics, the gateway's keys are loaded and match the directory).
+Kafka answers and knows our topics, in production the topics have the settings the gateway
+needs, the gateway's keys are loaded and match the directory).
 
 Orchestrators use `/healthz` to restart a hung process and `/readyz` to route traffic and to
 order start-up (the compose healthchecks call `attest-gateway healthcheck`, which asks
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
+from attest_gateway.infra.kafka import topic_check
 
 router = APIRouter(tags=["operations"])
 
@@ -44,6 +46,21 @@ async def check_kafka(gw: Gateway) -> None:
         raise NotReady(f"topics missing: {', '.join(sorted(missing))}")
 
 
+async def check_topics(gw: Gateway) -> None:
+    """Production: every topic has the settings the gateway needs (`infra/kafka/topic_check`:
+    retention, cleanup, `min.insync.replicas`, partitions, replicas), as last read from the
+    broker (read again after KAFKA_TOPIC_CHECK_SECONDS). Development asks nothing here: a
+    mismatch there is a warning in the log at start."""
+    if gw.settings.environment != "production":
+        return
+    try:
+        mismatches = await gw.topic_check.mismatches()
+    except topic_check.TopicCheckFailed as exc:  # the broker's error code, nothing secret
+        raise NotReady(str(exc)) from None
+    if mismatches:
+        raise NotReady(f"topic settings differ: {topic_check.reason(mismatches)}")
+
+
 async def check_keys(gw: Gateway) -> None:
     org_id = gw.settings.gateway_org_id
     if org_id not in gw.keyring.orgs:
@@ -60,6 +77,7 @@ async def check_keys(gw: Gateway) -> None:
 CHECKS: dict[str, Check] = {
     "database": check_database,
     "kafka": check_kafka,
+    "topics": check_topics,
     "keys": check_keys,
 }
 
