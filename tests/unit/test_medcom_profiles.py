@@ -315,32 +315,13 @@ _AUTHOR_AND_NAME: frozenset[str] = frozenset(
         "min:Patient.name",
     }
 )
-# And the rules the builders break today: no meta.profile (careCommunication-1 and -3), the
-# category with the project's codings next to MedCom's, the reply deadline as an extension
-# of the Communication (careCommunication-11 reads every Communication.extension as the
-# sender), no text segment in a PDF-only reply.
-_PROFILES_AND_CATEGORY: frozenset[str] = frozenset(
-    {
-        "medcom-careCommunication-1",
-        "medcom-careCommunication-3",
-        "max:Communication.category.coding",
-    }
-)
 REMAINING: dict[str, frozenset[str]] = {
-    "request": _AUTHOR_AND_NAME | _PROFILES_AND_CATEGORY | {"medcom-careCommunication-11"},
-    "reply-text": _AUTHOR_AND_NAME | _PROFILES_AND_CATEGORY,
-    "reply-pdf": (
-        (_AUTHOR_AND_NAME | _PROFILES_AND_CATEGORY | {"min:Communication.payload:string"})
-        - {
-            "min:Communication.payload:string.extension",
-            "min:Communication.payload:string.extension:author",
-            "min:Communication.payload:string.extension:authorContact",
-        }
-    ),
-    "reply-text-and-pdf": _AUTHOR_AND_NAME | _PROFILES_AND_CATEGORY,
-    "reminder": _AUTHOR_AND_NAME
-    | _PROFILES_AND_CATEGORY
-    | {"medcom-careCommunication-11", "min:Patient.identifier"},
+    "request": _AUTHOR_AND_NAME,
+    "reply-text": _AUTHOR_AND_NAME,
+    "reply-pdf": _AUTHOR_AND_NAME,
+    "reply-text-and-pdf": _AUTHOR_AND_NAME,
+    # the tracker holds no CPR number: the reminder's Patient has no identifier
+    "reminder": _AUTHOR_AND_NAME | {"min:Patient.identifier"},
 }
 
 
