@@ -306,8 +306,9 @@ async def test_overdue_requests_are_flagged_and_reminded_at_most_twice(harness: 
         c.code
         for c in (
             info_coding
-            for cat in bundle.resources(Communication)
-            for info_coding in cat.category[0].coding
+            for communication in bundle.resources(Communication)
+            if communication.topic is not None
+            for info_coding in communication.topic.coding
         )
         if c.system == MESSAGE_KIND_SYSTEM
     }

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attest_gateway.medcom.build import (
+    PDF_ONLY_TEXT,
     build_acknowledgement,
     build_attest_reply,
     build_attest_request,
@@ -24,7 +25,10 @@ from attest_gateway.medcom.codes import (
     ACK_ERROR_CODES_SYSTEM,
     ACTIVITY_CODES_SYSTEM,
     ATTEST_TYPE_SYSTEM,
+    CASE_KIND_SYSTEM,
     CATEGORY_CODES_SYSTEM,
+    MESSAGE_KIND_SYSTEM,
+    REPLY_DEADLINE_EXTENSION_URL,
     SOR_SYSTEM,
     ResponseCode,
 )
@@ -122,9 +126,15 @@ def test_request_shape() -> None:
     assert header["source"]["endpoint"] == "https://sor2.sum.dsdn.dk/#id=123456789012345"
     assert header["definition"].endswith("MedComCareCommunicationMessageDefinition|5.0")
     [communication] = _resources(built, "Communication")
-    codings = communication["category"][0]["coding"]
-    assert {"system": CATEGORY_CODES_SYSTEM, "code": "other"} in codings
-    assert {"system": ATTEST_TYPE_SYSTEM, "code": "LÆ 125", "display": "Statusattest"} in codings
+    # MedCom allows one category coding; the LÆ type is a coding of the topic
+    assert communication["category"] == [
+        {"coding": [{"system": CATEGORY_CODES_SYSTEM, "code": "other"}]}
+    ]
+    topic_codings = communication["topic"]["coding"]
+    assert topic_codings == [
+        {"system": ATTEST_TYPE_SYSTEM, "code": "LÆ 125", "display": "Statusattest"}
+    ]
+    assert not any("urn:attest-gateway:" in k for k in json.dumps(built).split('"'))
     assert communication["identifier"] == [{"value": f"urn:uuid:{CONVERSATION}"}]
     for org in _resources(built, "Organization"):
         systems = {i["system"] for i in org["identifier"]}
@@ -173,7 +183,7 @@ def test_reply_with_only_text_or_only_pdf() -> None:
     assert text_only.texts == ["Se vedhæftede attest."]
     assert text_only.attachments == []
     pdf_only = read_message(parse_bundle(_reply_dict(request, text=None)))
-    assert pdf_only.texts == []
+    assert pdf_only.texts == [PDF_ONLY_TEXT]  # CareCommunication requires a text segment
     assert [a.data for a in pdf_only.attachments] == [PDF]
 
 
@@ -465,7 +475,8 @@ def test_errors_never_echo_the_cpr(mutate: Callable[[dict[str, Any]], object]) -
 def test_reply_attachment_is_base64_pdf() -> None:
     reply = _reply_dict(_request(), text=None)
     [communication] = _resources(reply, "Communication")
-    [item] = communication["payload"]
+    [text, item] = communication["payload"]
+    assert text["contentString"] == PDF_ONLY_TEXT
     assert item["contentAttachment"] == {
         "contentType": "application/pdf",
         "data": base64.b64encode(PDF).decode("ascii"),
@@ -485,3 +496,55 @@ def test_resources_are_discriminated_by_type() -> None:
         "Organization",
         "Provenance",
     ]
+
+
+# --- The first shape (urn:attest-gateway: systems) is still read ---------------------------
+
+
+def _first_shape(built: dict[str, Any]) -> dict[str, Any]:
+    """A request as the gateway built it before it followed the MedCom profiles: the LÆ type
+    and the reminder marker as category codings, the case kind and the reply deadline under
+    urn:attest-gateway: systems, the deadline as an extension of the Communication."""
+    data = copy.deepcopy(built)
+    [communication] = _resources(data, "Communication")
+    legacy = {
+        ATTEST_TYPE_SYSTEM: "urn:attest-gateway:attest-type",
+        CASE_KIND_SYSTEM: "urn:attest-gateway:case-kind",
+        MESSAGE_KIND_SYSTEM: "urn:attest-gateway:message-kind",
+    }
+    topic_codings = communication["topic"].pop("coding")
+    for coding in topic_codings:
+        coding["system"] = legacy[coding["system"]]
+    communication["category"][0]["coding"] += topic_codings
+    for concept in communication.get("reasonCode", []):
+        for coding in concept["coding"]:
+            coding["system"] = legacy[coding["system"]]
+    payload = communication["payload"][0]
+    [deadline] = [e for e in payload["extension"] if e["url"] == REPLY_DEADLINE_EXTENSION_URL]
+    payload["extension"].remove(deadline)
+    communication["extension"] = [{**deadline, "url": "urn:attest-gateway:reply-deadline"}]
+    assert "urn:attest-gateway:" in json.dumps(data)
+    return data
+
+
+def test_first_shape_request_reads_the_same() -> None:
+    current = read_message(_request())
+    first = read_message(parse_bundle(_first_shape(_request_dict())))
+    assert first == current
+    assert (first.attest_type, first.case_kind, first.reply_deadline) == (
+        "LÆ 125",
+        "sygedagpenge",
+        date(2025, 3, 18),
+    )
+
+
+def test_reply_to_a_first_shape_request_has_the_current_shape() -> None:
+    request = parse_bundle(_first_shape(_request_dict()))
+    reply = _reply_dict(request)
+    assert "urn:attest-gateway:" not in json.dumps(reply)
+    info = read_message(parse_bundle(reply))
+    assert (info.attest_type, info.attest_title, info.case_kind) == (
+        "LÆ 125",
+        "Statusattest",
+        "sygedagpenge",
+    )

@@ -6,7 +6,12 @@ import datetime as dt
 import json
 from typing import Any
 
-from attest_gateway.medcom.codes import CPR_SYSTEM, ENTITY_ROLE_REVISION, MESSAGE_KIND_SYSTEM
+from attest_gateway.medcom.codes import (
+    CPR_SYSTEM,
+    ENTITY_ROLE_REVISION,
+    MESSAGE_KIND_SYSTEM,
+    PROFILE_PATIENT,
+)
 from attest_gateway.medcom.model import Provenance
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import OrgIdentifiers, read_message
@@ -39,7 +44,8 @@ def test_the_reminder_passes_the_medcom_rules_and_refers_to_the_request() -> Non
     assert header.id == "rem-1"
     provenance = bundle.resources(Provenance)[0]
     assert [(e.role, e.what.reference) for e in provenance.entity] == [
-        (ENTITY_ROLE_REVISION, "MessageHeader/req-1")
+        (ENTITY_ROLE_REVISION, "MessageHeader/req-1"),
+        ("source", None),  # the text segment, by its identifier
     ]
     info = read_message(bundle)
     assert info.message_type == "attest-reminder"  # not a new request, though also a new message
@@ -59,7 +65,11 @@ def test_the_reminder_names_the_requests_patient_without_a_cpr_number() -> None:
     patient = next(
         e["resource"] for e in data["entry"] if e["resource"]["resourceType"] == "Patient"
     )
-    assert patient == {"resourceType": "Patient", "id": derived_id("req-1", "Patient")}
+    assert patient == {
+        "resourceType": "Patient",
+        "id": derived_id("req-1", "Patient"),
+        "meta": {"profile": [PROFILE_PATIENT]},
+    }
 
 
 def test_the_reminder_is_marked_as_one() -> None:
@@ -69,3 +79,15 @@ def test_the_reminder_is_marked_as_one() -> None:
 def test_the_builder_is_pure() -> None:
     assert _reminder() == _reminder()
     assert "2. påmindelse" in json.dumps(_reminder(2), ensure_ascii=False)
+
+
+def test_a_first_shape_reminder_is_still_told_from_a_request() -> None:
+    data = _reminder()
+    communication = next(
+        e["resource"] for e in data["entry"] if e["resource"]["resourceType"] == "Communication"
+    )
+    communication["topic"]["coding"] = []
+    communication["category"][0]["coding"].append(
+        {"system": "urn:attest-gateway:message-kind", "code": "reminder"}
+    )
+    assert read_message(parse_bundle(data)).message_type == "attest-reminder"

@@ -32,8 +32,10 @@ from attest_gateway.medcom.codes import (
     ACTIVITY_NEW,
     ACTIVITY_REPLY,
     ATTEST_TYPE_SYSTEM,
+    ATTEST_TYPE_SYSTEMS,
     CARE_COMMUNICATION_DEFINITION,
     CASE_KIND_SYSTEM,
+    CASE_KIND_SYSTEMS,
     CATEGORY_CODES_SYSTEM,
     CATEGORY_OTHER,
     CPR_SYSTEM,
@@ -49,6 +51,12 @@ from attest_gateway.medcom.codes import (
     HL7_OPERATION_OUTCOME_SYSTEM,
     MEDCOM_DATETIME_EXTENSION_URL,
     MEDCOM_IDENTIFIER_EXTENSION_URL,
+    PROFILE_CARE_COMMUNICATION,
+    PROFILE_CARE_COMMUNICATION_HEADER,
+    PROFILE_CARE_COMMUNICATION_MESSAGE,
+    PROFILE_CARE_COMMUNICATION_PROVENANCE,
+    PROFILE_ORGANIZATION,
+    PROFILE_PATIENT,
     REPLY_DEADLINE_EXTENSION_URL,
     SOR_ENDPOINT_PREFIX,
     SOR_SYSTEM,
@@ -64,7 +72,12 @@ from attest_gateway.medcom.model import (
     Reference,
     to_fhir_json,
 )
-from attest_gateway.medcom.read import OrgIdentifiers, org_identifiers, own_provenance
+from attest_gateway.medcom.read import (
+    OrgIdentifiers,
+    communication_coding,
+    org_identifiers,
+    own_provenance,
+)
 
 CARE_COMMUNICATION_BASE: Final = "https://medcomfhir.dk/ig/carecommunication"
 """Base of the fullUrls in request and reply Bundles (as in the MedCom examples)."""
@@ -105,27 +118,30 @@ def build_attest_request(
     communication_id = _derived_id(message_id, "Communication")
     payload_id = _derived_id(message_id, "payload/0")
 
+    deadline = {"url": REPLY_DEADLINE_EXTENSION_URL, "valueDate": reply_deadline.isoformat()}
     communication: dict[str, Any] = {
         "resourceType": "Communication",
         "id": communication_id,
+        "meta": {"profile": [PROFILE_CARE_COMMUNICATION]},
         "identifier": [{"value": f"urn:uuid:{conversation_id}"}],
-        "extension": [
-            {"url": REPLY_DEADLINE_EXTENSION_URL, "valueDate": reply_deadline.isoformat()}
-        ],
         "status": "unknown",
-        "category": [
-            {
-                "coding": [
-                    {"system": CATEGORY_CODES_SYSTEM, "code": CATEGORY_OTHER},
-                    {"system": ATTEST_TYPE_SYSTEM, "code": attest_type, "display": attest_title},
-                ]
-            }
-        ],
+        "category": [category()],
         "reasonCode": [{"coding": [{"system": CASE_KIND_SYSTEM, "code": case_kind}]}],
         "subject": {"reference": f"Patient/{patient_id}"},
-        "topic": {"text": f"Anmodning om {attest_type}: {attest_title}"},
+        "topic": {
+            "coding": [
+                {"system": ATTEST_TYPE_SYSTEM, "code": attest_type, "display": attest_title}
+            ],
+            "text": f"Anmodning om {attest_type}: {attest_title}",
+        },
         "payload": [
-            _payload(when, payload_id, f"Organization/{sender_id}", {"contentString": questions})
+            _payload(
+                when,
+                payload_id,
+                f"Organization/{sender_id}",
+                {"contentString": questions},
+                extra=[deadline],
+            )
         ],
     }
     resources: list[dict[str, Any]] = [
@@ -142,6 +158,7 @@ def build_attest_request(
         {
             "resourceType": "Patient",
             "id": patient_id,
+            "meta": {"profile": [PROFILE_PATIENT]},
             "identifier": [{"system": CPR_SYSTEM, "value": cpr}],
         },
         communication,
@@ -157,7 +174,7 @@ def build_attest_request(
             sources=[payload_id],
         ),
     ]
-    return _bundle(bundle_id, when, CARE_COMMUNICATION_BASE, resources)
+    return care_communication_bundle(bundle_id, when, resources)
 
 
 def build_attest_reply(
@@ -173,10 +190,13 @@ def build_attest_reply(
     """The reply to an attest request (Provenance activity ``reply-message``).
 
     Sender and receiver are the request's receiver and sender; Patient, conversation
-    identifier, category (with the attest-type coding), case kind and topic are carried
-    over from the request. The request's Provenances are copied and a new one points at the
-    request's MessageHeader (entity role ``revision``). The request's payload is not
-    repeated. At least one of ``text`` and ``pdf`` is required.
+    identifier, case kind and topic (with the attest-type coding) are carried over from the
+    request, in the current shape whichever shape the request has (the project's codings move
+    out of the category, which holds MedCom's one ``other`` coding). The request's
+    Provenances are copied and a new one points at the request's MessageHeader (entity role
+    ``revision``). The request's payload is not repeated. At least one of ``text`` and
+    ``pdf`` is required; a reply with only a PDF gets :data:`PDF_ONLY_TEXT` as its text
+    segment (CareCommunication requires one).
     """
     if text is None and pdf is None:
         raise ValueError("a reply needs a text, a PDF or both")
@@ -202,6 +222,8 @@ def build_attest_reply(
 
     payload: list[dict[str, Any]] = []
     payload_ids: list[str] = []
+    if text is None:
+        text = PDF_ONLY_TEXT
     if text is not None:
         payload_ids.append(_derived_id(message_id, f"payload/{len(payload_ids)}"))
         payload.append(_payload(when, payload_ids[-1], sender_ref, {"contentString": text}))
@@ -216,17 +238,33 @@ def build_attest_reply(
             _payload(when, payload_ids[-1], sender_ref, {"contentAttachment": attachment})
         )
 
-    communication: dict[str, Any] = {"resourceType": "Communication", "id": communication_id}
+    communication: dict[str, Any] = {
+        "resourceType": "Communication",
+        "id": communication_id,
+        "meta": {"profile": [PROFILE_CARE_COMMUNICATION]},
+    }
     if req_communication.identifier:
         communication["identifier"] = [to_fhir_json(i) for i in req_communication.identifier]
     communication["status"] = "unknown"
-    if req_communication.category:
-        communication["category"] = [to_fhir_json(c) for c in req_communication.category]
-    if req_communication.reasonCode:
-        communication["reasonCode"] = [to_fhir_json(c) for c in req_communication.reasonCode]
+    communication["category"] = [category()]
+    case_kind = communication_coding(req_communication, CASE_KIND_SYSTEMS)
+    if case_kind is not None:
+        communication["reasonCode"] = [
+            {"coding": [{"system": CASE_KIND_SYSTEM, "code": case_kind.code}]}
+        ]
     communication["subject"] = {"reference": _reference_to(patient)}
-    if req_communication.topic is not None:
-        communication["topic"] = to_fhir_json(req_communication.topic)
+    topic: dict[str, Any] = {}
+    attest = communication_coding(req_communication, ATTEST_TYPE_SYSTEMS)
+    if attest is not None:
+        coding = {"system": ATTEST_TYPE_SYSTEM, "code": attest.code}
+        if attest.display is not None:
+            coding["display"] = attest.display
+        topic["coding"] = [coding]
+    if req_communication.topic is not None and req_communication.topic.text is not None:
+        topic["text"] = req_communication.topic.text
+    if topic:
+        topic.setdefault("text", f"Svar på {attest.code}" if attest else "Svar")
+        communication["topic"] = topic
     communication["payload"] = payload
 
     resources: list[dict[str, Any]] = [
@@ -240,11 +278,14 @@ def build_attest_reply(
             definition=CARE_COMMUNICATION_DEFINITION,
             focus=f"Communication/{communication_id}",
         ),
-        to_fhir_json(patient),
+        _with_profile(to_fhir_json(patient), PROFILE_PATIENT),
         communication,
-        to_fhir_json(new_receiver),
-        to_fhir_json(new_sender),
-        *(to_fhir_json(p) for p in request.resources(Provenance)),
+        _with_profile(to_fhir_json(new_receiver), PROFILE_ORGANIZATION),
+        _with_profile(to_fhir_json(new_sender), PROFILE_ORGANIZATION),
+        *(
+            _with_profile(to_fhir_json(p), PROFILE_CARE_COMMUNICATION_PROVENANCE)
+            for p in request.resources(Provenance)
+        ),
         _provenance(
             provenance_id=_derived_id(message_id, "Provenance"),
             message_id=message_id,
@@ -255,7 +296,7 @@ def build_attest_reply(
             sources=payload_ids,
         ),
     ]
-    return _bundle(bundle_id, when, CARE_COMMUNICATION_BASE, resources)
+    return care_communication_bundle(bundle_id, when, resources)
 
 
 def build_acknowledgement(
@@ -357,6 +398,46 @@ def build_acknowledgement(
 # --- Helpers -------------------------------------------------------------------------------
 
 
+def category() -> dict[str, Any]:
+    """The one category coding of requests, replies and reminders (MedCom's ValueSet); a new
+    dict each time, as the Bundles are mutable."""
+    return {"coding": [{"system": CATEGORY_CODES_SYSTEM, "code": CATEGORY_OTHER}]}
+
+
+PDF_ONLY_TEXT: Final = "Attesten er vedhæftet som PDF."
+"""The text segment of a reply that carries only a PDF."""
+
+
+def _with_profile(resource: dict[str, Any], profile: str) -> dict[str, Any]:
+    """``resource`` claiming ``profile`` in meta.profile (the profiles it had are kept)."""
+    meta = dict(resource.get("meta") or {})
+    profiles = list(meta.get("profile") or [])
+    if profile not in profiles:
+        profiles.append(profile)
+    meta["profile"] = profiles
+    head: dict[str, Any] = {k: resource[k] for k in ("resourceType", "id") if k in resource}
+    rest = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
+    return {**head, "meta": meta, **rest}
+
+
+def care_communication_bundle(
+    bundle_id: str, when: str, resources: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A CareCommunication message Bundle: the Bundle, its MessageHeader, Organizations and
+    Provenances claim their MedCom profiles (medcom-careCommunication-1 and -3)."""
+    claimed: dict[str, str] = {
+        "MessageHeader": PROFILE_CARE_COMMUNICATION_HEADER,
+        "Organization": PROFILE_ORGANIZATION,
+        "Provenance": PROFILE_CARE_COMMUNICATION_PROVENANCE,
+    }
+    resources = [
+        _with_profile(r, claimed[r["resourceType"]]) if r["resourceType"] in claimed else r
+        for r in resources
+    ]
+    bundle = _bundle(bundle_id, when, CARE_COMMUNICATION_BASE, resources)
+    return _with_profile(bundle, PROFILE_CARE_COMMUNICATION_MESSAGE)
+
+
 def _instant(moment: datetime) -> str:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("timestamps must be timezone-aware")
@@ -430,9 +511,16 @@ def _message_header(
     return header
 
 
-def _payload(
-    when: str, payload_id: str, author_ref: str, content: dict[str, Any]
+def payload_segment(
+    when: str,
+    payload_id: str,
+    author_ref: str,
+    content: dict[str, Any],
+    *,
+    extra: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """One message segment: its date and identifier extensions (and ``extra`` ones), then
+    its content (``contentString`` or ``contentAttachment``)."""
     return {
         "extension": [
             {"url": MEDCOM_DATETIME_EXTENSION_URL, "valueDateTime": when},
@@ -443,9 +531,13 @@ def _payload(
                     "assigner": {"reference": author_ref},
                 },
             },
+            *(extra or []),
         ],
         **content,
     }
+
+
+_payload = payload_segment
 
 
 def _provenance(

@@ -4,11 +4,13 @@ the gateway reads and writes.
 The gateway carries attest requests, attest replies and acknowledgements as FHIR Bundles of
 type ``message``, shaped on MedCom Messaging 4.0, CareCommunication 5.0 and
 Acknowledgement 2.0. **No MedCom profile exists for attests**, so request and reply are
-modelled on CareCommunication: a Communication with a category (``other`` plus a project
-coding in :data:`ATTEST_TYPE_SYSTEM` for the LÆ type), a text payload and, in replies, a PDF
-attachment. Conversation, case kind and reply deadline ride in
-``Communication.identifier``, a :data:`CASE_KIND_SYSTEM` coding and the
-:data:`REPLY_DEADLINE_EXTENSION_URL` extension.
+modelled on CareCommunication: a Communication with the one category MedCom allows
+(``other``), a topic (text, and a coding in :data:`ATTEST_TYPE_SYSTEM` for the LÆ type), a
+text payload and, in replies, a PDF attachment. Conversation, case kind and reply deadline
+ride in ``Communication.identifier``, a :data:`CASE_KIND_SYSTEM` coding of ``reasonCode``
+and the :data:`REPLY_DEADLINE_EXTENSION_URL` extension of the request's text segment. The
+project's systems have canonical URLs defined in docs/fhir/; the ``urn:attest-gateway:``
+systems of the first shape are still read.
 """
 
 from __future__ import annotations
@@ -80,21 +82,62 @@ ACKNOWLEDGEMENT_DEFINITION: Final = (
 SOR_ENDPOINT_PREFIX: Final = "https://sor2.sum.dsdn.dk/#id="
 
 
-# Project-specific: MedCom has no attest profile, so these are ours.
-ATTEST_TYPE_SYSTEM: Final = "urn:attest-gateway:attest-type"
+# Project-specific: MedCom has no attest profile, so these are ours. Canonical URLs under
+# PROJECT_CANONICAL_BASE, each defined by a resource published in docs/fhir/ (docs/medcom.md).
+PROJECT_CANONICAL_BASE: Final = "https://attest-gateway.dk/fhir"
 
 
-CASE_KIND_SYSTEM: Final = "urn:attest-gateway:case-kind"
+ATTEST_TYPE_SYSTEM: Final = f"{PROJECT_CANONICAL_BASE}/CodeSystem/attest-type"
+"""The LÆ type, a coding of Communication.topic."""
+
+
+CASE_KIND_SYSTEM: Final = f"{PROJECT_CANONICAL_BASE}/CodeSystem/case-kind"
+"""The job centre's case kind, a coding of Communication.reasonCode."""
 
 
 # Tells a reminder of a request (a new care-communication message too) from a new request.
-MESSAGE_KIND_SYSTEM: Final = "urn:attest-gateway:message-kind"
+MESSAGE_KIND_SYSTEM: Final = f"{PROJECT_CANONICAL_BASE}/CodeSystem/message-kind"
 
 
 REMINDER_CODE: Final = "reminder"
 
 
-REPLY_DEADLINE_EXTENSION_URL: Final = "urn:attest-gateway:reply-deadline"
+REPLY_DEADLINE_EXTENSION_URL: Final = f"{PROJECT_CANONICAL_BASE}/StructureDefinition/reply-deadline"
+"""The reply deadline, an extension (valueDate) of the request's and reminder's text segment."""
+
+
+# The systems of the first shape (before the MedCom profiles were followed): still read, never
+# written, while messages built with them may be in flight or stored.
+LEGACY_ATTEST_TYPE_SYSTEM: Final = "urn:attest-gateway:attest-type"
+LEGACY_CASE_KIND_SYSTEM: Final = "urn:attest-gateway:case-kind"
+LEGACY_MESSAGE_KIND_SYSTEM: Final = "urn:attest-gateway:message-kind"
+LEGACY_REPLY_DEADLINE_EXTENSION_URL: Final = "urn:attest-gateway:reply-deadline"
+ATTEST_TYPE_SYSTEMS: Final = frozenset({ATTEST_TYPE_SYSTEM, LEGACY_ATTEST_TYPE_SYSTEM})
+CASE_KIND_SYSTEMS: Final = frozenset({CASE_KIND_SYSTEM, LEGACY_CASE_KIND_SYSTEM})
+MESSAGE_KIND_SYSTEMS: Final = frozenset({MESSAGE_KIND_SYSTEM, LEGACY_MESSAGE_KIND_SYSTEM})
+REPLY_DEADLINE_EXTENSION_URLS: Final = frozenset(
+    {REPLY_DEADLINE_EXTENSION_URL, LEGACY_REPLY_DEADLINE_EXTENSION_URL}
+)
+
+
+# The MedCom profiles the CareCommunication-shaped Bundles claim in meta.profile.
+_MEDCOM_IG: Final = "http://medcomfhir.dk/ig"
+PROFILE_CARE_COMMUNICATION_MESSAGE: Final = (
+    f"{_MEDCOM_IG}/carecommunication/StructureDefinition/medcom-careCommunication-message"
+)
+PROFILE_CARE_COMMUNICATION_HEADER: Final = (
+    f"{_MEDCOM_IG}/carecommunication/StructureDefinition/medcom-careCommunication-messageHeader"
+)
+PROFILE_CARE_COMMUNICATION: Final = (
+    f"{_MEDCOM_IG}/carecommunication/StructureDefinition/medcom-careCommunication-communication"
+)
+PROFILE_CARE_COMMUNICATION_PROVENANCE: Final = (
+    f"{_MEDCOM_IG}/carecommunication/StructureDefinition/medcom-careCommunication-provenance"
+)
+PROFILE_PATIENT: Final = f"{_MEDCOM_IG}/core/StructureDefinition/medcom-core-patient"
+PROFILE_ORGANIZATION: Final = (
+    f"{_MEDCOM_IG}/messaging/StructureDefinition/medcom-messaging-organization"
+)
 
 
 EVENT_CARE_COMMUNICATION: Final = "care-communication-message"

@@ -12,16 +12,16 @@ from attest_gateway.medcom.codes import (
     ACTIVITY_CODES_SYSTEM,
     ACTIVITY_NEW,
     ACTIVITY_REPLY,
-    ATTEST_TYPE_SYSTEM,
-    CASE_KIND_SYSTEM,
+    ATTEST_TYPE_SYSTEMS,
+    CASE_KIND_SYSTEMS,
     CPR_SYSTEM,
     ENTITY_ROLE_REVISION,
     EVENT_ACKNOWLEDGEMENT,
     EVENT_CARE_COMMUNICATION,
     GLN_SYSTEMS,
-    MESSAGE_KIND_SYSTEM,
+    MESSAGE_KIND_SYSTEMS,
     REMINDER_CODE,
-    REPLY_DEADLINE_EXTENSION_URL,
+    REPLY_DEADLINE_EXTENSION_URLS,
     SOR_SYSTEM,
     MedcomMessageType,
     ResponseCode,
@@ -31,6 +31,7 @@ from attest_gateway.medcom.model import (
     CodeableConcept,
     Coding,
     Communication,
+    Extension,
     Identifier,
     MessageHeader,
     OperationOutcome,
@@ -78,7 +79,7 @@ class MessageInfo:
       ``attest_title``: code and display of the :data:`ATTEST_TYPE_SYSTEM` coding;
       ``case_kind``: code of the :data:`CASE_KIND_SYSTEM` coding; ``topic``:
       Communication.topic.text; ``reply_deadline``: the :data:`REPLY_DEADLINE_EXTENSION_URL`
-      extension.
+      extension (of a text segment, or of the Communication in the first shape).
     - ``cpr``: the subject Patient's CPR identifier; ``texts``: payload contentStrings in
       order; ``attachments``: decoded payload attachments in order.
     - ``issues``: OperationOutcome issue codes (the details coding, e.g. a MedCom
@@ -154,7 +155,7 @@ def read_message(bundle: Bundle) -> MessageInfo:
     if event == EVENT_ACKNOWLEDGEMENT:
         message_type = "acknowledgement"
     elif event == EVENT_CARE_COMMUNICATION and activity == ACTIVITY_NEW:
-        marker = _coding(communication, MESSAGE_KIND_SYSTEM)
+        marker = communication_coding(communication, MESSAGE_KIND_SYSTEMS)
         is_reminder = marker is not None and marker.code == REMINDER_CODE
         message_type = "attest-reminder" if is_reminder else "attest-request"
     elif event == EVENT_CARE_COMMUNICATION and activity == ACTIVITY_REPLY:
@@ -162,8 +163,8 @@ def read_message(bundle: Bundle) -> MessageInfo:
     else:
         message_type = "other-care-communication"
 
-    attest = _coding(communication, ATTEST_TYPE_SYSTEM)
-    case_kind = _coding(communication, CASE_KIND_SYSTEM)
+    attest = communication_coding(communication, ATTEST_TYPE_SYSTEMS)
+    case_kind = communication_coding(communication, CASE_KIND_SYSTEMS)
 
     texts: list[str] = []
     attachments: list[Attachment] = []
@@ -177,9 +178,8 @@ def read_message(bundle: Bundle) -> MessageInfo:
             att = item.contentAttachment
             if att is not None and att.data is not None:
                 attachments.append(Attachment(att.contentType, att.title, b64decode(att.data)))
-        for ext in communication.extension:
-            if ext.url == REPLY_DEADLINE_EXTENSION_URL:
-                deadline = parse_fhir_date(ext.valueDate)
+        for ext in deadline_extensions(communication):
+            deadline = parse_fhir_date(ext.valueDate)
         conversation_id = _conversation_id(communication)
         cpr = _cpr(bundle, communication)
 
@@ -262,14 +262,27 @@ def _concepts(communication: Communication) -> Iterator[CodeableConcept]:
     yield from communication.reasonCode
 
 
-def _coding(communication: Communication | None, system: str) -> Coding | None:
+def communication_coding(
+    communication: Communication | None, systems: frozenset[str]
+) -> Coding | None:
+    """The first coding with a code in one of ``systems`` (a current system and its legacy
+    ``urn:attest-gateway:`` one) in the category, topic or reasonCode."""
     if communication is None:
         return None
     for concept in _concepts(communication):
         for coding in concept.coding:
-            if coding.system == system and coding.code:
+            if coding.system in systems and coding.code:
                 return coding
     return None
+
+
+def deadline_extensions(communication: Communication) -> list[Extension]:
+    """The reply-deadline extensions: on a text segment (current shape) or on the
+    Communication itself (the first shape)."""
+    candidates = [*communication.extension]
+    for item in communication.payload:
+        candidates.extend(item.extension)
+    return [e for e in candidates if e.url in REPLY_DEADLINE_EXTENSION_URLS]
 
 
 def _conversation_id(communication: Communication) -> str | None:

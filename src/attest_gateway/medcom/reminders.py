@@ -4,12 +4,13 @@ Pure builder. Modelled, like the request, on CareCommunication 5.0 (event
 ``care-communication-message``), sent on behalf of the requesting job centre to the receiver:
 
 - the Communication carries the conversation id as identifier (the same as the request's),
-  category ``other`` plus the LÆ-type coding, an extra coding
-  ``urn:attest-gateway:message-kind#reminder`` so systems can tell it from a new request,
-  the original deadline and a short Danish payload text;
+  MedCom's one category ``other``, a topic with the LÆ-type coding and a
+  :data:`~attest_gateway.medcom.codes.MESSAGE_KIND_SYSTEM` ``reminder`` coding so systems
+  can tell it from a new request, and a short Danish text segment that carries the original
+  deadline (the reply-deadline extension);
 - the Provenance (activity ``new-message``) has an entity with role ``revision`` pointing
   to ``MessageHeader/<request id>``: the Provenance chain that ties the reminder to the
-  request;
+  request, and the text segment as its ``source`` entity;
 - the Patient is a reference-only resource with the id the request's Patient has (ids in
   our Bundles are derived from the message id): the tracker knows no CPR number, and the
   receiver finds the citizen through the request it already holds.
@@ -23,13 +24,12 @@ import datetime as dt
 import uuid
 from typing import Any, Final
 
+from attest_gateway.medcom.build import care_communication_bundle, category, payload_segment
 from attest_gateway.medcom.codes import (
     ACTIVITY_CODES_SYSTEM,
     ACTIVITY_NEW,
     ATTEST_TYPE_SYSTEM,
     CARE_COMMUNICATION_DEFINITION,
-    CATEGORY_CODES_SYSTEM,
-    CATEGORY_OTHER,
     DESTINATION_PRIMARY,
     DESTINATION_USE_EXTENSION_URL,
     DESTINATION_USE_SYSTEM,
@@ -37,9 +37,9 @@ from attest_gateway.medcom.codes import (
     EVENT_CARE_COMMUNICATION,
     EVENT_CODES_SYSTEM,
     GLN_SYSTEM,
-    MEDCOM_DATETIME_EXTENSION_URL,
-    MEDCOM_IDENTIFIER_EXTENSION_URL,
     MESSAGE_KIND_SYSTEM,
+    PROFILE_CARE_COMMUNICATION,
+    PROFILE_PATIENT,
     REMINDER_CODE,
     REPLY_DEADLINE_EXTENSION_URL,
     SOR_ENDPOINT_PREFIX,
@@ -129,37 +129,30 @@ def build_reminder(
         "focus": [{"reference": f"Communication/{communication_id}"}],
         "definition": CARE_COMMUNICATION_DEFINITION,
     }
+    deadline = {"url": REPLY_DEADLINE_EXTENSION_URL, "valueDate": due.isoformat()}
     communication: dict[str, Any] = {
         "resourceType": "Communication",
         "id": communication_id,
+        "meta": {"profile": [PROFILE_CARE_COMMUNICATION]},
         "identifier": [{"value": f"urn:uuid:{conversation_id}"}],
-        "extension": [{"url": REPLY_DEADLINE_EXTENSION_URL, "valueDate": due.isoformat()}],
         "status": "unknown",
-        "category": [
-            {
-                "coding": [
-                    {"system": CATEGORY_CODES_SYSTEM, "code": CATEGORY_OTHER},
-                    {"system": ATTEST_TYPE_SYSTEM, "code": attest_type},
-                    {"system": MESSAGE_KIND_SYSTEM, "code": REMINDER_CODE},
-                ]
-            }
-        ],
+        "category": [category()],
         "subject": {"reference": f"Patient/{patient_id}"},
-        "topic": {"text": f"Påmindelse om {attest_type}"},
+        "topic": {
+            "coding": [
+                {"system": ATTEST_TYPE_SYSTEM, "code": attest_type},
+                {"system": MESSAGE_KIND_SYSTEM, "code": REMINDER_CODE},
+            ],
+            "text": f"Påmindelse om {attest_type}",
+        },
         "payload": [
-            {
-                "extension": [
-                    {"url": MEDCOM_DATETIME_EXTENSION_URL, "valueDateTime": when},
-                    {
-                        "url": MEDCOM_IDENTIFIER_EXTENSION_URL,
-                        "valueIdentifier": {
-                            "value": f"urn:uuid:{payload_id}",
-                            "assigner": {"reference": sender_ref},
-                        },
-                    },
-                ],
-                "contentString": reminder_text(attest_type, due, seq),
-            }
+            payload_segment(
+                when,
+                payload_id,
+                sender_ref,
+                {"contentString": reminder_text(attest_type, due, seq)},
+                extra=[deadline],
+            )
         ],
     }
     provenance: dict[str, Any] = {
@@ -174,23 +167,17 @@ def build_reminder(
             {
                 "role": ENTITY_ROLE_REVISION,
                 "what": {"reference": f"MessageHeader/{request_message_id}"},
-            }
+            },
+            {"role": "source", "what": {"identifier": {"value": f"urn:uuid:{payload_id}"}}},
         ],
     }
     resources = [
         header,
-        {"resourceType": "Patient", "id": patient_id},
+        {"resourceType": "Patient", "id": patient_id, "meta": {"profile": [PROFILE_PATIENT]}},
         communication,
         _org(receiver_id, receiver, "receiver"),
         _org(sender_id, sender, "sender"),
         provenance,
     ]
-    return {
-        "resourceType": "Bundle",
-        "id": bundle_id,
-        "type": "message",
-        "timestamp": when,
-        "entry": [
-            {"fullUrl": f"{_BASE}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources
-        ],
-    }
+    bundle: dict[str, Any] = care_communication_bundle(bundle_id, when, resources)
+    return bundle

@@ -13,7 +13,6 @@ from attest_gateway.medcom.codes import (
     EVENT_CARE_COMMUNICATION,
     EVENT_CODES,
     EVENT_CODES_SYSTEM,
-    REPLY_DEADLINE_EXTENSION_URL,
 )
 from attest_gateway.medcom.errors import BundleError
 from attest_gateway.medcom.model import (
@@ -27,7 +26,11 @@ from attest_gateway.medcom.model import (
     b64decode,
     parse_fhir_date,
 )
-from attest_gateway.medcom.read import message_communication, org_identifiers
+from attest_gateway.medcom.read import (
+    deadline_extensions,
+    message_communication,
+    org_identifiers,
+)
 
 
 def check_medcom_rules(bundle: Bundle) -> None:
@@ -69,11 +72,10 @@ def check_medcom_rules(bundle: Bundle) -> None:
             raise BundleError(
                 ErrorCode.MISSING_PATIENT, "Communication.subject is not a Patient in the Bundle"
             )
-        for j, ext in enumerate(communication.extension):
-            if ext.url == REPLY_DEADLINE_EXTENSION_URL and parse_fhir_date(ext.valueDate) is None:
+        for ext in deadline_extensions(communication):
+            if parse_fhir_date(ext.valueDate) is None:
                 raise BundleError(
-                    ErrorCode.INVALID_BUNDLE,
-                    f"Communication.extension[{j}]: reply deadline is not a date",
+                    ErrorCode.INVALID_BUNDLE, "Communication: reply deadline is not a date"
                 )
     elif event == EVENT_ACKNOWLEDGEMENT:
         if header.response is None:

@@ -17,7 +17,7 @@ from attest_gateway.contracts.jobcenter import (
     OrganisationSummary,
 )
 from attest_gateway.core.attests import AttestType
-from attest_gateway.medcom.build import build_attest_request
+from attest_gateway.medcom.build import PDF_ONLY_TEXT, build_attest_request
 from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers
 
 
@@ -57,7 +57,8 @@ def inbox_item(
     attest_type: str,
     received_at: dt.datetime,
 ) -> InboxItem:
-    texts = [t for t in info.texts if t]
+    # The placeholder segment of a PDF-only reply is not the clinician's text.
+    texts = [t for t in info.texts if t and t != PDF_ONLY_TEXT]
     return InboxItem(
         message_id=info.message_id,
         conversation_id=conversation_id,
