@@ -23,7 +23,7 @@ from attest_gateway.medcom.build import (
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import OrgIdentifiers
 from attest_gateway.medcom.reminders import build_reminder
-from tests.support.medcom_profiles import Issue, validate_bundle
+from tests.support.medcom_profiles import Conformance, Issue, NotChecked, validate_bundle
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "fixtures" / "medcom"
 NEW_MESSAGE = "Bundle-add5e7e2-0c0f-4a4a-bfff-f6f984fa7e3c.json"
@@ -83,8 +83,6 @@ def test_what_is_not_checked_is_reported() -> None:
 
 def test_medcom_invariant_with_unknown_canonical_is_not_checked() -> None:
     # medcom-messaging-1 names http://medcomfhir.dk/fhir/messaging/..., which no package defines
-    from tests.support.medcom_profiles import Conformance, NotChecked
-
     conf = Conformance.load()
     assert (
         "http://medcomfhir.dk/fhir/messaging/StructureDefinition/medcom-messaging-messageHeader"
