@@ -275,6 +275,18 @@ async def test_the_mailbox_keeps_each_message_once_and_hands_out_oldest_first(
         assert item is not None
         assert (item.envelope, item.fetched_at) == (request.to_json(), None)
         assert await uow.mailbox.get("nothing") is None
+        # the entry's routing without its envelope, collected or not
+        address = await uow.mailbox.address(request.header.message_id)
+        assert address is not None
+        assert (address.receiver_org_id, address.conversation_id, address.message_type) == (
+            parties.psy.id,
+            request.header.conversation_id,
+            request.header.message_type.value,
+        )
+        assert address.collected_at == NOW
+        still_waiting = await uow.mailbox.address(tied[0])
+        assert still_waiting is not None and still_waiting.collected_at is None
+        assert await uow.mailbox.address("nothing") is None
 
 
 async def test_unreadable_replies_come_after_the_readable_ones(

@@ -30,6 +30,7 @@ from attest_gateway.ports.records import (
     Conversation,
     IdempotencyRecord,
     InboundRecord,
+    MailAddress,
     MailItem,
     StageEntry,
     StageRecord,
@@ -174,6 +175,19 @@ class FakeMailbox(_Repo):
 
     async def get(self, message_id: str) -> MailItem | None:
         return self.s.mailbox.get(message_id)
+
+    async def address(self, message_id: str) -> MailAddress | None:
+        item = self.s.mailbox.get(message_id)
+        if item is None:
+            return None
+        return MailAddress(
+            message_id=item.message_id,
+            receiver_org_id=item.receiver_org_id,
+            sender_org_id=item.sender_org_id,
+            conversation_id=item.conversation_id,
+            message_type=item.message_type,
+            collected_at=item.collected_at,
+        )
 
     async def waiting(self, receiver_org_id: str, limit: int) -> list[MailItem]:
         items = (

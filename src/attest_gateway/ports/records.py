@@ -89,6 +89,19 @@ class MailItem:
 
 
 @dataclass(frozen=True, slots=True)
+class MailAddress:
+    """Where a delivered message went and whether it was collected: a mailbox entry without
+    its envelope, for the checks that need no more (the envelope is the row's bulk)."""
+
+    message_id: str
+    receiver_org_id: str
+    sender_org_id: str
+    conversation_id: str
+    message_type: str
+    collected_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundRecord:
     """A message a health organisation submitted, remembered with the answer it got (the
     MedCom duplicate rule answers a resend with it)."""

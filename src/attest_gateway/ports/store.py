@@ -30,6 +30,7 @@ from attest_gateway.ports.records import (
     Conversation,
     IdempotencyRecord,
     InboundRecord,
+    MailAddress,
     MailItem,
     StageEntry,
     StageRecord,
@@ -80,6 +81,10 @@ class Mailbox(Protocol):
     """The sealed messages delivered to organisations, until they collect them."""
 
     async def get(self, message_id: str) -> MailItem | None: ...
+
+    async def address(self, message_id: str) -> MailAddress | None:
+        """The entry's routing and collection time, without reading its envelope."""
+        ...
 
     async def waiting(self, receiver_org_id: str, limit: int) -> list[MailItem]:
         """Up to `limit` messages not yet collected, oldest first."""

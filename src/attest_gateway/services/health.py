@@ -111,7 +111,7 @@ async def mark_collected(store: Store, clock: Clock, org: Organisation, message_
     async with store.transaction() as uow:
         if await uow.mailbox.collect(message_id, clock.now(), receiver_org_id=org.id):
             return True
-        item = await uow.mailbox.get(message_id)
+        item = await uow.mailbox.address(message_id)
     if item is None or item.receiver_org_id != org.id:
         raise Unknown(ErrorCode.NOT_FOUND, "no such message in this mailbox")
     return False
@@ -386,7 +386,7 @@ async def _reminder_to(
     """The conversation of reminder `message_id` if it was delivered to `org`."""
     if not message_id:
         return None
-    item = await uow.mailbox.get(message_id)
+    item = await uow.mailbox.address(message_id)
     if (
         item is None
         or item.receiver_org_id != org.id

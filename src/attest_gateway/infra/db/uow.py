@@ -44,6 +44,7 @@ from attest_gateway.ports.records import (
     Conversation,
     IdempotencyRecord,
     InboundRecord,
+    MailAddress,
     MailItem,
     StageEntry,
     StageRecord,
@@ -116,6 +117,30 @@ class SqlMailbox:
             await self._conn.execute(sa.select(mailbox).where(mailbox.c.message_id == message_id))
         ).first()
         return _mail_item(row) if row is not None else None
+
+    async def address(self, message_id: str) -> MailAddress | None:
+        row = (
+            await self._conn.execute(
+                sa.select(
+                    mailbox.c.message_id,
+                    mailbox.c.receiver_org_id,
+                    mailbox.c.sender_org_id,
+                    mailbox.c.conversation_id,
+                    mailbox.c.message_type,
+                    mailbox.c.collected_at,
+                ).where(mailbox.c.message_id == message_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        return MailAddress(
+            message_id=row.message_id,
+            receiver_org_id=row.receiver_org_id,
+            sender_org_id=row.sender_org_id,
+            conversation_id=row.conversation_id,
+            message_type=row.message_type,
+            collected_at=_maybe_aware(row.collected_at),
+        )
 
     async def waiting(self, receiver_org_id: str, limit: int) -> list[MailItem]:
         rows = await self._conn.execute(
