@@ -6,6 +6,9 @@ exponential backoff (tenacity) without committing; a record that still fails, or
 never succeed (any other error), goes to the dead-letter topic with its reason in the headers,
 and its offset is committed so the partition is not blocked (`verdict` is the one table that
 decides). Offsets are committed only after the handler's store write.
+
+While Kafka is unreachable a failed poll or commit goes to the gateway's `KafkaOutage` (one
+warning for the outage, not one per attempt); a poll that returns records again ends it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from attest_gateway.config import Settings
 from attest_gateway.core.errors import ErrorCode, GatewayError
 from attest_gateway.infra.kafka.connection import kafka_common
+from attest_gateway.infra.kafka.outage import KafkaOutage, unreachable
 from attest_gateway.infra.kafka.topics import Headers
 from attest_gateway.observability import metrics
 
@@ -148,6 +152,7 @@ class ConsumerLoop:
         batch_spans_partitions: bool = False,
         max_poll_records: int = 200,
         batches: bool = True,
+        outage: KafkaOutage | None = None,
     ) -> None:
         self._settings = settings
         self._partitions_at_once = partitions_at_once
@@ -166,6 +171,8 @@ class ConsumerLoop:
             max_poll_records=max_poll_records,
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
+        self.outage = outage if outage is not None else KafkaOutage(bootstrap)
+        self._client = f"consumer:{topic}"
         self._finished: dict[TopicPartition, int] = {}
         # Bumped at every rebalance: a record fetched before it may not be committed after it
         # (the partition may have moved, or the broker may have restarted with a fresh log).
@@ -250,7 +257,10 @@ class ConsumerLoop:
         try:
             await self.commit_finished()
         except KafkaError as exc:  # the records will be handled again (idempotently)
-            log.warning("consumer.commit_on_revoke_failed", error=type(exc).__name__)
+            if self.outage.down or unreachable(exc):
+                self.outage.failed(self._client, exc, consumer_commits=1)
+            else:
+                log.warning("consumer.commit_on_revoke_failed", error=type(exc).__name__)
         finally:
             self._finished = {}
             self._generation += 1
@@ -260,9 +270,14 @@ class ConsumerLoop:
             try:
                 batch = await self._consumer.getmany(timeout_ms=500)
             except KafkaError as exc:
-                log.warning("consumer.poll_failed", topic=self.topic, error=type(exc).__name__)
+                if unreachable(exc):
+                    self.outage.failed(self._client, exc, consumer_polls=1)
+                else:
+                    log.warning("consumer.poll_failed", topic=self.topic, error=type(exc).__name__)
                 await asyncio.sleep(1)
                 continue
+            if batch:
+                self.outage.succeeded(self._client)
             generation = self._generation
             together: set[tuple[int, int]] | None = None
             if self._batch_spans_partitions:
@@ -282,7 +297,12 @@ class ConsumerLoop:
             try:
                 await self.commit_finished()
             except KafkaError as exc:  # e.g. a rebalance: the records will be seen again
-                log.warning("consumer.commit_failed", topic=self.topic, error=type(exc).__name__)
+                if self.outage.down or unreachable(exc):
+                    self.outage.failed(self._client, exc, consumer_commits=1)
+                else:
+                    log.warning(
+                        "consumer.commit_failed", topic=self.topic, error=type(exc).__name__
+                    )
 
     async def _handle_partition(
         self,

@@ -8,6 +8,10 @@ published too. Publishing twice is harmless: every consumer writes idempotently.
 What publishing means for a conversation (its `published` stage) is not the relay's to know:
 it calls the `on_published` hook it is given (bootstrap.py wires the use case's) in the
 transaction that marks the rows published, with the message ids of the requests among them.
+
+While Kafka is unreachable the relay's failures go to the gateway's `KafkaOutage` (one
+warning for the outage, not one per batch), and while nothing waits to be sent it asks the
+brokers for metadata at each poll, so the outage ends when they answer.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from attest_gateway.core.clock import Clock
 from attest_gateway.core.errors import ErrorCode, Unavailable
 from attest_gateway.infra.db.engine import STORE_ERRORS, autocommit, one_of
 from attest_gateway.infra.db.tables import outbox
+from attest_gateway.infra.kafka.outage import KafkaOutage, unreachable
 from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.observability import metrics
 
@@ -52,6 +57,7 @@ class OutboxRelay:
         max_pending: int,
         clock: Clock,
         on_published: PublishedHook,
+        outage: KafkaOutage,
     ) -> None:
         self._engine = engine
         self._producer = producer
@@ -61,6 +67,8 @@ class OutboxRelay:
         self._max_pending = max_pending
         self._clock = clock
         self._on_published = on_published
+        self.outage = outage
+        self._reported: BaseException | None = None  # the last failure told to the outage
         self._lease = dt.timedelta(seconds=60)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -92,15 +100,31 @@ class OutboxRelay:
             try:
                 published = await self.publish_pending()
             except (KafkaError, *STORE_ERRORS, OSError) as exc:
-                log.warning("relay.failed", error=type(exc).__name__)
+                if exc is not self._reported:  # a Kafka outage is the outage's to tell
+                    log.warning("relay.failed", error=type(exc).__name__)
                 published = 0
                 await asyncio.sleep(self._poll_seconds)
             with contextlib.suppress(*STORE_ERRORS, OSError):
                 await self.count_pending()
+            if published == 0 and self.outage.down:
+                await self._probe()
             if published == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
                 self._wake.clear()
+
+    async def _probe(self) -> None:
+        """Kafka is known to be unreachable and nothing was sent: ask the brokers for
+        metadata, so that the outage ends when they answer rather than at the next message."""
+        answered = False
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            answered = bool(
+                await asyncio.wait_for(
+                    self._producer.client.force_metadata_update(), max(1.0, self._poll_seconds)
+                )
+            )
+        if answered:
+            self.outage.succeeded("relay")
 
     async def count_pending(self) -> int:
         async with self._engine.connect() as conn:
@@ -153,13 +177,19 @@ class OutboxRelay:
                     )
                 )
             await asyncio.gather(*futures)
-        except BaseException:
+        except BaseException as exc:
             # Give the rows back at once, so the next attempt (this relay's or another's) does
             # not wait for the lease to run out. Some may have been sent: consumers are
             # idempotent, so sending them again is safe.
             with contextlib.suppress(*STORE_ERRORS, OSError):
                 await asyncio.shield(self._release(rows[0].claim_token))
+            if isinstance(exc, Exception) and (
+                unreachable(exc) or (self.outage.down and isinstance(exc, KafkaError))
+            ):
+                self.outage.failed("relay", exc, relay_batches=1, relay_records=len(rows))
+                self._reported = exc
             raise
+        self.outage.succeeded("relay")
         metrics.produced(row.topic for row in rows)
         now = self._clock.now()
         await self._mark_published(rows, rows[0].claim_token, now)
