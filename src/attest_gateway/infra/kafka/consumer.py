@@ -105,6 +105,35 @@ def member_generation(consumer: AIOKafkaConsumer) -> int | None:
     return generation if generation >= 0 else None
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: nobody waits for it any more
+
+
+def retrieve_orphaned_commits(consumer: AIOKafkaConsumer) -> int:
+    """aiokafka sends a commit in a task of its own behind `asyncio.shield`
+    (`GroupCoordinator._do_commit_offsets`). A commit cancelled while it waits for the
+    broker's answer leaves that task running, and Python 3.11's shield then drops the callback
+    that would have retrieved its outcome: when it fails (the broker went away, or came back
+    without the group), asyncio writes "Task exception was never retrieved" with a traceback.
+    The commit was given up on purpose, so its outcome is retrieved here and dropped. Returns
+    how many such tasks there were (tests/integration/test_broker_loss_commits.py pins this
+    to the installed aiokafka)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    found = 0
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        if (
+            getattr(coro, "__qualname__", "") == "GroupCoordinator._do_commit_offsets"
+            and frame is not None
+            and frame.f_locals.get("self") is coordinator
+        ):
+            task.add_done_callback(_retrieve)
+            found += 1
+    return found
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move to another group member, commit what this one has finished."""
 
@@ -202,7 +231,15 @@ class ConsumerLoop:
                     await self._task
         with contextlib.suppress(KafkaError):
             await self.commit_finished()
-        await self._consumer.stop()
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka's fetcher cancels a fetch that waits out its back-off after a failed
+            # request (the broker is away) and lets that CancelledError out of stop(). Only
+            # a cancellation of this task itself goes on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
 
     async def commit_finished(self) -> None:
         finished, self._finished = self._finished, {}
@@ -233,11 +270,13 @@ class ConsumerLoop:
                     member_generation(self._consumer) != generation or self._generation != ours
                 ):
                     commit.cancel()
+                    retrieve_orphaned_commits(self._consumer)
                     with contextlib.suppress(asyncio.CancelledError, KafkaError):
                         await commit
                     raise CommitFailedError("the group generation changed during the commit")
         except asyncio.CancelledError:
             commit.cancel()
+            retrieve_orphaned_commits(self._consumer)
             raise
         commit.result()
 
