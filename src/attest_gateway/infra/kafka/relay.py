@@ -7,7 +7,10 @@ published too. Publishing twice is harmless: every consumer writes idempotently.
 
 What publishing means for a conversation (its `published` stage) is not the relay's to know:
 it calls the `on_published` hook it is given (bootstrap.py wires the use case's) in the
-transaction that marks the rows published, with the message ids of the requests among them.
+transaction that marks the rows published, with the message ids of the requests among them
+and the time the batch was handed to the producer: a consumer may deliver a record before
+the broker's acknowledgement reaches the relay, so a later time could put `published` after
+the `in_mailbox` it caused.
 
 While Kafka is unreachable the relay's failures go to the gateway's `KafkaOutage` (one
 warning for the outage, not one per batch), and while nothing waits to be sent it asks the
@@ -41,7 +44,8 @@ from attest_gateway.observability import metrics
 log = structlog.get_logger(__name__)
 
 #: Called in the transaction that marks rows published, with the message ids of the attest
-#: requests (`medcom.messages` rows) among them and the time they were marked.
+#: requests (`medcom.messages` rows) among them and the time the relay handed them to the
+#: producer (the attempt Kafka acknowledged).
 PublishedHook = Callable[[AsyncConnection, list[str], dt.datetime], Awaitable[None]]
 
 
@@ -167,6 +171,9 @@ class OutboxRelay:
         rows = await self.claim(self._clock.now())
         if not rows:
             return 0
+        # The `published` time: before the first record is sent, so never after a consumer
+        # has put one in a mailbox (`in_mailbox`), however late the acknowledgement comes.
+        handed = self._clock.now()
         try:
             futures = []
             for row in rows:
@@ -191,8 +198,7 @@ class OutboxRelay:
             raise
         self.outage.succeeded("relay")
         metrics.produced(row.topic for row in rows)
-        now = self._clock.now()
-        await self._mark_published(rows, rows[0].claim_token, now)
+        await self._mark_published(rows, rows[0].claim_token, self._clock.now(), handed)
         return len(rows)
 
     async def _release(self, token: str) -> None:
@@ -204,7 +210,7 @@ class OutboxRelay:
             )
 
     async def _mark_published(
-        self, rows: Sequence[sa.Row[Any]], token: str, now: dt.datetime
+        self, rows: Sequence[sa.Row[Any]], token: str, now: dt.datetime, handed: dt.datetime
     ) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
@@ -221,4 +227,4 @@ class OutboxRelay:
                 for row in rows
                 if row.topic == self._topics.medcom_messages and row.message_id is not None
             ]
-            await self._on_published(conn, requests, now)
+            await self._on_published(conn, requests, handed)
