@@ -15,7 +15,12 @@ from aiokafka.errors import (
 from structlog.testing import capture_logs
 
 from attest_gateway.core.errors import ErrorCode
-from attest_gateway.infra.kafka.outage import KafkaOutage, QuietDuringOutage, unreachable
+from attest_gateway.infra.kafka.outage import (
+    ECHO_SECONDS,
+    KafkaOutage,
+    QuietDuringOutage,
+    unreachable,
+)
 from attest_gateway.infra.kafka.reading import KafkaReadTimeout
 
 
@@ -111,7 +116,8 @@ def test_what_counts_as_unreachable(error: BaseException, expected: bool) -> Non
 
 def test_aiokafka_connection_errors_open_the_outage_and_are_not_written() -> None:
     quiet = QuietDuringOutage()
-    outage = KafkaOutage("broker:9092", monotonic=Ticks())
+    ticks = Ticks()
+    outage = KafkaOutage("broker:9092", monotonic=ticks)
     echo = record("Heartbeat session expired - marking coordinator dead")
     other = record("Unexpected error in coordinator routine", name="aiokafka.consumer")
     assert quiet.filter(record("Unable connect to node with id 1: Connection refused"))
@@ -127,7 +133,10 @@ def test_aiokafka_connection_errors_open_the_outage_and_are_not_written() -> Non
         assert quiet.filter(other)  # anything else is written
         assert quiet.filter(record("Unable connect to node 1", level=logging.DEBUG))
         outage.succeeded("relay")
-    assert quiet.filter(echo)  # after it, written again
+        ticks.now += ECHO_SECONDS - 1
+        assert not quiet.filter(echo)  # just after it, still an echo of it
+    ticks.now += 1
+    assert quiet.filter(echo)  # later, written again
     assert [entry["event"] for entry in logs] == ["kafka.unreachable", "kafka.reachable_again"]
     assert logs[0]["client"] == "aiokafka"
     assert "Unable connect" in logs[0]["error"]

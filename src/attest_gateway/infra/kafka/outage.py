@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 
 #: How often, at most, a lasting outage is recalled at warning level.
 REMIND_SECONDS = 60.0
+#: How long after an outage aiokafka's lines that follow from it are still dropped: a
+#: consumer learns that its group session expired meanwhile only once it reaches the broker.
+ECHO_SECONDS = 60.0
 
 #: aiokafka's lines that mean "a broker cannot be reached", written once per attempt: the
 #: first opens an outage.
@@ -46,13 +49,16 @@ _CONNECTION_FAILED = (
     "Connect call failed",
 )
 #: aiokafka's lines that follow from an outage (a group's session ran out meanwhile, a
-#: request waited in vain): dropped while one is known, written otherwise.
+#: request waited in vain): dropped while one is known and for `ECHO_SECONDS` after it,
+#: written otherwise.
 _OUTAGE_ECHOES = (
     "RequestTimedOutError",
     "Marking the coordinator dead",
     "Heartbeat session expired",
     "Coordinator Request failed",
     "Got error produce response",
+    "UnknownMemberIdError",  # the group forgot the member whose session ran out
+    "member_id was not recognized",
 )
 
 
@@ -91,6 +97,7 @@ class KafkaOutage:
         self._remind_seconds = remind_seconds
         self._monotonic = monotonic
         self._since: float | None = None  # monotonic, for the duration
+        self._ended: float | None = None  # monotonic, when the last outage ended
         self._since_wall = dt.datetime.min.replace(tzinfo=dt.UTC)  # for the reader
         self._reminded = 0.0
         self._clients: set[str] = set()
@@ -100,6 +107,10 @@ class KafkaOutage:
     @property
     def down(self) -> bool:
         return self._since is not None
+
+    def ended_within(self, seconds: float) -> bool:
+        """Whether an outage ended less than `seconds` ago."""
+        return self._ended is not None and self._monotonic() - self._ended < seconds
 
     def failed(self, client: str, error: BaseException | str, **retried: int) -> None:
         """A Kafka call of `client` failed; `retried`: what will be tried again because of it
@@ -141,6 +152,7 @@ class KafkaOutage:
             retried=dict(self._retried),
         )
         self._since = None
+        self._ended = self._monotonic()
         self._clients = set()
         self._retried = Counter()
 
@@ -161,7 +173,8 @@ class QuietDuringOutage(logging.Filter):
     """On aiokafka's loggers: a connection error is a failure of the outages it watches (the
     first opens one, with its `kafka.unreachable` warning) and is not written itself; the
     outages count them as `connection_attempts`. A line that follows from an outage (a
-    session that ran out meanwhile) is dropped while one is known. Any other line passes,
+    session that ran out meanwhile) is dropped while one is known and for `ECHO_SECONDS`
+    after it. Any other line passes,
     and every line with no outage watched (no gateway in this process)."""
 
     def __init__(self) -> None:
@@ -179,10 +192,14 @@ class QuietDuringOutage(logging.Filter):
             for outage in outages:
                 outage.failed(record.name, record.getMessage(), connection_attempts=1)
             return False
-        if outage_echo(record) and any(outage.down for outage in outages):
-            for outage in outages:
-                outage.failed(record.name, record.getMessage(), connection_attempts=1)
-            return False
+        if outage_echo(record):
+            if any(outage.down for outage in outages):
+                for outage in outages:
+                    if outage.down:
+                        outage.failed(record.name, record.getMessage(), connection_attempts=1)
+                return False
+            if any(outage.ended_within(ECHO_SECONDS) for outage in outages):
+                return False  # told already: the outage that just ended
         return True
 
 
