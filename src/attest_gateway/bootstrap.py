@@ -44,6 +44,7 @@ from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.housekeeping.sweeper import Sweeper
 from attest_gateway.infra.kafka.connection import make_producer
 from attest_gateway.infra.kafka.consumer import ConsumerLoop
+from attest_gateway.infra.kafka.outage import KafkaOutage, quiet_aiokafka
 from attest_gateway.infra.kafka.relay import OutboxRelay, PublishedHook
 from attest_gateway.infra.kafka.topic_check import topic_settings_check
 from attest_gateway.infra.kafka.topics import Topics, ensure_topics
@@ -105,7 +106,11 @@ def published_stages(topics: Topics) -> PublishedHook:
 
 
 def make_relay(
-    settings: Settings, engine: AsyncEngine, producer: AIOKafkaProducer, clock: Clock
+    settings: Settings,
+    engine: AsyncEngine,
+    producer: AIOKafkaProducer,
+    clock: Clock,
+    outage: KafkaOutage,
 ) -> OutboxRelay:
     """The outbox relay (not started) as the gateway runs it."""
     topics = Topics.from_settings(settings)
@@ -118,6 +123,7 @@ def make_relay(
         max_pending=settings.outbox_max_pending,
         on_published=published_stages(topics),
         clock=clock,
+        outage=outage,
     )
 
 
@@ -154,6 +160,10 @@ async def _open(
         raise RuntimeError(f"no keys for the gateway organisation {settings.gateway_org_id!r}")
     pseudonym_key = load_pseudonym_key(settings)
     owned = _Owned(engine=engine is None, producer=producer is None)
+    # One view of the brokers' reachability for all of this gateway's Kafka clients, which
+    # also takes aiokafka's own per-attempt connection errors (infra/kafka/outage.py).
+    outage = KafkaOutage(bootstrap)
+    quiet_aiokafka(outage)
     cache = DirectoryCache()
     base = engine if engine is not None else settings_engine(settings)
     try:
@@ -188,12 +198,13 @@ async def _open(
         topics=topics,
         topic_check=topic_check,
         producer=producer,
-        relay=make_relay(settings, bound, producer, clock),
+        relay=make_relay(settings, bound, producer, clock, outage),
         writes=writes,
         store=SqlStore(bound, topics, writes),
         directory=cache,
         store_key=store_key,
         clock=clock,
+        outage=outage,
     )
     return gw, owned
 
@@ -290,6 +301,7 @@ def make_tracker(gw: Gateway, bootstrap: str) -> Tracker:
             dead_letter_topic=gw.topics.dead_letter,
             batch_spans_partitions=settings.tracker_poll_in_one_transaction,
             max_poll_records=settings.tracker_max_poll_records,
+            outage=gw.outage,
         )
         for _ in range(settings.tracker_consumers)
     )
@@ -313,6 +325,7 @@ def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
         partitions_at_once=settings.delivery_partitions_at_once,
         batches=settings.delivery_poll_in_one_transaction,
         batch_spans_partitions=True,
+        outage=gw.outage,
     )
 
 

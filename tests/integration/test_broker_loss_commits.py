@@ -13,18 +13,24 @@ the new log's first record is handled and that the group's offset is one of the 
 That test keeps an embedded broker of its own even when the suite runs on an external broker
 (TEST_KAFKA_BOOTSTRAP_SERVERS): what it checks is the embedded broker's loss of every log on
 a restart, which Apache Kafka does not do, and it must restart its broker without disturbing
-the rest of the run. The other test here uses the session's broker.
+the rest of the run. So does the test of a commit given up while the broker does not answer
+(it freezes and kills its broker), which also stops the consumer loop with the broker gone.
+The test of `member_generation` uses the session's broker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 
 from attest_gateway.config import load_settings
@@ -160,3 +166,71 @@ async def test_member_generation_reads_the_installed_aiokafka(
         assert member_generation(consumer) is None
     finally:
         await consumer.stop()
+
+
+async def test_a_commit_given_up_leaves_no_exception_unretrieved(tmp_path: Path) -> None:
+    """aiokafka sends a commit in a task behind `asyncio.shield`. The consumer loop gives a
+    commit up when the group generation changes (here: as a rewind does) while the broker
+    has not answered; when the broker then goes away, that task fails. Its exception must be
+    retrieved, not reported by asyncio as "Task exception was never retrieved" (seen after a
+    broker restart). The broker is frozen (SIGSTOP) so that the commit waits for its answer."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    settings = load_settings(var_dir=tmp_path, kafka_topic_prefix=prefix, kafka_partitions=1)
+    topic, dlq, group = f"{prefix}loop", f"{prefix}loop.dlq", f"{prefix}group"
+    tp = TopicPartition(topic, 0)
+    gate = Gate(stop_at=1)
+    reported: list[dict[str, Any]] = []
+    event_loop = asyncio.get_running_loop()
+    previous = event_loop.get_exception_handler()
+    event_loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    broker = EmbeddedBroker().start()
+    loop: ConsumerLoop | None = None
+    try:
+        await ensure_topics(settings, broker.bootstrap, [topic, dlq])
+        producer = make_producer(settings, broker.bootstrap)
+        await producer.start()
+        for i in range(3):
+            await producer.send_and_wait(topic, value=str(i).encode(), partition=0)
+        await producer.stop()
+        loop = ConsumerLoop(
+            settings=settings, bootstrap=broker.bootstrap, topic=topic, group=group,
+            handler=gate, producer=producer, dead_letter_topic=dlq,
+        )  # fmt: skip
+        await loop.start()
+        async with asyncio.timeout(60):
+            await gate.reached.wait()  # the loop waits in the handler: it commits nothing now
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)  # the broker takes requests and never answers
+        commit = asyncio.create_task(loop._commit({tp: 1}))
+        async with asyncio.timeout(30):
+            while True:  # until the commit request is out, waiting for the broker's answer
+                if sent := _commit_requests():
+                    break
+                await asyncio.sleep(0.05)
+        loop._generation += 1  # as a rewind or a rebalance does: the commit is given up
+        with pytest.raises(CommitFailedError):
+            await commit
+        os.kill(broker.pid, signal.SIGKILL)  # the connection breaks: the sent commit fails
+        # Waiting does not retrieve their outcome (asking for it would).
+        _done, pending = await asyncio.wait(sent, timeout=60)
+        assert not pending
+        del sent, commit, _done
+        gc.collect()
+        await asyncio.sleep(0)
+        unretrieved = [c for c in reported if "never retrieved" in str(c.get("message"))]
+        assert unretrieved == []
+    finally:
+        event_loop.set_exception_handler(previous)
+        gate.through.set()
+        broker.stop()
+        if loop is not None:
+            await loop.stop()
+
+
+def _commit_requests() -> list[asyncio.Task[Any]]:
+    """aiokafka's tasks that send a commit and wait for the answer."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "GroupCoordinator._do_commit_offsets"
+    ]

@@ -21,6 +21,7 @@ from attest_gateway.infra.housekeeping import retention
 from attest_gateway.infra.housekeeping.recovery import EPOCH_ROW, BrokerRecovery
 from attest_gateway.infra.housekeeping.sweeper import Sweeper
 from attest_gateway.infra.kafka.connection import make_producer
+from attest_gateway.infra.kafka.outage import KafkaOutage
 from attest_gateway.infra.kafka.relay import OutboxRelay
 from attest_gateway.medcom.build import build_acknowledgement
 from attest_gateway.medcom.read import read_message
@@ -295,6 +296,7 @@ async def test_a_failed_publish_gives_its_rows_back_at_once(
                 max_pending=10,
                 clock=h.gw.clock,
                 on_published=published_stages(h.gw.topics),
+                outage=KafkaOutage(h.bootstrap),
             )
             with pytest.raises(KafkaError):
                 await relay.publish_pending()

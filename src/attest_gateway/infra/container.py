@@ -24,6 +24,7 @@ from attest_gateway.infra.db.directory import DirectoryCache
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.pseudonyms import StoreKey
 from attest_gateway.infra.db.uow import SqlStore
+from attest_gateway.infra.kafka.outage import KafkaOutage
 from attest_gateway.infra.kafka.relay import OutboxRelay
 from attest_gateway.infra.kafka.topic_check import TopicSettingsCheck
 from attest_gateway.infra.kafka.topics import Topics
@@ -54,4 +55,6 @@ class Gateway:
     #: the key id the store's pseudonyms are made with (checked at start, see pseudonyms.py)
     store_key: StoreKey
     clock: Clock
+    #: whether the brokers are reachable, for all of this gateway's Kafka clients
+    outage: KafkaOutage
     catalogue: dict[str, AttestType] = field(default_factory=lambda: dict(DEFAULT_CATALOGUE))

@@ -31,8 +31,12 @@ from attest_gateway.infra.housekeeping.republish import republish_undelivered
 from attest_gateway.infra.housekeeping.resend import resend_unacknowledged
 from attest_gateway.infra.housekeeping.retention import prune
 from attest_gateway.infra.kafka.consumer import ConsumerLoop
+from attest_gateway.infra.kafka.outage import unreachable
+from attest_gateway.infra.kafka.reading import KafkaReadTimeout
 
 log = structlog.get_logger(__name__)
+
+_STORE_OR_OS: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError)
 
 
 @dataclass
@@ -66,13 +70,22 @@ class Sweeper:
 
     async def _run(self) -> None:
         while True:
+            outage = self._gw.outage
             try:
                 report = await self.sweep_once()
-            except (KafkaError, *STORE_ERRORS, OSError) as exc:
+            except KafkaReadTimeout as exc:  # the broker did not answer: the outage tells it
+                outage.failed("sweeper", exc, sweeps=1)
+            except KafkaError as exc:
+                if outage.down or unreachable(exc):
+                    outage.failed("sweeper", exc, sweeps=1)
+                else:
+                    log.warning("sweeper.failed", error=type(exc).__name__)
+            except _STORE_OR_OS as exc:
                 log.warning("sweeper.failed", error=type(exc).__name__)
-            except Unavailable as exc:  # e.g. a read of the canary ran out of time
+            except Unavailable as exc:  # e.g. a topic is missing
                 log.warning("sweeper.failed", error=exc.code, detail=exc.detail)
             else:
+                outage.succeeded("sweeper")  # every sweep reads the canary from Kafka
                 if any(v for v in vars(report).values()):
                     log.info("sweeper.swept", **vars(report))
             await asyncio.sleep(self._gw.settings.sweep_interval_seconds)

@@ -6,6 +6,9 @@ exponential backoff (tenacity) without committing; a record that still fails, or
 never succeed (any other error), goes to the dead-letter topic with its reason in the headers,
 and its offset is committed so the partition is not blocked (`verdict` is the one table that
 decides). Offsets are committed only after the handler's store write.
+
+While Kafka is unreachable a failed poll or commit goes to the gateway's `KafkaOutage` (one
+warning for the outage, not one per attempt); a poll that returns records again ends it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from attest_gateway.config import Settings
 from attest_gateway.core.errors import ErrorCode, GatewayError
 from attest_gateway.infra.kafka.connection import kafka_common
+from attest_gateway.infra.kafka.outage import KafkaOutage, unreachable
 from attest_gateway.infra.kafka.topics import Headers
 from attest_gateway.observability import metrics
 
@@ -101,6 +105,35 @@ def member_generation(consumer: AIOKafkaConsumer) -> int | None:
     return generation if generation >= 0 else None
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: nobody waits for it any more
+
+
+def retrieve_orphaned_commits(consumer: AIOKafkaConsumer) -> int:
+    """aiokafka sends a commit in a task of its own behind `asyncio.shield`
+    (`GroupCoordinator._do_commit_offsets`). A commit cancelled while it waits for the
+    broker's answer leaves that task running, and Python 3.11's shield then drops the callback
+    that would have retrieved its outcome: when it fails (the broker went away, or came back
+    without the group), asyncio writes "Task exception was never retrieved" with a traceback.
+    The commit was given up on purpose, so its outcome is retrieved here and dropped. Returns
+    how many such tasks there were (tests/integration/test_broker_loss_commits.py pins this
+    to the installed aiokafka)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    found = 0
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        if (
+            getattr(coro, "__qualname__", "") == "GroupCoordinator._do_commit_offsets"
+            and frame is not None
+            and frame.f_locals.get("self") is coordinator
+        ):
+            task.add_done_callback(_retrieve)
+            found += 1
+    return found
+
+
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before partitions move to another group member, commit what this one has finished."""
 
@@ -148,6 +181,7 @@ class ConsumerLoop:
         batch_spans_partitions: bool = False,
         max_poll_records: int = 200,
         batches: bool = True,
+        outage: KafkaOutage | None = None,
     ) -> None:
         self._settings = settings
         self._partitions_at_once = partitions_at_once
@@ -166,6 +200,8 @@ class ConsumerLoop:
             max_poll_records=max_poll_records,
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
+        self.outage = outage if outage is not None else KafkaOutage(bootstrap)
+        self._client = f"consumer:{topic}"
         self._finished: dict[TopicPartition, int] = {}
         # Bumped at every rebalance: a record fetched before it may not be committed after it
         # (the partition may have moved, or the broker may have restarted with a fresh log).
@@ -195,7 +231,15 @@ class ConsumerLoop:
                     await self._task
         with contextlib.suppress(KafkaError):
             await self.commit_finished()
-        await self._consumer.stop()
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka's fetcher cancels a fetch that waits out its back-off after a failed
+            # request (the broker is away) and lets that CancelledError out of stop(). Only
+            # a cancellation of this task itself goes on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
 
     async def commit_finished(self) -> None:
         finished, self._finished = self._finished, {}
@@ -226,11 +270,13 @@ class ConsumerLoop:
                     member_generation(self._consumer) != generation or self._generation != ours
                 ):
                     commit.cancel()
+                    retrieve_orphaned_commits(self._consumer)
                     with contextlib.suppress(asyncio.CancelledError, KafkaError):
                         await commit
                     raise CommitFailedError("the group generation changed during the commit")
         except asyncio.CancelledError:
             commit.cancel()
+            retrieve_orphaned_commits(self._consumer)
             raise
         commit.result()
 
@@ -250,7 +296,10 @@ class ConsumerLoop:
         try:
             await self.commit_finished()
         except KafkaError as exc:  # the records will be handled again (idempotently)
-            log.warning("consumer.commit_on_revoke_failed", error=type(exc).__name__)
+            if self.outage.down or unreachable(exc):
+                self.outage.failed(self._client, exc, consumer_commits=1)
+            else:
+                log.warning("consumer.commit_on_revoke_failed", error=type(exc).__name__)
         finally:
             self._finished = {}
             self._generation += 1
@@ -260,9 +309,14 @@ class ConsumerLoop:
             try:
                 batch = await self._consumer.getmany(timeout_ms=500)
             except KafkaError as exc:
-                log.warning("consumer.poll_failed", topic=self.topic, error=type(exc).__name__)
+                if unreachable(exc):
+                    self.outage.failed(self._client, exc, consumer_polls=1)
+                else:
+                    log.warning("consumer.poll_failed", topic=self.topic, error=type(exc).__name__)
                 await asyncio.sleep(1)
                 continue
+            if batch:
+                self.outage.succeeded(self._client)
             generation = self._generation
             together: set[tuple[int, int]] | None = None
             if self._batch_spans_partitions:
@@ -282,7 +336,12 @@ class ConsumerLoop:
             try:
                 await self.commit_finished()
             except KafkaError as exc:  # e.g. a rebalance: the records will be seen again
-                log.warning("consumer.commit_failed", topic=self.topic, error=type(exc).__name__)
+                if self.outage.down or unreachable(exc):
+                    self.outage.failed(self._client, exc, consumer_commits=1)
+                else:
+                    log.warning(
+                        "consumer.commit_failed", topic=self.topic, error=type(exc).__name__
+                    )
 
     async def _handle_partition(
         self,

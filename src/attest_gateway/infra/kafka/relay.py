@@ -7,7 +7,14 @@ published too. Publishing twice is harmless: every consumer writes idempotently.
 
 What publishing means for a conversation (its `published` stage) is not the relay's to know:
 it calls the `on_published` hook it is given (bootstrap.py wires the use case's) in the
-transaction that marks the rows published, with the message ids of the requests among them.
+transaction that marks the rows published, with the message ids of the requests among them
+and the time the batch was handed to the producer: a consumer may deliver a record before
+the broker's acknowledgement reaches the relay, so a later time could put `published` after
+the `in_mailbox` it caused.
+
+While Kafka is unreachable the relay's failures go to the gateway's `KafkaOutage` (one
+warning for the outage, not one per batch), and while nothing waits to be sent it asks the
+brokers for metadata at each poll, so the outage ends when they answer.
 """
 
 from __future__ import annotations
@@ -30,13 +37,15 @@ from attest_gateway.core.clock import Clock
 from attest_gateway.core.errors import ErrorCode, Unavailable
 from attest_gateway.infra.db.engine import STORE_ERRORS, autocommit, one_of
 from attest_gateway.infra.db.tables import outbox
+from attest_gateway.infra.kafka.outage import KafkaOutage, unreachable
 from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.observability import metrics
 
 log = structlog.get_logger(__name__)
 
 #: Called in the transaction that marks rows published, with the message ids of the attest
-#: requests (`medcom.messages` rows) among them and the time they were marked.
+#: requests (`medcom.messages` rows) among them and the time the relay handed them to the
+#: producer (the attempt Kafka acknowledged).
 PublishedHook = Callable[[AsyncConnection, list[str], dt.datetime], Awaitable[None]]
 
 
@@ -52,6 +61,7 @@ class OutboxRelay:
         max_pending: int,
         clock: Clock,
         on_published: PublishedHook,
+        outage: KafkaOutage,
     ) -> None:
         self._engine = engine
         self._producer = producer
@@ -61,6 +71,8 @@ class OutboxRelay:
         self._max_pending = max_pending
         self._clock = clock
         self._on_published = on_published
+        self.outage = outage
+        self._reported: BaseException | None = None  # the last failure told to the outage
         self._lease = dt.timedelta(seconds=60)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -92,15 +104,31 @@ class OutboxRelay:
             try:
                 published = await self.publish_pending()
             except (KafkaError, *STORE_ERRORS, OSError) as exc:
-                log.warning("relay.failed", error=type(exc).__name__)
+                if exc is not self._reported:  # a Kafka outage is the outage's to tell
+                    log.warning("relay.failed", error=type(exc).__name__)
                 published = 0
                 await asyncio.sleep(self._poll_seconds)
             with contextlib.suppress(*STORE_ERRORS, OSError):
                 await self.count_pending()
+            if published == 0 and self.outage.down:
+                await self._probe()
             if published == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
                 self._wake.clear()
+
+    async def _probe(self) -> None:
+        """Kafka is known to be unreachable and nothing was sent: ask the brokers for
+        metadata, so that the outage ends when they answer rather than at the next message."""
+        answered = False
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            answered = bool(
+                await asyncio.wait_for(
+                    self._producer.client.force_metadata_update(), max(1.0, self._poll_seconds)
+                )
+            )
+        if answered:
+            self.outage.succeeded("relay")
 
     async def count_pending(self) -> int:
         async with self._engine.connect() as conn:
@@ -143,6 +171,9 @@ class OutboxRelay:
         rows = await self.claim(self._clock.now())
         if not rows:
             return 0
+        # The `published` time: before the first record is sent, so never after a consumer
+        # has put one in a mailbox (`in_mailbox`), however late the acknowledgement comes.
+        handed = self._clock.now()
         try:
             futures = []
             for row in rows:
@@ -153,16 +184,21 @@ class OutboxRelay:
                     )
                 )
             await asyncio.gather(*futures)
-        except BaseException:
+        except BaseException as exc:
             # Give the rows back at once, so the next attempt (this relay's or another's) does
             # not wait for the lease to run out. Some may have been sent: consumers are
             # idempotent, so sending them again is safe.
             with contextlib.suppress(*STORE_ERRORS, OSError):
                 await asyncio.shield(self._release(rows[0].claim_token))
+            if isinstance(exc, Exception) and (
+                unreachable(exc) or (self.outage.down and isinstance(exc, KafkaError))
+            ):
+                self.outage.failed("relay", exc, relay_batches=1, relay_records=len(rows))
+                self._reported = exc
             raise
+        self.outage.succeeded("relay")
         metrics.produced(row.topic for row in rows)
-        now = self._clock.now()
-        await self._mark_published(rows, rows[0].claim_token, now)
+        await self._mark_published(rows, rows[0].claim_token, self._clock.now(), handed)
         return len(rows)
 
     async def _release(self, token: str) -> None:
@@ -174,7 +210,7 @@ class OutboxRelay:
             )
 
     async def _mark_published(
-        self, rows: Sequence[sa.Row[Any]], token: str, now: dt.datetime
+        self, rows: Sequence[sa.Row[Any]], token: str, now: dt.datetime, handed: dt.datetime
     ) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
@@ -191,4 +227,4 @@ class OutboxRelay:
                 for row in rows
                 if row.topic == self._topics.medcom_messages and row.message_id is not None
             ]
-            await self._on_published(conn, requests, now)
+            await self._on_published(conn, requests, handed)
