@@ -57,6 +57,7 @@ from tests.support.harness import (
     wait_for,
 )
 from tests.support.kafka import client_args
+from tests.support.people import CLINICIAN
 
 JC, PSY, GP = "jc-koebenhavn", "psyk-kbh", "gp-noerrebro"
 
@@ -114,6 +115,7 @@ async def answer(h: Harness, accepted: dict[str, Any], org: str = PSY) -> None:
         h,
         org,
         build_attest_reply(
+            author=CLINICIAN,
             request=req,
             message_id=ids[2],
             bundle_id=ids[3],
