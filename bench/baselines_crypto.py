@@ -64,6 +64,8 @@ def request_body(cpr: str = "0101901234", *, today: dt.date | None = None) -> At
             "jobcenter_gln": jc.gln,
             "caseworker_ref": "sag-2026-0042",
             "citizen_cpr": cpr,
+            "citizen_name": {"given": ["Anne"], "family": "Jensen"},
+            "caseworker": {"given": ["Lars"], "family": "Nielsen", "phone": "+4587131313"},
             "attest_type": ATTEST_TYPE,
             "receiver": {"sor": receiver.sor},
             "case_kind": "sygedagpenge",

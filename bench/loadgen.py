@@ -85,6 +85,8 @@ class GatewayBody:
                 "jobcenter_gln": self.jobcenter_gln,
                 "caseworker_ref": f"bench-{index:07d}",
                 "citizen_cpr": cpr_for(index, self.day_offset),
+                "citizen_name": {"given": ["Anne"], "family": "Jensen"},
+                "caseworker": {"given": ["Lars"], "family": "Nielsen", "phone": "+4587131313"},
                 "attest_type": "LÆ 155",
                 "receiver": {"sor": self.receiver_sor},
                 "case_kind": "sygedagpenge",

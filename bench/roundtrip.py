@@ -79,6 +79,7 @@ from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.directory import Organisation
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.devtools.demo import DEMO_ORGS
+from attest_gateway.devtools.simulate import SIMULATED_CLINICIAN
 from attest_gateway.infra.db.engine import aware, make_engine
 from attest_gateway.infra.db.tables import stages
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
@@ -171,6 +172,8 @@ class Requests:
             "jobcenter_gln": JOBCENTER.gln,
             "caseworker_ref": f"rt-{index:07d}",
             "citizen_cpr": cpr_for(index, self.day_offset),
+            "citizen_name": {"given": ["Anne"], "family": "Jensen"},
+            "caseworker": {"given": ["Lars"], "family": "Nielsen", "phone": "+4587131313"},
             "attest_type": route.attest_type,
             "receiver": route.receiver_ref(),
             "case_kind": self.rng.choice(route.case_kinds),
@@ -420,7 +423,7 @@ class Conversations:
                         reply = build_attest_reply(
                             request=request, message_id=str(uuid.uuid4()),
                             bundle_id=str(uuid.uuid4()), sent_at=now, text=REPLY_TEXT,
-                            pdf=REPLY_PDF,
+                            pdf=REPLY_PDF, author=SIMULATED_CLINICIAN,
                         )  # fmt: skip
                         await post("reply", "/medcom/v1/messages", orjson.dumps(reply))
                 except Exception as exc:  # counted and reported: the run goes on

@@ -49,6 +49,7 @@ from tests.support.harness import (
     read_topic,
 )
 from tests.support.kafka import EXTERNAL, RESTART_COMMAND, client_args, run_command, settings_for
+from tests.support.people import CLINICIAN
 from tests.support.processes import Proc, base_env, wait_until_healthy, wait_until_listening
 
 # The issue asks for 10,000; on this 2-core machine the round trips run at a few per second in
@@ -208,6 +209,7 @@ async def psychiatry(stack: Stack, load: Load, creds: dict[str, Any], done: asyn
                 request = parse_bundle(orjson.loads(open_envelope(envelope, key)))
                 mid = item["message_id"]
                 reply = build_attest_reply(
+                    author=CLINICIAN,
                     request=request,
                     # Deterministic ids: a retried reply is a MedCom duplicate, not a new one.
                     message_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"reply:{mid}")),

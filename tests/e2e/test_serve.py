@@ -163,7 +163,8 @@ async def test_round_trip_over_http(server: Server, tmp_path: Path) -> None:
         pdf.write_bytes(PDF)
         reply = run_cli(
             "client", "reply", "-", "--text", ATTEST_TEXT, "--pdf", str(pdf),
-            stdin=request_json, cwd=tmp_path,
+            "--family", "Holm", "--given", "Mette", "--authorisation-id", "0C4B1",
+            "--phone", "+4578470000", stdin=request_json, cwd=tmp_path,
         )  # fmt: skip
         response = await client.post("/medcom/v1/messages", content=reply, headers=fhir)
         assert response.status_code == 202, response.text

@@ -36,6 +36,7 @@ from tests.integration.test_medcom_side import new_request, post
 from tests.support.envelopes import mailbox_row, opened
 from tests.support.flows import round_trip
 from tests.support.harness import ATTEST_TEXT, CPR, attest_request_body, wait_for
+from tests.support.people import CLINICIAN
 
 JC, JC2, PSY, GP, MINISTRY = "jc-koebenhavn", "jc-aarhus", "psyk-kbh", "gp-noerrebro", "ministry"
 SOR = {PSY: "715381000016006", GP: "486711000016004"}
@@ -251,6 +252,7 @@ def ack_from(request: Bundle) -> dict[str, Any]:
 
 def reply_from(request: Bundle) -> dict[str, Any]:
     return build_attest_reply(
+        author=CLINICIAN,
         request=request,
         message_id=random_id(),
         bundle_id=random_id(),

@@ -106,6 +106,33 @@ CASES: list[tuple[str, Any, int, str]] = [
     ("NUL in questions", {"questions": "Hvad?\x00"}, 422, "control-character"),
     ("escape in questions", {"questions": "Hvad?\x1b[2J"}, 422, "control-character"),
     ("other job centre's GLN", {"municipality": "751"}, 403, "jobcenter-mismatch"),
+    ("no citizen name", {"citizen_name": None}, 422, "invalid-request"),
+    ("empty family name", {"citizen_name": {"given": [], "family": ""}}, 422, "invalid-request"),
+    (
+        "NUL in a given name",
+        {"citizen_name": {"given": ["An\x00ne"], "family": "Jensen"}},
+        422,
+        "control-character",
+    ),
+    ("no caseworker", {"caseworker": None}, 422, "invalid-request"),
+    (
+        "caseworker without phone",
+        {"caseworker": {"given": ["Lars"], "family": "Nielsen"}},
+        422,
+        "invalid-request",
+    ),
+    (
+        "caseworker phone with words",
+        {"caseworker": {"given": [], "family": "Nielsen", "phone": "ring til Lars"}},
+        422,
+        "invalid-request",
+    ),
+    (
+        "caseworker e-mail without @",
+        {"caseworker": {"given": [], "family": "Nielsen", "phone": "87131313", "email": "x"}},
+        422,
+        "invalid-request",
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from attest_gateway.medcom.build import build_attest_reply
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request
 from tests.support.harness import attest_request_body
+from tests.support.people import CLINICIAN
 
 JC, PSY = "jc-koebenhavn", "psyk-kbh"
 
@@ -44,6 +45,7 @@ async def test_mutated_bundles_get_typed_errors(harness: Harness) -> None:
     _accepted, request, _ = await new_request(h)
     rng = random.Random(20261122)  # fixed seed: reproducible
     base = build_attest_reply(
+        author=CLINICIAN,
         request=request,
         message_id=str(uuid.uuid4()),
         bundle_id=str(uuid.uuid4()),

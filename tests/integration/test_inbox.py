@@ -17,12 +17,14 @@ from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import JC, PSY, new_request, post
 from tests.support.envelopes import flip_byte
 from tests.support.harness import ATTEST_TEXT, wait_for
+from tests.support.people import CLINICIAN
 
 
 async def delivered_reply(h: Harness) -> tuple[str, str]:
     """A reply delivered to the job centre's mailbox: (conversation id, message id)."""
     accepted, request, _ = await new_request(h)
     reply = build_attest_reply(
+        author=CLINICIAN,
         request=request, message_id=str(uuid.uuid4()), bundle_id=str(uuid.uuid4()),
         sent_at=dt.datetime.now(dt.UTC), text=ATTEST_TEXT, pdf=None,
     )  # fmt: skip

@@ -41,6 +41,7 @@ from attest_gateway.services import admin
 from tests.integration.conftest import Harness
 from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for
 from tests.support.kafka import client_args
+from tests.support.people import CLINICIAN
 
 ACTOR = "operator:test"
 SOURCE = "test"
@@ -157,6 +158,7 @@ async def answer(h: Harness, psy: Party, request: Bundle) -> None:
     )
     assert response.status_code == 202, response.text
     reply = build_attest_reply(
+        author=CLINICIAN,
         request=request,
         message_id=str(uuid.uuid4()),
         bundle_id=str(uuid.uuid4()),
@@ -381,6 +383,7 @@ async def test_a_revoked_signing_key_is_refused_at_once_at_the_api_and_on_kafka(
 
     # Straight onto Kafka, signed by the clinic with the revoked key: dead-lettered.
     reply = build_attest_reply(
+        author=CLINICIAN,
         request=request,
         message_id=f"revoked-{uuid.uuid4().hex}",
         bundle_id=str(uuid.uuid4()),

@@ -23,6 +23,7 @@ from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
 from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for
 from tests.support.kafka import client_args
+from tests.support.people import CLINICIAN
 
 JC, PSY, GP = "jc-koebenhavn", "psyk-kbh", "gp-noerrebro"
 
@@ -43,6 +44,7 @@ def reply_to(
     request: Bundle, *, message_id: str | None = None, bundle_id: str | None = None
 ) -> dict[str, Any]:
     return build_attest_reply(
+        author=CLINICIAN,
         request=request,
         message_id=message_id or str(uuid.uuid4()),
         bundle_id=bundle_id or str(uuid.uuid4()),

@@ -28,6 +28,7 @@ from tests.support.harness import (
     wait_for,
 )
 from tests.support.leaks import kafka_dump, store_dump
+from tests.support.people import CLINICIAN
 
 JC, PSY = "jc-koebenhavn", "psyk-kbh"
 
@@ -93,6 +94,7 @@ async def test_round_trip(harness: Harness) -> None:
     assert accepted["message_id"] not in [i["message_id"] for i in waiting]
 
     reply = build_attest_reply(
+        author=CLINICIAN,
         request=request_bundle,
         message_id=str(uuid.uuid4()),
         bundle_id=str(uuid.uuid4()),
@@ -192,6 +194,7 @@ async def test_no_health_data_in_clear_in_store_or_on_kafka(harness: Harness) ->
     item = await mailbox_item(h, PSY, accepted["message_id"])
     request_bundle = open_item(item, h.client_keys(PSY))
     reply = build_attest_reply(
+        author=CLINICIAN,
         request=request_bundle,
         message_id=str(uuid.uuid4()),
         bundle_id=str(uuid.uuid4()),

@@ -52,6 +52,7 @@ from tests.support.envelopes import (
     verification_failures,
 )
 from tests.support.harness import ATTEST_TEXT, attest_request_body, wait_for
+from tests.support.people import CLINICIAN
 
 JC, JC2, PSY, GP = "jc-koebenhavn", "jc-aarhus", "psyk-kbh", "gp-noerrebro"
 DAY = dt.timedelta(days=1)
@@ -360,6 +361,7 @@ async def test_at_the_api_a_reused_message_id_is_a_replay(harness: Harness) -> N
     gp_request = response.json()
     gp_bundle = open_item(await mailbox_item(h, GP, gp_request["message_id"]), h.client_keys(GP))
     reply = build_attest_reply(
+        author=CLINICIAN,
         request=request, message_id=taken, bundle_id=new_id(), sent_at=SystemClock().now(),
         text=ATTEST_TEXT, pdf=None,
     )  # fmt: skip

@@ -40,7 +40,7 @@ from attest_gateway.infra.db.tables import (
 )
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.codes import MESSAGE_KIND_SYSTEM
-from attest_gateway.medcom.model import Bundle, Communication, Provenance
+from attest_gateway.medcom.model import Bundle, Communication, Provenance, to_fhir_json
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import read_message
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
@@ -57,6 +57,8 @@ from tests.support.harness import (
     wait_for,
 )
 from tests.support.kafka import client_args
+from tests.support.medcom_profiles import validate_bundle
+from tests.support.people import CLINICIAN
 
 JC, PSY, GP = "jc-koebenhavn", "psyk-kbh", "gp-noerrebro"
 
@@ -114,6 +116,7 @@ async def answer(h: Harness, accepted: dict[str, Any], org: str = PSY) -> None:
         h,
         org,
         build_attest_reply(
+            author=CLINICIAN,
             request=req,
             message_id=ids[2],
             bundle_id=ids[3],
@@ -300,6 +303,11 @@ async def test_overdue_requests_are_flagged_and_reminded_at_most_twice(harness: 
     assert info.message_type == "attest-reminder"
     assert info.conversation_id == cid
     assert info.receiver.sor == "715381000016006"
+    # The Patient and the caseworker come from the gateway's sealed copy of the request: the
+    # reminder validates against the MedCom profiles with no error.
+    assert info.cpr == cpr(4)
+    errors = [i for i in validate_bundle(to_fhir_json(bundle)) if i.severity == "error"]
+    assert errors == []
     chain = [e.what.reference for p in bundle.resources(Provenance) for e in p.entity]
     assert f"MessageHeader/{accepted['message_id']}" in chain
     kinds = {

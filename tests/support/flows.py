@@ -25,6 +25,7 @@ from tests.support.harness import (
     wait_for,
 )
 from tests.support.kafka import client_args
+from tests.support.people import CLINICIAN
 
 JC = "jc-koebenhavn"
 PSY = "psyk-kbh"
@@ -64,6 +65,7 @@ async def round_trip(
     )  # fmt: skip
     assert (await h.client.post("/medcom/v1/messages", json=ack, headers=fhir)).status_code == 202
     reply = build_attest_reply(
+        author=CLINICIAN,
         request=request, message_id=str(uuid.uuid4()), bundle_id=str(uuid.uuid4()),
         sent_at=now, text=text, pdf=PDF,
     )  # fmt: skip

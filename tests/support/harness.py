@@ -23,6 +23,7 @@ from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.devtools.demo import DEMO_ORGS
 from attest_gateway.infra.container import Gateway
 from tests.support.kafka import client_args
+from tests.support.people import caseworker_json, citizen_name_json
 
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -167,6 +168,8 @@ def attest_request_body(
         "jobcenter_gln": jobcenter_gln,
         "caseworker_ref": "sag-2026-0042",
         "citizen_cpr": cpr,
+        "citizen_name": citizen_name_json(),
+        "caseworker": caseworker_json(),
         "attest_type": attest_type,
         "receiver": receiver or {"sor": "715381000016006"},
         "case_kind": "sygedagpenge",

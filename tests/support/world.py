@@ -26,6 +26,7 @@ from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.services import contacts, health, jobcenter
 from tests.support.fakes import FakeDirectory, FakeRelay, FakeStore
 from tests.support.harness import ATTEST_TEXT, CPR, attest_request_body
+from tests.support.people import CLINICIAN
 
 GATEWAY, JC, PSY, GP = "gateway", "jc-koebenhavn", "psyk-kbh", "gp-noerrebro"
 SUITE: Suite = "X25519/HKDF_SHA256/AES_256_GCM"
@@ -134,6 +135,7 @@ class World:
 
     def reply(self, request: Bundle, **kwargs: Any) -> dict[str, Any]:
         return build_attest_reply(
+            author=CLINICIAN,
             request=request,
             message_id=kwargs.pop("message_id", str(uuid.uuid4())),
             bundle_id=kwargs.pop("bundle_id", str(uuid.uuid4())),

@@ -16,6 +16,7 @@ from attest_gateway.medcom.build import build_attest_reply
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers, read_message
 from attest_gateway.medcom.translate import inbox_item, request_bundle
+from tests.support.people import CLINICIAN, caseworker_json, citizen_name_json
 
 CPR = "0101901234"
 JOBCENTER_GLN = "5790001348120"
@@ -43,6 +44,8 @@ def _body(**overrides: Any) -> dict[str, Any]:
         "jobcenter_gln": JOBCENTER_GLN,
         "caseworker_ref": "sag-4711",
         "citizen_cpr": CPR,
+        "citizen_name": citizen_name_json(),
+        "caseworker": caseworker_json(),
         "attest_type": "LÆ 265",
         "receiver": {"sor": CLINIC_SOR},
         "case_kind": "sygedagpenge",
@@ -73,11 +76,12 @@ def _request_dict(body: AttestRequestIn) -> dict[str, Any]:
     )
 
 
-def _reply_info(
+def _reply_dict(
     text: str | None = "Borgeren er i behandling.", pdf: bytes | None = PDF
-) -> MessageInfo:
+) -> dict[str, Any]:
     request = parse_bundle(_request_dict(_request_in()))
-    reply = build_attest_reply(
+    return build_attest_reply(
+        author=CLINICIAN,
         request=request,
         message_id=REPLY_MESSAGE,
         bundle_id=REPLY_BUNDLE,
@@ -85,7 +89,12 @@ def _reply_info(
         text=text,
         pdf=pdf,
     )
-    return read_message(parse_bundle(reply))
+
+
+def _reply_info(
+    text: str | None = "Borgeren er i behandling.", pdf: bytes | None = PDF
+) -> MessageInfo:
+    return read_message(parse_bundle(_reply_dict(text, pdf)))
 
 
 def _inbox(info: MessageInfo, attest_type: str = "LÆ 265") -> InboxItem:
@@ -99,6 +108,27 @@ def _inbox(info: MessageInfo, attest_type: str = "LÆ 265") -> InboxItem:
 
 
 # --- request → Bundle -------------------------------------------------------------------------
+
+
+def test_request_carries_the_citizens_name_and_the_caseworker() -> None:
+    bundle = _request_dict(_request_in())
+    resources = {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
+    assert resources["Patient"]["name"] == [
+        {"use": "official", "family": "Jensen", "given": ["Anne", "Marie"]}
+    ]
+    assert resources["Practitioner"]["name"] == [{"family": "Nielsen", "given": ["Lars"]}]
+    assert resources["PractitionerRole"]["code"] == [{"text": "Sagsbehandler"}]
+    assert resources["PractitionerRole"]["telecom"] == [
+        {"system": "email", "value": "lars.nielsen@jobcenter.example"}
+    ]
+    [segment] = resources["Communication"]["payload"]
+    contact = [e for e in segment["extension"] if e["url"].endswith("contact-extension")]
+    assert contact == [
+        {
+            "url": "http://medcomfhir.dk/ig/core/StructureDefinition/medcom-core-contact-extension",
+            "valueContactPoint": {"system": "phone", "value": "+4587131313"},
+        }
+    ]
 
 
 def test_request_in_is_normalised() -> None:
@@ -181,9 +211,27 @@ def test_reply_with_text_only_has_no_attachments() -> None:
 
 
 def test_inbox_item_joins_texts_and_skips_empty_ones() -> None:
-    info = dataclasses.replace(_reply_info(), texts=["første", "", "anden"])
+    info = dataclasses.replace(_reply_info(), new_texts=["første", "", "anden"])
     assert _inbox(info).attest_text == "første\n\nanden"
-    assert _inbox(dataclasses.replace(info, texts=[""])).attest_text is None
+    assert _inbox(dataclasses.replace(info, new_texts=[""])).attest_text is None
+
+
+def test_inbox_item_shows_only_the_replys_own_segment() -> None:
+    # The reply repeats the request's segment (the questions) before its own.
+    info = _reply_info(pdf=None)
+    assert info.texts == [QUESTIONS, "Borgeren er i behandling."]
+    assert _inbox(info).attest_text == "Borgeren er i behandling."
+
+
+def test_inbox_item_of_a_reply_whose_provenance_names_no_segment_shows_every_text() -> None:
+    # An older shape, or a sender that names no source entities: every segment is new.
+    reply = _reply_dict(pdf=None)
+    for entry in reply["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Provenance":
+            resource["entity"] = [e for e in resource.get("entity", []) if e["role"] != "source"]
+    info = read_message(parse_bundle(reply))
+    assert _inbox(info).attest_text == f"{QUESTIONS}\n\nBorgeren er i behandling."
 
 
 def test_inbox_item_falls_back_to_the_known_attest_type() -> None:
@@ -245,6 +293,20 @@ def test_bad_cpr_is_invalid_cpr(cpr: str) -> None:
         ("case_kind", "fleksjob", "enum"),
         ("questions", "", "string_too_short"),
         ("caseworker_ref", "", "string_too_short"),
+        ("citizen_name", {"given": ["Anne"]}, "missing"),
+        ("citizen_name", {"given": ["Anne"], "family": "J" * 101}, "string_too_long"),
+        ("citizen_name", {"given": ["A\x1bnne"], "family": "Jensen"}, "control_character"),
+        ("caseworker", {"given": [], "family": "Nielsen"}, "missing"),
+        (
+            "caseworker",
+            {"given": [], "family": "Nielsen", "phone": "8713"},
+            "string_pattern_mismatch",
+        ),
+        (
+            "caseworker",
+            {"given": [], "family": "Nielsen", "phone": "87131313", "email": "a b@c.dk"},
+            "string_pattern_mismatch",
+        ),
     ],
 )
 def test_other_fields_are_checked(field: str, value: object, error_type: str) -> None:

@@ -36,6 +36,7 @@ from attest_gateway.medcom.errors import BundleError
 from attest_gateway.medcom.model import Bundle, Provenance
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import OrgIdentifiers, read_message
+from tests.support.people import CASEWORKER, CITIZEN_NAME, CLINICIAN
 
 JOBCENTRE = OrgIdentifiers(name="Jobcenter Aarhus", sor="123456789012345", gln="5790000123456")
 CLINIC = OrgIdentifiers(name="Psykiatrien Region Midt", sor="987654321000016", gln="5790001348120")
@@ -55,6 +56,8 @@ def _request_dict(**overrides: Any) -> dict[str, Any]:
         "sender": JOBCENTRE,
         "receiver": CLINIC,
         "cpr": CPR,
+        "patient_name": CITIZEN_NAME,
+        "author": CASEWORKER,
         "attest_type": "LÆ 125",
         "attest_title": "Statusattest",
         "case_kind": "sygedagpenge",
@@ -74,6 +77,7 @@ def _reply_dict(
     request: Bundle, *, text: str | None = "Se vedhæftede attest.", pdf: bytes | None = PDF
 ) -> dict[str, Any]:
     return build_attest_reply(
+        author=CLINICIAN,
         request=request,
         message_id="c3e9a1d0-7f4b-4f2a-9e61-5b8d2c0a7e03",
         bundle_id="e4f0b2c1-8a5c-4b3d-af72-6c9e3d1b8f04",
@@ -170,7 +174,9 @@ def test_reply_round_trip() -> None:
     assert info.attest_title == "Statusattest"
     assert info.case_kind == "sygedagpenge"
     assert info.conversation_id == CONVERSATION
-    assert info.texts == ["Se vedhæftede attest."]
+    # the request's segment first (MedCom: a reply repeats the earlier segments), then its own
+    assert info.texts == [QUESTIONS, "Se vedhæftede attest."]
+    assert info.new_texts == ["Se vedhæftede attest."]
     [attachment] = info.attachments
     assert attachment.content_type == "application/pdf"
     assert attachment.title == "LÆ 125 Statusattest"
@@ -180,10 +186,10 @@ def test_reply_round_trip() -> None:
 def test_reply_with_only_text_or_only_pdf() -> None:
     request = _request()
     text_only = read_message(parse_bundle(_reply_dict(request, pdf=None)))
-    assert text_only.texts == ["Se vedhæftede attest."]
+    assert text_only.new_texts == ["Se vedhæftede attest."]
     assert text_only.attachments == []
     pdf_only = read_message(parse_bundle(_reply_dict(request, text=None)))
-    assert pdf_only.texts == [PDF_ONLY_TEXT]  # CareCommunication requires a text segment
+    assert pdf_only.new_texts == [PDF_ONLY_TEXT]  # CareCommunication requires a text segment
     assert [a.data for a in pdf_only.attachments] == [PDF]
 
 
@@ -302,7 +308,7 @@ def test_round_trip_property(cpr: str, questions: str, answer: str, pdf: bytes |
         parse_bundle(json.loads(json.dumps(_reply_dict(request, text=answer, pdf=pdf))))
     )
     assert reply.cpr == cpr
-    assert reply.texts == [answer]
+    assert (reply.texts, reply.new_texts) == ([questions, answer], [answer])
     assert [a.data for a in reply.attachments] == ([] if pdf is None else [pdf])
 
 
@@ -475,7 +481,7 @@ def test_errors_never_echo_the_cpr(mutate: Callable[[dict[str, Any]], object]) -
 def test_reply_attachment_is_base64_pdf() -> None:
     reply = _reply_dict(_request(), text=None)
     [communication] = _resources(reply, "Communication")
-    [text, item] = communication["payload"]
+    [_asked, text, item] = communication["payload"]
     assert text["contentString"] == PDF_ONLY_TEXT
     assert item["contentAttachment"] == {
         "contentType": "application/pdf",
@@ -494,6 +500,8 @@ def test_resources_are_discriminated_by_type() -> None:
         "Communication",
         "Organization",
         "Organization",
+        "OtherResource",  # the caseworker's PractitionerRole
+        "OtherResource",  # and Practitioner
         "Provenance",
     ]
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attest_gateway.contracts.stages import Stage
 from attest_gateway.core.attests import DEFAULT_CATALOGUE
-from attest_gateway.core.bounds import LINE, REFERENCE, TEXT, InputDate
+from attest_gateway.core.bounds import LINE, NAME, REFERENCE, TEXT, Email, InputDate, Phone
 from attest_gateway.core.identifiers import Cpr, Gln, Kommunekode, Sor, Ydernummer
 
 
@@ -53,6 +53,26 @@ class ReceiverRef(_Contract):
         return self
 
 
+NamePart = Annotated[str, NAME, LINE]
+"""A given name or a family name: one line of 1 to 100 characters."""
+
+
+class PersonNameIn(_Contract):
+    """A person's name: the given names in order (none, one or more) and the family name."""
+
+    given: list[NamePart] = Field(max_length=10, description="the given names, in order")
+    family: NamePart
+
+
+class CaseworkerIn(PersonNameIn):
+    """The job centre's caseworker who asks: the author of the request's text, whom the
+    clinic contacts. The phone is required (MedCom's author contact is a phone number); an
+    e-mail address may be given too."""
+
+    phone: Phone = Field(description="8 to 15 digits, optionally after a '+'; no spaces")
+    email: Email | None = None
+
+
 class AttestRequestIn(_Contract):
     """`POST /jobcenter/v1/attest-requests`."""
 
@@ -65,6 +85,8 @@ class AttestRequestIn(_Contract):
         description="the job centre's own case reference; never a CPR number"
     )
     citizen_cpr: Cpr
+    citizen_name: PersonNameIn = Field(description="the citizen's official name")
+    caseworker: CaseworkerIn
     attest_type: Annotated[str, LINE] = Field(
         description="an LÆ code from the catalogue, e.g. 'LÆ 265'",
         json_schema_extra={"enum": [*sorted(DEFAULT_CATALOGUE)]},

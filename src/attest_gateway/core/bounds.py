@@ -168,6 +168,20 @@ TEXT: Final = Checked(check_text, TEXT_PATTERN)
 """Free text in a request: ``Annotated[str, Field(max_length=…), TEXT]``."""
 
 
+NAME: Final = Field(min_length=1, max_length=100)
+"""The length of a person's name part (a given name, a family name): with `LINE`."""
+
+# --- contact points ---------------------------------------------------------------------------
+
+PHONE_PATTERN: Final = r"^\+?[0-9]{8,15}$"
+"""A phone number: 8 to 15 digits, optionally after a ``+`` (no spaces). MedCom's author
+contact holds a phone number (invariant medcom-core-contact)."""
+EMAIL_PATTERN: Final = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
+"""An e-mail address, loosely: one ``@``, a dot after it, no space or control character."""
+Phone = Annotated[str, Field(max_length=16, pattern=PHONE_PATTERN)]
+Email = Annotated[str, Field(max_length=254, pattern=EMAIL_PATTERN)]
+
+
 # --- CPR numbers in references ----------------------------------------------------------------
 
 _CPR_SHAPED: Final = r"(?:0[1-9]|[12][0-9]|3[01])(?:0[1-9]|1[0-2])[0-9]{2}-?[0-9]{4}"

@@ -58,10 +58,24 @@ from attest_gateway.core.identifiers import gln_check_digit, municipalities
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.devtools.demo import ensure_demo_orgs
 from attest_gateway.infra.db import directory
-from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.build import (
+    PersonName,
+    SegmentAuthor,
+    build_acknowledgement,
+    build_attest_reply,
+)
 from attest_gateway.medcom.parse import parse_bundle
 
 log = structlog.get_logger(__name__)
+
+SIMULATED_CLINICIAN = SegmentAuthor(
+    name=PersonName(family="Læge", given=("Simuleret",)),
+    phone="+4570000001",
+    role="Læge",
+    role_code="laege",
+    authorisation_id="0SM1L",
+)
+"""The author of the simulated replies."""
 
 REGIONS = ("1081", "1082", "1083", "1084", "1085")
 GP_PER_REGION = 2
@@ -480,6 +494,8 @@ class Driver:
             "jobcenter_gln": jc.gln,
             "caseworker_ref": f"sim-{case.n}",
             "citizen_cpr": case.cpr,
+            "citizen_name": {"given": ["Simuleret"], "family": f"Borger {case.n}"},
+            "caseworker": {"given": ["Sim"], "family": "Sagsbehandler", "phone": "+4570000000"},
             "attest_type": case.attest_type,
             "receiver": {"sor": case.receiver.sor},
             "case_kind": case.case_kind,
@@ -554,6 +570,7 @@ class Driver:
             message_id=str(uuid.uuid4()),
             bundle_id=str(uuid.uuid4()),
             sent_at=now,
+            author=SIMULATED_CLINICIAN,
             text="Simuleret attest: borgeren er i behandling.",
             pdf=None,
         )

@@ -19,7 +19,9 @@ give the same Bundle. Every output passes
 from __future__ import annotations
 
 import base64
+import re
 import uuid
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
@@ -33,6 +35,7 @@ from attest_gateway.medcom.codes import (
     ACTIVITY_REPLY,
     ATTEST_TYPE_SYSTEM,
     ATTEST_TYPE_SYSTEMS,
+    AUTHORISATION_ID_SYSTEM,
     CARE_COMMUNICATION_DEFINITION,
     CASE_KIND_SYSTEM,
     CASE_KIND_SYSTEMS,
@@ -49,14 +52,19 @@ from attest_gateway.medcom.codes import (
     GLN_SYSTEM,
     HL7_ACK_ISSUE_CODES,
     HL7_OPERATION_OUTCOME_SYSTEM,
+    MEDCOM_AUTHOR_CONTACT_EXTENSION_URL,
+    MEDCOM_AUTHOR_EXTENSION_URL,
     MEDCOM_DATETIME_EXTENSION_URL,
     MEDCOM_IDENTIFIER_EXTENSION_URL,
+    PRACTITIONER_ROLES_AUTHORISED_SYSTEM,
     PROFILE_CARE_COMMUNICATION,
     PROFILE_CARE_COMMUNICATION_HEADER,
     PROFILE_CARE_COMMUNICATION_MESSAGE,
     PROFILE_CARE_COMMUNICATION_PROVENANCE,
     PROFILE_ORGANIZATION,
     PROFILE_PATIENT,
+    PROFILE_PRACTITIONER,
+    PROFILE_PRACTITIONER_ROLE,
     REPLY_DEADLINE_EXTENSION_URL,
     SOR_ENDPOINT_PREFIX,
     SOR_SYSTEM,
@@ -65,8 +73,10 @@ from attest_gateway.medcom.codes import (
 from attest_gateway.medcom.model import (
     Bundle,
     Communication,
+    CommunicationPayload,
     MessageHeader,
     Organization,
+    OtherResource,
     Patient,
     Provenance,
     Reference,
@@ -95,6 +105,49 @@ _ISSUE_TYPE: Final[dict[str, str]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class PersonName:
+    """A person's name: the family name and the given names, in order."""
+
+    family: str
+    given: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentAuthor:
+    """The author of a text segment (MedCom's author and author-contact extensions): a person
+    in a role, reachable by phone.
+
+    ``role`` is the role's name (``Sagsbehandler``, ``Læge``); with ``role_code`` (a code of
+    :data:`PRACTITIONER_ROLES_AUTHORISED_SYSTEM`, e.g. ``laege``) the role is coded, else it
+    is the role's text (MedCom wants exactly one of the two). ``authorisation_id`` is a
+    health professional's autorisations-ID (:data:`AUTHORISATION_ID_SYSTEM`); ``email`` is a
+    further way to reach the author, on the PractitionerRole.
+    """
+
+    name: PersonName
+    phone: str
+    role: str
+    role_code: str | None = None
+    authorisation_id: str | None = None
+    email: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.family:
+            raise ValueError("an author needs a family name")
+        if not _PHONE.fullmatch(self.phone):
+            raise ValueError("an author's phone is 8 to 15 digits, optionally after a '+'")
+        if self.authorisation_id is not None and not AUTHORISATION_ID.fullmatch(
+            self.authorisation_id
+        ):
+            raise ValueError("an authorisation id is 5 characters: digits, consonants and Y")
+
+
+AUTHORISATION_ID: Final = re.compile(r"[0-9BCDFGHJKLMNPQRSTVWXYZ]{5}")
+"""An autorisations-ID: five characters, digits and upper-case consonants (Y counts as one)."""
+_PHONE: Final = re.compile(r"\+?[0-9]{8,15}")
+
+
 def build_attest_request(
     *,
     message_id: str,
@@ -103,6 +156,8 @@ def build_attest_request(
     sender: OrgIdentifiers,
     receiver: OrgIdentifiers,
     cpr: str,
+    patient_name: PersonName,
+    author: SegmentAuthor,
     attest_type: str,
     attest_title: str,
     case_kind: str,
@@ -110,13 +165,16 @@ def build_attest_request(
     reply_deadline: date,
     conversation_id: str,
 ) -> dict[str, Any]:
-    """A new CareCommunication-shaped attest request (Provenance activity ``new-message``)."""
+    """A new CareCommunication-shaped attest request (Provenance activity ``new-message``):
+    the citizen's official name on the Patient, ``author`` (the caseworker) as the author of
+    the text segment, with a PractitionerRole and a Practitioner in the Bundle."""
     when = _instant(sent_at)
     sender_id = _derived_id(message_id, "Organization/sender")
     receiver_id = _derived_id(message_id, "Organization/receiver")
     patient_id = _derived_id(message_id, "Patient")
     communication_id = _derived_id(message_id, "Communication")
     payload_id = _derived_id(message_id, "payload/0")
+    author_resources = author_entries(message_id, author, f"Organization/{sender_id}")
 
     deadline = {"url": REPLY_DEADLINE_EXTENSION_URL, "valueDate": reply_deadline.isoformat()}
     communication: dict[str, Any] = {
@@ -140,7 +198,7 @@ def build_attest_request(
                 payload_id,
                 f"Organization/{sender_id}",
                 {"contentString": questions},
-                extra=[deadline],
+                extra=[*author_extensions(author_resources[0]["id"], author), deadline],
             )
         ],
     }
@@ -160,10 +218,12 @@ def build_attest_request(
             "id": patient_id,
             "meta": {"profile": [PROFILE_PATIENT]},
             "identifier": [{"system": CPR_SYSTEM, "value": cpr}],
+            "name": [official_name(patient_name)],
         },
         communication,
         _organization(receiver_id, receiver, "receiver"),
         _organization(sender_id, sender, "sender"),
+        *author_resources,
         _provenance(
             provenance_id=_derived_id(message_id, "Provenance"),
             message_id=message_id,
@@ -183,6 +243,7 @@ def build_attest_reply(
     message_id: str,
     bundle_id: str,
     sent_at: datetime,
+    author: SegmentAuthor,
     text: str | None,
     pdf: bytes | None,
     pdf_title: str = "Attest",
@@ -194,9 +255,12 @@ def build_attest_reply(
     request, in the current shape whichever shape the request has (the project's codings move
     out of the category, which holds MedCom's one ``other`` coding). The request's
     Provenances are copied and a new one points at the request's MessageHeader (entity role
-    ``revision``). The request's payload is not repeated. At least one of ``text`` and
-    ``pdf`` is required; a reply with only a PDF gets :data:`PDF_ONLY_TEXT` as its text
-    segment (CareCommunication requires one).
+    ``revision``). The request's text segments come first, unchanged, with the
+    PractitionerRoles and Practitioners their author extensions name (MedCom: all previous
+    message segments with text are included in a reply); then the reply's own segments,
+    which ``author`` (the clinician) wrote and which alone the new Provenance names as its
+    ``source`` entities. At least one of ``text`` and ``pdf`` is required; a reply with only
+    a PDF gets :data:`PDF_ONLY_TEXT` as its text segment (CareCommunication requires one).
     """
     if text is None and pdf is None:
         raise ValueError("a reply needs a text, a PDF or both")
@@ -220,13 +284,24 @@ def build_attest_reply(
     sender_ref, receiver_ref = _reference_to(new_sender), _reference_to(new_receiver)
     communication_id = _derived_id(message_id, "Communication")
 
-    payload: list[dict[str, Any]] = []
+    earlier = [p for p in req_communication.payload if p.contentString is not None]
+    earlier_authors = segment_author_entries(request, earlier)
+    author_resources = author_entries(message_id, author, sender_ref)
+    payload: list[dict[str, Any]] = [to_fhir_json(p) for p in earlier]
     payload_ids: list[str] = []
     if text is None:
         text = PDF_ONLY_TEXT
     if text is not None:
         payload_ids.append(_derived_id(message_id, f"payload/{len(payload_ids)}"))
-        payload.append(_payload(when, payload_ids[-1], sender_ref, {"contentString": text}))
+        payload.append(
+            _payload(
+                when,
+                payload_ids[-1],
+                sender_ref,
+                {"contentString": text},
+                extra=author_extensions(author_resources[0]["id"], author),
+            )
+        )
     if pdf is not None:
         payload_ids.append(_derived_id(message_id, f"payload/{len(payload_ids)}"))
         attachment = {
@@ -282,6 +357,8 @@ def build_attest_reply(
         communication,
         _with_profile(to_fhir_json(new_receiver), PROFILE_ORGANIZATION),
         _with_profile(to_fhir_json(new_sender), PROFILE_ORGANIZATION),
+        *earlier_authors,
+        *author_resources,
         *(
             _with_profile(to_fhir_json(p), PROFILE_CARE_COMMUNICATION_PROVENANCE)
             for p in request.resources(Provenance)
@@ -402,6 +479,114 @@ def category() -> dict[str, Any]:
     """The one category coding of requests, replies and reminders (MedCom's ValueSet); a new
     dict each time, as the Bundles are mutable."""
     return {"coding": [{"system": CATEGORY_CODES_SYSTEM, "code": CATEGORY_OTHER}]}
+
+
+def official_name(name: PersonName) -> dict[str, Any]:
+    """A Patient's official name (medcom-core-patient: ``name:official``, family 1..1)."""
+    human: dict[str, Any] = {"use": "official", "family": name.family}
+    if name.given:
+        human["given"] = list(name.given)
+    return human
+
+
+def _human_name(name: PersonName) -> dict[str, Any]:
+    human: dict[str, Any] = {"family": name.family}
+    if name.given:
+        human["given"] = list(name.given)
+    return human
+
+
+def author_entries(
+    message_id: str, author: SegmentAuthor, organization_ref: str
+) -> list[dict[str, Any]]:
+    """The PractitionerRole (first) and Practitioner of a segment's author, ids derived from
+    ``message_id``; the role belongs to the Organization ``organization_ref``."""
+    role_id = _derived_id(message_id, "PractitionerRole/author")
+    practitioner_id = _derived_id(message_id, "Practitioner/author")
+    concept: dict[str, Any] = (
+        {
+            "coding": [
+                {
+                    "system": PRACTITIONER_ROLES_AUTHORISED_SYSTEM,
+                    "code": author.role_code,
+                    "display": author.role,
+                }
+            ]
+        }
+        if author.role_code is not None
+        else {"text": author.role}
+    )
+    practitioner: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "id": practitioner_id,
+        "meta": {"profile": [PROFILE_PRACTITIONER]},
+        "name": [_human_name(author.name)],
+    }
+    if author.authorisation_id is not None:
+        practitioner["qualification"] = [
+            {
+                "identifier": [
+                    {"system": AUTHORISATION_ID_SYSTEM, "value": author.authorisation_id}
+                ],
+                "code": concept,
+            }
+        ]
+    role: dict[str, Any] = {
+        "resourceType": "PractitionerRole",
+        "id": role_id,
+        "meta": {"profile": [PROFILE_PRACTITIONER_ROLE]},
+        "practitioner": {"reference": f"Practitioner/{practitioner_id}"},
+        "organization": {"reference": organization_ref},
+        "code": [concept],
+    }
+    if author.email is not None:
+        role["telecom"] = [{"system": "email", "value": author.email}]
+    return [role, practitioner]
+
+
+def author_extensions(role_id: str, author: SegmentAuthor) -> list[dict[str, Any]]:
+    """A text segment's author (the bundled PractitionerRole ``role_id``) and author-contact
+    (the author's phone) extensions."""
+    return [
+        {
+            "url": MEDCOM_AUTHOR_EXTENSION_URL,
+            "valueReference": {"reference": f"PractitionerRole/{role_id}"},
+        },
+        {
+            "url": MEDCOM_AUTHOR_CONTACT_EXTENSION_URL,
+            "valueContactPoint": {"system": "phone", "value": author.phone},
+        },
+    ]
+
+
+def segment_author_entries(
+    request: Bundle, segments: list[CommunicationPayload]
+) -> list[dict[str, Any]]:
+    """The PractitionerRoles the author extensions of ``segments`` name, each followed by
+    the Practitioner it names, as they are in ``request`` (each once)."""
+    found: list[dict[str, Any]] = []
+    seen: set[tuple[str, str | None]] = set()
+
+    def add(resource: object) -> None:
+        if not isinstance(resource, OtherResource):
+            return
+        key = (resource.resourceType, resource.id)
+        if key not in seen:
+            seen.add(key)
+            found.append(to_fhir_json(resource))
+
+    for segment in segments:
+        for ext in segment.extension:
+            if ext.url != MEDCOM_AUTHOR_EXTENSION_URL or ext.valueReference is None:
+                continue
+            role = request.resolve(ext.valueReference.reference)
+            if not isinstance(role, OtherResource) or role.resourceType != "PractitionerRole":
+                continue
+            add(role)
+            practitioner = (role.model_extra or {}).get("practitioner")
+            if isinstance(practitioner, dict):
+                add(request.resolve(practitioner.get("reference")))
+    return found
 
 
 PDF_ONLY_TEXT: Final = "Attesten er vedhæftet som PDF."

@@ -67,6 +67,51 @@ MEDCOM_IDENTIFIER_EXTENSION_URL: Final = (
 )
 
 
+MEDCOM_AUTHOR_EXTENSION_URL: Final = (
+    "http://medcomfhir.dk/ig/core/StructureDefinition/medcom-core-practitioner-extension"
+)
+"""The author of a message segment: a reference to a bundled PractitionerRole."""
+
+
+MEDCOM_AUTHOR_CONTACT_EXTENSION_URL: Final = (
+    "http://medcomfhir.dk/ig/core/StructureDefinition/medcom-core-contact-extension"
+)
+"""How to reach the author of a message segment: a ContactPoint with a phone number."""
+
+
+AUTHORISATION_ID_SYSTEM: Final = "https://autregweb.sst.dk"
+"""The Danish health professionals' authorisation id (autorisations-ID, five characters), the
+fixed system of dk-core's authorization identifier."""
+
+
+PRACTITIONER_ROLES_AUTHORISED_SYSTEM: Final = (
+    f"{_TERMINOLOGY}/medcom-core-PractitionerRolesAutorisationsregistret"
+)
+"""MedCom's roles of authorised health professionals (``laege``, ``sygeplejerske`` …)."""
+AUTHORISED_ROLES: Final[dict[str, str]] = {
+    "ambulancebehandler": "Ambulancebehandler",
+    "bandagist": "Bandagist",
+    "behandlerfarmaceut": "Behandlerfarmaceut",
+    "bioanalytiker": "Bioanalytiker",
+    "ergoterapeut": "Ergoterapeut",
+    "fodterapeut": "Fodterapeut",
+    "fysioterapeut": "Fysioterapeut",
+    "jordemoder": "Jordemoder",
+    "kiropraktor": "Kiropraktor",
+    "kliniskdiaetist": "Kliniskdiætist",
+    "klinisktandtekniker": "Klinisktandkliniker",
+    "laege": "Læge",
+    "optikerogoptometrist": "Optiker og Optometrist",
+    "osteopat": "Osteopat",
+    "radiograf": "Radiograf",
+    "socialogsundhedsassistent": "Social- og sundhedsassistent",
+    "sygeplejerske": "Sygeplejerske",
+    "tandlaege": "Tandlæge",
+    "tandplejer": "Tandplejer",
+}
+"""The codes of :data:`PRACTITIONER_ROLES_AUTHORISED_SYSTEM` (1.8.1) and their displays."""
+
+
 CARE_COMMUNICATION_DEFINITION: Final = (
     "http://medcomfhir.dk/ig/messagedefinitions/MessageDefinition/"
     "MedComCareCommunicationMessageDefinition|5.0"
@@ -135,6 +180,10 @@ PROFILE_CARE_COMMUNICATION_PROVENANCE: Final = (
     f"{_MEDCOM_IG}/carecommunication/StructureDefinition/medcom-careCommunication-provenance"
 )
 PROFILE_PATIENT: Final = f"{_MEDCOM_IG}/core/StructureDefinition/medcom-core-patient"
+PROFILE_PRACTITIONER: Final = f"{_MEDCOM_IG}/core/StructureDefinition/medcom-core-practitioner"
+PROFILE_PRACTITIONER_ROLE: Final = (
+    f"{_MEDCOM_IG}/core/StructureDefinition/medcom-core-practitionerrole"
+)
 PROFILE_ORGANIZATION: Final = (
     f"{_MEDCOM_IG}/messaging/StructureDefinition/medcom-messaging-organization"
 )

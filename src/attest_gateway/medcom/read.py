@@ -19,6 +19,7 @@ from attest_gateway.medcom.codes import (
     EVENT_ACKNOWLEDGEMENT,
     EVENT_CARE_COMMUNICATION,
     GLN_SYSTEMS,
+    MEDCOM_IDENTIFIER_EXTENSION_URL,
     MESSAGE_KIND_SYSTEMS,
     REMINDER_CODE,
     REPLY_DEADLINE_EXTENSION_URLS,
@@ -31,6 +32,7 @@ from attest_gateway.medcom.model import (
     CodeableConcept,
     Coding,
     Communication,
+    CommunicationPayload,
     Extension,
     Identifier,
     MessageHeader,
@@ -81,11 +83,14 @@ class MessageInfo:
       Communication.topic.text; ``reply_deadline``: the :data:`REPLY_DEADLINE_EXTENSION_URL`
       extension (of a text segment, or of the Communication in the first shape).
     - ``cpr``: the subject Patient's CPR identifier; ``texts``: payload contentStrings in
-      order; ``attachments``: decoded payload attachments in order.
+      order (in a reply, the earlier segments first); ``new_texts``: the texts of the
+      segments this message added (:func:`new_segments`); ``attachments``: decoded payload
+      attachments in order.
     - ``issues``: OperationOutcome issue codes (the details coding, e.g. a MedCom
       acknowledgement error code, else issue.code); ``diagnostics``: their free texts.
 
-    ``cpr``, ``topic``, ``texts``, ``attachments`` and ``diagnostics`` are left out of ``repr``.
+    ``cpr``, ``topic``, ``texts``, ``new_texts``, ``attachments`` and ``diagnostics`` are left
+    out of ``repr``.
     """
 
     message_id: str
@@ -107,6 +112,7 @@ class MessageInfo:
     reply_deadline: date | None
     cpr: str | None = field(repr=False)
     texts: list[str] = field(repr=False)
+    new_texts: list[str] = field(repr=False)
     attachments: list[Attachment] = field(repr=False)
     issues: list[str]
     diagnostics: list[str] = field(repr=False)
@@ -167,6 +173,7 @@ def read_message(bundle: Bundle) -> MessageInfo:
     case_kind = communication_coding(communication, CASE_KIND_SYSTEMS)
 
     texts: list[str] = []
+    new_texts: list[str] = []
     attachments: list[Attachment] = []
     deadline: date | None = None
     conversation_id: str | None = None
@@ -175,6 +182,12 @@ def read_message(bundle: Bundle) -> MessageInfo:
         for item in communication.payload:
             if item.contentString is not None:
                 texts.append(item.contentString)
+        new_texts = [
+            item.contentString
+            for item in new_segments(communication, provenance)
+            if item.contentString is not None
+        ]
+        for item in communication.payload:
             att = item.contentAttachment
             if att is not None and att.data is not None:
                 attachments.append(Attachment(att.contentType, att.title, b64decode(att.data)))
@@ -212,10 +225,36 @@ def read_message(bundle: Bundle) -> MessageInfo:
         reply_deadline=deadline,
         cpr=cpr,
         texts=texts,
+        new_texts=new_texts,
         attachments=attachments,
         issues=issues,
         diagnostics=diagnostics,
     )
+
+
+def segment_identifier(segment: CommunicationPayload) -> str | None:
+    """The value of a message segment's MedCom identifier extension (``urn:uuid:…``)."""
+    for ext in segment.extension:
+        if ext.url == MEDCOM_IDENTIFIER_EXTENSION_URL and ext.valueIdentifier is not None:
+            return ext.valueIdentifier.value
+    return None
+
+
+def new_segments(
+    communication: Communication, provenance: Provenance | None
+) -> list[CommunicationPayload]:
+    """The segments a message added: those whose identifier its own Provenance names as a
+    ``source`` entity (MedCom: a reply repeats the earlier segments, and each message's
+    Provenance names the segments it added). When that Provenance names none of the
+    segments (older shapes, or a sender that names no sources), every segment counts as
+    new."""
+    sources = {
+        entity.what.identifier.value
+        for entity in (provenance.entity if provenance is not None else [])
+        if entity.role == "source" and entity.what.identifier is not None
+    }
+    named = [p for p in communication.payload if segment_identifier(p) in sources]
+    return named or list(communication.payload)
 
 
 def message_id_from_reference(reference: str | None) -> str | None:

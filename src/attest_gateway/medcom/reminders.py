@@ -11,9 +11,15 @@ Pure builder. Modelled, like the request, on CareCommunication 5.0 (event
 - the Provenance (activity ``new-message``) has an entity with role ``revision`` pointing
   to ``MessageHeader/<request id>``: the Provenance chain that ties the reminder to the
   request, and the text segment as its ``source`` entity;
-- the Patient is a reference-only resource with the id the request's Patient has (ids in
-  our Bundles are derived from the message id): the tracker knows no CPR number, and the
-  receiver finds the citizen through the request it already holds.
+- the Patient and the author of the text segment are the request's: built from the
+  gateway's own sealed copy of the request (``request``), the Patient (CPR identifier,
+  official name) and the caseworker's PractitionerRole and Practitioner are copied, and the
+  reminder's text segment carries the request segment's author and author-contact
+  extensions. The tracker's tables never hold them: the copy is opened in memory and the
+  reminder is sealed for its receiver at once. Without the copy (pruned by retention) the
+  Patient is a reference-only resource with the id the request's Patient has (ids in our
+  Bundles are derived from the message id) and the segment has no author: the receiver finds
+  the citizen through the request it already holds.
 
 The output passes :func:`attest_gateway.medcom.parse.parse_bundle`.
 """
@@ -24,7 +30,12 @@ import datetime as dt
 import uuid
 from typing import Any, Final
 
-from attest_gateway.medcom.build import care_communication_bundle, category, payload_segment
+from attest_gateway.medcom.build import (
+    care_communication_bundle,
+    category,
+    payload_segment,
+    segment_author_entries,
+)
 from attest_gateway.medcom.codes import (
     ACTIVITY_CODES_SYSTEM,
     ACTIVITY_NEW,
@@ -37,6 +48,8 @@ from attest_gateway.medcom.codes import (
     EVENT_CARE_COMMUNICATION,
     EVENT_CODES_SYSTEM,
     GLN_SYSTEM,
+    MEDCOM_AUTHOR_CONTACT_EXTENSION_URL,
+    MEDCOM_AUTHOR_EXTENSION_URL,
     MESSAGE_KIND_SYSTEM,
     PROFILE_CARE_COMMUNICATION,
     PROFILE_PATIENT,
@@ -45,7 +58,8 @@ from attest_gateway.medcom.codes import (
     SOR_ENDPOINT_PREFIX,
     SOR_SYSTEM,
 )
-from attest_gateway.medcom.read import OrgIdentifiers
+from attest_gateway.medcom.model import Bundle, Patient, to_fhir_json
+from attest_gateway.medcom.read import OrgIdentifiers, message_communication
 
 _BASE: Final = "https://medcomfhir.dk/ig/carecommunication"
 # The namespace `medcom/build.py` derives resource ids in (so the reminder can
@@ -94,8 +108,14 @@ def build_reminder(
     attest_type: str,
     due: dt.date,
     seq: int,
+    request: Bundle | None = None,
 ) -> dict[str, Any]:
-    """A reminder of request `request_message_id` (pure; same inputs, same Bundle)."""
+    """A reminder of request `request_message_id` (pure; same inputs, same Bundle).
+
+    ``request`` is the request as the gateway sent it; its Patient and the author of its
+    text segment are copied (see the module's docstring). Without it the reminder has a
+    reference-only Patient and no segment author.
+    """
     if sent_at.tzinfo is None or sent_at.utcoffset() is None:
         raise ValueError("timestamps must be timezone-aware")
     when = sent_at.isoformat()
@@ -104,6 +124,16 @@ def build_reminder(
     communication_id = derived_id(message_id, "Communication")
     payload_id = derived_id(message_id, "payload/0")
     patient_id = derived_id(request_message_id, "Patient")
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": patient_id,
+        "meta": {"profile": [PROFILE_PATIENT]},
+    }
+    author_extensions: list[dict[str, Any]] = []
+    author_resources: list[dict[str, Any]] = []
+    if request is not None:
+        patient, author_extensions, author_resources = _from_request(request)
+        patient_id = patient["id"]
     sender_ref, receiver_ref = f"Organization/{sender_id}", f"Organization/{receiver_id}"
     header: dict[str, Any] = {
         "resourceType": "MessageHeader",
@@ -151,7 +181,7 @@ def build_reminder(
                 payload_id,
                 sender_ref,
                 {"contentString": reminder_text(attest_type, due, seq)},
-                extra=[deadline],
+                extra=[*author_extensions, deadline],
             )
         ],
     }
@@ -173,11 +203,39 @@ def build_reminder(
     }
     resources = [
         header,
-        {"resourceType": "Patient", "id": patient_id, "meta": {"profile": [PROFILE_PATIENT]}},
+        patient,
         communication,
         _org(receiver_id, receiver, "receiver"),
         _org(sender_id, sender, "sender"),
+        *author_resources,
         provenance,
     ]
     bundle: dict[str, Any] = care_communication_bundle(bundle_id, when, resources)
     return bundle
+
+
+def _from_request(
+    request: Bundle,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The request's Patient (with its profile), and the author and author-contact extensions
+    of its first text segment that has an author, with the PractitionerRole and Practitioner
+    they name."""
+    communication = message_communication(request, request.message_header)
+    found = request.resolve(
+        communication.subject.reference
+        if communication is not None and communication.subject is not None
+        else None
+    )
+    if not isinstance(found, Patient) or found.id is None:
+        raise ValueError("the request has no Patient")
+    patient = to_fhir_json(found)
+    patient["meta"] = {"profile": [PROFILE_PATIENT]}
+    urls = (MEDCOM_AUTHOR_EXTENSION_URL, MEDCOM_AUTHOR_CONTACT_EXTENSION_URL)
+    for segment in communication.payload if communication is not None else []:
+        if segment.contentString is None:
+            continue
+        extensions = [to_fhir_json(e) for e in segment.extension if e.url in urls]
+        resources = segment_author_entries(request, [segment])
+        if len(extensions) == len(urls) and resources:
+            return patient, extensions, resources
+    return patient, [], []

@@ -17,8 +17,16 @@ from attest_gateway.contracts.jobcenter import (
     OrganisationSummary,
 )
 from attest_gateway.core.attests import AttestType
-from attest_gateway.medcom.build import PDF_ONLY_TEXT, build_attest_request
+from attest_gateway.medcom.build import (
+    PDF_ONLY_TEXT,
+    PersonName,
+    SegmentAuthor,
+    build_attest_request,
+)
 from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers
+
+CASEWORKER_ROLE = "Sagsbehandler"
+"""The role of the request's author, the job centre's caseworker (as text: no MedCom code)."""
 
 
 def request_bundle(
@@ -40,6 +48,15 @@ def request_bundle(
         sender=sender,
         receiver=receiver,
         cpr=body.citizen_cpr,
+        patient_name=PersonName(
+            family=body.citizen_name.family, given=tuple(body.citizen_name.given)
+        ),
+        author=SegmentAuthor(
+            name=PersonName(family=body.caseworker.family, given=tuple(body.caseworker.given)),
+            phone=body.caseworker.phone,
+            role=CASEWORKER_ROLE,
+            email=body.caseworker.email,
+        ),
         attest_type=kind.code,
         attest_title=kind.title,
         case_kind=body.case_kind.value,
@@ -57,8 +74,9 @@ def inbox_item(
     attest_type: str,
     received_at: dt.datetime,
 ) -> InboxItem:
-    # The placeholder segment of a PDF-only reply is not the clinician's text.
-    texts = [t for t in info.texts if t and t != PDF_ONLY_TEXT]
+    # Only the segments the reply added (a reply repeats the request's segments first), and
+    # not the placeholder segment of a PDF-only reply: that is not the clinician's text.
+    texts = [t for t in info.new_texts if t and t != PDF_ONLY_TEXT]
     return InboxItem(
         message_id=info.message_id,
         conversation_id=conversation_id,

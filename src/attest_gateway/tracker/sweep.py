@@ -31,10 +31,12 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.errors import GatewayError
+from attest_gateway.crypto.sealing import open_envelope
 from attest_gateway.infra.container import Gateway
-from attest_gateway.infra.db import directory
+from attest_gateway.infra.db import audit, directory
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, insert_ignore
 from attest_gateway.infra.db.messaging import (
     emit_stage_event,
@@ -44,11 +46,15 @@ from attest_gateway.infra.db.messaging import (
     seal_for,
 )
 from attest_gateway.infra.db.tables import (
+    sent_messages,
     stages,
     tracker_conversations,
     tracker_episodes,
     tracker_reminders,
 )
+from attest_gateway.medcom.errors import BundleError
+from attest_gateway.medcom.model import Bundle
+from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import OrgIdentifiers
 from attest_gateway.medcom.reminders import build_reminder
 from attest_gateway.tracker.consumer import TrackerState
@@ -204,6 +210,7 @@ class TrackerSweep:
             receiver = await directory.org_by_id(conn, conv.receiver_org_id)
             if sender is None or receiver is None:
                 raise RuntimeError("a conversation names an organisation not in the directory")
+            request = await _request_copy(gw, conn, conv.request_message_id, now)
             bundle = build_reminder(
                 request_message_id=conv.request_message_id,
                 conversation_id=cid,
@@ -215,6 +222,7 @@ class TrackerSweep:
                 attest_type=conv.attest_type,
                 due=due,
                 seq=seq,
+                request=request,
             )
             envelope = await seal_for(
                 conn,
@@ -306,3 +314,43 @@ async def _stage_time(conn: AsyncConnection, cid: str, stage: Stage) -> dt.datet
         )
     ).scalar_one_or_none()
     return aware(at) if at is not None else None
+
+
+async def _request_copy(
+    gw: Gateway, conn: AsyncConnection, request_message_id: str, now: dt.datetime
+) -> Bundle | None:
+    """The request as the gateway sent it, from its sealed copy (`sent_messages`), opened
+    with the gateway's own key in memory only (an audited opening): the reminder copies the
+    request's Patient and caseworker from it, so that no tracker table ever holds them. None
+    when the copy is gone (retention) or cannot be opened or read: the reminder then goes
+    out without them."""
+    row = (
+        await conn.execute(
+            sa.select(sent_messages.c.copy).where(sent_messages.c.message_id == request_message_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    try:
+        copy = SealedEnvelope.from_json(row.copy)
+        key = gw.keyring.hpke_key(copy.header.recipient_key_id)
+        if key is None:
+            log.warning("tracker.request_copy_unreadable", message_id=request_message_id)
+            return None
+        bundle = parse_bundle(orjson.loads(open_envelope(copy, key)))
+    except (GatewayError, BundleError, ValueError):
+        log.warning("tracker.request_copy_unreadable", message_id=request_message_id)
+        return None
+    await audit.record(  # the gateway opened its own copy: an opening, audited
+        conn,
+        gw.topics,
+        actor=gw.settings.gateway_org_id,
+        action=audit.ENVELOPE_OPEN,
+        source=audit.SOURCE_GATEWAY,
+        at=now,
+        subject_org=copy.header.sender,
+        message_id=copy.header.message_id,
+        conversation_id=copy.header.conversation_id,
+        detail={"key_id": key.key_id, "purpose": "reminder"},
+    )
+    return bundle

@@ -39,7 +39,13 @@ from attest_gateway.infra.db.migrate import upgrade
 from attest_gateway.infra.kafka.dead_letters import read_dead_letters, replay
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
-from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
+from attest_gateway.medcom.build import (
+    PersonName,
+    SegmentAuthor,
+    build_acknowledgement,
+    build_attest_reply,
+)
+from attest_gateway.medcom.codes import AUTHORISED_ROLES
 from attest_gateway.medcom.errors import BundleError
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.observability.logging import configure_logging
@@ -390,15 +396,39 @@ def client_ack(
 @client.command("reply")
 def client_reply(
     bundle: Annotated[str, typer.Argument(help="file with the attest request Bundle; - for stdin")],
+    family: Annotated[str, typer.Option(help="the clinician's family name")],
+    authorisation_id: Annotated[
+        str, typer.Option(help="the clinician's autorisations-ID (5 characters)")
+    ],
+    phone: Annotated[str, typer.Option(help="the clinician's phone (digits, optional '+')")],
+    given: Annotated[
+        list[str] | None, typer.Option(help="a given name of the clinician (repeat for more)")
+    ] = None,
+    role: Annotated[
+        str, typer.Option(help="the clinician's role, a MedCom code: laege, sygeplejerske …")
+    ] = "laege",
     text: Annotated[str | None, typer.Option(help="the attest text")] = None,
     pdf: Annotated[Path | None, typer.Option(help="a PDF file to attach")] = None,
 ) -> None:
-    """Build the attest reply to a request Bundle (print it).
+    """Build the attest reply to a request Bundle (print it), written by the clinician named.
 
-    Example: attest-gateway client reply request.json --text "..." --pdf attest.pdf > reply.json
+    Example: attest-gateway client reply request.json --family Holm --given Mette
+    --authorisation-id 0C4B1 --phone +4578470000 --text "..." --pdf attest.pdf > reply.json
     """
     if text is None and pdf is None:
         raise _fail("give --text, --pdf or both")
+    if role not in AUTHORISED_ROLES:
+        raise _fail(f"--role is one of {', '.join(sorted(AUTHORISED_ROLES))}")
+    try:
+        author = SegmentAuthor(
+            name=PersonName(family=family, given=tuple(given or ())),
+            phone=phone,
+            role=AUTHORISED_ROLES[role],
+            role_code=role,
+            authorisation_id=authorisation_id,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     try:
         request = parse_bundle(_read_json(bundle))
     except BundleError as exc:
@@ -409,6 +439,7 @@ def client_reply(
             message_id=str(uuid.uuid4()),
             bundle_id=str(uuid.uuid4()),
             sent_at=_now(),
+            author=author,
             text=text,
             pdf=pdf.read_bytes() if pdf else None,
         )

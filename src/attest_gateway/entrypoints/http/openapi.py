@@ -517,6 +517,13 @@ _REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
             "jobcenter_gln": "5790001010010",
             "caseworker_ref": "sag-2026-0042",
             "citizen_cpr": "0101901234",
+            "citizen_name": {"given": ["Anne", "Marie"], "family": "Jensen"},
+            "caseworker": {
+                "given": ["Lars"],
+                "family": "Nielsen",
+                "phone": "+4587131313",
+                "email": "lars.nielsen@jobcenter.example",
+            },
             "attest_type": "LÆ 155",
             "receiver": {"sor": "715381000016006"},
             "case_kind": "sygedagpenge",
