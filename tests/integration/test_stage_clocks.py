@@ -97,7 +97,7 @@ async def test_published_is_never_after_the_delivery_it_causes(
 
             kafka = QuickConsumerKafka(clock, delivered)
             relay = OutboxRelay(
-                engine, kafka, TOPICS, batch_size=10, poll_seconds=0.1, max_pending=10,  # type: ignore[arg-type]
+                engine, kafka, TOPICS, batch_size=10, poll_seconds=0.1, max_pending=10,
                 clock=clock, on_published=published_stages(TOPICS), outage=KafkaOutage("-"),
             )  # fmt: skip
             clock.advance(dt.timedelta(seconds=1))
