@@ -41,15 +41,17 @@ docs: $(STAMP)
 
 ## A living demo next to `make run`: its own gateway on 127.0.0.1:8001 (state in var/demo) that
 ## plays 45 days of national traffic in about eight minutes on a simulated clock (a setting of
-## the gateway, SIMULATED_CLOCK_START), then goes on live and prints the ministry dashboard's
-## address. Uses the local PostgreSQL when it is up, else SQLite.
+## the gateway, SIMULATED_CLOCK_START), with a progress bar, then goes on live and prints the
+## ministry dashboard's address. When a PostgreSQL answers on 127.0.0.1:5432 it plays into a
+## database of a new name it creates there (DEMO_POSTGRES names the server) and drops that one
+## when it stops; it never drops or changes another. Else SQLite in var/demo. Installs nothing.
+DEMO_POSTGRES ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 demo: $(STAMP)
 	rm -rf var/demo
+	@echo "make demo: 45 days of history in about 8 minutes, then live until Ctrl-C"
 	@if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then \
-	  psql -h 127.0.0.1 -U postgres -qc 'DROP DATABASE IF EXISTS attest_demo WITH (FORCE)' \
-	    -c 'CREATE DATABASE attest_demo' && \
-	  DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/attest_demo VAR_DIR=var/demo \
-	    API_PORT=8001 $(BIN)/attest-gateway simulate --serve; \
+	  VAR_DIR=var/demo API_PORT=8001 $(BIN)/attest-gateway simulate --serve \
+	    --own-database '$(DEMO_POSTGRES)'; \
 	else VAR_DIR=var/demo API_PORT=8001 $(BIN)/attest-gateway simulate --serve; fi
 
 lint: $(STAMP)

@@ -217,7 +217,11 @@ class Settings(BaseSettings):
     republish_after_seconds: float = Field(
         default=600.0, description="re-publish a message that reached no mailbox after this"
     )
-    max_publish_attempts: int = 5
+    max_publish_attempts: int = Field(
+        default=5,
+        description="publications of a MedCom message not delivered before the sweeper stops "
+        "republishing it (and retention may prune it)",
+    )
     replay_window_seconds: float = Field(
         default=3600.0, description="after the broker lost its topics, replay this much outbox"
     )
@@ -228,10 +232,24 @@ class Settings(BaseSettings):
     outbox_max_pending: int = Field(
         default=50_000, description="above this many unpublished records the API answers 503"
     )
-    outbox_retention_seconds: float = 7 * 24 * 3600.0
-    mailbox_retention_seconds: float = 30 * 24 * 3600.0
-    seen_ids_retention_seconds: float = 90 * 24 * 3600.0
-    prune_batch_size: int = 500
+    outbox_retention_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        description="published outbox rows (delivered, or past their attempts) are pruned after "
+        "this long (7 days)",
+    )
+    mailbox_retention_seconds: float = Field(
+        default=30 * 24 * 3600.0,
+        description="collected mailbox messages are pruned after this long (30 days)",
+    )
+    seen_ids_retention_seconds: float = Field(
+        default=90 * 24 * 3600.0,
+        description="MedCom message ids, Idempotency-Keys and sent copies are kept this long for "
+        "duplicate detection and resends (90 days)",
+    )
+    prune_batch_size: int = Field(
+        default=500,
+        description="rows per statement when the sweeper prunes or republishes",
+    )
     consumer_max_retries: int = Field(
         default=5, description="tries of a transiently failing record before the dead-letter topic"
     )
@@ -257,7 +275,10 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     # --- the tracker (tracker): deadlines, reminders, contact, ministry view ---
     tracker_enabled: bool = Field(default=True, description="run the tracker consumer and sweep")
-    tracker_timezone: str = "Europe/Copenhagen"
+    tracker_timezone: str = Field(
+        default="Europe/Copenhagen",
+        description="the time zone of the tracker's days, weeks and deadlines",
+    )
     tracker_sweep_seconds: float = Field(
         default=60.0, description="how often overdue requests and contact windows are checked"
     )
@@ -271,14 +292,28 @@ class Settings(BaseSettings):
         default=True, description="a deadline on a weekend or public holiday moves to the next"
     )
     tracker_reminder_max: int = Field(default=2, description="reminders per overdue request")
-    tracker_reminder_interval_days: int = 7
+    tracker_reminder_interval_days: int = Field(
+        default=7, description="days between two reminders of an overdue request"
+    )
     tracker_late_request_weeks: dict[str, int] = Field(
         default_factory=lambda: {"sygedagpenge": 8},
         description="a request after the end of this week of absence is late, per case kind",
     )
-    tracker_contact_window_weeks: int = 8
-    tracker_contact_case_kinds: tuple[str, ...] = ("sygedagpenge", "jobafklaringsforloeb")
-    tracker_contact_baseline: float = 0.25
+    tracker_contact_window_weeks: int = Field(
+        default=8,
+        description="weeks from the first day of absence in which a direct contact with "
+        "psychiatry counts for contact coverage",
+    )
+    tracker_contact_case_kinds: tuple[str, ...] = Field(
+        default=("sygedagpenge", "jobafklaringsforloeb"),
+        description="the case kinds whose citizens with a psychiatric course count for contact "
+        "coverage",
+    )
+    tracker_contact_baseline: float = Field(
+        default=0.25,
+        description="the contact coverage the ministry's figures are compared with (the audit's "
+        "25 %)",
+    )
     tracker_min_cell_citizens: int = Field(
         default=5, description="aggregate cells with fewer citizens are suppressed"
     )

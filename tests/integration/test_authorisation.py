@@ -330,10 +330,13 @@ async def test_ministry_sees_only_aggregates(harness: Harness) -> None:
                ATTEST_TEXT, caseworker_ref]  # fmt: skip
     ministry_reads = [path for (m, path), a in ROUTES.items() if a is Access.MINISTRY]
     assert ministry_reads
+    document = h.app.openapi()
     for path in ministry_reads:
-        for fmt in ("json", "csv"):
-            response = await h.client.get(path, params={"format": fmt}, headers=h.auth(MINISTRY))
+        parameters = {p["name"] for p in document["paths"][path]["get"].get("parameters", [])}
+        # An endpoint without `format` refuses it (422 unknown-parameter): it answers JSON.
+        for params in [{"format": "json"}, {"format": "csv"}] if "format" in parameters else [{}]:
+            response = await h.client.get(path, params=params, headers=h.auth(MINISTRY))
             assert response.status_code == 200, (path, response.text)
             assert response.content
             for secret in secrets:
-                assert secret not in response.text, (path, fmt)
+                assert secret not in response.text, (path, params)

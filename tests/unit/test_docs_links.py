@@ -29,6 +29,13 @@ def test_every_relative_link_leads_to_a_file_of_the_repository(doc: Path) -> Non
     assert broken == []
 
 
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_no_link_names_a_local_file_by_its_absolute_place(doc: Path) -> None:
+    """A `file:` URL or an absolute path works on one machine only."""
+    links = [m.group(1) for m in _LINK.finditer(doc.read_text("utf-8"))]
+    assert [link for link in links if link.startswith(("file:", "/"))] == []
+
+
 def test_the_check_finds_a_broken_link(tmp_path: Path) -> None:
     doc = tmp_path / "doc.md"
     doc.write_text("[here](here.md), [there](https://example.org), [gone](gone.md#part)\n")

@@ -28,6 +28,8 @@ from attest_gateway.medcom.errors import BundleError
     [
         (GatewayError(ErrorCode.INTERNAL_ERROR, "x"), 500, "Internal error"),
         (Malformed(ErrorCode.MALFORMED_JSON, "x"), 400, "Bad request"),
+        (InvalidInput(ErrorCode.IDEMPOTENCY_KEY_REQUIRED, "x"), 400, "Idempotency-Key required"),
+        (InvalidInput(ErrorCode.UNKNOWN_PARAMETER, "x"), 422, "Unprocessable content"),
         (NotAuthenticated(ErrorCode.UNAUTHENTICATED, "x"), 401, "Authentication required"),
         (NotPermitted(ErrorCode.SENDER_MISMATCH, "x"), 403, "Forbidden"),
         (Unknown(ErrorCode.NOT_FOUND, "x"), 404, "Not found"),

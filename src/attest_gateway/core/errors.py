@@ -46,6 +46,8 @@ class ErrorCode(StrEnum):
 
     # The input breaks a rule: the request schema and its bounds (entrypoints/http/problems.py)
     INVALID_REQUEST = "invalid-request"
+    UNKNOWN_PARAMETER = "unknown-parameter"
+    IDEMPOTENCY_KEY_REQUIRED = "idempotency-key-required"
     INVALID_CPR = "invalid-cpr"
     INVALID_GLN = "invalid-gln"
     INVALID_SOR = "invalid-sor"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from rich.table import Table
 from attest_gateway.bootstrap import database, tracker_rules
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.core.clock import SystemClock
+from attest_gateway.devtools.demo_database import create_own_database, drop_own_database
 from attest_gateway.devtools.simulate import (
     Driver,
     Profile,
@@ -134,6 +136,13 @@ def simulate(
     setup: Annotated[
         bool, typer.Option(help="only register the simulation organisations, then exit")
     ] = False,
+    own_database: Annotated[
+        str | None,
+        typer.Option(
+            help="a PostgreSQL server (SQLAlchemy URL of a database to connect to): play into "
+            "a database of a new name made there, dropped when the simulation ends"
+        ),
+    ] = None,
 ) -> None:
     """Drive realistic traffic (98 job centres, psychiatry, GP clinics) through the HTTP API.
 
@@ -141,10 +150,50 @@ def simulate(
     in about --minutes on a simulated clock, then keeps the gateway running with live traffic
     and prints the dashboard's address. Without --serve it drives the gateway at --url, which
     must know the simulation organisations (`--setup` registers them; restart that gateway
-    afterwards so it loads their keys). Example: attest-gateway simulate --serve --days 90
+    afterwards so it loads their keys). With --own-database it never touches an existing
+    database: it creates one of a new name and drops only that one.
+    Example: attest-gateway simulate --serve --days 90
     """
-    settings = load_settings()
     configure_logging("WARNING", "console")
+    run = functools.partial(
+        _simulate,
+        serve=serve,
+        url=url,
+        days=days,
+        minutes=minutes,
+        rate=rate,
+        live=live,
+        live_days=live_days,
+        profile=profile,
+        seed=seed,
+        setup=setup,
+    )
+    if own_database is None:
+        run(load_settings())
+        return
+    own = asyncio.run(create_own_database(own_database))
+    console.print(f"database {own.name} created for this run; dropped when it ends")
+    try:
+        run(load_settings(database_url=own.url))
+    finally:
+        asyncio.run(drop_own_database(own))
+        console.print(f"database {own.name} dropped")
+
+
+def _simulate(
+    settings: Settings,
+    *,
+    serve: bool,
+    url: str,
+    days: float,
+    minutes: float,
+    rate: float,
+    live: bool,
+    live_days: float,
+    profile: Path | None,
+    seed: int,
+    setup: bool,
+) -> None:
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
     creds = asyncio.run(ensure_simulation_orgs(settings))
@@ -166,6 +215,20 @@ def simulate(
         )
     else:
         asyncio.run(_drive_url(url, creds, prof, live_days=live_days, seed=seed))
+
+
+def _about_minutes(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return "a minute" if minutes <= 1 else f"{minutes} minutes"
+
+
+def announce_dashboard(base: str, key: str) -> None:
+    """The dashboard's address with the ministry key, on a line of its own, printed as it is:
+    a console that folds long lines at its width would put a line break into the key, and the
+    copied key would be refused."""
+    console.print("live: the ministry dashboard, signed in with the demo's ministry key:")
+    print(f"{base}/ministry/#key={key}", flush=True)
+    print(f"dashboard ready: {base}/ministry/", flush=True)
 
 
 def _ministry_key(settings: Settings) -> str:
@@ -212,6 +275,8 @@ def _serve_and_simulate(
         "RELAY_POLL_SECONDS": "0.05",
         "LOG_FORMAT": "json",
     }
+    if settings.database_url:  # the gateway process plays into the same database
+        env["DATABASE_URL"] = settings.database_url
     broker = None
     if not settings.kafka_bootstrap_servers:
         broker = EmbeddedBroker(log_path=settings.var_dir / "broker.log").start()
@@ -266,8 +331,9 @@ async def _history_then_live(
         if days > 0:
             speed = max(1.0, days * 86400 / (minutes * 60))
             console.print(
-                f"history: {days:g} days from {start:%Y-%m-%d} at {speed:,.0f}× "
-                f"(simulated clock; gateway log {log_path})"
+                f"history: {days:g} days from {start:%Y-%m-%d} at {speed:,.0f}×, which takes "
+                f"about {_about_minutes(days * 86400 / speed)} (simulated clock; gateway log "
+                f"{log_path}); then the dashboard's address"
             )
             with gateway_process(
                 env | {"TRACKER_SWEEP_SECONDS": "1"}, log_path, clock_start=start, speed=speed
@@ -304,7 +370,5 @@ async def _history_then_live(
             await wait_healthy(client, proc, log_path)
             now = await driver.clock()
             driver.add(plan(prof, orgs, start=now, end=now + dt.timedelta(days=live_days), rng=rng))
-            key = _ministry_key(settings)
-            console.print(f"live: dashboard at [bold]{base}/ministry/#key={key}[/bold]")
-            print(f"dashboard ready: {base}/ministry/", flush=True)
+            announce_dashboard(base, _ministry_key(settings))
             await driver.run_until(lambda _: stop.is_set(), poll=1.0)

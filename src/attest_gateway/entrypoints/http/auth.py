@@ -5,7 +5,7 @@ container is found.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 import structlog
@@ -20,6 +20,12 @@ from attest_gateway.core.errors import (
     NotPermitted,
 )
 from attest_gateway.entrypoints.http import mtls
+from attest_gateway.entrypoints.http.request_checks import (
+    JSON,
+    declared_query_parameters,
+    refuse_other_media_types,
+    refuse_unknown_query_parameters,
+)
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import autocommit
@@ -83,9 +89,12 @@ def require_role(org: Organisation, *roles: Role) -> Organisation:
     return org
 
 
-def authenticated_first(*roles: Role) -> type[APIRoute]:
+def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) -> type[APIRoute]:
     """The route class of a partner router (`APIRouter(route_class=…)`): the caller is
-    authenticated, and its role checked when `roles` are given, before the body is read.
+    authenticated, and its role checked when `roles` are given, before anything of the request
+    is looked at; then a query parameter the route does not declare is refused (422
+    `unknown-parameter`), and a body of a media type not in `media_types` (415
+    `unsupported-media-type`; request_checks.py).
 
     FastAPI reads and parses a declared body before it solves the route's dependencies, so
     a malformed body would otherwise be answered (400 `malformed-json`) before the caller
@@ -96,13 +105,16 @@ def authenticated_first(*roles: Role) -> type[APIRoute]:
     class AuthenticatedFirstRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
-            if self.body_field is None:
-                return handler
+            declared = declared_query_parameters(self)
+            takes_body = self.body_field is not None
 
             async def authenticate_then_handle(request: Request) -> Response:
                 org = await authenticated(request)
                 if roles:
                     require_role(org, *roles)
+                refuse_unknown_query_parameters(request, declared)
+                if takes_body:
+                    refuse_other_media_types(request, media_types)
                 return await handler(request)
 
             return authenticate_then_handle

@@ -7,7 +7,8 @@ HTTP API can answer, with its status and an example detail; `ENDPOINT_ERRORS` sa
 endpoint can answer which. A test checks that every `ErrorCode` the HTTP API can answer is
 here, with the status and title the HTTP table (problems.py) gives a class that raises it,
 and that the document is valid OpenAPI 3.1.
-Endpoints added later get the common codes (authentication, body limit, internal error)
+Endpoints added later get the common codes (authentication, body limit, unknown query
+parameters, internal error)
 automatically; their own codes belong in `ENDPOINT_ERRORS`.
 """
 
@@ -33,6 +34,12 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     "unsupported-body": (400, "Bad request", "send a FHIR Bundle or a sealed envelope"),
     "invalid-envelope": (400, "Bad request", "the sealed envelope is malformed"),
     "invalid-bundle": (400, "Bad request", "the envelope does not hold JSON"),
+    "idempotency-key-required": (
+        400,
+        "Idempotency-Key required",
+        "send an Idempotency-Key header: in production every creating call needs one, so that "
+        "a retry cannot create the same thing twice",
+    ),
     "unauthenticated": (401, "Authentication required", "the API key is not valid"),
     "unknown-client-certificate": (
         401,
@@ -60,6 +67,12 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     "payload-too-large": (413, "Payload too large", "the body exceeds 10485760 bytes"),
     "unsupported-media-type": (415, "Unsupported media type", "send application/fhir+json"),
     "invalid-request": (422, "Unprocessable content", "the request does not match the schema"),
+    "unknown-parameter": (
+        422,
+        "Unprocessable content",
+        "this endpoint does not take region_code (it takes: attest_type, by, format, from, "
+        "period, region, series, to)",
+    ),
     "invalid-cpr": (422, "Unprocessable content", "the request does not match the schema"),
     "invalid-gln": (422, "Unprocessable content", "the request does not match the schema"),
     "invalid-sor": (422, "Unprocessable content", "the request does not match the schema"),
@@ -232,7 +245,9 @@ _MINISTRY_FILTER_CODES = [
 ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
     ("post", "/jobcenter/v1/attest-requests"): [
         "jobcenter-mismatch",
+        "idempotency-key-required",
         "idempotency-key-reused",
+        "unsupported-media-type",
         *_IDENTIFIER_CODES,
         "date-out-of-range",
         "control-character",
@@ -290,7 +305,9 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "cpr-in-reference",
         "invalid-first-day-of-absence",
         "invalid-contact-date",
+        "idempotency-key-required",
         "idempotency-key-reused",
+        "unsupported-media-type",
     ],
     ("get", "/ministry/v1/report"): _MINISTRY_FILTER_CODES,
     ("get", "/ministry/v1/durations"): [*_MINISTRY_FILTER_CODES, "unknown-metric"],
@@ -621,6 +638,8 @@ def codes_for(method: str, path: str, operation: dict[str, Any]) -> list[str]:
         codes += WITH_BODY
     if operation.get("parameters") and path.startswith(_PARTNER_PREFIXES):
         codes.append("invalid-request")
+    if path.startswith(_PARTNER_PREFIXES):  # a query parameter the endpoint does not take
+        codes.append("unknown-parameter")
     codes += COMMON
     return list(dict.fromkeys(codes))
 

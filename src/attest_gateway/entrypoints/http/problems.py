@@ -2,7 +2,8 @@
 
 The status and title of an answer come from here only: from the error's class (the
 nearest in `BY_CLASS` along its ancestry), or from its code for the few codes whose HTTP
-status says more than their meaning (`BY_CODE`: 405, 413, 415). The body's `type` URI ends
+status says more than their meaning (`BY_CODE`: a missing Idempotency-Key, 405,
+413, 415). The body's `type` URI ends
 with the stable code; `retryable` is the error's flag; an `Unavailable` also carries
 `retry_after`, sent as the `Retry-After` header too.
 
@@ -55,6 +56,8 @@ BY_CLASS: Mapping[type[GatewayError], tuple[int, str]] = {
 
 #: code → (HTTP status, title), before the class: where HTTP has a status of its own.
 BY_CODE: Mapping[ErrorCode, tuple[int, str]] = {
+    # draft-ietf-httpapi-idempotency-key-header: a missing required key is a 400.
+    ErrorCode.IDEMPOTENCY_KEY_REQUIRED: (400, "Idempotency-Key required"),
     ErrorCode.METHOD_NOT_ALLOWED: (405, "Method not allowed"),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, "Payload too large"),
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: (415, "Unsupported media type"),

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import Field
 
+from attest_gateway.config import Settings
 from attest_gateway.contracts.jobcenter import (
     AttestRequestAccepted,
     AttestRequestIn,
@@ -15,6 +16,7 @@ from attest_gateway.contracts.jobcenter import (
 )
 from attest_gateway.core.bounds import ID_PATTERN, REFERENCE
 from attest_gateway.core.directory import Organisation, Role
+from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.entrypoints.http.auth import (
     authenticated,
     authenticated_first,
@@ -37,8 +39,35 @@ async def jobcenter(org: Annotated[Organisation, Depends(authenticated)]) -> Org
 
 
 JobCenter = Annotated[Organisation, Depends(jobcenter)]
-# A key the client chose, stored in clear with the answer: one line of text, no CPR number.
-IdempotencyKey = Annotated[Annotated[str, Field(max_length=200), REFERENCE] | None, Header()]
+IDEMPOTENCY_KEY_DESCRIPTION = (
+    "A key the client chooses per request (one line of text, at most 200 characters, no CPR "
+    "number): the same key with the same body again gets the first answer, and creates "
+    "nothing. Required in production (`ENVIRONMENT=production`: 400 "
+    "`idempotency-key-required` without it), optional in development."
+)
+
+
+async def idempotency_key(
+    request: Request,
+    # A key the client chose, stored in clear with the answer: one line of text, no CPR number.
+    idempotency_key: Annotated[
+        Annotated[str, Field(max_length=200), REFERENCE] | None,
+        Header(description=IDEMPOTENCY_KEY_DESCRIPTION),
+    ] = None,
+) -> str | None:
+    """The request's Idempotency-Key; in production a creating call must send one, so that a
+    retried request cannot create a second conversation or contact."""
+    settings: Settings = request.app.state.settings
+    if idempotency_key is None and settings.environment == "production":
+        raise InvalidInput(
+            ErrorCode.IDEMPOTENCY_KEY_REQUIRED,
+            "send an Idempotency-Key header: in production every creating call needs one, "
+            "so that a retry cannot create the same thing twice",
+        )
+    return idempotency_key
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
 # Ids the gateway handed out (a value of another form names nothing: 404).
 ConversationId = Annotated[str, Path(pattern=ID_PATTERN)]
 MessageId = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -50,7 +79,7 @@ async def request_attest(
     request: Request,
     response: Response,
     org: JobCenter,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKey,
 ) -> AttestRequestAccepted:
     gw = gateway_of(request)
     accepted, created = await service.submit_attest_request(
@@ -77,7 +106,7 @@ async def register_contact(
     request: Request,
     response: Response,
     org: JobCenter,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKey,
 ) -> ContactAccepted:
     """Register a direct contact with psychiatry about a citizen (counts for contact coverage)."""
     gw = gateway_of(request)
