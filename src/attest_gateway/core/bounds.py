@@ -176,8 +176,12 @@ NAME: Final = Field(min_length=1, max_length=100)
 PHONE_PATTERN: Final = r"^\+?[0-9]{8,15}$"
 """A phone number: 8 to 15 digits, optionally after a ``+`` (no spaces). MedCom's author
 contact holds a phone number (invariant medcom-core-contact)."""
-EMAIL_PATTERN: Final = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
-"""An e-mail address, loosely: one ``@``, a dot after it, no space or control character."""
+_EMAIL_PART: Final = r"[^@\s\x00-\x1f\x7f-\x9f\ufeff]+"
+EMAIL_PATTERN: Final = rf"^{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}$"
+"""An e-mail address, loosely: one ``@``, a dot after it, no space or control character.
+The space class differs between regex engines (Python's and Rust's take U+0085 and U+001C–U+001F,
+ECMAScript's takes U+FEFF), so the characters on which they disagree are named: the
+pattern accepts the same strings for the gateway and for a client reading the OpenAPI."""
 Phone = Annotated[str, Field(max_length=16, pattern=PHONE_PATTERN)]
 Email = Annotated[str, Field(max_length=254, pattern=EMAIL_PATTERN)]
 
