@@ -9,6 +9,8 @@ from dataclasses import dataclass
 MAILBOX_FETCH = "mailbox.fetch"  # a health organisation fetched a sealed message
 INBOX_FETCH = "inbox.fetch"  # a job centre fetched an (opened) attest reply
 ENVELOPE_OPEN = "envelope.open"  # the gateway opened a custodial organisation's mail
+# retention removed the audit entries up to `through_seq`, a signed checkpoint (detail)
+AUDIT_PRUNE = "audit.prune"
 SOURCE_CLI = "cli"
 SOURCE_GATEWAY = "gateway"
 
