@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.envelope import SealedEnvelope
-from attest_gateway.contracts.stages import MessageType
+from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.audit import AuditEvent
 from attest_gateway.entrypoints.cli.audit import covered
 from attest_gateway.infra.db import audit, directory, tables
@@ -31,11 +31,12 @@ from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.uow import SqlStore
+from attest_gateway.infra.housekeeping.retention import prune_store
 from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.services.delivery import check_envelope, deliver
 from tests.integration.conftest import DB_KINDS
 from tests.support.harness import fresh_database
-from tests.support.world import GATEWAY, PSY, World, make_world
+from tests.support.world import GATEWAY, JC, PSY, World, make_world
 
 TOPICS = Topics("medcom.messages", "gateway.tracking", "gateway.dead-letter", "gateway.audit", "c")
 DAY = dt.timedelta(days=1)
@@ -47,6 +48,13 @@ class Db:
     engine: AsyncEngine
     store: SqlStore
     settings: Settings
+
+    async def prune(self, **settings: object) -> dict[str, int]:
+        chosen = self.settings.model_copy(update=settings)
+        report = await prune_store(
+            self.engine, chosen, self.world.clock.now(), medcom_topic=TOPICS.medcom_messages
+        )
+        return report.counts
 
     async def count(self, table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
         async with self.engine.connect() as conn:
@@ -107,6 +115,122 @@ async def _requested(db: Db, key: str | None = None) -> SealedEnvelope:
     ]
     assert await _deliver(db, request)
     return request
+
+
+# --- finished conversations, sealed CPR numbers, idempotency records ------------------------
+
+
+async def _finish(db: Db, request: SealedEnvelope) -> None:
+    """Record the conversation's final stage (as the job centre's acknowledgement of the
+    reply would) and settle its sent copy."""
+    now = db.world.clock.now()
+    async with db.store.transaction() as uow:
+        conv = await uow.conversations.get(request.header.conversation_id)
+        assert conv is not None
+        await uow.stages.record(
+            conv, Stage.REPLY_ACKNOWLEDGED, message_id=str(uuid.uuid4()),
+            message_type=MessageType.ACKNOWLEDGEMENT, at=now,
+        )  # fmt: skip
+        await uow.sent.acknowledge(request.header.message_id, now)
+
+
+async def _sealed_cpr(db: Db, conversation_id: str) -> str | None:
+    conv = tables.conversations.c
+    async with db.engine.connect() as conn:
+        sealed: str | None = await conn.scalar(
+            sa.select(conv.citizen_sealed).where(conv.id == conversation_id)
+        )
+    return sealed
+
+
+async def test_finished_conversations_go_after_their_retention_and_open_ones_stay(db: Db) -> None:
+    w = db.world
+    finished = [await _requested(db, key=f"k-{i}") for i in range(3)]
+    still_open = await _requested(db, key="k-open")
+    for request in finished:
+        await _finish(db, request)
+    done_ids = [r.header.conversation_id for r in finished]
+    open_id = still_open.header.conversation_id
+    conv = tables.conversations.c
+
+    w.clock.advance(100 * DAY)
+    counts = await db.prune(conversation_retention_days=365, sealed_cpr_retention_days=90)
+    assert counts.get("sealed_cpr_cleared") == 3  # the finished ones' only
+    assert counts.get("idempotency_keys") == 4  # 30 days: all of them, open or not
+    assert counts.get("sent_messages") == 3  # settled copies only
+    assert "conversations" not in counts
+    for cid in done_ids:
+        assert await _sealed_cpr(db, cid) is None
+    assert await _sealed_cpr(db, open_id) is not None
+
+    w.clock.advance(300 * DAY)
+    counts = await db.prune(conversation_retention_days=365, sealed_cpr_retention_days=90)
+    assert counts.get("conversations") == 3
+    assert await db.count(tables.conversations, conv.id.in_(done_ids)) == 0
+    for table in (tables.stages, tables.mailbox):
+        assert await db.count(table, table.c.conversation_id.in_(done_ids)) == 0
+    # the open conversation keeps everything it has, however old
+    assert await db.count(tables.conversations, conv.id == open_id) == 1
+    assert await db.count(tables.stages, tables.stages.c.conversation_id == open_id) == 2
+    assert await db.count(tables.sent_messages, tables.sent_messages.c.conversation_id == open_id)
+    assert await _sealed_cpr(db, open_id) is not None
+
+
+# --- the tracker: timelines go, aggregates stay ------------------------------------------
+
+
+async def test_the_trackers_timelines_go_and_its_aggregates_stay(db: Db) -> None:
+    w = db.world
+    old = w.clock.now().date() - 500 * DAY
+    tc = tables.tracker_conversations
+
+    def timeline(cid: str, outcome: str | None, due: dt.date) -> dict[str, object]:
+        return {
+            "conversation_id": cid, "attest_type": "LÆ 265", "case_kind": "sygedagpenge",
+            "municipality": "101", "region_code": "1084", "jobcenter_org": JC,
+            "receiver_org": PSY, "case_ref": "k1.ref", "psychiatric_course": False,
+            "first_day_of_absence": due - 60 * DAY, "request_deadline": due - 30 * DAY,
+            "due_date": due, "outcome": outcome,
+        }  # fmt: skip
+
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            tc.insert(),
+            [
+                timeline("decided-old", "on_time", old),
+                timeline("undecided-old", None, old),
+                timeline("decided-recent", "overdue", w.clock.now().date() - 10 * DAY),
+            ],
+        )
+        await conn.execute(
+            tables.tracker_reminders.insert(),
+            [{"conversation_id": "decided-old", "seq": 1, "message_id": "r-1",
+              "sent_at": w.clock.now() - 480 * DAY}],
+        )  # fmt: skip
+        for cell_id, start in ((1, old.replace(day=1)), (2, w.clock.now().date().replace(day=1))):
+            await conn.execute(
+                tables.tracker_cells.insert().values(
+                    id=cell_id, grain="national", period_kind="month", period_start=start,
+                    attest_type="*", dim="DK",
+                )
+            )  # fmt: skip
+            await conn.execute(
+                tables.tracker_counts.insert().values(cell_id=cell_id, requests=7, citizens=6)
+            )
+            await conn.execute(
+                tables.tracker_cell_citizens.insert(),
+                [{"cell_id": cell_id, "case_ref": f"k1.ref-{i}"} for i in range(6)],
+            )
+    counts = await db.prune()
+    assert counts.get("tracker_conversations") == 1
+    left = await db.count(tc)
+    assert left == 2  # the undecided and the recent one stay
+    assert await db.count(tables.tracker_reminders) == 0
+    assert counts.get("tracker_cell_citizens") == 6  # the closed period's
+    assert await db.count(tables.tracker_cell_citizens) == 6  # the current period's
+    async with db.engine.connect() as conn:
+        rollups = (await conn.execute(sa.select(tables.tracker_counts.c.requests))).all()
+    assert sorted(r.requests for r in rollups) == [7, 7]  # the aggregates unchanged
 
 
 # --- the audit chain: pruned up to a signed checkpoint, still verified -----------------------
