@@ -25,6 +25,7 @@ from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.audit import AuditEvent
+from attest_gateway.core.errors import ErrorCode, Replay
 from attest_gateway.entrypoints.cli.audit import covered
 from attest_gateway.infra.db import audit, directory, tables
 from attest_gateway.infra.db.engine import make_engine
@@ -33,7 +34,7 @@ from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.housekeeping.retention import prune_store
 from attest_gateway.infra.kafka.topics import Topics
-from attest_gateway.services.delivery import check_envelope, deliver
+from attest_gateway.services.delivery import check_envelope, deliver, deliver_many
 from tests.integration.conftest import DB_KINDS
 from tests.support.harness import fresh_database
 from tests.support.world import GATEWAY, JC, PSY, World, make_world
@@ -115,6 +116,57 @@ async def _requested(db: Db, key: str | None = None) -> SealedEnvelope:
     ]
     assert await _deliver(db, request)
     return request
+
+
+# --- replay protection that outlives the mailbox ---------------------------------------------
+
+
+async def test_a_message_id_is_known_after_its_mailbox_entry_was_pruned(db: Db) -> None:
+    w = db.world
+    request = await _requested(db)
+    h = request.header
+    async with db.store.transaction() as uow:
+        assert await uow.mailbox.collect(h.message_id, w.clock.now())
+    w.clock.advance(db.settings.mailbox_retention_seconds * dt.timedelta(seconds=1) + DAY)
+    assert (await db.prune()).get("mailbox") == 1
+    assert await db.count(tables.mailbox, tables.mailbox.c.message_id == h.message_id) == 0
+
+    # the same envelope again (a consumer rewound, a late copy): recognised, not delivered
+    assert not await _deliver(db, request)
+    assert await db.count(tables.mailbox, tables.mailbox.c.message_id == h.message_id) == 0
+    async with db.store.transaction() as uow:  # nor by the batch path
+        assert await deliver_many(uow, [request], GATEWAY, w.clock.now()) == []
+
+    # another message under the same MessageHeader.id: a replay
+    forged = w.sealed(
+        b"{}", to=PSY, by=GATEWAY, message_id=h.message_id, bundle_id=str(uuid.uuid4()),
+        conversation_id=h.conversation_id, message_type=MessageType.ATTEST_REMINDER, sender=JC,
+    )  # fmt: skip
+    with pytest.raises(Replay) as refused:
+        await _deliver(db, forged)
+    assert refused.value.code is ErrorCode.REPLAYED_MESSAGE_ID
+
+    # a new MessageHeader.id that reuses the Bundle.id: a replay too
+    reused_bundle = w.sealed(
+        b"{}", to=PSY, by=GATEWAY, message_id=str(uuid.uuid4()), bundle_id=h.bundle_id,
+        conversation_id=h.conversation_id, message_type=MessageType.ATTEST_REMINDER, sender=JC,
+    )  # fmt: skip
+    with pytest.raises(Replay):
+        await _deliver(db, reused_bundle)
+    assert (
+        await db.count(tables.mailbox, tables.mailbox.c.conversation_id == h.conversation_id) == 0
+    )
+
+    # a submission at the API reusing either id is refused before it is accepted
+    async with db.store.reading() as uow:
+        assert await uow.inbound.carried_before(h.message_id, str(uuid.uuid4()))
+        assert await uow.inbound.carried_before(str(uuid.uuid4()), h.bundle_id)
+        assert not await uow.inbound.carried_before(str(uuid.uuid4()), str(uuid.uuid4()))
+
+    # the seen ids go after their own, longer retention period
+    w.clock.advance(db.settings.seen_ids_retention_seconds * dt.timedelta(seconds=1))
+    assert (await db.prune()).get("seen_ids") == 2
+    assert await _deliver(db, request)  # forgotten: delivered as new
 
 
 # --- finished conversations, sealed CPR numbers, idempotency records ------------------------

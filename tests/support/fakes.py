@@ -32,6 +32,7 @@ from attest_gateway.ports.records import (
     InboundRecord,
     MailAddress,
     MailItem,
+    SeenId,
     StageEntry,
     StageRecord,
 )
@@ -133,6 +134,7 @@ class FakeState:
     conversations: dict[str, Conversation] = field(default_factory=dict)
     citizens: dict[str, str] = field(default_factory=dict)  # conversation id → sealed CPR
     mailbox: dict[str, MailItem] = field(default_factory=dict)
+    seen: dict[tuple[str, str], SeenId] = field(default_factory=dict)  # (kind, id) → entry
     stages: dict[tuple[str, str], StageEntry] = field(default_factory=dict)
     outbox: list[OutboxRecord] = field(default_factory=list)
     sent: dict[str, tuple[SealedEnvelope, dt.datetime | None]] = field(default_factory=dict)
@@ -250,6 +252,16 @@ class FakeMailbox(_Repo):
         return True
 
 
+class FakeSeenIds(_Repo):
+    async def find(self, message_ids: Sequence[str], bundle_ids: Sequence[str]) -> list[SeenId]:
+        keys = [("message", i) for i in message_ids] + [("bundle", i) for i in bundle_ids]
+        return [self.s.seen[k] for k in keys if k in self.s.seen]
+
+    async def add(self, items: Sequence[SeenId]) -> None:
+        for item in items:
+            self.s.seen.setdefault((item.kind, item.id), item)
+
+
 class FakeStages(_Repo):
     async def timeline(self, conversation_id: str) -> list[StageEntry]:
         entries = [e for (cid, _), e in self.s.stages.items() if cid == conversation_id]
@@ -342,11 +354,13 @@ class FakeInbound(_Repo):
             raise ValueError("unique key taken in inbound_messages")
         self.s.inbound[record.message_id] = record
 
-    async def carried_before(self, message_id: str) -> bool:
+    async def carried_before(self, message_id: str, bundle_id: str) -> bool:
         return (
             message_id in self.s.sent
             or message_id in self.s.mailbox
             or any(r.message_id == message_id for r in self.s.outbox)
+            or ("message", message_id) in self.s.seen
+            or ("bundle", bundle_id) in self.s.seen
         )
 
 
@@ -379,6 +393,7 @@ class FakeUnitOfWork:
         self.directory = directory
         self.conversations = FakeConversations(state)
         self.mailbox = FakeMailbox(state)
+        self.seen = FakeSeenIds(state)
         self.stages = FakeStages(state)
         self.outbox = FakeOutbox(state, busy)
         self.sent = FakeSentCopies(state)

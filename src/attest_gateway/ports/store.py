@@ -3,7 +3,7 @@ directory and the outbox relay, in domain types.
 
     Store ─ transaction() / reading() → UnitOfWork
             accept_request(AcceptedRequest)      (written with concurrent requests at once)
-    UnitOfWork ─ directory, conversations, mailbox, stages, outbox, sent, inbound,
+    UnitOfWork ─ directory, conversations, mailbox, seen, stages, outbox, sent, inbound,
                  idempotency, contacts, audit    (one transaction: all or nothing)
     Relay ─ admit() (back-pressure) / wake() (publish the outbox now)
 
@@ -32,6 +32,7 @@ from attest_gateway.ports.records import (
     InboundRecord,
     MailAddress,
     MailItem,
+    SeenId,
     StageEntry,
     StageRecord,
 )
@@ -181,6 +182,19 @@ class Outbox(Protocol):
         ...
 
 
+class SeenIds(Protocol):
+    """The MessageHeader ids and Bundle ids that reached a mailbox, kept longer than the
+    mailbox rows (replay detection that outlives them)."""
+
+    async def find(self, message_ids: Sequence[str], bundle_ids: Sequence[str]) -> list[SeenId]:
+        """The entries of these MessageHeader ids and these Bundle ids (one look-up)."""
+        ...
+
+    async def add(self, items: Sequence[SeenId]) -> None:
+        """Remember these ids; an id already known keeps its first entry."""
+        ...
+
+
 class SentCopies(Protocol):
     """The copies of sent messages that await a MedCom acknowledgement (resend rule)."""
 
@@ -196,9 +210,10 @@ class Inbound(Protocol):
 
     async def add(self, record: InboundRecord) -> None: ...
 
-    async def carried_before(self, message_id: str) -> bool:
-        """Whether the gateway carries a message under this id that did not come in through
-        this API: one it sent, one in a mailbox, or one in the outbox."""
+    async def carried_before(self, message_id: str, bundle_id: str) -> bool:
+        """Whether the gateway carries a message under this MessageHeader id that did not come
+        in through this API (one it sent, one in a mailbox, or one in the outbox), or has
+        seen either id reach a mailbox (`SeenIds`)."""
         ...
 
 
@@ -227,6 +242,8 @@ class UnitOfWork(Protocol):
     def conversations(self) -> Conversations: ...
     @property
     def mailbox(self) -> Mailbox: ...
+    @property
+    def seen(self) -> SeenIds: ...
     @property
     def stages(self) -> Stages: ...
     @property
