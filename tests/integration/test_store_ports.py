@@ -286,7 +286,8 @@ async def test_the_mailbox_keeps_each_message_once_and_hands_out_oldest_first(
         )
         assert address.collected_at == NOW
         still_waiting = await uow.mailbox.address(tied[0])
-        assert still_waiting is not None and still_waiting.collected_at is None
+        assert still_waiting is not None
+        assert still_waiting.collected_at is None
         assert await uow.mailbox.address("nothing") is None
 
 
