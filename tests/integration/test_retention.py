@@ -15,17 +15,20 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
 
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.audit import AuditEvent
 from attest_gateway.core.errors import ErrorCode, Replay
+from attest_gateway.entrypoints.cli import main as cli
 from attest_gateway.entrypoints.cli.audit import covered
 from attest_gateway.infra.db import audit, directory, tables
 from attest_gateway.infra.db.engine import make_engine
@@ -425,3 +428,28 @@ async def test_a_moved_or_missing_checkpoint_is_found(db: Db) -> None:
         await conn.execute(cp.insert().values(**dataclasses.asdict(forged)))
     verdict = await _verify(db)
     assert "not a signing key of the gateway" in (verdict.reason or "")
+
+
+# --- the operator's view -----------------------------------------------------------------------
+
+
+def test_prune_and_audit_verify_from_the_command_line(tmp_path: Path) -> None:
+    """`prune` says what went by class; `audit verify` then says it started from the signed
+    checkpoint retention left (SQLite; the commands as the operator runs them, in process)."""
+    runner = CliRunner()
+    env = {"VAR_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    for command in (["migrate"], ["setup"]):
+        assert runner.invoke(cli.app, command, env=env).exit_code == 0
+    first = runner.invoke(cli.app, ["prune"], env=env)
+    assert (first.exit_code, first.stdout) == (0, "audit_checkpoints: 1\n")
+    # six years on (the development clock moved): the checkpoint's entries are past retention
+    later = (dt.datetime.now(dt.UTC) + 6 * 365 * DAY).isoformat()
+    second = runner.invoke(cli.app, ["prune"], env=env | {"SIMULATED_CLOCK_START": later})
+    assert second.exit_code == 0
+    assert second.stdout.startswith("audit_log: ")
+    verified = runner.invoke(cli.app, ["audit", "verify", "--no-topic"], env=env)
+    assert verified.exit_code == 0, verified.output
+    assert verified.stdout.startswith("chain intact, 1 entry (seq ")
+    assert "from the signed checkpoint at seq " in verified.stdout
+    again = runner.invoke(cli.app, ["prune"], env=env)
+    assert again.stdout == "nothing is past its retention period\n"

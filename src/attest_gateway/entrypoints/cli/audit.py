@@ -96,10 +96,15 @@ def covered(verdict: audit.Verdict, *, held_against_topic: bool) -> str:
             f"{verdict.start.at.isoformat(timespec='seconds')} (key {verdict.start.key_id}; "
             "older entries removed by retention)"
         )
-    span = f"seq {verdict.first_seq}–{verdict.last_seq}" if verdict.entries else "no entries"
+    if verdict.entries == 0:
+        span = "0 entries"
+    elif verdict.entries == 1:
+        span = f"1 entry (seq {verdict.first_seq})"
+    else:
+        span = f"{verdict.entries} entries (seq {verdict.first_seq}–{verdict.last_seq})"
     n = verdict.checkpoints
     points = f"; {n} signed checkpoint{'' if n == 1 else 's'} checked" if n else ""
-    return f"chain intact, {verdict.entries} entries ({span}) {origin}{points}{checked}"
+    return f"chain intact, {span} {origin}{points}{checked}"
 
 
 @audit_app.command("list")

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.config import DAY, Settings
 from attest_gateway.contracts.stages import FINAL_STAGES
+from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.directory_view import SqlDirectory
@@ -49,6 +50,7 @@ from attest_gateway.infra.db.tables import (
     tracker_episodes,
     tracker_reminders,
 )
+from attest_gateway.infra.kafka.topics import Topics
 
 # A cell's period (a week or a month) has ended this long after it started.
 _LONGEST_PERIOD = dt.timedelta(days=31)
@@ -75,13 +77,20 @@ async def prune(gw: Gateway, now: dt.datetime) -> int:
 
 
 async def prune_report(gw: Gateway, now: dt.datetime) -> PruneReport:
-    """`prune`, with what it removed by class; a checkpoint of the audit chain first if one
-    is due (signed with the gateway's signing key)."""
-    s = gw.settings
-    report = await prune_store(gw.engine, s, now, medcom_topic=gw.topics.medcom_messages)
-    async with gw.engine.begin() as conn:
+    """`prune`, with what it removed by class."""
+    return await prune_all(gw.engine, gw.settings, gw.topics, gw.keyring, now)
+
+
+async def prune_all(
+    engine: AsyncEngine, settings: Settings, topics: Topics, keyring: KeyRing, now: dt.datetime
+) -> PruneReport:
+    """Every class of data after its retention period, with a checkpoint of the audit chain
+    first if one is due (signed with the gateway's signing key from `keyring`)."""
+    s = settings
+    report = await prune_store(engine, s, now, medcom_topic=topics.medcom_messages)
+    async with engine.begin() as conn:
         usable = await SqlDirectory(conn).usable_signing_key_ids(s.gateway_org_id, now)
-        signer = gw.keyring.signing_among(s.gateway_org_id, usable) if usable else None
+        signer = keyring.signing_among(s.gateway_org_id, usable) if usable else None
         if signer is not None:
             made = await audit.checkpoint_if_due(
                 conn,
@@ -92,8 +101,8 @@ async def prune_report(gw: Gateway, now: dt.datetime) -> PruneReport:
             )
             report.add("audit_checkpoints", int(made is not None))
     removed = await audit.prune(
-        gw.engine,
-        gw.topics,
+        engine,
+        topics,
         signer,
         before=now - dt.timedelta(days=s.audit_retention_days),
         now=now,
