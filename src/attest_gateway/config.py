@@ -272,6 +272,15 @@ class Settings(BaseSettings):
             "it was registered); at most CONVERSATION_RETENTION_DAYS"
         ),
     )
+    case_erasure_days: float = Field(
+        default=30,
+        ge=0,
+        description=(
+            "after a job centre closed a case, what identifies the citizen in it (sealed CPR "
+            "number, sent copies, its conversations, the tracker's rows) is erased; the "
+            "aggregates stay"
+        ),
+    )
     tracker_timeline_retention_days: float = Field(
         default=400,
         ge=0,

@@ -16,18 +16,24 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
+from aiokafka import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
+from attest_gateway.bootstrap import tracker_rules
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.jobcenter import CaseKind
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.audit import AuditEvent
-from attest_gateway.core.errors import ErrorCode, Replay
+from attest_gateway.core.errors import ErrorCode, Replay, Unknown
+from attest_gateway.crypto import pseudonyms
 from attest_gateway.entrypoints.cli import main as cli
 from attest_gateway.entrypoints.cli.audit import covered
 from attest_gateway.infra.db import audit, directory, tables
@@ -37,9 +43,15 @@ from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.housekeeping.retention import prune_store
 from attest_gateway.infra.kafka.topics import Topics
+from attest_gateway.services import cases
+from attest_gateway.services.cases import CaseClosed, CaseCloseIn
+from attest_gateway.services.contacts import ContactIn
 from attest_gateway.services.delivery import check_envelope, deliver, deliver_many
-from tests.integration.conftest import DB_KINDS
-from tests.support.harness import fresh_database
+from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
+from attest_gateway.tracker.report import Filters
+from attest_gateway.tracker.report import report as tracker_report
+from tests.integration.conftest import DB_KINDS, Harness
+from tests.support.harness import CPR, CPR_2, attest_request_body, fresh_database
 from tests.support.world import GATEWAY, JC, PSY, World, make_world
 
 TOPICS = Topics("medcom.messages", "gateway.tracking", "gateway.dead-letter", "gateway.audit", "c")
@@ -55,9 +67,7 @@ class Db:
 
     async def prune(self, **settings: object) -> dict[str, int]:
         chosen = self.settings.model_copy(update=settings)
-        report = await prune_store(
-            self.engine, chosen, self.world.clock.now(), medcom_topic=TOPICS.medcom_messages
-        )
+        report = await prune_store(self.engine, chosen, TOPICS, self.world.clock.now())
         return report.counts
 
     async def count(self, table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
@@ -109,9 +119,9 @@ async def _deliver(db: Db, envelope: SealedEnvelope) -> bool:
         return await deliver(uow, envelope, now)
 
 
-async def _requested(db: Db, key: str | None = None) -> SealedEnvelope:
+async def _requested(db: Db, key: str | None = None, **body: Any) -> SealedEnvelope:
     """A job centre's request, accepted and delivered to the clinic's mailbox."""
-    accepted, _ = await db.world.request_attest(idempotency_key=key)
+    accepted, _ = await db.world.request_attest(idempotency_key=key, **body)
     [request] = [
         e
         for e in await _outbox_envelopes(db, MessageType.ATTEST_REQUEST)
@@ -453,3 +463,115 @@ def test_prune_and_audit_verify_from_the_command_line(tmp_path: Path) -> None:
     assert "from the signed checkpoint at seq " in verified.stdout
     again = runner.invoke(cli.app, ["prune"], env=env)
     assert again.stdout == "nothing is past its retention period\n"
+
+
+# --- case closure and erasure ----------------------------------------------------------------
+
+
+async def _run_tracker(db: Db) -> None:
+    """The tracker applies the stage and contact events now in the outbox (the Kafka hop
+    left out), as its consumer would."""
+    async with db.engine.connect() as conn:
+        values = list(
+            await conn.scalars(
+                sa.select(tables.outbox.c.value)
+                .where(tables.outbox.c.topic == TOPICS.tracking)
+                .order_by(tables.outbox.c.id)
+            )
+        )
+    handler = TrackerHandler(db.engine, TrackerState(tracker_rules(db.settings)))
+    records = [cast(ConsumerRecord[bytes, bytes], SimpleNamespace(value=v)) for v in values]
+    assert await handler.handle_batch(records) == []
+
+
+async def _report(db: Db) -> dict[str, Any]:
+    async with db.engine.connect() as conn:
+        return await tracker_report(conn, tracker_rules(db.settings), Filters(period="month"))
+
+
+async def _rows_holding(db: Db, *needles: str) -> list[str]:
+    """`table.column` of every stored value that contains one of `needles`."""
+    found = []
+    async with db.engine.connect() as conn:
+        for table in tables.metadata.sorted_tables:
+            for row in await conn.execute(sa.select(table)):
+                for column, value in row._mapping.items():
+                    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+                    if any(n in text for n in needles):
+                        found.append(f"{table.name}.{column}")
+    return found
+
+
+async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) -> None:
+    w = db.world
+    jc = w.orgs[JC]
+    ref = pseudonyms.case_ref(CPR, w.pseudonym_key)
+    other_ref = pseudonyms.case_ref(CPR_2, w.pseudonym_key)
+    case = [await _requested(db, key=f"case-{i}") for i in range(2)]
+    await _finish(db, case[0])
+    await _requested(db, key="other", citizen_cpr=CPR_2)
+    await w.register_contact(
+        ContactIn(
+            municipality="101", citizen_cpr=CPR, psychiatry_sor="715381000016006",
+            case_kind=CaseKind.SYGEDAGPENGE, first_day_of_absence=w.clock.now().date() - 30 * DAY,
+            contact_date=w.clock.now().date() - 2 * DAY,
+        )
+    )  # fmt: skip
+    await _run_tracker(db)
+    before = await _report(db)
+    assert await db.count(tables.tracker_counts, tables.tracker_counts.c.requests > 0)
+    assert await _rows_holding(db, ref)  # the case is all over the store, as it should be
+
+    body = CaseCloseIn(citizen_cpr=CPR, case_kind=CaseKind.SYGEDAGPENGE)
+    erase_after = dt.timedelta(days=db.settings.case_erasure_days)
+
+    async def close() -> tuple[CaseClosed, bool]:
+        return await cases.close_case(
+            db.store, w.clock, jc, body, pseudonym_key=w.pseudonym_key,
+            erase_after=erase_after, source="10.0.0.7",
+        )  # fmt: skip
+
+    closed, created = await close()
+    assert created
+    assert closed.conversations == 2
+    assert closed.erase_after == w.clock.now() + erase_after
+    w.clock.advance(DAY)
+    assert await close() == (closed, False)  # closing again: the first closure's answer
+    assert "cases_erased" not in await db.prune()  # not yet: the period runs
+
+    w.clock.advance(erase_after)
+    counts = await db.prune()
+    assert counts["cases_erased"] == 1
+    # nothing derived from the citizen's CPR number is left, in any column of any table
+    assert await _rows_holding(db, ref, CPR) == []
+    conv_ids = [r.header.conversation_id for r in case]
+    for table in (tables.conversations, tables.stages, tables.sent_messages, tables.mailbox):
+        key = table.c.id if table is tables.conversations else table.c.conversation_id
+        assert await db.count(table, key.in_(conv_ids)) == 0
+    assert await db.count(tables.outbox, tables.outbox.c.key.in_(conv_ids)) == 0
+    assert await db.count(tables.tracker_contacts) == 0  # its sealed CPR number with it
+    # the other citizen's case is untouched, and the ministry's figures are the same
+    assert await _rows_holding(db, other_ref)
+    assert await _report(db) == before
+    with pytest.raises(Unknown):  # the case is gone
+        await close()
+
+
+async def test_a_job_centre_closes_a_case_over_http(harness: Harness) -> None:
+    h = harness
+    cpr = "0202021234"  # a citizen of this test alone: the harness is shared
+    body = attest_request_body(jobcenter_gln=h.gln(JC), cpr=cpr, case_kind="ressourceforloeb")
+    response = await h.client.post("/jobcenter/v1/attest-requests", json=body, headers=h.auth(JC))
+    assert response.status_code == 202, response.text
+    close = {"citizen_cpr": cpr, "case_kind": "ressourceforloeb"}
+    first = await h.client.post("/jobcenter/v1/cases/close", json=close, headers=h.auth(JC))
+    assert first.status_code == 200, first.text
+    assert first.json()["conversations"] == 1
+    again = await h.client.post("/jobcenter/v1/cases/close", json=close, headers=h.auth(JC))
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert again.headers["Idempotent-Replayed"] == "true"
+    unknown = await h.client.post(
+        "/jobcenter/v1/cases/close", json=close | {"case_kind": "sygedagpenge"}, headers=h.auth(JC)
+    )
+    assert unknown.status_code == 404
+    assert unknown.json()["code"] == "not-found"

@@ -26,6 +26,7 @@ from attest_gateway.core.errors import ErrorCode, Unavailable
 from attest_gateway.crypto.sealing import OrgKeys, PublicHpkeKey
 from attest_gateway.ports.records import (
     AcceptedRequest,
+    CaseClosure,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
@@ -141,6 +142,7 @@ class FakeState:
     inbound: dict[str, InboundRecord] = field(default_factory=dict)
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     contacts: dict[str, ContactRecord] = field(default_factory=dict)
+    closures: dict[str, CaseClosure] = field(default_factory=dict)  # not yet erased, by id
     audit: list[AuditEvent] = field(default_factory=list)
 
     def envelopes(self) -> list[SealedEnvelope]:
@@ -382,6 +384,35 @@ class FakeContacts(_Repo):
         self.s.contacts[record.contact_id] = record
 
 
+class FakeCaseClosures(_Repo):
+    async def pending(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str
+    ) -> CaseClosure | None:
+        key = (jobcenter_org_id, case_ref, case_kind)
+        found = (
+            c
+            for c in self.s.closures.values()
+            if (c.jobcenter_org_id, c.case_ref, c.case_kind) == key
+        )
+        return next(found, None)
+
+    async def conversations_of(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str, before: dt.datetime
+    ) -> int:
+        return sum(
+            1
+            for c in self.s.conversations.values()
+            if (c.jobcenter_org_id, c.case_ref, c.case_kind)
+            == (jobcenter_org_id, case_ref, case_kind)
+            and c.created_at <= before
+        )
+
+    async def add(self, closure: CaseClosure) -> None:
+        if await self.pending(closure.jobcenter_org_id, closure.case_ref, closure.case_kind):
+            raise ValueError("unique key taken in case_closures")
+        self.s.closures[closure.id] = closure
+
+
 class FakeAuditLog(_Repo):
     async def record_many(self, events: Sequence[AuditEvent]) -> None:
         self.s.audit.extend(events)
@@ -400,6 +431,7 @@ class FakeUnitOfWork:
         self.inbound = FakeInbound(state)
         self.idempotency = FakeIdempotencyKeys(state)
         self.contacts = FakeContacts(state)
+        self.cases = FakeCaseClosures(state)
         self.audit = FakeAuditLog(state)
 
 

@@ -199,3 +199,17 @@ class SeenId:
         if h.message_id == self.id and routing != mine:
             return "another message was already delivered under this message id"
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseClosure:
+    """A job centre closed its case of a citizen (its conversations of that case kind, made
+    before `closed_at`); after `erase_after` retention erases what identifies the citizen."""
+
+    id: str
+    jobcenter_org_id: str
+    case_kind: str
+    case_ref: str
+    conversations: int
+    closed_at: dt.datetime
+    erase_after: dt.datetime

@@ -4,7 +4,7 @@ directory and the outbox relay, in domain types.
     Store ─ transaction() / reading() → UnitOfWork
             accept_request(AcceptedRequest)      (written with concurrent requests at once)
     UnitOfWork ─ directory, conversations, mailbox, seen, stages, outbox, sent, inbound,
-                 idempotency, contacts, audit    (one transaction: all or nothing)
+                 idempotency, contacts, cases, audit    (one transaction: all or nothing)
     Relay ─ admit() (back-pressure) / wake() (publish the outbox now)
 
 The database implementation is infra/db/uow.py; tests/support/fakes.py holds in-memory ones.
@@ -26,6 +26,7 @@ from attest_gateway.core.directory import Organisation, VerifyKey
 from attest_gateway.crypto.sealing import PublicHpkeKey
 from attest_gateway.ports.records import (
     AcceptedRequest,
+    CaseClosure,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
@@ -226,6 +227,24 @@ class Contacts(Protocol):
     async def add(self, record: ContactRecord) -> None: ...
 
 
+class CaseClosures(Protocol):
+    """Cases job centres closed, until retention erased them."""
+
+    async def pending(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str
+    ) -> CaseClosure | None:
+        """The closure of this case not yet erased, if any."""
+        ...
+
+    async def conversations_of(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str, before: dt.datetime
+    ) -> int:
+        """How many conversations the job centre has in this case, made up to `before`."""
+        ...
+
+    async def add(self, closure: CaseClosure) -> None: ...
+
+
 class AuditLog(Protocol):
     async def record_many(self, events: Sequence[AuditEvent]) -> None:
         """Append to the hash chain (and its outbox). Call it last in the unit of work: until
@@ -256,6 +275,8 @@ class UnitOfWork(Protocol):
     def idempotency(self) -> IdempotencyKeys: ...
     @property
     def contacts(self) -> Contacts: ...
+    @property
+    def cases(self) -> CaseClosures: ...
     @property
     def audit(self) -> AuditLog: ...
 

@@ -122,6 +122,24 @@ seen_ids = sa.Table(
     sa.Index(None, "first_seen_at"),
 )
 
+# Cases a job centre closed (`POST /jobcenter/v1/cases/close`, migration 0014): after
+# `erase_after`, retention erases what identifies the citizen in the case's conversations and
+# the tracker's rows, and clears `case_ref` here (`erased_at` set).
+case_closures = sa.Table(
+    "case_closures",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("jobcenter_org_id", sa.String(64), nullable=False),
+    sa.Column("case_kind", sa.String(32), nullable=False),
+    sa.Column("case_ref", sa.String(64), nullable=True),
+    sa.Column("conversations", sa.Integer, nullable=False),
+    sa.Column("closed_at", Timestamp, nullable=False),
+    sa.Column("erase_after", Timestamp, nullable=False),
+    sa.Column("erased_at", Timestamp, nullable=True),
+    sa.UniqueConstraint("jobcenter_org_id", "case_ref", "case_kind"),
+    sa.Index(None, "erased_at", "erase_after"),
+)
+
 outbox = sa.Table(
     "outbox",
     metadata,

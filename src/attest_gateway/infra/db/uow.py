@@ -29,6 +29,7 @@ from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import autocommit, aware, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import GroupCommit, Write
 from attest_gateway.infra.db.tables import (
+    case_closures,
     conversations,
     idempotency_keys,
     inbound_messages,
@@ -41,6 +42,7 @@ from attest_gateway.infra.db.tables import (
 from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.ports.records import (
     AcceptedRequest,
+    CaseClosure,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
@@ -479,6 +481,57 @@ class SqlContacts:
         await self._conn.execute(tracker_contacts.insert().values(**fields))
 
 
+class SqlCaseClosures:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def pending(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str
+    ) -> CaseClosure | None:
+        c = case_closures.c
+        row = (
+            await self._conn.execute(
+                sa.select(case_closures).where(
+                    c.jobcenter_org_id == jobcenter_org_id,
+                    c.case_ref == case_ref,
+                    c.case_kind == case_kind,
+                    c.erased_at.is_(None),
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        return CaseClosure(
+            id=row.id,
+            jobcenter_org_id=row.jobcenter_org_id,
+            case_kind=row.case_kind,
+            case_ref=row.case_ref,
+            conversations=row.conversations,
+            closed_at=aware(row.closed_at),
+            erase_after=aware(row.erase_after),
+        )
+
+    async def conversations_of(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str, before: dt.datetime
+    ) -> int:
+        c = conversations.c
+        query = (
+            sa.select(sa.func.count())
+            .select_from(conversations)
+            .where(
+                c.jobcenter_org_id == jobcenter_org_id,
+                c.case_ref == case_ref,
+                c.case_kind == case_kind,
+                c.created_at <= before,
+            )
+        )
+        return int((await self._conn.execute(query)).scalar_one())
+
+    async def add(self, closure: CaseClosure) -> None:
+        fields = {f: getattr(closure, f) for f in CaseClosure.__dataclass_fields__}
+        await self._conn.execute(case_closures.insert().values(**fields))
+
+
 class SqlAuditLog:
     def __init__(self, conn: AsyncConnection, topics: Topics) -> None:
         self._conn = conn
@@ -502,6 +555,7 @@ class SqlUnitOfWork:
         self.inbound = SqlInbound(conn)
         self.idempotency = SqlIdempotencyKeys(conn)
         self.contacts = SqlContacts(conn)
+        self.cases = SqlCaseClosures(conn)
         self.audit = SqlAuditLog(conn, topics)
 
 

@@ -13,6 +13,7 @@ so pruning never blocks ingest.
   never touched;
 - the tracker's per-conversation timelines, episodes and registered contacts once decided,
   and which citizens a closed period's cells counted; the aggregates themselves are kept;
+- closed cases (`services/cases.py`) after CASE_ERASURE_DAYS: what identifies the citizen;
 - the audit log, up to a signed checkpoint (`infra/db/audit.py`), after a checkpoint of the
   chain's head is taken when due.
 """
@@ -21,20 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.config import DAY, Settings
 from attest_gateway.contracts.stages import FINAL_STAGES
+from attest_gateway.core.audit import CASE_ERASE, SOURCE_GATEWAY
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.directory_view import SqlDirectory
+from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import (
+    case_closures,
     conversations,
     idempotency_keys,
     inbound_messages,
@@ -87,7 +92,7 @@ async def prune_all(
     """Every class of data after its retention period, with a checkpoint of the audit chain
     first if one is due (signed with the gateway's signing key from `keyring`)."""
     s = settings
-    report = await prune_store(engine, s, now, medcom_topic=topics.medcom_messages)
+    report = await prune_store(engine, s, topics, now)
     async with engine.begin() as conn:
         usable = await SqlDirectory(conn).usable_signing_key_ids(s.gateway_org_id, now)
         signer = keyring.signing_among(s.gateway_org_id, usable) if usable else None
@@ -114,10 +119,12 @@ async def prune_all(
 
 
 async def prune_store(
-    engine: AsyncEngine, settings: Settings, now: dt.datetime, *, medcom_topic: str
+    engine: AsyncEngine, settings: Settings, topics: Topics, now: dt.datetime
 ) -> PruneReport:
-    """Every class of the store but the audit log, each after its retention period."""
+    """Every class of the store but the audit log, each after its retention period, and the
+    closed cases due for erasure."""
     s = settings
+    medcom_topic = topics.medcom_messages
     batch = s.prune_batch_size
     report = PruneReport()
 
@@ -183,7 +190,128 @@ async def prune_store(
         await _prune_conversations(engine, ago(s.conversation_retention_days * DAY), batch),
     )
     await _prune_tracker(engine, report, ago(s.tracker_timeline_retention_days * DAY), batch)
+    report.add(
+        "cases_erased", await erase_closed_cases(engine, topics, now, batch, s.gateway_org_id)
+    )
     return report
+
+
+async def erase_closed_cases(
+    engine: AsyncEngine, topics: Topics, now: dt.datetime, batch: int, actor: str
+) -> int:
+    """Erase the closed cases whose time has come, one case per transaction. Returns how
+    many."""
+    c = case_closures.c
+    erased = 0
+    while True:
+        async with engine.connect() as conn:
+            ids = list(
+                await conn.scalars(
+                    sa.select(c.id)
+                    .where(c.erased_at.is_(None), c.erase_after < now)
+                    .order_by(c.erase_after, c.id)
+                    .limit(batch)
+                )
+            )
+        for closure_id in ids:
+            async with engine.begin() as conn:
+                erased += await _erase_case(conn, topics, closure_id, now, actor)
+        if len(ids) < batch:
+            return erased
+        await asyncio.sleep(0)
+
+
+async def _erase_case(
+    conn: AsyncConnection, topics: Topics, closure_id: str, now: dt.datetime, actor: str
+) -> int:
+    """What identifies the citizen in one closed case: its conversations made up to the
+    closure with everything of theirs (sealed CPR number, sent copies, stages, mailbox and
+    outbox rows), the tracker's timelines, episodes and contacts of the case; and, when
+    nothing else of the citizen remains, the case ref in the cells' citizen lists (replaced by
+    a random one, so the cells still count the citizen once) and in the outbox. The counts
+    and histograms stay as they are."""
+    cc = case_closures.c
+    closure = (
+        await conn.execute(
+            sa.select(case_closures).where(cc.id == closure_id, cc.erased_at.is_(None))
+        )
+    ).first()
+    if closure is None:
+        return 0  # erased meanwhile by another process
+    ref, org, kind = closure.case_ref, closure.jobcenter_org_id, closure.case_kind
+    closed_at = aware(closure.closed_at)
+    conv = conversations.c
+    conv_ids = list(
+        await conn.scalars(
+            sa.select(conv.id).where(
+                conv.jobcenter_org_id == org,
+                conv.case_ref == ref,
+                conv.case_kind == kind,
+                conv.created_at <= closed_at,
+            )
+        )
+    )
+    tc = tracker_conversations.c
+    of_case = sa.and_(tc.case_ref == ref, tc.jobcenter_org == org, tc.case_kind == kind)
+    tracked = list(
+        await conn.scalars(
+            sa.select(tc.conversation_id).where(
+                of_case, sa.or_(tc.conversation_id.in_(conv_ids), tc.submitted_at <= closed_at)
+            )
+        )
+    )
+    for table, column in _WITH_CONVERSATION:
+        if conv_ids:
+            await conn.execute(table.delete().where(column.in_(conv_ids)))
+    if conv_ids:
+        await conn.execute(outbox.delete().where(outbox.c.key.in_(conv_ids)))
+    if tracked:
+        await conn.execute(
+            tracker_reminders.delete().where(tracker_reminders.c.conversation_id.in_(tracked))
+        )
+        await conn.execute(tracker_conversations.delete().where(tc.conversation_id.in_(tracked)))
+    te, tk = tracker_episodes.c, tracker_contacts.c
+    await conn.execute(
+        tracker_episodes.delete().where(
+            te.case_ref == ref, te.jobcenter_org == org, te.case_kind == kind
+        )
+    )
+    await conn.execute(
+        tracker_contacts.delete().where(
+            tk.case_ref == ref,
+            tk.jobcenter_org == org,
+            tk.case_kind == kind,
+            tk.created_at <= closed_at,
+        )
+    )
+    remaining = sa.union_all(
+        sa.select(sa.literal(1)).where(conv.case_ref == ref),
+        sa.select(sa.literal(1)).where(tc.case_ref == ref),
+        sa.select(sa.literal(1)).where(te.case_ref == ref),
+        sa.select(sa.literal(1)).where(tk.case_ref == ref),
+    )
+    if not (await conn.execute(sa.select(sa.exists(remaining)))).scalar_one():
+        erased_ref = f"erased.{uuid.uuid4().hex}"
+        await conn.execute(
+            tracker_cell_citizens.update()
+            .where(tracker_cell_citizens.c.case_ref == ref)
+            .values(case_ref=erased_ref)
+        )
+        await conn.execute(outbox.delete().where(outbox.c.key == ref))
+    await conn.execute(
+        case_closures.update().where(cc.id == closure_id).values(case_ref=None, erased_at=now)
+    )
+    await audit.record(
+        conn,
+        topics,
+        actor=actor,
+        action=CASE_ERASE,
+        source=SOURCE_GATEWAY,
+        at=now,
+        subject_org=org,
+        detail={"closure_id": closure_id, "conversations": str(len(conv_ids))},
+    )
+    return 1
 
 
 def _finished_before(cutoff: dt.datetime) -> sa.Select[Any]:

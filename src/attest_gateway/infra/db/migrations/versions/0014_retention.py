@@ -9,6 +9,8 @@ index to find finished conversations.
 - `audit_checkpoints`: signed checkpoints of the audit chain's head; entries are pruned only
   up to one, and `audit verify` starts from the oldest one kept.
 - `stages (stage, at)`: retention finds the conversations that reached a final stage.
+- `case_closures`: cases a job centre closed; retention erases what identifies the citizen
+  in them after CASE_ERASURE_DAYS.
 
 Revision ID: 0014
 Revises: 0013
@@ -57,9 +59,32 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name="pk_audit_checkpoints"),
     )
     op.create_index("ix_stages_stage_at", "stages", ["stage", "at"])
+    op.create_table(
+        "case_closures",
+        sa.Column("id", sa.String(64), nullable=False),
+        sa.Column("jobcenter_org_id", sa.String(64), nullable=False),
+        sa.Column("case_kind", sa.String(32), nullable=False),
+        sa.Column("case_ref", sa.String(64), nullable=True),
+        sa.Column("conversations", sa.Integer, nullable=False),
+        sa.Column("closed_at", Timestamp, nullable=False),
+        sa.Column("erase_after", Timestamp, nullable=False),
+        sa.Column("erased_at", Timestamp, nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_case_closures"),
+        sa.UniqueConstraint(
+            "jobcenter_org_id",
+            "case_ref",
+            "case_kind",
+            name="uq_case_closures_jobcenter_org_id_case_ref_case_kind",
+        ),
+    )
+    op.create_index(
+        "ix_case_closures_erased_at_erase_after", "case_closures", ["erased_at", "erase_after"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_case_closures_erased_at_erase_after", table_name="case_closures")
+    op.drop_table("case_closures")
     op.drop_index("ix_stages_stage_at", table_name="stages")
     op.drop_table("audit_checkpoints")
     op.drop_index("ix_seen_ids_first_seen_at", table_name="seen_ids")
