@@ -414,6 +414,19 @@ async def test_all_removed_entries_put_back_are_found(db: Db) -> None:
     assert "a removed range was put back" in (verdict.reason or "")
 
 
+async def test_a_tail_cut_below_a_checkpoint_is_found_with_the_head_moved_back(db: Db) -> None:
+    await _append(db, 12)
+    assert await _checkpoint(db) is not None
+    log, head = tables.audit_log, tables.audit_head
+    async with db.engine.begin() as conn:
+        kept = (await conn.execute(sa.select(log.c.hash).where(log.c.seq == 9))).scalar_one()
+        await conn.execute(log.delete().where(log.c.seq > 9))
+        await conn.execute(head.update().values(seq=9, hash=kept))
+    verdict = await _verify(db)
+    assert verdict.broken_seq == 12
+    assert "beyond the chain's head" in (verdict.reason or "")
+
+
 async def test_a_moved_or_missing_checkpoint_is_found(db: Db) -> None:
     point = await _pruned_chain(db)
     cp = tables.audit_checkpoints

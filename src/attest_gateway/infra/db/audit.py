@@ -493,6 +493,14 @@ async def verify(
             broken_seq=head_now.seq + 1,
             reason=f"entries after the chain head ({head_now.seq}) were written around the chain",
         )
+    beyond = [p.seq for p in points if head_now is None or p.seq > head_now.seq]
+    if verdict.ok and beyond:
+        return dataclasses.replace(
+            verdict,
+            broken_seq=beyond[0],
+            reason=f"a signed checkpoint is at seq {beyond[0]}, beyond the chain's head: "
+            "entries were cut off and the head moved back",
+        )
     return verdict
 
 
