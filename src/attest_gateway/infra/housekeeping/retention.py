@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from attest_gateway.config import DAY, Settings
 from attest_gateway.contracts.stages import FINAL_STAGES
 from attest_gateway.core.audit import CASE_ERASE, SOURCE_GATEWAY
+from attest_gateway.crypto.pseudonyms import key_id_of
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit
@@ -228,8 +229,8 @@ async def _erase_case(
     closure with everything of theirs (sealed CPR number, sent copies, stages, mailbox and
     outbox rows), the tracker's timelines, episodes and contacts of the case; and, when
     nothing else of the citizen remains, the case ref in the cells' citizen lists (replaced by
-    a random one, so the cells still count the citizen once) and in the outbox. The counts
-    and histograms stay as they are."""
+    a random one of the same key, so the cells still count the citizen once) and in the
+    outbox. The counts and histograms stay as they are."""
     cc = case_closures.c
     closure = (
         await conn.execute(
@@ -291,7 +292,9 @@ async def _erase_case(
         sa.select(sa.literal(1)).where(tk.case_ref == ref),
     )
     if not (await conn.execute(sa.select(sa.exists(remaining)))).scalar_one():
-        erased_ref = f"erased.{uuid.uuid4().hex}"
+        # Shaped like a case ref of the same key, linked to no CPR number (a re-key maps it
+        # with --force, as any ref without a sealed CPR number).
+        erased_ref = f"{key_id_of(ref) or 'erased'}.{uuid.uuid4().hex}"
         await conn.execute(
             tracker_cell_citizens.update()
             .where(tracker_cell_citizens.c.case_ref == ref)
