@@ -10,7 +10,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AwareDatetime, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attest_gateway.contracts.envelope import Suite
@@ -20,6 +27,8 @@ from attest_gateway.contracts.envelope import Suite
 DB_POOL_SIZE = 20
 DB_MAX_OVERFLOW = 0
 DB_POOL_TIMEOUT_SECONDS = 10.0
+
+DAY = 24 * 3600.0  # seconds
 
 
 class Settings(BaseSettings):
@@ -129,16 +138,6 @@ class Settings(BaseSettings):
         le=600,
         description="bound on every read of a topic (dead letters, audit, the canary's epoch)",
     )
-    kafka_dead_letter_retention_days: int = Field(
-        default=30,
-        ge=-1,
-        description="retention of gateway.dead-letter, created so and checked (0 or -1: forever)",
-    )
-    kafka_audit_retention_days: int = Field(
-        default=400,
-        ge=-1,
-        description="retention of gateway.audit, created so and checked (0 or -1: forever)",
-    )
     kafka_topic_check_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -232,23 +231,104 @@ class Settings(BaseSettings):
     outbox_max_pending: int = Field(
         default=50_000, description="above this many unpublished records the API answers 503"
     )
+    # --- retention: how long each class of data is kept (docs/data-lifecycle.md gives the
+    # reason for each default). Configuration, not claims about the law. ---
     outbox_retention_seconds: float = Field(
-        default=7 * 24 * 3600.0,
-        description="published outbox rows (delivered, or past their attempts) are pruned after "
-        "this long (7 days)",
+        default=7 * DAY,
+        ge=0,
+        description="an outbox record, after it was published and (a message) delivered",
     )
     mailbox_retention_seconds: float = Field(
-        default=30 * 24 * 3600.0,
-        description="collected mailbox messages are pruned after this long (30 days)",
+        default=30 * DAY, ge=0, description="a mailbox entry, after its receiver collected it"
     )
     seen_ids_retention_seconds: float = Field(
-        default=90 * 24 * 3600.0,
-        description="MedCom message ids, Idempotency-Keys and sent copies are kept this long for "
-        "duplicate detection and resends (90 days)",
+        default=400 * DAY,
+        ge=0,
+        description=(
+            "a seen MessageHeader.id and Bundle.id (replay detection) and a submission's first "
+            "answer, after first seen; at least the mailbox's, the outbox's and "
+            "medcom.messages' retention"
+        ),
+    )
+    idempotency_retention_days: float = Field(
+        default=30, ge=0, description="a job centre's Idempotency-Key and its answer"
+    )
+    sent_copy_retention_days: float = Field(
+        default=14,
+        ge=0,
+        description="the gateway's sealed copy of a sent message, after it was acknowledged "
+        "or given up (undeliverable)",
+    )
+    conversation_retention_days: float = Field(
+        default=180,
+        ge=0,
+        description=(
+            "a finished conversation (reply acknowledged, or undeliverable) with its stages, "
+            "sent copies, idempotency records and mailbox entries, after it finished; open "
+            "conversations are kept"
+        ),
+    )
+    sealed_cpr_retention_days: float = Field(
+        default=180,
+        ge=0,
+        description=(
+            "a sealed CPR number (conversation: after it finished; registered contact: after "
+            "it was registered); at most CONVERSATION_RETENTION_DAYS"
+        ),
+    )
+    case_erasure_days: float = Field(
+        default=30,
+        ge=0,
+        description=(
+            "after a job centre closed a case, what identifies the citizen in it (sealed CPR "
+            "number, sent copies, its conversations, the tracker's rows) is erased; the "
+            "aggregates stay"
+        ),
+    )
+    tracker_timeline_retention_days: float = Field(
+        default=400,
+        ge=0,
+        description=(
+            "the tracker's per-conversation timeline, episode and registered contact once "
+            "decided (the aggregates are kept)"
+        ),
+    )
+    audit_retention_days: float = Field(
+        default=5 * 365,
+        gt=0,
+        description="an audit entry; removed only up to a signed checkpoint",
+    )
+    audit_checkpoint_entries: int = Field(
+        default=1000, ge=1, description="a signed checkpoint of the audit chain after this many"
+    )
+    audit_checkpoint_seconds: float = Field(
+        default=DAY,
+        gt=0,
+        description="a signed checkpoint of the audit chain at least this often (if it grew); "
+        "less than AUDIT_RETENTION_DAYS",
+    )
+    kafka_messages_retention_days: int = Field(
+        default=7,
+        ge=-1,
+        description="retention of medcom.messages, created so and checked (0 or -1: forever)",
+    )
+    kafka_tracking_retention_days: int = Field(
+        default=7,
+        ge=-1,
+        description="retention of gateway.tracking, created so and checked (0 or -1: forever)",
+    )
+    kafka_dead_letter_retention_days: int = Field(
+        default=30,
+        ge=-1,
+        description="retention of gateway.dead-letter, created so and checked (0 or -1: forever)",
+    )
+    kafka_audit_retention_days: int = Field(
+        default=400,
+        ge=-1,
+        description="retention of gateway.audit, created so and checked (0 or -1: forever)",
     )
     prune_batch_size: int = Field(
-        default=500,
-        description="rows per statement when the sweeper prunes or republishes",
+        default=500, ge=1, description="rows deleted per transaction when pruning"
     )
     consumer_max_retries: int = Field(
         default=5, description="tries of a transiently failing record before the dead-letter topic"
@@ -328,6 +408,35 @@ class Settings(BaseSettings):
                 "would refuse every write"
             )
         return value
+
+    @model_validator(mode="after")
+    def _retentions_agree(self) -> Settings:
+        """The retention periods that depend on each other (docs/data-lifecycle.md)."""
+        problems: list[str] = []
+        seen = self.seen_ids_retention_seconds
+        for name, seconds in (
+            ("MAILBOX_RETENTION_SECONDS", self.mailbox_retention_seconds),
+            ("OUTBOX_RETENTION_SECONDS", self.outbox_retention_seconds),
+            ("KAFKA_MESSAGES_RETENTION_DAYS", max(self.kafka_messages_retention_days, 0) * DAY),
+        ):
+            if seen < seconds:
+                problems.append(
+                    f"SEEN_IDS_RETENTION_SECONDS ({seen:g}) is shorter than {name} ({seconds:g} "
+                    "s): a message redelivered from there would no longer be known"
+                )
+        if self.sealed_cpr_retention_days > self.conversation_retention_days:
+            problems.append(
+                "SEALED_CPR_RETENTION_DAYS is longer than CONVERSATION_RETENTION_DAYS: the "
+                "sealed CPR number goes with its conversation"
+            )
+        if self.audit_checkpoint_seconds >= self.audit_retention_days * DAY:
+            problems.append(
+                "AUDIT_CHECKPOINT_SECONDS is not shorter than AUDIT_RETENTION_DAYS: no checkpoint "
+                "would be old enough to prune up to"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property  # not cached: a copy with another environment (model_copy) must not keep it
     def effective_min_insync_replicas(self) -> int | None:

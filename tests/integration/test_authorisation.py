@@ -64,6 +64,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/jobcenter/v1/attest-requests"): Access.JOBCENTER,
     ("GET", "/jobcenter/v1/attest-requests/{conversation_id}"): Access.JOBCENTER,
     ("POST", "/jobcenter/v1/contacts"): Access.JOBCENTER,
+    ("POST", "/jobcenter/v1/cases/close"): Access.JOBCENTER,
     ("GET", "/jobcenter/v1/inbox"): Access.JOBCENTER,
     ("POST", "/jobcenter/v1/inbox/{message_id}/ack"): Access.JOBCENTER,
     ("GET", "/medcom/v1/mailbox"): Access.HEALTH,

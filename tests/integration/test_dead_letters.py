@@ -63,6 +63,9 @@ async def test_replay_after_the_cause_is_fixed_is_idempotent(harness: Harness) -
         await conn.execute(
             tables.mailbox.delete().where(tables.mailbox.c.message_id == accepted["message_id"])
         )
+        await conn.execute(  # never delivered: its ids were never seen either
+            tables.seen_ids.delete().where(tables.seen_ids.c.message_id == accepted["message_id"])
+        )
     await set_enabled(h, PSY, False)
     try:
         producer = AIOKafkaProducer(**client_args(h.bootstrap), acks="all")

@@ -65,6 +65,9 @@ async def test_sweeper_republishes_what_reached_no_mailbox(harness: Harness) -> 
         await conn.execute(
             tables.mailbox.delete().where(tables.mailbox.c.message_id == accepted["message_id"])
         )
+        await conn.execute(  # never delivered: its ids were never seen either
+            tables.seen_ids.delete().where(tables.seen_ids.c.message_id == accepted["message_id"])
+        )
         await conn.execute(
             tables.outbox.update()
             .where(tables.outbox.c.message_id == accepted["message_id"])

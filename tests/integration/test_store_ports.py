@@ -34,6 +34,7 @@ from attest_gateway.ports.records import (
     IdempotencyRecord,
     InboundRecord,
     MailItem,
+    SeenId,
     StageRecord,
 )
 from attest_gateway.ports.store import KeyTaken, Store
@@ -192,7 +193,7 @@ async def test_an_accepted_request_is_read_back_as_it_was_written(
         )
         assert await uow.idempotency.get(parties.psy.id, "k-1") is None
         # the request and its sent copy are carried under its message id
-        assert await uow.inbound.carried_before(conv.request_message_id)
+        assert await uow.inbound.carried_before(conv.request_message_id, "no-bundle")
     # the copy kept for resends: sealed for the gateway, routed as the request
     sender, receiver, copy_receiver = await _sent_copy(backend, conv.request_message_id)
     assert (sender, receiver) == (parties.jc.id, parties.psy.id)
@@ -371,8 +372,8 @@ async def test_submissions_are_found_by_message_id_or_bundle_id(
         assert await uow.inbound.seen("other", record.bundle_id) == [record]
         assert await uow.inbound.seen("other", "other") == []
         # a submission is not "carried before" by itself: it came in through the API
-        assert not await uow.inbound.carried_before(record.message_id)
-        assert not await uow.inbound.carried_before("nothing")
+        assert not await uow.inbound.carried_before(record.message_id, "no-bundle")
+        assert not await uow.inbound.carried_before("nothing", "nothing")
 
 
 async def test_contacts_are_found_by_their_idempotency_key(
@@ -415,3 +416,23 @@ async def test_the_directory_lists_usable_keys(backend: Backend, parties: Partie
         assert signing is not None
         assert signing.org_id == parties.psy.id
         assert await d.signing_key(keys.current_hpke.key_id) is None
+
+
+async def test_seen_ids_keep_the_first_entry_and_count_as_carried(
+    backend: Backend, parties: Parties
+) -> None:
+    conv = await _accepted(backend, parties)
+    first = _envelope(parties, conv, message_type=MessageType.ATTEST_REMINDER)
+    message, bundle = SeenId.of(first, NOW)
+    resend = SeenId.of(first, NOW + dt.timedelta(hours=1))
+    async with backend.store.transaction() as uow:
+        await uow.seen.add([message, bundle])
+        await uow.seen.add(list(resend))  # known already: the first entries stay
+    async with backend.store.reading() as uow:
+        h = first.header
+        found = await uow.seen.find([h.message_id, "nothing"], [h.bundle_id, "nothing"])
+        assert sorted(found, key=lambda e: e.kind) == [bundle, message]
+        assert await uow.seen.find([], []) == []
+        assert await uow.seen.find([h.bundle_id], [h.message_id]) == []  # kinds kept apart
+        assert await uow.inbound.carried_before(h.message_id, "other")
+        assert await uow.inbound.carried_before("other", h.bundle_id)

@@ -26,12 +26,14 @@ from attest_gateway.core.errors import ErrorCode, Unavailable
 from attest_gateway.crypto.sealing import OrgKeys, PublicHpkeKey
 from attest_gateway.ports.records import (
     AcceptedRequest,
+    CaseClosure,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
     InboundRecord,
     MailAddress,
     MailItem,
+    SeenId,
     StageEntry,
     StageRecord,
 )
@@ -133,12 +135,14 @@ class FakeState:
     conversations: dict[str, Conversation] = field(default_factory=dict)
     citizens: dict[str, str] = field(default_factory=dict)  # conversation id → sealed CPR
     mailbox: dict[str, MailItem] = field(default_factory=dict)
+    seen: dict[tuple[str, str], SeenId] = field(default_factory=dict)  # (kind, id) → entry
     stages: dict[tuple[str, str], StageEntry] = field(default_factory=dict)
     outbox: list[OutboxRecord] = field(default_factory=list)
     sent: dict[str, tuple[SealedEnvelope, dt.datetime | None]] = field(default_factory=dict)
     inbound: dict[str, InboundRecord] = field(default_factory=dict)
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     contacts: dict[str, ContactRecord] = field(default_factory=dict)
+    closures: dict[str, CaseClosure] = field(default_factory=dict)  # not yet erased, by id
     audit: list[AuditEvent] = field(default_factory=list)
 
     def envelopes(self) -> list[SealedEnvelope]:
@@ -250,6 +254,16 @@ class FakeMailbox(_Repo):
         return True
 
 
+class FakeSeenIds(_Repo):
+    async def find(self, message_ids: Sequence[str], bundle_ids: Sequence[str]) -> list[SeenId]:
+        keys = [("message", i) for i in message_ids] + [("bundle", i) for i in bundle_ids]
+        return [self.s.seen[k] for k in keys if k in self.s.seen]
+
+    async def add(self, items: Sequence[SeenId]) -> None:
+        for item in items:
+            self.s.seen.setdefault((item.kind, item.id), item)
+
+
 class FakeStages(_Repo):
     async def timeline(self, conversation_id: str) -> list[StageEntry]:
         entries = [e for (cid, _), e in self.s.stages.items() if cid == conversation_id]
@@ -342,11 +356,13 @@ class FakeInbound(_Repo):
             raise ValueError("unique key taken in inbound_messages")
         self.s.inbound[record.message_id] = record
 
-    async def carried_before(self, message_id: str) -> bool:
+    async def carried_before(self, message_id: str, bundle_id: str) -> bool:
         return (
             message_id in self.s.sent
             or message_id in self.s.mailbox
             or any(r.message_id == message_id for r in self.s.outbox)
+            or ("message", message_id) in self.s.seen
+            or ("bundle", bundle_id) in self.s.seen
         )
 
 
@@ -368,6 +384,35 @@ class FakeContacts(_Repo):
         self.s.contacts[record.contact_id] = record
 
 
+class FakeCaseClosures(_Repo):
+    async def pending(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str
+    ) -> CaseClosure | None:
+        key = (jobcenter_org_id, case_ref, case_kind)
+        found = (
+            c
+            for c in self.s.closures.values()
+            if (c.jobcenter_org_id, c.case_ref, c.case_kind) == key
+        )
+        return next(found, None)
+
+    async def conversations_of(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str, before: dt.datetime
+    ) -> int:
+        return sum(
+            1
+            for c in self.s.conversations.values()
+            if (c.jobcenter_org_id, c.case_ref, c.case_kind)
+            == (jobcenter_org_id, case_ref, case_kind)
+            and c.created_at <= before
+        )
+
+    async def add(self, closure: CaseClosure) -> None:
+        if await self.pending(closure.jobcenter_org_id, closure.case_ref, closure.case_kind):
+            raise ValueError("unique key taken in case_closures")
+        self.s.closures[closure.id] = closure
+
+
 class FakeAuditLog(_Repo):
     async def record_many(self, events: Sequence[AuditEvent]) -> None:
         self.s.audit.extend(events)
@@ -379,12 +424,14 @@ class FakeUnitOfWork:
         self.directory = directory
         self.conversations = FakeConversations(state)
         self.mailbox = FakeMailbox(state)
+        self.seen = FakeSeenIds(state)
         self.stages = FakeStages(state)
         self.outbox = FakeOutbox(state, busy)
         self.sent = FakeSentCopies(state)
         self.inbound = FakeInbound(state)
         self.idempotency = FakeIdempotencyKeys(state)
         self.contacts = FakeContacts(state)
+        self.cases = FakeCaseClosures(state)
         self.audit = FakeAuditLog(state)
 
 

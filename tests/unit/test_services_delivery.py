@@ -93,6 +93,28 @@ async def test_a_known_message_id_on_another_message_is_a_replay(world: World) -
     assert caught.value.code == "replayed-message-id"
 
 
+async def test_ids_are_known_after_the_mailbox_entry_is_gone(world: World) -> None:
+    """The seen ids outlive the mailbox entry (retention removes it first): the same message
+    again is a no-op, another message under its MessageHeader.id or Bundle.id a replay, in
+    the one-by-one path and the batch alike."""
+    request = await _request(world)
+    reply = _reply(world, request)
+    assert await _deliver(world, reply)
+    del world.store.state.mailbox[reply.header.message_id]  # pruned
+    assert not await _deliver(world, reply)
+    assert reply.header.message_id not in world.store.state.mailbox
+    async with world.store.transaction() as uow:
+        assert await deliver_many(uow, [reply], GATEWAY, world.clock.now()) == []
+    for reused in (
+        {"message_id": reply.header.message_id, "message_type": MessageType.ACKNOWLEDGEMENT},
+        {"bundle_id": reply.header.bundle_id},
+    ):
+        with pytest.raises(Replay) as caught:
+            await _deliver(world, _reply(world, request, **reused))
+        assert caught.value.code == "replayed-message-id"
+    assert reply.header.message_id not in world.store.state.mailbox
+
+
 @pytest.mark.parametrize(
     ("header", "code"),
     [

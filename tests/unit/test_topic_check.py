@@ -23,6 +23,7 @@ from attest_gateway.infra.kafka.topics import (
     DAY_MS,
     DEAD_LETTER,
     MEDCOM_MESSAGES,
+    TRACKING,
     TopicSpec,
     topic_configs,
     topic_spec,
@@ -57,7 +58,12 @@ def test_each_topic_is_declared_with_its_retention_and_cleanup() -> None:
         "cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS),
     }  # fmt: skip
     assert topic_configs(settings, AUDIT) == {"cleanup.policy": "delete", "retention.ms": "-1"}
-    assert topic_configs(settings, MEDCOM_MESSAGES) == {"cleanup.policy": "delete"}
+    assert topic_configs(settings, MEDCOM_MESSAGES) == {
+        "cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS),
+    }  # fmt: skip
+    assert topic_configs(settings, TRACKING) == {
+        "cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS),
+    }  # fmt: skip
     spec = topic_spec(settings, DEAD_LETTER)
     assert (spec.partitions, spec.replication_factor) == (6, 3)
 

@@ -38,6 +38,11 @@ STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
 # on the way (a resend, a missed deadline, a reminder) and never undo progress.
 PROGRESS: tuple[Stage, ...] = STAGE_ORDER[: STAGE_ORDER.index(Stage.REPLY_ACKNOWLEDGED) + 1]
 
+# A conversation is finished once it reached one of these: the job centre acknowledged the
+# reply, or the request was given up after its last resend. Nothing more is sent in it, so
+# retention may remove it (docs/data-lifecycle.md); a conversation without one is open.
+FINAL_STAGES: tuple[Stage, ...] = (Stage.REPLY_ACKNOWLEDGED, Stage.UNDELIVERABLE)
+
 
 def current_stage(timeline: Sequence[tuple[Stage, dt.datetime]]) -> Stage:
     """Where a conversation stands, from the stages it reached and when.

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 MAILBOX_FETCH = "mailbox.fetch"  # a health organisation fetched a sealed message
 INBOX_FETCH = "inbox.fetch"  # a job centre fetched an (opened) attest reply
 ENVELOPE_OPEN = "envelope.open"  # the gateway opened a custodial organisation's mail
+# retention removed the audit entries up to `through_seq`, a signed checkpoint (detail)
+AUDIT_PRUNE = "audit.prune"
+CASE_CLOSE = "case.close"  # a job centre closed a case (detail: closure id, conversations)
+CASE_ERASE = "case.erase"  # retention erased a closed case's citizen data (detail: closure id)
 SOURCE_CLI = "cli"
 SOURCE_GATEWAY = "gateway"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Literal
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
@@ -158,3 +159,57 @@ class ContactRecord:
     response: str
     created_at: dt.datetime
     citizen_sealed: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeenId:
+    """A MessageHeader.id (`kind` message) or Bundle.id (`kind` bundle) that reached a
+    mailbox, with the message it belongs to: remembered longer than the mailbox row, so a
+    reused id is known as a replay after the row was pruned."""
+
+    kind: Literal["message", "bundle"]
+    id: str
+    message_id: str
+    sender_org_id: str
+    receiver_org_id: str
+    conversation_id: str
+    message_type: str
+    first_seen_at: dt.datetime
+
+    @classmethod
+    def of(cls, envelope: SealedEnvelope, at: dt.datetime) -> tuple[SeenId, SeenId]:
+        """The envelope's MessageHeader.id and Bundle.id."""
+        h = envelope.header
+        routing = (h.sender, h.receiver, h.conversation_id, h.message_type.value, at)
+        return (
+            cls("message", h.message_id, h.message_id, *routing),
+            cls("bundle", h.bundle_id, h.message_id, *routing),
+        )
+
+    def conflict(self, envelope: SealedEnvelope) -> str | None:
+        """Why the envelope is not (a copy or resend of) the message this id was seen with,
+        or None if it is."""
+        h = envelope.header
+        if self.kind == "bundle":
+            if h.bundle_id == self.id and h.message_id != self.message_id:
+                return "this Bundle.id was already delivered under another message id"
+            return None
+        routing = (h.sender, h.receiver, h.conversation_id, h.message_type.value)
+        mine = (self.sender_org_id, self.receiver_org_id, self.conversation_id, self.message_type)
+        if h.message_id == self.id and routing != mine:
+            return "another message was already delivered under this message id"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseClosure:
+    """A job centre closed its case of a citizen (its conversations of that case kind, made
+    before `closed_at`); after `erase_after` retention erases what identifies the citizen."""
+
+    id: str
+    jobcenter_org_id: str
+    case_kind: str
+    case_ref: str
+    conversations: int
+    closed_at: dt.datetime
+    erase_after: dt.datetime

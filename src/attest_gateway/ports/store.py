@@ -3,8 +3,8 @@ directory and the outbox relay, in domain types.
 
     Store ─ transaction() / reading() → UnitOfWork
             accept_request(AcceptedRequest)      (written with concurrent requests at once)
-    UnitOfWork ─ directory, conversations, mailbox, stages, outbox, sent, inbound,
-                 idempotency, contacts, audit    (one transaction: all or nothing)
+    UnitOfWork ─ directory, conversations, mailbox, seen, stages, outbox, sent, inbound,
+                 idempotency, contacts, cases, audit    (one transaction: all or nothing)
     Relay ─ admit() (back-pressure) / wake() (publish the outbox now)
 
 The database implementation is infra/db/uow.py; tests/support/fakes.py holds in-memory ones.
@@ -26,12 +26,14 @@ from attest_gateway.core.directory import Organisation, VerifyKey
 from attest_gateway.crypto.sealing import PublicHpkeKey
 from attest_gateway.ports.records import (
     AcceptedRequest,
+    CaseClosure,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
     InboundRecord,
     MailAddress,
     MailItem,
+    SeenId,
     StageEntry,
     StageRecord,
 )
@@ -181,6 +183,19 @@ class Outbox(Protocol):
         ...
 
 
+class SeenIds(Protocol):
+    """The MessageHeader ids and Bundle ids that reached a mailbox, kept longer than the
+    mailbox rows (replay detection that outlives them)."""
+
+    async def find(self, message_ids: Sequence[str], bundle_ids: Sequence[str]) -> list[SeenId]:
+        """The entries of these MessageHeader ids and these Bundle ids (one look-up)."""
+        ...
+
+    async def add(self, items: Sequence[SeenId]) -> None:
+        """Remember these ids; an id already known keeps its first entry."""
+        ...
+
+
 class SentCopies(Protocol):
     """The copies of sent messages that await a MedCom acknowledgement (resend rule)."""
 
@@ -196,9 +211,10 @@ class Inbound(Protocol):
 
     async def add(self, record: InboundRecord) -> None: ...
 
-    async def carried_before(self, message_id: str) -> bool:
-        """Whether the gateway carries a message under this id that did not come in through
-        this API: one it sent, one in a mailbox, or one in the outbox."""
+    async def carried_before(self, message_id: str, bundle_id: str) -> bool:
+        """Whether the gateway carries a message under this MessageHeader id that did not come
+        in through this API (one it sent, one in a mailbox, or one in the outbox), or has
+        seen either id reach a mailbox (`SeenIds`)."""
         ...
 
 
@@ -209,6 +225,24 @@ class IdempotencyKeys(Protocol):
 class Contacts(Protocol):
     async def by_idempotency_key(self, jobcenter_org: str, key: str) -> ContactRecord | None: ...
     async def add(self, record: ContactRecord) -> None: ...
+
+
+class CaseClosures(Protocol):
+    """Cases job centres closed, until retention erased them."""
+
+    async def pending(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str
+    ) -> CaseClosure | None:
+        """The closure of this case not yet erased, if any."""
+        ...
+
+    async def conversations_of(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str, before: dt.datetime
+    ) -> int:
+        """How many conversations the job centre has in this case, made up to `before`."""
+        ...
+
+    async def add(self, closure: CaseClosure) -> None: ...
 
 
 class AuditLog(Protocol):
@@ -228,6 +262,8 @@ class UnitOfWork(Protocol):
     @property
     def mailbox(self) -> Mailbox: ...
     @property
+    def seen(self) -> SeenIds: ...
+    @property
     def stages(self) -> Stages: ...
     @property
     def outbox(self) -> Outbox: ...
@@ -239,6 +275,8 @@ class UnitOfWork(Protocol):
     def idempotency(self) -> IdempotencyKeys: ...
     @property
     def contacts(self) -> Contacts: ...
+    @property
+    def cases(self) -> CaseClosures: ...
     @property
     def audit(self) -> AuditLog: ...
 

@@ -11,9 +11,11 @@ ciphertext.
 A message id names one message for good. The same envelope again (Kafka is at-least-once)
 is a silent no-op, and a MedCom resend (same message id, sender, receiver, conversation and
 type, new Bundle.id) replaces a copy not yet collected; any other envelope reusing a known
-message id is a forged replay (`replayed-message-id`). An envelope must also travel between
-the two parties of the conversation it names, in the direction its type allows
-(`conversation-mismatch`).
+message id is a forged replay (`replayed-message-id`). The ids that reached a mailbox are
+remembered beyond the mailbox row (`SeenIds`, pruned later than the mailbox): a message id
+whose mailbox row was pruned is still a duplicate (a no-op) or a replay, and so is a Bundle.id
+seen under another message id. An envelope must also travel between the two parties of the
+conversation it names, in the direction its type allows (`conversation-mismatch`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from attest_gateway.core.errors import (
     Unavailable,
 )
 from attest_gateway.crypto.sealing import decode_verify_key, verify
-from attest_gateway.ports.records import Conversation, MailItem, StageRecord
+from attest_gateway.ports.records import Conversation, MailItem, SeenId, StageRecord
 from attest_gateway.ports.store import Directory, Store, UnitOfWork
 
 log = structlog.get_logger(__name__)
@@ -84,9 +86,18 @@ async def deliver(uow: UnitOfWork, envelope: SealedEnvelope, now: dt.datetime) -
             ErrorCode.CONVERSATION_MISMATCH,
             "the sender and receiver are not the conversation's parties",
         )
+    seen = await uow.seen.find([h.message_id], [h.bundle_id])
+    for entry in seen:
+        if (reason := entry.conflict(envelope)) is not None:
+            raise Replay(ErrorCode.REPLAYED_MESSAGE_ID, reason)
+    if any(e.kind == "message" for e in seen) and await uow.mailbox.address(h.message_id) is None:
+        # Delivered before, and its mailbox row pruned since: a late copy changes nothing.
+        await uow.outbox.mark_delivered(h.message_id, now)
+        return False
     is_new = await uow.mailbox.add(MailItem.of(envelope, now))
     if not is_new:
         await _offer_resend(uow, envelope)
+    await uow.seen.add(SeenId.of(envelope, now))
     await uow.outbox.mark_delivered(h.message_id, now)
     stage = _DELIVERED_STAGE.get(h.message_type)
     if is_new and stage is not None:
@@ -105,9 +116,10 @@ async def deliver_many(
     """`check_envelope` and `deliver` for many new envelopes in one unit of work, each step
     one call for the whole batch (the store makes each a single statement). Returns those
     delivered. It leaves alone (delivers nothing of) every envelope that fails a check, whose
-    message id is in a mailbox already (a redelivery, a resend or a replay), that repeats a
-    message id of the batch, or whose outbox record another transaction holds: the one-by-one
-    path decides those, with their reasons.
+    message id is in a mailbox already or was seen before (a redelivery, a resend or a
+    replay), whose Bundle.id was seen before, that repeats a message id or Bundle.id of the
+    batch, or whose outbox record another transaction holds: the one-by-one path decides
+    those, with their reasons.
 
     It never waits for a record another transaction holds (`Outbox.claim_undelivered`): a
     relay marking records published holds them in its own order, and a wait here could close
@@ -123,17 +135,29 @@ async def deliver_many(
         checked.append(envelope)
     convs = await uow.conversations.by_ids(e.header.conversation_id for e in checked)
     candidates: dict[str, SealedEnvelope] = {}
+    bundles: dict[str, int] = {}
     for envelope in checked:
         h = envelope.header
         conv = convs.get(h.conversation_id)
         if conv is None or (h.sender, h.receiver) not in _parties(conv, h.message_type):
             continue
-        candidates.setdefault(h.message_id, envelope)
+        if candidates.setdefault(h.message_id, envelope) is envelope:
+            bundles[h.bundle_id] = bundles.get(h.bundle_id, 0) + 1
+    for message_id, envelope in list(candidates.items()):
+        if bundles[envelope.header.bundle_id] > 1:
+            del candidates[message_id]
     ids = sorted(candidates)
     if not ids:
         return []
     for message_id in await uow.mailbox.known(ids):
         del candidates[message_id]
+    seen = await uow.seen.find(ids, sorted(candidates[i].header.bundle_id for i in candidates))
+    seen_bundles = {e.id for e in seen if e.kind == "bundle"}
+    for message_id in {e.id for e in seen if e.kind == "message"} & set(candidates):
+        del candidates[message_id]
+    for message_id, envelope in list(candidates.items()):
+        if envelope.header.bundle_id in seen_bundles:
+            del candidates[message_id]
     for message_id in await uow.outbox.claim_undelivered(sorted(candidates)):
         candidates.pop(message_id, None)  # another transaction holds its record: left
     if not candidates:
@@ -142,6 +166,7 @@ async def deliver_many(
     inserted = await uow.mailbox.add_new(mail)
     # One inserted meanwhile by another transaction is not ours: left to the one-by-one path.
     delivered = [candidates[i] for i in sorted(inserted)]
+    await uow.seen.add([entry for e in delivered for entry in SeenId.of(e, now)])
     await uow.outbox.mark_claimed_delivered(inserted, now)
     reached: list[StageRecord] = []
     for envelope in delivered:

@@ -264,7 +264,7 @@ async def submit_message(
                     ErrorCode.REPLAYED_MESSAGE_ID, "that message id belongs to another message"
                 )
             return orjson.loads(row.response), False
-        if await uow.inbound.carried_before(info.message_id):
+        if await uow.inbound.carried_before(info.message_id, info.bundle_id):
             # The delivery consumer would refuse it as a replay after the 202: say so now.
             raise Replay(
                 ErrorCode.REPLAYED_MESSAGE_ID, "that message id belongs to another message"

@@ -62,6 +62,9 @@ def verify(
 ) -> None:
     """Check the audit log's hash chain: exit 0 when intact, 1 with the first broken seq.
 
+    After retention removed old entries, the check starts from the oldest kept checkpoint
+    (its signature by the gateway's key checked) and says which entries it covers.
+
     Example: attest-gateway audit verify
     """
     settings = load_settings()
@@ -69,18 +72,39 @@ def verify(
 
     async def run() -> audit.Verdict:
         async with database(settings) as engine, engine.connect() as conn:
-            return await audit.verify(conn, anchors)
+            return await audit.verify(conn, anchors, gateway_org_id=settings.gateway_org_id)
 
     verdict = asyncio.run(run())
     if not verdict.ok:
         console.print(f"[red]chain broken at seq {verdict.broken_seq}:[/red] {verdict.reason}")
         raise typer.Exit(1)
+    sys.stdout.write(covered(verdict, held_against_topic=anchors is not None) + "\n")
+
+
+def covered(verdict: audit.Verdict, *, held_against_topic: bool) -> str:
+    """What an intact chain's verification covered, in one line."""
     checked = (
         f"; {verdict.anchored} confirmed on gateway.audit"
-        if anchors is not None
+        if held_against_topic
         else "; not held against gateway.audit"
     )
-    sys.stdout.write(f"chain intact, {verdict.entries} entries{checked}\n")
+    if verdict.start is None:
+        origin = "from the first entry"
+    else:
+        origin = (
+            f"from the signed checkpoint at seq {verdict.start.seq} of "
+            f"{verdict.start.at.isoformat(timespec='seconds')} (key {verdict.start.key_id}; "
+            "older entries removed by retention)"
+        )
+    if verdict.entries == 0:
+        span = "0 entries"
+    elif verdict.entries == 1:
+        span = f"1 entry (seq {verdict.first_seq})"
+    else:
+        span = f"{verdict.entries} entries (seq {verdict.first_seq}–{verdict.last_seq})"
+    n = verdict.checkpoints
+    points = f"; {n} signed checkpoint{'' if n == 1 else 's'} checked" if n else ""
+    return f"chain intact, {span} {origin}{points}{checked}"
 
 
 @audit_app.command("list")

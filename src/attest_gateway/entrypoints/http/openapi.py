@@ -309,6 +309,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "idempotency-key-reused",
         "unsupported-media-type",
     ],
+    ("post", "/jobcenter/v1/cases/close"): ["invalid-request", "invalid-cpr", "not-found"],
     ("get", "/ministry/v1/report"): _MINISTRY_FILTER_CODES,
     ("get", "/ministry/v1/durations"): [*_MINISTRY_FILTER_CODES, "unknown-metric"],
     ("get", "/ministry/v1/deadlines"): _MINISTRY_FILTER_CODES,
@@ -466,6 +467,13 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
             }
         ]
     },
+    ("post", "/jobcenter/v1/cases/close"): {
+        "closure_id": "6f1c2b8e-0d4a-4b7e-9a53-2c8f1e7d9b10",
+        "case_kind": "sygedagpenge",
+        "conversations": 2,
+        "closed_at": AT,
+        "erase_after": "2026-11-28T09:30:00+00:00",
+    },
     ("post", "/medcom/v1/mailbox/{message_id}/collected"): {
         "message_id": MESSAGE_ID,
         "collected": True,
@@ -528,6 +536,9 @@ _CSV = (
 )
 
 _REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/jobcenter/v1/cases/close"): {
+        "application/json": {"citizen_cpr": "0101901234", "case_kind": "sygedagpenge"}
+    },
     ("post", "/jobcenter/v1/attest-requests"): {
         "application/json": {
             "municipality": "101",

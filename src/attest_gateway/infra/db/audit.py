@@ -16,10 +16,25 @@ callers append at the end of their transaction to keep that lock short.
 a cut tail no longer reaches the head; a cut tail with the head reset too, or a consistent
 rewrite, no longer matches what was published on `gateway.audit` (pass those records as
 anchors; the topic is out of reach of whoever edits the database).
+
+Pruning keeps the chain verifiable. A checkpoint (`audit_checkpoints`) is the chain's seq and
+hash at a moment, signed with the gateway's Ed25519 signing key; the sweeper makes one every
+AUDIT_CHECKPOINT_ENTRIES entries or AUDIT_CHECKPOINT_SECONDS (`checkpoint_if_due`).
+Retention (`prune`) removes the entries up to the newest checkpoint older than the retention
+period, oldest first, a batch per transaction: each batch is checked against the checkpoint
+before it, ends at a checkpoint (signed then if there is none), takes the older checkpoint
+with it, and appends an `audit.prune` entry naming the seq it removed through. So the oldest
+kept checkpoint is always the seq just before the first kept entry, and `verify` starts
+there: it checks the checkpoint's signature and that the first entry links to its hash. A
+changed, moved or missing checkpoint, or removed entries put back (at or below a seq an
+`audit.prune` entry names), break the verification.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
 import datetime as dt
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,18 +42,22 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from cryptography.exceptions import InvalidSignature
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.config import Settings
-from attest_gateway.contracts.audit import GENESIS, AuditEntry, entry_hash
+from attest_gateway.contracts.audit import GENESIS, AuditEntry, canonical_at, entry_hash
+from attest_gateway.core.audit import AUDIT_PRUNE as AUDIT_PRUNE
 from attest_gateway.core.audit import ENVELOPE_OPEN as ENVELOPE_OPEN
 from attest_gateway.core.audit import INBOX_FETCH as INBOX_FETCH
 from attest_gateway.core.audit import MAILBOX_FETCH as MAILBOX_FETCH
 from attest_gateway.core.audit import SOURCE_CLI as SOURCE_CLI
 from attest_gateway.core.audit import SOURCE_GATEWAY as SOURCE_GATEWAY
 from attest_gateway.core.audit import AuditEvent as AuditEvent
-from attest_gateway.infra.db.engine import aware
-from attest_gateway.infra.db.tables import audit_head, audit_log, outbox
+from attest_gateway.crypto.sealing import SigningKey, decode_verify_key
+from attest_gateway.infra.db import directory
+from attest_gateway.infra.db.engine import aware, insert_ignore
+from attest_gateway.infra.db.tables import audit_checkpoints, audit_head, audit_log, outbox
 from attest_gateway.infra.kafka.reading import (
     read_deadline,
     read_to_end,
@@ -222,15 +241,48 @@ class ChainHead:
 
 
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The chain's seq and hash at `at`, signed by the gateway's key `key_id`."""
+
+    seq: int
+    hash: str
+    at: dt.datetime
+    key_id: str
+    signature: str
+
+    def signed_bytes(self) -> bytes:
+        return checkpoint_signed_bytes(self.seq, self.hash, self.at, self.key_id)
+
+
+def checkpoint_signed_bytes(seq: int, digest: str, at: dt.datetime, key_id: str) -> bytes:
+    """What a checkpoint's signature covers: a context string, then canonical JSON."""
+    body = {"at": canonical_at(at), "hash": digest, "key_id": key_id, "seq": seq}
+    return b"attest-gateway/audit-checkpoint/v1\0" + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def sign_checkpoint(signer: SigningKey, seq: int, digest: str, at: dt.datetime) -> Checkpoint:
+    at = aware(at).astimezone(dt.UTC)
+    signature = signer.key.sign(checkpoint_signed_bytes(seq, digest, at, signer.key_id))
+    return Checkpoint(seq, digest, at, signer.key_id, base64.b64encode(signature).decode())
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     entries: int  # entries checked (up to the first break)
     broken_seq: int | None = None
     reason: str | None = None
     anchored: int = 0  # entries also found, with the same hash, on gateway.audit
+    first_seq: int = 1  # the first entry checked
+    start: Checkpoint | None = None  # the checkpoint the check started from (None: genesis)
+    checkpoints: int = 0  # checkpoints whose signature and hash were checked
 
     @property
     def ok(self) -> bool:
         return self.broken_seq is None
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.entries - 1
 
 
 @dataclass
@@ -241,14 +293,33 @@ class ChainVerifier:
     """
 
     anchors: Mapping[int, Collection[str]] = field(default_factory=dict)
+    #: the checkpoint to start after (its signature checked by the caller); None: genesis
+    start: Checkpoint | None = None
+    #: seq → hash of the signed checkpoints within the chain, checked as they are passed
+    checkpoints: Mapping[int, str] = field(default_factory=dict)
     count: int = 0
     anchored: int = 0
     _prev: str = GENESIS
+    _first: int = 1
+    _checked_points: int = 0
     _broken: Verdict | None = None
 
+    def __post_init__(self) -> None:
+        if self.start is not None:
+            self.count = self.start.seq
+            self._prev = self.start.hash
+            self._first = self.start.seq + 1
+            self._checked_points = 1
+
     def _break(self, seq: int, reason: str) -> bool:
-        self._broken = Verdict(self.count, seq, reason, self.anchored)
+        self._broken = self._verdict_now(seq, reason)
         return False
+
+    def _verdict_now(self, broken: int | None = None, reason: str | None = None) -> Verdict:
+        return Verdict(
+            self.count - self._first + 1, broken, reason, self.anchored, self._first,
+            self.start, self._checked_points,
+        )  # fmt: skip
 
     def feed(self, entry: AuditEntry) -> bool:
         """Check one entry; False once the chain is broken (later entries are not looked at)."""
@@ -258,13 +329,37 @@ class ChainVerifier:
         if entry.seq != seq:
             if entry.seq > seq:
                 return self._break(seq, f"entry {seq} is missing")
+            if self.start is not None and entry.seq <= self.start.seq:
+                return self._break(
+                    entry.seq,
+                    f"it is at or before the oldest checkpoint ({self.start.seq}), which "
+                    "retention removed: a removed entry was put back",
+                )
             return self._break(seq, f"entry {entry.seq} is out of order")
         if entry.prev_hash != self._prev:
+            if seq == self._first and self.start is not None:
+                return self._break(
+                    seq,
+                    f"it does not link to the checkpoint at seq {self.start.seq}: the "
+                    "checkpoint was moved or entries were removed after it",
+                )
             return self._break(
                 seq, f"it does not link to entry {seq - 1}: an entry was removed or reordered"
             )
         if entry.expected_hash() != entry.hash:
             return self._break(seq, "its fields do not match its hash: it was altered")
+        if seq in self.checkpoints:
+            if self.checkpoints[seq] != entry.hash:
+                return self._break(seq, "it differs from the signed checkpoint at this seq")
+            self._checked_points += 1
+        if entry.action == AUDIT_PRUNE and entry.detail is not None:
+            through = int(entry.detail.get("through_seq", "0"))
+            if self._first <= through:
+                return self._break(
+                    self._first,
+                    f"entries up to {through} were removed by retention (entry {seq} records "
+                    "it), but it is in the log: a removed range was put back",
+                )
         published = set(self.anchors.get(seq, ()))
         if len(published) > 1:
             return self._break(
@@ -305,7 +400,7 @@ class ChainVerifier:
                 last + 1,
                 f"entry {beyond[0]} was published on gateway.audit but is not in the log",
             )
-        return Verdict(self.count, anchored=self.anchored)
+        return self._verdict_now()
 
     def _verdict(self, seq: int, reason: str) -> Verdict:
         self._break(seq, reason)
@@ -317,9 +412,12 @@ def verify_chain(
     entries: Iterable[AuditEntry],
     head: ChainHead | None,
     anchors: Mapping[int, Collection[str]] | None = None,
+    *,
+    start: Checkpoint | None = None,
 ) -> Verdict:
-    """Verify a whole chain held in memory (entries in seq order)."""
-    verifier = ChainVerifier(anchors or {})
+    """Verify a whole chain held in memory (entries in seq order), from genesis or from the
+    checkpoint `start` (whose signature the caller checked)."""
+    verifier = ChainVerifier(anchors or {}, start)
     for entry in entries:
         if not verifier.feed(entry):
             break
@@ -336,17 +434,45 @@ async def read_head(conn: AsyncConnection) -> ChainHead | None:
 
 
 async def verify(
-    conn: AsyncConnection, anchors: Mapping[int, Collection[str]] | None = None
+    conn: AsyncConnection,
+    anchors: Mapping[int, Collection[str]] | None = None,
+    *,
+    gateway_org_id: str = "gateway",
 ) -> Verdict:
     """Verify the stored chain, in batches, while the gateway may go on appending.
 
     Appends commit their entries and the head together, so: the head is read first and only
     entries up to it are checked; then the newest seq is read, then the head again, and an
     entry beyond that head was written around the chain.
+
+    The check starts from genesis while the log holds entry 1, else from the oldest kept
+    checkpoint, whose seq must be the one before the first kept entry; every checkpoint's
+    signature (a signing key of `gateway_org_id`, usable when it was made) is checked, and
+    its hash against the entry at its seq.
     """
     head = await read_head(conn)
-    verifier = ChainVerifier(anchors or {})
-    after = 0
+    points = await read_checkpoints(conn)
+    for point in points:
+        if (problem := await _bad_signature(conn, point, gateway_org_id)) is not None:
+            return Verdict(0, point.seq, f"the checkpoint at seq {point.seq} {problem}")
+    first = (await conn.execute(sa.select(sa.func.min(audit_log.c.seq)))).scalar()
+    start: Checkpoint | None = None
+    if first is not None and first > 1:
+        if not points:
+            return Verdict(0, 1, f"entries 1–{first - 1} are missing and no checkpoint covers them")
+        start = points[0]
+        if start.seq >= first:
+            return Verdict(
+                0,
+                first,
+                f"entry {first} is at or before the oldest checkpoint ({start.seq}), which "
+                "retention removed: a removed entry was put back",
+                start=start,
+            )
+    verifier = ChainVerifier(
+        anchors or {}, start, {p.seq: p.hash for p in points if start is None or p is not start}
+    )
+    after = start.seq if start is not None else 0
     while True:
         query = sa.select(audit_log).where(audit_log.c.seq > after)
         if head is not None:
@@ -362,13 +488,189 @@ async def verify(
     head_now = await read_head(conn)
     verdict = verifier.finish(head, newest_seq=head_now.seq if head_now is not None else None)
     if verdict.ok and head_now is not None and top is not None and top > head_now.seq:
-        return Verdict(
-            verdict.entries,
-            head_now.seq + 1,
-            f"entries after the chain head ({head_now.seq}) were written around the chain",
-            verdict.anchored,
+        return dataclasses.replace(
+            verdict,
+            broken_seq=head_now.seq + 1,
+            reason=f"entries after the chain head ({head_now.seq}) were written around the chain",
+        )
+    beyond = [p.seq for p in points if head_now is None or p.seq > head_now.seq]
+    if verdict.ok and beyond:
+        return dataclasses.replace(
+            verdict,
+            broken_seq=beyond[0],
+            reason=f"a signed checkpoint is at seq {beyond[0]}, beyond the chain's head: "
+            "entries were cut off and the head moved back",
         )
     return verdict
+
+
+async def _bad_signature(
+    conn: AsyncConnection, point: Checkpoint, gateway_org_id: str
+) -> str | None:
+    """Why the checkpoint's signature does not hold, or None."""
+    key = await directory.signing_key(conn, point.key_id)
+    if key is None or key.org_id != gateway_org_id:
+        return f"names a key ({point.key_id}) that is not a signing key of the gateway"
+    if not key.usable(point.at):
+        return f"was signed when its key ({point.key_id}) was retired or revoked"
+    try:
+        decode_verify_key(key.public_key).verify(
+            base64.b64decode(point.signature), point.signed_bytes()
+        )
+    except (InvalidSignature, ValueError):
+        return "does not match its signature: it was altered or moved"
+    return None
+
+
+# --- checkpoints and retention ----------------------------------------------------------------
+
+
+def _checkpoint(row: Any) -> Checkpoint:
+    return Checkpoint(row.seq, row.hash, aware(row.at), row.key_id, row.signature)
+
+
+async def read_checkpoints(conn: AsyncConnection) -> list[Checkpoint]:
+    """The kept checkpoints, oldest first."""
+    rows = await conn.execute(sa.select(audit_checkpoints).order_by(audit_checkpoints.c.seq))
+    return [_checkpoint(r) for r in rows]
+
+
+async def _add_checkpoint(conn: AsyncConnection, point: Checkpoint) -> bool:
+    return await insert_ignore(
+        conn,
+        audit_checkpoints,
+        {
+            "seq": point.seq,
+            "hash": point.hash,
+            "at": point.at,
+            "key_id": point.key_id,
+            "signature": point.signature,
+        },
+    )
+
+
+async def checkpoint_if_due(
+    conn: AsyncConnection,
+    signer: SigningKey,
+    now: dt.datetime,
+    *,
+    every: int,
+    interval: dt.timedelta,
+) -> Checkpoint | None:
+    """Sign a checkpoint of the chain's head when it grew by `every` entries since the last
+    one, or grew at all and the last is `interval` old (or there is none). The new
+    checkpoint, or None."""
+    head = await read_head(conn)
+    if head is None or head.seq == 0:
+        return None
+    row = (
+        await conn.execute(
+            sa.select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc()).limit(1)
+        )
+    ).first()
+    last = _checkpoint(row) if row is not None else None
+    if last is not None:
+        if last.seq >= head.seq:
+            return None
+        if head.seq - last.seq < every and now - last.at < interval:
+            return None
+    point = sign_checkpoint(signer, head.seq, head.hash, now)
+    return point if await _add_checkpoint(conn, point) else None
+
+
+async def prune(
+    engine: AsyncEngine,
+    topics: Topics,
+    signer: SigningKey | None,
+    *,
+    before: dt.datetime,
+    now: dt.datetime,
+    batch: int,
+    actor: str,
+) -> int:
+    """Remove the entries up to the newest checkpoint made before `before`, oldest first,
+    `batch` entries per transaction (see the module's docstring). Stops, removing nothing
+    more, at a batch that does not link to the checkpoint before it: `verify` says why.
+    Returns how many entries it removed."""
+    async with engine.connect() as conn:
+        target = (
+            await conn.execute(
+                sa.select(audit_checkpoints.c.seq)
+                .where(audit_checkpoints.c.at < before)
+                .order_by(audit_checkpoints.c.seq.desc())
+                .limit(1)
+            )
+        ).scalar()
+    if target is None:
+        return 0
+    removed = 0
+    while True:
+        async with engine.begin() as conn:
+            done = await _prune_batch(conn, topics, signer, target, now, batch, actor)
+        if done == 0:
+            return removed
+        removed += done
+        await asyncio.sleep(0)  # let appends in between batches
+
+
+async def _prune_batch(
+    conn: AsyncConnection,
+    topics: Topics,
+    signer: SigningKey | None,
+    target: int,
+    now: dt.datetime,
+    batch: int,
+    actor: str,
+) -> int:
+    rows = list(
+        await conn.execute(
+            sa.select(audit_log)
+            .where(audit_log.c.seq <= target)
+            .order_by(audit_log.c.seq)
+            .limit(batch)
+        )
+    )
+    if not rows:
+        return 0
+    entries = [entry_from_row(r) for r in rows]
+    first = entries[0].seq
+    if first == 1:
+        prev = GENESIS
+    else:
+        anchor = (
+            await conn.execute(
+                sa.select(audit_checkpoints).where(audit_checkpoints.c.seq == first - 1)
+            )
+        ).first()
+        if anchor is None:
+            return 0
+        prev = anchor.hash
+    for expected, entry in enumerate(entries, start=first):
+        if entry.seq != expected or entry.prev_hash != prev or entry.expected_hash() != entry.hash:
+            return 0  # a broken chain is not pruned: `audit verify` reports it
+        prev = entry.hash
+    last = entries[-1]
+    point = (
+        await conn.execute(sa.select(audit_checkpoints).where(audit_checkpoints.c.seq == last.seq))
+    ).first()
+    if point is None:
+        if signer is None:
+            return 0
+        await _add_checkpoint(conn, sign_checkpoint(signer, last.seq, last.hash, now))
+    elif point.hash != last.hash:
+        return 0
+    await conn.execute(audit_log.delete().where(audit_log.c.seq <= last.seq))
+    await conn.execute(audit_checkpoints.delete().where(audit_checkpoints.c.seq < last.seq))
+    await record(
+        conn,
+        topics,
+        actor=actor,
+        action=AUDIT_PRUNE,
+        source=SOURCE_GATEWAY,
+        at=now,
+        detail={"through_seq": str(last.seq), "checkpoint_hash": last.hash},
+    )
+    return len(entries)
 
 
 async def read_anchors(settings: Settings, bootstrap: str) -> dict[int, set[str]]:

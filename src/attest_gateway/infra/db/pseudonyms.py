@@ -25,6 +25,7 @@ from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import insert_ignore
 from attest_gateway.infra.db.tables import (
+    case_closures,
     conversations,
     leases,
     outbox,
@@ -45,6 +46,7 @@ REF_COLUMNS: tuple[sa.Column[Any], ...] = (
     tracker_episodes.c.case_ref,
     tracker_contacts.c.case_ref,
     tracker_cell_citizens.c.case_ref,
+    case_closures.c.case_ref,  # NULL once the case is erased
 )
 
 

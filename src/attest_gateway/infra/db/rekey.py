@@ -360,7 +360,9 @@ class _Rekey:
         for column in ps.REF_COLUMNS:
             known = sa.exists().where(_MAP.c.old_ref == column)
             rows = await self.conn.execute(
-                sa.select(column, sa.func.count()).where(~known).group_by(column)
+                sa.select(column, sa.func.count())
+                .where(~known, column.is_not(None))
+                .group_by(column)
             )
             count = 0
             for ref, n in rows:

@@ -105,6 +105,41 @@ inbound_messages = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
 )
 
+# Every MessageHeader.id (kind `message`, with its routing) and Bundle.id (kind `bundle`, with
+# its MessageHeader.id) that reached a mailbox (migration 0014). Kept longer than the mailbox
+# rows, so that an id reused after its mailbox row was pruned is still known as a replay.
+seen_ids = sa.Table(
+    "seen_ids",
+    metadata,
+    sa.Column("kind", sa.String(8), primary_key=True),  # message | bundle
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("message_id", sa.String(64), nullable=False),
+    sa.Column("sender_org_id", sa.String(64), nullable=False),
+    sa.Column("receiver_org_id", sa.String(64), nullable=False),
+    sa.Column("conversation_id", sa.String(64), nullable=False),
+    sa.Column("message_type", sa.String(32), nullable=False),
+    sa.Column("first_seen_at", Timestamp, nullable=False),
+    sa.Index(None, "first_seen_at"),
+)
+
+# Cases a job centre closed (`POST /jobcenter/v1/cases/close`, migration 0014): after
+# `erase_after`, retention erases what identifies the citizen in the case's conversations and
+# the tracker's rows, and clears `case_ref` here (`erased_at` set).
+case_closures = sa.Table(
+    "case_closures",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("jobcenter_org_id", sa.String(64), nullable=False),
+    sa.Column("case_kind", sa.String(32), nullable=False),
+    sa.Column("case_ref", sa.String(64), nullable=True),
+    sa.Column("conversations", sa.Integer, nullable=False),
+    sa.Column("closed_at", Timestamp, nullable=False),
+    sa.Column("erase_after", Timestamp, nullable=False),
+    sa.Column("erased_at", Timestamp, nullable=True),
+    sa.UniqueConstraint("jobcenter_org_id", "case_ref", "case_kind"),
+    sa.Index(None, "erased_at", "erase_after"),
+)
+
 outbox = sa.Table(
     "outbox",
     metadata,
@@ -155,6 +190,8 @@ stages = sa.Table(
     sa.Column("message_id", sa.String(64), nullable=False),
     sa.Column("at", Timestamp, nullable=False),
     sa.Column("detail", sa.String(200), nullable=True),
+    # retention finds finished conversations by their final stage (migration 0014)
+    sa.Index(None, "stage", "at"),
 )
 
 # --- reliability (migration 0003) ------------------------------------------------------------
@@ -387,4 +424,17 @@ audit_head = sa.Table(
     sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# Signed checkpoints of the chain (migration 0014): the head's seq and hash at `at`, signed
+# with the gateway's Ed25519 signing key `key_id` (infra/db/audit.py). Entries are pruned only
+# up to a checkpoint; `audit verify` starts from the oldest one kept.
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),
 )

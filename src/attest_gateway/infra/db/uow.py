@@ -29,23 +29,27 @@ from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import autocommit, aware, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import GroupCommit, Write
 from attest_gateway.infra.db.tables import (
+    case_closures,
     conversations,
     idempotency_keys,
     inbound_messages,
     mailbox,
     outbox,
+    seen_ids,
     sent_messages,
     tracker_contacts,
 )
 from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.ports.records import (
     AcceptedRequest,
+    CaseClosure,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
     InboundRecord,
     MailAddress,
     MailItem,
+    SeenId,
     StageEntry,
     StageRecord,
 )
@@ -219,6 +223,51 @@ class SqlMailbox:
         return bool(result.rowcount == 1)
 
 
+@functools.cache
+def _insert_new_seen(dialect: str) -> Any:
+    return dialect_insert(dialect, seen_ids).on_conflict_do_nothing()
+
+
+class SqlSeenIds:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def find(self, message_ids: Sequence[str], bundle_ids: Sequence[str]) -> list[SeenId]:
+        dialect = self._conn.dialect.name
+        wanted = []
+        if message_ids:
+            wanted.append(
+                sa.and_(seen_ids.c.kind == "message", one_of(dialect, seen_ids.c.id, message_ids))
+            )
+        if bundle_ids:
+            wanted.append(
+                sa.and_(seen_ids.c.kind == "bundle", one_of(dialect, seen_ids.c.id, bundle_ids))
+            )
+        if not wanted:
+            return []
+        rows = await self._conn.execute(sa.select(seen_ids).where(sa.or_(*wanted)))
+        return [
+            SeenId(
+                kind=r.kind,
+                id=r.id,
+                message_id=r.message_id,
+                sender_org_id=r.sender_org_id,
+                receiver_org_id=r.receiver_org_id,
+                conversation_id=r.conversation_id,
+                message_type=r.message_type,
+                first_seen_at=aware(r.first_seen_at),
+            )
+            for r in rows
+        ]
+
+    async def add(self, items: Sequence[SeenId]) -> None:
+        if not items:
+            return
+        rows = [{f: getattr(i, f) for f in SeenId.__dataclass_fields__} for i in items]
+        rows.sort(key=lambda r: (r["kind"], r["id"]))  # one lock order for concurrent writers
+        await self._conn.execute(_insert_new_seen(self._conn.dialect.name), rows)
+
+
 class SqlStages:
     def __init__(self, conn: AsyncConnection, topics: Topics) -> None:
         self._conn = conn
@@ -365,7 +414,7 @@ class SqlInbound:
             )
         )
 
-    async def carried_before(self, message_id: str) -> bool:
+    async def carried_before(self, message_id: str, bundle_id: str) -> bool:
         known = sa.union_all(
             *(
                 sa.select(sa.literal(1)).where(column == message_id)
@@ -374,7 +423,13 @@ class SqlInbound:
                     mailbox.c.message_id,
                     outbox.c.message_id,
                 )
-            )
+            ),
+            sa.select(sa.literal(1)).where(
+                sa.or_(
+                    sa.and_(seen_ids.c.kind == "message", seen_ids.c.id == message_id),
+                    sa.and_(seen_ids.c.kind == "bundle", seen_ids.c.id == bundle_id),
+                )
+            ),
         )
         return bool((await self._conn.execute(sa.select(sa.exists(known)))).scalar_one())
 
@@ -426,6 +481,57 @@ class SqlContacts:
         await self._conn.execute(tracker_contacts.insert().values(**fields))
 
 
+class SqlCaseClosures:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def pending(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str
+    ) -> CaseClosure | None:
+        c = case_closures.c
+        row = (
+            await self._conn.execute(
+                sa.select(case_closures).where(
+                    c.jobcenter_org_id == jobcenter_org_id,
+                    c.case_ref == case_ref,
+                    c.case_kind == case_kind,
+                    c.erased_at.is_(None),
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        return CaseClosure(
+            id=row.id,
+            jobcenter_org_id=row.jobcenter_org_id,
+            case_kind=row.case_kind,
+            case_ref=row.case_ref,
+            conversations=row.conversations,
+            closed_at=aware(row.closed_at),
+            erase_after=aware(row.erase_after),
+        )
+
+    async def conversations_of(
+        self, jobcenter_org_id: str, case_ref: str, case_kind: str, before: dt.datetime
+    ) -> int:
+        c = conversations.c
+        query = (
+            sa.select(sa.func.count())
+            .select_from(conversations)
+            .where(
+                c.jobcenter_org_id == jobcenter_org_id,
+                c.case_ref == case_ref,
+                c.case_kind == case_kind,
+                c.created_at <= before,
+            )
+        )
+        return int((await self._conn.execute(query)).scalar_one())
+
+    async def add(self, closure: CaseClosure) -> None:
+        fields = {f: getattr(closure, f) for f in CaseClosure.__dataclass_fields__}
+        await self._conn.execute(case_closures.insert().values(**fields))
+
+
 class SqlAuditLog:
     def __init__(self, conn: AsyncConnection, topics: Topics) -> None:
         self._conn = conn
@@ -442,12 +548,14 @@ class SqlUnitOfWork:
         self.directory = SqlDirectory(conn)
         self.conversations = SqlConversations(conn)
         self.mailbox = SqlMailbox(conn)
+        self.seen = SqlSeenIds(conn)
         self.stages = SqlStages(conn, topics)
         self.outbox = SqlOutbox(conn, topics)
         self.sent = SqlSentCopies(conn)
         self.inbound = SqlInbound(conn)
         self.idempotency = SqlIdempotencyKeys(conn)
         self.contacts = SqlContacts(conn)
+        self.cases = SqlCaseClosures(conn)
         self.audit = SqlAuditLog(conn, topics)
 
 

@@ -9,7 +9,8 @@ in a module of its own:
 - **MedCom resend rule** (`resend.py`): a request without acknowledgement is sent again, then
   flagged `undeliverable`.
 - **Retention** (`retention.py`): what is past its retention period is deleted in small
-  batches, so pruning never blocks ingest.
+  batches, so pruning never blocks ingest; the audit chain gets a signed checkpoint when one
+  is due (docs/data-lifecycle.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from aiokafka.errors import KafkaError
@@ -29,7 +30,7 @@ from attest_gateway.infra.db.engine import STORE_ERRORS
 from attest_gateway.infra.housekeeping.recovery import BrokerRecovery
 from attest_gateway.infra.housekeeping.republish import republish_undelivered
 from attest_gateway.infra.housekeeping.resend import resend_unacknowledged
-from attest_gateway.infra.housekeeping.retention import prune
+from attest_gateway.infra.housekeeping.retention import prune_report
 from attest_gateway.infra.kafka.consumer import ConsumerLoop
 from attest_gateway.infra.kafka.outage import unreachable
 from attest_gateway.infra.kafka.reading import KafkaReadTimeout
@@ -47,6 +48,8 @@ class SweepReport:
     resent: int = 0
     undeliverable: int = 0
     pruned: int = 0
+    #: what retention removed, by class (docs/data-lifecycle.md)
+    pruned_classes: dict[str, int] = field(default_factory=dict)
 
 
 class Sweeper:
@@ -96,7 +99,8 @@ class Sweeper:
         report.topics_recreated, report.replayed = await self._recovery.check(now)
         report.republished = await republish_undelivered(self._gw, now)
         report.resent, report.undeliverable = await resend_unacknowledged(self._gw, now)
-        report.pruned = await prune(self._gw, now)
+        pruned = await prune_report(self._gw, now)
+        report.pruned, report.pruned_classes = pruned.total, pruned.counts
         if report.replayed or report.republished or report.resent:
             self._gw.relay.wake()
         return report

@@ -64,9 +64,10 @@ def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     The canary never expires: its one record is the broker's epoch, and a canary emptied by
     retention would look like a broker that lost its state. Dead letters are kept long enough
     for an operator to notice, fix the cause and replay them; the audit copy long enough for
-    `audit verify` to hold old entries against it. The other topics take the broker's
-    retention. Where demanded (`Settings.effective_min_insync_replicas`: production, or
-    set), every topic has `min.insync.replicas`."""
+    `audit verify` to hold old entries against it. Sealed messages and stage events are
+    kept as long as a consumer may need to read them again (docs/data-lifecycle.md). Where
+    demanded (`Settings.effective_min_insync_replicas`: production, or set), every topic has
+    `min.insync.replicas`."""
 
     def retention(days: int) -> dict[str, str]:
         return {"retention.ms": str(days * DAY_MS) if days > 0 else "-1"}
@@ -74,6 +75,10 @@ def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     configs = {"cleanup.policy": "delete"}
     if topic == settings.topic(CANARY):
         configs |= {"retention.ms": "-1", "retention.bytes": "-1"}
+    elif topic == settings.topic(MEDCOM_MESSAGES):
+        configs |= retention(settings.kafka_messages_retention_days)
+    elif topic == settings.topic(TRACKING):
+        configs |= retention(settings.kafka_tracking_retention_days)
     elif topic == settings.topic(DEAD_LETTER):
         configs |= retention(settings.kafka_dead_letter_retention_days)
     elif topic == settings.topic(AUDIT):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -24,8 +25,9 @@ from attest_gateway.entrypoints.http.auth import (
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
-from attest_gateway.services import contacts
+from attest_gateway.services import cases, contacts
 from attest_gateway.services import jobcenter as service
+from attest_gateway.services.cases import CaseClosed, CaseCloseIn
 from attest_gateway.services.contacts import ContactAccepted, ContactIn
 
 ROLES = (Role.JOBCENTER,)
@@ -124,6 +126,28 @@ async def register_contact(
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return accepted
+
+
+@router.post("/cases/close", response_model=CaseClosed)
+async def close_case(
+    body: CaseCloseIn, request: Request, response: Response, org: JobCenter
+) -> CaseClosed:
+    """Close the job centre's case of a citizen (the attest requests about them of this case
+    kind). After CASE_ERASURE_DAYS the gateway erases what identifies the citizen in it; the
+    ministry's aggregates stay. Closing a closed case again answers the first closure."""
+    gw = gateway_of(request)
+    closed, created = await cases.close_case(
+        gw.store,
+        gw.clock,
+        org,
+        body,
+        pseudonym_key=gw.pseudonym_key,
+        erase_after=dt.timedelta(days=gw.settings.case_erasure_days),
+        source=client_source(request),
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return closed
 
 
 @router.get("/attest-requests/{conversation_id}", response_model=ConversationStatus)

@@ -1,0 +1,590 @@
+"""Retention on the real store (SQLite and PostgreSQL), with the clock moved by hand past each
+retention period: replay detection that outlives the mailbox, finished conversations and what
+belongs to them removed while open ones stay, the tracker's timelines removed while its
+aggregates stay, and an audit chain pruned up to signed checkpoints that still verifies (and
+still finds tampering).
+
+The Kafka hop is left out: envelopes are taken from the outbox and handed to the delivery use
+case, as in test_use_cases_on_both.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+from aiokafka import ConsumerRecord
+from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
+
+from attest_gateway.bootstrap import tracker_rules
+from attest_gateway.config import Settings, load_settings
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.jobcenter import CaseKind
+from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.audit import AuditEvent
+from attest_gateway.core.errors import ErrorCode, Replay, Unknown
+from attest_gateway.crypto import pseudonyms
+from attest_gateway.entrypoints.cli import main as cli
+from attest_gateway.entrypoints.cli.audit import covered
+from attest_gateway.infra.db import audit, directory, tables
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.group_commit import GroupCommit
+from attest_gateway.infra.db.migrate import upgrade_async
+from attest_gateway.infra.db.uow import SqlStore
+from attest_gateway.infra.housekeeping.retention import prune_store
+from attest_gateway.infra.kafka.topics import Topics
+from attest_gateway.services import cases
+from attest_gateway.services.cases import CaseClosed, CaseCloseIn
+from attest_gateway.services.contacts import ContactIn
+from attest_gateway.services.delivery import check_envelope, deliver, deliver_many
+from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
+from attest_gateway.tracker.report import Filters
+from attest_gateway.tracker.report import report as tracker_report
+from tests.integration.conftest import DB_KINDS, Harness
+from tests.support.harness import CPR, CPR_2, attest_request_body, fresh_database
+from tests.support.world import GATEWAY, JC, PSY, World, make_world
+
+TOPICS = Topics("medcom.messages", "gateway.tracking", "gateway.dead-letter", "gateway.audit", "c")
+DAY = dt.timedelta(days=1)
+
+
+@dataclass
+class Db:
+    world: World
+    engine: AsyncEngine
+    store: SqlStore
+    settings: Settings
+
+    async def prune(self, **settings: object) -> dict[str, int]:
+        chosen = self.settings.model_copy(update=settings)
+        report = await prune_store(self.engine, chosen, TOPICS, self.world.clock.now())
+        return report.counts
+
+    async def count(self, table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
+        async with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(table).where(*where)
+            return int((await conn.execute(query)).scalar_one())
+
+
+@pytest_asyncio.fixture(params=DB_KINDS)
+async def db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Db]:
+    world = make_world()
+    kind: str = request.param
+    async with fresh_database(kind, tmp_path_factory.mktemp(f"retention-{kind}")) as url:
+        await upgrade_async(url)
+        engine = make_engine(url)
+        writes = GroupCommit(engine)
+        try:
+            async with engine.begin() as conn:
+                for org in world.orgs.values():
+                    await directory.add_organisation(
+                        conn, org, world.keys(org.id), api_key=None,
+                        now=world.clock.now() - 1000 * DAY,
+                    )  # fmt: skip
+            world.store = SqlStore(engine, TOPICS, writes)  # type: ignore[assignment]
+            settings = load_settings(database_url=url, prune_batch_size=2)
+            yield Db(world, engine, SqlStore(engine, TOPICS, writes), settings)
+        finally:
+            await writes.drain()
+            await engine.dispose()
+
+
+async def _outbox_envelopes(db: Db, message_type: MessageType) -> list[SealedEnvelope]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(tables.outbox.c.value)
+            .where(tables.outbox.c.topic == TOPICS.medcom_messages)
+            .order_by(tables.outbox.c.id)
+        )
+        found = [SealedEnvelope.from_json(r.value) for r in rows]
+    return [e for e in found if e.header.message_type is message_type]
+
+
+async def _deliver(db: Db, envelope: SealedEnvelope) -> bool:
+    now = db.world.clock.now()
+    async with db.store.transaction() as uow:
+        await check_envelope(uow.directory, envelope, GATEWAY, now)
+        return await deliver(uow, envelope, now)
+
+
+async def _requested(db: Db, key: str | None = None, **body: Any) -> SealedEnvelope:
+    """A job centre's request, accepted and delivered to the clinic's mailbox."""
+    accepted, _ = await db.world.request_attest(idempotency_key=key, **body)
+    [request] = [
+        e
+        for e in await _outbox_envelopes(db, MessageType.ATTEST_REQUEST)
+        if e.header.message_id == accepted.message_id
+    ]
+    assert await _deliver(db, request)
+    return request
+
+
+# --- replay protection that outlives the mailbox ---------------------------------------------
+
+
+async def test_a_message_id_is_known_after_its_mailbox_entry_was_pruned(db: Db) -> None:
+    w = db.world
+    request = await _requested(db)
+    h = request.header
+    async with db.store.transaction() as uow:
+        assert await uow.mailbox.collect(h.message_id, w.clock.now())
+    w.clock.advance(db.settings.mailbox_retention_seconds * dt.timedelta(seconds=1) + DAY)
+    assert (await db.prune()).get("mailbox") == 1
+    assert await db.count(tables.mailbox, tables.mailbox.c.message_id == h.message_id) == 0
+
+    # the same envelope again (a consumer rewound, a late copy): recognised, not delivered
+    assert not await _deliver(db, request)
+    assert await db.count(tables.mailbox, tables.mailbox.c.message_id == h.message_id) == 0
+    async with db.store.transaction() as uow:  # nor by the batch path
+        assert await deliver_many(uow, [request], GATEWAY, w.clock.now()) == []
+
+    # another message under the same MessageHeader.id: a replay
+    forged = w.sealed(
+        b"{}", to=PSY, by=GATEWAY, message_id=h.message_id, bundle_id=str(uuid.uuid4()),
+        conversation_id=h.conversation_id, message_type=MessageType.ATTEST_REMINDER, sender=JC,
+    )  # fmt: skip
+    with pytest.raises(Replay) as refused:
+        await _deliver(db, forged)
+    assert refused.value.code is ErrorCode.REPLAYED_MESSAGE_ID
+
+    # a new MessageHeader.id that reuses the Bundle.id: a replay too
+    reused_bundle = w.sealed(
+        b"{}", to=PSY, by=GATEWAY, message_id=str(uuid.uuid4()), bundle_id=h.bundle_id,
+        conversation_id=h.conversation_id, message_type=MessageType.ATTEST_REMINDER, sender=JC,
+    )  # fmt: skip
+    with pytest.raises(Replay):
+        await _deliver(db, reused_bundle)
+    assert (
+        await db.count(tables.mailbox, tables.mailbox.c.conversation_id == h.conversation_id) == 0
+    )
+
+    # a submission at the API reusing either id is refused before it is accepted
+    async with db.store.reading() as uow:
+        assert await uow.inbound.carried_before(h.message_id, str(uuid.uuid4()))
+        assert await uow.inbound.carried_before(str(uuid.uuid4()), h.bundle_id)
+        assert not await uow.inbound.carried_before(str(uuid.uuid4()), str(uuid.uuid4()))
+
+    # the seen ids go after their own, longer retention period
+    w.clock.advance(db.settings.seen_ids_retention_seconds * dt.timedelta(seconds=1))
+    assert (await db.prune()).get("seen_ids") == 2
+    assert await _deliver(db, request)  # forgotten: delivered as new
+
+
+# --- finished conversations, sealed CPR numbers, idempotency records ------------------------
+
+
+async def _finish(db: Db, request: SealedEnvelope) -> None:
+    """Record the conversation's final stage (as the job centre's acknowledgement of the
+    reply would) and settle its sent copy."""
+    now = db.world.clock.now()
+    async with db.store.transaction() as uow:
+        conv = await uow.conversations.get(request.header.conversation_id)
+        assert conv is not None
+        await uow.stages.record(
+            conv, Stage.REPLY_ACKNOWLEDGED, message_id=str(uuid.uuid4()),
+            message_type=MessageType.ACKNOWLEDGEMENT, at=now,
+        )  # fmt: skip
+        await uow.sent.acknowledge(request.header.message_id, now)
+
+
+async def _sealed_cpr(db: Db, conversation_id: str) -> str | None:
+    conv = tables.conversations.c
+    async with db.engine.connect() as conn:
+        sealed: str | None = await conn.scalar(
+            sa.select(conv.citizen_sealed).where(conv.id == conversation_id)
+        )
+    return sealed
+
+
+async def test_finished_conversations_go_after_their_retention_and_open_ones_stay(db: Db) -> None:
+    w = db.world
+    finished = [await _requested(db, key=f"k-{i}") for i in range(3)]
+    still_open = await _requested(db, key="k-open")
+    for request in finished:
+        await _finish(db, request)
+    done_ids = [r.header.conversation_id for r in finished]
+    open_id = still_open.header.conversation_id
+    conv = tables.conversations.c
+
+    w.clock.advance(100 * DAY)
+    counts = await db.prune(conversation_retention_days=365, sealed_cpr_retention_days=90)
+    assert counts.get("sealed_cpr_cleared") == 3  # the finished ones' only
+    assert counts.get("idempotency_keys") == 4  # 30 days: all of them, open or not
+    assert counts.get("sent_messages") == 3  # settled copies only
+    assert "conversations" not in counts
+    for cid in done_ids:
+        assert await _sealed_cpr(db, cid) is None
+    assert await _sealed_cpr(db, open_id) is not None
+
+    w.clock.advance(300 * DAY)
+    counts = await db.prune(conversation_retention_days=365, sealed_cpr_retention_days=90)
+    assert counts.get("conversations") == 3
+    assert await db.count(tables.conversations, conv.id.in_(done_ids)) == 0
+    for table in (tables.stages, tables.mailbox):
+        assert await db.count(table, table.c.conversation_id.in_(done_ids)) == 0
+    # the open conversation keeps everything it has, however old
+    assert await db.count(tables.conversations, conv.id == open_id) == 1
+    assert await db.count(tables.stages, tables.stages.c.conversation_id == open_id) == 2
+    assert await db.count(tables.sent_messages, tables.sent_messages.c.conversation_id == open_id)
+    assert await _sealed_cpr(db, open_id) is not None
+
+
+# --- the tracker: timelines go, aggregates stay ------------------------------------------
+
+
+async def test_the_trackers_timelines_go_and_its_aggregates_stay(db: Db) -> None:
+    w = db.world
+    old = w.clock.now().date() - 500 * DAY
+    tc = tables.tracker_conversations
+
+    def timeline(cid: str, outcome: str | None, due: dt.date) -> dict[str, object]:
+        return {
+            "conversation_id": cid, "attest_type": "LÆ 265", "case_kind": "sygedagpenge",
+            "municipality": "101", "region_code": "1084", "jobcenter_org": JC,
+            "receiver_org": PSY, "case_ref": "k1.ref", "psychiatric_course": False,
+            "first_day_of_absence": due - 60 * DAY, "request_deadline": due - 30 * DAY,
+            "due_date": due, "outcome": outcome,
+        }  # fmt: skip
+
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            tc.insert(),
+            [
+                timeline("decided-old", "on_time", old),
+                timeline("undecided-old", None, old),
+                timeline("decided-recent", "overdue", w.clock.now().date() - 10 * DAY),
+            ],
+        )
+        await conn.execute(
+            tables.tracker_reminders.insert(),
+            [{"conversation_id": "decided-old", "seq": 1, "message_id": "r-1",
+              "sent_at": w.clock.now() - 480 * DAY}],
+        )  # fmt: skip
+        for cell_id, start in ((1, old.replace(day=1)), (2, w.clock.now().date().replace(day=1))):
+            await conn.execute(
+                tables.tracker_cells.insert().values(
+                    id=cell_id, grain="national", period_kind="month", period_start=start,
+                    attest_type="*", dim="DK",
+                )
+            )  # fmt: skip
+            await conn.execute(
+                tables.tracker_counts.insert().values(cell_id=cell_id, requests=7, citizens=6)
+            )
+            await conn.execute(
+                tables.tracker_cell_citizens.insert(),
+                [{"cell_id": cell_id, "case_ref": f"k1.ref-{i}"} for i in range(6)],
+            )
+    counts = await db.prune()
+    assert counts.get("tracker_conversations") == 1
+    left = await db.count(tc)
+    assert left == 2  # the undecided and the recent one stay
+    assert await db.count(tables.tracker_reminders) == 0
+    assert counts.get("tracker_cell_citizens") == 6  # the closed period's
+    assert await db.count(tables.tracker_cell_citizens) == 6  # the current period's
+    async with db.engine.connect() as conn:
+        rollups = (await conn.execute(sa.select(tables.tracker_counts.c.requests))).all()
+    assert sorted(r.requests for r in rollups) == [7, 7]  # the aggregates unchanged
+
+
+# --- the audit chain: pruned up to a signed checkpoint, still verified -----------------------
+
+
+async def _append(db: Db, n: int) -> None:
+    now = db.world.clock.now()
+    events = [
+        AuditEvent(actor=PSY, action="mailbox.fetch", source="10.0.0.1", at=now,
+                   message_id=str(uuid.uuid4()))
+        for _ in range(n)
+    ]  # fmt: skip
+    async with db.engine.begin() as conn:
+        await audit.record_many(conn, TOPICS, events)
+
+
+async def _checkpoint(db: Db) -> audit.Checkpoint | None:
+    async with db.engine.begin() as conn:
+        return await audit.checkpoint_if_due(
+            conn, db.world.keys(GATEWAY).current_signing, db.world.clock.now(),
+            every=5, interval=dt.timedelta(days=1),
+        )  # fmt: skip
+
+
+async def _prune_audit(db: Db, retention: dt.timedelta) -> int:
+    now = db.world.clock.now()
+    return await audit.prune(
+        db.engine, TOPICS, db.world.keys(GATEWAY).current_signing,
+        before=now - retention, now=now, batch=3, actor=GATEWAY,
+    )  # fmt: skip
+
+
+async def _verify(db: Db) -> audit.Verdict:
+    async with db.engine.connect() as conn:
+        return await audit.verify(conn, gateway_org_id=GATEWAY)
+
+
+async def _pruned_chain(db: Db) -> audit.Checkpoint:
+    """Twelve entries, a checkpoint at 12, then six more a year later; pruned with a
+    retention of 30 days: entries 1–12 go (in batches of three, each ending at a signed
+    checkpoint, each recorded by an `audit.prune` entry)."""
+    w = db.world
+    await _append(db, 12)
+    point = await _checkpoint(db)
+    assert point is not None
+    assert point.seq == 12
+    assert await _checkpoint(db) is None  # not due again: the head did not move
+    w.clock.advance(365 * DAY)
+    await _append(db, 6)
+    assert await _prune_audit(db, dt.timedelta(days=30)) == 12
+    return point
+
+
+async def test_a_pruned_audit_chain_verifies_from_its_oldest_checkpoint(db: Db) -> None:
+    point = await _pruned_chain(db)
+    async with db.engine.connect() as conn:
+        seqs = list(await conn.scalars(sa.select(tables.audit_log.c.seq).order_by("seq")))
+        kept = await audit.read_checkpoints(conn)
+    assert seqs[0] == 13  # entries 1-12 removed, four `audit.prune` entries appended
+    assert [p.seq for p in kept] == [12]
+    verdict = await _verify(db)
+    assert verdict.ok, verdict.reason
+    assert verdict.start == point
+    assert (verdict.first_seq, verdict.last_seq) == (13, 6 + 4 + 12)
+    assert covered(verdict, held_against_topic=False) == (
+        f"chain intact, 10 entries (seq 13–22) from the signed checkpoint at seq 12 of "
+        f"{point.at.isoformat(timespec='seconds')} (key {point.key_id}; older entries removed "
+        "by retention); 1 signed checkpoint checked; not held against gateway.audit"
+    )
+    assert await _prune_audit(db, dt.timedelta(days=30)) == 0  # nothing more is due
+
+
+async def test_tampering_with_a_kept_entry_is_found_after_pruning(db: Db) -> None:
+    await _pruned_chain(db)
+    log = tables.audit_log
+    async with db.engine.begin() as conn:
+        await conn.execute(log.update().where(log.c.seq == 15).values(actor="someone-else"))
+    verdict = await _verify(db)
+    assert (verdict.broken_seq, verdict.reason) == (
+        15, "its fields do not match its hash: it was altered"
+    )  # fmt: skip
+
+
+async def test_a_removed_entry_put_back_is_found(db: Db) -> None:
+    await _append(db, 12)
+    assert await _checkpoint(db) is not None
+    async with db.engine.connect() as conn:
+        removed = (
+            await conn.execute(sa.select(tables.audit_log).where(tables.audit_log.c.seq == 12))
+        ).one()
+    db.world.clock.advance(365 * DAY)
+    await _append(db, 2)
+    assert await _prune_audit(db, dt.timedelta(days=30)) == 12
+    async with db.engine.begin() as conn:
+        await conn.execute(tables.audit_log.insert().values(**removed._mapping))
+    verdict = await _verify(db)
+    assert verdict.broken_seq == 12
+    assert "a removed entry was put back" in (verdict.reason or "")
+
+
+async def test_all_removed_entries_put_back_are_found(db: Db) -> None:
+    """Even the whole removed range, and with the checkpoints gone too, so that the chain
+    links from genesis again: the `audit.prune` entries say it was removed."""
+    await _append(db, 12)
+    assert await _checkpoint(db) is not None
+    async with db.engine.connect() as conn:
+        removed = list(await conn.execute(sa.select(tables.audit_log).order_by("seq")))
+    db.world.clock.advance(365 * DAY)
+    await _append(db, 2)
+    assert await _prune_audit(db, dt.timedelta(days=30)) == 12
+    async with db.engine.begin() as conn:
+        await conn.execute(tables.audit_log.insert(), [dict(r._mapping) for r in removed])
+        await conn.execute(tables.audit_checkpoints.delete())
+    verdict = await _verify(db)
+    assert verdict.broken_seq == 1
+    assert "a removed range was put back" in (verdict.reason or "")
+
+
+async def test_a_tail_cut_below_a_checkpoint_is_found_with_the_head_moved_back(db: Db) -> None:
+    await _append(db, 12)
+    assert await _checkpoint(db) is not None
+    log, head = tables.audit_log, tables.audit_head
+    async with db.engine.begin() as conn:
+        kept = (await conn.execute(sa.select(log.c.hash).where(log.c.seq == 9))).scalar_one()
+        await conn.execute(log.delete().where(log.c.seq > 9))
+        await conn.execute(head.update().values(seq=9, hash=kept))
+    verdict = await _verify(db)
+    assert verdict.broken_seq == 12
+    assert "beyond the chain's head" in (verdict.reason or "")
+
+
+async def test_a_moved_or_missing_checkpoint_is_found(db: Db) -> None:
+    point = await _pruned_chain(db)
+    cp = tables.audit_checkpoints
+    async with db.engine.begin() as conn:  # moved one entry on: the signature no longer holds
+        await conn.execute(cp.update().where(cp.c.seq == point.seq).values(seq=point.seq + 1))
+    verdict = await _verify(db)
+    assert verdict.broken_seq == point.seq + 1
+    assert "does not match its signature" in (verdict.reason or "")
+
+    async with db.engine.begin() as conn:  # gone: nothing covers the removed entries
+        await conn.execute(cp.delete())
+    verdict = await _verify(db)
+    assert (verdict.broken_seq, verdict.reason) == (
+        1, "entries 1–12 are missing and no checkpoint covers them"
+    )  # fmt: skip
+
+    # a checkpoint signed by another key than the gateway's
+    forged = audit.sign_checkpoint(
+        db.world.keys(PSY).current_signing, point.seq, point.hash, point.at
+    )
+    async with db.engine.begin() as conn:
+        await conn.execute(cp.insert().values(**dataclasses.asdict(forged)))
+    verdict = await _verify(db)
+    assert "not a signing key of the gateway" in (verdict.reason or "")
+
+
+# --- the operator's view -----------------------------------------------------------------------
+
+
+def test_prune_and_audit_verify_from_the_command_line(tmp_path: Path) -> None:
+    """`prune` says what went by class; `audit verify` then says it started from the signed
+    checkpoint retention left (SQLite; the commands as the operator runs them, in process)."""
+    runner = CliRunner()
+    env = {"VAR_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    for command in (["migrate"], ["setup"]):
+        assert runner.invoke(cli.app, command, env=env).exit_code == 0
+    first = runner.invoke(cli.app, ["prune"], env=env)
+    assert (first.exit_code, first.stdout) == (0, "audit_checkpoints: 1\n")
+    # six years on (the development clock moved): the checkpoint's entries are past retention
+    later = (dt.datetime.now(dt.UTC) + 6 * 365 * DAY).isoformat()
+    second = runner.invoke(cli.app, ["prune"], env=env | {"SIMULATED_CLOCK_START": later})
+    assert second.exit_code == 0
+    assert second.stdout.startswith("audit_log: ")
+    verified = runner.invoke(cli.app, ["audit", "verify", "--no-topic"], env=env)
+    assert verified.exit_code == 0, verified.output
+    assert verified.stdout.startswith("chain intact, 1 entry (seq ")
+    assert "from the signed checkpoint at seq " in verified.stdout
+    again = runner.invoke(cli.app, ["prune"], env=env)
+    assert again.stdout == "nothing is past its retention period\n"
+
+
+# --- case closure and erasure ----------------------------------------------------------------
+
+
+async def _run_tracker(db: Db) -> None:
+    """The tracker applies the stage and contact events now in the outbox (the Kafka hop
+    left out), as its consumer would."""
+    async with db.engine.connect() as conn:
+        values = list(
+            await conn.scalars(
+                sa.select(tables.outbox.c.value)
+                .where(tables.outbox.c.topic == TOPICS.tracking)
+                .order_by(tables.outbox.c.id)
+            )
+        )
+    handler = TrackerHandler(db.engine, TrackerState(tracker_rules(db.settings)))
+    records = [cast(ConsumerRecord[bytes, bytes], SimpleNamespace(value=v)) for v in values]
+    assert await handler.handle_batch(records) == []
+
+
+async def _report(db: Db) -> dict[str, Any]:
+    async with db.engine.connect() as conn:
+        return await tracker_report(conn, tracker_rules(db.settings), Filters(period="month"))
+
+
+async def _rows_holding(db: Db, *needles: str) -> list[str]:
+    """`table.column` of every stored value that contains one of `needles`."""
+    found = []
+    async with db.engine.connect() as conn:
+        for table in tables.metadata.sorted_tables:
+            for row in await conn.execute(sa.select(table)):
+                for column, value in row._mapping.items():
+                    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+                    if any(n in text for n in needles):
+                        found.append(f"{table.name}.{column}")
+    return found
+
+
+async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) -> None:
+    w = db.world
+    jc = w.orgs[JC]
+    ref = pseudonyms.case_ref(CPR, w.pseudonym_key)
+    other_ref = pseudonyms.case_ref(CPR_2, w.pseudonym_key)
+    case = [await _requested(db, key=f"case-{i}") for i in range(2)]
+    await _finish(db, case[0])
+    await _requested(db, key="other", citizen_cpr=CPR_2)
+    await w.register_contact(
+        ContactIn(
+            municipality="101", citizen_cpr=CPR, psychiatry_sor="715381000016006",
+            case_kind=CaseKind.SYGEDAGPENGE, first_day_of_absence=w.clock.now().date() - 30 * DAY,
+            contact_date=w.clock.now().date() - 2 * DAY,
+        )
+    )  # fmt: skip
+    await _run_tracker(db)
+    before = await _report(db)
+    assert await db.count(tables.tracker_counts, tables.tracker_counts.c.requests > 0)
+    assert await _rows_holding(db, ref)  # the case is all over the store, as it should be
+
+    body = CaseCloseIn(citizen_cpr=CPR, case_kind=CaseKind.SYGEDAGPENGE)
+    erase_after = dt.timedelta(days=db.settings.case_erasure_days)
+
+    async def close() -> tuple[CaseClosed, bool]:
+        return await cases.close_case(
+            db.store, w.clock, jc, body, pseudonym_key=w.pseudonym_key,
+            erase_after=erase_after, source="10.0.0.7",
+        )  # fmt: skip
+
+    closed, created = await close()
+    assert created
+    assert closed.conversations == 2
+    assert closed.erase_after == w.clock.now() + erase_after
+    w.clock.advance(DAY)
+    assert await close() == (closed, False)  # closing again: the first closure's answer
+    assert "cases_erased" not in await db.prune()  # not yet: the period runs
+
+    w.clock.advance(erase_after)
+    counts = await db.prune()
+    assert counts["cases_erased"] == 1
+    # nothing derived from the citizen's CPR number is left, in any column of any table
+    assert await _rows_holding(db, ref, CPR) == []
+    conv_ids = [r.header.conversation_id for r in case]
+    for table in (tables.conversations, tables.stages, tables.sent_messages, tables.mailbox):
+        key = table.c.id if table is tables.conversations else table.c.conversation_id
+        assert await db.count(table, key.in_(conv_ids)) == 0
+    assert await db.count(tables.outbox, tables.outbox.c.key.in_(conv_ids)) == 0
+    assert await db.count(tables.tracker_contacts) == 0  # its sealed CPR number with it
+    # the other citizen's case is untouched, and the ministry's figures are the same
+    assert await _rows_holding(db, other_ref)
+    assert await _report(db) == before
+    with pytest.raises(Unknown):  # the case is gone
+        await close()
+
+
+async def test_a_job_centre_closes_a_case_over_http(harness: Harness) -> None:
+    h = harness
+    cpr = "0202021234"  # a citizen of this test alone: the harness is shared
+    body = attest_request_body(jobcenter_gln=h.gln(JC), cpr=cpr, case_kind="ressourceforloeb")
+    response = await h.client.post("/jobcenter/v1/attest-requests", json=body, headers=h.auth(JC))
+    assert response.status_code == 202, response.text
+    close = {"citizen_cpr": cpr, "case_kind": "ressourceforloeb"}
+    first = await h.client.post("/jobcenter/v1/cases/close", json=close, headers=h.auth(JC))
+    assert first.status_code == 200, first.text
+    assert first.json()["conversations"] == 1
+    again = await h.client.post("/jobcenter/v1/cases/close", json=close, headers=h.auth(JC))
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert again.headers["Idempotent-Replayed"] == "true"
+    unknown = await h.client.post(
+        "/jobcenter/v1/cases/close", json=close | {"case_kind": "sygedagpenge"}, headers=h.auth(JC)
+    )
+    assert unknown.status_code == 404
+    assert unknown.json()["code"] == "not-found"
