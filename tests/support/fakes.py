@@ -478,9 +478,7 @@ class FakeWebhookStore:
 
     async def endpoints_of(self, org_ids: Iterable[str]) -> list[EndpointRecord]:
         wanted = set(org_ids)
-        return [
-            e for e in self.endpoints.values() if e.org_id in wanted and e.removed_at is None
-        ]
+        return [e for e in self.endpoints.values() if e.org_id in wanted and e.removed_at is None]
 
     async def remove_endpoint(self, endpoint_id: str, at: dt.datetime) -> bool:
         if await self.endpoint(endpoint_id) is None:
