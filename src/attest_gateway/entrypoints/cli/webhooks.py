@@ -22,6 +22,7 @@ from attest_gateway.core.errors import GatewayError
 from attest_gateway.entrypoints.cli.ops import fail
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.webhooks import SqlWebhookStore
+from attest_gateway.observability.logging import configure_logging
 from attest_gateway.services import webhooks as service
 
 console = Console()
@@ -35,6 +36,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _run(settings: Settings, work: Callable[[SqlWebhookStore], Awaitable[T]]) -> T:
+    configure_logging("WARNING", "console")  # stdout holds the answer (JSON) alone
+
     async def go() -> T:
         async with database(settings) as engine:
             return await work(SqlWebhookStore(engine))
