@@ -317,6 +317,11 @@ class Settings(BaseSettings):
     webhook_rotation_overlap_hours: float = Field(
         default=24.0, ge=0, description="after a secret's rotation the old one signs this long too"
     )
+    webhook_log_retention_seconds: float = Field(
+        default=30 * 24 * 3600.0,
+        gt=0,
+        description="delivered and failed webhook deliveries stay in the log this long",
+    )
     webhook_ca_file: Path | None = Field(
         default=None,
         description="CA bundle endpoints' certificates are checked against; unset: the system's",

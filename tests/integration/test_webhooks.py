@@ -23,7 +23,10 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from attest_gateway.contracts.webhooks import DeliveryStatus
 from attest_gateway.devtools.devca import DevCA, ensure_ca, issue_client_certificate
+from attest_gateway.infra.db.webhooks import SqlWebhookStore
+from attest_gateway.infra.housekeeping.retention import prune
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.model import Bundle
 from tests.integration.conftest import DB_KINDS, Harness, running_gateway
@@ -354,3 +357,27 @@ async def test_rotation_signs_with_both_secrets_during_the_overlap(
     finally:
         await remove(h, JC, hook["id"])
     assert receiver.refused == 0
+
+
+async def test_settled_deliveries_leave_the_log_after_the_retention_period(
+    gateway: Harness, receiver: Receiver
+) -> None:
+    h = gateway
+    hook = await register(h, JC, receiver, "/retained")
+    try:
+        delivered = await ping(h, JC, hook["id"])
+        await receiver.next("/retained")
+        await settled(h, JC, delivered)
+        receiver.behaviour["/retained"] = Behaviour(default=500)
+        pending = await ping(h, JC, hook["id"])
+        later = h.gw.clock.now() + dt.timedelta(
+            seconds=h.settings.webhook_log_retention_seconds + 1
+        )
+        await prune(h.gw, later)
+        store = SqlWebhookStore(h.gw.engine)
+        assert await store.delivery(delivered) is None
+        still = await store.delivery(pending)
+        assert still is not None
+        assert still.status is DeliveryStatus.PENDING
+    finally:
+        await remove(h, JC, hook["id"])

@@ -1,6 +1,7 @@
 """Retention: collected mailbox rows, published outbox rows whose message arrived, old
-seen-ids and idempotency keys, and settled sent messages are deleted after their retention
-periods, in small batches (one short transaction each), so pruning never blocks ingest.
+seen-ids and idempotency keys, settled sent messages and settled webhook deliveries are
+deleted after their retention periods, in small batches (one short transaction each), so
+pruning never blocks ingest.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from attest_gateway.infra.db.tables import (
     mailbox,
     outbox,
     sent_messages,
+    webhook_deliveries,
 )
 
 
@@ -65,6 +67,14 @@ async def prune(gw: Gateway, now: dt.datetime) -> int:
                 sent_messages.c.last_sent_at < ago(s.seen_ids_retention_seconds),
             ),
             [sent_messages.c.message_id],
+        ),
+        (
+            webhook_deliveries,
+            sa.and_(
+                webhook_deliveries.c.status != "pending",
+                webhook_deliveries.c.created_at < ago(s.webhook_log_retention_seconds),
+            ),
+            [webhook_deliveries.c.id],
         ),
     ]
     total = 0
