@@ -11,8 +11,9 @@ simulator, the benchmarks and the tests. Nothing connects at import time.
   started), group commit, directory cache and clock. The clock, the engine and the producer
   may be handed in (tests, benchmarks); what is handed in is the caller's to close.
 - `running_gateway(settings, bootstrap)`: the container plus what runs in this process:
-  the relay, the delivery consumer, the tracker (consumers and sweep) and the sweeper,
-  yielded as `Running`; stopped in order, each step bounded, when the block ends.
+  the relay, the delivery consumer, the tracker (consumers and sweep), the webhooks
+  (dispatcher and sender) and the sweeper, yielded as `Running`; stopped in order, each
+  step bounded, when the block ends.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from attest_gateway.config import Settings, custodial_keys_dir, pseudonym_key_file
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import Clock, SimulatedClock, SystemClock
+from attest_gateway.core.webhooks import RetryPolicy
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db.directory import DirectoryCache
@@ -41,6 +43,7 @@ from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.messaging import conversations_by_request, record_stages
 from attest_gateway.infra.db.pseudonyms import check_store_key
 from attest_gateway.infra.db.uow import SqlStore
+from attest_gateway.infra.db.webhooks import SqlWebhookStore
 from attest_gateway.infra.housekeeping.sweeper import Sweeper
 from attest_gateway.infra.kafka.connection import make_producer
 from attest_gateway.infra.kafka.consumer import ConsumerLoop
@@ -48,9 +51,11 @@ from attest_gateway.infra.kafka.outage import KafkaOutage, quiet_aiokafka
 from attest_gateway.infra.kafka.relay import OutboxRelay, PublishedHook
 from attest_gateway.infra.kafka.topic_check import topic_settings_check
 from attest_gateway.infra.kafka.topics import Topics, ensure_topics
+from attest_gateway.infra.webhooks.client import HttpxPoster, tls_context
 from attest_gateway.observability import metrics
 from attest_gateway.ports.records import StageRecord
 from attest_gateway.services.delivery import DeliveryHandler
+from attest_gateway.services.webhooks import WebhookConfig, WebhookDispatcher, WebhookSender
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
 from attest_gateway.tracker.rules import TrackerRules
 from attest_gateway.tracker.sweep import TrackerSweep
@@ -329,15 +334,77 @@ def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
     )
 
 
+def webhook_config(settings: Settings) -> WebhookConfig:
+    """The webhook use cases' settings (the API's and the sender's alike)."""
+    timeouts = settings.webhook_connect_timeout_seconds + settings.webhook_read_timeout_seconds
+    return WebhookConfig(
+        retry=RetryPolicy(
+            base=dt.timedelta(seconds=settings.webhook_backoff_base_seconds),
+            cap=dt.timedelta(seconds=settings.webhook_backoff_max_seconds),
+            period=dt.timedelta(hours=settings.webhook_retry_hours),
+        ),
+        production=settings.environment == "production",
+        rotation_overlap=dt.timedelta(hours=settings.webhook_rotation_overlap_hours),
+        max_in_flight=settings.webhook_max_in_flight,
+        breaker_threshold=settings.webhook_breaker_failures,
+        breaker_cooldown_seconds=settings.webhook_breaker_open_seconds,
+        poll_seconds=settings.webhook_poll_seconds,
+        # an attempt's claim outlives the attempt: another process takes it only when lost
+        lease=dt.timedelta(seconds=2 * timeouts + 30),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Webhooks:
+    """The webhooks' parts in a running gateway: the dispatcher (a `gateway.tracking`
+    consumer of its own group) and the sender with its HTTP client."""
+
+    dispatcher: ConsumerLoop
+    sender: WebhookSender
+    poster: HttpxPoster
+
+    async def stop(self) -> None:
+        await self.sender.stop()
+        await self.poster.close()
+
+
+def make_webhooks(gw: Gateway, bootstrap: str) -> Webhooks:
+    """The dispatcher (not started) and the sender (not started)."""
+    settings = gw.settings
+    config = webhook_config(settings)
+    store = SqlWebhookStore(gw.engine)
+    dispatcher = ConsumerLoop(
+        settings=settings,
+        bootstrap=bootstrap,
+        topic=gw.topics.tracking,
+        group=f"{settings.kafka_group_prefix}.webhooks",
+        handler=WebhookDispatcher(store, gw.clock, config.retry.period, transient=STORE_ERRORS),
+        producer=gw.producer,
+        dead_letter_topic=gw.topics.dead_letter,
+    )
+    poster = HttpxPoster(
+        connect_timeout=settings.webhook_connect_timeout_seconds,
+        read_timeout=settings.webhook_read_timeout_seconds,
+        tls=tls_context(
+            settings.webhook_ca_file, settings.webhook_client_cert, settings.webhook_client_key
+        ),
+        allow_private_addresses=not config.production,
+    )
+    sender = WebhookSender(store, poster, gw.clock, config, transient=STORE_ERRORS)
+    return Webhooks(dispatcher, sender, poster)
+
+
 @dataclass(frozen=True, eq=False)
 class Running:
-    """A gateway and what runs in this process: its consumers (delivery and tracker), the
-    tracker and the sweeper (None where this process does not run them)."""
+    """A gateway and what runs in this process: its consumers (delivery, tracker, webhook
+    dispatcher), the tracker, the webhooks and the sweeper (None where this process does
+    not run them)."""
 
     gateway: Gateway
     consumers: tuple[ConsumerLoop, ...] = ()
     tracker: Tracker | None = None
     sweeper: Sweeper | None = None
+    webhooks: Webhooks | None = None
 
 
 @asynccontextmanager
@@ -363,6 +430,7 @@ async def running_gateway(
     consumers: list[ConsumerLoop] = []
     tracker: Tracker | None = None
     sweeper: Sweeper | None = None
+    webhooks: Webhooks | None = None
     try:
         if run_relay:
             gw.relay.start()
@@ -376,10 +444,15 @@ async def running_gateway(
                     await consumer.start()
                     consumers.append(consumer)
                 tracker.sweep.start()
+            if settings.webhooks_enabled:
+                webhooks = make_webhooks(gw, bootstrap)
+                await webhooks.dispatcher.start()
+                consumers.append(webhooks.dispatcher)
+                webhooks.sender.start()
             sweeper = Sweeper(gw, bootstrap, consumers)
             sweeper.start()
         log.info("gateway.started", bootstrap=bootstrap, consumers=len(consumers))
-        yield Running(gw, tuple(consumers), tracker, sweeper)
+        yield Running(gw, tuple(consumers), tracker, sweeper, webhooks)
     finally:
         # Every step is bounded: a hung component must not keep the process from exiting.
         # Work cut off here was not committed, so it is redone by whoever takes over.
@@ -388,6 +461,8 @@ async def running_gateway(
             await _bounded("tracker", tracker.stop(), left())
         if sweeper is not None:
             await _bounded("sweeper", sweeper.stop(), left())
+        if webhooks is not None:
+            await _bounded("webhooks", webhooks.stop(), left())
         await asyncio.gather(
             *(_bounded(f"consumer:{c.topic}", c.stop(), left()) for c in consumers)
         )

@@ -398,6 +398,54 @@ class Settings(BaseSettings):
         default=5, description="aggregate cells with fewer citizens are suppressed"
     )
 
+    # --- webhooks (services/webhooks.py): push notifications to the organisations ---
+    webhooks_enabled: bool = Field(
+        default=True, description="run the webhook dispatcher and sender (with the consumers)"
+    )
+    webhook_retry_hours: float = Field(
+        default=24.0, gt=0, description="retry a delivery this long, then mark it failed"
+    )
+    webhook_backoff_base_seconds: float = Field(
+        default=5.0, gt=0, description="the first retry waits up to this (doubling, with jitter)"
+    )
+    webhook_backoff_max_seconds: float = Field(
+        default=3600.0, gt=0, description="the longest wait between two attempts"
+    )
+    webhook_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="connecting to an endpoint (TCP and TLS) takes at most this"
+    )
+    webhook_read_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="an endpoint answers within this, or the attempt failed"
+    )
+    webhook_max_in_flight: int = Field(
+        default=4, ge=1, description="attempts under way at once per endpoint (per process)"
+    )
+    webhook_breaker_failures: int = Field(
+        default=5, ge=1, description="failures in a row that open an endpoint's circuit"
+    )
+    webhook_breaker_open_seconds: float = Field(
+        default=60.0, gt=0, description="how long an open circuit sends nothing to its endpoint"
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="how often the sender looks for due deliveries"
+    )
+    webhook_rotation_overlap_hours: float = Field(
+        default=24.0, ge=0, description="after a secret's rotation the old one signs this long too"
+    )
+    webhook_log_retention_seconds: float = Field(
+        default=30 * 24 * 3600.0,
+        gt=0,
+        description="delivered and failed webhook deliveries stay in the log this long",
+    )
+    webhook_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle endpoints' certificates are checked against; unset: the system's",
+    )
+    webhook_client_cert: Path | None = Field(
+        default=None, description="the gateway's client certificate for mutual TLS to endpoints"
+    )
+    webhook_client_key: Path | None = Field(default=None, description="its private key (PEM)")
+
     @field_validator("kafka_min_insync_replicas")
     @classmethod
     def _insync_within_replicas(cls, value: int | None, info: ValidationInfo) -> int | None:

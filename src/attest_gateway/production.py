@@ -274,6 +274,10 @@ def inspect_settings(settings: Settings, *, now: dt.datetime | None = None) -> F
             findings.problems.append(problem)
     findings.problems += _key_file_problems(settings)
     findings.problems += _development_leftovers(settings)
+    for setting in ("webhook_ca_file", "webhook_client_cert"):  # webhooks: no development CA
+        path = getattr(settings, setting)
+        if path is not None:
+            findings.problems += _certificate_problems(setting, path, now)
     if settings.kafka_replication_factor < 3:
         findings.warnings.append(
             f"KAFKA_REPLICATION_FACTOR is {settings.kafka_replication_factor}: a broker loss "

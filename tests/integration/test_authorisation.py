@@ -48,6 +48,7 @@ class Access(StrEnum):
     HEALTH = "health"  # psychiatry, GP, hospital, specialist
     MINISTRY = "ministry"
     ANY_ORG = "any organisation"  # its own records only (the audit trail)
+    PARTNER = "partner"  # job centres and healthcare organisations: their own webhooks
 
 
 ROUTES: dict[tuple[str, str], Access] = {
@@ -76,6 +77,13 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/ministry/v1/contacts"): Access.MINISTRY,
     ("GET", "/ministry/v1/meta"): Access.MINISTRY,
     ("GET", "/audit/v1/entries"): Access.ANY_ORG,
+    ("POST", "/webhooks/v1/endpoints"): Access.PARTNER,
+    ("GET", "/webhooks/v1/endpoints"): Access.PARTNER,
+    ("DELETE", "/webhooks/v1/endpoints/{endpoint_id}"): Access.PARTNER,
+    ("POST", "/webhooks/v1/endpoints/{endpoint_id}/rotate"): Access.PARTNER,
+    ("POST", "/webhooks/v1/endpoints/{endpoint_id}/ping"): Access.PARTNER,
+    ("GET", "/webhooks/v1/deliveries"): Access.PARTNER,
+    ("POST", "/webhooks/v1/deliveries/{delivery_id}/redeliver"): Access.PARTNER,
 }
 
 # caller → the organisation it authenticates as (None: no credentials)
@@ -92,6 +100,7 @@ ALLOWED: dict[Access, set[str]] = {
     Access.HEALTH: {"psychiatry", "gp"},
     Access.MINISTRY: {"ministry"},
     Access.ANY_ORG: {"jobcenter", "psychiatry", "gp", "ministry"},
+    Access.PARTNER: {"jobcenter", "psychiatry", "gp"},
 }
 
 
@@ -123,6 +132,8 @@ async def call(
     headers = h.auth(org) if org else {}
     if method == "GET":
         return await h.client.get(url, headers=headers)
+    if method == "DELETE":
+        return await h.client.delete(url, headers=headers)
     return await h.client.post(
         url,
         content=orjson.dumps({} if body is None else body),

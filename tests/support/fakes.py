@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from attest_gateway.contracts.contacts import ContactEvent
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.contracts.webhooks import DeliveryStatus
 from attest_gateway.core.audit import AuditEvent
 from attest_gateway.core.directory import Organisation, VerifyKey
 from attest_gateway.core.errors import ErrorCode, Unavailable
@@ -38,6 +39,7 @@ from attest_gateway.ports.records import (
     StageRecord,
 )
 from attest_gateway.ports.store import KeyTaken
+from attest_gateway.ports.webhooks import Attempt, DeliveryRecord, EndpointRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,3 +507,114 @@ class FakeRelay:
 
     def wake(self) -> None:
         self.wakes += 1
+
+
+class FakeWebhookStore:
+    """ports/webhooks.py `WebhookStore` in memory: endpoints and deliveries by id."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, EndpointRecord] = {}
+        self.deliveries: dict[str, DeliveryRecord] = {}
+
+    async def add_endpoint(self, endpoint: EndpointRecord) -> None:
+        self.endpoints[endpoint.id] = endpoint
+
+    async def endpoint(self, endpoint_id: str) -> EndpointRecord | None:
+        found = self.endpoints.get(endpoint_id)
+        return found if found is not None and found.removed_at is None else None
+
+    async def endpoints_of(self, org_ids: Iterable[str]) -> list[EndpointRecord]:
+        wanted = set(org_ids)
+        return [e for e in self.endpoints.values() if e.org_id in wanted and e.removed_at is None]
+
+    async def remove_endpoint(self, endpoint_id: str, at: dt.datetime) -> bool:
+        if await self.endpoint(endpoint_id) is None:
+            return False
+        self.endpoints[endpoint_id] = replace(self.endpoints[endpoint_id], removed_at=at)
+        for d in list(self.deliveries.values()):
+            if d.endpoint_id == endpoint_id and d.status is DeliveryStatus.PENDING:
+                self.deliveries[d.id] = replace(
+                    d, status=DeliveryStatus.FAILED, next_attempt_at=None, last_error="removed"
+                )
+        return True
+
+    async def rotate_secret(
+        self, endpoint_id: str, secret: str, previous_until: dt.datetime
+    ) -> bool:
+        found = await self.endpoint(endpoint_id)
+        if found is None:
+            return False
+        self.endpoints[endpoint_id] = replace(
+            found, secret=secret, previous_secret=found.secret, previous_until=previous_until
+        )
+        return True
+
+    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> int:
+        added = 0
+        for d in deliveries:
+            if d.id not in self.deliveries:
+                self.deliveries[d.id] = d
+                added += 1
+        return added
+
+    async def delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        return self.deliveries.get(delivery_id)
+
+    async def deliveries_of(
+        self, org_id: str, *, status: DeliveryStatus | None, limit: int
+    ) -> list[DeliveryRecord]:
+        found = [
+            d
+            for d in self.deliveries.values()
+            if d.org_id == org_id and (status is None or d.status is status)
+        ]
+        return sorted(found, key=lambda d: d.created_at, reverse=True)[:limit]
+
+    async def due(self, now: dt.datetime, limit: int) -> list[DeliveryRecord]:
+        found = [
+            d
+            for d in self.deliveries.values()
+            if d.status is DeliveryStatus.PENDING
+            and d.next_attempt_at is not None
+            and d.next_attempt_at <= now
+        ]
+        return sorted(found, key=lambda d: (d.next_attempt_at or now, d.id))[:limit]
+
+    async def claim(self, delivery: DeliveryRecord, until: dt.datetime) -> bool:
+        current = self.deliveries.get(delivery.id)
+        if (
+            current is None
+            or current.status is not DeliveryStatus.PENDING
+            or current.next_attempt_at != delivery.next_attempt_at
+        ):
+            return False
+        self.deliveries[delivery.id] = replace(current, next_attempt_at=until)
+        return True
+
+    async def record_attempt(self, delivery_id: str, attempt: Attempt) -> None:
+        d = self.deliveries[delivery_id]
+        if d.status is not DeliveryStatus.PENDING:
+            return
+        self.deliveries[delivery_id] = replace(
+            d,
+            attempts=d.attempts + 1,
+            status=attempt.status,
+            last_attempt_at=attempt.at,
+            last_status_code=attempt.status_code,
+            last_error=attempt.error,
+            next_attempt_at=attempt.next_attempt_at,
+            delivered_at=attempt.at if attempt.status is DeliveryStatus.DELIVERED else None,
+        )
+
+    async def redeliver(self, delivery_id: str, now: dt.datetime, give_up_at: dt.datetime) -> bool:
+        d = self.deliveries.get(delivery_id)
+        if d is None:
+            return False
+        self.deliveries[delivery_id] = replace(
+            d,
+            status=DeliveryStatus.PENDING,
+            next_attempt_at=now,
+            give_up_at=give_up_at,
+            delivered_at=None,
+        )
+        return True

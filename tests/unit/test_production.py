@@ -298,3 +298,14 @@ def test_the_composition_root_refuses_to_build_the_app() -> None:
     with pytest.raises(UnsafeSettings) as caught:
         create_app(load_settings(environment="production"), "kafka:9093")
     assert "KAFKA_BOOTSTRAP_SERVERS" in str(caught.value)
+
+
+def test_webhooks_refuse_the_development_ca_and_client_certificate(tmp_path: Path) -> None:
+    ca = devca.ensure_ca(tmp_path / "tls")
+    client = devca.issue_client_certificate(ca, "gateway")
+    assert _problems(_safe(tmp_path, webhook_ca_file=ca.cert, webhook_client_cert=client.cert)) == [
+        f"WEBHOOK_CA_FILE names a development certificate ({ca.cert}): use the real one.",
+        f"WEBHOOK_CLIENT_CERT names a development certificate ({client.cert}): use the real one.",
+    ]
+    real = _cert(tmp_path / "real-ca.crt")
+    assert _problems(_safe(tmp_path, webhook_ca_file=real)) == []

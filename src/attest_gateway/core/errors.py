@@ -73,6 +73,8 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MESSAGE = "unsupported-message"
     EMPTY_REPLY = "empty-reply"
     STALE_PSEUDONYM = "stale-pseudonym"
+    INVALID_WEBHOOK_URL = "invalid-webhook-url"
+    INVALID_WEBHOOK_EVENTS = "invalid-webhook-events"
 
     # The input breaks a rule: the MedCom parser's (medcom/parse.py, medcom/rules.py)
     INVALID_ID = "invalid-id"

@@ -34,6 +34,7 @@ from attest_gateway.entrypoints.cli import ops as cli_ops
 from attest_gateway.entrypoints.cli import pseudonyms as cli_pseudonyms
 from attest_gateway.entrypoints.cli import retention as cli_retention
 from attest_gateway.entrypoints.cli import tracker as tracker_cli
+from attest_gateway.entrypoints.cli import webhooks as cli_webhooks
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.entrypoints.http.mtls import PROTOCOL, ensure_development_tls
 from attest_gateway.infra.db.migrate import upgrade
@@ -457,3 +458,4 @@ cli_audit.register(app)  # audit verify, list
 cli_admin.register(app)  # orgs add|list|disable, keys generate|add|rotate|revoke|retire|list
 cli_pseudonyms.register(app)  # pseudonyms status, rekey
 cli_retention.register(app)  # prune
+cli_webhooks.register(app)  # webhooks add|list|remove|rotate

@@ -30,6 +30,7 @@ from attest_gateway.entrypoints.http.routes.ministry import (
     dashboard_router as ministry_dashboard_router,
 )
 from attest_gateway.entrypoints.http.routes.ministry import router as ministry_router
+from attest_gateway.entrypoints.http.routes.webhooks import router as webhooks_router
 from attest_gateway.infra.db.gauges import StoreGauges
 from attest_gateway.production import refuse_unsafe_settings
 
@@ -81,6 +82,7 @@ def create_app(
         app.include_router(ministry_router)
         app.include_router(ministry_dashboard_router)
         app.include_router(audit_router)
+        app.include_router(webhooks_router)
     app.include_router(health_router)
     app.include_router(metrics_router)
     app.include_router(asyncapi_router)

@@ -148,6 +148,16 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Unprocessable content",
         "an attest reply needs text or a PDF attachment",
     ),
+    "invalid-webhook-url": (
+        422,
+        "Unprocessable content",
+        "a webhook endpoint is an absolute https URL",
+    ),
+    "invalid-webhook-events": (
+        422,
+        "Unprocessable content",
+        "this organisation's role may subscribe to message.waiting only",
+    ),
     "unknown-key": (422, "Envelope rejected", "the envelope names a key that is not usable"),
     "not-addressed-to-gateway": (422, "Envelope rejected", "the envelope is for someone else"),
     "key-not-valid": (422, "Envelope rejected", "the signing key is revoked or expired"),
@@ -315,9 +325,18 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
     ("get", "/ministry/v1/deadlines"): _MINISTRY_FILTER_CODES,
     ("get", "/ministry/v1/contacts"): _MINISTRY_FILTER_CODES,
     ("get", "/metrics"): ["unauthenticated"],
+    ("post", "/webhooks/v1/endpoints"): [
+        "invalid-request",
+        "invalid-webhook-url",
+        "invalid-webhook-events",
+    ],
+    ("delete", "/webhooks/v1/endpoints/{endpoint_id}"): ["not-found"],
+    ("post", "/webhooks/v1/endpoints/{endpoint_id}/rotate"): ["not-found"],
+    ("post", "/webhooks/v1/endpoints/{endpoint_id}/ping"): ["not-found"],
+    ("post", "/webhooks/v1/deliveries/{delivery_id}/redeliver"): ["not-found"],
 }
 
-_PARTNER_PREFIXES = ("/jobcenter/", "/medcom/", "/ministry/", "/audit/")
+_PARTNER_PREFIXES = ("/jobcenter/", "/medcom/", "/ministry/", "/audit/", "/webhooks/")
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "title": "Problem",

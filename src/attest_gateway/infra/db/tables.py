@@ -438,3 +438,45 @@ audit_checkpoints = sa.Table(
     sa.Column("key_id", sa.String(64), nullable=False),
     sa.Column("signature", sa.String(128), nullable=False),
 )
+
+# --- webhooks (migration 0015) ---------------------------------------------------------------
+# An organisation's endpoints (services/webhooks.py) and the deliveries made for them. The
+# secrets sign (HMAC) and so are kept as they are; a payload is metadata only (ids, types,
+# stages, API paths), never content or a CPR number. Endpoints are removed by marking them, so
+# their deliveries stay in the organisation's log.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(64), sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("url", sa.String(500), nullable=False),
+    sa.Column("events", sa.String(500), nullable=False),  # the event types, space-separated
+    sa.Column("secret", sa.String(100), nullable=False),
+    sa.Column("previous_secret", sa.String(100), nullable=True),
+    sa.Column("previous_until", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("removed_at", Timestamp, nullable=True),
+    sa.Index(None, "org_id"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # the `webhook-id`, from the event
+    sa.Column("endpoint_id", sa.String(40), sa.ForeignKey("webhook_endpoints.id"), nullable=False),
+    sa.Column("org_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("conversation_id", sa.String(64), nullable=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("give_up_at", Timestamp, nullable=False),
+    sa.Column("next_attempt_at", Timestamp, nullable=True),
+    sa.Column("last_attempt_at", Timestamp, nullable=True),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.String(200), nullable=True),
+    sa.Column("delivered_at", Timestamp, nullable=True),
+    sa.Index(None, "status", "next_attempt_at"),
+    sa.Index(None, "org_id", "created_at"),
+)

@@ -7,6 +7,7 @@ so pruning never blocks ingest.
 - seen MessageHeader and Bundle ids and the submissions' first answers (replay detection,
   kept longer than the mailbox entries); job centres' Idempotency-Keys;
 - the sealed copies of sent messages once acknowledged or given up;
+- webhook deliveries once delivered or failed (the organisation's delivery log);
 - sealed CPR numbers of finished conversations and of registered contacts;
 - finished conversations (a final stage, `contracts.stages.FINAL_STAGES`) with their stages,
   sent copies, idempotency records, submissions and mailbox entries; an open conversation is
@@ -55,6 +56,7 @@ from attest_gateway.infra.db.tables import (
     tracker_conversations,
     tracker_episodes,
     tracker_reminders,
+    webhook_deliveries,
 )
 from attest_gateway.infra.kafka.topics import Topics
 
@@ -181,6 +183,15 @@ async def prune_store(
             sent_messages.c.acknowledged_at < settled, sent_messages.c.undeliverable_at < settled
         ),
         [sent_messages.c.message_id],
+    )
+    await delete(
+        "webhook_deliveries",
+        webhook_deliveries,
+        sa.and_(
+            webhook_deliveries.c.status != "pending",
+            webhook_deliveries.c.created_at < ago(s.webhook_log_retention_seconds),
+        ),
+        [webhook_deliveries.c.id],
     )
     report.add(
         "sealed_cpr_cleared",

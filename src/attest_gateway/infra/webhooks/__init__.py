@@ -1,0 +1,1 @@
+"""The webhook sender's HTTP client (client.py)."""
