@@ -21,11 +21,12 @@ from attest_gateway.contracts.contacts import ContactEvent
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.audit import AuditEvent
-from attest_gateway.core.directory import Organisation, VerifyKey
+from attest_gateway.core.directory import Organisation, Role, VerifyKey
 from attest_gateway.core.errors import ErrorCode, Unavailable
 from attest_gateway.crypto.sealing import OrgKeys, PublicHpkeKey
 from attest_gateway.ports.records import (
     AcceptedRequest,
+    CaseRecord,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
@@ -34,6 +35,7 @@ from attest_gateway.ports.records import (
     MailItem,
     StageEntry,
     StageRecord,
+    TreatmentRecord,
 )
 from attest_gateway.ports.store import KeyTaken
 
@@ -108,6 +110,14 @@ class FakeDirectory:
     async def org_by_ydernummer(self, ydernummer: str) -> Organisation | None:
         return next((o for o in self.orgs.values() if o.ydernummer == ydernummer), None)
 
+    async def jobcenter_of(self, kommunekode: str) -> Organisation | None:
+        found = (
+            o
+            for o in sorted(self.orgs.values(), key=lambda o: o.id)
+            if o.kommunekode == kommunekode and o.role is Role.JOBCENTER and o.enabled
+        )
+        return next(found, None)
+
     async def current_hpke_key(self, org_id: str, at: dt.datetime) -> PublicHpkeKey | None:
         usable = [
             e.public for e in self.hpke.values() if e.org_id == org_id and e.validity.usable(at)
@@ -139,6 +149,8 @@ class FakeState:
     inbound: dict[str, InboundRecord] = field(default_factory=dict)
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     contacts: dict[str, ContactRecord] = field(default_factory=dict)
+    cases: dict[str, CaseRecord] = field(default_factory=dict)
+    treatments: dict[str, TreatmentRecord] = field(default_factory=dict)
     audit: list[AuditEvent] = field(default_factory=list)
 
     def envelopes(self) -> list[SealedEnvelope]:
@@ -356,16 +368,60 @@ class FakeIdempotencyKeys(_Repo):
 
 
 class FakeContacts(_Repo):
-    async def by_idempotency_key(self, jobcenter_org: str, key: str) -> ContactRecord | None:
+    async def by_idempotency_key(self, registrar_org: str, key: str) -> ContactRecord | None:
         found = (
             c
             for c in self.s.contacts.values()
-            if c.jobcenter_org == jobcenter_org and c.idempotency_key == key
+            if c.registrar_org == registrar_org and c.idempotency_key == key
         )
         return next(found, None)
 
     async def add(self, record: ContactRecord) -> None:
         self.s.contacts[record.contact_id] = record
+
+
+class FakeCases(_Repo):
+    async def by_jobcenter_case_id(
+        self, jobcenter_org: str, jobcenter_case_id: str
+    ) -> CaseRecord | None:
+        found = (
+            c
+            for c in self.s.cases.values()
+            if (c.jobcenter_org, c.jobcenter_case_id) == (jobcenter_org, jobcenter_case_id)
+        )
+        return next(found, None)
+
+    async def of_citizen(self, jobcenter_org: str, case_ref: str) -> list[CaseRecord]:
+        return [
+            c
+            for c in self.s.cases.values()
+            if (c.jobcenter_org, c.case_ref) == (jobcenter_org, case_ref)
+        ]
+
+    async def add(self, record: CaseRecord) -> None:
+        self.s.cases[record.case_id] = record
+
+    async def update(self, record: CaseRecord) -> None:
+        old = self.s.cases[record.case_id]
+        self.s.cases[record.case_id] = replace(
+            old,
+            psychiatric_course=record.psychiatric_course,
+            closed_on=record.closed_on,
+            updated_at=record.updated_at,
+        )
+
+
+class FakeTreatments(_Repo):
+    async def by_idempotency_key(self, psychiatry_org: str, key: str) -> TreatmentRecord | None:
+        found = (
+            t
+            for t in self.s.treatments.values()
+            if t.psychiatry_org == psychiatry_org and t.idempotency_key == key
+        )
+        return next(found, None)
+
+    async def add(self, record: TreatmentRecord) -> None:
+        self.s.treatments[record.treatment_id] = record
 
 
 class FakeAuditLog(_Repo):
@@ -385,6 +441,8 @@ class FakeUnitOfWork:
         self.inbound = FakeInbound(state)
         self.idempotency = FakeIdempotencyKeys(state)
         self.contacts = FakeContacts(state)
+        self.cases = FakeCases(state)
+        self.treatments = FakeTreatments(state)
         self.audit = FakeAuditLog(state)
 
 

@@ -26,6 +26,7 @@ from attest_gateway.core.directory import Organisation, VerifyKey
 from attest_gateway.crypto.sealing import PublicHpkeKey
 from attest_gateway.ports.records import (
     AcceptedRequest,
+    CaseRecord,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
@@ -34,6 +35,7 @@ from attest_gateway.ports.records import (
     MailItem,
     StageEntry,
     StageRecord,
+    TreatmentRecord,
 )
 
 
@@ -52,6 +54,9 @@ class Directory(Protocol):
     async def org_by_id(self, org_id: str) -> Organisation | None: ...
     async def org_by_sor(self, sor: str) -> Organisation | None: ...
     async def org_by_ydernummer(self, ydernummer: str) -> Organisation | None: ...
+    async def jobcenter_of(self, kommunekode: str) -> Organisation | None:
+        """The enabled job centre of a municipality."""
+        ...
 
     async def current_hpke_key(self, org_id: str, at: dt.datetime) -> PublicHpkeKey | None:
         """The newest usable HPKE key of an organisation: new mail is sealed to it."""
@@ -207,8 +212,30 @@ class IdempotencyKeys(Protocol):
 
 
 class Contacts(Protocol):
-    async def by_idempotency_key(self, jobcenter_org: str, key: str) -> ContactRecord | None: ...
+    async def by_idempotency_key(self, registrar_org: str, key: str) -> ContactRecord | None: ...
     async def add(self, record: ContactRecord) -> None: ...
+
+
+class Cases(Protocol):
+    async def by_jobcenter_case_id(
+        self, jobcenter_org: str, jobcenter_case_id: str
+    ) -> CaseRecord | None: ...
+
+    async def of_citizen(self, jobcenter_org: str, case_ref: str) -> list[CaseRecord]:
+        """The job centre's cases of one citizen."""
+        ...
+
+    async def add(self, record: CaseRecord) -> None: ...
+
+    async def update(self, record: CaseRecord) -> None:
+        """Write the case's changeable fields (psychiatric course, closed on, updated at)."""
+        ...
+
+
+class Treatments(Protocol):
+    async def by_idempotency_key(self, psychiatry_org: str, key: str) -> TreatmentRecord | None: ...
+
+    async def add(self, record: TreatmentRecord) -> None: ...
 
 
 class AuditLog(Protocol):
@@ -239,6 +266,10 @@ class UnitOfWork(Protocol):
     def idempotency(self) -> IdempotencyKeys: ...
     @property
     def contacts(self) -> Contacts: ...
+    @property
+    def cases(self) -> Cases: ...
+    @property
+    def treatments(self) -> Treatments: ...
     @property
     def audit(self) -> AuditLog: ...
 

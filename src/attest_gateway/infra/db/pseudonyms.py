@@ -28,10 +28,12 @@ from attest_gateway.infra.db.tables import (
     conversations,
     leases,
     outbox,
+    tracker_cases,
     tracker_cell_citizens,
     tracker_contacts,
     tracker_conversations,
     tracker_episodes,
+    tracker_treatments,
 )
 
 KEY_ROW = "pseudonym-key"
@@ -44,6 +46,8 @@ REF_COLUMNS: tuple[sa.Column[Any], ...] = (
     tracker_conversations.c.case_ref,
     tracker_episodes.c.case_ref,
     tracker_contacts.c.case_ref,
+    tracker_cases.c.case_ref,
+    tracker_treatments.c.case_ref,
     tracker_cell_citizens.c.case_ref,
 )
 
