@@ -178,8 +178,16 @@ async def register_contact(
     ref = pseudonyms.case_ref(body.citizen_cpr, pseudonym_key)
     async with store.reading() as uow:
         psychiatry = await uow.directory.org_by_sor(body.psychiatry_sor)
-    if psychiatry is None or not psychiatry.enabled or psychiatry.role is not Role.PSYCHIATRY:
-        raise InvalidInput(ErrorCode.UNKNOWN_RECEIVER, "no psychiatry unit has that SOR code")
+        if psychiatry is None or not psychiatry.enabled or psychiatry.role is not Role.PSYCHIATRY:
+            earlier = None
+            if idempotency_key is not None:
+                earlier = await uow.contacts.by_idempotency_key(org.id, idempotency_key)
+            if earlier is not None:  # the key names another contact: that is what is wrong
+                raise Replay(
+                    ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                    "this Idempotency-Key was used with a different contact",
+                )
+            raise InvalidInput(ErrorCode.UNKNOWN_RECEIVER, "no psychiatry unit has that SOR code")
     contact = _Contact(
         jobcenter=org,
         psychiatry=psychiatry,
