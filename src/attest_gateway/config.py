@@ -394,6 +394,22 @@ class Settings(BaseSettings):
         description="the contact coverage the ministry's figures are compared with (the audit's "
         "25 %)",
     )
+    tracker_contact_counts: tuple[str, ...] = Field(
+        default=("meeting", "phone", "video", "written", "other", "attest"),
+        description="what counts as direct contact for coverage over registered cases: "
+        "registered contacts by channel (meeting, phone, video, written, other), attest (a "
+        "request to psychiatry answered with an attest) and request (any request sent to "
+        "psychiatry, even unanswered: off by default)",
+    )
+    tracker_no_contact_baseline: float = Field(
+        default=0.75,
+        description="the share of cases with a psychiatric course and no direct contact that "
+        "the audit found (75 %), the coverage report's baseline",
+    )
+    tracker_no_contact_target: float = Field(
+        default=0.5,
+        description="the target line of the share without direct contact",
+    )
     tracker_min_cell_citizens: int = Field(
         default=5, description="aggregate cells with fewer citizens are suppressed"
     )
@@ -445,6 +461,15 @@ class Settings(BaseSettings):
         default=None, description="the gateway's client certificate for mutual TLS to endpoints"
     )
     webhook_client_key: Path | None = Field(default=None, description="its private key (PEM)")
+
+    @field_validator("tracker_contact_counts")
+    @classmethod
+    def _known_contact_sources(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("meeting", "phone", "video", "written", "other", "attest", "request")
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown contact source(s) {unknown}: each is one of {list(known)}")
+        return value
 
     @field_validator("kafka_min_insync_replicas")
     @classmethod

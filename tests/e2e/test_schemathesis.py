@@ -36,6 +36,7 @@ MAX_EXAMPLES = "50"  # per operation and phase: about 45 s per database on two c
 CALLERS: list[tuple[str | None, str]] = [
     ("jc-koebenhavn", "^/jobcenter/"),
     ("psyk-kbh", "^/medcom/"),
+    ("psyk-kbh", "^/psychiatry/"),
     ("gp-noerrebro", "^/medcom/"),
     ("ministry", "^/ministry/"),
     ("jc-koebenhavn", "^/audit/"),

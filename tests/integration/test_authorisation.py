@@ -46,6 +46,7 @@ class Access(StrEnum):
     PUBLIC = "public"  # no credentials: documents, health, metrics, the dashboard's static files
     JOBCENTER = "jobcenter"
     HEALTH = "health"  # psychiatry, GP, hospital, specialist
+    PSYCHIATRY = "psychiatry"  # psychiatry only
     MINISTRY = "ministry"
     ANY_ORG = "any organisation"  # its own records only (the audit trail)
     PARTNER = "partner"  # job centres and healthcare organisations: their own webhooks
@@ -66,6 +67,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/jobcenter/v1/attest-requests/{conversation_id}"): Access.JOBCENTER,
     ("POST", "/jobcenter/v1/contacts"): Access.JOBCENTER,
     ("POST", "/jobcenter/v1/cases/close"): Access.JOBCENTER,
+    ("POST", "/jobcenter/v1/cases"): Access.JOBCENTER,
+    ("PATCH", "/jobcenter/v1/cases/{case_id}"): Access.JOBCENTER,
+    ("POST", "/psychiatry/v1/treatments"): Access.PSYCHIATRY,
+    ("POST", "/psychiatry/v1/contacts"): Access.PSYCHIATRY,
     ("GET", "/jobcenter/v1/inbox"): Access.JOBCENTER,
     ("POST", "/jobcenter/v1/inbox/{message_id}/ack"): Access.JOBCENTER,
     ("GET", "/medcom/v1/mailbox"): Access.HEALTH,
@@ -76,6 +81,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/ministry/v1/deadlines"): Access.MINISTRY,
     ("GET", "/ministry/v1/contacts"): Access.MINISTRY,
     ("GET", "/ministry/v1/meta"): Access.MINISTRY,
+    ("GET", "/ministry/v1/coverage"): Access.MINISTRY,
+    ("GET", "/ministry/v1/latency"): Access.MINISTRY,
+    ("GET", "/ministry/v1/request-timing"): Access.MINISTRY,
+    ("GET", "/ministry/v1/overdue"): Access.MINISTRY,
     ("GET", "/audit/v1/entries"): Access.ANY_ORG,
     ("POST", "/webhooks/v1/endpoints"): Access.PARTNER,
     ("GET", "/webhooks/v1/endpoints"): Access.PARTNER,
@@ -98,6 +107,7 @@ ALLOWED: dict[Access, set[str]] = {
     Access.PUBLIC: set(CALLERS),
     Access.JOBCENTER: {"jobcenter"},
     Access.HEALTH: {"psychiatry", "gp"},
+    Access.PSYCHIATRY: {"psychiatry"},
     Access.MINISTRY: {"ministry"},
     Access.ANY_ORG: {"jobcenter", "psychiatry", "gp", "ministry"},
     Access.PARTNER: {"jobcenter", "psychiatry", "gp"},
@@ -134,7 +144,8 @@ async def call(
         return await h.client.get(url, headers=headers)
     if method == "DELETE":
         return await h.client.delete(url, headers=headers)
-    return await h.client.post(
+    return await h.client.request(
+        method,
         url,
         content=orjson.dumps({} if body is None else body),
         headers={**headers, "Content-Type": "application/json"},

@@ -30,6 +30,9 @@ from tests.support.harness import fresh_database
 COLUMNS_0012 = importlib.import_module(
     "attest_gateway.infra.db.migrations.versions.0012_sealed_columns_uncompressed"
 ).COLUMNS
+COLUMNS_0016 = importlib.import_module(
+    "attest_gateway.infra.db.migrations.versions.0016_cases"
+).COLUMNS
 
 
 def _diff(connection: Connection) -> list[object]:
@@ -221,10 +224,10 @@ async def _storage(url: str) -> dict[tuple[str, str], str]:
 
 @pytest.mark.postgres
 async def test_sealed_columns_are_stored_uncompressed(tmp_path: Path) -> None:
-    """0012: exactly the ciphertext columns are EXTERNAL (out of line, never compressed); the
-    other text columns of those tables keep the default; the downgrade restores it. The
-    migration's frozen list is the declared one."""
-    assert COLUMNS_0012 == SEALED_COLUMNS
+    """0012 and 0016: exactly the ciphertext columns are EXTERNAL (out of line, never
+    compressed); the other text columns of those tables keep the default; the downgrade
+    restores it. The migrations' frozen lists are the declared one."""
+    assert COLUMNS_0012 + COLUMNS_0016 == SEALED_COLUMNS
     async with fresh_database("postgres", tmp_path) as url:
         await upgrade_async(url)
         storage = await _storage(url)

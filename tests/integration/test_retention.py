@@ -43,8 +43,8 @@ from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.housekeeping.retention import prune_store
 from attest_gateway.infra.kafka.topics import Topics
-from attest_gateway.services import cases
-from attest_gateway.services.cases import CaseClosed, CaseCloseIn
+from attest_gateway.services import closures
+from attest_gateway.services.closures import CaseClosed, CaseCloseIn
 from attest_gateway.services.contacts import ContactIn
 from attest_gateway.services.delivery import check_envelope, deliver, deliver_many
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
@@ -539,7 +539,7 @@ async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) ->
     erase_after = dt.timedelta(days=db.settings.case_erasure_days)
 
     async def close() -> tuple[CaseClosed, bool]:
-        return await cases.close_case(
+        return await closures.close_case(
             db.store, w.clock, jc, body, pseudonym_key=w.pseudonym_key,
             erase_after=erase_after, source="10.0.0.7",
         )  # fmt: skip

@@ -392,6 +392,7 @@ async def test_contacts_are_found_by_their_idempotency_key(
         response='{"contact_id": "x"}',
         created_at=NOW,
         citizen_sealed="sealed",
+        registrar_org=parties.jc.id,
     )
     async with backend.store.transaction() as uow:
         await uow.contacts.add(contact)

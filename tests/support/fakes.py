@@ -22,12 +22,13 @@ from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.contracts.webhooks import DeliveryStatus
 from attest_gateway.core.audit import AuditEvent
-from attest_gateway.core.directory import Organisation, VerifyKey
+from attest_gateway.core.directory import Organisation, Role, VerifyKey
 from attest_gateway.core.errors import ErrorCode, Unavailable
 from attest_gateway.crypto.sealing import OrgKeys, PublicHpkeKey
 from attest_gateway.ports.records import (
     AcceptedRequest,
     CaseClosure,
+    CaseRecord,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
@@ -37,6 +38,7 @@ from attest_gateway.ports.records import (
     SeenId,
     StageEntry,
     StageRecord,
+    TreatmentRecord,
 )
 from attest_gateway.ports.store import KeyTaken
 from attest_gateway.ports.webhooks import Attempt, DeliveryRecord, EndpointRecord
@@ -112,6 +114,14 @@ class FakeDirectory:
     async def org_by_ydernummer(self, ydernummer: str) -> Organisation | None:
         return next((o for o in self.orgs.values() if o.ydernummer == ydernummer), None)
 
+    async def jobcenter_of(self, kommunekode: str) -> Organisation | None:
+        found = (
+            o
+            for o in sorted(self.orgs.values(), key=lambda o: o.id)
+            if o.kommunekode == kommunekode and o.role is Role.JOBCENTER and o.enabled
+        )
+        return next(found, None)
+
     async def current_hpke_key(self, org_id: str, at: dt.datetime) -> PublicHpkeKey | None:
         usable = [
             e.public for e in self.hpke.values() if e.org_id == org_id and e.validity.usable(at)
@@ -145,6 +155,8 @@ class FakeState:
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
     contacts: dict[str, ContactRecord] = field(default_factory=dict)
     closures: dict[str, CaseClosure] = field(default_factory=dict)  # not yet erased, by id
+    cases: dict[str, CaseRecord] = field(default_factory=dict)
+    treatments: dict[str, TreatmentRecord] = field(default_factory=dict)
     audit: list[AuditEvent] = field(default_factory=list)
 
     def envelopes(self) -> list[SealedEnvelope]:
@@ -374,11 +386,11 @@ class FakeIdempotencyKeys(_Repo):
 
 
 class FakeContacts(_Repo):
-    async def by_idempotency_key(self, jobcenter_org: str, key: str) -> ContactRecord | None:
+    async def by_idempotency_key(self, registrar_org: str, key: str) -> ContactRecord | None:
         found = (
             c
             for c in self.s.contacts.values()
-            if c.jobcenter_org == jobcenter_org and c.idempotency_key == key
+            if c.registrar_org == registrar_org and c.idempotency_key == key
         )
         return next(found, None)
 
@@ -415,6 +427,50 @@ class FakeCaseClosures(_Repo):
         self.s.closures[closure.id] = closure
 
 
+class FakeCases(_Repo):
+    async def by_jobcenter_case_id(
+        self, jobcenter_org: str, jobcenter_case_id: str
+    ) -> CaseRecord | None:
+        found = (
+            c
+            for c in self.s.cases.values()
+            if (c.jobcenter_org, c.jobcenter_case_id) == (jobcenter_org, jobcenter_case_id)
+        )
+        return next(found, None)
+
+    async def of_citizen(self, jobcenter_org: str, case_ref: str) -> list[CaseRecord]:
+        return [
+            c
+            for c in self.s.cases.values()
+            if (c.jobcenter_org, c.case_ref) == (jobcenter_org, case_ref)
+        ]
+
+    async def add(self, record: CaseRecord) -> None:
+        self.s.cases[record.case_id] = record
+
+    async def update(self, record: CaseRecord) -> None:
+        old = self.s.cases[record.case_id]
+        self.s.cases[record.case_id] = replace(
+            old,
+            psychiatric_course=record.psychiatric_course,
+            closed_on=record.closed_on,
+            updated_at=record.updated_at,
+        )
+
+
+class FakeTreatments(_Repo):
+    async def by_idempotency_key(self, psychiatry_org: str, key: str) -> TreatmentRecord | None:
+        found = (
+            t
+            for t in self.s.treatments.values()
+            if t.psychiatry_org == psychiatry_org and t.idempotency_key == key
+        )
+        return next(found, None)
+
+    async def add(self, record: TreatmentRecord) -> None:
+        self.s.treatments[record.treatment_id] = record
+
+
 class FakeAuditLog(_Repo):
     async def record_many(self, events: Sequence[AuditEvent]) -> None:
         self.s.audit.extend(events)
@@ -433,7 +489,9 @@ class FakeUnitOfWork:
         self.inbound = FakeInbound(state)
         self.idempotency = FakeIdempotencyKeys(state)
         self.contacts = FakeContacts(state)
-        self.cases = FakeCaseClosures(state)
+        self.closures = FakeCaseClosures(state)
+        self.cases = FakeCases(state)
+        self.treatments = FakeTreatments(state)
         self.audit = FakeAuditLog(state)
 
 

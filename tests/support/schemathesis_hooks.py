@@ -18,6 +18,9 @@ BEYOND_THE_SCHEMA = frozenset(
     {
         # The directory: which organisations, keys and conversations exist, who may do what.
         "unknown-receiver",
+        "unknown-jobcenter",
+        "unknown-case",
+        "case-conflict",
         "receiver-cannot-issue",
         "receiver-has-no-key",
         "receiver-mismatch",
@@ -30,6 +33,9 @@ BEYOND_THE_SCHEMA = frozenset(
         "invalid-reply-deadline",
         "invalid-contact-date",
         "invalid-first-day-of-absence",
+        "invalid-closed-date",
+        # The pseudonym key a case ref was made with.
+        "invalid-case-ref",
         # Relations between parameters ('from' after 'to'; weekly figures only nationally).
         "invalid-period",
         # Cryptography: signatures, opening an envelope, its header against its content.

@@ -1,4 +1,4 @@
-"""Tracker input besides stage events: a contact the job centre registered.
+"""Tracker input besides stage events: a contact the job centre or psychiatry registered.
 
 `gateway.tracking` carries two record types, told apart by the JSON field `type` (and the
 `message-type` header): `stage` (`contracts.stages.StageEvent`, key = conversation id) and
@@ -22,7 +22,15 @@ class ContactChannel(StrEnum):
     MEETING = "meeting"
     PHONE = "phone"
     VIDEO = "video"
+    WRITTEN = "written"  # a written exchange (a letter or secure e-mail) outside the gateway
     OTHER = "other"
+
+
+class Registrar(StrEnum):
+    """Which side registered a contact."""
+
+    JOBCENTER = "jobcenter"
+    PSYCHIATRY = "psychiatry"
 
 
 class ContactEvent(BaseModel):
@@ -44,6 +52,7 @@ class ContactEvent(BaseModel):
     case_ref: str
     first_day_of_absence: dt.date
     channel: ContactChannel
+    registered_by: Registrar = Registrar.JOBCENTER
 
 
 TrackingEvent = StageEvent | ContactEvent

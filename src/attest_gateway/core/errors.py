@@ -65,6 +65,10 @@ class ErrorCode(StrEnum):
     INVALID_REPLY_DEADLINE = "invalid-reply-deadline"
     INVALID_FIRST_DAY_OF_ABSENCE = "invalid-first-day-of-absence"
     INVALID_CONTACT_DATE = "invalid-contact-date"
+    INVALID_CLOSED_DATE = "invalid-closed-date"
+    INVALID_CASE_REF = "invalid-case-ref"
+    UNKNOWN_JOBCENTER = "unknown-jobcenter"
+    UNKNOWN_CASE = "unknown-case"
     INVALID_PERIOD = "invalid-period"
     UNKNOWN_METRIC = "unknown-metric"
     PATIENT_MISMATCH = "patient-mismatch"
@@ -119,6 +123,7 @@ class ErrorCode(StrEnum):
 
     # An identifier used before
     IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused"
+    CASE_CONFLICT = "case-conflict"
     MESSAGE_ID_CONFLICT = "message-id-conflict"
     REPLAYED_MESSAGE_ID = "replayed-message-id"
 

@@ -130,3 +130,11 @@ def conversation_context(conversation_id: str) -> str:
 
 def contact_context(contact_id: str) -> str:
     return f"contact:{contact_id}"
+
+
+def case_context(case_id: str) -> str:
+    return f"case:{case_id}"
+
+
+def treatment_context(treatment_id: str) -> str:
+    return f"treatment:{treatment_id}"

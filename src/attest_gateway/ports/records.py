@@ -145,7 +145,8 @@ class AcceptedRequest:
 
 @dataclass(frozen=True, slots=True)
 class ContactRecord:
-    """A registered direct contact between a job centre and a psychiatry unit."""
+    """A registered direct contact between a job centre and a psychiatry unit (registered by
+    either; an Idempotency-Key is the registrar's)."""
 
     contact_id: str
     jobcenter_org: str
@@ -159,6 +160,7 @@ class ContactRecord:
     response: str
     created_at: dt.datetime
     citizen_sealed: str | None
+    registrar_org: str  # who registered it: the job centre or the psychiatry unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,3 +215,38 @@ class CaseClosure:
     conversations: int
     closed_at: dt.datetime
     erase_after: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRecord:
+    """A sickness case a job centre registered: the denominator of contact coverage."""
+
+    case_id: str
+    jobcenter_org: str
+    jobcenter_case_id: str
+    case_ref: str
+    municipality: str
+    region_code: str
+    case_kind: str
+    psychiatric_course: bool
+    first_day_of_absence: dt.date
+    closed_on: dt.date | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    citizen_sealed: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TreatmentRecord:
+    """A citizen a psychiatry unit registered as in its treatment."""
+
+    treatment_id: str
+    psychiatry_org: str
+    case_ref: str
+    region_code: str | None
+    start_date: dt.date
+    end_date: dt.date | None
+    idempotency_key: str | None
+    response: str
+    created_at: dt.datetime
+    citizen_sealed: str | None

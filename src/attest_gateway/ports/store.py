@@ -27,6 +27,7 @@ from attest_gateway.crypto.sealing import PublicHpkeKey
 from attest_gateway.ports.records import (
     AcceptedRequest,
     CaseClosure,
+    CaseRecord,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
@@ -36,6 +37,7 @@ from attest_gateway.ports.records import (
     SeenId,
     StageEntry,
     StageRecord,
+    TreatmentRecord,
 )
 
 
@@ -54,6 +56,9 @@ class Directory(Protocol):
     async def org_by_id(self, org_id: str) -> Organisation | None: ...
     async def org_by_sor(self, sor: str) -> Organisation | None: ...
     async def org_by_ydernummer(self, ydernummer: str) -> Organisation | None: ...
+    async def jobcenter_of(self, kommunekode: str) -> Organisation | None:
+        """The enabled job centre of a municipality."""
+        ...
 
     async def current_hpke_key(self, org_id: str, at: dt.datetime) -> PublicHpkeKey | None:
         """The newest usable HPKE key of an organisation: new mail is sealed to it."""
@@ -223,7 +228,7 @@ class IdempotencyKeys(Protocol):
 
 
 class Contacts(Protocol):
-    async def by_idempotency_key(self, jobcenter_org: str, key: str) -> ContactRecord | None: ...
+    async def by_idempotency_key(self, registrar_org: str, key: str) -> ContactRecord | None: ...
     async def add(self, record: ContactRecord) -> None: ...
 
 
@@ -243,6 +248,28 @@ class CaseClosures(Protocol):
         ...
 
     async def add(self, closure: CaseClosure) -> None: ...
+
+
+class Cases(Protocol):
+    async def by_jobcenter_case_id(
+        self, jobcenter_org: str, jobcenter_case_id: str
+    ) -> CaseRecord | None: ...
+
+    async def of_citizen(self, jobcenter_org: str, case_ref: str) -> list[CaseRecord]:
+        """The job centre's cases of one citizen."""
+        ...
+
+    async def add(self, record: CaseRecord) -> None: ...
+
+    async def update(self, record: CaseRecord) -> None:
+        """Write the case's changeable fields (psychiatric course, closed on, updated at)."""
+        ...
+
+
+class Treatments(Protocol):
+    async def by_idempotency_key(self, psychiatry_org: str, key: str) -> TreatmentRecord | None: ...
+
+    async def add(self, record: TreatmentRecord) -> None: ...
 
 
 class AuditLog(Protocol):
@@ -276,7 +303,11 @@ class UnitOfWork(Protocol):
     @property
     def contacts(self) -> Contacts: ...
     @property
-    def cases(self) -> CaseClosures: ...
+    def closures(self) -> CaseClosures: ...
+    @property
+    def cases(self) -> Cases: ...
+    @property
+    def treatments(self) -> Treatments: ...
     @property
     def audit(self) -> AuditLog: ...
 

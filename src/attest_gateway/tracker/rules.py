@@ -160,6 +160,12 @@ DEFAULT_DEADLINES: Final[Mapping[str, str]] = {
 # --- the rules as configured ------------------------------------------------------------------
 
 
+CONTACT_SOURCES: Final = frozenset(
+    {"meeting", "phone", "video", "written", "other", "attest", "request"}
+)
+CONTACT_COUNTS_DEFAULT: Final = CONTACT_SOURCES - {"request"}
+
+
 @dataclass(frozen=True, slots=True)
 class TrackerRules:
     deadlines: Mapping[str, DeadlineRule]
@@ -169,6 +175,12 @@ class TrackerRules:
     contact_window_weeks: int = 8
     contact_case_kinds: frozenset[str] = frozenset({"sygedagpenge", "jobafklaringsforloeb"})
     contact_baseline: float = 0.25
+    # What counts as direct contact over registered cases (tracker/coverage.py): registered
+    # contact channels, `attest` (a request answered with an attest) and `request` (any
+    # request sent to psychiatry, answered or not: the definition before cases, off by default)
+    contact_counts: frozenset[str] = CONTACT_COUNTS_DEFAULT
+    no_contact_baseline: float = 0.75
+    no_contact_target: float = 0.5
     reminder_max: int = 2
     reminder_interval_days: int = 7
     min_cell_citizens: int = 5

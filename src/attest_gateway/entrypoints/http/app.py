@@ -30,6 +30,7 @@ from attest_gateway.entrypoints.http.routes.ministry import (
     dashboard_router as ministry_dashboard_router,
 )
 from attest_gateway.entrypoints.http.routes.ministry import router as ministry_router
+from attest_gateway.entrypoints.http.routes.psychiatry import router as psychiatry_router
 from attest_gateway.entrypoints.http.routes.webhooks import router as webhooks_router
 from attest_gateway.infra.db.gauges import StoreGauges
 from attest_gateway.production import refuse_unsafe_settings
@@ -79,6 +80,7 @@ def create_app(
     if api_routes:
         app.include_router(jobcenter_router)
         app.include_router(medcom_router)
+        app.include_router(psychiatry_router)
         app.include_router(ministry_router)
         app.include_router(ministry_dashboard_router)
         app.include_router(audit_router)

@@ -57,6 +57,12 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     "not-found": (404, "Not found", "no such resource"),
     "unknown-request": (404, "Not found", "the message answers no request of this organisation"),
     "method-not-allowed": (405, "Method not allowed", "the resource does not take this method"),
+    "case-conflict": (
+        409,
+        "Conflict",
+        "the job centre already registered another case under this case id (change the "
+        "psychiatric course or close it with PATCH)",
+    ),
     "idempotency-key-reused": (
         409,
         "Conflict",
@@ -177,6 +183,28 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         422,
         "Unprocessable content",
         "a contact cannot be registered in advance",
+    ),
+    "invalid-closed-date": (
+        422,
+        "Unprocessable content",
+        "the case cannot close before the first day of absence",
+    ),
+    "invalid-case-ref": (
+        422,
+        "Unprocessable content",
+        "the case ref was not made with the gateway's current pseudonym key: ask the job "
+        "centre for the current one, or send the CPR number",
+    ),
+    "unknown-jobcenter": (
+        422,
+        "Unprocessable content",
+        "the municipality has no job centre in the gateway",
+    ),
+    "unknown-case": (
+        422,
+        "Unprocessable content",
+        "the job centre has registered no case of this citizen: send case_kind and "
+        "first_day_of_absence",
     ),
     "invalid-period": (422, "Unprocessable content", "'from' is after 'to'"),
     "unknown-metric": (422, "Unprocessable content", "metric is one of […]"),
@@ -324,6 +352,52 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
     ("get", "/ministry/v1/durations"): [*_MINISTRY_FILTER_CODES, "unknown-metric"],
     ("get", "/ministry/v1/deadlines"): _MINISTRY_FILTER_CODES,
     ("get", "/ministry/v1/contacts"): _MINISTRY_FILTER_CODES,
+    ("get", "/ministry/v1/coverage"): _MINISTRY_FILTER_CODES,
+    ("get", "/ministry/v1/latency"): _MINISTRY_FILTER_CODES,
+    ("get", "/ministry/v1/request-timing"): _MINISTRY_FILTER_CODES,
+    ("get", "/ministry/v1/overdue"): _MINISTRY_FILTER_CODES,
+    ("post", "/jobcenter/v1/cases"): [
+        "invalid-request",
+        *_IDENTIFIER_CODES,
+        "date-out-of-range",
+        "control-character",
+        "cpr-in-reference",
+        "jobcenter-mismatch",
+        "invalid-first-day-of-absence",
+        "invalid-closed-date",
+        "case-conflict",
+        "unsupported-media-type",
+    ],
+    ("patch", "/jobcenter/v1/cases/{case_id}"): [
+        "invalid-request",
+        "date-out-of-range",
+        "not-found",
+        "invalid-closed-date",
+        "unsupported-media-type",
+    ],
+    ("post", "/psychiatry/v1/treatments"): [
+        "invalid-request",
+        "invalid-cpr",
+        "date-out-of-range",
+        "invalid-case-ref",
+        "idempotency-key-required",
+        "idempotency-key-reused",
+        "unsupported-media-type",
+    ],
+    ("post", "/psychiatry/v1/contacts"): [
+        "invalid-request",
+        "invalid-cpr",
+        "invalid-kommunekode",
+        "date-out-of-range",
+        "invalid-case-ref",
+        "unknown-jobcenter",
+        "unknown-case",
+        "invalid-first-day-of-absence",
+        "invalid-contact-date",
+        "idempotency-key-required",
+        "idempotency-key-reused",
+        "unsupported-media-type",
+    ],
     ("get", "/metrics"): ["unauthenticated"],
     ("post", "/webhooks/v1/endpoints"): [
         "invalid-request",
@@ -336,7 +410,14 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
     ("post", "/webhooks/v1/deliveries/{delivery_id}/redeliver"): ["not-found"],
 }
 
-_PARTNER_PREFIXES = ("/jobcenter/", "/medcom/", "/ministry/", "/audit/", "/webhooks/")
+_PARTNER_PREFIXES = (
+    "/jobcenter/",
+    "/medcom/",
+    "/psychiatry/",
+    "/ministry/",
+    "/audit/",
+    "/webhooks/",
+)
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "title": "Problem",
@@ -542,6 +623,150 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
     },
 }
 
+_CASE_REF = "3f9a1c.8d2e5b7a0c4f6e1d9b3a2c5e7f0a1b2c"
+_CASE = {
+    "case_id": "sag-2026-0042",
+    "case_ref": _CASE_REF,
+    "municipality": "101",
+    "case_kind": "sygedagpenge",
+    "psychiatric_course": True,
+    "first_day_of_absence": "2026-10-01",
+    "closed_on": None,
+}
+_SUCCESS_EXAMPLES.update(
+    {
+        ("post", "/jobcenter/v1/cases"): _CASE,
+        ("patch", "/jobcenter/v1/cases/{case_id}"): {**_CASE, "closed_on": "2026-12-18"},
+        ("post", "/psychiatry/v1/treatments"): {
+            "treatment_id": "b6f1e0de-3c2a-4f55-9d61-2f7a9e1c0b44",
+            "start_date": "2026-09-14",
+            "end_date": None,
+        },
+        ("post", "/psychiatry/v1/contacts"): {
+            "contact_id": "0c9b7f0e-5d1a-4b7e-a3f2-6e8d1c2b9a70",
+            "contact_date": "2026-10-20",
+            "psychiatry": "Psykiatrisk Center København",
+            "jobcenter": "Jobcenter København",
+            "registered_by": "psychiatry",
+        },
+        ("get", "/ministry/v1/coverage"): {
+            "filters": {
+                "period": "month",
+                "from": "2026-01-01",
+                "to": "2026-12-31",
+                "attest_type": None,
+                "region": None,
+            },
+            "min_cell_citizens": 5,
+            "baseline": 0.75,
+            "target": 0.5,
+            "window_weeks": 8,
+            "contact_counts": ["attest", "meeting", "other", "phone", "video", "written"],
+            "rows": [
+                {
+                    "group": "1084",
+                    "label": "Region Hovedstaden",
+                    "suppressed": False,
+                    "baseline": 0.75,
+                    "target": 0.5,
+                    "cases": 412,
+                    "with_contact": 131,
+                    "without_contact": 281,
+                    "share_without_contact": 0.682,
+                    "contact_by_jobcenter": 64,
+                    "contact_by_psychiatry": 22,
+                    "contact_by_attest": 45,
+                    "contact_by_request": 0,
+                    "pending": 57,
+                    "closed_early": 19,
+                },
+                {
+                    "group": "1085",
+                    "label": "Region Sjælland",
+                    "suppressed": True,
+                    "baseline": 0.75,
+                    "target": 0.5,
+                    "cases": None,
+                    "with_contact": None,
+                    "without_contact": None,
+                    "share_without_contact": None,
+                    "contact_by_jobcenter": None,
+                    "contact_by_psychiatry": None,
+                    "contact_by_attest": None,
+                    "contact_by_request": None,
+                    "pending": None,
+                    "closed_early": None,
+                },
+            ],
+        },
+        ("get", "/ministry/v1/latency"): {
+            "filters": {
+                "period": "month",
+                "from": None,
+                "to": None,
+                "attest_type": None,
+                "region": None,
+            },
+            "min_cell_citizens": 5,
+            "unit": "seconds",
+            "rows": [
+                {
+                    "group": "psychiatry",
+                    "label": "psychiatry",
+                    "suppressed": False,
+                    "requests": 240,
+                    "answered": 171,
+                    "open": 69,
+                    "share_open": 0.2875,
+                    "median": 3412800.0,
+                    "p90": None,
+                    "answered_only_median": 2592000.0,
+                }
+            ],
+        },
+        ("get", "/ministry/v1/request-timing"): {
+            "filters": {
+                "period": "month",
+                "from": None,
+                "to": None,
+                "attest_type": None,
+                "region": None,
+            },
+            "min_cell_citizens": 5,
+            "follow_up_weeks": {"sygedagpenge": 8},
+            "rows": [
+                {
+                    "group": "DK",
+                    "label": "Danmark",
+                    "suppressed": False,
+                    "week": 6,
+                    "requests": 118,
+                    "share": 0.094,
+                }
+            ],
+        },
+        ("get", "/ministry/v1/overdue"): {
+            "filters": {
+                "period": "month",
+                "from": None,
+                "to": None,
+                "attest_type": None,
+                "region": None,
+            },
+            "min_cell_citizens": 5,
+            "rows": [
+                {
+                    "label": "Psykiatrisk Center København",
+                    "receiver_kind": "psychiatry",
+                    "suppressed": False,
+                    "open_overdue": 23,
+                    "most_days_overdue": 41,
+                }
+            ],
+        },
+    }
+)
+
 _METRICS = (
     "# HELP attest_gateway_http_requests_total HTTP requests answered\n"
     "# TYPE attest_gateway_http_requests_total counter\n"
@@ -557,6 +782,28 @@ _CSV = (
 _REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/jobcenter/v1/cases/close"): {
         "application/json": {"citizen_cpr": "0101901234", "case_kind": "sygedagpenge"}
+    },
+    ("post", "/jobcenter/v1/cases"): {
+        "application/json": {
+            "municipality": "101",
+            "case_id": "sag-2026-0042",
+            "citizen_cpr": "0101901234",
+            "case_kind": "sygedagpenge",
+            "psychiatric_course": True,
+            "first_day_of_absence": "2026-10-01",
+        }
+    },
+    ("patch", "/jobcenter/v1/cases/{case_id}"): {"application/json": {"closed_on": "2026-12-18"}},
+    ("post", "/psychiatry/v1/treatments"): {
+        "application/json": {"citizen_cpr": "0101901234", "start_date": "2026-09-14"}
+    },
+    ("post", "/psychiatry/v1/contacts"): {
+        "application/json": {
+            "municipality": "101",
+            "case_ref": "3f9a1c.8d2e5b7a0c4f6e1d9b3a2c5e7f0a1b2c",
+            "contact_date": "2026-10-20",
+            "channel": "phone",
+        }
     },
     ("post", "/jobcenter/v1/attest-requests"): {
         "application/json": {

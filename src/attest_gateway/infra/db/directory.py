@@ -56,6 +56,7 @@ from attest_gateway.contracts.envelope import Suite
 from attest_gateway.core.directory import (
     CLIENT_CERT_PURPOSE,
     Organisation,
+    Role,
     VerifyKey,
     client_cert_key_id,
     hash_api_key,
@@ -365,6 +366,23 @@ async def org_by_sor(conn: AsyncConnection, sor: str) -> Organisation | None:
 
 async def org_by_ydernummer(conn: AsyncConnection, ydernummer: str) -> Organisation | None:
     return await _org(conn, "ydernummer", ydernummer)
+
+
+async def jobcenter_of(conn: AsyncConnection, kommunekode: str) -> Organisation | None:
+    """The enabled job centre of a municipality (not cached: only registrations ask)."""
+    row = (
+        await conn.execute(
+            sa.select(organisations)
+            .where(
+                organisations.c.kommunekode == kommunekode,
+                organisations.c.role == Role.JOBCENTER.value,
+                organisations.c.enabled.is_(True),
+            )
+            .order_by(organisations.c.id)
+            .limit(1)
+        )
+    ).first()
+    return Organisation.from_row(row) if row is not None else None
 
 
 async def org_by_identifiers(

@@ -27,6 +27,9 @@ class SqlDirectory:
     async def org_by_ydernummer(self, ydernummer: str) -> Organisation | None:
         return await directory.org_by_ydernummer(self._conn, ydernummer)
 
+    async def jobcenter_of(self, kommunekode: str) -> Organisation | None:
+        return await directory.jobcenter_of(self._conn, kommunekode)
+
     async def current_hpke_key(self, org_id: str, at: dt.datetime) -> PublicHpkeKey | None:
         return await directory.current_hpke_key(self._conn, org_id, at)
 

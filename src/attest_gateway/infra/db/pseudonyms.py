@@ -29,10 +29,12 @@ from attest_gateway.infra.db.tables import (
     conversations,
     leases,
     outbox,
+    tracker_cases,
     tracker_cell_citizens,
     tracker_contacts,
     tracker_conversations,
     tracker_episodes,
+    tracker_treatments,
 )
 
 KEY_ROW = "pseudonym-key"
@@ -45,6 +47,8 @@ REF_COLUMNS: tuple[sa.Column[Any], ...] = (
     tracker_conversations.c.case_ref,
     tracker_episodes.c.case_ref,
     tracker_contacts.c.case_ref,
+    tracker_cases.c.case_ref,
+    tracker_treatments.c.case_ref,
     tracker_cell_citizens.c.case_ref,
     case_closures.c.case_ref,  # NULL once the case is erased
 )

@@ -43,7 +43,14 @@ from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.engine import aware, insert_ignore
-from attest_gateway.infra.db.tables import conversations, leases, outbox, tracker_contacts
+from attest_gateway.infra.db.tables import (
+    conversations,
+    leases,
+    outbox,
+    tracker_cases,
+    tracker_contacts,
+    tracker_treatments,
+)
 from attest_gateway.infra.kafka.topics import Topics
 
 LEASE = "pseudonym-rekey"
@@ -62,6 +69,8 @@ _MAP = sa.Table(
 _SEALED: tuple[tuple[sa.Table, sa.Column[Any], Callable[[str], str]], ...] = (
     (conversations, conversations.c.id, cps.conversation_context),
     (tracker_contacts, tracker_contacts.c.contact_id, cps.contact_context),
+    (tracker_cases, tracker_cases.c.case_id, cps.case_context),
+    (tracker_treatments, tracker_treatments.c.treatment_id, cps.treatment_context),
 )
 
 

@@ -236,6 +236,8 @@ SEALED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("sent_messages", "copy"),
     ("conversations", "citizen_sealed"),
     ("tracker_contacts", "citizen_sealed"),
+    ("tracker_cases", "citizen_sealed"),
+    ("tracker_treatments", "citizen_sealed"),
 )
 
 # --- tracker (migration 0002) ----------------------------------------------------------------
@@ -325,7 +327,52 @@ tracker_contacts = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     # the CPR number sealed to the gateway's own HPKE key, to re-key pseudonyms (0007)
     sa.Column("citizen_sealed", sa.Text, nullable=True),
-    sa.UniqueConstraint("jobcenter_org", "idempotency_key"),
+    # who registered it: the job centre or the psychiatry unit (migration 0016)
+    sa.Column("registrar_org", sa.String(64), nullable=False),
+    sa.UniqueConstraint("registrar_org", "idempotency_key"),
+)
+
+# Sickness cases a job centre registered (`POST /jobcenter/v1/cases`, migration 0016): the
+# denominator of contact coverage, with or without any attest request. The citizen appears as
+# the case ref; the CPR number only sealed to the gateway's own key, for re-keying.
+tracker_cases = sa.Table(
+    "tracker_cases",
+    metadata,
+    sa.Column("case_id", sa.String(64), primary_key=True),
+    sa.Column("jobcenter_org", sa.String(64), nullable=False),
+    sa.Column("jobcenter_case_id", sa.String(200), nullable=False),  # the job centre's own id
+    sa.Column("case_ref", sa.String(64), nullable=False),
+    sa.Column("municipality", sa.String(3), nullable=False),
+    sa.Column("region_code", sa.String(4), nullable=False),
+    sa.Column("case_kind", sa.String(32), nullable=False),
+    sa.Column("psychiatric_course", sa.Boolean, nullable=False),
+    sa.Column("first_day_of_absence", sa.Date, nullable=False),
+    sa.Column("closed_on", sa.Date, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("citizen_sealed", sa.Text, nullable=True),
+    sa.UniqueConstraint("jobcenter_org", "jobcenter_case_id"),
+    sa.Index(None, "case_ref"),
+    sa.Index(None, "first_day_of_absence"),
+)
+
+# Citizens a psychiatry unit registered as in its treatment (`POST /psychiatry/v1/treatments`,
+# migration 0016): a case of such a citizen counts as one with a psychiatric course.
+tracker_treatments = sa.Table(
+    "tracker_treatments",
+    metadata,
+    sa.Column("treatment_id", sa.String(64), primary_key=True),
+    sa.Column("psychiatry_org", sa.String(64), nullable=False),
+    sa.Column("case_ref", sa.String(64), nullable=False),
+    sa.Column("region_code", sa.String(4), nullable=True),  # the psychiatry unit's region
+    sa.Column("start_date", sa.Date, nullable=False),
+    sa.Column("end_date", sa.Date, nullable=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("response", sa.Text, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("citizen_sealed", sa.Text, nullable=True),  # null when named by case ref
+    sa.UniqueConstraint("psychiatry_org", "idempotency_key"),
+    sa.Index(None, "case_ref"),
 )
 
 # Incremental rollups, maintained as events arrive. A cell is (grain, period kind, period

@@ -37,12 +37,15 @@ from attest_gateway.infra.db.tables import (
     outbox,
     seen_ids,
     sent_messages,
+    tracker_cases,
     tracker_contacts,
+    tracker_treatments,
 )
 from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.ports.records import (
     AcceptedRequest,
     CaseClosure,
+    CaseRecord,
     ContactRecord,
     Conversation,
     IdempotencyRecord,
@@ -52,6 +55,7 @@ from attest_gateway.ports.records import (
     SeenId,
     StageEntry,
     StageRecord,
+    TreatmentRecord,
 )
 from attest_gateway.ports.store import KeyTaken
 
@@ -462,11 +466,11 @@ class SqlContacts:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def by_idempotency_key(self, jobcenter_org: str, key: str) -> ContactRecord | None:
+    async def by_idempotency_key(self, registrar_org: str, key: str) -> ContactRecord | None:
         row = (
             await self._conn.execute(
                 sa.select(tracker_contacts).where(
-                    tracker_contacts.c.jobcenter_org == jobcenter_org,
+                    tracker_contacts.c.registrar_org == registrar_org,
                     tracker_contacts.c.idempotency_key == key,
                 )
             )
@@ -532,6 +536,80 @@ class SqlCaseClosures:
         await self._conn.execute(case_closures.insert().values(**fields))
 
 
+def _case(row: Any) -> CaseRecord:
+    fields = {f: getattr(row, f) for f in CaseRecord.__dataclass_fields__}
+    return CaseRecord(
+        **fields | {"created_at": aware(row.created_at), "updated_at": aware(row.updated_at)}
+    )
+
+
+class SqlCases:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def by_jobcenter_case_id(
+        self, jobcenter_org: str, jobcenter_case_id: str
+    ) -> CaseRecord | None:
+        row = (
+            await self._conn.execute(
+                sa.select(tracker_cases).where(
+                    tracker_cases.c.jobcenter_org == jobcenter_org,
+                    tracker_cases.c.jobcenter_case_id == jobcenter_case_id,
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        return _case(row)
+
+    async def of_citizen(self, jobcenter_org: str, case_ref: str) -> list[CaseRecord]:
+        rows = await self._conn.execute(
+            sa.select(tracker_cases).where(
+                tracker_cases.c.jobcenter_org == jobcenter_org,
+                tracker_cases.c.case_ref == case_ref,
+            )
+        )
+        return [_case(row) for row in rows]
+
+    async def add(self, record: CaseRecord) -> None:
+        fields = {f: getattr(record, f) for f in CaseRecord.__dataclass_fields__}
+        await self._conn.execute(tracker_cases.insert().values(**fields))
+
+    async def update(self, record: CaseRecord) -> None:
+        await self._conn.execute(
+            tracker_cases.update()
+            .where(tracker_cases.c.case_id == record.case_id)
+            .values(
+                psychiatric_course=record.psychiatric_course,
+                closed_on=record.closed_on,
+                updated_at=record.updated_at,
+            )
+        )
+
+
+class SqlTreatments:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def by_idempotency_key(self, psychiatry_org: str, key: str) -> TreatmentRecord | None:
+        row = (
+            await self._conn.execute(
+                sa.select(tracker_treatments).where(
+                    tracker_treatments.c.psychiatry_org == psychiatry_org,
+                    tracker_treatments.c.idempotency_key == key,
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        fields = {f: getattr(row, f) for f in TreatmentRecord.__dataclass_fields__}
+        return TreatmentRecord(**fields | {"created_at": aware(row.created_at)})
+
+    async def add(self, record: TreatmentRecord) -> None:
+        fields = {f: getattr(record, f) for f in TreatmentRecord.__dataclass_fields__}
+        await self._conn.execute(tracker_treatments.insert().values(**fields))
+
+
 class SqlAuditLog:
     def __init__(self, conn: AsyncConnection, topics: Topics) -> None:
         self._conn = conn
@@ -555,7 +633,9 @@ class SqlUnitOfWork:
         self.inbound = SqlInbound(conn)
         self.idempotency = SqlIdempotencyKeys(conn)
         self.contacts = SqlContacts(conn)
-        self.cases = SqlCaseClosures(conn)
+        self.closures = SqlCaseClosures(conn)
+        self.cases = SqlCases(conn)
+        self.treatments = SqlTreatments(conn)
         self.audit = SqlAuditLog(conn, topics)
 
 

@@ -14,7 +14,7 @@ so pruning never blocks ingest.
   never touched;
 - the tracker's per-conversation timelines, episodes and registered contacts once decided,
   and which citizens a closed period's cells counted; the aggregates themselves are kept;
-- closed cases (`services/cases.py`) after CASE_ERASURE_DAYS: what identifies the citizen;
+- closed cases (`services/closures.py`) after CASE_ERASURE_DAYS: what identifies the citizen;
 - the audit log, up to a signed checkpoint (`infra/db/audit.py`), after a checkpoint of the
   chain's head is taken when due.
 """

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import Field
 
 from attest_gateway.config import Settings
+from attest_gateway.contracts.cases import CaseIn, CaseOut, CasePatch, JobcenterCaseId
 from attest_gateway.contracts.jobcenter import (
     AttestRequestAccepted,
     AttestRequestIn,
@@ -25,9 +26,9 @@ from attest_gateway.entrypoints.http.auth import (
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
-from attest_gateway.services import cases, contacts
+from attest_gateway.services import cases, closures, contacts
 from attest_gateway.services import jobcenter as service
-from attest_gateway.services.cases import CaseClosed, CaseCloseIn
+from attest_gateway.services.closures import CaseClosed, CaseCloseIn
 from attest_gateway.services.contacts import ContactAccepted, ContactIn
 
 ROLES = (Role.JOBCENTER,)
@@ -136,7 +137,7 @@ async def close_case(
     kind). After CASE_ERASURE_DAYS the gateway erases what identifies the citizen in it; the
     ministry's aggregates stay. Closing a closed case again answers the first closure."""
     gw = gateway_of(request)
-    closed, created = await cases.close_case(
+    closed, created = await closures.close_case(
         gw.store,
         gw.clock,
         org,
@@ -148,6 +149,38 @@ async def close_case(
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return closed
+
+
+@router.post("/cases", status_code=201, response_model=CaseOut)
+async def register_case(
+    body: CaseIn, request: Request, response: Response, org: JobCenter
+) -> CaseOut:
+    """Register a sickness case (idempotent by the job centre's case id): the denominator of
+    contact coverage, with or without any attest request. 201 when created; the same case again
+    answers 200 with `Idempotent-Replayed: true`."""
+    gw = gateway_of(request)
+    case, created = await cases.register_case(
+        gw.store,
+        gw.keyring,
+        gw.clock,
+        org,
+        body,
+        gateway_org_id=gw.settings.gateway_org_id,
+        pseudonym_key=gw.pseudonym_key,
+    )
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return case
+
+
+@router.patch("/cases/{case_id}", response_model=CaseOut)
+async def update_case(
+    case_id: Annotated[JobcenterCaseId, Path()], body: CasePatch, request: Request, org: JobCenter
+) -> CaseOut:
+    """Change a case's psychiatric course, or close it (`closed_on`)."""
+    gw = gateway_of(request)
+    return await cases.update_case(gw.store, gw.clock, org, case_id, body)
 
 
 @router.get("/attest-requests/{conversation_id}", response_model=ConversationStatus)

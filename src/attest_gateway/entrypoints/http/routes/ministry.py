@@ -28,6 +28,7 @@ from attest_gateway.entrypoints.http.auth import (
     gateway_of,
     require_role,
 )
+from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 
@@ -152,6 +153,85 @@ async def contacts(
     )
 
 
+@router.get("/coverage", response_model=None)
+async def coverage(
+    request: Request,
+    org: Ministry,
+    f: Filters,
+    by: Annotated[Literal["national", "region", "municipality", "case_kind"], Query()] = "national",
+    series: bool = False,
+    format: Format = "json",
+) -> Any:
+    """Registered sickness cases with a psychiatric course and no direct contact in the
+    window: the share, its denominator, against the audit's 75 % baseline and the target."""
+    rules = _rules(request)
+    gw = gateway_of(request)
+    async with gw.engine.connect() as conn:
+        rows = await cov.coverage(conn, rules, f, by, series=series, now=gw.clock.now())
+    extra = {
+        "baseline": rules.no_contact_baseline,
+        "target": rules.no_contact_target,
+        "window_weeks": rules.contact_window_weeks,
+        "contact_counts": sorted(rules.contact_counts),
+    }
+    return _answer(f"coverage-{by}", rows, format, _meta(f, rules) | extra)
+
+
+@router.get("/latency", response_model=None)
+async def latency(
+    request: Request,
+    org: Ministry,
+    f: Filters,
+    by: Annotated[
+        Literal["national", "region", "attest_type", "receiver_kind"], Query()
+    ] = "national",
+    series: bool = False,
+    format: Format = "json",
+) -> Any:
+    """Request → attest (seconds) counting the open requests (Kaplan–Meier: open = censored at
+    its age now): median and p90 from the survival curve, the share still open beside them."""
+    rules = _rules(request)
+    gw = gateway_of(request)
+    async with gw.engine.connect() as conn:
+        rows = await cov.latency(conn, rules, f, by, series=series, now=gw.clock.now())
+    return _answer(f"latency-{by}", rows, format, _meta(f, rules, unit="seconds"))
+
+
+@router.get("/request-timing", response_model=None)
+async def request_timing(
+    request: Request,
+    org: Ministry,
+    f: Filters,
+    by: Annotated[Literal["national", "region", "municipality", "case_kind"], Query()] = "national",
+    series: bool = False,
+    format: Format = "json",
+) -> Any:
+    """Requests by the week of absence they were made in (0: before the absence; 27: week 27
+    or later), against the first follow-up at the end of week 8."""
+    rules = _rules(request)
+    async with _engine(request).connect() as conn:
+        rows = await cov.request_timing(conn, rules, f, by, series=series)
+    extra = {"follow_up_weeks": dict(rules.late_request_weeks)}
+    return _answer(f"request-timing-{by}", rows, format, _meta(f, rules) | extra)
+
+
+@router.get("/overdue", response_model=None)
+async def overdue(
+    request: Request,
+    org: Ministry,
+    f: Filters,
+    by: Annotated[Literal["receiver", "municipality"], Query()] = "receiver",
+    format: Format = "json",
+) -> Any:
+    """Open overdue requests (past the deadline, no attest) per receiving unit, by its
+    directory name, or per municipality: who is late."""
+    rules = _rules(request)
+    gw = gateway_of(request)
+    async with gw.engine.connect() as conn:
+        rows = await cov.open_overdue(conn, rules, f, by, now=gw.clock.now())
+    return _answer(f"overdue-{by}", rows, format, _meta(f, rules))
+
+
 @router.get("/meta")
 async def meta(request: Request, org: Ministry) -> dict[str, Any]:
     """What the figures mean: metrics, deadlines, regions, municipalities, thresholds."""
@@ -172,6 +252,9 @@ async def meta(request: Request, org: Ministry) -> dict[str, Any]:
         ],
         "min_cell_citizens": rules.min_cell_citizens,
         "contact_baseline": rules.contact_baseline,
+        "no_contact_baseline": rules.no_contact_baseline,
+        "no_contact_target": rules.no_contact_target,
+        "contact_counts": sorted(rules.contact_counts),
         "contact_window_weeks": rules.contact_window_weeks,
         "late_request_weeks": dict(rules.late_request_weeks),
     }
