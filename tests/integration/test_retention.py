@@ -540,6 +540,27 @@ async def _rows_holding(db: Db, *needles: str) -> list[str]:
     return found
 
 
+async def test_registered_cases_go_a_retention_period_after_they_closed(db: Db) -> None:
+    w = db.world
+    today = w.clock.now().date()
+    for case_id, closed_on in (("sag-closed", today - 10 * DAY), ("sag-open", None)):
+        await cases.register_case(
+            db.store, w.keyring, w.clock, w.orgs[JC],
+            CaseIn(
+                municipality="101", case_id=case_id, citizen_cpr=CPR,
+                case_kind=CaseKind.SYGEDAGPENGE, psychiatric_course=True,
+                first_day_of_absence=today - 60 * DAY, closed_on=closed_on,
+            ),
+            gateway_org_id=w.gateway_org_id, pseudonym_key=w.pseudonym_key,
+        )  # fmt: skip
+    w.clock.advance(db.settings.tracker_timeline_retention_days * DAY - 11 * DAY)
+    assert "tracker_cases" not in await db.prune()
+    w.clock.advance(2 * DAY)
+    assert (await db.prune()).get("tracker_cases") == 1
+    ids = tables.tracker_cases.c.jobcenter_case_id
+    assert await db.count(tables.tracker_cases, ids == "sag-open") == 1
+
+
 async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) -> None:
     w = db.world
     jc = w.orgs[JC]
