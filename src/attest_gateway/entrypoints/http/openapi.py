@@ -347,7 +347,12 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "idempotency-key-reused",
         "unsupported-media-type",
     ],
-    ("post", "/jobcenter/v1/cases/close"): ["invalid-request", "invalid-cpr", "not-found"],
+    ("post", "/jobcenter/v1/cases/close"): [
+        "invalid-request",
+        "invalid-cpr",
+        "not-found",
+        "unsupported-media-type",
+    ],
     ("get", "/ministry/v1/report"): _MINISTRY_FILTER_CODES,
     ("get", "/ministry/v1/durations"): [*_MINISTRY_FILTER_CODES, "unknown-metric"],
     ("get", "/ministry/v1/deadlines"): _MINISTRY_FILTER_CODES,
@@ -377,6 +382,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
     ],
     ("post", "/psychiatry/v1/treatments"): [
         "invalid-request",
+        "invalid-period",
         "invalid-cpr",
         "date-out-of-range",
         "invalid-case-ref",
