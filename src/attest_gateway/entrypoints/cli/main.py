@@ -37,6 +37,7 @@ from attest_gateway.entrypoints.cli import tracker as tracker_cli
 from attest_gateway.entrypoints.cli import webhooks as cli_webhooks
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.entrypoints.http.mtls import PROTOCOL, ensure_development_tls
+from attest_gateway.entrypoints.http.proxy_protocol import ProxyProtocolServer
 from attest_gateway.infra.db.migrate import upgrade
 from attest_gateway.infra.kafka.dead_letters import read_dead_letters, replay
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
@@ -125,6 +126,8 @@ def serve(
             f"--role {role.value} needs KAFKA_BOOTSTRAP_SERVERS: separate processes share one "
             "broker (attest-gateway broker starts the embedded one alone)"
         )
+    if settings.proxy_protocol and not settings.trusted_proxy_networks:
+        raise _fail("PROXY_PROTOCOL=true needs TRUSTED_PROXIES: the proxies whose headers to read")
     if dev_tls and settings.environment == "production":
         raise _fail("--dev-tls is for development: production uses API_TLS_* certificates")
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -147,25 +150,33 @@ def serve(
             )
         if creds is not None:
             console.print(f"demo organisations, API keys and key files: [bold]{creds}[/bold]")
-        server = _Server(
-            uvicorn.Config(
-                create_app(
-                    settings,
-                    bootstrap,
-                    run_consumers=consumers and role is not ServeRole.API,
-                    api_routes=role is not ServeRole.WORKER,
-                    freeze_heap=True,
-                ),
-                host=host or settings.api_host,
-                port=port or settings.api_port,
-                ssl_certfile=settings.api_tls_certfile,
-                ssl_keyfile=settings.api_tls_keyfile,
-                **_client_certificate_options(settings),
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                date_header=False,  # the app's, from the gateway's clock (DateHeaderMiddleware)
-            )
+        config = uvicorn.Config(
+            create_app(
+                settings,
+                bootstrap,
+                run_consumers=consumers and role is not ServeRole.API,
+                api_routes=role is not ServeRole.WORKER,
+                freeze_heap=True,
+            ),
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            ssl_certfile=settings.api_tls_certfile,
+            ssl_keyfile=settings.api_tls_keyfile,
+            **_client_certificate_options(settings),
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            date_header=False,  # the app's, from the gateway's clock (DateHeaderMiddleware)
+            # The client's address comes from TRUSTED_PROXIES only (the app's
+            # ForwardedForMiddleware; the PROXY protocol below), never from uvicorn's
+            # default trust in any X-Forwarded-For from loopback.
+            proxy_headers=False,
+            forwarded_allow_ips=[],
+        )
+        server: uvicorn.Server = (
+            _ProxyProtocolServer(config, settings.trusted_proxy_networks)
+            if settings.proxy_protocol
+            else _Server(config)
         )
         scheme = "https" if settings.api_tls_certfile else "http"
         what = "operations port" if role is ServeRole.WORKER else "API"
@@ -320,6 +331,10 @@ class _Server(uvicorn.Server):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.handle_exit)
         yield
+
+
+class _ProxyProtocolServer(_Server, ProxyProtocolServer):
+    """`serve` with PROXY_PROTOCOL=true: reads the PROXY headers of TRUSTED_PROXIES."""
 
 
 def _read_json(path: str) -> Any:

@@ -208,6 +208,22 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     ),
     "invalid-period": (422, "Unprocessable content", "'from' is after 'to'"),
     "unknown-metric": (422, "Unprocessable content", "metric is one of […]"),
+    "rate-limited": (
+        429,
+        "Too many requests",
+        "this organisation sends more requests of this endpoint class (reads, writes, "
+        "reports) than its limit; retry after Retry-After seconds",
+    ),
+    "too-many-concurrent-requests": (
+        429,
+        "Too many requests",
+        "this organisation has too many reads in progress at once; retry after Retry-After seconds",
+    ),
+    "authentication-locked-out": (
+        429,
+        "Too many requests",
+        "too many failed authentications from this address; retry after Retry-After seconds",
+    ),
     "internal-error": (500, "Internal error", "an internal error occurred"),
     "database-unavailable": (
         503,
@@ -266,6 +282,9 @@ AUTHENTICATED = [
     "unknown-client-certificate",
     "credentials-disagree",
     "forbidden",
+    "authentication-locked-out",
+    "rate-limited",
+    "too-many-concurrent-requests",
 ]
 COMMON = ["internal-error", "database-unavailable", "database-busy"]
 WITH_BODY = ["malformed-json", "payload-too-large"]
@@ -885,6 +904,9 @@ def problem_example(code: str, path: str) -> dict[str, Any]:
     if status == 503:
         body["retryable"] = True
         body["retry_after"] = 5
+    if status == 429:
+        body["retryable"] = True
+        body["retry_after"] = 1
     return body
 
 
@@ -946,9 +968,9 @@ def _error_responses(method: str, path: str, operation: dict[str, Any]) -> dict[
             responses["401"]["headers"] = {
                 "WWW-Authenticate": {"schema": {"type": "string"}, "example": "Bearer"}
             }
-        if status == 503:
-            responses["503"]["headers"] = {
-                "Retry-After": {"schema": {"type": "integer"}, "example": 5}
+        if status in (429, 503):
+            responses[str(status)]["headers"] = {
+                "Retry-After": {"schema": {"type": "integer"}, "example": 1 if status == 429 else 5}
             }
     return responses
 
