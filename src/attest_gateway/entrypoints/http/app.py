@@ -25,6 +25,7 @@ from attest_gateway.entrypoints.http.middleware import (
 )
 from attest_gateway.entrypoints.http.openapi import install_openapi
 from attest_gateway.entrypoints.http.routes.audit import router as audit_router
+from attest_gateway.entrypoints.http.routes.directory import router as directory_router
 from attest_gateway.entrypoints.http.routes.health import router as health_router
 from attest_gateway.entrypoints.http.routes.jobcenter import router as jobcenter_router
 from attest_gateway.entrypoints.http.routes.medcom import router as medcom_router
@@ -96,6 +97,7 @@ def create_app(
         app.include_router(ministry_router)
         app.include_router(ministry_dashboard_router)
         app.include_router(audit_router)
+        app.include_router(directory_router)
         app.include_router(webhooks_router)
     app.include_router(health_router)
     app.include_router(metrics_router)

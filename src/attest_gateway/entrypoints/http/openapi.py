@@ -423,6 +423,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "invalid-webhook-url",
         "invalid-webhook-events",
     ],
+    ("get", "/directory/v1/organisations/{org_id}/keys"): ["not-found"],
     ("delete", "/webhooks/v1/endpoints/{endpoint_id}"): ["not-found"],
     ("post", "/webhooks/v1/endpoints/{endpoint_id}/rotate"): ["not-found"],
     ("post", "/webhooks/v1/endpoints/{endpoint_id}/ping"): ["not-found"],
@@ -436,6 +437,7 @@ _PARTNER_PREFIXES = (
     "/ministry/",
     "/audit/",
     "/webhooks/",
+    "/directory/",
 )
 
 PROBLEM_SCHEMA: dict[str, Any] = {
