@@ -217,7 +217,7 @@ class Settings(BaseSettings):
         "(the token bucket's size)",
     )
     concurrent_requests_per_org: int = Field(
-        default=16,
+        default=8,
         ge=0,
         description="requests of one endpoint class (reads, writes, reports) an organisation "
         "may have in progress at once, per process (0: no limit)",

@@ -59,6 +59,8 @@ async def running_gateway(
                 # which send wrong credentials by the hundred from one address on purpose;
                 # the lockout has its own gateway (test_client_limits.py).
                 "auth_lockout_failures": 0,
+                # test_reliability sends 30 attest requests of one job centre at once.
+                "concurrent_requests_per_org": 32,
                 **settings_for(bootstrap),
                 **overrides,
             }

@@ -142,7 +142,7 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
             handler = super().get_route_handler()
             declared = declared_query_parameters(self)
             takes_body = self.body_field is not None
-            endpoint = endpoint_class(self.path, self.methods)
+            endpoint = endpoint_class(self.path, self.methods or {"GET"})
 
             async def authenticate_then_handle(request: Request) -> Response:
                 org = await authenticated(request)

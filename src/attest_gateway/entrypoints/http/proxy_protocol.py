@@ -26,7 +26,6 @@ from typing import Any
 
 import structlog
 import uvicorn
-from uvicorn.server import STARTUP_FAILURE
 
 from attest_gateway.entrypoints.http.middleware import Network, is_trusted
 
@@ -37,6 +36,7 @@ V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the longest v1 line, CRLF included
 V2_MAX_PAYLOAD = 4096  # addresses and TLVs; HAProxy's are far smaller
 HEADER_TIMEOUT_SECONDS = 5.0
+STARTUP_FAILURE = 3  # uvicorn's exit code when the server cannot start
 Address = tuple[str, int]
 
 
@@ -114,7 +114,12 @@ def parse_v2(header: bytes) -> ProxyHeader:
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
     ready: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
     try:
         await ready
     finally:
