@@ -608,6 +608,31 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
         "status": "accepted",
         "accepted_at": AT,
     },
+    ("get", "/directory/v1/organisations/{org_id}/keys"): {
+        "org_id": "psyk-kbh",
+        "keys": [
+            {
+                "key_id": "hpke-psyk-kbh-2026-11",
+                "purpose": "hpke",
+                "algorithm": "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM",
+                "public_key": "qnr8dX1yTCm0wW7d…",
+                "valid_from": "2026-11-01T00:00:00Z",
+                "valid_until": None,
+                "revoked_at": None,
+                "usable": True,
+            },
+            {
+                "key_id": "sig-psyk-kbh-2026-11",
+                "purpose": "signing",
+                "algorithm": "Ed25519",
+                "public_key": "3d8CkZ0mF2yQ…",
+                "valid_from": "2026-11-01T00:00:00Z",
+                "valid_until": "2027-11-01T00:00:00Z",
+                "revoked_at": None,
+                "usable": True,
+            },
+        ],
+    },
     ("get", "/audit/v1/entries"): {
         "entries": [
             {
