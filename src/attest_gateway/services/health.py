@@ -50,11 +50,11 @@ log = structlog.get_logger(__name__)
 async def read_mailbox(
     store: Store, clock: Clock, org: Organisation, *, limit: int, source: str
 ) -> list[dict[str, Any]]:
-    """The sealed envelopes waiting for this organisation, oldest first. Each one handed out
-    is an audit entry (`mailbox.fetch`, from `source`), in the same transaction."""
+    """The sealed envelopes waiting for this organisation, oldest first. A read that hands
+    out any is one audit entry (`mailbox.fetch`, from `source`) listing their message ids, in
+    the same transaction."""
     now = clock.now()
     out: list[dict[str, Any]] = []
-    reads: list[audit.AuditEvent] = []
     async with store.transaction() as uow:
         rows = await uow.mailbox.waiting(org.id, limit)
         for row in rows:
@@ -66,17 +66,6 @@ async def read_mailbox(
                     "delivered_at": row.delivered_at.isoformat(),
                     "envelope": orjson.loads(row.envelope),
                 }
-            )
-            reads.append(
-                audit.AuditEvent(
-                    actor=org.id,
-                    action=audit.MAILBOX_FETCH,
-                    source=source,
-                    at=now,
-                    subject_org=org.id,
-                    message_id=row.message_id,
-                    conversation_id=row.conversation_id,
-                )
             )
         # The first fetch of a request is its conversation's `fetched` stage: for the whole
         # read in a few statements, not a few per message.
@@ -101,7 +90,15 @@ async def read_mailbox(
                 for r in requests
             ],
         )
-        await uow.audit.record_many(reads)  # last: it holds the chain's lock
+        read = audit.read_entries(
+            actor=org.id,
+            action=audit.MAILBOX_FETCH,
+            source=source,
+            at=now,
+            subject_org=org.id,
+            items=[(r.message_id, r.conversation_id) for r in rows],
+        )
+        await uow.audit.record_many(read)  # last: it holds the chain's lock
     log.info("medcom.mailbox_read", count=len(out))
     return out
 

@@ -307,7 +307,8 @@ async def read_inbox(
     gateway_org_id: str,
 ) -> Inbox:
     """The attest replies waiting for this job centre, opened with its custodial key. The
-    opening and the handing out are audit entries, in the same transaction.
+    openings and the handing out of a read are two audit entries listing the replies'
+    message ids (`envelope.open`, `inbox.fetch`), in the same transaction.
 
     A reply that cannot be opened or read does not fail the read: it is marked unreadable
     (with its error code, in the same transaction), named in `unreadable`, and offered after
@@ -316,7 +317,7 @@ async def read_inbox(
     now = clock.now()
     items: list[InboxItem] = []
     unreadable: list[UnreadableReply] = []
-    reads: list[audit.AuditEvent] = []
+    openings: list[audit.AuditEvent] = []
     marks: dict[str, str | None] = {}  # message id → new unreadable reason (None: readable)
     fetched: list[MailItem] = []
     async with store.transaction() as uow:
@@ -346,18 +347,7 @@ async def read_inbox(
             if row.unreadable_at is not None:
                 marks[row.message_id] = None
             fetched.append(row)
-            reads += [
-                opened,
-                audit.AuditEvent(
-                    actor=org.id,
-                    action=audit.INBOX_FETCH,
-                    source=source,
-                    at=now,
-                    subject_org=org.id,
-                    message_id=row.message_id,
-                    conversation_id=conv.id,
-                ),
-            ]
+            openings.append(opened)
             items.append(
                 inbox_item(
                     info,
@@ -386,6 +376,30 @@ async def read_inbox(
                 if r.message_id in first
             ],
         )
+        # One entry for the openings and one for the handing out, each listing the replies.
+        handed_out = [(r.message_id, r.conversation_id) for r in fetched]
+        reads = [
+            *audit.read_entries(
+                actor=gateway_org_id,
+                action=audit.ENVELOPE_OPEN,
+                source=source,
+                at=now,
+                subject_org=org.id,
+                items=handed_out,
+                detail={
+                    "key_ids": " ".join(sorted({(o.detail or {})["key_id"] for o in openings})),
+                    "for": "inbox",
+                },
+            ),
+            *audit.read_entries(
+                actor=org.id,
+                action=audit.INBOX_FETCH,
+                source=source,
+                at=now,
+                subject_org=org.id,
+                items=handed_out,
+            ),
+        ]
         await uow.audit.record_many(reads)  # last: it holds the chain's lock
     for message_id, reason in marks.items():
         if reason is not None:

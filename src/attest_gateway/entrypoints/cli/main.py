@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import httpx
 import orjson
 import typer
 import uvicorn
@@ -24,10 +25,12 @@ from rich.table import Table
 
 from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.contracts.directory import OrganisationKeys
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.errors import GatewayError
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope
+from attest_gateway.crypto.verification import verify_against_directory
 from attest_gateway.entrypoints.cli import admin as cli_admin
 from attest_gateway.entrypoints.cli import audit as cli_audit
 from attest_gateway.entrypoints.cli import ops as cli_ops
@@ -37,6 +40,7 @@ from attest_gateway.entrypoints.cli import tracker as tracker_cli
 from attest_gateway.entrypoints.cli import webhooks as cli_webhooks
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.entrypoints.http.mtls import PROTOCOL, ensure_development_tls
+from attest_gateway.entrypoints.http.proxy_protocol import ProxyProtocolServer
 from attest_gateway.infra.db.migrate import upgrade
 from attest_gateway.infra.kafka.dead_letters import read_dead_letters, replay
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
@@ -125,6 +129,8 @@ def serve(
             f"--role {role.value} needs KAFKA_BOOTSTRAP_SERVERS: separate processes share one "
             "broker (attest-gateway broker starts the embedded one alone)"
         )
+    if settings.proxy_protocol and not settings.trusted_proxy_networks:
+        raise _fail("PROXY_PROTOCOL=true needs TRUSTED_PROXIES: the proxies whose headers to read")
     if dev_tls and settings.environment == "production":
         raise _fail("--dev-tls is for development: production uses API_TLS_* certificates")
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -147,25 +153,33 @@ def serve(
             )
         if creds is not None:
             console.print(f"demo organisations, API keys and key files: [bold]{creds}[/bold]")
-        server = _Server(
-            uvicorn.Config(
-                create_app(
-                    settings,
-                    bootstrap,
-                    run_consumers=consumers and role is not ServeRole.API,
-                    api_routes=role is not ServeRole.WORKER,
-                    freeze_heap=True,
-                ),
-                host=host or settings.api_host,
-                port=port or settings.api_port,
-                ssl_certfile=settings.api_tls_certfile,
-                ssl_keyfile=settings.api_tls_keyfile,
-                **_client_certificate_options(settings),
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                date_header=False,  # the app's, from the gateway's clock (DateHeaderMiddleware)
-            )
+        config = uvicorn.Config(
+            create_app(
+                settings,
+                bootstrap,
+                run_consumers=consumers and role is not ServeRole.API,
+                api_routes=role is not ServeRole.WORKER,
+                freeze_heap=True,
+            ),
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            ssl_certfile=settings.api_tls_certfile,
+            ssl_keyfile=settings.api_tls_keyfile,
+            **_client_certificate_options(settings),
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            date_header=False,  # the app's, from the gateway's clock (DateHeaderMiddleware)
+            # The client's address comes from TRUSTED_PROXIES only (the app's
+            # ForwardedForMiddleware; the PROXY protocol below), never from uvicorn's
+            # default trust in any X-Forwarded-For from loopback.
+            proxy_headers=False,
+            forwarded_allow_ips=[],
+        )
+        server: uvicorn.Server = (
+            _ProxyProtocolServer(config, settings.trusted_proxy_networks)
+            if settings.proxy_protocol
+            else _Server(config)
         )
         scheme = "https" if settings.api_tls_certfile else "http"
         what = "operations port" if role is ServeRole.WORKER else "API"
@@ -322,6 +336,10 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _ProxyProtocolServer(_Server, ProxyProtocolServer):
+    """`serve` with PROXY_PROTOCOL=true: reads the PROXY headers of TRUSTED_PROXIES."""
+
+
 def _read_json(path: str) -> Any:
     raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
@@ -340,10 +358,40 @@ def client_open(
         str, typer.Argument(help="file with a sealed envelope or mailbox item; - for stdin")
     ],
     keys: Annotated[Path, typer.Option(help="the organisation's private key file")],
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ATTEST_GATEWAY_URL",
+            help="the gateway's URL: the signer's keys are fetched from its directory",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="ATTEST_GATEWAY_API_KEY", help="the organisation's API key"),
+    ] = None,
+    cacert: Annotated[
+        Path | None, typer.Option(help="CA file to trust for the gateway's HTTPS")
+    ] = None,
+    signer_keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="instead of --gateway: a file with the signer's keys, as "
+            "GET /directory/v1/organisations/{id}/keys answers"
+        ),
+    ] = None,
+    gateway_org: Annotated[
+        str, typer.Option(help="the gateway's organisation id (it signs for job centres)")
+    ] = "gateway",
+    no_verify: Annotated[
+        bool,
+        typer.Option("--no-verify", help="open without checking the sender's signature"),
+    ] = False,
 ) -> None:
-    """Open a sealed envelope with the organisation's private key; print the FHIR Bundle.
+    """Check the envelope's signature against the directory (the signer's published keys),
+    then open it with the organisation's private key; print the FHIR Bundle.
 
     Example: attest-gateway client open item.json --keys var/keys/clients/psyk-kbh.json
+    --gateway https://localhost:8000 --api-key "$PSY" --cacert var/tls/ca.crt
     """
     data = _read_json(envelope)
     if isinstance(data, dict) and "envelope" in data:
@@ -353,6 +401,12 @@ def client_open(
         org_keys = OrgKeys.load(keys)
     except (ValueError, OSError) as exc:
         raise _fail(f"cannot read the envelope or the key file ({type(exc).__name__})") from None
+    if not no_verify:
+        published = _signer_keys(sealed.header.signer, gateway, api_key, cacert, signer_keys)
+        try:
+            verify_against_directory(sealed, published, gateway_org_id=gateway_org)
+        except GatewayError as exc:
+            raise _fail(f"not opened: {exc.detail} ({exc.code})") from None
     key = next((k for k in org_keys.hpke_keys if k.key_id == sealed.header.recipient_key_id), None)
     if key is None:
         raise _fail("the envelope is sealed to a key that is not in the key file")
@@ -360,6 +414,38 @@ def client_open(
         _emit(orjson.loads(open_envelope(sealed, key)))
     except GatewayError as exc:
         raise _fail(exc.detail) from None
+
+
+def _signer_keys(
+    signer: str,
+    gateway: str | None,
+    api_key: str | None,
+    cacert: Path | None,
+    from_file: Path | None,
+) -> OrganisationKeys:
+    """The signer's published keys: from a file, or fetched from the gateway's directory."""
+    try:
+        if from_file is not None:
+            return OrganisationKeys.model_validate_json(from_file.read_bytes())
+        if gateway is None or api_key is None:
+            raise _fail(
+                "to check the sender's signature give --gateway and --api-key (or "
+                "--signer-keys); --no-verify opens without checking"
+            )
+        response = httpx.get(
+            f"{gateway.rstrip('/')}/directory/v1/organisations/{signer}/keys",
+            headers={"Authorization": f"Bearer {api_key}"},
+            verify=ssl.create_default_context(cafile=str(cacert)) if cacert else True,
+            timeout=30,
+        )
+    except (OSError, httpx.HTTPError, ValueError) as exc:
+        raise _fail(f"cannot read the signer's keys ({type(exc).__name__})") from None
+    if response.status_code != 200:
+        raise _fail(f"the directory answered {response.status_code} for the signer's keys")
+    try:
+        return OrganisationKeys.model_validate_json(response.content)
+    except ValueError:
+        raise _fail("the directory's answer is not a list of keys") from None
 
 
 def _now() -> dt.datetime:

@@ -208,6 +208,22 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     ),
     "invalid-period": (422, "Unprocessable content", "'from' is after 'to'"),
     "unknown-metric": (422, "Unprocessable content", "metric is one of […]"),
+    "rate-limited": (
+        429,
+        "Too many requests",
+        "this organisation sends more requests of this endpoint class (reads, writes, "
+        "reports) than its limit; retry after Retry-After seconds",
+    ),
+    "too-many-concurrent-requests": (
+        429,
+        "Too many requests",
+        "this organisation has too many reads in progress at once; retry after Retry-After seconds",
+    ),
+    "authentication-locked-out": (
+        429,
+        "Too many requests",
+        "too many failed authentications from this address; retry after Retry-After seconds",
+    ),
     "internal-error": (500, "Internal error", "an internal error occurred"),
     "database-unavailable": (
         503,
@@ -266,6 +282,9 @@ AUTHENTICATED = [
     "unknown-client-certificate",
     "credentials-disagree",
     "forbidden",
+    "authentication-locked-out",
+    "rate-limited",
+    "too-many-concurrent-requests",
 ]
 COMMON = ["internal-error", "database-unavailable", "database-busy"]
 WITH_BODY = ["malformed-json", "payload-too-large"]
@@ -410,6 +429,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "invalid-webhook-url",
         "invalid-webhook-events",
     ],
+    ("get", "/directory/v1/organisations/{org_id}/keys"): ["not-found"],
     ("delete", "/webhooks/v1/endpoints/{endpoint_id}"): ["not-found"],
     ("post", "/webhooks/v1/endpoints/{endpoint_id}/rotate"): ["not-found"],
     ("post", "/webhooks/v1/endpoints/{endpoint_id}/ping"): ["not-found"],
@@ -423,6 +443,7 @@ _PARTNER_PREFIXES = (
     "/ministry/",
     "/audit/",
     "/webhooks/",
+    "/directory/",
 )
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -592,6 +613,31 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
         "message_type": MessageType.ACKNOWLEDGEMENT.value,
         "status": "accepted",
         "accepted_at": AT,
+    },
+    ("get", "/directory/v1/organisations/{org_id}/keys"): {
+        "org_id": "psyk-kbh",
+        "keys": [
+            {
+                "key_id": "hpke-psyk-kbh-2026-11",
+                "purpose": "hpke",
+                "algorithm": "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM",
+                "public_key": "qnr8dX1yTCm0wW7d…",
+                "valid_from": "2026-11-01T00:00:00Z",
+                "valid_until": None,
+                "revoked_at": None,
+                "usable": True,
+            },
+            {
+                "key_id": "sig-psyk-kbh-2026-11",
+                "purpose": "signing",
+                "algorithm": "Ed25519",
+                "public_key": "3d8CkZ0mF2yQ…",
+                "valid_from": "2026-11-01T00:00:00Z",
+                "valid_until": "2027-11-01T00:00:00Z",
+                "revoked_at": None,
+                "usable": True,
+            },
+        ],
     },
     ("get", "/audit/v1/entries"): {
         "entries": [
@@ -891,6 +937,9 @@ def problem_example(code: str, path: str) -> dict[str, Any]:
     if status == 503:
         body["retryable"] = True
         body["retry_after"] = 5
+    if status == 429:
+        body["retryable"] = True
+        body["retry_after"] = 1
     return body
 
 
@@ -952,9 +1001,9 @@ def _error_responses(method: str, path: str, operation: dict[str, Any]) -> dict[
             responses["401"]["headers"] = {
                 "WWW-Authenticate": {"schema": {"type": "string"}, "example": "Bearer"}
             }
-        if status == 503:
-            responses["503"]["headers"] = {
-                "Retry-After": {"schema": {"type": "integer"}, "example": 5}
+        if status in (429, 503):
+            responses[str(status)]["headers"] = {
+                "Retry-After": {"schema": {"type": "integer"}, "example": 1 if status == 429 else 5}
             }
     return responses
 
