@@ -16,6 +16,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -81,7 +82,7 @@ async def db(
             await engine.dispose()
 
 
-async def _requested(db: Db, key: str, **body: object) -> SealedEnvelope:
+async def _requested(db: Db, key: str, **body: Any) -> SealedEnvelope:
     """A job centre's request, accepted and delivered to the clinic's mailbox."""
     w = db.world
     accepted, _ = await w.request_attest(idempotency_key=key, **body)
