@@ -14,6 +14,8 @@ ENVELOPE_OPEN = "envelope.open"  # the gateway opened a custodial organisation's
 AUDIT_PRUNE = "audit.prune"
 CASE_CLOSE = "case.close"  # a job centre closed a case (detail: closure id, conversations)
 CASE_ERASE = "case.erase"  # retention erased a closed case's citizen data (detail: closure id)
+# an operator exported a citizen's own view (detail: conversation ids and counts, no CPR number)
+CITIZEN_EXPORT = "citizen.export"
 SOURCE_CLI = "cli"
 SOURCE_GATEWAY = "gateway"
 

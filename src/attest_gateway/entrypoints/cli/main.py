@@ -33,6 +33,7 @@ from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.crypto.verification import verify_against_directory
 from attest_gateway.entrypoints.cli import admin as cli_admin
 from attest_gateway.entrypoints.cli import audit as cli_audit
+from attest_gateway.entrypoints.cli import citizen as cli_citizen
 from attest_gateway.entrypoints.cli import ops as cli_ops
 from attest_gateway.entrypoints.cli import pseudonyms as cli_pseudonyms
 from attest_gateway.entrypoints.cli import retention as cli_retention
@@ -545,3 +546,4 @@ cli_admin.register(app)  # orgs add|list|disable, keys generate|add|rotate|revok
 cli_pseudonyms.register(app)  # pseudonyms status, rekey
 cli_retention.register(app)  # prune
 cli_webhooks.register(app)  # webhooks add|list|remove|rotate
+cli_citizen.register(app)  # citizen export
