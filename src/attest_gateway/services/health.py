@@ -46,6 +46,8 @@ from attest_gateway.ports.store import Relay, Store, UnitOfWork
 
 log = structlog.get_logger(__name__)
 
+REFUSED_CODE = "fatal-error"  # the MedCom acknowledgement code that refuses a request
+
 
 async def read_mailbox(
     store: Store, clock: Clock, org: Organisation, *, limit: int, source: str
@@ -374,6 +376,18 @@ async def _accept_ack(
         at=now,
         detail=info.response_code,
     )
+    if info.response_code == REFUSED_CODE:
+        # The receiver refuses the request: the conversation ends here (no reminder, no
+        # resend), and the acknowledgement forwarded above is the refusal in the job centre's
+        # inbox. The stage's detail is the MedCom issue code, never the free text.
+        await uow.stages.record(
+            conv,
+            Stage.REFUSED,
+            message_id=info.message_id,
+            message_type=MessageType.ACKNOWLEDGEMENT,
+            at=now,
+            detail=(info.issues[0] if info.issues else REFUSED_CODE)[:200],
+        )
     return conv, MessageType.ACKNOWLEDGEMENT
 
 
