@@ -10,7 +10,8 @@ Every `tracker_sweep_seconds`:
    `tracker_reminder_max` times, `tracker_reminder_interval_days` apart. `tracker_reminders`
    (primary key conversation + sequence number) makes it at most once per number even with
    several gateway replicas sweeping. The first is recorded as stage `reminded`; every one
-   emits a `reminded` stage event with its number as detail.
+   emits a `reminded` stage event with its number as detail. A request its receiver refused
+   (stage `refused`, a fatal-error acknowledgement) is neither overdue nor reminded.
 3. **Contact windows.** A contact episode whose window has closed without contact is settled
    as `no_contact` (flagged), and counted.
 
@@ -119,6 +120,7 @@ class TrackerSweep:
                         t.c.replied_at.is_(None),
                         t.c.overdue_at.is_(None),
                         t.c.due_date < today,
+                        ~_refused(t.c.conversation_id),
                     )
                     .order_by(t.c.due_date)
                     .limit(BATCH)
@@ -130,6 +132,8 @@ class TrackerSweep:
             async with self._gw.engine.begin() as conn:
                 conv = await load_conversation(conn, cid)
                 if conv is None or await _has_stage(conn, cid, Stage.REPLIED):
+                    continue
+                if await _has_stage(conn, cid, Stage.REFUSED):  # refused since the select
                     continue
                 row = (
                     await conn.execute(sa.select(t.c.due_date).where(t.c.conversation_id == cid))
@@ -161,6 +165,7 @@ class TrackerSweep:
                         sa.or_(t.c.overdue_at.is_not(None), t.c.due_date < today),
                         t.c.replied_at.is_(None),
                         t.c.reminders < rules.reminder_max,
+                        ~_refused(t.c.conversation_id),
                     )
                     .limit(BATCH)
                 )
@@ -181,6 +186,8 @@ class TrackerSweep:
         async with gw.engine.begin() as conn:
             conv = await load_conversation(conn, cid)
             if conv is None or await _has_stage(conn, cid, Stage.REPLIED):
+                return 0
+            if await _has_stage(conn, cid, Stage.REFUSED):  # the receiver refused it
                 return 0
             overdue_at = await _stage_time(conn, cid, Stage.OVERDUE)
             if overdue_at is None:
@@ -299,6 +306,13 @@ class TrackerSweep:
 
 def _ids(org: Any) -> OrgIdentifiers:
     return OrgIdentifiers(name=org.name, sor=org.sor, gln=org.gln)
+
+
+def _refused(conversation_id: sa.ColumnElement[str]) -> sa.Exists:
+    """The conversation was refused by its receiver: it is neither overdue nor reminded."""
+    return sa.exists().where(
+        stages.c.conversation_id == conversation_id, stages.c.stage == Stage.REFUSED.value
+    )
 
 
 async def _has_stage(conn: AsyncConnection, cid: str, stage: Stage) -> bool:
