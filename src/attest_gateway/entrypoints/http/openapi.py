@@ -1012,9 +1012,22 @@ FHIR_BUNDLE: dict[str, Any] = {
     "required": ["resourceType"],
     "properties": {
         "resourceType": {"const": "Bundle", "description": "always Bundle"},
-        "id": {"type": "string", "description": "Bundle.id: new on every send"},
-        "type": {"type": "string", "description": "message: MedCom messages are message Bundles"},
-        "timestamp": {"type": "string", "description": "when the Bundle was made (FHIR instant)"},
+        # FHIR strings: no control character but tab, line feed and carriage return.
+        "id": {
+            "type": "string",
+            "pattern": TEXT_PATTERN,
+            "description": "Bundle.id: new on every send",
+        },
+        "type": {
+            "type": "string",
+            "pattern": TEXT_PATTERN,
+            "description": "message: MedCom messages are message Bundles",
+        },
+        "timestamp": {
+            "type": "string",
+            "pattern": TEXT_PATTERN,
+            "description": "when the Bundle was made (FHIR instant)",
+        },
         "meta": {
             "$ref": "#/components/schemas/FhirJson",
             "description": "meta.profile names the MedCom profile the Bundle follows",
