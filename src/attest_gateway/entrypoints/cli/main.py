@@ -9,7 +9,6 @@ import json
 import signal
 import ssl
 import sys
-import uuid
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -24,13 +23,18 @@ from rich.console import Console
 from rich.table import Table
 
 from attest_gateway.bootstrap import database
+from attest_gateway.client.envelopes import (
+    acknowledgement,
+    as_envelope,
+    attest_reply,
+    open_envelope,
+)
+from attest_gateway.client.errors import GatewayProblem, NotOpened
+from attest_gateway.client.http import Client as PartnerClient
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.directory import OrganisationKeys
-from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.core.clock import SystemClock
-from attest_gateway.core.errors import GatewayError
-from attest_gateway.crypto.sealing import OrgKeys, open_envelope
-from attest_gateway.crypto.verification import verify_against_directory
+from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.entrypoints.cli import admin as cli_admin
 from attest_gateway.entrypoints.cli import audit as cli_audit
 from attest_gateway.entrypoints.cli import citizen as cli_citizen
@@ -49,12 +53,8 @@ from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
 from attest_gateway.medcom.build import (
     PersonName,
     SegmentAuthor,
-    build_acknowledgement,
-    build_attest_reply,
 )
 from attest_gateway.medcom.codes import AUTHORISED_ROLES
-from attest_gateway.medcom.errors import BundleError
-from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.observability.logging import configure_logging
 
 app = typer.Typer(
@@ -394,27 +394,18 @@ def client_open(
     Example: attest-gateway client open item.json --keys var/keys/clients/psyk-kbh.json
     --gateway https://localhost:8000 --api-key "$PSY" --cacert var/tls/ca.crt
     """
-    data = _read_json(envelope)
-    if isinstance(data, dict) and "envelope" in data:
-        data = data["envelope"]
     try:
-        sealed = SealedEnvelope.model_validate(data)
+        sealed = as_envelope(_read_json(envelope))
         org_keys = OrgKeys.load(keys)
     except (ValueError, OSError) as exc:
         raise _fail(f"cannot read the envelope or the key file ({type(exc).__name__})") from None
+    published = None
     if not no_verify:
         published = _signer_keys(sealed.header.signer, gateway, api_key, cacert, signer_keys)
-        try:
-            verify_against_directory(sealed, published, gateway_org_id=gateway_org)
-        except GatewayError as exc:
-            raise _fail(f"not opened: {exc.detail} ({exc.code})") from None
-    key = next((k for k in org_keys.hpke_keys if k.key_id == sealed.header.recipient_key_id), None)
-    if key is None:
-        raise _fail("the envelope is sealed to a key that is not in the key file")
     try:
-        _emit(orjson.loads(open_envelope(sealed, key)))
-    except GatewayError as exc:
-        raise _fail(exc.detail) from None
+        _emit(open_envelope(sealed, org_keys, published, gateway_org_id=gateway_org))
+    except NotOpened as exc:
+        raise _fail(f"not opened: {exc.detail} ({exc.code})") from None
 
 
 def _signer_keys(
@@ -425,28 +416,23 @@ def _signer_keys(
     from_file: Path | None,
 ) -> OrganisationKeys:
     """The signer's published keys: from a file, or fetched from the gateway's directory."""
-    try:
-        if from_file is not None:
+    if from_file is not None:
+        try:
             return OrganisationKeys.model_validate_json(from_file.read_bytes())
-        if gateway is None or api_key is None:
-            raise _fail(
-                "to check the sender's signature give --gateway and --api-key (or "
-                "--signer-keys); --no-verify opens without checking"
-            )
-        response = httpx.get(
-            f"{gateway.rstrip('/')}/directory/v1/organisations/{signer}/keys",
-            headers={"Authorization": f"Bearer {api_key}"},
-            verify=ssl.create_default_context(cafile=str(cacert)) if cacert else True,
-            timeout=30,
+        except (OSError, ValueError) as exc:
+            raise _fail(f"cannot read the signer's keys ({type(exc).__name__})") from None
+    if gateway is None or api_key is None:
+        raise _fail(
+            "to check the sender's signature give --gateway and --api-key (or "
+            "--signer-keys); --no-verify opens without checking"
         )
+    try:
+        with PartnerClient(gateway, api_key=api_key, ca=cacert) as partner:
+            return partner.organisation_keys(signer)
+    except GatewayProblem as exc:
+        raise _fail(f"the directory answered {exc.status} for the signer's keys") from None
     except (OSError, httpx.HTTPError, ValueError) as exc:
         raise _fail(f"cannot read the signer's keys ({type(exc).__name__})") from None
-    if response.status_code != 200:
-        raise _fail(f"the directory answered {response.status_code} for the signer's keys")
-    try:
-        return OrganisationKeys.model_validate_json(response.content)
-    except ValueError:
-        raise _fail("the directory's answer is not a list of keys") from None
 
 
 def _now() -> dt.datetime:
@@ -466,20 +452,9 @@ def client_ack(
         raise _fail("code must be ok, transient-error or fatal-error")
     ack_code: Literal["ok", "transient-error", "fatal-error"] = code  # type: ignore[assignment]
     try:
-        acked = parse_bundle(_read_json(bundle))
-    except BundleError as exc:
-        raise _fail(exc.detail) from None
-    error = None if ack_code == "ok" else "MSG_RECEIVER_UNABLE_TO_RECEIVE_MSG_TYPE"
-    _emit(
-        build_acknowledgement(
-            acked=acked,
-            message_id=str(uuid.uuid4()),
-            bundle_id=str(uuid.uuid4()),
-            sent_at=_now(),
-            code=ack_code,
-            error_code=error,
-        )
-    )
+        _emit(acknowledgement(_read_json(bundle), ack_code, at=_now()))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 @client.command("reply")
@@ -519,20 +494,17 @@ def client_reply(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     try:
-        request = parse_bundle(_read_json(bundle))
-    except BundleError as exc:
-        raise _fail(exc.detail) from None
-    _emit(
-        build_attest_reply(
-            request=request,
-            message_id=str(uuid.uuid4()),
-            bundle_id=str(uuid.uuid4()),
-            sent_at=_now(),
-            author=author,
-            text=text,
-            pdf=pdf.read_bytes() if pdf else None,
+        _emit(
+            attest_reply(
+                _read_json(bundle),
+                author,
+                text=text,
+                pdf=pdf.read_bytes() if pdf else None,
+                at=_now(),
+            )
         )
-    )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def main() -> None:
