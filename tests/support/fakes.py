@@ -516,6 +516,15 @@ class FakeStore:
     async def reading(self) -> AsyncIterator[FakeUnitOfWork]:
         yield FakeUnitOfWork(copy.deepcopy(self.state), self.directory, self.busy)
 
+    async def wait_for_mail(self, org_id: str, *, replies: bool, seconds: float) -> bool:
+        """No waiting in memory: whether mail waits now."""
+        return any(
+            m.receiver_org_id == org_id
+            and m.collected_at is None
+            and (not replies or m.message_type == MessageType.ATTEST_REPLY.value)
+            for m in self.state.mailbox.values()
+        )
+
     async def accept_request(self, accepted: AcceptedRequest) -> None:
         conv, s = accepted.conv, self.state
         taken = (

@@ -327,6 +327,12 @@ class Store(Protocol):
         was taken meanwhile."""
         ...
 
+    async def wait_for_mail(self, org_id: str, *, replies: bool, seconds: float) -> bool:
+        """Wait up to `seconds` until mail waits uncollected for `org_id` (only readable attest
+        replies: `replies`), answering as soon as it does (a long-poll). Whether it does; False
+        at once when too many requests wait already or the gateway is shutting down."""
+        ...
+
 
 class Relay(Protocol):
     """The outbox relay, as the use cases see it."""

@@ -25,6 +25,7 @@ from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.audit import AuditEvent
 from attest_gateway.infra.db import audit, messaging
+from attest_gateway.infra.db.arrivals import MailArrivals
 from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import autocommit, aware, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import GroupCommit, Write
@@ -118,6 +119,7 @@ _OLDEST_FIRST = (mailbox.c.delivered_at, mailbox.c.message_id)
 
 class SqlMailbox:
     def __init__(self, conn: AsyncConnection) -> None:
+        self.receivers: set[str] = set()  # whom mail was added for (woken after the commit)
         self._conn = conn
 
     async def get(self, message_id: str) -> MailItem | None:
@@ -192,13 +194,18 @@ class SqlMailbox:
         return set(found)
 
     async def add(self, item: MailItem) -> bool:
-        return await insert_ignore(self._conn, mailbox, _mail_row(item))
+        added = await insert_ignore(self._conn, mailbox, _mail_row(item))
+        if added:
+            self.receivers.add(item.receiver_org_id)
+        return added
 
     async def add_new(self, items: Sequence[MailItem]) -> set[str]:
         if not items:
             return set()
         statement = _insert_new_mail(self._conn.dialect.name)
-        return set(await self._conn.scalars(statement, [_mail_row(i) for i in items]))
+        added = set(await self._conn.scalars(statement, [_mail_row(i) for i in items]))
+        self.receivers.update(i.receiver_org_id for i in items if i.message_id in added)
+        return added
 
     async def replace_envelope(self, message_id: str, envelope: bytes) -> None:
         await self._conn.execute(
@@ -690,15 +697,26 @@ class SqlStore:
     """The store of the use cases: units of work on `engine`, accepted requests through
     `writes` (the group commit the container owns)."""
 
-    def __init__(self, engine: AsyncEngine, topics: Topics, writes: GroupCommit | None = None):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        topics: Topics,
+        writes: GroupCommit | None = None,
+        arrivals: MailArrivals | None = None,
+    ):
         self._engine = engine
         self._topics = topics
         self._writes = writes
+        # what long-polls wait on; without one (tests, tools) they answer at once
+        self.arrivals = arrivals
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
         async with self._engine.begin() as conn:
-            yield SqlUnitOfWork(conn, self._topics)
+            uow = SqlUnitOfWork(conn, self._topics)
+            yield uow
+        if self.arrivals is not None and uow.mailbox.receivers:
+            self.arrivals.notify(uow.mailbox.receivers)  # committed: wake their long-polls
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[SqlUnitOfWork]:
@@ -714,3 +732,8 @@ class SqlStore:
             if accepted.idempotency is None:
                 raise
             raise KeyTaken(exc) from exc
+
+    async def wait_for_mail(self, org_id: str, *, replies: bool, seconds: float) -> bool:
+        if self.arrivals is None:
+            return False
+        return await self.arrivals.wait(org_id, replies=replies, seconds=seconds)

@@ -26,10 +26,12 @@ from attest_gateway.entrypoints.http.auth import (
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
-from attest_gateway.services import cases, closures, contacts
+from attest_gateway.entrypoints.http.routes.medcom import WAIT_DESCRIPTION
+from attest_gateway.services import cases, closures, contacts, waiting
 from attest_gateway.services import jobcenter as service
 from attest_gateway.services.closures import CaseClosed, CaseCloseIn
 from attest_gateway.services.contacts import ContactAccepted, ContactIn
+from attest_gateway.services.waiting import MAX_WAIT_SECONDS
 
 ROLES = (Role.JOBCENTER,)
 router = APIRouter(
@@ -192,17 +194,27 @@ async def attest_request_status(
 
 @router.get("/inbox", response_model=Inbox)
 async def inbox(
-    request: Request, org: JobCenter, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    request: Request,
+    org: JobCenter,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description=WAIT_DESCRIPTION)] = 0,
 ) -> Inbox:
     gw = gateway_of(request)
-    return await service.read_inbox(
+    return await waiting.long_poll(
         gw.store,
-        gw.keyring,
-        gw.clock,
-        org,
-        limit=limit,
-        source=client_source(request),
-        gateway_org_id=gw.settings.gateway_org_id,
+        org.id,
+        replies=True,
+        wait=wait,
+        read=lambda: service.read_inbox(
+            gw.store,
+            gw.keyring,
+            gw.clock,
+            org,
+            limit=limit,
+            source=client_source(request),
+            gateway_org_id=gw.settings.gateway_org_id,
+        ),
+        empty=lambda found: not found.items,
     )
 
 
