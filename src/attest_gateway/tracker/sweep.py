@@ -129,7 +129,7 @@ class TrackerSweep:
         for cid in ids:
             async with self._gw.engine.begin() as conn:
                 conv = await load_conversation(conn, cid)
-                if conv is None or await _has_stage(conn, cid, Stage.REPLIED):
+                if conv is None or await _stopped(conn, cid, conv.reply_deadline, today):
                     continue
                 row = (
                     await conn.execute(sa.select(t.c.due_date).where(t.c.conversation_id == cid))
@@ -160,6 +160,7 @@ class TrackerSweep:
                         # flagged, or just flagged by this sweep (its event is still on the way)
                         sa.or_(t.c.overdue_at.is_not(None), t.c.due_date < today),
                         t.c.replied_at.is_(None),
+                        sa.or_(t.c.outcome.is_(None), t.c.outcome != "cancelled"),
                         t.c.reminders < rules.reminder_max,
                     )
                     .limit(BATCH)
@@ -180,7 +181,9 @@ class TrackerSweep:
         gw = self._gw
         async with gw.engine.begin() as conn:
             conv = await load_conversation(conn, cid)
-            if conv is None or await _has_stage(conn, cid, Stage.REPLIED):
+            if conv is None or await _stopped(
+                conn, cid, conv.reply_deadline, rules.local_date(now)
+            ):
                 return 0
             overdue_at = await _stage_time(conn, cid, Stage.OVERDUE)
             if overdue_at is None:
@@ -299,6 +302,15 @@ class TrackerSweep:
 
 def _ids(org: Any) -> OrgIdentifiers:
     return OrgIdentifiers(name=org.name, sor=org.sor, gln=org.gln)
+
+
+async def _stopped(conn: AsyncConnection, cid: str, deadline: dt.date, today: dt.date) -> bool:
+    """Whether the clock stopped for this request: answered, cancelled, or its deadline
+    extended to a day not yet passed (read from the stages and the conversation, so it holds
+    before the tracker consumer has seen the stage)."""
+    if await _has_stage(conn, cid, Stage.REPLIED) or await _has_stage(conn, cid, Stage.CANCELLED):
+        return True
+    return await _has_stage(conn, cid, Stage.DEADLINE_EXTENDED) and deadline >= today
 
 
 async def _has_stage(conn: AsyncConnection, cid: str, stage: Stage) -> bool:

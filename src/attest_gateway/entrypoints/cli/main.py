@@ -326,7 +326,7 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn waits for open requests before the lifespan ends: release the long-polls
         # now, so that they answer within one check instead of after their `wait`
-        gw = getattr(self.config.app.state, "gateway", None)
+        gw = getattr(getattr(self.config.app, "state", None), "gateway", None)
         if isinstance(gw, Gateway):
             release_long_polls(gw)
         super().handle_exit(sig, frame)

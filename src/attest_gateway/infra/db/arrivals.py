@@ -45,6 +45,10 @@ class MailArrivals:
             for event in self._events.get(org_id, ()):
                 event.set()
 
+    @property
+    def released(self) -> bool:
+        return self._released
+
     def release(self) -> None:
         """End every wait (shutdown). Only sets a flag: safe from a signal handler."""
         self._released = True
@@ -73,7 +77,9 @@ class MailArrivals:
         self._waiting += 1
         metrics.LONG_POLLS_WAITING.inc()
         try:
-            while not self._released:
+            while True:
+                if self.released:
+                    return False
                 if await self._mail_waiting(org_id, replies):
                     return True
                 left = deadline - loop.time()
@@ -82,7 +88,6 @@ class MailArrivals:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(self._check_seconds, left))
                 event.clear()
-            return False
         finally:
             self._waiting -= 1
             metrics.LONG_POLLS_WAITING.dec()

@@ -36,8 +36,10 @@ from attest_gateway.infra.db.tables import (
     inbound_messages,
     mailbox,
     outbox,
+    request_actions,
     seen_ids,
     sent_messages,
+    stages,
     tracker_cases,
     tracker_contacts,
     tracker_treatments,
@@ -53,6 +55,7 @@ from attest_gateway.ports.records import (
     InboundRecord,
     MailAddress,
     MailItem,
+    RequestAction,
     SeenId,
     StageEntry,
     StageRecord,
@@ -73,6 +76,33 @@ class SqlConversations:
 
     async def by_request(self, message_id: str) -> Conversation | None:
         return await messaging.conversation_by_request(self._conn, message_id)
+
+    async def of_jobcenter(
+        self,
+        jobcenter_org_id: str,
+        *,
+        attest_type: str | None,
+        before: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[Conversation]:
+        c = conversations.c
+        query = sa.select(conversations).where(c.jobcenter_org_id == jobcenter_org_id)
+        if attest_type is not None:
+            query = query.where(c.attest_type == attest_type)
+        if before is not None:
+            at, cid = before
+            query = query.where(sa.or_(c.created_at < at, sa.and_(c.created_at == at, c.id < cid)))
+        rows = await self._conn.execute(
+            query.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        )
+        return [messaging.conversation_from_row(row) for row in rows]
+
+    async def set_deadline(self, conversation_id: str, reply_deadline: dt.date) -> None:
+        await self._conn.execute(
+            conversations.update()
+            .where(conversations.c.id == conversation_id)
+            .values(reply_deadline=reply_deadline)
+        )
 
 
 def _maybe_aware(value: dt.datetime | None) -> dt.datetime | None:
@@ -307,6 +337,76 @@ class SqlStages:
     async def record_many(self, items: Sequence[StageRecord]) -> int:
         return await messaging.record_stages(self._conn, self._topics, items)
 
+    async def emit(
+        self,
+        conv: Conversation,
+        stage: Stage,
+        *,
+        message_id: str,
+        message_type: MessageType,
+        at: dt.datetime,
+        detail: str | None = None,
+    ) -> None:
+        await messaging.emit_stage_event(
+            self._conn, self._topics, conv, stage, message_id=message_id,
+            message_type=message_type, at=at, detail=detail,
+        )  # fmt: skip
+
+    async def timelines(self, conversation_ids: Sequence[str]) -> dict[str, list[StageEntry]]:
+        found: dict[str, list[StageEntry]] = {cid: [] for cid in conversation_ids}
+        if not conversation_ids:
+            return found
+        rows = await self._conn.execute(
+            sa.select(stages)
+            .where(one_of(self._conn.dialect.name, stages.c.conversation_id, conversation_ids))
+            .order_by(stages.c.at)
+        )
+        for r in rows:
+            found[r.conversation_id].append(
+                StageEntry(r.stage, r.message_id, aware(r.at), r.detail)
+            )
+        return found
+
+
+class SqlRequestActions:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    @staticmethod
+    def _record(row: Any) -> RequestAction:
+        return RequestAction(
+            conversation_id=row.conversation_id,
+            action=row.action,
+            key=row.key,
+            id=row.id,
+            at=aware(row.at),
+            detail=row.detail,
+            idempotency_key=row.idempotency_key,
+        )
+
+    async def get(self, conversation_id: str, action: str, key: str) -> RequestAction | None:
+        t = request_actions.c
+        row = (
+            await self._conn.execute(
+                sa.select(request_actions).where(
+                    t.conversation_id == conversation_id, t.action == action, t.key == key
+                )
+            )
+        ).first()
+        return self._record(row) if row is not None else None
+
+    async def of(self, conversation_id: str) -> list[RequestAction]:
+        rows = await self._conn.execute(
+            sa.select(request_actions)
+            .where(request_actions.c.conversation_id == conversation_id)
+            .order_by(request_actions.c.at)
+        )
+        return [self._record(row) for row in rows]
+
+    async def add(self, record: RequestAction) -> bool:
+        row = {f: getattr(record, f) for f in RequestAction.__dataclass_fields__}
+        return await insert_ignore(self._conn, request_actions, row)
+
 
 _CONTACT_HEADERS = orjson.dumps(
     sorted(
@@ -374,6 +474,14 @@ class SqlOutbox:
 class SqlSentCopies:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+
+    async def copy_of(self, message_id: str) -> bytes | None:
+        row = (
+            await self._conn.execute(
+                sa.select(sent_messages.c.copy).where(sent_messages.c.message_id == message_id)
+            )
+        ).first()
+        return bytes(row.copy) if row is not None else None
 
     async def acknowledge(self, message_id: str, at: dt.datetime) -> None:
         await self._conn.execute(
@@ -644,6 +752,7 @@ class SqlUnitOfWork:
         self.cases = SqlCases(conn)
         self.treatments = SqlTreatments(conn)
         self.audit = SqlAuditLog(conn, topics)
+        self.actions = SqlRequestActions(conn)
 
 
 # The rows of an accepted request go as parameters of statements built once (building one
