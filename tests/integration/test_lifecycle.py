@@ -7,11 +7,14 @@ in the status timeline."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from attest_gateway.infra.db.tables import stages
+from attest_gateway.medcom.build import build_attest_reply
 from attest_gateway.medcom.model import to_fhir_json
 from attest_gateway.medcom.read import read_message
 from attest_gateway.tracker.consumer import TrackerState
@@ -19,8 +22,9 @@ from attest_gateway.tracker.rules import TrackerRules
 from attest_gateway.tracker.sweep import TrackerSweep
 from tests.integration.conftest import Harness
 from tests.integration.test_tracker_consumer import cpr, mailbox_item, open_item, request, tracked
-from tests.support.harness import wait_for
+from tests.support.harness import ATTEST_TEXT, wait_for
 from tests.support.medcom_profiles import validate_bundle
+from tests.support.people import CLINICIAN
 
 JC, PSY = "jc-koebenhavn", "psyk-kbh"
 
@@ -45,7 +49,7 @@ async def test_a_cancellation_reaches_the_clinic_and_stops_the_clock(harness: Ha
     tomorrow = dt.date.today() + dt.timedelta(days=1)
     accepted = await request(h, cpr=cpr(41), reply_deadline=tomorrow.isoformat())
     cid = accepted["conversation_id"]
-    await mailbox_item(h, PSY, lambda i: i["message_id"] == accepted["message_id"])
+    requested = await mailbox_item(h, PSY, lambda i: i["message_id"] == accepted["message_id"])
 
     first = await _post(h, f"{cid}/cancel")
     assert first.status_code == 200, first.text
@@ -76,6 +80,24 @@ async def test_a_cancellation_reaches_the_clinic_and_stops_the_clock(harness: Ha
     t0 = dt.datetime.combine(tomorrow + dt.timedelta(days=3), dt.time(8), tzinfo=dt.UTC)
     await _sweep(h).run_once(now=t0)
     assert not {"overdue", "reminded"} & await _stages_of(h, cid)
+
+    # The clinic's attest for a cancelled request is refused with its code.
+    reply = build_attest_reply(
+        author=CLINICIAN,
+        request=open_item(requested, h.client_keys(PSY)),
+        message_id=str(uuid.uuid4()),
+        bundle_id=str(uuid.uuid4()),
+        sent_at=dt.datetime.now(dt.UTC),
+        text=ATTEST_TEXT,
+        pdf=None,
+    )
+    answered = await h.client.post(
+        "/medcom/v1/messages",
+        content=orjson.dumps(reply),
+        headers={**h.auth(PSY), "Content-Type": "application/fhir+json"},
+    )
+    assert answered.status_code == 409
+    assert answered.json()["code"] == "request-cancelled"
 
     refused = await _post(h, f"{cid}/remind")
     assert refused.status_code == 409

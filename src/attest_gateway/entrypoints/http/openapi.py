@@ -357,6 +357,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "signature-invalid",
         "header-mismatch",
         "replayed-message-id",
+        "request-cancelled",
         "open-failed",
         "unsupported-suite",
         "receiver-mismatch",
