@@ -298,7 +298,9 @@ async def cancel_request(
         )
         action = RequestAction(cid, "cancel", "", message_id, now)
         if not await uow.actions.add(action):  # cancelled meanwhile by a concurrent call
-            raise Replay(ErrorCode.REQUEST_CANCELLED, "the request was cancelled")
+            done = await uow.actions.get(cid, "cancel", "")
+            assert done is not None
+            return _out(conv, done), False
         await uow.stages.record(
             conv,
             Stage.CANCELLED,
@@ -351,8 +353,10 @@ async def extend_deadline(
             now,
             detail=new.isoformat(),
         )
-        if not await uow.actions.add(action):
-            raise Replay(ErrorCode.REQUEST_CANCELLED, "the request changed meanwhile: try again")
+        if not await uow.actions.add(action):  # the same extension by a concurrent call
+            done = await uow.actions.get(cid, "extend", new.isoformat())
+            assert done is not None
+            return _out(conv, done), False
         await uow.conversations.set_deadline(cid, new)
         conv = dataclasses.replace(conv, reply_deadline=new)
         first = await uow.stages.record(
