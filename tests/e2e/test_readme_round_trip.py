@@ -44,12 +44,15 @@ def test_the_block_needs_no_alias() -> None:
 
 def test_the_readme_round_trip_works_pasted_as_one_block(
     tls_server: TlsServer,  # noqa: F811 - the fixture
-    tmp_path: Path,
 ) -> None:
-    env = {**os.environ, "GW": tls_server.base_url, "AG": CLI}
+    # Where `make run` is started: var/ and .venv/ are below it.
+    where = tls_server.var_dir.parent
+    (where / ".venv" / "bin").mkdir(parents=True)
+    (where / ".venv" / "bin" / "attest-gateway").symlink_to(CLI)
+    env = {**os.environ, "GW": tls_server.base_url}  # the test server's port
     result = subprocess.run(
         ["bash", "-c", round_trip_block()],
-        cwd=tls_server.var_dir.parent,  # where `make run` is started: var/ is below it
+        cwd=where,
         env=env,
         capture_output=True,
         text=True,
