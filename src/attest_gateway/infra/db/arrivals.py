@@ -7,8 +7,8 @@ A waiting request is woken at once when mail for its organisation is committed i
 another process (`serve --role worker`), on SQLite or PostgreSQL alike.
 
 At most `max_waiters` requests wait at once in a process; one more answers at once with what
-there is. `release()` ends every wait within one check (it only sets a flag, so a signal
-handler may call it): a shutting-down server does not wait for its long-polls.
+there is. `release()` ends every wait at once (a signal handler may call it): a
+shutting-down server does not wait for its long-polls.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class MailArrivals:
         self._events: dict[str, set[asyncio.Event]] = {}
         self._waiting = 0
         self._released = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the waiters' (for release())
 
     @property
     def waiting(self) -> int:
@@ -50,8 +51,16 @@ class MailArrivals:
         return self._released
 
     def release(self) -> None:
-        """End every wait (shutdown). Only sets a flag: safe from a signal handler."""
+        """End every wait (shutdown). Safe from a signal handler: it sets a flag and asks the
+        event loop (thread-safely) to wake the waiters, which then answer at once."""
         self._released = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        for events in self._events.values():
+            for event in events:
+                event.set()
 
     async def _mail_waiting(self, org_id: str, replies: bool) -> bool:
         query = sa.select(mailbox.c.message_id).where(
@@ -70,7 +79,7 @@ class MailArrivals:
         Whether it does; False at once when too many wait already or the store is released."""
         if seconds <= 0 or self._released or self._waiting >= self._max_waiters:
             return False
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         event = asyncio.Event()
         self._events.setdefault(org_id, set()).add(event)
