@@ -158,11 +158,11 @@ async def test_api_and_worker_processes(stack: Stack) -> None:
         # delivery consumer, so the API finds the delivery by its check, across processes.
         read = asyncio.create_task(api.get("/medcom/v1/mailbox?wait=30", headers=psy))
 
-        async def waiting() -> bool:
+        async def read_waits() -> bool:
             text = (await api.get("/metrics", headers=metrics_auth)).text
             return _samples(text).get(("attest_gateway_long_polls_waiting", frozenset())) == 1
 
-        await wait_for(waiting, within=30)
+        await wait_for(read_waits, within=30)
         response = await api.post(
             "/jobcenter/v1/attest-requests", json=attest_request_body(jobcenter_gln=gln),
             headers=jc,
