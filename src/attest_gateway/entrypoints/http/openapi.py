@@ -315,6 +315,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "outbox-full",
     ],
     ("post", "/jobcenter/v1/attest-requests/{conversation_id}/extend"): [
+        "unsupported-media-type",
         "not-found",
         "request-cancelled",
         "request-answered",
