@@ -207,6 +207,7 @@ FRAMEWORK_ERRORS = [
     ("DELETE", "/jobcenter/v1/inbox", "GET"),
     ("PUT", URL, "GET, POST"),  # two routes on one path: both methods
     ("PUT", "/webhooks/v1/endpoints", "GET, POST"),
+    ("GET", "/jobcenter/v1/cases/close", "POST"),  # not /cases/{case_id}'s PATCH
     ("GET", "/medcom/v1/messages", "POST"),
     ("TRACE", "/audit/v1/entries", "GET"),
     ("POST", "/ministry/v1/report", "GET"),

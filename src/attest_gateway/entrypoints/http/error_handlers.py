@@ -54,13 +54,20 @@ def problem_response(
 
 
 def allowed_methods(request: Request) -> str | None:
-    """Every method the request's path takes, over all its routes (Starlette's 405 names only
-    the first route's: a path with a GET and a POST route would say `POST` alone)."""
-    methods: set[str] = set()
+    """The methods of the path the request reached, over all its routes: Starlette's 405
+    names only the first route's, so a path with a GET and a POST route would say `POST`
+    alone. The path is the first route's that matches (the one Starlette refused the method
+    for); routes of another template that happen to match too (`/cases/{case_id}` for
+    `/cases/close`) are not its methods."""
     path = request.scope["path"]
+    template: str | None = None
+    methods: set[str] = set()
     for route in iter_route_contexts(request.app.routes):
         pattern = getattr(route, "path_regex", None)
-        if pattern is not None and pattern.match(path):
+        if pattern is None or not pattern.match(path):
+            continue
+        template = template or route.path_format
+        if route.path_format == template:
             methods |= set(route.methods or ())
     return ", ".join(sorted(methods)) if methods else None
 
