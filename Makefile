@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck unit clean docs browser demo bench
+.PHONY: run test install lint typecheck unit clean docs browser demo bench vectors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test: $(STAMP) browser
 docs: $(STAMP)
 	$(BIN)/attest-gateway contracts write docs
 	$(BIN)/attest-gateway config docs --write README.md
+
+## The envelope's test vectors for other implementations (docs/envelope.md); new ciphertexts.
+vectors: $(STAMP)
+	$(BIN)/python -m attest_gateway.devtools.vectors --out docs/vectors/envelope-vectors.json
 
 ## A living demo next to `make run`: its own gateway on 127.0.0.1:8001 (state in var/demo) that
 ## plays 45 days of national traffic in about eight minutes on a simulated clock (a setting of

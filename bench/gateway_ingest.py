@@ -189,6 +189,11 @@ async def gateway(
             "API_HOST": "127.0.0.1",
             "LOG_FORMAT": "json",
             "METRICS_TOKEN": token,
+            # The gateway's capacity is measured, with one job centre sending from 32
+            # connections: no limit per client.
+            "RATE_LIMIT_WRITES_PER_SECOND": "0",
+            "RATE_LIMIT_READS_PER_SECOND": "0",
+            "CONCURRENT_REQUESTS_PER_ORG": "0",
         }
         processes = [
             await stack.enter_async_context(_serve(env, var_dir, role, f"{kind}-{tag}"))

@@ -6,6 +6,7 @@ at import time: the composition root calls `load_settings()` once and passes the
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,11 @@ DB_MAX_OVERFLOW = 0
 DB_POOL_TIMEOUT_SECONDS = 10.0
 
 DAY = 24 * 3600.0  # seconds
+
+
+def _items(value: str) -> list[str]:
+    """The non-empty items of a comma-separated setting."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 class Settings(BaseSettings):
@@ -171,6 +177,64 @@ class Settings(BaseSettings):
         default=None,
         description="PEM CA(s) of client certificates: the API asks for one (mutual TLS) and "
         "authenticates the organisation it is pinned to; API keys keep working beside it",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description=(
+            "addresses or CIDRs (comma-separated) of the proxies in front of the API: only "
+            "their X-Forwarded-For and PROXY protocol headers name the client; empty: the TCP "
+            "peer is the client and forwarded headers are ignored"
+        ),
+    )
+    proxy_protocol: bool = Field(
+        default=False,
+        description=(
+            "a connection from a TRUSTED_PROXIES address starts with a PROXY protocol header "
+            "(v1 or v2; HAProxy `send-proxy-v2`) naming the client, before TLS; others connect "
+            "directly"
+        ),
+    )
+    rate_limit_reads_per_second: float = Field(
+        default=100.0,
+        ge=0,
+        description="reads (GET) an organisation may make per second, per process (0: no limit)",
+    )
+    rate_limit_writes_per_second: float = Field(
+        default=100.0,
+        ge=0,
+        description="writes (POST, PUT, DELETE) an organisation may make per second, per process "
+        "(0: no limit)",
+    )
+    rate_limit_reports_per_second: float = Field(
+        default=20.0,
+        ge=0,
+        description="ministry reports a ministry may ask for per second, per process (0: no limit)",
+    )
+    rate_limit_burst_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a burst of this many seconds' worth of requests is allowed at once "
+        "(the token bucket's size)",
+    )
+    concurrent_requests_per_org: int = Field(
+        default=8,
+        ge=0,
+        description="requests of one endpoint class (reads, writes, reports) an organisation "
+        "may have in progress at once, per process (0: no limit)",
+    )
+    auth_lockout_failures: int = Field(
+        default=20,
+        ge=0,
+        description="failed authentications from one address within AUTH_LOCKOUT_WINDOW_SECONDS "
+        "that lock the address out (0: never)",
+    )
+    auth_lockout_window_seconds: float = Field(
+        default=60.0, gt=0, description="the window in which failed authentications are counted"
+    )
+    auth_lockout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="how long a locked-out address is answered 429 authentication-locked-out",
     )
     metrics_token: SecretStr | None = Field(
         default=None, description="bearer token Prometheus must send to /metrics (production)"
@@ -540,6 +604,21 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.var_dir / 'gateway.db').as_posix()}"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        for item in _items(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """TRUSTED_PROXIES as networks (an address is a network of one)."""
+        return tuple(ipaddress.ip_network(i, strict=False) for i in _items(self.trusted_proxies))
 
     @cached_property
     def effective_keys_dir(self) -> Path:

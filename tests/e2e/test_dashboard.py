@@ -211,7 +211,15 @@ async def test_dashboard_shows_the_apis_figures(served: Served) -> None:
             page = await browser.new_page(viewport={"width": 1400, "height": 1700})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(f"{served.base_url}/ministry/#key={key}")
+            # Whatever the Content-Security-Policy blocks is reported on the page.
+            await page.add_init_script(
+                "window.__blocked = [];"
+                "document.addEventListener('securitypolicyviolation', e =>"
+                " window.__blocked.push(e.violatedDirective + ' ' + e.blockedURI));"
+            )
+            page_answer = await page.goto(f"{served.base_url}/ministry/#key={key}")
+            assert page_answer is not None
+            assert "frame-ancestors 'none'" in page_answer.headers["content-security-policy"]
             await page.wait_for_selector("body[data-ready=true]", timeout=30_000)
             assert errors == []
             assert key not in page.url  # the key leaves the address bar
@@ -304,6 +312,7 @@ async def test_dashboard_shows_the_apis_figures(served: Served) -> None:
             shot = ARTIFACTS / f"dashboard-{served.base_url.rsplit(':', 1)[1]}.png"
             await page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+            assert await page.evaluate("window.__blocked") == []  # nothing the policy blocked
             shutil.copy(shot, ARTIFACTS / "dashboard.png")
         finally:
             await browser.close()

@@ -114,6 +114,8 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             # merely waits in a lagging consumer's queue would only add load.
             REPUBLISH_AFTER_SECONDS="300",
             SHUTDOWN_GRACE_SECONDS="5",
+            # The job centre submits from 12 connections at once as fast as the API takes it.
+            CONCURRENT_REQUESTS_PER_ORG="16",
         )
         if request.param == "postgres":
             env["DATABASE_URL"] = url

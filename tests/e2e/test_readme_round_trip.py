@@ -48,7 +48,8 @@ def test_the_readme_round_trip_works_pasted_as_one_block(
     # Where `make run` is started: var/ and .venv/ are below it.
     where = tls_server.var_dir.parent
     (where / ".venv" / "bin").mkdir(parents=True)
-    (where / ".venv" / "bin" / "attest-gateway").symlink_to(CLI)
+    for command in ("attest-gateway", "attest-client"):  # the installation's entry points
+        (where / ".venv" / "bin" / command).symlink_to(Path(CLI).with_name(command))
     env = {**os.environ, "GW": tls_server.base_url}  # the test server's port
     result = subprocess.run(
         ["bash", "-c", round_trip_block()],

@@ -149,8 +149,10 @@ async def test_round_trip_over_http(server: Server, tmp_path: Path) -> None:
             lambda d: next((i for i in d["items"] if i["conversation_id"] == cid), None),
         )
         request_json = run_cli(
-            "client", "open", "-", "--keys", psy_keys, stdin=json.dumps(item).encode(), cwd=tmp_path
-        )
+            "client", "open", "-", "--keys", psy_keys,
+            "--gateway", server.base_url, "--api-key", creds["psyk-kbh"]["api_key"],
+            stdin=json.dumps(item).encode(), cwd=tmp_path,
+        )  # fmt: skip
         assert json.loads(request_json)["resourceType"] == "Bundle"
         assert CPR.encode() in request_json  # only the receiver sees the CPR number
 

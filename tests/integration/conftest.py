@@ -55,6 +55,12 @@ async def running_gateway(
                 "kafka_group_prefix": f"{prefix}attest-gateway",
                 "relay_poll_seconds": 0.2,
                 "max_body_bytes": 256 * 1024,
+                # The session's gateway answers the authorisation matrix and the fuzzers,
+                # which send wrong credentials by the hundred from one address on purpose;
+                # the lockout has its own gateway (test_client_limits.py).
+                "auth_lockout_failures": 0,
+                # test_reliability sends 30 attest requests of one job centre at once.
+                "concurrent_requests_per_org": 32,
                 **settings_for(bootstrap),
                 **overrides,
             }

@@ -71,6 +71,12 @@ async def trip(harness: Harness) -> AsyncIterator[Trip]:
         yield Trip(h, await round_trip(h))
 
 
+def naming(message_id: str) -> Any:
+    """The entries about a message: it alone (`message_id`), or a read listing it among
+    others (`detail.message_ids`)."""
+    return sa.or_(audit_log.c.message_id == message_id, audit_log.c.detail.contains(message_id))
+
+
 async def _entries(h: Harness, *where: Any) -> list[AuditEntry]:
     async with h.gw.engine.connect() as conn:
         rows = await conn.execute(sa.select(audit_log).where(*where).order_by(audit_log.c.seq))
@@ -89,20 +95,28 @@ async def _fetched_at(h: Harness, message_id: str) -> Any:
 
 async def test_mailbox_fetches_are_audited_with_who_what_when_where(trip: Trip) -> None:
     h, conv = trip.h, trip.conversation
-    fetches = await _entries(h, audit_log.c.message_id == conv.request_message_id)
+    fetches = await _entries(h, naming(conv.request_message_id))
     assert fetches
     assert {e.action for e in fetches} == {audit.MAILBOX_FETCH}
     for entry in fetches:
         assert (entry.actor, entry.subject_org, entry.source) == (PSY, PSY, CLIENT_IP)
-        assert entry.conversation_id == conv.conversation_id
-        assert entry.detail is None
+        # one entry per read, listing the message ids it handed out; a read of one names it
+        assert entry.detail is not None
+        listed = entry.detail["message_ids"].split()
+        assert conv.request_message_id in listed
+        assert entry.detail["count"] == str(len(listed))
+        if len(listed) == 1:
+            assert entry.message_id == conv.request_message_id
+            assert entry.conversation_id == conv.conversation_id
+        else:
+            assert (entry.message_id, entry.conversation_id) == (None, None)
     # The first fetch marked the message fetched in the same transaction, at the same time.
     assert fetches[0].at == await _fetched_at(h, conv.request_message_id)
 
 
 async def test_inbox_fetches_and_openings_at_the_edge_are_audited(trip: Trip) -> None:
     h, conv = trip.h, trip.conversation
-    entries = await _entries(h, audit_log.c.message_id == conv.reply_message_id)
+    entries = await _entries(h, naming(conv.reply_message_id))
     fetches = [e for e in entries if e.action == audit.INBOX_FETCH]
     opened = [e for e in entries if e.action == audit.ENVELOPE_OPEN]
     assert fetches
@@ -115,7 +129,12 @@ async def test_inbox_fetches_and_openings_at_the_edge_are_audited(trip: Trip) ->
     assert sorted(e.detail["for"] for e in opened if e.detail) == sorted(
         ["inbox"] * len(fetches) + ["ack"]
     )
-    assert all(e.detail and e.detail["key_id"].startswith("hpke-") for e in opened)
+    # an inbox read's openings are one entry naming the keys used (`key_ids`); the ack's
+    # opening names its key (`key_id`)
+    assert all(
+        e.detail and e.detail.get("key_id", e.detail.get("key_ids", "")).startswith("hpke-")
+        for e in opened
+    )
     assert {e.conversation_id for e in entries} == {conv.conversation_id}
     # Each inbox read records the opening just before the fetch it served.
     assert {f.seq - 1 for f in fetches} <= {e.seq for e in opened}
@@ -150,13 +169,21 @@ async def test_an_organisation_reads_only_its_own_audit_trail(trip: Trip) -> Non
         assert [e["seq"] for e in trail] == sorted({e["seq"] for e in trail})
         for e in trail:  # as stored: the hash covers what the API answers
             assert AuditEntry.model_validate(e).expected_hash() == e["hash"]
-    jc_seen = {(e["action"], e["message_id"]) for e in jc}
+
+    def seen(trail: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        return {
+            (e["action"], i)
+            for e in trail
+            for i in ((e["detail"] or {}).get("message_ids") or e["message_id"] or "").split()
+        }
+
+    jc_seen = seen(jc)
     assert (audit.INBOX_FETCH, conv.reply_message_id) in jc_seen
     assert (audit.ENVELOPE_OPEN, conv.reply_message_id) in jc_seen
     assert (audit.MAILBOX_FETCH, conv.request_message_id) not in jc_seen
-    psy_seen = {(e["action"], e["message_id"]) for e in psy}
+    psy_seen = seen(psy)
     assert (audit.MAILBOX_FETCH, conv.request_message_id) in psy_seen
-    assert not [e for e in psy if e["message_id"] == conv.reply_message_id]
+    assert not [a for a, i in psy_seen if i == conv.reply_message_id]
     assert not [e for e in other if e["conversation_id"] == conv.conversation_id]
 
 
@@ -183,7 +210,7 @@ async def _on_topic(h: Harness, seqs: set[int]) -> list[Any]:
 async def test_the_audit_topic_carries_the_entries_and_no_cpr_or_content(trip: Trip) -> None:
     h, conv = trip.h, trip.conversation
     ids = (conv.request_message_id, conv.reply_message_id)
-    stored = {e.seq: e for e in await _entries(h, audit_log.c.message_id.in_(ids))}
+    stored = {e.seq: e for e in await _entries(h, sa.or_(*(naming(i) for i in ids)))}
     records = await _on_topic(h, set(stored))
     doc = json.loads(json.dumps(build_asyncapi(h.settings)))
     message = doc["components"]["messages"]["AuditEntry"]
@@ -239,7 +266,7 @@ async def test_tampering_with_the_log_is_found(trip: Trip) -> None:
     h, conv = trip.h, trip.conversation
     head = await _head(h)
     # The reply's first entry: after the request's fetches, before its acknowledgement's opening.
-    (target, *_) = await _entries(h, audit_log.c.message_id == conv.reply_message_id)
+    (target, *_) = await _entries(h, naming(conv.reply_message_id))
     assert 1 < target.seq < head.seq - 1
     s = target.seq
     seq = audit_log.c.seq
@@ -341,7 +368,7 @@ async def test_a_read_that_cannot_be_audited_does_not_happen(harness: Harness) -
             await conn.execute(audit_head.insert().values(id=1, seq=head.seq, hash=head.hash))
     items = (await h.get_json("/medcom/v1/mailbox", PSY))["items"]
     assert message_id in {i["message_id"] for i in items}
-    (entry, *_) = await _entries(h, audit_log.c.message_id == message_id)
+    (entry, *_) = await _entries(h, naming(message_id))
     assert entry.at == await _fetched_at(h, message_id)
 
 
@@ -391,9 +418,11 @@ async def test_the_audit_commands(trip: Trip, tmp_path: Path) -> None:
     entries = [AuditEntry.model_validate_json(line) for line in listed.stdout.splitlines()]
     assert entries
     assert all(PSY in (e.actor, e.subject_org) for e in entries)
-    assert conv.request_message_id in {e.message_id for e in entries}
+    assert conv.request_message_id in {
+        i for e in entries for i in ((e.detail or {}).get("message_ids") or "").split()
+    }
 
-    (target, *_) = await _entries(h, audit_log.c.message_id == conv.reply_message_id)
+    (target, *_) = await _entries(h, naming(conv.reply_message_id))
     async with h.gw.engine.begin() as conn:
         await conn.execute(
             audit_log.update().where(audit_log.c.seq == target.seq).values(source="203.0.113.9")

@@ -90,6 +90,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/ministry/v1/request-timing"): Access.MINISTRY,
     ("GET", "/ministry/v1/overdue"): Access.MINISTRY,
     ("GET", "/audit/v1/entries"): Access.ANY_ORG,
+    ("GET", "/directory/v1/organisations/{org_id}/keys"): Access.ANY_ORG,
     ("POST", "/webhooks/v1/endpoints"): Access.PARTNER,
     ("GET", "/webhooks/v1/endpoints"): Access.PARTNER,
     ("DELETE", "/webhooks/v1/endpoints/{endpoint_id}"): Access.PARTNER,

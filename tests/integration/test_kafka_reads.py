@@ -200,7 +200,9 @@ async def test_topics_are_created_with_their_retention(
     assert dlq["retention.ms"] == str(30 * 24 * 3600 * 1000)
     audit_topic = await _topic_config(broker.bootstrap, topics.audit)
     assert audit_topic["retention.ms"] == str(400 * 24 * 3600 * 1000)
-    assert "retention.ms" not in await _topic_config(broker.bootstrap, topics.medcom_messages)
+    for topic in (topics.medcom_messages, topics.tracking):  # a week: Apache Kafka's default
+        config = await _topic_config(broker.bootstrap, topic)
+        assert config["retention.ms"] == str(7 * 24 * 3600 * 1000)
 
 
 def test_where_the_epoch_is() -> None:

@@ -19,6 +19,7 @@ from attest_gateway.infra.db import audit, tables
 from attest_gateway.infra.db.tables import audit_log
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.model import Bundle
+from attest_gateway.medcom.read import read_message
 from tests.integration.conftest import Harness
 from tests.integration.test_roundtrip import mailbox_item, open_item, submit
 from tests.support.harness import ATTEST_TEXT, attest_request_body, read_topic, wait_for
@@ -133,9 +134,17 @@ async def test_submissions_that_must_be_refused(harness: Harness) -> None:
     assert wrong_type.status_code == 415
     assert wrong_type.json()["code"] == "unsupported-media-type"
 
-    # Nothing of the refused submissions reached the job centre.
+    # Nothing of the refused submissions reached the job centre; the clinic got MedCom's
+    # answer to the one it may be told about (the unknown request), in its mailbox.
     rows = await mailbox_rows(h, accepted["conversation_id"])
-    assert [r.message_type for r in rows] == ["attest-request"]
+    assert {r.receiver_org_id for r in rows} == {PSY}
+    assert sorted(r.message_type for r in rows) == ["acknowledgement", "attest-request"]
+    nack_row = next(r for r in rows if r.message_type == "acknowledgement")
+    nack = read_message(
+        open_item(await mailbox_item(h, PSY, nack_row.message_id), h.client_keys(PSY))
+    )
+    assert (nack.response_code, nack.issues) == ("fatal-error", ["MSG_NO_EXIST"])
+    assert nack.response_to == unknown["entry"][0]["resource"]["id"]
 
 
 def sealed_for_gateway(

@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from attest_gateway.bootstrap import tracker_rules
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.contracts.cases import CaseIn
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.jobcenter import CaseKind
 from attest_gateway.contracts.stages import MessageType, Stage
@@ -43,7 +44,7 @@ from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.uow import SqlStore
 from attest_gateway.infra.housekeeping.retention import prune_store
 from attest_gateway.infra.kafka.topics import Topics
-from attest_gateway.services import closures
+from attest_gateway.services import cases, closures
 from attest_gateway.services.closures import CaseClosed, CaseCloseIn
 from attest_gateway.services.contacts import ContactIn
 from attest_gateway.services.delivery import check_envelope, deliver, deliver_many
@@ -239,6 +240,30 @@ async def test_finished_conversations_go_after_their_retention_and_open_ones_sta
     assert await db.count(tables.stages, tables.stages.c.conversation_id == open_id) == 2
     assert await db.count(tables.sent_messages, tables.sent_messages.c.conversation_id == open_id)
     assert await _sealed_cpr(db, open_id) is not None
+
+
+async def test_an_acknowledged_requests_copy_stays_while_its_conversation_is_open(
+    db: Db,
+) -> None:
+    """A reminder copies the Patient and the caseworker from the gateway's copy of the
+    request: the copy of a request the clinic acknowledged stays while no reply has been
+    acknowledged, however long past SENT_COPY_RETENTION_DAYS."""
+    w = db.world
+    request = await _requested(db, key="k-acked")
+    sent = tables.sent_messages.c
+    async with db.store.transaction() as uow:  # the clinic's acknowledgement of the request
+        await uow.sent.acknowledge(request.header.message_id, w.clock.now())
+
+    w.clock.advance(100 * DAY)
+    counts = await db.prune(conversation_retention_days=365, sealed_cpr_retention_days=300)
+    assert "sent_messages" not in counts
+    assert await db.count(tables.sent_messages, sent.message_id == request.header.message_id)
+
+    await _finish(db, request)
+    w.clock.advance(db.settings.sent_copy_retention_days * DAY + dt.timedelta(seconds=1))
+    counts = await db.prune(conversation_retention_days=365, sealed_cpr_retention_days=300)
+    assert counts.get("sent_messages") == 1
+    assert not await db.count(tables.sent_messages, sent.message_id == request.header.message_id)
 
 
 # --- the tracker: timelines go, aggregates stay ------------------------------------------
@@ -515,6 +540,27 @@ async def _rows_holding(db: Db, *needles: str) -> list[str]:
     return found
 
 
+async def test_registered_cases_go_a_retention_period_after_they_closed(db: Db) -> None:
+    w = db.world
+    today = w.clock.now().date()
+    for case_id, closed_on in (("sag-closed", today - 10 * DAY), ("sag-open", None)):
+        await cases.register_case(
+            db.store, w.keyring, w.clock, w.orgs[JC],
+            CaseIn(
+                municipality="101", case_id=case_id, citizen_cpr=CPR,
+                case_kind=CaseKind.SYGEDAGPENGE, psychiatric_course=True,
+                first_day_of_absence=today - 60 * DAY, closed_on=closed_on,
+            ),
+            gateway_org_id=w.gateway_org_id, pseudonym_key=w.pseudonym_key,
+        )  # fmt: skip
+    w.clock.advance(db.settings.tracker_timeline_retention_days * DAY - 11 * DAY)
+    assert "tracker_cases" not in await db.prune()
+    w.clock.advance(2 * DAY)
+    assert (await db.prune()).get("tracker_cases") == 1
+    ids = tables.tracker_cases.c.jobcenter_case_id
+    assert await db.count(tables.tracker_cases, ids == "sag-open") == 1
+
+
 async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) -> None:
     w = db.world
     jc = w.orgs[JC]
@@ -529,6 +575,14 @@ async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) ->
             case_kind=CaseKind.SYGEDAGPENGE, first_day_of_absence=w.clock.now().date() - 30 * DAY,
             contact_date=w.clock.now().date() - 2 * DAY,
         )
+    )  # fmt: skip
+    await cases.register_case(  # the job centre's sickness case of the citizen, too
+        db.store, w.keyring, w.clock, jc,
+        CaseIn(
+            municipality="101", case_id="sag-1", citizen_cpr=CPR, case_kind=CaseKind.SYGEDAGPENGE,
+            psychiatric_course=True, first_day_of_absence=w.clock.now().date() - 30 * DAY,
+        ),
+        gateway_org_id=w.gateway_org_id, pseudonym_key=w.pseudonym_key,
     )  # fmt: skip
     await _run_tracker(db)
     before = await _report(db)
@@ -563,6 +617,7 @@ async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) ->
         assert await db.count(table, key.in_(conv_ids)) == 0
     assert await db.count(tables.outbox, tables.outbox.c.key.in_(conv_ids)) == 0
     assert await db.count(tables.tracker_contacts) == 0  # its sealed CPR number with it
+    assert await db.count(tables.tracker_cases) == 0  # the registered sickness case too
     # the other citizen's case is untouched, and the ministry's figures are the same
     assert await _rows_holding(db, other_ref)
     assert await _report(db) == before

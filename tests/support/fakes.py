@@ -252,6 +252,19 @@ class FakeMailbox(_Repo):
         unreadable = [i for i in replies if i.unreadable_at is not None]
         return (readable + unreadable)[:limit]
 
+    async def waiting_refusals(self, receiver_org_id: str, limit: int) -> list[MailItem]:
+        refusals = {
+            (cid, e.message_id)
+            for (cid, stage), e in self.s.stages.items()
+            if stage == Stage.REFUSED.value
+        }
+        return [
+            i
+            for i in await self.waiting(receiver_org_id, len(self.s.mailbox))
+            if i.message_type == MessageType.ACKNOWLEDGEMENT.value
+            and (i.conversation_id, i.message_id) in refusals
+        ][:limit]
+
     async def known(self, message_ids: Sequence[str]) -> set[str]:
         return {i for i in message_ids if i in self.s.mailbox}
 

@@ -205,11 +205,11 @@ def test_problem_examples_match_the_problem_schema(openapi: dict[str, Any]) -> N
             assert example["value"]["status"] == int(status)
 
 
-def test_partner_endpoints_declare_bearer_authentication(openapi: dict[str, Any]) -> None:
+def test_partner_endpoints_declare_bearer_and_mutual_tls(openapi: dict[str, Any]) -> None:
     for path, operations in openapi["paths"].items():
         if path.startswith(("/jobcenter/", "/medcom/")):
             for operation in operations.values():
-                assert operation["security"] == [{"apiKey": []}]
+                assert operation["security"] == [{"apiKey": []}, {"mutualTLS": []}]
                 assert "401" in operation["responses"]
 
 

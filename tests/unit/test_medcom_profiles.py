@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from attest_gateway.medcom.build import (
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import OrgIdentifiers, read_message
 from attest_gateway.medcom.reminders import build_cancellation, build_reminder
+from attest_gateway.services.health import NEGATIVE_ACKS
 from tests.support.medcom_profiles import Conformance, Issue, NotChecked, validate_bundle
 from tests.support.people import CASEWORKER, CITIZEN_NAME, CLINICIAN
 
@@ -317,6 +319,20 @@ KINDS: dict[str, Callable[[], dict[str, Any]]] = {
     "refusal-hl7-code": lambda: _ack(_request(), "fatal-error", error_code="MSG_BAD_FORMAT"),
     "reminder": _reminder,
     "cancellation": _cancellation,
+    # The gateway's negative acknowledgements of a refused reply, one per issue code it uses.
+    **{
+        f"negative-ack-{issue}": functools.partial(
+            lambda code, issue: _ack(
+                _reply("Se attesten.", None),
+                code,
+                error_code=issue,
+                error_text="unknown-request: no attest request with that id was sent to you",
+            ),
+            code,
+            issue,
+        )
+        for code, issue in sorted(set(NEGATIVE_ACKS.values()))
+    },
 }
 
 # The rules a kind of Bundle still breaks, `kind: rules`: none. A kind listed here gets a

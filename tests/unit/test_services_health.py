@@ -58,7 +58,12 @@ async def test_the_mailbox_hands_out_sealed_mail_oldest_first_and_audits_it(
     items = await world.read_mailbox()
     assert [i["conversation_id"] for i in items] == [first, second]
     assert items[0]["envelope"]["header"]["receiver"] == PSY
-    assert [a.action for a in world.store.state.audit] == [audit.MAILBOX_FETCH] * 2
+    # one entry for the read, listing what it handed out
+    [read] = world.store.state.audit
+    assert read.action == audit.MAILBOX_FETCH
+    assert read.detail is not None
+    assert read.detail["message_ids"].split() == [i["message_id"] for i in items]
+    assert read.detail["count"] == "2"
     assert _stages(world).count(Stage.FETCHED) == 2
     # fetched again (not yet collected): handed out again, no second stage
     assert len(await world.read_mailbox()) == 2
@@ -274,3 +279,20 @@ async def test_sealed_submissions_that_are_refused(world: World) -> None:
     assert revoked.value.code == "key-not-valid"
     # only the envelope whose header did not match its Bundle was opened (and audited)
     assert len(world.store.state.audit) == 1
+
+
+async def test_a_read_of_many_items_is_one_audit_entry_listing_them(world: World) -> None:
+    for _ in range(50):
+        await _delivered_request(world)
+    before = len(world.store.state.audit)
+    items = await world.read_mailbox(limit=500)
+    assert len(items) == 50
+    added = world.store.state.audit[before:]
+    assert len(added) == 1
+    assert added[0].action == audit.MAILBOX_FETCH
+    assert added[0].message_id is None  # more than one: they are listed in the detail
+    assert added[0].detail is not None
+    assert added[0].detail["message_ids"].split() == [i["message_id"] for i in items]
+    # every read is audited: the same items read again are a second entry
+    await world.read_mailbox(limit=500)
+    assert len(world.store.state.audit) == before + 2

@@ -47,6 +47,9 @@ S = Stage
             [(S.REPLY_FETCHED, at(240)), (S.REMINDED, at(241)), (S.REPLIED, at(230))],
             S.REPLY_FETCHED,
         ),
+        # Refused by the receiver: final, whatever happened after it.
+        ([(S.IN_MAILBOX, at(0.1)), (S.ACKNOWLEDGED, at(1)), (S.REFUSED, at(1))], S.REFUSED),
+        ([(S.ACKNOWLEDGED, at(1)), (S.REFUSED, at(1)), (S.OVERDUE, at(200))], S.REFUSED),
     ],
 )
 def test_current_stage(timeline: list[tuple[Stage, dt.datetime]], expected: Stage) -> None:

@@ -8,7 +8,7 @@ answer gives the case ref back so that psychiatry can name the citizen without t
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,6 +18,14 @@ from attest_gateway.core.identifiers import Cpr, Kommunekode
 
 CASE_REF_PATTERN = r"^[0-9a-f]{6}\.[0-9a-f]{32}$"
 CaseRef = Annotated[str, Field(pattern=CASE_REF_PATTERN)]
+
+#: JSON Schema of a body that names the citizen by `citizen_cpr` or by `case_ref`, one of them.
+ONE_CITIZEN: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["citizen_cpr"], "properties": {"citizen_cpr": {"type": "string"}}},
+        {"required": ["case_ref"], "properties": {"case_ref": {"type": "string"}}},
+    ]
+}
 JobcenterCaseId = Annotated[str, Field(min_length=1, max_length=64), REFERENCE]
 
 
@@ -40,6 +48,9 @@ class CaseIn(_Contract):
 
 class CasePatch(_Contract):
     """`PATCH /jobcenter/v1/cases/{case_id}`: what may change; a field left out stays."""
+
+    # an empty object changes nothing and is refused: say so in the schema (OpenAPI)
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})  # merged with _Contract's
 
     psychiatric_course: bool | None = None
     closed_on: InputDate | None = Field(
@@ -69,6 +80,9 @@ class CaseOut(_Contract):
 class TreatmentIn(_Contract):
     """`POST /psychiatry/v1/treatments`: a citizen is in this unit's treatment."""
 
+    # the citizen by CPR number or by case ref, exactly one (stated for OpenAPI as well)
+    model_config = ConfigDict(json_schema_extra=ONE_CITIZEN)
+
     citizen_cpr: Cpr | None = None
     case_ref: CaseRef | None = Field(
         default=None, description="the citizen's case ref as the gateway gave it"
@@ -80,8 +94,6 @@ class TreatmentIn(_Contract):
     def _one_citizen(self) -> Self:
         if (self.citizen_cpr is None) == (self.case_ref is None):
             raise ValueError("name the citizen by citizen_cpr or by case_ref, one of them")
-        if self.end_date is not None and self.end_date < self.start_date:
-            raise ValueError("end_date is before start_date")
         return self
 
 

@@ -165,8 +165,32 @@ class UnreadableReply(_Contract):
     code: Annotated[str, Field(description="why it cannot be read: a stable error code")]
 
 
+class RefusedRequest(_Contract):
+    """A request the receiver refused with a MedCom `fatal-error` acknowledgement: the
+    conversation ends there (stage `refused`; no reminder follows). Handed out until the job
+    centre acknowledges it (`POST /jobcenter/v1/inbox/{message_id}/ack`, which sends nothing
+    on: an acknowledgement is never acknowledged)."""
+
+    message_id: str = Field(description="the acknowledgement's MessageHeader id")
+    conversation_id: str
+    caseworker_ref: str
+    attest_type: str
+    sender: OrganisationSummary
+    received_at: dt.datetime
+    code: str = Field(
+        description="MedCom's acknowledgement issue code (or the HL7 issue code) of the refusal"
+    )
+    reason: str | None = Field(
+        description="the refusal's text (the OperationOutcome's diagnostics), if it gave one"
+    )
+
+
 class Inbox(_Contract):
     items: list[InboxItem]
+    refused: list[RefusedRequest] = Field(
+        default_factory=list,
+        description="requests the receiver refused (fatal-error acknowledgements)",
+    )
     unreadable: list[UnreadableReply] = Field(
         default_factory=list,
         description="replies that cannot be read now; the readable ones always come first",
@@ -188,6 +212,8 @@ class AttestRequestSummary(_Contract):
 
 
 class AttestRequestList(_Contract):
+    """A page of the job centre's requests, newest first."""
+
     items: list[AttestRequestSummary]
     next_cursor: str | None = Field(
         default=None,
@@ -207,7 +233,9 @@ class RequestActionOut(_Contract):
     """What a cancellation, a deadline extension or a reminder by hand did."""
 
     conversation_id: str
-    action: Literal["cancel", "extend", "remind"]
+    action: Literal["cancel", "extend", "remind"] = Field(
+        description="what was done: cancelled, deadline extended, reminded by hand"
+    )
     at: dt.datetime
     message_id: str | None = Field(
         default=None, description="the message sent to the receiver (cancel, remind)"

@@ -30,6 +30,7 @@ class Stage(StrEnum):
     UNDELIVERABLE = "undeliverable"  # still no acknowledgement after the last resend
     OVERDUE = "overdue"  # the reply deadline passed without an attest (tracker)
     REMINDED = "reminded"  # the receiver was reminded (the tracker's first, or by hand)
+    REFUSED = "refused"  # the receiver refused the request (a fatal-error acknowledgement)
     DEADLINE_EXTENDED = "deadline_extended"  # the job centre moved the reply deadline later
     CANCELLED = "cancelled"  # the job centre cancelled the request (the receiver was told)
 
@@ -41,11 +42,13 @@ STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
 PROGRESS: tuple[Stage, ...] = STAGE_ORDER[: STAGE_ORDER.index(Stage.REPLY_ACKNOWLEDGED) + 1]
 
 # A conversation is finished once it reached one of these: the job centre acknowledged the
-# reply, or the request was given up after its last resend. Nothing more is sent in it, so
-# retention may remove it (docs/data-lifecycle.md); a conversation without one is open.
+# reply, the request was given up after its last resend, the receiver refused it, or the job
+# centre cancelled it. Nothing more is sent in it, so retention may remove it
+# (docs/data-lifecycle.md); a conversation without one is open.
 FINAL_STAGES: tuple[Stage, ...] = (
     Stage.REPLY_ACKNOWLEDGED,
     Stage.UNDELIVERABLE,
+    Stage.REFUSED,
     Stage.CANCELLED,
 )
 
@@ -56,7 +59,7 @@ def current_stage(timeline: Sequence[tuple[Stage, dt.datetime]]) -> Stage:
     The furthest progress stage, unless something happened to the conversation after it while
     it still waits for the attest (resent, undeliverable, overdue, reminded): then that, the
     latest such. Once the attest is replied, later side events no longer describe it. A
-    cancelled request stays cancelled.
+    refused request stays refused, a cancelled one cancelled: nothing more happens in it.
     """
     if any(s is Stage.CANCELLED for s, _ in timeline):
         return Stage.CANCELLED
@@ -64,6 +67,8 @@ def current_stage(timeline: Sequence[tuple[Stage, dt.datetime]]) -> Stage:
     furthest = max(progress, key=lambda p: PROGRESS.index(p[0]), default=None)
     if furthest is not None and PROGRESS.index(furthest[0]) >= PROGRESS.index(Stage.REPLIED):
         return furthest[0]
+    if any(s is Stage.REFUSED for s, _ in timeline):
+        return Stage.REFUSED
     since = furthest[1] if furthest is not None else None
     side = [(s, at) for s, at in timeline if s not in PROGRESS and (since is None or at >= since)]
     if side:

@@ -12,6 +12,8 @@
     │                         exist, or is not the caller's: the answer is the same
     ├── Replay                an identifier used before for something else (an
     │                         Idempotency-Key, a message id)
+    ├── RateLimited           the caller sends more, or more at once, than its limit, or its
+    │                         address is locked out after failed authentications; `retry_after`
     └── Unavailable           a dependency cannot serve now (database, outbox, Kafka);
                               `retryable` says whether trying again may help
 
@@ -131,6 +133,11 @@ class ErrorCode(StrEnum):
     REQUEST_ANSWERED = "request-answered"
     REMINDER_LIMIT = "reminder-limit"
 
+    # The caller sends too much
+    RATE_LIMITED = "rate-limited"
+    TOO_MANY_CONCURRENT_REQUESTS = "too-many-concurrent-requests"
+    AUTHENTICATION_LOCKED_OUT = "authentication-locked-out"
+
     # A dependency cannot serve now
     DATABASE_UNAVAILABLE = "database-unavailable"
     DATABASE_BUSY = "database-busy"
@@ -192,6 +199,18 @@ class Unknown(GatewayError):
 class Replay(GatewayError):
     """An identifier used before for something else: an Idempotency-Key with another body,
     a message id of another message."""
+
+
+class RateLimited(GatewayError):
+    """The caller is over one of its limits: requests per second or requests at once for an
+    endpoint class, or too many failed authentications from its address. Retryable after
+    `retry_after` seconds (sent as `Retry-After`)."""
+
+    retryable = True
+
+    def __init__(self, code: ErrorCode, detail: str, *, retry_after: int) -> None:
+        super().__init__(code, detail, extra={"retry_after": retry_after})
+        self.retry_after = retry_after
 
 
 class Unavailable(GatewayError):

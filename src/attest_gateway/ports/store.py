@@ -119,6 +119,11 @@ class Mailbox(Protocol):
         then those marked unreadable."""
         ...
 
+    async def waiting_refusals(self, receiver_org_id: str, limit: int) -> list[MailItem]:
+        """Up to `limit` refusals not yet collected, oldest first: the acknowledgements whose
+        message is a conversation's `refused` stage."""
+        ...
+
     async def known(self, message_ids: Sequence[str]) -> set[str]:
         """Which of these message ids are in a mailbox already."""
         ...

@@ -172,8 +172,10 @@ async def register_treatment(
     now = clock.now()
     if body.start_date > now.date() + dt.timedelta(days=1):
         raise InvalidInput(
-            ErrorCode.INVALID_REQUEST, "a treatment cannot be registered before it begins"
+            ErrorCode.INVALID_PERIOD, "a treatment cannot be registered before it begins"
         )
+    if body.end_date is not None and body.end_date < body.start_date:
+        raise InvalidInput(ErrorCode.INVALID_PERIOD, "end_date is before start_date")
     ref = citizen_ref(body.citizen_cpr, body.case_ref, pseudonym_key)
     async with store.transaction() as uow:
         if idempotency_key is not None:

@@ -22,7 +22,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from attest_gateway.contracts.cases import CaseRef
+from attest_gateway.contracts.cases import ONE_CITIZEN, CaseRef
 from attest_gateway.contracts.contacts import ContactChannel, ContactEvent, Registrar
 from attest_gateway.contracts.jobcenter import CaseKind
 from attest_gateway.core.bounds import InputDate, a_year_after
@@ -59,7 +59,9 @@ class PsychiatryContactIn(BaseModel):
     centre has registered the case (they are then taken from its latest case begun on or
     before the contact)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", hide_input_in_errors=True, json_schema_extra=ONE_CITIZEN
+    )
 
     municipality: Kommunekode = Field(description="the municipality whose job centre it was")
     citizen_cpr: Cpr | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import uuid
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from attest_gateway.core.directory import Organisation
 from attest_gateway.core.errors import (
     EnvelopeRejected,
     ErrorCode,
+    GatewayError,
     InvalidInput,
     Malformed,
     NotPermitted,
@@ -35,26 +37,52 @@ from attest_gateway.core.errors import (
 from attest_gateway.core.identifiers import check_cpr
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import KeyRing, decode_verify_key, open_envelope, verify
+from attest_gateway.medcom.build import build_acknowledgement
+from attest_gateway.medcom.codes import ResponseCode
 from attest_gateway.medcom.errors import BundleError
 from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import MessageInfo, read_message
 from attest_gateway.medcom.rules import check_attachments
-from attest_gateway.ports.records import Conversation, InboundRecord, StageRecord
+from attest_gateway.ports.records import Conversation, InboundRecord, MailItem, StageRecord
 from attest_gateway.ports.sealing import seal_for
 from attest_gateway.ports.store import Relay, Store, UnitOfWork
 
 log = structlog.get_logger(__name__)
 
+REFUSED_CODE = "fatal-error"  # the MedCom acknowledgement code that refuses a request
+
+# The refusals of a readable message from the caller that are answered in MedCom too: a
+# negative acknowledgement in the caller's mailbox, with the response code and the issue
+# code (MedCom's acknowledgement error codes, or the HL7 ones its ValueSet allows). Not
+# answered: what cannot be read or is not the caller's (authentication, the envelope's
+# trust, an unparseable Bundle, a sender that is not the caller) and acknowledgements,
+# which MedCom never acknowledges.
+NEGATIVE_ACKS: dict[ErrorCode, tuple[ResponseCode, str]] = {
+    ErrorCode.UNKNOWN_REQUEST: ("fatal-error", "MSG_NO_EXIST"),
+    ErrorCode.MESSAGE_ID_CONFLICT: ("fatal-error", "MSG_DUPLICATE_ID"),
+    ErrorCode.REPLAYED_MESSAGE_ID: ("fatal-error", "MSG_DUPLICATE_ID"),
+    ErrorCode.UNSUPPORTED_MESSAGE: ("fatal-error", "MSG_RECEIVER_UNABLE_TO_RECEIVE_MSG_TYPE"),
+    ErrorCode.RECEIVER_MISMATCH: ("fatal-error", "MSG_Receiver_Identifier_UNKNOWN"),
+    ErrorCode.CONVERSATION_MISMATCH: ("fatal-error", "MSG_RESOURCE_ID_MISMATCH"),
+    ErrorCode.PATIENT_MISMATCH: ("fatal-error", "MSG_RESOURCE_ID_MISMATCH"),
+    ErrorCode.EMPTY_REPLY: ("fatal-error", "MSG_RESOURCE_REQUIRED"),
+    ErrorCode.UNSUPPORTED_ATTACHMENT_TYPE: ("fatal-error", "MSG_RESOURCE_NOT_ALLOWED"),
+    ErrorCode.ATTACHMENT_WITHOUT_DATA: ("fatal-error", "MSG_RESOURCE_REQUIRED"),
+    ErrorCode.ATTACHMENT_CONTENT_MISMATCH: ("fatal-error", "MSG_Datatype_Wrong"),
+    ErrorCode.OUTBOX_FULL: ("transient-error", "MSG_Mailbox_Out_Of_Operation"),
+}
+_NACK_IDS = uuid.UUID("6f1d3c1e-2b8a-4f0e-9c55-5d7e0a4b9e21")  # namespace of the nacks' ids
+
 
 async def read_mailbox(
     store: Store, clock: Clock, org: Organisation, *, limit: int, source: str
 ) -> list[dict[str, Any]]:
-    """The sealed envelopes waiting for this organisation, oldest first. Each one handed out
-    is an audit entry (`mailbox.fetch`, from `source`), in the same transaction."""
+    """The sealed envelopes waiting for this organisation, oldest first. A read that hands
+    out any is one audit entry (`mailbox.fetch`, from `source`) listing their message ids, in
+    the same transaction."""
     now = clock.now()
     out: list[dict[str, Any]] = []
-    reads: list[audit.AuditEvent] = []
     async with store.transaction() as uow:
         rows = await uow.mailbox.waiting(org.id, limit)
         for row in rows:
@@ -66,17 +94,6 @@ async def read_mailbox(
                     "delivered_at": row.delivered_at.isoformat(),
                     "envelope": orjson.loads(row.envelope),
                 }
-            )
-            reads.append(
-                audit.AuditEvent(
-                    actor=org.id,
-                    action=audit.MAILBOX_FETCH,
-                    source=source,
-                    at=now,
-                    subject_org=org.id,
-                    message_id=row.message_id,
-                    conversation_id=row.conversation_id,
-                )
             )
         # The first fetch of a request is its conversation's `fetched` stage: for the whole
         # read in a few statements, not a few per message.
@@ -101,7 +118,15 @@ async def read_mailbox(
                 for r in requests
             ],
         )
-        await uow.audit.record_many(reads)  # last: it holds the chain's lock
+        read = audit.read_entries(
+            actor=org.id,
+            action=audit.MAILBOX_FETCH,
+            source=source,
+            at=now,
+            subject_org=org.id,
+            items=[(r.message_id, r.conversation_id) for r in rows],
+        )
+        await uow.audit.record_many(read)  # last: it holds the chain's lock
     log.info("medcom.mailbox_read", count=len(out))
     return out
 
@@ -239,6 +264,82 @@ async def submit_message(
     except BundleError as exc:
         raise InvalidInput(exc.code, exc.detail) from exc
     _check_sender(info, org)
+    try:
+        return await _accept(
+            store, relay, keyring, clock, org, data, bundle, info,
+            gateway_org_id=gateway_org_id, pseudonym_key=pseudonym_key,
+        )  # fmt: skip
+    except GatewayError as exc:
+        if exc.code in NEGATIVE_ACKS and info.message_type != "acknowledgement":
+            await _negative_ack(store, keyring, clock, org, bundle, info, exc, gateway_org_id)
+        raise
+
+
+async def _negative_ack(
+    store: Store,
+    keyring: KeyRing,
+    clock: Clock,
+    org: Organisation,
+    bundle: Bundle,
+    info: MessageInfo,
+    refusal: GatewayError,
+    gateway_org_id: str,
+) -> None:
+    """The MedCom answer to a refused message: an acknowledgement (`fatal-error`, or
+    `transient-error` when a resend may succeed) with an OperationOutcome, sealed for the
+    caller and put straight into its mailbox, in a transaction of its own (the refusal changes
+    nothing else). Its ids derive from the refused message and the reason, so the same
+    message refused again for the same reason adds nothing. If it cannot be made (no
+    usable key, a Bundle without the Organizations to swap) the HTTP answer still says it."""
+    code = refusal.code
+    response_code, issue = NEGATIVE_ACKS[code]
+    now = clock.now()
+    ack_id = str(uuid.uuid5(_NACK_IDS, f"{info.message_id}|{code.value}"))
+    bundle_id = str(uuid.uuid5(_NACK_IDS, f"{info.message_id}|{code.value}|bundle"))
+    try:
+        nack = build_acknowledgement(
+            acked=bundle,
+            message_id=ack_id,
+            bundle_id=bundle_id,
+            sent_at=now,
+            code=response_code,
+            error_code=issue,
+            error_text=f"{code.value}: {refusal.detail}",
+        )
+        async with store.transaction() as uow:
+            sealed = await seal_for(
+                uow.directory,
+                keyring,
+                signer_org_id=gateway_org_id,
+                sender_org_id=gateway_org_id,
+                receiver_org_id=org.id,
+                message_type=MessageType.ACKNOWLEDGEMENT,
+                message_id=ack_id,
+                bundle_id=bundle_id,
+                conversation_id=(info.conversation_id or info.message_id)[:64],
+                plaintext=orjson.dumps(nack),
+                now=now,
+            )
+            await uow.mailbox.add(MailItem.of(sealed, now))
+    except (GatewayError, ValueError, RuntimeError) as exc:
+        log.warning("medcom.negative_ack_failed", refused=code.value, error=type(exc).__name__)
+        return
+    log.info("medcom.negative_ack", refused=code.value, response_code=response_code)
+
+
+async def _accept(
+    store: Store,
+    relay: Relay,
+    keyring: KeyRing,
+    clock: Clock,
+    org: Organisation,
+    data: object,
+    bundle: Bundle,
+    info: MessageInfo,
+    *,
+    gateway_org_id: str,
+    pseudonym_key: bytes,
+) -> tuple[dict[str, Any], bool]:
     relay.admit()
     now = clock.now()
     async with store.transaction() as uow:
@@ -377,6 +478,18 @@ async def _accept_ack(
         at=now,
         detail=info.response_code,
     )
+    if info.response_code == REFUSED_CODE:
+        # The receiver refuses the request: the conversation ends here (no reminder, no
+        # resend), and the acknowledgement forwarded above is the refusal in the job centre's
+        # inbox. The stage's detail is the MedCom issue code, never the free text.
+        await uow.stages.record(
+            conv,
+            Stage.REFUSED,
+            message_id=info.message_id,
+            message_type=MessageType.ACKNOWLEDGEMENT,
+            at=now,
+            detail=(info.issues[0] if info.issues else REFUSED_CODE)[:200],
+        )
     return conv, MessageType.ACKNOWLEDGEMENT
 
 

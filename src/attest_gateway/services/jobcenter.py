@@ -24,6 +24,7 @@ from attest_gateway.contracts.jobcenter import (
     Inbox,
     InboxItem,
     OrganisationSummary,
+    RefusedRequest,
     TimelineEntry,
     UnreadableReply,
 )
@@ -65,6 +66,7 @@ from attest_gateway.ports.store import (
     KeyTaken,
     Relay,
     Store,
+    UnitOfWork,
 )
 from attest_gateway.services.lifecycle import action_entries
 
@@ -311,7 +313,8 @@ async def read_inbox(
     gateway_org_id: str,
 ) -> Inbox:
     """The attest replies waiting for this job centre, opened with its custodial key. The
-    opening and the handing out are audit entries, in the same transaction.
+    openings and the handing out of a read are two audit entries listing the replies'
+    message ids (`envelope.open`, `inbox.fetch`), in the same transaction.
 
     A reply that cannot be opened or read does not fail the read: it is marked unreadable
     (with its error code, in the same transaction), named in `unreadable`, and offered after
@@ -320,7 +323,7 @@ async def read_inbox(
     now = clock.now()
     items: list[InboxItem] = []
     unreadable: list[UnreadableReply] = []
-    reads: list[audit.AuditEvent] = []
+    openings: list[audit.AuditEvent] = []
     marks: dict[str, str | None] = {}  # message id → new unreadable reason (None: readable)
     fetched: list[MailItem] = []
     async with store.transaction() as uow:
@@ -350,18 +353,7 @@ async def read_inbox(
             if row.unreadable_at is not None:
                 marks[row.message_id] = None
             fetched.append(row)
-            reads += [
-                opened,
-                audit.AuditEvent(
-                    actor=org.id,
-                    action=audit.INBOX_FETCH,
-                    source=source,
-                    at=now,
-                    subject_org=org.id,
-                    message_id=row.message_id,
-                    conversation_id=conv.id,
-                ),
-            ]
+            openings.append(opened)
             items.append(
                 inbox_item(
                     info,
@@ -371,6 +363,11 @@ async def read_inbox(
                     received_at=row.delivered_at,
                 )
             )
+        refused, refusals = await _read_refusals(
+            uow, keyring, gateway_org_id, org, limit=limit, source=source, at=now
+        )
+        openings += [o for _, o in refusals]
+        unreadable += [u for u in refused if isinstance(u, UnreadableReply)]
         for message_id, reason in marks.items():
             await uow.mailbox.mark_unreadable(message_id, now, reason)
         # A reply's first fetch is its conversation's `reply_fetched` stage (whole read at once).
@@ -390,13 +387,105 @@ async def read_inbox(
                 if r.message_id in first
             ],
         )
+        # One entry for the openings and one for the handing out, each listing the replies.
+        await uow.mailbox.mark_fetched(
+            [r.message_id for r, _ in refusals if r.fetched_at is None], now
+        )
+        handed_out = [
+            (r.message_id, r.conversation_id) for r in (*fetched, *(r for r, _ in refusals))
+        ]
+        reads = [
+            *audit.read_entries(
+                actor=gateway_org_id,
+                action=audit.ENVELOPE_OPEN,
+                source=source,
+                at=now,
+                subject_org=org.id,
+                items=handed_out,
+                detail={
+                    "key_ids": " ".join(sorted({(o.detail or {})["key_id"] for o in openings})),
+                    "for": "inbox",
+                },
+            ),
+            *audit.read_entries(
+                actor=org.id,
+                action=audit.INBOX_FETCH,
+                source=source,
+                at=now,
+                subject_org=org.id,
+                items=handed_out,
+            ),
+        ]
         await uow.audit.record_many(reads)  # last: it holds the chain's lock
     for message_id, reason in marks.items():
         if reason is not None:
             metrics.unreadable_reply(reason)
             log.warning("jobcenter.reply_unreadable", message_id=message_id, code=reason)
-    log.info("jobcenter.inbox_read", count=len(items), unreadable=len(unreadable))
-    return Inbox(items=items, unreadable=unreadable)
+    log.info(
+        "jobcenter.inbox_read",
+        count=len(items),
+        refused=len(refusals),
+        unreadable=len(unreadable),
+    )
+    return Inbox(
+        items=items,
+        refused=[r for r in refused if isinstance(r, RefusedRequest)],
+        unreadable=unreadable,
+    )
+
+
+async def _read_refusals(
+    uow: UnitOfWork,
+    keyring: KeyRing,
+    gateway_org_id: str,
+    org: Organisation,
+    *,
+    limit: int,
+    source: str,
+    at: dt.datetime,
+) -> tuple[list[RefusedRequest | UnreadableReply], list[tuple[MailItem, audit.AuditEvent]]]:
+    """The refusals waiting for the job centre (fatal-error acknowledgements of its
+    requests), opened and read: the inbox's entries, and the rows handed out with the audit
+    entry of each opening. One that cannot be opened is named as unreadable."""
+    rows = await uow.mailbox.waiting_refusals(org.id, limit)
+    convs = await uow.conversations.by_ids([r.conversation_id for r in rows])
+    out: list[RefusedRequest | UnreadableReply] = []
+    opened_rows: list[tuple[MailItem, audit.AuditEvent]] = []
+    for row in rows:
+        conv = convs[row.conversation_id]
+        try:
+            bundle, opened = _open_bundle(
+                keyring, gateway_org_id, org, row, source=source, at=at, reason="inbox"
+            )
+            info = read_message(bundle)
+        except (GatewayError, ValueError) as exc:
+            out.append(
+                UnreadableReply(
+                    message_id=row.message_id,
+                    conversation_id=conv.id,
+                    caseworker_ref=conv.caseworker_ref,
+                    received_at=row.delivered_at,
+                    code=_unreadable_code(exc),
+                )
+            )
+            continue
+        opened_rows.append((row, opened))
+        reason = "\n".join(d for d in info.diagnostics if d)
+        out.append(
+            RefusedRequest(
+                message_id=row.message_id,
+                conversation_id=conv.id,
+                caseworker_ref=conv.caseworker_ref,
+                attest_type=conv.attest_type,
+                sender=OrganisationSummary(
+                    name=info.sender.name or "", sor=info.sender.sor, gln=info.sender.gln
+                ),
+                received_at=row.delivered_at,
+                code=info.issues[0] if info.issues else "fatal-error",
+                reason=reason or None,
+            )
+        )
+    return out, opened_rows
 
 
 def _unreadable_code(exc: Exception) -> ErrorCode:
@@ -458,6 +547,10 @@ async def acknowledge_reply(
     now = clock.now()
     async with store.transaction() as uow:
         row = await uow.mailbox.get(message_id)
+        if await _is_refusal(uow, org, row):
+            # A refusal is an acknowledgement, which is never acknowledged: only collected.
+            assert row is not None
+            return await uow.mailbox.collect(message_id, now, receiver_org_id=org.id)
         if (
             row is None
             or row.receiver_org_id != org.id
@@ -501,3 +594,16 @@ async def acknowledge_reply(
         await uow.audit.record_many([opened])  # last: it holds the chain's lock
     relay.wake()
     return True
+
+
+async def _is_refusal(uow: UnitOfWork, org: Organisation, row: MailItem | None) -> bool:
+    """Whether a mailbox entry is a refusal in this job centre's inbox (the message of its
+    conversation's `refused` stage)."""
+    if (
+        row is None
+        or row.receiver_org_id != org.id
+        or row.message_type != MessageType.ACKNOWLEDGEMENT.value
+    ):
+        return False
+    timeline = await uow.stages.timeline(row.conversation_id)
+    return any(e.stage == Stage.REFUSED.value and e.message_id == row.message_id for e in timeline)

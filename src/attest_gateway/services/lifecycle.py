@@ -89,12 +89,13 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
 
 
 def is_overdue(conv: Conversation, reached: set[Stage], today: dt.date) -> bool:
-    """The reply deadline passed without an attest (and the request was not cancelled)."""
-    return (
-        today > conv.reply_deadline
-        and Stage.REPLIED not in reached
-        and Stage.CANCELLED not in reached
-    )
+    """The reply deadline passed without an attest (and the request was neither refused nor
+    cancelled)."""
+    return today > conv.reply_deadline and not reached & {
+        Stage.REPLIED,
+        Stage.REFUSED,
+        Stage.CANCELLED,
+    }
 
 
 async def list_requests(
@@ -184,8 +185,10 @@ async def _own(uow: UnitOfWork, org: Organisation, cid: str) -> tuple[Conversati
 def _still_open(reached: set[Stage]) -> None:
     if Stage.CANCELLED in reached:
         raise Replay(ErrorCode.REQUEST_CANCELLED, "the request was cancelled")
-    if Stage.REPLIED in reached:
-        raise Replay(ErrorCode.REQUEST_ANSWERED, "the receiver already sent the attest")
+    if Stage.REPLIED in reached or Stage.REFUSED in reached:
+        raise Replay(
+            ErrorCode.REQUEST_ANSWERED, "the receiver already answered (the attest, or a refusal)"
+        )
 
 
 def _out(conv: Conversation, a: RequestAction) -> RequestActionOut:

@@ -10,7 +10,8 @@ Every `tracker_sweep_seconds`:
    `tracker_reminder_max` times, `tracker_reminder_interval_days` apart. `tracker_reminders`
    (primary key conversation + sequence number) makes it at most once per number even with
    several gateway replicas sweeping. The first is recorded as stage `reminded`; every one
-   emits a `reminded` stage event with its number as detail.
+   emits a `reminded` stage event with its number as detail. A request its receiver refused
+   (stage `refused`, a fatal-error acknowledgement) is neither overdue nor reminded.
 3. **Contact windows.** A contact episode whose window has closed without contact is settled
    as `no_contact` (flagged), and counted.
 
@@ -119,6 +120,7 @@ class TrackerSweep:
                         t.c.replied_at.is_(None),
                         t.c.overdue_at.is_(None),
                         t.c.due_date < today,
+                        ~_refused(t.c.conversation_id),
                     )
                     .order_by(t.c.due_date)
                     .limit(BATCH)
@@ -130,6 +132,8 @@ class TrackerSweep:
             async with self._gw.engine.begin() as conn:
                 conv = await load_conversation(conn, cid)
                 if conv is None or await _stopped(conn, cid, conv.reply_deadline, today):
+                    continue
+                if await _has_stage(conn, cid, Stage.REFUSED):  # refused since the select
                     continue
                 row = (
                     await conn.execute(sa.select(t.c.due_date).where(t.c.conversation_id == cid))
@@ -162,6 +166,7 @@ class TrackerSweep:
                         t.c.replied_at.is_(None),
                         sa.or_(t.c.outcome.is_(None), t.c.outcome != "cancelled"),
                         t.c.reminders < rules.reminder_max,
+                        ~_refused(t.c.conversation_id),
                     )
                     .limit(BATCH)
                 )
@@ -184,6 +189,8 @@ class TrackerSweep:
             if conv is None or await _stopped(
                 conn, cid, conv.reply_deadline, rules.local_date(now)
             ):
+                return 0
+            if await _has_stage(conn, cid, Stage.REFUSED):  # the receiver refused it
                 return 0
             overdue_at = await _stage_time(conn, cid, Stage.OVERDUE)
             if overdue_at is None:
@@ -311,6 +318,13 @@ async def _stopped(conn: AsyncConnection, cid: str, deadline: dt.date, today: dt
     if await _has_stage(conn, cid, Stage.REPLIED) or await _has_stage(conn, cid, Stage.CANCELLED):
         return True
     return await _has_stage(conn, cid, Stage.DEADLINE_EXTENDED) and deadline >= today
+
+
+def _refused(conversation_id: sa.ColumnElement[str]) -> sa.Exists:
+    """The conversation was refused by its receiver: it is neither overdue nor reminded."""
+    return sa.exists().where(
+        stages.c.conversation_id == conversation_id, stages.c.stage == Stage.REFUSED.value
+    )
 
 
 async def _has_stage(conn: AsyncConnection, cid: str, stage: Stage) -> bool:

@@ -9,13 +9,13 @@ import json
 import signal
 import ssl
 import sys
-import uuid
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, Literal
 
+import httpx
 import orjson
 import typer
 import uvicorn
@@ -24,13 +24,21 @@ from rich.console import Console
 from rich.table import Table
 
 from attest_gateway.bootstrap import database, release_long_polls
+from attest_gateway.client.envelopes import (
+    acknowledgement,
+    as_envelope,
+    attest_reply,
+    open_envelope,
+)
+from attest_gateway.client.errors import GatewayProblem, NotOpened
+from attest_gateway.client.http import Client as PartnerClient
 from attest_gateway.config import Settings, load_settings
-from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.directory import OrganisationKeys
 from attest_gateway.core.clock import SystemClock
-from attest_gateway.core.errors import GatewayError
-from attest_gateway.crypto.sealing import OrgKeys, open_envelope
+from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.entrypoints.cli import admin as cli_admin
 from attest_gateway.entrypoints.cli import audit as cli_audit
+from attest_gateway.entrypoints.cli import citizen as cli_citizen
 from attest_gateway.entrypoints.cli import ops as cli_ops
 from attest_gateway.entrypoints.cli import pseudonyms as cli_pseudonyms
 from attest_gateway.entrypoints.cli import retention as cli_retention
@@ -38,6 +46,7 @@ from attest_gateway.entrypoints.cli import tracker as tracker_cli
 from attest_gateway.entrypoints.cli import webhooks as cli_webhooks
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.entrypoints.http.mtls import PROTOCOL, ensure_development_tls
+from attest_gateway.entrypoints.http.proxy_protocol import ProxyProtocolServer
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db.migrate import upgrade
 from attest_gateway.infra.kafka.dead_letters import read_dead_letters, replay
@@ -46,12 +55,8 @@ from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
 from attest_gateway.medcom.build import (
     PersonName,
     SegmentAuthor,
-    build_acknowledgement,
-    build_attest_reply,
 )
 from attest_gateway.medcom.codes import AUTHORISED_ROLES
-from attest_gateway.medcom.errors import BundleError
-from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.observability.logging import configure_logging
 
 app = typer.Typer(
@@ -127,6 +132,8 @@ def serve(
             f"--role {role.value} needs KAFKA_BOOTSTRAP_SERVERS: separate processes share one "
             "broker (attest-gateway broker starts the embedded one alone)"
         )
+    if settings.proxy_protocol and not settings.trusted_proxy_networks:
+        raise _fail("PROXY_PROTOCOL=true needs TRUSTED_PROXIES: the proxies whose headers to read")
     if dev_tls and settings.environment == "production":
         raise _fail("--dev-tls is for development: production uses API_TLS_* certificates")
     settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -149,25 +156,33 @@ def serve(
             )
         if creds is not None:
             console.print(f"demo organisations, API keys and key files: [bold]{creds}[/bold]")
-        server = _Server(
-            uvicorn.Config(
-                create_app(
-                    settings,
-                    bootstrap,
-                    run_consumers=consumers and role is not ServeRole.API,
-                    api_routes=role is not ServeRole.WORKER,
-                    freeze_heap=True,
-                ),
-                host=host or settings.api_host,
-                port=port or settings.api_port,
-                ssl_certfile=settings.api_tls_certfile,
-                ssl_keyfile=settings.api_tls_keyfile,
-                **_client_certificate_options(settings),
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                date_header=False,  # the app's, from the gateway's clock (DateHeaderMiddleware)
-            )
+        config = uvicorn.Config(
+            create_app(
+                settings,
+                bootstrap,
+                run_consumers=consumers and role is not ServeRole.API,
+                api_routes=role is not ServeRole.WORKER,
+                freeze_heap=True,
+            ),
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            ssl_certfile=settings.api_tls_certfile,
+            ssl_keyfile=settings.api_tls_keyfile,
+            **_client_certificate_options(settings),
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            date_header=False,  # the app's, from the gateway's clock (DateHeaderMiddleware)
+            # The client's address comes from TRUSTED_PROXIES only (the app's
+            # ForwardedForMiddleware; the PROXY protocol below), never from uvicorn's
+            # default trust in any X-Forwarded-For from loopback.
+            proxy_headers=False,
+            forwarded_allow_ips=[],
+        )
+        server: uvicorn.Server = (
+            _ProxyProtocolServer(config, settings.trusted_proxy_networks)
+            if settings.proxy_protocol
+            else _Server(config)
         )
         scheme = "https" if settings.api_tls_certfile else "http"
         what = "operations port" if role is ServeRole.WORKER else "API"
@@ -332,6 +347,10 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+class _ProxyProtocolServer(_Server, ProxyProtocolServer):
+    """`serve` with PROXY_PROTOCOL=true: reads the PROXY headers of TRUSTED_PROXIES."""
+
+
 def _read_json(path: str) -> Any:
     raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     try:
@@ -350,26 +369,80 @@ def client_open(
         str, typer.Argument(help="file with a sealed envelope or mailbox item; - for stdin")
     ],
     keys: Annotated[Path, typer.Option(help="the organisation's private key file")],
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ATTEST_GATEWAY_URL",
+            help="the gateway's URL: the signer's keys are fetched from its directory",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="ATTEST_GATEWAY_API_KEY", help="the organisation's API key"),
+    ] = None,
+    cacert: Annotated[
+        Path | None, typer.Option(help="CA file to trust for the gateway's HTTPS")
+    ] = None,
+    signer_keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="instead of --gateway: a file with the signer's keys, as "
+            "GET /directory/v1/organisations/{id}/keys answers"
+        ),
+    ] = None,
+    gateway_org: Annotated[
+        str, typer.Option(help="the gateway's organisation id (it signs for job centres)")
+    ] = "gateway",
+    no_verify: Annotated[
+        bool,
+        typer.Option("--no-verify", help="open without checking the sender's signature"),
+    ] = False,
 ) -> None:
-    """Open a sealed envelope with the organisation's private key; print the FHIR Bundle.
+    """Check the envelope's signature against the directory (the signer's published keys),
+    then open it with the organisation's private key; print the FHIR Bundle.
 
     Example: attest-gateway client open item.json --keys var/keys/clients/psyk-kbh.json
+    --gateway https://localhost:8000 --api-key "$PSY" --cacert var/tls/ca.crt
     """
-    data = _read_json(envelope)
-    if isinstance(data, dict) and "envelope" in data:
-        data = data["envelope"]
     try:
-        sealed = SealedEnvelope.model_validate(data)
+        sealed = as_envelope(_read_json(envelope))
         org_keys = OrgKeys.load(keys)
     except (ValueError, OSError) as exc:
         raise _fail(f"cannot read the envelope or the key file ({type(exc).__name__})") from None
-    key = next((k for k in org_keys.hpke_keys if k.key_id == sealed.header.recipient_key_id), None)
-    if key is None:
-        raise _fail("the envelope is sealed to a key that is not in the key file")
+    published = None
+    if not no_verify:
+        published = _signer_keys(sealed.header.signer, gateway, api_key, cacert, signer_keys)
     try:
-        _emit(orjson.loads(open_envelope(sealed, key)))
-    except GatewayError as exc:
-        raise _fail(exc.detail) from None
+        _emit(open_envelope(sealed, org_keys, published, gateway_org_id=gateway_org))
+    except NotOpened as exc:
+        raise _fail(f"not opened: {exc.detail} ({exc.code})") from None
+
+
+def _signer_keys(
+    signer: str,
+    gateway: str | None,
+    api_key: str | None,
+    cacert: Path | None,
+    from_file: Path | None,
+) -> OrganisationKeys:
+    """The signer's published keys: from a file, or fetched from the gateway's directory."""
+    if from_file is not None:
+        try:
+            return OrganisationKeys.model_validate_json(from_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise _fail(f"cannot read the signer's keys ({type(exc).__name__})") from None
+    if gateway is None or api_key is None:
+        raise _fail(
+            "to check the sender's signature give --gateway and --api-key (or "
+            "--signer-keys); --no-verify opens without checking"
+        )
+    try:
+        with PartnerClient(gateway, api_key=api_key, ca=cacert) as partner:
+            return partner.organisation_keys(signer)
+    except GatewayProblem as exc:
+        raise _fail(f"the directory answered {exc.status} for the signer's keys") from None
+    except (OSError, httpx.HTTPError, ValueError) as exc:
+        raise _fail(f"cannot read the signer's keys ({type(exc).__name__})") from None
 
 
 def _now() -> dt.datetime:
@@ -389,20 +462,9 @@ def client_ack(
         raise _fail("code must be ok, transient-error or fatal-error")
     ack_code: Literal["ok", "transient-error", "fatal-error"] = code  # type: ignore[assignment]
     try:
-        acked = parse_bundle(_read_json(bundle))
-    except BundleError as exc:
-        raise _fail(exc.detail) from None
-    error = None if ack_code == "ok" else "MSG_RECEIVER_UNABLE_TO_RECEIVE_MSG_TYPE"
-    _emit(
-        build_acknowledgement(
-            acked=acked,
-            message_id=str(uuid.uuid4()),
-            bundle_id=str(uuid.uuid4()),
-            sent_at=_now(),
-            code=ack_code,
-            error_code=error,
-        )
-    )
+        _emit(acknowledgement(_read_json(bundle), ack_code, at=_now()))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 @client.command("reply")
@@ -442,20 +504,17 @@ def client_reply(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     try:
-        request = parse_bundle(_read_json(bundle))
-    except BundleError as exc:
-        raise _fail(exc.detail) from None
-    _emit(
-        build_attest_reply(
-            request=request,
-            message_id=str(uuid.uuid4()),
-            bundle_id=str(uuid.uuid4()),
-            sent_at=_now(),
-            author=author,
-            text=text,
-            pdf=pdf.read_bytes() if pdf else None,
+        _emit(
+            attest_reply(
+                _read_json(bundle),
+                author,
+                text=text,
+                pdf=pdf.read_bytes() if pdf else None,
+                at=_now(),
+            )
         )
-    )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def main() -> None:
@@ -469,3 +528,4 @@ cli_admin.register(app)  # orgs add|list|disable, keys generate|add|rotate|revok
 cli_pseudonyms.register(app)  # pseudonyms status, rekey
 cli_retention.register(app)  # prune
 cli_webhooks.register(app)  # webhooks add|list|remove|rotate
+cli_citizen.register(app)  # citizen export

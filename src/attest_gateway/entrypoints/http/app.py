@@ -13,15 +13,19 @@ from attest_gateway import __version__
 from attest_gateway.bootstrap import freeze_startup_heap, running_gateway, tracker_rules
 from attest_gateway.config import Settings
 from attest_gateway.core.clock import Clock
+from attest_gateway.core.limits import AuthLockout, EndpointClass, Limit, RequestLimits
 from attest_gateway.entrypoints.http.asyncapi import router as asyncapi_router
 from attest_gateway.entrypoints.http.error_handlers import install_error_handlers
 from attest_gateway.entrypoints.http.middleware import (
     BodyLimitMiddleware,
     DateHeaderMiddleware,
+    ForwardedForMiddleware,
     RequestLogMiddleware,
+    SecurityHeadersMiddleware,
 )
 from attest_gateway.entrypoints.http.openapi import install_openapi
 from attest_gateway.entrypoints.http.routes.audit import router as audit_router
+from attest_gateway.entrypoints.http.routes.directory import router as directory_router
 from attest_gateway.entrypoints.http.routes.health import router as health_router
 from attest_gateway.entrypoints.http.routes.jobcenter import router as jobcenter_router
 from attest_gateway.entrypoints.http.routes.medcom import router as medcom_router
@@ -73,8 +77,17 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(DateHeaderMiddleware)  # outermost: the 413 above is dated too
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(DateHeaderMiddleware)  # the 413 above is dated too
+    if settings.trusted_proxy_networks:  # outermost: everything below sees the client
+        app.add_middleware(ForwardedForMiddleware, proxies=settings.trusted_proxy_networks)
     app.state.settings = settings
+    app.state.request_limits = request_limits(settings)
+    app.state.auth_lockout = AuthLockout(
+        failures=settings.auth_lockout_failures,
+        window=settings.auth_lockout_window_seconds,
+        lockout=settings.auth_lockout_seconds,
+    )
     app.state.tracker_rules = tracker_rules(settings)  # the ministry routes', built once
     app.state.store_gauges = StoreGauges() if run_consumers else None
     if api_routes:
@@ -84,6 +97,7 @@ def create_app(
         app.include_router(ministry_router)
         app.include_router(ministry_dashboard_router)
         app.include_router(audit_router)
+        app.include_router(directory_router)
         app.include_router(webhooks_router)
     app.include_router(health_router)
     app.include_router(metrics_router)
@@ -91,3 +105,22 @@ def create_app(
     install_openapi(app)
 
     return app
+
+
+def request_limits(settings: Settings) -> RequestLimits:
+    """Each endpoint class's rate and requests at once per organisation (in this process)."""
+    rates = {
+        EndpointClass.READS: settings.rate_limit_reads_per_second,
+        EndpointClass.WRITES: settings.rate_limit_writes_per_second,
+        EndpointClass.REPORTS: settings.rate_limit_reports_per_second,
+    }
+    return RequestLimits(
+        {
+            endpoint: Limit(
+                per_second=rate,
+                burst_seconds=settings.rate_limit_burst_seconds,
+                at_once=settings.concurrent_requests_per_org,
+            )
+            for endpoint, rate in rates.items()
+        }
+    )

@@ -22,6 +22,7 @@ from attest_gateway.config import Settings
 from attest_gateway.contracts.audit import AuditEntry
 from attest_gateway.contracts.contacts import ContactEvent
 from attest_gateway.contracts.envelope import CONTENT_TYPE, SealedEnvelope
+from attest_gateway.contracts.glossary import describe
 from attest_gateway.contracts.stages import MessageType, StageEvent
 from attest_gateway.infra.kafka.topics import AUDIT, DEAD_LETTER, MEDCOM_MESSAGES, TRACKING
 
@@ -119,6 +120,146 @@ def _group(settings: Settings, name: str) -> dict[str, Any]:
     }
 
 
+_CONVERSATION = "6f1c2d9e-3b7a-4c61-9d2e-0a4b8c7d5e31"
+_MESSAGE = "0b6a9a3e-52a4-4d0c-a0a1-5b5c8a2f4e10"
+_AT = "2026-10-29T09:30:00Z"
+_CASE_REF = "3f9a1c.8d2e5b7a0c4f6e1d9b3a2c5e7f0a1b2c"
+_ENVELOPE: dict[str, Any] = {
+    "header": {
+        "v": 1,
+        "message_id": _MESSAGE,
+        "bundle_id": "7d0e5c1b-9a8f-4e3d-b2c1-0f9e8d7c6b5a",
+        "conversation_id": _CONVERSATION,
+        "message_type": "attest-request",
+        "sender": "jc-koebenhavn",
+        "receiver": "psyk-kbh",
+        "suite": "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM",
+        "recipient_key_id": "hpke-3f9a1c2b7d4e",
+        "signer": "gateway",
+        "signer_key_id": "sig-8b2d4f6a1c3e",
+        "created_at": _AT,
+    },
+    # base64 of HPKE enc || AEAD ciphertext (shortened here), and of the Ed25519 signature
+    "ciphertext": "chYmsf+SkCuvwUJc69wJOm4qBtlCOlXUUxBvnOoGhbLrbe/EOhrVpSR0mNz1",
+    "signature": "W9X8kpcgSJDlNgkZN0NfBMVbup8h6HAYN7FExti2OC2MrPweps9ZZ92sCeX0zSE9"
+    "xXhwwoN6iHZcB2opNXglaA==",
+}
+
+# One example record per message: its headers (as strings, as on Kafka) and its value.
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "SealedEnvelope": {
+        "name": "attestRequest",
+        "summary": "An attest request sealed for psychiatry, signed by the gateway for the "
+        "job centre.",
+        "headers": {
+            "content-type": CONTENT_TYPE,
+            "schema-version": "1",
+            "message-type": "attest-request",
+            "message-id": _MESSAGE,
+            "conversation-id": _CONVERSATION,
+            "sender": "jc-koebenhavn",
+            "receiver": "psyk-kbh",
+            "key-id": "hpke-3f9a1c2b7d4e",
+        },
+        "payload": _ENVELOPE,
+    },
+    "StageEvent": {
+        "name": "inMailbox",
+        "summary": "The request reached psychiatry's mailbox.",
+        "headers": {
+            "content-type": "application/json",
+            "schema-version": "1",
+            "message-type": "stage",
+            "conversation-id": _CONVERSATION,
+        },
+        "payload": {
+            "type": "stage",
+            "v": 1,
+            "event_id": "e1b2c3d4-5f60-4718-9a2b-3c4d5e6f7a80",
+            "conversation_id": _CONVERSATION,
+            "message_id": _MESSAGE,
+            "message_type": "attest-request",
+            "stage": "in_mailbox",
+            "at": _AT,
+            "attest_type": "LÆ 155",
+            "case_kind": "sygedagpenge",
+            "municipality": "101",
+            "region_code": "1084",
+            "jobcenter_org": "jc-koebenhavn",
+            "receiver_org": "psyk-kbh",
+            "case_ref": _CASE_REF,
+            "psychiatric_course": True,
+            "first_day_of_absence": "2026-10-01",
+            "reply_deadline": "2026-12-29",
+            "detail": None,
+        },
+    },
+    "ContactEvent": {
+        "name": "meeting",
+        "summary": "A job centre registered a meeting with psychiatry about a citizen.",
+        "headers": {
+            "content-type": "application/json",
+            "schema-version": "1",
+            "message-type": "contact",
+        },
+        "payload": {
+            "type": "contact",
+            "v": 1,
+            "event_id": "a7c1e2f3-4b5d-4e6f-8a9b-0c1d2e3f4a5b",
+            "contact_id": "5e2d8c1a-7b3f-4a90-8c6e-1d2f3a4b5c6d",
+            "at": _AT,
+            "contact_date": "2026-10-20",
+            "jobcenter_org": "jc-koebenhavn",
+            "psychiatry_org": "psyk-kbh",
+            "municipality": "101",
+            "region_code": "1084",
+            "case_kind": "sygedagpenge",
+            "case_ref": _CASE_REF,
+            "first_day_of_absence": "2026-10-01",
+            "channel": "meeting",
+            "registered_by": "jobcenter",
+        },
+    },
+    "AuditEntry": {
+        "name": "mailboxFetch",
+        "summary": "Psychiatry read its mailbox and was handed one message.",
+        "headers": {
+            "content-type": "application/json",
+            "schema-version": "1",
+            "message-type": "audit",
+            "audit-seq": "41",
+        },
+        "payload": {
+            "seq": 41,
+            "at": _AT,
+            "actor": "psyk-kbh",
+            "action": "mailbox.fetch",
+            "source": "192.0.2.10",
+            "subject_org": "psyk-kbh",
+            "message_id": _MESSAGE,
+            "conversation_id": _CONVERSATION,
+            "detail": None,
+            "prev_hash": "3b1f0c9e8d7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c",
+            "hash": "9d4e7a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f",
+        },
+    },
+    "DeadLetter": {
+        "name": "signatureInvalid",
+        "summary": "An envelope whose signature did not verify, kept with the reason.",
+        "headers": {
+            "dlq-reason": "signature-invalid",
+            "dlq-detail": "the envelope's signature does not verify",
+            "dlq-source-topic": "medcom.messages",
+            "dlq-source-partition": "3",
+            "dlq-source-offset": "1842",
+            "content-type": CONTENT_TYPE,
+            "message-id": _MESSAGE,
+        },
+        "payload": _ENVELOPE,
+    },
+}
+
+
 def build_asyncapi(settings: Settings) -> dict[str, Any]:
     """The AsyncAPI 3 document for these settings (topic prefix, partitions, groups)."""
     schemas: dict[str, Any] = {}
@@ -126,7 +267,7 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
     stage_ref = _model_schema(StageEvent, schemas)
     audit_ref = _model_schema(AuditEntry, schemas)
     contact_ref = _model_schema(ContactEvent, schemas)
-    messages = {
+    messages: dict[str, dict[str, Any]] = {
         "SealedEnvelope": {
             "name": "SealedEnvelope",
             "title": "A sealed MedCom message",
@@ -179,6 +320,9 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
             "bindings": _kafka_key("the original record's key"),
         },
     }
+    for name, message in messages.items():
+        message["examples"] = [EXAMPLES[name]]
+    describe(schemas)
     medcom = settings.topic(MEDCOM_MESSAGES)
     tracking = settings.topic(TRACKING)
     dead_letter = settings.topic(DEAD_LETTER)

@@ -5,6 +5,7 @@ container is found.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
@@ -19,6 +20,7 @@ from attest_gateway.core.errors import (
     NotAuthenticated,
     NotPermitted,
 )
+from attest_gateway.core.limits import AuthLockout, EndpointClass, RequestLimits
 from attest_gateway.entrypoints.http import mtls
 from attest_gateway.entrypoints.http.request_checks import (
     JSON,
@@ -31,11 +33,27 @@ from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import autocommit
 
 _ORG_KEY = "attest_gateway.org"  # the request's authenticated organisation, in its ASGI scope
+UNKNOWN_ADDRESS = "unknown"
 
 
 def gateway_of(request: Request) -> Gateway:
     gw: Gateway = request.app.state.gateway
     return gw
+
+
+def client_address(request: Request) -> str:
+    """The client's IP address: the TCP peer, or what a trusted proxy says it is
+    (`ForwardedForMiddleware`, the PROXY protocol listener)."""
+    return request.client.host if request.client is not None else UNKNOWN_ADDRESS
+
+
+def endpoint_class(path: str, methods: Collection[str]) -> EndpointClass:
+    """A route's class for its limits: the ministry's figures, else reads (GET) or writes."""
+    if path.startswith("/ministry/"):
+        return EndpointClass.REPORTS
+    if set(methods) <= {"GET", "HEAD"}:
+        return EndpointClass.READS
+    return EndpointClass.WRITES
 
 
 async def authenticated(request: Request) -> Organisation:
@@ -45,7 +63,10 @@ async def authenticated(request: Request) -> Organisation:
     known: Organisation | None = request.scope.get(_ORG_KEY)
     if known is not None:  # already authenticated before the body was read
         return known
-    gw = gateway_of(request)
+    lockout: AuthLockout | None = getattr(request.app.state, "auth_lockout", None)
+    address = client_address(request)
+    if lockout is not None:
+        lockout.check(address)  # a locked-out address: 429 before its credential is looked at
     pem = mtls.client_certificate(request.scope)
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
@@ -54,6 +75,20 @@ async def authenticated(request: Request) -> Organisation:
             ErrorCode.UNAUTHENTICATED,
             "present a client certificate or send Authorization: Bearer <api key>",
         )
+    try:
+        org = await _organisation_of(request, pem, token.strip())
+    except NotAuthenticated:
+        if lockout is not None:  # a credential was presented and refused
+            lockout.failed(address)
+        raise
+    structlog.contextvars.bind_contextvars(org=org.id)
+    request.scope[_ORG_KEY] = org
+    return org
+
+
+async def _organisation_of(request: Request, pem: str | None, token: str) -> Organisation:
+    """The organisation the certificate and the API key name, or `NotAuthenticated`."""
+    gw = gateway_of(request)
     by_cert: Organisation | None = None
     async with gw.engine.connect() as conn:
         await autocommit(conn)
@@ -66,8 +101,8 @@ async def authenticated(request: Request) -> Organisation:
                     ErrorCode.UNKNOWN_CLIENT_CERTIFICATE,
                     "the client certificate is not registered to an organisation, or is revoked",
                 )
-        by_key = await directory.org_by_api_key(conn, token.strip()) if token.strip() else None
-    if token.strip() and (by_key is None or not by_key.enabled):
+        by_key = await directory.org_by_api_key(conn, token) if token else None
+    if token and (by_key is None or not by_key.enabled):
         raise NotAuthenticated(ErrorCode.UNAUTHENTICATED, "the API key is not valid")
     if by_cert is not None and by_key is not None and by_cert.id != by_key.id:
         raise NotAuthenticated(
@@ -76,8 +111,6 @@ async def authenticated(request: Request) -> Organisation:
         )
     org = by_cert or by_key
     assert org is not None
-    structlog.contextvars.bind_contextvars(org=org.id)
-    request.scope[_ORG_KEY] = org
     return org
 
 
@@ -92,7 +125,9 @@ def require_role(org: Organisation, *roles: Role) -> Organisation:
 def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) -> type[APIRoute]:
     """The route class of a partner router (`APIRouter(route_class=…)`): the caller is
     authenticated, and its role checked when `roles` are given, before anything of the request
-    is looked at; then a query parameter the route does not declare is refused (422
+    is looked at; then the organisation's limits for the route's endpoint class are applied
+    (429 `rate-limited` or `too-many-concurrent-requests`, core/limits.py) and a place held
+    while the handler runs; then a query parameter the route does not declare is refused (422
     `unknown-parameter`), and a body of a media type not in `media_types` (415
     `unsupported-media-type`; request_checks.py).
 
@@ -107,15 +142,18 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
             handler = super().get_route_handler()
             declared = declared_query_parameters(self)
             takes_body = self.body_field is not None
+            endpoint = endpoint_class(self.path, self.methods or {"GET"})
 
             async def authenticate_then_handle(request: Request) -> Response:
                 org = await authenticated(request)
                 if roles:
                     require_role(org, *roles)
-                refuse_unknown_query_parameters(request, declared)
-                if takes_body:
-                    refuse_other_media_types(request, media_types)
-                return await handler(request)
+                limits: RequestLimits | None = getattr(request.app.state, "request_limits", None)
+                with limits.admit(org.id, endpoint) if limits else contextlib.nullcontext():
+                    refuse_unknown_query_parameters(request, declared)
+                    if takes_body:
+                        refuse_other_media_types(request, media_types)
+                    return await handler(request)
 
             return authenticate_then_handle
 

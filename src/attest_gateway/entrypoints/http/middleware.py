@@ -1,11 +1,13 @@
-"""The ASGI middleware: the body limit, the request log with its correlation id, and the
-`Date` header from the gateway's clock.
+"""The ASGI middleware: the body limit, the request log with its correlation id, the
+`Date` header from the gateway's clock, the client's address behind trusted proxies, and the
+security headers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import re
 import time
 import uuid
@@ -173,3 +175,106 @@ class DateHeaderMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_dated)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address of an `X-Forwarded-For` item (`[v6]` brackets allowed), or None."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def is_trusted(host: str, proxies: tuple[Network, ...]) -> bool:
+    """Whether `host` (a peer's address) is one of the trusted proxies."""
+    address = _address(host)
+    return address is not None and any(address in network for network in proxies)
+
+
+def forwarded_client(header: str, proxies: tuple[Network, ...]) -> str | None:
+    """The client an `X-Forwarded-For` names, read from the right (the hop nearest to us):
+    the first address that is not a trusted proxy. An item that is not an IP address ends
+    the walk (anything left of it is the client's own say), leaving the last address read;
+    None when there is none."""
+    client: str | None = None
+    for item in reversed(header.split(",")):
+        address = _address(item)
+        if address is None:
+            break
+        client = str(address)
+        if not any(address in network for network in proxies):
+            break
+    return client
+
+
+class ForwardedForMiddleware:
+    """The client's address behind trusted proxies (TRUSTED_PROXIES): when the TCP peer is
+    one of them, its `X-Forwarded-For` names the client (`scope["client"]`, which the audit
+    log, the lockout and the request log read); from any other peer the header is ignored.
+    uvicorn's own handling (which trusts loopback by default) is off (`serve`)."""
+
+    def __init__(self, app: ASGIApp, proxies: tuple[Network, ...]) -> None:
+        self.app = app
+        self.proxies = proxies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client and is_trusted(client[0], self.proxies):
+            values = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+            forwarded = forwarded_client(",".join(values), self.proxies) if values else None
+            if forwarded is not None:
+                scope["client"] = (forwarded, 0)
+        await self.app(scope, receive, send)
+
+
+#: The dashboard's page and its assets (routes/ministry.py): its own script and stylesheet,
+#: and calls to the API of the same origin; no inline script or style, no frames.
+DASHBOARD_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+#: Everything else answers data, never a page to render.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+_DASHBOARD_PATHS = ("/ministry/", "/ministry/static/")
+_DOCUMENTATION_PATHS = ("/docs", "/redoc")  # FastAPI's pages load their scripts from a CDN
+
+
+class SecurityHeadersMiddleware:
+    """On every answer: `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`
+    and a Content-Security-Policy with `frame-ancestors 'none'` (plus `X-Frame-Options: DENY`
+    for older browsers): the dashboard's (`DASHBOARD_CSP`) on its page and assets, the API's
+    (`API_CSP`) elsewhere; FastAPI's documentation pages keep their own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == _DASHBOARD_PATHS[0] or path.startswith(_DASHBOARD_PATHS[1]):
+            csp: str | None = DASHBOARD_CSP
+        elif path.startswith(_DOCUMENTATION_PATHS):
+            csp = None
+        else:
+            csp = API_CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["X-Frame-Options"] = "DENY"
+                if csp is not None:
+                    headers["Content-Security-Policy"] = csp
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

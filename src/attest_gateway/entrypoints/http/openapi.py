@@ -20,11 +20,19 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.glossary import describe
+from attest_gateway.contracts.mailbox import Collected, Mailbox, MessageAccepted, ReplyAcknowledged
 from attest_gateway.contracts.stages import MessageType
 from attest_gateway.core.bounds import TEXT_PATTERN
+from attest_gateway.entrypoints.http.ministry_examples import MINISTRY_EXAMPLES
 from attest_gateway.entrypoints.http.problems import PROBLEM_JSON, Problem
+from attest_gateway.medcom.codes import (
+    PROFILE_CARE_COMMUNICATION,
+    PROFILE_CARE_COMMUNICATION_MESSAGE,
+)
 from attest_gateway.medcom.errors import BUNDLE_ERROR_CODES
 from attest_gateway.medcom.rules import ATTACHMENT_ERROR_CODES
 
@@ -216,6 +224,22 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     ),
     "invalid-period": (422, "Unprocessable content", "'from' is after 'to'"),
     "unknown-metric": (422, "Unprocessable content", "metric is one of […]"),
+    "rate-limited": (
+        429,
+        "Too many requests",
+        "this organisation sends more requests of this endpoint class (reads, writes, "
+        "reports) than its limit; retry after Retry-After seconds",
+    ),
+    "too-many-concurrent-requests": (
+        429,
+        "Too many requests",
+        "this organisation has too many reads in progress at once; retry after Retry-After seconds",
+    ),
+    "authentication-locked-out": (
+        429,
+        "Too many requests",
+        "too many failed authentications from this address; retry after Retry-After seconds",
+    ),
     "internal-error": (500, "Internal error", "an internal error occurred"),
     "database-unavailable": (
         503,
@@ -274,6 +298,9 @@ AUTHENTICATED = [
     "unknown-client-certificate",
     "credentials-disagree",
     "forbidden",
+    "authentication-locked-out",
+    "rate-limited",
+    "too-many-concurrent-requests",
 ]
 COMMON = ["internal-error", "database-unavailable", "database-busy"]
 WITH_BODY = ["malformed-json", "payload-too-large"]
@@ -381,7 +408,12 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "idempotency-key-reused",
         "unsupported-media-type",
     ],
-    ("post", "/jobcenter/v1/cases/close"): ["invalid-request", "invalid-cpr", "not-found"],
+    ("post", "/jobcenter/v1/cases/close"): [
+        "invalid-request",
+        "invalid-cpr",
+        "not-found",
+        "unsupported-media-type",
+    ],
     ("get", "/ministry/v1/report"): _MINISTRY_FILTER_CODES,
     ("get", "/ministry/v1/durations"): [*_MINISTRY_FILTER_CODES, "unknown-metric"],
     ("get", "/ministry/v1/deadlines"): _MINISTRY_FILTER_CODES,
@@ -411,6 +443,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
     ],
     ("post", "/psychiatry/v1/treatments"): [
         "invalid-request",
+        "invalid-period",
         "invalid-cpr",
         "date-out-of-range",
         "invalid-case-ref",
@@ -438,6 +471,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "invalid-webhook-url",
         "invalid-webhook-events",
     ],
+    ("get", "/directory/v1/organisations/{org_id}/keys"): ["not-found"],
     ("delete", "/webhooks/v1/endpoints/{endpoint_id}"): ["not-found"],
     ("post", "/webhooks/v1/endpoints/{endpoint_id}/rotate"): ["not-found"],
     ("post", "/webhooks/v1/endpoints/{endpoint_id}/ping"): ["not-found"],
@@ -451,6 +485,7 @@ _PARTNER_PREFIXES = (
     "/ministry/",
     "/audit/",
     "/webhooks/",
+    "/directory/",
 )
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -659,6 +694,31 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
         "status": "accepted",
         "accepted_at": AT,
     },
+    ("get", "/directory/v1/organisations/{org_id}/keys"): {
+        "org_id": "psyk-kbh",
+        "keys": [
+            {
+                "key_id": "hpke-psyk-kbh-2026-11",
+                "purpose": "hpke",
+                "algorithm": "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM",
+                "public_key": "qnr8dX1yTCm0wW7d…",
+                "valid_from": "2026-11-01T00:00:00Z",
+                "valid_until": None,
+                "revoked_at": None,
+                "usable": True,
+            },
+            {
+                "key_id": "sig-psyk-kbh-2026-11",
+                "purpose": "signing",
+                "algorithm": "Ed25519",
+                "public_key": "3d8CkZ0mF2yQ…",
+                "valid_from": "2026-11-01T00:00:00Z",
+                "valid_until": "2027-11-01T00:00:00Z",
+                "revoked_at": None,
+                "usable": True,
+            },
+        ],
+    },
     ("get", "/audit/v1/entries"): {
         "entries": [
             {
@@ -707,6 +767,13 @@ _CASE = {
 }
 _SUCCESS_EXAMPLES.update(
     {
+        ("post", "/jobcenter/v1/contacts"): {
+            "contact_id": "5e2d8c1a-7b3f-4a90-8c6e-1d2f3a4b5c6d",
+            "contact_date": "2026-10-20",
+            "psychiatry": "Psykiatrisk Center København",
+            "jobcenter": "Jobcenter København",
+            "registered_by": "jobcenter",
+        },
         ("post", "/jobcenter/v1/cases"): _CASE,
         ("patch", "/jobcenter/v1/cases/{case_id}"): {**_CASE, "closed_on": "2026-12-18"},
         ("post", "/psychiatry/v1/treatments"): {
@@ -872,6 +939,17 @@ _REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/psychiatry/v1/treatments"): {
         "application/json": {"citizen_cpr": "0101901234", "start_date": "2026-09-14"}
     },
+    ("post", "/jobcenter/v1/contacts"): {
+        "application/json": {
+            "municipality": "101",
+            "citizen_cpr": "0101901234",
+            "psychiatry_sor": "715381000016006",
+            "case_kind": "sygedagpenge",
+            "first_day_of_absence": "2026-10-01",
+            "contact_date": "2026-10-20",
+            "channel": "meeting",
+        }
+    },
     ("post", "/psychiatry/v1/contacts"): {
         "application/json": {
             "municipality": "101",
@@ -910,12 +988,7 @@ _MESSAGES_BODY = {
     "content": {
         "application/fhir+json": {
             "schema": {
-                "type": "object",
-                "description": "FHIR Bundle (type message) following MedCom's profiles",
-                "required": ["resourceType"],
-                "properties": {"resourceType": {"const": "Bundle"}},
-                "propertyNames": {"pattern": TEXT_PATTERN},
-                "additionalProperties": {"$ref": "#/components/schemas/FhirJson"},
+                "$ref": "#/components/schemas/FhirBundle",
             },
             "example": _ACK_BUNDLE_EXAMPLE,
         },
@@ -927,6 +1000,132 @@ _MESSAGES_BODY = {
         },
     },
 }  # fmt: skip
+
+
+_SUCCESS_EXAMPLES.update({("get", path): body for path, body in MINISTRY_EXAMPLES.items()})
+
+SERVERS: list[dict[str, Any]] = [
+    {
+        "url": "https://{host}",
+        "description": "an installation: its operator gives the host name (mutual TLS or "
+        "API keys; HTTPS only in production)",
+        "variables": {"host": {"default": "attest-gateway.example.dk"}},
+    },
+    {"url": "https://localhost:8000", "description": "development: `make run`"},
+]
+
+DESCRIPTION = """\
+The attest gateway carries medical attests (LÆ forms) between Danish job centres and the \
+health sector. A job centre asks for an attest in plain JSON (`/jobcenter/v1`); the gateway \
+turns it into a MedCom FHIR message, seals it (HPKE, RFC 9180) for the receiving clinic and \
+signs it (Ed25519). The clinic reads its mailbox of sealed envelopes (`/medcom/v1`), opens \
+them with its own key after checking the signature against the directory's published keys \
+(`/directory/v1`), and answers with a MedCom acknowledgement and an attest reply. The job \
+centre reads the reply, opened and translated to JSON, from its inbox. Webhooks \
+(`/webhooks/v1`, Standard Webhooks signatures) tell either side that something arrived; the \
+ministry reads aggregated figures (`/ministry/v1`), never a person.
+
+Every call is made by an organisation: a client certificate pinned to it (mutual TLS) or its \
+API key (`Authorization: Bearer`), or both naming the same organisation. Errors are RFC 9457 \
+`application/problem+json` with a stable `code`; every answer and every error code of every \
+operation has an example here. Creating calls take an `Idempotency-Key`. The Kafka topics \
+are described by the AsyncAPI document (`/asyncapi.json`). A Python client and the \
+`attest-client` command (`attest_gateway.client`) implement this API for partners."""
+
+# The operations whose route has no docstring of its own: their description here.
+OPERATION_DESCRIPTIONS: dict[tuple[str, str], str] = {
+    ("post", "/jobcenter/v1/attest-requests"): "Ask a health organisation for an attest. The "
+    "request is checked (CPR number, GLN, receiver, attest type and who may issue it), turned "
+    "into a MedCom CareCommunication message, sealed for the receiver and signed by the "
+    "gateway for the job centre, all in one transaction with its first stage; 202 with the "
+    "conversation id, the status URL (also `Location`) and the reply deadline. Send an "
+    "`Idempotency-Key`: a retry with the same key and body answers the first answer again.",
+    ("get", "/jobcenter/v1/attest-requests/{conversation_id}"): "The status of one of the job "
+    "centre's attest requests: the stage it reached, when each stage was reached, and the "
+    "timeline of its messages. Another organisation's conversation is not found.",
+    ("get", "/jobcenter/v1/inbox"): "The attest replies waiting for the job centre, opened with "
+    "its key and translated to job-centre JSON, oldest first; replies that cannot be read now "
+    "are listed apart (`unreadable`). A read is an audit entry.",
+    ("post", "/jobcenter/v1/inbox/{message_id}/ack"): "Acknowledge a reply of the inbox: it "
+    "leaves the inbox and the gateway sends the clinic the MedCom acknowledgement for the job "
+    "centre. Repeating it changes nothing (`changed: false`).",
+    ("get", "/medcom/v1/mailbox"): "The sealed envelopes waiting for this health organisation, "
+    "oldest first (at most `limit`). Open each with the organisation's private HPKE key after "
+    "checking its signature against the signer's keys (`/directory/v1`); an envelope stays "
+    "until it is acknowledged or marked collected. A read is an audit entry.",
+    ("post", "/medcom/v1/mailbox/{message_id}/collected"): "Take a message out of the "
+    "mailbox's waiting list without acknowledging it (an acknowledgement does this too). "
+    "Repeating it changes nothing (`changed: false`).",
+    ("post", "/medcom/v1/messages"): "Send a MedCom acknowledgement or attest reply: a FHIR "
+    "Bundle (`application/fhir+json`) or the same sealed for the gateway and signed by the "
+    "sender. It is checked against MedCom's rules and the conversation it answers (sender, "
+    "receiver, request), then accepted (202) in one transaction with its stage. A message id "
+    "sent before answers the first answer again (`Idempotent-Replayed: true`).",
+    ("get", "/healthz"): "Liveness: the process answers. No dependency is checked.",
+    ("get", "/readyz"): "Readiness: the database, Kafka and the key ring answer, each with "
+    "its time; 503 while one does not.",
+    ("get", "/asyncapi.json"): "The AsyncAPI 3 document of the gateway's Kafka topics: "
+    "channels, messages (headers and payloads) and who sends and receives them.",
+}
+
+# The FHIR Bundle of `/medcom/v1/messages`: its envelope checked by schema, the rest by
+# MedCom's rules on the server (a full FHIR schema would not say more a vendor needs).
+FHIR_BUNDLE: dict[str, Any] = {
+    "title": "FhirBundle",
+    "type": "object",
+    "description": "A FHIR R4 Bundle of type `message` following MedCom's CareCommunication "
+    f"message profile ({PROFILE_CARE_COMMUNICATION_MESSAGE}; the Communication: "
+    f"{PROFILE_CARE_COMMUNICATION}), or a MedCom acknowledgement (the messaging IG's "
+    "Acknowledgement message). The first entry is the MessageHeader (its id is the message "
+    "id); the gateway checks MedCom's rules and answers `invalid-bundle`, "
+    "`invalid-attachment` and the other codes listed per operation.",
+    "externalDocs": {
+        "description": "MedCom's FHIR implementation guides (CareCommunication, "
+        "Acknowledgement, core)",
+        "url": "https://medcomfhir.dk/ig/carecommunication/",
+    },
+    "required": ["resourceType"],
+    "properties": {
+        "resourceType": {"const": "Bundle", "description": "always Bundle"},
+        # FHIR strings: no control character but tab, line feed and carriage return.
+        "id": {
+            "type": "string",
+            "pattern": TEXT_PATTERN,
+            "description": "Bundle.id: new on every send",
+        },
+        "type": {
+            "type": "string",
+            "pattern": TEXT_PATTERN,
+            "description": "message: MedCom messages are message Bundles",
+        },
+        "timestamp": {
+            "type": "string",
+            "pattern": TEXT_PATTERN,
+            "description": "when the Bundle was made (FHIR instant)",
+        },
+        "meta": {
+            "$ref": "#/components/schemas/FhirJson",
+            "description": "meta.profile names the MedCom profile the Bundle follows",
+        },
+        "entry": {
+            "type": "array",
+            "description": "the resources: MessageHeader first, then Communication, Patient, "
+            "Organizations, Practitioner, Provenance … as the profile asks",
+            "items": {"$ref": "#/components/schemas/FhirJson"},
+        },
+    },
+    "propertyNames": {"pattern": TEXT_PATTERN},
+    "additionalProperties": {"$ref": "#/components/schemas/FhirJson"},
+}
+
+# Answers the routes return as plain data: their schema comes from the wire contracts
+# (contracts/mailbox.py), which the partner client parses them with.
+TYPED_ANSWERS: dict[tuple[str, str], type[BaseModel]] = {
+    ("get", "/medcom/v1/mailbox"): Mailbox,
+    ("post", "/medcom/v1/mailbox/{message_id}/collected"): Collected,
+    ("post", "/medcom/v1/messages"): MessageAccepted,
+    ("post", "/jobcenter/v1/inbox/{message_id}/ack"): ReplyAcknowledged,
+}
 
 
 # Any FHIR JSON value: no string, key or value, holds a control character but tab, line feed
@@ -960,6 +1159,9 @@ def problem_example(code: str, path: str) -> dict[str, Any]:
     if status == 503:
         body["retryable"] = True
         body["retry_after"] = 5
+    if status == 429:
+        body["retryable"] = True
+        body["retry_after"] = 1
     return body
 
 
@@ -1021,9 +1223,9 @@ def _error_responses(method: str, path: str, operation: dict[str, Any]) -> dict[
             responses["401"]["headers"] = {
                 "WWW-Authenticate": {"schema": {"type": "string"}, "example": "Bearer"}
             }
-        if status == 503:
-            responses["503"]["headers"] = {
-                "Retry-After": {"schema": {"type": "integer"}, "example": 5}
+        if status in (429, 503):
+            responses[str(status)]["headers"] = {
+                "Retry-After": {"schema": {"type": "integer"}, "example": 1 if status == 429 else 5}
             }
     return responses
 
@@ -1041,11 +1243,28 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
         schemas.setdefault(name, sub)
     schemas["SealedEnvelope"] = envelope_schema
     schemas["FhirJson"] = FHIR_JSON
+    schemas["FhirBundle"] = FHIR_BUNDLE
+    for model in {m.__name__: m for m in TYPED_ANSWERS.values()}.values():
+        model_schema = model.model_json_schema(
+            ref_template="#/components/schemas/{model}", mode="serialization"
+        )
+        for name, sub in model_schema.pop("$defs", {}).items():
+            schemas.setdefault(name, sub)
+        schemas[model.__name__] = model_schema
+    doc["servers"] = SERVERS
+    doc["info"]["description"] = DESCRIPTION
     components["securitySchemes"] = {
         "apiKey": {
             "type": "http",
             "scheme": "bearer",
             "description": "One API key per organisation: `Authorization: Bearer <api key>`.",
+        },
+        "mutualTLS": {
+            "type": "mutualTLS",
+            "description": "A client certificate pinned to the organisation in the directory "
+            "(its SHA-256 fingerprint), issued by a CA the installation trusts "
+            "(API_TLS_CLIENT_CAFILE). With an API key as well, both must name the same "
+            "organisation (`credentials-disagree`).",
         },
         "metricsToken": {
             "type": "http",
@@ -1058,14 +1277,24 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             # FastAPI's default 422 (HTTPValidationError) is not what the gateway answers.
             responses.pop("422", None)
+            if not operation.get("description"):
+                described = OPERATION_DESCRIPTIONS.get((method, path))
+                if described is not None:
+                    operation["description"] = described
             if path.startswith(_PARTNER_PREFIXES):
-                operation["security"] = [{"apiKey": []}]
+                operation["security"] = [{"apiKey": []}, {"mutualTLS": []}]
             elif path == "/metrics":
                 operation["security"] = [{"metricsToken": []}, {}]
             example = _SUCCESS_EXAMPLES.get((method, path))
+            typed = TYPED_ANSWERS.get((method, path))
             for status, response in responses.items():
                 if not status.startswith("2"):
                     continue
+                if typed is not None:
+                    response["description"] = " ".join((typed.__doc__ or "").split())
+                    ref = {"$ref": f"#/components/schemas/{typed.__name__}"}
+                    response.setdefault("content", {}).setdefault("application/json", {})
+                    response["content"]["application/json"]["schema"] = ref
                 for media in response.setdefault("content", {}).values():
                     if example is not None:
                         media["example"] = example
@@ -1089,7 +1318,29 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
     components["responses"] = {"MethodNotAllowed": METHOD_NOT_ALLOWED}
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
+    describe(schemas)
+    _describe_answers(doc)
     return doc
+
+
+def _describe_answers(doc: dict[str, Any]) -> None:
+    """A success answer FastAPI describes only as "Successful Response" gets the description
+    of the schema it returns."""
+    schemas = doc["components"]["schemas"]
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                if not status.startswith("2") or response.get("description") not in (
+                    None,
+                    "Successful Response",
+                ):
+                    continue
+                for media in response.get("content", {}).values():
+                    ref = str(media.get("schema", {}).get("$ref", ""))
+                    described = schemas.get(ref.rsplit("/", 1)[-1], {}).get("description")
+                    if ref and described:
+                        response["description"] = described
+                        break
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -4,8 +4,8 @@ The status and title of an answer come from here only: from the error's class (t
 nearest in `BY_CLASS` along its ancestry), or from its code for the few codes whose HTTP
 status says more than their meaning (`BY_CODE`: a missing Idempotency-Key, 405,
 413, 415). The body's `type` URI ends
-with the stable code; `retryable` is the error's flag; an `Unavailable` also carries
-`retry_after`, sent as the `Retry-After` header too.
+with the stable code; `retryable` is the error's flag; an `Unavailable` and a `RateLimited` also
+carry `retry_after`, sent as the `Retry-After` header too.
 
 The errors the framework raises before a route runs become errors of the tree here too:
 a request that fails validation (`validation_problem`, with the codes of the identifiers
@@ -31,6 +31,7 @@ from attest_gateway.core.errors import (
     Malformed,
     NotAuthenticated,
     NotPermitted,
+    RateLimited,
     Replay,
     Unavailable,
     Unknown,
@@ -51,6 +52,7 @@ BY_CLASS: Mapping[type[GatewayError], tuple[int, str]] = {
     NotPermitted: (403, "Forbidden"),
     Unknown: (404, "Not found"),
     Replay: (409, "Conflict"),
+    RateLimited: (429, "Too many requests"),
     Unavailable: (503, "Service unavailable"),
 }
 
@@ -114,7 +116,7 @@ def problem_of(error: GatewayError) -> Problem:
         detail=error.detail,
         retryable=error.retryable,
         extra=error.extra,
-        retry_after=error.retry_after if isinstance(error, Unavailable) else None,
+        retry_after=error.retry_after if isinstance(error, Unavailable | RateLimited) else None,
         envelope_rejected=isinstance(error, EnvelopeRejected),
     )
 

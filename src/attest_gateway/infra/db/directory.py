@@ -52,6 +52,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Transaction
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from attest_gateway.contracts.directory import PublicKey
 from attest_gateway.contracts.envelope import Suite
 from attest_gateway.core.directory import (
     CLIENT_CERT_PURPOSE,
@@ -423,6 +424,41 @@ async def hpke_key_owner(conn: AsyncConnection, key_id: str) -> str | None:
 async def signing_key(conn: AsyncConnection, key_id: str) -> VerifyKey | None:
     key = await _key(conn, key_id)
     return key.verify if key is not None and key.purpose == "signing" else None
+
+
+async def public_keys(
+    conn: AsyncConnection, org_id: str, at: dt.datetime
+) -> list[PublicKey] | None:
+    """An organisation's HPKE and signing keys, revoked and expired ones included (with
+    their state, so that older envelopes can still be checked); None for no such
+    organisation."""
+    if await org_by_id(conn, org_id) is None:
+        return None
+    rows = await conn.execute(
+        sa.select(org_keys)
+        .where(org_keys.c.org_id == org_id, org_keys.c.purpose.in_(("hpke", "signing")))
+        .order_by(org_keys.c.purpose, *_NEWEST_FIRST)
+    )
+    keys: list[PublicKey] = []
+    for row in rows:
+        key = _Key.from_row(row)
+        keys.append(
+            PublicKey(
+                key_id=key.key_id,
+                purpose=cast(Literal["hpke", "signing"], key.purpose),
+                algorithm=key.algorithm,
+                public_key=key.public_key,
+                valid_from=_utc(row.created_at),
+                valid_until=_utc(row.not_after) if row.not_after is not None else None,
+                revoked_at=_utc(row.revoked_at) if row.revoked_at is not None else None,
+                usable=key.verify.usable(at),
+            )
+        )
+    return keys
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 async def list_organisations(conn: AsyncConnection) -> list[Organisation]:

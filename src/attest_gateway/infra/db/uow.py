@@ -212,6 +212,25 @@ class SqlMailbox:
             )
         return [_mail_item(row) for row in rows]
 
+    async def waiting_refusals(self, receiver_org_id: str, limit: int) -> list[MailItem]:
+        refused = sa.exists().where(
+            stages.c.conversation_id == mailbox.c.conversation_id,
+            stages.c.stage == Stage.REFUSED.value,
+            stages.c.message_id == mailbox.c.message_id,
+        )
+        rows = await self._conn.execute(
+            sa.select(mailbox)
+            .where(
+                mailbox.c.receiver_org_id == receiver_org_id,
+                mailbox.c.message_type == MessageType.ACKNOWLEDGEMENT.value,
+                mailbox.c.collected_at.is_(None),
+                refused,
+            )
+            .order_by(*_OLDEST_FIRST)
+            .limit(limit)
+        )
+        return [_mail_item(row) for row in rows]
+
     async def known(self, message_ids: Sequence[str]) -> set[str]:
         if not message_ids:
             return set()

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.config import DAY, Settings
-from attest_gateway.contracts.stages import FINAL_STAGES
+from attest_gateway.contracts.stages import FINAL_STAGES, MessageType
 from attest_gateway.core.audit import CASE_ERASE, SOURCE_GATEWAY
 from attest_gateway.crypto.pseudonyms import key_id_of
 from attest_gateway.crypto.sealing import KeyRing
@@ -51,12 +51,14 @@ from attest_gateway.infra.db.tables import (
     seen_ids,
     sent_messages,
     stages,
+    tracker_cases,
     tracker_cell_citizens,
     tracker_cells,
     tracker_contacts,
     tracker_conversations,
     tracker_episodes,
     tracker_reminders,
+    tracker_treatments,
     webhook_deliveries,
 )
 from attest_gateway.infra.kafka.topics import Topics
@@ -180,8 +182,17 @@ async def prune_store(
     await delete(
         "sent_messages",
         sent_messages,
-        sa.or_(
-            sent_messages.c.acknowledged_at < settled, sent_messages.c.undeliverable_at < settled
+        sa.and_(
+            sa.or_(
+                sent_messages.c.acknowledged_at < settled,
+                sent_messages.c.undeliverable_at < settled,
+            ),
+            # a request's copy stays while its conversation is open: a reminder copies the
+            # Patient and the caseworker from it (tracker/sweep.py)
+            sa.or_(
+                sent_messages.c.message_type != MessageType.ATTEST_REQUEST.value,
+                sent_messages.c.conversation_id.in_(_finished_before(now).scalar_subquery()),
+            ),
         ),
         [sent_messages.c.message_id],
     )
@@ -239,7 +250,8 @@ async def _erase_case(
 ) -> int:
     """What identifies the citizen in one closed case: its conversations made up to the
     closure with everything of theirs (sealed CPR number, sent copies, stages, mailbox and
-    outbox rows), the tracker's timelines, episodes and contacts of the case; and, when
+    outbox rows), the tracker's timelines, episodes and contacts of the case, the job centre's
+    registered sickness case of that kind; and, when
     nothing else of the citizen remains, the case ref in the cells' citizen lists (replaced by
     a random one of the same key, so the cells still count the citizen once) and in the
     outbox. The counts and histograms stay as they are."""
@@ -297,11 +309,19 @@ async def _erase_case(
             tk.created_at <= closed_at,
         )
     )
+    ks = tracker_cases.c
+    await conn.execute(
+        tracker_cases.delete().where(
+            ks.case_ref == ref, ks.jobcenter_org == org, ks.case_kind == kind
+        )
+    )
     remaining = sa.union_all(
         sa.select(sa.literal(1)).where(conv.case_ref == ref),
         sa.select(sa.literal(1)).where(tc.case_ref == ref),
         sa.select(sa.literal(1)).where(te.case_ref == ref),
         sa.select(sa.literal(1)).where(tk.case_ref == ref),
+        sa.select(sa.literal(1)).where(ks.case_ref == ref),
+        sa.select(sa.literal(1)).where(tracker_treatments.c.case_ref == ref),
     )
     if not (await conn.execute(sa.select(sa.exists(remaining)))).scalar_one():
         # Shaped like a case ref of the same key, linked to no CPR number (a re-key maps it
@@ -411,7 +431,8 @@ async def _prune_tracker(
     engine: AsyncEngine, report: PruneReport, cutoff: dt.datetime, batch: int
 ) -> None:
     """The tracker's rows about single conversations, episodes and contacts, once decided and
-    past the retention period; the rollups (counts, durations, cells) stay."""
+    past the retention period, and registered sickness cases and treatments once closed or
+    ended that long ago; the rollups (counts, durations, cells) stay."""
     day = cutoff.date()
     tc = tracker_conversations
     decided = sa.and_(tc.c.outcome.is_not(None), tc.c.due_date < day)
@@ -454,6 +475,26 @@ async def _prune_tracker(
             tracker_contacts,
             tracker_contacts.c.created_at < cutoff,
             [tracker_contacts.c.contact_id],
+            batch,
+        ),
+    )
+    report.add(
+        "tracker_cases",
+        await _prune_table(
+            engine,
+            tracker_cases,
+            tracker_cases.c.closed_on < day,
+            [tracker_cases.c.case_id],
+            batch,
+        ),
+    )
+    report.add(
+        "tracker_treatments",
+        await _prune_table(
+            engine,
+            tracker_treatments,
+            tracker_treatments.c.end_date < day,
+            [tracker_treatments.c.treatment_id],
             batch,
         ),
     )

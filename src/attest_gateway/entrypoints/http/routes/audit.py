@@ -12,19 +12,23 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from attest_gateway.contracts.audit import AuditEntries
 from attest_gateway.core.directory import Organisation
-from attest_gateway.entrypoints.http.auth import authenticated, authenticated_first, gateway_of
+from attest_gateway.entrypoints.http.auth import (
+    authenticated,
+    authenticated_first,
+    client_address,
+    gateway_of,
+)
 from attest_gateway.infra.db import audit
 
 router = APIRouter(prefix="/audit/v1", tags=["audit"], route_class=authenticated_first())
 
-UNKNOWN_SOURCE = "unknown"
 MAX_SEQ = 2**63 - 1  # a seq is a 64-bit signed integer in both databases
 
 
 def client_source(request: Request) -> str:
     """Where a request came from, for the audit log: the client's IP address as the server
-    saw it (behind a proxy: what the server is configured to trust as the client)."""
-    return request.client.host if request.client is not None else UNKNOWN_SOURCE
+    saw it, or as a trusted proxy (TRUSTED_PROXIES) names it."""
+    return client_address(request)
 
 
 @router.get("/entries", response_model=AuditEntries)

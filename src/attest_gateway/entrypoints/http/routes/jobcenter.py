@@ -157,7 +157,14 @@ async def close_case(
     return closed
 
 
-@router.post("/cases", status_code=201, response_model=CaseOut)
+@router.post(
+    "/cases",
+    status_code=201,
+    response_model=CaseOut,
+    responses={
+        200: {"model": CaseOut, "description": "the same case again (`Idempotent-Replayed: true`)"}
+    },
+)
 async def register_case(
     body: CaseIn, request: Request, response: Response, org: JobCenter
 ) -> CaseOut:

@@ -1,0 +1,233 @@
+"""One abusive client against another organisation's latency: ``python -m bench.abuse``.
+
+A `serve` process (SQLite, embedded broker, demo organisations) on a free port. Organisation
+B (`gp-noerrebro`) reads its mailbox at a steady rate (open loop, ``--rate`` a second) for
+``--window`` seconds, once with nobody else calling (quiet) and once while organisation A
+(`psyk-kbh`) floods ``GET /medcom/v1/mailbox?limit=500`` from ``--flood`` concurrent
+connections in a separate process (flood); quiet and flood alternate ``--runs`` times. This
+is done for each of ``--configurations``: the gateway's default limits, strict ones (5 reads
+a second and 2 at once per organisation), and every limit off. Printed: B's p50 and p99 per
+window, A's answers by status; ``--out`` keeps them as JSON. Not a test: the figures go to
+bench/RESULTS.md.
+
+    python -m bench.abuse --runs 3 --window 15 --out /tmp/abuse.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from attest_gateway.devtools.demo import DEMO_ORGS
+from bench.common import percentile
+from bench.loadgen import GatewayBody, free_port, stop_process, wait_http
+
+ABUSER = "psyk-kbh"
+VICTIM = "gp-noerrebro"
+JOBCENTER = "jc-koebenhavn"
+WAITING = 200  # attest requests waiting in A's mailbox: each of its reads hands them all out
+NO_LIMITS = {
+    "RATE_LIMIT_READS_PER_SECOND": "0",
+    "RATE_LIMIT_WRITES_PER_SECOND": "0",
+    "RATE_LIMIT_REPORTS_PER_SECOND": "0",
+    "CONCURRENT_REQUESTS_PER_ORG": "0",
+}
+
+
+async def flood(url: str, api_key: str, connections: int, seconds: float, out: Path) -> None:
+    """The abusive client (run in its own process): `connections` workers, each sending the
+    next request as soon as the last is answered, for `seconds`."""
+    statuses: Counter[int] = Counter()
+    headers = {"Authorization": f"Bearer {api_key}"}
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        end = time.monotonic() + seconds
+
+        async def worker() -> None:
+            while time.monotonic() < end:
+                try:
+                    statuses[(await client.get(url, headers=headers)).status_code] += 1
+                except httpx.HTTPError:
+                    statuses[0] += 1
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.to_thread(out.write_text, json.dumps({str(k): v for k, v in statuses.items()}))
+
+
+async def steady(url: str, api_key: str, rate: float, seconds: float) -> dict[str, Any]:
+    """The other organisation: one request every 1/rate seconds (open loop), latencies in ms."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def one() -> None:
+            started = time.perf_counter()
+            response = await client.get(url, headers=headers)
+            latencies.append((time.perf_counter() - started) * 1000)
+            statuses[response.status_code] += 1
+
+        start = time.monotonic()
+        tasks = []
+        for i in range(round(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return {
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "requests": len(latencies),
+        "statuses": dict(statuses),
+    }
+
+
+async def fill_mailbox(base: str, creds: dict[str, Any]) -> None:
+    """WAITING attest requests from the job centre into A's mailbox, delivered."""
+    jc = next(o for o in DEMO_ORGS if o.id == JOBCENTER)
+    psy = next(o for o in DEMO_ORGS if o.id == ABUSER)
+    body = GatewayBody(
+        jobcenter_gln=jc.gln or "", municipality=jc.kommunekode or "", receiver_sor=psy.sor or ""
+    )
+    headers = {"Authorization": f"Bearer {creds[JOBCENTER]['api_key']}"}
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        for i in range(WAITING):
+            response = await client.post(
+                "/jobcenter/v1/attest-requests",
+                content=body(i),
+                headers={**headers, "Content-Type": "application/json", "Idempotency-Key": f"a{i}"},
+            )
+            response.raise_for_status()
+        reader = {"Authorization": f"Bearer {creds[ABUSER]['api_key']}"}
+        for _ in range(600):
+            items = (await client.get("/medcom/v1/mailbox?limit=500", headers=reader)).json()
+            if len(items["items"]) >= WAITING:
+                return
+            await asyncio.sleep(0.5)
+    raise RuntimeError("the attest requests did not reach the mailbox")
+
+
+async def window(
+    base: str, creds: dict[str, Any], args: argparse.Namespace, *, flooded: bool, tmp: Path
+) -> dict[str, Any]:
+    flooder = None
+    out = tmp / f"flood-{time.monotonic_ns()}.json"
+    if flooded:
+        flooder = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.abuse", "--flood-url",
+            f"{base}/medcom/v1/mailbox?limit=500", "--flood-key", creds[ABUSER]["api_key"],
+            "--flood", str(args.flood), "--window", str(args.window + 2), "--flood-out", str(out),
+        )  # fmt: skip
+        await asyncio.sleep(2)  # the flood under way before B is measured
+    result = await steady(
+        f"{base}/medcom/v1/mailbox", creds[VICTIM]["api_key"], args.rate, args.window
+    )
+    if flooder is not None:
+        await asyncio.wait_for(flooder.wait(), args.window + 120)
+        result["abuser"] = json.loads(out.read_text())
+    return result
+
+
+async def configuration(name: str, extra_env: dict[str, str], args: argparse.Namespace) -> Any:
+    with tempfile.TemporaryDirectory(prefix="abuse-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        port = free_port()
+        env = os.environ | {"VAR_DIR": str(tmp / "var"), "LOG_LEVEL": "WARNING"} | extra_env
+        env.pop("DATABASE_URL", None)
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        exe = Path(sys.executable).parent / "attest-gateway"
+        with (tmp / "gateway.log").open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                str(exe), "serve", "--port", str(port), env=env, stdout=log, stderr=log
+            )
+            try:
+                base = f"http://127.0.0.1:{port}"
+                await wait_http(f"{base}/readyz", proc)
+                creds = json.loads((tmp / "var" / "demo-credentials.json").read_text())
+                await fill_mailbox(base, creds)
+                windows = []
+                for run in range(args.runs):
+                    for flooded in (False, True):
+                        found = await window(base, creds, args, flooded=flooded, tmp=tmp)
+                        found |= {"run": run, "flooded": flooded}
+                        windows.append(found)
+                        what = "flood" if flooded else "quiet"
+                        print(
+                            f"{name:>10} run {run} {what:>5}: B p50 {found['p50_ms']:7.2f} ms"
+                            f"  p99 {found['p99_ms']:7.2f} ms  B {found['statuses']}"
+                            + (f"  A {found['abuser']}" if flooded else ""),
+                            flush=True,
+                        )
+                return {"configuration": name, "windows": windows}
+            finally:
+                await stop_process(proc)
+
+
+#: A partner's real traffic (a clinic polling its mailbox every few seconds) fits these too.
+STRICT = {"RATE_LIMIT_READS_PER_SECOND": "5", "CONCURRENT_REQUESTS_PER_ORG": "2"}
+CONFIGURATIONS = {"defaults": {}, "strict": STRICT, "none": NO_LIMITS}
+
+
+async def main(args: argparse.Namespace) -> None:
+    results = [
+        await configuration(name, CONFIGURATIONS[name], args) for name in args.configurations
+    ]
+    for config in results:
+        for flooded in (False, True):
+            p99s = [w["p99_ms"] for w in config["windows"] if w["flooded"] is flooded]
+            what = "flood" if flooded else "quiet"
+            median = statistics.median(p99s)
+            print(
+                f"{config['configuration']:>10} {what:>5}: B p99 median {median:.2f} ms, "
+                f"spread {min(p99s):.2f}–{max(p99s):.2f} ms"
+            )
+    if args.out:
+        await asyncio.to_thread(Path(args.out).write_text, json.dumps(results, indent=2))
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="quiet and flooded windows, each")
+    p.add_argument("--window", type=float, default=15.0, help="seconds B is measured")
+    p.add_argument("--rate", type=float, default=10.0, help="B's requests a second")
+    p.add_argument("--flood", type=int, default=64, help="A's concurrent connections")
+    p.add_argument("--out", default="", help="JSON results file")
+    p.add_argument(
+        "--configurations",
+        nargs="+",
+        choices=sorted(CONFIGURATIONS),
+        default=["defaults", "strict", "none"],
+        help="the gateway's limits: its defaults, strict (5 reads a second, 2 at once), none",
+    )
+    p.add_argument("--flood-url", default="", help=argparse.SUPPRESS)
+    p.add_argument("--flood-key", default="", help=argparse.SUPPRESS)
+    p.add_argument("--flood-out", default="", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parsed = parse()
+    with contextlib.suppress(KeyboardInterrupt):
+        if parsed.flood_url:
+            asyncio.run(
+                flood(
+                    parsed.flood_url,
+                    parsed.flood_key,
+                    parsed.flood,
+                    parsed.window,
+                    Path(parsed.flood_out),
+                )
+            )
+        else:
+            asyncio.run(main(parsed))

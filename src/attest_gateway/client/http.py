@@ -1,0 +1,289 @@
+"""`Client` (blocking) and `AsyncClient` (asyncio): the partner API over httpx, with an API key
+or a client certificate (mutual TLS), answers parsed into the wire contracts, errors raised as
+`GatewayProblem`. Both build the same calls (`_Calls`); only the sending differs."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+import httpx
+import orjson
+
+from attest_gateway.client.envelopes import Envelope, as_envelope, open_envelope
+from attest_gateway.client.errors import GatewayProblem
+from attest_gateway.contracts.directory import OrganisationKeys
+from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.contracts.jobcenter import AttestRequestAccepted, Inbox
+from attest_gateway.contracts.mailbox import Collected, Mailbox, MessageAccepted, ReplyAcknowledged
+from attest_gateway.crypto.sealing import OrgKeys
+
+T = TypeVar("T")
+FHIR_JSON = "application/fhir+json"
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+
+
+def _answer(model: Callable[[Any], T]) -> Callable[[httpx.Response], T]:
+    def parse(response: httpx.Response) -> T:
+        return model(orjson.loads(response.content))
+
+    return parse
+
+
+class _Calls:
+    """Each operation as one call: method, path, body and how its answer is read."""
+
+    @staticmethod
+    def mailbox(limit: int) -> _Call[Mailbox]:
+        return _Call("GET", "/medcom/v1/mailbox", _answer(Mailbox.model_validate), {"limit": limit})
+
+    @staticmethod
+    def collect(message_id: str) -> _Call[Collected]:
+        path = f"/medcom/v1/mailbox/{message_id}/collected"
+        return _Call("POST", path, _answer(Collected.model_validate))
+
+    @staticmethod
+    def submit(bundle: dict[str, Any] | SealedEnvelope) -> _Call[MessageAccepted]:
+        if isinstance(bundle, SealedEnvelope):
+            content, media = bundle.to_json(), "application/vnd.attest-gateway.envelope+json"
+        else:
+            content, media = orjson.dumps(bundle), FHIR_JSON
+        return _Call(
+            "POST",
+            "/medcom/v1/messages",
+            _answer(MessageAccepted.model_validate),
+            headers={"Content-Type": media},
+            content=content,
+        )
+
+    @staticmethod
+    def keys(org_id: str) -> _Call[OrganisationKeys]:
+        path = f"/directory/v1/organisations/{org_id}/keys"
+        return _Call("GET", path, _answer(OrganisationKeys.model_validate))
+
+    @staticmethod
+    def request_attest(
+        body: dict[str, Any], idempotency_key: str | None
+    ) -> _Call[AttestRequestAccepted]:
+        headers = {"Content-Type": "application/json"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        return _Call(
+            "POST",
+            "/jobcenter/v1/attest-requests",
+            _answer(AttestRequestAccepted.model_validate),
+            headers=headers,
+            content=orjson.dumps(body),
+        )
+
+    @staticmethod
+    def inbox() -> _Call[Inbox]:
+        return _Call("GET", "/jobcenter/v1/inbox", _answer(Inbox.model_validate))
+
+    @staticmethod
+    def ack(message_id: str) -> _Call[ReplyAcknowledged]:
+        path = f"/jobcenter/v1/inbox/{message_id}/ack"
+        return _Call("POST", path, _answer(ReplyAcknowledged.model_validate))
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    raise GatewayProblem(
+        response.status_code,
+        str(body.get("code", "unknown")),
+        str(body.get("detail", response.reason_phrase)),
+        retryable=bool(body.get("retryable", response.status_code >= 500)),
+        body=body,
+    )
+
+
+def _options(
+    base_url: str,
+    api_key: str | None,
+    cert: tuple[str | Path, str | Path] | None,
+    ca: str | Path | None,
+    timeout: float,
+) -> dict[str, Any]:
+    if api_key is None and cert is None:
+        raise ValueError("give an API key, a client certificate (cert=(certfile, keyfile)) or both")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
+    context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    return {"base_url": base_url, "headers": headers, "verify": context, "timeout": timeout}
+
+
+class Client:
+    """The partner API, blocking. `Client(base_url, api_key=…)` or, by mutual TLS,
+    `Client(base_url, cert=("org.crt", "org.key"), ca="ca.crt")`; `ca` is the CA the
+    gateway's certificate is checked against (default: the system's). Use it as a context
+    manager, or call `close()`. `transport` replaces the network (tests)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        cert: tuple[str | Path, str | Path] | None = None,
+        ca: str | Path | None = None,
+        timeout: float = 30.0,
+        gateway_org_id: str = "gateway",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.gateway_org_id = gateway_org_id
+        self._http = httpx.Client(
+            **_options(base_url, api_key, cert, ca, timeout), transport=transport
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: _Call[T]) -> T:
+        response = self._http.request(
+            call.method, call.path, params=call.params, headers=call.headers, content=call.content
+        )
+        return call.parse(_checked(response))
+
+    # the health side (psychiatry, GP, hospital, specialist)
+    def mailbox(self, limit: int = 100) -> Mailbox:
+        """The sealed envelopes waiting for this organisation, oldest first."""
+        return self._send(_Calls.mailbox(limit))
+
+    def collect(self, message_id: str) -> Collected:
+        """Take a message out of the mailbox's waiting list (an acknowledgement does too)."""
+        return self._send(_Calls.collect(message_id))
+
+    def submit(self, bundle: dict[str, Any] | SealedEnvelope) -> MessageAccepted:
+        """Send an acknowledgement or attest reply: a FHIR Bundle, or a sealed envelope."""
+        return self._send(_Calls.submit(bundle))
+
+    def organisation_keys(self, org_id: str) -> OrganisationKeys:
+        """An organisation's published keys (HPKE and signing), from the directory."""
+        return self._send(_Calls.keys(org_id))
+
+    def open(
+        self,
+        envelope: Envelope,
+        keys: OrgKeys,
+        *,
+        verify: bool = True,
+    ) -> dict[str, Any]:
+        """The FHIR Bundle in an envelope (or mailbox item), its signature checked first
+        against the signer's keys from the directory (`verify=False`: not checked)."""
+        sealed = as_envelope(envelope)
+        signer = self.organisation_keys(sealed.header.signer) if verify else None
+        return open_envelope(sealed, keys, signer, gateway_org_id=self.gateway_org_id)
+
+    # the job centre
+    def request_attest(
+        self, body: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> AttestRequestAccepted:
+        """Ask for an attest (`POST /jobcenter/v1/attest-requests`, job-centre JSON)."""
+        return self._send(_Calls.request_attest(body, idempotency_key))
+
+    def inbox(self) -> Inbox:
+        """The replies waiting for the job centre, opened and translated to JSON."""
+        return self._send(_Calls.inbox())
+
+    def ack(self, message_id: str) -> ReplyAcknowledged:
+        """Acknowledge a reply of the inbox (the gateway answers the clinic in MedCom)."""
+        return self._send(_Calls.ack(message_id))
+
+
+class AsyncClient:
+    """`Client`'s operations for asyncio: the same arguments, each method awaited."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        cert: tuple[str | Path, str | Path] | None = None,
+        ca: str | Path | None = None,
+        timeout: float = 30.0,
+        gateway_org_id: str = "gateway",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.gateway_org_id = gateway_org_id
+        self._http = httpx.AsyncClient(
+            **_options(base_url, api_key, cert, ca, timeout), transport=transport
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, call: _Call[T]) -> T:
+        response = await self._http.request(
+            call.method, call.path, params=call.params, headers=call.headers, content=call.content
+        )
+        return call.parse(_checked(response))
+
+    async def mailbox(self, limit: int = 100) -> Mailbox:
+        return await self._send(_Calls.mailbox(limit))
+
+    async def collect(self, message_id: str) -> Collected:
+        return await self._send(_Calls.collect(message_id))
+
+    async def submit(self, bundle: dict[str, Any] | SealedEnvelope) -> MessageAccepted:
+        return await self._send(_Calls.submit(bundle))
+
+    async def organisation_keys(self, org_id: str) -> OrganisationKeys:
+        return await self._send(_Calls.keys(org_id))
+
+    async def open(
+        self,
+        envelope: Envelope,
+        keys: OrgKeys,
+        *,
+        verify: bool = True,
+    ) -> dict[str, Any]:
+        sealed = as_envelope(envelope)
+        signer = await self.organisation_keys(sealed.header.signer) if verify else None
+        return open_envelope(sealed, keys, signer, gateway_org_id=self.gateway_org_id)
+
+    async def request_attest(
+        self, body: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> AttestRequestAccepted:
+        return await self._send(_Calls.request_attest(body, idempotency_key))
+
+    async def inbox(self) -> Inbox:
+        return await self._send(_Calls.inbox())
+
+    async def ack(self, message_id: str) -> ReplyAcknowledged:
+        return await self._send(_Calls.ack(message_id))

@@ -1,0 +1,169 @@
+"""The limits of one client (core/limits.py) on a hand-stepped clock, the client address
+behind trusted proxies (X-Forwarded-For) and the PROXY protocol header parser."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from attest_gateway.core.errors import ErrorCode, RateLimited
+from attest_gateway.core.limits import AuthLockout, EndpointClass, Limit, RequestLimits
+from attest_gateway.entrypoints.http.auth import endpoint_class
+from attest_gateway.entrypoints.http.middleware import forwarded_client
+from attest_gateway.entrypoints.http.proxy_protocol import (
+    V2_SIGNATURE,
+    ProxyHeader,
+    ProxyHeaderError,
+    parse_v1,
+    parse_v2,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+READS = EndpointClass.READS
+
+
+def test_the_rate_allows_a_burst_then_one_per_interval_per_organisation() -> None:
+    clock = Clock()
+    limits = RequestLimits({READS: Limit(2.0, 5.0, at_once=0)}, monotonic=clock)
+    for _ in range(10):  # the burst: 2 a second for 5 seconds
+        with limits.admit("a", READS):
+            pass
+    with pytest.raises(RateLimited) as over, limits.admit("a", READS):
+        pass
+    assert over.value.code is ErrorCode.RATE_LIMITED
+    assert over.value.retry_after == 1  # half a second to the next token, rounded up
+    with limits.admit("b", READS):  # another organisation has its own bucket
+        pass
+    with limits.admit("a", EndpointClass.WRITES):  # a class without limits
+        pass
+    clock.now += 0.5
+    with limits.admit("a", READS):
+        pass
+    with pytest.raises(RateLimited), limits.admit("a", READS):
+        pass
+
+
+def test_requests_at_once_are_capped_and_released() -> None:
+    limits = RequestLimits({READS: Limit(0, 1, at_once=2)}, monotonic=Clock())
+    with limits.admit("a", READS), limits.admit("a", READS):
+        with pytest.raises(RateLimited) as busy, limits.admit("a", READS):
+            pass
+        assert busy.value.code is ErrorCode.TOO_MANY_CONCURRENT_REQUESTS
+        with limits.admit("b", READS):
+            pass
+    assert limits.in_progress("a", READS) == 0
+    with pytest.raises(ValueError, match="boom"), limits.admit("a", READS):  # released on error
+        raise ValueError("boom")
+    assert limits.in_progress("a", READS) == 0
+
+
+def test_failed_authentications_lock_out_one_address_for_a_while() -> None:
+    clock = Clock()
+    lockout = AuthLockout(failures=3, window=60, lockout=300, monotonic=clock)
+    for _ in range(2):
+        lockout.failed("192.0.2.1")
+    lockout.check("192.0.2.1")  # two: not yet
+    clock.now += 61
+    lockout.failed("192.0.2.1")  # the first two are out of the window
+    lockout.check("192.0.2.1")
+    lockout.failed("192.0.2.1")
+    lockout.failed("192.0.2.1")
+    with pytest.raises(RateLimited) as locked:
+        lockout.check("192.0.2.1")
+    assert locked.value.code is ErrorCode.AUTHENTICATION_LOCKED_OUT
+    assert locked.value.retry_after == 300
+    lockout.check("192.0.2.2")
+    clock.now += 300
+    lockout.check("192.0.2.1")  # served again
+
+
+def test_no_lockout_when_switched_off() -> None:
+    lockout = AuthLockout(failures=0, window=60, lockout=300, monotonic=Clock())
+    for _ in range(100):
+        lockout.failed("192.0.2.1")
+    lockout.check("192.0.2.1")
+
+
+@pytest.mark.parametrize(
+    ("path", "methods", "expected"),
+    [
+        ("/medcom/v1/mailbox", {"GET"}, EndpointClass.READS),
+        ("/jobcenter/v1/attest-requests", {"POST"}, EndpointClass.WRITES),
+        ("/webhooks/v1/endpoints/{endpoint_id}", {"DELETE"}, EndpointClass.WRITES),
+        ("/ministry/v1/report", {"GET"}, EndpointClass.REPORTS),
+    ],
+)
+def test_endpoint_classes(path: str, methods: set[str], expected: EndpointClass) -> None:
+    assert endpoint_class(path, methods) is expected
+
+
+PROXIES = (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+@pytest.mark.parametrize(
+    ("header", "client"),
+    [
+        ("203.0.113.66", "203.0.113.66"),
+        ("203.0.113.66, 10.0.0.7", "203.0.113.66"),  # through two proxies
+        ("6.6.6.6, 203.0.113.66", "203.0.113.66"),  # the client's own claim is not believed
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("x" * 300, None),
+        ("203.0.113.66, not-an-address, 10.0.0.7", "10.0.0.7"),
+        ("", None),
+    ],
+)
+def test_the_forwarded_client_is_the_first_untrusted_address_from_the_right(
+    header: str, client: str | None
+) -> None:
+    assert forwarded_client(header, PROXIES) == client
+
+
+def test_proxy_v1_lines() -> None:
+    line = b"PROXY TCP4 203.0.113.66 10.0.0.2 40000 8443\r\n"
+    assert parse_v1(line) == ProxyHeader(("203.0.113.66", 40000))
+    six = b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 8443\r\n"
+    assert parse_v1(six) == ProxyHeader(("2001:db8::1", 40000))
+    assert parse_v1(b"PROXY UNKNOWN\r\n") == ProxyHeader(None)
+    for bad in (
+        b"PROXY TCP4 203.0.113.66 10.0.0.2 40000\r\n",
+        b"PROXY TCP4 2001:db8::1 10.0.0.2 40000 8443\r\n",
+        b"PROXY TCP4 203.0.113.66 10.0.0.2 99999 8443\r\n",
+        b"PROXY TCP4 " + b"1" * 120 + b"\r\n",
+        b"GET / HTTP/1.1\r\n",
+    ):
+        with pytest.raises(ProxyHeaderError):
+            parse_v1(bad)
+
+
+def _v2(command: int, family: int, payload: bytes) -> bytes:
+    return (
+        V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack("!H", len(payload)) + payload
+    )
+
+
+def test_proxy_v2_headers() -> None:
+    four = bytes([203, 0, 113, 66, 10, 0, 0, 2]) + struct.pack("!HH", 40000, 8443)
+    assert parse_v2(_v2(1, 0x11, four)) == ProxyHeader(("203.0.113.66", 40000))
+    tlv = b"\x04\x00\x01x"  # a TLV after the addresses is skipped
+    assert parse_v2(_v2(1, 0x11, four + tlv)) == ProxyHeader(("203.0.113.66", 40000))
+    six = ipaddress.IPv6Address("2001:db8::1").packed + bytes(16) + struct.pack("!HH", 1, 2)
+    assert parse_v2(_v2(1, 0x21, six)) == ProxyHeader(("2001:db8::1", 1))
+    assert parse_v2(_v2(0, 0x00, b"")) == ProxyHeader(None)  # LOCAL: a health check
+    for bad in (
+        _v2(1, 0x11, four[:6]),  # cut short
+        _v2(2, 0x11, four),  # an unknown command
+        _v2(1, 0x11, four)[:-1],  # shorter than its stated length
+        b"\r\n\r\n\x00\r\nQUIX\n" + bytes(4),
+    ):
+        with pytest.raises(ProxyHeaderError):
+            parse_v2(bad)
