@@ -22,9 +22,14 @@ API keys (VAR_DIR/demo-credentials.json):
   (``POST /jobcenter/v1/inbox/{id}/ack``).
 
 An idle poll (nothing waiting) sleeps 0.1 s before the next; a poll that found something is
-followed by the next poll at once. Closed loop: C = 16 conversation slots; a slot submits a
-request, waits until the job centre has acknowledged its reply, and submits the next, for
-the window (15 s; 3 s with --quick); then the conversations in flight drain.
+followed by the next poll at once. The push-driven variant (``roundtrip.push.``, the same
+gateway process, right after the polling runs) has the same clients read with the long-poll
+instead (``?wait=20``): a read that finds nothing waits in the gateway and answers as soon as
+something arrives, and the next read follows at once; nothing sleeps.
+
+Closed loop: C = 16 conversation slots; a slot submits a request, waits until the job centre
+has acknowledged its reply, and submits the next, for the window (15 s; 3 s with --quick);
+then the conversations in flight drain.
 
 The clock: one monotonic clock (``time.perf_counter``) of the benchmark process.
 
@@ -43,7 +48,8 @@ The clock: one monotonic clock (``time.perf_counter``) of the benchmark process.
 - ``roundtrip.rss``: MiB, the gateway process's peak RSS (VmHWM) after the run; one process
   serves every run of its database, so this is its peak so far.
 
-The same with ``roundtrip.pg.`` on PostgreSQL. The figures' extras add the gateway-side
+The same with ``roundtrip.pg.`` on PostgreSQL, and ``roundtrip.push.``, ``roundtrip.pg.push.``
+for the long-polling clients. The figures' extras add the gateway-side
 segments of each conversation (from its ``stages`` table, the gateway's clock), SQL statements
 per round trip, non-202 answers, client errors and the clients' CPU seconds.
 ``BENCH_ROUNDTRIP_DBS=sqlite`` (default ``sqlite,postgres``) chooses the databases.
@@ -109,6 +115,7 @@ CONCURRENCY = 16  # conversations in flight
 HANDLERS = 8  # requests a receiver handles at a time (and replies the job centre acks)
 POLL_IDLE_S = 0.1  # a poll that found nothing waits this long before the next
 POLL_LIMIT = 200  # items per mailbox or inbox read
+LONG_POLL_S = 20  # the push-driven clients' `?wait=`
 KEEP_ALIVE_S = 2.0  # a connection idle longer is reopened (uvicorn closes idle ones after 5 s)
 DRAIN_S = 120.0  # at most, after the window, for the conversations in flight (plus 4 windows)
 REPLY_TEXT = "Borgeren er i behandling; attesten er udfærdiget til benchmark."
@@ -253,6 +260,7 @@ class Run:
     """What one run did and measured."""
 
     window_s: float
+    concurrency: int = CONCURRENCY
     trips: list[Trip] = field(default_factory=list)
     first_sent: float | None = None
     window_end: float = 0.0
@@ -291,9 +299,16 @@ class Conversations:
     """The clients of one run: C job-centre slots, the receivers and the job centre's inbox."""
 
     def __init__(
-        self, gw: RunningGateway, creds: dict[str, Any], requests: Requests, run: Run
+        self,
+        gw: RunningGateway,
+        creds: dict[str, Any],
+        requests: Requests,
+        run: Run,
+        *,
+        wait_s: int = 0,
     ) -> None:
         self.run = run
+        self.wait = f"&wait={wait_s}" if wait_s else ""  # the long-poll, or polling
         self.requests = requests
         self.jobcenter = Api(gw.base_url, gw.api_key)
         self.receivers = {
@@ -376,14 +391,17 @@ class Conversations:
 
         while not self.stop.is_set():
             try:
-                items = await self.jobcenter.get_items(f"/jobcenter/v1/inbox?limit={POLL_LIMIT}")
+                items = await self.jobcenter.get_items(
+                    f"/jobcenter/v1/inbox?limit={POLL_LIMIT}{self.wait}"
+                )
             except (OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
                 run.count(run.errors, f"inbox read: {str(exc)[:60]}")
                 await self._idle()
                 continue
             read_at = time.perf_counter()
             if not items:
-                await self._idle()
+                if not self.wait:  # the long-poll waited in the gateway already
+                    await self._idle()
                 continue
             failed = sum(run.errors.values())
             await asyncio.gather(*(acknowledge(i, read_at) for i in items))
@@ -436,13 +454,14 @@ class Conversations:
 
         while not self.stop.is_set():
             try:
-                items = await api.get_items(f"/medcom/v1/mailbox?limit={POLL_LIMIT}")
+                items = await api.get_items(f"/medcom/v1/mailbox?limit={POLL_LIMIT}{self.wait}")
             except (OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
                 run.count(run.errors, f"{org_id} mailbox read: {str(exc)[:60]}")
                 await self._idle()
                 continue
             if not items:
-                await self._idle()
+                if not self.wait:
+                    await self._idle()
                 continue
             failed = sum(run.errors.values())
             await asyncio.gather(*(handle(i) for i in items))
@@ -451,18 +470,26 @@ class Conversations:
 
 
 async def one_run(
-    gw: RunningGateway, creds: dict[str, Any], requests: Requests, window_s: float
+    gw: RunningGateway,
+    creds: dict[str, Any],
+    requests: Requests,
+    window_s: float,
+    *,
+    wait_s: int = 0,
+    concurrency: int = CONCURRENCY,
 ) -> Run:
-    """Settle, run the closed loop for `window_s` and drain, settle again; account."""
-    run = Run(window_s)
+    """Settle, run the closed loop for `window_s` and drain, settle again; account.
+    `wait_s`: the clients long-poll (push-driven) instead of polling; `concurrency`: the
+    conversations in flight."""
+    run = Run(window_s, concurrency)
     before, _ = await settle(gw, SETTLE_S)
     cpu0, client_cpu0 = cpu_seconds(gw.proc.pid), time.process_time()
-    clients = Conversations(gw, creds, requests, run)
+    clients = Conversations(gw, creds, requests, run, wait_s=wait_s)
     pollers = [asyncio.create_task(clients.inbox())] + [
         asyncio.create_task(clients.receiver(org_id)) for org_id in clients.receivers
     ]
     end = time.perf_counter() + window_s
-    slots = [asyncio.create_task(clients.slot(end)) for _ in range(CONCURRENCY)]
+    slots = [asyncio.create_task(clients.slot(end)) for _ in range(concurrency)]
     run.window_end = end
     deadline = end + DRAIN_S + 4 * window_s
     try:
@@ -480,6 +507,9 @@ async def one_run(
         clients.stop.set()
         for task in slots:
             task.cancel()
+        if wait_s:  # a long-poll in flight would answer only after its wait
+            for task in pollers:
+                task.cancel()
         await asyncio.gather(*pollers, *slots, return_exceptions=True)
         await clients.aclose()
     run.extra["clients_cpu_s"] = time.process_time() - client_cpu0
@@ -573,9 +603,10 @@ DATABASES = {
 
 def _extra(runs: list[Run]) -> dict[str, Any]:
     return {
-        "concurrency": CONCURRENCY,
+        "concurrency": runs[0].concurrency if runs else None,
         "window_s": runs[0].window_s if runs else None,
         "poll_idle_s": POLL_IDLE_S,
+        "long_poll_s": LONG_POLL_S,
         "round_trips": [len(r.completed()) for r in runs],
         "by_receiver": [
             {
@@ -617,40 +648,79 @@ def _notes(runs: list[Run]) -> list[str]:
     return notes
 
 
+# (figure infix, long-poll wait, conversations in flight): today's polling clients and the
+# push-driven ones, under load and one conversation at a time (what a single request sees)
+VARIANTS: tuple[tuple[str, int, int], ...] = (
+    ("", 0, CONCURRENCY),
+    ("push.", LONG_POLL_S, CONCURRENCY),
+    ("single.", 0, 1),
+    ("push.single.", LONG_POLL_S, 1),
+)
+
+
 async def run_database(ctx: BenchContext, db: Database) -> list[Figure]:
     window = 3.0 if ctx.quick else 15.0
-    done: list[Run] = []
+    figures: list[Figure] = []
     async with gateway(ctx, db.kind, "roundtrip") as gw:
         creds = json.loads(
             await asyncio.to_thread((gw.var_dir / "demo-credentials.json").read_text)
         )
         requests = Requests(SEED)
+        for variant, wait_s, concurrency in VARIANTS:
+            done: list[Run] = []
 
-        async def once(_i: int) -> float:
-            run = await one_run(gw, creds, requests, window)
-            done.append(run)
-            return run.throughput()
+            async def once(
+                _i: int,
+                done: list[Run] = done,
+                wait_s: int = wait_s,
+                concurrency: int = concurrency,
+            ) -> float:
+                run = await one_run(
+                    gw, creds, requests, window, wait_s=wait_s, concurrency=concurrency
+                )
+                done.append(run)
+                return run.throughput()
 
-        values = await repeat(ctx, f"{db.prefix}max", once)
-    runs = done[ctx.warmup :]
+            how = f"long-poll ?wait={wait_s}" if wait_s else f"polling, idle {POLL_IDLE_S} s"
+            console.print(f"  clients: {how}, {concurrency} conversation(s) in flight")
+            values = await repeat(ctx, f"{db.prefix}{variant}max", once)
+            figures += _figures(db, window, done[ctx.warmup :], values, variant)
+    return figures
+
+
+def _figures(
+    db: Database, window: float, runs: list[Run], values: list[float], variant: str
+) -> list[Figure]:
+    """The figures of one client variant (`VARIANTS`)."""
     extra = _extra(runs)
     notes = _notes(runs)
+    concurrency = runs[0].concurrency if runs else CONCURRENCY
     clock = (
-        f"closed loop, {CONCURRENCY} conversations in flight for {window:.0f} s, then drained; "
-        "one gateway process serves every run of the database"
+        f"closed loop, {concurrency} conversation(s) in flight for {window:.0f} s, then "
+        "drained; one gateway process serves every run of the database"
+    )
+    push = variant.startswith("push.")
+    how = (
+        f"the clients long-poll (?wait={LONG_POLL_S}: answered as soon as something arrives)"
+        if push
+        else f"both polls (idle sleep {POLL_IDLE_S} s)"
     )
     latency_note = (
         "the benchmark process's monotonic clock, from the 202 answer to the request to the "
-        "answer of the job centre's inbox read that returned its reply; includes both polls "
-        f"(idle sleep {POLL_IDLE_S} s) and the receiver's work"
+        f"answer of the job centre's inbox read that returned its reply; includes {how} and "
+        "the receiver's work"
+    )
+    baseline = f"{db.prefix}max" if variant == "push." else f"{db.ingest}max"
+    kind = (" (push-driven: long-poll" if push else " (polling") + (
+        ", one at a time)" if concurrency == 1 else ")"
     )
 
     def figure(
         name: str, label: str, unit: str, runs_: list[float], note: str, **kw: Any
     ) -> Figure:
         return Figure(
-            name=f"{db.prefix}{name}",
-            label=f"{label} ({db.label})",
+            name=f"{db.prefix}{variant}{name}",
+            label=f"{label}{kind} ({db.label})",
             unit=unit,
             runs=runs_,
             notes="; ".join([note, *notes]),
@@ -663,7 +733,7 @@ async def run_database(ctx: BenchContext, db: Database) -> list[Figure]:
             "max", "full round trip, request → reply acknowledged, max", "round trips/s", values,
             f"{MIX_NOTE}; {clock}; round trips whose reply the job centre read and acknowledged "
             "/ (last acknowledgement − first request sent), on the benchmark process's "
-            "monotonic clock", baseline=f"{db.ingest}max",
+            "monotonic clock", baseline=baseline,
         ),
         figure(
             "p50", "full round trip, 202 → reply read from the inbox, p50", "ms",

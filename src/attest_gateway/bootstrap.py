@@ -37,6 +37,7 @@ from attest_gateway.core.clock import Clock, SimulatedClock, SystemClock
 from attest_gateway.core.webhooks import RetryPolicy
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.container import Gateway
+from attest_gateway.infra.db.arrivals import MailArrivals
 from attest_gateway.infra.db.directory import DirectoryCache
 from attest_gateway.infra.db.engine import STORE_ERRORS, settings_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
@@ -205,7 +206,16 @@ async def _open(
         producer=producer,
         relay=make_relay(settings, bound, producer, clock, outage),
         writes=writes,
-        store=SqlStore(bound, topics, writes),
+        store=SqlStore(
+            bound,
+            topics,
+            writes,
+            MailArrivals(
+                bound,
+                max_waiters=settings.long_poll_max_waiters,
+                check_seconds=settings.long_poll_check_seconds,
+            ),
+        ),
         directory=cache,
         store_key=store_key,
         clock=clock,
@@ -337,6 +347,13 @@ def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
     )
 
 
+def release_long_polls(gw: Gateway) -> None:
+    """End the waits of long-polls at once (shutdown); only sets a flag, so a signal handler
+    may call it."""
+    if gw.store.arrivals is not None:
+        gw.store.arrivals.release()
+
+
 def webhook_config(settings: Settings) -> WebhookConfig:
     """The webhook use cases' settings (the API's and the sender's alike)."""
     timeouts = settings.webhook_connect_timeout_seconds + settings.webhook_read_timeout_seconds
@@ -460,6 +477,7 @@ async def running_gateway(
         # Every step is bounded: a hung component must not keep the process from exiting.
         # Work cut off here was not committed, so it is redone by whoever takes over.
         left = _deadline(settings)
+        release_long_polls(gw)
         if tracker is not None:
             await _bounded("tracker", tracker.stop(), left())
         if sweeper is not None:

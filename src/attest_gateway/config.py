@@ -525,6 +525,17 @@ class Settings(BaseSettings):
         default=None, description="the gateway's client certificate for mutual TLS to endpoints"
     )
     webhook_client_key: Path | None = Field(default=None, description="its private key (PEM)")
+    long_poll_max_waiters: int = Field(
+        default=200,
+        ge=0,
+        description="long-polls (`?wait=`) waiting at once per process; one more answers at once",
+    )
+    long_poll_check_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=5,
+        description="how often a long-poll looks for mail delivered by another process",
+    )
 
     @field_validator("tracker_contact_counts")
     @classmethod

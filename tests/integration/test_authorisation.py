@@ -65,6 +65,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/ministry/static/{name}"): Access.PUBLIC,
     ("POST", "/jobcenter/v1/attest-requests"): Access.JOBCENTER,
     ("GET", "/jobcenter/v1/attest-requests/{conversation_id}"): Access.JOBCENTER,
+    ("GET", "/jobcenter/v1/attest-requests"): Access.JOBCENTER,
+    ("POST", "/jobcenter/v1/attest-requests/{conversation_id}/cancel"): Access.JOBCENTER,
+    ("POST", "/jobcenter/v1/attest-requests/{conversation_id}/extend"): Access.JOBCENTER,
+    ("POST", "/jobcenter/v1/attest-requests/{conversation_id}/remind"): Access.JOBCENTER,
     ("POST", "/jobcenter/v1/contacts"): Access.JOBCENTER,
     ("POST", "/jobcenter/v1/cases/close"): Access.JOBCENTER,
     ("POST", "/jobcenter/v1/cases"): Access.JOBCENTER,
@@ -204,6 +208,8 @@ async def test_other_job_centres_conversation_inbox_and_reply(harness: Harness) 
     cases = [
         ("GET", "/jobcenter/v1/attest-requests/{}", done.conversation_id),
         ("GET", "/jobcenter/v1/attest-requests/{}", waiting_cid),
+        ("POST", "/jobcenter/v1/attest-requests/{}/cancel", waiting_cid),
+        ("POST", "/jobcenter/v1/attest-requests/{}/remind", waiting_cid),
         ("POST", "/jobcenter/v1/inbox/{}/ack", done.reply_message_id),
         ("POST", "/jobcenter/v1/inbox/{}/ack", waiting_reply),
         # a message that is in jc-koebenhavn's mailbox but is not a reply

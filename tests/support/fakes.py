@@ -35,6 +35,7 @@ from attest_gateway.ports.records import (
     InboundRecord,
     MailAddress,
     MailItem,
+    RequestAction,
     SeenId,
     StageEntry,
     StageRecord,
@@ -158,6 +159,7 @@ class FakeState:
     cases: dict[str, CaseRecord] = field(default_factory=dict)
     treatments: dict[str, TreatmentRecord] = field(default_factory=dict)
     audit: list[AuditEvent] = field(default_factory=list)
+    actions: dict[tuple[str, str, str], RequestAction] = field(default_factory=dict)
 
     def envelopes(self) -> list[SealedEnvelope]:
         """The envelopes in the outbox, in the order they were put there."""
@@ -185,6 +187,31 @@ class FakeConversations(_Repo):
     async def by_request(self, message_id: str) -> Conversation | None:
         found = (c for c in self.s.conversations.values() if c.request_message_id == message_id)
         return next(found, None)
+
+    async def of_jobcenter(
+        self,
+        jobcenter_org_id: str,
+        *,
+        attest_type: str | None,
+        before: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[Conversation]:
+        found = sorted(
+            (
+                c
+                for c in self.s.conversations.values()
+                if c.jobcenter_org_id == jobcenter_org_id
+                and (attest_type is None or c.attest_type == attest_type)
+                and (before is None or (c.created_at, c.id) < before)
+            ),
+            key=lambda c: (c.created_at, c.id),
+            reverse=True,
+        )
+        return found[:limit]
+
+    async def set_deadline(self, conversation_id: str, reply_deadline: dt.date) -> None:
+        conv = self.s.conversations[conversation_id]
+        self.s.conversations[conversation_id] = replace(conv, reply_deadline=reply_deadline)
 
 
 class FakeMailbox(_Repo):
@@ -316,6 +343,22 @@ class FakeStages(_Repo):
         self.s.outbox.append(OutboxRecord(event, at))
         return True
 
+    async def emit(
+        self,
+        conv: Conversation,
+        stage: Stage,
+        *,
+        message_id: str,
+        message_type: MessageType,
+        at: dt.datetime,
+        detail: str | None = None,
+    ) -> None:
+        event = StageEventRecord(conv.id, stage, message_id, message_type, at, detail)
+        self.s.outbox.append(OutboxRecord(event, at))
+
+    async def timelines(self, conversation_ids: Sequence[str]) -> dict[str, list[StageEntry]]:
+        return {cid: await self.timeline(cid) for cid in conversation_ids}
+
     async def record_many(self, items: Sequence[StageRecord]) -> int:
         new = 0
         for i in sorted(items, key=lambda i: (i.conv.id, i.stage.value)):
@@ -361,7 +404,27 @@ class FakeOutbox(_Repo):
         self._mark(set(message_ids) & self._claimed, at)
 
 
+class FakeRequestActions(_Repo):
+    async def get(self, conversation_id: str, action: str, key: str) -> RequestAction | None:
+        return self.s.actions.get((conversation_id, action, key))
+
+    async def of(self, conversation_id: str) -> list[RequestAction]:
+        found = [a for a in self.s.actions.values() if a.conversation_id == conversation_id]
+        return sorted(found, key=lambda a: a.at)
+
+    async def add(self, record: RequestAction) -> bool:
+        key = (record.conversation_id, record.action, record.key)
+        if key in self.s.actions:
+            return False
+        self.s.actions[key] = record
+        return True
+
+
 class FakeSentCopies(_Repo):
+    async def copy_of(self, message_id: str) -> bytes | None:
+        found = self.s.sent.get(message_id)
+        return found[0].to_json() if found is not None else None
+
     async def acknowledge(self, message_id: str, at: dt.datetime) -> None:
         if message_id in self.s.sent and self.s.sent[message_id][1] is None:
             self.s.sent[message_id] = (self.s.sent[message_id][0], at)
@@ -506,6 +569,7 @@ class FakeUnitOfWork:
         self.cases = FakeCases(state)
         self.treatments = FakeTreatments(state)
         self.audit = FakeAuditLog(state)
+        self.actions = FakeRequestActions(state)
 
 
 class FakeStore:
@@ -528,6 +592,15 @@ class FakeStore:
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[FakeUnitOfWork]:
         yield FakeUnitOfWork(copy.deepcopy(self.state), self.directory, self.busy)
+
+    async def wait_for_mail(self, org_id: str, *, replies: bool, seconds: float) -> bool:
+        """No waiting in memory: whether mail waits now."""
+        return any(
+            m.receiver_org_id == org_id
+            and m.collected_at is None
+            and (not replies or m.message_type == MessageType.ATTEST_REPLY.value)
+            for m in self.state.mailbox.values()
+        )
 
     async def accept_request(self, accepted: AcceptedRequest) -> None:
         conv, s = accepted.conv, self.state

@@ -22,8 +22,8 @@ from attest_gateway.medcom.build import (
     build_attest_request,
 )
 from attest_gateway.medcom.parse import parse_bundle
-from attest_gateway.medcom.read import OrgIdentifiers
-from attest_gateway.medcom.reminders import build_reminder
+from attest_gateway.medcom.read import OrgIdentifiers, read_message
+from attest_gateway.medcom.reminders import build_cancellation, build_reminder
 from attest_gateway.services.health import NEGATIVE_ACKS
 from tests.support.medcom_profiles import Conformance, Issue, NotChecked, validate_bundle
 from tests.support.people import CASEWORKER, CITIZEN_NAME, CLINICIAN
@@ -284,6 +284,20 @@ def _reminder() -> dict[str, Any]:
     )
 
 
+def _cancellation() -> dict[str, Any]:
+    return build_cancellation(
+        request_message_id=REQUEST_ID,
+        conversation_id=CONVERSATION,
+        message_id="7d0c6d51-8a51-4f0e-a5b3-0c9c1b0d8f02",
+        bundle_id="8d0c6d51-8a51-4f0e-a5b3-0c9c1b0d8f02",
+        sent_at=SENT_AT,
+        sender=JOBCENTRE,
+        receiver=CLINIC,
+        attest_type="LÆ 125",
+        request=parse_bundle(_request()),
+    )
+
+
 PDF = b"%PDF-1.7\n% an attest\n%%EOF\n"
 
 KINDS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -304,6 +318,7 @@ KINDS: dict[str, Callable[[], dict[str, Any]]] = {
     ),
     "refusal-hl7-code": lambda: _ack(_request(), "fatal-error", error_code="MSG_BAD_FORMAT"),
     "reminder": _reminder,
+    "cancellation": _cancellation,
     # The gateway's negative acknowledgements of a refused reply, one per issue code it uses.
     **{
         f"negative-ack-{issue}": functools.partial(
@@ -407,3 +422,12 @@ def test_reply_repeats_the_request_segment_first() -> None:
     assert clinician["qualification"][0]["identifier"] == [
         {"system": "https://autregweb.sst.dk", "value": "0C4B1"}
     ]
+
+
+def test_cancellation_reads_as_a_cancellation_of_the_request() -> None:
+    info = read_message(parse_bundle(_cancellation()))
+    assert info.message_type == "attest-cancellation"
+    assert (
+        _resource(_cancellation(), "Patient")["identifier"]
+        == (_resource(_request(), "Patient")["identifier"])
+    )

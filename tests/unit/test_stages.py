@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from attest_gateway.contracts.stages import Stage, current_stage
+from attest_gateway.contracts.stages import FINAL_STAGES, Stage, current_stage
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 
@@ -59,3 +59,16 @@ def test_current_stage(timeline: list[tuple[Stage, dt.datetime]], expected: Stag
 def test_side_events_before_the_latest_progress_do_not_count() -> None:
     timeline = [(S.IN_MAILBOX, at(0.1)), (S.RESENT, at(0.6)), (S.FETCHED, at(0.8))]
     assert current_stage(timeline) is S.FETCHED
+
+
+def test_a_cancelled_request_stays_cancelled() -> None:
+    t = dt.datetime(2026, 5, 1, 9, tzinfo=dt.UTC)
+    timeline = [
+        (Stage.SUBMITTED, t),
+        (Stage.IN_MAILBOX, t + dt.timedelta(minutes=1)),
+        (Stage.CANCELLED, t + dt.timedelta(hours=1)),
+        (Stage.DEADLINE_EXTENDED, t + dt.timedelta(hours=2)),  # an earlier extension's echo
+    ]
+    assert current_stage(timeline) is Stage.CANCELLED
+    assert Stage.CANCELLED in FINAL_STAGES
+    assert current_stage(timeline[:2] + timeline[3:]) is Stage.DEADLINE_EXTENDED

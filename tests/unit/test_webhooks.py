@@ -85,6 +85,8 @@ def endpoint(org: str, *events: WebhookEvent, id_: str = "ep_1") -> EndpointReco
             "due 2026-05-01",
             [("jc", (WebhookEvent.REQUEST_OVERDUE, WebhookEvent.STATUS_CHANGED))],
         ),
+        (Stage.CANCELLED, None, [("jc", (WebhookEvent.STATUS_CHANGED,))]),
+        (Stage.DEADLINE_EXTENDED, "2026-06-01", []),
     ],
 )
 def test_a_stage_concerns_the_job_centre_and_the_receiver(

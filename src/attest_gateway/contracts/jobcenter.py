@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -195,3 +195,50 @@ class Inbox(_Contract):
         default_factory=list,
         description="replies that cannot be read now; the readable ones always come first",
     )
+
+
+class AttestRequestSummary(_Contract):
+    """One request in the job centre's list."""
+
+    conversation_id: str
+    attest_type: str
+    case_kind: CaseKind
+    caseworker_ref: str
+    created_at: dt.datetime
+    reply_deadline: dt.date
+    stage: Stage = Field(description="where it stands (the status)")
+    overdue: bool = Field(description="the reply deadline passed without an attest")
+    status_url: str
+
+
+class AttestRequestList(_Contract):
+    """A page of the job centre's requests, newest first."""
+
+    items: list[AttestRequestSummary]
+    next_cursor: str | None = Field(
+        default=None,
+        description="pass it as `cursor` for the next page; absent on the last page",
+    )
+
+
+class DeadlineExtensionIn(_Contract):
+    """`POST /jobcenter/v1/attest-requests/{id}/extend`."""
+
+    reply_deadline: InputDate = Field(
+        description="the new reply deadline: later than the current one, at most a year ahead"
+    )
+
+
+class RequestActionOut(_Contract):
+    """What a cancellation, a deadline extension or a reminder by hand did."""
+
+    conversation_id: str
+    action: Literal["cancel", "extend", "remind"] = Field(
+        description="what was done: cancelled, deadline extended, reminded by hand"
+    )
+    at: dt.datetime
+    message_id: str | None = Field(
+        default=None, description="the message sent to the receiver (cancel, remind)"
+    )
+    reply_deadline: dt.date = Field(description="the request's reply deadline now")
+    status_url: str

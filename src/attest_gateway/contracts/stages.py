@@ -29,8 +29,10 @@ class Stage(StrEnum):
     RESENT = "resent"  # no acknowledgement in time: resent (MedCom resend rule)
     UNDELIVERABLE = "undeliverable"  # still no acknowledgement after the last resend
     OVERDUE = "overdue"  # the reply deadline passed without an attest (tracker)
-    REMINDED = "reminded"  # the tracker sent the receiver a reminder (first one)
+    REMINDED = "reminded"  # the receiver was reminded (the tracker's first, or by hand)
     REFUSED = "refused"  # the receiver refused the request (a fatal-error acknowledgement)
+    DEADLINE_EXTENDED = "deadline_extended"  # the job centre moved the reply deadline later
+    CANCELLED = "cancelled"  # the job centre cancelled the request (the receiver was told)
 
 
 STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
@@ -40,13 +42,14 @@ STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
 PROGRESS: tuple[Stage, ...] = STAGE_ORDER[: STAGE_ORDER.index(Stage.REPLY_ACKNOWLEDGED) + 1]
 
 # A conversation is finished once it reached one of these: the job centre acknowledged the
-# reply, the request was given up after its last resend, or the receiver refused it. Nothing
-# more is sent in it, so retention may remove it (docs/data-lifecycle.md); a conversation
-# without one is open.
+# reply, the request was given up after its last resend, the receiver refused it, or the job
+# centre cancelled it. Nothing more is sent in it, so retention may remove it
+# (docs/data-lifecycle.md); a conversation without one is open.
 FINAL_STAGES: tuple[Stage, ...] = (
     Stage.REPLY_ACKNOWLEDGED,
     Stage.UNDELIVERABLE,
     Stage.REFUSED,
+    Stage.CANCELLED,
 )
 
 
@@ -56,8 +59,10 @@ def current_stage(timeline: Sequence[tuple[Stage, dt.datetime]]) -> Stage:
     The furthest progress stage, unless something happened to the conversation after it while
     it still waits for the attest (resent, undeliverable, overdue, reminded): then that, the
     latest such. Once the attest is replied, later side events no longer describe it. A
-    refused request stays refused: nothing more happens in it.
+    refused request stays refused, a cancelled one cancelled: nothing more happens in it.
     """
+    if any(s is Stage.CANCELLED for s, _ in timeline):
+        return Stage.CANCELLED
     progress = [(s, at) for s, at in timeline if s in PROGRESS]
     furthest = max(progress, key=lambda p: PROGRESS.index(p[0]), default=None)
     if furthest is not None and PROGRESS.index(furthest[0]) >= PROGRESS.index(Stage.REPLIED):
@@ -76,6 +81,7 @@ class MessageType(StrEnum):
     ATTEST_REPLY = "attest-reply"
     ACKNOWLEDGEMENT = "acknowledgement"
     ATTEST_REMINDER = "attest-reminder"  # the tracker reminds the receiver of a request
+    ATTEST_CANCELLATION = "attest-cancellation"  # the job centre cancelled a request
 
 
 class StageEvent(BaseModel):

@@ -65,6 +65,7 @@ class ErrorCode(StrEnum):
     RECEIVER_CANNOT_ISSUE = "receiver-cannot-issue"
     RECEIVER_HAS_NO_KEY = "receiver-has-no-key"
     INVALID_REPLY_DEADLINE = "invalid-reply-deadline"
+    INVALID_CURSOR = "invalid-cursor"
     INVALID_FIRST_DAY_OF_ABSENCE = "invalid-first-day-of-absence"
     INVALID_CONTACT_DATE = "invalid-contact-date"
     INVALID_CLOSED_DATE = "invalid-closed-date"
@@ -128,6 +129,9 @@ class ErrorCode(StrEnum):
     CASE_CONFLICT = "case-conflict"
     MESSAGE_ID_CONFLICT = "message-id-conflict"
     REPLAYED_MESSAGE_ID = "replayed-message-id"
+    REQUEST_CANCELLED = "request-cancelled"
+    REQUEST_ANSWERED = "request-answered"
+    REMINDER_LIMIT = "reminder-limit"
 
     # The caller sends too much
     RATE_LIMITED = "rate-limited"

@@ -145,6 +145,7 @@ MESSAGE_KIND_SYSTEM: Final = f"{PROJECT_CANONICAL_BASE}/CodeSystem/message-kind"
 
 
 REMINDER_CODE: Final = "reminder"
+CANCELLATION_CODE: Final = "cancellation"
 
 
 REPLY_DEADLINE_EXTENSION_URL: Final = f"{PROJECT_CANONICAL_BASE}/StructureDefinition/reply-deadline"
@@ -289,6 +290,7 @@ ResponseCode = Literal["ok", "transient-error", "fatal-error"]
 MedcomMessageType = Literal[
     "attest-request",
     "attest-reminder",
+    "attest-cancellation",
     "attest-reply",
     "acknowledgement",
     "other-care-communication",

@@ -13,6 +13,7 @@ from attest_gateway.medcom.codes import (
     ACTIVITY_NEW,
     ACTIVITY_REPLY,
     ATTEST_TYPE_SYSTEMS,
+    CANCELLATION_CODE,
     CASE_KIND_SYSTEMS,
     CPR_SYSTEM,
     ENTITY_ROLE_REVISION,
@@ -145,7 +146,8 @@ def read_message(bundle: Bundle) -> MessageInfo:
     ``message_type``: ``acknowledgement`` for event ``acknowledgement-message``; for
     ``care-communication-message``, ``attest-request`` when the newest Provenance's activity
     is ``new-message`` (``attest-reminder`` if the Communication carries the
-    :data:`MESSAGE_KIND_SYSTEM` ``reminder`` coding) and ``attest-reply`` when it is
+    :data:`MESSAGE_KIND_SYSTEM` ``reminder`` coding, ``attest-cancellation`` if it has the
+    ``cancellation`` one) and ``attest-reply`` when it is
     ``reply-message``; anything else
     (forwards, other MedCom events) is ``other-care-communication``. The message type does not
     depend on an attest type being present (the published examples have none).
@@ -162,8 +164,13 @@ def read_message(bundle: Bundle) -> MessageInfo:
         message_type = "acknowledgement"
     elif event == EVENT_CARE_COMMUNICATION and activity == ACTIVITY_NEW:
         marker = communication_coding(communication, MESSAGE_KIND_SYSTEMS)
-        is_reminder = marker is not None and marker.code == REMINDER_CODE
-        message_type = "attest-reminder" if is_reminder else "attest-request"
+        kind = marker.code if marker is not None else None
+        if kind == REMINDER_CODE:
+            message_type = "attest-reminder"
+        elif kind == CANCELLATION_CODE:
+            message_type = "attest-cancellation"
+        else:
+            message_type = "attest-request"
     elif event == EVENT_CARE_COMMUNICATION and activity == ACTIVITY_REPLY:
         message_type = "attest-reply"
     else:

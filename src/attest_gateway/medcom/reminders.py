@@ -1,4 +1,5 @@
-"""The reminder: a MedCom-like message to the receiver of an overdue attest request.
+"""The reminder: a MedCom-like message to the receiver of an overdue attest request; and
+the cancellation of a request, built the same way (`build_cancellation`).
 
 Pure builder. Modelled, like the request, on CareCommunication 5.0 (event
 ``care-communication-message``), sent on behalf of the requesting job centre to the receiver:
@@ -40,6 +41,7 @@ from attest_gateway.medcom.codes import (
     ACTIVITY_CODES_SYSTEM,
     ACTIVITY_NEW,
     ATTEST_TYPE_SYSTEM,
+    CANCELLATION_CODE,
     CARE_COMMUNICATION_DEFINITION,
     DESTINATION_PRIMARY,
     DESTINATION_USE_EXTENSION_URL,
@@ -116,6 +118,80 @@ def build_reminder(
     text segment are copied (see the module's docstring). Without it the reminder has a
     reference-only Patient and no segment author.
     """
+    return _notice(
+        request_message_id=request_message_id,
+        conversation_id=conversation_id,
+        message_id=message_id,
+        bundle_id=bundle_id,
+        sent_at=sent_at,
+        sender=sender,
+        receiver=receiver,
+        attest_type=attest_type,
+        kind=REMINDER_CODE,
+        topic=f"Påmindelse om {attest_type}",
+        text=reminder_text(attest_type, due, seq),
+        due=due,
+        request=request,
+    )
+
+
+def cancellation_text(attest_type: str) -> str:
+    return (
+        f"Annullering: jobcentret har annulleret anmodningen om {attest_type}. Der skal ikke "
+        "sendes en attest, og anmodningen i samme samtale kan lukkes."
+    )
+
+
+def build_cancellation(
+    *,
+    request_message_id: str,
+    conversation_id: str,
+    message_id: str,
+    bundle_id: str,
+    sent_at: dt.datetime,
+    sender: OrgIdentifiers,
+    receiver: OrgIdentifiers,
+    attest_type: str,
+    request: Bundle | None = None,
+) -> dict[str, Any]:
+    """The cancellation of request `request_message_id`: built as the reminder is (a new
+    CareCommunication in the request's conversation, Provenance `revision` of the request),
+    marked with the :data:`CANCELLATION_CODE` message kind and a text that says no attest is
+    to be sent; no reply deadline (pure; same inputs, same Bundle)."""
+    return _notice(
+        request_message_id=request_message_id,
+        conversation_id=conversation_id,
+        message_id=message_id,
+        bundle_id=bundle_id,
+        sent_at=sent_at,
+        sender=sender,
+        receiver=receiver,
+        attest_type=attest_type,
+        kind=CANCELLATION_CODE,
+        topic=f"Annullering af {attest_type}",
+        text=cancellation_text(attest_type),
+        due=None,
+        request=request,
+    )
+
+
+def _notice(
+    *,
+    request_message_id: str,
+    conversation_id: str,
+    message_id: str,
+    bundle_id: str,
+    sent_at: dt.datetime,
+    sender: OrgIdentifiers,
+    receiver: OrgIdentifiers,
+    attest_type: str,
+    kind: str,
+    topic: str,
+    text: str,
+    due: dt.date | None,
+    request: Bundle | None,
+) -> dict[str, Any]:
+    """A message about request `request_message_id` to its receiver, of message kind `kind`."""
     if sent_at.tzinfo is None or sent_at.utcoffset() is None:
         raise ValueError("timestamps must be timezone-aware")
     when = sent_at.isoformat()
@@ -159,7 +235,11 @@ def build_reminder(
         "focus": [{"reference": f"Communication/{communication_id}"}],
         "definition": CARE_COMMUNICATION_DEFINITION,
     }
-    deadline = {"url": REPLY_DEADLINE_EXTENSION_URL, "valueDate": due.isoformat()}
+    deadline = (
+        [{"url": REPLY_DEADLINE_EXTENSION_URL, "valueDate": due.isoformat()}]
+        if due is not None
+        else []
+    )
     communication: dict[str, Any] = {
         "resourceType": "Communication",
         "id": communication_id,
@@ -171,17 +251,17 @@ def build_reminder(
         "topic": {
             "coding": [
                 {"system": ATTEST_TYPE_SYSTEM, "code": attest_type},
-                {"system": MESSAGE_KIND_SYSTEM, "code": REMINDER_CODE},
+                {"system": MESSAGE_KIND_SYSTEM, "code": kind},
             ],
-            "text": f"Påmindelse om {attest_type}",
+            "text": topic,
         },
         "payload": [
             payload_segment(
                 when,
                 payload_id,
                 sender_ref,
-                {"contentString": reminder_text(attest_type, due, seq)},
-                extra=[*author_extensions, deadline],
+                {"contentString": text},
+                extra=[*author_extensions, *deadline],
             )
         ],
     }

@@ -23,6 +23,7 @@ the id), topics, problem codes, organisation ids and LÆ types.
     attest_gateway_group_commit_requests{outcome}                   histogram: accepted requests
                                                                     per transaction (committed |
                                                                     failed)
+    attest_gateway_long_polls_waiting                               `?wait=` reads waiting now
     attest_gateway_outbox_depth{topic}                              not yet published
     attest_gateway_outbox_oldest_age_seconds
     attest_gateway_mailbox_depth{receiver,message_type}             delivered, not collected
@@ -115,6 +116,9 @@ GROUP_COMMIT_REQUESTS = Histogram(
     "Accepted requests written in one group-commit transaction (failed: redone one by one)",
     ["outcome"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+LONG_POLLS_WAITING = Gauge(
+    "attest_gateway_long_polls_waiting", "Long-polls of a mailbox or inbox waiting in this process"
 )
 OUTBOX_DEPTH = Gauge("attest_gateway_outbox_depth", "Outbox rows not yet published", ["topic"])
 OUTBOX_OLDEST = Gauge(

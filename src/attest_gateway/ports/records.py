@@ -48,6 +48,21 @@ class StageRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestAction:
+    """What a job centre did to its request after sending it: `cancel` (key ""), `extend`
+    (key: the new deadline, ISO), `remind` (key: the day, ISO: one a day). `id`: the message
+    sent (cancel, remind) or the action's own id (extend)."""
+
+    conversation_id: str
+    action: Literal["cancel", "extend", "remind"]
+    key: str
+    id: str
+    at: dt.datetime
+    detail: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StageEntry:
     """A stage a conversation reached, as recorded (its timeline)."""
 

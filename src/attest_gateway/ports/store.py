@@ -34,6 +34,7 @@ from attest_gateway.ports.records import (
     InboundRecord,
     MailAddress,
     MailItem,
+    RequestAction,
     SeenId,
     StageEntry,
     StageRecord,
@@ -81,6 +82,22 @@ class Conversations(Protocol):
 
     async def by_request(self, message_id: str) -> Conversation | None:
         """The conversation whose request has this message id."""
+        ...
+
+    async def of_jobcenter(
+        self,
+        jobcenter_org_id: str,
+        *,
+        attest_type: str | None,
+        before: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[Conversation]:
+        """Up to `limit` of the job centre's conversations (of `attest_type` when given),
+        newest first (created, then id, descending), those after `before` in that order."""
+        ...
+
+    async def set_deadline(self, conversation_id: str, reply_deadline: dt.date) -> None:
+        """Move the conversation's reply deadline (an extension)."""
         ...
 
 
@@ -166,6 +183,37 @@ class Stages(Protocol):
         """`record` for many stages at once (no envelopes); how many were new."""
         ...
 
+    async def emit(
+        self,
+        conv: Conversation,
+        stage: Stage,
+        *,
+        message_id: str,
+        message_type: MessageType,
+        at: dt.datetime,
+        detail: str | None = None,
+    ) -> None:
+        """A stage event again, for a stage recorded before (a second extension or reminder)."""
+        ...
+
+    async def timelines(self, conversation_ids: Sequence[str]) -> dict[str, list[StageEntry]]:
+        """The recorded stages of these conversations (one look-up for all)."""
+        ...
+
+
+class RequestActions(Protocol):
+    """What job centres did to their requests after sending them (`RequestAction`)."""
+
+    async def get(self, conversation_id: str, action: str, key: str) -> RequestAction | None: ...
+
+    async def of(self, conversation_id: str) -> list[RequestAction]:
+        """The conversation's actions, oldest first."""
+        ...
+
+    async def add(self, record: RequestAction) -> bool:
+        """Add unless its (conversation, action, key) is there already; whether it was added."""
+        ...
+
 
 class Outbox(Protocol):
     """The records waiting to be published to Kafka by the relay."""
@@ -210,6 +258,10 @@ class SentCopies(Protocol):
     """The copies of sent messages that await a MedCom acknowledgement (resend rule)."""
 
     async def acknowledge(self, message_id: str, at: dt.datetime) -> None: ...
+
+    async def copy_of(self, message_id: str) -> bytes | None:
+        """The gateway's own sealed copy of a message it sent (a sealed envelope), if kept."""
+        ...
 
 
 class Inbound(Protocol):
@@ -315,6 +367,8 @@ class UnitOfWork(Protocol):
     def treatments(self) -> Treatments: ...
     @property
     def audit(self) -> AuditLog: ...
+    @property
+    def actions(self) -> RequestActions: ...
 
 
 class Store(Protocol):
@@ -330,6 +384,12 @@ class Store(Protocol):
         """Write an accepted request's records, committed together with those of the
         requests accepted at the same moment. Raises `KeyTaken` when its Idempotency-Key
         was taken meanwhile."""
+        ...
+
+    async def wait_for_mail(self, org_id: str, *, replies: bool, seconds: float) -> bool:
+        """Wait up to `seconds` until mail waits uncollected for `org_id` (only readable attest
+        replies: `replies`), answering as soon as it does (a long-poll). Whether it does; False
+        at once when too many requests wait already or the gateway is shutting down."""
         ...
 
 

@@ -68,6 +68,7 @@ from attest_gateway.ports.store import (
     Store,
     UnitOfWork,
 )
+from attest_gateway.services.lifecycle import action_entries
 
 log = structlog.get_logger(__name__)
 
@@ -274,6 +275,7 @@ async def conversation_status(store: Store, org: Organisation, cid: str) -> Conv
     async with store.reading() as uow:
         conv = await _own_conversation(uow.conversations, org, cid)
         rows = await uow.stages.timeline(cid)
+        rows += action_entries(rows, await uow.actions.of(cid))
         receiver = await uow.directory.org_by_id(conv.receiver_org_id)
     assert receiver is not None
     timeline = [
@@ -281,7 +283,9 @@ async def conversation_status(store: Store, org: Organisation, cid: str) -> Conv
         for r in rows
     ]
     timeline.sort(key=lambda e: (e.at, STAGE_ORDER.index(e.stage)))
-    reached = {e.stage: e.at for e in timeline}
+    reached: dict[Stage, dt.datetime] = {}
+    for e in timeline:
+        reached.setdefault(e.stage, e.at)  # the first time each stage was reached
     current = current_stage([(e.stage, e.at) for e in timeline])
     return ConversationStatus(
         conversation_id=conv.id,

@@ -86,6 +86,7 @@ STATUS_STAGES = frozenset(
         Stage.UNDELIVERABLE,
         Stage.OVERDUE,
         Stage.REMINDED,
+        Stage.CANCELLED,  # also when another system of the job centre cancelled it
     }
 )
 REFUSED_CODE = "fatal-error"  # the MedCom acknowledgement code that refuses a request

@@ -74,6 +74,7 @@ STAGE_COLUMNS: dict[Stage, str] = {s: stage_column(s) for s in r.TIMED_STAGES}
 
 MUTABLE = (
     *(stage_column(s) for s in r.TIMED_STAGES),
+    "request_deadline",
     "due_date",
     "requested_late",
     "outcome",
@@ -325,7 +326,16 @@ class TrackerState:
             batch.created.discard(e.conversation_id)
             await self._on_created(conn, batch.episodes, row, e)
         if e.stage is Stage.REMINDED:
+            if e.detail == "manual":  # by hand: the sweep's count and rollups are its own
+                return created
             return await self._apply_reminder(conn, batch, row, e) or created
+        if e.stage is Stage.CANCELLED:
+            if row.outcome is not None:
+                return created
+            batch.set(row, outcome="cancelled")  # no longer due: neither overdue nor reminded
+            return True
+        if e.stage is Stage.DEADLINE_EXTENDED:
+            return self._extend(batch, row, e) or created
         if e.stage not in r.TIMED_STAGES:
             return created
         column = STAGE_COLUMNS[e.stage]
@@ -424,6 +434,19 @@ class TrackerState:
         due = self._due_date(row)
         if due is not None and due != row.due_date:
             batch.set(row, due_date=due)
+
+    def _extend(self, batch: Conversations, row: Any, e: StageEvent) -> bool:
+        """The job centre moved the deadline later (detail: the new one): due from then on.
+        Only ever later, so a replayed older extension changes nothing."""
+        try:
+            new = dt.date.fromisoformat(e.detail or "")
+        except ValueError:
+            return False
+        if new <= row.request_deadline:
+            return False
+        due = self.rules.calendar.next_working_day(new) if self.rules.next_working_day else new
+        batch.set(row, request_deadline=new, due_date=due)
+        return True
 
     async def _decide_on_reply(
         self, conn: AsyncConnection, batch: Conversations, row: Any, at: dt.datetime

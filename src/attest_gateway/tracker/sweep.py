@@ -131,7 +131,7 @@ class TrackerSweep:
         for cid in ids:
             async with self._gw.engine.begin() as conn:
                 conv = await load_conversation(conn, cid)
-                if conv is None or await _has_stage(conn, cid, Stage.REPLIED):
+                if conv is None or await _stopped(conn, cid, conv.reply_deadline, today):
                     continue
                 if await _has_stage(conn, cid, Stage.REFUSED):  # refused since the select
                     continue
@@ -164,6 +164,7 @@ class TrackerSweep:
                         # flagged, or just flagged by this sweep (its event is still on the way)
                         sa.or_(t.c.overdue_at.is_not(None), t.c.due_date < today),
                         t.c.replied_at.is_(None),
+                        sa.or_(t.c.outcome.is_(None), t.c.outcome != "cancelled"),
                         t.c.reminders < rules.reminder_max,
                         ~_refused(t.c.conversation_id),
                     )
@@ -185,7 +186,9 @@ class TrackerSweep:
         gw = self._gw
         async with gw.engine.begin() as conn:
             conv = await load_conversation(conn, cid)
-            if conv is None or await _has_stage(conn, cid, Stage.REPLIED):
+            if conv is None or await _stopped(
+                conn, cid, conv.reply_deadline, rules.local_date(now)
+            ):
                 return 0
             if await _has_stage(conn, cid, Stage.REFUSED):  # the receiver refused it
                 return 0
@@ -306,6 +309,15 @@ class TrackerSweep:
 
 def _ids(org: Any) -> OrgIdentifiers:
     return OrgIdentifiers(name=org.name, sor=org.sor, gln=org.gln)
+
+
+async def _stopped(conn: AsyncConnection, cid: str, deadline: dt.date, today: dt.date) -> bool:
+    """Whether the clock stopped for this request: answered, cancelled, or its deadline
+    extended to a day not yet passed (read from the stages and the conversation, so it holds
+    before the tracker consumer has seen the stage)."""
+    if await _has_stage(conn, cid, Stage.REPLIED) or await _has_stage(conn, cid, Stage.CANCELLED):
+        return True
+    return await _has_stage(conn, cid, Stage.DEADLINE_EXTENDED) and deadline >= today
 
 
 def _refused(conversation_id: sa.ColumnElement[str]) -> sa.Exists:

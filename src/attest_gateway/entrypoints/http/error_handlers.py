@@ -11,6 +11,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest_gateway.core.errors import (
@@ -52,6 +53,25 @@ def problem_response(
     )
 
 
+def allowed_methods(request: Request) -> str | None:
+    """The methods of the path the request reached, over all its routes: Starlette's 405
+    names only the first route's, so a path with a GET and a POST route would say `POST`
+    alone. The path is the first route's that matches (the one Starlette refused the method
+    for); routes of another template that happen to match too (`/cases/{case_id}` for
+    `/cases/close`) are not its methods."""
+    path = request.scope["path"]
+    template: str | None = None
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        pattern = getattr(route, "path_regex", None)
+        if pattern is None or not pattern.match(path):
+            continue
+        template = template or route.path_format
+        if route.path_format == template:
+            methods |= set(route.methods or ())
+    return ", ".join(sorted(methods)) if methods else None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -64,6 +84,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         allow = (exc.headers or {}).get("Allow")
+        if exc.status_code == 405:
+            allow = allowed_methods(request) or allow
         return problem_response(
             framework_problem(exc.status_code),
             request,

@@ -78,6 +78,14 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     ),
     "message-id-conflict": (409, "Conflict", "that message id is already in use"),
     "replayed-message-id": (409, "Conflict", "that message id belongs to another message"),
+    "request-cancelled": (409, "Conflict", "the request was cancelled"),
+    "request-answered": (409, "Conflict", "the receiver already sent the attest"),
+    "reminder-limit": (
+        409,
+        "Conflict",
+        "this request was reminded by hand today already: one reminder a day",
+    ),
+    "invalid-cursor": (422, "Unprocessable content", "the cursor is not one this list handed out"),
     "payload-too-large": (413, "Payload too large", "the body exceeds 10485760 bytes"),
     "unsupported-media-type": (415, "Unsupported media type", "send application/fhir+json"),
     "invalid-request": (422, "Unprocessable content", "the request does not match the schema"),
@@ -326,6 +334,31 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "outbox-full",
     ],
     ("get", "/jobcenter/v1/attest-requests/{conversation_id}"): ["not-found"],
+    ("get", "/jobcenter/v1/attest-requests"): ["invalid-request", "invalid-cursor"],
+    ("post", "/jobcenter/v1/attest-requests/{conversation_id}/cancel"): [
+        "not-found",
+        "request-answered",
+        "receiver-has-no-key",
+        "outbox-full",
+    ],
+    ("post", "/jobcenter/v1/attest-requests/{conversation_id}/extend"): [
+        "unsupported-media-type",
+        "not-found",
+        "request-cancelled",
+        "request-answered",
+        "invalid-reply-deadline",
+        "date-out-of-range",
+        "outbox-full",
+    ],
+    ("post", "/jobcenter/v1/attest-requests/{conversation_id}/remind"): [
+        "not-found",
+        "request-cancelled",
+        "request-answered",
+        "reminder-limit",
+        "idempotency-key-required",
+        "receiver-has-no-key",
+        "outbox-full",
+    ],
     ("get", "/jobcenter/v1/inbox"): ["invalid-request", "unknown-key"],
     ("post", "/jobcenter/v1/inbox/{message_id}/ack"): [
         "not-found",
@@ -352,6 +385,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "signature-invalid",
         "header-mismatch",
         "replayed-message-id",
+        "request-cancelled",
         "open-failed",
         "unsupported-suite",
         "receiver-mismatch",
@@ -539,7 +573,45 @@ _ACK_BUNDLE_EXAMPLE = {
     ],
 }
 
+_ACTION_EXAMPLE = {
+    "conversation_id": CONVERSATION_ID,
+    "at": AT,
+    "message_id": MESSAGE_ID,
+    "reply_deadline": "2026-12-29",
+    "status_url": f"/jobcenter/v1/attest-requests/{CONVERSATION_ID}",
+}
+
 _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
+    ("get", "/jobcenter/v1/attest-requests"): {
+        "items": [
+            {
+                "conversation_id": CONVERSATION_ID,
+                "attest_type": "LÆ 155",
+                "case_kind": "sygedagpenge",
+                "caseworker_ref": "sag-2026-0042",
+                "created_at": AT,
+                "reply_deadline": "2026-12-29",
+                "stage": "in_mailbox",
+                "overdue": False,
+                "status_url": f"/jobcenter/v1/attest-requests/{CONVERSATION_ID}",
+            }
+        ],
+        "next_cursor": "WyIyMDI2LTEyLTE1VDA5OjMwOjAwKzAwOjAwIiwiOWYxYyJd",
+    },
+    ("post", "/jobcenter/v1/attest-requests/{conversation_id}/cancel"): {
+        **_ACTION_EXAMPLE,
+        "action": "cancel",
+    },
+    ("post", "/jobcenter/v1/attest-requests/{conversation_id}/extend"): {
+        **_ACTION_EXAMPLE,
+        "action": "extend",
+        "message_id": None,
+        "reply_deadline": "2027-01-12",
+    },
+    ("post", "/jobcenter/v1/attest-requests/{conversation_id}/remind"): {
+        **_ACTION_EXAMPLE,
+        "action": "remind",
+    },
     ("post", "/jobcenter/v1/attest-requests"): {
         "conversation_id": CONVERSATION_ID,
         "message_id": MESSAGE_ID,
@@ -847,6 +919,9 @@ _CSV = (
 )
 
 _REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/jobcenter/v1/attest-requests/{conversation_id}/extend"): {
+        "application/json": {"reply_deadline": "2027-01-12"}
+    },
     ("post", "/jobcenter/v1/cases/close"): {
         "application/json": {"citizen_cpr": "0101901234", "case_kind": "sygedagpenge"}
     },

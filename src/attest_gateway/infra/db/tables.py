@@ -194,6 +194,21 @@ stages = sa.Table(
     sa.Index(None, "stage", "at"),
 )
 
+# What a job centre did to its request after sending it (migration 0017): a cancellation
+# (key ""), a deadline extension (key: the new deadline), a reminder by hand (key: the day, so
+# at most one a day). The key makes each naturally idempotent.
+request_actions = sa.Table(
+    "request_actions",
+    metadata,
+    sa.Column("conversation_id", sa.String(64), primary_key=True),
+    sa.Column("action", sa.String(16), primary_key=True),
+    sa.Column("key", sa.String(32), primary_key=True),
+    sa.Column("id", sa.String(64), nullable=False),  # the message sent, or the action's own id
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("detail", sa.String(200), nullable=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+)
+
 # --- reliability (migration 0003) ------------------------------------------------------------
 
 # Short leases that let one of several processes do a job alone (e.g. recovering the broker).

@@ -25,6 +25,7 @@ from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.audit import AuditEvent
 from attest_gateway.infra.db import audit, messaging
+from attest_gateway.infra.db.arrivals import MailArrivals
 from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import autocommit, aware, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import GroupCommit, Write
@@ -35,6 +36,7 @@ from attest_gateway.infra.db.tables import (
     inbound_messages,
     mailbox,
     outbox,
+    request_actions,
     seen_ids,
     sent_messages,
     stages,
@@ -53,6 +55,7 @@ from attest_gateway.ports.records import (
     InboundRecord,
     MailAddress,
     MailItem,
+    RequestAction,
     SeenId,
     StageEntry,
     StageRecord,
@@ -73,6 +76,33 @@ class SqlConversations:
 
     async def by_request(self, message_id: str) -> Conversation | None:
         return await messaging.conversation_by_request(self._conn, message_id)
+
+    async def of_jobcenter(
+        self,
+        jobcenter_org_id: str,
+        *,
+        attest_type: str | None,
+        before: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[Conversation]:
+        c = conversations.c
+        query = sa.select(conversations).where(c.jobcenter_org_id == jobcenter_org_id)
+        if attest_type is not None:
+            query = query.where(c.attest_type == attest_type)
+        if before is not None:
+            at, cid = before
+            query = query.where(sa.or_(c.created_at < at, sa.and_(c.created_at == at, c.id < cid)))
+        rows = await self._conn.execute(
+            query.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        )
+        return [messaging.conversation_from_row(row) for row in rows]
+
+    async def set_deadline(self, conversation_id: str, reply_deadline: dt.date) -> None:
+        await self._conn.execute(
+            conversations.update()
+            .where(conversations.c.id == conversation_id)
+            .values(reply_deadline=reply_deadline)
+        )
 
 
 def _maybe_aware(value: dt.datetime | None) -> dt.datetime | None:
@@ -119,6 +149,7 @@ _OLDEST_FIRST = (mailbox.c.delivered_at, mailbox.c.message_id)
 
 class SqlMailbox:
     def __init__(self, conn: AsyncConnection) -> None:
+        self.receivers: set[str] = set()  # whom mail was added for (woken after the commit)
         self._conn = conn
 
     async def get(self, message_id: str) -> MailItem | None:
@@ -212,13 +243,18 @@ class SqlMailbox:
         return set(found)
 
     async def add(self, item: MailItem) -> bool:
-        return await insert_ignore(self._conn, mailbox, _mail_row(item))
+        added = await insert_ignore(self._conn, mailbox, _mail_row(item))
+        if added:
+            self.receivers.add(item.receiver_org_id)
+        return added
 
     async def add_new(self, items: Sequence[MailItem]) -> set[str]:
         if not items:
             return set()
         statement = _insert_new_mail(self._conn.dialect.name)
-        return set(await self._conn.scalars(statement, [_mail_row(i) for i in items]))
+        added = set(await self._conn.scalars(statement, [_mail_row(i) for i in items]))
+        self.receivers.update(i.receiver_org_id for i in items if i.message_id in added)
+        return added
 
     async def replace_envelope(self, message_id: str, envelope: bytes) -> None:
         await self._conn.execute(
@@ -320,6 +356,76 @@ class SqlStages:
     async def record_many(self, items: Sequence[StageRecord]) -> int:
         return await messaging.record_stages(self._conn, self._topics, items)
 
+    async def emit(
+        self,
+        conv: Conversation,
+        stage: Stage,
+        *,
+        message_id: str,
+        message_type: MessageType,
+        at: dt.datetime,
+        detail: str | None = None,
+    ) -> None:
+        await messaging.emit_stage_event(
+            self._conn, self._topics, conv, stage, message_id=message_id,
+            message_type=message_type, at=at, detail=detail,
+        )  # fmt: skip
+
+    async def timelines(self, conversation_ids: Sequence[str]) -> dict[str, list[StageEntry]]:
+        found: dict[str, list[StageEntry]] = {cid: [] for cid in conversation_ids}
+        if not conversation_ids:
+            return found
+        rows = await self._conn.execute(
+            sa.select(stages)
+            .where(one_of(self._conn.dialect.name, stages.c.conversation_id, conversation_ids))
+            .order_by(stages.c.at)
+        )
+        for r in rows:
+            found[r.conversation_id].append(
+                StageEntry(r.stage, r.message_id, aware(r.at), r.detail)
+            )
+        return found
+
+
+class SqlRequestActions:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    @staticmethod
+    def _record(row: Any) -> RequestAction:
+        return RequestAction(
+            conversation_id=row.conversation_id,
+            action=row.action,
+            key=row.key,
+            id=row.id,
+            at=aware(row.at),
+            detail=row.detail,
+            idempotency_key=row.idempotency_key,
+        )
+
+    async def get(self, conversation_id: str, action: str, key: str) -> RequestAction | None:
+        t = request_actions.c
+        row = (
+            await self._conn.execute(
+                sa.select(request_actions).where(
+                    t.conversation_id == conversation_id, t.action == action, t.key == key
+                )
+            )
+        ).first()
+        return self._record(row) if row is not None else None
+
+    async def of(self, conversation_id: str) -> list[RequestAction]:
+        rows = await self._conn.execute(
+            sa.select(request_actions)
+            .where(request_actions.c.conversation_id == conversation_id)
+            .order_by(request_actions.c.at)
+        )
+        return [self._record(row) for row in rows]
+
+    async def add(self, record: RequestAction) -> bool:
+        row = {f: getattr(record, f) for f in RequestAction.__dataclass_fields__}
+        return await insert_ignore(self._conn, request_actions, row)
+
 
 _CONTACT_HEADERS = orjson.dumps(
     sorted(
@@ -387,6 +493,14 @@ class SqlOutbox:
 class SqlSentCopies:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+
+    async def copy_of(self, message_id: str) -> bytes | None:
+        row = (
+            await self._conn.execute(
+                sa.select(sent_messages.c.copy).where(sent_messages.c.message_id == message_id)
+            )
+        ).first()
+        return bytes(row.copy) if row is not None else None
 
     async def acknowledge(self, message_id: str, at: dt.datetime) -> None:
         await self._conn.execute(
@@ -657,6 +771,7 @@ class SqlUnitOfWork:
         self.cases = SqlCases(conn)
         self.treatments = SqlTreatments(conn)
         self.audit = SqlAuditLog(conn, topics)
+        self.actions = SqlRequestActions(conn)
 
 
 # The rows of an accepted request go as parameters of statements built once (building one
@@ -710,15 +825,26 @@ class SqlStore:
     """The store of the use cases: units of work on `engine`, accepted requests through
     `writes` (the group commit the container owns)."""
 
-    def __init__(self, engine: AsyncEngine, topics: Topics, writes: GroupCommit | None = None):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        topics: Topics,
+        writes: GroupCommit | None = None,
+        arrivals: MailArrivals | None = None,
+    ):
         self._engine = engine
         self._topics = topics
         self._writes = writes
+        # what long-polls wait on; without one (tests, tools) they answer at once
+        self.arrivals = arrivals
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
         async with self._engine.begin() as conn:
-            yield SqlUnitOfWork(conn, self._topics)
+            uow = SqlUnitOfWork(conn, self._topics)
+            yield uow
+        if self.arrivals is not None and uow.mailbox.receivers:
+            self.arrivals.notify(uow.mailbox.receivers)  # committed: wake their long-polls
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[SqlUnitOfWork]:
@@ -734,3 +860,8 @@ class SqlStore:
             if accepted.idempotency is None:
                 raise
             raise KeyTaken(exc) from exc
+
+    async def wait_for_mail(self, org_id: str, *, replies: bool, seconds: float) -> bool:
+        if self.arrivals is None:
+            return False
+        return await self.arrivals.wait(org_id, replies=replies, seconds=seconds)

@@ -47,6 +47,7 @@ from attest_gateway.infra.db.tables import (
     inbound_messages,
     mailbox,
     outbox,
+    request_actions,
     seen_ids,
     sent_messages,
     stages,
@@ -394,6 +395,7 @@ async def _clear_sealed_cpr(engine: AsyncEngine, cutoff: dt.datetime, batch: int
 # What goes with a conversation, children first.
 _WITH_CONVERSATION: tuple[tuple[sa.Table, sa.Column[Any]], ...] = (
     (stages, stages.c.conversation_id),
+    (request_actions, request_actions.c.conversation_id),
     (sent_messages, sent_messages.c.conversation_id),
     (idempotency_keys, idempotency_keys.c.conversation_id),
     (inbound_messages, inbound_messages.c.conversation_id),

@@ -13,10 +13,14 @@ from attest_gateway.contracts.cases import CaseIn, CaseOut, CasePatch, Jobcenter
 from attest_gateway.contracts.jobcenter import (
     AttestRequestAccepted,
     AttestRequestIn,
+    AttestRequestList,
     ConversationStatus,
+    DeadlineExtensionIn,
     Inbox,
+    RequestActionOut,
 )
-from attest_gateway.core.bounds import ID_PATTERN, REFERENCE
+from attest_gateway.contracts.stages import Stage
+from attest_gateway.core.bounds import ID_PATTERN, LINE, REFERENCE
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.entrypoints.http.auth import (
@@ -26,10 +30,12 @@ from attest_gateway.entrypoints.http.auth import (
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
-from attest_gateway.services import cases, closures, contacts
+from attest_gateway.entrypoints.http.routes.medcom import WAIT_DESCRIPTION
+from attest_gateway.services import cases, closures, contacts, lifecycle, waiting
 from attest_gateway.services import jobcenter as service
 from attest_gateway.services.closures import CaseClosed, CaseCloseIn
 from attest_gateway.services.contacts import ContactAccepted, ContactIn
+from attest_gateway.services.waiting import MAX_WAIT_SECONDS
 
 ROLES = (Role.JOBCENTER,)
 router = APIRouter(
@@ -190,6 +196,107 @@ async def update_case(
     return await cases.update_case(gw.store, gw.clock, org, case_id, body)
 
 
+@router.get("/attest-requests", response_model=AttestRequestList)
+async def list_attest_requests(
+    request: Request,
+    org: JobCenter,
+    status: Annotated[Stage | None, Query(description="only those at this stage now")] = None,
+    overdue: Annotated[
+        bool | None, Query(description="only those past (true) or not past (false) due")
+    ] = None,
+    attest_type: Annotated[
+        Annotated[str, Field(max_length=16), LINE] | None,
+        Query(description="only this LÆ code, e.g. 'LÆ 155'"),
+    ] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=200, description="`next_cursor` of the page before"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> AttestRequestList:
+    """The job centre's attest requests, newest first."""
+    gw = gateway_of(request)
+    return await lifecycle.list_requests(
+        gw.store,
+        gw.clock,
+        org,
+        status=status,
+        overdue=overdue,
+        attest_type=attest_type,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.post("/attest-requests/{conversation_id}/cancel", response_model=RequestActionOut)
+async def cancel_attest_request(
+    conversation_id: ConversationId, request: Request, response: Response, org: JobCenter
+) -> RequestActionOut:
+    """Cancel a request the receiver has not answered: the receiver gets a MedCom
+    CareCommunication cancellation, and the tracker stops the clock and the reminders.
+    Cancelling again answers the first cancellation (`Idempotent-Replayed: true`)."""
+    gw = gateway_of(request)
+    out, created = await lifecycle.cancel_request(
+        gw.store,
+        gw.relay,
+        gw.keyring,
+        gw.clock,
+        org,
+        conversation_id,
+        source=client_source(request),
+        gateway_org_id=gw.settings.gateway_org_id,
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return out
+
+
+@router.post("/attest-requests/{conversation_id}/extend", response_model=RequestActionOut)
+async def extend_attest_request(
+    conversation_id: ConversationId,
+    body: DeadlineExtensionIn,
+    request: Request,
+    response: Response,
+    org: JobCenter,
+) -> RequestActionOut:
+    """Move the reply deadline later; the tracker counts overdue and reminds from the new one.
+    The same new deadline again answers the first extension (`Idempotent-Replayed: true`)."""
+    gw = gateway_of(request)
+    out, created = await lifecycle.extend_deadline(
+        gw.store, gw.relay, gw.clock, org, conversation_id, body
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return out
+
+
+@router.post("/attest-requests/{conversation_id}/remind", response_model=RequestActionOut)
+async def remind_attest_request(
+    conversation_id: ConversationId,
+    request: Request,
+    response: Response,
+    org: JobCenter,
+    idempotency_key: IdempotencyKey,
+) -> RequestActionOut:
+    """Send the receiver a reminder now, at most one a day per request (409 `reminder-limit`
+    otherwise; the same Idempotency-Key again answers the first)."""
+    gw = gateway_of(request)
+    out, created = await lifecycle.remind_by_hand(
+        gw.store,
+        gw.relay,
+        gw.keyring,
+        gw.clock,
+        org,
+        conversation_id,
+        idempotency_key=idempotency_key,
+        source=client_source(request),
+        gateway_org_id=gw.settings.gateway_org_id,
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return out
+
+
 @router.get("/attest-requests/{conversation_id}", response_model=ConversationStatus)
 async def attest_request_status(
     conversation_id: ConversationId, request: Request, org: JobCenter
@@ -199,17 +306,27 @@ async def attest_request_status(
 
 @router.get("/inbox", response_model=Inbox)
 async def inbox(
-    request: Request, org: JobCenter, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    request: Request,
+    org: JobCenter,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description=WAIT_DESCRIPTION)] = 0,
 ) -> Inbox:
     gw = gateway_of(request)
-    return await service.read_inbox(
+    return await waiting.long_poll(
         gw.store,
-        gw.keyring,
-        gw.clock,
-        org,
-        limit=limit,
-        source=client_source(request),
-        gateway_org_id=gw.settings.gateway_org_id,
+        org.id,
+        replies=True,
+        wait=wait,
+        read=lambda: service.read_inbox(
+            gw.store,
+            gw.keyring,
+            gw.clock,
+            org,
+            limit=limit,
+            source=client_source(request),
+            gateway_org_id=gw.settings.gateway_org_id,
+        ),
+        empty=lambda found: not found.items,
     )
 
 

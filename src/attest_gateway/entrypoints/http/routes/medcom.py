@@ -18,6 +18,13 @@ from attest_gateway.entrypoints.http.auth import (
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
 from attest_gateway.services import health as service
+from attest_gateway.services import waiting
+from attest_gateway.services.waiting import MAX_WAIT_SECONDS
+
+WAIT_DESCRIPTION = (
+    "Long-poll: when nothing waits, wait up to this many seconds (0–30) and answer as soon as "
+    "something arrives; still nothing after that: an empty answer."
+)
 
 router = APIRouter(
     prefix="/medcom/v1", tags=["health"], route_class=authenticated_first(*HEALTH_ROLES)
@@ -39,11 +46,21 @@ HealthOrg = Annotated[Organisation, Depends(health_org)]
 
 @router.get("/mailbox")
 async def mailbox(
-    request: Request, org: HealthOrg, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    request: Request,
+    org: HealthOrg,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description=WAIT_DESCRIPTION)] = 0,
 ) -> dict[str, Any]:
     gw = gateway_of(request)
-    items = await service.read_mailbox(
-        gw.store, gw.clock, org, limit=limit, source=client_source(request)
+    items = await waiting.long_poll(
+        gw.store,
+        org.id,
+        replies=False,
+        wait=wait,
+        read=lambda: service.read_mailbox(
+            gw.store, gw.clock, org, limit=limit, source=client_source(request)
+        ),
+        empty=lambda found: not found,
     )
     return {"items": items}
 
