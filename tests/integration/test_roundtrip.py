@@ -41,7 +41,8 @@ def open_item(item: dict[str, Any], keys: OrgKeys) -> Bundle:
 
 async def mailbox_item(h: Harness, org: str, message_id: str) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
-        items = (await h.get_json("/medcom/v1/mailbox", org))["items"]
+        # the most a read returns: the session's harness gathers every test's messages
+        items = (await h.get_json("/medcom/v1/mailbox", org, params={"limit": 500}))["items"]
         return next((i for i in items if i["message_id"] == message_id), None)
 
     return await wait_for(probe)
