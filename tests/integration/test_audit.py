@@ -366,7 +366,7 @@ async def test_a_read_that_cannot_be_audited_does_not_happen(harness: Harness) -
     finally:
         async with h.gw.engine.begin() as conn:
             await conn.execute(audit_head.insert().values(id=1, seq=head.seq, hash=head.hash))
-    items = (await h.get_json("/medcom/v1/mailbox", PSY))["items"]
+    items = (await h.get_json("/medcom/v1/mailbox", PSY, params={"limit": 500}))["items"]
     assert message_id in {i["message_id"] for i in items}
     (entry, *_) = await _entries(h, naming(message_id))
     assert entry.at == await _fetched_at(h, message_id)

@@ -230,7 +230,7 @@ async def test_other_job_centres_conversation_inbox_and_reply(harness: Harness) 
     row = await mailbox_row(h, waiting_reply)
     assert row.receiver_org_id == JC
     assert row.collected_at is None
-    mine = (await h.get_json("/jobcenter/v1/inbox", JC))["items"]
+    mine = (await h.get_json("/jobcenter/v1/inbox", JC, params={"limit": 500}))["items"]
     assert waiting_reply in [i["message_id"] for i in mine]  # the owner still sees it
 
 
@@ -243,7 +243,7 @@ async def reply_waiting_in_inbox(h: Harness) -> tuple[str, str]:
     assert response.status_code == 202, response.text
 
     async def arrived() -> dict[str, Any] | None:
-        items = (await h.get_json("/jobcenter/v1/inbox", JC))["items"]
+        items = (await h.get_json("/jobcenter/v1/inbox", JC, params={"limit": 500}))["items"]
         return next((i for i in items if i["conversation_id"] == accepted["conversation_id"]), None)
 
     item = await wait_for(arrived)
@@ -312,7 +312,7 @@ async def test_other_clinics_mailbox(harness: Harness) -> None:
         assert row.collected_at is None
 
     # The GP's mailbox does not list psychiatry's request.
-    gp_items = (await h.get_json("/medcom/v1/mailbox", GP))["items"]
+    gp_items = (await h.get_json("/medcom/v1/mailbox", GP, params={"limit": 500}))["items"]
     assert accepted["message_id"] not in [i["message_id"] for i in gp_items]
     assert accepted["conversation_id"] not in [i["conversation_id"] for i in gp_items]
 

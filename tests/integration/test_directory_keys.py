@@ -45,7 +45,7 @@ async def _mailbox_item(h: Harness) -> dict[str, Any]:
     message_id = response.json()["message_id"]
 
     async def in_mailbox() -> dict[str, Any] | None:
-        items = (await h.get_json("/medcom/v1/mailbox", PSY))["items"]
+        items = (await h.get_json("/medcom/v1/mailbox", PSY, params={"limit": 500}))["items"]
         return next((i for i in items if i["message_id"] == message_id), None)
 
     return await wait_for(in_mailbox)

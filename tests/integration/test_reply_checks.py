@@ -253,7 +253,7 @@ async def test_attachments_of_medcoms_mime_types_reach_the_job_centre(harness: H
     assert (await post(h, PSY, reply)).status_code == 202
 
     async def in_inbox() -> dict[str, Any] | None:
-        items = (await h.get_json("/jobcenter/v1/inbox", JC))["items"]
+        items = (await h.get_json("/jobcenter/v1/inbox", JC, params={"limit": 500}))["items"]
         return next((i for i in items if i["conversation_id"] == accepted["conversation_id"]), None)
 
     item = await wait_for(in_inbox)

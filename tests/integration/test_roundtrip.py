@@ -91,7 +91,7 @@ async def test_round_trip(harness: Harness) -> None:
     ack_answer = await submit(h, PSY, ack)
     assert ack_answer["conversation_id"] == conversation_id
     # An acknowledged request leaves the waiting list.
-    waiting = (await h.get_json("/medcom/v1/mailbox", PSY))["items"]
+    waiting = (await h.get_json("/medcom/v1/mailbox", PSY, params={"limit": 500}))["items"]
     assert accepted["message_id"] not in [i["message_id"] for i in waiting]
 
     reply = build_attest_reply(
@@ -106,7 +106,7 @@ async def test_round_trip(harness: Harness) -> None:
     reply_answer = await submit(h, PSY, reply)
 
     async def inbox_item() -> dict[str, Any] | None:
-        items = (await h.get_json("/jobcenter/v1/inbox", JC))["items"]
+        items = (await h.get_json("/jobcenter/v1/inbox", JC, params={"limit": 500}))["items"]
         return next((i for i in items if i["conversation_id"] == conversation_id), None)
 
     got = await wait_for(inbox_item)
@@ -124,12 +124,12 @@ async def test_round_trip(harness: Harness) -> None:
     assert ack_response.json()["changed"] is True
     again = await h.client.post(f"/jobcenter/v1/inbox/{got['message_id']}/ack", headers=h.auth(JC))
     assert again.json()["changed"] is False
-    remaining = (await h.get_json("/jobcenter/v1/inbox", JC))["items"]
+    remaining = (await h.get_json("/jobcenter/v1/inbox", JC, params={"limit": 500}))["items"]
     assert got["message_id"] not in [i["message_id"] for i in remaining]
 
     # Psychiatry receives the job centre's MedCom acknowledgement of its reply.
     async def ack_for_reply() -> dict[str, Any] | None:
-        items = (await h.get_json("/medcom/v1/mailbox", PSY))["items"]
+        items = (await h.get_json("/medcom/v1/mailbox", PSY, params={"limit": 500}))["items"]
         return next(
             (
                 i
@@ -206,7 +206,7 @@ async def test_no_health_data_in_clear_in_store_or_on_kafka(harness: Harness) ->
     await submit(h, PSY, reply)
 
     async def delivered() -> bool:
-        items = (await h.get_json("/jobcenter/v1/inbox", JC))["items"]
+        items = (await h.get_json("/jobcenter/v1/inbox", JC, params={"limit": 500}))["items"]
         return any(i["conversation_id"] == accepted["conversation_id"] for i in items)
 
     await wait_for(delivered)

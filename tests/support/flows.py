@@ -74,7 +74,7 @@ async def round_trip(
     assert answer.status_code == 202, answer.text
 
     async def in_inbox() -> dict[str, Any] | None:
-        items = (await h.get_json("/jobcenter/v1/inbox", JC))["items"]
+        items = (await h.get_json("/jobcenter/v1/inbox", JC, params={"limit": 500}))["items"]
         return next((i for i in items if i["conversation_id"] == accepted["conversation_id"]), None)
 
     got = await wait_for(in_inbox)
