@@ -1,6 +1,7 @@
 """The long-poll over real HTTP, against `attest-gateway serve` as a subprocess: a clinic's
 `GET /medcom/v1/mailbox?wait=30` that is waiting answers with the request as soon as it is
-delivered; an inbox with nothing arriving answers empty after its `wait`; a `wait` beyond 30
+delivered, also through the partner client with a read timeout shorter than the wait; an inbox
+with nothing arriving answers empty after its `wait`; a `wait` beyond 30
 is refused with its code; and SIGTERM does not wait for a waiting request."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from attest_gateway.client import AsyncClient, Client
 from attest_gateway.devtools.demo import DEMO_ORGS
 from tests.e2e.test_serve import Server, server  # noqa: F401 - the fixture
 from tests.support.harness import attest_request_body, wait_for
@@ -20,8 +22,13 @@ from tests.support.harness import attest_request_body, wait_for
 pytestmark = pytest.mark.slow
 
 
+def _key(srv: Server, org: str) -> str:
+    key: str = srv.creds()[org]["api_key"]
+    return key
+
+
 def _auth(srv: Server, org: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {srv.creds()[org]['api_key']}"}
+    return {"Authorization": f"Bearer {_key(srv, org)}"}
 
 
 async def _waiting(client: httpx.AsyncClient) -> float:
@@ -63,6 +70,29 @@ async def test_a_waiting_mailbox_read_answers_when_the_request_arrives(
         empty = await client.get("/jobcenter/v1/inbox?wait=1", headers=jc)
         assert empty.status_code == 200
         assert empty.json()["items"] == []
+
+        # The partner client's long-poll, with a read timeout shorter than the wait: the client
+        # stretches its read timeout by the wait, so the wait is not cut off.
+        collected = await client.post(
+            f"/medcom/v1/mailbox/{response.json()['message_id']}/collected", headers=psy
+        )
+        assert collected.status_code == 200, collected.text
+        with Client(server.base_url, api_key=_key(server, "psyk-kbh"), timeout=1) as clinic:
+            read_by_client = asyncio.create_task(asyncio.to_thread(clinic.mailbox, 500, wait=20))
+            await _until_waiting(client, 1)
+            await asyncio.sleep(1.5)  # longer than the client's read timeout
+            second = await client.post(
+                "/jobcenter/v1/attest-requests",
+                json=attest_request_body(jobcenter_gln=gln),
+                headers=jc,
+            )
+            assert second.status_code == 202, second.text
+            got = await read_by_client
+        assert [i.message_id for i in got.items] == [second.json()["message_id"]]
+        async with AsyncClient(
+            server.base_url, api_key=_key(server, "jc-koebenhavn"), timeout=1
+        ) as jobcentre:
+            assert (await jobcentre.inbox(wait=2)).items == []
 
         for url, headers in (("/medcom/v1/mailbox", psy), ("/jobcenter/v1/inbox", jc)):
             refused = await client.get(f"{url}?wait=31", headers=headers)

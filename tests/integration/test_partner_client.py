@@ -41,7 +41,7 @@ async def partner(h: Harness, org: str) -> AsyncIterator[AsyncClient]:
 
 async def _waiting(clinic: AsyncClient, message_id: str) -> MailboxItem:
     async def probe() -> MailboxItem | None:
-        items = (await clinic.mailbox()).items
+        items = (await clinic.mailbox(limit=500)).items
         return next((i for i in items if i.message_id == message_id), None)
 
     return await wait_for(probe)

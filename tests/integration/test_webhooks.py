@@ -1,7 +1,8 @@
 """Webhooks with real parts: the in-process gateway on the real broker and a real database
 posts to a real HTTPS receiver (tests/support/webhook_receiver.py: uvicorn, a certificate of
 the development CA, mutual TLS with the gateway's client certificate) that verifies every
-delivery with `standardwebhooks`.
+delivery with `standardwebhooks`; the partner client's `verify_webhook` checks real deliveries
+too (the rotation test).
 
 - A whole conversation driven only by webhooks: the clinic learns of the request from a
   `message.waiting` delivery, the job centre of the reply from `reply.arrived` and of a
@@ -23,6 +24,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from attest_gateway.client import WebhookInvalid, verify_webhook
 from attest_gateway.contracts.webhooks import DeliveryStatus
 from attest_gateway.devtools.devca import DevCA, ensure_ca, issue_client_certificate
 from attest_gateway.infra.db.webhooks import SqlWebhookStore
@@ -342,6 +344,7 @@ async def test_rotation_signs_with_both_secrets_during_the_overlap(
 ) -> None:
     h = gateway
     hook = await register(h, JC, receiver, "/rotating")
+    stranger = await register(h, JC, receiver, "/stranger", events=["reply.arrived"])
     old = hook["secret"]
     try:
         rotated = await h.client.post(
@@ -356,7 +359,14 @@ async def test_rotation_signs_with_both_secrets_during_the_overlap(
             got = await receiver.next("/rotating")
             assert got.headers["webhook-id"] == delivery_id
             assert len(got.headers["webhook-signature"].split(" ")) == 2
+            # The partner client's check, on the delivery exactly as it came over the wire.
+            assert verify_webhook(got.headers, got.body, only) == got.payload
+            with pytest.raises(WebhookInvalid):
+                verify_webhook(got.headers, got.body, stranger["secret"])
+            with pytest.raises(WebhookInvalid):
+                verify_webhook(got.headers, got.body.replace(b"ping", b"pong"), only)
     finally:
+        await remove(h, JC, stranger["id"])
         await remove(h, JC, hook["id"])
     assert receiver.refused == 0
 

@@ -173,3 +173,26 @@ def test_the_cli_opens_or_says_why_not(
     )
     assert cli.main(args) == 1
     assert "--no-verify" in capsys.readouterr().err
+
+
+def test_a_long_poll_asks_whole_seconds_within_the_gateways_limit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"items": []})
+
+    with Client("http://gw", api_key="k-1", transport=httpx.MockTransport(answer)) as gw:
+        gw.mailbox(wait=2.5)
+        gw.inbox(limit=7)
+        with pytest.raises(ValueError, match="0 to 30"):
+            gw.mailbox(wait=31)
+    assert [dict(r.url.params) for r in seen] == [
+        {"limit": "100", "wait": "3"},
+        {"limit": "7"},  # no wait asked: the gateway's default, none
+    ]
+    with pytest.raises(SystemExit):
+        cli.main(["fetch", "--wait", "45", "--gateway", "http://gw", "--api-key", "k"])
+    assert "0 to 30 seconds, not 45" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from attest_gateway.client.envelopes import (
     open_envelope,
 )
 from attest_gateway.client.errors import GatewayProblem, NotOpened
-from attest_gateway.client.http import Client
+from attest_gateway.client.http import MAX_WAIT_SECONDS, Client
 from attest_gateway.contracts.directory import OrganisationKeys
 from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.medcom.build import PersonName, SegmentAuthor
@@ -111,7 +111,7 @@ def cmd_open(args: argparse.Namespace) -> Any:
 
 def cmd_fetch(args: argparse.Namespace) -> Any:
     with _client(args) as gw:
-        mailbox = gw.mailbox(args.limit)
+        mailbox = gw.mailbox(args.limit, wait=args.wait)
         if not args.open:
             return mailbox
         keys = _keys(args.open)
@@ -179,9 +179,16 @@ def cmd_keys(args: argparse.Namespace) -> Any:
         return gw.organisation_keys(args.org_id)
 
 
+def _wait_seconds(text: str) -> int:
+    seconds = int(text)
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"0 to {MAX_WAIT_SECONDS} seconds, not {seconds}")
+    return seconds
+
+
 def cmd_inbox(args: argparse.Namespace) -> Any:
     with _client(args) as gw:
-        return gw.inbox()
+        return gw.inbox(args.limit, wait=args.wait)
 
 
 def cmd_inbox_ack(args: argparse.Namespace) -> Any:
@@ -253,6 +260,15 @@ def parser() -> argparse.ArgumentParser:
     )
     subs["fetch"].add_argument("--limit", type=int, default=100, help="at most this many")
     subs["fetch"].add_argument("--open", metavar="KEYS", help="open each with this key file")
+    subs["inbox"].add_argument("--limit", type=int, default=50, help="at most this many")
+    for name in ("fetch", "inbox"):
+        subs[name].add_argument(
+            "--wait",
+            type=_wait_seconds,
+            default=0,
+            metavar="SECONDS",
+            help="when nothing waits, wait up to this many seconds (0-30) for something",
+        )
     subs["collect"].add_argument("message_id")
     subs["ack"].add_argument("bundle", help="the received Bundle; - for stdin")
     subs["ack"].add_argument(

@@ -4,6 +4,7 @@ or a client certificate (mutual TLS), answers parsed into the wire contracts, er
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from attest_gateway.contracts.mailbox import Collected, Mailbox, MessageAccepted
 from attest_gateway.crypto.sealing import OrgKeys
 
 T = TypeVar("T")
+MAX_WAIT_SECONDS = 30  # the gateway's limit for `?wait=` (a long-poll)
 FHIR_JSON = "application/fhir+json"
 
 
@@ -34,6 +36,7 @@ class _Call(Generic[T]):
     params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     content: bytes | None = None
+    wait: float = 0  # a long-poll: the answer may take this long, on top of the timeout
 
 
 def _answer(model: Callable[[Any], T]) -> Callable[[httpx.Response], T]:
@@ -47,8 +50,14 @@ class _Calls:
     """Each operation as one call: method, path, body and how its answer is read."""
 
     @staticmethod
-    def mailbox(limit: int) -> _Call[Mailbox]:
-        return _Call("GET", "/medcom/v1/mailbox", _answer(Mailbox.model_validate), {"limit": limit})
+    def mailbox(limit: int, wait: float) -> _Call[Mailbox]:
+        return _Call(
+            "GET",
+            "/medcom/v1/mailbox",
+            _answer(Mailbox.model_validate),
+            _long_poll({"limit": limit}, wait),
+            wait=wait,
+        )
 
     @staticmethod
     def collect(message_id: str) -> _Call[Collected]:
@@ -90,13 +99,40 @@ class _Calls:
         )
 
     @staticmethod
-    def inbox() -> _Call[Inbox]:
-        return _Call("GET", "/jobcenter/v1/inbox", _answer(Inbox.model_validate))
+    def inbox(limit: int, wait: float) -> _Call[Inbox]:
+        return _Call(
+            "GET",
+            "/jobcenter/v1/inbox",
+            _answer(Inbox.model_validate),
+            _long_poll({"limit": limit}, wait),
+            wait=wait,
+        )
 
     @staticmethod
     def ack(message_id: str) -> _Call[ReplyAcknowledged]:
         path = f"/jobcenter/v1/inbox/{message_id}/ack"
         return _Call("POST", path, _answer(ReplyAcknowledged.model_validate))
+
+
+def _long_poll(params: dict[str, Any], wait: float) -> dict[str, Any]:
+    """The query of a read that may wait: `wait` whole seconds, 0 to 30 (the gateway's limit),
+    so a caller's mistake is a `ValueError` here rather than a 422 from the gateway."""
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise ValueError(f"wait is 0 to {MAX_WAIT_SECONDS} seconds, not {wait}")
+    return params | ({"wait": math.ceil(wait)} if wait else {})
+
+
+def _timeout(client: httpx.Client | httpx.AsyncClient, call: _Call[Any]) -> httpx.Timeout:
+    """The client's timeout, with the read timeout stretched by the time a long-poll may wait."""
+    base = client.timeout
+    if not call.wait or base.read is None:
+        return base
+    return httpx.Timeout(
+        connect=base.connect,
+        read=base.read + math.ceil(call.wait),
+        write=base.write,
+        pool=base.pool,
+    )
 
 
 def _checked(response: httpx.Response) -> httpx.Response:
@@ -168,14 +204,21 @@ class Client:
 
     def _send(self, call: _Call[T]) -> T:
         response = self._http.request(
-            call.method, call.path, params=call.params, headers=call.headers, content=call.content
+            call.method,
+            call.path,
+            params=call.params,
+            headers=call.headers,
+            content=call.content,
+            timeout=_timeout(self._http, call),
         )
         return call.parse(_checked(response))
 
     # the health side (psychiatry, GP, hospital, specialist)
-    def mailbox(self, limit: int = 100) -> Mailbox:
-        """The sealed envelopes waiting for this organisation, oldest first."""
-        return self._send(_Calls.mailbox(limit))
+    def mailbox(self, limit: int = 100, *, wait: float = 0) -> Mailbox:
+        """The sealed envelopes waiting for this organisation, oldest first. With `wait` (up
+        to 30 s) an empty mailbox is a long-poll: the answer comes as soon as a message
+        arrives, or empty when the time is up."""
+        return self._send(_Calls.mailbox(limit, wait))
 
     def collect(self, message_id: str) -> Collected:
         """Take a message out of the mailbox's waiting list (an acknowledgement does too)."""
@@ -209,9 +252,10 @@ class Client:
         """Ask for an attest (`POST /jobcenter/v1/attest-requests`, job-centre JSON)."""
         return self._send(_Calls.request_attest(body, idempotency_key))
 
-    def inbox(self) -> Inbox:
-        """The replies waiting for the job centre, opened and translated to JSON."""
-        return self._send(_Calls.inbox())
+    def inbox(self, limit: int = 50, *, wait: float = 0) -> Inbox:
+        """The replies waiting for the job centre, opened and translated to JSON; `wait` as
+        for `mailbox`."""
+        return self._send(_Calls.inbox(limit, wait))
 
     def ack(self, message_id: str) -> ReplyAcknowledged:
         """Acknowledge a reply of the inbox (the gateway answers the clinic in MedCom)."""
@@ -250,12 +294,17 @@ class AsyncClient:
 
     async def _send(self, call: _Call[T]) -> T:
         response = await self._http.request(
-            call.method, call.path, params=call.params, headers=call.headers, content=call.content
+            call.method,
+            call.path,
+            params=call.params,
+            headers=call.headers,
+            content=call.content,
+            timeout=_timeout(self._http, call),
         )
         return call.parse(_checked(response))
 
-    async def mailbox(self, limit: int = 100) -> Mailbox:
-        return await self._send(_Calls.mailbox(limit))
+    async def mailbox(self, limit: int = 100, *, wait: float = 0) -> Mailbox:
+        return await self._send(_Calls.mailbox(limit, wait))
 
     async def collect(self, message_id: str) -> Collected:
         return await self._send(_Calls.collect(message_id))
@@ -282,8 +331,8 @@ class AsyncClient:
     ) -> AttestRequestAccepted:
         return await self._send(_Calls.request_attest(body, idempotency_key))
 
-    async def inbox(self) -> Inbox:
-        return await self._send(_Calls.inbox())
+    async def inbox(self, limit: int = 50, *, wait: float = 0) -> Inbox:
+        return await self._send(_Calls.inbox(limit, wait))
 
     async def ack(self, message_id: str) -> ReplyAcknowledged:
         return await self._send(_Calls.ack(message_id))
