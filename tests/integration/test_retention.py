@@ -10,6 +10,7 @@ case, as in test_use_cases_on_both.py.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import uuid
@@ -643,3 +644,23 @@ async def test_a_job_centre_closes_a_case_over_http(harness: Harness) -> None:
     )
     assert unknown.status_code == 404
     assert unknown.json()["code"] == "not-found"
+
+
+async def test_two_closures_of_one_case_at_once_get_one_answer(harness: Harness) -> None:
+    """Both requests read "no closure yet" before either writes: the second insert finds the
+    first's row (the unique key) and answers it, instead of failing on the key."""
+    h = harness
+    cpr = "0303031234"  # a citizen of this test alone: the harness is shared
+    body = attest_request_body(jobcenter_gln=h.gln(JC), cpr=cpr, case_kind="ressourceforloeb")
+    response = await h.client.post("/jobcenter/v1/attest-requests", json=body, headers=h.auth(JC))
+    assert response.status_code == 202, response.text
+    close = {"citizen_cpr": cpr, "case_kind": "ressourceforloeb"}
+    answers = await asyncio.gather(
+        *(
+            h.client.post("/jobcenter/v1/cases/close", json=close, headers=h.auth(JC))
+            for _ in range(8)
+        )
+    )
+    assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
+    assert len({a.json()["closure_id"] for a in answers}) == 1
+    assert sum(a.headers.get("Idempotent-Replayed") != "true" for a in answers) == 1

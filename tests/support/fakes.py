@@ -497,10 +497,11 @@ class FakeCaseClosures(_Repo):
             and c.created_at <= before
         )
 
-    async def add(self, closure: CaseClosure) -> None:
+    async def add(self, closure: CaseClosure) -> bool:
         if await self.pending(closure.jobcenter_org_id, closure.case_ref, closure.case_kind):
-            raise ValueError("unique key taken in case_closures")
+            return False
         self.s.closures[closure.id] = closure
+        return True
 
 
 class FakeCases(_Repo):

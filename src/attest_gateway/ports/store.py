@@ -304,7 +304,10 @@ class CaseClosures(Protocol):
         """How many conversations the job centre has in this case, made up to `before`."""
         ...
 
-    async def add(self, closure: CaseClosure) -> None: ...
+    async def add(self, closure: CaseClosure) -> bool:
+        """Record the closure; False (nothing written) when the case has a pending closure
+        already, say one a concurrent request just made."""
+        ...
 
 
 class Cases(Protocol):

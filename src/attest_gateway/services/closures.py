@@ -7,7 +7,8 @@ retention's (infra/housekeeping/retention.py, docs/data-lifecycle.md): the seale
 the sent copies, the conversations made up to the closure with everything of theirs, and the
 tracker's rows about them; the tracker's aggregates stay as they are.
 
-Idempotent: closing a case already closed, and not yet erased, answers the first closure.
+Idempotent: closing a case already closed, and not yet erased, answers the first closure, also
+when two closures of one case arrive at once (the second finds the first's row on insert).
 """
 
 from __future__ import annotations
@@ -91,7 +92,13 @@ async def close_case(
             closed_at=now,
             erase_after=now + erase_after,
         )
-        await uow.closures.add(closure)
+        if not await uow.closures.add(closure):
+            # Closed by a concurrent request since `pending` was read: answer its closure.
+            # (None only if it was erased as well in between: then the case is gone.)
+            raced = await uow.closures.pending(org.id, ref, body.case_kind)
+            if raced is None:
+                raise Unknown(ErrorCode.NOT_FOUND, "this case was closed and its data erased")
+            return _answer(raced), False
         await uow.audit.record_many(
             [
                 AuditEvent(

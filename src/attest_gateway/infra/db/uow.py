@@ -665,9 +665,13 @@ class SqlCaseClosures:
         )
         return int((await self._conn.execute(query)).scalar_one())
 
-    async def add(self, closure: CaseClosure) -> None:
+    async def add(self, closure: CaseClosure) -> bool:
         fields = {f: getattr(closure, f) for f in CaseClosure.__dataclass_fields__}
-        await self._conn.execute(case_closures.insert().values(**fields))
+        insert = dialect_insert(self._conn.dialect.name, case_closures).values(**fields)
+        result = await self._conn.execute(
+            insert.on_conflict_do_nothing().returning(case_closures.c.id)
+        )
+        return result.first() is not None
 
 
 def _case(row: Any) -> CaseRecord:
