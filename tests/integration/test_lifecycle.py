@@ -6,6 +6,7 @@ in the status timeline."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
@@ -172,3 +173,36 @@ async def test_the_list_pages_with_a_cursor_and_refuses_a_bad_one(harness: Harne
     assert bad.json()["code"] == "invalid-cursor"
     theirs = await h.get_json("/jobcenter/v1/attest-requests", "jc-aarhus")
     assert first_ids.isdisjoint(i["conversation_id"] for i in theirs["items"])
+
+
+async def test_a_cancellation_and_a_reply_at_once_do_not_both_win(harness: Harness) -> None:
+    """The job centre cancels while the clinic's attest arrives: one of them is refused with
+    its code, whichever came second; a conversation never ends both cancelled and replied."""
+    h = harness
+    for n in range(8101, 8105):
+        accepted = await request(h, cpr=cpr(n))
+        cid, mid = accepted["conversation_id"], accepted["message_id"]
+        item = await mailbox_item(h, PSY, lambda i, mid=mid: i["message_id"] == mid)
+        reply = build_attest_reply(
+            author=CLINICIAN,
+            request=open_item(item, h.client_keys(PSY)),
+            message_id=str(uuid.uuid4()),
+            bundle_id=str(uuid.uuid4()),
+            sent_at=dt.datetime.now(dt.UTC),
+            text=ATTEST_TEXT,
+            pdf=None,
+        )
+        cancelled, answered = await asyncio.gather(
+            _post(h, f"{cid}/cancel"),
+            h.client.post(
+                "/medcom/v1/messages",
+                content=orjson.dumps(reply),
+                headers={**h.auth(PSY), "Content-Type": "application/fhir+json"},
+            ),
+        )
+        outcome = (cancelled.status_code, answered.status_code)
+        assert outcome in ((200, 409), (409, 202)), (cancelled.text, answered.text)
+        loser = answered if cancelled.status_code == 200 else cancelled
+        expected = "request-cancelled" if cancelled.status_code == 200 else "request-answered"
+        assert loser.json()["code"] == expected
+        assert {"cancelled", "replied"} - await _stages_of(h, cid)

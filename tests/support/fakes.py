@@ -181,6 +181,9 @@ class FakeConversations(_Repo):
     async def get(self, conversation_id: str) -> Conversation | None:
         return self.s.conversations.get(conversation_id)
 
+    async def lock(self, conversation_id: str) -> None:
+        pass  # the fake does not model concurrent transactions (the last commit wins)
+
     async def by_ids(self, ids: Iterable[str]) -> dict[str, Conversation]:
         return {i: self.s.conversations[i] for i in set(ids) if i in self.s.conversations}
 

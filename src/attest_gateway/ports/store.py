@@ -76,6 +76,12 @@ class Directory(Protocol):
 class Conversations(Protocol):
     async def get(self, conversation_id: str) -> Conversation | None: ...
 
+    async def lock(self, conversation_id: str) -> None:
+        """Hold the conversation against other transactions that lock it until this one
+        ends: what either decides after its lock, it decides on the other's committed
+        writes (a cancellation and a reply arriving at once)."""
+        ...
+
     async def by_ids(self, ids: Iterable[str]) -> dict[str, Conversation]:
         """The conversations with these ids, by id (one look-up for all)."""
         ...

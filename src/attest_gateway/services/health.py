@@ -554,6 +554,7 @@ async def _accept_reply(
             "the reply's Communication.identifier is not the request's conversation",
         )
     _check_same_citizen(pseudonym_key, conv, info)
+    await uow.conversations.lock(conv.id)  # against a cancellation at the same time
     if await uow.actions.get(conv.id, "cancel", "") is not None:
         raise Replay(ErrorCode.REQUEST_CANCELLED, "the job centre cancelled the request")
     try:

@@ -264,6 +264,7 @@ async def cancel_request(
     relay.admit()
     now = clock.now()
     async with store.transaction() as uow:
+        await uow.conversations.lock(cid)  # against a reply arriving at the same time
         conv, reached = await _own(uow, org, cid)
         done = await uow.actions.get(cid, "cancel", "")
         if done is not None:

@@ -71,6 +71,16 @@ class SqlConversations:
     async def get(self, conversation_id: str) -> Conversation | None:
         return await messaging.load_conversation(self._conn, conversation_id)
 
+    async def lock(self, conversation_id: str) -> None:
+        c = conversations.c
+        if self._conn.dialect.name == "postgresql":  # a row lock until commit
+            query = sa.select(c.id).where(c.id == conversation_id).with_for_update()
+            await self._conn.execute(query)
+        else:  # SQLite locks the database: a write takes the one writer's lock until commit
+            await self._conn.execute(
+                conversations.update().where(c.id == conversation_id).values(id=c.id)
+            )
+
     async def by_ids(self, ids: Iterable[str]) -> dict[str, Conversation]:
         return await messaging.conversations_by_id(self._conn, ids)
 
