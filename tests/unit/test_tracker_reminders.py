@@ -91,3 +91,26 @@ def test_a_first_shape_reminder_is_still_told_from_a_request() -> None:
         {"system": "urn:attest-gateway:message-kind", "code": "reminder"}
     )
     assert read_message(parse_bundle(data)).message_type == "attest-reminder"
+
+
+def test_a_reminder_says_the_deadline_was_only_once_it_has_passed() -> None:
+    def text(sent_at: dt.datetime) -> str:
+        bundle = build_reminder(
+            request_message_id="req-1",
+            conversation_id="conv-1",
+            message_id="rem-1",
+            bundle_id="bundle-1",
+            sent_at=sent_at,
+            sender=JC,
+            receiver=PSY,
+            attest_type="LÆ 155",
+            due=dt.date(2026, 10, 30),
+            seq=1,
+        )
+        return read_message(parse_bundle(bundle)).texts[0]
+
+    # A reminder by hand before the deadline; on its day; the day after (Danish time:
+    # 23:30 UTC on the 30th is already the 31st in Copenhagen).
+    assert "Svarfristen er 30-10-2026" in text(dt.datetime(2026, 10, 20, 9, tzinfo=dt.UTC))
+    assert "Svarfristen er 30-10-2026" in text(dt.datetime(2026, 10, 30, 9, tzinfo=dt.UTC))
+    assert "Svarfristen var 30-10-2026" in text(dt.datetime(2026, 10, 30, 23, 30, tzinfo=dt.UTC))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from attest_gateway.medcom.build import (
     care_communication_bundle,
@@ -66,6 +67,7 @@ from attest_gateway.medcom.read import OrgIdentifiers, message_communication
 _BASE: Final = "https://medcomfhir.dk/ig/carecommunication"
 # The namespace `medcom/build.py` derives resource ids in (so the reminder can
 # point at the Patient id of the request without knowing the CPR number).
+DANISH_TIME: Final = ZoneInfo("Europe/Copenhagen")  # the day a deadline date is counted in
 _ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:attest-gateway:fhir-resource-ids")
 
 
@@ -73,11 +75,14 @@ def derived_id(message_id: str, role: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{message_id}/{role}"))
 
 
-def reminder_text(attest_type: str, due: dt.date, seq: int) -> str:
+def reminder_text(attest_type: str, due: dt.date, seq: int, *, sent_on: dt.date) -> str:
+    """The reminder's text; a reminder sent by hand before the deadline says when the
+    deadline is, not that it was."""
     ordinal = {1: "Påmindelse", 2: "2. påmindelse"}.get(seq, f"{seq}. påmindelse")
+    deadline = "Svarfristen var" if due < sent_on else "Svarfristen er"
     return (
         f"{ordinal}: jobcentret har endnu ikke modtaget den anmodede {attest_type}. "
-        f"Svarfristen var {due.strftime('%d-%m-%Y')}. Svar venligst på den oprindelige "
+        f"{deadline} {due.strftime('%d-%m-%Y')}. Svar venligst på den oprindelige "
         "anmodning i samme samtale."
     )
 
@@ -129,7 +134,7 @@ def build_reminder(
         attest_type=attest_type,
         kind=REMINDER_CODE,
         topic=f"Påmindelse om {attest_type}",
-        text=reminder_text(attest_type, due, seq),
+        text=reminder_text(attest_type, due, seq, sent_on=sent_at.astimezone(DANISH_TIME).date()),
         due=due,
         request=request,
     )
