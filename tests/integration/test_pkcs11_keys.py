@@ -39,6 +39,7 @@ from attest_gateway.entrypoints.cli import main as cli
 from attest_gateway.infra.keys import open_key_store
 from attest_gateway.infra.keys.pkcs11 import TokenKeyStore, open_token
 from attest_gateway.production import clear_key_records, inspect_settings
+from tests.support.cli import run_cli
 from tests.support.softhsm import OTHER_TOKEN_LABEL, SoftHsm
 
 HYBRID: Suite = "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM"
@@ -287,6 +288,15 @@ def test_rotation_retirement_and_revocation_keep_working_with_the_token(
     ring = KeyRing.load_dir(custodial_keys_dir(settings), store)
     assert len(ring.orgs["gateway"].hpke_keys) == 2
     assert clear_key_records(path) == []
+
+    # a rotation by the operator's command in another process: the running ring sees the new
+    # signing key (made in the token by that process) and signs with it
+    result = run_cli(["keys", "rotate", "--org", "gateway", "--purpose", "signing"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert ring.refresh(force=True)
+    rotated = ring.signing("gateway")
+    assert rotated.key_id not in {old_signing, new_signing.key_id}
+    rotated.key.public_key().verify(rotated.key.sign(b"x"), b"x")
 
 
 def test_the_rekey_writes_the_new_pseudonym_key_wrapped(softhsm: SoftHsm, tmp_path: Path) -> None:
