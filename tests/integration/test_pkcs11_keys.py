@@ -39,7 +39,10 @@ from attest_gateway.entrypoints.cli import main as cli
 from attest_gateway.infra.keys import open_key_store
 from attest_gateway.infra.keys.pkcs11 import TokenKeyStore, open_token
 from attest_gateway.production import clear_key_records, inspect_settings
+from tests.integration.conftest import running_gateway
 from tests.support.cli import run_cli
+from tests.support.flows import round_trip
+from tests.support.kafka import TestKafka
 from tests.support.softhsm import OTHER_TOKEN_LABEL, SoftHsm
 
 HYBRID: Suite = "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM"
@@ -355,3 +358,34 @@ def test_keys_protect_moves_clear_key_files_into_the_token(
     assert "in clear" not in refused
     assert "PKCS11_MODULE" not in refused
     assert "nothing to do" in _ok(env, "keys", "protect").output
+
+
+# --- the whole gateway with its keys in the token ---------------------------------------------
+
+
+async def test_a_conversation_through_a_gateway_whose_keys_are_in_the_token(
+    softhsm: SoftHsm, broker: TestKafka, tmp_path: Path
+) -> None:
+    """The in-process gateway (real broker, SQLite) with the token: the demo organisations'
+    custodial keys are made in it, the request the clinic reads is signed inside the token,
+    the reply sealed to the job centre is opened with its wrapped key, and nothing private
+    is in clear in KEYS_DIR."""
+    token = {
+        "pkcs11_module": softhsm.module,
+        "pkcs11_token_label": softhsm.token_label,
+        "pkcs11_pin": softhsm.pin,
+        "pkcs11_kek_label": _kek(),
+    }
+    async with running_gateway("sqlite", tmp_path, broker.bootstrap, **token) as h:
+        conversation = await round_trip(h)
+        gateway_keys = h.gw.keyring.orgs[h.settings.gateway_org_id]
+        signer = next(
+            k
+            for k in gateway_keys.signing_keys
+            if k.key_id == conversation.envelope.header.signer_key_id
+        )
+        assert not signer.in_memory
+        verify(conversation.envelope, signer.key.public_key())
+        custodial = custodial_keys_dir(h.settings)
+        for path in [*custodial.glob("*.json"), pseudonym_key_file(h.settings)]:
+            assert clear_key_records(path) == [], path
