@@ -370,13 +370,15 @@ async def test_a_conversation_through_a_gateway_whose_keys_are_in_the_token(
     custodial keys are made in it, the request the clinic reads is signed inside the token,
     the reply sealed to the job centre is opened with its wrapped key, and nothing private
     is in clear in KEYS_DIR."""
-    token = {
-        "pkcs11_module": softhsm.module,
-        "pkcs11_token_label": softhsm.token_label,
-        "pkcs11_pin": softhsm.pin,
-        "pkcs11_kek_label": _kek(),
-    }
-    async with running_gateway("sqlite", tmp_path, broker.bootstrap, **token) as h:
+    async with running_gateway(
+        "sqlite",
+        tmp_path,
+        broker.bootstrap,
+        pkcs11_module=softhsm.module,
+        pkcs11_token_label=softhsm.token_label,
+        pkcs11_pin=softhsm.pin,
+        pkcs11_kek_label=_kek(),
+    ) as h:
         conversation = await round_trip(h)
         gateway_keys = h.gw.keyring.orgs[h.settings.gateway_org_id]
         signer = next(
