@@ -84,9 +84,18 @@ def load_pseudonym_key(settings: Settings, store: KeyStore | None = None) -> byt
         text = secret_file_text(
             secrets.token_hex(32).encode("ascii"), store, context=KEY_FILE_CONTEXT
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:  # complete or absent, never half written; of processes starting at once one wins
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return read_secret_file(path, store, context=KEY_FILE_CONTEXT)
 
 
