@@ -125,6 +125,25 @@ def test_a_forgotten_signing_key_is_gone_from_the_token(softhsm: SoftHsm) -> Non
         store.token_signing_key(key.key_id, key.public_encoded)
 
 
+def test_a_token_without_ed25519_gets_the_signing_keys_wrapped(
+    softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    """Where a token cannot sign Ed25519 (SoftHSM2 can: this store is told it cannot), the
+    signing key is made in memory and wrapped in the key file like the HPKE keys."""
+    token = _store(softhsm)
+    store = TokenKeyStore(token.session, token.lock, token.token_label, _kek(), eddsa=False)
+    keys = OrgKeys("jc-test", [PrivateHpkeKey.generate(CLASSIC)], [store.new_signing_key()])
+    assert keys.current_signing.in_memory
+    path = tmp_path / "jc-test.json"
+    keys.save(path, store)
+    _nothing_in_clear(path, _secret_bytes(keys))
+    assert "wrapped" in _records(path)[1]
+    loaded = OrgKeys.load(path, store)
+    assert loaded.current_signing.public_encoded == keys.current_signing.public_encoded
+    with pytest.raises(KeyStoreError, match="PKCS11_MODULE"):
+        OrgKeys.load(path)
+
+
 # --- HPKE keys wrapped by the key-encryption key ---------------------------------------------
 
 

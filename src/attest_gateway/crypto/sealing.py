@@ -210,11 +210,20 @@ class SigningKey:
         or just made), False when it stays in a token."""
         return isinstance(self.key, ed25519.Ed25519PrivateKey)
 
-    def to_record(self) -> dict[str, str]:
-        """The key file's record: the private key in clear, or the token object it names."""
+    @staticmethod
+    def _wrap_context(org_id: str, key_id: str) -> str:
+        return f"attest-gateway/ed25519/v1\x00{org_id}\x00{key_id}"
+
+    def to_record(self, org_id: str = "", store: KeyStore | None = None) -> dict[str, str]:
+        """The key file's record: the token object it names; a key in memory in clear, or
+        wrapped by the store's key-encryption key (a token that cannot sign Ed25519)."""
         if isinstance(self.key, ed25519.Ed25519PrivateKey):
             raw = self.key.private_bytes_raw()
-            return {"purpose": "signing", "key_id": self.key_id, "ed25519": _b64(raw)}
+            record = {"purpose": "signing", "key_id": self.key_id}
+            if store is not None and not store.in_clear:
+                context = self._wrap_context(org_id, self.key_id)
+                return record | {"wrapped": store.wrap(raw, context=context)}
+            return record | {"ed25519": _b64(raw)}
         return {
             "purpose": "signing",
             "key_id": self.key_id,
@@ -223,7 +232,18 @@ class SigningKey:
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, str], store: KeyStore | None = None) -> SigningKey:
+    def from_record(
+        cls, record: dict[str, str], org_id: str = "", store: KeyStore | None = None
+    ) -> SigningKey:
+        if "wrapped" in record:
+            if store is None or store.in_clear:
+                raise KeyStoreError(
+                    f"the signing key {record['key_id']} is wrapped by a PKCS#11 token's "
+                    "key-encryption key: set PKCS11_MODULE (and the token's label and PIN)"
+                )
+            context = cls._wrap_context(org_id, record["key_id"])
+            raw = store.unwrap(record["wrapped"], context=context)
+            return cls(record["key_id"], ed25519.Ed25519PrivateKey.from_private_bytes(raw))
         if "in_token" in record:
             if store is None or store.in_clear:
                 raise KeyStoreError(
@@ -316,7 +336,8 @@ class KeyStore(Protocol):
         ...
 
     def new_signing_key(self, key_id: str | None = None) -> SigningKey:
-        """A new Ed25519 signing key, made where this store keeps signing keys."""
+        """A new Ed25519 signing key, made where this store keeps signing keys (in a token
+        that cannot sign Ed25519: in memory, and wrapped in the key file)."""
         ...
 
     def token_signing_key(self, key_id: str, public_encoded: str) -> SigningKey:
@@ -417,7 +438,7 @@ class OrgKeys:
     def to_json(self, store: KeyStore = CLEAR_FILES) -> str:
         """The key file: with a token, the HPKE keys wrapped and the signing keys named."""
         keys: list[dict[str, str]] = [h.to_record(self.org_id, store) for h in self.hpke_keys]
-        keys += [s.to_record() for s in self.signing_keys]
+        keys += [s.to_record(self.org_id, store) for s in self.signing_keys]
         return json.dumps({"org_id": self.org_id, "keys": keys}, indent=2)
 
     @classmethod
@@ -428,7 +449,7 @@ class OrgKeys:
         signing: list[SigningKey] = []
         for rec in data["keys"]:
             if rec["purpose"] == "signing":
-                signing.append(SigningKey.from_record(rec, store))
+                signing.append(SigningKey.from_record(rec, org_id, store))
             else:
                 hpke_keys.append(PrivateHpkeKey.from_record(rec, org_id, store))
         return cls(org_id, hpke_keys, signing)

@@ -450,18 +450,17 @@ def protect_key_files(settings: Settings) -> Protected:
             text = path.read_text(encoding="utf-8")
             records = orjson.loads(text).get("keys", [])
             clear_hpke = [r["key_id"] for r in records if "x25519" in r]
+            newly = [r["key_id"] for r in records if "ed25519" in r]
+            if not newly and not clear_hpke:
+                continue
             try:
                 held = OrgKeys.from_json(text, store)
                 moved = [
-                    store.import_signing_key(k) if k.in_memory else k for k in held.signing_keys
+                    store.import_signing_key(k) if k.key_id in newly else k
+                    for k in held.signing_keys
                 ]
             except KeyStoreError as exc:
                 raise AdminError(f"{path}: {exc}") from None
-            newly = [
-                k.key_id for k, old in zip(moved, held.signing_keys, strict=True) if old.in_memory
-            ]
-            if not newly and not clear_hpke:
-                continue
             OrgKeys(held.org_id, held.hpke_keys, moved).save(path, store)
         signing += newly
         hpke += clear_hpke

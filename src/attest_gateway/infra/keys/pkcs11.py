@@ -3,7 +3,8 @@
 What the token holds, as token objects it never lets out (CKA_SENSITIVE, not CKA_EXTRACTABLE):
 - each Ed25519 signing key of the gateway and of the custodial organisations, labelled with
   its key id; it signs inside the token (CKM_EDDSA, pure Ed25519) and only its public half
-  is read out;
+  is read out. A token without Ed25519 gets them wrapped in the key file instead, like the
+  HPKE keys;
 - one AES-256 key-encryption key (PKCS11_KEK_LABEL, made on first use) that wraps what the
   token cannot hold as such: the HPKE private keys (X-Wing and X25519, which PKCS#11 has no
   mechanism for) and the pseudonym key. Wrapping is AES-256-GCM inside the token, a fresh
@@ -82,12 +83,22 @@ class TokenKeyStore:
     """The key store port on one PKCS#11 token (see the module's docstring)."""
 
     def __init__(
-        self, session: pkcs11.Session, lock: threading.RLock, token_label: str, kek_label: str
+        self,
+        session: pkcs11.Session,
+        lock: threading.RLock,
+        token_label: str,
+        kek_label: str,
+        *,
+        eddsa: bool,
     ) -> None:
         self.session = session
         self.lock = lock  # the session's: every store on this token shares it
         self.token_label = token_label
         self.kek_label = kek_label
+        # Whether the token makes and signs with Ed25519 keys (CKM_EC_EDWARDS_KEY_PAIR_GEN,
+        # CKM_EDDSA; SoftHSM2 does). Without, signing keys are made in memory and wrapped in
+        # the key file like the HPKE keys.
+        self.eddsa = eddsa
 
     @property
     def in_clear(self) -> bool:
@@ -178,6 +189,8 @@ class TokenKeyStore:
 
     def new_signing_key(self, key_id: str | None = None) -> SigningKey:
         key_id = key_id or new_key_id("sig")
+        if not self.eddsa:
+            return SigningKey.generate(key_id)  # wrapped when its key file is written
         with self.lock:
             params = self.session.create_domain_parameters(
                 KeyType.EC_EDWARDS,
@@ -219,8 +232,8 @@ class TokenKeyStore:
         return key
 
     def import_signing_key(self, key: SigningKey) -> SigningKey:
-        if not isinstance(key.key, ed25519.Ed25519PrivateKey):
-            return key  # already in a token
+        if not isinstance(key.key, ed25519.Ed25519PrivateKey) or not self.eddsa:
+            return key  # already in a token, or to be wrapped in the key file
         raw_private = key.key.private_bytes_raw()
         raw_public = key.key.public_key().public_bytes_raw()
         params = encode_named_curve_parameters(_ED25519_OID)
@@ -296,7 +309,11 @@ def open_token(module: Path, token_label: str, pin: str, kek_label: str) -> Toke
                 _login(module, token_label, pin),
                 threading.RLock(),
             )
-        store = TokenKeyStore(opened[0], opened[1], token_label, kek_label)
+        session, lock = opened
+        with lock:
+            mechanisms = session.token.slot.get_mechanisms()
+        eddsa = {Mechanism.EDDSA, Mechanism.EC_EDWARDS_KEY_PAIR_GEN} <= set(mechanisms)
+        store = TokenKeyStore(session, lock, token_label, kek_label, eddsa=eddsa)
         _STORES[(str(module), token_label, kek_label)] = store
         return store
 
