@@ -410,3 +410,19 @@ async def test_a_conversation_through_a_gateway_whose_keys_are_in_the_token(
         custodial = custodial_keys_dir(h.settings)
         for path in [*custodial.glob("*.json"), pseudonym_key_file(h.settings)]:
             assert clear_key_records(path) == [], path
+
+
+def test_serve_refuses_a_token_it_cannot_open_in_one_sentence(
+    softhsm: SoftHsm, broker: TestKafka, tmp_path: Path
+) -> None:
+    env = {
+        **_env(softhsm, tmp_path / "var"),
+        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "PKCS11_TOKEN_LABEL": OTHER_TOKEN_LABEL,
+        "PKCS11_PIN": "0000",
+    }
+    result = CliRunner().invoke(cli.app, ["serve"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]  # after the migrations' log lines
+    assert last == f"error: PKCS11_PIN: the token '{OTHER_TOKEN_LABEL}' refused the PIN"
