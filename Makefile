@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck unit clean docs browser demo bench vectors
+.PHONY: run test install lint typecheck unit clean docs browser softhsm demo bench vectors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) softhsm
 
 ## Start the whole gateway on the embedded default (Tansu broker, SQLite, HTTPS API with mutual
 ## TLS on https://localhost:8000; development CA and certificates in var/tls).
@@ -24,9 +24,15 @@ browser:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium; } \
 	  || echo "warning: /usr/bin/chromium is missing (apt-get install chromium): the dashboard test will fail"
 
+## Debian's SoftHSM2 (a PKCS#11 token in software) for the key store's tests (installed only when
+## missing; needs root).
+softhsm:
+	@test -x /usr/bin/softhsm2-util || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq softhsm2; } \
+	  || echo "warning: softhsm2 is missing (apt-get install softhsm2): the PKCS#11 key store tests are skipped"
+
 ## Lint, check the layer contracts (import-linter), type-check and run every test (unit,
 ## integration, end-to-end).
-test: $(STAMP) browser
+test: $(STAMP) browser softhsm
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import settings
 
 from tests.support.kafka import TestKafka, session_kafka
+from tests.support.softhsm import SoftHsm, session_softhsm
 
 # Hypothesis's per-example deadline (200 ms) measures the machine, not the code: on a shared
 # 2-core machine an example's first run can pass it while other processes run, and hypothesis
@@ -24,3 +25,15 @@ settings.load_profile("shared-machine")
 def broker() -> Iterator[TestKafka]:
     with session_kafka() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    """A SoftHSM2 token for this session (tests/support/softhsm.py)."""
+    with session_softhsm(tmp_path_factory.mktemp("softhsm")) as token:
+        if token is None:
+            pytest.skip(
+                "SoftHSM2 is not installed (apt-get install softhsm2; make install and .ci/run "
+                "install it): the PKCS#11 key store is tested against it"
+            )
+        yield token

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
+import os
 import secrets
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -35,7 +36,8 @@ from attest_gateway.config import Settings, custodial_keys_dir, pseudonym_key_fi
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.clock import Clock, SimulatedClock, SystemClock
 from attest_gateway.core.webhooks import RetryPolicy
-from attest_gateway.crypto.sealing import KeyRing
+from attest_gateway.crypto.pseudonyms import KEY_FILE_CONTEXT
+from attest_gateway.crypto.sealing import KeyRing, KeyStore, read_secret_file, secret_file_text
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db.arrivals import MailArrivals
 from attest_gateway.infra.db.directory import DirectoryCache
@@ -52,6 +54,7 @@ from attest_gateway.infra.kafka.outage import KafkaOutage, quiet_aiokafka
 from attest_gateway.infra.kafka.relay import OutboxRelay, PublishedHook
 from attest_gateway.infra.kafka.topic_check import topic_settings_check
 from attest_gateway.infra.kafka.topics import Topics, ensure_topics
+from attest_gateway.infra.keys import open_key_store
 from attest_gateway.infra.webhooks.client import HttpxPoster, tls_context
 from attest_gateway.observability import metrics
 from attest_gateway.ports.records import StageRecord
@@ -67,18 +70,33 @@ log = structlog.get_logger(__name__)
 # --- what the container is built from ---------------------------------------------------------
 
 
-def load_pseudonym_key(settings: Settings) -> bytes:
-    """The HMAC key for case refs: from the setting, else a file made once under keys_dir."""
+def load_pseudonym_key(settings: Settings, store: KeyStore | None = None) -> bytes:
+    """The HMAC key for case refs: from the setting, else a file made once under keys_dir
+    (wrapped by the token's key-encryption key when PKCS11_MODULE is set)."""
     if settings.pseudonym_key is not None:
         return settings.pseudonym_key.get_secret_value().encode("utf-8")
+    store = store if store is not None else open_key_store(settings)
     path = pseudonym_key_file(settings)
     if not path.exists():
-        if settings.environment == "production":
+        if settings.environment == "production" and store.in_clear:
             raise RuntimeError("PSEUDONYM_KEY must be set in production")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32), encoding="ascii")
-        path.chmod(0o600)
-    return path.read_text(encoding="ascii").strip().encode("ascii")
+        text = secret_file_text(
+            secrets.token_hex(32).encode("ascii"), store, context=KEY_FILE_CONTEXT
+        )
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:  # complete or absent, never half written; of processes starting at once one wins
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return read_secret_file(path, store, context=KEY_FILE_CONTEXT)
 
 
 @asynccontextmanager
@@ -161,10 +179,11 @@ async def _open(
     producer: AIOKafkaProducer | None,
 ) -> tuple[Gateway, _Owned]:
     topics = Topics.from_settings(settings)
-    keyring = KeyRing.load_dir(custodial_keys_dir(settings))
+    store = open_key_store(settings)
+    keyring = KeyRing.load_dir(custodial_keys_dir(settings), store)
     if settings.gateway_org_id not in keyring.orgs:
         raise RuntimeError(f"no keys for the gateway organisation {settings.gateway_org_id!r}")
-    pseudonym_key = load_pseudonym_key(settings)
+    pseudonym_key = load_pseudonym_key(settings, store)
     owned = _Owned(engine=engine is None, producer=producer is None)
     # One view of the brokers' reachability for all of this gateway's Kafka clients, which
     # also takes aiokafka's own per-attempt connection errors (infra/kafka/outage.py).

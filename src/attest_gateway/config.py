@@ -246,6 +246,29 @@ class Settings(BaseSettings):
     pseudonym_key: SecretStr | None = Field(
         default=None, description="HMAC key for case refs; default: generated under keys_dir"
     )
+    pkcs11_module: Path | None = Field(
+        default=None,
+        description=(
+            "the PKCS#11 library of the token that holds the private keys (SoftHSM2: "
+            "/usr/lib/softhsm/libsofthsm2.so); unset: key files in clear (development only)"
+        ),
+    )
+    pkcs11_token_label: str = Field(
+        default="attest-gateway", description="the label of the token in that library"
+    )
+    pkcs11_pin: SecretStr | None = Field(
+        default=None, description="the token's user PIN (or PKCS11_PIN_FILE)"
+    )
+    pkcs11_pin_file: Path | None = Field(
+        default=None, description="a file (mode 0600) holding the token's user PIN"
+    )
+    pkcs11_kek_label: str = Field(
+        default="attest-gateway-kek",
+        description=(
+            "the label of the token's AES key-encryption key that wraps the HPKE private keys "
+            "and the pseudonym key (made in the token, not extractable, when first needed)"
+        ),
+    )
     gateway_org_id: str = Field(default="gateway", description="the gateway's own organisation id")
     hpke_suite: Suite = Field(
         default="MLKEM768_X25519/HKDF_SHA256/AES_256_GCM",

@@ -3,11 +3,13 @@
 With `ENVIRONMENT=production` the gateway will not start on the conveniences of the embedded
 setup: the embedded broker, SQLite, plain-text Kafka or HTTP, a database connection that does
 not check the server's certificate, a missing, placeholder or guessable pseudonym key or
-metrics token, the simulator's clock, development certificates, private key files that users
-other than their owner can open (the gateway's own and the custodial job centres', which open
-every reply to them, and the pseudonym key), or development keys lying about (demo credentials,
-clinics' private keys). Each problem is one sentence that names the environment variable to
-change; all of them are reported at once.
+metrics token, the simulator's clock, development certificates, private keys in clear on disk
+(production keeps them in a PKCS#11 token, PKCS11_MODULE: the signing keys in it, the HPKE
+keys and the pseudonym key wrapped by its key-encryption key; see docs/keys.md), key files that
+users other than their owner can open (the gateway's own and the custodial job centres', which
+open every reply to them, and the pseudonym key), or development keys lying about (demo
+credentials, clinics' private keys). Each problem is one sentence that names the environment
+variable to change; all of them are reported at once.
 Some settings are allowed but unwise (one Kafka replica, no idempotent producer): those are
 warnings, logged at start.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import math
 import stat
 from collections import Counter
@@ -230,6 +233,62 @@ def _key_file_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def _token_problems(settings: Settings) -> list[str]:
+    """Production keeps private keys in a PKCS#11 token; this checks the settings that reach
+    it (opening it is the start's: a wrong PIN or label stops the start with its sentence)."""
+    module = settings.pkcs11_module
+    if module is None:
+        return [
+            "PKCS11_MODULE is not set: production keeps the private keys in a PKCS#11 token "
+            "(the signing keys in it, the HPKE keys and the pseudonym key wrapped by its key-"
+            "encryption key), never in clear key files; see docs/keys.md."
+        ]
+    problems = []
+    if not module.is_file():
+        problems.append(f"PKCS11_MODULE names {module}, which is not a file.")
+    if settings.pkcs11_pin is None and settings.pkcs11_pin_file is None:
+        problems.append("PKCS11_PIN_FILE (or PKCS11_PIN) is not set: the token needs its PIN.")
+    elif settings.pkcs11_pin_file is not None:
+        problems += _private_key_problems("pkcs11_pin_file", settings.pkcs11_pin_file)
+    return problems
+
+
+#: The fields of a key file's record that hold a private key in clear (crypto/sealing.py writes
+#: them without a token), and the start of a secret wrapped by the token's key-encryption key.
+_CLEAR_FIELDS = ("ed25519", "x25519", "mlkem768_seed")
+_WRAPPED_PREFIX = "pkcs11-aes-gcm:"
+
+
+def clear_key_records(path: Path) -> list[str]:
+    """The ids of the keys a key file holds in clear; a one-line secret file (the pseudonym
+    key) in clear is listed by its name. Raises OSError or ValueError when unreadable."""
+    text = path.read_text(encoding="utf-8").strip()
+    if not text.startswith("{"):
+        return [] if text.startswith(_WRAPPED_PREFIX) else [path.name]
+    records = json.loads(text).get("keys", [])
+    return [str(r.get("key_id")) for r in records if any(f in r for f in _CLEAR_FIELDS)]
+
+
+def _clear_key_problems(settings: Settings) -> list[str]:
+    """Key files that hold private keys in clear (made before the token was configured)."""
+    custodial = custodial_keys_dir(settings)
+    files = sorted(custodial.glob("*.json")) if custodial.is_dir() else []
+    files += [p for p in (pseudonym_key_file(settings), staged_key_file(settings)) if p.exists()]
+    problems = []
+    for path in files:
+        try:
+            clear = clear_key_records(path)
+        except (OSError, ValueError):
+            problems.append(f"KEYS_DIR holds {path}, which cannot be read as a key file.")
+            continue
+        if clear:
+            problems.append(
+                f"KEYS_DIR holds private keys in clear in {path} ({', '.join(clear)}): move "
+                "them into the token (PKCS11_MODULE) with attest-gateway keys protect."
+            )
+    return problems
+
+
 def _development_leftovers(settings: Settings) -> list[str]:
     problems = []
     creds = settings.var_dir / "demo-credentials.json"
@@ -265,14 +324,27 @@ def inspect_settings(settings: Settings, *, now: dt.datetime | None = None) -> F
     findings.problems += _clock_problems(settings)
     pseudonym = settings.pseudonym_key.get_secret_value() if settings.pseudonym_key else None
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
-    for name, value, what in (
-        ("pseudonym_key", pseudonym, "the secret HMAC key for citizens' pseudonyms"),
-        ("metrics_token", token, "a bearer token that guards /metrics"),
-    ):
+    secrets: list[tuple[str, str | None, str]] = [
+        ("metrics_token", token, "a bearer token that guards /metrics")
+    ]
+    # with a token the pseudonym key may rest wrapped by it (PSEUDONYM_KEY unset)
+    if pseudonym is not None or settings.pkcs11_module is None:
+        secrets.insert(
+            0, ("pseudonym_key", pseudonym, "the secret HMAC key for citizens' pseudonyms")
+        )
+    for name, value, what in secrets:
         problem = _secret_problem(name, value, what)
         if problem:
             findings.problems.append(problem)
+    findings.problems += _token_problems(settings)
     findings.problems += _key_file_problems(settings)
+    if settings.pkcs11_module is not None:
+        findings.problems += _clear_key_problems(settings)
+        if pseudonym is not None:
+            findings.warnings.append(
+                "PSEUDONYM_KEY holds the pseudonym key in clear in the environment: unset it "
+                "and keep it wrapped by the token (attest-gateway keys protect moves it there)."
+            )
     findings.problems += _development_leftovers(settings)
     for setting in ("webhook_ca_file", "webhook_client_cert"):  # webhooks: no development CA
         path = getattr(settings, setting)

@@ -17,7 +17,8 @@ from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from attest_gateway.config import Settings, custodial_keys_dir, load_settings, pseudonym_key_file
-from attest_gateway.crypto.sealing import OrgKeys
+from attest_gateway.contracts.envelope import Suite
+from attest_gateway.crypto.sealing import OrgKeys, PrivateHpkeKey
 from attest_gateway.devtools import devca
 from attest_gateway.entrypoints.http.app import create_app
 from attest_gateway.production import (
@@ -26,6 +27,7 @@ from attest_gateway.production import (
     is_development_certificate,
     refuse_unsafe_settings,
 )
+from tests.support.keystore import FakeToken
 
 SECRET = "3b9f0c2a7e5d4c1b8a6f9e0d2c4b6a8f"  # 32 random-looking characters
 
@@ -58,6 +60,12 @@ def _cert(path: Path, *, org: str = "Region Hovedstaden", days: int = 365, start
     return path
 
 
+def _file(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
 def _safe(tmp_path: Path, **overrides: Any) -> Settings:
     cert = _cert(tmp_path / "api.crt")
     ca = _cert(tmp_path / "ca.crt")
@@ -72,8 +80,11 @@ def _safe(tmp_path: Path, **overrides: Any) -> Settings:
         "kafka_replication_factor": 3,
         "api_tls_certfile": cert,
         "api_tls_keyfile": cert.with_suffix(".key"),
-        "pseudonym_key": SECRET,
         "metrics_token": SECRET[::-1],
+        # the token that holds the private keys (its library need not load: the check reads
+        # the settings and the key files, opening the token is the start's)
+        "pkcs11_module": _file(tmp_path / "libtoken.so", "not a library"),
+        "pkcs11_pin_file": _file(tmp_path / "pin", "1234"),
     }
     values.update(overrides)
     return load_settings(**values)
@@ -98,7 +109,7 @@ def test_the_defaults_are_refused_in_production_naming_every_setting() -> None:
     problems = _problems(load_settings(environment="production"))
     text = " ".join(problems)
     for var in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "API_TLS_CERTFILE", "PSEUDONYM_KEY",
-                "METRICS_TOKEN"):  # fmt: skip
+                "METRICS_TOKEN", "PKCS11_MODULE"):  # fmt: skip
         assert var in text
     assert all(p.endswith(".") and p.count(". ") <= 1 for p in problems)  # one sentence each
 
@@ -124,7 +135,10 @@ def test_the_defaults_are_refused_in_production_naming_every_setting() -> None:
         ({"database_url": "postgresql+asyncpg://a:b@/attest?host=db.internal"}, "DATABASE_URL"),
         ({"api_tls_certfile": None}, "API_TLS_CERTFILE"),
         ({"api_tls_keyfile": None}, "API_TLS_KEYFILE"),
-        ({"pseudonym_key": None}, "PSEUDONYM_KEY"),
+        ({"pkcs11_module": None, "pseudonym_key": SECRET}, "PKCS11_MODULE"),  # clear files
+        ({"pkcs11_module": Path("/nonexistent/libsofthsm2.so")}, "PKCS11_MODULE"),
+        ({"pkcs11_pin_file": None}, "PKCS11_PIN_FILE"),
+        ({"pkcs11_pin_file": Path("/nonexistent/pin")}, "PKCS11_PIN_FILE"),
         ({"pseudonym_key": "change-me-change-me-change-me-change-me"}, "PSEUDONYM_KEY"),
         ({"pseudonym_key": "a1b2c3d4e5f6"}, "PSEUDONYM_KEY"),  # too short
         ({"pseudonym_key": "abcdefgh" * 4}, "PSEUDONYM_KEY"),  # repeats itself
@@ -191,15 +205,20 @@ def test_random_secrets_of_the_usual_kinds_are_accepted(tmp_path: Path) -> None:
         assert not [p for p in _problems(settings) if "is not random" in p], secret
 
 
+def _token_keys(token: FakeToken, org_id: str, suite: Suite) -> OrgKeys:
+    return OrgKeys(org_id, [PrivateHpkeKey.generate(suite)], [token.new_signing_key()])
+
+
 def _key_files(settings: Settings) -> dict[str, Path]:
     """The private keys the gateway holds, written as `setup` and `keys` write them."""
     custodial = custodial_keys_dir(settings)
+    token = FakeToken()
     own = custodial / f"{settings.gateway_org_id}.json"
-    OrgKeys.generate(settings.gateway_org_id, settings.hpke_suite).save(own)
+    _token_keys(token, settings.gateway_org_id, settings.hpke_suite).save(own, token)
     job_centre = custodial / "jc-koebenhavn.json"
-    OrgKeys.generate("jc-koebenhavn", settings.hpke_suite).save(job_centre)
+    _token_keys(token, "jc-koebenhavn", settings.hpke_suite).save(job_centre, token)
     pseudonym = pseudonym_key_file(settings)
-    pseudonym.write_text(SECRET, encoding="ascii")
+    pseudonym.write_text(token.wrap(SECRET.encode(), context="pseudonym"), encoding="ascii")
     pseudonym.chmod(0o600)
     return {"own": own, "custodial": job_centre, "pseudonym": pseudonym}
 
@@ -309,3 +328,40 @@ def test_webhooks_refuse_the_development_ca_and_client_certificate(tmp_path: Pat
     ]
     real = _cert(tmp_path / "real-ca.crt")
     assert _problems(_safe(tmp_path, webhook_ca_file=real)) == []
+
+
+@pytest.mark.parametrize("which", ["own", "custodial", "pseudonym"])
+def test_private_keys_in_clear_on_disk_are_refused_naming_the_file_and_the_fix(
+    tmp_path: Path, which: str
+) -> None:
+    """Production keeps private keys in the token: a key file written in clear (before the
+    token was configured) is refused, with the keys it holds and the command that moves
+    them into the token."""
+    settings = _safe(tmp_path)
+    path = _key_files(settings)[which]
+    if which == "pseudonym":
+        path.write_text(SECRET, encoding="ascii")
+        held = path.name
+    else:
+        clear = OrgKeys.generate(path.stem, settings.hpke_suite)
+        clear.save(path)
+        held = ", ".join([clear.current_hpke.key_id, clear.current_signing.key_id])
+    assert _problems(settings) == [
+        f"KEYS_DIR holds private keys in clear in {path} ({held}): move them into the token "
+        "(PKCS11_MODULE) with attest-gateway keys protect."
+    ]
+
+
+def test_without_a_token_production_names_the_setting(tmp_path: Path) -> None:
+    problems = _problems(_safe(tmp_path, pkcs11_module=None, pseudonym_key=SECRET))
+    assert problems == [
+        "PKCS11_MODULE is not set: production keeps the private keys in a PKCS#11 token (the "
+        "signing keys in it, the HPKE keys and the pseudonym key wrapped by its key-encryption "
+        "key), never in clear key files; see docs/keys.md."
+    ]
+
+
+def test_a_pseudonym_key_in_the_environment_beside_a_token_is_a_warning(tmp_path: Path) -> None:
+    findings = inspect_settings(_safe(tmp_path, pseudonym_key=SECRET))
+    assert findings.problems == []
+    assert [w.split(" ")[0] for w in findings.warnings] == ["PSEUDONYM_KEY"]

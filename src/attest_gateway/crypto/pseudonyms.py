@@ -25,6 +25,8 @@ from attest_gateway.crypto import sealing as crypto
 from attest_gateway.crypto.sealing import KeyRing, PublicHpkeKey
 
 KEY_ID_HEX = 6
+#: What the pseudonym key is bound to when a token's key-encryption key wraps its file.
+KEY_FILE_CONTEXT = "attest-gateway/pseudonym-key/v1"
 _SEAL_INFO = b"attest-gateway/citizen-cpr/v1"
 
 

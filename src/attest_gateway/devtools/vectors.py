@@ -120,7 +120,7 @@ def vector(suite: Suite) -> dict[str, Any]:
         "signer": {
             "key_id": signer.key_id,
             "public": signer.public_encoded,
-            "ed25519": _b64(signer.key.private_bytes_raw()),
+            "ed25519": signer.to_record()["ed25519"],
         },
         "plaintext": PLAINTEXT.decode(),
         "info_hex": header.info().hex(),

@@ -8,7 +8,9 @@ organisations of `make run` (devtools/demo.py) both go through here.
 The key lifecycle:
 
 - **generate / rotate**: a new key pair. A custodial organisation's private half (job centres,
-  the gateway itself) is appended to its key file under `KEYS_DIR/custodial/` *before* the
+  the gateway itself) is appended to its key file under `KEYS_DIR/custodial/` (with a token,
+  PKCS11_MODULE: the signing key made in the token and only named in the file, the HPKE key
+  wrapped by the token's key-encryption key; docs/keys.md) *before* the
   public half enters the directory, so the gateway can open whatever is sealed to the new key
   the moment it is used; the older keys stay in the file, so old mail still opens. Any other
   organisation makes its own keys (`keys generate --out`, no database) and the operator
@@ -49,7 +51,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.config import Settings, custodial_keys_dir
+from attest_gateway.config import (
+    Settings,
+    custodial_keys_dir,
+    pseudonym_key_file,
+    staged_key_file,
+)
 from attest_gateway.contracts.envelope import Suite
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.directory import (
@@ -67,17 +74,23 @@ from attest_gateway.core.identifiers import (
     check_ydernummer,
     municipalities,
 )
+from attest_gateway.crypto.pseudonyms import KEY_FILE_CONTEXT
 from attest_gateway.crypto.sealing import (
+    CLEAR_FILES,
+    KeyStore,
+    KeyStoreError,
     OrgKeys,
     PrivateHpkeKey,
     PublicHpkeKey,
-    SigningKey,
     decode_verify_key,
+    is_wrapped,
     raise_if_unknown_suite,
+    secret_file_text,
 )
 from attest_gateway.infra.db import audit, directory
 from attest_gateway.infra.db.tables import org_keys, organisations
 from attest_gateway.infra.kafka.topics import Topics
+from attest_gateway.infra.keys import open_key_store
 from attest_gateway.production import is_development_certificate
 
 Purpose = Literal["hpke", "signing"]
@@ -352,6 +365,14 @@ def custodial_key_file(settings: Settings, org_id: str) -> Path:
     return custodial_keys_dir(settings) / f"{org_id}.json"
 
 
+def _key_store(settings: Settings) -> KeyStore:
+    """Where custodial private keys rest (PKCS11_MODULE: the token), as an AdminError."""
+    try:
+        return open_key_store(settings)
+    except KeyStoreError as exc:
+        raise AdminError(str(exc)) from None
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Serialise read-modify-write of the key files in one directory between processes (two
@@ -365,35 +386,116 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def append_to_key_file(path: Path, new: OrgKeys) -> None:
-    """Add keys to an organisation's key file (created if absent); older keys stay."""
+def append_to_key_file(path: Path, new: OrgKeys, store: KeyStore = CLEAR_FILES) -> None:
+    """Add keys to an organisation's key file (created if absent); older keys stay. With a
+    token the file holds the HPKE keys wrapped and the signing keys by name."""
     with _locked(path):
         if path.exists():
-            held = OrgKeys.load(path)
+            held = OrgKeys.load(path, store)
             if held.org_id != new.org_id:
                 raise AdminError(f"{path} holds the keys of {held.org_id}, not {new.org_id}")
         else:
             held = OrgKeys(new.org_id, [], [])
         held.hpke_keys.extend(new.hpke_keys)
         held.signing_keys.extend(new.signing_keys)
-        held.save(path)
+        held.save(path, store)
 
 
-def _remove_from_key_file(path: Path, key_id: str) -> bool:
+def _remove_from_key_file(path: Path, key_id: str, store: KeyStore) -> bool:
+    """Take a key out of the key file; a signing key in a token is destroyed there too (after
+    the file no longer names it, so no gateway looks for it)."""
     with _locked(path):
         if not path.exists():
             return False
-        held = OrgKeys.load(path)
+        held = OrgKeys.load(path, store)
         hpke = [k for k in held.hpke_keys if k.key_id != key_id]
         signing = [k for k in held.signing_keys if k.key_id != key_id]
         if len(hpke) == len(held.hpke_keys) and len(signing) == len(held.signing_keys):
             return False
-        OrgKeys(held.org_id, hpke, signing).save(path)
+        OrgKeys(held.org_id, hpke, signing).save(path, store)
+        if len(signing) != len(held.signing_keys):
+            store.forget_signing_key(key_id)
         return True
 
 
-def _held_signing_ids(path: Path) -> set[str]:
-    return {k.key_id for k in OrgKeys.load(path).signing_keys} if path.exists() else set()
+def _held_signing_ids(path: Path, store: KeyStore) -> set[str]:
+    return {k.key_id for k in OrgKeys.load(path, store).signing_keys} if path.exists() else set()
+
+
+@dataclass(frozen=True, slots=True)
+class Protected:
+    """What `protect_key_files` moved into the token."""
+
+    signing_keys: list[str]
+    hpke_keys: list[str]
+    files: list[Path]
+    pseudonym_key: Path | None
+
+
+def protect_key_files(settings: Settings) -> Protected:
+    """Move the private keys of clear key files into the configured token: each signing key
+    is imported into the token (not extractable) and named in the file, each HPKE key and the
+    pseudonym key (its file, or PSEUDONYM_KEY when no file exists yet) are wrapped by the
+    token's key-encryption key. Files already protected stay as they are. The clear bytes are
+    overwritten by the rewrite, not erased from backups or the disk's free blocks."""
+    store = _key_store(settings)
+    if store.in_clear:
+        raise AdminError("PKCS11_MODULE is not set: there is no token to move the keys into")
+    signing: list[str] = []
+    hpke: list[str] = []
+    files: list[Path] = []
+    directory = custodial_keys_dir(settings)
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        with _locked(path):
+            text = path.read_text(encoding="utf-8")
+            records = orjson.loads(text).get("keys", [])
+            clear_hpke = [r["key_id"] for r in records if "x25519" in r]
+            newly = [r["key_id"] for r in records if "ed25519" in r]
+            if not newly and not clear_hpke:
+                continue
+            try:
+                held = OrgKeys.from_json(text, store)
+                moved = [
+                    store.import_signing_key(k) if k.key_id in newly else k
+                    for k in held.signing_keys
+                ]
+            except KeyStoreError as exc:
+                raise AdminError(f"{path}: {exc}") from None
+            OrgKeys(held.org_id, held.hpke_keys, moved).save(path, store)
+        signing += newly
+        hpke += clear_hpke
+        files.append(path)
+    return Protected(signing, hpke, files, _protect_pseudonym_key(settings, store))
+
+
+def _protect_pseudonym_key(settings: Settings, store: KeyStore) -> Path | None:
+    target = pseudonym_key_file(settings)
+    done: Path | None = None
+    for path in (target, staged_key_file(settings)):
+        if not path.exists():
+            continue
+        text = path.read_text(encoding="ascii").strip()
+        if is_wrapped(text):
+            continue
+        _write_secret(path, secret_file_text(text.encode("ascii"), store, context=KEY_FILE_CONTEXT))
+        done = done or path
+    if not target.exists() and settings.pseudonym_key is not None:
+        value = settings.pseudonym_key.get_secret_value().encode("utf-8")
+        _write_secret(target, secret_file_text(value, store, context=KEY_FILE_CONTEXT))
+        done = target
+    return done
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Replace a secret file atomically (mode 0600, synced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
 
 
 # --- directory reads -------------------------------------------------------------------------
@@ -656,7 +758,7 @@ async def _make_keys(
             raise AdminError(
                 f"{org_id} is custodial: its private keys stay in the gateway's key file"
             )
-        path = custodial_key_file(settings, org_id)
+        path, store = custodial_key_file(settings, org_id), _key_store(settings)
     elif private_out is None:
         raise AdminError(
             f"{org_id} is not custodial: register the public keys it made itself "
@@ -668,15 +770,15 @@ async def _make_keys(
             "private keys: register its own public keys with keys add"
         )
     else:
-        path = private_out
+        path, store = private_out, CLEAR_FILES  # development: the clinic's own file, in clear
     purposes = _purposes(purpose)
     before = await _keys_of(conn, org_id)
     new = OrgKeys(
         org_id,
         [PrivateHpkeKey.generate(suite or settings.hpke_suite)] if "hpke" in purposes else [],
-        [SigningKey.generate()] if "signing" in purposes else [],
+        [store.new_signing_key()] if "signing" in purposes else [],
     )
-    append_to_key_file(path, new)  # first the private half, then the directory
+    append_to_key_file(path, new, store)  # first the private half, then the directory
     public = PublicKeySet.of(new)
     added: list[KeyInfo] = []
     replaced: dict[str, str] = {}
@@ -877,7 +979,7 @@ async def revoke_key(
             for k in await _keys_of(conn, org.id)
             if k.purpose == "signing" and k.key_id != key_id and k.usable(now)
         ]
-        if not {k.key_id for k in others} & _held_signing_ids(path):
+        if not {k.key_id for k in others} & _held_signing_ids(path, _key_store(settings)):
             raise AdminError(
                 f"{key_id} is the only usable signing key of {org.id}: rotate first "
                 f"(keys rotate --org {org.id} --purpose signing), then revoke it"
@@ -886,7 +988,7 @@ async def revoke_key(
         conn, org_keys.update().where(org_keys.c.key_id == key_id).values(revoked_at=now)
     )
     if org.custodial and key.purpose == "signing":
-        removed = _remove_from_key_file(path, key_id)
+        removed = _remove_from_key_file(path, key_id, _key_store(settings))
     detail = {"key_id": key_id, "purpose": key.purpose}
     if reason:
         detail["reason"] = reason[:200]
@@ -936,7 +1038,9 @@ async def retire_key(
     )
     removed = False
     if org.custodial and key.purpose in PURPOSES:
-        removed = _remove_from_key_file(custodial_key_file(settings, org.id), key_id)
+        removed = _remove_from_key_file(
+            custodial_key_file(settings, org.id), key_id, _key_store(settings)
+        )
     await _record(
         conn,
         settings,

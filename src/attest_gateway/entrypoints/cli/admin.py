@@ -1,5 +1,5 @@
 """Operator commands for the organisation directory: `attest-gateway orgs add|list|disable` and
-`attest-gateway keys generate|add|rotate|revoke|retire|list`.
+`attest-gateway keys generate|add|rotate|revoke|retire|protect|list`.
 
 Thin: each command parses its options, runs one function of `services/admin.py` in one
 database transaction (audited there, actor `operator:<OS user>`, source `cli`) and prints the
@@ -513,6 +513,37 @@ def keys_retire(
     console.print(f"{key_id} ({change.key.purpose}, {change.key.org_id}) is retired")
     if change.removed_from_key_file:
         console.print("  and removed from the custodial key file")
+
+
+@keys_app.command("protect")
+def keys_protect() -> None:
+    """Move the private keys of clear key files into the PKCS#11 token (PKCS11_MODULE).
+
+    Custodial signing keys are imported into the token (not extractable; they sign there),
+    HPKE keys and the pseudonym key are wrapped by the token's key-encryption key; the files
+    then hold only names and wrapped blobs. Run it once after configuring the token (no
+    database needed); the clear bytes may still be in backups: replace those too. With
+    PSEUDONYM_KEY set and no key file yet, the key file is made from it: unset PSEUDONYM_KEY.
+
+    Example: attest-gateway keys protect   # PKCS11_MODULE and PKCS11_PIN_FILE set
+    """
+    settings = load_settings()
+    try:
+        done = admin.protect_key_files(settings)
+    except admin.AdminError as exc:
+        raise fail(str(exc)) from None
+    for path in done.files:
+        console.print(f"protected {path}")
+    if done.signing_keys:
+        console.print(f"  signing keys now in the token: {', '.join(done.signing_keys)}")
+    if done.hpke_keys:
+        console.print(f"  HPKE keys now wrapped: {', '.join(done.hpke_keys)}")
+    if done.pseudonym_key is not None:
+        console.print(f"pseudonym key wrapped in {done.pseudonym_key}")
+        if settings.pseudonym_key is not None:
+            console.print("  now unset PSEUDONYM_KEY for every gateway process")
+    if not done.files and done.pseudonym_key is None:
+        console.print("no key in clear: nothing to do")
 
 
 @keys_app.command("list")

@@ -26,6 +26,7 @@ from attest_gateway.config import load_settings
 from attest_gateway.contracts.citizen import CitizenExport, OrgName
 from attest_gateway.core.audit import SOURCE_CLI
 from attest_gateway.core.identifiers import check_cpr
+from attest_gateway.crypto.sealing import KeyStoreError
 from attest_gateway.entrypoints.cli.admin import operator
 from attest_gateway.infra.db import citizen
 from attest_gateway.infra.db.pseudonyms import PseudonymKeyMismatch
@@ -75,7 +76,11 @@ def export(
         console.print(f"[red]error:[/red] {exc.message()}")
         raise typer.Exit(2) from None
     settings = load_settings()
-    key = load_pseudonym_key(settings)
+    try:
+        key = load_pseudonym_key(settings)
+    except KeyStoreError as exc:  # the token (PKCS11_MODULE) does not open the key file
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     actor = f"operator:{operator_name}"[:64] if operator_name else operator()
 
     async def run() -> CitizenExport:

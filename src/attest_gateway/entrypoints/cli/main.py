@@ -32,10 +32,10 @@ from attest_gateway.client.envelopes import (
 )
 from attest_gateway.client.errors import GatewayProblem, NotOpened
 from attest_gateway.client.http import Client as PartnerClient
-from attest_gateway.config import Settings, load_settings
+from attest_gateway.config import Settings, custodial_keys_dir, load_settings
 from attest_gateway.contracts.directory import OrganisationKeys
 from attest_gateway.core.clock import SystemClock
-from attest_gateway.crypto.sealing import OrgKeys
+from attest_gateway.crypto.sealing import KeyRing, KeyStoreError, OrgKeys
 from attest_gateway.entrypoints.cli import admin as cli_admin
 from attest_gateway.entrypoints.cli import audit as cli_audit
 from attest_gateway.entrypoints.cli import citizen as cli_citizen
@@ -52,6 +52,7 @@ from attest_gateway.infra.db.migrate import upgrade
 from attest_gateway.infra.kafka.dead_letters import read_dead_letters, replay
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
+from attest_gateway.infra.keys import open_key_store
 from attest_gateway.medcom.build import (
     PersonName,
     SegmentAuthor,
@@ -90,6 +91,16 @@ def migrate() -> None:
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.effective_database_url)
     console.print("database is at the newest schema")
+
+
+def _refuse_unopened_keys(settings: Settings) -> None:
+    """`serve`: the key store opens (with a token: the library, label and PIN) and every key
+    file's keys open with it; else one sentence, exit 2."""
+    try:
+        KeyRing.load_dir(custodial_keys_dir(settings), open_key_store(settings))
+    except KeyStoreError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from None
 
 
 @app.command()
@@ -146,6 +157,7 @@ def serve(
         console.print(f"embedded broker (Tansu) on {bootstrap}, pid {broker.pid}")
     try:
         upgrade(settings.effective_database_url)
+        _refuse_unopened_keys(settings)  # the token: label, PIN, wrapped keys; one sentence
         cli_pseudonyms.refuse_key_mismatch(settings)  # one sentence, exit 2
         creds = asyncio.run(cli_ops.ensure_organisations(settings))
         if dev_tls:

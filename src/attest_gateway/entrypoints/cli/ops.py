@@ -44,6 +44,7 @@ SECRET_NOTES: dict[str, str] = {
     "keys_dir": "yes (private key files)",
     "kafka_ssl_keyfile": "yes (private key file)",
     "api_tls_keyfile": "yes (private key file)",
+    "pkcs11_pin_file": "yes (the token's PIN)",
 }
 
 EPILOG = """Examples (each command's --help has more):

@@ -5,8 +5,10 @@ generated key file (`KEYS_DIR/pseudonym.key`, PSEUDONYM_KEY unset) the new key i
 `pseudonym.key.new` first, the database is re-keyed and committed, then the staged file
 replaces the key file (an atomic rename). A crash between the commit and the rename leaves
 the staged file: the gateway then refuses to start, and running `rekey` again finishes the
-rename. With PSEUDONYM_KEY set, the operator gives the new key (`--new-key-env VAR` or
-`--new-key-file PATH`) and, once the re-key committed, sets PSEUDONYM_KEY to it everywhere.
+rename. With a token (PKCS11_MODULE) both files hold the key wrapped by its key-encryption
+key, never the key itself. With PSEUDONYM_KEY set, the operator gives the new key
+(`--new-key-env VAR` or `--new-key-file PATH`) and, once the re-key committed, sets
+PSEUDONYM_KEY to it everywhere.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from attest_gateway.config import (
 )
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto import pseudonyms as cps
-from attest_gateway.crypto.sealing import KeyRing
+from attest_gateway.crypto.sealing import KeyRing, read_secret_file, secret_file_text
 from attest_gateway.entrypoints.cli.admin import operator
 from attest_gateway.infra.db import pseudonyms as ps
 from attest_gateway.infra.db.rekey import RekeyRefused, RekeyReport, rekey
 from attest_gateway.infra.kafka.topics import Topics
+from attest_gateway.infra.keys import KeyStoreError, open_key_store
 
 pseudonyms_app = typer.Typer(help="Citizens' pseudonyms (case refs): their key and its rotation.")
 console = Console(stderr=True)
@@ -51,8 +54,12 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code=code)
 
 
-def _read_key_file(path: Path) -> bytes:
-    return path.read_text(encoding="ascii").strip().encode("ascii")
+def _read_key_file(settings: Settings, path: Path) -> bytes:
+    """A pseudonym key file: in clear, or wrapped by the token's key-encryption key."""
+    try:
+        return read_secret_file(path, open_key_store(settings), context=cps.KEY_FILE_CONTEXT)
+    except KeyStoreError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _current_key(settings: Settings) -> bytes:
@@ -61,7 +68,7 @@ def _current_key(settings: Settings) -> bytes:
     path = pseudonym_key_file(settings)
     if not path.exists():
         raise _fail(f"there is no pseudonym key yet ({path}): the gateway makes it at first start")
-    return _read_key_file(path)
+    return _read_key_file(settings, path)
 
 
 def _new_key(settings: Settings, env: str | None, file: Path | None) -> bytes:
@@ -86,11 +93,16 @@ def _new_key(settings: Settings, env: str | None, file: Path | None) -> bytes:
     return value.encode("utf-8")
 
 
-def _write_private(path: Path, key: bytes) -> None:
+def _write_private(settings: Settings, path: Path, key: bytes) -> None:
+    """The key file: the key itself, or wrapped by the token when PKCS11_MODULE is set."""
+    try:
+        text = secret_file_text(key, open_key_store(settings), context=cps.KEY_FILE_CONTEXT)
+    except KeyStoreError as exc:
+        raise _fail(str(exc)) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
+        fh.write(text.encode("ascii"))
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -118,7 +130,7 @@ def _finish_interrupted(settings: Settings) -> bool:
     if settings.pseudonym_key is not None or not staged.exists():
         return False
     recorded, _ = asyncio.run(_recorded(settings))
-    if recorded is None or cps.key_id(_read_key_file(staged)) != recorded:
+    if recorded is None or cps.key_id(_read_key_file(settings, staged)) != recorded:
         return False
     _install_staged(settings)
     return True
@@ -138,6 +150,8 @@ def key_mismatch(settings: Settings) -> str | None:
                     tracking_topic=Topics.from_settings(settings).tracking,
                     now=SystemClock().now(),
                 )
+            except KeyStoreError as exc:
+                return str(exc)
             except ps.PseudonymKeyMismatch as exc:
                 staged = staged_key_file(settings)
                 if settings.pseudonym_key is None and staged.exists():
@@ -232,12 +246,15 @@ def rekey_command(
         return
     old_key = _current_key(settings)
     new_key = _new_key(settings, new_key_env, new_key_file)
-    keyring = KeyRing.load_dir(custodial_keys_dir(settings))
+    try:
+        keyring = KeyRing.load_dir(custodial_keys_dir(settings), open_key_store(settings))
+    except KeyStoreError as exc:
+        raise _fail(str(exc)) from None
     window = settings.replay_window_seconds if republish_seconds is None else republish_seconds
     staged = staged_key_file(settings)
     key_file_mode = settings.pseudonym_key is None
     if key_file_mode and not dry_run:
-        _write_private(staged, new_key)  # on disk before the database moves to it
+        _write_private(settings, staged, new_key)  # on disk before the database moves to it
 
     clock = SystemClock()  # a command run by hand, between runs of the gateway
 

@@ -10,9 +10,10 @@ import typer
 
 from attest_gateway.bootstrap import clock_from_settings, database
 from attest_gateway.config import custodial_keys_dir, load_settings
-from attest_gateway.crypto.sealing import KeyRing
+from attest_gateway.crypto.sealing import KeyRing, KeyStoreError
 from attest_gateway.infra.housekeeping.retention import PruneReport, prune_all
 from attest_gateway.infra.kafka.topics import Topics
+from attest_gateway.infra.keys import open_key_store
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +28,11 @@ def prune() -> None:
     Example: attest-gateway prune
     """
     settings = load_settings()
-    keyring = KeyRing.load_dir(custodial_keys_dir(settings))
+    try:  # the gateway's signing key signs the audit checkpoint (in the token, if one is set)
+        keyring = KeyRing.load_dir(custodial_keys_dir(settings), open_key_store(settings))
+    except KeyStoreError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise typer.Exit(code=1) from None
 
     async def run() -> PruneReport:
         async with database(settings) as engine:
