@@ -23,13 +23,15 @@ PSY = OrgIdentifiers(
 )
 
 
-def _reminder(seq: int = 1) -> dict[str, Any]:
+def _reminder(
+    seq: int = 1, sent_at: dt.datetime = dt.datetime(2026, 11, 2, 7, 0, tzinfo=dt.UTC)
+) -> dict[str, Any]:
     return build_reminder(
         request_message_id="req-1",
         conversation_id="conv-1",
         message_id=f"rem-{seq}",
         bundle_id=f"bundle-{seq}",
-        sent_at=dt.datetime(2026, 11, 2, 7, 0, tzinfo=dt.UTC),
+        sent_at=sent_at,
         sender=JC,
         receiver=PSY,
         attest_type="LÆ 155",
@@ -95,19 +97,7 @@ def test_a_first_shape_reminder_is_still_told_from_a_request() -> None:
 
 def test_a_reminder_says_the_deadline_was_only_once_it_has_passed() -> None:
     def text(sent_at: dt.datetime) -> str:
-        bundle = build_reminder(
-            request_message_id="req-1",
-            conversation_id="conv-1",
-            message_id="rem-1",
-            bundle_id="bundle-1",
-            sent_at=sent_at,
-            sender=JC,
-            receiver=PSY,
-            attest_type="LÆ 155",
-            due=dt.date(2026, 10, 30),
-            seq=1,
-        )
-        return read_message(parse_bundle(bundle)).texts[0]
+        return read_message(parse_bundle(_reminder(sent_at=sent_at))).texts[0]
 
     # A reminder by hand before the deadline; on its day; the day after (Danish time:
     # 23:30 UTC on the 30th is already the 31st in Copenhagen).

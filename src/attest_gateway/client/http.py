@@ -51,13 +51,7 @@ class _Calls:
 
     @staticmethod
     def mailbox(limit: int, wait: float) -> _Call[Mailbox]:
-        return _Call(
-            "GET",
-            "/medcom/v1/mailbox",
-            _answer(Mailbox.model_validate),
-            _long_poll({"limit": limit}, wait),
-            wait=wait,
-        )
+        return _long_poll("/medcom/v1/mailbox", _answer(Mailbox.model_validate), limit, wait)
 
     @staticmethod
     def collect(message_id: str) -> _Call[Collected]:
@@ -100,13 +94,7 @@ class _Calls:
 
     @staticmethod
     def inbox(limit: int, wait: float) -> _Call[Inbox]:
-        return _Call(
-            "GET",
-            "/jobcenter/v1/inbox",
-            _answer(Inbox.model_validate),
-            _long_poll({"limit": limit}, wait),
-            wait=wait,
-        )
+        return _long_poll("/jobcenter/v1/inbox", _answer(Inbox.model_validate), limit, wait)
 
     @staticmethod
     def ack(message_id: str) -> _Call[ReplyAcknowledged]:
@@ -114,12 +102,15 @@ class _Calls:
         return _Call("POST", path, _answer(ReplyAcknowledged.model_validate))
 
 
-def _long_poll(params: dict[str, Any], wait: float) -> dict[str, Any]:
-    """The query of a read that may wait: `wait` whole seconds, 0 to 30 (the gateway's limit),
-    so a caller's mistake is a `ValueError` here rather than a 422 from the gateway."""
+def _long_poll(
+    path: str, parse: Callable[[httpx.Response], T], limit: int, wait: float
+) -> _Call[T]:
+    """A read that may wait: `wait` whole seconds, 0 to 30 (the gateway's limit), so a
+    caller's mistake is a `ValueError` here rather than a 422 from the gateway."""
     if not 0 <= wait <= MAX_WAIT_SECONDS:
         raise ValueError(f"wait is 0 to {MAX_WAIT_SECONDS} seconds, not {wait}")
-    return params | ({"wait": math.ceil(wait)} if wait else {})
+    params: dict[str, Any] = {"limit": limit} | ({"wait": math.ceil(wait)} if wait else {})
+    return _Call("GET", path, parse, params, wait=wait)
 
 
 def _timeout(client: httpx.Client | httpx.AsyncClient, call: _Call[Any]) -> httpx.Timeout:
