@@ -59,8 +59,10 @@ const WORDS = {
     colLate: "Anmodet for sent, af anmodninger",
     colNoContact: "Uden direkte kontakt, af afsluttede forløb",
     rowsTitle: "Over registrerede sygesager og medregnet åbne anmodninger",
-    rowsSub: "Læses fra enkeltsager for den valgte periode (ikke fra de løbende optællinger); hentes, når filtrene vises, ikke hvert minut.",
-    rowsLoading: "Henter …", rowsDone: "", rowsFailed: "Kunne ikke hente: {msg}",
+    rowsSub: "Disse tal læses fra de enkelte sager og anmodninger i perioden, ikke fra de løbende optællinger, så de koster i forhold til periodens længde: de hentes kun på forlangende, og uden en fra-dato for de seneste {weeks} uger.",
+    rowsLoad: "Hent tallene",
+    rowsNotLoaded: "Ikke hentet.", rowsLoading: "Henter …", rowsFailed: "Kunne ikke hente: {msg}",
+    rowsPeriod: "Periode: {from} – {to}.", today: "i dag",
     casesTitle: "Sygesager med psykiatrisk forløb uden direkte kontakt, pr. region",
     casesNational: "Hele landet: {share} — {k} af {n} sager (vinduet lukket); {pending} endnu åbne vinduer.",
     casesNone: "Ingen registrerede sager med lukket vindue i perioden (eller for få til at blive vist).",
@@ -94,7 +96,7 @@ const WORDS = {
     kpis: "Key figures",
     kpiRequests: "Requests",
     kpiMedian: "Median request → attest (answered)",
-    kpiP90: "90 % answered within",
+    kpiP90: "90% answered within",
     kpiOverdue: "Past the deadline (of settled)",
     kpiLate: "Requested late: after the first follow-up (of requests)",
     kpiNoContact: "Without direct contact (psychiatric courses with a request)",
@@ -106,7 +108,7 @@ const WORDS = {
     baselineKpi: "Audit office: {b} without contact · target: {t}",
     legendBaseline: "Audit office's baseline: {b} without direct contact",
     legendTarget: "Target: at most {t} without direct contact",
-    provisional: "Provisional figures: {k} of {n} requests ({p}) are not answered yet. The median and 90 % count only answered requests and so understate the time to attest; see the time to attest counting open requests at the bottom.",
+    provisional: "Provisional figures: {k} of {n} requests ({p}) are not answered yet. The median and 90th percentile count only answered requests and so understate the time to attest; see the time to attest counting open requests at the bottom.",
     latencyTitle: "Time from request to attest over time (answered requests)",
     latencySub: "Median and 90th percentile per {period}, against the deadlines.",
     legendMedian: "median", legendP90: "90th percentile", legendDeadline: "deadline (dashed)",
@@ -122,19 +124,21 @@ const WORDS = {
     contactRegionSub: "Share of closed psychiatric courses with a request that had no direct contact within the window.",
     attestTitle: "By attest type", munTitle: "By municipality",
     colAttest: "Attest", colDeadline: "Deadline", colRequests: "Requests",
-    colMedian: "Median (answered)", colP90: "90 % (answered)",
+    colMedian: "Median (answered)", colP90: "90% (answered)",
     colOverdue: "Past the deadline, of settled",
     colMunicipality: "Municipality",
     colLate: "Requested late, of requests",
     colNoContact: "Without direct contact, of closed courses",
     rowsTitle: "Over registered sickness cases and counting open requests",
-    rowsSub: "Read from single cases for the period chosen (not from the running counts); fetched when the filters are shown, not every minute.",
-    rowsLoading: "Loading …", rowsDone: "", rowsFailed: "Could not load: {msg}",
+    rowsSub: "These figures are read from the single cases and requests of the period, not from the running counts, so they cost in proportion to the period's length: they are fetched on demand only, and without a from date for the last {weeks} weeks.",
+    rowsLoad: "Load the figures",
+    rowsNotLoaded: "Not loaded.", rowsLoading: "Loading …", rowsFailed: "Could not load: {msg}",
+    rowsPeriod: "Period: {from} – {to}.", today: "today",
     casesTitle: "Sickness cases with a psychiatric course without direct contact, by region",
     casesNational: "Whole country: {share} — {k} of {n} cases (window closed); {pending} windows still open.",
     casesNone: "No registered cases with a closed window in the period (or too few to be shown).",
     kmTitle: "Time to attest counting open requests (Kaplan–Meier), by attest type",
-    colOpen: "Still open, of requests", colKmMedian: "Median", colKmP90: "90 %",
+    colOpen: "Still open, of requests", colKmMedian: "Median", colKmP90: "90%",
     colAnsweredMedian: "Median of answered only",
     kmNote: "–: not reached, because too many requests are still open, or too few to be shown.",
     national: "All",
@@ -255,14 +259,19 @@ function drawLatency(series, openByPeriod, deadlineDays) {
   const [unit, per] = top >= 2 * 86400 ? ["days", 86400] : top >= 2 * 3600 ? ["hours", 3600] : ["minutes", 60];
   const scaled = (s) => s / per;
   const lines = per === 86400 ? Object.entries(deadlineDays) : [];
-  const maxY = Math.max(1, ...points.map((p) => scaled(p.p90)), ...lines.map(([, d]) => d)) * 1.12;
+  const highest = Math.max(1, ...points.map((p) => scaled(p.p90)), ...lines.map(([, d]) => d)) * 1.08;
+  // Round ticks: a step of 1, 2 or 5 times a power of ten, four or five steps up the axis.
+  const power = 10 ** Math.floor(Math.log10(highest / 4));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((v) => highest / v <= 5);
+  const ticks = Math.ceil(highest / step);
+  const maxY = ticks * step;
   const x = (i) => L + (points.length === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (points.length - 1));
   const y = (d) => T + (H - T - B) * (1 - d / maxY);
-  for (let k = 0; k <= 4; k++) {
-    const d = (maxY * k) / 4;
+  for (let k = 0; k <= ticks; k++) {
+    const d = step * k;
     svg.appendChild(el("line", { x1: L, x2: W - R, y1: y(d), y2: y(d), stroke: "#e3e8ee" }));
     svg.appendChild(el("text", { x: L - 6, y: y(d) + 4, "text-anchor": "end", class: "legend" },
-      d.toFixed(d < 10 ? 1 : 0).replace(".", t("decimal"))));
+      d.toFixed(step < 1 ? 1 : 0).replace(".", t("decimal"))));
   }
   for (const [label, d] of lines) {
     svg.appendChild(el("line", { x1: L, x2: W - R, y1: y(d), y2: y(d), stroke: "#b03a2e",
@@ -281,7 +290,8 @@ function drawLatency(series, openByPeriod, deadlineDays) {
     dot.appendChild(el("title", {}, `${p.period_start}: median ${fmtDays(p.median)}, 90 % ${fmtDays(p.p90)}, n=${p.count}`));
     svg.appendChild(dot);
     if (points.length <= 14 || i % Math.ceil(points.length / 12) === 0) {
-      svg.appendChild(el("text", { x: x(i), y: H - 8, "text-anchor": "middle", class: "legend" }, p.period_start));
+      const anchor = points.length > 1 && i === 0 ? "start" : points.length > 1 && i === points.length - 1 ? "end" : "middle";
+      svg.appendChild(el("text", { x: x(i), y: H - 8, "text-anchor": anchor, class: "legend" }, p.period_start));
     }
   });
   setText("latency-unit", t("axis", { unit: t(unit) }), unit);
@@ -381,7 +391,12 @@ function drawTables(rep) {
 
 function drawRows() {
   const rows = state.rows;
-  if (!rows) return;
+  if (!rows) {
+    setText("rows-status", t("rowsNotLoaded"));
+    return;
+  }
+  setText("rows-status", t("rowsPeriod", { from: state.rowsPeriod.from, to: state.rowsPeriod.to || t("today") }));
+  byTestId("rows-status").dataset.from = state.rowsPeriod.from;
   const meta = state.meta;
   const marks = { baseline: meta.no_contact_baseline, target: meta.no_contact_target };
   const nat = rows.coverage.find((r) => r.group === "DK");
@@ -419,6 +434,7 @@ function translate() {
   sw.lang = t("switchLang");
   const n = state.meta ? state.meta.min_cell_citizens : 5;
   setText("suppress-note", t("suppressNote", { n }));
+  document.querySelector('[data-i18n="rowsSub"]').textContent = t("rowsSub", { weeks: ROWS_WEEKS });
   if (state.meta) {
     const select = document.getElementById("f-attest");
     for (const option of select.options) {
@@ -500,20 +516,39 @@ async function load() {
   }
 }
 
-// The row-based figures: read when the filters are shown (not on the minute's refresh).
+// The row-based figures cost in proportion to the period's rows (bench/RESULTS.md): fetched
+// on demand only, never on the minute's refresh, and for the last ROWS_WEEKS weeks unless a
+// from date is chosen.
+const ROWS_WEEKS = 13;
+function rowFilters() {
+  const f = filters();
+  if (!f.from) {
+    const from = new Date(Date.now() - ROWS_WEEKS * 7 * 86400000);
+    f.from = from.toISOString().slice(0, 10);
+  }
+  return f;
+}
+function rowsNotLoaded() {
+  state.rows = null;
+  setText("rows-status", t("rowsNotLoaded"));
+  document.body.dataset.rowsReady = "none";
+  setText("cases-national", "");
+  document.getElementById("chart-cases-region").replaceChildren();
+  document.querySelector("#table-latency tbody").replaceChildren();
+}
 async function loadRows() {
   const status = byTestId("rows-status");
   document.body.dataset.rowsReady = "false";
   status.textContent = t("rowsLoading");
   try {
-    const f = filters();
+    const f = rowFilters();
     const [coverage, coverageByRegion, latency, latencyByType] = await Promise.all([
       api("coverage", f), api("coverage", { ...f, by: "region" }),
       api("latency", f), api("latency", { ...f, by: "attest_type" }),
     ]);
     state.rows = { coverage: coverage.rows, coverageByRegion: coverageByRegion.rows,
       latency: latency.rows, latencyByType: latencyByType.rows };
-    status.textContent = "";
+    state.rowsPeriod = { from: f.from, to: f.to };
     if (state.meta) drawRows();
     document.body.dataset.rowsReady = "true";
   } catch (exc) {
@@ -523,8 +558,8 @@ async function loadRows() {
 }
 
 async function show() {
+  rowsNotLoaded();
   await load();
-  if (document.body.dataset.ready === "true") await loadRows();
 }
 
 function showLogin() {
@@ -540,6 +575,7 @@ function setLanguage(lang) {
 
 setLanguage(sessionStorage.getItem(LANG_STORE) || "da");
 document.getElementById("lang-switch").addEventListener("click", () => setLanguage(t("switchLang")));
+document.getElementById("rows-load").addEventListener("click", () => loadRows());
 document.getElementById("filters").addEventListener("submit", (ev) => { ev.preventDefault(); show(); });
 document.getElementById("login-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -547,14 +583,14 @@ document.getElementById("login-form").addEventListener("submit", (ev) => {
   show();
 });
 // CSV downloads: the API wants the key in a header, so fetch and hand the file over.
-for (const [id, path, file] of [
-  ["csv-deadlines", "deadlines?by=municipality&series=true", "fristdata-kommuner.csv"],
-  ["csv-durations", "durations?by=region&series=true", "svartider-regioner.csv"],
-  ["csv-latency", "latency?by=attest_type", "svartider-aabne-attesttyper.csv"],
+for (const [id, path, file, rowBased] of [
+  ["csv-deadlines", "deadlines?by=municipality&series=true", "fristdata-kommuner.csv", false],
+  ["csv-durations", "durations?by=region&series=true", "svartider-regioner.csv", false],
+  ["csv-latency", "latency?by=attest_type", "svartider-aabne-attesttyper.csv", true],
 ]) {
   document.getElementById(id).addEventListener("click", async (ev) => {
     ev.preventDefault();
-    const f = filters();
+    const f = rowBased ? rowFilters() : filters();
     const qs = new URLSearchParams(Object.entries(f).filter(([, v]) => v));
     const res = await fetch(`${API}/${path}&format=csv&${qs}`, {
       headers: { Authorization: `Bearer ${apiKey()}` },
