@@ -24,11 +24,14 @@ import datetime as dt
 import json
 import statistics
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.tracker import coverage as cov
@@ -89,18 +92,28 @@ async def main() -> None:
         }
         timings: dict[str, Any] = {}
         for period, f in periods.items():
-            queries = {
-                "coverage": lambda c, f=f: cov.coverage(
-                    c, rules, f, "national", series=False, now=now
+            queries: dict[str, Callable[[AsyncConnection], Awaitable[object]]] = {
+                "coverage": partial(
+                    cov.coverage,
+                    rules=rules,
+                    f=f,
+                    by="national",
+                    series=False,
+                    now=now,
                 ),
-                "coverage by region": lambda c, f=f: cov.coverage(
-                    c, rules, f, "region", series=False, now=now
+                "coverage by region": partial(
+                    cov.coverage, rules=rules, f=f, by="region", series=False, now=now
                 ),
-                "latency": lambda c, f=f: cov.latency(
-                    c, rules, f, "national", series=False, now=now
+                "latency": partial(
+                    cov.latency,
+                    rules=rules,
+                    f=f,
+                    by="national",
+                    series=False,
+                    now=now,
                 ),
-                "latency by attest type": lambda c, f=f: cov.latency(
-                    c, rules, f, "attest_type", series=False, now=now
+                "latency by attest type": partial(
+                    cov.latency, rules=rules, f=f, by="attest_type", series=False, now=now
                 ),
             }
             for name, query in queries.items():
