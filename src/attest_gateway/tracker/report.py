@@ -245,6 +245,7 @@ async def deadlines(
             "late_requests": c["late_requests"],
             "late_request_rate": r.rate(c["late_requests"], c["requests"]),
             "replied": c["replied"],
+            "open": c["requests"] - c["replied"],
             "decided": c["decided"],
             "overdue": c["overdue"],
             "overdue_rate": r.rate(c["overdue"], c["decided"]),
@@ -319,10 +320,26 @@ async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> di
     }
 
 
-def to_csv_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+SECONDS_COLUMNS = frozenset({"median", "p90", "p99", "answered_only_median"})
+SECONDS_PER_DAY = 86400
+
+
+def to_csv_rows(
+    rows: Sequence[dict[str, Any]], *, seconds_as_days: bool = False
+) -> tuple[list[str], list[list[Any]]]:
+    """The rows as a header and lines. `seconds_as_days`: the durations (seconds in JSON) are
+    written in days with one decimal, under a header that says so (`median_days`)."""
     columns: list[str] = []
     for row in rows:
         for k in row:
             if k not in columns:
                 columns.append(k)
-    return columns, [[row.get(c) for c in columns] for row in rows]
+    in_days = {c for c in columns if seconds_as_days and c in SECONDS_COLUMNS}
+
+    def cell(column: str, value: Any) -> Any:
+        if column in in_days and value is not None:
+            return f"{value / SECONDS_PER_DAY:.1f}"
+        return value
+
+    header = [f"{c}_days" if c in in_days else c for c in columns]
+    return header, [[cell(c, row.get(c)) for c in columns] for row in rows]

@@ -79,7 +79,7 @@ def _rules(request: Request) -> r.TrackerRules:
 def _answer(name: str, rows: list[dict[str, Any]], fmt: Format, extra: dict[str, Any]) -> Any:
     if fmt == "json":
         return extra | {"rows": rows}
-    columns, values = rep.to_csv_rows(rows)
+    columns, values = rep.to_csv_rows(rows, seconds_as_days=extra.get("unit") == "seconds")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
