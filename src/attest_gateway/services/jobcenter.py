@@ -20,17 +20,21 @@ from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.jobcenter import (
     AttestRequestAccepted,
     AttestRequestIn,
+    AttestTypeList,
+    AttestTypeOut,
+    ConsentIn,
     ConversationStatus,
     Inbox,
     InboxItem,
     OrganisationSummary,
     RefusedRequest,
+    ReplyDeadlineOut,
     TimelineEntry,
     UnreadableReply,
 )
 from attest_gateway.contracts.stages import STAGE_ORDER, MessageType, Stage, current_stage
 from attest_gateway.core import audit
-from attest_gateway.core.attests import AttestType
+from attest_gateway.core.attests import CONSENT_BASIS, AttestType, ReplyKind
 from attest_gateway.core.bounds import a_year_after
 from attest_gateway.core.clock import Clock
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
@@ -94,6 +98,51 @@ async def _resolve_receiver(directory: Directory, body: AttestRequestIn) -> Orga
     return receiver
 
 
+def check_consent(kind: AttestType, consent: ConsentIn | None, today: dt.date) -> None:
+    """The request's consent against its attest type: the citizen's consent (given, on a day
+    not after today), or a legal basis the type allows asking under without consent."""
+    if consent is None:
+        allowed = f" or name its legal basis ({', '.join(sorted(kind.legal_bases))})"
+        raise InvalidInput(
+            ErrorCode.CONSENT_REQUIRED,
+            f"{kind.code} needs the citizen's consent ({CONSENT_BASIS}): give consent.given "
+            f"and consent.date{allowed if kind.legal_bases else ''}",
+        )
+    if consent.legal_basis is not None and consent.legal_basis not in kind.legal_bases:
+        raise InvalidInput(
+            ErrorCode.CONSENT_REQUIRED,
+            f"{kind.code} cannot be asked for under that legal basis: it needs the citizen's "
+            f"consent ({CONSENT_BASIS})"
+            + (f" or one of: {', '.join(sorted(kind.legal_bases))}" if kind.legal_bases else ""),
+        )
+    if consent.date is not None and consent.date > today:
+        raise InvalidInput(
+            ErrorCode.CONSENT_REQUIRED, "the citizen's consent cannot be dated after today"
+        )
+
+
+def attest_types(catalogue: Mapping[str, AttestType]) -> AttestTypeList:
+    """The LÆ catalogue as `GET /jobcenter/v1/attest-types` answers it."""
+    return AttestTypeList(
+        items=[
+            AttestTypeOut(
+                code=k.code,
+                title=k.title,
+                request_form=k.request_form,
+                reply_form=k.reply_form,
+                request_form_source=k.request_form_source,
+                issuers=sorted(k.issuers),
+                reply_deadline=ReplyDeadlineOut(
+                    amount=k.reply_deadline.amount, unit=k.reply_deadline.unit
+                ),
+                consent_required=k.consent_required,
+                legal_bases=sorted(k.legal_bases),
+            )
+            for k in sorted(catalogue.values(), key=lambda k: k.code)
+        ]
+    )
+
+
 async def _replay_idempotent(
     keys: IdempotencyKeys, org: Organisation, key: str, fp: str
 ) -> AttestRequestAccepted | None:
@@ -137,6 +186,7 @@ async def submit_attest_request(
         )
     now = clock.now()
     today = now.date()
+    check_consent(kind, body.consent, today)
     if body.first_day_of_absence > a_year_after(today):
         raise InvalidInput(
             ErrorCode.INVALID_FIRST_DAY_OF_ABSENCE,
@@ -271,7 +321,12 @@ async def _own_conversation(
     return conv
 
 
-async def conversation_status(store: Store, org: Organisation, cid: str) -> ConversationStatus:
+async def conversation_status(
+    store: Store,
+    org: Organisation,
+    cid: str,
+    catalogue: Mapping[str, AttestType] | None = None,
+) -> ConversationStatus:
     async with store.reading() as uow:
         conv = await _own_conversation(uow.conversations, org, cid)
         rows = await uow.stages.timeline(cid)
@@ -287,9 +342,13 @@ async def conversation_status(store: Store, org: Organisation, cid: str) -> Conv
     for e in timeline:
         reached.setdefault(e.stage, e.at)  # the first time each stage was reached
     current = current_stage([(e.stage, e.at) for e in timeline])
+    kind = (catalogue or {}).get(conv.attest_type)
+    replied = next((e for e in timeline if e.stage is Stage.REPLIED), None)
     return ConversationStatus(
         conversation_id=conv.id,
         attest_type=conv.attest_type,
+        request_form=kind.request_form if kind is not None else request_form_of(conv.attest_type),
+        reply_form=conv.attest_type,
         case_kind=conv.case_kind,  # type: ignore[arg-type]
         caseworker_ref=conv.caseworker_ref,
         receiver=OrganisationSummary(
@@ -299,7 +358,20 @@ async def conversation_status(store: Store, org: Organisation, cid: str) -> Conv
         stage=current,
         stages=reached,
         timeline=timeline,
+        reply_kind=None if replied is None else reply_kind_of_stage(replied.detail),
     )
+
+
+def reply_kind_of_stage(detail: str | None) -> ReplyKind:
+    """The reply kind a `replied` stage's detail names (none: an attest)."""
+    known = {k.value: k for k in ReplyKind}
+    return known.get(detail or "", ReplyKind.ATTEST)
+
+
+def request_form_of(attest_type: str) -> str:
+    """The request form of an attest type outside the catalogue, by the forms' numbering."""
+    number = attest_type.removeprefix("LÆ ")
+    return f"LÆ {int(number) - 4}" if number.isdigit() else attest_type
 
 
 async def read_inbox(
