@@ -597,7 +597,7 @@ def check_reply_kind(conv: Conversation, info: MessageInfo) -> ReplyKind:
             f"the reply is on {info.attest_type[:20]}, the request asked for {conv.attest_type}",
         )
     known = {k.value: k for k in ReplyKind}
-    kind = known.get(info.reply_kind or ReplyKind.ATTEST.value)
+    kind = known.get(ReplyKind.ATTEST.value if info.reply_kind is None else info.reply_kind)
     if kind is None:
         raise InvalidInput(
             ErrorCode.INVALID_REPLY_KIND,

@@ -408,6 +408,13 @@ async def read_inbox(
                     keyring, gateway_org_id, org, row, source=source, at=now, reason="inbox"
                 )
                 info = read_message(bundle)
+                item = inbox_item(
+                    info,
+                    conversation_id=conv.id,
+                    caseworker_ref=conv.caseworker_ref,
+                    attest_type=conv.attest_type,
+                    received_at=row.delivered_at,
+                )
             except (GatewayError, ValueError) as exc:
                 code = _unreadable_code(exc)
                 if row.unreadable_reason != code:
@@ -426,15 +433,7 @@ async def read_inbox(
                 marks[row.message_id] = None
             fetched.append(row)
             openings.append(opened)
-            items.append(
-                inbox_item(
-                    info,
-                    conversation_id=conv.id,
-                    caseworker_ref=conv.caseworker_ref,
-                    attest_type=conv.attest_type,
-                    received_at=row.delivered_at,
-                )
-            )
+            items.append(item)
         refused, refusals = await _read_refusals(
             uow, keyring, gateway_org_id, org, limit=limit, source=source, at=now
         )
