@@ -305,8 +305,10 @@ class RequestActionOut(_Contract):
 
 
 class ReplyDeadlineOut(_Contract):
-    amount: int
-    unit: DeadlineUnit
+    """A default reply deadline: an amount of days or months after the request."""
+
+    amount: int = Field(description="how many units after the request")
+    unit: DeadlineUnit = Field(description="days or months")
 
 
 class AttestTypeOut(_Contract):
