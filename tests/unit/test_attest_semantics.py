@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
@@ -130,6 +132,26 @@ def test_lae_285_may_name_its_legal_basis() -> None:
 def test_consent_is_either_given_with_a_date_or_a_legal_basis(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         ConsentIn.model_validate(fields)
+
+
+def test_the_json_schema_states_the_consent_rule() -> None:
+    """Every combination of present, absent and null fields: the OpenAPI document's schema
+    and the check agree (a null counts as absent in both)."""
+    schema = ConsentIn.model_json_schema()
+    values: dict[str, list[Any]] = {
+        "given": [True, False, None],
+        "date": ["2026-01-02", None],
+        "legal_basis": ["sygedagpengeloven § 11 a", None],
+    }
+    absent = object()
+    for combination in itertools.product(*[[absent, *v] for v in values.values()]):
+        doc = {k: v for k, v in zip(values, combination, strict=True) if v is not absent}
+        try:
+            ConsentIn.model_validate(doc)
+            checked = True
+        except ValidationError:
+            checked = False
+        assert jsonschema.Draft202012Validator(schema).is_valid(doc) is checked, doc
 
 
 # --- reply kinds in the Bundles ---------------------------------------------------------------

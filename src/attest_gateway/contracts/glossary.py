@@ -121,8 +121,10 @@ IN_SCHEMA: dict[tuple[str, str], str] = {
     ("StageEvent", "v"): "the event format's version, 1",
     ("ContactEvent", "v"): "the event format's version, 1",
     ("EnvelopeHeader", "v"): "the envelope format's version, 1",
-    ("StageEvent", "detail"): "why, for a refusal or a flag (one sentence, no health data)",
-    ("TimelineEntry", "detail"): "why, for a refusal or a flag (one sentence, no health data)",
+    ("StageEvent", "detail"): "why, for a refusal or a flag; for `replied`, the reply kind "
+    "when it is no attest (one sentence, no health data)",
+    ("TimelineEntry", "detail"): "why, for a refusal or a flag; for `replied`, the reply kind "
+    "when it is no attest (one sentence, no health data)",
     ("AttachmentOut", "title"): "the attachment's title",
     ("ConversationStatus", "stage"): "the latest stage reached",
     ("StageEvent", "at"): "when the stage was reached (UTC)",

@@ -80,11 +80,29 @@ class ConsentIn(_Contract):
     (`legal_basis`, one of the type's `legal_bases` in `GET /jobcenter/v1/attest-types`).
     Checked per attest type: `consent-required` (422) when the type needs consent."""
 
+    # The JSON Schema says "consent or legal basis" too (a null counts as absent, as in the
+    # check).
     model_config = ConfigDict(
         json_schema_extra={
             "oneOf": [
-                {"required": ["given", "date"], "not": {"required": ["legal_basis"]}},
-                {"required": ["legal_basis"], "not": {"required": ["given"]}},
+                {
+                    "required": ["given", "date"],
+                    "properties": {"given": {"const": True}, "date": {"type": "string"}},
+                    "not": {
+                        "required": ["legal_basis"],
+                        "properties": {"legal_basis": {"type": "string"}},
+                    },
+                },
+                {
+                    "required": ["legal_basis"],
+                    "properties": {"legal_basis": {"type": "string"}},
+                    "not": {
+                        "anyOf": [
+                            {"required": ["given"], "properties": {"given": {"const": True}}},
+                            {"required": ["date"], "properties": {"date": {"type": "string"}}},
+                        ]
+                    },
+                },
             ]
         }
     )
