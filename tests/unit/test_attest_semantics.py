@@ -34,6 +34,7 @@ from attest_gateway.ports.records import Conversation
 from attest_gateway.services.health import check_reply_kind
 from attest_gateway.services.jobcenter import attest_types, check_consent, reply_kind_of_stage
 from tests.support.people import CASEWORKER, CITIZEN_NAME, CLINICIAN
+from tests.support.world import make_world
 
 DOCS_FHIR = Path(__file__).resolve().parents[2] / "docs" / "fhir"
 TODAY = dt.date(2026, 3, 4)
@@ -359,3 +360,17 @@ def test_every_project_canonical_is_defined_in_docs_fhir() -> None:
     assert written <= set(defined)
     reply_kinds = defined[codes.REPLY_KIND_SYSTEM]
     assert {c["code"] for c in reply_kinds["concept"]} == codes.REPLY_KINDS == set(ReplyKind)
+
+
+async def test_consent_dated_today_in_denmark_is_taken_before_utc_midnight() -> None:
+    """00:30 in Copenhagen on 5 March is 23:30 UTC on 4 March: consent the citizen gave that
+    night is not 'after today'; a day later than the Danish date still is."""
+    world = make_world()
+    world.clock.set(dt.datetime(2026, 3, 4, 23, 30, tzinfo=dt.UTC))
+    accepted, created = await world.request_attest(consent={"given": True, "date": "2026-03-05"})
+    assert created
+    assert accepted.conversation_id in world.store.state.conversations
+    with pytest.raises(InvalidInput) as caught:
+        await world.request_attest(consent={"given": True, "date": "2026-03-06"})
+    assert caught.value.code == "consent-required"
+    assert len(world.store.state.conversations) == 1  # the refused one stored nothing

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Mapping
+from zoneinfo import ZoneInfo
 
 import orjson
 import pydantic
@@ -75,6 +76,8 @@ from attest_gateway.ports.store import (
 from attest_gateway.services.lifecycle import action_entries
 
 log = structlog.get_logger(__name__)
+
+DANISH_TIME = ZoneInfo("Europe/Copenhagen")
 
 
 def _identifiers(org: Organisation) -> OrgIdentifiers:
@@ -186,7 +189,8 @@ async def submit_attest_request(
         )
     now = clock.now()
     today = now.date()
-    check_consent(kind, body.consent, today)
+    # The consent is dated in Denmark, where the day may have begun before it has in UTC.
+    check_consent(kind, body.consent, now.astimezone(DANISH_TIME).date())
     if body.first_day_of_absence > a_year_after(today):
         raise InvalidInput(
             ErrorCode.INVALID_FIRST_DAY_OF_ABSENCE,
