@@ -157,6 +157,9 @@ async def test_not_in_treatment_ends_the_request_without_an_attest(harness: Harn
     assert status["reply_kind"] == "not-in-treatment"
     replied = [e for e in status["timeline"] if e["stage"] == "replied"]
     assert [e["detail"] for e in replied] == ["not-in-treatment"]
+    listed = await h.get_json(URL, JC, params={"status": status["stage"], "limit": 100})
+    mine = [i for i in listed["items"] if i["conversation_id"] == accepted["conversation_id"]]
+    assert [i["reply_kind"] for i in mine] == ["not-in-treatment"]
     # Answered: the job centre can no longer cancel or remind.
     cancel = await h.client.post(f"{accepted['status_url']}/cancel", headers=h.auth(JC))
     assert cancel.status_code == 409

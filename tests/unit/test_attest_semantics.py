@@ -18,7 +18,12 @@ from typer.testing import CliRunner
 
 from attest_gateway.client import cli as partner_cli
 from attest_gateway.contracts.jobcenter import ConsentIn
-from attest_gateway.core.attests import DEFAULT_CATALOGUE, FormSource, ReplyKind
+from attest_gateway.core.attests import (
+    DEFAULT_CATALOGUE,
+    FormSource,
+    ReplyKind,
+    reply_kind_of_detail,
+)
 from attest_gateway.core.errors import InvalidInput
 from attest_gateway.entrypoints.cli import main as server_cli
 from attest_gateway.medcom import codes
@@ -32,7 +37,7 @@ from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers, read_message
 from attest_gateway.medcom.translate import inbox_item
 from attest_gateway.ports.records import Conversation
 from attest_gateway.services.health import check_reply_kind
-from attest_gateway.services.jobcenter import attest_types, check_consent, reply_kind_of_stage
+from attest_gateway.services.jobcenter import attest_types, check_consent
 from tests.support.people import CASEWORKER, CITIZEN_NAME, CLINICIAN
 from tests.support.world import make_world
 
@@ -300,8 +305,8 @@ def test_the_inbox_item_and_the_status_name_the_kind() -> None:
     )
     assert (item.reply_kind, item.suggested_attest_type) == (ReplyKind.WRONG_FORM, "LÆ 155")
     assert item.attest_text == REPLY_KIND_TEXTS["wrong-form"]
-    assert reply_kind_of_stage(None) is ReplyKind.ATTEST
-    assert reply_kind_of_stage("cannot-answer") is ReplyKind.CANNOT_ANSWER
+    assert reply_kind_of_detail(None) is ReplyKind.ATTEST
+    assert reply_kind_of_detail("cannot-answer") is ReplyKind.CANNOT_ANSWER
 
 
 # --- the partner client and the server's client command ----------------------------------------

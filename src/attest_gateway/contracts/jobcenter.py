@@ -287,6 +287,11 @@ class AttestRequestSummary(_Contract):
     stage: Stage = Field(description="where it stands (the status)")
     overdue: bool = Field(description="the reply deadline passed without an attest")
     status_url: str
+    reply_kind: ReplyKind | None = Field(
+        default=None,
+        description="what the clinic answered, once it did (attest, not-in-treatment, "
+        "wrong-form, cannot-answer)",
+    )
 
 
 class AttestRequestList(_Contract):

@@ -59,6 +59,13 @@ class ReplyKind(StrEnum):
     CANNOT_ANSWER = "cannot-answer"  # the clinic cannot answer; its text says why
 
 
+def reply_kind_of_detail(detail: str | None) -> ReplyKind:
+    """The reply kind a `replied` stage's detail names: an answer without the attest names its
+    kind there; an attest names none."""
+    known = {k.value: k for k in ReplyKind}
+    return known.get(detail or "", ReplyKind.ATTEST)
+
+
 class FormSource(StrEnum):
     """Where a request/reply form pair comes from."""
 

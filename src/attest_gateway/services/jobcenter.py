@@ -35,7 +35,7 @@ from attest_gateway.contracts.jobcenter import (
 )
 from attest_gateway.contracts.stages import STAGE_ORDER, MessageType, Stage, current_stage
 from attest_gateway.core import audit
-from attest_gateway.core.attests import CONSENT_BASIS, AttestType, ReplyKind
+from attest_gateway.core.attests import CONSENT_BASIS, AttestType, reply_kind_of_detail
 from attest_gateway.core.bounds import a_year_after
 from attest_gateway.core.clock import Clock
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
@@ -362,14 +362,8 @@ async def conversation_status(
         stage=current,
         stages=reached,
         timeline=timeline,
-        reply_kind=None if replied is None else reply_kind_of_stage(replied.detail),
+        reply_kind=None if replied is None else reply_kind_of_detail(replied.detail),
     )
-
-
-def reply_kind_of_stage(detail: str | None) -> ReplyKind:
-    """The reply kind a `replied` stage's detail names (none: an attest)."""
-    known = {k.value: k for k in ReplyKind}
-    return known.get(detail or "", ReplyKind.ATTEST)
 
 
 def request_form_of(attest_type: str) -> str:

@@ -614,6 +614,7 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
                 "stage": "in_mailbox",
                 "overdue": False,
                 "status_url": f"/jobcenter/v1/attest-requests/{CONVERSATION_ID}",
+                "reply_kind": None,
             }
         ],
         "next_cursor": "WyIyMDI2LTEyLTE1VDA5OjMwOjAwKzAwOjAwIiwiOWYxYyJd",
