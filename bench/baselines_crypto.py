@@ -72,6 +72,7 @@ def request_body(cpr: str = "0101901234", *, today: dt.date | None = None) -> At
             "first_day_of_absence": (today - dt.timedelta(days=30)).isoformat(),
             "psychiatric_course": True,
             "questions": QUESTIONS,
+            "consent": {"given": True, "date": "2026-01-02"},
         }
     )
 

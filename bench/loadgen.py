@@ -93,6 +93,7 @@ class GatewayBody:
                 "first_day_of_absence": self.first_day_of_absence,
                 "psychiatric_course": True,
                 "questions": QUESTIONS,
+                "consent": {"given": True, "date": "2026-01-02"},
             }
         )
 

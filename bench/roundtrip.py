@@ -187,6 +187,7 @@ class Requests:
             "first_day_of_absence": self.first_day_of_absence,
             "psychiatric_course": route.psychiatric_course,
             "questions": QUESTIONS,
+            "consent": {"given": True, "date": "2026-01-02"},
         }
         return route, orjson.dumps(body)
 

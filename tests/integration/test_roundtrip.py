@@ -77,7 +77,9 @@ async def test_round_trip(harness: Harness) -> None:
     request_bundle = open_item(item, h.client_keys(PSY))
     info = read_message(request_bundle)
     assert (info.message_type, info.cpr, info.attest_type) == ("attest-request", CPR, "LÆ 155")
-    assert info.texts == [QUESTIONS]
+    # The questions, and the citizen's consent as the text's last line (and an extension).
+    assert info.texts == [f"{QUESTIONS}\n\nBorgeren har givet samtykke den 02-01-2020."]
+    assert info.consent_date == dt.date(2020, 1, 2)
     assert info.message_id == accepted["message_id"]
 
     now = dt.datetime.now(dt.UTC)

@@ -23,7 +23,7 @@ from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.devtools.demo import DEMO_ORGS
 from attest_gateway.infra.container import Gateway
 from tests.support.kafka import client_args
-from tests.support.people import caseworker_json, citizen_name_json
+from tests.support.people import caseworker_json, citizen_name_json, consent_json
 
 PG_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -176,6 +176,7 @@ def attest_request_body(
         "first_day_of_absence": (dt.date.today() - dt.timedelta(days=30)).isoformat(),
         "psychiatric_course": True,
         "questions": QUESTIONS,
+        "consent": consent_json(),
     }
     body.update(overrides)
     return body

@@ -28,6 +28,15 @@ def citizen_name_json() -> dict[str, Any]:
     return {"given": ["Anne", "Marie"], "family": "Jensen"}
 
 
+CONSENT_DATE = "2020-01-02"
+"""The day the test citizen consented: in the past for every clock the tests set."""
+
+
+def consent_json() -> dict[str, Any]:
+    """`consent` of a job-centre request: the citizen's consent (every attest type takes it)."""
+    return {"given": True, "date": CONSENT_DATE}
+
+
 def caseworker_json() -> dict[str, Any]:
     """`caseworker` of a job-centre request."""
     return {

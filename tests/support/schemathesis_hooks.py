@@ -29,6 +29,11 @@ BEYOND_THE_SCHEMA = frozenset(
         "key-not-valid",
         "not-addressed-to-gateway",
         "unsupported-suite",
+        # The catalogue: what an attest type needs (consent, or a legal basis it allows), the
+        # form a reply must be on, what a reply kind needs (a text; a suggestion).
+        "consent-required",
+        "wrong-reply-form",
+        "invalid-reply-kind",
         # The clock: deadlines and dates relative to today.
         "invalid-reply-deadline",
         "invalid-contact-date",

@@ -16,7 +16,7 @@ from attest_gateway.medcom.build import build_attest_reply
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import MessageInfo, OrgIdentifiers, read_message
 from attest_gateway.medcom.translate import inbox_item, request_bundle
-from tests.support.people import CLINICIAN, caseworker_json, citizen_name_json
+from tests.support.people import CLINICIAN, caseworker_json, citizen_name_json, consent_json
 
 CPR = "0101901234"
 JOBCENTER_GLN = "5790001348120"
@@ -52,6 +52,7 @@ def _body(**overrides: Any) -> dict[str, Any]:
         "first_day_of_absence": "2026-01-05",
         "psychiatric_course": False,
         "questions": QUESTIONS,
+        "consent": consent_json(),
     }
     body.update(overrides)
     return body
@@ -150,7 +151,10 @@ def test_request_bundle_reads_back() -> None:
     assert info.attest_type == "LÆ 265"
     assert info.attest_title == DEFAULT_CATALOGUE["LÆ 265"].title
     assert info.case_kind == "sygedagpenge"
-    assert info.texts == [QUESTIONS]
+    # The consent rides as an extension and, for the clinician, as the text's last line.
+    assert info.texts == [f"{QUESTIONS}\n\nBorgeren har givet samtykke den 02-01-2020."]
+    assert (info.consent_date, info.legal_basis) == (dt.date(2020, 1, 2), None)
+    assert info.topic == "Anmodning (LÆ 261) om LÆ 265: Lægeattest til rehabiliteringsteam"
     assert info.attachments == []
     assert info.conversation_id == CONVERSATION
     assert info.reply_deadline == dt.date(2026, 3, 2)  # 30 days after 2026-01-31
@@ -219,7 +223,8 @@ def test_inbox_item_joins_texts_and_skips_empty_ones() -> None:
 def test_inbox_item_shows_only_the_replys_own_segment() -> None:
     # The reply repeats the request's segment (the questions) before its own.
     info = _reply_info(pdf=None)
-    assert info.texts == [QUESTIONS, "Borgeren er i behandling."]
+    asked = f"{QUESTIONS}\n\nBorgeren har givet samtykke den 02-01-2020."
+    assert info.texts == [asked, "Borgeren er i behandling."]
     assert _inbox(info).attest_text == "Borgeren er i behandling."
 
 
@@ -231,7 +236,8 @@ def test_inbox_item_of_a_reply_whose_provenance_names_no_segment_shows_every_tex
         if resource["resourceType"] == "Provenance":
             resource["entity"] = [e for e in resource.get("entity", []) if e["role"] != "source"]
     info = read_message(parse_bundle(reply))
-    assert _inbox(info).attest_text == f"{QUESTIONS}\n\nBorgeren er i behandling."
+    asked = f"{QUESTIONS}\n\nBorgeren har givet samtykke den 02-01-2020."
+    assert _inbox(info).attest_text == f"{asked}\n\nBorgeren er i behandling."
 
 
 def test_inbox_item_falls_back_to_the_known_attest_type() -> None:

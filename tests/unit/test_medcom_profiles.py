@@ -225,7 +225,7 @@ REQUEST_ID = "2d0c6d51-8a51-4f0e-a5b3-0c9c1b0d8f01"
 CONVERSATION = "6f1c2a8e-3b7d-4c1e-9a0f-2d5e8b7c4a11"
 
 
-def _request() -> dict[str, Any]:
+def _request(**consent: Any) -> dict[str, Any]:
     return build_attest_request(
         message_id=REQUEST_ID,
         bundle_id="9b1f0a4c-6b53-4b3e-8f0e-7f3b1a2c9d02",
@@ -241,10 +241,12 @@ def _request() -> dict[str, Any]:
         questions="Hvilken behandling får borgeren?",
         reply_deadline=dt.date(2025, 3, 18),
         conversation_id=CONVERSATION,
+        request_form="LÆ 121",
+        **consent,
     )
 
 
-def _reply(text: str | None, pdf: bytes | None) -> dict[str, Any]:
+def _reply(text: str | None, pdf: bytes | None, **kind: Any) -> dict[str, Any]:
     return build_attest_reply(
         request=parse_bundle(_request()),
         message_id="c3e9a1d0-7f4b-4f2a-9e61-5b8d2c0a7e03",
@@ -254,6 +256,7 @@ def _reply(text: str | None, pdf: bytes | None) -> dict[str, Any]:
         text=text,
         pdf=pdf,
         pdf_title="LÆ 125 Statusattest",
+        **kind,
     )
 
 
@@ -319,6 +322,20 @@ KINDS: dict[str, Callable[[], dict[str, Any]]] = {
     "refusal-hl7-code": lambda: _ack(_request(), "fatal-error", error_code="MSG_BAD_FORMAT"),
     "reminder": _reminder,
     "cancellation": _cancellation,
+    # The citizen's consent on the request, or the legal basis it is asked under without.
+    "request-with-consent": lambda: _request(consent_date=dt.date(2025, 3, 1)),
+    "request-with-legal-basis": lambda: _request(legal_basis="sygedagpengeloven § 11 a"),
+    # The answers without an attest.
+    "reply-not-in-treatment": lambda: _reply(None, None, kind="not-in-treatment"),
+    "reply-wrong-form": lambda: _reply(
+        "Borgeren går til speciallæge.",
+        None,
+        kind="wrong-form",
+        suggested_attest_type=("LÆ 155", "Speciallægeattest"),
+    ),
+    "reply-cannot-answer": lambda: _reply(
+        "Borgeren har ikke været til konsultation i et år.", None, kind="cannot-answer"
+    ),
     # The gateway's negative acknowledgements of a refused reply, one per issue code it uses.
     **{
         f"negative-ack-{issue}": functools.partial(

@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel
 
 from attest_gateway.client.envelopes import (
+    REPLY_KIND_CODES,
     AckCode,
     acknowledgement,
     as_envelope,
@@ -152,7 +153,7 @@ def cmd_ack(args: argparse.Namespace) -> Any:
 
 
 def cmd_reply(args: argparse.Namespace) -> Any:
-    if args.text is None and args.pdf is None:
+    if args.kind == "attest" and args.text is None and args.pdf is None:
         raise Failed("give --text, --pdf or both")
     try:
         author = SegmentAuthor(
@@ -163,7 +164,14 @@ def cmd_reply(args: argparse.Namespace) -> Any:
             authorisation_id=args.authorisation_id,
         )
         pdf = Path(args.pdf).read_bytes() if args.pdf else None
-        bundle = attest_reply(_read_json(args.bundle), author, text=args.text, pdf=pdf)
+        bundle = attest_reply(
+            _read_json(args.bundle),
+            author,
+            text=args.text,
+            pdf=pdf,
+            kind=args.kind,
+            suggest=args.suggest,
+        )
     except (ValueError, OSError) as exc:
         raise Failed(str(exc)) from None
     return _maybe_send(args, bundle)
@@ -282,8 +290,16 @@ def parser() -> argparse.ArgumentParser:
     reply.add_argument("--authorisation-id", required=True, help="autorisations-ID (5 characters)")
     reply.add_argument("--phone", required=True, help="the clinician's phone")
     reply.add_argument("--role", choices=sorted(AUTHORISED_ROLES), default="laege")
-    reply.add_argument("--text", help="the attest text")
-    reply.add_argument("--pdf", help="a PDF file to attach")
+    reply.add_argument("--text", help="the attest text (with cannot-answer: why)")
+    reply.add_argument("--pdf", help="a PDF file to attach (only with --kind attest)")
+    reply.add_argument(
+        "--kind",
+        choices=REPLY_KIND_CODES,
+        default="attest",
+        help="attest (default); or an answer without it: not-in-treatment, wrong-form, "
+        "cannot-answer (needs --text)",
+    )
+    reply.add_argument("--suggest", help="with --kind wrong-form: the LÆ form to ask for")
     _send_option(reply)
     subs["submit"].add_argument("bundle", help="the Bundle to send; - for stdin")
     subs["keys"].add_argument("org_id")

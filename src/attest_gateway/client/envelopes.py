@@ -23,6 +23,13 @@ from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.parse import parse_bundle
 
 AckCode = Literal["ok", "transient-error", "fatal-error"]
+ReplyKindCode = Literal["attest", "not-in-treatment", "wrong-form", "cannot-answer"]
+REPLY_KIND_CODES: tuple[ReplyKindCode, ...] = (
+    "attest",
+    "not-in-treatment",
+    "wrong-form",
+    "cannot-answer",
+)
 
 
 Envelope = SealedEnvelope | MailboxItem | dict[str, Any] | bytes | str
@@ -91,10 +98,15 @@ def attest_reply(
     text: str | None = None,
     pdf: bytes | None = None,
     at: dt.datetime | None = None,
+    kind: ReplyKindCode = "attest",
+    suggest: str | None = None,
 ) -> dict[str, Any]:
-    """The attest reply to a request Bundle, written by `author` (name, role,
-    autorisations-ID, phone), with the attest's text, a PDF, or both (to `submit`)."""
-    if text is None and pdf is None:
+    """The reply to a request Bundle, written by `author` (name, role, autorisations-ID,
+    phone) (to `submit`). `kind` says what it is: `attest` (the default: the attest's text, a
+    PDF, or both), or an answer without the attest: `not-in-treatment` (the citizen is not
+    treated here), `wrong-form` (the wrong attest type was asked for; `suggest` may name the
+    right one, e.g. "LÆ 155") or `cannot-answer` (`text` required: why)."""
+    if kind == "attest" and text is None and pdf is None:
         raise ValueError("an attest reply holds a text, a PDF or both")
     return build_attest_reply(
         request=_parsed(request),
@@ -104,6 +116,8 @@ def attest_reply(
         author=author,
         text=text,
         pdf=pdf,
+        kind=kind,
+        suggested_attest_type=(suggest, None) if suggest is not None else None,
     )
 
 

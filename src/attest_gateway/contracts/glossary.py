@@ -15,7 +15,8 @@ FIELDS: dict[str, str] = {
     "attachments": "the attest's attached documents (a PDF), base64",
     "attempts": "how many times the gateway has posted it",
     "attest_text": "the attest's text, as the clinician wrote it in the reply's own segment",
-    "attest_type": "the LÆ form asked for, e.g. `LÆ 155` (the catalogue: GET …/meta)",
+    "attest_type": "the LÆ form asked for, e.g. `LÆ 155` (the catalogue: GET "
+    "/jobcenter/v1/attest-types)",
     "bundle_id": "Bundle.id: new on every send of the same message",
     "case_id": "the gateway's id of the sickness case",
     "case_kind": "the benefit case the request is about: sygedagpenge, jobafklaringsforloeb "
@@ -120,8 +121,10 @@ IN_SCHEMA: dict[tuple[str, str], str] = {
     ("StageEvent", "v"): "the event format's version, 1",
     ("ContactEvent", "v"): "the event format's version, 1",
     ("EnvelopeHeader", "v"): "the envelope format's version, 1",
-    ("StageEvent", "detail"): "why, for a refusal or a flag (one sentence, no health data)",
-    ("TimelineEntry", "detail"): "why, for a refusal or a flag (one sentence, no health data)",
+    ("StageEvent", "detail"): "why, for a refusal or a flag; for `replied`, the reply kind "
+    "when it is no attest (one sentence, no health data)",
+    ("TimelineEntry", "detail"): "why, for a refusal or a flag; for `replied`, the reply kind "
+    "when it is no attest (one sentence, no health data)",
     ("AttachmentOut", "title"): "the attachment's title",
     ("ConversationStatus", "stage"): "the latest stage reached",
     ("StageEvent", "at"): "when the stage was reached (UTC)",
@@ -141,6 +144,7 @@ SCHEMAS: dict[str, str] = {
     "ConversationStatus": "An attest request's conversation: where it is and how it got there.",
     "Deliveries": "The organisation's webhook deliveries.",
     "DeliveryQueued": "A delivery queued again (redeliver) or a test (ping).",
+    "DeadlineUnit": "The unit of a reply deadline: days or months.",
     "DeliveryStatus": "The state of a webhook delivery.",
     "Endpoint": "A webhook endpoint of the organisation.",
     "EndpointCreated": "The new endpoint with its signing secret (shown this once).",
@@ -151,6 +155,9 @@ SCHEMAS: dict[str, str] = {
     "Inbox": "A job centre's inbox: the replies, opened and translated to job-centre JSON.",
     "MessageType": "What a message is.",
     "OrganisationSummary": "An organisation: its name and identifiers.",
+    "ReplyKind": "What a clinic's reply is: the attest, or an answer without it.",
+    "Role": "An organisation's role: jobcenter, psychiatry, gp, hospital, specialist, ministry "
+    "or operator.",
     "SealedEnvelope": "A MedCom message sealed for its receiver (HPKE, RFC 9180) and signed "
     "by its signer (Ed25519); docs/envelope.md.",
     "TimelineEntry": "One step of a conversation.",

@@ -14,8 +14,9 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attest_gateway.contracts.stages import Stage
-from attest_gateway.core.attests import DEFAULT_CATALOGUE
+from attest_gateway.core.attests import DEFAULT_CATALOGUE, DeadlineUnit, FormSource, ReplyKind
 from attest_gateway.core.bounds import LINE, NAME, REFERENCE, TEXT, Email, InputDate, Phone
+from attest_gateway.core.directory import Role
 from attest_gateway.core.identifiers import Cpr, Gln, Kommunekode, Sor, Ydernummer
 
 
@@ -73,6 +74,59 @@ class CaseworkerIn(PersonNameIn):
     email: Email | None = None
 
 
+class ConsentIn(_Contract):
+    """The citizen's consent to the request (`given` true and the `date` it was given), or,
+    for an attest type a law lets the job centre ask for without consent, that law
+    (`legal_basis`, one of the type's `legal_bases` in `GET /jobcenter/v1/attest-types`).
+    Checked per attest type: `consent-required` (422) when the type needs consent."""
+
+    # The JSON Schema says "consent or legal basis" too (a null counts as absent, as in the
+    # check).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["given", "date"],
+                    "properties": {"given": {"const": True}, "date": {"type": "string"}},
+                    "not": {
+                        "required": ["legal_basis"],
+                        "properties": {"legal_basis": {"type": "string"}},
+                    },
+                },
+                {
+                    "required": ["legal_basis"],
+                    "properties": {"legal_basis": {"type": "string"}},
+                    "not": {
+                        "anyOf": [
+                            {"required": ["given"], "properties": {"given": {"const": True}}},
+                            {"required": ["date"], "properties": {"date": {"type": "string"}}},
+                        ]
+                    },
+                },
+            ]
+        }
+    )
+
+    given: Literal[True] | None = Field(
+        default=None, description="true: the citizen consented (with `date`)"
+    )
+    date: InputDate | None = Field(default=None, description="the day the citizen consented")
+    legal_basis: Annotated[str, Field(min_length=1, max_length=200), LINE] | None = Field(
+        default=None,
+        description="the law that lets the job centre ask without consent, e.g. "
+        "'sygedagpengeloven § 11 a' for LÆ 285",
+    )
+
+    @model_validator(mode="after")
+    def _consent_or_basis(self) -> Self:
+        consent = self.given is not None or self.date is not None
+        if consent and (self.given is None or self.date is None):
+            raise ValueError("consent needs both given (true) and date")
+        if consent == (self.legal_basis is not None):
+            raise ValueError("give either given and date, or legal_basis")
+        return self
+
+
 class AttestRequestIn(_Contract):
     """`POST /jobcenter/v1/attest-requests`."""
 
@@ -98,6 +152,11 @@ class AttestRequestIn(_Contract):
     questions: Annotated[str, Field(min_length=1, max_length=20_000), TEXT]
     reply_deadline: InputDate | None = Field(
         default=None, description="after today and at most a year ahead"
+    )
+    consent: ConsentIn | None = Field(
+        default=None,
+        description="the citizen's consent, or the legal basis to ask without it; required "
+        "(`consent-required`, 422) for every attest type: consent, or a basis the type allows",
     )
 
 
@@ -125,6 +184,8 @@ class TimelineEntry(_Contract):
 class ConversationStatus(_Contract):
     conversation_id: str
     attest_type: str
+    request_form: str = Field(description="the LÆ form the request was made on, e.g. 'LÆ 121'")
+    reply_form: str = Field(description="the LÆ form the attest comes on, e.g. 'LÆ 125'")
     case_kind: CaseKind
     caseworker_ref: str
     receiver: OrganisationSummary
@@ -132,6 +193,11 @@ class ConversationStatus(_Contract):
     stage: Stage
     stages: dict[Stage, dt.datetime]
     timeline: list[TimelineEntry]
+    reply_kind: ReplyKind | None = Field(
+        default=None,
+        description="what the clinic answered, once it did: the attest, or an answer "
+        "without it (not-in-treatment, wrong-form, cannot-answer), which ends the request too",
+    )
 
 
 class AttachmentOut(_Contract):
@@ -149,8 +215,20 @@ class InboxItem(_Contract):
     attest_type: str
     sender: OrganisationSummary
     received_at: dt.datetime
-    attest_text: str | None
+    attest_text: str | None = Field(
+        description="the text the clinic wrote in this reply (not the earlier segments it "
+        "repeats); for an answer without an attest, why"
+    )
     attachments: list[AttachmentOut]
+    reply_kind: ReplyKind = Field(
+        default=ReplyKind.ATTEST,
+        description="attest: here is the attest; not-in-treatment: the citizen is not "
+        "treated there; wrong-form: the wrong attest type was asked for "
+        "(`suggested_attest_type` may name the right one); cannot-answer: see the text",
+    )
+    suggested_attest_type: str | None = Field(
+        default=None, description="with wrong-form: the attest type the clinic suggests"
+    )
 
 
 class UnreadableReply(_Contract):
@@ -209,6 +287,11 @@ class AttestRequestSummary(_Contract):
     stage: Stage = Field(description="where it stands (the status)")
     overdue: bool = Field(description="the reply deadline passed without an attest")
     status_url: str
+    reply_kind: ReplyKind | None = Field(
+        default=None,
+        description="what the clinic answered, once it did (attest, not-in-treatment, "
+        "wrong-form, cannot-answer)",
+    )
 
 
 class AttestRequestList(_Contract):
@@ -242,3 +325,40 @@ class RequestActionOut(_Contract):
     )
     reply_deadline: dt.date = Field(description="the request's reply deadline now")
     status_url: str
+
+
+class ReplyDeadlineOut(_Contract):
+    """A default reply deadline: an amount of days or months after the request."""
+
+    amount: int = Field(description="how many units after the request")
+    unit: DeadlineUnit = Field(description="days or months")
+
+
+class AttestTypeOut(_Contract):
+    """One attest type of the LÆ catalogue: its request/reply form pair, who issues it, its
+    default reply deadline, and whether the citizen's consent is needed."""
+
+    code: str = Field(description="the attest type: its reply form, e.g. 'LÆ 125'")
+    title: str
+    request_form: str = Field(description="the form the job centre asks on, e.g. 'LÆ 121'")
+    reply_form: str = Field(description="the form the doctor answers on (the code)")
+    request_form_source: FormSource = Field(
+        description="observed: the pair is named in the domain sources; inferred: it follows "
+        "their numbering (the reply form's number less four)"
+    )
+    issuers: list[Role] = Field(description="the roles that issue it")
+    reply_deadline: ReplyDeadlineOut = Field(
+        description="the default reply deadline, counted from the request"
+    )
+    consent_required: bool = Field(
+        description="true: a request needs the citizen's consent (given and date)"
+    )
+    legal_bases: list[str] = Field(
+        description="the laws a request may name instead of consent (`consent.legal_basis`)"
+    )
+
+
+class AttestTypeList(_Contract):
+    """`GET /jobcenter/v1/attest-types`: the LÆ catalogue."""
+
+    items: list[AttestTypeOut]

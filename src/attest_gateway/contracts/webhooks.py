@@ -20,7 +20,7 @@ class WebhookEvent(StrEnum):
     """What a delivery reports (`type` in its payload)."""
 
     MESSAGE_WAITING = "message.waiting"  # a clinic: a request is waiting in its mailbox
-    REPLY_ARRIVED = "reply.arrived"  # a job centre: the attest reply is in its inbox
+    REPLY_ARRIVED = "reply.arrived"  # a job centre: a reply (any reply_kind) is in its inbox
     REQUEST_REFUSED = "request.refused"  # a job centre: the clinic acknowledged with an error
     REQUEST_OVERDUE = "request.overdue"  # a job centre: the reply deadline passed
     STATUS_CHANGED = "request.status-changed"  # a job centre: its request reached a stage

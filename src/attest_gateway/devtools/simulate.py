@@ -52,6 +52,7 @@ import structlog
 from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, custodial_keys_dir
 from attest_gateway.contracts.envelope import SealedEnvelope
+from attest_gateway.core.attests import DEFAULT_CATALOGUE
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.directory import Organisation, Role, new_api_key
 from attest_gateway.core.identifiers import gln_check_digit, municipalities
@@ -502,6 +503,7 @@ class Driver:
             "first_day_of_absence": case.first_day.isoformat(),
             "psychiatric_course": case.psychiatric,
             "questions": "Hvad er borgerens aktuelle funktionsevne? (simuleret anmodning)",
+            "consent": consent_for(case.attest_type, min(case.first_day, now.date())),
         }
         response = await self.client.post(
             "/jobcenter/v1/attest-requests",
@@ -687,3 +689,12 @@ async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes],
 
 def _rng(seed: int | None) -> random.Random:
     return random.Random(seed)  # noqa: S311 - simulation, not security
+
+
+def consent_for(attest_type: str, given_on: dt.date) -> dict[str, object]:
+    """A simulated request's `consent`: the legal basis where the catalogue allows asking
+    without consent, else the citizen's consent given on `given_on`."""
+    kind = DEFAULT_CATALOGUE.get(attest_type)
+    if kind is not None and kind.legal_bases:
+        return {"legal_basis": sorted(kind.legal_bases)[0]}
+    return {"given": True, "date": given_on.isoformat()}

@@ -41,6 +41,7 @@ from attest_gateway.medcom.codes import (
     CASE_KIND_SYSTEMS,
     CATEGORY_CODES_SYSTEM,
     CATEGORY_OTHER,
+    CITIZEN_CONSENT_EXTENSION_URL,
     CPR_SYSTEM,
     DESTINATION_PRIMARY,
     DESTINATION_USE_EXTENSION_URL,
@@ -52,6 +53,7 @@ from attest_gateway.medcom.codes import (
     GLN_SYSTEM,
     HL7_ACK_ISSUE_CODES,
     HL7_OPERATION_OUTCOME_SYSTEM,
+    LEGAL_BASIS_EXTENSION_URL,
     MEDCOM_AUTHOR_CONTACT_EXTENSION_URL,
     MEDCOM_AUTHOR_EXTENSION_URL,
     MEDCOM_DATETIME_EXTENSION_URL,
@@ -65,9 +67,17 @@ from attest_gateway.medcom.codes import (
     PROFILE_PATIENT,
     PROFILE_PRACTITIONER,
     PROFILE_PRACTITIONER_ROLE,
+    REPLY_ATTEST,
+    REPLY_CANNOT_ANSWER,
     REPLY_DEADLINE_EXTENSION_URL,
+    REPLY_KIND_EXTENSION_URL,
+    REPLY_KIND_SYSTEM,
+    REPLY_KINDS,
+    REPLY_NOT_IN_TREATMENT,
+    REPLY_WRONG_FORM,
     SOR_ENDPOINT_PREFIX,
     SOR_SYSTEM,
+    SUGGESTED_ATTEST_TYPE_EXTENSION_URL,
     ResponseCode,
 )
 from attest_gateway.medcom.model import (
@@ -164,10 +174,20 @@ def build_attest_request(
     questions: str,
     reply_deadline: date,
     conversation_id: str,
+    request_form: str | None = None,
+    consent_date: date | None = None,
+    legal_basis: str | None = None,
 ) -> dict[str, Any]:
     """A new CareCommunication-shaped attest request (Provenance activity ``new-message``):
     the citizen's official name on the Patient, ``author`` (the caseworker) as the author of
-    the text segment, with a PractitionerRole and a Practitioner in the Bundle."""
+    the text segment, with a PractitionerRole and a Practitioner in the Bundle.
+
+    ``request_form`` (e.g. ``LÆ 121``) names the form asked on in the topic's text. The
+    citizen's consent (``consent_date``) or the law asked under without it (``legal_basis``)
+    rides as an extension of the text segment and, for the clinician who reads only the
+    text, as its last line (:func:`consent_line`)."""
+    if consent_date is not None and legal_basis is not None:
+        raise ValueError("give the consent's date or a legal basis, not both")
     when = _instant(sent_at)
     sender_id = _derived_id(message_id, "Organization/sender")
     receiver_id = _derived_id(message_id, "Organization/receiver")
@@ -177,6 +197,16 @@ def build_attest_request(
     author_resources = author_entries(message_id, author, f"Organization/{sender_id}")
 
     deadline = {"url": REPLY_DEADLINE_EXTENSION_URL, "valueDate": reply_deadline.isoformat()}
+    consent: list[dict[str, Any]] = []
+    if consent_date is not None:
+        consent.append(
+            {"url": CITIZEN_CONSENT_EXTENSION_URL, "valueDate": consent_date.isoformat()}
+        )
+    if legal_basis is not None:
+        consent.append({"url": LEGAL_BASIS_EXTENSION_URL, "valueString": legal_basis})
+    line = consent_line(consent_date, legal_basis)
+    text = f"{questions}\n\n{line}" if line else questions
+    asked = f"Anmodning ({request_form}) om" if request_form else "Anmodning om"
     communication: dict[str, Any] = {
         "resourceType": "Communication",
         "id": communication_id,
@@ -190,15 +220,15 @@ def build_attest_request(
             "coding": [
                 {"system": ATTEST_TYPE_SYSTEM, "code": attest_type, "display": attest_title}
             ],
-            "text": f"Anmodning om {attest_type}: {attest_title}",
+            "text": f"{asked} {attest_type}: {attest_title}",
         },
         "payload": [
             _payload(
                 when,
                 payload_id,
                 f"Organization/{sender_id}",
-                {"contentString": questions},
-                extra=[*author_extensions(author_resources[0]["id"], author), deadline],
+                {"contentString": text},
+                extra=[*author_extensions(author_resources[0]["id"], author), deadline, *consent],
             )
         ],
     }
@@ -247,6 +277,8 @@ def build_attest_reply(
     text: str | None,
     pdf: bytes | None,
     pdf_title: str = "Attest",
+    kind: str = REPLY_ATTEST,
+    suggested_attest_type: tuple[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """The reply to an attest request (Provenance activity ``reply-message``).
 
@@ -261,9 +293,30 @@ def build_attest_reply(
     which ``author`` (the clinician) wrote and which alone the new Provenance names as its
     ``source`` entities. At least one of ``text`` and ``pdf`` is required; a reply with only
     a PDF gets :data:`PDF_ONLY_TEXT` as its text segment (CareCommunication requires one).
+
+    ``kind`` (a code of :data:`REPLY_KIND_SYSTEM`) says what the reply is: ``attest`` (the
+    default), or an answer without the attest: ``not-in-treatment``, ``wrong-form`` (with
+    ``suggested_attest_type``, code and display, the type to ask for instead, if the clinic
+    names one) or ``cannot-answer`` (``text`` required: why). Any kind but ``attest`` rides
+    as the reply-kind extension of the reply's text segment, and carries no PDF; without a
+    ``text`` it gets :data:`REPLY_KIND_TEXTS`' sentence.
     """
-    if text is None and pdf is None:
-        raise ValueError("a reply needs a text, a PDF or both")
+    if kind not in REPLY_KINDS:
+        raise ValueError(f"unknown reply kind {kind!r}")
+    if kind == REPLY_ATTEST:
+        if text is None and pdf is None:
+            raise ValueError("a reply needs a text, a PDF or both")
+        if suggested_attest_type is not None:
+            raise ValueError("only a wrong-form reply suggests an attest type")
+    else:
+        if pdf is not None:
+            raise ValueError(f"a {kind} reply carries no attest PDF")
+        if suggested_attest_type is not None and kind != REPLY_WRONG_FORM:
+            raise ValueError("only a wrong-form reply suggests an attest type")
+        if text is None:
+            if kind == REPLY_CANNOT_ANSWER:
+                raise ValueError("a cannot-answer reply needs a text saying why")
+            text = REPLY_KIND_TEXTS[kind]
     when = _instant(sent_at)
     req_header = request.message_header
     if req_header.eventCoding.code != EVENT_CARE_COMMUNICATION:
@@ -291,17 +344,31 @@ def build_attest_reply(
     payload_ids: list[str] = []
     if text is None:
         text = PDF_ONLY_TEXT
-    if text is not None:
-        payload_ids.append(_derived_id(message_id, f"payload/{len(payload_ids)}"))
-        payload.append(
-            _payload(
-                when,
-                payload_ids[-1],
-                sender_ref,
-                {"contentString": text},
-                extra=author_extensions(author_resources[0]["id"], author),
-            )
+    kind_extensions: list[dict[str, Any]] = []
+    if kind != REPLY_ATTEST:
+        kind_extensions.append(
+            {
+                "url": REPLY_KIND_EXTENSION_URL,
+                "valueCoding": {"system": REPLY_KIND_SYSTEM, "code": kind},
+            }
         )
+    if suggested_attest_type is not None:
+        suggested: dict[str, Any] = {"system": ATTEST_TYPE_SYSTEM, "code": suggested_attest_type[0]}
+        if suggested_attest_type[1] is not None:
+            suggested["display"] = suggested_attest_type[1]
+        kind_extensions.append(
+            {"url": SUGGESTED_ATTEST_TYPE_EXTENSION_URL, "valueCoding": suggested}
+        )
+    payload_ids.append(_derived_id(message_id, f"payload/{len(payload_ids)}"))
+    payload.append(
+        _payload(
+            when,
+            payload_ids[-1],
+            sender_ref,
+            {"contentString": text},
+            extra=[*author_extensions(author_resources[0]["id"], author), *kind_extensions],
+        )
+    )
     if pdf is not None:
         payload_ids.append(_derived_id(message_id, f"payload/{len(payload_ids)}"))
         attachment = {
@@ -591,6 +658,22 @@ def segment_author_entries(
 
 PDF_ONLY_TEXT: Final = "Attesten er vedhæftet som PDF."
 """The text segment of a reply that carries only a PDF."""
+
+
+REPLY_KIND_TEXTS: Final[dict[str, str]] = {
+    REPLY_NOT_IN_TREATMENT: "Borgeren er ikke i behandling hos os.",
+    REPLY_WRONG_FORM: "Der er anmodet om en attesttype, vi ikke kan udstede.",
+}
+"""The text segment of an answer without an attest when the clinician wrote none."""
+
+
+def consent_line(consent_date: date | None, legal_basis: str | None) -> str | None:
+    """The request text's last line about consent, for the clinician who reads the text."""
+    if consent_date is not None:
+        return f"Borgeren har givet samtykke den {consent_date:%d-%m-%Y}."
+    if legal_basis is not None:
+        return f"Anmodningen sker uden samtykke med hjemmel i {legal_basis}."
+    return None
 
 
 def _with_profile(resource: dict[str, Any], profile: str) -> dict[str, Any]:

@@ -152,6 +152,45 @@ REPLY_DEADLINE_EXTENSION_URL: Final = f"{PROJECT_CANONICAL_BASE}/StructureDefini
 """The reply deadline, an extension (valueDate) of the request's and reminder's text segment."""
 
 
+REPLY_KIND_SYSTEM: Final = f"{PROJECT_CANONICAL_BASE}/CodeSystem/reply-kind"
+"""What a reply is: ``attest``, ``not-in-treatment``, ``wrong-form``, ``cannot-answer``."""
+
+
+REPLY_ATTEST: Final = "attest"
+REPLY_NOT_IN_TREATMENT: Final = "not-in-treatment"
+REPLY_WRONG_FORM: Final = "wrong-form"
+REPLY_CANNOT_ANSWER: Final = "cannot-answer"
+REPLY_KINDS: Final = frozenset(
+    {REPLY_ATTEST, REPLY_NOT_IN_TREATMENT, REPLY_WRONG_FORM, REPLY_CANNOT_ANSWER}
+)
+"""The codes of :data:`REPLY_KIND_SYSTEM` (docs/fhir/CodeSystem-reply-kind.json); the same
+as ``core.attests.ReplyKind``."""
+
+
+REPLY_KIND_EXTENSION_URL: Final = f"{PROJECT_CANONICAL_BASE}/StructureDefinition/reply-kind"
+"""The reply kind, an extension (valueCoding in :data:`REPLY_KIND_SYSTEM`) of the reply's own
+text segment. A reply without it is an attest (certified systems do not send it)."""
+
+
+SUGGESTED_ATTEST_TYPE_EXTENSION_URL: Final = (
+    f"{PROJECT_CANONICAL_BASE}/StructureDefinition/suggested-attest-type"
+)
+"""With reply kind ``wrong-form``: the attest type the clinic suggests, an extension
+(valueCoding in :data:`ATTEST_TYPE_SYSTEM`) of the reply's own text segment."""
+
+
+CITIZEN_CONSENT_EXTENSION_URL: Final = (
+    f"{PROJECT_CANONICAL_BASE}/StructureDefinition/citizen-consent"
+)
+"""The day the citizen consented to the request, an extension (valueDate) of the request's
+text segment."""
+
+
+LEGAL_BASIS_EXTENSION_URL: Final = f"{PROJECT_CANONICAL_BASE}/StructureDefinition/legal-basis"
+"""The law the job centre asks under without consent (e.g. ``sygedagpengeloven § 11 a``), an
+extension (valueString) of the request's text segment."""
+
+
 # The systems of the first shape (before the MedCom profiles were followed): still read, never
 # written, while messages built with them may be in flight or stored.
 LEGACY_ATTEST_TYPE_SYSTEM: Final = "urn:attest-gateway:attest-type"

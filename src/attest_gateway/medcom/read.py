@@ -15,16 +15,21 @@ from attest_gateway.medcom.codes import (
     ATTEST_TYPE_SYSTEMS,
     CANCELLATION_CODE,
     CASE_KIND_SYSTEMS,
+    CITIZEN_CONSENT_EXTENSION_URL,
     CPR_SYSTEM,
     ENTITY_ROLE_REVISION,
     EVENT_ACKNOWLEDGEMENT,
     EVENT_CARE_COMMUNICATION,
     GLN_SYSTEMS,
+    LEGAL_BASIS_EXTENSION_URL,
     MEDCOM_IDENTIFIER_EXTENSION_URL,
     MESSAGE_KIND_SYSTEMS,
     REMINDER_CODE,
     REPLY_DEADLINE_EXTENSION_URLS,
+    REPLY_KIND_EXTENSION_URL,
+    REPLY_KIND_SYSTEM,
     SOR_SYSTEM,
+    SUGGESTED_ATTEST_TYPE_EXTENSION_URL,
     MedcomMessageType,
     ResponseCode,
 )
@@ -89,6 +94,10 @@ class MessageInfo:
       attachments in order.
     - ``issues``: OperationOutcome issue codes (the details coding, e.g. a MedCom
       acknowledgement error code, else issue.code); ``diagnostics``: their free texts.
+    - ``reply_kind``: the code of the reply-kind extension of a segment this message added
+      (None: none, an attest); ``suggested_attest_type``: the code of the
+      suggested-attest-type extension there; ``consent_date`` and ``legal_basis``: the
+      citizen-consent and legal-basis extensions of the text segments.
 
     ``cpr``, ``topic``, ``texts``, ``new_texts``, ``attachments`` and ``diagnostics`` are left
     out of ``repr``.
@@ -117,6 +126,10 @@ class MessageInfo:
     attachments: list[Attachment] = field(repr=False)
     issues: list[str]
     diagnostics: list[str] = field(repr=False)
+    reply_kind: str | None = None
+    suggested_attest_type: str | None = None
+    consent_date: date | None = None
+    legal_basis: str | None = None
 
 
 def org_identifiers(org: Organization) -> OrgIdentifiers:
@@ -185,15 +198,29 @@ def read_message(bundle: Bundle) -> MessageInfo:
     deadline: date | None = None
     conversation_id: str | None = None
     cpr: str | None = None
+    reply_kind: str | None = None
+    suggested: str | None = None
+    consent_date: date | None = None
+    legal_basis: str | None = None
     if communication is not None:
         for item in communication.payload:
             if item.contentString is not None:
                 texts.append(item.contentString)
-        new_texts = [
-            item.contentString
-            for item in new_segments(communication, provenance)
-            if item.contentString is not None
-        ]
+            for ext in item.extension:
+                if ext.url == CITIZEN_CONSENT_EXTENSION_URL and ext.valueDate is not None:
+                    consent_date = parse_fhir_date(ext.valueDate)
+                elif ext.url == LEGAL_BASIS_EXTENSION_URL and ext.valueString is not None:
+                    legal_basis = ext.valueString
+        added = new_segments(communication, provenance)
+        new_texts = [item.contentString for item in added if item.contentString is not None]
+        for item in added:
+            for ext in item.extension:
+                if ext.url == REPLY_KIND_EXTENSION_URL and ext.valueCoding is not None:
+                    coding = ext.valueCoding
+                    # A code of another system is no reply kind the gateway knows: "".
+                    reply_kind = (coding.code or "") if coding.system == REPLY_KIND_SYSTEM else ""
+                elif ext.url == SUGGESTED_ATTEST_TYPE_EXTENSION_URL and ext.valueCoding is not None:
+                    suggested = ext.valueCoding.code
         for item in communication.payload:
             att = item.contentAttachment
             if att is not None and att.data is not None:
@@ -236,6 +263,10 @@ def read_message(bundle: Bundle) -> MessageInfo:
         attachments=attachments,
         issues=issues,
         diagnostics=diagnostics,
+        reply_kind=reply_kind,
+        suggested_attest_type=suggested,
+        consent_date=consent_date,
+        legal_basis=legal_basis,
     )
 
 

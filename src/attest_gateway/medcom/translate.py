@@ -16,7 +16,7 @@ from attest_gateway.contracts.jobcenter import (
     InboxItem,
     OrganisationSummary,
 )
-from attest_gateway.core.attests import AttestType
+from attest_gateway.core.attests import AttestType, ReplyKind
 from attest_gateway.medcom.build import (
     PDF_ONLY_TEXT,
     PersonName,
@@ -63,6 +63,9 @@ def request_bundle(
         questions=body.questions,
         reply_deadline=reply_deadline,
         conversation_id=conversation_id,
+        request_form=kind.request_form,
+        consent_date=body.consent.date if body.consent is not None else None,
+        legal_basis=body.consent.legal_basis if body.consent is not None else None,
     )
 
 
@@ -95,4 +98,12 @@ def inbox_item(
             )
             for a in info.attachments
         ],
+        reply_kind=reply_kind_of(info),
+        suggested_attest_type=info.suggested_attest_type,
     )
+
+
+def reply_kind_of(info: MessageInfo) -> ReplyKind:
+    """The reply's kind: its reply-kind extension, an attest without one. Raises ValueError
+    for a code the gateway does not know (the gateway refuses such a reply on submission)."""
+    return ReplyKind(info.reply_kind) if info.reply_kind is not None else ReplyKind.ATTEST

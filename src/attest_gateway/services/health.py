@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import re
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic_core import PydanticCustomError
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core import audit, trust
+from attest_gateway.core.attests import ReplyKind
 from attest_gateway.core.clock import Clock
 from attest_gateway.core.directory import Organisation
 from attest_gateway.core.errors import (
@@ -37,8 +39,8 @@ from attest_gateway.core.errors import (
 from attest_gateway.core.identifiers import check_cpr
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import KeyRing, decode_verify_key, open_envelope, verify
-from attest_gateway.medcom.build import build_acknowledgement
-from attest_gateway.medcom.codes import ResponseCode
+from attest_gateway.medcom.build import PDF_ONLY_TEXT, build_acknowledgement
+from attest_gateway.medcom.codes import REPLY_KIND_SYSTEM, ResponseCode
 from attest_gateway.medcom.errors import BundleError
 from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.parse import parse_bundle
@@ -67,6 +69,8 @@ NEGATIVE_ACKS: dict[ErrorCode, tuple[ResponseCode, str]] = {
     ErrorCode.CONVERSATION_MISMATCH: ("fatal-error", "MSG_RESOURCE_ID_MISMATCH"),
     ErrorCode.PATIENT_MISMATCH: ("fatal-error", "MSG_RESOURCE_ID_MISMATCH"),
     ErrorCode.EMPTY_REPLY: ("fatal-error", "MSG_RESOURCE_REQUIRED"),
+    ErrorCode.WRONG_REPLY_FORM: ("fatal-error", "MSG_NO_MATCH"),
+    ErrorCode.INVALID_REPLY_KIND: ("fatal-error", "MSG_VALUESET_VALUE_UNKNOWN"),
     ErrorCode.UNSUPPORTED_ATTACHMENT_TYPE: ("fatal-error", "MSG_RESOURCE_NOT_ALLOWED"),
     ErrorCode.ATTACHMENT_WITHOUT_DATA: ("fatal-error", "MSG_RESOURCE_REQUIRED"),
     ErrorCode.ATTACHMENT_CONTENT_MISMATCH: ("fatal-error", "MSG_Datatype_Wrong"),
@@ -563,6 +567,7 @@ async def _accept_reply(
         raise InvalidInput(exc.code, exc.detail) from exc
     if not info.texts and not info.attachments:
         raise InvalidInput(ErrorCode.EMPTY_REPLY, "an attest reply needs text or a PDF attachment")
+    kind = check_reply_kind(conv, info)
     plaintext = orjson.dumps(bundle_json)
     await _forward(
         uow, keyring, gateway_org_id, org, conv, info, MessageType.ATTEST_REPLY, plaintext, now
@@ -573,5 +578,46 @@ async def _accept_reply(
         message_id=info.message_id,
         message_type=MessageType.ATTEST_REPLY,
         at=now,
+        # An answer without the attest says which (the tracker does not count it as one).
+        detail=None if kind is ReplyKind.ATTEST else kind.value,
     )
     return conv, MessageType.ATTEST_REPLY
+
+
+_LAE_CODE = re.compile(r"LÆ [0-9]{3}")
+
+
+def check_reply_kind(conv: Conversation, info: MessageInfo) -> ReplyKind:
+    """The reply's form against the request's pair, and its kind against what that kind
+    needs. A reply names the attest type (its reply form) it answers on, if at all: it must
+    be the one asked for. ``cannot-answer`` needs the clinician's own text; ``wrong-form``
+    may suggest another LÆ form."""
+    if info.attest_type is not None and info.attest_type != conv.attest_type:
+        raise InvalidInput(
+            ErrorCode.WRONG_REPLY_FORM,
+            f"the reply is on {info.attest_type[:20]}, the request asked for {conv.attest_type}",
+        )
+    known = {k.value: k for k in ReplyKind}
+    kind = known.get(ReplyKind.ATTEST.value if info.reply_kind is None else info.reply_kind)
+    if kind is None:
+        raise InvalidInput(
+            ErrorCode.INVALID_REPLY_KIND,
+            f"the reply kind is none of {', '.join(known)} ({REPLY_KIND_SYSTEM})",
+        )
+    own = [t for t in info.new_texts if t.strip() and t != PDF_ONLY_TEXT]
+    if kind is ReplyKind.CANNOT_ANSWER and not own:
+        raise InvalidInput(
+            ErrorCode.INVALID_REPLY_KIND, "a cannot-answer reply needs a text saying why"
+        )
+    suggested = info.suggested_attest_type
+    if suggested is not None and (
+        kind is not ReplyKind.WRONG_FORM
+        or not _LAE_CODE.fullmatch(suggested)
+        or suggested == conv.attest_type
+    ):
+        raise InvalidInput(
+            ErrorCode.INVALID_REPLY_KIND,
+            "only a wrong-form reply suggests an attest type: an LÆ form other than the one "
+            "asked for",
+        )
+    return kind

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Mapping
+from zoneinfo import ZoneInfo
 
 import orjson
 import pydantic
@@ -20,17 +21,21 @@ from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.jobcenter import (
     AttestRequestAccepted,
     AttestRequestIn,
+    AttestTypeList,
+    AttestTypeOut,
+    ConsentIn,
     ConversationStatus,
     Inbox,
     InboxItem,
     OrganisationSummary,
     RefusedRequest,
+    ReplyDeadlineOut,
     TimelineEntry,
     UnreadableReply,
 )
 from attest_gateway.contracts.stages import STAGE_ORDER, MessageType, Stage, current_stage
 from attest_gateway.core import audit
-from attest_gateway.core.attests import AttestType
+from attest_gateway.core.attests import CONSENT_BASIS, AttestType, reply_kind_of_detail
 from attest_gateway.core.bounds import a_year_after
 from attest_gateway.core.clock import Clock
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
@@ -72,6 +77,8 @@ from attest_gateway.services.lifecycle import action_entries
 
 log = structlog.get_logger(__name__)
 
+DANISH_TIME = ZoneInfo("Europe/Copenhagen")
+
 
 def _identifiers(org: Organisation) -> OrgIdentifiers:
     return OrgIdentifiers(name=org.name, sor=org.sor, gln=org.gln)
@@ -92,6 +99,51 @@ async def _resolve_receiver(directory: Directory, body: AttestRequestIn) -> Orga
             ErrorCode.UNKNOWN_RECEIVER, "no healthcare organisation has that identifier"
         )
     return receiver
+
+
+def check_consent(kind: AttestType, consent: ConsentIn | None, today: dt.date) -> None:
+    """The request's consent against its attest type: the citizen's consent (given, on a day
+    not after today), or a legal basis the type allows asking under without consent."""
+    if consent is None:
+        allowed = f" or name its legal basis ({', '.join(sorted(kind.legal_bases))})"
+        raise InvalidInput(
+            ErrorCode.CONSENT_REQUIRED,
+            f"{kind.code} needs the citizen's consent ({CONSENT_BASIS}): give consent.given "
+            f"and consent.date{allowed if kind.legal_bases else ''}",
+        )
+    if consent.legal_basis is not None and consent.legal_basis not in kind.legal_bases:
+        raise InvalidInput(
+            ErrorCode.CONSENT_REQUIRED,
+            f"{kind.code} cannot be asked for under that legal basis: it needs the citizen's "
+            f"consent ({CONSENT_BASIS})"
+            + (f" or one of: {', '.join(sorted(kind.legal_bases))}" if kind.legal_bases else ""),
+        )
+    if consent.date is not None and consent.date > today:
+        raise InvalidInput(
+            ErrorCode.CONSENT_REQUIRED, "the citizen's consent cannot be dated after today"
+        )
+
+
+def attest_types(catalogue: Mapping[str, AttestType]) -> AttestTypeList:
+    """The LÆ catalogue as `GET /jobcenter/v1/attest-types` answers it."""
+    return AttestTypeList(
+        items=[
+            AttestTypeOut(
+                code=k.code,
+                title=k.title,
+                request_form=k.request_form,
+                reply_form=k.reply_form,
+                request_form_source=k.request_form_source,
+                issuers=sorted(k.issuers),
+                reply_deadline=ReplyDeadlineOut(
+                    amount=k.reply_deadline.amount, unit=k.reply_deadline.unit
+                ),
+                consent_required=k.consent_required,
+                legal_bases=sorted(k.legal_bases),
+            )
+            for k in sorted(catalogue.values(), key=lambda k: k.code)
+        ]
+    )
 
 
 async def _replay_idempotent(
@@ -137,6 +189,8 @@ async def submit_attest_request(
         )
     now = clock.now()
     today = now.date()
+    # The consent is dated in Denmark, where the day may have begun before it has in UTC.
+    check_consent(kind, body.consent, now.astimezone(DANISH_TIME).date())
     if body.first_day_of_absence > a_year_after(today):
         raise InvalidInput(
             ErrorCode.INVALID_FIRST_DAY_OF_ABSENCE,
@@ -271,7 +325,12 @@ async def _own_conversation(
     return conv
 
 
-async def conversation_status(store: Store, org: Organisation, cid: str) -> ConversationStatus:
+async def conversation_status(
+    store: Store,
+    org: Organisation,
+    cid: str,
+    catalogue: Mapping[str, AttestType] | None = None,
+) -> ConversationStatus:
     async with store.reading() as uow:
         conv = await _own_conversation(uow.conversations, org, cid)
         rows = await uow.stages.timeline(cid)
@@ -287,9 +346,13 @@ async def conversation_status(store: Store, org: Organisation, cid: str) -> Conv
     for e in timeline:
         reached.setdefault(e.stage, e.at)  # the first time each stage was reached
     current = current_stage([(e.stage, e.at) for e in timeline])
+    kind = (catalogue or {}).get(conv.attest_type)
+    replied = next((e for e in timeline if e.stage is Stage.REPLIED), None)
     return ConversationStatus(
         conversation_id=conv.id,
         attest_type=conv.attest_type,
+        request_form=kind.request_form if kind is not None else request_form_of(conv.attest_type),
+        reply_form=conv.attest_type,
         case_kind=conv.case_kind,  # type: ignore[arg-type]
         caseworker_ref=conv.caseworker_ref,
         receiver=OrganisationSummary(
@@ -299,7 +362,14 @@ async def conversation_status(store: Store, org: Organisation, cid: str) -> Conv
         stage=current,
         stages=reached,
         timeline=timeline,
+        reply_kind=None if replied is None else reply_kind_of_detail(replied.detail),
     )
+
+
+def request_form_of(attest_type: str) -> str:
+    """The request form of an attest type outside the catalogue, by the forms' numbering."""
+    number = attest_type.removeprefix("LÆ ")
+    return f"LÆ {int(number) - 4}" if number.isdigit() else attest_type
 
 
 async def read_inbox(
@@ -336,6 +406,13 @@ async def read_inbox(
                     keyring, gateway_org_id, org, row, source=source, at=now, reason="inbox"
                 )
                 info = read_message(bundle)
+                item = inbox_item(
+                    info,
+                    conversation_id=conv.id,
+                    caseworker_ref=conv.caseworker_ref,
+                    attest_type=conv.attest_type,
+                    received_at=row.delivered_at,
+                )
             except (GatewayError, ValueError) as exc:
                 code = _unreadable_code(exc)
                 if row.unreadable_reason != code:
@@ -354,15 +431,7 @@ async def read_inbox(
                 marks[row.message_id] = None
             fetched.append(row)
             openings.append(opened)
-            items.append(
-                inbox_item(
-                    info,
-                    conversation_id=conv.id,
-                    caseworker_ref=conv.caseworker_ref,
-                    attest_type=conv.attest_type,
-                    received_at=row.delivered_at,
-                )
-            )
+            items.append(item)
         refused, refusals = await _read_refusals(
             uow, keyring, gateway_org_id, org, limit=limit, source=source, at=now
         )

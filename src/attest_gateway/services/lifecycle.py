@@ -30,6 +30,7 @@ from attest_gateway.contracts.jobcenter import (
 )
 from attest_gateway.contracts.stages import MessageType, Stage, current_stage
 from attest_gateway.core import audit
+from attest_gateway.core.attests import reply_kind_of_detail
 from attest_gateway.core.bounds import a_year_after
 from attest_gateway.core.clock import Clock
 from attest_gateway.core.directory import Organisation
@@ -128,7 +129,8 @@ async def list_requests(
                 stage = current_stage([(Stage(e.stage), e.at) for e in entries])
                 late = is_overdue(conv, {Stage(e.stage) for e in entries}, today)
                 if (status is None or stage is status) and (overdue is None or late is overdue):
-                    items.append(_summary(conv, stage, late))
+                    replied = next((e for e in entries if e.stage == Stage.REPLIED.value), None)
+                    items.append(_summary(conv, stage, late, replied))
                     if len(items) == limit:
                         break
             else:
@@ -141,7 +143,9 @@ async def list_requests(
     )
 
 
-def _summary(conv: Conversation, stage: Stage, overdue: bool) -> AttestRequestSummary:
+def _summary(
+    conv: Conversation, stage: Stage, overdue: bool, replied: StageEntry | None
+) -> AttestRequestSummary:
     return AttestRequestSummary(
         conversation_id=conv.id,
         attest_type=conv.attest_type,
@@ -152,6 +156,7 @@ def _summary(conv: Conversation, stage: Stage, overdue: bool) -> AttestRequestSu
         stage=stage,
         overdue=overdue,
         status_url=status_url(conv.id),
+        reply_kind=None if replied is None else reply_kind_of_detail(replied.detail),
     )
 
 

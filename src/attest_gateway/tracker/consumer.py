@@ -336,6 +336,15 @@ class TrackerState:
             return True
         if e.stage is Stage.DEADLINE_EXTENDED:
             return self._extend(batch, row, e) or created
+        if e.stage is Stage.REPLIED and e.detail in r.ANSWERS_WITHOUT_ATTEST:
+            # The clinic answered without the attest (not in treatment, wrong form, cannot
+            # answer): the request is over, but no attest was delivered. Neither a reply nor
+            # a duration of one; settled `answered` (no longer due, never reminded) unless
+            # settled already, and an overdue flag counted before stays counted.
+            if row.outcome not in (None, "overdue"):
+                return created
+            batch.set(row, outcome="answered")
+            return True
         if e.stage not in r.TIMED_STAGES:
             return created
         column = STAGE_COLUMNS[e.stage]

@@ -38,6 +38,7 @@ import holidays
 from dateutil.relativedelta import relativedelta
 
 from attest_gateway.contracts.stages import Stage
+from attest_gateway.core.attests import ReplyKind
 
 # --- deadlines ------------------------------------------------------------------------------
 
@@ -309,6 +310,10 @@ METRICS: Final[tuple[Metric, ...]] = (
     Metric("request_to_read", Stage.SUBMITTED, Stage.REPLY_FETCHED, "request → attest read"),
 )
 METRIC_NAMES: Final = frozenset(m.name for m in METRICS)
+
+# The `replied` details of an answer without the attest (services/health.py: the reply kinds
+# other than `attest`). Such a reply ends the request without counting as an attest.
+ANSWERS_WITHOUT_ATTEST: Final = frozenset(k.value for k in ReplyKind if k is not ReplyKind.ATTEST)
 
 # The stages the tracker keeps a first time for (column `<stage>_at`).
 TIMED_STAGES: Final[tuple[Stage, ...]] = (

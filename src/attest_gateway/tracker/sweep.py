@@ -164,7 +164,10 @@ class TrackerSweep:
                         # flagged, or just flagged by this sweep (its event is still on the way)
                         sa.or_(t.c.overdue_at.is_not(None), t.c.due_date < today),
                         t.c.replied_at.is_(None),
-                        sa.or_(t.c.outcome.is_(None), t.c.outcome != "cancelled"),
+                        # cancelled, or answered without the attest: no longer due
+                        sa.or_(
+                            t.c.outcome.is_(None), t.c.outcome.not_in(("cancelled", "answered"))
+                        ),
                         t.c.reminders < rules.reminder_max,
                         ~_refused(t.c.conversation_id),
                     )

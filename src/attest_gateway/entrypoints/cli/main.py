@@ -25,6 +25,7 @@ from rich.table import Table
 
 from attest_gateway.bootstrap import database, release_long_polls
 from attest_gateway.client.envelopes import (
+    REPLY_KIND_CODES,
     acknowledgement,
     as_envelope,
     attest_reply,
@@ -493,15 +494,26 @@ def client_reply(
     role: Annotated[
         str, typer.Option(help="the clinician's role, a MedCom code: laege, sygeplejerske …")
     ] = "laege",
-    text: Annotated[str | None, typer.Option(help="the attest text")] = None,
+    text: Annotated[str | None, typer.Option(help="the attest text (cannot-answer: why)")] = None,
     pdf: Annotated[Path | None, typer.Option(help="a PDF file to attach")] = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="attest; or an answer without it: not-in-treatment, wrong-form, cannot-answer"
+        ),
+    ] = "attest",
+    suggest: Annotated[
+        str | None, typer.Option(help="with --kind wrong-form: the LÆ form to ask for")
+    ] = None,
 ) -> None:
-    """Build the attest reply to a request Bundle (print it), written by the clinician named.
+    """Build the reply to a request Bundle (print it), written by the clinician named.
 
     Example: attest-gateway client reply request.json --family Holm --given Mette
     --authorisation-id 0C4B1 --phone +4578470000 --text "..." --pdf attest.pdf > reply.json
     """
-    if text is None and pdf is None:
+    if kind not in REPLY_KIND_CODES:
+        raise _fail(f"--kind is one of {', '.join(REPLY_KIND_CODES)}")
+    if kind == "attest" and text is None and pdf is None:
         raise _fail("give --text, --pdf or both")
     if role not in AUTHORISED_ROLES:
         raise _fail(f"--role is one of {', '.join(sorted(AUTHORISED_ROLES))}")
@@ -523,6 +535,8 @@ def client_reply(
                 text=text,
                 pdf=pdf.read_bytes() if pdf else None,
                 at=_now(),
+                kind=kind,
+                suggest=suggest,
             )
         )
     except ValueError as exc:

@@ -170,6 +170,22 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Unprocessable content",
         "an attest reply needs text or a PDF attachment",
     ),
+    "consent-required": (
+        422,
+        "Unprocessable content",
+        "LÆ 125 needs the citizen's consent (retssikkerhedsloven § 11 c): give consent.given "
+        "and consent.date",
+    ),
+    "wrong-reply-form": (
+        422,
+        "Unprocessable content",
+        "the reply is on LÆ 155, the request asked for LÆ 125",
+    ),
+    "invalid-reply-kind": (
+        422,
+        "Unprocessable content",
+        "a cannot-answer reply needs a text saying why",
+    ),
     "invalid-webhook-url": (
         422,
         "Unprocessable content",
@@ -330,9 +346,11 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "receiver-cannot-issue",
         "invalid-first-day-of-absence",
         "invalid-reply-deadline",
+        "consent-required",
         "receiver-has-no-key",
         "outbox-full",
     ],
+    ("get", "/jobcenter/v1/attest-types"): [],
     ("get", "/jobcenter/v1/attest-requests/{conversation_id}"): ["not-found"],
     ("get", "/jobcenter/v1/attest-requests"): ["invalid-request", "invalid-cursor"],
     ("post", "/jobcenter/v1/attest-requests/{conversation_id}/cancel"): [
@@ -394,6 +412,8 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         *sorted(ATTACHMENT_ERROR_CODES),
         "unsupported-message",
         "empty-reply",
+        "wrong-reply-form",
+        "invalid-reply-kind",
         "receiver-has-no-key",
         "outbox-full",
     ],
@@ -594,6 +614,7 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
                 "stage": "in_mailbox",
                 "overdue": False,
                 "status_url": f"/jobcenter/v1/attest-requests/{CONVERSATION_ID}",
+                "reply_kind": None,
             }
         ],
         "next_cursor": "WyIyMDI2LTEyLTE1VDA5OjMwOjAwKzAwOjAwIiwiOWYxYyJd",
@@ -618,9 +639,37 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
         "status_url": f"/jobcenter/v1/attest-requests/{CONVERSATION_ID}",
         "reply_deadline": "2026-12-29",
     },
+    ("get", "/jobcenter/v1/attest-types"): {
+        "items": [
+            {
+                "code": "LÆ 125",
+                "title": "Statusattest",
+                "request_form": "LÆ 121",
+                "reply_form": "LÆ 125",
+                "request_form_source": "observed",
+                "issuers": ["gp", "hospital", "psychiatry", "specialist"],
+                "reply_deadline": {"amount": 14, "unit": "days"},
+                "consent_required": True,
+                "legal_bases": [],
+            },
+            {
+                "code": "LÆ 285",
+                "title": "Attest til sygedagpengeopfølgning",
+                "request_form": "LÆ 281",
+                "reply_form": "LÆ 285",
+                "request_form_source": "observed",
+                "issuers": ["gp"],
+                "reply_deadline": {"amount": 14, "unit": "days"},
+                "consent_required": False,
+                "legal_bases": ["sygedagpengeloven § 11 a"],
+            },
+        ]
+    },
     ("get", "/jobcenter/v1/attest-requests/{conversation_id}"): {
         "conversation_id": CONVERSATION_ID,
         "attest_type": "LÆ 155",
+        "request_form": "LÆ 151",
+        "reply_form": "LÆ 155",
         "case_kind": "sygedagpenge",
         "caseworker_ref": "sag-2026-0042",
         "receiver": {
@@ -637,6 +686,7 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
             {"stage": "published", "at": AT, "message_id": MESSAGE_ID, "detail": None},
             {"stage": "in_mailbox", "at": AT, "message_id": MESSAGE_ID, "detail": None},
         ],
+        "reply_kind": None,
     },
     ("get", "/jobcenter/v1/inbox"): {
         "items": [
@@ -655,7 +705,21 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
                         "data_base64": "JVBERi0xLjQK",
                     }
                 ],
-            }
+                "reply_kind": "attest",
+                "suggested_attest_type": None,
+            },
+            {
+                "message_id": "3b0e7d52-1c9a-4f86-b2d4-6a8e0f1c3d57",
+                "conversation_id": "8c2d4e6f-0a1b-4c3d-9e5f-7a8b9c0d1e2f",
+                "caseworker_ref": "sag-2026-0043",
+                "attest_type": "LÆ 155",
+                "sender": {"name": "Psykiatrisk Center København", "sor": "715381000016006"},
+                "received_at": AT,
+                "attest_text": "Borgeren er ikke i behandling hos os.",
+                "attachments": [],
+                "reply_kind": "not-in-treatment",
+                "suggested_attest_type": None,
+            },
         ]
     },
     ("post", "/jobcenter/v1/inbox/{message_id}/ack"): {
@@ -977,6 +1041,7 @@ _REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
             "first_day_of_absence": "2026-10-01",
             "psychiatric_course": True,
             "questions": "Hvad er borgerens aktuelle funktionsevne?",
+            "consent": {"given": True, "date": "2026-10-20"},
         }
     },
 }

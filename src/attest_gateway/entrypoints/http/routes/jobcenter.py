@@ -14,6 +14,7 @@ from attest_gateway.contracts.jobcenter import (
     AttestRequestAccepted,
     AttestRequestIn,
     AttestRequestList,
+    AttestTypeList,
     ConversationStatus,
     DeadlineExtensionIn,
     Inbox,
@@ -107,6 +108,13 @@ async def request_attest(
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return accepted
+
+
+@router.get("/attest-types", response_model=AttestTypeList)
+async def attest_types(request: Request, org: JobCenter) -> AttestTypeList:
+    """The LÆ catalogue: each attest type's request and reply form, who issues it, its
+    default reply deadline, and whether a request needs the citizen's consent."""
+    return service.attest_types(gateway_of(request).catalogue)
 
 
 @router.post("/contacts", status_code=201, response_model=ContactAccepted)
@@ -301,7 +309,8 @@ async def remind_attest_request(
 async def attest_request_status(
     conversation_id: ConversationId, request: Request, org: JobCenter
 ) -> ConversationStatus:
-    return await service.conversation_status(gateway_of(request).store, org, conversation_id)
+    gw = gateway_of(request)
+    return await service.conversation_status(gw.store, org, conversation_id, gw.catalogue)
 
 
 @router.get("/inbox", response_model=Inbox)
