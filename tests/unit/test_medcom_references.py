@@ -91,9 +91,7 @@ def test_message_ids_from_every_form_of_reference(reference: str, expected: str 
         "urn:uuid:{id}",
     ],
 )
-async def test_a_reply_names_the_request_in_any_form_of_reference(
-    world: World, form: str
-) -> None:
+async def test_a_reply_names_the_request_in_any_form_of_reference(world: World, form: str) -> None:
     conversation_id, request = await _delivered_request(world)
     reply = _revising(world.reply(request), form.format(id=request.message_header.id))
     answer, created = await world.submit(reply)

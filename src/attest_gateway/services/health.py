@@ -37,6 +37,7 @@ from attest_gateway.core.errors import (
 from attest_gateway.core.identifiers import check_cpr
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import KeyRing, decode_verify_key, open_envelope, verify
+from attest_gateway.medcom import fhir_xml
 from attest_gateway.medcom.build import build_acknowledgement
 from attest_gateway.medcom.codes import ResponseCode
 from attest_gateway.medcom.errors import BundleError
@@ -185,12 +186,22 @@ async def unwrap_submission(
             detail={"key_id": key.key_id, "purpose": "submission"},
         )
         await uow.audit.record_many([opening])
-    try:
-        data = orjson.loads(opened)
-    except orjson.JSONDecodeError as exc:
-        raise Malformed(ErrorCode.INVALID_BUNDLE, "the envelope does not hold JSON") from exc
+    data = bundle_of_plaintext(opened)
     _check_sealed_header(h, data)
     return data
+
+
+def bundle_of_plaintext(plaintext: bytes) -> object:
+    """The decoded FHIR JSON of an opened envelope: FHIR JSON, or FHIR XML for a sender whose
+    systems speak XML (the first character tells)."""
+    if plaintext.lstrip()[:1] == b"<":
+        return fhir_xml.xml_to_json(plaintext)
+    try:
+        return orjson.loads(plaintext)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed(
+            ErrorCode.INVALID_BUNDLE, "the envelope holds neither FHIR JSON nor FHIR XML"
+        ) from exc
 
 
 _MESSAGE_TYPES = {
