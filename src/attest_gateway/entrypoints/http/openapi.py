@@ -705,6 +705,7 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
     },
     ("get", "/directory/v1/organisations/{org_id}/keys"): {
         "org_id": "psyk-kbh",
+        "message_format": "xml",
         "keys": [
             {
                 "key_id": "hpke-psyk-kbh-2026-11",
