@@ -20,6 +20,7 @@ from attest_gateway.core.errors import InvalidInput, Malformed
 from attest_gateway.medcom.fhir_xml import MAX_XML_DEPTH, json_to_xml, xml_to_json
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import read_message
+from attest_gateway.medcom.rules import check_attachments
 from tests.support.fhir_elements import table
 from tests.support.medcom_profiles import validate_bundle
 from tests.unit.test_medcom_profiles import KINDS
@@ -78,14 +79,56 @@ def test_certified_systems_xml_reads_as_fhir_resources_reads_it(name: str) -> No
     assert xml_to_json(json_to_xml(ours)) == ours
 
 
+# What each certified system's message is, as the gateway reads it: (message type, the
+# message it revises, the texts it adds).
+UNDERSTOOD = {
+    "EPIC_Sundhedsplatformen.xml": (
+        "attest-reply",
+        "30ad8ea6-bf87-4bdd-8b29-53109aec1217",
+        ["svar 3.3.5.4"],
+    ),
+    "Nasure_EDI-Portalen.xml": (
+        "attest-request",
+        None,
+        ["Patienten bruger krykker.\nDer er kommet nye øvelser til at forbedre balancen."],
+    ),
+    "Systematic_ColumnaCis.xml": ("attest-request", None, ["3.3.1.11 send protokol"]),
+}
+
+
+def test_every_certified_message_has_its_expectation() -> None:
+    assert sorted(UNDERSTOOD) == VERIFIED_XML
+
+
 @pytest.mark.parametrize("name", VERIFIED_XML)
 def test_certified_systems_xml_is_understood(name: str) -> None:
-    info = read_message(parse_bundle(xml_to_json((FIXTURES / "verified" / name).read_bytes())))
-    assert info.message_type == "attest-request"  # a new message, as the gateway names it
+    bundle = parse_bundle(xml_to_json((FIXTURES / "verified" / name).read_bytes()))
+    info = read_message(bundle)
+    assert (info.message_type, info.replied_to, info.new_texts) == UNDERSTOOD[name]
     assert None not in (info.sender.sor, info.sender.gln, info.receiver.sor, info.receiver.gln)
     assert info.cpr == "2509479989"
     assert info.conversation_id is not None
-    assert info.texts
+    check_attachments(bundle)  # EPIC repeats an earlier PDF by title and type, without data
+
+
+def test_an_attachment_the_message_adds_must_still_carry_its_data() -> None:
+    raw = (FIXTURES / "verified" / "EPIC_Sundhedsplatformen.xml").read_bytes()
+    reply = xml_to_json(raw)
+    provenance = next(
+        e["resource"]
+        for e in reply["entry"]
+        if e["resource"]["resourceType"] == "Provenance"
+        and e["resource"]["activity"]["coding"][0]["code"] == "reply-message"
+    )
+    provenance["entity"].append(  # the reply now claims the PDF segment as its own
+        {"role": "source", "what": {"identifier": {"value": ATTACHMENT_SEGMENT}}}
+    )
+    with pytest.raises(InvalidInput) as caught:
+        check_attachments(parse_bundle(reply))
+    assert caught.value.code == "attachment-without-data"
+
+
+ATTACHMENT_SEGMENT = "urn:uuid:4ecffe6e-dd41-4b20-9655-7b2747fa9b19"
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from attest_gateway.contracts.stages import MessageType
-from attest_gateway.core.errors import Unknown
-from attest_gateway.medcom.codes import ENTITY_ROLE_REVISION
+from attest_gateway.core.errors import InvalidInput, Unknown
+from attest_gateway.medcom.codes import ACTIVITY_FORWARD, ENTITY_ROLE_REVISION
 from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import message_id_from_reference, read_message
@@ -138,3 +138,59 @@ async def test_another_organisations_reply_is_not_answerable(world: World) -> No
     second = _revising(world.reply(request), f"MessageHeader/{first['message_id']}")
     with pytest.raises(Unknown):
         await world.submit(second)
+
+
+# --- eCPR patients and forwards -------------------------------------------------------------
+
+X_ECPR = "urn:oid:1.2.208.176.1.6.1.1"  # dk-core-x-ecpr-identifier: the national eCPR service
+
+
+def _patient(bundle: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    return found
+
+
+async def test_a_patient_with_an_ecpr_beside_the_cpr_is_the_requests_citizen(
+    world: World,
+) -> None:
+    """MedCom's "double CPR" case: the Patient carries an X-eCPR as well as the CPR number."""
+    conversation_id, request = await _delivered_request(world)
+    reply = world.reply(request)
+    _patient(reply)["identifier"].append({"use": "temp", "system": X_ECPR, "value": "0703921VJ4"})
+    answer, created = await world.submit(reply)
+    assert created
+    assert answer["conversation_id"] == conversation_id
+
+
+async def test_a_patient_known_only_by_an_ecpr_is_read_but_not_the_requests_citizen(
+    world: World,
+) -> None:
+    _, request = await _delivered_request(world)
+    reply = world.reply(request)
+    _patient(reply)["identifier"] = [{"use": "temp", "system": X_ECPR, "value": "0703921VJ4"}]
+    info = read_message(parse_bundle(reply))
+    assert (info.message_type, info.cpr) == ("attest-reply", None)
+    with pytest.raises(InvalidInput) as caught:
+        await world.submit(reply)
+    assert caught.value.code == "patient-mismatch"
+
+
+async def test_a_forward_is_read_and_refused_as_a_message_the_gateway_does_not_carry(
+    world: World,
+) -> None:
+    _, request = await _delivered_request(world)
+    forward = world.reply(request)
+    header_id = forward["entry"][0]["resource"]["id"]
+    for entry in forward["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Provenance" and any(
+            header_id in t["reference"] for t in resource["target"]
+        ):
+            resource["activity"]["coding"][0]["code"] = ACTIVITY_FORWARD
+    info = read_message(parse_bundle(forward))
+    assert (info.message_type, info.activity) == ("other-care-communication", ACTIVITY_FORWARD)
+    with pytest.raises(InvalidInput) as caught:
+        await world.submit(forward)
+    assert caught.value.code == "unsupported-message"

@@ -29,7 +29,9 @@ from attest_gateway.medcom.model import (
 from attest_gateway.medcom.read import (
     deadline_extensions,
     message_communication,
+    new_segments,
     org_identifiers,
+    own_provenance,
 )
 
 
@@ -150,7 +152,9 @@ def _content_matches(content_type: str, data: bytes) -> bool:
 
 def check_attachments(bundle: Bundle) -> None:
     """Every attachment of the message's Communication is inline data of a MedCom MIME type
-    (:data:`ATTACHMENT_MIME_TYPES`) whose content is of that type; raise BundleError.
+    (:data:`ATTACHMENT_MIME_TYPES`) whose content is of that type, but for an earlier
+    segment repeated without its data (one the message does not add,
+    :func:`~attest_gateway.medcom.read.new_segments`); raise BundleError.
 
     The receiving side of the gateway (a job centre's case system) shows what it gets: a
     document labelled as something else, or of a type MedCom does not allow (HTML, say), is
@@ -158,9 +162,15 @@ def check_attachments(bundle: Bundle) -> None:
     the health network, and the gateway does not fetch on its behalf."""
     communication = message_communication(bundle, bundle.message_header)
     payloads = communication.payload if communication is not None else []
+    # A reply repeats the earlier segments, and a certified system may repeat an earlier
+    # attachment by its title and type only, without the data: nothing is shown of it, so
+    # only a segment this message adds must carry its data. Data, wherever it is, is checked.
+    added = new_segments(communication, own_provenance(bundle)) if communication else []
     for index, item in enumerate(payloads):
         att = item.contentAttachment
         if att is None:
+            continue
+        if att.data is None and not any(item is segment for segment in added):
             continue
         where = f"Communication.payload[{index}].contentAttachment"
         content_type = (att.contentType or "").strip().lower()
