@@ -35,7 +35,6 @@ from decimal import Decimal, InvalidOperation
 from functools import cache
 from importlib import resources
 from typing import Any, Final
-from xml.sax.saxutils import escape, quoteattr
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
@@ -69,12 +68,22 @@ class _Element:
 
 
 @dataclass(frozen=True, slots=True)
+class _Type:
+    """One type's elements: in order, by name, their positions, and the JSON keys it takes."""
+
+    elements: tuple[_Element, ...]
+    by_name: dict[str, _Element]
+    position: dict[str, int]
+    keys: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class _Table:
     resources: frozenset[str]
-    types: dict[str, tuple[_Element, ...]]
+    types: dict[str, _Type]
 
     def elements(self, type_name: str) -> tuple[_Element, ...]:
-        return self.types[type_name]
+        return self.types[type_name].elements
 
 
 @cache
@@ -82,13 +91,18 @@ def _table() -> _Table:
     raw = json.loads(
         resources.files("attest_gateway.data").joinpath("fhir-elements.json").read_text("utf-8")
     )
-    types: dict[str, tuple[_Element, ...]] = {}
+    types: dict[str, _Type] = {}
     for type_name, rows in raw["types"].items():
         elements = []
         for row in rows:
             name, card, kind = row.split(" ")
             elements.append(_Element(name, card == "*", kind))
-        types[type_name] = tuple(elements)
+        types[type_name] = _Type(
+            elements=tuple(elements),
+            by_name={e.name: e for e in elements},
+            position={e.name: i for i, e in enumerate(elements)},
+            keys=frozenset(e.name for e in elements) | frozenset("_" + e.name for e in elements),
+        )
     return _Table(frozenset(raw["resources"]), types)
 
 
@@ -110,6 +124,20 @@ def json_to_xml(resource: dict[str, Any]) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+_TEXT_ESCAPES: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_ATTRIBUTE_ESCAPES: Final = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        '"': "&quot;",
+        "\n": "&#10;",
+        "\r": "&#13;",
+        "\t": "&#9;",
+    }
+)
+
+
 def _write(element: ET.Element, out: list[str], default_ns: str) -> None:
     """Serialise with a default namespace per vocabulary (FHIR, and XHTML from the
     narrative's div on), as FHIR XML is written; ElementTree's own writer would give XHTML a
@@ -121,22 +149,23 @@ def _write(element: ET.Element, out: list[str], default_ns: str) -> None:
         if closing:
             out.append(f"</{name}>")
             if node.tail:
-                out.append(escape(node.tail))
+                out.append(node.tail.translate(_TEXT_ESCAPES))
             continue
         attributes = "".join(
-            f" {_attribute_name(k)}={quoteattr(v)}" for k, v in node.attrib.items()
+            f' {_attribute_name(k)}="{v.translate(_ATTRIBUTE_ESCAPES)}"'
+            for k, v in node.attrib.items()
         )
         if namespace != parent_ns or node is element:
-            attributes = f" xmlns={quoteattr(namespace)}{attributes}"
+            attributes = f' xmlns="{namespace}"{attributes}'
         children = list(node)
         if not children and not node.text:
             out.append(f"<{name}{attributes}/>")
             if node.tail and node is not element:
-                out.append(escape(node.tail))
+                out.append(node.tail.translate(_TEXT_ESCAPES))
             continue
         out.append(f"<{name}{attributes}>")
         if node.text:
-            out.append(escape(node.text))
+            out.append(node.text.translate(_TEXT_ESCAPES))
         stack.append((node, parent_ns, True))
         stack.extend((child, namespace, False) for child in reversed(children))
 
@@ -155,17 +184,18 @@ def _resource_element(resource: object, where: str) -> ET.Element:
 def _fill(
     element: ET.Element, data: dict[str, Any], type_name: str, where: str, *, is_resource: bool
 ) -> None:
-    table = _table()
-    defined = table.elements(type_name)
-    known = {e.name for e in defined} | {"_" + e.name for e in defined}
-    if is_resource:
-        known.add("resourceType")
+    described = _table().types[type_name]
+    present: set[str] = set()
     for key in data:
-        if key not in known or (key == "_id" and not is_resource):
+        if is_resource and key == "resourceType":
+            continue
+        if key not in described.keys or (key == "_id" and not is_resource):
             raise BundleError(
                 ErrorCode.INVALID_BUNDLE, f"{where}.{_safe(key)}: not an element of {type_name}"
             )
-    for spec in defined:
+        present.add(key.removeprefix("_"))
+    for name in sorted(present, key=described.position.__getitem__):
+        spec = described.by_name[name]
         value = data.get(spec.name)
         extra = data.get("_" + spec.name)
         if value is None and extra is None:
@@ -308,7 +338,7 @@ def _read_into(
     out: dict[str, Any], element: ET.Element, type_name: str, where: str, *, is_resource: bool
 ) -> None:
     table = _table()
-    specs = {spec.name: spec for spec in table.elements(type_name)}
+    specs = table.types[type_name].by_name
     for attribute, value in element.attrib.items():
         if attribute == "id" and not is_resource:
             out["id"] = value
@@ -324,7 +354,7 @@ def _read_into(
             )
     if element.text is not None and element.text.strip():
         raise BundleError(ErrorCode.INVALID_BUNDLE, f"{where}: text outside a value attribute")
-    order = {spec.name: i for i, spec in enumerate(table.elements(type_name))}
+    order = table.types[type_name].position
     collected: dict[str, list[tuple[Any, Any]]] = {}
     last = -1
     for child in element:  # the parser leaves out comments and processing instructions
