@@ -21,6 +21,7 @@ import statistics
 import time
 import timeit
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +73,10 @@ def main() -> None:
     for name, bundle in cases.items():
         as_json = orjson.dumps(bundle)
         as_xml = fhir_xml.json_to_xml(bundle)
-        to_xml = _median_us(lambda b=bundle: fhir_xml.json_to_xml(b), args.runs, args.number)
-        to_json = _median_us(lambda x=as_xml: fhir_xml.xml_to_json(x), args.runs, args.number)
-        loads = _median_us(lambda j=as_json: orjson.loads(j), args.runs, args.number)
-        parse = _median_us(lambda b=bundle: parse_bundle(b), args.runs, args.number)
+        to_xml = _median_us(partial(fhir_xml.json_to_xml, bundle), args.runs, args.number)
+        to_json = _median_us(partial(fhir_xml.xml_to_json, as_xml), args.runs, args.number)
+        loads = _median_us(partial(orjson.loads, as_json), args.runs, args.number)
+        parse = _median_us(partial(parse_bundle, bundle), args.runs, args.number)
         print(
             f"| {name} | {len(as_json):,} | {len(as_xml):,} | {to_xml:,.0f} µs | "
             f"{to_json:,.0f} µs | {loads:,.0f} µs | {parse:,.0f} µs |"

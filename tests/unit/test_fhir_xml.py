@@ -261,6 +261,11 @@ CPR = "2509479989"
             "not a boolean",
         ),
         (f'<NoSuchThing xmlns="http://hl7.org/fhir"><id value="{CPR}"/></NoSuchThing>', "no "),
+        (
+            '<Observation xmlns="http://hl7.org/fhir"><valueQuantity><value value="1e400"/>'
+            "</valueQuantity></Observation>",
+            "not a number",
+        ),
     ],
 )
 def test_what_is_not_fhir_xml_is_refused_without_echoing_it(document: str, where: str) -> None:

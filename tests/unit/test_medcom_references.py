@@ -9,15 +9,18 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 
 from attest_gateway.contracts.stages import MessageType
-from attest_gateway.core.errors import InvalidInput, Unknown
+from attest_gateway.core.errors import InvalidInput, Malformed, Unknown
 from attest_gateway.medcom.codes import ACTIVITY_FORWARD, ENTITY_ROLE_REVISION
+from attest_gateway.medcom.fhir_xml import json_to_xml
 from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import message_id_from_reference, read_message
 from attest_gateway.ports.records import MailItem
+from attest_gateway.services import health
 from tests.support.world import GATEWAY, GP, JC, PSY, World, make_world
 
 
@@ -194,3 +197,55 @@ async def test_a_forward_is_read_and_refused_as_a_message_the_gateway_does_not_c
     with pytest.raises(InvalidInput) as caught:
         await world.submit(forward)
     assert caught.value.code == "unsupported-message"
+
+
+# --- a sealed submission holding FHIR XML -------------------------------------------------
+
+
+async def test_a_sealed_submission_may_hold_fhir_xml(world: World) -> None:
+    conversation_id, request = await _delivered_request(world)
+    reply = world.reply(request)
+    header = reply["entry"][0]["resource"]
+    envelope = world.sealed(
+        json_to_xml(reply),
+        to=GATEWAY,
+        by=PSY,
+        message_id=header["id"],
+        bundle_id=reply["id"],
+        conversation_id=conversation_id,
+        message_type=MessageType.ATTEST_REPLY,
+        sender=PSY,
+    )
+    opened = await health.unwrap_submission(
+        world.store, world.keyring, world.clock, world.orgs[PSY],
+        orjson.loads(envelope.to_json()), gateway_org_id=world.gateway_org_id,
+    )  # fmt: skip
+    assert opened == reply
+    answer, created = await world.submit(opened)
+    assert created
+    assert answer["conversation_id"] == conversation_id
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "code"),
+    [(b"<Bundle", "malformed-xml"), (b"not a bundle", "invalid-bundle")],
+)
+async def test_a_sealed_submission_holding_neither_json_nor_xml_is_refused(
+    world: World, plaintext: bytes, code: str
+) -> None:
+    envelope = world.sealed(
+        plaintext,
+        to=GATEWAY,
+        by=PSY,
+        message_id=str(uuid.uuid4()),
+        bundle_id=str(uuid.uuid4()),
+        conversation_id=str(uuid.uuid4()),
+        message_type=MessageType.ATTEST_REPLY,
+        sender=PSY,
+    )
+    with pytest.raises(Malformed) as caught:
+        await health.unwrap_submission(
+            world.store, world.keyring, world.clock, world.orgs[PSY],
+            orjson.loads(envelope.to_json()), gateway_org_id=world.gateway_org_id,
+        )  # fmt: skip
+    assert caught.value.code == code

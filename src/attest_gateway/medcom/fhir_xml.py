@@ -28,6 +28,7 @@ whose detail names element paths, never values.
 from __future__ import annotations
 
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -460,9 +461,10 @@ def _primitive_value(raw: str, kind: str, where: str) -> Any:
             number = Decimal(raw)
         except InvalidOperation as exc:
             raise BundleError(ErrorCode.INVALID_BUNDLE, f"{where}: not a number") from exc
-        if not number.is_finite():
+        value = float(number)
+        if not number.is_finite() or not math.isfinite(value):  # 1e400 is no JSON number
             raise BundleError(ErrorCode.INVALID_BUNDLE, f"{where}: not a number")
-        return float(number)
+        return value
     return raw
 
 
