@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -218,12 +219,37 @@ def test_dtds_and_entities_are_refused(document: bytes) -> None:
 
 @pytest.mark.parametrize(
     "document",
-    [b"", b"<Bundle", b"not xml", b'<Bundle xmlns="http://hl7.org/fhir"><id value="x"></Bundle>'],
+    [
+        b"",
+        b"<Bundle",
+        b"not xml",
+        b'<Bundle xmlns="http://hl7.org/fhir"><id value="x"></Bundle>',
+        b'<?xml version="1.0" encoding="no-such-encoding"?><Bundle/>',
+        b'<Bundle xmlns="http://hl7.org/fhir"><id value="&#0;"/></Bundle>',
+    ],
 )
 def test_what_is_not_well_formed_is_malformed(document: bytes) -> None:
     with pytest.raises(Malformed) as caught:
         xml_to_json(document)
     assert caught.value.code == "malformed-xml"
+
+
+def test_damaged_documents_are_refused_with_a_code_never_a_crash() -> None:
+    """Bytes changed at random in a certified system's message: every outcome is an input
+    error of the gateway's tree (problem+json at the API), never another exception."""
+    rng = random.Random(25)
+    original = (FIXTURES / "verified" / "Nasure_EDI-Portalen.xml").read_bytes()
+    codes = set()
+    for _ in range(300):
+        damaged = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        try:
+            xml_to_json(bytes(damaged))
+        except InvalidInput as exc:
+            codes.add(exc.code)
+    assert codes <= {"malformed-xml", "invalid-bundle", "xml-not-allowed"}
+    assert "malformed-xml" in codes
 
 
 def test_deep_nesting_is_refused_before_it_is_read() -> None:

@@ -290,7 +290,7 @@ def xml_to_json(document: bytes | str) -> dict[str, Any]:
             ErrorCode.XML_NOT_ALLOWED,
             "the XML declares a DTD or entities, or refers outside the document",
         ) from exc
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError, ValueError) as exc:  # LookupError: unknown encoding
         raise Malformed(ErrorCode.MALFORMED_XML, "the body is not well-formed XML") from exc
     _check_size(root)
     return _read_resource(root, "")
