@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from tests.unit.test_medcom_profiles import KINDS
 
 from attest_gateway.medcom import fhir_xml
 from attest_gateway.medcom.parse import parse_bundle
@@ -34,9 +35,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "medc
 
 
 def _request_bundle() -> dict[str, Any]:
-    from tests.unit.test_medcom_profiles import KINDS  # the gateway's own request, as tested
-
-    bundle: dict[str, Any] = KINDS["request"]()
+    bundle: dict[str, Any] = KINDS["request"]()  # the gateway's own request, as tested
     return bundle
 
 

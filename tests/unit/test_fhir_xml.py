@@ -29,6 +29,10 @@ from tests.unit.test_medcom_profiles import KINDS
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "medcom"
 PUBLISHED = sorted(p.name for p in FIXTURES.glob("*.json"))
 VERIFIED_XML = sorted(p.name for p in (FIXTURES / "verified").glob("*.xml"))
+# Every XML message stored: the certified systems' and MedCom's own published XML examples.
+ALL_XML = sorted(
+    str(p.relative_to(FIXTURES)) for d in ("verified", "xml") for p in (FIXTURES / d).glob("*.xml")
+)
 SHIPPED_TABLE = (
     Path(__file__).resolve().parents[2] / "src" / "attest_gateway" / "data" / "fhir-elements.json"
 )
@@ -72,9 +76,16 @@ def test_our_xml_reads_in_fhir_resources_as_the_json_it_came_from(name: str) -> 
     assert _r4b(from_xml) == _r4b(R4BBundle.model_validate(data))
 
 
-@pytest.mark.parametrize("name", VERIFIED_XML)
-def test_certified_systems_xml_reads_as_fhir_resources_reads_it(name: str) -> None:
-    raw = (FIXTURES / "verified" / name).read_bytes()
+@pytest.mark.parametrize("name", ALL_XML)
+def test_published_xml_validates_against_the_profiles(name: str) -> None:
+    """A control, as the published JSON examples are: read from XML, no profile rule broken."""
+    data = xml_to_json((FIXTURES / name).read_bytes())
+    assert [i for i in validate_bundle(data) if i.severity == "error"] == []
+
+
+@pytest.mark.parametrize("name", ALL_XML)
+def test_published_xml_reads_as_fhir_resources_reads_it(name: str) -> None:
+    raw = (FIXTURES / name).read_bytes()
     ours = xml_to_json(raw)
     assert _r4b(R4BBundle.model_validate(ours)) == _r4b(R4BBundle.model_validate_xml(raw))
     assert xml_to_json(json_to_xml(ours)) == ours
@@ -110,6 +121,17 @@ def test_certified_systems_xml_is_understood(name: str) -> None:
     assert info.cpr == "2509479989"
     assert info.conversation_id is not None
     check_attachments(bundle)  # EPIC repeats an earlier PDF by title and type, without data
+
+
+def test_medcoms_transient_error_acknowledgement_in_xml_is_understood() -> None:
+    raw = (FIXTURES / "xml" / "Bundle-c9c2b2f6-0807-11ed-861d-0242ac120002.xml").read_bytes()
+    info = read_message(parse_bundle(xml_to_json(raw)))
+    assert (info.message_type, info.response_code, info.issues) == (
+        "acknowledgement",
+        "transient-error",
+        ["MSG_Mailbox_Out_Of_Operation"],
+    )
+    assert info.response_to == "53128d9b-cede-4c7f-8904-809eab322d7d"
 
 
 def test_an_attachment_the_message_adds_must_still_carry_its_data() -> None:
