@@ -129,7 +129,7 @@ async def test_submissions_that_must_be_refused(harness: Harness) -> None:
     wrong_type = await h.client.post(
         "/medcom/v1/messages",
         content=b"<Bundle/>",
-        headers={**h.auth(PSY), "Content-Type": "application/xml"},
+        headers={**h.auth(PSY), "Content-Type": "text/plain"},  # XML is taken as fhir+xml
     )
     assert wrong_type.status_code == 415
     assert wrong_type.json()["code"] == "unsupported-media-type"

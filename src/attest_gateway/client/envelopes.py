@@ -19,6 +19,7 @@ from attest_gateway.crypto import sealing
 from attest_gateway.crypto.verification import verify_against_directory
 from attest_gateway.medcom.build import SegmentAuthor, build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.errors import BundleError
+from attest_gateway.medcom.fhir_xml import xml_to_json
 from attest_gateway.medcom.model import Bundle
 from attest_gateway.medcom.parse import parse_bundle
 
@@ -55,7 +56,8 @@ def open_envelope(
     *,
     gateway_org_id: str = "gateway",
 ) -> dict[str, Any]:
-    """The FHIR Bundle (JSON) sealed in `envelope`. With `signer_keys` (the signer's keys as
+    """The FHIR Bundle (JSON) sealed in `envelope` (sealed as FHIR XML for an organisation
+    that takes XML: read into the same JSON). With `signer_keys` (the signer's keys as
     `GET /directory/v1/organisations/{signer}/keys` answers them) the signature is checked
     first: the signer is the sender or the gateway, its key valid then, the signature good.
     `signer_keys=None` opens without that check: only for an envelope checked before.
@@ -69,7 +71,11 @@ def open_envelope(
             raise NotOpened(
                 "unknown-key", "the envelope is sealed to a key that is not in the key file"
             )
-        bundle: dict[str, Any] = orjson.loads(sealing.open_envelope(sealed, key))
+        plaintext = sealing.open_envelope(sealed, key)
+        # FHIR XML for an organisation whose directory entry says so (message_format)
+        bundle: dict[str, Any] = (
+            xml_to_json(plaintext) if plaintext.lstrip()[:1] == b"<" else orjson.loads(plaintext)
+        )
     except GatewayError as exc:
         raise NotOpened(str(exc.code), exc.detail) from None
     return bundle

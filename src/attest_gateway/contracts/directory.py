@@ -38,4 +38,9 @@ class OrganisationKeys(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     org_id: str
+    message_format: Literal["json", "xml"] = Field(
+        default="json",
+        description="the FHIR format its envelopes hold: json (application/fhir+json) or xml "
+        "(application/fhir+xml), as its systems take MedCom messages",
+    )
     keys: list[PublicKey] = Field(description="HPKE keys, then signing keys; newest first")

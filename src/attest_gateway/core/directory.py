@@ -27,6 +27,14 @@ class Role(StrEnum):
 HEALTH_ROLES = frozenset({Role.PSYCHIATRY, Role.GP, Role.HOSPITAL, Role.SPECIALIST})
 
 
+class MessageFormat(StrEnum):
+    """The FHIR format an organisation's systems take MedCom messages in: what the gateway
+    seals into its envelopes (MedCom-certified systems take JSON or XML, as each was built)."""
+
+    JSON = "json"
+    XML = "xml"
+
+
 @dataclass(frozen=True, slots=True)
 class Organisation:
     id: str
@@ -40,6 +48,7 @@ class Organisation:
     custodial: bool
     enabled: bool
     webhook_url: str | None = None
+    message_format: MessageFormat = MessageFormat.JSON
 
     @classmethod
     def from_row(cls, row: Any) -> Organisation:
@@ -55,6 +64,7 @@ class Organisation:
             custodial=row.custodial,
             enabled=row.enabled,
             webhook_url=row.webhook_url,
+            message_format=MessageFormat(row.message_format),
         )
 
 

@@ -38,6 +38,8 @@ class ErrorCode(StrEnum):
 
     # The input cannot be read
     MALFORMED_JSON = "malformed-json"
+    MALFORMED_XML = "malformed-xml"
+    XML_NOT_ALLOWED = "xml-not-allowed"
     UNSUPPORTED_BODY = "unsupported-body"
     UNSUPPORTED_MEDIA_TYPE = "unsupported-media-type"
     INVALID_ENVELOPE = "invalid-envelope"

@@ -296,12 +296,15 @@ def new_segments(
 
 
 def message_id_from_reference(reference: str | None) -> str | None:
-    """``MessageHeader/<id>`` (relative, absolute or ``urn:uuid:<id>``) → ``<id>``."""
+    """``MessageHeader/<id>`` → ``<id>``: relative or absolute, versioned or not
+    (``…/MessageHeader/<id>/_history/<version>``), or ``urn:uuid:<id>``."""
     if not reference:
         return None
     if reference.startswith("urn:uuid:"):
         return reference.removeprefix("urn:uuid:") or None
     parts = reference.split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
     if len(parts) >= 2 and parts[-2] == "MessageHeader" and parts[-1]:
         return parts[-1]
     return None

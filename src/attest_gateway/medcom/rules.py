@@ -30,6 +30,8 @@ from attest_gateway.medcom.read import (
     deadline_extensions,
     message_communication,
     org_identifiers,
+    own_provenance,
+    segment_identifier,
 )
 
 
@@ -148,9 +150,31 @@ def _content_matches(content_type: str, data: bytes) -> bool:
     return data.startswith(_SIGNATURES[content_type])
 
 
+def _sources(provenance: Provenance) -> set[str]:
+    return {
+        entity.what.identifier.value
+        for entity in provenance.entity
+        if entity.role == "source"
+        and entity.what.identifier is not None
+        and entity.what.identifier.value
+    }
+
+
+def _earlier_segments(bundle: Bundle) -> set[str]:
+    """The identifiers of segments an earlier message added: named as a source by another
+    Provenance of the Bundle and not by the message's own."""
+    own = own_provenance(bundle)
+    earlier: set[str] = set()
+    for provenance in bundle.resources(Provenance):
+        if provenance is not own:
+            earlier |= _sources(provenance)
+    return earlier - (_sources(own) if own is not None else set())
+
+
 def check_attachments(bundle: Bundle) -> None:
     """Every attachment of the message's Communication is inline data of a MedCom MIME type
-    (:data:`ATTACHMENT_MIME_TYPES`) whose content is of that type; raise BundleError.
+    (:data:`ATTACHMENT_MIME_TYPES`) whose content is of that type, but for an earlier
+    message's segment repeated without its data; raise BundleError.
 
     The receiving side of the gateway (a job centre's case system) shows what it gets: a
     document labelled as something else, or of a type MedCom does not allow (HTML, say), is
@@ -158,9 +182,16 @@ def check_attachments(bundle: Bundle) -> None:
     the health network, and the gateway does not fetch on its behalf."""
     communication = message_communication(bundle, bundle.message_header)
     payloads = communication.payload if communication is not None else []
+    # A reply repeats the earlier segments, and a certified system may repeat an earlier
+    # attachment by its title and type only, without the data: nothing is shown of it. Such a
+    # segment is one an earlier message's Provenance names as its source and this message's
+    # does not. Any other must carry its data; data, wherever it is, is checked.
+    earlier = _earlier_segments(bundle)
     for index, item in enumerate(payloads):
         att = item.contentAttachment
         if att is None:
+            continue
+        if att.data is None and segment_identifier(item) in earlier:
             continue
         where = f"Communication.payload[{index}].contentAttachment"
         content_type = (att.contentType or "").strip().lower()

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+import orjson
+
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType
+from attest_gateway.core.directory import MessageFormat
 from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.crypto.pseudonyms import seal_citizen
 from attest_gateway.crypto.sealing import KeyRing, seal
+from attest_gateway.medcom.fhir_xml import json_to_xml
 from attest_gateway.ports.store import Directory
 
 
@@ -29,7 +33,9 @@ async def seal_for(
     plaintext: bytes,
     now: dt.datetime,
 ) -> SealedEnvelope:
-    """Seal a Bundle for the receiver's current HPKE key and sign it with the signer's key."""
+    """Seal a Bundle (FHIR JSON) for the receiver's current HPKE key and sign it with the
+    signer's key. A receiver whose systems take FHIR XML (its `message_format`) gets the
+    Bundle in XML; a custodial one never does: the gateway opens its mail itself."""
     recipient = await directory.current_hpke_key(receiver_org_id, now)
     if recipient is None:
         raise InvalidInput(
@@ -39,6 +45,13 @@ async def seal_for(
     signer = keyring.signing_among(signer_org_id, usable) if usable else None
     if signer is None:
         raise RuntimeError(f"no usable signing key of {signer_org_id!r} in the key files")
+    receiver = await directory.org_by_id(receiver_org_id)
+    if (
+        receiver is not None
+        and receiver.message_format is MessageFormat.XML
+        and not receiver.custodial
+    ):
+        plaintext = json_to_xml(orjson.loads(plaintext))
     header = EnvelopeHeader(
         message_id=message_id,
         bundle_id=bundle_id,

@@ -61,6 +61,7 @@ from attest_gateway.contracts.envelope import Suite
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.core.directory import (
     HEALTH_ROLES,
+    MessageFormat,
     Organisation,
     Role,
     hash_api_key,
@@ -346,6 +347,8 @@ def checked_organisation(org: Organisation, settings: Settings) -> Organisation:
         raise AdminError(
             f"only the gateway's own organisation ({settings.gateway_org_id}) has the operator role"
         )
+    if org.custodial and org.message_format is not MessageFormat.JSON:
+        raise AdminError(_CUSTODIAL_FORMAT)
     webhook = check_webhook_url(org.webhook_url, settings) if org.webhook_url else None
     return replace(
         org,
@@ -683,6 +686,48 @@ async def _set_enabled(
     action = "org.enable" if enabled else "org.disable"
     await _record(conn, settings, actor=actor, source=source, action=action, at=now, org_id=org_id)
     return OrgChange(replace(org, enabled=enabled), True)
+
+
+_CUSTODIAL_FORMAT = (
+    "a custodial organisation's mail is opened by the gateway itself: its message format is json"
+)
+
+
+async def set_message_format(
+    conn: AsyncConnection,
+    settings: Settings,
+    org_id: str,
+    message_format: MessageFormat,
+    *,
+    actor: str,
+    source: str,
+    now: dt.datetime | None = None,
+) -> OrgChange:
+    """The FHIR format sealed into an organisation's envelopes from now on (json or xml, as
+    its systems take MedCom messages). Audited; mail already sealed stays as it is."""
+    now = now or SystemClock().now()
+    org = await _org_or_fail(conn, org_id)
+    if org.message_format is message_format:
+        return OrgChange(org, False)
+    if org.custodial and message_format is not MessageFormat.JSON:
+        raise AdminError(_CUSTODIAL_FORMAT)
+    await directory.execute_write(
+        conn,
+        organisations.update()
+        .where(organisations.c.id == org_id)
+        .values(message_format=message_format.value),
+    )
+    await _record(
+        conn,
+        settings,
+        actor=actor,
+        source=source,
+        action="org.message_format",
+        at=now,
+        org_id=org_id,
+        detail={"message_format": message_format.value},
+    )
+    return OrgChange(replace(org, message_format=message_format), True)
 
 
 async def reissue_api_key(

@@ -39,6 +39,7 @@ from attest_gateway.core.errors import (
 from attest_gateway.core.identifiers import check_cpr
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import KeyRing, decode_verify_key, open_envelope, verify
+from attest_gateway.medcom import fhir_xml
 from attest_gateway.medcom.build import PDF_ONLY_TEXT, build_acknowledgement
 from attest_gateway.medcom.codes import REPLY_KIND_SYSTEM, ResponseCode
 from attest_gateway.medcom.errors import BundleError
@@ -189,12 +190,22 @@ async def unwrap_submission(
             detail={"key_id": key.key_id, "purpose": "submission"},
         )
         await uow.audit.record_many([opening])
-    try:
-        data = orjson.loads(opened)
-    except orjson.JSONDecodeError as exc:
-        raise Malformed(ErrorCode.INVALID_BUNDLE, "the envelope does not hold JSON") from exc
+    data = bundle_of_plaintext(opened)
     _check_sealed_header(h, data)
     return data
+
+
+def bundle_of_plaintext(plaintext: bytes) -> object:
+    """The decoded FHIR JSON of an opened envelope: FHIR JSON, or FHIR XML for a sender whose
+    systems speak XML (the first character tells)."""
+    if plaintext.lstrip()[:1] == b"<":
+        return fhir_xml.xml_to_json(plaintext)
+    try:
+        return orjson.loads(plaintext)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed(
+            ErrorCode.INVALID_BUNDLE, "the envelope holds neither FHIR JSON nor FHIR XML"
+        ) from exc
 
 
 _MESSAGE_TYPES = {
@@ -235,6 +246,32 @@ async def _answered_conversation(
         # Same answer whether the request does not exist or is someone else's.
         raise _unknown_request()
     return conv
+
+
+async def _revised_conversation(
+    uow: UnitOfWork, org: Organisation, message_id: str | None
+) -> Conversation | None:
+    """The conversation of the message a reply revises, if the caller may answer it. MedCom
+    lets a reply revise any earlier message of the conversation, so the message may be the
+    request, another message delivered to the caller (a reminder, say), or an earlier reply
+    of the caller's own (a reply to a reply)."""
+    if not message_id:
+        return None
+    conv = await uow.conversations.by_request(message_id)
+    if conv is None:
+        item = await uow.mailbox.address(message_id)
+        if item is not None and item.receiver_org_id == org.id:
+            conv = await uow.conversations.get(item.conversation_id)
+    if conv is None:
+        for row in await uow.inbound.seen(message_id, message_id):
+            if (
+                row.message_id == message_id
+                and row.sender_org_id == org.id
+                and row.message_type == MessageType.ATTEST_REPLY.value
+            ):
+                conv = await uow.conversations.get(row.conversation_id)
+                break
+    return conv if conv is not None and conv.receiver_org_id == org.id else None
 
 
 def _unknown_request() -> Unknown:
@@ -418,9 +455,12 @@ async def _target_conversation(uow: UnitOfWork, org: Organisation, info: Message
         reminder = await _reminder_to(uow, org, info.response_to)
         if reminder is not None:
             return reminder.id
-    request_id = info.response_to if info.message_type == "acknowledgement" else info.replied_to
-    conv = await uow.conversations.by_request(request_id) if request_id else None
-    return conv.id if conv is not None and conv.receiver_org_id == org.id else None
+    if info.message_type == "acknowledgement":
+        request_id = info.response_to
+        conv = await uow.conversations.by_request(request_id) if request_id else None
+        return conv.id if conv is not None and conv.receiver_org_id == org.id else None
+    revised = await _revised_conversation(uow, org, info.replied_to)
+    return revised.id if revised is not None else None
 
 
 async def _forward(
@@ -542,7 +582,9 @@ async def _accept_reply(
     bundle_json: object,
     now: dt.datetime,
 ) -> tuple[Conversation, MessageType]:
-    conv = await _answered_conversation(uow, org, info.replied_to)
+    conv = await _revised_conversation(uow, org, info.replied_to)
+    if conv is None:
+        raise _unknown_request()
     jobcenter = await uow.directory.org_by_id(conv.jobcenter_org_id)
     assert jobcenter is not None
     if not (

@@ -29,7 +29,7 @@ from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.envelope import Suite
 from attest_gateway.core.clock import SystemClock
-from attest_gateway.core.directory import Organisation, Role
+from attest_gateway.core.directory import MessageFormat, Organisation, Role
 from attest_gateway.crypto.sealing import OrgKeys, PrivateHpkeKey, SigningKey
 from attest_gateway.entrypoints.cli.ops import fail
 from attest_gateway.services import admin
@@ -147,6 +147,9 @@ def orgs_add(
         ),
     ] = False,
     webhook_url: Annotated[str | None, typer.Option(help="https endpoint to notify")] = None,
+    message_format: Annotated[
+        str, typer.Option(help="json | xml: the FHIR format its systems take MedCom messages in")
+    ] = MessageFormat.JSON.value,
     public_file: Annotated[
         Path | None, typer.Option(help="its public keys, from `keys generate --out` on its side")
     ] = None,
@@ -167,6 +170,7 @@ def orgs_add(
     """  # noqa: E501
     if role not in ROLES:
         raise fail(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
+    fmt = _message_format(message_format)
     settings = load_settings()
     public = _read_public(public_file) if public_file is not None else None
     org = Organisation(
@@ -181,6 +185,7 @@ def orgs_add(
         custodial=custodial,
         enabled=True,
         webhook_url=webhook_url,
+        message_format=fmt,
     )
     added = _run(
         settings,
@@ -237,6 +242,7 @@ def orgs_list(
                 "custodial": o.custodial,
                 "enabled": o.enabled,
                 "webhook_url": o.webhook_url,
+                "message_format": o.message_format.value,
                 "hpke_key": hpke.key_id if hpke else None,
                 "signing_key": signing.key_id if signing else None,
             }
@@ -246,7 +252,15 @@ def orgs_list(
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         return
     table = Table(
-        "id", "name", "role", "identifiers", "custodial", "enabled", "HPKE key", "signing key"
+        "id",
+        "name",
+        "role",
+        "identifiers",
+        "custodial",
+        "enabled",
+        "format",
+        "HPKE key",
+        "signing key",
     )
     for row in rows:
         ids = " ".join(
@@ -259,6 +273,7 @@ def orgs_list(
             ids or "-",
             "yes" if row["custodial"] else "no",
             "yes" if row["enabled"] else "no",
+            row["message_format"],
             row["hpke_key"] or "-",
             row["signing_key"] or "-",
         )
@@ -295,6 +310,36 @@ def orgs_enable(
         lambda conn: admin.enable_org(conn, settings, org_id, actor=operator(), source="cli"),
     )
     console.print(f"{org_id} is enabled" + ("" if change.changed else " (it was already)"))
+
+
+def _message_format(value: str) -> MessageFormat:
+    try:
+        return MessageFormat(value)
+    except ValueError:
+        formats = " or ".join(f.value for f in MessageFormat)
+        raise fail(f"the message format is {formats}, not {value!r}") from None
+
+
+@orgs_app.command("set-format")
+def orgs_set_format(
+    org_id: Annotated[str, typer.Argument(help="the organisation")],
+    message_format: Annotated[str, typer.Argument(help="json | xml")],
+) -> None:
+    """Set the FHIR format sealed into an organisation's envelopes: json
+    (application/fhir+json) or xml (application/fhir+xml), as its systems take MedCom
+    messages. Mail sealed before stays as it is.
+
+    Example: attest-gateway orgs set-format psyk-kbh xml
+    """
+    fmt = _message_format(message_format)
+    settings = load_settings()
+    change = _run(
+        settings,
+        lambda conn: admin.set_message_format(
+            conn, settings, org_id, fmt, actor=operator(), source="cli"
+        ),
+    )
+    console.print(f"{org_id} gets {fmt.value}" + ("" if change.changed else " (it did already)"))
 
 
 @orgs_app.command("new-api-key")

@@ -34,11 +34,18 @@ from attest_gateway.medcom.codes import (
     PROFILE_CARE_COMMUNICATION_MESSAGE,
 )
 from attest_gateway.medcom.errors import BUNDLE_ERROR_CODES
+from attest_gateway.medcom.fhir_xml import json_to_xml
 from attest_gateway.medcom.rules import ATTACHMENT_ERROR_CODES
 
 # code → (HTTP status, title, an example detail). Details are the gateway's own sentences.
 ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
     "malformed-json": (400, "Bad request", "the request body is not valid JSON"),
+    "malformed-xml": (400, "Bad request", "the body is not well-formed XML"),
+    "xml-not-allowed": (
+        400,
+        "Bad request",
+        "the XML declares a DTD or entities, or refers outside the document",
+    ),
     "unsupported-body": (400, "Bad request", "send a FHIR Bundle or a sealed envelope"),
     "invalid-envelope": (400, "Bad request", "the sealed envelope is malformed"),
     "invalid-bundle": (400, "Bad request", "the envelope does not hold JSON"),
@@ -395,6 +402,8 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "not-found",
         "message-id-conflict",
         "unsupported-media-type",
+        "malformed-xml",
+        "xml-not-allowed",
         *sorted(BUNDLE_ERROR_CODES - {"invalid-bundle"}),
         "control-character",
         "not-addressed-to-gateway",
@@ -760,6 +769,7 @@ _SUCCESS_EXAMPLES: dict[tuple[str, str], Any] = {
     },
     ("get", "/directory/v1/organisations/{org_id}/keys"): {
         "org_id": "psyk-kbh",
+        "message_format": "xml",
         "keys": [
             {
                 "key_id": "hpke-psyk-kbh-2026-11",
@@ -1057,6 +1067,14 @@ _MESSAGES_BODY = {
             },
             "example": _ACK_BUNDLE_EXAMPLE,
         },
+        "application/fhir+xml": {
+            "schema": {
+                "type": "string",
+                "description": "The same Bundle in FHIR XML (http://hl7.org/fhir/R4/xml.html); "
+                "no DTD, no entities",
+            },
+            "example": json_to_xml(_ACK_BUNDLE_EXAMPLE).decode("utf-8"),
+        },
         "application/vnd.attest-gateway.envelope+json": {
             "schema": {"$ref": "#/components/schemas/SealedEnvelope"},
             "example": {**_ENVELOPE_EXAMPLE, "header": {
@@ -1122,9 +1140,10 @@ OPERATION_DESCRIPTIONS: dict[tuple[str, str], str] = {
     "mailbox's waiting list without acknowledging it (an acknowledgement does this too). "
     "Repeating it changes nothing (`changed: false`).",
     ("post", "/medcom/v1/messages"): "Send a MedCom acknowledgement or attest reply: a FHIR "
-    "Bundle (`application/fhir+json`) or the same sealed for the gateway and signed by the "
-    "sender. It is checked against MedCom's rules and the conversation it answers (sender, "
-    "receiver, request), then accepted (202) in one transaction with its stage. A message id "
+    "Bundle (`application/fhir+json` or `application/fhir+xml`) or the same sealed for the "
+    "gateway and signed by the sender. It is checked against MedCom's rules and the "
+    "conversation it answers (sender, receiver, request), then accepted (202) in one "
+    "transaction with its stage. A message id "
     "sent before answers the first answer again (`Idempotent-Replayed: true`).",
     ("get", "/healthz"): "Liveness: the process answers. No dependency is checked.",
     ("get", "/readyz"): "Readiness: the database, Kafka and the key ring answer, each with "

@@ -90,6 +90,7 @@ async def add_organisation(
             custodial=org.custodial,
             enabled=org.enabled,
             webhook_url=org.webhook_url,
+            message_format=org.message_format.value,
             created_at=now,
         ),
     )

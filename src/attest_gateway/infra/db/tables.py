@@ -32,6 +32,8 @@ organisations = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False, default=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("webhook_url", sa.String(500), nullable=True),
+    # json | xml: the FHIR format sealed into its envelopes (core/directory.py MessageFormat)
+    sa.Column("message_format", sa.String(8), nullable=False, server_default="json"),
 )
 
 org_keys = sa.Table(

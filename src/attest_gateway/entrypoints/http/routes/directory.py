@@ -29,11 +29,12 @@ async def organisation_keys(
     _caller: Annotated[Organisation, Depends(authenticated)],
 ) -> OrganisationKeys:
     """An organisation's public keys: HPKE (sealed to) and signing (Ed25519), each with its
-    key id, validity and revocation."""
+    key id, validity and revocation; and the FHIR format its envelopes hold."""
     gw = gateway_of(request)
     async with gw.engine.connect() as conn:
         await autocommit(conn)
         keys = await directory.public_keys(conn, org_id, gw.clock.now())
-    if keys is None:
+        org = await directory.org_by_id(conn, org_id) if keys is not None else None
+    if keys is None or org is None:
         raise Unknown(ErrorCode.NOT_FOUND, "no such organisation")
-    return OrganisationKeys(org_id=org_id, keys=keys)
+    return OrganisationKeys(org_id=org_id, message_format=org.message_format.value, keys=keys)

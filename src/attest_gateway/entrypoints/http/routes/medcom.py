@@ -17,6 +17,7 @@ from attest_gateway.entrypoints.http.auth import (
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
+from attest_gateway.medcom import fhir_xml
 from attest_gateway.services import health as service
 from attest_gateway.services import waiting
 from attest_gateway.services.waiting import MAX_WAIT_SECONDS
@@ -30,6 +31,8 @@ router = APIRouter(
     prefix="/medcom/v1", tags=["health"], route_class=authenticated_first(*HEALTH_ROLES)
 )
 
+# FHIR XML (medcom/fhir_xml.py: parsed without DTDs or entities, read as the same JSON).
+_XML_TYPES = (fhir_xml.XML_CONTENT_TYPE, "application/xml", "text/xml")
 _JSON_TYPES = (
     "application/json",
     "application/fhir+json",
@@ -77,12 +80,18 @@ async def collected(
 @router.post("/messages", status_code=202)
 async def submit(request: Request, response: Response, org: HealthOrg) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in _JSON_TYPES:
-        raise Malformed(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send application/fhir+json")
-    try:
-        data = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise Malformed(ErrorCode.MALFORMED_JSON, "the request body is not valid JSON") from exc
+    data: object
+    if content_type in _XML_TYPES:
+        data = fhir_xml.xml_to_json(await request.body())
+    elif content_type in _JSON_TYPES:
+        try:
+            data = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise Malformed(ErrorCode.MALFORMED_JSON, "the request body is not valid JSON") from exc
+    else:
+        raise Malformed(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send application/fhir+json or application/fhir+xml"
+        )
     gw = gateway_of(request)
     gateway_org_id = gw.settings.gateway_org_id
     bundle = await service.unwrap_submission(
