@@ -216,6 +216,14 @@ class Settings(BaseSettings):
         description="a burst of this many seconds' worth of requests is allowed at once "
         "(the token bucket's size)",
     )
+    rate_limit_items_per_read: int = Field(
+        default=1,
+        ge=0,
+        description="a read that hands out items (mailbox, inbox, lists) counts against "
+        "RATE_LIMIT_READS_PER_SECOND as one read per this many items, at least one: a read of "
+        "500 envelopes costs what 500 small reads cost. While it runs it is charged the items it "
+        "asks for (`?limit=`), then what it handed out (0: every read counts as one)",
+    )
     concurrent_requests_per_org: int = Field(
         default=8,
         ge=0,

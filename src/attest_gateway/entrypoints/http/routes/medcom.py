@@ -14,6 +14,7 @@ from attest_gateway.entrypoints.http.auth import (
     authenticated,
     authenticated_first,
     gateway_of,
+    handed_out,
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
@@ -62,6 +63,7 @@ async def mailbox(
         ),
         empty=lambda found: not found,
     )
+    handed_out(request, len(items))
     return {"items": items}
 
 
