@@ -37,6 +37,7 @@ class Clock:
 
 
 READS = EndpointClass.READS
+WRITES = EndpointClass.WRITES
 
 
 def test_the_rate_allows_a_burst_then_one_per_interval_per_organisation() -> None:
@@ -183,6 +184,25 @@ def test_remembered_credentials_are_bounded_oldest_first() -> None:
         limits.refuse_early("key:first", READS)  # forgotten: passes
         with pytest.raises(RateLimited):
             limits.refuse_early("key:0", READS)
+
+
+def test_an_organisations_requests_of_all_classes_at_once_are_capped() -> None:
+    limit = Limit(0, 1, at_once=2)
+    limits = RequestLimits({READS: limit, WRITES: limit}, Clock(), org_at_once=3)
+    limits.remember("key:a", "a")
+    with limits.admit("a", READS), limits.admit("a", READS), limits.admit("a", WRITES):
+        assert limits.in_progress("a") == 3
+        for endpoint in (READS, WRITES):
+            with pytest.raises(RateLimited) as busy, limits.admit("a", endpoint):
+                pass
+            assert busy.value.code is ErrorCode.TOO_MANY_CONCURRENT_REQUESTS
+            with pytest.raises(RateLimited):
+                limits.refuse_early("key:a", endpoint)
+        with limits.admit("b", WRITES):  # another organisation's share is its own
+            pass
+    assert limits.in_progress("a") == 0
+    with limits.admit("a", WRITES):
+        pass
 
 
 def test_failed_authentications_lock_out_one_address_for_a_while() -> None:

@@ -29,10 +29,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from attest_gateway.core.errors import ErrorCode, RateLimited
 
 Monotonic = Callable[[], float]
+_K = TypeVar("_K")
 
 #: Credentials remembered with their organisation at most (the oldest are forgotten first).
 MAX_REMEMBERED_CREDENTIALS = 10_000
@@ -157,10 +159,14 @@ UNLIMITED = Admission(None, 0, time.monotonic)
 
 @dataclass
 class RequestLimits:
-    """The rate and the requests at once of each (organisation, endpoint class)."""
+    """The rate and the requests at once of each (organisation, endpoint class), and
+    `org_at_once` requests of all classes at once per organisation (0: no such cap): sized
+    below the store's connection pool, one organisation never holds all its connections."""
 
     limits: dict[EndpointClass, Limit]
     monotonic: Monotonic = time.monotonic
+    org_at_once: int = 0
+    _org_in_progress: dict[str, int] = field(default_factory=dict)
     _buckets: dict[tuple[str, EndpointClass], TokenBucket] = field(default_factory=dict)
     _in_progress: dict[tuple[str, EndpointClass], int] = field(default_factory=dict)
     _credentials: OrderedDict[str, str] = field(default_factory=OrderedDict)
@@ -177,22 +183,19 @@ class RequestLimits:
             return
         key = (org_id, endpoint)
         bucket = None
-        if limit.at_once > 0:
-            self._refuse_if_busy(self._in_progress.get(key, 0), endpoint, limit)
+        self._refuse_if_busy(org_id, key, limit)
         if limit.per_second > 0:
             bucket = self._bucket(key, limit)
             self._refuse_if_empty(bucket.take(self.monotonic()), endpoint, limit)
         admission = Admission(bucket, limit.items_per_token, self.monotonic, asked)
         self._in_progress[key] = self._in_progress.get(key, 0) + 1
+        self._org_in_progress[org_id] = self._org_in_progress.get(org_id, 0) + 1
         try:
             yield admission
         finally:
             admission.release()
-            left = self._in_progress[key] - 1
-            if left:
-                self._in_progress[key] = left
-            else:
-                del self._in_progress[key]
+            _decrement(self._in_progress, key)
+            _decrement(self._org_in_progress, org_id)
 
     def refuse_early(self, credential: str, endpoint: EndpointClass) -> None:
         """Raise `RateLimited` when the organisation a remembered `credential` authenticated
@@ -206,8 +209,7 @@ class RequestLimits:
         bucket = self._buckets.get(key)
         if bucket is not None:
             self._refuse_if_empty(bucket.wait(self.monotonic()), endpoint, limit)
-        if limit.at_once > 0:
-            self._refuse_if_busy(self._in_progress.get(key, 0), endpoint, limit)
+        self._refuse_if_busy(org_id, key, limit)
 
     def remember(self, credential: str, org_id: str) -> None:
         """`credential` (a digest, never the secret) authenticated as `org_id`."""
@@ -240,18 +242,35 @@ class RequestLimits:
                 retry_after=retry_after_seconds(wait),
             )
 
-    @staticmethod
-    def _refuse_if_busy(running: int, endpoint: EndpointClass, limit: Limit) -> None:
-        if limit.at_once > 0 and running >= limit.at_once:
+    def _refuse_if_busy(self, org_id: str, key: tuple[str, EndpointClass], limit: Limit) -> None:
+        if limit.at_once > 0 and self._in_progress.get(key, 0) >= limit.at_once:
             raise RateLimited(
                 ErrorCode.TOO_MANY_CONCURRENT_REQUESTS,
-                f"this organisation has {limit.at_once} {endpoint.value} in progress "
+                f"this organisation has {limit.at_once} {key[1].value} in progress "
                 "already; retry after Retry-After seconds",
                 retry_after=1,
             )
+        if 0 < self.org_at_once <= self._org_in_progress.get(org_id, 0):
+            raise RateLimited(
+                ErrorCode.TOO_MANY_CONCURRENT_REQUESTS,
+                f"this organisation has {self.org_at_once} requests in progress already; "
+                "retry after Retry-After seconds",
+                retry_after=1,
+            )
 
-    def in_progress(self, org_id: str, endpoint: EndpointClass) -> int:
+    def in_progress(self, org_id: str, endpoint: EndpointClass | None = None) -> int:
+        """The organisation's requests of `endpoint` in progress (None: of every class)."""
+        if endpoint is None:
+            return self._org_in_progress.get(org_id, 0)
         return self._in_progress.get((org_id, endpoint), 0)
+
+
+def _decrement(counts: dict[_K, int], key: _K) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 @dataclass

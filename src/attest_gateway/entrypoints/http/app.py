@@ -125,5 +125,6 @@ def request_limits(settings: Settings) -> RequestLimits:
                 ),
             )
             for endpoint, rate in rates.items()
-        }
+        },
+        org_at_once=settings.concurrent_requests_per_org_total,
     )

@@ -5,19 +5,24 @@ container is found.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 from collections.abc import Callable, Collection, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from fastapi import Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
+from attest_gateway.config import Settings
 from attest_gateway.core.directory import Organisation, Role, hash_api_key
 from attest_gateway.core.errors import (
     ErrorCode,
     NotAuthenticated,
     NotPermitted,
+    RateLimited,
 )
 from attest_gateway.core.limits import Admission, AuthLockout, EndpointClass, RequestLimits
 from attest_gateway.entrypoints.http import mtls
@@ -65,6 +70,22 @@ def handed_out(request: Request, items: int) -> None:
     admission: Admission | None = request.scope.get(_ADMISSION_KEY)
     if admission is not None:
         admission.handed_out(items)
+
+
+async def refuse_after_a_pause(request: Request, over: RateLimited) -> NoReturn:
+    """Raise `over` after `RATE_LIMIT_REFUSAL_DELAY_SECONDS` (at most its Retry-After, which is
+    shortened by the pause): a client that sends again as soon as it is refused, whatever
+    Retry-After says, slows down to one request a pause per connection, and so does the
+    gateway's work for its refusals. A client that honours Retry-After waits no longer."""
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    pause = settings.rate_limit_refusal_delay_seconds if settings is not None else 0.0
+    delay = min(pause, over.retry_after)
+    if delay <= 0:
+        raise over
+    await asyncio.sleep(delay)
+    raise RateLimited(
+        over.code, over.detail, retry_after=max(1, math.ceil(over.retry_after - delay))
+    ) from None
 
 
 def default_items(route: APIRoute) -> int | None:
@@ -187,7 +208,10 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
                 limits: RequestLimits | None = getattr(request.app.state, "request_limits", None)
                 credential = credential_of(request) if limits is not None else None
                 if limits is not None and credential is not None:
-                    limits.refuse_early(credential, endpoint)  # before the store is asked
+                    try:
+                        limits.refuse_early(credential, endpoint)  # before the store is asked
+                    except RateLimited as over:
+                        await refuse_after_a_pause(request, over)
                 try:
                     org = await authenticated(request)
                 except NotAuthenticated:
@@ -200,7 +224,13 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
                     require_role(org, *roles)
                 if limits is None:
                     return await handle(request)
-                with limits.admit(org.id, endpoint, asked_items(request, items)) as admission:
+                with contextlib.ExitStack() as held:
+                    try:
+                        admission = held.enter_context(
+                            limits.admit(org.id, endpoint, asked_items(request, items))
+                        )
+                    except RateLimited as over:
+                        await refuse_after_a_pause(request, over)
                     request.scope[_ADMISSION_KEY] = admission
                     return await handle(request)
 
