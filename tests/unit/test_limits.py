@@ -7,6 +7,8 @@ import ipaddress
 import struct
 
 import pytest
+from fastapi import Request
+from fastapi.routing import APIRoute
 
 from attest_gateway.core.errors import ErrorCode, RateLimited
 from attest_gateway.core.limits import (
@@ -17,7 +19,7 @@ from attest_gateway.core.limits import (
     RequestLimits,
     read_cost,
 )
-from attest_gateway.entrypoints.http.auth import endpoint_class
+from attest_gateway.entrypoints.http.auth import asked_items, default_items, endpoint_class
 from attest_gateway.entrypoints.http.middleware import forwarded_client
 from attest_gateway.entrypoints.http.proxy_protocol import (
     V2_SIGNATURE,
@@ -26,6 +28,7 @@ from attest_gateway.entrypoints.http.proxy_protocol import (
     parse_v1,
     parse_v2,
 )
+from attest_gateway.entrypoints.http.routes.medcom import router as medcom_router
 
 
 class Clock:
@@ -203,6 +206,25 @@ def test_an_organisations_requests_of_all_classes_at_once_are_capped() -> None:
     assert limits.in_progress("a") == 0
     with limits.admit("a", WRITES):
         pass
+
+
+def _query(text: str) -> Request:
+    return Request({"type": "http", "query_string": text.encode(), "headers": []})
+
+
+@pytest.mark.parametrize(
+    ("query", "asked"),
+    [("limit=200", 200), ("", 100), ("limit=0", 1), ("limit=99999", 500), ("limit=x", 100)],
+)
+def test_a_read_asks_for_its_limit_within_the_routes_bounds(query: str, asked: int) -> None:
+    assert asked_items(_query(query), 100) == asked
+    assert asked_items(_query(query), None) == 0  # a route without a limit
+
+
+def test_the_routes_that_hand_out_items_are_those_with_a_limit() -> None:
+    routes = {r.path: r for r in medcom_router.routes if isinstance(r, APIRoute)}
+    assert default_items(routes["/medcom/v1/mailbox"]) == 100
+    assert default_items(routes["/medcom/v1/mailbox/{message_id}/collected"]) is None
 
 
 def test_failed_authentications_lock_out_one_address_for_a_while() -> None:

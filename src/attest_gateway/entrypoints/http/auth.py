@@ -92,7 +92,8 @@ def default_items(route: APIRoute) -> int | None:
     """The `limit` a route hands out at most when none is asked for; None: it takes none."""
     for param in route.dependant.query_params:
         if param.alias == ITEMS_PARAMETER:
-            return int(param.field_info.default)
+            default = param.field_info.default
+            return default if isinstance(default, int) else MAX_ITEMS_ASKED
     return None
 
 
@@ -186,9 +187,12 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
     authenticated, and its role checked when `roles` are given, before anything of the request
     is looked at; then the organisation's limits for the route's endpoint class are applied
     (429 `rate-limited` or `too-many-concurrent-requests`, core/limits.py) and a place held
-    while the handler runs; then a query parameter the route does not declare is refused (422
-    `unknown-parameter`), and a body of a media type not in `media_types` (415
-    `unsupported-media-type`; request_checks.py).
+    while the handler runs (a read is charged what it asks for, then what its answer hands
+    out: `handed_out`); a credential that authenticated recently is refused over its
+    organisation's limits before it is looked up again (`RequestLimits.refuse_early`), and
+    every such refusal is answered after a pause (`refuse_after_a_pause`); then a query
+    parameter the route does not declare is refused (422 `unknown-parameter`), and a body of
+    a media type not in `media_types` (415 `unsupported-media-type`; request_checks.py).
 
     FastAPI reads and parses a declared body before it solves the route's dependencies, so
     a malformed body would otherwise be answered (400 `malformed-json`) before the caller
