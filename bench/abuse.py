@@ -120,8 +120,11 @@ async def fill_mailbox(base: str, creds: dict[str, Any]) -> None:
             response.raise_for_status()
         reader = {"Authorization": f"Bearer {creds[ABUSER]['api_key']}"}
         for _ in range(600):
-            items = (await client.get("/medcom/v1/mailbox?limit=500", headers=reader)).json()
-            if len(items["items"]) >= WAITING:
+            response = await client.get("/medcom/v1/mailbox?limit=500", headers=reader)
+            if response.status_code == 429:  # over the read rate: as Retry-After says
+                await asyncio.sleep(int(response.headers["retry-after"]))
+                continue
+            if len(response.json()["items"]) >= WAITING:
                 return
             await asyncio.sleep(0.5)
     raise RuntimeError("the attest requests did not reach the mailbox")
