@@ -10,7 +10,14 @@ a second and 2 at once per organisation), and every limit off. Printed: B's p50 
 window, A's answers by status; ``--out`` keeps them as JSON. Not a test: the figures go to
 bench/RESULTS.md.
 
+With ``--before SRC`` (the ``src`` directory of another checkout, e.g. a worktree of main)
+each configuration runs two gateways side by side, one on that code and one on this, both
+filled the same way, and their windows interleave (before quiet, before flood, after quiet,
+after flood, each run), so that the machine's other load falls on both alike. Each window
+also records the machine's 1-minute load average at its end.
+
     python -m bench.abuse --runs 3 --window 15 --out /tmp/abuse.json
+    python -m bench.abuse --before ../wt-main/src --configurations defaults --runs 5
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +51,7 @@ NO_LIMITS = {
     "RATE_LIMIT_WRITES_PER_SECOND": "0",
     "RATE_LIMIT_REPORTS_PER_SECOND": "0",
     "CONCURRENT_REQUESTS_PER_ORG": "0",
+    "CONCURRENT_REQUESTS_PER_ORG_TOTAL": "0",
 }
 
 
@@ -111,8 +120,11 @@ async def fill_mailbox(base: str, creds: dict[str, Any]) -> None:
             response.raise_for_status()
         reader = {"Authorization": f"Bearer {creds[ABUSER]['api_key']}"}
         for _ in range(600):
-            items = (await client.get("/medcom/v1/mailbox?limit=500", headers=reader)).json()
-            if len(items["items"]) >= WAITING:
+            response = await client.get("/medcom/v1/mailbox?limit=500", headers=reader)
+            if response.status_code == 429:  # over the read rate: as Retry-After says
+                await asyncio.sleep(int(response.headers["retry-after"]))
+                continue
+            if len(response.json()["items"]) >= WAITING:
                 return
             await asyncio.sleep(0.5)
     raise RuntimeError("the attest requests did not reach the mailbox")
@@ -139,39 +151,66 @@ async def window(
     return result
 
 
+@contextlib.asynccontextmanager
+async def gateway(
+    tmp: Path, extra_env: dict[str, str], src: str | None
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A filled `serve` process under `tmp` (on the code in `src`, else this checkout's):
+    its base URL and the demo credentials."""
+    port = free_port()
+    env = os.environ | {"VAR_DIR": str(tmp / "var"), "LOG_LEVEL": "WARNING"} | extra_env
+    env.pop("DATABASE_URL", None)
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    if src is not None:
+        env["PYTHONPATH"] = src  # absolute: see parse
+    exe = Path(sys.executable).parent / "attest-gateway"
+    with (tmp / "gateway.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            str(exe), "serve", "--port", str(port), env=env, stdout=log, stderr=log
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            await wait_http(f"{base}/readyz", proc)
+            creds = json.loads((tmp / "var" / "demo-credentials.json").read_text())
+            await fill_mailbox(base, creds)
+            yield base, creds
+        finally:
+            await stop_process(proc)
+
+
 async def configuration(name: str, extra_env: dict[str, str], args: argparse.Namespace) -> Any:
+    codes = ["before", "after"] if args.before else ["this"]
     with tempfile.TemporaryDirectory(prefix="abuse-") as tmp_dir:
         tmp = Path(tmp_dir)
-        port = free_port()
-        env = os.environ | {"VAR_DIR": str(tmp / "var"), "LOG_LEVEL": "WARNING"} | extra_env
-        env.pop("DATABASE_URL", None)
-        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-        exe = Path(sys.executable).parent / "attest-gateway"
-        with (tmp / "gateway.log").open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                str(exe), "serve", "--port", str(port), env=env, stdout=log, stderr=log
-            )
-            try:
-                base = f"http://127.0.0.1:{port}"
-                await wait_http(f"{base}/readyz", proc)
-                creds = json.loads((tmp / "var" / "demo-credentials.json").read_text())
-                await fill_mailbox(base, creds)
-                windows = []
-                for run in range(args.runs):
+        async with contextlib.AsyncExitStack() as stack:
+            gateways = {}
+            for code in codes:
+                (tmp / code).mkdir()
+                src = args.before if code == "before" else None
+                gateways[code] = await stack.enter_async_context(
+                    gateway(tmp / code, extra_env, src)
+                )
+            windows = []
+            for run in range(args.runs):
+                for code, (base, creds) in gateways.items():
                     for flooded in (False, True):
                         found = await window(base, creds, args, flooded=flooded, tmp=tmp)
-                        found |= {"run": run, "flooded": flooded}
+                        found |= {
+                            "run": run,
+                            "flooded": flooded,
+                            "code": code,
+                            "load_1m": round(os.getloadavg()[0], 2),
+                        }
                         windows.append(found)
                         what = "flood" if flooded else "quiet"
                         print(
-                            f"{name:>10} run {run} {what:>5}: B p50 {found['p50_ms']:7.2f} ms"
-                            f"  p99 {found['p99_ms']:7.2f} ms  B {found['statuses']}"
+                            f"{name:>10} {code:>6} run {run} {what:>5}: "
+                            f"B p50 {found['p50_ms']:7.2f} ms  p99 {found['p99_ms']:7.2f} ms  "
+                            f"load {found['load_1m']:4.2f}  B {found['statuses']}"
                             + (f"  A {found['abuser']}" if flooded else ""),
                             flush=True,
                         )
-                return {"configuration": name, "windows": windows}
-            finally:
-                await stop_process(proc)
+            return {"configuration": name, "windows": windows}
 
 
 #: A partner's real traffic (a clinic polling its mailbox every few seconds) fits these too.
@@ -184,14 +223,20 @@ async def main(args: argparse.Namespace) -> None:
         await configuration(name, CONFIGURATIONS[name], args) for name in args.configurations
     ]
     for config in results:
-        for flooded in (False, True):
-            p99s = [w["p99_ms"] for w in config["windows"] if w["flooded"] is flooded]
-            what = "flood" if flooded else "quiet"
-            median = statistics.median(p99s)
-            print(
-                f"{config['configuration']:>10} {what:>5}: B p99 median {median:.2f} ms, "
-                f"spread {min(p99s):.2f}–{max(p99s):.2f} ms"
-            )
+        for code in dict.fromkeys(w["code"] for w in config["windows"]):
+            for flooded in (False, True):
+                chosen = [
+                    w for w in config["windows"] if w["flooded"] is flooded and w["code"] == code
+                ]
+                p99s = [w["p99_ms"] for w in chosen]
+                p50s = [w["p50_ms"] for w in chosen]
+                what = "flood" if flooded else "quiet"
+                print(
+                    f"{config['configuration']:>10} {code:>6} {what:>5}: "
+                    f"B p99 median {statistics.median(p99s):.2f} ms, "
+                    f"spread {min(p99s):.2f}–{max(p99s):.2f} ms; "
+                    f"p50 median {statistics.median(p50s):.2f} ms"
+                )
     if args.out:
         await asyncio.to_thread(Path(args.out).write_text, json.dumps(results, indent=2))
 
@@ -204,6 +249,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flood", type=int, default=64, help="A's concurrent connections")
     p.add_argument("--out", default="", help="JSON results file")
     p.add_argument(
+        "--before",
+        default="",
+        help="the src directory of other code (e.g. main's): run it side by side, interleaved",
+    )
+    p.add_argument(
         "--configurations",
         nargs="+",
         choices=sorted(CONFIGURATIONS),
@@ -213,7 +263,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flood-url", default="", help=argparse.SUPPRESS)
     p.add_argument("--flood-key", default="", help=argparse.SUPPRESS)
     p.add_argument("--flood-out", default="", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.before = os.path.abspath(args.before) if args.before else ""
+    return args
 
 
 if __name__ == "__main__":

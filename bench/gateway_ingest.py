@@ -194,6 +194,7 @@ async def gateway(
             "RATE_LIMIT_WRITES_PER_SECOND": "0",
             "RATE_LIMIT_READS_PER_SECOND": "0",
             "CONCURRENT_REQUESTS_PER_ORG": "0",
+            "CONCURRENT_REQUESTS_PER_ORG_TOTAL": "0",
         }
         processes = [
             await stack.enter_async_context(_serve(env, var_dir, role, f"{kind}-{tag}"))

@@ -216,11 +216,33 @@ class Settings(BaseSettings):
         description="a burst of this many seconds' worth of requests is allowed at once "
         "(the token bucket's size)",
     )
+    rate_limit_items_per_read: int = Field(
+        default=1,
+        ge=0,
+        description="a read that hands out items (mailbox, inbox, lists) counts against "
+        "RATE_LIMIT_READS_PER_SECOND as one read per this many items, at least one: a read of "
+        "500 envelopes costs what 500 small reads cost. While it runs it is charged the items it "
+        "asks for (`?limit=`), then what it handed out (0: every read counts as one)",
+    )
+    rate_limit_refusal_delay_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="a request refused for a rate or a cap on requests at once is answered 429 "
+        "after this pause (at most its Retry-After, which it shortens), so that a client "
+        "sending again at once, whatever Retry-After says, slows down (0: at once)",
+    )
     concurrent_requests_per_org: int = Field(
         default=8,
         ge=0,
         description="requests of one endpoint class (reads, writes, reports) an organisation "
         "may have in progress at once, per process (0: no limit)",
+    )
+    concurrent_requests_per_org_total: int = Field(
+        default=12,
+        ge=0,
+        description="requests of all endpoint classes an organisation may have in progress at "
+        "once, per process (0: no limit); below DB_POOL_SIZE, one organisation never holds "
+        "every database connection",
     )
     auth_lockout_failures: int = Field(
         default=20,

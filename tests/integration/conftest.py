@@ -61,6 +61,10 @@ async def running_gateway(
                 "auth_lockout_failures": 0,
                 # test_reliability sends 30 attest requests of one job centre at once.
                 "concurrent_requests_per_org": 32,
+                "concurrent_requests_per_org_total": 64,
+                # Tests poll shared mailboxes of hundreds of items many times a second; the
+                # items' cost has its own gateway (test_client_limits.py).
+                "rate_limit_items_per_read": 0,
                 **settings_for(bootstrap),
                 **overrides,
             }

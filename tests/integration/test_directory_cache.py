@@ -460,7 +460,7 @@ def _alembic(url: str, verb: str, target: str) -> None:
     getattr(command, verb)(alembic_config(url), target)
 
 
-# The organisations column a later revision (0019) adds: today's code reads and writes it, so
+# The organisations column a later revision (0018) adds: today's code reads and writes it, so
 # the 0007 directory is given it by hand while it stands for the old schema (and loses it
 # again before the migrations that add it run).
 _LATER_COLUMN = (

@@ -660,6 +660,9 @@ def gateway_process(
     """`attest-gateway serve` as a child: on a simulated clock from `clock_start` at `speed`,
     or (None) on the machine's clock."""
     child_env = gateway_environment(env, clock_start=clock_start, speed=speed)
+    # One driver plays every clinic, and each fetch reads the clinic's whole mailbox (up to
+    # 500 items): counted by its items, that is over the default read rate at high speeds.
+    child_env.setdefault("RATE_LIMIT_ITEMS_PER_READ", "0")
     command = [sys.executable, "-m", "attest_gateway.entrypoints.cli.simulated", "serve"]
     with log_path.open("ab") as out:
         proc = subprocess.Popen(command, env=child_env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603

@@ -13,6 +13,7 @@ import datetime as dt
 import hmac
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -81,11 +82,19 @@ _NACK_IDS = uuid.UUID("6f1d3c1e-2b8a-4f0e-9c55-5d7e0a4b9e21")  # namespace of th
 
 
 async def read_mailbox(
-    store: Store, clock: Clock, org: Organisation, *, limit: int, source: str
+    store: Store,
+    clock: Clock,
+    org: Organisation,
+    *,
+    limit: int,
+    source: str,
+    envelope: Callable[[bytes], Any] = orjson.loads,
 ) -> list[dict[str, Any]]:
-    """The sealed envelopes waiting for this organisation, oldest first. A read that hands
-    out any is one audit entry (`mailbox.fetch`, from `source`) listing their message ids, in
-    the same transaction."""
+    """The sealed envelopes waiting for this organisation, oldest first, each as `envelope`
+    makes it of its stored JSON (parsed; the HTTP route passes `orjson.Fragment`, so that
+    the stored bytes go into its answer as they are). A read that hands out any is one audit
+    entry (`mailbox.fetch`, from `source`) listing their message ids, in the same
+    transaction."""
     now = clock.now()
     out: list[dict[str, Any]] = []
     async with store.transaction() as uow:
@@ -97,7 +106,7 @@ async def read_mailbox(
                     "conversation_id": row.conversation_id,
                     "message_type": row.message_type,
                     "delivered_at": row.delivered_at.isoformat(),
-                    "envelope": orjson.loads(row.envelope),
+                    "envelope": envelope(row.envelope),
                 }
             )
         # The first fetch of a request is its conversation's `fetched` stage: for the whole

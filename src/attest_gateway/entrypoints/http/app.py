@@ -120,7 +120,11 @@ def request_limits(settings: Settings) -> RequestLimits:
                 per_second=rate,
                 burst_seconds=settings.rate_limit_burst_seconds,
                 at_once=settings.concurrent_requests_per_org,
+                items_per_token=(
+                    settings.rate_limit_items_per_read if endpoint is EndpointClass.READS else 0
+                ),
             )
             for endpoint, rate in rates.items()
-        }
+        },
+        org_at_once=settings.concurrent_requests_per_org_total,
     )

@@ -5,22 +5,26 @@ container is found.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Collection, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from fastapi import Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from attest_gateway.core.directory import Organisation, Role
+from attest_gateway.config import Settings
+from attest_gateway.core.directory import Organisation, Role, hash_api_key
 from attest_gateway.core.errors import (
     ErrorCode,
     NotAuthenticated,
     NotPermitted,
+    RateLimited,
 )
-from attest_gateway.core.limits import AuthLockout, EndpointClass, RequestLimits
+from attest_gateway.core.limits import Admission, AuthLockout, EndpointClass, RequestLimits
 from attest_gateway.entrypoints.http import mtls
 from attest_gateway.entrypoints.http.request_checks import (
     JSON,
@@ -33,7 +37,10 @@ from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import autocommit
 
 _ORG_KEY = "attest_gateway.org"  # the request's authenticated organisation, in its ASGI scope
+_ADMISSION_KEY = "attest_gateway.admission"  # its place in the organisation's limits
 UNKNOWN_ADDRESS = "unknown"
+ITEMS_PARAMETER = "limit"  # the query parameter of a read that hands out a number of items
+MAX_ITEMS_ASKED = 500  # the most any route hands out at once (its `le`)
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -45,6 +52,59 @@ def client_address(request: Request) -> str:
     """The client's IP address: the TCP peer, or what a trusted proxy says it is
     (`ForwardedForMiddleware`, the PROXY protocol listener)."""
     return request.client.host if request.client is not None else UNKNOWN_ADDRESS
+
+
+def credential_of(request: Request) -> str | None:
+    """A digest of the credential the request presents (its API key, else its client
+    certificate), never the secret itself; None without one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "key:" + hash_api_key(token.strip())
+    pem = mtls.client_certificate(request.scope)
+    return "cert:" + mtls.fingerprint_of(pem) if pem is not None else None
+
+
+def handed_out(request: Request, items: int) -> None:
+    """The answer to `request` hands out `items` (a mailbox or inbox read, a list): its
+    organisation's read budget is charged for them (`Admission.handed_out`)."""
+    admission: Admission | None = request.scope.get(_ADMISSION_KEY)
+    if admission is not None:
+        admission.handed_out(items)
+
+
+async def refuse_after_a_pause(request: Request, over: RateLimited) -> NoReturn:
+    """Raise `over` after `RATE_LIMIT_REFUSAL_DELAY_SECONDS` (at most its Retry-After, which is
+    shortened by the pause): a client that sends again as soon as it is refused, whatever
+    Retry-After says, slows down to one request a pause per connection, and so does the
+    gateway's work for its refusals. A client that honours Retry-After waits no longer."""
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    pause = settings.rate_limit_refusal_delay_seconds if settings is not None else 0.0
+    delay = min(pause, over.retry_after)
+    if delay <= 0:
+        raise over
+    await asyncio.sleep(delay)
+    raise RateLimited(
+        over.code, over.detail, retry_after=max(1, math.ceil(over.retry_after - delay))
+    ) from None
+
+
+def default_items(route: APIRoute) -> int | None:
+    """The `limit` a route hands out at most when none is asked for; None: it takes none."""
+    for param in route.dependant.query_params:
+        if param.alias == ITEMS_PARAMETER:
+            default = param.field_info.default
+            return default if isinstance(default, int) else MAX_ITEMS_ASKED
+    return None
+
+
+def asked_items(request: Request, default: int | None) -> int:
+    """The items the request asks for at most (its `?limit=`, else the route's default;
+    within 1–MAX_ITEMS_ASKED: the route refuses others); 0 for a route without a limit."""
+    if default is None:
+        return 0
+    raw = request.query_params.get(ITEMS_PARAMETER)
+    asked = int(raw) if raw is not None and raw.isdecimal() and len(raw) < 6 else default
+    return min(max(asked, 1), MAX_ITEMS_ASKED)
 
 
 def endpoint_class(path: str, methods: Collection[str]) -> EndpointClass:
@@ -127,9 +187,12 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
     authenticated, and its role checked when `roles` are given, before anything of the request
     is looked at; then the organisation's limits for the route's endpoint class are applied
     (429 `rate-limited` or `too-many-concurrent-requests`, core/limits.py) and a place held
-    while the handler runs; then a query parameter the route does not declare is refused (422
-    `unknown-parameter`), and a body of a media type not in `media_types` (415
-    `unsupported-media-type`; request_checks.py).
+    while the handler runs (a read is charged what it asks for, then what its answer hands
+    out: `handed_out`); a credential that authenticated recently is refused over its
+    organisation's limits before it is looked up again (`RequestLimits.refuse_early`), and
+    every such refusal is answered after a pause (`refuse_after_a_pause`); then a query
+    parameter the route does not declare is refused (422 `unknown-parameter`), and a body of
+    a media type not in `media_types` (415 `unsupported-media-type`; request_checks.py).
 
     FastAPI reads and parses a declared body before it solves the route's dependencies, so
     a malformed body would otherwise be answered (400 `malformed-json`) before the caller
@@ -143,17 +206,43 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
             declared = declared_query_parameters(self)
             takes_body = self.body_field is not None
             endpoint = endpoint_class(self.path, self.methods or {"GET"})
+            items = default_items(self)
 
             async def authenticate_then_handle(request: Request) -> Response:
-                org = await authenticated(request)
+                limits: RequestLimits | None = getattr(request.app.state, "request_limits", None)
+                credential = credential_of(request) if limits is not None else None
+                if limits is not None and credential is not None:
+                    try:
+                        limits.refuse_early(credential, endpoint)  # before the store is asked
+                    except RateLimited as over:
+                        await refuse_after_a_pause(request, over)
+                try:
+                    org = await authenticated(request)
+                except NotAuthenticated:
+                    if limits is not None and credential is not None:
+                        limits.forget(credential)
+                    raise
+                if limits is not None and credential is not None:
+                    limits.remember(credential, org.id)
                 if roles:
                     require_role(org, *roles)
-                limits: RequestLimits | None = getattr(request.app.state, "request_limits", None)
-                with limits.admit(org.id, endpoint) if limits else contextlib.nullcontext():
-                    refuse_unknown_query_parameters(request, declared)
-                    if takes_body:
-                        refuse_other_media_types(request, media_types)
-                    return await handler(request)
+                if limits is None:
+                    return await handle(request)
+                with contextlib.ExitStack() as held:
+                    try:
+                        admission = held.enter_context(
+                            limits.admit(org.id, endpoint, asked_items(request, items))
+                        )
+                    except RateLimited as over:
+                        await refuse_after_a_pause(request, over)
+                    request.scope[_ADMISSION_KEY] = admission
+                    return await handle(request)
+
+            async def handle(request: Request) -> Response:
+                refuse_unknown_query_parameters(request, declared)
+                if takes_body:
+                    refuse_other_media_types(request, media_types)
+                return await handler(request)
 
             return authenticate_then_handle
 

@@ -17,6 +17,7 @@ from attest_gateway.entrypoints.http.auth import (
     authenticated_first,
     client_address,
     gateway_of,
+    handed_out,
 )
 from attest_gateway.infra.db import audit
 
@@ -44,4 +45,5 @@ async def entries(
     gateway or an operator did to its mail, keys or record. Ids and addresses only."""
     async with gateway_of(request).engine.connect() as conn:
         found = await audit.entries_of(conn, org.id, after_seq=after_seq, limit=limit)
+    handed_out(request, len(found))
     return AuditEntries(entries=found, next_after_seq=found[-1].seq if found else after_seq)

@@ -28,6 +28,7 @@ from attest_gateway.entrypoints.http.auth import (
     authenticated,
     authenticated_first,
     gateway_of,
+    handed_out,
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
@@ -224,7 +225,7 @@ async def list_attest_requests(
 ) -> AttestRequestList:
     """The job centre's attest requests, newest first."""
     gw = gateway_of(request)
-    return await lifecycle.list_requests(
+    found = await lifecycle.list_requests(
         gw.store,
         gw.clock,
         org,
@@ -234,6 +235,8 @@ async def list_attest_requests(
         cursor=cursor,
         limit=limit,
     )
+    handed_out(request, len(found.items))
+    return found
 
 
 @router.post("/attest-requests/{conversation_id}/cancel", response_model=RequestActionOut)
@@ -321,7 +324,7 @@ async def inbox(
     wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description=WAIT_DESCRIPTION)] = 0,
 ) -> Inbox:
     gw = gateway_of(request)
-    return await waiting.long_poll(
+    found = await waiting.long_poll(
         gw.store,
         org.id,
         replies=True,
@@ -337,6 +340,8 @@ async def inbox(
         ),
         empty=lambda found: not found.items,
     )
+    handed_out(request, len(found.items) + len(found.refused) + len(found.unreadable))
+    return found
 
 
 @router.post("/inbox/{message_id}/ack")

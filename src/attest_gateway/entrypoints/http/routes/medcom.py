@@ -14,6 +14,7 @@ from attest_gateway.entrypoints.http.auth import (
     authenticated,
     authenticated_first,
     gateway_of,
+    handed_out,
     require_role,
 )
 from attest_gateway.entrypoints.http.routes.audit import client_source
@@ -47,13 +48,13 @@ async def health_org(org: Annotated[Organisation, Depends(authenticated)]) -> Or
 HealthOrg = Annotated[Organisation, Depends(health_org)]
 
 
-@router.get("/mailbox")
+@router.get("/mailbox", response_model=dict[str, Any])
 async def mailbox(
     request: Request,
     org: HealthOrg,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description=WAIT_DESCRIPTION)] = 0,
-) -> dict[str, Any]:
+) -> Response:
     gw = gateway_of(request)
     items = await waiting.long_poll(
         gw.store,
@@ -61,11 +62,20 @@ async def mailbox(
         replies=False,
         wait=wait,
         read=lambda: service.read_mailbox(
-            gw.store, gw.clock, org, limit=limit, source=client_source(request)
+            gw.store,
+            gw.clock,
+            org,
+            limit=limit,
+            source=client_source(request),
+            envelope=orjson.Fragment,
         ),
         empty=lambda found: not found,
     )
-    return {"items": items}
+    handed_out(request, len(items))
+    # The envelopes as stored, not parsed and written again: a read of 500 of them is one
+    # short step of the event loop instead of tens of milliseconds that hold up every other
+    # request.
+    return Response(orjson.dumps({"items": items}), media_type="application/json")
 
 
 @router.post("/mailbox/{message_id}/collected")

@@ -24,6 +24,7 @@ from attest_gateway.entrypoints.http.auth import (
     authenticated,
     authenticated_first,
     gateway_of,
+    handed_out,
     require_role,
 )
 from attest_gateway.infra.db.webhooks import SqlWebhookStore
@@ -204,6 +205,7 @@ async def deliveries(
     """The organisation's deliveries, newest first: status, attempts, the last status code
     or error (the endpoints' answers are not stored)."""
     found = await service.list_deliveries(store_of(request), org.id, status=status, limit=limit)
+    handed_out(request, len(found))
     return Deliveries(deliveries=[_delivery(d) for d in found])
 
 

@@ -7,7 +7,7 @@ A plain ADD COLUMN (with its default) and DROP COLUMN on both databases (SQLite 
 DROP COLUMN since 3.35), so that SQLite keeps the organisations table and its
 directory-generation triggers (0008): a batch copy of the table would drop them.
 
-Revision ID: 0019
+Revision ID: 0018
 Revises: 0017
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
+revision = "0018"
 down_revision = "0017"
 branch_labels = None
 depends_on = None
