@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Collection, Mapping
 from typing import Annotated
 
 import typer
@@ -26,15 +25,16 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
 
 
-def _anchors(settings: Settings, topic: bool | None) -> Mapping[int, Collection[str]] | None:
-    """The entries on gateway.audit, when asked for (or by default when Kafka is configured)."""
+def _anchors(settings: Settings, topic: bool | None) -> audit.TopicAnchors | None:
+    """The entries and signed chain heads on gateway.audit, when asked for (or by default
+    when Kafka is configured)."""
     if topic is False or (topic is None and not settings.kafka_bootstrap_servers):
         return None
     if not settings.kafka_bootstrap_servers:
         console.print("[red]error:[/red] --topic needs KAFKA_BOOTSTRAP_SERVERS")
         raise typer.Exit(2)
     try:
-        return asyncio.run(audit.read_anchors(settings, settings.kafka_bootstrap_servers))
+        return asyncio.run(audit.read_topic_anchors(settings, settings.kafka_bootstrap_servers))
     except (KafkaReadTimeout, TopicMissing) as exc:
         console.print(
             f"[red]error:[/red] {exc.detail} (Kafka at {settings.kafka_bootstrap_servers}; "
@@ -55,8 +55,9 @@ def verify(
         bool | None,
         typer.Option(
             "--topic/--no-topic",
-            help="also hold the chain against the entries on gateway.audit (default: when "
-            "KAFKA_BOOTSTRAP_SERVERS is set). Only that finds a tail cut together with its head.",
+            help="also hold the chain against the entries and signed chain heads on "
+            "gateway.audit (default: when KAFKA_BOOTSTRAP_SERVERS is set). Only that finds a "
+            "tail cut or rewritten together with its head and the signed heads in it.",
         ),
     ] = None,
 ) -> None:
@@ -72,7 +73,12 @@ def verify(
 
     async def run() -> audit.Verdict:
         async with database(settings) as engine, engine.connect() as conn:
-            return await audit.verify(conn, anchors, gateway_org_id=settings.gateway_org_id)
+            return await audit.verify(
+                conn,
+                anchors.entries if anchors is not None else None,
+                gateway_org_id=settings.gateway_org_id,
+                signed_heads=anchors.signed_heads if anchors is not None else (),
+            )
 
     verdict = asyncio.run(run())
     if not verdict.ok:

@@ -39,6 +39,7 @@ from attest_gateway.crypto.sealing import OrgKeys
 from attest_gateway.entrypoints.cli import admin as cli_admin
 from attest_gateway.entrypoints.cli import audit as cli_audit
 from attest_gateway.entrypoints.cli import citizen as cli_citizen
+from attest_gateway.entrypoints.cli import db as cli_db
 from attest_gateway.entrypoints.cli import ops as cli_ops
 from attest_gateway.entrypoints.cli import pseudonyms as cli_pseudonyms
 from attest_gateway.entrypoints.cli import retention as cli_retention
@@ -82,13 +83,14 @@ def _fail(message: str) -> typer.Exit:
 
 @app.command()
 def migrate() -> None:
-    """Bring the database to the newest schema.
+    """Bring the database to the newest schema, as the owner role (DATABASE_OWNER_URL, else
+    DATABASE_URL); then `attest-gateway db grant` gives the gateway's role what it needs.
 
     Example: DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1/test attest-gateway migrate
     """
     settings = load_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.effective_database_url)
+    upgrade(settings.effective_owner_database_url)
     console.print("database is at the newest schema")
 
 
@@ -527,5 +529,6 @@ cli_audit.register(app)  # audit verify, list
 cli_admin.register(app)  # orgs add|list|disable, keys generate|add|rotate|revoke|retire|list
 cli_pseudonyms.register(app)  # pseudonyms status, rekey
 cli_retention.register(app)  # prune
+cli_db.register(app)  # db grant, privileges
 cli_webhooks.register(app)  # webhooks add|list|remove|rotate
 cli_citizen.register(app)  # citizen export
