@@ -206,6 +206,13 @@ class Settings(BaseSettings):
             "directly"
         ),
     )
+    require_acting_person: bool = Field(
+        default=False,
+        description=(
+            "requests, replies and reads must name the person acting (`Attest-Actor`, 422 "
+            "`actor-required` without it); unset, they may"
+        ),
+    )
     rate_limit_reads_per_second: float = Field(
         default=100.0,
         ge=0,

@@ -198,6 +198,63 @@ async def test_the_audit_api_answers_problems(trip: Trip) -> None:
         assert bad.json()["code"] == "invalid-request"
 
 
+async def test_the_request_the_reply_and_the_reads_name_the_person_acting(trip: Trip) -> None:
+    """Over HTTP: `Attest-Actor` (and a clinician's `Attest-Actor-Authorisation`) on the
+    request, the mailbox read and the reply are in their audit entries; the round trip
+    without them recorded organisations only."""
+    h = trip.h
+    caseworker = {**h.auth(JC), "Attest-Actor": "sagsbeh-4711"}
+    body = attest_request_body(jobcenter_gln=h.gln(JC))
+    sent = await h.client.post("/jobcenter/v1/attest-requests", json=body, headers=caseworker)
+    assert sent.status_code == 202, sent.text
+    request_id = sent.json()["message_id"]
+    [submitted] = await _entries(h, audit_log.c.message_id == request_id)
+    assert (submitted.action, submitted.actor, submitted.source) == (
+        "request.submit",
+        JC,
+        CLIENT_IP,
+    )
+    assert submitted.detail == {"actor_person": "sagsbeh-4711"}
+
+    clinician = {
+        **h.auth(PSY), "Attest-Actor": "mette.holm", "Attest-Actor-Authorisation": "0C4B1"
+    }  # fmt: skip
+
+    async def delivered() -> list[Any] | None:
+        items = (await h.get_json("/medcom/v1/mailbox", PSY, params={"limit": 500}))["items"]
+        return [i for i in items if i["message_id"] == request_id] or None
+
+    await wait_for(delivered)
+    read = await h.client.get("/medcom/v1/mailbox", params={"limit": 500}, headers=clinician)
+    assert read.status_code == 200, read.text
+    reads = [e for e in await _entries(h, naming(request_id)) if e.action == "mailbox.fetch"]
+    assert reads[-1].detail is not None
+    assert (reads[-1].detail["actor_person"], reads[-1].detail["actor_authorisation"]) == (
+        "mette.holm", "0C4B1",
+    )  # fmt: skip
+    assert all("actor_person" not in (e.detail or {}) for e in reads[:-1])
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"Attest-Actor": "010190-1234"}, "cpr-in-reference"),
+        ({"Attest-Actor": "two words"}, "invalid-request"),
+        ({"Attest-Actor": "x" * 65}, "invalid-request"),
+        ({"Attest-Actor": "clin-1", "Attest-Actor-Authorisation": "0a4b1"}, "invalid-request"),
+        ({"Attest-Actor-Authorisation": "0C4B1"}, "actor-required"),
+    ],
+)
+async def test_a_person_acting_of_the_wrong_form_is_refused(
+    trip: Trip, headers: dict[str, str], code: str
+) -> None:
+    h = trip.h
+    refused = await h.client.get("/medcom/v1/mailbox", headers={**h.auth(PSY), **headers})
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == code
+
+
 async def _on_topic(h: Harness, seqs: set[int]) -> list[Any]:
     async def probe() -> list[Any] | None:
         records = await read_topic(h.bootstrap, h.gw.topics.audit)

@@ -19,6 +19,10 @@ CASE_CLOSE = "case.close"  # a job centre closed a case (detail: closure id, con
 CASE_ERASE = "case.erase"  # retention erased a closed case's citizen data (detail: closure id)
 # an operator exported a citizen's own view (detail: conversation ids and counts, no CPR number)
 CITIZEN_EXPORT = "citizen.export"
+# a job centre sent an attest request; a clinic a reply or an acknowledgement (detail: the
+# person acting, core/actors.py, when the caller named one)
+REQUEST_SUBMIT = "request.submit"
+MESSAGE_SUBMIT = "message.submit"
 SOURCE_CLI = "cli"
 SOURCE_GATEWAY = "gateway"
 

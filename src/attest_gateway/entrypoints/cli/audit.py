@@ -14,6 +14,7 @@ from rich.table import Table
 from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.audit import AuditEntry
+from attest_gateway.core.actors import AUTHORISATION_KEY, PERSON_KEY
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
 
@@ -121,7 +122,9 @@ def list_entries(
     limit: Annotated[int, typer.Option(min=1, help="the newest this many")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
 ) -> None:
-    """Show the newest audit entries, oldest first. Ids and addresses only, never content.
+    """Show the newest audit entries, oldest first: the organisation and, when its system
+    named one, the person acting (and their autorisations-ID). Ids and addresses only,
+    never content.
 
     Example: attest-gateway audit list --org jc-koebenhavn --limit 20
     """
@@ -136,10 +139,12 @@ def list_entries(
         for entry in entries:
             sys.stdout.write(entry.model_dump_json() + "\n")
         return
-    table = Table("seq", "at", "actor", "action", "subject", "message id", "source")
+    table = Table("seq", "at", "actor", "person", "action", "subject", "message id", "source")
     for e in entries:
+        detail = e.detail or {}
+        person = " ".join(detail[k] for k in (PERSON_KEY, AUTHORISATION_KEY) if k in detail)
         table.add_row(
-            str(e.seq), e.at.isoformat(timespec="seconds"), e.actor, e.action,
+            str(e.seq), e.at.isoformat(timespec="seconds"), e.actor, person or "-", e.action,
             e.subject_org or "-", e.message_id or "-", e.source,
         )  # fmt: skip
     Console().print(table)

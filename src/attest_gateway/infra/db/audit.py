@@ -58,6 +58,8 @@ from attest_gateway.core.audit import AUDIT_PRUNE as AUDIT_PRUNE
 from attest_gateway.core.audit import ENVELOPE_OPEN as ENVELOPE_OPEN
 from attest_gateway.core.audit import INBOX_FETCH as INBOX_FETCH
 from attest_gateway.core.audit import MAILBOX_FETCH as MAILBOX_FETCH
+from attest_gateway.core.audit import MESSAGE_SUBMIT as MESSAGE_SUBMIT
+from attest_gateway.core.audit import REQUEST_SUBMIT as REQUEST_SUBMIT
 from attest_gateway.core.audit import SOURCE_CLI as SOURCE_CLI
 from attest_gateway.core.audit import SOURCE_GATEWAY as SOURCE_GATEWAY
 from attest_gateway.core.audit import AuditEvent as AuditEvent

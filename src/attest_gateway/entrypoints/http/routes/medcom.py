@@ -11,6 +11,7 @@ from attest_gateway.core.bounds import ID_PATTERN, control_character_in
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Malformed
 from attest_gateway.entrypoints.http.auth import (
+    ActingPerson,
     authenticated,
     authenticated_first,
     gateway_of,
@@ -48,6 +49,7 @@ HealthOrg = Annotated[Organisation, Depends(health_org)]
 async def mailbox(
     request: Request,
     org: HealthOrg,
+    actor: ActingPerson,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description=WAIT_DESCRIPTION)] = 0,
 ) -> dict[str, Any]:
@@ -58,7 +60,7 @@ async def mailbox(
         replies=False,
         wait=wait,
         read=lambda: service.read_mailbox(
-            gw.store, gw.clock, org, limit=limit, source=client_source(request)
+            gw.store, gw.clock, org, limit=limit, source=client_source(request), actor=actor
         ),
         empty=lambda found: not found,
     )
@@ -75,7 +77,9 @@ async def collected(
 
 
 @router.post("/messages", status_code=202)
-async def submit(request: Request, response: Response, org: HealthOrg) -> dict[str, Any]:
+async def submit(
+    request: Request, response: Response, org: HealthOrg, actor: ActingPerson
+) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in _JSON_TYPES:
         raise Malformed(ErrorCode.UNSUPPORTED_MEDIA_TYPE, "send application/fhir+json")
@@ -103,6 +107,8 @@ async def submit(request: Request, response: Response, org: HealthOrg) -> dict[s
         bundle,
         gateway_org_id=gateway_org_id,
         pseudonym_key=gw.pseudonym_key,
+        source=client_source(request),
+        actor=actor,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
