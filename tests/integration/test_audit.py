@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import os
 import subprocess
@@ -28,7 +29,13 @@ from attest_gateway.core.clock import SystemClock
 from attest_gateway.entrypoints.http.asyncapi import build_asyncapi
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import aware
-from attest_gateway.infra.db.tables import audit_head, audit_log, mailbox, stages
+from attest_gateway.infra.db.tables import (
+    audit_checkpoints,
+    audit_head,
+    audit_log,
+    mailbox,
+    stages,
+)
 from tests.integration.conftest import Harness
 from tests.support.flows import JC, PSY, Conversation, round_trip
 from tests.support.harness import (
@@ -95,7 +102,10 @@ async def _fetched_at(h: Harness, message_id: str) -> Any:
 
 async def test_mailbox_fetches_are_audited_with_who_what_when_where(trip: Trip) -> None:
     h, conv = trip.h, trip.conversation
-    fetches = await _entries(h, naming(conv.request_message_id))
+    entries = await _entries(h, naming(conv.request_message_id))
+    assert entries[0].action == audit.REQUEST_SUBMIT  # sent, then read
+    assert (entries[0].actor, entries[0].subject_org) == (JC, PSY)
+    fetches = entries[1:]
     assert fetches
     assert {e.action for e in fetches} == {audit.MAILBOX_FETCH}
     for entry in fetches:
@@ -183,7 +193,10 @@ async def test_an_organisation_reads_only_its_own_audit_trail(trip: Trip) -> Non
     assert (audit.MAILBOX_FETCH, conv.request_message_id) not in jc_seen
     psy_seen = seen(psy)
     assert (audit.MAILBOX_FETCH, conv.request_message_id) in psy_seen
-    assert not [a for a, i in psy_seen if i == conv.reply_message_id]
+    # of the reply, the clinic sees its own sending, not the job centre's reads
+    assert [a for a, i in psy_seen if i == conv.reply_message_id] == [audit.MESSAGE_SUBMIT]
+    assert (audit.REQUEST_SUBMIT, conv.request_message_id) in jc_seen
+    assert (audit.REQUEST_SUBMIT, conv.request_message_id) in psy_seen  # the subject
     assert not [e for e in other if e["conversation_id"] == conv.conversation_id]
 
 
@@ -371,6 +384,54 @@ async def test_tampering_with_the_log_is_found(trip: Trip) -> None:
     assert intact.anchored >= head.seq - 1
 
 
+async def test_a_signed_head_reaches_the_topic_and_finds_a_cut_tail(trip: Trip) -> None:
+    """The sweeper's checkpoint is an `audit.checkpoint` entry on the real `gateway.audit`;
+    with the entries after it cut, the checkpoint row deleted and the head moved back, the
+    database agrees with itself and the signed head on the topic does not."""
+    h = trip.h
+    gw = h.gw
+    async with gw.engine.begin() as conn:
+        point = await audit.checkpoint_if_due(
+            conn, gw.keyring.signing(h.settings.gateway_org_id), SystemClock().now(),
+            every=1, interval=dt.timedelta(seconds=0), topics=gw.topics,
+            actor=h.settings.gateway_org_id,
+        )  # fmt: skip
+    assert point is not None
+
+    async def published() -> audit.TopicAnchors | None:
+        topic = await audit.read_topic_anchors(h.settings, h.bootstrap)
+        return topic if point in topic.signed_heads else None
+
+    topic = await wait_for(published)
+    async with gw.engine.connect() as conn:
+        intact = await audit.verify(
+            conn, topic.entries, gateway_org_id=h.settings.gateway_org_id,
+            signed_heads=topic.signed_heads,
+        )  # fmt: skip
+    assert intact.ok, intact.reason
+    assert intact.anchored >= point.seq
+    (before,) = await _entries(h, audit_log.c.seq == point.seq - 1)
+    cut = [
+        audit_log.delete().where(audit_log.c.seq >= point.seq),
+        audit_checkpoints.delete().where(audit_checkpoints.c.seq >= point.seq),
+        audit_head.update().values(seq=before.seq, hash=before.hash),
+    ]
+    assert (await _verify_tampered(h, cut)).ok  # the database alone is fooled…
+    async with gw.engine.connect() as conn:
+        transaction = await conn.begin()
+        try:
+            for statement in cut:
+                await conn.execute(statement)
+            found = await audit.verify(
+                conn, {}, gateway_org_id=h.settings.gateway_org_id,
+                signed_heads=topic.signed_heads,
+            )  # fmt: skip
+        finally:
+            await transaction.rollback()
+    assert not found.ok  # …the signed head on the topic is not
+    assert "beyond the chain's head" in (found.reason or "")
+
+
 async def test_concurrent_appends_do_not_fork_the_chain(harness: Harness) -> None:
     h = harness
 
@@ -425,7 +486,7 @@ async def test_a_read_that_cannot_be_audited_does_not_happen(harness: Harness) -
             await conn.execute(audit_head.insert().values(id=1, seq=head.seq, hash=head.hash))
     items = (await h.get_json("/medcom/v1/mailbox", PSY, params={"limit": 500}))["items"]
     assert message_id in {i["message_id"] for i in items}
-    (entry, *_) = await _entries(h, naming(message_id))
+    (entry, *_) = await _entries(h, naming(message_id), audit_log.c.action == audit.MAILBOX_FETCH)
     assert entry.at == await _fetched_at(h, message_id)
 
 

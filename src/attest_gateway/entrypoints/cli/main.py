@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from attest_gateway.bootstrap import database, release_long_polls
+from attest_gateway.bootstrap import database, refuse_audit_rewrites, release_long_polls
 from attest_gateway.client.envelopes import (
     acknowledgement,
     as_envelope,
@@ -79,6 +79,15 @@ class ServeRole(StrEnum):
 def _fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code=1)
+
+
+async def _refuse_audit_rewrites(settings: Settings) -> None:
+    """Production: `UnsafeSettings` (printed by run_cli) before anything starts when the
+    database role may rewrite the audit log; the lifespan checks again (bootstrap.py)."""
+    if settings.environment != "production":
+        return
+    async with database(settings) as engine:
+        await refuse_audit_rewrites(settings, engine)
 
 
 @app.command()
@@ -148,6 +157,7 @@ def serve(
         console.print(f"embedded broker (Tansu) on {bootstrap}, pid {broker.pid}")
     try:
         upgrade(settings.effective_database_url)
+        asyncio.run(_refuse_audit_rewrites(settings))  # production: one sentence, exit 2
         cli_pseudonyms.refuse_key_mismatch(settings)  # one sentence, exit 2
         creds = asyncio.run(cli_ops.ensure_organisations(settings))
         if dev_tls:
