@@ -42,6 +42,7 @@ from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db.arrivals import MailArrivals
 from attest_gateway.infra.db.directory import DirectoryCache
 from attest_gateway.infra.db.engine import STORE_ERRORS, settings_engine
+from attest_gateway.infra.db.grants import rewrite_privileges
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.messaging import conversations_by_request, record_stages
 from attest_gateway.infra.db.pseudonyms import check_store_key
@@ -58,6 +59,7 @@ from attest_gateway.infra.keys import open_key_store
 from attest_gateway.infra.webhooks.client import HttpxPoster, tls_context
 from attest_gateway.observability import metrics
 from attest_gateway.ports.records import StageRecord
+from attest_gateway.production import UnsafeSettings
 from attest_gateway.services.delivery import DeliveryHandler
 from attest_gateway.services.webhooks import WebhookConfig, WebhookDispatcher, WebhookSender
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
@@ -99,11 +101,33 @@ def load_pseudonym_key(settings: Settings, store: KeyStore | None = None) -> byt
     return read_secret_file(path, store, context=KEY_FILE_CONTEXT)
 
 
+def audit_rewrite_problem(privileges: list[str]) -> str:
+    """The sentence production refuses to start with when the runtime role holds
+    `privileges` on the audit tables (infra/db/grants.py)."""
+    return (
+        f"DATABASE_URL's role may {', '.join(privileges)}: the gateway must run as a role "
+        "that can only read and append the audit log (attest-gateway db grant --runtime-role "
+        "NAME, run with DATABASE_OWNER_URL; the owner of the tables holds every privilege)."
+    )
+
+
+async def refuse_audit_rewrites(settings: Settings, engine: AsyncEngine) -> None:
+    """Production: refuse to start when the runtime role could rewrite or cut the audit log
+    (`UnsafeSettings`, one sentence). Development runs as whichever role it is given."""
+    if settings.environment != "production":
+        return
+    async with engine.connect() as conn:
+        privileges = await rewrite_privileges(conn)
+    if privileges:
+        raise UnsafeSettings([audit_rewrite_problem(privileges)])
+
+
 @asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+async def database(settings: Settings, *, owner: bool = False) -> AsyncIterator[AsyncEngine]:
     """The configured database, with the configured pool, disposed when the block ends (for
-    commands that need the store and nothing else: no keys, no Kafka, no directory cache)."""
-    engine = settings_engine(settings)
+    commands that need the store and nothing else: no keys, no Kafka, no directory cache);
+    `owner`: as the owner role (DATABASE_OWNER_URL)."""
+    engine = settings_engine(settings, owner=owner)
     try:
         yield engine
     finally:
@@ -197,6 +221,7 @@ async def _open(
         store_key = await check_store_key(
             bound, pseudonym_key, tracking_topic=topics.tracking, now=clock.now()
         )
+        await refuse_audit_rewrites(settings, bound)
         await ensure_topics(settings, bootstrap, topics.all())
         # existing topics keep what they have: mismatches are logged (and fail /readyz in
         # production), never altered

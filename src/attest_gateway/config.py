@@ -46,7 +46,19 @@ class Settings(BaseSettings):
     )
     var_dir: Path = Field(default=Path("var"), description="state of the embedded setup")
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy async URL; default SQLite under var_dir"
+        default=None,
+        description=(
+            "SQLAlchemy async URL; default SQLite under var_dir. The role the gateway runs as: "
+            "on PostgreSQL it may only read and append the audit log (`attest-gateway db grant`)"
+        ),
+    )
+    database_owner_url: str | None = Field(
+        default=None,
+        description=(
+            "the owner role's URL, for `migrate`, `setup`, `prune` (the audit log's retention) "
+            "and `db grant`; the operator's commands only, never the gateway's processes; "
+            "unset: DATABASE_URL"
+        ),
     )
     db_pool_size: int = Field(
         default=DB_POOL_SIZE,
@@ -192,6 +204,13 @@ class Settings(BaseSettings):
             "a connection from a TRUSTED_PROXIES address starts with a PROXY protocol header "
             "(v1 or v2; HAProxy `send-proxy-v2`) naming the client, before TLS; others connect "
             "directly"
+        ),
+    )
+    require_acting_person: bool = Field(
+        default=False,
+        description=(
+            "requests, replies and reads must name the person acting (`Attest-Actor`, 422 "
+            "`actor-required` without it); unset, they may"
         ),
     )
     rate_limit_reads_per_second: float = Field(
@@ -649,6 +668,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.var_dir / 'gateway.db').as_posix()}"
+
+    @property
+    def effective_owner_database_url(self) -> str:
+        """The URL the operator's commands that change the schema or remove audit entries use."""
+        return self.database_owner_url or self.effective_database_url
 
     @field_validator("trusted_proxies")
     @classmethod

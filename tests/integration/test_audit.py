@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import os
 import subprocess
@@ -28,7 +29,13 @@ from attest_gateway.core.clock import SystemClock
 from attest_gateway.entrypoints.http.asyncapi import build_asyncapi
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.engine import aware
-from attest_gateway.infra.db.tables import audit_head, audit_log, mailbox, stages
+from attest_gateway.infra.db.tables import (
+    audit_checkpoints,
+    audit_head,
+    audit_log,
+    mailbox,
+    stages,
+)
 from tests.integration.conftest import Harness
 from tests.support.flows import JC, PSY, Conversation, round_trip
 from tests.support.harness import (
@@ -95,7 +102,10 @@ async def _fetched_at(h: Harness, message_id: str) -> Any:
 
 async def test_mailbox_fetches_are_audited_with_who_what_when_where(trip: Trip) -> None:
     h, conv = trip.h, trip.conversation
-    fetches = await _entries(h, naming(conv.request_message_id))
+    entries = await _entries(h, naming(conv.request_message_id))
+    assert entries[0].action == audit.REQUEST_SUBMIT  # sent, then read
+    assert (entries[0].actor, entries[0].subject_org) == (JC, PSY)
+    fetches = entries[1:]
     assert fetches
     assert {e.action for e in fetches} == {audit.MAILBOX_FETCH}
     for entry in fetches:
@@ -183,7 +193,10 @@ async def test_an_organisation_reads_only_its_own_audit_trail(trip: Trip) -> Non
     assert (audit.MAILBOX_FETCH, conv.request_message_id) not in jc_seen
     psy_seen = seen(psy)
     assert (audit.MAILBOX_FETCH, conv.request_message_id) in psy_seen
-    assert not [a for a, i in psy_seen if i == conv.reply_message_id]
+    # of the reply, the clinic sees its own sending, not the job centre's reads
+    assert [a for a, i in psy_seen if i == conv.reply_message_id] == [audit.MESSAGE_SUBMIT]
+    assert (audit.REQUEST_SUBMIT, conv.request_message_id) in jc_seen
+    assert (audit.REQUEST_SUBMIT, conv.request_message_id) in psy_seen  # the subject
     assert not [e for e in other if e["conversation_id"] == conv.conversation_id]
 
 
@@ -196,6 +209,63 @@ async def test_the_audit_api_answers_problems(trip: Trip) -> None:
         bad = await h.client.get("/audit/v1/entries", params=params, headers=h.auth(JC))
         assert bad.status_code == 422, params
         assert bad.json()["code"] == "invalid-request"
+
+
+async def test_the_request_the_reply_and_the_reads_name_the_person_acting(trip: Trip) -> None:
+    """Over HTTP: `Attest-Actor` (and a clinician's `Attest-Actor-Authorisation`) on the
+    request, the mailbox read and the reply are in their audit entries; the round trip
+    without them recorded organisations only."""
+    h = trip.h
+    caseworker = {**h.auth(JC), "Attest-Actor": "sagsbeh-4711"}
+    body = attest_request_body(jobcenter_gln=h.gln(JC))
+    sent = await h.client.post("/jobcenter/v1/attest-requests", json=body, headers=caseworker)
+    assert sent.status_code == 202, sent.text
+    request_id = sent.json()["message_id"]
+    [submitted] = await _entries(h, audit_log.c.message_id == request_id)
+    assert (submitted.action, submitted.actor, submitted.source) == (
+        "request.submit",
+        JC,
+        CLIENT_IP,
+    )
+    assert submitted.detail == {"actor_person": "sagsbeh-4711"}
+
+    clinician = {
+        **h.auth(PSY), "Attest-Actor": "mette.holm", "Attest-Actor-Authorisation": "0C4B1"
+    }  # fmt: skip
+
+    async def delivered() -> list[Any] | None:
+        items = (await h.get_json("/medcom/v1/mailbox", PSY, params={"limit": 500}))["items"]
+        return [i for i in items if i["message_id"] == request_id] or None
+
+    await wait_for(delivered)
+    read = await h.client.get("/medcom/v1/mailbox", params={"limit": 500}, headers=clinician)
+    assert read.status_code == 200, read.text
+    reads = [e for e in await _entries(h, naming(request_id)) if e.action == "mailbox.fetch"]
+    assert reads[-1].detail is not None
+    assert (reads[-1].detail["actor_person"], reads[-1].detail["actor_authorisation"]) == (
+        "mette.holm", "0C4B1",
+    )  # fmt: skip
+    assert all("actor_person" not in (e.detail or {}) for e in reads[:-1])
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"Attest-Actor": "010190-1234"}, "cpr-in-reference"),
+        ({"Attest-Actor": "two words"}, "invalid-request"),
+        ({"Attest-Actor": "x" * 65}, "invalid-request"),
+        ({"Attest-Actor": "clin-1", "Attest-Actor-Authorisation": "0a4b1"}, "invalid-request"),
+        ({"Attest-Actor-Authorisation": "0C4B1"}, "actor-required"),
+    ],
+)
+async def test_a_person_acting_of_the_wrong_form_is_refused(
+    trip: Trip, headers: dict[str, str], code: str
+) -> None:
+    h = trip.h
+    refused = await h.client.get("/medcom/v1/mailbox", headers={**h.auth(PSY), **headers})
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == code
 
 
 async def _on_topic(h: Harness, seqs: set[int]) -> list[Any]:
@@ -314,6 +384,54 @@ async def test_tampering_with_the_log_is_found(trip: Trip) -> None:
     assert intact.anchored >= head.seq - 1
 
 
+async def test_a_signed_head_reaches_the_topic_and_finds_a_cut_tail(trip: Trip) -> None:
+    """The sweeper's checkpoint is an `audit.checkpoint` entry on the real `gateway.audit`;
+    with the entries after it cut, the checkpoint row deleted and the head moved back, the
+    database agrees with itself and the signed head on the topic does not."""
+    h = trip.h
+    gw = h.gw
+    async with gw.engine.begin() as conn:
+        point = await audit.checkpoint_if_due(
+            conn, gw.keyring.signing(h.settings.gateway_org_id), SystemClock().now(),
+            every=1, interval=dt.timedelta(seconds=0), topics=gw.topics,
+            actor=h.settings.gateway_org_id,
+        )  # fmt: skip
+    assert point is not None
+
+    async def published() -> audit.TopicAnchors | None:
+        topic = await audit.read_topic_anchors(h.settings, h.bootstrap)
+        return topic if point in topic.signed_heads else None
+
+    topic = await wait_for(published)
+    async with gw.engine.connect() as conn:
+        intact = await audit.verify(
+            conn, topic.entries, gateway_org_id=h.settings.gateway_org_id,
+            signed_heads=topic.signed_heads,
+        )  # fmt: skip
+    assert intact.ok, intact.reason
+    assert intact.anchored >= point.seq
+    (before,) = await _entries(h, audit_log.c.seq == point.seq - 1)
+    cut = [
+        audit_log.delete().where(audit_log.c.seq >= point.seq),
+        audit_checkpoints.delete().where(audit_checkpoints.c.seq >= point.seq),
+        audit_head.update().values(seq=before.seq, hash=before.hash),
+    ]
+    assert (await _verify_tampered(h, cut)).ok  # the database alone is fooled…
+    async with gw.engine.connect() as conn:
+        transaction = await conn.begin()
+        try:
+            for statement in cut:
+                await conn.execute(statement)
+            found = await audit.verify(
+                conn, {}, gateway_org_id=h.settings.gateway_org_id,
+                signed_heads=topic.signed_heads,
+            )  # fmt: skip
+        finally:
+            await transaction.rollback()
+    assert not found.ok  # …the signed head on the topic is not
+    assert "beyond the chain's head" in (found.reason or "")
+
+
 async def test_concurrent_appends_do_not_fork_the_chain(harness: Harness) -> None:
     h = harness
 
@@ -368,7 +486,7 @@ async def test_a_read_that_cannot_be_audited_does_not_happen(harness: Harness) -
             await conn.execute(audit_head.insert().values(id=1, seq=head.seq, hash=head.hash))
     items = (await h.get_json("/medcom/v1/mailbox", PSY, params={"limit": 500}))["items"]
     assert message_id in {i["message_id"] for i in items}
-    (entry, *_) = await _entries(h, naming(message_id))
+    (entry, *_) = await _entries(h, naming(message_id), audit_log.c.action == audit.MAILBOX_FETCH)
     assert entry.at == await _fetched_at(h, message_id)
 
 

@@ -22,7 +22,7 @@ async def test_healthz_and_readyz(harness: Harness) -> None:
     assert ready.status_code == 200, ready.text
     body = ready.json()
     assert body["status"] == "ready"
-    assert set(body["checks"]) == {"database", "kafka", "topics", "keys"}
+    assert set(body["checks"]) == {"database", "kafka", "topics", "keys", "audit"}
     assert all(check["ok"] for check in body["checks"].values())
 
 

@@ -206,7 +206,7 @@ async def test_sealed_submission(harness: Harness) -> None:
     assert "acknowledged" in status["stages"]
 
     # The gateway opened the submission at the edge: audited once (the refused one was never
-    # opened: its signature failed first).
+    # opened: its signature failed first); then it was accepted from the clinic.
     async with h.gw.engine.connect() as conn:
         rows = (
             await conn.execute(
@@ -214,7 +214,8 @@ async def test_sealed_submission(harness: Harness) -> None:
             )
         ).all()
     assert [(r.action, r.actor, r.subject_org) for r in rows] == [
-        (audit.ENVELOPE_OPEN, h.settings.gateway_org_id, PSY)
+        (audit.ENVELOPE_OPEN, h.settings.gateway_org_id, PSY),
+        (audit.MESSAGE_SUBMIT, PSY, JC),
     ]
     assert orjson.loads(rows[0].detail)["purpose"] == "submission"
 

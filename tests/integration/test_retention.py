@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from attest_gateway.bootstrap import tracker_rules
 from attest_gateway.config import Settings, load_settings
+from attest_gateway.contracts.audit import AuditEntry
 from attest_gateway.contracts.cases import CaseIn
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.jobcenter import CaseKind
@@ -342,7 +343,7 @@ async def _checkpoint(db: Db) -> audit.Checkpoint | None:
     async with db.engine.begin() as conn:
         return await audit.checkpoint_if_due(
             conn, db.world.keys(GATEWAY).current_signing, db.world.clock.now(),
-            every=5, interval=dt.timedelta(days=1),
+            every=5, interval=dt.timedelta(days=1), topics=TOPICS, actor=GATEWAY,
         )  # fmt: skip
 
 
@@ -360,15 +361,15 @@ async def _verify(db: Db) -> audit.Verdict:
 
 
 async def _pruned_chain(db: Db) -> audit.Checkpoint:
-    """Twelve entries, a checkpoint at 12, then six more a year later; pruned with a
-    retention of 30 days: entries 1–12 go (in batches of three, each ending at a signed
-    checkpoint, each recorded by an `audit.prune` entry)."""
+    """Twelve entries, a checkpoint at 12 (and its `audit.checkpoint` entry, 13), then six
+    more a year later; pruned with a retention of 30 days: entries 1–12 go (in batches of
+    three, each ending at a signed checkpoint, each recorded by an `audit.prune` entry)."""
     w = db.world
     await _append(db, 12)
     point = await _checkpoint(db)
     assert point is not None
     assert point.seq == 12
-    assert await _checkpoint(db) is None  # not due again: the head did not move
+    assert await _checkpoint(db) is None  # not due again: only its own entry came since
     w.clock.advance(365 * DAY)
     await _append(db, 6)
     assert await _prune_audit(db, dt.timedelta(days=30)) == 12
@@ -385,9 +386,9 @@ async def test_a_pruned_audit_chain_verifies_from_its_oldest_checkpoint(db: Db) 
     verdict = await _verify(db)
     assert verdict.ok, verdict.reason
     assert verdict.start == point
-    assert (verdict.first_seq, verdict.last_seq) == (13, 6 + 4 + 12)
+    assert (verdict.first_seq, verdict.last_seq) == (13, 12 + 1 + 6 + 4)
     assert covered(verdict, held_against_topic=False) == (
-        f"chain intact, 10 entries (seq 13–22) from the signed checkpoint at seq 12 of "
+        f"chain intact, 11 entries (seq 13–23) from the signed checkpoint at seq 12 of "
         f"{point.at.isoformat(timespec='seconds')} (key {point.key_id}; older entries removed "
         "by retention); 1 signed checkpoint checked; not held against gateway.audit"
     )
@@ -427,8 +428,12 @@ async def test_all_removed_entries_put_back_are_found(db: Db) -> None:
     links from genesis again: the `audit.prune` entries say it was removed."""
     await _append(db, 12)
     assert await _checkpoint(db) is not None
-    async with db.engine.connect() as conn:
-        removed = list(await conn.execute(sa.select(tables.audit_log).order_by("seq")))
+    async with db.engine.connect() as conn:  # 1–12 (13 is the checkpoint's own entry)
+        removed = list(
+            await conn.execute(
+                sa.select(tables.audit_log).where(tables.audit_log.c.seq <= 12).order_by("seq")
+            )
+        )
     db.world.clock.advance(365 * DAY)
     await _append(db, 2)
     assert await _prune_audit(db, dt.timedelta(days=30)) == 12
@@ -479,6 +484,177 @@ async def test_a_moved_or_missing_checkpoint_is_found(db: Db) -> None:
     assert "not a signing key of the gateway" in (verdict.reason or "")
 
 
+# --- signed chain heads: in the chain and on gateway.audit ------------------------------------
+# Each kind of tampering someone with the owner role's write access could try, on a chain of
+# twelve entries, a signed head of entry 12 (the `audit.checkpoint` entry 13) and three more.
+
+
+async def _signed_chain(db: Db) -> audit.Checkpoint:
+    await _append(db, 12)
+    point = await _checkpoint(db)
+    assert point is not None
+    assert point.seq == 12
+    await _append(db, 3)
+    return point
+
+
+async def _stored(db: Db) -> list[AuditEntry]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(sa.select(tables.audit_log).order_by(tables.audit_log.c.seq))
+        return [audit.entry_from_row(r) for r in rows]
+
+
+async def _published(db: Db) -> audit.TopicAnchors:
+    """What the relay publishes on gateway.audit: the audit outbox rows (the Kafka hop is left
+    out here; test_audit.py reads the real topic)."""
+    async with db.engine.connect() as conn:
+        values = await conn.scalars(
+            sa.select(tables.outbox.c.value).where(tables.outbox.c.topic == TOPICS.audit)
+        )
+        return audit.anchors_of(list(values))
+
+
+async def _rewrite(db: Db, from_seq: int, change: dict[str, Any], *, to_seq: int) -> None:
+    """Replace entries `from_seq`… with the same events, entry `from_seq` changed, every hash
+    recomputed and the head moved to the new last one (up to `to_seq`): a consistent rewrite."""
+    entries = [e for e in await _stored(db) if e.seq >= from_seq - 1]
+    before, rest = entries[0], [e for e in entries[1:] if e.seq <= to_seq]
+    events = [
+        AuditEvent(e.actor, e.action, e.source, e.at, e.subject_org, e.message_id,
+                   e.conversation_id, e.detail)
+        for e in rest
+    ]  # fmt: skip
+    events[0] = dataclasses.replace(events[0], **change)
+    rewritten = audit.chain(before.hash, from_seq, events)
+    log = tables.audit_log
+    async with db.engine.begin() as conn:
+        await conn.execute(log.delete().where(log.c.seq >= from_seq))
+        await conn.execute(log.insert(), [audit._row(e) for e in rewritten])
+        await conn.execute(
+            tables.audit_head.update().values(seq=rewritten[-1].seq, hash=rewritten[-1].hash)
+        )
+
+
+async def _verify_against(db: Db, topic: audit.TopicAnchors | None) -> audit.Verdict:
+    async with db.engine.connect() as conn:
+        return await audit.verify(
+            conn,
+            topic.entries if topic is not None else None,
+            gateway_org_id=GATEWAY,
+            signed_heads=topic.signed_heads if topic is not None else (),
+        )
+
+
+async def test_the_signed_head_is_an_entry_of_the_chain_and_on_the_topic(db: Db) -> None:
+    await _append(db, 12)
+    point = await _checkpoint(db)
+    assert point is not None
+    # idle: no other checkpoint, however long, while only its own entry came since
+    db.world.clock.advance(3 * DAY)
+    assert await _checkpoint(db) is None
+    await _append(db, 3)
+    stored = await _stored(db)
+    assert stored[12].action == audit.AUDIT_CHECKPOINT
+    assert audit.checkpoint_of(stored[12]) == point
+    topic = await _published(db)
+    assert topic.signed_heads == [point]
+    verdict = await _verify_against(db, topic)
+    assert verdict.ok, verdict.reason
+    assert (verdict.last_seq, verdict.anchored) == (16, 16)
+
+
+async def test_a_consistent_rewrite_before_a_signed_head_is_found_in_the_database(
+    db: Db,
+) -> None:
+    await _signed_chain(db)
+    await _rewrite(db, 5, {"actor": "someone-else"}, to_seq=16)
+    verdict = await _verify_against(db, None)
+    assert verdict.broken_seq == 12
+    assert "differs from the signed checkpoint" in (verdict.reason or "")
+    # the checkpoint row removed too: the signed head in the chain still names entry 12
+    async with db.engine.begin() as conn:
+        await conn.execute(tables.audit_checkpoints.delete())
+    verdict = await _verify_against(db, None)
+    assert verdict.broken_seq == 13
+    assert "the entries before it were rewritten" in (verdict.reason or "")
+
+
+async def test_a_forged_signed_head_is_found(db: Db) -> None:
+    """The rewriter writes the new hash into the signed head: the signature does not hold."""
+    point = await _signed_chain(db)
+    entries = await _stored(db)
+    events = [
+        AuditEvent(e.actor, e.action, e.source, e.at, e.subject_org, e.message_id,
+                   e.conversation_id, e.detail)
+        for e in entries[4:12]
+    ]  # fmt: skip
+    events[0] = dataclasses.replace(events[0], actor="someone-else")
+    rewritten = audit.chain(entries[3].hash, 5, events)
+    forged = dataclasses.replace(point, hash=rewritten[-1].hash)
+    signed_head = AuditEvent(
+        GATEWAY, audit.AUDIT_CHECKPOINT, audit.SOURCE_GATEWAY, point.at,
+        detail=audit.checkpoint_detail(forged),
+    )  # fmt: skip
+    rewritten += audit.chain(rewritten[-1].hash, 13, [signed_head])
+    log = tables.audit_log
+    async with db.engine.begin() as conn:
+        await conn.execute(log.delete().where(log.c.seq >= 5))
+        await conn.execute(log.insert(), [audit._row(e) for e in rewritten])
+        await conn.execute(
+            tables.audit_head.update().values(seq=rewritten[-1].seq, hash=rewritten[-1].hash)
+        )
+        await conn.execute(tables.audit_checkpoints.delete())
+    verdict = await _verify_against(db, None)
+    assert verdict.broken_seq == 13
+    assert "does not match its signature" in (verdict.reason or "")
+
+    # a signed head on the topic, signed by another organisation's key
+    other = audit.sign_checkpoint(db.world.keys(PSY).current_signing, 12, forged.hash, point.at)
+    verdict = await _verify_against(db, audit.TopicAnchors({}, [other]))
+    assert verdict.broken_seq == 12
+    assert "on gateway.audit names a key" in (verdict.reason or "")
+
+
+async def test_a_consistent_rewrite_after_the_last_signed_head_is_found_by_the_topic(
+    db: Db,
+) -> None:
+    await _signed_chain(db)
+    topic = await _published(db)
+    await _rewrite(db, 15, {"source": "203.0.113.66"}, to_seq=16)
+    assert (await _verify_against(db, None)).ok  # the database agrees with itself…
+    verdict = await _verify_against(db, topic)  # …the topic does not
+    assert verdict.broken_seq == 15
+    assert "differs from the entry published on gateway.audit" in (verdict.reason or "")
+
+
+async def test_a_tail_cut_with_its_signed_heads_is_found_by_the_topic(db: Db) -> None:
+    """Entries 10… cut, the checkpoint removed, the head moved back to 9: the database agrees
+    with itself; the signed head of entry 12 on the topic does not."""
+    await _signed_chain(db)
+    topic = await _published(db)
+    log = tables.audit_log
+    async with db.engine.begin() as conn:
+        kept = (await conn.execute(sa.select(log.c.hash).where(log.c.seq == 9))).scalar_one()
+        await conn.execute(log.delete().where(log.c.seq > 9))
+        await conn.execute(tables.audit_checkpoints.delete())
+        await conn.execute(tables.audit_head.update().values(seq=9, hash=kept))
+    assert (await _verify_against(db, None)).ok
+    heads_only = audit.TopicAnchors({}, topic.signed_heads)  # even with the entries gone
+    verdict = await _verify_against(db, heads_only)
+    assert verdict.broken_seq == 12
+    assert "beyond the chain's head" in (verdict.reason or "")
+    verdict = await _verify_against(db, topic)
+    assert not verdict.ok
+
+
+async def test_a_deleted_middle_entry_is_found(db: Db) -> None:
+    await _signed_chain(db)
+    async with db.engine.begin() as conn:
+        await conn.execute(tables.audit_log.delete().where(tables.audit_log.c.seq == 7))
+    verdict = await _verify_against(db, None)
+    assert (verdict.broken_seq, verdict.reason) == (7, "entry 7 is missing")
+
+
 # --- the operator's view -----------------------------------------------------------------------
 
 
@@ -498,7 +674,8 @@ def test_prune_and_audit_verify_from_the_command_line(tmp_path: Path) -> None:
     assert second.stdout.startswith("audit_log: ")
     verified = runner.invoke(cli.app, ["audit", "verify", "--no-topic"], env=env)
     assert verified.exit_code == 0, verified.output
-    assert verified.stdout.startswith("chain intact, 1 entry (seq ")
+    # kept: the checkpoint's own `audit.checkpoint` entry and the `audit.prune` entry
+    assert verified.stdout.startswith("chain intact, 2 entries (seq ")
     assert "from the signed checkpoint at seq " in verified.stdout
     again = runner.invoke(cli.app, ["prune"], env=env)
     assert again.stdout == "nothing is past its retention period\n"

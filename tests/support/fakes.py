@@ -638,6 +638,8 @@ class FakeStore:
                 at=conv.created_at,
                 envelope=accepted.envelope,
             )
+            if accepted.audit is not None:
+                await uow.audit.record_many([accepted.audit])
 
 
 class FakeRelay:

@@ -5,7 +5,8 @@ stdout, one sentence on stderr and exit 1 on an error.
 
 The gateway and the credentials come from options or the environment: ATTEST_GATEWAY_URL,
 ATTEST_GATEWAY_API_KEY, or ATTEST_GATEWAY_CERT and ATTEST_GATEWAY_CERT_KEY (mutual TLS), and
-ATTEST_GATEWAY_CA (the CA the gateway's certificate is checked against)."""
+ATTEST_GATEWAY_CA (the CA the gateway's certificate is checked against); the person acting
+from --actor (ATTEST_ACTOR) and a clinician's --actor-authorisation (ATTEST_ACTOR_AUTHORISATION)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def _client(args: argparse.Namespace) -> Client:
             "give --api-key (ATTEST_GATEWAY_API_KEY) or --cert and --cert-key "
             "(ATTEST_GATEWAY_CERT, ATTEST_GATEWAY_CERT_KEY)"
         )
+    if args.actor_authorisation and not args.actor:
+        raise Failed("--actor-authorisation belongs to a person: give --actor (ATTEST_ACTOR) too")
     try:
         return Client(
             args.gateway,
@@ -71,6 +74,8 @@ def _client(args: argparse.Namespace) -> Client:
             cert=cert,
             ca=args.ca,
             gateway_org_id=args.gateway_org,
+            actor=args.actor,
+            actor_authorisation=args.actor_authorisation,
         )
     except OSError as exc:
         raise Failed(f"cannot read the certificate or CA file ({exc.strerror or exc})") from None
@@ -223,6 +228,16 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         "--gateway-org",
         default="gateway",
         help="the gateway's organisation id (it signs for job centres)",
+    )
+    parser.add_argument(
+        "--actor",
+        default=env("ATTEST_ACTOR"),
+        help="the person acting (your user id), recorded in the gateway's audit log",
+    )
+    parser.add_argument(
+        "--actor-authorisation",
+        default=env("ATTEST_ACTOR_AUTHORISATION"),
+        help="the acting clinician's autorisations-ID (with --actor)",
     )
 
 

@@ -150,10 +150,18 @@ def _options(
     cert: tuple[str | Path, str | Path] | None,
     ca: str | Path | None,
     timeout: float,
+    actor: str | None = None,
+    actor_authorisation: str | None = None,
 ) -> dict[str, Any]:
     if api_key is None and cert is None:
         raise ValueError("give an API key, a client certificate (cert=(certfile, keyfile)) or both")
+    if actor_authorisation is not None and actor is None:
+        raise ValueError("an actor_authorisation belongs to an actor: give actor too")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
+    if actor is not None:  # the person acting, recorded in the gateway's audit log
+        headers["Attest-Actor"] = actor
+    if actor_authorisation is not None:
+        headers["Attest-Actor-Authorisation"] = actor_authorisation
     context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
     if cert is not None:
         context.load_cert_chain(str(cert[0]), str(cert[1]))
@@ -163,8 +171,11 @@ def _options(
 class Client:
     """The partner API, blocking. `Client(base_url, api_key=…)` or, by mutual TLS,
     `Client(base_url, cert=("org.crt", "org.key"), ca="ca.crt")`; `ca` is the CA the
-    gateway's certificate is checked against (default: the system's). Use it as a context
-    manager, or call `close()`. `transport` replaces the network (tests)."""
+    gateway's certificate is checked against (default: the system's). `actor` names the
+    person acting at the organisation (a caseworker's or clinician's user id, sent as
+    `Attest-Actor` with every call), `actor_authorisation` a clinician's autorisations-ID.
+    Use it as a context manager, or call `close()`. `transport` replaces the network
+    (tests)."""
 
     def __init__(
         self,
@@ -176,10 +187,13 @@ class Client:
         timeout: float = 30.0,
         gateway_org_id: str = "gateway",
         transport: httpx.BaseTransport | None = None,
+        actor: str | None = None,
+        actor_authorisation: str | None = None,
     ) -> None:
         self.gateway_org_id = gateway_org_id
         self._http = httpx.Client(
-            **_options(base_url, api_key, cert, ca, timeout), transport=transport
+            **_options(base_url, api_key, cert, ca, timeout, actor, actor_authorisation),
+            transport=transport,
         )
 
     def __enter__(self) -> Self:
@@ -266,10 +280,13 @@ class AsyncClient:
         timeout: float = 30.0,
         gateway_org_id: str = "gateway",
         transport: httpx.AsyncBaseTransport | None = None,
+        actor: str | None = None,
+        actor_authorisation: str | None = None,
     ) -> None:
         self.gateway_org_id = gateway_org_id
         self._http = httpx.AsyncClient(
-            **_options(base_url, api_key, cert, ca, timeout), transport=transport
+            **_options(base_url, api_key, cert, ca, timeout, actor, actor_authorisation),
+            transport=transport,
         )
 
     async def __aenter__(self) -> Self:

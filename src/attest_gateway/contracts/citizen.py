@@ -103,6 +103,14 @@ class Access(_Frozen):
     source: str = Field(description="the client's address, or `cli` / `gateway`")
     conversation_ids: list[str]
     message_ids: list[str]
+    person: str | None = Field(
+        default=None,
+        description="the person who acted for the organisation, as its system names them "
+        "(`Attest-Actor`), when it said",
+    )
+    authorisation_id: str | None = Field(
+        default=None, description="that person's autorisations-ID, for a health professional"
+    )
 
 
 class CitizenExport(_Frozen):

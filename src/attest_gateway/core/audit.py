@@ -12,10 +12,17 @@ INBOX_FETCH = "inbox.fetch"  # a job centre fetched an (opened) attest reply
 ENVELOPE_OPEN = "envelope.open"  # the gateway opened a custodial organisation's mail
 # retention removed the audit entries up to `through_seq`, a signed checkpoint (detail)
 AUDIT_PRUNE = "audit.prune"
+# the chain's head (the entry before this one), signed by the gateway (detail: seq, hash, at,
+# key_id, signature): written into the chain, so onto gateway.audit too
+AUDIT_CHECKPOINT = "audit.checkpoint"
 CASE_CLOSE = "case.close"  # a job centre closed a case (detail: closure id, conversations)
 CASE_ERASE = "case.erase"  # retention erased a closed case's citizen data (detail: closure id)
 # an operator exported a citizen's own view (detail: conversation ids and counts, no CPR number)
 CITIZEN_EXPORT = "citizen.export"
+# a job centre sent an attest request; a clinic a reply or an acknowledgement (detail: the
+# person acting, core/actors.py, when the caller named one)
+REQUEST_SUBMIT = "request.submit"
+MESSAGE_SUBMIT = "message.submit"
 SOURCE_CLI = "cli"
 SOURCE_GATEWAY = "gateway"
 

@@ -60,6 +60,10 @@ class ErrorCode(StrEnum):
     DATE_OUT_OF_RANGE = "date-out-of-range"
     CONTROL_CHARACTER = "control-character"
     CPR_IN_REFERENCE = "cpr-in-reference"
+    # the person acting (core/actors.py): required by REQUIRE_ACTING_PERSON, or a reply's
+    # MedCom author is someone else than the one the headers name
+    ACTOR_REQUIRED = "actor-required"
+    ACTOR_MISMATCH = "actor-mismatch"
 
     # The input breaks a rule: the use cases'
     UNKNOWN_ATTEST_TYPE = "unknown-attest-type"

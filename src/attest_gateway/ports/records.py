@@ -13,6 +13,7 @@ from typing import Literal
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.core.audit import AuditEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,8 @@ class AcceptedRequest:
     idempotency: IdempotencyRecord | None
     envelope: SealedEnvelope
     sent_copy: SealedEnvelope
+    #: its audit entry (`request.submit`), appended last in the same transaction
+    audit: AuditEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from attest_gateway.contracts.envelope import EnvelopeHeader, SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core import audit, trust
+from attest_gateway.core.actors import Actor, actor_detail
 from attest_gateway.core.attests import ReplyKind
 from attest_gateway.core.clock import Clock
 from attest_gateway.core.directory import Organisation
@@ -42,9 +43,9 @@ from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import KeyRing, decode_verify_key, open_envelope, verify
 from attest_gateway.medcom import fhir_xml
 from attest_gateway.medcom.build import PDF_ONLY_TEXT, build_acknowledgement
-from attest_gateway.medcom.codes import REPLY_KIND_SYSTEM, ResponseCode
+from attest_gateway.medcom.codes import AUTHORISATION_ID_SYSTEM, REPLY_KIND_SYSTEM, ResponseCode
 from attest_gateway.medcom.errors import BundleError
-from attest_gateway.medcom.model import Bundle
+from attest_gateway.medcom.model import Bundle, OtherResource
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import MessageInfo, read_message
 from attest_gateway.medcom.rules import check_attachments
@@ -89,12 +90,13 @@ async def read_mailbox(
     limit: int,
     source: str,
     envelope: Callable[[bytes], Any] = orjson.loads,
+    actor: Actor | None = None,
 ) -> list[dict[str, Any]]:
     """The sealed envelopes waiting for this organisation, oldest first, each as `envelope`
     makes it of its stored JSON (parsed; the HTTP route passes `orjson.Fragment`, so that
     the stored bytes go into its answer as they are). A read that hands out any is one audit
-    entry (`mailbox.fetch`, from `source`) listing their message ids, in the same
-    transaction."""
+    entry (`mailbox.fetch`, from `source`, naming the person acting) listing their message
+    ids, in the same transaction."""
     now = clock.now()
     out: list[dict[str, Any]] = []
     async with store.transaction() as uow:
@@ -139,6 +141,7 @@ async def read_mailbox(
             at=now,
             subject_org=org.id,
             items=[(r.message_id, r.conversation_id) for r in rows],
+            detail=actor_detail(actor),
         )
         await uow.audit.record_many(read)  # last: it holds the chain's lock
     log.info("medcom.mailbox_read", count=len(out))
@@ -237,6 +240,29 @@ def _check_sealed_header(h: EnvelopeHeader, data: object) -> None:
         )
 
 
+def author_authorisations(bundle: Bundle) -> set[str]:
+    """The autorisations-IDs the Bundle's Practitioners carry (MedCom: a qualification
+    identifier of the Danish Patient Safety Authority's system): its authors' who are health
+    professionals. A job centre's caseworker has none."""
+    found: set[str] = set()
+    for resource in bundle.resources(OtherResource):
+        if resource.resourceType != "Practitioner":
+            continue
+        qualifications = (resource.model_extra or {}).get("qualification")
+        for qualification in qualifications if isinstance(qualifications, list) else []:
+            if not isinstance(qualification, dict):
+                continue
+            identifiers = qualification.get("identifier")
+            for ident in identifiers if isinstance(identifiers, list) else []:
+                if (
+                    isinstance(ident, dict)
+                    and ident.get("system") == AUTHORISATION_ID_SYSTEM
+                    and isinstance(ident.get("value"), str)
+                ):
+                    found.add(ident["value"])
+    return found
+
+
 def _check_sender(info: MessageInfo, org: Organisation) -> None:
     if not (
         (info.sender.sor and info.sender.sor == org.sor)
@@ -299,8 +325,16 @@ async def submit_message(
     *,
     gateway_org_id: str,
     pseudonym_key: bytes,
+    source: str = audit.SOURCE_GATEWAY,
+    actor: Actor | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Accept an acknowledgement or an attest reply. Returns (answer, created now).
+
+    Accepted, it is an audit entry (`message.submit` by the caller from `source`, naming the
+    person acting and the autorisations-IDs of the Bundle's authors). The person's
+    autorisations-ID, when given, must be one of the Bundle's authors' (`actor-mismatch`):
+    the gateway vouches for neither, but it does not record a reply as written by one
+    clinician and sent by another who claims to be its author.
 
     MedCom duplicate rule: the same MessageHeader.id again (same or new Bundle.id) gets the
     identical answer and is not delivered again; a known Bundle.id under a new
@@ -314,10 +348,21 @@ async def submit_message(
     except BundleError as exc:
         raise InvalidInput(exc.code, exc.detail) from exc
     _check_sender(info, org)
+    authors = author_authorisations(bundle)
+    claimed = actor.authorisation_id if actor is not None else None
+    if claimed is not None and authors and claimed not in authors:
+        raise InvalidInput(
+            ErrorCode.ACTOR_MISMATCH,
+            "Attest-Actor-Authorisation is not the autorisations-ID of the Bundle's author",
+        )
+    submitted = {**actor_detail(actor)}
+    if authors:
+        submitted["author_authorisations"] = " ".join(sorted(authors))
     try:
         return await _accept(
             store, relay, keyring, clock, org, data, bundle, info,
             gateway_org_id=gateway_org_id, pseudonym_key=pseudonym_key,
+            audited=(source, submitted),
         )  # fmt: skip
     except GatewayError as exc:
         if exc.code in NEGATIVE_ACKS and info.message_type != "acknowledgement":
@@ -389,6 +434,7 @@ async def _accept(
     *,
     gateway_org_id: str,
     pseudonym_key: bytes,
+    audited: tuple[str, dict[str, str]],
 ) -> tuple[dict[str, Any], bool]:
     relay.admit()
     now = clock.now()
@@ -452,6 +498,21 @@ async def _accept(
                 response=orjson.dumps(answer).decode(),
                 created_at=now,
             )
+        )
+        source, detail = audited
+        await uow.audit.record_many(  # last: it holds the chain's lock
+            [
+                audit.AuditEvent(
+                    actor=org.id,
+                    action=audit.MESSAGE_SUBMIT,
+                    source=source,
+                    at=now,
+                    subject_org=conv.jobcenter_org_id,
+                    message_id=info.message_id,
+                    conversation_id=conv.id,
+                    detail={**detail, "message_type": message_type.value},
+                )
+            ]
         )
     relay.wake()
     log.info("medcom.message_accepted", message_type=message_type.value, conversation_id=conv.id)

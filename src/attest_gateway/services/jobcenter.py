@@ -35,6 +35,7 @@ from attest_gateway.contracts.jobcenter import (
 )
 from attest_gateway.contracts.stages import STAGE_ORDER, MessageType, Stage, current_stage
 from attest_gateway.core import audit
+from attest_gateway.core.actors import Actor, actor_detail
 from attest_gateway.core.attests import CONSENT_BASIS, AttestType, reply_kind_of_detail
 from attest_gateway.core.bounds import a_year_after
 from attest_gateway.core.clock import Clock
@@ -172,8 +173,11 @@ async def submit_attest_request(
     catalogue: Mapping[str, AttestType],
     gateway_org_id: str,
     pseudonym_key: bytes,
+    source: str = audit.SOURCE_GATEWAY,
+    actor: Actor | None = None,
 ) -> tuple[AttestRequestAccepted, bool]:
-    """Accept a request: translate, seal for the receiver, store with its outbox rows.
+    """Accept a request: translate, seal for the receiver, store with its outbox rows and its
+    audit entry (`request.submit` by the job centre from `source`, naming the person acting).
 
     Returns the answer and whether it was created now (False: an idempotent replay).
     """
@@ -295,8 +299,20 @@ async def submit_attest_request(
     )
     # Written through the group commit, together with the requests accepted at the same time.
     try:
+        submitted = audit.AuditEvent(
+            actor=org.id,
+            action=audit.REQUEST_SUBMIT,
+            source=source,
+            at=now,
+            subject_org=receiver.id,
+            message_id=message_id,
+            conversation_id=conversation_id,
+            detail=actor_detail(actor) or None,
+        )
         await store.accept_request(
-            AcceptedRequest(conv, sealed, idempotency, envelope=envelope, sent_copy=copy)
+            AcceptedRequest(
+                conv, sealed, idempotency, envelope=envelope, sent_copy=copy, audit=submitted
+            )
         )
     except KeyTaken as exc:
         assert idempotency_key is not None
@@ -381,6 +397,7 @@ async def read_inbox(
     limit: int,
     source: str,
     gateway_org_id: str,
+    actor: Actor | None = None,
 ) -> Inbox:
     """The attest replies waiting for this job centre, opened with its custodial key. The
     openings and the handing out of a read are two audit entries listing the replies'
@@ -483,6 +500,7 @@ async def read_inbox(
                 at=now,
                 subject_org=org.id,
                 items=handed_out,
+                detail=actor_detail(actor),
             ),
         ]
         await uow.audit.record_many(reads)  # last: it holds the chain's lock

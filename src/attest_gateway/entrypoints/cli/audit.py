@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Collection, Mapping
 from typing import Annotated
 
 import typer
@@ -15,6 +14,7 @@ from rich.table import Table
 from attest_gateway.bootstrap import database
 from attest_gateway.config import Settings, load_settings
 from attest_gateway.contracts.audit import AuditEntry
+from attest_gateway.core.actors import AUTHORISATION_KEY, PERSON_KEY
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
 
@@ -26,15 +26,16 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
 
 
-def _anchors(settings: Settings, topic: bool | None) -> Mapping[int, Collection[str]] | None:
-    """The entries on gateway.audit, when asked for (or by default when Kafka is configured)."""
+def _anchors(settings: Settings, topic: bool | None) -> audit.TopicAnchors | None:
+    """The entries and signed chain heads on gateway.audit, when asked for (or by default
+    when Kafka is configured)."""
     if topic is False or (topic is None and not settings.kafka_bootstrap_servers):
         return None
     if not settings.kafka_bootstrap_servers:
         console.print("[red]error:[/red] --topic needs KAFKA_BOOTSTRAP_SERVERS")
         raise typer.Exit(2)
     try:
-        return asyncio.run(audit.read_anchors(settings, settings.kafka_bootstrap_servers))
+        return asyncio.run(audit.read_topic_anchors(settings, settings.kafka_bootstrap_servers))
     except (KafkaReadTimeout, TopicMissing) as exc:
         console.print(
             f"[red]error:[/red] {exc.detail} (Kafka at {settings.kafka_bootstrap_servers}; "
@@ -55,8 +56,9 @@ def verify(
         bool | None,
         typer.Option(
             "--topic/--no-topic",
-            help="also hold the chain against the entries on gateway.audit (default: when "
-            "KAFKA_BOOTSTRAP_SERVERS is set). Only that finds a tail cut together with its head.",
+            help="also hold the chain against the entries and signed chain heads on "
+            "gateway.audit (default: when KAFKA_BOOTSTRAP_SERVERS is set). Only that finds a "
+            "tail cut or rewritten together with its head and the signed heads in it.",
         ),
     ] = None,
 ) -> None:
@@ -72,7 +74,12 @@ def verify(
 
     async def run() -> audit.Verdict:
         async with database(settings) as engine, engine.connect() as conn:
-            return await audit.verify(conn, anchors, gateway_org_id=settings.gateway_org_id)
+            return await audit.verify(
+                conn,
+                anchors.entries if anchors is not None else None,
+                gateway_org_id=settings.gateway_org_id,
+                signed_heads=anchors.signed_heads if anchors is not None else (),
+            )
 
     verdict = asyncio.run(run())
     if not verdict.ok:
@@ -115,7 +122,9 @@ def list_entries(
     limit: Annotated[int, typer.Option(min=1, help="the newest this many")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
 ) -> None:
-    """Show the newest audit entries, oldest first. Ids and addresses only, never content.
+    """Show the newest audit entries, oldest first: the organisation and, when its system
+    named one, the person acting (and their autorisations-ID). Ids and addresses only,
+    never content.
 
     Example: attest-gateway audit list --org jc-koebenhavn --limit 20
     """
@@ -130,10 +139,12 @@ def list_entries(
         for entry in entries:
             sys.stdout.write(entry.model_dump_json() + "\n")
         return
-    table = Table("seq", "at", "actor", "action", "subject", "message id", "source")
+    table = Table("seq", "at", "actor", "person", "action", "subject", "message id", "source")
     for e in entries:
+        detail = e.detail or {}
+        person = " ".join(detail[k] for k in (PERSON_KEY, AUTHORISATION_KEY) if k in detail)
         table.add_row(
-            str(e.seq), e.at.isoformat(timespec="seconds"), e.actor, e.action,
+            str(e.seq), e.at.isoformat(timespec="seconds"), e.actor, person or "-", e.action,
             e.subject_org or "-", e.message_id or "-", e.source,
         )  # fmt: skip
     Console().print(table)

@@ -208,9 +208,10 @@ def render_html(found: CitizenExport) -> str:
         ),
         _heading(2, "Hvem har læst dine oplysninger", "Who read your data"),
         _table(
-            [("Tidspunkt", "Time"), ("Hvem", "Who"), ("Handling", "Action"),
-             ("Hvorfra", "From where"), ("Beskeder", "Messages")],
-            [[a.at, a.actor, a.action, a.source, " ".join(a.message_ids or a.conversation_ids)]
+            [("Tidspunkt", "Time"), ("Hvem", "Who"), ("Person", "Person"),
+             ("Handling", "Action"), ("Hvorfra", "From where"), ("Beskeder", "Messages")],
+            [[a.at, a.actor, " ".join(p for p in (a.person, a.authorisation_id) if p) or "-",
+              a.action, a.source, " ".join(a.message_ids or a.conversation_ids)]
              for a in found.accesses],
         ),
         "</body>\n</html>\n",

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from attest_gateway.bootstrap import database, release_long_polls
+from attest_gateway.bootstrap import database, refuse_audit_rewrites, release_long_polls
 from attest_gateway.client.envelopes import (
     REPLY_KIND_CODES,
     acknowledgement,
@@ -40,6 +40,7 @@ from attest_gateway.crypto.sealing import KeyRing, KeyStoreError, OrgKeys
 from attest_gateway.entrypoints.cli import admin as cli_admin
 from attest_gateway.entrypoints.cli import audit as cli_audit
 from attest_gateway.entrypoints.cli import citizen as cli_citizen
+from attest_gateway.entrypoints.cli import db as cli_db
 from attest_gateway.entrypoints.cli import ops as cli_ops
 from attest_gateway.entrypoints.cli import pseudonyms as cli_pseudonyms
 from attest_gateway.entrypoints.cli import retention as cli_retention
@@ -82,15 +83,25 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+async def _refuse_audit_rewrites(settings: Settings) -> None:
+    """Production: `UnsafeSettings` (printed by run_cli) before anything starts when the
+    database role may rewrite the audit log; the lifespan checks again (bootstrap.py)."""
+    if settings.environment != "production":
+        return
+    async with database(settings) as engine:
+        await refuse_audit_rewrites(settings, engine)
+
+
 @app.command()
 def migrate() -> None:
-    """Bring the database to the newest schema.
+    """Bring the database to the newest schema, as the owner role (DATABASE_OWNER_URL, else
+    DATABASE_URL); then `attest-gateway db grant` gives the gateway's role what it needs.
 
     Example: DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1/test attest-gateway migrate
     """
     settings = load_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.effective_database_url)
+    upgrade(settings.effective_owner_database_url)
     console.print("database is at the newest schema")
 
 
@@ -159,6 +170,7 @@ def serve(
     try:
         upgrade(settings.effective_database_url)
         _refuse_unopened_keys(settings)  # the token: label, PIN, wrapped keys; one sentence
+        asyncio.run(_refuse_audit_rewrites(settings))  # production: one sentence, exit 2
         cli_pseudonyms.refuse_key_mismatch(settings)  # one sentence, exit 2
         creds = asyncio.run(cli_ops.ensure_organisations(settings))
         if dev_tls:
@@ -553,5 +565,6 @@ cli_audit.register(app)  # audit verify, list
 cli_admin.register(app)  # orgs add|list|disable, keys generate|add|rotate|revoke|retire|list
 cli_pseudonyms.register(app)  # pseudonyms status, rekey
 cli_retention.register(app)  # prune
+cli_db.register(app)  # db grant, privileges
 cli_webhooks.register(app)  # webhooks add|list|remove|rotate
 cli_citizen.register(app)  # citizen export

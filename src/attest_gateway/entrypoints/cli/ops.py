@@ -138,7 +138,7 @@ def setup() -> None:
     refuse_unsafe(settings)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     with console.status("migrating the database to the newest schema…"):
-        upgrade(settings.effective_database_url)
+        upgrade(settings.effective_owner_database_url)
     console.print("database is at the newest schema")
 
     with console.status("creating the gateway's organisation and keys…"):

@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
 def prune() -> None:
     """Delete what is past its retention period (docs/data-lifecycle.md), in small batches,
     and say what went, by class. Safe while the gateway runs; a checkpoint of the audit chain
-    is signed first when one is due.
+    is signed first when one is due. Runs as the owner role (DATABASE_OWNER_URL, else
+    DATABASE_URL): the gateway's own role may not remove audit entries.
 
     Example: attest-gateway prune
     """
@@ -35,7 +36,7 @@ def prune() -> None:
         raise typer.Exit(code=1) from None
 
     async def run() -> PruneReport:
-        async with database(settings) as engine:
+        async with database(settings, owner=True) as engine:
             return await prune_all(
                 engine,
                 settings,

@@ -9,17 +9,21 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable, Collection, Coroutine
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import structlog
-from fastapi import Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from pydantic import Field
 
 from attest_gateway.config import Settings
+from attest_gateway.core.actors import AUTHORISATION_ID_PATTERN, PERSON_ID_PATTERN, Actor
+from attest_gateway.core.bounds import REFERENCE
 from attest_gateway.core.directory import Organisation, Role, hash_api_key
 from attest_gateway.core.errors import (
     ErrorCode,
+    InvalidInput,
     NotAuthenticated,
     NotPermitted,
     RateLimited,
@@ -247,3 +251,51 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
             return authenticate_then_handle
 
     return AuthenticatedFirstRoute
+
+
+ACTOR_DESCRIPTION = (
+    "the person acting for the calling organisation, as its system names them (a "
+    "caseworker's or a clinician's user id; never a CPR number): recorded in the audit log "
+    "with the request, reply or read. Taken on the strength of the organisation's credentials; "
+    "required when the gateway sets REQUIRE_ACTING_PERSON"
+)
+AUTHORISATION_DESCRIPTION = (
+    "the acting health professional's autorisations-ID (five characters), with "
+    "Attest-Actor; a reply's author must carry the same one"
+)
+
+
+async def acting_person(
+    request: Request,
+    org: Annotated[Organisation, Depends(authenticated)],
+    attest_actor: Annotated[
+        Annotated[str, Field(pattern=PERSON_ID_PATTERN), REFERENCE] | None,
+        Header(description=ACTOR_DESCRIPTION, examples=["sagsbeh-4711"]),
+    ] = None,
+    attest_actor_authorisation: Annotated[
+        str | None,
+        Header(
+            description=AUTHORISATION_DESCRIPTION,
+            pattern=AUTHORISATION_ID_PATTERN,
+            examples=["0C3K7"],
+        ),
+    ] = None,
+) -> Actor | None:
+    """The person acting (core/actors.py), from the request's `Attest-Actor` headers."""
+    if attest_actor is None:
+        if attest_actor_authorisation is not None:
+            raise InvalidInput(
+                ErrorCode.ACTOR_REQUIRED,
+                "Attest-Actor-Authorisation came without Attest-Actor: name the person too",
+            )
+        if gateway_of(request).settings.require_acting_person:
+            raise InvalidInput(
+                ErrorCode.ACTOR_REQUIRED,
+                "send Attest-Actor: the gateway records which of your people acts",
+            )
+        return None
+    return Actor(attest_actor, attest_actor_authorisation)
+
+
+#: A route's person acting (None when the caller named nobody and none is required).
+ActingPerson = Annotated[Actor | None, Depends(acting_person)]

@@ -147,6 +147,16 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "Unprocessable content",
         "the request does not match the schema",
     ),
+    "actor-required": (
+        422,
+        "Unprocessable content",
+        "send Attest-Actor: the gateway records which of your people acts",
+    ),
+    "actor-mismatch": (
+        422,
+        "Unprocessable content",
+        "Attest-Actor-Authorisation is not the autorisations-ID of the Bundle's author",
+    ),
     "receiver-has-no-key": (
         422,
         "Unprocessable content",
@@ -341,6 +351,7 @@ _MINISTRY_FILTER_CODES = [
 ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
     ("post", "/jobcenter/v1/attest-requests"): [
         "jobcenter-mismatch",
+        "actor-required",
         "idempotency-key-required",
         "idempotency-key-reused",
         "unsupported-media-type",
@@ -384,20 +395,22 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
         "receiver-has-no-key",
         "outbox-full",
     ],
-    ("get", "/jobcenter/v1/inbox"): ["invalid-request", "unknown-key"],
+    ("get", "/jobcenter/v1/inbox"): ["invalid-request", "unknown-key", "actor-required"],
     ("post", "/jobcenter/v1/inbox/{message_id}/ack"): [
         "not-found",
         "unknown-key",
         "receiver-has-no-key",
         "outbox-full",
     ],
-    ("get", "/medcom/v1/mailbox"): ["invalid-request"],
+    ("get", "/medcom/v1/mailbox"): ["invalid-request", "actor-required"],
     ("post", "/medcom/v1/mailbox/{message_id}/collected"): ["not-found"],
     ("post", "/medcom/v1/messages"): [
         "unsupported-body",
         "invalid-envelope",
         "invalid-bundle",
         "sender-mismatch",
+        "actor-required",
+        "actor-mismatch",
         "unknown-request",
         "not-found",
         "message-id-conflict",

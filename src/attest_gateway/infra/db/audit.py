@@ -15,11 +15,17 @@ callers append at the end of their transaction to keep that lock short.
 `verify` walks the log: a missing, altered or reordered entry breaks the links or the hashes;
 a cut tail no longer reaches the head; a cut tail with the head reset too, or a consistent
 rewrite, no longer matches what was published on `gateway.audit` (pass those records as
-anchors; the topic is out of reach of whoever edits the database).
+anchors; the topic is out of reach of whoever edits the database), nor the chain heads the
+gateway signed (below). On PostgreSQL the gateway's own role cannot change or remove entries
+at all (infra/db/grants.py): only the owner role could, and the topic finds what it did.
 
 Pruning keeps the chain verifiable. A checkpoint (`audit_checkpoints`) is the chain's seq and
 hash at a moment, signed with the gateway's Ed25519 signing key; the sweeper makes one every
-AUDIT_CHECKPOINT_ENTRIES entries or AUDIT_CHECKPOINT_SECONDS (`checkpoint_if_due`).
+AUDIT_CHECKPOINT_ENTRIES entries or AUDIT_CHECKPOINT_SECONDS (`checkpoint_if_due`), and
+appends it to the chain as an `audit.checkpoint` entry, so that the signed head is on
+`gateway.audit` too. Whoever rewrites entries before a signed head, even recomputing every
+hash, cannot sign it again: `verify` finds the rewrite from the database alone; whoever cuts
+the tail and the signed heads in it is found by the signed heads on the topic.
 Retention (`prune`) removes the entries up to the newest checkpoint older than the retention
 period, oldest first, a batch per transaction: each batch is checked against the checkpoint
 before it, ends at a checkpoint (signed then if there is none), takes the older checkpoint
@@ -36,7 +42,7 @@ import asyncio
 import base64
 import dataclasses
 import datetime as dt
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +53,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.config import Settings
 from attest_gateway.contracts.audit import GENESIS, AuditEntry, canonical_at, entry_hash
+from attest_gateway.core.audit import AUDIT_CHECKPOINT as AUDIT_CHECKPOINT
 from attest_gateway.core.audit import AUDIT_PRUNE as AUDIT_PRUNE
 from attest_gateway.core.audit import ENVELOPE_OPEN as ENVELOPE_OPEN
 from attest_gateway.core.audit import INBOX_FETCH as INBOX_FETCH
 from attest_gateway.core.audit import MAILBOX_FETCH as MAILBOX_FETCH
+from attest_gateway.core.audit import MESSAGE_SUBMIT as MESSAGE_SUBMIT
+from attest_gateway.core.audit import REQUEST_SUBMIT as REQUEST_SUBMIT
 from attest_gateway.core.audit import SOURCE_CLI as SOURCE_CLI
 from attest_gateway.core.audit import SOURCE_GATEWAY as SOURCE_GATEWAY
 from attest_gateway.core.audit import AuditEvent as AuditEvent
@@ -121,18 +130,32 @@ async def record_many(
     """
     if not events:
         return []
+    return await _append(conn, topics, len(events), lambda _head: events)
+
+
+async def _append(
+    conn: AsyncConnection,
+    topics: Topics,
+    n: int,
+    make: Callable[[ChainHead], Sequence[AuditEvent]],
+) -> list[AuditEntry]:
+    """Append the `n` events `make` returns, given the chain's head before them (read with
+    its lock held, so `make` may sign it)."""
     head = (
         await conn.execute(
             audit_head.update()
             .where(audit_head.c.id == HEAD_ID)
-            .values(seq=audit_head.c.seq + len(events))
+            .values(seq=audit_head.c.seq + n)
             .returning(audit_head.c.seq, audit_head.c.hash)
         )
     ).first()
     if head is None:
         # Fail closed: a read that cannot be audited does not happen.
         raise RuntimeError("the audit chain head is missing; run `attest-gateway migrate`")
-    entries = chain(head.hash, head.seq - len(events) + 1, events)
+    events = make(ChainHead(head.seq - n, head.hash))
+    if len(events) != n:
+        raise ValueError(f"expected {n} audit events, got {len(events)}")
+    entries = chain(head.hash, head.seq - n + 1, events)
     await conn.execute(audit_log.insert(), [_row(e) for e in entries])
     await conn.execute(
         outbox.insert(),
@@ -299,6 +322,9 @@ class ChainVerifier:
     checkpoints: Mapping[int, str] = field(default_factory=dict)
     count: int = 0
     anchored: int = 0
+    #: (seq, signed head) of every `audit.checkpoint` entry passed: their signatures are the
+    #: caller's to check (`verify`)
+    signed_heads: list[tuple[int, Checkpoint]] = field(default_factory=list)
     _prev: str = GENESIS
     _first: int = 1
     _checked_points: int = 0
@@ -348,6 +374,17 @@ class ChainVerifier:
             )
         if entry.expected_hash() != entry.hash:
             return self._break(seq, "its fields do not match its hash: it was altered")
+        if entry.action == AUDIT_CHECKPOINT:
+            point = checkpoint_of(entry)
+            if point is None:
+                return self._break(seq, "its signed chain head cannot be read")
+            if (point.seq, point.hash) != (seq - 1, self._prev):
+                return self._break(
+                    seq,
+                    f"the chain head it signed (seq {point.seq}) is not the entry before it: "
+                    "the entries before it were rewritten",
+                )
+            self.signed_heads.append((seq, point))
         if seq in self.checkpoints:
             if self.checkpoints[seq] != entry.hash:
                 return self._break(seq, "it differs from the signed checkpoint at this seq")
@@ -438,6 +475,7 @@ async def verify(
     anchors: Mapping[int, Collection[str]] | None = None,
     *,
     gateway_org_id: str = "gateway",
+    signed_heads: Sequence[Checkpoint] = (),
 ) -> Verdict:
     """Verify the stored chain, in batches, while the gateway may go on appending.
 
@@ -448,13 +486,29 @@ async def verify(
     The check starts from genesis while the log holds entry 1, else from the oldest kept
     checkpoint, whose seq must be the one before the first kept entry; every checkpoint's
     signature (a signing key of `gateway_org_id`, usable when it was made) is checked, and
-    its hash against the entry at its seq.
+    its hash against the entry at its seq. So is every signed chain head: those the chain
+    carries (`audit.checkpoint` entries: each must sign the entry before it) and those
+    `gateway.audit` carries (`signed_heads`, read by `read_topic_anchors`): one beyond the
+    chain's head means a cut tail, one whose hash differs from the entry at its seq a rewrite.
     """
     head = await read_head(conn)
     points = await read_checkpoints(conn)
     for point in points:
         if (problem := await _bad_signature(conn, point, gateway_org_id)) is not None:
             return Verdict(0, point.seq, f"the checkpoint at seq {point.seq} {problem}")
+    published: dict[int, str] = {}
+    for point in signed_heads:
+        if (problem := await _bad_signature(conn, point, gateway_org_id)) is not None:
+            return Verdict(
+                0, point.seq, f"the chain head signed at seq {point.seq} on gateway.audit {problem}"
+            )
+        if published.setdefault(point.seq, point.hash) != point.hash:
+            return Verdict(
+                0,
+                point.seq,
+                f"gateway.audit carries two signed chain heads at seq {point.seq}: the log was "
+                "cut and written again",
+            )
     first = (await conn.execute(sa.select(sa.func.min(audit_log.c.seq)))).scalar()
     start: Checkpoint | None = None
     if first is not None and first > 1:
@@ -469,9 +523,59 @@ async def verify(
                 "retention removed: a removed entry was put back",
                 start=start,
             )
-    verifier = ChainVerifier(
-        anchors or {}, start, {p.seq: p.hash for p in points if start is None or p is not start}
-    )
+    own = {p.seq: p.hash for p in points if start is None or p is not start}
+    for seq, digest in sorted(published.items()):
+        if start is not None and seq <= start.seq:
+            if seq == start.seq and digest != start.hash:
+                return Verdict(
+                    0, seq, f"the checkpoint at seq {seq} differs from the chain head signed "
+                    "at that seq on gateway.audit", start=start,
+                )  # fmt: skip
+            continue  # removed by retention
+        if own.setdefault(seq, digest) != digest:
+            return Verdict(
+                0, seq, f"the checkpoint at seq {seq} differs from the chain head signed at "
+                "that seq on gateway.audit: the log was rewritten", start=start,
+            )  # fmt: skip
+    verifier = ChainVerifier(anchors or {}, start, own)
+    verdict = await _walk(conn, verifier, head, start)
+    if verdict is None:
+        top = (await conn.execute(sa.select(sa.func.max(audit_log.c.seq)))).scalar()
+        head_now = await read_head(conn)
+        verdict = verifier.finish(head, newest_seq=head_now.seq if head_now is not None else None)
+        if verdict.ok and head_now is not None and top is not None and top > head_now.seq:
+            verdict = dataclasses.replace(
+                verdict,
+                broken_seq=head_now.seq + 1,
+                reason=f"entries after the chain head ({head_now.seq}) were written around "
+                "the chain",
+            )
+        beyond = sorted(seq for seq in own if head_now is None or seq > head_now.seq)
+        if verdict.ok and beyond:
+            verdict = dataclasses.replace(
+                verdict,
+                broken_seq=beyond[0],
+                reason=f"a signed checkpoint is at seq {beyond[0]}, beyond the chain's head: "
+                "entries were cut off and the head moved back",
+            )
+    for seq, point in verifier.signed_heads:  # signed in the chain: checked up to a break
+        if verdict.broken_seq is not None and seq >= verdict.broken_seq:
+            break
+        if (problem := await _bad_signature(conn, point, gateway_org_id)) is not None:
+            return dataclasses.replace(
+                verdict,
+                entries=seq - verdict.first_seq,
+                broken_seq=seq,
+                reason=f"the chain head it signs {problem}",
+            )
+    return verdict
+
+
+async def _walk(
+    conn: AsyncConnection, verifier: ChainVerifier, head: ChainHead | None, start: Checkpoint | None
+) -> Verdict | None:
+    """Feed the stored entries up to `head` to `verifier`: its verdict at the first break,
+    else None."""
     after = start.seq if start is not None else 0
     while True:
         query = sa.select(audit_log).where(audit_log.c.seq > after)
@@ -482,26 +586,8 @@ async def verify(
             if not verifier.feed(entry_from_row(row)):
                 return verifier.finish(head)
         if len(rows) < VERIFY_BATCH:
-            break
+            return None
         after = rows[-1].seq
-    top = (await conn.execute(sa.select(sa.func.max(audit_log.c.seq)))).scalar()
-    head_now = await read_head(conn)
-    verdict = verifier.finish(head, newest_seq=head_now.seq if head_now is not None else None)
-    if verdict.ok and head_now is not None and top is not None and top > head_now.seq:
-        return dataclasses.replace(
-            verdict,
-            broken_seq=head_now.seq + 1,
-            reason=f"entries after the chain head ({head_now.seq}) were written around the chain",
-        )
-    beyond = [p.seq for p in points if head_now is None or p.seq > head_now.seq]
-    if verdict.ok and beyond:
-        return dataclasses.replace(
-            verdict,
-            broken_seq=beyond[0],
-            reason=f"a signed checkpoint is at seq {beyond[0]}, beyond the chain's head: "
-            "entries were cut off and the head moved back",
-        )
-    return verdict
 
 
 async def _bad_signature(
@@ -549,6 +635,31 @@ async def _add_checkpoint(conn: AsyncConnection, point: Checkpoint) -> bool:
     )
 
 
+def checkpoint_detail(point: Checkpoint) -> dict[str, str]:
+    """An `audit.checkpoint` entry's detail: the signed head, as text."""
+    return {
+        "seq": str(point.seq),
+        "hash": point.hash,
+        "at": canonical_at(point.at),
+        "key_id": point.key_id,
+        "signature": point.signature,
+    }
+
+
+def checkpoint_of(entry: AuditEntry) -> Checkpoint | None:
+    """The signed head an `audit.checkpoint` entry carries (None: not one, or unreadable)."""
+    d = entry.detail
+    if entry.action != AUDIT_CHECKPOINT or d is None:
+        return None
+    try:
+        return Checkpoint(
+            int(d["seq"]), d["hash"], dt.datetime.fromisoformat(d["at"]), d["key_id"],
+            d["signature"],
+        )  # fmt: skip
+    except (KeyError, ValueError):
+        return None
+
+
 async def checkpoint_if_due(
     conn: AsyncConnection,
     signer: SigningKey,
@@ -556,12 +667,24 @@ async def checkpoint_if_due(
     *,
     every: int,
     interval: dt.timedelta,
+    topics: Topics,
+    actor: str,
 ) -> Checkpoint | None:
     """Sign a checkpoint of the chain's head when it grew by `every` entries since the last
-    one, or grew at all and the last is `interval` old (or there is none). The new
-    checkpoint, or None."""
-    head = await read_head(conn)
-    if head is None or head.seq == 0:
+    one, or grew at all and the last is `interval` old (or there is none). The signed head is
+    kept in `audit_checkpoints` and appended to the chain as an `audit.checkpoint` entry
+    (by `actor`), so it is on `gateway.audit` too, out of reach of whoever edits the
+    database; the entry right after a checkpoint (its own, or retention's `audit.prune`) does
+    not count as growth. The new checkpoint, or None."""
+    locked = (  # the head's lock first (as an append takes it): one checkpoint per head
+        await conn.execute(
+            audit_head.update()
+            .where(audit_head.c.id == HEAD_ID)
+            .values(seq=audit_head.c.seq)
+            .returning(audit_head.c.seq, audit_head.c.hash)
+        )
+    ).first()
+    if locked is None or locked.seq == 0:
         return None
     row = (
         await conn.execute(
@@ -570,12 +693,37 @@ async def checkpoint_if_due(
     ).first()
     last = _checkpoint(row) if row is not None else None
     if last is not None:
-        if last.seq >= head.seq:
+        grown = locked.seq - last.seq
+        if grown <= 0:
             return None
-        if head.seq - last.seq < every and now - last.at < interval:
+        if grown == 1 and await _gateways_own(conn, locked.seq):
             return None
-    point = sign_checkpoint(signer, head.seq, head.hash, now)
-    return point if await _add_checkpoint(conn, point) else None
+        if grown < every and now - last.at < interval:
+            return None
+    made: list[Checkpoint] = []
+
+    def signed_head(head: ChainHead) -> list[AuditEvent]:
+        made.append(sign_checkpoint(signer, head.seq, head.hash, now))
+        return [
+            AuditEvent(
+                actor=actor,
+                action=AUDIT_CHECKPOINT,
+                source=SOURCE_GATEWAY,
+                at=now,
+                detail=checkpoint_detail(made[0]),
+            )
+        ]
+
+    await _append(conn, topics, 1, signed_head)
+    return made[0] if await _add_checkpoint(conn, made[0]) else None
+
+
+async def _gateways_own(conn: AsyncConnection, seq: int) -> bool:
+    """Whether entry `seq` records a checkpoint or a pruning (the gateway's own bookkeeping)."""
+    action = (
+        await conn.execute(sa.select(audit_log.c.action).where(audit_log.c.seq == seq))
+    ).scalar()
+    return action in (AUDIT_CHECKPOINT, AUDIT_PRUNE)
 
 
 async def prune(
@@ -673,21 +821,43 @@ async def _prune_batch(
     return len(entries)
 
 
+@dataclass(frozen=True, slots=True)
+class TopicAnchors:
+    """What `gateway.audit` holds: seq → hashes of its entries, and the signed chain heads
+    its `audit.checkpoint` entries carry (oldest first)."""
+
+    entries: dict[int, set[str]]
+    signed_heads: list[Checkpoint]
+
+
 async def read_anchors(settings: Settings, bootstrap: str) -> dict[int, set[str]]:
-    """seq → hashes of every entry now on `gateway.audit` (records it cannot read are
-    skipped: they are not the gateway's). Raises TopicMissing if there is no such topic,
-    KafkaReadTimeout after `kafka_read_timeout_seconds`."""
+    """seq → hashes of every entry now on `gateway.audit` (see `read_topic_anchors`)."""
+    return (await read_topic_anchors(settings, bootstrap)).entries
+
+
+async def read_topic_anchors(settings: Settings, bootstrap: str) -> TopicAnchors:
+    """Every entry now on `gateway.audit` and the signed chain heads among them (records it
+    cannot read are skipped: they are not the gateway's). Raises TopicMissing if there is no
+    such topic, KafkaReadTimeout after `kafka_read_timeout_seconds`."""
     topic = settings.topic(AUDIT)
     until = read_deadline(settings)
     tps = await topic_partitions(settings, bootstrap, topic, until=until)
     what = f"reading {topic}"
     async with started_reader(settings, bootstrap, until=until, what=what) as consumer:
         records = await read_to_end(consumer, tps, until=until, what=what)
+    return anchors_of(record.value or b"" for record in records)
+
+
+def anchors_of(values: Iterable[bytes]) -> TopicAnchors:
+    """The anchors in `gateway.audit` record values (values that are no entry are skipped)."""
     anchors: dict[int, set[str]] = {}
-    for record in records:
+    heads: list[Checkpoint] = []
+    for value in values:
         try:
-            entry = AuditEntry.model_validate_json(record.value or b"")
+            entry = AuditEntry.model_validate_json(value)
         except ValueError:
             continue
         anchors.setdefault(entry.seq, set()).add(entry.hash)
-    return anchors
+        if (point := checkpoint_of(entry)) is not None:
+            heads.append(point)
+    return TopicAnchors(anchors, sorted(heads, key=lambda p: p.seq))

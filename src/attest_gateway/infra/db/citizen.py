@@ -41,6 +41,7 @@ from attest_gateway.contracts.citizen import (
     Treatment,
 )
 from attest_gateway.contracts.stages import STAGE_ORDER, Stage
+from attest_gateway.core.actors import AUTHORISATION_KEY, PERSON_KEY
 from attest_gateway.core.audit import CITIZEN_EXPORT
 from attest_gateway.crypto.pseudonyms import bare_ref, case_ref, key_id
 from attest_gateway.infra.db import audit
@@ -139,6 +140,8 @@ def _concerns(
         source=row.source,
         conversation_ids=sorted(convs),
         message_ids=sorted(msgs),
+        person=detail.get(PERSON_KEY),
+        authorisation_id=detail.get(AUTHORISATION_KEY),
     )
 
 

@@ -71,10 +71,11 @@ def make_engine(
     return engine
 
 
-def settings_engine(settings: Settings) -> AsyncEngine:
-    """The engine for the configured database, with the configured pool."""
+def settings_engine(settings: Settings, *, owner: bool = False) -> AsyncEngine:
+    """The engine for the configured database, with the configured pool; `owner`: as the
+    owner role (DATABASE_OWNER_URL, for the operator's commands), else as the runtime role."""
     return make_engine(
-        settings.effective_database_url,
+        settings.effective_owner_database_url if owner else settings.effective_database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,

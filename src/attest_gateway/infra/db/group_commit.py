@@ -15,6 +15,10 @@ breaks, a lost connection) is rolled back as a whole and each request's writes a
 in a transaction of their own, so only the request at fault gets the error, with what it
 raised alone; the others commit as they would have without company.
 
+A request may bring audit events too (`run(…, audit=…)`): a flush appends those of all its
+requests to the audit chain last, in one append (infra/db/audit.py), so that the chain's
+lock is held from there to the commit only.
+
 Writes must not depend on each other's results (no RETURNING) and every unit must list its
 statements in one order of the tables' dependencies (parents first): the flush sends the
 statements in the order they first appear, each new one after the statement it follows in
@@ -30,7 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from attest_gateway.core.audit import AuditEvent
+from attest_gateway.infra.db import audit
+from attest_gateway.infra.kafka.topics import Topics
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +50,15 @@ Write = tuple[Any, Rows]  # a statement built once, and its row or rows
 class _Unit:
     writes: Sequence[Write]
     done: asyncio.Future[None]
+    audit: Sequence[AuditEvent] = ()
+    topics: Topics | None = None
+
+
+async def _append_audit(conn: AsyncConnection, units: Sequence[_Unit]) -> None:
+    events = [event for unit in units for event in unit.audit]
+    topics = next((unit.topics for unit in units if unit.topics is not None), None)
+    if events and topics is not None:
+        await audit.record_many(conn, topics, events)
 
 
 class GroupCommit:
@@ -70,14 +87,24 @@ class GroupCommit:
         self.flushes = 0  # transactions committed or tried, for tests and gauges
         self.fallbacks = 0  # flushes of several units that failed and were redone one by one
 
-    async def run(self, writes: Sequence[Write]) -> None:
-        """Commit `writes` (in their order) together with those of other requests waiting now.
-        Returns once they are committed; raises what writing them alone raised. A caller
-        cancelled while it waits does not take its writes back: they may still commit."""
+    async def run(
+        self,
+        writes: Sequence[Write],
+        *,
+        audit: Sequence[AuditEvent] = (),
+        topics: Topics | None = None,
+    ) -> None:
+        """Commit `writes` (in their order) together with those of other requests waiting now,
+        and append `audit` to the audit chain (and its `topics.audit` outbox) in the same
+        transaction. Returns once they are committed; raises what writing them alone raised.
+        A caller cancelled while it waits does not take its writes back: they may still
+        commit."""
         if not writes:
             return
+        if audit and topics is None:
+            raise ValueError("audit events need the topics of their outbox rows")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Unit(writes, done))
+        self._queue.append(_Unit(writes, done, audit, topics))
         if len(self._flushers) < self._max_flushes:
             # A context of its own: the flush is no one request's (log lines, correlation id).
             flusher = asyncio.create_task(
@@ -118,6 +145,7 @@ class GroupCommit:
                 async with self._engine.begin() as conn:
                     for statement, rows in merged:
                         await conn.execute(statement, rows)
+                    await _append_audit(conn, units)  # last: it holds the chain's lock
             except Exception as exc:  # the units, one by one, find the one at fault
                 self.fallbacks += 1
                 self._on_flush(len(units), True)
@@ -133,6 +161,7 @@ class GroupCommit:
                 async with self._engine.begin() as conn:
                     for statement, values in unit.writes:
                         await conn.execute(statement, values)
+                    await _append_audit(conn, [unit])
             except Exception as exc:
                 self._on_flush(1, True)
                 unit.done.set_exception(exc)

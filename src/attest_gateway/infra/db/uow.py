@@ -869,7 +869,11 @@ class SqlStore:
         if self._writes is None:
             raise RuntimeError("this store was made without a group commit")
         try:
-            await self._writes.run(accepted_request_writes(self._topics, accepted))
+            await self._writes.run(
+                accepted_request_writes(self._topics, accepted),
+                audit=() if accepted.audit is None else (accepted.audit,),
+                topics=self._topics,
+            )
         except sa.exc.IntegrityError as exc:
             if accepted.idempotency is None:
                 raise

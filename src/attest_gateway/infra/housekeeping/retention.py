@@ -16,7 +16,8 @@ so pruning never blocks ingest.
   and which citizens a closed period's cells counted; the aggregates themselves are kept;
 - closed cases (`services/closures.py`) after CASE_ERASURE_DAYS: what identifies the citizen;
 - the audit log, up to a signed checkpoint (`infra/db/audit.py`), after a checkpoint of the
-  chain's head is taken when due.
+  chain's head is taken when due; only by a role that may remove audit entries (on PostgreSQL
+  the owner role, `attest-gateway prune` with DATABASE_OWNER_URL: infra/db/grants.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import aware
+from attest_gateway.infra.db.grants import may_prune_audit
 from attest_gateway.infra.db.tables import (
     case_closures,
     conversations,
@@ -109,18 +111,24 @@ async def prune_all(
                 now,
                 every=s.audit_checkpoint_entries,
                 interval=dt.timedelta(seconds=s.audit_checkpoint_seconds),
+                topics=topics,
+                actor=s.gateway_org_id,
             )
             report.add("audit_checkpoints", int(made is not None))
-    removed = await audit.prune(
-        engine,
-        topics,
-        signer,
-        before=now - dt.timedelta(days=s.audit_retention_days),
-        now=now,
-        batch=s.prune_batch_size,
-        actor=s.gateway_org_id,
-    )
-    report.add("audit_log", removed)
+        # The runtime role may not remove audit entries (infra/db/grants.py): then the
+        # operator's `attest-gateway prune`, as the owner role, does.
+        prunable = await may_prune_audit(conn)
+    if prunable:
+        removed = await audit.prune(
+            engine,
+            topics,
+            signer,
+            before=now - dt.timedelta(days=s.audit_retention_days),
+            now=now,
+            batch=s.prune_batch_size,
+            actor=s.gateway_org_id,
+        )
+        report.add("audit_log", removed)
     return report
 
 

@@ -1,6 +1,7 @@
 """`/healthz` (the process is alive) and `/readyz` (it can do its work: the database answers,
 Kafka answers and knows our topics, in production the topics have the settings the gateway
-needs, the gateway's keys are loaded and match the directory).
+needs and the database role cannot rewrite the audit log, the gateway's keys are loaded and
+match the directory).
 
 Orchestrators use `/healthz` to restart a hung process and `/readyz` to route traffic and to
 order start-up (the compose healthchecks call `attest-gateway healthcheck`, which asks
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
+from attest_gateway.infra.db.grants import rewrite_privileges
 from attest_gateway.infra.kafka import topic_check
 
 router = APIRouter(tags=["operations"])
@@ -61,6 +63,17 @@ async def check_topics(gw: Gateway) -> None:
         raise NotReady(f"topic settings differ: {topic_check.reason(mismatches)}")
 
 
+async def check_audit_grants(gw: Gateway) -> None:
+    """Production: the gateway's database role can still only read and append the audit log
+    (a grant given after the start would otherwise go unnoticed; infra/db/grants.py)."""
+    if gw.settings.environment != "production":
+        return
+    async with gw.engine.connect() as conn:
+        privileges = await rewrite_privileges(conn)
+    if privileges:
+        raise NotReady(f"the database role may {', '.join(privileges)}")
+
+
 async def check_keys(gw: Gateway) -> None:
     org_id = gw.settings.gateway_org_id
     if org_id not in gw.keyring.orgs:
@@ -79,6 +92,7 @@ CHECKS: dict[str, Check] = {
     "kafka": check_kafka,
     "topics": check_topics,
     "keys": check_keys,
+    "audit": check_audit_grants,
 }
 
 

@@ -25,6 +25,7 @@ from attest_gateway.core.bounds import ID_PATTERN, LINE, REFERENCE
 from attest_gateway.core.directory import Organisation, Role
 from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.entrypoints.http.auth import (
+    ActingPerson,
     authenticated,
     authenticated_first,
     gateway_of,
@@ -91,6 +92,7 @@ async def request_attest(
     response: Response,
     org: JobCenter,
     idempotency_key: IdempotencyKey,
+    actor: ActingPerson,
 ) -> AttestRequestAccepted:
     gw = gateway_of(request)
     accepted, created = await service.submit_attest_request(
@@ -104,6 +106,8 @@ async def request_attest(
         catalogue=gw.catalogue,
         gateway_org_id=gw.settings.gateway_org_id,
         pseudonym_key=gw.pseudonym_key,
+        source=client_source(request),
+        actor=actor,
     )
     response.headers["Location"] = accepted.status_url
     if not created:
@@ -320,6 +324,7 @@ async def attest_request_status(
 async def inbox(
     request: Request,
     org: JobCenter,
+    actor: ActingPerson,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description=WAIT_DESCRIPTION)] = 0,
 ) -> Inbox:
@@ -336,6 +341,7 @@ async def inbox(
             org,
             limit=limit,
             source=client_source(request),
+            actor=actor,
             gateway_org_id=gw.settings.gateway_org_id,
         ),
         empty=lambda found: not found.items,

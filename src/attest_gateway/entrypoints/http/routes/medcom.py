@@ -11,6 +11,7 @@ from attest_gateway.core.bounds import ID_PATTERN, control_character_in
 from attest_gateway.core.directory import HEALTH_ROLES, Organisation
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Malformed
 from attest_gateway.entrypoints.http.auth import (
+    ActingPerson,
     authenticated,
     authenticated_first,
     gateway_of,
@@ -52,6 +53,7 @@ HealthOrg = Annotated[Organisation, Depends(health_org)]
 async def mailbox(
     request: Request,
     org: HealthOrg,
+    actor: ActingPerson,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     wait: Annotated[int, Query(ge=0, le=MAX_WAIT_SECONDS, description=WAIT_DESCRIPTION)] = 0,
 ) -> Response:
@@ -68,6 +70,7 @@ async def mailbox(
             limit=limit,
             source=client_source(request),
             envelope=orjson.Fragment,
+            actor=actor,
         ),
         empty=lambda found: not found,
     )
@@ -88,7 +91,9 @@ async def collected(
 
 
 @router.post("/messages", status_code=202)
-async def submit(request: Request, response: Response, org: HealthOrg) -> dict[str, Any]:
+async def submit(
+    request: Request, response: Response, org: HealthOrg, actor: ActingPerson
+) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     data: object
     if content_type in _XML_TYPES:
@@ -122,6 +127,8 @@ async def submit(request: Request, response: Response, org: HealthOrg) -> dict[s
         bundle,
         gateway_org_id=gateway_org_id,
         pseudonym_key=gw.pseudonym_key,
+        source=client_source(request),
+        actor=actor,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
