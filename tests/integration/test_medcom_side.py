@@ -210,7 +210,9 @@ async def test_sealed_submission(harness: Harness) -> None:
     async with h.gw.engine.connect() as conn:
         rows = (
             await conn.execute(
-                sa.select(audit_log).where(audit_log.c.message_id == envelope.header.message_id)
+                sa.select(audit_log)
+                .where(audit_log.c.message_id == envelope.header.message_id)
+                .order_by(audit_log.c.seq)
             )
         ).all()
     assert [(r.action, r.actor, r.subject_org) for r in rows] == [
