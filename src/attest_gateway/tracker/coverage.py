@@ -64,7 +64,7 @@ def _region_municipalities(region: str) -> list[str]:
 
 def _group_label(by: str, key: str) -> str:
     if by in ("national", "region", "municipality"):
-        return label(by, key)  # type: ignore[arg-type]
+        return label(by, key)
     return key
 
 

@@ -279,10 +279,20 @@ PeriodKind = Literal["week", "month"]
 PERIOD_KINDS: Final[tuple[PeriodKind, ...]] = ("week", "month")
 
 
-def period_start(day: dt.date, kind: PeriodKind) -> dt.date:
-    """Monday of the ISO week, or the first of the month."""
+# The periods the ministry's figures are given per: the kept ones, and quarters and years
+# (summed from the months), in which small municipalities have enough citizens to be shown.
+ReportPeriod = Literal["week", "month", "quarter", "year"]
+REPORT_PERIODS: Final[tuple[ReportPeriod, ...]] = ("week", "month", "quarter", "year")
+
+
+def period_start(day: dt.date, kind: ReportPeriod) -> dt.date:
+    """Monday of the ISO week, or the first day of the month, quarter or year."""
     if kind == "week":
         return day - dt.timedelta(days=day.weekday())
+    if kind == "quarter":
+        return dt.date(day.year, 3 * ((day.month - 1) // 3) + 1, 1)
+    if kind == "year":
+        return dt.date(day.year, 1, 1)
     return day.replace(day=1)
 
 

@@ -42,7 +42,7 @@ keys_app = typer.Typer(
     help="Organisation keys: generate (locally), add, rotate, revoke, retire, list."
 )
 
-ROLES = ("jobcenter", "psychiatry", "gp", "hospital", "specialist", "ministry", "operator")
+ROLES = tuple(role.value for role in Role)
 PURPOSES = ("hpke", "signing")
 
 PurposeOption = Annotated[
