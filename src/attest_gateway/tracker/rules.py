@@ -164,6 +164,10 @@ CONTACT_SOURCES: Final = frozenset(
     {"meeting", "phone", "video", "written", "other", "attest", "request"}
 )
 CONTACT_COUNTS_DEFAULT: Final = CONTACT_SOURCES - {"request"}
+# The health information a ressourceforløb case's rehabilitation team needs: every group
+# answered by an attest of one of its types (the GP's LÆ 265; a specialist's or hospital's:
+# the speciallægeattest LÆ 155 or record extracts, LÆ 105 and LÆ 115).
+REHAB_HEALTH_INFORMATION_DEFAULT: Final = (("LÆ 265",), ("LÆ 155", "LÆ 105", "LÆ 115"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +185,7 @@ class TrackerRules:
     contact_counts: frozenset[str] = CONTACT_COUNTS_DEFAULT
     no_contact_baseline: float = 0.75
     no_contact_target: float = 0.5
+    rehab_health_information: tuple[tuple[str, ...], ...] = REHAB_HEALTH_INFORMATION_DEFAULT
     reminder_max: int = 2
     reminder_interval_days: int = 7
     min_cell_citizens: int = 5
