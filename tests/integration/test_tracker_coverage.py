@@ -299,3 +299,48 @@ async def test_open_overdue_requests_by_receiving_unit(engine: AsyncEngine) -> N
         "most_days_overdue": 20,  # due 2026-05-26
     }
     assert (municipality["group"], municipality["open_overdue"]) == ("101", 4)
+
+
+async def test_ressourceforloeb_waits_for_its_health_information(engine: AsyncEngine) -> None:
+    d = dt.date
+    rf = {"case_kind": "ressourceforloeb", "receiver_role": "gp"}
+    rows = [
+        # 40: LÆ 265 after 18 days, the specialist's LÆ 155 after 30: complete after 30 days
+        _request(40, "rf-40a", attest_type="LÆ 265", submitted=d(2026, 3, 2),
+                 replied=d(2026, 3, 20)) | rf,
+        _request(40, "rf-40b", attest_type="LÆ 155", submitted=d(2026, 3, 2),
+                 replied=d(2026, 4, 1)) | rf,
+        # 41: LÆ 265 after 10 days, record extracts (LÆ 105) after 20: complete after 20
+        _request(41, "rf-41a", attest_type="LÆ 265", submitted=d(2026, 3, 3),
+                 replied=d(2026, 3, 13)) | rf,
+        _request(41, "rf-41b", attest_type="LÆ 105", submitted=d(2026, 3, 3),
+                 replied=d(2026, 3, 23)) | rf,
+        # 42: only the GP's attest: waiting for the specialist's
+        _request(42, "rf-42a", attest_type="LÆ 265", submitted=d(2026, 3, 4),
+                 replied=d(2026, 3, 14)) | rf,
+        # 43: nothing answered yet
+        _request(43, "rf-43a", attest_type="LÆ 265", submitted=d(2026, 3, 5), replied=None) | rf,
+        _request(43, "rf-43b", attest_type="LÆ 155", submitted=d(2026, 3, 5), replied=None) | rf,
+        # a sygedagpenge case's attests are not the rehabilitation team's
+        _request(44, "sd-44a", attest_type="LÆ 265", submitted=d(2026, 3, 5), replied=None),
+    ]  # fmt: skip
+    async with engine.begin() as conn:
+        await conn.execute(tracker_conversations.insert(), rows)
+    async with engine.connect() as conn:
+        [row] = await cov.rehabilitation(
+            conn, RULES, Filters("year"), "national", series=False, now=NOW
+        )
+        assert row["suppressed"] is False
+        assert (row["cases"], row["complete"], row["incomplete"]) == (4, 2, 2)
+        assert row["share_incomplete"] == 0.5
+        # Kaplan–Meier: 3/4 still waiting after 20 days, 1/2 after 30; the two open ones are
+        # censored at their wait so far (over 100 days), so the median is 30 days
+        assert row["median_days"] == 30.0
+        assert row["p90_days"] is None
+        assert (row["missing_lae265"], row["missing_lae155_or_lae105_or_lae115"]) == (1, 2)
+        strict = TrackerRules.build(min_cell_citizens=5)
+        [small] = await cov.rehabilitation(
+            conn, strict, Filters("year"), "national", series=False, now=NOW
+        )
+        assert small["suppressed"] is True
+        assert small["cases"] is None
