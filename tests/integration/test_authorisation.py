@@ -119,7 +119,12 @@ ALLOWED: dict[Access, set[str]] = {
     Access.PSYCHIATRY: {"psychiatry"},
     Access.MINISTRY: {"ministry", "region-analyst", "municipality-analyst"},
     Access.ANY_ORG: {
-        "jobcenter", "psychiatry", "gp", "ministry", "region-analyst", "municipality-analyst"
+        "jobcenter",
+        "psychiatry",
+        "gp",
+        "ministry",
+        "region-analyst",
+        "municipality-analyst",
     },
     Access.PARTNER: {"jobcenter", "psychiatry", "gp"},
 }
