@@ -54,7 +54,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     for name, items in (("requests", requests), ("psychiatric cases", psychiatric)):
         for kind in ("month", "quarter", "year"):
-            f = Filters(kind, dt.date(2026, 1, 1), dt.date(2026, 12, 31))  # type: ignore[arg-type]
+            f = Filters(kind, dt.date(2026, 1, 1), dt.date(2026, 12, 31))
             rows = publish(items, f, "municipality", TrackerRules.build(), series=True)
             primary = sum(1 for r in rows if r.citizens >= 5)
             shown = sum(1 for r in rows if r.shown)
