@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import random
+import time
 from dataclasses import replace
 
 from attest_gateway.devtools.simulate import Profile, plan, simulation_orgs, synthetic_cpr
+from attest_gateway.tracker import disclosure
 from attest_gateway.tracker.coverage import Item, publish
-from attest_gateway.tracker.report import Filters
+from attest_gateway.tracker.report import Filters, region_of_municipalities
 from attest_gateway.tracker.rules import TrackerRules
 
 
@@ -60,6 +62,22 @@ def main() -> None:
             shown = sum(1 for r in rows if r.shown)
             print(f"| {name} | {kind} | {len(rows)} | {primary} ({primary / len(rows):.0%}) "
                   f"| {shown} ({shown / len(rows):.0%}) |")  # fmt: skip
+
+    # The time one decision takes over the rollups' cube of the year: months, quarters and
+    # the year; country, regions, municipalities; every attest type and all types.
+    per_cell: dict[disclosure.Coord, set[str]] = {}
+    for c in cases:
+        for kind, start_day in disclosure.months_up("month", c.request_at.date()):
+            for grain, place in (("national", "DK"), ("region", c.jobcenter.region_code),
+                                 ("municipality", str(c.jobcenter.kommunekode))):  # fmt: skip
+                for t in (disclosure.ALL, c.attest_type):
+                    per_cell.setdefault((kind, start_day, grain, place, t), set()).add(c.cpr)
+    weights = {k: len(v) for k, v in per_cell.items()}
+    began = time.perf_counter()
+    hidden = disclosure.decide_cube(weights, region_of_municipalities(), 5)
+    took = time.perf_counter() - began
+    print(f"\nthe year's cube by attest type: {len(weights):,} cells, {len(hidden):,} "
+          f"suppressed, decided in {took:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

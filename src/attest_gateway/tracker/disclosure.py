@@ -32,9 +32,10 @@ the shown cells and totals is tested by exact elimination over random tables.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 CellKey = tuple[str | None, str]  # (period start, group)
@@ -198,7 +199,7 @@ def settle(weights: Mapping[K, int], sets: Sequence[Set[K]], threshold: int) -> 
     """`suppress`, then an audit: where the sets cross (places × types × periods), the rule
     of two per set is not enough, as several equations together can fix one cell. Each
     group of suppressed cells linked by equations is row-reduced exactly (modulo a 61-bit
-    prime: a cell fixed over the rationals is fixed there too); a fixed cell takes the
+    prime: a cell fixed over the rationals is fixed there too); each fixed cell takes the
     smallest shown part of one of its sets with it (else a shown total of them, else a shown
     cell of any equation with an unknown), and the whole is decided again, until no
     suppressed cell is fixed."""
@@ -210,21 +211,27 @@ def settle(weights: Mapping[K, int], sets: Sequence[Set[K]], threshold: int) -> 
         shown = [k for k in weights if k not in hidden]
         if not shown:
             return hidden
-        cell = min(fixed, key=repr)
-        mine = [(parts, total) for parts, total in sets if cell in parts or cell == total]
-        candidates = (
-            [k for parts, _ in mine for k in parts if k in weights and k not in hidden]
-            or [t for _, t in mine if t is not None and t in weights and t not in hidden]
-            or [  # shown cells of any equation with an unknown: the constants that fix it
-                k
-                for parts, total in sets
-                if any(m in hidden for m in (*parts, total))
-                for k in (*parts, total)
-                if k is not None and k in weights and k not in hidden
-            ]
-            or shown
-        )
-        hidden.add(min(candidates, key=lambda k: (weights[k], repr(k))))
+        touching: dict[K, list[Set[K]]] = defaultdict(list)
+        for parts, total in sets:
+            for k in (*parts, total):
+                if k in fixed:
+                    touching[k].append((parts, total))
+        for cell in sorted(fixed, key=repr):  # one more cell for each fixed one, at once
+            mine = touching[cell]
+            candidates = (
+                [k for parts, _ in mine for k in parts if k in weights and k not in hidden]
+                or [t for _, t in mine if t is not None and t in weights and t not in hidden]
+                or [  # shown cells of any equation with an unknown: the constants that fix it
+                    k
+                    for parts, total in sets
+                    if any(m in hidden for m in (*parts, total))
+                    for k in (*parts, total)
+                    if k is not None and k in weights and k not in hidden
+                ]
+                or [k for k in weights if k not in hidden]
+            )
+            if candidates:
+                hidden.add(min(candidates, key=lambda k: (weights[k], repr(k))))
         hidden = suppress_more(weights, sets, threshold, hidden)
 
 
@@ -242,7 +249,13 @@ _P = (1 << 61) - 1
 
 
 def determined(sets: Iterable[Set[K]], hidden: set[K]) -> set[K]:
-    """The suppressed cells that the sets' equations (parts − total = shown cells) fix."""
+    """The suppressed cells that the sets' equations (parts − total = shown cells) fix.
+
+    Exact, and fast on the cube's sparse equations: an equation with an unknown of its own
+    (in no other equation left) is peeled off, as it fixes no other unknown; what is left is
+    row-reduced; then, in the reverse order of peeling, the peeled unknown is fixed exactly
+    when the rest of its equation lies in the span of the equations left when it was peeled
+    (the reduced ones and those peeled after it)."""
     equations: list[dict[K, int]] = []
     for parts, total in sets:
         eq = {k: 1 for k in parts if k in hidden}
@@ -250,56 +263,112 @@ def determined(sets: Iterable[Set[K]], hidden: set[K]) -> set[K]:
             eq[total] = _P - 1
         if eq:
             equations.append(eq)
-    # components: unknowns linked through a shared equation
-    parent: dict[K, K] = {}
-
-    def find(k: K) -> K:
-        while parent.setdefault(k, k) != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    for eq in equations:
-        first, *rest = eq
-        for k in rest:
-            parent[find(k)] = find(first)
-    by_root: dict[K, list[dict[K, int]]] = defaultdict(list)
-    for eq in equations:
-        by_root[find(next(iter(eq)))].append(eq)
+    where: dict[K, set[int]] = defaultdict(set)
+    for n, eq in enumerate(equations):
+        for k in eq:
+            where[k].add(n)
+    active = set(range(len(equations)))
+    peeled: list[tuple[int, K]] = []
+    queue = [n for n, eq in enumerate(equations) if any(len(where[k]) == 1 for k in eq)]
+    while queue:
+        n = queue.pop()
+        if n not in active:
+            continue
+        own = next((k for k in equations[n] if len(where[k]) == 1), None)
+        if own is None:
+            continue
+        active.discard(n)
+        peeled.append((n, own))
+        for k in equations[n]:
+            where[k].discard(n)
+            if len(where[k]) == 1:
+                queue.append(next(iter(where[k])))
+    basis: _Basis[K] = _Basis()
     fixed: set[K] = set()
-    for eqs in by_root.values():
-        fixed |= _fixed_mod_p(eqs)
+    for n in sorted(active):
+        basis.add_reduced(equations[n])
+    fixed |= basis.fixed()
+    for n, own in reversed(peeled):
+        rest = {k: v for k, v in equations[n].items() if k != own}
+        if not basis.reduce(rest):
+            fixed.add(own)
+        basis.add_with_pivot(equations[n], own)
     return fixed
 
 
-def _fixed_mod_p(equations: list[dict[K, int]]) -> set[K]:
-    unknowns = sorted({k for eq in equations for k in eq}, key=repr)
-    col = {k: i for i, k in enumerate(unknowns)}
-    rows = [{col[k]: v % _P for k, v in eq.items()} for eq in equations]
-    pivots: dict[int, dict[int, int]] = {}  # pivot column → its reduced row (sparse)
-    for row in rows:
-        row = dict(row)
-        for c, prow in pivots.items():
-            if row.get(c):
-                factor = row[c]
-                for pc, pv in prow.items():
-                    row[pc] = (row.get(pc, 0) - factor * pv) % _P
-                row = {k: v for k, v in row.items() if v}
-        row = {k: v for k, v in row.items() if v}
+class _Basis(Generic[K]):
+    """Rows over GF(P) with a pivot each: the first ones fully reduced (row-reduced echelon
+    form), each later one pivoted on an unknown no earlier row holds."""
+
+    def __init__(self) -> None:
+        self.rows: dict[K, dict[K, int]] = {}  # pivot → row (coefficient 1 at the pivot)
+        self.order: dict[K, int] = {}  # pivot → when its row was added
+        self.reduced: set[K] = set()  # pivots of the fully reduced rows
+        self.holders: dict[K, set[K]] = defaultdict(set)  # unknown → reduced rows holding it
+
+    def add_reduced(self, equation: dict[K, int]) -> None:
+        row = self._reduce_by(dict(equation), self.reduced)
         if not row:
-            continue
-        c = min(row)
-        inverse = pow(row[c], _P - 2, _P)
+            return
+        pivot = min(row, key=repr)
+        inverse = pow(row[pivot], _P - 2, _P)
         row = {k: v * inverse % _P for k, v in row.items()}
-        for other in pivots.values():
-            if other.get(c):
-                factor = other[c]
-                for pc, pv in row.items():
-                    other[pc] = (other.get(pc, 0) - factor * pv) % _P
-        for key in list(pivots):
-            pivots[key] = {k: v for k, v in pivots[key].items() if v}
-        pivots[c] = row
-    return {unknowns[c] for c, row in pivots.items() if len(row) == 1}
+        for other in list(self.holders.get(pivot, ())):
+            r = self.rows[other]
+            factor = r.get(pivot, 0)
+            for k, v in row.items():
+                after = (r.get(k, 0) - factor * v) % _P
+                if after:
+                    r[k] = after
+                    self.holders[k].add(other)
+                else:
+                    r.pop(k, None)
+                    self.holders[k].discard(other)
+        self._put(pivot, row)
+        self.reduced.add(pivot)
+        for k in row:
+            self.holders[k].add(pivot)
+
+    def fixed(self) -> set[K]:
+        return {p for p in self.reduced if len(self.rows[p]) == 1}
+
+    def add_with_pivot(self, equation: dict[K, int], pivot: K) -> None:
+        inverse = pow(equation[pivot] % _P, _P - 2, _P)
+        self._put(pivot, {k: v * inverse % _P for k, v in equation.items() if v % _P})
+
+    def _put(self, pivot: K, row: dict[K, int]) -> None:
+        self.rows[pivot] = row
+        self.order[pivot] = len(self.order)
+
+    def _reduce_by(self, row: dict[K, int], pivots: set[K]) -> dict[K, int]:
+        for p in [k for k in row if k in pivots]:
+            factor = row.get(p, 0)
+            if factor:
+                for k, v in self.rows[p].items():
+                    row[k] = (row.get(k, 0) - factor * v) % _P
+        return {k: v for k, v in row.items() if v}
+
+    def reduce(self, vector: dict[K, int]) -> dict[K, int]:
+        """`vector` minus its part in the span: empty iff it lies in the span. The newest
+        row's pivot first: a row holds only pivots of older rows."""
+        row = {k: v % _P for k, v in vector.items() if v % _P}
+        heap = [(-self.order[k], repr(k), k) for k in row if k in self.rows]
+        heapq.heapify(heap)
+        while heap:
+            _, _, p = heapq.heappop(heap)
+            factor = row.get(p, 0)
+            if not factor:
+                continue
+            for k, v in self.rows[p].items():
+                before = row.get(k, 0)
+                after = (before - factor * v) % _P
+                if after:
+                    row[k] = after
+                    if not before and k in self.rows and k != p:
+                        heapq.heappush(heap, (-self.order[k], repr(k), k))
+                else:
+                    row.pop(k, None)
+        return row
 
 
 def months_up(kind: str, month: dt.date) -> list[tuple[str, str]]:

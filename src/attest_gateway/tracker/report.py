@@ -232,8 +232,37 @@ class Table:
     shown: set[tuple[str | None, str]]
 
 
+Memo = dict[tuple[bool, tuple[str, ...]], tuple[dict[Coord, dict[str, int]], set[Coord]]]
+
+
+async def _decided(
+    conn: AsyncConnection,
+    f: Filters,
+    by: By,
+    rules: r.TrackerRules,
+    *,
+    contact: bool,
+    memo: Memo | None,
+) -> tuple[dict[Coord, dict[str, int]], set[Coord]]:
+    """The cube and its suppressed cells; read and decided once per answer (`memo`: the
+    overview asks for several groupings of the same cube)."""
+    key = (contact, _levels(by))
+    if memo is not None and key in memo:
+        return memo[key]
+    cube = await _cube(conn, f, by, contact=contact)
+    hidden = disclosure.decide_cube(
+        {c: v["citizens_lb"] for c, v in cube.items()},
+        region_of_municipalities(),
+        rules.min_cell_citizens,
+    )
+    if memo is not None:
+        memo[key] = (cube, hidden)
+    return cube, hidden
+
+
 def _table(
     cube: dict[Coord, dict[str, int]],
+    hidden: set[Coord],
     by: By,
     f: Filters,
     rules: r.TrackerRules,
@@ -241,11 +270,6 @@ def _table(
     series: bool,
     contact: bool,
 ) -> Table:
-    hidden = disclosure.decide_cube(
-        {c: v["citizens_lb"] for c, v in cube.items()},
-        region_of_municipalities(),
-        rules.min_cell_citizens,
-    )
     own = _own(by, f)
     counts: dict[tuple[str | None, str], dict[str, int]] = {}
     shown: set[tuple[str | None, str]] = set()
@@ -338,14 +362,14 @@ async def durations(
     by: By,
     *,
     series: bool,
+    memo: Memo | None = None,
 ) -> list[dict[str, Any]]:
     """count, median, p90, p99 (seconds) of one duration per group: shown where the group's
     counts are (primary and secondary suppression) and it has `min_cell_citizens`
     measurements."""
     hists = await _histograms(conn, metric, f, by, series=series)
-    table = _table(
-        await _cube(conn, f, by, contact=False), by, f, rules, series=series, contact=False
-    )
+    cube, hidden = await _decided(conn, f, by, rules, contact=False, memo=memo)
+    table = _table(cube, hidden, by, f, rules, series=series, contact=False)
     rows = []
     for key in _sorted_keys(hists):
         summary = r.summarise(hists[key])
@@ -360,12 +384,17 @@ async def durations(
 
 
 async def deadlines(
-    conn: AsyncConnection, rules: r.TrackerRules, f: Filters, by: By, *, series: bool
+    conn: AsyncConnection,
+    rules: r.TrackerRules,
+    f: Filters,
+    by: By,
+    *,
+    series: bool,
+    memo: Memo | None = None,
 ) -> list[dict[str, Any]]:
     """Requests, late-request rate, overdue count and rate, reminders per group."""
-    table = _table(
-        await _cube(conn, f, by, contact=False), by, f, rules, series=series, contact=False
-    )
+    cube, hidden = await _decided(conn, f, by, rules, contact=False, memo=memo)
+    table = _table(cube, hidden, by, f, rules, series=series, contact=False)
     rows = []
     for key in _sorted_keys(table.counts):
         c = table.counts[key]
@@ -387,14 +416,19 @@ async def deadlines(
 
 
 async def contacts(
-    conn: AsyncConnection, rules: r.TrackerRules, f: Filters, by: By, *, series: bool
+    conn: AsyncConnection,
+    rules: r.TrackerRules,
+    f: Filters,
+    by: By,
+    *,
+    series: bool,
+    memo: Memo | None = None,
 ) -> list[dict[str, Any]]:
     """Contact coverage per group: settled episodes, those with contact in the window."""
     if by in ("receiver", "attest_type"):
         by = "national"
-    table = _table(
-        await _cube(conn, f, by, contact=True), by, f, rules, series=series, contact=True
-    )
+    cube, hidden = await _decided(conn, f, by, rules, contact=True, memo=memo)
+    table = _table(cube, hidden, by, f, rules, series=series, contact=True)
     rows = []
     for key in _sorted_keys(table.counts):
         c = table.counts[key]
@@ -415,6 +449,7 @@ async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> di
     """The ministry's overview: the main aggregates in one answer (what the dashboard shows).
     Filtered to a municipality, it has no figures by region (a region's counts others)."""
     headline = "request_to_attest"
+    memo: Memo = {}
     regional = f.municipality is None
     return {
         "filters": f.describe(),
@@ -425,32 +460,42 @@ async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> di
             "durations": [
                 row
                 for metric in r.METRICS
-                for row in await durations(conn, rules, metric.name, f, "national", series=False)
+                for row in await durations(
+                    conn, rules, metric.name, f, "national", series=False, memo=memo
+                )
             ],
-            "deadlines": await deadlines(conn, rules, f, "national", series=False),
-            "contacts": await contacts(conn, rules, f, "national", series=False),
+            "deadlines": await deadlines(conn, rules, f, "national", series=False, memo=memo),
+            "contacts": await contacts(conn, rules, f, "national", series=False, memo=memo),
         },
         "series": {
-            "durations": await durations(conn, rules, headline, f, "national", series=True),
-            "deadlines": await deadlines(conn, rules, f, "national", series=True),
-            "contacts": await contacts(conn, rules, f, "national", series=True),
+            "durations": await durations(
+                conn, rules, headline, f, "national", series=True, memo=memo
+            ),
+            "deadlines": await deadlines(conn, rules, f, "national", series=True, memo=memo),
+            "contacts": await contacts(conn, rules, f, "national", series=True, memo=memo),
         },
         "by_region": {
-            "durations": await durations(conn, rules, headline, f, "region", series=False)
+            "durations": await durations(
+                conn, rules, headline, f, "region", series=False, memo=memo
+            )
             if regional
             else [],
-            "deadlines": await deadlines(conn, rules, f, "region", series=False)
+            "deadlines": await deadlines(conn, rules, f, "region", series=False, memo=memo)
             if regional
             else [],
-            "contacts": await contacts(conn, rules, f, "region", series=False) if regional else [],
+            "contacts": await contacts(conn, rules, f, "region", series=False, memo=memo)
+            if regional
+            else [],
         },
         "by_attest_type": {
-            "durations": await durations(conn, rules, headline, f, "attest_type", series=False),
-            "deadlines": await deadlines(conn, rules, f, "attest_type", series=False),
+            "durations": await durations(
+                conn, rules, headline, f, "attest_type", series=False, memo=memo
+            ),
+            "deadlines": await deadlines(conn, rules, f, "attest_type", series=False, memo=memo),
         },
         "by_municipality": {
-            "deadlines": await deadlines(conn, rules, f, "municipality", series=False),
-            "contacts": await contacts(conn, rules, f, "municipality", series=False),
+            "deadlines": await deadlines(conn, rules, f, "municipality", series=False, memo=memo),
+            "contacts": await contacts(conn, rules, f, "municipality", series=False, memo=memo),
         },
     }
 
