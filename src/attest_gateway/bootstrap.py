@@ -320,6 +320,7 @@ def tracker_rules(settings: Settings) -> TrackerRules:
         contact_counts=frozenset(settings.tracker_contact_counts),
         no_contact_baseline=settings.tracker_no_contact_baseline,
         no_contact_target=settings.tracker_no_contact_target,
+        rehab_health_information=settings.tracker_rehab_health_information,
         reminder_max=settings.tracker_reminder_max,
         reminder_interval_days=settings.tracker_reminder_interval_days,
         min_cell_citizens=settings.tracker_min_cell_citizens,

@@ -541,6 +541,12 @@ class Settings(BaseSettings):
     tracker_min_cell_citizens: int = Field(
         default=5, description="aggregate cells with fewer citizens are suppressed"
     )
+    tracker_rehab_health_information: tuple[tuple[str, ...], ...] = Field(
+        default=(("LÆ 265",), ("LÆ 155", "LÆ 105", "LÆ 115")),
+        description="the health information a ressourceforløb case needs for its "
+        "rehabilitation team, a JSON list of groups: the case is complete when every group "
+        "has an attest of one of its types (default: LÆ 265, and LÆ 155, 105 or 115)",
+    )
 
     # --- webhooks (services/webhooks.py): push notifications to the organisations ---
     webhooks_enabled: bool = Field(
@@ -600,6 +606,13 @@ class Settings(BaseSettings):
         le=5,
         description="how often a long-poll looks for mail delivered by another process",
     )
+
+    @field_validator("tracker_rehab_health_information")
+    @classmethod
+    def _rehab_groups(cls, value: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        if not value or not all(value):
+            raise ValueError("name at least one group, each of at least one attest type")
+        return value
 
     @field_validator("tracker_contact_counts")
     @classmethod

@@ -39,6 +39,7 @@ from tests.support.harness import ATTEST_TEXT, CPR, attest_request_body, wait_fo
 from tests.support.people import CLINICIAN
 
 JC, JC2, PSY, GP, MINISTRY = "jc-koebenhavn", "jc-aarhus", "psyk-kbh", "gp-noerrebro", "ministry"
+REGION_ANALYST, MUNICIPALITY_ANALYST = "analyse-hovedstaden", "analyse-koebenhavn"
 SOR = {PSY: "715381000016006", GP: "486711000016004"}
 
 
@@ -47,7 +48,7 @@ class Access(StrEnum):
     JOBCENTER = "jobcenter"
     HEALTH = "health"  # psychiatry, GP, hospital, specialist
     PSYCHIATRY = "psychiatry"  # psychiatry only
-    MINISTRY = "ministry"
+    MINISTRY = "ministry"  # the ministry, and a region's or a municipality's analysts
     ANY_ORG = "any organisation"  # its own records only (the audit trail)
     PARTNER = "partner"  # job centres and healthcare organisations: their own webhooks
 
@@ -89,6 +90,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/ministry/v1/latency"): Access.MINISTRY,
     ("GET", "/ministry/v1/request-timing"): Access.MINISTRY,
     ("GET", "/ministry/v1/overdue"): Access.MINISTRY,
+    ("GET", "/ministry/v1/rehabilitation"): Access.MINISTRY,
     ("GET", "/audit/v1/entries"): Access.ANY_ORG,
     ("GET", "/directory/v1/organisations/{org_id}/keys"): Access.ANY_ORG,
     ("POST", "/webhooks/v1/endpoints"): Access.PARTNER,
@@ -107,14 +109,23 @@ CALLERS: dict[str, str | None] = {
     "psychiatry": PSY,
     "gp": GP,
     "ministry": MINISTRY,
+    "region-analyst": REGION_ANALYST,
+    "municipality-analyst": MUNICIPALITY_ANALYST,
 }
 ALLOWED: dict[Access, set[str]] = {
     Access.PUBLIC: set(CALLERS),
     Access.JOBCENTER: {"jobcenter"},
     Access.HEALTH: {"psychiatry", "gp"},
     Access.PSYCHIATRY: {"psychiatry"},
-    Access.MINISTRY: {"ministry"},
-    Access.ANY_ORG: {"jobcenter", "psychiatry", "gp", "ministry"},
+    Access.MINISTRY: {"ministry", "region-analyst", "municipality-analyst"},
+    Access.ANY_ORG: {
+        "jobcenter",
+        "psychiatry",
+        "gp",
+        "ministry",
+        "region-analyst",
+        "municipality-analyst",
+    },
     Access.PARTNER: {"jobcenter", "psychiatry", "gp"},
 }
 

@@ -326,6 +326,14 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         ([*jc, *kommune, "--gln", good_gln], "a job centre needs --kommunekode, --gln and --sor"),
         (["orgs", "add", "x", "--name", "X", "--role", "clinic"], "--role must be one of"),
         (
+            ["orgs", "add", "ra-x", "--name", "X", "--role", "region-analyst"],
+            "a region's analysts need --region (and no --kommunekode)",
+        ),
+        (
+            ["orgs", "add", "ma-x", "--name", "X", "--role", "municipality-analyst"],
+            "a municipality's analysts need --kommunekode",
+        ),
+        (
             ["orgs", "add", "Bad Id", "--name", "X", "--role", "ministry"],
             "'Bad Id' is not a valid organisation id",
         ),
@@ -424,3 +432,16 @@ def test_an_api_key_is_replaced_and_an_organisation_enabled_again(env: dict[str,
     assert actions[-3:] == ["org.api-key", "org.disable", "org.enable"]
     assert all(second not in str(dict(r)) for r in audit_of(env, "jc-kolding"))
     assert "no organisation" in refused(env, "orgs", "new-api-key", "jc-nowhere")
+
+
+def test_analysts_of_a_region_and_a_municipality_are_added(env: dict[str, str]) -> None:
+    added = ok(
+        env, "orgs", "add", "analyse-syd", "--name", "Region Syddanmark (analyse)",
+        "--role", "region-analyst", "--region", "1083", "--no-api-key",
+    )  # fmt: skip
+    assert "added analyse-syd (region-analyst, region 1083)" in added.output
+    added = ok(
+        env, "orgs", "add", "analyse-odense", "--name", "Odense Kommune (analyse)",
+        "--role", "municipality-analyst", "--kommunekode", "461", "--no-api-key",
+    )  # fmt: skip
+    assert "added analyse-odense (municipality-analyst, region 1083)" in added.output

@@ -17,18 +17,25 @@ from tests.support.harness import ATTEST_TEXT, QUESTIONS, wait_for
 
 JC = "jc-koebenhavn"
 MINISTRY = "ministry"
-# Attest types no other test asks for, so the counts below are exact.
-SHOWN, HIDDEN = "LÆ 275", "LÆ 105"
+# Attest types no other test asks for, so the counts below are exact. HIDDEN is too small to
+# show; BUFFER, smaller than SHOWN, is suppressed with it (so that HIDDEN cannot be recomputed
+# from the total over all types) and SHOWN stays shown.
+SHOWN, HIDDEN, BUFFER = "LÆ 275", "LÆ 105", "LÆ 145"  # BUFFER: a GP's
+GP, GP_SOR = "gp-noerrebro", "486711000016004"
 
 
 async def _populate(h: Harness) -> list[dict[str, Any]]:
     accepted = []
-    for n in range(6):
+    for n in range(7):
         accepted.append(await request(h, cpr=cpr(100 + n), attest_type=SHOWN))
     for n in range(2):
         accepted.append(await request(h, cpr=cpr(200 + n), attest_type=HIDDEN))
     for acc in accepted:
         await answer(h, acc)
+    for n in range(6):
+        acc = await request(h, cpr=cpr(300 + n), attest_type=BUFFER, receiver={"sor": GP_SOR})
+        await answer(h, acc, org=GP)
+        accepted.append(acc)
     ids = [a["conversation_id"] for a in accepted]
 
     async def all_read() -> bool:
@@ -66,11 +73,15 @@ async def test_aggregates_suppression_csv_and_no_personal_data(harness: Harness)
     ).json()["rows"]
     shown = next(r for r in by_type if r["group"] == SHOWN)
     hidden = next(r for r in by_type if r["group"] == HIDDEN)
+    buffer = next(r for r in by_type if r["group"] == BUFFER)
     assert shown["suppressed"] is False
-    assert (shown["requests"], shown["replied"], shown["decided"], shown["overdue"]) == (6, 6, 6, 0)
+    assert (shown["requests"], shown["replied"], shown["decided"], shown["overdue"]) == (7, 7, 7, 0)
     assert shown["overdue_rate"] == 0.0
     assert hidden["suppressed"] is True
     assert hidden["requests"] is None
+    # secondary suppression: HIDDEN is not the only type missing from the total
+    assert buffer["suppressed"] is True
+    assert buffer["requests"] is None
 
     durations = (
         await h.client.get(
@@ -80,7 +91,7 @@ async def test_aggregates_suppression_csv_and_no_personal_data(harness: Harness)
         )
     ).json()
     (row,) = durations["rows"]
-    assert row["count"] == 6
+    assert row["count"] == 7
     assert 0 < row["median"] <= row["p90"] <= row["p99"]
     assert durations["unit"] == "seconds"
 
@@ -101,7 +112,7 @@ async def test_aggregates_suppression_csv_and_no_personal_data(harness: Harness)
             headers=auth,
         )
     ).json()["rows"]
-    assert sum(r["count"] or 0 for r in series) <= 6
+    assert sum(r["count"] or 0 for r in series) <= 7
     assert all("period_start" in r for r in series)
 
     response = await h.client.get(
@@ -111,8 +122,9 @@ async def test_aggregates_suppression_csv_and_no_personal_data(harness: Harness)
     )
     assert response.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(response.text)))
-    assert next(r for r in table if r["group"] == SHOWN)["requests"] == "6"
+    assert next(r for r in table if r["group"] == SHOWN)["requests"] == "7"
     assert next(r for r in table if r["group"] == HIDDEN)["requests"] == ""
+    assert next(r for r in table if r["group"] == BUFFER)["requests"] == ""
 
     weekly = await h.client.get(
         "/ministry/v1/durations", params={"by": "receiver", "period": "week"}, headers=auth
@@ -129,7 +141,7 @@ async def test_aggregates_suppression_csv_and_no_personal_data(harness: Harness)
             (await conn.execute(sa.select(tracker_conversations.c.case_ref))).scalars().all()
         )
     forbidden = (
-        {cpr(n) for n in itertools.chain(range(100, 106), range(200, 202))}
+        {cpr(n) for n in itertools.chain(range(100, 107), range(200, 202), range(300, 306))}
         | refs
         | {a["conversation_id"] for a in accepted}
         | {a["message_id"] for a in accepted}

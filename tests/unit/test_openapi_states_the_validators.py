@@ -220,6 +220,7 @@ def test_csv_answers_are_documented(openapi: dict[str, Any]) -> None:
         "/ministry/v1/durations",
         "/ministry/v1/latency",
         "/ministry/v1/overdue",
+        "/ministry/v1/rehabilitation",
         "/ministry/v1/request-timing",
     ]
     for path in with_format:

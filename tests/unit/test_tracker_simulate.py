@@ -6,7 +6,10 @@ import datetime as dt
 import json
 import random
 import statistics
+from collections import Counter
 from pathlib import Path
+
+import httpx
 
 from attest_gateway.core.attests import DEFAULT_CATALOGUE
 from attest_gateway.core.directory import Role
@@ -14,6 +17,7 @@ from attest_gateway.core.identifiers import check_cpr, check_gln, check_sor, mun
 from attest_gateway.devtools.simulate import (
     Case,
     Delay,
+    Driver,
     Profile,
     plan,
     simulation_orgs,
@@ -109,3 +113,21 @@ def test_synthetic_cpr_numbers_are_test_numbers() -> None:
         cpr = synthetic_cpr(rng)
         assert check_cpr(cpr) == cpr
         assert cpr[6] == "9"
+
+
+async def test_the_driver_registers_cases_treatments_and_the_rehabilitation_attests() -> None:
+    cases = _plan(days=20)
+    async with httpx.AsyncClient() as client:  # never called: only the queue is read
+        driver = Driver(client, {})
+        driver.add(cases)
+    steps = Counter(step for step, _, _ in driver.pending_steps())
+    citizens = {(c.jobcenter.id, c.cpr, c.first_day) for c in cases}
+    # every citizen asked about, and about as many with no request at all (the profile: 1.0)
+    assert 1.6 * len(citizens) < steps["register"] < 2.4 * len(citizens)
+    psychiatric = sum(1 for c in cases if c.psychiatric) / len(cases)
+    assert 0 < steps["treatment"] < psychiatric * steps["register"]
+    assert steps["psych_contact"] > 0
+    rehab_gp = sum(
+        1 for c in cases if c.case_kind == "ressourceforloeb" and c.attest_type == "LÆ 265"
+    )
+    assert 0 < steps["request"] - len(cases) <= rehab_gp  # the specialist's LÆ 155 after LÆ 265

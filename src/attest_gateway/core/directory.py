@@ -21,10 +21,15 @@ class Role(StrEnum):
     HOSPITAL = "hospital"
     SPECIALIST = "specialist"
     MINISTRY = "ministry"
+    REGION_ANALYST = "region-analyst"
+    MUNICIPALITY_ANALYST = "municipality-analyst"
     OPERATOR = "operator"
 
 
 HEALTH_ROLES = frozenset({Role.PSYCHIATRY, Role.GP, Role.HOSPITAL, Role.SPECIALIST})
+# Who reads the tracker's figures (`/ministry/v1`): the ministry everything; a region's analysts
+# their region's (the organisation's `region_code`), a municipality's its own (`kommunekode`).
+ANALYST_ROLES = frozenset({Role.MINISTRY, Role.REGION_ANALYST, Role.MUNICIPALITY_ANALYST})
 
 
 class MessageFormat(StrEnum):

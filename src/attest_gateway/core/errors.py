@@ -125,6 +125,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_CLIENT_CERTIFICATE = "unknown-client-certificate"
     CREDENTIALS_DISAGREE = "credentials-disagree"
     FORBIDDEN = "forbidden"
+    OUTSIDE_SCOPE = "outside-scope"  # an analyst asked for figures outside its region/municipality
     JOBCENTER_MISMATCH = "jobcenter-mismatch"
     SENDER_MISMATCH = "sender-mismatch"
 

@@ -1,5 +1,6 @@
-"""Demo organisations for `make run`: the gateway itself, two job centres, one psychiatry unit
-and one GP clinic, with development keys and API keys. Created once, if absent, through the
+"""Demo organisations for `make run`: the gateway itself, two job centres, one psychiatry unit,
+one GP clinic, the ministry and a region's and a municipality's analysts, with development
+keys and API keys. Created once, if absent, through the
 same functions (services/admin.py, audited) an operator's `attest-gateway orgs add` uses;
 refused in production."""
 
@@ -54,6 +55,10 @@ DEMO_ORGS: tuple[Organisation, ...] = (
     _org("gp-noerrebro", "Lægehuset Nørrebro", Role.GP, sor="486711000016004",
          gln=_gln("579000612001"), ydernummer="012345", region_code="1084"),
     _org("ministry", "Beskæftigelsesministeriet (analyse)", Role.MINISTRY),
+    _org("analyse-hovedstaden", "Region Hovedstaden (analyse)", Role.REGION_ANALYST,
+         region_code="1084"),
+    _org("analyse-koebenhavn", "Københavns Kommune (analyse)", Role.MUNICIPALITY_ANALYST,
+         kommunekode="101"),
 )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import heapq
 import json
 import math
@@ -144,6 +145,16 @@ class Profile:
     )
     jobcenter_read: Delay = field(default_factory=lambda: Delay(1.0, 0.8))
     contact_after: Delay = field(default_factory=lambda: Delay(10.0, 0.6))  # request → meeting
+    # The sickness cases job centres register (the denominator of contact coverage): every
+    # citizen a request is made for, and this many more per such citizen with no request at
+    # all; psychiatry registers this share of the citizens with a psychiatric course as in its
+    # treatment, and a contact with the job centre for this share of them.
+    cases_without_request: float = 1.0
+    treatment_registered_share: float = 0.5
+    psychiatry_contact_share: float = 0.08
+    # A ressourceforløb citizen's GP attest (LÆ 265) is followed by a request for the
+    # specialist's (LÆ 155, to psychiatry) this often, a few days later.
+    rehab_specialist_share: float = 0.7
 
     @classmethod
     def load(cls, path: Path | None) -> Profile:
@@ -310,6 +321,7 @@ class Case:
     read_at: dt.datetime | None
     contact_at: dt.datetime | None = None
     psychiatry: SimOrg | None = None
+    requested: bool = True  # False: a sickness case registered with no request
 
 
 def _pick(rng: random.Random, mix: dict[str, float]) -> str:
@@ -398,6 +410,12 @@ def plan(
         )
 
 
+def _citizen_key(prefix: str, case: Case) -> str:
+    """An id for the citizen's case that holds no CPR number (the API refuses one)."""
+    digest = hashlib.sha256(f"{case.jobcenter.id}{case.cpr}{case.first_day}".encode()).hexdigest()
+    return f"{prefix}-{digest[:20]}"
+
+
 def _days(days: float) -> dt.timedelta:
     return dt.timedelta(days=max(0.0, days))
 
@@ -413,6 +431,8 @@ class Stats:
     replies: int = 0
     reads: int = 0
     contacts: int = 0
+    cases: int = 0
+    treatments: int = 0
     errors: int = 0
     retries: int = 0
 
@@ -427,6 +447,7 @@ class Driver:
         *,
         concurrency: int = 6,
         retry_after: dt.timedelta = dt.timedelta(minutes=10),
+        profile: Profile | None = None,
     ) -> None:
         self.client = client
         self.retry_after = retry_after  # look again after this when a message has not arrived
@@ -438,13 +459,66 @@ class Driver:
         self._requests: dict[int, tuple[str, str, Any]] = {}  # case → (cid, message id, bundle)
         self._keys: dict[str, OrgKeys] = {}
         self._taken_in: set[str] = set()  # conversations whose reply a job centre took in
+        self._registered: set[tuple[str, str, dt.date]] = set()  # (job centre, CPR, first day)
+        self.profile = profile or Profile()
         self.server_now: dt.datetime | None = None
 
     def add(self, cases: list[Case]) -> None:
+        """Play the cases: each request; the sickness case of each citizen seen first (and
+        cases with no request at all beside them), psychiatry's treatments and contacts, and
+        a ressourceforløb citizen's specialist attest after the GP's (`Profile`)."""
         for case in cases:
             self._push(case.request_at, "request", case)
             if case.contact_at is not None:
                 self._push(case.contact_at, "contact", case)
+            self._add_registrations(case)
+
+    def _add_registrations(self, case: Case) -> None:
+        key = (case.jobcenter.id, case.cpr, case.first_day)
+        if key in self._registered:
+            return
+        self._registered.add(key)
+        # decided per citizen, the same on every run of the same plan
+        rng = random.Random(f"{case.cpr}{case.first_day}{case.n}")  # noqa: S311 - simulation
+        p = self.profile
+        self._push(case.request_at, "register", case)
+        if case.psychiatric and rng.random() < p.treatment_registered_share:
+            self._push(case.request_at, "treatment", case)
+        if case.psychiatric and rng.random() < p.psychiatry_contact_share:
+            self._push(case.request_at + _days(p.contact_after.draw(rng)), "psych_contact", case)
+        if (
+            case.requested
+            and case.case_kind == "ressourceforloeb"
+            and case.attest_type == "LÆ 265"
+            and case.psychiatry is not None
+            and rng.random() < p.rehab_specialist_share
+        ):
+            at = case.request_at + _days(rng.uniform(1, 7))
+            fetch = at + _days(p.psychiatry.fetch.draw(rng))
+            ack = fetch + _days(p.psychiatry.ack.draw(rng))
+            reply = (
+                None
+                if rng.random() < p.psychiatry.never_replies
+                else (max(ack, at + _days(p.psychiatry.reply.draw(rng))) + dt.timedelta(seconds=1))
+            )
+            follow = replace(
+                case, n=-case.n - 1, receiver=case.psychiatry, attest_type="LÆ 155",
+                request_at=at, fetch_at=fetch, ack_at=ack, reply_at=reply,
+                read_at=reply + _days(p.jobcenter_read.draw(rng)) if reply else None,
+                contact_at=None,
+            )  # fmt: skip
+            self._push(at, "request", follow)
+        if case.requested:
+            whole, part = divmod(p.cases_without_request, 1.0)
+            for k in range(int(whole) + (rng.random() < part)):
+                weeks = max(0.1, p.request_week.draw(rng))
+                alone = replace(
+                    case, n=-(case.n + 1) * 1000 - k, cpr=synthetic_cpr(rng),
+                    first_day=case.request_at.date() - dt.timedelta(days=int(weeks * 7)),
+                    psychiatric=rng.random() < p.psychiatric_share,
+                    case_kind=_pick(rng, p.case_kind_mix), contact_at=None, requested=False,
+                )  # fmt: skip
+                self._add_registrations(alone)
 
     def _push(self, at: dt.datetime, step: str, case: Case) -> None:
         self._seq += 1
@@ -602,6 +676,60 @@ class Driver:
             )
             self._taken_in.add(item["conversation_id"])
         self.stats.reads += 1
+
+    async def _register(self, case: Case, now: dt.datetime) -> None:
+        """The job centre registers the citizen's sickness case (with or without a request)."""
+        jc = case.jobcenter
+        body = {
+            "municipality": jc.kommunekode,
+            "case_id": _citizen_key("sim-case", case),
+            "citizen_cpr": case.cpr,
+            "case_kind": case.case_kind,
+            "psychiatric_course": case.psychiatric,
+            "first_day_of_absence": case.first_day.isoformat(),
+        }
+        response = await self.client.post(
+            "/jobcenter/v1/cases", json=body, headers=self._auth(jc.id)
+        )
+        response.raise_for_status()
+        self.stats.cases += 1
+
+    async def _treatment(self, case: Case, now: dt.datetime) -> None:
+        """The region's psychiatry registers the citizen as in its treatment."""
+        assert case.psychiatry is not None
+        body = {"citizen_cpr": case.cpr, "start_date": case.first_day.isoformat()}
+        response = await self.client.post(
+            "/psychiatry/v1/treatments",
+            json=body,
+            headers={
+                **self._auth(case.psychiatry.id),
+                "Idempotency-Key": _citizen_key("sim-treatment", case),
+            },
+        )
+        response.raise_for_status()
+        self.stats.treatments += 1
+
+    async def _psych_contact(self, case: Case, now: dt.datetime) -> None:
+        """Psychiatry registers a contact with the citizen's job centre."""
+        assert case.psychiatry is not None
+        body = {
+            "municipality": case.jobcenter.kommunekode,
+            "citizen_cpr": case.cpr,
+            "case_kind": case.case_kind,
+            "first_day_of_absence": case.first_day.isoformat(),
+            "contact_date": now.date().isoformat(),
+            "channel": "phone",
+        }
+        response = await self.client.post(
+            "/psychiatry/v1/contacts",
+            json=body,
+            headers={
+                **self._auth(case.psychiatry.id),
+                "Idempotency-Key": _citizen_key("sim-contact", case),
+            },
+        )
+        response.raise_for_status()
+        self.stats.contacts += 1
 
     async def _contact(self, case: Case, now: dt.datetime) -> None:
         assert case.psychiatry is not None

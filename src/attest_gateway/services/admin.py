@@ -343,6 +343,10 @@ def checked_organisation(org: Organisation, settings: Settings) -> Organisation:
         raise AdminError("a job centre needs --kommunekode, --gln and --sor")
     if org.role in HEALTH_ROLES and (sor is None or gln is None):
         raise AdminError(f"a {org.role.value} organisation needs --sor and --gln")
+    if org.role is Role.REGION_ANALYST and (region is None or kommunekode is not None):
+        raise AdminError("a region's analysts need --region (and no --kommunekode)")
+    if org.role is Role.MUNICIPALITY_ANALYST and kommunekode is None:
+        raise AdminError("a municipality's analysts need --kommunekode")
     if org.role is Role.OPERATOR and org.id != settings.gateway_org_id:
         raise AdminError(
             f"only the gateway's own organisation ({settings.gateway_org_id}) has the operator role"

@@ -25,14 +25,13 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.core.directory import Role
-from attest_gateway.core.identifiers import municipalities
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import (
     organisations,
@@ -41,14 +40,23 @@ from attest_gateway.infra.db.tables import (
     tracker_conversations,
     tracker_treatments,
 )
+from attest_gateway.tracker import disclosure
 from attest_gateway.tracker import rules as r
-from attest_gateway.tracker.report import Filters, label
+from attest_gateway.tracker.report import (
+    Filters,
+    cube_range,
+    in_place,
+    in_range,
+    label,
+    region_of_municipalities,
+)
 from attest_gateway.tracker.survival import kaplan_meier
 
 CoverageBy = Literal["national", "region", "municipality", "case_kind"]
 LatencyBy = Literal["national", "region", "attest_type", "receiver_kind"]
 TimingBy = Literal["national", "region", "municipality", "case_kind"]
 OverdueBy = Literal["receiver", "municipality"]
+RehabBy = Literal["national", "region", "municipality"]
 
 _CHUNK = 500  # case refs per IN list
 
@@ -58,27 +66,107 @@ def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
         yield values[i : i + _CHUNK]
 
 
-def _region_municipalities(region: str) -> list[str]:
-    return [m.kommunekode for m in municipalities().values() if m.region_code == region]
-
-
 def _group_label(by: str, key: str) -> str:
-    if by in ("national", "region", "municipality"):
-        return label(by, key)  # type: ignore[arg-type]
-    return key
+    return label(by, key)
+
+
+# --- the cube: every record in every cell it counts in, decided together --------------------
+
+GEOGRAPHY = ("national", "region", "municipality")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One record's place in the cube: the day it counts on, its place, its value of the
+    breakdown asked (attest type, case kind, …; None for a geographic grouping) and its
+    citizen."""
+
+    record: Any
+    day: dt.date
+    region: str
+    municipality: str
+    breakdown: str | None
+    citizen: str
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    key: tuple[str | None, str]  # (period start or None, group)
+    records: list[Any]
+    citizens: int
+    shown: bool
+
+
+def _periods(f: Filters, day: dt.date) -> list[tuple[str, str]]:
+    if f.period == "week":
+        return [("week", r.period_start(day, "week").isoformat())]
+    return disclosure.months_up("month", day)
+
+
+def _own(by: str, f: Filters) -> str:
+    if by in ("region", "municipality"):
+        return by
+    return "municipality" if f.municipality else "region" if f.region else "national"
+
+
+def publish(
+    items: Iterable[Item], f: Filters, by: str, rules: r.TrackerRules, *, series: bool
+) -> list[Row]:
+    """The answer's rows: every record counted into every cell of the cube (periods: the
+    kind asked, or months, quarters and years; places: the country, its region, its
+    municipality; breakdown: all and its own value), the cube's cells decided together
+    (`disclosure.decide_cube`), then the rows of the grouping, period range and place asked
+    picked; without `series` one row per group over the range, shown only if all its
+    periods are."""
+    records: dict[disclosure.Coord, list[Any]] = defaultdict(list)
+    citizens: dict[disclosure.Coord, set[str]] = defaultdict(set)
+    for it in items:
+        kinds = [disclosure.ALL] if it.breakdown is None else [disclosure.ALL, it.breakdown]
+        for kind, start in _periods(f, it.day):
+            for grain, where in zip(GEOGRAPHY, ("DK", it.region, it.municipality), strict=True):
+                for value in kinds:
+                    coord = (kind, start, grain, where, value)
+                    records[coord].append(it.record)
+                    citizens[coord].add(it.citizen)
+    hidden = disclosure.decide_cube(
+        {c: len(v) for c, v in citizens.items()},
+        region_of_municipalities(),
+        rules.min_cell_citizens,
+    )
+    own = _own(by, f)
+    region_of = region_of_municipalities()
+    breakdown = by not in GEOGRAPHY
+    rows: dict[tuple[str | None, str], tuple[list[Any], set[str], bool]] = {}
+    for coord, recs in records.items():
+        kind, start, grain, where, value = coord
+        if kind != f.period or grain != own or not in_range(f, start):
+            continue
+        if breakdown == (value == disclosure.ALL):
+            continue
+        if grain == "municipality" and not in_place(f, where, region_of.get(where)):
+            continue
+        if grain == "region" and f.region is not None and where != f.region:
+            continue
+        group = value if breakdown else disclosure.place_of(coord)
+        key = (start if series else None, group)
+        old = rows.get(key, ([], set(), True))
+        rows[key] = (old[0] + recs, old[1] | citizens[coord], old[2] and coord not in hidden)
+    return [
+        Row(key, recs, len(refs), ok and r.publishable(len(refs), rules))
+        for key, (recs, refs, ok) in sorted(rows.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
+    ]
+
+
+def _widened(f: Filters) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The instants the cube reads (whole years for months, quarters and years), a day's
+    margin either side: a record's period is its day in Danish time."""
+    lo, hi = cube_range(f)
+    start = dt.datetime.combine(lo - dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC) if lo else None
+    end = dt.datetime.combine(hi + dt.timedelta(days=2), dt.time(), tzinfo=dt.UTC) if hi else None
+    return start, end
 
 
 # --- contact over cases -----------------------------------------------------------------------
-
-
-@dataclass
-class _Tally:
-    cases: int = 0  # decided: with contact + without
-    with_contact: int = 0
-    pending: int = 0
-    closed_early: int = 0
-    citizens: set[str] = field(default_factory=set)
-    sources: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 async def _by_refs(
@@ -90,6 +178,15 @@ async def _by_refs(
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """One counted case: with contact (its first contact's source), without, pending or
+    closed early."""
+
+    status: Literal["with", "without", "pending", "closed_early"]
+    source: str | None = None
+
+
 async def coverage(
     conn: AsyncConnection,
     rules: r.TrackerRules,
@@ -99,18 +196,17 @@ async def coverage(
     series: bool,
     now: dt.datetime,
 ) -> list[dict[str, Any]]:
-    """Share of registered cases with a psychiatric course and no direct contact in the window,
-    per group (and period of the window's last day)."""
+    """Share of registered cases with a psychiatric course and no direct contact in the
+    window, per group (and period of the window's last day)."""
     today = rules.local_date(now)
     window_days = 7 * rules.contact_window_weeks
     c = tracker_cases.c
+    lo, hi = cube_range(f)
     conds: list[Any] = [c.case_kind.in_(sorted(rules.contact_case_kinds))]
-    if f.date_from is not None:  # the window ends in the period asked
-        conds.append(c.first_day_of_absence >= f.date_from - dt.timedelta(days=window_days))
-    if f.date_to is not None:
-        conds.append(c.first_day_of_absence <= f.date_to)
-    if f.region is not None:
-        conds.append(c.region_code == f.region)
+    if lo is not None:  # the window ends in the period asked
+        conds.append(c.first_day_of_absence >= lo - dt.timedelta(days=window_days))
+    if hi is not None:
+        conds.append(c.first_day_of_absence <= hi)
     cases = list(await conn.execute(sa.select(tracker_cases).where(*conds)))
     refs = sorted({row.case_ref for row in cases})
     treatments: dict[str, list[Any]] = defaultdict(list)
@@ -135,14 +231,10 @@ async def coverage(
             if "request" in counts_requests and rec.submitted_at is not None:
                 contacts[key].append((rules.local_date(aware(rec.submitted_at)), "request"))
 
-    tallies: dict[tuple[str | None, str], _Tally] = defaultdict(_Tally)
+    items: list[Item] = []
     for case in cases:
         first_day = case.first_day_of_absence
         window_end = rules.contact_window_end(first_day)
-        if f.date_from is not None and window_end < r.period_start(f.date_from, f.period):
-            continue
-        if f.date_to is not None and window_end > f.date_to:
-            continue
         course = case.psychiatric_course or any(
             t.start_date <= window_end and (t.end_date is None or t.end_date >= first_day)
             for t in treatments.get(case.case_ref, ())
@@ -154,84 +246,74 @@ async def coverage(
             for day, source in contacts.get((case.case_ref, case.jobcenter_org), ())
             if first_day <= day <= window_end
         )
-        period = r.period_start(window_end, f.period).isoformat() if series else None
-        tally = tallies[(period, _coverage_key(case, by))]
         if found:
-            tally.cases += 1
-            tally.with_contact += 1
-            tally.sources[found[0][1]] += 1
-            tally.citizens.add(case.case_ref)
+            decided = _Decided("with", found[0][1])
         elif case.closed_on is not None and case.closed_on < window_end:
-            tally.closed_early += 1
+            decided = _Decided("closed_early")
         elif window_end < today:
-            tally.cases += 1
-            tally.citizens.add(case.case_ref)
+            decided = _Decided("without")
         else:
-            tally.pending += 1
+            decided = _Decided("pending")
+        items.append(
+            Item(
+                decided,
+                window_end,
+                str(case.region_code),
+                str(case.municipality),
+                str(case.case_kind) if by == "case_kind" else None,
+                case.case_ref,
+            )
+        )
     rows = []
-    for key in sorted(tallies, key=lambda k: (k[0] or "", k[1])):
-        t = tallies[key]
-        period, group = key
-        ok = r.publishable(len(t.citizens), rules)
-        row: dict[str, Any] = {"period_start": period} if series else {}
-        row |= {
+    for row in publish(items, f, by, rules, series=series):
+        period, group = row.key
+        decided_ = [d for d in row.records if d.status in ("with", "without")]
+        with_contact = [d for d in decided_ if d.status == "with"]
+        sources: dict[str, int] = defaultdict(int)
+        for d in with_contact:
+            sources[str(d.source)] += 1
+        out: dict[str, Any] = {"period_start": period} if series else {}
+        out |= {
             "group": group,
             "label": _group_label(by, group),
-            "suppressed": not ok,
+            "suppressed": not row.shown,
             "baseline": rules.no_contact_baseline,
             "target": rules.no_contact_target,
         }
+        n, w = len(decided_), len(with_contact)
         fields: dict[str, Any] = {
-            "cases": t.cases,
-            "with_contact": t.with_contact,
-            "without_contact": t.cases - t.with_contact,
-            "share_without_contact": r.rate(t.cases - t.with_contact, t.cases),
-            "contact_by_jobcenter": t.sources.get("jobcenter", 0),
-            "contact_by_psychiatry": t.sources.get("psychiatry", 0),
-            "contact_by_attest": t.sources.get("attest", 0),
-            "contact_by_request": t.sources.get("request", 0),
-            "pending": t.pending,
-            "closed_early": t.closed_early,
+            "cases": n,
+            "with_contact": w,
+            "without_contact": n - w,
+            "share_without_contact": r.rate(n - w, n),
+            "contact_by_jobcenter": sources.get("jobcenter", 0),
+            "contact_by_psychiatry": sources.get("psychiatry", 0),
+            "contact_by_attest": sources.get("attest", 0),
+            "contact_by_request": sources.get("request", 0),
+            "pending": sum(1 for d in row.records if d.status == "pending"),
+            "closed_early": sum(1 for d in row.records if d.status == "closed_early"),
         }
-        row |= fields if ok else dict.fromkeys(fields)
-        rows.append(row)
+        out |= fields if row.shown else dict.fromkeys(fields)
+        rows.append(out)
     return rows
-
-
-def _coverage_key(case: Any, by: CoverageBy) -> str:
-    if by == "region":
-        return str(case.region_code)
-    if by == "municipality":
-        return str(case.municipality)
-    if by == "case_kind":
-        return str(case.case_kind)
-    return "DK"
 
 
 # --- latency with the open requests (Kaplan–Meier) ------------------------------------------
 
 
 def _request_conds(f: Filters) -> list[Any]:
+    """The requests the cube reads: of the attest type asked, made in the widened range
+    (every place: the rows are picked after the cells are decided)."""
     tc = tracker_conversations.c
     conds: list[Any] = [tc.submitted_at.is_not(None)]
     if f.attest_type is not None:
         conds.append(tc.attest_type == f.attest_type)
-    if f.region is not None:
-        conds.append(tc.region_code == f.region)
-    # a day's margin either side: the period is the request's day in Danish time
-    if f.date_from is not None:
-        start = r.period_start(f.date_from, f.period) - dt.timedelta(days=1)
-        conds.append(tc.submitted_at >= dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC))
-    if f.date_to is not None:
-        end = f.date_to + dt.timedelta(days=2)
-        conds.append(tc.submitted_at < dt.datetime.combine(end, dt.time(), tzinfo=dt.UTC))
+    start, end = _widened(f)
+    if start is not None:
+        conds.append(tc.submitted_at >= start)
+    if end is not None:
+        conds.append(tc.submitted_at < end)
     return conds
-
-
-def _in_period(rules: r.TrackerRules, f: Filters, day: dt.date) -> bool:
-    if f.date_from is not None and day < r.period_start(f.date_from, f.period):
-        return False
-    return f.date_to is None or day <= f.date_to
 
 
 async def latency(
@@ -252,36 +334,36 @@ async def latency(
         tc.attest_type,
         tc.receiver_role,
         tc.region_code,
+        tc.municipality,
         tc.case_ref,
     ).where(*_request_conds(f))
-    groups: dict[tuple[str | None, str], list[tuple[float, bool]]] = defaultdict(list)
-    citizens: dict[tuple[str | None, str], set[str]] = defaultdict(set)
+    items: list[Item] = []
     for rec in await conn.execute(stmt):
         submitted = aware(rec.submitted_at)
-        day = rules.local_date(submitted)
-        if not _in_period(rules, f, day):
-            continue
         replied = aware(rec.replied_at) if rec.replied_at is not None else None
         end = replied if replied is not None else now
         seconds = max(0.0, (end - submitted).total_seconds())
-        if by == "attest_type":
-            group = str(rec.attest_type)
-        elif by == "receiver_kind":
-            group = str(rec.receiver_role or "unknown")
-        elif by == "region":
-            group = str(rec.region_code)
-        else:
-            group = "DK"
-        key = (r.period_start(day, f.period).isoformat() if series else None, group)
-        groups[key].append((seconds, replied is not None))
-        citizens[key].add(rec.case_ref)
+        breakdown = {
+            "attest_type": str(rec.attest_type),
+            "receiver_kind": str(rec.receiver_role or "unknown"),
+        }.get(by)
+        items.append(
+            Item(
+                (seconds, replied is not None),
+                rules.local_date(submitted),
+                str(rec.region_code),
+                str(rec.municipality),
+                breakdown,
+                rec.case_ref,
+            )
+        )
     rows = []
-    for key in sorted(groups, key=lambda k: (k[0] or "", k[1])):
-        period, group = key
-        obs = groups[key]
-        ok = r.publishable(len(citizens[key]), rules) and len(obs) >= rules.min_cell_citizens
-        row: dict[str, Any] = {"period_start": period} if series else {}
-        row |= {"group": group, "label": _group_label(by, group), "suppressed": not ok}
+    for row in publish(items, f, by, rules, series=series):
+        period, group = row.key
+        obs: list[tuple[float, bool]] = row.records
+        ok = row.shown and len(obs) >= rules.min_cell_citizens
+        out: dict[str, Any] = {"period_start": period} if series else {}
+        out |= {"group": group, "label": _group_label(by, group), "suppressed": not ok}
         curve = kaplan_meier(obs)
         answered = sorted(t for t, happened in obs if happened)
         fields: dict[str, Any] = {
@@ -293,8 +375,8 @@ async def latency(
             "p90": curve.quantile(0.9),
             "answered_only_median": _median(answered),
         }
-        row |= fields if ok else dict.fromkeys(fields)
-        rows.append(row)
+        out |= fields if ok else dict.fromkeys(fields)
+        rows.append(out)
     return rows
 
 
@@ -338,37 +420,38 @@ async def request_timing(
         tc.municipality,
         tc.case_ref,
     ).where(*_request_conds(f))
-    weeks: dict[tuple[str | None, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    citizens: dict[tuple[str | None, str], set[str]] = defaultdict(set)
+    items: list[Item] = []
     for rec in await conn.execute(stmt):
         day = rules.local_date(aware(rec.submitted_at))
-        if not _in_period(rules, f, day):
-            continue
-        group = {
-            "region": rec.region_code,
-            "municipality": rec.municipality,
-            "case_kind": rec.case_kind,
-        }.get(by, "DK")
-        key = (r.period_start(day, f.period).isoformat() if series else None, str(group))
-        weeks[key][absence_week(rec.first_day_of_absence, day)] += 1
-        citizens[key].add(rec.case_ref)
+        items.append(
+            Item(
+                absence_week(rec.first_day_of_absence, day),
+                day,
+                str(rec.region_code),
+                str(rec.municipality),
+                str(rec.case_kind) if by == "case_kind" else None,
+                rec.case_ref,
+            )
+        )
     rows = []
-    for key in sorted(weeks, key=lambda k: (k[0] or "", k[1])):
-        period, group = key
-        total = sum(weeks[key].values())
-        ok = r.publishable(len(citizens[key]), rules)
+    for row in publish(items, f, by, rules, series=series):
+        period, group = row.key
+        weeks: dict[int, int] = defaultdict(int)
+        for week in row.records:
+            weeks[week] += 1
+        total = len(row.records)
         for week in range(LAST_WEEK + 1):
-            row: dict[str, Any] = {"period_start": period} if series else {}
-            row |= {
+            out: dict[str, Any] = {"period_start": period} if series else {}
+            out |= {
                 "group": group,
                 "label": _group_label(by, group),
-                "suppressed": not ok,
+                "suppressed": not row.shown,
                 "week": week,
             }
-            n = weeks[key].get(week, 0)
+            n = weeks.get(week, 0)
             fields = {"requests": n, "share": r.rate(n, total)}
-            row |= fields if ok else dict.fromkeys(fields)
-            rows.append(row)
+            out |= fields if row.shown else dict.fromkeys(fields)
+            rows.append(out)
     return rows
 
 
@@ -388,6 +471,7 @@ async def open_overdue(
             organisations.c.name,
             organisations.c.role,
             tc.municipality,
+            tc.region_code,
             tc.due_date,
             tc.submitted_at,
             tc.case_ref,
@@ -400,29 +484,140 @@ async def open_overdue(
         .where(*conds)
     )
     today = rules.local_date(now)
-    groups: dict[str, dict[str, Any]] = {}
+    names: dict[str, tuple[str, str | None]] = {}
+    items: list[Item] = []
     for rec in await conn.execute(stmt):
-        if not _in_period(rules, f, rules.local_date(aware(rec.submitted_at))):
-            continue
-        if by == "receiver":
-            key, name, kind = str(rec.receiver_org), rec.name or "?", rec.role
-        else:
-            key, name, kind = str(rec.municipality), label("municipality", rec.municipality), None
-        g = groups.setdefault(key, {"name": name, "kind": kind, "n": 0, "refs": set(), "late": 0})
-        g["n"] += 1
-        g["refs"].add(rec.case_ref)
-        if rec.due_date is not None:
-            g["late"] = max(g["late"], (today - rec.due_date).days)
-    rows = []
-    for key, g in sorted(groups.items(), key=lambda kv: (-kv[1]["n"], kv[1]["name"])):
-        ok = r.publishable(len(g["refs"]), rules)
-        row: dict[str, Any] = (
-            {"group": key, "label": g["name"]}
-            if by == "municipality"
-            else {"label": g["name"], "receiver_kind": g["kind"]}
+        names[str(rec.receiver_org)] = (rec.name or "?", rec.role)
+        late = (today - rec.due_date).days if rec.due_date is not None else 0
+        items.append(
+            Item(
+                late,
+                rules.local_date(aware(rec.submitted_at)),
+                str(rec.region_code),
+                str(rec.municipality),
+                str(rec.receiver_org) if by == "receiver" else None,
+                rec.case_ref,
+            )
         )
-        row["suppressed"] = not ok
-        fields = {"open_overdue": g["n"], "most_days_overdue": g["late"]}
-        row |= fields if ok else dict.fromkeys(fields)
-        rows.append(row)
+    # the list is over the whole range asked, one row per unit or municipality
+    published = publish(items, f, by, rules, series=False)
+    rows = []
+    for row in sorted(published, key=lambda x: (-len(x.records), _overdue_name(by, x, names))):
+        group = row.key[1]
+        out: dict[str, Any] = (
+            {"group": group, "label": _overdue_name(by, row, names)}
+            if by == "municipality"
+            else {"label": names[group][0], "receiver_kind": names[group][1]}
+        )
+        out["suppressed"] = not row.shown
+        fields = {"open_overdue": len(row.records), "most_days_overdue": max(row.records)}
+        out |= fields if row.shown else dict.fromkeys(fields)
+        rows.append(out)
     return rows
+
+
+def _overdue_name(by: str, row: Row, names: dict[str, tuple[str, str | None]]) -> str:
+    group = row.key[1]
+    return names[group][0] if by == "receiver" else label("municipality", group)
+
+
+# --- a ressourceforløb case's health information -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Rehab:
+    days: float  # first request → complete, or → now when not complete (censored)
+    complete: bool
+    missing: tuple[int, ...]  # per required group: 1 if it has no attest yet
+
+
+async def rehabilitation(
+    conn: AsyncConnection,
+    rules: r.TrackerRules,
+    f: Filters,
+    by: RehabBy,
+    *,
+    series: bool,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """How long a ressourceforløb case waits for all the health information its
+    rehabilitation team needs (`rules.rehab_health_information`: every group answered by
+    one of its attest types; by default LÆ 265 and a specialist's attest), from the job
+    centre's first request for any of it: Kaplan–Meier, a case not yet complete censored at
+    its wait so far; counted in the period of that first request. Days."""
+    groups = rules.rehab_health_information
+    wanted = sorted({t for needed in groups for t in needed})
+    tc = tracker_conversations.c
+    every_type = Filters(f.period, f.date_from, f.date_to, None, f.region, f.municipality)
+    conds = [
+        *_request_conds(every_type),
+        tc.case_kind == "ressourceforloeb",
+        tc.attest_type.in_(wanted),
+    ]
+    stmt = sa.select(
+        tc.case_ref,
+        tc.jobcenter_org,
+        tc.first_day_of_absence,
+        tc.attest_type,
+        tc.submitted_at,
+        tc.replied_at,
+        tc.region_code,
+        tc.municipality,
+    ).where(*conds)
+    cases: dict[tuple[str, str, dt.date], list[Any]] = defaultdict(list)
+    for rec in await conn.execute(stmt):
+        cases[(rec.case_ref, rec.jobcenter_org, rec.first_day_of_absence)].append(rec)
+    items: list[Item] = []
+    for (ref, _, _), recs in cases.items():
+        first = min(aware(x.submitted_at) for x in recs)
+        answered_at: list[dt.datetime] = []
+        for needed in groups:
+            times = [aware(x.replied_at) for x in recs if x.attest_type in needed and x.replied_at]
+            if times:
+                answered_at.append(min(times))
+        complete = len(answered_at) == len(groups)
+        end = max(answered_at) if complete else now
+        wait = max(0.0, (end - first).total_seconds()) / 86400
+        missing = tuple(
+            int(not any(x.attest_type in needed and x.replied_at for x in recs))
+            for needed in groups
+        )
+        items.append(
+            Item(
+                _Rehab(wait, complete, missing),
+                rules.local_date(first),
+                str(recs[0].region_code),
+                str(recs[0].municipality),
+                None,
+                ref,
+            )
+        )
+    rows = []
+    for row in publish(items, f, by, rules, series=series):
+        period, group = row.key
+        waits: list[_Rehab] = row.records
+        out: dict[str, Any] = {"period_start": period} if series else {}
+        out |= {"group": group, "label": _group_label(by, group), "suppressed": not row.shown}
+        curve = kaplan_meier((w.days, w.complete) for w in waits)
+        fields: dict[str, Any] = {
+            "cases": curve.n,
+            "complete": curve.events,
+            "incomplete": curve.censored,
+            "share_incomplete": r.rate(curve.censored, curve.n),
+            "median_days": _days(curve.quantile(0.5)),
+            "p90_days": _days(curve.quantile(0.9)),
+        }
+        for i, names in enumerate(groups):
+            fields[f"missing_{_slug(names)}"] = sum(w.missing[i] for w in waits)
+        out |= fields if row.shown else dict.fromkeys(fields)
+        rows.append(out)
+    return rows
+
+
+def _days(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _slug(types: Sequence[str]) -> str:
+    """`LÆ 265` → `lae265`; several types joined by `_or_`."""
+    return "_or_".join(t.lower().replace("æ", "ae").replace(" ", "") for t in types)

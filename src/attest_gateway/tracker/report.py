@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.infra.db.tables import tracker_cells, tracker_counts, tracker_durations
+from attest_gateway.tracker import disclosure
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.consumer import CONTACT_ATTEST
 
@@ -48,11 +49,12 @@ REGION_NAMES = {
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    period: r.PeriodKind = "month"
+    period: r.ReportPeriod = "month"
     date_from: dt.date | None = None
     date_to: dt.date | None = None
     attest_type: str | None = None
     region: str | None = None
+    municipality: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -61,103 +63,131 @@ class Filters:
             "to": self.date_to.isoformat() if self.date_to else None,
             "attest_type": self.attest_type,
             "region": self.region,
+            "municipality": self.municipality,
         }
 
 
-def _grain(by: By, f: Filters) -> str:
-    if by in ("national", "attest_type"):
-        return "region" if f.region is not None else "national"
-    return by
+def region_of_municipalities() -> dict[str, str]:
+    return {m.kommunekode: m.region_code for m in municipalities().values()}
+
+
+def place(f: Filters) -> str:
+    """The group key of the whole of what the filters select: a municipality, a region or
+    the country ("DK")."""
+    return f.municipality or f.region or "DK"
+
+
+def in_place(f: Filters, municipality: str | None, region: str | None) -> bool:
+    """Whether a record of `municipality` and `region` lies in what the filters select."""
+    if f.municipality is not None:
+        return municipality == f.municipality
+    return f.region is None or region == f.region
+
+
+# --- reading the rollup cells -----------------------------------------------------------------
+
+Coord = disclosure.Coord
+
+
+def _levels(by: By) -> tuple[str, ...]:
+    """The grains read: always the whole geography (and the receiving units for them), so
+    that a cell is decided alike whatever is asked (the rows are picked afterwards)."""
+    if by == "receiver":
+        return ("national", "receiver")
+    return ("national", "region", "municipality")
+
+
+def _own(by: By, f: Filters) -> str:
+    """The grain of the answer's rows."""
+    if by in ("region", "municipality", "receiver"):
+        return by
+    return "municipality" if f.municipality else "region" if f.region else "national"
+
+
+def _types(*, contact: bool) -> list[str] | None:
+    """The attest types read (None: every type and `*`, decided together)."""
+    return [CONTACT_ATTEST] if contact else None
+
+
+def _stored_kind(f: Filters) -> r.PeriodKind:
+    return "week" if f.period == "week" else "month"
+
+
+def cube_range(f: Filters) -> tuple[dt.date | None, dt.date | None]:
+    """The days whose cells decide the suppression: the range asked, widened to whole years
+    for months, quarters and years (so that a quarter's or a year's cell is whole, and its
+    months are decided with it whatever the range asked)."""
+    lo, hi = f.date_from, f.date_to
+    if f.period == "week":
+        return (r.period_start(lo, "week") if lo else None), hi
+    return (dt.date(lo.year, 1, 1) if lo else None), (dt.date(hi.year, 12, 31) if hi else None)
+
+
+def in_range(f: Filters, period: str) -> bool:
+    """Whether a period (its start, ISO) of the kind asked is in the range asked."""
+    start = dt.date.fromisoformat(period)
+    if f.date_from is not None and start < r.period_start(f.date_from, f.period):
+        return False
+    return f.date_to is None or start <= f.date_to
 
 
 def _where(
-    table: sa.Table, f: Filters, by: By, *, contact: bool, types_summed: bool = False
+    table: sa.Table,
+    f: Filters,
+    grains: Sequence[str],
+    types: list[str] | None,
+    days: tuple[dt.date | None, dt.date | None],
 ) -> list[Any]:
-    """The cells a report reads (`table`: `tracker_cells`). `types_summed`: the rollup keeps
-    no all-types (`*`) cells (duration histograms): all types are then the sum of every
-    type's rows."""
+    """The cells read (`table`: `tracker_cells`): every place of the grains, so that a cell is
+    suppressed alike whatever the filters (the rows are picked afterwards)."""
     c = table.c
-    grain = _grain(by, f)
-    conds: list[Any] = [c.grain == grain, c.period_kind == f.period]
-    if f.date_from is not None:
-        conds.append(c.period_start >= r.period_start(f.date_from, f.period))
-    if f.date_to is not None:
-        conds.append(c.period_start <= f.date_to)
-    if contact:
-        conds.append(c.attest_type == CONTACT_ATTEST)
-    elif f.attest_type is not None:
-        conds.append(c.attest_type == f.attest_type)
-    elif by == "attest_type" or types_summed:
-        conds.append(c.attest_type.not_in([CONTACT_ATTEST, r.ALL_TYPES]))
+    conds: list[Any] = [c.grain.in_(list(grains)), c.period_kind == _stored_kind(f)]
+    lo, hi = days
+    if lo is not None:
+        conds.append(c.period_start >= r.period_start(lo, _stored_kind(f)))
+    if hi is not None:
+        conds.append(c.period_start <= hi)
+    if types is not None:
+        conds.append(c.attest_type.in_(types))
     else:
-        conds.append(c.attest_type == r.ALL_TYPES)
-    if f.region is not None:
-        if grain == "region":
-            conds.append(c.dim == f.region)
-        elif grain == "municipality":
-            codes = [m.kommunekode for m in municipalities().values() if m.region_code == f.region]
-            conds.append(c.dim.in_(codes))
+        conds.append(c.attest_type != CONTACT_ATTEST)
     return conds
 
 
-def _group_cols(table: sa.Table, by: By, series: bool) -> list[Any]:
-    cols: list[Any] = []
-    if series:
-        cols.append(table.c.period_start)
-    if by == "attest_type":
-        cols.append(table.c.attest_type)
-    elif by != "national":
-        cols.append(table.c.dim)
-    return cols
+def _coords(f: Filters, row: Any) -> list[Coord]:
+    """The cube's cells a stored cell adds into: a week its own; a month itself, its quarter
+    and its year."""
+    where = (str(row.grain), str(row.dim), str(row.attest_type))
+    if f.period == "week":
+        return [("week", row.period_start.isoformat(), *where)]
+    return [
+        (kind, start, *where) for kind, start in disclosure.months_up("month", row.period_start)
+    ]
 
 
-def _key(row: Any, by: By, series: bool) -> tuple[str | None, str]:
-    period = row.period_start.isoformat() if series else None
-    if by == "national":
-        return period, "DK"
-    if by == "attest_type":
-        return period, str(row.attest_type)
-    return period, str(row.dim)
-
-
-def label(by: By, key: str) -> str:
-    if by == "region":
-        return REGION_NAMES.get(key, key)
-    if by == "municipality":
-        m = municipalities().get(key)
-        return m.name if m is not None else key
-    if by == "national":
-        return "Danmark"
-    return key
-
-
-def _group_fields(by: By, key: tuple[str | None, str]) -> dict[str, Any]:
-    period, group = key
-    out: dict[str, Any] = {}
-    if period is not None:
-        out["period_start"] = period
-    out["group"] = group
-    out["label"] = label(by, group)
-    return out
-
-
-async def _counts(
-    conn: AsyncConnection, f: Filters, by: By, *, series: bool, contact: bool
-) -> dict[tuple[str | None, str], dict[str, int]]:
+async def _cube(
+    conn: AsyncConnection, f: Filters, by: By, *, contact: bool
+) -> dict[Coord, dict[str, int]]:
+    """The counters per cell of the cube, months summed into quarters and years;
+    `citizens_lb` is the most citizens of one stored cell (a lower bound of the distinct
+    citizens)."""
     t, cells = tracker_counts, tracker_cells
-    cols = _group_cols(cells, by, series)
+    cols = [cells.c.period_start, cells.c.grain, cells.c.dim, cells.c.attest_type]
     sums = [sa.func.sum(t.c[name]).label(name) for name in _COUNTERS]
+    where = _where(cells, f, _levels(by), _types(contact=contact), cube_range(f))
     stmt = (
         sa.select(*cols, *sums, sa.func.max(t.c.citizens).label("citizens_lb"))
         .select_from(cells.join(t, t.c.cell_id == cells.c.id))
-        .where(*_where(cells, f, by, contact=contact))
+        .where(*where)
         .group_by(*cols)
     )
-    out: dict[tuple[str | None, str], dict[str, int]] = {}
+    out: dict[Coord, dict[str, int]] = {}
     for row in await conn.execute(stmt):
-        values = {name: int(getattr(row, name) or 0) for name in _COUNTERS}
-        values["citizens_lb"] = int(row.citizens_lb or 0)
-        out[_key(row, by, series)] = values
+        for coord in _coords(f, row):
+            values = out.setdefault(coord, dict.fromkeys((*_COUNTERS, "citizens_lb"), 0))
+            for name in _COUNTERS:
+                values[name] += int(getattr(row, name) or 0)
+            values["citizens_lb"] = max(values["citizens_lb"], int(row.citizens_lb or 0))
     return out
 
 
@@ -173,26 +203,151 @@ _COUNTERS = (
 )
 
 
+def _wanted(by: By, f: Filters, coord: Coord, *, contact: bool, own: str) -> str | None:
+    """The group of a cube cell that is a row of the answer, or None."""
+    kind, period, grain, dim, attest_type = coord
+    if kind != f.period or grain != own or not in_range(f, period):
+        return None
+    if by == "attest_type" and f.attest_type is None and not contact:
+        if attest_type == r.ALL_TYPES:
+            return None
+    elif attest_type != (CONTACT_ATTEST if contact else (f.attest_type or r.ALL_TYPES)):
+        return None
+    if grain == "municipality":
+        region = municipalities().get(dim)
+        if not in_place(f, dim, region.region_code if region else None):
+            return None
+    if grain == "region" and f.region is not None and dim != f.region:
+        return None
+    return attest_type if by == "attest_type" else disclosure.place_of(coord)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A grouping's rows: counters per (period, group) key and which are shown (primary and
+    secondary suppression over the whole cube); with `series` false one row per group over
+    the range, shown only if all its periods are."""
+
+    counts: dict[tuple[str | None, str], dict[str, int]]
+    shown: set[tuple[str | None, str]]
+
+
+Memo = dict[tuple[bool, tuple[str, ...]], tuple[dict[Coord, dict[str, int]], set[Coord]]]
+
+
+async def _decided(
+    conn: AsyncConnection,
+    f: Filters,
+    by: By,
+    rules: r.TrackerRules,
+    *,
+    contact: bool,
+    memo: Memo | None,
+) -> tuple[dict[Coord, dict[str, int]], set[Coord]]:
+    """The cube and its suppressed cells; read and decided once per answer (`memo`: the
+    overview asks for several groupings of the same cube)."""
+    key = (contact, _levels(by))
+    if memo is not None and key in memo:
+        return memo[key]
+    cube = await _cube(conn, f, by, contact=contact)
+    hidden = disclosure.decide_cube(
+        {c: v["citizens_lb"] for c, v in cube.items()},
+        region_of_municipalities(),
+        rules.min_cell_citizens,
+    )
+    if memo is not None:
+        memo[key] = (cube, hidden)
+    return cube, hidden
+
+
+def _table(
+    cube: dict[Coord, dict[str, int]],
+    hidden: set[Coord],
+    by: By,
+    f: Filters,
+    rules: r.TrackerRules,
+    *,
+    series: bool,
+    contact: bool,
+) -> Table:
+    own = _own(by, f)
+    counts: dict[tuple[str | None, str], dict[str, int]] = {}
+    shown: set[tuple[str | None, str]] = set()
+    any_hidden: set[tuple[str | None, str]] = set()
+    for coord, values in cube.items():
+        group = _wanted(by, f, coord, contact=contact, own=own)
+        if group is None:
+            continue
+        key = (coord[1] if series else None, group)
+        total = counts.setdefault(key, dict.fromkeys((*_COUNTERS, "citizens_lb"), 0))
+        for name in _COUNTERS:
+            total[name] += values[name]
+        total["citizens_lb"] = max(total["citizens_lb"], values["citizens_lb"])
+        if coord in hidden:
+            any_hidden.add(key)
+    for key, c in counts.items():
+        if key not in any_hidden and r.publishable(c["citizens_lb"], rules):
+            shown.add(key)
+    return Table(counts, shown)
+
+
+def label(by: str, key: str) -> str:
+    if by in ("national", "region", "municipality"):
+        if key == "DK":
+            return "Danmark"
+        if key in REGION_NAMES:
+            return REGION_NAMES[key]
+        m = municipalities().get(key)
+        return m.name if m is not None else key
+    return key
+
+
+def _group_fields(by: By, key: tuple[str | None, str]) -> dict[str, Any]:
+    period, group = key
+    out: dict[str, Any] = {}
+    if period is not None:
+        out["period_start"] = period
+    out["group"] = group
+    out["label"] = label(by, group)
+    return out
+
+
 async def _histograms(
     conn: AsyncConnection, metric: str, f: Filters, by: By, *, series: bool
 ) -> dict[tuple[str | None, str], dict[int, int]]:
-    if f.period == "week" and _grain(by, f) in r.WEEKLY_HISTOGRAMS_NOT_KEPT:
+    own = _own(by, f)
+    if f.period == "week" and own in r.WEEKLY_HISTOGRAMS_NOT_KEPT:
         raise InvalidInput(
             ErrorCode.INVALID_PERIOD,
             "weekly distributions are kept nationally and per region; use period=month",
         )
     t, cells = tracker_durations, tracker_cells
-    cols = _group_cols(cells, by, series)
+    cols = [cells.c.period_start, cells.c.grain, cells.c.dim, cells.c.attest_type]
+    types = [f.attest_type] if f.attest_type is not None else None
+    days = cube_range(f)  # whole quarters and years, as the counts'
     stmt = (
         sa.select(*cols, t.c.bucket, sa.func.sum(t.c.n).label("n"))
         .select_from(cells.join(t, t.c.cell_id == cells.c.id))
-        .where(t.c.metric == metric, *_where(cells, f, by, contact=False, types_summed=True))
+        .where(
+            t.c.metric == metric,
+            *_where(cells, f, [own], types, days),
+            cells.c.attest_type != r.ALL_TYPES,
+        )
         .group_by(*cols, t.c.bucket)
     )
-    out: dict[tuple[str | None, str], dict[int, int]] = defaultdict(dict)
+    out: dict[tuple[str | None, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for row in await conn.execute(stmt):
-        out[_key(row, by, series)][int(row.bucket)] = int(row.n)
-    return dict(out)
+        # the histograms are per type: summed into the all-types row unless by type
+        coord = _coords(f, row)[
+            0 if f.period in ("week", "month") else 1 if f.period == "quarter" else 2
+        ]
+        if by != "attest_type" and f.attest_type is None:
+            coord = (*coord[:4], r.ALL_TYPES)
+        group = _wanted(by, f, coord, contact=False, own=own)
+        if group is None:
+            continue
+        out[(coord[1] if series else None, group)][int(row.bucket)] += int(row.n)
+    return {k: dict(v) for k, v in out.items()}
 
 
 def _sorted_keys(keys: Any) -> list[tuple[str | None, str]]:
@@ -207,20 +362,18 @@ async def durations(
     by: By,
     *,
     series: bool,
-    counts: dict[tuple[str | None, str], dict[str, int]] | None = None,
+    memo: Memo | None = None,
 ) -> list[dict[str, Any]]:
-    """count, median, p90, p99 (seconds) of one duration per group."""
+    """count, median, p90, p99 (seconds) of one duration per group: shown where the group's
+    counts are (primary and secondary suppression) and it has `min_cell_citizens`
+    measurements."""
     hists = await _histograms(conn, metric, f, by, series=series)
-    if counts is None:
-        counts = await _counts(conn, f, by, series=series, contact=False)
+    cube, hidden = await _decided(conn, f, by, rules, contact=False, memo=memo)
+    table = _table(cube, hidden, by, f, rules, series=series, contact=False)
     rows = []
     for key in _sorted_keys(hists):
-        h = hists[key]
-        citizens = counts.get(key, {}).get("citizens_lb", 0)
-        summary = r.summarise(h)
-        ok = (
-            r.publishable(citizens, rules) and int(summary["count"] or 0) >= rules.min_cell_citizens
-        )
+        summary = r.summarise(hists[key])
+        ok = key in table.shown and int(summary["count"] or 0) >= rules.min_cell_citizens
         row = _group_fields(by, key) | {"metric": metric, "suppressed": not ok}
         if ok:
             row |= {k: summary[k] for k in ("count", "median", "p90", "p99")}
@@ -231,14 +384,21 @@ async def durations(
 
 
 async def deadlines(
-    conn: AsyncConnection, rules: r.TrackerRules, f: Filters, by: By, *, series: bool
+    conn: AsyncConnection,
+    rules: r.TrackerRules,
+    f: Filters,
+    by: By,
+    *,
+    series: bool,
+    memo: Memo | None = None,
 ) -> list[dict[str, Any]]:
     """Requests, late-request rate, overdue count and rate, reminders per group."""
-    counts = await _counts(conn, f, by, series=series, contact=False)
+    cube, hidden = await _decided(conn, f, by, rules, contact=False, memo=memo)
+    table = _table(cube, hidden, by, f, rules, series=series, contact=False)
     rows = []
-    for key in _sorted_keys(counts):
-        c = counts[key]
-        ok = r.publishable(c["citizens_lb"], rules)
+    for key in _sorted_keys(table.counts):
+        c = table.counts[key]
+        ok = key in table.shown
         row = _group_fields(by, key) | {"suppressed": not ok}
         fields = {
             "requests": c["requests"],
@@ -257,16 +417,23 @@ async def deadlines(
 
 
 async def contacts(
-    conn: AsyncConnection, rules: r.TrackerRules, f: Filters, by: By, *, series: bool
+    conn: AsyncConnection,
+    rules: r.TrackerRules,
+    f: Filters,
+    by: By,
+    *,
+    series: bool,
+    memo: Memo | None = None,
 ) -> list[dict[str, Any]]:
     """Contact coverage per group: settled episodes, those with contact in the window."""
     if by in ("receiver", "attest_type"):
         by = "national"
-    counts = await _counts(conn, f, by, series=series, contact=True)
+    cube, hidden = await _decided(conn, f, by, rules, contact=True, memo=memo)
+    table = _table(cube, hidden, by, f, rules, series=series, contact=True)
     rows = []
-    for key in _sorted_keys(counts):
-        c = counts[key]
-        ok = r.publishable(c["citizens_lb"], rules)
+    for key in _sorted_keys(table.counts):
+        c = table.counts[key]
+        ok = key in table.shown
         row = _group_fields(by, key) | {"suppressed": not ok, "baseline": rules.contact_baseline}
         fields = {
             "settled": c["contact_decided"],
@@ -280,9 +447,11 @@ async def contacts(
 
 
 async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> dict[str, Any]:
-    """The ministry's overview: the main aggregates in one answer (what the dashboard shows)."""
+    """The ministry's overview: the main aggregates in one answer (what the dashboard shows).
+    Filtered to a municipality, it has no figures by region (a region's counts others)."""
     headline = "request_to_attest"
-    national = await _counts(conn, f, "national", series=False, contact=False)
+    memo: Memo = {}
+    regional = f.municipality is None
     return {
         "filters": f.describe(),
         "min_cell_citizens": rules.min_cell_citizens,
@@ -293,29 +462,41 @@ async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> di
                 row
                 for metric in r.METRICS
                 for row in await durations(
-                    conn, rules, metric.name, f, "national", series=False, counts=national
+                    conn, rules, metric.name, f, "national", series=False, memo=memo
                 )
             ],
-            "deadlines": await deadlines(conn, rules, f, "national", series=False),
-            "contacts": await contacts(conn, rules, f, "national", series=False),
+            "deadlines": await deadlines(conn, rules, f, "national", series=False, memo=memo),
+            "contacts": await contacts(conn, rules, f, "national", series=False, memo=memo),
         },
         "series": {
-            "durations": await durations(conn, rules, headline, f, "national", series=True),
-            "deadlines": await deadlines(conn, rules, f, "national", series=True),
-            "contacts": await contacts(conn, rules, f, "national", series=True),
+            "durations": await durations(
+                conn, rules, headline, f, "national", series=True, memo=memo
+            ),
+            "deadlines": await deadlines(conn, rules, f, "national", series=True, memo=memo),
+            "contacts": await contacts(conn, rules, f, "national", series=True, memo=memo),
         },
         "by_region": {
-            "durations": await durations(conn, rules, headline, f, "region", series=False),
-            "deadlines": await deadlines(conn, rules, f, "region", series=False),
-            "contacts": await contacts(conn, rules, f, "region", series=False),
+            "durations": await durations(
+                conn, rules, headline, f, "region", series=False, memo=memo
+            )
+            if regional
+            else [],
+            "deadlines": await deadlines(conn, rules, f, "region", series=False, memo=memo)
+            if regional
+            else [],
+            "contacts": await contacts(conn, rules, f, "region", series=False, memo=memo)
+            if regional
+            else [],
         },
         "by_attest_type": {
-            "durations": await durations(conn, rules, headline, f, "attest_type", series=False),
-            "deadlines": await deadlines(conn, rules, f, "attest_type", series=False),
+            "durations": await durations(
+                conn, rules, headline, f, "attest_type", series=False, memo=memo
+            ),
+            "deadlines": await deadlines(conn, rules, f, "attest_type", series=False, memo=memo),
         },
         "by_municipality": {
-            "deadlines": await deadlines(conn, rules, f, "municipality", series=False),
-            "contacts": await contacts(conn, rules, f, "municipality", series=False),
+            "deadlines": await deadlines(conn, rules, f, "municipality", series=False, memo=memo),
+            "contacts": await contacts(conn, rules, f, "municipality", series=False, memo=memo),
         },
     }
 

@@ -165,6 +165,10 @@ CONTACT_SOURCES: Final = frozenset(
     {"meeting", "phone", "video", "written", "other", "attest", "request"}
 )
 CONTACT_COUNTS_DEFAULT: Final = CONTACT_SOURCES - {"request"}
+# The health information a ressourceforløb case's rehabilitation team needs: every group
+# answered by an attest of one of its types (the GP's LÆ 265; a specialist's or hospital's:
+# the speciallægeattest LÆ 155 or record extracts, LÆ 105 and LÆ 115).
+REHAB_HEALTH_INFORMATION_DEFAULT: Final = (("LÆ 265",), ("LÆ 155", "LÆ 105", "LÆ 115"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +186,7 @@ class TrackerRules:
     contact_counts: frozenset[str] = CONTACT_COUNTS_DEFAULT
     no_contact_baseline: float = 0.75
     no_contact_target: float = 0.5
+    rehab_health_information: tuple[tuple[str, ...], ...] = REHAB_HEALTH_INFORMATION_DEFAULT
     reminder_max: int = 2
     reminder_interval_days: int = 7
     min_cell_citizens: int = 5
@@ -280,10 +285,20 @@ PeriodKind = Literal["week", "month"]
 PERIOD_KINDS: Final[tuple[PeriodKind, ...]] = ("week", "month")
 
 
-def period_start(day: dt.date, kind: PeriodKind) -> dt.date:
-    """Monday of the ISO week, or the first of the month."""
+# The periods the ministry's figures are given per: the kept ones, and quarters and years
+# (summed from the months), in which small municipalities have enough citizens to be shown.
+ReportPeriod = Literal["week", "month", "quarter", "year"]
+REPORT_PERIODS: Final[tuple[ReportPeriod, ...]] = ("week", "month", "quarter", "year")
+
+
+def period_start(day: dt.date, kind: ReportPeriod) -> dt.date:
+    """Monday of the ISO week, or the first day of the month, quarter or year."""
     if kind == "week":
         return day - dt.timedelta(days=day.weekday())
+    if kind == "quarter":
+        return dt.date(day.year, 3 * ((day.month - 1) // 3) + 1, 1)
+    if kind == "year":
+        return dt.date(day.year, 1, 1)
     return day.replace(day=1)
 
 

@@ -42,7 +42,7 @@ keys_app = typer.Typer(
     help="Organisation keys: generate (locally), add, rotate, revoke, retire, list."
 )
 
-ROLES = ("jobcenter", "psychiatry", "gp", "hospital", "specialist", "ministry", "operator")
+ROLES = tuple(role.value for role in Role)
 PURPOSES = ("hpke", "signing")
 
 PurposeOption = Annotated[
@@ -135,10 +135,13 @@ def orgs_add(
     role: Annotated[str, typer.Option(help=" | ".join(ROLES))],
     sor: Annotated[str | None, typer.Option(help="SOR code (6–18 digits)")] = None,
     gln: Annotated[str | None, typer.Option(help="GLN (13 digits, GS1 check digit)")] = None,
-    kommunekode: Annotated[str | None, typer.Option(help="municipality code (job centres)")] = None,
+    kommunekode: Annotated[
+        str | None, typer.Option(help="municipality code (job centres, municipality analysts)")
+    ] = None,
     ydernummer: Annotated[str | None, typer.Option(help="GP practice number (5–6 digits)")] = None,
     region: Annotated[
-        str | None, typer.Option(help="region code (1081–1085); from --kommunekode if unset")
+        str | None,
+        typer.Option(help="region code (1081–1085; region analysts); from --kommunekode if unset"),
     ] = None,
     custodial: Annotated[
         bool,

@@ -67,6 +67,12 @@ ERROR_CATALOGUE: dict[str, tuple[int, str, str]] = {
         "the client certificate and the API key name different organisations",
     ),
     "forbidden": (403, "Forbidden", "this organisation's role may not use this endpoint"),
+    "outside-scope": (
+        403,
+        "Forbidden",
+        "region 1083 is outside this organisation's scope (a region's or a municipality's "
+        "analysts see their own place's figures only)",
+    ),
     "jobcenter-mismatch": (403, "Forbidden", "the job centre in the request is not the caller"),
     "sender-mismatch": (403, "Forbidden", "the Bundle's sender organisation is not the caller"),
     "not-found": (404, "Not found", "no such resource"),
@@ -338,12 +344,15 @@ AUTHENTICATED = [
 COMMON = ["internal-error", "database-unavailable", "database-busy"]
 WITH_BODY = ["malformed-json", "payload-too-large"]
 
-# The ministry's filters (period, from, to, attest type, region).
+# The ministry's filters (period, from, to, attest type, region, municipality) and the
+# caller's scope.
 _MINISTRY_FILTER_CODES = [
     "invalid-request",
     "date-out-of-range",
     "control-character",
     "invalid-period",
+    "invalid-kommunekode",
+    "outside-scope",
 ]
 
 # (method, path) → the codes this endpoint can answer, beyond COMMON (and AUTHENTICATED for
@@ -464,6 +473,7 @@ ENDPOINT_ERRORS: dict[tuple[str, str], list[str]] = {
     ("get", "/ministry/v1/latency"): _MINISTRY_FILTER_CODES,
     ("get", "/ministry/v1/request-timing"): _MINISTRY_FILTER_CODES,
     ("get", "/ministry/v1/overdue"): _MINISTRY_FILTER_CODES,
+    ("get", "/ministry/v1/rehabilitation"): _MINISTRY_FILTER_CODES,
     ("post", "/jobcenter/v1/cases"): [
         "invalid-request",
         *_IDENTIFIER_CODES,
@@ -987,6 +997,34 @@ _SUCCESS_EXAMPLES.update(
                     "suppressed": False,
                     "open_overdue": 23,
                     "most_days_overdue": 41,
+                }
+            ],
+        },
+        ("get", "/ministry/v1/rehabilitation"): {
+            "filters": {
+                "period": "quarter",
+                "from": "2026-01-01",
+                "to": "2026-12-31",
+                "attest_type": None,
+                "region": "1083",
+                "municipality": None,
+            },
+            "min_cell_citizens": 5,
+            "unit": "days",
+            "health_information": [["LÆ 265"], ["LÆ 155", "LÆ 105", "LÆ 115"]],
+            "rows": [
+                {
+                    "group": "1083",
+                    "label": "Region Syddanmark",
+                    "suppressed": False,
+                    "cases": 38,
+                    "complete": 21,
+                    "incomplete": 17,
+                    "share_incomplete": 0.447,
+                    "median_days": 61.5,
+                    "p90_days": None,
+                    "missing_lae265": 3,
+                    "missing_lae155_or_lae105_or_lae115": 16,
                 }
             ],
         },

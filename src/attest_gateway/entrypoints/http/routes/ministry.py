@@ -1,9 +1,11 @@
-"""`/ministry/v1`: the ministry's view (role `ministry` only), JSON or CSV; `/ministry/` serves
-the dashboard page (static; it calls this API with the analyst's key).
+"""`/ministry/v1`: the tracker's figures, JSON or CSV, for the ministry (everything) and for a
+region's or a municipality's analysts (their own place's: tracker/scope.py narrows the filters
+server-side and refuses others' with 403 `outside-scope`); `/ministry/` serves the dashboard
+page (static; it calls this API with the analyst's key).
 
 Everything here reads aggregates: no endpoint returns a CPR number, a case ref, a
-conversation id or any message text, and cells with fewer than `min_cell_citizens` citizens
-are suppressed (see `report.py`).
+conversation id or any message text, and small cells are suppressed, with secondary
+suppression over the whole country (tracker/disclosure.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.core.bounds import LINE, InputDate
-from attest_gateway.core.directory import Organisation, Role
+from attest_gateway.core.directory import ANALYST_ROLES, Organisation
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Unknown
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.entrypoints.http.auth import (
@@ -31,33 +33,40 @@ from attest_gateway.entrypoints.http.auth import (
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
+from attest_gateway.tracker.scope import scope_of, within
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 
 router = APIRouter(
-    prefix="/ministry/v1", tags=["ministry"], route_class=authenticated_first(Role.MINISTRY)
+    prefix="/ministry/v1", tags=["ministry"], route_class=authenticated_first(*ANALYST_ROLES)
 )
 dashboard_router = APIRouter(tags=["ministry"])
 
 
-async def ministry(org: Annotated[Organisation, Depends(authenticated)]) -> Organisation:
-    return require_role(org, Role.MINISTRY)
+async def analyst(org: Annotated[Organisation, Depends(authenticated)]) -> Organisation:
+    return require_role(org, *ANALYST_ROLES)
 
 
-Ministry = Annotated[Organisation, Depends(ministry)]
+Ministry = Annotated[Organisation, Depends(analyst)]
 Format = Literal["json", "csv"]
 
 
 def _filters(
-    period: Annotated[Literal["week", "month"], Query(description="week or month")] = "month",
+    period: Annotated[
+        Literal["week", "month", "quarter", "year"],
+        Query(description="week, month, quarter or year (summed from the months)"),
+    ] = "month",
     date_from: Annotated[InputDate | None, Query(alias="from")] = None,
     date_to: Annotated[InputDate | None, Query(alias="to")] = None,
     attest_type: Annotated[Annotated[str, Field(max_length=16), LINE] | None, Query()] = None,
     region: Annotated[str | None, Query(pattern=r"^108[1-5]$")] = None,
+    municipality: Annotated[
+        str | None, Query(pattern=r"^[0-9]{3}$", description="a municipality code (kommunekode)")
+    ] = None,
 ) -> rep.Filters:
     if date_from and date_to and date_from > date_to:
         raise InvalidInput(ErrorCode.INVALID_PERIOD, "'from' is after 'to'")
-    return rep.Filters(period, date_from, date_to, attest_type or None, region)
+    return rep.Filters(period, date_from, date_to, attest_type or None, region, municipality)
 
 
 Filters = Annotated[rep.Filters, Depends(_filters)]
@@ -93,9 +102,11 @@ def _answer(name: str, rows: list[dict[str, Any]], fmt: Format, extra: dict[str,
 
 @router.get("/report")
 async def report(request: Request, org: Ministry, f: Filters) -> dict[str, Any]:
-    """The overview the dashboard shows: national figures, series, by region, type, municipality."""
+    """The overview the dashboard shows: national figures, series, by region, type, municipality
+    (for a municipality's analysts: their municipality's, no regions)."""
+    f = within(f, scope_of(org), "national", rollup=True)
     async with _engine(request).connect() as conn:
-        return await rep.report(conn, _rules(request), f)
+        return await rep.report(conn, _rules(request), f) | {"scope": scope_of(org).describe()}
 
 
 @router.get("/durations", response_model=None)
@@ -113,6 +124,7 @@ async def durations(
     """count, median, p90, p99 (seconds) of a stage duration or of request→attest."""
     if metric not in r.METRIC_NAMES:
         raise InvalidInput(ErrorCode.UNKNOWN_METRIC, f"metric is one of {sorted(r.METRIC_NAMES)}")
+    f = within(f, scope_of(org), by, rollup=True)
     rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await rep.durations(conn, rules, metric, f, by, series=series)
@@ -129,6 +141,7 @@ async def deadlines(
     format: Format = "json",
 ) -> Any:
     """Requests, late requests, overdue count and rate, reminders."""
+    f = within(f, scope_of(org), by, rollup=True)
     rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await rep.deadlines(conn, rules, f, by, series=series)
@@ -145,6 +158,7 @@ async def contacts(
     format: Format = "json",
 ) -> Any:
     """Contact coverage of sick-listed citizens with a psychiatric course, against the baseline."""
+    f = within(f, scope_of(org), by, rollup=True)
     rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await rep.contacts(conn, rules, f, by, series=series)
@@ -164,6 +178,7 @@ async def coverage(
 ) -> Any:
     """Registered sickness cases with a psychiatric course and no direct contact in the
     window: the share, its denominator, against the audit's 75 % baseline and the target."""
+    f = within(f, scope_of(org), by)
     rules = _rules(request)
     gw = gateway_of(request)
     async with gw.engine.connect() as conn:
@@ -190,6 +205,7 @@ async def latency(
 ) -> Any:
     """Request → attest (seconds) counting the open requests (Kaplan–Meier: open = censored at
     its age now): median and p90 from the survival curve, the share still open beside them."""
+    f = within(f, scope_of(org), by)
     rules = _rules(request)
     gw = gateway_of(request)
     async with gw.engine.connect() as conn:
@@ -208,6 +224,7 @@ async def request_timing(
 ) -> Any:
     """Requests by the week of absence they were made in (0: before the absence; 27: week 27
     or later), against the first follow-up at the end of week 8."""
+    f = within(f, scope_of(org), by)
     rules = _rules(request)
     async with _engine(request).connect() as conn:
         rows = await cov.request_timing(conn, rules, f, by, series=series)
@@ -225,6 +242,7 @@ async def overdue(
 ) -> Any:
     """Open overdue requests (past the deadline, no attest) per receiving unit, by its
     directory name, or per municipality: who is late."""
+    f = within(f, scope_of(org), by)
     rules = _rules(request)
     gw = gateway_of(request)
     async with gw.engine.connect() as conn:
@@ -232,11 +250,38 @@ async def overdue(
     return _answer(f"overdue-{by}", rows, format, _meta(f, rules))
 
 
+@router.get("/rehabilitation", response_model=None)
+async def rehabilitation(
+    request: Request,
+    org: Ministry,
+    f: Filters,
+    by: Annotated[Literal["national", "region", "municipality"], Query()] = "national",
+    series: bool = False,
+    format: Format = "json",
+) -> Any:
+    """How long ressourceforløb cases wait for all the health information their
+    rehabilitation team needs (LÆ 265 and a specialist's attest, by default), from the first
+    request for it (days, Kaplan–Meier: a case still missing some is censored at its wait so
+    far), with the share not yet complete and how many miss each part."""
+    f = within(f, scope_of(org), by)
+    rules = _rules(request)
+    gw = gateway_of(request)
+    async with gw.engine.connect() as conn:
+        rows = await cov.rehabilitation(conn, rules, f, by, series=series, now=gw.clock.now())
+    extra = {
+        "unit": "days",
+        "health_information": [list(group) for group in rules.rehab_health_information],
+    }
+    return _answer(f"rehabilitation-{by}", rows, format, _meta(f, rules) | extra)
+
+
 @router.get("/meta")
 async def meta(request: Request, org: Ministry) -> dict[str, Any]:
-    """What the figures mean: metrics, deadlines, regions, municipalities, thresholds."""
+    """What the figures mean: metrics, deadlines, regions, municipalities, thresholds, and the
+    caller's scope."""
     rules = _rules(request)
     return {
+        "scope": scope_of(org).describe(),
         "metrics": [
             {"name": m.name, "title": m.title, "from": m.start.value, "to": m.end.value}
             for m in r.METRICS
@@ -257,6 +302,7 @@ async def meta(request: Request, org: Ministry) -> dict[str, Any]:
         "contact_counts": sorted(rules.contact_counts),
         "contact_window_weeks": rules.contact_window_weeks,
         "late_request_weeks": dict(rules.late_request_weeks),
+        "rehab_health_information": [list(group) for group in rules.rehab_health_information],
     }
 
 
