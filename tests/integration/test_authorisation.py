@@ -77,6 +77,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/psychiatry/v1/treatments"): Access.PSYCHIATRY,
     ("POST", "/psychiatry/v1/contacts"): Access.PSYCHIATRY,
     ("GET", "/jobcenter/v1/inbox"): Access.JOBCENTER,
+    ("GET", "/jobcenter/v1/attest-types"): Access.JOBCENTER,
     ("POST", "/jobcenter/v1/inbox/{message_id}/ack"): Access.JOBCENTER,
     ("GET", "/medcom/v1/mailbox"): Access.HEALTH,
     ("POST", "/medcom/v1/mailbox/{message_id}/collected"): Access.HEALTH,

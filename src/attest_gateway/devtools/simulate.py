@@ -153,8 +153,9 @@ class Profile:
     treatment_registered_share: float = 0.5
     psychiatry_contact_share: float = 0.08
     # A ressourceforløb citizen's GP attest (LÆ 265) is followed by a request for the
-    # specialist's (LÆ 155, to psychiatry) this often, a few days later.
+    # specialist's (LÆ 155, to psychiatry) this often, `rehab_specialist_after` days later.
     rehab_specialist_share: float = 0.7
+    rehab_specialist_after: Delay = field(default_factory=lambda: Delay(3.5, 0.5))
 
     @classmethod
     def load(cls, path: Path | None) -> Profile:
@@ -493,7 +494,7 @@ class Driver:
             and case.psychiatry is not None
             and rng.random() < p.rehab_specialist_share
         ):
-            at = case.request_at + _days(rng.uniform(1, 7))
+            at = case.request_at + _days(p.rehab_specialist_after.draw(rng))
             fetch = at + _days(p.psychiatry.fetch.draw(rng))
             ack = fetch + _days(p.psychiatry.ack.draw(rng))
             reply = (
