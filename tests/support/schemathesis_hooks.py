@@ -43,8 +43,10 @@ BEYOND_THE_SCHEMA = frozenset(
         "invalid-case-ref",
         # A list's cursor: only one the list handed out names a place in it.
         "invalid-cursor",
-        # Relations between parameters ('from' after 'to'; weekly figures only nationally).
+        # Relations between parameters ('from' after 'to'; weekly figures only nationally; a
+        # municipality outside the region named beside it).
         "invalid-period",
+        "invalid-kommunekode",
         # Cryptography: signatures, opening an envelope, its header against its content.
         "signature-invalid",
         "open-failed",

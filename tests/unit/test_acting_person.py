@@ -138,11 +138,15 @@ def _request(**settings: object) -> Request:
 async def test_a_gateway_that_requires_the_person_refuses_a_call_naming_none(world: World) -> None:
     org = world.orgs[JC]
     assert await acting_person(_request(), org, None, None) is None
+    assert await acting_person(_request(), org, "", "") is None  # empty headers: no one named
     with pytest.raises(InvalidInput) as caught:
         await acting_person(_request(require_acting_person=True), org, None, None)
     assert caught.value.code == ErrorCode.ACTOR_REQUIRED
     named = await acting_person(_request(require_acting_person=True), org, "sagsbeh-1", None)
     assert named == Actor("sagsbeh-1")
+    # An autorisations-ID alone names the health professional: it is their id as well.
+    alone = await acting_person(_request(require_acting_person=True), org, None, "0C4B1")
+    assert alone == Actor("0C4B1", "0C4B1")
 
 
 def test_the_citizen_export_names_the_person_who_read() -> None:

@@ -5,9 +5,9 @@ its own system says which of its people acts, in headers the gateway takes on th
 those credentials (entrypoints/http/auth.py): `Attest-Actor` (the person's id in the caller's
 system: a caseworker's or a clinician's user id, never a CPR number) and, for a health
 professional, `Attest-Actor-Authorisation` (the autorisations-ID of the Danish Patient Safety
-Authority, five characters). The audit log records them with every request, reply and read
-(in an entry's `detail`: `actor_person`, `actor_authorisation`); a reply's MedCom author must
-agree with them (services/health.py).
+Authority, five characters; sent alone, it is the person's id too). The audit log records them
+with every request, reply and read (in an entry's `detail`: `actor_person`,
+`actor_authorisation`); a reply's MedCom author must agree with them (services/health.py).
 """
 
 from __future__ import annotations

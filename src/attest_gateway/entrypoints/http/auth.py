@@ -19,7 +19,7 @@ from pydantic import Field
 
 from attest_gateway.config import Settings
 from attest_gateway.core.actors import AUTHORISATION_ID_PATTERN, PERSON_ID_PATTERN, Actor
-from attest_gateway.core.bounds import REFERENCE
+from attest_gateway.core.bounds import REFERENCE, Checked
 from attest_gateway.core.directory import Organisation, Role, hash_api_key
 from attest_gateway.core.errors import (
     ErrorCode,
@@ -260,34 +260,48 @@ ACTOR_DESCRIPTION = (
     "required when the gateway sets REQUIRE_ACTING_PERSON"
 )
 AUTHORISATION_DESCRIPTION = (
-    "the acting health professional's autorisations-ID (five characters), with "
-    "Attest-Actor; a reply's author must carry the same one"
+    "the acting health professional's autorisations-ID (five characters); a reply's author "
+    "must carry the same one. Without Attest-Actor it names the person on its own"
 )
+
+
+def _or_empty(pattern: str) -> str:
+    """`pattern` (anchored) or the empty string: an empty header is taken as no header, as
+    clients that always send the header write "nobody named"."""
+    return f"^(?:{pattern.removeprefix('^').removesuffix('$')})?$"
+
+
+#: The person's id, or empty; with REFERENCE's check (no CPR number), in the OpenAPI as this.
+PERSON_HEADER = _or_empty(PERSON_ID_PATTERN)
 
 
 async def acting_person(
     request: Request,
     org: Annotated[Organisation, Depends(authenticated)],
     attest_actor: Annotated[
-        Annotated[str, Field(pattern=PERSON_ID_PATTERN), REFERENCE] | None,
+        Annotated[str, Field(pattern=PERSON_HEADER), Checked(REFERENCE.check, PERSON_HEADER)]
+        | None,
         Header(description=ACTOR_DESCRIPTION, examples=["sagsbeh-4711"]),
     ] = None,
     attest_actor_authorisation: Annotated[
         str | None,
         Header(
             description=AUTHORISATION_DESCRIPTION,
-            pattern=AUTHORISATION_ID_PATTERN,
+            pattern=_or_empty(AUTHORISATION_ID_PATTERN),
             examples=["0C3K7"],
         ),
     ] = None,
 ) -> Actor | None:
     """The person acting (core/actors.py), from the request's `Attest-Actor` headers."""
+    attest_actor, attest_actor_authorisation = (
+        attest_actor or None,
+        attest_actor_authorisation or None,
+    )
     if attest_actor is None:
         if attest_actor_authorisation is not None:
-            raise InvalidInput(
-                ErrorCode.ACTOR_REQUIRED,
-                "Attest-Actor-Authorisation came without Attest-Actor: name the person too",
-            )
+            # An autorisations-ID names one health professional in the Danish register: it
+            # is the person's id too (the headers are independent in the OpenAPI, as here).
+            return Actor(attest_actor_authorisation, attest_actor_authorisation)
         if gateway_of(request).settings.require_acting_person:
             raise InvalidInput(
                 ErrorCode.ACTOR_REQUIRED,

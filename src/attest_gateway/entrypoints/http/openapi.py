@@ -1365,6 +1365,21 @@ def _error_responses(method: str, path: str, operation: dict[str, Any]) -> dict[
     return responses
 
 
+def _headers_are_strings(doc: dict[str, Any]) -> None:
+    """An optional header is absent or a string: never JSON null (FastAPI writes `str | None`
+    as anyOf string/null, and a client reading that may send the text "null")."""
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                schema = parameter.get("schema", {})
+                if parameter.get("in") != "header" or "anyOf" not in schema:
+                    continue
+                kept = [s for s in schema["anyOf"] if s.get("type") != "null"]
+                if len(kept) == 1:
+                    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+                    parameter["schema"] = kept[0] | rest
+
+
 def complete_document(document: dict[str, Any]) -> dict[str, Any]:
     """Add the problem schema, security, and examples for every answer of every endpoint."""
     doc = copy.deepcopy(document)
@@ -1386,6 +1401,7 @@ def complete_document(document: dict[str, Any]) -> dict[str, Any]:
         for name, sub in model_schema.pop("$defs", {}).items():
             schemas.setdefault(name, sub)
         schemas[model.__name__] = model_schema
+    _headers_are_strings(doc)
     doc["servers"] = SERVERS
     doc["info"]["description"] = DESCRIPTION
     components["securitySchemes"] = {

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from attest_gateway.core.bounds import LINE, InputDate
 from attest_gateway.core.directory import ANALYST_ROLES, Organisation
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Unknown
-from attest_gateway.core.identifiers import municipalities
+from attest_gateway.core.identifiers import Kommunekode, municipalities
 from attest_gateway.entrypoints.http.auth import (
     authenticated,
     authenticated_first,
@@ -61,7 +61,7 @@ def _filters(
     attest_type: Annotated[Annotated[str, Field(max_length=16), LINE] | None, Query()] = None,
     region: Annotated[str | None, Query(pattern=r"^108[1-5]$")] = None,
     municipality: Annotated[
-        str | None, Query(pattern=r"^[0-9]{3}$", description="a municipality code (kommunekode)")
+        Kommunekode | None, Query(description="a municipality code (kommunekode)")
     ] = None,
 ) -> rep.Filters:
     if date_from and date_to and date_from > date_to:
