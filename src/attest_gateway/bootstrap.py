@@ -393,15 +393,6 @@ def make_webhooks(gw: Gateway, bootstrap: str) -> Webhooks:
     settings = gw.settings
     config = webhook_config(settings)
     store = SqlWebhookStore(gw.engine)
-    dispatcher = ConsumerLoop(
-        settings=settings,
-        bootstrap=bootstrap,
-        topic=gw.topics.tracking,
-        group=f"{settings.kafka_group_prefix}.webhooks",
-        handler=WebhookDispatcher(store, gw.clock, config.retry.period, transient=STORE_ERRORS),
-        producer=gw.producer,
-        dead_letter_topic=gw.topics.dead_letter,
-    )
     poster = HttpxPoster(
         connect_timeout=settings.webhook_connect_timeout_seconds,
         read_timeout=settings.webhook_read_timeout_seconds,
@@ -411,6 +402,17 @@ def make_webhooks(gw: Gateway, bootstrap: str) -> Webhooks:
         allow_private_addresses=not config.production,
     )
     sender = WebhookSender(store, poster, gw.clock, config, transient=STORE_ERRORS)
+    dispatcher = ConsumerLoop(
+        settings=settings,
+        bootstrap=bootstrap,
+        topic=gw.topics.tracking,
+        group=f"{settings.kafka_group_prefix}.webhooks",
+        handler=WebhookDispatcher(
+            store, gw.clock, config.retry.period, transient=STORE_ERRORS, wake=sender.wake
+        ),
+        producer=gw.producer,
+        dead_letter_topic=gw.topics.dead_letter,
+    )
     return Webhooks(dispatcher, sender, poster)
 
 
