@@ -336,7 +336,7 @@ def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
         topic=gw.topics.medcom_messages,
         group=f"{settings.kafka_group_prefix}.delivery",
         handler=DeliveryHandler(
-            gw.store, settings.gateway_org_id, gw.clock, transient=STORE_ERRORS
+            gw.store, settings.gateway_org_id, gw.clock, transient=STORE_ERRORS, wake=gw.relay.wake
         ),
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,
