@@ -71,7 +71,7 @@ from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.tables import audit_head
-from attest_gateway.infra.housekeeping.retention import prune_all
+from attest_gateway.infra.housekeeping.retention import cases_per_transaction, prune_all
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from attest_gateway.infra.kafka.topics import MEDCOM_MESSAGES, Topics
 from attest_gateway.tracker.store import cell_id, ensure_cells
@@ -697,9 +697,9 @@ async def prune_worker() -> None:
                 "seconds": round(seconds, 2),
                 "batch_size": batch,
                 "counts": report.counts,
-                # a batch per `batch` rows of a class; a closed case is a transaction of its own
+                # a batch per `batch` rows of a class; closed cases, so many per transaction
                 "transactions_at_least": sum(
-                    n if name == "cases_erased" else -(-n // batch)
+                    -(-n // (cases_per_transaction(batch) if name == "cases_erased" else batch))
                     for name, n in report.counts.items()
                 ),
             }
