@@ -303,9 +303,11 @@ LEFT_SQL: dict[str, str] = {
 }
 
 
-# What-if (`--case-ref-indexes`): the erasure of a closed case finds its rows by case ref,
-# which conversations, tracker_contacts and tracker_cell_citizens have no index for.
+# What-if (`--case-ref-indexes`): the erasure of a closed case finds its rows by case ref
+# (and its outbox records by key), which conversations, tracker_contacts,
+# tracker_cell_citizens (and outbox) have no index for.
 CASE_REF_INDEXES = (
+    "CREATE INDEX bench_outbox_key ON outbox (key)",
     "CREATE INDEX bench_conversations_case_ref ON conversations (case_ref)",
     "CREATE INDEX bench_tracker_contacts_case_ref ON tracker_contacts (case_ref)",
     "CREATE INDEX bench_tracker_cell_citizens_case_ref ON tracker_cell_citizens (case_ref)",
