@@ -171,31 +171,40 @@ class RunningGateway:
 
 @asynccontextmanager
 async def gateway(
-    ctx: BenchContext, kind: str, tag: str, roles: tuple[str, ...] = ONE_PROCESS
+    ctx: BenchContext,
+    kind: str,
+    tag: str,
+    roles: tuple[str, ...] = ONE_PROCESS,
+    settings: dict[str, str] | None = None,
 ) -> AsyncIterator[RunningGateway]:
     """The gateway as `roles` processes (`serve`, or `serve --role R` each) on one database,
-    one topic and group prefix; started one after the other, each ready before the next."""
+    one topic and group prefix; started one after the other, each ready before the next.
+    `settings`: more environment settings of the gateway's processes."""
     uid = uuid.uuid4().hex[:8]
     var_dir = (ctx.workdir / "ingest" / f"{tag}-{uid}").resolve()
     var_dir.mkdir(parents=True)
     token = uuid.uuid4().hex
     async with fresh_database(ctx, kind, var_dir) as database_url, AsyncExitStack() as stack:
-        env = os.environ | {
-            "KAFKA_BOOTSTRAP_SERVERS": ctx.bootstrap,
-            "VAR_DIR": str(var_dir),
-            "DATABASE_URL": database_url,
-            "KAFKA_TOPIC_PREFIX": f"bench-{uid}.",
-            "KAFKA_GROUP_PREFIX": f"bench-{uid}",
-            "API_HOST": "127.0.0.1",
-            "LOG_FORMAT": "json",
-            "METRICS_TOKEN": token,
-            # The gateway's capacity is measured, with one job centre sending from 32
-            # connections: no limit per client.
-            "RATE_LIMIT_WRITES_PER_SECOND": "0",
-            "RATE_LIMIT_READS_PER_SECOND": "0",
-            "CONCURRENT_REQUESTS_PER_ORG": "0",
-            "CONCURRENT_REQUESTS_PER_ORG_TOTAL": "0",
-        }
+        env = (
+            os.environ
+            | {
+                "KAFKA_BOOTSTRAP_SERVERS": ctx.bootstrap,
+                "VAR_DIR": str(var_dir),
+                "DATABASE_URL": database_url,
+                "KAFKA_TOPIC_PREFIX": f"bench-{uid}.",
+                "KAFKA_GROUP_PREFIX": f"bench-{uid}",
+                "API_HOST": "127.0.0.1",
+                "LOG_FORMAT": "json",
+                "METRICS_TOKEN": token,
+                # The gateway's capacity is measured, with one job centre sending from 32
+                # connections: no limit per client.
+                "RATE_LIMIT_WRITES_PER_SECOND": "0",
+                "RATE_LIMIT_READS_PER_SECOND": "0",
+                "CONCURRENT_REQUESTS_PER_ORG": "0",
+                "CONCURRENT_REQUESTS_PER_ORG_TOTAL": "0",
+            }
+            | (settings or {})
+        )
         processes = [
             await stack.enter_async_context(_serve(env, var_dir, role, f"{kind}-{tag}"))
             for role in roles

@@ -22,10 +22,18 @@ API keys (VAR_DIR/demo-credentials.json):
   (``POST /jobcenter/v1/inbox/{id}/ack``).
 
 An idle poll (nothing waiting) sleeps 0.1 s before the next; a poll that found something is
-followed by the next poll at once. The push-driven variant (``roundtrip.push.``, the same
-gateway process, right after the polling runs) has the same clients read with the long-poll
-instead (``?wait=20``): a read that finds nothing waits in the gateway and answers as soon as
-something arrives, and the next read follows at once; nothing sleeps.
+followed by the next poll at once. The push-driven variant (``roundtrip.push.``) has the same
+clients read with the long-poll instead (``?wait=20``): a read that finds nothing waits in the
+gateway and answers as soon as something arrives, and the next read follows at once; nothing
+sleeps. The webhook-driven variant (``roundtrip.hook.``) registers a webhook endpoint per
+organisation for the run (``POST /webhooks/v1/endpoints``: ``message.waiting`` for the two
+clinics, ``reply.arrived`` for the job centre) on a real HTTPS receiver in the benchmark
+process (uvicorn, a certificate of the development CA, which the gateway trusts through
+``WEBHOOK_CA_FILE``); the receiver verifies each delivery's signature with
+``standardwebhooks`` and wakes that organisation's client, which reads its mailbox or inbox
+(no wait); a read that finds nothing waits for the next delivery (at most 30 s, then reads
+anyway). The variants' runs are interleaved on the same gateway process (a warm-up round,
+then each round runs every variant once), so a change of the machine's load falls on all.
 
 Closed loop: C = 16 conversation slots; a slot submits a request, waits until the job centre
 has acknowledged its reply, and submits the next, for the window (15 s; 3 s with --quick);
@@ -48,8 +56,10 @@ The clock: one monotonic clock (``time.perf_counter``) of the benchmark process.
 - ``roundtrip.rss``: MiB, the gateway process's peak RSS (VmHWM) after the run; one process
   serves every run of its database, so this is its peak so far.
 
-The same with ``roundtrip.pg.`` on PostgreSQL, and ``roundtrip.push.``, ``roundtrip.pg.push.``
-for the long-polling clients. The figures' extras add the gateway-side
+The same with ``roundtrip.pg.`` on PostgreSQL, ``roundtrip.push.``, ``roundtrip.pg.push.``
+for the long-polling clients and ``roundtrip.hook.``, ``roundtrip.pg.hook.`` for the
+webhook-driven ones (whose extras add, per leg, the time from the stage a delivery reports to
+its arrival at the receiver). The figures' extras add the gateway-side
 segments of each conversation (from its ``stages`` table, the gateway's clock), SQL statements
 per round trip, non-202 answers, client errors and the clients' CPU seconds.
 ``BENCH_ROUNDTRIP_DBS=sqlite`` (default ``sqlite,postgres``) chooses the databases.
@@ -70,7 +80,7 @@ import statistics
 import time
 import uuid
 from asyncio import FIRST_COMPLETED
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,12 +89,15 @@ from urllib.parse import urlsplit
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 import sqlalchemy as sa
+import uvicorn
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
 from attest_gateway.core.directory import Organisation
 from attest_gateway.crypto.sealing import OrgKeys, open_envelope
 from attest_gateway.devtools.demo import DEMO_ORGS
+from attest_gateway.devtools.devca import DevCA, ensure_ca, issue_server_certificate
 from attest_gateway.devtools.simulate import SIMULATED_CLINICIAN
 from attest_gateway.infra.db.engine import aware, make_engine
 from attest_gateway.infra.db.tables import stages
@@ -98,7 +111,6 @@ from bench.common import (
     cpu_seconds,
     peak_rss_mib,
     percentile,
-    repeat,
 )
 from bench.gateway_ingest import (
     ATTEST_PATH,
@@ -116,6 +128,7 @@ HANDLERS = 8  # requests a receiver handles at a time (and replies the job centr
 POLL_IDLE_S = 0.1  # a poll that found nothing waits this long before the next
 POLL_LIMIT = 200  # items per mailbox or inbox read
 LONG_POLL_S = 20  # the push-driven clients' `?wait=`
+NOTICE_FALLBACK_S = 30.0  # a webhook-driven client reads anyway after this long unnotified
 KEEP_ALIVE_S = 2.0  # a connection idle longer is reopened (uvicorn closes idle ones after 5 s)
 DRAIN_S = 120.0  # at most, after the window, for the conversations in flight (plus 4 windows)
 REPLY_TEXT = "Borgeren er i behandling; attesten er udfærdiget til benchmark."
@@ -236,6 +249,125 @@ class Api:
             await conn.close()
 
 
+# --- webhooks: a real HTTPS receiver in the benchmark process ---------------------------------
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+# The events each organisation's endpoint asks for: a clinic is told a request waits in its
+# mailbox, the job centre that a reply arrived in its inbox.
+HOOK_EVENTS = {
+    JOBCENTER.id: ["reply.arrived"],
+    GP.id: ["message.waiting"],
+    PSYCHIATRY.id: ["message.waiting"],
+}
+
+
+class WebhookReceiver:
+    """The organisations' webhook endpoints: uvicorn over HTTPS on 127.0.0.1 with a
+    certificate of the development CA (the gateway trusts it through WEBHOOK_CA_FILE), one
+    path per organisation. Each delivery's signature is verified with `standardwebhooks`, as
+    the README shows a receiver doing; a verified one wakes that organisation's client and is
+    recorded (type, conversation, wall-clock time of arrival)."""
+
+    def __init__(self, ca: DevCA) -> None:
+        self._ca = ca
+        self.secrets: dict[str, str] = {}  # org id → its endpoint's secret
+        self._notices: dict[str, asyncio.Event] = {}
+        self.received: list[tuple[str, str | None, float]] = []  # (type, conversation, time)
+        self.refused = 0
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def notice(self, org_id: str) -> asyncio.Event:
+        return self._notices.setdefault(org_id, asyncio.Event())
+
+    def url(self, org_id: str) -> str:
+        return f"https://localhost:{self.port}/{org_id}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        org_id = str(scope["path"]).strip("/")
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        status = 204
+        try:
+            payload = Webhook(self.secrets[org_id]).verify(body, headers)
+        except (KeyError, WebhookVerificationError):
+            self.refused += 1
+            status = 400
+        else:
+            data = payload.get("data") or {}
+            self.received.append((payload["type"], data.get("conversation_id"), time.time()))
+            self.notice(org_id).set()
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def start(self) -> None:
+        pair = issue_server_certificate(self._ca, "bench-webhooks")
+        config = uvicorn.Config(
+            self,
+            host="127.0.0.1",
+            port=0,
+            ssl_certfile=str(pair.cert),
+            ssl_keyfile=str(pair.key),
+            log_level="warning",
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("the webhook receiver did not start")
+            await asyncio.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+
+    async def register(self, gw: RunningGateway, creds: dict[str, Any]) -> list[tuple[Api, str]]:
+        """An endpoint per organisation (`POST /webhooks/v1/endpoints`, its own API key)."""
+        made: list[tuple[Api, str]] = []
+        for org_id, events in HOOK_EVENTS.items():
+            key = gw.api_key if org_id == JOBCENTER.id else creds[org_id]["api_key"]
+            api = Api(gw.base_url, key)
+            body = orjson.dumps({"url": self.url(org_id), "events": events})
+            answer = await api.call("POST", "/webhooks/v1/endpoints", body)
+            if answer.status != 201:
+                raise RuntimeError(f"endpoint of {org_id}: {answer.status} {answer.body[:200]!r}")
+            created = orjson.loads(answer.body)
+            self.secrets[org_id] = created["secret"]
+            made.append((api, created["id"]))
+        return made
+
+    @staticmethod
+    async def remove(made: list[tuple[Api, str]]) -> None:
+        for api, endpoint_id in made:
+            answer = await api.call("DELETE", f"/webhooks/v1/endpoints/{endpoint_id}")
+            if answer.status != 204:
+                console.print(f"  [yellow]endpoint {endpoint_id} not removed: {answer.status}")
+            await api.aclose()
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver(ca: DevCA) -> AsyncIterator[WebhookReceiver]:
+    receiver = WebhookReceiver(ca)
+    await receiver.start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()
+
+
 # --- one run ---------------------------------------------------------------------------------
 
 
@@ -307,9 +439,11 @@ class Conversations:
         run: Run,
         *,
         wait_s: int = 0,
+        hooks: WebhookReceiver | None = None,
     ) -> None:
         self.run = run
         self.wait = f"&wait={wait_s}" if wait_s else ""  # the long-poll, or polling
+        self.hooks = hooks  # told by webhook deliveries: read when notified
         self.requests = requests
         self.jobcenter = Api(gw.base_url, gw.api_key)
         self.receivers = {
@@ -329,6 +463,24 @@ class Conversations:
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), POLL_IDLE_S)
+
+    def _forget_notices(self, org_id: str) -> None:
+        """Before a read: a notice from now on means the read may have missed something."""
+        if self.hooks is not None:
+            self.hooks.notice(org_id).clear()
+
+    async def _nothing_read(self, org_id: str) -> None:
+        """After a read that found nothing: wait for a webhook notice (webhook-driven), come
+        again at once (long-poll: it waited in the gateway) or sleep (polling)."""
+        if self.hooks is not None:
+            waits = [
+                asyncio.ensure_future(e.wait()) for e in (self.hooks.notice(org_id), self.stop)
+            ]
+            await asyncio.wait(waits, timeout=NOTICE_FALLBACK_S, return_when=FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+        elif not self.wait:
+            await self._idle()
 
     # the job centre's case system: submit, then wait for the acknowledged reply
 
@@ -391,6 +543,7 @@ class Conversations:
             trip.done.set()
 
         while not self.stop.is_set():
+            self._forget_notices(JOBCENTER.id)
             try:
                 items = await self.jobcenter.get_items(
                     f"/jobcenter/v1/inbox?limit={POLL_LIMIT}{self.wait}"
@@ -401,8 +554,7 @@ class Conversations:
                 continue
             read_at = time.perf_counter()
             if not items:
-                if not self.wait:  # the long-poll waited in the gateway already
-                    await self._idle()
+                await self._nothing_read(JOBCENTER.id)
                 continue
             failed = sum(run.errors.values())
             await asyncio.gather(*(acknowledge(i, read_at) for i in items))
@@ -454,6 +606,7 @@ class Conversations:
                     run.count(run.errors, f"{org_id} collected: {type(exc).__name__}")
 
         while not self.stop.is_set():
+            self._forget_notices(org_id)
             try:
                 items = await api.get_items(f"/medcom/v1/mailbox?limit={POLL_LIMIT}{self.wait}")
             except (OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
@@ -461,8 +614,7 @@ class Conversations:
                 await self._idle()
                 continue
             if not items:
-                if not self.wait:
-                    await self._idle()
+                await self._nothing_read(org_id)
                 continue
             failed = sum(run.errors.values())
             await asyncio.gather(*(handle(i) for i in items))
@@ -478,14 +630,19 @@ async def one_run(
     *,
     wait_s: int = 0,
     concurrency: int = CONCURRENCY,
+    hooks: WebhookReceiver | None = None,
 ) -> Run:
     """Settle, run the closed loop for `window_s` and drain, settle again; account.
-    `wait_s`: the clients long-poll (push-driven) instead of polling; `concurrency`: the
-    conversations in flight."""
+    `wait_s`: the clients long-poll (push-driven) instead of polling; `hooks`: the clients
+    read when a webhook delivery tells them (webhook-driven; the organisations' endpoints
+    are registered for the run and removed after it); `concurrency`: the conversations in
+    flight."""
     run = Run(window_s, concurrency)
     before, _ = await settle(gw, SETTLE_S)
+    endpoints = await hooks.register(gw, creds) if hooks is not None else []
+    received_from = len(hooks.received) if hooks is not None else 0
     cpu0, client_cpu0 = cpu_seconds(gw.proc.pid), time.process_time()
-    clients = Conversations(gw, creds, requests, run, wait_s=wait_s)
+    clients = Conversations(gw, creds, requests, run, wait_s=wait_s, hooks=hooks)
     pollers = [asyncio.create_task(clients.inbox())] + [
         asyncio.create_task(clients.receiver(org_id)) for org_id in clients.receivers
     ]
@@ -508,27 +665,36 @@ async def one_run(
         clients.stop.set()
         for task in slots:
             task.cancel()
-        if wait_s:  # a long-poll in flight would answer only after its wait
+        if wait_s or hooks is not None:  # a long-poll or a wait for a notice is in flight
             for task in pollers:
                 task.cancel()
         await asyncio.gather(*pollers, *slots, return_exceptions=True)
         await clients.aclose()
     run.extra["clients_cpu_s"] = time.process_time() - client_cpu0
     after, settled = await settle(gw, SETTLE_S)
+    cpu1 = cpu_seconds(gw.proc.pid)
+    notices: dict[tuple[str, str], float] = {}
+    if hooks is not None:
+        await hooks.remove(endpoints)
+        for kind, cid, at in hooks.received[received_from:]:
+            if cid is not None:
+                notices.setdefault((kind, cid), at)
+        run.extra["webhook_refused"] = hooks.refused
     completed = max(1, len(run.completed()))
-    run.extra["gateway_cpu_ms"] = (cpu_seconds(gw.proc.pid) - cpu0) * 1000 / completed
+    run.extra["gateway_cpu_ms"] = (cpu1 - cpu0) * 1000 / completed
     run.extra["statements_per_round_trip"] = (
         after.total(STATEMENTS) - before.total(STATEMENTS)
     ) / completed
     run.extra["settled"] = settled
     run.extra["rss_mib"] = peak_rss_mib(gw.proc.pid)
-    run.extra["segments_ms"] = await segments(gw, run)
+    run.extra["segments_ms"] = await segments(gw, run, notices)
     console.print(
         f"  {len(run.completed())} round trips, 202 → inbox p50 {run.latency(50):,.1f} ms, "
         f"p99 {run.latency(99):,.1f} ms; gateway {run.extra['gateway_cpu_ms']:.1f} CPU "
         f"ms/round trip, peak RSS {run.extra['rss_mib']:.0f} MiB, "
         f"{run.extra['statements_per_round_trip']:.1f} SQL statements/round trip"
     )
+    console.print(f"  gateway's legs (ms): {run.extra['segments_ms']}")
     if run.missing():
         console.print(
             f"  [red]{run.missing()} accepted request(s) got no acknowledged reply within "
@@ -554,10 +720,22 @@ def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
         yield values[i : i + size]
 
 
-async def segments(gw: RunningGateway, run: Run) -> dict[str, dict[str, float]]:
+# The webhook legs: from the stage an event reports to its delivery's arrival at the receiver.
+NOTICE_SEGMENTS: tuple[tuple[str, Stage, str], ...] = (
+    ("in_mailbox→message.waiting delivered", Stage.IN_MAILBOX, "message.waiting"),
+    ("reply_in_inbox→reply.arrived delivered", Stage.REPLY_IN_INBOX, "reply.arrived"),
+)
+
+
+async def segments(
+    gw: RunningGateway, run: Run, notices: dict[tuple[str, str], float] | None = None
+) -> dict[str, dict[str, float]]:
     """p50 and p99 ms of each leg of the completed conversations, from the `stages` table
     (the gateway's wall clock): delivery of the request, the receiver's turn (its poll,
-    opening, acknowledgement and reply), delivery of the reply, the job centre's poll."""
+    opening, acknowledgement and reply), delivery of the reply, the job centre's poll; and,
+    webhook-driven, from a stage to the arrival of the delivery that reports it (the
+    receiver's wall clock, the same machine's)."""
+    notices = notices or {}
     ids = [t.conversation_id for t in run.completed()]
     at: dict[str, dict[str, float]] = {}
     engine = make_engine(gw.database_url)
@@ -579,6 +757,14 @@ async def segments(gw: RunningGateway, run: Run) -> dict[str, dict[str, float]]:
             (s[stop.value] - s[start.value]) * 1000
             for s in at.values()
             if start.value in s and stop.value in s
+        ]
+        if ms:
+            out[name] = {"p50": round(percentile(ms, 50), 1), "p99": round(percentile(ms, 99), 1)}
+    for name, stage, kind in NOTICE_SEGMENTS:
+        ms = [
+            (notices[(kind, cid)] - s[stage.value]) * 1000
+            for cid, s in at.items()
+            if stage.value in s and (kind, cid) in notices
         ]
         if ms:
             out[name] = {"p50": round(percentile(ms, 50), 1), "p99": round(percentile(ms, 99), 1)}
@@ -649,48 +835,84 @@ def _notes(runs: list[Run]) -> list[str]:
     return notes
 
 
-# (figure infix, long-poll wait, conversations in flight): today's polling clients and the
-# push-driven ones, under load and one conversation at a time (what a single request sees)
-VARIANTS: tuple[tuple[str, int, int], ...] = (
-    ("", 0, CONCURRENCY),
-    ("push.", LONG_POLL_S, CONCURRENCY),
-    ("single.", 0, 1),
-    ("push.single.", LONG_POLL_S, 1),
+@dataclass(frozen=True)
+class Variant:
+    """How the clients learn that something waits, and how many conversations are in
+    flight."""
+
+    infix: str  # of the figures' names
+    wait_s: int = 0  # the long-poll's `?wait=`; 0: polling
+    concurrency: int = CONCURRENCY
+    hooks: bool = False  # told by webhook deliveries
+
+    def how(self) -> str:
+        if self.hooks:
+            return "webhook-driven (read when a delivery tells)"
+        if self.wait_s:
+            return f"long-poll ?wait={self.wait_s}"
+        return f"polling, idle {POLL_IDLE_S} s"
+
+
+# Today's polling clients, the long-polling ones and the webhook-driven ones, under load and
+# one conversation at a time (what a single request sees). `BENCH_ROUNDTRIP_VARIANTS`
+# (comma-separated infixes, "-" for plain polling) chooses some.
+VARIANTS: tuple[Variant, ...] = (
+    Variant(""),
+    Variant("push.", LONG_POLL_S),
+    Variant("hook.", hooks=True),
+    Variant("single.", concurrency=1),
+    Variant("push.single.", LONG_POLL_S, concurrency=1),
+    Variant("hook.single.", concurrency=1, hooks=True),
 )
 
 
+def _chosen() -> tuple[Variant, ...]:
+    wanted = os.environ.get("BENCH_ROUNDTRIP_VARIANTS")
+    if not wanted:
+        return VARIANTS
+    names = {"" if w == "-" else w for w in wanted.split(",")}
+    return tuple(v for v in VARIANTS if v.infix in names)
+
+
 async def run_database(ctx: BenchContext, db: Database) -> list[Figure]:
+    """Every variant's runs on one gateway process, interleaved: warm-up round, then each
+    recorded round runs every variant once, so that a change in the machine's load falls on
+    all of them alike."""
     window = 3.0 if ctx.quick else 15.0
     figures: list[Figure] = []
-    async with gateway(ctx, db.kind, "roundtrip") as gw:
+    variants = _chosen()
+    ca = await asyncio.to_thread(ensure_ca, ctx.workdir / "webhook-ca")
+    settings = {"WEBHOOK_CA_FILE": str(ca.cert)}
+    async with (
+        gateway(ctx, db.kind, "roundtrip", settings=settings) as gw,
+        webhook_receiver(ca) as hooks,
+    ):
         creds = json.loads(
             await asyncio.to_thread((gw.var_dir / "demo-credentials.json").read_text)
         )
         requests = Requests(SEED)
-        for variant, wait_s, concurrency in VARIANTS:
-            done: list[Run] = []
-
-            async def once(
-                _i: int,
-                done: list[Run] = done,
-                wait_s: int = wait_s,
-                concurrency: int = concurrency,
-            ) -> float:
-                run = await one_run(
-                    gw, creds, requests, window, wait_s=wait_s, concurrency=concurrency
+        done: dict[str, list[Run]] = {v.infix: [] for v in variants}
+        for i in range(ctx.warmup + ctx.runs):
+            for v in variants:
+                tag = "" if i >= ctx.warmup else " (warm-up)"
+                console.print(
+                    f"  round {i + 1}/{ctx.warmup + ctx.runs}{tag}: {v.how()}, "
+                    f"{v.concurrency} conversation(s) in flight"
                 )
-                done.append(run)
-                return run.throughput()
-
-            how = f"long-poll ?wait={wait_s}" if wait_s else f"polling, idle {POLL_IDLE_S} s"
-            console.print(f"  clients: {how}, {concurrency} conversation(s) in flight")
-            values = await repeat(ctx, f"{db.prefix}{variant}max", once)
-            figures += _figures(db, window, done[ctx.warmup :], values, variant)
+                run = await one_run(
+                    gw, creds, requests, window, wait_s=v.wait_s, concurrency=v.concurrency,
+                    hooks=hooks if v.hooks else None,
+                )  # fmt: skip
+                if i >= ctx.warmup:
+                    done[v.infix].append(run)
+        for v in variants:
+            runs = done[v.infix]
+            figures += _figures(db, window, runs, [r.throughput() for r in runs], v)
     return figures
 
 
 def _figures(
-    db: Database, window: float, runs: list[Run], values: list[float], variant: str
+    db: Database, window: float, runs: list[Run], values: list[float], variant: Variant
 ) -> list[Figure]:
     """The figures of one client variant (`VARIANTS`)."""
     extra = _extra(runs)
@@ -698,29 +920,36 @@ def _figures(
     concurrency = runs[0].concurrency if runs else CONCURRENCY
     clock = (
         f"closed loop, {concurrency} conversation(s) in flight for {window:.0f} s, then "
-        "drained; one gateway process serves every run of the database"
+        "drained; one gateway process serves every run of the database, the variants' runs "
+        "interleaved"
     )
-    push = variant.startswith("push.")
-    how = (
-        f"the clients long-poll (?wait={LONG_POLL_S}: answered as soon as something arrives)"
-        if push
-        else f"both polls (idle sleep {POLL_IDLE_S} s)"
-    )
+    if variant.hooks:
+        how = (
+            "the clients read when a signed webhook delivery (HTTPS, verified) tells them, "
+            f"after a read that found nothing (fallback read after {NOTICE_FALLBACK_S:.0f} s)"
+        )
+        kind = " (webhook-driven"
+    elif variant.wait_s:
+        how = f"the clients long-poll (?wait={LONG_POLL_S}: answered as soon as something arrives)"
+        kind = " (push-driven: long-poll"
+    else:
+        how = f"both polls (idle sleep {POLL_IDLE_S} s)"
+        kind = " (polling"
+    kind += ", one at a time)" if concurrency == 1 else ")"
     latency_note = (
         "the benchmark process's monotonic clock, from the 202 answer to the request to the "
         f"answer of the job centre's inbox read that returned its reply; includes {how} and "
         "the receiver's work"
     )
-    baseline = f"{db.prefix}max" if variant == "push." else f"{db.ingest}max"
-    kind = (" (push-driven: long-poll" if push else " (polling") + (
-        ", one at a time)" if concurrency == 1 else ")"
-    )
+    polling = f"{db.prefix}{variant.infix.replace('push.', '').replace('hook.', '')}max"
+    baseline = polling if variant.hooks or variant.wait_s else f"{db.ingest}max"
+    variant_infix = variant.infix
 
     def figure(
         name: str, label: str, unit: str, runs_: list[float], note: str, **kw: Any
     ) -> Figure:
         return Figure(
-            name=f"{db.prefix}{variant}{name}",
+            name=f"{db.prefix}{variant_infix}{name}",
             label=f"{label}{kind} ({db.label})",
             unit=unit,
             runs=runs_,

@@ -381,7 +381,7 @@ def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
         topic=gw.topics.medcom_messages,
         group=f"{settings.kafka_group_prefix}.delivery",
         handler=DeliveryHandler(
-            gw.store, settings.gateway_org_id, gw.clock, transient=STORE_ERRORS
+            gw.store, settings.gateway_org_id, gw.clock, transient=STORE_ERRORS, wake=gw.relay.wake
         ),
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,
@@ -438,15 +438,6 @@ def make_webhooks(gw: Gateway, bootstrap: str) -> Webhooks:
     settings = gw.settings
     config = webhook_config(settings)
     store = SqlWebhookStore(gw.engine)
-    dispatcher = ConsumerLoop(
-        settings=settings,
-        bootstrap=bootstrap,
-        topic=gw.topics.tracking,
-        group=f"{settings.kafka_group_prefix}.webhooks",
-        handler=WebhookDispatcher(store, gw.clock, config.retry.period, transient=STORE_ERRORS),
-        producer=gw.producer,
-        dead_letter_topic=gw.topics.dead_letter,
-    )
     poster = HttpxPoster(
         connect_timeout=settings.webhook_connect_timeout_seconds,
         read_timeout=settings.webhook_read_timeout_seconds,
@@ -456,6 +447,17 @@ def make_webhooks(gw: Gateway, bootstrap: str) -> Webhooks:
         allow_private_addresses=not config.production,
     )
     sender = WebhookSender(store, poster, gw.clock, config, transient=STORE_ERRORS)
+    dispatcher = ConsumerLoop(
+        settings=settings,
+        bootstrap=bootstrap,
+        topic=gw.topics.tracking,
+        group=f"{settings.kafka_group_prefix}.webhooks",
+        handler=WebhookDispatcher(
+            store, gw.clock, config.retry.period, transient=STORE_ERRORS, wake=sender.wake
+        ),
+        producer=gw.producer,
+        dead_letter_topic=gw.topics.dead_letter,
+    )
     return Webhooks(dispatcher, sender, poster)
 
 

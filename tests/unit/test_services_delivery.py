@@ -221,15 +221,27 @@ def _records(*values: bytes | None) -> list[_Record]:
 async def test_the_handler_delivers_a_poll_and_leaves_the_rest_to_one_by_one(
     world: World,
 ) -> None:
-    handler = DeliveryHandler(world.store, GATEWAY, world.clock, transient=(ConnectionError,))
+    woken: list[int] = []  # the relay, told that stage events wait in the outbox
+    handler = DeliveryHandler(
+        world.store,
+        GATEWAY,
+        world.clock,
+        transient=(ConnectionError,),
+        wake=lambda: woken.append(1),
+    )
     first, second = [await _request(world) for _ in range(2)]
     polled = _records(first.to_json(), b"not an envelope", second.to_json(), first.to_json())
     left = await handler.handle_batch(polled)
     assert [r.offset for r in left] == [1, 3]  # unreadable, and the batch's second of a message
     assert {first.header.message_id, second.header.message_id} <= set(world.store.state.mailbox)
+    assert woken == [1]  # once for the batch
     await handler(left[1])  # one by one: a duplicate, a silent no-op
+    assert woken == [1]  # nothing new delivered
     with pytest.raises(InvalidInput):
         await handler(left[0])
+    third = await _request(world)
+    await handler(_records(third.to_json())[0])
+    assert woken == [1, 1]
 
 
 class _Unavailable(FakeStore):

@@ -368,6 +368,25 @@ async def test_the_dispatcher_makes_each_delivery_once_and_skips_other_records()
     assert orjson.loads(made.payload)["data"]["message_type"] == MessageType.ATTEST_REQUEST
 
 
+async def test_the_dispatcher_wakes_the_sender_when_it_made_deliveries() -> None:
+    store, clock = FakeWebhookStore(), ManualClock(T0)
+    woken: list[int] = []
+    dispatcher = WebhookDispatcher(store, clock, DAY, transient=(), wake=lambda: woken.append(1))
+
+    class Rec:
+        def __init__(self, value: bytes) -> None:
+            self.value = value
+
+    waiting = stage_event(REF).model_copy(update={"stage": Stage.IN_MAILBOX})
+    await dispatcher(Rec(waiting.model_dump_json().encode()))
+    assert woken == []  # no endpoint: nothing made, nothing to wake for
+    await add(store, PSY, "https://p.example/h")
+    await dispatcher(Rec(waiting.model_dump_json().encode()))
+    assert woken == [1]
+    await dispatcher(Rec(waiting.model_dump_json().encode()))  # the same event again
+    assert woken == [1]
+
+
 async def test_a_failing_endpoint_is_retried_then_marked_failed() -> None:
     store, clock, poster = FakeWebhookStore(), ManualClock(T0), ScriptedPoster()
     ep = await add(store, JC, "https://a.example/h")

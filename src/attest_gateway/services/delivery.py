@@ -21,7 +21,7 @@ conversation it names, in the direction its type allows (`conversation-mismatch`
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 import pydantic
@@ -230,7 +230,9 @@ class DeliveryHandler:
     """The delivery consumer's handler: records in, a poll at a time (`handle_batch`) or a
     record at a time. `transient`: the store's errors worth a retry (a database that does not
     answer); they become `Unavailable` (retried), a refusal is an error that is not retryable
-    (the dead-letter topic)."""
+    (the dead-letter topic). `wake`: called after messages were delivered (the outbox relay
+    of the same process: the stage events just written, which the tracker and the webhook
+    dispatcher read, are published now rather than at its next look)."""
 
     def __init__(
         self,
@@ -239,11 +241,17 @@ class DeliveryHandler:
         clock: Clock,
         *,
         transient: tuple[type[Exception], ...],
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._gateway_org_id = gateway_org_id
         self._clock = clock
         self._transient = transient
+        self._wake = wake
+
+    def _delivered(self) -> None:
+        if self._wake is not None:
+            self._wake()
 
     async def handle_batch(self, records: Sequence[R]) -> list[R]:
         """Deliver a poll's new, valid envelopes in one transaction (`deliver_many`); returns
@@ -266,6 +274,7 @@ class DeliveryHandler:
         except self._transient as exc:
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
         if delivered:  # one line for the batch, not one per message
+            self._delivered()
             log.info(
                 "delivery.delivered",
                 count=len(delivered),
@@ -284,6 +293,8 @@ class DeliveryHandler:
         except self._transient as exc:
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
         h = envelope.header
+        if is_new:
+            self._delivered()
         log.info(
             "delivery.delivered" if is_new else "delivery.duplicate",
             message_id=h.message_id,

@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 import random
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -341,7 +341,9 @@ R = TypeVar("R", bound=_Record)
 class WebhookDispatcher:
     """The `gateway.tracking` consumer's handler (its own group). A record it cannot read is
     skipped: the tracker reads the same topic and dead-letters it. `transient`: the store's
-    errors worth a retry (they become `Unavailable`)."""
+    errors worth a retry (they become `Unavailable`). `wake`: called when it made
+    deliveries (the sender of the same process, so that they go out now rather than at the
+    sender's next look, up to WEBHOOK_POLL_SECONDS later)."""
 
     def __init__(
         self,
@@ -350,11 +352,13 @@ class WebhookDispatcher:
         period: dt.timedelta,
         *,
         transient: tuple[type[Exception], ...],
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._period = period
         self._transient = transient
+        self._wake = wake
 
     async def __call__(self, record: _Record) -> None:
         try:
@@ -374,6 +378,8 @@ class WebhookDispatcher:
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
         if added:
             log.info("webhook.deliveries_made", stage=event.stage, deliveries=added)
+            if self._wake is not None:
+                self._wake()
 
 
 # --- the sender -------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.config import DAY, Settings
 from attest_gateway.contracts.stages import FINAL_STAGES, MessageType
-from attest_gateway.core.audit import CASE_ERASE, SOURCE_GATEWAY
+from attest_gateway.core.audit import CASE_ERASE, SOURCE_GATEWAY, AuditEvent
 from attest_gateway.crypto.pseudonyms import key_id_of
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.container import Gateway
@@ -228,12 +228,22 @@ async def prune_store(
     return report
 
 
+# Closed cases erased per transaction. Each erasure appends an audit entry, and every append
+# waits for the audit chain's head, which the API's audited reads take too: one transaction
+# (and one wait for the head) per case made a pass over many closed cases queue behind the
+# API's reads, and the API behind the pass (bench/RESULTS.md, "Retention at national
+# volume"). A case is some tens of rows, so this many cases are about a batch's rows.
+def cases_per_transaction(batch: int) -> int:
+    return max(1, batch // 20)
+
+
 async def erase_closed_cases(
     engine: AsyncEngine, topics: Topics, now: dt.datetime, batch: int, actor: str
 ) -> int:
-    """Erase the closed cases whose time has come, one case per transaction. Returns how
-    many."""
+    """Erase the closed cases whose time has come, `cases_per_transaction(batch)` cases per
+    transaction, their audit entries appended together at its end. Returns how many."""
     c = case_closures.c
+    per = cases_per_transaction(batch)
     erased = 0
     while True:
         async with engine.connect() as conn:
@@ -245,24 +255,31 @@ async def erase_closed_cases(
                     .limit(batch)
                 )
             )
-        for closure_id in ids:
+        for start in range(0, len(ids), per):
             async with engine.begin() as conn:
-                erased += await _erase_case(conn, topics, closure_id, now, actor)
+                events = [
+                    event
+                    for closure_id in ids[start : start + per]
+                    if (event := await _erase_case(conn, closure_id, now, actor)) is not None
+                ]
+                await audit.record_many(conn, topics, events)  # last: it takes the chain's head
+            erased += len(events)
+            await asyncio.sleep(0)
         if len(ids) < batch:
             return erased
-        await asyncio.sleep(0)
 
 
 async def _erase_case(
-    conn: AsyncConnection, topics: Topics, closure_id: str, now: dt.datetime, actor: str
-) -> int:
+    conn: AsyncConnection, closure_id: str, now: dt.datetime, actor: str
+) -> AuditEvent | None:
     """What identifies the citizen in one closed case: its conversations made up to the
     closure with everything of theirs (sealed CPR number, sent copies, stages, mailbox and
     outbox rows), the tracker's timelines, episodes and contacts of the case, the job centre's
     registered sickness case of that kind; and, when
     nothing else of the citizen remains, the case ref in the cells' citizen lists (replaced by
     a random one of the same key, so the cells still count the citizen once) and in the
-    outbox. The counts and histograms stay as they are."""
+    outbox. The counts and histograms stay as they are. Returns the erasure's audit event for
+    the caller to append (None: erased meanwhile by another process)."""
     cc = case_closures.c
     closure = (
         await conn.execute(
@@ -270,7 +287,7 @@ async def _erase_case(
         )
     ).first()
     if closure is None:
-        return 0  # erased meanwhile by another process
+        return None  # erased meanwhile by another process
     ref, org, kind = closure.case_ref, closure.jobcenter_org_id, closure.case_kind
     closed_at = aware(closure.closed_at)
     conv = conversations.c
@@ -344,9 +361,7 @@ async def _erase_case(
     await conn.execute(
         case_closures.update().where(cc.id == closure_id).values(case_ref=None, erased_at=now)
     )
-    await audit.record(
-        conn,
-        topics,
+    return AuditEvent(
         actor=actor,
         action=CASE_ERASE,
         source=SOURCE_GATEWAY,
@@ -354,7 +369,6 @@ async def _erase_case(
         subject_org=org,
         detail={"closure_id": closure_id, "conversations": str(len(conv_ids))},
     )
-    return 1
 
 
 def _finished_before(cutoff: dt.datetime) -> sa.Select[Any]:
