@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from hypothesis import settings
 
 from tests.support.kafka import TestKafka, session_kafka
@@ -37,3 +38,14 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
                 "install it): the PKCS#11 key store is tested against it"
             )
         yield token
+
+
+@pytest.fixture(autouse=True)
+def _structlog_not_left_caching() -> Iterator[None]:
+    """A command run in-process (`serve`, `prune`, …) configures logging with loggers cached on
+    first use; left so, every logger first used by a later test keeps that configuration and
+    `structlog.testing.capture_logs` there sees nothing. Put the defaults back after such a
+    test."""
+    yield
+    if structlog.get_config().get("cache_logger_on_first_use"):
+        structlog.reset_defaults()

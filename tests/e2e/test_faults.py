@@ -116,6 +116,7 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             SHUTDOWN_GRACE_SECONDS="5",
             # The job centre submits from 12 connections at once as fast as the API takes it.
             CONCURRENT_REQUESTS_PER_ORG="16",
+            CONCURRENT_REQUESTS_PER_ORG_TOTAL="32",  # the 12 writers and the test's own reads
         )
         if request.param == "postgres":
             env["DATABASE_URL"] = url

@@ -145,7 +145,8 @@ async def test_inbox_fetches_and_openings_at_the_edge_are_audited(trip: Trip) ->
         e.detail and e.detail.get("key_id", e.detail.get("key_ids", "")).startswith("hpke-")
         for e in opened
     )
-    assert {e.conversation_id for e in entries} == {conv.conversation_id}
+    # (a read of several replies names no one conversation: the shared inbox may hold others)
+    assert {e.conversation_id for e in entries} <= {conv.conversation_id, None}
     # Each inbox read records the opening just before the fetch it served.
     assert {f.seq - 1 for f in fetches} <= {e.seq for e in opened}
     async with h.gw.engine.connect() as conn:

@@ -43,6 +43,7 @@ from tests.integration.conftest import running_gateway
 from tests.support.cli import run_cli
 from tests.support.flows import round_trip
 from tests.support.kafka import TestKafka
+from tests.support.leaks import json_logs
 from tests.support.softhsm import OTHER_TOKEN_LABEL, SoftHsm
 
 HYBRID: Suite = "MLKEM768_X25519/HKDF_SHA256/AES_256_GCM"
@@ -421,7 +422,8 @@ def test_serve_refuses_a_token_it_cannot_open_in_one_sentence(
         "PKCS11_TOKEN_LABEL": OTHER_TOKEN_LABEL,
         "PKCS11_PIN": "0000",
     }
-    result = CliRunner().invoke(cli.app, ["serve"], env=env)
+    with json_logs():  # serve configures logging: its set-up must not outlive this test
+        result = CliRunner().invoke(cli.app, ["serve"], env=env)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     last = result.stderr.strip().splitlines()[-1]  # after the migrations' log lines

@@ -73,15 +73,16 @@ async def test_aggregates_suppression_csv_and_no_personal_data(harness: Harness)
     ).json()["rows"]
     shown = next(r for r in by_type if r["group"] == SHOWN)
     hidden = next(r for r in by_type if r["group"] == HIDDEN)
-    buffer = next(r for r in by_type if r["group"] == BUFFER)
     assert shown["suppressed"] is False
     assert (shown["requests"], shown["replied"], shown["decided"], shown["overdue"]) == (7, 7, 7, 0)
     assert shown["overdue_rate"] == 0.0
     assert hidden["suppressed"] is True
     assert hidden["requests"] is None
-    # secondary suppression: HIDDEN is not the only type missing from the total
-    assert buffer["suppressed"] is True
-    assert buffer["requests"] is None
+    # secondary suppression: HIDDEN is not the only type missing from the total (BUFFER is
+    # the one next to it here, unless the shared database holds another small type already)
+    others = [r for r in by_type if r["group"] != HIDDEN and r["suppressed"]]
+    assert others
+    assert all(r["requests"] is None for r in others)
 
     durations = (
         await h.client.get(
