@@ -125,7 +125,11 @@ async def test_aggregates_suppression_csv_and_no_personal_data(harness: Harness)
     table = list(csv.DictReader(io.StringIO(response.text)))
     assert next(r for r in table if r["group"] == SHOWN)["requests"] == "7"
     assert next(r for r in table if r["group"] == HIDDEN)["requests"] == ""
-    assert next(r for r in table if r["group"] == BUFFER)["requests"] == ""
+    # the export hides the same cells as the JSON answer (which ones beside HIDDEN depends on
+    # what else the shared database holds)
+    for row in by_type:
+        cell = next(r for r in table if r["group"] == row["group"])["requests"]
+        assert cell == ("" if row["suppressed"] else str(row["requests"]))
 
     weekly = await h.client.get(
         "/ministry/v1/durations", params={"by": "receiver", "period": "week"}, headers=auth
