@@ -266,6 +266,7 @@ async def _open(
                 max_waiters=settings.long_poll_max_waiters,
                 check_seconds=settings.long_poll_check_seconds,
             ),
+            audit_appended=chainer.wake,
         ),
         directory=cache,
         store_key=store_key,
