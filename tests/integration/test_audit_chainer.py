@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from attest_gateway.contracts.audit import GENESIS, AuditEntry
 from attest_gateway.core.audit import AuditEvent
@@ -211,3 +212,31 @@ async def test_a_cut_tail_with_its_head_reset_is_found_by_the_marks(engine: Asyn
             await transaction.rollback()
     assert (verdict.ok, verdict.broken_seq) == (False, 3)
     assert "marked chained at seq 3" in (verdict.reason or "")
+
+
+async def test_the_chainer_outlives_a_failed_pass(engine: AsyncEngine) -> None:
+    """A pass that fails (here: the head row gone) is logged; the entries wait, committed,
+    and are chained by a later pass once it can succeed."""
+    await _append(engine, _reads("psyk-kbh", 2))
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM audit_head"))
+    chainer = AuditChainer(engine, TOPICS, poll_seconds=0.05)
+    with capture_logs() as logs:
+        chainer.start()
+        try:
+
+            async def failed() -> bool | None:
+                return True if any(e["event"] == "audit.chain_failed" for e in logs) else None
+
+            await wait_for(failed)
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :genesis)"),
+                    {"genesis": GENESIS},
+                )
+            await wait_for(lambda: _chained_at_least(engine, 2))
+        finally:
+            await chainer.stop()
+    verdict = await _verify(engine)
+    assert verdict.ok, verdict.reason
+    assert (verdict.entries, verdict.pending) == (2, 0)

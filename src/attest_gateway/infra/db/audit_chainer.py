@@ -5,8 +5,8 @@ infra/db/audit.py); `AuditChainer` gives them their place in the hash chain, a b
 per transaction, holding the chain head's row lock only while it chains (so one chainer at a
 time, whichever process it runs in). It runs where the sweeper runs (`serve --role worker`
 or `all`), chains what is pending as soon as it starts (a crash between an append and its
-chaining loses nothing), and then whenever it is woken (`wake`: the group commit of this
-process committed audit events) or `poll_seconds` passed, whichever comes first: an
+chaining loses nothing), and then whenever it is woken (`wake`: the group commit or a unit
+of work of this process committed audit events) or `poll_seconds` passed, whichever first: an
 indexed look finds entries appended by other processes. A failed pass is logged and tried
 again at the next poll; until then the entries wait, committed, in `audit_pending`.
 """
@@ -77,5 +77,7 @@ class AuditChainer:
                 await self.chain_now()
             except _FAILURES as exc:
                 log.warning("audit.chain_failed", error=type(exc).__name__)
+            except Exception as exc:  # e.g. the head row missing: told, tried again, not fatal
+                log.error("audit.chain_failed", error=type(exc).__name__, detail=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self._poll)
