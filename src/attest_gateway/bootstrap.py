@@ -40,6 +40,7 @@ from attest_gateway.crypto.pseudonyms import KEY_FILE_CONTEXT
 from attest_gateway.crypto.sealing import KeyRing, KeyStore, read_secret_file, secret_file_text
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db.arrivals import MailArrivals
+from attest_gateway.infra.db.audit_chainer import AuditChainer
 from attest_gateway.infra.db.directory import DirectoryCache
 from attest_gateway.infra.db.engine import STORE_ERRORS, settings_engine
 from attest_gateway.infra.db.grants import rewrite_privileges
@@ -234,11 +235,17 @@ async def _open(
         if owned.engine:
             await base.dispose()
         raise
+    chainer = AuditChainer(bound, topics)
+
+    def flushed(requests: int, failed: bool) -> None:
+        metrics.observe_group_commit(requests, failed)
+        chainer.wake()  # the flush's audit events are committed: chain them
+
     writes = GroupCommit(
         bound,
         max_units=settings.group_commit_max_requests,
         max_flushes=settings.group_commit_flushes,
-        on_flush=metrics.observe_group_commit,
+        on_flush=flushed,
     )
     gw = Gateway(
         settings=settings,
@@ -259,17 +266,20 @@ async def _open(
                 max_waiters=settings.long_poll_max_waiters,
                 check_seconds=settings.long_poll_check_seconds,
             ),
+            audit_appended=chainer.wake,
         ),
         directory=cache,
         store_key=store_key,
         clock=clock,
         outage=outage,
+        chainer=chainer,
     )
     return gw, owned
 
 
 async def _close(gw: Gateway, owned: _Owned, left: _Deadline) -> None:
     await _bounded("group commit", gw.writes.drain(), left())
+    await _bounded("audit chainer", gw.chainer.stop(), left())
     await _bounded("relay", gw.relay.stop(), left())
     if owned.producer:
         await _bounded("producer", gw.producer.stop(), left())
@@ -518,6 +528,7 @@ async def running_gateway(
                 webhooks.sender.start()
             sweeper = Sweeper(gw, bootstrap, consumers)
             sweeper.start()
+            gw.chainer.start()
         log.info("gateway.started", bootstrap=bootstrap, consumers=len(consumers))
         yield Running(gw, tuple(consumers), tracker, sweeper, webhooks)
     finally:

@@ -111,6 +111,7 @@ async def _append(engine: AsyncEngine, world: World, n: int) -> None:
     ]  # fmt: skip
     async with engine.begin() as conn:
         await audit.record_many(conn, TOPICS, events)
+    await audit.chain_all(engine, TOPICS)  # as the worker's chainer does, as the same role
 
 
 async def _refused(engine: AsyncEngine, statement: sa.Executable) -> str | None:
@@ -131,6 +132,9 @@ async def test_the_runtime_role_appends_to_the_audit_log_and_cannot_rewrite_it(
         }
     statements = await _grant(r)
     assert f"GRANT SELECT, INSERT ON public.audit_log TO {r.runtime_role}" in statements
+    assert f"GRANT SELECT, INSERT, UPDATE (seq) ON public.audit_pending TO {r.runtime_role}" in (
+        statements
+    )
     async with r.runtime.connect() as conn:
         assert await grants.rewrite_privileges(conn) == []
         assert not await grants.may_prune_audit(conn)
@@ -152,11 +156,38 @@ async def test_the_runtime_role_appends_to_the_audit_log_and_cannot_rewrite_it(
     assert await _refused(r.runtime, points.delete()) == denied
     assert await _refused(r.runtime, points.update().values(seq=99)) == denied
     assert await _refused(r.runtime, head.delete()) == denied
+    # Pending entries: appended, then only marked chained, once, by the chainer.
+    pending = tables.audit_pending
+    async with r.runtime.begin() as conn:
+        await audit.record_many(
+            conn,
+            TOPICS,
+            [
+                AuditEvent(
+                    actor=PSY, action="mailbox.fetch", source="192.0.2.10", at=r.world.clock.now()
+                )
+            ],
+        )
+    assert await _refused(r.runtime, pending.delete()) == denied
+    assert await _refused(r.runtime, sa.text("TRUNCATE audit_pending")) == denied
+    assert await _refused(r.runtime, pending.update().values(actor="someone-else")) == denied
+    # the trigger: a chained row's mark stays, a pending row is marked with a seq or not at all
+    assert await _refused(r.runtime, pending.update().values(seq=None)) == denied
+    assert (
+        await _refused(r.runtime, pending.update().where(pending.c.seq == 2).values(seq=99))
+        == denied
+    )
+    assert (
+        await _refused(r.runtime, pending.update().where(pending.c.seq.is_(None)).values(seq=None))
+        == denied
+    )
+    assert await audit.chain_all(r.runtime, TOPICS) == 1
 
     async with r.runtime.connect() as conn:
         verdict = await audit.verify(conn, gateway_org_id=GATEWAY)
     assert verdict.ok, verdict.reason
-    assert verdict.last_seq == 6  # five reads and the signed head
+    assert verdict.last_seq == 7  # five reads, the signed head, one more read
+    assert verdict.pending == 0
 
 
 async def test_production_refuses_to_start_as_a_role_that_may_rewrite_the_audit_log(

@@ -18,7 +18,7 @@ from attest_gateway.contracts.stages import MessageType
 from attest_gateway.core.clock import SystemClock
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.crypto.sealing import seal
-from attest_gateway.infra.db import tables
+from attest_gateway.infra.db import audit, tables
 from attest_gateway.medcom.build import build_acknowledgement
 from tests.integration.conftest import Harness
 from tests.integration.test_medcom_side import new_request, post, reply_to, sealed_for_gateway
@@ -555,6 +555,7 @@ async def test_control_characters_in_a_sealed_envelope_s_header(harness: Harness
     response = await post(h, PSY, envelope.model_dump(mode="json"), ENVELOPE_TYPE)
     assert_problem(response, 400, "invalid-envelope")
     assert await medcom_rows(h, cid) == before
+    await audit.chain_all(h.gw.engine, h.gw.topics)  # what is pending too
     async with h.gw.engine.connect() as conn:
         opened = await conn.execute(
             sa.select(tables.audit_log).where(tables.audit_log.c.message_id == good.message_id)

@@ -22,6 +22,7 @@ import uvicorn
 from attest_gateway.core.audit import MAILBOX_FETCH
 from attest_gateway.core.limits import EndpointClass, RequestLimits
 from attest_gateway.entrypoints.http.proxy_protocol import V2_SIGNATURE, ProxyProtocolServer
+from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.tables import audit_log
 from tests.integration.conftest import Harness, running_gateway
 from tests.support.flows import JC, PSY
@@ -59,6 +60,7 @@ def client_from(h: Harness, ip: str) -> httpx.AsyncClient:
 
 async def _sources(h: Harness, message_id: str) -> list[str]:
     """The sources of the mailbox reads that handed out `message_id`, oldest first."""
+    await audit.chain_all(h.gw.engine, h.gw.topics)
     async with h.gw.engine.connect() as conn:
         rows = await conn.execute(
             sa.select(audit_log.c.source, audit_log.c.detail)

@@ -20,6 +20,7 @@ from fastapi import Request
 from attest_gateway.core.audit import MAILBOX_FETCH
 from attest_gateway.core.directory import Organisation
 from attest_gateway.entrypoints.http import auth
+from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.tables import audit_log
 from tests.integration.conftest import Harness, running_gateway
 from tests.support.flows import JC, PSY
@@ -99,6 +100,7 @@ async def test_a_flood_after_large_reads_is_refused_while_another_organisation_r
     assert looked_up[h.creds[GP]["api_key"]] == len(other)
 
     # every read that handed out items is audited: the one large read, as one entry
+    await audit.chain_all(h.gw.engine, h.gw.topics)
     async with h.gw.engine.connect() as conn:
         reads = (
             await conn.execute(

@@ -207,6 +207,7 @@ async def test_sealed_submission(harness: Harness) -> None:
 
     # The gateway opened the submission at the edge: audited once (the refused one was never
     # opened: its signature failed first); then it was accepted from the clinic.
+    await audit.chain_all(h.gw.engine, h.gw.topics)
     async with h.gw.engine.connect() as conn:
         rows = (
             await conn.execute(

@@ -337,6 +337,7 @@ async def _append(db: Db, n: int) -> None:
     ]  # fmt: skip
     async with db.engine.begin() as conn:
         await audit.record_many(conn, TOPICS, events)
+    await audit.chain_all(db.engine, TOPICS)  # as the worker's chainer does
 
 
 async def _checkpoint(db: Db) -> audit.Checkpoint | None:
@@ -527,12 +528,15 @@ async def _rewrite(db: Db, from_seq: int, change: dict[str, Any], *, to_seq: int
     events[0] = dataclasses.replace(events[0], **change)
     rewritten = audit.chain(before.hash, from_seq, events)
     log = tables.audit_log
+    pending = tables.audit_pending
     async with db.engine.begin() as conn:
         await conn.execute(log.delete().where(log.c.seq >= from_seq))
         await conn.execute(log.insert(), [audit._row(e) for e in rewritten])
         await conn.execute(
             tables.audit_head.update().values(seq=rewritten[-1].seq, hash=rewritten[-1].hash)
         )
+        # and the appended rows they were chained from, which would tell the old fields
+        await conn.execute(pending.delete().where(pending.c.seq >= from_seq))
 
 
 async def _verify_against(db: Db, topic: audit.TopicAnchors | None) -> audit.Verdict:
@@ -638,6 +642,8 @@ async def test_a_tail_cut_with_its_signed_heads_is_found_by_the_topic(db: Db) ->
         await conn.execute(log.delete().where(log.c.seq > 9))
         await conn.execute(tables.audit_checkpoints.delete())
         await conn.execute(tables.audit_head.update().values(seq=9, hash=kept))
+        # and the appended rows marked chained there, which would tell the cut
+        await conn.execute(tables.audit_pending.delete().where(tables.audit_pending.c.seq > 9))
     assert (await _verify_against(db, None)).ok
     heads_only = audit.TopicAnchors({}, topic.signed_heads)  # even with the entries gone
     verdict = await _verify_against(db, heads_only)

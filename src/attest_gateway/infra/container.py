@@ -1,6 +1,6 @@
 """`Gateway`: the immutable container of one gateway's wired parts (settings, store, keys,
 topics and the check of their settings, Kafka producer, outbox relay, group commit, directory
-cache, clock).
+cache, clock, audit chainer).
 
 Only the composition root (`bootstrap.build_gateway`) makes one; everything else is handed
 it. It is defined here, below the use cases and the housekeeping that read its fields, rather
@@ -20,6 +20,7 @@ from attest_gateway.config import Settings
 from attest_gateway.core.attests import DEFAULT_CATALOGUE, AttestType
 from attest_gateway.core.clock import Clock
 from attest_gateway.crypto.sealing import KeyRing
+from attest_gateway.infra.db.audit_chainer import AuditChainer
 from attest_gateway.infra.db.directory import DirectoryCache
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.pseudonyms import StoreKey
@@ -57,4 +58,6 @@ class Gateway:
     clock: Clock
     #: whether the brokers are reachable, for all of this gateway's Kafka clients
     outage: KafkaOutage
+    #: chains the pending audit entries (started where the sweeper runs; woken by `writes`)
+    chainer: AuditChainer
     catalogue: dict[str, AttestType] = field(default_factory=lambda: dict(DEFAULT_CATALOGUE))

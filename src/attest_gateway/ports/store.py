@@ -340,8 +340,8 @@ class Treatments(Protocol):
 
 class AuditLog(Protocol):
     async def record_many(self, events: Sequence[AuditEvent]) -> None:
-        """Append to the hash chain (and its outbox). Call it last in the unit of work: until
-        the commit, other appends wait."""
+        """Append in the unit of work, unchained: committed with it, chained into the hash
+        chain (and onto `gateway.audit`) a moment later, taking no lock other units wait on."""
         ...
 
 

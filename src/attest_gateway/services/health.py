@@ -143,7 +143,7 @@ async def read_mailbox(
             items=[(r.message_id, r.conversation_id) for r in rows],
             detail=actor_detail(actor),
         )
-        await uow.audit.record_many(read)  # last: it holds the chain's lock
+        await uow.audit.record_many(read)
     log.info("medcom.mailbox_read", count=len(out))
     return out
 
@@ -500,7 +500,7 @@ async def _accept(
             )
         )
         source, detail = audited
-        await uow.audit.record_many(  # last: it holds the chain's lock
+        await uow.audit.record_many(
             [
                 audit.AuditEvent(
                     actor=org.id,

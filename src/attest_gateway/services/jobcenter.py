@@ -503,7 +503,7 @@ async def read_inbox(
                 detail=actor_detail(actor),
             ),
         ]
-        await uow.audit.record_many(reads)  # last: it holds the chain's lock
+        await uow.audit.record_many(reads)
     for message_id, reason in marks.items():
         if reason is not None:
             metrics.unreadable_reply(reason)
@@ -678,7 +678,7 @@ async def acknowledge_reply(
             detail="ok",
             envelope=sealed,
         )
-        await uow.audit.record_many([opened])  # last: it holds the chain's lock
+        await uow.audit.record_many([opened])
     relay.wake()
     return True
 

@@ -318,7 +318,7 @@ async def cancel_request(
             at=now,
             envelope=envelope,
         )
-        await uow.audit.record_many(opened)  # last: it holds the chain's lock
+        await uow.audit.record_many(opened)
     relay.wake()
     log.info("lifecycle.cancelled", conversation_id=cid, receiver=conv.receiver_org_id)
     return _out(conv, action), True
@@ -478,7 +478,7 @@ async def remind_by_hand(
                 at=now,
                 detail=MANUAL,
             )
-        await uow.audit.record_many(opened)  # last: it holds the chain's lock
+        await uow.audit.record_many(opened)
     relay.wake()
     log.info("lifecycle.reminded", conversation_id=cid, receiver=conv.receiver_org_id)
     return _out(conv, action), True

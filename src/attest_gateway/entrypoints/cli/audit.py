@@ -17,6 +17,7 @@ from attest_gateway.contracts.audit import AuditEntry
 from attest_gateway.core.actors import AUTHORISATION_KEY, PERSON_KEY
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.kafka.reading import KafkaReadTimeout, TopicMissing
+from attest_gateway.infra.kafka.topics import Topics
 
 audit_app = typer.Typer(help="The audit log of reads and administrative changes.")
 console = Console(stderr=True)
@@ -65,7 +66,9 @@ def verify(
     """Check the audit log's hash chain: exit 0 when intact, 1 with the first broken seq.
 
     After retention removed old entries, the check starts from the oldest kept checkpoint
-    (its signature by the gateway's key checked) and says which entries it covers.
+    (its signature by the gateway's key checked) and says which entries it covers. Entries
+    appended but not chained yet are counted, with the time of the oldest: a chainer that
+    stopped shows there.
 
     Example: attest-gateway audit verify
     """
@@ -111,7 +114,14 @@ def covered(verdict: audit.Verdict, *, held_against_topic: bool) -> str:
         span = f"{verdict.entries} entries (seq {verdict.first_seq}–{verdict.last_seq})"
     n = verdict.checkpoints
     points = f"; {n} signed checkpoint{'' if n == 1 else 's'} checked" if n else ""
-    return f"chain intact, {span} {origin}{points}{checked}"
+    waiting = ""
+    if verdict.pending and verdict.oldest_pending is not None:
+        waiting = (
+            f"; {verdict.pending} {'entry' if verdict.pending == 1 else 'entries'} appended, "
+            "not chained yet (the oldest of "
+            f"{verdict.oldest_pending.isoformat(timespec='seconds')})"
+        )
+    return f"chain intact, {span} {origin}{points}{checked}{waiting}"
 
 
 @audit_app.command("list")
@@ -131,8 +141,10 @@ def list_entries(
     settings = load_settings()
 
     async def run() -> list[AuditEntry]:
-        async with database(settings) as engine, engine.connect() as conn:
-            return await audit.latest(conn, org_id=org, limit=limit)
+        async with database(settings) as engine:
+            await audit.chain_all(engine, Topics.from_settings(settings))  # pending ones too
+            async with engine.connect() as conn:
+                return await audit.latest(conn, org_id=org, limit=limit)
 
     entries = asyncio.run(run())
     if as_json:

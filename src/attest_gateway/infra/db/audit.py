@@ -1,16 +1,39 @@
 """The audit log: every read of content and every administrative change, hash-chained.
 
 An entry says who (`actor`), what (`action`), which message, when and from where (`source`:
-the client's address, or `cli` / `gateway`). It is appended in the caller's transaction, so a
-read is never committed without its entry, and it goes into the outbox for `gateway.audit`
-in the same transaction. Entries hold ids only, never content or CPR numbers.
+the client's address, or `cli` / `gateway`). Entries hold ids only, never content or CPR
+numbers.
 
 The chain: entry n has `prev_hash` = hash of entry n-1 (64 zeros for entry 1) and
 `hash` = sha256(prev_hash || canonical JSON of its fields) (contracts/audit.py). The one-row
-`audit_head` table holds the last seq and hash. An append first updates the head
-(`seq = seq + n … RETURNING`), which takes its row lock on PostgreSQL and the write lock on
-SQLite, so concurrent appends from several processes queue there instead of forking the chain;
-callers append at the end of their transaction to keep that lock short.
+`audit_head` table holds the last seq and hash; whoever extends the chain first updates it
+(`_lock_head`), which takes its row lock on PostgreSQL and the write lock on SQLite, so
+concurrent chainers from several processes queue there instead of forking the chain.
+
+Appending and chaining are two steps. A read, a request or a reply appends its events
+unchained (`record_many`): `audit_pending` rows (the event, no seq or hashes yet) in the
+caller's transaction, so a read is never committed without its entry, and no shared lock is
+taken: concurrent requests no longer queue on the head. The chainer (`chain_pending`,
+run by `AuditChainer` in infra/db/audit_chainer.py where the sweeper runs, at its start,
+when woken and on a short poll) takes the head's lock, chains the pending rows in `id`
+order, a bounded batch per transaction, writes their `audit_log` rows and `gateway.audit`
+outbox records, marks each pending row with its seq and moves the head, all in one
+transaction. Only chainers take the head's lock, so one chains at a time, whichever process
+it is in; rows of transactions still open are simply chained by a later pass (pending rows
+are found by their NULL seq, not after a high-water mark, so none is skipped). The
+administrative and housekeeping entries (`record`: `org.add` from the command line, the
+sweeper opening its own copy, checkpoints, pruning) are rare, come from commands that may run
+with no chainer after them, and are chained at once in their transaction.
+
+Pending rows are never removed by the gateway: the runtime role may only set a NULL `seq`
+(a column-level UPDATE grant, and on PostgreSQL a trigger that allows nothing else, once;
+infra/db/grants.py, migration 0019), not change or delete a row. So an entry cannot vanish
+while pending: it is either still pending (`verify` counts the pending entries and gives the
+time of the oldest: a stopped chainer shows), or marked with the seq of the chain entry it
+became, and `verify` finds a row marked with a seq whose entry is missing or says something
+else. Retention removes a chained entry's pending row with the entry. Until an entry is
+chained and relayed it is in the database only, as a chained entry was before its outbox
+record was published: the owner role could remove it there unseen, not the gateway's role.
 
 `verify` walks the log: a missing, altered or reordered entry breaks the links or the hashes;
 a cut tail no longer reaches the head; a cut tail with the head reset too, or a consistent
@@ -66,7 +89,13 @@ from attest_gateway.core.audit import AuditEvent as AuditEvent
 from attest_gateway.crypto.sealing import SigningKey, decode_verify_key
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import aware, insert_ignore
-from attest_gateway.infra.db.tables import audit_checkpoints, audit_head, audit_log, outbox
+from attest_gateway.infra.db.tables import (
+    audit_checkpoints,
+    audit_head,
+    audit_log,
+    audit_pending,
+    outbox,
+)
 from attest_gateway.infra.kafka.reading import (
     read_deadline,
     read_to_end,
@@ -78,6 +107,7 @@ from attest_gateway.infra.kafka.topics import AUDIT, Topics
 HEAD_ID = 1
 CHAIN_KEY = "audit"  # record key: the whole chain on one partition
 VERIFY_BATCH = 2000
+CHAIN_BATCH = 500  # pending entries chained per transaction
 
 
 def chain(prev_hash: str, first_seq: int, events: Sequence[AuditEvent]) -> list[AuditEntry]:
@@ -121,16 +151,114 @@ def _row(entry: AuditEntry) -> dict[str, Any]:
     return row
 
 
-async def record_many(
-    conn: AsyncConnection, topics: Topics, events: Sequence[AuditEvent]
-) -> list[AuditEntry]:
-    """Append events to the chain and the `gateway.audit` outbox, in the caller's transaction.
-
-    Call it last in the transaction: from here to the commit, other appends wait.
-    """
+async def record_many(conn: AsyncConnection, topics: Topics, events: Sequence[AuditEvent]) -> None:
+    """Append events, unchained, in the caller's transaction: `audit_pending` rows, which
+    take no shared lock. `chain_pending` chains them and writes their `gateway.audit` outbox
+    records then, to the chainer's topics (`topics` here is not used)."""
+    del topics
     if not events:
-        return []
-    return await _append(conn, topics, len(events), lambda _head: events)
+        return
+    await conn.execute(audit_pending.insert(), [_pending_row(e) for e in events])
+
+
+def _pending_row(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "at": aware(event.at).astimezone(dt.UTC),
+        "actor": event.actor,
+        "action": event.action,
+        "source": event.source[:64],
+        "subject_org": event.subject_org,
+        "message_id": event.message_id,
+        "conversation_id": event.conversation_id,
+        "detail": (
+            orjson.dumps(dict(event.detail), option=orjson.OPT_SORT_KEYS).decode()
+            if event.detail is not None
+            else None
+        ),
+    }
+
+
+def _event_of(row: Any) -> AuditEvent:
+    return AuditEvent(
+        actor=row.actor,
+        action=row.action,
+        source=row.source,
+        at=aware(row.at),
+        subject_org=row.subject_org,
+        message_id=row.message_id,
+        conversation_id=row.conversation_id,
+        detail=orjson.loads(row.detail) if row.detail is not None else None,
+    )
+
+
+async def has_pending(conn: AsyncConnection) -> bool:
+    """Whether an entry waits to be chained (a look into the pending rows' index, no lock)."""
+    query = sa.select(audit_pending.c.id).where(audit_pending.c.seq.is_(None)).limit(1)
+    return (await conn.execute(query)).first() is not None
+
+
+async def chain_pending(conn: AsyncConnection, topics: Topics, *, limit: int = CHAIN_BATCH) -> int:
+    """Chain up to `limit` pending entries, lowest id first, in the caller's transaction:
+    the head's lock first (one chainer at a time; checkpoints and pruning wait), then their
+    `audit_log` rows and `gateway.audit` outbox records, each pending row marked with its
+    seq, the head moved. Returns how many it chained."""
+    head = await _lock_head(conn)
+    rows = list(
+        await conn.execute(
+            sa.select(audit_pending)
+            .where(audit_pending.c.seq.is_(None))
+            .order_by(audit_pending.c.id)
+            .limit(limit)
+        )
+    )
+    if not rows:
+        return 0
+    entries = chain(head.hash, head.seq + 1, [_event_of(r) for r in rows])
+    await _write(conn, topics, entries)
+    await conn.execute(
+        audit_pending.update()
+        .where(audit_pending.c.id == sa.bindparam("pending_id"), audit_pending.c.seq.is_(None))
+        .values(seq=sa.bindparam("chained_seq")),
+        [{"pending_id": r.id, "chained_seq": e.seq} for r, e in zip(rows, entries, strict=True)],
+    )
+    await _move_head(conn, entries[-1])
+    return len(entries)
+
+
+async def chain_all(engine: AsyncEngine, topics: Topics, *, batch: int = CHAIN_BATCH) -> int:
+    """Chain every entry pending now, `batch` per transaction (see `chain_pending`);
+    nothing is locked when none is pending. Returns how many it chained."""
+    chained = 0
+    while True:
+        async with engine.connect() as conn:
+            if not await has_pending(conn):
+                return chained
+        async with engine.begin() as conn:
+            done = await chain_pending(conn, topics, limit=batch)
+        chained += done
+        if done < batch:
+            return chained
+
+
+async def _lock_head(conn: AsyncConnection) -> ChainHead:
+    head = (
+        await conn.execute(
+            audit_head.update()
+            .where(audit_head.c.id == HEAD_ID)
+            .values(seq=audit_head.c.seq)
+            .returning(audit_head.c.seq, audit_head.c.hash)
+        )
+    ).first()
+    if head is None:
+        # Fail closed: nothing is chained around a missing head.
+        raise RuntimeError("the audit chain head is missing; run `attest-gateway migrate`")
+    return ChainHead(head.seq, head.hash)
+
+
+async def _move_head(conn: AsyncConnection, last: AuditEntry) -> None:
+    await conn.execute(
+        audit_head.update().where(audit_head.c.id == HEAD_ID).values(seq=last.seq, hash=last.hash)
+    )
 
 
 async def _append(
@@ -139,23 +267,21 @@ async def _append(
     n: int,
     make: Callable[[ChainHead], Sequence[AuditEvent]],
 ) -> list[AuditEntry]:
-    """Append the `n` events `make` returns, given the chain's head before them (read with
-    its lock held, so `make` may sign it)."""
-    head = (
-        await conn.execute(
-            audit_head.update()
-            .where(audit_head.c.id == HEAD_ID)
-            .values(seq=audit_head.c.seq + n)
-            .returning(audit_head.c.seq, audit_head.c.hash)
-        )
-    ).first()
-    if head is None:
-        # Fail closed: a read that cannot be audited does not happen.
-        raise RuntimeError("the audit chain head is missing; run `attest-gateway migrate`")
-    events = make(ChainHead(head.seq - n, head.hash))
+    """Chain the `n` events `make` returns at once, given the chain's head before them (read
+    with its lock held, so `make` may sign it): the gateway's own bookkeeping (checkpoints,
+    pruning), which must sit at a known place in the chain."""
+    head = await _lock_head(conn)
+    events = make(head)
     if len(events) != n:
         raise ValueError(f"expected {n} audit events, got {len(events)}")
-    entries = chain(head.hash, head.seq - n + 1, events)
+    entries = chain(head.hash, head.seq + 1, events)
+    await _write(conn, topics, entries)
+    await _move_head(conn, entries[-1])
+    return entries
+
+
+async def _write(conn: AsyncConnection, topics: Topics, entries: Sequence[AuditEntry]) -> None:
+    """Chained entries into `audit_log` and the `gateway.audit` outbox."""
     await conn.execute(audit_log.insert(), [_row(e) for e in entries])
     await conn.execute(
         outbox.insert(),
@@ -171,10 +297,6 @@ async def _append(
             for e in entries
         ],
     )
-    await conn.execute(
-        audit_head.update().where(audit_head.c.id == HEAD_ID).values(hash=entries[-1].hash)
-    )
-    return entries
 
 
 async def record(
@@ -190,23 +312,22 @@ async def record(
     conversation_id: str | None = None,
     detail: dict[str, str] | None = None,
 ) -> None:
-    """Append one entry (see `record_many`): e.g. `org.add` by the operator from `cli`."""
-    await record_many(
-        conn,
-        topics,
-        [
-            AuditEvent(
-                actor=actor,
-                action=action,
-                source=source,
-                at=at,
-                subject_org=subject_org,
-                message_id=message_id,
-                conversation_id=conversation_id,
-                detail=detail,
-            )
-        ],
+    """Append one entry and chain it at once, in the caller's transaction (the head's lock
+    held from here to the commit): the administrative and housekeeping entries (`org.add` by
+    the operator from `cli`, the sweeper opening its own copy …), rare and outside the
+    partners' requests, which may come from a command that runs alone, with no chainer
+    after it. The partners' reads and requests append with `record_many` instead."""
+    event = AuditEvent(
+        actor=actor,
+        action=action,
+        source=source,
+        at=at,
+        subject_org=subject_org,
+        message_id=message_id,
+        conversation_id=conversation_id,
+        detail=detail,
     )
+    await _append(conn, topics, 1, lambda _head: [event])
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -298,6 +419,8 @@ class Verdict:
     first_seq: int = 1  # the first entry checked
     start: Checkpoint | None = None  # the checkpoint the check started from (None: genesis)
     checkpoints: int = 0  # checkpoints whose signature and hash were checked
+    pending: int = 0  # entries appended but not chained yet (not checked: no hash yet)
+    oldest_pending: dt.datetime | None = None  # the time of the oldest of them
 
     @property
     def ok(self) -> bool:
@@ -568,7 +691,45 @@ async def verify(
                 broken_seq=seq,
                 reason=f"the chain head it signs {problem}",
             )
-    return verdict
+    if verdict.ok and (marked := await _falsely_marked(conn)) is not None:
+        return dataclasses.replace(
+            verdict,
+            broken_seq=marked,
+            reason=f"an appended entry is marked chained at seq {marked}, but the chain "
+            "holds another entry there, or none: it was dropped without being chained",
+        )
+    count, oldest = (
+        await conn.execute(
+            sa.select(sa.func.count(), sa.func.min(audit_pending.c.at)).where(
+                audit_pending.c.seq.is_(None)
+            )
+        )
+    ).one()
+    return dataclasses.replace(
+        verdict, pending=count, oldest_pending=aware(oldest) if oldest is not None else None
+    )
+
+
+async def _falsely_marked(conn: AsyncConnection) -> int | None:
+    """The lowest seq a pending row is marked with whose chained entry is missing or says
+    something else, or None. One statement, one snapshot: the chainer commits an entry and
+    its mark together, and retention removes them together, so neither is ever seen alone."""
+    p, e = audit_pending, audit_log
+    differs = sa.or_(
+        e.c.seq.is_(None),
+        *(
+            e.c[name].is_distinct_from(p.c[name])
+            for name in ("at", "actor", "action", "source", "subject_org", "message_id",
+                         "conversation_id", "detail")
+        ),
+    )  # fmt: skip
+    query = (
+        sa.select(sa.func.min(p.c.seq))
+        .select_from(p.outerjoin(e, e.c.seq == p.c.seq))
+        .where(p.c.seq.is_not(None), differs)
+    )
+    found = (await conn.execute(query)).scalar()
+    return int(found) if found is not None else None
 
 
 async def _walk(
@@ -675,7 +836,9 @@ async def checkpoint_if_due(
     kept in `audit_checkpoints` and appended to the chain as an `audit.checkpoint` entry
     (by `actor`), so it is on `gateway.audit` too, out of reach of whoever edits the
     database; the entry right after a checkpoint (its own, or retention's `audit.prune`) does
-    not count as growth. The new checkpoint, or None."""
+    not count as growth. What is pending is chained first (a batch), so the checkpoint
+    covers it. The new checkpoint, or None."""
+    await chain_pending(conn, topics)
     locked = (  # the head's lock first (as an append takes it): one checkpoint per head
         await conn.execute(
             audit_head.update()
@@ -808,16 +971,16 @@ async def _prune_batch(
     elif point.hash != last.hash:
         return 0
     await conn.execute(audit_log.delete().where(audit_log.c.seq <= last.seq))
+    await conn.execute(audit_pending.delete().where(audit_pending.c.seq <= last.seq))
     await conn.execute(audit_checkpoints.delete().where(audit_checkpoints.c.seq < last.seq))
-    await record(
-        conn,
-        topics,
+    pruned = AuditEvent(
         actor=actor,
         action=AUDIT_PRUNE,
         source=SOURCE_GATEWAY,
         at=now,
         detail={"through_seq": str(last.seq), "checkpoint_hash": last.hash},
     )
+    await _append(conn, topics, 1, lambda _head: [pruned])
     return len(entries)
 
 

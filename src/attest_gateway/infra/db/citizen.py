@@ -349,7 +349,9 @@ async def export(
     now: dt.datetime,
 ) -> CitizenExport:
     """Gather the citizen's view and record the `citizen.export` entry, in one transaction:
-    an export that cannot be audited does not happen."""
+    an export that cannot be audited does not happen. The entries appended but not chained
+    yet are chained first, so the view holds every access committed before it."""
+    await audit.chain_all(engine, topics)
     async with engine.begin() as conn:
         found = await gather(conn, await citizen_refs(conn, cpr, key), now)
         await audit.record(

@@ -11,11 +11,16 @@ schema, except on the audit log: there it may read and append, never change or r
 | `audit_log`         | SELECT, INSERT                                                  |
 | `audit_checkpoints` | SELECT, INSERT (the sweeper signs checkpoints)                  |
 | `audit_head`        | SELECT, UPDATE (an append moves the head; it cannot remove it)  |
+| `audit_pending`     | SELECT, INSERT, UPDATE of `seq` only (the chainer marks a row   |
+|                     | chained; a trigger lets it set a NULL seq once, nothing else)   |
 | every other table   | SELECT, INSERT, UPDATE, DELETE                                  |
 | sequences           | USAGE, SELECT                                                   |
 
 Whoever holds the runtime role's credentials can then append to the chain, but cannot rewrite
 or cut it: a moved head leaves entries beyond it (or misses some), which `audit verify` finds.
+Nor can it remove an entry appended but not chained yet: it can only mark a pending row with
+a seq, once (migration 0019's trigger), and a row marked without its entry in the chain is
+what `audit verify` reports.
 Production refuses to start while the runtime role may UPDATE, DELETE or TRUNCATE an audit
 table (`rewrite_privileges`, checked in bootstrap.py and by `/readyz`); the owner of a table
 holds every privilege on it, so the gateway cannot run as the owner there.
@@ -31,12 +36,14 @@ AUDIT_GRANTS: dict[str, tuple[str, ...]] = {
     "audit_log": ("SELECT", "INSERT"),
     "audit_checkpoints": ("SELECT", "INSERT"),
     "audit_head": ("SELECT", "UPDATE"),
+    "audit_pending": ("SELECT", "INSERT", "UPDATE (seq)"),
 }
 #: The privileges that would let the runtime role rewrite or cut the chain.
 REWRITES: dict[str, tuple[str, ...]] = {
     "audit_log": ("UPDATE", "DELETE", "TRUNCATE"),
     "audit_checkpoints": ("UPDATE", "DELETE", "TRUNCATE"),
     "audit_head": ("DELETE", "TRUNCATE"),
+    "audit_pending": ("UPDATE", "DELETE", "TRUNCATE"),  # UPDATE of the whole row
 }
 OTHER_TABLES = "SELECT, INSERT, UPDATE, DELETE"
 READ_ONLY_TABLES = {"alembic_version"}
@@ -67,7 +74,8 @@ async def may_prune_audit(conn: AsyncConnection) -> bool:
         return True
     query = sa.text(
         "SELECT has_table_privilege(current_user, 'audit_log', 'DELETE') "
-        "AND has_table_privilege(current_user, 'audit_checkpoints', 'DELETE')"
+        "AND has_table_privilege(current_user, 'audit_checkpoints', 'DELETE') "
+        "AND has_table_privilege(current_user, 'audit_pending', 'DELETE')"
     )
     return bool((await conn.execute(query)).scalar())
 

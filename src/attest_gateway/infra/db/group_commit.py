@@ -16,8 +16,8 @@ in a transaction of their own, so only the request at fault gets the error, with
 raised alone; the others commit as they would have without company.
 
 A request may bring audit events too (`run(…, audit=…)`): a flush appends those of all its
-requests to the audit chain last, in one append (infra/db/audit.py), so that the chain's
-lock is held from there to the commit only.
+requests in one statement, unchained (infra/db/audit.py: no lock shared with other flushes),
+and `on_flush` is told after the commit (the composition root wakes the audit chainer).
 
 Writes must not depend on each other's results (no RETURNING) and every unit must list its
 statements in one order of the tables' dependencies (parents first): the flush sends the
@@ -145,7 +145,7 @@ class GroupCommit:
                 async with self._engine.begin() as conn:
                     for statement, rows in merged:
                         await conn.execute(statement, rows)
-                    await _append_audit(conn, units)  # last: it holds the chain's lock
+                    await _append_audit(conn, units)
             except Exception as exc:  # the units, one by one, find the one at fault
                 self.fallbacks += 1
                 self._on_flush(len(units), True)

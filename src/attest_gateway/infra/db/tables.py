@@ -480,6 +480,32 @@ audit_log = sa.Table(
     sa.Index(None, "subject_org", "seq"),
 )
 
+# Audit events appended unchained (migration 0019), in the caller's transaction without a
+# shared lock; the chainer (infra/db/audit.py `chain_pending`) chains them in `id` order and
+# marks each with its seq (NULL: pending). The partial index holds the pending rows only.
+audit_pending = sa.Table(
+    "audit_pending",
+    metadata,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("subject_org", sa.String(64), nullable=True),
+    sa.Column("message_id", sa.String(64), nullable=True),
+    sa.Column("conversation_id", sa.String(64), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("seq", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("seq", name="uq_audit_pending_seq"),
+    sa.Index(
+        "ix_audit_pending_unchained", "id", postgresql_where=sa.text("seq IS NULL"),
+        sqlite_where=sa.text("seq IS NULL"),
+    ),
+)  # fmt: skip
+
 # One row (id 1): the chain's last seq and hash. Appends lock it, so two processes never
 # fork the chain; `audit verify` holds the log against it, so a cut tail shows.
 audit_head = sa.Table(

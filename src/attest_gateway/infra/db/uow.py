@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -762,9 +762,11 @@ class SqlAuditLog:
     def __init__(self, conn: AsyncConnection, topics: Topics) -> None:
         self._conn = conn
         self._topics = topics
+        self.appended = False  # whether this unit of work appended entries to be chained
 
     async def record_many(self, events: Sequence[AuditEvent]) -> None:
         await audit.record_many(self._conn, self._topics, events)
+        self.appended = self.appended or bool(events)
 
 
 class SqlUnitOfWork:
@@ -845,12 +847,15 @@ class SqlStore:
         topics: Topics,
         writes: GroupCommit | None = None,
         arrivals: MailArrivals | None = None,
+        audit_appended: Callable[[], None] | None = None,
     ):
         self._engine = engine
         self._topics = topics
         self._writes = writes
         # what long-polls wait on; without one (tests, tools) they answer at once
         self.arrivals = arrivals
+        # told when a transaction committed audit entries to be chained (the chainer's wake)
+        self._audit_appended = audit_appended
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
@@ -859,6 +864,8 @@ class SqlStore:
             yield uow
         if self.arrivals is not None and uow.mailbox.receivers:
             self.arrivals.notify(uow.mailbox.receivers)  # committed: wake their long-polls
+        if self._audit_appended is not None and uow.audit.appended:
+            self._audit_appended()
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[SqlUnitOfWork]:

@@ -228,11 +228,11 @@ async def prune_store(
     return report
 
 
-# Closed cases erased per transaction. Each erasure appends an audit entry, and every append
-# waits for the audit chain's head, which the API's audited reads take too: one transaction
-# (and one wait for the head) per case made a pass over many closed cases queue behind the
-# API's reads, and the API behind the pass (bench/RESULTS.md, "Retention at national
-# volume"). A case is some tens of rows, so this many cases are about a batch's rows.
+# Closed cases erased per transaction. Each erasure appends an audit entry; when every append
+# waited for the audit chain's head, one transaction per case made a pass over many closed
+# cases queue behind the API's reads, and the API behind the pass (bench/RESULTS.md,
+# "Retention at national volume"); appends no longer take the head, and a case is some tens
+# of rows, so this many cases are about a batch's rows.
 def cases_per_transaction(batch: int) -> int:
     return max(1, batch // 20)
 
@@ -262,7 +262,7 @@ async def erase_closed_cases(
                     for closure_id in ids[start : start + per]
                     if (event := await _erase_case(conn, closure_id, now, actor)) is not None
                 ]
-                await audit.record_many(conn, topics, events)  # last: it takes the chain's head
+                await audit.record_many(conn, topics, events)
             erased += len(events)
             await asyncio.sleep(0)
         if len(ids) < batch:

@@ -43,7 +43,9 @@ async def entries(
 ) -> AuditEntries:
     """The caller's audit entries after `after_seq`, oldest first: its reads, and what the
     gateway or an operator did to its mail, keys or record. Ids and addresses only."""
-    async with gateway_of(request).engine.connect() as conn:
+    gw = gateway_of(request)
+    await audit.chain_all(gw.engine, gw.topics)  # those still pending too, in chain order
+    async with gw.engine.connect() as conn:
         found = await audit.entries_of(conn, org.id, after_seq=after_seq, limit=limit)
     handed_out(request, len(found))
     return AuditEntries(entries=found, next_after_seq=found[-1].seq if found else after_seq)
