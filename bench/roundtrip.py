@@ -334,6 +334,7 @@ class WebhookReceiver:
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
+            self._server.force_exit = True  # not 30 s for the gateway's idle kept-alive TLS
             await self._task
 
     async def register(self, gw: RunningGateway, creds: dict[str, Any]) -> list[tuple[Api, str]]:
