@@ -276,6 +276,7 @@ class WebhookReceiver:
         self.secrets: dict[str, str] = {}  # org id → its endpoint's secret
         self._notices: dict[str, asyncio.Event] = {}
         self.received: list[tuple[str, str | None, float]] = []  # (type, conversation, time)
+        self.connections: list[int] = []  # the gateway's client port of each verified delivery
         self.refused = 0
         self.port = 0
         self._server: uvicorn.Server | None = None
@@ -305,6 +306,7 @@ class WebhookReceiver:
         else:
             data = payload.get("data") or {}
             self.received.append((payload["type"], data.get("conversation_id"), time.time()))
+            self.connections.append(scope["client"][1] if scope.get("client") else 0)
             self.notice(org_id).set()
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -332,6 +334,7 @@ class WebhookReceiver:
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
+            self._server.force_exit = True  # not 30 s for the gateway's idle kept-alive TLS
             await self._task
 
     async def register(self, gw: RunningGateway, creds: dict[str, Any]) -> list[tuple[Api, str]]:
@@ -641,6 +644,7 @@ async def one_run(
     before, _ = await settle(gw, SETTLE_S)
     endpoints = await hooks.register(gw, creds) if hooks is not None else []
     received_from = len(hooks.received) if hooks is not None else 0
+    connections_from = len(hooks.connections) if hooks is not None else 0
     cpu0, client_cpu0 = cpu_seconds(gw.proc.pid), time.process_time()
     clients = Conversations(gw, creds, requests, run, wait_s=wait_s, hooks=hooks)
     pollers = [asyncio.create_task(clients.inbox())] + [
@@ -680,6 +684,9 @@ async def one_run(
             if cid is not None:
                 notices.setdefault((kind, cid), at)
         run.extra["webhook_refused"] = hooks.refused
+        ports = hooks.connections[connections_from:]
+        run.extra["webhook_deliveries"] = len(ports)
+        run.extra["webhook_connections"] = len(set(ports))
     completed = max(1, len(run.completed()))
     run.extra["gateway_cpu_ms"] = (cpu1 - cpu0) * 1000 / completed
     run.extra["statements_per_round_trip"] = (
@@ -695,6 +702,12 @@ async def one_run(
         f"{run.extra['statements_per_round_trip']:.1f} SQL statements/round trip"
     )
     console.print(f"  gateway's legs (ms): {run.extra['segments_ms']}")
+    if hooks is not None:
+        console.print(
+            f"  webhook deliveries: {run.extra['webhook_deliveries']} over "
+            f"{run.extra['webhook_connections']} connection(s); benchmark process CPU "
+            f"{run.extra['clients_cpu_s']:.1f} s in the {window_s:.0f} s window and the drain"
+        )
     if run.missing():
         console.print(
             f"  [red]{run.missing()} accepted request(s) got no acknowledged reply within "
@@ -818,6 +831,9 @@ def _extra(runs: list[Run]) -> dict[str, Any]:
         "settled": [r.extra["settled"] for r in runs],
         "clients_cpu_s": [round(r.extra["clients_cpu_s"], 2) for r in runs],
         "gateway_segments_ms": [r.extra["segments_ms"] for r in runs],
+        "webhook_connections": [
+            [r.extra.get("webhook_deliveries"), r.extra.get("webhook_connections")] for r in runs
+        ],
     }
 
 

@@ -463,7 +463,7 @@ def make_webhooks(gw: Gateway, bootstrap: str) -> Webhooks:
         topic=gw.topics.tracking,
         group=f"{settings.kafka_group_prefix}.webhooks",
         handler=WebhookDispatcher(
-            store, gw.clock, config.retry.period, transient=STORE_ERRORS, wake=sender.wake
+            store, gw.clock, config.retry.period, transient=STORE_ERRORS, sender=sender
         ),
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,

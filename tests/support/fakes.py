@@ -699,12 +699,12 @@ class FakeWebhookStore:
         )
         return True
 
-    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> int:
-        added = 0
+    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> set[str]:
+        added: set[str] = set()
         for d in deliveries:
             if d.id not in self.deliveries:
                 self.deliveries[d.id] = d
-                added += 1
+                added.add(d.id)
         return added
 
     async def delivery(self, delivery_id: str) -> DeliveryRecord | None:

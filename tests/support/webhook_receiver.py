@@ -122,6 +122,9 @@ class Receiver:
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
+            # The gateway keeps its connections alive between deliveries; an idle one does not
+            # answer the TLS close, which uvicorn's graceful shutdown would wait 30 s for.
+            self._server.force_exit = True
             await self._task
             self._server = None
 

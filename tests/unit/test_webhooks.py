@@ -350,14 +350,18 @@ async def test_endpoints_are_the_organisations_own() -> None:
     assert await service.list_endpoints(store, "jc") == []
 
 
+class Rec:
+    def __init__(self, value: bytes | None) -> None:
+        self.value = value
+
+
+WAITING = stage_event(REF).model_copy(update={"stage": Stage.IN_MAILBOX})
+
+
 async def test_the_dispatcher_makes_each_delivery_once_and_skips_other_records() -> None:
     store, clock = FakeWebhookStore(), ManualClock(T0)
     ep = await add(store, PSY, "https://p.example/h")
     dispatcher = WebhookDispatcher(store, clock, DAY, transient=())
-
-    class Rec:
-        def __init__(self, value: bytes | None) -> None:
-            self.value = value
 
     e = stage_event(REF).model_copy(update={"stage": Stage.IN_MAILBOX})
     for value in (e.model_dump_json().encode(), e.model_dump_json().encode(), b"{", None):
@@ -368,23 +372,63 @@ async def test_the_dispatcher_makes_each_delivery_once_and_skips_other_records()
     assert orjson.loads(made.payload)["data"]["message_type"] == MessageType.ATTEST_REQUEST
 
 
-async def test_the_dispatcher_wakes_the_sender_when_it_made_deliveries() -> None:
-    store, clock = FakeWebhookStore(), ManualClock(T0)
-    woken: list[int] = []
-    dispatcher = WebhookDispatcher(store, clock, DAY, transient=(), wake=lambda: woken.append(1))
+async def test_the_dispatcher_posts_a_new_delivery_at_once_and_each_once() -> None:
+    store, clock, poster = FakeWebhookStore(), ManualClock(T0), ScriptedPoster()
+    sender = WebhookSender(store, poster, clock, config())
+    dispatcher = WebhookDispatcher(store, clock, DAY, transient=(), sender=sender)
+    await dispatcher(Rec(WAITING.model_dump_json().encode()))
+    assert store.deliveries == {}  # no endpoint: nothing made, nothing posted
+    ep = await add(store, PSY, "https://p.example/h")
+    poster.blocked.add(ep.url)
+    await dispatcher(Rec(WAITING.model_dump_json().encode()))
+    await asyncio.sleep(0)
+    (made,) = store.deliveries.values()
+    # posted with no look at the due deliveries: stored claimed by this sender, so no other
+    # process takes it while the attempt runs, and any does once the lease has run out
+    assert [(url, h["webhook-id"]) for url, h in poster.posted] == [(ep.url, made.id)]
+    assert made.next_attempt_at == T0 + config().lease
+    assert await store.due(T0 + config().lease - dt.timedelta(seconds=1), 10) == []
+    await dispatcher(Rec(WAITING.model_dump_json().encode()))  # the same event again
+    poster.release.set()
+    await sender.settle()
+    assert len(poster.posted) == 1
+    assert store.deliveries[made.id].status is DeliveryStatus.DELIVERED
+    assert store.deliveries[made.id].attempts == 1
 
-    class Rec:
-        def __init__(self, value: bytes) -> None:
-            self.value = value
 
-    waiting = stage_event(REF).model_copy(update={"stage": Stage.IN_MAILBOX})
-    await dispatcher(Rec(waiting.model_dump_json().encode()))
-    assert woken == []  # no endpoint: nothing made, nothing to wake for
-    await add(store, PSY, "https://p.example/h")
-    await dispatcher(Rec(waiting.model_dump_json().encode()))
-    assert woken == [1]
-    await dispatcher(Rec(waiting.model_dump_json().encode()))  # the same event again
-    assert woken == [1]
+async def test_a_busy_or_open_endpoint_leaves_the_dispatchers_delivery_to_the_loop() -> None:
+    store, clock, poster = FakeWebhookStore(), ManualClock(T0), ScriptedPoster()
+    ep = await add(store, PSY, "https://p.example/h")
+    sender = WebhookSender(store, poster, clock, config(max_in_flight=1, breaker_threshold=1))
+    dispatcher = WebhookDispatcher(store, clock, DAY, transient=(), sender=sender)
+    poster.blocked.add(ep.url)
+    await service.ping(store, clock, "psy", ep.id, DAY)
+    assert await sender.send_due() == 1  # the endpoint's one slot taken
+    await dispatcher(Rec(WAITING.model_dump_json().encode()))
+    await asyncio.sleep(0)
+    (waiting,) = [d for d in store.deliveries.values() if d.event_type is not WebhookEvent.PING]
+    assert len(poster.posted) == 1
+    assert store.deliveries[waiting.id].next_attempt_at == T0  # due: the loop's to send
+    poster.release.set()
+    await sender.settle()
+    assert await sender.send_due() == 1
+    await sender.settle()
+    assert store.deliveries[waiting.id].status is DeliveryStatus.DELIVERED
+    # an open circuit: stored due, not posted, whatever slots are free
+    poster.answers[ep.url] = 500
+    await service.ping(store, clock, "psy", ep.id, DAY)
+    assert await sender.send_due() == 1
+    await sender.settle()
+    later = stage_event(REF).model_copy(update={"stage": Stage.IN_MAILBOX})  # a new event id
+    await dispatcher(Rec(later.model_dump_json().encode()))
+    await asyncio.sleep(0)
+    assert len(poster.posted) == 3
+    (held,) = [
+        d
+        for d in store.deliveries.values()
+        if d.event_type is not WebhookEvent.PING and d.id != waiting.id
+    ]
+    assert (held.status, held.attempts, held.next_attempt_at) == (DeliveryStatus.PENDING, 0, T0)
 
 
 async def test_a_failing_endpoint_is_retried_then_marked_failed() -> None:

@@ -96,9 +96,9 @@ class WebhookStore(Protocol):
         """The new secret signs from now on, the current one until `previous_until`."""
         ...
 
-    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> int:
-        """Add the deliveries whose ids are new (the same event again adds nothing); how many
-        were added."""
+    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> set[str]:
+        """Add the deliveries whose ids are new (the same event again adds nothing), in one
+        transaction; the ids of those added."""
         ...
 
     async def delivery(self, delivery_id: str) -> DeliveryRecord | None: ...

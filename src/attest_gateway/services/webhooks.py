@@ -5,10 +5,13 @@ deliveries, and the sender that posts them.
       ─▶ WebhookDispatcher (group `<prefix>.webhooks`): the events the stage means for the
          job centre and the receiver (`notices`) ─▶ one delivery per subscribed endpoint,
          id derived from the stage event and the endpoint (a record read twice adds nothing)
-      ─▶ WebhookSender (worker): due deliveries, signed (Standard Webhooks), posted with at
-         most WEBHOOK_MAX_IN_FLIGHT per endpoint and a circuit breaker per endpoint; a
-         failure is retried with exponential backoff and jitter until WEBHOOK_RETRY_HOURS
-         after the delivery was made, then marked failed.
+      ─▶ WebhookSender: signed (Standard Webhooks), posted with at most
+         WEBHOOK_MAX_IN_FLIGHT per endpoint and a circuit breaker per endpoint. A new
+         delivery whose endpoint has a free slot and a closed circuit is stored already
+         claimed and posted as soon as its row is committed (`WebhookSender.add`); the
+         others, retries, pings and redeliveries are the sender's loop's (due deliveries,
+         claimed, posted). A failure is retried with exponential backoff and jitter until
+         WEBHOOK_RETRY_HOURS after the delivery was made, then marked failed.
 
 The event reported is written in the same transaction as the change it reports: it is the
 stage event, an outbox row of that transaction, carried through Kafka at least once.
@@ -20,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import random
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -341,9 +345,9 @@ R = TypeVar("R", bound=_Record)
 class WebhookDispatcher:
     """The `gateway.tracking` consumer's handler (its own group). A record it cannot read is
     skipped: the tracker reads the same topic and dead-letters it. `transient`: the store's
-    errors worth a retry (they become `Unavailable`). `wake`: called when it made
-    deliveries (the sender of the same process, so that they go out now rather than at the
-    sender's next look, up to WEBHOOK_POLL_SECONDS later)."""
+    errors worth a retry (they become `Unavailable`). `sender`: the sender of the same
+    process, which stores the deliveries and posts them at once (`WebhookSender.add`);
+    without one they are only stored, for a sender's next look."""
 
     def __init__(
         self,
@@ -352,13 +356,13 @@ class WebhookDispatcher:
         period: dt.timedelta,
         *,
         transient: tuple[type[Exception], ...],
-        wake: Callable[[], None] | None = None,
+        sender: WebhookSender | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._period = period
         self._transient = transient
-        self._wake = wake
+        self._sender = sender
 
     async def __call__(self, record: _Record) -> None:
         try:
@@ -373,23 +377,25 @@ class WebhookDispatcher:
         try:
             endpoints = await self._store.endpoints_of(wanted)
             made = deliveries_for(event, endpoints, self._clock.now(), self._period)
-            added = await self._store.add_deliveries(made)
+            if self._sender is not None:
+                added = await self._sender.add(made, endpoints)
+            else:
+                added = len(await self._store.add_deliveries(made))
         except self._transient as exc:
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
         if added:
             log.info("webhook.deliveries_made", stage=event.stage, deliveries=added)
-            if self._wake is not None:
-                self._wake()
 
 
 # --- the sender -------------------------------------------------------------------------------
 
 
 class WebhookSender:
-    """Posts due deliveries. Each endpoint has at most `max_in_flight` attempts running and
-    its own circuit breaker, so a slow or dead endpoint holds only its own slots: the loop
-    never waits for an attempt. While an endpoint's circuit is open its due deliveries are
-    put off until it closes (no attempt counted)."""
+    """Posts new deliveries at once (`add`) and due ones from its loop (`send_due`). Each
+    endpoint has at most `max_in_flight` attempts running and its own circuit breaker, so a
+    slow or dead endpoint holds only its own slots: neither path waits for an attempt. While
+    an endpoint's circuit is open its due deliveries are put off until it closes (no attempt
+    counted)."""
 
     def __init__(
         self,
@@ -430,6 +436,70 @@ class WebhookSender:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def add(
+        self, deliveries: Sequence[DeliveryRecord], endpoints: Iterable[EndpointRecord]
+    ) -> int:
+        """Store new deliveries and post at once each whose endpoint has a free slot and a
+        closed circuit. Such a delivery is stored claimed by this sender (its next attempt
+        at the lease's end, as `claim` sets it) in the transaction that adds it, so nothing
+        comes between the row's commit and the post, and another process takes it only if
+        this one never records the attempt (at least once). The others are stored due, for
+        the loop, which is woken. A delivery already stored (the stage event read again) is
+        neither stored nor posted again. How many were added."""
+        by_id = {endpoint.id: endpoint for endpoint in endpoints}
+        lease_end = self._clock.now() + self._config.lease
+        taken: dict[str, EndpointRecord] = {}  # delivery id → its endpoint, a slot reserved
+        rows: list[DeliveryRecord] = []
+        for delivery in deliveries:
+            endpoint = by_id.get(delivery.endpoint_id)
+            if endpoint is not None and self._reserve(endpoint.id):
+                taken[delivery.id] = endpoint
+                delivery = dataclasses.replace(delivery, next_attempt_at=lease_end)
+            rows.append(delivery)
+        try:
+            added = await self._store.add_deliveries(rows)
+        except BaseException:
+            for endpoint in taken.values():
+                self._release(endpoint.id)
+            raise
+        left_due = False
+        for delivery in rows:
+            endpoint = taken.get(delivery.id)
+            if endpoint is None:
+                left_due = left_due or delivery.id in added
+            elif delivery.id in added:
+                self._start(delivery, endpoint)
+            else:
+                self._release(endpoint.id)
+        if left_due:
+            self.wake()
+        return len(added)
+
+    def _reserve(self, endpoint_id: str) -> bool:
+        """Take one of the endpoint's slots for an attempt now, if it has a free one and its
+        circuit is closed (a half-open circuit's one probe is the loop's to send)."""
+        if self._stopping.is_set():
+            return False
+        if self._in_flight.get(endpoint_id, 0) >= self._config.max_in_flight:
+            return False
+        breaker = self._breakers.get(endpoint_id)
+        if breaker is not None and breaker.reopens_at() is not None:
+            return False
+        self._in_flight[endpoint_id] = self._in_flight.get(endpoint_id, 0) + 1
+        return True
+
+    def _release(self, endpoint_id: str) -> None:
+        self._in_flight[endpoint_id] -= 1
+        if self._in_flight[endpoint_id] == 0:
+            del self._in_flight[endpoint_id]
+
+    def _start(self, delivery: DeliveryRecord, endpoint: EndpointRecord) -> None:
+        """Start an attempt in a slot already taken for it."""
+        self._sending.add(delivery.id)
+        task = asyncio.create_task(self._attempt(delivery, endpoint))
+        self._attempts.add(task)
+        task.add_done_callback(self._attempts.discard)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -483,11 +553,8 @@ class WebhookSender:
                 continue
             if not await self._store.claim(delivery, now + self._config.lease):
                 continue  # another process took it
-            self._sending.add(delivery.id)
             self._in_flight[endpoint.id] = self._in_flight.get(endpoint.id, 0) + 1
-            task = asyncio.create_task(self._attempt(delivery, endpoint))
-            self._attempts.add(task)
-            task.add_done_callback(self._attempts.discard)
+            self._start(delivery, endpoint)
             started += 1
         return started
 
@@ -527,6 +594,4 @@ class WebhookSender:
             log.exception("webhook.attempt_failed", delivery=delivery.id)
         finally:
             self._sending.discard(delivery.id)
-            self._in_flight[endpoint.id] -= 1
-            if self._in_flight[endpoint.id] == 0:
-                del self._in_flight[endpoint.id]
+            self._release(endpoint.id)

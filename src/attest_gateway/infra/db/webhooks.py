@@ -133,9 +133,9 @@ class SqlWebhookStore:
             )
         return bool(result.rowcount == 1)
 
-    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> int:
+    async def add_deliveries(self, deliveries: Sequence[DeliveryRecord]) -> set[str]:
         if not deliveries:
-            return 0
+            return set()
         rows = [
             {
                 "id": d.id,
@@ -154,10 +154,11 @@ class SqlWebhookStore:
         ]
         async with self._engine.begin() as conn:
             statement = dialect_insert(conn.dialect.name, webhook_deliveries)
-            added = 0
-            for row in rows:  # a handful per stage event
+            added: set[str] = set()
+            for delivery, row in zip(deliveries, rows, strict=True):  # a handful per event
                 result = await conn.execute(statement.on_conflict_do_nothing(), row)
-                added += result.rowcount
+                if result.rowcount == 1:
+                    added.add(delivery.id)
         return added
 
     async def delivery(self, delivery_id: str) -> DeliveryRecord | None:

@@ -1,17 +1,26 @@
 """The webhook poster (ports/webhooks.py `Poster`) on httpx: one POST, no redirects followed,
 timeouts on connect and read, TLS verified (the system's CAs or WEBHOOK_CA_FILE), optionally
-the gateway's client certificate (mutual TLS); the answer's body is never read.
+the gateway's client certificate (mutual TLS); the answer's body is never stored.
 
 Against server-side request forgery the host name is resolved here, every address checked
 (core/webhooks.py `blocked_address`: private, loopback, link-local …) unless private
 addresses are allowed (development only), and the connection made to a checked address,
 with the name kept for the `Host` header, SNI and the certificate check: a name that
 resolves to something else a moment later (DNS rebinding) is not asked again.
+
+Connections are kept alive, in one pool per endpoint host (name and port). A connection is
+kept only once the answer's body was read to its end, so a short body (up to DRAIN_BYTES,
+within the read timeout) is read and dropped; a longer or slower one is not read further
+and its connection is closed. A connection was
+made with its name's SNI and certificate check, so it carries that name's deliveries only.
+One pool for all would key connections by the checked address alone and hand one opened
+for a name to another name at the same address, unchecked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import ssl
@@ -25,6 +34,17 @@ from attest_gateway.core.webhooks import blocked_address
 from attest_gateway.ports.webhooks import PostResult
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DRAIN_BYTES = 64 * 1024  # of an answer's body read (and dropped) to keep its connection
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read the body to its end and drop it, unless it is longer than DRAIN_BYTES."""
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read > DRAIN_BYTES:
+            return
 
 
 def tls_context(
@@ -58,15 +78,28 @@ class HttpxPoster:
         allow_private_addresses: bool,
     ) -> None:
         self._allow_private = allow_private_addresses
-        self._client = httpx.AsyncClient(
-            verify=tls,
-            follow_redirects=False,
-            trust_env=False,  # no proxy from the environment: the address check must hold
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-        )
+        self._tls = tls
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._read_timeout = read_timeout
+        self._clients: dict[tuple[str, int], httpx.AsyncClient] = {}
+
+    def _client(self, host: str, port: int) -> httpx.AsyncClient:
+        """The client (a pool of kept-alive connections) of one endpoint host."""
+        found = self._clients.get((host, port))
+        if found is None:
+            found = httpx.AsyncClient(
+                verify=self._tls,
+                follow_redirects=False,
+                trust_env=False,  # no proxy from the environment: the address check must hold
+                timeout=self._timeout,
+            )
+            self._clients[(host, port)] = found
+        return found
 
     async def close(self) -> None:
-        await self._client.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
 
     async def _addresses(self, host: str, port: int) -> list[IPAddress]:
         try:
@@ -100,13 +133,18 @@ class HttpxPoster:
             "host": target.netloc.decode("ascii"),
         }
         error = "connect-failed"
+        client = self._client(host, port)
         for address in addresses:  # the first that takes the connection
             pinned = target.copy_with(host=str(address))
             try:
-                async with self._client.stream(
+                async with client.stream(
                     "POST", pinned, content=body, headers=sent, extensions={"sni_hostname": host}
                 ) as response:
-                    code = response.status_code  # the body is never read
+                    code = response.status_code
+                    # read and dropped, so that the connection carries the next delivery
+                    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+                        async with asyncio.timeout(self._read_timeout):
+                            await _drain(response)
             except httpx.ConnectError as exc:
                 error = _error_of(exc)
                 continue
