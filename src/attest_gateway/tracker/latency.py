@@ -22,6 +22,7 @@ report.py: such a cell may be suppressed where the rows would show it, never the
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -125,6 +126,13 @@ def _read(f: Filters, by: LatencyBy) -> tuple[list[str], list[str] | None]:
     return grains, [base]
 
 
+@functools.lru_cache(maxsize=4096)
+def _periods(weeks: bool, start: dt.date) -> tuple[tuple[str, str], ...]:
+    if weeks:
+        return (("week", start.isoformat()),)
+    return tuple(disclosure.months_up("month", start))
+
+
 def _coords(f: Filters, by: LatencyBy, row: Any) -> list[disclosure.Coord]:
     """The cube's cells a stored cell adds into: a week itself; a month itself, its quarter
     and its year (whose weight is then the most of its months': a lower bound)."""
@@ -140,12 +148,7 @@ def _coords(f: Filters, by: LatencyBy, row: Any) -> list[disclosure.Coord]:
             values = [disclosure.ALL, attest_type]
     else:
         values = [disclosure.ALL]
-    start: dt.date = row.period_start
-    periods = (
-        [("week", start.isoformat())]
-        if f.period == "week"
-        else disclosure.months_up("month", start)
-    )
+    periods = _periods(f.period == "week", row.period_start)
     return [(kind, first, grain, dim, value) for kind, first in periods for value in values]
 
 
@@ -173,42 +176,58 @@ def _own_grains(f: Filters, by: LatencyBy) -> list[str]:
     return [own, r.KIND_GRAINS[own]] if by == "receiver_kind" else [own]
 
 
-async def _cube(conn: AsyncConnection, f: Filters, by: LatencyBy) -> dict[disclosure.Coord, _Group]:
+Weights = dict[disclosure.Coord, int]
+
+
+async def _cube(
+    conn: AsyncConnection, f: Filters, by: LatencyBy
+) -> tuple[Weights, dict[disclosure.Coord, _Group]]:
     """The cube's cells with their weights (every place: one counter row per stored cell),
     and the latency counts of the cells of the answer's own grain only (the others decide
     suppression, their distributions are not shown)."""
     cells, lat, counts = tracker_cells, tracker_latency, tracker_counts
     grains, _ = _read(f, by)
     head = (cells.c.id, cells.c.grain, cells.c.period_start, cells.c.attest_type, cells.c.dim)
-    weights = sa.select(*head, counts.c.citizens).select_from(
+    read = sa.select(*head, counts.c.citizens).select_from(
         cells.join(counts, counts.c.cell_id == cells.c.id)
     )
-    stored_cells: dict[int, tuple[Any, _Group]] = {
-        row.id: (row, _Group(int(row.citizens or 0)))
-        for row in await conn.execute(
+    stored = list(
+        await conn.execute(
             # a cell without requests (a reply counted before its request's event) is none
-            weights.where(*_cells_read(f, by, grains), counts.c.requests > 0)
+            read.where(*_cells_read(f, by, grains), counts.c.requests > 0)
         )
-    }
+    )
+    starts = {row.id: row.period_start for row in stored}
+    own: dict[int, _Group] = {}
     distributions = (
         sa.select(lat.c.cell_id, lat.c.state, lat.c.day, lat.c.n)
         .select_from(cells.join(lat, lat.c.cell_id == cells.c.id))
         .where(*_cells_read(f, by, _own_grains(f, by)), lat.c.n != 0)
     )
     for row in await conn.execute(distributions):
-        got = stored_cells.get(row.cell_id)
-        if got is None:  # pragma: no cover - a latency row's cell always counts its request
+        start = starts.get(row.cell_id)
+        if start is None:  # pragma: no cover - a latency row's cell always counts its request
             continue
-        start, group = got[0].period_start, got[1]
+        group = own.get(row.cell_id)
+        if group is None:
+            group = own[row.cell_id] = _Group()
         if row.state == ANSWERED:
             group.answered[int(row.day)] += int(row.n)
         elif row.state == OPEN:
             group.open[start + dt.timedelta(days=int(row.day))] += int(row.n)
-    cube: dict[disclosure.Coord, _Group] = defaultdict(_Group)
-    for row, group in stored_cells.values():
-        for coord in _coords(f, by, row):
-            cube[coord].add(group)
-    return cube
+    weights: Weights = {}
+    groups: dict[disclosure.Coord, _Group] = defaultdict(_Group)
+    for cell in stored:
+        citizens = int(cell.citizens or 0)
+        counted = own.get(cell.id)
+        for coord in _coords(f, by, cell):
+            if weights.get(coord, 0) < citizens:
+                weights[coord] = citizens
+            if counted is not None:
+                groups[coord].add(counted)
+    for coord, group in groups.items():
+        group.citizens = weights[coord]
+    return weights, groups
 
 
 async def latency(
@@ -223,11 +242,9 @@ async def latency(
     """Request → attest per group (and period of the request), Kaplan–Meier with the open
     requests censored at their age today, beside the share still open and the median of the
     answered ones only; read from the rollup."""
-    cube = await _cube(conn, f, by)
+    weights, cube = await _cube(conn, f, by)
     region_of = region_of_municipalities()
-    hidden = disclosure.decide_cube(
-        {c: g.citizens for c, g in cube.items()}, region_of, rules.min_cell_citizens
-    )
+    hidden = disclosure.decide_cube(weights, region_of, rules.min_cell_citizens)
     own = _own(by, f)
     breakdown = by not in GEOGRAPHY
     rows: dict[tuple[str | None, str], tuple[_Group, bool]] = {}
