@@ -1,6 +1,8 @@
-"""What the dashboard's row-based figures cost (PostgreSQL): `/ministry/v1/coverage` and
-`/ministry/v1/latency`, which read one row per case or request of the period asked (unlike
-the report, which reads rollups).
+"""What the dashboard's figures that once read single rows cost (PostgreSQL):
+`/ministry/v1/latency` (Kaplan–Meier, counting open requests) read from one row per request
+(`latency_rows`, as main did) against read from its rollup (`latency`), and the receiver
+drill-down `/ministry/v1/durations?by=receiver`. Contact over registered cases
+(`/ministry/v1/coverage`) still reads single rows; `--coverage` times it too.
 
 The SQL here is built from constants only, never from input (ruff S608 is off for bench/).
 
@@ -9,11 +11,14 @@ The SQL here is built from constants only, never from input (ruff S608 is off fo
 1. Loads N synthetic conversations into `tracker_conversations` with the load of
    `bench/tracker_scale.py` (two years of requests, 98 municipalities), and one registered
    sickness case per citizen and job centre into `tracker_cases`.
-2. Times the four queries the dashboard makes when its filters are shown (coverage national
-   and by region, latency national and by attest type), over the whole period and over the
-   last three months, through the functions the endpoints call; median of `--runs`.
+2. Builds the rollups in bulk (`tracker_scale.build_rollups`: counters, histograms and the
+   latency rollup with its receiver-kind cells, the state the tracker reaches after the same
+   events; its step 1 checks that equivalence on a few thousand conversations).
+3. Times each query before (rows) and after (rollup) interleaved — before, after, before,
+   after … `--runs` pairs — over the whole period and over the last three months, and checks
+   that both answer the same.
 
-The scratch database is dropped at the end unless `--keep`.
+The scratch database is dropped at the end unless `--keep` (and `--reuse` takes a kept one).
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.tracker import coverage as cov
+from attest_gateway.tracker import latency as lat
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
-from bench.tracker_scale import ADMIN_DSN, LOAD_SQL, fresh
+from bench.tracker_scale import ADMIN_DSN, LOAD_SQL, build_rollups, fresh, url_for
 
 CASES_SQL = """
 INSERT INTO tracker_cases (case_id, jobcenter_org, jobcenter_case_id, case_ref, municipality,
@@ -51,37 +57,88 @@ GROUP BY case_ref, jobcenter_org
 """
 
 
+Query = Callable[[AsyncConnection], Awaitable[Any]]
+
+
+async def _timed(engine: AsyncEngine, query: Query) -> tuple[float, Any]:
+    async with engine.connect() as conn:
+        t0 = time.perf_counter()
+        answer = await query(conn)
+        return time.perf_counter() - t0, answer
+
+
+async def interleaved(
+    engine: AsyncEngine, before: Query, after: Query, runs: int
+) -> dict[str, Any]:
+    """`runs` pairs, before then after, each on a fresh connection; medians and spreads."""
+    samples: dict[str, list[float]] = {"before": [], "after": []}
+    answers: dict[str, Any] = {}
+    for _ in range(runs):
+        for name, query in (("before", before), ("after", after)):
+            seconds, answers[name] = await _timed(engine, query)
+            samples[name].append(seconds)
+    out: dict[str, Any] = {"same_answer": answers["before"] == answers["after"]}
+    for name, values in samples.items():
+        out[name] = {
+            "median_s": round(statistics.median(values), 3),
+            "min_s": round(min(values), 3),
+            "max_s": round(max(values), 3),
+            "runs_s": [round(v, 3) for v in values],
+        }
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=1_000_000)
     parser.add_argument("--admin-dsn", default=ADMIN_DSN)
     parser.add_argument("--database", default="attest_bench_rows")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="before/after pairs per query")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--reuse", action="store_true", help="use a kept database as it is")
+    parser.add_argument("--coverage", action="store_true", help="time coverage (rows) too")
+    parser.add_argument("--receiver", action="store_true", help="time durations?by=receiver")
+    parser.add_argument(
+        "--whole-rows",
+        nargs="*",
+        default=["latency by national", "latency by attest_type", "latency by receiver_kind"],
+        help="the whole-period queries also timed from rows (the others: the rollup alone)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, Any] = {
         "started": dt.datetime.now(dt.UTC).isoformat(),
         "conversations": args.conversations,
     }
-    url = await fresh(args.admin_dsn, args.database)
+    url = url_for(args.admin_dsn, args.database)
+    if not args.reuse:
+        url = await fresh(args.admin_dsn, args.database)
     engine = make_engine(url)
     try:
-        t0 = time.perf_counter()
-        step = 1_000_000
-        for lo in range(1, args.conversations + 1, step):
-            hi = min(args.conversations, lo + step - 1)
+        if not args.reuse:
+            t0 = time.perf_counter()
+            step = 1_000_000
+            for lo in range(1, args.conversations + 1, step):
+                hi = min(args.conversations, lo + step - 1)
+                async with engine.begin() as conn:
+                    await conn.exec_driver_sql("SELECT setseed(0.5)")
+                    await conn.execute(sa.text(LOAD_SQL), {"lo": lo, "hi": hi})
             async with engine.begin() as conn:
-                await conn.exec_driver_sql("SELECT setseed(0.5)")
-                await conn.execute(sa.text(LOAD_SQL), {"lo": lo, "hi": hi})
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(CASES_SQL)
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql("ANALYZE")
+                await conn.exec_driver_sql(CASES_SQL)
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("ANALYZE")
+            results["load_s"] = round(time.perf_counter() - t0, 1)
+            print(f"loaded in {results['load_s']} s", flush=True)
+            results["rollup_s"] = await build_rollups(engine)
+        async with engine.connect() as conn:
             cases = (await conn.exec_driver_sql("SELECT count(*) FROM tracker_cases")).scalar()
-        results["load_s"] = round(time.perf_counter() - t0, 1)
+            latency_rows_n = (
+                await conn.exec_driver_sql("SELECT count(*) FROM tracker_latency")
+            ).scalar()
         results["cases"] = cases
-        print(f"loaded {args.conversations:,} conversations, {cases:,} cases", flush=True)
+        results["latency_rollup_rows"] = latency_rows_n
+        print(f"{args.conversations:,} conversations, {cases:,} cases, "
+              f"{latency_rows_n:,} latency rollup rows", flush=True)  # fmt: skip
 
         rules = r.TrackerRules.build()
         now = dt.datetime.now(dt.UTC)
@@ -92,43 +149,66 @@ async def main() -> None:
         }
         timings: dict[str, Any] = {}
         for period, f in periods.items():
-            queries: dict[str, Callable[[AsyncConnection], Awaitable[object]]] = {
-                "coverage": partial(
-                    cov.coverage,
+            pairs: dict[str, tuple[Query, Query]] = {}
+            for by in ("national", "attest_type", "receiver_kind"):
+                kw: dict[str, Any] = {"rules": rules, "f": f, "by": by, "series": False,
+                                      "now": now}  # fmt: skip
+                pairs[f"latency by {by}"] = (
+                    partial(lat.latency_rows, **kw),
+                    partial(lat.latency, **kw),
+                )
+            for name, (before, after) in pairs.items():
+                key = f"{name}, {period}"
+                if period == "whole period" and name not in args.whole_rows:
+                    # the rows of two years take minutes a read: the rollup alone
+                    samples = [(await _timed(engine, after))[0] for _ in range(args.runs)]
+                    timings[key] = {"after": {
+                        "median_s": round(statistics.median(samples), 3),
+                        "min_s": round(min(samples), 3), "max_s": round(max(samples), 3),
+                        "runs_s": [round(v, 3) for v in samples],
+                    }}  # fmt: skip
+                    print(f"  {key}: rollup {[round(v, 3) for v in samples]}", flush=True)
+                    continue
+                timings[key] = await interleaved(engine, before, after, args.runs)
+                t = timings[key]
+                print(f"  {key}: rows {t['before']['median_s']:.2f} s "
+                      f"({t['before']['min_s']:.2f}–{t['before']['max_s']:.2f}), rollup "
+                      f"{t['after']['median_s']:.3f} s ({t['after']['min_s']:.3f}–"
+                      f"{t['after']['max_s']:.3f}), same answer: {t['same_answer']}",
+                      flush=True)  # fmt: skip
+            if args.coverage:
+                seconds, _ = await _timed(
+                    engine,
+                    partial(cov.coverage, rules=rules, f=f, by="national", series=False, now=now),
+                )
+                timings[f"coverage (rows), {period}"] = {"s": round(seconds, 3)}
+                print(f"  coverage (rows), {period}: {seconds:.2f} s", flush=True)
+        if args.receiver:
+            f = rep.Filters()
+            parts: dict[str, Query] = {
+                "durations by receiver, whole period": partial(
+                    rep.durations,
                     rules=rules,
+                    metric="request_to_attest",
                     f=f,
-                    by="national",
+                    by="receiver",
                     series=False,
-                    now=now,
                 ),
-                "coverage by region": partial(
-                    cov.coverage, rules=rules, f=f, by="region", series=False, now=now
+                # its two reads alone: the histograms, the counters' cube (no disclosure)
+                "  its histograms (SQL)": partial(
+                    rep._histograms, metric="request_to_attest", f=f, by="receiver", series=False
                 ),
-                "latency": partial(
-                    cov.latency,
-                    rules=rules,
-                    f=f,
-                    by="national",
-                    series=False,
-                    now=now,
-                ),
-                "latency by attest type": partial(
-                    cov.latency, rules=rules, f=f, by="attest_type", series=False, now=now
+                "  its cube of counters (SQL)": partial(
+                    rep._cube, f=f, by="receiver", contact=False
                 ),
             }
-            for name, query in queries.items():
-                samples = []
-                for _ in range(args.runs):
-                    async with engine.connect() as conn:
-                        t1 = time.perf_counter()
-                        await query(conn)
-                        samples.append(time.perf_counter() - t1)
-                key = f"{name}, {period}"
-                timings[key] = {
-                    "first_s": round(samples[0], 3),
+            for name, query in parts.items():
+                samples = [(await _timed(engine, query))[0] for _ in range(args.runs)]
+                timings[name.strip()] = {
                     "median_s": round(statistics.median(samples), 3),
+                    "runs_s": [round(v, 3) for v in samples],
                 }
-                print(f"  {key}: median {timings[key]['median_s']:.2f} s", flush=True)
+                print(f"  {name}: {[round(v, 2) for v in samples]}", flush=True)
         results["timings"] = timings
     finally:
         await engine.dispose()
@@ -138,8 +218,9 @@ async def main() -> None:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
             finally:
                 await conn.close()
+    results["finished"] = dt.datetime.now(dt.UTC).isoformat()
     if args.out is not None:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
-from attest_gateway.infra.db.tables import tracker_counts, tracker_durations
+from attest_gateway.infra.db.tables import tracker_counts, tracker_durations, tracker_latency
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.consumer import TrackerState
@@ -238,6 +238,66 @@ GROUP BY 3{"" if dim.startswith("'") else ", 5"}
     return out
 
 
+# The receiver-kind cells (`rules.kind_cells`): requests and distinct citizens only.
+_PLACES = (("national", "'DK'"), ("region", "region_code"), ("municipality", "municipality"))
+
+
+def _keys(dim: str, *more: str) -> str:
+    return "".join(f", {k}" for k in (*more, *([] if dim.startswith("'") else [dim])))
+
+
+def kind_counts_sql() -> list[str]:
+    return [
+        f"""
+INSERT INTO bulk_counts (grain, period_kind, period_start, attest_type, dim, requests, citizens)
+SELECT 'rk:{grain}', '{kind}', p, coalesce(attest_type, '*'), {dim} || '/' || rk, count(*),
+       count(DISTINCT case_ref)
+FROM (SELECT *, date_trunc('{kind}', (submitted_at AT TIME ZONE '{TZ}')::date)::date AS p,
+             coalesce(receiver_role, 'unknown') AS rk
+      FROM tracker_conversations WHERE submitted_at IS NOT NULL) AS c
+GROUP BY GROUPING SETS ((p, attest_type{_keys(dim, "rk")}), (p{_keys(dim, "rk")}))
+"""
+        for grain, dim in _PLACES
+        for kind in ("week", "month")
+    ]
+
+
+# Request → attest for Kaplan–Meier (`tracker_latency`): per request cell and receiver-kind
+# cell, answered requests per calendar days to the attest, open ones per day of the period.
+LATENCY_SOURCE_SQL = f"""
+CREATE TEMP TABLE latency_source AS
+SELECT attest_type, region_code, municipality, coalesce(receiver_role, 'unknown') AS rk,
+       (submitted_at AT TIME ZONE '{TZ}')::date AS sent,
+       CASE WHEN replied_at IS NOT NULL
+            THEN greatest(0, (replied_at AT TIME ZONE '{TZ}')::date
+                             - (submitted_at AT TIME ZONE '{TZ}')::date) END AS days
+FROM tracker_conversations WHERE submitted_at IS NOT NULL
+"""
+
+
+def latency_sql() -> list[str]:
+    out = []
+    for grain, dim in _PLACES:
+        for kinds in (False, True):
+            g = f"rk:{grain}" if kinds else grain
+            d = f"{dim} || '/' || rk" if kinds else dim
+            more = ("rk",) if kinds else ()
+            for kind in ("week", "month"):
+                for state, day, where, key in (
+                    ("answered", "days", "days IS NOT NULL", "days"),
+                    ("open", "sent - p", "days IS NULL", "sent"),
+                ):
+                    keys = _keys(dim, key, *more)
+                    out.append(f"""
+INSERT INTO bulk_latency (grain, period_kind, period_start, attest_type, dim, state, day, n)
+SELECT '{g}', '{kind}', p, coalesce(attest_type, '*'), {d}, '{state}', {day}, count(*)
+FROM (SELECT *, date_trunc('{kind}', sent)::date AS p FROM latency_source
+      WHERE {where}) AS c
+GROUP BY GROUPING SETS ((p, attest_type{keys}), (p{keys}))
+""")
+    return out
+
+
 def _bucket(seconds: str) -> str:
     return (
         f"CASE WHEN {seconds} < 60 THEN 0 ELSE "
@@ -289,8 +349,15 @@ CREATE TEMP TABLE bulk_counts (grain text, period_kind text, period_start date,
 CREATE TEMP TABLE bulk_durations (metric text, grain text, period_kind text, period_start date,
   attest_type text, dim text, bucket smallint, n bigint)
 """,
+    """
+CREATE TEMP TABLE bulk_latency (grain text, period_kind text, period_start date,
+  attest_type text, dim text, state text, day int, n bigint)
+""",
 ]
-BULK_CELLS_SQL = f"SELECT {_CELL} FROM bulk_counts UNION SELECT {_CELL} FROM bulk_durations"
+BULK_CELLS_SQL = (
+    f"SELECT {_CELL} FROM bulk_counts UNION SELECT {_CELL} FROM bulk_durations "
+    f"UNION SELECT {_CELL} FROM bulk_latency"
+)
 TO_CELLS_SQL = [
     f"""
 INSERT INTO tracker_counts (cell_id, {_COUNTERS})
@@ -301,8 +368,14 @@ FROM bulk_counts b JOIN tracker_cells c USING ({_CELL})
 INSERT INTO tracker_durations (cell_id, metric, bucket, n)
 SELECT c.id, b.metric, b.bucket, b.n FROM bulk_durations b JOIN tracker_cells c USING ({_CELL})
 """,
+    f"""
+INSERT INTO tracker_latency (cell_id, state, day, n)
+SELECT c.id, b.state, b.day, b.n FROM bulk_latency b JOIN tracker_cells c USING ({_CELL})
+""",
     "DROP TABLE bulk_counts",
     "DROP TABLE bulk_durations",
+    "DROP TABLE bulk_latency",
+    "DROP TABLE latency_source",
 ]
 
 
@@ -312,10 +385,12 @@ async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
         await conn.exec_driver_sql("SET LOCAL work_mem = '1GB'")
         await conn.execute(tracker_counts.delete())
         await conn.execute(tracker_durations.delete())
+        await conn.execute(tracker_latency.delete())
         for name, sqls in (
-            ("counts", BULK_TABLES_SQL + counts_sql()),
+            ("counts", BULK_TABLES_SQL + counts_sql() + kind_counts_sql()),
             ("samples", [samples_sql()]),
             ("durations", durations_sql()),
+            ("latency", [LATENCY_SOURCE_SQL, *latency_sql()]),
             ("cells", TO_CELLS_SQL),
         ):
             t0 = time.perf_counter()
@@ -331,7 +406,7 @@ async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
         await conn.exec_driver_sql("DROP TABLE samples")
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        for table in ("tracker_cells", "tracker_counts", "tracker_durations"):
+        for table in ("tracker_cells", "tracker_counts", "tracker_durations", "tracker_latency"):
             await conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
     return times
 
@@ -407,15 +482,25 @@ async def equivalence_check(admin: str, n: int) -> dict[str, Any]:
         async with engine.connect() as conn:
             live_counts = await _table(conn, tracker_counts)
             live_durations = await _table(conn, tracker_durations)
+            live_latency = [row for row in await _table(conn, tracker_latency) if row[-1] != 0]
         await build_rollups(engine)
         async with engine.connect() as conn:
             bulk_counts = await _table(conn, tracker_counts)
             bulk_durations = await _table(conn, tracker_durations)
+            bulk_latency = await _table(conn, tracker_latency)
     finally:
         await engine.dispose()
-    same = live_counts == bulk_counts and live_durations == bulk_durations
+    same = (
+        live_counts == bulk_counts
+        and live_durations == bulk_durations
+        and live_latency == bulk_latency
+    )
     if not same:
-        diff = set(live_counts) ^ set(bulk_counts)
+        diff = (
+            set(live_counts) ^ set(bulk_counts)
+            or set(live_durations) ^ set(bulk_durations)
+            or set(live_latency) ^ set(bulk_latency)
+        )
         raise SystemExit(f"bulk rollups differ from the incremental ones: {sorted(diff)[:5]}")
     return {
         "conversations": n,
@@ -423,6 +508,7 @@ async def equivalence_check(admin: str, n: int) -> dict[str, Any]:
         "events_per_second": round(rate, 1),
         "count_cells": len(live_counts),
         "duration_cells": len(live_durations),
+        "latency_rows": len(live_latency),
         "identical": same,
     }
 

@@ -36,6 +36,7 @@ from attest_gateway.infra.db.tables import (
     tracker_counts,
     tracker_durations,
     tracker_episodes,
+    tracker_latency,
     tracker_reminders,
 )
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
@@ -187,6 +188,9 @@ async def snapshot_of(engine: AsyncEngine) -> dict[str, list[Any]]:
         for table in (tracker_counts, tracker_durations, tracker_cell_citizens):
             # by their cells' columns, as the reports read them
             out[table.name] = [tuple(r) for r in await conn.execute(with_cells(table))]
+        # a request's open count that went up and down again (answered later) stays as 0
+        rows = await conn.execute(with_cells(tracker_latency))
+        out[tracker_latency.name] = [tuple(r) for r in rows if r.n != 0]
     return out
 
 
@@ -612,6 +616,7 @@ async def test_no_cpr_number_in_any_tracker_table(harness: Harness, column: str)
             tracker_cells,
             tracker_counts,
             tracker_durations,
+            tracker_latency,
             tracker_cell_citizens,
         ):
             for row in await conn.execute(sa.select(table)):
@@ -698,6 +703,7 @@ async def test_cell_ids_are_looked_up_again_after_a_failed_batch(
         async with engine.begin() as conn:
             for table in (
                 tracker_cell_citizens,
+                tracker_latency,
                 tracker_durations,
                 tracker_counts,
                 tracker_cells,

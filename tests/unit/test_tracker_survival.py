@@ -1,15 +1,20 @@
 """The Kaplan–Meier estimate (tracker/survival.py) against a hand-worked example and against
-lifelines' KaplanMeierFitter on random data with ties and censoring."""
+lifelines' KaplanMeierFitter on random data with ties and censoring; the estimate from counts
+(what the latency rollup keeps) against the one from rows."""
 
 from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from lifelines import KaplanMeierFitter
 
-from attest_gateway.tracker.survival import kaplan_meier
+from attest_gateway.tracker.latency import median_of_counts
+from attest_gateway.tracker.survival import kaplan_meier, kaplan_meier_counts
 
 
 def test_a_hand_worked_curve() -> None:
@@ -63,3 +68,33 @@ def test_matches_lifelines(seed: int) -> None:
     assert (ours.quantile(0.5) is None) == math.isinf(median)
     if not math.isinf(median):
         assert ours.quantile(0.5) == pytest.approx(median)
+
+
+# --- from counts, as the latency rollup keeps them --------------------------------------------
+
+_observations = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=60), st.booleans()), max_size=80
+)
+
+
+@given(_observations)
+def test_the_estimate_from_counts_is_the_estimate_from_rows(obs: list[tuple[int, bool]]) -> None:
+    rows = kaplan_meier(obs)
+    events = Counter(t for t, happened in obs if happened)
+    censored = Counter(t for t, happened in obs if not happened)
+    counts = kaplan_meier_counts(events, censored)
+    assert counts == rows  # the same floats, not just close ones
+    # rows that went up and down again (an open request answered later) change nothing
+    zeros = dict.fromkeys(range(61), 0)
+    assert kaplan_meier_counts(events | {99: 0}, zeros | censored) == rows
+
+
+@given(st.lists(st.integers(min_value=0, max_value=40), max_size=50))
+def test_the_median_of_counts_is_the_median_of_the_values(values: list[int]) -> None:
+    ordered = sorted(values)
+    if not ordered:
+        assert median_of_counts(Counter()) is None
+        return
+    mid = len(ordered) // 2
+    expected = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    assert median_of_counts(Counter(values)) == expected

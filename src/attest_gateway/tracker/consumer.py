@@ -53,6 +53,7 @@ from attest_gateway.tracker.store import (
     add_citizen,
     add_counts,
     add_duration,
+    add_latency,
     buffered_rollups,
 )
 
@@ -214,15 +215,44 @@ class TrackerState:
 
     # --- cells -------------------------------------------------------------------------------
 
-    def request_cells(self, row: Any, *, day: dt.date, durations: bool = False) -> Sequence[Cell]:
+    def request_cells(
+        self, row: Any, *, day: dt.date, durations: bool = False, receiver: bool = True
+    ) -> Sequence[Cell]:
         return r.cells_for(
             day=day,
             attest_type=row.attest_type,
             region=row.region_code,
             municipality=row.municipality,
-            receiver=row.receiver_org,
+            receiver=row.receiver_org if receiver else None,
             durations=durations,
         )
+
+    def kind_cells(self, row: Any, *, day: dt.date) -> Sequence[Cell]:
+        """The request's receiver-kind cells (requests, citizens and latency only)."""
+        return r.kind_cells(
+            day=day,
+            attest_type=row.attest_type,
+            region=row.region_code,
+            municipality=row.municipality,
+            receiver_kind=row.receiver_role or "unknown",
+        )
+
+    async def count_latency(self, conn: AsyncConnection, row: Any, *, opened: bool) -> None:
+        """The request in its cells' request → attest distribution: made (`opened`: open, or
+        answered when its attest came first) or, when the attest comes after, moved from open
+        to answered. Calendar days in Danish time, as the estimate reads them."""
+        sent = self.rules.local_date(aware(row.submitted_at))
+        cells = (
+            *self.request_cells(row, day=sent, receiver=False),
+            *self.kind_cells(row, day=sent),
+        )
+        if row.replied_at is None:
+            await add_latency(conn, cells, sent_on=sent)
+            return
+        days = max(0, (self.rules.local_date(aware(row.replied_at)) - sent).days)
+        if not opened:
+            await add_latency(conn, cells, sent_on=sent, n=-1)
+        await add_latency(conn, cells, sent_on=sent, answered_days=days)
 
     def contact_cells(self, region: str, municipality: str, window_end: dt.date) -> Sequence[Cell]:
         return r.cells_for(
@@ -359,6 +389,8 @@ class TrackerState:
             await add_counts(
                 conn, self.request_cells(row, day=self.cohort_day(row, e.at)), replied=1
             )
+            if row.submitted_at is not None:  # else counted answered when it comes
+                await self.count_latency(conn, row, opened=False)
             await self._decide_on_reply(conn, batch, row, e.at)
         elif e.stage is Stage.OVERDUE:
             await self._decide(conn, batch, row, "overdue", e.at)
@@ -413,6 +445,10 @@ class TrackerState:
         cells = self.request_cells(row, day=day)
         await add_counts(conn, cells, requests=1, late_requests=int(late))
         await add_citizen(conn, cells, row.case_ref)
+        kinds = self.kind_cells(row, day=day)
+        await add_counts(conn, kinds, requests=1)
+        await add_citizen(conn, kinds, row.case_ref)
+        await self.count_latency(conn, row, opened=True)
         if row.replied_at is not None:  # the reply's event came first
             await self._decide_on_reply(conn, batch, row, aware(row.replied_at))
 

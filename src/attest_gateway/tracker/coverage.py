@@ -1,6 +1,7 @@
 """The ministry's figures that need one row per case or request, not a rollup: contact over
-registered sickness cases, request→attest latency that counts the open requests (Kaplan–
-Meier), when in the absence requests are made, and the open overdue requests per receiver.
+registered sickness cases, when in the absence requests are made, and the open overdue
+requests per receiver (request→attest latency with the open requests is read from a rollup:
+latency.py, which uses this module's cube).
 
 Unlike report.py these read per-record tracker tables (`tracker_cases`, `tracker_treatments`,
 `tracker_contacts`, `tracker_conversations`) for the period asked, so they cost in proportion
@@ -298,7 +299,7 @@ async def coverage(
     return rows
 
 
-# --- latency with the open requests (Kaplan–Meier) ------------------------------------------
+# --- the requests of the cube -------------------------------------------------------------------
 
 
 def _request_conds(f: Filters) -> list[Any]:
@@ -314,77 +315,6 @@ def _request_conds(f: Filters) -> list[Any]:
     if end is not None:
         conds.append(tc.submitted_at < end)
     return conds
-
-
-async def latency(
-    conn: AsyncConnection,
-    rules: r.TrackerRules,
-    f: Filters,
-    by: LatencyBy,
-    *,
-    series: bool,
-    now: dt.datetime,
-) -> list[dict[str, Any]]:
-    """Request → attest per group, estimated with the open requests as censored at their age
-    (Kaplan–Meier), beside the share still open and the median of the answered ones only."""
-    tc = tracker_conversations.c
-    stmt = sa.select(
-        tc.submitted_at,
-        tc.replied_at,
-        tc.attest_type,
-        tc.receiver_role,
-        tc.region_code,
-        tc.municipality,
-        tc.case_ref,
-    ).where(*_request_conds(f))
-    items: list[Item] = []
-    for rec in await conn.execute(stmt):
-        submitted = aware(rec.submitted_at)
-        replied = aware(rec.replied_at) if rec.replied_at is not None else None
-        end = replied if replied is not None else now
-        seconds = max(0.0, (end - submitted).total_seconds())
-        breakdown = {
-            "attest_type": str(rec.attest_type),
-            "receiver_kind": str(rec.receiver_role or "unknown"),
-        }.get(by)
-        items.append(
-            Item(
-                (seconds, replied is not None),
-                rules.local_date(submitted),
-                str(rec.region_code),
-                str(rec.municipality),
-                breakdown,
-                rec.case_ref,
-            )
-        )
-    rows = []
-    for row in publish(items, f, by, rules, series=series):
-        period, group = row.key
-        obs: list[tuple[float, bool]] = row.records
-        ok = row.shown and len(obs) >= rules.min_cell_citizens
-        out: dict[str, Any] = {"period_start": period} if series else {}
-        out |= {"group": group, "label": _group_label(by, group), "suppressed": not ok}
-        curve = kaplan_meier(obs)
-        answered = sorted(t for t, happened in obs if happened)
-        fields: dict[str, Any] = {
-            "requests": curve.n,
-            "answered": curve.events,
-            "open": curve.censored,
-            "share_open": r.rate(curve.censored, curve.n),
-            "median": curve.quantile(0.5),
-            "p90": curve.quantile(0.9),
-            "answered_only_median": _median(answered),
-        }
-        out |= fields if ok else dict.fromkeys(fields)
-        rows.append(out)
-    return rows
-
-
-def _median(values: Sequence[float]) -> float | None:
-    if not values:
-        return None
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 # --- when in the absence requests are made ----------------------------------------------------

@@ -487,3 +487,27 @@ def cells_for(
 
 
 WEEKLY_HISTOGRAMS_NOT_KEPT: Final = frozenset({"municipality", "receiver"})
+
+# The grains of the receiver-kind cells, one per place grain: a request counted by its
+# receiver's kind (dim `<place>/<kind>`), for latency by receiver kind. They count requests
+# and distinct citizens only, and the reports of the other rollups never read them.
+KIND_GRAINS: Final = {
+    "national": "rk:national",
+    "region": "rk:region",
+    "municipality": "rk:municipality",
+}
+
+
+@lru_cache(maxsize=65_536)
+def kind_cells(
+    *, day: dt.date, attest_type: str, region: str, municipality: str, receiver_kind: str
+) -> tuple[tuple[str, str, dt.date, str, str], ...]:
+    """The receiver-kind cells a request made on `day` counts in: per period kind and place
+    grain, for its own attest type and for all types. (Cached: a tuple.)"""
+    places = (("national", "DK"), ("region", region), ("municipality", municipality))
+    return tuple(
+        (KIND_GRAINS[grain], kind, period_start(day, kind), t, f"{where}/{receiver_kind}")
+        for kind in PERIOD_KINDS
+        for grain, where in places
+        for t in (attest_type, ALL_TYPES)
+    )

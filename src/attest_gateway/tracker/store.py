@@ -5,9 +5,10 @@ PostgreSQL alike), so concurrent consumers never lose an increment. A cell's `ci
 counter goes up only when `tracker_cell_citizens` learns a case ref it did not hold.
 
 Inside :func:`buffered_rollups` the increments are summed in memory instead and written by
-:meth:`RollupBuffer.flush` in one upsert per table: a batch of events then costs three
-statements for all its rollups (citizen memberships, counters, duration histograms). Outside
-it, each call is a flush of its own.
+:meth:`RollupBuffer.flush` in one upsert per table: a batch of events then costs four
+statements for all its rollups (citizen memberships, counters, duration histograms, the
+request → attest distribution of `tracker_latency`, whose open count of a request goes down
+by one when its attest comes). Outside it, each call is a flush of its own.
 
 Cells (`tracker_cells`) are referred to by an integer id (migration 0011), a digest of the
 cell's five columns (:func:`cell_id`). A flush first makes sure its cells exist: those a
@@ -49,6 +50,7 @@ from attest_gateway.infra.db.tables import (
     tracker_cells,
     tracker_counts,
     tracker_durations,
+    tracker_latency,
 )
 
 Cell = tuple[str, str, dt.date, str, str]  # grain, period_kind, period_start, attest_type, dim
@@ -67,6 +69,8 @@ COUNTERS = (
 
 DURATION_KEY = ("cell_id", "metric", "bucket")
 CITIZEN_KEY = ("cell_id", "case_ref")
+LATENCY_KEY = ("cell_id", "state", "day")
+ANSWERED, OPEN = "answered", "open"  # tracker_latency's states
 _COUNTER_INDEX = {name: i for i, name in enumerate(COUNTERS)}
 LOOKUP_CHUNK = 1000  # cell ids per select
 
@@ -96,12 +100,25 @@ def _statements(dialect: str) -> dict[str, RowsInsert]:
     citizens = rows_insert(dialect, tracker_cell_citizens, order_by=CITIZEN_KEY).on(
         lambda i: i.on_conflict_do_nothing().returning(tracker_cell_citizens.c.cell_id)
     )
+    latency = rows_insert(dialect, tracker_latency, order_by=LATENCY_KEY).on(
+        lambda i: i.on_conflict_do_update(
+            index_elements=list(LATENCY_KEY),
+            set_={"n": tracker_latency.c.n + i.excluded.n},
+        )
+    )
     # The rows are built as tuples in these columns' order.
     assert cells.columns == ("id", *CELL_COLUMNS)
     assert counts.columns == ("cell_id", *COUNTERS)
     assert durations.columns == (*DURATION_KEY, "n")
     assert citizens.columns == CITIZEN_KEY
-    return {"cells": cells, "counts": counts, "durations": durations, "citizens": citizens}
+    assert latency.columns == (*LATENCY_KEY, "n")
+    return {
+        "cells": cells,
+        "counts": counts,
+        "durations": durations,
+        "citizens": citizens,
+        "latency": latency,
+    }
 
 
 @functools.cache
@@ -189,6 +206,7 @@ class RollupBuffer:
         self.counts: dict[Cell, list[int]] = {}  # a cell's counters, in COUNTERS' order
         self.durations: dict[tuple[str, Cell, int], int] = {}
         self.citizens: set[tuple[Cell, str]] = set()
+        self.latency: dict[tuple[Cell, str, int], int] = {}
         self.known = known if known is not None else KnownCells()
         self.written: set[Cell] = set()  # cells made sure of by this buffer's flushes
 
@@ -211,11 +229,23 @@ class RollupBuffer:
     def add_citizen(self, cells: Sequence[Cell], case_ref: str) -> None:
         self.citizens.update((cell, case_ref) for cell in cells)
 
+    def add_latency(
+        self, cells: Sequence[Cell], *, answered_days: int | None, sent_on: dt.date, n: int
+    ) -> None:
+        latency = self.latency
+        for cell in cells:
+            if answered_days is not None:
+                key = (cell, ANSWERED, answered_days)
+            else:
+                key = (cell, OPEN, (sent_on - cell[2]).days)
+            latency[key] = latency.get(key, 0) + n
+
     async def _ids(self, conn: AsyncConnection) -> dict[Cell, int]:
         """The ids of every cell this flush writes, each made sure of."""
         cells = {cell for cell, _ in self.citizens}
         cells.update(self.counts)
         cells.update(cell for _, cell, _ in self.durations)
+        cells.update(cell for cell, _, _ in self.latency)
         known, written = self.known, self.written
         missing = [c for c in cells if c not in known and c not in written]
         if missing and conn.dialect.name == "postgresql":
@@ -253,7 +283,13 @@ class RollupBuffer:
                 for (metric, cell, bucket), n in self.durations.items()
             ]
             await conn.execute(insert.statement, insert.params(buckets))
-        self.counts, self.durations, self.citizens = {}, {}, set()
+        latency = [
+            (ids[cell], state, day, n) for (cell, state, day), n in self.latency.items() if n
+        ]
+        if latency:
+            insert = statements["latency"]
+            await conn.execute(insert.statement, insert.params(latency))
+        self.counts, self.durations, self.citizens, self.latency = {}, {}, set(), {}
 
 
 _buffer: ContextVar[RollupBuffer | None] = ContextVar("tracker_rollup_buffer", default=None)
@@ -303,6 +339,22 @@ async def add_citizen(conn: AsyncConnection, cells: Sequence[Cell], case_ref: st
     """Count `case_ref` once in each cell that does not count it yet."""
     if cells:
         await _add(conn, lambda b: b.add_citizen(cells, case_ref))
+
+
+async def add_latency(
+    conn: AsyncConnection,
+    cells: Sequence[Cell],
+    *,
+    sent_on: dt.date,
+    answered_days: int | None = None,
+    n: int = 1,
+) -> None:
+    """Count `n` requests made on `sent_on` in each cell's request → attest distribution:
+    answered after `answered_days` calendar days, or (None) still open (-1: no longer)."""
+    if cells:
+        await _add(
+            conn, lambda b: b.add_latency(cells, answered_days=answered_days, sent_on=sent_on, n=n)
+        )
 
 
 def with_cells(table: sa.Table) -> sa.Select[Any]:

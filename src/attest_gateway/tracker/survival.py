@@ -16,8 +16,11 @@ lifelines' KaplanMeierFitter.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T", int, float)  # a duration: whole days (a rollup's) or any
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +59,22 @@ def kaplan_meier(observations: Iterable[tuple[float, bool]]) -> SurvivalCurve:
     """The Kaplan–Meier estimate from (duration, event happened) pairs; a pair without the
     event is censored at its duration (at risk up to and including it)."""
     items: Sequence[tuple[float, bool]] = list(observations)
-    events = Counter(t for t, happened in items if happened)
-    leaving = Counter(t for t, _ in items)
-    at_risk = len(items)
+    return kaplan_meier_counts(
+        Counter(t for t, happened in items if happened),
+        Counter(t for t, happened in items if not happened),
+    )
+
+
+def kaplan_meier_counts(events: Mapping[T, int], censored: Mapping[T, int]) -> SurvivalCurve:
+    """The same estimate from counts: how many had the event at each duration, how many are
+    censored at each (what a rollup of durations keeps). Counts of zero change nothing."""
+    leaving: Counter[T] = Counter()
+    for counts in (events, censored):
+        for t, n in counts.items():
+            if n:
+                leaving[t] += n
+    total = at_risk = sum(leaving.values())
+    n_events = sum(n for n in events.values() if n)
     s = 1.0
     times: list[float] = []
     values: list[float] = []
@@ -69,4 +85,4 @@ def kaplan_meier(observations: Iterable[tuple[float, bool]]) -> SurvivalCurve:
             times.append(t)
             values.append(s)
         at_risk -= leaving[t]
-    return SurvivalCurve(tuple(times), tuple(values), len(items), sum(events.values()))
+    return SurvivalCurve(tuple(times), tuple(values), total, n_events)

@@ -459,6 +459,23 @@ tracker_cell_citizens = sa.Table(
     sa.Column("case_ref", sa.String(64), primary_key=True),
 )
 
+# Request → attest for Kaplan–Meier (migration 0020), per request cell (grain national,
+# region or municipality; week and month; the attest type and `*`) and per receiver-kind cell
+# (grain `rk:<place grain>`, dim `<place>/<receiver kind>`, whose `tracker_counts` row counts
+# its requests and citizens only): `state` `answered` counts the requests answered with an
+# attest `day` calendar days (Danish time) after they were made, `open` the requests still
+# without one made on the `day`th day of the cell's period (0: its first), censored at their
+# age when read.
+tracker_latency = sa.Table(
+    "tracker_latency",
+    metadata,
+    _cell_id(),
+    sa.Column("state", sa.String(8), primary_key=True),
+    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
+)
+
 # --- audit (migration 0005) ------------------------------------------------------------------
 # The append-only, hash-chained audit log (infra/db/audit.py): reads of content and
 # administrative changes. Ids and addresses only, never content or CPR numbers.

@@ -31,6 +31,7 @@ from attest_gateway.entrypoints.http.auth import (
     require_role,
 )
 from attest_gateway.tracker import coverage as cov
+from attest_gateway.tracker import latency as lat
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.scope import scope_of, within
@@ -209,7 +210,7 @@ async def latency(
     rules = _rules(request)
     gw = gateway_of(request)
     async with gw.engine.connect() as conn:
-        rows = await cov.latency(conn, rules, f, by, series=series, now=gw.clock.now())
+        rows = await lat.latency(conn, rules, f, by, series=series, now=gw.clock.now())
     return _answer(f"latency-{by}", rows, format, _meta(f, rules, unit="seconds"))
 
 
