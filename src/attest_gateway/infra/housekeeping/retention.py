@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -626,24 +626,17 @@ async def _prune_table(
     key_columns: Sequence[sa.Column[Any]],
     pace: _Pace,
 ) -> int:
-    """Delete in batches of `pace.batch`, one short transaction per batch."""
+    """Delete in batches of `pace.batch`, each one statement on its own (the keys of a batch
+    selected inside the delete, no transaction held open between two round trips)."""
+    keys: Any = key_columns[0] if len(key_columns) == 1 else sa.tuple_(*key_columns)
+    # its own FROM: not correlated to the DELETE's table (which would make it per row)
+    batch = sa.select(*key_columns).where(condition).limit(pace.batch).correlate(None)
     total = 0
-    key: Callable[[Any], Any] = (lambda k: k[0]) if len(key_columns) == 1 else (lambda k: tuple(k))
-    while True:
-        async with engine.begin() as conn:
-            keys = [
-                key(k)
-                for k in (
-                    await conn.execute(sa.select(*key_columns).where(condition).limit(pace.batch))
-                ).all()
-            ]
-            if not keys:
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        while True:
+            done = max(0, (await conn.execute(table.delete().where(keys.in_(batch)))).rowcount)
+            total += done
+            if done < pace.batch:
                 return total
-            if len(key_columns) == 1:
-                await conn.execute(table.delete().where(key_columns[0].in_(keys)))
-            else:
-                await conn.execute(table.delete().where(sa.tuple_(*key_columns).in_(keys)))
-        total += len(keys)
-        if len(keys) < pace.batch:
-            return total
-        await pace.between_batches()  # let ingest in between batches
+            await pace.between_batches()  # let ingest in between batches
