@@ -895,7 +895,7 @@ async def test_closed_cases_erased_together_leave_nothing_of_theirs_and_touch_no
     db: Db,
 ) -> None:
     """Five closed cases in one transaction of set-based statements (PRUNE_BATCH_SIZE 100:
-    five cases per transaction): nothing derived from those citizens' CPR numbers is left;
+    up to twenty cases per transaction): nothing derived from those citizens' CPR numbers is left;
     the citizen whose other case is still open keeps that case and stays counted in the
     cells under its own ref; the citizens whose cases stay open keep everything; the
     ministry's figures are the same; one `case.erase` entry per case."""

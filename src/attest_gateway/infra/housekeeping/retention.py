@@ -255,9 +255,13 @@ class _Pace:
 # waits for the audit chain's head, which the API's audited reads take too: one transaction
 # (and one wait for the head) per case made a pass over many closed cases queue behind the
 # API's reads, and the API behind the pass (bench/RESULTS.md, "Retention at national
-# volume"). A case is some tens of rows, so this many cases are about a batch's rows.
+# volume"). With the API busy, an erasing transaction spends nearly all its time in that
+# wait (38 of 40 samples at 300,000 conversations), so the pass's erasure time is the number
+# of its transactions times the wait: a hundred cases a transaction (PRUNE_BATCH_SIZE 500),
+# each table's rows of all of them in one statement by an index, are about as many rows as
+# a batch of 500 conversations.
 def cases_per_transaction(batch: int) -> int:
-    return max(1, batch // 20)
+    return max(1, batch // 5)
 
 
 async def erase_closed_cases(
