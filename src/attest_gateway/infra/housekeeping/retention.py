@@ -125,7 +125,11 @@ async def prune_all(
             signer,
             before=now - dt.timedelta(days=s.audit_retention_days),
             now=now,
-            batch=s.prune_batch_size,
+            # A batch ends at a checkpoint (one is signed where there is none) and appends
+            # its `audit.prune` entry, waiting for the chain's head as the API's reads do:
+            # a checkpoint's worth of entries a batch signs nothing new and waits half as
+            # often as PRUNE_BATCH_SIZE's 500.
+            batch=max(s.prune_batch_size, s.audit_checkpoint_entries),
             actor=s.gateway_org_id,
         )
         report.add("audit_log", removed)
