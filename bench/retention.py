@@ -71,7 +71,11 @@ from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.tables import audit_head
-from attest_gateway.infra.housekeeping.retention import cases_per_transaction, prune_all
+from attest_gateway.infra.housekeeping.retention import (
+    audit_prune_batch,
+    cases_per_transaction,
+    prune_all,
+)
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from attest_gateway.infra.kafka.topics import MEDCOM_MESSAGES, Topics
 from attest_gateway.tracker.store import cell_id, ensure_cells
@@ -686,6 +690,7 @@ async def prune_worker() -> None:
     finally:
         await engine.dispose()
     batch = settings.prune_batch_size
+    per = {"cases_erased": cases_per_transaction(batch), "audit_log": audit_prune_batch(settings)}
     print(
         json.dumps(
             {
@@ -693,10 +698,10 @@ async def prune_worker() -> None:
                 "batch_size": batch,
                 "pause_s": settings.retention_pause_seconds,
                 "counts": report.counts,
-                # a batch per `batch` rows of a class; closed cases, so many per transaction
+                # a batch per `batch` rows of a class; closed cases and audit entries, so
+                # many per transaction
                 "transactions_at_least": sum(
-                    -(-n // (cases_per_transaction(batch) if name == "cases_erased" else batch))
-                    for name, n in report.counts.items()
+                    -(-n // per.get(name, batch)) for name, n in report.counts.items()
                 ),
             }
         )

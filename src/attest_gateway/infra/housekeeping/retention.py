@@ -125,21 +125,19 @@ async def prune_all(
             signer,
             before=now - dt.timedelta(days=s.audit_retention_days),
             now=now,
-            # A batch ends at a checkpoint (one is signed where there is none) and appends
-            # its `audit.prune` entry, waiting for the chain's head as the API's reads do:
-            # five checkpoints' worth of entries a batch (5,000: small rows, removed by seq)
-            # sign nothing new and wait a tenth as often as PRUNE_BATCH_SIZE's 500.
-            batch=max(
-                s.prune_batch_size, _AUDIT_CHECKPOINTS_PER_BATCH * s.audit_checkpoint_entries
-            ),
+            batch=audit_prune_batch(s),
             actor=s.gateway_org_id,
         )
         report.add("audit_log", removed)
     return report
 
 
-# Checkpoints' worth of audit entries removed per transaction (`prune_all`).
-_AUDIT_CHECKPOINTS_PER_BATCH = 5
+def audit_prune_batch(settings: Settings) -> int:
+    """Audit entries removed per transaction. A batch ends at a checkpoint (one is signed
+    where there is none) and appends its `audit.prune` entry, waiting for the chain's head
+    as the API's reads do: five checkpoints' worth of entries (5,000: small rows, removed by
+    seq) sign nothing new and wait a tenth as often as PRUNE_BATCH_SIZE's 500."""
+    return max(settings.prune_batch_size, 5 * settings.audit_checkpoint_entries)
 
 
 async def prune_store(
