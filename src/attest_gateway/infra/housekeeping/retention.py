@@ -1,7 +1,10 @@
 """Retention: everything the gateway stores is deleted (or, for a sealed CPR number, cleared)
 after its retention period, class by class as docs/data-lifecycle.md lists them, in small
-batches (one short transaction each: a bounded select of keys, then a delete of those keys),
-so pruning never blocks ingest.
+batches (one short transaction each, most of them one `DELETE … IN (SELECT … LIMIT n)`), a
+pause (RETENTION_PAUSE_SECONDS) between two, so pruning never blocks ingest. Each batch costs
+its own rows, not the store's size: the finished conversations are walked from an index with
+a cursor carried between batches, and every lookup by conversation or case ref is indexed
+(migration 0019).
 
 - outbox records once published (and a message delivered); collected mailbox entries;
 - seen MessageHeader and Bundle ids and the submissions' first answers (replay detection,
