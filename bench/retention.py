@@ -71,7 +71,11 @@ from attest_gateway.infra.db import audit
 from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.tables import audit_head
-from attest_gateway.infra.housekeeping.retention import cases_per_transaction, prune_all
+from attest_gateway.infra.housekeeping.retention import (
+    audit_prune_batch,
+    cases_per_transaction,
+    prune_all,
+)
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from attest_gateway.infra.kafka.topics import MEDCOM_MESSAGES, Topics
 from attest_gateway.tracker.store import cell_id, ensure_cells
@@ -301,17 +305,6 @@ LEFT_SQL: dict[str, str] = {
         "SELECT count(*) FROM case_closures WHERE id LIKE :like AND case_ref IS NOT NULL"
     ),
 }
-
-
-# What-if (`--case-ref-indexes`): the erasure of a closed case finds its rows by case ref
-# (and its outbox records by key), which conversations, tracker_contacts,
-# tracker_cell_citizens (and outbox) have no index for.
-CASE_REF_INDEXES = (
-    "CREATE INDEX bench_outbox_key ON outbox (key)",
-    "CREATE INDEX bench_conversations_case_ref ON conversations (case_ref)",
-    "CREATE INDEX bench_tracker_contacts_case_ref ON tracker_contacts (case_ref)",
-    "CREATE INDEX bench_tracker_cell_citizens_case_ref ON tracker_cell_citizens (case_ref)",
-)
 
 
 def _months(start: dt.datetime) -> list[dt.date]:
@@ -649,7 +642,9 @@ async def sample_locks(engine: AsyncEngine, stop: asyncio.Event, into: LockSampl
                 await asyncio.wait_for(stop.wait(), SAMPLE_S)
 
 
-def gateway_env(gw: RunningGateway, bootstrap: str, batch: int | None) -> dict[str, str]:
+def gateway_env(
+    gw: RunningGateway, bootstrap: str, batch: int | None, pause: float | None
+) -> dict[str, str]:
     env = os.environ | {
         "VAR_DIR": str(gw.var_dir),
         "DATABASE_URL": gw.database_url,
@@ -659,6 +654,8 @@ def gateway_env(gw: RunningGateway, bootstrap: str, batch: int | None) -> dict[s
     }
     if batch:
         env["PRUNE_BATCH_SIZE"] = str(batch)
+    if pause is not None:
+        env["RETENTION_PAUSE_SECONDS"] = str(pause)
     return env
 
 
@@ -693,16 +690,18 @@ async def prune_worker() -> None:
     finally:
         await engine.dispose()
     batch = settings.prune_batch_size
+    per = {"cases_erased": cases_per_transaction(batch), "audit_log": audit_prune_batch(settings)}
     print(
         json.dumps(
             {
                 "seconds": round(seconds, 2),
                 "batch_size": batch,
+                "pause_s": settings.retention_pause_seconds,
                 "counts": report.counts,
-                # a batch per `batch` rows of a class; closed cases, so many per transaction
+                # a batch per `batch` rows of a class; closed cases and audit entries, so
+                # many per transaction
                 "transactions_at_least": sum(
-                    -(-n // (cases_per_transaction(batch) if name == "cases_erased" else batch))
-                    for name, n in report.counts.items()
+                    -(-n // per.get(name, batch)) for name, n in report.counts.items()
                 ),
             }
         )
@@ -726,7 +725,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "conversations": args.conversations,
         "rate": args.rate,
         "batch": args.batch or "default",
-        "case_ref_indexes": args.case_ref_indexes,
+        "pause": args.pause if args.pause is not None else "default",
         "cycles": [],
     }
     broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
@@ -736,15 +735,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         async with gateway(ctx, "postgres", "retention", settings=quiet) as gw:
             creds = json.loads((gw.var_dir / "demo-credentials.json").read_text())
             engine = make_engine(gw.database_url)
-            if args.case_ref_indexes:
-                async with engine.begin() as conn:
-                    for sql in CASE_REF_INDEXES:
-                        await conn.exec_driver_sql(sql)
             load = Load(gw, creds, args.rate)
             load_task = asyncio.create_task(load.run())
             try:
                 y0 = dt.datetime.now(dt.UTC) - dt.timedelta(days=365 * YEARS_BACK)
-                env = gateway_env(gw, broker.bootstrap, args.batch)
+                env = gateway_env(gw, broker.bootstrap, args.batch, args.pause)
                 for cycle in range(args.cycles):
                     tag = f"y{cycle}"
                     console.rule(f"cycle {cycle + 1}/{args.cycles}")
@@ -838,9 +833,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=5.0, help="s of quiet after loading")
     p.add_argument("--batch", type=int, default=0, help="PRUNE_BATCH_SIZE (0: the default)")
     p.add_argument(
-        "--case-ref-indexes",
-        action="store_true",
-        help="what-if: index case_ref where the erasure looks it up (not in the migrations)",
+        "--pause",
+        type=float,
+        default=None,
+        help="RETENTION_PAUSE_SECONDS of the pass (default: the setting's default)",
     )
     p.add_argument("--workdir", default="var/bench-retention")
     p.add_argument("--out", default="var/bench-retention/results.json")

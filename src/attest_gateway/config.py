@@ -458,6 +458,13 @@ class Settings(BaseSettings):
     prune_batch_size: int = Field(
         default=500, ge=1, description="rows deleted per transaction when pruning"
     )
+    retention_pause_seconds: float = Field(
+        default=0.01,
+        ge=0,
+        le=10,
+        description="pause between retention's batches, so that a long pass yields the "
+        "database and the CPU to the API between its transactions",
+    )
     consumer_max_retries: int = Field(
         default=5, description="tries of a transiently failing record before the dead-letter topic"
     )

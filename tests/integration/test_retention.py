@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from attest_gateway.contracts.cases import CaseIn
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.jobcenter import CaseKind
 from attest_gateway.contracts.stages import MessageType, Stage
-from attest_gateway.core.audit import AuditEvent
+from attest_gateway.core.audit import CASE_ERASE, AuditEvent
 from attest_gateway.core.errors import ErrorCode, Replay, Unknown
 from attest_gateway.crypto import pseudonyms
 from attest_gateway.entrypoints.cli import main as cli
@@ -44,6 +46,7 @@ from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.uow import SqlStore
+from attest_gateway.infra.housekeeping import retention
 from attest_gateway.infra.housekeeping.retention import prune_store
 from attest_gateway.infra.kafka.topics import Topics
 from attest_gateway.services import cases, closures
@@ -847,3 +850,233 @@ async def test_two_closures_of_one_case_at_once_get_one_answer(harness: Harness)
     assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
     assert len({a.json()["closure_id"] for a in answers}) == 1
     assert sum(a.headers.get("Idempotent-Replayed") != "true" for a in answers) == 1
+
+
+# --- at volume: a walk across batches, cases erased together, every statement indexed ------
+
+
+async def test_the_walk_of_finished_conversations_crosses_batches_of_equal_times(db: Db) -> None:
+    """The finished conversations are walked a batch at a time with a cursor on (time, id):
+    with batches of two and final stages at the same instant, every finished conversation
+    comes exactly once and no open one comes."""
+    w = db.world
+    finished: list[str] = []
+    for group in range(3):  # three conversations finished at the very same time, thrice
+        requests = [await _requested(db, key=f"walk-{group}-{i}") for i in range(3)]
+        for request in requests:
+            await _finish(db, request)
+            finished.append(request.header.conversation_id)
+        w.clock.advance(dt.timedelta(seconds=1))
+    still_open = (await _requested(db, key="walk-open")).header.conversation_id
+    stage_at = tables.stages.c.at
+    async with db.engine.connect() as conn:
+        times = await conn.scalars(
+            sa.select(stage_at).where(tables.stages.c.stage == Stage.REPLY_ACKNOWLEDGED.value)
+        )
+        assert len(set(times)) == 3  # equal times within each group
+
+    w.clock.advance(DAY)
+    walked = [
+        ids async for ids in retention._finished(db.engine, w.clock.now(), retention._Pace(batch=2))
+    ]
+    assert [len(ids) for ids in walked] == [2, 2, 2, 2, 1]
+    every = [cid for ids in walked for cid in ids]
+    assert sorted(every) == sorted(finished)  # each once, none skipped at a boundary
+    assert still_open not in every
+
+    w.clock.advance(db.settings.conversation_retention_days * DAY)
+    counts = await db.prune()  # batches of two (the fixture's PRUNE_BATCH_SIZE)
+    assert counts["conversations"] == 9
+    conv = tables.conversations.c
+    assert await db.count(tables.conversations, conv.id.in_(finished)) == 0
+    assert await db.count(tables.conversations, conv.id == still_open) == 1
+
+
+def _cpr(i: int) -> str:
+    """A citizen's CPR number of these tests alone (the date checks; no modulus 11)."""
+    return f"{i + 1:02d}0385{4000 + i}"
+
+
+async def test_closed_cases_erased_together_leave_nothing_of_theirs_and_touch_no_one_else(
+    db: Db,
+) -> None:
+    """Five closed cases in one transaction of set-based statements (PRUNE_BATCH_SIZE 100:
+    up to twenty cases per transaction): nothing derived from those citizens' CPR numbers is left;
+    the citizen whose other case is still open keeps that case and stays counted in the
+    cells under its own ref; the citizens whose cases stay open keep everything; the
+    ministry's figures are the same; one `case.erase` entry per case."""
+    w = db.world
+    jc = w.orgs[JC]
+    closed = [_cpr(i) for i in range(4)]
+    kept = [_cpr(i) for i in range(4, 6)]
+    both = _cpr(6)  # one case closed, another (another case kind) still open
+    conversations: dict[tuple[str, CaseKind], list[str]] = {}
+    for cpr in [*closed, *kept, both]:
+        kinds = (
+            [CaseKind.SYGEDAGPENGE, CaseKind.RESSOURCEFORLOEB]
+            if cpr == both
+            else [CaseKind.SYGEDAGPENGE]
+        )
+        for kind in kinds:
+            for i in range(2):
+                request = await _requested(
+                    db, key=f"{cpr}-{kind.value}-{i}", citizen_cpr=cpr, case_kind=kind.value
+                )
+                if i == 0:
+                    await _finish(db, request)
+                conversations.setdefault((cpr, kind), []).append(request.header.conversation_id)
+    await _run_tracker(db)
+    before = await _report(db)
+
+    erase_after = dt.timedelta(days=db.settings.case_erasure_days)
+    for cpr, kind in [*((c, CaseKind.SYGEDAGPENGE) for c in closed), (both, CaseKind.SYGEDAGPENGE)]:
+        await closures.close_case(
+            db.store, w.clock, jc, CaseCloseIn(citizen_cpr=cpr, case_kind=kind),
+            pseudonym_key=w.pseudonym_key, erase_after=erase_after, source="10.0.0.7",
+        )  # fmt: skip
+    w.clock.advance(erase_after + DAY)
+    counts = await db.prune(prune_batch_size=100)
+    assert counts["cases_erased"] == 5
+
+    def ref(cpr: str) -> str:
+        return pseudonyms.case_ref(cpr, w.pseudonym_key)
+
+    conv = tables.conversations.c
+    for cpr in closed:
+        assert await _rows_holding(db, ref(cpr), cpr) == [], cpr
+    erased = conversations[(both, CaseKind.SYGEDAGPENGE)]
+    assert await db.count(tables.conversations, conv.id.in_(erased)) == 0
+    assert await db.count(tables.stages, tables.stages.c.conversation_id.in_(erased)) == 0
+    open_case = conversations[(both, CaseKind.RESSOURCEFORLOEB)]
+    assert await db.count(tables.conversations, conv.id.in_(open_case)) == 2
+    tcc = tables.tracker_cell_citizens.c
+    assert await db.count(tables.tracker_cell_citizens, tcc.case_ref == ref(both))
+    for cpr in kept:
+        ids = conversations[(cpr, CaseKind.SYGEDAGPENGE)]
+        assert await db.count(tables.conversations, conv.id.in_(ids)) == 2
+        timelines = tables.tracker_conversations
+        assert await db.count(timelines, timelines.c.conversation_id.in_(ids)) == 2
+        assert await db.count(tables.tracker_cell_citizens, tcc.case_ref == ref(cpr))
+    assert await _report(db) == before
+    log = tables.audit_log.c
+    async with db.engine.connect() as conn:
+        details = list(await conn.scalars(sa.select(log.detail).where(log.action == CASE_ERASE)))
+    assert sorted(json.loads(d)["conversations"] for d in details) == ["2"] * 5
+
+
+async def _statements_of_a_pass(db: Db) -> list[tuple[str, tuple[Any, ...]]]:
+    """Every SELECT, UPDATE and DELETE a pass sends (with its parameters) over a store where
+    every class has something past its period, closed cases included."""
+    w = db.world
+    for i in range(3):  # the first citizen's case is closed and stays open till its erasure
+        request = await _requested(db, key=f"plan-{i}", citizen_cpr=_cpr(10 + i))
+        if i:
+            await _finish(db, request)
+        async with db.store.transaction() as uow:
+            assert await uow.mailbox.collect(request.header.message_id, w.clock.now())
+    await _run_tracker(db)
+    await closures.close_case(
+        db.store, w.clock, w.orgs[JC],
+        CaseCloseIn(citizen_cpr=_cpr(10), case_kind=CaseKind.SYGEDAGPENGE),
+        pseudonym_key=w.pseudonym_key, erase_after=DAY, source="10.0.0.7",
+    )  # fmt: skip
+    async with db.engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.exec_driver_sql("ANALYZE")
+    w.clock.advance(DAY * 3650)
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in {"SELECT", "UPDATE", "DELETE"}:
+            sent.append((statement, tuple(parameters or ())))
+
+    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        counts = await db.prune(sealed_cpr_retention_days=10, prune_batch_size=100)
+    finally:
+        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    assert counts["cases_erased"] == 1
+    assert counts["conversations"] == 2
+    return sent
+
+
+def _whole_table_scans(plan: Any, leading: dict[str, str]) -> list[str]:
+    """The relations an EXPLAIN (FORMAT JSON) plan reads whole: a sequential scan, or an
+    index scan without a condition on the index's leading column (all of the index, in its
+    order or filtered on a later column). `leading`: index name → its first column."""
+    found = []
+    if isinstance(plan, dict):
+        node = plan.get("Node Type", "")
+        if "Relation Name" in plan and (
+            node == "Seq Scan"
+            or (
+                node.startswith(("Index", "Bitmap Index"))
+                and not re.search(
+                    rf"\b{leading.get(plan.get('Index Name', ''), '?')}\b",
+                    plan.get("Index Cond", ""),
+                )
+            )
+        ):
+            found.append(plan["Relation Name"])
+        for value in plan.values():
+            found += _whole_table_scans(value, leading)
+    elif isinstance(plan, list):
+        for value in plan:
+            found += _whole_table_scans(value, leading)
+    return found
+
+
+# The statements that may read a whole table here: the time predicates no index serves (each
+# batch then reads the class's table, which holds about its own retention period's rows;
+# docs/data-lifecycle.md), the closed tracker cells' citizen lists, and the deletes of a
+# class's batch by its keys (`DELETE … WHERE key IN (SELECT key … LIMIT n)`): on tables this
+# small PostgreSQL joins them whole, at volume it probes the primary key with the batch's
+# keys (EXPLAINed on the 300,000-conversation database, bench/RESULTS.md). Everything else
+# of a pass (the walk of finished conversations, the deletes by conversation, the erasure's
+# lookups by case ref) must start from an index.
+_MAY_READ_WHOLE = (
+    "mailbox.collected_at <", "inbound_messages.created_at <", "idempotency_keys.created_at <",
+    "webhook_deliveries.created_at <", "tracker_contacts.created_at <",
+    "tracker_cases.closed_on <", "tracker_treatments.end_date <",
+    "tracker_cell_citizens.cell_id IN (SELECT",
+)  # fmt: skip
+
+
+def _may_read_whole(statement: str) -> bool:
+    batch_by_keys = statement.startswith("DELETE") and " IN (SELECT " in statement
+    return batch_by_keys or any(allowed in statement for allowed in _MAY_READ_WHOLE)
+
+
+_LEADING_COLUMNS = """
+SELECT i.relname, a.attname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+"""
+
+
+@pytest.mark.postgres
+async def test_every_statement_of_the_erasure_and_the_walk_can_use_an_index(db: Db) -> None:
+    """EXPLAIN, with sequential scans made a last resort, of every statement a pass sends:
+    none of the erasure's, the finished-conversation walk's or the deletes by conversation
+    reads a whole table (a sequential scan, or an index read whole for its order); only the
+    time predicates of the classes listed above may."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's plans")
+    sent = await _statements_of_a_pass(db)
+    scanned: dict[str, set[str]] = {}
+    async with db.engine.connect() as conn:
+        indexes: list[Any] = list(await conn.exec_driver_sql(_LEADING_COLUMNS))
+        leading = {str(r.relname): str(r.attname) for r in indexes}
+        await conn.exec_driver_sql("SET enable_seqscan = off")
+        for statement, parameters in sent:
+            [[plan]] = (
+                await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters)
+            ).all()
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            if _may_read_whole(statement):
+                continue
+            for relation in _whole_table_scans(plan, leading):
+                scanned.setdefault(relation, set()).add(statement[:160])
+        await conn.rollback()
+    assert len(sent) > 50
+    unexpected = scanned
+    assert unexpected == {}

@@ -80,6 +80,8 @@ conversations = sa.Table(
     # the CPR number sealed to the gateway's own HPKE key, to re-key pseudonyms (0007)
     sa.Column("citizen_sealed", sa.Text, nullable=True),
     sa.Index(None, "jobcenter_org_id", "created_at"),
+    # a closed case's erasure finds the citizen's conversations by case ref (migration 0019)
+    sa.Index(None, "case_ref"),
 )
 
 idempotency_keys = sa.Table(
@@ -91,6 +93,7 @@ idempotency_keys = sa.Table(
     sa.Column("conversation_id", sa.String(64), nullable=False),
     sa.Column("response", sa.Text, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index(None, "conversation_id"),  # removed with its conversation (migration 0019)
 )
 
 # Messages accepted from a sender at the API (MedCom duplicate detection on MessageHeader.id
@@ -105,6 +108,7 @@ inbound_messages = sa.Table(
     sa.Column("message_type", sa.String(32), nullable=False),
     sa.Column("response", sa.Text, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index(None, "conversation_id"),  # removed with its conversation (migration 0019)
 )
 
 # Every MessageHeader.id (kind `message`, with its routing) and Bundle.id (kind `bundle`, with
@@ -163,6 +167,8 @@ outbox = sa.Table(
     sa.Index(None, "published_at", "id"),
     sa.Index(None, "message_id"),
     sa.Index(None, "claim_token"),
+    # a closed case's erasure removes its conversations' records by key (migration 0019)
+    sa.Index(None, "key"),
 )
 
 mailbox = sa.Table(
@@ -182,6 +188,7 @@ mailbox = sa.Table(
     sa.Column("unreadable_at", Timestamp, nullable=True),
     sa.Column("unreadable_reason", sa.String(64), nullable=True),
     sa.Index(None, "receiver_org_id", "collected_at", "delivered_at"),
+    sa.Index(None, "conversation_id"),  # removed with its conversation (migration 0019)
 )
 
 stages = sa.Table(
@@ -192,8 +199,9 @@ stages = sa.Table(
     sa.Column("message_id", sa.String(64), nullable=False),
     sa.Column("at", Timestamp, nullable=False),
     sa.Column("detail", sa.String(200), nullable=True),
-    # retention finds finished conversations by their final stage (migration 0014)
-    sa.Index(None, "stage", "at"),
+    # retention walks the finished conversations by their final stage, a cursor on (time,
+    # conversation id) carried from batch to batch (migrations 0014, 0019)
+    sa.Index(None, "stage", "at", "conversation_id"),
 )
 
 # What a job centre did to its request after sending it (migration 0017): a cancellation
@@ -240,6 +248,7 @@ sent_messages = sa.Table(
     sa.Column("acknowledged_at", Timestamp, nullable=True),
     sa.Column("undeliverable_at", Timestamp, nullable=True),
     sa.Index(None, "acknowledged_at", "undeliverable_at", "last_sent_at"),
+    sa.Index(None, "conversation_id"),  # removed with its conversation (migration 0019)
 )
 
 # Columns that hold ciphertext (sealed envelopes, the gateway's sealed copies, sealed CPR
@@ -347,6 +356,7 @@ tracker_contacts = sa.Table(
     # who registered it: the job centre or the psychiatry unit (migration 0016)
     sa.Column("registrar_org", sa.String(64), nullable=False),
     sa.UniqueConstraint("registrar_org", "idempotency_key"),
+    sa.Index(None, "case_ref"),  # a closed case's erasure finds them so (migration 0019)
 )
 
 # Sickness cases a job centre registered (`POST /jobcenter/v1/cases`, migration 0016): the
@@ -457,6 +467,7 @@ tracker_cell_citizens = sa.Table(
     metadata,
     _cell_id(),
     sa.Column("case_ref", sa.String(64), primary_key=True),
+    sa.Index(None, "case_ref"),  # a closed case's erasure finds them so (migration 0019)
 )
 
 # Request → attest for Kaplan–Meier (migration 0020), per request cell (grain national,

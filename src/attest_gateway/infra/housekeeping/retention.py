@@ -1,7 +1,10 @@
 """Retention: everything the gateway stores is deleted (or, for a sealed CPR number, cleared)
 after its retention period, class by class as docs/data-lifecycle.md lists them, in small
-batches (one short transaction each: a bounded select of keys, then a delete of those keys),
-so pruning never blocks ingest.
+batches (one short transaction each, most of them one `DELETE … IN (SELECT … LIMIT n)`), a
+pause (RETENTION_PAUSE_SECONDS) between two, so pruning never blocks ingest. Each batch costs
+its own rows, not the store's size: the finished conversations are walked from an index with
+a cursor carried between batches, and every lookup by conversation or case ref is indexed
+(migration 0019).
 
 - outbox records once published (and a message delivered); collected mailbox entries;
 - seen MessageHeader and Bundle ids and the submissions' first answers (replay detection,
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,11 +128,19 @@ async def prune_all(
             signer,
             before=now - dt.timedelta(days=s.audit_retention_days),
             now=now,
-            batch=s.prune_batch_size,
+            batch=audit_prune_batch(s),
             actor=s.gateway_org_id,
         )
         report.add("audit_log", removed)
     return report
+
+
+def audit_prune_batch(settings: Settings) -> int:
+    """Audit entries removed per transaction. A batch ends at a checkpoint (one is signed
+    where there is none) and appends its `audit.prune` entry, waiting for the chain's head
+    as the API's reads do: five checkpoints' worth of entries (5,000: small rows, removed by
+    seq) sign nothing new and wait a tenth as often as PRUNE_BATCH_SIZE's 500."""
+    return max(settings.prune_batch_size, 5 * settings.audit_checkpoint_entries)
 
 
 async def prune_store(
@@ -139,14 +150,14 @@ async def prune_store(
     closed cases due for erasure."""
     s = settings
     medcom_topic = topics.medcom_messages
-    batch = s.prune_batch_size
+    pace = _Pace(s.prune_batch_size, s.retention_pause_seconds)
     report = PruneReport()
 
     def ago(seconds: float) -> dt.datetime:
         return now - dt.timedelta(seconds=seconds)
 
     async def delete(name: str, table: sa.Table, where: Any, keys: list[Any]) -> None:
-        report.add(name, await _prune_table(engine, table, where, keys, batch))
+        report.add(name, await _prune_table(engine, table, where, keys, pace))
 
     await delete(
         "outbox",
@@ -187,6 +198,7 @@ async def prune_store(
         [idempotency_keys.c.org_id, idempotency_keys.c.key],
     )
     settled = ago(s.sent_copy_retention_days * DAY)
+    st = stages.c
     await delete(
         "sent_messages",
         sent_messages,
@@ -196,10 +208,15 @@ async def prune_store(
                 sent_messages.c.undeliverable_at < settled,
             ),
             # a request's copy stays while its conversation is open: a reminder copies the
-            # Patient and the caseworker from it (tracker/sweep.py)
+            # Patient and the caseworker from it (tracker/sweep.py). Asked per row, through
+            # the stages' key, not as a list of every finished conversation per batch.
             sa.or_(
                 sent_messages.c.message_type != MessageType.ATTEST_REQUEST.value,
-                sent_messages.c.conversation_id.in_(_finished_before(now).scalar_subquery()),
+                sa.exists().where(
+                    st.conversation_id == sent_messages.c.conversation_id,
+                    st.stage.in_(_FINAL),
+                    st.at < now,
+                ),
             ),
         ),
         [sent_messages.c.message_id],
@@ -213,37 +230,62 @@ async def prune_store(
         ),
         [webhook_deliveries.c.id],
     )
+    # The conversations first: the sealed CPR numbers are then cleared only in those finished
+    # since their cutoff (by default none: both periods are 180 days).
+    conversation_cutoff = ago(s.conversation_retention_days * DAY)
+    report.add("conversations", await _prune_conversations(engine, conversation_cutoff, pace))
     report.add(
         "sealed_cpr_cleared",
-        await _clear_sealed_cpr(engine, ago(s.sealed_cpr_retention_days * DAY), batch),
+        await _clear_sealed_cpr(
+            engine, ago(s.sealed_cpr_retention_days * DAY), conversation_cutoff, pace
+        ),
     )
+    await _prune_tracker(engine, report, ago(s.tracker_timeline_retention_days * DAY), pace)
     report.add(
-        "conversations",
-        await _prune_conversations(engine, ago(s.conversation_retention_days * DAY), batch),
-    )
-    await _prune_tracker(engine, report, ago(s.tracker_timeline_retention_days * DAY), batch)
-    report.add(
-        "cases_erased", await erase_closed_cases(engine, topics, now, batch, s.gateway_org_id)
+        "cases_erased",
+        await erase_closed_cases(
+            engine, topics, now, pace.batch, s.gateway_org_id, pause=pace.pause
+        ),
     )
     return report
 
 
-# Closed cases erased per transaction. Each erasure appends an audit entry; when every append
-# waited for the audit chain's head, one transaction per case made a pass over many closed
-# cases queue behind the API's reads, and the API behind the pass (bench/RESULTS.md,
-# "Retention at national volume"); appends no longer take the head, and a case is some tens
-# of rows, so this many cases are about a batch's rows.
+@dataclass(frozen=True)
+class _Pace:
+    """How the pass goes: rows per batch, and the pause between two batches (in which the
+    API's transactions get the database and the CPU)."""
+
+    batch: int
+    pause: float = 0.0
+
+    async def between_batches(self) -> None:
+        await asyncio.sleep(self.pause)
+
+
+# Closed cases erased per transaction: a hundred (PRUNE_BATCH_SIZE 500), each table's rows of
+# all of them in one statement by an index, are about as many rows as a batch of 500
+# conversations. (When each erasure's audit entry waited for the chain's head, one
+# transaction per case queued the pass behind the API's audited reads: bench/RESULTS.md,
+# "Retention at national volume"; appends no longer take the head.)
 def cases_per_transaction(batch: int) -> int:
-    return max(1, batch // 20)
+    return max(1, batch // 5)
 
 
 async def erase_closed_cases(
-    engine: AsyncEngine, topics: Topics, now: dt.datetime, batch: int, actor: str
+    engine: AsyncEngine,
+    topics: Topics,
+    now: dt.datetime,
+    batch: int,
+    actor: str,
+    *,
+    pause: float = 0.0,
 ) -> int:
     """Erase the closed cases whose time has come, `cases_per_transaction(batch)` cases per
-    transaction, their audit entries appended together at its end. Returns how many."""
+    transaction (each statement set-based over all of them), their audit entries appended
+    together at its end. Returns how many."""
     c = case_closures.c
     per = cases_per_transaction(batch)
+    pace = _Pace(batch, pause)
     erased = 0
     while True:
         async with engine.connect() as conn:
@@ -257,161 +299,224 @@ async def erase_closed_cases(
             )
         for start in range(0, len(ids), per):
             async with engine.begin() as conn:
-                events = [
-                    event
-                    for closure_id in ids[start : start + per]
-                    if (event := await _erase_case(conn, closure_id, now, actor)) is not None
-                ]
+                events = await _erase_cases(conn, ids[start : start + per], now, actor)
                 await audit.record_many(conn, topics, events)
             erased += len(events)
-            await asyncio.sleep(0)
+            await pace.between_batches()
         if len(ids) < batch:
             return erased
 
 
-async def _erase_case(
-    conn: AsyncConnection, closure_id: str, now: dt.datetime, actor: str
-) -> AuditEvent | None:
-    """What identifies the citizen in one closed case: its conversations made up to the
-    closure with everything of theirs (sealed CPR number, sent copies, stages, mailbox and
-    outbox rows), the tracker's timelines, episodes and contacts of the case, the job centre's
-    registered sickness case of that kind; and, when
-    nothing else of the citizen remains, the case ref in the cells' citizen lists (replaced by
-    a random one of the same key, so the cells still count the citizen once) and in the
-    outbox. The counts and histograms stay as they are. Returns the erasure's audit event for
-    the caller to append (None: erased meanwhile by another process)."""
+# A case: (case ref, job centre, case kind).
+_Case = tuple[str, str, str]
+
+
+async def _erase_cases(
+    conn: AsyncConnection, closure_ids: Sequence[str], now: dt.datetime, actor: str
+) -> list[AuditEvent]:
+    """What identifies the citizen in each of these closed cases, with one statement per
+    table for all of them: its conversations made up to the closure with everything of
+    theirs (sealed CPR number, sent copies, stages, mailbox and outbox rows), the tracker's
+    timelines, episodes and contacts of the case, the job centre's registered sickness case
+    of that kind; and, for each citizen of whom nothing else remains, the case ref in the
+    cells' citizen lists (replaced by a random one of the same key, so the cells still count
+    the citizen once) and in the outbox. The counts and histograms stay as they are. Returns
+    the erasures' audit events for the caller to append, in the order of `closure_ids`
+    (those erased meanwhile by another process, or locked by one now, are left out).
+
+    Every lookup is by case ref (indexed, migration 0019), the finer conditions (job centre,
+    case kind, made before the closure) applied here to the citizen's few rows."""
     cc = case_closures.c
-    closure = (
-        await conn.execute(
-            sa.select(case_closures).where(cc.id == closure_id, cc.erased_at.is_(None))
-        )
-    ).first()
-    if closure is None:
-        return None  # erased meanwhile by another process
-    ref, org, kind = closure.case_ref, closure.jobcenter_org_id, closure.case_kind
-    closed_at = aware(closure.closed_at)
+    order = {closure_id: i for i, closure_id in enumerate(closure_ids)}
+    closures = sorted(
+        (
+            await conn.execute(
+                sa.select(case_closures)
+                .where(cc.id.in_(list(closure_ids)), cc.erased_at.is_(None))
+                .with_for_update(skip_locked=True)  # another process erases it: leave it
+            )
+        ).all(),
+        key=lambda closure: order[closure.id],
+    )
+    if not closures:
+        return []
+    closed_at: dict[_Case, dt.datetime] = {
+        (c.case_ref, c.jobcenter_org_id, c.case_kind): aware(c.closed_at) for c in closures
+    }
+    refs = sorted({case[0] for case in closed_at})
+
+    def made_before_closure(case: _Case, at: dt.datetime | None) -> bool:
+        return case in closed_at and at is not None and aware(at) <= closed_at[case]
+
     conv = conversations.c
-    conv_ids = list(
-        await conn.scalars(
-            sa.select(conv.id).where(
-                conv.jobcenter_org_id == org,
-                conv.case_ref == ref,
-                conv.case_kind == kind,
-                conv.created_at <= closed_at,
-            )
-        )
-    )
+    of_case: dict[_Case, list[str]] = {case: [] for case in closed_at}
+    for r in await conn.execute(
+        sa.select(
+            conv.id, conv.case_ref, conv.jobcenter_org_id, conv.case_kind, conv.created_at
+        ).where(conv.case_ref.in_(refs))
+    ):
+        case = (r.case_ref, r.jobcenter_org_id, r.case_kind)
+        if made_before_closure(case, r.created_at):
+            of_case[case].append(r.id)
+    conv_ids = [cid for ids in of_case.values() for cid in ids]
+    known = set(conv_ids)
     tc = tracker_conversations.c
-    of_case = sa.and_(tc.case_ref == ref, tc.jobcenter_org == org, tc.case_kind == kind)
-    tracked = list(
-        await conn.scalars(
-            sa.select(tc.conversation_id).where(
-                of_case, sa.or_(tc.conversation_id.in_(conv_ids), tc.submitted_at <= closed_at)
-            )
-        )
+    timelines = await conn.execute(
+        sa.select(
+            tc.conversation_id, tc.case_ref, tc.jobcenter_org, tc.case_kind, tc.submitted_at
+        ).where(tc.case_ref.in_(refs))
     )
-    for table, column in _WITH_CONVERSATION:
-        if conv_ids:
-            await conn.execute(table.delete().where(column.in_(conv_ids)))
+    tracked = [
+        r.conversation_id
+        for r in timelines
+        if (case := (r.case_ref, r.jobcenter_org, r.case_kind)) in closed_at
+        and (r.conversation_id in known or made_before_closure(case, r.submitted_at))
+    ]
     if conv_ids:
+        for table, column in _WITH_CONVERSATION:
+            await conn.execute(table.delete().where(column.in_(conv_ids)))
         await conn.execute(outbox.delete().where(outbox.c.key.in_(conv_ids)))
     if tracked:
         await conn.execute(
             tracker_reminders.delete().where(tracker_reminders.c.conversation_id.in_(tracked))
         )
         await conn.execute(tracker_conversations.delete().where(tc.conversation_id.in_(tracked)))
-    te, tk = tracker_episodes.c, tracker_contacts.c
+    te, tk, ks = tracker_episodes.c, tracker_contacts.c, tracker_cases.c
+    cases = list(closed_at)
     await conn.execute(
         tracker_episodes.delete().where(
-            te.case_ref == ref, te.jobcenter_org == org, te.case_kind == kind
+            te.case_ref.in_(refs), sa.tuple_(te.case_ref, te.jobcenter_org, te.case_kind).in_(cases)
         )
     )
-    await conn.execute(
-        tracker_contacts.delete().where(
-            tk.case_ref == ref,
-            tk.jobcenter_org == org,
-            tk.case_kind == kind,
-            tk.created_at <= closed_at,
+    contacts = [
+        r.contact_id
+        for r in await conn.execute(
+            sa.select(
+                tk.contact_id, tk.case_ref, tk.jobcenter_org, tk.case_kind, tk.created_at
+            ).where(tk.case_ref.in_(refs))
         )
-    )
-    ks = tracker_cases.c
+        if made_before_closure((r.case_ref, r.jobcenter_org, r.case_kind), r.created_at)
+    ]
+    if contacts:
+        await conn.execute(tracker_contacts.delete().where(tk.contact_id.in_(contacts)))
     await conn.execute(
         tracker_cases.delete().where(
-            ks.case_ref == ref, ks.jobcenter_org == org, ks.case_kind == kind
+            ks.case_ref.in_(refs), sa.tuple_(ks.case_ref, ks.jobcenter_org, ks.case_kind).in_(cases)
         )
     )
-    remaining = sa.union_all(
-        sa.select(sa.literal(1)).where(conv.case_ref == ref),
-        sa.select(sa.literal(1)).where(tc.case_ref == ref),
-        sa.select(sa.literal(1)).where(te.case_ref == ref),
-        sa.select(sa.literal(1)).where(tk.case_ref == ref),
-        sa.select(sa.literal(1)).where(ks.case_ref == ref),
-        sa.select(sa.literal(1)).where(tracker_treatments.c.case_ref == ref),
-    )
-    if not (await conn.execute(sa.select(sa.exists(remaining)))).scalar_one():
+    tt = tracker_treatments.c
+    remaining = sa.union(
+        *(
+            sa.select(column).where(column.in_(refs))
+            for column in (conv.case_ref, tc.case_ref, te.case_ref, tk.case_ref, ks.case_ref,
+                           tt.case_ref)
+        )
+    )  # fmt: skip
+    left = set(await conn.scalars(remaining))
+    gone = [ref for ref in refs if ref not in left]
+    if gone:
         # Shaped like a case ref of the same key, linked to no CPR number (a re-key maps it
         # with --force, as any ref without a sealed CPR number).
-        erased_ref = f"{key_id_of(ref) or 'erased'}.{uuid.uuid4().hex}"
+        erased_ref = {ref: f"{key_id_of(ref) or 'erased'}.{uuid.uuid4().hex}" for ref in gone}
+        tcc = tracker_cell_citizens.c
         await conn.execute(
             tracker_cell_citizens.update()
-            .where(tracker_cell_citizens.c.case_ref == ref)
-            .values(case_ref=erased_ref)
+            .where(tcc.case_ref.in_(gone))
+            .values(case_ref=sa.case(erased_ref, value=tcc.case_ref))
         )
-        await conn.execute(outbox.delete().where(outbox.c.key == ref))
+        await conn.execute(outbox.delete().where(outbox.c.key.in_(gone)))
     await conn.execute(
-        case_closures.update().where(cc.id == closure_id).values(case_ref=None, erased_at=now)
+        case_closures.update()
+        .where(cc.id.in_([c.id for c in closures]))
+        .values(case_ref=None, erased_at=now)
     )
-    return AuditEvent(
-        actor=actor,
-        action=CASE_ERASE,
-        source=SOURCE_GATEWAY,
-        at=now,
-        subject_org=org,
-        detail={"closure_id": closure_id, "conversations": str(len(conv_ids))},
-    )
-
-
-def _finished_before(cutoff: dt.datetime) -> sa.Select[Any]:
-    """The ids of the conversations that reached a final stage before `cutoff`."""
-    return (
-        sa.select(stages.c.conversation_id)
-        .where(stages.c.stage.in_([s.value for s in FINAL_STAGES]), stages.c.at < cutoff)
-        .distinct()
-    )
-
-
-async def _clear_sealed_cpr(engine: AsyncEngine, cutoff: dt.datetime, batch: int) -> int:
-    """NULL the sealed CPR numbers of conversations finished before `cutoff` and of contacts
-    registered before it."""
-    jobs: list[tuple[sa.Table, sa.Column[Any], Any]] = [
-        (
-            conversations,
-            conversations.c.id,
-            conversations.c.id.in_(_finished_before(cutoff).scalar_subquery()),
-        ),
-        (tracker_contacts, tracker_contacts.c.contact_id, tracker_contacts.c.created_at < cutoff),
+    return [
+        AuditEvent(
+            actor=actor,
+            action=CASE_ERASE,
+            source=SOURCE_GATEWAY,
+            at=now,
+            subject_org=c.jobcenter_org_id,
+            detail={
+                "closure_id": c.id,
+                "conversations": str(len(of_case[(c.case_ref, c.jobcenter_org_id, c.case_kind)])),
+            },
+        )
+        for c in closures
     ]
-    total = 0
-    for table, key, where in jobs:
+
+
+_FINAL = [s.value for s in FINAL_STAGES]
+
+
+async def _finished(
+    engine: AsyncEngine, before: dt.datetime, pace: _Pace, *, since: dt.datetime | None = None
+) -> AsyncIterator[list[str]]:
+    """The ids of the conversations that reached a final stage before `before` (and not
+    before `since`), a batch at a time, for the caller to act on between two batches.
+
+    A walk of the stages' index (final stage, time, conversation id), one final stage after
+    the other: each batch starts right after the last row of the one before (a cursor on
+    time and id, so rows of equal time are neither skipped nor repeated), so that a batch
+    reads its own rows only, whatever the pass has removed before it. A conversation with
+    two final stages comes twice; what the callers do to it is idempotent."""
+    st = stages.c
+    for stage in _FINAL:
+        after: tuple[dt.datetime, str] | None = None
         while True:
-            async with engine.begin() as conn:
-                ids = list(
-                    await conn.scalars(
-                        sa.select(key)
-                        .where(where, table.c.citizen_sealed.is_not(None))
-                        .order_by(key)
-                        .limit(batch)
-                    )
-                )
-                if ids:
-                    await conn.execute(
-                        table.update().where(key.in_(ids)).values(citizen_sealed=None)
-                    )
-            total += len(ids)
-            if len(ids) < batch:
+            query = sa.select(st.at, st.conversation_id).where(st.stage == stage, st.at < before)
+            if since is not None:
+                query = query.where(st.at >= since)
+            if after is not None:
+                query = query.where(sa.tuple_(st.at, st.conversation_id) > sa.tuple_(*after))
+            async with engine.connect() as conn:
+                rows = (
+                    await conn.execute(query.order_by(st.at, st.conversation_id).limit(pace.batch))
+                ).all()
+            if rows:
+                yield [r.conversation_id for r in rows]
+            if len(rows) < pace.batch:
                 break
-            await asyncio.sleep(0)
-    return total
+            after = (rows[-1].at, rows[-1].conversation_id)
+
+
+async def _clear_sealed_cpr(
+    engine: AsyncEngine, cutoff: dt.datetime, since: dt.datetime, pace: _Pace
+) -> int:
+    """NULL the sealed CPR numbers of conversations finished before `cutoff` (those finished
+    before `since` are gone already) and of contacts registered before it."""
+    conv = conversations.c
+    total = 0
+    async for ids in _finished(engine, cutoff, pace, since=since):
+        async with engine.begin() as conn:
+            done = await conn.execute(
+                conversations.update()
+                .where(conv.id.in_(ids), conv.citizen_sealed.is_not(None))
+                .values(citizen_sealed=None)
+            )
+        total += max(0, done.rowcount)
+        await pace.between_batches()
+    tk = tracker_contacts.c
+    after: str | None = None
+    while True:
+        async with engine.begin() as conn:
+            query = sa.select(tk.contact_id).where(
+                tk.created_at < cutoff, tk.citizen_sealed.is_not(None)
+            )
+            if after is not None:
+                query = query.where(tk.contact_id > after)
+            ids = list(await conn.scalars(query.order_by(tk.contact_id).limit(pace.batch)))
+            if ids:
+                await conn.execute(
+                    tracker_contacts.update()
+                    .where(tk.contact_id.in_(ids))
+                    .values(citizen_sealed=None)
+                )
+        total += len(ids)
+        if len(ids) < pace.batch:
+            return total
+        after = ids[-1]
+        await pace.between_batches()
 
 
 # What goes with a conversation, children first.
@@ -426,31 +531,21 @@ _WITH_CONVERSATION: tuple[tuple[sa.Table, sa.Column[Any]], ...] = (
 )
 
 
-async def _prune_conversations(engine: AsyncEngine, cutoff: dt.datetime, batch: int) -> int:
+async def _prune_conversations(engine: AsyncEngine, cutoff: dt.datetime, pace: _Pace) -> int:
     """Delete the conversations finished before `cutoff`, with what belongs to them, a batch
     of conversations per transaction."""
     total = 0
-    while True:
+    async for ids in _finished(engine, cutoff, pace):
         async with engine.begin() as conn:
-            ids = list(
-                await conn.scalars(
-                    sa.select(conversations.c.id)
-                    .where(conversations.c.id.in_(_finished_before(cutoff).scalar_subquery()))
-                    .order_by(conversations.c.id)
-                    .limit(batch)
-                )
-            )
             for table, column in _WITH_CONVERSATION:
-                if ids:
-                    await conn.execute(table.delete().where(column.in_(ids)))
-        total += len(ids)
-        if len(ids) < batch:
-            return total
-        await asyncio.sleep(0)
+                done = await conn.execute(table.delete().where(column.in_(ids)))
+        total += max(0, done.rowcount)  # the conversations' own rows (the last table)
+        await pace.between_batches()
+    return total
 
 
 async def _prune_tracker(
-    engine: AsyncEngine, report: PruneReport, cutoff: dt.datetime, batch: int
+    engine: AsyncEngine, report: PruneReport, cutoff: dt.datetime, pace: _Pace
 ) -> None:
     """The tracker's rows about single conversations, episodes and contacts, once decided and
     past the retention period, and registered sickness cases and treatments once closed or
@@ -466,7 +561,7 @@ async def _prune_tracker(
                     sa.select(tc.c.conversation_id)
                     .where(decided)
                     .order_by(tc.c.conversation_id)
-                    .limit(batch)
+                    .limit(pace.batch)
                 )
             )
             if ids:
@@ -475,9 +570,9 @@ async def _prune_tracker(
                 )
                 await conn.execute(tc.delete().where(tc.c.conversation_id.in_(ids)))
         total += len(ids)
-        if len(ids) < batch:
+        if len(ids) < pace.batch:
             break
-        await asyncio.sleep(0)
+        await pace.between_batches()
     report.add("tracker_conversations", total)
     te = tracker_episodes
     report.add(
@@ -487,7 +582,7 @@ async def _prune_tracker(
             te,
             sa.and_(te.c.outcome.is_not(None), te.c.window_end < day),
             [te.c.case_ref, te.c.jobcenter_org, te.c.first_day_of_absence],
-            batch,
+            pace,
         ),
     )
     report.add(
@@ -497,7 +592,7 @@ async def _prune_tracker(
             tracker_contacts,
             tracker_contacts.c.created_at < cutoff,
             [tracker_contacts.c.contact_id],
-            batch,
+            pace,
         ),
     )
     report.add(
@@ -507,7 +602,7 @@ async def _prune_tracker(
             tracker_cases,
             tracker_cases.c.closed_on < day,
             [tracker_cases.c.case_id],
-            batch,
+            pace,
         ),
     )
     report.add(
@@ -517,7 +612,7 @@ async def _prune_tracker(
             tracker_treatments,
             tracker_treatments.c.end_date < day,
             [tracker_treatments.c.treatment_id],
-            batch,
+            pace,
         ),
     )
     closed_cells = sa.select(tracker_cells.c.id).where(
@@ -530,7 +625,7 @@ async def _prune_tracker(
             tracker_cell_citizens,
             tracker_cell_citizens.c.cell_id.in_(closed_cells.scalar_subquery()),
             [tracker_cell_citizens.c.cell_id, tracker_cell_citizens.c.case_ref],
-            batch,
+            pace,
         ),
     )
 
@@ -540,26 +635,19 @@ async def _prune_table(
     table: sa.Table,
     condition: Any,
     key_columns: Sequence[sa.Column[Any]],
-    batch: int,
+    pace: _Pace,
 ) -> int:
-    """Delete in batches of `batch`, one short transaction per batch."""
+    """Delete in batches of `pace.batch`, each one statement on its own (the keys of a batch
+    selected inside the delete, no transaction held open between two round trips)."""
+    keys: Any = key_columns[0] if len(key_columns) == 1 else sa.tuple_(*key_columns)
+    # its own FROM: not correlated to the DELETE's table (which would make it per row)
+    batch = sa.select(*key_columns).where(condition).limit(pace.batch).correlate(None)
     total = 0
-    key: Callable[[Any], Any] = (lambda k: k[0]) if len(key_columns) == 1 else (lambda k: tuple(k))
-    while True:
-        async with engine.begin() as conn:
-            keys = [
-                key(k)
-                for k in (
-                    await conn.execute(sa.select(*key_columns).where(condition).limit(batch))
-                ).all()
-            ]
-            if not keys:
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        while True:
+            done = max(0, (await conn.execute(table.delete().where(keys.in_(batch)))).rowcount)
+            total += done
+            if done < pace.batch:
                 return total
-            if len(key_columns) == 1:
-                await conn.execute(table.delete().where(key_columns[0].in_(keys)))
-            else:
-                await conn.execute(table.delete().where(sa.tuple_(*key_columns).in_(keys)))
-        total += len(keys)
-        if len(keys) < batch:
-            return total
-        await asyncio.sleep(0)  # let ingest in between batches
+            await pace.between_batches()  # let ingest in between batches
