@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# make test runs the tests in this many processes (pytest-xdist); 0 = in make's own one
+TEST_WORKERS ?= 2
 
 .PHONY: run test install lint typecheck unit clean docs browser softhsm demo bench vectors
 
@@ -37,7 +39,7 @@ test: $(STAMP) browser softhsm
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 ## Regenerate the published contracts (docs/openapi.json, docs/asyncapi.json,
 ## docs/messages.md) and the README's configuration table from the code; tests check they match.

@@ -6,6 +6,7 @@ names an external broker (tests/support/kafka.py; README, "The two commands").
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,14 @@ from tests.support.softhsm import SoftHsm, session_softhsm
 # then reports a flaky failure. pytest-timeout still bounds every test.
 settings.register_profile("shared-machine", deadline=None)
 settings.load_profile("shared-machine")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test` runs two processes of tests (pytest-xdist), each with its gateways, and some
+    tests start four gateway processes of their own: at the default of 20 connections a process
+    they would exceed PostgreSQL's default `max_connections` (100) together. Ten a process is
+    plenty for a test's load; the tests of the pool itself set their own sizes."""
+    os.environ.setdefault("DB_POOL_SIZE", "10")
 
 
 @pytest.fixture(scope="session")

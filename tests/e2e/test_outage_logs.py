@@ -38,6 +38,26 @@ MOST_LINES_DURING_OUTAGE = 4
 TRAFFIC = frozenset({"http.request", "jobcenter.request_accepted"})
 
 
+async def settled(api: Proc, quiet: float = 1.5, within: float = 60) -> int:
+    """The number of log lines once the work before the outage is logged: the stage events of
+    the delivered request handled from `gateway.tracking`, then no new line for `quiet` seconds
+    (on a loaded machine the consumers may still be joining or finishing that batch when the
+    request is in the mailbox)."""
+    deadline = time.monotonic() + within
+    count, since = -1, time.monotonic()
+    while True:
+        now = lines(api.log())
+        handled = any(
+            e.get("topic") == "gateway.tracking" and e.get("outcome") == "handled" for e in now
+        )
+        if len(now) != count:
+            count, since = len(now), time.monotonic()
+        elif handled and time.monotonic() - since >= quiet:
+            return count
+        assert time.monotonic() < deadline, api.log()[-5000:]
+        await asyncio.sleep(0.25)
+
+
 def lines(text: str) -> list[dict[str, Any]]:
     """The JSON log lines of a log file (the Proc's own markers and anything else as text)."""
     out: list[dict[str, Any]] = []
@@ -101,7 +121,7 @@ async def test_a_broker_outage_reads_well_in_the_log(tmp_path: Path) -> None:
                         await asyncio.sleep(0.5)
 
             await wait_delivered([await post()])
-            before = len(lines(api.log()))
+            before = await settled(api)
 
             broker.terminate()  # Kafka is gone (and the embedded broker forgets everything)
             pending = [await post() for _ in range(DURING_OUTAGE)]

@@ -60,7 +60,8 @@ async def test_a_fixed_pool_opens_its_size_and_no_more(kind: str, tmp_path: Path
     assert overflowing > 4 + 8
 
 
-def test_the_settings_size_the_pool(tmp_path: Path) -> None:
+def test_the_settings_size_the_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DB_POOL_SIZE", raising=False)  # tests/conftest.py sets one for the suite
     settings = load_settings(var_dir=tmp_path, db_pool_size=7, db_max_overflow=2)
     engine = settings_engine(settings)
     pool: Any = engine.pool
