@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -110,6 +110,31 @@ def _own(by: str, f: Filters) -> str:
     return "municipality" if f.municipality else "region" if f.region else "national"
 
 
+def row_key(
+    coord: disclosure.Coord,
+    f: Filters,
+    by: str,
+    region_of: Mapping[str, str],
+    *,
+    series: bool,
+) -> tuple[str | None, str] | None:
+    """The answer's row a cube cell belongs to, (its period's start with `series`, its group),
+    or None when the cell is not one of the rows asked: another kind of period, grain, range
+    or place, or (for a breakdown) the cell of all values."""
+    kind, start, grain, where, value = coord
+    if kind != f.period or grain != _own(by, f) or not in_range(f, start):
+        return None
+    breakdown = by not in GEOGRAPHY
+    if breakdown == (value == disclosure.ALL):
+        return None
+    if grain == "municipality" and not in_place(f, where, region_of.get(where)):
+        return None
+    if grain == "region" and f.region is not None and where != f.region:
+        return None
+    group = value if breakdown else disclosure.place_of(coord)
+    return (start if series else None, group)
+
+
 def publish(
     items: Iterable[Item], f: Filters, by: str, rules: r.TrackerRules, *, series: bool
 ) -> list[Row]:
@@ -134,22 +159,12 @@ def publish(
         region_of_municipalities(),
         rules.min_cell_citizens,
     )
-    own = _own(by, f)
     region_of = region_of_municipalities()
-    breakdown = by not in GEOGRAPHY
     rows: dict[tuple[str | None, str], tuple[list[Any], set[str], bool]] = {}
     for coord, recs in records.items():
-        kind, start, grain, where, value = coord
-        if kind != f.period or grain != own or not in_range(f, start):
+        key = row_key(coord, f, by, region_of, series=series)
+        if key is None:
             continue
-        if breakdown == (value == disclosure.ALL):
-            continue
-        if grain == "municipality" and not in_place(f, where, region_of.get(where)):
-            continue
-        if grain == "region" and f.region is not None and where != f.region:
-            continue
-        group = value if breakdown else disclosure.place_of(coord)
-        key = (start if series else None, group)
         old = rows.get(key, ([], set(), True))
         rows[key] = (old[0] + recs, old[1] | citizens[coord], old[2] and coord not in hidden)
     return [

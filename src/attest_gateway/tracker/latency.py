@@ -47,12 +47,11 @@ from attest_gateway.tracker.coverage import (
     _own,
     _request_conds,
     publish,
+    row_key,
 )
 from attest_gateway.tracker.report import (
     Filters,
     cube_range,
-    in_place,
-    in_range,
     label,
     region_of_municipalities,
 )
@@ -245,21 +244,11 @@ async def latency(
     weights, cube = await _cube(conn, f, by)
     region_of = region_of_municipalities()
     hidden = disclosure.decide_cube(weights, region_of, rules.min_cell_citizens)
-    own = _own(by, f)
-    breakdown = by not in GEOGRAPHY
     rows: dict[tuple[str | None, str], tuple[_Group, bool]] = {}
     for coord, group in cube.items():
-        kind, start, grain, where, value = coord
-        if kind != f.period or grain != own or not in_range(f, start):
+        key = row_key(coord, f, by, region_of, series=series)
+        if key is None:
             continue
-        if breakdown == (value == disclosure.ALL):
-            continue
-        if grain == "municipality" and not in_place(f, where, region_of.get(where)):
-            continue
-        if grain == "region" and f.region is not None and where != f.region:
-            continue
-        name = value if breakdown else disclosure.place_of(coord)
-        key = (start if series else None, name)
         merged, shown = rows.get(key, (_Group(), True))
         merged.add(group)
         rows[key] = (merged, shown and coord not in hidden)
