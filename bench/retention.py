@@ -16,7 +16,8 @@ What it does:
 2. A steady open-loop load of 50 requests/s against the API, for the whole run: the job
    centre's submits (1 in 10), status reads (3), inbox reads (2) and request lists (2), and
    the psychiatry unit's mailbox reads (2). Latency is taken from each request's *scheduled*
-   time (no coordinated omission), by phase.
+   time (no coordinated omission), by phase; the spread is the p99 of each 30 s slice of
+   the windows without the pass (before and after it) against the slices with it.
 3. Per cycle (two by default, so that "with" and "without" alternate: without, with, without,
    with):
    - **Load** (not timed as a figure): a year of traffic, dated seven years back so that every
@@ -37,6 +38,7 @@ What it does:
      phase lasts as long as the pass. Meanwhile a sampler reads ``pg_locks`` and
      ``pg_stat_activity`` every 50 ms: the longest wait for a lock of any backend of the
      database (``now() - waitstart``) and the pass's longest open transaction.
+   - **Without, after**: the load alone for ``--window`` seconds again.
    - Checks that nothing of the loaded year remains but what retention keeps (the closed
      cases' ids, aggregates).
 
@@ -472,6 +474,7 @@ class Sample:
     kind: str
     ms: float
     status: int
+    at: float  # scheduled (perf_counter)
 
 
 @dataclass
@@ -538,7 +541,27 @@ class Load:
             status = answer.status
         except (OSError, asyncio.IncompleteReadError):
             status = -1
-        self.samples.append(Sample(phase, kind, (time.perf_counter() - at) * 1000, status))
+        self.samples.append(Sample(phase, kind, (time.perf_counter() - at) * 1000, status, at))
+
+
+SLICE_S = 30.0  # the spread: p99 per slice of this many seconds of a phase
+
+
+def slices(mine: list[Sample]) -> list[float]:
+    """p99 of each whole `SLICE_S` of the phase, by scheduled time (a last part slice of
+    less than half a slice is left out)."""
+    if not mine:
+        return []
+    t0 = min(s.at for s in mine)
+    by: dict[int, list[float]] = {}
+    for s in mine:
+        by.setdefault(int((s.at - t0) // SLICE_S), []).append(s.ms)
+    span = max(s.at for s in mine) - t0
+    return [
+        round(percentile(by[n], 99), 1)
+        for n in sorted(by)
+        if n * SLICE_S + SLICE_S / 2 <= span or n == 0
+    ]
 
 
 def latency(samples: list[Sample], phase: str) -> dict[str, Any]:
@@ -552,6 +575,7 @@ def latency(samples: list[Sample], phase: str) -> dict[str, Any]:
         "p50_ms": round(percentile(ms, 50), 1),
         "p99_ms": round(percentile(ms, 99), 1),
         "max_ms": round(max(ms), 1),
+        "p99_ms_by_slice": slices(mine),
         "statuses": statuses,
         "p99_ms_by_kind": {
             k: round(percentile([s.ms for s in mine if s.kind == k] or [float("nan")], 99), 1)
@@ -766,6 +790,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     console.print(f"  pass: {pruned}")
                     console.print(f"  locks: {locks.as_dict()}")
                     console.print(f"  with: {latency(load.samples, with_)}")
+                    after = f"after-{cycle}"
+                    await window(load, after, args.window)
+                    console.print(f"  without, after: {latency(load.samples, after)}")
                     left = await left_over(engine, tag)
                     console.print(f"  left of the year: {left}")
                     results["cycles"].append(
@@ -773,6 +800,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             "loaded": loaded,
                             "without": latency(load.samples, without),
                             "with": latency(load.samples, with_),
+                            "without_after": latency(load.samples, after),
                             "pass": pruned,
                             "locks": locks.as_dict(),
                             "left": left,
@@ -820,6 +848,21 @@ def summary(cycles: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_with_ms": of(lambda c: c["with"]["p99_ms"]),
         "p50_without_ms": of(lambda c: c["without"]["p50_ms"]),
         "p50_with_ms": of(lambda c: c["with"]["p50_ms"]),
+        # the spread: p99 per slice of the windows without the pass (before and after it)
+        # against the slices with it
+        "p99_slices_without_ms": spread(
+            [
+                v
+                for c in cycles
+                for phase in ("without", "without_after")
+                for v in c[phase]["p99_ms_by_slice"]
+            ]
+        )
+        if cycles
+        else "",
+        "p99_slices_with_ms": spread([v for c in cycles for v in c["with"]["p99_ms_by_slice"]])
+        if cycles
+        else "",
     }
 
 
