@@ -1,6 +1,8 @@
 """One abusive client against another organisation's latency: ``python -m bench.abuse``.
 
-A `serve` process (SQLite, embedded broker, demo organisations) on a free port. Organisation
+A `serve` process (SQLite, or with ``--database postgres`` a scratch PostgreSQL database of
+its own on ``BENCH_POSTGRES_DSN``'s server, dropped after; embedded broker, demo organisations)
+on a free port. Organisation
 B (`gp-noerrebro`) reads its mailbox at a steady rate (open loop, ``--rate`` a second) for
 ``--window`` seconds, once with nobody else calling (quiet) and once while organisation A
 (`psyk-kbh`) floods ``GET /medcom/v1/mailbox?limit=500`` from ``--flood`` concurrent
@@ -18,6 +20,7 @@ also records the machine's 1-minute load average at its end.
 
     python -m bench.abuse --runs 3 --window 15 --out /tmp/abuse.json
     python -m bench.abuse --before ../wt-main/src --configurations defaults --runs 5
+    python -m bench.abuse --database postgres --configurations defaults --runs 5
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 
 from attest_gateway.devtools.demo import DEMO_ORGS
@@ -152,11 +157,36 @@ async def window(
 
 
 @contextlib.asynccontextmanager
+async def scratch_database(kind: str) -> AsyncIterator[str | None]:
+    """None for SQLite (the gateway's default under its VAR_DIR); else the URL of a fresh
+    PostgreSQL database, dropped after."""
+    if kind == "sqlite":
+        yield None
+        return
+    dsn = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"attest_bench_abuse_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        base = dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@contextlib.asynccontextmanager
 async def gateway(
-    tmp: Path, extra_env: dict[str, str], src: str | None
+    tmp: Path, extra_env: dict[str, str], src: str | None, database: str = "sqlite"
 ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """A filled `serve` process under `tmp` (on the code in `src`, else this checkout's):
-    its base URL and the demo credentials."""
+    """A filled `serve` process under `tmp` (on the code in `src`, else this checkout's; on
+    `database`): its base URL and the demo credentials."""
     port = free_port()
     env = os.environ | {"VAR_DIR": str(tmp / "var"), "LOG_LEVEL": "WARNING"} | extra_env
     env.pop("DATABASE_URL", None)
@@ -164,18 +194,21 @@ async def gateway(
     if src is not None:
         env["PYTHONPATH"] = src  # absolute: see parse
     exe = Path(sys.executable).parent / "attest-gateway"
-    with (tmp / "gateway.log").open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            str(exe), "serve", "--port", str(port), env=env, stdout=log, stderr=log
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            await wait_http(f"{base}/readyz", proc)
-            creds = json.loads((tmp / "var" / "demo-credentials.json").read_text())
-            await fill_mailbox(base, creds)
-            yield base, creds
-        finally:
-            await stop_process(proc)
+    async with scratch_database(database) as url:
+        if url is not None:
+            env["DATABASE_URL"] = url
+        with (tmp / "gateway.log").open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                str(exe), "serve", "--port", str(port), env=env, stdout=log, stderr=log
+            )
+            try:
+                base = f"http://127.0.0.1:{port}"
+                await wait_http(f"{base}/readyz", proc)
+                creds = json.loads((tmp / "var" / "demo-credentials.json").read_text())
+                await fill_mailbox(base, creds)
+                yield base, creds
+            finally:
+                await stop_process(proc)
 
 
 async def configuration(name: str, extra_env: dict[str, str], args: argparse.Namespace) -> Any:
@@ -188,7 +221,7 @@ async def configuration(name: str, extra_env: dict[str, str], args: argparse.Nam
                 (tmp / code).mkdir()
                 src = args.before if code == "before" else None
                 gateways[code] = await stack.enter_async_context(
-                    gateway(tmp / code, extra_env, src)
+                    gateway(tmp / code, extra_env, src, args.database)
                 )
             windows = []
             for run in range(args.runs):
@@ -259,6 +292,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(CONFIGURATIONS),
         default=["defaults", "strict", "none"],
         help="the gateway's limits: its defaults, strict (5 reads a second, 2 at once), none",
+    )
+    p.add_argument(
+        "--database", choices=["sqlite", "postgres"], default="sqlite", help="the gateway's store"
     )
     p.add_argument("--flood-url", default="", help=argparse.SUPPRESS)
     p.add_argument("--flood-key", default="", help=argparse.SUPPRESS)
