@@ -19,6 +19,7 @@ simulator, the benchmarks and the tests. Nothing connects at import time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import os
@@ -432,19 +433,27 @@ def webhook_config(settings: Settings) -> WebhookConfig:
 @dataclass(frozen=True, eq=False)
 class Webhooks:
     """The webhooks' parts in a running gateway: the dispatcher (a `gateway.tracking`
-    consumer of its own group) and the sender with its HTTP client."""
+    consumer of its own group, and a listener of the store's committed stage events) and the
+    sender with its HTTP client."""
 
     dispatcher: ConsumerLoop
     sender: WebhookSender
     poster: HttpxPoster
+    early: WebhookDispatcher
+    store: SqlStore
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.store.stage_listeners.remove(self.early.offer)
+        await self.early.close()
         await self.sender.stop()
         await self.poster.close()
 
 
 def make_webhooks(gw: Gateway, bootstrap: str) -> Webhooks:
-    """The dispatcher (not started) and the sender (not started)."""
+    """The dispatcher (not started) and the sender (not started); the stage events this
+    process commits are offered to the dispatcher at once (`WebhookDispatcher.offer`,
+    docs/decisions/0013)."""
     settings = gw.settings
     config = webhook_config(settings)
     store = SqlWebhookStore(gw.engine)
@@ -457,18 +466,20 @@ def make_webhooks(gw: Gateway, bootstrap: str) -> Webhooks:
         allow_private_addresses=not config.production,
     )
     sender = WebhookSender(store, poster, gw.clock, config, transient=STORE_ERRORS)
+    handler = WebhookDispatcher(
+        store, gw.clock, config.retry.period, transient=STORE_ERRORS, sender=sender
+    )
     dispatcher = ConsumerLoop(
         settings=settings,
         bootstrap=bootstrap,
         topic=gw.topics.tracking,
         group=f"{settings.kafka_group_prefix}.webhooks",
-        handler=WebhookDispatcher(
-            store, gw.clock, config.retry.period, transient=STORE_ERRORS, sender=sender
-        ),
+        handler=handler,
         producer=gw.producer,
         dead_letter_topic=gw.topics.dead_letter,
     )
-    return Webhooks(dispatcher, sender, poster)
+    gw.store.stage_listeners.append(handler.offer)
+    return Webhooks(dispatcher, sender, poster, handler, gw.store)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,4 +1,5 @@
-"""The store gauges (outbox depth and age, mailbox depth, overdue attests) against a fresh
+"""The store gauges (outbox depth and age, mailbox depth, overdue attests, audit entries not yet
+chained) against a fresh
 database of each kind, with rows made for the purpose; and the metrics token."""
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from attest_gateway.infra.db import tables
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.gauges import StoreGauges
 from attest_gateway.infra.db.migrate import upgrade_async
-from attest_gateway.observability.metrics import MAILBOX_DEPTH, OUTBOX_DEPTH, OUTBOX_OLDEST, OVERDUE
+from attest_gateway.observability.metrics import (
+    AUDIT_PENDING,
+    AUDIT_PENDING_OLDEST,
+    MAILBOX_DEPTH,
+    OUTBOX_DEPTH,
+    OUTBOX_OLDEST,
+    OVERDUE,
+)
 from tests.support.harness import fresh_database
 
 NOW = dt.datetime.now(dt.UTC)
@@ -66,6 +74,10 @@ async def test_store_gauges(kind: str, tmp_path: Path) -> None:
                         message_id=f"mb{i}", receiver_org_id="psy-test", sender_org_id="jc-test",
                         conversation_id="c0", message_type="attest-request", envelope=b"{}",
                         delivered_at=NOW, collected_at=collected))  # fmt: skip
+                for i, seq in enumerate([None, None, 1]):
+                    await conn.execute(tables.audit_pending.insert().values(
+                        at=NOW - dt.timedelta(seconds=90 - 30 * i), actor="psy-test",
+                        action="mailbox.fetch", source="127.0.0.1", seq=seq))  # fmt: skip
             await StoreGauges().refresh(engine, ManualClock(NOW), force=True)
         finally:
             await engine.dispose()
@@ -73,6 +85,8 @@ async def test_store_gauges(kind: str, tmp_path: Path) -> None:
     assert _gauge(OUTBOX_DEPTH, topic="t.medcom.messages") == 2
     assert 55 <= _gauge(OUTBOX_OLDEST) < 3600
     assert _gauge(MAILBOX_DEPTH, receiver="psy-test", message_type="attest-request") == 2
+    assert _gauge(AUDIT_PENDING) == 2  # the chained one is not pending
+    assert _gauge(AUDIT_PENDING_OLDEST) == 90
 
 
 async def test_metrics_token_guards_the_endpoint() -> None:

@@ -18,6 +18,7 @@ import datetime as dt
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,10 +26,13 @@ import pytest
 import pytest_asyncio
 
 from attest_gateway.client import WebhookInvalid, verify_webhook
+from attest_gateway.contracts.contacts import parse_tracking_event
+from attest_gateway.contracts.stages import Stage, StageEvent
 from attest_gateway.contracts.webhooks import DeliveryStatus
 from attest_gateway.devtools.devca import DevCA, ensure_ca, issue_client_certificate
 from attest_gateway.infra.db.webhooks import SqlWebhookStore
 from attest_gateway.infra.housekeeping.retention import prune
+from attest_gateway.infra.kafka.consumer import ConsumerLoop
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.model import Bundle
 from tests.integration.conftest import DB_KINDS, Harness, running_gateway
@@ -207,6 +211,81 @@ async def test_a_conversation_driven_only_by_webhooks(gateway: Harness, receiver
     assert len(ids) == len(set(ids))
     log = await h.get_json("/webhooks/v1/deliveries", JC, params={"status": "delivered"})
     assert arrived.headers["webhook-id"] in [d["id"] for d in log["deliveries"]]
+
+
+@pytest.mark.parametrize("kind", DB_KINDS)
+async def test_a_delivery_is_made_as_its_stage_commits_and_the_topic_adds_nothing(
+    kind: str, broker: TestKafka, ca: DevCA, tmp_path: Path
+) -> None:
+    """The process that commits a stage makes its deliveries at once (the store's stage
+    listener, `WebhookDispatcher.offer`), without waiting for `gateway.tracking`: here the
+    topic's consumer is stopped first, and the clinic still hears of its request. When the
+    topic then brings the event (a consumer of the same group, started after), nothing is
+    made or posted twice."""
+    client = issue_client_certificate(ca, "gateway")
+    async with (
+        running_gateway(
+            kind, tmp_path, broker.bootstrap, webhook_ca_file=ca.cert,
+            webhook_client_cert=client.cert, webhook_client_key=client.key,
+        ) as h,
+        receiving(ca) as receiver,
+    ):  # fmt: skip
+        webhooks = h.running.webhooks
+        assert webhooks is not None
+        await webhooks.dispatcher.stop()  # the topic's path: not running
+        await register(h, PSY, receiver, "/early")
+        response = await h.client.post(
+            "/jobcenter/v1/attest-requests",
+            json=attest_request_body(jobcenter_gln=h.gln(JC)),
+            headers=h.auth(JC),
+        )
+        assert response.status_code == 202, response.text
+        conversation_id = response.json()["conversation_id"]
+        waiting = await next_of(receiver, "/early", "message.waiting", conversation_id)
+
+        # The topic's path, started now, reads the same event: it adds nothing.
+        seen: list[StageEvent] = []
+
+        async def handler(record: Any) -> None:
+            event = parse_tracking_event(record.value)
+            await webhooks.early(record)
+            if isinstance(event, StageEvent):
+                seen.append(event)
+
+        late = ConsumerLoop(
+            settings=h.settings,
+            bootstrap=h.bootstrap,
+            topic=h.gw.topics.tracking,
+            group=f"{h.settings.kafka_group_prefix}.webhooks",
+            handler=handler,
+            producer=h.gw.producer,
+            dead_letter_topic=h.gw.topics.dead_letter,
+        )
+        await late.start()
+        try:
+            await wait_for(
+                lambda: _true(
+                    any(
+                        e.conversation_id == conversation_id and e.stage is Stage.IN_MAILBOX
+                        for e in seen
+                    )
+                )
+            )
+            await webhooks.sender.settle()
+        finally:
+            await late.stop()
+        store = SqlWebhookStore(h.gw.engine)
+        made = [
+            d
+            for d in await store.deliveries_of(PSY, status=None, limit=100)
+            if d.conversation_id == conversation_id
+        ]
+        assert [d.id for d in made] == [waiting.headers["webhook-id"]]
+        assert [i for _, i in receiver.seen if i == waiting.headers["webhook-id"]] == [made[0].id]
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def reply_of(request_bundle: Bundle, now: dt.datetime) -> dict[str, Any]:

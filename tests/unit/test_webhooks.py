@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import orjson
 import pytest
@@ -394,6 +394,47 @@ async def test_the_dispatcher_posts_a_new_delivery_at_once_and_each_once() -> No
     assert len(poster.posted) == 1
     assert store.deliveries[made.id].status is DeliveryStatus.DELIVERED
     assert store.deliveries[made.id].attempts == 1
+
+
+async def test_an_offered_event_is_posted_at_once_and_the_topics_copy_adds_nothing() -> None:
+    store, clock, poster = FakeWebhookStore(), ManualClock(T0), ScriptedPoster()
+    sender = WebhookSender(store, poster, clock, config())
+    dispatcher = WebhookDispatcher(store, clock, DAY, transient=(), sender=sender)
+    ep = await add(store, PSY, "https://p.example/h")
+    dispatcher.offer([stage_event(REF), WAITING])  # `submitted` concerns nobody
+    await dispatcher.close()
+    await sender.settle()
+    (made,) = store.deliveries.values()
+    assert [(url, h["webhook-id"]) for url, h in poster.posted] == [(ep.url, made.id)]
+    await dispatcher(Rec(WAITING.model_dump_json().encode()))  # the topic brings it later
+    await sender.settle()
+    assert len(poster.posted) == 1
+    assert list(store.deliveries) == [made.id]
+    later = stage_event(REF).model_copy(update={"stage": Stage.IN_MAILBOX})
+    dispatcher.offer([later])  # closed: left to the topic
+    await asyncio.sleep(0)
+    assert len(store.deliveries) == 1
+
+
+async def test_a_failed_early_dispatch_is_left_to_the_topic() -> None:
+    class Failing(FakeWebhookStore):
+        failures = 0
+
+        async def endpoints_of(self, org_ids: Iterable[str]) -> list[EndpointRecord]:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("database away")
+            return await super().endpoints_of(org_ids)
+
+    store, clock = Failing(), ManualClock(T0)
+    dispatcher = WebhookDispatcher(store, clock, DAY, transient=(ConnectionError,))
+    await add(store, PSY, "https://p.example/h")
+    store.failures = 1
+    dispatcher.offer([WAITING])  # fails in its task: logged, nothing raised, nothing made
+    await dispatcher.close()
+    assert store.deliveries == {}
+    await dispatcher(Rec(WAITING.model_dump_json().encode()))
+    assert len(store.deliveries) == 1
 
 
 async def test_a_busy_or_open_endpoint_leaves_the_dispatchers_delivery_to_the_loop() -> None:

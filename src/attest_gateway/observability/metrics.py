@@ -28,6 +28,8 @@ the id), topics, problem codes, organisation ids and LÆ types.
     attest_gateway_outbox_oldest_age_seconds
     attest_gateway_mailbox_depth{receiver,message_type}             delivered, not collected
     attest_gateway_overdue_attests{attest_type}                     deadline passed, no reply
+    attest_gateway_audit_pending                                    audit entries not yet chained
+    attest_gateway_audit_pending_oldest_age_seconds
 """
 
 from __future__ import annotations
@@ -133,6 +135,11 @@ OVERDUE = Gauge(
     "attest_gateway_overdue_attests",
     "Attest requests whose reply deadline has passed without a reply",
     ["attest_type"],
+)
+AUDIT_PENDING = Gauge("attest_gateway_audit_pending", "Audit entries appended and not yet chained")
+AUDIT_PENDING_OLDEST = Gauge(
+    "attest_gateway_audit_pending_oldest_age_seconds",
+    "Age of the oldest audit entry not yet chained",
 )
 
 

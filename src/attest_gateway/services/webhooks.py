@@ -4,7 +4,9 @@ deliveries, and the sender that posts them.
     stage written with its change (outbox) ─▶ relay ─▶ `gateway.tracking`
       ─▶ WebhookDispatcher (group `<prefix>.webhooks`): the events the stage means for the
          job centre and the receiver (`notices`) ─▶ one delivery per subscribed endpoint,
-         id derived from the stage event and the endpoint (a record read twice adds nothing)
+         id derived from the stage event and the endpoint (a record read twice adds nothing);
+         in a process that runs it, the stage events its store commits are offered at once
+         (`WebhookDispatcher.offer`), so a delivery does not wait for the topic
       ─▶ WebhookSender: signed (Standard Webhooks), posted with at most
          WEBHOOK_MAX_IN_FLIGHT per endpoint and a circuit breaker per endpoint. A new
          delivery whose endpoint has a free slot and a closed circuit is stored already
@@ -342,12 +344,22 @@ class _Record(Protocol):
 R = TypeVar("R", bound=_Record)
 
 
+EARLY_TASKS_MAX = 64  # early dispatches under way at once in a process (WebhookDispatcher.offer)
+
+
 class WebhookDispatcher:
     """The `gateway.tracking` consumer's handler (its own group). A record it cannot read is
     skipped: the tracker reads the same topic and dead-letters it. `transient`: the store's
     errors worth a retry (they become `Unavailable`). `sender`: the sender of the same
     process, which stores the deliveries and posts them at once (`WebhookSender.add`);
-    without one they are only stored, for a sender's next look."""
+    without one they are only stored, for a sender's next look.
+
+    `offer`: stage events a transaction of this process has just committed (the store's
+    listener). Their deliveries are made at once, in a task of their own, rather than when
+    the events come back from `gateway.tracking` two Kafka crossings later; the topic still
+    brings each of them, and a delivery made twice is stored once (its id is derived from
+    the event and the endpoint), so the topic stays the at-least-once path and a failure of
+    the early one is only logged (docs/decisions/0013)."""
 
     def __init__(
         self,
@@ -363,6 +375,8 @@ class WebhookDispatcher:
         self._period = period
         self._transient = transient
         self._sender = sender
+        self._early: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def __call__(self, record: _Record) -> None:
         try:
@@ -371,20 +385,50 @@ class WebhookDispatcher:
             return
         if not isinstance(event, StageEvent):
             return
-        wanted = {n.org_id for n in notices(event)}
-        if not wanted:
-            return
         try:
-            endpoints = await self._store.endpoints_of(wanted)
-            made = deliveries_for(event, endpoints, self._clock.now(), self._period)
-            if self._sender is not None:
-                added = await self._sender.add(made, endpoints)
-            else:
-                added = len(await self._store.add_deliveries(made))
+            await self._dispatch(event)
         except self._transient as exc:
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc
+
+    def offer(self, events: Sequence[StageEvent]) -> None:
+        """Make the deliveries of stage events just committed in this process now (see the
+        class). Never waits and never raises: it only starts a task, unless
+        `EARLY_TASKS_MAX` are under way already (a busy store: the topic brings them)."""
+        wanted = [event for event in events if notices(event)]
+        if not wanted or self._closed or len(self._early) >= EARLY_TASKS_MAX:
+            return
+        task = asyncio.create_task(self._dispatch_early(wanted), name="webhook-early")
+        self._early.add(task)
+        task.add_done_callback(self._early.discard)
+
+    async def close(self) -> None:
+        """Take no more offers and let those under way finish."""
+        self._closed = True
+        if self._early:
+            await asyncio.wait(self._early)
+
+    async def _dispatch_early(self, events: Sequence[StageEvent]) -> None:
+        try:
+            await self._dispatch(*events)
+        except Exception as exc:  # gateway.tracking brings them again
+            log.warning("webhook.early_dispatch_failed", events=len(events), error=exc)
+
+    async def _dispatch(self, *events: StageEvent) -> None:
+        """The deliveries of these events: one look-up of the endpoints, one insert."""
+        wanted = {n.org_id for event in events for n in notices(event)}
+        if not wanted:
+            return
+        endpoints = await self._store.endpoints_of(wanted)
+        if not endpoints:
+            return
+        now = self._clock.now()
+        made = [d for event in events for d in deliveries_for(event, endpoints, now, self._period)]
+        if self._sender is not None:
+            added = await self._sender.add(made, endpoints)
+        else:
+            added = len(await self._store.add_deliveries(made))
         if added:
-            log.info("webhook.deliveries_made", stage=event.stage, deliveries=added)
+            log.info("webhook.deliveries_made", stages=[e.stage for e in events], deliveries=added)
 
 
 # --- the sender -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The store gauges of /metrics (outbox depth, mailbox depth, overdue attests): facts about
+"""The store gauges of /metrics (outbox depth, mailbox depth, overdue attests, audit entries not
+yet chained): facts about
 the shared database, read when Prometheus scrapes (see observability/metrics.py for when and
 by which processes). The query lives here, beside the tables it reads; the gauges it sets
 are metrics.py's."""
@@ -13,8 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.core.clock import Clock
 from attest_gateway.infra.db.engine import aware
-from attest_gateway.infra.db.tables import conversations, mailbox, outbox, stages
+from attest_gateway.infra.db.tables import audit_pending, conversations, mailbox, outbox, stages
 from attest_gateway.observability.metrics import (
+    AUDIT_PENDING,
+    AUDIT_PENDING_OLDEST,
     MAILBOX_DEPTH,
     OUTBOX_DEPTH,
     OUTBOX_OLDEST,
@@ -24,7 +27,9 @@ from attest_gateway.observability.metrics import (
 
 
 class StoreGauges:
-    """Outbox depth, mailbox depth and overdue attests, read from the shared database."""
+    """Outbox depth, mailbox depth, overdue attests and the audit entries the chainer has not
+    chained yet (a chainer that stopped: readers still chain them, but the chain's anchor in
+    `gateway.audit` waits), read from the shared database."""
 
     def __init__(self, ttl_seconds: float = STORE_GAUGE_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds
@@ -60,6 +65,17 @@ class StoreGauges:
                     .group_by(conversations.c.attest_type)
                 )
             ).all()
+            unchained, first_unchained = (
+                await conn.execute(
+                    sa.select(sa.func.count(), sa.func.min(audit_pending.c.at)).where(
+                        audit_pending.c.seq.is_(None)
+                    )
+                )
+            ).one()
+        AUDIT_PENDING.set(unchained)
+        AUDIT_PENDING_OLDEST.set(
+            (now - aware(first_unchained)).total_seconds() if first_unchained is not None else 0
+        )
         OUTBOX_DEPTH.clear()
         oldest: dt.datetime | None = None
         for topic, count, first in pending:

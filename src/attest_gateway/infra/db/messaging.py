@@ -180,12 +180,15 @@ async def record_stage(
     at: dt.datetime,
     detail: str | None = None,
     envelope: SealedEnvelope | None = None,
+    emitted: list[StageEvent] | None = None,
 ) -> bool:
     """Record the first time a conversation reaches a stage, with its stage event.
 
     Idempotent: a stage already recorded is left alone and no second event is emitted.
     `envelope`: also put this envelope in the outbox (as `enqueue_envelope`), in the same
-    statement as the stage event (one round trip less).
+    statement as the stage event (one round trip less). `emitted`: the stage event written is
+    appended to it (what the transaction's caller hands to this process's listeners once it
+    commits).
     """
     is_new = await insert_ignore(
         conn,
@@ -202,7 +205,7 @@ async def record_stage(
     if is_new:
         event = _stage_event_row(
             topics, conv, stage, message_id=message_id, message_type=message_type, at=at,
-            detail=detail,
+            detail=detail, emitted=emitted,
         )  # fmt: skip
         rows.append(event)
     if rows:
@@ -248,7 +251,13 @@ def _insert_new_stages(dialect: str) -> Any:
     )
 
 
-async def record_stages(conn: AsyncConnection, topics: Topics, items: Sequence[StageRecord]) -> int:
+async def record_stages(
+    conn: AsyncConnection,
+    topics: Topics,
+    items: Sequence[StageRecord],
+    *,
+    emitted: list[StageEvent] | None = None,
+) -> int:
     """:func:`record_stage` for many stages at once: one insert for the stage rows and one for
     the events of those that are new, whatever their number. Returns how many were new."""
     if not items:
@@ -273,7 +282,7 @@ async def record_stages(conn: AsyncConnection, topics: Topics, items: Sequence[S
             [
                 _stage_event_row(
                     topics, i.conv, i.stage, message_id=i.message_id,
-                    message_type=i.message_type, at=i.at, detail=None,
+                    message_type=i.message_type, at=i.at, detail=None, emitted=emitted,
                 )
                 for i in fresh
             ],
@@ -291,11 +300,13 @@ async def emit_stage_event(
     message_type: MessageType,
     at: dt.datetime,
     detail: str | None = None,
+    emitted: list[StageEvent] | None = None,
 ) -> None:
-    """Put one stage event for `gateway.tracking` in the outbox (metadata only)."""
+    """Put one stage event for `gateway.tracking` in the outbox (metadata only); `emitted` as
+    :func:`record_stage` has it."""
     row = _stage_event_row(
         topics, conv, stage, message_id=message_id, message_type=message_type, at=at,
-        detail=detail,
+        detail=detail, emitted=emitted,
     )  # fmt: skip
     await conn.execute(_OUTBOX_INSERT, row)
 
@@ -309,8 +320,10 @@ def _stage_event_row(
     message_type: MessageType,
     at: dt.datetime,
     detail: str | None,
+    emitted: list[StageEvent] | None = None,
 ) -> dict[str, Any]:
-    """The outbox row of one stage event (metadata only, never content)."""
+    """The outbox row of one stage event (metadata only, never content); the event is appended
+    to `emitted` if given."""
     event = StageEvent(
         event_id=str(uuid.uuid4()),
         conversation_id=conv.id,
@@ -330,6 +343,8 @@ def _stage_event_row(
         reply_deadline=conv.reply_deadline,
         detail=detail,
     )
+    if emitted is not None:
+        emitted.append(event)
     return {
         "topic": topics.tracking,
         "key": conv.id,

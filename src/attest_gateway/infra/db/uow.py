@@ -18,11 +18,12 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.contacts import ContactEvent
 from attest_gateway.contracts.envelope import SealedEnvelope
-from attest_gateway.contracts.stages import MessageType, Stage
+from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.core.audit import AuditEvent
 from attest_gateway.infra.db import audit, messaging
 from attest_gateway.infra.db.arrivals import MailArrivals
@@ -62,6 +63,8 @@ from attest_gateway.ports.records import (
     TreatmentRecord,
 )
 from attest_gateway.ports.store import KeyTaken
+
+log = structlog.get_logger(__name__)
 
 
 class SqlConversations:
@@ -342,6 +345,7 @@ class SqlStages:
     def __init__(self, conn: AsyncConnection, topics: Topics) -> None:
         self._conn = conn
         self._topics = topics
+        self.emitted: list[StageEvent] = []  # the stage events this unit of work wrote
 
     async def timeline(self, conversation_id: str) -> list[StageEntry]:
         rows = await messaging.stages_of(self._conn, conversation_id)
@@ -361,10 +365,11 @@ class SqlStages:
         return await messaging.record_stage(
             self._conn, self._topics, conv, stage, message_id=message_id,
             message_type=message_type, at=at, detail=detail, envelope=envelope,
+            emitted=self.emitted,
         )  # fmt: skip
 
     async def record_many(self, items: Sequence[StageRecord]) -> int:
-        return await messaging.record_stages(self._conn, self._topics, items)
+        return await messaging.record_stages(self._conn, self._topics, items, emitted=self.emitted)
 
     async def emit(
         self,
@@ -378,7 +383,7 @@ class SqlStages:
     ) -> None:
         await messaging.emit_stage_event(
             self._conn, self._topics, conv, stage, message_id=message_id,
-            message_type=message_type, at=at, detail=detail,
+            message_type=message_type, at=at, detail=detail, emitted=self.emitted,
         )  # fmt: skip
 
     async def timelines(self, conversation_ids: Sequence[str]) -> dict[str, list[StageEntry]]:
@@ -856,6 +861,9 @@ class SqlStore:
         self.arrivals = arrivals
         # told when a transaction committed audit entries to be chained (the chainer's wake)
         self._audit_appended = audit_appended
+        # told the stage events a transaction of this process committed (the webhook
+        # dispatcher of the same process); each is also on its way through the outbox
+        self.stage_listeners: list[Callable[[Sequence[StageEvent]], None]] = []
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
@@ -866,6 +874,12 @@ class SqlStore:
             self.arrivals.notify(uow.mailbox.receivers)  # committed: wake their long-polls
         if self._audit_appended is not None and uow.audit.appended:
             self._audit_appended()
+        if uow.stages.emitted:
+            for listener in self.stage_listeners:
+                try:
+                    listener(uow.stages.emitted)
+                except Exception:  # committed already: the outbox carries the events anyway
+                    log.exception("store.stage_listener_failed")
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[SqlUnitOfWork]:
