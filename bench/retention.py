@@ -721,6 +721,7 @@ async def prune_worker() -> None:
                 "seconds": round(seconds, 2),
                 "batch_size": batch,
                 "pause_s": settings.retention_pause_seconds,
+                "duty": settings.retention_duty,
                 "counts": report.counts,
                 # a batch per `batch` rows of a class; closed cases and audit entries, so
                 # many per transaction

@@ -465,6 +465,14 @@ class Settings(BaseSettings):
         description="pause between retention's batches, so that a long pass yields the "
         "database and the CPU to the API between its transactions",
     )
+    retention_duty: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="the share of its time a retention pass may be busy: after a batch that "
+        "took t seconds it pauses t × (1 − duty) / duty (at least RETENTION_PAUSE_SECONDS), "
+        "so it leaves the database and the CPU to the API; 1: no pause beyond the minimum",
+    )
     consumer_max_retries: int = Field(
         default=5, description="tries of a transiently failing record before the dead-letter topic"
     )

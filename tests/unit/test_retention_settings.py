@@ -1,5 +1,5 @@
 """The retention settings: defaults that agree with each other, and combinations refused
-because one retention period would undo another (docs/data-lifecycle.md)."""
+because one retention period would undo another (docs/data-lifecycle.md); the pass's pace."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pydantic
 import pytest
 
 from attest_gateway.config import DAY, load_settings
+from attest_gateway.infra.housekeeping import retention
 
 
 def test_the_defaults_agree() -> None:
@@ -45,3 +46,20 @@ def test_retention_periods_that_undo_each_other_are_refused(
 def test_a_topic_kept_forever_puts_no_bound_on_the_seen_ids() -> None:
     s = load_settings(kafka_messages_retention_days=-1, seen_ids_retention_seconds=60 * DAY)
     assert s.seen_ids_retention_seconds == 60 * DAY
+
+
+@pytest.mark.parametrize(
+    ("duty", "busy", "pause"),
+    [(1.0, 0.3, 0.01), (0.5, 0.3, 0.3), (0.25, 0.2, 0.6), (0.5, 0.001, 0.01)],
+)
+def test_a_pass_pauses_to_stay_within_its_duty(duty: float, busy: float, pause: float) -> None:
+    """At most `duty` of the pass's time busy, and never less than the minimum pause."""
+    assert retention._Pace(500, 0.01, duty).after(busy) == pytest.approx(pause)
+
+
+@pytest.mark.parametrize("duty", [0.0, -0.5, 1.5])
+def test_a_duty_outside_its_range_is_refused(duty: float) -> None:
+    with pytest.raises(ValueError, match="share of the time"):
+        retention._Pace(500, 0.01, duty)
+    with pytest.raises(pydantic.ValidationError):
+        load_settings(retention_duty=duty)

@@ -1,7 +1,9 @@
 """Retention: everything the gateway stores is deleted (or, for a sealed CPR number, cleared)
 after its retention period, class by class as docs/data-lifecycle.md lists them, in small
 batches (one short transaction each, most of them one `DELETE … IN (SELECT … LIMIT n)`), a
-pause (RETENTION_PAUSE_SECONDS) between two, so pruning never blocks ingest. Each batch costs
+pause between two (RETENTION_PAUSE_SECONDS at least, and as long as the batch took times
+(1 − RETENTION_DUTY) / RETENTION_DUTY), so pruning never blocks ingest and takes at most its
+share of the database and the CPU. Each batch costs
 its own rows, not the store's size: the finished conversations are walked from an index with
 a cursor carried between batches, and every lookup by conversation or case ref is indexed
 (migration 0019).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -150,7 +153,7 @@ async def prune_store(
     closed cases due for erasure."""
     s = settings
     medcom_topic = topics.medcom_messages
-    pace = _Pace(s.prune_batch_size, s.retention_pause_seconds)
+    pace = _Pace(s.prune_batch_size, s.retention_pause_seconds, s.retention_duty)
     report = PruneReport()
 
     def ago(seconds: float) -> dt.datetime:
@@ -244,22 +247,34 @@ async def prune_store(
     report.add(
         "cases_erased",
         await erase_closed_cases(
-            engine, topics, now, pace.batch, s.gateway_org_id, pause=pace.pause
+            engine, topics, now, pace.batch, s.gateway_org_id, pause=pace.pause, duty=pace.duty
         ),
     )
     return report
 
 
-@dataclass(frozen=True)
 class _Pace:
-    """How the pass goes: rows per batch, and the pause between two batches (in which the
-    API's transactions get the database and the CPU)."""
+    """How the pass goes: rows per batch, and the pause after each batch (in which the API's
+    transactions get the database and the CPU): `pause` at least, and long enough that the
+    pass is busy at most `duty` of its time (a batch that took t seconds is followed by
+    t × (1 − duty) / duty), so a slower store or a busier machine slows the pass, not the API.
+    """
 
-    batch: int
-    pause: float = 0.0
+    def __init__(self, batch: int, pause: float = 0.0, duty: float = 1.0) -> None:
+        if not 0 < duty <= 1:
+            raise ValueError("duty is a share of the time: 0 < duty <= 1")
+        self.batch = batch
+        self.pause = pause
+        self.duty = duty
+        self._resumed = time.monotonic()
+
+    def after(self, busy: float) -> float:
+        """The pause after a batch that took `busy` seconds."""
+        return max(self.pause, busy * (1 - self.duty) / self.duty)
 
     async def between_batches(self) -> None:
-        await asyncio.sleep(self.pause)
+        await asyncio.sleep(self.after(time.monotonic() - self._resumed))
+        self._resumed = time.monotonic()
 
 
 # Closed cases erased per transaction: a hundred (PRUNE_BATCH_SIZE 500), each table's rows of
@@ -279,13 +294,14 @@ async def erase_closed_cases(
     actor: str,
     *,
     pause: float = 0.0,
+    duty: float = 1.0,
 ) -> int:
     """Erase the closed cases whose time has come, `cases_per_transaction(batch)` cases per
     transaction (each statement set-based over all of them), their audit entries appended
     together at its end. Returns how many."""
     c = case_closures.c
     per = cases_per_transaction(batch)
-    pace = _Pace(batch, pause)
+    pace = _Pace(batch, pause, duty)
     erased = 0
     while True:
         async with engine.connect() as conn:
