@@ -42,9 +42,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
 
+from tests.support import disclosure_reference as reference
+
 from attest_gateway.tracker import disclosure
 from attest_gateway.tracker.report import region_of_municipalities
-from tests.support import disclosure_reference as reference
 
 Coord = disclosure.Coord
 Weights = dict[Coord, int]

@@ -26,12 +26,8 @@ def cubes(draw: st.DrawFn) -> tuple[dict[d.Coord, int], int]:
     """A cube of stored months rolled up into quarters and years, over the geography or the
     receiving units, with weights summed, maxed (the rollups' lower bound) or drawn apart."""
     receivers = draw(st.booleans())
-    places = (
-        draw(st.lists(st.sampled_from(["gp-1", "gp-2", "gp-3", "psy-1"]), min_size=1,
-                      max_size=4, unique=True))  # fmt: skip
-        if receivers
-        else draw(st.lists(st.sampled_from(sorted(REGION_OF)), min_size=1, max_size=5, unique=True))
-    )
+    names = ["gp-1", "gp-2", "gp-3", "psy-1"] if receivers else sorted(REGION_OF)
+    places = draw(st.lists(st.sampled_from(names), min_size=1, max_size=5, unique=True))
     types = draw(st.lists(st.sampled_from(TYPES), min_size=1, max_size=4, unique=True))
     months = draw(st.lists(st.sampled_from(MONTHS), min_size=1, max_size=4, unique=True))
     grid = [(m, p, t) for m in months for p in places for t in types]

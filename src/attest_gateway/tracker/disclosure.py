@@ -136,10 +136,11 @@ class _Problem(Generic[K]):
         ordered_by: Sequence[int] | None = None,
     ) -> None:
         """The rule of two over every set, from `hidden` (changed in place), with `weight`
-        summed for the suppressed cells of a set; the smallest shown part by `ordered_by` (None:
-        the cells' own weights). The sets are visited as passes over all of them in order would visit them,
-        until a pass changes nothing, but a set none of whose cells changed since its last
-        visit (which left it holding) is skipped: it would change nothing."""
+        summed for the suppressed cells of a set; the smallest shown part by `ordered_by`
+        (None: the cells' own weights). The sets are visited as passes over all of them in
+        order would visit them, until a pass changes nothing, but a set none of whose cells
+        changed since its last visit (which left it holding) is skipped: it would change
+        nothing."""
         count = [0] * len(self.parts)  # suppressed members (counted as often as they are)
         mass = [0] * len(self.parts)  # their weights
         for k, member in enumerate(hidden):
@@ -149,9 +150,7 @@ class _Problem(Generic[K]):
                     count[g] += 1
                     mass[g] += w
         order = (
-            self.smallest_first
-            if ordered_by is None
-            else self.ordered(self.order_key(ordered_by))
+            self.smallest_first if ordered_by is None else self.ordered(self.order_key(ordered_by))
         )
         totals, member_of = self.totals, self.member_of
         start = [0] * len(self.parts)  # order[g][:start[g]] is suppressed
@@ -275,6 +274,7 @@ _UP = {"month": "quarter", "quarter": "year"}
 def place_of(coord: Coord) -> str:
     return "DK" if coord[2] == "national" else coord[3]
 
+
 def cube_sets(coords: Iterable[Coord], region_of: Mapping[str, str]) -> list[Set[Coord]]:
     """The sets (one equation each) of a cube of cells: per period kind, period and type the
     places within their total (municipalities within their region, regions and receiving
@@ -312,7 +312,9 @@ def _cube_sets(
     none)."""
     keys = sorted(present)
     index = {c: i for i, c in enumerate(keys)}
-    where = {(c[0], c[1], "DK" if c[2] == "national" else c[3], c[4]): i for i, c in enumerate(keys)}
+    where = {
+        (c[0], c[1], "DK" if c[2] == "national" else c[3], c[4]): i for i, c in enumerate(keys)
+    }
     sets: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for i, c in enumerate(keys):
         kind, period, grain, dim, kind_of = c
@@ -335,7 +337,7 @@ def _cube_sets(
         elif key[0] == "type":
             total = where.get((key[1], key[2], key[3], ALL), -1)
         else:
-            total = index.get((key[1], key[2], key[3], key[4], key[5]), -1)  # type: ignore[arg-type]
+            total = index.get((key[1], key[2], key[3], key[4], key[5]), -1)
         totals.append(total)
     return keys, [sets[key] for key in order], totals
 
@@ -507,58 +509,91 @@ def _fixed(equations: list[dict[int, int]]) -> list[int]:
     """The unknowns whose unit vector lies in the span of `equations` (rows over GF(P), each
     a map unknown → coefficient; the unknowns of one linked group).
 
-    Gaussian elimination, the pivot each time an unknown in the fewest rows left (an unknown
-    of one row costs nothing: no other row is touched), in its shortest row. An unknown that
-    is not a pivot is free, so not fixed. For the pivots, one solution of the homogeneous
-    system with random free values (seeded) is computed by back-substitution: a pivot
+    Gaussian elimination (`_eliminate`), the pivot each time an unknown in the fewest rows
+    left (an unknown of one row costs nothing: no other row is touched), in its shortest
+    row. An unknown that is not a pivot is free, so not fixed. For the pivots, one solution
+    of the homogeneous system with random free values (seeded) is computed by
+    back-substitution (`_solution`): a pivot
     nonzero there is not fixed (that solution moves it while every equation holds); one that
     is zero is fixed exactly when its unit vector reduces to nothing by the pivot rows,
     which is checked. So the answer is exact; chance only decides how many checks run."""
-    rows = [dict(eq) for eq in equations]
+    pivots = _eliminate([dict(eq) for eq in equations])
+    value = _solution(pivots, random.Random(0x5EED))  # noqa: S311 - no secret: checked exactly
+    position = {col: i for i, (col, _) in enumerate(pivots)}
+    return [col for col, _ in pivots if value[col] == 0 and _in_span(col, position, pivots)]
+
+
+def _eliminate(rows: list[dict[int, int]]) -> list[tuple[int, dict[int, int]]]:
+    """Row echelon form of `rows` (changed in place): the pivot rows in the order taken, each
+    with its pivot's coefficient 1, holding besides it only unknowns pivoted later or free.
+    The pivot each time an unknown held by the fewest rows left (kept in buckets by that
+    number), in the shortest of them."""
     holders: dict[int, set[int]] = defaultdict(set)  # unknown → the rows left holding it
     for n, row in enumerate(rows):
         for k in row:
             holders[k].add(n)
-    heap = [(len(h), k) for k, h in holders.items()]
-    heapq.heapify(heap)
-    pivots: list[tuple[int, dict[int, int]]] = []  # in the order taken
-    done: set[int] = set()
-    while heap:
-        size, col = heapq.heappop(heap)
-        h = holders.get(col)
-        if col in done or h is None or len(h) != size:
-            continue
-        if not h:
-            continue  # in no row left
-        n = min(h, key=lambda r: (len(rows[r]), r))
+    bucket: dict[int, set[int]] = defaultdict(set)  # rows holding → the unknowns so held
+    for k, h in holders.items():
+        bucket[len(h)].add(k)
+    lowest, top = 1, max(bucket, default=0)
+    pivots: list[tuple[int, dict[int, int]]] = []
+    while True:
+        while lowest <= top and not bucket.get(lowest):
+            lowest += 1
+        if lowest > top:
+            return pivots
+        col = bucket[lowest].pop()
+        h = holders.pop(col)
+        n = next(iter(h)) if len(h) == 1 else min(h, key=lambda r: (len(rows[r]), r))
         row = rows[n]
-        inverse = pow(row[col], _P - 2, _P)
-        if inverse != 1:
+        c = row[col]
+        if c == _P - 1:
+            row = {k: _P - v for k, v in row.items()}
+        elif c != 1:
+            inverse = pow(c, _P - 2, _P)
             row = {k: v * inverse % _P for k, v in row.items()}
-        touched: set[int] = set()
+        h.discard(n)
+        held: dict[int, int] = {}  # unknown → rows holding it before this step
         for k in row:
-            holders[k].discard(n)
-            touched.add(k)
-        for other in list(h):
+            if k != col:
+                hk = holders[k]
+                held.setdefault(k, len(hk))
+                hk.discard(n)
+        for other in h:
             target = rows[other]
-            factor = target[col]
+            factor = target.pop(col)
             for k, v in row.items():
-                after = (target.get(k, 0) - factor * v) % _P
-                if after:
-                    if k not in target:
-                        holders[k].add(other)
-                        touched.add(k)
-                    target[k] = after
+                if k == col:
+                    continue
+                before = target.get(k)
+                if before is None:
+                    target[k] = -factor * v % _P
+                    hk = holders[k]
+                    held.setdefault(k, len(hk))
+                    hk.add(other)
                 else:
-                    del target[k]
-                    holders[k].discard(other)
-                    touched.add(k)
-        done.add(col)
+                    after = (before - factor * v) % _P
+                    if after:
+                        target[k] = after
+                    else:
+                        del target[k]
+                        hk = holders[k]
+                        held.setdefault(k, len(hk))
+                        hk.discard(other)
+        for k, was in held.items():
+            now = len(holders[k])
+            if now != was:
+                bucket[was].discard(k)
+                if now:
+                    bucket[now].add(k)
+                    lowest = min(lowest, now)
+                    top = max(top, now)
         pivots.append((col, row))
-        for k in touched:
-            if k not in done:
-                heapq.heappush(heap, (len(holders[k]), k))
-    rng = random.Random(0x5EED)
+
+
+def _solution(pivots: list[tuple[int, dict[int, int]]], rng: random.Random) -> dict[int, int]:
+    """A solution of the homogeneous system in echelon form `pivots` (`_eliminate`): the
+    free unknowns random (1 … 2**60), each pivot from the later ones (back-substitution)."""
     value: dict[int, int] = {}
     for col, row in reversed(pivots):
         total = 0
@@ -566,11 +601,10 @@ def _fixed(equations: list[dict[int, int]]) -> list[int]:
             if k != col:
                 x = value.get(k)
                 if x is None:
-                    x = value[k] = rng.randrange(1, _P)  # a free unknown
+                    x = value[k] = rng.getrandbits(60) + 1
                 total += v * x
         value[col] = -total % _P
-    position = {col: i for i, (col, _) in enumerate(pivots)}
-    return [col for col, _ in pivots if value[col] == 0 and _in_span(col, position, pivots)]
+    return value
 
 
 def _in_span(col: int, position: dict[int, int], pivots: list[tuple[int, dict[int, int]]]) -> bool:
