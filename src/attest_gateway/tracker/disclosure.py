@@ -30,10 +30,10 @@ the shown cells and totals is tested by exact elimination over random tables.
 
 How it is computed: the cells are numbered once (`_Problem`; ties go by the order of the
 keys' repr, as the rule states), the rule of two visits only the sets whose cells changed
-since their last visit, in the order a pass over every set would, and the audit
-(`determined`) works per group of suppressed cells linked by equations, skipping the groups
-unchanged since the last round. The result is the same as deciding set by set in full
-passes and row-reducing every equation at once; a property test compares the two over
+since their last visit, in the order a pass over every set would, and the audit (`_Audit`)
+keeps its echelon form from round to round, eliminating only what the cells suppressed
+since the last round add. The result is the same as deciding set by set in full passes
+and row-reducing every equation anew each round; a property test compares the two over
 random cubes.
 """
 
@@ -374,9 +374,9 @@ def _cube_rank(keys: list[Coord]) -> list[int] | None:
 
 def settle(weights: Mapping[K, int], sets: Sequence[Set[K]], threshold: int) -> set[K]:
     """`suppress`, then an audit: where the sets cross (places × types × periods), the rule
-    of two per set is not enough, as several equations together can fix one cell. Each
-    group of suppressed cells linked by equations is row-reduced exactly (modulo a 61-bit
-    prime: a cell fixed over the rationals is fixed there too); each fixed cell takes the
+    of two per set is not enough, as several equations together can fix one cell. The
+    equations of the suppressed cells are row-reduced exactly (modulo a 61-bit prime: a
+    cell fixed over the rationals is fixed there too); each fixed cell takes the
     smallest shown part of one of its sets with it (else a shown total of them, else a shown
     cell of any equation with an unknown), and the whole is decided again, until no
     suppressed cell is fixed."""
@@ -443,100 +443,116 @@ _P = (1 << 61) - 1
 
 def determined(sets: Iterable[Set[K]], hidden: set[K]) -> set[K]:
     """The suppressed cells that the sets' equations (parts − total = shown cells) fix: those
-    whose unit vector lies in the span of the equations' rows over GF(P) (`_fixed`)."""
+    whose unit vector lies in the span of the equations' rows over GF(P) (`_Audit`)."""
     problem = _Problem.of(dict.fromkeys(hidden, 0), sets)  # its cells: the suppressed ones
     found = _Audit(problem).fixed(bytearray([1]) * len(problem.keys))
     return {problem.keys[k] for k in found}
 
 
 class _Audit(Generic[K]):
-    """The audit of one decision, round after round: the suppressed cells split into groups
-    linked by equations; a group's fixed cells depend on that group alone (its equations
-    are those of the sets holding its cells), so a group found before is not reduced again."""
+    """The audit of one decision, round after round, over the equations of every set with a
+    suppressed cell (rows over GF(P): a part's coefficient 1, the total's −1; the shown
+    cells are constants).
+
+    The first round brings them to echelon form (`_eliminate`) and keeps the row operations
+    done. A later round only adds suppressed cells: their columns, in the rows of their sets,
+    go through the same operations (so the rows are what eliminating everything anew would
+    have made of them before the new columns are touched), the rows left empty then and the
+    sets new to the audit are eliminated in turn over the new columns, and the pivots so far
+    stay pivots.
+
+    A cell is fixed exactly when its unit vector lies in the span of the rows. An unknown
+    that is not a pivot is free, so not fixed. For the pivots, one solution of the
+    homogeneous system with random free values (seeded) is computed by back-substitution
+    (`_solution`): a pivot nonzero there is not fixed (that solution moves it while every
+    equation holds); one that is zero is fixed exactly when its unit vector reduces to
+    nothing by the pivot rows (`_in_span`), which is checked. So the answer is exact;
+    chance only decides how many checks run."""
 
     def __init__(self, problem: _Problem[K]) -> None:
         self.problem = problem
-        self.known: dict[frozenset[int], list[int]] = {}
+        self.before: bytearray | None = None  # the suppressed cells of the last round
+        self.rows: dict[int, dict[int, int]] = {}  # set → its row as reduced so far
+        self.ops: list[tuple[int, int, int]] = []  # (o, n, f): row o −= f·row n; o = n: ×f
+        self.pivots: list[tuple[int, int]] = []  # (unknown, set of its row), in order taken
+        self.rng = random.Random(0x5EED)  # noqa: S311 - no secret: the answer is checked
+
+    def _equation(self, g: int, new: bytearray) -> dict[int, int]:
+        eq = {k: 1 for k in self.problem.parts[g] if new[k]}
+        total = self.problem.totals[g]
+        if total >= 0 and new[total]:
+            eq[total] = _P - 1
+        return eq
 
     def fixed(self, hidden: bytearray) -> list[int]:
-        problem = self.problem
-        parent: dict[int, int] = {}
-
-        def find(x: int) -> int:
-            root = x
-            while parent[root] != root:
-                root = parent[root]
-            while parent[x] != root:
-                parent[x], x = root, parent[x]
-            return root
-
-        equations: list[dict[int, int]] = []
-        for g, parts in enumerate(problem.parts):
-            eq = {k: 1 for k in parts if hidden[k]}
-            total = problem.totals[g]
-            if total >= 0 and hidden[total]:
-                eq[total] = _P - 1
-            if not eq:
-                continue
-            equations.append(eq)
-            first = -1
-            for k in eq:
-                if k not in parent:
-                    parent[k] = k
-                if first < 0:
-                    first = find(k)
-                else:
-                    other = find(k)
-                    if other != first:
-                        parent[other] = first
-        groups: dict[int, list[int]] = defaultdict(list)  # root → its equations
-        for n, eq in enumerate(equations):
-            groups[find(next(iter(eq)))].append(n)
-        cells: dict[int, list[int]] = defaultdict(list)
-        for k in parent:
-            cells[find(k)].append(k)
-        out: list[int] = []
-        for root, members in groups.items():
-            key = frozenset(cells[root])
-            found = self.known.get(key)
-            if found is None:
-                found = self.known[key] = _fixed([equations[n] for n in members])
-            out.extend(found)
-        return out
+        rows, before = self.rows, self.before
+        new = (
+            hidden
+            if before is None
+            else bytearray(a & ~b for a, b in zip(hidden, before, strict=True))
+        )
+        touched = {g for k, member in enumerate(new) if member for g in self.problem.member_of[k]}
+        fresh: dict[int, dict[int, int]] = {}  # set → its row over the new columns
+        for g in sorted(touched):
+            eq = self._equation(g, new)
+            if eq:
+                fresh[g] = eq
+        _replay(self.ops, fresh)
+        pivoted = {g for _, g in self.pivots}
+        left: dict[int, dict[int, int]] = {}  # rows with no pivot: over the new columns only
+        for g, part in fresh.items():
+            if g in pivoted:
+                rows[g].update(part)
+            elif part:
+                left[g] = part
+        taken = _eliminate(left, self.ops)
+        rows.update(left)
+        self.pivots.extend(taken)
+        self.before = bytearray(hidden)
+        echelon = [(col, rows[g]) for col, g in self.pivots]
+        value = _solution(echelon, self.rng)
+        position = {col: i for i, (col, _) in enumerate(echelon)}
+        return [col for col, _ in echelon if value[col] == 0 and _in_span(col, position, echelon)]
 
 
-def _fixed(equations: list[dict[int, int]]) -> list[int]:
-    """The unknowns whose unit vector lies in the span of `equations` (rows over GF(P), each
-    a map unknown → coefficient; the unknowns of one linked group).
+def _replay(ops: list[tuple[int, int, int]], rows: dict[int, dict[int, int]]) -> None:
+    """The row operations `ops`, in order, on `rows` (set → row; the rows not there are
+    empty)."""
+    for o, n, f in ops:
+        source = rows.get(n)
+        if not source:
+            continue
+        if o == n:
+            rows[n] = {k: v * f % _P for k, v in source.items()}
+            continue
+        target = rows.get(o)
+        if target is None:
+            target = rows[o] = {}
+        for k, v in source.items():
+            after = (target.get(k, 0) - f * v) % _P
+            if after:
+                target[k] = after
+            else:
+                target.pop(k, None)
 
-    Gaussian elimination (`_eliminate`), the pivot each time an unknown in the fewest rows
-    left (an unknown of one row costs nothing: no other row is touched), in its shortest
-    row. An unknown that is not a pivot is free, so not fixed. For the pivots, one solution
-    of the homogeneous system with random free values (seeded) is computed by
-    back-substitution (`_solution`): a pivot
-    nonzero there is not fixed (that solution moves it while every equation holds); one that
-    is zero is fixed exactly when its unit vector reduces to nothing by the pivot rows,
-    which is checked. So the answer is exact; chance only decides how many checks run."""
-    pivots = _eliminate([dict(eq) for eq in equations])
-    value = _solution(pivots, random.Random(0x5EED))  # noqa: S311 - no secret: checked exactly
-    position = {col: i for i, (col, _) in enumerate(pivots)}
-    return [col for col, _ in pivots if value[col] == 0 and _in_span(col, position, pivots)]
 
-
-def _eliminate(rows: list[dict[int, int]]) -> list[tuple[int, dict[int, int]]]:
-    """Row echelon form of `rows` (changed in place): the pivot rows in the order taken, each
-    with its pivot's coefficient 1, holding besides it only unknowns pivoted later or free.
+def _eliminate(
+    rows: dict[int, dict[int, int]], ops: list[tuple[int, int, int]]
+) -> list[tuple[int, int]]:
+    """Row echelon form of `rows` (changed in place; the row operations appended to `ops`):
+    the pivots in the order taken, each an unknown and its row, whose coefficient there is
+    1 and which holds besides only unknowns pivoted later or free; the other rows end empty.
     The pivot each time an unknown held by the fewest rows left (kept in buckets by that
     number), in the shortest of them."""
     holders: dict[int, set[int]] = defaultdict(set)  # unknown → the rows left holding it
-    for n, row in enumerate(rows):
+    for n, row in rows.items():
         for k in row:
             holders[k].add(n)
     bucket: dict[int, set[int]] = defaultdict(set)  # rows holding → the unknowns so held
     for k, h in holders.items():
         bucket[len(h)].add(k)
     lowest, top = 1, max(bucket, default=0)
-    pivots: list[tuple[int, dict[int, int]]] = []
+    pivots: list[tuple[int, int]] = []
     while True:
         while lowest <= top and not bucket.get(lowest):
             lowest += 1
@@ -547,11 +563,10 @@ def _eliminate(rows: list[dict[int, int]]) -> list[tuple[int, dict[int, int]]]:
         n = next(iter(h)) if len(h) == 1 else min(h, key=lambda r: (len(rows[r]), r))
         row = rows[n]
         c = row[col]
-        if c == _P - 1:
-            row = {k: _P - v for k, v in row.items()}
-        elif c != 1:
-            inverse = pow(c, _P - 2, _P)
-            row = {k: v * inverse % _P for k, v in row.items()}
+        if c != 1:
+            scale = _P - 1 if c == _P - 1 else pow(c, _P - 2, _P)
+            row = rows[n] = {k: v * scale % _P for k, v in row.items()}
+            ops.append((n, n, scale))
         h.discard(n)
         held: dict[int, int] = {}  # unknown → rows holding it before this step
         for k in row:
@@ -562,6 +577,7 @@ def _eliminate(rows: list[dict[int, int]]) -> list[tuple[int, dict[int, int]]]:
         for other in h:
             target = rows[other]
             factor = target.pop(col)
+            ops.append((other, n, factor))
             for k, v in row.items():
                 if k == col:
                     continue
@@ -588,7 +604,7 @@ def _eliminate(rows: list[dict[int, int]]) -> list[tuple[int, dict[int, int]]]:
                     bucket[now].add(k)
                     lowest = min(lowest, now)
                     top = max(top, now)
-        pivots.append((col, row))
+        pivots.append((col, n))
 
 
 def _solution(pivots: list[tuple[int, dict[int, int]]], rng: random.Random) -> dict[int, int]:
