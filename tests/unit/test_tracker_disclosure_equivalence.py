@@ -192,3 +192,19 @@ def test_larger_cubes_are_decided_as_before() -> None:
             assert d.decide_cube(weights, region_of, threshold) == ref.decide_cube(
                 weights, region_of, threshold
             )
+
+
+def test_the_garbage_collector_is_left_as_it_was() -> None:
+    """The decision pauses the cyclic collector while it runs, and only then."""
+    import gc
+
+    weights, region_of, threshold = _random_cube(random.Random(1))
+    assert gc.isenabled()
+    d.decide_cube(weights, region_of, threshold)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        d.decide_cube(weights, region_of, threshold)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -41,17 +41,39 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import gc
 import heapq
 import random
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+Params = ParamSpec("Params")
 CellKey = tuple[str | None, str]  # (period start, group)
 
 
 Set = tuple[Sequence[K], K | None]  # the parts, and the total they add up to (if known)
+
+
+def _without_cycle_collection(call: Callable[Params, R]) -> Callable[Params, R]:
+    """Runs `call` with the cyclic garbage collector paused (and resumed after, if it ran).
+    A decision allocates many small dicts, lists and sets, none in a cycle, and the
+    collector's passes over them would cost a good part of its time; reference counting
+    still frees them."""
+
+    @functools.wraps(call)
+    def paused(*args: Params.args, **kwargs: Params.kwargs) -> R:
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            if was:
+                gc.enable()
+
+    return paused
 
 
 class _Problem(Generic[K]):
@@ -346,6 +368,7 @@ def present_or_none(present: set[Coord], coord: Coord) -> Coord | None:
     return coord if coord in present else None
 
 
+@_without_cycle_collection
 def decide_cube(
     weights: Mapping[Coord, int], region_of: Mapping[str, str], threshold: int
 ) -> set[Coord]:
@@ -372,6 +395,7 @@ def _cube_rank(keys: list[Coord]) -> list[int] | None:
     return list(range(len(keys)))
 
 
+@_without_cycle_collection
 def settle(weights: Mapping[K, int], sets: Sequence[Set[K]], threshold: int) -> set[K]:
     """`suppress`, then an audit: where the sets cross (places × types × periods), the rule
     of two per set is not enough, as several equations together can fix one cell. The
