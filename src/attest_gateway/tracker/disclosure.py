@@ -338,19 +338,24 @@ def _cube_sets(
         (c[0], c[1], "DK" if c[2] == "national" else c[3], c[4]): i for i, c in enumerate(keys)
     }
     sets: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    run: tuple[str, str, str, str] | None = None  # the cells in a row of one place and period
+    outer: tuple[str, str] | None = None
+    types: list[int] | None = None  # that run's set of types
     for i, c in enumerate(keys):
         kind, period, grain, dim, kind_of = c
+        if run is None or dim != run[3] or period != run[1] or grain != run[2] or kind != run[0]:
+            if run is None or period != run[1] or kind != run[0]:
+                outer = _outer(kind, period)
+            run, types = (kind, period, grain, dim), None
         if grain != "national":
             up = region_of.get(dim, "DK") if grain == "municipality" else "DK"
             sets[("place", kind, period, up, kind_of)].append(i)
-            place = dim
-        else:
-            place = "DK"
         if kind_of != ALL:
-            sets[("type", kind, period, place)].append(i)
-        outer = _outer(kind, period)
+            if types is None:
+                types = sets[("type", kind, period, "DK" if grain == "national" else dim)]
+            types.append(i)
         if outer is not None:
-            sets[("time", *outer, grain, dim, kind_of)].append(i)
+            sets[("time", outer[0], outer[1], grain, dim, kind_of)].append(i)
     order = sorted(sets)
     totals: list[int] = []
     for key in order:
