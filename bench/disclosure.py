@@ -21,8 +21,8 @@ month's, the lower bound the rollup reports use):
 Each cube is decided by the implementation in tracker/disclosure.py ("new") and by the
 reference copy of the earlier one in tests/support/disclosure_reference.py ("reference"),
 interleaved (reference, new, reference, new …), and the two answers are compared. A
-reference run is cut off after `--reference-limit` seconds. `--profile CUBE` prints a
-cProfile of one new decision of that cube.
+reference run is cut off after `--reference-limit` seconds (and not run again). `--profile
+CUBE` prints a cProfile of one new decision of that cube (by cumulative and own time).
 """
 
 from __future__ import annotations
@@ -241,7 +241,9 @@ def main() -> None:
         profiler.enable()
         disclosure.decide_cube(weights, region_of_municipalities(), THRESHOLD)
         profiler.disable()
-        pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        stats.sort_stats("cumulative").print_stats(15)
+        stats.sort_stats("tottime").print_stats(15)
         return
     print("| cube | cells | suppressed | reference, s | new, s | same cells |")
     print("|---|---:|---:|---:|---:|---|")

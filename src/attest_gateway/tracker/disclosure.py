@@ -413,6 +413,7 @@ def settle(weights: Mapping[K, int], sets: Sequence[Set[K]], threshold: int) -> 
 
 
 def _settle(problem: _Problem[K], threshold: int) -> set[K]:
+    """`settle` over a numbered problem."""
     hidden = problem.primary(problem.weight, threshold)
     problem.suppress(problem.weight, threshold, hidden)
     audit = _Audit(problem)
