@@ -32,7 +32,7 @@ from attest_gateway.infra.db.tables import organisations, tracker_coverage, trac
 from attest_gateway.infra.db.uow import SqlCases, SqlContacts, SqlCoverage, SqlTreatments
 from attest_gateway.ports.records import CaseRecord, ContactRecord, TreatmentRecord
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
-from attest_gateway.tracker.coverage import coverage, coverage_rows
+from attest_gateway.tracker.coverage import CoverageBy, coverage, coverage_rows
 from attest_gateway.tracker.report import Filters
 from attest_gateway.tracker.rules import TrackerRules
 from tests.support.harness import fresh_database
@@ -266,7 +266,7 @@ FILTERS = [
     Filters("week", date_from=dt.date(2026, 3, 4), date_to=dt.date(2026, 6, 17)),
     Filters("month", date_from=dt.date(2025, 9, 1), date_to=dt.date(2026, 2, 28)),
 ]
-BY = ("national", "region", "municipality", "case_kind")
+BY: tuple[CoverageBy, ...] = ("national", "region", "municipality", "case_kind")
 MOMENTS = (NOW, NOW + dt.timedelta(days=20), NOW + dt.timedelta(days=90))
 
 
