@@ -361,3 +361,43 @@ async def test_the_migration_fills_the_rollup_as_it_was_kept(url: str, engine: A
     await asyncio.to_thread(command.downgrade, alembic_config(url), "0021")
     await upgrade_async(url)
     assert await _rollup_state(engine) == kept
+
+
+@pytest.mark.postgres
+async def test_two_transactions_deciding_one_citizen_take_turns(tmp_path: Path) -> None:
+    """Two cases of one citizen registered at once, in the same cells: the second refresh
+    waits for the first transaction and reads its case, so the citizen counts once."""
+    async with fresh_database("postgres", tmp_path) as url:
+        await upgrade_async(url)
+        engine = make_engine(url)
+        rules = cr.CoverageRules.of(RULES)
+        first = NOW.date() - dt.timedelta(days=90)
+        cases = [
+            CaseRecord(
+                case_id=f"case-{k}", jobcenter_org="jc-101", jobcenter_case_id=f"sag-{k}",
+                case_ref=_ref(1), municipality="101", region_code="1084",
+                case_kind="sygedagpenge", psychiatric_course=True, first_day_of_absence=first,
+                closed_on=None, created_at=NOW, updated_at=NOW, citizen_sealed=None,
+            )
+            for k in (1, 2)
+        ]  # fmt: skip
+        try:
+            async with engine.connect() as one, engine.connect() as two:
+                await one.begin()
+                await two.begin()
+                await _apply(one, rules, "case", cases[0])
+                second = asyncio.create_task(_apply(two, rules, "case", cases[1]))
+                await asyncio.sleep(0.5)
+                assert not second.done()  # waiting for the citizen's lock
+                await one.commit()
+                await second
+                await two.commit()
+            kept = await _rollup_state(engine)
+            async with engine.begin() as conn:
+                await cr.rebuild(conn, rules)
+            assert await _rollup_state(engine) == kept
+            assert ("year", dt.date(first.year, 1, 1), "national", "DK", "*", "citizens", 0, 1) in (
+                kept["coverage"]
+            )
+        finally:
+            await engine.dispose()
