@@ -5,7 +5,8 @@ refresh in one transaction each (as the services do), requests to psychiatry and
 replies through the tracker's consumer (batches, some redelivered), in any order; then every
 grouping, series or not, a few filters and three moments (windows closing as time passes)
 answer what the rows give (`coverage_rows`), suppression included. Rebuilding the rollup
-from the rows, and migration 0022, give the rollup the incremental path kept."""
+from the rows (`attest-gateway coverage-rebuild`), and migration 0022, give the rollup the
+incremental path kept."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ import sqlalchemy as sa
 from aiokafka import ConsumerRecord
 from alembic import command
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from typer.testing import CliRunner
 
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
+from attest_gateway.entrypoints.cli import main as cli
 from attest_gateway.infra.db import coverage as cr
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import alembic_config, upgrade_async
@@ -351,7 +354,9 @@ async def test_other_contact_rules_after_a_rebuild(engine: AsyncEngine) -> None:
     assert national["contact_by_attest"] == 0
 
 
-async def test_the_migration_fills_the_rollup_as_it_was_kept(url: str, engine: AsyncEngine) -> None:
+async def test_the_migration_fills_the_rollup_as_it_was_kept(
+    url: str, engine: AsyncEngine, tmp_path: Path
+) -> None:
     await _track(engine, seed=8, citizens=60)
     kept = await _rollup_state(engine)
     assert kept["coverage"]
@@ -360,6 +365,14 @@ async def test_the_migration_fills_the_rollup_as_it_was_kept(url: str, engine: A
     # an upgraded gateway: the rollup gone with its migration, then made again
     await asyncio.to_thread(command.downgrade, alembic_config(url), "0021")
     await upgrade_async(url)
+    assert await _rollup_state(engine) == kept
+    # and the command an operator runs after changing the contact rules writes it again
+    async with engine.begin() as conn:
+        await conn.execute(tracker_coverage.delete())
+    await engine.dispose()
+    env = {"DATABASE_URL": url, "VAR_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    result = await asyncio.to_thread(CliRunner().invoke, cli.app, ["coverage-rebuild"], env=env)
+    assert result.exit_code == 0, result.output
     assert await _rollup_state(engine) == kept
 
 
