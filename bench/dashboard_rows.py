@@ -1,8 +1,9 @@
 """What the dashboard's figures that once read single rows cost (PostgreSQL):
 `/ministry/v1/latency` (Kaplan–Meier, counting open requests) read from one row per request
 (`latency_rows`, as main did) against read from its rollup (`latency`), and the receiver
-drill-down `/ministry/v1/durations?by=receiver`. Contact over registered cases
-(`/ministry/v1/coverage`) still reads single rows; `--coverage` times it too.
+drill-down `/ministry/v1/durations?by=receiver`. With `--coverage`, contact over registered
+cases (`/ministry/v1/coverage`) too: read from one row per case (`coverage_rows`) against read
+from its rollup (`coverage`), by `--coverage-by`.
 
 The SQL here is built from constants only, never from input (ruff S608 is off for bench/).
 
@@ -13,7 +14,9 @@ The SQL here is built from constants only, never from input (ruff S608 is off fo
    sickness case per citizen and job centre into `tracker_cases`.
 2. Builds the rollups in bulk (`tracker_scale.build_rollups`: counters, histograms and the
    latency rollup with its receiver-kind cells, the state the tracker reaches after the same
-   events; its step 1 checks that equivalence on a few thousand conversations).
+   events; its step 1 checks that equivalence on a few thousand conversations); with
+   `--coverage` the coverage rollup from the cases (`infra.db.coverage.rebuild`, what
+   migration 0022 does; its time is reported as `coverage_rollup_s`).
 3. Times each query before (rows) and after (rollup) interleaved — before, after, before,
    after … `--runs` pairs — over the whole period and over the last three months, and checks
    that both answer the same.
@@ -38,6 +41,7 @@ import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from attest_gateway.infra.db import coverage as cr
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import latency as lat
@@ -96,7 +100,20 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="before/after pairs per query")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--reuse", action="store_true", help="use a kept database as it is")
-    parser.add_argument("--coverage", action="store_true", help="time coverage (rows) too")
+    parser.add_argument(
+        "--coverage", action="store_true", help="time coverage (rows against rollup) too"
+    )
+    parser.add_argument(
+        "--coverage-only",
+        action="store_true",
+        help="coverage alone: no bulk build of the other rollups, no latency timings",
+    )
+    parser.add_argument(
+        "--coverage-by",
+        nargs="*",
+        default=["national", "municipality", "case_kind"],
+        help="the coverage groupings timed",
+    )
     parser.add_argument("--receiver", action="store_true", help="time durations?by=receiver")
     parser.add_argument(
         "--whole-rows",
@@ -129,9 +146,23 @@ async def main() -> None:
                 await conn.exec_driver_sql("ANALYZE")
             results["load_s"] = round(time.perf_counter() - t0, 1)
             print(f"loaded in {results['load_s']} s", flush=True)
-            results["rollup_s"] = await build_rollups(engine)
+            if not args.coverage_only:
+                results["rollup_s"] = await build_rollups(engine)
+        args.coverage = args.coverage or args.coverage_only
+        if args.coverage and not args.reuse:
+            t0 = time.perf_counter()
+            async with engine.begin() as conn:
+                await cr.rebuild(conn, cr.CoverageRules.of(r.TrackerRules.build()))
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("ANALYZE tracker_coverage")
+            results["coverage_rollup_s"] = round(time.perf_counter() - t0, 1)
+            print(f"coverage rollup built in {results['coverage_rollup_s']} s", flush=True)
         async with engine.connect() as conn:
             cases = (await conn.exec_driver_sql("SELECT count(*) FROM tracker_cases")).scalar()
+            coverage_rows_n = (
+                await conn.exec_driver_sql("SELECT count(*) FROM tracker_coverage")
+            ).scalar()
+            results["coverage_rollup_rows"] = coverage_rows_n
             latency_rows_n = (
                 await conn.exec_driver_sql("SELECT count(*) FROM tracker_latency")
             ).scalar()
@@ -147,10 +178,13 @@ async def main() -> None:
             "whole period": rep.Filters(),
             "last 3 months": rep.Filters("month", today - dt.timedelta(days=91), today),
         }
+        if args.coverage:  # coverage only: the load's windows mostly end before the last 3 months
+            periods["last 12 months"] = rep.Filters("month", today - dt.timedelta(days=365), today)
         timings: dict[str, Any] = {}
         for period, f in periods.items():
             pairs: dict[str, tuple[Query, Query]] = {}
-            for by in ("national", "attest_type", "receiver_kind"):
+            latency_by = ("national", "attest_type", "receiver_kind")
+            for by in () if args.coverage_only or period == "last 12 months" else latency_by:
                 kw: dict[str, Any] = {"rules": rules, "f": f, "by": by, "series": False,
                                       "now": now}  # fmt: skip
                 pairs[f"latency by {by}"] = (
@@ -176,13 +210,18 @@ async def main() -> None:
                       f"{t['after']['median_s']:.3f} s ({t['after']['min_s']:.3f}–"
                       f"{t['after']['max_s']:.3f}), same answer: {t['same_answer']}",
                       flush=True)  # fmt: skip
-            if args.coverage:
-                seconds, _ = await _timed(
-                    engine,
-                    partial(cov.coverage, rules=rules, f=f, by="national", series=False, now=now),
+            for by in args.coverage_by if args.coverage else ():
+                kw = {"rules": rules, "f": f, "by": by, "series": False, "now": now}
+                key = f"coverage by {by}, {period}"
+                timings[key] = await interleaved(
+                    engine, partial(cov.coverage_rows, **kw), partial(cov.coverage, **kw), args.runs
                 )
-                timings[f"coverage (rows), {period}"] = {"s": round(seconds, 3)}
-                print(f"  coverage (rows), {period}: {seconds:.2f} s", flush=True)
+                t = timings[key]
+                print(f"  {key}: rows {t['before']['median_s']:.2f} s "
+                      f"({t['before']['min_s']:.2f}–{t['before']['max_s']:.2f}), rollup "
+                      f"{t['after']['median_s']:.3f} s ({t['after']['min_s']:.3f}–"
+                      f"{t['after']['max_s']:.3f}), same answer: {t['same_answer']}",
+                      flush=True)  # fmt: skip
         if args.receiver:
             f = rep.Filters()
             parts: dict[str, Query] = {

@@ -42,6 +42,7 @@ from attest_gateway.crypto.sealing import KeyRing, KeyStore, read_secret_file, s
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db.arrivals import MailArrivals
 from attest_gateway.infra.db.audit_chainer import AuditChainer
+from attest_gateway.infra.db.coverage import CoverageRules
 from attest_gateway.infra.db.directory import DirectoryCache
 from attest_gateway.infra.db.engine import STORE_ERRORS, settings_engine
 from attest_gateway.infra.db.grants import rewrite_privileges
@@ -268,6 +269,7 @@ async def _open(
                 check_seconds=settings.long_poll_check_seconds,
             ),
             audit_appended=chainer.wake,
+            coverage_rules=CoverageRules.of(tracker_rules(settings)),
         ),
         directory=cache,
         store_key=store_key,

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from attest_gateway.infra.db import coverage as cr
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.tables import (
@@ -189,10 +190,16 @@ async def _populate(engine: AsyncEngine) -> None:
 async def _coverage(
     engine: AsyncEngine, by: cov.CoverageBy, rules: TrackerRules = RULES, **f: Any
 ) -> list[dict[str, Any]]:
+    """The rollup's answer (written from the rows for `rules`), which the rows' is too."""
+    async with engine.begin() as conn:
+        await cr.rebuild(conn, cr.CoverageRules.of(rules))
     async with engine.connect() as conn:
         # one year: the figures over several months would be suppressed with any small month
         f.setdefault("period", "year")
-        return await cov.coverage(conn, rules, Filters(**f), by, series=False, now=NOW)
+        rolled = await cov.coverage(conn, rules, Filters(**f), by, series=False, now=NOW)
+        rows = await cov.coverage_rows(conn, rules, Filters(**f), by, series=False, now=NOW)
+    assert rolled == rows
+    return rolled
 
 
 async def test_contact_over_registered_cases(engine: AsyncEngine) -> None:

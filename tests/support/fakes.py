@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
@@ -159,6 +159,8 @@ class FakeState:
     cases: dict[str, CaseRecord] = field(default_factory=dict)
     treatments: dict[str, TreatmentRecord] = field(default_factory=dict)
     audit: list[AuditEvent] = field(default_factory=list)
+    # the citizens whose coverage decisions were asked to be refreshed, in order
+    coverage_refreshed: list[str] = field(default_factory=list)
     actions: dict[tuple[str, str, str], RequestAction] = field(default_factory=dict)
 
     def envelopes(self) -> list[SealedEnvelope]:
@@ -556,6 +558,13 @@ class FakeAuditLog(_Repo):
         self.s.audit.extend(events)
 
 
+class FakeCoverage(_Repo):
+    """No rollup in memory: the citizens asked for are recorded."""
+
+    async def refresh(self, case_refs: Collection[str]) -> None:
+        self.s.coverage_refreshed.extend(sorted(set(case_refs)))
+
+
 class FakeUnitOfWork:
     def __init__(self, state: FakeState, directory: FakeDirectory, busy: set[str]) -> None:
         self.state = state
@@ -572,6 +581,7 @@ class FakeUnitOfWork:
         self.closures = FakeCaseClosures(state)
         self.cases = FakeCases(state)
         self.treatments = FakeTreatments(state)
+        self.coverage = FakeCoverage(state)
         self.audit = FakeAuditLog(state)
         self.actions = FakeRequestActions(state)
 

@@ -207,3 +207,31 @@ async def test_psychiatry_contact_refusals(world: World) -> None:
         )
     assert caught.value.code == "unknown-jobcenter"
     assert world.store.state.contacts == {}
+
+
+async def test_every_change_decides_the_citizens_cases_again(world: World) -> None:
+    """A registration or change asks the store, in its own transaction, to decide the
+    citizen's cases again (the coverage rollup); a replay, which writes nothing, does not."""
+    ref = pseudonyms.case_ref(CPR, world.pseudonym_key)
+    ref_2 = pseudonyms.case_ref(CPR_2, world.pseudonym_key)
+    await _register(world, _case(world))
+    await _register(world, _case(world))  # the same again: answered, nothing written
+    assert world.store.state.coverage_refreshed == [ref]
+    await cases.update_case(
+        world.store, world.clock, world.orgs[JC], "sag-2026-0042",
+        CasePatch.model_validate({"psychiatric_course": False}),
+    )  # fmt: skip
+    start = world.clock.now().date() - dt.timedelta(days=10)
+    await _treatment(world, TreatmentIn(citizen_cpr=CPR_2, start_date=start), "t-1")
+    await _treatment(world, TreatmentIn(citizen_cpr=CPR_2, start_date=start), "t-1")
+    await _psy_contact(world, "psy-1")
+    await _psy_contact(world, "psy-1")
+    today = world.clock.now().date()
+    await world.register_contact(
+        contacts.ContactIn.model_validate({
+            "municipality": "101", "citizen_cpr": CPR_2, "psychiatry_sor": world.orgs[PSY].sor,
+            "case_kind": "sygedagpenge", "first_day_of_absence": today - dt.timedelta(days=30),
+            "contact_date": today - dt.timedelta(days=2),
+        })
+    )  # fmt: skip
+    assert world.store.state.coverage_refreshed == [ref, ref, ref_2, ref, ref_2]

@@ -14,7 +14,7 @@ The clock is `core.clock.Clock`, the private keys `crypto.sealing.KeyRing`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -338,6 +338,16 @@ class Treatments(Protocol):
     async def add(self, record: TreatmentRecord) -> None: ...
 
 
+class Coverage(Protocol):
+    """Contact over registered cases, kept as a rollup by the store."""
+
+    async def refresh(self, case_refs: Collection[str]) -> None:
+        """Decide the cases of these citizens again after a change to their cases,
+        treatments or contacts (in this unit of work); a call that changes nothing writes
+        nothing."""
+        ...
+
+
 class AuditLog(Protocol):
     async def record_many(self, events: Sequence[AuditEvent]) -> None:
         """Append in the unit of work, unchained: committed with it, chained into the hash
@@ -374,6 +384,8 @@ class UnitOfWork(Protocol):
     def cases(self) -> Cases: ...
     @property
     def treatments(self) -> Treatments: ...
+    @property
+    def coverage(self) -> Coverage: ...
     @property
     def audit(self) -> AuditLog: ...
     @property

@@ -7,7 +7,9 @@ psychiatric course, first day of absence, closed), with or without any attest re
 treatment: a case of that citizen then counts as one with a psychiatric course, whatever the
 job centre marked. The CPR number becomes the case ref at once and is stored only sealed to
 the gateway's own key (for re-keying, infra/db/rekey.py); the tracker's coverage report
-(tracker/coverage.py) reads these rows, never a CPR number.
+(tracker/coverage.py) reads these rows, never a CPR number. Each registration or change
+decides the citizen's cases again in its own transaction (`uow.coverage.refresh`: the
+coverage rollup, infra/db/coverage.py).
 
 A case is idempotent by the job centre's own case id: the same registration again answers the
 stored case (200, `Idempotent-Replayed`), another citizen, case kind or first day of absence
@@ -129,6 +131,7 @@ async def register_case(
             ),
         )
         await uow.cases.add(record)
+        await uow.coverage.refresh([ref])
     return case_out(record), True
 
 
@@ -154,6 +157,7 @@ async def update_case(
             | {"psychiatric_course": course, "closed_on": closed_on, "updated_at": now}
         )
         await uow.cases.update(changed)
+        await uow.coverage.refresh([changed.case_ref])
     return case_out(changed)
 
 
@@ -219,4 +223,5 @@ async def register_treatment(
                 citizen_sealed=sealed,
             )
         )
+        await uow.coverage.refresh([ref])
     return accepted, True

@@ -320,6 +320,7 @@ async def _register(
                 registrar_org=c.registrar.id,
             )
         )
+        await uow.coverage.refresh([c.case_ref])  # the contact may decide a case
         event = ContactEvent(
             event_id=str(uuid.uuid4()),
             contact_id=contact_id,

@@ -43,6 +43,7 @@ from attest_gateway.contracts.stages import Stage, StageEvent
 from attest_gateway.core.attests import AttestType
 from attest_gateway.core.directory import Role
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Malformed, Unavailable
+from attest_gateway.infra.db import coverage as coverage_rollup
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, dialect_insert, one_of_param
 from attest_gateway.infra.db.pseudonyms import StoreKey
 from attest_gateway.infra.db.tables import organisations, tracker_conversations, tracker_episodes
@@ -72,6 +73,9 @@ def stage_column(stage: Stage) -> str:
 
 STAGE_COLUMNS: dict[Stage, str] = {s: stage_column(s) for s in r.TIMED_STAGES}
 
+
+# the stage times that can decide a case's contact (a request to psychiatry sent, answered)
+COVERAGE_STAGES = frozenset({"submitted_at", "replied_at"})
 
 MUTABLE = (
     *(stage_column(s) for s in r.TIMED_STAGES),
@@ -184,11 +188,16 @@ class Conversations:
         self.created = created  # new in this batch; their first event sets up contact episodes
         self.dirty: set[str] = set()
         self.episodes = Episodes()
+        # citizens with a request to psychiatry sent or answered in the batch: their cases'
+        # contact decisions may change (the coverage rollup)
+        self.coverage_refs: set[str] = set()
 
     def set(self, row: SimpleNamespace, **values: Any) -> None:
         for name, value in values.items():
             setattr(row, name, value)
         self.dirty.add(row.conversation_id)
+        if row.receiver_role == Role.PSYCHIATRY.value and COVERAGE_STAGES & values.keys():
+            self.coverage_refs.add(row.case_ref)
 
     async def write(self, conn: AsyncConnection) -> None:
         await self.episodes.write(conn)
@@ -212,6 +221,7 @@ class TrackerState:
         self.catalogue = catalogue or {}
         self._roles: dict[str, str | None] = {}
         self.cells = KnownCells()  # rollup cells known to exist in the store
+        self.coverage_rules = coverage_rollup.CoverageRules.of(rules)
 
     # --- cells -------------------------------------------------------------------------------
 
@@ -267,6 +277,14 @@ class TrackerState:
         """Requests are counted in the period they were made."""
         at = row.submitted_at
         return self.rules.local_date(aware(at) if at is not None else fallback)
+
+    async def refresh_coverage(self, conn: AsyncConnection, batch: Conversations) -> None:
+        """Decide again the cases of the citizens whose requests to psychiatry were sent or
+        answered in the batch, when requests or attests count as contact. Last in the
+        transaction: it waits for no other tracker row while it holds the citizens' locks."""
+        refs, batch.coverage_refs = batch.coverage_refs, set()
+        if refs and {"attest", "request"} & self.rules.contact_counts:
+            await coverage_rollup.refresh(conn, self.coverage_rules, refs)
 
     # --- lookups -----------------------------------------------------------------------------
 
@@ -349,6 +367,7 @@ class TrackerState:
             batch = await self.conversations(conn, [e])
             changed = await self.apply_stage(conn, e, batch)
             await batch.write(conn)
+            await self.refresh_coverage(conn, batch)
             return changed
         row = batch.rows[e.conversation_id]
         created = e.conversation_id in batch.created
@@ -639,6 +658,7 @@ class TrackerHandler:
                     changed = [await self._apply_one(conn, event, batch) for event in events]
                     await batch.write(conn)
                     await rollups.flush(conn)
+                    await self._state.refresh_coverage(conn, batch)
         except STORE_ERRORS as exc:
             cells.forget()
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc

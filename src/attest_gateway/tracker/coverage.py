@@ -24,7 +24,7 @@ left out (nobody needed to meet), one whose window is still open is pending.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,12 +33,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.core.directory import Role
+from attest_gateway.infra.db import coverage as cr
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import (
     organisations,
     tracker_cases,
     tracker_contacts,
     tracker_conversations,
+    tracker_coverage,
     tracker_treatments,
 )
 from attest_gateway.tracker import disclosure
@@ -203,6 +205,37 @@ class _Decided:
     source: str | None = None
 
 
+def _fields(states: Mapping[str, int]) -> dict[str, Any]:
+    """A group's figures from its counted cases per state (a source of first contact,
+    `without`, `pending`, `closed_early`)."""
+    w = sum(states.get(source, 0) for source in cr.SOURCES)
+    n = w + states.get("without", 0)
+    return {
+        "cases": n,
+        "with_contact": w,
+        "without_contact": n - w,
+        "share_without_contact": r.rate(n - w, n),
+        "contact_by_jobcenter": states.get("jobcenter", 0),
+        "contact_by_psychiatry": states.get("psychiatry", 0),
+        "contact_by_attest": states.get("attest", 0),
+        "contact_by_request": states.get("request", 0),
+        "pending": states.get("pending", 0),
+        "closed_early": states.get(cr.CLOSED_EARLY, 0),
+    }
+
+
+def _coverage_coord(f: Filters, row: Any) -> list[disclosure.Coord]:
+    """The cube's cells a stored coverage row adds into: a week, month, quarter or year
+    itself; a month's states also into its quarter and year (those keep citizens only)."""
+    value = disclosure.ALL if row.case_kind == cr.ALL else str(row.case_kind)
+    start: dt.date = row.period_start
+    if row.state != cr.CITIZENS and row.period_kind == "month":
+        periods = disclosure.months_up("month", start)
+    else:
+        periods = [(str(row.period_kind), start.isoformat())]
+    return [(kind, first, str(row.grain), str(row.place), value) for kind, first in periods]
+
+
 async def coverage(
     conn: AsyncConnection,
     rules: r.TrackerRules,
@@ -213,7 +246,97 @@ async def coverage(
     now: dt.datetime,
 ) -> list[dict[str, Any]]:
     """Share of registered cases with a psychiatric course and no direct contact in the
-    window, per group (and period of the window's last day)."""
+    window, per group (and period of the window's last day), read from the rollup
+    (`tracker_coverage`, infra/db/coverage.py): a few rows per cell, whatever the number of
+    cases. A case still without contact is kept per the last day of its window: without
+    contact when that day is before today, else pending."""
+    today = rules.local_date(now)
+    t = tracker_coverage.c
+    lo, hi = cube_range(f)
+    breakdown = by not in GEOGRAPHY
+    conds: list[Any] = []
+    if lo is not None:
+        conds.append(t.period_start >= lo)
+    if hi is not None:
+        conds.append(t.period_start <= hi)
+    weight_kinds = ["week"] if f.period == "week" else ["month", "quarter", "year"]
+    weights: dict[disclosure.Coord, int] = {}
+    # the cube's cells, every place: their citizens (a breakdown's cells and their whole)
+    for row in await conn.execute(
+        sa.select(t.period_kind, t.period_start, t.grain, t.place, t.case_kind, t.state, t.n).where(
+            t.state == cr.CITIZENS,
+            t.period_kind.in_(weight_kinds),
+            t.n > 0,
+            *conds,
+            *([] if breakdown else [t.case_kind == cr.ALL]),
+        )
+    ):
+        for coord in _coverage_coord(f, row):
+            weights[coord] = int(row.n)
+    # the states of the answer's own grain (weeks, or months for every coarser period)
+    figures: dict[disclosure.Coord, Counter[str]] = defaultdict(Counter)
+    for stored in await conn.execute(
+        sa.select(
+            t.period_kind, t.period_start, t.grain, t.place, t.case_kind, t.state, t.day, t.n
+        ).where(
+            t.state != cr.CITIZENS,
+            t.period_kind == ("week" if f.period == "week" else "month"),
+            t.grain == _own(by, f),
+            t.n != 0,
+            t.case_kind != cr.ALL if breakdown else t.case_kind == cr.ALL,
+            *conds,
+        )
+    ):
+        state = str(stored.state)
+        if state == cr.OPEN:
+            window_end = stored.period_start + dt.timedelta(days=int(stored.day))
+            state = "without" if window_end < today else "pending"
+        for coord in _coverage_coord(f, stored):
+            figures[coord][state] += int(stored.n)
+    region_of = region_of_municipalities()
+    hidden = disclosure.decide_cube(weights, region_of, rules.min_cell_citizens)
+    rows: dict[tuple[str | None, str], tuple[Counter[str], int, bool]] = {}
+    for coord, citizens in weights.items():
+        key = row_key(coord, f, by, region_of, series=series)
+        if key is None:
+            continue
+        states, most, shown = rows.get(key, (Counter(), 0, True))
+        states.update(figures.get(coord, Counter()))
+        rows[key] = (states, max(most, citizens), shown and coord not in hidden)
+    out_rows = []
+    for (period, group), (states, most, shown) in sorted(
+        rows.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+    ):
+        # shown: every cell of the row is, so each counts the threshold (the row's citizens
+        # are at least its largest cell's)
+        ok = shown and r.publishable(most, rules)
+        out: dict[str, Any] = {"period_start": period} if series else {}
+        out |= {
+            "group": group,
+            "label": _group_label(by, group),
+            "suppressed": not ok,
+            "baseline": rules.no_contact_baseline,
+            "target": rules.no_contact_target,
+        }
+        fields = _fields(states)
+        out |= fields if ok else dict.fromkeys(fields)
+        out_rows.append(out)
+    return out_rows
+
+
+async def coverage_rows(
+    conn: AsyncConnection,
+    rules: r.TrackerRules,
+    f: Filters,
+    by: CoverageBy,
+    *,
+    series: bool,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """What :func:`coverage` answers, decided from one row per case of the whole cube
+    (`tracker_cases`, with its citizen's treatments, contacts and requests), its citizens
+    counted exactly: the reference the tests and the benchmark hold the rollup to. Its cost
+    grows with the cases of the period."""
     today = rules.local_date(now)
     window_days = 7 * rules.contact_window_weeks
     c = tracker_cases.c
@@ -248,9 +371,13 @@ async def coverage(
                 contacts[key].append((rules.local_date(aware(rec.submitted_at)), "request"))
 
     items: list[Item] = []
+    outer: r.ReportPeriod = "week" if f.period == "week" else "year"
     for case in cases:
         first_day = case.first_day_of_absence
         window_end = rules.contact_window_end(first_day)
+        start = r.period_start(window_end, outer)
+        if (lo is not None and start < lo) or (hi is not None and start > hi):
+            continue  # its window ends outside the cube: its cells would be partial there
         course = case.psychiatric_course or any(
             t.start_date <= window_end and (t.end_date is None or t.end_date >= first_day)
             for t in treatments.get(case.case_ref, ())

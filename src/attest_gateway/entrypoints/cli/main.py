@@ -560,7 +560,7 @@ def main() -> None:
 
 
 cli_ops.register(app)  # setup, config, healthcheck, contracts
-tracker_cli.register(app)  # simulate, report
+tracker_cli.register(app)  # simulate, report, coverage-rebuild
 cli_audit.register(app)  # audit verify, list
 cli_admin.register(app)  # orgs add|list|disable, keys generate|add|rotate|revoke|retire|list
 cli_pseudonyms.register(app)  # pseudonyms status, rekey

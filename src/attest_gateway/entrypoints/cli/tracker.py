@@ -1,4 +1,5 @@
-"""The tracker's commands: `attest-gateway simulate` and `attest-gateway report`."""
+"""The tracker's commands: `attest-gateway simulate`, `attest-gateway report` and
+`attest-gateway coverage-rebuild`."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from attest_gateway.devtools.simulate import (
     simulation_orgs,
     wait_healthy,
 )
+from attest_gateway.infra.db import coverage as coverage_rollup
 from attest_gateway.infra.db.migrate import upgrade
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from attest_gateway.observability.logging import configure_logging
@@ -45,6 +47,27 @@ console = Console(stderr=True)
 def register(app: typer.Typer) -> None:
     app.command()(simulate)
     app.command()(report)
+    app.command("coverage-rebuild")(coverage_rebuild)
+
+
+def coverage_rebuild() -> None:
+    """Write the contact-coverage rollup again from the registered cases, for the contact rules
+    configured now: after changing TRACKER_CONTACT_WINDOW_WEEKS, TRACKER_CONTACT_CASE_KINDS,
+    TRACKER_CONTACT_COUNTS or TRACKER_TIMEZONE, with the gateway's processes stopped (one
+    transaction; minutes at national volume).
+
+    Example: attest-gateway coverage-rebuild
+    """
+    settings = load_settings()
+
+    async def rebuild() -> int:
+        async with database(settings) as engine, engine.begin() as conn:
+            return await coverage_rollup.rebuild(
+                conn, coverage_rollup.CoverageRules.of(tracker_rules(settings))
+            )
+
+    cases = asyncio.run(rebuild())
+    console.print(f"coverage rollup written again from {cases:,} registered cases")
 
 
 def _fmt_duration(seconds: float | None) -> str:

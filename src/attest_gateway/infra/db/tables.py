@@ -487,6 +487,41 @@ tracker_latency = sa.Table(
     postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
 )
 
+# Contact over registered cases as a rollup (migration 0022, infra/db/coverage.py). One row per
+# counted case (its kind is a contact case kind and its citizen has a psychiatric course), with
+# its decision: the source of its first direct contact in the window, `closed_early`, or
+# `open` (no contact yet: without contact once the window has closed, pending before). Keyed
+# by the case's id alone (no case ref: the case row names the citizen).
+tracker_coverage_cases = sa.Table(
+    "tracker_coverage_cases",
+    metadata,
+    sa.Column("case_id", sa.String(64), primary_key=True),
+    sa.Column("window_end", sa.Date, nullable=False),
+    sa.Column("region_code", sa.String(4), nullable=False),
+    sa.Column("municipality", sa.String(3), nullable=False),
+    sa.Column("case_kind", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+)
+
+# The counted cases per cell (period kind and start of the window's last day, grain, place,
+# case kind or `*`): `state` a decision (`day` 0) or `open` per window's last day (`day`: days
+# from the period's start; decided without or pending when read), for weeks and months; and
+# `citizens` (`day` 0), the distinct citizens of the cell's counted cases, for weeks, months,
+# quarters and years (each cell's exact weight for disclosure control).
+tracker_coverage = sa.Table(
+    "tracker_coverage",
+    metadata,
+    sa.Column("period_kind", sa.String(7), primary_key=True),
+    sa.Column("period_start", sa.Date, primary_key=True),
+    sa.Column("grain", sa.String(16), primary_key=True),
+    sa.Column("place", sa.String(4), primary_key=True),
+    sa.Column("case_kind", sa.String(32), primary_key=True),
+    sa.Column("state", sa.String(16), primary_key=True),
+    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
+)
+
 # --- audit (migration 0005) ------------------------------------------------------------------
 # The append-only, hash-chained audit log (infra/db/audit.py): reads of content and
 # administrative changes. Ids and addresses only, never content or CPR numbers.

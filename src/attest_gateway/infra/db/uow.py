@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,8 +25,9 @@ from attest_gateway.contracts.contacts import ContactEvent
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.core.audit import AuditEvent
-from attest_gateway.infra.db import audit, messaging
+from attest_gateway.infra.db import audit, coverage, messaging
 from attest_gateway.infra.db.arrivals import MailArrivals
+from attest_gateway.infra.db.coverage import CoverageRules
 from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import autocommit, aware, dialect_insert, insert_ignore, one_of
 from attest_gateway.infra.db.group_commit import GroupCommit, Write
@@ -763,6 +764,17 @@ class SqlTreatments:
         await self._conn.execute(tracker_treatments.insert().values(**fields))
 
 
+class SqlCoverage:
+    """Contact over registered cases (infra/db/coverage.py), decided for `rules`."""
+
+    def __init__(self, conn: AsyncConnection, rules: CoverageRules) -> None:
+        self._conn = conn
+        self._rules = rules
+
+    async def refresh(self, case_refs: Collection[str]) -> None:
+        await coverage.refresh(self._conn, self._rules, case_refs)
+
+
 class SqlAuditLog:
     def __init__(self, conn: AsyncConnection, topics: Topics) -> None:
         self._conn = conn
@@ -777,7 +789,9 @@ class SqlAuditLog:
 class SqlUnitOfWork:
     """The repositories of one connection (one transaction, or autocommitted reads)."""
 
-    def __init__(self, conn: AsyncConnection, topics: Topics) -> None:
+    def __init__(
+        self, conn: AsyncConnection, topics: Topics, coverage_rules: CoverageRules | None = None
+    ) -> None:
         self.directory = SqlDirectory(conn)
         self.conversations = SqlConversations(conn)
         self.mailbox = SqlMailbox(conn)
@@ -791,6 +805,7 @@ class SqlUnitOfWork:
         self.closures = SqlCaseClosures(conn)
         self.cases = SqlCases(conn)
         self.treatments = SqlTreatments(conn)
+        self.coverage = SqlCoverage(conn, coverage_rules or CoverageRules())
         self.audit = SqlAuditLog(conn, topics)
         self.actions = SqlRequestActions(conn)
 
@@ -853,8 +868,11 @@ class SqlStore:
         writes: GroupCommit | None = None,
         arrivals: MailArrivals | None = None,
         audit_appended: Callable[[], None] | None = None,
+        coverage_rules: CoverageRules | None = None,
     ):
         self._engine = engine
+        # the contact rules the coverage rollup is decided with (the tracker's)
+        self._coverage_rules = coverage_rules or CoverageRules()
         self._topics = topics
         self._writes = writes
         # what long-polls wait on; without one (tests, tools) they answer at once
@@ -868,7 +886,7 @@ class SqlStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
         async with self._engine.begin() as conn:
-            uow = SqlUnitOfWork(conn, self._topics)
+            uow = SqlUnitOfWork(conn, self._topics, self._coverage_rules)
             yield uow
         if self.arrivals is not None and uow.mailbox.receivers:
             self.arrivals.notify(uow.mailbox.receivers)  # committed: wake their long-polls
@@ -884,7 +902,7 @@ class SqlStore:
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[SqlUnitOfWork]:
         async with self._engine.connect() as conn:
-            yield SqlUnitOfWork(await autocommit(conn), self._topics)
+            yield SqlUnitOfWork(await autocommit(conn), self._topics, self._coverage_rules)
 
     async def accept_request(self, accepted: AcceptedRequest) -> None:
         if self._writes is None:
