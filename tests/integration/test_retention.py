@@ -714,6 +714,12 @@ async def _report(db: Db) -> dict[str, Any]:
         return await tracker_report(conn, tracker_rules(db.settings), Filters(period="month"))
 
 
+async def _coverage_rollup(db: Db) -> list[tuple[Any, ...]]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(sa.select(tables.tracker_coverage))
+        return sorted(tuple(r) for r in rows)
+
+
 async def _rows_holding(db: Db, *needles: str) -> list[str]:
     """`table.column` of every stored value that contains one of `needles`."""
     found = []
@@ -740,12 +746,23 @@ async def test_registered_cases_go_a_retention_period_after_they_closed(db: Db) 
             ),
             gateway_org_id=w.gateway_org_id, pseudonym_key=w.pseudonym_key,
         )  # fmt: skip
+    ids = tables.tracker_cases.c.jobcenter_case_id
+    async with db.engine.connect() as conn:
+        case_ids = {
+            r.jobcenter_case_id: r.case_id
+            for r in await conn.execute(sa.select(ids, tables.tracker_cases.c.case_id))
+        }
+    decisions = tables.tracker_coverage_cases.c.case_id
+    assert await db.count(tables.tracker_coverage_cases, decisions == case_ids["sag-closed"]) == 1
     w.clock.advance(db.settings.tracker_timeline_retention_days * DAY - 11 * DAY)
     assert "tracker_cases" not in await db.prune()
     w.clock.advance(2 * DAY)
-    assert (await db.prune()).get("tracker_cases") == 1
-    ids = tables.tracker_cases.c.jobcenter_case_id
+    pruned = await db.prune()
+    assert pruned.get("tracker_cases") == 1
+    assert pruned.get("tracker_coverage_cases") == 1  # its coverage decision with it
     assert await db.count(tables.tracker_cases, ids == "sag-open") == 1
+    assert await db.count(tables.tracker_coverage_cases, decisions == case_ids["sag-closed"]) == 0
+    assert await db.count(tables.tracker_coverage_cases, decisions == case_ids["sag-open"]) == 1
 
 
 async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) -> None:
@@ -774,6 +791,8 @@ async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) ->
     await _run_tracker(db)
     before = await _report(db)
     assert await db.count(tables.tracker_counts, tables.tracker_counts.c.requests > 0)
+    assert await db.count(tables.tracker_coverage_cases) == 1  # the case's coverage decision
+    coverage_before = await _coverage_rollup(db)
     assert await _rows_holding(db, ref)  # the case is all over the store, as it should be
 
     body = CaseCloseIn(citizen_cpr=CPR, case_kind=CaseKind.SYGEDAGPENGE)
@@ -805,6 +824,8 @@ async def test_a_closed_case_is_erased_and_the_ministrys_report_stays(db: Db) ->
     assert await db.count(tables.outbox, tables.outbox.c.key.in_(conv_ids)) == 0
     assert await db.count(tables.tracker_contacts) == 0  # its sealed CPR number with it
     assert await db.count(tables.tracker_cases) == 0  # the registered sickness case too
+    assert await db.count(tables.tracker_coverage_cases) == 0  # and its coverage decision
+    assert await _coverage_rollup(db) == coverage_before  # whose counts stay
     # the other citizen's case is untouched, and the ministry's figures are the same
     assert await _rows_holding(db, other_ref)
     assert await _report(db) == before

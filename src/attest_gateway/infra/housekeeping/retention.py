@@ -18,7 +18,8 @@ a cursor carried between batches, and every lookup by conversation or case ref i
   sent copies, idempotency records, submissions and mailbox entries; an open conversation is
   never touched;
 - the tracker's per-conversation timelines, episodes and registered contacts once decided,
-  and which citizens a closed period's cells counted; the aggregates themselves are kept;
+  registered cases with their coverage decisions, and which citizens a closed period's
+  cells counted; the aggregates themselves are kept;
 - closed cases (`services/closures.py`) after CASE_ERASURE_DAYS: what identifies the citizen;
 - the audit log, up to a signed checkpoint (`infra/db/audit.py`), after a checkpoint of the
   chain's head is taken when due; only by a role that may remove audit entries (on PostgreSQL
@@ -64,6 +65,7 @@ from attest_gateway.infra.db.tables import (
     tracker_cells,
     tracker_contacts,
     tracker_conversations,
+    tracker_coverage_cases,
     tracker_episodes,
     tracker_reminders,
     tracker_treatments,
@@ -415,11 +417,15 @@ async def _erase_cases(
     ]
     if contacts:
         await conn.execute(tracker_contacts.delete().where(tk.contact_id.in_(contacts)))
-    await conn.execute(
-        tracker_cases.delete().where(
-            ks.case_ref.in_(refs), sa.tuple_(ks.case_ref, ks.jobcenter_org, ks.case_kind).in_(cases)
+    erased_cases = sa.tuple_(ks.case_ref, ks.jobcenter_org, ks.case_kind).in_(cases)
+    await conn.execute(  # their coverage decisions (the rollup's counts stay)
+        tracker_coverage_cases.delete().where(
+            tracker_coverage_cases.c.case_id.in_(
+                sa.select(ks.case_id).where(ks.case_ref.in_(refs), erased_cases).scalar_subquery()
+            )
         )
     )
+    await conn.execute(tracker_cases.delete().where(ks.case_ref.in_(refs), erased_cases))
     tt = tracker_treatments.c
     remaining = sa.union(
         *(
@@ -608,6 +614,22 @@ async def _prune_tracker(
             tracker_contacts,
             tracker_contacts.c.created_at < cutoff,
             [tracker_contacts.c.contact_id],
+            pace,
+        ),
+    )
+    # a pruned case's coverage decision first (the case id is its only link; the rollup's
+    # counts stay): nothing refreshes it once its case is gone
+    report.add(
+        "tracker_coverage_cases",
+        await _prune_table(
+            engine,
+            tracker_coverage_cases,
+            tracker_coverage_cases.c.case_id.in_(
+                sa.select(tracker_cases.c.case_id)
+                .where(tracker_cases.c.closed_on < day)
+                .scalar_subquery()
+            ),
+            [tracker_coverage_cases.c.case_id],
             pace,
         ),
     )
