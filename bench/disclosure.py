@@ -44,6 +44,7 @@ from types import FrameType
 
 from tests.support import disclosure_reference as reference
 
+from attest_gateway.devtools.simulate import Profile, plan, simulation_orgs
 from attest_gateway.tracker import disclosure
 from attest_gateway.tracker.report import region_of_municipalities
 
@@ -163,8 +164,6 @@ def receiver_cube(per_year: int, seed: int) -> Weights:
 
 def municipality_cube(rate: float, seed: int) -> Weights:
     """The cube `python -m bench.municipality_cells --rate RATE --seed SEED` decides."""
-    from attest_gateway.devtools.simulate import Profile, plan, simulation_orgs
-
     rng = random.Random(seed)
     profile = replace(Profile(), requests_per_day=rate)
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
