@@ -34,17 +34,16 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import httpx
 
 from attest_gateway.devtools.demo import DEMO_ORGS
 from bench.common import percentile
+from bench.gateway_ingest import scratch_postgres
 from bench.loadgen import GatewayBody, free_port, stop_process, wait_http
 
 ABUSER = "psyk-kbh"
@@ -164,21 +163,8 @@ async def scratch_database(kind: str) -> AsyncIterator[str | None]:
         yield None
         return
     dsn = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-    name = f"attest_bench_abuse_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        base = dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-        yield f"{base}/{name}"
-    finally:
-        admin = await asyncpg.connect(dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_postgres(dsn) as url:
+        yield url
 
 
 @contextlib.asynccontextmanager

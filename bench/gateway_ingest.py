@@ -98,25 +98,32 @@ ATTEST_PATH = "/jobcenter/v1/attest-requests"
 
 
 @asynccontextmanager
-async def fresh_database(ctx: BenchContext, kind: str, var_dir: Path) -> AsyncIterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite+aiosqlite:///{(var_dir / 'gateway.db').as_posix()}"
-        return
+async def scratch_postgres(dsn: str) -> AsyncIterator[str]:
+    """The URL of a fresh PostgreSQL database on `dsn`'s server, dropped after."""
     name = f"attest_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ctx.postgres_dsn)
+    admin = await asyncpg.connect(dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    base = ctx.postgres_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    base = dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     try:
         yield f"{base}/{name}"
     finally:
-        admin = await asyncpg.connect(ctx.postgres_dsn)
+        admin = await asyncpg.connect(dsn)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@asynccontextmanager
+async def fresh_database(ctx: BenchContext, kind: str, var_dir: Path) -> AsyncIterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{(var_dir / 'gateway.db').as_posix()}"
+        return
+    async with scratch_postgres(ctx.postgres_dsn) as url:
+        yield url
 
 
 OPEN_LOOP_REQUESTS = 1500
