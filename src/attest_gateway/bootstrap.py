@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import gc
 import os
 import secrets
@@ -44,7 +45,7 @@ from attest_gateway.infra.db.arrivals import MailArrivals
 from attest_gateway.infra.db.audit_chainer import AuditChainer
 from attest_gateway.infra.db.coverage import CoverageRules
 from attest_gateway.infra.db.directory import DirectoryCache
-from attest_gateway.infra.db.engine import STORE_ERRORS, settings_engine
+from attest_gateway.infra.db.engine import STORE_ERRORS, has_idle_connection, settings_engine
 from attest_gateway.infra.db.grants import rewrite_privileges
 from attest_gateway.infra.db.group_commit import GroupCommit
 from attest_gateway.infra.db.messaging import conversations_by_request, record_stages
@@ -469,7 +470,12 @@ def make_webhooks(gw: Gateway, bootstrap: str) -> Webhooks:
     )
     sender = WebhookSender(store, poster, gw.clock, config, transient=STORE_ERRORS)
     handler = WebhookDispatcher(
-        store, gw.clock, config.retry.period, transient=STORE_ERRORS, sender=sender
+        store,
+        gw.clock,
+        config.retry.period,
+        transient=STORE_ERRORS,
+        sender=sender,
+        spare=functools.partial(has_idle_connection, gw.engine),
     )
     dispatcher = ConsumerLoop(
         settings=settings,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from attest_gateway.config import load_settings
-from attest_gateway.infra.db.engine import make_engine, settings_engine
+from attest_gateway.infra.db.engine import has_idle_connection, make_engine, settings_engine
 from tests.integration.conftest import DB_KINDS, running_gateway
 from tests.support.flows import JC, round_trip
 from tests.support.harness import fresh_database
@@ -71,11 +71,28 @@ def test_the_settings_size_the_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("kind", DB_KINDS)
+async def test_a_pool_tells_whether_a_checkout_would_wait(kind: str, tmp_path: Path) -> None:
+    async with fresh_database(kind, tmp_path) as url:
+        engine = make_engine(url, pool_size=2, max_overflow=0)
+        try:
+            assert has_idle_connection(engine)  # none opened yet, two may be
+            async with engine.connect() as one:
+                await one.execute(sa.text("SELECT 1"))
+                assert has_idle_connection(engine)
+                async with engine.connect() as two:
+                    await two.execute(sa.text("SELECT 1"))
+                    assert not has_idle_connection(engine)
+            assert has_idle_connection(engine)  # both back in the pool
+        finally:
+            await engine.dispose()
+
+
+@pytest.mark.parametrize("kind", DB_KINDS)
 async def test_every_connection_busy_is_a_503_and_the_gateway_goes_on(
     kind: str, broker: TestKafka, tmp_path: Path
 ) -> None:
     async with running_gateway(
-        kind, tmp_path, broker.bootstrap, db_pool_size=2, db_pool_timeout_seconds=0.3
+        kind, tmp_path, broker.bootstrap, db_pool_size=2, db_pool_timeout_seconds=1.0
     ) as h:
         await round_trip(h)
         # The test holds both of the process's connections (the relay, consumers and
@@ -84,7 +101,7 @@ async def test_every_connection_busy_is_a_503_and_the_gateway_goes_on(
             await one.execute(sa.text("SELECT 1"))
             await two.execute(sa.text("SELECT 1"))
             answer = await h.client.get("/jobcenter/v1/inbox", headers=h.auth(JC))
-            await asyncio.sleep(0.5)  # long enough for the background loops to time out too
+            await asyncio.sleep(1.2)  # long enough for the background loops to time out too
         assert answer.status_code == 503, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.json()["code"] == "database-busy"

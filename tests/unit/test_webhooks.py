@@ -437,6 +437,20 @@ async def test_a_failed_early_dispatch_is_left_to_the_topic() -> None:
     assert len(store.deliveries) == 1
 
 
+async def test_an_offer_is_declined_while_the_store_has_no_connection_to_spare() -> None:
+    store, clock = FakeWebhookStore(), ManualClock(T0)
+    spare = False
+    dispatcher = WebhookDispatcher(store, clock, DAY, transient=(), spare=lambda: spare)
+    await add(store, PSY, "https://p.example/h")
+    dispatcher.offer([WAITING])  # the pool is taken: left to the topic
+    await asyncio.sleep(0)
+    assert store.deliveries == {}
+    spare = True
+    dispatcher.offer([WAITING])
+    await dispatcher.close()
+    assert len(store.deliveries) == 1
+
+
 async def test_a_busy_or_open_endpoint_leaves_the_dispatchers_delivery_to_the_loop() -> None:
     store, clock, poster = FakeWebhookStore(), ManualClock(T0), ScriptedPoster()
     ep = await add(store, PSY, "https://p.example/h")

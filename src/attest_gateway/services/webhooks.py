@@ -29,7 +29,7 @@ import dataclasses
 import datetime as dt
 import random
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -359,7 +359,9 @@ class WebhookDispatcher:
     the events come back from `gateway.tracking` two Kafka crossings later; the topic still
     brings each of them, and a delivery made twice is stored once (its id is derived from
     the event and the endpoint), so the topic stays the at-least-once path and a failure of
-    the early one is only logged (docs/decisions/0013)."""
+    the early one is only logged (docs/decisions/0013). `spare`: whether the store can spare
+    a connection now; when it cannot, an offer is declined, so that the early path never
+    makes the API's requests wait for the pool (the topic brings the events)."""
 
     def __init__(
         self,
@@ -369,12 +371,14 @@ class WebhookDispatcher:
         *,
         transient: tuple[type[Exception], ...],
         sender: WebhookSender | None = None,
+        spare: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._clock = clock
         self._period = period
         self._transient = transient
         self._sender = sender
+        self._spare = spare
         self._early: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -392,10 +396,13 @@ class WebhookDispatcher:
 
     def offer(self, events: Sequence[StageEvent]) -> None:
         """Make the deliveries of stage events just committed in this process now (see the
-        class). Never waits and never raises: it only starts a task, unless
-        `EARLY_TASKS_MAX` are under way already (a busy store: the topic brings them)."""
+        class). Never waits and never raises: it only starts a task, unless `EARLY_TASKS_MAX`
+        are under way already or the store has no connection to spare (a busy store: the
+        topic brings them)."""
         wanted = [event for event in events if notices(event)]
         if not wanted or self._closed or len(self._early) >= EARLY_TASKS_MAX:
+            return
+        if not self._spare():
             return
         task = asyncio.create_task(self._dispatch_early(wanted), name="webhook-early")
         self._early.add(task)

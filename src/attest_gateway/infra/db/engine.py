@@ -93,6 +93,17 @@ def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None
         raise sa.exc.DisconnectionError("the database server closed the connection")
 
 
+def has_idle_connection(engine: AsyncEngine) -> bool:
+    """Whether a checkout now would not wait: a pooled connection is idle, or the pool may
+    still open one. Work that can be left to another path (the early webhook dispatch) asks
+    first, so that it never makes the API's requests wait for the pool. A pool without a
+    size (SQLite's in-memory static pool) always has one."""
+    pool: Any = engine.pool
+    if not isinstance(pool, sa.pool.QueuePool):
+        return True
+    return bool(pool.checkedin() > 0 or pool.checkedout() < pool.size() + pool._max_overflow)
+
+
 async def autocommit(conn: AsyncConnection) -> AsyncConnection:
     """Reads that need no transaction of their own (authentication, gauges): on PostgreSQL the
     connection runs in autocommit, which spares the BEGIN and ROLLBACK round trips around a
