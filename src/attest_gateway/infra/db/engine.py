@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from attest_gateway.config import DB_MAX_OVERFLOW, DB_POOL_SIZE, DB_POOL_TIMEOUT_SECONDS, Settings
+from attest_gateway.infra.db.sqlite_driver import OneHopDBAPI
 from attest_gateway.observability.metrics import db_statement
 
 #: Store errors a retry may cure: the driver's (a lost connection, a restart, a deadlock; a
@@ -28,7 +29,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     `hide_parameters`: SQLAlchemy leaves a statement's parameters out of its errors' text,
     which is logged; a parameter may be a case ref, or a caseworker_ref that a client filled
     with a CPR number. (The database's own message can still repeat a value, so the log
-    chain never writes a database error's text either: observability/logging.py.)"""
+    chain never writes a database error's text either: observability/logging.py.) SQLite
+    through aiosqlite gets a cursor that runs each statement in one call in its connection's
+    thread (infra/db/sqlite_driver.py)."""
+    if sa.make_url(url).drivername == "sqlite+aiosqlite":
+        kwargs.setdefault("module", OneHopDBAPI())
     return create_async_engine(url, hide_parameters=True, **kwargs)
 
 
