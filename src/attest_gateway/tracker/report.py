@@ -23,15 +23,23 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.core.identifiers import municipalities
-from attest_gateway.infra.db.tables import tracker_cells, tracker_counts, tracker_durations
+from attest_gateway.infra.db.engine import aware
+from attest_gateway.infra.db.tables import (
+    tracker_cells,
+    tracker_counts,
+    tracker_decision_cells,
+    tracker_decisions,
+    tracker_durations,
+)
 from attest_gateway.tracker import disclosure
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.consumer import CONTACT_ATTEST
@@ -171,10 +179,17 @@ async def _cube(
     """The counters per cell of the cube, months summed into quarters and years;
     `citizens_lb` is the most citizens of one stored cell (a lower bound of the distinct
     citizens)."""
+    return await cube_of(conn, f, _levels(by), _types(contact=contact))
+
+
+async def cube_of(
+    conn: AsyncConnection, f: Filters, grains: Sequence[str], types: list[str] | None
+) -> dict[Coord, dict[str, int]]:
+    """`_cube` over the cells of `grains` and `types` (None: every type but the contact one)."""
     t, cells = tracker_counts, tracker_cells
     cols = [cells.c.period_start, cells.c.grain, cells.c.dim, cells.c.attest_type]
     sums = [sa.func.sum(t.c[name]).label(name) for name in _COUNTERS]
-    where = _where(cells, f, _levels(by), _types(contact=contact), cube_range(f))
+    where = _where(cells, f, grains, types, cube_range(f))
     stmt = (
         sa.select(*cols, *sums, sa.func.max(t.c.citizens).label("citizens_lb"))
         .select_from(cells.join(t, t.c.cell_id == cells.c.id))
@@ -184,7 +199,9 @@ async def _cube(
     out: dict[Coord, dict[str, int]] = {}
     for row in await conn.execute(stmt):
         for coord in _coords(f, row):
-            values = out.setdefault(coord, dict.fromkeys((*_COUNTERS, "citizens_lb"), 0))
+            values = out.get(coord)
+            if values is None:
+                values = out[coord] = dict.fromkeys((*_COUNTERS, "citizens_lb"), 0)
             for name in _COUNTERS:
                 values[name] += int(getattr(row, name) or 0)
             values["citizens_lb"] = max(values["citizens_lb"], int(row.citizens_lb or 0))
@@ -232,7 +249,30 @@ class Table:
     shown: set[tuple[str | None, str]]
 
 
-Memo = dict[tuple[bool, tuple[str, ...]], tuple[dict[Coord, dict[str, int]], set[Coord]]]
+Decided = tuple[dict[Coord, dict[str, int]], set[Coord]]
+
+
+@dataclass
+class Memo:
+    """What one answer has read and decided: the cubes (the overview asks for several
+    groupings of the same cube), and when the published decisions it used were made."""
+
+    decided: dict[tuple[Any, ...], Decided] = field(default_factory=dict)
+    #: the oldest published decision used (None: every cube was decided when asked)
+    decided_at: dt.datetime | None = None
+    #: whether some cube was decided when asked (no published decision of it)
+    at_request: bool = False
+    #: the published decision of each cube looked up (None: not published)
+    names: dict[tuple[Any, ...], tuple[str, dt.datetime] | None] = field(default_factory=dict)
+
+    def published(self, at: dt.datetime) -> None:
+        if self.decided_at is None or at < self.decided_at:
+            self.decided_at = at
+
+    def describe(self) -> dict[str, Any]:
+        """`decisions_as_of`: when the suppression shown was decided (None: when asked)."""
+        at = None if self.decided_at is None else self.decided_at.isoformat()
+        return {"decisions_as_of": at}
 
 
 async def _decided(
@@ -243,21 +283,123 @@ async def _decided(
     *,
     contact: bool,
     memo: Memo | None,
-) -> tuple[dict[Coord, dict[str, int]], set[Coord]]:
-    """The cube and its suppressed cells; read and decided once per answer (`memo`: the
-    overview asks for several groupings of the same cube)."""
-    key = (contact, _levels(by))
-    if memo is not None and key in memo:
-        return memo[key]
+) -> Decided:
+    """The cube and its suppressed cells; read and decided once per answer (`memo`).
+
+    When the cube's decision is published (tracker/decisions.py), only the cells of the
+    answer's grain and types are read and their suppression is the published one: a cell
+    the decision does not show (suppressed then, or new since) is suppressed. Otherwise the
+    whole cube is read and decided now."""
+    memo = memo if memo is not None else Memo()
+    key: tuple[Any, ...] = (contact, _levels(by))
+    if key in memo.decided:
+        return memo.decided[key]
+    if key not in memo.names:
+        memo.names[key] = await published_decision(conn, f, by, rules, contact=contact)
+    published = memo.names[key]
+    if published is not None:
+        name, at = published
+        grain, types = _selection(by, f, contact=contact)
+        selected = (*key, grain, tuple(types or ()))
+        if selected not in memo.decided:
+            cube = await cube_of(conn, f, [grain], types)
+            shown = await _shown(conn, name, f.period, grain, types)
+            hidden = {c for c in cube if c[0] == f.period and c not in shown}
+            memo.decided[selected] = (cube, hidden)
+        memo.published(at)
+        return memo.decided[selected]
     cube = await _cube(conn, f, by, contact=contact)
     hidden = disclosure.decide_cube(
         {c: v["citizens_lb"] for c, v in cube.items()},
         region_of_municipalities(),
         rules.min_cell_citizens,
     )
-    if memo is not None:
-        memo[key] = (cube, hidden)
+    memo.decided[key] = (cube, hidden)
+    memo.at_request = True
     return cube, hidden
+
+
+# --- published decisions (tracker/decisions.py publishes them) --------------------------------
+
+
+def _selection(by: By, f: Filters, *, contact: bool) -> tuple[str, list[str] | None]:
+    """The grain and the types of the cells an answer's rows are made of (None: every type
+    but the contact one, as `_where` reads them)."""
+    own = _own(by, f)
+    if contact:
+        return own, [CONTACT_ATTEST]
+    if by == "attest_type" and f.attest_type is None:
+        return own, None
+    return own, [f.attest_type or r.ALL_TYPES]
+
+
+def cube_name(
+    levels: Sequence[str], *, contact: bool, first: int, last: int, threshold: int
+) -> str:
+    """The key of a published decision: the grains, the figure (contact or the requests),
+    the whole years and the threshold of the cube decided."""
+    figure = "contact" if contact else "requests"
+    return f"{figure}:{'+'.join(levels)}:month:{first}-{last}:{threshold}"
+
+
+async def data_years(conn: AsyncConnection, grains: Sequence[str]) -> tuple[int, int] | None:
+    """The first and last year with a month cell of `grains` (None: none)."""
+    c = tracker_cells.c
+    first: dt.date | None = None
+    last: dt.date | None = None
+    for grain in grains:  # one grain a statement: each is two ends of the cells' key index
+        lo, hi = (
+            await conn.execute(
+                sa.select(sa.func.min(c.period_start), sa.func.max(c.period_start)).where(
+                    c.grain == grain, c.period_kind == "month"
+                )
+            )
+        ).one()
+        if lo is not None:
+            first = lo if first is None else min(first, lo)
+            last = hi if last is None else max(last, hi)
+    return None if first is None or last is None else (first.year, last.year)
+
+
+async def published_decision(
+    conn: AsyncConnection, f: Filters, by: By, rules: r.TrackerRules, *, contact: bool
+) -> tuple[str, dt.datetime] | None:
+    """The key and time of the published decision of the cube an answer decides, or None.
+    The cube's years are those asked (`cube_range`) within the years that have cells (the
+    cells of other years are none, so the cube is the same). Weeks are never published."""
+    if f.period == "week" or (not contact and f.attest_type == CONTACT_ATTEST):
+        return None
+    levels = _levels(by)
+    years = await data_years(conn, levels)
+    if years is None:
+        return None
+    lo, hi = cube_range(f)
+    first = max(years[0], lo.year) if lo is not None else years[0]
+    last = min(years[1], hi.year) if hi is not None else years[1]
+    if first > last:
+        return None
+    name = cube_name(
+        levels, contact=contact, first=first, last=last, threshold=rules.min_cell_citizens
+    )
+    d = tracker_decisions.c
+    at = (await conn.execute(sa.select(d.decided_at).where(d.cube == name))).scalar_one_or_none()
+    return None if at is None else (name, aware(at))
+
+
+async def _shown(
+    conn: AsyncConnection, name: str, kind: str, grain: str, types: list[str] | None
+) -> set[Coord]:
+    """The cells of `kind`, `grain` and `types` that the published decision `name` shows."""
+    d = tracker_decision_cells.c
+    stmt = sa.select(d.attest_type, d.shown).where(
+        d.cube == name, d.period_kind == kind, d.grain == grain
+    )
+    if types is not None:
+        stmt = stmt.where(d.attest_type.in_(types))
+    out: set[Coord] = set()
+    for attest_type, shown in await conn.execute(stmt):
+        out.update((kind, period, grain, dim, attest_type) for period, dim in orjson.loads(shown))
+    return out
 
 
 def _table(
@@ -450,9 +592,9 @@ async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> di
     """The ministry's overview: the main aggregates in one answer (what the dashboard shows).
     Filtered to a municipality, it has no figures by region (a region's counts others)."""
     headline = "request_to_attest"
-    memo: Memo = {}
+    memo = Memo()
     regional = f.municipality is None
-    return {
+    answer = {
         "filters": f.describe(),
         "min_cell_citizens": rules.min_cell_citizens,
         "contact_baseline": rules.contact_baseline,
@@ -499,6 +641,7 @@ async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> di
             "contacts": await contacts(conn, rules, f, "municipality", series=False, memo=memo),
         },
     }
+    return answer | memo.describe()
 
 
 SECONDS_COLUMNS = frozenset({"median", "p90", "p99", "answered_only_median"})

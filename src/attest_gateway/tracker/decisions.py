@@ -1,0 +1,236 @@
+"""Published disclosure decisions: the large cubes decided in the background, read by the
+reports (docs/tracker.md, "Published decisions").
+
+Deciding a cube (tracker/disclosure.py `decide_cube`) costs in proportion to its cells: the
+receiver drill-down's cube (every receiving unit × every attest type × months, quarters and
+years, about half a million cells at national volume) takes seconds, far beyond what a report
+may. So the decisions of the cubes the reports read are made here, every
+`tracker_decisions_seconds`, and stored (`tracker_decisions`, `tracker_decision_cells`);
+a report that finds its cube's decision published reads only the cells of its answer and
+suppresses every cell that decision does not show (report.py `_decided`).
+
+A cube is decided again only when its weights changed: the digest of its stored cells' ids
+and distinct citizens (the only input of the decision besides the region map and the
+threshold, both in the cube's key) is compared with the one it was decided over. The
+decision is exactly the one a report would make at that moment (the same function over the
+same cube, read by report.py `cube_of`); the report says when it was made
+(`decisions_as_of`). Cells that appeared since are suppressed until the next decision; the
+figures of the cells shown are read live.
+
+The cubes published: the receiver drill-down's, and the geography's (national, regions and
+municipalities; the requests and the contact figures), each over every single year with
+cells and every run of years up to the last one with cells (so "the whole period" and "from
+year Y on"). Weeks are not published: a weekly report decides its cube when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import orjson
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from attest_gateway.infra.db.tables import (
+    tracker_cells,
+    tracker_counts,
+    tracker_decision_cells,
+    tracker_decisions,
+)
+from attest_gateway.tracker import disclosure
+from attest_gateway.tracker import report as rep
+from attest_gateway.tracker import rules as r
+
+log = structlog.get_logger(__name__)
+
+#: the cubes published: their grains, and whether of the contact figures
+CUBES: tuple[tuple[tuple[str, ...], bool], ...] = (
+    (("national", "receiver"), False),
+    (("national", "region", "municipality"), False),
+    (("national", "region", "municipality"), True),
+)
+
+
+def year_runs(first: int, last: int) -> list[tuple[int, int]]:
+    """The runs of years published: every single year, and every run ending at `last`."""
+    runs = [(year, year) for year in range(first, last + 1)]
+    runs += [(year, last) for year in range(first, last)]
+    return runs
+
+
+def _filters(first: int, last: int) -> rep.Filters:
+    return rep.Filters("month", dt.date(first, 1, 1), dt.date(last, 12, 31))
+
+
+async def digest(
+    conn: AsyncConnection, f: rep.Filters, grains: Sequence[str], *, contact: bool
+) -> str:
+    """The digest of a cube's weights: its stored cells (ids) and their distinct citizens."""
+    cells, counts = tracker_cells, tracker_counts
+    where = rep._where(cells, f, grains, rep._types(contact=contact), rep.cube_range(f))
+    stmt = (
+        sa.select(cells.c.id, counts.c.citizens)
+        .select_from(cells.join(counts, counts.c.cell_id == cells.c.id))
+        .where(*where)
+    )
+    rows = sorted((int(i), int(n)) for i, n in await conn.execute(stmt))
+    h = hashlib.blake2b(digest_size=32)
+    for i, n in rows:
+        h.update(i.to_bytes(8, "big", signed=True))
+        h.update(n.to_bytes(8, "big", signed=True))
+    return h.hexdigest()
+
+
+def shown_cells(
+    cube: Sequence[disclosure.Coord], hidden: set[disclosure.Coord]
+) -> dict[tuple[str, str, str], list[tuple[str, str]]]:
+    """The cells shown, per (period kind, grain, type): (period start, place), sorted."""
+    out: dict[tuple[str, str, str], list[tuple[str, str]]] = defaultdict(list)
+    for c in sorted(cube):
+        if c not in hidden:
+            out[(c[0], c[2], c[4])].append((c[1], c[3]))
+    return out
+
+
+async def publish_cube(
+    engine: AsyncEngine,
+    rules: r.TrackerRules,
+    grains: tuple[str, ...],
+    *,
+    contact: bool,
+    first: int,
+    last: int,
+    now: dt.datetime,
+    force: bool = False,
+) -> bool:
+    """Decides one cube again if its weights changed since its published decision (or
+    `force`), and publishes the decision. Whether it did."""
+    threshold = rules.min_cell_citizens
+    name = rep.cube_name(grains, contact=contact, first=first, last=last, threshold=threshold)
+    f = _filters(first, last)
+    d = tracker_decisions.c
+    async with engine.connect() as conn:
+        before = await digest(conn, f, grains, contact=contact)
+        stored = (
+            await conn.execute(sa.select(d.digest).where(d.cube == name))
+        ).scalar_one_or_none()
+        if stored == before and not force:
+            return False
+        cube = await rep.cube_of(conn, f, grains, rep._types(contact=contact))
+        after = await digest(conn, f, grains, contact=contact)
+    if after != before:  # written to meanwhile: the cube read may be neither; next time
+        return False
+    weights = {c: v["citizens_lb"] for c, v in cube.items()}
+    hidden = await asyncio.to_thread(
+        disclosure.decide_cube, weights, rep.region_of_municipalities(), threshold
+    )
+    parts = shown_cells(list(cube), hidden)
+    c = tracker_decision_cells.c
+    async with engine.begin() as conn:
+        await conn.execute(tracker_decision_cells.delete().where(c.cube == name))
+        await conn.execute(tracker_decisions.delete().where(d.cube == name))
+        await conn.execute(
+            tracker_decisions.insert().values(
+                cube=name,
+                digest=before,
+                decided_at=now,
+                cells=len(cube),
+                suppressed=len(hidden),
+            )
+        )
+        if parts:
+            await conn.execute(
+                tracker_decision_cells.insert(),
+                [
+                    {
+                        "cube": name,
+                        "period_kind": kind,
+                        "grain": grain,
+                        "attest_type": attest_type,
+                        "shown": orjson.dumps(cells).decode(),
+                    }
+                    for (kind, grain, attest_type), cells in sorted(parts.items())
+                ],
+            )
+    return True
+
+
+async def publish(
+    engine: AsyncEngine,
+    rules: r.TrackerRules,
+    *,
+    now: dt.datetime,
+    cubes: Sequence[tuple[tuple[str, ...], bool]] = CUBES,
+) -> list[str]:
+    """Decides again and publishes every cube of `cubes` whose weights changed, and removes
+    the decisions of cubes no longer published (years without cells, another threshold).
+    The keys of the cubes published."""
+    done: list[str] = []
+    keep: set[str] = set()
+    threshold = rules.min_cell_citizens
+    for grains, contact in cubes:
+        async with engine.connect() as conn:
+            years = await rep.data_years(conn, grains)
+        if years is None:
+            continue
+        for first, last in year_runs(*years):
+            name = rep.cube_name(
+                grains, contact=contact, first=first, last=last, threshold=threshold
+            )
+            keep.add(name)
+            if await publish_cube(
+                engine, rules, grains, contact=contact, first=first, last=last, now=now
+            ):
+                done.append(name)
+    d, c = tracker_decisions.c, tracker_decision_cells.c
+    async with engine.begin() as conn:
+        names = set((await conn.execute(sa.select(d.cube))).scalars())
+        gone = sorted(names - keep)
+        if gone:
+            await conn.execute(tracker_decision_cells.delete().where(c.cube.in_(gone)))
+            await conn.execute(tracker_decisions.delete().where(d.cube.in_(gone)))
+    if done or gone:
+        log.info("tracker.decisions_published", cubes=len(done), removed=len(gone))
+    return done
+
+
+class Publisher:
+    """Publishes the decisions every `interval` seconds (the first after one interval)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        rules: r.TrackerRules,
+        clock_now: Callable[[], dt.datetime],
+        *,
+        interval: float,
+    ) -> None:
+        self._engine, self._rules, self._now = engine, rules, clock_now
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._task = asyncio.create_task(self._run(), name="tracker-decisions")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await publish(self._engine, self._rules, now=self._now())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or an outage must not stop the publishing for good
+                log.exception("tracker.decisions_failed")
