@@ -262,6 +262,8 @@ class Memo:
     decided_at: dt.datetime | None = None
     #: whether some cube was decided when asked (no published decision of it)
     at_request: bool = False
+    #: whether a published decision may be read (False: every cube decided when asked)
+    use_published: bool = True
     #: the published decision of each cube looked up (None: not published)
     names: dict[tuple[Any, ...], tuple[str, dt.datetime] | None] = field(default_factory=dict)
 
@@ -295,7 +297,11 @@ async def _decided(
     if key in memo.decided:
         return memo.decided[key]
     if key not in memo.names:
-        memo.names[key] = await published_decision(conn, f, by, rules, contact=contact)
+        memo.names[key] = (
+            await published_decision(conn, f, by, rules, contact=contact)
+            if memo.use_published
+            else None
+        )
     published = memo.names[key]
     if published is not None:
         name, at = published
@@ -588,11 +594,13 @@ async def contacts(
     return rows
 
 
-async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> dict[str, Any]:
+async def report(
+    conn: AsyncConnection, rules: r.TrackerRules, f: Filters, *, memo: Memo | None = None
+) -> dict[str, Any]:
     """The ministry's overview: the main aggregates in one answer (what the dashboard shows).
     Filtered to a municipality, it has no figures by region (a region's counts others)."""
     headline = "request_to_attest"
-    memo = Memo()
+    memo = memo if memo is not None else Memo()
     regional = f.municipality is None
     answer = {
         "filters": f.describe(),
