@@ -508,8 +508,8 @@ class Settings(BaseSettings):
     tracker_decisions_seconds: float = Field(
         default=300.0,
         description="how often the disclosure decisions of the large report cubes (the receiver"
-        " drill-down's, the geography's) are made again when their counts changed and published;"
-        " a report reads the published decision (cells new since are suppressed till the next)."
+        " drill-down's, the geography's) are made again when their counts changed and published"
+        " with their figures; a report answers from the published one, as of when it was made."
         " 0: never (every report decides its cube when asked)",
         ge=0,
     )

@@ -23,7 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
-from attest_gateway.infra.db.tables import tracker_decision_cells, tracker_decisions
+from attest_gateway.infra.db.tables import (
+    tracker_decision_cells,
+    tracker_decisions,
+    tracker_durations,
+)
 from attest_gateway.tracker import decisions as pub
 from attest_gateway.tracker import disclosure
 from attest_gateway.tracker import report as rep
@@ -133,13 +137,14 @@ async def _answers(engine: AsyncEngine) -> tuple[dict[str, Any], list[dt.datetim
     return out, as_of
 
 
-async def _published(engine: AsyncEngine, name: str) -> set[disclosure.Coord]:
+async def _published(engine: AsyncEngine, name: str) -> dict[disclosure.Coord, bool]:
+    """The cells of a published decision, shown or not."""
     c = tracker_decision_cells.c
     async with engine.connect() as conn:
-        rows = await conn.execute(sa.select(c.period_kind, c.grain, c.attest_type, c.shown)
+        rows = await conn.execute(sa.select(c.period_kind, c.grain, c.attest_type, c.cells)
                                   .where(c.cube == name))  # fmt: skip
-        return {(kind, period, grain, dim, t) for kind, grain, t, shown in rows
-                for period, dim in orjson.loads(shown)}  # fmt: skip
+        return {(kind, cell[0], grain, cell[1], t): bool(cell[2]) for kind, grain, t, cells in rows
+                for cell in orjson.loads(cells)}  # fmt: skip
 
 
 async def test_a_published_decision_answers_as_deciding_when_asked(engine: AsyncEngine) -> None:
@@ -171,31 +176,41 @@ async def test_a_published_decision_answers_as_deciding_when_asked(engine: Async
                                      grains, rep._types(contact=contact))  # fmt: skip
         weights = {c: v["citizens_lb"] for c, v in cube.items()}
         hidden = disclosure.decide_cube(weights, rep.region_of_municipalities(), 5)
-        assert set(cube) - await _published(engine, name) == hidden
+        published = await _published(engine, name)
+        assert set(published) == set(cube)
+        assert {c for c, shown in published.items() if not shown} == hidden
         if not contact and "receiver" in grains:
             assert len(hidden) > 50
         sets = disclosure.cube_sets(weights, rep.region_of_municipalities())
         assert disclosure.determined(sets, hidden) == set()
 
+    # the receiver drill-down's distributions are read from what was published, not the rollup
+    async with engine.begin() as conn:
+        await conn.execute(tracker_durations.delete())
+    async with engine.connect() as conn:
+        for f in FILTERS[:3]:
+            for series in (False, True):
+                key = f"durations receiver {series} {f}"
+                assert await rep.durations(conn, RULES, "request_to_attest", f, "receiver",
+                                           series=series) == asked[key]  # fmt: skip
 
-async def test_cells_new_since_the_decision_are_suppressed_until_the_next(
-    engine: AsyncEngine,
-) -> None:
+
+async def test_a_report_answers_as_of_its_decision_until_the_next(engine: AsyncEngine) -> None:
     rng = random.Random(7)
     await _track(engine, _events(rng, 250, since=dt.datetime(2025, 1, 2, tzinfo=dt.UTC),
                                  receivers=RECEIVERS))  # fmt: skip
+    f = Filters("month")
+    async with engine.connect() as conn:
+        before = await rep.deadlines(conn, RULES, f, "receiver", series=True)
     await pub.publish(engine, RULES, now=NOW)
     # a new receiving unit, large enough to be shown, after the decision
     late = _events(rng, 40, since=dt.datetime(2026, 11, 2, tzinfo=dt.UTC), receivers=("new-unit",))
     await _track(engine, late)
-    f = Filters("month")
     async with engine.connect() as conn:
         memo = rep.Memo()
         rows = await rep.deadlines(conn, RULES, f, "receiver", series=True, memo=memo)
     assert memo.decided_at == NOW
-    new = [row for row in rows if row["group"] == "new-unit"]
-    assert new
-    assert all(row["suppressed"] and row["requests"] is None for row in new)
+    assert rows == before  # as when it was decided: the new unit not yet in it
 
     later = NOW + dt.timedelta(minutes=5)
     done = await pub.publish(engine, RULES, now=later)
@@ -206,6 +221,7 @@ async def test_cells_new_since_the_decision_are_suppressed_until_the_next(
         rows = await rep.deadlines(conn, RULES, f, "receiver", series=True, memo=memo)
     assert memo.decided_at == later
     assert any(not row["suppressed"] for row in rows if row["group"] == "new-unit")
+    assert rows != before
     # and the same as deciding now
     async with engine.begin() as conn:
         await conn.execute(tracker_decision_cells.delete())

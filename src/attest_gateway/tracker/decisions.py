@@ -6,16 +6,17 @@ receiver drill-down's cube (every receiving unit × every attest type × months,
 years, about half a million cells at national volume) takes seconds, far beyond what a report
 may. So the decisions of the cubes the reports read are made here, every
 `tracker_decisions_seconds`, and stored (`tracker_decisions`, `tracker_decision_cells`);
-a report that finds its cube's decision published reads only the cells of its answer and
-suppresses every cell that decision does not show (report.py `_decided`).
+a report that finds its cube's decision published reads the cells of its answer from it,
+their counters and suppression as decided (report.py `_decided`).
 
-A cube is decided again only when its weights changed: the digest of its stored cells' ids
-and distinct citizens (the only input of the decision besides the region map and the
-threshold, both in the cube's key) is compared with the one it was decided over. The
+A cube is decided again only when its cells changed: the digest of its stored cells' ids,
+distinct citizens (the only input of the decision besides the region map and the threshold,
+both in the cube's key) and counters (published with it) is compared with the one it was
+decided over. The
 decision is exactly the one a report would make at that moment (the same function over the
-same cube, read by report.py `cube_of`); the report says when it was made
-(`decisions_as_of`). Cells that appeared since are suppressed until the next decision; the
-figures of the cells shown are read live.
+same cube, read by report.py `cube_of`); the report answers as it would have then and says
+when that was (`decisions_as_of`): cells that appeared since are not in it until the next
+decision.
 
 The cubes published: the receiver drill-down's, and the geography's (national, regions and
 municipalities; the requests and the contact figures), each over every single year with
@@ -41,11 +42,14 @@ from attest_gateway.infra.db.tables import (
     tracker_cells,
     tracker_counts,
     tracker_decision_cells,
+    tracker_decision_histograms,
     tracker_decisions,
+    tracker_durations,
 )
 from attest_gateway.tracker import disclosure
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
+from attest_gateway.tracker.consumer import CONTACT_ATTEST
 
 log = structlog.get_logger(__name__)
 
@@ -71,31 +75,21 @@ def _filters(first: int, last: int) -> rep.Filters:
 async def digest(
     conn: AsyncConnection, f: rep.Filters, grains: Sequence[str], *, contact: bool
 ) -> str:
-    """The digest of a cube's weights: its stored cells (ids) and their distinct citizens."""
+    """The digest of a cube's stored cells (ids), their distinct citizens (the decision's
+    weights) and counters (the figures published with it)."""
     cells, counts = tracker_cells, tracker_counts
     where = rep._where(cells, f, grains, rep._types(contact=contact), rep.cube_range(f))
+    columns = [counts.c.citizens, *(counts.c[name] for name in rep.COUNTERS)]
     stmt = (
-        sa.select(cells.c.id, counts.c.citizens)
+        sa.select(cells.c.id, *columns)
         .select_from(cells.join(counts, counts.c.cell_id == cells.c.id))
         .where(*where)
     )
-    rows = sorted((int(i), int(n)) for i, n in await conn.execute(stmt))
+    rows = sorted(tuple(int(v or 0) for v in row) for row in await conn.execute(stmt))
     h = hashlib.blake2b(digest_size=32)
-    for i, n in rows:
-        h.update(i.to_bytes(8, "big", signed=True))
-        h.update(n.to_bytes(8, "big", signed=True))
+    for row in rows:
+        h.update(b"".join(v.to_bytes(8, "big", signed=True) for v in row))
     return h.hexdigest()
-
-
-def shown_cells(
-    cube: Sequence[disclosure.Coord], hidden: set[disclosure.Coord]
-) -> dict[tuple[str, str, str], list[tuple[str, str]]]:
-    """The cells shown, per (period kind, grain, type): (period start, place), sorted."""
-    out: dict[tuple[str, str, str], list[tuple[str, str]]] = defaultdict(list)
-    for c in sorted(cube):
-        if c not in hidden:
-            out[(c[0], c[2], c[4])].append((c[1], c[3]))
-    return out
 
 
 async def publish_cube(
@@ -130,7 +124,7 @@ async def publish_cube(
     hidden = await asyncio.to_thread(
         disclosure.decide_cube, weights, rep.region_of_municipalities(), threshold
     )
-    parts = shown_cells(list(cube), hidden)
+    parts = rep.snapshot_rows(cube, hidden)
     c = tracker_decision_cells.c
     async with engine.begin() as conn:
         await conn.execute(tracker_decision_cells.delete().where(c.cube == name))
@@ -153,12 +147,61 @@ async def publish_cube(
                         "period_kind": kind,
                         "grain": grain,
                         "attest_type": attest_type,
-                        "shown": orjson.dumps(cells).decode(),
+                        "cells": orjson.dumps(cells).decode(),
                     }
                     for (kind, grain, attest_type), cells in sorted(parts.items())
                 ],
             )
     return True
+
+
+async def publish_histograms(
+    engine: AsyncEngine, grain: str, year: int, *, now: dt.datetime
+) -> None:
+    """Publishes the duration distributions of `grain`'s cells over every type (every type's
+    cells summed, as report.py `_histograms` sums them) for one year: per metric, the months,
+    quarters and the year."""
+    t, cells = tracker_durations, tracker_cells
+    c = cells.c
+    cols = [c.period_start, c.dim, t.c.metric, t.c.bucket]
+    stmt = (
+        sa.select(*cols, sa.func.sum(t.c.n))
+        .select_from(cells.join(t, t.c.cell_id == c.id))
+        .where(
+            c.grain == grain,
+            c.period_kind == "month",
+            c.period_start >= dt.date(year, 1, 1),
+            c.period_start <= dt.date(year, 12, 31),
+            c.attest_type != r.ALL_TYPES,
+            c.attest_type != CONTACT_ATTEST,
+        )
+        .group_by(*cols)
+    )
+    # (metric, kind) → (period, place) → bucket → n
+    out: dict[tuple[str, str], dict[tuple[str, str], dict[int, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int))
+    )
+    async with engine.connect() as conn:
+        for row in await conn.execute(stmt):
+            month, dim, metric, bucket, n = row[0], str(row[1]), str(row[2]), int(row[3]), row[4]
+            for kind, start in disclosure.months_up("month", month):
+                out[(metric, kind)][(start, dim)][bucket] += int(n)
+    h = tracker_decision_histograms.c
+    rows = []
+    for metric in r.METRIC_NAMES:
+        for kind in ("month", "quarter", "year"):
+            cells_of = out.get((metric, kind), {})
+            payload = [
+                [period, dim, [x for b in sorted(hist) for x in (b, hist[b])]]
+                for (period, dim), hist in sorted(cells_of.items())
+            ]
+            rows.append({"metric": metric, "period_kind": kind, "grain": grain, "year": year,
+                         "decided_at": now, "cells": orjson.dumps(payload).decode()})  # fmt: skip
+    async with engine.begin() as conn:
+        await conn.execute(
+            tracker_decision_histograms.delete().where(h.grain == grain, h.year == year)
+        )
+        await conn.execute(tracker_decision_histograms.insert(), rows)
 
 
 async def publish(
@@ -172,6 +215,7 @@ async def publish(
     the decisions of cubes no longer published (years without cells, another threshold).
     The keys of the cubes published."""
     done: list[str] = []
+    decided: list[tuple[tuple[str, ...], bool, int, int]] = []
     keep: set[str] = set()
     threshold = rules.min_cell_citizens
     for grains, contact in cubes:
@@ -188,6 +232,25 @@ async def publish(
                 engine, rules, grains, contact=contact, first=first, last=last, now=now
             ):
                 done.append(name)
+                decided.append((grains, contact, first, last))
+    for grain in rep.PUBLISHED_HISTOGRAMS:
+        async with engine.connect() as conn:
+            years = await rep.data_years(conn, [grain])
+            h = tracker_decision_histograms.c
+            have = set((await conn.execute(sa.select(h.year).where(h.grain == grain))).scalars())
+        changed = {
+            first
+            for grains, contact, first, last in decided
+            if grain in grains and not contact and first == last
+        }
+        wanted = set(range(years[0], years[1] + 1)) if years is not None else set()
+        for year in sorted(y for y in wanted if y in changed or y not in have):
+            await publish_histograms(engine, grain, year, now=now)
+        gone_years = sorted(have - wanted)
+        if gone_years:
+            async with engine.begin() as conn:
+                await conn.execute(tracker_decision_histograms.delete().where(
+                    h.grain == grain, h.year.in_(gone_years)))  # fmt: skip
     d, c = tracker_decisions.c, tracker_decision_cells.c
     async with engine.begin() as conn:
         names = set((await conn.execute(sa.select(d.cube))).scalars())

@@ -37,6 +37,7 @@ from attest_gateway.infra.db.tables import (
     tracker_cells,
     tracker_counts,
     tracker_decision_cells,
+    tracker_decision_histograms,
     tracker_decisions,
     tracker_durations,
 )
@@ -188,7 +189,7 @@ async def cube_of(
     """`_cube` over the cells of `grains` and `types` (None: every type but the contact one)."""
     t, cells = tracker_counts, tracker_cells
     cols = [cells.c.period_start, cells.c.grain, cells.c.dim, cells.c.attest_type]
-    sums = [sa.func.sum(t.c[name]).label(name) for name in _COUNTERS]
+    sums = [sa.func.sum(t.c[name]).label(name) for name in COUNTERS]
     where = _where(cells, f, grains, types, cube_range(f))
     stmt = (
         sa.select(*cols, *sums, sa.func.max(t.c.citizens).label("citizens_lb"))
@@ -201,14 +202,14 @@ async def cube_of(
         for coord in _coords(f, row):
             values = out.get(coord)
             if values is None:
-                values = out[coord] = dict.fromkeys((*_COUNTERS, "citizens_lb"), 0)
-            for name in _COUNTERS:
+                values = out[coord] = dict.fromkeys((*COUNTERS, "citizens_lb"), 0)
+            for name in COUNTERS:
                 values[name] += int(getattr(row, name) or 0)
             values["citizens_lb"] = max(values["citizens_lb"], int(row.citizens_lb or 0))
     return out
 
 
-_COUNTERS = (
+COUNTERS = (
     "requests",
     "late_requests",
     "replied",
@@ -288,10 +289,10 @@ async def _decided(
 ) -> Decided:
     """The cube and its suppressed cells; read and decided once per answer (`memo`).
 
-    When the cube's decision is published (tracker/decisions.py), only the cells of the
-    answer's grain and types are read and their suppression is the published one: a cell
-    the decision does not show (suppressed then, or new since) is suppressed. Otherwise the
-    whole cube is read and decided now."""
+    When the cube's decision is published (tracker/decisions.py), the cells of the answer's
+    period kind, grain and types are read from it, with their counters and suppression as
+    they were when it was decided (`decisions_as_of`). Otherwise the whole cube is read and
+    decided now."""
     memo = memo if memo is not None else Memo()
     key: tuple[Any, ...] = (contact, _levels(by))
     if key in memo.decided:
@@ -308,10 +309,7 @@ async def _decided(
         grain, types = _selection(by, f, contact=contact)
         selected = (*key, grain, tuple(types or ()))
         if selected not in memo.decided:
-            cube = await cube_of(conn, f, [grain], types)
-            shown = await _shown(conn, name, f.period, grain, types)
-            hidden = {c for c in cube if c[0] == f.period and c not in shown}
-            memo.decided[selected] = (cube, hidden)
+            memo.decided[selected] = await _snapshot(conn, name, f.period, grain, types)
         memo.published(at)
         return memo.decided[selected]
     cube = await _cube(conn, f, by, contact=contact)
@@ -392,19 +390,39 @@ async def published_decision(
     return None if at is None else (name, aware(at))
 
 
-async def _shown(
+async def _snapshot(
     conn: AsyncConnection, name: str, kind: str, grain: str, types: list[str] | None
-) -> set[Coord]:
-    """The cells of `kind`, `grain` and `types` that the published decision `name` shows."""
+) -> Decided:
+    """The cells of `kind`, `grain` and `types` of the published decision `name`: their
+    counters and which are suppressed, as decided."""
     d = tracker_decision_cells.c
-    stmt = sa.select(d.attest_type, d.shown).where(
+    stmt = sa.select(d.attest_type, d.cells).where(
         d.cube == name, d.period_kind == kind, d.grain == grain
     )
     if types is not None:
         stmt = stmt.where(d.attest_type.in_(types))
-    out: set[Coord] = set()
-    for attest_type, shown in await conn.execute(stmt):
-        out.update((kind, period, grain, dim, attest_type) for period, dim in orjson.loads(shown))
+    cube: dict[Coord, dict[str, int]] = {}
+    hidden: set[Coord] = set()
+    names = ("citizens_lb", *COUNTERS)
+    for attest_type, cells in await conn.execute(stmt):
+        for period, dim, shown, *values in orjson.loads(cells):
+            coord = (kind, period, grain, dim, attest_type)
+            cube[coord] = dict(zip(names, values, strict=True))
+            if not shown:
+                hidden.add(coord)
+    return cube, hidden
+
+
+def snapshot_rows(
+    cube: dict[Coord, dict[str, int]], hidden: set[Coord]
+) -> dict[tuple[str, str, str], list[list[Any]]]:
+    """A decided cube as `_snapshot` reads it: per (period kind, grain, type) the cells, each
+    [period start, place, shown (1 or 0), citizens_lb, the counters …], sorted."""
+    out: dict[tuple[str, str, str], list[list[Any]]] = defaultdict(list)
+    for c in sorted(cube):
+        v = cube[c]
+        row = [c[1], c[3], 0 if c in hidden else 1, v["citizens_lb"], *(v[n] for n in COUNTERS)]
+        out[(c[0], c[2], c[4])].append(row)
     return out
 
 
@@ -427,8 +445,8 @@ def _table(
         if group is None:
             continue
         key = (coord[1] if series else None, group)
-        total = counts.setdefault(key, dict.fromkeys((*_COUNTERS, "citizens_lb"), 0))
-        for name in _COUNTERS:
+        total = counts.setdefault(key, dict.fromkeys((*COUNTERS, "citizens_lb"), 0))
+        for name in COUNTERS:
             total[name] += values[name]
         total["citizens_lb"] = max(total["citizens_lb"], values["citizens_lb"])
         if coord in hidden:
@@ -460,15 +478,19 @@ def _group_fields(by: By, key: tuple[str | None, str]) -> dict[str, Any]:
     return out
 
 
-async def _histograms(
-    conn: AsyncConnection, metric: str, f: Filters, by: By, *, series: bool
-) -> dict[tuple[str | None, str], dict[int, int]]:
-    own = _own(by, f)
+def _weekly_kept(f: Filters, own: str) -> None:
     if f.period == "week" and own in r.WEEKLY_HISTOGRAMS_NOT_KEPT:
         raise InvalidInput(
             ErrorCode.INVALID_PERIOD,
             "weekly distributions are kept nationally and per region; use period=month",
         )
+
+
+async def _histograms(
+    conn: AsyncConnection, metric: str, f: Filters, by: By, *, series: bool
+) -> dict[tuple[str | None, str], dict[int, int]]:
+    own = _own(by, f)
+    _weekly_kept(f, own)
     t, cells = tracker_durations, tracker_cells
     cols = [cells.c.period_start, cells.c.grain, cells.c.dim, cells.c.attest_type]
     types = [f.attest_type] if f.attest_type is not None else None
@@ -498,6 +520,52 @@ async def _histograms(
     return {k: dict(v) for k, v in out.items()}
 
 
+#: the grains whose durations over every type are published (tracker/decisions.py)
+PUBLISHED_HISTOGRAMS = ("receiver",)
+
+
+async def _published_histograms(
+    conn: AsyncConnection, metric: str, f: Filters, by: By, *, series: bool
+) -> tuple[dict[tuple[str | None, str], dict[int, int]], dt.datetime] | None:
+    """`_histograms` from the published distributions (the receiving units' over every
+    type), and the oldest time they were made; None when some year asked is not published."""
+    own = _own(by, f)
+    if own not in PUBLISHED_HISTOGRAMS or f.attest_type is not None or f.period == "week":
+        return None
+    years = await data_years(conn, [own])
+    if years is None:
+        return None
+    lo, hi = cube_range(f)
+    first = max(years[0], lo.year) if lo is not None else years[0]
+    last = min(years[1], hi.year) if hi is not None else years[1]
+    h = tracker_decision_histograms.c
+    stmt = sa.select(h.year, h.decided_at, h.cells).where(
+        h.metric == metric,
+        h.period_kind == f.period,
+        h.grain == own,
+        h.year >= first,
+        h.year <= last,
+    )
+    out: dict[tuple[str | None, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    found: set[int] = set()
+    oldest: dt.datetime | None = None
+    for year, at, cells in await conn.execute(stmt):
+        found.add(int(year))
+        oldest = aware(at) if oldest is None else min(oldest, aware(at))
+        for period, dim, flat in orjson.loads(cells):
+            group = _wanted(
+                by, f, (f.period, period, own, dim, r.ALL_TYPES), contact=False, own=own
+            )
+            if group is None:
+                continue
+            target = out[(period if series else None, group)]
+            for i in range(0, len(flat), 2):
+                target[flat[i]] += flat[i + 1]
+    if oldest is None or found != set(range(first, last + 1)):
+        return None
+    return {k: dict(v) for k, v in out.items()}, oldest
+
+
 def _sorted_keys(keys: Any) -> list[tuple[str | None, str]]:
     return sorted(keys, key=lambda k: (k[0] or "", k[1]))
 
@@ -515,8 +583,17 @@ async def durations(
     """count, median, p90, p99 (seconds) of one duration per group: shown where the group's
     counts are (primary and secondary suppression) and it has `min_cell_citizens`
     measurements."""
-    hists = await _histograms(conn, metric, f, by, series=series)
+    _weekly_kept(f, _own(by, f))
+    memo = memo if memo is not None else Memo()
     cube, hidden = await _decided(conn, f, by, rules, contact=False, memo=memo)
+    published = None
+    if memo.names.get((False, _levels(by))) is not None:
+        published = await _published_histograms(conn, metric, f, by, series=series)
+    if published is not None:
+        hists, at = published
+        memo.published(at)
+    else:
+        hists = await _histograms(conn, metric, f, by, series=series)
     table = _table(cube, hidden, by, f, rules, series=series, contact=False)
     rows = []
     for key in _sorted_keys(hists):

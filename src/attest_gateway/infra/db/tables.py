@@ -527,9 +527,9 @@ tracker_coverage = sa.Table(
 # weights change, so that a report over a large cube (the receiver drill-down) reads the
 # decision instead of making it. `tracker_decisions`: one row per cube (its key names the
 # grains, the figure, the whole years and the threshold), the digest of the weights it was
-# decided over and when. `tracker_decision_cells`: per cube, period kind, grain and type, the
-# cells shown (a JSON list of [period start, place]); every other cell of the cube, or one
-# that appeared since, is suppressed.
+# decided over and when. `tracker_decision_cells`: per cube, period kind, grain and type, its
+# cells as decided (a JSON list of [period start, place, shown 1 or 0, citizens, counters …],
+# report.py `snapshot_rows`), which a report reads instead of the rollups.
 tracker_decisions = sa.Table(
     "tracker_decisions",
     metadata,
@@ -547,7 +547,21 @@ tracker_decision_cells = sa.Table(
     sa.Column("period_kind", sa.String(7), primary_key=True),
     sa.Column("grain", sa.String(16), primary_key=True),
     sa.Column("attest_type", sa.String(16), primary_key=True),
-    sa.Column("shown", sa.Text, nullable=False),
+    sa.Column("cells", sa.Text, nullable=False),
+)
+
+# And the distributions of the receiving units' durations over every attest type (the
+# receiver drill-down's), per metric, period kind and year: a JSON list of [period start,
+# unit, [bucket, n, bucket, n …]], made with the decisions of the receivers' cubes.
+tracker_decision_histograms = sa.Table(
+    "tracker_decision_histograms",
+    metadata,
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("period_kind", sa.String(7), primary_key=True),
+    sa.Column("grain", sa.String(16), primary_key=True),
+    sa.Column("year", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("decided_at", Timestamp, nullable=False),
+    sa.Column("cells", sa.Text, nullable=False),
 )
 
 # --- audit (migration 0005) ------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Published disclosure decisions: `tracker_decisions` (one row per cube: the digest of the
 weights it was decided over, when, how many cells and how many suppressed) and
-`tracker_decision_cells` (per cube, period kind, grain and type, the cells shown).
+`tracker_decision_cells` (per cube, period kind, grain and type, the cells as decided:
+shown or not, their weights and counters) and `tracker_decision_histograms` (the receiving
+units' duration distributions over every attest type, per metric, period kind and year).
 
 Both start empty: until the tracker's sweep publishes a cube's decision (tracker/decisions.py),
 a report decides it when asked, as before.
@@ -36,13 +38,27 @@ def upgrade() -> None:
         sa.Column("period_kind", sa.String(7), nullable=False),
         sa.Column("grain", sa.String(16), nullable=False),
         sa.Column("attest_type", sa.String(16), nullable=False),
-        sa.Column("shown", sa.Text, nullable=False),
+        sa.Column("cells", sa.Text, nullable=False),
         sa.PrimaryKeyConstraint(
             "cube", "period_kind", "grain", "attest_type", name="pk_tracker_decision_cells"
         ),
     )
 
+    op.create_table(
+        "tracker_decision_histograms",
+        sa.Column("metric", sa.String(32), nullable=False),
+        sa.Column("period_kind", sa.String(7), nullable=False),
+        sa.Column("grain", sa.String(16), nullable=False),
+        sa.Column("year", sa.Integer, nullable=False, autoincrement=False),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("cells", sa.Text, nullable=False),
+        sa.PrimaryKeyConstraint(
+            "metric", "period_kind", "grain", "year", name="pk_tracker_decision_histograms"
+        ),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("tracker_decision_histograms")
     op.drop_table("tracker_decision_cells")
     op.drop_table("tracker_decisions")
