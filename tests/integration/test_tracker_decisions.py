@@ -184,15 +184,16 @@ async def test_a_published_decision_answers_as_deciding_when_asked(engine: Async
         sets = disclosure.cube_sets(weights, rep.region_of_municipalities())
         assert disclosure.determined(sets, hidden) == set()
 
-    # the receiver drill-down's distributions are read from what was published, not the rollup
+    # the distributions are read from what was published, not from the rollup
     async with engine.begin() as conn:
         await conn.execute(tracker_durations.delete())
     async with engine.connect() as conn:
         for f in FILTERS[:3]:
-            for series in (False, True):
-                key = f"durations receiver {series} {f}"
-                assert await rep.durations(conn, RULES, "request_to_attest", f, "receiver",
-                                           series=series) == asked[key]  # fmt: skip
+            for by in BY:
+                for series in (False, True):
+                    key = f"durations {by} {series} {f}"
+                    assert await rep.durations(conn, RULES, "request_to_attest", f, by,
+                                               series=series) == asked[key], key  # fmt: skip
 
 
 async def test_a_report_answers_as_of_its_decision_until_the_next(engine: AsyncEngine) -> None:

@@ -158,12 +158,14 @@ async def publish_cube(
 async def publish_histograms(
     engine: AsyncEngine, grain: str, year: int, *, now: dt.datetime
 ) -> None:
-    """Publishes the duration distributions of `grain`'s cells over every type (every type's
-    cells summed, as report.py `_histograms` sums them) for one year: per metric, the months,
-    quarters and the year."""
+    """Publishes the duration distributions of `grain`'s cells for one year, per metric, for
+    the months, quarters and the year: every type's cells summed (`all`, as report.py
+    `_histograms` sums them) and, where the reports read them so, per type (`each`)."""
+    modes = rep.PUBLISHED_HISTOGRAMS[grain]
+    each = "each" in modes
     t, cells = tracker_durations, tracker_cells
     c = cells.c
-    cols = [c.period_start, c.dim, t.c.metric, t.c.bucket]
+    cols = [c.period_start, c.dim, t.c.metric, t.c.bucket, *([c.attest_type] if each else [])]
     stmt = (
         sa.select(*cols, sa.func.sum(t.c.n))
         .select_from(cells.join(t, t.c.cell_id == c.id))
@@ -177,26 +179,32 @@ async def publish_histograms(
         )
         .group_by(*cols)
     )
-    # (metric, kind) → (period, place) → bucket → n
-    out: dict[tuple[str, str], dict[tuple[str, str], dict[int, int]]] = defaultdict(
+    # (metric, kind, types) → (period, place, type) → bucket → n
+    out: dict[tuple[str, str, str], dict[tuple[str, str, str], dict[int, int]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(int))
     )
     async with engine.connect() as conn:
         for row in await conn.execute(stmt):
-            month, dim, metric, bucket, n = row[0], str(row[1]), str(row[2]), int(row[3]), row[4]
+            month, dim, metric, bucket = row[0], str(row[1]), str(row[2]), int(row[3])
+            n = int(row[-1])
             for kind, start in disclosure.months_up("month", month):
-                out[(metric, kind)][(start, dim)][bucket] += int(n)
+                out[(metric, kind, "all")][(start, dim, r.ALL_TYPES)][bucket] += n
+                if each:
+                    out[(metric, kind, "each")][(start, dim, str(row[4]))][bucket] += n
     h = tracker_decision_histograms.c
     rows = []
-    for metric in r.METRIC_NAMES:
+    for metric in sorted(r.METRIC_NAMES):
         for kind in ("month", "quarter", "year"):
-            cells_of = out.get((metric, kind), {})
-            payload = [
-                [period, dim, [x for b in sorted(hist) for x in (b, hist[b])]]
-                for (period, dim), hist in sorted(cells_of.items())
-            ]
-            rows.append({"metric": metric, "period_kind": kind, "grain": grain, "year": year,
-                         "decided_at": now, "cells": orjson.dumps(payload).decode()})  # fmt: skip
+            for types in modes:
+                got = sorted(out.get((metric, kind, types), {}).items())
+                payload = [
+                    [period, dim, *([t_] if types == "each" else []),
+                     [x for b in sorted(hist) for x in (b, hist[b])]]
+                    for (period, dim, t_), hist in got
+                ]  # fmt: skip
+                rows.append({"metric": metric, "period_kind": kind, "grain": grain,
+                             "types": types, "year": year, "decided_at": now,
+                             "cells": orjson.dumps(payload).decode()})  # fmt: skip
     async with engine.begin() as conn:
         await conn.execute(
             tracker_decision_histograms.delete().where(h.grain == grain, h.year == year)

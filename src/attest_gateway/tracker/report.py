@@ -21,6 +21,7 @@ and no figures.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,7 @@ def cube_range(f: Filters) -> tuple[dt.date | None, dt.date | None]:
     return (dt.date(lo.year, 1, 1) if lo else None), (dt.date(hi.year, 12, 31) if hi else None)
 
 
+@functools.lru_cache(maxsize=4096)
 def in_range(f: Filters, period: str) -> bool:
     """Whether a period (its start, ISO) of the kind asked is in the range asked."""
     start = dt.date.fromisoformat(period)
@@ -520,17 +522,25 @@ async def _histograms(
     return {k: dict(v) for k, v in out.items()}
 
 
-#: the grains whose durations over every type are published (tracker/decisions.py)
-PUBLISHED_HISTOGRAMS = ("receiver",)
+#: the duration distributions published per grain (tracker/decisions.py): `all`, every
+#: type's cells summed (an answer not by or of a type), `each`, per type
+PUBLISHED_HISTOGRAMS: dict[str, tuple[str, ...]] = {
+    "receiver": ("all",),
+    "municipality": ("all",),
+    "region": ("all", "each"),
+    "national": ("all", "each"),
+}
 
 
 async def _published_histograms(
     conn: AsyncConnection, metric: str, f: Filters, by: By, *, series: bool
 ) -> tuple[dict[tuple[str | None, str], dict[int, int]], dt.datetime] | None:
-    """`_histograms` from the published distributions (the receiving units' over every
-    type), and the oldest time they were made; None when some year asked is not published."""
+    """`_histograms` from the published distributions, and the oldest time they were made;
+    None when they are not published for the answer's grain and types or some year asked."""
     own = _own(by, f)
-    if own not in PUBLISHED_HISTOGRAMS or f.attest_type is not None or f.period == "week":
+    merged = by != "attest_type" and f.attest_type is None
+    types = "all" if merged else "each"
+    if types not in PUBLISHED_HISTOGRAMS.get(own, ()) or f.period == "week":
         return None
     years = await data_years(conn, [own])
     if years is None:
@@ -543,6 +553,7 @@ async def _published_histograms(
         h.metric == metric,
         h.period_kind == f.period,
         h.grain == own,
+        h.types == types,
         h.year >= first,
         h.year <= last,
     )
@@ -552,10 +563,13 @@ async def _published_histograms(
     for year, at, cells in await conn.execute(stmt):
         found.add(int(year))
         oldest = aware(at) if oldest is None else min(oldest, aware(at))
-        for period, dim, flat in orjson.loads(cells):
-            group = _wanted(
-                by, f, (f.period, period, own, dim, r.ALL_TYPES), contact=False, own=own
-            )
+        for cell in orjson.loads(cells):
+            if merged:
+                (period, dim, flat), attest_type = cell, r.ALL_TYPES
+            else:
+                period, dim, attest_type, flat = cell
+            coord = (f.period, period, own, dim, attest_type)
+            group = _wanted(by, f, coord, contact=False, own=own)
             if group is None:
                 continue
             target = out[(period if series else None, group)]
@@ -597,10 +611,12 @@ async def durations(
     table = _table(cube, hidden, by, f, rules, series=series, contact=False)
     rows = []
     for key in _sorted_keys(hists):
-        summary = r.summarise(hists[key])
-        ok = key in table.shown and int(summary["count"] or 0) >= rules.min_cell_citizens
+        hist = hists[key]
+        # (the quantiles of a suppressed row are not computed: most rows of a drill-down)
+        ok = key in table.shown and sum(hist.values()) >= rules.min_cell_citizens
         row = _group_fields(by, key) | {"metric": metric, "suppressed": not ok}
         if ok:
+            summary = r.summarise(hist)
             row |= {k: summary[k] for k in ("count", "median", "p90", "p99")}
         else:
             row |= {"count": None, "median": None, "p90": None, "p99": None}

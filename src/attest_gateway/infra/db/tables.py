@@ -550,15 +550,17 @@ tracker_decision_cells = sa.Table(
     sa.Column("cells", sa.Text, nullable=False),
 )
 
-# And the distributions of the receiving units' durations over every attest type (the
-# receiver drill-down's), per metric, period kind and year: a JSON list of [period start,
-# unit, [bucket, n, bucket, n …]], made with the decisions of the receivers' cubes.
+# And the duration distributions the reports of published cubes read, per metric, period
+# kind, grain, `types` and year: `all` (every attest type's cells summed: a JSON list of
+# [period start, place, [bucket, n, bucket, n …]]) or `each` (per type: [period start, place,
+# type, [bucket, n …]]), made with the decisions of the cubes holding the grain.
 tracker_decision_histograms = sa.Table(
     "tracker_decision_histograms",
     metadata,
     sa.Column("metric", sa.String(32), primary_key=True),
     sa.Column("period_kind", sa.String(7), primary_key=True),
     sa.Column("grain", sa.String(16), primary_key=True),
+    sa.Column("types", sa.String(8), primary_key=True),
     sa.Column("year", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("decided_at", Timestamp, nullable=False),
     sa.Column("cells", sa.Text, nullable=False),

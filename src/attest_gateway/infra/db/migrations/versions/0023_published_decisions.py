@@ -1,8 +1,9 @@
 """Published disclosure decisions: `tracker_decisions` (one row per cube: the digest of the
 weights it was decided over, when, how many cells and how many suppressed) and
 `tracker_decision_cells` (per cube, period kind, grain and type, the cells as decided:
-shown or not, their weights and counters) and `tracker_decision_histograms` (the receiving
-units' duration distributions over every attest type, per metric, period kind and year).
+shown or not, their weights and counters) and `tracker_decision_histograms` (the duration
+distributions of those cubes' grains, over every attest type or per type, per metric, period
+kind and year).
 
 Both start empty: until the tracker's sweep publishes a cube's decision (tracker/decisions.py),
 a report decides it when asked, as before.
@@ -49,11 +50,17 @@ def upgrade() -> None:
         sa.Column("metric", sa.String(32), nullable=False),
         sa.Column("period_kind", sa.String(7), nullable=False),
         sa.Column("grain", sa.String(16), nullable=False),
+        sa.Column("types", sa.String(8), nullable=False),
         sa.Column("year", sa.Integer, nullable=False, autoincrement=False),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("cells", sa.Text, nullable=False),
         sa.PrimaryKeyConstraint(
-            "metric", "period_kind", "grain", "year", name="pk_tracker_decision_histograms"
+            "metric",
+            "period_kind",
+            "grain",
+            "types",
+            "year",
+            name="pk_tracker_decision_histograms",
         ),
     )
 
