@@ -557,7 +557,7 @@ async def _published_histograms(
         h.year >= first,
         h.year <= last,
     )
-    out: dict[tuple[str | None, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    out: dict[tuple[str | None, str], dict[int, int]] = {}
     found: set[int] = set()
     oldest: dt.datetime | None = None
     for year, at, cells in await conn.execute(stmt):
@@ -572,12 +572,16 @@ async def _published_histograms(
             group = _wanted(by, f, coord, contact=False, own=own)
             if group is None:
                 continue
-            target = out[(period if series else None, group)]
+            key = (period if series else None, group)
+            target = out.get(key)
+            if target is None:  # (a cell's buckets are distinct: taken as they are)
+                out[key] = dict(zip(flat[0::2], flat[1::2], strict=True))
+                continue
             for i in range(0, len(flat), 2):
-                target[flat[i]] += flat[i + 1]
+                target[flat[i]] = target.get(flat[i], 0) + flat[i + 1]
     if oldest is None or found != set(range(first, last + 1)):
         return None
-    return {k: dict(v) for k, v in out.items()}, oldest
+    return out, oldest
 
 
 def _sorted_keys(keys: Any) -> list[tuple[str | None, str]]:
