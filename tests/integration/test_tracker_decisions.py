@@ -258,3 +258,16 @@ def test_the_runs_of_years_published() -> None:
         (2024, 2024), (2025, 2025), (2026, 2026), (2024, 2026), (2025, 2026)
     ]  # fmt: skip
     assert pub.year_runs(2026, 2026) == [(2026, 2026)]
+
+
+async def test_one_publisher_at_a_time(engine: AsyncEngine) -> None:
+    rng = random.Random(5)
+    await _track(engine, _events(rng, 60, since=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+                                 receivers=RECEIVERS[:4]))  # fmt: skip
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as other:  # another replica publishing
+            await other.execute(sa.select(sa.func.pg_advisory_lock(pub.LOCK)))
+            assert await pub.publish_alone(engine, RULES, now=NOW) is None
+            await other.execute(sa.select(sa.func.pg_advisory_unlock(pub.LOCK)))
+    assert await pub.publish_alone(engine, RULES, now=NOW)
+    assert await pub.publish_alone(engine, RULES, now=NOW) == []

@@ -271,6 +271,29 @@ async def publish(
     return done
 
 
+#: the PostgreSQL advisory lock one publisher holds while it publishes (other replicas skip)
+LOCK = 0x29_D15C
+
+
+async def publish_alone(
+    engine: AsyncEngine, rules: r.TrackerRules, *, now: dt.datetime
+) -> list[str] | None:
+    """`publish`, unless another process is publishing (PostgreSQL: an advisory lock; each
+    replica's tracker runs a publisher, and one at a time is enough). None: skipped."""
+    if engine.dialect.name != "postgresql":
+        return await publish(engine, rules, now=now)
+    async with engine.connect() as lock:
+        took = (await lock.execute(sa.select(sa.func.pg_try_advisory_lock(LOCK)))).scalar_one()
+        await lock.commit()
+        if not took:
+            return None
+        try:
+            return await publish(engine, rules, now=now)
+        finally:
+            await lock.execute(sa.select(sa.func.pg_advisory_unlock(LOCK)))
+            await lock.commit()
+
+
 class Publisher:
     """Publishes the decisions every `interval` seconds (the first after one interval)."""
 
@@ -300,7 +323,7 @@ class Publisher:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                await publish(self._engine, self._rules, now=self._now())
+                await publish_alone(self._engine, self._rules, now=self._now())
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug or an outage must not stop the publishing for good
