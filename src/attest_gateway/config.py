@@ -510,7 +510,8 @@ class Settings(BaseSettings):
         description="how often the disclosure decisions of the large report cubes (the receiver"
         " drill-down's, the geography's) are made again when their counts changed and published"
         " with their figures; a report answers from the published one, as of when it was made."
-        " 0: never (every report decides its cube when asked)",
+        " 0: never, and what was published is removed (every report decides its cube when"
+        " asked)",
         ge=0,
     )
     tracker_deadlines: dict[str, str] = Field(

@@ -25,6 +25,7 @@ from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.tables import (
     tracker_decision_cells,
+    tracker_decision_histograms,
     tracker_decisions,
     tracker_durations,
 )
@@ -271,3 +272,19 @@ async def test_one_publisher_at_a_time(engine: AsyncEngine) -> None:
             await other.execute(sa.select(sa.func.pg_advisory_unlock(pub.LOCK)))
     assert await pub.publish_alone(engine, RULES, now=NOW)
     assert await pub.publish_alone(engine, RULES, now=NOW) == []
+
+
+async def test_a_publisher_turned_off_removes_what_was_published(engine: AsyncEngine) -> None:
+    rng = random.Random(11)
+    await _track(engine, _events(rng, 60, since=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+                                 receivers=RECEIVERS[:4]))  # fmt: skip
+    await pub.publish(engine, RULES, now=NOW)
+    publisher = pub.Publisher(engine, RULES, lambda: NOW, interval=0)
+    publisher.start()
+    await publisher.stop()  # (waits for its one task)
+    async with engine.connect() as conn:
+        for table in (tracker_decisions, tracker_decision_cells, tracker_decision_histograms):
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar() == 0
+        memo = rep.Memo()
+        await rep.deadlines(conn, RULES, Filters(), "receiver", series=False, memo=memo)
+    assert memo.decided_at is None

@@ -294,8 +294,18 @@ async def publish_alone(
             await lock.commit()
 
 
+async def clear(engine: AsyncEngine) -> None:
+    """Removes every published decision: reports decide their cubes when asked again."""
+    async with engine.begin() as conn:
+        await conn.execute(tracker_decision_histograms.delete())
+        await conn.execute(tracker_decision_cells.delete())
+        await conn.execute(tracker_decisions.delete())
+
+
 class Publisher:
-    """Publishes the decisions every `interval` seconds (the first after one interval)."""
+    """Publishes the decisions every `interval` seconds (the first after one interval). With
+    `interval` 0 it publishes none and removes those published before, which reports would
+    otherwise read however old."""
 
     def __init__(
         self,
@@ -310,11 +320,20 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._interval > 0:
-            self._task = asyncio.create_task(self._run(), name="tracker-decisions")
+        run = self._run() if self._interval > 0 else self._clear()
+        self._task = asyncio.create_task(run, name="tracker-decisions")
+
+    async def _clear(self) -> None:
+        try:
+            await clear(self._engine)
+        except Exception:  # an outage: the next start clears them
+            log.exception("tracker.decisions_clear_failed")
 
     async def stop(self) -> None:
         if self._task is not None:
+            if self._interval <= 0:  # the clearing: short, let it end
+                await self._task
+                return
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
