@@ -67,6 +67,7 @@ from attest_gateway.production import UnsafeSettings
 from attest_gateway.services.delivery import DeliveryHandler
 from attest_gateway.services.webhooks import WebhookConfig, WebhookDispatcher, WebhookSender
 from attest_gateway.tracker.consumer import TrackerHandler, TrackerState
+from attest_gateway.tracker.decisions import Publisher
 from attest_gateway.tracker.rules import TrackerRules
 from attest_gateway.tracker.sweep import TrackerSweep
 
@@ -350,8 +351,10 @@ class Tracker:
     state: TrackerState
     consumers: tuple[ConsumerLoop, ...]  # one group: each holds some of the topic's partitions
     sweep: TrackerSweep
+    decisions: Publisher  # the published disclosure decisions (tracker/decisions.py)
 
     async def stop(self) -> None:
+        await self.decisions.stop()
         await self.sweep.stop()
 
 
@@ -384,7 +387,10 @@ def make_tracker(gw: Gateway, bootstrap: str) -> Tracker:
         for _ in range(settings.tracker_consumers)
     )
     sweep = TrackerSweep(gw, state, interval=settings.tracker_sweep_seconds)
-    return Tracker(state, consumers, sweep)
+    decisions = Publisher(
+        gw.engine, state.rules, gw.clock.now, interval=settings.tracker_decisions_seconds
+    )
+    return Tracker(state, consumers, sweep, decisions)
 
 
 def make_delivery(gw: Gateway, bootstrap: str) -> ConsumerLoop:
@@ -541,6 +547,7 @@ async def running_gateway(
                     await consumer.start()
                     consumers.append(consumer)
                 tracker.sweep.start()
+                tracker.decisions.start()
             if settings.webhooks_enabled:
                 webhooks = make_webhooks(gw, bootstrap)
                 await webhooks.dispatcher.start()

@@ -515,6 +515,15 @@ class Settings(BaseSettings):
     tracker_sweep_seconds: float = Field(
         default=60.0, description="how often overdue requests and contact windows are checked"
     )
+    tracker_decisions_seconds: float = Field(
+        default=300.0,
+        description="how often the disclosure decisions of the large report cubes (the receiver"
+        " drill-down's, the geography's) are made again when their counts changed and published"
+        " with their figures; a report answers from the published one, as of when it was made."
+        " 0: never, and what was published is removed (every report decides its cube when"
+        " asked)",
+        ge=0,
+    )
     tracker_deadlines: dict[str, str] = Field(
         default_factory=dict,
         description='per LÆ type, overrides of the default reply deadlines, e.g. {"LÆ 285": "8d"}'

@@ -65,6 +65,9 @@ async def running_gateway(
                 # Tests poll shared mailboxes of hundreds of items many times a second; the
                 # items' cost has its own gateway (test_client_limits.py).
                 "rate_limit_items_per_read": 0,
+                # Published disclosure decisions would suppress the cells tests add after
+                # one until the next; their own tests publish (test_tracker_decisions.py).
+                "tracker_decisions_seconds": 0,
                 **settings_for(bootstrap),
                 **overrides,
             }

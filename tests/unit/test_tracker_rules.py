@@ -357,3 +357,20 @@ def test_suppression_threshold() -> None:
     assert r.publishable(5, RULES)
     assert r.rate(1, 0) is None
     assert r.rate(1, 4) == 0.25
+
+
+@given(
+    st.dictionaries(
+        st.integers(min_value=0, max_value=r.MAX_BUCKET),
+        st.integers(min_value=0, max_value=50),
+        max_size=30,
+    )
+)
+def test_summarise_gives_each_quantile_as_percentile_does(histogram: dict[int, int]) -> None:
+    # summarise sorts the buckets once for the three quantiles; percentile is the definition
+    assert r.summarise(histogram) == {
+        "count": sum(histogram.values()),
+        "median": r.percentile(histogram, 0.5),
+        "p90": r.percentile(histogram, 0.9),
+        "p99": r.percentile(histogram, 0.99),
+    }

@@ -21,17 +21,27 @@ and no figures.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.core.errors import ErrorCode, InvalidInput
 from attest_gateway.core.identifiers import municipalities
-from attest_gateway.infra.db.tables import tracker_cells, tracker_counts, tracker_durations
+from attest_gateway.infra.db.engine import aware
+from attest_gateway.infra.db.tables import (
+    tracker_cells,
+    tracker_counts,
+    tracker_decision_cells,
+    tracker_decision_histograms,
+    tracker_decisions,
+    tracker_durations,
+)
 from attest_gateway.tracker import disclosure
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.consumer import CONTACT_ATTEST
@@ -123,6 +133,7 @@ def cube_range(f: Filters) -> tuple[dt.date | None, dt.date | None]:
     return (dt.date(lo.year, 1, 1) if lo else None), (dt.date(hi.year, 12, 31) if hi else None)
 
 
+@functools.lru_cache(maxsize=4096)
 def in_range(f: Filters, period: str) -> bool:
     """Whether a period (its start, ISO) of the kind asked is in the range asked."""
     start = dt.date.fromisoformat(period)
@@ -171,10 +182,17 @@ async def _cube(
     """The counters per cell of the cube, months summed into quarters and years;
     `citizens_lb` is the most citizens of one stored cell (a lower bound of the distinct
     citizens)."""
+    return await cube_of(conn, f, _levels(by), _types(contact=contact))
+
+
+async def cube_of(
+    conn: AsyncConnection, f: Filters, grains: Sequence[str], types: list[str] | None
+) -> dict[Coord, dict[str, int]]:
+    """`_cube` over the cells of `grains` and `types` (None: every type but the contact one)."""
     t, cells = tracker_counts, tracker_cells
     cols = [cells.c.period_start, cells.c.grain, cells.c.dim, cells.c.attest_type]
-    sums = [sa.func.sum(t.c[name]).label(name) for name in _COUNTERS]
-    where = _where(cells, f, _levels(by), _types(contact=contact), cube_range(f))
+    sums = [sa.func.sum(t.c[name]).label(name) for name in COUNTERS]
+    where = _where(cells, f, grains, types, cube_range(f))
     stmt = (
         sa.select(*cols, *sums, sa.func.max(t.c.citizens).label("citizens_lb"))
         .select_from(cells.join(t, t.c.cell_id == cells.c.id))
@@ -184,14 +202,16 @@ async def _cube(
     out: dict[Coord, dict[str, int]] = {}
     for row in await conn.execute(stmt):
         for coord in _coords(f, row):
-            values = out.setdefault(coord, dict.fromkeys((*_COUNTERS, "citizens_lb"), 0))
-            for name in _COUNTERS:
+            values = out.get(coord)
+            if values is None:
+                values = out[coord] = dict.fromkeys((*COUNTERS, "citizens_lb"), 0)
+            for name in COUNTERS:
                 values[name] += int(getattr(row, name) or 0)
             values["citizens_lb"] = max(values["citizens_lb"], int(row.citizens_lb or 0))
     return out
 
 
-_COUNTERS = (
+COUNTERS = (
     "requests",
     "late_requests",
     "replied",
@@ -232,7 +252,32 @@ class Table:
     shown: set[tuple[str | None, str]]
 
 
-Memo = dict[tuple[bool, tuple[str, ...]], tuple[dict[Coord, dict[str, int]], set[Coord]]]
+Decided = tuple[dict[Coord, dict[str, int]], set[Coord]]
+
+
+@dataclass
+class Memo:
+    """What one answer has read and decided: the cubes (the overview asks for several
+    groupings of the same cube), and when the published decisions it used were made."""
+
+    decided: dict[tuple[Any, ...], Decided] = field(default_factory=dict)
+    #: the oldest published decision used (None: every cube was decided when asked)
+    decided_at: dt.datetime | None = None
+    #: whether some cube was decided when asked (no published decision of it)
+    at_request: bool = False
+    #: whether a published decision may be read (False: every cube decided when asked)
+    use_published: bool = True
+    #: the published decision of each cube looked up (None: not published)
+    names: dict[tuple[Any, ...], tuple[str, dt.datetime] | None] = field(default_factory=dict)
+
+    def published(self, at: dt.datetime) -> None:
+        if self.decided_at is None or at < self.decided_at:
+            self.decided_at = at
+
+    def describe(self) -> dict[str, Any]:
+        """`decisions_as_of`: when the suppression shown was decided (None: when asked)."""
+        at = None if self.decided_at is None else self.decided_at.isoformat()
+        return {"decisions_as_of": at}
 
 
 async def _decided(
@@ -243,21 +288,144 @@ async def _decided(
     *,
     contact: bool,
     memo: Memo | None,
-) -> tuple[dict[Coord, dict[str, int]], set[Coord]]:
-    """The cube and its suppressed cells; read and decided once per answer (`memo`: the
-    overview asks for several groupings of the same cube)."""
-    key = (contact, _levels(by))
-    if memo is not None and key in memo:
-        return memo[key]
+) -> Decided:
+    """The cube and its suppressed cells; read and decided once per answer (`memo`).
+
+    When the cube's decision is published (tracker/decisions.py), the cells of the answer's
+    period kind, grain and types are read from it, with their counters and suppression as
+    they were when it was decided (`decisions_as_of`). Otherwise the whole cube is read and
+    decided now."""
+    memo = memo if memo is not None else Memo()
+    key: tuple[Any, ...] = (contact, _levels(by))
+    if key in memo.decided:
+        return memo.decided[key]
+    if key not in memo.names:
+        memo.names[key] = (
+            await published_decision(conn, f, by, rules, contact=contact)
+            if memo.use_published
+            else None
+        )
+    published = memo.names[key]
+    if published is not None:
+        name, at = published
+        grain, types = _selection(by, f, contact=contact)
+        selected = (*key, grain, tuple(types or ()))
+        if selected not in memo.decided:
+            memo.decided[selected] = await _snapshot(conn, name, f.period, grain, types)
+        memo.published(at)
+        return memo.decided[selected]
     cube = await _cube(conn, f, by, contact=contact)
     hidden = disclosure.decide_cube(
         {c: v["citizens_lb"] for c, v in cube.items()},
         region_of_municipalities(),
         rules.min_cell_citizens,
     )
-    if memo is not None:
-        memo[key] = (cube, hidden)
+    memo.decided[key] = (cube, hidden)
+    memo.at_request = True
     return cube, hidden
+
+
+# --- published decisions (tracker/decisions.py publishes them) --------------------------------
+
+
+def _selection(by: By, f: Filters, *, contact: bool) -> tuple[str, list[str] | None]:
+    """The grain and the types of the cells an answer's rows are made of (None: every type
+    but the contact one, as `_where` reads them)."""
+    own = _own(by, f)
+    if contact:
+        return own, [CONTACT_ATTEST]
+    if by == "attest_type" and f.attest_type is None:
+        return own, None
+    return own, [f.attest_type or r.ALL_TYPES]
+
+
+def cube_name(
+    levels: Sequence[str], *, contact: bool, first: int, last: int, threshold: int
+) -> str:
+    """The key of a published decision: the grains, the figure (contact or the requests),
+    the whole years and the threshold of the cube decided."""
+    figure = "contact" if contact else "requests"
+    return f"{figure}:{'+'.join(levels)}:month:{first}-{last}:{threshold}"
+
+
+async def data_years(conn: AsyncConnection, grains: Sequence[str]) -> tuple[int, int] | None:
+    """The first and last year with a month cell of `grains` (None: none)."""
+    c = tracker_cells.c
+    first: dt.date | None = None
+    last: dt.date | None = None
+    for grain in grains:  # one grain a statement: each is two ends of the cells' key index
+        lo, hi = (
+            await conn.execute(
+                sa.select(sa.func.min(c.period_start), sa.func.max(c.period_start)).where(
+                    c.grain == grain, c.period_kind == "month"
+                )
+            )
+        ).one()
+        if lo is not None:
+            first = lo if first is None else min(first, lo)
+            last = hi if last is None else max(last, hi)
+    return None if first is None or last is None else (first.year, last.year)
+
+
+async def published_decision(
+    conn: AsyncConnection, f: Filters, by: By, rules: r.TrackerRules, *, contact: bool
+) -> tuple[str, dt.datetime] | None:
+    """The key and time of the published decision of the cube an answer decides, or None.
+    The cube's years are those asked (`cube_range`) within the years that have cells (the
+    cells of other years are none, so the cube is the same). Weeks are never published."""
+    if f.period == "week" or (not contact and f.attest_type == CONTACT_ATTEST):
+        return None
+    levels = _levels(by)
+    years = await data_years(conn, levels)
+    if years is None:
+        return None
+    lo, hi = cube_range(f)
+    first = max(years[0], lo.year) if lo is not None else years[0]
+    last = min(years[1], hi.year) if hi is not None else years[1]
+    if first > last:
+        return None
+    name = cube_name(
+        levels, contact=contact, first=first, last=last, threshold=rules.min_cell_citizens
+    )
+    d = tracker_decisions.c
+    at = (await conn.execute(sa.select(d.decided_at).where(d.cube == name))).scalar_one_or_none()
+    return None if at is None else (name, aware(at))
+
+
+async def _snapshot(
+    conn: AsyncConnection, name: str, kind: str, grain: str, types: list[str] | None
+) -> Decided:
+    """The cells of `kind`, `grain` and `types` of the published decision `name`: their
+    counters and which are suppressed, as decided."""
+    d = tracker_decision_cells.c
+    stmt = sa.select(d.attest_type, d.cells).where(
+        d.cube == name, d.period_kind == kind, d.grain == grain
+    )
+    if types is not None:
+        stmt = stmt.where(d.attest_type.in_(types))
+    cube: dict[Coord, dict[str, int]] = {}
+    hidden: set[Coord] = set()
+    names = ("citizens_lb", *COUNTERS)
+    for attest_type, cells in await conn.execute(stmt):
+        for period, dim, shown, *values in orjson.loads(cells):
+            coord = (kind, period, grain, dim, attest_type)
+            cube[coord] = dict(zip(names, values, strict=True))
+            if not shown:
+                hidden.add(coord)
+    return cube, hidden
+
+
+def snapshot_rows(
+    cube: dict[Coord, dict[str, int]], hidden: set[Coord]
+) -> dict[tuple[str, str, str], list[list[Any]]]:
+    """A decided cube as `_snapshot` reads it: per (period kind, grain, type) the cells, each
+    [period start, place, shown (1 or 0), citizens_lb, the counters …], sorted."""
+    out: dict[tuple[str, str, str], list[list[Any]]] = defaultdict(list)
+    for c in sorted(cube):
+        v = cube[c]
+        row = [c[1], c[3], 0 if c in hidden else 1, v["citizens_lb"], *(v[n] for n in COUNTERS)]
+        out[(c[0], c[2], c[4])].append(row)
+    return out
 
 
 def _table(
@@ -279,8 +447,8 @@ def _table(
         if group is None:
             continue
         key = (coord[1] if series else None, group)
-        total = counts.setdefault(key, dict.fromkeys((*_COUNTERS, "citizens_lb"), 0))
-        for name in _COUNTERS:
+        total = counts.setdefault(key, dict.fromkeys((*COUNTERS, "citizens_lb"), 0))
+        for name in COUNTERS:
             total[name] += values[name]
         total["citizens_lb"] = max(total["citizens_lb"], values["citizens_lb"])
         if coord in hidden:
@@ -312,15 +480,19 @@ def _group_fields(by: By, key: tuple[str | None, str]) -> dict[str, Any]:
     return out
 
 
-async def _histograms(
-    conn: AsyncConnection, metric: str, f: Filters, by: By, *, series: bool
-) -> dict[tuple[str | None, str], dict[int, int]]:
-    own = _own(by, f)
+def _weekly_kept(f: Filters, own: str) -> None:
     if f.period == "week" and own in r.WEEKLY_HISTOGRAMS_NOT_KEPT:
         raise InvalidInput(
             ErrorCode.INVALID_PERIOD,
             "weekly distributions are kept nationally and per region; use period=month",
         )
+
+
+async def _histograms(
+    conn: AsyncConnection, metric: str, f: Filters, by: By, *, series: bool
+) -> dict[tuple[str | None, str], dict[int, int]]:
+    own = _own(by, f)
+    _weekly_kept(f, own)
     t, cells = tracker_durations, tracker_cells
     cols = [cells.c.period_start, cells.c.grain, cells.c.dim, cells.c.attest_type]
     types = [f.attest_type] if f.attest_type is not None else None
@@ -350,6 +522,68 @@ async def _histograms(
     return {k: dict(v) for k, v in out.items()}
 
 
+#: the duration distributions published per grain (tracker/decisions.py): `all`, every
+#: type's cells summed (an answer not by or of a type), `each`, per type
+PUBLISHED_HISTOGRAMS: dict[str, tuple[str, ...]] = {
+    "receiver": ("all",),
+    "municipality": ("all",),
+    "region": ("all", "each"),
+    "national": ("all", "each"),
+}
+
+
+async def _published_histograms(
+    conn: AsyncConnection, metric: str, f: Filters, by: By, *, series: bool
+) -> tuple[dict[tuple[str | None, str], dict[int, int]], dt.datetime] | None:
+    """`_histograms` from the published distributions, and the oldest time they were made;
+    None when they are not published for the answer's grain and types or some year asked."""
+    own = _own(by, f)
+    merged = by != "attest_type" and f.attest_type is None
+    types = "all" if merged else "each"
+    if types not in PUBLISHED_HISTOGRAMS.get(own, ()) or f.period == "week":
+        return None
+    years = await data_years(conn, [own])
+    if years is None:
+        return None
+    lo, hi = cube_range(f)
+    first = max(years[0], lo.year) if lo is not None else years[0]
+    last = min(years[1], hi.year) if hi is not None else years[1]
+    h = tracker_decision_histograms.c
+    stmt = sa.select(h.year, h.decided_at, h.cells).where(
+        h.metric == metric,
+        h.period_kind == f.period,
+        h.grain == own,
+        h.types == types,
+        h.year >= first,
+        h.year <= last,
+    )
+    out: dict[tuple[str | None, str], dict[int, int]] = {}
+    found: set[int] = set()
+    oldest: dt.datetime | None = None
+    for year, at, cells in await conn.execute(stmt):
+        found.add(int(year))
+        oldest = aware(at) if oldest is None else min(oldest, aware(at))
+        for cell in orjson.loads(cells):
+            if merged:
+                (period, dim, flat), attest_type = cell, r.ALL_TYPES
+            else:
+                period, dim, attest_type, flat = cell
+            coord = (f.period, period, own, dim, attest_type)
+            group = _wanted(by, f, coord, contact=False, own=own)
+            if group is None:
+                continue
+            key = (period if series else None, group)
+            target = out.get(key)
+            if target is None:  # (a cell's buckets are distinct: taken as they are)
+                out[key] = dict(zip(flat[0::2], flat[1::2], strict=True))
+                continue
+            for i in range(0, len(flat), 2):
+                target[flat[i]] = target.get(flat[i], 0) + flat[i + 1]
+    if oldest is None or found != set(range(first, last + 1)):
+        return None
+    return out, oldest
+
+
 def _sorted_keys(keys: Any) -> list[tuple[str | None, str]]:
     return sorted(keys, key=lambda k: (k[0] or "", k[1]))
 
@@ -367,15 +601,26 @@ async def durations(
     """count, median, p90, p99 (seconds) of one duration per group: shown where the group's
     counts are (primary and secondary suppression) and it has `min_cell_citizens`
     measurements."""
-    hists = await _histograms(conn, metric, f, by, series=series)
+    _weekly_kept(f, _own(by, f))
+    memo = memo if memo is not None else Memo()
     cube, hidden = await _decided(conn, f, by, rules, contact=False, memo=memo)
+    published = None
+    if memo.names.get((False, _levels(by))) is not None:
+        published = await _published_histograms(conn, metric, f, by, series=series)
+    if published is not None:
+        hists, at = published
+        memo.published(at)
+    else:
+        hists = await _histograms(conn, metric, f, by, series=series)
     table = _table(cube, hidden, by, f, rules, series=series, contact=False)
     rows = []
     for key in _sorted_keys(hists):
-        summary = r.summarise(hists[key])
-        ok = key in table.shown and int(summary["count"] or 0) >= rules.min_cell_citizens
+        hist = hists[key]
+        # (the quantiles of a suppressed row are not computed: most rows of a drill-down)
+        ok = key in table.shown and sum(hist.values()) >= rules.min_cell_citizens
         row = _group_fields(by, key) | {"metric": metric, "suppressed": not ok}
         if ok:
+            summary = r.summarise(hist)
             row |= {k: summary[k] for k in ("count", "median", "p90", "p99")}
         else:
             row |= {"count": None, "median": None, "p90": None, "p99": None}
@@ -446,13 +691,15 @@ async def contacts(
     return rows
 
 
-async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> dict[str, Any]:
+async def report(
+    conn: AsyncConnection, rules: r.TrackerRules, f: Filters, *, memo: Memo | None = None
+) -> dict[str, Any]:
     """The ministry's overview: the main aggregates in one answer (what the dashboard shows).
     Filtered to a municipality, it has no figures by region (a region's counts others)."""
     headline = "request_to_attest"
-    memo: Memo = {}
+    memo = memo if memo is not None else Memo()
     regional = f.municipality is None
-    return {
+    answer = {
         "filters": f.describe(),
         "min_cell_citizens": rules.min_cell_citizens,
         "contact_baseline": rules.contact_baseline,
@@ -499,6 +746,7 @@ async def report(conn: AsyncConnection, rules: r.TrackerRules, f: Filters) -> di
             "contacts": await contacts(conn, rules, f, "municipality", series=False, memo=memo),
         },
     }
+    return answer | memo.describe()
 
 
 SECONDS_COLUMNS = frozenset({"median", "p90", "p99", "answered_only_median"})

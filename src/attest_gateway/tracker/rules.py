@@ -417,13 +417,26 @@ def percentile(histogram: Mapping[int, int], q: float) -> float | None:
 
 
 def summarise(histogram: Mapping[int, int]) -> dict[str, float | int | None]:
-    """count, median, p90, p99 (seconds) of a histogram."""
-    return {
-        "count": sum(histogram.values()),
-        "median": percentile(histogram, 0.5),
-        "p90": percentile(histogram, 0.9),
-        "p99": percentile(histogram, 0.99),
-    }
+    """count, median, p90, p99 (seconds) of a histogram: each as `percentile` gives it, the
+    buckets sorted once for the three (a drill-down summarises tens of thousands)."""
+    total = sum(histogram.values())
+    out: dict[str, float | int | None] = {"count": total}
+    if total <= 0:
+        return out | {"median": None, "p90": None, "p99": None}
+    buckets = [(b, n) for b, n in sorted(histogram.items()) if n > 0]
+    for name, q in (("median", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for bucket, n in buckets:
+            if seen + n >= rank:
+                lo, hi = bucket_bounds(bucket)
+                frac = (rank - seen - 0.5) / n
+                out[name] = lo + (hi - lo) * frac if bucket == 0 else float(lo * (hi / lo) ** frac)
+                break
+            seen += n
+        else:  # pragma: no cover - unreachable by construction
+            out[name] = bucket_bounds(max(histogram))[1]
+    return out
 
 
 def merge(histograms: Iterable[Mapping[int, int]]) -> dict[int, int]:

@@ -522,6 +522,50 @@ tracker_coverage = sa.Table(
     postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
 )
 
+# Published disclosure decisions (migration 0023, tracker/decisions.py): the suppressed cells
+# of a whole cube (tracker/disclosure.py `decide_cube`), decided in the background when its
+# weights change, so that a report over a large cube (the receiver drill-down) reads the
+# decision instead of making it. `tracker_decisions`: one row per cube (its key names the
+# grains, the figure, the whole years and the threshold), the digest of the weights it was
+# decided over and when. `tracker_decision_cells`: per cube, period kind, grain and type, its
+# cells as decided (a JSON list of [period start, place, shown 1 or 0, citizens, counters …],
+# report.py `snapshot_rows`), which a report reads instead of the rollups.
+tracker_decisions = sa.Table(
+    "tracker_decisions",
+    metadata,
+    sa.Column("cube", sa.String(160), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("decided_at", Timestamp, nullable=False),
+    sa.Column("cells", sa.Integer, nullable=False),
+    sa.Column("suppressed", sa.Integer, nullable=False),
+)
+
+tracker_decision_cells = sa.Table(
+    "tracker_decision_cells",
+    metadata,
+    sa.Column("cube", sa.String(160), primary_key=True),
+    sa.Column("period_kind", sa.String(7), primary_key=True),
+    sa.Column("grain", sa.String(16), primary_key=True),
+    sa.Column("attest_type", sa.String(16), primary_key=True),
+    sa.Column("cells", sa.Text, nullable=False),
+)
+
+# And the duration distributions the reports of published cubes read, per metric, period
+# kind, grain, `types` and year: `all` (every attest type's cells summed: a JSON list of
+# [period start, place, [bucket, n, bucket, n …]]) or `each` (per type: [period start, place,
+# type, [bucket, n …]]), made with the decisions of the cubes holding the grain.
+tracker_decision_histograms = sa.Table(
+    "tracker_decision_histograms",
+    metadata,
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("period_kind", sa.String(7), primary_key=True),
+    sa.Column("grain", sa.String(16), primary_key=True),
+    sa.Column("types", sa.String(8), primary_key=True),
+    sa.Column("year", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("decided_at", Timestamp, nullable=False),
+    sa.Column("cells", sa.Text, nullable=False),
+)
+
 # --- audit (migration 0005) ------------------------------------------------------------------
 # The append-only, hash-chained audit log (infra/db/audit.py): reads of content and
 # administrative changes. Ids and addresses only, never content or CPR numbers.

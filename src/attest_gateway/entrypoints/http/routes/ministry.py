@@ -127,9 +127,11 @@ async def durations(
         raise InvalidInput(ErrorCode.UNKNOWN_METRIC, f"metric is one of {sorted(r.METRIC_NAMES)}")
     f = within(f, scope_of(org), by, rollup=True)
     rules = _rules(request)
+    memo = rep.Memo()
     async with _engine(request).connect() as conn:
-        rows = await rep.durations(conn, rules, metric, f, by, series=series)
-    return _answer(f"durations-{metric}-{by}", rows, format, _meta(f, rules, unit="seconds"))
+        rows = await rep.durations(conn, rules, metric, f, by, series=series, memo=memo)
+    extra = _meta(f, rules, unit="seconds") | memo.describe()
+    return _answer(f"durations-{metric}-{by}", rows, format, extra)
 
 
 @router.get("/deadlines", response_model=None)
@@ -144,9 +146,10 @@ async def deadlines(
     """Requests, late requests, overdue count and rate, reminders."""
     f = within(f, scope_of(org), by, rollup=True)
     rules = _rules(request)
+    memo = rep.Memo()
     async with _engine(request).connect() as conn:
-        rows = await rep.deadlines(conn, rules, f, by, series=series)
-    return _answer(f"deadlines-{by}", rows, format, _meta(f, rules))
+        rows = await rep.deadlines(conn, rules, f, by, series=series, memo=memo)
+    return _answer(f"deadlines-{by}", rows, format, _meta(f, rules) | memo.describe())
 
 
 @router.get("/contacts", response_model=None)
@@ -161,11 +164,11 @@ async def contacts(
     """Contact coverage of sick-listed citizens with a psychiatric course, against the baseline."""
     f = within(f, scope_of(org), by, rollup=True)
     rules = _rules(request)
+    memo = rep.Memo()
     async with _engine(request).connect() as conn:
-        rows = await rep.contacts(conn, rules, f, by, series=series)
-    return _answer(
-        f"contacts-{by}", rows, format, _meta(f, rules) | {"baseline": rules.contact_baseline}
-    )
+        rows = await rep.contacts(conn, rules, f, by, series=series, memo=memo)
+    extra = _meta(f, rules) | {"baseline": rules.contact_baseline} | memo.describe()
+    return _answer(f"contacts-{by}", rows, format, extra)
 
 
 @router.get("/coverage", response_model=None)

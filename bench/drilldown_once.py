@@ -1,0 +1,70 @@
+"""One timed report through the function its route calls, by whichever code is on the path:
+for comparing two versions of the gateway run by turns over one database (the command in
+bench/RESULTS.md, "The receiver drill-down"). Prints one JSON line: the query, seconds,
+and a digest of the answer (to tell whether two versions answer the same).
+
+    PYTHONPATH=src .venv/bin/python bench/drilldown_once.py --database attest_drill_1m \\
+        "durations by receiver, whole period"
+
+Only what every version has is used (report.py's `durations`, `deadlines`, `report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.tracker import report as rep
+from attest_gateway.tracker import rules as r
+
+RULES = r.TrackerRules.build()
+WHOLE = rep.Filters()
+
+QUERIES: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
+    "durations by receiver, whole period": lambda c: rep.durations(
+        c, RULES, "request_to_attest", WHOLE, "receiver", series=False
+    ),
+    "durations by receiver, monthly series": lambda c: rep.durations(
+        c, RULES, "request_to_attest", WHOLE, "receiver", series=True
+    ),
+    "deadlines by receiver, whole period": lambda c: rep.deadlines(
+        c, RULES, WHOLE, "receiver", series=False
+    ),
+    "deadlines by municipality, monthly series": lambda c: rep.deadlines(
+        c, RULES, WHOLE, "municipality", series=True
+    ),
+    "report, whole period": lambda c: rep.report(c, RULES, WHOLE),
+}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("query", choices=sorted(QUERIES))
+    parser.add_argument("--database", default="attest_drill_1m")
+    parser.add_argument("--host", default="postgres@127.0.0.1:5432")
+    args = parser.parse_args()
+    engine = make_engine(f"postgresql+asyncpg://{args.host}/{args.database}")
+    try:
+        async with engine.connect() as conn:
+            t0 = time.perf_counter()
+            answer = await QUERIES[args.query](conn)
+            seconds = time.perf_counter() - t0
+    finally:
+        await engine.dispose()
+    if isinstance(answer, dict):
+        answer = {k: v for k, v in answer.items() if k != "decisions_as_of"}
+    text = json.dumps(answer, sort_keys=True, default=str).encode()
+    print(json.dumps({"query": args.query, "seconds": round(seconds, 3),
+                      "answer": hashlib.sha256(text).hexdigest()[:16]}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
