@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.profile --db postgres --seconds 30
     .venv/bin/python -m bench.profile --load roundtrip     # whole conversations
     .venv/bin/python -m bench.profile --load roundtrip --sql --concurrency 1
+    .venv/bin/python -m bench.profile --load roundtrip --concurrency 1 --wait 20  # long-poll
     .venv/bin/python -m bench.profile --db postgres --split  # API and worker processes
     .venv/bin/python -m bench.profile --db postgres --perf   # and the server, with perf
 
@@ -121,9 +122,15 @@ def prepare(workdir_arg: str) -> tuple[Path, Path | None]:
 async def drive(gw: RunningGateway, args: argparse.Namespace, workdir: Path) -> str:
     """Load the gateway for `args.seconds`; what was sent, for the summary."""
     if args.load == "roundtrip":
-        roundtrip.CONCURRENCY = args.concurrency or roundtrip.CONCURRENCY
         creds = json.loads((gw.var_dir / "demo-credentials.json").read_text())
-        run = await roundtrip.one_run(gw, creds, roundtrip.Requests(SEED), args.seconds)
+        run = await roundtrip.one_run(
+            gw,
+            creds,
+            roundtrip.Requests(SEED),
+            args.seconds,
+            concurrency=args.concurrency or roundtrip.CONCURRENCY,
+            wait_s=args.wait,
+        )
         for segment, stats in run.extra["segments_ms"].items():
             console.print(f"  {segment}: " + ", ".join(f"{k} {v:,.0f}" for k, v in stats.items()))
         return f"{len(run.completed())} round trips"
@@ -249,6 +256,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--split", action="store_true", help="API and worker as two processes, each profiled"
     )
     p.add_argument("--concurrency", type=int, default=0, help="roundtrip: conversations in flight")
+    p.add_argument("--wait", type=int, default=0, help="roundtrip: the clients long-poll (?wait=)")
     p.add_argument(
         "--perf",
         action="store_true",

@@ -379,6 +379,7 @@ def make_tracker(gw: Gateway, bootstrap: str) -> Tracker:
             batch_spans_partitions=settings.tracker_poll_in_one_transaction,
             max_poll_records=settings.tracker_max_poll_records,
             outage=gw.outage,
+            linger_seconds=settings.tracker_linger_seconds,
         )
         for _ in range(settings.tracker_consumers)
     )

@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     tracker_max_poll_records: int = Field(
         default=5000, ge=1, le=100_000, description="most stage events the tracker polls at once"
     )
+    tracker_linger_seconds: float = Field(
+        default=0.2,
+        ge=0,
+        le=5,
+        description=(
+            "after applying a poll the tracker waits this long before the next, so that the "
+            "stage events of the next moments are applied in one transaction instead of one "
+            "each (its figures are that much later; 0: poll again at once)"
+        ),
+    )
     tracker_consumers: int = Field(
         default=1,
         ge=1,

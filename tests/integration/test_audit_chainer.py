@@ -9,10 +9,12 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
@@ -247,3 +249,28 @@ async def test_the_chainer_outlives_a_failed_pass(engine: AsyncEngine) -> None:
     verdict = await _verify(engine)
     assert verdict.ok, verdict.reason
     assert (verdict.entries, verdict.pending) == (2, 0)
+
+
+async def test_a_wake_gathers_the_next_commits_entries_into_one_pass(engine: AsyncEngine) -> None:
+    """Woken, the chainer lingers, so that entries committed one after another in the next
+    moments are chained together: one pass (one lock of the head) for all three."""
+    passes = 0
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        nonlocal passes
+        passes += statement.startswith("UPDATE audit_head SET seq=audit_head.seq")
+
+    chainer = AuditChainer(engine, TOPICS, poll_seconds=60, linger_seconds=1.0)
+    chainer.start()
+    try:
+        await asyncio.sleep(0.2)  # the pass at start: nothing pending, the head not locked
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        for _ in range(3):
+            await _append(engine, _reads("psyk-kbh", 1))
+            chainer.wake()
+            await asyncio.sleep(0.02)  # the chainer's task runs between the commits
+        await wait_for(lambda: _chained_at_least(engine, 3))
+    finally:
+        await chainer.stop()
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert passes == 1

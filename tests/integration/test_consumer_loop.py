@@ -19,7 +19,7 @@ from attest_gateway.config import Settings, load_settings
 from attest_gateway.infra.kafka.connection import make_producer
 from attest_gateway.infra.kafka.consumer import ConsumerLoop
 from attest_gateway.infra.kafka.topics import ensure_topics
-from tests.support.harness import committed_offsets
+from tests.support.harness import committed_offsets, wait_for
 from tests.support.kafka import TestKafka, settings_for
 
 PARTITIONS = 4
@@ -233,3 +233,40 @@ async def test_without_batches_a_batch_handler_gets_every_record_one_by_one(
             assert [s for k, s in records if k == key] == list(range(PER_KEY))
     ends = _ends(metadata)
     assert await _committed(broker, group, topic, ends) == ends
+
+
+@pytest.mark.parametrize("linger", [0.0, 2.0])
+async def test_a_lingering_loop_handles_what_arrives_meanwhile_together(
+    broker: TestKafka, tmp_path: Path, linger: float
+) -> None:
+    """`linger_seconds`: after a poll that brought records the loop waits before the next, so
+    records sent one by one in the meantime reach the batch handler in one batch; without it
+    each comes on its own."""
+    settings, topic, dlq, group = await _topics(broker, tmp_path)
+    producer = make_producer(settings, broker.bootstrap)
+    await producer.start()
+    recorder = PollRecorder(expected=4)
+    loop = ConsumerLoop(
+        settings=settings, bootstrap=broker.bootstrap, topic=topic, group=group,
+        handler=recorder, producer=producer, dead_letter_topic=dlq,
+        batch_spans_partitions=True, linger_seconds=linger,
+    )  # fmt: skip
+    try:
+        await (await producer.send(topic, value=b"k#0", key=b"k"))
+        await loop.start()
+
+        async def first() -> bool | None:  # the first poll (one record) is handled
+            return True if recorder.one_by_one else None
+
+        await wait_for(first, interval=0.01)
+        for seq in range(1, 4):
+            await (await producer.send(topic, value=f"k#{seq}".encode(), key=b"k"))
+            await asyncio.sleep(0.3)  # longer than a fetch takes to bring it
+        async with asyncio.timeout(60):
+            await recorder.all_seen.wait()
+    finally:
+        await loop.stop()
+        await producer.stop()
+    # (a poll of one record goes to the handler's one-by-one path)
+    sizes = [len(batch) for batch in recorder.batches]
+    assert (len(recorder.one_by_one), sizes) == ((1, [3]) if linger else (4, [])), sizes

@@ -316,6 +316,73 @@ async def test_a_failed_publish_gives_its_rows_back_at_once(
             await engine.dispose()
 
 
+async def test_a_running_relay_claims_once_per_wake_and_misses_nothing(
+    harness: Harness, tmp_path: Any
+) -> None:
+    """A pass that published less than a batch does not look again at once (a claim that
+    finds nothing): it waits for the next wake. Rows added while a pass runs still go."""
+    h = harness
+    claims = 0
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        nonlocal claims
+        claims += statement.startswith("UPDATE outbox SET claim_token")
+
+    async with fresh_database(h.kind, tmp_path) as url:
+        await upgrade_async(url)
+        engine = make_engine(url)
+        producer = make_producer(h.settings, h.bootstrap)
+        await producer.start()
+        topic = f"{h.gw.topics.medcom_messages}.relay-{uuid.uuid4().hex[:6]}"
+        relay = OutboxRelay(
+            engine,
+            producer,
+            h.gw.topics,
+            batch_size=10,
+            poll_seconds=60,  # only wakes start a pass here
+            max_pending=100,
+            clock=h.gw.clock,
+            on_published=published_stages(h.gw.topics),
+            outage=KafkaOutage(h.bootstrap),
+        )
+
+        async def add(n: int) -> None:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    tables.outbox.insert(),
+                    [
+                        {"topic": topic, "key": "k", "value": b"v", "headers": "[]",
+                         "created_at": dt.datetime.now(dt.UTC)}
+                        for _ in range(n)
+                    ],
+                )  # fmt: skip
+            relay.wake()
+
+        async def unpublished() -> int:
+            async with engine.connect() as conn:
+                query = sa.select(sa.func.count()).where(tables.outbox.c.published_at.is_(None))
+                return int((await conn.execute(query.select_from(tables.outbox))).scalar_one())
+
+        async def all_published() -> bool | None:
+            return True if await unpublished() == 0 else None
+
+        relay.start()
+        try:
+            await asyncio.sleep(0.3)  # the pass at start found nothing
+            sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+            for n in (1, 3, 2):
+                await add(n)
+                await wait_for(all_published)
+            assert claims == 3  # one per wake, none finding nothing
+            await add(25)  # more than a batch: passes follow one another until done
+            await wait_for(all_published)
+            assert claims == 3 + 3
+        finally:
+            await relay.stop()
+            await producer.stop()
+            await engine.dispose()
+
+
 async def test_a_first_start_replays_nothing_a_lost_broker_is_recovered(
     harness: Harness, tmp_path: Any
 ) -> None:

@@ -416,6 +416,28 @@ async def test_an_offered_event_is_posted_at_once_and_the_topics_copy_adds_nothi
     assert len(store.deliveries) == 1
 
 
+async def test_the_topics_copy_of_an_event_dispatched_early_is_skipped() -> None:
+    class Counting(FakeWebhookStore):
+        looks = 0
+
+        async def endpoints_of(self, org_ids: Iterable[str]) -> list[EndpointRecord]:
+            self.looks += 1
+            return await super().endpoints_of(org_ids)
+
+    store, clock = Counting(), ManualClock(T0)
+    dispatcher = WebhookDispatcher(store, clock, DAY, transient=())
+    await add(store, PSY, "https://p.example/h")
+    store.looks = 0
+    dispatcher.offer([WAITING])
+    await asyncio.sleep(0.01)
+    assert (store.looks, len(store.deliveries)) == (1, 1)
+    await dispatcher(Rec(WAITING.model_dump_json().encode()))  # the topic's copy: no look-up
+    assert store.looks == 1
+    await dispatcher(Rec(WAITING.model_dump_json().encode()))  # once more: forgotten, so looked
+    await dispatcher.close()
+    assert (store.looks, len(store.deliveries)) == (2, 1)
+
+
 async def test_a_failed_early_dispatch_is_left_to_the_topic() -> None:
     class Failing(FakeWebhookStore):
         failures = 0

@@ -29,6 +29,7 @@ import dataclasses
 import datetime as dt
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -345,6 +346,7 @@ R = TypeVar("R", bound=_Record)
 
 
 EARLY_TASKS_MAX = 64  # early dispatches under way at once in a process (WebhookDispatcher.offer)
+EARLY_DONE_KEPT = 4096  # event ids dispatched early whose topic copy is then skipped
 
 
 class WebhookDispatcher:
@@ -361,7 +363,10 @@ class WebhookDispatcher:
     the event and the endpoint), so the topic stays the at-least-once path and a failure of
     the early one is only logged (docs/decisions/0013). `spare`: whether the store can spare
     a connection now; when it cannot, an offer is declined, so that the early path never
-    makes the API's requests wait for the pool (the topic brings the events)."""
+    makes the API's requests wait for the pool (the topic brings the events). The ids of the
+    last `EARLY_DONE_KEPT` events dispatched early are kept, so that their copies from the
+    topic (in this process, usually moments later) are skipped without a look-up; a copy
+    arriving after its id was forgotten is dispatched again and adds nothing."""
 
     def __init__(
         self,
@@ -380,6 +385,7 @@ class WebhookDispatcher:
         self._sender = sender
         self._spare = spare
         self._early: set[asyncio.Task[None]] = set()
+        self._done_early: OrderedDict[str, None] = OrderedDict()
         self._closed = False
 
     async def __call__(self, record: _Record) -> None:
@@ -389,6 +395,9 @@ class WebhookDispatcher:
             return
         if not isinstance(event, StageEvent):
             return
+        if event.event_id in self._done_early:
+            del self._done_early[event.event_id]
+            return  # its deliveries were made as its stage committed
         try:
             await self._dispatch(event)
         except self._transient as exc:
@@ -419,6 +428,11 @@ class WebhookDispatcher:
             await self._dispatch(*events)
         except Exception as exc:  # gateway.tracking brings them again
             log.warning("webhook.early_dispatch_failed", events=len(events), error=exc)
+            return
+        for event in events:
+            self._done_early[event.event_id] = None
+        while len(self._done_early) > EARLY_DONE_KEPT:
+            self._done_early.popitem(last=False)
 
     async def _dispatch(self, *events: StageEvent) -> None:
         """The deliveries of these events: one look-up of the endpoints, one insert."""

@@ -7,8 +7,13 @@ time, whichever process it runs in). It runs where the sweeper runs (`serve --ro
 or `all`), chains what is pending as soon as it starts (a crash between an append and its
 chaining loses nothing), and then whenever it is woken (`wake`: the group commit or a unit
 of work of this process committed audit events) or `poll_seconds` passed, whichever first: an
-indexed look finds entries appended by other processes. A failed pass is logged and tried
-again at the next poll; until then the entries wait, committed, in `audit_pending`.
+indexed look finds entries appended by other processes. A wake is answered after
+`linger_seconds`, so that the entries of the next few commits (a conversation's request,
+reads and acknowledgements follow one another within milliseconds) are chained in one pass:
+each pass takes the head's lock, writes the head and an outbox record of the audit topic
+that the relay then publishes, and on SQLite holds the one write lock meanwhile. A failed
+pass is logged and tried again at the next poll; until then the entries wait, committed,
+in `audit_pending`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from attest_gateway.infra.kafka.topics import Topics
 log = structlog.get_logger(__name__)
 
 POLL_SECONDS = 0.25
+LINGER_SECONDS = 0.2  # a wake gathers what the next commits append for this long
 _FAILURES: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError)
 
 
@@ -37,11 +43,13 @@ class AuditChainer:
         *,
         batch: int = audit.CHAIN_BATCH,
         poll_seconds: float = POLL_SECONDS,
+        linger_seconds: float = LINGER_SECONDS,
     ) -> None:
         self._engine = engine
         self._topics = topics
         self._batch = batch
         self._poll = poll_seconds
+        self._linger = linger_seconds
         self._woken: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -81,3 +89,4 @@ class AuditChainer:
                 log.error("audit.chain_failed", error=type(exc).__name__, detail=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self._poll)
+                await asyncio.sleep(self._linger)  # woken: let the next commits' entries join

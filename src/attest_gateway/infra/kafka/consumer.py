@@ -164,7 +164,9 @@ class ConsumerLoop:
     that keep no order between partitions and take their locks in one order (the tracker).
     Otherwise it gets one partition's records at a time. `max_poll_records` bounds a poll.
     `batches`: False hands every record to the handler one by one, even one that takes
-    batches.
+    batches. `linger_seconds`: a poll that brought records is followed by further polls for
+    this long, and all they bring is handled together (for handlers whose cost is per batch
+    and whose results nobody waits for: the tracker).
     """
 
     def __init__(
@@ -182,8 +184,11 @@ class ConsumerLoop:
         max_poll_records: int = 200,
         batches: bool = True,
         outage: KafkaOutage | None = None,
+        linger_seconds: float = 0.0,
     ) -> None:
         self._settings = settings
+        self._linger = linger_seconds
+        self._max_poll_records = max_poll_records
         self._partitions_at_once = partitions_at_once
         self._batch_spans_partitions = batch_spans_partitions
         self.topic = topic
@@ -317,6 +322,8 @@ class ConsumerLoop:
                 continue
             if batch:
                 self.outage.succeeded(self._client)
+                if self._linger > 0:
+                    batch = await self._gathered(batch)
             generation = self._generation
             together: set[tuple[int, int]] | None = None
             if self._batch_spans_partitions:
@@ -342,6 +349,27 @@ class ConsumerLoop:
                     log.warning(
                         "consumer.commit_failed", topic=self.topic, error=type(exc).__name__
                     )
+
+    async def _gathered(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """`batch` and what further polls bring within `linger_seconds` (at most
+        `max_poll_records` in all), each partition's records in offset order. (The consumer
+        fetches a partition again only once its last fetch was taken, so the records are
+        gathered by polling, not by waiting.)"""
+        deadline = time.monotonic() + self._linger
+        count = sum(len(records) for records in batch.values())
+        while count < self._max_poll_records and not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = await self._consumer.getmany(
+                timeout_ms=max(1, round(left * 1000)), max_records=self._max_poll_records - count
+            )
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                count += len(records)
+        return batch
 
     async def _handle_partition(
         self,

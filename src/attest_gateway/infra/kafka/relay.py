@@ -112,7 +112,10 @@ class OutboxRelay:
                 await self.count_pending()
             if published == 0 and self.outage.down:
                 await self._probe()
-            if published == 0:
+            # A batch that was not full took what there was: rather than look again at once
+            # (a claim that finds nothing, and a count), wait for the next wake or poll. A
+            # wake during the pass is still set, so its rows go at once.
+            if published < self._batch_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll_seconds)
                 self._wake.clear()
