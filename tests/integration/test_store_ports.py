@@ -7,6 +7,7 @@ Each test gets organisations of its own, so the databases are made once per modu
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from attest_gateway.ports.records import (
     MailItem,
     SeenId,
     StageRecord,
+    WaitingMail,
 )
 from attest_gateway.ports.store import KeyTaken, Store
 from tests.integration.conftest import DB_KINDS
@@ -289,6 +291,54 @@ async def test_the_mailbox_keeps_each_message_once_and_hands_out_oldest_first(
         assert still_waiting is not None
         assert still_waiting.collected_at is None
         assert await uow.mailbox.address("nothing") is None
+
+
+async def test_a_read_is_handed_out_in_batches_with_the_event_loop_free_between(
+    backend: Backend, parties: Parties
+) -> None:
+    conv = await _accepted(backend, parties)
+    reminder = MessageType.ATTEST_REMINDER
+    envelopes = [_envelope(parties, conv, message_type=reminder) for _ in "abcdef"]
+    # delivered at 0, 1, 2, 2, 2, 2 s: the second batch ends between tied ones
+    at = {
+        e.header.message_id: NOW + min(n, 2) * dt.timedelta(seconds=1)
+        for n, e in enumerate(envelopes)
+    }
+    async with backend.store.transaction() as uow:
+        await uow.mailbox.add_new([MailItem.of(e, at[e.header.message_id]) for e in envelopes])
+        await uow.mailbox.mark_fetched([envelopes[0].header.message_id], NOW)
+        assert await uow.mailbox.collect(envelopes[1].header.message_id, NOW)
+    waiting = sorted(
+        envelopes[:1] + envelopes[2:], key=lambda e: (at[e.header.message_id], e.header.message_id)
+    )
+    expected = [
+        WaitingMail(
+            e.header.message_id,
+            conv.id,
+            reminder.value,
+            at[e.header.message_id],
+            e is not envelopes[0],
+            e.to_json(),
+        )
+        for e in waiting
+    ]
+    ran: list[int] = []  # callbacks scheduled as each batch came, once they ran
+    before: list[list[int]] = []  # what had run when each batch came
+    async with backend.store.transaction() as uow:
+        batches: list[list[WaitingMail]] = []
+        async for batch in uow.mailbox.waiting_batches(parties.psy.id, 10, 2):
+            before.append(list(ran))
+            batches.append(list(batch))
+            asyncio.get_running_loop().call_soon(ran.append, len(batches))
+        assert batches == [expected[:2], expected[2:4], expected[4:]]
+        # each batch was read after the event loop had run what waited: each is its own
+        # await, not a slice of one answer read at once
+        assert before == [[], [1], [1, 2]]
+        assert [
+            [i.message_id for i in b]
+            async for b in uow.mailbox.waiting_batches(parties.psy.id, 3, 2)
+        ] == [[e.message_id for e in expected[:2]], [expected[2].message_id]]
+        assert [b async for b in uow.mailbox.waiting_batches(parties.jc.id, 10, 2)] == []
 
 
 async def test_unreadable_replies_come_after_the_readable_ones(

@@ -11,6 +11,7 @@ on the real one by tests/integration/test_store_ports.py.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
@@ -40,6 +41,7 @@ from attest_gateway.ports.records import (
     StageEntry,
     StageRecord,
     TreatmentRecord,
+    WaitingMail,
 )
 from attest_gateway.ports.store import KeyTaken
 from attest_gateway.ports.webhooks import Attempt, DeliveryRecord, EndpointRecord
@@ -246,6 +248,25 @@ class FakeMailbox(_Repo):
             if i.receiver_org_id == receiver_org_id and i.collected_at is None
         )
         return self._oldest_first(items)[:limit]
+
+    async def waiting_batches(
+        self, receiver_org_id: str, limit: int, batch: int
+    ) -> AsyncIterator[list[WaitingMail]]:
+        items = [
+            WaitingMail(
+                i.message_id,
+                i.conversation_id,
+                i.message_type,
+                i.delivered_at,
+                i.fetched_at is None,
+                i.envelope,
+            )
+            for i in await self.waiting(receiver_org_id, limit)
+        ]
+        for start in range(0, len(items), batch):
+            if start:
+                await asyncio.sleep(0)  # as the store's cursor: the next batch is an await
+            yield items[start : start + batch]
 
     async def waiting_replies(self, receiver_org_id: str, limit: int) -> list[MailItem]:
         replies = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from attest_gateway.contracts.envelope import SealedEnvelope
 from attest_gateway.contracts.stages import MessageType, Stage
@@ -103,6 +103,20 @@ class MailItem:
             envelope=envelope.to_json(),
             delivered_at=delivered_at,
         )
+
+
+class WaitingMail(NamedTuple):
+    """What a mailbox read hands out of one waiting message, and no more: a tuple, not a
+    dataclass, since a read makes up to 500 of them at once (`Mailbox.waiting_batches`)."""
+
+    message_id: str
+    conversation_id: str
+    message_type: str
+    delivered_at: dt.datetime
+    #: not fetched before: this read is its first (the conversation's `fetched` stage)
+    unfetched: bool
+    #: the sealed envelope's JSON, as stored
+    envelope: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ The clock is `core.clock.Clock`, the private keys `crypto.sealing.KeyRing`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -39,6 +39,7 @@ from attest_gateway.ports.records import (
     StageEntry,
     StageRecord,
     TreatmentRecord,
+    WaitingMail,
 )
 
 
@@ -118,6 +119,13 @@ class Mailbox(Protocol):
 
     async def waiting(self, receiver_org_id: str, limit: int) -> list[MailItem]:
         """Up to `limit` messages not yet collected, oldest first."""
+        ...
+
+    def waiting_batches(
+        self, receiver_org_id: str, limit: int, batch: int
+    ) -> AsyncIterator[Sequence[WaitingMail]]:
+        """`waiting`'s messages (up to `limit`, oldest first), `batch` at a time, as one
+        query read in parts: between two batches the caller's event loop serves others."""
         ...
 
     async def waiting_replies(self, receiver_org_id: str, limit: int) -> list[MailItem]:

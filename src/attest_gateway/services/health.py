@@ -13,7 +13,8 @@ import datetime as dt
 import hmac
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -49,7 +50,13 @@ from attest_gateway.medcom.model import Bundle, OtherResource
 from attest_gateway.medcom.parse import parse_bundle
 from attest_gateway.medcom.read import MessageInfo, read_message
 from attest_gateway.medcom.rules import check_attachments
-from attest_gateway.ports.records import Conversation, InboundRecord, MailItem, StageRecord
+from attest_gateway.ports.records import (
+    Conversation,
+    InboundRecord,
+    MailItem,
+    StageRecord,
+    WaitingMail,
+)
 from attest_gateway.ports.sealing import seal_for
 from attest_gateway.ports.store import Relay, Store, UnitOfWork
 
@@ -82,43 +89,52 @@ NEGATIVE_ACKS: dict[ErrorCode, tuple[ResponseCode, str]] = {
 _NACK_IDS = uuid.UUID("6f1d3c1e-2b8a-4f0e-9c55-5d7e0a4b9e21")  # namespace of the nacks' ids
 
 
-async def read_mailbox(
+#: A mailbox read's rows are read, and turned into its answer, this many at a time: between
+#: two batches the event loop serves other requests. (A read of 200 sealed envelopes, about
+#: 2 MB, was otherwise one stretch of the event loop that every other organisation's request
+#: arriving meanwhile waited behind.) Each batch is a statement of its own, so a smaller batch
+#: shortens the longest stretch and costs more in all: bench/mailbox_read.py measures both.
+READ_BATCH = 100
+
+
+def _mailbox_item(row: WaitingMail, envelope: Any) -> dict[str, Any]:
+    return {
+        "message_id": row.message_id,
+        "conversation_id": row.conversation_id,
+        "message_type": row.message_type,
+        "delivered_at": row.delivered_at.isoformat(),
+        "envelope": envelope,
+    }
+
+
+async def _read_waiting(
     store: Store,
     clock: Clock,
     org: Organisation,
     *,
     limit: int,
     source: str,
-    envelope: Callable[[bytes], Any] = orjson.loads,
-    actor: Actor | None = None,
-) -> list[dict[str, Any]]:
-    """The sealed envelopes waiting for this organisation, oldest first, each as `envelope`
-    makes it of its stored JSON (parsed; the HTTP route passes `orjson.Fragment`, so that
-    the stored bytes go into its answer as they are). A read that hands out any is one audit
-    entry (`mailbox.fetch`, from `source`, naming the person acting) listing their message
-    ids, in the same transaction."""
+    actor: Actor | None,
+    take: Callable[[Sequence[WaitingMail]], None],
+) -> int:
+    """A mailbox read: the waiting mail, oldest first, handed to `take` a batch at a time
+    as it is read (`READ_BATCH`); the first fetch of each request recorded (its `fetched`
+    stage) and the read audited as one entry listing the message ids, in the same
+    transaction. Returns how many it handed out."""
     now = clock.now()
-    out: list[dict[str, Any]] = []
+    handed: list[tuple[str, str]] = []
+    unfetched: list[WaitingMail] = []
     async with store.transaction() as uow:
-        rows = await uow.mailbox.waiting(org.id, limit)
-        for row in rows:
-            out.append(
-                {
-                    "message_id": row.message_id,
-                    "conversation_id": row.conversation_id,
-                    "message_type": row.message_type,
-                    "delivered_at": row.delivered_at.isoformat(),
-                    "envelope": envelope(row.envelope),
-                }
-            )
+        async for batch in uow.mailbox.waiting_batches(org.id, limit, READ_BATCH):
+            take(batch)
+            handed += [(r.message_id, r.conversation_id) for r in batch]
+            unfetched += [r for r in batch if r.unfetched]
         # The first fetch of a request is its conversation's `fetched` stage: for the whole
         # read in a few statements, not a few per message.
-        first = await uow.mailbox.mark_fetched(
-            [r.message_id for r in rows if r.fetched_at is None], now
-        )
+        first = await uow.mailbox.mark_fetched([r.message_id for r in unfetched], now)
         requests = [
             r
-            for r in rows
+            for r in unfetched
             if r.message_id in first and r.message_type == MessageType.ATTEST_REQUEST.value
         ]
         convs = await uow.conversations.by_ids([r.conversation_id for r in requests])
@@ -140,12 +156,71 @@ async def read_mailbox(
             source=source,
             at=now,
             subject_org=org.id,
-            items=[(r.message_id, r.conversation_id) for r in rows],
+            items=handed,
             detail=actor_detail(actor),
         )
         await uow.audit.record_many(read)
-    log.info("medcom.mailbox_read", count=len(out))
+    log.info("medcom.mailbox_read", count=len(handed))
+    return len(handed)
+
+
+async def read_mailbox(
+    store: Store,
+    clock: Clock,
+    org: Organisation,
+    *,
+    limit: int,
+    source: str,
+    envelope: Callable[[bytes], Any] = orjson.loads,
+    actor: Actor | None = None,
+) -> list[dict[str, Any]]:
+    """The sealed envelopes waiting for this organisation, oldest first, each as `envelope`
+    makes it of its stored JSON (parsed by default). A read that hands out any is one audit
+    entry (`mailbox.fetch`, from `source`, naming the person acting) listing their message
+    ids, in the same transaction. (`read_mailbox_json`: the same read as the API's JSON.)"""
+    out: list[dict[str, Any]] = []
+
+    def take(batch: Sequence[WaitingMail]) -> None:
+        out.extend(_mailbox_item(r, envelope(r.envelope)) for r in batch)
+
+    await _read_waiting(store, clock, org, limit=limit, source=source, actor=actor, take=take)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxJson:
+    """A mailbox read as `GET /medcom/v1/mailbox` answers it: `body` the JSON of
+    `contracts.mailbox.Mailbox` (`{"items": [...]}`), `count` its items."""
+
+    count: int
+    body: bytes
+
+
+async def read_mailbox_json(
+    store: Store,
+    clock: Clock,
+    org: Organisation,
+    *,
+    limit: int,
+    source: str,
+    actor: Actor | None = None,
+) -> MailboxJson:
+    """`read_mailbox`, its answer written as JSON a batch at a time while it is read: each
+    envelope goes in as stored (its bytes, not parsed and written again), so the bytes are
+    those of `orjson.dumps({"items": read_mailbox(...)})`, without the read's Python objects
+    at once or one long stretch of the event loop."""
+    parts: list[bytes] = []
+
+    def take(batch: Sequence[WaitingMail]) -> None:
+        # A list's JSON without its brackets: the batch's items, comma-separated.
+        parts.append(
+            orjson.dumps([_mailbox_item(r, orjson.Fragment(r.envelope)) for r in batch])[1:-1]
+        )
+
+    count = await _read_waiting(
+        store, clock, org, limit=limit, source=source, actor=actor, take=take
+    )
+    return MailboxJson(count, b'{"items":[' + b",".join(parts) + b"]}")
 
 
 async def mark_collected(store: Store, clock: Clock, org: Organisation, message_id: str) -> bool:

@@ -62,6 +62,7 @@ from attest_gateway.ports.records import (
     StageEntry,
     StageRecord,
     TreatmentRecord,
+    WaitingMail,
 )
 from attest_gateway.ports.store import KeyTaken
 
@@ -160,6 +161,34 @@ def _insert_new_mail(dialect: str) -> Any:
 
 _OLDEST_FIRST = (mailbox.c.delivered_at, mailbox.c.message_id)
 
+# A read's columns only (not the routing, collection and unreadable ones a `MailItem` has),
+# built once; the receiver, the limit and where the last batch ended go as parameters.
+_WAITING_MAIL = (
+    sa.select(
+        mailbox.c.message_id,
+        mailbox.c.conversation_id,
+        mailbox.c.message_type,
+        mailbox.c.delivered_at,
+        mailbox.c.fetched_at.is_(None).label("unfetched"),
+        mailbox.c.envelope,
+    )
+    .where(
+        mailbox.c.receiver_org_id == sa.bindparam("receiver"),
+        mailbox.c.collected_at.is_(None),
+    )
+    .order_by(*_OLDEST_FIRST)
+    .limit(sa.bindparam("limit"))
+)
+_WAITING_MAIL_AFTER = _WAITING_MAIL.where(
+    sa.tuple_(*_OLDEST_FIRST)
+    > sa.tuple_(
+        # typed as the columns: SQLite compares the stored text, so the bound time must be
+        # written as the column writes it
+        sa.bindparam("after_at", type_=mailbox.c.delivered_at.type),
+        sa.bindparam("after_id", type_=mailbox.c.message_id.type),
+    )
+)
+
 
 class SqlMailbox:
     def __init__(self, conn: AsyncConnection) -> None:
@@ -204,6 +233,29 @@ class SqlMailbox:
             .limit(limit)
         )
         return [_mail_item(row) for row in rows]
+
+    async def waiting_batches(
+        self, receiver_org_id: str, limit: int, batch: int
+    ) -> AsyncIterator[list[WaitingMail]]:
+        # One statement a batch, each after where the last ended (oldest first, ties by
+        # message id): an await between batches whatever the driver buffers, and a batch's
+        # rows turned into values before the next is read.
+        statement, params = _WAITING_MAIL, {"receiver": receiver_org_id}
+        left = limit
+        while left > 0:
+            wanted = min(batch, left)
+            rows = (await self._conn.execute(statement, params | {"limit": wanted})).all()
+            if rows:
+                yield [
+                    WaitingMail(message_id, conv_id, message_type, aware(at), unfetched, env)
+                    for message_id, conv_id, message_type, at, unfetched, env in rows
+                ]
+            if len(rows) < wanted:
+                return
+            left -= wanted
+            last = rows[-1]
+            statement = _WAITING_MAIL_AFTER
+            params = params | {"after_at": last.delivered_at, "after_id": last.message_id}
 
     async def waiting_replies(self, receiver_org_id: str, limit: int) -> list[MailItem]:
         waiting = sa.select(mailbox).where(
