@@ -82,7 +82,7 @@ class LoopSteps:
             if getattr(getattr(handle, "_callback", None), "__self__", None) is steps.task:
                 steps.own += took
 
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign, assignment]
 
 
 async def read_whole(store: Store, clock: Clock, org: Organisation, *, limit: int) -> bytes:

@@ -43,7 +43,7 @@ async def test_a_statement_is_one_call_in_the_connections_thread(
 
     async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append(fn.__name__)
-        return await original(self, fn, *args, **kwargs)
+        return await original(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     async with engine.connect() as conn:
         await conn.execute(sa.select(sa.literal(1)))  # the connection's first use done
