@@ -6,7 +6,8 @@ sends, by statement text (parameters are not kept), with the wall time from send
 the number of distinct texts it took (the lengths of its VALUES and IN lists: on PostgreSQL
 each distinct text is prepared anew), and writes the table as JSON to the file when the
 process exits. The wall time includes waiting for the event loop, so it ranks statements, it
-does not measure them. ``bench/profile.py --sql`` sets this up and prints the table.
+does not measure them. Each entry keeps one whole text (``example``), e.g. for the database's
+query plan. ``bench/profile.py --sql`` sets this up and prints the table.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ if _OUT is not None:
     @event.listens_for(Engine, "after_cursor_execute")
     def _after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         t0 = conn.info["_trace_t0"].pop()
-        entry = _stats.setdefault(_caller() + " | " + _key(statement), [0, 0.0, set()])
+        entry = _stats.setdefault(_caller() + " | " + _key(statement), [0, 0.0, set(), statement])
         entry[0] += 1
         entry[1] += time.perf_counter() - t0
         entry[2].add(hash(statement))
@@ -69,7 +70,7 @@ if _OUT is not None:
     @atexit.register
     def _dump() -> None:
         rows = [
-            {"statement": k, "count": v[0], "wall_s": v[1], "texts": len(v[2])}
+            {"statement": k, "count": v[0], "wall_s": v[1], "texts": len(v[2]), "example": v[3]}
             for k, v in _stats.items()
         ]
         with open(_out, "w") as f:

@@ -19,7 +19,11 @@ from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import alembic_config, upgrade_async
 from attest_gateway.infra.db.tables import (
     SEALED_COLUMNS,
+    conversations,
+    mailbox,
     metadata,
+    organisations,
+    stages,
     tracker_cell_citizens,
     tracker_counts,
     tracker_durations,
@@ -235,3 +239,63 @@ async def test_sealed_columns_are_stored_uncompressed(tmp_path: Path) -> None:
         assert {kind for key, kind in storage.items() if key not in SEALED_COLUMNS} == {"x"}
         await asyncio.to_thread(_migrate, url, "downgrade", "0008")
         assert set((await _storage(url)).values()) == {"x"}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_positive_acknowledgements_to_job_centres_are_marked_collected(
+    kind: str, tmp_path: Path
+) -> None:
+    """0024: a positive acknowledgement waiting in a job centre's mailbox is collected as of
+    its delivery; a refusal, and an acknowledgement waiting in a clinic's, still wait."""
+    at = dt.datetime(2026, 11, 2, 9, 30, tzinfo=dt.UTC)
+    orgs = [
+        {"id": o, "name": o, "role": role, "created_at": at}
+        for o, role in (("jc-1", "jobcenter"), ("psyk-1", "psychiatry"))
+    ]
+    convs = [
+        {
+            "id": cid, "jobcenter_org_id": "jc-1", "receiver_org_id": "psyk-1",
+            "request_message_id": f"req-{cid}", "attest_type": "LÆ 155", "case_kind": "sickness",
+            "caseworker_ref": "cw", "municipality": "101", "region_code": "1084",
+            "case_ref": f"ref-{cid}", "psychiatric_course": True,
+            "first_day_of_absence": at.date(), "reply_deadline": at.date(), "created_at": at,
+        }
+        for cid in ("c1", "c2")
+    ]  # fmt: skip
+
+    def mail(message_id: str, cid: str, receiver: str, sender: str) -> dict[str, object]:
+        return {
+            "message_id": message_id, "receiver_org_id": receiver, "sender_org_id": sender,
+            "conversation_id": cid, "message_type": "acknowledgement", "envelope": b"{}",
+            "delivered_at": at,
+        }  # fmt: skip
+
+    rows = [
+        mail("positive", "c1", "jc-1", "psyk-1"),
+        mail("refusal", "c2", "jc-1", "psyk-1"),
+        mail("to-clinic", "c1", "psyk-1", "jc-1"),
+    ]
+    refused = {"conversation_id": "c2", "stage": "refused", "message_id": "refusal", "at": at}
+    async with fresh_database(kind, tmp_path) as url:
+        await asyncio.to_thread(_migrate, url, "upgrade", "0023")
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(organisations.insert(), orgs)
+                await conn.execute(conversations.insert(), convs)
+                await conn.execute(mailbox.insert(), rows)
+                await conn.execute(stages.insert(), [refused])
+            await upgrade_async(url)
+            async with engine.connect() as conn:
+                result = await conn.execute(sa.select(mailbox.c.message_id, mailbox.c.collected_at))
+                collected = {row.message_id: row.collected_at for row in result}
+        finally:
+            await engine.dispose()
+    assert {k: v is not None for k, v in collected.items()} == {
+        "positive": True,
+        "refusal": False,
+        "to-clinic": False,
+    }
+    positive = collected["positive"]
+    assert positive is not None
+    assert positive.replace(tzinfo=dt.UTC) == at

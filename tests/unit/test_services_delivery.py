@@ -206,6 +206,59 @@ async def test_a_batch_delivers_the_new_valid_envelopes_and_leaves_the_rest(
     assert (second.header.conversation_id, Stage.IN_MAILBOX) not in stages
 
 
+async def _refuse(world: World, ack: SealedEnvelope) -> None:
+    """The `refused` stage the gateway records when the receiver sends a refusal."""
+    async with world.store.transaction() as uow:
+        conv = await uow.conversations.get(ack.header.conversation_id)
+        assert conv is not None
+        await uow.stages.record(
+            conv,
+            Stage.REFUSED,
+            message_id=ack.header.message_id,
+            message_type=MessageType.ACKNOWLEDGEMENT,
+            at=world.clock.now(),
+        )
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one-by-one", "batch"])
+async def test_a_positive_acknowledgement_to_a_job_centre_is_delivered_collected(
+    world: World, batch: bool
+) -> None:
+    """The job centre's inbox never hands out a positive acknowledgement; left waiting, each
+    one would be passed over by every later inbox read. A refusal waits to be read."""
+    positive, refusal = [await _request(world) for _ in range(2)]
+    acks = [_reply(world, r, message_type=MessageType.ACKNOWLEDGEMENT) for r in (positive, refusal)]
+    await _refuse(world, acks[1])
+    if batch:
+        async with world.store.transaction() as uow:
+            assert len(await deliver_many(uow, acks, GATEWAY, world.clock.now())) == 2
+    else:
+        for ack in acks:
+            assert await _deliver(world, ack)
+    mailbox = world.store.state.mailbox
+    assert mailbox[acks[0].header.message_id].collected_at == world.clock.now()
+    assert mailbox[acks[1].header.message_id].collected_at is None
+    async with world.store.transaction() as uow:
+        waiting = await uow.mailbox.waiting_refusals(JC, 10)
+    assert [i.message_id for i in waiting] == [acks[1].header.message_id]
+
+
+async def test_an_acknowledgement_to_a_clinic_waits_to_be_collected(world: World) -> None:
+    request = await _request(world)
+    ack = world.sealed(
+        b"{}",
+        to=PSY,
+        by=GATEWAY,
+        message_id=str(uuid.uuid4()),
+        bundle_id=str(uuid.uuid4()),
+        conversation_id=request.header.conversation_id,
+        message_type=MessageType.ACKNOWLEDGEMENT,
+        sender=JC,
+    )
+    assert await _deliver(world, ack)
+    assert world.store.state.mailbox[ack.header.message_id].collected_at is None
+
+
 @dataclass(frozen=True)
 class _Record:
     topic: str

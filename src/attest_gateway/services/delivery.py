@@ -16,12 +16,19 @@ remembered beyond the mailbox row (`SeenIds`, pruned later than the mailbox): a 
 whose mailbox row was pruned is still a duplicate (a no-op) or a replay, and so is a Bundle.id
 seen under another message id. An envelope must also travel between the two parties of the
 conversation it names, in the direction its type allows (`conversation-mismatch`).
+
+A job centre's inbox hands out its attest replies and refusals, never a positive
+acknowledgement (its stage is the status the job centre sees). Such an acknowledgement is
+delivered already collected (`_received_by_gateway`): kept, sealed, as the receiver's receipt
+until retention removes it like any collected mail, and never left waiting where every inbox
+read of that job centre would pass over it again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import pydantic
@@ -94,7 +101,8 @@ async def deliver(uow: UnitOfWork, envelope: SealedEnvelope, now: dt.datetime) -
         # Delivered before, and its mailbox row pruned since: a late copy changes nothing.
         await uow.outbox.mark_delivered(h.message_id, now)
         return False
-    is_new = await uow.mailbox.add(MailItem.of(envelope, now))
+    received = await _received_by_gateway(uow, {conv.id: conv}, [envelope])
+    is_new = await uow.mailbox.add(_mail_item(envelope, now, received))
     if not is_new:
         await _offer_resend(uow, envelope)
     await uow.seen.add(SeenId.of(envelope, now))
@@ -162,7 +170,8 @@ async def deliver_many(
         candidates.pop(message_id, None)  # another transaction holds its record: left
     if not candidates:
         return []
-    mail = [MailItem.of(candidates[i], now) for i in sorted(candidates)]
+    received = await _received_by_gateway(uow, convs, candidates.values())
+    mail = [_mail_item(candidates[i], now, received) for i in sorted(candidates)]
     inserted = await uow.mailbox.add_new(mail)
     # One inserted meanwhile by another transaction is not ours: left to the one-by-one path.
     delivered = [candidates[i] for i in sorted(inserted)]
@@ -177,6 +186,38 @@ async def deliver_many(
             reached.append(StageRecord(conv, stage, h.message_id, h.message_type, now))
     await uow.stages.record_many(reached)
     return delivered
+
+
+def _mail_item(envelope: SealedEnvelope, now: dt.datetime, received: set[str]) -> MailItem:
+    item = MailItem.of(envelope, now)
+    if envelope.header.message_id in received:
+        return dataclasses.replace(item, collected_at=now)
+    return item
+
+
+async def _received_by_gateway(
+    uow: UnitOfWork, convs: Mapping[str, Conversation], envelopes: Iterable[SealedEnvelope]
+) -> set[str]:
+    """The message ids of positive acknowledgements addressed to their conversation's job
+    centre: nothing reads them from its mailbox (see the module's docstring). A refusal is
+    the acknowledgement whose message id the conversation's `refused` stage names (recorded
+    when the receiver sent it, before its envelope reached the topic)."""
+    acks = {
+        e.header.message_id: e.header.conversation_id
+        for e in envelopes
+        if e.header.message_type is MessageType.ACKNOWLEDGEMENT
+        and e.header.receiver == convs[e.header.conversation_id].jobcenter_org_id
+    }
+    if not acks:
+        return set()
+    timelines = await uow.stages.timelines(sorted(set(acks.values())))
+    refusals = {
+        entry.message_id
+        for timeline in timelines.values()
+        for entry in timeline
+        if entry.stage == Stage.REFUSED.value
+    }
+    return set(acks) - refusals
 
 
 def _parties(conv: Conversation, message_type: MessageType) -> set[tuple[str, str]]:

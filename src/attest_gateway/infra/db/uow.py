@@ -149,6 +149,7 @@ def _mail_row(item: MailItem) -> dict[str, object]:
         "message_type": item.message_type,
         "envelope": item.envelope,
         "delivered_at": item.delivered_at,
+        "collected_at": item.collected_at,
     }
 
 
