@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from attest_gateway.config import load_settings
 from attest_gateway.infra.db.engine import has_idle_connection, make_engine, settings_engine
@@ -96,19 +97,18 @@ async def _checkout(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     connections too (the chainer, tracker and relay right after a round trip), and on a
     loaded machine they may hold both for longer than the pool's timeout: the test then
     asks again, since its own checkout is not what it tests."""
-    for attempt in range(20):
-        conn = engine.connect()
-        try:
-            await conn.start()
-        except exc.TimeoutError:
-            if attempt == 19:
-                raise
-            continue
-        try:
-            yield conn
-        finally:
-            await conn.close()
-        return
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(exc.TimeoutError), stop=stop_after_attempt(20), reraise=True
+    )
+
+    async def connect() -> AsyncConnection:
+        return await engine.connect().start()
+
+    conn: AsyncConnection = await retrying(connect)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize("kind", DB_KINDS)
