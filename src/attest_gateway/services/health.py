@@ -121,7 +121,6 @@ async def _read_waiting(
     as it is read (`READ_BATCH`); the first fetch of each request recorded (its `fetched`
     stage) and the read audited as one entry listing the message ids, in the same
     transaction. Returns how many it handed out."""
-    now = clock.now()
     handed: list[tuple[str, str]] = []
     unfetched: list[WaitingMail] = []
     async with store.transaction() as uow:
@@ -129,6 +128,10 @@ async def _read_waiting(
             take(batch)
             handed += [(r.message_id, r.conversation_id) for r in batch]
             unfetched += [r for r in batch if r.unfetched]
+        # The read's time is taken after the mail was read, not before the transaction: a
+        # read that waited for a connection would otherwise stamp its fetch before the
+        # delivery of mail committed meanwhile (a timeline out of order).
+        now = clock.now()
         # The first fetch of a request is its conversation's `fetched` stage: for the whole
         # read in a few statements, not a few per message.
         first = await uow.mailbox.mark_fetched([r.message_id for r in unfetched], now)

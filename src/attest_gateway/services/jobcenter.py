@@ -407,7 +407,6 @@ async def read_inbox(
     (with its error code, in the same transaction), named in `unreadable`, and offered after
     every readable one, so that it never holds the others back. Each read tries it again: once
     the cause is mended (the custodial key loaded, say) it is handed out like any other."""
-    now = clock.now()
     items: list[InboxItem] = []
     unreadable: list[UnreadableReply] = []
     openings: list[audit.AuditEvent] = []
@@ -415,6 +414,9 @@ async def read_inbox(
     fetched: list[MailItem] = []
     async with store.transaction() as uow:
         rows = await uow.mailbox.waiting_replies(org.id, limit)
+        # Taken after the replies were read (as the mailbox read does, services/health.py):
+        # their `reply_fetched` is never stamped before their delivery committed.
+        now = clock.now()
         convs = await uow.conversations.by_ids([r.conversation_id for r in rows])
         for row in rows:
             conv = convs[row.conversation_id]
