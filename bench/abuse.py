@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 
 from attest_gateway.devtools.demo import DEMO_ORGS
-from bench.common import percentile
+from bench.common import cpu_seconds, percentile
 from bench.gateway_ingest import scratch_postgres
 from bench.loadgen import GatewayBody, free_port, stop_process, wait_http
 
@@ -59,9 +59,15 @@ NO_LIMITS = {
 }
 
 
-async def flood(url: str, api_key: str, connections: int, seconds: float, out: Path) -> None:
+async def flood(
+    url: str, api_key: str, connections: int, seconds: float, out: Path, cpu: int
+) -> None:
     """The abusive client (run in its own process): `connections` workers, each sending the
-    next request as soon as the last is answered, for `seconds`."""
+    next request as soon as the last is answered, for `seconds`. On CPU `cpu` alone (-1: any),
+    as if on a machine of its own: its own work (about a core here) is not the gateway's."""
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
+    cpu0 = time.process_time()
     statuses: Counter[int] = Counter()
     headers = {"Authorization": f"Bearer {api_key}"}
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
@@ -76,7 +82,9 @@ async def flood(url: str, api_key: str, connections: int, seconds: float, out: P
                     statuses[0] += 1
 
         await asyncio.gather(*(worker() for _ in range(connections)))
-    await asyncio.to_thread(out.write_text, json.dumps({str(k): v for k, v in statuses.items()}))
+    found: dict[str, Any] = {str(k): v for k, v in statuses.items()}
+    found["cpu_s"] = round(time.process_time() - cpu0, 2)
+    await asyncio.to_thread(out.write_text, json.dumps(found))
 
 
 async def steady(url: str, api_key: str, rate: float, seconds: float) -> dict[str, Any]:
@@ -135,8 +143,13 @@ async def fill_mailbox(base: str, creds: dict[str, Any]) -> None:
 
 
 async def window(
-    base: str, creds: dict[str, Any], args: argparse.Namespace, *, flooded: bool, tmp: Path
+    running: tuple[str, dict[str, Any], int],
+    args: argparse.Namespace,
+    *,
+    flooded: bool,
+    tmp: Path,
 ) -> dict[str, Any]:
+    base, creds, pid = running
     flooder = None
     out = tmp / f"flood-{time.monotonic_ns()}.json"
     if flooded:
@@ -144,14 +157,22 @@ async def window(
             sys.executable, "-m", "bench.abuse", "--flood-url",
             f"{base}/medcom/v1/mailbox?limit=500", "--flood-key", creds[ABUSER]["api_key"],
             "--flood", str(args.flood), "--window", str(args.window + 2), "--flood-out", str(out),
+            "--flood-cpu", str(args.flood_cpu),
         )  # fmt: skip
         await asyncio.sleep(2)  # the flood under way before B is measured
+    gateway0, bench0 = cpu_seconds(pid), time.process_time()
     result = await steady(
         f"{base}/medcom/v1/mailbox", creds[VICTIM]["api_key"], args.rate, args.window
     )
+    # CPU seconds in B's window: the gateway's, and this process's (B's client)
+    result["cpu_s"] = {
+        "gateway": round(cpu_seconds(pid) - gateway0, 2),
+        "b_client": round(time.process_time() - bench0, 2),
+    }
     if flooder is not None:
         await asyncio.wait_for(flooder.wait(), args.window + 120)
         result["abuser"] = json.loads(out.read_text())
+        result["cpu_s"]["a_client"] = result["abuser"].pop("cpu_s")
     return result
 
 
@@ -170,9 +191,9 @@ async def scratch_database(kind: str) -> AsyncIterator[str | None]:
 @contextlib.asynccontextmanager
 async def gateway(
     tmp: Path, extra_env: dict[str, str], src: str | None, database: str = "sqlite"
-) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+) -> AsyncIterator[tuple[str, dict[str, Any], int]]:
     """A filled `serve` process under `tmp` (on the code in `src`, else this checkout's; on
-    `database`): its base URL and the demo credentials."""
+    `database`): its base URL, the demo credentials and its pid."""
     port = free_port()
     env = os.environ | {"VAR_DIR": str(tmp / "var"), "LOG_LEVEL": "WARNING"} | extra_env
     env.pop("DATABASE_URL", None)
@@ -192,7 +213,7 @@ async def gateway(
                 await wait_http(f"{base}/readyz", proc)
                 creds = json.loads((tmp / "var" / "demo-credentials.json").read_text())
                 await fill_mailbox(base, creds)
-                yield base, creds
+                yield base, creds, proc.pid
             finally:
                 await stop_process(proc)
 
@@ -211,9 +232,9 @@ async def configuration(name: str, extra_env: dict[str, str], args: argparse.Nam
                 )
             windows = []
             for run in range(args.runs):
-                for code, (base, creds) in gateways.items():
+                for code, running in gateways.items():
                     for flooded in (False, True):
-                        found = await window(base, creds, args, flooded=flooded, tmp=tmp)
+                        found = await window(running, args, flooded=flooded, tmp=tmp)
                         found |= {
                             "run": run,
                             "flooded": flooded,
@@ -225,7 +246,8 @@ async def configuration(name: str, extra_env: dict[str, str], args: argparse.Nam
                         print(
                             f"{name:>10} {code:>6} run {run} {what:>5}: "
                             f"B p50 {found['p50_ms']:7.2f} ms  p99 {found['p99_ms']:7.2f} ms  "
-                            f"load {found['load_1m']:4.2f}  B {found['statuses']}"
+                            f"load {found['load_1m']:4.2f}  B {found['statuses']}  "
+                            f"CPU s {found['cpu_s']}"
                             + (f"  A {found['abuser']}" if flooded else ""),
                             flush=True,
                         )
@@ -238,6 +260,8 @@ CONFIGURATIONS = {"defaults": {}, "strict": STRICT, "none": NO_LIMITS}
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.flood_cpu >= 0:  # the gateway, the broker and B on the other CPUs (inherited)
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {args.flood_cpu})
     results = [
         await configuration(name, CONFIGURATIONS[name], args) for name in args.configurations
     ]
@@ -285,6 +309,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flood-url", default="", help=argparse.SUPPRESS)
     p.add_argument("--flood-key", default="", help=argparse.SUPPRESS)
     p.add_argument("--flood-out", default="", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--flood-cpu",
+        type=int,
+        default=(os.cpu_count() or 1) - 1 if (os.cpu_count() or 1) > 1 else -1,
+        help="the CPU the abusive client runs on alone, everything else on the others (default: "
+        "the last; -1: all share every CPU). On one machine its own work (about half a core "
+        "here) would otherwise be taken from the gateway's and B's",
+    )
     args = p.parse_args(argv)
     args.before = os.path.abspath(args.before) if args.before else ""
     return args
@@ -301,6 +333,7 @@ if __name__ == "__main__":
                     parsed.flood,
                     parsed.window,
                     Path(parsed.flood_out),
+                    parsed.flood_cpu,
                 )
             )
         else:

@@ -81,7 +81,7 @@ from attest_gateway.infra.housekeeping.retention import (
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from attest_gateway.infra.kafka.topics import MEDCOM_MESSAGES, Topics
 from attest_gateway.tracker.store import cell_id, ensure_cells
-from bench.common import BenchContext, console, machine, percentile
+from bench.common import BenchContext, CpuCensus, console, machine, percentile
 from bench.gateway_ingest import ATTEST_PATH, RunningGateway, gateway
 from bench.roundtrip import Api, Requests
 
@@ -706,11 +706,12 @@ async def prune_worker() -> None:
         connect_args={"server_settings": {"application_name": PRUNE_APP}},
     )
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         report = await prune_all(
             engine, settings, Topics.from_settings(settings), keyring, dt.datetime.now(dt.UTC)
         )
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
     finally:
         await engine.dispose()
     batch = settings.prune_batch_size
@@ -719,6 +720,7 @@ async def prune_worker() -> None:
         json.dumps(
             {
                 "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu, 2),
                 "batch_size": batch,
                 "pause_s": settings.retention_pause_seconds,
                 "duty": settings.retention_duty,
@@ -736,10 +738,30 @@ async def prune_worker() -> None:
 # --- the run -----------------------------------------------------------------------------------
 
 
-async def window(load: Load, phase: str, seconds: float) -> None:
+def census_of(gw: RunningGateway, broker_pid: int | None) -> CpuCensus:
+    pids = {"gateway": gw.proc.pid} | ({"broker": broker_pid} if broker_pid else {})
+    return CpuCensus(pids, postgres=True)
+
+
+def cores(
+    census: CpuCensus, seconds: float, extra: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Where the CPU went in a phase, in cores (CPU seconds per second): the gateway, the
+    broker, the PostgreSQL server (the API's backends and the pass's), this process (the
+    load), the pass's own process, and the rest."""
+    by_part = census.stop(1, extra)
+    return {
+        k: round(v / 1000 / max(seconds, 1e-9), 3) if k != "busy_share" else round(v, 3)
+        for k, v in by_part.items()
+    }
+
+
+async def window(load: Load, phase: str, seconds: float, census: CpuCensus) -> dict[str, float]:
     load.phase = phase
+    census.start()
     await asyncio.sleep(seconds)
     load.phase = "between"
+    return cores(census, seconds)
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -775,25 +797,34 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     load.active.set()
                     await asyncio.sleep(args.settle)
                     without = f"without-{cycle}"
-                    await window(load, without, args.window)
+                    census = census_of(gw, broker.pid)
+                    cpu_without = await window(load, without, args.window, census)
                     console.print(f"  without: {latency(load.samples, without)}")
+                    console.print(f"  cores: {cpu_without}")
                     with_ = f"with-{cycle}"
                     stop = asyncio.Event()
                     locks = LockSamples()
                     sampler = asyncio.create_task(sample_locks(engine, stop, locks))
                     load.phase = with_
+                    census.start()
+                    t0 = time.perf_counter()
                     try:
                         pruned = await prune_pass(env)
                     finally:
                         load.phase = "between"
                         stop.set()
                         await sampler
+                    cpu_with = cores(
+                        census, time.perf_counter() - t0, {"pass": pruned["cpu_seconds"]}
+                    )
                     console.print(f"  pass: {pruned}")
                     console.print(f"  locks: {locks.as_dict()}")
                     console.print(f"  with: {latency(load.samples, with_)}")
+                    console.print(f"  cores: {cpu_with}")
                     after = f"after-{cycle}"
-                    await window(load, after, args.window)
+                    cpu_after = await window(load, after, args.window, census)
                     console.print(f"  without, after: {latency(load.samples, after)}")
+                    console.print(f"  cores: {cpu_after}")
                     left = await left_over(engine, tag)
                     console.print(f"  left of the year: {left}")
                     results["cycles"].append(
@@ -804,6 +835,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             "without_after": latency(load.samples, after),
                             "pass": pruned,
                             "locks": locks.as_dict(),
+                            "cores": {
+                                "without": cpu_without,
+                                "with": cpu_with,
+                                "without_after": cpu_after,
+                            },
                             "left": left,
                             "load_average": os.getloadavg(),
                         }

@@ -257,8 +257,10 @@ class Settings(BaseSettings):
         default=1.0,
         ge=0,
         description="a request refused for a rate or a cap on requests at once is answered 429 "
-        "after this pause (at most its Retry-After, which it shortens), so that a client "
-        "sending again at once, whatever Retry-After says, slows down (0: at once)",
+        "after about this pause (drawn between half and one and a half times it, so that a "
+        "flood's connections do not come back in step; at most its Retry-After, which it "
+        "shortens), so that a client sending again at once, whatever Retry-After says, slows "
+        "down (0: at once)",
     )
     concurrent_requests_per_org: int = Field(
         default=8,

@@ -12,7 +12,10 @@ The bucket may go below zero: the organisation's next requests wait the debt out
 A credential that authenticated recently is remembered with its organisation
 (`RequestLimits.remember`), so that a request over the limit is refused before its credential
 is looked up in the store: a flood of refused requests does not queue for the store's
-connections ahead of other organisations' requests.
+connections ahead of other organisations' requests. And a request target (method and path)
+that a limited route has answered is remembered with its endpoint class (`LimitedTargets`), so
+that the HTTP layer can refuse such a request again before the rest of its work
+(entrypoints/http/early_refusal.py).
 
 Pure and in memory: the state lives in the process that answers (entrypoints/http/auth.py
 holds one `RequestLimits` and one `AuthLockout` per app), so N API replicas behind a load
@@ -38,6 +41,8 @@ _K = TypeVar("_K")
 
 #: Credentials remembered with their organisation at most (the oldest are forgotten first).
 MAX_REMEMBERED_CREDENTIALS = 10_000
+#: Request targets remembered with their endpoint class at most (the oldest first).
+MAX_REMEMBERED_TARGETS = 4_096
 
 #: Addresses the lockout tracks at most; beyond, the ones whose window has passed go first,
 #: then the oldest (a flood of addresses cannot grow the process without bound).
@@ -155,6 +160,35 @@ class Admission:
 
 #: What `admit` yields for a class without limits.
 UNLIMITED = Admission(None, 0, time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitedTarget:
+    """A request target a limited route answers: its endpoint class, and the route (whatever
+    the HTTP layer matched, for its metrics)."""
+
+    endpoint: EndpointClass
+    route: object
+
+
+@dataclass
+class LimitedTargets:
+    """(method, path) → the limited route that answered it, learned as routes answer (a
+    path is only ever routed one way), the most recently used `MAX_REMEMBERED_TARGETS` kept."""
+
+    _targets: OrderedDict[tuple[str, str], LimitedTarget] = field(default_factory=OrderedDict)
+
+    def learn(self, method: str, path: str, endpoint: EndpointClass, route: object) -> None:
+        key = (method, path)
+        if key in self._targets:
+            self._targets.move_to_end(key)
+            return
+        self._targets[key] = LimitedTarget(endpoint, route)
+        while len(self._targets) > MAX_REMEMBERED_TARGETS:
+            self._targets.popitem(last=False)
+
+    def get(self, method: str, path: str) -> LimitedTarget | None:
+        return self._targets.get((method, path))
 
 
 @dataclass

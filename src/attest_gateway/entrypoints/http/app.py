@@ -13,8 +13,15 @@ from attest_gateway import __version__
 from attest_gateway.bootstrap import freeze_startup_heap, running_gateway, tracker_rules
 from attest_gateway.config import Settings
 from attest_gateway.core.clock import Clock
-from attest_gateway.core.limits import AuthLockout, EndpointClass, Limit, RequestLimits
+from attest_gateway.core.limits import (
+    AuthLockout,
+    EndpointClass,
+    Limit,
+    LimitedTargets,
+    RequestLimits,
+)
 from attest_gateway.entrypoints.http.asyncapi import router as asyncapi_router
+from attest_gateway.entrypoints.http.early_refusal import EarlyRefusalMiddleware
 from attest_gateway.entrypoints.http.error_handlers import install_error_handlers
 from attest_gateway.entrypoints.http.middleware import (
     BodyLimitMiddleware,
@@ -79,10 +86,18 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(DateHeaderMiddleware)  # the 413 above is dated too
+    limits, targets = request_limits(settings), LimitedTargets()
+    app.add_middleware(  # a flood's refusals answered before the rest (early_refusal.py)
+        EarlyRefusalMiddleware,
+        limits=limits,
+        targets=targets,
+        pause=settings.rate_limit_refusal_delay_seconds,
+    )
     if settings.trusted_proxy_networks:  # outermost: everything below sees the client
         app.add_middleware(ForwardedForMiddleware, proxies=settings.trusted_proxy_networks)
     app.state.settings = settings
-    app.state.request_limits = request_limits(settings)
+    app.state.request_limits = limits
+    app.state.limited_targets = targets
     app.state.auth_lockout = AuthLockout(
         failures=settings.auth_lockout_failures,
         window=settings.auth_lockout_window_seconds,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 from collections.abc import Callable, Collection, Coroutine
 from typing import Annotated, Any, NoReturn
 
@@ -16,6 +17,8 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import Field
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from attest_gateway.config import Settings
 from attest_gateway.core.actors import AUTHORISATION_ID_PATTERN, PERSON_ID_PATTERN, Actor
@@ -28,7 +31,13 @@ from attest_gateway.core.errors import (
     NotPermitted,
     RateLimited,
 )
-from attest_gateway.core.limits import Admission, AuthLockout, EndpointClass, RequestLimits
+from attest_gateway.core.limits import (
+    Admission,
+    AuthLockout,
+    EndpointClass,
+    LimitedTargets,
+    RequestLimits,
+)
 from attest_gateway.entrypoints.http import mtls
 from attest_gateway.entrypoints.http.request_checks import (
     JSON,
@@ -40,6 +49,7 @@ from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import directory
 from attest_gateway.infra.db.engine import autocommit
 
+_SPREAD = random.Random()  # noqa: S311 (spreads refusals over time; nothing secret)
 _ORG_KEY = "attest_gateway.org"  # the request's authenticated organisation, in its ASGI scope
 _ADMISSION_KEY = "attest_gateway.admission"  # its place in the organisation's limits
 UNKNOWN_ADDRESS = "unknown"
@@ -61,10 +71,15 @@ def client_address(request: Request) -> str:
 def credential_of(request: Request) -> str | None:
     """A digest of the credential the request presents (its API key, else its client
     certificate), never the secret itself; None without one."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return credential_in(request.scope)
+
+
+def credential_in(scope: Scope) -> str | None:
+    """`credential_of` a request's ASGI scope."""
+    scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return "key:" + hash_api_key(token.strip())
-    pem = mtls.client_certificate(request.scope)
+    pem = mtls.client_certificate(scope)
     return "cert:" + mtls.fingerprint_of(pem) if pem is not None else None
 
 
@@ -83,13 +98,24 @@ async def refuse_after_a_pause(request: Request, over: RateLimited) -> NoReturn:
     gateway's work for its refusals. A client that honours Retry-After waits no longer."""
     settings: Settings | None = getattr(request.app.state, "settings", None)
     pause = settings.rate_limit_refusal_delay_seconds if settings is not None else 0.0
-    delay = min(pause, over.retry_after)
+    delay, refusal = paused(over, pause)
     if delay <= 0:
         raise over
     await asyncio.sleep(delay)
-    raise RateLimited(
-        over.code, over.detail, retry_after=max(1, math.ceil(over.retry_after - delay))
-    ) from None
+    raise refusal from None
+
+
+def paused(over: RateLimited, pause: float) -> tuple[float, RateLimited]:
+    """How long to wait before answering `over`, and the refusal to answer then, its
+    Retry-After shortened by the wait. The wait is drawn between half of `pause` and one and
+    a half times it (`pause` on average; at most the Retry-After): a flood's connections,
+    refused together, would otherwise all come back together, and their next refusals be
+    made in one burst that holds up every other request in the process for its length."""
+    delay = min(pause * _SPREAD.uniform(0.5, 1.5), over.retry_after)
+    if delay <= 0:
+        return 0.0, over
+    shortened = max(1, math.ceil(over.retry_after - delay))
+    return delay, RateLimited(over.code, over.detail, retry_after=shortened)
 
 
 def default_items(route: APIRoute) -> int | None:
@@ -214,6 +240,10 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
 
             async def authenticate_then_handle(request: Request) -> Response:
                 limits: RequestLimits | None = getattr(request.app.state, "request_limits", None)
+                targets: LimitedTargets | None = getattr(request.app.state, "limited_targets", None)
+                if limits is not None and targets is not None:  # for early_refusal.py
+                    scope = request.scope
+                    targets.learn(scope["method"], scope["path"], endpoint, scope.get("route"))
                 credential = credential_of(request) if limits is not None else None
                 if limits is not None and credential is not None:
                     try:

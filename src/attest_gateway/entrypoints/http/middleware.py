@@ -152,6 +152,14 @@ class RequestLogMiddleware:
         )
 
 
+def http_date(scope: Scope) -> str | None:
+    """The `Date` of an answer now, from the running gateway's clock (None before it runs)."""
+    gw: Gateway | None = getattr(scope["app"].state, "gateway", None)
+    if gw is None:
+        return None
+    return format_datetime(gw.clock.now().astimezone(dt.UTC), usegmt=True)
+
+
 class DateHeaderMiddleware:
     """The `Date` of every answer (RFC 9110, section 6.6.1) from the gateway's clock: a client
     learns the gateway's time from it, the simulator among them when that clock is simulated.
@@ -168,9 +176,8 @@ class DateHeaderMiddleware:
 
         async def send_dated(message: Message) -> None:
             if message["type"] == "http.response.start":
-                gw: Gateway | None = getattr(scope["app"].state, "gateway", None)
-                if gw is not None:
-                    date = format_datetime(gw.clock.now().astimezone(dt.UTC), usegmt=True)
+                date = http_date(scope)
+                if date is not None:
                     MutableHeaders(scope=message)["Date"] = date
             await send(message)
 
@@ -246,6 +253,22 @@ _DASHBOARD_PATHS = ("/ministry/", "/ministry/static/")
 _DOCUMENTATION_PATHS = ("/docs", "/redoc")  # FastAPI's pages load their scripts from a CDN
 
 
+def security_headers(path: str) -> list[tuple[str, str]]:
+    """The security headers of an answer to `path` (see `SecurityHeadersMiddleware`)."""
+    if path == _DASHBOARD_PATHS[0] or path.startswith(_DASHBOARD_PATHS[1]):
+        csp: str | None = DASHBOARD_CSP
+    elif path.startswith(_DOCUMENTATION_PATHS):
+        csp = None
+    else:
+        csp = API_CSP
+    headers = [
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Frame-Options", "DENY"),
+    ]
+    return [*headers, ("Content-Security-Policy", csp)] if csp is not None else headers
+
+
 class SecurityHeadersMiddleware:
     """On every answer: `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`
     and a Content-Security-Policy with `frame-ancestors 'none'` (plus `X-Frame-Options: DENY`
@@ -259,22 +282,13 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        if path == _DASHBOARD_PATHS[0] or path.startswith(_DASHBOARD_PATHS[1]):
-            csp: str | None = DASHBOARD_CSP
-        elif path.startswith(_DOCUMENTATION_PATHS):
-            csp = None
-        else:
-            csp = API_CSP
+        added = security_headers(scope["path"])
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers["X-Content-Type-Options"] = "nosniff"
-                headers["Referrer-Policy"] = "no-referrer"
-                headers["X-Frame-Options"] = "DENY"
-                if csp is not None:
-                    headers["Content-Security-Policy"] = csp
+                for name, value in added:
+                    headers[name] = value
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
