@@ -351,11 +351,17 @@ async def _checkpoint(db: Db) -> audit.Checkpoint | None:
         )  # fmt: skip
 
 
-async def _prune_audit(db: Db, retention: dt.timedelta) -> int:
+async def _prune_audit(db: Db, retention: dt.timedelta, between: list[int] | None = None) -> int:
+    """`audit.prune` in batches of three; `between` counts the pauses between batches."""
     now = db.world.clock.now()
+
+    async def paused() -> None:
+        if between is not None:
+            between.append(1)
+
     return await audit.prune(
         db.engine, TOPICS, db.world.keys(GATEWAY).current_signing,
-        before=now - retention, now=now, batch=3, actor=GATEWAY,
+        before=now - retention, now=now, batch=3, actor=GATEWAY, between=paused,
     )  # fmt: skip
 
 
@@ -376,7 +382,9 @@ async def _pruned_chain(db: Db) -> audit.Checkpoint:
     assert await _checkpoint(db) is None  # not due again: only its own entry came since
     w.clock.advance(365 * DAY)
     await _append(db, 6)
-    assert await _prune_audit(db, dt.timedelta(days=30)) == 12
+    pauses: list[int] = []
+    assert await _prune_audit(db, dt.timedelta(days=30), pauses) == 12
+    assert len(pauses) == 4  # after each batch: the pass's pace (RETENTION_DUTY)
     return point
 
 

@@ -65,7 +65,7 @@ import asyncio
 import base64
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -898,9 +898,11 @@ async def prune(
     now: dt.datetime,
     batch: int,
     actor: str,
+    between: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """Remove the entries up to the newest checkpoint made before `before`, oldest first,
-    `batch` entries per transaction (see the module's docstring). Stops, removing nothing
+    `batch` entries per transaction (see the module's docstring), awaiting `between` after
+    each batch (retention's pace; else only a turn of the loop). Stops, removing nothing
     more, at a batch that does not link to the checkpoint before it: `verify` says why.
     Returns how many entries it removed."""
     async with engine.connect() as conn:
@@ -921,7 +923,10 @@ async def prune(
         if done == 0:
             return removed
         removed += done
-        await asyncio.sleep(0)  # let appends in between batches
+        if between is not None:
+            await between()
+        else:
+            await asyncio.sleep(0)  # let appends in between batches
 
 
 async def _prune_batch(
