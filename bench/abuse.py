@@ -314,11 +314,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=(os.cpu_count() or 1) - 1 if (os.cpu_count() or 1) > 1 else -1,
         help="the CPU the abusive client runs on alone, everything else on the others (default: "
-        "the last; -1: all share every CPU). On one machine its own work (about half a core "
-        "here) would otherwise be taken from the gateway's and B's",
+        "the last; -1: all share every CPU; with --before, -1 unless given). On one machine "
+        "its own work (about half a core here) would otherwise be taken from the gateway's "
+        "and B's",
     )
     args = p.parse_args(argv)
     args.before = os.path.abspath(args.before) if args.before else ""
+    if args.before and "--flood-cpu" not in (argv if argv is not None else sys.argv):
+        # two gateways and B on one CPU overload it (load 1.3-2.1 on two cores): all share
+        args.flood_cpu = -1
     return args
 
 
