@@ -258,7 +258,8 @@ class Settings(BaseSettings):
         ge=0,
         description="a request refused for a rate or a cap on requests at once is answered 429 "
         "after about this pause (drawn between half and one and a half times it, so that a "
-        "flood's connections do not come back in step; at most its Retry-After, which it "
+        "flood's connections do not come back in step; up to four times longer when more "
+        "than 8 refusals of one credential wait at once; at most its Retry-After, which it "
         "shortens), so that a client sending again at once, whatever Retry-After says, slows "
         "down (0: at once)",
     )

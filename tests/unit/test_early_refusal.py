@@ -2,10 +2,12 @@
 route has answered, with a credential that authenticated recently, whose organisation is over
 its limit, is answered 429 by the middleware itself, with the route's answer and headers; the
 app behind it is never called. Anything else reaches the app. And the pause before a refusal
-is spread, so that a flood's connections do not come back in step."""
+is spread, so that a flood's connections do not come back in step, and stretched when many
+refusals of one credential wait at once."""
 
 from __future__ import annotations
 
+import contextlib
 import types
 from typing import Any
 
@@ -16,11 +18,14 @@ from starlette.types import Receive, Scope, Send
 from attest_gateway.core.directory import hash_api_key
 from attest_gateway.core.errors import ErrorCode, RateLimited
 from attest_gateway.core.limits import (
+    CROWD_FROM,
     MAX_REMEMBERED_TARGETS,
+    MAX_STRETCH,
     EndpointClass,
     Limit,
     LimitedTargets,
     RequestLimits,
+    stretch,
 )
 from attest_gateway.entrypoints.http.auth import paused
 from attest_gateway.entrypoints.http.early_refusal import EarlyRefusalMiddleware
@@ -150,3 +155,16 @@ def test_a_refusal_waits_half_to_one_and_a_half_times_the_pause(retry_after: int
 def test_no_pause_answers_at_once() -> None:
     over = RateLimited(ErrorCode.RATE_LIMITED, "over", retry_after=4)
     assert paused(over, 0.0) == (0.0, over)
+
+
+def test_the_pause_stretches_with_a_credentials_refusals_waiting_at_once() -> None:
+    assert [stretch(n) for n in (1, CROWD_FROM, 2 * CROWD_FROM, 1000)] == [1, 1, 2, MAX_STRETCH]
+    limits = RequestLimits({READS: Limit(1.0, 1.0, at_once=8)}, lambda: 0.0)
+    with contextlib.ExitStack() as held:
+        found = [held.enter_context(limits.pausing("key:a")) for _ in range(3 * CROWD_FROM)]
+        assert found[CROWD_FROM - 1] == 1  # a client's few connections: the pause as set
+        assert found[-1] == 3  # the 24th waiting at once: three times as long
+        with limits.pausing("key:b") as other:  # another credential is not crowded
+            assert other == 1
+    with limits.pausing("key:a") as alone:  # the others have been answered
+        assert alone == 1

@@ -43,6 +43,10 @@ _K = TypeVar("_K")
 MAX_REMEMBERED_CREDENTIALS = 10_000
 #: Request targets remembered with their endpoint class at most (the oldest first).
 MAX_REMEMBERED_TARGETS = 4_096
+#: A credential's refusals waiting out their pause at once from which the pause grows with
+#: them (`RequestLimits.stretch`), and the most it grows by.
+CROWD_FROM = 8
+MAX_STRETCH = 4.0
 
 #: Addresses the lockout tracks at most; beyond, the ones whose window has passed go first,
 #: then the oldest (a flood of addresses cannot grow the process without bound).
@@ -204,6 +208,18 @@ class RequestLimits:
     _buckets: dict[tuple[str, EndpointClass], TokenBucket] = field(default_factory=dict)
     _in_progress: dict[tuple[str, EndpointClass], int] = field(default_factory=dict)
     _credentials: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    _pausing: dict[str, int] = field(default_factory=dict)
+
+    @contextmanager
+    def pausing(self, credential: str) -> Iterator[float]:
+        """A refusal of `credential` waits out its pause: yields how much longer than the
+        configured pause it waits (`stretch`), given the refusals of that credential waiting
+        now, this one included."""
+        waiting = self._pausing[credential] = self._pausing.get(credential, 0) + 1
+        try:
+            yield stretch(waiting)
+        finally:
+            _decrement(self._pausing, credential)
 
     @contextmanager
     def admit(self, org_id: str, endpoint: EndpointClass, asked: int = 0) -> Iterator[Admission]:
@@ -297,6 +313,17 @@ class RequestLimits:
         if endpoint is None:
             return self._org_in_progress.get(org_id, 0)
         return self._in_progress.get((org_id, endpoint), 0)
+
+
+def stretch(waiting: int) -> float:
+    """How much longer than the configured pause a refusal waits when `waiting` refusals of
+    its credential wait at once: not at all up to CROWD_FROM (a client's few connections),
+    then in proportion, at most MAX_STRETCH. A client that sends again on each of its n
+    connections as soon as it is refused gets n / (pause × stretch) refusals a second: from
+    CROWD_FROM connections on that stays at CROWD_FROM per pause, up to CROWD_FROM ×
+    MAX_STRETCH connections (32), and grows only a quarter as fast beyond. Each refusal still
+    shortens its Retry-After by its wait, so a client that honours it waits no longer."""
+    return min(MAX_STRETCH, max(1.0, waiting / CROWD_FROM))
 
 
 def _decrement(counts: dict[_K, int], key: _K) -> None:

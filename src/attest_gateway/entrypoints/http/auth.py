@@ -91,17 +91,26 @@ def handed_out(request: Request, items: int) -> None:
         admission.handed_out(items)
 
 
-async def refuse_after_a_pause(request: Request, over: RateLimited) -> NoReturn:
-    """Raise `over` after `RATE_LIMIT_REFUSAL_DELAY_SECONDS` (at most its Retry-After, which is
+async def refuse_after_a_pause(
+    request: Request, over: RateLimited, credential: str | None = None
+) -> NoReturn:
+    """Raise `over` after about `RATE_LIMIT_REFUSAL_DELAY_SECONDS`, longer when many refusals of
+    the same `credential` wait at once (`RequestLimits.pausing`; at most its Retry-After, which is
     shortened by the pause): a client that sends again as soon as it is refused, whatever
     Retry-After says, slows down to one request a pause per connection, and so does the
     gateway's work for its refusals. A client that honours Retry-After waits no longer."""
     settings: Settings | None = getattr(request.app.state, "settings", None)
     pause = settings.rate_limit_refusal_delay_seconds if settings is not None else 0.0
-    delay, refusal = paused(over, pause)
-    if delay <= 0:
-        raise over
-    await asyncio.sleep(delay)
+    limits: RequestLimits | None = getattr(request.app.state, "request_limits", None)
+    with (
+        limits.pausing(credential)
+        if limits is not None and credential is not None
+        else contextlib.nullcontext(1.0)
+    ) as stretched:
+        delay, refusal = paused(over, pause * stretched)
+        if delay <= 0:
+            raise over
+        await asyncio.sleep(delay)
     raise refusal from None
 
 
@@ -249,7 +258,7 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
                     try:
                         limits.refuse_early(credential, endpoint)  # before the store is asked
                     except RateLimited as over:
-                        await refuse_after_a_pause(request, over)
+                        await refuse_after_a_pause(request, over, credential)
                 try:
                     org = await authenticated(request)
                 except NotAuthenticated:
@@ -268,7 +277,7 @@ def authenticated_first(*roles: Role, media_types: Collection[str] = (JSON,)) ->
                             limits.admit(org.id, endpoint, asked_items(request, items))
                         )
                     except RateLimited as over:
-                        await refuse_after_a_pause(request, over)
+                        await refuse_after_a_pause(request, over, credential)
                     request.scope[_ADMISSION_KEY] = admission
                     return await handle(request)
 

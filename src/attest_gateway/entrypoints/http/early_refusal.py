@@ -12,10 +12,11 @@ class (`LimitedTargets.learn`), and this middleware, outside the others, asks th
 question for a request to a target already learned: when its credential authenticated
 recently and its organisation is over the limit, it answers here. The answer is the one the
 route gives: the 429 problem+json after the same pause (`RATE_LIMIT_REFUSAL_DELAY_SECONDS`,
-`auth.paused`), with the headers the other middleware adds (`X-Correlation-Id`, `Date`, the
-security headers), counted in the same metrics and logged as one `http.request` line. Any
-other request (a target not learned yet, no credential, an organisation within its limits)
-goes on as before, and is refused by its route if it must be.
+stretched when many refusals of the credential wait at once: `RequestLimits.pausing`), with
+the headers the other middleware adds (`X-Correlation-Id`, `Date`, the security headers),
+counted in the same metrics and logged as one `http.request` line. Any other request (a
+target not learned yet, no credential, an organisation within its limits) goes on as before,
+and is refused by its route if it must be.
 """
 
 from __future__ import annotations
@@ -62,18 +63,21 @@ class EarlyRefusalMiddleware:
                 try:
                     self.limits.refuse_early(credential, target.endpoint)
                 except RateLimited as over:
-                    await self._refuse(scope, send, over, target.route)
+                    await self._refuse(scope, send, over, target.route, credential)
                     return
         await self.app(scope, receive, send)
 
-    async def _refuse(self, scope: Scope, send: Send, over: RateLimited, route: object) -> None:
+    async def _refuse(
+        self, scope: Scope, send: Send, over: RateLimited, route: object, credential: str
+    ) -> None:
         started = time.perf_counter()
         request_id = correlation_id(Headers(scope=scope).get("x-correlation-id"))
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(correlation_id=request_id)
-        delay, refusal = paused(over, self.pause)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        with self.limits.pausing(credential) as stretched:
+            delay, refusal = paused(over, self.pause * stretched)
+            if delay > 0:
+                await asyncio.sleep(delay)
         problem = problem_of(refusal)
         metrics.observe_problem(problem.code, problem.status)
         body = orjson.dumps(problem.body(instance=scope["path"]))
