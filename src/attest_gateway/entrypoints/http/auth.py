@@ -102,16 +102,24 @@ async def refuse_after_a_pause(
     settings: Settings | None = getattr(request.app.state, "settings", None)
     pause = settings.rate_limit_refusal_delay_seconds if settings is not None else 0.0
     limits: RequestLimits | None = getattr(request.app.state, "request_limits", None)
+    raise await wait_before_refusing(limits, credential, over, pause) from None
+
+
+async def wait_before_refusing(
+    limits: RequestLimits | None, credential: str | None, over: RateLimited, pause: float
+) -> RateLimited:
+    """Wait out the pause before answering `over` (`paused`, stretched by the refusals of
+    `credential` waiting at once: `RequestLimits.pausing`); the refusal to answer then. Both
+    the route's refusals and the early ones (early_refusal.py) wait here."""
     with (
         limits.pausing(credential)
         if limits is not None and credential is not None
         else contextlib.nullcontext(1.0)
     ) as stretched:
         delay, refusal = paused(over, pause * stretched)
-        if delay <= 0:
-            raise over
-        await asyncio.sleep(delay)
-    raise refusal from None
+        if delay > 0:
+            await asyncio.sleep(delay)
+    return refusal
 
 
 def paused(over: RateLimited, pause: float) -> tuple[float, RateLimited]:

@@ -21,7 +21,6 @@ and is refused by its route if it must be.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import orjson
@@ -31,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attest_gateway.core.errors import RateLimited
 from attest_gateway.core.limits import LimitedTargets, RequestLimits
-from attest_gateway.entrypoints.http.auth import credential_in, paused
+from attest_gateway.entrypoints.http.auth import credential_in, wait_before_refusing
 from attest_gateway.entrypoints.http.middleware import (
     correlation_id,
     http_date,
@@ -74,10 +73,7 @@ class EarlyRefusalMiddleware:
         request_id = correlation_id(Headers(scope=scope).get("x-correlation-id"))
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(correlation_id=request_id)
-        with self.limits.pausing(credential) as stretched:
-            delay, refusal = paused(over, self.pause * stretched)
-            if delay > 0:
-                await asyncio.sleep(delay)
+        refusal = await wait_before_refusing(self.limits, credential, over, self.pause)
         problem = problem_of(refusal)
         metrics.observe_problem(problem.code, problem.status)
         body = orjson.dumps(problem.body(instance=scope["path"]))
