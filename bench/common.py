@@ -119,24 +119,28 @@ def reset_peak_rss(pid: int | None = None) -> bool:
     return True
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process (Linux /proc/<pid>/stat)."""
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU time of a live process (Linux /proc/<pid>/stat); with `reaped`,
+    also that of its children that exited and were waited for (cutime + cstime)."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def server_cpu_seconds(command: str = "postgres") -> float:
     """CPU time of every live process named `command` (a local database server's postmaster,
-    backends and background workers), summed; a process that exits in between is not
-    counted."""
+    backends and background workers), summed, with that of their children that exited: a
+    backend whose connection closed, an autovacuum worker (the postmaster reaps them)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if (entry / "comm").read_text().strip() == command:
-                total += cpu_seconds(int(entry.name))
+                total += cpu_seconds(int(entry.name), reaped=True)
         except OSError:  # gone, or not ours to read
             continue
     return total

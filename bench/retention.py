@@ -674,6 +674,49 @@ async def sample_locks(engine: AsyncEngine, stop: asyncio.Event, into: LockSampl
                 await asyncio.wait_for(stop.wait(), SAMPLE_S)
 
 
+# What the API's own backends are doing, sampled in every phase: the wait event of each
+# active backend that is not the pass's nor this sampler's ("CPU" when it waits for none), so
+# a phase's slower requests can be told apart: locks, the WAL's flush, the disk or the CPU.
+API_WAITS_SQL = f"""
+SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') AS what
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
+   AND application_name <> '{PRUNE_APP}'
+"""
+WAL_SQL = """
+SELECT wal_bytes::bigint, wal_sync, wal_write, wal_fpi,
+       checkpoints_timed + checkpoints_req AS checkpoints, buffers_checkpoint
+  FROM pg_stat_wal, pg_stat_bgwriter
+"""
+
+
+async def sample_api_waits(
+    engine: AsyncEngine, load: Load, stop: asyncio.Event, into: dict[str, dict[str, int]]
+) -> None:
+    """Count the API backends' wait events per phase (``into[phase][event]``)."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        while not stop.is_set():
+            phase = load.phase
+            counts = into.setdefault(phase, {"samples": 0})
+            counts["samples"] += 1
+            for row in (await conn.exec_driver_sql(API_WAITS_SQL)).all():
+                counts[row.what] = counts.get(row.what, 0) + 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SAMPLE_S)
+
+
+async def wal_counters(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        row = (await conn.exec_driver_sql(WAL_SQL)).mappings().one()
+    return {k: int(v) for k, v in row.items()}
+
+
+def wal_delta(before: dict[str, int], after: dict[str, int], seconds: float) -> dict[str, float]:
+    """WAL written and flushed per second between two readings of ``pg_stat_wal``."""
+    return {f"{k}_per_s": round((after[k] - before[k]) / max(seconds, 1e-9), 1) for k in before}
+
+
 def gateway_env(
     gw: RunningGateway, bootstrap: str, batch: int | None, pause: float | None
 ) -> dict[str, str]:
@@ -764,12 +807,15 @@ def cores(
     }
 
 
-async def window(load: Load, phase: str, seconds: float, census: CpuCensus) -> dict[str, float]:
+async def window(
+    load: Load, phase: str, seconds: float, census: CpuCensus, engine: AsyncEngine
+) -> tuple[dict[str, float], dict[str, float]]:
     load.phase = phase
     census.start()
+    wal0 = await wal_counters(engine)
     await asyncio.sleep(seconds)
     load.phase = "between"
-    return cores(census, seconds)
+    return cores(census, seconds), wal_delta(wal0, await wal_counters(engine), seconds)
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -792,6 +838,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             engine = make_engine(gw.database_url)
             load = Load(gw, creds, args.rate)
             load_task = asyncio.create_task(load.run())
+            stop_waits = asyncio.Event()
+            api_waits: dict[str, dict[str, int]] = {}
+            waits_task = asyncio.create_task(sample_api_waits(engine, load, stop_waits, api_waits))
             try:
                 y0 = dt.datetime.now(dt.UTC) - dt.timedelta(days=365 * YEARS_BACK)
                 env = gateway_env(gw, broker.bootstrap, args.batch, args.pause)
@@ -806,7 +855,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     await asyncio.sleep(args.settle)
                     without = f"without-{cycle}"
                     census = census_of(gw, broker.pid)
-                    cpu_without = await window(load, without, args.window, census)
+                    cpu_without, wal_without = await window(
+                        load, without, args.window, census, engine
+                    )
                     console.print(f"  without: {latency(load.samples, without)}")
                     console.print(f"  cores: {cpu_without}")
                     with_ = f"with-{cycle}"
@@ -815,6 +866,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     sampler = asyncio.create_task(sample_locks(engine, stop, locks))
                     load.phase = with_
                     census.start()
+                    wal0 = await wal_counters(engine)
                     t0 = time.perf_counter()
                     try:
                         pruned = await prune_pass(env)
@@ -822,19 +874,22 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         load.phase = "between"
                         stop.set()
                         await sampler
-                    cpu_with = cores(
-                        census, time.perf_counter() - t0, {"pass": pruned["cpu_seconds"]}
-                    )
+                    took = time.perf_counter() - t0
+                    cpu_with = cores(census, took, {"pass": pruned["cpu_seconds"]})
+                    wal_with = wal_delta(wal0, await wal_counters(engine), took)
                     console.print(f"  pass: {pruned}")
                     console.print(f"  locks: {locks.as_dict()}")
                     console.print(f"  with: {latency(load.samples, with_)}")
                     console.print(f"  cores: {cpu_with}")
                     after = f"after-{cycle}"
-                    cpu_after = await window(load, after, args.window, census)
+                    cpu_after, wal_after = await window(load, after, args.window, census, engine)
                     console.print(f"  without, after: {latency(load.samples, after)}")
                     console.print(f"  cores: {cpu_after}")
                     left = await left_over(engine, tag)
                     console.print(f"  left of the year: {left}")
+                    waits = {p: api_waits.get(p, {}) for p in (without, with_, after)}
+                    console.print(f"  WAL: {wal_without} / {wal_with} / {wal_after}")
+                    console.print(f"  API backends' waits: {waits}")
                     results["cycles"].append(
                         {
                             "loaded": loaded,
@@ -848,6 +903,13 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                 "with": cpu_with,
                                 "without_after": cpu_after,
                             },
+                            "wal": {
+                                "without": wal_without,
+                                "with": wal_with,
+                                "without_after": wal_after,
+                            },
+                            # samples of the API's active backends by wait event, per phase
+                            "api_backend_waits": waits,
                             "left": left,
                             "load_average": os.getloadavg(),
                         }
@@ -855,7 +917,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     await asyncio.sleep(args.settle)
             finally:
                 load.stop.set()
+                stop_waits.set()
                 await load_task
+                await waits_task
                 await engine.dispose()
     finally:
         broker.stop()

@@ -479,7 +479,7 @@ class Settings(BaseSettings):
         "database and the CPU to the API between its transactions",
     )
     retention_duty: float = Field(
-        default=0.5,
+        default=0.1,
         gt=0,
         le=1,
         description="the share of its time a retention pass may be busy: after a batch that "
