@@ -426,9 +426,9 @@ async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
                 for start in range(0, len(cells), 50_000):
                     await ensure_cells(conn, cells[start : start + 50_000])
                 await without_constraints(conn, sqls)
-                sqls = []
-            for sql in sqls:
-                await conn.exec_driver_sql(sql)
+            else:
+                for sql in sqls:
+                    await conn.exec_driver_sql(sql)
             times[name] = round(time.perf_counter() - t0, 1)
             print(f"  rollup {name}: {times[name]:.1f} s", flush=True)
         await conn.exec_driver_sql("DROP TABLE samples")

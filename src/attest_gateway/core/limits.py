@@ -44,7 +44,7 @@ MAX_REMEMBERED_CREDENTIALS = 10_000
 #: Request targets remembered with their endpoint class at most (the oldest first).
 MAX_REMEMBERED_TARGETS = 4_096
 #: A credential's refusals waiting out their pause at once from which the pause grows with
-#: them (`RequestLimits.stretch`), and the most it grows by.
+#: them (`stretch`), and the most it grows by.
 CROWD_FROM = 8
 MAX_STRETCH = 4.0
 

@@ -79,9 +79,8 @@ class Sweeper:
         while True:
             try:
                 pruned = await self.prune_once()
-            except _STORE_OR_OS as exc:
-                log.warning("sweeper.failed", step="retention", error=type(exc).__name__)
-            except KafkaError as exc:  # an audit checkpoint's anchor; the sweep reports outages
+            # KafkaError: an audit checkpoint's anchor; the sweep's canary reports outages
+            except (*_STORE_OR_OS, KafkaError) as exc:
                 log.warning("sweeper.failed", step="retention", error=type(exc).__name__)
             except Unavailable as exc:
                 log.warning("sweeper.failed", step="retention", error=exc.code, detail=exc.detail)
