@@ -35,12 +35,16 @@ import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from attest_gateway.infra.db import coverage as cr
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.tables import tracker_decisions
+from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import decisions as pub
+from attest_gateway.tracker import latency as lat
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
+from bench.dashboard_rows import CASES_SQL
 from bench.tracker_scale import ADMIN_DSN, LOAD_SQL, build_rollups, fresh, url_for
 
 Query = Callable[[AsyncConnection, rep.Memo], Awaitable[Any]]
@@ -72,6 +76,23 @@ def _report(f: rep.Filters) -> Query:
     return q
 
 
+def _rows_report(fn: Callable[..., Awaitable[Any]], by: str, f: rep.Filters, **kw: Any) -> Query:
+    """A report of tracker/latency.py or tracker/coverage.py (they take `now`, no memo)."""
+
+    async def q(conn: AsyncConnection, memo: rep.Memo) -> Any:
+        return await fn(conn, RULES, f, by, now=dt.datetime.now(dt.UTC), **kw)
+
+    return q
+
+
+TODAY = dt.date.today()
+LAST_26_WEEKS = rep.Filters("week", TODAY - dt.timedelta(weeks=26), TODAY)
+LAST_3_MONTHS = rep.Filters("month", TODAY - dt.timedelta(days=91), TODAY)
+# every full year but the last one with cells: a run of years not ending at the last, which
+# the publisher leaves out (tracker/decisions.year_runs)
+NOT_PUBLISHED = rep.Filters("month", dt.date(TODAY.year - 2, 1, 1), dt.date(TODAY.year - 1, 12, 31))
+ONE_TYPE = rep.Filters(attest_type="LÆ 265")
+
 QUERIES: dict[str, Query] = {
     "durations by receiver, whole period": _durations("receiver", WHOLE, series=False),
     "durations by receiver, monthly series": _durations("receiver", WHOLE, series=True),
@@ -81,17 +102,83 @@ QUERIES: dict[str, Query] = {
     "durations by attest type, whole period": _durations("attest_type", WHOLE, series=False),
     "report, whole period": _report(WHOLE),
 }
+#: the reports that read no published decision (decided when asked, or their own rollups'
+#: or rows' cubes): `--live` times them, after only
+LIVE: dict[str, Query] = {
+    "report, weekly, last 26 weeks": _report(LAST_26_WEEKS),
+    "durations by receiver, a run of years not published": _durations(
+        "receiver", NOT_PUBLISHED, series=False
+    ),
+    "durations by municipality, LÆ 265 only, whole period": _durations(
+        "municipality", ONE_TYPE, series=False
+    ),
+    "durations by receiver, LÆ 265 only, whole period": _durations(
+        "receiver", ONE_TYPE, series=False
+    ),
+    **{
+        f"latency by {by}, {name}": _rows_report(lat.latency, by, f, series=False)
+        for name, f in (("whole period", WHOLE), ("last 3 months", LAST_3_MONTHS))
+        for by in ("national", "region", "attest_type", "receiver_kind")
+    },
+    **{
+        f"coverage by {by}, {name}": _rows_report(cov.coverage, by, f, series=False)
+        for name, f in (("whole period", WHOLE), ("last 12 months", LAST_YEAR))
+        for by in ("national", "region", "municipality", "case_kind")
+    },
+    **{
+        f"request timing by {by}, {name}": _rows_report(
+            lambda c, rules, f, by, now, series: cov.request_timing(c, rules, f, by, series=series),
+            by,
+            f,
+            series=False,
+        )
+        for name, f in (("last 3 months", LAST_3_MONTHS), ("whole period", WHOLE))
+        for by in ("national", "municipality")
+    },
+    **{
+        f"overdue by {by}, {name}": _rows_report(cov.open_overdue, by, f)
+        for name, f in (("last 3 months", LAST_3_MONTHS), ("whole period", WHOLE))
+        for by in ("receiver", "municipality")
+    },
+    **{
+        f"rehabilitation by {by}, {name}": _rows_report(cov.rehabilitation, by, f, series=False)
+        for name, f in (("last 3 months", LAST_3_MONTHS), ("whole period", WHOLE))
+        for by in ("national", "municipality")
+    },
+}
 
 
-async def _timed(engine: AsyncEngine, query: Query, *, published: bool) -> tuple[float, Any]:
+async def _timed(
+    engine: AsyncEngine, query: Query, *, published: bool, live: bool = False
+) -> tuple[float, Any, rep.Memo]:
     async with engine.connect() as conn:
         memo = rep.Memo(use_published=published)
         t0 = time.perf_counter()
         answer = await query(conn, memo)
         seconds = time.perf_counter() - t0
-    if published:
+    if published and not live:
         assert memo.decided_at is not None, "no published decision read"
-    return seconds, answer
+    return seconds, answer, memo
+
+
+async def register_cases(engine: AsyncEngine) -> dict[str, float]:
+    """One sickness case per citizen and job centre (`dashboard_rows.CASES_SQL`), then the
+    coverage rollup built from them as `attest-gateway coverage-rebuild` does."""
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(CASES_SQL)
+    times["cases"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    async with engine.begin() as conn:
+        await cr.rebuild(conn, cr.CoverageRules.of(RULES))
+    times["coverage_rollup"] = round(time.perf_counter() - t0, 1)
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        for table in ("tracker_conversations", "tracker_cases", "tracker_coverage"):
+            await conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
+    print(f"  cases {times['cases']} s, coverage rollup {times['coverage_rollup']} s", flush=True)
+    return times
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
@@ -113,6 +200,20 @@ async def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated query names (default all)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--reuse", action="store_true", help="use a kept database as it is")
+    parser.add_argument(
+        "--cases",
+        action="store_true",
+        help="also register a sickness case per citizen and job centre and build the coverage "
+        "rollup from them (what /ministry/v1/coverage reads)",
+    )
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="also time the reports that read no published decision (after only)",
+    )
+    parser.add_argument(
+        "--no-publish", action="store_true", help="with --reuse: leave the decisions as they are"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, Any] = {
@@ -134,69 +235,39 @@ async def main() -> None:
                     await conn.exec_driver_sql("SELECT setseed(0.5)")
                     await conn.execute(sa.text(LOAD_SQL), {"lo": lo, "hi": hi})
             results["load_s"] = round(time.perf_counter() - t0, 1)
+            print(f"loaded in {results['load_s']} s", flush=True)
             results["rollup_s"] = await build_rollups(engine)
+            if args.cases:
+                results["cases_s"] = await register_cases(engine)
 
-        t0 = time.perf_counter()
-        done = await pub.publish(engine, RULES, now=dt.datetime.now(dt.UTC))
-        results["publish_s"] = round(time.perf_counter() - t0, 1)
-        d = tracker_decisions.c
-        async with engine.connect() as conn:
-            cubes = [dict(row._mapping) for row in await conn.execute(
-                sa.select(d.cube, d.cells, d.suppressed).order_by(d.cube))]  # fmt: skip
-        results["published"] = {"decided": done, "cubes": cubes}
-        print(f"published {len(done)} cubes in {results['publish_s']} s", flush=True)
-        for cube in cubes:
-            print(f"  {cube['cube']}: {cube['cells']:,} cells, {cube['suppressed']:,} suppressed")
-        t0 = time.perf_counter()
-        again = await pub.publish(engine, RULES, now=dt.datetime.now(dt.UTC))
-        results["publish_unchanged_s"] = round(time.perf_counter() - t0, 1)
-        print(f"  again, nothing changed: {len(again)} decided, {results['publish_unchanged_s']} s")
-
+        if not args.no_publish:
+            await _publish(engine, results)
         only = [q for q in args.only.split(",") if q]
         timings: dict[str, Any] = {}
+        results["timings"] = timings
         for name, query in QUERIES.items():
             if only and name not in only:
                 continue
-            before: list[float] = []
-            after: list[float] = []
-            same = True
-            for i in range(args.runs):
-                answer_before = None
-                if i < args.before_runs:
-                    seconds, answer_before = await _timed(engine, query, published=False)
-                    before.append(seconds)
-                seconds, answer_after = await _timed(engine, query, published=True)
-                after.append(seconds)
-                if answer_before is not None:
-                    same = same and answer_before == answer_after
-            timings[name] = {"before": _summary(before), "after": _summary(after),
-                             "same_answer": same}  # fmt: skip
-            b, a = timings[name]["before"], timings[name]["after"]
-            print(f"  {name}: before {b['median_s']:.2f} s {b['runs_s']}, after "
+            timings[name] = await _before_after(engine, query, args.runs, args.before_runs)
+            b, a, same = (
+                timings[name]["before"],
+                timings[name]["after"],
+                timings[name]["same_answer"],
+            )
+            print(f"  {name}: before {b.get('median_s')} s {b.get('runs_s')}, after "
                   f"{a['median_s']:.3f} s {a['runs_s']}, same answer: {same}",
                   flush=True)  # fmt: skip
-        if not only or any("receiver" in q for q in only):
-            parts: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
-                "its histograms (SQL)": lambda c: rep._histograms(
-                    c, "request_to_attest", WHOLE, "receiver", series=False
-                ),
-                "its counters, own cells (SQL)": lambda c: rep.cube_of(
-                    c, WHOLE, ["receiver"], [r.ALL_TYPES]
-                ),
-                "its whole cube (SQL, before)": lambda c: rep._cube(
-                    c, WHOLE, "receiver", contact=False
-                ),
-            }
-            for name, part in parts.items():
-                samples = []
-                for _ in range(args.runs):
-                    async with engine.connect() as conn:
-                        t0 = time.perf_counter()
-                        await part(conn)
-                        samples.append(time.perf_counter() - t0)
-                timings[f"durations by receiver: {name}"] = _summary(samples)
-                print(f"    {name}: {[round(v, 3) for v in samples]}", flush=True)
-        results["timings"] = timings
+            _save(args.out, results)
+        for name, query in LIVE.items() if args.live else ():
+            if only and name not in only:
+                continue
+            timings[name] = await _live(engine, query, args.runs)
+            t = timings[name]
+            print(f"  {name}: {t['median_s']:.3f} s {t['runs_s']}, {t['rows']:,} rows, "
+                  f"published decision read: {t['published']}", flush=True)  # fmt: skip
+            _save(args.out, results)
+        if not only:
+            timings |= await _receiver_parts(engine, args.runs)
     finally:
         await engine.dispose()
         if not args.keep:
@@ -207,8 +278,93 @@ async def main() -> None:
                 await conn.close()
     results["load_average_end"] = os.getloadavg()
     results["finished"] = dt.datetime.now(dt.UTC).isoformat()
-    if args.out is not None:
-        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    _save(args.out, results)
+
+
+def _save(out: Path | None, results: dict[str, Any]) -> None:
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "utf-8")
+
+
+async def _publish(engine: AsyncEngine, results: dict[str, Any]) -> None:
+    """Publish the decisions, timed, and then again with nothing changed (the check)."""
+    t0 = time.perf_counter()
+    done = await pub.publish(engine, RULES, now=dt.datetime.now(dt.UTC))
+    results["publish_s"] = round(time.perf_counter() - t0, 1)
+    results["publish_s"] = round(time.perf_counter() - t0, 1)
+    d = tracker_decisions.c
+    async with engine.connect() as conn:
+        cubes = [dict(row._mapping) for row in await conn.execute(
+            sa.select(d.cube, d.cells, d.suppressed).order_by(d.cube))]  # fmt: skip
+    results["published"] = {"decided": done, "cubes": cubes}
+    print(f"published {len(done)} cubes in {results['publish_s']} s", flush=True)
+    for cube in cubes:
+        print(f"  {cube['cube']}: {cube['cells']:,} cells, {cube['suppressed']:,} suppressed")
+    t0 = time.perf_counter()
+    again = await pub.publish(engine, RULES, now=dt.datetime.now(dt.UTC))
+    results["publish_unchanged_s"] = round(time.perf_counter() - t0, 1)
+    print(f"  again, nothing changed: {len(again)} decided, {results['publish_unchanged_s']} s")
+
+
+async def _before_after(
+    engine: AsyncEngine, query: Query, runs: int, before_runs: int
+) -> dict[str, Any]:
+    """Decided when asked against the published decision, interleaved; answers compared."""
+    before: list[float] = []
+    after: list[float] = []
+    same = True
+    for i in range(runs):
+        answer_before = None
+        if i < before_runs:
+            seconds, answer_before, _ = await _timed(engine, query, published=False)
+            before.append(seconds)
+        seconds, answer_after, _ = await _timed(engine, query, published=True)
+        after.append(seconds)
+        if answer_before is not None:
+            same = same and answer_before == answer_after
+    return {
+        "before": _summary(before) if before else {},
+        "after": _summary(after),
+        "same_answer": same if before else None,
+    }
+
+
+async def _live(engine: AsyncEngine, query: Query, runs: int) -> dict[str, Any]:
+    """A report that reads no published decision (or may not): timed as the route calls it."""
+    samples: list[float] = []
+    rows = 0
+    published = False
+    for _ in range(runs):
+        seconds, answer, memo = await _timed(engine, query, published=True, live=True)
+        samples.append(seconds)
+        rows = len(answer) if isinstance(answer, list) else 1
+        published = memo.decided_at is not None
+    return _summary(samples) | {"rows": rows, "published": published}
+
+
+async def _receiver_parts(engine: AsyncEngine, runs: int) -> dict[str, Any]:
+    """The receiver drill-down's reads alone: its histograms, its own cells' counters, and
+    the whole cube of counters that deciding when asked reads."""
+    parts: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
+        "its histograms (SQL)": lambda c: rep._histograms(
+            c, "request_to_attest", WHOLE, "receiver", series=False
+        ),
+        "its counters, own cells (SQL)": lambda c: rep.cube_of(
+            c, WHOLE, ["receiver"], [r.ALL_TYPES]
+        ),
+        "its whole cube (SQL, before)": lambda c: rep._cube(c, WHOLE, "receiver", contact=False),
+    }
+    out: dict[str, Any] = {}
+    for name, part in parts.items():
+        samples = []
+        for _ in range(runs):
+            async with engine.connect() as conn:
+                t0 = time.perf_counter()
+                await part(conn)
+                samples.append(time.perf_counter() - t0)
+        out[f"durations by receiver: {name}"] = _summary(samples)
+        print(f"    {name}: {[round(v, 3) for v in samples]}", flush=True)
+    return out
 
 
 if __name__ == "__main__":
