@@ -6,6 +6,7 @@ a per-endpoint limit and an open circuit that hold back only their own endpoint.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import random
 from collections.abc import Iterable, Mapping
@@ -110,6 +111,20 @@ def test_an_endpoint_gets_the_most_specific_event_it_subscribes_to_once() -> Non
     again = deliveries_for(e, [specific, general], T0 + DAY, DAY)
     assert [d.id for d in again] == [d.id for d in made]  # stable: derived from the event
     assert made[0].id == delivery_id(e.event_id, "ep_a") != made[1].id
+
+
+def test_an_endpoint_registered_after_a_stage_is_not_told_of_it() -> None:
+    """A stage read late from `gateway.tracking` (a consumer joining its group, a partition
+    read again) is not delivered to an endpoint registered after the stage was reached."""
+    e = stage_event(REF).model_copy(update={"stage": Stage.REPLY_IN_INBOX})
+    before = dataclasses.replace(
+        endpoint("jc", WebhookEvent.REPLY_ARRIVED, id_="ep_before"),
+        created_at=e.at - dt.timedelta(hours=1),
+    )
+    same_moment = dataclasses.replace(before, id="ep_same", created_at=e.at)
+    after = dataclasses.replace(before, id="ep_after", created_at=e.at + dt.timedelta(seconds=1))
+    made = deliveries_for(e, [before, same_moment, after], T0 + DAY, DAY)
+    assert [d.endpoint_id for d in made] == ["ep_before", "ep_same"]
 
 
 def test_the_payload_is_metadata_and_links_only() -> None:

@@ -199,9 +199,14 @@ def deliveries_for(
     now: dt.datetime,
     period: dt.timedelta,
 ) -> list[DeliveryRecord]:
-    """The deliveries a stage event makes for these endpoints (of any organisations)."""
+    """The deliveries a stage event makes for these endpoints (of any organisations). An
+    endpoint is told only of stages reached since it was registered: `gateway.tracking` is
+    read at least once, and a consumer that joins late, or reads a partition again, brings
+    older stages, which an endpoint registered after them never asked for."""
     by_org: dict[str, list[EndpointRecord]] = {}
     for endpoint in endpoints:
+        if endpoint.created_at > event.at:
+            continue
         by_org.setdefault(endpoint.org_id, []).append(endpoint)
     made: list[DeliveryRecord] = []
     for notice in notices(event):
