@@ -69,6 +69,16 @@ def make_engine(
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        @event.listens_for(engine.sync_engine, "checkout")
+        def _not_left_in_autocommit(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+            # In autocommit pysqlite sends no BEGIN: every statement commits alone, and a
+            # transaction's write lock (the audit head's, a conversation's `lock()`) holds
+            # nothing. SQLAlchemy resets a switched connection at check-in, but registers that
+            # only once the switch has returned: a task cancelled during it (aiosqlite applies
+            # it in the connection's thread anyway) left the connection so. Replace it.
+            if dbapi_connection.isolation_level is None:
+                raise sa.exc.DisconnectionError("connection left in autocommit")
+
     else:
         engine = create_engine(url, **pool, **kwargs)
         event.listen(engine.sync_engine, "checkout", _replace_if_closed)

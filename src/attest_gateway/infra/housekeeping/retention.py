@@ -677,17 +677,18 @@ async def _prune_table(
     key_columns: Sequence[sa.Column[Any]],
     pace: _Pace,
 ) -> int:
-    """Delete in batches of `pace.batch`, each one statement on its own (the keys of a batch
-    selected inside the delete, no transaction held open between two round trips)."""
+    """Delete in batches of `pace.batch`, each one statement in a transaction of its own (the
+    keys of a batch selected inside the delete; no connection held during the pause)."""
     keys: Any = key_columns[0] if len(key_columns) == 1 else sa.tuple_(*key_columns)
     # its own FROM: not correlated to the DELETE's table (which would make it per row)
     batch = sa.select(*key_columns).where(condition).limit(pace.batch).correlate(None)
     total = 0
-    async with engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        while True:
+    while True:
+        # a transaction per batch, not a connection switched to AUTOCOMMIT: a task cancelled
+        # during that switch left a pooled SQLite connection in autocommit (infra/db/engine.py)
+        async with engine.begin() as conn:
             done = max(0, (await conn.execute(table.delete().where(keys.in_(batch)))).rowcount)
-            total += done
-            if done < pace.batch:
-                return total
-            await pace.between_batches()  # let ingest in between batches
+        total += done
+        if done < pace.batch:
+            return total
+        await pace.between_batches()  # let ingest in between batches (no connection held)
