@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -88,6 +89,76 @@ async def test_sweeper_republishes_what_reached_no_mailbox(harness: Harness) -> 
     again = await sweeper(h).sweep_once(later + dt.timedelta(minutes=5))
     assert again.republished == 0
     assert await _mailbox_count(h, accepted["message_id"]) == 1
+
+
+async def _lose(h: Harness, message_id: str, published_ago: dt.timedelta) -> None:
+    """Published, but never delivered (as if the broker had dropped the record)."""
+    async with h.gw.engine.begin() as conn:
+        await conn.execute(tables.mailbox.delete().where(tables.mailbox.c.message_id == message_id))
+        await conn.execute(  # never delivered: its ids were never seen either
+            tables.seen_ids.delete().where(tables.seen_ids.c.message_id == message_id)
+        )
+        await conn.execute(
+            tables.outbox.update()
+            .where(tables.outbox.c.message_id == message_id)
+            .values(delivered_at=None, published_at=dt.datetime.now(dt.UTC) - published_ago)
+        )
+
+
+async def test_a_long_retention_pass_does_not_hold_up_the_sweep(harness: Harness) -> None:
+    """Retention runs in a loop of its own: while a pass waits out its pause between two
+    batches, the sweep still re-publishes what reached no mailbox."""
+    h = harness
+    for accepted in [await request(h) for _ in range(2)]:
+        await mailbox_item(h, PSY, accepted["message_id"])
+        response = await h.client.post(
+            f"/medcom/v1/mailbox/{accepted['message_id']}/collected", headers=h.auth(PSY)
+        )
+        assert response.status_code == 200
+    lost = await request(h)
+    await mailbox_item(h, PSY, lost["message_id"])
+    await wait_for(lambda: _delivered(h, lost["message_id"]))
+
+    async def collected() -> int:  # every collected entry: the pass's to remove
+        async with h.gw.engine.connect() as conn:
+            count: int = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(tables.mailbox)
+                    .where(tables.mailbox.c.collected_at.is_not(None))
+                )
+            ).scalar_one()
+            return count
+
+    before = await collected()
+    assert before >= 2
+    # One collected entry a batch, ten seconds' pause after each: the pass takes at least
+    # ten seconds per entry. Re-publish after a minute: the harness's own sweeper (10
+    # minutes) leaves the lost message to this one.
+    sweep = sweeper(
+        h,
+        mailbox_retention_seconds=0,
+        prune_batch_size=1,
+        retention_pause_seconds=10,
+        republish_after_seconds=60,
+        sweep_interval_seconds=0.1,
+    )
+    sweep.start()
+    try:
+        await wait_for(lambda: _fewer(collected, before))  # the first batch went: its pause
+        await _lose(h, lost["message_id"], published_ago=dt.timedelta(minutes=5))
+        await wait_for(lambda: _is(lambda: _mailbox_count(h, lost["message_id"]), 1))
+        assert await collected() >= 1  # re-published while the pass is still under way
+    finally:
+        await sweep.stop()
+
+
+async def _is(probe: Callable[[], Awaitable[int]], value: int) -> bool:
+    return await probe() == value
+
+
+async def _fewer(probe: Callable[[], Awaitable[int]], than: int) -> bool:
+    return await probe() < than
 
 
 async def _published(h: Harness, message_id: str) -> bool:

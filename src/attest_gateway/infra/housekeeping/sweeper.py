@@ -10,7 +10,9 @@ in a module of its own:
   flagged `undeliverable`.
 - **Retention** (`retention.py`): what is past its retention period is deleted in small
   batches, so pruning never blocks ingest; the audit chain gets a signed checkpoint when one
-  is due (docs/data-lifecycle.md).
+  is due (docs/data-lifecycle.md). It runs in a loop of its own, at the same interval: a
+  pass paced to a small share of the machine can take minutes over a backlog, and must not
+  hold up the broker's recovery or the resends meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 from aiokafka.errors import KafkaError
@@ -30,7 +32,7 @@ from attest_gateway.infra.db.engine import STORE_ERRORS
 from attest_gateway.infra.housekeeping.recovery import BrokerRecovery
 from attest_gateway.infra.housekeeping.republish import republish_undelivered
 from attest_gateway.infra.housekeeping.resend import resend_unacknowledged
-from attest_gateway.infra.housekeeping.retention import prune_report
+from attest_gateway.infra.housekeeping.retention import PruneReport, prune_report
 from attest_gateway.infra.kafka.consumer import ConsumerLoop
 from attest_gateway.infra.kafka.outage import unreachable
 from attest_gateway.infra.kafka.reading import KafkaReadTimeout
@@ -47,29 +49,49 @@ class SweepReport:
     republished: int = 0
     resent: int = 0
     undeliverable: int = 0
-    pruned: int = 0
-    #: what retention removed, by class (docs/data-lifecycle.md)
-    pruned_classes: dict[str, int] = field(default_factory=dict)
 
 
 class Sweeper:
-    """The periodic job of one process: each step in its own module, run in turn.
+    """The periodic jobs of one process: the sweep's steps, each in its own module, run in
+    turn; retention in a loop of its own.
     `consumers`: this process's consumers, rewound to the start of their partitions when the
     broker's epoch changes (none: a sweeper alone)."""
 
     def __init__(self, gw: Gateway, bootstrap: str, consumers: Sequence[ConsumerLoop] = ()) -> None:
         self._gw = gw
         self._recovery = BrokerRecovery(gw, bootstrap, consumers)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sweeper")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="sweeper"),
+            asyncio.create_task(self._retention(), name="retention"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+
+    async def _retention(self) -> None:
+        while True:
+            try:
+                pruned = await self.prune_once()
+            # KafkaError: an audit checkpoint's anchor; the sweep's canary reports outages
+            except (*_STORE_OR_OS, KafkaError) as exc:
+                log.warning("sweeper.failed", step="retention", error=type(exc).__name__)
+            except Unavailable as exc:
+                log.warning("sweeper.failed", step="retention", error=exc.code, detail=exc.detail)
+            else:
+                if pruned.total:  # what retention removed, by class (docs/data-lifecycle.md)
+                    log.info("sweeper.swept", pruned=pruned.total, pruned_classes=pruned.counts)
+            await asyncio.sleep(self._gw.settings.sweep_interval_seconds)
+
+    async def prune_once(self, now: dt.datetime | None = None) -> PruneReport:
+        """The retention step alone (the sweep leaves it to its own loop)."""
+        return await prune_report(self._gw, now or self._gw.clock.now())
 
     async def _run(self) -> None:
         while True:
@@ -99,8 +121,6 @@ class Sweeper:
         report.topics_recreated, report.replayed = await self._recovery.check(now)
         report.republished = await republish_undelivered(self._gw, now)
         report.resent, report.undeliverable = await resend_unacknowledged(self._gw, now)
-        pruned = await prune_report(self._gw, now)
-        report.pruned, report.pruned_classes = pruned.total, pruned.counts
         if report.replayed or report.republished or report.resent:
             self._gw.relay.wake()
         return report
