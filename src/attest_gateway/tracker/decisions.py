@@ -20,8 +20,9 @@ decision.
 
 The cubes published: the receiver drill-down's, and the geography's (national, regions and
 municipalities; the requests and the contact figures), each over every single year with
-cells and every run of years up to the last one with cells (so "the whole period" and "from
-year Y on"). Weeks are not published: a weekly report decides its cube when asked.
+cells and every run of years between the first and the last with cells (so "the whole
+period", "from year Y on" and any range of months). Weeks are not published: a weekly report
+decides its cube when asked.
 """
 
 from __future__ import annotations
@@ -62,9 +63,13 @@ CUBES: tuple[tuple[tuple[str, ...], bool], ...] = (
 
 
 def year_runs(first: int, last: int) -> list[tuple[int, int]]:
-    """The runs of years published: every single year, and every run ending at `last`."""
+    """The runs of years published: every single year, every run ending at `last` (the whole
+    period, "from year Y on"), then every other run (any range of months asked falls in one).
+    Only the runs that hold the current year change with every round; the others are decided
+    once and then only checked."""
     runs = [(year, year) for year in range(first, last + 1)]
     runs += [(year, last) for year in range(first, last)]
+    runs += [(a, b) for b in range(last - 1, first, -1) for a in range(first, b)]
     return runs
 
 
