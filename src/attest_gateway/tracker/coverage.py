@@ -24,6 +24,7 @@ left out (nobody needed to meet), one whose window is still open is pending.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -228,12 +229,16 @@ def _coverage_coord(f: Filters, row: Any) -> list[disclosure.Coord]:
     """The cube's cells a stored coverage row adds into: a week, month, quarter or year
     itself; a month's states also into its quarter and year (those keep citizens only)."""
     value = disclosure.ALL if row.case_kind == cr.ALL else str(row.case_kind)
-    start: dt.date = row.period_start
-    if row.state != cr.CITIZENS and row.period_kind == "month":
-        periods = disclosure.months_up("month", start)
-    else:
-        periods = [(str(row.period_kind), start.isoformat())]
+    up = row.state != cr.CITIZENS and row.period_kind == "month"
+    periods = _periods_of(str(row.period_kind), row.period_start, up=up)
     return [(kind, first, str(row.grain), str(row.place), value) for kind, first in periods]
+
+
+@functools.lru_cache(maxsize=4096)  # a few hundred periods per read, tens of thousands of rows
+def _periods_of(kind: str, start: dt.date, *, up: bool) -> tuple[tuple[str, str], ...]:
+    if up:
+        return tuple(disclosure.months_up("month", start))
+    return ((kind, start.isoformat()),)
 
 
 async def coverage(
