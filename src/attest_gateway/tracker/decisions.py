@@ -33,6 +33,7 @@ import datetime as dt
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -165,9 +166,10 @@ async def publish_histograms(
 ) -> None:
     """Publishes the duration distributions of `grain`'s cells for one year, per metric, for
     the months, quarters and the year: every type's cells summed (`all`, as report.py
-    `_histograms` sums them) and, where the reports read them so, per type (`each`)."""
+    `_histograms` sums them) and, where the reports read them so, every type's in one row
+    (`each`) or a row per type (`type`: the row's `types` is the type)."""
     modes = rep.PUBLISHED_HISTOGRAMS[grain]
-    each = "each" in modes
+    each = "each" in modes or "type" in modes
     t, cells = tracker_durations, tracker_cells
     c = cells.c
     cols = [c.period_start, c.dim, t.c.metric, t.c.bucket, *([c.attest_type] if each else [])]
@@ -188,11 +190,15 @@ async def publish_histograms(
     out: dict[tuple[str, str, str], dict[tuple[str, str, str], dict[int, int]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(int))
     )
+    ups: dict[dt.date, list[tuple[str, str]]] = {}  # a month's periods: a dozen, millions of rows
     async with engine.connect() as conn:
         for row in await conn.execute(stmt):
             month, dim, metric, bucket = row[0], str(row[1]), str(row[2]), int(row[3])
             n = int(row[-1])
-            for kind, start in disclosure.months_up("month", month):
+            periods = ups.get(month)
+            if periods is None:
+                periods = ups[month] = disclosure.months_up("month", month)
+            for kind, start in periods:
                 out[(metric, kind, "all")][(start, dim, r.ALL_TYPES)][bucket] += n
                 if each:
                     out[(metric, kind, "each")][(start, dim, str(row[4]))][bucket] += n
@@ -200,16 +206,25 @@ async def publish_histograms(
     rows = []
     for metric in sorted(r.METRIC_NAMES):
         for kind in ("month", "quarter", "year"):
-            for types in modes:
-                got = sorted(out.get((metric, kind, types), {}).items())
-                payload = [
-                    [period, dim, *([t_] if types == "each" else []),
-                     [x for b in sorted(hist) for x in (b, hist[b])]]
-                    for (period, dim, t_), hist in got
-                ]  # fmt: skip
-                rows.append({"metric": metric, "period_kind": kind, "grain": grain,
-                             "types": types, "year": year, "decided_at": now,
-                             "cells": orjson.dumps(payload).decode()})  # fmt: skip
+            for mode in modes:
+                got = sorted(
+                    out.get((metric, kind, "each" if mode == "type" else mode), {}).items()
+                )
+                payloads: dict[str, list[Any]] = defaultdict(list)
+                for (period, dim, t_), hist in got:
+                    flat = [x for b in sorted(hist) for x in (b, hist[b])]
+                    if mode == "type":  # a row of its own per type: its cells without the type
+                        payloads[t_].append([period, dim, flat])
+                    else:
+                        payloads[mode].append(
+                            [period, dim, *([t_] if mode == "each" else []), flat]
+                        )
+                if mode != "type":
+                    payloads.setdefault(mode, [])
+                for types, payload in sorted(payloads.items()):
+                    rows.append({"metric": metric, "period_kind": kind, "grain": grain,
+                                 "types": types, "year": year, "decided_at": now,
+                                 "cells": orjson.dumps(payload).decode()})  # fmt: skip
     async with engine.begin() as conn:
         await conn.execute(
             tracker_decision_histograms.delete().where(h.grain == grain, h.year == year)

@@ -523,13 +523,16 @@ async def _histograms(
 
 
 #: the duration distributions published per grain (tracker/decisions.py): `all`, every
-#: type's cells summed (an answer not by or of a type), `each`, per type
+#: type's cells summed (an answer not by or of a type); `each`, per type in one row a year;
+#: `type`, a row a year per type (the many units' grains: an answer of one type reads its own)
 PUBLISHED_HISTOGRAMS: dict[str, tuple[str, ...]] = {
-    "receiver": ("all",),
-    "municipality": ("all",),
+    "receiver": ("all", "type"),
+    "municipality": ("all", "type"),
     "region": ("all", "each"),
     "national": ("all", "each"),
 }
+#: the `types` of rows that are not one type's
+SUMMED_OR_ALL = ("all", "each")
 
 
 async def _published_histograms(
@@ -539,8 +542,9 @@ async def _published_histograms(
     None when they are not published for the answer's grain and types or some year asked."""
     own = _own(by, f)
     merged = by != "attest_type" and f.attest_type is None
-    types = "all" if merged else "each"
-    if types not in PUBLISHED_HISTOGRAMS.get(own, ()) or f.period == "week":
+    modes = PUBLISHED_HISTOGRAMS.get(own, ())
+    mode = "all" if merged else "each" if "each" in modes else "type"
+    if mode not in modes or f.period == "week":
         return None
     years = await data_years(conn, [own])
     if years is None:
@@ -549,23 +553,32 @@ async def _published_histograms(
     first = max(years[0], lo.year) if lo is not None else years[0]
     last = min(years[1], hi.year) if hi is not None else years[1]
     h = tracker_decision_histograms.c
-    stmt = sa.select(h.year, h.decided_at, h.cells).where(
-        h.metric == metric,
-        h.period_kind == f.period,
-        h.grain == own,
-        h.types == types,
-        h.year >= first,
-        h.year <= last,
-    )
+    where = [h.metric == metric, h.period_kind == f.period, h.grain == own,
+             h.year >= first, h.year <= last]  # fmt: skip
     out: dict[tuple[str | None, str], dict[int, int]] = {}
     found: set[int] = set()
     oldest: dt.datetime | None = None
-    for year, at, cells in await conn.execute(stmt):
-        found.add(int(year))
-        oldest = aware(at) if oldest is None else min(oldest, aware(at))
+    if mode == "type":  # the years published, from their `all` rows (a type may have none)
+        for year, at in await conn.execute(
+            sa.select(h.year, h.decided_at).where(*where, h.types == "all")
+        ):
+            found.add(int(year))
+            oldest = aware(at) if oldest is None else min(oldest, aware(at))
+        wanted = (h.types == f.attest_type if f.attest_type is not None
+                  else h.types.not_in(SUMMED_OR_ALL))  # fmt: skip
+    else:
+        wanted = h.types == mode
+    for year, at, types, cells in await conn.execute(
+        sa.select(h.year, h.decided_at, h.types, h.cells).where(*where, wanted)
+    ):
+        if mode != "type":
+            found.add(int(year))
+            oldest = aware(at) if oldest is None else min(oldest, aware(at))
         for cell in orjson.loads(cells):
             if merged:
                 (period, dim, flat), attest_type = cell, r.ALL_TYPES
+            elif mode == "type":
+                (period, dim, flat), attest_type = cell, str(types)
             else:
                 period, dim, attest_type, flat = cell
             coord = (f.period, period, own, dim, attest_type)

@@ -560,7 +560,7 @@ tracker_decision_histograms = sa.Table(
     sa.Column("metric", sa.String(32), primary_key=True),
     sa.Column("period_kind", sa.String(7), primary_key=True),
     sa.Column("grain", sa.String(16), primary_key=True),
-    sa.Column("types", sa.String(8), primary_key=True),
+    sa.Column("types", sa.String(16), primary_key=True),  # all, each or a type (0025)
     sa.Column("year", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("decided_at", Timestamp, nullable=False),
     sa.Column("cells", sa.Text, nullable=False),
