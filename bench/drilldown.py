@@ -50,6 +50,7 @@ from attest_gateway.tracker import decisions as pub
 from attest_gateway.tracker import latency as lat
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
+from attest_gateway.tracker import timing
 from bench.dashboard_rows import CASES_SQL
 from bench.tracker_scale import ADMIN_DSN, LOAD_SQL, build_rollups, fresh, url_for
 
@@ -132,14 +133,18 @@ LIVE: dict[str, Query] = {
         for by in ("national", "region", "municipality", "case_kind")
     },
     **{
-        f"request timing by {by}, {name}": _rows_report(
-            lambda c, rules, f, by, now, series: cov.request_timing(c, rules, f, by, series=series),
+        f"request timing by {by}, {name}{how}": _rows_report(
+            lambda c, rules, f, by, now, series, fn=fn: fn(c, rules, f, by, series=series),
             by,
             f,
             series=False,
         )
         for name, f in (("last 3 months", LAST_3_MONTHS), ("whole period", WHOLE))
-        for by in ("national", "municipality")
+        for by in ("national", "municipality", "case_kind")
+        for how, fn in (
+            ("", timing.request_timing),
+            (", from the rows", timing.request_timing_rows),
+        )
     },
     **{
         f"overdue by {by}, {name}": _rows_report(cov.open_overdue, by, f)

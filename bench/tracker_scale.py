@@ -53,7 +53,12 @@ from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
-from attest_gateway.infra.db.tables import tracker_counts, tracker_durations, tracker_latency
+from attest_gateway.infra.db.tables import (
+    tracker_counts,
+    tracker_durations,
+    tracker_latency,
+    tracker_request_weeks,
+)
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.consumer import TrackerState
@@ -298,6 +303,90 @@ GROUP BY GROUPING SETS ((p, attest_type{keys}), (p{keys}))
     return out
 
 
+_CELL = "grain, period_kind, period_start, attest_type, dim"
+
+# When in the absence requests are made (`tracker_request_weeks`): per request cell and
+# case-kind cell (`rules.case_kind_cells`, whose requests and distinct citizens are counted
+# here too), the requests per week of absence (`rules.absence_week`).
+WEEKS_SOURCE_SQL = f"""
+CREATE TEMP TABLE weeks_source AS
+SELECT attest_type, region_code, municipality, case_kind, case_ref,
+       (submitted_at AT TIME ZONE '{TZ}')::date AS sent,
+       CASE WHEN (submitted_at AT TIME ZONE '{TZ}')::date < first_day_of_absence THEN 0
+            ELSE least(((submitted_at AT TIME ZONE '{TZ}')::date - first_day_of_absence) / 7 + 1,
+                       {r.LAST_WEEK}) END AS w
+FROM tracker_conversations WHERE submitted_at IS NOT NULL
+"""
+WEEKS_TABLES_SQL = [
+    """
+CREATE TEMP TABLE bulk_kind_counts (grain text, period_kind text, period_start date,
+  attest_type text, dim text, requests bigint, citizens bigint)
+""",
+    """
+CREATE TEMP TABLE bulk_weeks (grain text, period_kind text, period_start date,
+  attest_type text, dim text, week smallint, n bigint)
+""",
+]
+
+
+def request_weeks_sql() -> list[str]:
+    out = [*WEEKS_TABLES_SQL, WEEKS_SOURCE_SQL]
+    for grain, dim in _PLACES:
+        for kind in ("week", "month"):
+            source = f"(SELECT *, date_trunc('{kind}', sent)::date AS p FROM weeks_source) AS c"
+            out.append(f"""
+INSERT INTO bulk_kind_counts (grain, period_kind, period_start, attest_type, dim, requests,
+  citizens)
+SELECT 'ck:{grain}', '{kind}', p, coalesce(attest_type, '*'), {dim} || '/' || case_kind,
+       count(*), count(DISTINCT case_ref)
+FROM {source}
+GROUP BY GROUPING SETS ((p, attest_type{_keys(dim, "case_kind")}),
+                        (p{_keys(dim, "case_kind")}))
+""")
+            for kinds in (False, True):
+                g = f"ck:{grain}" if kinds else grain
+                d = f"{dim} || '/' || case_kind" if kinds else dim
+                keys = _keys(dim, "w", *(("case_kind",) if kinds else ()))
+                out.append(f"""
+INSERT INTO bulk_weeks (grain, period_kind, period_start, attest_type, dim, week, n)
+SELECT '{g}', '{kind}', p, coalesce(attest_type, '*'), {d}, w, count(*)
+FROM {source}
+GROUP BY GROUPING SETS ((p, attest_type{keys}), (p{keys}))
+""")
+    return out
+
+
+TO_CELL_SQL = [
+    f"""
+INSERT INTO tracker_counts (cell_id, requests, citizens)
+SELECT c.id, b.requests, b.citizens FROM bulk_kind_counts b JOIN tracker_cells c
+  USING ({_CELL})
+""",
+    f"""
+INSERT INTO tracker_request_weeks (cell_id, week, n)
+SELECT c.id, b.week, b.n FROM bulk_weeks b JOIN tracker_cells c USING ({_CELL})
+""",
+    "DROP TABLE bulk_kind_counts",
+    "DROP TABLE bulk_weeks",
+    "DROP TABLE weeks_source",
+]
+
+
+async def build_request_weeks(conn: AsyncConnection) -> None:
+    """`tracker_request_weeks` and the case-kind cells' counters from the conversations (in
+    the caller's transaction; their rows must not be there yet)."""
+    for sql in request_weeks_sql():
+        await conn.exec_driver_sql(sql)
+    typed = sa.text(
+        f"SELECT {_CELL} FROM bulk_kind_counts UNION SELECT {_CELL} FROM bulk_weeks"
+    ).columns(period_start=sa.Date)
+    cells = [tuple(row) for row in await conn.execute(typed)]
+    for start in range(0, len(cells), 50_000):
+        await ensure_cells(conn, cells[start : start + 50_000])
+    await conn.exec_driver_sql(TO_CELL_SQL[0])
+    await without_constraints(conn, TO_CELL_SQL[1:], tables=("tracker_request_weeks",))
+
+
 def _bucket(seconds: str) -> str:
     return (
         f"CASE WHEN {seconds} < 60 THEN 0 ELSE "
@@ -334,7 +423,6 @@ GROUP BY metric, {kind}, bucket, attest_type{"" if dim.startswith("'") else f", 
     return out
 
 
-_CELL = "grain, period_kind, period_start, attest_type, dim"
 _COUNTERS = ", ".join(COUNTERS)
 
 # The bulk rollups are built by cell (the five columns), as the report reads them, in
@@ -390,10 +478,12 @@ SELECT conrelid::regclass::text AS tbl, conname, contype, pg_get_constraintdef(o
 """
 
 
-async def without_constraints(conn: AsyncConnection, sqls: list[str]) -> None:
-    """Run `sqls` with the rollup tables' primary keys and foreign keys dropped, then add
-    them again (primary keys first), as they were."""
-    rows = (await conn.execute(sa.text(CONSTRAINTS_SQL), {"tables": list(ROLLUP_TABLES)})).all()
+async def without_constraints(
+    conn: AsyncConnection, sqls: list[str], tables: tuple[str, ...] = ROLLUP_TABLES
+) -> None:
+    """Run `sqls` with the tables' primary keys and foreign keys dropped (the rollup
+    tables'), then add them again (primary keys first), as they were."""
+    rows = (await conn.execute(sa.text(CONSTRAINTS_SQL), {"tables": list(tables)})).all()
     for row in sorted(rows, key=lambda r: r.contype != "f"):  # references first
         await conn.exec_driver_sql(f'ALTER TABLE {row.tbl} DROP CONSTRAINT "{row.conname}"')
     for sql in sqls:
@@ -412,6 +502,7 @@ async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
         await conn.execute(tracker_counts.delete())
         await conn.execute(tracker_durations.delete())
         await conn.execute(tracker_latency.delete())
+        await conn.execute(tracker_request_weeks.delete())
         for name, sqls in (
             ("counts", BULK_TABLES_SQL + counts_sql() + kind_counts_sql()),
             ("samples", [samples_sql()]),
@@ -432,9 +523,13 @@ async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
             times[name] = round(time.perf_counter() - t0, 1)
             print(f"  rollup {name}: {times[name]:.1f} s", flush=True)
         await conn.exec_driver_sql("DROP TABLE samples")
+        t0 = time.perf_counter()
+        await build_request_weeks(conn)
+        times["request_weeks"] = round(time.perf_counter() - t0, 1)
+        print(f"  rollup request_weeks: {times['request_weeks']:.1f} s", flush=True)
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        for table in ("tracker_cells", "tracker_counts", "tracker_durations", "tracker_latency"):
+        for table in (*ROLLUP_TABLES, "tracker_cells", "tracker_request_weeks"):
             await conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
     return times
 
@@ -511,23 +606,27 @@ async def equivalence_check(admin: str, n: int) -> dict[str, Any]:
             live_counts = await _table(conn, tracker_counts)
             live_durations = await _table(conn, tracker_durations)
             live_latency = [row for row in await _table(conn, tracker_latency) if row[-1] != 0]
+            live_weeks = await _table(conn, tracker_request_weeks)
         await build_rollups(engine)
         async with engine.connect() as conn:
             bulk_counts = await _table(conn, tracker_counts)
             bulk_durations = await _table(conn, tracker_durations)
             bulk_latency = await _table(conn, tracker_latency)
+            bulk_weeks = await _table(conn, tracker_request_weeks)
     finally:
         await engine.dispose()
     same = (
         live_counts == bulk_counts
         and live_durations == bulk_durations
         and live_latency == bulk_latency
+        and live_weeks == bulk_weeks
     )
     if not same:
         diff = (
             set(live_counts) ^ set(bulk_counts)
             or set(live_durations) ^ set(bulk_durations)
             or set(live_latency) ^ set(bulk_latency)
+            or set(live_weeks) ^ set(bulk_weeks)
         )
         raise SystemExit(f"bulk rollups differ from the incremental ones: {sorted(diff)[:5]}")
     return {
@@ -537,6 +636,7 @@ async def equivalence_check(admin: str, n: int) -> dict[str, Any]:
         "count_cells": len(live_counts),
         "duration_cells": len(live_durations),
         "latency_rows": len(live_latency),
+        "request_week_rows": len(live_weeks),
         "identical": same,
     }
 

@@ -38,6 +38,7 @@ from attest_gateway.infra.db.tables import (
     tracker_episodes,
     tracker_latency,
     tracker_reminders,
+    tracker_request_weeks,
 )
 from attest_gateway.medcom.build import build_acknowledgement, build_attest_reply
 from attest_gateway.medcom.codes import MESSAGE_KIND_SYSTEM
@@ -191,6 +192,8 @@ async def snapshot_of(engine: AsyncEngine) -> dict[str, list[Any]]:
         # a request's open count that went up and down again (answered later) stays as 0
         rows = await conn.execute(with_cells(tracker_latency))
         out[tracker_latency.name] = [tuple(r) for r in rows if r.n != 0]
+        rows = await conn.execute(with_cells(tracker_request_weeks))
+        out[tracker_request_weeks.name] = [tuple(r) for r in rows]
     return out
 
 
@@ -622,6 +625,7 @@ async def test_no_cpr_number_in_any_tracker_table(harness: Harness, column: str)
             tracker_counts,
             tracker_durations,
             tracker_latency,
+            tracker_request_weeks,
             tracker_cell_citizens,
         ):
             for row in await conn.execute(sa.select(table)):
@@ -709,6 +713,7 @@ async def test_cell_ids_are_looked_up_again_after_a_failed_batch(
             for table in (
                 tracker_cell_citizens,
                 tracker_latency,
+                tracker_request_weeks,
                 tracker_durations,
                 tracker_counts,
                 tracker_cells,

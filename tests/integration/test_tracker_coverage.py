@@ -27,6 +27,8 @@ from attest_gateway.infra.db.tables import (
 )
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import latency as lat
+from attest_gateway.tracker import rules as r
+from attest_gateway.tracker import timing
 from attest_gateway.tracker.report import Filters
 from attest_gateway.tracker.rules import TrackerRules
 from tests.support.harness import fresh_database
@@ -280,17 +282,17 @@ async def test_latency_counts_the_open_requests(engine: AsyncEngine) -> None:
 async def test_the_week_of_absence_requests_are_made_in(engine: AsyncEngine) -> None:
     await _populate(engine)
     async with engine.connect() as conn:
-        rows = await cov.request_timing(
+        rows = await timing.request_timing_rows(
             conn, RULES, Filters("year", attest_type="LÆ 155"), "national", series=False
         )
     by_week = {row["week"]: row["requests"] for row in rows}
-    assert len(rows) == cov.LAST_WEEK + 1
+    assert len(rows) == r.LAST_WEEK + 1
     assert (by_week[3], by_week[8], sum(by_week.values())) == (4, 4, 8)
-    assert cov.absence_week(ABSENCE, ABSENCE) == 1
-    assert cov.absence_week(ABSENCE, ABSENCE + dt.timedelta(days=55)) == 8
-    assert cov.absence_week(ABSENCE, ABSENCE + dt.timedelta(days=56)) == 9
-    assert cov.absence_week(ABSENCE, ABSENCE - dt.timedelta(days=1)) == 0
-    assert cov.absence_week(ABSENCE, ABSENCE + dt.timedelta(days=400)) == cov.LAST_WEEK
+    assert r.absence_week(ABSENCE, ABSENCE) == 1
+    assert r.absence_week(ABSENCE, ABSENCE + dt.timedelta(days=55)) == 8
+    assert r.absence_week(ABSENCE, ABSENCE + dt.timedelta(days=56)) == 9
+    assert r.absence_week(ABSENCE, ABSENCE - dt.timedelta(days=1)) == 0
+    assert r.absence_week(ABSENCE, ABSENCE + dt.timedelta(days=400)) == r.LAST_WEEK
 
 
 async def test_open_overdue_requests_by_receiving_unit(engine: AsyncEngine) -> None:

@@ -55,6 +55,7 @@ from attest_gateway.tracker.store import (
     add_counts,
     add_duration,
     add_latency,
+    add_request_week,
     buffered_rollups,
 )
 
@@ -245,6 +246,16 @@ class TrackerState:
             region=row.region_code,
             municipality=row.municipality,
             receiver_kind=row.receiver_role or "unknown",
+        )
+
+    def case_kind_cells(self, row: Any, *, day: dt.date) -> Sequence[Cell]:
+        """The request's case-kind cells (requests, citizens and weeks of absence only)."""
+        return r.case_kind_cells(
+            day=day,
+            attest_type=row.attest_type,
+            region=row.region_code,
+            municipality=row.municipality,
+            case_kind=row.case_kind,
         )
 
     async def count_latency(self, conn: AsyncConnection, row: Any, *, opened: bool) -> None:
@@ -467,6 +478,13 @@ class TrackerState:
         kinds = self.kind_cells(row, day=day)
         await add_counts(conn, kinds, requests=1)
         await add_citizen(conn, kinds, row.case_ref)
+        case_kinds = self.case_kind_cells(row, day=day)
+        await add_counts(conn, case_kinds, requests=1)
+        await add_citizen(conn, case_kinds, row.case_ref)
+        week = r.absence_week(row.first_day_of_absence, day)
+        await add_request_week(
+            conn, (*self.request_cells(row, day=day, receiver=False), *case_kinds), week
+        )
         await self.count_latency(conn, row, opened=True)
         if row.replied_at is not None:  # the reply's event came first
             await self._decide_on_reply(conn, batch, row, aware(row.replied_at))

@@ -1,7 +1,8 @@
-"""The ministry's figures that need one row per case or request, not a rollup: contact over
-registered sickness cases, when in the absence requests are made, and the open overdue
-requests per receiver (request→attest latency with the open requests is read from a rollup:
-latency.py, which uses this module's cube).
+"""The ministry's figures that need one row per case or request, or use its cube: contact
+over registered sickness cases (from its rollup, `infra/db/coverage.py`, or from the rows as
+the reference), the open overdue requests per receiver, and a ressourceforløb case's wait for
+its health information. Request→attest latency (latency.py) and when in the absence requests
+are made (timing.py) are read from rollups and use this module's cube.
 
 Unlike report.py these read per-record tracker tables (`tracker_cases`, `tracker_treatments`,
 `tracker_contacts`, `tracker_conversations`) for the period asked, so they cost in proportion
@@ -462,74 +463,6 @@ def _request_conds(f: Filters) -> list[Any]:
     if end is not None:
         conds.append(tc.submitted_at < end)
     return conds
-
-
-# --- when in the absence requests are made ----------------------------------------------------
-
-LAST_WEEK = 27  # weeks of absence shown one by one; 27 stands for week 27 or later
-
-
-def absence_week(first_day: dt.date, requested: dt.date) -> int:
-    """The week of absence a request was made in (the first day of absence is day 1 of week
-    1); 0 before the absence, `LAST_WEEK` for week 27 or later."""
-    days = (requested - first_day).days
-    if days < 0:
-        return 0
-    return min(days // 7 + 1, LAST_WEEK)
-
-
-async def request_timing(
-    conn: AsyncConnection,
-    rules: r.TrackerRules,
-    f: Filters,
-    by: TimingBy,
-    *,
-    series: bool,
-) -> list[dict[str, Any]]:
-    """Requests per week of absence they were made in, per group: the distribution against
-    the first follow-up (end of week `late_request_weeks`, 8 for sygedagpenge)."""
-    tc = tracker_conversations.c
-    stmt = sa.select(
-        tc.submitted_at,
-        tc.first_day_of_absence,
-        tc.case_kind,
-        tc.region_code,
-        tc.municipality,
-        tc.case_ref,
-    ).where(*_request_conds(f))
-    items: list[Item] = []
-    for rec in await conn.execute(stmt):
-        day = rules.local_date(aware(rec.submitted_at))
-        items.append(
-            Item(
-                absence_week(rec.first_day_of_absence, day),
-                day,
-                str(rec.region_code),
-                str(rec.municipality),
-                str(rec.case_kind) if by == "case_kind" else None,
-                rec.case_ref,
-            )
-        )
-    rows = []
-    for row in publish(items, f, by, rules, series=series):
-        period, group = row.key
-        weeks: dict[int, int] = defaultdict(int)
-        for week in row.records:
-            weeks[week] += 1
-        total = len(row.records)
-        for week in range(LAST_WEEK + 1):
-            out: dict[str, Any] = {"period_start": period} if series else {}
-            out |= {
-                "group": group,
-                "label": _group_label(by, group),
-                "suppressed": not row.shown,
-                "week": week,
-            }
-            n = weeks.get(week, 0)
-            fields = {"requests": n, "share": r.rate(n, total)}
-            out |= fields if row.shown else dict.fromkeys(fields)
-            rows.append(out)
-    return rows
 
 
 # --- open overdue requests, by who is late ----------------------------------------------------

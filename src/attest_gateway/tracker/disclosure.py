@@ -687,3 +687,12 @@ def months_up(kind: str, month: dt.date) -> list[tuple[str, str]]:
         ("quarter", quarter.isoformat()),
         ("year", dt.date(month.year, 1, 1).isoformat()),
     ]
+
+
+@functools.lru_cache(maxsize=4096)  # a few hundred periods per read, tens of thousands of rows
+def stored_periods(kind: str, start: dt.date) -> tuple[tuple[str, str], ...]:
+    """The cube's (period kind, period start) cells a stored rollup cell (a week or a month)
+    adds into: a week itself; a month itself, its quarter and its year. (Cached: a tuple.)"""
+    if kind == "week":
+        return (("week", start.isoformat()),)
+    return tuple(months_up("month", start))

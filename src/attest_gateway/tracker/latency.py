@@ -22,7 +22,6 @@ report.py: such a cell may be suppressed where the rows would show it, never the
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -125,13 +124,6 @@ def _read(f: Filters, by: LatencyBy) -> tuple[list[str], list[str] | None]:
     return grains, [base]
 
 
-@functools.lru_cache(maxsize=4096)
-def _periods(weeks: bool, start: dt.date) -> tuple[tuple[str, str], ...]:
-    if weeks:
-        return (("week", start.isoformat()),)
-    return tuple(disclosure.months_up("month", start))
-
-
 def _coords(f: Filters, by: LatencyBy, row: Any) -> list[disclosure.Coord]:
     """The cube's cells a stored cell adds into: a week itself; a month itself, its quarter
     and its year (whose weight is then the most of its months': a lower bound)."""
@@ -147,7 +139,7 @@ def _coords(f: Filters, by: LatencyBy, row: Any) -> list[disclosure.Coord]:
             values = [disclosure.ALL, attest_type]
     else:
         values = [disclosure.ALL]
-    periods = _periods(f.period == "week", row.period_start)
+    periods = disclosure.stored_periods(str(row.period_kind), row.period_start)
     return [(kind, first, grain, dim, value) for kind, first in periods for value in values]
 
 
@@ -186,7 +178,14 @@ async def _cube(
     suppression, their distributions are not shown)."""
     cells, lat, counts = tracker_cells, tracker_latency, tracker_counts
     grains, _ = _read(f, by)
-    head = (cells.c.id, cells.c.grain, cells.c.period_start, cells.c.attest_type, cells.c.dim)
+    head = (
+        cells.c.id,
+        cells.c.grain,
+        cells.c.period_kind,
+        cells.c.period_start,
+        cells.c.attest_type,
+        cells.c.dim,
+    )
     read = sa.select(*head, counts.c.citizens).select_from(
         cells.join(counts, counts.c.cell_id == cells.c.id)
     )

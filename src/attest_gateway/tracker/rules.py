@@ -501,13 +501,31 @@ def cells_for(
 
 WEEKLY_HISTOGRAMS_NOT_KEPT: Final = frozenset({"municipality", "receiver"})
 
+LAST_WEEK: Final = 27  # weeks of absence counted one by one; 27 stands for week 27 or later
+
+
+def absence_week(first_day: dt.date, requested: dt.date) -> int:
+    """The week of absence a request was made in (the first day of absence is day 1 of week
+    1); 0 before the absence, `LAST_WEEK` for week 27 or later."""
+    days = (requested - first_day).days
+    if days < 0:
+        return 0
+    return min(days // 7 + 1, LAST_WEEK)
+
+
 # The grains of the receiver-kind cells, one per place grain: a request counted by its
-# receiver's kind (dim `<place>/<kind>`), for latency by receiver kind. They count requests
-# and distinct citizens only, and the reports of the other rollups never read them.
+# receiver's kind (dim `<place>/<kind>`), for latency by receiver kind; and of the case-kind
+# cells (dim `<place>/<case kind>`), for request timing by case kind. They count requests and
+# distinct citizens only, and the reports of the other rollups never read them.
 KIND_GRAINS: Final = {
     "national": "rk:national",
     "region": "rk:region",
     "municipality": "rk:municipality",
+}
+CASE_KIND_GRAINS: Final = {
+    "national": "ck:national",
+    "region": "ck:region",
+    "municipality": "ck:municipality",
 }
 
 
@@ -517,9 +535,28 @@ def kind_cells(
 ) -> tuple[tuple[str, str, dt.date, str, str], ...]:
     """The receiver-kind cells a request made on `day` counts in: per period kind and place
     grain, for its own attest type and for all types. (Cached: a tuple.)"""
+    return _breakdown_cells(KIND_GRAINS, day, attest_type, region, municipality, receiver_kind)
+
+
+@lru_cache(maxsize=65_536)
+def case_kind_cells(
+    *, day: dt.date, attest_type: str, region: str, municipality: str, case_kind: str
+) -> tuple[tuple[str, str, dt.date, str, str], ...]:
+    """The case-kind cells a request made on `day` counts in, as :func:`kind_cells`."""
+    return _breakdown_cells(CASE_KIND_GRAINS, day, attest_type, region, municipality, case_kind)
+
+
+def _breakdown_cells(
+    grains: Mapping[str, str],
+    day: dt.date,
+    attest_type: str,
+    region: str,
+    municipality: str,
+    value: str,
+) -> tuple[tuple[str, str, dt.date, str, str], ...]:
     places = (("national", "DK"), ("region", region), ("municipality", municipality))
     return tuple(
-        (KIND_GRAINS[grain], kind, period_start(day, kind), t, f"{where}/{receiver_kind}")
+        (grains[grain], kind, period_start(day, kind), t, f"{where}/{value}")
         for kind in PERIOD_KINDS
         for grain, where in places
         for t in (attest_type, ALL_TYPES)

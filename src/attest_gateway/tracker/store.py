@@ -5,10 +5,11 @@ PostgreSQL alike), so concurrent consumers never lose an increment. A cell's `ci
 counter goes up only when `tracker_cell_citizens` learns a case ref it did not hold.
 
 Inside :func:`buffered_rollups` the increments are summed in memory instead and written by
-:meth:`RollupBuffer.flush` in one upsert per table: a batch of events then costs four
+:meth:`RollupBuffer.flush` in one upsert per table: a batch of events then costs five
 statements for all its rollups (citizen memberships, counters, duration histograms, the
 request → attest distribution of `tracker_latency`, whose open count of a request goes down
-by one when its attest comes). Outside it, each call is a flush of its own.
+by one when its attest comes, and the requests per week of absence of
+`tracker_request_weeks`). Outside it, each call is a flush of its own.
 
 Cells (`tracker_cells`) are referred to by an integer id (migration 0011), a digest of the
 cell's five columns (:func:`cell_id`). A flush first makes sure its cells exist: those a
@@ -51,6 +52,7 @@ from attest_gateway.infra.db.tables import (
     tracker_counts,
     tracker_durations,
     tracker_latency,
+    tracker_request_weeks,
 )
 
 Cell = tuple[str, str, dt.date, str, str]  # grain, period_kind, period_start, attest_type, dim
@@ -70,6 +72,7 @@ COUNTERS = (
 DURATION_KEY = ("cell_id", "metric", "bucket")
 CITIZEN_KEY = ("cell_id", "case_ref")
 LATENCY_KEY = ("cell_id", "state", "day")
+WEEKS_KEY = ("cell_id", "week")
 ANSWERED, OPEN = "answered", "open"  # tracker_latency's states
 _COUNTER_INDEX = {name: i for i, name in enumerate(COUNTERS)}
 LOOKUP_CHUNK = 1000  # cell ids per select
@@ -106,18 +109,26 @@ def _statements(dialect: str) -> dict[str, RowsInsert]:
             set_={"n": tracker_latency.c.n + i.excluded.n},
         )
     )
+    weeks = rows_insert(dialect, tracker_request_weeks, order_by=WEEKS_KEY).on(
+        lambda i: i.on_conflict_do_update(
+            index_elements=list(WEEKS_KEY),
+            set_={"n": tracker_request_weeks.c.n + i.excluded.n},
+        )
+    )
     # The rows are built as tuples in these columns' order.
     assert cells.columns == ("id", *CELL_COLUMNS)
     assert counts.columns == ("cell_id", *COUNTERS)
     assert durations.columns == (*DURATION_KEY, "n")
     assert citizens.columns == CITIZEN_KEY
     assert latency.columns == (*LATENCY_KEY, "n")
+    assert weeks.columns == (*WEEKS_KEY, "n")
     return {
         "cells": cells,
         "counts": counts,
         "durations": durations,
         "citizens": citizens,
         "latency": latency,
+        "weeks": weeks,
     }
 
 
@@ -207,6 +218,7 @@ class RollupBuffer:
         self.durations: dict[tuple[str, Cell, int], int] = {}
         self.citizens: set[tuple[Cell, str]] = set()
         self.latency: dict[tuple[Cell, str, int], int] = {}
+        self.weeks: dict[tuple[Cell, int], int] = {}
         self.known = known if known is not None else KnownCells()
         self.written: set[Cell] = set()  # cells made sure of by this buffer's flushes
 
@@ -240,12 +252,19 @@ class RollupBuffer:
                 key = (cell, OPEN, (sent_on - cell[2]).days)
             latency[key] = latency.get(key, 0) + n
 
+    def add_week(self, cells: Sequence[Cell], week: int) -> None:
+        weeks = self.weeks
+        for cell in cells:
+            key = (cell, week)
+            weeks[key] = weeks.get(key, 0) + 1
+
     async def _ids(self, conn: AsyncConnection) -> dict[Cell, int]:
         """The ids of every cell this flush writes, each made sure of."""
         cells = {cell for cell, _ in self.citizens}
         cells.update(self.counts)
         cells.update(cell for _, cell, _ in self.durations)
         cells.update(cell for cell, _, _ in self.latency)
+        cells.update(cell for cell, _ in self.weeks)
         known, written = self.known, self.written
         missing = [c for c in cells if c not in known and c not in written]
         if missing and conn.dialect.name == "postgresql":
@@ -289,7 +308,12 @@ class RollupBuffer:
         if latency:
             insert = statements["latency"]
             await conn.execute(insert.statement, insert.params(latency))
+        if self.weeks:
+            insert = statements["weeks"]
+            weeks = [(ids[cell], week, n) for (cell, week), n in self.weeks.items()]
+            await conn.execute(insert.statement, insert.params(weeks))
         self.counts, self.durations, self.citizens, self.latency = {}, {}, set(), {}
+        self.weeks = {}
 
 
 _buffer: ContextVar[RollupBuffer | None] = ContextVar("tracker_rollup_buffer", default=None)
@@ -355,6 +379,12 @@ async def add_latency(
         await _add(
             conn, lambda b: b.add_latency(cells, answered_days=answered_days, sent_on=sent_on, n=n)
         )
+
+
+async def add_request_week(conn: AsyncConnection, cells: Sequence[Cell], week: int) -> None:
+    """Count a request made in week `week` of its citizen's absence in each cell."""
+    if cells:
+        await _add(conn, lambda b: b.add_week(cells, week))
 
 
 def with_cells(table: sa.Table) -> sa.Select[Any]:

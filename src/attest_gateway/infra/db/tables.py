@@ -487,6 +487,20 @@ tracker_latency = sa.Table(
     postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
 )
 
+# When in the absence requests are made (migration 0026), per request cell (grain national,
+# region or municipality; week and month; the attest type and `*`) and per case-kind cell
+# (grain `ck:<place grain>`, dim `<place>/<case kind>`, whose `tracker_counts` row counts its
+# requests and citizens only): `n` requests made in week `week` of the citizen's absence (the
+# first day of absence is day 1 of week 1; 0 before it, 27 for week 27 or later).
+tracker_request_weeks = sa.Table(
+    "tracker_request_weeks",
+    metadata,
+    _cell_id(),
+    sa.Column("week", sa.SmallInteger, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
+)
+
 # Contact over registered cases as a rollup (migration 0022, infra/db/coverage.py). One row per
 # counted case (its kind is a contact case kind and its citizen has a psychiatric course), with
 # its decision: the source of its first direct contact in the window, `closed_early`, or

@@ -34,6 +34,7 @@ from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import latency as lat
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
+from attest_gateway.tracker import timing
 from attest_gateway.tracker.scope import scope_of, within
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
@@ -231,7 +232,7 @@ async def request_timing(
     f = within(f, scope_of(org), by)
     rules = _rules(request)
     async with _engine(request).connect() as conn:
-        rows = await cov.request_timing(conn, rules, f, by, series=series)
+        rows = await timing.request_timing(conn, rules, f, by, series=series)
     extra = {"follow_up_weeks": dict(rules.late_request_weeks)}
     return _answer(f"request-timing-{by}", rows, format, _meta(f, rules) | extra)
 
