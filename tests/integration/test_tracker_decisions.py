@@ -32,6 +32,7 @@ from attest_gateway.infra.db.tables import (
 from attest_gateway.tracker import decisions as pub
 from attest_gateway.tracker import disclosure
 from attest_gateway.tracker import report as rep
+from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.consumer import TrackerState
 from attest_gateway.tracker.report import Filters
 from attest_gateway.tracker.rules import TrackerRules
@@ -104,19 +105,25 @@ FILTERS = [
     Filters("month", date_from=dt.date(2025, 3, 1), date_to=dt.date(2025, 9, 30)),
     Filters("month", date_from=dt.date(2026, 2, 1), attest_type="LÆ 155"),
     Filters("year", municipality="461", region="1083"),
+    Filters("week"),
+    Filters("week", date_from=dt.date(2026, 6, 3), date_to=dt.date(2026, 9, 20)),
+    Filters("week", date_from=dt.date(2025, 12, 31), region="1084"),
 ]
 BY: tuple[rep.By, ...] = ("receiver", "municipality", "region", "national", "attest_type")
 
 
-async def _answers(engine: AsyncEngine) -> tuple[dict[str, Any], list[dt.datetime | None]]:
+async def _answers(engine: AsyncEngine) -> tuple[dict[str, Any], dict[str, dt.datetime | None]]:
     """Every report's rows, and the `decided_at` of each answer."""
     out: dict[str, Any] = {}
-    as_of: list[dt.datetime | None] = []
+    as_of: dict[str, dt.datetime | None] = {}
     async with engine.connect() as conn:
         for f in FILTERS:
             for by in BY:
                 for series in (False, True):
                     for name in ("durations", "deadlines", "contacts"):
+                        if (name == "durations" and f.period == "week"
+                                and by in r.WEEKLY_HISTOGRAMS_NOT_KEPT):  # fmt: skip
+                            continue  # refused: not kept weekly
                         memo = rep.Memo()
                         if name == "durations":
                             rows = await rep.durations(conn, RULES, "request_to_attest", f, by,
@@ -128,9 +135,9 @@ async def _answers(engine: AsyncEngine) -> tuple[dict[str, Any], list[dt.datetim
                             rows = await rep.contacts(conn, RULES, f, by, series=series,
                                                       memo=memo)  # fmt: skip
                         out[f"{name} {by} {series} {f}"] = rows
-                        as_of.append(memo.decided_at)
+                        as_of[f"{name} {by} {series} {f}"] = memo.decided_at
             report = await rep.report(conn, RULES, f)
-            as_of.append(
+            as_of[f"report {f}"] = (
                 None if report["decisions_as_of"] is None
                 else dt.datetime.fromisoformat(report["decisions_as_of"])
             )  # fmt: skip
@@ -153,28 +160,35 @@ async def test_a_published_decision_answers_as_deciding_when_asked(engine: Async
     since = dt.datetime(2025, 1, 2, tzinfo=dt.UTC)
     await _track(engine, _events(rng, 300, since=since, receivers=RECEIVERS))
     asked, asked_as_of = await _answers(engine)
-    assert set(asked_as_of) == {None}  # nothing published: every cube decided when asked
+    assert set(asked_as_of.values()) == {None}  # nothing published: all decided when asked
     receivers = [row for key, rows in asked.items() if key.startswith("deadlines receiver True")
                  for row in rows]  # fmt: skip
     assert any(row["suppressed"] for row in receivers)
     assert any(not row["suppressed"] for row in receivers)
 
     done = await pub.publish(engine, RULES, now=NOW)
-    # three cubes × (2025, 2026, 2025–2026)
-    assert len(done) == 9
+    # five cubes (three of months, two of weeks) × (2025, 2026, 2025–2026)
+    assert len(done) == 15
     assert await pub.publish(engine, RULES, now=NOW) == []  # nothing changed: nothing decided
 
     read, read_as_of = await _answers(engine)
     assert read == asked
-    assert set(read_as_of) == {NOW}  # every answer read a published decision
+    # every answer read a published decision, but the receiving units' weeks
+    weekly_units = {k for k in read_as_of if k.startswith("deadlines receiver")
+                    and "period='week'" in k}  # fmt: skip
+    assert weekly_units
+    assert {read_as_of[k] for k in weekly_units} == {None}
+    assert {v for k, v in read_as_of.items() if k not in weekly_units} == {NOW}
 
     # the published decision is decide_cube's over the same cube, and holds
-    for grains, contact in pub.CUBES:
-        name = rep.cube_name(grains, contact=contact, first=2025, last=2026, threshold=5)
+    for grains, contact, kind in pub.CUBES:
+        name = rep.cube_name(grains, contact=contact, first=2025, last=2026, threshold=5,
+                             kind=kind)  # fmt: skip
         async with engine.connect() as conn:
-            cube = await rep.cube_of(conn, Filters("month", dt.date(2025, 1, 1),
+            cube = await rep.cube_of(conn, Filters(kind, dt.date(2025, 1, 6),
                                                    dt.date(2026, 12, 31)),
                                      grains, rep._types(contact=contact))  # fmt: skip
+        assert cube or contact, (grains, kind)
         weights = {c: v["citizens_lb"] for c, v in cube.items()}
         hidden = disclosure.decide_cube(weights, rep.region_of_municipalities(), 5)
         published = await _published(engine, name)
@@ -192,6 +206,8 @@ async def test_a_published_decision_answers_as_deciding_when_asked(engine: Async
         await conn.execute(tracker_durations.delete())
     async with engine.connect() as conn:
         for f in FILTERS:
+            if f.period == "week":  # weekly distributions are read from the rollup
+                continue
             for by in BY:
                 for series in (False, True):
                     key = f"durations {by} {series} {f}"
@@ -241,9 +257,11 @@ async def test_decisions_of_cubes_no_longer_published_are_removed(engine: AsyncE
     rng = random.Random(3)
     await _track(engine, _events(rng, 120, since=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
                                  receivers=RECEIVERS[:6]))  # fmt: skip
-    assert len(await pub.publish(engine, RULES, now=NOW)) == 3
+    assert (
+        len(await pub.publish(engine, RULES, now=NOW)) == 5
+    )  # three cubes of months, two of weeks
     stricter = TrackerRules.build(min_cell_citizens=7)
-    assert len(await pub.publish(engine, stricter, now=NOW)) == 3
+    assert len(await pub.publish(engine, stricter, now=NOW)) == 5
     async with engine.connect() as conn:
         names = set((await conn.execute(sa.select(tracker_decisions.c.cube))).scalars())
         parts = set((await conn.execute(sa.select(tracker_decision_cells.c.cube))).scalars())

@@ -19,10 +19,11 @@ when that was (`decisions_as_of`): cells that appeared since are not in it until
 decision.
 
 The cubes published: the receiver drill-down's, and the geography's (national, regions and
-municipalities; the requests and the contact figures), each over every single year with
-cells and every run of years between the first and the last with cells (so "the whole
-period", "from year Y on" and any range of months). Weeks are not published: a weekly report
-decides its cube when asked.
+municipalities; the requests and the contact figures) of months (with their quarters and
+years) and of weeks, each over every single year with cells and every run of years between
+the first and the last with cells (so "the whole period", "from year Y on" and any range of
+months or weeks: a report's cube is always of whole years, `report.cube_range`). The
+receiving units' weeks are not published: such a report decides its cube when asked.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ from attest_gateway.tracker.consumer import CONTACT_ATTEST
 
 log = structlog.get_logger(__name__)
 
-#: the cubes published: their grains, and whether of the contact figures
-CUBES: tuple[tuple[tuple[str, ...], bool], ...] = (
-    (("national", "receiver"), False),
-    (("national", "region", "municipality"), False),
-    (("national", "region", "municipality"), True),
+#: the cubes published: their grains, whether of the contact figures, their stored period kind
+CUBES: tuple[tuple[tuple[str, ...], bool, r.PeriodKind], ...] = (
+    (("national", "receiver"), False, "month"),
+    (("national", "region", "municipality"), False, "month"),
+    (("national", "region", "municipality"), True, "month"),
+    *((grains, contact, "week") for grains in rep.PUBLISHED_WEEKS for contact in (False, True)),
 )
 
 
@@ -74,8 +76,9 @@ def year_runs(first: int, last: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _filters(first: int, last: int) -> rep.Filters:
-    return rep.Filters("month", dt.date(first, 1, 1), dt.date(last, 12, 31))
+def _filters(first: int, last: int, kind: r.PeriodKind) -> rep.Filters:
+    start = rep.first_week(first) if kind == "week" else dt.date(first, 1, 1)
+    return rep.Filters(kind, start, dt.date(last, 12, 31))
 
 
 async def digest(
@@ -107,13 +110,16 @@ async def publish_cube(
     first: int,
     last: int,
     now: dt.datetime,
+    kind: r.PeriodKind = "month",
     force: bool = False,
 ) -> bool:
     """Decides one cube again if its weights changed since its published decision (or
     `force`), and publishes the decision. Whether it did."""
     threshold = rules.min_cell_citizens
-    name = rep.cube_name(grains, contact=contact, first=first, last=last, threshold=threshold)
-    f = _filters(first, last)
+    name = rep.cube_name(
+        grains, contact=contact, first=first, last=last, threshold=threshold, kind=kind
+    )
+    f = _filters(first, last, kind)
     d = tracker_decisions.c
     async with engine.connect() as conn:
         before = await digest(conn, f, grains, contact=contact)
@@ -237,7 +243,7 @@ async def publish(
     rules: r.TrackerRules,
     *,
     now: dt.datetime,
-    cubes: Sequence[tuple[tuple[str, ...], bool]] = CUBES,
+    cubes: Sequence[tuple[tuple[str, ...], bool, r.PeriodKind]] = CUBES,
 ) -> list[str]:
     """Decides again and publishes every cube of `cubes` whose weights changed, and removes
     the decisions of cubes no longer published (years without cells, another threshold).
@@ -246,21 +252,22 @@ async def publish(
     decided: list[tuple[tuple[str, ...], bool, int, int]] = []
     keep: set[str] = set()
     threshold = rules.min_cell_citizens
-    for grains, contact in cubes:
+    for grains, contact, kind in cubes:
         async with engine.connect() as conn:
-            years = await rep.data_years(conn, grains)
+            years = await rep.data_years(conn, grains, kind)
         if years is None:
             continue
         for first, last in year_runs(*years):
             name = rep.cube_name(
-                grains, contact=contact, first=first, last=last, threshold=threshold
+                grains, contact=contact, first=first, last=last, threshold=threshold, kind=kind
             )
             keep.add(name)
             if await publish_cube(
-                engine, rules, grains, contact=contact, first=first, last=last, now=now
+                engine, rules, grains, contact=contact, first=first, last=last, now=now, kind=kind
             ):
                 done.append(name)
-                decided.append((grains, contact, first, last))
+                if kind == "month":
+                    decided.append((grains, contact, first, last))
     for grain in rep.PUBLISHED_HISTOGRAMS:
         async with engine.connect() as conn:
             years = await rep.data_years(conn, [grain])

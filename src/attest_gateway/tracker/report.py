@@ -25,7 +25,7 @@ import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 import sqlalchemy as sa
@@ -125,12 +125,20 @@ def _stored_kind(f: Filters) -> r.PeriodKind:
 
 def cube_range(f: Filters) -> tuple[dt.date | None, dt.date | None]:
     """The days whose cells decide the suppression: the range asked, widened to whole years
-    for months, quarters and years (so that a quarter's or a year's cell is whole, and its
-    months are decided with it whatever the range asked)."""
+    (so that a quarter's or a year's cell is whole, its months are decided with it, and a
+    cell is decided alike whatever the range asked). A week belongs to the year it starts in:
+    a weekly cube runs from the first Monday of the first year to the last day of the last."""
     lo, hi = f.date_from, f.date_to
     if f.period == "week":
-        return (r.period_start(lo, "week") if lo else None), hi
+        first = first_week(r.period_start(lo, "week").year) if lo else None
+        return first, (dt.date(r.period_start(hi, "week").year, 12, 31) if hi else None)
     return (dt.date(lo.year, 1, 1) if lo else None), (dt.date(hi.year, 12, 31) if hi else None)
+
+
+def first_week(year: int) -> dt.date:
+    """The start of the first week that starts in `year` (its first Monday)."""
+    jan1 = dt.date(year, 1, 1)
+    return jan1 + dt.timedelta(days=-jan1.weekday() % 7)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -340,16 +348,30 @@ def _selection(by: By, f: Filters, *, contact: bool) -> tuple[str, list[str] | N
 
 
 def cube_name(
-    levels: Sequence[str], *, contact: bool, first: int, last: int, threshold: int
+    levels: Sequence[str],
+    *,
+    contact: bool,
+    first: int,
+    last: int,
+    threshold: int,
+    kind: r.PeriodKind = "month",
 ) -> str:
     """The key of a published decision: the grains, the figure (contact or the requests),
-    the whole years and the threshold of the cube decided."""
+    the stored period kind (weeks, or months with their quarters and years), the whole years
+    and the threshold of the cube decided."""
     figure = "contact" if contact else "requests"
-    return f"{figure}:{'+'.join(levels)}:month:{first}-{last}:{threshold}"
+    return f"{figure}:{'+'.join(levels)}:{kind}:{first}-{last}:{threshold}"
 
 
-async def data_years(conn: AsyncConnection, grains: Sequence[str]) -> tuple[int, int] | None:
-    """The first and last year with a month cell of `grains` (None: none)."""
+#: the grains whose weekly cubes are published (the receiving units' are decided when asked)
+PUBLISHED_WEEKS: Final = frozenset({("national", "region", "municipality")})
+
+
+async def data_years(
+    conn: AsyncConnection, grains: Sequence[str], kind: r.PeriodKind = "month"
+) -> tuple[int, int] | None:
+    """The first and last year with a cell of `kind` of `grains` (None: none); a week's
+    year is the year it starts in."""
     c = tracker_cells.c
     first: dt.date | None = None
     last: dt.date | None = None
@@ -357,7 +379,7 @@ async def data_years(conn: AsyncConnection, grains: Sequence[str]) -> tuple[int,
         lo, hi = (
             await conn.execute(
                 sa.select(sa.func.min(c.period_start), sa.func.max(c.period_start)).where(
-                    c.grain == grain, c.period_kind == "month"
+                    c.grain == grain, c.period_kind == kind
                 )
             )
         ).one()
@@ -372,11 +394,15 @@ async def published_decision(
 ) -> tuple[str, dt.datetime] | None:
     """The key and time of the published decision of the cube an answer decides, or None.
     The cube's years are those asked (`cube_range`) within the years that have cells (the
-    cells of other years are none, so the cube is the same). Weeks are never published."""
-    if f.period == "week" or (not contact and f.attest_type == CONTACT_ATTEST):
+    cells of other years are none, so the cube is the same). Weeks are published for the
+    geography's cubes only (`PUBLISHED_WEEKS`)."""
+    if not contact and f.attest_type == CONTACT_ATTEST:
         return None
     levels = _levels(by)
-    years = await data_years(conn, levels)
+    kind = _stored_kind(f)
+    if kind == "week" and tuple(levels) not in PUBLISHED_WEEKS:
+        return None
+    years = await data_years(conn, levels, kind)
     if years is None:
         return None
     lo, hi = cube_range(f)
@@ -385,7 +411,12 @@ async def published_decision(
     if first > last:
         return None
     name = cube_name(
-        levels, contact=contact, first=first, last=last, threshold=rules.min_cell_citizens
+        levels,
+        contact=contact,
+        first=first,
+        last=last,
+        threshold=rules.min_cell_citizens,
+        kind=kind,
     )
     d = tracker_decisions.c
     at = (await conn.execute(sa.select(d.decided_at).where(d.cube == name))).scalar_one_or_none()
