@@ -39,12 +39,13 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
+from alembic import command
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.infra.db import coverage as cr
 from attest_gateway.infra.db.engine import make_engine
-from attest_gateway.infra.db.migrate import upgrade_async
-from attest_gateway.infra.db.tables import tracker_decisions
+from attest_gateway.infra.db.migrate import alembic_config, upgrade_async
+from attest_gateway.infra.db.tables import tracker_decisions, tracker_request_weeks
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import decisions as pub
 from attest_gateway.tracker import latency as lat
@@ -52,7 +53,14 @@ from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker import timing
 from bench.dashboard_rows import CASES_SQL
-from bench.tracker_scale import ADMIN_DSN, LOAD_SQL, build_rollups, fresh, url_for
+from bench.tracker_scale import (
+    ADMIN_DSN,
+    LOAD_SQL,
+    build_request_weeks,
+    build_rollups,
+    fresh,
+    url_for,
+)
 
 Query = Callable[[AsyncConnection, rep.Memo], Awaitable[Any]]
 RULES = r.TrackerRules.build()
@@ -238,6 +246,12 @@ async def main() -> None:
     parser.add_argument(
         "--no-publish", action="store_true", help="with --reuse: leave the decisions as they are"
     )
+    parser.add_argument(
+        "--bulk-0026",
+        action="store_true",
+        help="with --reuse on a database at 0025: migration 0026's rollup built in bulk SQL "
+        "(tracker_scale.build_request_weeks) instead of its fill in Python, and stamped",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, Any] = {
@@ -248,6 +262,8 @@ async def main() -> None:
     url = url_for(args.admin_dsn, args.database)
     if not args.reuse:
         url = await fresh(args.admin_dsn, args.database)
+    if args.reuse and args.bulk_0026:
+        results["bulk_0026_s"] = await bulk_0026(url)
     await upgrade_async(url)
     engine = make_engine(url)
     try:
@@ -303,6 +319,33 @@ async def main() -> None:
     results["load_average_end"] = os.getloadavg()
     results["finished"] = dt.datetime.now(dt.UTC).isoformat()
     _save(args.out, results)
+
+
+async def bulk_0026(url: str) -> float:
+    """Migration 0026 on a database at 0025, its fill made by the bulk SQL the benchmark
+    builds the other rollups with (checked identical to the tracker's in
+    `tracker_scale.equivalence_check`): its table created, filled, stamped."""
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            at = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).all()
+        if ("0025",) not in at:
+            raise SystemExit(f"--bulk-0026 needs a database at 0025, not {at}")
+        t0 = time.perf_counter()
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("SET LOCAL work_mem = '1GB'")
+            await conn.run_sync(lambda sync: tracker_request_weeks.create(sync))
+            await build_request_weeks(conn)
+        seconds = time.perf_counter() - t0
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for table in ("tracker_request_weeks", "tracker_cells", "tracker_counts"):
+                await conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
+    finally:
+        await engine.dispose()
+    await asyncio.to_thread(command.stamp, alembic_config(url), "0026")
+    print(f"migration 0026 in bulk: {seconds:.1f} s", flush=True)
+    return round(seconds, 1)
 
 
 def _save(out: Path | None, results: dict[str, Any]) -> None:
