@@ -279,26 +279,41 @@ async def coverage(
     ):
         for coord in _coverage_coord(f, row):
             weights[coord] = int(row.n)
-    # the states of the answer's own grain (weeks, or months for every coarser period)
+    # the states of the answer's own grain (weeks, or months for every coarser period); the
+    # open cases of a period over a month ago are all without contact now (their windows
+    # ended in it), summed in SQL: only the recent periods' are read per last day
     figures: dict[disclosure.Coord, Counter[str]] = defaultdict(Counter)
-    for stored in await conn.execute(
-        sa.select(
-            t.period_kind, t.period_start, t.grain, t.place, t.case_kind, t.state, t.day, t.n
-        ).where(
+    recent = today - dt.timedelta(days=31)
+    own_cells = (
+        t.period_kind == ("week" if f.period == "week" else "month"),
+        t.grain == _own(by, f),
+        t.n != 0,
+        t.case_kind != cr.ALL if breakdown else t.case_kind == cr.ALL,
+        *conds,
+    )
+    state = sa.case((t.state == cr.OPEN, sa.literal("without")), else_=t.state)
+    head = (t.period_kind, t.period_start, t.grain, t.place, t.case_kind)
+    settled = (
+        sa.select(*head, state.label("state"), sa.func.sum(t.n).label("n"))
+        .where(
             t.state != cr.CITIZENS,
-            t.period_kind == ("week" if f.period == "week" else "month"),
-            t.grain == _own(by, f),
-            t.n != 0,
-            t.case_kind != cr.ALL if breakdown else t.case_kind == cr.ALL,
-            *conds,
+            sa.or_(t.state != cr.OPEN, t.period_start < recent),
+            *own_cells,
+        )
+        .group_by(*head, state)
+    )
+    for stored in await conn.execute(settled):
+        for coord in _coverage_coord(f, stored):
+            figures[coord][str(stored.state)] += int(stored.n)
+    for per_day in await conn.execute(
+        sa.select(*head, t.state, t.day, t.n).where(
+            t.state == cr.OPEN, t.period_start >= recent, *own_cells
         )
     ):
-        state = str(stored.state)
-        if state == cr.OPEN:
-            window_end = stored.period_start + dt.timedelta(days=int(stored.day))
-            state = "without" if window_end < today else "pending"
-        for coord in _coverage_coord(f, stored):
-            figures[coord][state] += int(stored.n)
+        window_end = per_day.period_start + dt.timedelta(days=int(per_day.day))
+        state_now = "without" if window_end < today else "pending"
+        for coord in _coverage_coord(f, per_day):
+            figures[coord][state_now] += int(per_day.n)
     region_of = region_of_municipalities()
     hidden = disclosure.decide_cube(weights, region_of, rules.min_cell_citizens)
     rows: dict[tuple[str | None, str], tuple[Counter[str], int, bool]] = {}
