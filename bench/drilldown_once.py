@@ -6,13 +6,15 @@ and a digest of the answer (to tell whether two versions answer the same).
     PYTHONPATH=src .venv/bin/python bench/drilldown_once.py --database attest_drill_1m \\
         "durations by receiver, whole period"
 
-Only what every version has is used (report.py's `durations`, `deadlines`, `report`).
+Only what every version since 2026-12-07 has is used (report.py's `durations`, `deadlines`,
+`report` with its `Memo`; latency.py's and coverage.py's reports).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import time
@@ -22,11 +24,15 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.tracker import coverage as cov
+from attest_gateway.tracker import latency as lat
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 
 RULES = r.TrackerRules.build()
 WHOLE = rep.Filters()
+TODAY = dt.date.today()
+LAST_26_WEEKS = rep.Filters("week", TODAY - dt.timedelta(weeks=26), TODAY)
 
 QUERIES: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
     "durations by receiver, whole period": lambda c: rep.durations(
@@ -42,6 +48,22 @@ QUERIES: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
         c, RULES, WHOLE, "municipality", series=True
     ),
     "report, whole period": lambda c: rep.report(c, RULES, WHOLE),
+    "report, weekly, last 26 weeks": lambda c: rep.report(c, RULES, LAST_26_WEEKS),
+    "report, weekly, last 26 weeks, decided when asked": lambda c: rep.report(
+        c, RULES, LAST_26_WEEKS, memo=rep.Memo(use_published=False)
+    ),
+    "latency by national, last 26 weeks": lambda c: lat.latency(
+        c, RULES, LAST_26_WEEKS, "national", series=False, now=dt.datetime.now(dt.UTC)
+    ),
+    "latency by region, last 26 weeks, weekly series": lambda c: lat.latency(
+        c, RULES, LAST_26_WEEKS, "region", series=True, now=dt.datetime.now(dt.UTC)
+    ),
+    "coverage by region, last 26 weeks": lambda c: cov.coverage(
+        c, RULES, LAST_26_WEEKS, "region", series=False, now=dt.datetime.now(dt.UTC)
+    ),
+    "coverage by municipality, whole period": lambda c: cov.coverage(
+        c, RULES, WHOLE, "municipality", series=False, now=dt.datetime.now(dt.UTC)
+    ),
 }
 
 

@@ -54,6 +54,7 @@ from attest_gateway.tracker.report import (
     in_range,
     label,
     region_of_municipalities,
+    rows_range,
 )
 from attest_gateway.tracker.survival import kaplan_meier
 
@@ -265,6 +266,15 @@ async def coverage(
         conds.append(t.period_start >= lo)
     if hi is not None:
         conds.append(t.period_start <= hi)
+    # the answer's rows are made of fewer stored cells (for weeks, those of the weeks asked)
+    row_lo, row_hi = rows_range(f)
+    row_conds: list[Any] = []
+    if row_lo is not None:
+        row_conds.append(
+            t.period_start >= r.period_start(row_lo, "week" if f.period == "week" else "month")
+        )
+    if row_hi is not None:
+        row_conds.append(t.period_start <= row_hi)
     weight_kinds = ["week"] if f.period == "week" else ["month", "quarter", "year"]
     weights: dict[disclosure.Coord, int] = {}
     # the cube's cells, every place: their citizens (a breakdown's cells and their whole)
@@ -289,7 +299,7 @@ async def coverage(
         t.grain == _own(by, f),
         t.n != 0,
         t.case_kind != cr.ALL if breakdown else t.case_kind == cr.ALL,
-        *conds,
+        *row_conds,
     )
     state = sa.case((t.state == cr.OPEN, sa.literal("without")), else_=t.state)
     head = (t.period_kind, t.period_start, t.grain, t.place, t.case_kind)

@@ -53,6 +53,7 @@ from attest_gateway.tracker.report import (
     cube_range,
     label,
     region_of_municipalities,
+    rows_range,
 )
 from attest_gateway.tracker.store import ANSWERED, OPEN
 from attest_gateway.tracker.survival import kaplan_meier_counts
@@ -143,12 +144,14 @@ def _coords(f: Filters, by: LatencyBy, row: Any) -> list[disclosure.Coord]:
     return [(kind, first, grain, dim, value) for kind, first in periods for value in values]
 
 
-def _cells_read(f: Filters, by: LatencyBy, grains: list[str]) -> list[Any]:
+def _cells_read(f: Filters, by: LatencyBy, grains: list[str], *, rows: bool = False) -> list[Any]:
+    """The stored cells of `grains` the cube holds (`rows`: only those the answer's rows are
+    made of)."""
     cells = tracker_cells
     _, types = _read(f, by)
     stored: r.PeriodKind = "week" if f.period == "week" else "month"
     conds: list[Any] = [cells.c.grain.in_(grains), cells.c.period_kind == stored]
-    lo, hi = cube_range(f)
+    lo, hi = rows_range(f) if rows else cube_range(f)
     if lo is not None:
         conds.append(cells.c.period_start >= r.period_start(lo, stored))
     if hi is not None:
@@ -200,7 +203,7 @@ async def _cube(
     distributions = (
         sa.select(lat.c.cell_id, lat.c.state, lat.c.day, lat.c.n)
         .select_from(cells.join(lat, lat.c.cell_id == cells.c.id))
-        .where(*_cells_read(f, by, _own_grains(f, by)), lat.c.n != 0)
+        .where(*_cells_read(f, by, _own_grains(f, by), rows=True), lat.c.n != 0)
     )
     for row in await conn.execute(distributions):
         start = starts.get(row.cell_id)

@@ -135,6 +135,15 @@ def cube_range(f: Filters) -> tuple[dt.date | None, dt.date | None]:
     return (dt.date(lo.year, 1, 1) if lo else None), (dt.date(hi.year, 12, 31) if hi else None)
 
 
+def rows_range(f: Filters) -> tuple[dt.date | None, dt.date | None]:
+    """The days whose stored cells make the answer's rows (the cube's cells are decided over
+    more, `cube_range`): for weeks the weeks asked; for months, quarters and years as the
+    cube (a quarter's or a year's row is its months')."""
+    if f.period == "week":
+        return (r.period_start(f.date_from, "week") if f.date_from else None), f.date_to
+    return cube_range(f)
+
+
 def first_week(year: int) -> dt.date:
     """The start of the first week that starts in `year` (its first Monday)."""
     jan1 = dt.date(year, 1, 1)
@@ -525,27 +534,29 @@ async def _histograms(
     own = _own(by, f)
     _weekly_kept(f, own)
     t, cells = tracker_durations, tracker_cells
-    cols = [cells.c.period_start, cells.c.grain, cells.c.dim, cells.c.attest_type]
+    # the histograms are per type: summed in SQL into the all-types one unless by type
+    summed = by != "attest_type" and f.attest_type is None
+    key = [cells.c.period_start, cells.c.grain, cells.c.dim]
+    if not summed:
+        key.append(cells.c.attest_type)
+    of_type = sa.literal(r.ALL_TYPES) if summed else cells.c.attest_type
     types = [f.attest_type] if f.attest_type is not None else None
-    days = cube_range(f)  # whole quarters and years, as the counts'
+    days = rows_range(f)  # whole quarters and years, as the counts'
     stmt = (
-        sa.select(*cols, t.c.bucket, sa.func.sum(t.c.n).label("n"))
+        sa.select(*key[:3], of_type.label("attest_type"), t.c.bucket, sa.func.sum(t.c.n).label("n"))
         .select_from(cells.join(t, t.c.cell_id == cells.c.id))
         .where(
             t.c.metric == metric,
             *_where(cells, f, [own], types, days),
             cells.c.attest_type != r.ALL_TYPES,
         )
-        .group_by(*cols, t.c.bucket)
+        .group_by(*key, t.c.bucket)
     )
     out: dict[tuple[str | None, str], dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for row in await conn.execute(stmt):
-        # the histograms are per type: summed into the all-types row unless by type
         coord = _coords(f, row)[
             0 if f.period in ("week", "month") else 1 if f.period == "quarter" else 2
         ]
-        if by != "attest_type" and f.attest_type is None:
-            coord = (*coord[:4], r.ALL_TYPES)
         group = _wanted(by, f, coord, contact=False, own=own)
         if group is None:
             continue

@@ -44,7 +44,13 @@ from attest_gateway.tracker.coverage import (
     publish,
     row_key,
 )
-from attest_gateway.tracker.report import Filters, cube_range, label, region_of_municipalities
+from attest_gateway.tracker.report import (
+    Filters,
+    cube_range,
+    label,
+    region_of_municipalities,
+    rows_range,
+)
 
 Weeks = Counter[int]  # requests per week of absence
 
@@ -83,7 +89,9 @@ def _grains(by: TimingBy, grains: tuple[str, ...]) -> list[str]:
     return list(grains)
 
 
-def _conds(f: Filters, grains: list[str]) -> list[Any]:
+def _conds(f: Filters, grains: list[str], *, rows: bool = False) -> list[Any]:
+    """The stored cells of `grains` the cube holds (`rows`: only those the answer's rows are
+    made of)."""
     cells = tracker_cells.c
     stored: r.PeriodKind = "week" if f.period == "week" else "month"
     conds: list[Any] = [
@@ -91,7 +99,7 @@ def _conds(f: Filters, grains: list[str]) -> list[Any]:
         cells.period_kind == stored,
         cells.attest_type == (f.attest_type or r.ALL_TYPES),
     ]
-    lo, hi = cube_range(f)
+    lo, hi = rows_range(f) if rows else cube_range(f)
     if lo is not None:
         conds.append(cells.period_start >= r.period_start(lo, stored))
     if hi is not None:
@@ -130,7 +138,7 @@ async def _cube(
     for row in await conn.execute(
         sa.select(weeks.c.cell_id, weeks.c.week, weeks.c.n)
         .select_from(cells.join(weeks, weeks.c.cell_id == cells.c.id))
-        .where(*_conds(f, own_grains), weeks.c.n != 0)
+        .where(*_conds(f, own_grains, rows=True), weeks.c.n != 0)
     ):
         own[row.cell_id][int(row.week)] += int(row.n)
     weights: dict[disclosure.Coord, int] = {}
