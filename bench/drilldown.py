@@ -49,6 +49,7 @@ from attest_gateway.infra.db.tables import tracker_decisions, tracker_request_we
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import decisions as pub
 from attest_gateway.tracker import latency as lat
+from attest_gateway.tracker import overdue as ovd
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker import timing
@@ -155,9 +156,10 @@ LIVE: dict[str, Query] = {
         )
     },
     **{
-        f"overdue by {by}, {name}": _rows_report(cov.open_overdue, by, f)
+        f"overdue by {by}, {name}{how}": _rows_report(fn, by, f)
         for name, f in (("last 3 months", LAST_3_MONTHS), ("whole period", WHOLE))
         for by in ("receiver", "municipality")
+        for how, fn in (("", ovd.open_overdue), (", from the rows", ovd.open_overdue_rows))
     },
     **{
         f"rehabilitation by {by}, {name}": _rows_report(cov.rehabilitation, by, f, series=False)

@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.core.identifiers import municipalities
+from attest_gateway.infra.db import overdue as overdue_rollup
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.tables import (
@@ -471,6 +472,7 @@ SELECT c.id, b.state, b.day, b.n FROM bulk_latency b JOIN tracker_cells c USING 
 # added again after: checked row by row, the references alone cost one lookup of a cell per
 # inserted row (tens of millions at national volume); added again, each is one sort or join.
 ROLLUP_TABLES = ("tracker_counts", "tracker_durations", "tracker_latency")
+OVERDUE_TABLES = ("tracker_overdue_cells", "tracker_overdue", "tracker_overdue_citizens")
 CONSTRAINTS_SQL = """
 SELECT conrelid::regclass::text AS tbl, conname, contype, pg_get_constraintdef(oid) AS definition
   FROM pg_constraint
@@ -527,9 +529,13 @@ async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
         await build_request_weeks(conn)
         times["request_weeks"] = round(time.perf_counter() - t0, 1)
         print(f"  rollup request_weeks: {times['request_weeks']:.1f} s", flush=True)
+        t0 = time.perf_counter()
+        await overdue_rollup.rebuild(conn, TZ)  # the tracker's own code: few rows
+        times["overdue"] = round(time.perf_counter() - t0, 1)
+        print(f"  rollup overdue: {times['overdue']:.1f} s", flush=True)
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        for table in (*ROLLUP_TABLES, "tracker_cells", "tracker_request_weeks"):
+        for table in (*ROLLUP_TABLES, "tracker_cells", "tracker_request_weeks", *OVERDUE_TABLES):
             await conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
     return times
 

@@ -16,6 +16,7 @@ import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.infra.db import coverage as cr
+from attest_gateway.infra.db import overdue as overdue_rollup
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.tables import (
@@ -27,6 +28,7 @@ from attest_gateway.infra.db.tables import (
 )
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import latency as lat
+from attest_gateway.tracker import overdue as ovd
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker import timing
 from attest_gateway.tracker.report import Filters
@@ -296,20 +298,23 @@ async def test_the_week_of_absence_requests_are_made_in(engine: AsyncEngine) -> 
 
 
 async def test_open_overdue_requests_by_receiving_unit(engine: AsyncEngine) -> None:
+    """The rollup, built from the rows written here (the tracker keeps it as it goes:
+    test_tracker_overdue.py), answers as the rows do."""
     await _populate(engine)
-    async with engine.connect() as conn:
-        [unit] = await cov.open_overdue(conn, RULES, Filters("year"), "receiver", now=NOW)
-        [municipality] = await cov.open_overdue(
-            conn, RULES, Filters("year"), "municipality", now=NOW
-        )
-    assert unit == {
-        "label": "Psykiatrisk Center Test",
-        "receiver_kind": "psychiatry",
-        "suppressed": False,
-        "open_overdue": 4,
-        "most_days_overdue": 20,  # due 2026-05-26
-    }
-    assert (municipality["group"], municipality["open_overdue"]) == ("101", 4)
+    async with engine.begin() as conn:
+        assert await overdue_rollup.rebuild(conn, RULES.timezone) == 4
+    for report in (ovd.open_overdue, ovd.open_overdue_rows):
+        async with engine.connect() as conn:
+            [unit] = await report(conn, RULES, Filters("year"), "receiver", now=NOW)
+            [municipality] = await report(conn, RULES, Filters("year"), "municipality", now=NOW)
+        assert unit == {
+            "label": "Psykiatrisk Center Test",
+            "receiver_kind": "psychiatry",
+            "suppressed": False,
+            "open_overdue": 4,
+            "most_days_overdue": 20,  # due 2026-05-26
+        }, report
+        assert (municipality["group"], municipality["open_overdue"]) == ("101", 4), report
 
 
 async def test_ressourceforloeb_waits_for_its_health_information(engine: AsyncEngine) -> None:

@@ -44,6 +44,7 @@ from attest_gateway.core.attests import AttestType
 from attest_gateway.core.directory import Role
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Malformed, Unavailable
 from attest_gateway.infra.db import coverage as coverage_rollup
+from attest_gateway.infra.db import overdue as overdue_rollup
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, dialect_insert, one_of_param
 from attest_gateway.infra.db.pseudonyms import StoreKey
 from attest_gateway.infra.db.tables import organisations, tracker_conversations, tracker_episodes
@@ -184,16 +185,22 @@ class Conversations:
     to the write (PostgreSQL: `SELECT … FOR UPDATE` in id order; SQLite: the insert takes the
     write lock first), so the in-memory rows are the truth for the transaction."""
 
-    def __init__(self, rows: dict[str, SimpleNamespace], created: set[str]) -> None:
+    def __init__(self, rows: dict[str, SimpleNamespace], created: set[str], timezone: str) -> None:
         self.rows = rows
         self.created = created  # new in this batch; their first event sets up contact episodes
         self.dirty: set[str] = set()
+        self.timezone = timezone
+        # each changed row's open overdue request as it was before the batch changed it
+        self.overdue_before: dict[str, overdue_rollup.Overdue | None] = {}
         self.episodes = Episodes()
         # citizens with a request to psychiatry sent or answered in the batch: their cases'
         # contact decisions may change (the coverage rollup)
         self.coverage_refs: set[str] = set()
 
     def set(self, row: SimpleNamespace, **values: Any) -> None:
+        cid = row.conversation_id
+        if cid not in self.overdue_before:
+            self.overdue_before[cid] = overdue_rollup.key_of(row, self.timezone)
         for name, value in values.items():
             setattr(row, name, value)
         self.dirty.add(row.conversation_id)
@@ -201,9 +208,21 @@ class Conversations:
             self.coverage_refs.add(row.case_ref)
 
     async def write(self, conn: AsyncConnection) -> None:
+        """Write the changed rows back, and move the requests whose open overdue state
+        changed in the open overdue rollup (`infra/db/overdue.py`)."""
         await self.episodes.write(conn)
         if not self.dirty:
             return
+        gone, came = [], []
+        for cid, before in self.overdue_before.items():
+            after = overdue_rollup.key_of(self.rows[cid], self.timezone)
+            if before != after:
+                if before is not None:
+                    gone.append(before)
+                if after is not None:
+                    came.append(after)
+        self.overdue_before.clear()
+        await overdue_rollup.move(conn, gone, came)
         params = [
             {"b_cid": cid} | {f"b_{c}": getattr(self.rows[cid], c) for c in MUTABLE}
             for cid in sorted(self.dirty)
@@ -336,7 +355,7 @@ class TrackerState:
         if existing:
             result = await conn.execute(statements["select"], {"b_ids": existing})
             rows |= {row.conversation_id: SimpleNamespace(**row._mapping) for row in result}
-        batch = Conversations(rows, created)
+        batch = Conversations(rows, created, self.rules.timezone)
         episodes: dict[EpisodeKey, dict[str, Any]] = {}
         for cid in created:
             row = rows[cid]

@@ -38,7 +38,6 @@ from attest_gateway.core.directory import Role
 from attest_gateway.infra.db import coverage as cr
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import (
-    organisations,
     tracker_cases,
     tracker_contacts,
     tracker_conversations,
@@ -488,72 +487,6 @@ def _request_conds(f: Filters) -> list[Any]:
     if end is not None:
         conds.append(tc.submitted_at < end)
     return conds
-
-
-# --- open overdue requests, by who is late ----------------------------------------------------
-
-
-async def open_overdue(
-    conn: AsyncConnection, rules: r.TrackerRules, f: Filters, by: OverdueBy, *, now: dt.datetime
-) -> list[dict[str, Any]]:
-    """Requests past their deadline without an attest now, per receiving unit (its directory
-    name) or per municipality, with the oldest one's days past its deadline."""
-    tc = tracker_conversations.c
-    conds = [*_request_conds(f), tc.outcome == "overdue", tc.replied_at.is_(None)]
-    stmt = (
-        sa.select(
-            tc.receiver_org,
-            organisations.c.name,
-            organisations.c.role,
-            tc.municipality,
-            tc.region_code,
-            tc.due_date,
-            tc.submitted_at,
-            tc.case_ref,
-        )
-        .select_from(
-            tracker_conversations.outerjoin(
-                organisations, organisations.c.id == tracker_conversations.c.receiver_org
-            )
-        )
-        .where(*conds)
-    )
-    today = rules.local_date(now)
-    names: dict[str, tuple[str, str | None]] = {}
-    items: list[Item] = []
-    for rec in await conn.execute(stmt):
-        names[str(rec.receiver_org)] = (rec.name or "?", rec.role)
-        late = (today - rec.due_date).days if rec.due_date is not None else 0
-        items.append(
-            Item(
-                late,
-                rules.local_date(aware(rec.submitted_at)),
-                str(rec.region_code),
-                str(rec.municipality),
-                str(rec.receiver_org) if by == "receiver" else None,
-                rec.case_ref,
-            )
-        )
-    # the list is over the whole range asked, one row per unit or municipality
-    published = publish(items, f, by, rules, series=False)
-    rows = []
-    for row in sorted(published, key=lambda x: (-len(x.records), _overdue_name(by, x, names))):
-        group = row.key[1]
-        out: dict[str, Any] = (
-            {"group": group, "label": _overdue_name(by, row, names)}
-            if by == "municipality"
-            else {"label": names[group][0], "receiver_kind": names[group][1]}
-        )
-        out["suppressed"] = not row.shown
-        fields = {"open_overdue": len(row.records), "most_days_overdue": max(row.records)}
-        out |= fields if row.shown else dict.fromkeys(fields)
-        rows.append(out)
-    return rows
-
-
-def _overdue_name(by: str, row: Row, names: dict[str, tuple[str, str | None]]) -> str:
-    group = row.key[1]
-    return names[group][0] if by == "receiver" else label("municipality", group)
 
 
 # --- a ressourceforløb case's health information -----------------------------------------------

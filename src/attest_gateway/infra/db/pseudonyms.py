@@ -34,6 +34,7 @@ from attest_gateway.infra.db.tables import (
     tracker_contacts,
     tracker_conversations,
     tracker_episodes,
+    tracker_overdue_citizens,
     tracker_treatments,
 )
 
@@ -50,6 +51,7 @@ REF_COLUMNS: tuple[sa.Column[Any], ...] = (
     tracker_cases.c.case_ref,
     tracker_treatments.c.case_ref,
     tracker_cell_citizens.c.case_ref,
+    tracker_overdue_citizens.c.case_ref,
     case_closures.c.case_ref,  # NULL once the case is erased
 )
 

@@ -501,6 +501,44 @@ tracker_request_weeks = sa.Table(
     postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
 )
 
+# The requests open and overdue now (migration 0027, infra/db/overdue.py), per cell: week or
+# month of the day the request was made, grain national, region or municipality and its place,
+# the receiving unit (`receiver`, "" for all) and the attest type or `*`; the cell's id is a
+# digest of those six columns (`overdue.cell_id`). `requests` and `citizens` (distinct, its
+# weight for disclosure control) of the cell; per due date its requests (9999-12-31: overdue
+# without a known due date); per citizen its requests. Rows at 0 are deleted.
+tracker_overdue_cells = sa.Table(
+    "tracker_overdue_cells",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("period_kind", sa.String(7), nullable=False),
+    sa.Column("period_start", sa.Date, nullable=False),
+    sa.Column("grain", sa.String(16), nullable=False),
+    sa.Column("place", sa.String(4), nullable=False),
+    sa.Column("receiver", sa.String(64), nullable=False),
+    sa.Column("attest_type", sa.String(16), nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("citizens", sa.BigInteger, nullable=False),
+    sa.Index(None, "period_kind", "grain", "period_start"),
+)
+
+tracker_overdue = sa.Table(
+    "tracker_overdue",
+    metadata,
+    sa.Column("cell_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("due_date", sa.Date, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
+
+tracker_overdue_citizens = sa.Table(
+    "tracker_overdue_citizens",
+    metadata,
+    sa.Column("cell_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("case_ref", sa.String(64), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Index(None, "case_ref"),  # re-keying finds them so
+)
+
 # Contact over registered cases as a rollup (migration 0022, infra/db/coverage.py). One row per
 # counted case (its kind is a contact case kind and its citizen has a psychiatric course), with
 # its decision: the source of its first direct contact in the window, `closed_early`, or

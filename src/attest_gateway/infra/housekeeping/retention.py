@@ -46,6 +46,7 @@ from attest_gateway.crypto.pseudonyms import key_id_of
 from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit
+from attest_gateway.infra.db import overdue as overdue_rollup
 from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.grants import may_prune_audit
@@ -247,11 +248,20 @@ async def prune_store(
             engine, ago(s.sealed_cpr_retention_days * DAY), conversation_cutoff, pace
         ),
     )
-    await _prune_tracker(engine, report, ago(s.tracker_timeline_retention_days * DAY), pace)
+    await _prune_tracker(
+        engine, report, ago(s.tracker_timeline_retention_days * DAY), pace, s.tracker_timezone
+    )
     report.add(
         "cases_erased",
         await erase_closed_cases(
-            engine, topics, now, pace.batch, s.gateway_org_id, pause=pace.pause, duty=pace.duty
+            engine,
+            topics,
+            now,
+            pace.batch,
+            s.gateway_org_id,
+            pause=pace.pause,
+            duty=pace.duty,
+            timezone=s.tracker_timezone,
         ),
     )
     return report
@@ -299,6 +309,7 @@ async def erase_closed_cases(
     *,
     pause: float = 0.0,
     duty: float = 1.0,
+    timezone: str = "Europe/Copenhagen",
 ) -> int:
     """Erase the closed cases whose time has come, `cases_per_transaction(batch)` cases per
     transaction (each statement set-based over all of them), their audit entries appended
@@ -319,7 +330,7 @@ async def erase_closed_cases(
             )
         for start in range(0, len(ids), per):
             async with engine.begin() as conn:
-                events = await _erase_cases(conn, ids[start : start + per], now, actor)
+                events = await _erase_cases(conn, ids[start : start + per], now, actor, timezone)
                 await audit.record_many(conn, topics, events)
             erased += len(events)
             await pace.between_batches()
@@ -332,7 +343,11 @@ _Case = tuple[str, str, str]
 
 
 async def _erase_cases(
-    conn: AsyncConnection, closure_ids: Sequence[str], now: dt.datetime, actor: str
+    conn: AsyncConnection,
+    closure_ids: Sequence[str],
+    now: dt.datetime,
+    actor: str,
+    timezone: str,
 ) -> list[AuditEvent]:
     """What identifies the citizen in each of these closed cases, with one statement per
     table for all of them: its conversations made up to the closure with everything of
@@ -397,6 +412,7 @@ async def _erase_cases(
             await conn.execute(table.delete().where(column.in_(conv_ids)))
         await conn.execute(outbox.delete().where(outbox.c.key.in_(conv_ids)))
     if tracked:
+        await overdue_rollup.forget(conn, timezone, tracked)  # open overdue no more
         await conn.execute(
             tracker_reminders.delete().where(tracker_reminders.c.conversation_id.in_(tracked))
         )
@@ -569,7 +585,7 @@ async def _prune_conversations(engine: AsyncEngine, cutoff: dt.datetime, pace: _
 
 
 async def _prune_tracker(
-    engine: AsyncEngine, report: PruneReport, cutoff: dt.datetime, pace: _Pace
+    engine: AsyncEngine, report: PruneReport, cutoff: dt.datetime, pace: _Pace, timezone: str
 ) -> None:
     """The tracker's rows about single conversations, episodes and contacts, once decided and
     past the retention period, and registered sickness cases and treatments once closed or
@@ -589,6 +605,8 @@ async def _prune_tracker(
                 )
             )
             if ids:
+                # a request open and overdue that long leaves the open overdue rollup with it
+                await overdue_rollup.forget(conn, timezone, ids)
                 await conn.execute(
                     tracker_reminders.delete().where(tracker_reminders.c.conversation_id.in_(ids))
                 )

@@ -32,6 +32,7 @@ from attest_gateway.entrypoints.http.auth import (
 )
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import latency as lat
+from attest_gateway.tracker import overdue as ovd
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker import timing
@@ -251,7 +252,7 @@ async def overdue(
     rules = _rules(request)
     gw = gateway_of(request)
     async with gw.engine.connect() as conn:
-        rows = await cov.open_overdue(conn, rules, f, by, now=gw.clock.now())
+        rows = await ovd.open_overdue(conn, rules, f, by, now=gw.clock.now())
     return _answer(f"overdue-{by}", rows, format, _meta(f, rules))
 
 

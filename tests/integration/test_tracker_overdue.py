@@ -1,0 +1,323 @@
+"""The open overdue requests read from their rollup (tracker/overdue.py, infra/db/overdue.py)
+on both databases: generated conversations go through the real tracker, out of order and
+replayed, requests flagged overdue then answered with or without the attest, their deadline
+moved, or left open; the rollup is always what a rebuild from the rows gives, every grouping
+and filter answers what the rows give (`open_overdue_rows`), retention and the erasure of a
+closed case take their requests out, and migration 0027 fills it as the tracker wrote it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from attest_gateway.config import load_settings
+from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
+from attest_gateway.core.attests import ReplyKind
+from attest_gateway.infra.db import overdue as ov
+from attest_gateway.infra.db.engine import make_engine
+from attest_gateway.infra.db.migrate import alembic_config, upgrade_async
+from attest_gateway.infra.db.tables import (
+    case_closures,
+    organisations,
+    tracker_conversations,
+    tracker_overdue,
+    tracker_overdue_cells,
+    tracker_overdue_citizens,
+)
+from attest_gateway.infra.housekeeping.retention import prune_store
+from attest_gateway.infra.kafka.topics import Topics
+from attest_gateway.tracker.consumer import TrackerState
+from attest_gateway.tracker.overdue import open_overdue, open_overdue_rows
+from attest_gateway.tracker.report import Filters
+from attest_gateway.tracker.rules import TrackerRules
+from attest_gateway.tracker.store import buffered_rollups
+from tests.support.harness import fresh_database
+
+NOW = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.UTC)
+PLACES = (("101", "1084"), ("147", "1084"), ("461", "1083"), ("751", "1082"))
+TYPES = ("LÆ 155", "LÆ 265")
+RECEIVERS = (("gp-1", "Lægehuset Test", "gp"), ("psy-1", "Psykiatrien Test", "psychiatry"))
+TOPICS = Topics("medcom.messages", "gateway.tracking", "gateway.dead-letter", "gateway.audit", "c")
+RULES = TrackerRules.build()
+
+
+@pytest_asyncio.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with fresh_database(request.param, tmp_path) as url:
+        await upgrade_async(url)
+        yield url
+
+
+@pytest_asyncio.fixture
+async def engine(url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            organisations.insert(),
+            [{"id": i, "name": name, "role": role, "custodial": False, "enabled": True,
+              "created_at": NOW} for i, name, role in RECEIVERS],
+        )  # fmt: skip
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _events(rng: random.Random, n: int, citizens: int, span: float) -> list[StageEvent]:
+    """n conversations made over `span` days, the last 16 days before NOW. Most past their
+    deadline are flagged overdue (the sweep's event, two days after); of those some are then
+    answered with the attest or without it, or their deadline moved, and the rest stay open."""
+    events = []
+    for _ in range(n):
+        municipality, region = rng.choice(PLACES)
+        submitted = NOW - dt.timedelta(days=16 + rng.uniform(0, span))
+        deadline = submitted.date() + dt.timedelta(days=14)
+        meta: dict[str, Any] = {
+            "conversation_id": str(uuid.uuid4()),
+            "message_id": str(uuid.uuid4()),
+            "message_type": MessageType.ATTEST_REQUEST,
+            "attest_type": rng.choice(TYPES),
+            "case_kind": "sygedagpenge",
+            "municipality": municipality,
+            "region_code": region,
+            "jobcenter_org": f"jc-{municipality}",
+            "receiver_org": rng.choice(RECEIVERS)[0],
+            "case_ref": f"a1b2c3.{rng.randrange(citizens):032x}",
+            "psychiatric_course": False,
+            "first_day_of_absence": submitted.date() - dt.timedelta(days=20),
+            "reply_deadline": deadline,
+        }
+
+        def event(
+            stage: Stage, at: dt.datetime, detail: str | None = None, meta: Any = meta
+        ) -> None:
+            events.append(
+                StageEvent(event_id=str(uuid.uuid4()), stage=stage, at=at, detail=detail, **meta)
+            )
+
+        event(Stage.SUBMITTED, submitted)
+        flagged = dt.datetime.combine(deadline + dt.timedelta(days=2), dt.time(8), dt.UTC)
+        fate = rng.random()
+        if flagged < NOW and fate < 0.75:
+            event(Stage.OVERDUE, flagged, f"due {deadline.isoformat()}")
+            later = flagged + dt.timedelta(days=rng.uniform(0.5, 15))
+            then = rng.random()
+            if later >= NOW or then < 0.45:
+                continue  # open and overdue
+            if then < 0.65:
+                event(Stage.REPLIED, later)  # the attest, late
+            elif then < 0.8:
+                event(Stage.REPLIED, later, ReplyKind.NOT_IN_TREATMENT.value)
+            else:  # the job centre gives more time (the request stays flagged)
+                moved = (deadline + dt.timedelta(days=rng.randint(5, 60))).isoformat()
+                event(Stage.DEADLINE_EXTENDED, later, moved)
+        elif fate < 0.9:
+            answered = submitted + dt.timedelta(days=rng.uniform(1, 12))
+            if answered < NOW:
+                event(Stage.REPLIED, answered)
+        else:
+            event(Stage.CANCELLED, submitted + dt.timedelta(days=1))
+    return events
+
+
+async def _apply(engine: AsyncEngine, state: TrackerState, events: Sequence[StageEvent]) -> None:
+    """The events in one transaction, as the tracker's consumer applies a batch."""
+    async with engine.begin() as conn:
+        with buffered_rollups(state.cells) as rollups:
+            batch = await state.conversations(conn, events)
+            for e in events:
+                await state.apply_stage(conn, e, batch)
+            await batch.write(conn)
+            await rollups.flush(conn)
+
+
+async def _track(
+    engine: AsyncEngine, seed: int, n: int, citizens: int, span: float = 200
+) -> list[StageEvent]:
+    rng = random.Random(seed)
+    events = _events(rng, n, citizens, span)
+    rng.shuffle(events)  # in any order: an overdue or a reply before its request
+    replayed = events + events[: len(events) // 3]  # and some again
+    state = TrackerState(RULES)
+    for start in range(0, len(replayed), 40):  # batches: one request's events may share one
+        await _apply(engine, state, replayed[start : start + 40])
+    return events
+
+
+async def _rollup(engine: AsyncEngine) -> dict[str, list[tuple[Any, ...]]]:
+    async with engine.connect() as conn:
+        return {
+            t.name: [tuple(r) for r in await conn.execute(sa.select(t).order_by(*t.primary_key))]
+            for t in (tracker_overdue_cells, tracker_overdue, tracker_overdue_citizens)
+        }
+
+
+async def _rebuilt(engine: AsyncEngine) -> dict[str, list[tuple[Any, ...]]]:
+    async with engine.begin() as conn:
+        await ov.rebuild(conn, RULES.timezone, chunk=7)  # several chunks
+    return await _rollup(engine)
+
+
+async def _open_overdue_rows(engine: AsyncEngine) -> int:
+    tc = tracker_conversations.c
+    async with engine.connect() as conn:
+        stmt = sa.select(sa.func.count()).where(
+            tc.outcome == "overdue", tc.replied_at.is_(None), tc.submitted_at.is_not(None)
+        )
+        return int((await conn.execute(stmt)).scalar_one())
+
+
+def _national(state: dict[str, list[tuple[Any, ...]]]) -> int:
+    """The open overdue requests the rollup counts (its national monthly cells of all)."""
+    return sum(
+        row[-2]
+        for row in state["tracker_overdue_cells"]
+        if row[1] == "month" and row[3] == "national" and row[5] == "" and row[6] == "*"
+    )
+
+
+async def test_the_tracker_keeps_the_rollup_to_what_the_rows_give(engine: AsyncEngine) -> None:
+    await _track(engine, seed=27, n=300, citizens=120)
+    kept = await _rollup(engine)
+    open_now = await _open_overdue_rows(engine)
+    assert open_now > 20  # the data holds what the test is about
+    assert _national(kept) == open_now
+    tc = tracker_conversations.c
+    async with engine.connect() as conn:
+        moved = await conn.scalar(  # flagged, then given more time: still counted
+            sa.select(sa.func.count()).where(
+                tc.outcome == "overdue", tc.replied_at.is_(None), tc.due_date > NOW.date()
+            )
+        )
+        unknown = await conn.scalar(  # flagged before its request's own event came
+            sa.select(sa.func.count()).where(
+                tc.outcome == "overdue", tc.replied_at.is_(None), tc.due_date.is_(None)
+            )
+        )
+    assert moved
+    assert unknown
+    assert kept == await _rebuilt(engine)
+
+
+async def _both(
+    engine: AsyncEngine, rules: TrackerRules, f: Filters, by: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async with engine.connect() as conn:
+        rolled = await open_overdue(conn, rules, f, by, now=NOW)
+        rows = await open_overdue_rows(conn, rules, f, by, now=NOW)
+    return rolled, rows
+
+
+FILTERS = [
+    Filters("month"),
+    Filters("week"),
+    Filters("quarter"),
+    Filters("year", region="1084"),
+    Filters("month", attest_type="LÆ 155"),
+    Filters("month", municipality="461", date_from=dt.date(2026, 3, 1)),
+    Filters("week", date_from=dt.date(2026, 4, 1), date_to=dt.date(2026, 5, 20)),
+]
+
+
+async def test_the_rollup_answers_what_the_rows_give(engine: AsyncEngine) -> None:
+    await _track(engine, seed=29, n=400, citizens=150)
+    every = TrackerRules.build(min_cell_citizens=1)  # nothing suppressed: every figure
+    for f in FILTERS:
+        for by in ("receiver", "municipality"):
+            rolled, rows = await _both(engine, every, f, by)
+            assert rolled == rows, (f, by)
+            assert rows, (f, by)
+    [unit, *_] = (await _both(engine, every, Filters("year"), "receiver"))[0]
+    assert unit["label"] in {name for _, name, _ in RECEIVERS}
+    assert unit["most_days_overdue"] > 30
+
+
+async def test_with_the_threshold_it_suppresses_what_the_rows_suppress(
+    engine: AsyncEngine,
+) -> None:
+    """Weeks and months weigh their exact citizens with an open overdue request, as the rows
+    do (a quarter or a year the most of its months': a lower bound, so the rollup may
+    suppress more there, never less)."""
+    await _track(engine, seed=30, n=500, citizens=400, span=35)
+    rules = TrackerRules.build(min_cell_citizens=11)
+    weeks = Filters("week", date_from=dt.date(2026, 5, 4), date_to=dt.date(2026, 5, 24))
+    seen = []
+    for f in (weeks, Filters("month", date_from=dt.date(2026, 5, 1))):
+        for by in ("receiver", "municipality"):
+            rolled, rows = await _both(engine, rules, f, by)
+            assert rolled == rows, (f, by)
+            seen += rolled
+    assert any(row["suppressed"] for row in seen)
+    assert not all(row["suppressed"] for row in seen)
+
+
+async def test_retention_and_erasure_take_their_requests_out(url: str, engine: AsyncEngine) -> None:
+    events = await _track(engine, seed=31, n=240, citizens=90)
+    before = await _open_overdue_rows(engine)
+    settings = load_settings(
+        database_url=url, prune_batch_size=7, retention_pause_seconds=0, retention_duty=1
+    )
+    # the decided timelines of more than 90 days ago go, open overdue requests with them
+    report = await prune_store(
+        engine, settings.model_copy(update={"tracker_timeline_retention_days": 90}), TOPICS, NOW
+    )
+    assert report.counts["tracker_conversations"] > 0
+    after_prune = await _open_overdue_rows(engine)
+    assert 0 < after_prune < before
+    kept = await _rollup(engine)
+    assert _national(kept) == after_prune
+    assert kept == await _rebuilt(engine)
+    # a closed case whose time for erasure has come: its citizen's requests go
+    tc = tracker_conversations.c
+    async with engine.connect() as conn:
+        ref, jobcenter = (
+            await conn.execute(
+                sa.select(tc.case_ref, tc.jobcenter_org)
+                .where(tc.outcome == "overdue", tc.replied_at.is_(None))
+                .order_by(tc.case_ref)
+                .limit(1)
+            )
+        ).one()
+    async with engine.begin() as conn:
+        await conn.execute(
+            case_closures.insert().values(
+                id=str(uuid.uuid4()), jobcenter_org_id=jobcenter, case_kind="sygedagpenge",
+                case_ref=ref, conversations=0, closed_at=NOW, erase_after=NOW - dt.timedelta(1),
+            )
+        )  # fmt: skip
+    report = await prune_store(engine, settings, TOPICS, NOW)
+    assert report.counts["cases_erased"] == 1
+    async with engine.connect() as conn:
+        of_case = (tc.case_ref == ref, tc.jobcenter_org == jobcenter)
+        assert not await conn.scalar(sa.select(sa.func.count()).where(*of_case))
+    assert _national(await _rollup(engine)) == await _open_overdue_rows(engine) < after_prune
+    assert await _rollup(engine) == await _rebuilt(engine)
+    assert events
+
+
+async def test_the_migration_fills_the_rollup_as_the_tracker_wrote_it(
+    url: str, engine: AsyncEngine
+) -> None:
+    await _track(engine, seed=8, n=150, citizens=60)
+    tracked = await _rollup(engine)
+    assert tracked["tracker_overdue_cells"]
+    await engine.dispose()
+    # an upgraded gateway: the rollup gone with its migration, then made again
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0026")
+    async with engine.connect() as conn:
+        assert not await conn.run_sync(
+            lambda sync: sa.inspect(sync).has_table("tracker_overdue_cells")
+        )
+    await upgrade_async(url)
+    assert await _rollup(engine) == tracked
