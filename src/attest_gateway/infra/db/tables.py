@@ -536,7 +536,6 @@ tracker_overdue_citizens = sa.Table(
     sa.Column("cell_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("case_ref", sa.String(64), primary_key=True),
     sa.Column("n", sa.BigInteger, nullable=False),
-    sa.Index(None, "case_ref"),  # re-keying finds them so
 )
 
 # Contact over registered cases as a rollup (migration 0022, infra/db/coverage.py). One row per

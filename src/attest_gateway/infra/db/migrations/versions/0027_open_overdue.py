@@ -86,9 +86,6 @@ def upgrade() -> None:
         sa.Column("n", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("cell_id", "case_ref", name="pk_tracker_overdue_citizens"),
     )
-    op.create_index(
-        "ix_tracker_overdue_citizens_case_ref", "tracker_overdue_citizens", ["case_ref"]
-    )
     _fill(op.get_bind())
 
 
