@@ -340,12 +340,22 @@ async def test_ressourceforloeb_waits_for_its_health_information(engine: AsyncEn
         # a sygedagpenge case's attests are not the rehabilitation team's
         _request(44, "sd-44a", attest_type="LÆ 265", submitted=d(2026, 3, 5), replied=None),
     ]  # fmt: skip
+    # three cases whose first request was made in 2025, in municipality 147: their later
+    # requests (2026) belong to them, not to a case of 2026
+    for n in (45, 46, 47):
+        rows += [
+            _request(n, f"rf-{n}a", attest_type="LÆ 265", submitted=d(2025, 12, 20),
+                     replied=d(2025, 12, 30)) | rf | {"municipality": "147"},
+            _request(n, f"rf-{n}b", attest_type="LÆ 155", submitted=d(2026, 1, 5),
+                     replied=d(2026, 1, 25 + n - 45)) | rf,
+        ]  # fmt: skip
     async with engine.begin() as conn:
         await conn.execute(tracker_conversations.insert(), rows)
     async with engine.connect() as conn:
         [row] = await cov.rehabilitation(
-            conn, RULES, Filters("year"), "national", series=False, now=NOW
-        )
+            conn, RULES, Filters("year", date_from=d(2026, 1, 1)), "national", series=False,
+            now=NOW,
+        )  # fmt: skip
         assert row["suppressed"] is False
         assert (row["cases"], row["complete"], row["incomplete"]) == (4, 2, 2)
         assert row["share_incomplete"] == 0.5
@@ -356,7 +366,16 @@ async def test_ressourceforloeb_waits_for_its_health_information(engine: AsyncEn
         assert (row["missing_lae265"], row["missing_lae155_or_lae105_or_lae115"]) == (1, 2)
         strict = TrackerRules.build(min_cell_citizens=5)
         [small] = await cov.rehabilitation(
-            conn, strict, Filters("year"), "national", series=False, now=NOW
-        )
+            conn, strict, Filters("year", date_from=d(2026, 1, 1)), "national", series=False,
+            now=NOW,
+        )  # fmt: skip
         assert small["suppressed"] is True
         assert small["cases"] is None
+        # 2025: the three cases whole (complete 36, 37 and 38 days after their first request),
+        # in the place of their first request
+        year_2025 = Filters("year", date_from=d(2025, 1, 1), date_to=d(2025, 12, 31))
+        [earlier] = await cov.rehabilitation(
+            conn, RULES, year_2025, "municipality", series=False, now=NOW
+        )
+        assert (earlier["group"], earlier["cases"], earlier["complete"]) == ("147", 3, 3)
+        assert earlier["median_days"] == 37.0

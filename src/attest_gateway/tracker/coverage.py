@@ -494,9 +494,33 @@ def _request_conds(f: Filters) -> list[Any]:
 
 @dataclass(frozen=True, slots=True)
 class _Rehab:
-    days: float  # first request → complete, or → now when not complete (censored)
+    days: int  # first request → complete, or → today when not complete (censored)
     complete: bool
     missing: tuple[int, ...]  # per required group: 1 if it has no attest yet
+
+
+RehabCase = tuple[str, str, dt.date]  # case ref, job centre, first day of absence
+
+
+def decide_rehab(
+    rules: r.TrackerRules, requests: Sequence[Any], today: dt.date
+) -> tuple[_Rehab, dt.date, Any]:
+    """A ressourceforløb case's wait from all its requests for health information (made):
+    the wait in calendar days (Danish time) from its first request to the attest that
+    completes it (each part's first), or to today while a part is missing; the day of its
+    first request and that request, whose place the case counts in."""
+    groups = rules.rehab_health_information
+    first = min(requests, key=lambda x: (aware(x.submitted_at), x.conversation_id))
+    first_day = rules.local_date(aware(first.submitted_at))
+    answered: list[dt.datetime | None] = []
+    for needed in groups:
+        times = [aware(x.replied_at) for x in requests if x.attest_type in needed and x.replied_at]
+        answered.append(min(times) if times else None)
+    done = [at for at in answered if at is not None]
+    complete = len(done) == len(groups)
+    end = rules.local_date(max(done)) if complete else today
+    missing = tuple(int(at is None) for at in answered)
+    return _Rehab(max(0, (end - first_day).days), complete, missing), first_day, first
 
 
 async def rehabilitation(
@@ -511,18 +535,24 @@ async def rehabilitation(
     """How long a ressourceforløb case waits for all the health information its
     rehabilitation team needs (`rules.rehab_health_information`: every group answered by
     one of its attest types; by default LÆ 265 and a specialist's attest), from the job
-    centre's first request for any of it: Kaplan–Meier, a case not yet complete censored at
-    its wait so far; counted in the period of that first request. Days."""
+    centre's first request for any of it: Kaplan–Meier over whole days, a case not yet
+    complete censored at its wait so far; counted in the period and place of that first
+    request, with all its requests, also those made after the range asked."""
     groups = rules.rehab_health_information
     wanted = sorted({t for needed in groups for t in needed})
     tc = tracker_conversations.c
+    of_rehab = (tc.case_kind == "ressourceforloeb", tc.attest_type.in_(wanted))
     every_type = Filters(f.period, f.date_from, f.date_to, None, f.region, f.municipality)
-    conds = [
-        *_request_conds(every_type),
-        tc.case_kind == "ressourceforloeb",
-        tc.attest_type.in_(wanted),
-    ]
-    stmt = sa.select(
+    refs = sorted(
+        {
+            row.case_ref
+            for row in await conn.execute(
+                sa.select(tc.case_ref).where(*_request_conds(every_type), *of_rehab).distinct()
+            )
+        }
+    )
+    columns = (
+        tc.conversation_id,
         tc.case_ref,
         tc.jobcenter_org,
         tc.first_day_of_absence,
@@ -531,34 +561,23 @@ async def rehabilitation(
         tc.replied_at,
         tc.region_code,
         tc.municipality,
-    ).where(*conds)
-    cases: dict[tuple[str, str, dt.date], list[Any]] = defaultdict(list)
-    for rec in await conn.execute(stmt):
-        cases[(rec.case_ref, rec.jobcenter_org, rec.first_day_of_absence)].append(rec)
+    )
+    cases: dict[RehabCase, list[Any]] = defaultdict(list)
+    for chunk in _chunks(refs):  # every request of those citizens' cases, in the range or not
+        stmt = sa.select(*columns).where(
+            tc.case_ref.in_(chunk), tc.submitted_at.is_not(None), *of_rehab
+        )
+        for rec in await conn.execute(stmt):
+            cases[(rec.case_ref, rec.jobcenter_org, rec.first_day_of_absence)].append(rec)
+    lo, hi = cube_range(f)
+    today = rules.local_date(now)
     items: list[Item] = []
     for (ref, _, _), recs in cases.items():
-        first = min(aware(x.submitted_at) for x in recs)
-        answered_at: list[dt.datetime] = []
-        for needed in groups:
-            times = [aware(x.replied_at) for x in recs if x.attest_type in needed and x.replied_at]
-            if times:
-                answered_at.append(min(times))
-        complete = len(answered_at) == len(groups)
-        end = max(answered_at) if complete else now
-        wait = max(0.0, (end - first).total_seconds()) / 86400
-        missing = tuple(
-            int(not any(x.attest_type in needed and x.replied_at for x in recs))
-            for needed in groups
-        )
+        wait, first_day, first = decide_rehab(rules, recs, today)
+        if (lo is not None and first_day < lo) or (hi is not None and first_day > hi):
+            continue  # a case of another period: its first request is outside the cube
         items.append(
-            Item(
-                _Rehab(wait, complete, missing),
-                rules.local_date(first),
-                str(recs[0].region_code),
-                str(recs[0].municipality),
-                None,
-                ref,
-            )
+            Item(wait, first_day, str(first.region_code), str(first.municipality), None, ref)
         )
     rows = []
     for row in publish(items, f, by, rules, series=series):
