@@ -7,7 +7,7 @@ and a digest of the answer (to tell whether two versions answer the same).
         "durations by receiver, whole period"
 
 Only what every version since 2026-12-07 has is used (report.py's `durations`, `deadlines`,
-`report` with its `Memo`; latency.py's and coverage.py's reports).
+`report` with its `Memo`; latency.py's and coverage.py's reports, rehabilitation included).
 """
 
 from __future__ import annotations
@@ -33,8 +33,19 @@ RULES = r.TrackerRules.build()
 WHOLE = rep.Filters()
 TODAY = dt.date.today()
 LAST_26_WEEKS = rep.Filters("week", TODAY - dt.timedelta(weeks=26), TODAY)
+LAST_3_MONTHS = rep.Filters("month", TODAY - dt.timedelta(days=91), TODAY)
 
-QUERIES: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
+Query = Callable[[AsyncConnection], Awaitable[Any]]
+
+
+def _rehabilitation(by: Any, f: rep.Filters) -> Query:
+    def query(c: AsyncConnection) -> Awaitable[Any]:
+        return cov.rehabilitation(c, RULES, f, by, series=False, now=dt.datetime.now(dt.UTC))
+
+    return query
+
+
+QUERIES: dict[str, Query] = {
     "durations by receiver, whole period": lambda c: rep.durations(
         c, RULES, "request_to_attest", WHOLE, "receiver", series=False
     ),
@@ -64,6 +75,11 @@ QUERIES: dict[str, Callable[[AsyncConnection], Awaitable[Any]]] = {
     "coverage by municipality, whole period": lambda c: cov.coverage(
         c, RULES, WHOLE, "municipality", series=False, now=dt.datetime.now(dt.UTC)
     ),
+    **{
+        f"rehabilitation by {by}, {name}": _rehabilitation(by, f)
+        for name, f in (("whole period", WHOLE), ("last 3 months", LAST_3_MONTHS))
+        for by in ("national", "municipality")
+    },
 }
 
 

@@ -70,13 +70,14 @@ class _Group:
 def _answer(
     by: OverdueBy, groups: dict[str, _Group], names: Names, rules: r.TrackerRules
 ) -> list[dict[str, Any]]:
-    """The rows, most open overdue requests first, then by name."""
+    """The rows, most open overdue requests first, then by name (then by id: two units may
+    share a name)."""
 
     def name(group: str) -> str:
         return names[group][0] if by == "receiver" else label("municipality", group)
 
     rows = []
-    for group, g in sorted(groups.items(), key=lambda kv: (-kv[1].requests, name(kv[0]))):
+    for group, g in sorted(groups.items(), key=lambda kv: (-kv[1].requests, name(kv[0]), kv[0])):
         out: dict[str, Any] = (
             {"group": group, "label": name(group)}
             if by == "municipality"
@@ -141,32 +142,19 @@ async def open_overdue(
     region_of = region_of_municipalities()
     hidden = disclosure.decide_cube(weights, region_of, rules.min_cell_citizens)
     # the answer's own cells: their requests and due dates (the earliest, and whether one
-    # has none)
+    # has none), the cells picked first (by their index), their due dates then
     d = tracker_overdue.c
-    due = (
+    own = _own(by, f)
+    cell_columns = (c.id, c.period_kind, c.period_start, c.grain, c.place, c.receiver, c.requests)
+    stmt = (
         sa.select(
-            d.cell_id,
+            *cell_columns,
             sa.func.min(d.due_date).label("earliest"),
             sa.func.max(d.due_date).label("latest"),
         )
-        .where(d.n > 0)
-        .group_by(d.cell_id)
-        .subquery()
-    )
-    own = _own(by, f)
-    stmt = (
-        sa.select(
-            c.period_kind,
-            c.period_start,
-            c.grain,
-            c.place,
-            c.receiver,
-            c.requests,
-            due.c.earliest,
-            due.c.latest,
-        )
-        .select_from(tracker_overdue_cells.join(due, due.c.cell_id == c.id))
-        .where(*_conds(f, by, rows_range(f)), c.grain == own, c.requests > 0)
+        .select_from(tracker_overdue_cells.join(tracker_overdue, d.cell_id == c.id))
+        .where(*_conds(f, by, rows_range(f)), c.grain == own, c.requests > 0, d.n > 0)
+        .group_by(*cell_columns)
     )
     if by == "receiver":
         stmt = stmt.where(c.receiver != ov.ALL_RECEIVERS)
