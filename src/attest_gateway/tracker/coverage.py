@@ -543,14 +543,6 @@ async def rehabilitation(
     tc = tracker_conversations.c
     of_rehab = (tc.case_kind == "ressourceforloeb", tc.attest_type.in_(wanted))
     every_type = Filters(f.period, f.date_from, f.date_to, None, f.region, f.municipality)
-    refs = sorted(
-        {
-            row.case_ref
-            for row in await conn.execute(
-                sa.select(tc.case_ref).where(*_request_conds(every_type), *of_rehab).distinct()
-            )
-        }
-    )
     columns = (
         tc.conversation_id,
         tc.case_ref,
@@ -562,13 +554,15 @@ async def rehabilitation(
         tc.region_code,
         tc.municipality,
     )
+    # every request of the citizens with one in the range: their cases whole (one statement,
+    # the server joins the citizens)
+    in_range = sa.select(tc.case_ref).where(*_request_conds(every_type), *of_rehab)
+    stmt = sa.select(*columns).where(
+        tc.case_ref.in_(in_range), tc.submitted_at.is_not(None), *of_rehab
+    )
     cases: dict[RehabCase, list[Any]] = defaultdict(list)
-    for chunk in _chunks(refs):  # every request of those citizens' cases, in the range or not
-        stmt = sa.select(*columns).where(
-            tc.case_ref.in_(chunk), tc.submitted_at.is_not(None), *of_rehab
-        )
-        for rec in await conn.execute(stmt):
-            cases[(rec.case_ref, rec.jobcenter_org, rec.first_day_of_absence)].append(rec)
+    for rec in await conn.execute(stmt):
+        cases[(rec.case_ref, rec.jobcenter_org, rec.first_day_of_absence)].append(rec)
     lo, hi = cube_range(f)
     today = rules.local_date(now)
     items: list[Item] = []
