@@ -20,10 +20,12 @@ import pytest_asyncio
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
 
 from attest_gateway.config import load_settings
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.core.attests import ReplyKind
+from attest_gateway.entrypoints.cli import main as cli
 from attest_gateway.infra.db import overdue as ov
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import alembic_config, upgrade_async
@@ -307,7 +309,7 @@ async def test_retention_and_erasure_take_their_requests_out(url: str, engine: A
 
 
 async def test_the_migration_fills_the_rollup_as_the_tracker_wrote_it(
-    url: str, engine: AsyncEngine
+    url: str, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     await _track(engine, seed=8, n=150, citizens=60)
     tracked = await _rollup(engine)
@@ -320,4 +322,14 @@ async def test_the_migration_fills_the_rollup_as_the_tracker_wrote_it(
             lambda sync: sa.inspect(sync).has_table("tracker_overdue_cells")
         )
     await upgrade_async(url)
+    assert await _rollup(engine) == tracked
+    # and the command an operator runs after changing TRACKER_TIMEZONE writes it again
+    async with engine.begin() as conn:
+        for table in (tracker_overdue_cells, tracker_overdue, tracker_overdue_citizens):
+            await conn.execute(table.delete())
+    await engine.dispose()
+    env = {"DATABASE_URL": url, "VAR_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    result = await asyncio.to_thread(CliRunner().invoke, cli.app, ["overdue-rebuild"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "written again" in result.output
     assert await _rollup(engine) == tracked
