@@ -105,7 +105,7 @@ TODAY = dt.date.today()
 LAST_26_WEEKS = rep.Filters("week", TODAY - dt.timedelta(weeks=26), TODAY)
 LAST_3_MONTHS = rep.Filters("month", TODAY - dt.timedelta(days=91), TODAY)
 # the two full years before this one: a run of years not ending at the last with cells
-# (published since every run is: tracker/decisions.year_runs)
+# (published since every run is: tracker/report.year_runs)
 EARLIER_YEARS = rep.Filters("month", dt.date(TODAY.year - 2, 1, 1), dt.date(TODAY.year - 1, 12, 31))
 ONE_TYPE = rep.Filters(attest_type="LÆ 265")
 

@@ -275,11 +275,11 @@ async def test_decisions_of_cubes_no_longer_published_are_removed(engine: AsyncE
 
 
 def test_the_runs_of_years_published() -> None:
-    assert pub.year_runs(2024, 2026) == [
+    assert rep.year_runs(2024, 2026) == [
         (2024, 2024), (2025, 2025), (2026, 2026), (2024, 2026), (2025, 2026), (2024, 2025)
     ]  # fmt: skip
-    assert pub.year_runs(2026, 2026) == [(2026, 2026)]
-    runs = pub.year_runs(2020, 2026)  # every run once, the whole period among the first
+    assert rep.year_runs(2026, 2026) == [(2026, 2026)]
+    runs = rep.year_runs(2020, 2026)  # every run once, the whole period among the first
     assert sorted(runs) == [(a, b) for a in range(2020, 2027) for b in range(a, 2027)]
     assert runs.index((2020, 2026)) == 7
 

@@ -39,9 +39,10 @@ from attest_gateway.infra.db.tables import (
 )
 from attest_gateway.infra.housekeeping.retention import prune_store
 from attest_gateway.infra.kafka.topics import Topics
+from attest_gateway.tracker import decisions
 from attest_gateway.tracker.consumer import TrackerState
 from attest_gateway.tracker.overdue import open_overdue, open_overdue_rows
-from attest_gateway.tracker.report import Filters
+from attest_gateway.tracker.report import Filters, Memo
 from attest_gateway.tracker.rules import TrackerRules
 from attest_gateway.tracker.store import buffered_rollups
 from tests.support.harness import fresh_database
@@ -262,6 +263,47 @@ async def test_with_the_threshold_it_suppresses_what_the_rows_suppress(
             seen += rolled
     assert any(row["suppressed"] for row in seen)
     assert not all(row["suppressed"] for row in seen)
+
+
+async def test_the_list_by_unit_reads_its_published_decision(engine: AsyncEngine) -> None:
+    """The publisher's round decides the cube by receiving unit and stores its figures; the
+    list then reads them and answers as when it decides its cube itself, until the requests
+    change (published again) or the decision is older than what it shows."""
+    events = await _track(engine, seed=33, n=300, citizens=120)
+    rules = TrackerRules.build(min_cell_citizens=3)
+    done = await decisions.publish(engine, rules, now=NOW)
+    mine = [name for name in done if name.startswith("overdue:")]
+    assert mine == ["overdue:receiver:month:2025-2025:3", "overdue:receiver:month:2026-2026:3",
+                    "overdue:receiver:month:2025-2026:3"]  # fmt: skip
+    for f in (Filters("month"), Filters("year"), Filters("quarter", region="1084"),
+              Filters("month", date_from=dt.date(2026, 3, 1))):  # fmt: skip
+        async with engine.connect() as conn:
+            memo = Memo()
+            published = await open_overdue(conn, rules, f, "receiver", now=NOW, memo=memo)
+            assert memo.decided_at == NOW, f
+            asked = await open_overdue(conn, rules, f, "receiver", now=NOW,
+                                       memo=Memo(use_published=False))  # fmt: skip
+            rows = await open_overdue_rows(conn, rules, f, "receiver", now=NOW)
+        assert published == asked == rows, f
+        assert any(not row["suppressed"] for row in published), f
+    # nothing changed: nothing decided again; an open overdue request answered since: again
+    assert not [n for n in await decisions.publish(engine, rules, now=NOW) if "overdue" in n]
+    tc = tracker_conversations.c
+    async with engine.connect() as conn:
+        cid = await conn.scalar(
+            sa.select(tc.conversation_id)
+            .where(tc.outcome == "overdue", tc.replied_at.is_(None))
+            .order_by(tc.conversation_id)
+            .limit(1)
+        )
+    [event, *_] = [e for e in events if e.conversation_id == cid]
+    at = NOW - dt.timedelta(hours=1)
+    answer = event.model_copy(
+        update={"event_id": str(uuid.uuid4()), "stage": Stage.REPLIED, "detail": None, "at": at}
+    )
+    await _apply(engine, TrackerState(RULES), [answer])
+    again = await decisions.publish(engine, rules, now=NOW + dt.timedelta(minutes=5))
+    assert [n for n in again if n.startswith("overdue:")]
 
 
 async def test_retention_and_erasure_take_their_requests_out(url: str, engine: AsyncEngine) -> None:

@@ -18,7 +18,8 @@ same cube, read by report.py `cube_of`); the report answers as it would have the
 when that was (`decisions_as_of`): cells that appeared since are not in it until the next
 decision.
 
-The cubes published: the receiver drill-down's, and the geography's (national, regions and
+The cubes published: the open overdue list's by receiving unit (tracker/overdue.py, with
+its figures), the receiver drill-down's, and the geography's (national, regions and
 municipalities; the requests and the contact figures) of months (with their quarters and
 years) and of weeks, each over every single year with cells and every run of years between
 the first and the last with cells (so "the whole period", "from year Y on" and any range of
@@ -50,9 +51,11 @@ from attest_gateway.infra.db.tables import (
     tracker_durations,
 )
 from attest_gateway.tracker import disclosure
+from attest_gateway.tracker import overdue as ovd
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.consumer import CONTACT_ATTEST
+from attest_gateway.tracker.report import year_runs
 
 log = structlog.get_logger(__name__)
 
@@ -63,17 +66,6 @@ CUBES: tuple[tuple[tuple[str, ...], bool, r.PeriodKind], ...] = (
     (("national", "region", "municipality"), True, "month"),
     *((grains, contact, "week") for grains in rep.PUBLISHED_WEEKS for contact in (False, True)),
 )
-
-
-def year_runs(first: int, last: int) -> list[tuple[int, int]]:
-    """The runs of years published: every single year, every run ending at `last` (the whole
-    period, "from year Y on"), then every other run (any range of months asked falls in one).
-    Only the runs that hold the current year change with every round; the others are decided
-    once and then only checked."""
-    runs = [(year, year) for year in range(first, last + 1)]
-    runs += [(year, last) for year in range(first, last)]
-    runs += [(a, b) for b in range(last - 1, first, -1) for a in range(first, b)]
-    return runs
 
 
 def _filters(first: int, last: int, kind: r.PeriodKind) -> rep.Filters:
@@ -286,6 +278,9 @@ async def publish(
             async with engine.begin() as conn:
                 await conn.execute(tracker_decision_histograms.delete().where(
                     h.grain == grain, h.year.in_(gone_years)))  # fmt: skip
+    done += await ovd.publish(engine, rules, now=now)  # the open overdue list by unit
+    async with engine.connect() as conn:
+        keep |= ovd.published_names(await ovd.data_years(conn), threshold)
     d, c = tracker_decisions.c, tracker_decision_cells.c
     async with engine.begin() as conn:
         names = set((await conn.execute(sa.select(d.cube))).scalars())

@@ -16,38 +16,46 @@ equals, row for row, :func:`open_overdue_rows`, which reads one row per request
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attest_gateway.infra.db import overdue as ov
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.tables import (
     organisations,
     tracker_conversations,
+    tracker_decision_cells,
+    tracker_decisions,
     tracker_overdue,
     tracker_overdue_cells,
 )
 from attest_gateway.tracker import disclosure
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.coverage import (
+    GEOGRAPHY,
     Item,
     OverdueBy,
     Row,
     _own,
     _request_conds,
-    publish,
     row_key,
 )
+from attest_gateway.tracker.coverage import publish as publish_items
 from attest_gateway.tracker.report import (
     Filters,
+    Memo,
     cube_range,
     label,
     region_of_municipalities,
     rows_range,
+    year_runs,
 )
 
 Names = dict[str, tuple[str, str | None]]  # receiving unit → (directory name, role)
@@ -124,12 +132,21 @@ def _coords(row: Any) -> list[disclosure.Coord]:
     return [(kind, start, str(row.grain), str(row.place), value) for kind, start in periods]
 
 
-async def open_overdue(
-    conn: AsyncConnection, rules: r.TrackerRules, f: Filters, by: OverdueBy, *, now: dt.datetime
-) -> list[dict[str, Any]]:
-    """Requests past their deadline without an attest now, per receiving unit (its directory
-    name) or per municipality, with the most days one of them is overdue; read from the
-    rollup."""
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A cube cell's part of the answer: its open overdue requests, its earliest and latest
+    due date, whether it is shown and its weight."""
+
+    coord: disclosure.Coord
+    requests: int
+    earliest: dt.date
+    latest: dt.date
+    shown: bool
+    citizens: int
+
+
+async def _weights(conn: AsyncConnection, f: Filters, by: OverdueBy) -> dict[disclosure.Coord, int]:
+    """The cube's cells and their weights (distinct citizens with an open overdue request)."""
     c = tracker_overdue_cells.c
     weights: dict[disclosure.Coord, int] = {}
     for cell in await conn.execute(
@@ -139,12 +156,21 @@ async def open_overdue(
     ):
         for coord in _coords(cell):
             weights[coord] = max(weights.get(coord, 0), int(cell.citizens))
-    region_of = region_of_municipalities()
-    hidden = disclosure.decide_cube(weights, region_of, rules.min_cell_citizens)
-    # the answer's own cells: their requests and due dates (the earliest, and whether one
-    # has none), the cells picked first (by their index), their due dates then
-    d = tracker_overdue.c
-    own = _own(by, f)
+    return weights
+
+
+async def _entries(
+    conn: AsyncConnection,
+    f: Filters,
+    by: OverdueBy,
+    grains: list[str],
+    days: tuple[dt.date | None, dt.date | None],
+    weights: dict[disclosure.Coord, int],
+    hidden: set[disclosure.Coord],
+) -> list[_Entry]:
+    """The stored cells of `grains` in `days` with their requests and due dates (the cells
+    picked first by their index, their due dates then), as the cube's cells they add into."""
+    c, d = tracker_overdue_cells.c, tracker_overdue.c
     cell_columns = (c.id, c.period_kind, c.period_start, c.grain, c.place, c.receiver, c.requests)
     stmt = (
         sa.select(
@@ -153,30 +179,243 @@ async def open_overdue(
             sa.func.max(d.due_date).label("latest"),
         )
         .select_from(tracker_overdue_cells.join(tracker_overdue, d.cell_id == c.id))
-        .where(*_conds(f, by, rows_range(f)), c.grain == own, c.requests > 0, d.n > 0)
+        .where(*_conds(f, by, days), c.grain.in_(grains), c.requests > 0, d.n > 0)
         .group_by(*cell_columns)
     )
     if by == "receiver":
         stmt = stmt.where(c.receiver != ov.ALL_RECEIVERS)
-    today = rules.local_date(now)
+    return [
+        _Entry(
+            coord,
+            int(row.requests),
+            row.earliest,
+            row.latest,
+            coord not in hidden,
+            weights.get(coord, 0),
+        )
+        for row in await conn.execute(stmt)
+        for coord in _coords(row)
+    ]
+
+
+def _groups(
+    entries: Iterable[_Entry], f: Filters, by: OverdueBy, rules: r.TrackerRules, today: dt.date
+) -> dict[str, _Group]:
+    """The answer's rows from the cube cells' parts: each cell of the period kind, place
+    and range asked adds into the row of its group."""
+    region_of = region_of_municipalities()
     groups: dict[str, _Group] = defaultdict(_Group)
-    for row in await conn.execute(stmt):
-        for coord in _coords(row):
-            key = row_key(coord, f, by, region_of, series=False)
-            if key is None:
-                continue
-            g = groups[key[1]]
-            g.requests += int(row.requests)
-            g.shown = g.shown and coord not in hidden
-            g.citizens = max(g.citizens, weights.get(coord, 0))
-            if row.earliest != ov.NO_DUE_DATE:
-                g.late((today - row.earliest).days)
-            if row.latest == ov.NO_DUE_DATE:
-                g.late(0)
+    for e in entries:
+        key = row_key(e.coord, f, by, region_of, series=False)
+        if key is None:
+            continue
+        g = groups[key[1]]
+        g.requests += e.requests
+        g.shown = g.shown and e.shown
+        g.citizens = max(g.citizens, e.citizens)
+        if e.earliest != ov.NO_DUE_DATE:
+            g.late((today - e.earliest).days)
+        if e.latest == ov.NO_DUE_DATE:
+            g.late(0)
     for group in groups.values():
         group.shown = group.shown and r.publishable(group.citizens, rules)
+    return dict(groups)
+
+
+async def open_overdue(
+    conn: AsyncConnection,
+    rules: r.TrackerRules,
+    f: Filters,
+    by: OverdueBy,
+    *,
+    now: dt.datetime,
+    memo: Memo | None = None,
+) -> list[dict[str, Any]]:
+    """Requests past their deadline without an attest now, per receiving unit (its directory
+    name) or per municipality, with the most days one of them is overdue; read from the
+    rollup. By receiving unit over months, quarters or years of all attest types, from the
+    published decision of its cube when there is one (`memo` says when it was made)."""
+    memo = memo if memo is not None else Memo()
+    today = rules.local_date(now)
+    published = await published_decision(conn, f, by, rules) if memo.use_published else None
+    if published is not None:
+        name, at = published
+        memo.published(at)
+        entries = await _snapshot(conn, name, f.period, _own(by, f))
+    else:
+        weights = await _weights(conn, f, by)
+        hidden = disclosure.decide_cube(
+            weights, region_of_municipalities(), rules.min_cell_citizens
+        )
+        memo.at_request = True
+        entries = await _entries(conn, f, by, [_own(by, f)], rows_range(f), weights, hidden)
+    groups = _groups(entries, f, by, rules, today)
     names = await _names(conn, sorted(groups)) if by == "receiver" else {}
-    return _answer(by, dict(groups), names, rules)
+    return _answer(by, groups, names, rules)
+
+
+# --- the published decision of the cube by receiving unit --------------------------------------
+
+
+def cube_name(first: int, last: int, threshold: int) -> str:
+    """The key of the published decision of the cube by receiving unit over these years."""
+    return f"overdue:receiver:month:{first}-{last}:{threshold}"
+
+
+async def data_years(conn: AsyncConnection) -> tuple[int, int] | None:
+    """The first and last year with an open overdue request (None: none)."""
+    c = tracker_overdue_cells.c
+    lo, hi = (
+        await conn.execute(
+            sa.select(sa.func.min(c.period_start), sa.func.max(c.period_start)).where(
+                c.period_kind == "month", c.grain == "national"
+            )
+        )
+    ).one()
+    return None if lo is None or hi is None else (lo.year, hi.year)
+
+
+async def published_decision(
+    conn: AsyncConnection, f: Filters, by: OverdueBy, rules: r.TrackerRules
+) -> tuple[str, dt.datetime] | None:
+    """The key and time of the published decision of the answer's cube, or None (only the
+    cube by receiving unit of every attest type over months, quarters or years is
+    published)."""
+    if by != "receiver" or f.period == "week" or f.attest_type is not None:
+        return None
+    years = await data_years(conn)
+    if years is None:
+        return None
+    lo, hi = cube_range(f)
+    first = max(years[0], lo.year) if lo is not None else years[0]
+    last = min(years[1], hi.year) if hi is not None else years[1]
+    if first > last:
+        return None
+    name = cube_name(first, last, rules.min_cell_citizens)
+    d = tracker_decisions.c
+    at = (await conn.execute(sa.select(d.decided_at).where(d.cube == name))).scalar_one_or_none()
+    return None if at is None else (name, aware(at))
+
+
+async def _snapshot(conn: AsyncConnection, name: str, kind: str, grain: str) -> list[_Entry]:
+    """The cube cells of `kind` and `grain` of a published decision, as decided."""
+    d = tracker_decision_cells.c
+    stmt = sa.select(d.cells).where(d.cube == name, d.period_kind == kind, d.grain == grain)
+    return [
+        _Entry(
+            (kind, start, grain, place, receiver),
+            requests,
+            dt.date.fromisoformat(earliest),
+            dt.date.fromisoformat(latest),
+            bool(shown),
+            citizens,
+        )
+        for (cells,) in await conn.execute(stmt)
+        for start, place, receiver, shown, citizens, requests, earliest, latest in orjson.loads(
+            cells
+        )
+    ]
+
+
+async def digest(conn: AsyncConnection, f: Filters) -> str:
+    """The digest of what a decision of the cube by receiving unit is made of and publishes:
+    every stored cell's weight, requests and due dates."""
+    c, d = tracker_overdue_cells.c, tracker_overdue.c
+    stmt = (
+        sa.select(c.id, c.citizens, c.requests, sa.func.min(d.due_date), sa.func.max(d.due_date))
+        .select_from(tracker_overdue_cells.join(tracker_overdue, d.cell_id == c.id))
+        .where(*_conds(f, "receiver", cube_range(f)), d.n > 0)
+        .group_by(c.id, c.citizens, c.requests)
+    )
+    h = hashlib.blake2b(digest_size=32)
+    for row in sorted(tuple(row) for row in await conn.execute(stmt)):
+        h.update(orjson.dumps([row[0], row[1], row[2], row[3].isoformat(), row[4].isoformat()]))
+    return h.hexdigest()
+
+
+async def publish_cube(
+    engine: AsyncEngine, rules: r.TrackerRules, first: int, last: int, *, now: dt.datetime
+) -> bool:
+    """Decides the cube by receiving unit over the years `first`–`last` again if what it is
+    made of changed since its published decision, and publishes the decision with the cells'
+    figures (so that a figure and its suppression are of one moment). Whether it did."""
+    threshold = rules.min_cell_citizens
+    name = cube_name(first, last, threshold)
+    f = Filters("month", dt.date(first, 1, 1), dt.date(last, 12, 31))
+    d = tracker_decisions.c
+    async with engine.connect() as conn:
+        before = await digest(conn, f)
+        stored = (
+            await conn.execute(sa.select(d.digest).where(d.cube == name))
+        ).scalar_one_or_none()
+        if stored == before:
+            return False
+        weights = await _weights(conn, f, "receiver")
+        hidden = disclosure.decide_cube(weights, region_of_municipalities(), threshold)
+        entries = await _entries(
+            conn, f, "receiver", list(GEOGRAPHY), cube_range(f), weights, hidden
+        )
+        after = await digest(conn, f)
+    if after != before:  # written to meanwhile: the cube read may be neither; next time
+        return False
+    cells: dict[tuple[str, str], dict[disclosure.Coord, list[Any]]] = defaultdict(dict)
+    for e in entries:  # a quarter's or a year's cell summed from its months
+        kind, start, grain, place, receiver = e.coord
+        part = cells[(kind, grain)].get(e.coord)
+        if part is None:
+            cells[(kind, grain)][e.coord] = [
+                start, place, receiver, int(e.shown), e.citizens, e.requests,
+                e.earliest.isoformat(), e.latest.isoformat(),
+            ]  # fmt: skip
+        else:
+            part[5] += e.requests
+            part[6] = min(part[6], e.earliest.isoformat())
+            part[7] = max(part[7], e.latest.isoformat())
+    c = tracker_decision_cells.c
+    async with engine.begin() as conn:
+        await conn.execute(tracker_decision_cells.delete().where(c.cube == name))
+        await conn.execute(tracker_decisions.delete().where(d.cube == name))
+        await conn.execute(
+            tracker_decisions.insert().values(
+                cube=name, digest=before, decided_at=now, cells=len(weights),
+                suppressed=len(hidden),
+            )
+        )  # fmt: skip
+        parts = [
+            {
+                "cube": name,
+                "period_kind": kind,
+                "grain": grain,
+                "attest_type": ov.ALL,
+                "cells": orjson.dumps(sorted(coords.values())).decode(),
+            }
+            for (kind, grain), coords in sorted(cells.items())
+        ]
+        if parts:
+            await conn.execute(tracker_decision_cells.insert(), parts)
+    return True
+
+
+async def publish(engine: AsyncEngine, rules: r.TrackerRules, *, now: dt.datetime) -> list[str]:
+    """Publishes the cube by receiving unit over every run of years (as `decisions.publish`
+    does the report's cubes) whose figures changed. The keys of the cubes it decided, and
+    of all it keeps (a round removes the others)."""
+    async with engine.connect() as conn:
+        years = await data_years(conn)
+    if years is None:
+        return []
+    done = []
+    for first, last in year_runs(*years):
+        if await publish_cube(engine, rules, first, last, now=now):
+            done.append(cube_name(first, last, rules.min_cell_citizens))
+    return done
+
+
+def published_names(years: tuple[int, int] | None, threshold: int) -> set[str]:
+    """The keys of the cubes `publish` keeps for these years."""
+    if years is None:
+        return set()
+    return {cube_name(first, last, threshold) for first, last in year_runs(*years)}
 
 
 # --- from the rows (the reference) ------------------------------------------------------------
@@ -213,7 +452,7 @@ async def open_overdue_rows(
             )
         )
     # the list is over the whole range asked, one row per unit or municipality
-    published: list[Row] = publish(items, f, by, rules, series=False)
+    published: list[Row] = publish_items(items, f, by, rules, series=False)
     groups = {
         row.key[1]: _Group(len(row.records), max(row.records), row.shown) for row in published
     }

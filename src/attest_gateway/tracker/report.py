@@ -376,6 +376,17 @@ def cube_name(
 PUBLISHED_WEEKS: Final = frozenset({("national", "region", "municipality")})
 
 
+def year_runs(first: int, last: int) -> list[tuple[int, int]]:
+    """The runs of years published: every single year, every run ending at `last` (the whole
+    period, "from year Y on"), then every other run (any range of months asked falls in one).
+    Only the runs that hold the current year change with every round; the others are decided
+    once and then only checked."""
+    runs = [(year, year) for year in range(first, last + 1)]
+    runs += [(year, last) for year in range(first, last)]
+    runs += [(a, b) for b in range(last - 1, first, -1) for a in range(first, b)]
+    return runs
+
+
 async def data_years(
     conn: AsyncConnection, grains: Sequence[str], kind: r.PeriodKind = "month"
 ) -> tuple[int, int] | None:

@@ -990,6 +990,7 @@ _SUCCESS_EXAMPLES.update(
                 "region": None,
             },
             "min_cell_citizens": 5,
+            "decisions_as_of": "2026-12-07T09:55:00+00:00",
             "rows": [
                 {
                     "label": "Psykiatrisk Center København",

@@ -251,9 +251,10 @@ async def overdue(
     f = within(f, scope_of(org), by)
     rules = _rules(request)
     gw = gateway_of(request)
+    memo = rep.Memo()
     async with gw.engine.connect() as conn:
-        rows = await ovd.open_overdue(conn, rules, f, by, now=gw.clock.now())
-    return _answer(f"overdue-{by}", rows, format, _meta(f, rules))
+        rows = await ovd.open_overdue(conn, rules, f, by, now=gw.clock.now(), memo=memo)
+    return _answer(f"overdue-{by}", rows, format, _meta(f, rules) | memo.describe())
 
 
 @router.get("/rehabilitation", response_model=None)
