@@ -11,6 +11,13 @@ with an open overdue request, exact for a week or a month, for a quarter or a ye
 of its months' (a lower bound: a cell under the threshold is always suppressed). Otherwise it
 equals, row for row, :func:`open_overdue_rows`, which reads one row per request
 (`tracker_conversations`): the tests compare both, and the benchmark times both.
+
+The cube by receiving unit (every unit in every place) is as large as the receiver
+drill-down's, and deciding it takes seconds at national volume: the decisions' publisher
+(`tracker/decisions.py`) decides it in the background for every run of years (all attest
+types, months with their quarters and years) and stores, with the decision, the cells'
+figures of that moment; the list by unit reads them (`decisions_as_of`). Other lists decide
+their cube when asked.
 """
 
 from __future__ import annotations
