@@ -63,6 +63,7 @@ from attest_gateway.tracker.report import (
     region_of_municipalities,
     rows_range,
     year_runs,
+    years_asked,
 )
 
 Names = dict[str, tuple[str, str | None]]  # receiving unit → (directory name, role)
@@ -290,15 +291,10 @@ async def published_decision(
     published)."""
     if by != "receiver" or f.period == "week" or f.attest_type is not None:
         return None
-    years = await data_years(conn)
-    if years is None:
+    asked = years_asked(f, await data_years(conn))
+    if asked is None:
         return None
-    lo, hi = cube_range(f)
-    first = max(years[0], lo.year) if lo is not None else years[0]
-    last = min(years[1], hi.year) if hi is not None else years[1]
-    if first > last:
-        return None
-    name = cube_name(first, last, rules.min_cell_citizens)
+    name = cube_name(*asked, rules.min_cell_citizens)
     d = tracker_decisions.c
     at = (await conn.execute(sa.select(d.decided_at).where(d.cube == name))).scalar_one_or_none()
     return None if at is None else (name, aware(at))

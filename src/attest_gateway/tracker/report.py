@@ -409,6 +409,18 @@ async def data_years(
     return None if first is None or last is None else (first.year, last.year)
 
 
+def years_asked(f: Filters, years: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The whole years of the cube an answer decides (`cube_range`) within the years that
+    have cells (`years`; the cells of other years are none, so the cube is the same), or
+    None when none is left."""
+    if years is None:
+        return None
+    lo, hi = cube_range(f)
+    first = max(years[0], lo.year) if lo is not None else years[0]
+    last = min(years[1], hi.year) if hi is not None else years[1]
+    return None if first > last else (first, last)
+
+
 async def published_decision(
     conn: AsyncConnection, f: Filters, by: By, rules: r.TrackerRules, *, contact: bool
 ) -> tuple[str, dt.datetime] | None:
@@ -422,14 +434,10 @@ async def published_decision(
     kind = _stored_kind(f)
     if kind == "week" and tuple(levels) not in PUBLISHED_WEEKS:
         return None
-    years = await data_years(conn, levels, kind)
-    if years is None:
+    asked = years_asked(f, await data_years(conn, levels, kind))
+    if asked is None:
         return None
-    lo, hi = cube_range(f)
-    first = max(years[0], lo.year) if lo is not None else years[0]
-    last = min(years[1], hi.year) if hi is not None else years[1]
-    if first > last:
-        return None
+    first, last = asked
     name = cube_name(
         levels,
         contact=contact,

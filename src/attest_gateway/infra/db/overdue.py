@@ -44,6 +44,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from attest_gateway.infra.db.coverage import period_start
 from attest_gateway.infra.db.engine import aware, dialect_insert
 from attest_gateway.infra.db.tables import (
     tracker_conversations,
@@ -95,10 +96,6 @@ def key_of(row: Any, timezone: str) -> Overdue | None:
         str(row.receiver_org),
         str(row.case_ref),
     )
-
-
-def period_start(day: dt.date, kind: str) -> dt.date:
-    return day - dt.timedelta(days=day.weekday()) if kind == "week" else day.replace(day=1)
 
 
 def cells_of(q: Overdue) -> list[OverdueCell]:
@@ -289,10 +286,8 @@ async def rebuild(conn: AsyncConnection, timezone: str, *, chunk: int = 5_000) -
     for table in (tracker_overdue, tracker_overdue_citizens, tracker_overdue_cells):
         await conn.execute(table.delete())
     tc = tracker_conversations.c
-    cells: dict[int, OverdueCell] = {}
-    requests: Counter[int] = Counter()
+    total = Changes({}, Counter(), Counter(), Counter())
     citizens: Counter[int] = Counter()
-    due: Counter[tuple[int, dt.date]] = Counter()
     last = ""
     counted = 0
     while True:
@@ -308,27 +303,26 @@ async def rebuild(conn: AsyncConnection, timezone: str, *, chunk: int = 5_000) -
         if not refs:
             break
         last = refs[-1]
-        members: Counter[tuple[int, str]] = Counter()
+        found: list[Overdue] = []
         for start in range(0, len(refs), _CHUNK):
             stmt = sa.select(*(tc[c] for c in _COLUMNS)).where(
                 tc.case_ref.in_(refs[start : start + _CHUNK]), *_open_overdue()
             )
-            for row in await conn.execute(stmt):
-                q = key_of(row, timezone)
-                if q is None:  # pragma: no cover - the select reads open overdue rows only
-                    continue
-                counted += 1
-                for cell in cells_of(q):
-                    i = cell_id(cell)
-                    cells[i] = cell
-                    requests[i] += 1
-                    due[(i, q.due_date)] += 1
-                    members[(i, q.case_ref)] += 1
+            found.extend(
+                q for row in await conn.execute(stmt) if (q := key_of(row, timezone)) is not None
+            )
+        counted += len(found)
+        part = Changes.of((), found)
+        members = part.members
         await conn.execute(
             tracker_overdue_citizens.insert(),
             [{"cell_id": i, "case_ref": ref, "n": n} for (i, ref), n in sorted(members.items())],
         )
         citizens.update(i for i, _ in members)
+        total.cells.update(part.cells)
+        total.requests.update(part.requests)
+        total.due.update(part.due)
+    cells, requests, due = total.cells, total.requests, total.due
     if cells:
         await conn.execute(
             tracker_overdue_cells.insert(),
