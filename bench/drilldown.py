@@ -16,7 +16,8 @@ reading the published decisions (tracker/decisions.py), on PostgreSQL.
    The receiver drill-down's parts after: its histograms' SQL and the counters' read.
 4. With `--live`, the reports that read no published decision (the weekly overview, one
    attest type by municipality or receiver) or their own rollups
-   (latency, coverage) or rows (request timing, open overdue, rehabilitation), after only.
+   (latency, coverage, request timing, open overdue, rehabilitation; each also from the rows
+   where it keeps that reference), after only.
 
 `--cases` registers a sickness case per citizen and job centre and builds the coverage
 rollup from them (after analysing the tables). `--only` takes query names separated by `;`.
@@ -50,6 +51,7 @@ from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import decisions as pub
 from attest_gateway.tracker import latency as lat
 from attest_gateway.tracker import overdue as ovd
+from attest_gateway.tracker import rehabilitation as rehab
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker import timing
@@ -177,9 +179,13 @@ LIVE: dict[str, Query] = {
         for how in ("", ", decided when asked", ", from the rows")
     },
     **{
-        f"rehabilitation by {by}, {name}": _rows_report(cov.rehabilitation, by, f, series=False)
+        f"rehabilitation by {by}, {name}{how}": _rows_report(fn, by, f, series=False)
         for name, f in (("last 3 months", LAST_3_MONTHS), ("whole period", WHOLE))
         for by in ("national", "municipality")
+        for how, fn in (
+            ("", rehab.rehabilitation),
+            (", from the rows", rehab.rehabilitation_rows),
+        )
     },
 }
 

@@ -7,7 +7,8 @@ and a digest of the answer (to tell whether two versions answer the same).
         "durations by receiver, whole period"
 
 Only what every version since 2026-12-07 has is used (report.py's `durations`, `deadlines`,
-`report` with its `Memo`; latency.py's and coverage.py's reports, rehabilitation included).
+`report` with its `Memo`; latency.py's and coverage.py's reports; rehabilitation from
+tracker/rehabilitation.py where there is one, else from coverage.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import datetime as dt
 import hashlib
+import importlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -39,8 +41,13 @@ Query = Callable[[AsyncConnection], Awaitable[Any]]
 
 
 def _rehabilitation(by: Any, f: rep.Filters) -> Query:
+    try:  # from its rollup
+        report = importlib.import_module("attest_gateway.tracker.rehabilitation").rehabilitation
+    except ModuleNotFoundError:  # before it: coverage.py, from the rows
+        report = getattr(cov, "rehabilitation")  # noqa: B009 - absent from this version
+
     def query(c: AsyncConnection) -> Awaitable[Any]:
-        return cov.rehabilitation(c, RULES, f, by, series=False, now=dt.datetime.now(dt.UTC))
+        return report(c, RULES, f, by, series=False, now=dt.datetime.now(dt.UTC))  # type: ignore[no-any-return]
 
     return query
 

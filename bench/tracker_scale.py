@@ -52,6 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from attest_gateway.contracts.stages import MessageType, Stage, StageEvent
 from attest_gateway.core.identifiers import municipalities
 from attest_gateway.infra.db import overdue as overdue_rollup
+from attest_gateway.infra.db import rehabilitation as rehab_rollup
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.tables import (
@@ -473,6 +474,7 @@ SELECT c.id, b.state, b.day, b.n FROM bulk_latency b JOIN tracker_cells c USING 
 # inserted row (tens of millions at national volume); added again, each is one sort or join.
 ROLLUP_TABLES = ("tracker_counts", "tracker_durations", "tracker_latency")
 OVERDUE_TABLES = ("tracker_overdue_cells", "tracker_overdue", "tracker_overdue_citizens")
+REHAB_TABLES = ("tracker_rehab_cases", "tracker_rehab")
 CONSTRAINTS_SQL = """
 SELECT conrelid::regclass::text AS tbl, conname, contype, pg_get_constraintdef(oid) AS definition
   FROM pg_constraint
@@ -533,9 +535,16 @@ async def build_rollups(engine: AsyncEngine) -> dict[str, float]:
         await overdue_rollup.rebuild(conn, TZ)  # the tracker's own code: few rows
         times["overdue"] = round(time.perf_counter() - t0, 1)
         print(f"  rollup overdue: {times['overdue']:.1f} s", flush=True)
+        t0 = time.perf_counter()
+        await rehab_rollup.rebuild(conn, rehab_rollup.RehabRules(timezone=TZ))
+        times["rehabilitation"] = round(time.perf_counter() - t0, 1)
+        print(f"  rollup rehabilitation: {times['rehabilitation']:.1f} s", flush=True)
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        for table in (*ROLLUP_TABLES, "tracker_cells", "tracker_request_weeks", *OVERDUE_TABLES):
+        for table in (
+            *ROLLUP_TABLES, "tracker_cells", "tracker_request_weeks", *OVERDUE_TABLES,
+            *REHAB_TABLES,
+        ):  # fmt: skip
             await conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
     return times
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attest_gateway.infra.db import coverage as cr
 from attest_gateway.infra.db import overdue as overdue_rollup
+from attest_gateway.infra.db import rehabilitation as rehab_rollup
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import upgrade_async
 from attest_gateway.infra.db.tables import (
@@ -29,6 +30,7 @@ from attest_gateway.infra.db.tables import (
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import latency as lat
 from attest_gateway.tracker import overdue as ovd
+from attest_gateway.tracker import rehabilitation as rehab
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker import timing
 from attest_gateway.tracker.report import Filters
@@ -351,31 +353,33 @@ async def test_ressourceforloeb_waits_for_its_health_information(engine: AsyncEn
         ]  # fmt: skip
     async with engine.begin() as conn:
         await conn.execute(tracker_conversations.insert(), rows)
-    async with engine.connect() as conn:
-        [row] = await cov.rehabilitation(
-            conn, RULES, Filters("year", date_from=d(2026, 1, 1)), "national", series=False,
-            now=NOW,
-        )  # fmt: skip
-        assert row["suppressed"] is False
-        assert (row["cases"], row["complete"], row["incomplete"]) == (4, 2, 2)
-        assert row["share_incomplete"] == 0.5
-        # Kaplan–Meier: 3/4 still waiting after 20 days, 1/2 after 30; the two open ones are
-        # censored at their wait so far (over 100 days), so the median is 30 days
-        assert row["median_days"] == 30.0
-        assert row["p90_days"] is None
-        assert (row["missing_lae265"], row["missing_lae155_or_lae105_or_lae115"]) == (1, 2)
-        strict = TrackerRules.build(min_cell_citizens=5)
-        [small] = await cov.rehabilitation(
-            conn, strict, Filters("year", date_from=d(2026, 1, 1)), "national", series=False,
-            now=NOW,
-        )  # fmt: skip
-        assert small["suppressed"] is True
-        assert small["cases"] is None
-        # 2025: the three cases whole (complete 36, 37 and 38 days after their first request),
-        # in the place of their first request
-        year_2025 = Filters("year", date_from=d(2025, 1, 1), date_to=d(2025, 12, 31))
-        [earlier] = await cov.rehabilitation(
-            conn, RULES, year_2025, "municipality", series=False, now=NOW
-        )
-        assert (earlier["group"], earlier["cases"], earlier["complete"]) == ("147", 3, 3)
-        assert earlier["median_days"] == 37.0
+        # the rollup from the rows written here (the tracker keeps it as it goes:
+        # test_tracker_rehabilitation.py)
+        assert await rehab_rollup.rebuild(conn, rehab_rollup.RehabRules.of(RULES)) == 7
+    for report in (rehab.rehabilitation, rehab.rehabilitation_rows):
+        async with engine.connect() as conn:
+            [row] = await report(
+                conn, RULES, Filters("year", date_from=d(2026, 1, 1)), "national", series=False,
+                now=NOW,
+            )  # fmt: skip
+            assert row["suppressed"] is False, report
+            assert (row["cases"], row["complete"], row["incomplete"]) == (4, 2, 2), report
+            assert row["share_incomplete"] == 0.5
+            # Kaplan–Meier: 3/4 still waiting after 20 days, 1/2 after 30; the two open ones
+            # are censored at their wait so far (over 100 days), so the median is 30 days
+            assert row["median_days"] == 30.0, report
+            assert row["p90_days"] is None
+            assert (row["missing_lae265"], row["missing_lae155_or_lae105_or_lae115"]) == (1, 2)
+            strict = TrackerRules.build(min_cell_citizens=5)
+            [small] = await report(
+                conn, strict, Filters("year", date_from=d(2026, 1, 1)), "national",
+                series=False, now=NOW,
+            )  # fmt: skip
+            assert small["suppressed"] is True, report
+            assert small["cases"] is None
+            # 2025: the three cases whole (complete 36, 37 and 38 days after their first
+            # request), in the place of their first request
+            year_2025 = Filters("year", date_from=d(2025, 1, 1), date_to=d(2025, 12, 31))
+            [earlier] = await report(conn, RULES, year_2025, "municipality", series=False, now=NOW)
+            assert (earlier["group"], earlier["cases"], earlier["complete"]) == ("147", 3, 3)
+            assert earlier["median_days"] == 37.0, report

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -45,6 +45,7 @@ from attest_gateway.core.directory import Role
 from attest_gateway.core.errors import ErrorCode, InvalidInput, Malformed, Unavailable
 from attest_gateway.infra.db import coverage as coverage_rollup
 from attest_gateway.infra.db import overdue as overdue_rollup
+from attest_gateway.infra.db import rehabilitation as rehab_rollup
 from attest_gateway.infra.db.engine import STORE_ERRORS, aware, dialect_insert, one_of_param
 from attest_gateway.infra.db.pseudonyms import StoreKey
 from attest_gateway.infra.db.tables import organisations, tracker_conversations, tracker_episodes
@@ -185,7 +186,13 @@ class Conversations:
     to the write (PostgreSQL: `SELECT … FOR UPDATE` in id order; SQLite: the insert takes the
     write lock first), so the in-memory rows are the truth for the transaction."""
 
-    def __init__(self, rows: dict[str, SimpleNamespace], created: set[str], timezone: str) -> None:
+    def __init__(
+        self,
+        rows: dict[str, SimpleNamespace],
+        created: set[str],
+        timezone: str,
+        rehab_types: Collection[str] = (),
+    ) -> None:
         self.rows = rows
         self.created = created  # new in this batch; their first event sets up contact episodes
         self.dirty: set[str] = set()
@@ -196,6 +203,10 @@ class Conversations:
         # citizens with a request to psychiatry sent or answered in the batch: their cases'
         # contact decisions may change (the coverage rollup)
         self.coverage_refs: set[str] = set()
+        # citizens with a request of a ressourceforløb case for its rehabilitation team's
+        # health information made or answered in the batch (the rehabilitation rollup)
+        self.rehab_types = frozenset(rehab_types)
+        self.rehab_refs: set[str] = set()
 
     def set(self, row: SimpleNamespace, **values: Any) -> None:
         cid = row.conversation_id
@@ -204,8 +215,11 @@ class Conversations:
         for name, value in values.items():
             setattr(row, name, value)
         self.dirty.add(row.conversation_id)
-        if row.receiver_role == Role.PSYCHIATRY.value and COVERAGE_STAGES & values.keys():
-            self.coverage_refs.add(row.case_ref)
+        if COVERAGE_STAGES & values.keys():
+            if row.receiver_role == Role.PSYCHIATRY.value:
+                self.coverage_refs.add(row.case_ref)
+            if row.case_kind == rehab_rollup.CASE_KIND and row.attest_type in self.rehab_types:
+                self.rehab_refs.add(row.case_ref)
 
     async def write(self, conn: AsyncConnection) -> None:
         """Write the changed rows back, and move the requests whose open overdue state
@@ -242,6 +256,7 @@ class TrackerState:
         self._roles: dict[str, str | None] = {}
         self.cells = KnownCells()  # rollup cells known to exist in the store
         self.coverage_rules = coverage_rollup.CoverageRules.of(rules)
+        self.rehab_rules = rehab_rollup.RehabRules.of(rules)
 
     # --- cells -------------------------------------------------------------------------------
 
@@ -308,13 +323,18 @@ class TrackerState:
         at = row.submitted_at
         return self.rules.local_date(aware(at) if at is not None else fallback)
 
-    async def refresh_coverage(self, conn: AsyncConnection, batch: Conversations) -> None:
+    async def refresh_cases(self, conn: AsyncConnection, batch: Conversations) -> None:
         """Decide again the cases of the citizens whose requests to psychiatry were sent or
-        answered in the batch, when requests or attests count as contact. Last in the
-        transaction: it waits for no other tracker row while it holds the citizens' locks."""
+        answered in the batch, when requests or attests count as contact, and the
+        ressourceforløb cases whose requests for health information were. Last in the
+        transaction: it waits for no other tracker row while it holds the citizens' locks
+        (the coverage rollup's, then the rehabilitation rollup's, as every tracker does)."""
         refs, batch.coverage_refs = batch.coverage_refs, set()
         if refs and {"attest", "request"} & self.rules.contact_counts:
             await coverage_rollup.refresh(conn, self.coverage_rules, refs)
+        rehab, batch.rehab_refs = batch.rehab_refs, set()
+        if rehab:
+            await rehab_rollup.refresh(conn, self.rehab_rules, rehab)
 
     # --- lookups -----------------------------------------------------------------------------
 
@@ -355,7 +375,7 @@ class TrackerState:
         if existing:
             result = await conn.execute(statements["select"], {"b_ids": existing})
             rows |= {row.conversation_id: SimpleNamespace(**row._mapping) for row in result}
-        batch = Conversations(rows, created, self.rules.timezone)
+        batch = Conversations(rows, created, self.rules.timezone, self.rehab_rules.types)
         episodes: dict[EpisodeKey, dict[str, Any]] = {}
         for cid in created:
             row = rows[cid]
@@ -397,7 +417,7 @@ class TrackerState:
             batch = await self.conversations(conn, [e])
             changed = await self.apply_stage(conn, e, batch)
             await batch.write(conn)
-            await self.refresh_coverage(conn, batch)
+            await self.refresh_cases(conn, batch)
             return changed
         row = batch.rows[e.conversation_id]
         created = e.conversation_id in batch.created
@@ -695,7 +715,7 @@ class TrackerHandler:
                     changed = [await self._apply_one(conn, event, batch) for event in events]
                     await batch.write(conn)
                     await rollups.flush(conn)
-                    await self._state.refresh_coverage(conn, batch)
+                    await self._state.refresh_cases(conn, batch)
         except STORE_ERRORS as exc:
             cells.forget()
             raise Unavailable(ErrorCode.DATABASE_UNAVAILABLE, type(exc).__name__) from exc

@@ -1,15 +1,15 @@
-"""The ministry's figures that need one row per case or request, or use its cube: contact
-over registered sickness cases (from its rollup, `infra/db/coverage.py`, or from the rows as
-the reference), the open overdue requests per receiver, and a ressourceforløb case's wait for
-its health information. Request→attest latency (latency.py) and when in the absence requests
-are made (timing.py) are read from rollups and use this module's cube.
+"""Contact over registered sickness cases (from its rollup, `infra/db/coverage.py`, or from
+the rows as the reference), and the cube the ministry's other per-case and per-request
+figures share: request→attest latency (latency.py), when in the absence requests are made
+(timing.py), the open overdue requests (overdue.py) and a ressourceforløb case's wait for its
+health information (rehabilitation.py) build their cells and rows with it.
 
-Unlike report.py these read per-record tracker tables (`tracker_cases`, `tracker_treatments`,
-`tracker_contacts`, `tracker_conversations`) for the period asked, so they cost in proportion
-to the cases and requests of that period: they are separate endpoints, not part of the
-dashboard's overview that refreshes every minute. They hold no CPR number (case refs only,
-which no answer contains) and the same disclosure control applies: a group is shown only if it
-counts at least `min_cell_citizens` distinct citizens (exact here: the rows are at hand).
+The reports read rollups; the row references (`coverage_rows` here, and the other modules')
+read the per-record tracker tables (`tracker_cases`, `tracker_treatments`, `tracker_contacts`,
+`tracker_conversations`) of the period asked, at a cost in proportion to its cases and
+requests. None holds a CPR number (case refs only, which no answer contains) and the same
+disclosure control applies: a group is shown only if it counts at least `min_cell_citizens`
+distinct citizens.
 
 Contact over cases (`docs/tracker.md`, "Contact over registered cases"): a case counts when
 its kind is one of `contact_case_kinds` and the citizen has a psychiatric course (the job
@@ -55,7 +55,6 @@ from attest_gateway.tracker.report import (
     region_of_municipalities,
     rows_range,
 )
-from attest_gateway.tracker.survival import kaplan_meier
 
 CoverageBy = Literal["national", "region", "municipality", "case_kind"]
 LatencyBy = Literal["national", "region", "attest_type", "receiver_kind"]
@@ -487,118 +486,3 @@ def _request_conds(f: Filters) -> list[Any]:
     if end is not None:
         conds.append(tc.submitted_at < end)
     return conds
-
-
-# --- a ressourceforløb case's health information -----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Rehab:
-    days: int  # first request → complete, or → today when not complete (censored)
-    complete: bool
-    missing: tuple[int, ...]  # per required group: 1 if it has no attest yet
-
-
-RehabCase = tuple[str, str, dt.date]  # case ref, job centre, first day of absence
-
-
-def decide_rehab(
-    rules: r.TrackerRules, requests: Sequence[Any], today: dt.date
-) -> tuple[_Rehab, dt.date, Any]:
-    """A ressourceforløb case's wait from all its requests for health information (made):
-    the wait in calendar days (Danish time) from its first request to the attest that
-    completes it (each part's first), or to today while a part is missing; the day of its
-    first request and that request, whose place the case counts in."""
-    groups = rules.rehab_health_information
-    first = min(requests, key=lambda x: (aware(x.submitted_at), x.conversation_id))
-    first_day = rules.local_date(aware(first.submitted_at))
-    answered: list[dt.datetime | None] = []
-    for needed in groups:
-        times = [aware(x.replied_at) for x in requests if x.attest_type in needed and x.replied_at]
-        answered.append(min(times) if times else None)
-    done = [at for at in answered if at is not None]
-    complete = len(done) == len(groups)
-    end = rules.local_date(max(done)) if complete else today
-    missing = tuple(int(at is None) for at in answered)
-    return _Rehab(max(0, (end - first_day).days), complete, missing), first_day, first
-
-
-async def rehabilitation(
-    conn: AsyncConnection,
-    rules: r.TrackerRules,
-    f: Filters,
-    by: RehabBy,
-    *,
-    series: bool,
-    now: dt.datetime,
-) -> list[dict[str, Any]]:
-    """How long a ressourceforløb case waits for all the health information its
-    rehabilitation team needs (`rules.rehab_health_information`: every group answered by
-    one of its attest types; by default LÆ 265 and a specialist's attest), from the job
-    centre's first request for any of it: Kaplan–Meier over whole days, a case not yet
-    complete censored at its wait so far; counted in the period and place of that first
-    request, with all its requests, also those made after the range asked."""
-    groups = rules.rehab_health_information
-    wanted = sorted({t for needed in groups for t in needed})
-    tc = tracker_conversations.c
-    of_rehab = (tc.case_kind == "ressourceforloeb", tc.attest_type.in_(wanted))
-    every_type = Filters(f.period, f.date_from, f.date_to, None, f.region, f.municipality)
-    columns = (
-        tc.conversation_id,
-        tc.case_ref,
-        tc.jobcenter_org,
-        tc.first_day_of_absence,
-        tc.attest_type,
-        tc.submitted_at,
-        tc.replied_at,
-        tc.region_code,
-        tc.municipality,
-    )
-    # every request of the citizens with one in the range: their cases whole (one statement,
-    # the server joins the citizens)
-    in_range = sa.select(tc.case_ref).where(*_request_conds(every_type), *of_rehab)
-    stmt = sa.select(*columns).where(
-        tc.case_ref.in_(in_range), tc.submitted_at.is_not(None), *of_rehab
-    )
-    cases: dict[RehabCase, list[Any]] = defaultdict(list)
-    for rec in await conn.execute(stmt):
-        cases[(rec.case_ref, rec.jobcenter_org, rec.first_day_of_absence)].append(rec)
-    lo, hi = cube_range(f)
-    today = rules.local_date(now)
-    items: list[Item] = []
-    for (ref, _, _), recs in cases.items():
-        wait, first_day, first = decide_rehab(rules, recs, today)
-        if (lo is not None and first_day < lo) or (hi is not None and first_day > hi):
-            continue  # a case of another period: its first request is outside the cube
-        items.append(
-            Item(wait, first_day, str(first.region_code), str(first.municipality), None, ref)
-        )
-    rows = []
-    for row in publish(items, f, by, rules, series=series):
-        period, group = row.key
-        waits: list[_Rehab] = row.records
-        out: dict[str, Any] = {"period_start": period} if series else {}
-        out |= {"group": group, "label": _group_label(by, group), "suppressed": not row.shown}
-        curve = kaplan_meier((w.days, w.complete) for w in waits)
-        fields: dict[str, Any] = {
-            "cases": curve.n,
-            "complete": curve.events,
-            "incomplete": curve.censored,
-            "share_incomplete": r.rate(curve.censored, curve.n),
-            "median_days": _days(curve.quantile(0.5)),
-            "p90_days": _days(curve.quantile(0.9)),
-        }
-        for i, names in enumerate(groups):
-            fields[f"missing_{_slug(names)}"] = sum(w.missing[i] for w in waits)
-        out |= fields if row.shown else dict.fromkeys(fields)
-        rows.append(out)
-    return rows
-
-
-def _days(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
-
-
-def _slug(types: Sequence[str]) -> str:
-    """`LÆ 265` → `lae265`; several types joined by `_or_`."""
-    return "_or_".join(t.lower().replace("æ", "ae").replace(" ", "") for t in types)

@@ -1,5 +1,6 @@
 """The tracker's commands: `attest-gateway simulate`, `attest-gateway report`,
-`attest-gateway coverage-rebuild` and `attest-gateway overdue-rebuild`."""
+`attest-gateway coverage-rebuild`, `attest-gateway overdue-rebuild` and
+`attest-gateway rehabilitation-rebuild`."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from attest_gateway.devtools.simulate import (
 )
 from attest_gateway.infra.db import coverage as coverage_rollup
 from attest_gateway.infra.db import overdue as overdue_rollup
+from attest_gateway.infra.db import rehabilitation as rehab_rollup
 from attest_gateway.infra.db.migrate import upgrade
 from attest_gateway.infra.kafka.embedded import EmbeddedBroker
 from attest_gateway.observability.logging import configure_logging
@@ -50,6 +52,7 @@ def register(app: typer.Typer) -> None:
     app.command()(report)
     app.command("coverage-rebuild")(coverage_rebuild)
     app.command("overdue-rebuild")(overdue_rebuild)
+    app.command("rehabilitation-rebuild")(rehabilitation_rebuild)
 
 
 def coverage_rebuild() -> None:
@@ -87,6 +90,26 @@ def overdue_rebuild() -> None:
 
     requests = asyncio.run(rebuild())
     console.print(f"open overdue rollup written again from {requests:,} open overdue requests")
+
+
+def rehabilitation_rebuild() -> None:
+    """Write the rollup of ressourceforløb cases' wait for their health information again
+    from the tracked requests: after changing TRACKER_REHAB_HEALTH_INFORMATION or
+    TRACKER_TIMEZONE, with the gateway's processes stopped (one transaction). Cases whose
+    requests retention has pruned are no longer counted.
+
+    Example: attest-gateway rehabilitation-rebuild
+    """
+    settings = load_settings()
+
+    async def rebuild() -> int:
+        async with database(settings) as engine, engine.begin() as conn:
+            return await rehab_rollup.rebuild(
+                conn, rehab_rollup.RehabRules.of(tracker_rules(settings))
+            )
+
+    cases = asyncio.run(rebuild())
+    console.print(f"rehabilitation rollup written again from {cases:,} ressourceforløb cases")
 
 
 def _fmt_duration(seconds: float | None) -> str:

@@ -30,10 +30,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -173,7 +173,8 @@ def period_start(day: dt.date, kind: str) -> dt.date:
     return dt.date(day.year, 1, 1)
 
 
-Key = tuple[str, dt.date, str, str, str, str, int]  # tracker_coverage's primary key
+Key = tuple[Any, ...]  # a rollup row's primary key (tracker_coverage's: 7 columns)
+D = TypeVar("D")
 
 
 def _places(d: Decision) -> tuple[tuple[str, str], ...]:
@@ -204,21 +205,25 @@ def citizen_keys(d: Decision) -> set[Key]:
 
 
 def deltas(
-    before: Mapping[str, Iterable[Decision]], after: Mapping[str, Iterable[Decision]]
+    before: Mapping[str, Iterable[D]],
+    after: Mapping[str, Iterable[D]],
+    states: Callable[[D], Iterable[Key]],
+    citizens: Callable[[D], set[Key]],
 ) -> Counter[Key]:
     """The rollup's changes when the decisions of some citizens (by case ref) go from
-    `before` to `after` (each citizen's decisions complete)."""
+    `before` to `after` (each citizen's decisions complete): every decision's `states` keys
+    counted, and the `citizens` keys of each citizen's decisions once."""
     out: Counter[Key] = Counter()
     for ref in before.keys() | after.keys():
         old, new = list(before.get(ref, ())), list(after.get(ref, ()))
         for d in old:
-            for key in state_keys(d):
+            for key in states(d):
                 out[key] -= 1
         for d in new:
-            for key in state_keys(d):
+            for key in states(d):
                 out[key] += 1
-        was = set().union(*(citizen_keys(d) for d in old))
-        now = set().union(*(citizen_keys(d) for d in new))
+        was = set().union(*(citizens(d) for d in old))
+        now = set().union(*(citizens(d) for d in new))
         for key in now - was:
             out[key] += 1
         for key in was - now:
@@ -268,8 +273,8 @@ async def evidence(conn: AsyncConnection, rules: CoverageRules, refs: Sequence[s
     return out
 
 
-def _lock_key(ref: str) -> int:
-    digest = hashlib.sha256(b"coverage\x1f" + ref.encode("utf-8")).digest()
+def _lock_key(ref: str, space: bytes = b"coverage") -> int:
+    digest = hashlib.sha256(space + b"\x1f" + ref.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -278,25 +283,29 @@ def _lock_key(ref: str) -> int:
 _LOCK = sa.text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k")
 
 
-async def _lock(conn: AsyncConnection, refs: Sequence[str]) -> None:
+async def lock(conn: AsyncConnection, refs: Sequence[str], space: bytes = b"coverage") -> None:
+    """On PostgreSQL, the transaction's advisory locks on the citizens `refs` (one key space
+    per rollup: a citizen's contact decisions and rehabilitation cases lock apart)."""
     if conn.dialect.name != "postgresql" or not refs:
         return
-    await conn.execute(_LOCK, {"keys": sorted({_lock_key(ref) for ref in refs})})
+    await conn.execute(_LOCK, {"keys": sorted({_lock_key(ref, space) for ref in refs})})
 
 
 # --- writing ----------------------------------------------------------------------------------
 
 
-async def add(conn: AsyncConnection, changes: Counter[Key]) -> None:
-    """Add `changes` to the rollup, in key order (upserts)."""
+async def add(
+    conn: AsyncConnection, changes: Counter[Key], table: sa.Table = tracker_coverage
+) -> None:
+    """Add `changes` to the rollup `table` (its primary key, then `n`), in key order
+    (upserts)."""
     if not changes:
         return
-    insert = dialect_insert(conn.dialect.name, tracker_coverage)
+    insert = dialect_insert(conn.dialect.name, table)
+    names = tuple(c.name for c in table.primary_key.columns)
     statement = insert.on_conflict_do_update(
-        index_elements=[c.name for c in tracker_coverage.primary_key.columns],
-        set_={"n": tracker_coverage.c.n + insert.excluded.n},
+        index_elements=list(names), set_={"n": table.c.n + insert.excluded.n}
     )
-    names = ("period_kind", "period_start", "grain", "place", "case_kind", "state", "day")
     await conn.execute(
         statement,
         [dict(zip(names, key, strict=True)) | {"n": n} for key, n in sorted(changes.items())],
@@ -309,7 +318,7 @@ async def refresh(conn: AsyncConnection, rules: CoverageRules, refs: Collection[
     wanted = sorted(set(refs))
     if not wanted:
         return
-    await _lock(conn, wanted)
+    await lock(conn, wanted)
     kc, dc = tracker_cases.c, tracker_coverage_cases.c
     cases: list[Any] = []
     kept: dict[str, Decision] = {}
@@ -363,7 +372,7 @@ async def _apply(
     ]
     if rows:
         await conn.execute(tracker_coverage_cases.insert(), rows)
-    await add(conn, deltas(before, after))
+    await add(conn, deltas(before, after, state_keys, citizen_keys))
 
 
 async def rebuild(conn: AsyncConnection, rules: CoverageRules, *, chunk: int = 20_000) -> int:

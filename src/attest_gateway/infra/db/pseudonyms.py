@@ -35,6 +35,7 @@ from attest_gateway.infra.db.tables import (
     tracker_conversations,
     tracker_episodes,
     tracker_overdue_citizens,
+    tracker_rehab_cases,
     tracker_treatments,
 )
 
@@ -52,6 +53,7 @@ REF_COLUMNS: tuple[sa.Column[Any], ...] = (
     tracker_treatments.c.case_ref,
     tracker_cell_citizens.c.case_ref,
     tracker_overdue_citizens.c.case_ref,
+    tracker_rehab_cases.c.case_ref,
     case_closures.c.case_ref,  # NULL once the case is erased
 )
 

@@ -573,6 +573,42 @@ tracker_coverage = sa.Table(
     postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
 )
 
+# A ressourceforløb case's wait for its health information as a rollup (migration 0028,
+# infra/db/rehabilitation.py). One row per case (case ref, job centre, first day of absence)
+# with what decides it: its first request (when made, its id, its place) and per group of
+# `TRACKER_REHAB_HEALTH_INFORMATION` the day (tracker time zone) of the group's first attest,
+# empty while none (`answered`: the groups' ISO dates, comma-separated, in the groups' order).
+tracker_rehab_cases = sa.Table(
+    "tracker_rehab_cases",
+    metadata,
+    sa.Column("case_ref", sa.String(64), primary_key=True),
+    sa.Column("jobcenter_org", sa.String(64), primary_key=True),
+    sa.Column("first_day_of_absence", sa.Date, primary_key=True),
+    sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("first_id", sa.String(64), nullable=False),
+    sa.Column("region_code", sa.String(4), nullable=False),
+    sa.Column("municipality", sa.String(3), nullable=False),
+    sa.Column("answered", sa.String(255), nullable=False),
+)
+
+# The cases per cell (period kind and start of the first request's day, grain, place): for
+# weeks and months `complete` per whole days of wait (`day`), `open` per first-request day
+# (`day`: days from the period's start; censored at its age when read) and `missing:<i>` (the
+# open cases without an attest of group i, `day` 0); for weeks, months, quarters and years
+# `citizens` (`day` 0), the cell's distinct citizens (its exact weight for disclosure control).
+tracker_rehab = sa.Table(
+    "tracker_rehab",
+    metadata,
+    sa.Column("period_kind", sa.String(7), primary_key=True),
+    sa.Column("period_start", sa.Date, primary_key=True),
+    sa.Column("grain", sa.String(16), primary_key=True),
+    sa.Column("place", sa.String(4), primary_key=True),
+    sa.Column("state", sa.String(16), primary_key=True),
+    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    postgresql_with={"fillfactor": ROLLUP_FILLFACTOR},
+)
+
 # Published disclosure decisions (migration 0023, tracker/decisions.py): the suppressed cells
 # of a whole cube (tracker/disclosure.py `decide_cube`), decided in the background when its
 # weights change, so that a report over a large cube (the receiver drill-down) reads the

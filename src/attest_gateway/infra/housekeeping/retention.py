@@ -47,6 +47,7 @@ from attest_gateway.crypto.sealing import KeyRing
 from attest_gateway.infra.container import Gateway
 from attest_gateway.infra.db import audit
 from attest_gateway.infra.db import overdue as overdue_rollup
+from attest_gateway.infra.db import rehabilitation as rehab_rollup
 from attest_gateway.infra.db.directory_view import SqlDirectory
 from attest_gateway.infra.db.engine import aware
 from attest_gateway.infra.db.grants import may_prune_audit
@@ -413,10 +414,12 @@ async def _erase_cases(
         await conn.execute(outbox.delete().where(outbox.c.key.in_(conv_ids)))
     if tracked:
         await overdue_rollup.forget(conn, timezone, tracked)  # open overdue no more
+        rehab_cases = await rehab_rollup.cases_of(conn, tracked)
         await conn.execute(
             tracker_reminders.delete().where(tracker_reminders.c.conversation_id.in_(tracked))
         )
         await conn.execute(tracker_conversations.delete().where(tc.conversation_id.in_(tracked)))
+        await rehab_rollup.drop_gone(conn, rehab_cases)  # their decisions (the counts stay)
     te, tk, ks = tracker_episodes.c, tracker_contacts.c, tracker_cases.c
     cases = list(closed_at)
     await conn.execute(
@@ -607,10 +610,14 @@ async def _prune_tracker(
             if ids:
                 # a request open and overdue that long leaves the open overdue rollup with it
                 await overdue_rollup.forget(conn, timezone, ids)
+                rehab_cases = await rehab_rollup.cases_of(conn, ids)
                 await conn.execute(
                     tracker_reminders.delete().where(tracker_reminders.c.conversation_id.in_(ids))
                 )
                 await conn.execute(tc.delete().where(tc.c.conversation_id.in_(ids)))
+                # a ressourceforløb case's decision once none of its requests is left (the
+                # rollup's counts stay)
+                await rehab_rollup.drop_gone(conn, rehab_cases)
         total += len(ids)
         if len(ids) < pace.batch:
             break

@@ -33,6 +33,7 @@ from attest_gateway.entrypoints.http.auth import (
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import latency as lat
 from attest_gateway.tracker import overdue as ovd
+from attest_gateway.tracker import rehabilitation as rehab
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker import timing
@@ -274,7 +275,7 @@ async def rehabilitation(
     rules = _rules(request)
     gw = gateway_of(request)
     async with gw.engine.connect() as conn:
-        rows = await cov.rehabilitation(conn, rules, f, by, series=series, now=gw.clock.now())
+        rows = await rehab.rehabilitation(conn, rules, f, by, series=series, now=gw.clock.now())
     extra = {
         "unit": "days",
         "health_information": [list(group) for group in rules.rehab_health_information],
