@@ -32,14 +32,12 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Protocol, TypeVar
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from attest_gateway.infra.db.engine import aware, dialect_insert
+from attest_gateway.infra.db.engine import dialect_insert, local_date
 from attest_gateway.infra.db.tables import (
     tracker_cases,
     tracker_contacts,
@@ -100,12 +98,7 @@ class CoverageRules:
             return dt.date.max
 
     def local_date(self, at: dt.datetime) -> dt.date:
-        return aware(at).astimezone(_zone(self.timezone)).date()
-
-
-@lru_cache(maxsize=8)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
+        return local_date(at, self.timezone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import sqlalchemy as sa
@@ -250,3 +251,13 @@ async def insert_ignore(conn: AsyncConnection, table: sa.Table, values: dict[str
 def aware(value: dt.datetime) -> dt.datetime:
     """SQLite hands back naive datetimes; everything we store is UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def local_date(value: dt.datetime, timezone: str) -> dt.date:
+    """The day of a stored instant in `timezone` (the tracker's, for the rollups' days)."""
+    return aware(value).astimezone(_zone(timezone)).date()
+
+
+@functools.lru_cache(maxsize=8)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)

@@ -39,13 +39,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.infra.db.coverage import period_start
-from attest_gateway.infra.db.engine import aware, dialect_insert
+from attest_gateway.infra.db.engine import dialect_insert, local_date
 from attest_gateway.infra.db.tables import (
     tracker_conversations,
     tracker_overdue,
@@ -78,17 +77,12 @@ class Overdue:
     case_ref: str
 
 
-@lru_cache(maxsize=8)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
 def key_of(row: Any, timezone: str) -> Overdue | None:
     """The request of a `tracker_conversations` row while it is open and overdue, else None."""
     if row.outcome != OVERDUE or row.replied_at is not None or row.submitted_at is None:
         return None
     return Overdue(
-        aware(row.submitted_at).astimezone(_zone(timezone)).date(),
+        local_date(row.submitted_at, timezone),
         row.due_date if row.due_date is not None else NO_DUE_DATE,
         str(row.attest_type),
         str(row.region_code),

@@ -41,15 +41,13 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.infra.db import coverage as cr
-from attest_gateway.infra.db.engine import aware, dialect_insert
+from attest_gateway.infra.db.engine import aware, dialect_insert, local_date
 from attest_gateway.infra.db.tables import tracker_conversations, tracker_rehab, tracker_rehab_cases
 
 CASE_KIND = "ressourceforloeb"
@@ -92,12 +90,7 @@ class RehabRules:
         return sorted({t for group in self.groups for t in group})
 
     def local_date(self, at: dt.datetime) -> dt.date:
-        return aware(at).astimezone(_zone(self.timezone)).date()
-
-
-@lru_cache(maxsize=8)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
+        return local_date(at, self.timezone)
 
 
 @dataclass(frozen=True, slots=True)
