@@ -207,6 +207,7 @@ FILTERS = [
     # the cube of 2025's weeks: its last one ends in 2026
     Filters("week", date_from=dt.date(2025, 11, 1), date_to=dt.date(2025, 12, 31)),
     Filters("month", date_from=dt.date(2025, 9, 1), date_to=dt.date(2026, 2, 28)),
+    Filters("quarter", date_from=dt.date(2025, 8, 20), date_to=dt.date(2026, 2, 10)),  # mid-way
 ]
 BY: tuple[RehabBy, ...] = ("national", "region", "municipality")
 MOMENTS = (NOW, NOW + dt.timedelta(days=20), NOW + dt.timedelta(days=200))

@@ -19,6 +19,7 @@ benchmark hold the rollup to. Disclosure control as for the other figures
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,6 @@ from attest_gateway.tracker.report import (
     cube_range,
     label,
     region_of_municipalities,
-    rows_range,
 )
 from attest_gateway.tracker.survival import kaplan_meier_counts
 
@@ -49,7 +49,7 @@ class _Group:
     open per missing group."""
 
     complete: Counter[int] = field(default_factory=Counter)
-    open: Counter[dt.date] = field(default_factory=Counter)
+    open: Counter[int] = field(default_factory=Counter)  # by the day's ordinal
     missing: Counter[int] = field(default_factory=Counter)
 
     def add(self, other: _Group) -> None:
@@ -61,7 +61,7 @@ class _Group:
 def _fields(rules: r.TrackerRules, group: _Group, today: dt.date) -> dict[str, Any]:
     censored: Counter[int] = Counter()
     for first_day, n in group.open.items():
-        censored[max(0, (today - first_day).days)] += n
+        censored[max(0, today.toordinal() - first_day)] += n
     curve = kaplan_meier_counts(group.complete, censored)
     fields: dict[str, Any] = {
         "cases": curve.n,
@@ -107,15 +107,10 @@ def _slug(types: Sequence[str]) -> str:
 # --- from the rollup --------------------------------------------------------------------------
 
 
-def _coords(row: Any) -> list[disclosure.Coord]:
-    """The cube's cells a stored row adds into: its own period's (weeks, months, and the
-    citizens of quarters and years); a month's cases also into its quarter and year."""
-    kind, start = str(row.period_kind), row.period_start
-    if row.state != rh.CITIZENS and kind == "month":
-        periods = disclosure.stored_periods(kind, start)
-    else:
-        periods = ((kind, start.isoformat()),)
-    return [(k, first, str(row.grain), str(row.place), disclosure.ALL) for k, first in periods]
+@functools.lru_cache(maxsize=1024)
+def _start_of(kind: r.ReportPeriod, start: dt.date) -> str:
+    """The start (ISO) of the period of `kind` a stored week or month falls in."""
+    return r.period_start(start, kind).isoformat()
 
 
 async def rehabilitation(
@@ -137,37 +132,35 @@ async def rehabilitation(
         conds.append(t.period_start <= hi)
     weight_kinds = ["week"] if f.period == "week" else ["month", "quarter", "year"]
     weights: dict[disclosure.Coord, int] = {}
-    for row in await conn.execute(
-        sa.select(t.period_kind, t.period_start, t.grain, t.place, t.state, t.n).where(
+    for kind, start, grain, place, citizens in await conn.execute(
+        sa.select(t.period_kind, t.period_start, t.grain, t.place, t.n).where(
             t.state == rh.CITIZENS, t.period_kind.in_(weight_kinds), t.n > 0, *conds
         )
     ):
-        for coord in _coords(row):
-            weights[coord] = int(row.n)
-    # the cases of the answer's own grain, in the rows' periods (weeks, or months for every
-    # coarser period), into the cells of the kind asked only
-    row_lo, row_hi = rows_range(f)
-    stored: r.PeriodKind = "week" if f.period == "week" else "month"
+        weights[(kind, start.isoformat(), grain, place, disclosure.ALL)] = int(citizens)
+    # the cases of the answer's own grain in the periods of its rows (weeks, or months for
+    # every coarser period), each into its cell of the kind asked
+    asked: r.ReportPeriod = f.period
+    stored: r.PeriodKind = "week" if asked == "week" else "month"
     own = [t.period_kind == stored, t.grain == _own(by, f), t.state != rh.CITIZENS, t.n != 0]
-    if row_lo is not None:
-        own.append(t.period_start >= r.period_start(row_lo, stored))
-    if row_hi is not None:
-        own.append(t.period_start <= row_hi)
-    cells: dict[disclosure.Coord, _Group] = defaultdict(_Group)
-    for rec in await conn.execute(
-        sa.select(t.period_kind, t.period_start, t.grain, t.place, t.state, t.day, t.n).where(*own)
+    if f.date_from is not None:
+        own.append(t.period_start >= r.period_start(f.date_from, asked))
+    if hi is not None:
+        own.append(t.period_start <= hi)
+    cells: dict[disclosure.Coord, _Group] = {}
+    for start, grain, place, state, day, n in await conn.execute(
+        sa.select(t.period_start, t.grain, t.place, t.state, t.day, t.n).where(*own)
     ):
-        n, day = int(rec.n), int(rec.day)
-        for coord in _coords(rec):
-            if coord[0] != f.period:
-                continue
-            group = cells[coord]
-            if rec.state == rh.COMPLETE:
-                group.complete[day] += n
-            elif rec.state == rh.OPEN:
-                group.open[rec.period_start + dt.timedelta(days=day)] += n
-            else:
-                group.missing[int(str(rec.state).removeprefix(rh.MISSING))] += n
+        coord: disclosure.Coord = (asked, _start_of(asked, start), grain, place, disclosure.ALL)
+        group = cells.get(coord)
+        if group is None:
+            group = cells[coord] = _Group()
+        if state == rh.OPEN:
+            group.open[start.toordinal() + day] += n
+        elif state == rh.COMPLETE:
+            group.complete[day] += n
+        else:
+            group.missing[int(state.removeprefix(rh.MISSING))] += n
     region_of = region_of_municipalities()
     hidden = disclosure.decide_cube(weights, region_of, rules.min_cell_citizens)
     found: dict[tuple[str | None, str], tuple[_Group, int, bool]] = {}
@@ -245,7 +238,7 @@ async def rehabilitation_rows(
             if wait.complete:
                 group.complete[wait.days] += 1
             else:  # censored at today − its first day: kept as that day
-                group.open[today - dt.timedelta(days=wait.days)] += 1
+                group.open[today.toordinal() - wait.days] += 1
                 group.missing.update(i for i, m in enumerate(wait.missing) if m)
         decided[row.key] = (group, row.shown)
     return _rows(rules, by, decided, today, series)
