@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import os
 import statistics
@@ -139,7 +140,9 @@ QUERIES: dict[str, Query] = {
     ),
 }
 #: the reports that read no published decision (decided when asked, or their own rollups'
-#: or rows' cubes): `--live` times them, after only
+#: or rows' cubes): `--live` times them, after only; one named with ROWS is the row-based
+#: reference of the one named without it, and says whether both answered the same
+ROWS = ", from the rows"
 LIVE: dict[str, Query] = {
     "report, weekly, last 26 weeks": _report(LAST_26_WEEKS),
     "durations by municipality, LÆ 265 only, whole period": _durations(
@@ -169,7 +172,7 @@ LIVE: dict[str, Query] = {
         for by in ("national", "municipality", "case_kind")
         for how, fn in (
             ("", timing.request_timing),
-            (", from the rows", timing.request_timing_rows),
+            (ROWS, timing.request_timing_rows),
         )
     },
     **{
@@ -181,10 +184,10 @@ LIVE: dict[str, Query] = {
     **{
         f"rehabilitation by {by}, {name}{how}": _rows_report(fn, by, f, series=False)
         for name, f in (("last 3 months", LAST_3_MONTHS), ("whole period", WHOLE))
-        for by in ("national", "municipality")
+        for by in ("national", "region", "municipality")
         for how, fn in (
             ("", rehab.rehabilitation),
-            (", from the rows", rehab.rehabilitation_rows),
+            (ROWS, rehab.rehabilitation_rows),
         )
     },
 }
@@ -326,8 +329,12 @@ async def main() -> None:
                 continue
             timings[name] = await _live(engine, query, args.runs)
             t = timings[name]
+            reference = timings.get(name.removesuffix(ROWS))  # timed just before it
+            if name.endswith(ROWS) and reference is not None:
+                t["same_answer"] = reference["answer_sha256"] == t["answer_sha256"]
             print(f"  {name}: {t['median_s']:.3f} s {t['runs_s']}, {t['rows']:,} rows, "
-                  f"published decision read: {t['published']}", flush=True)  # fmt: skip
+                  f"published decision read: {t['published']}, "
+                  f"same answer: {t.get('same_answer', '-')}", flush=True)  # fmt: skip
             _save(args.out, results)
         if not only:
             timings |= await _receiver_parts(engine, args.runs)
@@ -429,7 +436,12 @@ async def _live(engine: AsyncEngine, query: Query, runs: int) -> dict[str, Any]:
         samples.append(seconds)
         rows = len(answer) if isinstance(answer, list) else 1
         published = memo.decided_at is not None
-    return _summary(samples) | {"rows": rows, "published": published}
+    text = json.dumps(answer, sort_keys=True, default=str).encode()
+    return _summary(samples) | {
+        "rows": rows,
+        "published": published,
+        "answer_sha256": hashlib.sha256(text).hexdigest()[:16],
+    }
 
 
 async def _receiver_parts(engine: AsyncEngine, runs: int) -> dict[str, Any]:
