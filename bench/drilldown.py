@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -180,6 +181,19 @@ LIVE: dict[str, Query] = {
         for name, f in (("last 3 months", LAST_3_MONTHS), ("whole period", WHOLE))
         for by in ("receiver", "municipality")
         for how in ("", ", decided when asked", ", from the rows")
+    },
+    **{  # the cubes by receiving unit that are not published: decided when asked
+        f"overdue by {by}, {name}": _overdue(by, f, "")
+        for name, f in (
+            ("weekly, last 26 weeks", LAST_26_WEEKS),
+            ("weekly, whole period", rep.Filters("week")),
+            (
+                "LÆ 265 only, last 3 months",
+                dataclasses.replace(LAST_3_MONTHS, attest_type="LÆ 265"),
+            ),
+            ("LÆ 265 only, whole period", ONE_TYPE),
+        )
+        for by in ("receiver", "municipality")
     },
     **{
         f"rehabilitation by {by}, {name}{how}": _rows_report(fn, by, f, series=False)
