@@ -588,7 +588,7 @@ tracker_rehab_cases = sa.Table(
     sa.Column("first_id", sa.String(64), nullable=False),
     sa.Column("region_code", sa.String(4), nullable=False),
     sa.Column("municipality", sa.String(3), nullable=False),
-    sa.Column("answered", sa.String(255), nullable=False),
+    sa.Column("answered", sa.Text, nullable=False),
 )
 
 # The cases per cell (period kind and start of the first request's day, grain, place): for

@@ -51,7 +51,7 @@ def upgrade() -> None:
         sa.Column("first_id", sa.String(64), nullable=False),
         sa.Column("region_code", sa.String(4), nullable=False),
         sa.Column("municipality", sa.String(3), nullable=False),
-        sa.Column("answered", sa.String(255), nullable=False),
+        sa.Column("answered", sa.Text, nullable=False),
         sa.PrimaryKeyConstraint(
             "case_ref", "jobcenter_org", "first_day_of_absence", name="pk_tracker_rehab_cases"
         ),
