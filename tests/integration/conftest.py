@@ -92,6 +92,14 @@ async def running_gateway(
                 )
 
 
+@pytest_asyncio.fixture(params=DB_KINDS)
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database of each kind of its own, migrated to the head (the tracker's rollup tests)."""
+    async with fresh_database(request.param, tmp_path) as url:
+        await upgrade_async(url)
+        yield url
+
+
 @pytest_asyncio.fixture(scope="session", params=DB_KINDS)
 async def harness(
     request: pytest.FixtureRequest, broker: TestKafka, tmp_path_factory: pytest.TempPathFactory

@@ -48,13 +48,6 @@ CHANNELS = ("meeting", "phone", "video", "written", "other")
 RULES = TrackerRules.build()
 
 
-@pytest_asyncio.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with fresh_database(request.param, tmp_path) as url:
-        await upgrade_async(url)
-        yield url
-
-
 @pytest_asyncio.fixture
 async def engine(url: str) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(url)

@@ -10,10 +10,8 @@ import datetime as dt
 import random
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 from alembic import command
@@ -34,19 +32,11 @@ from attest_gateway.tracker.latency import latency, latency_rows
 from attest_gateway.tracker.report import Filters
 from attest_gateway.tracker.rules import TrackerRules
 from attest_gateway.tracker.store import with_cells
-from tests.support.harness import fresh_database
 
 NOW = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.UTC)
 PLACES = (("101", "1084"), ("147", "1084"), ("461", "1083"), ("751", "1082"))
 RECEIVERS = {"psy-1": "psychiatry", "gp-1": "gp", "gp-2": "gp", "hosp-1": "hospital"}
 TYPES = ("LÆ 155", "LÆ 265", "LÆ 125")
-
-
-@pytest_asyncio.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with fresh_database(request.param, tmp_path) as url:
-        await upgrade_async(url)
-        yield url
 
 
 @pytest_asyncio.fixture

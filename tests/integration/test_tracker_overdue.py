@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 from alembic import command
@@ -45,7 +44,6 @@ from attest_gateway.tracker.overdue import open_overdue, open_overdue_rows
 from attest_gateway.tracker.report import Filters, Memo
 from attest_gateway.tracker.rules import TrackerRules
 from attest_gateway.tracker.store import buffered_rollups
-from tests.support.harness import fresh_database
 
 NOW = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.UTC)
 PLACES = (("101", "1084"), ("147", "1084"), ("461", "1083"), ("751", "1082"))
@@ -53,13 +51,6 @@ TYPES = ("LÆ 155", "LÆ 265")
 RECEIVERS = (("gp-1", "Lægehuset Test", "gp"), ("psy-1", "Psykiatrien Test", "psychiatry"))
 TOPICS = Topics("medcom.messages", "gateway.tracking", "gateway.dead-letter", "gateway.audit", "c")
 RULES = TrackerRules.build()
-
-
-@pytest_asyncio.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with fresh_database(request.param, tmp_path) as url:
-        await upgrade_async(url)
-        yield url
 
 
 @pytest_asyncio.fixture

@@ -10,10 +10,8 @@ import datetime as dt
 import random
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 from alembic import command
@@ -34,19 +32,11 @@ from attest_gateway.tracker.report import Filters
 from attest_gateway.tracker.rules import LAST_WEEK, TrackerRules
 from attest_gateway.tracker.store import with_cells
 from attest_gateway.tracker.timing import request_timing, request_timing_rows
-from tests.support.harness import fresh_database
 
 NOW = dt.datetime(2026, 6, 15, 10, 0, tzinfo=dt.UTC)
 PLACES = (("101", "1084"), ("147", "1084"), ("461", "1083"), ("751", "1082"))
 TYPES = ("LÆ 155", "LÆ 265", "LÆ 125")
 CASE_KINDS = ("sygedagpenge", "jobafklaringsforloeb", "ressourceforloeb")
-
-
-@pytest_asyncio.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with fresh_database(request.param, tmp_path) as url:
-        await upgrade_async(url)
-        yield url
 
 
 @pytest_asyncio.fixture

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from attest_gateway.bootstrap import database, tracker_rules
 from attest_gateway.config import Settings, load_settings
@@ -55,6 +57,18 @@ def register(app: typer.Typer) -> None:
     app.command("rehabilitation-rebuild")(rehabilitation_rebuild)
 
 
+def _in_one_transaction(
+    settings: Settings, rebuild: Callable[[AsyncConnection], Awaitable[int]]
+) -> int:
+    """A rollup's rebuild in one transaction on the configured database; its count."""
+
+    async def run() -> int:
+        async with database(settings) as engine, engine.begin() as conn:
+            return await rebuild(conn)
+
+    return asyncio.run(run())
+
+
 def coverage_rebuild() -> None:
     """Write the contact-coverage rollup again from the registered cases, for the contact rules
     configured now: after changing TRACKER_CONTACT_WINDOW_WEEKS, TRACKER_CONTACT_CASE_KINDS,
@@ -64,14 +78,8 @@ def coverage_rebuild() -> None:
     Example: attest-gateway coverage-rebuild
     """
     settings = load_settings()
-
-    async def rebuild() -> int:
-        async with database(settings) as engine, engine.begin() as conn:
-            return await coverage_rollup.rebuild(
-                conn, coverage_rollup.CoverageRules.of(tracker_rules(settings))
-            )
-
-    cases = asyncio.run(rebuild())
+    rules = coverage_rollup.CoverageRules.of(tracker_rules(settings))
+    cases = _in_one_transaction(settings, lambda conn: coverage_rollup.rebuild(conn, rules))
     console.print(f"coverage rollup written again from {cases:,} registered cases")
 
 
@@ -83,12 +91,8 @@ def overdue_rebuild() -> None:
     Example: attest-gateway overdue-rebuild
     """
     settings = load_settings()
-
-    async def rebuild() -> int:
-        async with database(settings) as engine, engine.begin() as conn:
-            return await overdue_rollup.rebuild(conn, settings.tracker_timezone)
-
-    requests = asyncio.run(rebuild())
+    timezone = settings.tracker_timezone
+    requests = _in_one_transaction(settings, lambda conn: overdue_rollup.rebuild(conn, timezone))
     console.print(f"open overdue rollup written again from {requests:,} open overdue requests")
 
 
@@ -101,14 +105,8 @@ def rehabilitation_rebuild() -> None:
     Example: attest-gateway rehabilitation-rebuild
     """
     settings = load_settings()
-
-    async def rebuild() -> int:
-        async with database(settings) as engine, engine.begin() as conn:
-            return await rehab_rollup.rebuild(
-                conn, rehab_rollup.RehabRules.of(tracker_rules(settings))
-            )
-
-    cases = asyncio.run(rebuild())
+    rules = rehab_rollup.RehabRules.of(tracker_rules(settings))
+    cases = _in_one_transaction(settings, lambda conn: rehab_rollup.rebuild(conn, rules))
     console.print(f"rehabilitation rollup written again from {cases:,} ressourceforløb cases")
 
 
