@@ -195,8 +195,12 @@ def decide_cube(
     weights: Mapping[Coord, int], region_of: Mapping[str, str], threshold: int
 ) -> set[Coord]:
     """The suppressed cells of a cube: primary, then secondary over `cube_sets`, then
-    audited (`settle`)."""
-    return settle(weights, cube_sets(weights, region_of), threshold)
+    audited (`settle`), each year (its periods' start's) on its own."""
+    hidden: set[Coord] = set()
+    for year in sorted({c[1][:4] for c in weights}):
+        part = {c: w for c, w in weights.items() if c[1][:4] == year}
+        hidden |= settle(part, cube_sets(part, region_of), threshold)
+    return hidden
 
 
 def settle(weights: Mapping[K, int], sets: Sequence[Set[K]], threshold: int) -> set[K]:

@@ -262,3 +262,23 @@ def test_the_garbage_collector_is_left_as_it_was() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_year_is_decided_alike_in_every_cube_that_holds_it() -> None:
+    """No equation holds cells of two years: a year's cells are decided as in a cube of
+    that year alone, so a run of years shows what its years show. Decided as one problem,
+    a fixed cell of one year would suppress more in the other (some seeds here do)."""
+    joint_differs = 0
+    rng = random.Random(7)
+    for _ in range(300):
+        weights, region_of, threshold = _random_cube(rng)
+        years = {d.year_of(c) for c in weights}
+        hidden = d.decide_cube(weights, region_of, threshold)
+        for year in years:
+            alone = {c: w for c, w in weights.items() if d.year_of(c) == year}
+            assert d.decide_cube(alone, region_of, threshold) == {
+                c for c in hidden if d.year_of(c) == year
+            }
+        joint = d.settle(weights, d.cube_sets(weights, region_of), threshold)
+        joint_differs += joint != hidden
+    assert joint_differs > 0

@@ -26,7 +26,9 @@ Sets nest (municipalities within regions within the country) and are decided tog
 region suppressed in its set (the regions of the country) is an unknown in its
 municipalities' set too, so that set then needs another suppressed member. Every equation
 that has an unknown has at least two; that no single suppressed cell is then determined by
-the shown cells and totals is tested by exact elimination over random tables.
+the shown cells and totals is tested by exact elimination over random tables. No set of a
+cube holds cells of two years, so `decide_cube` decides each year on its own: a year is
+decided alike whatever run of years is asked.
 
 How it is computed: the cells are numbered once (`_Problem`; ties go by the order of the
 keys' repr, as the rule states), the rule of two visits only the sets whose cells changed
@@ -373,12 +375,34 @@ def present_or_none(present: set[Coord], coord: Coord) -> Coord | None:
     return coord if coord in present else None
 
 
+def year_of(coord: Coord) -> str:
+    """The year a cube cell belongs to: its period's start's (a week's is the year it starts
+    in). No set of `cube_sets` holds cells of two years."""
+    return coord[1][:4]
+
+
 @_without_cycle_collection
 def decide_cube(
     weights: Mapping[Coord, int], region_of: Mapping[str, str], threshold: int
 ) -> set[Coord]:
     """The suppressed cells of a cube: primary, then secondary over `cube_sets`, then
-    audited (`settle`)."""
+    audited (`settle`), each year's cells on their own. No equation holds cells of two
+    years, so a year is decided alike in every cube that holds it (a run of years is
+    decided as its years are, and a published year serves every run that holds it); decided
+    together, a round of the audit that a fixed cell of one year starts would suppress
+    more in the others."""
+    years: dict[str, dict[Coord, int]] = defaultdict(dict)
+    for coord, weight in weights.items():
+        years[year_of(coord)][coord] = weight
+    hidden: set[Coord] = set()
+    for year in sorted(years):
+        hidden |= _decide_year(years[year], region_of, threshold)
+    return hidden
+
+
+def _decide_year(
+    weights: Mapping[Coord, int], region_of: Mapping[str, str], threshold: int
+) -> set[Coord]:
     keys, parts, totals = _cube_sets(weights, region_of)
     problem = _Problem(keys, [weights[k] for k in keys], parts, totals, _cube_rank(keys))
     return _settle(problem, threshold)
