@@ -19,7 +19,8 @@ when that was (`decisions_as_of`): cells that appeared since are not in it until
 decision.
 
 The cubes published: the open overdue list's by receiving unit (tracker/overdue.py, with
-its figures), the receiver drill-down's, and the geography's (national, regions and
+its figures, one year of one period kind and attest type each), the receiver drill-down's,
+and the geography's (national, regions and
 municipalities; the requests and the contact figures) of months (with their quarters and
 years) and of weeks, each over every single year with cells and every run of years between
 the first and the last with cells (so "the whole period", "from year Y on" and any range of
@@ -278,9 +279,9 @@ async def publish(
             async with engine.begin() as conn:
                 await conn.execute(tracker_decision_histograms.delete().where(
                     h.grain == grain, h.year.in_(gone_years)))  # fmt: skip
-    done += await ovd.publish(engine, rules, now=now)  # the open overdue list by unit
-    async with engine.connect() as conn:
-        keep |= ovd.published_names(await ovd.data_years(conn), threshold)
+    overdue, kept = await ovd.publish(engine, rules, now=now)  # the open overdue list by unit
+    done += overdue
+    keep |= kept
     d, c = tracker_decisions.c, tracker_decision_cells.c
     async with engine.begin() as conn:
         names = set((await conn.execute(sa.select(d.cube))).scalars())

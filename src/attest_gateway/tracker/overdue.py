@@ -14,10 +14,11 @@ equals, row for row, :func:`open_overdue_rows`, which reads one row per request
 
 The cube by receiving unit (every unit in every place) is as large as the receiver
 drill-down's, and deciding it takes seconds at national volume: the decisions' publisher
-(`tracker/decisions.py`) decides it in the background for every run of years (all attest
-types, months with their quarters and years) and stores, with the decision, the cells'
-figures of that moment; the list by unit reads them (`decisions_as_of`). Other lists decide
-their cube when asked.
+(`tracker/decisions.py`) decides it in the background one year at a time (a year is decided
+alike in every cube that holds it: `disclosure.decide_cube`), of months (with their quarters
+and the year) and of weeks, of all attest types and of each, and stores, with the decision,
+the cells' figures of that moment; the list by unit reads the years it asks from them
+(`decisions_as_of`: the oldest). The list by municipality decides its cube when asked.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ from attest_gateway.tracker.report import (
     Filters,
     Memo,
     cube_range,
+    first_week,
     label,
     region_of_municipalities,
     rows_range,
-    year_runs,
     years_asked,
 )
 
@@ -241,15 +242,15 @@ async def open_overdue(
 ) -> list[dict[str, Any]]:
     """Requests past their deadline without an attest now, per receiving unit (its directory
     name) or per municipality, with the most days one of them is overdue; read from the
-    rollup. By receiving unit over months, quarters or years of all attest types, from the
-    published decision of its cube when there is one (`memo` says when it was made)."""
+    rollup. By receiving unit from the published decisions of its cube's years when every
+    one is published (`memo` says when the oldest was made)."""
     memo = memo if memo is not None else Memo()
     today = rules.local_date(now)
     published = await published_decision(conn, f, by, rules) if memo.use_published else None
     if published is not None:
-        name, at = published
+        cubes_of, at = published
         memo.published(at)
-        entries = await _snapshot(conn, name, f.period, _own(by, f))
+        entries = await _snapshot(conn, cubes_of, f.period, _own(by, f))
     else:
         weights = await _weights(conn, f, by)
         hidden = disclosure.decide_cube(
@@ -262,48 +263,91 @@ async def open_overdue(
     return _answer(by, groups, names, rules)
 
 
-# --- the published decision of the cube by receiving unit --------------------------------------
+# --- the published decisions of the cube by receiving unit ------------------------------------
+
+Cube = tuple[r.PeriodKind, str, int]  # stored period kind, attest type (or ALL), year
+KINDS: tuple[r.PeriodKind, ...] = ("month", "week")
 
 
-def cube_name(first: int, last: int, threshold: int) -> str:
-    """The key of the published decision of the cube by receiving unit over these years."""
-    return f"overdue:receiver:month:{first}-{last}:{threshold}"
+def cube_name(kind: r.PeriodKind, attest_type: str, year: int, threshold: int) -> str:
+    """The key of the published decision of one year of the cube by receiving unit: months
+    (with their quarters and the year) or weeks (those starting in the year), of one attest
+    type or all (`ov.ALL`)."""
+    return f"overdue:receiver:{kind}:{attest_type}:{year}:{threshold}"
 
 
-async def data_years(conn: AsyncConnection) -> tuple[int, int] | None:
-    """The first and last year with an open overdue request (None: none)."""
+def _year_filters(kind: r.PeriodKind, attest_type: str, year: int) -> Filters:
+    start = first_week(year) if kind == "week" else dt.date(year, 1, 1)
+    of_type = None if attest_type == ov.ALL else attest_type
+    return Filters(kind, start, dt.date(year, 12, 31), attest_type=of_type)
+
+
+async def data_years(conn: AsyncConnection, kind: r.PeriodKind = "month") -> tuple[int, int] | None:
+    """The first and last year with an open overdue request in a cell of `kind` (a week's
+    year is the one it starts in; None: none)."""
     c = tracker_overdue_cells.c
     lo, hi = (
         await conn.execute(
             sa.select(sa.func.min(c.period_start), sa.func.max(c.period_start)).where(
-                c.period_kind == "month", c.grain == "national"
+                c.period_kind == kind, c.grain == "national"
             )
         )
     ).one()
     return None if lo is None or hi is None else (lo.year, hi.year)
 
 
+async def cubes(conn: AsyncConnection) -> list[Cube]:
+    """The year cubes published: per period kind every year between its first and last with
+    an open overdue request, of all attest types and of each type with one (a year without
+    cells is an empty cube, so that every run of years is published whole)."""
+    c = tracker_overdue_cells.c
+    out: list[Cube] = []
+    for kind in KINDS:
+        years = await data_years(conn, kind)
+        if years is None:
+            continue
+        types = set(
+            (
+                await conn.execute(
+                    sa.select(c.attest_type)
+                    .where(c.period_kind == kind, c.grain == "national")
+                    .distinct()
+                )
+            ).scalars()
+        )
+        for attest_type in [ov.ALL, *sorted(types - {ov.ALL})]:
+            out += [(kind, attest_type, year) for year in range(years[0], years[1] + 1)]
+    return out
+
+
 async def published_decision(
     conn: AsyncConnection, f: Filters, by: OverdueBy, rules: r.TrackerRules
-) -> tuple[str, dt.datetime] | None:
-    """The key and time of the published decision of the answer's cube, or None (only the
-    cube by receiving unit of every attest type over months, quarters or years is
-    published)."""
-    if by != "receiver" or f.period == "week" or f.attest_type is not None:
+) -> tuple[list[str], dt.datetime] | None:
+    """The keys of the published year cubes of the answer's cube and when the oldest of them
+    was decided, or None when one of them is not published (only the cubes by receiving
+    unit are)."""
+    if by != "receiver":
         return None
-    asked = years_asked(f, await data_years(conn))
+    kind: r.PeriodKind = "week" if f.period == "week" else "month"
+    asked = years_asked(f, await data_years(conn, kind))
     if asked is None:
         return None
-    name = cube_name(*asked, rules.min_cell_citizens)
+    threshold = rules.min_cell_citizens
+    names = [
+        cube_name(kind, f.attest_type or ov.ALL, year, threshold)
+        for year in range(asked[0], asked[1] + 1)
+    ]
     d = tracker_decisions.c
-    at = (await conn.execute(sa.select(d.decided_at).where(d.cube == name))).scalar_one_or_none()
-    return None if at is None else (name, aware(at))
+    found = list((await conn.execute(sa.select(d.decided_at).where(d.cube.in_(names)))).scalars())
+    if len(found) != len(names):
+        return None
+    return names, aware(min(found))
 
 
-async def _snapshot(conn: AsyncConnection, name: str, kind: str, grain: str) -> list[_Entry]:
-    """The cube cells of `kind` and `grain` of a published decision, as decided."""
+async def _snapshot(conn: AsyncConnection, names: list[str], kind: str, grain: str) -> list[_Entry]:
+    """The cube cells of `kind` and `grain` of published decisions, as decided."""
     d = tracker_decision_cells.c
-    stmt = sa.select(d.cells).where(d.cube == name, d.period_kind == kind, d.grain == grain)
+    stmt = sa.select(d.cells).where(d.cube.in_(names), d.period_kind == kind, d.grain == grain)
     return [
         _Entry(
             (kind, start, grain, place, receiver),
@@ -320,53 +364,72 @@ async def _snapshot(conn: AsyncConnection, name: str, kind: str, grain: str) -> 
     ]
 
 
-async def digest(conn: AsyncConnection, f: Filters) -> str:
-    """The digest of what a decision of the cube by receiving unit is made of and publishes:
-    every stored cell's weight, requests and due dates."""
+async def digests(conn: AsyncConnection, f: Filters | None = None) -> dict[Cube, str]:
+    """The digest of what each year cube's decision is made of and publishes (every stored
+    cell's weight, requests and due dates), of every cube in one read, or of the one of `f`.
+    A cube without cells has none."""
     c, d = tracker_overdue_cells.c, tracker_overdue.c
+    cell = (c.id, c.period_kind, c.period_start, c.attest_type, c.citizens, c.requests)
     stmt = (
-        sa.select(c.id, c.citizens, c.requests, sa.func.min(d.due_date), sa.func.max(d.due_date))
+        sa.select(*cell, sa.func.min(d.due_date), sa.func.max(d.due_date))
         .select_from(tracker_overdue_cells.join(tracker_overdue, d.cell_id == c.id))
-        .where(*_conds(f, "receiver", cube_range(f)), d.n > 0)
-        .group_by(c.id, c.citizens, c.requests)
+        .where(d.n > 0)
+        .group_by(*cell)
     )
-    h = hashlib.blake2b(digest_size=32)
-    for row in sorted(tuple(row) for row in await conn.execute(stmt)):
-        h.update(orjson.dumps([row[0], row[1], row[2], row[3].isoformat(), row[4].isoformat()]))
-    return h.hexdigest()
+    if f is not None:
+        stmt = stmt.where(*_conds(f, "receiver", cube_range(f)))
+    parts: dict[Cube, list[tuple[Any, ...]]] = defaultdict(list)
+    for (
+        cell_id,
+        kind,
+        start,
+        attest_type,
+        citizens,
+        requests,
+        earliest,
+        latest,
+    ) in await conn.execute(
+        stmt
+    ):  # a cell is in the cube of its period's start's year (a week's: the year it starts in)
+        key: Cube = (kind, str(attest_type), start.year)
+        parts[key].append((cell_id, citizens, requests, earliest.isoformat(), latest.isoformat()))
+    out: dict[Cube, str] = {}
+    for key, rows in parts.items():
+        h = hashlib.blake2b(digest_size=32)
+        for part in sorted(rows):
+            h.update(orjson.dumps(list(part)))
+        out[key] = h.hexdigest()
+    return out
+
+
+EMPTY = hashlib.blake2b(digest_size=32).hexdigest()  # the digest of a cube without cells
 
 
 async def publish_cube(
-    engine: AsyncEngine, rules: r.TrackerRules, first: int, last: int, *, now: dt.datetime
+    engine: AsyncEngine, rules: r.TrackerRules, cube: Cube, made_of: str, *, now: dt.datetime
 ) -> bool:
-    """Decides the cube by receiving unit over the years `first`–`last` again if what it is
-    made of changed since its published decision, and publishes the decision with the cells'
-    figures (so that a figure and its suppression are of one moment). Whether it did."""
+    """Decides one year cube by receiving unit, read as its digest `made_of` says, and
+    publishes the decision with the cells' figures (so that a figure and its suppression are
+    of one moment). False when its cells changed meanwhile (the next round decides it)."""
     threshold = rules.min_cell_citizens
-    name = cube_name(first, last, threshold)
-    f = Filters("month", dt.date(first, 1, 1), dt.date(last, 12, 31))
-    d = tracker_decisions.c
+    kind, attest_type, year = cube
+    name = cube_name(kind, attest_type, year, threshold)
+    f = _year_filters(kind, attest_type, year)
     async with engine.connect() as conn:
-        before = await digest(conn, f)
-        stored = (
-            await conn.execute(sa.select(d.digest).where(d.cube == name))
-        ).scalar_one_or_none()
-        if stored == before:
-            return False
         weights = await _weights(conn, f, "receiver")
         hidden = disclosure.decide_cube(weights, region_of_municipalities(), threshold)
         entries = await _entries(
             conn, f, "receiver", list(GEOGRAPHY), cube_range(f), weights, hidden
         )
-        after = await digest(conn, f)
-    if after != before:  # written to meanwhile: the cube read may be neither; next time
+        after = (await digests(conn, f)).get(cube, EMPTY)
+    if after != made_of:  # written to meanwhile: the cube read may be neither; next time
         return False
     cells: dict[tuple[str, str], dict[disclosure.Coord, list[Any]]] = defaultdict(dict)
     for e in entries:  # a quarter's or a year's cell summed from its months
-        kind, start, grain, place, receiver = e.coord
-        part = cells[(kind, grain)].get(e.coord)
+        kind_of, start, grain, place, receiver = e.coord
+        part = cells[(kind_of, grain)].get(e.coord)
         if part is None:
-            cells[(kind, grain)][e.coord] = [
+            cells[(kind_of, grain)][e.coord] = [
                 start, place, receiver, int(e.shown), e.citizens, e.requests,
                 e.earliest.isoformat(), e.latest.isoformat(),
             ]  # fmt: skip
@@ -374,51 +437,53 @@ async def publish_cube(
             part[5] += e.requests
             part[6] = min(part[6], e.earliest.isoformat())
             part[7] = max(part[7], e.latest.isoformat())
-    c = tracker_decision_cells.c
+    c, d = tracker_decision_cells.c, tracker_decisions.c
     async with engine.begin() as conn:
         await conn.execute(tracker_decision_cells.delete().where(c.cube == name))
         await conn.execute(tracker_decisions.delete().where(d.cube == name))
         await conn.execute(
             tracker_decisions.insert().values(
-                cube=name, digest=before, decided_at=now, cells=len(weights),
+                cube=name, digest=made_of, decided_at=now, cells=len(weights),
                 suppressed=len(hidden),
             )
         )  # fmt: skip
         parts = [
             {
                 "cube": name,
-                "period_kind": kind,
+                "period_kind": kind_of,
                 "grain": grain,
-                "attest_type": ov.ALL,
+                "attest_type": attest_type,
                 "cells": orjson.dumps(sorted(coords.values())).decode(),
             }
-            for (kind, grain), coords in sorted(cells.items())
+            for (kind_of, grain), coords in sorted(cells.items())
         ]
         if parts:
             await conn.execute(tracker_decision_cells.insert(), parts)
     return True
 
 
-async def publish(engine: AsyncEngine, rules: r.TrackerRules, *, now: dt.datetime) -> list[str]:
-    """Publishes the cube by receiving unit over every run of years (as `decisions.publish`
-    does the report's cubes) whose figures changed. The keys of the cubes it decided, and
-    of all it keeps (a round removes the others)."""
+async def publish(
+    engine: AsyncEngine, rules: r.TrackerRules, *, now: dt.datetime
+) -> tuple[list[str], set[str]]:
+    """Publishes the year cubes by receiving unit (`cubes`) whose figures changed since
+    their published decision. The keys of the cubes it decided, and of all it keeps (a
+    round removes the others)."""
+    threshold = rules.min_cell_citizens
+    d = tracker_decisions.c
     async with engine.connect() as conn:
-        years = await data_years(conn)
-    if years is None:
-        return []
+        wanted = await cubes(conn)
+        made_of = await digests(conn)
+        found = await conn.execute(
+            sa.select(d.cube, d.digest).where(d.cube.like("overdue:receiver:%"))
+        )
+        stored = {str(cube): str(digest) for cube, digest in found}
     done = []
-    for first, last in year_runs(*years):
-        if await publish_cube(engine, rules, first, last, now=now):
-            done.append(cube_name(first, last, rules.min_cell_citizens))
-    return done
-
-
-def published_names(years: tuple[int, int] | None, threshold: int) -> set[str]:
-    """The keys of the cubes `publish` keeps for these years."""
-    if years is None:
-        return set()
-    return {cube_name(first, last, threshold) for first, last in year_runs(*years)}
+    for cube in wanted:
+        name = cube_name(*cube, threshold)
+        now_of = made_of.get(cube, EMPTY)
+        if stored.get(name) != now_of and await publish_cube(engine, rules, cube, now_of, now=now):
+            done.append(name)
+    return done, {cube_name(*cube, threshold) for cube in wanted}
 
 
 # --- from the rows (the reference) ------------------------------------------------------------
