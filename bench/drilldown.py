@@ -48,7 +48,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from attest_gateway.infra.db import coverage as cr
 from attest_gateway.infra.db.engine import make_engine
 from attest_gateway.infra.db.migrate import alembic_config, upgrade_async
-from attest_gateway.infra.db.tables import tracker_decisions, tracker_request_weeks
+from attest_gateway.infra.db.tables import (
+    tracker_decision_cells,
+    tracker_decisions,
+    tracker_request_weeks,
+)
 from attest_gateway.tracker import coverage as cov
 from attest_gateway.tracker import decisions as pub
 from attest_gateway.tracker import latency as lat
@@ -128,6 +132,18 @@ LAST_3_MONTHS = rep.Filters("month", TODAY - dt.timedelta(days=91), TODAY)
 EARLIER_YEARS = rep.Filters("month", dt.date(TODAY.year - 2, 1, 1), dt.date(TODAY.year - 1, 12, 31))
 ONE_TYPE = rep.Filters(attest_type="LÆ 265")
 
+# the open overdue list by receiving unit, weekly or of one type: published per year since
+OVERDUE_VARIANTS = (
+    ("weekly, last 26 weeks", LAST_26_WEEKS),
+    ("weekly, whole period", rep.Filters("week")),
+    ("LÆ 265 only, last 3 months", dataclasses.replace(LAST_3_MONTHS, attest_type="LÆ 265")),
+    ("LÆ 265 only, whole period", ONE_TYPE),
+    (
+        "LÆ 265 only, weekly, last 26 weeks",
+        dataclasses.replace(LAST_26_WEEKS, attest_type="LÆ 265"),
+    ),
+)
+
 QUERIES: dict[str, Query] = {
     "durations by receiver, whole period": _durations("receiver", WHOLE, series=False),
     "durations by receiver, monthly series": _durations("receiver", WHOLE, series=True),
@@ -139,6 +155,7 @@ QUERIES: dict[str, Query] = {
     "durations by receiver, a run of years not ending at the last": _durations(
         "receiver", EARLIER_YEARS, series=False
     ),
+    **{f"overdue by receiver, {name}": _overdue("receiver", f, "") for name, f in OVERDUE_VARIANTS},
 }
 #: the reports that read no published decision (decided when asked, or their own rollups'
 #: or rows' cubes): `--live` times them, after only; one named with ROWS is the row-based
@@ -182,18 +199,9 @@ LIVE: dict[str, Query] = {
         for by in ("receiver", "municipality")
         for how in ("", ", decided when asked", ", from the rows")
     },
-    **{  # the cubes by receiving unit that are not published: decided when asked
-        f"overdue by {by}, {name}": _overdue(by, f, "")
-        for name, f in (
-            ("weekly, last 26 weeks", LAST_26_WEEKS),
-            ("weekly, whole period", rep.Filters("week")),
-            (
-                "LÆ 265 only, last 3 months",
-                dataclasses.replace(LAST_3_MONTHS, attest_type="LÆ 265"),
-            ),
-            ("LÆ 265 only, whole period", ONE_TYPE),
-        )
-        for by in ("receiver", "municipality")
+    **{  # by municipality every cube is decided when asked
+        f"overdue by municipality, {name}": _overdue("municipality", f, "")
+        for name, f in OVERDUE_VARIANTS
     },
     **{
         f"rehabilitation by {by}, {name}{how}": _rows_report(fn, by, f, series=False)
@@ -292,6 +300,12 @@ async def main() -> None:
         help="with --reuse on a database at 0025: migration 0026's rollup built in bulk SQL "
         "(tracker_scale.build_request_weeks) instead of its fill in Python, and stamped",
     )
+    parser.add_argument(
+        "--overdue-publish",
+        action="store_true",
+        help="time the open overdue list's year cubes published from nothing, each, and the "
+        "round's check when nothing changed",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, Any] = {
@@ -322,6 +336,8 @@ async def main() -> None:
 
         if not args.no_publish:
             await _publish(engine, results)
+        if args.overdue_publish:
+            results["overdue_publish"] = await _publish_overdue(engine)
         only = [q.strip() for q in args.only.split(";") if q.strip()]
         timings: dict[str, Any] = {}
         results["timings"] = timings
@@ -415,6 +431,44 @@ async def _publish(engine: AsyncEngine, results: dict[str, Any]) -> None:
     again = await pub.publish(engine, RULES, now=dt.datetime.now(dt.UTC))
     results["publish_unchanged_s"] = round(time.perf_counter() - t0, 1)
     print(f"  again, nothing changed: {len(again)} decided, {results['publish_unchanged_s']} s")
+
+
+async def _publish_overdue(engine: AsyncEngine) -> dict[str, Any]:
+    """The open overdue list's year cubes (`tracker/overdue.py`) published from nothing,
+    one at a time and each timed, as a round does when all changed; then a round with
+    nothing changed (its digests read and compared)."""
+    d, c = tracker_decisions.c, tracker_decision_cells.c
+    async with engine.begin() as conn:
+        await conn.execute(tracker_decision_cells.delete().where(c.cube.like("overdue:%")))
+        await conn.execute(tracker_decisions.delete().where(d.cube.like("overdue:%")))
+    now = dt.datetime.now(dt.UTC)
+    async with engine.connect() as conn:
+        t0 = time.perf_counter()
+        cubes = await ovd.cubes(conn)
+        made_of = await ovd.digests(conn)
+        digests_s = time.perf_counter() - t0
+    out: dict[str, Any] = {"digests_s": round(digests_s, 2), "cubes": []}
+    print(f"overdue: {len(cubes)} year cubes, their digests in {digests_s:.1f} s", flush=True)
+    for cube in cubes:
+        t0 = time.perf_counter()
+        done = await ovd.publish_cube(engine, RULES, cube, made_of.get(cube, ovd.EMPTY), now=now)
+        seconds = time.perf_counter() - t0
+        name = ovd.cube_name(*cube, RULES.min_cell_citizens)
+        async with engine.connect() as conn:
+            cells, hidden = (
+                await conn.execute(sa.select(d.cells, d.suppressed).where(d.cube == name))
+            ).one()
+        out["cubes"].append({"cube": name, "s": round(seconds, 2), "published": done,
+                             "cells": cells, "suppressed": hidden})  # fmt: skip
+        print(f"  {name}: {seconds:.2f} s, {cells:,} cells, {hidden:,} suppressed", flush=True)
+    out["first_s"] = round(digests_s + sum(x["s"] for x in out["cubes"]), 1)
+    t0 = time.perf_counter()
+    again, _ = await ovd.publish(engine, RULES, now=dt.datetime.now(dt.UTC))
+    out["unchanged_s"] = round(time.perf_counter() - t0, 2)
+    out["unchanged_decided"] = len(again)
+    print(f"  all: {out['first_s']} s; again, nothing changed: {len(again)} decided, "
+          f"{out['unchanged_s']} s", flush=True)  # fmt: skip
+    return out
 
 
 async def _before_after(
