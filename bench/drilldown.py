@@ -128,7 +128,7 @@ TODAY = dt.date.today()
 LAST_26_WEEKS = rep.Filters("week", TODAY - dt.timedelta(weeks=26), TODAY)
 LAST_3_MONTHS = rep.Filters("month", TODAY - dt.timedelta(days=91), TODAY)
 # the two full years before this one: a run of years not ending at the last with cells
-# (published since every run is: tracker/report.year_runs)
+# (published since a run of years reads its years' decisions)
 EARLIER_YEARS = rep.Filters("month", dt.date(TODAY.year - 2, 1, 1), dt.date(TODAY.year - 1, 12, 31))
 ONE_TYPE = rep.Filters(attest_type="LÆ 265")
 
@@ -163,6 +163,13 @@ QUERIES: dict[str, Query] = {
 ROWS = ", from the rows"
 LIVE: dict[str, Query] = {
     "report, weekly, last 26 weeks": _report(LAST_26_WEEKS),
+    # the receiving units' weeks are not published: decided when asked
+    "durations by receiver, weekly, last 26 weeks": _durations(
+        "receiver", LAST_26_WEEKS, series=False
+    ),
+    "deadlines by receiver, weekly, last 26 weeks": _deadlines(
+        "receiver", LAST_26_WEEKS, series=False
+    ),
     "durations by municipality, LÆ 265 only, whole period": _durations(
         "municipality", ONE_TYPE, series=False
     ),
@@ -463,7 +470,7 @@ async def _publish_overdue(engine: AsyncEngine) -> dict[str, Any]:
         print(f"  {name}: {seconds:.2f} s, {cells:,} cells, {hidden:,} suppressed", flush=True)
     out["first_s"] = round(digests_s + sum(x["s"] for x in out["cubes"]), 1)
     t0 = time.perf_counter()
-    again, _ = await ovd.publish(engine, RULES, now=dt.datetime.now(dt.UTC))
+    again = (await ovd.publish(engine, RULES, now=dt.datetime.now(dt.UTC))).decided
     out["unchanged_s"] = round(time.perf_counter() - t0, 2)
     out["unchanged_decided"] = len(again)
     print(f"  all: {out['first_s']} s; again, nothing changed: {len(again)} decided, "

@@ -12,7 +12,8 @@ their counters and suppression as decided (report.py `_decided`).
 A cube is decided again only when its cells changed: the digest of its stored cells' ids,
 distinct citizens (the only input of the decision besides the region map and the threshold,
 both in the cube's key) and counters (published with it) is compared with the one it was
-decided over. The
+decided over; a decision whose cube did not change stands, and is marked as of the round
+(`decided_at`). The
 decision is exactly the one a report would make at that moment (the same function over the
 same cube, read by report.py `cube_of`); the report answers as it would have then and says
 when that was (`decisions_as_of`): cells that appeared since are not in it until the next
@@ -22,10 +23,11 @@ The cubes published: the open overdue list's by receiving unit (tracker/overdue.
 its figures, one year of one period kind and attest type each), the receiver drill-down's,
 and the geography's (national, regions and
 municipalities; the requests and the contact figures) of months (with their quarters and
-years) and of weeks, each over every single year with cells and every run of years between
-the first and the last with cells (so "the whole period", "from year Y on" and any range of
-months or weeks: a report's cube is always of whole years, `report.cube_range`). The
-receiving units' weeks are not published: such a report decides its cube when asked.
+years) and of weeks, one cube per year between the first and the last with cells: a
+report's cube is always of whole years (`report.cube_range`), and a year is decided alike in
+every cube that holds it (`disclosure.decide_cube`), so a run of years ("the whole period",
+"from year Y on", any range of months or weeks) reads its years' decisions. The receiving
+units' weeks are not published: such a report decides its cube when asked.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import datetime as dt
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
@@ -56,9 +58,11 @@ from attest_gateway.tracker import overdue as ovd
 from attest_gateway.tracker import report as rep
 from attest_gateway.tracker import rules as r
 from attest_gateway.tracker.consumer import CONTACT_ATTEST
-from attest_gateway.tracker.report import year_runs
 
 log = structlog.get_logger(__name__)
+
+#: what a round did with one cube (`publish_cube`)
+Outcome = Literal["decided", "unchanged", "moved"]
 
 #: the cubes published: their grains, whether of the contact figures, their stored period kind
 CUBES: tuple[tuple[tuple[str, ...], bool, r.PeriodKind], ...] = (
@@ -69,9 +73,9 @@ CUBES: tuple[tuple[tuple[str, ...], bool, r.PeriodKind], ...] = (
 )
 
 
-def _filters(first: int, last: int, kind: r.PeriodKind) -> rep.Filters:
-    start = rep.first_week(first) if kind == "week" else dt.date(first, 1, 1)
-    return rep.Filters(kind, start, dt.date(last, 12, 31))
+def _filters(year: int, kind: r.PeriodKind) -> rep.Filters:
+    start = rep.first_week(year) if kind == "week" else dt.date(year, 1, 1)
+    return rep.Filters(kind, start, dt.date(year, 12, 31))
 
 
 async def digest(
@@ -100,19 +104,17 @@ async def publish_cube(
     grains: tuple[str, ...],
     *,
     contact: bool,
-    first: int,
-    last: int,
+    year: int,
     now: dt.datetime,
     kind: r.PeriodKind = "month",
     force: bool = False,
-) -> bool:
-    """Decides one cube again if its weights changed since its published decision (or
-    `force`), and publishes the decision. Whether it did."""
+) -> Outcome:
+    """Decides one year's cube again if its weights changed since its published decision
+    (or `force`), and publishes the decision: "decided", "unchanged" (the decision stands),
+    or "moved" (written to while read: the next round decides it)."""
     threshold = rules.min_cell_citizens
-    name = rep.cube_name(
-        grains, contact=contact, first=first, last=last, threshold=threshold, kind=kind
-    )
-    f = _filters(first, last, kind)
+    name = rep.cube_name(grains, contact=contact, year=year, threshold=threshold, kind=kind)
+    f = _filters(year, kind)
     d = tracker_decisions.c
     async with engine.connect() as conn:
         before = await digest(conn, f, grains, contact=contact)
@@ -120,11 +122,11 @@ async def publish_cube(
             await conn.execute(sa.select(d.digest).where(d.cube == name))
         ).scalar_one_or_none()
         if stored == before and not force:
-            return False
+            return "unchanged"
         cube = await rep.cube_of(conn, f, grains, rep._types(contact=contact))
         after = await digest(conn, f, grains, contact=contact)
     if after != before:  # written to meanwhile: the cube read may be neither; next time
-        return False
+        return "moved"
     weights = {c: v["citizens_lb"] for c, v in cube.items()}
     hidden = await asyncio.to_thread(
         disclosure.decide_cube, weights, rep.region_of_municipalities(), threshold
@@ -157,7 +159,7 @@ async def publish_cube(
                     for (kind, grain, attest_type), cells in sorted(parts.items())
                 ],
             )
-    return True
+    return "decided"
 
 
 async def publish_histograms(
@@ -242,7 +244,8 @@ async def publish(
     the decisions of cubes no longer published (years without cells, another threshold).
     The keys of the cubes published."""
     done: list[str] = []
-    decided: list[tuple[tuple[str, ...], bool, int, int]] = []
+    stand: list[str] = []  # decisions whose cubes are unchanged: they stand as of now
+    decided: list[tuple[tuple[str, ...], bool, int]] = []
     keep: set[str] = set()
     threshold = rules.min_cell_citizens
     for grains, contact, kind in cubes:
@@ -250,27 +253,24 @@ async def publish(
             years = await rep.data_years(conn, grains, kind)
         if years is None:
             continue
-        for first, last in year_runs(*years):
-            name = rep.cube_name(
-                grains, contact=contact, first=first, last=last, threshold=threshold, kind=kind
-            )
+        for year in range(years[0], years[1] + 1):
+            name = rep.cube_name(grains, contact=contact, year=year, threshold=threshold, kind=kind)
             keep.add(name)
-            if await publish_cube(
-                engine, rules, grains, contact=contact, first=first, last=last, now=now, kind=kind
-            ):
+            outcome = await publish_cube(
+                engine, rules, grains, contact=contact, year=year, now=now, kind=kind
+            )
+            if outcome == "unchanged":
+                stand.append(name)
+            elif outcome == "decided":
                 done.append(name)
                 if kind == "month":
-                    decided.append((grains, contact, first, last))
+                    decided.append((grains, contact, year))
     for grain in rep.PUBLISHED_HISTOGRAMS:
         async with engine.connect() as conn:
             years = await rep.data_years(conn, [grain])
             h = tracker_decision_histograms.c
             have = set((await conn.execute(sa.select(h.year).where(h.grain == grain))).scalars())
-        changed = {
-            first
-            for grains, contact, first, last in decided
-            if grain in grains and not contact and first == last
-        }
+        changed = {year for grains, contact, year in decided if grain in grains and not contact}
         wanted = set(range(years[0], years[1] + 1)) if years is not None else set()
         for year in sorted(y for y in wanted if y in changed or y not in have):
             await publish_histograms(engine, grain, year, now=now)
@@ -279,9 +279,10 @@ async def publish(
             async with engine.begin() as conn:
                 await conn.execute(tracker_decision_histograms.delete().where(
                     h.grain == grain, h.year.in_(gone_years)))  # fmt: skip
-    overdue, kept = await ovd.publish(engine, rules, now=now)  # the open overdue list by unit
-    done += overdue
-    keep |= kept
+    overdue = await ovd.publish(engine, rules, now=now)  # the open overdue list by unit
+    done += overdue.decided
+    stand += overdue.unchanged
+    keep |= overdue.kept
     d, c = tracker_decisions.c, tracker_decision_cells.c
     async with engine.begin() as conn:
         names = set((await conn.execute(sa.select(d.cube))).scalars())
@@ -289,6 +290,12 @@ async def publish(
         if gone:
             await conn.execute(tracker_decision_cells.delete().where(c.cube.in_(gone)))
             await conn.execute(tracker_decisions.delete().where(d.cube.in_(gone)))
+        for start in range(0, len(stand), 500):  # found to stand: as of now (`decisions_as_of`)
+            await conn.execute(
+                tracker_decisions.update()
+                .where(d.cube.in_(stand[start : start + 500]), d.decided_at < now)
+                .values(decided_at=now)
+            )
     if done or gone:
         log.info("tracker.decisions_published", cubes=len(done), removed=len(gone))
     return done

@@ -462,12 +462,19 @@ async def publish_cube(
     return True
 
 
-async def publish(
-    engine: AsyncEngine, rules: r.TrackerRules, *, now: dt.datetime
-) -> tuple[list[str], set[str]]:
+@dataclass(frozen=True, slots=True)
+class Round:
+    """What one round did: the keys of the year cubes decided, of those unchanged (their
+    decisions stand), and of all it keeps (the round removes the others)."""
+
+    decided: list[str]
+    unchanged: list[str]
+    kept: set[str]
+
+
+async def publish(engine: AsyncEngine, rules: r.TrackerRules, *, now: dt.datetime) -> Round:
     """Publishes the year cubes by receiving unit (`cubes`) whose figures changed since
-    their published decision. The keys of the cubes it decided, and of all it keeps (a
-    round removes the others)."""
+    their published decision."""
     threshold = rules.min_cell_citizens
     d = tracker_decisions.c
     async with engine.connect() as conn:
@@ -477,13 +484,16 @@ async def publish(
             sa.select(d.cube, d.digest).where(d.cube.like("overdue:receiver:%"))
         )
         stored = {str(cube): str(digest) for cube, digest in found}
-    done = []
+    done: list[str] = []
+    unchanged: list[str] = []
     for cube in wanted:
         name = cube_name(*cube, threshold)
         now_of = made_of.get(cube, EMPTY)
-        if stored.get(name) != now_of and await publish_cube(engine, rules, cube, now_of, now=now):
+        if stored.get(name) == now_of:
+            unchanged.append(name)
+        elif await publish_cube(engine, rules, cube, now_of, now=now):
             done.append(name)
-    return done, {cube_name(*cube, threshold) for cube in wanted}
+    return Round(done, unchanged, {cube_name(*cube, threshold) for cube in wanted})
 
 
 # --- from the rows (the reference) ------------------------------------------------------------

@@ -285,14 +285,15 @@ class Memo:
     #: whether a published decision may be read (False: every cube decided when asked)
     use_published: bool = True
     #: the published decision of each cube looked up (None: not published)
-    names: dict[tuple[Any, ...], tuple[str, dt.datetime] | None] = field(default_factory=dict)
+    names: dict[tuple[Any, ...], tuple[list[str], dt.datetime] | None] = field(default_factory=dict)
 
     def published(self, at: dt.datetime) -> None:
         if self.decided_at is None or at < self.decided_at:
             self.decided_at = at
 
     def describe(self) -> dict[str, Any]:
-        """`decisions_as_of`: when the suppression shown was decided (None: when asked)."""
+        """`decisions_as_of`: when the suppression shown was decided or last found to stand
+        (the oldest of the decisions read; None: decided when asked)."""
         at = None if self.decided_at is None else self.decided_at.isoformat()
         return {"decisions_as_of": at}
 
@@ -324,11 +325,11 @@ async def _decided(
         )
     published = memo.names[key]
     if published is not None:
-        name, at = published
+        names, at = published
         grain, types = _selection(by, f, contact=contact)
         selected = (*key, grain, tuple(types or ()))
         if selected not in memo.decided:
-            memo.decided[selected] = await _snapshot(conn, name, f.period, grain, types)
+            memo.decided[selected] = await _snapshot(conn, names, f.period, grain, types)
         memo.published(at)
         return memo.decided[selected]
     cube = await _cube(conn, f, by, contact=contact)
@@ -360,31 +361,20 @@ def cube_name(
     levels: Sequence[str],
     *,
     contact: bool,
-    first: int,
-    last: int,
+    year: int,
     threshold: int,
     kind: r.PeriodKind = "month",
 ) -> str:
     """The key of a published decision: the grains, the figure (contact or the requests),
-    the stored period kind (weeks, or months with their quarters and years), the whole years
-    and the threshold of the cube decided."""
+    the stored period kind (weeks, or months with their quarters and years), the year and the
+    threshold of the cube decided. A year is decided alike in every cube that holds it
+    (`disclosure.decide_cube`), so a run of years reads its years' decisions."""
     figure = "contact" if contact else "requests"
-    return f"{figure}:{'+'.join(levels)}:{kind}:{first}-{last}:{threshold}"
+    return f"{figure}:{'+'.join(levels)}:{kind}:{year}:{threshold}"
 
 
 #: the grains whose weekly cubes are published (the receiving units' are decided when asked)
 PUBLISHED_WEEKS: Final = frozenset({("national", "region", "municipality")})
-
-
-def year_runs(first: int, last: int) -> list[tuple[int, int]]:
-    """The runs of years published: every single year, every run ending at `last` (the whole
-    period, "from year Y on"), then every other run (any range of months asked falls in one).
-    Only the runs that hold the current year change with every round; the others are decided
-    once and then only checked."""
-    runs = [(year, year) for year in range(first, last + 1)]
-    runs += [(year, last) for year in range(first, last)]
-    runs += [(a, b) for b in range(last - 1, first, -1) for a in range(first, b)]
-    return runs
 
 
 async def data_years(
@@ -423,11 +413,12 @@ def years_asked(f: Filters, years: tuple[int, int] | None) -> tuple[int, int] | 
 
 async def published_decision(
     conn: AsyncConnection, f: Filters, by: By, rules: r.TrackerRules, *, contact: bool
-) -> tuple[str, dt.datetime] | None:
-    """The key and time of the published decision of the cube an answer decides, or None.
-    The cube's years are those asked (`cube_range`) within the years that have cells (the
-    cells of other years are none, so the cube is the same). Weeks are published for the
-    geography's cubes only (`PUBLISHED_WEEKS`)."""
+) -> tuple[list[str], dt.datetime] | None:
+    """The keys of the published decisions of the years of the cube an answer decides and
+    when the oldest of them was made, or None when one is not published. The cube's years
+    are those asked (`cube_range`) within the years that have cells (the cells of other
+    years are none, so the cube is the same). Weeks are published for the geography's cubes
+    only (`PUBLISHED_WEEKS`)."""
     if not contact and f.attest_type == CONTACT_ATTEST:
         return None
     levels = _levels(by)
@@ -437,38 +428,34 @@ async def published_decision(
     asked = years_asked(f, await data_years(conn, levels, kind))
     if asked is None:
         return None
-    first, last = asked
-    name = cube_name(
-        levels,
-        contact=contact,
-        first=first,
-        last=last,
-        threshold=rules.min_cell_citizens,
-        kind=kind,
-    )
+    threshold = rules.min_cell_citizens
+    names = [
+        cube_name(levels, contact=contact, year=year, threshold=threshold, kind=kind)
+        for year in range(asked[0], asked[1] + 1)
+    ]
     d = tracker_decisions.c
-    at = (await conn.execute(sa.select(d.decided_at).where(d.cube == name))).scalar_one_or_none()
-    return None if at is None else (name, aware(at))
+    found = list((await conn.execute(sa.select(d.decided_at).where(d.cube.in_(names)))).scalars())
+    return (names, aware(min(found))) if len(found) == len(names) else None
 
 
 async def _snapshot(
-    conn: AsyncConnection, name: str, kind: str, grain: str, types: list[str] | None
+    conn: AsyncConnection, names: list[str], kind: str, grain: str, types: list[str] | None
 ) -> Decided:
-    """The cells of `kind`, `grain` and `types` of the published decision `name`: their
+    """The cells of `kind`, `grain` and `types` of the published decisions `names`: their
     counters and which are suppressed, as decided."""
     d = tracker_decision_cells.c
     stmt = sa.select(d.attest_type, d.cells).where(
-        d.cube == name, d.period_kind == kind, d.grain == grain
+        d.cube.in_(names), d.period_kind == kind, d.grain == grain
     )
     if types is not None:
         stmt = stmt.where(d.attest_type.in_(types))
     cube: dict[Coord, dict[str, int]] = {}
     hidden: set[Coord] = set()
-    names = ("citizens_lb", *COUNTERS)
+    fields = ("citizens_lb", *COUNTERS)
     for attest_type, cells in await conn.execute(stmt):
         for period, dim, shown, *values in orjson.loads(cells):
             coord = (kind, period, grain, dim, attest_type)
-            cube[coord] = dict(zip(names, values, strict=True))
+            cube[coord] = dict(zip(fields, values, strict=True))
             if not shown:
                 hidden.add(coord)
     return cube, hidden

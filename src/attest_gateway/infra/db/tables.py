@@ -613,10 +613,11 @@ tracker_rehab = sa.Table(
 # of a whole cube (tracker/disclosure.py `decide_cube`), decided in the background when its
 # weights change, so that a report over a large cube (the receiver drill-down) reads the
 # decision instead of making it. `tracker_decisions`: one row per cube (its key names the
-# grains, the figure, the whole years and the threshold), the digest of the weights it was
-# decided over and when. `tracker_decision_cells`: per cube, period kind, grain and type, its
-# cells as decided (a JSON list of [period start, place, shown 1 or 0, citizens, counters …],
-# report.py `snapshot_rows`), which a report reads instead of the rollups.
+# grains, the figure, the year and the threshold), the digest of the weights it was decided
+# over and when it was decided or last found to stand. `tracker_decision_cells`: per cube,
+# period kind, grain and type, its cells as decided (a JSON list of [period start, place,
+# shown 1 or 0, citizens, counters …], report.py `snapshot_rows`), which a report reads
+# instead of the rollups.
 tracker_decisions = sa.Table(
     "tracker_decisions",
     metadata,
