@@ -156,6 +156,14 @@ QUERIES: dict[str, Query] = {
         "receiver", EARLIER_YEARS, series=False
     ),
     **{f"overdue by receiver, {name}": _overdue("receiver", f, "") for name, f in OVERDUE_VARIANTS},
+    # the receiving units' weeks, published since (weekly durations are kept nationally and
+    # per region only: by receiver they are refused)
+    "deadlines by receiver, weekly, last 26 weeks": _deadlines(
+        "receiver", LAST_26_WEEKS, series=False
+    ),
+    "deadlines by receiver, weekly, whole period": _deadlines(
+        "receiver", rep.Filters("week"), series=False
+    ),
 }
 #: the reports that read no published decision (decided when asked, or their own rollups'
 #: or rows' cubes): `--live` times them, after only; one named with ROWS is the row-based
@@ -163,13 +171,6 @@ QUERIES: dict[str, Query] = {
 ROWS = ", from the rows"
 LIVE: dict[str, Query] = {
     "report, weekly, last 26 weeks": _report(LAST_26_WEEKS),
-    # the receiving units' weeks are not published: decided when asked
-    "durations by receiver, weekly, last 26 weeks": _durations(
-        "receiver", LAST_26_WEEKS, series=False
-    ),
-    "deadlines by receiver, weekly, last 26 weeks": _deadlines(
-        "receiver", LAST_26_WEEKS, series=False
-    ),
     "durations by municipality, LÆ 265 only, whole period": _durations(
         "municipality", ONE_TYPE, series=False
     ),

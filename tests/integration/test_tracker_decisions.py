@@ -167,18 +167,17 @@ async def test_a_published_decision_answers_as_deciding_when_asked(engine: Async
     assert any(not row["suppressed"] for row in receivers)
 
     done = await pub.publish(engine, RULES, now=NOW)
-    # five cubes (three of months, two of weeks) × (2025, 2026); a run of years reads its years
-    assert len(done) == 10
+    # six cubes (three of months, three of weeks) × (2025, 2026); a run reads its years
+    assert len(done) == 12
     assert await pub.publish(engine, RULES, now=NOW) == []  # nothing changed: nothing decided
 
     read, read_as_of = await _answers(engine)
     assert read == asked
-    # every answer read a published decision, but the receiving units' weeks
+    # every answer read a published decision, the receiving units' weeks included
     weekly_units = {k for k in read_as_of if k.startswith("deadlines receiver")
                     and "period='week'" in k}  # fmt: skip
     assert weekly_units
-    assert {read_as_of[k] for k in weekly_units} == {None}
-    assert {v for k, v in read_as_of.items() if k not in weekly_units} == {NOW}
+    assert set(read_as_of.values()) == {NOW}
 
     # the published decisions of the years are decide_cube's over the cube of both, and hold
     for grains, contact, kind in pub.CUBES:
@@ -261,10 +260,10 @@ async def test_decisions_of_cubes_no_longer_published_are_removed(engine: AsyncE
     await _track(engine, _events(rng, 120, since=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
                                  receivers=RECEIVERS[:6]))  # fmt: skip
     assert (
-        len(await pub.publish(engine, RULES, now=NOW)) == 5
-    )  # three cubes of months, two of weeks
+        len(await pub.publish(engine, RULES, now=NOW)) == 6
+    )  # three cubes of months, three of weeks
     stricter = TrackerRules.build(min_cell_citizens=7)
-    assert len(await pub.publish(engine, stricter, now=NOW)) == 5
+    assert len(await pub.publish(engine, stricter, now=NOW)) == 6
     async with engine.connect() as conn:
         names = set((await conn.execute(sa.select(tracker_decisions.c.cube))).scalars())
         parts = set((await conn.execute(sa.select(tracker_decision_cells.c.cube))).scalars())

@@ -20,14 +20,13 @@ when that was (`decisions_as_of`): cells that appeared since are not in it until
 decision.
 
 The cubes published: the open overdue list's by receiving unit (tracker/overdue.py, with
-its figures, one year of one period kind and attest type each), the receiver drill-down's,
-and the geography's (national, regions and
-municipalities; the requests and the contact figures) of months (with their quarters and
-years) and of weeks, one cube per year between the first and the last with cells: a
+its figures, one year of one period kind and attest type each), the receiver drill-down's
+(the requests' figures) and the geography's (national, regions and municipalities; the
+requests and the contact figures), of months (with their quarters and years) and of weeks,
+one cube per year between the first and the last with cells: a
 report's cube is always of whole years (`report.cube_range`), and a year is decided alike in
 every cube that holds it (`disclosure.decide_cube`), so a run of years ("the whole period",
-"from year Y on", any range of months or weeks) reads its years' decisions. The receiving
-units' weeks are not published: such a report decides its cube when asked.
+"from year Y on", any range of months or weeks) reads its years' decisions.
 """
 
 from __future__ import annotations
@@ -69,7 +68,9 @@ CUBES: tuple[tuple[tuple[str, ...], bool, r.PeriodKind], ...] = (
     (("national", "receiver"), False, "month"),
     (("national", "region", "municipality"), False, "month"),
     (("national", "region", "municipality"), True, "month"),
-    *((grains, contact, "week") for grains in rep.PUBLISHED_WEEKS for contact in (False, True)),
+    (("national", "region", "municipality"), False, "week"),
+    (("national", "region", "municipality"), True, "week"),
+    (("national", "receiver"), False, "week"),
 )
 
 

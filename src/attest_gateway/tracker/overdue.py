@@ -23,6 +23,7 @@ the cells' figures of that moment; the list by unit reads the years it asks from
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 from collections import defaultdict
@@ -61,6 +62,8 @@ from attest_gateway.tracker.report import (
     Memo,
     cube_range,
     first_week,
+    in_place,
+    in_range,
     label,
     region_of_municipalities,
     rows_range,
@@ -250,7 +253,7 @@ async def open_overdue(
     if published is not None:
         cubes_of, at = published
         memo.published(at)
-        entries = await _snapshot(conn, cubes_of, f.period, _own(by, f))
+        groups = await _published_groups(conn, cubes_of, f, rules, today)
     else:
         weights = await _weights(conn, f, by)
         hidden = disclosure.decide_cube(
@@ -258,7 +261,7 @@ async def open_overdue(
         )
         memo.at_request = True
         entries = await _entries(conn, f, by, [_own(by, f)], rows_range(f), weights, hidden)
-    groups = _groups(entries, f, by, rules, today)
+        groups = _groups(entries, f, by, rules, today)
     names = await _names(conn, sorted(groups)) if by == "receiver" else {}
     return _answer(by, groups, names, rules)
 
@@ -344,24 +347,55 @@ async def published_decision(
     return names, aware(min(found))
 
 
-async def _snapshot(conn: AsyncConnection, names: list[str], kind: str, grain: str) -> list[_Entry]:
-    """The cube cells of `kind` and `grain` of published decisions, as decided."""
+async def _published_groups(
+    conn: AsyncConnection, names: list[str], f: Filters, rules: r.TrackerRules, today: dt.date
+) -> dict[str, _Group]:
+    """The rows by receiving unit from the cells of published decisions: what `_groups`
+    makes of their entries, folded as they are read (a weekly answer over years is a
+    hundred thousand cells at national volume). Due dates stay ISO text until the end: they
+    order as the dates do."""
+    grain = _own("receiver", f)
     d = tracker_decision_cells.c
-    stmt = sa.select(d.cells).where(d.cube.in_(names), d.period_kind == kind, d.grain == grain)
-    return [
-        _Entry(
-            (kind, start, grain, place, receiver),
-            requests,
-            dt.date.fromisoformat(earliest),
-            dt.date.fromisoformat(latest),
-            bool(shown),
-            citizens,
-        )
-        for (cells,) in await conn.execute(stmt)
+    stmt = sa.select(d.cells).where(d.cube.in_(names), d.period_kind == f.period, d.grain == grain)
+    region_of = region_of_municipalities()
+    placed: dict[str, bool] = {}  # place → in the place asked
+    folded: dict[str, list[Any]] = {}  # unit → [requests, shown, citizens, earliest, any undue]
+    no_due = ov.NO_DUE_DATE.isoformat()
+    for (cells,) in await conn.execute(stmt):
         for start, place, receiver, shown, citizens, requests, earliest, latest in orjson.loads(
             cells
-        )
-    ]
+        ):
+            if receiver == disclosure.ALL or not in_range(f, start):
+                continue
+            ok = placed.get(place)
+            if ok is None:
+                ok = placed[place] = (
+                    in_place(f, place, region_of.get(place))
+                    if grain == "municipality"
+                    else grain != "region" or f.region is None or place == f.region
+                )
+            if not ok:
+                continue
+            part = folded.get(receiver)
+            first = earliest if earliest != no_due else None
+            if part is None:
+                folded[receiver] = [requests, bool(shown), citizens, first, latest == no_due]
+                continue
+            part[0] += requests
+            part[1] = part[1] and bool(shown)
+            part[2] = max(part[2], citizens)
+            if first is not None and (part[3] is None or first < part[3]):
+                part[3] = first
+            part[4] = part[4] or latest == no_due
+    groups: dict[str, _Group] = {}
+    for receiver, (requests, shown, citizens, earliest, undue) in folded.items():
+        g = groups[receiver] = _Group(requests, None, shown, citizens)
+        if earliest is not None:
+            g.late((today - dt.date.fromisoformat(earliest)).days)
+        if undue:
+            g.late(0)
+        g.shown = g.shown and r.publishable(g.citizens, rules)
+    return groups
 
 
 async def digests(conn: AsyncConnection, f: Filters | None = None) -> dict[Cube, str]:
@@ -417,7 +451,9 @@ async def publish_cube(
     f = _year_filters(kind, attest_type, year)
     async with engine.connect() as conn:
         weights = await _weights(conn, f, "receiver")
-        hidden = disclosure.decide_cube(weights, region_of_municipalities(), threshold)
+        hidden = await asyncio.to_thread(  # seconds at national volume: off the event loop
+            disclosure.decide_cube, weights, region_of_municipalities(), threshold
+        )
         entries = await _entries(
             conn, f, "receiver", list(GEOGRAPHY), cube_range(f), weights, hidden
         )

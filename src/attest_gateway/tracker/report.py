@@ -373,8 +373,10 @@ def cube_name(
     return f"{figure}:{'+'.join(levels)}:{kind}:{year}:{threshold}"
 
 
-#: the grains whose weekly cubes are published (the receiving units' are decided when asked)
-PUBLISHED_WEEKS: Final = frozenset({("national", "region", "municipality")})
+#: the grains whose weekly cubes are published
+PUBLISHED_WEEKS: Final = frozenset(
+    {("national", "region", "municipality"), ("national", "receiver")}
+)
 
 
 async def data_years(
