@@ -74,11 +74,6 @@ CUBES: tuple[tuple[tuple[str, ...], bool, r.PeriodKind], ...] = (
 )
 
 
-def _filters(year: int, kind: r.PeriodKind) -> rep.Filters:
-    start = rep.first_week(year) if kind == "week" else dt.date(year, 1, 1)
-    return rep.Filters(kind, start, dt.date(year, 12, 31))
-
-
 async def digest(
     conn: AsyncConnection, f: rep.Filters, grains: Sequence[str], *, contact: bool
 ) -> str:
@@ -115,7 +110,7 @@ async def publish_cube(
     or "moved" (written to while read: the next round decides it)."""
     threshold = rules.min_cell_citizens
     name = rep.cube_name(grains, contact=contact, year=year, threshold=threshold, kind=kind)
-    f = _filters(year, kind)
+    f = rep.year_filters(year, kind)
     d = tracker_decisions.c
     async with engine.connect() as conn:
         before = await digest(conn, f, grains, contact=contact)

@@ -61,12 +61,13 @@ from attest_gateway.tracker.report import (
     Filters,
     Memo,
     cube_range,
-    first_week,
+    decided_as_of,
     in_place,
     in_range,
     label,
     region_of_municipalities,
     rows_range,
+    year_filters,
     years_asked,
 )
 
@@ -279,12 +280,6 @@ def cube_name(kind: r.PeriodKind, attest_type: str, year: int, threshold: int) -
     return f"overdue:receiver:{kind}:{attest_type}:{year}:{threshold}"
 
 
-def _year_filters(kind: r.PeriodKind, attest_type: str, year: int) -> Filters:
-    start = first_week(year) if kind == "week" else dt.date(year, 1, 1)
-    of_type = None if attest_type == ov.ALL else attest_type
-    return Filters(kind, start, dt.date(year, 12, 31), attest_type=of_type)
-
-
 async def data_years(conn: AsyncConnection, kind: r.PeriodKind = "month") -> tuple[int, int] | None:
     """The first and last year with an open overdue request in a cell of `kind` (a week's
     year is the one it starts in; None: none)."""
@@ -340,11 +335,7 @@ async def published_decision(
         cube_name(kind, f.attest_type or ov.ALL, year, threshold)
         for year in range(asked[0], asked[1] + 1)
     ]
-    d = tracker_decisions.c
-    found = list((await conn.execute(sa.select(d.decided_at).where(d.cube.in_(names)))).scalars())
-    if len(found) != len(names):
-        return None
-    return names, aware(min(found))
+    return await decided_as_of(conn, names)
 
 
 async def _published_groups(
@@ -448,7 +439,7 @@ async def publish_cube(
     threshold = rules.min_cell_citizens
     kind, attest_type, year = cube
     name = cube_name(kind, attest_type, year, threshold)
-    f = _year_filters(kind, attest_type, year)
+    f = year_filters(year, kind, None if attest_type == ov.ALL else attest_type)
     async with engine.connect() as conn:
         weights = await _weights(conn, f, "receiver")
         hidden = await asyncio.to_thread(  # seconds at national volume: off the event loop

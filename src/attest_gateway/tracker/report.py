@@ -413,6 +413,23 @@ def years_asked(f: Filters, years: tuple[int, int] | None) -> tuple[int, int] | 
     return None if first > last else (first, last)
 
 
+def year_filters(year: int, kind: r.PeriodKind, attest_type: str | None = None) -> Filters:
+    """The filters of one year's cube: its months (from 1 January) or the weeks that start
+    in it (from its first Monday), to 31 December."""
+    start = first_week(year) if kind == "week" else dt.date(year, 1, 1)
+    return Filters(kind, start, dt.date(year, 12, 31), attest_type=attest_type)
+
+
+async def decided_as_of(
+    conn: AsyncConnection, names: list[str]
+) -> tuple[list[str], dt.datetime] | None:
+    """The published decisions `names` and when the oldest of them was made (or last found
+    to stand), or None when one of them is not published."""
+    d = tracker_decisions.c
+    found = list((await conn.execute(sa.select(d.decided_at).where(d.cube.in_(names)))).scalars())
+    return (names, aware(min(found))) if found and len(found) == len(names) else None
+
+
 async def published_decision(
     conn: AsyncConnection, f: Filters, by: By, rules: r.TrackerRules, *, contact: bool
 ) -> tuple[list[str], dt.datetime] | None:
@@ -435,9 +452,7 @@ async def published_decision(
         cube_name(levels, contact=contact, year=year, threshold=threshold, kind=kind)
         for year in range(asked[0], asked[1] + 1)
     ]
-    d = tracker_decisions.c
-    found = list((await conn.execute(sa.select(d.decided_at).where(d.cube.in_(names)))).scalars())
-    return (names, aware(min(found))) if len(found) == len(names) else None
+    return await decided_as_of(conn, names)
 
 
 async def _snapshot(
